@@ -1,0 +1,98 @@
+# therasync — one Makefile for the whole tree.
+#   make            build every program into build/
+#   make test       set up, build, run every test; ends with "N passed, N failed"
+#   make asan       the same suite on an ASan+UBSan build (build-asan/)
+#   make run        set up, build, start clinic-api and therasyncd on loopback
+#   make bench      run therasync-bench workloads
+#   make install PREFIX=/usr/local
+
+BUILD    ?= build
+PREFIX   ?= /usr/local
+PKGS     := libzmq lua5.4 libcurl libcjson sqlite3 libmicrohttpd
+CC       ?= cc
+OPT      ?= -O2 -g
+SAN      ?=
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wvla \
+            -Iinclude $(OPT) $(SAN) -MMD -MP -pthread
+DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
+
+VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
+CFLAGS   += -DTS_VERSION=\"$(VERSION)\"
+
+# The engine library: core runtime, actors and the Lua policy engine.
+LIB_SRC  := $(wildcard src/core/*.c src/actors/*.c src/lua/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB      := $(BUILD)/libtherasync.a
+
+# One folder per program.
+PROGRAMS := therasyncd therasync clinic-api therasync-bench
+dir_therasyncd      := src/daemon
+dir_therasync       := src/cli
+dir_clinic-api      := src/clinic-api
+dir_therasync-bench := src/bench
+BINS     := $(PROGRAMS:%=$(BUILD)/%)
+
+# Tests: every tests/{unit,e2e}/test_*.c is one Criterion binary, linked with
+# the library and tests/support/*.c.
+SUPPORT_SRC := $(wildcard tests/support/*.c)
+SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC := $(wildcard tests/unit/test_*.c tests/e2e/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test asan run bench install setup check clean format
+all: $(BINS) $(TEST_BIN)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+define program_rule
+$(BUILD)/$(1): $$(patsubst %.c,$(BUILD)/obj/%.o,$$(wildcard $$(dir_$(1))/*.c)) $(LIB)
+	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(SUPPORT_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LIBS)
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@$(MAKE) --no-print-directory all
+	@bash tests/run.sh $(BUILD)
+
+asan: setup
+	@$(MAKE) --no-print-directory all BUILD=build-asan OPT="-O1 -g" \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	@bash tests/run.sh build-asan
+
+run: setup
+	@$(MAKE) --no-print-directory $(BINS)
+	@bash scripts/run.sh $(BUILD)
+
+bench: $(BINS)
+	@bash scripts/bench.sh $(BUILD)
+
+check:
+	@bash scripts/check-banned.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+install: $(BINS)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/therasync/policies
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 policies/*.lua $(DESTDIR)$(PREFIX)/share/therasync/policies/
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages therasync needs to build, test and benchmark.
+# Idempotent: does nothing when everything is present.
+set -euo pipefail
+pkgs=(build-essential pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
+      libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libcriterion-dev wrk)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "setup: installing ${missing[*]}" >&2
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

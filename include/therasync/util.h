@@ -1,0 +1,50 @@
+/* util.h — small helpers shared by every module: clocks, ids, a growable
+ * byte buffer, strict number parsing. */
+#ifndef THERASYNC_UTIL_H
+#define THERASYNC_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic clock in microseconds (for latencies and timers). */
+int64_t ts_mono_us(void);
+/* Wall clock in milliseconds since the Unix epoch. */
+int64_t ts_wall_ms(void);
+/* Formats wall_ms as RFC 3339 UTC with milliseconds: 2026-01-01T00:00:00.000Z. */
+void ts_rfc3339(int64_t wall_ms, char out[32]);
+/* Parses RFC 3339 (Z or ±hh:mm offset, optional fraction) into wall ms.
+ * Returns 0, or -1 when the text is not RFC 3339. */
+int ts_parse_rfc3339(const char *text, int64_t *wall_ms);
+
+/* Writes a UUIDv7 (RFC 9562) as 36 chars + NUL. Ids from one process are
+ * strictly increasing, so they sort by creation time. Thread-safe. */
+void ts_uuidv7(char out[37]);
+
+/* A document id: 1–64 of [A-Za-z0-9_-]. */
+bool ts_valid_id(const char *text, size_t len);
+
+/* Strict base-10 parse of the whole string; 0 or -1. */
+int ts_parse_i64(const char *text, int64_t *value);
+
+/* Growable byte buffer; always NUL-terminated when data != NULL.
+ * Appends return 0, or -1 when memory ran out (the buffer is unchanged). */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} ts_buf_t;
+
+int ts_buf_reserve(ts_buf_t *buf, size_t extra);
+int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len);
+int ts_buf_puts(ts_buf_t *buf, const char *text);
+int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends text as a JSON string literal, quotes included. */
+int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len);
+void ts_buf_reset(ts_buf_t *buf);
+void ts_buf_free(ts_buf_t *buf);
+/* Hands the data over to the caller (who frees it) and empties the buffer. */
+char *ts_buf_take(ts_buf_t *buf, size_t *len);
+
+#endif

@@ -1,0 +1,274 @@
+/* util.c — clocks, RFC 3339, UUIDv7, ids, buffers, number parsing. */
+#include "therasync/util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+int64_t ts_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t ts_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ts_rfc3339(int64_t wall_ms, char out[32])
+{
+    time_t secs = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
+}
+
+static int digits(const char **p, int n, int *value)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (**p < '0' || **p > '9')
+            return -1;
+        v = v * 10 + (**p - '0');
+    }
+    *value = v;
+    return 0;
+}
+
+int ts_parse_rfc3339(const char *text, int64_t *wall_ms)
+{
+    const char *p = text;
+    int year, mon, day, hour, min, sec, ms = 0;
+    if (!p || digits(&p, 4, &year) || *p++ != '-' || digits(&p, 2, &mon) || *p++ != '-' ||
+        digits(&p, 2, &day) || (*p != 'T' && *p != 't' && *p != ' '))
+        return -1;
+    p++;
+    if (digits(&p, 2, &hour) || *p++ != ':' || digits(&p, 2, &min) || *p++ != ':' ||
+        digits(&p, 2, &sec))
+        return -1;
+    if (*p == '.') {
+        p++;
+        int n = 0, scale = 100;
+        while (*p >= '0' && *p <= '9') {
+            if (n++ < 3) {
+                ms += (*p - '0') * scale;
+                scale /= 10;
+            }
+            p++;
+        }
+        if (n == 0)
+            return -1;
+    }
+    int offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p++ == '-' ? -1 : 1, oh, om;
+        if (digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) || oh > 23 || om > 59)
+            return -1;
+        offset_min = sign * (oh * 60 + om);
+    } else {
+        return -1;
+    }
+    if (*p != '\0')
+        return -1;
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (mon < 1 || mon > 12 || day < 1 || day > mdays[mon - 1] || (mon == 2 && day == 29 && !leap) ||
+        hour > 23 || min > 59 || sec > 60)
+        return -1;
+    /* Days from civil (Howard Hinnant's algorithm). */
+    int y = year - (mon <= 2);
+    int era = (y >= 0 ? y : y - 399) / 400;
+    int yoe = y - era * 400;
+    int doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+    int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = (int64_t)era * 146097 + doe - 719468;
+    *wall_ms = ((days * 86400 + hour * 3600 + min * 60 + sec) - offset_min * 60) * 1000 + ms;
+    return 0;
+}
+
+/* UUIDv7 with "method 3" monotonicity (RFC 9562 §6.2): within one
+ * millisecond, the 74 random bits act as a counter started at a random value. */
+static pthread_mutex_t uuid_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t uuid_last_ms, uuid_hi12, uuid_lo62;
+
+void ts_uuidv7(char out[37])
+{
+    uint64_t ms = (uint64_t)ts_wall_ms(), hi, lo;
+    pthread_mutex_lock(&uuid_lock);
+    if (ms > uuid_last_ms) {
+        uint64_t r[2] = {0, 0};
+        if (getrandom(r, sizeof r, 0) != sizeof r)
+            r[0] = ms * 0x9e3779b97f4a7c15ull, r[1] = r[0] ^ (uint64_t)ts_mono_us();
+        uuid_last_ms = ms;
+        uuid_hi12 = r[0] & 0x7ff; /* top bit clear leaves room to count */
+        uuid_lo62 = r[1] & 0x3fffffffffffffffull;
+    } else if (++uuid_lo62 > 0x3fffffffffffffffull) {
+        uuid_lo62 = 0;
+        if (++uuid_hi12 > 0xfff) { /* counter exhausted: borrow the next millisecond */
+            uuid_hi12 = 0;
+            uuid_last_ms++;
+        }
+    }
+    ms = uuid_last_ms, hi = uuid_hi12, lo = uuid_lo62;
+    pthread_mutex_unlock(&uuid_lock);
+    unsigned char b[16];
+    for (int i = 0; i < 6; i++)
+        b[i] = (unsigned char)(ms >> (40 - 8 * i));
+    b[6] = (unsigned char)(0x70 | (hi >> 8));
+    b[7] = (unsigned char)hi;
+    b[8] = (unsigned char)(0x80 | (lo >> 56));
+    for (int i = 9; i < 16; i++)
+        b[i] = (unsigned char)(lo >> (8 * (15 - i)));
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 15];
+    }
+    *o = '\0';
+}
+
+bool ts_valid_id(const char *text, size_t len)
+{
+    if (!text || len == 0 || len > 64)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+int ts_parse_i64(const char *text, int64_t *value)
+{
+    if (!text || !*text)
+        return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || *end != '\0')
+        return -1;
+    *value = v;
+    return 0;
+}
+
+int ts_buf_reserve(ts_buf_t *buf, size_t extra)
+{
+    if (buf->len + extra + 1 <= buf->cap)
+        return 0;
+    size_t cap = buf->cap ? buf->cap : 256;
+    while (cap < buf->len + extra + 1)
+        cap *= 2;
+    char *data = realloc(buf->data, cap);
+    if (!data)
+        return -1;
+    buf->data = data;
+    buf->cap = cap;
+    return 0;
+}
+
+int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len)
+{
+    if (ts_buf_reserve(buf, len))
+        return -1;
+    memcpy(buf->data + buf->len, bytes, len);
+    buf->len += len;
+    buf->data[buf->len] = '\0';
+    return 0;
+}
+
+int ts_buf_puts(ts_buf_t *buf, const char *text)
+{
+    return ts_buf_append(buf, text, strlen(text));
+}
+
+int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || ts_buf_reserve(buf, (size_t)n))
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(buf->data + buf->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    buf->len += (size_t)n;
+    return 0;
+}
+
+int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
+{
+    if (ts_buf_reserve(buf, len + 2))
+        return -1;
+    buf->data[buf->len++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        char esc[8];
+        const char *rep = NULL;
+        switch (c) {
+        case '"': rep = "\\\""; break;
+        case '\\': rep = "\\\\"; break;
+        case '\n': rep = "\\n"; break;
+        case '\r': rep = "\\r"; break;
+        case '\t': rep = "\\t"; break;
+        default:
+            if (c < 0x20) {
+                snprintf(esc, sizeof esc, "\\u%04x", c);
+                rep = esc;
+            }
+        }
+        if (rep) {
+            if (ts_buf_append(buf, rep, strlen(rep)))
+                return -1;
+        } else {
+            if (ts_buf_reserve(buf, 1))
+                return -1;
+            buf->data[buf->len++] = (char)c;
+        }
+    }
+    if (ts_buf_reserve(buf, 1))
+        return -1;
+    buf->data[buf->len++] = '"';
+    buf->data[buf->len] = '\0';
+    return 0;
+}
+
+void ts_buf_reset(ts_buf_t *buf)
+{
+    buf->len = 0;
+    if (buf->data)
+        buf->data[0] = '\0';
+}
+
+void ts_buf_free(ts_buf_t *buf)
+{
+    free(buf->data);
+    buf->data = NULL;
+    buf->len = buf->cap = 0;
+}
+
+char *ts_buf_take(ts_buf_t *buf, size_t *len)
+{
+    char *data = buf->data;
+    if (len)
+        *len = buf->len;
+    buf->data = NULL;
+    buf->len = buf->cap = 0;
+    return data;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test binary of a build and prints one summary line:
+#   N passed, N failed
+# Each binary is a Criterion suite; its "Synthesis" line is summed up.
+# A binary that dies without a synthesis counts as one failure.
+set -u
+build=${1:-build}
+export TS_BUILD_DIR
+TS_BUILD_DIR=$(cd "$build" && pwd)
+export TS_SOURCE_DIR
+TS_SOURCE_DIR=$(cd "$(dirname "$0")/.." && pwd)
+passed=0; failed=0
+log_dir="$TS_BUILD_DIR/test-logs"; mkdir -p "$log_dir"
+for t in "$TS_BUILD_DIR"/tests/unit/test_* "$TS_BUILD_DIR"/tests/e2e/test_*; do
+  [ -x "$t" ] || continue
+  name=$(basename "$t")
+  log="$log_dir/$name.log"
+  timeout -k 10 600 "$t" --jobs 2 --timeout 120 >"$log" 2>&1
+  rc=$?
+  line=$(grep -a 'Synthesis:' "$log" | tail -n 1)
+  if [ -n "$line" ]; then
+    p=$(sed -E 's/.*Passing: ([0-9]+).*/\1/' <<<"$line")
+    f=$(sed -E 's/.*Failing: ([0-9]+).*/\1/' <<<"$line")
+    c=$(sed -E 's/.*Crashing: ([0-9]+).*/\1/' <<<"$line")
+    passed=$((passed + p)); failed=$((failed + f + c))
+  else
+    p=0; f=1; failed=$((failed + 1))
+  fi
+  if [ "$rc" -ne 0 ] || [ "$f" -ne 0 ]; then
+    echo "--- $name (exit $rc) ---"; grep -aE 'FAIL|Assertion|Crash|Timeout|ERROR|Warning|runtime error|AddressSanitizer' "$log" | head -n 40
+  fi
+  printf '%-28s %s\n' "$name" "${line:-no synthesis (exit $rc)}"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

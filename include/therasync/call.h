@@ -1,0 +1,166 @@
+/* call.h — what flows through the engine's pipeline.
+ *
+ * Every inbound front-door message becomes one ts_envelope_t holding one
+ * ts_call_t per JSON-RPC request (one, or many for a batch). Envelopes travel
+ * front → store → persist → front by pointer (ts_wire), in order, so one
+ * client's requests are answered in the order sent:
+ *   - front parses and checks params; a bad call is answered there but still
+ *     travels, to keep its place in line;
+ *   - store applies the call to its state, fills the result or error, and
+ *     attaches the durable records and the events the call produced;
+ *   - persist appends the records and commits (group commit) before passing
+ *     the envelopes on;
+ *   - front sends the replies and then publishes the events. */
+#ifndef THERASYNC_CALL_H
+#define THERASYNC_CALL_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    TS_M_CREATE,
+    TS_M_UPDATE,
+    TS_M_DELETE,
+    TS_M_GET,
+    TS_M_QUERY,
+    TS_M_CANCEL,
+    TS_M_INVALIDATE,
+    TS_M_SYNC,
+    TS_M_STATUS,
+    TS_M_POLICY_RELOAD,
+    TS_M_POLICY_INFO,
+    TS_M_AUDIT,
+    TS_M_METRICS,
+    TS_M_PING,
+    TS_M_NONE, /* no valid method: the call is answered with an error */
+    TS_M__LAST
+} ts_method_t;
+
+const char *ts_method_name(ts_method_t method);
+/* Returns the method for a name, or TS_M_NONE. */
+ts_method_t ts_method_lookup(const char *name);
+
+/* Error codes of the contract (section 3). */
+enum {
+    TS_E_PARSE = -32700,
+    TS_E_INVALID_REQUEST = -32600,
+    TS_E_NO_METHOD = -32601,
+    TS_E_INVALID_PARAMS = -32602,
+    TS_E_INTERNAL = -32603,
+    TS_E_NOT_FOUND = -32001,
+    TS_E_VALIDATION = -32002,
+    TS_E_CONFLICT = -32003,
+    TS_E_POLICY = -32004,
+    TS_E_BUSY = -32005,
+    TS_E_UNAUTHORIZED = -32006,
+    TS_E_TOO_LARGE = -32007,
+    TS_E_UNKNOWN_COLLECTION = -32008,
+};
+/* The contract's reason name for a code, or NULL for the JSON-RPC codes. */
+const char *ts_error_reason(int code);
+
+/* Durable operations, appended by persist before the call is answered. */
+typedef enum {
+    TS_REC_MUTATION,    /* append a pending mutation to the outbox */
+    TS_REC_DROP,        /* remove a mutation from the outbox (cancel, confirm, reject) */
+    TS_REC_CONFIRMED,   /* store the server's version of a document */
+} ts_record_kind_t;
+
+typedef enum { TS_OP_CREATE = 1, TS_OP_UPDATE = 2, TS_OP_DELETE = 3 } ts_op_t;
+
+typedef struct ts_record {
+    struct ts_record *next;
+    ts_record_kind_t kind;
+    ts_op_t op;
+    int64_t seq;          /* outbox sequence (MUTATION, DROP) */
+    int64_t version;      /* base version (MUTATION) or server version (CONFIRMED); 0 = none */
+    int64_t at_ms;        /* wall clock when accepted */
+    char mutation[37];    /* mutation id (UUIDv7) */
+    const char *collection; /* points into data[] */
+    const char *doc_id;     /* points into data[] */
+    const char *body;       /* points into data[]; NULL when absent */
+    size_t body_len;
+    char data[];
+} ts_record_t;
+
+/* Allocates a record with copies of the strings (body may be NULL). */
+ts_record_t *ts_record_new(ts_record_kind_t kind, const char *collection, const char *doc_id,
+                           const char *body, size_t body_len);
+void ts_record_free_list(ts_record_t *head);
+
+/* Many records in one allocation, for streaming the durable state at start. */
+typedef struct {
+    size_t count;
+    size_t used;
+    size_t cap;
+    ts_record_t *head, *tail;
+    _Alignas(16) char mem[];
+} ts_chunk_t;
+
+ts_chunk_t *ts_chunk_new(size_t bytes);
+/* Adds a record; returns it, or NULL when the chunk is full. */
+ts_record_t *ts_chunk_add(ts_chunk_t *chunk, ts_record_kind_t kind, const char *collection,
+                          const char *doc_id, const char *body, size_t body_len);
+
+/* An event to publish on the PUB socket: topic frame, then payload frame. */
+typedef struct ts_event {
+    struct ts_event *next;
+    size_t topic_len;
+    size_t payload_len;
+    char data[]; /* topic, then payload */
+} ts_event_t;
+
+ts_event_t *ts_event_new(const char *topic, const char *payload, size_t payload_len);
+void ts_event_free_list(ts_event_t *head);
+
+typedef struct {
+    ts_method_t method;
+    char *id_json;        /* the request's id as JSON text; NULL for a notification */
+    cJSON *params;        /* owned; NULL when absent */
+    const char *collection; /* params.collection, checked by front (points into params) */
+    /* the answer: an error (err_code != 0) or a result */
+    int err_code;
+    char *err_message;
+    cJSON *err_data;      /* extra fields for error.data (reason is added) */
+    char *result;         /* result JSON text */
+    size_t result_len;
+    cJSON *partial;       /* a result object later stages add to (metrics); front prints it */
+    ts_record_t *records; /* what must be durable before the answer */
+    ts_event_t *events;   /* what to publish after the answer */
+} ts_call_t;
+
+typedef struct {
+    size_t route_len;     /* ROUTER routing frames, packed: [u32 len][bytes]... */
+    unsigned char *route;
+    bool delimiter;       /* the client sent an empty frame before the payload */
+    bool batch;           /* the request was a JSON array */
+    int64_t received_us;
+    size_t ncalls;
+    ts_call_t calls[];
+} ts_envelope_t;
+
+ts_envelope_t *ts_envelope_new(size_t ncalls);
+void ts_envelope_free(ts_envelope_t *envelope);
+
+/* Sets an error on a call (message is copied). */
+void ts_call_fail(ts_call_t *call, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Sets the result (the text is taken over). */
+void ts_call_set_result(ts_call_t *call, char *result, size_t len);
+bool ts_call_has_records(const ts_call_t *call);
+
+/* Messages between the engine's actors (ts_wire kinds) and their sockets. */
+enum {
+    TS_WIRE_ENVELOPES = 1, /* ptrs: ts_envelope_t*, in pipeline order */
+    TS_WIRE_RECOVER,       /* store → persist: stream the durable state */
+    TS_WIRE_RECOVERED,     /* persist → store: ptrs[0] = chunk of records; count 0 = done */
+    TS_WIRE_ROLLBACK,      /* persist → store: ptrs: ts_record_t* lists that failed to commit */
+};
+#define TS_INPROC_STORE "inproc://store"
+#define TS_INPROC_PERSIST "inproc://persist"
+#define TS_INPROC_FRONT "inproc://front-replies"
+#define TS_INPROC_EVENTS "inproc://events"
+
+#endif

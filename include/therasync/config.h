@@ -1,0 +1,49 @@
+/* config.h — the daemon's settings: defaults, a Lua config file, flags.
+ * Flags win over the file; the file wins over defaults. */
+#ifndef THERASYNC_CONFIG_H
+#define THERASYNC_CONFIG_H
+
+#include "therasync/log.h"
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define TS_MAX_COLLECTIONS 16
+
+typedef struct {
+    char *data_dir;          /* --data, default ./var */
+    char *endpoint;          /* --endpoint, default tcp://127.0.0.1:7410 */
+    char *events;            /* --events, default tcp://127.0.0.1:7411 */
+    char *api_url;           /* --api; NULL = standalone */
+    char *policies_dir;      /* --policies; NULL = shipped policies */
+    ts_log_level_t log_level;
+    bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
+    size_t max_request_bytes;/* default 1 MiB */
+    size_t max_inflight;     /* calls in the pipeline before `busy` */
+    long long max_db_bytes;  /* 0 = unlimited; beyond it writes fail cleanly */
+    char *collections[TS_MAX_COLLECTIONS];
+    size_t ncollections;
+    struct {
+        char *client_id, *client_secret, *client_secret_file, *token_url;
+    } auth;
+    struct {
+        size_t memory_bytes;
+        long instruction_budget;
+    } lua;
+    cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
+} ts_config_t;
+
+/* Fills defaults. */
+void ts_config_init(ts_config_t *config);
+void ts_config_free(ts_config_t *config);
+/* Reads a Lua config file (plain assignments; see docs/CONFIG.md).
+ * Returns 0, or -1 with a message in err. */
+int ts_config_load(ts_config_t *config, const char *path, char *err, size_t errlen);
+/* Applies the daemon's flags. Returns 0 to go on, 1 when --help/--version
+ * was printed, -1 on a usage error (message in err). */
+int ts_config_parse_args(ts_config_t *config, int argc, char **argv, char *err, size_t errlen);
+/* Index of a collection name, or -1. */
+int ts_config_collection(const ts_config_t *config, const char *name);
+
+#endif

@@ -1,0 +1,29 @@
+/* front.h — the front-door actor: JSON-RPC 2.0 over a ZeroMQ ROUTER, and
+ * the PUB socket of change events.
+ *
+ * It parses and checks each request (size, UTF-8, JSON, JSON-RPC shape,
+ * method, params), turns it into a ts_envelope_t and sends it down the
+ * pipeline (store → persist → back here), then answers in the envelope the
+ * client used and publishes the events the calls produced, after they are
+ * durable. Bad requests travel the pipeline pre-answered so a client's
+ * answers keep the order of its requests. Beyond max_inflight calls in the
+ * pipeline, new requests are answered `busy` at once (such an answer can
+ * overtake the client's own earlier requests still in flight).
+ *
+ * Other actors publish events by sending [topic, payload] frames to a PUSH
+ * socket connected to TS_INPROC_EVENTS. */
+#ifndef THERASYNC_FRONT_H
+#define THERASYNC_FRONT_H
+
+#include "therasync/actor.h"
+#include "therasync/config.h"
+
+typedef struct {
+    const ts_config_t *config;
+    char endpoint[256]; /* filled before ready: the endpoints as bound */
+    char events[256];
+} ts_front_args_t;
+
+ts_actor_t *ts_front_start(void *zctx, ts_front_args_t *args);
+
+#endif

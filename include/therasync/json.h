@@ -1,0 +1,21 @@
+/* json.h — JSON helpers on top of cJSON. */
+#ifndef THERASYNC_JSON_H
+#define THERASYNC_JSON_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* True when bytes[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
+bool ts_utf8_valid(const char *bytes, size_t len);
+
+/* Applies an RFC 7396 merge patch to target (consumed) and returns the
+ * result, or NULL when memory ran out (target is then freed). */
+cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch);
+
+/* Getters that return NULL / fallback when the field is absent or of
+ * another type. */
+const char *ts_json_string(const cJSON *object, const char *key);
+bool ts_json_int(const cJSON *object, const char *key, long long *value);
+
+#endif

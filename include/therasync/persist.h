@@ -1,0 +1,30 @@
+/* persist.h — the persistence actor: the only owner of the SQLite database.
+ *
+ * The durable path is sequential: every accepted write appends one row to
+ * the outbox (INTEGER PRIMARY KEY = the store's sequence number), so a
+ * commit costs one WAL append and one fsync for a whole batch of writes
+ * (group commit: everything queued while a commit runs goes into the next).
+ * The confirmed (server) documents are written off the critical path, when
+ * sync confirms mutations.
+ *
+ * Sockets: PULL bound at TS_INPROC_PERSIST takes TS_WIRE_ENVELOPES (append
+ * the calls' records, commit, pass the envelopes to TS_INPROC_FRONT) and
+ * TS_WIRE_RECOVER (stream the database to TS_INPROC_STORE as
+ * TS_WIRE_RECOVERED chunks). Records that fail to commit go back to the
+ * store as TS_WIRE_ROLLBACK, and their calls are answered with an error.
+ *
+ * The data dir is locked (flock on DIR/LOCK): a second daemon on the same
+ * dir fails to start with a message naming the holder's pid. */
+#ifndef THERASYNC_PERSIST_H
+#define THERASYNC_PERSIST_H
+
+#include "therasync/actor.h"
+#include "therasync/config.h"
+
+#define TS_SCHEMA_VERSION 1
+
+/* Opens (creating, migrating, recovering) the database under config's data
+ * dir. Returns NULL after logging why when the dir is unusable. */
+ts_actor_t *ts_persist_start(void *zctx, const ts_config_t *config);
+
+#endif

@@ -1,0 +1,592 @@
+/* front.c — the front-door actor: requests in, answers and events out. */
+#include "therasync/front.h"
+#include "therasync/call.h"
+#include "therasync/hist.h"
+#include "therasync/json.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define LOG "front"
+#define MAX_FRAMES 4          /* routing id, delimiter, payload, and one too many */
+#define MAX_READS_PER_WAKE 512 /* requests taken from the ROUTER before yielding */
+#define DRAIN_TIMEOUT_MS 10000
+/* Messages beyond this are dropped by ZeroMQ itself (connection reset);
+ * between max_request_bytes and this they are answered too_large. */
+#define HARD_MESSAGE_LIMIT (64LL << 20)
+
+typedef struct {
+    const ts_config_t *config;
+    ts_front_args_t *args;
+    void *router;     /* clients */
+    void *pub;        /* events */
+    void *replies;    /* PULL: envelopes back from persist */
+    void *events_in;  /* PULL: events from other actors */
+    void *to_store;   /* PUSH */
+    ts_loop_t *loop;
+    size_t inflight;  /* calls in the pipeline */
+    size_t warn_at;   /* next queue depth worth a warning (doubles) */
+    bool draining;
+    int64_t drain_deadline_us;
+    /* metrics */
+    ts_hist_t latency[TS_M__LAST];
+    uint64_t errors, busy, too_large, parse_errors;
+} front_t;
+
+/* ---- building answers ---- */
+
+static void append_error(ts_buf_t *b, const ts_call_t *call)
+{
+    ts_buf_printf(b, "\"error\":{\"code\":%d,\"message\":", call->err_code);
+    const char *msg = call->err_message ? call->err_message : "error";
+    ts_buf_json_string(b, msg, strlen(msg));
+    const char *reason = ts_error_reason(call->err_code);
+    if (reason || call->err_data) {
+        ts_buf_puts(b, ",\"data\":{");
+        bool first = true;
+        if (reason) {
+            ts_buf_printf(b, "\"reason\":\"%s\"", reason);
+            first = false;
+        }
+        for (const cJSON *f = call->err_data ? call->err_data->child : NULL; f; f = f->next) {
+            char *value = cJSON_PrintUnformatted(f);
+            if (!value)
+                continue;
+            ts_buf_puts(b, first ? "" : ",");
+            ts_buf_json_string(b, f->string, strlen(f->string));
+            ts_buf_printf(b, ":%s", value);
+            cJSON_free(value);
+            first = false;
+        }
+        ts_buf_puts(b, "}");
+    }
+    ts_buf_puts(b, "}");
+}
+
+static void add_front_metrics(front_t *self, cJSON *partial)
+{
+    cJSON *m = cJSON_AddObjectToObject(partial, "front");
+    cJSON_AddNumberToObject(m, "inflight", (double)self->inflight);
+    cJSON_AddNumberToObject(m, "errors", (double)self->errors);
+    cJSON_AddNumberToObject(m, "busy", (double)self->busy);
+    cJSON_AddNumberToObject(m, "too_large", (double)self->too_large);
+    cJSON_AddNumberToObject(m, "parse_errors", (double)self->parse_errors);
+    cJSON *lat = cJSON_AddObjectToObject(m, "latency_us");
+    for (int i = 0; i < TS_M__LAST; i++) {
+        const ts_hist_t *h = &self->latency[i];
+        if (!h->total)
+            continue;
+        cJSON *x = cJSON_AddObjectToObject(lat, ts_method_name((ts_method_t)i));
+        cJSON_AddNumberToObject(x, "count", (double)h->total);
+        cJSON_AddNumberToObject(x, "p50", (double)ts_hist_quantile(h, 0.50));
+        cJSON_AddNumberToObject(x, "p99", (double)ts_hist_quantile(h, 0.99));
+        cJSON_AddNumberToObject(x, "max", (double)h->max);
+    }
+}
+
+/* Appends the JSON-RPC response of one call (not for notifications). */
+static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
+{
+    ts_buf_puts(b, "{\"jsonrpc\":\"2.0\",\"id\":");
+    ts_buf_puts(b, call->id_json);
+    ts_buf_puts(b, ",");
+    if (call->err_code) {
+        self->errors++;
+        append_error(b, call);
+    } else if (call->result) {
+        ts_buf_puts(b, "\"result\":");
+        ts_buf_append(b, call->result, call->result_len);
+    } else {
+        if (!call->partial)
+            call->partial = cJSON_CreateObject();
+        if (call->method == TS_M_METRICS)
+            add_front_metrics(self, call->partial);
+        char *text = cJSON_PrintUnformatted(call->partial);
+        ts_buf_puts(b, "\"result\":");
+        ts_buf_puts(b, text ? text : "null");
+        cJSON_free(text);
+    }
+    ts_buf_puts(b, "}");
+}
+
+static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
+{
+    size_t off = 0;
+    while (off + 4 <= e->route_len) {
+        uint32_t flen;
+        memcpy(&flen, e->route + off, 4);
+        off += 4;
+        zmq_send(self->router, e->route + off, flen, ZMQ_SNDMORE);
+        off += flen;
+    }
+    if (e->delimiter)
+        zmq_send(self->router, "", 0, ZMQ_SNDMORE);
+    if (zmq_send(self->router, payload, len, 0) < 0)
+        ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
+}
+
+static void publish(front_t *self, const char *topic, size_t tlen, const char *payload, size_t plen)
+{
+    zmq_send(self->pub, topic, tlen, ZMQ_SNDMORE);
+    zmq_send(self->pub, payload, plen, 0);
+}
+
+/* Answers an envelope that came back through the pipeline, then publishes
+ * its events, and frees it. */
+static void finish_envelope(front_t *self, ts_envelope_t *e)
+{
+    ts_buf_t b = {0};
+    size_t answers = 0;
+    int64_t now = ts_mono_us();
+    if (e->batch)
+        ts_buf_puts(&b, "[");
+    for (size_t i = 0; i < e->ncalls; i++) {
+        ts_call_t *call = &e->calls[i];
+        ts_hist_add(&self->latency[call->method], now - e->received_us);
+        if (!call->id_json)
+            continue; /* a notification gets no answer */
+        if (answers++)
+            ts_buf_puts(&b, ",");
+        append_response(self, &b, call);
+    }
+    if (e->batch)
+        ts_buf_puts(&b, "]");
+    if (answers && b.data)
+        send_reply(self, e, b.data, b.len);
+    else if (answers)
+        ts_error(LOG, "out of memory building an answer");
+    ts_buf_free(&b);
+    for (size_t i = 0; i < e->ncalls; i++)
+        for (ts_event_t *ev = e->calls[i].events; ev; ev = ev->next)
+            publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
+    self->inflight -= e->ncalls;
+    ts_envelope_free(e);
+}
+
+/* ---- checking requests ---- */
+
+static bool is_method_with_collection(ts_method_t m)
+{
+    return m == TS_M_CREATE || m == TS_M_UPDATE || m == TS_M_DELETE || m == TS_M_GET ||
+           m == TS_M_QUERY;
+}
+
+static void check_id_param(ts_call_t *call, const char *key)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call->params, key);
+    if (!cJSON_IsString(id))
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", key);
+    else if (!ts_valid_id(id->valuestring, strlen(id->valuestring)))
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be 1-64 of [A-Za-z0-9_-]", key);
+}
+
+/* Checks the params of a known method; sets an error on the call if wrong. */
+static void check_params(front_t *self, ts_call_t *call)
+{
+    cJSON *p = call->params;
+    if (p && !cJSON_IsObject(p)) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params must be an object (named parameters)");
+        return;
+    }
+    if (is_method_with_collection(call->method) ||
+        (call->method == TS_M_INVALIDATE && cJSON_GetObjectItemCaseSensitive(p, "collection"))) {
+        const char *coll = ts_json_string(p, "collection");
+        if (!coll) {
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.collection must be a string");
+            return;
+        }
+        if (ts_config_collection(self->config, coll) < 0) {
+            ts_call_fail(call, TS_E_UNKNOWN_COLLECTION, "unknown collection '%.64s'", coll);
+            return;
+        }
+        call->collection = coll;
+    }
+    const cJSON *doc = cJSON_GetObjectItemCaseSensitive(p, "doc");
+    switch (call->method) {
+    case TS_M_CREATE:
+        if (!cJSON_IsObject(doc)) {
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.doc must be an object");
+        } else if (cJSON_GetObjectItemCaseSensitive(doc, "id")) {
+            const char *id = ts_json_string(doc, "id");
+            if (!id || !ts_valid_id(id, strlen(id)))
+                ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
+        }
+        break;
+    case TS_M_UPDATE: {
+        check_id_param(call, "id");
+        long long base;
+        if (call->err_code)
+            break;
+        if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "patch")))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.patch must be an object");
+        else if (cJSON_GetObjectItemCaseSensitive(p, "base_version") &&
+                 !ts_json_int(p, "base_version", &base))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.base_version must be an integer");
+        break;
+    }
+    case TS_M_DELETE:
+    case TS_M_GET:
+        check_id_param(call, "id");
+        break;
+    case TS_M_QUERY: {
+        const cJSON *sel = cJSON_GetObjectItemCaseSensitive(p, "selector");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(p, "params");
+        if (!cJSON_IsString(sel) && !cJSON_IsObject(sel))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.selector must be a name or an object");
+        else if (params && !cJSON_IsObject(params))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.params must be an object");
+        break;
+    }
+    case TS_M_CANCEL:
+        if (!ts_json_string(p, "mutation"))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.mutation must be a string");
+        break;
+    case TS_M_PING:
+        ts_call_set_result(call, strdup("\"pong\""), 6);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Fills one call from one JSON-RPC request object (consumed). */
+static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
+{
+    call->method = TS_M_NONE;
+    if (!cJSON_IsObject(req)) {
+        call->id_json = strdup("null");
+        ts_call_fail(call, TS_E_INVALID_REQUEST, "a request must be a JSON object");
+        cJSON_Delete(req);
+        return;
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
+    bool id_ok = !id || cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsNull(id);
+    if (id)
+        call->id_json = id_ok ? cJSON_PrintUnformatted(id) : strdup("null");
+    const char *version = ts_json_string(req, "jsonrpc");
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(req, "method");
+    if (!id_ok || !version || strcmp(version, "2.0") != 0 || !cJSON_IsString(method)) {
+        if (!call->id_json)
+            call->id_json = strdup("null");
+        ts_call_fail(call, TS_E_INVALID_REQUEST,
+                     !id_ok ? "id must be a string, a number or null"
+                     : !cJSON_IsString(method) ? "method must be a string"
+                                              : "jsonrpc must be \"2.0\"");
+        cJSON_Delete(req);
+        return;
+    }
+    call->method = ts_method_lookup(method->valuestring);
+    if (call->method == TS_M_NONE) {
+        ts_call_fail(call, TS_E_NO_METHOD, "no method '%.64s'", method->valuestring);
+        cJSON_Delete(req);
+        return;
+    }
+    call->params = cJSON_DetachItemFromObjectCaseSensitive(req, "params");
+    cJSON_Delete(req);
+    check_params(self, call);
+}
+
+/* An envelope with one pre-answered call (whole-message errors). */
+static ts_envelope_t *error_envelope(int code, const char *message)
+{
+    ts_envelope_t *e = ts_envelope_new(1);
+    if (!e)
+        return NULL;
+    e->calls[0].method = TS_M_NONE;
+    e->calls[0].id_json = strdup("null");
+    ts_call_fail(&e->calls[0], code, "%s", message);
+    return e;
+}
+
+static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
+{
+    if (len > self->config->max_request_bytes) {
+        self->too_large++;
+        char msg[128];
+        snprintf(msg, sizeof msg, "request of %zu bytes is over the limit of %zu", len,
+                 self->config->max_request_bytes);
+        return error_envelope(TS_E_TOO_LARGE, msg);
+    }
+    if (!ts_utf8_valid(data, len)) {
+        self->parse_errors++;
+        return error_envelope(TS_E_PARSE, "request is not valid UTF-8");
+    }
+    cJSON *root = cJSON_ParseWithLength(data, len);
+    if (!root) {
+        self->parse_errors++;
+        return error_envelope(TS_E_PARSE, len ? "request is not valid JSON (or nested too deeply)"
+                                              : "empty request");
+    }
+    if (cJSON_IsArray(root)) {
+        size_t n = (size_t)cJSON_GetArraySize(root);
+        if (n == 0) {
+            cJSON_Delete(root);
+            return error_envelope(TS_E_INVALID_REQUEST, "empty batch");
+        }
+        ts_envelope_t *e = ts_envelope_new(n);
+        if (!e) {
+            cJSON_Delete(root);
+            return NULL;
+        }
+        e->batch = true;
+        for (size_t i = 0; i < n; i++)
+            parse_call(self, &e->calls[i], cJSON_DetachItemFromArray(root, 0));
+        cJSON_Delete(root);
+        return e;
+    }
+    ts_envelope_t *e = ts_envelope_new(1);
+    if (!e) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    parse_call(self, &e->calls[0], root);
+    return e;
+}
+
+/* Receives one multipart message from the ROUTER and turns it into an
+ * envelope. Returns NULL when nothing was queued (or memory ran out). */
+static ts_envelope_t *read_request(front_t *self, bool *more)
+{
+    zmq_msg_t frames[MAX_FRAMES];
+    int n = 0;
+    bool extra = false;
+    *more = false;
+    for (;;) {
+        zmq_msg_t scratch;
+        zmq_msg_t *f = n < MAX_FRAMES ? &frames[n] : &scratch;
+        zmq_msg_init(f);
+        if (zmq_msg_recv(f, self->router, n || extra ? 0 : ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(f);
+            if (n == 0)
+                return NULL;
+            break;
+        }
+        bool more_frames = zmq_msg_more(f);
+        if (f == &scratch) { /* keep only the first frames; note the rest */
+            extra = true;
+            zmq_msg_close(f);
+        } else {
+            n++;
+        }
+        if (!more_frames)
+            break;
+    }
+    *more = true;
+    /* frames: [routing id] [empty delimiter]? [payload] */
+    int first = 1;
+    bool delimiter = n >= 3 && zmq_msg_size(&frames[1]) == 0;
+    if (delimiter)
+        first = 2;
+    int payload_frames = n - first;
+    ts_envelope_t *e;
+    if (extra || payload_frames > 1)
+        e = error_envelope(TS_E_INVALID_REQUEST, "a request is one frame (after an optional "
+                                                 "empty delimiter); extra frames found");
+    else if (payload_frames < 1)
+        e = error_envelope(TS_E_PARSE, "empty request");
+    else
+        e = parse_payload(self, zmq_msg_data(&frames[first]), zmq_msg_size(&frames[first]));
+    if (e) {
+        size_t id_len = zmq_msg_size(&frames[0]);
+        e->route = malloc(4 + id_len);
+        if (e->route) {
+            uint32_t l = (uint32_t)id_len;
+            memcpy(e->route, &l, 4);
+            memcpy(e->route + 4, zmq_msg_data(&frames[0]), id_len);
+            e->route_len = 4 + id_len;
+        }
+        e->delimiter = delimiter;
+        e->received_us = ts_mono_us();
+    }
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&frames[i]);
+    return e;
+}
+
+static bool envelope_answered(const ts_envelope_t *e)
+{
+    for (size_t i = 0; i < e->ncalls; i++)
+        if (!e->calls[i].err_code && !e->calls[i].result)
+            return false;
+    return true;
+}
+
+static void answer_busy(front_t *self, ts_envelope_t *e)
+{
+    self->busy++;
+    for (size_t i = 0; i < e->ncalls; i++)
+        if (!e->calls[i].err_code)
+            ts_call_fail(&e->calls[i], TS_E_BUSY,
+                         "the engine has %zu calls in flight; retry later", self->inflight);
+    for (size_t i = 0; i < e->ncalls; i++) {
+        ts_event_free_list(e->calls[i].events);
+        e->calls[i].events = NULL;
+    }
+    self->inflight += e->ncalls; /* finish_envelope subtracts them again */
+    finish_envelope(self, e);
+}
+
+static int on_router(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop, (void)socket;
+    front_t *self = arg;
+    ts_envelope_t *batch[MAX_READS_PER_WAKE];
+    size_t n = 0;
+    bool more = true;
+    while (n < MAX_READS_PER_WAKE && more) {
+        ts_envelope_t *e = read_request(self, &more);
+        if (!e)
+            continue;
+        if (self->inflight + e->ncalls > self->config->max_inflight && !envelope_answered(e)) {
+            answer_busy(self, e);
+            continue;
+        }
+        self->inflight += e->ncalls;
+        batch[n++] = e;
+    }
+    if (n && ts_wire_send(self->to_store, TS_WIRE_ENVELOPES, (void **)batch, n)) {
+        ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
+        for (size_t i = 0; i < n; i++) {
+            self->inflight -= batch[i]->ncalls;
+            ts_envelope_free(batch[i]);
+        }
+    }
+    if (self->inflight >= self->warn_at) {
+        ts_warn(LOG, "%zu calls in flight (limit %zu)", self->inflight, self->config->max_inflight);
+        self->warn_at *= 2;
+    } else if (self->inflight < self->warn_at / 4 && self->warn_at > 4096) {
+        self->warn_at /= 2;
+    }
+    return 0;
+}
+
+static int on_replies(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    front_t *self = arg;
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    for (int round = 0; round < 64; round++) {
+        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+            break;
+        for (size_t i = 0; i < n; i++)
+            finish_envelope(self, ptrs[i]);
+        free(ptrs);
+    }
+    return self->draining && self->inflight == 0 ? -1 : 0;
+}
+
+static int on_events(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    front_t *self = arg;
+    for (int round = 0; round < 256; round++) {
+        zmq_msg_t topic, payload;
+        zmq_msg_init(&topic);
+        zmq_msg_init(&payload);
+        if (zmq_msg_recv(&topic, socket, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&topic);
+            zmq_msg_close(&payload);
+            break;
+        }
+        if (zmq_msg_more(&topic) && zmq_msg_recv(&payload, socket, 0) >= 0)
+            publish(self, zmq_msg_data(&topic), zmq_msg_size(&topic), zmq_msg_data(&payload),
+                    zmq_msg_size(&payload));
+        zmq_msg_close(&topic);
+        zmq_msg_close(&payload);
+    }
+    return 0;
+}
+
+static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
+{
+    front_t *self = arg;
+    if (ts_actor_pipe_term(loop, pipe, NULL) == 0)
+        return 0;
+    /* $TERM: stop accepting, finish what is in flight, then end. */
+    self->draining = true;
+    self->drain_deadline_us = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000LL;
+    ts_loop_pause(loop, self->router, 1);
+    if (self->inflight)
+        ts_info(LOG, "draining %zu calls in flight", self->inflight);
+    return self->inflight == 0 ? -1 : 0;
+}
+
+static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
+{
+    (void)loop, (void)id;
+    front_t *self = arg;
+    if (self->draining && ts_mono_us() > self->drain_deadline_us) {
+        ts_error(LOG, "gave up draining: %zu calls still in flight", self->inflight);
+        return -1;
+    }
+    return 0;
+}
+
+static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
+{
+    void *s = zmq_socket(zctx, type);
+    int zero = 0;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (strncmp(endpoint, "inproc:", 7) == 0) {
+        zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
+        zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
+    }
+    if (type == ZMQ_ROUTER) {
+        int64_t max = HARD_MESSAGE_LIMIT;
+        int hwm = 100000;
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max);
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    }
+    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
+        return s;
+    ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
+             zmq_strerror(zmq_errno()));
+    zmq_close(s);
+    return NULL;
+}
+
+static void front_actor(ts_actor_t *actor, void *arg)
+{
+    ts_front_args_t *args = arg;
+    front_t self = {.config = args->config, .args = args, .warn_at = 4096};
+    void *zctx = ts_actor_zctx(actor);
+    self.loop = ts_loop_new();
+    if (!self.loop || !(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
+        !(self.events_in = open_socket(zctx, ZMQ_PULL, TS_INPROC_EVENTS, true)) ||
+        !(self.to_store = open_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.router = open_socket(zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||
+        !(self.pub = open_socket(zctx, ZMQ_PUB, self.config->events, true)))
+        goto done;
+    size_t len = sizeof args->endpoint;
+    zmq_getsockopt(self.router, ZMQ_LAST_ENDPOINT, args->endpoint, &len);
+    len = sizeof args->events;
+    zmq_getsockopt(self.pub, ZMQ_LAST_ENDPOINT, args->events, &len);
+    ts_loop_reader(self.loop, ts_actor_pipe(actor), on_pipe, &self);
+    ts_loop_reader(self.loop, self.replies, on_replies, &self);
+    ts_loop_reader(self.loop, self.events_in, on_events, &self);
+    ts_loop_reader(self.loop, self.router, on_router, &self);
+    ts_loop_timer(self.loop, 200, on_drain_timer, &self);
+    ts_actor_ready(actor, 0);
+    ts_loop_run(self.loop);
+done:
+    ts_loop_destroy(&self.loop);
+    void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
+    for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
+        if (sockets[i])
+            zmq_close(sockets[i]);
+}
+
+ts_actor_t *ts_front_start(void *zctx, ts_front_args_t *args)
+{
+    return ts_actor_new(zctx, "front", front_actor, args);
+}

@@ -1,0 +1,464 @@
+/* persist.c — the persistence actor: SQLite WAL, group commit, recovery. */
+#include "therasync/persist.h"
+#include "therasync/call.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define LOG "persist"
+/* Bounds of one group commit: what is queued is taken, up to this. */
+#define MAX_CALLS_PER_COMMIT 16384
+#define RECOVERY_CHUNK_BYTES (4u << 20)
+
+typedef struct {
+    const ts_config_t *config;
+    ts_actor_t *actor;
+    int lock_fd;
+    sqlite3 *db;
+    sqlite3_stmt *insert_mutation; /* outbox append */
+    sqlite3_stmt *drop_mutation;   /* outbox delete by seq */
+    sqlite3_stmt *put_confirmed;   /* docs upsert */
+    void *inbox;                   /* PULL: envelopes and requests */
+    void *to_front;                /* PUSH: committed envelopes */
+    void *to_store;                /* PUSH: recovery chunks, rollbacks */
+    /* counters for `metrics` */
+    uint64_t commits, records, failed_commits;
+    int64_t commit_us_total, commit_us_max;
+} persist_t;
+
+/* Schema migrations: entry i takes the database from version i to i + 1. */
+static const char *migrations[TS_SCHEMA_VERSION] = {
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+    "CREATE TABLE outbox(seq INTEGER PRIMARY KEY, mutation TEXT NOT NULL, op INTEGER NOT NULL,"
+    "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, base_version INTEGER NOT NULL DEFAULT 0,"
+    "  at INTEGER NOT NULL, body TEXT);"
+    "CREATE TABLE docs(coll TEXT NOT NULL, doc_id TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  body TEXT, PRIMARY KEY(coll, doc_id)) WITHOUT ROWID;",
+};
+
+static int exec(persist_t *self, const char *sql)
+{
+    char *error = NULL;
+    if (sqlite3_exec(self->db, sql, NULL, NULL, &error) != SQLITE_OK) {
+        ts_error(LOG, "%s (while running: %.60s)", error ? error : "?", sql);
+        sqlite3_free(error);
+        return -1;
+    }
+    return 0;
+}
+
+static int lock_data_dir(persist_t *self)
+{
+    const char *dir = self->config->data_dir;
+    if (mkdir(dir, 0700) && errno != EEXIST) {
+        ts_error(LOG, "cannot create data dir %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    self->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (self->lock_fd < 0) {
+        ts_error(LOG, "cannot open %s: %s (is the data dir writable?)", path, strerror(errno));
+        return -1;
+    }
+    if (flock(self->lock_fd, LOCK_EX | LOCK_NB)) {
+        char holder[32] = "";
+        ssize_t n = pread(self->lock_fd, holder, sizeof holder - 1, 0);
+        holder[n > 0 ? n : 0] = '\0';
+        holder[strcspn(holder, "\n")] = '\0';
+        ts_error(LOG, "data dir %s is in use by another therasyncd (pid %s); refusing to start",
+                 dir, *holder ? holder : "unknown");
+        return -1;
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(self->lock_fd, 0) || pwrite(self->lock_fd, pid, (size_t)n, 0) != n) {
+        ts_error(LOG, "cannot write %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int schema_version(persist_t *self)
+{
+    sqlite3_stmt *stmt;
+    int version = 0;
+    if (sqlite3_prepare_v2(self->db, "PRAGMA user_version", -1, &stmt, NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW)
+        version = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
+    return version;
+}
+
+static int migrate(persist_t *self)
+{
+    int version = schema_version(self);
+    if (version > TS_SCHEMA_VERSION) {
+        ts_error(LOG, "database schema %d is newer than this therasyncd understands (%d)", version,
+                 TS_SCHEMA_VERSION);
+        return -1;
+    }
+    while (version < TS_SCHEMA_VERSION) {
+        char bump[64];
+        snprintf(bump, sizeof bump, "PRAGMA user_version=%d", version + 1);
+        if (exec(self, "BEGIN IMMEDIATE") || exec(self, migrations[version]) || exec(self, bump) ||
+            exec(self, "COMMIT")) {
+            exec(self, "ROLLBACK");
+            return -1;
+        }
+        ts_info(LOG, "database schema migrated to %d", version + 1);
+        version++;
+    }
+    return 0;
+}
+
+static int open_db(persist_t *self)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/therasync.db", self->config->data_dir);
+    if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+        SQLITE_OK) {
+        ts_error(LOG, "cannot open %s: %s", path, self->db ? sqlite3_errmsg(self->db) : "no memory");
+        return -1;
+    }
+    sqlite3_extended_result_codes(self->db, 1);
+    /* WAL + synchronous=FULL: a commit is on stable storage when it returns
+     * (survives power loss). "relaxed" trades that for NORMAL: survives a
+     * process crash, may lose the last commits on power loss. */
+    if (exec(self, "PRAGMA journal_mode=WAL") ||
+        exec(self, self->config->durability_relaxed ? "PRAGMA synchronous=NORMAL"
+                                                    : "PRAGMA synchronous=FULL") ||
+        exec(self, "PRAGMA wal_autocheckpoint=4096") || migrate(self))
+        return -1;
+    if (self->config->max_db_bytes > 0) {
+        char sql[96];
+        snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", self->config->max_db_bytes / 4096);
+        if (exec(self, sql))
+            return -1;
+    }
+    if (sqlite3_prepare_v3(self->db,
+                           "INSERT INTO outbox(seq, mutation, op, coll, doc_id, base_version, at, "
+                           "body) VALUES(?,?,?,?,?,?,?,?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->insert_mutation, NULL) ||
+        sqlite3_prepare_v3(self->db, "DELETE FROM outbox WHERE seq=?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->drop_mutation, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT INTO docs(coll, doc_id, version, body) VALUES(?,?,?,?) ON "
+                           "CONFLICT(coll, doc_id) DO UPDATE SET version=excluded.version, "
+                           "body=excluded.body",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->put_confirmed, NULL)) {
+        ts_error(LOG, "cannot prepare statements: %s", sqlite3_errmsg(self->db));
+        return -1;
+    }
+    return 0;
+}
+
+static int write_record(persist_t *self, const ts_record_t *r)
+{
+    sqlite3_stmt *s;
+    switch (r->kind) {
+    case TS_REC_MUTATION:
+        s = self->insert_mutation;
+        sqlite3_bind_int64(s, 1, r->seq);
+        sqlite3_bind_text(s, 2, r->mutation, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, (int)r->op);
+        sqlite3_bind_text(s, 4, r->collection, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, r->doc_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 6, r->version);
+        sqlite3_bind_int64(s, 7, r->at_ms);
+        if (r->body)
+            sqlite3_bind_text(s, 8, r->body, (int)r->body_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s, 8);
+        break;
+    case TS_REC_DROP:
+        s = self->drop_mutation;
+        sqlite3_bind_int64(s, 1, r->seq);
+        break;
+    case TS_REC_CONFIRMED:
+        s = self->put_confirmed;
+        sqlite3_bind_text(s, 1, r->collection, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, r->doc_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, r->version);
+        if (r->body)
+            sqlite3_bind_text(s, 4, r->body, (int)r->body_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s, 4);
+        break;
+    default:
+        return -1;
+    }
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Commits every record of the given envelopes in one transaction.
+ * Returns 0, or -1 with the transaction rolled back. */
+static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
+{
+    int64_t start = ts_mono_us();
+    size_t count = 0;
+    if (exec(self, "BEGIN"))
+        goto fail;
+    for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < envs[i]->ncalls; c++)
+            for (ts_record_t *r = envs[i]->calls[c].records; r; r = r->next, count++)
+                if (write_record(self, r))
+                    goto fail;
+    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    int64_t took = ts_mono_us() - start;
+    self->commits++;
+    self->records += count;
+    self->commit_us_total += took;
+    if (took > self->commit_us_max)
+        self->commit_us_max = took;
+    return 0;
+fail:
+    ts_error(LOG, "commit of %zu records failed: %s", count, sqlite3_errmsg(self->db));
+    if (!sqlite3_get_autocommit(self->db))
+        sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    self->failed_commits++;
+    return -1;
+}
+
+/* After a failed commit: every write in the batch is answered with an error
+ * and its records go back to the store, which drops them from memory. */
+static void fail_batch(persist_t *self, ts_envelope_t **envs, size_t n)
+{
+    int code = sqlite3_errcode(self->db);
+    const char *why = (code & 0xff) == SQLITE_FULL       ? "the disk or database is full"
+                      : (code & 0xff) == SQLITE_READONLY ? "the database is read-only"
+                                                          : sqlite3_errmsg(self->db);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < envs[i]->ncalls; c++) {
+            ts_call_t *call = &envs[i]->calls[c];
+            if (!call->records)
+                continue;
+            ts_call_fail(call, TS_E_INTERNAL, "write not stored: %s; nothing was changed", why);
+            ts_event_free_list(call->events);
+            call->events = NULL;
+            void *list = call->records;
+            call->records = NULL;
+            if (ts_wire_send(self->to_store, TS_WIRE_ROLLBACK, &list, 1))
+                ts_record_free_list(list);
+        }
+    }
+}
+
+static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < envs[i]->ncalls; c++) {
+            ts_call_t *call = &envs[i]->calls[c];
+            if (call->method != TS_M_METRICS || !call->partial)
+                continue;
+            cJSON *m = cJSON_AddObjectToObject(call->partial, "persist");
+            cJSON_AddNumberToObject(m, "commits", (double)self->commits);
+            cJSON_AddNumberToObject(m, "records", (double)self->records);
+            cJSON_AddNumberToObject(m, "failed_commits", (double)self->failed_commits);
+            cJSON_AddNumberToObject(m, "commit_us_avg",
+                                    self->commits ? (double)self->commit_us_total / self->commits : 0);
+            cJSON_AddNumberToObject(m, "commit_us_max", (double)self->commit_us_max);
+        }
+    }
+}
+
+static bool batch_has_records(ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < envs[i]->ncalls; c++)
+            if (envs[i]->calls[c].records)
+                return true;
+    return false;
+}
+
+static void recover(persist_t *self)
+{
+    static const char *queries[] = {
+        "SELECT coll, doc_id, version, body FROM docs",
+        "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM outbox ORDER BY seq",
+    };
+    int64_t start = ts_mono_us();
+    size_t total = 0;
+    for (int q = 0; q < 2; q++) {
+        sqlite3_stmt *stmt;
+        if (sqlite3_prepare_v2(self->db, queries[q], -1, &stmt, NULL) != SQLITE_OK) {
+            ts_error(LOG, "recovery query failed: %s", sqlite3_errmsg(self->db));
+            continue;
+        }
+        ts_chunk_t *chunk = NULL;
+        int rc;
+        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+            const char *coll = (const char *)sqlite3_column_text(stmt, 0);
+            const char *id = (const char *)sqlite3_column_text(stmt, 1);
+            const char *body = (const char *)sqlite3_column_text(stmt, 3);
+            size_t body_len = (size_t)sqlite3_column_bytes(stmt, 3);
+            if (!coll || !id)
+                continue;
+            ts_record_t *r = NULL;
+            for (int attempt = 0; attempt < 2 && !r; attempt++) {
+                if (chunk)
+                    r = ts_chunk_add(chunk, q ? TS_REC_MUTATION : TS_REC_CONFIRMED, coll, id, body,
+                                     body_len);
+                if (!r) {
+                    if (chunk && ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
+                        free(chunk);
+                    size_t need = body_len + 4096;
+                    chunk = ts_chunk_new(need > RECOVERY_CHUNK_BYTES ? need : RECOVERY_CHUNK_BYTES);
+                    if (!chunk)
+                        break;
+                }
+            }
+            if (!r) {
+                ts_error(LOG, "recovery: out of memory");
+                break;
+            }
+            r->version = sqlite3_column_int64(stmt, 2);
+            if (q) {
+                r->seq = sqlite3_column_int64(stmt, 4);
+                const char *mutation = (const char *)sqlite3_column_text(stmt, 5);
+                snprintf(r->mutation, sizeof r->mutation, "%s", mutation ? mutation : "");
+                r->op = (ts_op_t)sqlite3_column_int(stmt, 6);
+                r->at_ms = sqlite3_column_int64(stmt, 7);
+            }
+            total++;
+        }
+        if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+            ts_error(LOG, "recovery read failed: %s", sqlite3_errmsg(self->db));
+        sqlite3_finalize(stmt);
+        if (chunk && ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
+            free(chunk);
+    }
+    ts_wire_send(self->to_store, TS_WIRE_RECOVERED, NULL, 0);
+    ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
+}
+
+static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    persist_t *self = arg;
+    ts_envelope_t **batch = NULL;
+    size_t nbatch = 0, cap = 0, calls = 0;
+    /* Group commit: take everything already queued (bounded), commit once. */
+    for (int flags = 0; calls < MAX_CALLS_PER_COMMIT; flags = ZMQ_DONTWAIT) {
+        uint32_t kind;
+        void **ptrs;
+        size_t n;
+        if (ts_wire_recv(socket, flags, &kind, &ptrs, &n))
+            break;
+        if (kind == TS_WIRE_RECOVER) {
+            free(ptrs);
+            recover(self);
+            continue;
+        }
+        if (kind != TS_WIRE_ENVELOPES) {
+            free(ptrs);
+            continue;
+        }
+        if (nbatch + n > cap) {
+            size_t ncap = (nbatch + n) * 2;
+            ts_envelope_t **grown = realloc(batch, ncap * sizeof *grown);
+            if (!grown) {
+                ts_error(LOG, "out of memory growing a batch");
+                free(ptrs);
+                break; /* already-taken envelopes still get answered below */
+            }
+            batch = grown, cap = ncap;
+        }
+        for (size_t i = 0; i < n; i++) {
+            batch[nbatch++] = ptrs[i];
+            calls += ((ts_envelope_t *)ptrs[i])->ncalls;
+        }
+        free(ptrs);
+    }
+    if (nbatch == 0) {
+        free(batch);
+        return 0;
+    }
+    if (batch_has_records(batch, nbatch) && commit_batch(self, batch, nbatch))
+        fail_batch(self, batch, nbatch);
+    add_metrics(self, batch, nbatch);
+    if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
+        ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
+        for (size_t i = 0; i < nbatch; i++)
+            ts_envelope_free(batch[i]);
+    }
+    free(batch);
+    return 0;
+}
+
+static void persist_cleanup(persist_t *self)
+{
+    sqlite3_finalize(self->insert_mutation);
+    sqlite3_finalize(self->drop_mutation);
+    sqlite3_finalize(self->put_confirmed);
+    if (self->db) {
+        sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        sqlite3_close_v2(self->db);
+    }
+    if (self->inbox)
+        zmq_close(self->inbox);
+    if (self->to_front)
+        zmq_close(self->to_front);
+    if (self->to_store)
+        zmq_close(self->to_store);
+    if (self->lock_fd > 0)
+        close(self->lock_fd); /* releases the flock */
+}
+
+static void *make_socket(void *zctx, int type, const char *endpoint, bool bind)
+{
+    void *s = zmq_socket(zctx, type);
+    int zero = 0, hwm = 0; /* inproc queues are bounded by the front's in-flight limit */
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
+        return s;
+    zmq_close(s);
+    return NULL;
+}
+
+static void persist_actor(ts_actor_t *actor, void *args)
+{
+    persist_t self = {.config = args, .actor = actor, .lock_fd = -1};
+    void *zctx = ts_actor_zctx(actor);
+    ts_loop_t *loop = NULL;
+    if (lock_data_dir(&self) || open_db(&self))
+        goto done;
+    self.inbox = make_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
+    self.to_front = make_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
+    self.to_store = make_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
+    loop = ts_loop_new();
+    if (!self.inbox || !self.to_front || !self.to_store || !loop) {
+        ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
+        goto done;
+    }
+    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(loop, self.inbox, on_inbox, &self);
+    ts_actor_ready(actor, 0);
+    ts_loop_run(loop);
+done:
+    ts_loop_destroy(&loop);
+    persist_cleanup(&self);
+}
+
+ts_actor_t *ts_persist_start(void *zctx, const ts_config_t *config)
+{
+    return ts_actor_new(zctx, "persist", persist_actor, (void *)config);
+}

@@ -1,0 +1,916 @@
+/* store.c — the store actor: documents, pending mutations, reads and writes. */
+#include "therasync/store.h"
+#include "therasync/call.h"
+#include "therasync/json.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#define LOG "store"
+
+/* A pending local mutation; body is the created document (create), the
+ * merge patch (update) or empty (delete). */
+typedef struct mutation {
+    struct mutation *next;
+    int64_t seq;
+    int64_t base_version;
+    int64_t at_ms;
+    uint32_t body_len;
+    uint8_t op;
+    char id[37];
+    char body[];
+} mutation_t;
+
+enum { VISIBLE_OWNED, VISIBLE_IS_CONFIRMED, VISIBLE_IS_CREATE };
+
+typedef struct doc {
+    char *visible;         /* what readers see; NULL = absent or deleted */
+    char *confirmed;       /* the server's version; NULL = none */
+    mutation_t *pending;   /* oldest first */
+    int64_t version;       /* confirmed version; 0 = never synced */
+    uint32_t visible_len;
+    uint16_t npending;
+    uint8_t visible_kind;  /* VISIBLE_*: whether visible is its own allocation */
+    uint8_t id_len;
+    char id[];
+} doc_t;
+
+typedef struct {
+    const char *name;
+    doc_t **slots;         /* open addressing, linear probing */
+    size_t cap;            /* power of two */
+    size_t used;           /* entries (visible or not) */
+    size_t live;           /* entries with a visible document */
+} collection_t;
+
+typedef struct {
+    const ts_config_t *config;
+    collection_t collections[TS_MAX_COLLECTIONS];
+    size_t ncollections;
+    int64_t seq;           /* last outbox sequence number */
+    size_t pending;        /* pending mutations over all documents */
+    void *inbox;           /* PULL */
+    void *to_persist;      /* PUSH */
+    bool recovering;
+    ts_buf_t scratch;      /* reused for printing documents and results */
+    uint64_t calls[TS_M__LAST];
+    uint64_t rejected_writes;
+} store_t;
+
+/* ---- the document table ---- */
+
+static uint64_t hash_id(const char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+
+static doc_t **find_slot(collection_t *c, const char *id, size_t len)
+{
+    size_t mask = c->cap - 1;
+    for (size_t i = hash_id(id, len) & mask;; i = (i + 1) & mask) {
+        doc_t *d = c->slots[i];
+        if (!d || (d->id_len == len && memcmp(d->id, id, len) == 0))
+            return &c->slots[i];
+    }
+}
+
+static doc_t *find_doc(collection_t *c, const char *id)
+{
+    size_t len = strlen(id);
+    if (len > 64 || c->cap == 0)
+        return NULL;
+    return *find_slot(c, id, len);
+}
+
+static int grow(collection_t *c)
+{
+    size_t cap = c->cap ? c->cap * 2 : 1024;
+    doc_t **slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return -1;
+    doc_t **old = c->slots;
+    size_t old_cap = c->cap;
+    c->slots = slots;
+    c->cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i])
+            *find_slot(c, old[i]->id, old[i]->id_len) = old[i];
+    free(old);
+    return 0;
+}
+
+/* Returns the document with this id, creating an empty entry if needed. */
+static doc_t *get_or_add_doc(collection_t *c, const char *id)
+{
+    size_t len = strlen(id);
+    if (len > 64)
+        return NULL;
+    if ((c->used + 1) * 4 > c->cap * 3 && grow(c))
+        return NULL;
+    doc_t **slot = find_slot(c, id, len);
+    if (*slot)
+        return *slot;
+    doc_t *d = calloc(1, sizeof *d + len + 1);
+    if (!d)
+        return NULL;
+    memcpy(d->id, id, len);
+    d->id_len = (uint8_t)len;
+    *slot = d;
+    c->used++;
+    return d;
+}
+
+static collection_t *find_collection(store_t *self, const char *name)
+{
+    for (size_t i = 0; name && i < self->ncollections; i++)
+        if (strcmp(self->collections[i].name, name) == 0)
+            return &self->collections[i];
+    return NULL;
+}
+
+/* ---- visible state ---- */
+
+static void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
+{
+    bool was = d->visible != NULL;
+    if (d->visible_kind == VISIBLE_OWNED)
+        free(d->visible);
+    d->visible = text;
+    d->visible_len = (uint32_t)len;
+    d->visible_kind = (uint8_t)kind;
+    c->live += (text != NULL) - was;
+}
+
+/* Prints a document into a new allocation. */
+static char *print_doc(store_t *self, const cJSON *doc, size_t *len)
+{
+    ts_buf_reset(&self->scratch);
+    if (ts_buf_reserve(&self->scratch, 64 * 1024))
+        return NULL;
+    char *text;
+    if (cJSON_PrintPreallocated((cJSON *)doc, self->scratch.data, (int)self->scratch.cap, 0)) {
+        *len = strlen(self->scratch.data);
+        text = malloc(*len + 1);
+        if (text)
+            memcpy(text, self->scratch.data, *len + 1);
+    } else {
+        text = cJSON_PrintUnformatted(doc);
+        *len = text ? strlen(text) : 0;
+    }
+    return text;
+}
+
+/* Applies one mutation on top of the current visible document. */
+static int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m)
+{
+    switch (m->op) {
+    case TS_OP_CREATE:
+        set_visible(c, d, m->body, m->body_len, VISIBLE_IS_CREATE);
+        return 0;
+    case TS_OP_DELETE:
+        set_visible(c, d, NULL, 0, VISIBLE_OWNED);
+        return 0;
+    case TS_OP_UPDATE: {
+        if (!d->visible)
+            return -1; /* nothing to patch: the update cannot apply */
+        cJSON *doc = cJSON_ParseWithLength(d->visible, d->visible_len);
+        cJSON *patch = cJSON_ParseWithLength(m->body, m->body_len);
+        doc = doc && patch ? ts_json_merge_patch(doc, patch) : doc;
+        size_t len = 0;
+        char *text = doc && patch ? print_doc(self, doc, &len) : NULL;
+        cJSON_Delete(doc);
+        cJSON_Delete(patch);
+        if (!text)
+            return -1;
+        set_visible(c, d, text, len, VISIBLE_OWNED);
+        return 0;
+    }
+    default:
+        return -1;
+    }
+}
+
+/* Rebuilds the visible document from the confirmed one and the pending
+ * mutations. Mutations that no longer apply (an update whose document is
+ * gone) are dropped and returned through *dropped for the caller to undo
+ * durably. */
+static void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped)
+{
+    if (d->confirmed)
+        set_visible(c, d, d->confirmed, strlen(d->confirmed), VISIBLE_IS_CONFIRMED);
+    else
+        set_visible(c, d, NULL, 0, VISIBLE_OWNED);
+    for (mutation_t **p = &d->pending; *p;) {
+        mutation_t *m = *p;
+        if (apply_mutation(self, c, d, m) == 0) {
+            p = &m->next;
+            continue;
+        }
+        *p = m->next;
+        d->npending--;
+        self->pending--;
+        m->next = *dropped;
+        *dropped = m;
+    }
+}
+
+static void append_mutation(store_t *self, doc_t *d, mutation_t *m)
+{
+    mutation_t **p = &d->pending;
+    while (*p)
+        p = &(*p)->next;
+    *p = m;
+    m->next = NULL;
+    d->npending++;
+    self->pending++;
+}
+
+static mutation_t *mutation_new(ts_op_t op, const char *body, size_t len)
+{
+    mutation_t *m = malloc(sizeof *m + len + 1);
+    if (!m)
+        return NULL;
+    memset(m, 0, sizeof *m);
+    m->op = (uint8_t)op;
+    m->body_len = (uint32_t)len;
+    if (len)
+        memcpy(m->body, body, len);
+    m->body[len] = '\0';
+    return m;
+}
+
+/* ---- results and events ---- */
+
+static void append_sync(ts_buf_t *b, const doc_t *d)
+{
+    const mutation_t *last = d->pending;
+    while (last && last->next)
+        last = last->next;
+    ts_buf_puts(b, "\"sync\":{\"state\":");
+    ts_buf_puts(b, d->npending ? "\"pending\"" : "\"synced\"");
+    ts_buf_puts(b, ",\"mutation\":");
+    if (last)
+        ts_buf_json_string(b, last->id, strlen(last->id));
+    else
+        ts_buf_puts(b, "null");
+    ts_buf_printf(b, ",\"pending\":%u}", (unsigned)d->npending);
+}
+
+static void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
+{
+    ts_buf_t b = {0};
+    if (with_doc) {
+        ts_buf_puts(&b, "{\"doc\":");
+        ts_buf_append(&b, d->visible, d->visible_len);
+    } else {
+        ts_buf_puts(&b, "{\"id\":");
+        ts_buf_json_string(&b, d->id, d->id_len);
+    }
+    ts_buf_puts(&b, ",");
+    append_sync(&b, d);
+    ts_buf_puts(&b, "}");
+    size_t len;
+    char *text = ts_buf_take(&b, &len);
+    if (text)
+        ts_call_set_result(call, text, len);
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+static void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len)
+{
+    ts_event_t *e = ts_event_new(topic, payload, len);
+    if (!e)
+        return;
+    ts_event_t **p = &call->events;
+    while (*p)
+        p = &(*p)->next;
+    *p = e;
+}
+
+static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t *d)
+{
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"doc.changed\",\"params\":{\"collection\":");
+    ts_buf_json_string(&b, c->name, strlen(c->name));
+    ts_buf_puts(&b, ",\"id\":");
+    ts_buf_json_string(&b, d->id, d->id_len);
+    ts_buf_puts(&b, ",\"doc\":");
+    if (d->visible)
+        ts_buf_append(&b, d->visible, d->visible_len);
+    else
+        ts_buf_puts(&b, "null");
+    ts_buf_printf(&b, ",\"origin\":\"local\",\"deleted\":%s}}", d->visible ? "false" : "true");
+    char topic[80];
+    snprintf(topic, sizeof topic, "doc.%s", c->name);
+    if (b.data)
+        add_event(call, topic, b.data, b.len);
+    ts_buf_free(&b);
+}
+
+/* Attaches the durable record of a new mutation to the call. */
+static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                               const mutation_t *m)
+{
+    ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id,
+                                   m->op == TS_OP_DELETE ? NULL : m->body, m->body_len);
+    if (!r)
+        return -1;
+    r->op = (ts_op_t)m->op;
+    r->seq = m->seq;
+    r->version = m->base_version;
+    r->at_ms = m->at_ms;
+    memcpy(r->mutation, m->id, sizeof r->mutation);
+    ts_record_t **p = &call->records;
+    while (*p)
+        p = &(*p)->next;
+    *p = r;
+    return 0;
+}
+
+static int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                           const mutation_t *m)
+{
+    ts_record_t *r = ts_record_new(TS_REC_DROP, c->name, d->id, NULL, 0);
+    if (!r)
+        return -1;
+    r->seq = m->seq;
+    memcpy(r->mutation, m->id, sizeof r->mutation);
+    r->next = call->records;
+    call->records = r;
+    return 0;
+}
+
+/* Removes the server-assigned fields a client may not set. */
+static void strip_server_fields(cJSON *doc)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "version");
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "updated_at");
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "deleted");
+}
+
+static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *body, size_t len,
+                                      int64_t base_version)
+{
+    mutation_t *m = mutation_new(op, body, len);
+    if (!m)
+        return NULL;
+    m->seq = ++self->seq;
+    m->base_version = base_version;
+    m->at_ms = ts_wall_ms();
+    ts_uuidv7(m->id);
+    return m;
+}
+
+/* Commits a new mutation to memory and to the call: the caller has checked
+ * it applies. */
+static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                            mutation_t *m)
+{
+    append_mutation(self, d, m);
+    if (apply_mutation(self, c, d, m) || add_mutation_record(call, c, d, m)) {
+        mutation_t *dropped = NULL;
+        /* Undo: take m back out and rebuild what readers see. */
+        mutation_t **p = &d->pending;
+        while (*p != m)
+            p = &(*p)->next;
+        *p = m->next;
+        d->npending--;
+        self->pending--;
+        recompute(self, c, d, &dropped);
+        free(m);
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory applying the write");
+        return;
+    }
+    set_doc_result(call, d, m->op != TS_OP_DELETE);
+    add_doc_changed(call, c, d);
+}
+
+/* ---- methods ---- */
+
+static void do_create(store_t *self, ts_call_t *call, collection_t *c)
+{
+    cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
+    strip_server_fields(doc);
+    const char *id = ts_json_string(doc, "id");
+    char generated[37];
+    if (!id) {
+        ts_uuidv7(generated);
+        id = generated;
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
+        /* put the id first, where readers expect it */
+        cJSON *item = cJSON_CreateString(generated);
+        if (!item) {
+            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+            return;
+        }
+        item->string = strdup("id");
+        item->next = doc->child;
+        if (doc->child) {
+            item->prev = doc->child->prev;
+            doc->child->prev = item;
+        } else {
+            item->prev = item;
+        }
+        doc->child = item;
+    }
+    doc_t *existing = find_doc(c, id);
+    if (existing && existing->visible) {
+        ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);
+        return;
+    }
+    size_t len;
+    char *text = print_doc(self, doc, &len);
+    mutation_t *m = text ? new_local_mutation(self, TS_OP_CREATE, text, len, 0) : NULL;
+    free(text);
+    doc_t *d = m ? get_or_add_doc(c, id) : NULL;
+    if (!d) {
+        free(m);
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    accept_mutation(self, call, c, d, m);
+}
+
+static void do_update(store_t *self, ts_call_t *call, collection_t *c)
+{
+    const char *id = ts_json_string(call->params, "id");
+    cJSON *patch = cJSON_GetObjectItemCaseSensitive(call->params, "patch");
+    doc_t *d = find_doc(c, id);
+    if (!d || !d->visible) {
+        ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
+        return;
+    }
+    long long base = 0;
+    if (ts_json_int(call->params, "base_version", &base) && base != d->version) {
+        ts_call_fail(call, TS_E_CONFLICT, "base_version %lld is stale: the document is at %lld",
+                     base, (long long)d->version);
+        call->err_data = cJSON_CreateObject();
+        cJSON_AddNumberToObject(call->err_data, "current_version", (double)d->version);
+        return;
+    }
+    const char *patch_id = ts_json_string(patch, "id");
+    if (cJSON_GetObjectItemCaseSensitive(patch, "id") && (!patch_id || strcmp(patch_id, id))) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "a patch cannot change a document's id");
+        return;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
+    strip_server_fields(patch);
+    size_t len;
+    char *text = print_doc(self, patch, &len);
+    mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, d->version) : NULL;
+    free(text);
+    if (!m) {
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    accept_mutation(self, call, c, d, m);
+}
+
+static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
+{
+    const char *id = ts_json_string(call->params, "id");
+    doc_t *d = find_doc(c, id);
+    if (!d || !d->visible) {
+        ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
+        return;
+    }
+    mutation_t *m = new_local_mutation(self, TS_OP_DELETE, "", 0, d->version);
+    if (!m) {
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    accept_mutation(self, call, c, d, m);
+}
+
+static void do_get(ts_call_t *call, collection_t *c)
+{
+    const char *id = ts_json_string(call->params, "id");
+    doc_t *d = find_doc(c, id);
+    if (!d || !d->visible)
+        ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
+    else
+        set_doc_result(call, d, true);
+}
+
+typedef struct {
+    cJSON *doc;
+    const char *text;
+    size_t len;
+} query_row_t;
+
+static const cJSON *query_order_field;
+static int query_order_desc;
+
+static int compare_rows(const void *a, const void *b)
+{
+    const char *key = query_order_field->valuestring;
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(((const query_row_t *)a)->doc, key);
+    const cJSON *y = cJSON_GetObjectItemCaseSensitive(((const query_row_t *)b)->doc, key);
+    int r;
+    if (cJSON_IsNumber(x) && cJSON_IsNumber(y))
+        r = (x->valuedouble > y->valuedouble) - (x->valuedouble < y->valuedouble);
+    else if (cJSON_IsString(x) && cJSON_IsString(y))
+        r = strcmp(x->valuestring, y->valuestring);
+    else
+        r = (x != NULL) - (y != NULL); /* missing fields sort first */
+    return query_order_desc ? -r : r;
+}
+
+/* The built-in selector: {where: {field: value, ...}, order_by: [field,
+ * "asc"|"desc"], limit: N}. Named (Lua) selectors come with the policy
+ * engine. */
+static void do_query(store_t *self, ts_call_t *call, collection_t *c)
+{
+    (void)self;
+    const cJSON *selector = cJSON_GetObjectItemCaseSensitive(call->params, "selector");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
+    if (!cJSON_IsObject(selector)) {
+        ts_call_fail(call, TS_E_POLICY, "no selector named %s",
+                     cJSON_IsString(selector) ? selector->valuestring : "(not a string)");
+        return;
+    }
+    const cJSON *where = cJSON_GetObjectItemCaseSensitive(selector, "where");
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(selector, "order_by");
+    long long limit = 100;
+    ts_json_int(selector, "limit", &limit);
+    long long plimit;
+    if (ts_json_int(params, "limit", &plimit) && plimit < limit)
+        limit = plimit;
+    if ((where && !cJSON_IsObject(where)) ||
+        (order && (!cJSON_IsArray(order) || !cJSON_IsString(cJSON_GetArrayItem(order, 0)))) ||
+        limit < 0 || limit > 100000) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS,
+                     "selector must be {where: object, order_by: [field, \"asc\"|\"desc\"], "
+                     "limit: 0..100000}");
+        return;
+    }
+    query_row_t *rows = NULL;
+    size_t nrows = 0, cap = 0;
+    for (size_t i = 0; i < c->cap; i++) {
+        doc_t *d = c->slots[i];
+        if (!d || !d->visible)
+            continue;
+        cJSON *doc = cJSON_ParseWithLength(d->visible, d->visible_len);
+        bool match = doc != NULL;
+        for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
+            match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
+        if (!match) {
+            cJSON_Delete(doc);
+            continue;
+        }
+        if (nrows == cap) {
+            cap = cap ? cap * 2 : 64;
+            query_row_t *grown = realloc(rows, cap * sizeof *rows);
+            if (!grown) {
+                cJSON_Delete(doc);
+                break;
+            }
+            rows = grown;
+        }
+        rows[nrows++] = (query_row_t){doc, d->visible, d->visible_len};
+        if (!order && (long long)nrows >= limit)
+            break;
+    }
+    if (order && nrows > 1) {
+        query_order_field = cJSON_GetArrayItem(order, 0);
+        const cJSON *dir = cJSON_GetArrayItem(order, 1);
+        query_order_desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
+        qsort(rows, nrows, sizeof *rows, compare_rows);
+    }
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"items\":[");
+    for (size_t i = 0; i < nrows && (long long)i < limit; i++) {
+        if (i)
+            ts_buf_puts(&b, ",");
+        ts_buf_append(&b, rows[i].text, rows[i].len);
+    }
+    ts_buf_puts(&b, "],\"stale\":false,\"cursor\":null}");
+    for (size_t i = 0; i < nrows; i++)
+        cJSON_Delete(rows[i].doc);
+    free(rows);
+    size_t len;
+    char *text = ts_buf_take(&b, &len);
+    if (text)
+        ts_call_set_result(call, text, len);
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+/* Finds a pending mutation by id (a scan: cancel is rare). */
+static mutation_t *find_mutation(store_t *self, const char *id, collection_t **cp, doc_t **dp)
+{
+    for (size_t k = 0; k < self->ncollections; k++) {
+        collection_t *c = &self->collections[k];
+        for (size_t i = 0; i < c->cap; i++) {
+            doc_t *d = c->slots[i];
+            for (mutation_t *m = d ? d->pending : NULL; m; m = m->next) {
+                if (strcmp(m->id, id) == 0) {
+                    *cp = c, *dp = d;
+                    return m;
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+static void do_cancel(store_t *self, ts_call_t *call)
+{
+    const char *id = ts_json_string(call->params, "mutation");
+    collection_t *c;
+    doc_t *d;
+    mutation_t *m = find_mutation(self, id, &c, &d);
+    if (!m) {
+        ts_call_set_result(call, strdup("{\"cancelled\":false,\"doc\":null}"), 31);
+        if (!call->result)
+            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    /* Not yet sent (no API actor in this build): drop it and roll back. */
+    mutation_t **p = &d->pending;
+    while (*p != m)
+        p = &(*p)->next;
+    *p = m->next;
+    d->npending--;
+    self->pending--;
+    mutation_t *dropped = NULL;
+    recompute(self, c, d, &dropped);
+    m->next = dropped;
+    for (mutation_t *x = m; x; x = x->next)
+        add_drop_record(call, c, d, x);
+    while (m) {
+        mutation_t *next = m->next;
+        free(m);
+        m = next;
+    }
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"cancelled\":true,\"doc\":");
+    if (d->visible)
+        ts_buf_append(&b, d->visible, d->visible_len);
+    else
+        ts_buf_puts(&b, "null");
+    ts_buf_puts(&b, "}");
+    size_t len;
+    char *text = ts_buf_take(&b, &len);
+    ts_call_set_result(call, text, len);
+    add_doc_changed(call, c, d);
+}
+
+static void do_status(store_t *self, ts_call_t *call)
+{
+    ts_buf_t b = {0};
+    ts_buf_printf(&b,
+                  "{\"online\":false,\"api\":\"none\",\"pending\":%zu,\"last_sync_at\":null,"
+                  "\"last_error\":null,\"cursor\":null,\"collections\":{",
+                  self->pending);
+    for (size_t i = 0; i < self->ncollections; i++) {
+        collection_t *c = &self->collections[i];
+        ts_buf_printf(&b, "%s", i ? "," : "");
+        ts_buf_json_string(&b, c->name, strlen(c->name));
+        ts_buf_printf(&b, ":%zu", c->live);
+    }
+    ts_buf_puts(&b, "}}");
+    size_t len;
+    char *text = ts_buf_take(&b, &len);
+    if (text)
+        ts_call_set_result(call, text, len);
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+static void do_metrics(store_t *self, ts_call_t *call)
+{
+    call->partial = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(call->partial, "store");
+    cJSON *calls = cJSON_AddObjectToObject(m, "calls");
+    for (int i = 0; i < TS_M_NONE; i++)
+        cJSON_AddNumberToObject(calls, ts_method_name((ts_method_t)i), (double)self->calls[i]);
+    cJSON_AddNumberToObject(m, "pending", (double)self->pending);
+    cJSON_AddNumberToObject(m, "rejected_writes", (double)self->rejected_writes);
+    cJSON *docs = cJSON_AddObjectToObject(m, "documents");
+    for (size_t i = 0; i < self->ncollections; i++)
+        cJSON_AddNumberToObject(docs, self->collections[i].name,
+                                (double)self->collections[i].live);
+}
+
+static void handle_call(store_t *self, ts_call_t *call)
+{
+    if (call->err_code || call->result || call->partial)
+        return; /* answered by the front door */
+    self->calls[call->method]++;
+    collection_t *c = find_collection(self, call->collection);
+    switch (call->method) {
+    case TS_M_CREATE: do_create(self, call, c); break;
+    case TS_M_UPDATE: do_update(self, call, c); break;
+    case TS_M_DELETE: do_delete(self, call, c); break;
+    case TS_M_GET: do_get(call, c); break;
+    case TS_M_QUERY: do_query(self, call, c); break;
+    case TS_M_CANCEL: do_cancel(self, call); break;
+    case TS_M_STATUS: do_status(self, call); break;
+    case TS_M_METRICS: do_metrics(self, call); break;
+    default:
+        ts_call_fail(call, TS_E_NO_METHOD, "%s is not available in this build",
+                     ts_method_name(call->method));
+    }
+    if (call->err_code && (call->method == TS_M_CREATE || call->method == TS_M_UPDATE ||
+                           call->method == TS_M_DELETE))
+        self->rejected_writes++;
+}
+
+/* ---- recovery and rollback ---- */
+
+static void recover_record(store_t *self, const ts_record_t *r)
+{
+    collection_t *c = find_collection(self, r->collection);
+    if (!c) {
+        ts_warn(LOG, "recovery: collection %s is not configured; its records stay on disk",
+                r->collection);
+        return;
+    }
+    doc_t *d = get_or_add_doc(c, r->doc_id);
+    if (!d) {
+        ts_error(LOG, "recovery: out of memory");
+        return;
+    }
+    if (r->kind == TS_REC_CONFIRMED) {
+        free(d->confirmed);
+        d->confirmed = r->body ? strdup(r->body) : NULL;
+        d->version = r->version;
+        if (d->confirmed)
+            set_visible(c, d, d->confirmed, r->body_len, VISIBLE_IS_CONFIRMED);
+        return;
+    }
+    mutation_t *m = mutation_new(r->op, r->body ? r->body : "", r->body ? r->body_len : 0);
+    if (!m) {
+        ts_error(LOG, "recovery: out of memory");
+        return;
+    }
+    m->seq = r->seq;
+    m->base_version = r->version;
+    m->at_ms = r->at_ms;
+    memcpy(m->id, r->mutation, sizeof m->id);
+    if (r->seq > self->seq)
+        self->seq = r->seq;
+    append_mutation(self, d, m);
+    if (apply_mutation(self, c, d, m))
+        ts_warn(LOG, "recovery: mutation %s no longer applies to %s/%s; kept pending", m->id,
+                c->name, d->id);
+}
+
+static void rollback(store_t *self, ts_record_t *records)
+{
+    for (ts_record_t *r = records; r; r = r->next) {
+        collection_t *c = find_collection(self, r->collection);
+        doc_t *d = c ? find_doc(c, r->doc_id) : NULL;
+        if (!d || r->kind != TS_REC_MUTATION)
+            continue;
+        for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
+            if ((*p)->seq == r->seq) {
+                mutation_t *m = *p, *dropped = NULL;
+                *p = m->next;
+                d->npending--;
+                self->pending--;
+                recompute(self, c, d, &dropped);
+                free(m);
+                while (dropped) { /* later writes that depended on it fail too */
+                    mutation_t *next = dropped->next;
+                    free(dropped);
+                    dropped = next;
+                }
+                break;
+            }
+        }
+    }
+    ts_record_free_list(records);
+}
+
+static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
+{
+    store_t *self = arg;
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    /* Take what is queued (bounded) and pass it on as one message, so
+     * persist sees large batches. */
+    for (int round = 0; round < 64; round++) {
+        if (ts_wire_recv(socket, round ? ZMQ_DONTWAIT : 0, &kind, &ptrs, &n))
+            return 0;
+        switch (kind) {
+        case TS_WIRE_ENVELOPES:
+            for (size_t i = 0; i < n; i++) {
+                ts_envelope_t *e = ptrs[i];
+                for (size_t k = 0; k < e->ncalls; k++)
+                    handle_call(self, &e->calls[k]);
+            }
+            if (ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, ptrs, n)) {
+                ts_error(LOG, "cannot pass envelopes to persist");
+                for (size_t i = 0; i < n; i++)
+                    ts_envelope_free(ptrs[i]);
+            }
+            break;
+        case TS_WIRE_RECOVERED:
+            if (n == 0) {
+                self->recovering = false;
+                free(ptrs);
+                return -1; /* ends the recovery loop */
+            }
+            for (ts_record_t *r = ((ts_chunk_t *)ptrs[0])->head; r; r = r->next)
+                recover_record(self, r);
+            free(ptrs[0]);
+            break;
+        case TS_WIRE_ROLLBACK:
+            for (size_t i = 0; i < n; i++)
+                rollback(self, ptrs[i]);
+            break;
+        default:
+            break;
+        }
+        free(ptrs);
+    }
+    (void)loop;
+    return 0;
+}
+
+static void free_doc(doc_t *d)
+{
+    if (d->visible_kind == VISIBLE_OWNED)
+        free(d->visible);
+    free(d->confirmed);
+    while (d->pending) {
+        mutation_t *next = d->pending->next;
+        free(d->pending);
+        d->pending = next;
+    }
+    free(d);
+}
+
+static void store_cleanup(store_t *self)
+{
+    for (size_t k = 0; k < self->ncollections; k++) {
+        collection_t *c = &self->collections[k];
+        for (size_t i = 0; i < c->cap; i++)
+            if (c->slots[i])
+                free_doc(c->slots[i]);
+        free(c->slots);
+    }
+    ts_buf_free(&self->scratch);
+    if (self->inbox)
+        zmq_close(self->inbox);
+    if (self->to_persist)
+        zmq_close(self->to_persist);
+}
+
+static void store_actor(ts_actor_t *actor, void *args)
+{
+    store_t self = {.config = args};
+    void *zctx = ts_actor_zctx(actor);
+    int zero = 0;
+    ts_loop_t *loop = ts_loop_new();
+    for (size_t i = 0; i < self.config->ncollections; i++)
+        self.collections[self.ncollections++].name = self.config->collections[i];
+    self.inbox = zmq_socket(zctx, ZMQ_PULL);
+    self.to_persist = zmq_socket(zctx, ZMQ_PUSH);
+    if (!loop || !self.inbox || !self.to_persist)
+        goto done;
+    zmq_setsockopt(self.inbox, ZMQ_RCVHWM, &zero, sizeof zero);
+    zmq_setsockopt(self.to_persist, ZMQ_SNDHWM, &zero, sizeof zero);
+    zmq_setsockopt(self.inbox, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(self.to_persist, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST)) {
+        ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
+        goto done;
+    }
+    /* Load the durable state before saying ready. */
+    int64_t start = ts_mono_us();
+    self.recovering = true;
+    if (ts_wire_send(self.to_persist, TS_WIRE_RECOVER, NULL, 0))
+        goto done;
+    while (self.recovering)
+        if (on_inbox(loop, self.inbox, &self) < 0 && self.recovering)
+            goto done;
+    size_t docs = 0;
+    for (size_t i = 0; i < self.ncollections; i++)
+        docs += self.collections[i].live;
+    ts_info(LOG, "loaded %zu documents, %zu pending mutations in %.3f s", docs, self.pending,
+            (ts_mono_us() - start) / 1e6);
+    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(loop, self.inbox, on_inbox, &self);
+    ts_actor_ready(actor, 0);
+    ts_loop_run(loop);
+done:
+    ts_loop_destroy(&loop);
+    store_cleanup(&self);
+}
+
+ts_actor_t *ts_store_start(void *zctx, const ts_config_t *config)
+{
+    return ts_actor_new(zctx, "store", store_actor, (void *)config);
+}

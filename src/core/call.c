@@ -1,0 +1,194 @@
+/* call.c — pipeline units: calls, envelopes, records, events. */
+#include "therasync/call.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *method_names[TS_M__LAST] = {
+    [TS_M_CREATE] = "create",   [TS_M_UPDATE] = "update",
+    [TS_M_DELETE] = "delete",   [TS_M_GET] = "get",
+    [TS_M_QUERY] = "query",     [TS_M_CANCEL] = "cancel",
+    [TS_M_INVALIDATE] = "invalidate", [TS_M_SYNC] = "sync",
+    [TS_M_STATUS] = "status",   [TS_M_POLICY_RELOAD] = "policy.reload",
+    [TS_M_POLICY_INFO] = "policy.info", [TS_M_AUDIT] = "audit",
+    [TS_M_METRICS] = "metrics", [TS_M_PING] = "ping",
+    [TS_M_NONE] = "(none)",
+};
+
+const char *ts_method_name(ts_method_t method)
+{
+    return method < TS_M__LAST ? method_names[method] : "(none)";
+}
+
+ts_method_t ts_method_lookup(const char *name)
+{
+    for (int m = 0; m < TS_M_NONE; m++)
+        if (strcmp(name, method_names[m]) == 0)
+            return (ts_method_t)m;
+    return TS_M_NONE;
+}
+
+const char *ts_error_reason(int code)
+{
+    switch (code) {
+    case TS_E_NOT_FOUND: return "not_found";
+    case TS_E_VALIDATION: return "validation_failed";
+    case TS_E_CONFLICT: return "conflict";
+    case TS_E_POLICY: return "policy_error";
+    case TS_E_BUSY: return "busy";
+    case TS_E_UNAUTHORIZED: return "unauthorized";
+    case TS_E_TOO_LARGE: return "too_large";
+    case TS_E_UNKNOWN_COLLECTION: return "unknown_collection";
+    default: return NULL;
+    }
+}
+
+/* Lays a record out at mem: header, then collection, id and body strings. */
+static size_t record_size(const char *collection, const char *doc_id, const char *body,
+                          size_t body_len)
+{
+    return sizeof(ts_record_t) + strlen(collection) + 1 + strlen(doc_id) + 1 +
+           (body ? body_len + 1 : 0);
+}
+
+static ts_record_t *record_init(void *mem, ts_record_kind_t kind, const char *collection,
+                                const char *doc_id, const char *body, size_t body_len)
+{
+    size_t clen = strlen(collection) + 1, ilen = strlen(doc_id) + 1;
+    ts_record_t *r = mem;
+    memset(r, 0, sizeof *r);
+    r->kind = kind;
+    memcpy(r->data, collection, clen);
+    memcpy(r->data + clen, doc_id, ilen);
+    r->collection = r->data;
+    r->doc_id = r->data + clen;
+    if (body) {
+        char *b = r->data + clen + ilen;
+        memcpy(b, body, body_len);
+        b[body_len] = '\0';
+        r->body = b;
+        r->body_len = body_len;
+    }
+    return r;
+}
+
+ts_chunk_t *ts_chunk_new(size_t bytes)
+{
+    ts_chunk_t *chunk = malloc(sizeof *chunk + bytes);
+    if (chunk) {
+        memset(chunk, 0, sizeof *chunk);
+        chunk->cap = bytes;
+    }
+    return chunk;
+}
+
+ts_record_t *ts_chunk_add(ts_chunk_t *chunk, ts_record_kind_t kind, const char *collection,
+                          const char *doc_id, const char *body, size_t body_len)
+{
+    size_t size = (record_size(collection, doc_id, body, body_len) + 15) & ~(size_t)15;
+    if (chunk->used + size > chunk->cap)
+        return NULL;
+    ts_record_t *r = record_init(chunk->mem + chunk->used, kind, collection, doc_id, body, body_len);
+    chunk->used += size;
+    chunk->count++;
+    if (chunk->tail)
+        chunk->tail->next = r;
+    else
+        chunk->head = r;
+    chunk->tail = r;
+    return r;
+}
+
+ts_record_t *ts_record_new(ts_record_kind_t kind, const char *collection, const char *doc_id,
+                           const char *body, size_t body_len)
+{
+    void *mem = malloc(record_size(collection, doc_id, body, body_len));
+    return mem ? record_init(mem, kind, collection, doc_id, body, body_len) : NULL;
+}
+
+void ts_record_free_list(ts_record_t *head)
+{
+    while (head) {
+        ts_record_t *next = head->next;
+        free(head);
+        head = next;
+    }
+}
+
+ts_event_t *ts_event_new(const char *topic, const char *payload, size_t payload_len)
+{
+    size_t tlen = strlen(topic);
+    ts_event_t *e = malloc(sizeof *e + tlen + payload_len);
+    if (!e)
+        return NULL;
+    e->next = NULL;
+    e->topic_len = tlen;
+    e->payload_len = payload_len;
+    memcpy(e->data, topic, tlen);
+    memcpy(e->data + tlen, payload, payload_len);
+    return e;
+}
+
+void ts_event_free_list(ts_event_t *head)
+{
+    while (head) {
+        ts_event_t *next = head->next;
+        free(head);
+        head = next;
+    }
+}
+
+ts_envelope_t *ts_envelope_new(size_t ncalls)
+{
+    ts_envelope_t *e = calloc(1, sizeof *e + ncalls * sizeof(ts_call_t));
+    if (e)
+        e->ncalls = ncalls;
+    return e;
+}
+
+void ts_envelope_free(ts_envelope_t *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->ncalls; i++) {
+        ts_call_t *c = &e->calls[i];
+        free(c->id_json);
+        cJSON_Delete(c->params);
+        free(c->err_message);
+        cJSON_Delete(c->err_data);
+        free(c->result);
+        cJSON_Delete(c->partial);
+        ts_record_free_list(c->records);
+        ts_event_free_list(c->events);
+    }
+    free(e->route);
+    free(e);
+}
+
+void ts_call_fail(ts_call_t *call, int code, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    free(call->err_message);
+    call->err_code = code;
+    call->err_message = strdup(message);
+    free(call->result);
+    call->result = NULL;
+}
+
+void ts_call_set_result(ts_call_t *call, char *result, size_t len)
+{
+    free(call->result);
+    call->result = result;
+    call->result_len = len;
+}
+
+bool ts_call_has_records(const ts_call_t *call)
+{
+    return call->records != NULL;
+}

@@ -1,0 +1,301 @@
+/* config.c — defaults, the Lua config file and the daemon's flags. */
+#include "therasync/config.h"
+
+#include <getopt.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void set_str(char **slot, const char *value)
+{
+    free(*slot);
+    *slot = value ? strdup(value) : NULL;
+}
+
+void ts_config_init(ts_config_t *c)
+{
+    memset(c, 0, sizeof *c);
+    set_str(&c->data_dir, "./var");
+    set_str(&c->endpoint, "tcp://127.0.0.1:7410");
+    set_str(&c->events, "tcp://127.0.0.1:7411");
+    c->log_level = TS_LOG_INFO;
+    c->max_request_bytes = 1 << 20;
+    c->max_inflight = 100000;
+    set_str(&c->collections[0], "sessions");
+    set_str(&c->collections[1], "consultations");
+    c->ncollections = 2;
+    set_str(&c->auth.client_id, "therasync");
+    set_str(&c->auth.client_secret, "dev-secret");
+    c->lua.memory_bytes = 32u << 20;
+    c->lua.instruction_budget = 1000000;
+}
+
+void ts_config_free(ts_config_t *c)
+{
+    free(c->data_dir);
+    free(c->endpoint);
+    free(c->events);
+    free(c->api_url);
+    free(c->policies_dir);
+    for (size_t i = 0; i < c->ncollections; i++)
+        free(c->collections[i]);
+    free(c->auth.client_id);
+    free(c->auth.client_secret);
+    free(c->auth.client_secret_file);
+    free(c->auth.token_url);
+    cJSON_Delete(c->clinic);
+    memset(c, 0, sizeof *c);
+}
+
+int ts_config_collection(const ts_config_t *c, const char *name)
+{
+    for (size_t i = 0; i < c->ncollections; i++)
+        if (strcmp(c->collections[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Reads a string field of the table at the top of the stack (or a global
+ * when table is 0). Returns 0 (absent is fine), -1 on a wrong type. */
+static int read_string(lua_State *L, int table, const char *key, char **slot, char *err,
+                       size_t errlen)
+{
+    int type = table ? lua_getfield(L, table, key) : lua_getglobal(L, key);
+    int rc = 0;
+    if (type == LUA_TSTRING) {
+        set_str(slot, lua_tostring(L, -1));
+    } else if (type != LUA_TNIL) {
+        snprintf(err, errlen, "config: %s must be a string", key);
+        rc = -1;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+static int read_number(lua_State *L, int table, const char *key, double *value, char *err,
+                       size_t errlen)
+{
+    int type = table ? lua_getfield(L, table, key) : lua_getglobal(L, key);
+    int rc = 0;
+    if (type == LUA_TNUMBER) {
+        *value = lua_tonumber(L, -1);
+        if (*value < 0) {
+            snprintf(err, errlen, "config: %s must not be negative", key);
+            rc = -1;
+        }
+    } else if (type != LUA_TNIL) {
+        snprintf(err, errlen, "config: %s must be a number", key);
+        rc = -1;
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Lua value at the top of the stack → cJSON (tables with 1..n keys become
+ * arrays). Depth-limited; functions and userdata are refused. */
+static cJSON *lua_to_json(lua_State *L, int depth)
+{
+    int type = lua_type(L, -1);
+    if (depth > 32)
+        return NULL;
+    switch (type) {
+    case LUA_TBOOLEAN: return cJSON_CreateBool(lua_toboolean(L, -1));
+    case LUA_TNUMBER: return cJSON_CreateNumber(lua_tonumber(L, -1));
+    case LUA_TSTRING: return cJSON_CreateString(lua_tostring(L, -1));
+    case LUA_TTABLE: {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        cJSON *out = n > 0 ? cJSON_CreateArray() : cJSON_CreateObject();
+        lua_pushnil(L);
+        while (out && lua_next(L, -2)) {
+            cJSON *value = lua_to_json(L, depth + 1);
+            if (!value) {
+                lua_pop(L, 2);
+                cJSON_Delete(out);
+                return NULL;
+            }
+            if (n > 0) {
+                cJSON_AddItemToArray(out, value);
+            } else {
+                lua_pushvalue(L, -2);
+                cJSON_AddItemToObject(out, lua_tostring(L, -1), value);
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        }
+        return out;
+    }
+    default: return NULL;
+    }
+}
+
+int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "config: out of memory");
+        return -1;
+    }
+    /* The config is trusted operator input, but it only needs the basics. */
+    luaL_requiref(L, "_G", luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 1); /* os.getenv for secrets */
+    lua_pop(L, 3);
+    int rc = -1;
+    if (luaL_loadfilex(L, path, "t") || lua_pcall(L, 0, 0, 0)) {
+        snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+        goto done;
+    }
+    char *durability = NULL, *level = NULL;
+    double num;
+    if (read_string(L, 0, "data", &c->data_dir, err, errlen) ||
+        read_string(L, 0, "endpoint", &c->endpoint, err, errlen) ||
+        read_string(L, 0, "events", &c->events, err, errlen) ||
+        read_string(L, 0, "api", &c->api_url, err, errlen) ||
+        read_string(L, 0, "policies", &c->policies_dir, err, errlen) ||
+        read_string(L, 0, "log_level", &level, err, errlen) ||
+        read_string(L, 0, "durability", &durability, err, errlen))
+        goto strings_done;
+    if (level && ts_log_parse_level(level, &c->log_level)) {
+        snprintf(err, errlen, "config: log_level must be error, warn, info or debug");
+        goto strings_done;
+    }
+    if (durability && strcmp(durability, "relaxed") != 0 && strcmp(durability, "strict") != 0) {
+        snprintf(err, errlen, "config: durability must be \"strict\" or \"relaxed\"");
+        goto strings_done;
+    }
+    c->durability_relaxed = durability && strcmp(durability, "relaxed") == 0;
+    num = (double)c->max_request_bytes;
+    if (read_number(L, 0, "max_request_bytes", &num, err, errlen))
+        goto strings_done;
+    c->max_request_bytes = (size_t)num;
+    num = (double)c->max_inflight;
+    if (read_number(L, 0, "max_inflight", &num, err, errlen))
+        goto strings_done;
+    c->max_inflight = (size_t)num;
+    num = (double)c->max_db_bytes;
+    if (read_number(L, 0, "max_db_bytes", &num, err, errlen))
+        goto strings_done;
+    c->max_db_bytes = (long long)num;
+
+    if (lua_getglobal(L, "collections") == LUA_TTABLE) {
+        size_t n = lua_rawlen(L, -1);
+        if (n == 0 || n > TS_MAX_COLLECTIONS) {
+            snprintf(err, errlen, "config: collections must list 1 to %d names",
+                     TS_MAX_COLLECTIONS);
+            goto strings_done;
+        }
+        for (size_t i = 0; i < c->ncollections; i++)
+            free(c->collections[i]);
+        c->ncollections = 0;
+        for (size_t i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            const char *name = lua_tostring(L, -1);
+            if (!name || !*name || strlen(name) > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(name)) {
+                snprintf(err, errlen, "config: collection names are 1-64 of [a-z0-9_]");
+                goto strings_done;
+            }
+            c->collections[c->ncollections++] = strdup(name);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "auth") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        if (read_string(L, t, "client_id", &c->auth.client_id, err, errlen) ||
+            read_string(L, t, "client_secret", &c->auth.client_secret, err, errlen) ||
+            read_string(L, t, "client_secret_file", &c->auth.client_secret_file, err, errlen) ||
+            read_string(L, t, "token_url", &c->auth.token_url, err, errlen))
+            goto strings_done;
+    }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "lua") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        num = (double)(c->lua.memory_bytes >> 20);
+        if (read_number(L, t, "memory_mb", &num, err, errlen))
+            goto strings_done;
+        c->lua.memory_bytes = (size_t)num << 20;
+        num = (double)c->lua.instruction_budget;
+        if (read_number(L, t, "instruction_budget", &num, err, errlen))
+            goto strings_done;
+        c->lua.instruction_budget = (long)num;
+    }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "clinic") == LUA_TTABLE) {
+        cJSON_Delete(c->clinic);
+        c->clinic = lua_to_json(L, 0);
+    }
+    lua_pop(L, 1);
+    rc = 0;
+strings_done:
+    free(durability);
+    free(level);
+done:
+    lua_close(L);
+    return rc;
+}
+
+static const char usage[] =
+    "usage: therasyncd [options]\n"
+    "  --config FILE        Lua config file (flags win over it)\n"
+    "  --data DIR           data directory (default ./var)\n"
+    "  --endpoint ZMQ       JSON-RPC ROUTER endpoint (default tcp://127.0.0.1:7410)\n"
+    "  --events ZMQ         event PUB endpoint (default tcp://127.0.0.1:7411)\n"
+    "  --api URL            Clinic API base URL (absent: standalone)\n"
+    "  --policies DIR       Lua policies directory (default: the shipped policies)\n"
+    "  --log-level LEVEL    error|warn|info|debug (default info)\n"
+    "  --help, --version\n";
+
+int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_t errlen)
+{
+    static const struct option options[] = {
+        {"config", required_argument, 0, 'c'},   {"data", required_argument, 0, 'd'},
+        {"endpoint", required_argument, 0, 'e'}, {"events", required_argument, 0, 'E'},
+        {"api", required_argument, 0, 'a'},      {"policies", required_argument, 0, 'p'},
+        {"log-level", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},        {0, 0, 0, 0}};
+    /* First pass: the config file, so that flags can override it. */
+    optind = 1;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        if (opt == 'c' && ts_config_load(c, optarg, err, errlen))
+            return -1;
+        if (opt == 'h') {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (opt == 'V') {
+            printf("therasyncd %s\n", TS_VERSION);
+            return 1;
+        }
+        if (opt == '?') {
+            snprintf(err, errlen, "unknown or incomplete option '%s'\n%s", argv[optind - 1], usage);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        snprintf(err, errlen, "unexpected argument '%s'\n%s", argv[optind], usage);
+        return -1;
+    }
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case 'd': set_str(&c->data_dir, optarg); break;
+        case 'e': set_str(&c->endpoint, optarg); break;
+        case 'E': set_str(&c->events, optarg); break;
+        case 'a': set_str(&c->api_url, optarg); break;
+        case 'p': set_str(&c->policies_dir, optarg); break;
+        case 'l':
+            if (ts_log_parse_level(optarg, &c->log_level)) {
+                snprintf(err, errlen, "--log-level must be error, warn, info or debug");
+                return -1;
+            }
+            break;
+        default: break;
+        }
+    }
+    return 0;
+}

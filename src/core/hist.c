@@ -1,0 +1,46 @@
+/* hist.c — log-linear histogram. */
+#include "therasync/hist.h"
+
+static int bucket_of(int64_t v)
+{
+    if (v < 8)
+        return v < 0 ? 0 : (int)v;
+    int exp = 63 - __builtin_clzll((unsigned long long)v); /* >= 3 */
+    int sub = (int)((v >> (exp - 3)) & 7);
+    int b = (exp - 2) * 8 + sub;
+    return b < TS_HIST_BUCKETS ? b : TS_HIST_BUCKETS - 1;
+}
+
+static int64_t bucket_top(int b)
+{
+    if (b < 8)
+        return b;
+    int exp = b / 8 + 2, sub = b % 8;
+    return ((int64_t)(8 + sub + 1) << (exp - 3)) - 1;
+}
+
+void ts_hist_add(ts_hist_t *h, int64_t v)
+{
+    h->counts[bucket_of(v)]++;
+    h->total++;
+    if (v > h->max)
+        h->max = v;
+}
+
+int64_t ts_hist_quantile(const ts_hist_t *h, double q)
+{
+    if (h->total == 0)
+        return 0;
+    uint64_t rank = (uint64_t)(q * (double)h->total + 0.5);
+    if (rank < 1)
+        rank = 1;
+    uint64_t seen = 0;
+    for (int b = 0; b < TS_HIST_BUCKETS; b++) {
+        seen += h->counts[b];
+        if (seen >= rank) {
+            int64_t top = bucket_top(b);
+            return top < h->max ? top : h->max;
+        }
+    }
+    return h->max;
+}

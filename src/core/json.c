@@ -1,0 +1,116 @@
+/* json.c — UTF-8 validation, RFC 7396 merge patch, typed getters. */
+#include "therasync/json.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+bool ts_utf8_valid(const char *bytes, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)bytes, *end = s + len;
+    while (s < end) {
+        /* Fast path over ASCII, eight bytes at a time. */
+        while (end - s >= 8) {
+            uint64_t word;
+            memcpy(&word, s, 8);
+            if (word & 0x8080808080808080ull)
+                break;
+            s += 8;
+        }
+        if (s >= end)
+            break;
+        unsigned char c = *s;
+        if (c < 0x80) {
+            s++;
+            continue;
+        }
+        int need;
+        uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0)
+            need = 1, cp = c & 0x1f, min = 0x80;
+        else if ((c & 0xf0) == 0xe0)
+            need = 2, cp = c & 0x0f, min = 0x800;
+        else if ((c & 0xf8) == 0xf0)
+            need = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return false;
+        if (end - s <= need)
+            return false;
+        for (int i = 1; i <= need; i++) {
+            if ((s[i] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        s += need + 1;
+    }
+    return true;
+}
+
+/* Sets key to value (owned) in place, keeping the key's position. */
+static int set_field(cJSON *object, const char *key, cJSON *value)
+{
+    if (!value)
+        return -1;
+    if (cJSON_GetObjectItemCaseSensitive(object, key))
+        return cJSON_ReplaceItemInObjectCaseSensitive(object, key, value) ? 0 : -1;
+    if (cJSON_AddItemToObject(object, key, value))
+        return 0;
+    cJSON_Delete(value);
+    return -1;
+}
+
+static int merge_into(cJSON *target, const cJSON *patch)
+{
+    for (const cJSON *field = patch->child; field; field = field->next) {
+        if (cJSON_IsNull(field)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(target, field->string);
+        } else if (cJSON_IsObject(field)) {
+            cJSON *current = cJSON_GetObjectItemCaseSensitive(target, field->string);
+            if (!cJSON_IsObject(current)) {
+                if (set_field(target, field->string, cJSON_CreateObject()))
+                    return -1;
+                current = cJSON_GetObjectItemCaseSensitive(target, field->string);
+            }
+            if (merge_into(current, field))
+                return -1;
+        } else if (set_field(target, field->string, cJSON_Duplicate(field, 1))) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch)
+{
+    if (!cJSON_IsObject(patch)) {
+        cJSON_Delete(target);
+        return cJSON_Duplicate(patch, 1);
+    }
+    if (!cJSON_IsObject(target)) {
+        cJSON_Delete(target);
+        target = cJSON_CreateObject();
+    }
+    if (!target || merge_into(target, patch)) {
+        cJSON_Delete(target);
+        return NULL;
+    }
+    return target;
+}
+
+const char *ts_json_string(const cJSON *object, const char *key)
+{
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, key);
+    return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+bool ts_json_int(const cJSON *object, const char *key, long long *value)
+{
+    const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, key);
+    if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble) ||
+        item->valuedouble != floor(item->valuedouble) || fabs(item->valuedouble) > 9.0e15)
+        return false;
+    *value = (long long)item->valuedouble;
+    return true;
+}

@@ -1,0 +1,113 @@
+/* therasyncd — the engine daemon: starts the actors, waits for signals.
+ *
+ * Start order follows the data: persist (opens and locks the data dir),
+ * store (loads the durable state), front door (accepts requests). Stop order
+ * is the reverse, so in-flight calls are finished and flushed. */
+#include "therasync/config.h"
+#include "therasync/front.h"
+#include "therasync/log.h"
+#include "therasync/persist.h"
+#include "therasync/store.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define LOG "therasyncd"
+
+/* systemd readiness (sd_notify protocol): one datagram to $NOTIFY_SOCKET. */
+static void notify_systemd(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    memcpy(addr.sun_path, path, len);
+    if (addr.sun_path[0] == '@')
+        addr.sun_path[0] = '\0'; /* abstract namespace */
+    socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+    if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&addr, addr_len) < 0)
+        ts_warn(LOG, "cannot notify systemd: %s", strerror(errno));
+    close(fd);
+}
+
+int main(int argc, char **argv)
+{
+    ts_config_t config;
+    ts_config_init(&config);
+    char err[1024] = "";
+    int rc = ts_config_parse_args(&config, argc, argv, err, sizeof err);
+    if (rc) {
+        if (rc < 0)
+            fprintf(stderr, "therasyncd: %s\n", err);
+        ts_config_free(&config);
+        return rc < 0 ? 2 : 0;
+    }
+    ts_log_set_level(config.log_level);
+
+    /* Signals are taken by this thread alone, with sigwait. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    void *zctx = zmq_ctx_new();
+    ts_actor_t *persist = NULL, *store = NULL, *front = NULL;
+    ts_front_args_t front_args = {.config = &config};
+    int exit_code = 1;
+    if (!zctx)
+        goto done;
+    zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
+    if (!(persist = ts_persist_start(zctx, &config))) {
+        ts_error(LOG, "cannot start: the data dir %s is not usable (see above)", config.data_dir);
+        goto done;
+    }
+    if (!(store = ts_store_start(zctx, &config))) {
+        ts_error(LOG, "cannot start the store");
+        goto done;
+    }
+    if (!(front = ts_front_start(zctx, &front_args))) {
+        ts_error(LOG, "cannot start the front door (see above)");
+        goto done;
+    }
+    ts_info(LOG, "ready endpoint=%s events=%s api=%s data=%s", front_args.endpoint,
+            front_args.events, config.api_url ? config.api_url : "none", config.data_dir);
+    notify_systemd("READY=1");
+
+    for (;;) {
+        int sig = sigwaitinfo(&signals, NULL);
+        if (sig == SIGHUP) {
+            ts_info(LOG, "SIGHUP: reloading policies");
+            continue;
+        }
+        if (sig == SIGTERM || sig == SIGINT) {
+            ts_info(LOG, "%s: shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            break;
+        }
+    }
+    notify_systemd("STOPPING=1");
+    exit_code = 0;
+done:
+    ts_actor_destroy(&front);
+    ts_actor_destroy(&store);
+    ts_actor_destroy(&persist);
+    if (zctx)
+        zmq_ctx_term(zctx);
+    if (exit_code == 0)
+        ts_info(LOG, "stopped");
+    ts_config_free(&config);
+    return exit_code;
+}

@@ -1,0 +1,377 @@
+/* test_front.c — the front door against a real therasyncd: every method's
+ * happy path, and every kind of bad input getting its contract error while
+ * the daemon keeps answering. */
+#include "../support/engine.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+static ts_engine_t engine;
+
+static void start(void)
+{
+    cr_assert_eq(ts_engine_start(&engine, NULL), 0, "therasyncd did not start (log: %s)",
+                 engine.proc.log_path);
+}
+
+static void stop(void)
+{
+    ts_engine_destroy(&engine);
+}
+
+/* The daemon still answers correctly. */
+static void assert_alive(void)
+{
+    cJSON *r = ts_rpc(&engine, "ping", NULL);
+    cr_assert_not_null(r, "no answer to ping");
+    cJSON *result = ts_rpc_result(r);
+    cr_assert(cJSON_IsString(result) && strcmp(result->valuestring, "pong") == 0);
+    cJSON_Delete(r);
+}
+
+/* Sends raw bytes; returns the parsed reply (must arrive). */
+static cJSON *raw(const void *payload, size_t len)
+{
+    char *reply = ts_rpc_raw(engine.dealer, payload, len, 10000);
+    cr_assert_not_null(reply, "no reply to a raw request");
+    cJSON *parsed = cJSON_Parse(reply);
+    cr_assert_not_null(parsed, "reply is not JSON: %s", reply);
+    free(reply);
+    return parsed;
+}
+
+static cJSON *raw_text(const char *text)
+{
+    return raw(text, strlen(text));
+}
+
+static void assert_error(cJSON *r, int code, const char *reason)
+{
+    cr_assert_not_null(r);
+    cr_assert_eq(ts_rpc_error_code(r), code, "expected error %d, got %d", code,
+                 ts_rpc_error_code(r));
+    if (reason)
+        cr_assert_str_eq(ts_rpc_error_reason(r), reason);
+    cJSON_Delete(r);
+}
+
+TestSuite(front, .init = start, .fini = stop, .timeout = 60);
+
+Test(front, crud_round_trip)
+{
+    cJSON *r = ts_rpc(&engine, "create",
+                      "{\"collection\":\"sessions\",\"doc\":{\"patient_id\":\"pat-1\","
+                      "\"therapist_id\":\"thr-1\",\"status\":\"scheduled\",\"duration_min\":50}}");
+    cJSON *res = ts_rpc_result(r);
+    cr_assert_not_null(res, "create failed");
+    cJSON *doc = cJSON_GetObjectItem(res, "doc");
+    const char *id = cJSON_GetObjectItem(doc, "id")->valuestring;
+    cr_assert_eq(strlen(id), 36, "generated id is a UUID");
+    cr_assert_eq(id[14], '7', "UUID version 7");
+    cJSON *sync = cJSON_GetObjectItem(res, "sync");
+    cr_assert_str_eq(cJSON_GetObjectItem(sync, "state")->valuestring, "pending");
+    char params[256];
+    snprintf(params, sizeof params, "{\"collection\":\"sessions\",\"id\":\"%s\"}", id);
+
+    cJSON *g = ts_rpc(&engine, "get", params);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(g), "doc"),
+                                         "patient_id")->valuestring, "pat-1");
+    cJSON_Delete(g);
+
+    char upd[256];
+    snprintf(upd, sizeof upd,
+             "{\"collection\":\"sessions\",\"id\":\"%s\",\"patch\":{\"status\":\"completed\","
+             "\"duration_min\":null}}", id);
+    cJSON *u = ts_rpc(&engine, "update", upd);
+    cJSON *udoc = cJSON_GetObjectItem(ts_rpc_result(u), "doc");
+    cr_assert_str_eq(cJSON_GetObjectItem(udoc, "status")->valuestring, "completed");
+    cr_assert_null(cJSON_GetObjectItem(udoc, "duration_min"), "null in a merge patch removes");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(u), "sync"),
+                                     "pending")->valueint, 2);
+    cJSON_Delete(u);
+
+    cJSON *q = ts_rpc(&engine, "query",
+                      "{\"collection\":\"sessions\",\"selector\":{\"where\":{\"status\":"
+                      "\"completed\"}}}");
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(ts_rpc_result(q), "items")), 1);
+    cJSON_Delete(q);
+
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    cJSON *sres = ts_rpc_result(s);
+    cr_assert_eq(cJSON_GetObjectItem(sres, "pending")->valueint, 2);
+    cr_assert_str_eq(cJSON_GetObjectItem(sres, "api")->valuestring, "none");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(sres, "collections"), "sessions")
+                     ->valueint, 1);
+    cJSON_Delete(s);
+
+    cJSON *d = ts_rpc(&engine, "delete", params);
+    cr_assert_not_null(ts_rpc_result(d));
+    cJSON_Delete(d);
+    assert_error(ts_rpc(&engine, "get", params), -32001, "not_found");
+    assert_error(ts_rpc(&engine, "delete", params), -32001, "not_found");
+    cJSON_Delete(r);
+}
+
+Test(front, create_with_id_and_duplicate)
+{
+    const char *p = "{\"collection\":\"consultations\",\"doc\":{\"id\":\"c-1\",\"status\":\"open\"}}";
+    cJSON *r = ts_rpc(&engine, "create", p);
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    assert_error(ts_rpc(&engine, "create", p), -32003, "conflict");
+}
+
+Test(front, server_fields_are_not_taken_from_clients)
+{
+    cJSON *r = ts_rpc(&engine, "create",
+                      "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s1\",\"version\":99,"
+                      "\"updated_at\":\"x\"}}");
+    cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+    cr_assert_null(cJSON_GetObjectItem(doc, "version"));
+    cr_assert_null(cJSON_GetObjectItem(doc, "updated_at"));
+    cJSON_Delete(r);
+    assert_error(ts_rpc(&engine, "update",
+                        "{\"collection\":\"sessions\",\"id\":\"s1\",\"patch\":{\"id\":\"s2\"}}"),
+                 -32602, NULL);
+}
+
+Test(front, stale_base_version_is_a_conflict)
+{
+    cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"b1\"}}"));
+    assert_error(ts_rpc(&engine, "update",
+                        "{\"collection\":\"sessions\",\"id\":\"b1\",\"patch\":{\"a\":1},"
+                        "\"base_version\":7}"),
+                 -32003, "conflict");
+    cJSON *ok = ts_rpc(&engine, "update",
+                       "{\"collection\":\"sessions\",\"id\":\"b1\",\"patch\":{\"a\":1},"
+                       "\"base_version\":0}");
+    cr_assert_not_null(ts_rpc_result(ok), "base_version 0 matches a never-synced document");
+    cJSON_Delete(ok);
+}
+
+Test(front, invalid_json)
+{
+    assert_error(raw_text("{\"jsonrpc\":"), -32700, NULL);
+    assert_alive();
+}
+
+Test(front, not_an_object)
+{
+    assert_error(raw_text("42"), -32600, NULL);
+    assert_error(raw_text("\"ping\""), -32600, NULL);
+    assert_alive();
+}
+
+Test(front, wrong_types)
+{
+    assert_error(ts_rpc(&engine, "create", "{\"collection\":5,\"doc\":{}}"), -32602, NULL);
+    assert_error(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":[1]}"), -32602,
+                 NULL);
+    assert_error(ts_rpc(&engine, "create", "[\"sessions\",{}]"), -32602, NULL);
+    assert_error(ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"a/b\"}"), -32602,
+                 NULL);
+    assert_error(ts_rpc(&engine, "update",
+                        "{\"collection\":\"sessions\",\"id\":\"x\",\"patch\":{},"
+                        "\"base_version\":\"1\"}"),
+                 -32602, NULL);
+    assert_error(ts_rpc(&engine, "create",
+                        "{\"collection\":\"sessions\",\"doc\":{\"id\":\"" 
+                        "0123456789012345678901234567890123456789012345678901234567890123456789\"}}"),
+                 -32602, NULL);
+    assert_error(raw_text("{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"ping\"}"), -32600, NULL);
+    assert_error(raw_text("{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"ping\"}"), -32600, NULL);
+    assert_alive();
+}
+
+Test(front, missing_and_unknown_method)
+{
+    assert_error(raw_text("{\"jsonrpc\":\"2.0\",\"id\":1}"), -32600, NULL);
+    assert_error(ts_rpc(&engine, "no.such.method", NULL), -32601, NULL);
+    assert_alive();
+}
+
+Test(front, unknown_collection)
+{
+    assert_error(ts_rpc(&engine, "get", "{\"collection\":\"patients\",\"id\":\"x\"}"), -32008,
+                 "unknown_collection");
+}
+
+Test(front, empty_frame)
+{
+    assert_error(raw_text(""), -32700, NULL);
+    assert_alive();
+}
+
+Test(front, oversized_frame)
+{
+    size_t n = 2u << 20;
+    char *big = malloc(n);
+    memset(big, ' ', n);
+    memcpy(big, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"", 44);
+    big[n - 2] = '"';
+    big[n - 1] = '}';
+    assert_error(raw(big, n), -32007, "too_large");
+    free(big);
+    assert_alive();
+}
+
+Test(front, extra_frames)
+{
+    const char *p = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}";
+    zmq_send(engine.dealer, p, strlen(p), ZMQ_SNDMORE);
+    char *reply = ts_rpc_raw(engine.dealer, "junk", 4, 10000);
+    cr_assert_not_null(reply);
+    cJSON *r = cJSON_Parse(reply);
+    free(reply);
+    assert_error(r, -32600, NULL);
+    assert_alive();
+}
+
+Test(front, delimiter_envelope_is_kept)
+{
+    const char *p = "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"ping\"}";
+    zmq_send(engine.dealer, "", 0, ZMQ_SNDMORE);
+    zmq_send(engine.dealer, p, strlen(p), 0);
+    zmq_pollitem_t item = {.socket = engine.dealer, .events = ZMQ_POLLIN};
+    cr_assert_eq(zmq_poll(&item, 1, 10000), 1);
+    char buf[256];
+    int n = zmq_recv(engine.dealer, buf, sizeof buf, 0);
+    cr_assert_eq(n, 0, "the empty delimiter comes back first");
+    int more = 0;
+    size_t len = sizeof more;
+    zmq_getsockopt(engine.dealer, ZMQ_RCVMORE, &more, &len);
+    cr_assert(more);
+    n = zmq_recv(engine.dealer, buf, sizeof buf - 1, 0);
+    buf[n] = '\0';
+    cr_assert(strstr(buf, "\"pong\"") != NULL, "reply: %s", buf);
+}
+
+Test(front, invalid_utf8)
+{
+    const char p[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"\xc3\x28\"}";
+    assert_error(raw(p, sizeof p - 1), -32700, NULL);
+    const char surrogate[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"x\":\"\xed\xa0\x80\"}";
+    assert_error(raw(surrogate, sizeof surrogate - 1), -32700, NULL);
+    assert_alive();
+}
+
+Test(front, deeply_nested_json)
+{
+    size_t depth = 100000;
+    char *p = malloc(2 * depth);
+    memset(p, '[', depth);
+    memset(p + depth, ']', depth);
+    assert_error(raw(p, 2 * depth), -32700, NULL);
+    free(p);
+    assert_alive();
+}
+
+Test(front, batch_of_10000)
+{
+    size_t n = 10000;
+    char *p = malloc(n * 128);
+    size_t off = 0;
+    p[off++] = '[';
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(p + off, 128,
+                                "%s{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"create\",\"params\":"
+                                "{\"collection\":\"sessions\",\"doc\":{\"n\":%zu}}}",
+                                i ? "," : "", i, i);
+    p[off++] = ']';
+    char *reply = ts_rpc_raw(engine.dealer, p, off, 30000);
+    free(p);
+    cr_assert_not_null(reply);
+    cJSON *r = cJSON_Parse(reply);
+    free(reply);
+    cr_assert(cJSON_IsArray(r));
+    cr_assert_eq(cJSON_GetArraySize(r), (int)n);
+    int i = 0;
+    for (cJSON *x = r->child; x; x = x->next, i++) {
+        cr_assert_eq(cJSON_GetObjectItem(x, "id")->valueint, i, "answers keep the batch order");
+        cr_assert_not_null(ts_rpc_result(x));
+    }
+    cJSON_Delete(r);
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(s), "collections"),
+                                     "sessions")->valueint, (int)n);
+    cJSON_Delete(s);
+}
+
+Test(front, batch_edge_cases)
+{
+    assert_error(raw_text("[]"), -32600, NULL);
+    const char *mixed = "[{\"jsonrpc\":\"2.0\",\"method\":\"ping\"},1,"
+                        "{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"ping\"}]";
+    cJSON *r = raw(mixed, strlen(mixed));
+    cr_assert(cJSON_IsArray(r));
+    cr_assert_eq(cJSON_GetArraySize(r), 2, "the notification gets no answer");
+    cr_assert_eq(ts_rpc_error_code(cJSON_GetArrayItem(r, 0)), -32600);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "id")->valuestring, "a");
+    cJSON_Delete(r);
+}
+
+Test(front, notifications_get_no_answer)
+{
+    const char *n = "{\"jsonrpc\":\"2.0\",\"method\":\"create\",\"params\":{\"collection\":"
+                    "\"sessions\",\"doc\":{\"id\":\"note1\"}}}";
+    zmq_send(engine.dealer, n, strlen(n), 0);
+    cJSON *r = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"note1\"}");
+    cr_assert_not_null(ts_rpc_result(r), "the first answer is the get's, and the write happened");
+    cJSON_Delete(r);
+}
+
+Test(front, answers_keep_request_order)
+{
+    /* Pipelined writes and reads on one connection come back in order. */
+    char p[256];
+    for (int i = 0; i < 200; i++) {
+        if (i % 2 == 0)
+            snprintf(p, sizeof p, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":"
+                                  "{\"collection\":\"sessions\",\"doc\":{\"id\":\"o%d\"}}}", i, i);
+        else
+            snprintf(p, sizeof p, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"get\",\"params\":"
+                                  "{\"collection\":\"sessions\",\"id\":\"o%d\"}}", i, i - 1);
+        zmq_send(engine.dealer, p, strlen(p), 0);
+    }
+    zmq_pollitem_t item = {.socket = engine.dealer, .events = ZMQ_POLLIN};
+    for (int i = 0; i < 200; i++) {
+        cr_assert_eq(zmq_poll(&item, 1, 10000), 1);
+        char buf[1024];
+        int n = zmq_recv(engine.dealer, buf, sizeof buf - 1, 0);
+        buf[n] = '\0';
+        cJSON *r = cJSON_Parse(buf);
+        cr_assert_eq(cJSON_GetObjectItem(r, "id")->valueint, i);
+        cr_assert_not_null(ts_rpc_result(r), "reply %d: %s", i, buf);
+        cJSON_Delete(r);
+    }
+}
+
+Test(front, client_that_sends_and_disconnects)
+{
+    for (int k = 0; k < 5; k++) {
+        void *c = ts_engine_client(&engine);
+        for (int i = 0; i < 100; i++) {
+            char p[200];
+            snprintf(p, sizeof p, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":"
+                                  "{\"collection\":\"sessions\",\"doc\":{}}}", i);
+            zmq_send(c, p, strlen(p), 0);
+        }
+        zmq_close(c);
+    }
+    assert_alive();
+}
+
+Test(front, metrics_report_latency)
+{
+    assert_alive();
+    cJSON *m = ts_rpc(&engine, "metrics", NULL);
+    cJSON *res = ts_rpc_result(m);
+    cr_assert_not_null(cJSON_GetObjectItem(res, "store"));
+    cr_assert_not_null(cJSON_GetObjectItem(res, "persist"));
+    cJSON *lat = cJSON_GetObjectItem(cJSON_GetObjectItem(res, "front"), "latency_us");
+    cr_assert(cJSON_GetObjectItem(cJSON_GetObjectItem(lat, "ping"), "count")->valueint >= 1);
+    cJSON_Delete(m);
+}

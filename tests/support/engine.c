@@ -1,0 +1,140 @@
+/* engine.c — start a real therasyncd for a test; talk JSON-RPC to it. */
+#include "engine.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+static int launch(ts_engine_t *e, const char *const extra[])
+{
+    const char *args[32];
+    int n = 0;
+    args[n++] = "--data";
+    args[n++] = e->data;
+    args[n++] = "--endpoint";
+    args[n++] = e->endpoint;
+    args[n++] = "--events";
+    args[n++] = e->events;
+    for (int i = 0; extra && extra[i] && n < 30; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    if (ts_proc_spawn(&e->proc, e->dir, "therasyncd", args))
+        return -1;
+    char line[512];
+    if (ts_proc_wait_line(&e->proc, "ready endpoint=", 20000, line, sizeof line)) {
+        ts_proc_stop(&e->proc, 2000);
+        return -1;
+    }
+    return 0;
+}
+
+int ts_engine_start(ts_engine_t *e, const char *const extra[])
+{
+    memset(e, 0, sizeof *e);
+    e->dir = ts_tmpdir("ts-engine");
+    if (!e->dir)
+        return -1;
+    snprintf(e->data, sizeof e->data, "%s/data", e->dir);
+    snprintf(e->endpoint, sizeof e->endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(e->events, sizeof e->events, "tcp://127.0.0.1:%d", ts_free_port());
+    e->zctx = zmq_ctx_new();
+    if (launch(e, extra))
+        return -1;
+    e->dealer = ts_engine_client(e);
+    return e->dealer ? 0 : -1;
+}
+
+int ts_engine_restart(ts_engine_t *e, const char *const extra[])
+{
+    return launch(e, extra);
+}
+
+int ts_engine_stop(ts_engine_t *e)
+{
+    return ts_proc_stop(&e->proc, 15000);
+}
+
+void ts_engine_kill(ts_engine_t *e)
+{
+    ts_proc_stop(&e->proc, 0);
+}
+
+void ts_engine_destroy(ts_engine_t *e)
+{
+    if (e->proc.pid)
+        ts_proc_stop(&e->proc, 5000);
+    if (e->dealer)
+        zmq_close(e->dealer);
+    if (e->zctx)
+        zmq_ctx_term(e->zctx);
+    if (e->dir) {
+        ts_rmtree(e->dir);
+        free(e->dir);
+    }
+    memset(e, 0, sizeof *e);
+}
+
+void *ts_engine_client(ts_engine_t *e)
+{
+    void *s = zmq_socket(e->zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_connect(s, e->endpoint)) {
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+char *ts_rpc_raw(void *dealer, const void *payload, size_t len, int timeout_ms)
+{
+    if (zmq_send(dealer, payload, len, 0) < 0)
+        return NULL;
+    zmq_pollitem_t item = {.socket = dealer, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return NULL;
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, dealer, 0) < 0)
+        return NULL;
+    size_t n = zmq_msg_size(&msg);
+    char *out = malloc(n + 1);
+    memcpy(out, zmq_msg_data(&msg), n);
+    out[n] = '\0';
+    zmq_msg_close(&msg);
+    return out;
+}
+
+cJSON *ts_rpc(ts_engine_t *e, const char *method, const char *params_json)
+{
+    size_t cap = 256 + (params_json ? strlen(params_json) : 0);
+    char *req = malloc(cap);
+    snprintf(req, cap, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\"%s%s}", ++e->next_id,
+             method, params_json ? ",\"params\":" : "", params_json ? params_json : "");
+    char *reply = ts_rpc_raw(e->dealer, req, strlen(req), 10000);
+    free(req);
+    cJSON *parsed = reply ? cJSON_Parse(reply) : NULL;
+    free(reply);
+    return parsed;
+}
+
+cJSON *ts_rpc_result(cJSON *response)
+{
+    return cJSON_GetObjectItemCaseSensitive(response, "result");
+}
+
+int ts_rpc_error_code(cJSON *response)
+{
+    cJSON *code = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(response, "error"), "code");
+    return cJSON_IsNumber(code) ? code->valueint : 0;
+}
+
+const char *ts_rpc_error_reason(cJSON *response)
+{
+    cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
+    cJSON *reason = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(error, "data"), "reason");
+    return cJSON_IsString(reason) ? reason->valuestring : "";
+}

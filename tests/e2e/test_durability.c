@@ -1,0 +1,321 @@
+/* test_durability.c — acknowledged writes survive kill -9, restarts keep
+ * everything, and a data dir that cannot take writes fails loudly. */
+#include "../support/engine.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define CLIENTS 4
+#define INFLIGHT 16
+#define MAX_DOCS 200000
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* What the test knows about each document it wrote. */
+typedef struct {
+    char id[32];
+    int acked_version;  /* highest "v" whose write was answered ok (0 = create not answered) */
+    int sent_version;   /* highest "v" sent */
+} known_t;
+
+static known_t *known;
+static int nknown;
+
+/* Updates to one document all go through one client (idx % CLIENTS), so
+ * their order is defined. */
+static int send_write(void *s, int client, int *slot_out)
+{
+    char p[256];
+    int idx;
+    /* Two creates for one update, updates on acknowledged docs only. */
+    if (nknown < 8 || rand() % 3) {
+        if (nknown >= MAX_DOCS)
+            return -1;
+        idx = nknown++;
+        snprintf(known[idx].id, sizeof known[idx].id, "d%d", idx);
+        known[idx].sent_version = 1;
+        snprintf(p, sizeof p,
+                 "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":{\"collection\":"
+                 "\"sessions\",\"doc\":{\"id\":\"%s\",\"v\":1,\"pad\":\"%0100d\"}}}",
+                 idx * 100 + 1, known[idx].id, idx);
+    } else {
+        idx = rand() % nknown;
+        if (idx % CLIENTS != client || known[idx].acked_version == 0 ||
+            known[idx].sent_version >= 99)
+            return 0;
+        int v = ++known[idx].sent_version;
+        snprintf(p, sizeof p,
+                 "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"update\",\"params\":{\"collection\":"
+                 "\"sessions\",\"id\":\"%s\",\"patch\":{\"v\":%d}}}",
+                 idx * 100 + v, known[idx].id, v);
+    }
+    *slot_out = idx;
+    return zmq_send(s, p, strlen(p), ZMQ_DONTWAIT) < 0 ? -1 : 1;
+}
+
+/* Drives CLIENTS × INFLIGHT writes until deadline_ms, then SIGKILLs the
+ * daemon without waiting for anything. */
+static void write_until_killed(ts_engine_t *e, long long deadline_ms)
+{
+    void *clients[CLIENTS];
+    int inflight[CLIENTS] = {0};
+    zmq_pollitem_t items[CLIENTS];
+    for (int c = 0; c < CLIENTS; c++) {
+        clients[c] = ts_engine_client(e);
+        items[c] = (zmq_pollitem_t){.socket = clients[c], .events = ZMQ_POLLIN};
+    }
+    while (now_ms() < deadline_ms) {
+        for (int c = 0; c < CLIENTS; c++) {
+            while (inflight[c] < INFLIGHT) {
+                int slot, rc = send_write(clients[c], c, &slot);
+                if (rc < 0)
+                    break;
+                inflight[c] += rc;
+                if (rc == 0)
+                    break;
+            }
+        }
+        if (zmq_poll(items, CLIENTS, 20) <= 0)
+            continue;
+        for (int c = 0; c < CLIENTS; c++) {
+            char buf[2048];
+            int n;
+            while ((n = zmq_recv(clients[c], buf, sizeof buf - 1, ZMQ_DONTWAIT)) >= 0) {
+                buf[n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 1] = '\0';
+                inflight[c]--;
+                cJSON *r = cJSON_Parse(buf);
+                cJSON *id = cJSON_GetObjectItem(r, "id");
+                cr_assert_not_null(ts_rpc_result(r), "write failed: %s", buf);
+                int idx = id->valueint / 100, v = id->valueint % 100;
+                if (v > known[idx].acked_version)
+                    known[idx].acked_version = v;
+                cJSON_Delete(r);
+            }
+        }
+    }
+    kill(e->proc.pid, SIGKILL);
+    ts_engine_kill(e);
+    for (int c = 0; c < CLIENTS; c++)
+        zmq_close(clients[c]);
+}
+
+/* Every answered write is there and pending; nothing unanswered is torn. */
+static void verify(ts_engine_t *e)
+{
+    int present = 0;
+    for (int i = 0; i < nknown; i += 500) {
+        char *batch = malloc(500 * 160 + 2);
+        size_t off = 0;
+        batch[off++] = '[';
+        for (int k = i; k < nknown && k < i + 500; k++)
+            off += (size_t)snprintf(batch + off, 160,
+                                    "%s{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"get\",\"params\":"
+                                    "{\"collection\":\"sessions\",\"id\":\"%s\"}}",
+                                    k > i ? "," : "", k, known[k].id);
+        batch[off++] = ']';
+        char *reply = ts_rpc_raw(e->dealer, batch, off, 30000);
+        free(batch);
+        cr_assert_not_null(reply, "no answer after restart");
+        cJSON *all = cJSON_Parse(reply);
+        free(reply);
+        for (cJSON *r = all->child; r; r = r->next) {
+            known_t *k = &known[cJSON_GetObjectItem(r, "id")->valueint];
+            cJSON *res = ts_rpc_result(r);
+            if (!res) {
+                cr_assert_eq(k->acked_version, 0, "acknowledged %s is lost", k->id);
+                k->sent_version = 0; /* never happened: it may be written again later */
+                continue;
+            }
+            present++;
+            cJSON *doc = cJSON_GetObjectItem(res, "doc");
+            int v = cJSON_GetObjectItem(doc, "v")->valueint;
+            cr_assert_geq(v, k->acked_version, "%s lost an acknowledged update", k->id);
+            cr_assert_leq(v, k->sent_version, "%s has a version never sent", k->id);
+            cr_assert_eq(strlen(cJSON_GetObjectItem(doc, "pad")->valuestring), 100, "torn doc");
+            cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "sync"), "state")
+                                 ->valuestring, "pending", "still pending for sync");
+            k->acked_version = v; /* what is on disk now counts as acknowledged */
+            k->sent_version = v;
+        }
+        cJSON_Delete(all);
+    }
+    cJSON *s = ts_rpc(e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(s), "collections"),
+                                     "sessions")->valueint, present);
+    cJSON_Delete(s);
+}
+
+Test(durability, kill_9_during_concurrent_writes, .timeout = 240)
+{
+    known = calloc(MAX_DOCS, sizeof *known);
+    srand((unsigned)time(NULL));
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    long long stop_by = now_ms() + 150000;
+    int rounds = 0;
+    for (; rounds < 25 && now_ms() < stop_by; rounds++) {
+        write_until_killed(&e, now_ms() + 50 + rand() % 400);
+        cr_assert_eq(ts_engine_restart(&e, NULL), 0, "restart %d failed (log %s)", rounds,
+                     e.proc.log_path);
+        zmq_close(e.dealer); /* a fresh connection: nothing queued from before the kill */
+        e.dealer = ts_engine_client(&e);
+        verify(&e);
+    }
+    cr_assert_geq(rounds, 20, "only %d kill rounds in the time limit", rounds);
+    int acked = 0;
+    for (int i = 0; i < nknown; i++)
+        acked += known[i].acked_version > 0;
+    cr_assert_gt(acked, 1000, "the test wrote too little to mean anything (%d)", acked);
+    ts_engine_destroy(&e);
+    free(known);
+}
+
+/* Runs query with an empty where, ordered by id: the whole collection. */
+static char *dump(ts_engine_t *e)
+{
+    cJSON *r = ts_rpc(e, "query",
+                      "{\"collection\":\"sessions\",\"selector\":{\"where\":{},\"order_by\":"
+                      "[\"id\",\"asc\"],\"limit\":100000}}");
+    char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(ts_rpc_result(r), "items"));
+    cJSON_Delete(r);
+    return text;
+}
+
+Test(durability, graceful_restart_keeps_everything, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    char p[256];
+    for (int i = 0; i < 300; i++) {
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"g%d\",\"n\":%d}}", i, i);
+        cJSON_Delete(ts_rpc(&e, "create", p));
+        if (i % 3 == 0) {
+            snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"g%d\",\"patch\":"
+                                  "{\"n\":null,\"m\":{\"deep\":%d}}}", i, i);
+            cJSON_Delete(ts_rpc(&e, "update", p));
+        }
+        if (i % 7 == 0) {
+            snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"g%d\"}", i);
+            cJSON_Delete(ts_rpc(&e, "delete", p));
+        }
+    }
+    char *before = dump(&e);
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    int pending = cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint;
+    cJSON_Delete(s);
+    cr_assert_eq(ts_engine_stop(&e), 0, "SIGTERM exits 0");
+    cr_assert_eq(ts_engine_restart(&e, NULL), 0);
+    char *after = dump(&e);
+    cr_assert_str_eq(after, before);
+    s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, pending);
+    cr_assert_eq(pending, 300 + 100 + 43);
+    cJSON_Delete(s);
+    free(before);
+    free(after);
+    ts_engine_destroy(&e);
+}
+
+Test(durability, second_daemon_on_same_data_dir_refuses, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    char ep[64], ev[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(ev, sizeof ev, "tcp://127.0.0.1:%d", ts_free_port());
+    const char *args[] = {"--data", e.data, "--endpoint", ep, "--events", ev, NULL};
+    ts_proc_t second;
+    cr_assert_eq(ts_proc_spawn(&second, e.dir, "therasyncd", args), 0);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&second, "in use by another therasyncd", 10000, line,
+                                   sizeof line), 0, "no clear message");
+    cr_assert_neq(ts_proc_stop(&second, 10000), 0, "the second daemon must exit non-zero");
+    cJSON *r = ts_rpc(&e, "ping", NULL);
+    cr_assert_not_null(ts_rpc_result(r), "the first daemon is unharmed");
+    cJSON_Delete(r);
+    ts_engine_destroy(&e);
+}
+
+Test(durability, unusable_data_dir_fails_at_start, .timeout = 30)
+{
+    char *dir = ts_tmpdir("ts-baddir");
+    char file[4200], data[4300];
+    snprintf(file, sizeof file, "%s/not-a-dir", dir);
+    FILE *f = fopen(file, "w");
+    fputs("x", f);
+    fclose(f);
+    snprintf(data, sizeof data, "%s/data", file); /* a dir under a regular file */
+    const char *args[] = {"--data", data, "--endpoint", "tcp://127.0.0.1:0", "--events",
+                          "tcp://127.0.0.1:0", NULL};
+    ts_proc_t p;
+    cr_assert_eq(ts_proc_spawn(&p, dir, "therasyncd", args), 0);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&p, "cannot create data dir", 10000, line, sizeof line), 0);
+    cr_assert_neq(ts_proc_stop(&p, 10000), 0);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+Test(durability, full_disk_refuses_writes_and_loses_nothing, .timeout = 60)
+{
+    ts_engine_t e;
+    char *dir = ts_tmpdir("ts-full");
+    char config[4200];
+    snprintf(config, sizeof config, "%s/full.lua", dir);
+    FILE *f = fopen(config, "w");
+    fputs("max_db_bytes = 200 * 1024\n", f);
+    fclose(f);
+    const char *args[] = {"--config", config, NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0);
+    char *pad = malloc(4001);
+    memset(pad, 'x', 4000);
+    pad[4000] = '\0';
+    char *p = malloc(4200);
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 400 && refused < 5; i++) {
+        snprintf(p, 4200, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"f%d\",\"pad\":\"%s\"}}",
+                 i, pad);
+        cJSON *r = ts_rpc(&e, "create", p);
+        cr_assert_not_null(r);
+        if (ts_rpc_result(r)) {
+            cr_assert_eq(refused, 0, "a write succeeded after the disk was full");
+            ok++;
+        } else {
+            cr_assert_eq(ts_rpc_error_code(r), -32603);
+            const char *msg = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message")
+                                  ->valuestring;
+            cr_assert(strstr(msg, "full") != NULL, "message says why: %s", msg);
+            snprintf(p, 4200, "{\"collection\":\"sessions\",\"id\":\"f%d\"}", i);
+            cJSON *g = ts_rpc(&e, "get", p);
+            cr_assert_eq(ts_rpc_error_code(g), -32001, "a refused write is not visible");
+            cJSON_Delete(g);
+            refused++;
+        }
+        cJSON_Delete(r);
+    }
+    cr_assert_gt(ok, 5);
+    cr_assert_eq(refused, 5);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    cr_assert_eq(ts_engine_restart(&e, args), 0);
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(s), "collections"),
+                                     "sessions")->valueint, ok);
+    cJSON_Delete(s);
+    free(pad);
+    free(p);
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+}

@@ -27,11 +27,12 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libtherasync.a
 
 # One folder per program.
-PROGRAMS := therasyncd therasync clinic-api therasync-bench
 dir_therasyncd      := src/daemon
 dir_therasync       := src/cli
 dir_clinic-api      := src/clinic-api
 dir_therasync-bench := src/bench
+ALL_PROGRAMS := therasyncd therasync clinic-api therasync-bench
+PROGRAMS := $(foreach p,$(ALL_PROGRAMS),$(if $(wildcard $(dir_$(p))/*.c),$(p)))
 BINS     := $(PROGRAMS:%=$(BUILD)/%)
 
 # Tests: every tests/{unit,e2e}/test_*.c is one Criterion binary, linked with
@@ -41,6 +42,7 @@ SUPPORT_OBJ := $(SUPPORT_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c tests/e2e/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
+.SECONDARY:
 .PHONY: all test asan run bench install setup check clean format
 all: $(BINS) $(TEST_BIN)
 

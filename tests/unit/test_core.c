@@ -1,0 +1,197 @@
+/* test_core.c — the core helpers: JSON merge patch, UTF-8, ids, time,
+ * histograms, buffers, config. */
+#include "therasync/call.h"
+#include "therasync/config.h"
+#include "therasync/hist.h"
+#include "therasync/json.h"
+#include "therasync/util.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char *merge(const char *target, const char *patch)
+{
+    cJSON *t = cJSON_Parse(target), *p = cJSON_Parse(patch);
+    cJSON *r = ts_json_merge_patch(t, p);
+    char *text = cJSON_PrintUnformatted(r);
+    cJSON_Delete(r);
+    cJSON_Delete(p);
+    return text;
+}
+
+/* The examples of RFC 7396, appendix A. */
+Test(json, merge_patch_rfc7396_examples)
+{
+    static const char *cases[][3] = {
+        {"{\"a\":\"b\"}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+        {"{\"a\":\"b\"}", "{\"b\":\"c\"}", "{\"a\":\"b\",\"b\":\"c\"}"},
+        {"{\"a\":\"b\"}", "{\"a\":null}", "{}"},
+        {"{\"a\":\"b\",\"b\":\"c\"}", "{\"a\":null}", "{\"b\":\"c\"}"},
+        {"{\"a\":[\"b\"]}", "{\"a\":\"c\"}", "{\"a\":\"c\"}"},
+        {"{\"a\":\"c\"}", "{\"a\":[\"b\"]}", "{\"a\":[\"b\"]}"},
+        {"{\"a\":{\"b\":\"c\"}}", "{\"a\":{\"b\":\"d\",\"c\":null}}", "{\"a\":{\"b\":\"d\"}}"},
+        {"{\"a\":[{\"b\":\"c\"}]}", "{\"a\":[1]}", "{\"a\":[1]}"},
+        {"[\"a\",\"b\"]", "[\"c\",\"d\"]", "[\"c\",\"d\"]"},
+        {"{\"a\":\"b\"}", "[\"c\"]", "[\"c\"]"},
+        {"{\"a\":\"foo\"}", "null", "null"},
+        {"{\"a\":\"foo\"}", "\"bar\"", "\"bar\""},
+        {"{\"e\":null}", "{\"a\":1}", "{\"e\":null,\"a\":1}"},
+        {"[1,2]", "{\"a\":\"b\",\"c\":null}", "{\"a\":\"b\"}"},
+        {"{}", "{\"a\":{\"bb\":{\"ccc\":null}}}", "{\"a\":{\"bb\":{}}}"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *got = merge(cases[i][0], cases[i][1]);
+        cr_assert_str_eq(got, cases[i][2], "case %zu", i);
+        free(got);
+    }
+}
+
+Test(json, merge_patch_keeps_field_order)
+{
+    char *got = merge("{\"id\":\"x\",\"a\":1,\"b\":2}", "{\"a\":5}");
+    cr_assert_str_eq(got, "{\"id\":\"x\",\"a\":5,\"b\":2}");
+    free(got);
+}
+
+Test(json, utf8)
+{
+    cr_assert(ts_utf8_valid("plain ascii text, long enough for the fast path", 47));
+    cr_assert(ts_utf8_valid("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14));
+    cr_assert_not(ts_utf8_valid("\xc3\x28", 2), "bad continuation");
+    cr_assert_not(ts_utf8_valid("\xc0\xaf", 2), "overlong");
+    cr_assert_not(ts_utf8_valid("\xed\xa0\x80", 3), "surrogate");
+    cr_assert_not(ts_utf8_valid("\xf4\x90\x80\x80", 4), "beyond U+10FFFF");
+    cr_assert_not(ts_utf8_valid("abc\xe2\x82", 5), "truncated");
+    cr_assert_not(ts_utf8_valid("\xff", 1));
+}
+
+Test(util, uuidv7_is_versioned_and_increasing)
+{
+    char prev[37] = "", cur[37];
+    for (int i = 0; i < 10000; i++) {
+        ts_uuidv7(cur);
+        cr_assert_eq(strlen(cur), 36);
+        cr_assert_eq(cur[14], '7');
+        cr_assert(strchr("89ab", cur[19]) != NULL, "variant bits");
+        cr_assert_gt(strcmp(cur, prev), 0, "ids increase: %s after %s", cur, prev);
+        memcpy(prev, cur, sizeof cur);
+    }
+}
+
+Test(util, ids)
+{
+    cr_assert(ts_valid_id("abc-DEF_123", 11));
+    cr_assert_not(ts_valid_id("", 0));
+    cr_assert_not(ts_valid_id("a b", 3));
+    cr_assert_not(ts_valid_id("a/b", 3));
+    char long_id[66];
+    memset(long_id, 'a', 65);
+    long_id[65] = '\0';
+    cr_assert(ts_valid_id(long_id, 64));
+    cr_assert_not(ts_valid_id(long_id, 65));
+}
+
+Test(util, rfc3339_round_trip)
+{
+    int64_t ms;
+    cr_assert_eq(ts_parse_rfc3339("2026-01-01T00:00:00.000Z", &ms), 0);
+    cr_assert_eq(ms, 1767225600000LL);
+    char out[32];
+    ts_rfc3339(ms + 90061001, out);
+    cr_assert_str_eq(out, "2026-01-02T01:01:01.001Z");
+    cr_assert_eq(ts_parse_rfc3339("2026-01-02T03:01:01+02:00", &ms), 0);
+    cr_assert_eq(ms, 1767315661000LL);
+    cr_assert_eq(ts_parse_rfc3339("2024-02-29T00:00:00Z", &ms), 0, "leap day");
+    cr_assert_eq(ts_parse_rfc3339("2026-02-29T00:00:00Z", &ms), -1, "not a leap year");
+    cr_assert_eq(ts_parse_rfc3339("2026-13-01T00:00:00Z", &ms), -1);
+    cr_assert_eq(ts_parse_rfc3339("2026-01-01", &ms), -1);
+    cr_assert_eq(ts_parse_rfc3339("2026-01-01T00:00:00", &ms), -1, "offset required");
+    cr_assert_eq(ts_parse_rfc3339("2026-01-01T00:00:00Zjunk", &ms), -1);
+}
+
+Test(util, parse_i64)
+{
+    int64_t v;
+    cr_assert_eq(ts_parse_i64("-42", &v), 0);
+    cr_assert_eq(v, -42);
+    cr_assert_eq(ts_parse_i64("42x", &v), -1);
+    cr_assert_eq(ts_parse_i64("", &v), -1);
+    cr_assert_eq(ts_parse_i64("99999999999999999999", &v), -1);
+}
+
+Test(util, buffer_json_string_escapes)
+{
+    ts_buf_t b = {0};
+    ts_buf_json_string(&b, "a\"b\\c\n\x01", 7);
+    cr_assert_str_eq(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+    ts_buf_free(&b);
+}
+
+Test(hist, quantiles_within_resolution)
+{
+    ts_hist_t h = {0};
+    for (int i = 1; i <= 10000; i++)
+        ts_hist_add(&h, i);
+    int64_t p50 = ts_hist_quantile(&h, 0.5), p99 = ts_hist_quantile(&h, 0.99);
+    cr_assert(p50 >= 5000 && p50 <= 5000 * 1.13, "p50 %lld", (long long)p50);
+    cr_assert(p99 >= 9900 && p99 <= 10000, "p99 %lld", (long long)p99);
+    cr_assert_eq(ts_hist_quantile(&h, 1.0), 10000);
+}
+
+Test(config, lua_file_and_flags)
+{
+    char path[] = "/tmp/ts-config-XXXXXX";
+    int fd = mkstemp(path);
+    const char *text = "data = '/tmp/from-file'\nendpoint = 'tcp://127.0.0.1:1'\n"
+                       "durability = 'relaxed'\ncollections = {'sessions', 'notes_v2'}\n"
+                       "auth = { client_id = 'clinic' }\nclinic = { name = 'North', beds = 3 }\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    ts_config_t c;
+    ts_config_init(&c);
+    char err[256];
+    char *argv[] = {"therasyncd", "--config", path, "--endpoint", "tcp://127.0.0.1:2", NULL};
+    cr_assert_eq(ts_config_parse_args(&c, 5, argv, err, sizeof err), 0, "%s", err);
+    cr_assert_str_eq(c.data_dir, "/tmp/from-file");
+    cr_assert_str_eq(c.endpoint, "tcp://127.0.0.1:2", "flags win over the file");
+    cr_assert(c.durability_relaxed);
+    cr_assert_eq(c.ncollections, 2);
+    cr_assert_str_eq(c.collections[1], "notes_v2");
+    cr_assert_str_eq(c.auth.client_id, "clinic");
+    cr_assert_str_eq(c.auth.client_secret, "dev-secret", "defaults stay");
+    cr_assert_str_eq(ts_json_string(c.clinic, "name"), "North");
+    ts_config_free(&c);
+    unlink(path);
+}
+
+Test(config, bad_files_and_flags_are_refused)
+{
+    char path[] = "/tmp/ts-config-XXXXXX";
+    int fd = mkstemp(path);
+    const char *text = "durability = 'sometimes'\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    ts_config_t c;
+    ts_config_init(&c);
+    char err[256];
+    cr_assert_eq(ts_config_load(&c, path, err, sizeof err), -1);
+    cr_assert(strstr(err, "durability") != NULL, "%s", err);
+    cr_assert_eq(ts_config_load(&c, "/nonexistent/x.lua", err, sizeof err), -1);
+    char *argv[] = {"therasyncd", "--bogus", NULL};
+    cr_assert_eq(ts_config_parse_args(&c, 2, argv, err, sizeof err), -1);
+    char *argv2[] = {"therasyncd", "--log-level", "loud", NULL};
+    cr_assert_eq(ts_config_parse_args(&c, 3, argv2, err, sizeof err), -1);
+    ts_config_free(&c);
+    unlink(path);
+}
+
+Test(call, method_names_round_trip)
+{
+    for (int m = 0; m < TS_M_NONE; m++)
+        cr_assert_eq(ts_method_lookup(ts_method_name((ts_method_t)m)), (ts_method_t)m);
+    cr_assert_eq(ts_method_lookup("nope"), TS_M_NONE);
+    cr_assert_str_eq(ts_error_reason(TS_E_TOO_LARGE), "too_large");
+}

@@ -42,11 +42,41 @@ void cli_print_error(const cJSON *error)
     }
 }
 
+/* JSON with two-space indentation and "key": value, which reads better than
+ * cJSON_Print's tabs. Scalars are printed by cJSON, so escaping is its own. */
+static void pretty(FILE *out, const cJSON *v, int depth)
+{
+    bool obj = cJSON_IsObject(v);
+    if ((!obj && !cJSON_IsArray(v)) || !v->child) {
+        char *text = cJSON_PrintUnformatted(v);
+        fputs(text ? text : "null", out);
+        cJSON_free(text);
+        return;
+    }
+    fputc(obj ? '{' : '[', out);
+    for (const cJSON *c = v->child; c; c = c->next) {
+        fprintf(out, "\n%*s", (depth + 1) * 2, "");
+        if (obj) {
+            cJSON *key = cJSON_CreateStringReference(c->string ? c->string : "");
+            char *text = key ? cJSON_PrintUnformatted(key) : NULL;
+            fprintf(out, "%s: ", text ? text : "\"?\"");
+            cJSON_free(text);
+            cJSON_Delete(key);
+        }
+        pretty(out, c, depth + 1);
+        if (c->next)
+            fputc(',', out);
+    }
+    fprintf(out, "\n%*s%c", depth * 2, "", obj ? '}' : ']');
+}
+
 void cli_print_doc(FILE *out, const cJSON *doc)
 {
-    char *text = cJSON_Print(doc);
-    fprintf(out, "%s\n", text ? text : "null");
-    cJSON_free(text);
+    if (doc)
+        pretty(out, doc, 0);
+    else
+        fputs("null", out);
+    fputc('\n', out);
 }
 
 void cli_print_sync(FILE *out, const cJSON *sync)
@@ -183,13 +213,16 @@ void cli_print_items(FILE *out, const cJSON *items)
         return;
     }
     for (int c = 0; c < ncols; c++)
-        fprintf(out, "%-*s%s", width[c], cols[c], c + 1 < ncols ? "  " : "\n");
+        fprintf(out, c + 1 < ncols ? "%-*s  " : "%.*s\n", c + 1 < ncols ? width[c] : 64, cols[c]);
     cJSON_ArrayForEach(item, items)
     {
         for (int c = 0; c < ncols; c++) {
             const cJSON *cell = cJSON_GetObjectItemCaseSensitive(item, cols[c]);
             char *text = cell ? value_text(cell) : NULL;
-            fprintf(out, "%-*s%s", width[c], text ? text : "", c + 1 < ncols ? "  " : "\n");
+            if (c + 1 < ncols)
+                fprintf(out, "%-*s  ", width[c], text ? text : "");
+            else
+                fprintf(out, "%s\n", text ? text : "");
             free(text);
         }
     }

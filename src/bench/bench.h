@@ -49,6 +49,7 @@ typedef struct {
     size_t errors;       /* answered with an error other than busy */
     size_t busy_retries; /* busy answers, each retried after 1 ms */
     double seconds;      /* first send to last reply */
+    double cpu_seconds;  /* CPU (user + system) the bench itself used meanwhile */
     char first_error[256];
 } bench_outcome_t;
 

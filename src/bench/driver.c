@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <zmq.h>
 
 #define BUSY_RETRY_US 1000
@@ -305,6 +306,14 @@ done:
     return NULL;
 }
 
+static double cpu_now(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 int bench_drive(const bench_job_t *job, bench_outcome_t *out)
 {
     memset(out, 0, sizeof *out);
@@ -325,6 +334,7 @@ int bench_drive(const bench_job_t *job, bench_outcome_t *out)
     /* Up to one I/O thread per worker; ZeroMQ's default is one. */
     zmq_ctx_set(zctx, ZMQ_IO_THREADS, threads);
     int64_t t0 = ts_mono_us();
+    double cpu0 = cpu_now();
     int per = job->clients / threads, extra = job->clients % threads, first = 0;
     for (int t = 0; t < threads; t++) {
         w[t] = (worker_t){.run = &run, .zctx = zctx, .first = first, .count = per + (t < extra)};
@@ -338,6 +348,7 @@ int bench_drive(const bench_job_t *job, bench_outcome_t *out)
     for (int t = 1; t <= started; t++)
         pthread_join(tid[t], NULL);
     out->seconds = (double)(ts_mono_us() - t0) / 1e6;
+    out->cpu_seconds = cpu_now() - cpu0;
     rc = 0;
     for (int t = 0; t < threads; t++)
         if (t > started || w[t].rc)

@@ -151,8 +151,8 @@ static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t 
     res->ops_per_s = out->seconds > 0 ? (double)ops / out->seconds : 0;
     res->p50_us = bench_percentile(lat, nlat, 50);
     res->p99_us = bench_percentile(lat, nlat, 99);
-    ts_buf_printf(&res->extra, ",\"errors\":%zu,\"busy_retries\":%zu", out->errors,
-                  out->busy_retries);
+    ts_buf_printf(&res->extra, ",\"errors\":%zu,\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
+                  out->errors, out->busy_retries, out->cpu_seconds);
 }
 
 static int report_failure(bench_result_t *res, const char *what, const bench_outcome_t *out)

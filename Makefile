@@ -98,3 +98,6 @@ clean:
 	rm -rf build build-asan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# test_gen checks the bench's data generator, which lives with the bench.
+$(BUILD)/tests/unit/test_gen: $(BUILD)/obj/src/bench/gen.o

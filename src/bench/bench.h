@@ -1,0 +1,113 @@
+/* bench.h — therasync-bench: the load driver, the daemon it starts, the
+ * workloads. One JSON line per run goes to stdout; diagnostics to stderr.
+ *
+ * Every loop is bounded: by its count, by the global deadline (--max-seconds)
+ * and, for each request, by the reply timeout. */
+#ifndef THERASYNC_BENCH_H
+#define THERASYNC_BENCH_H
+
+#include "therasync/util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define BENCH_REPLY_TIMEOUT_US (30 * 1000000LL)
+
+/* ---- requests: pre-generated before timing, one arena per batch ---- */
+
+typedef struct {
+    ts_buf_t data;  /* all request bodies back to back */
+    size_t *off;    /* request i is data[off[i] .. off[i+1]) */
+    size_t n, cap;  /* requests stored, entries of off allocated (n + 1 used) */
+} bench_reqs_t;
+
+/* Starts request number n: append its bytes to reqs->data, then call
+ * bench_reqs_end. */
+int bench_reqs_end(bench_reqs_t *reqs);
+void bench_reqs_reset(bench_reqs_t *reqs);
+void bench_reqs_free(bench_reqs_t *reqs);
+
+/* ---- driver.c: C DEALER clients x K requests in flight each ---- */
+
+typedef struct {
+    const char *endpoint;
+    int clients;  /* DEALER sockets */
+    int inflight; /* requests outstanding per socket */
+    int threads;  /* threads the sockets are spread over (1 = one poll loop) */
+    const bench_reqs_t *reqs;
+    int64_t deadline_us;     /* ts_mono_us() after which the run gives up */
+    int64_t *lat_us;         /* out: reqs->n latencies, first send to reply */
+    /* Optional: called for every successful reply (from the thread that got it). */
+    void (*on_reply)(void *arg, size_t i, const char *reply, size_t len);
+    void *arg;
+} bench_job_t;
+
+typedef struct {
+    size_t done;         /* requests answered with a result */
+    size_t errors;       /* answered with an error other than busy */
+    size_t busy_retries; /* busy answers, each retried after 1 ms */
+    double seconds;      /* first send to last reply */
+    double cpu_seconds;  /* CPU (user + system) the bench itself used meanwhile */
+    char first_error[256];
+} bench_outcome_t;
+
+/* Runs the job to completion. Returns 0 when every request got a result,
+ * -1 otherwise (outcome says why: errors, timeout, deadline). */
+int bench_drive(const bench_job_t *job, bench_outcome_t *out);
+
+/* Percentile (nearest rank, p in 0..100) of the values; sorts a copy. */
+int64_t bench_percentile(const int64_t *values, size_t n, double p);
+
+/* ---- daemon.c: a therasyncd of our own ---- */
+
+typedef struct {
+    pid_t pid;
+    char endpoint[64];
+    char events[64];
+    char data_dir[256];
+    double ready_seconds; /* spawn until its "ready" line */
+    long hwm_kb;          /* VmHWM read just after ready */
+    int stderr_fd;        /* read end of its stderr, drained by a thread after ready */
+    void *drain;          /* the drain thread (pthread_t *) */
+} bench_daemon_t;
+
+/* Makes a fresh data dir (mkdtemp). Returns 0 or -1. */
+int bench_daemon_mkdata(bench_daemon_t *d);
+/* Starts therasyncd from the bench's own directory on free loopback ports
+ * with d->data_dir, and waits (up to timeout_s) for its ready line. */
+int bench_daemon_start(bench_daemon_t *d, double timeout_s);
+/* SIGTERM, waits up to timeout_s (then SIGKILL). Returns the exit status
+ * (0 = clean), or -1. Fills *maxrss_kb from wait4 when not NULL. */
+int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb);
+/* Removes the data dir (unless keep). */
+void bench_daemon_rmdata(bench_daemon_t *d, bool keep);
+
+/* ---- workloads.c ---- */
+
+typedef struct {
+    const char *workload;
+    int64_t n;          /* requests (ingest/update/coldstart docs/select reads); 0 = default */
+    int64_t docs;       /* documents preloaded (update, select); 0 = default */
+    int clients, inflight, threads;
+    const char *endpoint; /* NULL: start our own daemon */
+    const char *api;
+    int runs;
+    bool keep_data;
+    int64_t deadline_us;
+} bench_opts_t;
+
+/* One run's figures; extra holds more ,"key":value pairs. */
+typedef struct {
+    double seconds, ops_per_s;
+    int64_t p50_us, p99_us;
+    long peak_rss_kb; /* -1 when not measured */
+    ts_buf_t extra;
+} bench_result_t;
+
+/* Runs the workload opts->runs times (printing each run's line) and the
+ * median line. Returns a process exit code: 0, 1 (a run failed), 2 (usage). */
+int bench_run_workload(bench_opts_t *opts);
+
+#endif

@@ -1,0 +1,366 @@
+/* driver.c — pipelined load over DEALER sockets.
+ *
+ * Each thread drives its share of the sockets from one zmq_poll loop: it
+ * keeps every socket filled to `inflight` outstanding requests, takes the
+ * next request index from a shared counter, and matches replies to requests
+ * by order (the front door answers one client's requests in the order sent;
+ * the JSON-RPC id is checked against that). A `busy` answer is retried after
+ * 1 ms; its latency still counts from the first send. */
+#include "bench.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <zmq.h>
+
+#define BUSY_RETRY_US 1000
+#define POLL_MAX_MS 100
+
+int bench_reqs_end(bench_reqs_t *reqs)
+{
+    if (reqs->n + 2 > reqs->cap) {
+        size_t cap = reqs->cap ? reqs->cap * 2 : 1024;
+        size_t *off = realloc(reqs->off, cap * sizeof *off);
+        if (!off)
+            return -1;
+        reqs->off = off;
+        reqs->cap = cap;
+        if (reqs->n == 0)
+            reqs->off[0] = 0;
+    }
+    reqs->off[++reqs->n] = reqs->data.len;
+    return 0;
+}
+
+void bench_reqs_reset(bench_reqs_t *reqs)
+{
+    ts_buf_reset(&reqs->data);
+    reqs->n = 0;
+    if (reqs->off)
+        reqs->off[0] = 0;
+}
+
+void bench_reqs_free(bench_reqs_t *reqs)
+{
+    ts_buf_free(&reqs->data);
+    free(reqs->off);
+    memset(reqs, 0, sizeof *reqs);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t bench_percentile(const int64_t *values, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    int64_t *copy = malloc(n * sizeof *copy);
+    if (!copy)
+        return -1;
+    memcpy(copy, values, n * sizeof *copy);
+    qsort(copy, n, sizeof *copy, cmp_i64);
+    size_t rank = (size_t)(p / 100.0 * (double)n + 0.999999);
+    int64_t v = copy[rank == 0 ? 0 : rank > n ? n - 1 : rank - 1];
+    free(copy);
+    return v;
+}
+
+/* One DEALER and the indices of its outstanding requests, oldest first. */
+typedef struct {
+    void *sock;
+    size_t *fifo; /* ring of `inflight` request indices */
+    int head, count;
+} client_t;
+
+/* Shared by the threads of one run. */
+typedef struct {
+    const bench_job_t *job;
+    atomic_size_t next;     /* next request index not yet sent */
+    atomic_bool failed;     /* a thread gave up: the others stop too */
+    int64_t *first_send_us; /* per request */
+    pthread_mutex_t lock;   /* guards the outcome */
+    bench_outcome_t *out;
+} run_t;
+
+/* A thread's share: sockets [first, first + count). */
+typedef struct {
+    run_t *run;
+    void *zctx;
+    int first, count;
+    int rc;
+} worker_t;
+
+static void fail(run_t *run, const char *fmt, const char *detail)
+{
+    pthread_mutex_lock(&run->lock);
+    if (!run->out->first_error[0])
+        snprintf(run->out->first_error, sizeof run->out->first_error, fmt, detail);
+    pthread_mutex_unlock(&run->lock);
+    atomic_store(&run->failed, true);
+}
+
+/* The JSON-RPC id of a reply: the first "id": followed by a number (a
+ * document's own "id" is a string). -1 when there is none. */
+static long long reply_id(const char *text, size_t len)
+{
+    const char *p = text, *end = text + len;
+    while ((p = memmem(p, (size_t)(end - p), "\"id\":", 5)) != NULL) {
+        p += 5;
+        while (p < end && *p == ' ')
+            p++;
+        if (p < end && *p >= '0' && *p <= '9') {
+            long long v = 0;
+            while (p < end && *p >= '0' && *p <= '9')
+                v = v * 10 + (*p++ - '0');
+            return v;
+        }
+    }
+    return -1;
+}
+
+/* Error code of an error reply, 0 for a result. Parses only error replies. */
+static int reply_error(const char *text, size_t len, char *msg, size_t msglen)
+{
+    if (!memmem(text, len, "\"error\"", 7))
+        return 0;
+    cJSON *r = cJSON_ParseWithLength(text, len);
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(r, "error");
+    if (!err) {
+        cJSON_Delete(r);
+        return 0; /* "error" was inside a document */
+    }
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(err, "code");
+    char *text_err = cJSON_PrintUnformatted(err);
+    snprintf(msg, msglen, "%s", text_err ? text_err : "error");
+    cJSON_free(text_err);
+    int c = cJSON_IsNumber(code) ? code->valueint : -32603;
+    cJSON_Delete(r);
+    return c ? c : -32603;
+}
+
+static void *work(void *arg)
+{
+    worker_t *w = arg;
+    run_t *run = w->run;
+    const bench_job_t *job = run->job;
+    const bench_reqs_t *reqs = job->reqs;
+    int k = job->inflight, nc = w->count;
+    client_t *cl = calloc((size_t)nc, sizeof *cl);
+    zmq_pollitem_t *items = calloc((size_t)nc, sizeof *items);
+    /* Busy answers wait here (at most one per in-flight slot) until due. */
+    size_t retry_cap = (size_t)nc * (size_t)k, retry_n = 0;
+    size_t *retry_idx = calloc(retry_cap, sizeof *retry_idx);
+    int64_t *retry_due = calloc(retry_cap, sizeof *retry_due);
+    w->rc = -1;
+    if (!cl || !items || !retry_idx || !retry_due) {
+        fail(run, "%s", "out of memory");
+        goto done;
+    }
+    for (int c = 0; c < nc; c++) {
+        int linger = 0, hwm = k + 16;
+        cl[c].fifo = calloc((size_t)k, sizeof *cl[c].fifo);
+        cl[c].sock = zmq_socket(w->zctx, ZMQ_DEALER);
+        if (!cl[c].fifo || !cl[c].sock ||
+            zmq_setsockopt(cl[c].sock, ZMQ_LINGER, &linger, sizeof linger) ||
+            zmq_setsockopt(cl[c].sock, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
+            zmq_connect(cl[c].sock, job->endpoint)) {
+            fail(run, "cannot connect: %s", zmq_strerror(errno));
+            goto done;
+        }
+        items[c] = (zmq_pollitem_t){.socket = cl[c].sock, .events = ZMQ_POLLIN};
+    }
+    size_t outstanding = 0;
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    for (;;) {
+        if (atomic_load(&run->failed))
+            break;
+        int64_t now = ts_mono_us();
+        if (now > job->deadline_us) {
+            fail(run, "%s", "global deadline reached");
+            break;
+        }
+        /* Fill every socket up to k: due retries first, then new requests. */
+        bool more_new = true;
+        for (int c = 0; c < nc; c++) {
+            while (cl[c].count < k) {
+                size_t i = SIZE_MAX;
+                for (size_t r = 0; r < retry_n; r++) {
+                    if (retry_due[r] <= now) {
+                        i = retry_idx[r];
+                        retry_idx[r] = retry_idx[--retry_n];
+                        retry_due[r] = retry_due[retry_n];
+                        break;
+                    }
+                }
+                if (i == SIZE_MAX) {
+                    if (!more_new)
+                        break;
+                    i = atomic_fetch_add(&run->next, 1);
+                    if (i >= reqs->n) {
+                        more_new = false;
+                        break;
+                    }
+                    run->first_send_us[i] = ts_mono_us();
+                }
+                const char *body = reqs->data.data + reqs->off[i];
+                size_t len = reqs->off[i + 1] - reqs->off[i];
+                if (zmq_send(cl[c].sock, body, len, ZMQ_DONTWAIT) < 0) {
+                    /* Cannot happen below the HWM; keep the request for later. */
+                    retry_idx[retry_n] = i;
+                    retry_due[retry_n++] = now + BUSY_RETRY_US;
+                    break;
+                }
+                cl[c].fifo[(cl[c].head + cl[c].count) % k] = i;
+                cl[c].count++;
+                outstanding++;
+            }
+        }
+        if (outstanding == 0 && retry_n == 0 && !more_new) {
+            w->rc = 0;
+            break;
+        }
+        /* The oldest outstanding request bounds the wait. */
+        int64_t oldest = INT64_MAX;
+        for (int c = 0; c < nc; c++)
+            if (cl[c].count && run->first_send_us[cl[c].fifo[cl[c].head]] < oldest)
+                oldest = run->first_send_us[cl[c].fifo[cl[c].head]];
+        if (oldest != INT64_MAX && now - oldest > BENCH_REPLY_TIMEOUT_US) {
+            fail(run, "%s", "no reply within 30 s");
+            break;
+        }
+        long timeout_ms = retry_n ? 1 : POLL_MAX_MS;
+        int ready = zmq_poll(items, nc, timeout_ms);
+        if (ready < 0 && errno != EINTR) {
+            fail(run, "zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        for (int c = 0; c < nc && ready > 0; c++) {
+            if (!(items[c].revents & ZMQ_POLLIN))
+                continue;
+            while (zmq_msg_recv(&msg, cl[c].sock, ZMQ_DONTWAIT) >= 0) {
+                if (zmq_msg_more(&msg) || zmq_msg_size(&msg) == 0)
+                    continue; /* envelope: the payload is the last frame */
+                int64_t t = ts_mono_us();
+                const char *text = zmq_msg_data(&msg);
+                size_t len = zmq_msg_size(&msg);
+                if (cl[c].count == 0) {
+                    fail(run, "%s", "a reply nobody asked for");
+                    break;
+                }
+                size_t i = cl[c].fifo[cl[c].head];
+                cl[c].head = (cl[c].head + 1) % k;
+                cl[c].count--;
+                outstanding--;
+                long long id = reply_id(text, len);
+                if (id != (long long)i) {
+                    char detail[64];
+                    snprintf(detail, sizeof detail, "id %lld, expected %zu", id, i);
+                    fail(run, "reply out of order: %s", detail);
+                    break;
+                }
+                char err[200];
+                int code = reply_error(text, len, err, sizeof err);
+                if (code == -32005) {
+                    retry_idx[retry_n] = i;
+                    retry_due[retry_n++] = t + BUSY_RETRY_US;
+                    pthread_mutex_lock(&run->lock);
+                    run->out->busy_retries++;
+                    pthread_mutex_unlock(&run->lock);
+                } else if (code) {
+                    pthread_mutex_lock(&run->lock);
+                    run->out->errors++;
+                    if (!run->out->first_error[0])
+                        snprintf(run->out->first_error, sizeof run->out->first_error, "%s", err);
+                    pthread_mutex_unlock(&run->lock);
+                } else {
+                    job->lat_us[i] = t - run->first_send_us[i];
+                    if (job->on_reply)
+                        job->on_reply(job->arg, i, text, len);
+                    pthread_mutex_lock(&run->lock);
+                    run->out->done++;
+                    pthread_mutex_unlock(&run->lock);
+                }
+            }
+        }
+    }
+    zmq_msg_close(&msg);
+done:
+    for (int c = 0; cl && c < nc; c++) {
+        if (cl[c].sock)
+            zmq_close(cl[c].sock);
+        free(cl[c].fifo);
+    }
+    free(cl);
+    free(items);
+    free(retry_idx);
+    free(retry_due);
+    return NULL;
+}
+
+static double cpu_now(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+int bench_drive(const bench_job_t *job, bench_outcome_t *out)
+{
+    memset(out, 0, sizeof *out);
+    int threads = job->threads < 1 ? 1 : job->threads > job->clients ? job->clients : job->threads;
+    run_t run = {.job = job, .out = out};
+    atomic_init(&run.next, 0);
+    atomic_init(&run.failed, false);
+    pthread_mutex_init(&run.lock, NULL);
+    run.first_send_us = calloc(job->reqs->n ? job->reqs->n : 1, sizeof *run.first_send_us);
+    worker_t *w = calloc((size_t)threads, sizeof *w);
+    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+    void *zctx = zmq_ctx_new();
+    int rc = -1;
+    if (!run.first_send_us || !w || !tid || !zctx) {
+        snprintf(out->first_error, sizeof out->first_error, "out of memory");
+        goto done;
+    }
+    /* Up to one I/O thread per worker; ZeroMQ's default is one. */
+    zmq_ctx_set(zctx, ZMQ_IO_THREADS, threads);
+    int64_t t0 = ts_mono_us();
+    double cpu0 = cpu_now();
+    int per = job->clients / threads, extra = job->clients % threads, first = 0;
+    for (int t = 0; t < threads; t++) {
+        w[t] = (worker_t){.run = &run, .zctx = zctx, .first = first, .count = per + (t < extra)};
+        first += w[t].count;
+    }
+    int started = 0;
+    for (int t = 1; t < threads; t++, started++)
+        if (pthread_create(&tid[t], NULL, work, &w[t]))
+            break;
+    work(&w[0]);
+    for (int t = 1; t <= started; t++)
+        pthread_join(tid[t], NULL);
+    out->seconds = (double)(ts_mono_us() - t0) / 1e6;
+    out->cpu_seconds = cpu_now() - cpu0;
+    rc = 0;
+    for (int t = 0; t < threads; t++)
+        if (t > started || w[t].rc)
+            rc = -1;
+    if (out->errors || out->done != job->reqs->n)
+        rc = -1;
+done:
+    if (zctx)
+        zmq_ctx_term(zctx);
+    free(w);
+    free(tid);
+    free(run.first_send_us);
+    pthread_mutex_destroy(&run.lock);
+    return rc;
+}

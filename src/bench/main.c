@@ -1,0 +1,122 @@
+/* main.c — therasync-bench: load generator and benchmark driver.
+ *
+ *   therasync-bench --workload ingest|update|select|coldstart|replay|realtime
+ *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T]
+ *       [--endpoint ZMQ] [--api URL] [--runs R] [--keep-data] [--max-seconds S]
+ *
+ * Prints one JSON line per run, and a "stat":"median" line when R > 1.
+ * Exit: 0 ok, 1 a run failed, 2 usage. */
+#include "bench.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_text[] =
+    "usage: therasync-bench --workload NAME [options]\n"
+    "\n"
+    "workloads (contract section 6):\n"
+    "  ingest     N creates through the front door, each answered once durable\n"
+    "  update     preload D docs, then N merge-patch status updates of random docs (seed 4242)\n"
+    "  select     preload D docs, then N upcoming(T, now, 20) reads, one update every 10\n"
+    "             (seeds 4343/4344); needs the Lua selectors in therasyncd\n"
+    "  coldstart  N docs on disk, then time therasyncd start until ready, and its peak RSS\n"
+    "  replay, realtime   need clinic-api: not yet available\n"
+    "\n"
+    "options:\n"
+    "  --n N            requests (ingest/update), reads (select), documents (coldstart)\n"
+    "                   defaults: 100000, 100000, 10000, 1000000\n"
+    "  --docs D         documents preloaded by update and select (default 100000)\n"
+    "  --clients C      DEALER sockets (default 8; select: 1)\n"
+    "  --inflight K     requests in flight per socket (default 64; select: 1)\n"
+    "  --threads T      threads driving the sockets (default 1: one poll loop)\n"
+    "  --endpoint ZMQ   use a running therasyncd; without it the bench starts its own\n"
+    "                   (from its own directory) in a fresh temporary data dir\n"
+    "  --api URL        clinic-api base URL (replay, realtime)\n"
+    "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
+    "  --keep-data      keep the temporary data dirs\n"
+    "  --max-seconds S  give up on everything after S seconds (default 600)\n";
+
+static int usage(const char *what, const char *arg)
+{
+    fprintf(stderr, "therasync-bench: %s%s\n(see --help)\n", what, arg ? arg : "");
+    return 2;
+}
+
+static int int_arg(const char *name, const char *text, int64_t min, int64_t max, int64_t *v)
+{
+    if (ts_parse_i64(text, v) || *v < min || *v > max)
+        return usage("bad value for ", name);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts_t o = {.runs = 1};
+    int64_t max_seconds = 600;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("therasync-bench %s\n", TS_VERSION);
+            return 0;
+        }
+        if (strcmp(a, "--keep-data") == 0) {
+            o.keep_data = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0 || i + 1 >= argc)
+            return usage("unexpected argument ", a);
+        const char *v = argv[++i];
+        int64_t n = 0;
+        if (strcmp(a, "--workload") == 0) {
+            o.workload = v;
+        } else if (strcmp(a, "--endpoint") == 0) {
+            o.endpoint = v;
+        } else if (strcmp(a, "--api") == 0) {
+            o.api = v;
+        } else if (strcmp(a, "--n") == 0) {
+            if (int_arg(a, v, 1, 100000000, &o.n))
+                return 2;
+        } else if (strcmp(a, "--docs") == 0) {
+            if (int_arg(a, v, 1, 100000000, &o.docs))
+                return 2;
+        } else if (strcmp(a, "--clients") == 0) {
+            if (int_arg(a, v, 1, 1024, &n))
+                return 2;
+            o.clients = (int)n;
+        } else if (strcmp(a, "--inflight") == 0) {
+            if (int_arg(a, v, 1, 4096, &n))
+                return 2;
+            o.inflight = (int)n;
+        } else if (strcmp(a, "--threads") == 0) {
+            if (int_arg(a, v, 1, 64, &n))
+                return 2;
+            o.threads = (int)n;
+        } else if (strcmp(a, "--runs") == 0) {
+            if (int_arg(a, v, 1, 64, &n))
+                return 2;
+            o.runs = (int)n;
+        } else if (strcmp(a, "--max-seconds") == 0) {
+            if (int_arg(a, v, 1, 86400, &max_seconds))
+                return 2;
+        } else {
+            return usage("unknown option ", a);
+        }
+    }
+    if (!o.workload)
+        return usage("--workload is required", NULL);
+    if (strcmp(o.workload, "replay") == 0 || strcmp(o.workload, "realtime") == 0) {
+        fprintf(stderr, "therasync-bench: workload %s is not yet available (it needs clinic-api)\n",
+                o.workload);
+        return 2;
+    }
+    /* A dead peer must not kill the bench (its daemon is stopped by pid). */
+    signal(SIGPIPE, SIG_IGN);
+    o.deadline_us = ts_mono_us() + max_seconds * 1000000;
+    return bench_run_workload(&o);
+}

@@ -1,0 +1,494 @@
+/* workloads.c — ingest, update, select and coldstart (contract section 6).
+ *
+ * A workload run: bring up the target (our own fresh therasyncd, or the
+ * --endpoint given), build every request body before the clock starts,
+ * drive them, and describe the run in a bench_result_t. */
+#include "bench.h"
+#include "gen.h"
+
+#include <cJSON.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PRELOAD_CHUNK 100000
+#define START_TIMEOUT_S 300.0
+#define STOP_TIMEOUT_S 300.0
+#define UPDATE_SEED 4242u
+#define SELECT_READ_SEED 4343u
+#define SELECT_WRITE_SEED 4344u
+#define SELECT_EVERY 10
+
+/* State kept across the runs of one workload. */
+typedef struct {
+    bench_opts_t *o;
+    bench_daemon_t d;     /* our daemon (when o->endpoint is NULL) */
+    const char *endpoint; /* where requests go */
+    bool preloaded;       /* the external target already holds the docs */
+    char (*ids)[37];      /* ids of the preloaded docs */
+    int64_t nids;
+} wl_t;
+
+/* ---- requests ---- */
+
+static int add_create(bench_reqs_t *reqs, const gen_session_t *s)
+{
+    ts_buf_t *b = &reqs->data;
+    if (ts_buf_printf(b, "{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"create\",\"params\":"
+                         "{\"collection\":\"sessions\",\"doc\":", reqs->n) ||
+        gen_session_json(s, false, b) || ts_buf_puts(b, "}}"))
+        return -1;
+    return bench_reqs_end(reqs);
+}
+
+static int add_update(bench_reqs_t *reqs, const char *id, const char *status)
+{
+    if (ts_buf_printf(&reqs->data,
+                      "{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"update\",\"params\":{"
+                      "\"collection\":\"sessions\",\"id\":\"%s\",\"patch\":{\"status\":\"%s\"}}}",
+                      reqs->n, id, status))
+        return -1;
+    return bench_reqs_end(reqs);
+}
+
+static int add_upcoming(bench_reqs_t *reqs, const char *therapist, const char *now)
+{
+    if (ts_buf_printf(&reqs->data,
+                      "{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"query\",\"params\":{"
+                      "\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":{"
+                      "\"therapist_id\":\"%s\",\"now\":\"%s\",\"limit\":20}}}",
+                      reqs->n, therapist, now))
+        return -1;
+    return bench_reqs_end(reqs);
+}
+
+/* ---- target ---- */
+
+static int target_up(wl_t *w)
+{
+    if (w->o->endpoint) {
+        w->endpoint = w->o->endpoint;
+        return 0;
+    }
+    if (bench_daemon_mkdata(&w->d))
+        return -1;
+    if (bench_daemon_start(&w->d, START_TIMEOUT_S)) {
+        bench_daemon_rmdata(&w->d, w->o->keep_data);
+        return -1;
+    }
+    w->endpoint = w->d.endpoint;
+    return 0;
+}
+
+static void target_down(wl_t *w)
+{
+    if (w->o->endpoint)
+        return;
+    int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, NULL);
+    if (status != 0)
+        fprintf(stderr, "bench: therasyncd exited with status %d\n", status);
+    bench_daemon_rmdata(&w->d, w->o->keep_data);
+}
+
+static void job_defaults(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs, int64_t *lat)
+{
+    *job = (bench_job_t){.endpoint = w->endpoint,
+                         .clients = w->o->clients,
+                         .inflight = w->o->inflight,
+                         .threads = w->o->threads,
+                         .reqs = reqs,
+                         .deadline_us = w->o->deadline_us,
+                         .lat_us = lat};
+}
+
+/* Creates the first `count` sessions of the stream (ids kept in w->ids),
+ * PRELOAD_CHUNK requests at a time, untimed. */
+static int preload(wl_t *w, int64_t count, bool send)
+{
+    free(w->ids);
+    w->ids = calloc((size_t)(count ? count : 1), sizeof *w->ids);
+    int64_t *lat = calloc(PRELOAD_CHUNK, sizeof *lat);
+    bench_reqs_t reqs = {0};
+    gen_rng_t rng;
+    gen_rng_seed(&rng, GEN_SEED);
+    int rc = w->ids && lat ? 0 : -1;
+    int64_t t0 = ts_mono_us();
+    for (int64_t done = 0; rc == 0 && done < count;) {
+        bench_reqs_reset(&reqs);
+        int64_t chunk = count - done < PRELOAD_CHUNK ? count - done : PRELOAD_CHUNK;
+        for (int64_t i = 0; rc == 0 && i < chunk; i++) {
+            gen_session_t s;
+            gen_session(&rng, done + i, &s);
+            memcpy(w->ids[done + i], s.id, sizeof s.id);
+            rc = send ? add_create(&reqs, &s) : 0;
+        }
+        if (rc == 0 && send) {
+            bench_job_t job;
+            bench_outcome_t out;
+            job_defaults(w, &job, &reqs, lat);
+            /* Untimed, so as fast as it goes, even for a serial workload. */
+            job.clients = job.clients < 8 ? 8 : job.clients;
+            job.inflight = job.inflight < 64 ? 64 : job.inflight;
+            if (bench_drive(&job, &out)) {
+                fprintf(stderr, "bench: preload failed after %zu of %lld: %s\n", out.done,
+                        (long long)chunk, out.first_error);
+                rc = -1;
+            }
+        }
+        done += chunk;
+    }
+    if (send && rc == 0)
+        fprintf(stderr, "bench: preloaded %lld documents in %.1f s\n", (long long)count,
+                (double)(ts_mono_us() - t0) / 1e6);
+    w->nids = rc == 0 ? count : 0;
+    bench_reqs_free(&reqs);
+    free(lat);
+    return rc;
+}
+
+static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t ops,
+                        const int64_t *lat, size_t nlat)
+{
+    res->seconds = out->seconds;
+    res->ops_per_s = out->seconds > 0 ? (double)ops / out->seconds : 0;
+    res->p50_us = bench_percentile(lat, nlat, 50);
+    res->p99_us = bench_percentile(lat, nlat, 99);
+    ts_buf_printf(&res->extra, ",\"errors\":%zu,\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
+                  out->errors, out->busy_retries, out->cpu_seconds);
+}
+
+static int report_failure(bench_result_t *res, const char *what, const bench_outcome_t *out)
+{
+    fprintf(stderr, "bench: %s: %zu answered, %zu errors: %s\n", what, out->done, out->errors,
+            out->first_error[0] ? out->first_error : "(no detail)");
+    ts_buf_puts(&res->extra, ",\"error\":");
+    ts_buf_json_string(&res->extra, out->first_error, strlen(out->first_error));
+    return -1;
+}
+
+/* ---- ingest: N creates, each answered once durable ---- */
+
+static int wl_ingest(wl_t *w, int run, bench_result_t *res)
+{
+    int64_t n = w->o->n;
+    /* A shared target already holds the earlier runs' documents: continue the stream. */
+    int64_t seq0 = w->o->endpoint ? (int64_t)run * n : 0;
+    bench_reqs_t reqs = {0};
+    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    gen_rng_t rng;
+    gen_rng_seed(&rng, GEN_SEED);
+    int rc = lat ? 0 : -1;
+    for (int64_t i = 0; rc == 0 && i < seq0 + n; i++) {
+        gen_session_t s;
+        gen_session(&rng, i, &s);
+        if (i >= seq0)
+            rc = add_create(&reqs, &s);
+    }
+    if (rc == 0)
+        rc = target_up(w);
+    if (rc == 0) {
+        bench_job_t job;
+        bench_outcome_t out;
+        job_defaults(w, &job, &reqs, lat);
+        rc = bench_drive(&job, &out);
+        fill_result(res, &out, out.done, lat, out.done == (size_t)n ? (size_t)n : 0);
+        if (rc)
+            report_failure(res, "ingest", &out);
+        target_down(w);
+    }
+    bench_reqs_free(&reqs);
+    free(lat);
+    return rc;
+}
+
+/* ---- update: N status patches of random preloaded documents ---- */
+
+static int wl_update(wl_t *w, int run, bench_result_t *res)
+{
+    (void)run;
+    int64_t n = w->o->n, docs = w->o->docs;
+    int rc = target_up(w);
+    if (rc)
+        return rc;
+    bool send = !w->o->endpoint || !w->preloaded;
+    int64_t t0 = ts_mono_us();
+    rc = preload(w, docs, send);
+    double preload_s = (double)(ts_mono_us() - t0) / 1e6;
+    w->preloaded = rc == 0;
+    bench_reqs_t reqs = {0};
+    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    gen_rng_t rng;
+    gen_rng_seed(&rng, UPDATE_SEED);
+    rc = rc || !lat ? -1 : 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        int64_t idx = (int64_t)(gen_rng_next(&rng) * (double)docs);
+        const char *status = gen_statuses[(int)(gen_rng_next(&rng) * 4)];
+        rc = add_update(&reqs, w->ids[idx], status);
+    }
+    if (rc == 0) {
+        bench_job_t job;
+        bench_outcome_t out;
+        job_defaults(w, &job, &reqs, lat);
+        rc = bench_drive(&job, &out);
+        fill_result(res, &out, out.done, lat, out.done == (size_t)n ? (size_t)n : 0);
+        ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
+                      send ? preload_s : 0.0);
+        if (rc)
+            report_failure(res, "update", &out);
+    }
+    target_down(w);
+    bench_reqs_free(&reqs);
+    free(lat);
+    return rc;
+}
+
+/* ---- select: upcoming(T, now, 20), one status update after every 10 reads ---- */
+
+typedef struct {
+    const bool *is_read;
+    atomic_llong rows;
+    atomic_llong bad; /* replies without result.items */
+} select_ctx_t;
+
+static void count_rows(void *arg, size_t i, const char *reply, size_t len)
+{
+    select_ctx_t *sc = arg;
+    if (!sc->is_read[i])
+        return;
+    cJSON *r = cJSON_ParseWithLength(reply, len);
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r, "result"), "items");
+    if (cJSON_IsArray(items))
+        atomic_fetch_add(&sc->rows, cJSON_GetArraySize(items));
+    else
+        atomic_fetch_add(&sc->bad, 1);
+    cJSON_Delete(r);
+}
+
+static int wl_select(wl_t *w, int run, bench_result_t *res)
+{
+    (void)run;
+    int64_t reads = w->o->n, docs = w->o->docs;
+    int64_t writes = reads / SELECT_EVERY, total = reads + writes;
+    int rc = target_up(w);
+    if (rc)
+        return rc;
+    bool send = !w->o->endpoint || !w->preloaded;
+    rc = preload(w, docs, send);
+    w->preloaded = rc == 0;
+    bench_reqs_t reqs = {0};
+    int64_t *lat = calloc((size_t)total, sizeof *lat);
+    bool *is_read = calloc((size_t)total, sizeof *is_read);
+    rc = rc || !lat || !is_read ? -1 : 0;
+    /* Draws exactly as the peer's w3: all reads' (T, now) first, then the writes. */
+    gen_rng_t rr, wr;
+    gen_rng_seed(&rr, SELECT_READ_SEED);
+    gen_rng_seed(&wr, SELECT_WRITE_SEED);
+    for (int64_t i = 0, w_done = 0; rc == 0 && i < reads; i++) {
+        char t[12], now[32];
+        gen_therapist_id((int)(gen_rng_next(&rr) * GEN_N_THERAPISTS) + 1, t);
+        gen_slot_iso((int64_t)(gen_rng_next(&rr) * GEN_N_SLOTS), now);
+        is_read[reqs.n] = true;
+        rc = add_upcoming(&reqs, t, now);
+        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
+            int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)docs);
+            const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
+            rc = add_update(&reqs, w->ids[idx], status);
+            w_done++;
+        }
+    }
+    if (rc == 0) {
+        select_ctx_t sc = {.is_read = is_read};
+        atomic_init(&sc.rows, 0);
+        atomic_init(&sc.bad, 0);
+        bench_job_t job;
+        bench_outcome_t out;
+        job_defaults(w, &job, &reqs, lat);
+        job.on_reply = count_rows;
+        job.arg = &sc;
+        rc = bench_drive(&job, &out);
+        if (rc) {
+            if (out.errors && strstr(out.first_error, "-32004"))
+                fprintf(stderr, "bench: select: the engine refused the upcoming selector; "
+                                "it needs the Lua selectors (policies/selectors.lua) in therasyncd\n");
+            report_failure(res, "select", &out);
+        }
+        /* Reads and writes apart: the peer reports read latency and reads/s. */
+        int64_t *rl = malloc((size_t)total * sizeof *rl), *wl = malloc((size_t)total * sizeof *wl);
+        size_t nr = 0, nw = 0;
+        for (int64_t i = 0; rl && wl && rc == 0 && i < (int64_t)reqs.n; i++) {
+            if (is_read[i])
+                rl[nr++] = lat[i];
+            else
+                wl[nw++] = lat[i];
+        }
+        fill_result(res, &out, (size_t)reads, rl, nr);
+        if (rc)
+            res->ops_per_s = 0;
+        ts_buf_printf(&res->extra,
+                      ",\"docs\":%lld,\"reads\":%lld,\"writes\":%lld,\"result_rows_total\":%lld,"
+                      "\"write_p50_us\":%lld,\"write_p99_us\":%lld",
+                      (long long)docs, (long long)reads, (long long)writes,
+                      (long long)atomic_load(&sc.rows), (long long)bench_percentile(wl, nw, 50),
+                      (long long)bench_percentile(wl, nw, 99));
+        if (rc == 0 && atomic_load(&sc.bad)) {
+            fprintf(stderr, "bench: select: %lld read replies had no result.items\n",
+                    (long long)atomic_load(&sc.bad));
+            rc = -1;
+        }
+        free(rl);
+        free(wl);
+    }
+    target_down(w);
+    bench_reqs_free(&reqs);
+    free(lat);
+    free(is_read);
+    return rc;
+}
+
+/* ---- coldstart: N documents on disk, then start until ready ---- */
+
+static int wl_coldstart(wl_t *w, int run, bench_result_t *res)
+{
+    if (!w->preloaded) {
+        /* Once for all runs: create the documents, then stop the daemon. */
+        if (bench_daemon_mkdata(&w->d))
+            return -1;
+        if (bench_daemon_start(&w->d, START_TIMEOUT_S)) {
+            bench_daemon_rmdata(&w->d, w->o->keep_data);
+            return -1;
+        }
+        w->endpoint = w->d.endpoint;
+        int rc = preload(w, w->o->n, true);
+        int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, NULL);
+        if (rc || status != 0) {
+            fprintf(stderr, "bench: coldstart preparation failed (daemon exit %d)\n", status);
+            bench_daemon_rmdata(&w->d, w->o->keep_data);
+            return -1;
+        }
+        w->preloaded = true;
+    }
+    (void)run;
+    if (bench_daemon_start(&w->d, START_TIMEOUT_S))
+        return -1;
+    res->seconds = w->d.ready_seconds;
+    res->ops_per_s = w->d.ready_seconds > 0 ? (double)w->o->n / w->d.ready_seconds : 0;
+    res->p50_us = res->p99_us = -1;
+    res->peak_rss_kb = w->d.hwm_kb;
+    long maxrss = -1;
+    int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, &maxrss);
+    ts_buf_printf(&res->extra, ",\"docs\":%lld,\"maxrss_kb_whole_life\":%ld,\"exit_status\":%d",
+                  (long long)w->o->n, maxrss, status);
+    return status == 0 ? 0 : -1;
+}
+
+/* ---- runs and the median ---- */
+
+typedef struct {
+    const char *name;
+    int (*run)(wl_t *w, int run, bench_result_t *res);
+    int64_t n, docs;       /* defaults */
+    int clients, inflight; /* defaults */
+    bool own_daemon_only;
+} workload_t;
+
+static const workload_t workloads[] = {
+    {"ingest", wl_ingest, 100000, 0, 8, 64, false},
+    {"update", wl_update, 100000, 100000, 8, 64, false},
+    {"select", wl_select, 10000, 100000, 1, 1, false},
+    {"coldstart", wl_coldstart, 1000000, 0, 8, 64, true},
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void print_head(const bench_opts_t *o)
+{
+    printf("{\"workload\":\"%s\",", o->workload);
+}
+
+static void print_common(const bench_opts_t *o, double seconds, double ops, double p50, double p99,
+                         double rss)
+{
+    printf("\"n\":%lld,\"clients\":%d,\"inflight\":%d,\"threads\":%d,\"seconds\":%.3f,"
+           "\"ops_per_s\":%.0f",
+           (long long)o->n, o->clients, o->inflight, o->threads, seconds, ops);
+    if (p50 >= 0)
+        printf(",\"p50_us\":%.0f,\"p99_us\":%.0f", p50, p99);
+    if (rss >= 0)
+        printf(",\"peak_rss_kb\":%.0f", rss);
+}
+
+int bench_run_workload(bench_opts_t *o)
+{
+    const workload_t *wl = NULL;
+    for (size_t i = 0; i < sizeof workloads / sizeof workloads[0]; i++)
+        if (strcmp(o->workload, workloads[i].name) == 0)
+            wl = &workloads[i];
+    if (!wl) {
+        fprintf(stderr, "bench: unknown workload %s\n", o->workload);
+        return 2;
+    }
+    if (wl->own_daemon_only && o->endpoint) {
+        fprintf(stderr, "bench: %s restarts the daemon, so it starts its own: drop --endpoint\n",
+                o->workload);
+        return 2;
+    }
+    o->n = o->n ? o->n : wl->n;
+    o->docs = o->docs ? o->docs : wl->docs;
+    o->clients = o->clients ? o->clients : wl->clients;
+    o->inflight = o->inflight ? o->inflight : wl->inflight;
+    o->threads = o->threads ? o->threads : 1;
+    wl_t w = {.o = o};
+    double *secs = calloc((size_t)o->runs, sizeof(double) * 5);
+    int failed = 0, ok = 0;
+    for (int r = 0; secs && r < o->runs; r++) {
+        bench_result_t res = {.peak_rss_kb = -1};
+        int rc = wl->run(&w, r, &res);
+        print_head(o);
+        printf("\"run\":%d,", r + 1);
+        print_common(o, res.seconds, res.ops_per_s, (double)res.p50_us, (double)res.p99_us,
+                     (double)res.peak_rss_kb);
+        printf("%s%s}\n", res.extra.data ? res.extra.data : "", rc ? ",\"failed\":true" : "");
+        fflush(stdout);
+        ts_buf_free(&res.extra);
+        if (rc) {
+            failed++;
+            if (ts_mono_us() > o->deadline_us || wl->own_daemon_only)
+                break;
+            continue;
+        }
+        double *v = secs + (size_t)ok * 5;
+        v[0] = res.seconds, v[1] = res.ops_per_s, v[2] = (double)res.p50_us,
+        v[3] = (double)res.p99_us, v[4] = (double)res.peak_rss_kb;
+        ok++;
+    }
+    if (wl->own_daemon_only)
+        bench_daemon_rmdata(&w.d, o->keep_data);
+    if (ok > 1) {
+        double col[5][64];
+        int m = ok < 64 ? ok : 64;
+        for (int i = 0; i < m; i++)
+            for (int k = 0; k < 5; k++)
+                col[k][i] = secs[(size_t)i * 5 + (size_t)k];
+        double med[5];
+        for (int k = 0; k < 5; k++)
+            med[k] = median(col[k], m);
+        print_head(o);
+        printf("\"stat\":\"median\",\"runs\":%d,", m);
+        print_common(o, med[0], med[1], med[2], med[3], med[4]);
+        printf("}\n");
+    }
+    free(secs);
+    free(w.ids);
+    return failed ? 1 : 0;
+}

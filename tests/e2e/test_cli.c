@@ -1,0 +1,275 @@
+/* test_cli.c — the therasync CLI as a real process against a real
+ * therasyncd: exit codes (0 ok, 1 error reply, 2 usage, 3 unreachable),
+ * human and --json output, a create/get/update/query/delete round trip.
+ *
+ * Each test of the "cli" suite starts its own daemon (tests/support/engine)
+ * on free loopback ports with a temporary data dir, and stops it by pid. */
+#include "../support/engine.h"
+#include "../support/run.h"
+
+#include <cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CLI_TIMEOUT_MS 20000
+
+static ts_engine_t engine;
+
+static void start_daemon(void)
+{
+    cr_assert_eq(ts_engine_start(&engine, NULL), 0, "therasyncd did not start");
+}
+
+static void stop_daemon(void)
+{
+    if (engine.proc.pid)
+        cr_expect_eq(ts_engine_stop(&engine), 0, "therasyncd did not exit cleanly");
+    ts_engine_destroy(&engine);
+}
+
+/* Runs the CLI against our daemon with up to 6 arguments after the
+ * endpoint; returns its exit code, output in out/err (reset first). */
+static int cli(ts_buf_t *out, ts_buf_t *err, const char *stdin_text, const char *a1,
+               const char *a2, const char *a3, const char *a4, const char *a5, const char *a6)
+{
+    const char *argv[12] = {"--endpoint", engine.endpoint, "--timeout", "10000"};
+    int n = 4;
+    const char *args[] = {a1, a2, a3, a4, a5, a6};
+    for (int i = 0; i < 6 && args[i]; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    ts_buf_reset(out);
+    ts_buf_reset(err);
+    return ts_run("therasync", argv, stdin_text, CLI_TIMEOUT_MS, out, err);
+}
+
+#define CLI(...) cli(&out, &err, __VA_ARGS__)
+
+static cJSON *parse(const ts_buf_t *b)
+{
+    cJSON *json = b->data ? cJSON_Parse(b->data) : NULL;
+    cr_assert_not_null(json, "not JSON: %s", b->data ? b->data : "(empty)");
+    return json;
+}
+
+static const char *str_at(const cJSON *obj, const char *a, const char *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, a);
+    if (b)
+        v = cJSON_GetObjectItemCaseSensitive(v, b);
+    return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+TestSuite(cli, .init = start_daemon, .fini = stop_daemon, .timeout = 60);
+
+Test(cli, round_trip_create_get_update_query_delete)
+{
+    ts_buf_t out = {0}, err = {0};
+    const char *doc = "{\"id\":\"s-1\",\"patient_id\":\"pat-0001\",\"therapist_id\":\"thr-001\","
+                      "\"scheduled_at\":\"2026-03-01T09:00:00.000Z\",\"duration_min\":50,"
+                      "\"status\":\"scheduled\",\"modality\":\"in_person\",\"room\":\"A1\","
+                      "\"notes\":\"first visit\"}";
+    cr_assert_eq(CLI(NULL, "--json", "create", "sessions", doc, NULL, NULL), 0, "%s", err.data);
+    cJSON *r = parse(&out);
+    cr_assert_str_eq(str_at(r, "doc", "id"), "s-1");
+    cr_assert(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(r, "sync")));
+    cJSON_Delete(r);
+
+    cr_assert_eq(CLI(NULL, "--json", "get", "sessions", "s-1", NULL, NULL), 0, "%s", err.data);
+    r = parse(&out);
+    cr_assert_str_eq(str_at(r, "doc", "therapist_id"), "thr-001");
+    cJSON_Delete(r);
+
+    /* Human output: the pretty document. */
+    cr_assert_eq(CLI(NULL, "get", "sessions", "s-1", NULL, NULL, NULL), 0);
+    cr_assert(strstr(out.data, "\"patient_id\": \"pat-0001\""), "%s", out.data);
+
+    cr_assert_eq(CLI(NULL, "--json", "update", "sessions", "s-1", "{\"status\":\"completed\"}", NULL), 0,
+                 "%s", err.data);
+    r = parse(&out);
+    cr_assert_str_eq(str_at(r, "doc", "status"), "completed");
+    cr_assert_str_eq(str_at(r, "doc", "room"), "A1", "a merge patch keeps other fields");
+    cJSON_Delete(r);
+
+    cr_assert_eq(CLI(NULL, "--json", "query", "sessions", "{\"where\":{\"status\":\"completed\"}}",
+                     NULL, NULL),
+                 0, "%s", err.data);
+    r = parse(&out);
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(r, "items");
+    cr_assert_eq(cJSON_GetArraySize(items), 1);
+    cr_assert_str_eq(str_at(cJSON_GetArrayItem(items, 0), "id", NULL), "s-1");
+    cJSON_Delete(r);
+
+    cr_assert_eq(CLI(NULL, "--json", "status", NULL, NULL, NULL, NULL), 0, "%s", err.data);
+    r = parse(&out);
+    cr_assert(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(r, "pending")));
+    cr_assert(cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(r, "collections")));
+    cJSON_Delete(r);
+
+    cr_assert_eq(CLI(NULL, "status", NULL, NULL, NULL, NULL, NULL), 0);
+    cr_assert(strstr(out.data, "pending:"), "%s", out.data);
+
+    cr_assert_eq(CLI(NULL, "delete", "sessions", "s-1", NULL, NULL, NULL), 0, "%s", err.data);
+    cr_assert_eq(CLI(NULL, "get", "sessions", "s-1", NULL, NULL, NULL), 1);
+    cr_assert(strstr(err.data, "-32001") && strstr(err.data, "not_found"), "%s", err.data);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli, create_from_stdin_and_file)
+{
+    ts_buf_t out = {0}, err = {0};
+    cr_assert_eq(CLI("{\"id\":\"s-2\",\"status\":\"scheduled\",\"duration_min\":30,"
+                     "\"patient_id\":\"pat-0002\",\"therapist_id\":\"thr-002\","
+                     "\"scheduled_at\":\"2026-03-02T09:00:00.000Z\",\"modality\":\"group\"}",
+                     "--json", "create", "sessions", "-", NULL, NULL),
+                 0, "%s", err.data);
+    cJSON *r = parse(&out);
+    cr_assert_str_eq(str_at(r, "doc", "id"), "s-2");
+    cJSON_Delete(r);
+
+    char path[300];
+    snprintf(path, sizeof path, "%s/doc.json", engine.dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("{\"id\":\"s-3\",\"status\":\"scheduled\",\"duration_min\":45,\"patient_id\":\"pat-0003\","
+          "\"therapist_id\":\"thr-003\",\"scheduled_at\":\"2026-03-03T09:00:00.000Z\","
+          "\"modality\":\"telehealth\"}",
+          f);
+    fclose(f);
+    char arg[310];
+    snprintf(arg, sizeof arg, "@%s", path);
+    cr_assert_eq(CLI(NULL, "--json", "create", "sessions", arg, NULL, NULL), 0, "%s", err.data);
+    unlink(path);
+    r = parse(&out);
+    cr_assert_str_eq(str_at(r, "doc", "id"), "s-3");
+    cJSON_Delete(r);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli, error_replies_exit_1)
+{
+    ts_buf_t out = {0}, err = {0};
+    cr_assert_eq(CLI(NULL, "get", "sessions", "no-such-doc", NULL, NULL, NULL), 1);
+    cr_assert(strstr(err.data, "not_found"), "%s", err.data);
+    cr_assert_eq(CLI(NULL, "get", "no_such_collection", "x", NULL, NULL, NULL), 1);
+    cr_assert(strstr(err.data, "-32008"), "%s", err.data);
+    cr_assert_eq(CLI(NULL, "call", "no.such.method", NULL, NULL, NULL, NULL), 1);
+    cr_assert(strstr(err.data, "-32601"), "%s", err.data);
+    /* --json also prints the error object on stdout. */
+    cr_assert_eq(CLI(NULL, "--json", "get", "sessions", "no-such-doc", NULL, NULL), 1);
+    cJSON *e = parse(&out);
+    cr_assert_eq(cJSON_GetObjectItemCaseSensitive(e, "code")->valueint, -32001);
+    cJSON_Delete(e);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli, ping_and_call)
+{
+    ts_buf_t out = {0}, err = {0};
+    cr_assert_eq(CLI(NULL, "ping", NULL, NULL, NULL, NULL, NULL), 0, "%s", err.data);
+    cr_assert_str_eq(out.data, "pong\n");
+    cr_assert_eq(CLI(NULL, "--json", "call", "ping", NULL, NULL, NULL), 0);
+    cr_assert_str_eq(out.data, "\"pong\"\n");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli, watch_prints_doc_changed)
+{
+    const char *args[] = {"--events", engine.events, "--json", "watch", "doc.sessions",
+                          "--count", "1", "--for", "20", NULL};
+    ts_proc_t w;
+    cr_assert_eq(ts_proc_spawn(&w, engine.dir, "therasync", args), 0);
+    /* A SUB joins late: create until the watcher has seen one event. */
+    ts_buf_t out = {0}, err = {0};
+    for (int i = 0; i < 100 && ts_proc_alive(&w); i++) {
+        char doc[200];
+        snprintf(doc, sizeof doc, "{\"id\":\"w-%d\",\"status\":\"scheduled\",\"duration_min\":30,"
+                 "\"patient_id\":\"pat-0001\",\"therapist_id\":\"thr-001\","
+                 "\"scheduled_at\":\"2026-03-01T09:00:00.000Z\"}", i);
+        cr_assert_eq(CLI(NULL, "create", "sessions", doc, NULL, NULL, NULL), 0, "%s", err.data);
+        usleep(100000);
+    }
+    int still_running = ts_proc_alive(&w);
+    if (still_running)
+        ts_proc_stop(&w, 2000);
+    cr_assert(!still_running, "watch did not see an event");
+    char line[8192] = "";
+    FILE *f = fopen(w.log_path, "r");
+    cr_assert_not_null(f);
+    cr_assert_not_null(fgets(line, sizeof line, f));
+    fclose(f);
+    cJSON *ev = cJSON_Parse(line);
+    cr_assert_not_null(ev, "not JSON: %s", line);
+    cr_assert_str_eq(str_at(ev, "method", NULL), "doc.changed", "%s", line);
+    cJSON_Delete(ev);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+/* ---- no daemon needed ---- */
+
+static int run_cli(ts_buf_t *out, ts_buf_t *err, char **args)
+{
+    ts_buf_reset(out);
+    ts_buf_reset(err);
+    return ts_run("therasync", (const char *const *)args, NULL, CLI_TIMEOUT_MS, out, err);
+}
+
+Test(cli_offline, bad_usage_exits_2)
+{
+    ts_buf_t out = {0}, err = {0};
+    char *cases[][6] = {
+        {NULL},
+        {"frobnicate", NULL},
+        {"get", "sessions", NULL},
+        {"create", "sessions", "{not json", NULL},
+        {"--timeout", "soon", "ping", NULL},
+        {"--no-such-flag", "ping", NULL},
+        {"update", "sessions", "x", "{}", "--base-version", "-3"},
+        {"policy", "frob", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *args[8] = {0};
+        for (int k = 0; k < 6 && cases[i][k]; k++)
+            args[k] = cases[i][k];
+        cr_expect_eq(run_cli(&out, &err, args), 2, "case %zu: %s", i, err.data ? err.data : "");
+    }
+    char *help[] = {"--help", NULL};
+    cr_assert_eq(run_cli(&out, &err, help), 0);
+    cr_assert(strstr(out.data, "usage: therasync"));
+    char *version[] = {"--version", NULL};
+    cr_assert_eq(run_cli(&out, &err, version), 0);
+    cr_assert(strncmp(out.data, "therasync ", 10) == 0);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli_offline, unreachable_exits_3_within_timeout)
+{
+    ts_buf_t out = {0}, err = {0};
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+    char *args[] = {"--endpoint", endpoint, "--timeout", "300", "status", NULL};
+    int64_t t0 = ts_mono_us();
+    cr_assert_eq(run_cli(&out, &err, args), 3, "%s", err.data ? err.data : "");
+    int64_t ms = (ts_mono_us() - t0) / 1000;
+    cr_assert(ms >= 250 && ms < 3000, "took %lld ms", (long long)ms);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(cli_offline, policy_tools_say_not_available)
+{
+    ts_buf_t out = {0}, err = {0};
+    char *args[] = {"policy", "check", "/nonexistent", NULL};
+    cr_assert_eq(run_cli(&out, &err, args), 1);
+    cr_assert(strstr(err.data, "not available"), "%s", err.data);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}

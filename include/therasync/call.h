@@ -87,7 +87,7 @@ typedef struct ts_record {
 
 /* Allocates a record with copies of the strings (body may be NULL). */
 ts_record_t *ts_record_new(ts_record_kind_t kind, const char *collection, const char *doc_id,
-                           const char *body, size_t body_len);
+                           size_t doc_id_len, const char *body, size_t body_len);
 void ts_record_free_list(ts_record_t *head);
 
 /* Many records in one allocation, for streaming the durable state at start. */
@@ -157,6 +157,7 @@ enum {
     TS_WIRE_RECOVER,       /* store → persist: stream the durable state */
     TS_WIRE_RECOVERED,     /* persist → store: ptrs[0] = chunk of records; count 0 = done */
     TS_WIRE_ROLLBACK,      /* persist → store: ptrs: ts_record_t* lists that failed to commit */
+    TS_WIRE_RECOVER_ACK,   /* store → persist: one recovered chunk is consumed (flow control) */
 };
 #define TS_INPROC_STORE "inproc://store"
 #define TS_INPROC_PERSIST "inproc://persist"

@@ -18,7 +18,9 @@
 #define LOG "persist"
 /* Bounds of one group commit: what is queued is taken, up to this. */
 #define MAX_CALLS_PER_COMMIT 16384
-#define RECOVERY_CHUNK_BYTES (4u << 20)
+#define RECOVERY_CHUNK_BYTES (2u << 20)
+/* Chunks sent but not yet consumed by the store: bounds memory at start. */
+#define RECOVERY_CHUNKS_IN_FLIGHT 4
 
 typedef struct {
     const ts_config_t *config;
@@ -126,7 +128,7 @@ static int open_db(persist_t *self)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/therasync.db", self->config->data_dir);
-    if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
+    if (sqlite3_open_v2(path, &self->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
         ts_error(LOG, "cannot open %s: %s", path, self->db ? sqlite3_errmsg(self->db) : "no memory");
         return -1;
@@ -285,8 +287,29 @@ static bool batch_has_records(ts_envelope_t **envs, size_t n)
     return false;
 }
 
+/* Sends a recovered chunk, first waiting for the store to consume one if
+ * too many are in flight. */
+static void send_chunk(persist_t *self, ts_chunk_t *chunk, int *in_flight)
+{
+    while (*in_flight >= RECOVERY_CHUNKS_IN_FLIGHT) {
+        uint32_t kind;
+        void **ptrs;
+        size_t n;
+        if (ts_wire_recv(self->inbox, 0, &kind, &ptrs, &n))
+            break;
+        free(ptrs);
+        if (kind == TS_WIRE_RECOVER_ACK)
+            (*in_flight)--;
+    }
+    if (ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
+        free(chunk);
+    else
+        (*in_flight)++;
+}
+
 static void recover(persist_t *self)
 {
+    int in_flight = 0;
     static const char *queries[] = {
         "SELECT coll, doc_id, version, body FROM docs",
         "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM outbox ORDER BY seq",
@@ -314,8 +337,8 @@ static void recover(persist_t *self)
                     r = ts_chunk_add(chunk, q ? TS_REC_MUTATION : TS_REC_CONFIRMED, coll, id, body,
                                      body_len);
                 if (!r) {
-                    if (chunk && ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
-                        free(chunk);
+                    if (chunk)
+                        send_chunk(self, chunk, &in_flight);
                     size_t need = body_len + 4096;
                     chunk = ts_chunk_new(need > RECOVERY_CHUNK_BYTES ? need : RECOVERY_CHUNK_BYTES);
                     if (!chunk)
@@ -339,8 +362,8 @@ static void recover(persist_t *self)
         if (rc != SQLITE_DONE && rc != SQLITE_ROW)
             ts_error(LOG, "recovery read failed: %s", sqlite3_errmsg(self->db));
         sqlite3_finalize(stmt);
-        if (chunk && ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
-            free(chunk);
+        if (chunk)
+            send_chunk(self, chunk, &in_flight);
     }
     ts_wire_send(self->to_store, TS_WIRE_RECOVERED, NULL, 0);
     ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
@@ -364,7 +387,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             recover(self);
             continue;
         }
-        if (kind != TS_WIRE_ENVELOPES) {
+        if (kind != TS_WIRE_ENVELOPES) { /* includes late RECOVER_ACKs */
             free(ptrs);
             continue;
         }

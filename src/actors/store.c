@@ -13,35 +13,57 @@
 #define LOG "store"
 
 /* A pending local mutation; body is the created document (create), the
- * merge patch (update) or empty (delete). */
+ * merge patch (update) or empty (delete). Fields are ordered so the body
+ * starts right after them: with a million pending documents every byte of
+ * header counts. */
 typedef struct mutation {
     struct mutation *next;
     int64_t seq;
     int64_t base_version;
     int64_t at_ms;
     uint32_t body_len;
+    uint8_t id[16];        /* the mutation's UUIDv7, binary */
     uint8_t op;
-    char id[37];
     char body[];
 } mutation_t;
 
+/* The server's version of a document. */
+typedef struct {
+    int64_t version;
+    uint32_t len;
+    char text[];           /* JSON; empty for a tombstone */
+} confirmed_t;
+
 enum { VISIBLE_OWNED, VISIBLE_IS_CONFIRMED, VISIBLE_IS_CREATE };
 
+/* One document: 32 bytes of header plus its id, so that with a UUID id it
+ * fits an 80-byte malloc chunk. The JSON texts kept for it (visible,
+ * confirmed, a create's body) are objects WITHOUT the "id" member: the id
+ * lives here once, and append_doc()/parse_doc() put it back first. That
+ * saves ~45 bytes a document, which a million documents need. */
 typedef struct doc {
     char *visible;         /* what readers see; NULL = absent or deleted */
-    char *confirmed;       /* the server's version; NULL = none */
+    confirmed_t *confirmed;/* the server's version; NULL = never synced */
     mutation_t *pending;   /* oldest first */
-    int64_t version;       /* confirmed version; 0 = never synced */
     uint32_t visible_len;
+    uint32_t hash32;       /* low bits of the id's hash, for growing the table */
     uint16_t npending;
     uint8_t visible_kind;  /* VISIBLE_*: whether visible is its own allocation */
     uint8_t id_len;
-    char id[];
+    char id[];             /* not NUL-terminated: use id_len */
 } doc_t;
+
+/* A slot is one word: the document pointer in the low 48 bits (all that
+ * x86-64 and AArch64 user space use) and 16 more bits of the id's hash as a
+ * tag, so probing compares tags and touches a document only on a likely
+ * match. 0 is an empty slot. */
+typedef uintptr_t slot_t;
+#define SLOT_PTR_BITS 48
+#define SLOT_PTR_MASK (((uintptr_t)1 << SLOT_PTR_BITS) - 1)
 
 typedef struct {
     const char *name;
-    doc_t **slots;         /* open addressing, linear probing */
+    slot_t *slots;         /* open addressing, linear probing, load <= 3/4 */
     size_t cap;            /* power of two */
     size_t used;           /* entries (visible or not) */
     size_t live;           /* entries with a visible document */
@@ -65,66 +87,135 @@ typedef struct {
 
 static uint64_t hash_id(const char *id, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a, then a final mix */
     for (size_t i = 0; i < len; i++)
         h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
-    return h ^ (h >> 29);
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    h ^= h >> 32;
+    return h;
 }
 
-static doc_t **find_slot(collection_t *c, const char *id, size_t len)
+/* The slot index comes from the low 32 bits, the tag from the top 16. */
+static uintptr_t hash_tag(uint64_t hash)
+{
+    return (uintptr_t)(hash >> SLOT_PTR_BITS) << SLOT_PTR_BITS;
+}
+
+static doc_t *doc_at(const collection_t *c, size_t i)
+{
+    return (doc_t *)(c->slots[i] & SLOT_PTR_MASK);
+}
+
+static slot_t *find_slot(collection_t *c, const char *id, size_t len, uint64_t hash)
 {
     size_t mask = c->cap - 1;
-    for (size_t i = hash_id(id, len) & mask;; i = (i + 1) & mask) {
-        doc_t *d = c->slots[i];
-        if (!d || (d->id_len == len && memcmp(d->id, id, len) == 0))
-            return &c->slots[i];
+    uintptr_t tag = hash_tag(hash);
+    for (size_t i = (uint32_t)hash & mask;; i = (i + 1) & mask) {
+        slot_t *s = &c->slots[i];
+        if (*s == 0)
+            return s;
+        if ((*s & ~SLOT_PTR_MASK) != tag)
+            continue;
+        doc_t *d = (doc_t *)(*s & SLOT_PTR_MASK);
+        if (d->id_len == len && memcmp(d->id, id, len) == 0)
+            return s;
     }
 }
 
 static doc_t *find_doc(collection_t *c, const char *id)
 {
-    size_t len = strlen(id);
-    if (len > 64 || c->cap == 0)
+    size_t len = id ? strlen(id) : 0;
+    if (len == 0 || len > 64 || c->cap == 0)
         return NULL;
-    return *find_slot(c, id, len);
+    return (doc_t *)(*find_slot(c, id, len, hash_id(id, len)) & SLOT_PTR_MASK);
 }
 
-static int grow(collection_t *c)
+/* Sizes the table for n entries at most 3/4 full. */
+static int reserve(collection_t *c, size_t n)
 {
-    size_t cap = c->cap ? c->cap * 2 : 1024;
-    doc_t **slots = calloc(cap, sizeof *slots);
+    size_t cap = c->cap ? c->cap : 1024;
+    while (n * 4 > cap * 3)
+        cap *= 2;
+    if (cap == c->cap)
+        return 0;
+    slot_t *slots = calloc(cap, sizeof *slots);
     if (!slots)
         return -1;
-    doc_t **old = c->slots;
-    size_t old_cap = c->cap;
+    for (size_t i = 0; i < c->cap; i++) {
+        if (!c->slots[i])
+            continue;
+        size_t j = doc_at(c, i)->hash32 & (cap - 1);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = c->slots[i];
+    }
+    free(c->slots);
     c->slots = slots;
     c->cap = cap;
-    for (size_t i = 0; i < old_cap; i++)
-        if (old[i])
-            *find_slot(c, old[i]->id, old[i]->id_len) = old[i];
-    free(old);
     return 0;
 }
 
 /* Returns the document with this id, creating an empty entry if needed. */
-static doc_t *get_or_add_doc(collection_t *c, const char *id)
+static doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len)
 {
-    size_t len = strlen(id);
-    if (len > 64)
+    if (len == 0 || len > 64 || reserve(c, c->used + 1))
         return NULL;
-    if ((c->used + 1) * 4 > c->cap * 3 && grow(c))
-        return NULL;
-    doc_t **slot = find_slot(c, id, len);
+    uint64_t hash = hash_id(id, len);
+    slot_t *slot = find_slot(c, id, len, hash);
     if (*slot)
-        return *slot;
-    doc_t *d = calloc(1, sizeof *d + len + 1);
+        return (doc_t *)(*slot & SLOT_PTR_MASK);
+    doc_t *d = calloc(1, sizeof *d + len);
     if (!d)
         return NULL;
+    if ((uintptr_t)d & ~SLOT_PTR_MASK) { /* cannot happen in 48-bit user space */
+        ts_error(LOG, "document memory outside the 48-bit address range");
+        free(d);
+        return NULL;
+    }
     memcpy(d->id, id, len);
     d->id_len = (uint8_t)len;
-    *slot = d;
+    d->hash32 = (uint32_t)hash;
+    *slot = (uintptr_t)d | hash_tag(hash);
     c->used++;
     return d;
+}
+
+static int64_t doc_version(const doc_t *d)
+{
+    return d->confirmed ? d->confirmed->version : 0;
+}
+
+/* UUID text (36 chars) <-> 16 bytes. */
+static int uuid_parse(const char *text, uint8_t out[16])
+{
+    int n = 0;
+    for (const char *p = text; *p && n < 32; p++) {
+        if (*p == '-')
+            continue;
+        int v = (*p >= '0' && *p <= '9')   ? *p - '0'
+                : (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
+                : (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10
+                                           : -1;
+        if (v < 0)
+            return -1;
+        out[n / 2] = (uint8_t)(n % 2 ? (out[n / 2] | v) : v << 4);
+        n++;
+    }
+    return n == 32 && strlen(text) == 36 ? 0 : -1;
+}
+
+static void uuid_format(const uint8_t in[16], char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[in[i] >> 4];
+        *o++ = hex[in[i] & 15];
+    }
+    *o = '\0';
 }
 
 static collection_t *find_collection(store_t *self, const char *name)
@@ -136,6 +227,56 @@ static collection_t *find_collection(store_t *self, const char *name)
 }
 
 /* ---- visible state ---- */
+
+/* Appends an id-less object text as JSON with {"id": ...} put back first. */
+static void append_with_id(ts_buf_t *b, const doc_t *d, const char *text, size_t len)
+{
+    ts_buf_puts(b, "{\"id\":");
+    ts_buf_json_string(b, d->id, d->id_len);
+    if (len > 2) {
+        ts_buf_puts(b, ",");
+        ts_buf_append(b, text + 1, len - 1);
+    } else {
+        ts_buf_puts(b, "}");
+    }
+}
+
+/* Appends the visible document, or null. */
+static void append_doc(ts_buf_t *b, const doc_t *d)
+{
+    if (d->visible)
+        append_with_id(b, d, d->visible, d->visible_len);
+    else
+        ts_buf_puts(b, "null");
+}
+
+/* Parses the visible document with its id put back first (caller
+ * deletes); NULL when there is none or memory ran out. */
+static cJSON *parse_doc(const doc_t *d)
+{
+    cJSON *doc = d->visible ? cJSON_ParseWithLength(d->visible, d->visible_len) : NULL;
+    char id[65];
+    memcpy(id, d->id, d->id_len);
+    id[d->id_len] = '\0';
+    cJSON *item = doc ? cJSON_CreateString(id) : NULL;
+    if (!item) {
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    item->string = strdup("id");
+    if (!item->string) {
+        cJSON_Delete(item);
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    /* link it in first, as cJSON lists do: head->prev is the tail */
+    item->next = doc->child;
+    item->prev = doc->child ? doc->child->prev : item;
+    if (doc->child)
+        doc->child->prev = item;
+    doc->child = item;
+    return doc;
+}
 
 static void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 {
@@ -203,8 +344,8 @@ static int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *
  * durably. */
 static void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped)
 {
-    if (d->confirmed)
-        set_visible(c, d, d->confirmed, strlen(d->confirmed), VISIBLE_IS_CONFIRMED);
+    if (d->confirmed && d->confirmed->len)
+        set_visible(c, d, d->confirmed->text, d->confirmed->len, VISIBLE_IS_CONFIRMED);
     else
         set_visible(c, d, NULL, 0, VISIBLE_OWNED);
     for (mutation_t **p = &d->pending; *p;) {
@@ -234,10 +375,11 @@ static void append_mutation(store_t *self, doc_t *d, mutation_t *m)
 
 static mutation_t *mutation_new(ts_op_t op, const char *body, size_t len)
 {
-    mutation_t *m = malloc(sizeof *m + len + 1);
+    size_t size = offsetof(mutation_t, body) + len + 1;
+    mutation_t *m = malloc(size < sizeof *m ? sizeof *m : size);
     if (!m)
         return NULL;
-    memset(m, 0, sizeof *m);
+    memset(m, 0, offsetof(mutation_t, body));
     m->op = (uint8_t)op;
     m->body_len = (uint32_t)len;
     if (len)
@@ -256,9 +398,11 @@ static void append_sync(ts_buf_t *b, const doc_t *d)
     ts_buf_puts(b, "\"sync\":{\"state\":");
     ts_buf_puts(b, d->npending ? "\"pending\"" : "\"synced\"");
     ts_buf_puts(b, ",\"mutation\":");
-    if (last)
-        ts_buf_json_string(b, last->id, strlen(last->id));
-    else
+    if (last) {
+        char id[37];
+        uuid_format(last->id, id);
+        ts_buf_json_string(b, id, 36);
+    } else
         ts_buf_puts(b, "null");
     ts_buf_printf(b, ",\"pending\":%u}", (unsigned)d->npending);
 }
@@ -266,9 +410,10 @@ static void append_sync(ts_buf_t *b, const doc_t *d)
 static void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
 {
     ts_buf_t b = {0};
+    ts_buf_reserve(&b, d->visible_len + 160);
     if (with_doc) {
         ts_buf_puts(&b, "{\"doc\":");
-        ts_buf_append(&b, d->visible, d->visible_len);
+        append_doc(&b, d);
     } else {
         ts_buf_puts(&b, "{\"id\":");
         ts_buf_json_string(&b, d->id, d->id_len);
@@ -298,15 +443,13 @@ static void add_event(ts_call_t *call, const char *topic, const char *payload, s
 static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t *d)
 {
     ts_buf_t b = {0};
+    ts_buf_reserve(&b, d->visible_len + 256);
     ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"doc.changed\",\"params\":{\"collection\":");
     ts_buf_json_string(&b, c->name, strlen(c->name));
     ts_buf_puts(&b, ",\"id\":");
     ts_buf_json_string(&b, d->id, d->id_len);
     ts_buf_puts(&b, ",\"doc\":");
-    if (d->visible)
-        ts_buf_append(&b, d->visible, d->visible_len);
-    else
-        ts_buf_puts(&b, "null");
+    append_doc(&b, d);
     ts_buf_printf(&b, ",\"origin\":\"local\",\"deleted\":%s}}", d->visible ? "false" : "true");
     char topic[80];
     snprintf(topic, sizeof topic, "doc.%s", c->name);
@@ -319,7 +462,7 @@ static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t 
 static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                                const mutation_t *m)
 {
-    ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id,
+    ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id, d->id_len,
                                    m->op == TS_OP_DELETE ? NULL : m->body, m->body_len);
     if (!r)
         return -1;
@@ -327,7 +470,7 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
     r->seq = m->seq;
     r->version = m->base_version;
     r->at_ms = m->at_ms;
-    memcpy(r->mutation, m->id, sizeof r->mutation);
+    uuid_format(m->id, r->mutation);
     ts_record_t **p = &call->records;
     while (*p)
         p = &(*p)->next;
@@ -338,11 +481,11 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
 static int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                            const mutation_t *m)
 {
-    ts_record_t *r = ts_record_new(TS_REC_DROP, c->name, d->id, NULL, 0);
+    ts_record_t *r = ts_record_new(TS_REC_DROP, c->name, d->id, d->id_len, NULL, 0);
     if (!r)
         return -1;
     r->seq = m->seq;
-    memcpy(r->mutation, m->id, sizeof r->mutation);
+    uuid_format(m->id, r->mutation);
     r->next = call->records;
     call->records = r;
     return 0;
@@ -365,7 +508,9 @@ static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *bod
     m->seq = ++self->seq;
     m->base_version = base_version;
     m->at_ms = ts_wall_ms();
-    ts_uuidv7(m->id);
+    char id[37];
+    ts_uuidv7(id);
+    uuid_parse(id, m->id);
     return m;
 }
 
@@ -399,38 +544,23 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
     cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
     strip_server_fields(doc);
-    const char *id = ts_json_string(doc, "id");
-    char generated[37];
-    if (!id) {
-        ts_uuidv7(generated);
-        id = generated;
-        cJSON_DeleteItemFromObjectCaseSensitive(doc, "id");
-        /* put the id first, where readers expect it */
-        cJSON *item = cJSON_CreateString(generated);
-        if (!item) {
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-            return;
-        }
-        item->string = strdup("id");
-        item->next = doc->child;
-        if (doc->child) {
-            item->prev = doc->child->prev;
-            doc->child->prev = item;
-        } else {
-            item->prev = item;
-        }
-        doc->child = item;
-    }
+    char id[65];
+    const char *given = ts_json_string(doc, "id");
+    if (given)
+        snprintf(id, sizeof id, "%s", given); /* checked by the front door */
+    else
+        ts_uuidv7(id);
     doc_t *existing = find_doc(c, id);
     if (existing && existing->visible) {
         ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);
         return;
     }
+    cJSON_DeleteItemFromObjectCaseSensitive(doc, "id"); /* kept in doc_t, see there */
     size_t len;
     char *text = print_doc(self, doc, &len);
     mutation_t *m = text ? new_local_mutation(self, TS_OP_CREATE, text, len, 0) : NULL;
     free(text);
-    doc_t *d = m ? get_or_add_doc(c, id) : NULL;
+    doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
     if (!d) {
         free(m);
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
@@ -449,11 +579,11 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
         return;
     }
     long long base = 0;
-    if (ts_json_int(call->params, "base_version", &base) && base != d->version) {
+    if (ts_json_int(call->params, "base_version", &base) && base != doc_version(d)) {
         ts_call_fail(call, TS_E_CONFLICT, "base_version %lld is stale: the document is at %lld",
-                     base, (long long)d->version);
+                     base, (long long)doc_version(d));
         call->err_data = cJSON_CreateObject();
-        cJSON_AddNumberToObject(call->err_data, "current_version", (double)d->version);
+        cJSON_AddNumberToObject(call->err_data, "current_version", (double)doc_version(d));
         return;
     }
     const char *patch_id = ts_json_string(patch, "id");
@@ -465,7 +595,7 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
     strip_server_fields(patch);
     size_t len;
     char *text = print_doc(self, patch, &len);
-    mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, d->version) : NULL;
+    mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, doc_version(d)) : NULL;
     free(text);
     if (!m) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
@@ -482,7 +612,7 @@ static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
         return;
     }
-    mutation_t *m = new_local_mutation(self, TS_OP_DELETE, "", 0, d->version);
+    mutation_t *m = new_local_mutation(self, TS_OP_DELETE, "", 0, doc_version(d));
     if (!m) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
@@ -502,8 +632,7 @@ static void do_get(ts_call_t *call, collection_t *c)
 
 typedef struct {
     cJSON *doc;
-    const char *text;
-    size_t len;
+    const doc_t *d;
 } query_row_t;
 
 static const cJSON *query_order_field;
@@ -555,10 +684,10 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
     query_row_t *rows = NULL;
     size_t nrows = 0, cap = 0;
     for (size_t i = 0; i < c->cap; i++) {
-        doc_t *d = c->slots[i];
+        doc_t *d = doc_at(c, i);
         if (!d || !d->visible)
             continue;
-        cJSON *doc = cJSON_ParseWithLength(d->visible, d->visible_len);
+        cJSON *doc = parse_doc(d);
         bool match = doc != NULL;
         for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
             match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
@@ -575,7 +704,7 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
             }
             rows = grown;
         }
-        rows[nrows++] = (query_row_t){doc, d->visible, d->visible_len};
+        rows[nrows++] = (query_row_t){doc, d};
         if (!order && (long long)nrows >= limit)
             break;
     }
@@ -590,7 +719,7 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
     for (size_t i = 0; i < nrows && (long long)i < limit; i++) {
         if (i)
             ts_buf_puts(&b, ",");
-        ts_buf_append(&b, rows[i].text, rows[i].len);
+        append_doc(&b, rows[i].d);
     }
     ts_buf_puts(&b, "],\"stale\":false,\"cursor\":null}");
     for (size_t i = 0; i < nrows; i++)
@@ -605,14 +734,15 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
 }
 
 /* Finds a pending mutation by id (a scan: cancel is rare). */
-static mutation_t *find_mutation(store_t *self, const char *id, collection_t **cp, doc_t **dp)
+static mutation_t *find_mutation(store_t *self, const uint8_t id[16], collection_t **cp,
+                                 doc_t **dp)
 {
     for (size_t k = 0; k < self->ncollections; k++) {
         collection_t *c = &self->collections[k];
         for (size_t i = 0; i < c->cap; i++) {
-            doc_t *d = c->slots[i];
+            doc_t *d = doc_at(c, i);
             for (mutation_t *m = d ? d->pending : NULL; m; m = m->next) {
-                if (strcmp(m->id, id) == 0) {
+                if (memcmp(m->id, id, 16) == 0) {
                     *cp = c, *dp = d;
                     return m;
                 }
@@ -624,12 +754,14 @@ static mutation_t *find_mutation(store_t *self, const char *id, collection_t **c
 
 static void do_cancel(store_t *self, ts_call_t *call)
 {
-    const char *id = ts_json_string(call->params, "mutation");
+    const char *text = ts_json_string(call->params, "mutation");
+    uint8_t id[16];
     collection_t *c;
     doc_t *d;
-    mutation_t *m = find_mutation(self, id, &c, &d);
+    mutation_t *m = uuid_parse(text, id) ? NULL : find_mutation(self, id, &c, &d);
     if (!m) {
-        ts_call_set_result(call, strdup("{\"cancelled\":false,\"doc\":null}"), 31);
+        static const char none[] = "{\"cancelled\":false,\"doc\":null}";
+        ts_call_set_result(call, strdup(none), sizeof none - 1);
         if (!call->result)
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
@@ -653,14 +785,11 @@ static void do_cancel(store_t *self, ts_call_t *call)
     }
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"cancelled\":true,\"doc\":");
-    if (d->visible)
-        ts_buf_append(&b, d->visible, d->visible_len);
-    else
-        ts_buf_puts(&b, "null");
+    append_doc(&b, d);
     ts_buf_puts(&b, "}");
     size_t len;
-    char *text = ts_buf_take(&b, &len);
-    ts_call_set_result(call, text, len);
+    char *answer = ts_buf_take(&b, &len);
+    ts_call_set_result(call, answer, len);
     add_doc_changed(call, c, d);
 }
 
@@ -735,17 +864,25 @@ static void recover_record(store_t *self, const ts_record_t *r)
                 r->collection);
         return;
     }
-    doc_t *d = get_or_add_doc(c, r->doc_id);
+    doc_t *d = get_or_add_doc(c, r->doc_id, strlen(r->doc_id));
     if (!d) {
         ts_error(LOG, "recovery: out of memory");
         return;
     }
     if (r->kind == TS_REC_CONFIRMED) {
+        size_t len = r->body ? r->body_len : 0;
+        confirmed_t *conf = malloc(sizeof *conf + len + 1);
+        if (!conf) {
+            ts_error(LOG, "recovery: out of memory");
+            return;
+        }
+        conf->version = r->version;
+        conf->len = (uint32_t)len;
+        memcpy(conf->text, r->body ? r->body : "", len + 1);
         free(d->confirmed);
-        d->confirmed = r->body ? strdup(r->body) : NULL;
-        d->version = r->version;
-        if (d->confirmed)
-            set_visible(c, d, d->confirmed, r->body_len, VISIBLE_IS_CONFIRMED);
+        d->confirmed = conf;
+        if (len)
+            set_visible(c, d, conf->text, len, VISIBLE_IS_CONFIRMED);
         return;
     }
     mutation_t *m = mutation_new(r->op, r->body ? r->body : "", r->body ? r->body_len : 0);
@@ -756,13 +893,14 @@ static void recover_record(store_t *self, const ts_record_t *r)
     m->seq = r->seq;
     m->base_version = r->version;
     m->at_ms = r->at_ms;
-    memcpy(m->id, r->mutation, sizeof m->id);
+    if (uuid_parse(r->mutation, m->id))
+        ts_warn(LOG, "recovery: mutation %lld has a malformed id", (long long)r->seq);
     if (r->seq > self->seq)
         self->seq = r->seq;
     append_mutation(self, d, m);
     if (apply_mutation(self, c, d, m))
-        ts_warn(LOG, "recovery: mutation %s no longer applies to %s/%s; kept pending", m->id,
-                c->name, d->id);
+        ts_warn(LOG, "recovery: mutation %s no longer applies to %s/%.*s; kept pending",
+                r->mutation, c->name, (int)d->id_len, d->id);
 }
 
 static void rollback(store_t *self, ts_record_t *records)
@@ -825,6 +963,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             for (ts_record_t *r = ((ts_chunk_t *)ptrs[0])->head; r; r = r->next)
                 recover_record(self, r);
             free(ptrs[0]);
+            ts_wire_send(self->to_persist, TS_WIRE_RECOVER_ACK, NULL, 0);
             break;
         case TS_WIRE_ROLLBACK:
             for (size_t i = 0; i < n; i++)
@@ -858,7 +997,7 @@ static void store_cleanup(store_t *self)
         collection_t *c = &self->collections[k];
         for (size_t i = 0; i < c->cap; i++)
             if (c->slots[i])
-                free_doc(c->slots[i]);
+                free_doc(doc_at(c, i));
         free(c->slots);
     }
     ts_buf_free(&self->scratch);

@@ -24,6 +24,9 @@ struct ts_actor {
 static void *actor_thread(void *arg)
 {
     ts_actor_t *self = arg;
+    char thread_name[16];
+    snprintf(thread_name, sizeof thread_name, "ts-%.12s", self->name);
+    pthread_setname_np(pthread_self(), thread_name); /* shows in top -H, perf, gdb */
     self->fn(self, self->args);
     if (!self->ready_sent) /* the actor returned without a word: count it as failed */
         ts_actor_ready(self, -1);

@@ -46,22 +46,23 @@ const char *ts_error_reason(int code)
 }
 
 /* Lays a record out at mem: header, then collection, id and body strings. */
-static size_t record_size(const char *collection, const char *doc_id, const char *body,
+static size_t record_size(const char *collection, size_t id_len, const char *body,
                           size_t body_len)
 {
-    return sizeof(ts_record_t) + strlen(collection) + 1 + strlen(doc_id) + 1 +
-           (body ? body_len + 1 : 0);
+    return sizeof(ts_record_t) + strlen(collection) + 1 + id_len + 1 + (body ? body_len + 1 : 0);
 }
 
 static ts_record_t *record_init(void *mem, ts_record_kind_t kind, const char *collection,
-                                const char *doc_id, const char *body, size_t body_len)
+                                const char *doc_id, size_t id_len, const char *body,
+                                size_t body_len)
 {
-    size_t clen = strlen(collection) + 1, ilen = strlen(doc_id) + 1;
+    size_t clen = strlen(collection) + 1, ilen = id_len + 1;
     ts_record_t *r = mem;
     memset(r, 0, sizeof *r);
     r->kind = kind;
     memcpy(r->data, collection, clen);
-    memcpy(r->data + clen, doc_id, ilen);
+    memcpy(r->data + clen, doc_id, id_len);
+    r->data[clen + id_len] = '\0';
     r->collection = r->data;
     r->doc_id = r->data + clen;
     if (body) {
@@ -87,10 +88,12 @@ ts_chunk_t *ts_chunk_new(size_t bytes)
 ts_record_t *ts_chunk_add(ts_chunk_t *chunk, ts_record_kind_t kind, const char *collection,
                           const char *doc_id, const char *body, size_t body_len)
 {
-    size_t size = (record_size(collection, doc_id, body, body_len) + 15) & ~(size_t)15;
+    size_t id_len = strlen(doc_id);
+    size_t size = (record_size(collection, id_len, body, body_len) + 15) & ~(size_t)15;
     if (chunk->used + size > chunk->cap)
         return NULL;
-    ts_record_t *r = record_init(chunk->mem + chunk->used, kind, collection, doc_id, body, body_len);
+    ts_record_t *r =
+        record_init(chunk->mem + chunk->used, kind, collection, doc_id, id_len, body, body_len);
     chunk->used += size;
     chunk->count++;
     if (chunk->tail)
@@ -102,10 +105,10 @@ ts_record_t *ts_chunk_add(ts_chunk_t *chunk, ts_record_kind_t kind, const char *
 }
 
 ts_record_t *ts_record_new(ts_record_kind_t kind, const char *collection, const char *doc_id,
-                           const char *body, size_t body_len)
+                           size_t doc_id_len, const char *body, size_t body_len)
 {
-    void *mem = malloc(record_size(collection, doc_id, body, body_len));
-    return mem ? record_init(mem, kind, collection, doc_id, body, body_len) : NULL;
+    void *mem = malloc(record_size(collection, doc_id_len, body, body_len));
+    return mem ? record_init(mem, kind, collection, doc_id, doc_id_len, body, body_len) : NULL;
 }
 
 void ts_record_free_list(ts_record_t *head)

@@ -143,6 +143,7 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     ts_buf_t b = {0};
     size_t answers = 0;
     int64_t now = ts_mono_us();
+    ts_buf_reserve(&b, e->calls[0].result_len + 128);
     if (e->batch)
         ts_buf_puts(&b, "[");
     for (size_t i = 0; i < e->ncalls; i++) {
@@ -254,6 +255,19 @@ static void check_params(front_t *self, ts_call_t *call)
     }
 }
 
+/* The request id as JSON text. Integral numbers are printed directly:
+ * cJSON prints numbers beyond int range through sprintf and sscanf. */
+static char *id_to_json(const cJSON *id)
+{
+    if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble &&
+        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15) {
+        char text[32];
+        snprintf(text, sizeof text, "%lld", (long long)id->valuedouble);
+        return strdup(text);
+    }
+    return cJSON_PrintUnformatted(id);
+}
+
 /* Fills one call from one JSON-RPC request object (consumed). */
 static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
 {
@@ -267,7 +281,7 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
     bool id_ok = !id || cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsNull(id);
     if (id)
-        call->id_json = id_ok ? cJSON_PrintUnformatted(id) : strdup("null");
+        call->id_json = id_ok ? id_to_json(id) : strdup("null");
     const char *version = ts_json_string(req, "jsonrpc");
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(req, "method");
     if (!id_ok || !version || strcmp(version, "2.0") != 0 || !cJSON_IsString(method)) {

@@ -33,6 +33,10 @@ typedef struct {
     void *inbox;                   /* PULL: envelopes and requests */
     void *to_front;                /* PUSH: committed envelopes */
     void *to_store;                /* PUSH: recovery chunks, rollbacks */
+    void *to_checkpointer;         /* PUSH: "the WAL has grown" */
+    ts_actor_t *checkpointer;
+    int wal_pages;                 /* WAL size after the last commit (wal hook) */
+    int64_t checkpoint_asked_us;
     /* counters for `metrics` */
     uint64_t commits, records, failed_commits;
     int64_t commit_us_total, commit_us_max;
@@ -47,6 +51,88 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "CREATE TABLE docs(coll TEXT NOT NULL, doc_id TEXT NOT NULL, version INTEGER NOT NULL,"
     "  body TEXT, PRIMARY KEY(coll, doc_id)) WITHOUT ROWID;",
 };
+
+/* ---- checkpointer ----
+ * Copying the WAL back into the database (a checkpoint) takes long enough
+ * to stall commits when SQLite does it inside a commit, so the persist
+ * actor turns automatic checkpoints off and asks this actor, which has its
+ * own connection, to run PASSIVE checkpoints (they never block writers). */
+
+#define CHECKPOINT_PAGES 2048     /* ask for a checkpoint past ~8 MB of WAL */
+#define CHECKPOINT_EVERY_US 50000 /* and not more often than this */
+
+typedef struct {
+    const ts_config_t *config;
+    sqlite3 *db;
+    uint64_t checkpoints;
+} checkpointer_t;
+
+static int on_checkpoint_request(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    checkpointer_t *self = arg;
+    char buf[8];
+    while (zmq_recv(socket, buf, sizeof buf, ZMQ_DONTWAIT) >= 0)
+        ; /* many requests, one checkpoint */
+    int wal = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        ts_warn(LOG, "checkpoint failed: %s", sqlite3_errmsg(self->db));
+    ts_debug(LOG, "checkpoint: rc=%d wal=%d backfilled=%d", rc, wal, done);
+    self->checkpoints++;
+    return 0;
+}
+
+static void checkpointer_actor(ts_actor_t *actor, void *args)
+{
+    checkpointer_t self = {.config = args};
+    void *inbox = zmq_socket(ts_actor_zctx(actor), ZMQ_PULL);
+    ts_loop_t *loop = ts_loop_new();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/therasync.db", self.config->data_dir);
+    int zero = 0;
+    if (!inbox || !loop || zmq_setsockopt(inbox, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_bind(inbox, "inproc://checkpoint") ||
+        sqlite3_open_v2(path, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK) {
+        ts_error(LOG, "cannot start the checkpointer");
+        goto done;
+    }
+    sqlite3_busy_timeout(self.db, 1000);
+    /* Reading the schema puts this connection in WAL mode; before that a
+     * checkpoint is a no-op. */
+    if (sqlite3_exec(self.db, "PRAGMA journal_mode=WAL; SELECT count(*) FROM sqlite_master", NULL,
+                     NULL, NULL) != SQLITE_OK) {
+        ts_error(LOG, "checkpointer: %s", sqlite3_errmsg(self.db));
+        goto done;
+    }
+    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(loop, inbox, on_checkpoint_request, &self);
+    ts_actor_ready(actor, 0);
+    ts_loop_run(loop);
+done:
+    ts_loop_destroy(&loop);
+    if (inbox)
+        zmq_close(inbox);
+    if (self.db)
+        sqlite3_close_v2(self.db);
+}
+
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    (void)db, (void)name;
+    ((persist_t *)arg)->wal_pages = pages;
+    return SQLITE_OK;
+}
+
+static void maybe_checkpoint(persist_t *self)
+{
+    int64_t now = ts_mono_us();
+    if (self->wal_pages < CHECKPOINT_PAGES || now - self->checkpoint_asked_us < CHECKPOINT_EVERY_US)
+        return;
+    self->checkpoint_asked_us = now;
+    zmq_send(self->to_checkpointer, "c", 1, ZMQ_DONTWAIT);
+}
 
 static int exec(persist_t *self, const char *sql)
 {
@@ -140,8 +226,9 @@ static int open_db(persist_t *self)
     if (exec(self, "PRAGMA journal_mode=WAL") ||
         exec(self, self->config->durability_relaxed ? "PRAGMA synchronous=NORMAL"
                                                     : "PRAGMA synchronous=FULL") ||
-        exec(self, "PRAGMA wal_autocheckpoint=4096") || migrate(self))
+        exec(self, "PRAGMA wal_autocheckpoint=0") || migrate(self))
         return -1;
+    sqlite3_wal_hook(self->db, on_wal_commit, self);
     if (self->config->max_db_bytes > 0) {
         char sql[96];
         snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", self->config->max_db_bytes / 4096);
@@ -411,8 +498,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         free(batch);
         return 0;
     }
-    if (batch_has_records(batch, nbatch) && commit_batch(self, batch, nbatch))
-        fail_batch(self, batch, nbatch);
+    if (batch_has_records(batch, nbatch)) {
+        if (commit_batch(self, batch, nbatch))
+            fail_batch(self, batch, nbatch);
+        maybe_checkpoint(self);
+    }
     add_metrics(self, batch, nbatch);
     if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
         ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
@@ -425,6 +515,9 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
 
 static void persist_cleanup(persist_t *self)
 {
+    ts_actor_destroy(&self->checkpointer);
+    if (self->to_checkpointer)
+        zmq_close(self->to_checkpointer);
     sqlite3_finalize(self->insert_mutation);
     sqlite3_finalize(self->drop_mutation);
     sqlite3_finalize(self->put_confirmed);
@@ -467,8 +560,11 @@ static void persist_actor(ts_actor_t *actor, void *args)
     self.inbox = make_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
     self.to_front = make_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
     self.to_store = make_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
+    self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
+    self.to_checkpointer = make_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
     loop = ts_loop_new();
-    if (!self.inbox || !self.to_front || !self.to_store || !loop) {
+    if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
+        !self.to_checkpointer) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }

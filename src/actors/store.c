@@ -289,23 +289,35 @@ static void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int k
     c->live += (text != NULL) - was;
 }
 
-/* Prints a document into a new allocation. */
-static char *print_doc(store_t *self, const cJSON *doc, size_t *len)
+/* Prints a document into the store's scratch buffer and returns it (valid
+ * until the scratch buffer is used again), or NULL when memory ran out. */
+static const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
 {
     ts_buf_reset(&self->scratch);
     if (ts_buf_reserve(&self->scratch, 64 * 1024))
         return NULL;
-    char *text;
     if (cJSON_PrintPreallocated((cJSON *)doc, self->scratch.data, (int)self->scratch.cap, 0)) {
         *len = strlen(self->scratch.data);
-        text = malloc(*len + 1);
-        if (text)
-            memcpy(text, self->scratch.data, *len + 1);
-    } else {
-        text = cJSON_PrintUnformatted(doc);
-        *len = text ? strlen(text) : 0;
+        return self->scratch.data;
     }
-    return text;
+    char *text = cJSON_PrintUnformatted(doc); /* larger than the scratch buffer */
+    if (!text)
+        return NULL;
+    *len = strlen(text);
+    ts_buf_reset(&self->scratch);
+    int rc = ts_buf_append(&self->scratch, text, *len);
+    cJSON_free(text);
+    return rc ? NULL : self->scratch.data;
+}
+
+/* Prints a document into a new allocation. */
+static char *print_doc(store_t *self, const cJSON *doc, size_t *len)
+{
+    const char *text = print_scratch(self, doc, len);
+    char *copy = text ? malloc(*len + 1) : NULL;
+    if (copy)
+        memcpy(copy, text, *len + 1);
+    return copy;
 }
 
 /* Applies one mutation on top of the current visible document. */
@@ -557,9 +569,8 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
     }
     cJSON_DeleteItemFromObjectCaseSensitive(doc, "id"); /* kept in doc_t, see there */
     size_t len;
-    char *text = print_doc(self, doc, &len);
+    const char *text = print_scratch(self, doc, &len);
     mutation_t *m = text ? new_local_mutation(self, TS_OP_CREATE, text, len, 0) : NULL;
-    free(text);
     doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
     if (!d) {
         free(m);
@@ -594,9 +605,8 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
     cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
     strip_server_fields(patch);
     size_t len;
-    char *text = print_doc(self, patch, &len);
+    const char *text = print_scratch(self, patch, &len);
     mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, doc_version(d)) : NULL;
-    free(text);
     if (!m) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;

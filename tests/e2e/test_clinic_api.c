@@ -279,7 +279,8 @@ static void start_short_ttl(void)
     start_server(extra);
 }
 
-Test(auth, expired_token_is_refused, .init = start_short_ttl, .fini = stop_server)
+Test(auth_ttl, expired_token_is_refused, .init = start_short_ttl, .fini = stop_server,
+     .timeout = 30)
 {
     login();
     cJSON_Delete(call_json("GET", "/v1/sessions", NULL, NULL, NULL, 200));
@@ -905,7 +906,8 @@ static void start_flags_no_control(void)
     start_server(extra);
 }
 
-Test(faults, start_flags_and_no_control, .init = start_flags_no_control, .fini = stop_server)
+Test(faults_flags, start_flags_and_no_control, .init = start_flags_no_control,
+     .fini = stop_server, .timeout = 30)
 {
     ts_http_resp_t r;
     /* The token endpoint fails too, so use a fake token: faults come first. */
@@ -929,16 +931,16 @@ Test(process, help_version_and_bad_flags, .timeout = 30)
     ts_proc_t p;
     const char *help[] = {"--help", NULL};
     cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", help), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 0);
     cr_assert_eq(ts_proc_wait_line(&p, "--listen", 5000, NULL, 0), 0);
-    cr_assert_eq(ts_proc_stop(&p, 5000), 0);
     const char *version[] = {"--version", NULL};
     cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", version), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 0);
     cr_assert_eq(ts_proc_wait_line(&p, "clinic-api ", 5000, NULL, 0), 0);
-    cr_assert_eq(ts_proc_stop(&p, 5000), 0);
     const char *bad[] = {"--listen", "nowhere", NULL};
     cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", bad), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 2);
     cr_assert_eq(ts_proc_wait_line(&p, "HOST:PORT", 5000, NULL, 0), 0);
-    cr_assert_eq(ts_proc_stop(&p, 5000), 2);
     ts_rmtree(dir);
     free(dir);
 }

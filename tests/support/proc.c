@@ -177,6 +177,21 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms)
+{
+    long long end = now_ms() + timeout_ms;
+    for (int round = 0; round < 100000 && p->pid > 0; round++) {
+        if (!ts_proc_alive(p)) {
+            p->pid = 0;
+            return p->status;
+        }
+        if (now_ms() > end)
+            break;
+        sleep_ms(5);
+    }
+    return -1;
+}
+
 char *ts_tmpdir(const char *prefix)
 {
     char tmpl[4096];

@@ -28,6 +28,7 @@ typedef struct {
     atomic_llong faults_failed;    /* answered with an injected status */
     atomic_llong faults_dropped;   /* closed without answering (drop or offline) */
     atomic_llong faults_delayed;   /* held back by latency_ms */
+    atomic_llong commits;          /* SQLite write transactions (group commits) */
     atomic_llong tokens_issued;    /* access tokens handed out */
     atomic_llong unauthorized;     /* 401 answers */
 } ca_stats_t;

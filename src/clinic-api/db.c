@@ -26,6 +26,9 @@ struct ca_db {
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=NORMAL;"
+    "PRAGMA cache_size=-65536;"
+    "PRAGMA wal_autocheckpoint=4000;"
+    "PRAGMA mmap_size=268435456;"
     "CREATE TABLE IF NOT EXISTS docs("
     "  coll TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
     "  deleted INTEGER NOT NULL, cursor INTEGER NOT NULL, body TEXT NOT NULL,"
@@ -435,35 +438,33 @@ static int replay(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
     return found;
 }
 
-int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
+/* Applies one write inside the open transaction. Sets *cursor when a
+ * document row was written. Returns 0, or -1 on a storage error. */
+static int apply_one(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, int64_t *cursor)
 {
     char *body = NULL;
     int64_t version = 0;
     bool tomb = false;
+    *cursor = 0;
+    ts_buf_reset(&r->body);
     r->status = 500;
-    r->cursor = 0;
     r->replayed = false;
-    pthread_mutex_lock(&db->lock);
-    if (w->idem_key && replay(db, w, r)) {
-        pthread_mutex_unlock(&db->lock);
+    if (w->idem_key && replay(db, w, r))
         return 0;
-    }
-    if (exec_stmt(db->begin) < 0)
-        goto fail;
     if (decide(db, w, r, &body, &version, &tomb) < 0)
-        goto rollback;
-    int64_t cursor = 0;
+        goto fail;
     if (body) {
-        cursor = db->head + 1;
+        *cursor = db->head + 1;
         sqlite3_stmt *st = db->upsert;
         sqlite3_bind_text(st, 1, w->coll, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, w->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, version);
         sqlite3_bind_int(st, 4, tomb);
-        sqlite3_bind_int64(st, 5, cursor);
+        sqlite3_bind_int64(st, 5, *cursor);
         sqlite3_bind_text(st, 6, body, -1, SQLITE_STATIC);
         if (exec_stmt(st) < 0)
-            goto rollback;
+            goto fail;
+        db->head = *cursor; /* later writes of the batch see it; undone on rollback */
     }
     if (w->idem_key) {
         sqlite3_stmt *st = db->idem_put;
@@ -474,26 +475,70 @@ int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
                           SQLITE_STATIC);
         sqlite3_bind_int64(st, 5, ts_wall_ms());
         if (exec_stmt(st) < 0)
+            goto fail;
+    }
+    free(body);
+    return 0;
+fail:
+    ts_error(MOD, "write %s/%s failed: %s", w->coll, w->id, sqlite3_errmsg(db->sql));
+    free(body);
+    return -1;
+}
+
+static void storage_error(ca_reply_t *r)
+{
+    ts_buf_reset(&r->body);
+    r->status = 500;
+    r->cursor = 0;
+    r->replayed = false;
+    ts_buf_puts(&r->body, "{\"error\":\"storage_error\"}");
+}
+
+/* Runs writes [0, n) in one transaction; caller holds the lock. 0 or -1 (all
+ * rolled back, head restored). */
+static int batch_txn(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs, size_t n)
+{
+    int64_t head0 = db->head;
+    if (exec_stmt(db->begin) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (apply_one(db, ws[i], rs[i], &rs[i]->cursor) < 0)
             goto rollback;
     }
     if (exec_stmt(db->commit) < 0)
         goto rollback;
-    if (body) {
-        db->head = cursor;
-        r->cursor = cursor;
-        atomic_fetch_add(&ca_stats.applied_writes, 1);
-    }
-    pthread_mutex_unlock(&db->lock);
-    free(body);
+    atomic_fetch_add(&ca_stats.commits, 1);
+    for (size_t i = 0; i < n; i++)
+        if (rs[i]->cursor)
+            atomic_fetch_add(&ca_stats.applied_writes, 1);
     return 0;
 rollback:
-    ts_error(MOD, "write %s/%s failed: %s", w->coll, w->id, sqlite3_errmsg(db->sql));
     exec_stmt(db->rollback);
-fail:
-    pthread_mutex_unlock(&db->lock);
-    free(body);
-    ts_buf_reset(&r->body);
-    r->status = 500;
-    ts_buf_puts(&r->body, "{\"error\":\"storage_error\"}");
+    db->head = head0;
+    for (size_t i = 0; i < n; i++) {
+        if (rs[i]->replayed)
+            atomic_fetch_sub(&ca_stats.idempotent_replays, 1);
+        storage_error(rs[i]);
+    }
     return -1;
+}
+
+int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs,
+                          size_t n)
+{
+    pthread_mutex_lock(&db->lock);
+    if (batch_txn(db, ws, rs, n) < 0 && n > 1) {
+        /* One bad write must not fail its neighbours: retry one by one. */
+        for (size_t i = 0; i < n; i++)
+            batch_txn(db, ws + i, rs + i, 1);
+    }
+    int64_t head = db->head;
+    pthread_mutex_unlock(&db->lock);
+    return head;
+}
+
+int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
+{
+    ca_db_write_batch(db, &w, &r, 1);
+    return r->status == 500 ? -1 : 0;
 }

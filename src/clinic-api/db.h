@@ -73,6 +73,12 @@ typedef struct {
  * a storage error (nothing applied, r->status 500). */
 int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r);
 
+/* Group commit: applies n writes in order in one transaction (each sees the
+ * ones before it), so n answers cost one commit. When the transaction fails
+ * the writes are retried one by one. Returns the head cursor afterwards. */
+int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs,
+                          size_t n);
+
 /* Checks the reserved fields of a document (create, or patch result).
  * Appends {"field":..,"message":..} entries, comma-separated, to errors;
  * returns the number of problems found. */

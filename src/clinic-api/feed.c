@@ -51,6 +51,7 @@ static int64_t resume_due(int64_t now, bool all)
 static void *run(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "ca-feed");
     pthread_mutex_lock(&F.lock);
     while (!atomic_load(&F.stopping)) {
         int64_t next = resume_due(ts_mono_us(), false);

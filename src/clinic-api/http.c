@@ -16,6 +16,7 @@
 #include "feed.h"
 #include "therasync/log.h"
 #include "therasync/sha256.h"
+#include "writer.h"
 
 #define MOD "http"
 #define MAX_BODY (1024 * 1024)
@@ -36,6 +37,11 @@ typedef struct {
     bool delayed;        /* latency_ms was served */
     bool polling;        /* long poll started */
     int64_t deadline_us; /* long poll deadline */
+    bool queued;         /* the write went to the group-commit writer */
+    ca_job_t job;        /* the write and its answer */
+    cJSON *doc;          /* parsed body the write refers to */
+    char fp[65];         /* request fingerprint for Idempotency-Key */
+    char gen[37];        /* generated id of a create */
 } req_t;
 
 /* An open event stream. */
@@ -235,54 +241,64 @@ static enum MHD_Result digest(ca_http_t *h, struct MHD_Connection *c, const char
     return answer(c, 200, &b);
 }
 
-/* POST, PATCH and DELETE. id is NULL for a create. */
+/* Queues the answer of a finished write. */
+static enum MHD_Result finish_write(struct MHD_Connection *c, req_t *rq)
+{
+    if (rq->job.r.status == 204) {
+        ts_buf_free(&rq->job.r.body);
+        return answer(c, 204, NULL);
+    }
+    return answer(c, rq->job.r.status, &rq->job.r.body);
+}
+
+/* POST, PATCH and DELETE. id is NULL for a create. The write goes to the
+ * group-commit writer and the connection waits suspended; MHD calls the
+ * handler again after the commit, and route() sends the answer. */
 static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *rq, ca_op_t op,
                                  const char *method, const char *url, const char *coll,
                                  const char *id)
 {
-    ca_write_t w = {.op = op, .coll = coll, .id = id};
+    ca_write_t *w = &rq->job.w;
+    *w = (ca_write_t){.op = op, .coll = coll, .id = id};
     const char *key = header(c, "Idempotency-Key");
     const char *if_match = header(c, "If-Match");
     if (key && (!*key || strlen(key) > 255))
         return answer_text(c, 400, "{\"errors\":[{\"field\":\"Idempotency-Key\","
                                    "\"message\":\"must be 1-255 characters\"}]}");
-    if (op != CA_OP_CREATE && parse_if_match(if_match, &w.has_if_match, &w.if_match) < 0)
+    if (op != CA_OP_CREATE && parse_if_match(if_match, &w->has_if_match, &w->if_match) < 0)
         return answer_text(c, 400, "{\"errors\":[{\"field\":\"If-Match\","
                                    "\"message\":\"must be a version in quotes, or *\"}]}");
     if (id && !ts_valid_id(id, strlen(id)))
         return answer_text(c, 404, "{\"error\":\"not_found\"}");
 
-    cJSON *doc = NULL;
-    char gen[37];
     if (op != CA_OP_DELETE) {
-        doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
-        if (!doc)
+        rq->doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
+        if (!rq->doc)
             return answer_text(c, 400, "{\"errors\":[{\"field\":\"\",\"message\":"
                                        "\"the body is not valid JSON\"}]}");
         ts_buf_t errors = {0};
-        int bad = op == CA_OP_CREATE ? ca_doc_check(doc, NULL, &errors)
-                                     : (cJSON_IsObject(doc) ? 0 : ca_doc_check(doc, NULL, &errors));
+        int bad = op == CA_OP_CREATE || !cJSON_IsObject(rq->doc)
+                      ? ca_doc_check(rq->doc, NULL, &errors)
+                      : 0;
         if (bad) {
-            cJSON_Delete(doc);
             ts_buf_t b = {0};
             ts_buf_printf(&b, "{\"errors\":[%s]}", errors.data);
             ts_buf_free(&errors);
             return answer(c, 422, &b);
         }
         if (op == CA_OP_CREATE) {
-            const cJSON *given = cJSON_GetObjectItemCaseSensitive(doc, "id");
+            const cJSON *given = cJSON_GetObjectItemCaseSensitive(rq->doc, "id");
             if (cJSON_IsString(given)) {
-                w.id = given->valuestring;
+                w->id = given->valuestring;
             } else {
-                ts_uuidv7(gen);
-                w.id = gen;
+                ts_uuidv7(rq->gen);
+                w->id = rq->gen;
             }
         }
     }
-    w.doc = doc;
+    w->doc = rq->doc;
 
     /* The fingerprint ties a key to one request: method, path, If-Match, body. */
-    char fp[65];
     if (key) {
         ts_sha256_t s;
         uint8_t d[32];
@@ -297,21 +313,21 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
         if (rq->body.len)
             ts_sha256_update(&s, rq->body.data, rq->body.len);
         ts_sha256_final(&s, d);
-        ts_sha256_to_hex(d, fp);
-        w.idem_key = key;
-        w.fingerprint = fp;
+        ts_sha256_to_hex(d, rq->fp);
+        w->idem_key = key;
+        w->fingerprint = rq->fp;
     }
 
-    ca_reply_t r = {0};
-    ca_db_write(h->cfg->db, &w, &r);
-    cJSON_Delete(doc);
-    if (r.cursor > 0)
-        ca_feed_notify(r.cursor);
-    if (r.status == 204) {
-        ts_buf_free(&r.body);
-        return answer(c, 204, NULL);
+    rq->job.conn = c;
+    if (ca_writer_submit(&rq->job) == 0) {
+        rq->queued = true;
+        return MHD_YES;
     }
-    return answer(c, r.status, &r.body);
+    /* Stopping: write synchronously. */
+    ca_db_write(h->cfg->db, w, &rq->job.r);
+    if (rq->job.r.cursor > 0)
+        ca_feed_notify(rq->job.r.cursor);
+    return finish_write(c, rq);
 }
 
 static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *rq)
@@ -508,6 +524,8 @@ static enum MHD_Result route_control(ca_http_t *h, struct MHD_Connection *c, req
 static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, const char *url,
                              const char *method)
 {
+    if (rq->queued)
+        return finish_write(c, rq);
     if (rq->too_large)
         return answer_text(c, 413, "{\"error\":\"too_large\"}");
     if (strncmp(url, "/v1/", 4) == 0) {
@@ -588,6 +606,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     req_t *rq = *con_cls;
     if (rq) {
         ts_buf_free(&rq->body);
+        ts_buf_free(&rq->job.r.body);
+        cJSON_Delete(rq->doc);
         free(rq);
         *con_cls = NULL;
     }
@@ -599,9 +619,14 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
     if (!h)
         return NULL;
     h->cfg = cfg;
+    if (ca_writer_start(cfg->db) < 0) {
+        free(h);
+        return NULL;
+    }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(cfg->port)};
     if (inet_pton(AF_INET, cfg->host, &addr.sin_addr) != 1) {
         ts_error(MOD, "--listen: %s is not an IPv4 address", cfg->host);
+        ca_writer_stop();
         free(h);
         return NULL;
     }
@@ -612,9 +637,10 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads > 1 ? cfg->threads : 1),
         MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned)1024, MHD_OPTION_END);
+        (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_END);
     if (!h->mhd) {
         ts_error(MOD, "cannot listen on %s:%u", cfg->host, (unsigned)cfg->port);
+        ca_writer_stop();
         free(h);
         return NULL;
     }
@@ -631,6 +657,7 @@ void ca_http_stop(ca_http_t **hp)
     if (!h)
         return;
     MHD_socket listen_fd = MHD_quiesce_daemon(h->mhd);
+    ca_writer_stop();
     ca_feed_stop();
     /* Give resumed connections a moment to finish their last answer. */
     usleep(100 * 1000);

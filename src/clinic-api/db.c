@@ -301,10 +301,7 @@ static cJSON *merge_patch(cJSON *target, const cJSON *patch)
     return target;
 }
 
-/* Builds the stored text of a document: id, version, updated_at first, then
- * the fields of src other than the reserved ones (tombstone: deleted:true and
- * nothing else). Consumes src. Returns malloc'd text or NULL. */
-static char *build_body(cJSON *src, const char *id, int64_t version, bool tombstone)
+char *ca_doc_render(cJSON *src, const char *id, int64_t version, bool tombstone)
 {
     char now[32];
     ts_rfc3339(ts_wall_ms(), now);
@@ -377,9 +374,13 @@ static int decide(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, char **body_o
     if (w->op == CA_OP_CREATE) {
         if (live) {
             conflict(r, current);
+        } else if (!exists && w->rendered) {
+            *body_out = strdup(w->rendered);
+            rc = *body_out ? 0 : -1;
+            r->status = 201;
         } else {
             cJSON *copy = cJSON_Duplicate(w->doc, 1);
-            *body_out = copy ? build_body(copy, w->id, *version_out, false) : NULL;
+            *body_out = copy ? ca_doc_render(copy, w->id, *version_out, false) : NULL;
             rc = *body_out ? 0 : -1;
             r->status = 201;
         }
@@ -389,7 +390,7 @@ static int decide(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, char **body_o
     } else if (stale(w, version)) {
         conflict(r, current);
     } else if (w->op == CA_OP_DELETE) {
-        *body_out = build_body(NULL, w->id, *version_out, true);
+        *body_out = ca_doc_render(NULL, w->id, *version_out, true);
         *tomb_out = true;
         rc = *body_out ? 0 : -1;
         r->status = 204;
@@ -403,7 +404,7 @@ static int decide(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, char **body_o
             ts_buf_printf(&r->body, "{\"errors\":[%s]}", errors.data);
             cJSON_Delete(merged);
         } else {
-            *body_out = build_body(merged, w->id, *version_out, false);
+            *body_out = ca_doc_render(merged, w->id, *version_out, false);
             rc = *body_out ? 0 : -1;
             r->status = 200;
         }

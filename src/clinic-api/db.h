@@ -53,6 +53,8 @@ typedef struct {
     const char *coll;
     const char *id;          /* create: the (possibly generated) id */
     const cJSON *doc;        /* create: the document; patch: the merge patch */
+    const char *rendered;    /* create: optional ca_doc_render(doc, id, 1) text,
+                                used when the id is new (spares the writer) */
     bool has_if_match;       /* patch/delete: If-Match given */
     int64_t if_match;        /* the expected version; -1 for "*" */
     const char *idem_key;    /* Idempotency-Key or NULL */
@@ -78,6 +80,11 @@ int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r);
  * the writes are retried one by one. Returns the head cursor afterwards. */
 int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs,
                           size_t n);
+
+/* Renders the stored text of a document: id, version, updated_at (now)
+ * first, then the fields of src other than the reserved ones. Consumes src
+ * (NULL allowed for a tombstone). Returns malloc'd text, or NULL. */
+char *ca_doc_render(cJSON *src, const char *id, int64_t version, bool tombstone);
 
 /* Checks the reserved fields of a document (create, or patch result).
  * Appends {"field":..,"message":..} entries, comma-separated, to errors;

@@ -40,6 +40,7 @@ typedef struct {
     bool queued;         /* the write went to the group-commit writer */
     ca_job_t job;        /* the write and its answer */
     cJSON *doc;          /* parsed body the write refers to */
+    char *rendered;      /* a create's stored text for version 1 */
     char fp[65];         /* request fingerprint for Idempotency-Key */
     char gen[37];        /* generated id of a create */
 } req_t;
@@ -297,6 +298,11 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
         }
     }
     w->doc = rq->doc;
+    if (op == CA_OP_CREATE) {
+        /* Rendering here, in parallel HTTP threads, keeps the writer short. */
+        rq->rendered = ca_doc_render(cJSON_Duplicate(rq->doc, 1), w->id, 1, false);
+        w->rendered = rq->rendered;
+    }
 
     /* The fingerprint ties a key to one request: method, path, If-Match, body. */
     if (key) {
@@ -608,6 +614,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
         ts_buf_free(&rq->body);
         ts_buf_free(&rq->job.r.body);
         cJSON_Delete(rq->doc);
+        free(rq->rendered);
         free(rq);
         *con_cls = NULL;
     }

@@ -944,3 +944,120 @@ Test(process, help_version_and_bad_flags, .timeout = 30)
     ts_rmtree(dir);
     free(dir);
 }
+
+/* ---- concurrency and shutdown ------------------------------------------------ */
+
+typedef struct {
+    int index;
+    int created;  /* 201 answers to its own creates */
+    int dup_201;  /* 201 answers to the shared-key create */
+    int patch_ok; /* 200 answers to the contended patch */
+    int patch_409;
+} worker_t;
+
+static void *writer_thread(void *arg)
+{
+    worker_t *w = arg;
+    char body[96], key[96];
+    ts_http_resp_t r;
+    for (int i = 0; i < 40; i++) {
+        snprintf(body, sizeof body, "{\"id\":\"w%d-%02d\",\"n\":%d}", w->index, i, i);
+        snprintf(key, sizeof key, "Idempotency-Key: w%d-%d", w->index, i);
+        if (call("POST", "/v1/sessions", body, key, NULL, &r) == 201)
+            w->created++;
+        ts_http_free(&r);
+    }
+    /* Everyone sends the same keyed create: applied once, all see 201. */
+    if (call("POST", "/v1/sessions", "{\"id\":\"shared\"}", "Idempotency-Key: shared-key", NULL,
+             &r) == 201)
+        w->dup_201++;
+    ts_http_free(&r);
+    /* Everyone patches version 1 of the same document: one wins. */
+    long st = call("PATCH", "/v1/consultations/hot", "{\"by\":1}", "If-Match: \"1\"", NULL, &r);
+    w->patch_ok += st == 200;
+    w->patch_409 += st == 409;
+    ts_http_free(&r);
+    return NULL;
+}
+
+Test(concurrency, parallel_writes_apply_exactly_once, .init = start_logged_in,
+     .fini = stop_server, .timeout = 60)
+{
+    cJSON_Delete(call_json("POST", "/v1/consultations", "{\"id\":\"hot\"}", NULL, NULL, 201));
+    int64_t applied0 = stat_of("applied_writes");
+    enum { N = 8 };
+    pthread_t t[N];
+    worker_t w[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = (worker_t){.index = i};
+        pthread_create(&t[i], NULL, writer_thread, &w[i]);
+    }
+    int created = 0, dup = 0, ok = 0, conflicts = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        created += w[i].created;
+        dup += w[i].dup_201;
+        ok += w[i].patch_ok;
+        conflicts += w[i].patch_409;
+    }
+    cr_assert_eq(created, N * 40);
+    cr_assert_eq(dup, N, "every shared-key create answers 201");
+    cr_assert_eq(ok, 1, "exactly one If-Match \"1\" patch wins");
+    cr_assert_eq(conflicts, N - 1);
+    cr_assert_eq(stat_of("applied_writes") - applied0, N * 40 + 1 + 1);
+    cJSON *j = call_json("GET", "/v1/sessions/digest", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(j, "count"), N * 40 + 1);
+    cJSON_Delete(j);
+    j = call_json("GET", "/v1/consultations/hot", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(j, "version"), 2);
+    cJSON_Delete(j);
+    /* The feed holds every document once, cursors strictly increasing. */
+    j = call_json("GET", "/v1/changes?since=0&timeout=0&limit=1000", NULL, NULL, NULL, 200);
+    cJSON *ch = cJSON_GetObjectItem(j, "changes");
+    cr_assert_eq(cJSON_GetArraySize(ch), N * 40 + 2);
+    cJSON_Delete(j);
+}
+
+typedef struct {
+    const char *path;
+    int rc;
+    long status;
+    double seconds;
+} waiter_t;
+
+static void *open_request(void *arg)
+{
+    waiter_t *wt = arg;
+    char url[256];
+    url_of(url, sizeof url, wt->path);
+    const char *h[] = {S.auth, NULL};
+    ts_http_resp_t r;
+    double t0 = now_s();
+    wt->rc = ts_http("GET", url, h, NULL, 15000, &r);
+    wt->seconds = now_s() - t0;
+    wt->status = r.status;
+    ts_http_free(&r);
+    return NULL;
+}
+
+Test(process, sigterm_ends_long_polls_and_streams, .init = start_logged_in,
+     .fini = stop_server, .timeout = 30)
+{
+    waiter_t poll = {.path = "/v1/changes?since=999999&timeout=30"};
+    waiter_t sse = {.path = "/v1/changes/stream"};
+    pthread_t a, b;
+    pthread_create(&a, NULL, open_request, &poll);
+    pthread_create(&b, NULL, open_request, &sse);
+    usleep(500 * 1000);
+    double t0 = now_s();
+    int rc = ts_proc_stop(&S.proc, 5000);
+    double took = now_s() - t0;
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+    cr_assert_eq(rc, 0, "exit status %d", rc);
+    cr_assert_lt(took, 3.0, "stopping took %.2f s", took);
+    cr_assert_eq(poll.status, 200, "the parked long poll is answered on shutdown");
+    cr_assert_lt(poll.seconds, 5.0);
+    cr_assert_eq(sse.status, 200);
+    cr_assert_lt(sse.seconds, 5.0, "the stream ends on shutdown");
+}

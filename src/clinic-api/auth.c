@@ -161,8 +161,7 @@ static size_t form_decode(char *s, size_t len)
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '+') {
             s[o++] = ' ';
-        } else if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 &&
-                   hexval(s[i + 2]) >= 0) {
+        } else if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
             s[o++] = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
             i += 2;
         } else {
@@ -296,8 +295,8 @@ int ca_auth_token(const char *body, size_t len, const char *authorization, int *
         id = form_get(body, len, "client_id");
         secret = form_get(body, len, "client_secret");
     }
-    bool client_ok = id && secret && same_secret(id, A.client_id) &&
-                     same_secret(secret, A.client_secret);
+    bool client_ok =
+        id && secret && same_secret(id, A.client_id) && same_secret(secret, A.client_secret);
     if (!grant) {
         *status = 400;
         rc = ts_buf_puts(out, "{\"error\":\"invalid_request\","

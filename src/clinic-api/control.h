@@ -22,15 +22,15 @@ typedef struct {
 } ca_faults_t;
 
 typedef struct {
-    atomic_llong requests;         /* every request seen (control included) */
-    atomic_llong applied_writes;   /* creates, patches, deletes committed */
+    atomic_llong requests;           /* every request seen (control included) */
+    atomic_llong applied_writes;     /* creates, patches, deletes committed */
     atomic_llong idempotent_replays; /* answers served from the idempotency table */
-    atomic_llong faults_failed;    /* answered with an injected status */
-    atomic_llong faults_dropped;   /* closed without answering (drop or offline) */
-    atomic_llong faults_delayed;   /* held back by latency_ms */
-    atomic_llong commits;          /* SQLite write transactions (group commits) */
-    atomic_llong tokens_issued;    /* access tokens handed out */
-    atomic_llong unauthorized;     /* 401 answers */
+    atomic_llong faults_failed;      /* answered with an injected status */
+    atomic_llong faults_dropped;     /* closed without answering (drop or offline) */
+    atomic_llong faults_delayed;     /* held back by latency_ms */
+    atomic_llong commits;            /* SQLite write transactions (group commits) */
+    atomic_llong tokens_issued;      /* access tokens handed out */
+    atomic_llong unauthorized;       /* 401 answers */
 } ca_stats_t;
 
 extern ca_stats_t ca_stats;

@@ -258,7 +258,8 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "version");
     if (v && !cJSON_IsNull(v) &&
-        (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != (double)(int64_t)v->valuedouble))
+        (!cJSON_IsNumber(v) || v->valuedouble < 0 ||
+         v->valuedouble != (double)(int64_t)v->valuedouble))
         add_error(errors, &n, "version", "must be a non-negative integer (assigned by the server)");
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "updated_at");
     if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
@@ -472,8 +473,7 @@ static int apply_one(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, int64_t *c
         sqlite3_bind_text(st, 1, w->idem_key, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, w->fingerprint, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 3, r->status);
-        sqlite3_bind_text(st, 4, r->body.data ? r->body.data : "", (int)r->body.len,
-                          SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, r->body.data ? r->body.data : "", (int)r->body.len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 5, ts_wall_ms());
         if (exec_stmt(st) < 0)
             goto fail;
@@ -524,8 +524,7 @@ rollback:
     return -1;
 }
 
-int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs,
-                          size_t n)
+int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *const *rs, size_t n)
 {
     pthread_mutex_lock(&db->lock);
     if (batch_txn(db, ws, rs, n) < 0 && n > 1) {

@@ -98,7 +98,10 @@ void ca_feed_stop(void)
     pthread_cond_destroy(&F.wake);
 }
 
-int ca_feed_stopping(void) { return atomic_load(&F.stopping); }
+int ca_feed_stopping(void)
+{
+    return atomic_load(&F.stopping);
+}
 
 void ca_feed_notify(int64_t head)
 {

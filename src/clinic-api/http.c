@@ -181,8 +181,7 @@ static bool from_loopback(struct MHD_Connection *c)
         return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
     }
     if (ci->client_addr->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 =
-            (const struct sockaddr_in6 *)(const void *)ci->client_addr;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)ci->client_addr;
         return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
                (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127);
     }
@@ -206,9 +205,11 @@ static enum MHD_Result list_docs(ca_http_t *h, struct MHD_Connection *c, const c
     int64_t since, last;
     int limit;
     bool more;
-    if (parse_cursor(query(c, "since"), 0, &since) < 0 || parse_limit(query(c, "limit"), &limit) < 0)
-        return answer_text(c, 400, "{\"error\":\"bad_request\",\"message\":\"since must be a "
-                                   "cursor, limit a positive integer\"}");
+    if (parse_cursor(query(c, "since"), 0, &since) < 0 ||
+        parse_limit(query(c, "limit"), &limit) < 0)
+        return answer_text(c, 400,
+                           "{\"error\":\"bad_request\",\"message\":\"since must be a "
+                           "cursor, limit a positive integer\"}");
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"items\":[");
     if (ca_db_feed(h->cfg->db, coll, since, limit, CA_FEED_ITEMS, &b, &last, &more) < 0) {
@@ -264,19 +265,22 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
     const char *key = header(c, "Idempotency-Key");
     const char *if_match = header(c, "If-Match");
     if (key && (!*key || strlen(key) > 255))
-        return answer_text(c, 400, "{\"errors\":[{\"field\":\"Idempotency-Key\","
-                                   "\"message\":\"must be 1-255 characters\"}]}");
+        return answer_text(c, 400,
+                           "{\"errors\":[{\"field\":\"Idempotency-Key\","
+                           "\"message\":\"must be 1-255 characters\"}]}");
     if (op != CA_OP_CREATE && parse_if_match(if_match, &w->has_if_match, &w->if_match) < 0)
-        return answer_text(c, 400, "{\"errors\":[{\"field\":\"If-Match\","
-                                   "\"message\":\"must be a version in quotes, or *\"}]}");
+        return answer_text(c, 400,
+                           "{\"errors\":[{\"field\":\"If-Match\","
+                           "\"message\":\"must be a version in quotes, or *\"}]}");
     if (id && !ts_valid_id(id, strlen(id)))
         return answer_text(c, 404, "{\"error\":\"not_found\"}");
 
     if (op != CA_OP_DELETE) {
         rq->doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
         if (!rq->doc)
-            return answer_text(c, 400, "{\"errors\":[{\"field\":\"\",\"message\":"
-                                       "\"the body is not valid JSON\"}]}");
+            return answer_text(c, 400,
+                               "{\"errors\":[{\"field\":\"\",\"message\":"
+                               "\"the body is not valid JSON\"}]}");
         ts_buf_t errors = {0};
         int bad = op == CA_OP_CREATE || !cJSON_IsObject(rq->doc)
                       ? ca_doc_check(rq->doc, NULL, &errors)
@@ -347,14 +351,17 @@ static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *
         char *end;
         timeout = strtod(tq, &end);
         if (*end || timeout < 0 || timeout != timeout)
-            return answer_text(c, 400, "{\"error\":\"bad_request\",\"message\":\"timeout must "
-                                       "be a number of seconds\"}");
+            return answer_text(c, 400,
+                               "{\"error\":\"bad_request\",\"message\":\"timeout must "
+                               "be a number of seconds\"}");
         if (timeout > h->cfg->max_poll_s)
             timeout = h->cfg->max_poll_s;
     }
-    if (parse_cursor(query(c, "since"), 0, &since) < 0 || parse_limit(query(c, "limit"), &limit) < 0)
-        return answer_text(c, 400, "{\"error\":\"bad_request\",\"message\":\"since must be a "
-                                   "cursor, limit a positive integer\"}");
+    if (parse_cursor(query(c, "since"), 0, &since) < 0 ||
+        parse_limit(query(c, "limit"), &limit) < 0)
+        return answer_text(c, 400,
+                           "{\"error\":\"bad_request\",\"message\":\"since must be a "
+                           "cursor, limit a positive integer\"}");
     if (!rq->polling) {
         rq->polling = true;
         rq->deadline_us = ts_mono_us() + (int64_t)(timeout * 1e6);
@@ -366,8 +373,7 @@ static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *
         ts_buf_free(&b);
         return answer_text(c, 500, "{\"error\":\"storage_error\"}");
     }
-    if (n == 0 && ts_mono_us() < rq->deadline_us &&
-        ca_feed_park(c, rq->deadline_us, since) == 0) {
+    if (n == 0 && ts_mono_us() < rq->deadline_us && ca_feed_park(c, rq->deadline_us, since) == 0) {
         ts_buf_free(&b);
         return MHD_YES;
     }
@@ -430,8 +436,9 @@ static enum MHD_Result stream(ca_http_t *h, struct MHD_Connection *c)
         from = query(c, "since");
     /* Without a position a stream starts at the present. */
     if (parse_cursor(from, ca_db_head(h->cfg->db), &since) < 0)
-        return answer_text(c, 400, "{\"error\":\"bad_request\",\"message\":\"Last-Event-ID "
-                                   "and since must be cursors\"}");
+        return answer_text(c, 400,
+                           "{\"error\":\"bad_request\",\"message\":\"Last-Event-ID "
+                           "and since must be cursors\"}");
     sse_t *s = calloc(1, sizeof *s);
     if (!s)
         return MHD_NO;
@@ -454,8 +461,8 @@ static enum MHD_Result stream(ca_http_t *h, struct MHD_Connection *c)
 }
 
 /* /v1/... after the token check. */
-static enum MHD_Result route_v1(ca_http_t *h, struct MHD_Connection *c, req_t *rq,
-                                const char *url, const char *method)
+static enum MHD_Result route_v1(ca_http_t *h, struct MHD_Connection *c, req_t *rq, const char *url,
+                                const char *method)
 {
     const char *rest = url + 4; /* after "/v1/" */
     const char *slash = strchr(rest, '/');
@@ -544,8 +551,8 @@ static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, 
             return answer_text(c, 405, "{\"error\":\"method_not_allowed\"}");
         ts_buf_t b = {0};
         int status = 500;
-        ca_auth_token(rq->body.data ? rq->body.data : "", rq->body.len,
-                      header(c, "Authorization"), &status, &b);
+        ca_auth_token(rq->body.data ? rq->body.data : "", rq->body.len, header(c, "Authorization"),
+                      &status, &b);
         return answer(c, status, &b);
     }
     return answer_text(c, 404, "{\"error\":\"not_found\"}");
@@ -637,14 +644,14 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
         free(h);
         return NULL;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_TURBO;
+    unsigned flags =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
     h->mhd = MHD_start_daemon(
         flags, cfg->port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads > 1 ? cfg->threads : 1),
-        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned)1024, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_END);
     if (!h->mhd) {
         ts_error(MOD, "cannot listen on %s:%u", cfg->host, (unsigned)cfg->port);
         ca_writer_stop();
@@ -656,7 +663,10 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
     return h;
 }
 
-uint16_t ca_http_port(const ca_http_t *h) { return h->port; }
+uint16_t ca_http_port(const ca_http_t *h)
+{
+    return h->port;
+}
 
 void ca_http_stop(ca_http_t **hp)
 {

@@ -13,15 +13,15 @@
 #include "db.h"
 
 typedef struct {
-    const char *host;          /* IPv4 address to bind */
-    uint16_t port;             /* 0: any free port */
-    ca_db_t *db;               /* storage, not owned */
-    char **collections;        /* served collection names */
+    const char *host;   /* IPv4 address to bind */
+    uint16_t port;      /* 0: any free port */
+    ca_db_t *db;        /* storage, not owned */
+    char **collections; /* served collection names */
     int ncollections;
-    bool control;              /* serve the control endpoints (loopback only) */
-    int heartbeat_ms;          /* SSE heartbeat interval */
-    int max_poll_s;            /* cap of /v1/changes?timeout= */
-    int threads;               /* HTTP worker threads */
+    bool control;     /* serve the control endpoints (loopback only) */
+    int heartbeat_ms; /* SSE heartbeat interval */
+    int max_poll_s;   /* cap of /v1/changes?timeout= */
+    int threads;      /* HTTP worker threads */
 } ca_http_config_t;
 
 typedef struct ca_http ca_http_t;

@@ -93,31 +93,46 @@ static int parse_collections(const char *text, char ***out, int *n)
 int main(int argc, char **argv)
 {
     enum {
-        O_LISTEN = 256, O_DB, O_CID, O_CSECRET, O_TTL, O_COLLS, O_NOCTL, O_HB, O_POLL,
-        O_THREADS, O_FRATE, O_FSTATUS, O_RETRY, O_LAT, O_DROP, O_OFFLINE, O_LOG, O_HELP,
+        O_LISTEN = 256,
+        O_DB,
+        O_CID,
+        O_CSECRET,
+        O_TTL,
+        O_COLLS,
+        O_NOCTL,
+        O_HB,
+        O_POLL,
+        O_THREADS,
+        O_FRATE,
+        O_FSTATUS,
+        O_RETRY,
+        O_LAT,
+        O_DROP,
+        O_OFFLINE,
+        O_LOG,
+        O_HELP,
         O_VERSION
     };
-    static const struct option opts[] = {
-        {"listen", required_argument, 0, O_LISTEN},
-        {"db", required_argument, 0, O_DB},
-        {"client-id", required_argument, 0, O_CID},
-        {"client-secret", required_argument, 0, O_CSECRET},
-        {"token-ttl", required_argument, 0, O_TTL},
-        {"collections", required_argument, 0, O_COLLS},
-        {"no-control", no_argument, 0, O_NOCTL},
-        {"heartbeat-ms", required_argument, 0, O_HB},
-        {"max-poll", required_argument, 0, O_POLL},
-        {"threads", required_argument, 0, O_THREADS},
-        {"fail-rate", required_argument, 0, O_FRATE},
-        {"fail-status", required_argument, 0, O_FSTATUS},
-        {"retry-after", required_argument, 0, O_RETRY},
-        {"latency-ms", required_argument, 0, O_LAT},
-        {"drop-rate", required_argument, 0, O_DROP},
-        {"offline", no_argument, 0, O_OFFLINE},
-        {"log-level", required_argument, 0, O_LOG},
-        {"help", no_argument, 0, O_HELP},
-        {"version", no_argument, 0, O_VERSION},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"listen", required_argument, 0, O_LISTEN},
+                                         {"db", required_argument, 0, O_DB},
+                                         {"client-id", required_argument, 0, O_CID},
+                                         {"client-secret", required_argument, 0, O_CSECRET},
+                                         {"token-ttl", required_argument, 0, O_TTL},
+                                         {"collections", required_argument, 0, O_COLLS},
+                                         {"no-control", no_argument, 0, O_NOCTL},
+                                         {"heartbeat-ms", required_argument, 0, O_HB},
+                                         {"max-poll", required_argument, 0, O_POLL},
+                                         {"threads", required_argument, 0, O_THREADS},
+                                         {"fail-rate", required_argument, 0, O_FRATE},
+                                         {"fail-status", required_argument, 0, O_FSTATUS},
+                                         {"retry-after", required_argument, 0, O_RETRY},
+                                         {"latency-ms", required_argument, 0, O_LAT},
+                                         {"drop-rate", required_argument, 0, O_DROP},
+                                         {"offline", no_argument, 0, O_OFFLINE},
+                                         {"log-level", required_argument, 0, O_LOG},
+                                         {"help", no_argument, 0, O_HELP},
+                                         {"version", no_argument, 0, O_VERSION},
+                                         {0, 0, 0, 0}};
     const char *listen = "127.0.0.1:8080", *db_path = "./clinic-api.db";
     const char *client_id = "therasync", *client_secret = "dev-secret";
     const char *collections = "sessions,consultations";
@@ -131,17 +146,39 @@ int main(int argc, char **argv)
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         int bad = 0;
         switch (o) {
-        case O_LISTEN: listen = optarg; break;
-        case O_DB: db_path = optarg; break;
-        case O_CID: client_id = optarg; break;
-        case O_CSECRET: client_secret = optarg; break;
-        case O_TTL: bad = flag_int("--token-ttl", optarg, 1, 86400 * 365, &ttl); break;
-        case O_COLLS: collections = optarg; break;
-        case O_NOCTL: control = false; break;
-        case O_HB: bad = flag_int("--heartbeat-ms", optarg, 10, 3600000, &hb); break;
-        case O_POLL: bad = flag_int("--max-poll", optarg, 0, 3600, &max_poll); break;
-        case O_THREADS: bad = flag_int("--threads", optarg, 1, 256, &threads); break;
-        case O_FRATE: bad = flag_rate("--fail-rate", optarg, &faults.fail_rate); break;
+        case O_LISTEN:
+            listen = optarg;
+            break;
+        case O_DB:
+            db_path = optarg;
+            break;
+        case O_CID:
+            client_id = optarg;
+            break;
+        case O_CSECRET:
+            client_secret = optarg;
+            break;
+        case O_TTL:
+            bad = flag_int("--token-ttl", optarg, 1, 86400 * 365, &ttl);
+            break;
+        case O_COLLS:
+            collections = optarg;
+            break;
+        case O_NOCTL:
+            control = false;
+            break;
+        case O_HB:
+            bad = flag_int("--heartbeat-ms", optarg, 10, 3600000, &hb);
+            break;
+        case O_POLL:
+            bad = flag_int("--max-poll", optarg, 0, 3600, &max_poll);
+            break;
+        case O_THREADS:
+            bad = flag_int("--threads", optarg, 1, 256, &threads);
+            break;
+        case O_FRATE:
+            bad = flag_rate("--fail-rate", optarg, &faults.fail_rate);
+            break;
         case O_FSTATUS:
             bad = flag_int("--fail-status", optarg, 400, 599, &v);
             faults.status = (int)v;
@@ -154,8 +191,12 @@ int main(int argc, char **argv)
             bad = flag_int("--latency-ms", optarg, 0, 600000, &v);
             faults.latency_ms = (int)v;
             break;
-        case O_DROP: bad = flag_rate("--drop-rate", optarg, &faults.drop_rate); break;
-        case O_OFFLINE: faults.offline = true; break;
+        case O_DROP:
+            bad = flag_rate("--drop-rate", optarg, &faults.drop_rate);
+            break;
+        case O_OFFLINE:
+            faults.offline = true;
+            break;
         case O_LOG: {
             ts_log_level_t lvl;
             if ((bad = ts_log_parse_level(optarg, &lvl)) == 0)
@@ -164,9 +205,15 @@ int main(int argc, char **argv)
                 fprintf(stderr, "clinic-api: --log-level wants error|warn|info|debug\n");
             break;
         }
-        case O_HELP: usage(stdout); return 0;
-        case O_VERSION: printf("clinic-api %s\n", TS_VERSION); return 0;
-        default: usage(stderr); return 2;
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        case O_VERSION:
+            printf("clinic-api %s\n", TS_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
         if (bad)
             return 2;
@@ -190,8 +237,11 @@ int main(int argc, char **argv)
     if (strcmp(host, "localhost") == 0)
         snprintf(host, sizeof host, "127.0.0.1");
 
-    ca_http_config_t cfg = {.host = host, .port = (uint16_t)port, .control = control,
-                            .heartbeat_ms = (int)hb, .max_poll_s = (int)max_poll,
+    ca_http_config_t cfg = {.host = host,
+                            .port = (uint16_t)port,
+                            .control = control,
+                            .heartbeat_ms = (int)hb,
+                            .max_poll_s = (int)max_poll,
                             .threads = (int)threads};
     if (parse_collections(collections, &cfg.collections, &cfg.ncollections) < 0) {
         fprintf(stderr, "clinic-api: --collections wants a,b with names of [A-Za-z0-9_-]\n");

@@ -16,9 +16,9 @@
 
 typedef struct ca_job {
     struct ca_job *next;
-    ca_write_t w;                 /* the write; its strings outlive the job */
-    ca_reply_t r;                 /* the answer, set before the resume */
-    struct MHD_Connection *conn;  /* suspended until done */
+    ca_write_t w;                /* the write; its strings outlive the job */
+    ca_reply_t r;                /* the answer, set before the resume */
+    struct MHD_Connection *conn; /* suspended until done */
     atomic_bool done;
 } ca_job_t;
 

@@ -40,8 +40,8 @@ static void start_server(const char *const extra[])
     args[n] = NULL;
     cr_assert_eq(ts_proc_spawn(&S.proc, S.dir, "clinic-api", args), 0, "spawn clinic-api");
     char line[512];
-    cr_assert_eq(ts_proc_wait_line(&S.proc, "listening on 127.0.0.1:", 10000, line, sizeof line),
-                 0, "clinic-api did not report listening (log %s)", S.proc.log_path);
+    cr_assert_eq(ts_proc_wait_line(&S.proc, "listening on 127.0.0.1:", 10000, line, sizeof line), 0,
+                 "clinic-api did not report listening (log %s)", S.proc.log_path);
     const char *p = strstr(line, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:");
     S.port = (int)strtol(p, NULL, 10);
     cr_assert_gt(S.port, 0);
@@ -61,7 +61,10 @@ static void stop_server(void)
     }
 }
 
-static void start_default(void) { start_server(NULL); }
+static void start_default(void)
+{
+    start_server(NULL);
+}
 
 static void url_of(char *out, size_t len, const char *path)
 {
@@ -173,7 +176,8 @@ static int64_t head_cursor(void)
     int64_t since = 0, last = 0;
     for (int i = 0; i < 1000; i++) {
         char path[96];
-        snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=0&limit=1000", (long long)since);
+        snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=0&limit=1000",
+                 (long long)since);
         cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
         int64_t cur = strtoll(str(j, "cursor"), NULL, 10);
         bool more = cJSON_IsTrue(cJSON_GetObjectItem(j, "has_more"));
@@ -186,7 +190,10 @@ static int64_t head_cursor(void)
     return last;
 }
 
-static double now_s(void) { return (double)ts_mono_us() / 1e6; }
+static double now_s(void)
+{
+    return (double)ts_mono_us() / 1e6;
+}
 
 /* ---- auth ----------------------------------------------------------------- */
 
@@ -214,9 +221,10 @@ Test(auth, token_issue_refresh_and_invalid_client)
     ts_http_free(&r);
 
     /* Refresh grant gives a working access token. */
-    snprintf(form, sizeof form,
-             "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
-             refresh);
+    snprintf(
+        form, sizeof form,
+        "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
+        refresh);
     cr_assert_eq(token_request(form, NULL, &r), 200, "%s", r.body);
     j = json_of(&r);
     snprintf(S.auth, sizeof S.auth, "Authorization: Bearer %s", str(j, "access_token"));
@@ -290,9 +298,10 @@ Test(auth_ttl, expired_token_is_refused, .init = start_short_ttl, .fini = stop_s
     ts_http_free(&r);
     /* The refresh token still works after the access token expired. */
     char form[256];
-    snprintf(form, sizeof form,
-             "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
-             S.refresh);
+    snprintf(
+        form, sizeof form,
+        "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
+        S.refresh);
     cr_assert_eq(token_request(form, NULL, &r), 200);
     cJSON *j = json_of(&r);
     cr_assert_eq(num(j, "expires_in"), 1);
@@ -371,12 +380,12 @@ Test(docs, create_get_patch_delete_round_trip)
 
 Test(docs, if_match_conflict_returns_current)
 {
-    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"s-1\",\"room\":\"a\"}", NULL, NULL,
-                           201));
-    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"b\"}", "If-Match: \"1\"",
-                           NULL, 200));
-    cJSON *j = call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"c\"}", "If-Match: \"1\"", NULL,
-                         409);
+    cJSON_Delete(
+        call_json("POST", "/v1/sessions", "{\"id\":\"s-1\",\"room\":\"a\"}", NULL, NULL, 201));
+    cJSON_Delete(
+        call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"b\"}", "If-Match: \"1\"", NULL, 200));
+    cJSON *j =
+        call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"c\"}", "If-Match: \"1\"", NULL, 409);
     cJSON *cur = cJSON_GetObjectItem(j, "current");
     cr_assert_eq(num(cur, "version"), 2);
     cr_assert_str_eq(str(cur, "room"), "b");
@@ -389,10 +398,10 @@ Test(docs, if_match_conflict_returns_current)
     cr_assert_str_eq(str(cJSON_GetObjectItem(j, "current"), "id"), "s-1");
     cJSON_Delete(j);
     /* If-Match: * matches any version; W/"2" is accepted as 2. */
-    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"d\"}", "If-Match: W/\"2\"",
-                           NULL, 200));
-    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"e\"}", "If-Match: *", NULL,
-                           200));
+    cJSON_Delete(
+        call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"d\"}", "If-Match: W/\"2\"", NULL, 200));
+    cJSON_Delete(
+        call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"e\"}", "If-Match: *", NULL, 200));
     ts_http_resp_t r;
     cr_assert_eq(call("PATCH", "/v1/sessions/s-1", "{}", "If-Match: \"x\"", NULL, &r), 400);
     ts_http_free(&r);
@@ -424,29 +433,29 @@ Test(docs, idempotent_replay_applies_once)
     cJSON_Delete(d);
 
     /* Even a 409 answer is remembered with its key. */
-    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"",
-                      "Idempotency-Key: key-3", &a),
-                 409);
-    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"",
-                      "Idempotency-Key: key-3", &b),
-                 409);
+    cr_assert_eq(
+        call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"", "Idempotency-Key: key-3", &a),
+        409);
+    cr_assert_eq(
+        call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"", "Idempotency-Key: key-3", &b),
+        409);
     cr_assert_str_eq(a.body, b.body);
     ts_http_free(&a);
     ts_http_free(&b);
 
-    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"",
-                      "Idempotency-Key: key-4", &a),
-                 204);
-    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"",
-                      "Idempotency-Key: key-4", &b),
-                 204, "a replayed delete answers 204 again, not 404");
+    cr_assert_eq(
+        call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"", "Idempotency-Key: key-4", &a),
+        204);
+    cr_assert_eq(
+        call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"", "Idempotency-Key: key-4", &b),
+        204, "a replayed delete answers 204 again, not 404");
     ts_http_free(&a);
     ts_http_free(&b);
 
     /* The same key with a different request: 422. */
-    cr_assert_eq(call("POST", "/v1/sessions", "{\"id\":\"other\"}", "Idempotency-Key: key-1",
-                      NULL, &a),
-                 422);
+    cr_assert_eq(
+        call("POST", "/v1/sessions", "{\"id\":\"other\"}", "Idempotency-Key: key-1", NULL, &a),
+        422);
     cr_assert(strstr(a.body, "Idempotency-Key"));
     ts_http_free(&a);
 
@@ -709,8 +718,7 @@ static int parse_events(const char *body, int64_t *ids, char docs[][32], int max
     return n;
 }
 
-Test(sse, events_resume_and_heartbeat, .init = start_logged_in, .fini = stop_server,
-     .timeout = 30)
+Test(sse, events_resume_and_heartbeat, .init = start_logged_in, .fini = stop_server, .timeout = 30)
 {
     char body[64], url[160];
     for (int i = 0; i < 3; i++) {
@@ -901,13 +909,13 @@ Test(faults, latency_delays_answers)
 
 static void start_flags_no_control(void)
 {
-    const char *extra[] = {"--no-control", "--fail-rate", "1", "--fail-status", "429",
-                           "--retry-after", "3", NULL};
+    const char *extra[] = {"--no-control", "--fail-rate",   "1", "--fail-status",
+                           "429",          "--retry-after", "3", NULL};
     start_server(extra);
 }
 
-Test(faults_flags, start_flags_and_no_control, .init = start_flags_no_control,
-     .fini = stop_server, .timeout = 30)
+Test(faults_flags, start_flags_and_no_control, .init = start_flags_no_control, .fini = stop_server,
+     .timeout = 30)
 {
     ts_http_resp_t r;
     /* The token endpoint fails too, so use a fake token: faults come first. */
@@ -980,8 +988,8 @@ static void *writer_thread(void *arg)
     return NULL;
 }
 
-Test(concurrency, parallel_writes_apply_exactly_once, .init = start_logged_in,
-     .fini = stop_server, .timeout = 60)
+Test(concurrency, parallel_writes_apply_exactly_once, .init = start_logged_in, .fini = stop_server,
+     .timeout = 60)
 {
     cJSON_Delete(call_json("POST", "/v1/consultations", "{\"id\":\"hot\"}", NULL, NULL, 201));
     int64_t applied0 = stat_of("applied_writes");
@@ -1040,8 +1048,8 @@ static void *open_request(void *arg)
     return NULL;
 }
 
-Test(process, sigterm_ends_long_polls_and_streams, .init = start_logged_in,
-     .fini = stop_server, .timeout = 30)
+Test(process, sigterm_ends_long_polls_and_streams, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
 {
     waiter_t poll = {.path = "/v1/changes?since=999999&timeout=30"};
     waiter_t sse = {.path = "/v1/changes/stream"};

@@ -10,7 +10,7 @@ typedef struct {
     int curl_code; /* CURLcode of the transfer (0 = ok) */
     char *body;    /* NUL-terminated (never NULL after a call) */
     size_t len;
-    char *headers; /* raw response header block */
+    char *headers;  /* raw response header block */
     double seconds; /* total time of the transfer */
 } ts_http_resp_t;
 

@@ -104,8 +104,7 @@ int ts_proc_alive(ts_proc_t *p)
     return 1;
 }
 
-int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line,
-                      size_t linelen)
+int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line, size_t linelen)
 {
     long long end = now_ms() + timeout_ms;
     char buf[512];
@@ -138,7 +137,8 @@ int ts_wait_port(int port, int timeout_ms)
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd < 0)
             return -1;
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
         close(fd);

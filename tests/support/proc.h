@@ -30,8 +30,7 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 /* Waits up to timeout_ms for a line of the child's log containing needle;
  * copies that line (without newline) into line. 0, or -1 on timeout or when
  * the child exited. */
-int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line,
-                      size_t linelen);
+int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line, size_t linelen);
 
 /* Waits up to timeout_ms until something accepts on 127.0.0.1:port. 0 or -1. */
 int ts_wait_port(int port, int timeout_ms);

@@ -26,11 +26,9 @@ static struct {
 
 /* ---- server and client helpers ------------------------------------------ */
 
-static void start_server(const char *const extra[])
+/* Starts clinic-api on S.dir/api.db (a free port, heartbeat 300 ms). */
+static void spawn_server(const char *const extra[])
 {
-    memset(&S, 0, sizeof S);
-    S.dir = ts_tmpdir("clinic-api-test");
-    cr_assert_not_null(S.dir);
     char db[4200];
     snprintf(db, sizeof db, "%s/api.db", S.dir);
     const char *args[32] = {"--listen", "127.0.0.1:0", "--db", db, "--heartbeat-ms", "300"};
@@ -46,6 +44,14 @@ static void start_server(const char *const extra[])
     S.port = (int)strtol(p, NULL, 10);
     cr_assert_gt(S.port, 0);
     snprintf(S.base, sizeof S.base, "http://127.0.0.1:%d", S.port);
+}
+
+static void start_server(const char *const extra[])
+{
+    memset(&S, 0, sizeof S);
+    S.dir = ts_tmpdir("clinic-api-test");
+    cr_assert_not_null(S.dir);
+    spawn_server(extra);
 }
 
 static void stop_server(void)
@@ -1068,4 +1074,29 @@ Test(process, sigterm_ends_long_polls_and_streams, .init = start_logged_in, .fin
     cr_assert_lt(poll.seconds, 5.0);
     cr_assert_eq(sse.status, 200);
     cr_assert_lt(sse.seconds, 5.0, "the stream ends on shutdown");
+}
+
+Test(process, idempotency_survives_a_restart, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    ts_http_resp_t a, b;
+    cr_assert_eq(
+        call("POST", "/v1/sessions", "{\"notes\":\"x\"}", "Idempotency-Key: r-1", NULL, &a), 201);
+    cr_assert_eq(ts_proc_stop(&S.proc, 5000), 0);
+    spawn_server(NULL);
+    login();
+    cr_assert_eq(
+        call("POST", "/v1/sessions", "{\"notes\":\"x\"}", "Idempotency-Key: r-1", NULL, &b), 201);
+    cr_assert_str_eq(a.body, b.body, "the generated id and version come back unchanged");
+    cr_assert_eq(stat_of("applied_writes"), 0);
+    cr_assert_eq(stat_of("idempotent_replays"), 1);
+    /* The cursor continues after the restart. */
+    cJSON *d = call_json("POST", "/v1/sessions", "{}", NULL, NULL, 201);
+    cJSON_Delete(d);
+    cJSON *j = call_json("GET", "/v1/sessions?since=1", NULL, NULL, NULL, 200);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "items")), 1);
+    cr_assert_str_eq(str(j, "cursor"), "2");
+    cJSON_Delete(j);
+    ts_http_free(&a);
+    ts_http_free(&b);
 }

@@ -57,6 +57,8 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 {
     char path[4096];
     p->pid = 0;
+    p->exited = 0;
+    p->status = 0;
     snprintf(path, sizeof path, "%s/%s", ts_build_dir(), program);
     snprintf(p->log_path, sizeof p->log_path, "%s/%s.XXXXXX", dir ? dir : "/tmp", program);
     int fd = mkstemp(p->log_path);
@@ -90,19 +92,19 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 
 int ts_proc_alive(ts_proc_t *p)
 {
-    if (p->pid <= 0)
+    if (p->pid <= 0 || p->exited)
         return 0;
     int st;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
     if (r == p->pid) {
-        p->pid = -(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) - 1;
+        p->exited = 1;
+        p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         return 0;
     }
     return 1;
 }
 
-int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line,
-                      size_t linelen)
+int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line, size_t linelen)
 {
     long long end = now_ms() + timeout_ms;
     char buf[512];
@@ -135,7 +137,8 @@ int ts_wait_port(int port, int timeout_ms)
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd < 0)
             return -1;
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons((uint16_t)port),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
         close(fd);
@@ -150,8 +153,10 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
 {
     if (p->pid == 0)
         return -1;
-    if (p->pid < 0) /* already reaped by ts_proc_alive */
-        return -p->pid - 1;
+    if (p->exited) { /* already reaped by ts_proc_alive */
+        p->pid = 0;
+        return p->status;
+    }
     kill(p->pid, SIGTERM);
     long long end = now_ms() + timeout_ms;
     int st = 0;
@@ -170,6 +175,21 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
     if (r < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms)
+{
+    long long end = now_ms() + timeout_ms;
+    for (int round = 0; round < 100000 && p->pid > 0; round++) {
+        if (!ts_proc_alive(p)) {
+            p->pid = 0;
+            return p->status;
+        }
+        if (now_ms() > end)
+            break;
+        sleep_ms(5);
+    }
+    return -1;
 }
 
 char *ts_tmpdir(const char *prefix)

@@ -10,7 +10,9 @@
 #include <sys/types.h>
 
 typedef struct {
-    pid_t pid;           /* child pid, 0 when not running */
+    pid_t pid;           /* child pid, 0 when never started or stopped */
+    int exited;          /* reaped already (by ts_proc_alive) */
+    int status;          /* exit code, or 128+signal, once exited */
     char log_path[4096]; /* the child's stdout+stderr */
 } ts_proc_t;
 
@@ -28,8 +30,7 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 /* Waits up to timeout_ms for a line of the child's log containing needle;
  * copies that line (without newline) into line. 0, or -1 on timeout or when
  * the child exited. */
-int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line,
-                      size_t linelen);
+int ts_proc_wait_line(ts_proc_t *p, const char *needle, int timeout_ms, char *line, size_t linelen);
 
 /* Waits up to timeout_ms until something accepts on 127.0.0.1:port. 0 or -1. */
 int ts_wait_port(int port, int timeout_ms);
@@ -37,6 +38,10 @@ int ts_wait_port(int port, int timeout_ms);
 /* SIGTERM, then SIGKILL after timeout_ms; reaps the child. Returns its exit
  * code, 128+signal when killed by a signal, or -1 when it was not running. */
 int ts_proc_stop(ts_proc_t *p, int timeout_ms);
+
+/* Waits up to timeout_ms for the child to exit by itself; returns its exit
+ * code (128+signal when killed), or -1 on timeout (the child keeps running). */
+int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms);
 
 /* True while the child has not exited (reaps it when it has). */
 int ts_proc_alive(ts_proc_t *p);

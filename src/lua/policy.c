@@ -7,6 +7,7 @@
  * could strand are parked in self->scratch and freed after each call. */
 #include "therasync/policy.h"
 
+#include "luajson.h"
 #include "sandbox.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -222,6 +223,13 @@ static cJSON *s_to_json(lua_State *L, int idx, int depth, char *err, size_t errl
 
 /* Replaces every nested table of the table at idx by a read-only proxy, then
  * pushes a read-only proxy of the table itself. */
+void ts_lua_push_json(lua_State *L, const cJSON *item) { s_push_json(L, item, 0); }
+
+cJSON *ts_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
+{
+    return s_to_json(L, idx, 0, err, errlen);
+}
+
 static void s_push_frozen(lua_State *L, int idx, int depth)
 {
     idx = lua_absindex(L, idx);

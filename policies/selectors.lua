@@ -1,0 +1,68 @@
+-- selectors.lua — named views served by `query`.
+--
+-- name = { collection = ..., where = function(doc, params, ctx) ... end,
+--          order_by = {field, "asc"|"desc"}, limit = N, index = "field" }
+-- With index = "f", the engine keeps an index on f and only shows `where` the
+-- documents whose f equals params.f. params.now defaults to the current time;
+-- params.limit may lower the limit. See docs/POLICIES.md.
+
+local function day_of(time)
+  -- The UTC calendar day of an RFC 3339 time, as "YYYY-MM-DD".
+  local ms = ts.parse_time(time)
+  return ms and ts.format_time(ms):sub(1, 10)
+end
+
+return {
+  -- The therapist's next scheduled sessions: {therapist_id, now, limit}.
+  upcoming = {
+    collection = "sessions",
+    index = "therapist_id",
+    where = function(doc, params)
+      return doc.status == "scheduled" and type(doc.scheduled_at) == "string"
+        and doc.scheduled_at >= params.now
+    end,
+    order_by = { "scheduled_at", "asc" },
+    limit = 20,
+  },
+
+  -- Every session of the therapist on the (UTC) day of params.now:
+  -- {therapist_id, now?}.
+  today = {
+    collection = "sessions",
+    index = "therapist_id",
+    where = function(doc, params)
+      return day_of(doc.scheduled_at) == day_of(params.now)
+    end,
+    order_by = { "scheduled_at", "asc" },
+    limit = 100,
+  },
+
+  -- A patient's sessions, newest first: {patient_id}.
+  by_patient = {
+    collection = "sessions",
+    index = "patient_id",
+    order_by = { "scheduled_at", "desc" },
+    limit = 100,
+  },
+
+  -- Completed sessions still waiting for notes (optionally one therapist's:
+  -- {therapist_id?}).
+  needs_notes = {
+    collection = "sessions",
+    where = function(doc, params)
+      return doc.status == "completed"
+        and (doc.notes == nil or not doc.notes:find("%S"))
+        and (params.therapist_id == nil or doc.therapist_id == params.therapist_id)
+    end,
+    order_by = { "scheduled_at", "asc" },
+    limit = 100,
+  },
+
+  -- A patient's consultations, newest first: {patient_id}.
+  consultations_for_patient = {
+    collection = "consultations",
+    index = "patient_id",
+    order_by = { "date", "desc" },
+    limit = 50,
+  },
+}

@@ -1,0 +1,214 @@
+/* test_policy_rules.c — the default merge, the shipped policies through the
+ * C API the store and sync actors use, and the cost of the budget hook. */
+#include "therasync/policy.h"
+#include "therasync/util.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char s_path[1024];
+
+static const char *shipped(void)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    snprintf(s_path, sizeof s_path, "%s/policies", src ? src : ".");
+    return s_path;
+}
+
+static void expect_merge(const char *base, const char *mine, const char *theirs, const char *want)
+{
+    cJSON *b = base ? cJSON_Parse(base) : NULL, *m = cJSON_Parse(mine), *t = cJSON_Parse(theirs);
+    cJSON *w = cJSON_Parse(want);
+    cJSON *got = ts_policy_default_merge(b, m, t);
+    char *text = got ? cJSON_PrintUnformatted(got) : NULL;
+    cr_assert(got && cJSON_Compare(got, w, true), "merge: want %s, got %s", want,
+              text ? text : "NULL");
+    free(text);
+    cJSON_Delete(b);
+    cJSON_Delete(m);
+    cJSON_Delete(t);
+    cJSON_Delete(w);
+    cJSON_Delete(got);
+}
+
+Test(default_merge, cases)
+{
+    /* disjoint changes */
+    expect_merge("{\"id\":\"1\",\"a\":1,\"b\":1}", "{\"id\":\"1\",\"a\":2,\"b\":1}",
+                 "{\"id\":\"1\",\"a\":1,\"b\":3}", "{\"id\":\"1\",\"a\":2,\"b\":3}");
+    /* both changed: remote wins */
+    expect_merge("{\"a\":1}", "{\"a\":2}", "{\"a\":3}", "{\"a\":3}");
+    /* same change on both sides */
+    expect_merge("{\"a\":1}", "{\"a\":2}", "{\"a\":2}", "{\"a\":2}");
+    /* removed locally, unchanged remotely: removed */
+    expect_merge("{\"a\":1,\"b\":1}", "{\"b\":1}", "{\"a\":1,\"b\":1}", "{\"b\":1}");
+    /* removed remotely, changed locally: both changed it, so the remote (removal) wins */
+    expect_merge("{\"a\":1,\"b\":1}", "{\"a\":5,\"b\":1}", "{\"b\":1}", "{\"b\":1}");
+    /* added on one side */
+    expect_merge("{}", "{\"x\":1}", "{\"y\":2}", "{\"x\":1,\"y\":2}");
+    /* nested objects merge field by field */
+    expect_merge("{\"s\":{\"p\":1,\"q\":1}}", "{\"s\":{\"p\":2,\"q\":1}}",
+                 "{\"s\":{\"p\":1,\"q\":3}}", "{\"s\":{\"p\":2,\"q\":3}}");
+    /* arrays are values */
+    expect_merge("{\"l\":[1]}", "{\"l\":[1,2]}", "{\"l\":[1]}", "{\"l\":[1,2]}");
+    /* server-owned fields always from theirs */
+    expect_merge("{\"version\":1,\"updated_at\":\"a\"}", "{\"version\":7,\"updated_at\":\"m\"}",
+                 "{\"version\":2,\"updated_at\":\"t\"}", "{\"version\":2,\"updated_at\":\"t\"}");
+    /* no base: theirs wins where they differ, both sides' additions kept */
+    expect_merge(NULL, "{\"a\":1,\"m\":1}", "{\"a\":2,\"t\":1}", "{\"a\":2,\"t\":1,\"m\":1}");
+    cJSON *arr = cJSON_Parse("[]"), *obj = cJSON_Parse("{}");
+    cr_assert_null(ts_policy_default_merge(NULL, arr, obj));
+    cJSON_Delete(arr);
+    cJSON_Delete(obj);
+}
+
+/* A store stand-in: ctx.find over a cJSON array. */
+static int lookup(void *arg, const char *collection, const char *field, const char *value,
+                  ts_policy_visit_fn visit, void *visit_arg)
+{
+    (void)collection;
+    const cJSON *doc;
+    cJSON_ArrayForEach(doc, (const cJSON *)arg)
+    {
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(doc, field);
+        if (cJSON_IsString(f) && strcmp(f->valuestring, value) == 0 && visit(visit_arg, doc))
+            break;
+    }
+    return 0;
+}
+
+static cJSON *session(const char *id, const char *at, int minutes, const char *modality)
+{
+    char text[512];
+    snprintf(text, sizeof text,
+             "{\"id\":\"%s\",\"patient_id\":\"pat-1\",\"therapist_id\":\"thr-1\","
+             "\"scheduled_at\":\"%s\",\"duration_min\":%d,\"status\":\"scheduled\","
+             "\"modality\":\"%s\",\"room\":\"A1\",\"notes\":\"patient reported improved sleep\"}",
+             id, at, minutes, modality);
+    return cJSON_Parse(text);
+}
+
+Test(shipped_policies, overlap_rule_through_the_store_lookup)
+{
+    cJSON *store = cJSON_CreateArray();
+    cJSON_AddItemToArray(store, session("s1", "2026-03-02T09:00:00.000Z", 60, "in_person"));
+    char err[512];
+    ts_policy_opts_t opts = {.lookup = lookup, .lookup_arg = store, .name = "store"};
+    ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    cJSON *errors = NULL;
+    cJSON *clash = session("s2", "2026-03-02T09:30:00.000Z", 30, "telehealth");
+    cr_assert_eq(ts_policy_validate(p, "sessions", clash, NULL, &errors, err, sizeof err),
+                 TS_POLICY_INVALID, "%s", err);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(errors, 0), "field")->valuestring,
+                     "scheduled_at");
+    cJSON_Delete(errors);
+    cJSON *later = session("s3", "2026-03-02T10:00:00.000Z", 30, "telehealth");
+    cr_assert_eq(ts_policy_validate(p, "sessions", later, NULL, &errors, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    cJSON *group = session("s4", "2026-03-02T09:30:00.000Z", 30, "group");
+    cr_assert_eq(ts_policy_validate(p, "sessions", group, NULL, &errors, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    /* selectors as the store sees them */
+    const ts_policy_selector_t *up = ts_policy_selector_find(p, "upcoming");
+    cr_assert_not_null(up);
+    cr_assert_str_eq(up->collection, "sessions");
+    cr_assert_str_eq(up->index_field, "therapist_id");
+    cr_assert_str_eq(up->order_field, "scheduled_at");
+    cr_assert(!up->order_desc);
+    cr_assert_eq(up->limit, 20);
+    cJSON *params = cJSON_Parse("{\"therapist_id\":\"thr-1\",\"now\":\"2026-03-02T09:15:00.000Z\","
+                                "\"limit\":5}");
+    cr_assert_eq(ts_policy_selector_limit(up, params), 5);
+    bool match;
+    cr_assert_eq(ts_policy_where(p, "upcoming", later, params, &match, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    cr_assert(match);
+    cr_assert_eq(ts_policy_where(p, "upcoming", cJSON_GetArrayItem(store, 0), params, &match, err,
+                                 sizeof err),
+                 TS_POLICY_OK);
+    cr_assert(!match);
+    cr_assert_eq(ts_policy_selector_count(p), 5);
+    cr_assert_str_eq(ts_policy_selector_at(p, 0)->name, "by_patient");
+    cr_assert_null(ts_policy_selector_at(p, 5));
+    cJSON_Delete(params);
+    cJSON_Delete(clash);
+    cJSON_Delete(later);
+    cJSON_Delete(group);
+    cJSON_Delete(store);
+    ts_policy_destroy(&p);
+}
+
+Test(shipped_policies, conflict_cancellation_wins)
+{
+    char err[512];
+    ts_policy_t *p = ts_policy_new(shipped(), NULL, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    cJSON *base = session("s1", "2026-03-02T09:00:00.000Z", 60, "in_person");
+    cJSON *mine = cJSON_Duplicate(base, true), *theirs = cJSON_Duplicate(base, true);
+    cJSON_ReplaceItemInObject(mine, "status", cJSON_CreateString("cancelled"));
+    cJSON_ReplaceItemInObject(theirs, "status", cJSON_CreateString("completed"));
+    cJSON_ReplaceItemInObject(theirs, "room", cJSON_CreateString("B2"));
+    ts_policy_outcome_t out;
+    cr_assert_eq(ts_policy_resolve(p, "sessions", base, mine, theirs, &out, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    cr_assert_eq(out.kind, TS_OUTCOME_MERGE);
+    cr_assert_str_eq(out.policy, "conflict.lua");
+    cr_assert_str_eq(cJSON_GetObjectItem(out.doc, "status")->valuestring, "cancelled");
+    cr_assert_str_eq(cJSON_GetObjectItem(out.doc, "room")->valuestring, "B2");
+    ts_policy_outcome_clear(&out);
+    cJSON_Delete(base);
+    cJSON_Delete(mine);
+    cJSON_Delete(theirs);
+    ts_policy_destroy(&p);
+}
+
+/* The budget hook's cost on the shipped session rule (with a look-up of 8
+ * sessions of the same therapist). Informational: prints the figures; fails
+ * only on an absurd overhead so a busy machine does not make it flaky. */
+static double per_call_ns(long budget, const cJSON *store, const cJSON *doc, int n)
+{
+    char err[512];
+    ts_policy_opts_t opts = {.instr_budget = budget, .lookup = lookup, .lookup_arg = (void *)store};
+    ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    double best = 1e18;
+    for (int round = 0; round < 5; round++) {
+        int64_t t0 = ts_mono_us();
+        for (int i = 0; i < n; i++) {
+            cJSON *errors = NULL;
+            int rc = ts_policy_validate(p, "sessions", doc, NULL, &errors, err, sizeof err);
+            cr_assert_eq(rc, TS_POLICY_OK, "%s", err);
+        }
+        double ns = (double)(ts_mono_us() - t0) * 1000.0 / n;
+        if (ns < best)
+            best = ns;
+    }
+    ts_policy_destroy(&p);
+    return best;
+}
+
+Test(policy_bench, count_hook_overhead)
+{
+    cJSON *store = cJSON_CreateArray();
+    for (int i = 0; i < 8; i++) {
+        char at[40];
+        snprintf(at, sizeof at, "2026-03-02T%02d:00:00.000Z", 8 + i);
+        char id[16];
+        snprintf(id, sizeof id, "o%d", i);
+        cJSON_AddItemToArray(store, session(id, at, 45, "in_person"));
+    }
+    cJSON *doc = session("new", "2026-03-02T07:00:00.000Z", 50, "in_person");
+    int n = getenv("TS_BENCH_N") ? (int)strtol(getenv("TS_BENCH_N"), NULL, 10) : 20000;
+    double off = per_call_ns(-1, store, doc, n);
+    double on = per_call_ns(0, store, doc, n);
+    double overhead = (on - off) / off * 100.0;
+    fprintf(stderr, "policy bench: shipped sessions rule, %d calls x5: no hook %.0f ns/call, "
+                    "count hook (default budget) %.0f ns/call, overhead %.1f%%\n",
+            n, off, on, overhead);
+    cr_assert_lt(overhead, 50.0, "hook overhead %.1f%%", overhead);
+    cJSON_Delete(doc);
+    cJSON_Delete(store);
+}

@@ -1,0 +1,30 @@
+/* sync_msg.c — the messages between the store and the sync actor. */
+#include "therasync/sync.h"
+
+#include <stdlib.h>
+
+ts_sync_update_t *ts_sync_update_new(ts_sync_kind_t kind)
+{
+    ts_sync_update_t *u = calloc(1, sizeof *u);
+    if (u)
+        u->kind = kind;
+    return u;
+}
+
+void ts_sync_update_free(ts_sync_update_t *u)
+{
+    if (!u)
+        return;
+    cJSON_Delete(u->doc);
+    cJSON_Delete(u->errors);
+    cJSON_Delete(u->status);
+    free(u);
+}
+
+void ts_digest_free(ts_digest_t *d)
+{
+    if (!d)
+        return;
+    free(d->versions);
+    free(d);
+}

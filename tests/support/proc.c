@@ -57,6 +57,8 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 {
     char path[4096];
     p->pid = 0;
+    p->exited = 0;
+    p->status = 0;
     snprintf(path, sizeof path, "%s/%s", ts_build_dir(), program);
     snprintf(p->log_path, sizeof p->log_path, "%s/%s.XXXXXX", dir ? dir : "/tmp", program);
     int fd = mkstemp(p->log_path);
@@ -90,12 +92,13 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
 
 int ts_proc_alive(ts_proc_t *p)
 {
-    if (p->pid <= 0)
+    if (p->pid <= 0 || p->exited)
         return 0;
     int st;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
     if (r == p->pid) {
-        p->pid = -(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) - 1;
+        p->exited = 1;
+        p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         return 0;
     }
     return 1;
@@ -150,8 +153,10 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
 {
     if (p->pid == 0)
         return -1;
-    if (p->pid < 0) /* already reaped by ts_proc_alive */
-        return -p->pid - 1;
+    if (p->exited) { /* already reaped by ts_proc_alive */
+        p->pid = 0;
+        return p->status;
+    }
     kill(p->pid, SIGTERM);
     long long end = now_ms() + timeout_ms;
     int st = 0;
@@ -170,6 +175,21 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
     if (r < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms)
+{
+    long long end = now_ms() + timeout_ms;
+    for (int round = 0; round < 100000 && p->pid > 0; round++) {
+        if (!ts_proc_alive(p)) {
+            p->pid = 0;
+            return p->status;
+        }
+        if (now_ms() > end)
+            break;
+        sleep_ms(5);
+    }
+    return -1;
 }
 
 char *ts_tmpdir(const char *prefix)

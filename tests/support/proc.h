@@ -10,7 +10,9 @@
 #include <sys/types.h>
 
 typedef struct {
-    pid_t pid;           /* child pid, 0 when not running */
+    pid_t pid;           /* child pid, 0 when never started or stopped */
+    int exited;          /* reaped already (by ts_proc_alive) */
+    int status;          /* exit code, or 128+signal, once exited */
     char log_path[4096]; /* the child's stdout+stderr */
 } ts_proc_t;
 
@@ -37,6 +39,10 @@ int ts_wait_port(int port, int timeout_ms);
 /* SIGTERM, then SIGKILL after timeout_ms; reaps the child. Returns its exit
  * code, 128+signal when killed by a signal, or -1 when it was not running. */
 int ts_proc_stop(ts_proc_t *p, int timeout_ms);
+
+/* Waits up to timeout_ms for the child to exit by itself; returns its exit
+ * code (128+signal when killed), or -1 on timeout (the child keeps running). */
+int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms);
 
 /* True while the child has not exited (reaps it when it has). */
 int ts_proc_alive(ts_proc_t *p);

@@ -1,0 +1,51 @@
+/* control.h — fault injection settings and server counters.
+ *
+ * Faults are read on every request (a lock-free fast path when none is set)
+ * and switched at run time by POST /_control/faults or at start by flags.
+ * Counters are plain atomics, read by GET /_control/stats. */
+#ifndef CLINIC_API_CONTROL_H
+#define CLINIC_API_CONTROL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "therasync/util.h"
+
+typedef struct {
+    double fail_rate; /* 0..1: share of requests answered with `status` */
+    int status;       /* status for failures; 503 by default */
+    int latency_ms;   /* added before every request is handled */
+    double drop_rate; /* 0..1: share of connections closed without an answer */
+    bool offline;     /* every non-control request is closed unanswered */
+    int retry_after;  /* seconds in Retry-After on 429/503; 1 by default */
+} ca_faults_t;
+
+typedef struct {
+    atomic_llong requests;         /* every request seen (control included) */
+    atomic_llong applied_writes;   /* creates, patches, deletes committed */
+    atomic_llong idempotent_replays; /* answers served from the idempotency table */
+    atomic_llong faults_failed;    /* answered with an injected status */
+    atomic_llong faults_dropped;   /* closed without answering (drop or offline) */
+    atomic_llong faults_delayed;   /* held back by latency_ms */
+    atomic_llong tokens_issued;    /* access tokens handed out */
+    atomic_llong unauthorized;     /* 401 answers */
+} ca_stats_t;
+
+extern ca_stats_t ca_stats;
+
+/* Defaults: nothing injected, status 503, retry_after 1. */
+void ca_faults_defaults(ca_faults_t *f);
+void ca_faults_set(const ca_faults_t *f);
+/* Returns true when any fault is active, and copies the settings. */
+bool ca_faults_get(ca_faults_t *f);
+/* Parses the JSON body of POST /_control/faults; missing keys take their
+ * defaults, so {} clears everything. Returns 0, or -1 with a message. */
+int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **err);
+/* Appends the settings / the counters as JSON. */
+int ca_faults_json(const ca_faults_t *f, ts_buf_t *out);
+int ca_stats_json(ts_buf_t *out);
+/* A uniform random number in [0,1) from a per-thread generator. */
+double ca_rand01(void);
+
+#endif

@@ -1,0 +1,499 @@
+/* db.c — the document store: schema, prepared statements, and the write
+ * path (idempotency check, If-Match, merge patch, cursor) in one transaction. */
+#include "db.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "control.h"
+#include "therasync/log.h"
+#include "therasync/sha256.h"
+
+#define MOD "db"
+
+struct ca_db {
+    sqlite3 *sql;
+    pthread_mutex_t lock; /* guards sql, the statements and head */
+    int64_t head;         /* latest cursor handed out */
+    sqlite3_stmt *get, *upsert, *feed_coll, *feed_all, *digest, *idem_get, *idem_put, *begin,
+        *commit, *rollback;
+};
+
+static const char SCHEMA[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS docs("
+    "  coll TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
+    "  deleted INTEGER NOT NULL, cursor INTEGER NOT NULL, body TEXT NOT NULL,"
+    "  PRIMARY KEY (coll, id));"
+    "CREATE UNIQUE INDEX IF NOT EXISTS docs_cursor ON docs(cursor);"
+    "CREATE INDEX IF NOT EXISTS docs_coll_cursor ON docs(coll, cursor);"
+    "CREATE TABLE IF NOT EXISTS idempotency("
+    "  key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,"
+    "  body TEXT NOT NULL, created_ms INTEGER NOT NULL);";
+
+static int prepare(ca_db_t *db, sqlite3_stmt **st, const char *text)
+{
+    if (sqlite3_prepare_v3(db->sql, text, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+        ts_error(MOD, "prepare failed: %s", sqlite3_errmsg(db->sql));
+        return -1;
+    }
+    return 0;
+}
+
+ca_db_t *ca_db_open(const char *path)
+{
+    ca_db_t *db = calloc(1, sizeof *db);
+    if (!db)
+        return NULL;
+    pthread_mutex_init(&db->lock, NULL);
+    if (sqlite3_open_v2(path, &db->sql,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        ts_error(MOD, "cannot open %s: %s", path, db->sql ? sqlite3_errmsg(db->sql) : "no memory");
+        goto err;
+    }
+    sqlite3_busy_timeout(db->sql, 5000);
+    char *msg = NULL;
+    if (sqlite3_exec(db->sql, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
+        ts_error(MOD, "schema on %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        goto err;
+    }
+    if (prepare(db, &db->get, "SELECT version, deleted, body FROM docs WHERE coll=?1 AND id=?2") ||
+        prepare(db, &db->upsert,
+                "INSERT INTO docs(coll, id, version, deleted, cursor, body)"
+                " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(coll, id) DO UPDATE SET"
+                " version=excluded.version, deleted=excluded.deleted,"
+                " cursor=excluded.cursor, body=excluded.body") ||
+        prepare(db, &db->feed_coll,
+                "SELECT cursor, coll, body FROM docs WHERE coll=?1 AND cursor>?2"
+                " ORDER BY cursor LIMIT ?3") ||
+        prepare(db, &db->feed_all,
+                "SELECT cursor, coll, body FROM docs WHERE cursor>?1 ORDER BY cursor LIMIT ?2") ||
+        prepare(db, &db->digest,
+                "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id") ||
+        prepare(db, &db->idem_get,
+                "SELECT fingerprint, status, body FROM idempotency WHERE key=?1") ||
+        prepare(db, &db->idem_put,
+                "INSERT INTO idempotency(key, fingerprint, status, body, created_ms)"
+                " VALUES(?1, ?2, ?3, ?4, ?5)") ||
+        prepare(db, &db->begin, "BEGIN IMMEDIATE") || prepare(db, &db->commit, "COMMIT") ||
+        prepare(db, &db->rollback, "ROLLBACK"))
+        goto err;
+    sqlite3_stmt *st;
+    if (prepare(db, &st, "SELECT COALESCE(MAX(cursor), 0) FROM docs"))
+        goto err;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        db->head = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return db;
+err:
+    ca_db_close(&db);
+    return NULL;
+}
+
+void ca_db_close(ca_db_t **dbp)
+{
+    ca_db_t *db = *dbp;
+    if (!db)
+        return;
+    sqlite3_stmt *all[] = {db->get,      db->upsert,   db->feed_coll, db->feed_all, db->digest,
+                           db->idem_get, db->idem_put, db->begin,     db->commit,   db->rollback};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        sqlite3_finalize(all[i]);
+    sqlite3_close(db->sql);
+    pthread_mutex_destroy(&db->lock);
+    free(db);
+    *dbp = NULL;
+}
+
+int64_t ca_db_head(ca_db_t *db)
+{
+    pthread_mutex_lock(&db->lock);
+    int64_t h = db->head;
+    pthread_mutex_unlock(&db->lock);
+    return h;
+}
+
+/* Runs a statement that returns no rows; SQLITE_DONE expected. */
+static int exec_stmt(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_fmt_t fmt,
+               ts_buf_t *out, int64_t *last, bool *more)
+{
+    int n = 0, rc = 0;
+    *last = since;
+    *more = false;
+    pthread_mutex_lock(&db->lock);
+    sqlite3_stmt *st = coll ? db->feed_coll : db->feed_all;
+    int i = 1;
+    if (coll)
+        sqlite3_bind_text(st, i++, coll, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, i++, since);
+    sqlite3_bind_int(st, i, limit + 1);
+    int step;
+    while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == limit) {
+            *more = true;
+            break;
+        }
+        int64_t cur = sqlite3_column_int64(st, 0);
+        const char *c = (const char *)sqlite3_column_text(st, 1);
+        const char *body = (const char *)sqlite3_column_text(st, 2);
+        int blen = sqlite3_column_bytes(st, 2);
+        if (fmt == CA_FEED_ITEMS) {
+            rc |= n ? ts_buf_puts(out, ",") : 0;
+            rc |= ts_buf_append(out, body, (size_t)blen);
+        } else if (fmt == CA_FEED_CHANGES) {
+            rc |= ts_buf_printf(out, "%s{\"collection\":\"%s\",\"doc\":", n ? "," : "", c);
+            rc |= ts_buf_append(out, body, (size_t)blen);
+            rc |= ts_buf_puts(out, "}");
+        } else {
+            rc |= ts_buf_printf(out, "id: %" PRId64 "\ndata: {\"collection\":\"%s\",\"doc\":", cur,
+                                c);
+            rc |= ts_buf_append(out, body, (size_t)blen);
+            rc |= ts_buf_puts(out, "}\n\n");
+        }
+        *last = cur;
+        n++;
+    }
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        ts_error(MOD, "feed: %s", sqlite3_errmsg(db->sql));
+        rc = -1;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    pthread_mutex_unlock(&db->lock);
+    return rc ? -1 : n;
+}
+
+int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out)
+{
+    int found = 0;
+    pthread_mutex_lock(&db->lock);
+    sqlite3_bind_text(db->get, 1, coll, -1, SQLITE_STATIC);
+    sqlite3_bind_text(db->get, 2, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(db->get);
+    if (step == SQLITE_ROW && sqlite3_column_int(db->get, 1) == 0) {
+        found = ts_buf_append(out, sqlite3_column_text(db->get, 2),
+                              (size_t)sqlite3_column_bytes(db->get, 2)) < 0
+                    ? -1
+                    : 1;
+    } else if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        found = -1;
+    }
+    sqlite3_reset(db->get);
+    pthread_mutex_unlock(&db->lock);
+    return found;
+}
+
+int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out)
+{
+    ts_sha256_t h;
+    ts_sha256_init(&h);
+    int64_t count = 0;
+    char line[96];
+    pthread_mutex_lock(&db->lock);
+    sqlite3_bind_text(db->digest, 1, coll, -1, SQLITE_STATIC);
+    int step;
+    while ((step = sqlite3_step(db->digest)) == SQLITE_ROW) {
+        int n = snprintf(line, sizeof line, "%s:%" PRId64 "\n",
+                         (const char *)sqlite3_column_text(db->digest, 0),
+                         (int64_t)sqlite3_column_int64(db->digest, 1));
+        if (n > 0 && (size_t)n < sizeof line)
+            ts_sha256_update(&h, line, (size_t)n);
+        count++;
+    }
+    sqlite3_reset(db->digest);
+    pthread_mutex_unlock(&db->lock);
+    if (step != SQLITE_DONE)
+        return -1;
+    uint8_t d[32];
+    char hex[65];
+    ts_sha256_final(&h, d);
+    ts_sha256_to_hex(d, hex);
+    return ts_buf_printf(out, "{\"count\":%" PRId64 ",\"hash\":\"%s\"}", count, hex);
+}
+
+/* ---- documents -------------------------------------------------------- */
+
+static int add_error(ts_buf_t *errors, int *n, const char *field, const char *message)
+{
+    (*n)++;
+    if (errors->len)
+        ts_buf_puts(errors, ",");
+    ts_buf_puts(errors, "{\"field\":");
+    ts_buf_json_string(errors, field, strlen(field));
+    ts_buf_puts(errors, ",\"message\":");
+    ts_buf_json_string(errors, message, strlen(message));
+    return ts_buf_puts(errors, "}");
+}
+
+int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
+{
+    int n = 0;
+    if (!cJSON_IsObject(doc)) {
+        add_error(errors, &n, "", "a document must be a JSON object");
+        return n;
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+    if (id) {
+        if (!cJSON_IsString(id) || !ts_valid_id(id->valuestring, strlen(id->valuestring)))
+            add_error(errors, &n, "id", "must be a string of 1-64 characters [A-Za-z0-9_-]");
+        else if (path_id && strcmp(id->valuestring, path_id) != 0)
+            add_error(errors, &n, "id", "cannot be changed");
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "version");
+    if (v && !cJSON_IsNull(v) &&
+        (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != (double)(int64_t)v->valuedouble))
+        add_error(errors, &n, "version", "must be a non-negative integer (assigned by the server)");
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "updated_at");
+    if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))
+        add_error(errors, &n, "updated_at", "must be an RFC 3339 string (assigned by the server)");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(doc, "deleted");
+    if (d && !cJSON_IsNull(d) && !cJSON_IsBool(d))
+        add_error(errors, &n, "deleted", "must be a boolean");
+    else if (cJSON_IsTrue(d))
+        add_error(errors, &n, "deleted", "use DELETE to delete a document");
+    return n;
+}
+
+/* RFC 7396 merge patch: consumes target, returns the merged value (or NULL
+ * when memory ran out). */
+static cJSON *merge_patch(cJSON *target, const cJSON *patch)
+{
+    if (!cJSON_IsObject(patch)) {
+        cJSON_Delete(target);
+        return cJSON_Duplicate(patch, 1);
+    }
+    if (!cJSON_IsObject(target)) {
+        cJSON_Delete(target);
+        target = cJSON_CreateObject();
+        if (!target)
+            return NULL;
+    }
+    for (const cJSON *p = patch->child; p; p = p->next) {
+        if (cJSON_IsNull(p)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(target, p->string);
+            continue;
+        }
+        cJSON *cur = cJSON_DetachItemFromObjectCaseSensitive(target, p->string);
+        cJSON *merged = merge_patch(cur, p);
+        if (!merged || !cJSON_AddItemToObject(target, p->string, merged)) {
+            cJSON_Delete(merged);
+            cJSON_Delete(target);
+            return NULL;
+        }
+    }
+    return target;
+}
+
+/* Builds the stored text of a document: id, version, updated_at first, then
+ * the fields of src other than the reserved ones (tombstone: deleted:true and
+ * nothing else). Consumes src. Returns malloc'd text or NULL. */
+static char *build_body(cJSON *src, const char *id, int64_t version, bool tombstone)
+{
+    char now[32];
+    ts_rfc3339(ts_wall_ms(), now);
+    cJSON *out = cJSON_CreateObject();
+    char *text = NULL;
+    if (!out || !cJSON_AddStringToObject(out, "id", id) ||
+        !cJSON_AddNumberToObject(out, "version", (double)version) ||
+        !cJSON_AddStringToObject(out, "updated_at", now))
+        goto done;
+    if (tombstone) {
+        if (!cJSON_AddTrueToObject(out, "deleted"))
+            goto done;
+    } else if (src) {
+        static const char *reserved[] = {"id", "version", "updated_at", "deleted"};
+        for (size_t i = 0; i < 4; i++)
+            cJSON_DeleteItemFromObjectCaseSensitive(src, reserved[i]);
+        while (src->child) {
+            cJSON *item = cJSON_DetachItemViaPointer(src, src->child);
+            if (!cJSON_AddItemToObject(out, item->string, item)) {
+                cJSON_Delete(item);
+                goto done;
+            }
+        }
+    }
+    text = cJSON_PrintUnformatted(out);
+done:
+    cJSON_Delete(out);
+    cJSON_Delete(src);
+    return text;
+}
+
+/* Returns true when the stored version does not satisfy If-Match. */
+static bool stale(const ca_write_t *w, int64_t version)
+{
+    return w->has_if_match && w->if_match >= 0 && w->if_match != version;
+}
+
+static void conflict(ca_reply_t *r, const char *current)
+{
+    r->status = 409;
+    ts_buf_printf(&r->body, "{\"error\":\"conflict\",\"current\":%s}", current);
+}
+
+/* The decision part of a write; the caller holds the lock and an open
+ * transaction. Sets r (status, body) and, when something is to be stored,
+ * *body_out (malloc'd) with *version_out and *tomb_out. Returns 0 or -1. */
+static int decide(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, char **body_out,
+                  int64_t *version_out, bool *tomb_out)
+{
+    sqlite3_bind_text(db->get, 1, w->coll, -1, SQLITE_STATIC);
+    sqlite3_bind_text(db->get, 2, w->id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(db->get);
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        sqlite3_reset(db->get);
+        return -1;
+    }
+    bool exists = step == SQLITE_ROW;
+    int64_t version = exists ? sqlite3_column_int64(db->get, 0) : 0;
+    bool deleted = exists && sqlite3_column_int(db->get, 1);
+    char *current = exists ? strdup((const char *)sqlite3_column_text(db->get, 2)) : NULL;
+    sqlite3_reset(db->get);
+    if (exists && !current)
+        return -1;
+    bool live = exists && !deleted;
+    int rc = 0;
+    *body_out = NULL;
+    *tomb_out = false;
+    *version_out = version + 1; /* a re-created id continues after its tombstone */
+
+    if (w->op == CA_OP_CREATE) {
+        if (live) {
+            conflict(r, current);
+        } else {
+            cJSON *copy = cJSON_Duplicate(w->doc, 1);
+            *body_out = copy ? build_body(copy, w->id, *version_out, false) : NULL;
+            rc = *body_out ? 0 : -1;
+            r->status = 201;
+        }
+    } else if (!live) {
+        r->status = 404;
+        ts_buf_puts(&r->body, "{\"error\":\"not_found\"}");
+    } else if (stale(w, version)) {
+        conflict(r, current);
+    } else if (w->op == CA_OP_DELETE) {
+        *body_out = build_body(NULL, w->id, *version_out, true);
+        *tomb_out = true;
+        rc = *body_out ? 0 : -1;
+        r->status = 204;
+    } else {
+        cJSON *merged = merge_patch(cJSON_Parse(current), w->doc);
+        ts_buf_t errors = {0};
+        if (!merged) {
+            rc = -1;
+        } else if (ca_doc_check(merged, w->id, &errors) > 0) {
+            r->status = 422;
+            ts_buf_printf(&r->body, "{\"errors\":[%s]}", errors.data);
+            cJSON_Delete(merged);
+        } else {
+            *body_out = build_body(merged, w->id, *version_out, false);
+            rc = *body_out ? 0 : -1;
+            r->status = 200;
+        }
+        ts_buf_free(&errors);
+    }
+    if (*body_out && !*tomb_out && rc == 0)
+        ts_buf_puts(&r->body, *body_out);
+    free(current);
+    return rc;
+}
+
+/* Looks the key up; 1 when answered from the table (replay or mismatch). */
+static int replay(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
+{
+    sqlite3_bind_text(db->idem_get, 1, w->idem_key, -1, SQLITE_STATIC);
+    int found = 0;
+    if (sqlite3_step(db->idem_get) == SQLITE_ROW) {
+        found = 1;
+        if (strcmp((const char *)sqlite3_column_text(db->idem_get, 0), w->fingerprint) == 0) {
+            r->status = sqlite3_column_int(db->idem_get, 1);
+            ts_buf_append(&r->body, sqlite3_column_text(db->idem_get, 2),
+                          (size_t)sqlite3_column_bytes(db->idem_get, 2));
+            r->replayed = true;
+            atomic_fetch_add(&ca_stats.idempotent_replays, 1);
+        } else {
+            r->status = 422;
+            ts_buf_puts(&r->body, "{\"errors\":[{\"field\":\"Idempotency-Key\",\"message\":"
+                                  "\"this key was used for a different request\"}]}");
+        }
+    }
+    sqlite3_reset(db->idem_get);
+    return found;
+}
+
+int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
+{
+    char *body = NULL;
+    int64_t version = 0;
+    bool tomb = false;
+    r->status = 500;
+    r->cursor = 0;
+    r->replayed = false;
+    pthread_mutex_lock(&db->lock);
+    if (w->idem_key && replay(db, w, r)) {
+        pthread_mutex_unlock(&db->lock);
+        return 0;
+    }
+    if (exec_stmt(db->begin) < 0)
+        goto fail;
+    if (decide(db, w, r, &body, &version, &tomb) < 0)
+        goto rollback;
+    int64_t cursor = 0;
+    if (body) {
+        cursor = db->head + 1;
+        sqlite3_stmt *st = db->upsert;
+        sqlite3_bind_text(st, 1, w->coll, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, w->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, version);
+        sqlite3_bind_int(st, 4, tomb);
+        sqlite3_bind_int64(st, 5, cursor);
+        sqlite3_bind_text(st, 6, body, -1, SQLITE_STATIC);
+        if (exec_stmt(st) < 0)
+            goto rollback;
+    }
+    if (w->idem_key) {
+        sqlite3_stmt *st = db->idem_put;
+        sqlite3_bind_text(st, 1, w->idem_key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, w->fingerprint, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, r->status);
+        sqlite3_bind_text(st, 4, r->body.data ? r->body.data : "", (int)r->body.len,
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, ts_wall_ms());
+        if (exec_stmt(st) < 0)
+            goto rollback;
+    }
+    if (exec_stmt(db->commit) < 0)
+        goto rollback;
+    if (body) {
+        db->head = cursor;
+        r->cursor = cursor;
+        atomic_fetch_add(&ca_stats.applied_writes, 1);
+    }
+    pthread_mutex_unlock(&db->lock);
+    free(body);
+    return 0;
+rollback:
+    ts_error(MOD, "write %s/%s failed: %s", w->coll, w->id, sqlite3_errmsg(db->sql));
+    exec_stmt(db->rollback);
+fail:
+    pthread_mutex_unlock(&db->lock);
+    free(body);
+    ts_buf_reset(&r->body);
+    r->status = 500;
+    ts_buf_puts(&r->body, "{\"error\":\"storage_error\"}");
+    return -1;
+}

@@ -1,0 +1,81 @@
+/* db.h — document storage for clinic-api on SQLite (WAL).
+ *
+ * One connection shared by all HTTP threads under a mutex: simple and
+ * correct, and fast enough (see bench/clinic-api.md). synchronous=NORMAL:
+ * a committed write survives a crash of the process, and may be lost only by
+ * a power failure or OS crash — acceptable for a reference server.
+ *
+ * Every document row carries the cursor of its latest change, drawn from one
+ * counter shared by all collections; the change feed is "documents whose
+ * cursor > since, in cursor order", so each document appears once, at its
+ * latest state, and a tombstone replaces a deleted document. */
+#ifndef CLINIC_API_DB_H
+#define CLINIC_API_DB_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "therasync/util.h"
+
+typedef struct ca_db ca_db_t;
+
+/* Opens (creating if needed) the database at path. NULL on failure (logged). */
+ca_db_t *ca_db_open(const char *path);
+void ca_db_close(ca_db_t **db);
+
+/* The latest cursor handed out (0 when the database is empty). */
+int64_t ca_db_head(ca_db_t *db);
+
+/* What the feed functions append per row. */
+typedef enum {
+    CA_FEED_ITEMS,   /* doc,doc,...                         (GET /v1/{coll}) */
+    CA_FEED_CHANGES, /* {"collection":c,"doc":doc},...       (GET /v1/changes) */
+    CA_FEED_SSE,     /* id: N\ndata: {...}\n\n ...           (stream) */
+} ca_feed_fmt_t;
+
+/* Appends up to limit rows with cursor > since (coll NULL: every collection)
+ * to out in fmt. Sets *last to the cursor of the last row (since when none)
+ * and *more when further rows exist. Returns the row count, or -1. */
+int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_fmt_t fmt,
+               ts_buf_t *out, int64_t *last, bool *more);
+
+/* Appends the stored document (tombstones excluded). 1 found, 0 not, -1 error. */
+int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out);
+
+/* Appends {"count":N,"hash":"HEX"} for the live documents of coll. 0 or -1. */
+int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out);
+
+typedef enum { CA_OP_CREATE, CA_OP_PATCH, CA_OP_DELETE } ca_op_t;
+
+typedef struct {
+    ca_op_t op;
+    const char *coll;
+    const char *id;          /* create: the (possibly generated) id */
+    const cJSON *doc;        /* create: the document; patch: the merge patch */
+    bool has_if_match;       /* patch/delete: If-Match given */
+    int64_t if_match;        /* the expected version; -1 for "*" */
+    const char *idem_key;    /* Idempotency-Key or NULL */
+    const char *fingerprint; /* hash of the request, compared on replay */
+} ca_write_t;
+
+typedef struct {
+    int status;     /* HTTP status of the answer */
+    ts_buf_t body;  /* JSON answer (empty for 204) */
+    int64_t cursor; /* the change's cursor when applied, else 0 */
+    bool replayed;  /* answered from the idempotency table */
+} ca_reply_t;
+
+/* Applies one write atomically together with its idempotency record.
+ * A key seen before with the same fingerprint replays the first answer; with
+ * another fingerprint the answer is 422. Answers 201/200/204, 404, 409
+ * {current}, 422 (a patch producing an invalid document). Returns 0, or -1 on
+ * a storage error (nothing applied, r->status 500). */
+int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r);
+
+/* Checks the reserved fields of a document (create, or patch result).
+ * Appends {"field":..,"message":..} entries, comma-separated, to errors;
+ * returns the number of problems found. */
+int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors);
+
+#endif

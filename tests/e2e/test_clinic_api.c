@@ -1,0 +1,946 @@
+/* End-to-end tests of clinic-api: a real server process on a free loopback
+ * port with its own temporary database, driven over HTTP with libcurl.
+ * Each test starts its own server (fixture), so tests are independent. */
+#include <cJSON.h>
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../support/http.h"
+#include "../support/proc.h"
+#include "therasync/sha256.h"
+#include "therasync/util.h"
+
+static struct {
+    ts_proc_t proc;
+    char *dir;
+    int port;
+    char base[64];
+    char auth[128]; /* "Authorization: Bearer ..." */
+    char refresh[80];
+} S;
+
+/* ---- server and client helpers ------------------------------------------ */
+
+static void start_server(const char *const extra[])
+{
+    memset(&S, 0, sizeof S);
+    S.dir = ts_tmpdir("clinic-api-test");
+    cr_assert_not_null(S.dir);
+    char db[4200];
+    snprintf(db, sizeof db, "%s/api.db", S.dir);
+    const char *args[32] = {"--listen", "127.0.0.1:0", "--db", db, "--heartbeat-ms", "300"};
+    size_t n = 6;
+    for (size_t i = 0; extra && extra[i] && n < 31; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    cr_assert_eq(ts_proc_spawn(&S.proc, S.dir, "clinic-api", args), 0, "spawn clinic-api");
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&S.proc, "listening on 127.0.0.1:", 10000, line, sizeof line),
+                 0, "clinic-api did not report listening (log %s)", S.proc.log_path);
+    const char *p = strstr(line, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:");
+    S.port = (int)strtol(p, NULL, 10);
+    cr_assert_gt(S.port, 0);
+    snprintf(S.base, sizeof S.base, "http://127.0.0.1:%d", S.port);
+}
+
+static void stop_server(void)
+{
+    if (S.proc.pid) {
+        int rc = ts_proc_stop(&S.proc, 5000);
+        cr_expect_eq(rc, 0, "clinic-api exit status on SIGTERM: %d", rc);
+    }
+    if (S.dir) {
+        ts_rmtree(S.dir);
+        free(S.dir);
+        S.dir = NULL;
+    }
+}
+
+static void start_default(void) { start_server(NULL); }
+
+static void url_of(char *out, size_t len, const char *path)
+{
+    snprintf(out, len, "%s%s", S.base, path);
+}
+
+static cJSON *json_of(const ts_http_resp_t *r)
+{
+    cJSON *j = cJSON_Parse(r->body);
+    cr_assert_not_null(j, "not JSON (status %ld): %s", r->status, r->body);
+    return j;
+}
+
+/* POST /oauth/token with a form body and optional Basic credentials. */
+static long token_request(const char *form, const char *basic, ts_http_resp_t *r)
+{
+    char url[128], hdr[256];
+    url_of(url, sizeof url, "/oauth/token");
+    const char *h[3] = {"Content-Type: application/x-www-form-urlencoded", NULL, NULL};
+    if (basic) {
+        snprintf(hdr, sizeof hdr, "Authorization: Basic %s", basic);
+        h[1] = hdr;
+    }
+    cr_assert_eq(ts_http("POST", url, h, form, 5000, r), 0, "token request transport");
+    return r->status;
+}
+
+/* Gets a token with the default credentials into S.auth. */
+static void login(void)
+{
+    ts_http_resp_t r;
+    cr_assert_eq(token_request("grant_type=client_credentials&client_id=therasync&"
+                               "client_secret=dev-secret",
+                               NULL, &r),
+                 200, "%s", r.body);
+    cJSON *j = json_of(&r);
+    const cJSON *t = cJSON_GetObjectItem(j, "access_token");
+    cr_assert(cJSON_IsString(t));
+    snprintf(S.auth, sizeof S.auth, "Authorization: Bearer %s", t->valuestring);
+    snprintf(S.refresh, sizeof S.refresh, "%s",
+             cJSON_GetObjectItem(j, "refresh_token")->valuestring);
+    cJSON_Delete(j);
+    ts_http_free(&r);
+}
+
+static void start_logged_in(void)
+{
+    start_server(NULL);
+    login();
+}
+
+/* An authorized request with up to two extra headers; returns the status. */
+static long call(const char *method, const char *path, const char *body, const char *h1,
+                 const char *h2, ts_http_resp_t *r)
+{
+    char url[512];
+    url_of(url, sizeof url, path);
+    const char *h[4] = {S.auth, h1, h2, NULL};
+    if (!h1)
+        h[1] = h2, h[2] = NULL;
+    int rc = ts_http(method, url, h, body, 10000, r);
+    cr_assert_eq(rc, 0, "%s %s: transport error %d", method, path, r->curl_code);
+    return r->status;
+}
+
+/* call() and parse; asserts the status. The caller frees the JSON. */
+static cJSON *call_json(const char *method, const char *path, const char *body, const char *h1,
+                        const char *h2, long want)
+{
+    ts_http_resp_t r;
+    long st = call(method, path, body, h1, h2, &r);
+    cr_assert_eq(st, want, "%s %s: status %ld, want %ld: %s", method, path, st, want, r.body);
+    cJSON *j = json_of(&r);
+    ts_http_free(&r);
+    return j;
+}
+
+static int64_t num(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    cr_assert(cJSON_IsNumber(v), "no number %s", key);
+    return (int64_t)v->valuedouble;
+}
+
+static const char *str(const cJSON *j, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(j, key);
+    cr_assert(cJSON_IsString(v), "no string %s", key);
+    return v->valuestring;
+}
+
+static int64_t stat_of(const char *name)
+{
+    cJSON *j = call_json("GET", "/_control/stats", NULL, NULL, NULL, 200);
+    int64_t v = num(j, name);
+    cJSON_Delete(j);
+    return v;
+}
+
+static void set_faults(const char *json)
+{
+    cJSON *j = call_json("POST", "/_control/faults", json, NULL, NULL, 200);
+    cJSON_Delete(j);
+}
+
+static int64_t head_cursor(void)
+{
+    /* The long poll with timeout 0 answers at once with the latest cursor. */
+    int64_t since = 0, last = 0;
+    for (int i = 0; i < 1000; i++) {
+        char path[96];
+        snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=0&limit=1000", (long long)since);
+        cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
+        int64_t cur = strtoll(str(j, "cursor"), NULL, 10);
+        bool more = cJSON_IsTrue(cJSON_GetObjectItem(j, "has_more"));
+        cJSON_Delete(j);
+        last = cur;
+        if (!more)
+            break;
+        since = cur;
+    }
+    return last;
+}
+
+static double now_s(void) { return (double)ts_mono_us() / 1e6; }
+
+/* ---- auth ----------------------------------------------------------------- */
+
+TestSuite(auth, .init = start_default, .fini = stop_server, .timeout = 30);
+
+Test(auth, token_issue_refresh_and_invalid_client)
+{
+    ts_http_resp_t r;
+    cr_assert_eq(token_request("grant_type=client_credentials&client_id=therasync&"
+                               "client_secret=dev-secret",
+                               NULL, &r),
+                 200, "%s", r.body);
+    cJSON *j = json_of(&r);
+    cr_assert_str_eq(str(j, "token_type"), "Bearer");
+    cr_assert_eq(num(j, "expires_in"), 3600);
+    cr_assert_eq(strlen(str(j, "access_token")), 64);
+    char refresh[128], form[256];
+    snprintf(refresh, sizeof refresh, "%s", str(j, "refresh_token"));
+    cJSON_Delete(j);
+    ts_http_free(&r);
+
+    /* HTTP Basic: base64("therasync:dev-secret") */
+    cr_assert_eq(token_request("grant_type=client_credentials", "dGhlcmFzeW5jOmRldi1zZWNyZXQ=", &r),
+                 200, "%s", r.body);
+    ts_http_free(&r);
+
+    /* Refresh grant gives a working access token. */
+    snprintf(form, sizeof form,
+             "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
+             refresh);
+    cr_assert_eq(token_request(form, NULL, &r), 200, "%s", r.body);
+    j = json_of(&r);
+    snprintf(S.auth, sizeof S.auth, "Authorization: Bearer %s", str(j, "access_token"));
+    cJSON_Delete(j);
+    ts_http_free(&r);
+    cJSON_Delete(call_json("GET", "/v1/sessions", NULL, NULL, NULL, 200));
+
+    /* A made-up refresh token is refused. */
+    cr_assert_eq(token_request("grant_type=refresh_token&refresh_token=abc&client_id=therasync&"
+                               "client_secret=dev-secret",
+                               NULL, &r),
+                 400);
+    ts_http_free(&r);
+
+    /* Wrong credentials: 401 invalid_client, in the body and as Basic. */
+    cr_assert_eq(token_request("grant_type=client_credentials&client_id=therasync&"
+                               "client_secret=wrong",
+                               NULL, &r),
+                 401);
+    j = json_of(&r);
+    cr_assert_str_eq(str(j, "error"), "invalid_client");
+    cJSON_Delete(j);
+    ts_http_free(&r);
+    cr_assert_eq(token_request("grant_type=client_credentials", "dGhlcmFzeW5jOndyb25n", &r), 401);
+    ts_http_free(&r);
+    cr_assert_eq(token_request("client_id=therasync&client_secret=dev-secret", NULL, &r), 400);
+    ts_http_free(&r);
+}
+
+Test(auth, v1_refuses_missing_or_wrong_token)
+{
+    char url[128];
+    ts_http_resp_t r;
+    const char *paths[] = {"/v1/sessions", "/v1/sessions/x", "/v1/changes?timeout=0",
+                           "/v1/sessions/digest", "/v1/changes/stream"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        url_of(url, sizeof url, paths[i]);
+        cr_assert_eq(ts_http("GET", url, NULL, NULL, 5000, &r), 0);
+        cr_expect_eq(r.status, 401, "%s without token: %ld", paths[i], r.status);
+        ts_http_free(&r);
+        const char *h[] = {"Authorization: Bearer 0000000000000000000000000000000000000000000000"
+                           "000000000000000000",
+                           NULL};
+        cr_assert_eq(ts_http("GET", url, h, NULL, 5000, &r), 0);
+        cr_expect_eq(r.status, 401, "%s with a wrong token: %ld", paths[i], r.status);
+        ts_http_free(&r);
+    }
+    url_of(url, sizeof url, "/v1/sessions");
+    cr_assert_eq(ts_http("POST", url, NULL, "{}", 5000, &r), 0);
+    cr_expect_eq(r.status, 401);
+    char *www = ts_http_header(&r, "WWW-Authenticate");
+    cr_expect_not_null(www);
+    free(www);
+    ts_http_free(&r);
+}
+
+static void start_short_ttl(void)
+{
+    const char *extra[] = {"--token-ttl", "1", NULL};
+    start_server(extra);
+}
+
+Test(auth_ttl, expired_token_is_refused, .init = start_short_ttl, .fini = stop_server,
+     .timeout = 30)
+{
+    login();
+    cJSON_Delete(call_json("GET", "/v1/sessions", NULL, NULL, NULL, 200));
+    usleep(1300 * 1000);
+    ts_http_resp_t r;
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 401, "%s", r.body);
+    ts_http_free(&r);
+    /* The refresh token still works after the access token expired. */
+    char form[256];
+    snprintf(form, sizeof form,
+             "grant_type=refresh_token&refresh_token=%s&client_id=therasync&client_secret=dev-secret",
+             S.refresh);
+    cr_assert_eq(token_request(form, NULL, &r), 200);
+    cJSON *j = json_of(&r);
+    cr_assert_eq(num(j, "expires_in"), 1);
+    snprintf(S.auth, sizeof S.auth, "Authorization: Bearer %s", str(j, "access_token"));
+    cJSON_Delete(j);
+    ts_http_free(&r);
+    cJSON_Delete(call_json("GET", "/v1/sessions", NULL, NULL, NULL, 200));
+}
+
+/* ---- documents ------------------------------------------------------------ */
+
+TestSuite(docs, .init = start_logged_in, .fini = stop_server, .timeout = 30);
+
+Test(docs, create_get_patch_delete_round_trip)
+{
+    cJSON *d = call_json("POST", "/v1/sessions",
+                         "{\"patient_id\":\"p1\",\"duration_min\":50,\"room\":{\"name\":\"A\","
+                         "\"floor\":1},\"notes\":\"first\"}",
+                         "Idempotency-Key: m-1", NULL, 201);
+    char id[80], path[160];
+    snprintf(id, sizeof id, "%s", str(d, "id"));
+    cr_assert_eq(strlen(id), 36, "generated UUIDv7 id: %s", id);
+    cr_assert_eq(id[14], '7', "UUID version 7: %s", id);
+    cr_assert_eq(num(d, "version"), 1);
+    int64_t ms;
+    cr_assert_eq(ts_parse_rfc3339(str(d, "updated_at"), &ms), 0);
+    cr_assert_str_eq(str(d, "patient_id"), "p1");
+    cJSON_Delete(d);
+
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    d = call_json("GET", path, NULL, NULL, NULL, 200);
+    cr_assert_eq(num(d, "version"), 1);
+    cr_assert_str_eq(str(d, "notes"), "first");
+    cJSON_Delete(d);
+
+    /* RFC 7396: null removes, objects merge, other values replace. */
+    d = call_json("PATCH", path, "{\"notes\":null,\"room\":{\"floor\":2},\"status\":\"completed\"}",
+                  "If-Match: \"1\"", "Idempotency-Key: m-2", 200);
+    cr_assert_eq(num(d, "version"), 2);
+    cr_assert_null(cJSON_GetObjectItem(d, "notes"));
+    cr_assert_str_eq(str(d, "status"), "completed");
+    cJSON *room = cJSON_GetObjectItem(d, "room");
+    cr_assert_str_eq(str(room, "name"), "A");
+    cr_assert_eq(num(room, "floor"), 2);
+    cr_assert_eq(num(d, "duration_min"), 50);
+    cJSON_Delete(d);
+
+    d = call_json("GET", path, NULL, NULL, NULL, 200);
+    cr_assert_eq(num(d, "version"), 2);
+    cJSON_Delete(d);
+
+    ts_http_resp_t r;
+    cr_assert_eq(call("DELETE", path, NULL, "If-Match: \"2\"", "Idempotency-Key: m-3", &r), 204);
+    cr_assert_eq(r.len, 0);
+    ts_http_free(&r);
+    cr_assert_eq(call("GET", path, NULL, NULL, NULL, &r), 404);
+    ts_http_free(&r);
+    cr_assert_eq(call("PATCH", path, "{\"a\":1}", "If-Match: \"3\"", NULL, &r), 404);
+    ts_http_free(&r);
+    cr_assert_eq(call("DELETE", path, NULL, "If-Match: \"3\"", NULL, &r), 404);
+    ts_http_free(&r);
+    cr_assert_eq(call("GET", "/v1/sessions/never-was", NULL, NULL, NULL, &r), 404);
+    ts_http_free(&r);
+
+    /* Re-creating a deleted id continues its version line. */
+    d = call_json("POST", "/v1/consultations", "{\"id\":\"c-1\",\"summary\":{\"plan\":\"x\"}}",
+                  NULL, NULL, 201);
+    cr_assert_str_eq(str(d, "id"), "c-1");
+    cJSON_Delete(d);
+    cr_assert_eq(call("DELETE", "/v1/consultations/c-1", NULL, NULL, NULL, &r), 204);
+    ts_http_free(&r);
+    d = call_json("POST", "/v1/consultations", "{\"id\":\"c-1\"}", NULL, NULL, 201);
+    cr_assert_eq(num(d, "version"), 3);
+    cJSON_Delete(d);
+}
+
+Test(docs, if_match_conflict_returns_current)
+{
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"s-1\",\"room\":\"a\"}", NULL, NULL,
+                           201));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"b\"}", "If-Match: \"1\"",
+                           NULL, 200));
+    cJSON *j = call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"c\"}", "If-Match: \"1\"", NULL,
+                         409);
+    cJSON *cur = cJSON_GetObjectItem(j, "current");
+    cr_assert_eq(num(cur, "version"), 2);
+    cr_assert_str_eq(str(cur, "room"), "b");
+    cJSON_Delete(j);
+    j = call_json("DELETE", "/v1/sessions/s-1", NULL, "If-Match: \"7\"", NULL, 409);
+    cr_assert_eq(num(cJSON_GetObjectItem(j, "current"), "version"), 2);
+    cJSON_Delete(j);
+    /* Creating an id that exists is a conflict too. */
+    j = call_json("POST", "/v1/sessions", "{\"id\":\"s-1\"}", NULL, NULL, 409);
+    cr_assert_str_eq(str(cJSON_GetObjectItem(j, "current"), "id"), "s-1");
+    cJSON_Delete(j);
+    /* If-Match: * matches any version; W/"2" is accepted as 2. */
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"d\"}", "If-Match: W/\"2\"",
+                           NULL, 200));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/s-1", "{\"room\":\"e\"}", "If-Match: *", NULL,
+                           200));
+    ts_http_resp_t r;
+    cr_assert_eq(call("PATCH", "/v1/sessions/s-1", "{}", "If-Match: \"x\"", NULL, &r), 400);
+    ts_http_free(&r);
+}
+
+Test(docs, idempotent_replay_applies_once)
+{
+    int64_t applied0 = stat_of("applied_writes");
+    const char *body = "{\"id\":\"s-9\",\"notes\":\"n\"}";
+    ts_http_resp_t a, b;
+    cr_assert_eq(call("POST", "/v1/sessions", body, "Idempotency-Key: key-1", NULL, &a), 201);
+    cr_assert_eq(call("POST", "/v1/sessions", body, "Idempotency-Key: key-1", NULL, &b), 201);
+    cr_assert_str_eq(a.body, b.body, "a replay answers exactly the first answer");
+    ts_http_free(&a);
+    ts_http_free(&b);
+
+    /* A PATCH repeated with its key bumps the version once. */
+    cr_assert_eq(call("PATCH", "/v1/sessions/s-9", "{\"room\":\"x\"}", "If-Match: \"1\"",
+                      "Idempotency-Key: key-2", &a),
+                 200);
+    cr_assert_eq(call("PATCH", "/v1/sessions/s-9", "{\"room\":\"x\"}", "If-Match: \"1\"",
+                      "Idempotency-Key: key-2", &b),
+                 200, "%s", b.body);
+    cr_assert_str_eq(a.body, b.body);
+    ts_http_free(&a);
+    ts_http_free(&b);
+    cJSON *d = call_json("GET", "/v1/sessions/s-9", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(d, "version"), 2);
+    cJSON_Delete(d);
+
+    /* Even a 409 answer is remembered with its key. */
+    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"",
+                      "Idempotency-Key: key-3", &a),
+                 409);
+    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"1\"",
+                      "Idempotency-Key: key-3", &b),
+                 409);
+    cr_assert_str_eq(a.body, b.body);
+    ts_http_free(&a);
+    ts_http_free(&b);
+
+    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"",
+                      "Idempotency-Key: key-4", &a),
+                 204);
+    cr_assert_eq(call("DELETE", "/v1/sessions/s-9", NULL, "If-Match: \"2\"",
+                      "Idempotency-Key: key-4", &b),
+                 204, "a replayed delete answers 204 again, not 404");
+    ts_http_free(&a);
+    ts_http_free(&b);
+
+    /* The same key with a different request: 422. */
+    cr_assert_eq(call("POST", "/v1/sessions", "{\"id\":\"other\"}", "Idempotency-Key: key-1",
+                      NULL, &a),
+                 422);
+    cr_assert(strstr(a.body, "Idempotency-Key"));
+    ts_http_free(&a);
+
+    cr_assert_eq(stat_of("applied_writes") - applied0, 3, "create + patch + delete, once each");
+    cr_assert_geq(stat_of("idempotent_replays"), 4);
+}
+
+Test(docs, invalid_documents_get_422)
+{
+    struct {
+        const char *body;
+        const char *field;
+    } cases[] = {
+        {"[1,2]", ""},
+        {"\"text\"", ""},
+        {"{\"id\":\"bad id!\"}", "id"},
+        {"{\"id\":\"\"}", "id"},
+        {"{\"id\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", "id"},
+        {"{\"id\":42}", "id"},
+        {"{\"version\":\"3\"}", "version"},
+        {"{\"version\":1.5}", "version"},
+        {"{\"updated_at\":12}", "updated_at"},
+        {"{\"deleted\":\"yes\"}", "deleted"},
+        {"{\"deleted\":true}", "deleted"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *j = call_json("POST", "/v1/sessions", cases[i].body, NULL, NULL, 422);
+        cJSON *errs = cJSON_GetObjectItem(j, "errors");
+        cr_assert(cJSON_IsArray(errs) && cJSON_GetArraySize(errs) >= 1, "%s", cases[i].body);
+        cJSON *e = cJSON_GetArrayItem(errs, 0);
+        cr_expect_str_eq(str(e, "field"), cases[i].field, "%s", cases[i].body);
+        cr_expect(strlen(str(e, "message")) > 0);
+        cJSON_Delete(j);
+    }
+    ts_http_resp_t r;
+    cr_assert_eq(call("POST", "/v1/sessions", "{not json", NULL, NULL, &r), 400);
+    ts_http_free(&r);
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"ok-1\"}", NULL, NULL, 201));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/ok-1", "{\"id\":\"other\"}", NULL, NULL, 422));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/ok-1", "[1]", NULL, NULL, 422));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/ok-1", "{\"deleted\":true}", NULL, NULL, 422));
+    cJSON *d = call_json("GET", "/v1/sessions/ok-1", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(d, "version"), 1, "refused patches change nothing");
+    cJSON_Delete(d);
+    cr_assert_eq(call("GET", "/v1/nosuch", NULL, NULL, NULL, &r), 404);
+    cr_assert(strstr(r.body, "unknown_collection"));
+    ts_http_free(&r);
+}
+
+/* ---- change feed ------------------------------------------------------------ */
+
+TestSuite(feed, .init = start_logged_in, .fini = stop_server, .timeout = 30);
+
+Test(feed, paging_with_cursors_and_tombstones)
+{
+    char body[96], path[160];
+    for (int i = 0; i < 25; i++) {
+        snprintf(body, sizeof body, "{\"id\":\"d%02d\",\"n\":%d}", i, i);
+        cJSON_Delete(call_json("POST", "/v1/sessions", body, NULL, NULL, 201));
+    }
+    cJSON_Delete(call_json("POST", "/v1/consultations", "{\"id\":\"other\"}", NULL, NULL, 201));
+    int seen[25] = {0}, pages = 0, total = 0;
+    int64_t since = 0, prev = 0;
+    bool more = true;
+    for (int guard = 0; more && guard < 10; guard++) {
+        snprintf(path, sizeof path, "/v1/sessions?since=%lld&limit=10", (long long)since);
+        cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
+        cJSON *items = cJSON_GetObjectItem(j, "items");
+        more = cJSON_IsTrue(cJSON_GetObjectItem(j, "has_more"));
+        int n = cJSON_GetArraySize(items);
+        cr_assert_eq(n, pages < 2 ? 10 : 5);
+        cr_assert_eq(more, pages < 2);
+        for (int k = 0; k < n; k++) {
+            int idx = (int)num(cJSON_GetArrayItem(items, k), "n");
+            cr_assert(idx >= 0 && idx < 25 && !seen[idx], "item %d seen twice", idx);
+            seen[idx] = 1;
+            total++;
+        }
+        since = strtoll(str(j, "cursor"), NULL, 10);
+        cr_assert_gt(since, prev, "cursors increase");
+        prev = since;
+        pages++;
+        cJSON_Delete(j);
+    }
+    cr_assert_eq(total, 25);
+    cr_assert_eq(pages, 3);
+
+    /* Nothing new: an empty page keeps the cursor. */
+    snprintf(path, sizeof path, "/v1/sessions?since=%lld", (long long)since);
+    cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "items")), 0);
+    cr_assert_eq(strtoll(str(j, "cursor"), NULL, 10), since);
+    cJSON_Delete(j);
+
+    /* An update and a delete show up after the cursor, the delete as a tombstone. */
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/d03", "{\"n\":103}", NULL, NULL, 200));
+    ts_http_resp_t r;
+    cr_assert_eq(call("DELETE", "/v1/sessions/d07", NULL, NULL, NULL, &r), 204);
+    ts_http_free(&r);
+    j = call_json("GET", path, NULL, NULL, NULL, 200);
+    cJSON *items = cJSON_GetObjectItem(j, "items");
+    cr_assert_eq(cJSON_GetArraySize(items), 2);
+    cJSON *a = cJSON_GetArrayItem(items, 0), *b = cJSON_GetArrayItem(items, 1);
+    cr_assert_str_eq(str(a, "id"), "d03");
+    cr_assert_eq(num(a, "version"), 2);
+    cr_assert_str_eq(str(b, "id"), "d07");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(b, "deleted")));
+    cr_assert_eq(num(b, "version"), 2);
+    cJSON_Delete(j);
+
+    /* The global feed carries collection names. */
+    j = call_json("GET", "/v1/changes?since=0&timeout=0&limit=1000", NULL, NULL, NULL, 200);
+    cJSON *ch = cJSON_GetObjectItem(j, "changes");
+    cr_assert_eq(cJSON_GetArraySize(ch), 26);
+    int consult = 0;
+    for (int k = 0; k < cJSON_GetArraySize(ch); k++)
+        consult += strcmp(str(cJSON_GetArrayItem(ch, k), "collection"), "consultations") == 0;
+    cr_assert_eq(consult, 1);
+    cJSON_Delete(j);
+
+    cr_assert_eq(call("GET", "/v1/sessions?since=abc", NULL, NULL, NULL, &r), 400);
+    ts_http_free(&r);
+}
+
+typedef struct {
+    int delay_ms;
+    const char *path;
+    const char *body;
+    long status;
+} later_t;
+
+static void *write_later(void *arg)
+{
+    later_t *l = arg;
+    usleep((useconds_t)l->delay_ms * 1000);
+    ts_http_resp_t r;
+    call("POST", l->path, l->body, NULL, NULL, &r);
+    l->status = r.status;
+    ts_http_free(&r);
+    return NULL;
+}
+
+Test(feed, long_poll_returns_on_a_change)
+{
+    int64_t head = head_cursor();
+    later_t l = {.delay_ms = 400, .path = "/v1/sessions", .body = "{\"id\":\"late\"}"};
+    pthread_t t;
+    pthread_create(&t, NULL, write_later, &l);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=10", (long long)head);
+    double t0 = now_s();
+    cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
+    double took = now_s() - t0;
+    pthread_join(t, NULL);
+    cr_assert_eq(l.status, 201);
+    cJSON *ch = cJSON_GetObjectItem(j, "changes");
+    cr_assert_eq(cJSON_GetArraySize(ch), 1);
+    cJSON *c0 = cJSON_GetArrayItem(ch, 0);
+    cr_assert_str_eq(str(c0, "collection"), "sessions");
+    cr_assert_str_eq(str(cJSON_GetObjectItem(c0, "doc"), "id"), "late");
+    cr_assert_gt(strtoll(str(j, "cursor"), NULL, 10), head);
+    cr_assert(took >= 0.3 && took < 5, "answered after %.3f s", took);
+    cJSON_Delete(j);
+
+    /* With changes already after since it answers at once. */
+    t0 = now_s();
+    snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=10", (long long)head);
+    cJSON_Delete(call_json("GET", path, NULL, NULL, NULL, 200));
+    cr_assert_lt(now_s() - t0, 1.0);
+}
+
+typedef struct {
+    int n;
+    double worst;
+} probe_t;
+
+static void *probe_gets(void *arg)
+{
+    probe_t *p = arg;
+    usleep(200 * 1000);
+    for (int i = 0; i < p->n; i++) {
+        double t0 = now_s();
+        ts_http_resp_t r;
+        call("GET", "/v1/sessions?limit=1", NULL, NULL, NULL, &r);
+        ts_http_free(&r);
+        double d = now_s() - t0;
+        if (d > p->worst)
+            p->worst = d;
+    }
+    return NULL;
+}
+
+Test(feed, long_poll_times_out_without_blocking_others)
+{
+    int64_t head = head_cursor();
+    /* Several parked long polls at once (more than the HTTP threads). */
+    probe_t p = {.n = 20};
+    pthread_t t;
+    pthread_create(&t, NULL, probe_gets, &p);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=1", (long long)head);
+    double t0 = now_s();
+    cJSON *j = call_json("GET", path, NULL, NULL, NULL, 200);
+    double took = now_s() - t0;
+    pthread_join(t, NULL);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "changes")), 0);
+    cr_assert_eq(strtoll(str(j, "cursor"), NULL, 10), head);
+    cr_assert(took >= 0.9 && took < 4, "timed out after %.3f s", took);
+    cr_assert_lt(p.worst, 0.5, "a GET during a long poll took %.3f s", p.worst);
+    cJSON_Delete(j);
+}
+
+/* ---- server-sent events ------------------------------------------------------ */
+
+typedef struct {
+    int want; /* stop after this many events */
+} sse_stop_t;
+
+static int count_events(const char *body)
+{
+    int n = 0;
+    for (const char *p = body; (p = strstr(p, "id: ")); p += 4)
+        if (p == body || p[-1] == '\n')
+            n++;
+    return n;
+}
+
+static int stop_after(const char *body, size_t len, void *ctx)
+{
+    (void)len;
+    sse_stop_t *s = ctx;
+    /* Only count complete events (ending in a blank line). */
+    int complete = 0;
+    for (const char *p = body; (p = strstr(p, "\n\n")); p += 2)
+        complete++;
+    return count_events(body) >= s->want && complete > count_events(body);
+}
+
+/* Parses the events of a stream body into ids and doc ids. Returns count. */
+static int parse_events(const char *body, int64_t *ids, char docs[][32], int max)
+{
+    int n = 0;
+    const char *p = body;
+    while (n < max && (p = strstr(p, "id: "))) {
+        ids[n] = strtoll(p + 4, NULL, 10);
+        const char *d = strstr(p, "data: ");
+        cr_assert_not_null(d);
+        const char *end = strstr(d, "\n\n");
+        cr_assert_not_null(end);
+        char *text = strndup(d + 6, (size_t)(end - d - 6));
+        cJSON *j = cJSON_Parse(text);
+        cr_assert_not_null(j, "event data is JSON: %s", text);
+        cr_assert_str_eq(str(j, "collection"), "sessions");
+        snprintf(docs[n], 32, "%s", str(cJSON_GetObjectItem(j, "doc"), "id"));
+        cJSON_Delete(j);
+        free(text);
+        n++;
+        p = end;
+    }
+    return n;
+}
+
+Test(sse, events_resume_and_heartbeat, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    char body[64], url[160];
+    for (int i = 0; i < 3; i++) {
+        snprintf(body, sizeof body, "{\"id\":\"e%d\"}", i);
+        cJSON_Delete(call_json("POST", "/v1/sessions", body, NULL, NULL, 201));
+    }
+    const char *h[] = {S.auth, NULL, NULL};
+    url_of(url, sizeof url, "/v1/changes/stream?since=0");
+    ts_http_resp_t r;
+    sse_stop_t stop = {.want = 3};
+    cr_assert_eq(ts_http_stream(url, h, stop_after, &stop, 5000, &r), 0, "got: %s", r.body);
+    char *ct = ts_http_header(&r, "Content-Type");
+    cr_assert(ct && strstr(ct, "text/event-stream"));
+    free(ct);
+    int64_t ids[16];
+    char docs[16][32];
+    cr_assert_eq(parse_events(r.body, ids, docs, 16), 3);
+    cr_assert_str_eq(docs[0], "e0");
+    cr_assert_str_eq(docs[2], "e2");
+    int64_t last = ids[2];
+    ts_http_free(&r);
+
+    /* Two writes while disconnected, one while connected: resuming with
+     * Last-Event-ID delivers exactly those three, in order. */
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"e3\"}", NULL, NULL, 201));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/e0", "{\"x\":1}", NULL, NULL, 200));
+    later_t l = {.delay_ms = 400, .path = "/v1/sessions", .body = "{\"id\":\"e4\"}"};
+    pthread_t t;
+    pthread_create(&t, NULL, write_later, &l);
+    char lei[64];
+    snprintf(lei, sizeof lei, "Last-Event-ID: %lld", (long long)last);
+    h[1] = lei;
+    url_of(url, sizeof url, "/v1/changes/stream");
+    stop.want = 3;
+    int rc = ts_http_stream(url, h, stop_after, &stop, 5000, &r);
+    pthread_join(t, NULL);
+    cr_assert_eq(rc, 0, "got: %s", r.body);
+    int n = parse_events(r.body, ids, docs, 16);
+    cr_assert_eq(n, 3, "%s", r.body);
+    cr_assert_str_eq(docs[0], "e3");
+    cr_assert_str_eq(docs[1], "e0");
+    cr_assert_str_eq(docs[2], "e4");
+    cr_assert_gt(ids[0], last);
+    cr_assert(ids[0] < ids[1] && ids[1] < ids[2]);
+    ts_http_free(&r);
+
+    /* A quiet stream sends heartbeat comments (--heartbeat-ms 300 here). */
+    url_of(url, sizeof url, "/v1/changes/stream");
+    h[1] = NULL;
+    ts_http_stream(url, h, NULL, NULL, 1000, &r);
+    cr_assert(strstr(r.body, ": heartbeat"), "no heartbeat in: %s", r.body);
+    cr_assert_eq(count_events(r.body), 0, "a stream without a position starts at the present");
+    ts_http_free(&r);
+}
+
+/* ---- digest --------------------------------------------------------------------- */
+
+Test(digest, matches_hash_computed_here, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    cJSON *j = call_json("GET", "/v1/sessions/digest", NULL, NULL, NULL, 200);
+    char hex[65];
+    ts_sha256_hex("", 0, hex);
+    cr_assert_eq(num(j, "count"), 0);
+    cr_assert_str_eq(str(j, "hash"), hex);
+    cJSON_Delete(j);
+
+    /* Ids chosen so that byte order differs from insertion and case order. */
+    const char *ids[] = {"b", "B", "a-2", "a_1", "Z9", "a", "0x"};
+    char body[64];
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        snprintf(body, sizeof body, "{\"id\":\"%s\"}", ids[i]);
+        cJSON_Delete(call_json("POST", "/v1/sessions", body, NULL, NULL, 201));
+    }
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/B", "{\"k\":1}", NULL, NULL, 200));
+    cJSON_Delete(call_json("PATCH", "/v1/sessions/B", "{\"k\":2}", NULL, NULL, 200));
+    ts_http_resp_t r;
+    cr_assert_eq(call("DELETE", "/v1/sessions/a", NULL, NULL, NULL, &r), 204);
+    ts_http_free(&r);
+    cJSON_Delete(call_json("POST", "/v1/consultations", "{\"id\":\"zzz\"}", NULL, NULL, 201));
+
+    /* Byte order: "0x" < "B" < "Z9" < "a-2" < "a_1" < "b" ('-'=0x2d, '_'=0x5f). */
+    const char *expect = "0x:1\nB:3\nZ9:1\na-2:1\na_1:1\nb:1\n";
+    ts_sha256_hex(expect, strlen(expect), hex);
+    j = call_json("GET", "/v1/sessions/digest", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(j, "count"), 6);
+    cr_assert_str_eq(str(j, "hash"), hex);
+    cJSON_Delete(j);
+}
+
+/* ---- fault injection ---------------------------------------------------------- */
+
+TestSuite(faults, .init = start_logged_in, .fini = stop_server, .timeout = 30);
+
+Test(faults, fail_rate_answers_status_with_retry_after)
+{
+    set_faults("{\"fail_rate\":1,\"status\":503,\"retry_after\":2}");
+    ts_http_resp_t r;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 503);
+        char *ra = ts_http_header(&r, "Retry-After");
+        cr_assert(ra && strcmp(ra, "2") == 0, "Retry-After: %s", ra ? ra : "(none)");
+        free(ra);
+        ts_http_free(&r);
+    }
+    /* A failed write applies nothing. */
+    int64_t applied = stat_of("applied_writes");
+    cr_assert_eq(call("POST", "/v1/sessions", "{\"id\":\"f1\"}", "Idempotency-Key: f-1", NULL, &r),
+                 503);
+    ts_http_free(&r);
+    cr_assert_eq(stat_of("applied_writes"), applied);
+    set_faults("{\"fail_rate\":1,\"status\":429}");
+    cr_assert_eq(call("POST", "/oauth/token", "grant_type=client_credentials", NULL, NULL, &r),
+                 429);
+    char *ra = ts_http_header(&r, "Retry-After");
+    cr_assert(ra && strcmp(ra, "1") == 0);
+    free(ra);
+    ts_http_free(&r);
+    set_faults("{\"fail_rate\":1,\"status\":500}");
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 500);
+    ra = ts_http_header(&r, "Retry-After");
+    cr_assert_null(ra);
+    ts_http_free(&r);
+    cr_assert_geq(stat_of("faults_failed"), 6);
+
+    /* {} clears every fault. */
+    set_faults("{}");
+    cr_assert_eq(call("POST", "/v1/sessions", "{\"id\":\"f1\"}", "Idempotency-Key: f-1", NULL, &r),
+                 201);
+    ts_http_free(&r);
+    cJSON *j = call_json("GET", "/_control/faults", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(j, "fail_rate"), 0);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(j, "offline")));
+    cJSON_Delete(j);
+    cr_assert_eq(call("POST", "/_control/faults", "{\"fail_rate\":2}", NULL, NULL, &r), 422);
+    ts_http_free(&r);
+}
+
+Test(faults, drop_and_offline_close_connections)
+{
+    char url[128];
+    url_of(url, sizeof url, "/v1/sessions");
+    const char *h[] = {S.auth, NULL};
+    ts_http_resp_t r;
+    set_faults("{\"drop_rate\":1}");
+    cr_assert_eq(ts_http("GET", url, h, NULL, 5000, &r), -1, "dropped: no answer");
+    cr_assert_eq(r.status, 0);
+    cr_assert_neq(r.curl_code, 28, "closed at once, not timed out");
+    ts_http_free(&r);
+    cr_assert_geq(stat_of("faults_dropped"), 1);
+
+    set_faults("{\"offline\":true}");
+    for (int i = 0; i < 3; i++) {
+        double t0 = now_s();
+        cr_assert_eq(ts_http("GET", url, h, NULL, 5000, &r), -1);
+        cr_assert_eq(r.status, 0);
+        cr_assert_lt(now_s() - t0, 1.0);
+        ts_http_free(&r);
+    }
+    /* A write while offline applies nothing; the control endpoint still answers. */
+    int64_t applied = stat_of("applied_writes");
+    cr_assert_eq(ts_http("POST", url, h, "{\"id\":\"o1\"}", 5000, &r), -1);
+    ts_http_free(&r);
+    cr_assert_eq(stat_of("applied_writes"), applied);
+    set_faults("{}");
+    cr_assert_eq(call("GET", "/v1/sessions/o1", NULL, NULL, NULL, &r), 404);
+    ts_http_free(&r);
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 200);
+    ts_http_free(&r);
+}
+
+Test(faults, latency_delays_answers)
+{
+    set_faults("{\"latency_ms\":300}");
+    double t0 = now_s();
+    ts_http_resp_t r;
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 200);
+    double took = now_s() - t0;
+    ts_http_free(&r);
+    cr_assert(took >= 0.28 && took < 3, "took %.3f s", took);
+    set_faults("{}");
+    t0 = now_s();
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 200);
+    ts_http_free(&r);
+    cr_assert_lt(now_s() - t0, 0.25);
+    cr_assert_geq(stat_of("faults_delayed"), 1);
+}
+
+static void start_flags_no_control(void)
+{
+    const char *extra[] = {"--no-control", "--fail-rate", "1", "--fail-status", "429",
+                           "--retry-after", "3", NULL};
+    start_server(extra);
+}
+
+Test(faults_flags, start_flags_and_no_control, .init = start_flags_no_control,
+     .fini = stop_server, .timeout = 30)
+{
+    ts_http_resp_t r;
+    /* The token endpoint fails too, so use a fake token: faults come first. */
+    snprintf(S.auth, sizeof S.auth, "Authorization: Bearer x");
+    cr_assert_eq(call("GET", "/v1/sessions", NULL, NULL, NULL, &r), 429);
+    char *ra = ts_http_header(&r, "Retry-After");
+    cr_assert(ra && strcmp(ra, "3") == 0);
+    free(ra);
+    ts_http_free(&r);
+    cr_assert_eq(call("POST", "/_control/faults", "{}", NULL, NULL, &r), 404);
+    ts_http_free(&r);
+    cr_assert_eq(call("GET", "/_control/stats", NULL, NULL, NULL, &r), 404);
+    ts_http_free(&r);
+}
+
+/* ---- process ------------------------------------------------------------------- */
+
+Test(process, help_version_and_bad_flags, .timeout = 30)
+{
+    char *dir = ts_tmpdir("clinic-api-test");
+    ts_proc_t p;
+    const char *help[] = {"--help", NULL};
+    cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", help), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 0);
+    cr_assert_eq(ts_proc_wait_line(&p, "--listen", 5000, NULL, 0), 0);
+    const char *version[] = {"--version", NULL};
+    cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", version), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 0);
+    cr_assert_eq(ts_proc_wait_line(&p, "clinic-api ", 5000, NULL, 0), 0);
+    const char *bad[] = {"--listen", "nowhere", NULL};
+    cr_assert_eq(ts_proc_spawn(&p, dir, "clinic-api", bad), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 2);
+    cr_assert_eq(ts_proc_wait_line(&p, "HOST:PORT", 5000, NULL, 0), 0);
+    ts_rmtree(dir);
+    free(dir);
+}

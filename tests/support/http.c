@@ -1,0 +1,138 @@
+/* http.c — see http.h. */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+typedef struct {
+    ts_http_resp_t *resp;
+    ts_http_stop_fn stop;
+    void *ctx;
+    int stopped;
+} sink_t;
+
+static int grow(char **buf, size_t *len, const char *data, size_t n)
+{
+    char *p = realloc(*buf, *len + n + 1);
+    if (!p)
+        return -1;
+    memcpy(p + *len, data, n);
+    *len += n;
+    p[*len] = '\0';
+    *buf = p;
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    sink_t *s = userp;
+    size_t n = size * nmemb;
+    if (grow(&s->resp->body, &s->resp->len, data, n) < 0)
+        return 0;
+    if (s->stop && s->stop(s->resp->body, s->resp->len, s->ctx)) {
+        s->stopped = 1;
+        return 0; /* ends the transfer */
+    }
+    return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+    sink_t *s = userp;
+    size_t hl = 0;
+    if (s->resp->headers)
+        hl = strlen(s->resp->headers);
+    size_t n = size * nmemb;
+    return grow(&s->resp->headers, &hl, data, n) < 0 ? 0 : n;
+}
+
+static int perform(const char *method, const char *url, const char *const headers[],
+                   const char *body, long timeout_ms, ts_http_resp_t *resp, sink_t *sink)
+{
+    memset(resp, 0, sizeof *resp);
+    resp->body = calloc(1, 1);
+    resp->headers = calloc(1, 1);
+    sink->resp = resp;
+    CURL *c = curl_easy_init();
+    if (!c || !resp->body || !resp->headers) {
+        if (c)
+            curl_easy_cleanup(c);
+        resp->curl_code = CURLE_OUT_OF_MEMORY;
+        return -1;
+    }
+    struct curl_slist *hl = NULL;
+    for (size_t i = 0; headers && headers[i]; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 5000 ? timeout_ms : 5000L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, sink);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, sink);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    } else if (strcmp(method, "GET") == 0) {
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
+    }
+    CURLcode rc = curl_easy_perform(c);
+    resp->curl_code = (int)rc;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+    curl_easy_getinfo(c, CURLINFO_TOTAL_TIME, &resp->seconds);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    return rc == CURLE_OK ? 0 : -1;
+}
+
+int ts_http(const char *method, const char *url, const char *const headers[], const char *body,
+            long timeout_ms, ts_http_resp_t *resp)
+{
+    sink_t sink = {0};
+    return perform(method, url, headers, body, timeout_ms, resp, &sink);
+}
+
+int ts_http_stream(const char *url, const char *const headers[], ts_http_stop_fn stop, void *ctx,
+                   long timeout_ms, ts_http_resp_t *resp)
+{
+    sink_t sink = {.stop = stop, .ctx = ctx};
+    perform("GET", url, headers, NULL, timeout_ms, resp, &sink);
+    return sink.stopped ? 0 : -1;
+}
+
+char *ts_http_header(const ts_http_resp_t *resp, const char *name)
+{
+    size_t nl = strlen(name);
+    const char *p = resp->headers;
+    while (p && *p) {
+        const char *eol = strstr(p, "\r\n");
+        size_t ll = eol ? (size_t)(eol - p) : strlen(p);
+        if (ll > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            size_t vl = ll - (size_t)(v - p);
+            char *out = malloc(vl + 1);
+            if (out) {
+                memcpy(out, v, vl);
+                out[vl] = '\0';
+            }
+            return out;
+        }
+        p = eol ? eol + 2 : NULL;
+    }
+    return NULL;
+}
+
+void ts_http_free(ts_http_resp_t *resp)
+{
+    free(resp->body);
+    free(resp->headers);
+    resp->body = resp->headers = NULL;
+}

@@ -214,10 +214,11 @@ void ts_api_event_free(ts_api_event_t *event);
 enum {
     TS_API_MSG_REQUEST = 0x41500001, /* ptrs: ts_api_request_t* (one or more) */
     TS_API_MSG_CANCEL,               /* ptrs[0]: uint64_t* id (malloc'd; the actor frees it) */
-    /* From the actor, to request->reply_to: */
-    TS_API_MSG_RESULT,               /* ptrs[0]: ts_api_result_t* */
-    TS_API_MSG_EVENT,                /* ptrs[0]: ts_api_event_t* */
-    TS_API_MSG_STREAM,               /* ptrs[0]: ts_api_stream_msg_t* */
+    /* From the actor, to request->reply_to; each message may carry several
+     * pointers of its kind (answers are batched per loop turn, in order): */
+    TS_API_MSG_RESULT,               /* ptrs: ts_api_result_t* */
+    TS_API_MSG_EVENT,                /* ptrs: ts_api_event_t* */
+    TS_API_MSG_STREAM,               /* ptrs: ts_api_stream_msg_t* */
 };
 
 /* Frees any message from the actor by kind (for a receiver draining at exit). */

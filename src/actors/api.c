@@ -82,6 +82,9 @@ typedef struct api {
     struct {
         char name[64];
         void *socket;          /* PUSH connected to name */
+        void **out;            /* answers not yet sent (flushed once per loop turn) */
+        uint32_t *kinds;
+        int nout, capout;
     } replies[MAX_REPLY_SOCKETS];
     int nreplies;
     CURLM *multi;
@@ -191,39 +194,78 @@ static void set_state(api_t *self, call_t *c, call_state_t to, bool front)
     }
 }
 
-static void *reply_socket(api_t *self, const char *name)
+/* The index of the reply socket for name (connected on first use), or -1. */
+static int reply_socket(api_t *self, const char *name)
 {
     if (!*name)
         name = TS_INPROC_API_RESULTS;
     for (int i = 0; i < self->nreplies; i++)
         if (strcmp(self->replies[i].name, name) == 0)
-            return self->replies[i].socket;
+            return i;
     if (self->nreplies == MAX_REPLY_SOCKETS)
-        return NULL;
+        return -1;
     void *s = zmq_socket(ts_actor_zctx(self->actor), ZMQ_PUSH);
     int zero = 0;
     if (!s)
-        return NULL;
+        return -1;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero); /* never drop or block on an answer */
     if (zmq_connect(s, name)) {
         ts_error(LOG, "cannot connect reply socket %s: %s", name, zmq_strerror(errno));
         zmq_close(s);
-        return NULL;
+        return -1;
     }
     snprintf(self->replies[self->nreplies].name, sizeof self->replies[0].name, "%s", name);
-    self->replies[self->nreplies++].socket = s;
-    return s;
+    self->replies[self->nreplies].socket = s;
+    return self->nreplies++;
 }
 
-/* Sends one pointer message to the requester; frees it when that fails. */
+/* Queues one answer for the requester; flush_replies() sends it before the
+ * loop waits again. Frees it when it cannot be sent. */
 static void reply(api_t *self, const ts_api_request_t *req, uint32_t kind, void *ptr)
 {
-    void *s = reply_socket(self, req->reply_to);
-    if (!s || ts_wire_send(s, kind, &ptr, 1) < 0) {
+    int i = reply_socket(self, req->reply_to);
+    if (i >= 0 && self->replies[i].nout == self->replies[i].capout) {
+        int cap = self->replies[i].capout ? self->replies[i].capout * 2 : 64;
+        void **out = realloc(self->replies[i].out, sizeof *out * (size_t)cap);
+        if (out)
+            self->replies[i].out = out;
+        uint32_t *kinds = realloc(self->replies[i].kinds, sizeof *kinds * (size_t)cap);
+        if (kinds)
+            self->replies[i].kinds = kinds;
+        if (out && kinds)
+            self->replies[i].capout = cap;
+    }
+    if (i < 0 || self->replies[i].nout == self->replies[i].capout) {
         ts_error(LOG, "req=%llu: cannot answer on %s; answer dropped",
                  (unsigned long long)req->id, *req->reply_to ? req->reply_to : TS_INPROC_API_RESULTS);
         ts_api_msg_free(kind, ptr);
+        return;
+    }
+    self->replies[i].kinds[self->replies[i].nout] = kind;
+    self->replies[i].out[self->replies[i].nout++] = ptr;
+}
+
+/* Sends the queued answers: each run of one kind as one message, in order. */
+static void flush_replies(api_t *self)
+{
+    for (int i = 0; i < self->nreplies; i++) {
+        int n = self->replies[i].nout, start = 0;
+        while (start < n) {
+            int end = start + 1;
+            uint32_t kind = self->replies[i].kinds[start];
+            while (end < n && self->replies[i].kinds[end] == kind)
+                end++;
+            if (ts_wire_send(self->replies[i].socket, kind, self->replies[i].out + start,
+                             (size_t)(end - start)) < 0) {
+                ts_error(LOG, "cannot answer on %s: %s; %d answers dropped",
+                         self->replies[i].name, zmq_strerror(errno), end - start);
+                for (int k = start; k < end; k++)
+                    ts_api_msg_free(kind, self->replies[i].out[k]);
+            }
+            start = end;
+        }
+        self->replies[i].nout = 0;
     }
 }
 
@@ -1007,13 +1049,14 @@ static void token_done(api_t *self, CURLcode rc)
             self->refresh_token = strdup(refresh->valuestring);
         }
         const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
+        int expires_in = cJSON_IsNumber(exp) ? exp->valueint : -1;
         cJSON_Delete(j);
         if (!self->token) {
             token_fail(self, TS_API_INTERNAL, 0, "out of memory");
             return;
         }
         self->token_gen++;
-        ts_info(LOG, "token obtained (expires in %d s)", cJSON_IsNumber(exp) ? exp->valueint : -1);
+        ts_info(LOG, "token obtained (expires in %d s)", expires_in);
         while (self->lists[C_WAIT_TOKEN].head)
             begin_attempt(self, self->lists[C_WAIT_TOKEN].head);
         return;
@@ -1237,6 +1280,7 @@ static int run(api_t *self)
         if ((items[1].revents & ZMQ_POLLIN) && on_inbox(self) < 0 && errno == ETERM)
             break;
         reap(self); /* requests started above may have failed at once */
+        flush_replies(self);
     }
     free(items);
     return rc;
@@ -1277,8 +1321,13 @@ static void api_destroy(api_t *self)
         curl_easy_cleanup(self->pool[i]);
     if (self->multi)
         curl_multi_cleanup(self->multi);
-    for (int i = 0; i < self->nreplies; i++)
+    for (int i = 0; i < self->nreplies; i++) {
+        for (int k = 0; k < self->replies[i].nout; k++)
+            ts_api_msg_free(self->replies[i].kinds[k], self->replies[i].out[k]);
+        free(self->replies[i].out);
+        free(self->replies[i].kinds);
         zmq_close(self->replies[i].socket);
+    }
     if (self->token)
         explicit_bzero(self->token, strlen(self->token));
     if (self->refresh_token)

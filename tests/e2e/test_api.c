@@ -114,21 +114,37 @@ static void actor_start(const ts_api_opts_t *o)
     cr_assert_eq(zmq_connect(S.push, TS_INPROC_API), 0);
 }
 
-/* Receives one message from sock within timeout_ms; NULL on timeout. */
+/* Messages arrive in batches (several pointers of one kind per message);
+ * recv_msg hands them out one at a time, per socket. */
+static struct {
+    void *sock;
+    uint32_t kind;
+    void **ptrs;
+    size_t n, next;
+} Q[4];
+
+/* Receives one answer from sock within timeout_ms; NULL on timeout. */
 static void *recv_msg(void *sock, int timeout_ms, uint32_t *kind)
 {
+    int q = 0;
+    while (q < 4 && Q[q].sock && Q[q].sock != sock)
+        q++;
+    cr_assert_lt(q, 4);
+    Q[q].sock = sock;
+    if (Q[q].next < Q[q].n) {
+        *kind = Q[q].kind;
+        return Q[q].ptrs[Q[q].next++];
+    }
+    free(Q[q].ptrs);
+    Q[q].ptrs = NULL;
+    Q[q].n = Q[q].next = 0;
     zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
     if (zmq_poll(&it, 1, timeout_ms) <= 0)
         return NULL;
-    void **ptrs;
-    size_t n;
-    if (ts_wire_recv(sock, 0, kind, &ptrs, &n) < 0 || n != 1) {
-        free(ptrs);
+    if (ts_wire_recv(sock, 0, &Q[q].kind, &Q[q].ptrs, &Q[q].n) < 0 || Q[q].n == 0)
         return NULL;
-    }
-    void *p = ptrs[0];
-    free(ptrs);
-    return p;
+    *kind = Q[q].kind;
+    return Q[q].ptrs[Q[q].next++];
 }
 
 static void drain(void *sock)
@@ -148,6 +164,12 @@ static void teardown(void)
         drain(S.results);
         zmq_close(S.results);
     }
+    for (int q = 0; q < 4; q++) {
+        for (size_t i = Q[q].next; i < Q[q].n; i++)
+            ts_api_msg_free(Q[q].kind, Q[q].ptrs[i]);
+        free(Q[q].ptrs);
+    }
+    memset(Q, 0, sizeof Q);
     if (S.zctx)
         zmq_ctx_term(S.zctx);
     if (S.proc.pid)

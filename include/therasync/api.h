@@ -45,6 +45,7 @@ typedef struct {
     const char *ca_path;       /* CURLOPT_CAPATH; NULL: system default */
     bool insecure;
     bool no_http2;             /* default: HTTP/2 where TLS ALPN offers it */
+    const char *proxy;         /* CURLOPT_PROXY; NULL: none (the environment is ignored) */
     int max_connections;       /* total, and per host; 0: 32 */
     int max_inflight;          /* transfers handed to curl at once; 0: 64; more wait in FIFO */
     long connect_timeout_ms;   /* 0: 5000 */

@@ -351,8 +351,14 @@ static void easy_common(api_t *self, CURL *e, const char *url, long timeout_ms)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      o->no_http2 ? CURL_HTTP_VERSION_1_1 : CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* PIPEWAIT only where HTTP/2 can multiplex: on plain HTTP/1.1 it makes
+     * transfers queue behind busy connections instead of opening new ones. */
+    if (!o->no_http2 && strncmp(url, "https:", 6) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* The proxy is a setting, never taken from the environment (also spares
+     * curl a getenv() scan per transfer). */
+    curl_easy_setopt(e, CURLOPT_PROXY, o->proxy ? o->proxy : "");
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, o->insecure ? 0L : 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, o->insecure ? 0L : 2L);
     if (o->ca_file)
@@ -1372,6 +1378,7 @@ static void api_actor(ts_actor_t *actor, void *args)
     o->endpoint = own(self, 4, in->endpoint ? in->endpoint : TS_INPROC_API);
     o->ca_file = own(self, 5, in->ca_file);
     o->ca_path = own(self, 6, in->ca_path);
+    o->proxy = own(self, 7, in->proxy);
 #define DEFAULT(f, v)                                                                              \
     if (o->f <= 0)                                                                                 \
     o->f = (v)

@@ -74,6 +74,9 @@ int ts_index_key_text(const char *value, size_t len, char *buf, size_t buflen);
 int ts_index_key_json(const cJSON *value, char *buf, size_t buflen);
 /* Order key of a cJSON value (borrowing its string) and comparison. */
 void ts_okey_from_json(const cJSON *value, ts_okey_t *key);
+/* Order key of a JSON value given as text, with an owned copy of a string
+ * (free key->str). 0, or -1 when memory ran out. */
+int ts_okey_from_text(const char *value, size_t len, ts_okey_t *key);
 int ts_okey_cmp(const ts_okey_t *a, const ts_okey_t *b);
 
 #endif

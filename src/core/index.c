@@ -156,8 +156,8 @@ void ts_okey_from_json(const cJSON *v, ts_okey_t *key)
     }
 }
 
-/* Order key from value text, with an owned copy of a string. 0, or -1 on memory. */
-static int okey_from_text(const char *v, size_t n, ts_okey_t *key)
+/* see index.h */
+int ts_okey_from_text(const char *v, size_t n, ts_okey_t *key)
 {
     memset(key, 0, sizeof *key);
     if (n >= 2 && v[0] == '"') {
@@ -446,7 +446,7 @@ int ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len)
         return 0;
     }
     ts_okey_t order = {0};
-    if (o && okey_from_text(o, on, &order))
+    if (o && ts_okey_from_text(o, on, &order))
         goto oom;
     if (e && e->bucket->key_len == (size_t)klen && memcmp(e->bucket->key, key, (size_t)klen) == 0 &&
         ts_okey_cmp(&e->order, &order) == 0) {

@@ -98,7 +98,7 @@ static bool same_str(const char *a, const char *b)
 static ts_index_t *find_index(const ts_sq_coll_t *c, const char *field, const char *order)
 {
     for (size_t i = 0; i < c->nidx; i++)
-        if (strcmp(ts_index_field(c->idx[i]), field) == 0 &&
+        if (c->idx[i] && strcmp(ts_index_field(c->idx[i]), field) == 0 &&
             same_str(ts_index_order_field(c->idx[i]), order))
             return c->idx[i];
     return NULL;

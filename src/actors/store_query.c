@@ -40,6 +40,7 @@ struct ts_sq {
     char dir[PATH_MAX];
     char last_error[512];           /* of the last failed reload; "" after a good one */
     uint64_t reloads, reload_failures;
+    uint64_t queries, candidates;   /* named-selector queries, documents shown to where */
 };
 
 /* ---- policies dir ---- */
@@ -420,6 +421,7 @@ static int sel_next(void *arg, ts_policy_doc_t *d)
     while (s->pos < s->end) {
         size_t i = s->desc ? --s->end : s->pos++;
         void *doc = s->entries ? s->entries[i]->doc : s->docs[i];
+        s->sq->candidates++;
         s->sq->hooks.view(doc, d);
         if (d->text)
             return 1;
@@ -535,6 +537,7 @@ void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         ts_call_fail(call, TS_E_POLICY, "%s", err);
         return;
     }
+    self->queries++;
     long limit = ts_policy_selector_limit(sel, params);
     if (limit <= 0 || limit > MAX_ITEMS)
         limit = MAX_ITEMS;
@@ -636,6 +639,8 @@ static cJSON *info_json(ts_sq_t *self, bool loaded)
         cJSON_AddStringToObject(info, "error", self->last_error);
     cJSON_AddNumberToObject(info, "reloads", (double)self->reloads);
     cJSON_AddNumberToObject(info, "reload_failures", (double)self->reload_failures);
+    cJSON_AddNumberToObject(info, "selector_queries", (double)self->queries);
+    cJSON_AddNumberToObject(info, "selector_candidates", (double)self->candidates);
     cJSON *idx = cJSON_AddArrayToObject(info, "indexes");
     for (size_t i = 0; idx && i < self->ncolls; i++) {
         for (size_t k = 0; k < self->colls[i].nidx; k++) {

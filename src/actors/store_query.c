@@ -41,6 +41,7 @@ struct ts_sq {
     char last_error[512];           /* of the last failed reload; "" after a good one */
     uint64_t reloads, reload_failures;
     uint64_t queries, candidates;   /* named-selector queries, documents shown to where */
+    int64_t query_us;               /* time spent in them */
 };
 
 /* ---- policies dir ---- */
@@ -510,7 +511,16 @@ static int keyed_cmp(const void *a, const void *b)
     return ((uintptr_t)x->doc > (uintptr_t)y->doc) - ((uintptr_t)x->doc < (uintptr_t)y->doc);
 }
 
+static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c);
+
 void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
+{
+    int64_t t0 = ts_mono_us();
+    sq_query(self, call, c);
+    self->query_us += ts_mono_us() - t0;
+}
+
+static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
 {
     const char *name = ts_json_string(call->params, "selector");
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
@@ -641,6 +651,7 @@ static cJSON *info_json(ts_sq_t *self, bool loaded)
     cJSON_AddNumberToObject(info, "reload_failures", (double)self->reload_failures);
     cJSON_AddNumberToObject(info, "selector_queries", (double)self->queries);
     cJSON_AddNumberToObject(info, "selector_candidates", (double)self->candidates);
+    cJSON_AddNumberToObject(info, "selector_us", (double)self->query_us);
     cJSON *idx = cJSON_AddArrayToObject(info, "indexes");
     for (size_t i = 0; idx && i < self->ncolls; i++) {
         for (size_t k = 0; k < self->colls[i].nidx; k++) {

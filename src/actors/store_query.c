@@ -416,11 +416,26 @@ typedef struct {
     const char *value;
 } sel_scan_t;
 
+/* Candidates are scattered over the heap: ask for the next ones' entry,
+ * document and text ahead of time, so their cache misses overlap. */
+static void prefetch_ahead(const sel_scan_t *s, size_t i)
+{
+    if (!s->entries)
+        return;
+    size_t far = s->desc ? i - (i >= 8 ? 8 : i) : i + 8;
+    size_t near = s->desc ? i - (i >= 4 ? 4 : i) : i + 4;
+    if (far >= s->pos && far < s->end)
+        __builtin_prefetch(s->entries[far]);
+    if (near >= s->pos && near < s->end)
+        __builtin_prefetch(s->entries[near]->doc);
+}
+
 static int sel_next(void *arg, ts_policy_doc_t *d)
 {
     sel_scan_t *s = arg;
     while (s->pos < s->end) {
         size_t i = s->desc ? --s->end : s->pos++;
+        prefetch_ahead(s, i);
         void *doc = s->entries ? s->entries[i]->doc : s->docs[i];
         s->sq->candidates++;
         s->sq->hooks.view(doc, d);

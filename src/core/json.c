@@ -2,6 +2,7 @@
 #include "therasync/json.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -124,16 +125,25 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* p at an opening quote: returns the position after the closing quote. */
+/* p at an opening quote: returns the position after the closing quote.
+ * memchr finds the candidate quote; a quote preceded by an odd number of
+ * backslashes is escaped and the search goes on. */
 static const char *skip_string(const char *p, const char *end, bool *escaped)
 {
-    for (p++; p < end; p++) {
-        if (*p == '\\') {
-            *escaped = true;
-            p++;
-        } else if (*p == '"') {
-            return p + 1;
+    const char *start = ++p;
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (!q)
+            return end;
+        size_t slashes = 0;
+        while (q - slashes > start && q[-1 - (ptrdiff_t)slashes] == '\\')
+            slashes++;
+        if (slashes % 2 == 0) {
+            if (memchr(start, '\\', (size_t)(q - start)))
+                *escaped = true;
+            return q + 1;
         }
+        p = q + 1;
     }
     return end;
 }

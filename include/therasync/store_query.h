@@ -39,7 +39,10 @@ void ts_sq_destroy(ts_sq_t **self_p);
 /* Registers a store collection (coll is the store's handle for hooks->each)
  * and builds its indexes; returns its handle for ts_sq_changed and queries. */
 ts_sq_coll_t *ts_sq_attach(ts_sq_t *self, const char *name, void *coll);
-/* doc's visible text is now text[0..len) (NULL: not visible). */
+/* doc's visible text is now text[0..len) (NULL: not visible). The indexes
+ * copy what they need, so the old text may be freed right after; they keep
+ * the doc pointer, so a store that ever frees a doc_t must first report it
+ * with text NULL. */
 void ts_sq_changed(ts_sq_coll_t *coll, void *doc, const char *text, size_t len);
 /* While on (recovery), changes are recorded without keeping buckets
  * ordered; off sorts them once. */

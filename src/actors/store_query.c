@@ -567,6 +567,8 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     if (limit <= 0 || limit > MAX_ITEMS)
         limit = MAX_ITEMS;
     ts_buf_t out = {0};
+    /* room for a typical page of documents: growing it costs reallocs */
+    ts_buf_reserve(&out, (size_t)(limit < 64 ? limit : 64) * 512 + 64);
     ts_buf_puts(&out, "{\"items\":[");
     sel_scan_t s = {.sq = self, .limit = limit, .out = &out, .desc = sel->order_desc};
     collect_t col = {.sq = self, .order = sel->order_field};

@@ -82,7 +82,7 @@ int main(int argc, char **argv)
         goto done;
     }
     if (!(store = ts_store_start(zctx, &config))) {
-        ts_error(LOG, "cannot start the store");
+        ts_error(LOG, "cannot start the store (see above)");
         goto done;
     }
     if (!(front = ts_front_start(zctx, &front_args))) {
@@ -97,6 +97,8 @@ int main(int argc, char **argv)
         int sig = sigwaitinfo(&signals, NULL);
         if (sig == SIGHUP) {
             ts_info(LOG, "SIGHUP: reloading policies");
+            if (ts_actor_command(store, "RELOAD"))
+                ts_error(LOG, "cannot ask the store to reload policies");
             continue;
         }
         if (sig == SIGTERM || sig == SIGINT) {

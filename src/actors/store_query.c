@@ -332,13 +332,9 @@ static void sync_indexes(ts_sq_coll_t *c)
     for (size_t k = 0; k < nkeep; k++)
         if (keep[k])
             c->idx[c->nidx++] = keep[k];
-    /* Second pass: build what is declared and missing. */
-    for (size_t i = 0; i < ts_policy_selector_count(p); i++) {
-        const ts_policy_selector_t *s = ts_policy_selector_at(p, i);
-        if (s->index_field && strcmp(s->collection, c->name) == 0 &&
-            !find_index(c, s->index_field, s->order_field))
-            build_index(c, s->index_field, s->order_field);
-    }
+    /* What is declared and missing is built on its first use (a query
+     * with the index param): starting with a million documents must not
+     * pay for indexes nobody asked for yet, in time or memory. */
 }
 
 ts_sq_coll_t *ts_sq_attach(ts_sq_t *self, const char *name, void *coll)
@@ -581,6 +577,11 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     int klen = use_param ? ts_index_key_json(param, key, sizeof key) : 0;
     ts_index_t *idx = use_param && klen >= 0 ? find_index(c, sel->index_field, sel->order_field)
                                              : NULL;
+    if (use_param && klen >= 0 && !idx && !self->bulk) {
+        ts_info(LOG, "%s: building the index on %s for selector %s (first use)", c->name,
+                sel->index_field, sel->name);
+        idx = build_index(c, sel->index_field, sel->order_field);
+    }
     if (idx && ts_index_broken(idx))
         idx = NULL;
     int rc = TS_POLICY_OK;

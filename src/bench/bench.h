@@ -110,4 +110,7 @@ typedef struct {
  * median line. Returns a process exit code: 0, 1 (a run failed), 2 (usage). */
 int bench_run_workload(bench_opts_t *opts);
 
+/* ---- api.c: the raw API workload (API actor vs wrk, same URL, same run) ---- */
+int bench_run_api(bench_opts_t *opts);
+
 #endif

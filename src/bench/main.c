@@ -1,6 +1,6 @@
 /* main.c — therasync-bench: load generator and benchmark driver.
  *
- *   therasync-bench --workload ingest|update|select|coldstart|replay|realtime
+ *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime
  *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T]
  *       [--endpoint ZMQ] [--api URL] [--runs R] [--keep-data] [--max-seconds S]
  *
@@ -22,6 +22,9 @@ static const char usage_text[] =
     "  select     preload D docs, then N upcoming(T, now, 20) reads, one update every 10\n"
     "             (seeds 4343/4344); needs the Lua selectors in therasyncd\n"
     "  coldstart  N docs on disk, then time therasyncd start until ready, and its peak RSS\n"
+    "  api        GETs of one document through the API actor with --clients C in\n"
+    "             flight (keep-alive), next to wrk -t2 -cC -d5s on the same URL\n"
+    "             (starts its own clinic-api unless --api URL)\n"
     "  replay, realtime   need clinic-api: not yet available\n"
     "\n"
     "options:\n"
@@ -118,5 +121,7 @@ int main(int argc, char **argv)
     /* A dead peer must not kill the bench (its daemon is stopped by pid). */
     signal(SIGPIPE, SIG_IGN);
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;
+    if (strcmp(o.workload, "api") == 0)
+        return bench_run_api(&o);
     return bench_run_workload(&o);
 }

@@ -1,0 +1,402 @@
+/* api.c — the raw API workload: requests/s of the API actor against
+ * clinic-api with keep-alive, next to wrk against the same URL in the same run.
+ *
+ *   therasync-bench --workload api --clients C [--runs R] [--api URL]
+ *
+ * Each run: GETs of one document for API_BENCH_SECONDS with C requests in
+ * flight through the actor (C connections), then `wrk -t2 -cC -d5s` (-t1 when
+ * C is 1) with the same Authorization header. One JSON line per run, then the
+ * medians. With no --api it starts its own clinic-api (beside this binary) on
+ * a free loopback port with a temporary database. */
+#include "bench.h"
+#include "therasync/api.h"
+#include "therasync/log.h"
+
+#include <arpa/inet.h>
+#include <cJSON.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define API_BENCH_SECONDS 5
+#define WARMUP_MS 500
+#define DOC_PATH "/v1/sessions/bench-doc"
+
+typedef struct {
+    pid_t server;
+    char dir[256];
+    char base[128];
+    char token[256];
+} api_env_t;
+
+static int port_free(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int port_open(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+static int server_start(api_env_t *e)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return -1;
+    exe[n] = '\0';
+    char path[4200], db[300], listen[64], log[300];
+    snprintf(path, sizeof path, "%s/clinic-api", dirname(exe));
+    const char *tmp = getenv("TMPDIR");
+    snprintf(e->dir, sizeof e->dir, "%s/therasync-bench-api-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (access(path, X_OK) != 0 || !mkdtemp(e->dir)) {
+        fprintf(stderr, "bench: %s missing or no temp dir\n", path);
+        return -1;
+    }
+    int port = port_free();
+    snprintf(db, sizeof db, "%s/api.db", e->dir);
+    snprintf(log, sizeof log, "%s/clinic-api.log", e->dir);
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    snprintf(e->base, sizeof e->base, "http://127.0.0.1:%d", port);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+        }
+        char *argv[] = {path, "--listen", listen, "--db", db, "--log-level", "warn", NULL};
+        execv(path, argv);
+        _exit(127);
+    }
+    e->server = pid;
+    for (int i = 0; i < 200; i++) { /* up to 10 s */
+        if (port_open(port))
+            return 0;
+        usleep(50000);
+    }
+    fprintf(stderr, "bench: clinic-api did not listen on %s (log %s)\n", listen, log);
+    return -1;
+}
+
+static void server_stop(api_env_t *e)
+{
+    if (e->server > 0) {
+        kill(e->server, SIGTERM);
+        for (int i = 0; i < 100; i++) {
+            if (waitpid(e->server, NULL, WNOHANG) == e->server) {
+                e->server = 0;
+                break;
+            }
+            usleep(50000);
+        }
+        if (e->server > 0) {
+            kill(e->server, SIGKILL);
+            waitpid(e->server, NULL, 0);
+        }
+    }
+    if (e->dir[0]) {
+        char db[300];
+        const char *files[] = {"api.db", "api.db-wal", "api.db-shm", "clinic-api.log"};
+        for (size_t i = 0; i < 4; i++) {
+            snprintf(db, sizeof db, "%s/%s", e->dir, files[i]);
+            unlink(db);
+        }
+        rmdir(e->dir);
+    }
+}
+
+static size_t collect(char *data, size_t size, size_t n, void *arg)
+{
+    return ts_buf_append(arg, data, size * n) < 0 ? 0 : size * n;
+}
+
+/* A token and the document (curl easy, outside the timing). */
+static int prepare(api_env_t *e)
+{
+    CURL *c = curl_easy_init();
+    ts_buf_t out = {0};
+    char url[300];
+    snprintf(url, sizeof url, "%s/oauth/token", e->base);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "grant_type=client_credentials&client_id=therasync&client_secret=dev-secret");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    int rc = -1;
+    if (curl_easy_perform(c) == CURLE_OK) {
+        cJSON *j = cJSON_Parse(out.data ? out.data : "");
+        const cJSON *t = cJSON_GetObjectItem(j, "access_token");
+        if (cJSON_IsString(t)) {
+            snprintf(e->token, sizeof e->token, "%s", t->valuestring);
+            rc = 0;
+        }
+        cJSON_Delete(j);
+    }
+    ts_buf_free(&out);
+    if (rc == 0) {
+        char auth[300];
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", e->token);
+        struct curl_slist *h = curl_slist_append(NULL, auth);
+        h = curl_slist_append(h, "Idempotency-Key: bench-doc");
+        h = curl_slist_append(h, "Content-Type: application/json");
+        snprintf(url, sizeof url, "%s/v1/sessions", e->base);
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                         "{\"id\":\"bench-doc\",\"therapist_id\":\"t-1\",\"status\":\"scheduled\","
+                         "\"duration_min\":50,\"notes\":\"a note of some length for the bench\"}");
+        long status = 0;
+        if (curl_easy_perform(c) != CURLE_OK ||
+            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK ||
+            (status != 201 && status != 200))
+            rc = -1;
+        curl_slist_free_all(h);
+        ts_buf_free(&out);
+    }
+    curl_easy_cleanup(c);
+    if (rc)
+        fprintf(stderr, "bench: cannot get a token or create the document at %s\n", e->base);
+    return rc;
+}
+
+/* C requests in flight through the actor for `seconds`; returns req/s. */
+static double run_actor(api_env_t *e, int clients, double seconds, int64_t *p50, int64_t *p99,
+                        size_t *errors)
+{
+    void *zctx = zmq_ctx_new();
+    void *results = zmq_socket(zctx, ZMQ_PULL);
+    char endpoint[64], results_ep[64];
+    static int seq;
+    seq++;
+    snprintf(endpoint, sizeof endpoint, "inproc://bench-api-%d", seq);
+    snprintf(results_ep, sizeof results_ep, "inproc://bench-api-results-%d", seq);
+    zmq_bind(results, results_ep);
+    ts_api_opts_t o = {.base_url = e->base, .client_id = "therasync",
+                       .client_secret = "dev-secret", .endpoint = endpoint,
+                       .max_connections = clients, .max_inflight = clients, .max_attempts = 1};
+    ts_actor_t *api = ts_api_start(zctx, &o);
+    double rate = -1;
+    size_t cap = 1 << 20, nlat = 0;
+    int64_t *lat = malloc(cap * sizeof *lat);
+    void *push = zmq_socket(zctx, ZMQ_PUSH);
+    zmq_connect(push, endpoint);
+    *errors = 0;
+    if (api && lat) {
+        int64_t start = ts_mono_us(), measure_from = start + WARMUP_MS * 1000LL;
+        int64_t end = measure_from + (int64_t)(seconds * 1e6);
+        size_t done = 0;
+        int inflight = 0;
+        bool measuring = false;
+        int64_t t_measure = 0;
+        for (;;) {
+            int64_t now = ts_mono_us();
+            if (!measuring && now >= measure_from) {
+                measuring = true;
+                t_measure = now;
+                done = 0;
+            }
+            void *batch[1024];
+            size_t nb = 0;
+            while (now < end && inflight < clients && nb < 1024) {
+                ts_api_request_t *r = ts_api_request_new(TS_API_GET, DOC_PATH, NULL);
+                if (!r)
+                    break;
+                r->shape = TS_API_SHAPE_DOC;
+                r->user = (void *)(intptr_t)now;
+                snprintf(r->reply_to, sizeof r->reply_to, "%s", results_ep);
+                batch[nb++] = r;
+                inflight++;
+            }
+            if (nb && ts_wire_send(push, TS_API_MSG_REQUEST, batch, nb) < 0) {
+                for (size_t i = 0; i < nb; i++)
+                    ts_api_request_free(batch[i]);
+                inflight -= (int)nb;
+            }
+            if (inflight == 0)
+                break;
+            zmq_pollitem_t it = {.socket = results, .events = ZMQ_POLLIN};
+            if (zmq_poll(&it, 1, 1000) <= 0)
+                break; /* nothing for a second: give up */
+            uint32_t kind;
+            void **ptrs;
+            size_t n;
+            while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
+                for (size_t i = 0; i < n; i++) {
+                    if (kind == TS_API_MSG_RESULT) {
+                        ts_api_result_t *res = ptrs[i];
+                        inflight--;
+                        int64_t t = ts_mono_us();
+                        if (res->error != TS_API_OK)
+                            (*errors)++;
+                        else if (measuring && t <= end) {
+                            done++;
+                            if (nlat < cap)
+                                lat[nlat++] = t - (int64_t)(intptr_t)res->user;
+                        }
+                    }
+                    ts_api_msg_free(kind, ptrs[i]);
+                }
+                free(ptrs);
+            }
+        }
+        double took = (double)(end - t_measure) / 1e6;
+        rate = measuring && took > 0 ? (double)done / took : -1;
+        *p50 = nlat ? bench_percentile(lat, nlat, 50) : -1;
+        *p99 = nlat ? bench_percentile(lat, nlat, 99) : -1;
+    }
+    free(lat);
+    zmq_close(push);
+    ts_actor_destroy(&api);
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
+        for (size_t i = 0; i < n; i++)
+            ts_api_msg_free(kind, ptrs[i]);
+        free(ptrs);
+    }
+    zmq_close(results);
+    zmq_ctx_term(zctx);
+    return rate;
+}
+
+/* wrk -tT -cC -d5s with the token; returns its Requests/sec, or -1. */
+static double run_wrk(api_env_t *e, int clients, char *cmd, size_t cmdlen)
+{
+    char conns[16], threads[16], auth[300], url[300], dur[16];
+    snprintf(conns, sizeof conns, "-c%d", clients);
+    snprintf(threads, sizeof threads, "-t%d", clients < 2 ? 1 : 2);
+    snprintf(dur, sizeof dur, "-d%ds", API_BENCH_SECONDS);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", e->token);
+    snprintf(url, sizeof url, "%s%s", e->base, DOC_PATH);
+    snprintf(cmd, cmdlen, "wrk %s %s %s -H 'Authorization: Bearer TOKEN' %s", threads, conns, dur,
+             url);
+    int fd[2];
+    if (pipe(fd))
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[0]);
+        close(fd[1]);
+        char *argv[] = {"wrk", threads, conns, dur, "-H", auth, url, NULL};
+        execvp("wrk", argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    ts_buf_t out = {0};
+    char buf[4096];
+    ssize_t got;
+    while ((got = read(fd[0], buf, sizeof buf)) > 0)
+        ts_buf_append(&out, buf, (size_t)got);
+    close(fd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    double rate = -1;
+    const char *p = out.data ? strstr(out.data, "Requests/sec:") : NULL;
+    if (p)
+        rate = strtod(p + strlen("Requests/sec:"), NULL);
+    const char *non2xx = out.data ? strstr(out.data, "Non-2xx") : NULL;
+    if (non2xx)
+        fprintf(stderr, "bench: wrk saw errors: %.60s\n", non2xx);
+    if (rate < 0)
+        fprintf(stderr, "bench: wrk failed (is it installed?): %s\n", out.data ? out.data : "");
+    ts_buf_free(&out);
+    return rate;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double med(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int bench_run_api(bench_opts_t *o)
+{
+    int clients = o->clients ? o->clients : 32;
+    api_env_t e = {0};
+    ts_log_set_level(TS_LOG_WARN);
+    curl_global_init(CURL_GLOBAL_ALL);
+    if (o->api) {
+        snprintf(e.base, sizeof e.base, "%s", o->api);
+    } else if (server_start(&e) < 0) {
+        server_stop(&e);
+        return 1;
+    }
+    int failed = 0;
+    double actor[64], wrk[64];
+    int ok = 0;
+    if (prepare(&e) < 0)
+        failed = 1;
+    for (int r = 0; !failed && r < o->runs && r < 64; r++) {
+        if (ts_mono_us() > o->deadline_us)
+            break;
+        int64_t p50 = -1, p99 = -1;
+        size_t errors = 0;
+        char cmd[512];
+        double a = run_actor(&e, clients, API_BENCH_SECONDS, &p50, &p99, &errors);
+        double w = run_wrk(&e, clients, cmd, sizeof cmd);
+        bool bad = a <= 0 || w <= 0 || errors;
+        printf("{\"workload\":\"api\",\"run\":%d,\"clients\":%d,\"seconds\":%d,\"ops_per_s\":%.0f,"
+               "\"p50_us\":%lld,\"p99_us\":%lld,\"errors\":%zu,\"wrk_ops_per_s\":%.0f,"
+               "\"ratio\":%.3f,\"wrk\":\"%s\"%s}\n",
+               r + 1, clients, API_BENCH_SECONDS, a, (long long)p50, (long long)p99, errors, w,
+               w > 0 ? a / w : 0, cmd, bad ? ",\"failed\":true" : "");
+        fflush(stdout);
+        if (bad) {
+            failed = 1;
+            continue;
+        }
+        actor[ok] = a, wrk[ok] = w, ok++;
+    }
+    if (ok > 1) {
+        double ma = med(actor, ok), mw = med(wrk, ok);
+        printf("{\"workload\":\"api\",\"stat\":\"median\",\"runs\":%d,\"clients\":%d,"
+               "\"ops_per_s\":%.0f,\"wrk_ops_per_s\":%.0f,\"ratio\":%.3f}\n",
+               ok, clients, ma, mw, ma / mw);
+    }
+    if (!o->api)
+        server_stop(&e);
+    explicit_bzero(e.token, sizeof e.token);
+    curl_global_cleanup();
+    return failed ? 1 : 0;
+}

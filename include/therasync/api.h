@@ -169,7 +169,8 @@ typedef struct {
     cJSON *json;               /* parsed body (also for 409/422 and other errors when JSON) */
     char *body;                /* raw body, NUL-terminated; NULL when empty */
     size_t body_len;
-    int attempts;              /* HTTP attempts made (a token refresh is not one) */
+    int attempts;              /* HTTP attempts made (the resend after a 401 + refresh is
+                                  one more), plus failed token fetches it waited for */
     int token_refreshes;       /* token fetches this request waited for after a 401 */
     int64_t retry_after_ms;    /* last Retry-After seen, -1 when none */
     int64_t queued_us;         /* ts_mono_us() when the actor took it */

@@ -65,7 +65,10 @@ const char *ts_error_reason(int code);
 typedef enum {
     TS_REC_MUTATION,    /* append a pending mutation to the outbox */
     TS_REC_DROP,        /* remove a mutation from the outbox (cancel, confirm, reject) */
-    TS_REC_CONFIRMED,   /* store the server's version of a document */
+    TS_REC_CONFIRMED,   /* store the server's version of a document (body NULL: deleted) */
+    TS_REC_CURSOR,      /* the change-feed position (body) */
+    TS_REC_AUDIT,       /* one line of the audit trail: event, mutation, ids, version,
+                           client, reason (body); never a document */
 } ts_record_kind_t;
 
 typedef enum { TS_OP_CREATE = 1, TS_OP_UPDATE = 2, TS_OP_DELETE = 3 } ts_op_t;
@@ -78,6 +81,8 @@ typedef struct ts_record {
     int64_t version;      /* base version (MUTATION) or server version (CONFIRMED); 0 = none */
     int64_t at_ms;        /* wall clock when accepted */
     char mutation[37];    /* mutation id (UUIDv7) */
+    char event[16];       /* AUDIT: accepted, sent, confirmed, rejected, conflict, cancelled */
+    char client[48];      /* AUDIT: who made the write, where known */
     const char *collection; /* points into data[] */
     const char *doc_id;     /* points into data[] */
     const char *body;       /* points into data[]; NULL when absent */
@@ -136,6 +141,9 @@ typedef struct {
     unsigned char *route;
     bool delimiter;       /* the client sent an empty frame before the payload */
     bool batch;           /* the request was a JSON array */
+    bool internal;        /* made by an actor (sync updates), not by a client: no answer,
+                             not counted in the front door's in-flight calls */
+    char client[48];      /* who sent it, for the audit trail ("zmq:<routing id hex>") */
     int64_t received_us;
     size_t ncalls;
     ts_call_t calls[];

@@ -13,6 +13,11 @@
  * TS_WIRE_RECOVERED chunks). Records that fail to commit go back to the
  * store as TS_WIRE_ROLLBACK, and their calls are answered with an error.
  *
+ * With an API configured, the committed records of every batch are then
+ * handed to the sync actor (TS_INPROC_SYNC, TS_WIRE_OUTBOX), so it pushes
+ * only what is durable. `audit` calls are answered here, from the audit
+ * table, which the same transactions append to.
+ *
  * The data dir is locked (flock on DIR/LOCK): a second daemon on the same
  * dir fails to start with a message naming the holder's pid. */
 #ifndef THERASYNC_PERSIST_H
@@ -21,7 +26,7 @@
 #include "therasync/actor.h"
 #include "therasync/config.h"
 
-#define TS_SCHEMA_VERSION 1
+#define TS_SCHEMA_VERSION 2
 
 /* Opens (creating, migrating, recovering) the database under config's data
  * dir. Returns NULL after logging why when the dir is unusable. */

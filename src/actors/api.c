@@ -713,13 +713,12 @@ static ts_api_error_t classify(call_t *c, CURLcode rc, long status, const char *
     case CURLE_PARTIAL_FILE:
         *why = "truncated body";
         return TS_API_BAD_RESPONSE;
-    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_WEIRD_SERVER_REPLY: /* not HTTP */
     case CURLE_BAD_CONTENT_ENCODING:
     case CURLE_HTTP2:
-    case CURLE_UNSUPPORTED_PROTOCOL:
-        if (rc == CURLE_HTTP2 || status == 0)
-            return rc == CURLE_UNSUPPORTED_PROTOCOL ? TS_API_INTERNAL : TS_API_BAD_RESPONSE;
+        *why = "malformed HTTP answer";
         return TS_API_BAD_RESPONSE;
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_OUT_OF_MEMORY:
         return TS_API_INTERNAL;

@@ -165,7 +165,8 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     for (size_t i = 0; i < e->ncalls; i++)
         for (ts_event_t *ev = e->calls[i].events; ev; ev = ev->next)
             publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
-    self->inflight -= e->ncalls;
+    if (!e->internal)
+        self->inflight -= e->ncalls;
     ts_envelope_free(e);
 }
 
@@ -241,6 +242,17 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.selector must be a name or an object");
         else if (params && !cJSON_IsObject(params))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.params must be an object");
+        break;
+    }
+    case TS_M_AUDIT: {
+        long long limit;
+        static const char *strings[] = {"collection", "id", "since"};
+        for (int i = 0; i < 3; i++)
+            if (cJSON_GetObjectItemCaseSensitive(p, strings[i]) && !ts_json_string(p, strings[i]))
+                ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", strings[i]);
+        if (!call->err_code && cJSON_GetObjectItemCaseSensitive(p, "limit") &&
+            !ts_json_int(p, "limit", &limit))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be an integer");
         break;
     }
     case TS_M_CANCEL:
@@ -414,6 +426,11 @@ static ts_envelope_t *read_request(front_t *self, bool *more)
             memcpy(e->route + 4, zmq_msg_data(&frames[0]), id_len);
             e->route_len = 4 + id_len;
         }
+        /* The client's identity for the audit trail: its routing id. */
+        const unsigned char *rid = zmq_msg_data(&frames[0]);
+        int off = snprintf(e->client, sizeof e->client, "zmq:");
+        for (size_t i = 0; i < id_len && off + 3 < (int)sizeof e->client; i++)
+            off += snprintf(e->client + off, sizeof e->client - (size_t)off, "%02x", rid[i]);
         e->delimiter = delimiter;
         e->received_us = ts_mono_us();
     }

@@ -1,6 +1,8 @@
 /* persist.c — the persistence actor: SQLite WAL, group commit, recovery. */
 #include "therasync/persist.h"
 #include "therasync/call.h"
+#include "therasync/json.h"
+#include "therasync/sync.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
 
@@ -30,6 +32,9 @@ typedef struct {
     sqlite3_stmt *insert_mutation; /* outbox append */
     sqlite3_stmt *drop_mutation;   /* outbox delete by seq */
     sqlite3_stmt *put_confirmed;   /* docs upsert */
+    sqlite3_stmt *put_cursor;      /* meta cursor */
+    sqlite3_stmt *insert_audit;    /* audit append */
+    void *to_sync;                 /* PUSH: committed records (NULL: standalone) */
     void *inbox;                   /* PULL: envelopes and requests */
     void *to_front;                /* PUSH: committed envelopes */
     void *to_store;                /* PUSH: recovery chunks, rollbacks */
@@ -50,6 +55,10 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "  at INTEGER NOT NULL, body TEXT);"
     "CREATE TABLE docs(coll TEXT NOT NULL, doc_id TEXT NOT NULL, version INTEGER NOT NULL,"
     "  body TEXT, PRIMARY KEY(coll, doc_id)) WITHOUT ROWID;",
+    /* 2: the audit trail (append-only; never document bodies) */
+    "CREATE TABLE audit(seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, mutation TEXT NOT NULL,"
+    "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, event TEXT NOT NULL, client TEXT,"
+    "  version INTEGER, reason TEXT);",
 };
 
 /* ---- checkpointer ----
@@ -245,7 +254,13 @@ static int open_db(persist_t *self)
                            "INSERT INTO docs(coll, doc_id, version, body) VALUES(?,?,?,?) ON "
                            "CONFLICT(coll, doc_id) DO UPDATE SET version=excluded.version, "
                            "body=excluded.body",
-                           -1, SQLITE_PREPARE_PERSISTENT, &self->put_confirmed, NULL)) {
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->put_confirmed, NULL) ||
+        sqlite3_prepare_v3(self->db, "INSERT OR REPLACE INTO meta(key, value) VALUES('cursor', ?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->put_cursor, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version, "
+                           "reason) VALUES(?,?,?,?,?,?,?,?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->insert_audit, NULL)) {
         ts_error(LOG, "cannot prepare statements: %s", sqlite3_errmsg(self->db));
         return -1;
     }
@@ -283,6 +298,30 @@ static int write_record(persist_t *self, const ts_record_t *r)
             sqlite3_bind_text(s, 4, r->body, (int)r->body_len, SQLITE_STATIC);
         else
             sqlite3_bind_null(s, 4);
+        break;
+    case TS_REC_CURSOR:
+        s = self->put_cursor;
+        sqlite3_bind_text(s, 1, r->body ? r->body : "", -1, SQLITE_STATIC);
+        break;
+    case TS_REC_AUDIT:
+        s = self->insert_audit;
+        sqlite3_bind_int64(s, 1, r->at_ms);
+        sqlite3_bind_text(s, 2, r->mutation, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, r->collection, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, r->doc_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, r->event, -1, SQLITE_STATIC);
+        if (r->client[0])
+            sqlite3_bind_text(s, 6, r->client, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s, 6);
+        if (r->version)
+            sqlite3_bind_int64(s, 7, r->version);
+        else
+            sqlite3_bind_null(s, 7);
+        if (r->body)
+            sqlite3_bind_text(s, 8, r->body, (int)r->body_len, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s, 8);
         break;
     default:
         return -1;
@@ -363,6 +402,113 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
             cJSON_AddNumberToObject(m, "commit_us_max", (double)self->commit_us_max);
         }
     }
+}
+
+/* Answers an `audit` call: {collection?, id?, since?, limit?} → {entries}. */
+static void answer_audit(persist_t *self, ts_call_t *call)
+{
+    const char *coll = ts_json_string(call->params, "collection");
+    const char *id = ts_json_string(call->params, "id");
+    const char *since = ts_json_string(call->params, "since");
+    long long limit = 100;
+    ts_json_int(call->params, "limit", &limit);
+    int64_t since_ms = 0;
+    if (since && ts_parse_rfc3339(since, &since_ms)) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.since must be an RFC 3339 time");
+        return;
+    }
+    if (limit < 1 || limit > 10000) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be 1..10000");
+        return;
+    }
+    sqlite3_stmt *stmt;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT at, mutation, coll, doc_id, event, client, version, reason FROM "
+                           "audit WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
+                           "AND at >= ?3 ORDER BY seq LIMIT ?4",
+                           -1, &stmt, NULL) != SQLITE_OK) {
+        ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
+        return;
+    }
+    if (coll)
+        sqlite3_bind_text(stmt, 1, coll, -1, SQLITE_STATIC);
+    if (id)
+        sqlite3_bind_text(stmt, 2, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 3, since_ms);
+    sqlite3_bind_int64(stmt, 4, limit);
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"entries\":[");
+    int rows = 0, rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        char at[32];
+        ts_rfc3339(sqlite3_column_int64(stmt, 0), at);
+        ts_buf_printf(&b, "%s{\"at\":\"%s\"", rows++ ? "," : "", at);
+        static const char *names[] = {NULL, "mutation", "collection", "id", "event", "client"};
+        for (int col = 1; col <= 5; col++) {
+            const char *text = (const char *)sqlite3_column_text(stmt, col);
+            if (!text)
+                continue;
+            ts_buf_printf(&b, ",\"%s\":", names[col]);
+            ts_buf_json_string(&b, text, strlen(text));
+        }
+        if (sqlite3_column_type(stmt, 6) != SQLITE_NULL)
+            ts_buf_printf(&b, ",\"version\":%lld", (long long)sqlite3_column_int64(stmt, 6));
+        const char *reason = (const char *)sqlite3_column_text(stmt, 7);
+        if (reason) {
+            ts_buf_puts(&b, ",\"reason\":");
+            ts_buf_json_string(&b, reason, strlen(reason));
+        }
+        ts_buf_puts(&b, "}");
+    }
+    sqlite3_finalize(stmt);
+    ts_buf_puts(&b, "]}");
+    size_t len;
+    char *text = ts_buf_take(&b, &len);
+    if (rc != SQLITE_DONE || !text) {
+        free(text);
+        ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
+        return;
+    }
+    ts_call_set_result(call, text, len);
+}
+
+static void answer_calls(persist_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < envs[i]->ncalls; c++) {
+            ts_call_t *call = &envs[i]->calls[c];
+            if (call->method == TS_M_AUDIT && !call->err_code && !call->result)
+                answer_audit(self, call);
+        }
+    }
+}
+
+/* Hands the committed records to the sync actor, which pushes only what is
+ * durable; without an API they are simply freed with the envelopes. */
+static void forward_to_sync(persist_t *self, ts_envelope_t **envs, size_t n)
+{
+    if (!self->to_sync)
+        return;
+    void *lists[256];
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < envs[i]->ncalls; c++) {
+            ts_call_t *call = &envs[i]->calls[c];
+            if (!call->records)
+                continue;
+            lists[count++] = call->records;
+            call->records = NULL;
+            if (count == sizeof lists / sizeof *lists) {
+                if (ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, lists, count))
+                    for (size_t k = 0; k < count; k++)
+                        ts_record_free_list(lists[k]);
+                count = 0;
+            }
+        }
+    }
+    if (count && ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, lists, count))
+        for (size_t k = 0; k < count; k++)
+            ts_record_free_list(lists[k]);
 }
 
 static bool batch_has_records(ts_envelope_t **envs, size_t n)
@@ -452,6 +598,20 @@ static void recover(persist_t *self)
         if (chunk)
             send_chunk(self, chunk, &in_flight);
     }
+    /* The change-feed position, last. */
+    sqlite3_stmt *stmt;
+    if (sqlite3_prepare_v2(self->db, "SELECT value FROM meta WHERE key = 'cursor'", -1, &stmt,
+                           NULL) == SQLITE_OK &&
+        sqlite3_step(stmt) == SQLITE_ROW) {
+        const char *cursor = (const char *)sqlite3_column_text(stmt, 0);
+        ts_chunk_t *chunk = ts_chunk_new(4096);
+        if (chunk && cursor && strlen(cursor) < 1024 &&
+            ts_chunk_add(chunk, TS_REC_CURSOR, "-", "-", cursor, strlen(cursor)))
+            send_chunk(self, chunk, &in_flight);
+        else
+            free(chunk);
+    }
+    sqlite3_finalize(stmt);
     ts_wire_send(self->to_store, TS_WIRE_RECOVERED, NULL, 0);
     ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
 }
@@ -501,8 +661,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     if (batch_has_records(batch, nbatch)) {
         if (commit_batch(self, batch, nbatch))
             fail_batch(self, batch, nbatch);
+        else
+            forward_to_sync(self, batch, nbatch);
         maybe_checkpoint(self);
     }
+    answer_calls(self, batch, nbatch);
     add_metrics(self, batch, nbatch);
     if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
         ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
@@ -521,6 +684,10 @@ static void persist_cleanup(persist_t *self)
     sqlite3_finalize(self->insert_mutation);
     sqlite3_finalize(self->drop_mutation);
     sqlite3_finalize(self->put_confirmed);
+    sqlite3_finalize(self->put_cursor);
+    sqlite3_finalize(self->insert_audit);
+    if (self->to_sync)
+        zmq_close(self->to_sync);
     if (self->db) {
         sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         sqlite3_close_v2(self->db);
@@ -560,11 +727,13 @@ static void persist_actor(ts_actor_t *actor, void *args)
     self.inbox = make_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
     self.to_front = make_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
     self.to_store = make_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
+    if (self.config->api_url)
+        self.to_sync = make_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
     self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
     self.to_checkpointer = make_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
     loop = ts_loop_new();
     if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
-        !self.to_checkpointer) {
+        !self.to_checkpointer || (self.config->api_url && !self.to_sync)) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }

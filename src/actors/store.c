@@ -3,6 +3,9 @@
 #include "therasync/call.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
+#include "therasync/policy.h"
+#include "therasync/sha256.h"
+#include "therasync/sync.h"
 #include "therasync/util.h"
 
 #include <stdio.h>
@@ -77,7 +80,16 @@ typedef struct {
     size_t pending;        /* pending mutations over all documents */
     void *inbox;           /* PULL */
     void *to_persist;      /* PUSH */
+    void *to_sync;         /* PUSH: outbox at start, sync calls, digests (NULL: standalone) */
+    void *events_out;      /* PUSH: events not tied to a write (sync.status) */
     bool recovering;
+    ts_policy_t *policy;   /* conflict resolution (NULL: the default merge) */
+    const char *client;    /* the client of the envelope being handled, for the audit */
+    char cursor[65];       /* the change-feed position, as persisted */
+    cJSON *sync_status;    /* the sync actor's part of `status` */
+    bool last_online;
+    bool last_pending_zero;
+    uint64_t confirmed, rejected, conflicts, remote_applied;
     ts_buf_t scratch;      /* reused for printing documents and results */
     uint64_t calls[TS_M__LAST];
     uint64_t rejected_writes;
@@ -503,6 +515,26 @@ static int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *
     return 0;
 }
 
+/* Appends one audit line (never a document) to the call's records. */
+static void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
+                      const mutation_t *m, const char *event, const char *client,
+                      int64_t version, const char *reason)
+{
+    ts_record_t *r =
+        ts_record_new(TS_REC_AUDIT, c->name, d->id, d->id_len, reason, reason ? strlen(reason) : 0);
+    if (!r)
+        return;
+    r->at_ms = ts_wall_ms();
+    uuid_format(m->id, r->mutation);
+    snprintf(r->event, sizeof r->event, "%s", event);
+    snprintf(r->client, sizeof r->client, "%s", client ? client : "");
+    r->version = version;
+    ts_record_t **p = &call->records;
+    while (*p)
+        p = &(*p)->next;
+    *p = r;
+}
+
 /* Removes the server-assigned fields a client may not set. */
 static void strip_server_fields(cJSON *doc)
 {
@@ -546,6 +578,7 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
         ts_call_fail(call, TS_E_INTERNAL, "out of memory applying the write");
         return;
     }
+    add_audit(call, c, d, m, "accepted", self->client, m->base_version, NULL);
     set_doc_result(call, d, m->op != TS_OP_DELETE);
     add_doc_changed(call, c, d);
 }
@@ -786,8 +819,11 @@ static void do_cancel(store_t *self, ts_call_t *call)
     mutation_t *dropped = NULL;
     recompute(self, c, d, &dropped);
     m->next = dropped;
-    for (mutation_t *x = m; x; x = x->next)
+    for (mutation_t *x = m; x; x = x->next) {
         add_drop_record(call, c, d, x);
+        add_audit(call, c, d, x, "cancelled", self->client, 0,
+                  x == m ? "cancelled before it was sent" : "depended on a cancelled mutation");
+    }
     while (m) {
         mutation_t *next = m->next;
         free(m);
@@ -803,26 +839,89 @@ static void do_cancel(store_t *self, ts_call_t *call)
     add_doc_changed(call, c, d);
 }
 
+/* The oldest pending write's acceptance time (ms), or 0. A scan, but
+ * `status` is an operator's call, not a hot path. */
+static int64_t oldest_pending_ms(store_t *self)
+{
+    int64_t oldest = 0;
+    for (size_t k = 0; k < self->ncollections && self->pending; k++) {
+        collection_t *c = &self->collections[k];
+        for (size_t i = 0; i < c->cap; i++) {
+            doc_t *d = doc_at(c, i);
+            if (d && d->pending && (!oldest || d->pending->at_ms < oldest))
+                oldest = d->pending->at_ms;
+        }
+    }
+    return oldest;
+}
+
+/* The `status` result: the sync actor's view merged with the store's. */
+static cJSON *status_json(store_t *self)
+{
+    cJSON *st = self->sync_status ? cJSON_Duplicate(self->sync_status, 1) : cJSON_CreateObject();
+    if (!st)
+        return NULL;
+    if (!self->sync_status) {
+        cJSON_AddBoolToObject(st, "online", false);
+        cJSON_AddStringToObject(st, self->config->api_url ? "api" : "api",
+                                self->config->api_url ? "starting" : "none");
+        cJSON_AddNullToObject(st, "last_sync_at");
+        cJSON_AddNullToObject(st, "last_error");
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(st, "pending");
+    cJSON_AddNumberToObject(st, "pending", (double)self->pending);
+    cJSON_DeleteItemFromObjectCaseSensitive(st, "cursor");
+    if (self->cursor[0])
+        cJSON_AddStringToObject(st, "cursor", self->cursor);
+    else
+        cJSON_AddNullToObject(st, "cursor");
+    int64_t oldest = oldest_pending_ms(self);
+    if (oldest) {
+        char at[32];
+        ts_rfc3339(oldest, at);
+        cJSON_AddStringToObject(st, "oldest_pending_at", at);
+        cJSON_AddNumberToObject(st, "oldest_pending_age_s", (double)(ts_wall_ms() - oldest) / 1000);
+    }
+    cJSON *colls = cJSON_AddObjectToObject(st, "collections");
+    for (size_t i = 0; i < self->ncollections; i++)
+        cJSON_AddNumberToObject(colls, self->collections[i].name,
+                                (double)self->collections[i].live);
+    return st;
+}
+
 static void do_status(store_t *self, ts_call_t *call)
 {
-    ts_buf_t b = {0};
-    ts_buf_printf(&b,
-                  "{\"online\":false,\"api\":\"none\",\"pending\":%zu,\"last_sync_at\":null,"
-                  "\"last_error\":null,\"cursor\":null,\"collections\":{",
-                  self->pending);
-    for (size_t i = 0; i < self->ncollections; i++) {
-        collection_t *c = &self->collections[i];
-        ts_buf_printf(&b, "%s", i ? "," : "");
-        ts_buf_json_string(&b, c->name, strlen(c->name));
-        ts_buf_printf(&b, ":%zu", c->live);
-    }
-    ts_buf_puts(&b, "}}");
-    size_t len;
-    char *text = ts_buf_take(&b, &len);
+    cJSON *st = status_json(self);
+    char *text = st ? cJSON_PrintUnformatted(st) : NULL;
+    cJSON_Delete(st);
     if (text)
-        ts_call_set_result(call, text, len);
+        ts_call_set_result(call, text, strlen(text));
     else
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+/* Publishes sync.status when online flips or pending crosses zero. */
+static void maybe_publish_status(store_t *self)
+{
+    const cJSON *online = cJSON_GetObjectItemCaseSensitive(self->sync_status, "online");
+    bool now_online = cJSON_IsTrue(online), now_zero = self->pending == 0;
+    if (now_online == self->last_online && now_zero == self->last_pending_zero)
+        return;
+    self->last_online = now_online;
+    self->last_pending_zero = now_zero;
+    cJSON *st = status_json(self);
+    cJSON *event = cJSON_CreateObject();
+    cJSON_AddStringToObject(event, "jsonrpc", "2.0");
+    cJSON_AddStringToObject(event, "method", "sync.status");
+    if (st)
+        cJSON_AddItemToObject(event, "params", st);
+    char *text = cJSON_PrintUnformatted(event);
+    cJSON_Delete(event);
+    if (text && self->events_out) {
+        zmq_send(self->events_out, "sync", 4, ZMQ_SNDMORE);
+        zmq_send(self->events_out, text, strlen(text), 0);
+    }
+    cJSON_free(text);
 }
 
 static void do_metrics(store_t *self, ts_call_t *call)
@@ -840,6 +939,8 @@ static void do_metrics(store_t *self, ts_call_t *call)
                                 (double)self->collections[i].live);
 }
 
+static void do_sync_standalone(store_t *self, ts_call_t *call);
+
 static void handle_call(store_t *self, ts_call_t *call)
 {
     if (call->err_code || call->result || call->partial)
@@ -855,6 +956,9 @@ static void handle_call(store_t *self, ts_call_t *call)
     case TS_M_CANCEL: do_cancel(self, call); break;
     case TS_M_STATUS: do_status(self, call); break;
     case TS_M_METRICS: do_metrics(self, call); break;
+    case TS_M_SYNC:
+    case TS_M_INVALIDATE: do_sync_standalone(self, call); break;
+    case TS_M_AUDIT: break; /* answered by persist, which owns the audit table */
     default:
         ts_call_fail(call, TS_E_NO_METHOD, "%s is not available in this build",
                      ts_method_name(call->method));
@@ -864,10 +968,581 @@ static void handle_call(store_t *self, ts_call_t *call)
         self->rejected_writes++;
 }
 
+/* ---- sync: applying what the server said ---- */
+
+/* Unlinks the pending mutation with this seq; NULL when it is not there. */
+static mutation_t *take_mutation(store_t *self, doc_t *d, int64_t seq)
+{
+    for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
+        if ((*p)->seq == seq) {
+            mutation_t *m = *p;
+            *p = m->next;
+            m->next = NULL;
+            d->npending--;
+            self->pending--;
+            return m;
+        }
+    }
+    return NULL;
+}
+
+/* Sets the server's version of a document: doc with or without its id
+ * (NULL or deleted = a tombstone). Returns 0 or -1 (no memory). */
+static int set_confirmed(store_t *self, collection_t *c, doc_t *d, const cJSON *doc,
+                         int64_t version)
+{
+    size_t len = 0;
+    const char *text = "";
+    cJSON *copy = NULL;
+    if (doc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "deleted"))) {
+        copy = cJSON_Duplicate(doc, 1);
+        if (!copy)
+            return -1;
+        cJSON_DeleteItemFromObjectCaseSensitive(copy, "id");
+        text = print_scratch(self, copy, &len);
+        cJSON_Delete(copy);
+        if (!text)
+            return -1;
+    }
+    confirmed_t *conf = malloc(sizeof *conf + len + 1);
+    if (!conf)
+        return -1;
+    conf->version = version;
+    conf->len = (uint32_t)len;
+    memcpy(conf->text, text, len + 1);
+    if (d->visible_kind == VISIBLE_IS_CONFIRMED)
+        set_visible(c, d, NULL, 0, VISIBLE_OWNED); /* it points into the old one */
+    free(d->confirmed);
+    d->confirmed = conf;
+    return 0;
+}
+
+static void add_confirmed_record(ts_call_t *call, const collection_t *c, const doc_t *d)
+{
+    const confirmed_t *conf = d->confirmed;
+    ts_record_t *r = ts_record_new(TS_REC_CONFIRMED, c->name, d->id, d->id_len,
+                                   conf && conf->len ? conf->text : NULL, conf ? conf->len : 0);
+    if (!r)
+        return;
+    r->version = doc_version(d);
+    ts_record_t **p = &call->records;
+    while (*p)
+        p = &(*p)->next;
+    *p = r;
+}
+
+static void add_event_json(ts_call_t *call, const char *topic, const char *method, cJSON *params)
+{
+    cJSON *event = cJSON_CreateObject();
+    cJSON_AddStringToObject(event, "jsonrpc", "2.0");
+    cJSON_AddStringToObject(event, "method", method);
+    cJSON_AddItemToObject(event, "params", params);
+    char *text = cJSON_PrintUnformatted(event);
+    if (text)
+        add_event(call, topic, text, strlen(text));
+    cJSON_free(text);
+    cJSON_Delete(event);
+}
+
+static cJSON *doc_or_null(const doc_t *d)
+{
+    cJSON *doc = parse_doc(d);
+    return doc ? doc : cJSON_CreateNull();
+}
+
+/* A mutation the server refused (or a conflict policy dropped): durable
+ * drop, audit line, mutation.rejected with the rolled-back document. */
+static void reject_mutation(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                            mutation_t *m, const char *reason, const char *message,
+                            const cJSON *errors)
+{
+    self->rejected++;
+    add_drop_record(call, c, d, m);
+    char line[320];
+    snprintf(line, sizeof line, "%s: %s", reason, message ? message : "");
+    add_audit(call, c, d, m, "rejected", NULL, doc_version(d), line);
+    char id[37];
+    uuid_format(m->id, id);
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "mutation", id);
+    cJSON_AddStringToObject(params, "collection", c->name);
+    char doc_id[65];
+    memcpy(doc_id, d->id, d->id_len);
+    doc_id[d->id_len] = '\0';
+    cJSON_AddStringToObject(params, "id", doc_id);
+    cJSON *error = cJSON_AddObjectToObject(params, "error");
+    cJSON_AddStringToObject(error, "reason", reason);
+    cJSON_AddStringToObject(error, "message", message ? message : reason);
+    if (errors)
+        cJSON_AddItemToObject(error, "errors", cJSON_Duplicate(errors, 1));
+    cJSON_AddItemToObject(params, "doc", doc_or_null(d));
+    add_event_json(call, "mutation", "mutation.rejected", params);
+}
+
+/* Rebuilds the visible document and rejects what no longer applies. */
+static void recompute_and_reject(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                                 const char *why)
+{
+    mutation_t *dropped = NULL;
+    recompute(self, c, d, &dropped);
+    while (dropped) {
+        mutation_t *next = dropped->next;
+        reject_mutation(self, call, c, d, dropped, "rolled_back", why, NULL);
+        free(dropped);
+        dropped = next;
+    }
+}
+
+static void add_doc_changed_remote(ts_call_t *call, const collection_t *c, const doc_t *d)
+{
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "collection", c->name);
+    char doc_id[65];
+    memcpy(doc_id, d->id, d->id_len);
+    doc_id[d->id_len] = '\0';
+    cJSON_AddStringToObject(params, "id", doc_id);
+    cJSON_AddItemToObject(params, "doc", doc_or_null(d));
+    cJSON_AddStringToObject(params, "origin", "remote");
+    cJSON_AddBoolToObject(params, "deleted", d->visible == NULL);
+    char topic[80];
+    snprintf(topic, sizeof topic, "doc.%s", c->name);
+    add_event_json(call, topic, "doc.changed", params);
+}
+
+static int64_t version_of(const ts_sync_update_t *u)
+{
+    long long v;
+    if (u->doc && ts_json_int(u->doc, "version", &v))
+        return v;
+    return u->version;
+}
+
+static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                           const ts_sync_update_t *u)
+{
+    mutation_t *m = take_mutation(self, d, u->seq);
+    int64_t version = version_of(u);
+    if (version >= doc_version(d) && set_confirmed(self, c, d, u->doc, version) == 0)
+        add_confirmed_record(call, c, d);
+    recompute_and_reject(self, call, c, d, "no longer applies after the server's answer");
+    if (m) {
+        self->confirmed++;
+        add_drop_record(call, c, d, m);
+        add_audit(call, c, d, m, "confirmed", NULL, version, NULL);
+        char id[37];
+        uuid_format(m->id, id);
+        cJSON *params = cJSON_CreateObject();
+        cJSON_AddStringToObject(params, "mutation", id);
+        cJSON_AddStringToObject(params, "collection", c->name);
+        cJSON_AddStringToObject(params, "id", u->doc_id);
+        cJSON_AddNumberToObject(params, "version", (double)version);
+        cJSON_AddNumberToObject(params, "pending", d->npending);
+        add_event_json(call, "mutation", "mutation.confirmed", params);
+        free(m);
+    }
+    add_doc_changed_remote(call, c, d);
+}
+
+static void sync_rejected(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                          const ts_sync_update_t *u)
+{
+    mutation_t *m = take_mutation(self, d, u->seq);
+    if (!m)
+        return; /* already gone (cancelled) */
+    recompute(self, c, d, &m->next); /* m->next is NULL: collects dependents after m */
+    mutation_t *dependents = m->next;
+    m->next = NULL;
+    reject_mutation(self, call, c, d, m, u->error[0] ? u->error : "rejected", u->message,
+                    u->errors);
+    free(m);
+    while (dependents) {
+        mutation_t *next = dependents->next;
+        reject_mutation(self, call, c, d, dependents, "rolled_back",
+                        "depended on a rejected mutation", NULL);
+        free(dependents);
+        dependents = next;
+    }
+    add_doc_changed_remote(call, c, d);
+}
+
+/* A merge patch that turns from into to (top-level and nested objects);
+ * server-assigned fields are left out. */
+static cJSON *diff_patch(const cJSON *from, const cJSON *to)
+{
+    cJSON *patch = cJSON_CreateObject();
+    for (const cJSON *f = to ? to->child : NULL; patch && f; f = f->next) {
+        if (!strcmp(f->string, "id") || !strcmp(f->string, "version") ||
+            !strcmp(f->string, "updated_at") || !strcmp(f->string, "deleted"))
+            continue;
+        const cJSON *old = cJSON_GetObjectItemCaseSensitive(from, f->string);
+        if (old && cJSON_Compare(old, f, 1))
+            continue;
+        cJSON *value = cJSON_IsObject(old) && cJSON_IsObject(f) ? diff_patch(old, f)
+                                                                : cJSON_Duplicate(f, 1);
+        cJSON_AddItemToObject(patch, f->string, value);
+    }
+    for (const cJSON *f = from ? from->child : NULL; patch && f; f = f->next)
+        if (strcmp(f->string, "id") && strcmp(f->string, "version") &&
+            strcmp(f->string, "updated_at") && !cJSON_GetObjectItemCaseSensitive(to, f->string))
+            cJSON_AddNullToObject(patch, f->string);
+    return patch;
+}
+
+/* Base and mine for a conflicting head mutation m: base is the confirmed
+ * document (NULL for a local create), mine is base with m applied. */
+static void conflict_sides(const doc_t *d, const mutation_t *m, cJSON **base, cJSON **mine)
+{
+    *base = NULL;
+    *mine = NULL;
+    if (d->confirmed && d->confirmed->len) {
+        *base = cJSON_ParseWithLength(d->confirmed->text, d->confirmed->len);
+        char id[65];
+        memcpy(id, d->id, d->id_len);
+        id[d->id_len] = '\0';
+        if (*base)
+            cJSON_AddStringToObject(*base, "id", id);
+    }
+    if (m->op == TS_OP_CREATE) {
+        *mine = cJSON_ParseWithLength(m->body, m->body_len);
+    } else if (m->op == TS_OP_UPDATE) {
+        cJSON *patch = cJSON_ParseWithLength(m->body, m->body_len);
+        *mine = patch ? ts_json_merge_patch(*base ? cJSON_Duplicate(*base, 1) : NULL, patch) : NULL;
+        cJSON_Delete(patch);
+    }
+    if (*mine) {
+        char id[65];
+        memcpy(id, d->id, d->id_len);
+        id[d->id_len] = '\0';
+        cJSON_DeleteItemFromObjectCaseSensitive(*mine, "id");
+        cJSON_AddStringToObject(*mine, "id", id);
+    }
+}
+
+static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                          const ts_sync_update_t *u)
+{
+    mutation_t *m = NULL;
+    for (mutation_t *x = d->pending; x; x = x->next)
+        if (x->seq == u->seq)
+            m = x;
+    if (!m || !u->doc)
+        return;
+    self->conflicts++;
+    cJSON *base, *mine;
+    conflict_sides(d, m, &base, &mine);
+    ts_policy_outcome_t outcome = {0};
+    char err[256] = "";
+    int rc = -1;
+    if (self->policy && mine)
+        rc = ts_policy_resolve(self->policy, c->name, base, mine, u->doc, &outcome, err,
+                               sizeof err);
+    if (rc != TS_POLICY_OK && !outcome.doc && outcome.kind != TS_OUTCOME_THEIRS) {
+        /* no policy engine, or the policy failed without a fallback */
+        outcome.kind = mine ? TS_OUTCOME_MERGE : TS_OUTCOME_MINE;
+        outcome.doc = mine ? ts_policy_default_merge(base, mine, u->doc) : NULL;
+        snprintf(outcome.policy, sizeof outcome.policy, "default");
+    }
+    int64_t theirs_version = version_of(u);
+    if (set_confirmed(self, c, d, u->doc, theirs_version) == 0)
+        add_confirmed_record(call, c, d);
+    cJSON *params = cJSON_CreateObject();
+    cJSON_AddStringToObject(params, "collection", c->name);
+    cJSON_AddStringToObject(params, "id", u->doc_id);
+    cJSON_AddStringToObject(params, "policy", outcome.policy[0] ? outcome.policy : "default");
+    cJSON_AddStringToObject(params, "outcome", ts_policy_outcome_name(outcome.kind));
+    if (rc != TS_POLICY_OK && err[0])
+        cJSON_AddStringToObject(params, "policy_error", err);
+    add_event_json(call, "conflict", "conflict.resolved", params);
+    add_audit(call, c, d, m, "conflict", NULL, theirs_version, ts_policy_outcome_name(outcome.kind));
+
+    if (outcome.kind == TS_OUTCOME_THEIRS || outcome.kind == TS_OUTCOME_REJECT) {
+        mutation_t *taken = take_mutation(self, d, m->seq);
+        recompute(self, c, d, &taken->next);
+        mutation_t *dependents = taken->next;
+        taken->next = NULL;
+        reject_mutation(self, call, c, d, taken, "conflict",
+                        outcome.kind == TS_OUTCOME_REJECT ? outcome.reason
+                                                          : "the server's version was kept",
+                        NULL);
+        free(taken);
+        while (dependents) {
+            mutation_t *next = dependents->next;
+            reject_mutation(self, call, c, d, dependents, "rolled_back",
+                            "depended on a mutation lost in a conflict", NULL);
+            free(dependents);
+            dependents = next;
+        }
+    } else {
+        /* mine or merge: rewrite m, in its place in line, as a change of the
+         * server's version (a delete stays a delete), with a new id so the
+         * server's idempotency keys see a new request. */
+        const cJSON *target = outcome.kind == TS_OUTCOME_MERGE && outcome.doc ? outcome.doc : mine;
+        cJSON *patch = m->op == TS_OP_DELETE || !target ? NULL : diff_patch(u->doc, target);
+        size_t len = 0;
+        const char *text = patch ? print_scratch(self, patch, &len) : "";
+        mutation_t *r = text ? mutation_new(m->op == TS_OP_DELETE ? TS_OP_DELETE : TS_OP_UPDATE,
+                                            text, len)
+                             : NULL;
+        cJSON_Delete(patch);
+        if (r) {
+            r->seq = m->seq;
+            r->base_version = theirs_version;
+            r->at_ms = m->at_ms;
+            char id[37];
+            ts_uuidv7(id);
+            uuid_parse(id, r->id);
+            for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
+                if (*p == m) {
+                    r->next = m->next;
+                    *p = r;
+                    break;
+                }
+            }
+            add_drop_record(call, c, d, m);
+            add_mutation_record(call, c, d, r);
+            free(m);
+        }
+    }
+    recompute_and_reject(self, call, c, d, "no longer applies after a conflict");
+    add_doc_changed_remote(call, c, d);
+    ts_policy_outcome_clear(&outcome);
+    cJSON_Delete(base);
+    cJSON_Delete(mine);
+}
+
+static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const ts_sync_update_t *u)
+{
+    bool deleted = !u->doc || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(u->doc, "deleted"));
+    doc_t *d = find_doc(c, u->doc_id);
+    if (!d && deleted)
+        return; /* never had it */
+    if (!d)
+        d = get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
+    int64_t version = version_of(u);
+    /* Newer than what we have, or a repair's forced tombstone (version 0). */
+    if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
+        return;
+    if (set_confirmed(self, c, d, deleted ? NULL : u->doc, version ? version : doc_version(d)))
+        return;
+    self->remote_applied++;
+    add_confirmed_record(call, c, d);
+    recompute_and_reject(self, call, c, d, "the document changed on the server");
+    add_doc_changed_remote(call, c, d);
+}
+
+static void sync_sent(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync_update_t *u)
+{
+    for (mutation_t *m = d->pending; m; m = m->next)
+        if (m->seq == u->seq)
+            add_audit(call, c, d, m, "sent", NULL, m->base_version, NULL);
+}
+
+/* Applies a message of sync updates as one internal envelope, so that all
+ * of it commits in one transaction and its events follow the commit. */
+static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
+{
+    ts_envelope_t *e = ts_envelope_new(1);
+    if (!e) {
+        ts_error(LOG, "out of memory applying sync updates");
+        for (size_t i = 0; i < n; i++)
+            ts_sync_update_free(ptrs[i]);
+        return;
+    }
+    e->internal = true;
+    e->received_us = ts_mono_us();
+    ts_call_t *call = &e->calls[0];
+    call->method = TS_M_NONE;
+    for (size_t i = 0; i < n; i++) {
+        ts_sync_update_t *u = ptrs[i];
+        collection_t *c = find_collection(self, u->collection);
+        doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
+        switch (u->kind) {
+        case TS_SYNC_CONFIRMED:
+            if (c && !d)
+                d = get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
+            if (d)
+                sync_confirmed(self, call, c, d, u);
+            break;
+        case TS_SYNC_REJECTED:
+            if (d)
+                sync_rejected(self, call, c, d, u);
+            break;
+        case TS_SYNC_CONFLICT:
+            if (d)
+                sync_conflict(self, call, c, d, u);
+            break;
+        case TS_SYNC_REMOTE:
+            if (c)
+                sync_remote(self, call, c, u);
+            break;
+        case TS_SYNC_SENT:
+            if (d)
+                sync_sent(call, c, d, u);
+            break;
+        case TS_SYNC_CURSOR: {
+            snprintf(self->cursor, sizeof self->cursor, "%s", u->cursor);
+            ts_record_t *r = ts_record_new(TS_REC_CURSOR, "-", "-", 1, u->cursor, strlen(u->cursor));
+            if (r) {
+                r->next = NULL;
+                ts_record_t **p = &call->records;
+                while (*p)
+                    p = &(*p)->next;
+                *p = r;
+            }
+            break;
+        }
+        case TS_SYNC_STATUS:
+            cJSON_Delete(self->sync_status);
+            self->sync_status = u->status;
+            u->status = NULL;
+            break;
+        }
+        ts_sync_update_free(u);
+    }
+    ts_call_set_result(call, strdup("null"), 4);
+    void *one = e;
+    if (ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, &one, 1))
+        ts_envelope_free(e);
+    maybe_publish_status(self);
+}
+
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
+}
+
+/* Fills a digest of a collection's live confirmed documents, the way the
+ * Clinic API computes it, and sends it back to the sync actor. */
+static void answer_digest(store_t *self, ts_digest_t *dg)
+{
+    collection_t *c = find_collection(self, dg->collection);
+    size_t n = 0;
+    for (size_t i = 0; c && i < c->cap; i++) {
+        doc_t *d = doc_at(c, i);
+        n += d && d->confirmed && d->confirmed->len;
+    }
+    struct ts_digest_entry *list = n ? malloc(n * sizeof *list) : NULL;
+    size_t k = 0;
+    for (size_t i = 0; list && c && i < c->cap; i++) {
+        doc_t *d = doc_at(c, i);
+        if (!d || !d->confirmed || !d->confirmed->len)
+            continue;
+        memcpy(list[k].id, d->id, d->id_len);
+        list[k].id[d->id_len] = '\0';
+        list[k++].version = d->confirmed->version;
+    }
+    if (list)
+        qsort(list, k, sizeof *list, compare_entries);
+    ts_sha256_t sha;
+    ts_sha256_init(&sha);
+    for (size_t i = 0; i < k; i++) {
+        char line[96];
+        int len = snprintf(line, sizeof line, "%s:%lld\n", list[i].id, (long long)list[i].version);
+        ts_sha256_update(&sha, line, (size_t)len);
+    }
+    uint8_t digest[32];
+    ts_sha256_final(&sha, digest);
+    ts_sha256_to_hex(digest, dg->hash);
+    dg->count = k;
+    if (dg->want_versions) {
+        dg->versions = list;
+        dg->nversions = k;
+    } else {
+        free(list);
+    }
+    void *one = dg;
+    if (!self->to_sync || ts_wire_send(self->to_sync, TS_WIRE_DIGEST, &one, 1))
+        ts_digest_free(dg);
+}
+
+typedef struct {
+    int64_t seq;
+    collection_t *c;
+    doc_t *d;
+    mutation_t *m;
+} pending_ref_t;
+
+static int compare_seq(const void *a, const void *b)
+{
+    int64_t x = ((const pending_ref_t *)a)->seq, y = ((const pending_ref_t *)b)->seq;
+    return (x > y) - (x < y);
+}
+
+/* After recovery: the cursor, then every pending mutation in seq order. */
+static void hand_outbox_to_sync(store_t *self)
+{
+    ts_sync_update_t *cursor = ts_sync_update_new(TS_SYNC_CURSOR);
+    if (cursor) {
+        snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
+        void *one = cursor;
+        if (ts_wire_send(self->to_sync, TS_WIRE_SYNC_UPDATES, &one, 1))
+            ts_sync_update_free(cursor);
+    }
+    pending_ref_t *refs = self->pending ? malloc(self->pending * sizeof *refs) : NULL;
+    size_t n = 0;
+    for (size_t k = 0; refs && k < self->ncollections; k++) {
+        collection_t *c = &self->collections[k];
+        for (size_t i = 0; i < c->cap; i++) {
+            doc_t *d = doc_at(c, i);
+            for (mutation_t *m = d ? d->pending : NULL; m && n < self->pending; m = m->next)
+                refs[n++] = (pending_ref_t){m->seq, c, d, m};
+        }
+    }
+    if (self->pending && !refs)
+        ts_error(LOG, "out of memory handing the outbox to sync");
+    qsort(refs, n, sizeof *refs, compare_seq);
+    ts_call_t scratch = {0};
+    size_t batch = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n) {
+            add_mutation_record(&scratch, refs[i].c, refs[i].d, refs[i].m);
+            batch++;
+        }
+        if ((batch == 1000 || i == n) && scratch.records) {
+            void *one = scratch.records;
+            if (ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, &one, 1))
+                ts_record_free_list(scratch.records);
+            scratch.records = NULL;
+            batch = 0;
+        }
+    }
+    free(refs);
+    ts_info(LOG, "handed %zu pending mutations to sync", n);
+}
+
+/* `sync` and `invalidate` belong to the sync actor; without one they are
+ * answered here. Returns true when the envelope was handed over. */
+static bool route_sync_call(store_t *self, ts_envelope_t *e)
+{
+    if (e->ncalls != 1 || e->calls[0].err_code || e->calls[0].result ||
+        (e->calls[0].method != TS_M_SYNC && e->calls[0].method != TS_M_INVALIDATE))
+        return false;
+    if (!self->to_sync)
+        return false;
+    void *one = e;
+    return ts_wire_send(self->to_sync, TS_WIRE_SYNC_CALL, &one, 1) == 0;
+}
+
+static void do_sync_standalone(store_t *self, ts_call_t *call)
+{
+    if (self->to_sync) {
+        ts_call_fail(call, TS_E_INVALID_REQUEST, "%s cannot be part of a batch",
+                     ts_method_name(call->method));
+        return;
+    }
+    const char *text = call->method == TS_M_SYNC ? "{\"pushed\":0,\"pulled\":0,\"api\":\"none\"}"
+                                                 : "{\"invalidated\":0}";
+    ts_call_set_result(call, strdup(text), strlen(text));
+}
+
 /* ---- recovery and rollback ---- */
 
 static void recover_record(store_t *self, const ts_record_t *r)
 {
+    if (r->kind == TS_REC_CURSOR) {
+        snprintf(self->cursor, sizeof self->cursor, "%s", r->body ? r->body : "");
+        return;
+    }
     collection_t *c = find_collection(self, r->collection);
     if (!c) {
         ts_warn(LOG, "recovery: collection %s is not configured; its records stay on disk",
@@ -952,17 +1627,33 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, round ? ZMQ_DONTWAIT : 0, &kind, &ptrs, &n))
             return 0;
         switch (kind) {
-        case TS_WIRE_ENVELOPES:
+        case TS_WIRE_ENVELOPES: {
+            size_t kept = 0;
             for (size_t i = 0; i < n; i++) {
                 ts_envelope_t *e = ptrs[i];
+                if (route_sync_call(self, e))
+                    continue; /* the sync actor answers it */
+                self->client = e->client;
                 for (size_t k = 0; k < e->ncalls; k++)
                     handle_call(self, &e->calls[k]);
+                ptrs[kept++] = e;
             }
-            if (ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, ptrs, n)) {
+            self->client = NULL;
+            n = kept;
+            maybe_publish_status(self);
+            if (n && ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, ptrs, n)) {
                 ts_error(LOG, "cannot pass envelopes to persist");
                 for (size_t i = 0; i < n; i++)
                     ts_envelope_free(ptrs[i]);
             }
+            break;
+        }
+        case TS_WIRE_SYNC_UPDATES:
+            apply_sync_updates(self, ptrs, n);
+            break;
+        case TS_WIRE_DIGEST:
+            if (n)
+                answer_digest(self, ptrs[0]);
             break;
         case TS_WIRE_RECOVERED:
             if (n == 0) {
@@ -1011,6 +1702,11 @@ static void store_cleanup(store_t *self)
         free(c->slots);
     }
     ts_buf_free(&self->scratch);
+    cJSON_Delete(self->sync_status);
+    if (self->to_sync)
+        zmq_close(self->to_sync);
+    if (self->events_out)
+        zmq_close(self->events_out);
     if (self->inbox)
         zmq_close(self->inbox);
     if (self->to_persist)
@@ -1033,7 +1729,16 @@ static void store_actor(ts_actor_t *actor, void *args)
     zmq_setsockopt(self.to_persist, ZMQ_SNDHWM, &zero, sizeof zero);
     zmq_setsockopt(self.inbox, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(self.to_persist, ZMQ_LINGER, &zero, sizeof zero);
-    if (zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST)) {
+    self.events_out = zmq_socket(zctx, ZMQ_PUSH);
+    if (self.events_out)
+        zmq_setsockopt(self.events_out, ZMQ_LINGER, &zero, sizeof zero);
+    if (self.config->api_url && (self.to_sync = zmq_socket(zctx, ZMQ_PUSH))) {
+        zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
+        zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
+    }
+    if (zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
+        !self.events_out || zmq_connect(self.events_out, TS_INPROC_EVENTS) ||
+        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC)))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
@@ -1050,6 +1755,9 @@ static void store_actor(ts_actor_t *actor, void *args)
         docs += self.collections[i].live;
     ts_info(LOG, "loaded %zu documents, %zu pending mutations in %.3f s", docs, self.pending,
             (ts_mono_us() - start) / 1e6);
+    self.last_pending_zero = self.pending == 0;
+    if (self.to_sync)
+        hand_outbox_to_sync(&self);
     ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_actor_ready(actor, 0);

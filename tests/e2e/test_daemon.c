@@ -1,0 +1,130 @@
+/* test_daemon.c — therasyncd as an operator runs it: flags, config file,
+ * systemd readiness, back-pressure. */
+#include "../support/engine.h"
+#include "../support/run.h"
+
+#include <criterion/criterion.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <zmq.h>
+
+Test(daemon, help_version_and_bad_flags, .timeout = 30)
+{
+    ts_buf_t out = {0}, err = {0};
+    const char *help[] = {"--help", NULL};
+    cr_assert_eq(ts_run("therasyncd", help, NULL, 5000, &out, &err), 0);
+    cr_assert(strstr(out.data, "--endpoint") != NULL);
+    ts_buf_reset(&out);
+    const char *version[] = {"--version", NULL};
+    cr_assert_eq(ts_run("therasyncd", version, NULL, 5000, &out, &err), 0);
+    cr_assert(strstr(out.data, "therasyncd ") != NULL);
+    const char *bad[] = {"--no-such-flag", NULL};
+    cr_assert_eq(ts_run("therasyncd", bad, NULL, 5000, &out, &err), 2);
+    cr_assert(strstr(err.data, "no-such-flag") != NULL, "says which flag: %s", err.data);
+    ts_buf_reset(&err);
+    const char *level[] = {"--log-level", "loud", NULL};
+    cr_assert_eq(ts_run("therasyncd", level, NULL, 5000, &out, &err), 2);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+Test(daemon, broken_config_file_is_refused, .timeout = 30)
+{
+    char *dir = ts_tmpdir("ts-conf");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/bad.lua", dir);
+    FILE *f = fopen(path, "w");
+    fputs("data = './x'\nendpoint = \n", f); /* a syntax error */
+    fclose(f);
+    ts_buf_t err = {0};
+    const char *args[] = {"--config", path, NULL};
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, NULL, &err), 2);
+    cr_assert(strstr(err.data, "bad.lua") != NULL, "names the file: %s", err.data);
+    ts_buf_free(&err);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+Test(daemon, notifies_systemd_when_ready, .timeout = 30)
+{
+    char *dir = ts_tmpdir("ts-notify");
+    char sock_path[4200];
+    snprintf(sock_path, sizeof sock_path, "%s/notify.sock", dir);
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    cr_assert_lt(strlen(sock_path), sizeof addr.sun_path);
+    memcpy(addr.sun_path, sock_path, strlen(sock_path) + 1);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
+    setenv("NOTIFY_SOCKET", sock_path, 1);
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    unsetenv("NOTIFY_SOCKET");
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 5000), 1, "no notification");
+    char buf[128];
+    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    cr_assert_str_eq(buf, "READY=1");
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    cr_assert_eq(poll(&p, 1, 5000), 1);
+    n = recv(fd, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = '\0';
+    cr_assert_str_eq(buf, "STOPPING=1");
+    close(fd);
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+Test(daemon, overload_answers_busy_and_loses_nothing, .timeout = 60)
+{
+    char *dir = ts_tmpdir("ts-busy");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/busy.lua", dir);
+    FILE *f = fopen(path, "w");
+    fputs("max_inflight = 8\n", f);
+    fclose(f);
+    ts_engine_t e;
+    const char *args[] = {"--config", path, NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0);
+    int n = 2000, ok = 0, busy = 0;
+    char p[256];
+    for (int i = 0; i < n; i++) {
+        snprintf(p, sizeof p, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":"
+                              "{\"collection\":\"sessions\",\"doc\":{\"id\":\"k%d\"}}}", i, i);
+        zmq_send(e.dealer, p, strlen(p), 0);
+    }
+    char *created = calloc((size_t)n, 1);
+    zmq_pollitem_t item = {.socket = e.dealer, .events = ZMQ_POLLIN};
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(zmq_poll(&item, 1, 10000), 1, "answer %d missing", i);
+        char buf[2048];
+        int len = zmq_recv(e.dealer, buf, sizeof buf - 1, 0);
+        buf[len] = '\0';
+        cJSON *r = cJSON_Parse(buf);
+        int id = cJSON_GetObjectItem(r, "id")->valueint;
+        if (ts_rpc_result(r)) {
+            ok++;
+            created[id] = 1;
+        } else {
+            cr_assert_str_eq(ts_rpc_error_reason(r), "busy");
+            busy++;
+        }
+        cJSON_Delete(r);
+    }
+    cr_assert_gt(busy, 0, "8 in flight must overflow with 2000 pipelined requests");
+    cr_assert_gt(ok, 0);
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(s), "collections"),
+                                     "sessions")->valueint, ok, "exactly the accepted writes");
+    cJSON_Delete(s);
+    free(created);
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+}

@@ -168,6 +168,7 @@ typedef struct {
     int64_t probe_due_us;
     uint64_t probe_id;
     char last_error[200];
+    int64_t last_error_ms;  /* wall clock of last_error */
     int64_t last_sync_ms;   /* wall clock of the last good exchange; 0 = never */
     /* feed */
     pstate_t pull;
@@ -190,6 +191,8 @@ typedef struct {
     /* status sent last, to send only changes */
     char status_sig[512];
     char status_cursor[65];
+    size_t status_queued;
+    int status_in_flight;
     int64_t status_sent_us;
     /* counters */
     uint64_t pushed, pulled, confirmed, rejected, conflicts, repairs, sends, retries;
@@ -292,11 +295,13 @@ static void status_maybe_send(sync_t *self, bool force)
     if (self->last_sync_ms)
         ts_rfc3339(self->last_sync_ms, ts);
     char sig[512];
-    snprintf(sig, sizeof sig, "%d|%s|%s|%d", self->conn == C_ONLINE, self->api_state,
-             self->last_error, self->stuck);
+    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64, self->conn == C_ONLINE, self->api_state,
+             self->last_error, self->stuck, self->repairs);
     int64_t now = ts_mono_us();
     bool changed = strcmp(sig, self->status_sig) != 0;
-    bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0;
+    bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||
+                        self->queued != self->status_queued ||
+                        self->in_flight != self->status_in_flight;
     if (!force && !changed &&
         !(cursor_moved && now - self->status_sent_us >= STATUS_CURSOR_EVERY_US))
         return;
@@ -307,10 +312,14 @@ static void status_maybe_send(sync_t *self, bool force)
         cJSON_AddStringToObject(s, "last_sync_at", ts);
     else
         cJSON_AddNullToObject(s, "last_sync_at");
-    if (*self->last_error)
+    if (*self->last_error) { /* the last one seen, kept after recovery, with its time */
+        char at[32];
+        ts_rfc3339(self->last_error_ms, at);
         cJSON_AddStringToObject(s, "last_error", self->last_error);
-    else
+        cJSON_AddStringToObject(s, "last_error_at", at);
+    } else {
         cJSON_AddNullToObject(s, "last_error");
+    }
     if (*self->cursor)
         cJSON_AddStringToObject(s, "cursor", self->cursor);
     else
@@ -328,6 +337,8 @@ static void status_maybe_send(sync_t *self, bool force)
     u->status = s;
     memcpy(self->status_sig, sig, sizeof sig);
     memcpy(self->status_cursor, self->cursor, sizeof self->cursor);
+    self->status_queued = self->queued;
+    self->status_in_flight = self->in_flight;
     self->status_sent_us = now;
 }
 
@@ -428,6 +439,10 @@ static void conn_set(sync_t *self, cstate_t to, const char *why)
     }
 }
 
+#define SET_ERROR(self, ...)                                                                      \
+    (snprintf((self)->last_error, sizeof (self)->last_error, __VA_ARGS__),                        \
+     (self)->last_error_ms = ts_wall_ms())
+
 /* Books one answer from the API: online/offline, api state, last error. */
 static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
 {
@@ -435,7 +450,7 @@ static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what
     if (e == TS_API_CANCELLED || e == TS_API_INTERNAL)
         return;
     if (e == TS_API_NETWORK || e == TS_API_TIMEOUT) {
-        snprintf(self->last_error, sizeof self->last_error, "%s: %s (%s)", what,
+        SET_ERROR(self, "%s: %s (%s)", what,
                  ts_api_error_name(e), res->message);
         if (++self->consecutive_failures >= self->config->sync.offline_after &&
             self->conn != C_OFFLINE) {
@@ -445,7 +460,7 @@ static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what
         return;
     }
     if (e == TS_API_UNAUTHORIZED || e == TS_API_TLS) {
-        snprintf(self->last_error, sizeof self->last_error, "%s: %s (%s)", what,
+        SET_ERROR(self, "%s: %s (%s)", what,
                  ts_api_error_name(e), res->message);
         copy_str(self->api_state, sizeof self->api_state,
                  e == TS_API_TLS ? "tls" : "unauthorized");
@@ -457,10 +472,9 @@ static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what
     self->last_sync_ms = ts_wall_ms();
     if (e == TS_API_OK) {
         copy_str(self->api_state, sizeof self->api_state, "ok");
-        self->last_error[0] = '\0';
     } else if (e == TS_API_SERVER_ERROR || e == TS_API_TOO_MANY_REQUESTS ||
                e == TS_API_BAD_RESPONSE) {
-        snprintf(self->last_error, sizeof self->last_error, "%s: %s (status %ld)", what,
+        SET_ERROR(self, "%s: %s (status %ld)", what,
                  ts_api_error_name(e), res->status);
     }
     if (self->conn != C_ONLINE) {

@@ -67,17 +67,19 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(SUPPORT_OBJ) $(LIB)
 setup:
 	@bash scripts/setup.sh
 
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+
 test: setup
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bash tests/run.sh $(BUILD)
 
 asan: setup
-	@$(MAKE) --no-print-directory all BUILD=build-asan OPT="-O1 -g" \
+	@$(MAKE) --no-print-directory -j$(JOBS) all BUILD=build-asan OPT="-O1 -g" \
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 	@bash tests/run.sh build-asan
 
 run: setup
-	@$(MAKE) --no-print-directory $(BINS)
+	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS)
 	@bash scripts/run.sh $(BUILD)
 
 bench: $(BINS)

@@ -31,6 +31,7 @@ typedef struct {
     sqlite3 *db;
     sqlite3_stmt *insert_mutation; /* outbox append */
     sqlite3_stmt *drop_mutation;   /* outbox delete by seq */
+    sqlite3_stmt *archive_mutation;/* its "accepted" audit line, before the delete */
     sqlite3_stmt *put_confirmed;   /* docs upsert */
     sqlite3_stmt *put_cursor;      /* meta cursor */
     sqlite3_stmt *insert_audit;    /* audit append */
@@ -55,7 +56,11 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "  at INTEGER NOT NULL, body TEXT);"
     "CREATE TABLE docs(coll TEXT NOT NULL, doc_id TEXT NOT NULL, version INTEGER NOT NULL,"
     "  body TEXT, PRIMARY KEY(coll, doc_id)) WITHOUT ROWID;",
-    /* 2: the audit trail (append-only; never document bodies) */
+    /* 2: the audit trail (append-only; never document bodies). A pending
+     * mutation's "accepted" line is its outbox row (which records the
+     * client); it moves into audit when the mutation leaves the outbox, so
+     * accepting a write costs one row, not two. */
+    "ALTER TABLE outbox ADD COLUMN client TEXT;"
     "CREATE TABLE audit(seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, mutation TEXT NOT NULL,"
     "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, event TEXT NOT NULL, client TEXT,"
     "  version INTEGER, reason TEXT);",
@@ -246,10 +251,15 @@ static int open_db(persist_t *self)
     }
     if (sqlite3_prepare_v3(self->db,
                            "INSERT INTO outbox(seq, mutation, op, coll, doc_id, base_version, at, "
-                           "body) VALUES(?,?,?,?,?,?,?,?)",
+                           "body, client) VALUES(?,?,?,?,?,?,?,?,?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &self->insert_mutation, NULL) ||
         sqlite3_prepare_v3(self->db, "DELETE FROM outbox WHERE seq=?", -1,
                            SQLITE_PREPARE_PERSISTENT, &self->drop_mutation, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version) "
+                           "SELECT at, mutation, coll, doc_id, 'accepted', client, "
+                           "NULLIF(base_version, 0) FROM outbox WHERE seq=?",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->archive_mutation, NULL) ||
         sqlite3_prepare_v3(self->db,
                            "INSERT INTO docs(coll, doc_id, version, body) VALUES(?,?,?,?) ON "
                            "CONFLICT(coll, doc_id) DO UPDATE SET version=excluded.version, "
@@ -284,11 +294,22 @@ static int write_record(persist_t *self, const ts_record_t *r)
             sqlite3_bind_text(s, 8, r->body, (int)r->body_len, SQLITE_STATIC);
         else
             sqlite3_bind_null(s, 8);
+        if (r->client[0])
+            sqlite3_bind_text(s, 9, r->client, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(s, 9);
         break;
-    case TS_REC_DROP:
+    case TS_REC_DROP: {
+        sqlite3_stmt *a = self->archive_mutation;
+        sqlite3_bind_int64(a, 1, r->seq);
+        int rc = sqlite3_step(a);
+        sqlite3_reset(a);
+        if (rc != SQLITE_DONE)
+            return -1;
         s = self->drop_mutation;
         sqlite3_bind_int64(s, 1, r->seq);
         break;
+    }
     case TS_REC_CONFIRMED:
         s = self->put_confirmed;
         sqlite3_bind_text(s, 1, r->collection, -1, SQLITE_STATIC);
@@ -424,8 +445,12 @@ static void answer_audit(persist_t *self, ts_call_t *call)
     sqlite3_stmt *stmt;
     if (sqlite3_prepare_v2(self->db,
                            "SELECT at, mutation, coll, doc_id, event, client, version, reason FROM "
-                           "audit WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
-                           "AND at >= ?3 ORDER BY seq LIMIT ?4",
+                           "(SELECT at, mutation, coll, doc_id, event, client, version, reason, "
+                           "  seq AS n FROM audit"
+                           " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807 FROM outbox) "
+                           "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
+                           "AND at >= ?3 ORDER BY at, n LIMIT ?4",
                            -1, &stmt, NULL) != SQLITE_OK) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
@@ -683,6 +708,7 @@ static void persist_cleanup(persist_t *self)
         zmq_close(self->to_checkpointer);
     sqlite3_finalize(self->insert_mutation);
     sqlite3_finalize(self->drop_mutation);
+    sqlite3_finalize(self->archive_mutation);
     sqlite3_finalize(self->put_confirmed);
     sqlite3_finalize(self->put_cursor);
     sqlite3_finalize(self->insert_audit);

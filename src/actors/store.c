@@ -484,7 +484,7 @@ static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t 
 
 /* Attaches the durable record of a new mutation to the call. */
 static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
-                               const mutation_t *m)
+                               const mutation_t *m, const char *self_client)
 {
     ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id, d->id_len,
                                    m->op == TS_OP_DELETE ? NULL : m->body, m->body_len);
@@ -495,6 +495,7 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
     r->version = m->base_version;
     r->at_ms = m->at_ms;
     uuid_format(m->id, r->mutation);
+    snprintf(r->client, sizeof r->client, "%s", self_client ? self_client : "");
     ts_record_t **p = &call->records;
     while (*p)
         p = &(*p)->next;
@@ -564,7 +565,7 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
                             mutation_t *m)
 {
     append_mutation(self, d, m);
-    if (apply_mutation(self, c, d, m) || add_mutation_record(call, c, d, m)) {
+    if (apply_mutation(self, c, d, m) || add_mutation_record(call, c, d, m, self->client)) {
         mutation_t *dropped = NULL;
         /* Undo: take m back out and rebuild what readers see. */
         mutation_t **p = &d->pending;
@@ -578,7 +579,7 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
         ts_call_fail(call, TS_E_INTERNAL, "out of memory applying the write");
         return;
     }
-    add_audit(call, c, d, m, "accepted", self->client, m->base_version, NULL);
+    /* Its "accepted" audit line is the outbox row itself (see persist.c). */
     set_doc_result(call, d, m->op != TS_OP_DELETE);
     add_doc_changed(call, c, d);
 }
@@ -1299,7 +1300,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
                 }
             }
             add_drop_record(call, c, d, m);
-            add_mutation_record(call, c, d, r);
+            add_mutation_record(call, c, d, r, "conflict-resolution");
             free(m);
         }
     }
@@ -1495,7 +1496,7 @@ static void hand_outbox_to_sync(store_t *self)
     size_t batch = 0;
     for (size_t i = 0; i <= n; i++) {
         if (i < n) {
-            add_mutation_record(&scratch, refs[i].c, refs[i].d, refs[i].m);
+            add_mutation_record(&scratch, refs[i].c, refs[i].d, refs[i].m, NULL);
             batch++;
         }
         if ((batch == 1000 || i == n) && scratch.records) {

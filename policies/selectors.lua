@@ -1,7 +1,8 @@
 -- selectors.lua — named views served by `query`.
 --
 -- name = { collection = ..., where = function(doc, params, ctx) ... end,
---          order_by = {field, "asc"|"desc"}, limit = N, index = "field" }
+--          order_by = {field, "asc"|"desc"}, limit = N, index = "field",
+--          from = function(params, ctx) ... end }
 -- With index = "f", the engine keeps an index on f and only shows `where` the
 -- documents whose f equals params.f. params.now defaults to the current time;
 -- params.limit may lower the limit. See docs/POLICIES.md.
@@ -22,6 +23,9 @@ return {
         and doc.scheduled_at >= params.now
     end,
     order_by = { "scheduled_at", "asc" },
+    -- Where to start in order_by order: nothing before params.now can match,
+    -- so the engine starts its ordered walk there (see docs/POLICIES.md).
+    from = function(params) return params.now end,
     limit = 20,
   },
 

@@ -18,4 +18,12 @@ cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch);
 const char *ts_json_string(const cJSON *object, const char *key);
 bool ts_json_int(const cJSON *object, const char *key, long long *value);
 
+/* Finds the top-level member key of a JSON object given as text (well-formed,
+ * as cJSON prints it) without parsing the rest: sets *value / *value_len to
+ * the member's raw JSON text (a string keeps its quotes and escapes).
+ * Returns false when text is not an object or has no such member. A key
+ * written with escapes in the text is compared after unescaping. */
+bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
+                        const char **value, size_t *value_len);
+
 #endif

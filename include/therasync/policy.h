@@ -37,6 +37,19 @@ typedef int (*ts_policy_lookup_fn)(void *arg, const char *collection, const char
                                    const char *value, ts_policy_visit_fn visit,
                                    void *visit_arg);
 
+/* The richer look-up (contract extension, used by the store): the same
+ * matching as ts_policy_lookup_fn, plus the optional time range of
+ * ctx.find's fourth argument, so that an index ordered by time_field can
+ * visit only the documents near [from_ms, to_ms). The visitor still filters
+ * exactly, so a look-up may visit more than the range (never less). */
+typedef struct {
+    const char *collection, *field, *value;
+    const char *time_field; /* NULL: no range given */
+    int64_t from_ms, to_ms; /* INT64_MIN / INT64_MAX when open */
+} ts_policy_find_t;
+typedef int (*ts_policy_find_fn)(void *arg, const ts_policy_find_t *find, ts_policy_visit_fn visit,
+                                 void *visit_arg);
+
 typedef struct {
     size_t mem_cap_bytes;        /* Lua memory cap; 0 = 64 MiB */
     long instr_budget;           /* instructions per call; 0 = 10,000,000;
@@ -44,6 +57,7 @@ typedef struct {
     const cJSON *clinic_config;  /* the config's clinic table, as ctx.config (copied); may be NULL */
     ts_policy_lookup_fn lookup;  /* ctx.find; NULL = ctx.find returns {} */
     void *lookup_arg;
+    ts_policy_find_fn find;      /* preferred over lookup when set; gets lookup_arg */
     const char *name;            /* owner, for logs ("store", "sync"); NULL = "policy" */
 } ts_policy_opts_t;
 
@@ -95,6 +109,8 @@ typedef struct {
     const char *index_field; /* NULL: no index; else the engine keeps an
                                 equality index on this field and a param of
                                 the same name picks the bucket */
+    bool has_from;           /* declares from(params, ctx): where to start in
+                                order_by order (contract extension) */
 } ts_policy_selector_t;
 
 size_t ts_policy_selector_count(const ts_policy_t *self);
@@ -119,6 +135,35 @@ ts_policy_query_t *ts_policy_query_new(ts_policy_t *self, const char *selector,
  * where raised for this document, overspent, or returned a non-boolean. */
 int ts_policy_query_match(ts_policy_query_t *q, const cJSON *doc, bool *match, char *err,
                           size_t errlen);
+/* The selector's start position: the value from(params, ctx) returned (a
+ * new string or number; caller frees), or *from = NULL when the selector
+ * declares no from or it returned nil. A document ordered before it (after
+ * it, for "desc") is promised not to match. TS_POLICY_OK or TS_POLICY_ERROR. */
+int ts_policy_query_from(ts_policy_query_t *q, cJSON **from, char *err, size_t errlen);
+
+/* A candidate document as the store keeps it: object text without its id,
+ * plus the id. Valid until the next call of the next function. */
+typedef struct {
+    const char *id;
+    size_t id_len;
+    const char *text;
+    size_t len;
+} ts_policy_doc_t;
+/* Fills *doc with the next candidate: returns 1, or 0 when there are no more. */
+typedef int (*ts_policy_next_fn)(void *arg, ts_policy_doc_t *doc);
+/* Called for each candidate where matched: return 0 to go on, 1 to stop
+ * (limit reached), -1 when memory ran out. */
+typedef int (*ts_policy_emit_fn)(void *arg, const ts_policy_doc_t *doc);
+
+/* Runs where over candidates in one protected call, with ctx built once and
+ * each document shown to Lua as a lazy table that reads a top-level field
+ * out of the text only when where asks for it (the field is then cached in
+ * the table). A document is valid only during its where call. The budget
+ * applies per candidate. Returns TS_POLICY_OK, or TS_POLICY_ERROR with err
+ * naming the document where failed. */
+int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy_emit_fn emit,
+                         void *arg, char *err, size_t errlen);
+
 /* Frees the query; idempotent, clears *q_p. */
 void ts_policy_query_destroy(ts_policy_query_t **q_p);
 

@@ -20,9 +20,9 @@
 #define LOG "persist"
 /* Bounds of one group commit: what is queued is taken, up to this. */
 #define MAX_CALLS_PER_COMMIT 16384
-#define RECOVERY_CHUNK_BYTES (2u << 20)
+#define RECOVERY_CHUNK_BYTES (1u << 20)
 /* Chunks sent but not yet consumed by the store: bounds memory at start. */
-#define RECOVERY_CHUNKS_IN_FLIGHT 4
+#define RECOVERY_CHUNKS_IN_FLIGHT 3
 
 typedef struct {
     const ts_config_t *config;

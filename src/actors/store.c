@@ -5,6 +5,7 @@
 #include "therasync/log.h"
 #include "therasync/policy.h"
 #include "therasync/sha256.h"
+#include "therasync/store_query.h"
 #include "therasync/sync.h"
 #include "therasync/util.h"
 
@@ -70,6 +71,7 @@ typedef struct {
     size_t cap;            /* power of two */
     size_t used;           /* entries (visible or not) */
     size_t live;           /* entries with a visible document */
+    ts_sq_coll_t *q;       /* its indexes (store_query.c); told of every visible change */
 } collection_t;
 
 typedef struct {
@@ -81,9 +83,7 @@ typedef struct {
     void *inbox;           /* PULL */
     void *to_persist;      /* PUSH */
     void *to_sync;         /* PUSH: outbox at start, sync calls, digests (NULL: standalone) */
-    void *events_out;      /* PUSH: events not tied to a write (sync.status) */
     bool recovering;
-    ts_policy_t *policy;   /* conflict resolution (NULL: the default merge) */
     const char *client;    /* the client of the envelope being handled, for the audit */
     char cursor[65];       /* the change-feed position, as persisted */
     cJSON *sync_status;    /* the sync actor's part of `status` */
@@ -93,6 +93,9 @@ typedef struct {
     ts_buf_t scratch;      /* reused for printing documents and results */
     uint64_t calls[TS_M__LAST];
     uint64_t rejected_writes;
+    ts_sq_t *sq;           /* policies: validation, selectors and their indexes */
+    void *events;          /* PUSH to TS_INPROC_EVENTS: events without a call (SIGHUP
+                              reload, sync.status) */
 } store_t;
 
 /* ---- the document table ---- */
@@ -299,6 +302,7 @@ static void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int k
     d->visible_len = (uint32_t)len;
     d->visible_kind = (uint8_t)kind;
     c->live += (text != NULL) - was;
+    ts_sq_changed(c->q, d, text, len);
 }
 
 /* Prints a document into the store's scratch buffer and returns it (valid
@@ -601,6 +605,12 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
         ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);
         return;
     }
+    if (!given && !cJSON_AddStringToObject(doc, "id", id)) {
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    if (ts_sq_validate(self->sq, call, c->name, doc, NULL))
+        return;
     cJSON_DeleteItemFromObjectCaseSensitive(doc, "id"); /* kept in doc_t, see there */
     size_t len;
     const char *text = print_scratch(self, doc, &len);
@@ -612,6 +622,23 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
         return;
     }
     accept_mutation(self, call, c, d, m);
+}
+
+/* Runs validation on the document an update would produce; 0 = accepted. */
+static int validate_update(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                           const cJSON *patch)
+{
+    cJSON *previous = parse_doc(d);
+    cJSON *merged = previous ? cJSON_Duplicate(previous, true) : NULL;
+    merged = merged ? ts_json_merge_patch(merged, patch) : NULL;
+    int rc = -1;
+    if (!merged)
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    else
+        rc = ts_sq_validate(self->sq, call, c->name, merged, previous);
+    cJSON_Delete(merged);
+    cJSON_Delete(previous);
+    return rc;
 }
 
 static void do_update(store_t *self, ts_call_t *call, collection_t *c)
@@ -638,6 +665,8 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
     }
     cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
     strip_server_fields(patch);
+    if (validate_update(self, call, c, d, patch))
+        return;
     size_t len;
     const char *text = print_scratch(self, patch, &len);
     mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, doc_version(d)) : NULL;
@@ -918,9 +947,9 @@ static void maybe_publish_status(store_t *self)
         cJSON_AddItemToObject(event, "params", st);
     char *text = cJSON_PrintUnformatted(event);
     cJSON_Delete(event);
-    if (text && self->events_out) {
-        zmq_send(self->events_out, "sync", 4, ZMQ_SNDMORE);
-        zmq_send(self->events_out, text, strlen(text), 0);
+    if (text && self->events) {
+        zmq_send(self->events, "sync", 4, ZMQ_SNDMORE);
+        zmq_send(self->events, text, strlen(text), 0);
     }
     cJSON_free(text);
 }
@@ -953,7 +982,14 @@ static void handle_call(store_t *self, ts_call_t *call)
     case TS_M_UPDATE: do_update(self, call, c); break;
     case TS_M_DELETE: do_delete(self, call, c); break;
     case TS_M_GET: do_get(call, c); break;
-    case TS_M_QUERY: do_query(self, call, c); break;
+    case TS_M_QUERY:
+        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")))
+            ts_sq_query(self->sq, call, c ? c->q : NULL);
+        else
+            do_query(self, call, c);
+        break;
+    case TS_M_POLICY_RELOAD: ts_sq_reload(self->sq, call, NULL); break;
+    case TS_M_POLICY_INFO: ts_sq_info(self->sq, call); break;
     case TS_M_CANCEL: do_cancel(self, call); break;
     case TS_M_STATUS: do_status(self, call); break;
     case TS_M_METRICS: do_metrics(self, call); break;
@@ -1234,9 +1270,9 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     ts_policy_outcome_t outcome = {0};
     char err[256] = "";
     int rc = -1;
-    if (self->policy && mine)
-        rc = ts_policy_resolve(self->policy, c->name, base, mine, u->doc, &outcome, err,
-                               sizeof err);
+    ts_policy_t *policy = self->sq ? ts_sq_policy(self->sq) : NULL;
+    if (policy && mine)
+        rc = ts_policy_resolve(policy, c->name, base, mine, u->doc, &outcome, err, sizeof err);
     if (rc != TS_POLICY_OK && !outcome.doc && outcome.kind != TS_OUTCOME_THEIRS) {
         /* no policy engine, or the policy failed without a fallback */
         outcome.kind = mine ? TS_OUTCOME_MERGE : TS_OUTCOME_MINE;
@@ -1706,12 +1742,49 @@ static void store_cleanup(store_t *self)
     cJSON_Delete(self->sync_status);
     if (self->to_sync)
         zmq_close(self->to_sync);
-    if (self->events_out)
-        zmq_close(self->events_out);
+    ts_sq_destroy(&self->sq);
+    if (self->events)
+        zmq_close(self->events);
     if (self->inbox)
         zmq_close(self->inbox);
     if (self->to_persist)
         zmq_close(self->to_persist);
+}
+
+/* ---- what store_query.c sees of documents ---- */
+
+static void sq_view(void *doc, ts_policy_doc_t *out)
+{
+    const doc_t *d = doc;
+    out->id = d->id;
+    out->id_len = d->id_len;
+    out->text = d->visible;
+    out->len = d->visible_len;
+}
+
+static void sq_each(void *coll, void (*fn)(void *arg, void *doc), void *arg)
+{
+    collection_t *c = coll;
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->slots[i])
+            fn(arg, doc_at(c, i));
+}
+
+/* Commands on the actor pipe: $TERM ends the loop; RELOAD reloads policies. */
+static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
+{
+    (void)loop;
+    store_t *self = arg;
+    char command[64];
+    int n = zmq_recv(pipe, command, sizeof command - 1, 0);
+    if (n < 0)
+        return 0;
+    command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
+    if (strcmp(command, "RELOAD") == 0) {
+        ts_sq_reload(self->sq, NULL, self->events);
+        return 0;
+    }
+    return strcmp(command, "$TERM") == 0 ? -1 : 0;
 }
 
 static void store_actor(ts_actor_t *actor, void *args)
@@ -1724,21 +1797,28 @@ static void store_actor(ts_actor_t *actor, void *args)
         self.collections[self.ncollections++].name = self.config->collections[i];
     self.inbox = zmq_socket(zctx, ZMQ_PULL);
     self.to_persist = zmq_socket(zctx, ZMQ_PUSH);
-    if (!loop || !self.inbox || !self.to_persist)
+    self.events = zmq_socket(zctx, ZMQ_PUSH);
+    if (!loop || !self.inbox || !self.to_persist || !self.events)
         goto done;
+    char err[2048];
+    ts_sq_hooks_t hooks = {sq_view, sq_each};
+    if (!(self.sq = ts_sq_new(self.config, &hooks, err, sizeof err))) {
+        ts_error(LOG, "cannot start: %s", err);
+        goto done;
+    }
+    for (size_t i = 0; i < self.ncollections; i++)
+        self.collections[i].q = ts_sq_attach(self.sq, self.collections[i].name, &self.collections[i]);
+    zmq_setsockopt(self.events, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_connect(self.events, TS_INPROC_EVENTS);
     zmq_setsockopt(self.inbox, ZMQ_RCVHWM, &zero, sizeof zero);
     zmq_setsockopt(self.to_persist, ZMQ_SNDHWM, &zero, sizeof zero);
     zmq_setsockopt(self.inbox, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(self.to_persist, ZMQ_LINGER, &zero, sizeof zero);
-    self.events_out = zmq_socket(zctx, ZMQ_PUSH);
-    if (self.events_out)
-        zmq_setsockopt(self.events_out, ZMQ_LINGER, &zero, sizeof zero);
     if (self.config->api_url && (self.to_sync = zmq_socket(zctx, ZMQ_PUSH))) {
         zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
     }
     if (zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
-        !self.events_out || zmq_connect(self.events_out, TS_INPROC_EVENTS) ||
         (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC)))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
@@ -1746,11 +1826,13 @@ static void store_actor(ts_actor_t *actor, void *args)
     /* Load the durable state before saying ready. */
     int64_t start = ts_mono_us();
     self.recovering = true;
+    ts_sq_bulk(self.sq, true); /* indexes sorted once at the end */
     if (ts_wire_send(self.to_persist, TS_WIRE_RECOVER, NULL, 0))
         goto done;
     while (self.recovering)
         if (on_inbox(loop, self.inbox, &self) < 0 && self.recovering)
             goto done;
+    ts_sq_bulk(self.sq, false);
     size_t docs = 0;
     for (size_t i = 0; i < self.ncollections; i++)
         docs += self.collections[i].live;
@@ -1759,7 +1841,7 @@ static void store_actor(ts_actor_t *actor, void *args)
     self.last_pending_zero = self.pending == 0;
     if (self.to_sync)
         hand_outbox_to_sync(&self);
-    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(loop, ts_actor_pipe(actor), on_pipe, &self);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);

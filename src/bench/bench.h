@@ -42,11 +42,16 @@ typedef struct {
     /* Optional: called for every successful reply (from the thread that got it). */
     void (*on_reply)(void *arg, size_t i, const char *reply, size_t len);
     void *arg;
+    /* Count not_found (-32001) answers as answered (updates of documents
+     * that validation refused at preload). */
+    bool tolerate_not_found;
 } bench_job_t;
 
 typedef struct {
     size_t done;         /* requests answered with a result */
-    size_t errors;       /* answered with an error other than busy */
+    size_t errors;       /* answered with an error other than busy or validation_failed */
+    size_t invalid;      /* answered validation_failed (-32002): counted as answered */
+    size_t not_found;    /* answered not_found when the job tolerates it */
     size_t busy_retries; /* busy answers, each retried after 1 ms */
     double seconds;      /* first send to last reply */
     double cpu_seconds;  /* CPU (user + system) the bench itself used meanwhile */
@@ -71,6 +76,7 @@ typedef struct {
     long hwm_kb;          /* VmHWM read just after ready */
     int stderr_fd;        /* read end of its stderr, drained by a thread after ready */
     void *drain;          /* the drain thread (pthread_t *) */
+    const char *policies; /* --policies for therasyncd; NULL = its default */
 } bench_daemon_t;
 
 /* Makes a fresh data dir (mkdtemp). Returns 0 or -1. */
@@ -93,6 +99,7 @@ typedef struct {
     int clients, inflight, threads;
     const char *endpoint; /* NULL: start our own daemon */
     const char *api;
+    const char *policies; /* passed to our therasyncd as --policies */
     int runs;
     bool keep_data;
     int64_t deadline_us;

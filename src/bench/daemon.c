@@ -124,7 +124,8 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
             dup2(devnull, STDOUT_FILENO);
         }
         char *argv[] = {daemon_path, "--data", d->data_dir, "--endpoint", d->endpoint,
-                        "--events", d->events, NULL};
+                        "--events", d->events, d->policies ? "--policies" : NULL,
+                        (char *)d->policies, NULL};
         execv(daemon_path, argv);
         _exit(127);
     }

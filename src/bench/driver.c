@@ -275,6 +275,17 @@ static void *work(void *arg)
                     pthread_mutex_lock(&run->lock);
                     run->out->busy_retries++;
                     pthread_mutex_unlock(&run->lock);
+                } else if (code == -32001 && job->tolerate_not_found) {
+                    job->lat_us[i] = t - run->first_send_us[i];
+                    pthread_mutex_lock(&run->lock);
+                    run->out->not_found++;
+                    pthread_mutex_unlock(&run->lock);
+                } else if (code == -32002) {
+                    /* the engine's validation refused it: answered, not an error */
+                    job->lat_us[i] = t - run->first_send_us[i];
+                    pthread_mutex_lock(&run->lock);
+                    run->out->invalid++;
+                    pthread_mutex_unlock(&run->lock);
                 } else if (code) {
                     pthread_mutex_lock(&run->lock);
                     run->out->errors++;
@@ -353,7 +364,7 @@ int bench_drive(const bench_job_t *job, bench_outcome_t *out)
     for (int t = 0; t < threads; t++)
         if (t > started || w[t].rc)
             rc = -1;
-    if (out->errors || out->done != job->reqs->n)
+    if (out->errors || out->done + out->invalid + out->not_found != job->reqs->n)
         rc = -1;
 done:
     if (zctx)

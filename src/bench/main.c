@@ -37,6 +37,8 @@ static const char usage_text[] =
     "  --endpoint ZMQ   use a running therasyncd; without it the bench starts its own\n"
     "                   (from its own directory) in a fresh temporary data dir\n"
     "  --api URL        clinic-api base URL (replay, realtime)\n"
+    "  --policies DIR   policies for our therasyncd (default: the shipped ones);\n"
+    "                   tests/fixtures/policies/permissive runs without validation\n"
     "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
     "  --keep-data      keep the temporary data dirs\n"
     "  --max-seconds S  give up on everything after S seconds (default 600)\n";
@@ -82,6 +84,8 @@ int main(int argc, char **argv)
             o.endpoint = v;
         } else if (strcmp(a, "--api") == 0) {
             o.api = v;
+        } else if (strcmp(a, "--policies") == 0) {
+            o.policies = v;
         } else if (strcmp(a, "--n") == 0) {
             if (int_arg(a, v, 1, 100000000, &o.n))
                 return 2;

@@ -154,8 +154,11 @@ static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t 
     res->ops_per_s = out->seconds > 0 ? (double)ops / out->seconds : 0;
     res->p50_us = bench_percentile(lat, nlat, 50);
     res->p99_us = bench_percentile(lat, nlat, 99);
-    ts_buf_printf(&res->extra, ",\"errors\":%zu,\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
-                  out->errors, out->busy_retries, out->cpu_seconds);
+    ts_buf_printf(&res->extra,
+                  ",\"errors\":%zu,\"validation_failed\":%zu,\"not_found\":%zu,"
+                  "\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
+                  out->errors, out->invalid, out->not_found, out->busy_retries,
+                  out->cpu_seconds);
 }
 
 static int report_failure(bench_result_t *res, const char *what, const bench_outcome_t *out)
@@ -192,7 +195,8 @@ static int wl_ingest(wl_t *w, int run, bench_result_t *res)
         bench_outcome_t out;
         job_defaults(w, &job, &reqs, lat);
         rc = bench_drive(&job, &out);
-        fill_result(res, &out, out.done, lat, out.done == (size_t)n ? (size_t)n : 0);
+        size_t answered = out.done + out.invalid;
+        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
         if (rc)
             report_failure(res, "ingest", &out);
         target_down(w);
@@ -230,8 +234,10 @@ static int wl_update(wl_t *w, int run, bench_result_t *res)
         bench_job_t job;
         bench_outcome_t out;
         job_defaults(w, &job, &reqs, lat);
+        job.tolerate_not_found = true;
         rc = bench_drive(&job, &out);
-        fill_result(res, &out, out.done, lat, out.done == (size_t)n ? (size_t)n : 0);
+        size_t answered = out.done + out.invalid + out.not_found;
+        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
         ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
                       send ? preload_s : 0.0);
         if (rc)
@@ -304,6 +310,7 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         bench_job_t job;
         bench_outcome_t out;
         job_defaults(w, &job, &reqs, lat);
+        job.tolerate_not_found = true;
         job.on_reply = count_rows;
         job.arg = &sc;
         rc = bench_drive(&job, &out);
@@ -448,7 +455,7 @@ int bench_run_workload(bench_opts_t *o)
     o->clients = o->clients ? o->clients : wl->clients;
     o->inflight = o->inflight ? o->inflight : wl->inflight;
     o->threads = o->threads ? o->threads : 1;
-    wl_t w = {.o = o};
+    wl_t w = {.o = o, .d = {.policies = o->policies}};
     double *secs = calloc((size_t)o->runs, sizeof(double) * 5);
     int failed = 0, ok = 0;
     for (int r = 0; secs && r < o->runs; r++) {

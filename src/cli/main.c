@@ -4,6 +4,7 @@
  * events, for `watch`), prints the result. Exit codes: 0 ok, 1 error reply,
  * 2 usage, 3 engine unreachable within --timeout. */
 #include "cli.h"
+#include "therasync/policy_tools.h"
 
 #include "therasync/util.h"
 
@@ -424,21 +425,13 @@ static int cmd_ping(cmd_ctx_t *c, int argc, const char **argv)
     return rpc_and_print(c, "ping", NULL, print_any_result);
 }
 
-/* ---- policy test / check: run locally, not through the engine ----
- *
- * DISPATCH POINT for the Lua module's tools (include/therasync/policy_tools.h:
- *   int ts_policy_test_dir(const char *dir, FILE *out);
- *   int ts_policy_check_dir(const char *dir, FILE *out);
- * ). When that header lands, replace the body below with
- *   return (test ? ts_policy_test_dir : ts_policy_check_dir)(dir, stdout)
- *              == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
- * (or map their return codes if they define more than 0 / -1). */
+/* ---- policy test / check: run locally, not through the engine ---- */
+
 static int policy_tool(bool test, const char *dir)
 {
-    (void)dir;
-    fprintf(stderr, "therasync: policy %s is not available in this build\n",
-            test ? "test" : "check");
-    return CLI_EXIT_ERROR;
+    int failures = (test ? ts_policy_test_dir : ts_policy_check_dir)(dir, stdout);
+    fflush(stdout);
+    return failures == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
 static int cmd_policy(cmd_ctx_t *c, int argc, const char **argv)

@@ -2,6 +2,7 @@
 #include "therasync/json.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -113,4 +114,114 @@ bool ts_json_int(const cJSON *object, const char *key, long long *value)
         return false;
     *value = (long long)item->valuedouble;
     return true;
+}
+
+/* ---- reading one member out of object text ---- */
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* p at an opening quote: returns the position after the closing quote.
+ * memchr finds the candidate quote; a quote preceded by an odd number of
+ * backslashes is escaped and the search goes on. */
+static const char *skip_string(const char *p, const char *end, bool *escaped)
+{
+    const char *start = ++p;
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (!q)
+            return end;
+        size_t slashes = 0;
+        while (q - slashes > start && q[-1 - (ptrdiff_t)slashes] == '\\')
+            slashes++;
+        if (slashes % 2 == 0) {
+            if (memchr(start, '\\', (size_t)(q - start)))
+                *escaped = true;
+            return q + 1;
+        }
+        p = q + 1;
+    }
+    return end;
+}
+
+/* p at a value: returns the position right after it. */
+static const char *skip_value(const char *p, const char *end)
+{
+    bool escaped = false;
+    if (p >= end)
+        return end;
+    if (*p == '"')
+        return skip_string(p, end, &escaped);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            char c = *p;
+            if (c == '"') {
+                p = skip_string(p, end, &escaped);
+                continue;
+            }
+            if (c == '{' || c == '[')
+                depth++;
+            else if ((c == '}' || c == ']') && --depth == 0)
+                return p + 1;
+            p++;
+        }
+        return end;
+    }
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n' &&
+           *p != '\t' && *p != '\r')
+        p++;
+    return p;
+}
+
+static bool key_equals(const char *raw, size_t raw_len, bool escaped, const char *key,
+                       size_t key_len)
+{
+    if (!escaped)
+        return raw_len == key_len && memcmp(raw, key, key_len) == 0;
+    cJSON *s = cJSON_ParseWithLength(raw - 1, raw_len + 2); /* with its quotes */
+    bool eq = cJSON_IsString(s) && strlen(s->valuestring) == key_len &&
+              memcmp(s->valuestring, key, key_len) == 0;
+    cJSON_Delete(s);
+    return eq;
+}
+
+bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
+                        const char **value, size_t *value_len)
+{
+    const char *p = text, *end = text + len;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return false;
+    p++;
+    for (;;) {
+        p = skip_ws(p, end);
+        if (p >= end || *p != '"')
+            return false;
+        bool escaped = false;
+        const char *k = p + 1;
+        p = skip_string(p, end, &escaped);
+        size_t klen = (size_t)(p - k) - 1;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return false;
+        p = skip_ws(p + 1, end);
+        const char *v = p;
+        p = skip_value(p, end);
+        if (p > end || p == v)
+            return false;
+        if (key_equals(k, klen, escaped, key, key_len)) {
+            *value = v;
+            *value_len = (size_t)(p - v);
+            return true;
+        }
+        p = skip_ws(p, end);
+        if (p >= end || *p != ',')
+            return false;
+        p++;
+    }
 }

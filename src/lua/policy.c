@@ -9,6 +9,7 @@
 
 #include "luajson.h"
 #include "sandbox.h"
+#include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
 
@@ -27,6 +28,7 @@ static const char *const s_files[] = {"validate.lua", "selectors.lua", "conflict
 typedef struct {
     ts_policy_selector_t pub;
     int where_ref; /* LUA_NOREF: matches everything */
+    int from_ref;  /* LUA_NOREF: no start position */
 } sel_t;
 
 /* Everything that comes from one load of a directory; swapped whole on reload. */
@@ -34,6 +36,7 @@ typedef struct {
     ts_sandbox_t *sb;
     int validate_ref, selectors_ref, conflict_ref;
     int config_ref, log_ref, find_ref, merge_ref;
+    int proxy_mt_ref;         /* metatable of lazy document tables */
     sel_t *sels;
     size_t nsels;
     int64_t loaded_at_ms;
@@ -47,6 +50,9 @@ struct ts_policy {
     cJSON *config;            /* copy of opts->clinic_config, or NULL */
     ts_policy_lookup_fn lookup;
     void *lookup_arg;
+    ts_policy_find_fn find;
+    const ts_policy_doc_t *doc; /* the candidate of a scan, or NULL */
+    lua_Integer doc_serial;   /* bumped per candidate: older lazy documents go stale */
     char name[32];            /* owner, for logs */
     int64_t fixed_now_ms;     /* 0: real clock */
     unsigned generation;      /* bumped by every successful reload */
@@ -361,10 +367,16 @@ static int s_ctx_find(lua_State *L)
     }
     lua_newtable(L);
     fs.result = lua_gettop(L);
-    if (!self->lookup)
+    if (!self->lookup && !self->find)
         return 1;
     luaL_checkstack(L, 8, "ctx.find");
-    int rc = self->lookup(self->lookup_arg, coll, field, v, s_find_visit, &fs);
+    int rc;
+    if (self->find) {
+        ts_policy_find_t f = {coll, field, v, fs.time_field, fs.from_ms, fs.to_ms};
+        rc = self->find(self->lookup_arg, &f, s_find_visit, &fs);
+    } else {
+        rc = self->lookup(self->lookup_arg, coll, field, v, s_find_visit, &fs);
+    }
     if (fs.failed)
         return luaL_error(L, "ctx.find: %s", fs.msg);
     if (rc != 0)
@@ -438,6 +450,140 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
             lua_setfield(L, -2, "previous");
         }
     }
+}
+
+/* ---- lazy documents: a table that reads fields out of the text ----
+ *
+ * A candidate of a scan is shown to where() as an empty table with a
+ * protected metatable: __index extracts the one top-level field asked for
+ * from the document's JSON text and caches it in the table, so a rule that
+ * reads two fields costs two small scans, not a whole conversion. The table
+ * remembers the serial of its candidate; once the scan moved on, reading it
+ * is an error (the text it points to may be gone). */
+
+static char s_proxy_key; /* its address keys the serial inside the table */
+
+static const ts_policy_doc_t *s_proxy_doc(lua_State *L, ts_policy_t *self)
+{
+    lua_rawgetp(L, 1, &s_proxy_key);
+    lua_Integer serial = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!self->doc || serial != self->doc_serial)
+        luaL_error(L, "a document is only valid during the call it was given to");
+    return self->doc;
+}
+
+/* Pushes the JSON value text v[0..n) as a Lua value. */
+static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, size_t n)
+{
+    if (n >= 2 && v[0] == '"' && !memchr(v, '\\', n)) {
+        lua_pushlstring(L, v + 1, n - 2);
+        return;
+    }
+    if (n == 4 && memcmp(v, "true", 4) == 0) {
+        lua_pushboolean(L, 1);
+        return;
+    }
+    if (n == 5 && memcmp(v, "false", 5) == 0) {
+        lua_pushboolean(L, 0);
+        return;
+    }
+    if (n == 4 && memcmp(v, "null", 4) == 0) {
+        lua_pushnil(L);
+        return;
+    }
+    if (n > 0 && n < 64 && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9'))) {
+        char num[64];
+        memcpy(num, v, n);
+        num[n] = '\0';
+        char *end;
+        double d = strtod(num, &end);
+        if (d == floor(d) && d >= -9.2e18 && d <= 9.2e18)
+            lua_pushinteger(L, (lua_Integer)d);
+        else
+            lua_pushnumber(L, d);
+        return;
+    }
+    /* escaped strings, objects, arrays: parse just this value */
+    cJSON *item = cJSON_ParseWithLength(v, n);
+    if (!item || s_scratch_add(self, item) != 0) {
+        cJSON_Delete(item);
+        luaL_error(L, "document field is not valid JSON (or out of memory)");
+    }
+    s_push_json(L, item, 0);
+}
+
+static int s_proxy_index(lua_State *L)
+{
+    ts_policy_t *self = s_self_upvalue(L);
+    const ts_policy_doc_t *d = s_proxy_doc(L, self);
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    size_t klen;
+    const char *key = lua_tolstring(L, 2, &klen);
+    const char *v;
+    size_t n;
+    if (klen == 2 && memcmp(key, "id", 2) == 0)
+        lua_pushlstring(L, d->id, d->id_len);
+    else if (ts_json_text_field(d->text, d->len, key, klen, &v, &n))
+        s_push_value_text(L, self, v, n);
+    else
+        return 0;
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1); /* cache it */
+    return 1;
+}
+
+static int s_table_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* pairs(doc): iterates a full copy of the document. */
+static int s_proxy_pairs(lua_State *L)
+{
+    ts_policy_t *self = s_self_upvalue(L);
+    const ts_policy_doc_t *d = s_proxy_doc(L, self);
+    cJSON *doc = cJSON_ParseWithLength(d->text, d->len);
+    if (!doc || s_scratch_add(self, doc) != 0) {
+        cJSON_Delete(doc);
+        return luaL_error(L, "document is not valid JSON (or out of memory)");
+    }
+    lua_pushcfunction(L, s_table_next);
+    s_push_json(L, doc, 0);
+    lua_pushlstring(L, d->id, d->id_len);
+    lua_setfield(L, -2, "id");
+    lua_pushnil(L);
+    return 3;
+}
+
+static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushlightuserdata(L, self);
+    lua_pushcclosure(L, s_proxy_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushlightuserdata(L, self);
+    lua_pushcclosure(L, s_proxy_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+}
+
+/* Pushes a lazy table for self->doc. */
+static void s_push_proxy(lua_State *L, ts_policy_t *self)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, self->doc_serial);
+    lua_rawsetp(L, -2, &s_proxy_key);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, self->cur->proxy_mt_ref);
+    lua_setmetatable(L, -2);
 }
 
 /* ---- loading ---- */
@@ -516,6 +662,7 @@ static void s_check_selectors(lua_State *L, loaded_t *ld)
                        luaL_typename(L, v));
         sel_t *s = &ld->sels[ld->nsels++];
         s->where_ref = LUA_NOREF;
+        s->from_ref = LUA_NOREF;
         s->pub.name = s_strdup_or_raise(L, name);
         if (lua_getfield(L, v, "collection") != LUA_TSTRING)
             luaL_error(L, "%s: selector '%s': collection must be a string", file, name);
@@ -555,6 +702,16 @@ static void s_check_selectors(lua_State *L, loaded_t *ld)
         else if (lt != LUA_TNIL)
             luaL_error(L, "%s: selector '%s': limit must be a positive integer", file, name);
         lua_pop(L, 1);
+        int ft = lua_getfield(L, v, "from");
+        if (ft == LUA_TFUNCTION && s->pub.order_field) {
+            s->from_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+            s->pub.has_from = true;
+        } else if (ft == LUA_TNIL) {
+            lua_pop(L, 1);
+        } else {
+            luaL_error(L, "%s: selector '%s': from must be a function (and needs order_by)", file,
+                       name);
+        }
         int it = lua_getfield(L, v, "index");
         if (it == LUA_TSTRING)
             s->pub.index_field = s_strdup_or_raise(L, lua_tostring(L, -1));
@@ -594,6 +751,8 @@ static int s_load_call(lua_State *L)
     lua_pushlightuserdata(L, self);
     lua_pushcclosure(L, s_ctx_merge, 1);
     ld->merge_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s_push_proxy_mt(L, self);
+    ld->proxy_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     int *refs[] = {&ld->validate_ref, &ld->selectors_ref, &ld->conflict_ref};
     for (int i = 0; i < 3; i++) {
@@ -665,6 +824,7 @@ ts_policy_t *ts_policy_new(const char *dir, const ts_policy_opts_t *opts, char *
     self->budget = opts->instr_budget;
     self->lookup = opts->lookup;
     self->lookup_arg = opts->lookup_arg;
+    self->find = opts->find;
     snprintf(self->name, sizeof self->name, "%s", opts->name ? opts->name : "policy");
     snprintf(self->label, sizeof self->label, "policy");
     if (opts->clinic_config && !(self->config = cJSON_Duplicate(opts->clinic_config, true))) {
@@ -1008,6 +1168,131 @@ int ts_policy_where(ts_policy_t *self, const char *selector, const cJSON *doc,
     int rc = ts_policy_query_match(q, doc, match, err, errlen);
     ts_policy_query_destroy(&q);
     return rc;
+}
+
+typedef struct {
+    ts_policy_query_t *q;
+    cJSON *from;
+} from_call_t;
+
+static int s_from_call(lua_State *L)
+{
+    from_call_t *c = lua_touserdata(L, 1);
+    ts_policy_t *self = c->q->self;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->from_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
+    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, false);
+    lua_call(L, 2, 1);
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING)
+        c->from = cJSON_CreateString(lua_tostring(L, -1));
+    else if (t == LUA_TNUMBER)
+        c->from = cJSON_CreateNumber(lua_tonumber(L, -1));
+    else if (t == LUA_TNIL)
+        return 0;
+    else
+        return luaL_error(L, "%s: from must return a string, a number or nil, got %s",
+                          self->label, luaL_typename(L, -1));
+    if (!c->from)
+        return luaL_error(L, "out of memory");
+    return 0;
+}
+
+int ts_policy_query_from(ts_policy_query_t *q, cJSON **from, char *err, size_t errlen)
+{
+    *from = NULL;
+    if (q->generation != q->self->generation) {
+        snprintf(err, errlen, "policies were reloaded during the query");
+        return TS_POLICY_ERROR;
+    }
+    if (q->sel->from_ref == LUA_NOREF)
+        return TS_POLICY_OK;
+    ts_policy_t *self = q->self;
+    s_set_label(self, "selectors", q->sel->pub.name);
+    from_call_t c = {q, NULL};
+    int rc = ts_sandbox_pcall(self->cur->sb, s_from_call, &c, err, errlen);
+    s_scratch_clear(self);
+    if (rc != 0) {
+        cJSON_Delete(c.from);
+        return TS_POLICY_ERROR;
+    }
+    *from = c.from;
+    return TS_POLICY_OK;
+}
+
+typedef struct {
+    ts_policy_query_t *q;
+    ts_policy_next_fn next;
+    ts_policy_emit_fn emit;
+    void *arg;
+    ts_policy_doc_t doc;
+} scan_call_t;
+
+static int s_scan_call(lua_State *L)
+{
+    scan_call_t *c = lua_touserdata(L, 1);
+    ts_policy_t *self = c->q->self;
+    ts_sandbox_t *sb = self->cur->sb;
+    bool has_where = c->q->sel->where_ref != LUA_NOREF;
+    if (has_where) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref); /* 2 */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);     /* 3 */
+        s_push_ctx(L, self, c->q->sel->pub.collection, NULL, false); /* 4 */
+    }
+    while (c->next(c->arg, &c->doc) > 0) {
+        self->doc = &c->doc;
+        self->doc_serial++;
+        bool match = true;
+        if (has_where) {
+            ts_sandbox_budget_reset(sb);
+            lua_pushvalue(L, 2);
+            s_push_proxy(L, self);
+            lua_pushvalue(L, 3);
+            lua_pushvalue(L, 4);
+            lua_call(L, 3, 1);
+            if (!lua_isboolean(L, -1))
+                return luaL_error(L, "%s: where must return a boolean, got %s", self->label,
+                                  luaL_typename(L, -1));
+            match = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+            s_scratch_clear(self);
+        }
+        if (match) {
+            int r = c->emit(c->arg, &c->doc);
+            if (r < 0)
+                return luaL_error(L, "out of memory");
+            if (r > 0)
+                break;
+        }
+    }
+    return 0;
+}
+
+int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy_emit_fn emit,
+                         void *arg, char *err, size_t errlen)
+{
+    if (q->generation != q->self->generation) {
+        snprintf(err, errlen, "policies were reloaded during the query");
+        return TS_POLICY_ERROR;
+    }
+    ts_policy_t *self = q->self;
+    s_set_label(self, "selectors", q->sel->pub.name);
+    scan_call_t c = {q, next, emit, arg, {0}};
+    self->doc = NULL;
+    int rc = ts_sandbox_pcall(self->cur->sb, s_scan_call, &c, err, errlen);
+    s_scratch_clear(self);
+    bool had_doc = self->doc != NULL;
+    self->doc = NULL;
+    self->doc_serial++; /* lazy documents kept by a policy go stale */
+    if (rc != 0) {
+        if (had_doc) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s (document %.*s)", err, (int)c.doc.id_len, c.doc.id);
+            snprintf(err, errlen, "%s", msg);
+        }
+        return TS_POLICY_ERROR;
+    }
+    return TS_POLICY_OK;
 }
 
 /* ---- conflicts ---- */

@@ -636,3 +636,9 @@ void ts_sandbox_set_label(ts_sandbox_t *self, const char *label)
     self->label = label ? label : "policy";
 }
 const char *ts_sandbox_label(const ts_sandbox_t *self) { return self->label; }
+
+void ts_sandbox_budget_reset(ts_sandbox_t *self)
+{
+    if (!self->killed)
+        self->counted = 0;
+}

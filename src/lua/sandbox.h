@@ -36,6 +36,10 @@ size_t ts_sandbox_mem_cap(const ts_sandbox_t *self);
 /* Instructions counted by the last (or current) protected call, to within the
  * hook granularity. */
 long ts_sandbox_instructions(const ts_sandbox_t *self);
+/* Inside a protected call: starts the instruction budget afresh (for loops
+ * that run one policy function per item, each item gets the full budget).
+ * Does nothing once the budget was spent. */
+void ts_sandbox_budget_reset(ts_sandbox_t *self);
 /* The sandbox that owns L (stored in the state's extra space). */
 ts_sandbox_t *ts_sandbox_of(lua_State *L);
 

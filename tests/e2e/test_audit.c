@@ -8,9 +8,17 @@
 
 static ts_engine_t engine;
 
+static const char *const *permissive(void)
+{
+    static const char *args[3];
+    args[0] = "--policies";
+    args[1] = ts_source_path("tests/fixtures/policies/permissive");
+    return args;
+}
+
 static void start(void)
 {
-    cr_assert_eq(ts_engine_start(&engine, NULL), 0);
+    cr_assert_eq(ts_engine_start(&engine, permissive()), 0);
 }
 
 static void stop(void)
@@ -74,7 +82,7 @@ Test(audit, survives_restart_and_checks_params)
 {
     cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r1\"}}"));
     cr_assert_eq(ts_engine_stop(&engine), 0);
-    cr_assert_eq(ts_engine_restart(&engine, NULL), 0);
+    cr_assert_eq(ts_engine_restart(&engine, permissive()), 0);
     cJSON *all = entries("{\"id\":\"r1\"}");
     cr_assert_eq(cJSON_GetArraySize(all), 1);
     cJSON_Delete(all);

@@ -19,7 +19,8 @@ static ts_engine_t engine;
 
 static void start_daemon(void)
 {
-    cr_assert_eq(ts_engine_start(&engine, NULL), 0, "therasyncd did not start");
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"), NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start");
 }
 
 static void stop_daemon(void)
@@ -264,12 +265,25 @@ Test(cli_offline, unreachable_exits_3_within_timeout)
     ts_buf_free(&err);
 }
 
-Test(cli_offline, policy_tools_say_not_available)
+Test(cli_offline, policy_tools_exit_codes)
 {
     ts_buf_t out = {0}, err = {0};
-    char *args[] = {"policy", "check", "/nonexistent", NULL};
-    cr_assert_eq(run_cli(&out, &err, args), 1);
-    cr_assert(strstr(err.data, "not available"), "%s", err.data);
+    char shipped[4200], broken[4200];
+    snprintf(shipped, sizeof shipped, "%s", ts_source_path("policies"));
+    snprintf(broken, sizeof broken, "%s", ts_source_path("tests/fixtures/policies/syntax_error"));
+    char *test_ok[] = {"policy", "test", shipped, NULL};
+    cr_assert_eq(run_cli(&out, &err, test_ok), 0, "%s%s", out.data ? out.data : "",
+                 err.data ? err.data : "");
+    cr_assert(strstr(out.data, " 0 failed"), "%s", out.data);
+    char *check_ok[] = {"policy", "check", shipped, NULL};
+    cr_assert_eq(run_cli(&out, &err, check_ok), 0, "%s", out.data ? out.data : "");
+    char *check_bad[] = {"policy", "check", broken, NULL};
+    cr_assert_eq(run_cli(&out, &err, check_bad), 1);
+    cr_assert(strstr(out.data, "validate.lua:"), "file:line expected: %s", out.data);
+    char *test_bad[] = {"policy", "test", broken, NULL};
+    cr_assert_eq(run_cli(&out, &err, test_bad), 1);
+    char *missing[] = {"policy", "check", "/nonexistent", NULL};
+    cr_assert_eq(run_cli(&out, &err, missing), 1);
     ts_buf_free(&out);
     ts_buf_free(&err);
 }

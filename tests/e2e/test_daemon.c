@@ -87,7 +87,8 @@ Test(daemon, overload_answers_busy_and_loses_nothing, .timeout = 60)
     char path[4200];
     snprintf(path, sizeof path, "%s/busy.lua", dir);
     FILE *f = fopen(path, "w");
-    fputs("max_inflight = 8\n", f);
+    fprintf(f, "max_inflight = 8\npolicies = '%s'\n",
+            ts_source_path("tests/fixtures/policies/permissive"));
     fclose(f);
     ts_engine_t e;
     const char *args[] = {"--config", path, NULL};

@@ -12,6 +12,15 @@
 #include <unistd.h>
 #include <zmq.h>
 
+/* Free-form documents: these tests run without validation. */
+static const char *const *permissive_args(void)
+{
+    static char dir[4200];
+    static const char *args[3] = {"--policies", dir, NULL};
+    snprintf(dir, sizeof dir, "%s", ts_source_path("tests/fixtures/policies/permissive"));
+    return args;
+}
+
 #define CLIENTS 4
 #define INFLIGHT 16
 #define MAX_DOCS 200000
@@ -162,12 +171,12 @@ Test(durability, kill_9_during_concurrent_writes, .timeout = 240)
     known = calloc(MAX_DOCS, sizeof *known);
     srand((unsigned)time(NULL));
     ts_engine_t e;
-    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
     long long stop_by = now_ms() + 150000;
     int rounds = 0;
     for (; rounds < 25 && now_ms() < stop_by; rounds++) {
         write_until_killed(&e, now_ms() + 50 + rand() % 400);
-        cr_assert_eq(ts_engine_restart(&e, NULL), 0, "restart %d failed (log %s)", rounds,
+        cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0, "restart %d failed (log %s)", rounds,
                      e.proc.log_path);
         zmq_close(e.dealer); /* a fresh connection: nothing queued from before the kill */
         e.dealer = ts_engine_client(&e);
@@ -196,7 +205,7 @@ static char *dump(ts_engine_t *e)
 Test(durability, graceful_restart_keeps_everything, .timeout = 60)
 {
     ts_engine_t e;
-    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
     char p[256];
     for (int i = 0; i < 300; i++) {
         snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"g%d\",\"n\":%d}}", i, i);
@@ -216,7 +225,7 @@ Test(durability, graceful_restart_keeps_everything, .timeout = 60)
     int pending = cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint;
     cJSON_Delete(s);
     cr_assert_eq(ts_engine_stop(&e), 0, "SIGTERM exits 0");
-    cr_assert_eq(ts_engine_restart(&e, NULL), 0);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
     char *after = dump(&e);
     cr_assert_str_eq(after, before);
     s = ts_rpc(&e, "status", NULL);
@@ -231,7 +240,7 @@ Test(durability, graceful_restart_keeps_everything, .timeout = 60)
 Test(durability, second_daemon_on_same_data_dir_refuses, .timeout = 60)
 {
     ts_engine_t e;
-    cr_assert_eq(ts_engine_start(&e, NULL), 0);
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
     char ep[64], ev[64];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ts_free_port());
     snprintf(ev, sizeof ev, "tcp://127.0.0.1:%d", ts_free_port());
@@ -277,7 +286,7 @@ Test(durability, full_disk_refuses_writes_and_loses_nothing, .timeout = 60)
     FILE *f = fopen(config, "w");
     fputs("max_db_bytes = 200 * 1024\n", f);
     fclose(f);
-    const char *args[] = {"--config", config, NULL};
+    const char *args[] = {"--config", config, "--policies", permissive_args()[1], NULL};
     cr_assert_eq(ts_engine_start(&e, args), 0);
     char *pad = malloc(4001);
     memset(pad, 'x', 4000);

@@ -13,7 +13,10 @@ static ts_engine_t engine;
 
 static void start(void)
 {
-    cr_assert_eq(ts_engine_start(&engine, NULL), 0, "therasyncd did not start (log: %s)",
+    /* Free-form documents: run without validation (tests/e2e/test_policy.c
+     * covers the shipped policies). */
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"), NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start (log: %s)",
                  engine.proc.log_path);
 }
 

@@ -6,6 +6,16 @@
 #include <string.h>
 #include <zmq.h>
 
+const char *ts_source_path(const char *rel)
+{
+    static char bufs[8][4200];
+    static int next;
+    char *b = bufs[next++ % 8];
+    const char *root = getenv("TS_SOURCE_DIR");
+    snprintf(b, sizeof bufs[0], "%s/%s", root && *root ? root : ".", rel);
+    return b;
+}
+
 static int launch(ts_engine_t *e, const char *const extra[])
 {
     const char *args[32];

@@ -19,6 +19,11 @@ typedef struct {
     int next_id;
 } ts_engine_t;
 
+/* A path inside the source tree ($TS_SOURCE_DIR, else "."), e.g.
+ * ts_source_path("tests/fixtures/policies/permissive"); a static buffer,
+ * one of eight in rotation. */
+const char *ts_source_path(const char *rel);
+
 /* Starts therasyncd with extra args (NULL-terminated, may be NULL) in a new
  * temp dir; waits for its ready line. 0 or -1. */
 int ts_engine_start(ts_engine_t *e, const char *const extra[]);

@@ -1,0 +1,67 @@
+/* store_query.h — the store's policy side: validation, named selectors served
+ * from ordered equality indexes, reload and info (contract sections 3 and 5).
+ *
+ * The store actor owns one ts_sq_t, which owns the store's ts_policy_t (the
+ * one Lua state that runs validation, selectors and — with sync — conflict
+ * policies) and an index set per collection. The store keeps documents as
+ * opaque pointers; it shows them through two hooks and reports every change
+ * of a document's visible text with ts_sq_changed (set_visible does that), so
+ * the indexes always describe what readers see.
+ *
+ * Not thread-safe: call from the store actor only. */
+#ifndef THERASYNC_STORE_QUERY_H
+#define THERASYNC_STORE_QUERY_H
+
+#include "therasync/call.h"
+#include "therasync/config.h"
+#include "therasync/policy.h"
+
+#include <stdbool.h>
+
+typedef struct ts_sq ts_sq_t;
+typedef struct ts_sq_coll ts_sq_coll_t;
+
+typedef struct {
+    /* Fills out with doc's id and visible text (text NULL: not visible). */
+    void (*view)(void *doc, ts_policy_doc_t *out);
+    /* Calls fn(arg, doc) for every document of the store's collection coll. */
+    void (*each)(void *coll, void (*fn)(void *arg, void *doc), void *arg);
+} ts_sq_hooks_t;
+
+/* Loads the policies (config->policies_dir, else the shipped ones found next
+ * to the executable: <exe dir>/../policies, then
+ * <exe dir>/../share/therasync/policies). Returns NULL with a message in err
+ * when none is found or they do not load. */
+ts_sq_t *ts_sq_new(const ts_config_t *config, const ts_sq_hooks_t *hooks, char *err,
+                   size_t errlen);
+void ts_sq_destroy(ts_sq_t **self_p);
+
+/* Registers a store collection (coll is the store's handle for hooks->each)
+ * and builds its indexes; returns its handle for ts_sq_changed and queries. */
+ts_sq_coll_t *ts_sq_attach(ts_sq_t *self, const char *name, void *coll);
+/* doc's visible text is now text[0..len) (NULL: not visible). The indexes
+ * copy what they need, so the old text may be freed right after; they keep
+ * the doc pointer, so a store that ever frees a doc_t must first report it
+ * with text NULL. */
+void ts_sq_changed(ts_sq_coll_t *coll, void *doc, const char *text, size_t len);
+/* While on (recovery), changes are recorded without keeping buckets
+ * ordered; off sorts them once. */
+void ts_sq_bulk(ts_sq_t *self, bool on);
+
+/* Validates a create (previous NULL) or the merged document of an update.
+ * Returns 0 when accepted; otherwise fails the call with validation_failed
+ * (error.data.errors) or policy_error and returns -1. Fail closed. */
+int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
+                   const cJSON *previous);
+/* Answers query with a selector name (params.selector is a string). */
+void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll);
+/* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy
+ * dir all-or-nothing, rebuilds indexes whose fields changed, and publishes
+ * policy.reloaded / policy.failed (on the call, or through events_push). */
+void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push);
+/* policy.info */
+void ts_sq_info(ts_sq_t *self, ts_call_t *call);
+/* The policy engine (for the store's conflict handling). */
+ts_policy_t *ts_sq_policy(ts_sq_t *self);
+
+#endif

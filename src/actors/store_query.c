@@ -1,0 +1,775 @@
+/* store_query.c — validation, named selectors over ordered indexes, policy
+ * reload and info for the store actor (see store_query.h). */
+#include "therasync/store_query.h"
+
+#include "therasync/index.h"
+#include "therasync/json.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define LOG "store"
+#define MAX_INDEXES 32
+#define MAX_ITEMS 100000
+#define KEY_MAX 1024
+#define DAY_MS (24LL * 3600 * 1000)
+
+struct ts_sq_coll {
+    ts_sq_t *sq;
+    const char *name;
+    void *coll;                     /* the store's collection, for hooks.each */
+    ts_index_t *idx[MAX_INDEXES];
+    size_t nidx;
+};
+
+struct ts_sq {
+    ts_policy_t *policy;
+    ts_sq_hooks_t hooks;
+    ts_sq_coll_t colls[TS_MAX_COLLECTIONS];
+    size_t ncolls;
+    bool bulk;
+    char dir[PATH_MAX];
+    char last_error[512];           /* of the last failed reload; "" after a good one */
+    uint64_t reloads, reload_failures;
+    uint64_t queries, candidates;   /* named-selector queries, documents shown to where */
+    int64_t query_us;               /* time spent in them */
+};
+
+/* ---- policies dir ---- */
+
+static bool is_policies_dir(const char *dir)
+{
+    char path[PATH_MAX + 32];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/validate.lua", dir);
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The shipped policies next to the executable; 0 or -1 (tried paths in err). */
+static int find_shipped(char *out, size_t outlen, char *err, size_t errlen)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        snprintf(err, errlen, "no --policies given and the executable's path is unknown");
+        return -1;
+    }
+    exe[n] = '\0';
+    const char *dir = dirname(exe);
+    const char *rel[] = {"../policies", "../share/therasync/policies"};
+    char tried[2][PATH_MAX];
+    for (int i = 0; i < 2; i++) {
+        snprintf(tried[i], sizeof tried[i], "%s/%s", dir, rel[i]);
+        char real[PATH_MAX];
+        if (is_policies_dir(tried[i]) && realpath(tried[i], real)) {
+            snprintf(out, outlen, "%s", real);
+            return 0;
+        }
+    }
+    snprintf(err, errlen,
+             "no policies: --policies (config `policies`) not given and no shipped policies "
+             "at %.1000s or %.1000s",
+             tried[0], tried[1]);
+    return -1;
+}
+
+/* ---- ctx.find ---- */
+
+static ts_sq_coll_t *coll_named(ts_sq_t *self, const char *name)
+{
+    for (size_t i = 0; name && i < self->ncolls; i++)
+        if (strcmp(self->colls[i].name, name) == 0)
+            return &self->colls[i];
+    return NULL;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static ts_index_t *find_index(const ts_sq_coll_t *c, const char *field, const char *order)
+{
+    for (size_t i = 0; i < c->nidx; i++)
+        if (c->idx[i] && strcmp(ts_index_field(c->idx[i]), field) == 0 &&
+            same_str(ts_index_order_field(c->idx[i]), order))
+            return c->idx[i];
+    return NULL;
+}
+
+typedef struct {
+    ts_sq_t *sq;
+    ts_index_t *idx;
+} build_arg_t;
+
+static void build_one(void *arg, void *doc)
+{
+    build_arg_t *b = arg;
+    ts_policy_doc_t d;
+    b->sq->hooks.view(doc, &d);
+    if (d.text)
+        ts_index_set(b->idx, doc, d.text, d.len);
+}
+
+/* A new index on (field, order) over the collection's current documents. */
+static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *order)
+{
+    if (c->nidx == MAX_INDEXES) {
+        ts_warn(LOG, "%s: more than %d indexes; %s is served by scans", c->name, MAX_INDEXES,
+                field);
+        return NULL;
+    }
+    ts_index_t *idx = ts_index_new(field, order);
+    if (!idx)
+        return NULL;
+    build_arg_t b = {c->sq, idx};
+    ts_index_bulk(idx, true);
+    c->sq->hooks.each(c->coll, build_one, &b);
+    ts_index_bulk(idx, c->sq->bulk);
+    c->idx[c->nidx++] = idx;
+    ts_debug(LOG, "%s: index on %s%s%s: %zu documents", c->name, field, order ? " by " : "",
+             order ? order : "", ts_index_size(idx));
+    return idx;
+}
+
+/* Parses a candidate's text with its id put back first (caller deletes). */
+static cJSON *parse_with_id(const ts_policy_doc_t *d)
+{
+    cJSON *doc = cJSON_ParseWithLength(d->text, d->len);
+    char id[65];
+    size_t n = d->id_len < 64 ? d->id_len : 64;
+    memcpy(id, d->id, n);
+    id[n] = '\0';
+    if (!cJSON_IsObject(doc) || !cJSON_AddStringToObject(doc, "id", id)) {
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+typedef struct {
+    ts_sq_t *sq;
+    const char *field;
+    const char *value;
+    ts_policy_visit_fn visit;
+    void *visit_arg;
+    int rc; /* 1 = stop, -1 = failed */
+} scan_find_t;
+
+static void scan_find_one(void *arg, void *doc)
+{
+    scan_find_t *s = arg;
+    if (s->rc)
+        return;
+    ts_policy_doc_t d;
+    s->sq->hooks.view(doc, &d);
+    const char *v;
+    size_t vn;
+    char key[KEY_MAX];
+    if (!d.text || !ts_json_text_field(d.text, d.len, s->field, strlen(s->field), &v, &vn))
+        return;
+    int kl = ts_index_key_text(v, vn, key, sizeof key);
+    if (kl < 0 || strcmp(key, s->value) != 0)
+        return;
+    cJSON *j = parse_with_id(&d);
+    if (!j) {
+        s->rc = -1;
+        return;
+    }
+    s->rc = s->visit(s->visit_arg, j) ? 1 : 0;
+    cJSON_Delete(j);
+}
+
+/* ctx.find: the documents of collection whose field equals value, through an
+ * index on field (made on first use; ordered by the time field when a range
+ * is given, so only the documents near the range are visited). */
+static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_fn visit,
+                   void *visit_arg)
+{
+    ts_sq_t *self = arg;
+    ts_sq_coll_t *c = coll_named(self, f->collection);
+    if (!c)
+        return 0; /* unknown collection: nothing there */
+    ts_index_t *idx = find_index(c, f->field, f->time_field);
+    if (!idx && !f->time_field)
+        for (size_t i = 0; i < c->nidx && !idx; i++)
+            if (strcmp(ts_index_field(c->idx[i]), f->field) == 0)
+                idx = c->idx[i];
+    if (!idx && !self->bulk)
+        idx = build_index(c, f->field, f->time_field);
+    if (!idx || ts_index_broken(idx)) { /* no index possible: scan */
+        scan_find_t s = {self, f->field, f->value, visit, visit_arg, 0};
+        self->hooks.each(c->coll, scan_find_one, &s);
+        return s.rc < 0 ? -1 : 0;
+    }
+    ts_index_entry_t *const *e;
+    size_t n = ts_index_bucket(idx, f->value, strlen(f->value), &e), lo = 0, hi = n;
+    const char *order = ts_index_order_field(idx);
+    if (f->time_field && order && strcmp(order, f->time_field) == 0) {
+        /* Times are compared as text in the index; widen the window by a day
+         * on each side so offsets (+14:00) and formats cannot hide a document;
+         * the visitor filters exactly. */
+        char from[32], to[32];
+        ts_okey_t k = {.kind = TS_OKEY_STR};
+        if (f->from_ms > INT64_MIN + DAY_MS) {
+            ts_rfc3339(f->from_ms - DAY_MS, from);
+            k.str = from, k.len = (uint32_t)strlen(from);
+            lo = ts_index_lower_bound(e, n, &k);
+        }
+        if (f->to_ms < INT64_MAX - DAY_MS) {
+            ts_rfc3339(f->to_ms + DAY_MS, to);
+            k.str = to, k.len = (uint32_t)strlen(to);
+            hi = ts_index_upper_bound(e, n, &k);
+        }
+    }
+    for (size_t i = lo; i < hi; i++) {
+        ts_policy_doc_t d;
+        self->hooks.view(e[i]->doc, &d);
+        if (!d.text)
+            continue;
+        cJSON *j = parse_with_id(&d);
+        if (!j)
+            return -1;
+        int stop = visit(visit_arg, j);
+        cJSON_Delete(j);
+        if (stop)
+            break;
+    }
+    return 0;
+}
+
+/* ---- life ---- */
+
+ts_sq_t *ts_sq_new(const ts_config_t *config, const ts_sq_hooks_t *hooks, char *err,
+                   size_t errlen)
+{
+    ts_sq_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    self->hooks = *hooks;
+    if (config->policies_dir) {
+        if (!realpath(config->policies_dir, self->dir)) {
+            snprintf(err, errlen, "policies directory %.1000s: %s", config->policies_dir,
+                     strerror(errno));
+            free(self);
+            return NULL;
+        }
+    } else if (find_shipped(self->dir, sizeof self->dir, err, errlen)) {
+        free(self);
+        return NULL;
+    }
+    ts_policy_opts_t opts = {
+        .mem_cap_bytes = config->lua.memory_bytes,
+        .instr_budget = config->lua.instruction_budget,
+        .clinic_config = config->clinic,
+        .find = sq_find,
+        .lookup_arg = self,
+        .name = "store",
+    };
+    char perr[512];
+    self->policy = ts_policy_new(self->dir, &opts, perr, sizeof perr);
+    if (!self->policy) {
+        snprintf(err, errlen, "policies in %.1000s do not load: %s", self->dir, perr);
+        free(self);
+        return NULL;
+    }
+    return self;
+}
+
+void ts_sq_destroy(ts_sq_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    ts_sq_t *self = *self_p;
+    for (size_t i = 0; i < self->ncolls; i++)
+        for (size_t k = 0; k < self->colls[i].nidx; k++)
+            ts_index_destroy(&self->colls[i].idx[k]);
+    ts_policy_destroy(&self->policy);
+    free(self);
+    *self_p = NULL;
+}
+
+ts_policy_t *ts_sq_policy(ts_sq_t *self) { return self->policy; }
+
+/* Makes the collection's index set match the selectors: keeps indexes still
+ * declared, builds new ones, drops the rest (look-up indexes come back on
+ * their next use). */
+static void sync_indexes(ts_sq_coll_t *c)
+{
+    ts_policy_t *p = c->sq->policy;
+    ts_index_t *keep[MAX_INDEXES];
+    size_t nkeep = 0;
+    for (size_t i = 0; i < ts_policy_selector_count(p); i++) {
+        const ts_policy_selector_t *s = ts_policy_selector_at(p, i);
+        if (!s->index_field || strcmp(s->collection, c->name) != 0)
+            continue;
+        bool have = false;
+        for (size_t k = 0; k < nkeep; k++)
+            have |= strcmp(ts_index_field(keep[k]), s->index_field) == 0 &&
+                    same_str(ts_index_order_field(keep[k]), s->order_field);
+        ts_index_t *idx = have ? NULL : find_index(c, s->index_field, s->order_field);
+        if (!idx || nkeep == MAX_INDEXES)
+            continue; /* missing ones are built below */
+        for (size_t k = 0; k < c->nidx; k++) /* take it out of the old set */
+            if (c->idx[k] == idx)
+                c->idx[k] = NULL;
+        keep[nkeep++] = idx;
+    }
+    for (size_t k = 0; k < c->nidx; k++)
+        ts_index_destroy(&c->idx[k]);
+    c->nidx = 0;
+    for (size_t k = 0; k < nkeep; k++)
+        if (keep[k])
+            c->idx[c->nidx++] = keep[k];
+    /* Second pass: build what is declared and missing. */
+    for (size_t i = 0; i < ts_policy_selector_count(p); i++) {
+        const ts_policy_selector_t *s = ts_policy_selector_at(p, i);
+        if (s->index_field && strcmp(s->collection, c->name) == 0 &&
+            !find_index(c, s->index_field, s->order_field))
+            build_index(c, s->index_field, s->order_field);
+    }
+}
+
+ts_sq_coll_t *ts_sq_attach(ts_sq_t *self, const char *name, void *coll)
+{
+    if (self->ncolls == TS_MAX_COLLECTIONS)
+        return NULL;
+    ts_sq_coll_t *c = &self->colls[self->ncolls++];
+    memset(c, 0, sizeof *c);
+    c->sq = self;
+    c->name = name;
+    c->coll = coll;
+    sync_indexes(c);
+    return c;
+}
+
+void ts_sq_changed(ts_sq_coll_t *c, void *doc, const char *text, size_t len)
+{
+    for (size_t i = 0; c && i < c->nidx; i++)
+        if (ts_index_set(c->idx[i], doc, text, len))
+            ts_error(LOG, "%s: out of memory maintaining the index on %s; queries on it scan",
+                     c->name, ts_index_field(c->idx[i]));
+}
+
+void ts_sq_bulk(ts_sq_t *self, bool on)
+{
+    self->bulk = on;
+    for (size_t i = 0; i < self->ncolls; i++)
+        for (size_t k = 0; k < self->colls[i].nidx; k++)
+            ts_index_bulk(self->colls[i].idx[k], on);
+}
+
+/* ---- validation ---- */
+
+int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
+                   const cJSON *previous)
+{
+    cJSON *errors = NULL;
+    char err[512];
+    int rc = ts_policy_validate(self->policy, collection, doc, previous, &errors, err, sizeof err);
+    if (rc == TS_POLICY_OK)
+        return 0;
+    if (rc == TS_POLICY_INVALID) {
+        const cJSON *first = cJSON_GetArrayItem(errors, 0);
+        const char *field = ts_json_string(first, "field");
+        const char *msg = ts_json_string(first, "message");
+        int n = cJSON_GetArraySize(errors);
+        ts_call_fail(call, TS_E_VALIDATION, "validation failed: %s%s%s%s", field ? field : "",
+                     field && *field ? ": " : "", msg ? msg : "invalid",
+                     n > 1 ? " (and more, see error.data.errors)" : "");
+        call->err_data = cJSON_CreateObject();
+        if (call->err_data)
+            cJSON_AddItemToObject(call->err_data, "errors", errors);
+        else
+            cJSON_Delete(errors);
+        return -1;
+    }
+    cJSON_Delete(errors);
+    ts_call_fail(call, TS_E_POLICY, "%s", err);
+    return -1;
+}
+
+/* ---- named selectors ---- */
+
+typedef struct {
+    ts_sq_t *sq;
+    /* candidates: index entries (entries != NULL) or a sorted array of docs */
+    ts_index_entry_t *const *entries;
+    void **docs;
+    size_t pos, end;  /* next position, one past the last (asc) */
+    bool desc;        /* walk from end-1 down to pos */
+    long limit, count;
+    ts_buf_t *out;
+    /* index param, checked on a scan */
+    const char *field;
+    const char *value;
+} sel_scan_t;
+
+/* Candidates are scattered over the heap: ask for the next ones' entry,
+ * document and text ahead of time, so their cache misses overlap. */
+static void prefetch_ahead(const sel_scan_t *s, size_t i)
+{
+    if (!s->entries)
+        return;
+    size_t far = s->desc ? i - (i >= 8 ? 8 : i) : i + 8;
+    size_t near = s->desc ? i - (i >= 4 ? 4 : i) : i + 4;
+    if (far >= s->pos && far < s->end)
+        __builtin_prefetch(s->entries[far]);
+    if (near >= s->pos && near < s->end)
+        __builtin_prefetch(s->entries[near]->doc);
+}
+
+static int sel_next(void *arg, ts_policy_doc_t *d)
+{
+    sel_scan_t *s = arg;
+    while (s->pos < s->end) {
+        size_t i = s->desc ? --s->end : s->pos++;
+        prefetch_ahead(s, i);
+        void *doc = s->entries ? s->entries[i]->doc : s->docs[i];
+        s->sq->candidates++;
+        s->sq->hooks.view(doc, d);
+        if (d->text)
+            return 1;
+    }
+    return 0;
+}
+
+static int sel_emit(void *arg, const ts_policy_doc_t *d)
+{
+    sel_scan_t *s = arg;
+    ts_buf_t *b = s->out;
+    int rc = ts_buf_puts(b, s->count ? ",{\"id\":" : "{\"id\":");
+    rc |= ts_buf_json_string(b, d->id, d->id_len);
+    if (d->len > 2) {
+        rc |= ts_buf_puts(b, ",");
+        rc |= ts_buf_append(b, d->text + 1, d->len - 1);
+    } else {
+        rc |= ts_buf_puts(b, "}");
+    }
+    if (rc)
+        return -1;
+    return ++s->count >= s->limit ? 1 : 0;
+}
+
+/* Scan path: every visible document (of the index param's value, when one
+ * is given), ordered by order_field when the selector has one. */
+typedef struct {
+    ts_sq_t *sq;
+    void **docs;
+    ts_okey_t *keys;
+    size_t n, cap;
+    const char *order;
+    const char *field, *value;
+    int failed;
+} collect_t;
+
+static void collect_one(void *arg, void *doc)
+{
+    collect_t *c = arg;
+    ts_policy_doc_t d;
+    c->sq->hooks.view(doc, &d);
+    if (!d.text || c->failed)
+        return;
+    const char *v;
+    size_t vn;
+    if (c->field) {
+        char key[KEY_MAX];
+        if (!ts_json_text_field(d.text, d.len, c->field, strlen(c->field), &v, &vn) ||
+            ts_index_key_text(v, vn, key, sizeof key) < 0 || strcmp(key, c->value) != 0)
+            return;
+    }
+    if (c->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 256;
+        void **docs = realloc(c->docs, cap * sizeof *docs);
+        ts_okey_t *keys = docs ? realloc(c->keys, cap * sizeof *keys) : NULL;
+        if (docs)
+            c->docs = docs;
+        if (!keys) {
+            c->failed = 1;
+            return;
+        }
+        c->keys = keys;
+        c->cap = cap;
+    }
+    ts_okey_t k = {0};
+    if (c->order && ts_json_text_field(d.text, d.len, c->order, strlen(c->order), &v, &vn) &&
+        ts_okey_from_text(v, vn, &k)) {
+        c->failed = 1;
+        return;
+    }
+    c->keys[c->n] = k;
+    c->docs[c->n++] = doc;
+}
+
+typedef struct {
+    ts_okey_t key;
+    void *doc;
+} keyed_t;
+
+static int keyed_cmp(const void *a, const void *b)
+{
+    const keyed_t *x = a, *y = b;
+    int r = ts_okey_cmp(&x->key, &y->key);
+    if (r)
+        return r;
+    return ((uintptr_t)x->doc > (uintptr_t)y->doc) - ((uintptr_t)x->doc < (uintptr_t)y->doc);
+}
+
+static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c);
+
+void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
+{
+    int64_t t0 = ts_mono_us();
+    sq_query(self, call, c);
+    self->query_us += ts_mono_us() - t0;
+}
+
+static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
+{
+    const char *name = ts_json_string(call->params, "selector");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
+    const ts_policy_selector_t *sel = ts_policy_selector_find(self->policy, name);
+    if (!sel) {
+        ts_call_fail(call, TS_E_POLICY, "no selector named '%.64s' in %s/selectors.lua", name,
+                     self->dir);
+        return;
+    }
+    if (!c || strcmp(sel->collection, c->name) != 0) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "selector '%s' is for collection '%s'", sel->name,
+                     sel->collection);
+        return;
+    }
+    char err[600];
+    ts_policy_query_t *q = ts_policy_query_new(self->policy, name, params, err, sizeof err);
+    if (!q) {
+        ts_call_fail(call, TS_E_POLICY, "%s", err);
+        return;
+    }
+    cJSON *from = NULL;
+    if (ts_policy_query_from(q, &from, err, sizeof err) != TS_POLICY_OK) {
+        ts_policy_query_destroy(&q);
+        ts_call_fail(call, TS_E_POLICY, "%s", err);
+        return;
+    }
+    self->queries++;
+    long limit = ts_policy_selector_limit(sel, params);
+    if (limit <= 0 || limit > MAX_ITEMS)
+        limit = MAX_ITEMS;
+    ts_buf_t out = {0};
+    /* room for a typical page of documents: growing it costs reallocs */
+    ts_buf_reserve(&out, (size_t)(limit < 64 ? limit : 64) * 512 + 64);
+    ts_buf_puts(&out, "{\"items\":[");
+    sel_scan_t s = {.sq = self, .limit = limit, .out = &out, .desc = sel->order_desc};
+    collect_t col = {.sq = self, .order = sel->order_field};
+    keyed_t *keyed = NULL;
+    char key[KEY_MAX];
+    const cJSON *param = sel->index_field
+                             ? cJSON_GetObjectItemCaseSensitive(params, sel->index_field)
+                             : NULL;
+    bool use_param = param && !cJSON_IsNull(param);
+    int klen = use_param ? ts_index_key_json(param, key, sizeof key) : 0;
+    ts_index_t *idx = use_param && klen >= 0 ? find_index(c, sel->index_field, sel->order_field)
+                                             : NULL;
+    if (idx && ts_index_broken(idx))
+        idx = NULL;
+    int rc = TS_POLICY_OK;
+    if (use_param && klen < 0) {
+        /* a value no index holds (null, object, array, over 1 KiB): matches nothing */
+    } else if (idx) {
+        s.end = ts_index_bucket(idx, key, (size_t)klen, &s.entries);
+    } else {
+        col.field = use_param ? sel->index_field : NULL;
+        col.value = key;
+        self->hooks.each(c->coll, collect_one, &col);
+        if (col.failed) {
+            rc = TS_POLICY_ERROR;
+            snprintf(err, sizeof err, "out of memory");
+        } else if (col.n) {
+            keyed = malloc(col.n * sizeof *keyed);
+            if (!keyed) {
+                rc = TS_POLICY_ERROR;
+                snprintf(err, sizeof err, "out of memory");
+            } else {
+                for (size_t i = 0; i < col.n; i++)
+                    keyed[i] = (keyed_t){col.keys[i], col.docs[i]};
+                if (sel->order_field)
+                    qsort(keyed, col.n, sizeof *keyed, keyed_cmp);
+                for (size_t i = 0; i < col.n; i++)
+                    col.docs[i] = keyed[i].doc;
+                s.docs = col.docs;
+                s.end = col.n;
+            }
+        }
+    }
+    if (rc == TS_POLICY_OK && from && sel->order_field && s.end) {
+        /* Start at from: the first >= from (asc), or the last <= from (desc). */
+        ts_okey_t fk;
+        ts_okey_from_json(from, &fk);
+        size_t lo = 0, hi = s.end;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            const ts_okey_t *k = s.entries ? &s.entries[mid]->order : &keyed[mid].key;
+            int cmp = ts_okey_cmp(k, &fk);
+            if (sel->order_desc ? cmp <= 0 : cmp < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (sel->order_desc)
+            s.end = lo;
+        else
+            s.pos = lo;
+    }
+    if (rc == TS_POLICY_OK && s.pos < s.end)
+        rc = ts_policy_query_scan(q, sel_next, sel_emit, &s, err, sizeof err);
+    for (size_t i = 0; i < col.n; i++)
+        free(col.keys[i].str);
+    free(col.keys);
+    free(col.docs);
+    free(keyed);
+    cJSON_Delete(from);
+    ts_policy_query_destroy(&q);
+    if (rc != TS_POLICY_OK) {
+        ts_buf_free(&out);
+        ts_call_fail(call, TS_E_POLICY, "selector '%s': %s", sel->name, err);
+        return;
+    }
+    ts_buf_puts(&out, "],\"stale\":false,\"cursor\":null}");
+    size_t len;
+    char *text = ts_buf_take(&out, &len);
+    if (text)
+        ts_call_set_result(call, text, len);
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+/* ---- reload and info ---- */
+
+static cJSON *info_json(ts_sq_t *self, bool loaded)
+{
+    cJSON *info = ts_policy_info(self->policy);
+    if (!info)
+        return NULL;
+    cJSON_AddBoolToObject(info, "loaded", loaded);
+    if (self->last_error[0])
+        cJSON_AddStringToObject(info, "error", self->last_error);
+    cJSON_AddNumberToObject(info, "reloads", (double)self->reloads);
+    cJSON_AddNumberToObject(info, "reload_failures", (double)self->reload_failures);
+    cJSON_AddNumberToObject(info, "selector_queries", (double)self->queries);
+    cJSON_AddNumberToObject(info, "selector_candidates", (double)self->candidates);
+    cJSON_AddNumberToObject(info, "selector_us", (double)self->query_us);
+    cJSON *idx = cJSON_AddArrayToObject(info, "indexes");
+    for (size_t i = 0; idx && i < self->ncolls; i++) {
+        for (size_t k = 0; k < self->colls[i].nidx; k++) {
+            const ts_index_t *x = self->colls[i].idx[k];
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddItemToArray(idx, o);
+            cJSON_AddStringToObject(o, "collection", self->colls[i].name);
+            cJSON_AddStringToObject(o, "field", ts_index_field(x));
+            if (ts_index_order_field(x))
+                cJSON_AddStringToObject(o, "order_by", ts_index_order_field(x));
+            cJSON_AddNumberToObject(o, "documents", (double)ts_index_size(x));
+        }
+    }
+    return info;
+}
+
+/* "file.lua:12: message" → file and line, when the message has them. */
+static void split_location(const char *err, char *file, size_t filelen, long *line)
+{
+    file[0] = '\0';
+    *line = 0;
+    const char *lua = strstr(err, ".lua:");
+    if (!lua)
+        return;
+    const char *start = lua;
+    while (start > err && start[-1] != ' ' && start[-1] != '/' && start[-1] != '\'' &&
+           start[-1] != '"')
+        start--;
+    snprintf(file, filelen, "%.*s", (int)(lua + 4 - start), start);
+    *line = strtol(lua + 5, NULL, 10);
+}
+
+static void publish(ts_call_t *call, void *events_push, const char *payload, size_t len)
+{
+    if (call) {
+        ts_event_t *e = ts_event_new("policy", payload, len);
+        if (!e)
+            return;
+        ts_event_t **p = &call->events;
+        while (*p)
+            p = &(*p)->next;
+        *p = e;
+    } else if (events_push) {
+        zmq_send(events_push, "policy", 6, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+        zmq_send(events_push, payload, len, ZMQ_DONTWAIT);
+    }
+}
+
+void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push)
+{
+    char err[512];
+    bool ok = ts_policy_reload(self->policy, self->dir, err, sizeof err) == 0;
+    cJSON *ev = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "jsonrpc", "2.0");
+    cJSON_AddStringToObject(ev, "method", ok ? "policy.reloaded" : "policy.failed");
+    cJSON *p = cJSON_AddObjectToObject(ev, "params");
+    cJSON_AddStringToObject(p, "dir", self->dir);
+    if (ok) {
+        self->reloads++;
+        self->last_error[0] = '\0';
+        for (size_t i = 0; i < self->ncolls; i++)
+            sync_indexes(&self->colls[i]);
+        ts_info(LOG, "policies reloaded from %s", self->dir);
+    } else {
+        self->reload_failures++;
+        snprintf(self->last_error, sizeof self->last_error, "%s", err);
+        char file[128];
+        long line;
+        split_location(err, file, sizeof file, &line);
+        cJSON_AddStringToObject(p, "error", err);
+        if (file[0]) {
+            cJSON_AddStringToObject(p, "file", file);
+            cJSON_AddNumberToObject(p, "line", (double)line);
+        }
+        ts_warn(LOG, "policy reload refused, the old policies stay in force: %s", err);
+    }
+    char *text = cJSON_PrintUnformatted(ev);
+    if (text)
+        publish(call, events_push, text, strlen(text));
+    cJSON_free(text);
+    cJSON_Delete(ev);
+    if (!call)
+        return;
+    cJSON *info = info_json(self, ok);
+    if (info && !ok)
+        cJSON_ReplaceItemInObject(info, "error", cJSON_CreateString(err));
+    char *answer = info ? cJSON_PrintUnformatted(info) : NULL;
+    cJSON_Delete(info);
+    if (answer)
+        ts_call_set_result(call, answer, strlen(answer));
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
+void ts_sq_info(ts_sq_t *self, ts_call_t *call)
+{
+    cJSON *info = info_json(self, true);
+    char *answer = info ? cJSON_PrintUnformatted(info) : NULL;
+    cJSON_Delete(info);
+    if (answer)
+        ts_call_set_result(call, answer, strlen(answer));
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}

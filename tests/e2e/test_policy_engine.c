@@ -1,0 +1,410 @@
+/* test_policy_engine.c — the Lua policies inside a real therasyncd:
+ * validation on create/update (field errors, overlap rule, transitions),
+ * fail-closed policies, named selectors over indexes (after writes, cancel,
+ * delete and a restart), a selector that errors, hot reload by policy.reload
+ * and SIGHUP with its events, and policy.info. */
+#include "../support/engine.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static ts_engine_t engine;
+static void *sub; /* closed before the engine's context is terminated */
+
+static void start_with(const char *policies_dir)
+{
+    const char *args[] = {"--policies", policies_dir, NULL};
+    cr_assert_eq(ts_engine_start(&engine, policies_dir ? args : NULL), 0,
+                 "therasyncd did not start (log: %s)", engine.proc.log_path);
+}
+
+static void stop(void)
+{
+    if (sub)
+        zmq_close(sub);
+    sub = NULL;
+    ts_engine_destroy(&engine);
+}
+
+static void assert_alive(void)
+{
+    cJSON *r = ts_rpc(&engine, "ping", NULL);
+    cr_assert(cJSON_IsString(ts_rpc_result(r)), "daemon stopped answering");
+    cJSON_Delete(r);
+}
+
+/* A session with every field the shipped validator wants. */
+static cJSON *create_session(const char *id, const char *therapist, const char *patient,
+                             const char *at, int minutes, const char *status,
+                             const char *modality, const char *extra)
+{
+    char p[1024];
+    snprintf(p, sizeof p,
+             "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"therapist_id\":\"%s\","
+             "\"patient_id\":\"%s\",\"scheduled_at\":\"%s\",\"duration_min\":%d,"
+             "\"status\":\"%s\",\"modality\":\"%s\"%s}}",
+             id, therapist, patient, at, minutes, status, modality, extra ? extra : "");
+    return ts_rpc(&engine, "create", p);
+}
+
+static void must_create(const char *id, const char *therapist, const char *patient,
+                        const char *at, int minutes, const char *status, const char *extra)
+{
+    cJSON *r = create_session(id, therapist, patient, at, minutes, status, "in_person", extra);
+    cr_assert_not_null(ts_rpc_result(r), "create %s refused: %s", id,
+                       r ? cJSON_PrintUnformatted(r) : "no answer");
+    cJSON_Delete(r);
+}
+
+/* True when error.data.errors has an entry for field. */
+static bool has_field_error(cJSON *r, const char *field)
+{
+    cJSON *errors = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "data"), "errors");
+    cJSON *e;
+    cJSON_ArrayForEach(e, errors)
+    {
+        cJSON *f = cJSON_GetObjectItem(e, "field");
+        if (cJSON_IsString(f) && strcmp(f->valuestring, field) == 0 &&
+            cJSON_IsString(cJSON_GetObjectItem(e, "message")))
+            return true;
+    }
+    return false;
+}
+
+static void assert_validation(cJSON *r, const char *field)
+{
+    cr_assert_eq(ts_rpc_error_code(r), -32002, "expected validation_failed: %s",
+                 r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert_str_eq(ts_rpc_error_reason(r), "validation_failed");
+    cr_assert(has_field_error(r, field), "no error for field %s: %s", field,
+              cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+}
+
+/* Runs a named selector; returns the ids of the items joined by ",". */
+static char *query_ids(const char *selector, const char *params)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":\"%s\",\"params\":%s}",
+             selector, params);
+    cJSON *r = ts_rpc(&engine, "query", p);
+    cJSON *res = ts_rpc_result(r);
+    cr_assert_not_null(res, "query %s failed: %s", selector,
+                       r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(res, "stale")));
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItem(res, "cursor")));
+    static char out[2048];
+    out[0] = '\0';
+    cJSON *item;
+    cJSON_ArrayForEach(item, cJSON_GetObjectItem(res, "items"))
+    {
+        if (out[0])
+            strncat(out, ",", sizeof out - strlen(out) - 1);
+        strncat(out, cJSON_GetObjectItem(item, "id")->valuestring, sizeof out - strlen(out) - 1);
+    }
+    cJSON_Delete(r);
+    return out;
+}
+
+TestSuite(policy_engine, .fini = stop, .timeout = 90);
+
+Test(policy_engine, validation_errors_come_back_per_field)
+{
+    start_with(NULL); /* the shipped policies */
+    assert_validation(create_session("v1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 5,
+                                     "scheduled", "in_person", NULL),
+                      "duration_min");
+    assert_validation(create_session("v2", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50,
+                                     "booked", "in_person", NULL),
+                      "status");
+    assert_validation(create_session("v3", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50,
+                                     "scheduled", "hologram", NULL),
+                      "modality");
+    /* the refused ones were not written */
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"v1\"}");
+    cr_assert_eq(ts_rpc_error_code(g), -32001);
+    cJSON_Delete(g);
+
+    must_create("a", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+    /* overlaps a for the same therapist */
+    assert_validation(create_session("b", "thr-1", "pat-2", "2026-03-02T09:30:00.000Z", 50,
+                                     "scheduled", "telehealth", NULL),
+                      "scheduled_at");
+    /* another therapist at the same time is fine; a group session may overlap */
+    must_create("c", "thr-2", "pat-2", "2026-03-02T09:30:00.000Z", 50, "scheduled", NULL);
+    cJSON *r = create_session("d", "thr-1", "pat-3", "2026-03-02T09:30:00.000Z", 50, "scheduled",
+                              "group", NULL);
+    cr_assert_not_null(ts_rpc_result(r), "group overlap refused");
+    cJSON_Delete(r);
+    /* right after a ends: no overlap */
+    must_create("e", "thr-1", "pat-3", "2026-03-02T09:50:00.000Z", 30, "scheduled", NULL);
+
+    /* update: the merged document is validated, with ctx.previous */
+    cJSON *u = ts_rpc(&engine, "update",
+                      "{\"collection\":\"sessions\",\"id\":\"a\",\"patch\":{\"status\":\"completed\"}}");
+    cr_assert_not_null(ts_rpc_result(u));
+    cJSON_Delete(u);
+    assert_validation(ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"a\","
+                                                "\"patch\":{\"status\":\"scheduled\"}}"),
+                      "status");
+    assert_validation(ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"a\","
+                                                "\"patch\":{\"duration_min\":999}}"),
+                      "duration_min");
+    g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"a\"}");
+    cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
+    cr_assert_str_eq(cJSON_GetObjectItem(doc, "status")->valuestring, "completed");
+    cr_assert_eq(cJSON_GetObjectItem(doc, "duration_min")->valueint, 50);
+    cJSON_Delete(g);
+    /* moving e onto c's therapist slot of thr-1's d (group) is fine, onto a is not */
+    assert_validation(ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"e\","
+                                                "\"patch\":{\"scheduled_at\":\"2026-03-02T09:10:00.000Z\"}}"),
+                      "scheduled_at");
+    /* deletes are not validated */
+    cJSON *d = ts_rpc(&engine, "delete", "{\"collection\":\"sessions\",\"id\":\"e\"}");
+    cr_assert_not_null(ts_rpc_result(d));
+    cJSON_Delete(d);
+}
+
+Test(policy_engine, failing_validator_fails_closed)
+{
+    start_with(ts_source_path("tests/fixtures/policies/raising"));
+    cJSON *r = create_session("x1", "thr-1", "boom", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                              "in_person", NULL);
+    cr_assert_eq(ts_rpc_error_code(r), -32004, "%s", cJSON_PrintUnformatted(r));
+    cr_assert_str_eq(ts_rpc_error_reason(r), "policy_error");
+    cr_assert(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message")->valuestring,
+                     "exploded"));
+    cJSON_Delete(r);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"x1\"}");
+    cr_assert_eq(ts_rpc_error_code(g), -32001, "a refused write was stored");
+    cJSON_Delete(g);
+    must_create("x2", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+    assert_alive();
+    stop();
+
+    start_with(ts_source_path("tests/fixtures/policies/looping"));
+    r = create_session("y1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                       "in_person", NULL);
+    cr_assert_eq(ts_rpc_error_code(r), -32004, "%s", cJSON_PrintUnformatted(r));
+    cr_assert(strstr(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message")->valuestring,
+                     "budget"));
+    cJSON_Delete(r);
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, 0);
+    cJSON_Delete(s);
+    assert_alive();
+}
+
+Test(policy_engine, named_selectors_follow_every_change)
+{
+    start_with(NULL);
+    /* thr-1: s1 09:00, s2 11:00, s3 13:00 (completed, no notes), s4 15:00, s5 08:00 cancelled */
+    must_create("s1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+    must_create("s4", "thr-1", "pat-2", "2026-03-02T15:00:00.000Z", 50, "scheduled", NULL);
+    must_create("s2", "thr-1", "pat-1", "2026-03-02T11:00:00.000Z", 50, "scheduled", NULL);
+    must_create("s3", "thr-1", "pat-1", "2026-03-02T13:00:00.000Z", 50, "completed", NULL);
+    must_create("s5", "thr-1", "pat-1", "2026-03-02T08:00:00.000Z", 50, "cancelled", NULL);
+    must_create("o1", "thr-2", "pat-1", "2026-03-02T10:00:00.000Z", 50, "scheduled",
+                ",\"notes\":\"fine\"");
+    const char *t1 = "{\"therapist_id\":\"thr-1\",\"now\":\"2026-03-02T00:00:00.000Z\"}";
+    cr_assert_str_eq(query_ids("upcoming", t1), "s1,s2,s4");
+    cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-1\",\"now\":"
+                                           "\"2026-03-02T10:00:00.000Z\"}"),
+                     "s2,s4");
+    cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-1\",\"now\":"
+                                           "\"2026-03-02T00:00:00.000Z\",\"limit\":2}"),
+                     "s1,s2");
+    cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-9\"}"), "");
+    cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\"}"), "s3,s2,o1,s1,s5");
+    cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\",\"limit\":2}"), "s3,s2");
+    cr_assert_str_eq(query_ids("needs_notes", "{}"), "s3");
+
+    /* update: s2 cancelled leaves upcoming; moving s4 earlier reorders it */
+    cJSON *u = ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"s2\","
+                                         "\"patch\":{\"status\":\"cancelled\"}}");
+    cr_assert_not_null(ts_rpc_result(u));
+    cJSON_Delete(u);
+    u = ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"s4\","
+                                  "\"patch\":{\"scheduled_at\":\"2026-03-02T07:00:00.000Z\"}}");
+    cr_assert_not_null(ts_rpc_result(u));
+    cJSON *m = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(u), "sync"), "mutation");
+    char mutation[64];
+    snprintf(mutation, sizeof mutation, "%s", m->valuestring);
+    cJSON_Delete(u);
+    cr_assert_str_eq(query_ids("upcoming", t1), "s4,s1");
+    /* cancel rolls the move back: s4 is at 15:00 again */
+    char cp[128];
+    snprintf(cp, sizeof cp, "{\"mutation\":\"%s\"}", mutation);
+    cJSON *c = ts_rpc(&engine, "cancel", cp);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(ts_rpc_result(c), "cancelled")));
+    cJSON_Delete(c);
+    cr_assert_str_eq(query_ids("upcoming", t1), "s1,s4");
+    /* notes added: s3 no longer needs notes; delete drops s1 */
+    u = ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"s3\","
+                                  "\"patch\":{\"notes\":\"done\"}}");
+    cr_assert_not_null(ts_rpc_result(u));
+    cJSON_Delete(u);
+    cr_assert_str_eq(query_ids("needs_notes", "{}"), "");
+    cJSON *d = ts_rpc(&engine, "delete", "{\"collection\":\"sessions\",\"id\":\"s1\"}");
+    cr_assert_not_null(ts_rpc_result(d));
+    cJSON_Delete(d);
+    cr_assert_str_eq(query_ids("upcoming", t1), "s4");
+    cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\"}"), "s3,s2,o1,s5");
+
+    /* the indexes are rebuilt from the durable state after a restart */
+    cr_assert_eq(ts_engine_stop(&engine), 0);
+    cr_assert_eq(ts_engine_restart(&engine, NULL), 0);
+    cr_assert_str_eq(query_ids("upcoming", t1), "s4");
+    cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\"}"), "s3,s2,o1,s5");
+    cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-2\",\"now\":"
+                                           "\"2026-01-01T00:00:00.000Z\"}"),
+                     "o1");
+
+    /* unknown selector: policy_error; wrong collection: invalid params */
+    cJSON *q = ts_rpc(&engine, "query", "{\"collection\":\"sessions\",\"selector\":\"nope\"}");
+    cr_assert_eq(ts_rpc_error_code(q), -32004);
+    cJSON_Delete(q);
+    q = ts_rpc(&engine, "query", "{\"collection\":\"consultations\",\"selector\":\"upcoming\"}");
+    cr_assert_eq(ts_rpc_error_code(q), -32602);
+    cJSON_Delete(q);
+}
+
+Test(policy_engine, selector_error_names_the_document)
+{
+    start_with(ts_source_path("tests/fixtures/policies/raising"));
+    must_create("ok1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                ",\"room\":\"A\"");
+    must_create("bad1", "thr-1", "pat-1", "2026-03-02T10:00:00.000Z", 50, "scheduled",
+                ",\"room\":\"X\"");
+    cJSON *q = ts_rpc(&engine, "query", "{\"collection\":\"sessions\",\"selector\":\"picky\"}");
+    cr_assert_eq(ts_rpc_error_code(q), -32004, "%s", cJSON_PrintUnformatted(q));
+    const char *msg =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(q, "error"), "message")->valuestring;
+    cr_assert(strstr(msg, "bad1") && strstr(msg, "cursed"), "%s", msg);
+    cJSON_Delete(q);
+    assert_alive();
+    cJSON *d = ts_rpc(&engine, "delete", "{\"collection\":\"sessions\",\"id\":\"bad1\"}");
+    cJSON_Delete(d);
+    cr_assert_str_eq(query_ids("picky", "{}"), "ok1");
+}
+
+/* ---- hot reload ---- */
+
+static void copy_file(const char *from_dir, const char *to_dir, const char *name)
+{
+    char a[4400], b[4400], buf[8192];
+    snprintf(a, sizeof a, "%s/%s", from_dir, name);
+    snprintf(b, sizeof b, "%s/%s", to_dir, name);
+    FILE *in = fopen(a, "rb"), *out = fopen(b, "wb");
+    cr_assert(in && out, "copy %s", a);
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        fwrite(buf, 1, n, out);
+    fclose(in);
+    fclose(out);
+}
+
+static void copy_policies(const char *from, const char *to)
+{
+    const char *files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
+    for (int i = 0; i < 3; i++)
+        copy_file(from, to, files[i]);
+}
+
+/* Waits for one event on sub; returns its method (static buffer) or "". */
+static const char *next_event(void *s, char *params_out, size_t len)
+{
+    static char method[64];
+    method[0] = '\0';
+    zmq_pollitem_t item = {.socket = s, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, 5000) <= 0)
+        return method;
+    char topic[64], body[4096];
+    int tn = zmq_recv(s, topic, sizeof topic, 0);
+    int bn = zmq_recv(s, body, sizeof body - 1, 0);
+    if (tn < 0 || bn < 0)
+        return method;
+    body[bn < (int)sizeof body - 1 ? bn : (int)sizeof body - 1] = '\0';
+    cJSON *ev = cJSON_Parse(body);
+    cJSON *m = cJSON_GetObjectItem(ev, "method");
+    if (cJSON_IsString(m))
+        snprintf(method, sizeof method, "%s", m->valuestring);
+    char *p = cJSON_PrintUnformatted(cJSON_GetObjectItem(ev, "params"));
+    snprintf(params_out, len, "%s", p ? p : "");
+    free(p);
+    cJSON_Delete(ev);
+    return method;
+}
+
+Test(policy_engine, hot_reload_by_method_and_sighup)
+{
+    char *dir = ts_tmpdir("ts-policies");
+    copy_policies(ts_source_path("policies"), dir);
+    start_with(dir);
+    sub = zmq_socket(engine.zctx, ZMQ_SUB);
+    int zero = 0;
+    zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "policy", 6);
+    cr_assert_eq(zmq_connect(sub, engine.events), 0);
+    usleep(300 * 1000); /* let the subscription reach the PUB socket */
+
+    cJSON *info = ts_rpc(&engine, "policy.info", NULL);
+    cJSON *res = ts_rpc_result(info);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(res, "loaded")));
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(res, "files")), 3);
+    cr_assert_not_null(cJSON_GetObjectItem(res, "indexes"));
+    cJSON_Delete(info);
+    must_create("h1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+
+    /* a new rule (v2 refuses every session) takes effect on policy.reload */
+    copy_file(ts_source_path("tests/fixtures/policies/v2"), dir, "validate.lua");
+    cJSON *r = ts_rpc(&engine, "policy.reload", NULL);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(ts_rpc_result(r), "loaded")), "%s",
+              cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    char params[4096];
+    cr_assert_str_eq(next_event(sub, params, sizeof params), "policy.reloaded");
+    r = create_session("h2", "thr-2", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                       "in_person", NULL);
+    cr_assert_eq(ts_rpc_error_code(r), -32002);
+    cr_assert(strstr(cJSON_PrintUnformatted(r), "v2 refuses"));
+    cJSON_Delete(r);
+    /* the selectors survived the reload: upcoming still served */
+    cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-1\",\"now\":"
+                                           "\"2026-01-01T00:00:00.000Z\"}"),
+                     "h1");
+
+    /* a broken dir is refused: policy.failed with file and line, old rule stays */
+    copy_file(ts_source_path("tests/fixtures/policies/syntax_error"), dir, "validate.lua");
+    r = ts_rpc(&engine, "policy.reload", NULL);
+    res = ts_rpc_result(r);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(res, "loaded")), "%s", cJSON_PrintUnformatted(r));
+    cr_assert(strstr(cJSON_GetObjectItem(res, "error")->valuestring, "validate.lua:"));
+    cJSON_Delete(r);
+    cr_assert_str_eq(next_event(sub, params, sizeof params), "policy.failed");
+    cr_assert(strstr(params, "\"file\":\"validate.lua\"") && strstr(params, "\"line\":"), "%s",
+              params);
+    r = create_session("h3", "thr-2", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                       "in_person", NULL);
+    cr_assert(strstr(cJSON_PrintUnformatted(r), "v2 refuses"), "old rule no longer in force");
+    cJSON_Delete(r);
+    info = ts_rpc(&engine, "policy.info", NULL);
+    cr_assert(strstr(cJSON_GetObjectItem(ts_rpc_result(info), "error")->valuestring,
+                     "validate.lua:"));
+    cJSON_Delete(info);
+
+    /* SIGHUP reloads the fixed dir: the shipped rule is back */
+    copy_file(ts_source_path("policies"), dir, "validate.lua");
+    kill(engine.proc.pid, SIGHUP);
+    cr_assert_str_eq(next_event(sub, params, sizeof params), "policy.reloaded");
+    must_create("h4", "thr-2", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+    assert_alive();
+    ts_rmtree(dir);
+    free(dir);
+}

@@ -145,6 +145,8 @@ static const char *const *synced_args(ts_engine_t *e, ts_clinic_t *c, const char
     int n = 0;
     args[n++] = "--api";
     args[n++] = c->url;
+    args[n++] = "--policies"; /* the suite is about sync, not domain validation */
+    args[n++] = ts_source_path("tests/fixtures/policies/permissive");
     if (config_lua) {
         snprintf(config_path, sizeof config_path, "%s/sync-config.lua", dir);
         FILE *f = fopen(config_path, "w");
@@ -168,10 +170,12 @@ int ts_engine_start_synced(ts_engine_t *e, ts_clinic_t *c, const char *config_lu
 
 int ts_engine_restart_synced(ts_engine_t *e, ts_clinic_t *c)
 {
-    static const char *args[3];
+    static const char *args[5];
     args[0] = "--api";
     args[1] = c->url;
-    args[2] = NULL;
+    args[2] = "--policies";
+    args[3] = ts_source_path("tests/fixtures/policies/permissive");
+    args[4] = NULL;
     return ts_engine_restart(e, args);
 }
 

@@ -31,6 +31,13 @@ typedef struct {
         size_t memory_bytes;
         long instruction_budget;
     } lua;
+    struct {                 /* the sync actor (docs/SYNC.md) */
+        int concurrency;     /* documents pushed at once (heads in flight); default 32 */
+        int stuck_after;     /* failed rounds before a document's head counts as stuck; 8 */
+        int poll_interval_ms;/* periodic polling, the feed's last resort; 5000 */
+        int digest_interval_s;/* consistency check period; 300 (0 = only on `sync`) */
+        int offline_after;   /* consecutive network/timeout failures before offline; 3 */
+    } sync;
     cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
 } ts_config_t;
 

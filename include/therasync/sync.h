@@ -60,7 +60,11 @@ typedef enum {
     TS_SYNC_CONFLICT,  /* 409/412 for mutation seq; doc = the server's current document
                           (theirs); the store runs the conflict policy */
     TS_SYNC_REMOTE,    /* a change from the feed or a repair: doc (with "deleted": true for
-                          a tombstone); applied when its version is newer than the store's */
+                          a tombstone); applied when its version is newer than the store's.
+                          A digest repair of a document the server no longer lists as live
+                          sends doc {"id": X, "deleted": true} with no version and
+                          version = 0: a forced tombstone (the server's truth), applied
+                          whatever the local version */
     TS_SYNC_CURSOR,    /* the feed position (cursor) covering the REMOTE updates before it */
     TS_SYNC_SENT,      /* mutation seq was sent (for the audit trail) */
     TS_SYNC_STATUS,    /* status = the sync part of the `status` result (see below) */

@@ -31,6 +31,11 @@ void ts_config_init(ts_config_t *c)
     set_str(&c->auth.client_secret, "dev-secret");
     c->lua.memory_bytes = 32u << 20;
     c->lua.instruction_budget = 1000000;
+    c->sync.concurrency = 32;
+    c->sync.stuck_after = 8;
+    c->sync.poll_interval_ms = 5000;
+    c->sync.digest_interval_s = 300;
+    c->sync.offline_after = 3;
 }
 
 void ts_config_free(ts_config_t *c)
@@ -221,6 +226,32 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         if (read_number(L, t, "instruction_budget", &num, err, errlen))
             goto strings_done;
         c->lua.instruction_budget = (long)num;
+    }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "sync") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        struct {
+            const char *key;
+            int *slot;
+            int min, max;
+        } keys[] = {
+            {"concurrency", &c->sync.concurrency, 1, 4096},
+            {"stuck_after", &c->sync.stuck_after, 1, 1000000},
+            {"poll_interval_ms", &c->sync.poll_interval_ms, 10, 3600000},
+            {"digest_interval_s", &c->sync.digest_interval_s, 0, 86400 * 7},
+            {"offline_after", &c->sync.offline_after, 1, 1000},
+        };
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            num = *keys[i].slot;
+            if (read_number(L, t, keys[i].key, &num, err, errlen))
+                goto strings_done;
+            if (num < keys[i].min || num > keys[i].max) {
+                snprintf(err, errlen, "config: sync.%s must be %d to %d", keys[i].key,
+                         keys[i].min, keys[i].max);
+                goto strings_done;
+            }
+            *keys[i].slot = (int)num;
+        }
     }
     lua_pop(L, 1);
     if (lua_getglobal(L, "clinic") == LUA_TTABLE) {

@@ -1,13 +1,16 @@
 /* therasyncd — the engine daemon: starts the actors, waits for signals.
  *
  * Start order follows the data: persist (opens and locks the data dir),
- * store (loads the durable state), front door (accepts requests). Stop order
+ * store (loads the durable state), front door (accepts requests), and with
+ * --api the API actor (HTTP) and the sync actor (docs/SYNC.md). Stop order
  * is the reverse, so in-flight calls are finished and flushed. */
+#include "therasync/api.h"
 #include "therasync/config.h"
 #include "therasync/front.h"
 #include "therasync/log.h"
 #include "therasync/persist.h"
 #include "therasync/store.h"
+#include "therasync/sync.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -42,6 +45,53 @@ static void notify_systemd(const char *state)
     close(fd);
 }
 
+/* Reads the client secret from a file (first line, trailing whitespace cut).
+ * Returns a malloc'd string, or NULL (logged). */
+static char *read_secret_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        ts_error(LOG, "cannot read auth.client_secret_file %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char buf[1024];
+    char *line = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!line) {
+        ts_error(LOG, "auth.client_secret_file %s is empty", path);
+        return NULL;
+    }
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        buf[--n] = '\0';
+    char *secret = strdup(buf);
+    memset(buf, 0, sizeof buf);
+    return secret;
+}
+
+/* Starts the API actor for config.api_url. NULL on failure (logged). */
+static ts_actor_t *start_api(void *zctx, const ts_config_t *config)
+{
+    char *secret = NULL;
+    if (config->auth.client_secret_file && !(secret = read_secret_file(config->auth.client_secret_file)))
+        return NULL;
+    size_t len = strlen(config->api_url);
+    char *base = strndup(config->api_url, len && config->api_url[len - 1] == '/' ? len - 1 : len);
+    ts_api_opts_t opts = {
+        .base_url = base,
+        .token_url = config->auth.token_url,
+        .client_id = config->auth.client_id,
+        .client_secret = secret ? secret : config->auth.client_secret,
+    };
+    ts_actor_t *api = base ? ts_api_start(zctx, &opts) : NULL;
+    if (secret) {
+        memset(secret, 0, strlen(secret));
+        free(secret);
+    }
+    free(base);
+    return api;
+}
+
 int main(int argc, char **argv)
 {
     ts_config_t config;
@@ -71,7 +121,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     void *zctx = zmq_ctx_new();
-    ts_actor_t *persist = NULL, *store = NULL, *front = NULL;
+    ts_actor_t *persist = NULL, *store = NULL, *front = NULL, *api = NULL, *sync = NULL;
     ts_front_args_t front_args = {.config = &config};
     int exit_code = 1;
     if (!zctx)
@@ -88,6 +138,16 @@ int main(int argc, char **argv)
     if (!(front = ts_front_start(zctx, &front_args))) {
         ts_error(LOG, "cannot start the front door (see above)");
         goto done;
+    }
+    if (config.api_url) {
+        if (!(api = start_api(zctx, &config))) {
+            ts_error(LOG, "cannot start the API client for %s (see above)", config.api_url);
+            goto done;
+        }
+        if (!(sync = ts_sync_start(zctx, &config))) {
+            ts_error(LOG, "cannot start the sync actor (see above)");
+            goto done;
+        }
     }
     ts_info(LOG, "ready endpoint=%s events=%s api=%s data=%s", front_args.endpoint,
             front_args.events, config.api_url ? config.api_url : "none", config.data_dir);
@@ -109,6 +169,8 @@ int main(int argc, char **argv)
     notify_systemd("STOPPING=1");
     exit_code = 0;
 done:
+    ts_actor_destroy(&sync);
+    ts_actor_destroy(&api);
     ts_actor_destroy(&front);
     ts_actor_destroy(&store);
     ts_actor_destroy(&persist);

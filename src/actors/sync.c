@@ -1,0 +1,1912 @@
+/* sync.c — the sync actor: push the outbox, follow the change feed, decide
+ * online/offline, check digests. Protocol with the store: sync.h; HTTP only
+ * through the API actor (api.h); how it behaves: docs/SYNC.md.
+ *
+ * Three state machines, each changed in one function:
+ *   - a queued mutation (mstate_set): QUEUED → SENDING → (popped on success) |
+ *     BACKOFF → QUEUED | FETCHING (409 without current) → SETTLING | SETTLING
+ *     (refused or conflicting: waits for the store's DROP or replacement);
+ *   - the connection (conn_set): UNKNOWN → ONLINE ⇄ OFFLINE;
+ *   - the feed (pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL | POLL.
+ * Only the head of each document's FIFO is ever sent; ready heads wait in a
+ * min-heap by seq so the oldest goes first. */
+#include "therasync/sync.h"
+#include "therasync/api.h"
+#include "therasync/call.h"
+#include "therasync/json.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <zmq.h>
+
+#define LOG "sync"
+#define REPLY_TO "inproc://sync-api"
+#define TICK_MS 20
+#define HINT_WAIT_US 1500000      /* how long to wait for the store's cursor at start */
+#define PAGE_LIMIT 500
+#define PUSH_ATTEMPTS 3           /* the API actor's retries inside one push round */
+#define PUSH_BACKOFF_BASE_MS 250  /* our schedule between rounds */
+#define PUSH_BACKOFF_CAP_MS 30000
+#define PROBE_BASE_MS 250
+#define PROBE_CAP_MS 10000
+#define LONGPOLL_S 25
+#define ROUND_TIMEOUT_US 20000000 /* a `sync` call answers after this at the latest */
+#define STATUS_CURSOR_EVERY_US 250000
+
+/* ---- state ---- */
+
+typedef enum { M_QUEUED, M_SENDING, M_BACKOFF, M_FETCHING, M_SETTLING, M__LAST } mstate_t;
+static const char *const mstate_names[M__LAST] = {"queued", "sending", "backoff", "fetching",
+                                                  "settling"};
+
+typedef enum { C_UNKNOWN, C_ONLINE, C_OFFLINE, C__LAST } cstate_t;
+static const char *const cstate_names[C__LAST] = {"unknown", "online", "offline"};
+
+typedef enum { P_WAIT_HINT, P_CATCHUP, P_STREAM, P_LONGPOLL, P_POLL, P__LAST } pstate_t;
+static const char *const pstate_names[P__LAST] = {"wait_hint", "catchup", "stream", "longpoll",
+                                                  "poll"};
+
+struct sdoc;
+
+/* One queued mutation, as the outbox record says. */
+typedef struct mut {
+    struct mut *next;     /* the document's FIFO */
+    struct sdoc *doc;
+    int64_t seq;
+    int64_t at_ms;
+    ts_op_t op;
+    char mutation[37];
+    char *body;           /* create: document without id; update: merge patch; delete: NULL */
+    mstate_t state;
+    int rounds;           /* failed push rounds */
+    bool sent;            /* SENT reported (audit) */
+    bool stuck;           /* rounds >= stuck_after */
+    bool dropped;         /* the store dropped it while a request was out */
+    int64_t due_us;       /* BACKOFF: when to queue again */
+} mut_t;
+
+/* A document with queued mutations (or confirmed ones whose DROP has not
+ * come back yet: until then its version is still worth knowing). */
+typedef struct sdoc {
+    struct sdoc *hnext;
+    mut_t *head, *tail;
+    int64_t version;      /* the server's version as we know it (If-Match) */
+    int heap_refs;        /* entries in the ready heap */
+    int unacked;          /* confirmed seqs whose DROP has not arrived */
+    uint64_t hash;
+    char coll[65];
+    char id[65];
+} sdoc_t;
+
+typedef enum {
+    R_PUSH,     /* a mutation's request */
+    R_FETCH,    /* GET of the current document after a 409 without one */
+    R_FEED,     /* a page of /v1/changes (catch-up, long poll, poll, drain) */
+    R_STREAM,   /* the SSE stream */
+    R_PROBE,    /* offline probe */
+    R_DIGEST,   /* GET /v1/{coll}/digest */
+    R_LIST,     /* a page of /v1/{coll}?since= (repair or invalidate) */
+} rkind_t;
+
+struct round;
+struct check;
+
+/* What a live request is for; the request's user. */
+typedef struct req {
+    struct req *prev, *next; /* live requests, freed at exit */
+    rkind_t kind;
+    uint64_t id;
+    mut_t *m;               /* PUSH, FETCH */
+    bool drain;             /* FEED: a `sync` round's drain, not the feed's own */
+    struct check *check;    /* DIGEST, LIST for a check */
+    struct round *round;    /* LIST for invalidate */
+} req_t;
+
+/* A `sync` or `invalidate` call being worked on. */
+typedef struct round {
+    struct round *next;
+    ts_envelope_t *envelope;
+    ts_call_t *call;
+    bool invalidate;
+    int64_t deadline_us;
+    uint64_t pushed0, pulled0;
+    bool push_done, pull_done;
+    bool drain_started;
+    /* invalidate: collections still to page, documents refetched */
+    int next_coll;          /* index into config collections; -1 when one was named */
+    char coll[65];
+    uint64_t invalidated;
+    bool listing;
+} round_t;
+
+/* A consistency check of one collection. */
+typedef enum { K_IDLE, K_DIGESTS, K_LOCAL_LIST, K_SERVER_LIST } kphase_t;
+typedef struct check {
+    kphase_t phase;
+    int coll;
+    bool have_local, have_server;
+    uint64_t server_count;
+    char server_hash[65];
+    ts_digest_t *local;
+    cJSON *items;           /* server documents (array), while listing */
+} check_t;
+
+typedef struct {
+    const ts_config_t *config;
+    ts_actor_t *actor;
+    ts_loop_t *loop;
+    void *inbox;            /* PULL TS_INPROC_SYNC: outbox, calls, digests, hints */
+    void *api_in;           /* PULL REPLY_TO: the API actor's answers */
+    void *api;              /* PUSH TS_INPROC_API */
+    void *to_store;         /* PUSH TS_INPROC_STORE */
+    void *to_front;         /* PUSH TS_INPROC_FRONT */
+    int64_t started_us;
+    /* documents */
+    sdoc_t **table;
+    size_t table_cap, ndocs;
+    struct heap_entry {
+        int64_t seq;
+        sdoc_t *doc;
+    } *heap;
+    size_t heap_len, heap_cap;
+    mut_t **waiting;        /* BACKOFF heads */
+    size_t nwaiting, waiting_cap;
+    size_t queued;          /* mutations held */
+    int in_flight;          /* SENDING + FETCHING */
+    int stuck;
+    /* connection */
+    cstate_t conn;
+    char api_state[24];     /* "ok", "offline", "unauthorized", "tls", "error" */
+    int consecutive_failures;
+    int probe_failures;
+    int64_t probe_due_us;
+    uint64_t probe_id;
+    char last_error[200];
+    int64_t last_error_ms;  /* wall clock of last_error */
+    int64_t last_sync_ms;   /* wall clock of the last good exchange; 0 = never */
+    /* feed */
+    pstate_t pull;
+    char cursor[65];        /* "" = unknown */
+    bool hint;              /* the store told us its cursor (or that it has none) */
+    uint64_t feed_id;       /* the feed's request in flight (0 = none) */
+    int64_t feed_due_us;    /* when to issue the next feed request (0 = not planned) */
+    int feed_failures;
+    int longpoll_timeouts;
+    uint64_t stream_id;     /* 0 = no stream */
+    bool stream_refused, longpoll_refused;
+    uint64_t drain_id;      /* a round's drain page in flight */
+    /* rounds, checks */
+    round_t *rounds;
+    check_t *checks;        /* one per collection */
+    int64_t next_check_us;
+    /* outgoing updates, flushed at the end of each turn */
+    ts_sync_update_t **out;
+    size_t nout, out_cap;
+    /* status sent last, to send only changes */
+    char status_sig[512];
+    char status_cursor[65];
+    size_t status_queued;
+    int status_in_flight;
+    int64_t status_sent_us;
+    /* counters */
+    uint64_t pushed, pulled, confirmed, rejected, conflicts, repairs, sends, retries;
+    req_t *reqs;
+} sync_t;
+
+static void push_pump(sync_t *self);
+static void feed_next(sync_t *self);
+static void rounds_progress(sync_t *self);
+static void stream_close(sync_t *self);
+static void pull_set(sync_t *self, pstate_t to);
+
+/* ---- small helpers ---- */
+
+static uint64_t rand_u64(void)
+{
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != sizeof r)
+        r = (uint64_t)ts_mono_us() * 6364136223846793005ull + 1442695040888963407ull;
+    return r;
+}
+
+/* Full jitter: random(0, min(cap, base * 2^(n-1))) in microseconds. */
+static int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms)
+{
+    int64_t ceiling = base_ms;
+    for (int i = 1; i < n && ceiling < cap_ms; i++)
+        ceiling *= 2;
+    if (ceiling > cap_ms)
+        ceiling = cap_ms;
+    return (int64_t)(rand_u64() % (uint64_t)(ceiling * 1000 + 1));
+}
+
+static int64_t cursor_value(const char *cursor)
+{
+    int64_t v;
+    return cursor && *cursor && ts_parse_i64(cursor, &v) == 0 ? v : -1;
+}
+
+static uint64_t hash_key(const char *coll, const char *id)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *p = coll; *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+    h = (h ^ 0xff) * 0x100000001b3ull;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+    return h;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+/* ---- outgoing updates ---- */
+
+static ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
+{
+    ts_sync_update_t *u = ts_sync_update_new(kind);
+    if (!u)
+        return NULL;
+    if (self->nout == self->out_cap) {
+        size_t cap = self->out_cap ? self->out_cap * 2 : 64;
+        void *p = realloc(self->out, cap * sizeof *self->out);
+        if (!p) {
+            ts_sync_update_free(u);
+            return NULL;
+        }
+        self->out = p;
+        self->out_cap = cap;
+    }
+    if (m) {
+        copy_str(u->collection, sizeof u->collection, m->doc->coll);
+        copy_str(u->doc_id, sizeof u->doc_id, m->doc->id);
+        u->seq = m->seq;
+        memcpy(u->mutation, m->mutation, sizeof u->mutation);
+    }
+    self->out[self->nout++] = u;
+    return u;
+}
+
+static void flush(sync_t *self)
+{
+    if (!self->nout)
+        return;
+    if (ts_wire_send(self->to_store, TS_WIRE_SYNC_UPDATES, (void **)self->out, self->nout)) {
+        ts_error(LOG, "cannot send %zu updates to the store", self->nout);
+        for (size_t i = 0; i < self->nout; i++)
+            ts_sync_update_free(self->out[i]);
+    }
+    self->nout = 0;
+}
+
+/* The status part the store merges into `status`; sent when something in it
+ * changed (a cursor-only change at most every STATUS_CURSOR_EVERY_US). */
+static void status_maybe_send(sync_t *self, bool force)
+{
+    char ts[32] = "";
+    if (self->last_sync_ms)
+        ts_rfc3339(self->last_sync_ms, ts);
+    char sig[512];
+    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64, self->conn == C_ONLINE, self->api_state,
+             self->last_error, self->stuck, self->repairs);
+    int64_t now = ts_mono_us();
+    bool changed = strcmp(sig, self->status_sig) != 0;
+    bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||
+                        self->queued != self->status_queued ||
+                        self->in_flight != self->status_in_flight;
+    if (!force && !changed &&
+        !(cursor_moved && now - self->status_sent_us >= STATUS_CURSOR_EVERY_US))
+        return;
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddBoolToObject(s, "online", self->conn == C_ONLINE);
+    cJSON_AddStringToObject(s, "api", self->api_state);
+    if (*ts)
+        cJSON_AddStringToObject(s, "last_sync_at", ts);
+    else
+        cJSON_AddNullToObject(s, "last_sync_at");
+    if (*self->last_error) { /* the last one seen, kept after recovery, with its time */
+        char at[32];
+        ts_rfc3339(self->last_error_ms, at);
+        cJSON_AddStringToObject(s, "last_error", self->last_error);
+        cJSON_AddStringToObject(s, "last_error_at", at);
+    } else {
+        cJSON_AddNullToObject(s, "last_error");
+    }
+    if (*self->cursor)
+        cJSON_AddStringToObject(s, "cursor", self->cursor);
+    else
+        cJSON_AddNullToObject(s, "cursor");
+    cJSON_AddNumberToObject(s, "stuck", self->stuck);
+    cJSON_AddNumberToObject(s, "in_flight", self->in_flight);
+    cJSON_AddNumberToObject(s, "queued", (double)self->queued);
+    cJSON_AddStringToObject(s, "feed", pstate_names[self->pull]);
+    cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
+    ts_sync_update_t *u = emit(self, TS_SYNC_STATUS, NULL);
+    if (!u) {
+        cJSON_Delete(s);
+        return;
+    }
+    u->status = s;
+    memcpy(self->status_sig, sig, sizeof sig);
+    memcpy(self->status_cursor, self->cursor, sizeof self->cursor);
+    self->status_queued = self->queued;
+    self->status_in_flight = self->in_flight;
+    self->status_sent_us = now;
+}
+
+/* The end of every turn: send what can go, settle rounds, flush. */
+static void turn_end(sync_t *self)
+{
+    push_pump(self);
+    rounds_progress(self);
+    status_maybe_send(self, false);
+    flush(self);
+}
+
+/* ---- requests ---- */
+
+static req_t *req_new(sync_t *self, rkind_t kind)
+{
+    req_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->kind = kind;
+    r->next = self->reqs;
+    if (self->reqs)
+        self->reqs->prev = r;
+    self->reqs = r;
+    return r;
+}
+
+static void req_free(sync_t *self, req_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        self->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    free(r);
+}
+
+/* Sends an API request for r. 0, or -1 (both freed). */
+static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
+{
+    if (!q || !r) {
+        ts_api_request_free(q);
+        if (r)
+            req_free(self, r);
+        return -1;
+    }
+    copy_str(q->reply_to, sizeof q->reply_to, REPLY_TO);
+    q->user = r;
+    r->id = q->id;
+    if (ts_api_send(self->api, q)) {
+        ts_error(LOG, "cannot reach the API actor");
+        ts_api_request_free(q);
+        req_free(self, r);
+        return -1;
+    }
+    return 0;
+}
+
+static ts_api_request_t *get_request(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static ts_api_request_t *get_request(const char *fmt, ...)
+{
+    char path[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(path, sizeof path, fmt, ap);
+    va_end(ap);
+    return ts_api_request_new(TS_API_GET, path, NULL);
+}
+
+/* ---- the connection ---- */
+
+static void conn_set(sync_t *self, cstate_t to, const char *why)
+{
+    if (self->conn == to)
+        return;
+    ts_info(LOG, "connection %s -> %s (%s)", cstate_names[self->conn], cstate_names[to], why);
+    cstate_t from = self->conn;
+    self->conn = to;
+    if (to == C_OFFLINE) {
+        self->probe_failures = 0;
+        self->probe_due_us = ts_mono_us() + backoff_us(1, PROBE_BASE_MS, PROBE_CAP_MS);
+        return;
+    }
+    if (to == C_ONLINE && from == C_OFFLINE) {
+        /* Back: everything waiting goes now, and the feed catches up from
+         * its cursor before following the stream again. */
+        self->consecutive_failures = 0;
+        for (size_t i = 0; i < self->nwaiting; i++)
+            self->waiting[i]->due_us = 0;
+        if (self->pull == P_STREAM) { /* reopen from a fresh catch-up, not after its backoff */
+            stream_close(self);
+            pull_set(self, P_CATCHUP);
+        } else if (self->pull != P_WAIT_HINT) {
+            self->feed_due_us = ts_mono_us();
+            self->feed_failures = 0;
+        }
+    }
+}
+
+#define SET_ERROR(self, ...)                                                                      \
+    (snprintf((self)->last_error, sizeof (self)->last_error, __VA_ARGS__),                        \
+     (self)->last_error_ms = ts_wall_ms())
+
+/* Books one answer from the API: online/offline, api state, last error. */
+static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
+{
+    ts_api_error_t e = res->error;
+    if (e == TS_API_CANCELLED || e == TS_API_INTERNAL)
+        return;
+    if (e == TS_API_NETWORK || e == TS_API_TIMEOUT) {
+        SET_ERROR(self, "%s: %s (%s)", what,
+                 ts_api_error_name(e), res->message);
+        if (++self->consecutive_failures >= self->config->sync.offline_after &&
+            self->conn != C_OFFLINE) {
+            copy_str(self->api_state, sizeof self->api_state, "offline");
+            conn_set(self, C_OFFLINE, "consecutive failures");
+        }
+        return;
+    }
+    if (e == TS_API_UNAUTHORIZED || e == TS_API_TLS) {
+        SET_ERROR(self, "%s: %s (%s)", what,
+                 ts_api_error_name(e), res->message);
+        copy_str(self->api_state, sizeof self->api_state,
+                 e == TS_API_TLS ? "tls" : "unauthorized");
+        conn_set(self, C_OFFLINE, ts_api_error_name(e));
+        return;
+    }
+    /* The server answered: it is reachable. */
+    self->consecutive_failures = 0;
+    self->last_sync_ms = ts_wall_ms();
+    if (e == TS_API_OK) {
+        copy_str(self->api_state, sizeof self->api_state, "ok");
+    } else if (e == TS_API_SERVER_ERROR || e == TS_API_TOO_MANY_REQUESTS ||
+               e == TS_API_BAD_RESPONSE) {
+        SET_ERROR(self, "%s: %s (status %ld)", what,
+                 ts_api_error_name(e), res->status);
+    }
+    if (self->conn != C_ONLINE) {
+        copy_str(self->api_state, sizeof self->api_state, "ok");
+        conn_set(self, C_ONLINE, "answered");
+    }
+}
+
+static void probe_send(sync_t *self)
+{
+    req_t *r = req_new(self, R_PROBE);
+    ts_api_request_t *q =
+        get_request("/v1/changes?since=%s&timeout=0&limit=1", *self->cursor ? self->cursor : "0");
+    if (q) {
+        q->max_attempts = 1;
+        q->timeout_ms = 3000;
+        q->shape = TS_API_SHAPE_CHANGES;
+    }
+    if (api_send(self, q, r) == 0)
+        self->probe_id = r->id;
+}
+
+static void on_probe(sync_t *self, ts_api_result_t *res)
+{
+    self->probe_id = 0;
+    conn_note(self, res, "probe");
+    if (self->conn == C_OFFLINE)
+        self->probe_due_us =
+            ts_mono_us() + backoff_us(++self->probe_failures + 1, PROBE_BASE_MS, PROBE_CAP_MS);
+}
+
+/* ---- documents ---- */
+
+static sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
+{
+    if (!self->table_cap)
+        return NULL;
+    for (sdoc_t *d = self->table[h & (self->table_cap - 1)]; d; d = d->hnext)
+        if (d->hash == h && strcmp(d->id, id) == 0 && strcmp(d->coll, coll) == 0)
+            return d;
+    return NULL;
+}
+
+static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id, int64_t version)
+{
+    uint64_t h = hash_key(coll, id);
+    sdoc_t *d = doc_find(self, coll, id, h);
+    if (d) {
+        if (version > d->version)
+            d->version = version;
+        return d;
+    }
+    if (strlen(coll) > 64 || strlen(id) > 64)
+        return NULL;
+    if (self->ndocs + 1 > self->table_cap / 2) {
+        size_t cap = self->table_cap ? self->table_cap * 2 : 1024;
+        sdoc_t **t = calloc(cap, sizeof *t);
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < self->table_cap; i++) {
+            for (sdoc_t *x = self->table[i], *next; x; x = next) {
+                next = x->hnext;
+                x->hnext = t[x->hash & (cap - 1)];
+                t[x->hash & (cap - 1)] = x;
+            }
+        }
+        free(self->table);
+        self->table = t;
+        self->table_cap = cap;
+    }
+    if (!(d = calloc(1, sizeof *d)))
+        return NULL;
+    d->hash = h;
+    d->version = version;
+    copy_str(d->coll, sizeof d->coll, coll);
+    copy_str(d->id, sizeof d->id, id);
+    d->hnext = self->table[h & (self->table_cap - 1)];
+    self->table[h & (self->table_cap - 1)] = d;
+    self->ndocs++;
+    return d;
+}
+
+/* Frees the document once nothing refers to it any more. */
+static void doc_maybe_free(sync_t *self, sdoc_t *d)
+{
+    if (d->head || d->heap_refs || d->unacked > 0)
+        return;
+    sdoc_t **p = &self->table[d->hash & (self->table_cap - 1)];
+    while (*p != d)
+        p = &(*p)->hnext;
+    *p = d->hnext;
+    self->ndocs--;
+    free(d);
+}
+
+/* ---- the ready heap (heads to send, oldest seq first) ---- */
+
+static void heap_push(sync_t *self, sdoc_t *d)
+{
+    if (self->heap_len == self->heap_cap) {
+        size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
+        void *p = realloc(self->heap, cap * sizeof *self->heap);
+        if (!p) {
+            ts_error(LOG, "out of memory: %s/%s waits", d->coll, d->id);
+            return;
+        }
+        self->heap = p;
+        self->heap_cap = cap;
+    }
+    size_t i = self->heap_len++;
+    struct heap_entry e = {d->head->seq, d};
+    while (i > 0 && self->heap[(i - 1) / 2].seq > e.seq) {
+        self->heap[i] = self->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    self->heap[i] = e;
+    d->heap_refs++;
+}
+
+static struct heap_entry heap_pop(sync_t *self)
+{
+    struct heap_entry top = self->heap[0], last = self->heap[--self->heap_len];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= self->heap_len)
+            break;
+        if (c + 1 < self->heap_len && self->heap[c + 1].seq < self->heap[c].seq)
+            c++;
+        if (self->heap[c].seq >= last.seq)
+            break;
+        self->heap[i] = self->heap[c];
+        i = c;
+    }
+    if (self->heap_len)
+        self->heap[i] = last;
+    top.doc->heap_refs--;
+    return top;
+}
+
+static void waiting_remove(sync_t *self, mut_t *m)
+{
+    for (size_t i = 0; i < self->nwaiting; i++) {
+        if (self->waiting[i] == m) {
+            self->waiting[i] = self->waiting[--self->nwaiting];
+            return;
+        }
+    }
+}
+
+/* ---- a queued mutation's state: every change goes through here ---- */
+
+static void mstate_set(sync_t *self, mut_t *m, mstate_t to)
+{
+    mstate_t from = m->state;
+    if (from == to)
+        return;
+    ts_debug(LOG, "mutation %s seq=%" PRId64 " %s/%s: %s -> %s", m->mutation, m->seq,
+             m->doc->coll, m->doc->id, mstate_names[from], mstate_names[to]);
+    if (from == M_SENDING || from == M_FETCHING)
+        self->in_flight--;
+    if (from == M_BACKOFF)
+        waiting_remove(self, m);
+    m->state = to;
+    switch (to) {
+    case M_SENDING:
+    case M_FETCHING: self->in_flight++; break;
+    case M_BACKOFF:
+        if (self->nwaiting == self->waiting_cap) {
+            size_t cap = self->waiting_cap ? self->waiting_cap * 2 : 64;
+            void *p = realloc(self->waiting, cap * sizeof *self->waiting);
+            if (!p) {
+                m->state = M_QUEUED; /* cannot wait: queue it again at once */
+                heap_push(self, m->doc);
+                return;
+            }
+            self->waiting = p;
+            self->waiting_cap = cap;
+        }
+        self->waiting[self->nwaiting++] = m;
+        break;
+    case M_QUEUED:
+        if (m->doc->head == m)
+            heap_push(self, m->doc);
+        break;
+    default: break;
+    }
+}
+
+static void mut_free(sync_t *self, mut_t *m)
+{
+    if (m->stuck)
+        self->stuck--;
+    self->queued--;
+    free(m->body);
+    free(m);
+}
+
+/* Removes the head of its document; the next one (if any) becomes ready. */
+static void head_pop(sync_t *self, sdoc_t *d)
+{
+    mut_t *m = d->head;
+    if (m->state == M_BACKOFF)
+        waiting_remove(self, m);
+    if (m->state == M_SENDING || m->state == M_FETCHING)
+        self->in_flight--;
+    d->head = m->next;
+    if (!d->head)
+        d->tail = NULL;
+    mut_free(self, m);
+    if (d->head && d->head->state == M_QUEUED)
+        heap_push(self, d);
+}
+
+/* ---- the outbox ---- */
+
+static void set_from_record(mut_t *m, const ts_record_t *r)
+{
+    m->seq = r->seq;
+    m->at_ms = r->at_ms;
+    m->op = r->op;
+    memcpy(m->mutation, r->mutation, sizeof m->mutation);
+    free(m->body);
+    m->body = r->body ? strndup(r->body, r->body_len) : NULL;
+    m->rounds = 0;
+    m->sent = false;
+    if (m->stuck)
+        m->stuck = false; /* the caller fixes self->stuck */
+}
+
+static void outbox_mutation(sync_t *self, const ts_record_t *r)
+{
+    sdoc_t *d = doc_get(self, r->collection, r->doc_id, r->version);
+    if (!d) {
+        ts_error(LOG, "cannot queue mutation %s (%s/%s)", r->mutation, r->collection, r->doc_id);
+        return;
+    }
+    mut_t **p = &d->head;
+    while (*p && (*p)->seq < r->seq)
+        p = &(*p)->next;
+    if (*p && (*p)->seq == r->seq) { /* a replacement (conflict resolution) */
+        mut_t *m = *p;
+        if (m->stuck)
+            self->stuck--;
+        set_from_record(m, r);
+        if (m->state == M_SETTLING || m->state == M_BACKOFF)
+            mstate_set(self, m, M_QUEUED);
+        else if (m->state == M_SENDING || m->state == M_FETCHING)
+            ts_warn(LOG, "mutation seq=%" PRId64 " replaced while in flight", r->seq);
+        return;
+    }
+    mut_t *m = calloc(1, sizeof *m);
+    if (!m) {
+        ts_error(LOG, "out of memory: mutation %s not queued", r->mutation);
+        return;
+    }
+    m->doc = d;
+    m->state = M_QUEUED;
+    set_from_record(m, r);
+    m->next = *p;
+    *p = m;
+    if (!m->next)
+        d->tail = m;
+    self->queued++;
+    if (d->head == m) /* the document's first (seqs grow, so never in front of a sent one) */
+        heap_push(self, d);
+}
+
+/* Removes m from its document's FIFO and frees it (and the document when
+ * nothing else holds it). */
+static void mut_forget(sync_t *self, mut_t *m)
+{
+    sdoc_t *d = m->doc;
+    if (m == d->head) {
+        head_pop(self, d);
+    } else {
+        mut_t *prev = d->head;
+        while (prev->next != m)
+            prev = prev->next;
+        prev->next = m->next;
+        if (d->tail == m)
+            d->tail = prev;
+        if (m->state == M_BACKOFF)
+            waiting_remove(self, m);
+        mut_free(self, m);
+    }
+    doc_maybe_free(self, d);
+}
+
+static void outbox_drop(sync_t *self, const ts_record_t *r)
+{
+    sdoc_t *d = doc_find(self, r->collection, r->doc_id, hash_key(r->collection, r->doc_id));
+    if (!d)
+        return;
+    for (mut_t *m = d->head; m; m = m->next) {
+        if (m->seq != r->seq)
+            continue;
+        if (m->state == M_SENDING || m->state == M_FETCHING)
+            m->dropped = true; /* forgotten when its answer comes */
+        else
+            mut_forget(self, m);
+        return;
+    }
+    if (d->unacked > 0) { /* the DROP of a seq we confirmed */
+        d->unacked--;
+        doc_maybe_free(self, d);
+    }
+}
+
+static void on_outbox(sync_t *self, void **ptrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        for (ts_record_t *r = ptrs[i]; r; r = r->next) {
+            if (!r->collection || !r->doc_id)
+                continue;
+            if (r->kind == TS_REC_MUTATION)
+                outbox_mutation(self, r);
+            else if (r->kind == TS_REC_DROP)
+                outbox_drop(self, r);
+        }
+        ts_record_free_list(ptrs[i]);
+    }
+}
+
+/* ---- push ---- */
+
+/* The create's body with "id" put back first. */
+static char *body_with_id(const mut_t *m)
+{
+    const char *b = m->body ? m->body : "{}";
+    while (*b == ' ' || *b == '\n' || *b == '\t' || *b == '\r')
+        b++;
+    if (*b != '{')
+        return NULL;
+    b++;
+    const char *rest = b;
+    while (*rest == ' ' || *rest == '\n' || *rest == '\t' || *rest == '\r')
+        rest++;
+    ts_buf_t buf = {0};
+    ts_buf_puts(&buf, "{\"id\":");
+    ts_buf_json_string(&buf, m->doc->id, strlen(m->doc->id));
+    if (*rest != '}')
+        ts_buf_puts(&buf, ",");
+    ts_buf_puts(&buf, b);
+    size_t len;
+    return ts_buf_take(&buf, &len);
+}
+
+static void push_send(sync_t *self, mut_t *m)
+{
+    sdoc_t *d = m->doc;
+    char path[256];
+    ts_api_request_t *q = NULL;
+    if (m->op == TS_OP_CREATE) {
+        snprintf(path, sizeof path, "/v1/%s", d->coll);
+        char *body = body_with_id(m);
+        if (body) {
+            q = ts_api_request_new(TS_API_POST, path, body);
+            free(body);
+        }
+        if (q)
+            q->shape = TS_API_SHAPE_DOC;
+    } else {
+        snprintf(path, sizeof path, "/v1/%s/%s", d->coll, d->id);
+        q = ts_api_request_new(m->op == TS_OP_UPDATE ? TS_API_PATCH : TS_API_DELETE, path,
+                               m->op == TS_OP_UPDATE ? (m->body ? m->body : "{}") : NULL);
+        if (q) {
+            q->if_match = d->version;
+            q->shape = m->op == TS_OP_UPDATE ? TS_API_SHAPE_DOC : TS_API_SHAPE_NONE;
+        }
+    }
+    if (q) {
+        copy_str(q->idempotency_key, sizeof q->idempotency_key, m->mutation);
+        q->max_attempts = PUSH_ATTEMPTS;
+    }
+    req_t *r = req_new(self, R_PUSH);
+    if (r)
+        r->m = m;
+    if (api_send(self, q, r)) {
+        m->rounds++;
+        m->due_us = ts_mono_us() + backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
+        mstate_set(self, m, M_BACKOFF);
+        return;
+    }
+    mstate_set(self, m, M_SENDING);
+    self->sends++;
+    if (!m->sent) {
+        m->sent = true;
+        emit(self, TS_SYNC_SENT, m);
+    }
+}
+
+/* Sends ready heads, oldest seq first, up to the concurrency bound. */
+static void push_pump(sync_t *self)
+{
+    if (self->conn == C_OFFLINE)
+        return;
+    while (self->heap_len && self->in_flight < self->config->sync.concurrency) {
+        struct heap_entry e = heap_pop(self);
+        sdoc_t *d = e.doc;
+        mut_t *m = d->head;
+        if (m && m->seq == e.seq && m->state == M_QUEUED)
+            push_send(self, m);
+        else
+            doc_maybe_free(self, d);
+    }
+}
+
+static void push_retry_later(sync_t *self, mut_t *m, const ts_api_result_t *res)
+{
+    m->rounds++;
+    self->retries++;
+    if (!m->stuck && m->rounds >= self->config->sync.stuck_after) {
+        m->stuck = true;
+        self->stuck++;
+        ts_warn(LOG, "mutation %s (%s/%s) is stuck after %d rounds: %s", m->mutation,
+                m->doc->coll, m->doc->id, m->rounds, ts_api_error_name(res->error));
+    }
+    int64_t delay = backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
+    if (res->retry_after_ms > 0 && res->retry_after_ms * 1000 > delay)
+        delay = res->retry_after_ms * 1000;
+    m->due_us = ts_mono_us() + delay;
+    mstate_set(self, m, M_BACKOFF);
+}
+
+static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api_result_t *res,
+                       cJSON *doc)
+{
+    ts_sync_update_t *u = emit(self, kind, m);
+    self->pushed++;
+    if (!u) {
+        cJSON_Delete(doc);
+        return;
+    }
+    u->doc = doc;
+    if (kind == TS_SYNC_REJECTED) {
+        self->rejected++;
+        copy_str(u->error, sizeof u->error, ts_api_error_name(res->error));
+        const char *msg = res->json ? ts_json_string(res->json, "error") : NULL;
+        snprintf(u->message, sizeof u->message, "the server refused the %s (%ld%s%s)",
+                 m->op == TS_OP_CREATE   ? "create"
+                 : m->op == TS_OP_UPDATE ? "update"
+                                         : "delete",
+                 res->status, msg ? ": " : "", msg ? msg : "");
+        cJSON *errors = res->json ? cJSON_GetObjectItemCaseSensitive(res->json, "errors") : NULL;
+        if (cJSON_IsArray(errors))
+            u->errors = cJSON_Duplicate(errors, 1);
+    } else if (kind == TS_SYNC_CONFLICT) {
+        self->conflicts++;
+        long long v;
+        if (doc && ts_json_int(doc, "version", &v) && v > m->doc->version)
+            m->doc->version = v;
+    }
+    /* The store answers with a DROP (rolled back, or theirs) or a
+     * replacement of this seq (resolved); until then the document waits. */
+    mstate_set(self, m, M_SETTLING);
+}
+
+static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
+{
+    ts_sync_update_t *u = emit(self, TS_SYNC_CONFIRMED, m);
+    self->pushed++;
+    self->confirmed++;
+    if (u) {
+        u->doc = doc;
+        u->version = version;
+    } else {
+        cJSON_Delete(doc);
+    }
+    sdoc_t *d = m->doc;
+    if (version > d->version)
+        d->version = version;
+    d->unacked++;
+    head_pop(self, d);
+}
+
+static void fetch_current(sync_t *self, mut_t *m)
+{
+    req_t *r = req_new(self, R_FETCH);
+    if (r)
+        r->m = m;
+    ts_api_request_t *q = get_request("/v1/%s/%s", m->doc->coll, m->doc->id);
+    if (q)
+        q->shape = TS_API_SHAPE_DOC;
+    if (api_send(self, q, r) == 0)
+        mstate_set(self, m, M_FETCHING);
+    else
+        push_final(self, m, TS_SYNC_CONFLICT, NULL, NULL);
+}
+
+static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
+{
+    conn_note(self, res, "push");
+    if (m->dropped) { /* dropped by the store while out: whatever happened, forget it */
+        mut_forget(self, m);
+        return;
+    }
+    switch (res->error) {
+    case TS_API_OK: {
+        cJSON *doc = NULL;
+        long long v = 0;
+        if (m->op != TS_OP_DELETE && res->json) {
+            doc = cJSON_Duplicate(res->json, 1);
+            ts_json_int(res->json, "version", &v);
+        } else if (m->op == TS_OP_DELETE) {
+            v = m->doc->version + 1; /* the server's tombstone */
+        }
+        push_confirmed(self, m, doc, v);
+        break;
+    }
+    case TS_API_NOT_FOUND:
+        if (m->op == TS_OP_DELETE)
+            push_confirmed(self, m, NULL, 0); /* already gone */
+        else
+            push_final(self, m, TS_SYNC_REJECTED, res, NULL);
+        break;
+    case TS_API_CONFLICT: {
+        cJSON *cur = res->json ? cJSON_GetObjectItemCaseSensitive(res->json, "current") : NULL;
+        if (cJSON_IsObject(cur))
+            push_final(self, m, TS_SYNC_CONFLICT, res, cJSON_Duplicate(cur, 1));
+        else
+            fetch_current(self, m);
+        break;
+    }
+    case TS_API_VALIDATION:
+    case TS_API_FORBIDDEN:
+    case TS_API_BAD_REQUEST: push_final(self, m, TS_SYNC_REJECTED, res, NULL); break;
+    case TS_API_CANCELLED: mstate_set(self, m, M_QUEUED); break;
+    default: /* network, timeout, 5xx, 429, bad response, unauthorized, TLS, internal */
+        push_retry_later(self, m, res);
+        break;
+    }
+}
+
+static void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
+{
+    conn_note(self, res, "fetch");
+    if (m->dropped) {
+        on_push(self, res, m); /* the same forgetting */
+        return;
+    }
+    if (res->error == TS_API_OK) {
+        push_final(self, m, TS_SYNC_CONFLICT, res, cJSON_Duplicate(res->json, 1));
+    } else if (res->error == TS_API_NOT_FOUND) {
+        /* Gone at the server: theirs is a tombstone. */
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddStringToObject(t, "id", m->doc->id);
+        cJSON_AddBoolToObject(t, "deleted", 1);
+        push_final(self, m, TS_SYNC_CONFLICT, res, t);
+    } else {
+        push_retry_later(self, m, res); /* the mutation itself is sent again later */
+    }
+}
+
+/* BACKOFF heads whose time has come are queued again. */
+static void push_wake(sync_t *self, int64_t now)
+{
+    for (size_t i = 0; i < self->nwaiting;) {
+        mut_t *m = self->waiting[i];
+        if (m->due_us <= now)
+            mstate_set(self, m, M_QUEUED); /* removes it from waiting */
+        else
+            i++;
+    }
+}
+
+/* ---- pull: the change feed ---- */
+
+static void pull_set(sync_t *self, pstate_t to)
+{
+    if (self->pull == to)
+        return;
+    ts_info(LOG, "feed %s -> %s (cursor %s)", pstate_names[self->pull], pstate_names[to],
+            *self->cursor ? self->cursor : "none");
+    self->pull = to;
+    self->feed_failures = 0;
+    self->feed_due_us = ts_mono_us();
+}
+
+/* Applies a change list (a feed page or SSE events) as REMOTE updates and,
+ * when cursor is given, a CURSOR update after them; one message. Returns
+ * the number of changes. */
+static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
+{
+    if (!coll || !cJSON_IsObject(doc) || ts_config_collection(self->config, coll) < 0)
+        return 0;
+    const char *id = ts_json_string(doc, "id");
+    if (!id)
+        return 0;
+    ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
+    if (!u)
+        return 0;
+    copy_str(u->collection, sizeof u->collection, coll);
+    copy_str(u->doc_id, sizeof u->doc_id, id);
+    u->doc = cJSON_Duplicate(doc, 1);
+    long long v = 0;
+    if (ts_json_int(doc, "version", &v))
+        u->version = v;
+    sdoc_t *d = doc_find(self, coll, id, hash_key(coll, id));
+    if (d && v > d->version)
+        d->version = v; /* rebased pending writes go on top of it */
+    self->pulled++;
+    return 1;
+}
+
+static void set_cursor(sync_t *self, const char *cursor)
+{
+    if (!cursor || !*cursor)
+        return;
+    int64_t now_v = cursor_value(self->cursor), new_v = cursor_value(cursor);
+    if (now_v >= 0 && new_v >= 0 && new_v <= now_v)
+        return; /* never move back (two sources may overlap) */
+    copy_str(self->cursor, sizeof self->cursor, cursor);
+    ts_sync_update_t *u = emit(self, TS_SYNC_CURSOR, NULL);
+    if (u)
+        copy_str(u->cursor, sizeof u->cursor, cursor);
+}
+
+/* A {changes, cursor, has_more} page. Returns has_more. */
+static bool apply_changes_page(sync_t *self, const cJSON *page)
+{
+    const cJSON *changes = cJSON_GetObjectItemCaseSensitive(page, "changes"), *c;
+    cJSON_ArrayForEach(c, changes)
+    {
+        apply_change(self, ts_json_string(c, "collection"),
+                     cJSON_GetObjectItemCaseSensitive(c, "doc"));
+    }
+    const cJSON *cur = cJSON_GetObjectItemCaseSensitive(page, "cursor");
+    if (cJSON_IsString(cur))
+        set_cursor(self, cur->valuestring);
+    else if (cJSON_IsNumber(cur)) {
+        char text[32];
+        snprintf(text, sizeof text, "%.0f", cur->valuedouble);
+        set_cursor(self, text);
+    }
+    flush(self); /* the page and its cursor commit together */
+    return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(page, "has_more"));
+}
+
+static void stream_open(sync_t *self)
+{
+    req_t *r = req_new(self, R_STREAM);
+    ts_api_request_t *q = ts_api_request_new(TS_API_GET, "/v1/changes/stream", NULL);
+    if (q) {
+        q->stream = true;
+        copy_str(q->last_event_id, sizeof q->last_event_id, *self->cursor ? self->cursor : "0");
+    }
+    if (api_send(self, q, r) == 0)
+        self->stream_id = r->id;
+    else
+        self->feed_due_us = ts_mono_us() + 1000000;
+}
+
+static void stream_close(sync_t *self)
+{
+    if (self->stream_id) {
+        ts_api_cancel(self->api, self->stream_id);
+        self->stream_id = 0;
+    }
+}
+
+static void feed_request(sync_t *self, bool drain, long timeout_s)
+{
+    req_t *r = req_new(self, R_FEED);
+    if (r)
+        r->drain = drain;
+    ts_api_request_t *q =
+        get_request("/v1/changes?since=%s&timeout=%ld&limit=%d", *self->cursor ? self->cursor : "0",
+                    timeout_s, PAGE_LIMIT);
+    if (q) {
+        q->shape = TS_API_SHAPE_CHANGES;
+        if (timeout_s)
+            q->timeout_ms = (timeout_s + 10) * 1000;
+    }
+    if (api_send(self, q, r))
+        return;
+    if (drain)
+        self->drain_id = r->id;
+    else
+        self->feed_id = r->id;
+}
+
+/* Issues the feed's next request when one is due. */
+static void feed_next(sync_t *self)
+{
+    if (self->feed_id || !self->feed_due_us || ts_mono_us() < self->feed_due_us)
+        return;
+    if (self->conn == C_OFFLINE)
+        return; /* the probe brings us back */
+    self->feed_due_us = 0;
+    switch (self->pull) {
+    case P_WAIT_HINT: break;
+    case P_CATCHUP: feed_request(self, false, 0); break;
+    case P_STREAM:
+        if (!self->stream_id)
+            stream_open(self);
+        break;
+    case P_LONGPOLL: feed_request(self, false, LONGPOLL_S); break;
+    case P_POLL: feed_request(self, false, 0); break;
+    default: break;
+    }
+}
+
+static void feed_after_catchup(sync_t *self)
+{
+    if (!self->stream_refused)
+        pull_set(self, P_STREAM);
+    else if (!self->longpoll_refused)
+        pull_set(self, P_LONGPOLL);
+    else
+        pull_set(self, P_POLL);
+}
+
+static void on_feed(sync_t *self, ts_api_result_t *res)
+{
+    self->feed_id = 0;
+    conn_note(self, res, "feed");
+    int64_t now = ts_mono_us();
+    if (res->error == TS_API_OK) {
+        self->feed_failures = 0;
+        bool more = apply_changes_page(self, res->json);
+        switch (self->pull) {
+        case P_CATCHUP:
+            if (more)
+                self->feed_due_us = now;
+            else
+                feed_after_catchup(self);
+            break;
+        case P_LONGPOLL:
+            self->longpoll_timeouts = 0;
+            self->feed_due_us = now;
+            break;
+        case P_POLL:
+            self->feed_due_us =
+                more ? now : now + (int64_t)self->config->sync.poll_interval_ms * 1000;
+            break;
+        default: break;
+        }
+        return;
+    }
+    if (res->error == TS_API_CANCELLED)
+        return;
+    if (self->pull == P_LONGPOLL &&
+        (res->error == TS_API_NOT_FOUND || res->error == TS_API_BAD_REQUEST ||
+         (res->error == TS_API_TIMEOUT && ++self->longpoll_timeouts >= 2 &&
+          self->conn == C_ONLINE))) {
+        ts_warn(LOG, "long polling does not work here (%s); polling every %d ms",
+                ts_api_error_name(res->error), self->config->sync.poll_interval_ms);
+        self->longpoll_refused = true;
+        pull_set(self, P_POLL);
+        return;
+    }
+    self->feed_failures++;
+    self->feed_due_us = now + backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
+}
+
+static void on_stream_events(sync_t *self, void **ptrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_api_event_t *ev = ptrs[i];
+        if (ev->id == self->stream_id && ev->json) {
+            apply_change(self, ts_json_string(ev->json, "collection"),
+                         cJSON_GetObjectItemCaseSensitive(ev->json, "doc"));
+            set_cursor(self, ev->event_id);
+        }
+        ts_api_event_free(ev);
+    }
+    flush(self);
+}
+
+static void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
+{
+    if (s->id != self->stream_id)
+        return;
+    ts_api_result_t fake = {.error = s->error, .status = s->status};
+    switch (s->state) {
+    case TS_API_STREAM_CONNECTED:
+        fake.error = TS_API_OK;
+        conn_note(self, &fake, "stream");
+        break;
+    case TS_API_STREAM_DROPPED:
+        snprintf(fake.message, sizeof fake.message, "stream dropped");
+        conn_note(self, &fake, "stream");
+        break;
+    case TS_API_STREAM_REFUSED:
+        if (s->error == TS_API_UNAUTHORIZED || s->error == TS_API_TLS) {
+            conn_note(self, &fake, "stream");
+        } else {
+            ts_warn(LOG, "server-sent events refused (%s, %ld); long polling instead",
+                    ts_api_error_name(s->error), s->status);
+            self->stream_refused = true;
+        }
+        break;
+    }
+}
+
+static void on_stream_result(sync_t *self, ts_api_result_t *res)
+{
+    if (res->id != self->stream_id)
+        return; /* one we cancelled */
+    self->stream_id = 0;
+    if (self->stream_refused && self->pull == P_STREAM)
+        pull_set(self, self->longpoll_refused ? P_POLL : P_LONGPOLL);
+    else
+        self->feed_due_us = ts_mono_us() + 1000000; /* reopen */
+}
+
+/* ---- consistency checks ---- */
+
+static void check_finish(sync_t *self, check_t *k)
+{
+    ts_digest_free(k->local);
+    k->local = NULL;
+    cJSON_Delete(k->items);
+    k->items = NULL;
+    k->phase = K_IDLE;
+    (void)self;
+}
+
+static void check_start(sync_t *self, int coll)
+{
+    check_t *k = &self->checks[coll];
+    if (k->phase != K_IDLE || self->conn == C_OFFLINE)
+        return;
+    ts_digest_t *dg = calloc(1, sizeof *dg);
+    req_t *r = req_new(self, R_DIGEST);
+    ts_api_request_t *q = get_request("/v1/%s/digest", self->config->collections[coll]);
+    if (!dg || !r || !q) {
+        free(dg);
+        if (r)
+            req_free(self, r);
+        ts_api_request_free(q);
+        return;
+    }
+    q->shape = TS_API_SHAPE_DIGEST;
+    r->check = k;
+    copy_str(dg->collection, sizeof dg->collection, self->config->collections[coll]);
+    dg->user = k;
+    if (api_send(self, q, r)) {
+        free(dg);
+        return;
+    }
+    void *p = dg;
+    if (ts_wire_send(self->to_store, TS_WIRE_DIGEST, &p, 1)) {
+        free(dg); /* the digest answer will come back alone; the check then stalls until */
+        k->phase = K_IDLE; /* the next period (have_local stays false) */
+        return;
+    }
+    k->phase = K_DIGESTS;
+    k->have_local = k->have_server = false;
+}
+
+static void checks_start_all(sync_t *self)
+{
+    for (size_t i = 0; i < self->config->ncollections; i++)
+        check_start(self, (int)i);
+}
+
+static void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
+{
+    req_t *r = req_new(self, R_LIST);
+    ts_api_request_t *q = get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
+    if (q)
+        q->shape = TS_API_SHAPE_PAGE;
+    if (r) {
+        r->check = k;
+        r->round = rd;
+    }
+    if (api_send(self, q, r) && k)
+        check_finish(self, k);
+}
+
+static int compare_items(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    const char *ix = ts_json_string(x, "id"), *iy = ts_json_string(y, "id");
+    return strcmp(ix ? ix : "", iy ? iy : "");
+}
+
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
+}
+
+/* Both lists are in: send REMOTE updates for every drifted document. */
+static void check_repair(sync_t *self, check_t *k)
+{
+    const char *coll = self->config->collections[k->coll];
+    size_t ns = (size_t)cJSON_GetArraySize(k->items);
+    cJSON **items = ns ? malloc(ns * sizeof *items) : NULL;
+    size_t i = 0;
+    cJSON *it;
+    cJSON_ArrayForEach(it, k->items)
+    {
+        if (items && ts_json_string(it, "id"))
+            items[i++] = it;
+    }
+    ns = items ? i : 0;
+    if (ns)
+        qsort(items, ns, sizeof *items, compare_items);
+    ts_digest_t *l = k->local;
+    if (l->nversions)
+        qsort(l->versions, l->nversions, sizeof *l->versions, compare_entries);
+    size_t a = 0, b = 0;
+    uint64_t repaired = 0;
+    while (a < ns || b < l->nversions) {
+        int c = a >= ns ? 1
+                : b >= l->nversions
+                    ? -1
+                    : strcmp(ts_json_string(items[a], "id"), l->versions[b].id);
+        if (c < 0) { /* only at the server */
+            if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(items[a], "deleted")))
+                repaired += apply_change(self, coll, items[a]);
+            a++;
+        } else if (c > 0) { /* only here: the server no longer has it */
+            ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
+            if (u) {
+                copy_str(u->collection, sizeof u->collection, coll);
+                copy_str(u->doc_id, sizeof u->doc_id, l->versions[b].id);
+                u->doc = cJSON_CreateObject();
+                cJSON_AddStringToObject(u->doc, "id", l->versions[b].id);
+                cJSON_AddBoolToObject(u->doc, "deleted", 1);
+                u->version = 0; /* force: see sync.h */
+                repaired++;
+            }
+            b++;
+        } else {
+            long long v = 0;
+            ts_json_int(items[a], "version", &v);
+            if (v != l->versions[b].version)
+                repaired += apply_change(self, coll, items[a]);
+            a++;
+            b++;
+        }
+    }
+    free(items);
+    self->repairs += repaired;
+    if (repaired)
+        ts_info(LOG, "digest check of %s: %" PRIu64 " documents repaired", coll, repaired);
+    flush(self);
+    check_finish(self, k);
+}
+
+static void check_compare(sync_t *self, check_t *k)
+{
+    if (!k->have_local || !k->have_server)
+        return;
+    if (k->local->count == k->server_count && strcmp(k->local->hash, k->server_hash) == 0) {
+        ts_debug(LOG, "digest of %s matches (%" PRIu64 " documents)",
+                 self->config->collections[k->coll], k->server_count);
+        check_finish(self, k);
+        return;
+    }
+    ts_info(LOG, "digest of %s differs (here %" PRIu64 ", server %" PRIu64 "): listing",
+            self->config->collections[k->coll], k->local->count, k->server_count);
+    /* Local list first, then the server's: a document confirmed here is on
+     * the server already, so one missing from a later server list is gone. */
+    ts_digest_t *dg = k->local;
+    k->local = NULL;
+    memset(dg, 0, sizeof *dg);
+    copy_str(dg->collection, sizeof dg->collection, self->config->collections[k->coll]);
+    dg->want_versions = true;
+    dg->user = k;
+    void *p = dg;
+    if (ts_wire_send(self->to_store, TS_WIRE_DIGEST, &p, 1)) {
+        free(dg);
+        check_finish(self, k);
+        return;
+    }
+    k->phase = K_LOCAL_LIST;
+}
+
+static void on_digest_local(sync_t *self, ts_digest_t *dg)
+{
+    check_t *k = dg->user;
+    if (!k || k < self->checks || k >= self->checks + self->config->ncollections ||
+        (k->phase != K_DIGESTS && k->phase != K_LOCAL_LIST)) {
+        ts_digest_free(dg);
+        return;
+    }
+    ts_digest_free(k->local);
+    k->local = dg;
+    if (k->phase == K_DIGESTS) {
+        k->have_local = true;
+        check_compare(self, k);
+        return;
+    }
+    k->phase = K_SERVER_LIST;
+    k->items = cJSON_CreateArray();
+    list_page(self, k, NULL, self->config->collections[k->coll], "0");
+}
+
+static void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
+{
+    conn_note(self, res, "digest");
+    if (res->error != TS_API_OK) {
+        check_finish(self, k);
+        return;
+    }
+    long long count = 0;
+    ts_json_int(res->json, "count", &count);
+    k->server_count = (uint64_t)count;
+    copy_str(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
+    k->have_server = true;
+    check_compare(self, k);
+}
+
+/* ---- rounds: `sync` and `invalidate` ---- */
+
+static void round_answer(sync_t *self, round_t *rd, bool timed_out)
+{
+    char text[160];
+    int len;
+    if (rd->invalidate)
+        len = snprintf(text, sizeof text, "{\"invalidated\":%" PRIu64 "}", rd->invalidated);
+    else
+        len = snprintf(text, sizeof text, "{\"pushed\":%" PRIu64 ",\"pulled\":%" PRIu64 "%s}",
+                       self->pushed - rd->pushed0, self->pulled - rd->pulled0,
+                       timed_out ? ",\"timed_out\":true" : "");
+    char *copy = strndup(text, (size_t)len);
+    if (copy)
+        ts_call_set_result(rd->call, copy, (size_t)len);
+    else
+        ts_call_fail(rd->call, TS_E_INTERNAL, "out of memory");
+    void *p = rd->envelope;
+    if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, &p, 1)) {
+        ts_error(LOG, "cannot answer a %s call", rd->invalidate ? "invalidate" : "sync");
+        ts_envelope_free(rd->envelope);
+    }
+    if (!rd->invalidate)
+        checks_start_all(self); /* after the round, when drift means something */
+}
+
+static void invalidate_next(sync_t *self, round_t *rd)
+{
+    if (rd->next_coll < 0 || (size_t)rd->next_coll >= self->config->ncollections) {
+        rd->listing = false;
+        return;
+    }
+    copy_str(rd->coll, sizeof rd->coll, self->config->collections[rd->next_coll++]);
+    rd->listing = true;
+    list_page(self, NULL, rd, rd->coll, "0");
+}
+
+static void on_sync_call(sync_t *self, ts_envelope_t *e)
+{
+    ts_call_t *call = NULL;
+    for (size_t i = 0; i < e->ncalls; i++)
+        if (e->calls[i].method == TS_M_SYNC || e->calls[i].method == TS_M_INVALIDATE)
+            call = &e->calls[i];
+    round_t *rd = call ? calloc(1, sizeof *rd) : NULL;
+    if (!rd) {
+        if (call)
+            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        void *p = e;
+        if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, &p, 1))
+            ts_envelope_free(e);
+        return;
+    }
+    rd->envelope = e;
+    rd->call = call;
+    rd->invalidate = call->method == TS_M_INVALIDATE;
+    rd->deadline_us = ts_mono_us() + ROUND_TIMEOUT_US;
+    rd->pushed0 = self->pushed;
+    rd->pulled0 = self->pulled;
+    rd->next = self->rounds;
+    self->rounds = rd;
+    if (rd->invalidate) {
+        const char *coll = ts_json_string(call->params, "collection");
+        int idx = coll ? ts_config_collection(self->config, coll) : 0;
+        if (idx < 0) {
+            rd->next_coll = -1;
+        } else if (coll) {
+            rd->next_coll = idx;
+            invalidate_next(self, rd);
+            rd->next_coll = -1; /* only this one */
+            return;
+        } else {
+            rd->next_coll = 0;
+        }
+        invalidate_next(self, rd);
+        return;
+    }
+    /* A `sync` call means "now": waiting heads go at once. */
+    for (size_t i = 0; i < self->nwaiting; i++)
+        self->waiting[i]->due_us = 0;
+    push_wake(self, ts_mono_us());
+    if (self->conn == C_OFFLINE)
+        self->probe_due_us = ts_mono_us();
+}
+
+static bool push_idle(sync_t *self)
+{
+    if (self->conn == C_OFFLINE || self->in_flight == 0) {
+        /* heads that are ready but cannot go (offline) do not hold a round */
+        if (self->conn == C_OFFLINE)
+            return true;
+        for (size_t i = 0; i < self->heap_len; i++) {
+            mut_t *m = self->heap[i].doc->head;
+            if (m && m->seq == self->heap[i].seq && m->state == M_QUEUED)
+                return false;
+        }
+        return true;
+    }
+    return false;
+}
+
+static void rounds_progress(sync_t *self)
+{
+    int64_t now = ts_mono_us();
+    for (round_t **p = &self->rounds; *p;) {
+        round_t *rd = *p;
+        bool done, timed_out = now >= rd->deadline_us;
+        if (rd->invalidate) {
+            done = !rd->listing;
+        } else {
+            if (!rd->push_done && push_idle(self))
+                rd->push_done = true;
+            if (!rd->drain_started && rd->push_done) {
+                rd->drain_started = true;
+                if (self->conn == C_OFFLINE)
+                    rd->pull_done = true;
+                else if (!self->drain_id)
+                    feed_request(self, true, 0);
+            }
+            done = rd->push_done && rd->pull_done;
+        }
+        if (done || timed_out) {
+            *p = rd->next;
+            round_answer(self, rd, !done);
+            free(rd);
+        } else {
+            p = &rd->next;
+        }
+    }
+}
+
+static void on_drain(sync_t *self, ts_api_result_t *res)
+{
+    self->drain_id = 0;
+    conn_note(self, res, "drain");
+    bool more = res->error == TS_API_OK && apply_changes_page(self, res->json);
+    if (more && self->conn != C_OFFLINE) {
+        feed_request(self, true, 0);
+        return;
+    }
+    for (round_t *rd = self->rounds; rd; rd = rd->next)
+        if (rd->drain_started)
+            rd->pull_done = true;
+}
+
+static void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
+{
+    conn_note(self, res, "list");
+    check_t *k = r->check;
+    round_t *rd = r->round;
+    if (rd) { /* the round may have been answered (timeout) and freed */
+        round_t *x = self->rounds;
+        while (x && x != rd)
+            x = x->next;
+        rd = x;
+    }
+    if (res->error != TS_API_OK) {
+        if (k)
+            check_finish(self, k);
+        if (rd)
+            rd->listing = false;
+        return;
+    }
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(res->json, "items"), *it;
+    const char *cursor = ts_json_string(res->json, "cursor");
+    bool more = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res->json, "has_more"));
+    if (k && k->phase == K_SERVER_LIST) {
+        cJSON_ArrayForEach(it, items) cJSON_AddItemToArray(k->items, cJSON_Duplicate(it, 1));
+        if (more && cursor)
+            list_page(self, k, NULL, self->config->collections[k->coll], cursor);
+        else
+            check_repair(self, k);
+    } else if (rd) {
+        cJSON_ArrayForEach(it, items) rd->invalidated += apply_change(self, rd->coll, it);
+        flush(self);
+        if (more && cursor)
+            list_page(self, NULL, rd, rd->coll, cursor);
+        else
+            invalidate_next(self, rd);
+    }
+}
+
+/* ---- message handlers ---- */
+
+static void on_result(sync_t *self, ts_api_result_t *res)
+{
+    req_t *r = res->user;
+    if (!r) {
+        ts_api_result_free(res);
+        return;
+    }
+    switch (r->kind) {
+    case R_PUSH: on_push(self, res, r->m); break;
+    case R_FETCH: on_fetch(self, res, r->m); break;
+    case R_FEED:
+        if (r->drain)
+            on_drain(self, res);
+        else if (res->id == self->feed_id)
+            on_feed(self, res);
+        break;
+    case R_STREAM: on_stream_result(self, res); break;
+    case R_PROBE: on_probe(self, res); break;
+    case R_DIGEST: on_digest_server(self, res, r->check); break;
+    case R_LIST: on_list(self, res, r); break;
+    }
+    req_free(self, r);
+    ts_api_result_free(res);
+}
+
+static int on_api(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    sync_t *self = arg;
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    for (int round = 0; round < 256; round++) {
+        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+            break;
+        switch (kind) {
+        case TS_API_MSG_RESULT:
+            for (size_t i = 0; i < n; i++)
+                on_result(self, ptrs[i]);
+            break;
+        case TS_API_MSG_EVENT: on_stream_events(self, ptrs, n); break;
+        case TS_API_MSG_STREAM:
+            for (size_t i = 0; i < n; i++) {
+                on_stream_state(self, ptrs[i]);
+                ts_api_stream_msg_free(ptrs[i]);
+            }
+            break;
+        default:
+            for (size_t i = 0; i < n; i++)
+                ts_api_msg_free(kind, ptrs[i]);
+        }
+        free(ptrs);
+    }
+    turn_end(self);
+    feed_next(self);
+    flush(self);
+    return 0;
+}
+
+static void on_hint(sync_t *self, void **ptrs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_sync_update_t *u = ptrs[i];
+        if (u->kind == TS_SYNC_CURSOR && self->pull == P_WAIT_HINT) {
+            copy_str(self->cursor, sizeof self->cursor, u->cursor);
+            copy_str(self->status_cursor, sizeof self->status_cursor, u->cursor);
+            self->hint = true;
+            ts_info(LOG, "the store's cursor: %s", *u->cursor ? u->cursor : "none");
+            pull_set(self, P_CATCHUP);
+        }
+        ts_sync_update_free(u);
+    }
+}
+
+static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    sync_t *self = arg;
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    for (int round = 0; round < 256; round++) {
+        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+            break;
+        switch (kind) {
+        case TS_WIRE_OUTBOX: on_outbox(self, ptrs, n); break;
+        case TS_WIRE_SYNC_CALL:
+            for (size_t i = 0; i < n; i++)
+                on_sync_call(self, ptrs[i]);
+            break;
+        case TS_WIRE_DIGEST:
+            for (size_t i = 0; i < n; i++)
+                on_digest_local(self, ptrs[i]);
+            break;
+        case TS_WIRE_SYNC_UPDATES: on_hint(self, ptrs, n); break;
+        default: ts_warn(LOG, "unexpected message kind %#x", kind); break;
+        }
+        free(ptrs);
+    }
+    turn_end(self);
+    feed_next(self);
+    flush(self);
+    return 0;
+}
+
+static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
+{
+    (void)loop, (void)timer_id;
+    sync_t *self = arg;
+    int64_t now = ts_mono_us();
+    if (self->pull == P_WAIT_HINT && now - self->started_us >= HINT_WAIT_US) {
+        ts_info(LOG, "no cursor from the store: pulling from the start");
+        pull_set(self, P_CATCHUP);
+    }
+    if (self->conn == C_OFFLINE && !self->probe_id && now >= self->probe_due_us)
+        probe_send(self);
+    push_wake(self, now);
+    int interval = self->config->sync.digest_interval_s;
+    if (interval > 0 && now >= self->next_check_us) {
+        self->next_check_us = now + (int64_t)interval * 1000000;
+        if (self->queued == 0 && self->in_flight == 0 &&
+            (self->pull == P_STREAM || self->pull == P_LONGPOLL || self->pull == P_POLL))
+            checks_start_all(self);
+    }
+    feed_next(self);
+    turn_end(self);
+    return 0;
+}
+
+/* ---- life ---- */
+
+static void *open_socket(sync_t *self, int type, const char *endpoint, bool bind)
+{
+    void *s = zmq_socket(ts_actor_zctx(self->actor), type);
+    int zero = 0;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, type == ZMQ_PULL ? ZMQ_RCVHWM : ZMQ_SNDHWM, &zero, sizeof zero);
+    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint))) {
+        ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
+                 zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void drain_socket(void *s, bool api)
+{
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    while (s && ts_wire_recv(s, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (api)
+                ts_api_msg_free(kind, ptrs[i]);
+            else if (kind == TS_WIRE_OUTBOX)
+                ts_record_free_list(ptrs[i]);
+            else if (kind == TS_WIRE_SYNC_CALL)
+                ts_envelope_free(ptrs[i]);
+            else if (kind == TS_WIRE_DIGEST)
+                ts_digest_free(ptrs[i]);
+            else if (kind == TS_WIRE_SYNC_UPDATES)
+                ts_sync_update_free(ptrs[i]);
+        }
+        free(ptrs);
+    }
+}
+
+static void sync_cleanup(sync_t *self)
+{
+    for (size_t i = 0; i < self->table_cap; i++) {
+        for (sdoc_t *d = self->table[i], *next; d; d = next) {
+            next = d->hnext;
+            for (mut_t *m = d->head, *mn; m; m = mn) {
+                mn = m->next;
+                free(m->body);
+                free(m);
+            }
+            free(d);
+        }
+    }
+    free(self->table);
+    free(self->heap);
+    free(self->waiting);
+    for (round_t *rd = self->rounds, *next; rd; rd = next) {
+        next = rd->next;
+        ts_envelope_free(rd->envelope);
+        free(rd);
+    }
+    if (self->checks)
+        for (size_t i = 0; i < self->config->ncollections; i++)
+            check_finish(self, &self->checks[i]);
+    free(self->checks);
+    for (size_t i = 0; i < self->nout; i++)
+        ts_sync_update_free(self->out[i]);
+    free(self->out);
+    drain_socket(self->inbox, false);
+    drain_socket(self->api_in, true);
+    while (self->reqs)
+        req_free(self, self->reqs);
+    void *sockets[] = {self->inbox, self->api_in, self->api, self->to_store, self->to_front};
+    for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
+        if (sockets[i])
+            zmq_close(sockets[i]);
+    ts_loop_destroy(&self->loop);
+}
+
+static void sync_actor(ts_actor_t *actor, void *args)
+{
+    sync_t self = {.config = args, .actor = actor};
+    self.started_us = ts_mono_us();
+    copy_str(self.api_state, sizeof self.api_state, "unknown");
+    self.checks = calloc(self.config->ncollections ? self.config->ncollections : 1,
+                         sizeof *self.checks);
+    for (size_t i = 0; self.checks && i < self.config->ncollections; i++)
+        self.checks[i].coll = (int)i;
+    self.next_check_us = self.started_us + (int64_t)self.config->sync.digest_interval_s * 1000000;
+    if (!self.checks || !(self.loop = ts_loop_new()) ||
+        !(self.inbox = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC, true)) ||
+        !(self.api_in = open_socket(&self, ZMQ_PULL, REPLY_TO, true)) ||
+        !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||
+        !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.to_front = open_socket(&self, ZMQ_PUSH, TS_INPROC_FRONT, false))) {
+        sync_cleanup(&self);
+        ts_actor_ready(actor, -1);
+        return;
+    }
+    ts_loop_reader(self.loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(self.loop, self.inbox, on_inbox, &self);
+    ts_loop_reader(self.loop, self.api_in, on_api, &self);
+    ts_loop_timer(self.loop, TICK_MS, on_tick, &self);
+    status_maybe_send(&self, true);
+    flush(&self);
+    ts_actor_ready(actor, 0);
+    ts_loop_run(self.loop);
+    ts_info(LOG, "stopping: %zu mutations queued, %d in flight", self.queued, self.in_flight);
+    sync_cleanup(&self);
+}
+
+ts_actor_t *ts_sync_start(void *zctx, const ts_config_t *config)
+{
+    return ts_actor_new(zctx, "sync", sync_actor, (void *)config);
+}

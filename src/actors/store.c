@@ -1267,15 +1267,17 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     self->conflicts++;
     cJSON *base, *mine;
     conflict_sides(d, m, &base, &mine);
-    ts_policy_outcome_t outcome = {0};
+    /* The collection's policy decides; without one (or for a delete, which
+     * has no "mine" document to merge) the default: a field-level merge, and
+     * a delete that met a remote change keeps the server's document. */
+    ts_policy_outcome_t outcome = {.kind = TS_OUTCOME_LAST};
     char err[256] = "";
-    int rc = -1;
+    int rc = TS_POLICY_OK;
     ts_policy_t *policy = self->sq ? ts_sq_policy(self->sq) : NULL;
     if (policy && mine)
         rc = ts_policy_resolve(policy, c->name, base, mine, u->doc, &outcome, err, sizeof err);
-    if (rc != TS_POLICY_OK && !outcome.doc && outcome.kind != TS_OUTCOME_THEIRS) {
-        /* no policy engine, or the policy failed without a fallback */
-        outcome.kind = mine ? TS_OUTCOME_MERGE : TS_OUTCOME_MINE;
+    if (outcome.kind == TS_OUTCOME_LAST) {
+        outcome.kind = mine ? TS_OUTCOME_MERGE : TS_OUTCOME_THEIRS;
         outcome.doc = mine ? ts_policy_default_merge(base, mine, u->doc) : NULL;
         snprintf(outcome.policy, sizeof outcome.policy, "default");
     }

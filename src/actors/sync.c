@@ -60,6 +60,7 @@ typedef struct mut {
     struct sdoc *doc;
     int64_t seq;
     int64_t at_ms;
+    int64_t base_version; /* the version the local write was made on */
     ts_op_t op;
     char mutation[37];
     char *body;           /* create: document without id; update: merge patch; delete: NULL */
@@ -76,7 +77,11 @@ typedef struct mut {
 typedef struct sdoc {
     struct sdoc *hnext;
     mut_t *head, *tail;
-    int64_t version;      /* the server's version as we know it (If-Match) */
+    int64_t version;      /* the version our own confirmed writes (or a conflict we
+                             resolved) brought the document to. If-Match is the larger of
+                             this and the write's base version: a remote change the write
+                             did not see must come back as a 409, so that the conflict
+                             policy decides instead of the write silently winning */
     int heap_refs;        /* entries in the ready heap */
     int unacked;          /* confirmed seqs whose DROP has not arrived */
     uint64_t hash;
@@ -518,15 +523,12 @@ static sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t
     return NULL;
 }
 
-static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id, int64_t version)
+static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
 {
     uint64_t h = hash_key(coll, id);
     sdoc_t *d = doc_find(self, coll, id, h);
-    if (d) {
-        if (version > d->version)
-            d->version = version;
+    if (d)
         return d;
-    }
     if (strlen(coll) > 64 || strlen(id) > 64)
         return NULL;
     if (self->ndocs + 1 > self->table_cap / 2) {
@@ -548,7 +550,6 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id, int64_t v
     if (!(d = calloc(1, sizeof *d)))
         return NULL;
     d->hash = h;
-    d->version = version;
     copy_str(d->coll, sizeof d->coll, coll);
     copy_str(d->id, sizeof d->id, id);
     d->hnext = self->table[h & (self->table_cap - 1)];
@@ -695,6 +696,7 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
 {
     m->seq = r->seq;
     m->at_ms = r->at_ms;
+    m->base_version = r->version;
     m->op = r->op;
     memcpy(m->mutation, r->mutation, sizeof m->mutation);
     free(m->body);
@@ -707,7 +709,7 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
 
 static void outbox_mutation(sync_t *self, const ts_record_t *r)
 {
-    sdoc_t *d = doc_get(self, r->collection, r->doc_id, r->version);
+    sdoc_t *d = doc_get(self, r->collection, r->doc_id);
     if (!d) {
         ts_error(LOG, "cannot queue mutation %s (%s/%s)", r->mutation, r->collection, r->doc_id);
         return;
@@ -842,7 +844,7 @@ static void push_send(sync_t *self, mut_t *m)
         q = ts_api_request_new(m->op == TS_OP_UPDATE ? TS_API_PATCH : TS_API_DELETE, path,
                                m->op == TS_OP_UPDATE ? (m->body ? m->body : "{}") : NULL);
         if (q) {
-            q->if_match = d->version;
+            q->if_match = m->base_version > d->version ? m->base_version : d->version;
             q->shape = m->op == TS_OP_UPDATE ? TS_API_SHAPE_DOC : TS_API_SHAPE_NONE;
         }
     }
@@ -1073,9 +1075,7 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
     long long v = 0;
     if (ts_json_int(doc, "version", &v))
         u->version = v;
-    sdoc_t *d = doc_find(self, coll, id, hash_key(coll, id));
-    if (d && v > d->version)
-        d->version = v; /* rebased pending writes go on top of it */
+    /* Not d->version: pending writes keep their base (see sdoc_t). */
     self->pulled++;
     return 1;
 }

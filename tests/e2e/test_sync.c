@@ -377,6 +377,15 @@ Test(sync, two_engines_converge_with_conflict_events)
             sleep_ms(100);
     }
     cr_assert(equal, "both engines and the server agree");
+    /* and neither side's edit was lost: a conflict merges field by field */
+    for (int i = 0; i < 5; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "c%d", i);
+        cJSON *s = server_doc(id);
+        cr_assert_eq(field_int(s, "a"), 1, "%s lost engine 1's edit", id);
+        cr_assert_eq(field_int(s, "b"), 2, "%s lost engine 2's edit", id);
+        cJSON_Delete(s);
+    }
     /* and their whole confirmed state: the engines' digests equal the server's
        (checked through a digest check that repairs nothing) */
     long long repairs = status_int(&engine, "repairs") + status_int(&engine2, "repairs");

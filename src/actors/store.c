@@ -90,6 +90,7 @@ typedef struct {
     bool last_online;
     bool last_pending_zero;
     uint64_t confirmed, rejected, conflicts, remote_applied;
+    struct base_snapshot *snapshots; /* see remember_base() */
     ts_buf_t scratch;      /* reused for printing documents and results */
     uint64_t calls[TS_M__LAST];
     uint64_t rejected_writes;
@@ -825,6 +826,8 @@ static mutation_t *find_mutation(store_t *self, const uint8_t id[16], collection
     return NULL;
 }
 
+static void forget_base_if_settled(store_t *self, const doc_t *d);
+
 static void do_cancel(store_t *self, ts_call_t *call)
 {
     const char *text = ts_json_string(call->params, "mutation");
@@ -867,6 +870,7 @@ static void do_cancel(store_t *self, ts_call_t *call)
     char *answer = ts_buf_take(&b, &len);
     ts_call_set_result(call, answer, len);
     add_doc_changed(call, c, d);
+    forget_base_if_settled(self, d);
 }
 
 /* The oldest pending write's acceptance time (ms), or 0. A scan, but
@@ -1006,6 +1010,53 @@ static void handle_call(store_t *self, ts_call_t *call)
 }
 
 /* ---- sync: applying what the server said ---- */
+
+/* When a remote change rebases a document that has pending writes, the
+ * server version those writes were made on is still needed: if one of them
+ * meets a 409, the conflict policy gets it as `base`. It is kept here, off
+ * the document (rare, so a list), until the document has nothing pending. */
+typedef struct base_snapshot {
+    struct base_snapshot *next;
+    const doc_t *doc;
+    confirmed_t *base;
+} base_snapshot_t;
+
+static base_snapshot_t **find_snapshot(store_t *self, const doc_t *d)
+{
+    base_snapshot_t **p = &self->snapshots;
+    while (*p && (*p)->doc != d)
+        p = &(*p)->next;
+    return p;
+}
+
+/* Keeps d's current confirmed version as the base of its pending writes
+ * (the first one only: later rebases keep the oldest base). */
+static void remember_base(store_t *self, doc_t *d)
+{
+    if (!d->pending || !d->confirmed || *find_snapshot(self, d))
+        return;
+    base_snapshot_t *snap = malloc(sizeof *snap);
+    size_t size = sizeof *d->confirmed + d->confirmed->len + 1;
+    confirmed_t *copy = snap ? malloc(size) : NULL;
+    if (!copy) {
+        free(snap);
+        return;
+    }
+    memcpy(copy, d->confirmed, size);
+    *snap = (base_snapshot_t){self->snapshots, d, copy};
+    self->snapshots = snap;
+}
+
+static void forget_base_if_settled(store_t *self, const doc_t *d)
+{
+    base_snapshot_t **p = find_snapshot(self, d);
+    if (!*p || d->pending)
+        return;
+    base_snapshot_t *snap = *p;
+    *p = snap->next;
+    free(snap->base);
+    free(snap);
+}
 
 /* Unlinks the pending mutation with this seq; NULL when it is not there. */
 static mutation_t *take_mutation(store_t *self, doc_t *d, int64_t seq)
@@ -1227,12 +1278,15 @@ static cJSON *diff_patch(const cJSON *from, const cJSON *to)
 
 /* Base and mine for a conflicting head mutation m: base is the confirmed
  * document (NULL for a local create), mine is base with m applied. */
-static void conflict_sides(const doc_t *d, const mutation_t *m, cJSON **base, cJSON **mine)
+static void conflict_sides(store_t *self, const doc_t *d, const mutation_t *m, cJSON **base,
+                           cJSON **mine)
 {
     *base = NULL;
     *mine = NULL;
-    if (d->confirmed && d->confirmed->len) {
-        *base = cJSON_ParseWithLength(d->confirmed->text, d->confirmed->len);
+    base_snapshot_t *snap = *find_snapshot(self, d);
+    const confirmed_t *conf = snap ? snap->base : d->confirmed;
+    if (conf && conf->len) {
+        *base = cJSON_ParseWithLength(conf->text, conf->len);
         char id[65];
         memcpy(id, d->id, d->id_len);
         id[d->id_len] = '\0';
@@ -1266,7 +1320,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         return;
     self->conflicts++;
     cJSON *base, *mine;
-    conflict_sides(d, m, &base, &mine);
+    conflict_sides(self, d, m, &base, &mine);
     /* The collection's policy decides; without one (or for a delete, which
      * has no "mine" document to merge) the default: a field-level merge, and
      * a delete that met a remote change keeps the server's document. */
@@ -1361,6 +1415,7 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     /* Newer than what we have, or a repair's forced tombstone (version 0). */
     if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
         return;
+    remember_base(self, d);
     if (set_confirmed(self, c, d, deleted ? NULL : u->doc, version ? version : doc_version(d)))
         return;
     self->remote_applied++;
@@ -1436,6 +1491,8 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
             u->status = NULL;
             break;
         }
+        if (d)
+            forget_base_if_settled(self, d);
         ts_sync_update_free(u);
     }
     ts_call_set_result(call, strdup("null"), 4);
@@ -1742,6 +1799,12 @@ static void store_cleanup(store_t *self)
     }
     ts_buf_free(&self->scratch);
     cJSON_Delete(self->sync_status);
+    while (self->snapshots) {
+        base_snapshot_t *next = self->snapshots->next;
+        free(self->snapshots->base);
+        free(self->snapshots);
+        self->snapshots = next;
+    }
     if (self->to_sync)
         zmq_close(self->to_sync);
     ts_sq_destroy(&self->sq);

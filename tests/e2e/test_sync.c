@@ -533,3 +533,59 @@ Test(sync, digest_check_repairs_drift)
     cr_assert_eq(field_int(ts_rpc_result(r), "invalidated"), 2, "%s", cJSON_PrintUnformatted(r));
     cJSON_Delete(r);
 }
+
+Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
+{
+    /* The shipped policies: validation and conflict.lua (a cancellation
+     * wins; notes edited on both sides are both kept). */
+    const char *args[] = {"--api", api.url, "--policies", ts_source_path("policies"), NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0);
+    cr_assert_eq(ts_engine_start(&engine2, args), 0);
+    write_call(&engine, "create",
+               "{\"collection\":\"sessions\",\"doc\":{\"id\":\"cx\",\"patient_id\":\"pat-0001\","
+               "\"therapist_id\":\"thr-001\",\"scheduled_at\":\"2026-05-01T09:00:00Z\","
+               "\"duration_min\":50,\"status\":\"scheduled\",\"modality\":\"in_person\","
+               "\"room\":\"A1\",\"notes\":\"first\"}}");
+    cr_assert(wait_synced(&engine, 10000));
+    int64_t end = now_ms() + 10000;
+    cJSON *doc = NULL;
+    while (now_ms() < end && !(doc = engine_doc(&engine2, "cx")))
+        sleep_ms(50);
+    cr_assert_not_null(doc, "engine2 received the session");
+    cJSON_Delete(doc);
+    void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
+    ts_clinic_faults(&api, "{\"offline\":true}");
+    update(&engine, "cx", "{\"status\":\"cancelled\",\"notes\":\"patient called to cancel\"}");
+    update(&engine2, "cx", "{\"status\":\"completed\",\"notes\":\"reviewed homework\"}");
+    ts_clinic_faults(&api, "{}");
+    cr_assert(wait_synced(&engine, 30000));
+    cr_assert(wait_synced(&engine2, 30000));
+    cJSON *ev = ts_events_wait(sub, "conflict.resolved", NULL, NULL, 5000);
+    if (!ev)
+        ev = ts_events_wait(sub2, "conflict.resolved", NULL, NULL, 5000);
+    cr_assert_not_null(ev, "the conflict was resolved and published");
+    char *evtext = cJSON_PrintUnformatted(ev);
+    cr_assert_str_neq(field_str(ev, "policy"), "default", "conflict.lua decided: %s", evtext);
+    cJSON_Delete(ev);
+    cJSON *s = server_doc("cx");
+    free(evtext);
+    cr_assert_str_eq(field_str(s, "status"), "cancelled", "a cancellation wins");
+    const char *notes = field_str(s, "notes");
+    cr_assert(strstr(notes, "patient called to cancel") && strstr(notes, "reviewed homework"),
+              "both notes kept: %s", notes);
+    cJSON_Delete(s);
+    /* both engines end with the server's document */
+    end = now_ms() + 10000;
+    bool same = false;
+    while (!same && now_ms() < end) {
+        cJSON *x = engine_doc(&engine, "cx"), *y = engine_doc(&engine2, "cx");
+        same = x && y && !strcmp(field_str(x, "status"), "cancelled") &&
+               !strcmp(field_str(y, "status"), "cancelled") &&
+               field_int(x, "version") == field_int(y, "version");
+        cJSON_Delete(x);
+        cJSON_Delete(y);
+        if (!same)
+            sleep_ms(100);
+    }
+    cr_assert(same, "both engines converged");
+}

@@ -53,6 +53,40 @@ int ts_free_port(void)
     return port;
 }
 
+/* Children not yet reaped: killed when the test process exits, so a failed
+ * assertion (which ends the test before its clean-up) leaves no server
+ * behind. */
+#define MAX_LIVE 64
+static pid_t live[MAX_LIVE];
+
+static void kill_live(void)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] > 0) {
+            kill(live[i], SIGKILL);
+            waitpid(live[i], NULL, 0);
+        }
+}
+
+static void track(pid_t pid)
+{
+    static int registered;
+    if (!registered++)
+        atexit(kill_live);
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] <= 0) {
+            live[i] = pid;
+            return;
+        }
+}
+
+static void untrack(pid_t pid)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] == pid)
+            live[i] = 0;
+}
+
 int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char *const args[])
 {
     char path[4096];
@@ -87,6 +121,7 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
         errno = rc;
         return -1;
     }
+    track(p->pid);
     return 0;
 }
 
@@ -97,6 +132,7 @@ int ts_proc_alive(ts_proc_t *p)
     int st;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
     if (r == p->pid) {
+        untrack(p->pid);
         p->exited = 1;
         p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         return 0;
@@ -171,6 +207,7 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
         kill(p->pid, SIGKILL);
         r = waitpid(p->pid, &st, 0);
     }
+    untrack(p->pid);
     p->pid = 0;
     if (r < 0)
         return -1;

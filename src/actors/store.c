@@ -1586,7 +1586,8 @@ static void hand_outbox_to_sync(store_t *self)
     }
     if (self->pending && !refs)
         ts_error(LOG, "out of memory handing the outbox to sync");
-    qsort(refs, n, sizeof *refs, compare_seq);
+    if (n)
+        qsort(refs, n, sizeof *refs, compare_seq);
     ts_call_t scratch = {0};
     size_t batch = 0;
     for (size_t i = 0; i <= n; i++) {

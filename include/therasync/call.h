@@ -136,7 +136,7 @@ typedef struct {
     ts_event_t *events;   /* what to publish after the answer */
 } ts_call_t;
 
-typedef struct {
+typedef struct ts_envelope {
     size_t route_len;     /* ROUTER routing frames, packed: [u32 len][bytes]... */
     unsigned char *route;
     bool delimiter;       /* the client sent an empty frame before the payload */
@@ -144,6 +144,8 @@ typedef struct {
     bool internal;        /* made by an actor (sync updates), not by a client: no answer,
                              not counted in the front door's in-flight calls */
     char client[48];      /* who sent it, for the audit trail ("zmq:<routing id hex>") */
+    uint64_t client_seq;  /* its place among that client's requests (front door) */
+    struct ts_envelope *held_next; /* front door: answers waiting for earlier ones */
     int64_t received_us;
     size_t ncalls;
     ts_call_t calls[];

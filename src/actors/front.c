@@ -20,9 +20,22 @@
  * between max_request_bytes and this they are answered too_large. */
 #define HARD_MESSAGE_LIMIT (64LL << 20)
 
+/* One client with answers outstanding, by its routing id. */
+typedef struct client {
+    struct client *next;       /* hash chain */
+    uint64_t assigned;         /* sequence numbers given to its requests */
+    uint64_t sent;             /* answers released so far */
+    ts_envelope_t *held;       /* early answers, by sequence */
+    size_t id_len;
+    unsigned char id[];
+} client_t;
+
+#define CLIENT_BUCKETS 4096
+
 typedef struct {
     const ts_config_t *config;
     ts_front_args_t *args;
+    client_t *clients[CLIENT_BUCKETS];
     void *router;     /* clients */
     void *pub;        /* events */
     void *replies;    /* PULL: envelopes back from persist */
@@ -134,6 +147,83 @@ static void publish(front_t *self, const char *topic, size_t tlen, const char *p
 {
     zmq_send(self->pub, topic, tlen, ZMQ_SNDMORE);
     zmq_send(self->pub, payload, plen, 0);
+}
+
+static void finish_envelope(front_t *self, ts_envelope_t *e);
+
+/* The routing id of an envelope (its first routing frame). */
+static const unsigned char *route_id(const ts_envelope_t *e, size_t *len)
+{
+    uint32_t l = 0;
+    if (e->route_len < 4)
+        return *len = 0, NULL;
+    memcpy(&l, e->route, 4);
+    *len = l;
+    return e->route + 4;
+}
+
+static client_t **client_slot(front_t *self, const unsigned char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ id[i]) * 0x100000001b3ull;
+    client_t **p = &self->clients[h % CLIENT_BUCKETS];
+    while (*p && ((*p)->id_len != len || memcmp((*p)->id, id, len) != 0))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Gives a new request its place in its client's line. */
+static void take_ticket(front_t *self, ts_envelope_t *e)
+{
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    if (!id)
+        return;
+    client_t **p = client_slot(self, id, len);
+    if (!*p) {
+        client_t *c = calloc(1, sizeof *c + len);
+        if (!c)
+            return; /* no memory: answered when it comes (order not kept) */
+        memcpy(c->id, id, len);
+        c->id_len = len;
+        *p = c;
+    }
+    e->client_seq = (*p)->assigned++;
+}
+
+/* Releases an answer in its client's order: now, or after the earlier
+ * ones, which may still be in the pipeline. */
+static void deliver(front_t *self, ts_envelope_t *e)
+{
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    client_t **p = id && !e->internal ? client_slot(self, id, len) : NULL;
+    client_t *c = p ? *p : NULL;
+    if (!c) {
+        finish_envelope(self, e);
+        return;
+    }
+    if (e->client_seq != c->sent) {
+        ts_envelope_t **h = &c->held;
+        while (*h && (*h)->client_seq < e->client_seq)
+            h = &(*h)->held_next;
+        e->held_next = *h;
+        *h = e;
+        return;
+    }
+    finish_envelope(self, e);
+    c->sent++;
+    while (c->held && c->held->client_seq == c->sent) {
+        ts_envelope_t *next = c->held;
+        c->held = next->held_next;
+        finish_envelope(self, next);
+        c->sent++;
+    }
+    if (c->sent == c->assigned && !c->held) { /* nothing outstanding: forget it */
+        *p = c->next;
+        free(c);
+    }
 }
 
 /* Answers an envelope that came back through the pipeline, then publishes
@@ -459,7 +549,7 @@ static void answer_busy(front_t *self, ts_envelope_t *e)
         e->calls[i].events = NULL;
     }
     self->inflight += e->ncalls; /* finish_envelope subtracts them again */
-    finish_envelope(self, e);
+    deliver(self, e);
 }
 
 static int on_router(ts_loop_t *loop, void *socket, void *arg)
@@ -473,6 +563,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         ts_envelope_t *e = read_request(self, &more);
         if (!e)
             continue;
+        take_ticket(self, e);
         if (self->inflight + e->ncalls > self->config->max_inflight && !envelope_answered(e)) {
             answer_busy(self, e);
             continue;
@@ -482,9 +573,11 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     }
     if (n && ts_wire_send(self->to_store, TS_WIRE_ENVELOPES, (void **)batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
-        for (size_t i = 0; i < n; i++) {
-            self->inflight -= batch[i]->ncalls;
-            ts_envelope_free(batch[i]);
+        for (size_t i = 0; i < n; i++) { /* answered, in their turn, with the reason */
+            for (size_t k = 0; k < batch[i]->ncalls; k++)
+                if (!batch[i]->calls[k].err_code && !batch[i]->calls[k].result)
+                    ts_call_fail(&batch[i]->calls[k], TS_E_INTERNAL, "the engine is stopping");
+            deliver(self, batch[i]);
         }
     }
     if (self->inflight >= self->warn_at) {
@@ -507,7 +600,7 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
             break;
         for (size_t i = 0; i < n; i++)
-            finish_envelope(self, ptrs[i]);
+            deliver(self, ptrs[i]);
         free(ptrs);
     }
     return self->draining && self->inflight == 0 ? -1 : 0;
@@ -611,6 +704,18 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_loop_run(self.loop);
 done:
     ts_loop_destroy(&self.loop);
+    for (size_t b = 0; b < CLIENT_BUCKETS; b++) {
+        while (self.clients[b]) {
+            client_t *c = self.clients[b];
+            self.clients[b] = c->next;
+            while (c->held) {
+                ts_envelope_t *next = c->held->held_next;
+                ts_envelope_free(c->held);
+                c->held = next;
+            }
+            free(c);
+        }
+    }
     void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

@@ -83,6 +83,7 @@ typedef struct {
     void *inbox;           /* PULL */
     void *to_persist;      /* PUSH */
     void *to_sync;         /* PUSH: outbox at start, sync calls, digests (NULL: standalone) */
+    void *to_front;        /* PUSH: answers that need nothing durable (reads) */
     bool recovering;
     const char *client;    /* the client of the envelope being handled, for the audit */
     char cursor[65];       /* the change-feed position, as persisted */
@@ -975,6 +976,18 @@ static void do_metrics(store_t *self, ts_call_t *call)
 
 static void do_sync_standalone(store_t *self, ts_call_t *call);
 
+/* Whether an envelope must pass through persist: it has something to make
+ * durable, or a call persist answers (audit) or adds to (metrics). */
+static bool needs_persist(const ts_envelope_t *e)
+{
+    for (size_t i = 0; i < e->ncalls; i++) {
+        const ts_call_t *c = &e->calls[i];
+        if (c->records || c->method == TS_M_AUDIT || c->method == TS_M_METRICS)
+            return true;
+    }
+    return false;
+}
+
 static void handle_call(store_t *self, ts_call_t *call)
 {
     if (call->err_code || call->result || call->partial)
@@ -1725,7 +1738,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             return 0;
         switch (kind) {
         case TS_WIRE_ENVELOPES: {
-            size_t kept = 0;
+            /* Writes go on to persist; what needs nothing durable (reads,
+             * refusals) goes straight back to the front door, which keeps
+             * each client's answers in order. */
+            size_t kept = 0, direct = 0;
+            void **reads = malloc(n * sizeof *reads);
             for (size_t i = 0; i < n; i++) {
                 ts_envelope_t *e = ptrs[i];
                 if (route_sync_call(self, e))
@@ -1733,10 +1750,19 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 self->client = e->client;
                 for (size_t k = 0; k < e->ncalls; k++)
                     handle_call(self, &e->calls[k]);
-                ptrs[kept++] = e;
+                if (reads && !needs_persist(e))
+                    reads[direct++] = e;
+                else
+                    ptrs[kept++] = e;
             }
             self->client = NULL;
             n = kept;
+            if (direct && ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, reads, direct)) {
+                ts_error(LOG, "cannot pass answers to the front door");
+                for (size_t i = 0; i < direct; i++)
+                    ts_envelope_free(reads[i]);
+            }
+            free(reads);
             maybe_publish_status(self);
             if (n && ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, ptrs, n)) {
                 ts_error(LOG, "cannot pass envelopes to persist");
@@ -1808,6 +1834,8 @@ static void store_cleanup(store_t *self)
     }
     if (self->to_sync)
         zmq_close(self->to_sync);
+    if (self->to_front)
+        zmq_close(self->to_front);
     ts_sq_destroy(&self->sq);
     if (self->events)
         zmq_close(self->events);
@@ -1884,7 +1912,13 @@ static void store_actor(ts_actor_t *actor, void *args)
         zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
     }
-    if (zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
+    self.to_front = zmq_socket(zctx, ZMQ_PUSH);
+    if (self.to_front) {
+        zmq_setsockopt(self.to_front, ZMQ_SNDHWM, &zero, sizeof zero);
+        zmq_setsockopt(self.to_front, ZMQ_LINGER, &zero, sizeof zero);
+    }
+    if (!self.to_front || zmq_connect(self.to_front, TS_INPROC_FRONT) ||
+        zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
         (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC)))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;

@@ -109,6 +109,7 @@ Test(daemon, overload_answers_busy_and_loses_nothing, .timeout = 60)
         buf[len] = '\0';
         cJSON *r = cJSON_Parse(buf);
         int id = cJSON_GetObjectItem(r, "id")->valueint;
+        cr_assert_eq(id, i, "answers, busy ones included, come in request order");
         if (ts_rpc_result(r)) {
             ok++;
             created[id] = 1;

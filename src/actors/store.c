@@ -1244,25 +1244,34 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
     add_doc_changed_remote(call, c, d);
 }
 
+/* Rolls back m (already taken out of d's pending list) and every later
+ * write that no longer applies without it, each with its event. */
+static void drop_with_dependents(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                                 mutation_t *m, const char *reason, const char *message,
+                                 const cJSON *errors, const char *dependent_message)
+{
+    m->next = NULL;
+    recompute(self, c, d, &m->next); /* collects the dependents after m */
+    mutation_t *dependents = m->next;
+    m->next = NULL;
+    reject_mutation(self, call, c, d, m, reason, message, errors);
+    free(m);
+    while (dependents) {
+        mutation_t *next = dependents->next;
+        reject_mutation(self, call, c, d, dependents, "rolled_back", dependent_message, NULL);
+        free(dependents);
+        dependents = next;
+    }
+}
+
 static void sync_rejected(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
                           const ts_sync_update_t *u)
 {
     mutation_t *m = take_mutation(self, d, u->seq);
     if (!m)
         return; /* already gone (cancelled) */
-    recompute(self, c, d, &m->next); /* m->next is NULL: collects dependents after m */
-    mutation_t *dependents = m->next;
-    m->next = NULL;
-    reject_mutation(self, call, c, d, m, u->error[0] ? u->error : "rejected", u->message,
-                    u->errors);
-    free(m);
-    while (dependents) {
-        mutation_t *next = dependents->next;
-        reject_mutation(self, call, c, d, dependents, "rolled_back",
-                        "depended on a rejected mutation", NULL);
-        free(dependents);
-        dependents = next;
-    }
+    drop_with_dependents(self, call, c, d, m, u->error[0] ? u->error : "rejected", u->message,
+                         u->errors, "depended on a rejected mutation");
     add_doc_changed_remote(call, c, d);
 }
 
@@ -1362,22 +1371,10 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     add_audit(call, c, d, m, "conflict", NULL, theirs_version, ts_policy_outcome_name(outcome.kind));
 
     if (outcome.kind == TS_OUTCOME_THEIRS || outcome.kind == TS_OUTCOME_REJECT) {
-        mutation_t *taken = take_mutation(self, d, m->seq);
-        recompute(self, c, d, &taken->next);
-        mutation_t *dependents = taken->next;
-        taken->next = NULL;
-        reject_mutation(self, call, c, d, taken, "conflict",
-                        outcome.kind == TS_OUTCOME_REJECT ? outcome.reason
-                                                          : "the server's version was kept",
-                        NULL);
-        free(taken);
-        while (dependents) {
-            mutation_t *next = dependents->next;
-            reject_mutation(self, call, c, d, dependents, "rolled_back",
-                            "depended on a mutation lost in a conflict", NULL);
-            free(dependents);
-            dependents = next;
-        }
+        drop_with_dependents(self, call, c, d, take_mutation(self, d, m->seq), "conflict",
+                             outcome.kind == TS_OUTCOME_REJECT ? outcome.reason
+                                                               : "the server's version was kept",
+                             NULL, "depended on a mutation lost in a conflict");
     } else {
         /* mine or merge: rewrite m, in its place in line, as a change of the
          * server's version (a delete stays a delete), with a new id so the

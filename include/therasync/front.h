@@ -3,12 +3,12 @@
  *
  * It parses and checks each request (size, UTF-8, JSON, JSON-RPC shape,
  * method, params), turns it into a ts_envelope_t and sends it down the
- * pipeline (store → persist → back here), then answers in the envelope the
- * client used and publishes the events the calls produced, after they are
- * durable. Bad requests travel the pipeline pre-answered so a client's
- * answers keep the order of its requests. Beyond max_inflight calls in the
- * pipeline, new requests are answered `busy` at once (such an answer can
- * overtake the client's own earlier requests still in flight).
+ * pipeline (store → persist → back here for writes, store → back here for
+ * reads), then answers in the envelope the client used and publishes the
+ * events the calls produced, after they are durable. Each client's answers
+ * leave in the order of its requests: every request takes a ticket, and an
+ * answer that arrives early waits for the ones before it. Beyond
+ * max_inflight calls in the pipeline, new requests are answered `busy`.
  *
  * Other actors publish events by sending [topic, payload] frames to a PUSH
  * socket connected to TS_INPROC_EVENTS. */

@@ -278,9 +278,21 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
     if (rc == 0 && !o->endpoint && pending0 != m)
         fprintf(stderr, "bench: replay: %lld pending, %lld accepted writes\n",
                 (long long)pending0, (long long)m);
-    /* Back online: the clock starts when clinic-api answers again. */
+    /* Back online: the clock starts when clinic-api answers again. The end is
+     * the sync.status event that says pending crossed 0 (the store publishes
+     * it); `status` is polled only as a fallback, since the store scans every
+     * document for oldest_pending on each `status` and frequent polls would
+     * slow the run they measure. */
     int64_t t0 = 0, t_online = 0, t1 = 0;
-    void *kick = NULL;
+    void *kick = NULL, *sub = NULL;
+    if (rc == 0 && e.events) {
+        sub = zmq_socket(e.zctx, ZMQ_SUB);
+        int linger = 0;
+        zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "sync", 4);
+        zmq_connect(sub, e.events);
+        usleep(200000); /* the SUB socket joins */
+    }
     if (rc == 0 && faults(&e, "{}") == 0) {
         t0 = ts_mono_us();
         /* The app's "network is back" signal: one `sync` call, not awaited. */
@@ -290,18 +302,40 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
         zmq_connect(kick, e.endpoint);
         const char *sync = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"sync\"}";
         zmq_send(kick, sync, strlen(sync), 0);
-        int64_t pending = -1;
+        int64_t pending = -1, next_poll = 0;
         while (ts_mono_us() < o->deadline_us) {
+            if (sub) {
+                zmq_pollitem_t it = {.socket = sub, .events = ZMQ_POLLIN};
+                if (zmq_poll(&it, 1, 50) > 0) {
+                    zmq_msg_t msg;
+                    zmq_msg_init(&msg);
+                    while (zmq_msg_recv(&msg, sub, ZMQ_DONTWAIT) >= 0) {
+                        const char *d = zmq_msg_data(&msg);
+                        size_t len = zmq_msg_size(&msg);
+                        if (!t_online && memmem(d, len, "\"online\":true", 14))
+                            t_online = ts_mono_us();
+                        if (!t1 && memmem(d, len, "\"pending\":0,", 12))
+                            t1 = ts_mono_us();
+                    }
+                    zmq_msg_close(&msg);
+                }
+            } else {
+                usleep(50000);
+            }
+            if (!t1 && ts_mono_us() < next_poll)
+                continue;
             bool on = false;
             if (engine_status(&e, &pending, &on) < 0)
                 break;
+            next_poll = ts_mono_us() + (sub ? 1000000 : 0);
             if (on && !t_online)
                 t_online = ts_mono_us();
             if (pending == 0) {
-                t1 = ts_mono_us();
+                if (!t1)
+                    t1 = ts_mono_us();
                 break;
             }
-            usleep(STATUS_POLL_US);
+            t1 = 0; /* an event from before the last status: not the end */
         }
         if (!t1) {
             fprintf(stderr, "bench: replay: %lld writes still pending\n", (long long)pending);
@@ -310,6 +344,8 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
     } else {
         rc = -1;
     }
+    if (sub)
+        zmq_close(sub);
     if (kick)
         zmq_close(kick);
     /* Confirm at clinic-api: every accepted write applied once, in order. */

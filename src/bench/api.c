@@ -33,13 +33,6 @@
 #define WARMUP_MS 500
 #define DOC_PATH "/v1/sessions/bench-doc"
 
-typedef struct {
-    pid_t server;
-    char dir[256];
-    char base[128];
-    char token[256];
-} api_env_t;
-
 static int port_free(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -65,7 +58,7 @@ static int port_open(int port)
     return ok;
 }
 
-static int server_start(api_env_t *e)
+int bench_api_start(bench_api_t *e)
 {
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -108,7 +101,7 @@ static int server_start(api_env_t *e)
     return -1;
 }
 
-static void server_stop(api_env_t *e)
+void bench_api_stop(bench_api_t *e)
 {
     if (e->server > 0) {
         kill(e->server, SIGTERM);
@@ -140,8 +133,78 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
     return ts_buf_append(arg, data, size * n) < 0 ? 0 : size * n;
 }
 
+int bench_api_token(bench_api_t *e)
+{
+    CURL *c = curl_easy_init();
+    ts_buf_t out = {0};
+    char url[300];
+    snprintf(url, sizeof url, "%s/oauth/token", e->base);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "grant_type=client_credentials&client_id=therasync&client_secret=dev-secret");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    int rc = -1;
+    if (curl_easy_perform(c) == CURLE_OK) {
+        cJSON *j = cJSON_Parse(out.data ? out.data : "");
+        const cJSON *t = cJSON_GetObjectItem(j, "access_token");
+        if (cJSON_IsString(t)) {
+            snprintf(e->token, sizeof e->token, "%s", t->valuestring);
+            rc = 0;
+        }
+        cJSON_Delete(j);
+    }
+    ts_buf_free(&out);
+    curl_easy_cleanup(c);
+    if (rc)
+        fprintf(stderr, "bench: no token from %s/oauth/token\n", e->base);
+    return rc;
+}
+
+long bench_http(void **h, const bench_api_t *e, const char *method, const char *path,
+                const char *body, ts_buf_t *out)
+{
+    if (!*h)
+        *h = curl_easy_init();
+    CURL *c = *h;
+    if (!c)
+        return -1;
+    curl_easy_reset(c);
+    char url[512], auth[300];
+    snprintf(url, sizeof url, "%s%s", e->base, path);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", e->token);
+    struct curl_slist *hd = curl_slist_append(NULL, auth);
+    hd = curl_slist_append(hd, strcmp(method, "PATCH") == 0
+                                   ? "Content-Type: application/merge-patch+json"
+                                   : "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    long status = -1;
+    ts_buf_reset(out);
+    if (curl_easy_perform(c) != CURLE_OK || curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+        status = -1;
+    curl_slist_free_all(hd);
+    return status;
+}
+
+void bench_http_close(void **h)
+{
+    if (*h)
+        curl_easy_cleanup(*h);
+    *h = NULL;
+}
+
 /* A token and the document (curl easy, outside the timing). */
-static int prepare(api_env_t *e)
+static int prepare(bench_api_t *e)
 {
     CURL *c = curl_easy_init();
     ts_buf_t out = {0};
@@ -191,7 +254,7 @@ static int prepare(api_env_t *e)
 }
 
 /* C requests in flight through the actor for `seconds`; returns req/s. */
-static double run_actor(api_env_t *e, int clients, double seconds, int64_t *p50, int64_t *p99,
+static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p50, int64_t *p99,
                         size_t *errors)
 {
     void *zctx = zmq_ctx_new();
@@ -292,7 +355,7 @@ static double run_actor(api_env_t *e, int clients, double seconds, int64_t *p50,
 }
 
 /* wrk -tT -cC -d5s with the token; returns its Requests/sec, or -1. */
-static double run_wrk(api_env_t *e, int clients, char *cmd, size_t cmdlen)
+static double run_wrk(bench_api_t *e, int clients, char *cmd, size_t cmdlen)
 {
     char conns[16], threads[16], auth[300], url[300], dur[16];
     snprintf(conns, sizeof conns, "-c%d", clients);
@@ -353,13 +416,13 @@ static double med(double *v, int n)
 int bench_run_api(bench_opts_t *o)
 {
     int clients = o->clients ? o->clients : 32;
-    api_env_t e = {0};
+    bench_api_t e = {0};
     ts_log_set_level(TS_LOG_WARN);
     curl_global_init(CURL_GLOBAL_ALL);
     if (o->api) {
         snprintf(e.base, sizeof e.base, "%s", o->api);
-    } else if (server_start(&e) < 0) {
-        server_stop(&e);
+    } else if (bench_api_start(&e) < 0) {
+        bench_api_stop(&e);
         return 1;
     }
     int failed = 0;
@@ -395,7 +458,7 @@ int bench_run_api(bench_opts_t *o)
                ok, clients, ma, mw, ma / mw);
     }
     if (!o->api)
-        server_stop(&e);
+        bench_api_stop(&e);
     explicit_bzero(e.token, sizeof e.token);
     curl_global_cleanup();
     return failed ? 1 : 0;

@@ -77,6 +77,7 @@ typedef struct {
     int stderr_fd;        /* read end of its stderr, drained by a thread after ready */
     void *drain;          /* the drain thread (pthread_t *) */
     const char *policies; /* --policies for therasyncd; NULL = its default */
+    const char *api;      /* --api for therasyncd; NULL = standalone */
 } bench_daemon_t;
 
 /* Makes a fresh data dir (mkdtemp). Returns 0 or -1. */
@@ -119,5 +120,30 @@ int bench_run_workload(bench_opts_t *opts);
 
 /* ---- api.c: the raw API workload (API actor vs wrk, same URL, same run) ---- */
 int bench_run_api(bench_opts_t *opts);
+
+/* A clinic-api of our own (or the one at --api): base URL and a token. */
+typedef struct {
+    pid_t server; /* 0 when not ours */
+    char dir[256];
+    char base[128];
+    char token[256];
+} bench_api_t;
+
+/* Starts clinic-api from the bench's own directory on a free loopback port
+ * with a database in a fresh temporary dir; waits until it listens. */
+int bench_api_start(bench_api_t *e);
+/* SIGTERM by pid (then SIGKILL), removes the temporary dir. */
+void bench_api_stop(bench_api_t *e);
+/* A bearer token for client therasync/dev-secret into e->token. */
+int bench_api_token(bench_api_t *e);
+/* One HTTP request at e->base (curl easy handle *h kept alive between calls;
+ * NULL body: no body). *out gets the answer body. Returns the HTTP status or -1. */
+long bench_http(void **h, const bench_api_t *e, const char *method, const char *path,
+                const char *body, ts_buf_t *out);
+void bench_http_close(void **h);
+
+/* ---- sync.c: replay and realtime (therasyncd with --api and clinic-api) ---- */
+int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res);
+int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res);
 
 #endif

@@ -123,9 +123,18 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
             dup2(devnull, STDIN_FILENO);
             dup2(devnull, STDOUT_FILENO);
         }
-        char *argv[] = {daemon_path, "--data", d->data_dir, "--endpoint", d->endpoint,
-                        "--events", d->events, d->policies ? "--policies" : NULL,
-                        (char *)d->policies, NULL};
+        char *argv[12] = {daemon_path, "--data", d->data_dir, "--endpoint", d->endpoint,
+                          "--events", d->events};
+        int argc = 7;
+        if (d->policies) {
+            argv[argc++] = "--policies";
+            argv[argc++] = (char *)d->policies;
+        }
+        if (d->api) {
+            argv[argc++] = "--api";
+            argv[argc++] = (char *)d->api;
+        }
+        argv[argc] = NULL;
         execv(daemon_path, argv);
         _exit(127);
     }

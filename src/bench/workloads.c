@@ -1,4 +1,5 @@
-/* workloads.c — ingest, update, select and coldstart (contract section 6).
+/* workloads.c — ingest, update, select and coldstart (contract section 6);
+ * replay and realtime are in sync.c.
  *
  * A workload run: bring up the target (our own fresh therasyncd, or the
  * --endpoint given), build every request body before the clock starts,
@@ -389,6 +390,18 @@ static int wl_coldstart(wl_t *w, int run, bench_result_t *res)
     return status == 0 ? 0 : -1;
 }
 
+/* ---- replay, realtime: in sync.c ---- */
+
+static int wl_replay(wl_t *w, int run, bench_result_t *res)
+{
+    return bench_wl_replay(w->o, run, res);
+}
+
+static int wl_realtime(wl_t *w, int run, bench_result_t *res)
+{
+    return bench_wl_realtime(w->o, run, res);
+}
+
 /* ---- runs and the median ---- */
 
 typedef struct {
@@ -404,6 +417,8 @@ static const workload_t workloads[] = {
     {"update", wl_update, 100000, 100000, 8, 64, false},
     {"select", wl_select, 10000, 100000, 1, 1, false},
     {"coldstart", wl_coldstart, 1000000, 0, 8, 64, true},
+    {"replay", wl_replay, 100000, 0, 8, 64, false},
+    {"realtime", wl_realtime, 2000, 0, 1, 1, false},
 };
 
 static int cmp_double(const void *a, const void *b)

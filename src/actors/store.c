@@ -92,6 +92,7 @@ typedef struct {
     bool last_pending_zero;
     uint64_t confirmed, rejected, conflicts, remote_applied;
     struct base_snapshot *snapshots; /* see remember_base() */
+    int64_t oldest_checked_us, oldest_cached; /* see oldest_pending_ms() */
     ts_buf_t scratch;      /* reused for printing documents and results */
     uint64_t calls[TS_M__LAST];
     uint64_t rejected_writes;
@@ -874,10 +875,15 @@ static void do_cancel(store_t *self, ts_call_t *call)
     forget_base_if_settled(self, d);
 }
 
-/* The oldest pending write's acceptance time (ms), or 0. A scan, but
- * `status` is an operator's call, not a hot path. */
+/* The oldest pending write's acceptance time (ms), or 0. A scan of every
+ * document, so its answer is reused for a second: `status` is for people
+ * and dashboards, which may poll it often. */
 static int64_t oldest_pending_ms(store_t *self)
 {
+    int64_t now = ts_mono_us();
+    if (self->oldest_checked_us && now - self->oldest_checked_us < 1000000 && self->pending)
+        return self->oldest_cached;
+    self->oldest_checked_us = now;
     int64_t oldest = 0;
     for (size_t k = 0; k < self->ncollections && self->pending; k++) {
         collection_t *c = &self->collections[k];
@@ -887,6 +893,7 @@ static int64_t oldest_pending_ms(store_t *self)
                 oldest = d->pending->at_ms;
         }
     }
+    self->oldest_cached = oldest;
     return oldest;
 }
 

@@ -471,7 +471,8 @@ static void add_event(ts_call_t *call, const char *topic, const char *payload, s
     *p = e;
 }
 
-static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t *d)
+static void add_doc_changed_from(ts_call_t *call, const collection_t *c, const doc_t *d,
+                                 const char *origin)
 {
     ts_buf_t b = {0};
     ts_buf_reserve(&b, d->visible_len + 256);
@@ -481,12 +482,19 @@ static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t 
     ts_buf_json_string(&b, d->id, d->id_len);
     ts_buf_puts(&b, ",\"doc\":");
     append_doc(&b, d);
-    ts_buf_printf(&b, ",\"origin\":\"local\",\"deleted\":%s}}", d->visible ? "false" : "true");
+    ts_buf_puts(&b, ",\"origin\":\"");
+    ts_buf_puts(&b, origin);
+    ts_buf_puts(&b, d->visible ? "\",\"deleted\":false}}" : "\",\"deleted\":true}}");
     char topic[80];
     snprintf(topic, sizeof topic, "doc.%s", c->name);
     if (b.data)
         add_event(call, topic, b.data, b.len);
     ts_buf_free(&b);
+}
+
+static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t *d)
+{
+    add_doc_changed_from(call, c, d, "local");
 }
 
 /* Attaches the durable record of a new mutation to the call. */
@@ -1096,19 +1104,16 @@ static mutation_t *take_mutation(store_t *self, doc_t *d, int64_t seq)
 
 /* Sets the server's version of a document: doc with or without its id
  * (NULL or deleted = a tombstone). Returns 0 or -1 (no memory). */
-static int set_confirmed(store_t *self, collection_t *c, doc_t *d, const cJSON *doc,
-                         int64_t version)
+static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, int64_t version)
 {
     size_t len = 0;
     const char *text = "";
-    cJSON *copy = NULL;
     if (doc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "deleted"))) {
-        copy = cJSON_Duplicate(doc, 1);
-        if (!copy)
-            return -1;
-        cJSON_DeleteItemFromObjectCaseSensitive(copy, "id");
-        text = print_scratch(self, copy, &len);
-        cJSON_Delete(copy);
+        /* printed without its id (kept in doc_t), which goes back after */
+        cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(doc, "id");
+        text = print_scratch(self, doc, &len);
+        if (id)
+            cJSON_AddItemToObject(doc, "id", id);
         if (!text)
             return -1;
     }
@@ -1203,18 +1208,7 @@ static void recompute_and_reject(store_t *self, ts_call_t *call, collection_t *c
 
 static void add_doc_changed_remote(ts_call_t *call, const collection_t *c, const doc_t *d)
 {
-    cJSON *params = cJSON_CreateObject();
-    cJSON_AddStringToObject(params, "collection", c->name);
-    char doc_id[65];
-    memcpy(doc_id, d->id, d->id_len);
-    doc_id[d->id_len] = '\0';
-    cJSON_AddStringToObject(params, "id", doc_id);
-    cJSON_AddItemToObject(params, "doc", doc_or_null(d));
-    cJSON_AddStringToObject(params, "origin", "remote");
-    cJSON_AddBoolToObject(params, "deleted", d->visible == NULL);
-    char topic[80];
-    snprintf(topic, sizeof topic, "doc.%s", c->name);
-    add_event_json(call, topic, "doc.changed", params);
+    add_doc_changed_from(call, c, d, "remote");
 }
 
 static int64_t version_of(const ts_sync_update_t *u)
@@ -1239,13 +1233,17 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         add_audit(call, c, d, m, "confirmed", NULL, version, NULL);
         char id[37];
         uuid_format(m->id, id);
-        cJSON *params = cJSON_CreateObject();
-        cJSON_AddStringToObject(params, "mutation", id);
-        cJSON_AddStringToObject(params, "collection", c->name);
-        cJSON_AddStringToObject(params, "id", u->doc_id);
-        cJSON_AddNumberToObject(params, "version", (double)version);
-        cJSON_AddNumberToObject(params, "pending", d->npending);
-        add_event_json(call, "mutation", "mutation.confirmed", params);
+        ts_buf_t b = {0};
+        ts_buf_printf(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"mutation.confirmed\",\"params\":"
+                          "{\"mutation\":\"%s\",\"collection\":", id);
+        ts_buf_json_string(&b, c->name, strlen(c->name));
+        ts_buf_puts(&b, ",\"id\":");
+        ts_buf_json_string(&b, d->id, d->id_len);
+        ts_buf_printf(&b, ",\"version\":%lld,\"pending\":%u}}", (long long)version,
+                      (unsigned)d->npending);
+        if (b.data)
+            add_event(call, "mutation", b.data, b.len);
+        ts_buf_free(&b);
         free(m);
     }
     add_doc_changed_remote(call, c, d);

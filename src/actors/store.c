@@ -1461,6 +1461,7 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
     e->received_us = ts_mono_us();
     ts_call_t *call = &e->calls[0];
     call->method = TS_M_NONE;
+    bool cursor_moved = false;
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
         collection_t *c = find_collection(self, u->collection);
@@ -1488,18 +1489,10 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
             if (d)
                 sync_sent(call, c, d, u);
             break;
-        case TS_SYNC_CURSOR: {
+        case TS_SYNC_CURSOR: /* only the last one of the message is written */
             snprintf(self->cursor, sizeof self->cursor, "%s", u->cursor);
-            ts_record_t *r = ts_record_new(TS_REC_CURSOR, "-", "-", 1, u->cursor, strlen(u->cursor));
-            if (r) {
-                r->next = NULL;
-                ts_record_t **p = &call->records;
-                while (*p)
-                    p = &(*p)->next;
-                *p = r;
-            }
+            cursor_moved = true;
             break;
-        }
         case TS_SYNC_STATUS:
             cJSON_Delete(self->sync_status);
             self->sync_status = u->status;
@@ -1509,6 +1502,14 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         if (d)
             forget_base_if_settled(self, d);
         ts_sync_update_free(u);
+    }
+    if (cursor_moved) {
+        ts_record_t *r =
+            ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));
+        ts_record_t **p = &call->records;
+        while (*p)
+            p = &(*p)->next;
+        *p = r;
     }
     ts_call_set_result(call, strdup("null"), 4);
     void *one = e;

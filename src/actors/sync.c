@@ -1066,15 +1066,18 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
     const char *id = ts_json_string(doc, "id");
     if (!id)
         return 0;
+    long long v = 0;
+    ts_json_int(doc, "version", &v);
+    sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
+    if (known && v > 0 && v <= known->version)
+        return 0; /* the echo of our own confirmed write: the store has it */
     ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
     if (!u)
         return 0;
     copy_str(u->collection, sizeof u->collection, coll);
     copy_str(u->doc_id, sizeof u->doc_id, id);
     u->doc = cJSON_Duplicate(doc, 1);
-    long long v = 0;
-    if (ts_json_int(doc, "version", &v))
-        u->version = v;
+    u->version = v;
     /* Not d->version: pending writes keep their base (see sdoc_t). */
     self->pulled++;
     return 1;

@@ -664,6 +664,13 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
         zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
     }
+    if (type == ZMQ_PUB) {
+        /* A subscriber that falls behind gets this many events queued
+         * before ZeroMQ drops its newest ones (the default 1000 is half a
+         * second of a busy clinic's writes). */
+        int hwm = 100000;
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    }
     if (type == ZMQ_ROUTER) {
         int64_t max = HARD_MESSAGE_LIMIT;
         int hwm = 100000;

@@ -44,6 +44,9 @@
 #include <stdint.h>
 
 #define TS_INPROC_SYNC "inproc://sync"
+/* A second API actor carries the change feed (stream, long polls), so
+ * remote changes never wait behind a backlog of pushes. */
+#define TS_INPROC_API_FEED "inproc://api-feed"
 
 enum {
     TS_WIRE_OUTBOX = 0x53590001, /* ptrs: ts_record_t* lists */

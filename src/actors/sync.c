@@ -148,7 +148,8 @@ typedef struct {
     ts_loop_t *loop;
     void *inbox;            /* PULL TS_INPROC_SYNC: outbox, calls, digests, hints */
     void *api_in;           /* PULL REPLY_TO: the API actor's answers */
-    void *api;              /* PUSH TS_INPROC_API */
+    void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
+    void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE */
     void *to_front;         /* PUSH TS_INPROC_FRONT */
     int64_t started_us;
@@ -394,7 +395,8 @@ static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
     copy_str(q->reply_to, sizeof q->reply_to, REPLY_TO);
     q->user = r;
     r->id = q->id;
-    if (ts_api_send(self->api, q)) {
+    bool feed = r->kind == R_STREAM || r->kind == R_FEED;
+    if (ts_api_send(feed ? self->api_feed : self->api, q)) {
         ts_error(LOG, "cannot reach the API actor");
         ts_api_request_free(q);
         req_free(self, r);
@@ -1134,7 +1136,7 @@ static void stream_open(sync_t *self)
 static void stream_close(sync_t *self)
 {
     if (self->stream_id) {
-        ts_api_cancel(self->api, self->stream_id);
+        ts_api_cancel(self->api_feed, self->stream_id);
         self->stream_id = 0;
     }
 }
@@ -1870,7 +1872,8 @@ static void sync_cleanup(sync_t *self)
     drain_socket(self->api_in, true);
     while (self->reqs)
         req_free(self, self->reqs);
-    void *sockets[] = {self->inbox, self->api_in, self->api, self->to_store, self->to_front};
+    void *sockets[] = {self->inbox,    self->api_in,   self->api,
+                       self->api_feed, self->to_store, self->to_front};
     for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
         if (sockets[i])
             zmq_close(sockets[i]);
@@ -1891,6 +1894,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
         !(self.inbox = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC, true)) ||
         !(self.api_in = open_socket(&self, ZMQ_PULL, REPLY_TO, true)) ||
         !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||
+        !(self.api_feed = open_socket(&self, ZMQ_PUSH, TS_INPROC_API_FEED, false)) ||
         !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
         !(self.to_front = open_socket(&self, ZMQ_PUSH, TS_INPROC_FRONT, false))) {
         sync_cleanup(&self);

@@ -70,7 +70,7 @@ static char *read_secret_file(const char *path)
 }
 
 /* Starts the API actor for config.api_url. NULL on failure (logged). */
-static ts_actor_t *start_api(void *zctx, const ts_config_t *config)
+static ts_actor_t *start_api(void *zctx, const ts_config_t *config, const char *endpoint)
 {
     char *secret = NULL;
     if (config->auth.client_secret_file && !(secret = read_secret_file(config->auth.client_secret_file)))
@@ -82,6 +82,7 @@ static ts_actor_t *start_api(void *zctx, const ts_config_t *config)
         .token_url = config->auth.token_url,
         .client_id = config->auth.client_id,
         .client_secret = secret ? secret : config->auth.client_secret,
+        .endpoint = endpoint,
     };
     ts_actor_t *api = base ? ts_api_start(zctx, &opts) : NULL;
     if (secret) {
@@ -121,7 +122,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     void *zctx = zmq_ctx_new();
-    ts_actor_t *persist = NULL, *store = NULL, *front = NULL, *api = NULL, *sync = NULL;
+    ts_actor_t *persist = NULL, *store = NULL, *front = NULL, *api = NULL, *api_feed = NULL,
+               *sync = NULL;
     ts_front_args_t front_args = {.config = &config};
     int exit_code = 1;
     if (!zctx)
@@ -140,7 +142,8 @@ int main(int argc, char **argv)
         goto done;
     }
     if (config.api_url) {
-        if (!(api = start_api(zctx, &config))) {
+        if (!(api = start_api(zctx, &config, TS_INPROC_API)) ||
+            !(api_feed = start_api(zctx, &config, TS_INPROC_API_FEED))) {
             ts_error(LOG, "cannot start the API client for %s (see above)", config.api_url);
             goto done;
         }
@@ -170,6 +173,7 @@ int main(int argc, char **argv)
     exit_code = 0;
 done:
     ts_actor_destroy(&sync);
+    ts_actor_destroy(&api_feed);
     ts_actor_destroy(&api);
     ts_actor_destroy(&front);
     ts_actor_destroy(&store);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "control.h"
+#include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/sha256.h"
 
@@ -272,36 +273,6 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
     return n;
 }
 
-/* RFC 7396 merge patch: consumes target, returns the merged value (or NULL
- * when memory ran out). */
-static cJSON *merge_patch(cJSON *target, const cJSON *patch)
-{
-    if (!cJSON_IsObject(patch)) {
-        cJSON_Delete(target);
-        return cJSON_Duplicate(patch, 1);
-    }
-    if (!cJSON_IsObject(target)) {
-        cJSON_Delete(target);
-        target = cJSON_CreateObject();
-        if (!target)
-            return NULL;
-    }
-    for (const cJSON *p = patch->child; p; p = p->next) {
-        if (cJSON_IsNull(p)) {
-            cJSON_DeleteItemFromObjectCaseSensitive(target, p->string);
-            continue;
-        }
-        cJSON *cur = cJSON_DetachItemFromObjectCaseSensitive(target, p->string);
-        cJSON *merged = merge_patch(cur, p);
-        if (!merged || !cJSON_AddItemToObject(target, p->string, merged)) {
-            cJSON_Delete(merged);
-            cJSON_Delete(target);
-            return NULL;
-        }
-    }
-    return target;
-}
-
 char *ca_doc_render(cJSON *src, const char *id, int64_t version, bool tombstone)
 {
     char now[32];
@@ -396,7 +367,7 @@ static int decide(ca_db_t *db, const ca_write_t *w, ca_reply_t *r, char **body_o
         rc = *body_out ? 0 : -1;
         r->status = 204;
     } else {
-        cJSON *merged = merge_patch(cJSON_Parse(current), w->doc);
+        cJSON *merged = ts_json_merge_patch(cJSON_Parse(current), w->doc);
         ts_buf_t errors = {0};
         if (!merged) {
             rc = -1;

@@ -452,12 +452,7 @@ static void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
     ts_buf_puts(&b, ",");
     append_sync(&b, d);
     ts_buf_puts(&b, "}");
-    size_t len;
-    char *text = ts_buf_take(&b, &len);
-    if (text)
-        ts_call_set_result(call, text, len);
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_buffer(call, &b);
 }
 
 static void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len)
@@ -497,6 +492,15 @@ static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t 
     add_doc_changed_from(call, c, d, "local");
 }
 
+/* Records are made durable in the order they were attached. */
+static void append_record(ts_call_t *call, ts_record_t *r)
+{
+    ts_record_t **p = &call->records;
+    while (*p)
+        p = &(*p)->next;
+    *p = r;
+}
+
 /* Attaches the durable record of a new mutation to the call. */
 static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                                const mutation_t *m, const char *self_client)
@@ -511,10 +515,7 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
     r->at_ms = m->at_ms;
     uuid_format(m->id, r->mutation);
     snprintf(r->client, sizeof r->client, "%s", self_client ? self_client : "");
-    ts_record_t **p = &call->records;
-    while (*p)
-        p = &(*p)->next;
-    *p = r;
+    append_record(call, r);
     return 0;
 }
 
@@ -545,10 +546,7 @@ static void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
     snprintf(r->event, sizeof r->event, "%s", event);
     snprintf(r->client, sizeof r->client, "%s", client ? client : "");
     r->version = version;
-    ts_record_t **p = &call->records;
-    while (*p)
-        p = &(*p)->next;
-    *p = r;
+    append_record(call, r);
 }
 
 /* Removes the server-assigned fields a client may not set. */
@@ -809,12 +807,7 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
     for (size_t i = 0; i < nrows; i++)
         cJSON_Delete(rows[i].doc);
     free(rows);
-    size_t len;
-    char *text = ts_buf_take(&b, &len);
-    if (text)
-        ts_call_set_result(call, text, len);
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_buffer(call, &b);
 }
 
 /* Finds a pending mutation by id (a scan: cancel is rare). */
@@ -876,9 +869,7 @@ static void do_cancel(store_t *self, ts_call_t *call)
     ts_buf_puts(&b, "{\"cancelled\":true,\"doc\":");
     append_doc(&b, d);
     ts_buf_puts(&b, "}");
-    size_t len;
-    char *answer = ts_buf_take(&b, &len);
-    ts_call_set_result(call, answer, len);
+    ts_call_set_buffer(call, &b);
     add_doc_changed(call, c, d);
     forget_base_if_settled(self, d);
 }
@@ -1138,10 +1129,7 @@ static void add_confirmed_record(ts_call_t *call, const collection_t *c, const d
     if (!r)
         return;
     r->version = doc_version(d);
-    ts_record_t **p = &call->records;
-    while (*p)
-        p = &(*p)->next;
-    *p = r;
+    append_record(call, r);
 }
 
 static void add_event_json(ts_call_t *call, const char *topic, const char *method, cJSON *params)
@@ -1506,10 +1494,8 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
     if (cursor_moved) {
         ts_record_t *r =
             ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));
-        ts_record_t **p = &call->records;
-        while (*p)
-            p = &(*p)->next;
-        *p = r;
+        if (r)
+            append_record(call, r);
     }
     ts_call_set_result(call, strdup("null"), 4);
     void *one = e;

@@ -647,12 +647,7 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         return;
     }
     ts_buf_puts(&out, "],\"stale\":false,\"cursor\":null}");
-    size_t len;
-    char *text = ts_buf_take(&out, &len);
-    if (text)
-        ts_call_set_result(call, text, len);
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_buffer(call, &out);
 }
 
 /* ---- reload and info ---- */

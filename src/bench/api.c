@@ -33,20 +33,6 @@
 #define WARMUP_MS 500
 #define DOC_PATH "/v1/sessions/bench-doc"
 
-static int port_free(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 static int port_open(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -73,7 +59,7 @@ int bench_api_start(bench_api_t *e)
         fprintf(stderr, "bench: %s missing or no temp dir\n", path);
         return -1;
     }
-    int port = port_free();
+    int port = bench_free_port();
     snprintf(db, sizeof db, "%s/api.db", e->dir);
     snprintf(log, sizeof log, "%s/clinic-api.log", e->dir);
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);

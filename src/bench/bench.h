@@ -81,6 +81,8 @@ typedef struct {
 } bench_daemon_t;
 
 /* Makes a fresh data dir (mkdtemp). Returns 0 or -1. */
+/* A loopback TCP port that was free a moment ago; -1 on failure. */
+int bench_free_port(void);
 int bench_daemon_mkdata(bench_daemon_t *d);
 /* Starts therasyncd from the bench's own directory on free loopback ports
  * with d->data_dir, and waits (up to timeout_s) for its ready line. */

@@ -22,8 +22,7 @@
 #include <unistd.h>
 #include <ftw.h>
 
-/* A loopback TCP port that was free a moment ago. */
-static int free_port(void)
+int bench_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -99,9 +98,9 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
         fprintf(stderr, "bench: %s is missing (build it first)\n", daemon_path);
         return -1;
     }
-    int p1 = free_port(), p2 = free_port();
+    int p1 = bench_free_port(), p2 = bench_free_port();
     while (p2 == p1 && p1 > 0)
-        p2 = free_port();
+        p2 = bench_free_port();
     snprintf(d->endpoint, sizeof d->endpoint, "tcp://127.0.0.1:%d", p1);
     snprintf(d->events, sizeof d->events, "tcp://127.0.0.1:%d", p2);
     int pipefd[2];

@@ -191,6 +191,16 @@ void ts_call_set_result(ts_call_t *call, char *result, size_t len)
     call->result_len = len;
 }
 
+void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf)
+{
+    size_t len;
+    char *text = ts_buf_take(buf, &len);
+    if (text)
+        ts_call_set_result(call, text, len);
+    else
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+}
+
 bool ts_call_has_records(const ts_call_t *call)
 {
     return call->records != NULL;

@@ -535,16 +535,6 @@ static int s_proxy_index(lua_State *L)
     return 1;
 }
 
-static int s_table_next(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1))
-        return 2;
-    lua_pushnil(L);
-    return 1;
-}
-
 /* pairs(doc): iterates a full copy of the document. */
 static int s_proxy_pairs(lua_State *L)
 {
@@ -555,7 +545,7 @@ static int s_proxy_pairs(lua_State *L)
         cJSON_Delete(doc);
         return luaL_error(L, "document is not valid JSON (or out of memory)");
     }
-    lua_pushcfunction(L, s_table_next);
+    lua_pushcfunction(L, ts_sandbox_raw_next);
     s_push_json(L, doc, 0);
     lua_pushlstring(L, d->id, d->id_len);
     lua_setfield(L, -2, "id");

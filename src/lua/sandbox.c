@@ -140,7 +140,7 @@ static int s_readonly_write(lua_State *L)
     return luaL_error(L, "attempt to modify read-only table");
 }
 
-static int s_raw_next(lua_State *L)
+int ts_sandbox_raw_next(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
@@ -152,7 +152,7 @@ static int s_raw_next(lua_State *L)
 
 static int s_proxy_pairs(lua_State *L)
 {
-    lua_pushcfunction(L, s_raw_next);
+    lua_pushcfunction(L, ts_sandbox_raw_next);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushnil(L);
     return 3;

@@ -42,6 +42,9 @@ long ts_sandbox_instructions(const ts_sandbox_t *self);
 void ts_sandbox_budget_reset(ts_sandbox_t *self);
 /* The sandbox that owns L (stored in the state's extra space). */
 ts_sandbox_t *ts_sandbox_of(lua_State *L);
+/* next(t, k) on the raw table, ignoring metamethods: the iterator behind the
+ * pairs() of read-only and lazy tables. */
+int ts_sandbox_raw_next(lua_State *L);
 
 /* Inside a protected call: adds the value on top of the stack (popped) as an
  * allow-listed global named name, visible to every file loaded afterwards. */

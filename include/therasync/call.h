@@ -164,7 +164,6 @@ void ts_call_set_result(ts_call_t *call, char *result, size_t len);
 /* Sets the result to what buf holds (taken over; buf is left empty), or
  * fails the call with an internal error when buf is empty (out of memory). */
 void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf);
-bool ts_call_has_records(const ts_call_t *call);
 
 /* Messages between the engine's actors (ts_wire kinds) and their sockets. */
 enum {

@@ -200,8 +200,3 @@ void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf)
     else
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
-
-bool ts_call_has_records(const ts_call_t *call)
-{
-    return call->records != NULL;
-}

@@ -904,7 +904,7 @@ static cJSON *status_json(store_t *self)
         return NULL;
     if (!self->sync_status) {
         cJSON_AddBoolToObject(st, "online", false);
-        cJSON_AddStringToObject(st, self->config->api_url ? "api" : "api",
+        cJSON_AddStringToObject(st, "api",
                                 self->config->api_url ? "starting" : "none");
         cJSON_AddNullToObject(st, "last_sync_at");
         cJSON_AddNullToObject(st, "last_error");

@@ -170,7 +170,9 @@ enum {
     TS_WIRE_ENVELOPES = 1, /* ptrs: ts_envelope_t*, in pipeline order */
     TS_WIRE_RECOVER,       /* store → persist: stream the durable state */
     TS_WIRE_RECOVERED,     /* persist → store: ptrs[0] = chunk of records; count 0 = done */
-    TS_WIRE_ROLLBACK,      /* persist → store: ptrs: ts_record_t* lists that failed to commit */
+    TS_WIRE_ROLLBACK,      /* persist → store: ptrs: envelopes whose writes failed to commit
+                              (records still attached); the store drops them from memory,
+                              then passes the envelopes on to the front door */
     TS_WIRE_RECOVER_ACK,   /* store → persist: one recovered chunk is consumed (flow control) */
 };
 #define TS_INPROC_STORE "inproc://store"

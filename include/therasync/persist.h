@@ -10,8 +10,9 @@
  * Sockets: PULL bound at TS_INPROC_PERSIST takes TS_WIRE_ENVELOPES (append
  * the calls' records, commit, pass the envelopes to TS_INPROC_FRONT) and
  * TS_WIRE_RECOVER (stream the database to TS_INPROC_STORE as
- * TS_WIRE_RECOVERED chunks). Records that fail to commit go back to the
- * store as TS_WIRE_ROLLBACK, and their calls are answered with an error.
+ * TS_WIRE_RECOVERED chunks). Envelopes whose records fail to commit are
+ * answered with an error and go back to the store as TS_WIRE_ROLLBACK, which
+ * drops the writes before passing the answers on.
  *
  * With an API configured, the committed records of every batch are then
  * handed to the sync actor (TS_INPROC_SYNC, TS_WIRE_OUTBOX), so it pushes

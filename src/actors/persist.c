@@ -405,28 +405,36 @@ fail:
     return -1;
 }
 
-/* After a failed commit: every write in the batch is answered with an error
- * and its records go back to the store, which drops them from memory. */
-static void fail_batch(persist_t *self, ts_envelope_t **envs, size_t n)
+/* After a failed commit: every write in the batch is answered with an
+ * error, and its envelope goes back through the store, which drops the
+ * writes from memory before passing the answers on — so a client that reads
+ * after seeing the error never sees the write. Envelopes without writes go
+ * on as usual; returns how many are left in envs for the front door. */
+static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n)
 {
     int code = sqlite3_errcode(self->db);
     const char *why = (code & 0xff) == SQLITE_FULL       ? "the disk or database is full"
                       : (code & 0xff) == SQLITE_READONLY ? "the database is read-only"
                                                           : sqlite3_errmsg(self->db);
+    size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
+        bool failed = false;
         for (size_t c = 0; c < envs[i]->ncalls; c++) {
             ts_call_t *call = &envs[i]->calls[c];
             if (!call->records)
                 continue;
+            failed = true;
             ts_call_fail(call, TS_E_INTERNAL, "write not stored: %s; nothing was changed", why);
             ts_event_free_list(call->events);
             call->events = NULL;
-            void *list = call->records;
-            call->records = NULL;
-            if (ts_wire_send(self->to_store, TS_WIRE_ROLLBACK, &list, 1))
-                ts_record_free_list(list);
         }
+        void *one = envs[i];
+        if (!failed)
+            envs[kept++] = envs[i];
+        else if (ts_wire_send(self->to_store, TS_WIRE_ROLLBACK, &one, 1))
+            ts_envelope_free(envs[i]); /* no way back: the answer is lost, not the data */
     }
+    return kept;
 }
 
 static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
@@ -707,14 +715,14 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     }
     if (batch_has_records(batch, nbatch)) {
         if (commit_batch(self, batch, nbatch))
-            fail_batch(self, batch, nbatch);
+            nbatch = fail_batch(self, batch, nbatch);
         else
             forward_to_sync(self, batch, nbatch);
         maybe_checkpoint(self);
     }
     answer_calls(self, batch, nbatch);
     add_metrics(self, batch, nbatch);
-    if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
+    if (nbatch && ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
         ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
         for (size_t i = 0; i < nbatch; i++)
             ts_envelope_free(batch[i]);

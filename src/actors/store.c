@@ -1778,9 +1778,19 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             free(ptrs[0]);
             ts_wire_send(self->to_persist, TS_WIRE_RECOVER_ACK, NULL, 0);
             break;
-        case TS_WIRE_ROLLBACK:
-            for (size_t i = 0; i < n; i++)
-                rollback(self, ptrs[i]);
+        case TS_WIRE_ROLLBACK: /* envelopes whose writes failed to commit */
+            for (size_t i = 0; i < n; i++) {
+                ts_envelope_t *e = ptrs[i];
+                for (size_t k = 0; k < e->ncalls; k++) {
+                    rollback(self, e->calls[k].records);
+                    e->calls[k].records = NULL;
+                }
+            }
+            if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, ptrs, n)) {
+                ts_error(LOG, "cannot pass answers to the front door");
+                for (size_t i = 0; i < n; i++)
+                    ts_envelope_free(ptrs[i]);
+            }
             break;
         default:
             break;

@@ -16,6 +16,19 @@ const char *ts_source_path(const char *rel)
     return b;
 }
 
+/* Whether the file at path contains needle. */
+static int log_says(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    int found = 0;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
 static int launch(ts_engine_t *e, const char *const extra[])
 {
     const char *args[32];
@@ -46,11 +59,21 @@ int ts_engine_start(ts_engine_t *e, const char *const extra[])
     if (!e->dir)
         return -1;
     snprintf(e->data, sizeof e->data, "%s/data", e->dir);
-    snprintf(e->endpoint, sizeof e->endpoint, "tcp://127.0.0.1:%d", ts_free_port());
-    snprintf(e->events, sizeof e->events, "tcp://127.0.0.1:%d", ts_free_port());
     e->zctx = zmq_ctx_new();
-    if (launch(e, extra))
-        return -1;
+    /* A port that was free a moment ago can be taken by a test running in
+     * parallel before the daemon binds it: then try other ports. */
+    for (int attempt = 0;; attempt++) {
+        if (attempt == 8)
+            return -1;
+        snprintf(e->endpoint, sizeof e->endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+        snprintf(e->events, sizeof e->events, "tcp://127.0.0.1:%d", ts_free_port());
+        if (strcmp(e->endpoint, e->events) == 0)
+            continue;
+        if (launch(e, extra) == 0)
+            break;
+        if (!log_says(e->proc.log_path, "cannot bind"))
+            return -1;
+    }
     e->dealer = ts_engine_client(e);
     return e->dealer ? 0 : -1;
 }

@@ -1082,7 +1082,8 @@ Test(process, idempotency_survives_a_restart, .init = start_logged_in, .fini = s
     ts_http_resp_t a, b;
     cr_assert_eq(
         call("POST", "/v1/sessions", "{\"notes\":\"x\"}", "Idempotency-Key: r-1", NULL, &a), 201);
-    cr_assert_eq(ts_proc_stop(&S.proc, 5000), 0);
+    int rc = ts_proc_stop(&S.proc, 5000);
+    cr_assert_eq(rc, 0, "clinic-api exit status on SIGTERM: %d (log %s)", rc, S.proc.log_path);
     spawn_server(NULL);
     login();
     cr_assert_eq(

@@ -3,6 +3,7 @@
 #include "../support/engine.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,6 +276,113 @@ Test(durability, unusable_data_dir_fails_at_start, .timeout = 30)
     cr_assert_neq(ts_proc_stop(&p, 10000), 0);
     ts_rmtree(dir);
     free(dir);
+}
+
+/* Copies file src to dst with mode. 0 or -1. */
+static int copy_file(const char *src, const char *dst, mode_t mode)
+{
+    FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+    char buf[65536];
+    size_t n;
+    int rc = in && out ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n)
+            rc = -1;
+    if (in)
+        fclose(in);
+    if (out && fclose(out) != 0)
+        rc = -1;
+    return rc == 0 ? chmod(dst, mode) : -1;
+}
+
+/* Starts therasyncd on data without write access to it. Root ignores
+ * permission bits, so as root it runs through setpriv as nobody, from
+ * copies of the binary and the policies in dir that nobody can read. */
+static int spawn_without_write_access(ts_proc_t *p, const char *dir, const char *data)
+{
+    static const char *const files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
+    char exe[4200], pol[4200], src[4400], dst[4400];
+    snprintf(exe, sizeof exe, "%s/therasyncd", ts_build_dir());
+    snprintf(pol, sizeof pol, "%s", permissive_args()[1]);
+    if (geteuid() == 0) {
+        snprintf(exe, sizeof exe, "%s/therasyncd", dir);
+        snprintf(src, sizeof src, "%s/therasyncd", ts_build_dir());
+        snprintf(pol, sizeof pol, "%s/policies", dir);
+        if (chmod(dir, 0755) != 0 || copy_file(src, exe, 0755) != 0 ||
+            (mkdir(pol, 0755) != 0 && errno != EEXIST))
+            return -1;
+        for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+            snprintf(src, sizeof src, "%s/%s", permissive_args()[1], files[i]);
+            snprintf(dst, sizeof dst, "%s/%s", pol, files[i]);
+            if (copy_file(src, dst, 0644) != 0)
+                return -1;
+        }
+        const char *args[] = {"--reuid=65534", "--regid=65534", "--clear-groups", exe,
+                              "--data", data, "--policies", pol, "--endpoint",
+                              "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0", NULL};
+        return ts_proc_spawn(p, dir, "/usr/bin/setpriv", args);
+    }
+    const char *args[] = {"--data", data, "--policies", pol, "--endpoint", "tcp://127.0.0.1:0",
+                          "--events", "tcp://127.0.0.1:0", NULL};
+    return ts_proc_spawn(p, dir, "therasyncd", args);
+}
+
+/* Sets mode on path and on everything directly in it (the data dir is flat). */
+static void chmod_tree(const char *path, mode_t dir_mode, mode_t file_mode)
+{
+    const char *names[] = {"LOCK", "therasync.db", "therasync.db-wal", "therasync.db-shm"};
+    char f[4400];
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(f, sizeof f, "%s/%s", path, names[i]);
+        chmod(f, file_mode); /* absent ones are fine */
+    }
+    cr_assert_eq(chmod(path, dir_mode), 0);
+}
+
+/* A data dir that is read-only gets a clear error at start, and what it
+ * holds is still all there once it is writable again. */
+Test(durability, read_only_data_dir_is_refused_and_kept, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    for (int i = 0; i < 3; i++) {
+        char p[160];
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"ro%d\",\"v\":%d}}", i,
+                 i);
+        cJSON *r = ts_rpc(&e, "create", p);
+        cr_assert_not_null(ts_rpc_result(r));
+        cJSON_Delete(r);
+    }
+    cr_assert_eq(ts_engine_stop(&e), 0);
+
+    /* The data dir with its database, then an empty one: both read-only. */
+    char empty[4300];
+    snprintf(empty, sizeof empty, "%s/empty", e.dir);
+    cr_assert_eq(mkdir(empty, 0555), 0);
+    chmod_tree(e.data, 0555, 0444);
+    const char *dirs[] = {e.data, empty};
+    for (int i = 0; i < 2; i++) {
+        ts_proc_t p;
+        char line[512];
+        cr_assert_eq(spawn_without_write_access(&p, e.dir, dirs[i]), 0);
+        cr_assert_eq(ts_proc_wait_line(&p, "is not usable", 10000, line, sizeof line), 0,
+                     "no clear refusal for %s; log: %s", dirs[i], p.log_path);
+        int rc = ts_proc_wait_exit(&p, 10000);
+        cr_assert(rc > 0 && rc < 128, "exit %d; log: %s", rc, p.log_path);
+    }
+
+    chmod_tree(e.data, 0700, 0600);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    for (int i = 0; i < 3; i++) {
+        char p[96];
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"ro%d\"}", i);
+        cJSON *r = ts_rpc(&e, "get", p);
+        const cJSON *doc = cJSON_GetObjectItemCaseSensitive(ts_rpc_result(r), "doc");
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "v");
+        cr_assert(cJSON_IsNumber(v) && v->valueint == i, "ro%d lost", i);
+        cJSON_Delete(r);
+    }
+    ts_engine_destroy(&e);
 }
 
 Test(durability, full_disk_refuses_writes_and_loses_nothing, .timeout = 60)

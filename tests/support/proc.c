@@ -93,8 +93,13 @@ int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char
     p->pid = 0;
     p->exited = 0;
     p->status = 0;
-    snprintf(path, sizeof path, "%s/%s", ts_build_dir(), program);
-    snprintf(p->log_path, sizeof p->log_path, "%s/%s.XXXXXX", dir ? dir : "/tmp", program);
+    if (program[0] == '/')
+        snprintf(path, sizeof path, "%s", program);
+    else
+        snprintf(path, sizeof path, "%s/%s", ts_build_dir(), program);
+    const char *base = strrchr(program, '/');
+    snprintf(p->log_path, sizeof p->log_path, "%s/%s.XXXXXX", dir ? dir : "/tmp",
+             base ? base + 1 : program);
     int fd = mkstemp(p->log_path);
     if (fd < 0)
         return -1;

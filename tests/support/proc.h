@@ -22,7 +22,7 @@ const char *ts_build_dir(void);
 /* A TCP port on 127.0.0.1 that was free a moment ago; 0 on failure. */
 int ts_free_port(void);
 
-/* Starts BUILD_DIR/program with args (NULL-terminated, program name not
+/* Starts BUILD_DIR/program (or program itself, when it is an absolute path) with args (NULL-terminated, program name not
  * included); stdout and stderr go to log_path, a new file in dir (NULL:
  * /tmp). Returns 0, or -1 (errno-style failure, nothing started). */
 int ts_proc_spawn(ts_proc_t *p, const char *dir, const char *program, const char *const args[]);

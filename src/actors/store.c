@@ -40,6 +40,10 @@ typedef struct {
 
 enum { VISIBLE_OWNED, VISIBLE_IS_CONFIRMED, VISIBLE_IS_CREATE };
 
+/* Writes waiting to sync on one document. Beyond it a write is answered
+ * busy: the pending list is walked per write, and npending is 16 bits. */
+#define TS_MAX_PENDING_PER_DOC 10000
+
 /* One document: 32 bytes of header plus its id, so that with a UUID id it
  * fits an 80-byte malloc chunk. The JSON texts kept for it (visible,
  * confirmed, a create's body) are objects WITHOUT the "id" member: the id
@@ -577,6 +581,13 @@ static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *bod
 static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
                             mutation_t *m)
 {
+    if (d->npending >= TS_MAX_PENDING_PER_DOC) {
+        free(m);
+        ts_call_fail(call, TS_E_BUSY,
+                     "the document has %d writes waiting to sync; retry once they have synced",
+                     TS_MAX_PENDING_PER_DOC);
+        return;
+    }
     append_mutation(self, d, m);
     if (apply_mutation(self, c, d, m) || add_mutation_record(call, c, d, m, self->client)) {
         mutation_t *dropped = NULL;

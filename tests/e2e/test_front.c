@@ -303,6 +303,52 @@ Test(front, batch_of_10000)
     cJSON_Delete(s);
 }
 
+/* Writes pile up on one document while nothing syncs them (no API here):
+ * past 10,000 waiting the engine answers busy, keeps what it has, and
+ * other documents still take writes. */
+Test(front, pending_writes_per_document_are_bounded, .timeout = 120)
+{
+    cJSON *c = ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"hot\"}}");
+    cr_assert_not_null(ts_rpc_result(c));
+    cJSON_Delete(c);
+    size_t per_batch = 1000, off;
+    char *p = malloc(per_batch * 160);
+    int n = 1; /* the create is pending too */
+    for (int b = 0; b < 10; b++) {
+        off = 0;
+        p[off++] = '[';
+        for (size_t i = 0; i < per_batch; i++)
+            off += (size_t)snprintf(p + off, 160,
+                                    "%s{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"update\","
+                                    "\"params\":{\"collection\":\"sessions\",\"id\":\"hot\","
+                                    "\"patch\":{\"n\":%d}}}",
+                                    i ? "," : "", i, n + (int)i);
+        p[off++] = ']';
+        char *reply = ts_rpc_raw(engine.dealer, p, off, 60000);
+        cr_assert_not_null(reply);
+        cJSON *r = cJSON_Parse(reply);
+        free(reply);
+        cr_assert_eq(cJSON_GetArraySize(r), (int)per_batch);
+        for (cJSON *x = r->child; x; x = x->next, n++) {
+            if (n < 10000)
+                cr_assert_not_null(ts_rpc_result(x), "write %d refused", n);
+            else
+                cr_assert_eq(ts_rpc_error_code(x), -32005, "write %d not busy", n);
+        }
+        cJSON_Delete(r);
+    }
+    free(p);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"hot\"}");
+    const cJSON *res = ts_rpc_result(g);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "doc"), "n")->valueint, 9999,
+                 "the last accepted write is what readers see");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "sync"), "pending")->valueint, 10000);
+    cJSON_Delete(g);
+    cJSON *o = ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"cold\"}}");
+    cr_assert_not_null(ts_rpc_result(o), "other documents still take writes");
+    cJSON_Delete(o);
+}
+
 Test(front, batch_edge_cases)
 {
     assert_error(raw_text("[]"), -32600, NULL);

@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <cJSON.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -42,8 +43,9 @@
 /* CPU time over one measured window: the client's (this process, or wrk)
  * and the server's (our clinic-api only; -1 otherwise), in µs per request. */
 typedef struct {
-    double client0, server0; /* seconds at the window's start */
+    double client0, server0, thread0; /* seconds at the window's start */
     double client_us, server_us;
+    double thread_us; /* the actor's own thread ("ts-api"); -1 when not measured */
 } cpu_t;
 
 static double tv_s(struct timeval t)
@@ -77,16 +79,56 @@ static double pid_cpu_s(pid_t pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* CPU seconds of this process's thread named name (from /proc), or -1. */
+static double thread_cpu_s(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    double cpu = -1;
+    while (d && cpu < 0 && (de = readdir(d))) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0 &&
+            comm[strlen(name)] == '\n') {
+            long tid = strtol(de->d_name, NULL, 10);
+            snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+            FILE *g = fopen(path, "r");
+            char buf[1024];
+            size_t n = g ? fread(buf, 1, sizeof buf - 1, g) : 0;
+            if (g)
+                fclose(g);
+            buf[n] = '\0';
+            const char *p = strrchr(buf, ')');
+            unsigned long long ut, st;
+            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                            &st) == 2)
+                cpu = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        }
+        fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return cpu;
+}
+
 static void cpu_start(cpu_t *c, const bench_api_t *e)
 {
     c->client0 = self_cpu_s();
     c->server0 = pid_cpu_s(e->server);
+    c->thread0 = thread_cpu_s("ts-api");
 }
 
 static void cpu_stop(cpu_t *c, const bench_api_t *e, size_t requests)
 {
     double s1 = pid_cpu_s(e->server);
+    double t1 = thread_cpu_s("ts-api");
     c->client_us = requests ? (self_cpu_s() - c->client0) * 1e6 / (double)requests : -1;
+    c->thread_us = requests && t1 >= 0 && c->thread0 >= 0
+                       ? (t1 - c->thread0) * 1e6 / (double)requests
+                       : -1;
     c->server_us = requests && s1 >= 0 && c->server0 >= 0
                        ? (s1 - c->server0) * 1e6 / (double)requests
                        : -1;
@@ -571,7 +613,7 @@ int bench_run_api(bench_opts_t *o)
     }
     int failed = 0;
     /* per run: actor, curl, wrk req/s; actor/wrk and curl/wrk; CPU µs per request */
-    enum { A, C, W, RA, RC, CPU_A, CPU_C, CPU_W, SRV_A, SRV_C, SRV_W, NCOL };
+    enum { A, C, W, RA, RC, CPU_A, CPU_T, CPU_C, CPU_W, SRV_A, SRV_C, SRV_W, NCOL };
     double col[NCOL][64];
     int ok = 0;
     if (prepare(&e) < 0)
@@ -590,18 +632,18 @@ int bench_run_api(bench_opts_t *o)
         printf("{\"workload\":\"api\",\"run\":%d,\"clients\":%d,\"seconds\":%d,\"ops_per_s\":%.0f,"
                "\"p50_us\":%lld,\"p99_us\":%lld,\"errors\":%zu,\"curl_ops_per_s\":%.0f,"
                "\"wrk_ops_per_s\":%.0f,\"ratio\":%.3f,\"curl_ratio\":%.3f,"
-               "\"client_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
+               "\"client_cpu_us\":{\"actor\":%.1f,\"actor_thread\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
                "\"server_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},\"wrk\":\"%s\"%s}\n",
                r + 1, clients, API_BENCH_SECONDS, a, (long long)p50, (long long)p99,
                errors + cerrors, c, w, w > 0 ? a / w : 0, w > 0 ? c / w : 0, ca.client_us,
-               cc.client_us, cw.client_us, ca.server_us, cc.server_us, cw.server_us, cmd,
+               ca.thread_us, cc.client_us, cw.client_us, ca.server_us, cc.server_us, cw.server_us, cmd,
                bad ? ",\"failed\":true" : "");
         fflush(stdout);
         if (bad) {
             failed = 1;
             continue;
         }
-        double v[NCOL] = {a, c, w, a / w, c / w, ca.client_us, cc.client_us, cw.client_us,
+        double v[NCOL] = {a, c, w, a / w, c / w, ca.client_us, ca.thread_us, cc.client_us, cw.client_us,
                           ca.server_us, cc.server_us, cw.server_us};
         for (int k = 0; k < NCOL; k++)
             col[k][ok] = v[k];
@@ -614,9 +656,9 @@ int bench_run_api(bench_opts_t *o)
         printf("{\"workload\":\"api\",\"stat\":\"median\",\"runs\":%d,\"clients\":%d,"
                "\"ops_per_s\":%.0f,\"curl_ops_per_s\":%.0f,\"wrk_ops_per_s\":%.0f,"
                "\"ratio\":%.3f,\"curl_ratio\":%.3f,"
-               "\"client_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
+               "\"client_cpu_us\":{\"actor\":%.1f,\"actor_thread\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
                "\"server_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f}}\n",
-               ok, clients, m[A], m[C], m[W], m[RA], m[RC], m[CPU_A], m[CPU_C], m[CPU_W],
+               ok, clients, m[A], m[C], m[W], m[RA], m[RC], m[CPU_A], m[CPU_T], m[CPU_C], m[CPU_W],
                m[SRV_A], m[SRV_C], m[SRV_W]);
     }
     if (!o->api)

@@ -22,15 +22,17 @@ TOKEN=$(curl -s "$base/oauth/token" -u therasync:dev-secret -d grant_type=client
 export TOKEN
 curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "$base/v1/sessions" -d '{"id":"s-1","room":"A"}'
 cpu() { awk '{print $14+$15}' /proc/$pid/stat; }   # utime+stime in clock ticks
+flt() { awk '{print $10}' /proc/$pid/stat; }        # minor page faults
 per_req() { echo $(( ($2 - $1) * 1000000 / $(getconf CLK_TCK) / $3 )); }
 run() {
   local name=$1; shift
-  local c0 c1 out n
-  c0=$(cpu); out=$(wrk "$@"); c1=$(cpu)
+  local c0 c1 f0 f1 out n
+  c0=$(cpu); f0=$(flt); out=$(wrk "$@"); c1=$(cpu); f1=$(flt)
   n=$(grep -o '[0-9]* requests in' <<<"$out" | cut -d' ' -f1)
-  echo "== $name: wrk $*"
+  echo "== $name: wrk ${*//$TOKEN/TOKEN}"   # never print the token
   grep -E 'Latency|requests in|Requests/sec|Non-2xx|Socket errors' <<<"$out"
   echo "server CPU per request: $(per_req "$c0" "$c1" "$n") us"
+  echo "server page faults per 1000 requests: $(( (f1 - f0) * 1000 / n ))"
 }
 run "POST /v1/sessions (durable create, Idempotency-Key each)" \
     -t2 -c32 -d"${secs}s" -s "$here/clinic-api-post.lua" "$base/v1/sessions"

@@ -1,8 +1,9 @@
 /* api.c — the API actor: Clinic API requests on the libcurl multi interface.
  *
- * One thread, one poll loop (its own: zmq_poll over the control pipe, the
- * inbox and the sockets curl asks for through CURLMOPT_SOCKETFUNCTION, with
- * the timeout from CURLMOPT_TIMERFUNCTION and the earliest retry).
+ * One thread, one loop (its own: epoll over the control pipe's and the
+ * inbox's ZMQ_FD and the sockets curl asks for through
+ * CURLMOPT_SOCKETFUNCTION, with the timeout from CURLMOPT_TIMERFUNCTION and
+ * the earliest retry).
  *
  * A request becomes a call_t, which is in exactly one state at a time, each
  * state a list (set_state() is the one place that moves it):
@@ -23,7 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/random.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define LOG "api"
@@ -44,7 +47,12 @@ typedef struct call {
     ts_api_result_t *res;      /* filled across attempts, sent by finish() */
     char *url;
     CURL *easy;                /* INFLIGHT only */
-    struct curl_slist *headers;
+    /* Request headers: a few nodes of its own in front of a constant tail
+     * (curl only reads the list while the transfer runs): no malloc per
+     * request. */
+    struct curl_slist hnode[4];
+    char hkey[84], hmatch[40], hlast[84];
+    struct auth *auth;         /* the token line its attempt sends (one reference) */
     char curl_err[CURL_ERROR_SIZE];
     /* the current attempt's answer */
     ts_buf_t body;
@@ -64,14 +72,25 @@ typedef struct call {
     bool ev_has_id;
 } call_t;
 
+/* "Authorization: Bearer TOKEN", shared by the calls that send it; freed
+ * (and wiped) with its last reference. */
+typedef struct auth {
+    int refs;
+    char line[];
+} auth_t;
+
 typedef struct {
     call_t *head, *tail;
     size_t n;
 } call_list_t;
 
+/* One socket of curl's in the epoll set, by fd. A keep-alive connection
+ * is dropped by curl between requests (CURL_POLL_REMOVE) and wanted again by
+ * the next one: it stays registered meanwhile (no epoll_ctl pair per
+ * request) and leaves the set when it fires unwanted or curl closes it. */
 typedef struct {
-    curl_socket_t fd;
-    short events;              /* ZMQ_POLLIN | ZMQ_POLLOUT */
+    uint32_t want;             /* EPOLLIN/EPOLLOUT curl asked for; 0: none now */
+    uint32_t reg;              /* what the epoll set has; 0: not in it */
 } watch_t;
 
 typedef struct api {
@@ -88,15 +107,17 @@ typedef struct api {
     } replies[MAX_REPLY_SOCKETS];
     int nreplies;
     CURLM *multi;
-    watch_t *watch;            /* sockets curl wants watched */
-    int nwatch, capwatch;
+    int epfd;                  /* epoll: curl's sockets and the two ZMQ_FDs */
+    int pipe_fd, inbox_fd;     /* ZMQ_FD of the control pipe and the inbox */
+    watch_t *watch;            /* by fd */
+    int capwatch;
     int64_t curl_due_us;       /* -1: no curl timer */
     CURL *pool[EASY_POOL];     /* idle easy handles (keep their settings' memory) */
     int npool;
     call_list_t lists[C__LAST];
     int nactive;               /* non-stream calls WAIT_TOKEN or INFLIGHT */
     /* the token */
-    char *token;               /* NULL: none yet */
+    auth_t *auth;              /* the current token's header line; NULL: none yet */
     char *refresh_token;
     unsigned token_gen;        /* bumped on every new token */
     CURL *token_easy;          /* the fetch in flight, or NULL */
@@ -128,6 +149,29 @@ static int64_t backoff_ms(api_t *self, long base, long cap, int n)
         ceiling = cap;
     return ceiling > 0 ? (int64_t)(rnd(self) % (uint64_t)(ceiling + 1)) : 0;
 }
+
+static void auth_drop(auth_t **a)
+{
+    if (*a && --(*a)->refs == 0) {
+        explicit_bzero((*a)->line, strlen((*a)->line));
+        free(*a);
+    }
+    *a = NULL;
+}
+
+/* Constant header tails, shared by all calls and never written. */
+static char H_ACCEPT_JSON[] = "Accept: application/json";
+static char H_CT_JSON[] = "Content-Type: application/json";
+static char H_CT_MERGE[] = "Content-Type: application/merge-patch+json";
+static char H_EXPECT[] = "Expect:"; /* no 100-continue round trip */
+static char H_ACCEPT_SSE[] = "Accept: text/event-stream";
+static char H_NO_CACHE[] = "Cache-Control: no-cache";
+static struct curl_slist TAIL_JSON[] = {{H_ACCEPT_JSON, NULL}};
+static struct curl_slist TAIL_POST[] = {
+    {H_ACCEPT_JSON, &TAIL_POST[1]}, {H_CT_JSON, &TAIL_POST[2]}, {H_EXPECT, NULL}};
+static struct curl_slist TAIL_PATCH[] = {
+    {H_ACCEPT_JSON, &TAIL_PATCH[1]}, {H_CT_MERGE, &TAIL_PATCH[2]}, {H_EXPECT, NULL}};
+static struct curl_slist TAIL_SSE[] = {{H_ACCEPT_SSE, &TAIL_SSE[1]}, {H_NO_CACHE, NULL}};
 
 static void list_append(call_list_t *l, call_t *c)
 {
@@ -283,33 +327,57 @@ static void log_body(const char *what, uint64_t id, int attempt, long status, co
 
 /* ---- curl plumbing -------------------------------------------------------- */
 
+/* Brings fd's registration in line with what curl wants. */
+static int watch_sync(api_t *self, int fd)
+{
+    watch_t *w = &self->watch[fd];
+    if (w->reg == w->want)
+        return 0;
+    struct epoll_event ev = {.events = w->want, .data.fd = fd};
+    int rc;
+    if (!w->want)
+        rc = epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL);
+    else if (w->reg)
+        rc = epoll_ctl(self->epfd, EPOLL_CTL_MOD, fd, &ev);
+    else
+        rc = epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (rc < 0 && w->want) { /* the set and our table disagreed: say it again */
+        rc = epoll_ctl(self->epfd, w->reg ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev);
+    }
+    w->reg = w->want;
+    return rc < 0 && w->want ? -1 : 0;
+}
+
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy, (void)socketp;
     api_t *self = userp;
-    int i = 0;
-    while (i < self->nwatch && self->watch[i].fd != fd)
-        i++;
-    if (what == CURL_POLL_REMOVE) {
-        if (i < self->nwatch)
-            self->watch[i] = self->watch[--self->nwatch];
-        return 0;
+    if (fd < 0)
+        return -1;
+    if (fd >= self->capwatch) {
+        int cap = fd + 64;
+        watch_t *grown = realloc(self->watch, sizeof *grown * (size_t)cap);
+        if (!grown)
+            return -1;
+        memset(grown + self->capwatch, 0, sizeof *grown * (size_t)(cap - self->capwatch));
+        self->watch = grown;
+        self->capwatch = cap;
     }
-    if (i == self->nwatch) {
-        if (self->nwatch == self->capwatch) {
-            int cap = self->capwatch ? self->capwatch * 2 : 16;
-            watch_t *grown = realloc(self->watch, sizeof *grown * (size_t)cap);
-            if (!grown)
-                return -1;
-            self->watch = grown;
-            self->capwatch = cap;
-        }
-        self->nwatch++;
-    }
-    self->watch[i].fd = fd;
-    self->watch[i].events = (short)(((what & CURL_POLL_IN) ? ZMQ_POLLIN : 0) |
-                                    ((what & CURL_POLL_OUT) ? ZMQ_POLLOUT : 0));
-    return 0;
+    watch_t *w = &self->watch[fd];
+    w->want = (uint32_t)(((what & CURL_POLL_IN) ? EPOLLIN : 0) |
+                         ((what & CURL_POLL_OUT) ? EPOLLOUT : 0));
+    /* REMOVE: left registered until it fires or is closed (see watch_t). */
+    return what == CURL_POLL_REMOVE ? 0 : watch_sync(self, fd);
+}
+
+/* curl closes a socket: closing takes it out of the epoll set, and a new
+ * socket may get the same number. */
+static curl_socket_t on_close(void *clientp, curl_socket_t fd)
+{
+    api_t *self = clientp;
+    if (fd >= 0 && fd < self->capwatch)
+        self->watch[fd] = (watch_t){0};
+    return close(fd);
 }
 
 static int on_timer(CURLM *multi, long timeout_ms, void *userp)
@@ -320,41 +388,21 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
-static CURL *easy_get(api_t *self)
-{
-    if (self->npool) {
-        CURL *e = self->pool[--self->npool];
-        curl_easy_reset(e);
-        return e;
-    }
-    return curl_easy_init();
-}
-
-static void easy_put(api_t *self, CURL *e)
-{
-    if (!e)
-        return;
-    curl_multi_remove_handle(self->multi, e);
-    if (self->npool < EASY_POOL)
-        self->pool[self->npool++] = e;
-    else
-        curl_easy_cleanup(e);
-}
-
-/* Settings every transfer shares. */
-static void easy_common(api_t *self, CURL *e, const char *url, long timeout_ms)
+/* A new easy handle with the settings every transfer shares. Pooled handles
+ * keep them: no curl_easy_reset (which frees and rebuilds all settings) and
+ * no full set-up per request; easy_use() sets what varies. */
+static CURL *easy_new(api_t *self)
 {
     const ts_api_opts_t *o = &self->opts;
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    CURL *e = curl_easy_init();
+    if (!e)
+        return NULL;
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, self);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      o->no_http2 ? CURL_HTTP_VERSION_1_1 : CURL_HTTP_VERSION_2TLS);
-    /* PIPEWAIT only where HTTP/2 can multiplex: on plain HTTP/1.1 it makes
-     * transfers queue behind busy connections instead of opening new ones. */
-    if (!o->no_http2 && strncmp(url, "https:", 6) == 0)
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     /* The proxy is a setting, never taken from the environment (also spares
      * curl a getenv() scan per transfer). */
@@ -368,6 +416,39 @@ static void easy_common(api_t *self, CURL *e, const char *url, long timeout_ms)
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
+    return e;
+}
+
+static CURL *easy_get(api_t *self)
+{
+    return self->npool ? self->pool[--self->npool] : easy_new(self);
+}
+
+static void easy_put(api_t *self, CURL *e)
+{
+    if (!e)
+        return;
+    curl_multi_remove_handle(self->multi, e);
+    if (self->npool < EASY_POOL)
+        self->pool[self->npool++] = e;
+    else
+        curl_easy_cleanup(e);
+}
+
+/* What varies per use of a pooled handle. Every use also sets its own
+ * PRIVATE, WRITE/HEADER callbacks and data, ERRORBUFFER, HTTPHEADER and
+ * method (GET, POST fields and size, CUSTOMREQUEST), so that nothing of an
+ * earlier use leaks into it. */
+static void easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
+{
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    /* PIPEWAIT only where HTTP/2 can multiplex: on plain HTTP/1.1 it makes
+     * transfers queue behind busy connections instead of opening new ones. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     !self->opts.no_http2 && strncmp(url, "https:", 6) == 0 ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
 }
 
 /* ---- answers: headers, body, SSE ------------------------------------------ */
@@ -524,7 +605,7 @@ static void call_free(api_t *self, call_t *c)
 {
     set_state(self, c, C_NONE, false);
     easy_put(self, c->easy);
-    curl_slist_free_all(c->headers);
+    auth_drop(&c->auth);
     ts_buf_free(&c->body);
     ts_buf_free(&c->line);
     ts_buf_free(&c->data);
@@ -567,7 +648,7 @@ static void begin_attempt(api_t *self, call_t *c);
 /* Starts a call's next attempt, or parks it until a token is there. */
 static void start(api_t *self, call_t *c)
 {
-    if (self->opts.client_id && !self->token) {
+    if (self->opts.client_id && !self->auth) {
         set_state(self, c, C_WAIT_TOKEN, false);
         ensure_token(self);
         return;
@@ -598,8 +679,6 @@ static void begin_attempt(api_t *self, call_t *c)
     c->too_large = false;
     c->connected = false;
     c->curl_err[0] = '\0';
-    curl_slist_free_all(c->headers);
-    c->headers = NULL;
 
     CURL *e = easy_get(self);
     if (!e) {
@@ -607,7 +686,7 @@ static void begin_attempt(api_t *self, call_t *c)
         return;
     }
     c->easy = e;
-    easy_common(self, e, c->url, r->stream ? 0L : c->timeout_ms);
+    easy_use(self, e, c->url, r->stream ? 0L : c->timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
@@ -615,61 +694,55 @@ static void begin_attempt(api_t *self, call_t *c)
     curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
 
-    struct curl_slist *h = NULL;
-    char line[160];
+    struct curl_slist *h = TAIL_JSON;
+    int k = 0;
     if (r->stream) {
         /* No total timeout: a stream that goes quiet (not even heartbeats) for
          * stream_idle_ms is dropped by the low-speed check. */
         long idle_s = (self->opts.stream_idle_ms + 999) / 1000;
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
-        h = curl_slist_append(h, "Accept: text/event-stream");
-        h = curl_slist_append(h, "Cache-Control: no-cache");
+        h = TAIL_SSE;
         if (*r->last_event_id) {
-            snprintf(line, sizeof line, "Last-Event-ID: %s", r->last_event_id);
-            h = curl_slist_append(h, line);
+            snprintf(c->hlast, sizeof c->hlast, "Last-Event-ID: %s", r->last_event_id);
+            c->hnode[k++].data = c->hlast;
         }
-    } else {
-        h = curl_slist_append(h, "Accept: application/json");
     }
     switch (r->method) {
     case TS_API_GET:
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
         break;
     case TS_API_POST:
     case TS_API_PATCH:
-        if (r->method == TS_API_PATCH)
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PATCH");
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method == TS_API_PATCH ? "PATCH" : NULL);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(r->body ? r->body_len : 0));
-        h = curl_slist_append(h, r->method == TS_API_PATCH
-                                     ? "Content-Type: application/merge-patch+json"
-                                     : "Content-Type: application/json");
-        h = curl_slist_append(h, "Expect:");
+        h = r->method == TS_API_PATCH ? TAIL_PATCH : TAIL_POST;
         break;
     case TS_API_DELETE:
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
         break;
     }
     if (*r->idempotency_key) {
-        snprintf(line, sizeof line, "Idempotency-Key: %s", r->idempotency_key);
-        h = curl_slist_append(h, line);
+        snprintf(c->hkey, sizeof c->hkey, "Idempotency-Key: %s", r->idempotency_key);
+        c->hnode[k++].data = c->hkey;
     }
     if (r->if_match > 0) {
-        snprintf(line, sizeof line, "If-Match: \"%lld\"", (long long)r->if_match);
-        h = curl_slist_append(h, line);
+        snprintf(c->hmatch, sizeof c->hmatch, "If-Match: \"%lld\"", (long long)r->if_match);
+        c->hnode[k++].data = c->hmatch;
     }
-    if (self->token) {
-        ts_buf_t auth = {0};
-        ts_buf_printf(&auth, "Authorization: Bearer %s", self->token);
-        h = auth.data ? curl_slist_append(h, auth.data) : NULL;
-        ts_buf_free(&auth);
+    auth_drop(&c->auth); /* the previous attempt's transfer is gone */
+    if (self->auth) {
+        c->auth = self->auth;
+        c->auth->refs++;
+        c->hnode[k++].data = c->auth->line;
         c->token_gen = self->token_gen;
     }
-    c->headers = h;
-    if (!h) {
-        finish(self, c, TS_API_INTERNAL, 0, "out of memory (headers)");
-        return;
+    for (int i = k - 1; i >= 0; i--) { /* chain the call's nodes in front of the tail */
+        c->hnode[i].next = h;
+        h = &c->hnode[i];
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
     set_state(self, c, C_INFLIGHT, false);
@@ -852,10 +925,8 @@ static void stream_done(api_t *self, call_t *c, CURLcode rc, long status)
         c->res->token_refreshes++;
         easy_put(self, c->easy);
         c->easy = NULL;
-        if (c->token_gen == self->token_gen) {
-            free(self->token);
-            self->token = NULL;
-        }
+        if (c->token_gen == self->token_gen)
+            auth_drop(&self->auth);
         start(self, c);
         return;
     }
@@ -907,10 +978,8 @@ static void call_done(api_t *self, call_t *c, CURLcode rc)
         c->res->token_refreshes++;
         easy_put(self, c->easy);
         c->easy = NULL;
-        if (c->token_gen == self->token_gen && self->token) {
-            free(self->token);
-            self->token = NULL;
-        }
+        if (c->token_gen == self->token_gen)
+            auth_drop(&self->auth);
         start(self, c);
         return;
     }
@@ -1016,9 +1085,15 @@ static void ensure_token(api_t *self)
     ts_buf_free(&form);
     ts_buf_reset(&self->token_body);
     CURL *e = self->token_easy;
-    easy_common(self, e, self->opts.token_url, self->opts.timeout_ms);
+    easy_use(self, e, self->opts.token_url, self->opts.timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, self->token_form);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(self->token_form));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
     ts_debug(LOG, "token request (%s grant)",
              self->token_refresh_grant ? "refresh_token" : "client_credentials");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_token_body);
@@ -1046,8 +1121,16 @@ static void token_done(api_t *self, CURLcode rc)
     ts_buf_reset(&self->token_body);
     const cJSON *access = cJSON_GetObjectItemCaseSensitive(j, "access_token");
     if (cJSON_IsString(access) && *access->valuestring) {
-        free(self->token);
-        self->token = strdup(access->valuestring);
+        static const char prefix[] = "Authorization: Bearer ";
+        size_t len = strlen(access->valuestring);
+        auth_drop(&self->auth);
+        self->auth = malloc(sizeof *self->auth + sizeof prefix + len);
+        if (self->auth) {
+            self->auth->refs = 1;
+            memcpy(self->auth->line, prefix, sizeof prefix - 1);
+            memcpy(self->auth->line + sizeof prefix - 1, access->valuestring, len + 1);
+        }
+        explicit_bzero(access->valuestring, len);
         const cJSON *refresh = cJSON_GetObjectItemCaseSensitive(j, "refresh_token");
         if (cJSON_IsString(refresh) && *refresh->valuestring) {
             free(self->refresh_token);
@@ -1056,7 +1139,7 @@ static void token_done(api_t *self, CURLcode rc)
         const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
         int expires_in = cJSON_IsNumber(exp) ? exp->valueint : -1;
         cJSON_Delete(j);
-        if (!self->token) {
+        if (!self->auth) {
             token_fail(self, TS_API_INTERNAL, 0, "out of memory");
             return;
         }
@@ -1226,69 +1309,68 @@ static int64_t fire_due(api_t *self, int64_t now)
     return next;
 }
 
+static bool zmq_readable(void *socket)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN);
+}
+
 static int run(api_t *self)
 {
     void *pipe = ts_actor_pipe(self->actor);
-    zmq_pollitem_t *items = NULL;
-    int capitems = 0, running = 0;
-    int rc = 0;
+    struct epoll_event evs[64];
+    int running = 0;
     for (;;) {
         int64_t now = ts_mono_us();
         int64_t due = fire_due(self, now);
         if (self->curl_due_us >= 0 && (due < 0 || self->curl_due_us < due))
             due = self->curl_due_us;
-        long timeout_ms = due < 0 ? -1 : due <= now ? 0 : (long)((due - now + 999) / 1000);
-        int n = 2 + self->nwatch;
-        if (n > capitems) {
-            zmq_pollitem_t *grown = realloc(items, sizeof *items * (size_t)(n + 16));
-            if (!grown) {
-                rc = -1;
-                break;
-            }
-            items = grown;
-            capitems = n + 16;
-        }
-        items[0] = (zmq_pollitem_t){.socket = pipe, .events = ZMQ_POLLIN};
-        items[1] = (zmq_pollitem_t){.socket = self->inbox, .events = ZMQ_POLLIN};
-        for (int i = 0; i < self->nwatch; i++)
-            items[2 + i] = (zmq_pollitem_t){.fd = self->watch[i].fd,
-                                            .events = self->watch[i].events};
-        int hits = zmq_poll(items, n, timeout_ms);
+        int timeout_ms = due < 0 ? -1 : due <= now ? 0 : (int)((due - now + 999) / 1000);
+        /* A ZMQ_FD only signals new activity: messages already queued are
+         * seen through ZMQ_EVENTS, so do not sleep while there are some. */
+        bool term = zmq_readable(pipe), inbox = zmq_readable(self->inbox);
+        int hits = epoll_wait(self->epfd, evs, 64, term || inbox ? 0 : timeout_ms);
         if (hits < 0) {
             if (errno == EINTR)
                 continue;
-            rc = errno == ETERM ? 0 : -1;
-            break;
+            return -1;
         }
-        if (items[0].revents & ZMQ_POLLIN) {
-            char cmd[16];
-            int len = zmq_recv(pipe, cmd, sizeof cmd - 1, 0);
-            if (len >= 0) {
-                cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
-                if (strcmp(cmd, "$TERM") == 0)
-                    break;
-            }
-        }
-        for (int i = 2; i < n; i++) {
-            if (!items[i].revents)
+        for (int i = 0; i < hits; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == self->pipe_fd || fd == self->inbox_fd)
+                continue; /* ZMQ_EVENTS below */
+            if (!self->watch[fd].want) { /* an idle kept-alive socket: curl checks it on reuse */
+                watch_sync(self, fd);
                 continue;
-            int ev = ((items[i].revents & ZMQ_POLLIN) ? CURL_CSELECT_IN : 0) |
-                     ((items[i].revents & ZMQ_POLLOUT) ? CURL_CSELECT_OUT : 0) |
-                     ((items[i].revents & ZMQ_POLLERR) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(self->multi, items[i].fd, ev, &running);
+            }
+            uint32_t e = evs[i].events;
+            int ev = ((e & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) |
+                     ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) | ((e & EPOLLERR) ? CURL_CSELECT_ERR : 0);
+            curl_multi_socket_action(self->multi, fd, ev, &running);
         }
         if (self->curl_due_us >= 0 && self->curl_due_us <= ts_mono_us()) {
             self->curl_due_us = -1;
             curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         reap(self);
-        if ((items[1].revents & ZMQ_POLLIN) && on_inbox(self) < 0 && errno == ETERM)
+        if (term || zmq_readable(pipe)) {
+            char cmd[16];
+            int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
+            if (len >= 0) {
+                cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
+                if (strcmp(cmd, "$TERM") == 0)
+                    break;
+            } else if (errno == ETERM) {
+                break;
+            }
+        }
+        if ((inbox || zmq_readable(self->inbox)) && on_inbox(self) < 0 && errno == ETERM)
             break;
         reap(self); /* requests started above may have failed at once */
         flush_replies(self);
     }
-    free(items);
-    return rc;
+    return 0;
 }
 
 /* ---- life ----------------------------------------------------------------------- */
@@ -1333,14 +1415,14 @@ static void api_destroy(api_t *self)
         free(self->replies[i].kinds);
         zmq_close(self->replies[i].socket);
     }
-    if (self->token)
-        explicit_bzero(self->token, strlen(self->token));
     if (self->refresh_token)
         explicit_bzero(self->refresh_token, strlen(self->refresh_token));
-    free(self->token);
+    auth_drop(&self->auth);
     free(self->refresh_token);
     ts_buf_free(&self->token_body);
     free(self->watch);
+    if (self->epfd >= 0)
+        close(self->epfd);
     for (size_t i = 0; i < sizeof self->strings / sizeof self->strings[0]; i++) {
         if (self->strings[i] && i == 3) /* the secret */
             explicit_bzero(self->strings[i], strlen(self->strings[i]));
@@ -1357,6 +1439,7 @@ static void api_actor(ts_actor_t *actor, void *args)
         return;
     self->actor = actor;
     self->curl_due_us = -1;
+    self->epfd = -1;
     if (getrandom(&self->rng, sizeof self->rng, 0) != sizeof self->rng || !self->rng)
         self->rng = (uint64_t)ts_mono_us() | 1;
 
@@ -1424,6 +1507,21 @@ static void api_actor(ts_actor_t *actor, void *args)
     zmq_setsockopt(self->inbox, ZMQ_RCVHWM, &zero, sizeof zero);
     if (zmq_bind(self->inbox, o->endpoint)) {
         ts_error(LOG, "api: cannot bind %s: %s", o->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    size_t fdlen = sizeof self->pipe_fd;
+    if (self->epfd < 0 ||
+        zmq_getsockopt(ts_actor_pipe(actor), ZMQ_FD, &self->pipe_fd, &fdlen) ||
+        zmq_getsockopt(self->inbox, ZMQ_FD, &self->inbox_fd, &fdlen)) {
+        ts_error(LOG, "api: cannot set up epoll: %s", strerror(errno));
+        goto fail;
+    }
+    struct epoll_event pev = {.events = EPOLLIN, .data.fd = self->pipe_fd};
+    struct epoll_event iev = {.events = EPOLLIN, .data.fd = self->inbox_fd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->pipe_fd, &pev) ||
+        epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->inbox_fd, &iev)) {
+        ts_error(LOG, "api: cannot set up epoll: %s", strerror(errno));
         goto fail;
     }
     ts_info(LOG, "api actor ready: %s (auth %s, %d connections, %d attempts)", o->base_url,

@@ -1,13 +1,18 @@
 /* api.c — the raw API workload: requests/s of the API actor against
- * clinic-api with keep-alive, next to wrk against the same URL in the same run.
+ * clinic-api with keep-alive, next to plain libcurl multi and wrk against the
+ * same URL in the same run.
  *
  *   therasync-bench --workload api --clients C [--runs R] [--api URL]
  *
  * Each run: GETs of one document for API_BENCH_SECONDS with C requests in
- * flight through the actor (C connections), then `wrk -t2 -cC -d5s` (-t1 when
- * C is 1) with the same Authorization header. One JSON line per run, then the
- * medians. With no --api it starts its own clinic-api (beside this binary) on
- * a free loopback port with a temporary database. */
+ * flight over C connections, three ways in turn: through the actor; through a
+ * bare curl multi loop (no actor, no ZeroMQ, no JSON: curl's own cost); and
+ * `wrk -t2 -cC -d5s` (-t1 when C is 1). All three send the same Authorization
+ * header to the same URL. Besides req/s, each reports the client's and the
+ * server's CPU time per request (the steadier figures on a shared machine).
+ * One JSON line per run, then the medians. With no --api it starts its own
+ * clinic-api (beside this binary) on a free loopback port with a temporary
+ * database. */
 #include "bench.h"
 #include "therasync/api.h"
 #include "therasync/log.h"
@@ -15,6 +20,7 @@
 #include <arpa/inet.h>
 #include <cJSON.h>
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -24,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,6 +39,100 @@
 #define API_BENCH_SECONDS 5
 #define WARMUP_MS 500
 #define DOC_PATH "/v1/sessions/bench-doc"
+
+/* CPU time over one measured window: the client's (this process, or wrk)
+ * and the server's (our clinic-api only; -1 otherwise), in µs per request. */
+typedef struct {
+    double client0, server0, thread0; /* seconds at the window's start */
+    double client_us, server_us;
+    double thread_us; /* the actor's own thread ("ts-api"); -1 when not measured */
+} cpu_t;
+
+static double tv_s(struct timeval t)
+{
+    return (double)t.tv_sec + (double)t.tv_usec / 1e6;
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return tv_s(u.ru_utime) + tv_s(u.ru_stime);
+}
+
+/* utime + stime of a process from /proc, in seconds; -1 when unknown. */
+static double pid_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = pid > 0 ? fopen(path, "r") : NULL;
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long long ut, st;
+    /* after ")": state, then fields 4..13, then utime (14) and stime (15) */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds of this process's thread named name (from /proc), or -1. */
+static double thread_cpu_s(const char *name)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *de;
+    double cpu = -1;
+    while (d && cpu < 0 && (de = readdir(d))) {
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(comm, sizeof comm, f) && strncmp(comm, name, strlen(name)) == 0 &&
+            comm[strlen(name)] == '\n') {
+            long tid = strtol(de->d_name, NULL, 10);
+            snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+            FILE *g = fopen(path, "r");
+            char buf[1024];
+            size_t n = g ? fread(buf, 1, sizeof buf - 1, g) : 0;
+            if (g)
+                fclose(g);
+            buf[n] = '\0';
+            const char *p = strrchr(buf, ')');
+            unsigned long long ut, st;
+            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                            &st) == 2)
+                cpu = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        }
+        fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return cpu;
+}
+
+static void cpu_start(cpu_t *c, const bench_api_t *e)
+{
+    c->client0 = self_cpu_s();
+    c->server0 = pid_cpu_s(e->server);
+    c->thread0 = thread_cpu_s("ts-api");
+}
+
+static void cpu_stop(cpu_t *c, const bench_api_t *e, size_t requests)
+{
+    double s1 = pid_cpu_s(e->server);
+    double t1 = thread_cpu_s("ts-api");
+    c->client_us = requests ? (self_cpu_s() - c->client0) * 1e6 / (double)requests : -1;
+    c->thread_us = requests && t1 >= 0 && c->thread0 >= 0
+                       ? (t1 - c->thread0) * 1e6 / (double)requests
+                       : -1;
+    c->server_us = requests && s1 >= 0 && c->server0 >= 0
+                       ? (s1 - c->server0) * 1e6 / (double)requests
+                       : -1;
+}
 
 static int port_open(int port)
 {
@@ -241,7 +342,7 @@ static int prepare(bench_api_t *e)
 
 /* C requests in flight through the actor for `seconds`; returns req/s. */
 static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p50, int64_t *p99,
-                        size_t *errors)
+                        size_t *errors, cpu_t *cpu)
 {
     void *zctx = zmq_ctx_new();
     void *results = zmq_socket(zctx, ZMQ_PULL);
@@ -266,7 +367,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
         int64_t end = measure_from + (int64_t)(seconds * 1e6);
         size_t done = 0;
         int inflight = 0;
-        bool measuring = false;
+        bool measuring = false, stopped = false;
         int64_t t_measure = 0;
         for (;;) {
             int64_t now = ts_mono_us();
@@ -274,6 +375,11 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                 measuring = true;
                 t_measure = now;
                 done = 0;
+                cpu_start(cpu, e);
+            }
+            if (measuring && !stopped && now >= end) {
+                stopped = true;
+                cpu_stop(cpu, e, done);
             }
             void *batch[1024];
             size_t nb = 0;
@@ -340,8 +446,87 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
     return rate;
 }
 
+static size_t discard(char *data, size_t size, size_t n, void *arg)
+{
+    (void)data, (void)arg;
+    return size * n;
+}
+
+/* The reference: a bare curl multi loop, C easy handles each set up once and
+ * re-added as soon as its transfer ends (what curl alone costs, with no
+ * actor, no ZeroMQ and no JSON). Same warm-up and window as run_actor. */
+static double run_curl(bench_api_t *e, int clients, double seconds, size_t *errors, cpu_t *cpu)
+{
+    enum { MAX_EASY = 256 };
+    CURL *easy[MAX_EASY];
+    int n = clients < MAX_EASY ? clients : MAX_EASY;
+    char url[300], auth[300];
+    snprintf(url, sizeof url, "%s%s", e->base, DOC_PATH);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", e->token);
+    struct curl_slist *hd = curl_slist_append(NULL, auth);
+    CURLM *m = curl_multi_init();
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)n);
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)n);
+    for (int i = 0; i < n; i++) {
+        easy[i] = curl_easy_init();
+        curl_easy_setopt(easy[i], CURLOPT_URL, url);
+        curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, hd);
+        curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, discard);
+        curl_easy_setopt(easy[i], CURLOPT_PROXY, "");
+        curl_easy_setopt(easy[i], CURLOPT_NOSIGNAL, 1L); /* as the actor: no sigaction per call */
+        curl_multi_add_handle(m, easy[i]);
+    }
+    int64_t start = ts_mono_us(), measure_from = start + WARMUP_MS * 1000LL;
+    int64_t end = measure_from + (int64_t)(seconds * 1e6), t_measure = 0;
+    size_t done = 0;
+    bool measuring = false, stopped = false;
+    int running = 1;
+    *errors = 0;
+    while (running) {
+        curl_multi_perform(m, &running);
+        int64_t now = ts_mono_us();
+        if (!measuring && now >= measure_from) {
+            measuring = true;
+            t_measure = now;
+            done = 0;
+            cpu_start(cpu, e);
+        }
+        if (measuring && !stopped && now >= end) {
+            stopped = true;
+            cpu_stop(cpu, e, done);
+        }
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left))) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            long status = 0;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+            if (msg->data.result != CURLE_OK || status != 200)
+                (*errors)++;
+            else if (measuring && !stopped)
+                done++;
+            curl_multi_remove_handle(m, msg->easy_handle);
+            if (now < end) {
+                curl_multi_add_handle(m, msg->easy_handle);
+                running = 1;
+            }
+        }
+        if (running)
+            curl_multi_poll(m, NULL, 0, 1000, NULL);
+    }
+    for (int i = 0; i < n; i++) {
+        curl_multi_remove_handle(m, easy[i]);
+        curl_easy_cleanup(easy[i]);
+    }
+    curl_multi_cleanup(m);
+    curl_slist_free_all(hd);
+    double took = (double)(end - t_measure) / 1e6;
+    return stopped && took > 0 ? (double)done / took : -1;
+}
+
 /* wrk -tT -cC -d5s with the token; returns its Requests/sec, or -1. */
-static double run_wrk(bench_api_t *e, int clients, char *cmd, size_t cmdlen)
+static double run_wrk(bench_api_t *e, int clients, char *cmd, size_t cmdlen, cpu_t *cpu)
 {
     char conns[16], threads[16], auth[300], url[300], dur[16];
     snprintf(conns, sizeof conns, "-c%d", clients);
@@ -354,6 +539,7 @@ static double run_wrk(bench_api_t *e, int clients, char *cmd, size_t cmdlen)
     int fd[2];
     if (pipe(fd))
         return -1;
+    cpu->server0 = pid_cpu_s(e->server);
     pid_t pid = fork();
     if (pid < 0)
         return -1;
@@ -373,8 +559,22 @@ static double run_wrk(bench_api_t *e, int clients, char *cmd, size_t cmdlen)
         ts_buf_append(&out, buf, (size_t)got);
     close(fd[0]);
     int status = 0;
-    waitpid(pid, &status, 0);
+    struct rusage ru = {0};
+    wait4(pid, &status, 0, &ru);
     double rate = -1;
+    const char *total = out.data ? strstr(out.data, " requests in ") : NULL;
+    size_t requests = 0;
+    if (total) { /* "  123456 requests in 5.00s" */
+        const char *b = total;
+        while (b > out.data && b[-1] >= '0' && b[-1] <= '9')
+            b--;
+        requests = strtoul(b, NULL, 10);
+    }
+    double server1 = pid_cpu_s(e->server);
+    cpu->client_us = requests ? (tv_s(ru.ru_utime) + tv_s(ru.ru_stime)) * 1e6 / (double)requests : -1;
+    cpu->server_us = requests && server1 >= 0 && cpu->server0 >= 0
+                         ? (server1 - cpu->server0) * 1e6 / (double)requests
+                         : -1;
     const char *p = out.data ? strstr(out.data, "Requests/sec:") : NULL;
     if (p)
         rate = strtod(p + strlen("Requests/sec:"), NULL);
@@ -412,7 +612,9 @@ int bench_run_api(bench_opts_t *o)
         return 1;
     }
     int failed = 0;
-    double actor[64], wrk[64];
+    /* per run: actor, curl, wrk req/s; actor/wrk and curl/wrk; CPU µs per request */
+    enum { A, C, W, RA, RC, CPU_A, CPU_T, CPU_C, CPU_W, SRV_A, SRV_C, SRV_W, NCOL };
+    double col[NCOL][64];
     int ok = 0;
     if (prepare(&e) < 0)
         failed = 1;
@@ -420,28 +622,44 @@ int bench_run_api(bench_opts_t *o)
         if (ts_mono_us() > o->deadline_us)
             break;
         int64_t p50 = -1, p99 = -1;
-        size_t errors = 0;
+        size_t errors = 0, cerrors = 0;
         char cmd[512];
-        double a = run_actor(&e, clients, API_BENCH_SECONDS, &p50, &p99, &errors);
-        double w = run_wrk(&e, clients, cmd, sizeof cmd);
-        bool bad = a <= 0 || w <= 0 || errors;
+        cpu_t ca = {0}, cc = {0}, cw = {0};
+        double a = run_actor(&e, clients, API_BENCH_SECONDS, &p50, &p99, &errors, &ca);
+        double c = run_curl(&e, clients, API_BENCH_SECONDS, &cerrors, &cc);
+        double w = run_wrk(&e, clients, cmd, sizeof cmd, &cw);
+        bool bad = a <= 0 || c <= 0 || w <= 0 || errors || cerrors;
         printf("{\"workload\":\"api\",\"run\":%d,\"clients\":%d,\"seconds\":%d,\"ops_per_s\":%.0f,"
-               "\"p50_us\":%lld,\"p99_us\":%lld,\"errors\":%zu,\"wrk_ops_per_s\":%.0f,"
-               "\"ratio\":%.3f,\"wrk\":\"%s\"%s}\n",
-               r + 1, clients, API_BENCH_SECONDS, a, (long long)p50, (long long)p99, errors, w,
-               w > 0 ? a / w : 0, cmd, bad ? ",\"failed\":true" : "");
+               "\"p50_us\":%lld,\"p99_us\":%lld,\"errors\":%zu,\"curl_ops_per_s\":%.0f,"
+               "\"wrk_ops_per_s\":%.0f,\"ratio\":%.3f,\"curl_ratio\":%.3f,"
+               "\"client_cpu_us\":{\"actor\":%.1f,\"actor_thread\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
+               "\"server_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},\"wrk\":\"%s\"%s}\n",
+               r + 1, clients, API_BENCH_SECONDS, a, (long long)p50, (long long)p99,
+               errors + cerrors, c, w, w > 0 ? a / w : 0, w > 0 ? c / w : 0, ca.client_us,
+               ca.thread_us, cc.client_us, cw.client_us, ca.server_us, cc.server_us, cw.server_us, cmd,
+               bad ? ",\"failed\":true" : "");
         fflush(stdout);
         if (bad) {
             failed = 1;
             continue;
         }
-        actor[ok] = a, wrk[ok] = w, ok++;
+        double v[NCOL] = {a, c, w, a / w, c / w, ca.client_us, ca.thread_us, cc.client_us, cw.client_us,
+                          ca.server_us, cc.server_us, cw.server_us};
+        for (int k = 0; k < NCOL; k++)
+            col[k][ok] = v[k];
+        ok++;
     }
     if (ok > 1) {
-        double ma = med(actor, ok), mw = med(wrk, ok);
+        double m[NCOL];
+        for (int k = 0; k < NCOL; k++)
+            m[k] = med(col[k], ok);
         printf("{\"workload\":\"api\",\"stat\":\"median\",\"runs\":%d,\"clients\":%d,"
-               "\"ops_per_s\":%.0f,\"wrk_ops_per_s\":%.0f,\"ratio\":%.3f}\n",
-               ok, clients, ma, mw, ma / mw);
+               "\"ops_per_s\":%.0f,\"curl_ops_per_s\":%.0f,\"wrk_ops_per_s\":%.0f,"
+               "\"ratio\":%.3f,\"curl_ratio\":%.3f,"
+               "\"client_cpu_us\":{\"actor\":%.1f,\"actor_thread\":%.1f,\"curl\":%.1f,\"wrk\":%.1f},"
+               "\"server_cpu_us\":{\"actor\":%.1f,\"curl\":%.1f,\"wrk\":%.1f}}\n",
+               ok, clients, m[A], m[C], m[W], m[RA], m[RC], m[CPU_A], m[CPU_T], m[CPU_C], m[CPU_W],
+               m[SRV_A], m[SRV_C], m[SRV_W]);
     }
     if (!o->api)
         bench_api_stop(&e);

@@ -380,6 +380,55 @@ Test(api, create_patch_delete_round_trip, .init = setup_default)
     ts_api_result_free(res);
 }
 
+/* Easy handles are pooled with their settings kept: a request must not
+ * inherit the method, body or headers of the one before it. */
+Test(api, pooled_handles_do_not_leak_settings)
+{
+    memset(&S, 0, sizeof S);
+    server_start(NULL);
+    ts_api_opts_t o = default_opts();
+    o.max_connections = 1;
+    o.max_inflight = 1;
+    actor_start(&o);
+    ts_api_request_t *r = req(TS_API_POST, "/v1/sessions", "{\"id\":\"p1\",\"room\":\"A\"}");
+    snprintf(r->idempotency_key, sizeof r->idempotency_key, "k-1");
+    r->shape = TS_API_SHAPE_DOC;
+    ts_api_result_t *res = roundtrip(r, 10000);
+    cr_assert_eq(res->status, 201, "%ld %s", res->status, res->body);
+    int64_t v = (int64_t)cJSON_GetObjectItem(res->json, "version")->valuedouble;
+    ts_api_result_free(res);
+    /* a GET after a POST: no body, not a second create */
+    r = req(TS_API_GET, "/v1/sessions/p1", NULL);
+    r->shape = TS_API_SHAPE_DOC;
+    res = roundtrip(r, 10000);
+    cr_assert_eq(res->error, TS_API_OK, "%ld %s", res->status, res->body);
+    cr_assert_eq(res->status, 200);
+    ts_api_result_free(res);
+    cr_assert_eq(stat_of("applied_writes"), 1);
+    r = req(TS_API_DELETE, "/v1/sessions/p1", NULL);
+    snprintf(r->idempotency_key, sizeof r->idempotency_key, "k-2");
+    r->if_match = v;
+    r->shape = TS_API_SHAPE_NONE;
+    res = roundtrip(r, 10000);
+    cr_assert_eq(res->status, 204, "%ld %s", res->status, res->body);
+    ts_api_result_free(res);
+    /* a GET after a DELETE: still a GET (a DELETE of the collection is 405) */
+    r = req(TS_API_GET, "/v1/sessions?since=0", NULL);
+    r->shape = TS_API_SHAPE_PAGE;
+    res = roundtrip(r, 10000);
+    cr_assert_eq(res->error, TS_API_OK, "%ld %s", res->status, res->body);
+    ts_api_result_free(res);
+    /* a POST after GETs: the body goes out again (p2 is created) */
+    r = req(TS_API_POST, "/v1/sessions", "{\"id\":\"p2\"}");
+    snprintf(r->idempotency_key, sizeof r->idempotency_key, "k-3");
+    r->shape = TS_API_SHAPE_DOC;
+    res = roundtrip(r, 10000);
+    cr_assert_eq(res->status, 201, "%ld %s", res->status, res->body);
+    cr_assert_str_eq(cJSON_GetObjectItem(res->json, "id")->valuestring, "p2");
+    ts_api_result_free(res);
+    cr_assert_eq(stat_of("applied_writes"), 3);
+}
+
 Test(api, errors_mapped_and_not_retried, .init = setup_default)
 {
     ts_api_request_t *r = req(TS_API_POST, "/v1/sessions", "{\"id\":5}");

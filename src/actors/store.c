@@ -1447,11 +1447,17 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
     }
     e->internal = true;
     e->received_us = ts_mono_us();
-    ts_call_t *call = &e->calls[0];
-    call->method = TS_M_NONE;
+    ts_call_t *out = &e->calls[0];
+    out->method = TS_M_NONE;
+    /* Each update's records and events are made on a scratch call and then
+     * moved to the end of the envelope's lists: appending to one long list
+     * walks it every time, which is quadratic in a batch of confirmations. */
+    ts_record_t **records_end = &out->records;
+    ts_event_t **events_end = &out->events;
     bool cursor_moved = false;
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
+        ts_call_t one = {.method = TS_M_NONE}, *call = &one;
         collection_t *c = find_collection(self, u->collection);
         doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
         switch (u->kind) {
@@ -1490,7 +1496,12 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         if (d)
             forget_base_if_settled(self, d);
         ts_sync_update_free(u);
+        for (*records_end = one.records; *records_end; records_end = &(*records_end)->next)
+            ;
+        for (*events_end = one.events; *events_end; events_end = &(*events_end)->next)
+            ;
     }
+    ts_call_t *call = out;
     if (cursor_moved) {
         ts_record_t *r =
             ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));

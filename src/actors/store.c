@@ -1427,11 +1427,19 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     add_doc_changed_remote(call, c, d);
 }
 
-static void sync_sent(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync_update_t *u)
+/* The audit line "sent" of a write's first send, whether or not the write
+ * is still pending (it may have been cancelled while in flight). */
+static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
 {
-    for (mutation_t *m = d->pending; m; m = m->next)
-        if (m->seq == u->seq)
-            add_audit(call, c, d, m, "sent", NULL, m->base_version, NULL);
+    ts_record_t *r =
+        ts_record_new(TS_REC_AUDIT, u->collection, u->doc_id, strlen(u->doc_id), NULL, 0);
+    if (!r)
+        return;
+    r->at_ms = u->sent_ms;
+    memcpy(r->mutation, u->mutation, sizeof r->mutation);
+    snprintf(r->event, sizeof r->event, "sent");
+    r->version = u->sent_version;
+    append_record(call, r);
 }
 
 /* Applies a message of sync updates as one internal envelope, so that all
@@ -1460,6 +1468,8 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         ts_call_t one = {.method = TS_M_NONE}, *call = &one;
         collection_t *c = find_collection(self, u->collection);
         doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
+        if (c && u->sent_ms)
+            add_sent_audit(call, u);
         switch (u->kind) {
         case TS_SYNC_CONFIRMED:
             if (c && !d)
@@ -1479,10 +1489,7 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
             if (c)
                 sync_remote(self, call, c, u);
             break;
-        case TS_SYNC_SENT:
-            if (d)
-                sync_sent(call, c, d, u);
-            break;
+        case TS_SYNC_SENT: break; /* its audit line is written above */
         case TS_SYNC_CURSOR: /* only the last one of the message is written */
             snprintf(self->cursor, sizeof self->cursor, "%s", u->cursor);
             cursor_moved = true;

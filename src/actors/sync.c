@@ -67,7 +67,8 @@ typedef struct mut {
     char *body;           /* create: document without id; update: merge patch; delete: NULL */
     mstate_t state;
     int rounds;           /* failed push rounds */
-    bool sent;            /* SENT reported (audit) */
+    int64_t sent_ms;      /* wall clock of the first send; 0 = not sent yet */
+    bool sent;            /* that send is reported to the store (audit "sent") */
     bool stuck;           /* rounds >= stuck_after */
     bool dropped;         /* the store dropped it while a request was out */
     int64_t due_us;       /* BACKOFF: when to queue again */
@@ -717,6 +718,7 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
     m->body = r->body ? strndup(r->body, r->body_len) : NULL;
     m->rounds = 0;
     m->sent = false;
+    m->sent_ms = 0;
     if (m->stuck)
         m->stuck = false; /* the caller fixes self->stuck */
 }
@@ -850,10 +852,23 @@ static void mark_sending(sync_t *self, mut_t *m)
 {
     mstate_set(self, m, M_SENDING);
     self->sends++;
-    if (!m->sent) {
-        m->sent = true;
-        emit(self, TS_SYNC_SENT, m);
-    }
+    if (!m->sent_ms)
+        m->sent_ms = ts_wall_ms();
+}
+
+/* Reports m's first send for the audit trail, once: on u (the write's
+ * outcome) or, with u NULL, on a SENT update of its own. Most writes are
+ * answered at once, so "sent" rides on the answer instead of costing the
+ * store and persist a message and a commit of its own per write. */
+static void report_sent(sync_t *self, mut_t *m, ts_sync_update_t *u)
+{
+    if (m->sent || !m->sent_ms)
+        return;
+    if (!u && !(u = emit(self, TS_SYNC_SENT, m)))
+        return;
+    u->sent_ms = m->sent_ms;
+    u->sent_version = m->base_version;
+    m->sent = true;
 }
 
 static void push_send(sync_t *self, mut_t *m)
@@ -1010,6 +1025,7 @@ static void push_pump(sync_t *self)
 
 static void push_retry_later(sync_t *self, mut_t *m, const ts_api_result_t *res)
 {
+    report_sent(self, m, NULL); /* no answer yet: the audit shows it went out */
     m->rounds++;
     self->retries++;
     if (!m->stuck && m->rounds >= self->config->sync.stuck_after) {
@@ -1034,6 +1050,7 @@ static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api
         cJSON_Delete(doc);
         return;
     }
+    report_sent(self, m, u);
     u->doc = doc;
     if (kind == TS_SYNC_REJECTED) {
         self->rejected++;
@@ -1064,6 +1081,7 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
     self->pushed++;
     self->confirmed++;
     if (u) {
+        report_sent(self, m, u);
         u->doc = doc;
         u->version = version;
     } else {
@@ -1094,6 +1112,7 @@ static void fetch_current(sync_t *self, mut_t *m)
 static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
     if (m->dropped) { /* dropped by the store while out: whatever happened, forget it */
+        report_sent(self, m, NULL);
         mut_forget(self, m);
         return;
     }

@@ -24,6 +24,7 @@
  *                  refetch), set the call's result, send the envelope to
  *                  TS_INPROC_FRONT as TS_WIRE_ENVELOPES.
  *   store → sync   TS_WIRE_DIGEST: ptrs: ts_digest_t* answered (see below).
+ *   (sync → store messages go to TS_INPROC_STORE_SYNC, read first.)
  *   sync → store   TS_WIRE_SYNC_UPDATES: ptrs: ts_sync_update_t*, applied in
  *                  order and made durable together (a page of remote changes
  *                  and its CURSOR commit in one transaction).
@@ -44,6 +45,10 @@
 #include <stdint.h>
 
 #define TS_INPROC_SYNC "inproc://sync"
+/* The store's second inbox, for the sync actor only: the store reads it
+ * before the front door's, so a remote change does not wait behind a
+ * backlog of local writes. */
+#define TS_INPROC_STORE_SYNC "inproc://store-sync"
 /* A second API actor carries the change feed (stream, long polls), so
  * remote changes never wait behind a backlog of pushes. */
 #define TS_INPROC_API_FEED "inproc://api-feed"

@@ -81,6 +81,7 @@ typedef struct {
     int64_t seq;           /* last outbox sequence number */
     size_t pending;        /* pending mutations over all documents */
     void *inbox;           /* PULL */
+    void *sync_inbox;      /* PULL TS_INPROC_STORE_SYNC: the sync actor's updates, read first */
     void *to_persist;      /* PUSH */
     void *to_sync;         /* PUSH: outbox at start, sync calls, digests (NULL: standalone) */
     void *to_front;        /* PUSH: answers that need nothing durable (reads) */
@@ -1858,6 +1859,8 @@ static void store_cleanup(store_t *self)
         zmq_close(self->events);
     if (self->inbox)
         zmq_close(self->inbox);
+    if (self->sync_inbox)
+        zmq_close(self->sync_inbox);
     if (self->to_persist)
         zmq_close(self->to_persist);
 }
@@ -1929,6 +1932,10 @@ static void store_actor(ts_actor_t *actor, void *args)
         zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
     }
+    if (self.config->api_url && (self.sync_inbox = zmq_socket(zctx, ZMQ_PULL))) {
+        zmq_setsockopt(self.sync_inbox, ZMQ_RCVHWM, &zero, sizeof zero);
+        zmq_setsockopt(self.sync_inbox, ZMQ_LINGER, &zero, sizeof zero);
+    }
     self.to_front = zmq_socket(zctx, ZMQ_PUSH);
     if (self.to_front) {
         zmq_setsockopt(self.to_front, ZMQ_SNDHWM, &zero, sizeof zero);
@@ -1936,7 +1943,9 @@ static void store_actor(ts_actor_t *actor, void *args)
     }
     if (!self.to_front || zmq_connect(self.to_front, TS_INPROC_FRONT) ||
         zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
-        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC)))) {
+        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC) ||
+                                  !self.sync_inbox ||
+                                  zmq_bind(self.sync_inbox, TS_INPROC_STORE_SYNC)))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
@@ -1959,6 +1968,8 @@ static void store_actor(ts_actor_t *actor, void *args)
     if (self.to_sync)
         hand_outbox_to_sync(&self);
     ts_loop_reader(loop, ts_actor_pipe(actor), on_pipe, &self);
+    if (self.sync_inbox) /* first: remote changes go ahead of the front door's backlog */
+        ts_loop_reader(loop, self.sync_inbox, on_inbox, &self);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);

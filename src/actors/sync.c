@@ -155,7 +155,7 @@ typedef struct {
     void *api_in;           /* PULL REPLY_TO: the API actor's answers */
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
-    void *to_store;         /* PUSH TS_INPROC_STORE */
+    void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
     void *to_front;         /* PUSH TS_INPROC_FRONT */
     int64_t started_us;
     /* documents */
@@ -2129,7 +2129,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
         !(self.api_in = open_socket(&self, ZMQ_PULL, REPLY_TO, true)) ||
         !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||
         !(self.api_feed = open_socket(&self, ZMQ_PUSH, TS_INPROC_API_FEED, false)) ||
-        !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE_SYNC, false)) ||
         !(self.to_front = open_socket(&self, ZMQ_PUSH, TS_INPROC_FRONT, false))) {
         sync_cleanup(&self);
         ts_actor_ready(actor, -1);

@@ -767,6 +767,13 @@ static void *make_socket(void *zctx, int type, const char *endpoint, bool bind)
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    /* At shutdown the daemon stops the sync actor and the front door before
+     * persist: what persist passes on after that must not block forever on
+     * a closed inbox (queues are unbounded, so a live peer never makes a
+     * send wait). The outbox rows are durable and handed over at the next
+     * start. */
+    int send_timeout_ms = 100;
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &send_timeout_ms, sizeof send_timeout_ms);
     if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
         return s;
     zmq_close(s);
@@ -783,15 +790,8 @@ static void persist_actor(ts_actor_t *actor, void *args)
     self.inbox = make_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
     self.to_front = make_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
     self.to_store = make_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
-    if (self.config->api_url) {
+    if (self.config->api_url)
         self.to_sync = make_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
-        /* The daemon stops the sync actor first: what is committed after
-         * that must not block on its closed inbox (the outbox rows are
-         * durable and handed over again at the next start). */
-        int timeout_ms = 100;
-        if (self.to_sync)
-            zmq_setsockopt(self.to_sync, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
-    }
     self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
     self.to_checkpointer = make_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
     loop = ts_loop_new();

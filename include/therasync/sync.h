@@ -24,6 +24,7 @@
  *                  refetch), set the call's result, send the envelope to
  *                  TS_INPROC_FRONT as TS_WIRE_ENVELOPES.
  *   store → sync   TS_WIRE_DIGEST: ptrs: ts_digest_t* answered (see below).
+ *   (sync → store messages go to TS_INPROC_STORE_SYNC, read first.)
  *   sync → store   TS_WIRE_SYNC_UPDATES: ptrs: ts_sync_update_t*, applied in
  *                  order and made durable together (a page of remote changes
  *                  and its CURSOR commit in one transaction).
@@ -44,6 +45,10 @@
 #include <stdint.h>
 
 #define TS_INPROC_SYNC "inproc://sync"
+/* The store's second inbox, for the sync actor only: the store reads it
+ * before the front door's, so a remote change does not wait behind a
+ * backlog of local writes. */
+#define TS_INPROC_STORE_SYNC "inproc://store-sync"
 /* A second API actor carries the change feed (stream, long polls), so
  * remote changes never wait behind a backlog of pushes. */
 #define TS_INPROC_API_FEED "inproc://api-feed"
@@ -69,7 +74,10 @@ typedef enum {
                           version = 0: a forced tombstone (the server's truth), applied
                           whatever the local version */
     TS_SYNC_CURSOR,    /* the feed position (cursor) covering the REMOTE updates before it */
-    TS_SYNC_SENT,      /* mutation seq was sent (for the audit trail) */
+    TS_SYNC_SENT,      /* mutation seq was sent and its answer is not in yet (a round
+                          failed, or it was dropped while in flight): the audit line "sent"
+                          (sent_ms, sent_version). A write answered at once reports its send
+                          on its CONFIRMED/REJECTED/CONFLICT instead */
     TS_SYNC_STATUS,    /* status = the sync part of the `status` result (see below) */
 } ts_sync_kind_t;
 
@@ -85,6 +93,9 @@ typedef struct ts_sync_update {
     char message[256];   /* REJECTED: a human-readable reason */
     cJSON *errors;       /* REJECTED on 422: the server's [{field, message}]; owned */
     char cursor[65];     /* CURSOR */
+    int64_t sent_ms;     /* not 0: the mutation's first send (wall clock), not reported yet;
+                            the store writes its audit line "sent" before the outcome's */
+    int64_t sent_version;/* the base version the write was sent on, for that line */
     /* STATUS: {online, api, last_sync_at, last_error, cursor, stuck, oldest_pending_at?...}
      * The store adds pending and collections, and publishes sync.status when
      * online changes or pending crosses 0. Owned. */

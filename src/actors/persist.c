@@ -767,6 +767,13 @@ static void *make_socket(void *zctx, int type, const char *endpoint, bool bind)
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    /* At shutdown the daemon stops the sync actor and the front door before
+     * persist: what persist passes on after that must not block forever on
+     * a closed inbox (queues are unbounded, so a live peer never makes a
+     * send wait). The outbox rows are durable and handed over at the next
+     * start. */
+    int send_timeout_ms = 100;
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &send_timeout_ms, sizeof send_timeout_ms);
     if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
         return s;
     zmq_close(s);

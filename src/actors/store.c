@@ -85,6 +85,7 @@ typedef struct {
     int64_t seq;           /* last outbox sequence number */
     size_t pending;        /* pending mutations over all documents */
     void *inbox;           /* PULL */
+    void *sync_inbox;      /* PULL TS_INPROC_STORE_SYNC: the sync actor's updates, read first */
     void *to_persist;      /* PUSH */
     void *to_sync;         /* PUSH: outbox at start, sync calls, digests (NULL: standalone) */
     void *to_front;        /* PUSH: answers that need nothing durable (reads) */
@@ -1438,11 +1439,19 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     add_doc_changed_remote(call, c, d);
 }
 
-static void sync_sent(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync_update_t *u)
+/* The audit line "sent" of a write's first send, whether or not the write
+ * is still pending (it may have been cancelled while in flight). */
+static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
 {
-    for (mutation_t *m = d->pending; m; m = m->next)
-        if (m->seq == u->seq)
-            add_audit(call, c, d, m, "sent", NULL, m->base_version, NULL);
+    ts_record_t *r =
+        ts_record_new(TS_REC_AUDIT, u->collection, u->doc_id, strlen(u->doc_id), NULL, 0);
+    if (!r)
+        return;
+    r->at_ms = u->sent_ms;
+    memcpy(r->mutation, u->mutation, sizeof r->mutation);
+    snprintf(r->event, sizeof r->event, "sent");
+    r->version = u->sent_version;
+    append_record(call, r);
 }
 
 /* Applies a message of sync updates as one internal envelope, so that all
@@ -1458,13 +1467,21 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
     }
     e->internal = true;
     e->received_us = ts_mono_us();
-    ts_call_t *call = &e->calls[0];
-    call->method = TS_M_NONE;
+    ts_call_t *out = &e->calls[0];
+    out->method = TS_M_NONE;
+    /* Each update's records and events are made on a scratch call and then
+     * moved to the end of the envelope's lists: appending to one long list
+     * walks it every time, which is quadratic in a batch of confirmations. */
+    ts_record_t **records_end = &out->records;
+    ts_event_t **events_end = &out->events;
     bool cursor_moved = false;
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
+        ts_call_t one = {.method = TS_M_NONE}, *call = &one;
         collection_t *c = find_collection(self, u->collection);
         doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
+        if (c && u->sent_ms)
+            add_sent_audit(call, u);
         switch (u->kind) {
         case TS_SYNC_CONFIRMED:
             if (c && !d)
@@ -1484,10 +1501,7 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
             if (c)
                 sync_remote(self, call, c, u);
             break;
-        case TS_SYNC_SENT:
-            if (d)
-                sync_sent(call, c, d, u);
-            break;
+        case TS_SYNC_SENT: break; /* its audit line is written above */
         case TS_SYNC_CURSOR: /* only the last one of the message is written */
             snprintf(self->cursor, sizeof self->cursor, "%s", u->cursor);
             cursor_moved = true;
@@ -1501,7 +1515,12 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         if (d)
             forget_base_if_settled(self, d);
         ts_sync_update_free(u);
+        for (*records_end = one.records; *records_end; records_end = &(*records_end)->next)
+            ;
+        for (*events_end = one.events; *events_end; events_end = &(*events_end)->next)
+            ;
     }
+    ts_call_t *call = out;
     if (cursor_moved) {
         ts_record_t *r =
             ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));
@@ -1851,6 +1870,8 @@ static void store_cleanup(store_t *self)
         zmq_close(self->events);
     if (self->inbox)
         zmq_close(self->inbox);
+    if (self->sync_inbox)
+        zmq_close(self->sync_inbox);
     if (self->to_persist)
         zmq_close(self->to_persist);
 }
@@ -1922,6 +1943,10 @@ static void store_actor(ts_actor_t *actor, void *args)
         zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
     }
+    if (self.config->api_url && (self.sync_inbox = zmq_socket(zctx, ZMQ_PULL))) {
+        zmq_setsockopt(self.sync_inbox, ZMQ_RCVHWM, &zero, sizeof zero);
+        zmq_setsockopt(self.sync_inbox, ZMQ_LINGER, &zero, sizeof zero);
+    }
     self.to_front = zmq_socket(zctx, ZMQ_PUSH);
     if (self.to_front) {
         zmq_setsockopt(self.to_front, ZMQ_SNDHWM, &zero, sizeof zero);
@@ -1929,7 +1954,9 @@ static void store_actor(ts_actor_t *actor, void *args)
     }
     if (!self.to_front || zmq_connect(self.to_front, TS_INPROC_FRONT) ||
         zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
-        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC)))) {
+        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC) ||
+                                  !self.sync_inbox ||
+                                  zmq_bind(self.sync_inbox, TS_INPROC_STORE_SYNC)))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
@@ -1952,6 +1979,8 @@ static void store_actor(ts_actor_t *actor, void *args)
     if (self.to_sync)
         hand_outbox_to_sync(&self);
     ts_loop_reader(loop, ts_actor_pipe(actor), on_pipe, &self);
+    if (self.sync_inbox) /* first: remote changes go ahead of the front door's backlog */
+        ts_loop_reader(loop, self.sync_inbox, on_inbox, &self);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);

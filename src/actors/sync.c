@@ -38,6 +38,7 @@
 #define LONGPOLL_S 25
 #define ROUND_TIMEOUT_US 20000000 /* a `sync` call answers after this at the latest */
 #define STATUS_CURSOR_EVERY_US 250000
+#define BATCH_MAX_BYTES (512 * 1024) /* bodies per batch: well under the server's 1 MiB */
 
 /* ---- state ---- */
 
@@ -66,7 +67,8 @@ typedef struct mut {
     char *body;           /* create: document without id; update: merge patch; delete: NULL */
     mstate_t state;
     int rounds;           /* failed push rounds */
-    bool sent;            /* SENT reported (audit) */
+    int64_t sent_ms;      /* wall clock of the first send; 0 = not sent yet */
+    bool sent;            /* that send is reported to the store (audit "sent") */
     bool stuck;           /* rounds >= stuck_after */
     bool dropped;         /* the store dropped it while a request was out */
     int64_t due_us;       /* BACKOFF: when to queue again */
@@ -91,6 +93,7 @@ typedef struct sdoc {
 
 typedef enum {
     R_PUSH,     /* a mutation's request */
+    R_BATCH,    /* POST /v1/_batch: several documents' heads in one request */
     R_FETCH,    /* GET of the current document after a 409 without one */
     R_FEED,     /* a page of /v1/changes (catch-up, long poll, poll, drain) */
     R_STREAM,   /* the SSE stream */
@@ -108,6 +111,8 @@ typedef struct req {
     rkind_t kind;
     uint64_t id;
     mut_t *m;               /* PUSH, FETCH */
+    mut_t **batch;          /* BATCH: its mutations, in the order of the ops */
+    size_t nbatch;
     bool drain;             /* FEED: a `sync` round's drain, not the feed's own */
     struct check *check;    /* DIGEST, LIST for a check */
     struct round *round;    /* LIST for invalidate */
@@ -150,7 +155,7 @@ typedef struct {
     void *api_in;           /* PULL REPLY_TO: the API actor's answers */
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
-    void *to_store;         /* PUSH TS_INPROC_STORE */
+    void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
     void *to_front;         /* PUSH TS_INPROC_FRONT */
     int64_t started_us;
     /* documents */
@@ -165,6 +170,9 @@ typedef struct {
     size_t nwaiting, waiting_cap;
     size_t queued;          /* mutations held */
     int in_flight;          /* SENDING + FETCHING */
+    int push_reqs;          /* push, batch and fetch requests out (bounded by concurrency) */
+    int batch_limit;        /* writes per batch now: sync.batch_size, halved on a 413 */
+    bool batch_off;         /* the server has no batch route: one request per write */
     int stuck;
     /* connection */
     cstate_t conn;
@@ -301,8 +309,9 @@ static void status_maybe_send(sync_t *self, bool force)
     if (self->last_sync_ms)
         ts_rfc3339(self->last_sync_ms, ts);
     char sig[512];
-    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64, self->conn == C_ONLINE, self->api_state,
-             self->last_error, self->stuck, self->repairs);
+    bool batch = !self->batch_off && self->batch_limit > 1;
+    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64 "|%d", self->conn == C_ONLINE,
+             self->api_state, self->last_error, self->stuck, self->repairs, batch);
     int64_t now = ts_mono_us();
     bool changed = strcmp(sig, self->status_sig) != 0;
     bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||
@@ -335,6 +344,7 @@ static void status_maybe_send(sync_t *self, bool force)
     cJSON_AddNumberToObject(s, "queued", (double)self->queued);
     cJSON_AddStringToObject(s, "feed", pstate_names[self->pull]);
     cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
+    cJSON_AddBoolToObject(s, "batch", batch);
     ts_sync_update_t *u = emit(self, TS_SYNC_STATUS, NULL);
     if (!u) {
         cJSON_Delete(s);
@@ -374,6 +384,7 @@ static req_t *req_new(sync_t *self, rkind_t kind)
 
 static void req_free(sync_t *self, req_t *r)
 {
+    free(r->batch);
     if (r->prev)
         r->prev->next = r->next;
     else
@@ -402,6 +413,8 @@ static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
         req_free(self, r);
         return -1;
     }
+    if (r->kind == R_PUSH || r->kind == R_BATCH || r->kind == R_FETCH)
+        self->push_reqs++; /* on_result counts it down */
     return 0;
 }
 
@@ -705,6 +718,7 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
     m->body = r->body ? strndup(r->body, r->body_len) : NULL;
     m->rounds = 0;
     m->sent = false;
+    m->sent_ms = 0;
     if (m->stuck)
         m->stuck = false; /* the caller fixes self->stuck */
 }
@@ -827,6 +841,36 @@ static char *body_with_id(const mut_t *m)
     return ts_buf_take(&buf, &len);
 }
 
+/* If-Match for m: the version its write was made on, or the one our own
+ * confirmed writes brought the document to, whichever is newer (sdoc_t). */
+static int64_t if_match_of(const mut_t *m)
+{
+    return m->base_version > m->doc->version ? m->base_version : m->doc->version;
+}
+
+static void mark_sending(sync_t *self, mut_t *m)
+{
+    mstate_set(self, m, M_SENDING);
+    self->sends++;
+    if (!m->sent_ms)
+        m->sent_ms = ts_wall_ms();
+}
+
+/* Reports m's first send for the audit trail, once: on u (the write's
+ * outcome) or, with u NULL, on a SENT update of its own. Most writes are
+ * answered at once, so "sent" rides on the answer instead of costing the
+ * store and persist a message and a commit of its own per write. */
+static void report_sent(sync_t *self, mut_t *m, ts_sync_update_t *u)
+{
+    if (m->sent || !m->sent_ms)
+        return;
+    if (!u && !(u = emit(self, TS_SYNC_SENT, m)))
+        return;
+    u->sent_ms = m->sent_ms;
+    u->sent_version = m->base_version;
+    m->sent = true;
+}
+
 static void push_send(sync_t *self, mut_t *m)
 {
     sdoc_t *d = m->doc;
@@ -846,7 +890,7 @@ static void push_send(sync_t *self, mut_t *m)
         q = ts_api_request_new(m->op == TS_OP_UPDATE ? TS_API_PATCH : TS_API_DELETE, path,
                                m->op == TS_OP_UPDATE ? (m->body ? m->body : "{}") : NULL);
         if (q) {
-            q->if_match = m->base_version > d->version ? m->base_version : d->version;
+            q->if_match = if_match_of(m);
             q->shape = m->op == TS_OP_UPDATE ? TS_API_SHAPE_DOC : TS_API_SHAPE_NONE;
         }
     }
@@ -863,20 +907,112 @@ static void push_send(sync_t *self, mut_t *m)
         mstate_set(self, m, M_BACKOFF);
         return;
     }
-    mstate_set(self, m, M_SENDING);
-    self->sends++;
-    if (!m->sent) {
-        m->sent = true;
-        emit(self, TS_SYNC_SENT, m);
-    }
+    mark_sending(self, m);
 }
 
-/* Sends ready heads, oldest seq first, up to the concurrency bound. */
+/* Appends m as one op of a batch: the same write push_send would send, with
+ * the same idempotency key and If-Match (docs/CLINIC_API.md). 0, or -1
+ * with nothing appended. */
+static int batch_append(ts_buf_t *b, const mut_t *m, bool first)
+{
+    static const char *const methods[] = {[TS_OP_CREATE] = "POST", [TS_OP_UPDATE] = "PATCH",
+                                          [TS_OP_DELETE] = "DELETE"};
+    const sdoc_t *d = m->doc;
+    char *created = m->op == TS_OP_CREATE ? body_with_id(m) : NULL;
+    if (m->op == TS_OP_CREATE && !created)
+        return -1;
+    ts_buf_printf(b, "%s{\"method\":\"%s\",\"collection\":", first ? "" : ",", methods[m->op]);
+    ts_buf_json_string(b, d->coll, strlen(d->coll));
+    if (m->op != TS_OP_CREATE) {
+        ts_buf_puts(b, ",\"id\":");
+        ts_buf_json_string(b, d->id, strlen(d->id));
+        int64_t v = if_match_of(m);
+        if (v > 0)
+            ts_buf_printf(b, ",\"if_match\":%lld", (long long)v);
+    }
+    ts_buf_printf(b, ",\"idempotency_key\":\"%s\"", m->mutation);
+    if (m->op != TS_OP_DELETE) {
+        ts_buf_puts(b, ",\"body\":");
+        ts_buf_puts(b, created ? created : m->body ? m->body : "{}");
+    }
+    free(created);
+    return ts_buf_puts(b, "}");
+}
+
+/* Sends up to batch_limit ready heads, oldest seq first, as one POST
+ * /v1/_batch. Each is still its document's only write in flight, so order
+ * per document holds; the server answers each op as its own request. */
+static int push_batch(sync_t *self)
+{
+    mut_t **ms = malloc((size_t)self->batch_limit * sizeof *ms);
+    if (!ms)
+        return -1;
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"ops\":[");
+    size_t n = 0;
+    while (self->heap_len && n < (size_t)self->batch_limit) {
+        struct heap_entry e = heap_pop(self);
+        mut_t *m = e.doc->head;
+        if (!m || m->seq != e.seq || m->state != M_QUEUED) {
+            doc_maybe_free(self, e.doc);
+            continue;
+        }
+        size_t size = (m->body ? strlen(m->body) : 0) + 256;
+        if (n && b.len + size > BATCH_MAX_BYTES) {
+            heap_push(self, e.doc); /* the next batch's */
+            break;
+        }
+        if (size > BATCH_MAX_BYTES || batch_append(&b, m, n == 0) < 0) {
+            push_send(self, m); /* too big for a batch, or not a document: alone */
+            continue;
+        }
+        ms[n++] = m;
+    }
+    ts_buf_puts(&b, "]}");
+    size_t len;
+    char *body = ts_buf_take(&b, &len);
+    if (!n) {
+        free(body);
+        free(ms);
+        return 0;
+    }
+    ts_api_request_t *q = body ? ts_api_request_new(TS_API_POST, "/v1/_batch", body) : NULL;
+    free(body);
+    if (q) {
+        q->shape = TS_API_SHAPE_ANY;
+        q->max_attempts = PUSH_ATTEMPTS;
+    }
+    req_t *r = req_new(self, R_BATCH);
+    if (api_send(self, q, r)) {
+        for (size_t i = 0; i < n; i++) {
+            ms[i]->rounds++;
+            ms[i]->due_us = ts_mono_us() + backoff_us(ms[i]->rounds, PUSH_BACKOFF_BASE_MS,
+                                                      PUSH_BACKOFF_CAP_MS);
+            mstate_set(self, ms[i], M_BACKOFF);
+        }
+        free(ms);
+        return 0;
+    }
+    r->batch = ms;
+    r->nbatch = n;
+    for (size_t i = 0; i < n; i++)
+        mark_sending(self, ms[i]);
+    return 0;
+}
+
+/* Sends ready heads, oldest seq first, up to the concurrency bound: in
+ * batches while the server takes them, else one request per write. */
 static void push_pump(sync_t *self)
 {
     if (self->conn == C_OFFLINE)
         return;
-    while (self->heap_len && self->in_flight < self->config->sync.concurrency) {
+    bool batch = !self->batch_off && self->batch_limit > 1;
+    while (self->heap_len && self->push_reqs < self->config->sync.concurrency) {
+        if (batch) {
+            if (push_batch(self) < 0)
+                break; /* out of memory: the next turn tries again */
+            continue;
+        }
         struct heap_entry e = heap_pop(self);
         sdoc_t *d = e.doc;
         mut_t *m = d->head;
@@ -889,6 +1025,7 @@ static void push_pump(sync_t *self)
 
 static void push_retry_later(sync_t *self, mut_t *m, const ts_api_result_t *res)
 {
+    report_sent(self, m, NULL); /* no answer yet: the audit shows it went out */
     m->rounds++;
     self->retries++;
     if (!m->stuck && m->rounds >= self->config->sync.stuck_after) {
@@ -913,6 +1050,7 @@ static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api
         cJSON_Delete(doc);
         return;
     }
+    report_sent(self, m, u);
     u->doc = doc;
     if (kind == TS_SYNC_REJECTED) {
         self->rejected++;
@@ -943,6 +1081,7 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
     self->pushed++;
     self->confirmed++;
     if (u) {
+        report_sent(self, m, u);
         u->doc = doc;
         u->version = version;
     } else {
@@ -969,10 +1108,11 @@ static void fetch_current(sync_t *self, mut_t *m)
         push_final(self, m, TS_SYNC_CONFLICT, NULL, NULL);
 }
 
-static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
+/* What the answer to m's write means for it (sent alone or in a batch). */
+static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
-    conn_note(self, res, "push");
     if (m->dropped) { /* dropped by the store while out: whatever happened, forget it */
+        report_sent(self, m, NULL);
         mut_forget(self, m);
         return;
     }
@@ -1013,11 +1153,101 @@ static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
     }
 }
 
+static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
+{
+    conn_note(self, res, "push");
+    push_outcome(self, res, m);
+}
+
+/* The class the API actor would give an op's status (docs/API_ACTOR.md). */
+static ts_api_error_t op_error(long status)
+{
+    if (status >= 200 && status < 300)
+        return TS_API_OK;
+    switch (status) {
+    case 401: return TS_API_UNAUTHORIZED;
+    case 403: return TS_API_FORBIDDEN;
+    case 404: return TS_API_NOT_FOUND;
+    case 408: return TS_API_TIMEOUT;
+    case 409:
+    case 412: return TS_API_CONFLICT;
+    case 422: return TS_API_VALIDATION;
+    case 429: return TS_API_TOO_MANY_REQUESTS;
+    default: break;
+    }
+    if (status >= 500 && status < 600)
+        return TS_API_SERVER_ERROR;
+    return status >= 400 && status < 500 ? TS_API_BAD_REQUEST : TS_API_BAD_RESPONSE;
+}
+
+/* A batch's writes go back in line unsent (the batch was refused whole). */
+static void batch_requeue(sync_t *self, req_t *r)
+{
+    for (size_t i = 0; i < r->nbatch; i++) {
+        mut_t *m = r->batch[i];
+        if (m->dropped)
+            mut_forget(self, m);
+        else
+            mstate_set(self, m, M_QUEUED);
+    }
+}
+
+/* The answer to a POST /v1/_batch: each op's result is handled exactly as
+ * the answer to that write sent alone. A server without the route (404,
+ * 405, 501, 400, or a 2xx that is not {results}) gets single requests from
+ * now on; a 413 halves the batch size; a failure of the whole request
+ * (network, 5xx, 401 after a refresh...) counts for every write in it. */
+static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
+{
+    conn_note(self, res, "push");
+    const cJSON *results =
+        res->error == TS_API_OK ? cJSON_GetObjectItemCaseSensitive(res->json, "results") : NULL;
+    bool fits = cJSON_IsArray(results) && (size_t)cJSON_GetArraySize(results) == r->nbatch;
+    long st = res->status;
+    if (!fits && (res->error == TS_API_OK || st == 400 || st == 404 || st == 405 || st == 501)) {
+        if (!self->batch_off)
+            ts_warn(LOG, "POST /v1/_batch is not usable here (status %ld%s): one request per "
+                    "write from now on", st, res->error == TS_API_OK ? ", no results" : "");
+        self->batch_off = true;
+        batch_requeue(self, r);
+        return;
+    }
+    if (!fits && st == 413) {
+        self->batch_limit = self->batch_limit / 2 > 1 ? self->batch_limit / 2 : 1;
+        ts_warn(LOG, "POST /v1/_batch: 413 for %zu writes; batches of %d from now on", r->nbatch,
+                self->batch_limit);
+        batch_requeue(self, r);
+        return;
+    }
+    if (!fits) {
+        for (size_t i = 0; i < r->nbatch; i++)
+            push_outcome(self, res, r->batch[i]);
+        return;
+    }
+    size_t i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, results)
+    {
+        mut_t *m = r->batch[i++];
+        long long status = 0;
+        ts_json_int(it, "status", &status);
+        ts_api_result_t one = {.id = res->id, .status = (long)status, .retry_after_ms = -1,
+                               .attempts = res->attempts, .error = op_error((long)status)};
+        one.json = cJSON_GetObjectItemCaseSensitive(it, "body");
+        long long v;
+        if (one.error == TS_API_OK && m->op != TS_OP_DELETE &&
+            !(ts_json_string(one.json, "id") && ts_json_int(one.json, "version", &v)))
+            one.error = TS_API_BAD_RESPONSE; /* the shape check of a single answer */
+        snprintf(one.message, sizeof one.message, "batch op %zu: status %lld", i - 1, status);
+        push_outcome(self, &one, m);
+    }
+}
+
 static void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
     conn_note(self, res, "fetch");
     if (m->dropped) {
-        on_push(self, res, m); /* the same forgetting */
+        push_outcome(self, res, m); /* the same forgetting */
         return;
     }
     if (res->error == TS_API_OK) {
@@ -1677,8 +1907,11 @@ static void on_result(sync_t *self, ts_api_result_t *res)
         ts_api_result_free(res);
         return;
     }
+    if (r->kind == R_PUSH || r->kind == R_BATCH || r->kind == R_FETCH)
+        self->push_reqs--;
     switch (r->kind) {
     case R_PUSH: on_push(self, res, r->m); break;
+    case R_BATCH: on_batch(self, res, r); break;
     case R_FETCH: on_fetch(self, res, r->m); break;
     case R_FEED:
         if (r->drain)
@@ -1885,6 +2118,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
     sync_t self = {.config = args, .actor = actor};
     self.started_us = ts_mono_us();
     copy_str(self.api_state, sizeof self.api_state, "unknown");
+    self.batch_limit = self.config->sync.batch_size;
     self.checks = calloc(self.config->ncollections ? self.config->ncollections : 1,
                          sizeof *self.checks);
     for (size_t i = 0; self.checks && i < self.config->ncollections; i++)
@@ -1895,7 +2129,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
         !(self.api_in = open_socket(&self, ZMQ_PULL, REPLY_TO, true)) ||
         !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||
         !(self.api_feed = open_socket(&self, ZMQ_PUSH, TS_INPROC_API_FEED, false)) ||
-        !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE_SYNC, false)) ||
         !(self.to_front = open_socket(&self, ZMQ_PUSH, TS_INPROC_FRONT, false))) {
         sync_cleanup(&self);
         ts_actor_ready(actor, -1);

@@ -31,6 +31,8 @@ typedef struct {
     atomic_llong commits;            /* SQLite write transactions (group commits) */
     atomic_llong tokens_issued;      /* access tokens handed out */
     atomic_llong unauthorized;       /* 401 answers */
+    atomic_llong batches;            /* POST /v1/_batch requests answered 200 */
+    atomic_llong batch_ops;          /* ops in them */
 } ca_stats_t;
 
 extern ca_stats_t ca_stats;

@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "control.h"
 #include "feed.h"
+#include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/sha256.h"
 #include "writer.h"
@@ -43,6 +44,8 @@ typedef struct {
     char *rendered;      /* a create's stored text for version 1 */
     char fp[65];         /* request fingerprint for Idempotency-Key */
     char gen[37];        /* generated id of a create */
+    struct bop *bops;    /* POST /v1/_batch: its ops (doc holds the parsed batch) */
+    size_t nbops;
 } req_t;
 
 /* An open event stream. */
@@ -340,6 +343,235 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
     return finish_write(c, rq);
 }
 
+/* ---- POST /v1/_batch --------------------------------------------------------
+ * An extension of Clinic API v1 (docs/CLINIC_API.md): many writes in one
+ * request, each answered exactly as its own request would be, all applied
+ * in order in one transaction by the group-commit writer before the answer. */
+
+/* One op of a batch. */
+typedef struct bop {
+    ca_write_t w;
+    ca_reply_t r;
+    bool early;     /* answered without storage, as its single request would be */
+    char *rendered; /* a create's stored text for version 1 */
+    char fp[65];    /* the fingerprint of the equivalent single request */
+    char gen[37];   /* generated id of a create */
+} bop_t;
+
+static void batch_free(req_t *rq)
+{
+    for (size_t i = 0; i < rq->nbops; i++) {
+        ts_buf_free(&rq->bops[i].r.body);
+        free(rq->bops[i].rendered);
+    }
+    free(rq->bops);
+    free((void *)rq->job.ops);
+    free(rq->job.replies);
+}
+
+static void early_answer(bop_t *o, int status, const char *json)
+{
+    o->early = true;
+    o->r.status = status;
+    ts_buf_puts(&o->r.body, json);
+}
+
+/* A malformed batch: 400 naming the field (ops[i].field); nothing applied. */
+static enum MHD_Result batch_bad(struct MHD_Connection *c, long i, const char *field,
+                                 const char *message)
+{
+    char where[80];
+    if (i < 0)
+        snprintf(where, sizeof where, "%s", field);
+    else
+        snprintf(where, sizeof where, "ops[%ld]%s%s", i, *field ? "." : "", field);
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"errors\":[{\"field\":");
+    ts_buf_json_string(&b, where, strlen(where));
+    ts_buf_puts(&b, ",\"message\":");
+    ts_buf_json_string(&b, message, strlen(message));
+    ts_buf_puts(&b, "}]}");
+    return answer(c, 400, &b);
+}
+
+/* Reads one op into o, with the checks of write_doc. Returns NULL when the
+ * op is well formed (o->early says it is already answered), or the name of
+ * the malformed field with *why. The fingerprint is the one the same write
+ * sent alone would get (body in compact form, If-Match "N"), so a key may
+ * move between a batch and a single request. */
+static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char **why)
+{
+    if (!cJSON_IsObject(op))
+        return *why = "must be an object", "";
+    const char *method = ts_json_string(op, "method");
+    ca_op_t kind;
+    if (method && strcmp(method, "POST") == 0)
+        kind = CA_OP_CREATE;
+    else if (method && strcmp(method, "PATCH") == 0)
+        kind = CA_OP_PATCH;
+    else if (method && strcmp(method, "DELETE") == 0)
+        kind = CA_OP_DELETE;
+    else
+        return *why = "must be POST, PATCH or DELETE", "method";
+    const char *coll_name = ts_json_string(op, "collection");
+    if (!coll_name)
+        return *why = "must be a collection name", "collection";
+    const char *id = kind == CA_OP_CREATE ? NULL : ts_json_string(op, "id");
+    if (kind != CA_OP_CREATE && !id)
+        return *why = "must be the document's id (PATCH and DELETE)", "id";
+    const cJSON *if_match = cJSON_GetObjectItemCaseSensitive(op, "if_match");
+    char if_match_text[40] = "";
+    if (cJSON_IsNumber(if_match))
+        snprintf(if_match_text, sizeof if_match_text, "\"%.0f\"", if_match->valuedouble);
+    else if (cJSON_IsString(if_match))
+        snprintf(if_match_text, sizeof if_match_text, "%s", if_match->valuestring);
+    else if (if_match && !cJSON_IsNull(if_match))
+        return *why = "must be a version number or an If-Match string", "if_match";
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(op, "idempotency_key");
+    if (key && !cJSON_IsNull(key) && !cJSON_IsString(key))
+        return *why = "must be a string", "idempotency_key";
+    cJSON *body = cJSON_GetObjectItemCaseSensitive(op, "body");
+    if (kind != CA_OP_DELETE && !body)
+        return *why = "is required for POST and PATCH", "body";
+
+    /* From here on, answers are those of the single request. */
+    ca_write_t *w = &o->w;
+    const char *coll = find_collection(h, coll_name, strlen(coll_name));
+    *w = (ca_write_t){.op = kind, .coll = coll, .id = id};
+    if (!coll) {
+        early_answer(o, 404, "{\"error\":\"unknown_collection\"}");
+        return NULL;
+    }
+    if (cJSON_IsString(key) && (!*key->valuestring || strlen(key->valuestring) > 255)) {
+        early_answer(o, 400, "{\"errors\":[{\"field\":\"Idempotency-Key\","
+                             "\"message\":\"must be 1-255 characters\"}]}");
+        return NULL;
+    }
+    if (kind != CA_OP_CREATE && parse_if_match(*if_match_text ? if_match_text : NULL,
+                                               &w->has_if_match, &w->if_match) < 0) {
+        early_answer(o, 400, "{\"errors\":[{\"field\":\"If-Match\","
+                             "\"message\":\"must be a version in quotes, or *\"}]}");
+        return NULL;
+    }
+    if (id && !ts_valid_id(id, strlen(id))) {
+        early_answer(o, 404, "{\"error\":\"not_found\"}");
+        return NULL;
+    }
+    if (kind != CA_OP_DELETE) {
+        ts_buf_t errors = {0};
+        if (kind == CA_OP_CREATE || !cJSON_IsObject(body) ? ca_doc_check(body, NULL, &errors)
+                                                          : 0) {
+            o->early = true;
+            o->r.status = 422;
+            ts_buf_printf(&o->r.body, "{\"errors\":[%s]}", errors.data);
+            ts_buf_free(&errors);
+            return NULL;
+        }
+        if (kind == CA_OP_CREATE) {
+            const cJSON *given = cJSON_GetObjectItemCaseSensitive(body, "id");
+            if (cJSON_IsString(given)) {
+                w->id = given->valuestring;
+            } else {
+                ts_uuidv7(o->gen);
+                w->id = o->gen;
+            }
+            o->rendered = ca_doc_render(cJSON_Duplicate(body, 1), w->id, 1, false);
+            w->rendered = o->rendered;
+        }
+        w->doc = body;
+    }
+    if (cJSON_IsString(key)) {
+        char url[200];
+        snprintf(url, sizeof url, "/v1/%s%s%s", coll, id ? "/" : "", id ? id : "");
+        char *text = kind == CA_OP_DELETE ? NULL : cJSON_PrintUnformatted(body);
+        ts_sha256_t s;
+        uint8_t d[32];
+        ts_sha256_init(&s);
+        ts_sha256_update(&s, method, strlen(method));
+        ts_sha256_update(&s, "\n", 1);
+        ts_sha256_update(&s, url, strlen(url));
+        ts_sha256_update(&s, "\n", 1);
+        if (kind != CA_OP_CREATE)
+            ts_sha256_update(&s, if_match_text, strlen(if_match_text));
+        ts_sha256_update(&s, "\n", 1);
+        if (text)
+            ts_sha256_update(&s, text, strlen(text));
+        ts_sha256_final(&s, d);
+        ts_sha256_to_hex(d, o->fp);
+        cJSON_free(text);
+        w->idem_key = key->valuestring;
+        w->fingerprint = o->fp;
+    }
+    return NULL;
+}
+
+/* {"results":[{"status":N,"body":...},...]} in the order of the ops. */
+static enum MHD_Result finish_batch(struct MHD_Connection *c, req_t *rq)
+{
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"results\":[");
+    for (size_t i = 0; i < rq->nbops; i++) {
+        const ca_reply_t *r = &rq->bops[i].r;
+        ts_buf_printf(&b, "%s{\"status\":%d", i ? "," : "", r->status);
+        if (r->body.len) {
+            ts_buf_puts(&b, ",\"body\":");
+            ts_buf_append(&b, r->body.data, r->body.len);
+        }
+        ts_buf_puts(&b, "}");
+    }
+    ts_buf_puts(&b, "]}");
+    atomic_fetch_add(&ca_stats.batches, 1);
+    atomic_fetch_add(&ca_stats.batch_ops, (long long)rq->nbops);
+    return answer(c, 200, &b);
+}
+
+static enum MHD_Result batch(ca_http_t *h, struct MHD_Connection *c, req_t *rq)
+{
+    rq->doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
+    if (!rq->doc)
+        return batch_bad(c, -1, "", "the body is not valid JSON");
+    const cJSON *ops = cJSON_GetObjectItemCaseSensitive(rq->doc, "ops"), *op;
+    if (!cJSON_IsArray(ops))
+        return batch_bad(c, -1, "ops", "must be an array of operations");
+    int n = cJSON_GetArraySize(ops);
+    if (n > CA_MAX_BATCH_OPS) {
+        ts_buf_t b = {0};
+        ts_buf_printf(&b, "{\"error\":\"too_many_ops\",\"max_ops\":%d}", CA_MAX_BATCH_OPS);
+        return answer(c, 413, &b);
+    }
+    if (n == 0)
+        return answer_text(c, 200, "{\"results\":[]}");
+    rq->bops = calloc((size_t)n, sizeof *rq->bops);
+    rq->job.ops = calloc((size_t)n, sizeof *rq->job.ops);
+    rq->job.replies = calloc((size_t)n, sizeof *rq->job.replies);
+    if (!rq->bops || !rq->job.ops || !rq->job.replies)
+        return answer_text(c, 500, "{\"error\":\"out_of_memory\"}");
+    size_t queued = 0;
+    cJSON_ArrayForEach(op, ops)
+    {
+        bop_t *o = &rq->bops[rq->nbops];
+        const char *why = NULL, *field = batch_op(h, op, o, &why);
+        if (field)
+            return batch_bad(c, (long)rq->nbops, field, why);
+        rq->nbops++;
+        if (!o->early) {
+            rq->job.ops[queued] = &o->w;
+            rq->job.replies[queued++] = &o->r;
+        }
+    }
+    rq->job.nops = queued;
+    if (queued) {
+        rq->job.conn = c;
+        if (ca_writer_submit(&rq->job) == 0) {
+            rq->queued = true;
+            return MHD_YES;
+        }
+        /* Stopping: write synchronously. */
+        ca_feed_notify(ca_db_write_batch(h->cfg->db, rq->job.ops, rq->job.replies, queued));
+    }
+    return finish_batch(c, rq);
+}
+
 static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *rq)
 {
     int64_t since, last;
@@ -480,6 +712,11 @@ static enum MHD_Result route_v1(ca_http_t *h, struct MHD_Connection *c, req_t *r
             return stream(h, c);
         return answer_text(c, 404, "{\"error\":\"not_found\"}");
     }
+    if (h->cfg->batch && seg == 6 && memcmp(rest, "_batch", 6) == 0 && !sub) {
+        if (strcmp(method, "POST") != 0)
+            return answer_text(c, 405, "{\"error\":\"method_not_allowed\"}");
+        return batch(h, c, rq);
+    }
     const char *coll = find_collection(h, rest, seg);
     if (!coll)
         return answer_text(c, 404, "{\"error\":\"unknown_collection\"}");
@@ -538,7 +775,7 @@ static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, 
                              const char *method)
 {
     if (rq->queued)
-        return finish_write(c, rq);
+        return rq->bops ? finish_batch(c, rq) : finish_write(c, rq);
     if (rq->too_large)
         return answer_text(c, 413, "{\"error\":\"too_large\"}");
     if (strncmp(url, "/v1/", 4) == 0) {
@@ -622,6 +859,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
         ts_buf_free(&rq->job.r.body);
         cJSON_Delete(rq->doc);
         free(rq->rendered);
+        batch_free(rq);
         free(rq);
         *con_cls = NULL;
     }

@@ -22,6 +22,7 @@ typedef struct {
     int heartbeat_ms; /* SSE heartbeat interval */
     int max_poll_s;   /* cap of /v1/changes?timeout= */
     int threads;      /* HTTP worker threads */
+    bool batch;       /* serve POST /v1/_batch (--no-batch: 404, as a server without it) */
 } ca_http_config_t;
 
 typedef struct ca_http ca_http_t;

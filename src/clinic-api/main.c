@@ -27,6 +27,7 @@ static void usage(FILE *out)
           "  --token-ttl SECONDS     access token lifetime (default 3600)\n"
           "  --collections a,b       served collections (default sessions,consultations)\n"
           "  --no-control            disable /_control/* (fault injection and stats)\n"
+          "  --no-batch              disable POST /v1/_batch (404, like a server without it)\n"
           "  --heartbeat-ms MS       event stream heartbeat (default 15000)\n"
           "  --max-poll S            cap of /v1/changes?timeout= (default 30)\n"
           "  --threads N             HTTP worker threads (default: CPUs)\n"
@@ -72,7 +73,8 @@ static int parse_collections(const char *text, char ***out, int *n)
     *n = 0;
     *out = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (!ts_valid_id(tok, strlen(tok)) || strcmp(tok, "changes") == 0) {
+        if (!ts_valid_id(tok, strlen(tok)) || strcmp(tok, "changes") == 0 ||
+            strcmp(tok, "_batch") == 0) {
             fprintf(stderr, "clinic-api: bad collection name '%s'\n", tok);
             free(copy);
             return -1;
@@ -111,7 +113,8 @@ int main(int argc, char **argv)
         O_OFFLINE,
         O_LOG,
         O_HELP,
-        O_VERSION
+        O_VERSION,
+        O_NOBATCH
     };
     static const struct option opts[] = {{"listen", required_argument, 0, O_LISTEN},
                                          {"db", required_argument, 0, O_DB},
@@ -120,6 +123,7 @@ int main(int argc, char **argv)
                                          {"token-ttl", required_argument, 0, O_TTL},
                                          {"collections", required_argument, 0, O_COLLS},
                                          {"no-control", no_argument, 0, O_NOCTL},
+                                         {"no-batch", no_argument, 0, O_NOBATCH},
                                          {"heartbeat-ms", required_argument, 0, O_HB},
                                          {"max-poll", required_argument, 0, O_POLL},
                                          {"threads", required_argument, 0, O_THREADS},
@@ -139,7 +143,7 @@ int main(int argc, char **argv)
     int64_t ttl = 3600, hb = 15000, max_poll = 30, v;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t threads = cpus > 0 ? cpus : 2;
-    bool control = true;
+    bool control = true, batch = true;
     ca_faults_t faults;
     ca_faults_defaults(&faults);
     int o;
@@ -166,6 +170,9 @@ int main(int argc, char **argv)
             break;
         case O_NOCTL:
             control = false;
+            break;
+        case O_NOBATCH:
+            batch = false;
             break;
         case O_HB:
             bad = flag_int("--heartbeat-ms", optarg, 10, 3600000, &hb);
@@ -240,6 +247,7 @@ int main(int argc, char **argv)
     ca_http_config_t cfg = {.host = host,
                             .port = (uint16_t)port,
                             .control = control,
+                            .batch = batch,
                             .heartbeat_ms = (int)hb,
                             .max_poll_s = (int)max_poll,
                             .threads = (int)threads};

@@ -19,28 +19,37 @@ static struct {
     ca_db_t *db;
 } W = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
-/* Applies up to MAX_BATCH queued jobs; caller holds the lock, which is
- * released while SQLite works. Returns false when the queue was empty. */
+/* Applies queued jobs, up to MAX_BATCH writes (a batch job with more is
+ * taken alone, whole); caller holds the lock, which is released while
+ * SQLite works. Returns false when the queue was empty. */
 static bool run_batch(void)
 {
     if (!W.head)
         return false;
     ca_job_t *jobs[MAX_BATCH];
-    const ca_write_t *ws[MAX_BATCH];
-    ca_reply_t *rs[MAX_BATCH];
-    size_t n = 0;
+    const ca_write_t *ws[MAX_BATCH + CA_MAX_BATCH_OPS];
+    ca_reply_t *rs[MAX_BATCH + CA_MAX_BATCH_OPS];
+    size_t n = 0, nw = 0;
     while (W.head && n < MAX_BATCH) {
         ca_job_t *j = W.head;
+        size_t k = j->nops ? j->nops : 1;
+        if (nw && nw + k > MAX_BATCH)
+            break;
         W.head = j->next;
-        jobs[n] = j;
-        ws[n] = &j->w;
-        rs[n] = &j->r;
-        n++;
+        jobs[n++] = j;
+        if (!j->nops) {
+            ws[nw] = &j->w;
+            rs[nw++] = &j->r;
+        }
+        for (size_t i = 0; i < j->nops; i++) {
+            ws[nw] = j->ops[i];
+            rs[nw++] = j->replies[i];
+        }
     }
     if (!W.head)
         W.tail = NULL;
     pthread_mutex_unlock(&W.lock);
-    int64_t head = ca_db_write_batch(W.db, ws, rs, n);
+    int64_t head = nw ? ca_db_write_batch(W.db, ws, rs, nw) : ca_db_head(W.db);
     ca_feed_notify(head);
     pthread_mutex_lock(&W.lock);
     /* Resume under the lock: ordered after the suspend made in submit. */

@@ -14,10 +14,18 @@
 
 #include "db.h"
 
+/* Most ops one POST /v1/_batch may carry. */
+#define CA_MAX_BATCH_OPS 1000
+
 typedef struct ca_job {
     struct ca_job *next;
     ca_write_t w;                /* the write; its strings outlive the job */
     ca_reply_t r;                /* the answer, set before the resume */
+    /* A batch (POST /v1/_batch): nops > 0 writes in ops/replies instead of
+     * w/r, applied in order in one transaction (never split). */
+    size_t nops;
+    const ca_write_t **ops;
+    ca_reply_t **replies;
     struct MHD_Connection *conn; /* suspended until done */
     atomic_bool done;
 } ca_job_t;

@@ -32,6 +32,7 @@ void ts_config_init(ts_config_t *c)
     c->lua.memory_bytes = 32u << 20;
     c->lua.instruction_budget = 1000000;
     c->sync.concurrency = 32;
+    c->sync.batch_size = 128;
     c->sync.stuck_after = 8;
     c->sync.poll_interval_ms = 5000;
     c->sync.digest_interval_s = 300;
@@ -236,6 +237,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             int min, max;
         } keys[] = {
             {"concurrency", &c->sync.concurrency, 1, 4096},
+            {"batch_size", &c->sync.batch_size, 0, 1000},
             {"stuck_after", &c->sync.stuck_after, 1, 1000000},
             {"poll_interval_ms", &c->sync.poll_interval_ms, 10, 3600000},
             {"digest_interval_s", &c->sync.digest_interval_s, 0, 86400 * 7},

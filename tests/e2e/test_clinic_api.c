@@ -1101,3 +1101,196 @@ Test(process, idempotency_survives_a_restart, .init = start_logged_in, .fini = s
     ts_http_free(&a);
     ts_http_free(&b);
 }
+
+/* ---- POST /v1/_batch (extension) ------------------------------------------- */
+
+TestSuite(batch, .init = start_logged_in, .fini = stop_server, .timeout = 30);
+
+/* The results array of a 200 batch answer, checked to hold n entries.
+ * *root receives the whole answer (caller deletes). */
+static const cJSON *batch_results(const char *body, int n, cJSON **root)
+{
+    *root = call_json("POST", "/v1/_batch", body, NULL, NULL, 200);
+    const cJSON *res = cJSON_GetObjectItem(*root, "results");
+    cr_assert(cJSON_IsArray(res));
+    cr_assert_eq(cJSON_GetArraySize(res), n, "one result per op");
+    return res;
+}
+
+static int64_t result_status(const cJSON *results, int i)
+{
+    return num(cJSON_GetArrayItem(results, i), "status");
+}
+
+static const cJSON *result_body(const cJSON *results, int i)
+{
+    return cJSON_GetObjectItem(cJSON_GetArrayItem(results, i), "body");
+}
+
+Test(batch, mixed_ops_apply_in_order_and_answer_like_single_requests)
+{
+    int64_t applied0 = stat_of("applied_writes"), commits0 = stat_of("commits");
+    int64_t cursor0 = head_cursor();
+    cJSON *root;
+    const cJSON *res = batch_results(
+        "{\"ops\":["
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"idempotency_key\":\"b-k1\","
+        " \"body\":{\"id\":\"b-1\",\"room\":\"A\"}},"
+        "{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"b-1\",\"if_match\":1,"
+        " \"idempotency_key\":\"b-k2\",\"body\":{\"room\":\"B\"}},"
+        "{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"b-1\",\"if_match\":1,"
+        " \"body\":{\"room\":\"C\"}},"
+        "{\"method\":\"DELETE\",\"collection\":\"sessions\",\"id\":\"nobody\"},"
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{\"deleted\":true}},"
+        "{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"b-1\",\"body\":{\"id\":\"x\"}},"
+        "{\"method\":\"POST\",\"collection\":\"nope\",\"body\":{}},"
+        "{\"method\":\"DELETE\",\"collection\":\"sessions\",\"id\":\"b-1\",\"if_match\":\"2\","
+        " \"idempotency_key\":\"b-k3\"}"
+        "]}",
+        8, &root);
+    cr_assert_eq(result_status(res, 0), 201);
+    cr_assert_eq(num(result_body(res, 0), "version"), 1);
+    cr_assert_eq(result_status(res, 1), 200, "the second op sees the first");
+    cr_assert_eq(num(result_body(res, 1), "version"), 2);
+    cr_assert_str_eq(str(result_body(res, 1), "room"), "B");
+    cr_assert_eq(result_status(res, 2), 409, "a stale If-Match is a conflict");
+    cr_assert_eq(num(cJSON_GetObjectItem(result_body(res, 2), "current"), "version"), 2);
+    cr_assert_eq(result_status(res, 3), 404);
+    cr_assert_eq(result_status(res, 4), 422);
+    cr_assert(cJSON_IsArray(cJSON_GetObjectItem(result_body(res, 4), "errors")));
+    cr_assert_eq(result_status(res, 5), 422, "a patch changing the id");
+    cr_assert_eq(result_status(res, 6), 404);
+    cr_assert_str_eq(str(result_body(res, 6), "error"), "unknown_collection");
+    cr_assert_eq(result_status(res, 7), 204);
+    cr_assert_null(result_body(res, 7), "a 204 has no body");
+    cJSON_Delete(root);
+
+    cr_assert_eq(stat_of("applied_writes") - applied0, 3, "create, patch, delete");
+    cr_assert_eq(stat_of("commits") - commits0, 1, "one transaction for the batch");
+    cr_assert_eq(stat_of("batches"), 1);
+    ts_http_resp_t r;
+    cr_assert_eq(call("GET", "/v1/sessions/b-1", NULL, NULL, NULL, &r), 404);
+    ts_http_free(&r);
+    /* The feed shows the document once, at its latest state: the tombstone. */
+    char path[96];
+    snprintf(path, sizeof path, "/v1/changes?since=%lld&timeout=0", (long long)cursor0);
+    cJSON *feed = call_json("GET", path, NULL, NULL, NULL, 200);
+    const cJSON *changes = cJSON_GetObjectItem(feed, "changes");
+    cr_assert_eq(cJSON_GetArraySize(changes), 1);
+    const cJSON *doc = cJSON_GetObjectItem(cJSON_GetArrayItem(changes, 0), "doc");
+    cr_assert_str_eq(str(doc, "id"), "b-1");
+    cr_assert_eq(num(doc, "version"), 3);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(doc, "deleted")));
+    cJSON_Delete(feed);
+}
+
+Test(batch, a_replayed_batch_answers_the_same_and_applies_nothing)
+{
+    const char *body =
+        "{\"ops\":["
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"idempotency_key\":\"r-k1\","
+        " \"body\":{\"id\":\"r-1\",\"notes\":\"n\"}},"
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"idempotency_key\":\"r-k2\","
+        " \"body\":{\"notes\":\"generated id\"}},"
+        "{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"r-1\",\"if_match\":1,"
+        " \"idempotency_key\":\"r-k3\",\"body\":{\"notes\":null}},"
+        "{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"r-1\",\"if_match\":1,"
+        " \"idempotency_key\":\"r-k4\",\"body\":{\"room\":\"late\"}}"
+        "]}";
+    ts_http_resp_t a, b;
+    cr_assert_eq(call("POST", "/v1/_batch", body, NULL, NULL, &a), 200);
+    int64_t applied = stat_of("applied_writes");
+    cr_assert_eq(applied, 3, "two creates and a patch; the last op is a 409");
+    cr_assert_eq(call("POST", "/v1/_batch", body, NULL, NULL, &b), 200);
+    cr_assert_str_eq(a.body, b.body, "every op answers its first answer, 409 included");
+    cr_assert_eq(stat_of("applied_writes"), applied, "nothing applied twice");
+    cr_assert_eq(stat_of("idempotent_replays"), 4);
+    ts_http_free(&a);
+    ts_http_free(&b);
+
+    /* A key moves between a batch and a single request: the same write
+     * sent alone (compact body, If-Match "N") is the same request. */
+    cr_assert_eq(call("PATCH", "/v1/sessions/r-1", "{\"notes\":null}", "If-Match: \"1\"",
+                      "Idempotency-Key: r-k3", &a),
+                 200, "%s", a.body);
+    cr_assert_eq(stat_of("idempotent_replays"), 5);
+    ts_http_free(&a);
+    /* The same key with a different op: 422, as for single requests. */
+    cJSON *root;
+    const cJSON *res = batch_results(
+        "{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\",\"idempotency_key\":\"r-k1\","
+        " \"body\":{\"id\":\"r-other\"}}]}",
+        1, &root);
+    cr_assert_eq(result_status(res, 0), 422);
+    cJSON_Delete(root);
+    cr_assert_eq(stat_of("applied_writes"), applied);
+}
+
+Test(batch, malformed_or_oversized_batches_are_refused_whole)
+{
+    struct {
+        const char *body;
+        long status;
+        const char *field;
+    } cases[] = {
+        {"not json", 400, ""},
+        {"{\"ops\":{}}", 400, "ops"},
+        {"[]", 400, "ops"},
+        {"{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{\"id\":\"m-1\"}},"
+         "{\"collection\":\"sessions\",\"body\":{}}]}",
+         400, "ops[1].method"},
+        {"{\"ops\":[{\"method\":\"PUT\",\"collection\":\"sessions\",\"body\":{}}]}", 400,
+         "ops[0].method"},
+        {"{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\"}]}", 400, "ops[0].body"},
+        {"{\"ops\":[{\"method\":\"PATCH\",\"collection\":\"sessions\",\"body\":{}}]}", 400,
+         "ops[0].id"},
+        {"{\"ops\":[{\"method\":\"DELETE\",\"collection\":\"sessions\",\"id\":\"x\","
+         "\"if_match\":true}]}",
+         400, "ops[0].if_match"},
+        {"{\"ops\":[7]}", 400, "ops[0]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *j = call_json("POST", "/v1/_batch", cases[i].body, NULL, NULL, cases[i].status);
+        const cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "errors"), 0);
+        cr_assert_not_null(e, "case %zu: no errors", i);
+        cr_assert_str_eq(str(e, "field"), cases[i].field, "case %zu", i);
+        cJSON_Delete(j);
+    }
+    cr_assert_eq(stat_of("applied_writes"), 0, "a malformed batch applies nothing");
+
+    ts_buf_t big = {0};
+    ts_buf_puts(&big, "{\"ops\":[");
+    for (int i = 0; i < 1001; i++)
+        ts_buf_printf(&big, "%s{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{}}",
+                      i ? "," : "");
+    ts_buf_puts(&big, "]}");
+    cJSON *j = call_json("POST", "/v1/_batch", big.data, NULL, NULL, 413);
+    cr_assert_eq(num(j, "max_ops"), 1000);
+    cJSON_Delete(j);
+    ts_buf_free(&big);
+    cr_assert_eq(stat_of("applied_writes"), 0);
+
+    j = call_json("GET", "/v1/_batch", NULL, NULL, NULL, 405);
+    cJSON_Delete(j);
+    j = call_json("POST", "/v1/_batch", "{\"ops\":[]}", NULL, NULL, 200);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "results")), 0);
+    cJSON_Delete(j);
+}
+
+static void start_no_batch(void)
+{
+    const char *extra[] = {"--no-batch", NULL};
+    start_server(extra);
+    login();
+}
+
+Test(batch_off, no_batch_answers_404_like_a_server_without_it, .init = start_no_batch,
+     .fini = stop_server, .timeout = 30)
+{
+    cJSON *j = call_json("POST", "/v1/_batch",
+                         "{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\","
+                         "\"body\":{}}]}",
+                         NULL, NULL, 404);
+    cJSON_Delete(j);
+    cr_assert_eq(stat_of("applied_writes"), 0);
+}

@@ -589,3 +589,192 @@ Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
     }
     cr_assert(same, "both engines converged");
 }
+
+/* ---- batched push (POST /v1/_batch) ------------------------------------------ */
+
+/* Takes the engine's API offline: writes made now stay queued (the engine
+ * notices once its pushes fail). */
+static void go_offline(ts_engine_t *e)
+{
+    (void)e;
+    cr_assert_eq(ts_clinic_faults(&api, "{\"offline\":true}"), 0);
+}
+
+/* create() that returns the write's mutation id (caller frees). */
+static char *create_mutation(ts_engine_t *e, const char *id, const char *fields)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\"%s%s}}", id,
+             *fields ? "," : "", fields);
+    cJSON *r = call(e, "create", p);
+    const char *m = field_str(cJSON_GetObjectItem(ts_rpc_result(r), "sync"), "mutation");
+    cr_assert_gt(strlen(m), 0, "create answers its mutation id");
+    char *copy = strdup(m);
+    cJSON_Delete(r);
+    return copy;
+}
+
+Test(sync, offline_writes_replay_in_batches_in_order_per_document)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 2 }\n"), 0);
+    go_offline(&engine);
+    /* 60 documents, each created and updated three times; every fifth deleted */
+    int writes = 0;
+    for (int i = 0; i < 60; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "b%d", i);
+        create(&engine, id, "\"n\":0");
+        writes++;
+        for (int k = 1; k <= 3; k++) {
+            char patch[64];
+            snprintf(patch, sizeof patch, "{\"n\":%d}", k);
+            update(&engine, id, patch);
+            writes++;
+        }
+        if (i % 5 == 4) {
+            char p[128];
+            snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"%s\"}", id);
+            write_call(&engine, "delete", p);
+            writes++;
+        }
+    }
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert(wait_synced(&engine, 30000), "replayed after the API returned");
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), writes, "each write applied once");
+    cr_assert_gt(ts_clinic_stat(&api, "batches"), 0, "pushed in batches");
+    cr_assert_lt(ts_clinic_stat(&api, "batches"), writes / 2, "several writes per batch");
+    for (int i = 0; i < 60; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "b%d", i);
+        cJSON *doc = server_doc(id);
+        if (i % 5 == 4) {
+            cr_assert_null(doc, "%s deleted last", id);
+            continue;
+        }
+        cr_assert_not_null(doc, "%s on the server", id);
+        cr_assert_eq(field_int(doc, "n"), 3, "%s: the updates in order", id);
+        cr_assert_eq(field_int(doc, "version"), 4, "%s: create + 3 updates", id);
+        cJSON_Delete(doc);
+    }
+    cJSON *s = status(&engine);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(s, "batch")), "%s", cJSON_PrintUnformatted(s));
+    cJSON_Delete(s);
+}
+
+Test(sync, falls_back_to_single_requests_without_the_batch_route)
+{
+    const char *no_batch[] = {"--no-batch", NULL};
+    cr_assert_eq(ts_clinic_restart(&api, no_batch), 0);
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 2 }\n"), 0);
+    go_offline(&engine);
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "s%d", i);
+        create(&engine, id, "\"n\":1");
+        update(&engine, id, "{\"n\":2}");
+    }
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert(wait_synced(&engine, 30000), "replayed one request per write");
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 40, "each write applied once");
+    cr_assert_eq(ts_clinic_stat(&api, "batches"), 0);
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "s%d", i);
+        cJSON *doc = server_doc(id);
+        cr_assert_eq(field_int(doc, "n"), 2);
+        cr_assert_eq(field_int(doc, "version"), 2);
+        cJSON_Delete(doc);
+    }
+    cJSON *s = status(&engine);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(s, "batch")), "%s", cJSON_PrintUnformatted(s));
+    cJSON_Delete(s);
+    /* and a write made now goes alone too */
+    create(&engine, "later", "\"n\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 41);
+}
+
+Test(sync, kill9_during_a_batched_replay_loses_and_duplicates_nothing)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 2 }\n"), 0);
+    go_offline(&engine);
+    int total = 1500;
+    for (int i = 0; i < total; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "x%d", i);
+        create(&engine, id, "\"k\":1");
+    }
+    /* back, but slow: batches are out when the engine dies */
+    cr_assert_eq(ts_clinic_faults(&api, "{\"latency_ms\":40}"), 0);
+    int64_t end = now_ms() + 20000;
+    while (ts_clinic_stat(&api, "applied_writes") <= 0 && now_ms() < end)
+        sleep_ms(5);
+    long long applied = ts_clinic_stat(&api, "applied_writes");
+    ts_engine_kill(&engine);
+    cr_assert_gt(applied, 0, "some batches were applied before the kill");
+    cr_assert_eq(ts_engine_restart_synced(&engine, &api), 0);
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert(wait_synced(&engine, 40000), "everything synced after the kill");
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), total, "each write applied exactly once");
+    cJSON *d;
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest", NULL, &d), 200);
+    cr_assert_eq(field_int(d, "count"), total);
+    cJSON_Delete(d);
+    cJSON *doc = engine_doc(&engine, "x0");
+    cr_assert_eq(field_int(doc, "version"), 1);
+    cJSON_Delete(doc);
+}
+
+Test(sync, a_422_inside_a_batch_rolls_back_just_that_write)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 2 }\n"), 0);
+    go_offline(&engine);
+    char *mutations[5];
+    for (int i = 0; i < 5; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "v%d", i);
+        mutations[i] = create_mutation(&engine, id, "\"k\":1");
+    }
+    ts_engine_kill(&engine);
+    /* Someone else used v2's idempotency key for another request: the
+     * server answers v2's create 422 (a key reused with a different body). */
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    char squat[256];
+    snprintf(squat, sizeof squat,
+             "{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\","
+             "\"idempotency_key\":\"%s\",\"body\":{\"id\":\"squatter\"}}]}",
+             mutations[2]);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/_batch", squat, NULL), 200);
+    /* The restarted engine sends its outbox at once, in one batch; the slow
+     * answer leaves time to subscribe to its events. */
+    long long batches = ts_clinic_stat(&api, "batches");
+    cr_assert_eq(ts_clinic_faults(&api, "{\"latency_ms\":700}"), 0);
+    cr_assert_eq(ts_engine_restart_synced(&engine, &api), 0);
+    void *sub = events(&engine, "mutation");
+    cJSON *ev = ts_events_wait(sub, "mutation.rejected", "mutation", mutations[2], 20000);
+    cr_assert_not_null(ev, "mutation.rejected for v2");
+    cr_assert_str_eq(field_str(cJSON_GetObjectItem(ev, "error"), "reason"), "validation");
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItem(ev, "doc")), "the rolled-back document: none");
+    cJSON_Delete(ev);
+    cr_assert(wait_synced(&engine, 20000));
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert_eq(ts_clinic_stat(&api, "batches") - batches, 1, "the five writes in one batch");
+    for (int i = 0; i < 5; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "v%d", i);
+        cJSON *doc = server_doc(id);
+        if (i == 2) {
+            cr_assert_null(doc);
+            cJSON *r = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"v2\"}");
+            cr_assert_str_eq(ts_rpc_error_reason(r), "not_found", "v2 was rolled back");
+            cJSON_Delete(r);
+        } else {
+            cr_assert_not_null(doc, "%s confirmed beside the refused one", id);
+            cJSON_Delete(doc);
+            cJSON *mine = engine_doc(&engine, id);
+            cr_assert_eq(field_int(mine, "version"), 1);
+            cJSON_Delete(mine);
+        }
+        free(mutations[i]);
+    }
+}

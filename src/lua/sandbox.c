@@ -8,7 +8,12 @@
  *   2. Count hook: every protected call starts with a fresh budget. Once it is
  *      spent the hook re-arms itself to fire on every instruction and raises
  *      each time, so a pcall inside the policy cannot swallow the kill: the
- *      next Lua instruction after the pcall raises again.
+ *      next Lua instruction after the pcall raises again. With a budget of
+ *      TS_SANDBOX_LAZY_BUDGET or more the hook is armed lazily: calls run
+ *      without it (a count hook slows every instruction) and the watchdog
+ *      (watchdog.c) arms it once a call has run for 1-2 ms; the budget then
+ *      counts from there. Smaller budgets are counted from the first
+ *      instruction, since the head start would be a large part of them.
  *   3. Environment: each loaded file gets its own _ENV whose reads fall
  *      through to a table of allow-listed builtins; unknown names raise. After
  *      the chunk returns, its globals move behind a read-only view.
@@ -22,6 +27,7 @@
 #include "sandbox.h"
 
 #include "therasync/log.h"
+#include "watchdog.h"
 #include "therasync/util.h"
 
 #include <errno.h>
@@ -42,8 +48,11 @@ struct ts_sandbox {
     long budget;         /* instructions per protected call */
     long counted;        /* instructions counted in the current call */
     int step;            /* hook granularity */
-    int killed;          /* budget spent: the hook raises on every instruction */
-    int mem_killed;      /* memory cap hit: the hook raises on every instruction */
+    /* Read by the watchdog's signal handler (s_arm) on this state's thread. */
+    volatile sig_atomic_t killed;     /* budget spent: the hook raises on every instruction */
+    volatile sig_atomic_t mem_killed; /* memory cap hit: the hook raises on every instruction */
+    bool lazy;           /* the watchdog arms the hook (see the top of the file) */
+    ts_watch_t watch;
     int refused;         /* the last growth request was refused */
     int in_call;         /* a protected call is running (not reentrant) */
     int builtins_ref;    /* registry ref: the allow-listed globals table */
@@ -114,6 +123,15 @@ static void s_hook(lua_State *L, lua_Debug *ar)
         lua_sethook(L, s_hook, LUA_MASKCOUNT, 1);
     }
     luaL_error(L, "instruction budget exceeded (%ld instructions)", self->budget);
+}
+
+/* The watchdog's signal handler, on the thread running a call that has run
+ * long: only lua_sethook, which Lua allows from a signal handler. A kill
+ * already under way keeps its fire-on-every-instruction hook. */
+static void s_arm(void *arg)
+{
+    ts_sandbox_t *self = arg;
+    lua_sethook(self->L, s_hook, LUA_MASKCOUNT, self->killed || self->mem_killed ? 1 : self->step);
 }
 
 /* ---- environment pieces ---- */
@@ -567,6 +585,7 @@ ts_sandbox_t *ts_sandbox_new(const char *dir, size_t mem_cap, long budget, char 
         return NULL;
     }
     lua_settop(self->L, 0);
+    self->lazy = self->budget >= TS_SANDBOX_LAZY_BUDGET && ts_watch_add(&self->watch, s_arm, self) == 0;
     return self;
 }
 
@@ -575,6 +594,8 @@ void ts_sandbox_destroy(ts_sandbox_t **self_p)
     if (!self_p || !*self_p)
         return;
     ts_sandbox_t *self = *self_p;
+    if (self->lazy)
+        ts_watch_remove(&self->watch);
     if (self->L)
         lua_close(self->L);
     free(self);
@@ -594,11 +615,15 @@ int ts_sandbox_pcall(ts_sandbox_t *self, lua_CFunction f, void *ud, char *err, s
     self->killed = 0;
     self->mem_killed = 0;
     self->refused = 0;
-    if (self->budget > 0)
+    if (self->lazy)
+        ts_watch_begin(&self->watch);
+    else if (self->budget > 0)
         lua_sethook(L, s_hook, LUA_MASKCOUNT, self->step);
     lua_pushcfunction(L, f);
     lua_pushlightuserdata(L, ud);
     int status = lua_pcall(L, 1, 0, 0);
+    if (self->lazy)
+        ts_watch_end(&self->watch); /* no signal can arrive after this */
     lua_sethook(L, NULL, 0, 0);
     int rc = 0;
     if (status != LUA_OK) {

@@ -52,7 +52,12 @@ struct ts_policy {
     void *lookup_arg;
     ts_policy_find_fn find;
     const ts_policy_doc_t *doc; /* the candidate of a scan, or NULL */
-    lua_Integer doc_serial;   /* bumped per candidate: older lazy documents go stale */
+    lua_Integer doc_serial;   /* bumped per lazy document: older ones go stale */
+    ts_policy_doc_t *found;   /* ctx.find matches of the running validation */
+    size_t nfound, found_cap;
+    lua_Integer found_base;   /* serial of found[0]; found[i] has found_base + i */
+    int64_t now_ms;           /* ctx.now as text, formatted once per millisecond */
+    char now_text[32];
     char name[32];            /* owner, for logs */
     int64_t fixed_now_ms;     /* 0: real clock */
     unsigned generation;      /* bumped by every successful reload */
@@ -255,6 +260,8 @@ static void s_push_frozen(lua_State *L, int idx, int depth)
     ts_sandbox_push_readonly(L, idx);
 }
 
+static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial);
+
 /* ---- functions offered in ctx ---- */
 
 static ts_policy_t *s_self_upvalue(lua_State *L)
@@ -272,6 +279,7 @@ static int s_ctx_log(lua_State *L)
 
 typedef struct {
     lua_State *L;
+    ts_policy_t *self;
     int result;           /* stack index of the result array */
     lua_Integer n;
     const cJSON *doc;     /* the one being appended */
@@ -315,6 +323,52 @@ static int s_find_visit(void *arg, const cJSON *doc)
     return 0;
 }
 
+/* Whether the text document's time field is in [from_ms, to_ms). */
+static bool s_doc_in_range(const find_state_t *fs, const ts_policy_doc_t *d)
+{
+    const char *v;
+    size_t n;
+    char t[64];
+    int64_t ms;
+    if (!ts_json_text_field(d->text, d->len, fs->time_field, strlen(fs->time_field), &v, &n) ||
+        n < 2 || v[0] != '"')
+        return false;
+    if (memchr(v, '\\', n)) { /* escaped: let cJSON read it */
+        cJSON *s = cJSON_ParseWithLength(v, n);
+        bool in = cJSON_IsString(s) && ts_parse_rfc3339(s->valuestring, &ms) == 0;
+        cJSON_Delete(s);
+        return in && ms >= fs->from_ms && ms < fs->to_ms;
+    }
+    if (n - 2 >= sizeof t)
+        return false;
+    memcpy(t, v + 1, n - 2);
+    t[n - 2] = '\0';
+    return ts_parse_rfc3339(t, &ms) == 0 && ms >= fs->from_ms && ms < fs->to_ms;
+}
+
+/* Visitor of the store's look-up: keeps the matching documents in
+ * self->found (C only: nothing here may raise). */
+static int s_find_visit_doc(void *arg, const ts_policy_doc_t *doc)
+{
+    find_state_t *fs = arg;
+    ts_policy_t *self = fs->self;
+    if (fs->time_field && !s_doc_in_range(fs, doc))
+        return 0;
+    if (self->nfound == self->found_cap) {
+        size_t cap = self->found_cap ? 2 * self->found_cap : 16;
+        ts_policy_doc_t *p = realloc(self->found, cap * sizeof *p);
+        if (!p) {
+            fs->failed = 1;
+            snprintf(fs->msg, sizeof fs->msg, "out of memory");
+            return 1;
+        }
+        self->found = p;
+        self->found_cap = cap;
+    }
+    self->found[self->nfound++] = *doc;
+    return 0;
+}
+
 static int64_t s_time_arg(lua_State *L, int tbl, const char *key, int64_t dflt)
 {
     int t = lua_getfield(L, tbl, key);
@@ -355,7 +409,8 @@ static int s_ctx_find(lua_State *L)
                           luaL_typename(L, 3));
     }
     const char *v = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : value;
-    find_state_t fs = {.L = L, .time_field = NULL, .from_ms = INT64_MIN, .to_ms = INT64_MAX};
+    find_state_t fs = {
+        .L = L, .self = self, .time_field = NULL, .from_ms = INT64_MIN, .to_ms = INT64_MAX};
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
         if (lua_getfield(L, 4, "time_field") == LUA_TSTRING)
@@ -371,9 +426,10 @@ static int s_ctx_find(lua_State *L)
         return 1;
     luaL_checkstack(L, 8, "ctx.find");
     int rc;
+    size_t first = self->nfound;
     if (self->find) {
         ts_policy_find_t f = {coll, field, v, fs.time_field, fs.from_ms, fs.to_ms};
-        rc = self->find(self->lookup_arg, &f, s_find_visit, &fs);
+        rc = self->find(self->lookup_arg, &f, s_find_visit_doc, &fs);
     } else {
         rc = self->lookup(self->lookup_arg, coll, field, v, s_find_visit, &fs);
     }
@@ -381,6 +437,11 @@ static int s_ctx_find(lua_State *L)
         return luaL_error(L, "ctx.find: %s", fs.msg);
     if (rc != 0)
         return luaL_error(L, "ctx.find: look-up of %s.%s failed", coll, field);
+    /* Text documents become lazy tables, valid until the validation ends. */
+    for (size_t i = first; i < self->nfound; i++) {
+        s_push_proxy(L, self, self->found_base + (lua_Integer)i);
+        lua_rawseti(L, fs.result, (lua_Integer)(i - first + 1));
+    }
     return 1;
 }
 
@@ -427,10 +488,13 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
                        const cJSON *previous, bool for_validate)
 {
     loaded_t *ld = self->cur;
-    char now[32];
-    ts_rfc3339(s_now_ms(self), now);
+    int64_t now = s_now_ms(self);
+    if (now != self->now_ms) {
+        self->now_ms = now;
+        ts_rfc3339(now, self->now_text);
+    }
     lua_createtable(L, 0, 8);
-    lua_pushstring(L, now);
+    lua_pushstring(L, self->now_text);
     lua_setfield(L, -2, "now");
     if (collection) {
         lua_pushstring(L, collection);
@@ -468,9 +532,13 @@ static const ts_policy_doc_t *s_proxy_doc(lua_State *L, ts_policy_t *self)
     lua_rawgetp(L, 1, &s_proxy_key);
     lua_Integer serial = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    if (!self->doc || serial != self->doc_serial)
-        luaL_error(L, "a document is only valid during the call it was given to");
-    return self->doc;
+    if (self->doc && serial == self->doc_serial)
+        return self->doc;
+    if (self->nfound && serial >= self->found_base &&
+        (lua_Unsigned)(serial - self->found_base) < self->nfound)
+        return &self->found[serial - self->found_base];
+    luaL_error(L, "a document is only valid during the call it was given to");
+    return NULL;
 }
 
 /* Pushes the JSON value text v[0..n) as a Lua value. */
@@ -566,11 +634,12 @@ static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
     lua_setfield(L, -2, "__metatable");
 }
 
-/* Pushes a lazy table for self->doc. */
-static void s_push_proxy(lua_State *L, ts_policy_t *self)
+/* Pushes a lazy table for the document with this serial (self->doc's, or
+ * one of self->found). */
+static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial)
 {
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, self->doc_serial);
+    lua_pushinteger(L, serial);
     lua_rawsetp(L, -2, &s_proxy_key);
     lua_rawgeti(L, LUA_REGISTRYINDEX, self->cur->proxy_mt_ref);
     lua_setmetatable(L, -2);
@@ -841,6 +910,7 @@ void ts_policy_destroy(ts_policy_t **self_p)
     s_loaded_free(&self->cur);
     s_scratch_clear(self);
     cJSON_Delete(self->config);
+    free(self->found);
     free(self);
     *self_p = NULL;
 }
@@ -986,8 +1056,13 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
     }
     s_set_label(self, "validate", collection);
     validate_call_t c = {self, collection, doc, previous, TS_POLICY_ERROR, NULL};
+    self->nfound = 0;
+    self->found_base = self->doc_serial + 1;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
     s_scratch_clear(self);
+    /* ctx.find's lazy documents kept by a policy go stale */
+    self->doc_serial = self->found_base + (lua_Integer)self->nfound;
+    self->nfound = 0;
     if (rc != 0) {
         cJSON_Delete(c.errors);
         ts_debug("policy", "%s %s: %s", self->name, self->label, err);
@@ -1236,7 +1311,7 @@ static int s_scan_call(lua_State *L)
         if (has_where) {
             ts_sandbox_budget_reset(sb);
             lua_pushvalue(L, 2);
-            s_push_proxy(L, self);
+            s_push_proxy(L, self, self->doc_serial);
             lua_pushvalue(L, 3);
             lua_pushvalue(L, 4);
             lua_call(L, 3, 1);

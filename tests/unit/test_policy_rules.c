@@ -165,6 +165,88 @@ Test(shipped_policies, conflict_cancellation_wins)
     ts_policy_destroy(&p);
 }
 
+/* ctx.find as the store serves it: documents as id-less text, handed to the
+ * rule as lazy tables. */
+typedef struct {
+    const char *id, *text;
+} text_doc_t;
+
+static int find_text(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn visit,
+                     void *visit_arg)
+{
+    char want[128];
+    snprintf(want, sizeof want, "\"%s\":\"%s\"", f->field, f->value);
+    for (const text_doc_t *d = arg; d->id; d++) {
+        ts_policy_doc_t doc = {d->id, strlen(d->id), d->text, strlen(d->text)};
+        if (strstr(d->text, want) && visit(visit_arg, &doc))
+            break;
+    }
+    return 0;
+}
+
+static const text_doc_t s_text_store[] = {
+    {"o1", "{\"patient_id\":\"pat-2\",\"therapist_id\":\"thr-1\",\"scheduled_at\":"
+           "\"2026-03-02T09:30:00Z\",\"duration_min\":45,\"status\":\"scheduled\","
+           "\"modality\":\"in_person\",\"room\":\"A1\",\"notes\":\"a \\\"quoted\\\" note\"}"},
+    {"o2", "{\"patient_id\":\"pat-3\",\"therapist_id\":\"thr-1\",\"scheduled_at\":"
+           "\"2026-03-02T\\u0031\\u0031:30:00Z\",\"duration_min\":45,\"status\":"
+           "\"scheduled\",\"modality\":\"in_person\",\"room\":\"A1\"}"},
+    {"a", "{\"therapist_id\":\"t1\",\"room\":\"A\"}"},
+    {"b", "{\"therapist_id\":\"t1\",\"room\":\"B\"}"},
+    {NULL, NULL},
+};
+
+Test(shipped_policies, overlap_rule_through_lazy_find_results)
+{
+    char err[512];
+    ts_policy_opts_t opts = {.find = find_text, .lookup_arg = (void *)s_text_store};
+    ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    struct {
+        const char *at;
+        int want;
+    } cases[] = {
+        {"2026-03-02T09:00:00.000Z", TS_POLICY_INVALID}, /* overlaps o1 */
+        {"2026-03-02T10:15:00.000Z", TS_POLICY_OK},      /* between o1 and o2 */
+        {"2026-03-02T11:00:00.000Z", TS_POLICY_INVALID}, /* overlaps o2 (escaped time) */
+        {"2026-03-03T09:00:00.000Z", TS_POLICY_OK},      /* another day */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *doc = session("new", cases[i].at, 50, "in_person");
+        cJSON *errors = NULL;
+        int rc = ts_policy_validate(p, "sessions", doc, NULL, &errors, err, sizeof err);
+        cr_assert_eq(rc, cases[i].want, "%s: got %d (%s)", cases[i].at, rc, err);
+        if (rc == TS_POLICY_INVALID) {
+            const char *msg = cJSON_GetObjectItem(cJSON_GetArrayItem(errors, 0), "message")
+                                  ->valuestring;
+            cr_assert(strstr(msg, i == 0 ? "session o1" : "session o2"), "%s", msg);
+        }
+        cJSON_Delete(errors);
+        cJSON_Delete(doc);
+    }
+    ts_policy_destroy(&p);
+}
+
+Test(lazy_find, results_are_copies_valid_during_the_call)
+{
+    char err[512];
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/policies/hostile", src ? src : ".");
+    ts_policy_opts_t opts = {.find = find_text, .lookup_arg = (void *)s_text_store};
+    ts_policy_t *p = ts_policy_new(dir, &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    cJSON *doc = cJSON_Parse("{\"id\":\"x\",\"therapist_id\":\"t1\"}");
+    cr_assert_eq(ts_policy_validate(p, "keep_found", doc, NULL, NULL, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    cr_assert_str_eq(s_text_store[2].text, "{\"therapist_id\":\"t1\",\"room\":\"A\"}");
+    cr_assert_eq(ts_policy_validate(p, "keep_found", doc, NULL, NULL, err, sizeof err),
+                 TS_POLICY_ERROR);
+    cr_assert(strstr(err, "only valid during the call"), "%s", err);
+    cJSON_Delete(doc);
+    ts_policy_destroy(&p);
+}
+
 /* The budget hook's cost on the shipped session rule (with a look-up of 8
  * sessions of the same therapist): no hook at all, the default budget (the
  * hook armed lazily, only for calls that run long), and a budget below

@@ -38,8 +38,11 @@ typedef struct {
 typedef int (*ts_policy_visit_fn)(void *visit_arg, const cJSON *doc);
 /* The same for a document kept as text: it must stay valid, unchanged, until
  * the validation call that asked for it returns (the store's documents do:
- * nothing changes them while a rule runs). */
-typedef int (*ts_policy_visit_doc_fn)(void *visit_arg, const ts_policy_doc_t *doc);
+ * nothing changes them while a rule runs). time_ms: the value of the find's
+ * time_field in milliseconds when the look-up has already read it (from its
+ * index), so the visitor need not look for it in the text; else NULL. */
+typedef int (*ts_policy_visit_doc_fn)(void *visit_arg, const ts_policy_doc_t *doc,
+                                      const int64_t *time_ms);
 
 /* Read-only look-up offered to validators as ctx.find(collection, field,
  * value): visits the current documents of collection whose top-level field

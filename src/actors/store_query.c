@@ -166,7 +166,7 @@ static void scan_find_one(void *arg, void *doc)
     int kl = ts_index_key_text(v, vn, key, sizeof key);
     if (kl < 0 || strcmp(key, s->value) != 0)
         return;
-    s->stop = s->visit(s->visit_arg, &d);
+    s->stop = s->visit(s->visit_arg, &d, NULL);
 }
 
 /* Writes the day of ms as "YYYY-MM-DD" (10 characters and a NUL): a range
@@ -213,7 +213,8 @@ static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn 
     ts_index_entry_t *const *e;
     size_t n = ts_index_bucket(idx, f->value, strlen(f->value), &e), lo = 0, hi = n;
     const char *order = ts_index_order_field(idx);
-    if (f->time_field && order && strcmp(order, f->time_field) == 0) {
+    bool by_time = f->time_field && order && strcmp(order, f->time_field) == 0;
+    if (by_time) {
         /* Times are compared as text in the index; widen the window by a day
          * on each side so offsets (+14:00) and formats cannot hide a document:
          * from the start of the day before `from`'s, to the end of the day
@@ -234,9 +235,16 @@ static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn 
         }
     }
     for (size_t i = lo; i < hi; i++) {
+        /* The order key is the time field's text: filter the range exactly
+         * here, rather than have the visitor look for it in each document. */
+        int64_t ms;
+        const ts_okey_t *o = &e[i]->order;
+        if (by_time && (o->kind != TS_OKEY_STR || ts_parse_rfc3339(o->str, &ms) != 0 ||
+                        ms < f->from_ms || ms >= f->to_ms))
+            continue;
         ts_policy_doc_t d;
         self->hooks.view(e[i]->doc, &d);
-        if (d.text && visit(visit_arg, &d))
+        if (d.text && visit(visit_arg, &d, by_time ? &ms : NULL))
             break;
     }
     return 0;

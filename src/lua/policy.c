@@ -348,11 +348,12 @@ static bool s_doc_in_range(const find_state_t *fs, const ts_policy_doc_t *d)
 
 /* Visitor of the store's look-up: keeps the matching documents in
  * self->found (C only: nothing here may raise). */
-static int s_find_visit_doc(void *arg, const ts_policy_doc_t *doc)
+static int s_find_visit_doc(void *arg, const ts_policy_doc_t *doc, const int64_t *time_ms)
 {
     find_state_t *fs = arg;
     ts_policy_t *self = fs->self;
-    if (fs->time_field && !s_doc_in_range(fs, doc))
+    if (fs->time_field && (time_ms ? *time_ms < fs->from_ms || *time_ms >= fs->to_ms
+                                   : !s_doc_in_range(fs, doc)))
         return 0;
     if (self->nfound == self->found_cap) {
         size_t cap = self->found_cap ? 2 * self->found_cap : 16;
@@ -979,7 +980,11 @@ void ts_policy_set_now(ts_policy_t *self, int64_t wall_ms) { self->fixed_now_ms 
 
 static void s_set_label(ts_policy_t *self, const char *kind, const char *what)
 {
-    snprintf(self->label, sizeof self->label, "%s.%s", kind, what);
+    size_t k = strlen(kind);
+    /* Mostly the same label as the last call: skip snprintf then. */
+    if (strncmp(self->label, kind, k) != 0 || self->label[k] != '.' ||
+        strcmp(self->label + k + 1, what) != 0)
+        snprintf(self->label, sizeof self->label, "%s.%s", kind, what);
     ts_sandbox_set_label(self->cur->sb, self->label);
 }
 

@@ -338,13 +338,23 @@ static void s_load(lua_State *L, const char *file)
 }
 
 /* Moves the globals a chunk defined behind a read-only view: reads go
- * env -> defined -> builtins -> error; writes raise. */
+ * env -> defined -> builtins -> error; writes raise. defined also holds a
+ * copy of the builtins (the chunk's own globals win), so reading one takes
+ * one metamethod step, not two: a rule reads many (ipairs, type, ts...). */
 static void s_seal(lua_State *L, int env)
 {
     ts_sandbox_t *self = ts_sandbox_of(L);
     env = lua_absindex(L, env);
     lua_newtable(L);
     int defined = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, self->builtins_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* raw: builtins' metatable has no __pairs */
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, defined);
+    }
+    lua_pop(L, 1);
     lua_pushnil(L);
     while (lua_next(L, env)) {
         lua_pushvalue(L, -2);

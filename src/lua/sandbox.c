@@ -11,7 +11,7 @@
  *      next Lua instruction after the pcall raises again. With a budget of
  *      TS_SANDBOX_LAZY_BUDGET or more the hook is armed lazily: calls run
  *      without it (a count hook slows every instruction) and the watchdog
- *      (watchdog.c) arms it once a call has run for 1-2 ms; the budget then
+ *      (watchdog.c) arms it once a call has run for 2-4 ms; the budget then
  *      counts from there. Smaller budgets are counted from the first
  *      instruction, since the head start would be a large part of them.
  *   3. Environment: each loaded file gets its own _ENV whose reads fall

@@ -22,7 +22,7 @@ typedef struct ts_sandbox ts_sandbox_t;
 #define TS_SANDBOX_DEFAULT_BUDGET 10000000L
 #define TS_SANDBOX_MAX_FILE (1024 * 1024)
 /* From this budget up, the count hook is armed only once a call has run for
- * 1-2 ms (watchdog.h): a hooked tight loop needs a few ms for a million
+ * 2-4 ms (watchdog.h): a hooked tight loop needs a few ms for a million
  * instructions, so the head start changes little; smaller budgets would be
  * dominated by it and are counted from the first instruction. */
 #define TS_SANDBOX_LAZY_BUDGET 1000000L

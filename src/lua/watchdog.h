@@ -6,7 +6,7 @@
  * runs its calls without a hook and registers here instead. One process-wide
  * watchdog thread looks at the registered calls every TS_WATCH_TICK_MS while
  * any policy call is running or has just run; a call it sees running at two
- * ticks in a row (so for 1-2 ticks) gets a signal (TS_WATCH_SIGNAL) sent to
+ * ticks in a row (so for 1-2 ticks: 2-4 ms) gets a signal (TS_WATCH_SIGNAL) sent to
  * its thread, and the handler, running on that thread, calls the watch's arm
  * function, which sets the count hook (lua_sethook is allowed from a signal
  * handler; lua.c does the same on SIGINT). When no call runs, the thread
@@ -27,7 +27,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#define TS_WATCH_TICK_MS 1
+#define TS_WATCH_TICK_MS 2
 /* SIGURG: ignored by default, so a stray one harms no thread; nothing in
  * the engine uses out-of-band socket data. */
 #define TS_WATCH_SIGNAL SIGURG

@@ -1,5 +1,5 @@
 /* test_watchdog.c — the lazily armed budget hook (src/lua/watchdog.c): calls
- * run without a count hook until they have run for 1-2 ms; then the watchdog
+ * run without a count hook until they have run for 2-4 ms; then the watchdog
  * arms it by signalling their thread, and the budget applies as before. */
 #include "../../src/lua/sandbox.h"
 #include "../../src/lua/watchdog.h"

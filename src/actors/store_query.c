@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -170,17 +169,22 @@ static void scan_find_one(void *arg, void *doc)
 }
 
 /* Writes the day of ms as "YYYY-MM-DD" (10 characters and a NUL): a range
- * bound on RFC 3339 keys compared as text, without snprintf's cost. */
+ * bound on RFC 3339 keys compared as text, without snprintf and gmtime_r
+ * (which takes a lock). Civil date from days: H. Hinnant's algorithm. */
 static void day_key(int64_t ms, char out[11])
 {
-    time_t secs = (time_t)(ms / 1000 - (ms % 1000 < 0));
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    int v[3] = {tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday}, w[3] = {4, 2, 2};
-    v[0] = v[0] < 0 ? 0 : v[0] > 9999 ? 9999 : v[0];
+    int64_t z = ms / DAY_MS - (ms % DAY_MS < 0) + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = yoe + era * 400 + (m <= 2);
+    int64_t v[3] = {y < 0 ? 0 : y > 9999 ? 9999 : y, m, d}, w[3] = {4, 2, 2};
     char *p = out;
     for (int i = 0; i < 3; i++) {
-        for (int k = w[i] - 1; k >= 0; k--, v[i] /= 10)
+        for (int k = (int)w[i] - 1; k >= 0; k--, v[i] /= 10)
             p[k] = (char)('0' + v[i] % 10);
         p += w[i];
         *p++ = i < 2 ? '-' : '\0';

@@ -87,7 +87,7 @@ static void *s_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         self->refused = 1;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
+    void *p = ptr ? realloc(ptr, nsize) : malloc(nsize); /* most are new objects */
     if (!p)
         return NULL;
     if (nsize > old)

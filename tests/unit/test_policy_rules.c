@@ -1,5 +1,6 @@
 /* test_policy_rules.c — the default merge, the shipped policies through the
  * C API the store and sync actors use, and the cost of the budget hook. */
+#include "therasync/json.h"
 #include "therasync/policy.h"
 #include "therasync/util.h"
 
@@ -184,6 +185,37 @@ static int find_text(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_f
     return 0;
 }
 
+/* The same, filtering the time range itself and handing the visitor the
+ * parsed time, as the store does from its index. */
+static int find_text_ranged(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn visit,
+                            void *visit_arg)
+{
+    char want[128];
+    snprintf(want, sizeof want, "\"%s\":\"%s\"", f->field, f->value);
+    for (const text_doc_t *d = arg; d->id; d++) {
+        ts_policy_doc_t doc = {d->id, strlen(d->id), d->text, strlen(d->text)};
+        const char *v;
+        size_t n;
+        char t[64];
+        int64_t ms = 0;
+        if (!strstr(d->text, want))
+            continue;
+        if (f->time_field) {
+            if (!ts_json_text_field(doc.text, doc.len, f->time_field, strlen(f->time_field), &v,
+                                    &n) ||
+                n < 2 || n - 2 >= sizeof t)
+                continue;
+            memcpy(t, v + 1, n - 2);
+            t[n - 2] = '\0';
+            if (ts_parse_rfc3339(t, &ms) != 0 || ms < f->from_ms || ms >= f->to_ms)
+                continue;
+        }
+        if (visit(visit_arg, &doc, f->time_field ? &ms : NULL))
+            break;
+    }
+    return 0;
+}
+
 static const text_doc_t s_text_store[] = {
     {"o1", "{\"patient_id\":\"pat-2\",\"therapist_id\":\"thr-1\",\"scheduled_at\":"
            "\"2026-03-02T09:30:00Z\",\"duration_min\":45,\"status\":\"scheduled\","
@@ -336,7 +368,7 @@ Test(policy_bench, validate_create_like_the_store)
         {NULL, NULL},
     };
     char err[512];
-    ts_policy_opts_t opts = {.find = find_text, .lookup_arg = (void *)near};
+    ts_policy_opts_t opts = {.find = find_text_ranged, .lookup_arg = (void *)near};
     ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
     cr_assert_not_null(p, "%s", err);
     cJSON *doc = session("0190a5f2-8d4e-7c3b-9a21-5f6e7d8c9b0a", "2026-03-02T09:00:00.000Z", 50,

@@ -11,6 +11,10 @@
 
 enum { RUNNING = 1, SIGNALLED = 2 };
 
+/* Starting and stopping the thread (ts_watch_add / ts_watch_remove), so a
+ * new thread never starts while the last one is being joined. Taken before
+ * s_lock. */
+static pthread_mutex_t s_life = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t s_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t s_cond;     /* CLOCK_MONOTONIC; wakes the sleeping watchdog */
 static ts_watch_t *s_list;        /* registered watches, under s_lock */
@@ -115,6 +119,7 @@ int ts_watch_add(ts_watch_t *w, ts_watch_arm_fn arm, void *arm_arg)
     pthread_once(&s_once, s_setup);
     if (s_setup_rc != 0)
         return -1;
+    pthread_mutex_lock(&s_life);
     pthread_mutex_lock(&s_lock);
     if (!s_running) {
         s_stop = false;
@@ -128,6 +133,7 @@ int ts_watch_add(ts_watch_t *w, ts_watch_arm_fn arm, void *arm_arg)
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (!s_running) {
             pthread_mutex_unlock(&s_lock);
+            pthread_mutex_unlock(&s_life);
             ts_warn("lua", "cannot start the policy watchdog; budgets are counted eagerly");
             return -1;
         }
@@ -135,11 +141,13 @@ int ts_watch_add(ts_watch_t *w, ts_watch_arm_fn arm, void *arm_arg)
     w->next = s_list;
     s_list = w;
     pthread_mutex_unlock(&s_lock);
+    pthread_mutex_unlock(&s_life);
     return 0;
 }
 
 void ts_watch_remove(ts_watch_t *w)
 {
+    pthread_mutex_lock(&s_life);
     pthread_mutex_lock(&s_lock);
     for (ts_watch_t **p = &s_list; *p; p = &(*p)->next)
         if (*p == w) {
@@ -155,6 +163,7 @@ void ts_watch_remove(ts_watch_t *w)
     pthread_mutex_unlock(&s_lock);
     if (join)
         pthread_join(s_thread, NULL);
+    pthread_mutex_unlock(&s_life);
 }
 
 void ts_watch_begin(ts_watch_t *w)

@@ -209,3 +209,41 @@ Test(watchdog, loops_on_two_threads_are_both_stopped)
     ts_sandbox_destroy(&a);
     ts_sandbox_destroy(&b);
 }
+
+/* Sandboxes created and destroyed on several threads at once: the watchdog
+ * thread starts and stops under them without losing one (a new start must
+ * not race the join of the last one). */
+static void *s_churn(void *dir)
+{
+    for (int i = 0; i < 50; i++) {
+        char err[512];
+        ts_sandbox_t *sb = ts_sandbox_new(dir, 8u << 20, 0, err, sizeof err);
+        run_t r = {.fn = "quick"};
+        int rc = sb ? call(sb, &r, err, sizeof err) : -1;
+        ts_sandbox_destroy(&sb);
+        if (rc != 0)
+            return NULL;
+    }
+    return (void *)1;
+}
+
+Test(watchdog, start_and_stop_from_many_threads)
+{
+    ts_sandbox_t *first = open_sandbox(0); /* fills s_dir */
+    ts_sandbox_destroy(&first);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, s_churn, s_dir);
+    for (int i = 0; i < 4; i++) {
+        void *ok;
+        pthread_join(t[i], &ok);
+        cr_assert(ok);
+    }
+    ts_sandbox_t *sb = open_sandbox(2000000); /* and it still stops a loop */
+    char err[512];
+    run_t r = {.fn = "loop"};
+    cr_assert_eq(call(sb, &r, err, sizeof err), -1);
+    cr_assert(strstr(err, "budget exceeded"), "%s", err);
+    ts_sandbox_destroy(&sb);
+    cr_assert_eq(watchdog_tid(), 0);
+}

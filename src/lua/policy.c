@@ -590,7 +590,9 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
  * from the document's JSON text and caches it in the table, so a rule that
  * reads two fields costs two small scans, not a whole conversion. The table
  * remembers the serial of its candidate; once the scan moved on, reading it
- * is an error (the text it points to may be gone). */
+ * is an error (the text it points to may be gone). ctx.find's matches from
+ * the store are the same tables: self->found holds them for the validation
+ * call, found[i] with serial found_base + i. */
 
 static char s_proxy_key; /* its address keys the serial inside the table */
 

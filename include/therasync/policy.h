@@ -23,9 +23,26 @@ enum { TS_POLICY_OK = 0, TS_POLICY_INVALID = 1, TS_POLICY_ERROR = -1 };
 
 typedef struct ts_policy ts_policy_t;
 
+/* A document as the store keeps it: object text without its id, plus the id.
+ * (A selector candidate is valid until the next call of the next function;
+ * a ctx.find match until the end of the validation call.) */
+typedef struct {
+    const char *id;
+    size_t id_len;
+    const char *text;
+    size_t len;
+} ts_policy_doc_t;
+
 /* Called by a lookup for each matching document; the document is only valid
  * during the call. Return 0 to continue, non-zero to stop early. */
 typedef int (*ts_policy_visit_fn)(void *visit_arg, const cJSON *doc);
+/* The same for a document kept as text: it must stay valid, unchanged, until
+ * the validation call that asked for it returns (the store's documents do:
+ * nothing changes them while a rule runs). time_ms: the value of the find's
+ * time_field in milliseconds when the look-up has already read it (from its
+ * index), so the visitor need not look for it in the text; else NULL. */
+typedef int (*ts_policy_visit_doc_fn)(void *visit_arg, const ts_policy_doc_t *doc,
+                                      const int64_t *time_ms);
 
 /* Read-only look-up offered to validators as ctx.find(collection, field,
  * value): visits the current documents of collection whose top-level field
@@ -41,14 +58,16 @@ typedef int (*ts_policy_lookup_fn)(void *arg, const char *collection, const char
  * matching as ts_policy_lookup_fn, plus the optional time range of
  * ctx.find's fourth argument, so that an index ordered by time_field can
  * visit only the documents near [from_ms, to_ms). The visitor still filters
- * exactly, so a look-up may visit more than the range (never less). */
+ * exactly, so a look-up may visit more than the range (never less). It
+ * visits documents as text: the rule gets them as lazy tables (fields read
+ * out of the text on first use) instead of converted copies. */
 typedef struct {
     const char *collection, *field, *value;
     const char *time_field; /* NULL: no range given */
     int64_t from_ms, to_ms; /* INT64_MIN / INT64_MAX when open */
 } ts_policy_find_t;
-typedef int (*ts_policy_find_fn)(void *arg, const ts_policy_find_t *find, ts_policy_visit_fn visit,
-                                 void *visit_arg);
+typedef int (*ts_policy_find_fn)(void *arg, const ts_policy_find_t *find,
+                                 ts_policy_visit_doc_fn visit, void *visit_arg);
 
 typedef struct {
     size_t mem_cap_bytes;        /* Lua memory cap; 0 = 64 MiB */
@@ -141,14 +160,6 @@ int ts_policy_query_match(ts_policy_query_t *q, const cJSON *doc, bool *match, c
  * it, for "desc") is promised not to match. TS_POLICY_OK or TS_POLICY_ERROR. */
 int ts_policy_query_from(ts_policy_query_t *q, cJSON **from, char *err, size_t errlen);
 
-/* A candidate document as the store keeps it: object text without its id,
- * plus the id. Valid until the next call of the next function. */
-typedef struct {
-    const char *id;
-    size_t id_len;
-    const char *text;
-    size_t len;
-} ts_policy_doc_t;
 /* Fills *doc with the next candidate: returns 1, or 0 when there are no more. */
 typedef int (*ts_policy_next_fn)(void *arg, ts_policy_doc_t *doc);
 /* Called for each candidate where matched: return 0 to go on, 1 to stop

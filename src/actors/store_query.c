@@ -141,34 +141,19 @@ static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *o
     return idx;
 }
 
-/* Parses a candidate's text with its id put back first (caller deletes). */
-static cJSON *parse_with_id(const ts_policy_doc_t *d)
-{
-    cJSON *doc = cJSON_ParseWithLength(d->text, d->len);
-    char id[65];
-    size_t n = d->id_len < 64 ? d->id_len : 64;
-    memcpy(id, d->id, n);
-    id[n] = '\0';
-    if (!cJSON_IsObject(doc) || !cJSON_AddStringToObject(doc, "id", id)) {
-        cJSON_Delete(doc);
-        return NULL;
-    }
-    return doc;
-}
-
 typedef struct {
     ts_sq_t *sq;
     const char *field;
     const char *value;
-    ts_policy_visit_fn visit;
+    ts_policy_visit_doc_fn visit;
     void *visit_arg;
-    int rc; /* 1 = stop, -1 = failed */
+    int stop;
 } scan_find_t;
 
 static void scan_find_one(void *arg, void *doc)
 {
     scan_find_t *s = arg;
-    if (s->rc)
+    if (s->stop)
         return;
     ts_policy_doc_t d;
     s->sq->hooks.view(doc, &d);
@@ -180,19 +165,37 @@ static void scan_find_one(void *arg, void *doc)
     int kl = ts_index_key_text(v, vn, key, sizeof key);
     if (kl < 0 || strcmp(key, s->value) != 0)
         return;
-    cJSON *j = parse_with_id(&d);
-    if (!j) {
-        s->rc = -1;
-        return;
+    s->stop = s->visit(s->visit_arg, &d, NULL);
+}
+
+/* Writes the day of ms as "YYYY-MM-DD" (10 characters and a NUL): a range
+ * bound on RFC 3339 keys compared as text, without snprintf and gmtime_r
+ * (which takes a lock). Civil date from days: H. Hinnant's algorithm. */
+static void day_key(int64_t ms, char out[11])
+{
+    int64_t z = ms / DAY_MS - (ms % DAY_MS < 0) + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    int64_t y = yoe + era * 400 + (m <= 2);
+    int64_t v[3] = {y < 0 ? 0 : y > 9999 ? 9999 : y, m, d}, w[3] = {4, 2, 2};
+    char *p = out;
+    for (int i = 0; i < 3; i++) {
+        for (int k = (int)w[i] - 1; k >= 0; k--, v[i] /= 10)
+            p[k] = (char)('0' + v[i] % 10);
+        p += w[i];
+        *p++ = i < 2 ? '-' : '\0';
     }
-    s->rc = s->visit(s->visit_arg, j) ? 1 : 0;
-    cJSON_Delete(j);
 }
 
 /* ctx.find: the documents of collection whose field equals value, through an
  * index on field (made on first use; ordered by the time field when a range
- * is given, so only the documents near the range are visited). */
-static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_fn visit,
+ * is given, so only the documents near the range are visited). Documents go
+ * to the visitor as the store keeps them (text), never parsed here. */
+static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn visit,
                    void *visit_arg)
 {
     ts_sq_t *self = arg;
@@ -209,39 +212,43 @@ static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_fn visi
     if (!idx || ts_index_broken(idx)) { /* no index possible: scan */
         scan_find_t s = {self, f->field, f->value, visit, visit_arg, 0};
         self->hooks.each(c->coll, scan_find_one, &s);
-        return s.rc < 0 ? -1 : 0;
+        return 0;
     }
     ts_index_entry_t *const *e;
     size_t n = ts_index_bucket(idx, f->value, strlen(f->value), &e), lo = 0, hi = n;
     const char *order = ts_index_order_field(idx);
-    if (f->time_field && order && strcmp(order, f->time_field) == 0) {
+    bool by_time = f->time_field && order && strcmp(order, f->time_field) == 0;
+    if (by_time) {
         /* Times are compared as text in the index; widen the window by a day
-         * on each side so offsets (+14:00) and formats cannot hide a document;
-         * the visitor filters exactly. */
-        char from[32], to[32];
+         * on each side so offsets (+14:00) and formats cannot hide a document:
+         * from the start of the day before `from`'s, to the end of the day
+         * after `to`'s ("~" sorts after any time text on that day). The
+         * visitor filters exactly. */
+        char from[11], to[12];
         ts_okey_t k = {.kind = TS_OKEY_STR};
         if (f->from_ms > INT64_MIN + DAY_MS) {
-            ts_rfc3339(f->from_ms - DAY_MS, from);
-            k.str = from, k.len = (uint32_t)strlen(from);
+            day_key(f->from_ms - DAY_MS, from);
+            k.str = from, k.len = 10;
             lo = ts_index_lower_bound(e, n, &k);
         }
         if (f->to_ms < INT64_MAX - DAY_MS) {
-            ts_rfc3339(f->to_ms + DAY_MS, to);
-            k.str = to, k.len = (uint32_t)strlen(to);
+            day_key(f->to_ms + DAY_MS, to);
+            to[10] = '~', to[11] = '\0';
+            k.str = to, k.len = 11;
             hi = ts_index_upper_bound(e, n, &k);
         }
     }
     for (size_t i = lo; i < hi; i++) {
+        /* The order key is the time field's text: filter the range exactly
+         * here, rather than have the visitor look for it in each document. */
+        int64_t ms;
+        const ts_okey_t *o = &e[i]->order;
+        if (by_time && (o->kind != TS_OKEY_STR || ts_parse_rfc3339(o->str, &ms) != 0 ||
+                        ms < f->from_ms || ms >= f->to_ms))
+            continue;
         ts_policy_doc_t d;
         self->hooks.view(e[i]->doc, &d);
-        if (!d.text)
-            continue;
-        cJSON *j = parse_with_id(&d);
-        if (!j)
-            return -1;
-        int stop = visit(visit_arg, j);
-        cJSON_Delete(j);
-        if (stop)
+        if (d.text && visit(visit_arg, &d, by_time ? &ms : NULL))
             break;
     }
     return 0;

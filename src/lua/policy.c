@@ -22,6 +22,8 @@
 
 #define MAX_DEPTH 100
 #define SCRATCH_MAX 8
+#define KEY_CACHE 32 /* document keys remembered as Lua strings (s_push_doc) */
+#define KEY_MAX 32
 
 static const char *const s_files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
 
@@ -36,7 +38,11 @@ typedef struct {
     ts_sandbox_t *sb;
     int validate_ref, selectors_ref, conflict_ref;
     int config_ref, log_ref, find_ref, merge_ref;
+    int ctx_mt_ref[2];        /* metatables of ctx: [1] for validation (with find) */
     int proxy_mt_ref;         /* metatable of lazy document tables */
+    int keys_ref;             /* Lua strings of the key_text names, same order */
+    char key_text[KEY_CACHE][KEY_MAX]; /* top-level document keys seen (s_push_doc) */
+    int nkeys;
     sel_t *sels;
     size_t nsels;
     int64_t loaded_at_ms;
@@ -52,7 +58,12 @@ struct ts_policy {
     void *lookup_arg;
     ts_policy_find_fn find;
     const ts_policy_doc_t *doc; /* the candidate of a scan, or NULL */
-    lua_Integer doc_serial;   /* bumped per candidate: older lazy documents go stale */
+    lua_Integer doc_serial;   /* bumped per lazy document: older ones go stale */
+    ts_policy_doc_t *found;   /* ctx.find matches of the running validation */
+    size_t nfound, found_cap;
+    lua_Integer found_base;   /* serial of found[0]; found[i] has found_base + i */
+    int64_t now_ms;           /* ctx.now as text, formatted once per millisecond */
+    char now_text[32];
     char name[32];            /* owner, for logs */
     int64_t fixed_now_ms;     /* 0: real clock */
     unsigned generation;      /* bumped by every successful reload */
@@ -97,12 +108,16 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
         luaL_error(L, "document nested too deeply");
     luaL_checkstack(L, 4, "document nested too deeply");
     if (cJSON_IsObject(item)) {
+        /* lua_pushlstring + lua_rawset rather than lua_setfield / lua_pushstring:
+         * the API's string cache is keyed by the C pointer, which is new for
+         * every document, so it only costs a miss here. */
         lua_createtable(L, 0, cJSON_GetArraySize(item));
         for (const cJSON *c = item->child; c; c = c->next) {
             if (cJSON_IsNull(c) || !c->string)
                 continue;
+            lua_pushlstring(L, c->string, strlen(c->string));
             s_push_json(L, c, depth + 1);
-            lua_setfield(L, -2, c->string);
+            lua_rawset(L, -3);
         }
     } else if (cJSON_IsArray(item)) {
         lua_createtable(L, cJSON_GetArraySize(item), 0);
@@ -114,7 +129,7 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
             lua_rawseti(L, -2, i);
         }
     } else if (cJSON_IsString(item)) {
-        lua_pushstring(L, item->valuestring);
+        lua_pushlstring(L, item->valuestring, strlen(item->valuestring));
     } else if (cJSON_IsNumber(item)) {
         double d = item->valuedouble;
         if (d == floor(d) && d >= -9.2e18 && d <= 9.2e18)
@@ -126,6 +141,45 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
     } else {
         lua_pushnil(L);
     }
+}
+
+/* Pushes a document (a cJSON object) like s_push_json, with its top-level
+ * keys taken from a cache of Lua strings: documents of a collection share
+ * their keys, and interning each key again cost a tenth of a validation. */
+static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
+{
+    if (!cJSON_IsObject(doc) || ld->keys_ref == LUA_NOREF) {
+        s_push_json(L, doc, 0);
+        return;
+    }
+    luaL_checkstack(L, 6, "document");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ld->keys_ref);
+    int keys = lua_gettop(L);
+    lua_createtable(L, 0, cJSON_GetArraySize(doc));
+    int i = 0;
+    for (const cJSON *c = doc->child; c; c = c->next, i++) {
+        if (cJSON_IsNull(c) || !c->string)
+            continue;
+        int k = i < ld->nkeys && strcmp(ld->key_text[i], c->string) == 0 ? i : -1;
+        for (int j = 0; k < 0 && j < ld->nkeys; j++)
+            if (strcmp(ld->key_text[j], c->string) == 0)
+                k = j;
+        size_t len = strlen(c->string);
+        if (k < 0 && ld->nkeys < KEY_CACHE && len < KEY_MAX) {
+            k = ld->nkeys;
+            lua_pushlstring(L, c->string, len);
+            lua_rawseti(L, keys, k + 1);
+            memcpy(ld->key_text[k], c->string, len + 1);
+            ld->nkeys++;
+        }
+        if (k >= 0)
+            lua_rawgeti(L, keys, k + 1);
+        else
+            lua_pushlstring(L, c->string, len);
+        s_push_json(L, c, 1);
+        lua_rawset(L, -3);
+    }
+    lua_remove(L, keys);
 }
 
 /* Converts the Lua value at idx into new cJSON. Never raises: returns NULL
@@ -255,6 +309,8 @@ static void s_push_frozen(lua_State *L, int idx, int depth)
     ts_sandbox_push_readonly(L, idx);
 }
 
+static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial);
+
 /* ---- functions offered in ctx ---- */
 
 static ts_policy_t *s_self_upvalue(lua_State *L)
@@ -272,6 +328,7 @@ static int s_ctx_log(lua_State *L)
 
 typedef struct {
     lua_State *L;
+    ts_policy_t *self;
     int result;           /* stack index of the result array */
     lua_Integer n;
     const cJSON *doc;     /* the one being appended */
@@ -315,6 +372,53 @@ static int s_find_visit(void *arg, const cJSON *doc)
     return 0;
 }
 
+/* Whether the text document's time field is in [from_ms, to_ms). */
+static bool s_doc_in_range(const find_state_t *fs, const ts_policy_doc_t *d)
+{
+    const char *v;
+    size_t n;
+    char t[64];
+    int64_t ms;
+    if (!ts_json_text_field(d->text, d->len, fs->time_field, strlen(fs->time_field), &v, &n) ||
+        n < 2 || v[0] != '"')
+        return false;
+    if (memchr(v, '\\', n)) { /* escaped: let cJSON read it */
+        cJSON *s = cJSON_ParseWithLength(v, n);
+        bool in = cJSON_IsString(s) && ts_parse_rfc3339(s->valuestring, &ms) == 0;
+        cJSON_Delete(s);
+        return in && ms >= fs->from_ms && ms < fs->to_ms;
+    }
+    if (n - 2 >= sizeof t)
+        return false;
+    memcpy(t, v + 1, n - 2);
+    t[n - 2] = '\0';
+    return ts_parse_rfc3339(t, &ms) == 0 && ms >= fs->from_ms && ms < fs->to_ms;
+}
+
+/* Visitor of the store's look-up: keeps the matching documents in
+ * self->found (C only: nothing here may raise). */
+static int s_find_visit_doc(void *arg, const ts_policy_doc_t *doc, const int64_t *time_ms)
+{
+    find_state_t *fs = arg;
+    ts_policy_t *self = fs->self;
+    if (fs->time_field && (time_ms ? *time_ms < fs->from_ms || *time_ms >= fs->to_ms
+                                   : !s_doc_in_range(fs, doc)))
+        return 0;
+    if (self->nfound == self->found_cap) {
+        size_t cap = self->found_cap ? 2 * self->found_cap : 16;
+        ts_policy_doc_t *p = realloc(self->found, cap * sizeof *p);
+        if (!p) {
+            fs->failed = 1;
+            snprintf(fs->msg, sizeof fs->msg, "out of memory");
+            return 1;
+        }
+        self->found = p;
+        self->found_cap = cap;
+    }
+    self->found[self->nfound++] = *doc;
+    return 0;
+}
+
 static int64_t s_time_arg(lua_State *L, int tbl, const char *key, int64_t dflt)
 {
     int t = lua_getfield(L, tbl, key);
@@ -355,7 +459,8 @@ static int s_ctx_find(lua_State *L)
                           luaL_typename(L, 3));
     }
     const char *v = lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : value;
-    find_state_t fs = {.L = L, .time_field = NULL, .from_ms = INT64_MIN, .to_ms = INT64_MAX};
+    find_state_t fs = {
+        .L = L, .self = self, .time_field = NULL, .from_ms = INT64_MIN, .to_ms = INT64_MAX};
     if (!lua_isnoneornil(L, 4)) {
         luaL_checktype(L, 4, LUA_TTABLE);
         if (lua_getfield(L, 4, "time_field") == LUA_TSTRING)
@@ -371,9 +476,10 @@ static int s_ctx_find(lua_State *L)
         return 1;
     luaL_checkstack(L, 8, "ctx.find");
     int rc;
+    size_t first = self->nfound;
     if (self->find) {
         ts_policy_find_t f = {coll, field, v, fs.time_field, fs.from_ms, fs.to_ms};
-        rc = self->find(self->lookup_arg, &f, s_find_visit, &fs);
+        rc = self->find(self->lookup_arg, &f, s_find_visit_doc, &fs);
     } else {
         rc = self->lookup(self->lookup_arg, coll, field, v, s_find_visit, &fs);
     }
@@ -381,6 +487,11 @@ static int s_ctx_find(lua_State *L)
         return luaL_error(L, "ctx.find: %s", fs.msg);
     if (rc != 0)
         return luaL_error(L, "ctx.find: look-up of %s.%s failed", coll, field);
+    /* Text documents become lazy tables, valid until the validation ends. */
+    for (size_t i = first; i < self->nfound; i++) {
+        s_push_proxy(L, self, self->found_base + (lua_Integer)i);
+        lua_rawseti(L, fs.result, (lua_Integer)(i - first + 1));
+    }
     return 1;
 }
 
@@ -422,20 +533,14 @@ static int64_t s_now_ms(const ts_policy_t *self)
     return self->fixed_now_ms ? self->fixed_now_ms : ts_wall_ms();
 }
 
-/* Pushes ctx for one call. */
-static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
-                       const cJSON *previous, bool for_validate)
+/* Pushes the metatable of ctx: its __index holds what is the same for every
+ * call (config, log, merge, and find when for_validate), so a call only sets
+ * what changes. Protected, so a policy cannot reach and change the shared
+ * part. */
+static void s_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
 {
-    loaded_t *ld = self->cur;
-    char now[32];
-    ts_rfc3339(s_now_ms(self), now);
-    lua_createtable(L, 0, 8);
-    lua_pushstring(L, now);
-    lua_setfield(L, -2, "now");
-    if (collection) {
-        lua_pushstring(L, collection);
-        lua_setfield(L, -2, "collection");
-    }
+    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 4);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ld->config_ref);
     lua_setfield(L, -2, "config");
     lua_rawgeti(L, LUA_REGISTRYINDEX, ld->log_ref);
@@ -445,11 +550,37 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
     if (for_validate) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, ld->find_ref);
         lua_setfield(L, -2, "find");
-        if (previous) {
-            s_push_json(L, previous, 0);
-            lua_setfield(L, -2, "previous");
-        }
     }
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+}
+
+/* Pushes ctx for one call: now, collection and previous of its own, the rest
+ * through the shared metatable (building the whole table per call was a
+ * tenth of a validated create's cost). */
+static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
+                       const cJSON *previous, bool for_validate)
+{
+    loaded_t *ld = self->cur;
+    int64_t now = s_now_ms(self);
+    if (now != self->now_ms) {
+        self->now_ms = now;
+        ts_rfc3339(now, self->now_text);
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, self->now_text);
+    lua_setfield(L, -2, "now");
+    if (collection) {
+        lua_pushstring(L, collection);
+        lua_setfield(L, -2, "collection");
+    }
+    if (for_validate && previous) {
+        s_push_doc(L, ld, previous);
+        lua_setfield(L, -2, "previous");
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ld->ctx_mt_ref[for_validate]);
+    lua_setmetatable(L, -2);
 }
 
 /* ---- lazy documents: a table that reads fields out of the text ----
@@ -459,7 +590,9 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
  * from the document's JSON text and caches it in the table, so a rule that
  * reads two fields costs two small scans, not a whole conversion. The table
  * remembers the serial of its candidate; once the scan moved on, reading it
- * is an error (the text it points to may be gone). */
+ * is an error (the text it points to may be gone). ctx.find's matches from
+ * the store are the same tables: self->found holds them for the validation
+ * call, found[i] with serial found_base + i. */
 
 static char s_proxy_key; /* its address keys the serial inside the table */
 
@@ -468,9 +601,13 @@ static const ts_policy_doc_t *s_proxy_doc(lua_State *L, ts_policy_t *self)
     lua_rawgetp(L, 1, &s_proxy_key);
     lua_Integer serial = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    if (!self->doc || serial != self->doc_serial)
-        luaL_error(L, "a document is only valid during the call it was given to");
-    return self->doc;
+    if (self->doc && serial == self->doc_serial)
+        return self->doc;
+    if (self->nfound && serial >= self->found_base &&
+        (lua_Unsigned)(serial - self->found_base) < self->nfound)
+        return &self->found[serial - self->found_base];
+    luaL_error(L, "a document is only valid during the call it was given to");
+    return NULL;
 }
 
 /* Pushes the JSON value text v[0..n) as a Lua value. */
@@ -566,11 +703,12 @@ static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
     lua_setfield(L, -2, "__metatable");
 }
 
-/* Pushes a lazy table for self->doc. */
-static void s_push_proxy(lua_State *L, ts_policy_t *self)
+/* Pushes a lazy table for the document with this serial (self->doc's, or
+ * one of self->found). */
+static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial)
 {
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, self->doc_serial);
+    lua_pushinteger(L, serial);
     lua_rawsetp(L, -2, &s_proxy_key);
     lua_rawgeti(L, LUA_REGISTRYINDEX, self->cur->proxy_mt_ref);
     lua_setmetatable(L, -2);
@@ -741,8 +879,14 @@ static int s_load_call(lua_State *L)
     lua_pushlightuserdata(L, self);
     lua_pushcclosure(L, s_ctx_merge, 1);
     ld->merge_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int v = 0; v < 2; v++) {
+        s_push_ctx_mt(L, ld, v);
+        ld->ctx_mt_ref[v] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     s_push_proxy_mt(L, self);
     ld->proxy_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, KEY_CACHE, 0);
+    ld->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     int *refs[] = {&ld->validate_ref, &ld->selectors_ref, &ld->conflict_ref};
     for (int i = 0; i < 3; i++) {
@@ -766,6 +910,7 @@ static loaded_t *s_load_dir(ts_policy_t *self, const char *dir, char *err, size_
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    ld->keys_ref = LUA_NOREF;
     size_t dlen = strlen(dir);
     if (dlen >= sizeof ld->dir) {
         snprintf(err, errlen, "policies directory path too long");
@@ -841,6 +986,7 @@ void ts_policy_destroy(ts_policy_t **self_p)
     s_loaded_free(&self->cur);
     s_scratch_clear(self);
     cJSON_Delete(self->config);
+    free(self->found);
     free(self);
     *self_p = NULL;
 }
@@ -909,7 +1055,11 @@ void ts_policy_set_now(ts_policy_t *self, int64_t wall_ms) { self->fixed_now_ms 
 
 static void s_set_label(ts_policy_t *self, const char *kind, const char *what)
 {
-    snprintf(self->label, sizeof self->label, "%s.%s", kind, what);
+    size_t k = strlen(kind);
+    /* Mostly the same label as the last call: skip snprintf then. */
+    if (strncmp(self->label, kind, k) != 0 || self->label[k] != '.' ||
+        strcmp(self->label + k + 1, what) != 0)
+        snprintf(self->label, sizeof self->label, "%s.%s", kind, what);
     ts_sandbox_set_label(self->cur->sb, self->label);
 }
 
@@ -935,7 +1085,7 @@ static int s_validate_call(lua_State *L)
     }
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "%s is not a function", lbl);
-    s_push_json(L, c->doc, 0);
+    s_push_doc(L, self->cur, c->doc);
     s_push_ctx(L, self, c->collection, c->previous, true);
     lua_call(L, 2, 2);
     int t1 = lua_type(L, -2), t2 = lua_type(L, -1);
@@ -986,8 +1136,13 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
     }
     s_set_label(self, "validate", collection);
     validate_call_t c = {self, collection, doc, previous, TS_POLICY_ERROR, NULL};
+    self->nfound = 0;
+    self->found_base = self->doc_serial + 1;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
     s_scratch_clear(self);
+    /* ctx.find's lazy documents kept by a policy go stale */
+    self->doc_serial = self->found_base + (lua_Integer)self->nfound;
+    self->nfound = 0;
     if (rc != 0) {
         cJSON_Delete(c.errors);
         ts_debug("policy", "%s %s: %s", self->name, self->label, err);
@@ -1236,7 +1391,7 @@ static int s_scan_call(lua_State *L)
         if (has_where) {
             ts_sandbox_budget_reset(sb);
             lua_pushvalue(L, 2);
-            s_push_proxy(L, self);
+            s_push_proxy(L, self, self->doc_serial);
             lua_pushvalue(L, 3);
             lua_pushvalue(L, 4);
             lua_call(L, 3, 1);

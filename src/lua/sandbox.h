@@ -3,7 +3,8 @@
  * A sandbox owns one lua_State created with a counting allocator that refuses
  * growth past a memory cap, an allow-listed environment (see sandbox.c for the
  * list), text-only loading from one directory, and an instruction budget per
- * protected call enforced by a count hook that pcall inside Lua cannot swallow.
+ * protected call enforced by a count hook that pcall inside Lua cannot swallow
+ * (armed lazily, for calls that run long, when the budget is large).
  *
  * Every file loaded (a policy file, a module it requires, a test file) runs in
  * its own environment table: reading an unknown global is an error; globals it
@@ -12,6 +13,7 @@
 #define THERASYNC_LUA_SANDBOX_H
 
 #include <lua.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct ts_sandbox ts_sandbox_t;
@@ -19,6 +21,11 @@ typedef struct ts_sandbox ts_sandbox_t;
 #define TS_SANDBOX_DEFAULT_MEM (64u * 1024u * 1024u)
 #define TS_SANDBOX_DEFAULT_BUDGET 10000000L
 #define TS_SANDBOX_MAX_FILE (1024 * 1024)
+/* From this budget up, the count hook is armed only once a call has run for
+ * 2-4 ms (watchdog.h): a hooked tight loop needs a few ms for a million
+ * instructions, so the head start changes little; smaller budgets would be
+ * dominated by it and are counted from the first instruction. */
+#define TS_SANDBOX_LAZY_BUDGET 1000000L
 
 /* Creates a sandbox whose require() and ts_sandbox_load() read files from dir.
  * mem_cap 0 and budget 0 pick the defaults above; budget < 0 disables the
@@ -34,7 +41,8 @@ const char *ts_sandbox_dir(const ts_sandbox_t *self);
 size_t ts_sandbox_mem_used(const ts_sandbox_t *self);
 size_t ts_sandbox_mem_cap(const ts_sandbox_t *self);
 /* Instructions counted by the last (or current) protected call, to within the
- * hook granularity. */
+ * hook granularity; with a lazily armed hook, only those since it was armed
+ * (0 for a call that ended before). */
 long ts_sandbox_instructions(const ts_sandbox_t *self);
 /* Inside a protected call: starts the instruction budget afresh (for loops
  * that run one policy function per item, each item gets the full budget).

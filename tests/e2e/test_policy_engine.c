@@ -144,6 +144,18 @@ Test(policy_engine, validation_errors_come_back_per_field)
     cJSON_Delete(r);
     /* right after a ends: no overlap */
     must_create("e", "thr-1", "pat-3", "2026-03-02T09:50:00.000Z", 30, "scheduled", NULL);
+    /* across midnight, and with offsets: ctx.find's index window is in days */
+    must_create("f", "thr-5", "pat-3", "2026-03-02T23:40:00.000Z", 50, "scheduled", NULL);
+    assert_validation(create_session("g", "thr-5", "pat-3", "2026-03-03T00:10:00.000Z", 50,
+                                     "scheduled", "in_person", NULL),
+                      "scheduled_at");
+    assert_validation(create_session("h", "thr-5", "pat-3", "2026-03-03T01:00:00+01:00", 50,
+                                     "scheduled", "in_person", NULL),
+                      "scheduled_at");
+    must_create("i", "thr-6", "pat-3", "2026-03-03T08:00:00+14:00", 50, "scheduled", NULL);
+    assert_validation(create_session("j", "thr-6", "pat-3", "2026-03-02T18:20:00.000Z", 50,
+                                     "scheduled", "in_person", NULL),
+                      "scheduled_at");
 
     /* update: the merged document is validated, with ctx.previous */
     cJSON *u = ts_rpc(&engine, "update",

@@ -14,6 +14,7 @@
 #ifndef THERASYNC_ACTOR_H
 #define THERASYNC_ACTOR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,6 +56,14 @@ int ts_loop_run(ts_loop_t *self);
 /* Handler for an actor's pipe that ends the loop on "$TERM" and ignores
  * anything else; actors with more commands write their own. */
 int ts_actor_pipe_term(ts_loop_t *loop, void *pipe, void *arg);
+
+/* A socket between actors (inproc): no high-water mark (the front door's
+ * in-flight limit bounds every queue), no linger, and a send that gives up
+ * after 100 ms. A live peer never makes a send wait, so only a peer that has
+ * already stopped does, at shutdown; without the timeout a PUSH with no peer
+ * blocks for ever and the daemon never exits. Binds or connects; NULL on
+ * failure (zmq_errno() says why). */
+void *ts_inproc_socket(void *zctx, int type, const char *endpoint, bool bind);
 
 /* Pointer messages between actors (inproc only). */
 int ts_wire_send(void *socket, uint32_t kind, void *const *ptrs, size_t count);

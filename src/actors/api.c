@@ -248,15 +248,9 @@ static int reply_socket(api_t *self, const char *name)
             return i;
     if (self->nreplies == MAX_REPLY_SOCKETS)
         return -1;
-    void *s = zmq_socket(ts_actor_zctx(self->actor), ZMQ_PUSH);
-    int zero = 0;
-    if (!s)
-        return -1;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero); /* never drop or block on an answer */
-    if (zmq_connect(s, name)) {
+    void *s = ts_inproc_socket(ts_actor_zctx(self->actor), ZMQ_PUSH, name, false);
+    if (!s) {
         ts_error(LOG, "cannot connect reply socket %s: %s", name, zmq_strerror(errno));
-        zmq_close(s);
         return -1;
     }
     snprintf(self->replies[self->nreplies].name, sizeof self->replies[0].name, "%s", name);

@@ -655,15 +655,17 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
 
 static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
 {
-    void *s = zmq_socket(zctx, type);
+    void *s = strncmp(endpoint, "inproc:", 7) == 0 ? ts_inproc_socket(zctx, type, endpoint, bind)
+                                                   : zmq_socket(zctx, type);
     int zero = 0;
-    if (!s)
+    if (!s) {
+        ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
+                 zmq_strerror(zmq_errno()));
         return NULL;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    if (strncmp(endpoint, "inproc:", 7) == 0) {
-        zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
-        zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
     }
+    if (strncmp(endpoint, "inproc:", 7) == 0)
+        return s;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     if (type == ZMQ_PUB) {
         /* A subscriber that falls behind gets this many events queued
          * before ZeroMQ drops its newest ones (the default 1000 is half a

@@ -758,28 +758,6 @@ static void persist_cleanup(persist_t *self)
         close(self->lock_fd); /* releases the flock */
 }
 
-static void *make_socket(void *zctx, int type, const char *endpoint, bool bind)
-{
-    void *s = zmq_socket(zctx, type);
-    int zero = 0, hwm = 0; /* inproc queues are bounded by the front's in-flight limit */
-    if (!s)
-        return NULL;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    /* At shutdown the daemon stops the sync actor and the front door before
-     * persist: what persist passes on after that must not block forever on
-     * a closed inbox (queues are unbounded, so a live peer never makes a
-     * send wait). The outbox rows are durable and handed over at the next
-     * start. */
-    int send_timeout_ms = 100;
-    zmq_setsockopt(s, ZMQ_SNDTIMEO, &send_timeout_ms, sizeof send_timeout_ms);
-    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
-        return s;
-    zmq_close(s);
-    return NULL;
-}
-
 static void persist_actor(ts_actor_t *actor, void *args)
 {
     persist_t self = {.config = args, .actor = actor, .lock_fd = -1};
@@ -787,13 +765,13 @@ static void persist_actor(ts_actor_t *actor, void *args)
     ts_loop_t *loop = NULL;
     if (lock_data_dir(&self) || open_db(&self))
         goto done;
-    self.inbox = make_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
-    self.to_front = make_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
-    self.to_store = make_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
+    self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
+    self.to_front = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
+    self.to_store = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
     if (self.config->api_url)
-        self.to_sync = make_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
+        self.to_sync = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
     self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
-    self.to_checkpointer = make_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
+    self.to_checkpointer = ts_inproc_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
     loop = ts_loop_new();
     if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
         !self.to_checkpointer || (self.config->api_url && !self.to_sync)) {

@@ -1916,15 +1916,22 @@ static void store_actor(ts_actor_t *actor, void *args)
 {
     store_t self = {.config = args};
     void *zctx = ts_actor_zctx(actor);
-    int zero = 0;
     ts_loop_t *loop = ts_loop_new();
     for (size_t i = 0; i < self.config->ncollections; i++)
         self.collections[self.ncollections++].name = self.config->collections[i];
-    self.inbox = zmq_socket(zctx, ZMQ_PULL);
-    self.to_persist = zmq_socket(zctx, ZMQ_PUSH);
-    self.events = zmq_socket(zctx, ZMQ_PUSH);
-    if (!loop || !self.inbox || !self.to_persist || !self.events)
+    self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE, true);
+    self.to_persist = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_PERSIST, false);
+    self.events = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_EVENTS, false);
+    self.to_front = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
+    if (self.config->api_url) {
+        self.to_sync = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
+        self.sync_inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE_SYNC, true);
+    }
+    if (!loop || !self.inbox || !self.to_persist || !self.events || !self.to_front ||
+        (self.config->api_url && (!self.to_sync || !self.sync_inbox))) {
+        ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
+    }
     char err[2048];
     ts_sq_hooks_t hooks = {sq_view, sq_each};
     if (!(self.sq = ts_sq_new(self.config, &hooks, err, sizeof err))) {
@@ -1933,33 +1940,6 @@ static void store_actor(ts_actor_t *actor, void *args)
     }
     for (size_t i = 0; i < self.ncollections; i++)
         self.collections[i].q = ts_sq_attach(self.sq, self.collections[i].name, &self.collections[i]);
-    zmq_setsockopt(self.events, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_connect(self.events, TS_INPROC_EVENTS);
-    zmq_setsockopt(self.inbox, ZMQ_RCVHWM, &zero, sizeof zero);
-    zmq_setsockopt(self.to_persist, ZMQ_SNDHWM, &zero, sizeof zero);
-    zmq_setsockopt(self.inbox, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(self.to_persist, ZMQ_LINGER, &zero, sizeof zero);
-    if (self.config->api_url && (self.to_sync = zmq_socket(zctx, ZMQ_PUSH))) {
-        zmq_setsockopt(self.to_sync, ZMQ_SNDHWM, &zero, sizeof zero);
-        zmq_setsockopt(self.to_sync, ZMQ_LINGER, &zero, sizeof zero);
-    }
-    if (self.config->api_url && (self.sync_inbox = zmq_socket(zctx, ZMQ_PULL))) {
-        zmq_setsockopt(self.sync_inbox, ZMQ_RCVHWM, &zero, sizeof zero);
-        zmq_setsockopt(self.sync_inbox, ZMQ_LINGER, &zero, sizeof zero);
-    }
-    self.to_front = zmq_socket(zctx, ZMQ_PUSH);
-    if (self.to_front) {
-        zmq_setsockopt(self.to_front, ZMQ_SNDHWM, &zero, sizeof zero);
-        zmq_setsockopt(self.to_front, ZMQ_LINGER, &zero, sizeof zero);
-    }
-    if (!self.to_front || zmq_connect(self.to_front, TS_INPROC_FRONT) ||
-        zmq_bind(self.inbox, TS_INPROC_STORE) || zmq_connect(self.to_persist, TS_INPROC_PERSIST) ||
-        (self.config->api_url && (!self.to_sync || zmq_connect(self.to_sync, TS_INPROC_SYNC) ||
-                                  !self.sync_inbox ||
-                                  zmq_bind(self.sync_inbox, TS_INPROC_STORE_SYNC)))) {
-        ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
-        goto done;
-    }
     /* Load the durable state before saying ready. */
     int64_t start = ts_mono_us();
     self.recovering = true;

@@ -2036,18 +2036,10 @@ static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
 
 static void *open_socket(sync_t *self, int type, const char *endpoint, bool bind)
 {
-    void *s = zmq_socket(ts_actor_zctx(self->actor), type);
-    int zero = 0;
+    void *s = ts_inproc_socket(ts_actor_zctx(self->actor), type, endpoint, bind);
     if (!s)
-        return NULL;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, type == ZMQ_PULL ? ZMQ_RCVHWM : ZMQ_SNDHWM, &zero, sizeof zero);
-    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint))) {
         ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
                  zmq_strerror(zmq_errno()));
-        zmq_close(s);
-        return NULL;
-    }
     return s;
 }
 

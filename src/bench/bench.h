@@ -77,6 +77,7 @@ typedef struct {
     int stderr_fd;        /* read end of its stderr, drained by a thread after ready */
     void *drain;          /* the drain thread (pthread_t *) */
     const char *policies; /* --policies for therasyncd; NULL = its default */
+    const char *config;   /* --config for therasyncd; NULL = none */
     const char *api;      /* --api for therasyncd; NULL = standalone */
 } bench_daemon_t;
 
@@ -103,6 +104,7 @@ typedef struct {
     const char *endpoint; /* NULL: start our own daemon */
     const char *api;
     const char *policies; /* passed to our therasyncd as --policies */
+    const char *config;   /* passed to our therasyncd as --config */
     int runs;
     bool keep_data;
     int64_t deadline_us;

@@ -122,12 +122,16 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
             dup2(devnull, STDIN_FILENO);
             dup2(devnull, STDOUT_FILENO);
         }
-        char *argv[12] = {daemon_path, "--data", d->data_dir, "--endpoint", d->endpoint,
+        char *argv[14] = {daemon_path, "--data", d->data_dir, "--endpoint", d->endpoint,
                           "--events", d->events};
         int argc = 7;
         if (d->policies) {
             argv[argc++] = "--policies";
             argv[argc++] = (char *)d->policies;
+        }
+        if (d->config) {
+            argv[argc++] = "--config";
+            argv[argc++] = (char *)d->config;
         }
         if (d->api) {
             argv[argc++] = "--api";

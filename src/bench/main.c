@@ -46,6 +46,7 @@ static const char usage_text[] =
     "  --api URL        clinic-api base URL (replay, realtime)\n"
     "  --policies DIR   policies for our therasyncd (default: the shipped ones);\n"
     "                   tests/fixtures/policies/permissive runs without validation\n"
+    "  --config FILE    a therasyncd config file for our therasyncd (docs/CONFIG.md)\n"
     "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
     "  --keep-data      keep the temporary data dirs\n"
     "  --max-seconds S  give up on everything after S seconds (default 600)\n";
@@ -93,6 +94,8 @@ int main(int argc, char **argv)
             o.api = v;
         } else if (strcmp(a, "--policies") == 0) {
             o.policies = v;
+        } else if (strcmp(a, "--config") == 0) {
+            o.config = v;
         } else if (strcmp(a, "--n") == 0) {
             if (int_arg(a, v, 1, 100000000, &o.n))
                 return 2;

@@ -171,6 +171,7 @@ static int env_up(env_t *e, const bench_opts_t *o)
         e->endpoint = o->endpoint;
     } else {
         e->d.policies = o->policies;
+        e->d.config = o->config;
         e->d.api = e->api.base;
         if (bench_daemon_mkdata(&e->d) || bench_daemon_start(&e->d, START_TIMEOUT_S))
             return -1;

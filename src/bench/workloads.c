@@ -470,7 +470,7 @@ int bench_run_workload(bench_opts_t *o)
     o->clients = o->clients ? o->clients : wl->clients;
     o->inflight = o->inflight ? o->inflight : wl->inflight;
     o->threads = o->threads ? o->threads : 1;
-    wl_t w = {.o = o, .d = {.policies = o->policies}};
+    wl_t w = {.o = o, .d = {.policies = o->policies, .config = o->config}};
     double *secs = calloc((size_t)o->runs, sizeof(double) * 5);
     int failed = 0, ok = 0;
     for (int r = 0; secs && r < o->runs; r++) {

@@ -243,6 +243,24 @@ typedef struct {
     uint32_t count;
 } wire_header_t;
 
+void *ts_inproc_socket(void *zctx, int type, const char *endpoint, bool bind)
+{
+    void *s = zmq_socket(zctx, type);
+    int zero = 0, send_timeout_ms = 100;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &send_timeout_ms, sizeof send_timeout_ms);
+    if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
+        return s;
+    int err = zmq_errno();
+    zmq_close(s);
+    errno = err;
+    return NULL;
+}
+
 int ts_wire_send(void *socket, uint32_t kind, void *const *ptrs, size_t count)
 {
     size_t size = sizeof(wire_header_t) + count * sizeof(void *);

@@ -1,5 +1,6 @@
 /* test_core.c — the core helpers: JSON merge patch, UTF-8, ids, time,
  * histograms, buffers, config. */
+#include "therasync/actor.h"
 #include "therasync/call.h"
 #include "therasync/config.h"
 #include "therasync/hist.h"
@@ -7,10 +8,12 @@
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zmq.h>
 
 static char *merge(const char *target, const char *patch)
 {
@@ -194,4 +197,32 @@ Test(call, method_names_round_trip)
         cr_assert_eq(ts_method_lookup(ts_method_name((ts_method_t)m)), (ts_method_t)m);
     cr_assert_eq(ts_method_lookup("nope"), TS_M_NONE);
     cr_assert_str_eq(ts_error_reason(TS_E_TOO_LARGE), "too_large");
+}
+
+/* A send to an actor that has stopped (its PULL closed) gives up instead of
+ * blocking for ever: how the daemon used to hang at shutdown. A live peer
+ * takes any number of messages without a wait (no high-water mark). */
+Test(actor, inproc_send_to_a_stopped_peer_gives_up, .timeout = 20)
+{
+    void *zctx = zmq_ctx_new();
+    void *pull = ts_inproc_socket(zctx, ZMQ_PULL, "inproc://test-peer", true);
+    void *push = ts_inproc_socket(zctx, ZMQ_PUSH, "inproc://test-peer", false);
+    cr_assert(pull && push);
+    for (int i = 0; i < 50000; i++)
+        cr_assert_eq(ts_wire_send(push, 1, NULL, 0), 0, "send %d to a live peer", i);
+    zmq_close(pull);
+    /* The pipe goes away once ZeroMQ has processed the close; until then a
+     * send may still be queued into it. */
+    int64_t t0 = ts_mono_us();
+    int rc = 0;
+    for (int i = 0; i < 3000 && rc == 0; i++) {
+        rc = ts_wire_send(push, 1, NULL, 0);
+        usleep(1000);
+    }
+    int64_t waited_ms = (ts_mono_us() - t0) / 1000;
+    cr_assert_eq(rc, -1, "the send to a stopped peer fails");
+    cr_assert_eq(errno, EAGAIN);
+    cr_assert(waited_ms < 5000, "it gave up after %lld ms", (long long)waited_ms);
+    zmq_close(push);
+    zmq_ctx_term(zctx);
 }

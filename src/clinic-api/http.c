@@ -614,20 +614,27 @@ static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *
     return answer(c, 200, &b);
 }
 
+/* Fills buf with as many queued events as fit: one MHD loop turn carries
+ * them all, so a busy worker thread (it also serves the push connections)
+ * does not cap the stream at one small chunk per turn. */
 static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     sse_t *s = cls;
     int hb_us = s->h->cfg->heartbeat_ms * 1000;
-    for (int round = 0; round < 3; round++) {
+    size_t filled = 0;
+    for (int round = 0; round < 64; round++) {
         if (s->off < s->out.len) {
-            size_t n = s->out.len - s->off < max ? s->out.len - s->off : max;
-            memcpy(buf, s->out.data + s->off, n);
+            size_t n = s->out.len - s->off < max - filled ? s->out.len - s->off : max - filled;
+            memcpy(buf + filled, s->out.data + s->off, n);
             s->off += n;
-            return (ssize_t)n;
+            filled += n;
+            if (filled == max)
+                return (ssize_t)filled;
+            continue;
         }
         if (ca_feed_stopping())
-            return MHD_CONTENT_READER_END_OF_STREAM;
+            return filled ? (ssize_t)filled : MHD_CONTENT_READER_END_OF_STREAM;
         ts_buf_reset(&s->out);
         s->off = 0;
         int64_t last, now = ts_mono_us();
@@ -635,12 +642,14 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
         int n = ca_db_feed(s->h->cfg->db, NULL, s->cursor, DEFAULT_LIMIT, CA_FEED_SSE, &s->out,
                            &last, &more);
         if (n < 0)
-            return MHD_CONTENT_READER_END_WITH_ERROR;
+            return filled ? (ssize_t)filled : MHD_CONTENT_READER_END_WITH_ERROR;
         if (n > 0) {
             s->cursor = last;
             s->next_hb = now + hb_us;
             continue;
         }
+        if (filled)
+            return (ssize_t)filled;
         if (now >= s->next_hb) {
             ts_buf_puts(&s->out, ": heartbeat\n\n");
             s->next_hb = now + hb_us;
@@ -650,7 +659,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
             return MHD_CONTENT_READER_END_OF_STREAM;
         return 0;
     }
-    return MHD_CONTENT_READER_END_WITH_ERROR;
+    return filled ? (ssize_t)filled : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
 static void sse_free(void *cls)
@@ -680,7 +689,7 @@ static enum MHD_Result stream(ca_http_t *h, struct MHD_Connection *c)
     s->next_hb = ts_mono_us() + h->cfg->heartbeat_ms * 1000LL;
     ts_buf_puts(&s->out, ": stream open\n\n");
     struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_read, s, sse_free);
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 256 * 1024, sse_read, s, sse_free);
     if (!r) {
         sse_free(s);
         return MHD_NO;

@@ -20,8 +20,14 @@ struct ca_db {
     sqlite3 *sql;
     pthread_mutex_t lock; /* guards sql, the statements and head */
     int64_t head;         /* latest cursor handed out */
-    sqlite3_stmt *get, *upsert, *feed_coll, *feed_all, *digest, *idem_get, *idem_put, *begin,
-        *commit, *rollback;
+    sqlite3_stmt *get, *upsert, *idem_get, *idem_put, *begin, *commit, *rollback;
+    /* Reads of what is committed (GETs, the change feed, digests) go through
+     * a connection of their own: in WAL mode they never wait for the
+     * writer's transactions, which hold `lock` back to back under load and
+     * left the change streams far behind. */
+    sqlite3 *rsql;
+    pthread_mutex_t rlock; /* guards rsql and its statements */
+    sqlite3_stmt *rget, *feed_coll, *feed_all, *digest;
 };
 
 static const char SCHEMA[] =
@@ -40,13 +46,18 @@ static const char SCHEMA[] =
     "  key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,"
     "  body TEXT NOT NULL, created_ms INTEGER NOT NULL);";
 
-static int prepare(ca_db_t *db, sqlite3_stmt **st, const char *text)
+static int prepare_on(sqlite3 *sql, sqlite3_stmt **st, const char *text)
 {
-    if (sqlite3_prepare_v3(db->sql, text, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
-        ts_error(MOD, "prepare failed: %s", sqlite3_errmsg(db->sql));
+    if (sqlite3_prepare_v3(sql, text, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+        ts_error(MOD, "prepare failed: %s", sqlite3_errmsg(sql));
         return -1;
     }
     return 0;
+}
+
+static int prepare(ca_db_t *db, sqlite3_stmt **st, const char *text)
+{
+    return prepare_on(db->sql, st, text);
 }
 
 ca_db_t *ca_db_open(const char *path)
@@ -55,6 +66,7 @@ ca_db_t *ca_db_open(const char *path)
     if (!db)
         return NULL;
     pthread_mutex_init(&db->lock, NULL);
+    pthread_mutex_init(&db->rlock, NULL);
     if (sqlite3_open_v2(path, &db->sql,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -74,13 +86,6 @@ ca_db_t *ca_db_open(const char *path)
                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(coll, id) DO UPDATE SET"
                 " version=excluded.version, deleted=excluded.deleted,"
                 " cursor=excluded.cursor, body=excluded.body") ||
-        prepare(db, &db->feed_coll,
-                "SELECT cursor, coll, body FROM docs WHERE coll=?1 AND cursor>?2"
-                " ORDER BY cursor LIMIT ?3") ||
-        prepare(db, &db->feed_all,
-                "SELECT cursor, coll, body FROM docs WHERE cursor>?1 ORDER BY cursor LIMIT ?2") ||
-        prepare(db, &db->digest,
-                "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id") ||
         prepare(db, &db->idem_get,
                 "SELECT fingerprint, status, body FROM idempotency WHERE key=?1") ||
         prepare(db, &db->idem_put,
@@ -89,6 +94,24 @@ ca_db_t *ca_db_open(const char *path)
         prepare(db, &db->begin, "BEGIN IMMEDIATE") || prepare(db, &db->commit, "COMMIT") ||
         prepare(db, &db->rollback, "ROLLBACK"))
         goto err;
+    if (sqlite3_open_v2(path, &db->rsql, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(db->rsql, "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;", NULL,
+                     NULL, NULL) != SQLITE_OK ||
+        prepare_on(db->rsql, &db->rget,
+                   "SELECT version, deleted, body FROM docs WHERE coll=?1 AND id=?2") ||
+        prepare_on(db->rsql, &db->feed_coll,
+                   "SELECT cursor, coll, body FROM docs WHERE coll=?1 AND cursor>?2"
+                   " ORDER BY cursor LIMIT ?3") ||
+        prepare_on(db->rsql, &db->feed_all,
+                   "SELECT cursor, coll, body FROM docs WHERE cursor>?1 ORDER BY cursor LIMIT ?2") ||
+        prepare_on(db->rsql, &db->digest,
+                   "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id")) {
+        ts_error(MOD, "cannot open %s for reading: %s", path,
+                 db->rsql ? sqlite3_errmsg(db->rsql) : "no memory");
+        goto err;
+    }
+    sqlite3_busy_timeout(db->rsql, 5000);
     sqlite3_stmt *st;
     if (prepare(db, &st, "SELECT COALESCE(MAX(cursor), 0) FROM docs"))
         goto err;
@@ -106,11 +129,14 @@ void ca_db_close(ca_db_t **dbp)
     ca_db_t *db = *dbp;
     if (!db)
         return;
-    sqlite3_stmt *all[] = {db->get,      db->upsert,   db->feed_coll, db->feed_all, db->digest,
-                           db->idem_get, db->idem_put, db->begin,     db->commit,   db->rollback};
+    sqlite3_stmt *all[] = {db->get,    db->upsert, db->idem_get,  db->idem_put, db->begin,
+                           db->commit, db->rollback, db->rget,    db->feed_coll, db->feed_all,
+                           db->digest};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);
+    sqlite3_close(db->rsql);
     sqlite3_close(db->sql);
+    pthread_mutex_destroy(&db->rlock);
     pthread_mutex_destroy(&db->lock);
     free(db);
     *dbp = NULL;
@@ -138,7 +164,7 @@ int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_
     int n = 0, rc = 0;
     *last = since;
     *more = false;
-    pthread_mutex_lock(&db->lock);
+    pthread_mutex_lock(&db->rlock);
     sqlite3_stmt *st = coll ? db->feed_coll : db->feed_all;
     int i = 1;
     if (coll)
@@ -172,32 +198,32 @@ int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_
         n++;
     }
     if (step != SQLITE_ROW && step != SQLITE_DONE) {
-        ts_error(MOD, "feed: %s", sqlite3_errmsg(db->sql));
+        ts_error(MOD, "feed: %s", sqlite3_errmsg(db->rsql));
         rc = -1;
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    pthread_mutex_unlock(&db->lock);
+    pthread_mutex_unlock(&db->rlock);
     return rc ? -1 : n;
 }
 
 int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out)
 {
     int found = 0;
-    pthread_mutex_lock(&db->lock);
-    sqlite3_bind_text(db->get, 1, coll, -1, SQLITE_STATIC);
-    sqlite3_bind_text(db->get, 2, id, -1, SQLITE_STATIC);
-    int step = sqlite3_step(db->get);
-    if (step == SQLITE_ROW && sqlite3_column_int(db->get, 1) == 0) {
-        found = ts_buf_append(out, sqlite3_column_text(db->get, 2),
-                              (size_t)sqlite3_column_bytes(db->get, 2)) < 0
+    pthread_mutex_lock(&db->rlock);
+    sqlite3_bind_text(db->rget, 1, coll, -1, SQLITE_STATIC);
+    sqlite3_bind_text(db->rget, 2, id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(db->rget);
+    if (step == SQLITE_ROW && sqlite3_column_int(db->rget, 1) == 0) {
+        found = ts_buf_append(out, sqlite3_column_text(db->rget, 2),
+                              (size_t)sqlite3_column_bytes(db->rget, 2)) < 0
                     ? -1
                     : 1;
     } else if (step != SQLITE_ROW && step != SQLITE_DONE) {
         found = -1;
     }
-    sqlite3_reset(db->get);
-    pthread_mutex_unlock(&db->lock);
+    sqlite3_reset(db->rget);
+    pthread_mutex_unlock(&db->rlock);
     return found;
 }
 
@@ -207,7 +233,7 @@ int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out)
     ts_sha256_init(&h);
     int64_t count = 0;
     char line[96];
-    pthread_mutex_lock(&db->lock);
+    pthread_mutex_lock(&db->rlock);
     sqlite3_bind_text(db->digest, 1, coll, -1, SQLITE_STATIC);
     int step;
     while ((step = sqlite3_step(db->digest)) == SQLITE_ROW) {
@@ -219,7 +245,7 @@ int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out)
         count++;
     }
     sqlite3_reset(db->digest);
-    pthread_mutex_unlock(&db->lock);
+    pthread_mutex_unlock(&db->rlock);
     if (step != SQLITE_DONE)
         return -1;
     uint8_t d[32];

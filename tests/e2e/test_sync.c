@@ -779,37 +779,3 @@ Test(sync, a_422_inside_a_batch_rolls_back_just_that_write)
         free(mutations[i]);
     }
 }
-
-/* SIGTERM while writes are being pushed and clinic-api drops its
- * connections: the API actors still have answers for the sync actor, which
- * has already stopped. The daemon must exit anyway (it used to block for ever on that send, now and then;
- * test_core's inproc_send_to_a_stopped_peer_gives_up pins down why). */
-Test(sync, stops_when_the_api_drops_during_shutdown)
-{
-    for (int round = 0; round < 3; round++) {
-        if (round)
-            cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
-        cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
-        /* Writes still being pushed when the signal comes. */
-        static char batch[120000];
-        for (int b = 0; b < 2; b++) {
-            size_t off = 0;
-            batch[off++] = '[';
-            for (int i = 0; i < 1000; i++)
-                off += (size_t)snprintf(batch + off, sizeof batch - off,
-                                        "%s{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":"
-                                        "\"create\",\"params\":{\"collection\":\"sessions\","
-                                        "\"doc\":{\"id\":\"s%d-%d-%d\"}}}",
-                                        i ? "," : "", i, round, b, i);
-            batch[off++] = ']';
-            free(ts_rpc_raw(engine.dealer, batch, off, 10000));
-        }
-        kill(engine.proc.pid, SIGTERM);
-        sleep_ms(2);
-        kill(api.proc.pid, SIGKILL);
-        int rc = ts_proc_wait_exit(&engine.proc, 15000);
-        cr_assert_eq(rc, 0, "round %d: the engine did not stop cleanly (%d); log %s", round, rc,
-                     engine.proc.log_path);
-        ts_engine_destroy(&engine);
-    }
-}

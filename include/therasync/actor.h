@@ -4,8 +4,13 @@
  * engine only through ZeroMQ sockets. Its parent starts it with
  * ts_actor_new(), which blocks until the actor has set itself up and called
  * ts_actor_ready(); a failed set-up makes ts_actor_new() return NULL. The
- * parent stops it with ts_actor_destroy(), which sends "$TERM" on the
- * control pipe and joins the thread.
+ * parent stops it in two steps: ts_actor_stop() sends "$TERM" and waits
+ * until the actor has stopped working (its loop ended, it called
+ * ts_actor_quiesce()); ts_actor_destroy() then lets it free what is still
+ * queued for it, close its sockets and exit, and joins the thread. Stopping
+ * every actor before destroying any means no message is ever sent to an
+ * actor that has already let go of its inbox (messages are pointers: one
+ * sent into a closed inbox would be lost with what it owns).
  *
  * Inside, an actor runs a ts_loop_t: a poll loop over its sockets with one
  * handler per socket, plus repeating timers. Data moves between actors as
@@ -25,13 +30,19 @@ typedef void(ts_actor_fn)(ts_actor_t *self, void *args);
  * Returns the actor, or NULL when the thread could not start or the actor
  * reported a failed set-up (it has then already exited). */
 ts_actor_t *ts_actor_new(void *zctx, const char *name, ts_actor_fn *fn, void *args);
-/* Sends "$TERM" and joins the thread; idempotent, clears *self_p. */
+/* Sends "$TERM" and waits until the actor has stopped working; idempotent. */
+void ts_actor_stop(ts_actor_t *self);
+/* Stops it if need be, lets it clean up and exit, joins the thread;
+ * idempotent, clears *self_p. */
 void ts_actor_destroy(ts_actor_t **self_p);
 /* Sends a control command (a short string) to the actor's pipe. */
 int ts_actor_command(ts_actor_t *self, const char *command);
 
 /* For the actor itself. */
 void ts_actor_ready(ts_actor_t *self, int status); /* 0 = ready, -1 = failed */
+/* Once its loop has ended: tells the parent, then waits for the go-ahead to
+ * clean up (after which it drains and frees its inboxes, and returns). */
+void ts_actor_quiesce(ts_actor_t *self);
 void *ts_actor_pipe(ts_actor_t *self);             /* PAIR: receives commands */
 void *ts_actor_zctx(ts_actor_t *self);
 const char *ts_actor_name(ts_actor_t *self);

@@ -1523,6 +1523,7 @@ static void api_actor(ts_actor_t *actor, void *args)
     ts_actor_ready(actor, 0);
     if (run(self) < 0)
         ts_error(LOG, "api: poll failed: %s", zmq_strerror(errno));
+    ts_actor_quiesce(actor);
     api_destroy(self);
     return;
 fail:

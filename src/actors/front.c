@@ -688,6 +688,20 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
     return NULL;
 }
 
+/* At the end: answers that came in after the loop stopped (their writes are
+ * durable; the clients asked too late to hear back) are freed. */
+static void drain_replies(void *socket)
+{
+    uint32_t kind;
+    void **ptrs;
+    size_t n;
+    while (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
+        for (size_t i = 0; i < n; i++)
+            ts_envelope_free(ptrs[i]);
+        free(ptrs);
+    }
+}
+
 static void front_actor(ts_actor_t *actor, void *arg)
 {
     ts_front_args_t *args = arg;
@@ -711,6 +725,8 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_loop_timer(self.loop, 200, on_drain_timer, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
+    ts_actor_quiesce(actor);
+    drain_replies(self.replies);
 done:
     ts_loop_destroy(&self.loop);
     for (size_t b = 0; b < CLIENT_BUCKETS; b++) {

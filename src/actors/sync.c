@@ -2136,6 +2136,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
     ts_info(LOG, "stopping: %zu mutations queued, %d in flight", self.queued, self.in_flight);
+    ts_actor_quiesce(actor);
     sync_cleanup(&self);
 }
 

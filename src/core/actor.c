@@ -19,7 +19,16 @@ struct ts_actor {
     void *args;
     pthread_t thread;
     int ready_sent;
+    int quiet_sent; /* the actor told its parent it has stopped working */
+    int stopped;    /* the parent has seen that */
 };
+
+static void send_quiet(ts_actor_t *self)
+{
+    int quiet = 1;
+    self->quiet_sent = 1;
+    zmq_send(self->child_pipe, &quiet, sizeof quiet, 0);
+}
 
 static void *actor_thread(void *arg)
 {
@@ -30,6 +39,8 @@ static void *actor_thread(void *arg)
     self->fn(self, self->args);
     if (!self->ready_sent) /* the actor returned without a word: count it as failed */
         ts_actor_ready(self, -1);
+    else if (!self->quiet_sent) /* a parent in ts_actor_stop() must not wait for ever */
+        send_quiet(self);
     return NULL;
 }
 
@@ -83,12 +94,37 @@ int ts_actor_command(ts_actor_t *self, const char *command)
     return zmq_send(self->parent_pipe, command, strlen(command), 0) < 0 ? -1 : 0;
 }
 
+void ts_actor_quiesce(ts_actor_t *self)
+{
+    send_quiet(self);
+    char command[16];
+    for (;;) {
+        int n = zmq_recv(self->child_pipe, command, sizeof command, 0);
+        if (n < 0 && errno == EINTR)
+            continue; /* a signal (the policy watchdog's) is not a command */
+        if (n < 0 || (n == 6 && memcmp(command, "$CLOSE", 6) == 0))
+            return;
+    }
+}
+
+void ts_actor_stop(ts_actor_t *self)
+{
+    if (!self || self->stopped)
+        return;
+    ts_actor_command(self, "$TERM");
+    int quiet;
+    while (zmq_recv(self->parent_pipe, &quiet, sizeof quiet, 0) < 0 && errno == EINTR)
+        ;
+    self->stopped = 1;
+}
+
 void ts_actor_destroy(ts_actor_t **self_p)
 {
     ts_actor_t *self = *self_p;
     if (!self)
         return;
-    ts_actor_command(self, "$TERM");
+    ts_actor_stop(self);
+    ts_actor_command(self, "$CLOSE");
     pthread_join(self->thread, NULL);
     zmq_close(self->parent_pipe);
     zmq_close(self->child_pipe);

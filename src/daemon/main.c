@@ -171,13 +171,16 @@ int main(int argc, char **argv)
     }
     notify_systemd("STOPPING=1");
     exit_code = 0;
-done:
-    ts_actor_destroy(&sync);
-    ts_actor_destroy(&api_feed);
-    ts_actor_destroy(&api);
-    ts_actor_destroy(&front);
-    ts_actor_destroy(&store);
-    ts_actor_destroy(&persist);
+done:;
+    /* Every actor stops working first (the front door after answering what
+     * it has in flight), then each frees what is still queued for it and
+     * exits: no message is ever sent to an inbox that is already closed. */
+    ts_actor_t **actors[] = {&sync, &api_feed, &api, &front, &store, &persist};
+    size_t nactors = sizeof actors / sizeof *actors;
+    for (size_t i = 0; i < nactors; i++)
+        ts_actor_stop(*actors[i]);
+    for (size_t i = 0; i < nactors; i++)
+        ts_actor_destroy(actors[i]);
     if (zctx)
         zmq_ctx_term(zctx);
     if (exit_code == 0)

@@ -159,6 +159,9 @@ typedef enum {
 const char *ts_api_error_name(ts_api_error_t error);
 /* True for the classes the actor retries itself. */
 bool ts_api_error_retryable(ts_api_error_t error);
+/* The class of an HTTP status as the actor gives it (also to each op of a
+ * batch answer); TS_API_BAD_RESPONSE for a status that is not 2xx/4xx/5xx. */
+ts_api_error_t ts_api_status_class(long status);
 
 typedef struct {
     ts_api_request_t *request; /* handed back: owned by the receiver now */

@@ -175,6 +175,11 @@ enum {
                               then passes the envelopes on to the front door */
     TS_WIRE_RECOVER_ACK,   /* store → persist: one recovered chunk is consumed (flow control) */
 };
+/* Frees every message still queued on socket (an actor's inbox, once it has
+ * stopped working; see ts_actor_quiesce): these kinds and sync.h's. NULL
+ * socket: nothing. */
+void ts_wire_drain(void *socket);
+
 #define TS_INPROC_STORE "inproc://store"
 #define TS_INPROC_PERSIST "inproc://persist"
 #define TS_INPROC_FRONT "inproc://front-replies"

@@ -794,25 +794,10 @@ static ts_api_error_t classify(call_t *c, CURLcode rc, long status, const char *
     default: /* connect, resolve, send, recv, got nothing, http2 stream, ... */
         return TS_API_NETWORK;
     }
-    if (status >= 200 && status < 300)
-        return TS_API_OK;
-    switch (status) {
-    case 401: return TS_API_UNAUTHORIZED;
-    case 403: return TS_API_FORBIDDEN;
-    case 404: return TS_API_NOT_FOUND;
-    case 408: return TS_API_TIMEOUT;
-    case 409:
-    case 412: return TS_API_CONFLICT;
-    case 422: return TS_API_VALIDATION;
-    case 429: return TS_API_TOO_MANY_REQUESTS;
-    default: break;
-    }
-    if (status >= 500 && status < 600)
-        return TS_API_SERVER_ERROR;
-    if (status >= 400 && status < 500)
-        return TS_API_BAD_REQUEST;
-    *why = "unexpected HTTP status";
-    return TS_API_BAD_RESPONSE;
+    ts_api_error_t e = ts_api_status_class(status);
+    if (e == TS_API_BAD_RESPONSE)
+        *why = "unexpected HTTP status";
+    return e;
 }
 
 /* Checks a 2xx body against the request's shape; sets res->json. */
@@ -1640,6 +1625,26 @@ static const char *error_names[TS_API__LAST] = {
     "forbidden",  "not_found",  "conflict",          "validation",   "too_many_requests",
     "server_error", "bad_request", "bad_response",   "cancelled",    "internal",
 };
+
+ts_api_error_t ts_api_status_class(long status)
+{
+    if (status >= 200 && status < 300)
+        return TS_API_OK;
+    switch (status) {
+    case 401: return TS_API_UNAUTHORIZED;
+    case 403: return TS_API_FORBIDDEN;
+    case 404: return TS_API_NOT_FOUND;
+    case 408: return TS_API_TIMEOUT;
+    case 409:
+    case 412: return TS_API_CONFLICT;
+    case 422: return TS_API_VALIDATION;
+    case 429: return TS_API_TOO_MANY_REQUESTS;
+    default: break;
+    }
+    if (status >= 500 && status < 600)
+        return TS_API_SERVER_ERROR;
+    return status >= 400 && status < 500 ? TS_API_BAD_REQUEST : TS_API_BAD_RESPONSE;
+}
 
 const char *ts_api_error_name(ts_api_error_t error)
 {

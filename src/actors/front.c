@@ -655,15 +655,16 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
 
 static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
 {
-    void *s = strncmp(endpoint, "inproc:", 7) == 0 ? ts_inproc_socket(zctx, type, endpoint, bind)
-                                                   : zmq_socket(zctx, type);
+    /* Between actors: the shared settings, bound or connected already. */
+    bool inproc = strncmp(endpoint, "inproc:", 7) == 0;
+    void *s = inproc ? ts_inproc_socket(zctx, type, endpoint, bind) : zmq_socket(zctx, type);
     int zero = 0;
     if (!s) {
         ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
                  zmq_strerror(zmq_errno()));
         return NULL;
     }
-    if (strncmp(endpoint, "inproc:", 7) == 0)
+    if (inproc)
         return s;
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     if (type == ZMQ_PUB) {
@@ -686,20 +687,6 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
              zmq_strerror(zmq_errno()));
     zmq_close(s);
     return NULL;
-}
-
-/* At the end: answers that came in after the loop stopped (their writes are
- * durable; the clients asked too late to hear back) are freed. */
-static void drain_replies(void *socket)
-{
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            ts_envelope_free(ptrs[i]);
-        free(ptrs);
-    }
 }
 
 static void front_actor(ts_actor_t *actor, void *arg)
@@ -726,7 +713,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
     ts_actor_quiesce(actor);
-    drain_replies(self.replies);
+    ts_wire_drain(self.replies); /* answers too late to give: their writes are durable */
 done:
     ts_loop_destroy(&self.loop);
     for (size_t b = 0; b < CLIENT_BUCKETS; b++) {

@@ -759,20 +759,6 @@ static void persist_cleanup(persist_t *self)
         close(self->lock_fd); /* releases the flock */
 }
 
-/* At the end: envelopes that came in after the loop stopped were never
- * answered, so nothing was promised for them; they are freed. */
-static void drain_inbox(void *socket)
-{
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; kind == TS_WIRE_ENVELOPES && i < n; i++)
-            ts_envelope_free(ptrs[i]);
-        free(ptrs);
-    }
-}
-
 static void persist_actor(ts_actor_t *actor, void *args)
 {
     persist_t self = {.config = args, .actor = actor, .lock_fd = -1};
@@ -798,7 +784,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
     ts_actor_quiesce(actor);
-    drain_inbox(self.inbox);
+    ts_wire_drain(self.inbox); /* never answered: nothing was promised for them */
 done:
     ts_loop_destroy(&loop);
     persist_cleanup(&self);

@@ -1912,28 +1912,6 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     return strcmp(command, "$TERM") == 0 ? -1 : 0;
 }
 
-/* At the end: what came in after the loop stopped is freed (writes among it
- * were never answered; sync outcomes are replayed from the outbox). */
-static void drain_inbox(void *socket)
-{
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (socket && ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++) {
-            if (kind == TS_WIRE_ENVELOPES || kind == TS_WIRE_ROLLBACK)
-                ts_envelope_free(ptrs[i]);
-            else if (kind == TS_WIRE_SYNC_UPDATES)
-                ts_sync_update_free(ptrs[i]);
-            else if (kind == TS_WIRE_DIGEST)
-                ts_digest_free(ptrs[i]);
-            else if (kind == TS_WIRE_RECOVERED)
-                free(ptrs[i]); /* a chunk is one allocation */
-        }
-        free(ptrs);
-    }
-}
-
 static void store_actor(ts_actor_t *actor, void *args)
 {
     store_t self = {.config = args};
@@ -1987,8 +1965,8 @@ static void store_actor(ts_actor_t *actor, void *args)
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
     ts_actor_quiesce(actor);
-    drain_inbox(self.inbox);
-    drain_inbox(self.sync_inbox);
+    ts_wire_drain(self.inbox); /* unanswered writes; sync outcomes replay from the outbox */
+    ts_wire_drain(self.sync_inbox);
 done:
     ts_loop_destroy(&loop);
     store_cleanup(&self);

@@ -1159,27 +1159,6 @@ static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
     push_outcome(self, res, m);
 }
 
-/* The class the API actor would give an op's status (docs/API_ACTOR.md). */
-static ts_api_error_t op_error(long status)
-{
-    if (status >= 200 && status < 300)
-        return TS_API_OK;
-    switch (status) {
-    case 401: return TS_API_UNAUTHORIZED;
-    case 403: return TS_API_FORBIDDEN;
-    case 404: return TS_API_NOT_FOUND;
-    case 408: return TS_API_TIMEOUT;
-    case 409:
-    case 412: return TS_API_CONFLICT;
-    case 422: return TS_API_VALIDATION;
-    case 429: return TS_API_TOO_MANY_REQUESTS;
-    default: break;
-    }
-    if (status >= 500 && status < 600)
-        return TS_API_SERVER_ERROR;
-    return status >= 400 && status < 500 ? TS_API_BAD_REQUEST : TS_API_BAD_RESPONSE;
-}
-
 /* A batch's writes go back in line unsent (the batch was refused whole). */
 static void batch_requeue(sync_t *self, req_t *r)
 {
@@ -1232,7 +1211,8 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
         long long status = 0;
         ts_json_int(it, "status", &status);
         ts_api_result_t one = {.id = res->id, .status = (long)status, .retry_after_ms = -1,
-                               .attempts = res->attempts, .error = op_error((long)status)};
+                               .attempts = res->attempts,
+                               .error = ts_api_status_class((long)status)};
         one.json = cJSON_GetObjectItemCaseSensitive(it, "body");
         long long v;
         if (one.error == TS_API_OK && m->op != TS_OP_DELETE &&
@@ -2043,24 +2023,15 @@ static void *open_socket(sync_t *self, int type, const char *endpoint, bool bind
     return s;
 }
 
-static void drain_socket(void *s, bool api)
+/* The API actors' answers left at the end (their kinds are api.h's). */
+static void drain_api(void *s)
 {
     uint32_t kind;
     void **ptrs;
     size_t n;
     while (s && ts_wire_recv(s, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++) {
-            if (api)
-                ts_api_msg_free(kind, ptrs[i]);
-            else if (kind == TS_WIRE_OUTBOX)
-                ts_record_free_list(ptrs[i]);
-            else if (kind == TS_WIRE_SYNC_CALL)
-                ts_envelope_free(ptrs[i]);
-            else if (kind == TS_WIRE_DIGEST)
-                ts_digest_free(ptrs[i]);
-            else if (kind == TS_WIRE_SYNC_UPDATES)
-                ts_sync_update_free(ptrs[i]);
-        }
+        for (size_t i = 0; i < n; i++)
+            ts_api_msg_free(kind, ptrs[i]);
         free(ptrs);
     }
 }
@@ -2093,8 +2064,8 @@ static void sync_cleanup(sync_t *self)
     for (size_t i = 0; i < self->nout; i++)
         ts_sync_update_free(self->out[i]);
     free(self->out);
-    drain_socket(self->inbox, false);
-    drain_socket(self->api_in, true);
+    ts_wire_drain(self->inbox);
+    drain_api(self->api_in);
     while (self->reqs)
         req_free(self, self->reqs);
     void *sockets[] = {self->inbox,    self->api_in,   self->api,

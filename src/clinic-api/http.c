@@ -259,6 +259,28 @@ static enum MHD_Result finish_write(struct MHD_Connection *c, req_t *rq)
 /* POST, PATCH and DELETE. id is NULL for a create. The write goes to the
  * group-commit writer and the connection waits suspended; MHD calls the
  * handler again after the commit, and route() sends the answer. */
+/* The fingerprint that ties an Idempotency-Key to one request: method, path,
+ * If-Match (NULL for a create), body. A batch op gets the one of its single
+ * request, so a key may move between the two. */
+static void fingerprint(const char *method, const char *url, const char *if_match,
+                        const char *body, size_t body_len, char out[65])
+{
+    ts_sha256_t s;
+    uint8_t d[32];
+    ts_sha256_init(&s);
+    ts_sha256_update(&s, method, strlen(method));
+    ts_sha256_update(&s, "\n", 1);
+    ts_sha256_update(&s, url, strlen(url));
+    ts_sha256_update(&s, "\n", 1);
+    if (if_match)
+        ts_sha256_update(&s, if_match, strlen(if_match));
+    ts_sha256_update(&s, "\n", 1);
+    if (body_len)
+        ts_sha256_update(&s, body, body_len);
+    ts_sha256_final(&s, d);
+    ts_sha256_to_hex(d, out);
+}
+
 static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *rq, ca_op_t op,
                                  const char *method, const char *url, const char *coll,
                                  const char *id)
@@ -311,22 +333,9 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
         w->rendered = rq->rendered;
     }
 
-    /* The fingerprint ties a key to one request: method, path, If-Match, body. */
     if (key) {
-        ts_sha256_t s;
-        uint8_t d[32];
-        ts_sha256_init(&s);
-        ts_sha256_update(&s, method, strlen(method));
-        ts_sha256_update(&s, "\n", 1);
-        ts_sha256_update(&s, url, strlen(url));
-        ts_sha256_update(&s, "\n", 1);
-        if (if_match && op != CA_OP_CREATE)
-            ts_sha256_update(&s, if_match, strlen(if_match));
-        ts_sha256_update(&s, "\n", 1);
-        if (rq->body.len)
-            ts_sha256_update(&s, rq->body.data, rq->body.len);
-        ts_sha256_final(&s, d);
-        ts_sha256_to_hex(d, rq->fp);
+        fingerprint(method, url, op == CA_OP_CREATE ? NULL : if_match, rq->body.data,
+                    rq->body.len, rq->fp);
         w->idem_key = key;
         w->fingerprint = rq->fp;
     }
@@ -484,20 +493,8 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
         char url[200];
         snprintf(url, sizeof url, "/v1/%s%s%s", coll, id ? "/" : "", id ? id : "");
         char *text = kind == CA_OP_DELETE ? NULL : cJSON_PrintUnformatted(body);
-        ts_sha256_t s;
-        uint8_t d[32];
-        ts_sha256_init(&s);
-        ts_sha256_update(&s, method, strlen(method));
-        ts_sha256_update(&s, "\n", 1);
-        ts_sha256_update(&s, url, strlen(url));
-        ts_sha256_update(&s, "\n", 1);
-        if (kind != CA_OP_CREATE)
-            ts_sha256_update(&s, if_match_text, strlen(if_match_text));
-        ts_sha256_update(&s, "\n", 1);
-        if (text)
-            ts_sha256_update(&s, text, strlen(text));
-        ts_sha256_final(&s, d);
-        ts_sha256_to_hex(d, o->fp);
+        fingerprint(method, url, kind == CA_OP_CREATE ? NULL : if_match_text, text,
+                    text ? strlen(text) : 0, o->fp);
         cJSON_free(text);
         w->idem_key = key->valuestring;
         w->fingerprint = o->fp;

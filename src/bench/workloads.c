@@ -66,12 +66,9 @@ static int add_upcoming(bench_reqs_t *reqs, const char *therapist, const char *n
 
 /* ---- target ---- */
 
-static int target_up(wl_t *w)
+/* Our own therasyncd in a fresh data dir. */
+static int own_daemon_up(wl_t *w)
 {
-    if (w->o->endpoint) {
-        w->endpoint = w->o->endpoint;
-        return 0;
-    }
     if (bench_daemon_mkdata(&w->d))
         return -1;
     if (bench_daemon_start(&w->d, START_TIMEOUT_S)) {
@@ -80,6 +77,16 @@ static int target_up(wl_t *w)
     }
     w->endpoint = w->d.endpoint;
     return 0;
+}
+
+/* The --endpoint given, else our own daemon. */
+static int target_up(wl_t *w)
+{
+    if (w->o->endpoint) {
+        w->endpoint = w->o->endpoint;
+        return 0;
+    }
+    return own_daemon_up(w);
 }
 
 static void target_down(wl_t *w)
@@ -360,13 +367,8 @@ static int wl_coldstart(wl_t *w, int run, bench_result_t *res)
 {
     if (!w->preloaded) {
         /* Once for all runs: create the documents, then stop the daemon. */
-        if (bench_daemon_mkdata(&w->d))
+        if (own_daemon_up(w))
             return -1;
-        if (bench_daemon_start(&w->d, START_TIMEOUT_S)) {
-            bench_daemon_rmdata(&w->d, w->o->keep_data);
-            return -1;
-        }
-        w->endpoint = w->d.endpoint;
         int rc = preload(w, w->o->n, true);
         int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, NULL);
         if (rc || status != 0) {

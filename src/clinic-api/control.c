@@ -23,7 +23,7 @@ void ca_faults_set(const ca_faults_t *f)
     pthread_mutex_lock(&faults_lock);
     faults = *f;
     atomic_store(&faults_active,
-                 f->fail_rate > 0 || f->latency_ms > 0 || f->drop_rate > 0 || f->offline);
+                 f->fail_rate > 0 || f->latency_ms > 0 || f->answer_latency_ms > 0 || f->drop_rate > 0 || f->offline);
     pthread_mutex_unlock(&faults_lock);
 }
 
@@ -60,7 +60,7 @@ int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **e
         *err = "body must be a JSON object";
         return -1;
     }
-    double status = f->status, latency = 0, retry = f->retry_after;
+    double status = f->status, latency = 0, answer_latency = 0, retry = f->retry_after;
     int rc = -1;
     if (num_field(obj, "fail_rate", 0, 1, &f->fail_rate) < 0)
         *err = "fail_rate must be a number in [0,1]";
@@ -70,6 +70,8 @@ int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **e
         *err = "status must be an HTTP error status (400-599)";
     else if (num_field(obj, "latency_ms", 0, 600000, &latency) < 0)
         *err = "latency_ms must be a number in [0,600000]";
+    else if (num_field(obj, "answer_latency_ms", 0, 600000, &answer_latency) < 0)
+        *err = "answer_latency_ms must be a number in [0,600000]";
     else if (num_field(obj, "retry_after", 0, 86400, &retry) < 0)
         *err = "retry_after must be a number of seconds in [0,86400]";
     else {
@@ -80,6 +82,7 @@ int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **e
             f->offline = cJSON_IsTrue(off);
             f->status = (int)status;
             f->latency_ms = (int)latency;
+            f->answer_latency_ms = (int)answer_latency;
             f->retry_after = (int)retry;
             rc = 0;
         }
@@ -91,9 +94,9 @@ int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **e
 int ca_faults_json(const ca_faults_t *f, ts_buf_t *out)
 {
     return ts_buf_printf(out,
-                         "{\"fail_rate\":%g,\"status\":%d,\"latency_ms\":%d,\"drop_rate\":%g,"
-                         "\"offline\":%s,\"retry_after\":%d}",
-                         f->fail_rate, f->status, f->latency_ms, f->drop_rate,
+                         "{\"fail_rate\":%g,\"status\":%d,\"latency_ms\":%d,\"answer_latency_ms\":%d,"
+                         "\"drop_rate\":%g,\"offline\":%s,\"retry_after\":%d}",
+                         f->fail_rate, f->status, f->latency_ms, f->answer_latency_ms, f->drop_rate,
                          f->offline ? "true" : "false", f->retry_after);
 }
 

@@ -16,6 +16,7 @@ typedef struct {
     double fail_rate; /* 0..1: share of requests answered with `status` */
     int status;       /* status for failures; 503 by default */
     int latency_ms;   /* added before every request is handled */
+    int answer_latency_ms; /* added after a write's commit, before its answer */
     double drop_rate; /* 0..1: share of connections closed without an answer */
     bool offline;     /* every non-control request is closed unanswered */
     int retry_after;  /* seconds in Retry-After on 429/503; 1 by default */

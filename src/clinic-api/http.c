@@ -36,6 +36,7 @@ typedef struct {
     bool too_large;      /* body passed MAX_BODY: answered 413 */
     bool faults_done;    /* faults were applied to this request */
     bool delayed;        /* latency_ms was served */
+    bool answer_delayed; /* answer_latency_ms was served */
     bool polling;        /* long poll started */
     int64_t deadline_us; /* long poll deadline */
     bool queued;         /* the write went to the group-commit writer */
@@ -780,8 +781,17 @@ static enum MHD_Result route_control(ca_http_t *h, struct MHD_Connection *c, req
 static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, const char *url,
                              const char *method)
 {
-    if (rq->queued)
+    if (rq->queued) {
+        /* Committed (its change is on the feed already); the answer may wait. */
+        ca_faults_t f;
+        if (!rq->answer_delayed && ca_faults_get(&f) && f.answer_latency_ms > 0) {
+            rq->answer_delayed = true;
+            atomic_fetch_add(&ca_stats.faults_delayed, 1);
+            if (ca_feed_park(c, ts_mono_us() + f.answer_latency_ms * 1000LL, -1) == 0)
+                return MHD_YES;
+        }
         return rq->bops ? finish_batch(c, rq) : finish_write(c, rq);
+    }
     if (rq->too_large)
         return answer_text(c, 413, "{\"error\":\"too_large\"}");
     if (strncmp(url, "/v1/", 4) == 0) {

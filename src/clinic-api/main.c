@@ -35,6 +35,7 @@ static void usage(FILE *out)
           "  --fail-status N         status of injected failures (default 503)\n"
           "  --retry-after S         Retry-After on injected 429/503 (default 1)\n"
           "  --latency-ms MS         delay added to every request\n"
+          "  --answer-latency-ms MS  delay between a write's commit and its answer\n"
           "  --drop-rate R           share of requests closed without an answer (0..1)\n"
           "  --offline               close every request unanswered (until /_control clears it)\n"
           "  --log-level LEVEL       error|warn|info|debug (default info)\n"
@@ -109,6 +110,7 @@ int main(int argc, char **argv)
         O_FSTATUS,
         O_RETRY,
         O_LAT,
+        O_ANSWER_LAT,
         O_DROP,
         O_OFFLINE,
         O_LOG,
@@ -131,6 +133,7 @@ int main(int argc, char **argv)
                                          {"fail-status", required_argument, 0, O_FSTATUS},
                                          {"retry-after", required_argument, 0, O_RETRY},
                                          {"latency-ms", required_argument, 0, O_LAT},
+                                         {"answer-latency-ms", required_argument, 0, O_ANSWER_LAT},
                                          {"drop-rate", required_argument, 0, O_DROP},
                                          {"offline", no_argument, 0, O_OFFLINE},
                                          {"log-level", required_argument, 0, O_LOG},
@@ -197,6 +200,10 @@ int main(int argc, char **argv)
         case O_LAT:
             bad = flag_int("--latency-ms", optarg, 0, 600000, &v);
             faults.latency_ms = (int)v;
+            break;
+        case O_ANSWER_LAT:
+            bad = flag_int("--answer-latency-ms", optarg, 0, 600000, &v);
+            faults.answer_latency_ms = (int)v;
             break;
         case O_DROP:
             bad = flag_rate("--drop-rate", optarg, &faults.drop_rate);

@@ -913,6 +913,51 @@ Test(faults, latency_delays_answers)
     cr_assert_geq(stat_of("faults_delayed"), 1);
 }
 
+/* A write whose answer is held back: the POST runs in a thread, the main
+ * thread sees the document before the answer arrives. */
+struct slow_post {
+    long status;
+    double done_at;
+};
+
+static void *post_in_thread(void *arg)
+{
+    struct slow_post *sp = arg;
+    char url[512];
+    url_of(url, sizeof url, "/v1/sessions");
+    const char *h[] = {S.auth, NULL};
+    ts_http_resp_t r;
+    sp->status = ts_http("POST", url, h, "{\"id\":\"al-1\",\"room\":\"a\"}", 10000, &r) == 0
+                     ? r.status
+                     : -1;
+    sp->done_at = now_s();
+    ts_http_free(&r);
+    return NULL;
+}
+
+Test(faults, answer_latency_commits_before_answering)
+{
+    set_faults("{\"answer_latency_ms\":800}");
+    struct slow_post sp = {0};
+    double t0 = now_s(), seen_at = 0;
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, post_in_thread, &sp), 0);
+    for (int i = 0; i < 300 && !seen_at; i++) {
+        ts_http_resp_t r;
+        if (call("GET", "/v1/sessions/al-1", NULL, NULL, NULL, &r) == 200)
+            seen_at = now_s();
+        ts_http_free(&r);
+        if (!seen_at)
+            usleep(10000);
+    }
+    pthread_join(t, NULL);
+    set_faults("{}");
+    cr_assert_eq(sp.status, 201);
+    cr_assert(sp.done_at - t0 >= 0.75, "answered after %.3f s", sp.done_at - t0);
+    cr_assert(seen_at > 0 && seen_at < sp.done_at, "visible at %.3f s, answered at %.3f s",
+              seen_at - t0, sp.done_at - t0);
+}
+
 static void start_flags_no_control(void)
 {
     const char *extra[] = {"--no-control", "--fail-rate",   "1", "--fail-status",

@@ -9,6 +9,7 @@
 #include "therasync/sync.h"
 #include "therasync/util.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -986,6 +987,11 @@ static void do_metrics(store_t *self, ts_call_t *call)
         cJSON_AddNumberToObject(calls, ts_method_name((ts_method_t)i), (double)self->calls[i]);
     cJSON_AddNumberToObject(m, "pending", (double)self->pending);
     cJSON_AddNumberToObject(m, "rejected_writes", (double)self->rejected_writes);
+    cJSON *sync = cJSON_AddObjectToObject(m, "sync");
+    cJSON_AddNumberToObject(sync, "confirmed", (double)self->confirmed);
+    cJSON_AddNumberToObject(sync, "rejected", (double)self->rejected);
+    cJSON_AddNumberToObject(sync, "conflicts", (double)self->conflicts);
+    cJSON_AddNumberToObject(sync, "remote_applied", (double)self->remote_applied);
     cJSON *docs = cJSON_AddObjectToObject(m, "documents");
     for (size_t i = 0; i < self->ncollections; i++)
         cJSON_AddNumberToObject(docs, self->collections[i].name,
@@ -1964,6 +1970,8 @@ static void store_actor(ts_actor_t *actor, void *args)
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
+    ts_info(LOG, "stopping: %" PRIu64 " writes confirmed, %" PRIu64 " remote changes applied",
+            self.confirmed, self.remote_applied);
     ts_actor_quiesce(actor);
     ts_wire_drain(self.inbox); /* unanswered writes; sync outcomes replay from the outbox */
     ts_wire_drain(self.sync_inbox);

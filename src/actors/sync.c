@@ -39,6 +39,7 @@
 #define ROUND_TIMEOUT_US 20000000 /* a `sync` call answers after this at the latest */
 #define STATUS_CURSOR_EVERY_US 250000
 #define BATCH_MAX_BYTES (512 * 1024) /* bodies per batch: well under the server's 1 MiB */
+#define HOLD_MAX_US 2000000       /* a feed change waits this long at most for our push */
 
 /* ---- state ---- */
 
@@ -86,6 +87,13 @@ typedef struct sdoc {
                              policy decides instead of the write silently winning */
     int heap_refs;        /* entries in the ready heap */
     int unacked;          /* confirmed seqs whose DROP has not arrived */
+    /* A feed change that came while our write to the document was out: most
+     * often the echo of that very write. It waits for the answer, which says
+     * whether it is ours (dropped) or newer (applied); see hold_change. */
+    cJSON *held;
+    int64_t held_version, held_us;
+    char hold_floor[65];  /* the cursor before it: the stored cursor stays there */
+    struct sdoc *hold_prev, *hold_next;
     uint64_t hash;
     char coll[65];
     char id[65];
@@ -194,6 +202,10 @@ typedef struct {
     int longpoll_timeouts;
     uint64_t stream_id;     /* 0 = no stream */
     bool stream_refused, longpoll_refused;
+    sdoc_t *holds, *holds_tail; /* documents with a held change, oldest first */
+    size_t nholds;
+    uint64_t echoes;            /* feed changes that were our own writes */
+    char cursor_sent[65];       /* the cursor last given to the store */
     uint64_t drain_id;      /* a round's drain page in flight */
     /* rounds, checks */
     round_t *rounds;
@@ -218,6 +230,7 @@ static void feed_next(sync_t *self);
 static void rounds_progress(sync_t *self);
 static void stream_close(sync_t *self);
 static void pull_set(sync_t *self, pstate_t to);
+static void hold_release(sync_t *self, sdoc_t *d);
 
 /* ---- small helpers ---- */
 
@@ -576,7 +589,7 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
 /* Frees the document once nothing refers to it any more. */
 static void doc_maybe_free(sync_t *self, sdoc_t *d)
 {
-    if (d->head || d->heap_refs || d->unacked > 0)
+    if (d->head || d->heap_refs || d->unacked > 0 || d->held)
         return;
     sdoc_t **p = &self->table[d->hash & (self->table_cap - 1)];
     while (*p != d)
@@ -655,6 +668,8 @@ static void mstate_set(sync_t *self, mut_t *m, mstate_t to)
     if (from == M_BACKOFF)
         waiting_remove(self, m);
     m->state = to;
+    if (from == M_SENDING && m->doc->held)
+        hold_release(self, m->doc);
     switch (to) {
     case M_SENDING:
     case M_FETCHING: self->in_flight++; break;
@@ -695,12 +710,15 @@ static void head_pop(sync_t *self, sdoc_t *d)
     mut_t *m = d->head;
     if (m->state == M_BACKOFF)
         waiting_remove(self, m);
+    bool was_sending = m->state == M_SENDING;
     if (m->state == M_SENDING || m->state == M_FETCHING)
         self->in_flight--;
     d->head = m->next;
     if (!d->head)
         d->tail = NULL;
     mut_free(self, m);
+    if (was_sending && d->held)
+        hold_release(self, d);
     if (d->head && d->head->state == M_QUEUED)
         heap_push(self, d);
 }
@@ -1271,6 +1289,96 @@ static void pull_set(sync_t *self, pstate_t to)
 /* Applies a change list (a feed page or SSE events) as REMOTE updates and,
  * when cursor is given, a CURSOR update after them; one message. Returns
  * the number of changes. */
+/* Gives the store the cursor it may keep: ours, or, while changes are held,
+ * the one before the oldest of them, so that a restart pulls them again. */
+static void cursor_emit(sync_t *self)
+{
+    const char *safe = self->holds ? self->holds->hold_floor : self->cursor;
+    if (!*safe || strcmp(safe, self->cursor_sent) == 0)
+        return;
+    ts_sync_update_t *u = emit(self, TS_SYNC_CURSOR, NULL);
+    if (!u)
+        return;
+    copy_str(u->cursor, sizeof u->cursor, safe);
+    copy_str(self->cursor_sent, sizeof self->cursor_sent, safe);
+}
+
+static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *doc, int64_t v)
+{
+    ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
+    if (!u) {
+        cJSON_Delete(doc);
+        return;
+    }
+    copy_str(u->collection, sizeof u->collection, coll);
+    copy_str(u->doc_id, sizeof u->doc_id, id);
+    u->doc = doc;
+    u->version = v;
+    /* Not d->version: pending writes keep their base (see sdoc_t). */
+    self->pulled++;
+}
+
+/* A change to a document whose write is out right now is most likely that
+ * write's echo, arriving before the write's answer. Applying it would show
+ * our own write as a remote change (a doc.changed with origin "remote") and
+ * cost a second store update; so it waits for the answer (hold_release), at
+ * most HOLD_MAX_US, keeping only the newest change of the document. */
+static void hold_change(sync_t *self, sdoc_t *d, const cJSON *doc, int64_t v)
+{
+    if (d->held) {
+        if (v <= d->held_version)
+            return;
+        cJSON_Delete(d->held);
+    } else {
+        copy_str(d->hold_floor, sizeof d->hold_floor, self->cursor);
+        d->held_us = ts_mono_us();
+        d->hold_prev = self->holds_tail;
+        d->hold_next = NULL;
+        if (self->holds_tail)
+            self->holds_tail->hold_next = d;
+        else
+            self->holds = d;
+        self->holds_tail = d;
+        self->nholds++;
+    }
+    d->held = cJSON_Duplicate(doc, 1);
+    d->held_version = v;
+}
+
+/* The write's answer is in (or the wait is over): apply the held change
+ * unless the answer showed it to be ours. */
+static void hold_release(sync_t *self, sdoc_t *d)
+{
+    if (d->hold_prev)
+        d->hold_prev->hold_next = d->hold_next;
+    else
+        self->holds = d->hold_next;
+    if (d->hold_next)
+        d->hold_next->hold_prev = d->hold_prev;
+    else
+        self->holds_tail = d->hold_prev;
+    d->hold_prev = d->hold_next = NULL;
+    self->nholds--;
+    cJSON *doc = d->held;
+    d->held = NULL;
+    if (d->held_version > 0 && d->held_version <= d->version) {
+        self->echoes++;
+        cJSON_Delete(doc);
+    } else {
+        emit_remote(self, d->coll, d->id, doc, d->held_version);
+    }
+    cursor_emit(self);
+}
+
+static void holds_expire(sync_t *self, int64_t now)
+{
+    while (self->holds && now - self->holds->held_us >= HOLD_MAX_US) {
+        sdoc_t *d = self->holds;
+        hold_release(self, d);
+        doc_maybe_free(self, d);
+    }
+}
+
 static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
 {
     if (!coll || !cJSON_IsObject(doc) || ts_config_collection(self->config, coll) < 0)
@@ -1281,17 +1389,15 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
     long long v = 0;
     ts_json_int(doc, "version", &v);
     sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
-    if (known && v > 0 && v <= known->version)
+    if (known && v > 0 && v <= known->version) {
+        self->echoes++;
         return 0; /* the echo of our own confirmed write: the store has it */
-    ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
-    if (!u)
+    }
+    if (known && known->head && known->head->state == M_SENDING) {
+        hold_change(self, known, doc, v);
         return 0;
-    copy_str(u->collection, sizeof u->collection, coll);
-    copy_str(u->doc_id, sizeof u->doc_id, id);
-    u->doc = cJSON_Duplicate(doc, 1);
-    u->version = v;
-    /* Not d->version: pending writes keep their base (see sdoc_t). */
-    self->pulled++;
+    }
+    emit_remote(self, coll, id, cJSON_Duplicate(doc, 1), v);
     return 1;
 }
 
@@ -1303,9 +1409,7 @@ static void set_cursor(sync_t *self, const char *cursor)
     if (now_v >= 0 && new_v >= 0 && new_v <= now_v)
         return; /* never move back (two sources may overlap) */
     copy_str(self->cursor, sizeof self->cursor, cursor);
-    ts_sync_update_t *u = emit(self, TS_SYNC_CURSOR, NULL);
-    if (u)
-        copy_str(u->cursor, sizeof u->cursor, cursor);
+    cursor_emit(self);
 }
 
 /* A {changes, cursor, has_more} page. Returns has_more. */
@@ -1949,6 +2053,7 @@ static void on_hint(sync_t *self, void **ptrs, size_t n)
         if (u->kind == TS_SYNC_CURSOR && self->pull == P_WAIT_HINT) {
             copy_str(self->cursor, sizeof self->cursor, u->cursor);
             copy_str(self->status_cursor, sizeof self->status_cursor, u->cursor);
+            copy_str(self->cursor_sent, sizeof self->cursor_sent, u->cursor);
             self->hint = true;
             ts_info(LOG, "the store's cursor: %s", *u->cursor ? u->cursor : "none");
             pull_set(self, P_CATCHUP);
@@ -2000,6 +2105,7 @@ static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
     if (self->conn == C_OFFLINE && !self->probe_id && now >= self->probe_due_us)
         probe_send(self);
     push_wake(self, now);
+    holds_expire(self, now);
     int interval = self->config->sync.digest_interval_s;
     if (interval > 0 && now >= self->next_check_us) {
         self->next_check_us = now + (int64_t)interval * 1000000;
@@ -2046,6 +2152,7 @@ static void sync_cleanup(sync_t *self)
                 free(m->body);
                 free(m);
             }
+            cJSON_Delete(d->held);
             free(d);
         }
     }
@@ -2106,7 +2213,8 @@ static void sync_actor(ts_actor_t *actor, void *args)
     flush(&self);
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
-    ts_info(LOG, "stopping: %zu mutations queued, %d in flight", self.queued, self.in_flight);
+    ts_info(LOG, "stopping: %zu mutations queued, %d in flight; %" PRIu64 " changes pulled, %" PRIu64
+            " echoes of our own writes dropped", self.queued, self.in_flight, self.pulled, self.echoes);
     ts_actor_quiesce(actor);
     sync_cleanup(&self);
 }

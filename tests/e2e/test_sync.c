@@ -456,6 +456,112 @@ Test(sync, remote_changes_arrive_once_across_a_dropped_stream)
     cJSON_Delete(doc);
 }
 
+/* With answers slower than the event stream, each write's echo arrives
+ * while the write is still out. The engine must not take it for a change
+ * made elsewhere: each write shows its server version once (the doc.changed
+ * of its confirmation), and its echo adds no second event. */
+Test(sync, the_echo_of_our_own_write_is_not_a_second_change)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    void *sub = events(&engine, "doc.sessions");
+    sleep_ms(300); /* the stream is up */
+    cr_assert_eq(ts_clinic_faults(&api, "{\"answer_latency_ms\":300}"), 0);
+    int writes = 0;
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "e%d", i);
+        create(&engine, id, "\"k\":1");
+        writes++;
+        if (i % 4 == 0) {
+            update(&engine, id, "{\"k\":2}");
+            writes++;
+        }
+    }
+    cr_assert(wait_synced(&engine, 20000), "all writes synced");
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    int remote = 0;
+    for (cJSON *ev; (ev = ts_events_wait(sub, "doc.changed", "origin", "remote", 1500));) {
+        remote++;
+        cJSON_Delete(ev);
+        cr_assert_leq(remote, writes, "more remote events than writes");
+    }
+    cr_assert_eq(remote, writes, "one remote event per confirmed write, none per echo");
+    cJSON *m = call(&engine, "metrics", NULL);
+    const cJSON *sy = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(m), "store"), "sync");
+    cr_assert_eq(field_int(sy, "confirmed"), writes, "%s", cJSON_PrintUnformatted(sy));
+    cr_assert_eq(field_int(sy, "remote_applied"), 0, "no echo applied as a remote change");
+    cJSON_Delete(m);
+    cJSON *doc = engine_doc(&engine, "e0");
+    cr_assert_eq(field_int(doc, "version"), 2);
+    cr_assert_eq(field_int(doc, "k"), 2);
+    cJSON_Delete(doc);
+}
+
+/* A change made elsewhere while our write to the same document is out waits
+ * for our answer, then applies on top of it. */
+Test(sync, a_remote_change_during_our_push_applies_after_its_answer)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    void *sub = events(&engine, "doc.sessions");
+    create(&engine, "h1", "\"a\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_eq(ts_clinic_faults(&api, "{\"answer_latency_ms\":700}"), 0);
+    update(&engine, "h1", "{\"a\":1}");
+    sleep_ms(150); /* committed at the server, answer still held back */
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert_eq(ts_clinic_call(&api, "PATCH", "/v1/sessions/h1", "{\"b\":2}", NULL), 200);
+    cJSON *ev = ts_events_wait(sub, "doc.changed", "origin", "remote", 5000);
+    cr_assert_not_null(ev, "the remote change arrived");
+    cr_assert_str_eq(field_str(ev, "id"), "h1");
+    cJSON_Delete(ev);
+    cr_assert(wait_synced(&engine, 10000));
+    cJSON *doc = engine_doc(&engine, "h1");
+    cr_assert_eq(field_int(doc, "a"), 1);
+    cr_assert_eq(field_int(doc, "b"), 2);
+    cr_assert_eq(field_int(doc, "version"), 3);
+    cJSON_Delete(doc);
+}
+
+/* The stored cursor never passes a held change: killed while one waits, the
+ * engine pulls it again after the restart. */
+Test(sync, kill9_while_a_remote_change_waits_loses_nothing)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "h2", "\"a\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_eq(ts_clinic_faults(&api, "{\"answer_latency_ms\":3000}"), 0);
+    update(&engine, "h2", "{\"a\":1}");
+    sleep_ms(150);
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0); /* our answer stays held back */
+    cr_assert_eq(ts_clinic_call(&api, "PATCH", "/v1/sessions/h2", "{\"b\":2}", NULL), 200);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"h3\"}", NULL), 201);
+    cJSON *h3 = NULL;
+    for (int i = 0; i < 100 && !h3; i++) { /* the feed moved past the held change */
+        h3 = engine_doc(&engine, "h3");
+        if (!h3)
+            sleep_ms(20);
+    }
+    cr_assert_not_null(h3, "h3 arrived");
+    cJSON_Delete(h3);
+    sleep_ms(200); /* its cursor is stored */
+    ts_engine_kill(&engine);
+    cr_assert_eq(ts_engine_restart_synced(&engine, &api), 0);
+    cr_assert(wait_synced(&engine, 15000));
+    cJSON *doc = NULL;
+    for (int i = 0; i < 100; i++) {
+        cJSON_Delete(doc);
+        doc = engine_doc(&engine, "h2");
+        if (field_int(doc, "b") == 2)
+            break;
+        sleep_ms(50);
+    }
+    cr_assert_eq(field_int(doc, "b"), 2, "the remote change survived the kill");
+    cr_assert_eq(field_int(doc, "a"), 1);
+    cr_assert_eq(field_int(doc, "version"), 3);
+    cJSON_Delete(doc);
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 4, "each write applied once");
+}
+
 Test(sync, failing_requests_do_not_wedge_the_queue)
 {
     cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { stuck_after = 1 }\n"), 0);

@@ -26,6 +26,7 @@ typedef struct client {
     uint64_t assigned;         /* sequence numbers given to its requests */
     uint64_t sent;             /* answers released so far */
     ts_envelope_t *held;       /* early answers, by sequence */
+    ts_envelope_t *held_last;  /* the last of them: most arrive in order */
     size_t id_len;
     unsigned char id[];
 } client_t;
@@ -205,11 +206,18 @@ static void deliver(front_t *self, ts_envelope_t *e)
         return;
     }
     if (e->client_seq != c->sent) {
+        /* Early answers mostly come in order among themselves (one path
+         * overtook another), so appending is the common case: walking the
+         * list for each one made a deep pipeline quadratic. */
         ts_envelope_t **h = &c->held;
+        if (c->held_last && c->held_last->client_seq < e->client_seq)
+            h = &c->held_last->held_next;
         while (*h && (*h)->client_seq < e->client_seq)
             h = &(*h)->held_next;
         e->held_next = *h;
         *h = e;
+        if (!e->held_next)
+            c->held_last = e;
         return;
     }
     finish_envelope(self, e);
@@ -217,6 +225,8 @@ static void deliver(front_t *self, ts_envelope_t *e)
     while (c->held && c->held->client_seq == c->sent) {
         ts_envelope_t *next = c->held;
         c->held = next->held_next;
+        if (!c->held)
+            c->held_last = NULL;
         finish_envelope(self, next);
         c->sent++;
     }

@@ -422,6 +422,10 @@ typedef struct {
     int64_t nchanges;
     _Atomic int64_t *evt_us; /* arrival of change k */
     atomic_llong seeds, remote_events;
+    /* clinic-api's own stream, read beside the engine: how much of the
+     * latency is the server's */
+    _Atomic int64_t *sse_us; /* arrival of change k on our own SSE connection */
+    ts_buf_t sse_line;       /* a line split between two reads */
 } rt_t;
 
 static void *rt_writer(void *arg)
@@ -511,6 +515,61 @@ static void *rt_listener(void *arg)
     return NULL;
 }
 
+/* Marks each "rt K" change seen on clinic-api's event stream. */
+static size_t rt_sse_data(char *data, size_t size, size_t nmemb, void *arg)
+{
+    rt_t *rt = arg;
+    size_t len = size * nmemb;
+    int64_t t = ts_mono_us();
+    if (ts_buf_append(&rt->sse_line, data, len))
+        return 0;
+    char *start = rt->sse_line.data, *end = start + rt->sse_line.len, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(end - start)))) {
+        const char *k = memmem(start, (size_t)(nl - start), "\"notes\":\"rt ", 12);
+        long long n;
+        if (k && strncmp(start, "data:", 5) == 0 && sscanf(k + 12, "%lld", &n) == 1 && n >= 0 &&
+            n < rt->nchanges && atomic_load(&rt->sse_us[n]) == 0)
+            atomic_store(&rt->sse_us[n], t);
+        start = nl + 1;
+    }
+    size_t rest = (size_t)(end - start);
+    memmove(rt->sse_line.data, start, rest);
+    rt->sse_line.len = rest;
+    return len;
+}
+
+static int rt_sse_stop(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+    (void)a, (void)b, (void)c, (void)d;
+    return atomic_load(&((rt_t *)arg)->stop) ? 1 : 0;
+}
+
+static void *rt_sse(void *arg)
+{
+    rt_t *rt = arg;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    char url[256], auth[300];
+    snprintf(url, sizeof url, "%s/v1/changes/stream", rt->e->api.base);
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", rt->e->api.token);
+    struct curl_slist *hd = curl_slist_append(NULL, auth);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hd);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, rt_sse_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, rt);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, rt_sse_stop);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, rt);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    int64_t left_s = (rt->e->o->deadline_us - ts_mono_us()) / 1000000;
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)(left_s > 1 ? left_s : 1));
+    curl_easy_perform(c); /* until rt->stop (the progress callback aborts it) */
+    curl_slist_free_all(hd);
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
 int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
 {
     (void)run;
@@ -539,13 +598,19 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
     int64_t *lat = calloc((size_t)n, sizeof *lat), *http_lat = calloc((size_t)n, sizeof *http_lat);
     rt_t rt = {.reqs = &reqs, .nchanges = n};
     rt.evt_us = calloc((size_t)n, sizeof *rt.evt_us);
+    rt.sse_us = calloc((size_t)n, sizeof *rt.sse_us);
+    int64_t *sse_lat = calloc((size_t)n, sizeof *sse_lat);
     env_t e = {0};
-    rc = rc || !resp_us || !lat || !http_lat || !rt.evt_us ? -1 : env_up(&e, o);
+    rc = rc || !resp_us || !lat || !http_lat || !rt.evt_us || !rt.sse_us || !sse_lat
+             ? -1
+             : env_up(&e, o);
     rt.e = &e;
-    pthread_t lt, wt;
-    bool listening = false, writing = false;
+    pthread_t lt, wt, sset;
+    bool listening = false, writing = false, streaming = false;
     if (rc == 0)
         listening = pthread_create(&lt, NULL, rt_listener, &rt) == 0;
+    if (rc == 0)
+        streaming = pthread_create(&sset, NULL, rt_sse, &rt) == 0;
     usleep(200000); /* the SUB socket joins */
     /* The documents the remote changes go to, created at clinic-api. */
     ts_buf_t body = {0}, out = {0};
@@ -612,7 +677,14 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
         pthread_join(wt, NULL);
     if (listening)
         pthread_join(lt, NULL);
-    size_t nl = 0, early = 0;
+    if (streaming)
+        pthread_join(sset, NULL);
+    size_t nl = 0, early = 0, ns = 0;
+    for (int64_t k = 0; k < made; k++) {
+        int64_t sv = atomic_load(&rt.sse_us[k]);
+        if (sv)
+            sse_lat[ns++] = sv > resp_us[k] ? sv - resp_us[k] : 0;
+    }
     for (int64_t k = 0; k < made; k++) {
         int64_t ev = atomic_load(&rt.evt_us[k]);
         if (!ev)
@@ -631,14 +703,17 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
                   "\"missing\":%lld,\"event_before_response\":%zu,\"max_us\":%lld,"
                   "\"http_p50_us\":%lld,\"http_p99_us\":%lld,\"http_errors\":%zu,"
                   "\"local_target_per_s\":%d,\"local_answered\":%lld,\"validation_failed\":%lld,"
-                  "\"errors\":%lld",
+                  "\"errors\":%lld,\"server_stream_p50_us\":%lld,\"server_stream_p99_us\":%lld,"
+                  "\"server_stream_seen\":%zu",
                   (long long)made, window > 0 ? (double)made / window : 0, nl,
                   (long long)(made - (int64_t)nl), early,
                   (long long)(nl ? bench_percentile(lat, nl, 100) : -1),
                   (long long)(made ? bench_percentile(http_lat, (size_t)made, 50) : -1),
                   (long long)(made ? bench_percentile(http_lat, (size_t)made, 99) : -1), http_bad,
                   RT_LOCAL_RATE, (long long)atomic_load(&rt.answered),
-                  (long long)atomic_load(&rt.refused), (long long)atomic_load(&rt.errors));
+                  (long long)atomic_load(&rt.refused), (long long)atomic_load(&rt.errors),
+                  (long long)(ns ? bench_percentile(sse_lat, ns, 50) : -1),
+                  (long long)(ns ? bench_percentile(sse_lat, ns, 99) : -1), ns);
     if (rc == 0 && (made < n || (int64_t)nl < made || http_bad || atomic_load(&rt.errors)))
         rc = -1;
     env_down(&e);
@@ -649,5 +724,8 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
     free(lat);
     free(http_lat);
     free(rt.evt_us);
+    free(rt.sse_us);
+    free(sse_lat);
+    ts_buf_free(&rt.sse_line);
     return rc;
 }

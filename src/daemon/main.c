@@ -112,11 +112,6 @@ int main(int argc, char **argv)
      * raise the threshold after the first such free and keep them in the
      * heap, which shows as resident memory on a million-document start. */
     mallopt(M_MMAP_THRESHOLD, 2 * 1024 * 1024);
-    /* No fastbins: every free of a large block (a batch's body, a
-     * commit's worth of answers) made glibc consolidate all of them first,
-     * 5-10% of the front door's and the sync actor's CPU under load (perf:
-     * malloc_consolidate); the per-thread cache still serves small blocks. */
-    mallopt(M_MXFAST, 0);
 
     /* Signals are taken by this thread alone, with sigwait. */
     sigset_t signals;

@@ -3,9 +3,11 @@
 #include "watchdog.h"
 
 #include "therasync/log.h"
+#include "therasync/util.h"
 
 #include <errno.h>
 #include <sched.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -24,7 +26,8 @@ static atomic_int s_sleeping;     /* the watchdog waits for the next call */
 static pthread_once_t s_once = PTHREAD_ONCE_INIT;
 static int s_setup_rc = -1;
 
-/* The watch whose call is running on this thread, for the handler. */
+/* The innermost watched call running on this thread (->outer leads to the
+ * calls it runs inside), for the handler. */
 static _Thread_local ts_watch_t *tl_current;
 static _Thread_local bool tl_unblocked;
 
@@ -32,8 +35,7 @@ static void s_handler(int sig)
 {
     (void)sig;
     int saved = errno;
-    ts_watch_t *w = tl_current;
-    if (w) {
+    for (ts_watch_t *w = tl_current; w; w = w->outer) {
         unsigned long s = atomic_load_explicit(&w->state, memory_order_relaxed);
         if (s & RUNNING)
             w->arm(w->arm_arg);
@@ -183,6 +185,7 @@ void ts_watch_begin(ts_watch_t *w)
         tl_unblocked = true;
     }
     w->gen++;
+    w->outer = tl_current;
     tl_current = w;
     atomic_signal_fence(memory_order_seq_cst);
     atomic_store(&w->state, w->gen << 2 | RUNNING);
@@ -199,12 +202,25 @@ void ts_watch_end(ts_watch_t *w)
     unsigned long s = w->gen << 2 | RUNNING;
     if (!atomic_compare_exchange_strong(&w->state, &s, w->gen << 2)) {
         /* The watchdog claimed this call: its signal is on the way. Let it
-         * land here rather than in the caller's next system call. */
-        while (!w->delivered)
+         * land here rather than in the caller's next system call; but never
+         * wait for ever (a signal blocked by someone else's mask): after a
+         * second the handler, finding the call over, would do nothing. */
+        int64_t give_up = 0;
+        for (unsigned n = 0; !w->delivered; n++) {
             sched_yield();
+            if (n % 1024 == 1023) {
+                int64_t now = ts_mono_us();
+                if (!give_up)
+                    give_up = now + 1000000;
+                else if (now > give_up) {
+                    ts_warn("lua", "the policy watchdog's signal did not arrive; going on");
+                    break;
+                }
+            }
+        }
         w->delivered = 0;
         atomic_store(&w->state, w->gen << 2);
     }
     atomic_signal_fence(memory_order_seq_cst);
-    tl_current = NULL;
+    tl_current = w->outer;
 }

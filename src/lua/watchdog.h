@@ -18,7 +18,10 @@
  * an idle period, which wakes the watchdog). A signal is only ever sent to a
  * thread inside ts_watch_begin .. ts_watch_end: end waits for a signal that
  * is already on its way, so it never interrupts the caller's later system
- * calls, and the handler does nothing on a thread with no call running. */
+ * calls, and the handler does nothing on a thread with no call running.
+ * Calls may nest on one thread (a policy test calls the policy under test):
+ * the handler looks at every call the thread is inside, so an outer call's
+ * signal that lands while an inner one runs is not lost. */
 #ifndef THERASYNC_LUA_WATCHDOG_H
 #define THERASYNC_LUA_WATCHDOG_H
 
@@ -47,6 +50,7 @@ typedef struct ts_watch {
     ts_watch_arm_fn arm;
     void *arm_arg;
     struct ts_watch *next;
+    struct ts_watch *outer;          /* the call this one runs inside, on its thread */
 } ts_watch_t;
 
 /* Registers w (starting the watchdog thread if needed). Returns 0, or -1

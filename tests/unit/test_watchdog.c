@@ -247,3 +247,43 @@ Test(watchdog, start_and_stop_from_many_threads)
     ts_sandbox_destroy(&sb);
     cr_assert_eq(watchdog_tid(), 0);
 }
+
+/* A policy call inside another on the same thread (`therasync policy test`
+ * runs the policy under test from the test's own sandbox). The outer call is
+ * signalled while the inner one runs, or after it: neither signal may be
+ * lost, or the outer call would never be stopped, and its end would wait
+ * for the signal for ever (seen as a hang under load). */
+typedef struct {
+    ts_sandbox_t *inner;
+    const char *inner_fn, *outer_fn;
+    int inner_rc;
+} nest_t;
+
+static int s_nested(lua_State *L)
+{
+    nest_t *n = lua_touserdata(L, 1);
+    char err[512];
+    run_t r = {.fn = n->inner_fn};
+    n->inner_rc = call(n->inner, &r, err, sizeof err);
+    ts_sandbox_run_file(L, "calls.lua");
+    lua_getfield(L, -1, n->outer_fn);
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+Test(watchdog, nested_calls_on_one_thread_are_each_watched, .timeout = 30)
+{
+    ts_sandbox_t *outer = open_sandbox(2000000), *inner = open_sandbox(2000000);
+    char err[512];
+    for (int i = 0; i < 20; i++) { /* both signalled while the inner call runs */
+        nest_t n = {.inner = inner, .inner_fn = "just_past", .outer_fn = "quick"};
+        cr_assert_eq(ts_sandbox_pcall(outer, s_nested, &n, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(n.inner_rc, 0);
+    }
+    /* the outer call loops after the inner one: its budget still stops it */
+    nest_t n = {.inner = inner, .inner_fn = "quick", .outer_fn = "loop"};
+    cr_assert_neq(ts_sandbox_pcall(outer, s_nested, &n, err, sizeof err), 0);
+    cr_assert(strstr(err, "instruction budget"), "%s", err);
+    ts_sandbox_destroy(&inner);
+    ts_sandbox_destroy(&outer);
+}

@@ -33,6 +33,7 @@ typedef struct {
     sqlite3_stmt *insert_mutation; /* outbox append */
     sqlite3_stmt *drop_mutation;   /* outbox delete by seq */
     sqlite3_stmt *archive_mutation;/* its "accepted" audit line, before the delete */
+    sqlite3_stmt *archive_outcome; /* the same with its send and outcome in one row */
     sqlite3_stmt *put_confirmed;   /* docs upsert */
     sqlite3_stmt *put_cursor;      /* meta cursor */
     sqlite3_stmt *insert_audit;    /* audit append */
@@ -65,6 +66,15 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "CREATE TABLE audit(seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, mutation TEXT NOT NULL,"
     "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, event TEXT NOT NULL, client TEXT,"
     "  version INTEGER, reason TEXT);",
+    /* 3: a write answered by the server leaves the outbox as one audit row
+     * holding its whole life: accepted (the columns above), its first send,
+     * and its outcome (with the outcome's reason in `reason`). Rows without
+     * an outcome are single lines, as before. */
+    "ALTER TABLE audit ADD COLUMN sent_at INTEGER;"
+    "ALTER TABLE audit ADD COLUMN sent_version INTEGER;"
+    "ALTER TABLE audit ADD COLUMN outcome TEXT;"
+    "ALTER TABLE audit ADD COLUMN outcome_at INTEGER;"
+    "ALTER TABLE audit ADD COLUMN outcome_version INTEGER;",
 };
 
 /* ---- checkpointer ----
@@ -285,6 +295,13 @@ static int open_db(persist_t *self)
                            "NULLIF(base_version, 0) FROM outbox WHERE seq=?",
                            -1, SQLITE_PREPARE_PERSISTENT, &self->archive_mutation, NULL) ||
         sqlite3_prepare_v3(self->db,
+                           "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version, "
+                           "sent_at, sent_version, outcome, outcome_at, outcome_version, reason) "
+                           "SELECT at, mutation, coll, doc_id, 'accepted', client, "
+                           "NULLIF(base_version, 0), ?2, NULLIF(?3, 0), ?4, ?5, NULLIF(?6, 0), ?7 "
+                           "FROM outbox WHERE seq=?1",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->archive_outcome, NULL) ||
+        sqlite3_prepare_v3(self->db,
                            "INSERT INTO docs(coll, doc_id, version, body) VALUES(?,?,?,?) ON "
                            "CONFLICT(coll, doc_id) DO UPDATE SET version=excluded.version, "
                            "body=excluded.body",
@@ -299,6 +316,27 @@ static int open_db(persist_t *self)
         return -1;
     }
     return 0;
+}
+
+static int write_record(persist_t *self, const ts_record_t *r);
+
+/* The send and outcome of a DROP whose mutation is not in the outbox, as
+ * lines of their own. */
+static int write_outcome_lines(persist_t *self, const ts_record_t *drop)
+{
+    ts_record_t line = *drop;
+    line.kind = TS_REC_AUDIT;
+    if (drop->sent_ms) {
+        line.at_ms = drop->sent_ms;
+        line.version = drop->sent_version;
+        line.body = NULL;
+        snprintf(line.event, sizeof line.event, "sent");
+        if (write_record(self, &line))
+            return -1;
+    }
+    line = *drop;
+    line.kind = TS_REC_AUDIT;
+    return write_record(self, &line);
 }
 
 static int write_record(persist_t *self, const ts_record_t *r)
@@ -324,12 +362,29 @@ static int write_record(persist_t *self, const ts_record_t *r)
             sqlite3_bind_null(s, 9);
         break;
     case TS_REC_DROP: {
-        sqlite3_stmt *a = self->archive_mutation;
+        sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
+        if (r->event[0]) {
+            if (r->sent_ms)
+                sqlite3_bind_int64(a, 2, r->sent_ms);
+            else
+                sqlite3_bind_null(a, 2);
+            sqlite3_bind_int64(a, 3, r->sent_version);
+            sqlite3_bind_text(a, 4, r->event, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(a, 5, r->at_ms);
+            sqlite3_bind_int64(a, 6, r->version);
+            if (r->body)
+                sqlite3_bind_text(a, 7, r->body, (int)r->body_len, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(a, 7);
+        }
         int rc = sqlite3_step(a);
         sqlite3_reset(a);
+        sqlite3_clear_bindings(a);
         if (rc != SQLITE_DONE)
             return -1;
+        if (r->event[0] && sqlite3_changes(self->db) == 0 && write_outcome_lines(self, r))
+            return -1; /* not in the outbox: its lines go on their own */
         s = self->drop_mutation;
         sqlite3_bind_int64(s, 1, r->seq);
         break;
@@ -501,12 +556,17 @@ static void answer_audit(persist_t *self, ts_call_t *call)
     sqlite3_stmt *stmt;
     if (sqlite3_prepare_v2(self->db,
                            "SELECT at, mutation, coll, doc_id, event, client, version, reason FROM "
-                           "(SELECT at, mutation, coll, doc_id, event, client, version, reason, "
-                           "  seq AS n FROM audit"
+                           "(SELECT at, mutation, coll, doc_id, event, client, version,"
+                           "  CASE WHEN outcome IS NULL THEN reason END AS reason, seq AS n, 0 AS k"
+                           "  FROM audit"
+                           " UNION ALL SELECT sent_at, mutation, coll, doc_id, 'sent', NULL,"
+                           "  sent_version, NULL, seq, 1 FROM audit WHERE sent_at IS NOT NULL"
+                           " UNION ALL SELECT outcome_at, mutation, coll, doc_id, outcome, NULL,"
+                           "  outcome_version, reason, seq, 2 FROM audit WHERE outcome IS NOT NULL"
                            " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
-                           "  NULLIF(base_version, 0), NULL, 9223372036854775807 FROM outbox) "
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0 FROM outbox) "
                            "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
-                           "AND at >= ?3 ORDER BY at, n LIMIT ?4",
+                           "AND at >= ?3 ORDER BY at, n, k LIMIT ?4",
                            -1, &stmt, NULL) != SQLITE_OK) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
@@ -776,6 +836,7 @@ static void persist_cleanup(persist_t *self)
     sqlite3_finalize(self->insert_mutation);
     sqlite3_finalize(self->drop_mutation);
     sqlite3_finalize(self->archive_mutation);
+    sqlite3_finalize(self->archive_outcome);
     sqlite3_finalize(self->put_confirmed);
     sqlite3_finalize(self->put_cursor);
     sqlite3_finalize(self->insert_audit);

@@ -186,6 +186,26 @@ Test(sync, a_write_syncs)
     cr_assert_not_null(cJSON_GetObjectItem(ts_rpc_result(r), "pushed"));
     cr_assert_not_null(cJSON_GetObjectItem(ts_rpc_result(r), "pulled"));
     cJSON_Delete(r);
+    /* its life in the audit trail (stored as one row since schema 3) */
+    r = call(&engine, "audit", "{\"id\":\"w1\"}");
+    cJSON *entries = cJSON_GetObjectItem(ts_rpc_result(r), "entries");
+    char *text = cJSON_PrintUnformatted(entries);
+    cr_assert_eq(cJSON_GetArraySize(entries), 3, "%s", text);
+    const char *life[] = {"accepted", "sent", "confirmed"};
+    const char *mutation = field_str(cJSON_GetArrayItem(entries, 0), "mutation");
+    for (int i = 0; i < 3; i++) {
+        cJSON *e = cJSON_GetArrayItem(entries, i);
+        cr_assert_str_eq(field_str(e, "event"), life[i], "%s", text);
+        cr_assert_str_eq(field_str(e, "mutation"), mutation, "%s", text);
+        cr_assert_str_eq(field_str(e, "collection"), "sessions");
+        cr_assert_str_eq(field_str(e, "id"), "w1");
+        cr_assert_eq(cJSON_GetObjectItem(e, "client") != NULL, i == 0, "%s", text);
+        cr_assert_null(cJSON_GetObjectItem(e, "reason"), "%s", text);
+    }
+    cr_assert_null(cJSON_GetObjectItem(cJSON_GetArrayItem(entries, 1), "version"), "sent on none");
+    cr_assert_eq(field_int(cJSON_GetArrayItem(entries, 2), "version"), 1, "%s", text);
+    free(text);
+    cJSON_Delete(r);
 }
 
 Test(sync, offline_writes_replay_in_order_when_the_api_returns)

@@ -1121,8 +1121,9 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
         cJSON *doc = NULL;
         long long v = 0;
         if (m->op != TS_OP_DELETE && res->json) {
-            doc = cJSON_Duplicate(res->json, 1);
             ts_json_int(res->json, "version", &v);
+            doc = res->json; /* taken, not copied: the result is freed without it */
+            res->json = NULL;
         } else if (m->op == TS_OP_DELETE) {
             v = m->doc->version + 1; /* the server's tombstone */
         }
@@ -1179,7 +1180,7 @@ static void batch_requeue(sync_t *self, req_t *r)
 static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
 {
     conn_note(self, res, "push");
-    const cJSON *results =
+    cJSON *results =
         res->error == TS_API_OK ? cJSON_GetObjectItemCaseSensitive(res->json, "results") : NULL;
     bool fits = cJSON_IsArray(results) && (size_t)cJSON_GetArraySize(results) == r->nbatch;
     long st = res->status;
@@ -1204,7 +1205,7 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
         return;
     }
     size_t i = 0;
-    const cJSON *it;
+    cJSON *it;
     cJSON_ArrayForEach(it, results)
     {
         mut_t *m = r->batch[i++];
@@ -1213,13 +1214,14 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
         ts_api_result_t one = {.id = res->id, .status = (long)status, .retry_after_ms = -1,
                                .attempts = res->attempts,
                                .error = ts_api_status_class((long)status)};
-        one.json = cJSON_GetObjectItemCaseSensitive(it, "body");
+        one.json = cJSON_DetachItemFromObjectCaseSensitive(it, "body"); /* see push_outcome */
         long long v;
         if (one.error == TS_API_OK && m->op != TS_OP_DELETE &&
             !(ts_json_string(one.json, "id") && ts_json_int(one.json, "version", &v)))
             one.error = TS_API_BAD_RESPONSE; /* the shape check of a single answer */
         snprintf(one.message, sizeof one.message, "batch op %zu: status %lld", i - 1, status);
         push_outcome(self, &one, m);
+        cJSON_Delete(one.json); /* NULL when push_outcome took it */
     }
 }
 

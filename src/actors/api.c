@@ -518,7 +518,8 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
                          c->ev_has_id ? c->ev_id : c->req->last_event_id);
                 c->data.data[--c->data.len] = '\0'; /* the last \n */
                 ev->data = ts_buf_take(&c->data, &ev->data_len);
-                ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
+                if (!c->req->raw_events)
+                    ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
                 if (ts_log_enabled(TS_LOG_DEBUG))
                     log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
                              ev->data_len);

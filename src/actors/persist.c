@@ -320,6 +320,24 @@ static int open_db(persist_t *self)
 
 static int write_record(persist_t *self, const ts_record_t *r);
 
+/* Binds text (len -1: up to its NUL), or SQL NULL when text is NULL. */
+static void bind_text_or_null(sqlite3_stmt *s, int i, const char *text, int len)
+{
+    if (text)
+        sqlite3_bind_text(s, i, text, len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+/* Binds v, or SQL NULL when it is 0 (none). */
+static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v)
+{
+    if (v)
+        sqlite3_bind_int64(s, i, v);
+    else
+        sqlite3_bind_null(s, i);
+}
+
 /* The send and outcome of a DROP whose mutation is not in the outbox, as
  * lines of their own. */
 static int write_outcome_lines(persist_t *self, const ts_record_t *drop)
@@ -352,31 +370,19 @@ static int write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 5, r->doc_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 6, r->version);
         sqlite3_bind_int64(s, 7, r->at_ms);
-        if (r->body)
-            sqlite3_bind_text(s, 8, r->body, (int)r->body_len, SQLITE_STATIC);
-        else
-            sqlite3_bind_null(s, 8);
-        if (r->client[0])
-            sqlite3_bind_text(s, 9, r->client, -1, SQLITE_STATIC);
-        else
-            sqlite3_bind_null(s, 9);
+        bind_text_or_null(s, 8, r->body, (int)r->body_len);
+        bind_text_or_null(s, 9, r->client[0] ? r->client : NULL, -1);
         break;
     case TS_REC_DROP: {
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
         if (r->event[0]) {
-            if (r->sent_ms)
-                sqlite3_bind_int64(a, 2, r->sent_ms);
-            else
-                sqlite3_bind_null(a, 2);
+            bind_int64_or_null(a, 2, r->sent_ms);
             sqlite3_bind_int64(a, 3, r->sent_version);
             sqlite3_bind_text(a, 4, r->event, -1, SQLITE_STATIC);
             sqlite3_bind_int64(a, 5, r->at_ms);
             sqlite3_bind_int64(a, 6, r->version);
-            if (r->body)
-                sqlite3_bind_text(a, 7, r->body, (int)r->body_len, SQLITE_STATIC);
-            else
-                sqlite3_bind_null(a, 7);
+            bind_text_or_null(a, 7, r->body, (int)r->body_len);
         }
         int rc = sqlite3_step(a);
         sqlite3_reset(a);
@@ -394,10 +400,7 @@ static int write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 1, r->collection, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, r->doc_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 3, r->version);
-        if (r->body)
-            sqlite3_bind_text(s, 4, r->body, (int)r->body_len, SQLITE_STATIC);
-        else
-            sqlite3_bind_null(s, 4);
+        bind_text_or_null(s, 4, r->body, (int)r->body_len);
         break;
     case TS_REC_CURSOR:
         s = self->put_cursor;
@@ -410,18 +413,9 @@ static int write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 3, r->collection, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 4, r->doc_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 5, r->event, -1, SQLITE_STATIC);
-        if (r->client[0])
-            sqlite3_bind_text(s, 6, r->client, -1, SQLITE_STATIC);
-        else
-            sqlite3_bind_null(s, 6);
-        if (r->version)
-            sqlite3_bind_int64(s, 7, r->version);
-        else
-            sqlite3_bind_null(s, 7);
-        if (r->body)
-            sqlite3_bind_text(s, 8, r->body, (int)r->body_len, SQLITE_STATIC);
-        else
-            sqlite3_bind_null(s, 8);
+        bind_text_or_null(s, 6, r->client[0] ? r->client : NULL, -1);
+        bind_int64_or_null(s, 7, r->version);
+        bind_text_or_null(s, 8, r->body, (int)r->body_len);
         break;
     default:
         return -1;

@@ -100,6 +100,8 @@ typedef struct ts_api_request {
      * TS_API_MSG_STREAM per state change, reconnect forever with backoff
      * (Last-Event-ID = last event seen) until cancelled or refused. */
     bool stream;
+    bool raw_events;           /* stream: leave each event's json NULL, the receiver
+                                  parses what it needs from data */
     char last_event_id[65];    /* stream resume point ("" = from now) */
     char reply_to[64];         /* inproc endpoint for answers; "" = TS_INPROC_API_RESULTS */
     void *user;                /* the caller's; handed back untouched */
@@ -209,7 +211,7 @@ typedef struct {
     char event_id[65]; /* the SSE id (the change cursor); "" when the event had none */
     char *data;        /* the data text (lines joined by \n) */
     size_t data_len;
-    cJSON *json;       /* data parsed; NULL when it is not JSON */
+    cJSON *json;       /* data parsed; NULL when it is not JSON (or raw_events) */
 } ts_api_event_t;
 
 void ts_api_stream_msg_free(ts_api_stream_msg_t *msg);

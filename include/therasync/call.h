@@ -66,7 +66,11 @@ const char *ts_error_reason(int code);
 /* Durable operations, appended by persist before the call is answered. */
 typedef enum {
     TS_REC_MUTATION,    /* append a pending mutation to the outbox */
-    TS_REC_DROP,        /* remove a mutation from the outbox (cancel, confirm, reject) */
+    TS_REC_DROP,        /* remove a mutation from the outbox (cancel, confirm, reject); its
+                           "accepted" line moves to the audit trail, and with event set
+                           its outcome (event, at_ms, version) and first send (sent_ms,
+                           sent_version) go in the same row: a confirmation is one audit
+                           row, not three */
     TS_REC_CONFIRMED,   /* store the server's version of a document (body NULL: deleted) */
     TS_REC_CURSOR,      /* the change-feed position (body) */
     TS_REC_AUDIT,       /* one line of the audit trail: event, mutation, ids, version,
@@ -85,6 +89,8 @@ typedef struct ts_record {
     char mutation[37];    /* mutation id (UUIDv7) */
     char event[16];       /* AUDIT: accepted, sent, confirmed, rejected, conflict, cancelled */
     char client[48];      /* AUDIT: who made the write, where known */
+    int64_t sent_ms;      /* DROP with an outcome: its first send (0: none here) */
+    int64_t sent_version; /* and the version it was sent on */
     const char *collection; /* points into data[] */
     const char *doc_id;     /* points into data[] */
     const char *body;       /* points into data[]; NULL when absent */

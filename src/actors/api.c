@@ -518,7 +518,8 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
                          c->ev_has_id ? c->ev_id : c->req->last_event_id);
                 c->data.data[--c->data.len] = '\0'; /* the last \n */
                 ev->data = ts_buf_take(&c->data, &ev->data_len);
-                ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
+                if (!c->req->raw_events)
+                    ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
                 if (ts_log_enabled(TS_LOG_DEBUG))
                     log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
                              ev->data_len);
@@ -554,16 +555,20 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
     api_t *self = c->self;
     size_t len = size * n;
     if (c->req->stream && c->connected) {
-        for (size_t i = 0; i < len; i++) {
-            if (data[i] != '\n') {
-                if (c->line.len > self->opts.max_body_bytes) {
-                    c->too_large = true;
-                    return 0;
-                }
-                if (ts_buf_append(&c->line, &data[i], 1) < 0)
-                    return 0;
-                continue;
+        /* Whole runs up to each newline, not a byte at a time: during a
+         * replay the stream carries every write back (~500 bytes each). */
+        for (const char *p = data, *end = data + len; p < end;) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t run = (size_t)((nl ? nl : end) - p);
+            if (c->line.len + run > self->opts.max_body_bytes) {
+                c->too_large = true;
+                return 0;
             }
+            if (run && ts_buf_append(&c->line, p, run) < 0)
+                return 0;
+            if (!nl)
+                break;
+            p = nl + 1;
             size_t l = c->line.len;
             if (l && c->line.data[l - 1] == '\r')
                 l--;

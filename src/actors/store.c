@@ -1225,18 +1225,50 @@ static int64_t version_of(const ts_sync_update_t *u)
     return u->version;
 }
 
+/* The audit line "sent" of a write's first send, whether or not the write
+ * is still pending (it may have been cancelled while in flight). */
+static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
+{
+    ts_record_t *r =
+        ts_record_new(TS_REC_AUDIT, u->collection, u->doc_id, strlen(u->doc_id), NULL, 0);
+    if (!r)
+        return;
+    r->at_ms = u->sent_ms;
+    memcpy(r->mutation, u->mutation, sizeof r->mutation);
+    snprintf(r->event, sizeof r->event, "sent");
+    r->version = u->sent_version;
+    append_record(call, r);
+}
+
+/* The confirmed mutation leaves the outbox with its whole audit life in one
+ * row: accepted (from the outbox), its first send when reported with this
+ * answer, and "confirmed" (see TS_REC_DROP). */
+static void add_confirmed_drop(ts_call_t *call, const collection_t *c, const doc_t *d,
+                               const mutation_t *m, int64_t version, const ts_sync_update_t *u)
+{
+    if (add_drop_record(call, c, d, m))
+        return;
+    ts_record_t *r = call->records; /* add_drop_record puts it first */
+    snprintf(r->event, sizeof r->event, "confirmed");
+    r->at_ms = ts_wall_ms();
+    r->version = version;
+    r->sent_ms = u->sent_ms;
+    r->sent_version = u->sent_version;
+}
+
 static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
                            const ts_sync_update_t *u)
 {
     mutation_t *m = take_mutation(self, d, u->seq);
+    if (!m && u->sent_ms)
+        add_sent_audit(call, u); /* no outcome row to carry it */
     int64_t version = version_of(u);
     if (version >= doc_version(d) && set_confirmed(self, c, d, u->doc, version) == 0)
         add_confirmed_record(call, c, d);
     recompute_and_reject(self, call, c, d, "no longer applies after the server's answer");
     if (m) {
         self->confirmed++;
-        add_drop_record(call, c, d, m);
-        add_audit(call, c, d, m, "confirmed", NULL, version, NULL);
+        add_confirmed_drop(call, c, d, m, version, u);
         char id[37];
         uuid_format(m->id, id);
         ts_buf_t b = {0};
@@ -1445,21 +1477,6 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     add_doc_changed_remote(call, c, d);
 }
 
-/* The audit line "sent" of a write's first send, whether or not the write
- * is still pending (it may have been cancelled while in flight). */
-static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
-{
-    ts_record_t *r =
-        ts_record_new(TS_REC_AUDIT, u->collection, u->doc_id, strlen(u->doc_id), NULL, 0);
-    if (!r)
-        return;
-    r->at_ms = u->sent_ms;
-    memcpy(r->mutation, u->mutation, sizeof r->mutation);
-    snprintf(r->event, sizeof r->event, "sent");
-    r->version = u->sent_version;
-    append_record(call, r);
-}
-
 /* Applies a message of sync updates as one internal envelope, so that all
  * of it commits in one transaction and its events follow the commit. */
 static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
@@ -1486,8 +1503,8 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         ts_call_t one = {.method = TS_M_NONE}, *call = &one;
         collection_t *c = find_collection(self, u->collection);
         doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
-        if (c && u->sent_ms)
-            add_sent_audit(call, u);
+        if (c && u->sent_ms && u->kind != TS_SYNC_CONFIRMED)
+            add_sent_audit(call, u); /* a confirmation carries it in its own row */
         switch (u->kind) {
         case TS_SYNC_CONFIRMED:
             if (c && !d)

@@ -1139,8 +1139,9 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
         cJSON *doc = NULL;
         long long v = 0;
         if (m->op != TS_OP_DELETE && res->json) {
-            doc = cJSON_Duplicate(res->json, 1);
             ts_json_int(res->json, "version", &v);
+            doc = res->json; /* taken, not copied: the result is freed without it */
+            res->json = NULL;
         } else if (m->op == TS_OP_DELETE) {
             v = m->doc->version + 1; /* the server's tombstone */
         }
@@ -1197,7 +1198,7 @@ static void batch_requeue(sync_t *self, req_t *r)
 static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
 {
     conn_note(self, res, "push");
-    const cJSON *results =
+    cJSON *results =
         res->error == TS_API_OK ? cJSON_GetObjectItemCaseSensitive(res->json, "results") : NULL;
     bool fits = cJSON_IsArray(results) && (size_t)cJSON_GetArraySize(results) == r->nbatch;
     long st = res->status;
@@ -1222,7 +1223,7 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
         return;
     }
     size_t i = 0;
-    const cJSON *it;
+    cJSON *it;
     cJSON_ArrayForEach(it, results)
     {
         mut_t *m = r->batch[i++];
@@ -1231,13 +1232,14 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
         ts_api_result_t one = {.id = res->id, .status = (long)status, .retry_after_ms = -1,
                                .attempts = res->attempts,
                                .error = ts_api_status_class((long)status)};
-        one.json = cJSON_GetObjectItemCaseSensitive(it, "body");
+        one.json = cJSON_DetachItemFromObjectCaseSensitive(it, "body"); /* see push_outcome */
         long long v;
         if (one.error == TS_API_OK && m->op != TS_OP_DELETE &&
             !(ts_json_string(one.json, "id") && ts_json_int(one.json, "version", &v)))
             one.error = TS_API_BAD_RESPONSE; /* the shape check of a single answer */
         snprintf(one.message, sizeof one.message, "batch op %zu: status %lld", i - 1, status);
         push_outcome(self, &one, m);
+        cJSON_Delete(one.json); /* NULL when push_outcome took it */
     }
 }
 
@@ -1439,6 +1441,7 @@ static void stream_open(sync_t *self)
     ts_api_request_t *q = ts_api_request_new(TS_API_GET, "/v1/changes/stream", NULL);
     if (q) {
         q->stream = true;
+        q->raw_events = true; /* most events are echoes: see own_echo() */
         copy_str(q->last_event_id, sizeof q->last_event_id, *self->cursor ? self->cursor : "0");
     }
     if (api_send(self, q, r) == 0)
@@ -1550,14 +1553,59 @@ static void on_feed(sync_t *self, ts_api_result_t *res)
     self->feed_due_us = now + backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
 }
 
+/* A JSON string value as raw text (with its quotes) copied out when it is
+ * plain: no escapes, shorter than cap. */
+static bool plain_string(const char *raw, size_t len, char *out, size_t cap)
+{
+    if (len < 2 || raw[0] != '"' || raw[len - 1] != '"' || len - 2 >= cap ||
+        memchr(raw + 1, '\\', len - 2))
+        return false;
+    memcpy(out, raw + 1, len - 2);
+    out[len - 2] = '\0';
+    return true;
+}
+
+/* Whether a stream event {"collection": C, "doc": {"id": I, "version": V, ...}}
+ * is the echo of one of our own confirmed writes (V not above the version
+ * they brought I to), read from its text without parsing it. While a replay
+ * is pushed, nearly every event is one; anything this does not recognise is
+ * parsed and applied as usual. */
+static bool own_echo(sync_t *self, const char *data, size_t len)
+{
+    const char *v, *doc;
+    size_t vn, docn;
+    char coll[65], id[65], num[24];
+    if (!ts_json_text_field(data, len, "collection", 10, &v, &vn) ||
+        !plain_string(v, vn, coll, sizeof coll) ||
+        !ts_json_text_field(data, len, "doc", 3, &doc, &docn) ||
+        !ts_json_text_field(doc, docn, "id", 2, &v, &vn) || !plain_string(v, vn, id, sizeof id) ||
+        !ts_json_text_field(doc, docn, "version", 7, &v, &vn) || vn >= sizeof num)
+        return false;
+    memcpy(num, v, vn);
+    num[vn] = '\0';
+    int64_t version;
+    if (ts_parse_i64(num, &version) || version <= 0)
+        return false;
+    sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
+    return known && version <= known->version;
+}
+
 static void on_stream_events(sync_t *self, void **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_api_event_t *ev = ptrs[i];
-        if (ev->id == self->stream_id && ev->json) {
-            apply_change(self, ts_json_string(ev->json, "collection"),
-                         cJSON_GetObjectItemCaseSensitive(ev->json, "doc"));
+        if (ev->id == self->stream_id && own_echo(self, ev->data, ev->data_len)) {
+            self->echoes++;
             set_cursor(self, ev->event_id);
+        } else if (ev->id == self->stream_id) {
+            cJSON *json = ev->json ? ev->json : cJSON_ParseWithLength(ev->data, ev->data_len);
+            if (json) {
+                apply_change(self, ts_json_string(json, "collection"),
+                             cJSON_GetObjectItemCaseSensitive(json, "doc"));
+                set_cursor(self, ev->event_id);
+            }
+            if (json != ev->json)
+                cJSON_Delete(json);
         }
         ts_api_event_free(ev);
     }

@@ -331,6 +331,44 @@ done:
     return text;
 }
 
+char *ca_doc_render_text(const char *text, size_t len, const char *id, int64_t version)
+{
+    static const char *reserved[] = {"version", "updated_at", "deleted"};
+    const char *v;
+    size_t vn, idn = strlen(id);
+    if (len < 2 || text[0] != '{')
+        return NULL;
+    for (size_t i = 0; i < 3; i++)
+        if (ts_json_text_field(text, len, reserved[i], strlen(reserved[i]), &v, &vn))
+            return NULL;
+    const char *rest; /* what follows the id member: "," or "}" onwards */
+    if (ts_json_text_field(text, len, "id", 2, &v, &vn)) {
+        if (v != text + 6 || vn != idn + 2 || memcmp(v + 1, id, idn) != 0)
+            return NULL; /* not first, or another id: the tree knows */
+        rest = v + vn;
+    } else {
+        rest = NULL;
+    }
+    char now[32];
+    ts_rfc3339(ts_wall_ms(), now);
+    ts_buf_t b = {0};
+    int rc = ts_buf_reserve(&b, len + idn + 80);
+    rc |= ts_buf_puts(&b, "{\"id\":");
+    rc |= ts_buf_json_string(&b, id, idn);
+    rc |= ts_buf_printf(&b, ",\"version\":%" PRId64 ",\"updated_at\":\"%s\"", version, now);
+    if (rest)
+        rc |= ts_buf_append(&b, rest, len - (size_t)(rest - text));
+    else if (text[1] == '}')
+        rc |= ts_buf_puts(&b, "}");
+    else
+        rc |= ts_buf_puts(&b, ",") | ts_buf_append(&b, text + 1, len - 1);
+    if (rc) {
+        ts_buf_free(&b);
+        return NULL;
+    }
+    return ts_buf_take(&b, NULL);
+}
+
 /* Returns true when the stored version does not satisfy If-Match. */
 static bool stale(const ca_write_t *w, int64_t version)
 {

@@ -85,6 +85,11 @@ int64_t ca_db_write_batch(ca_db_t *db, const ca_write_t *const *ws, ca_reply_t *
  * first, then the fields of src other than the reserved ones. Consumes src
  * (NULL allowed for a tombstone). Returns malloc'd text, or NULL. */
 char *ca_doc_render(cJSON *src, const char *id, int64_t version, bool tombstone);
+/* The same for a document given as compact text (as cJSON prints it), by
+ * splicing instead of rebuilding it: when its only reserved member is an
+ * "id" equal to id, first. Returns NULL otherwise (render it from the tree
+ * then) or when out of memory. */
+char *ca_doc_render_text(const char *text, size_t len, const char *id, int64_t version);
 
 /* Checks the reserved fields of a document (create, or patch result).
  * Appends {"field":..,"message":..} entries, comma-separated, to errors;

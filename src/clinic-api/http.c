@@ -477,29 +477,36 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
             ts_buf_free(&errors);
             return NULL;
         }
-        if (kind == CA_OP_CREATE) {
-            const cJSON *given = cJSON_GetObjectItemCaseSensitive(body, "id");
-            if (cJSON_IsString(given)) {
-                w->id = given->valuestring;
-            } else {
-                ts_uuidv7(o->gen);
-                w->id = o->gen;
-            }
-            o->rendered = ca_doc_render(cJSON_Duplicate(body, 1), w->id, 1, false);
-            w->rendered = o->rendered;
-        }
-        w->doc = body;
     }
+    /* The body in compact form: the fingerprint's, and a create's stored
+     * text is made from it (printed once, not rendered again from a copy). */
+    bool print = kind == CA_OP_CREATE || (kind == CA_OP_PATCH && cJSON_IsString(key));
+    char *text = print ? cJSON_PrintUnformatted(body) : NULL;
+    size_t text_len = text ? strlen(text) : 0;
+    if (kind == CA_OP_CREATE) {
+        const cJSON *given = cJSON_GetObjectItemCaseSensitive(body, "id");
+        if (cJSON_IsString(given)) {
+            w->id = given->valuestring;
+        } else {
+            ts_uuidv7(o->gen);
+            w->id = o->gen;
+        }
+        o->rendered = text ? ca_doc_render_text(text, text_len, w->id, 1) : NULL;
+        if (!o->rendered)
+            o->rendered = ca_doc_render(cJSON_Duplicate(body, 1), w->id, 1, false);
+        w->rendered = o->rendered;
+    }
+    if (kind != CA_OP_DELETE)
+        w->doc = body;
     if (cJSON_IsString(key)) {
         char url[200];
         snprintf(url, sizeof url, "/v1/%s%s%s", coll, id ? "/" : "", id ? id : "");
-        char *text = kind == CA_OP_DELETE ? NULL : cJSON_PrintUnformatted(body);
-        fingerprint(method, url, kind == CA_OP_CREATE ? NULL : if_match_text, text,
-                    text ? strlen(text) : 0, o->fp);
-        cJSON_free(text);
+        fingerprint(method, url, kind == CA_OP_CREATE ? NULL : if_match_text, text, text_len,
+                    o->fp);
         w->idem_key = key->valuestring;
         w->fingerprint = o->fp;
     }
+    cJSON_free(text);
     return NULL;
 }
 

@@ -913,6 +913,38 @@ Test(api, sse_events_and_resume_after_restart, .timeout = 60)
     zmq_close(st.pull);
 }
 
+/* raw_events: the events of a stream come as text only (json NULL), for a
+ * receiver that parses what it needs (the sync actor skips its own echoes). */
+Test(api, sse_raw_events_are_not_parsed, .init = setup_default)
+{
+    void *pull = zmq_socket(S.zctx, ZMQ_PULL);
+    cr_assert_eq(zmq_bind(pull, "inproc://test-raw-stream"), 0);
+    ts_api_request_t *s = req(TS_API_GET, NULL, NULL);
+    s->stream = true;
+    s->raw_events = true;
+    snprintf(s->last_event_id, sizeof s->last_event_id, "0");
+    snprintf(s->reply_to, sizeof s->reply_to, "inproc://test-raw-stream");
+    send_req(s);
+    post_doc("raw1");
+    int64_t end = ts_mono_us() + 5000000;
+    ts_api_event_t *ev = NULL;
+    while (!ev && ts_mono_us() < end) {
+        uint32_t kind;
+        void *p = recv_msg(pull, 100, &kind);
+        if (p && kind == TS_API_MSG_EVENT)
+            ev = p;
+        else if (p)
+            ts_api_msg_free(kind, p);
+    }
+    cr_assert_not_null(ev, "an event arrived");
+    cr_assert_null(ev->json, "not parsed");
+    cr_assert_not_null(strstr(ev->data, "\"raw1\""), "%s", ev->data);
+    cr_assert_gt(strlen(ev->event_id), 0);
+    ts_api_event_free(ev);
+    drain(pull);
+    zmq_close(pull);
+}
+
 Test(api, sse_refused_when_not_offered, .init = setup_default)
 {
     ts_api_request_t *s = req(TS_API_GET, "/v1/sessions/stream-nope/x", NULL);

@@ -3,6 +3,7 @@
 #include "../support/engine.h"
 
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -104,4 +105,60 @@ Test(audit, standalone_status_and_sync)
     cJSON *y = ts_rpc(&engine, "sync", NULL);
     cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(y), "pushed")->valueint, 0);
     cJSON_Delete(y);
+}
+
+/* A data dir written by a therasyncd with schema 2 (one audit row per line)
+ * opens, migrates to 3 (a confirmed write's lines in one row) and answers
+ * its old lines as before, next to new ones. */
+Test(audit, an_old_schema_2_database_migrates)
+{
+    cr_assert_eq(ts_engine_stop(&engine), 0);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/therasync.db", engine.data);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(
+        db,
+        "DROP TABLE audit;"
+        "CREATE TABLE audit(seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, mutation TEXT NOT NULL,"
+        "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, event TEXT NOT NULL, client TEXT,"
+        "  version INTEGER, reason TEXT);"
+        "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version, reason) VALUES"
+        " (1000, 'm-old', 'sessions', 'old1', 'accepted', 'zmq:old', NULL, NULL),"
+        " (2000, 'm-old', 'sessions', 'old1', 'sent', NULL, NULL, NULL),"
+        " (3000, 'm-old', 'sessions', 'old1', 'confirmed', NULL, 1, NULL),"
+        " (4000, 'm-bad', 'sessions', 'old1', 'accepted', 'zmq:old', 1, NULL),"
+        " (5000, 'm-bad', 'sessions', 'old1', 'rejected', NULL, 1, 'validation: no');"
+        "PRAGMA user_version=2;",
+        NULL, NULL, &err);
+    cr_assert_eq(rc, SQLITE_OK, "%s", err ? err : "");
+    sqlite3_close(db);
+    cr_assert_eq(ts_engine_restart(&engine, permissive()), 0);
+    cJSON *all = entries("{\"id\":\"old1\"}");
+    cr_assert_eq(cJSON_GetArraySize(all), 5);
+    const char *events[] = {"accepted", "sent", "confirmed", "accepted", "rejected"};
+    for (int i = 0; i < 5; i++)
+        cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, i), "event")->valuestring,
+                         events[i]);
+    cJSON *first = cJSON_GetArrayItem(all, 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(first, "at")->valuestring, "1970-01-01T00:00:01.000Z");
+    cr_assert_str_eq(cJSON_GetObjectItem(first, "client")->valuestring, "zmq:old");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 2), "version")->valueint, 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 4), "reason")->valuestring,
+                     "validation: no");
+    cJSON_Delete(all);
+    /* and it is at version 3 now, still taking writes */
+    cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"new1\"}}"));
+    all = entries("{\"id\":\"new1\"}");
+    cr_assert_eq(cJSON_GetArraySize(all), 1);
+    cJSON_Delete(all);
+    cr_assert_eq(ts_engine_stop(&engine), 0);
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(st, 0), 3);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
 }

@@ -1229,6 +1229,53 @@ Test(batch, mixed_ops_apply_in_order_and_answer_like_single_requests)
     cJSON_Delete(feed);
 }
 
+/* A batch create's stored text is made from the op's body printed once
+ * (spliced after id, version, updated_at); it must be what a single create
+ * stores: id, version, updated_at first, then the body's other fields in
+ * order, whether the body has its id first, elsewhere or not at all. */
+static void expect_stored(const char *id, const char *tail)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    ts_http_resp_t r;
+    cr_assert_eq(call("GET", path, NULL, NULL, NULL, &r), 200);
+    char head[96];
+    snprintf(head, sizeof head, "{\"id\":\"%s\",\"version\":1,\"updated_at\":\"", id);
+    cr_assert(strncmp(r.body, head, strlen(head)) == 0, "%s", r.body);
+    const char *after = r.body + strlen(head) + strlen("2026-01-01T00:00:00.000Z\"");
+    cr_assert_str_eq(after, tail, "%s", r.body);
+    ts_http_free(&r);
+}
+
+Test(batch, a_create_is_stored_like_a_single_create)
+{
+    cJSON *root;
+    const cJSON *res = batch_results(
+        "{\"ops\":["
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"idempotency_key\":\"r-1\","
+        " \"body\":{\"id\":\"r-1\",\"room\":\"A\",\"n\":[1,{\"x\":\"}\"}]}},"
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{\"room\":\"B\",\"id\":\"r-2\"}},"
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{\"id\":\"r-3\"}},"
+        "{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":{\"room\":\"C\"}}"
+        "]}",
+        4, &root);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(result_status(res, i), 201, "op %d", i);
+    char generated[65];
+    snprintf(generated, sizeof generated, "%s", str(result_body(res, 3), "id"));
+    cJSON_Delete(root);
+    expect_stored("r-1", ",\"room\":\"A\",\"n\":[1,{\"x\":\"}\"}]}");
+    expect_stored("r-2", ",\"room\":\"B\"}");
+    expect_stored("r-3", "}");
+    expect_stored(generated, ",\"room\":\"C\"}");
+    /* the same as a single create stores */
+    ts_http_resp_t r;
+    cr_assert_eq(call("POST", "/v1/sessions", "{\"id\":\"r-4\",\"room\":\"A\"}", NULL, NULL, &r),
+                 201);
+    ts_http_free(&r);
+    expect_stored("r-4", ",\"room\":\"A\"}");
+}
+
 Test(batch, a_replayed_batch_answers_the_same_and_applies_nothing)
 {
     const char *body =

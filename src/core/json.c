@@ -225,3 +225,25 @@ bool ts_json_text_field(const char *text, size_t len, const char *key, size_t ke
         p++;
     }
 }
+
+long ts_json_text_count(const char *text, size_t len)
+{
+    const char *p = skip_ws(text, text + len), *end = text + len;
+    if (p >= end || *p != '[')
+        return -1;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return 0;
+    for (long n = 1;; n++) {
+        const char *v = p;
+        p = skip_value(p, end);
+        if (p >= end || p == v)
+            return -1;
+        p = skip_ws(p, end);
+        if (p < end && *p == ']')
+            return n;
+        if (p >= end || *p != ',')
+            return -1;
+        p = skip_ws(p + 1, end);
+    }
+}

@@ -59,6 +59,21 @@ Test(json, merge_patch_keeps_field_order)
     free(got);
 }
 
+static long count(const char *text) { return ts_json_text_count(text, strlen(text)); }
+
+Test(json, text_count_counts_array_elements_without_parsing)
+{
+    cr_assert_eq(count("[]"), 0);
+    cr_assert_eq(count(" [ ] "), 0);
+    cr_assert_eq(count("[1]"), 1);
+    cr_assert_eq(count("[{\"a\":[1,2,{\"b\":\"],[\"}]},\"x,\\\"y\",null,[[]]]"), 4);
+    cr_assert_eq(count("[ 1 , 2 ,3 ]"), 3);
+    cr_assert_eq(count("{\"a\":1}"), -1, "not an array");
+    cr_assert_eq(count(""), -1);
+    cr_assert_eq(count("[1,2"), -1, "unterminated");
+    cr_assert_eq(count("[1,]"), -1, "missing element");
+}
+
 Test(json, utf8)
 {
     cr_assert(ts_utf8_valid("plain ascii text, long enough for the fast path", 47));

@@ -125,27 +125,43 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
+/* The bytes of w equal to c, as 0x80 bits: the lowest one set is exactly the
+ * first such byte (higher ones may be false, which the callers never use). */
+static inline uint64_t bytes_equal(uint64_t w, unsigned char c)
+{
+    uint64_t x = w ^ (0x0101010101010101ull * c);
+    return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+}
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "skip_string reads words little-endian");
+
 /* p at an opening quote: returns the position after the closing quote.
- * memchr finds the candidate quote; a quote preceded by an odd number of
- * backslashes is escaped and the search goes on. */
+ * Looks at eight bytes at a time for a quote or a backslash (keys and most
+ * values are short, too short for a library call to pay off); a backslash
+ * escapes the character after it. */
 static const char *skip_string(const char *p, const char *end, bool *escaped)
 {
-    const char *start = ++p;
-    while (p < end) {
-        const char *q = memchr(p, '"', (size_t)(end - p));
-        if (!q)
-            return end;
-        size_t slashes = 0;
-        while (q - slashes > start && q[-1 - (ptrdiff_t)slashes] == '\\')
-            slashes++;
-        if (slashes % 2 == 0) {
-            if (memchr(start, '\\', (size_t)(q - start)))
-                *escaped = true;
-            return q + 1;
+    p++;
+    for (;;) {
+        if (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            uint64_t hits = bytes_equal(w, '"') | bytes_equal(w, '\\');
+            if (!hits) {
+                p += 8;
+                continue;
+            }
+            p += __builtin_ctzll(hits) / 8;
+        } else {
+            while (p < end && *p != '"' && *p != '\\')
+                p++;
+            if (p >= end)
+                return end;
         }
-        p = q + 1;
+        if (*p == '"')
+            return p + 1;
+        *escaped = true;
+        p += 2;
     }
-    return end;
 }
 
 /* p at a value: returns the position right after it. */

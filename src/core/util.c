@@ -221,32 +221,26 @@ int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
     if (ts_buf_reserve(buf, len + 2))
         return -1;
     buf->data[buf->len++] = '"';
+    size_t plain = 0; /* start of the run of characters copied as they are */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
         char esc[8];
-        const char *rep = NULL;
+        const char *rep = esc;
         switch (c) {
         case '"': rep = "\\\""; break;
         case '\\': rep = "\\\\"; break;
         case '\n': rep = "\\n"; break;
         case '\r': rep = "\\r"; break;
         case '\t': rep = "\\t"; break;
-        default:
-            if (c < 0x20) {
-                snprintf(esc, sizeof esc, "\\u%04x", c);
-                rep = esc;
-            }
+        default: snprintf(esc, sizeof esc, "\\u%04x", c);
         }
-        if (rep) {
-            if (ts_buf_append(buf, rep, strlen(rep)))
-                return -1;
-        } else {
-            if (ts_buf_reserve(buf, 1))
-                return -1;
-            buf->data[buf->len++] = (char)c;
-        }
+        if (ts_buf_append(buf, text + plain, i - plain) || ts_buf_append(buf, rep, strlen(rep)))
+            return -1;
+        plain = i + 1;
     }
-    if (ts_buf_reserve(buf, 1))
+    if (ts_buf_append(buf, text + plain, len - plain) || ts_buf_reserve(buf, 1))
         return -1;
     buf->data[buf->len++] = '"';
     buf->data[buf->len] = '\0';

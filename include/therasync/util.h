@@ -24,6 +24,8 @@ void ts_uuidv7(char out[37]);
 
 /* A document id: 1–64 of [A-Za-z0-9_-]. */
 bool ts_valid_id(const char *text, size_t len);
+/* Writes n bytes as 2n lowercase hex digits and a NUL into out. */
+void ts_hex(const void *bytes, size_t n, char *out);
 
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);

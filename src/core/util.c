@@ -145,6 +145,17 @@ void ts_uuidv7(char out[37])
     *o = '\0';
 }
 
+void ts_hex(const void *bytes, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = bytes;
+    for (size_t i = 0; i < n; i++) {
+        *out++ = digits[b[i] >> 4];
+        *out++ = digits[b[i] & 15];
+    }
+    *out = '\0';
+}
+
 bool ts_valid_id(const char *text, size_t len)
 {
     if (!text || len == 0 || len > 64)

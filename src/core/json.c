@@ -1,5 +1,6 @@
 /* json.c — UTF-8 validation, RFC 7396 merge patch, typed getters. */
 #include "therasync/json.h"
+#include "therasync/util.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -125,13 +126,6 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
-/* The bytes of w equal to c, as 0x80 bits: the lowest one set is exactly the
- * first such byte (higher ones may be false, which the callers never use). */
-static inline uint64_t bytes_equal(uint64_t w, unsigned char c)
-{
-    uint64_t x = w ^ (0x0101010101010101ull * c);
-    return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
-}
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "skip_string reads words little-endian");
 
 /* p at an opening quote: returns the position after the closing quote.
@@ -145,7 +139,7 @@ static const char *skip_string(const char *p, const char *end, bool *escaped)
         if (end - p >= 8) {
             uint64_t w;
             memcpy(&w, p, 8);
-            uint64_t hits = bytes_equal(w, '"') | bytes_equal(w, '\\');
+            uint64_t hits = ts_word_eq(w, '"') | ts_word_eq(w, '\\');
             if (!hits) {
                 p += 8;
                 continue;

@@ -234,6 +234,14 @@ int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
     buf->data[buf->len++] = '"';
     size_t plain = 0; /* start of the run of characters copied as they are */
     for (size_t i = 0; i < len; i++) {
+        if (len - i >= 8) { /* eight plain characters at once */
+            uint64_t w;
+            memcpy(&w, text + i, 8);
+            if (!(ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20))) {
+                i += 7;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)text[i];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;

@@ -182,6 +182,27 @@ Test(util, buffer_json_string_escapes)
     ts_buf_json_string(&b, "\ttab\rends\x1f", 10);
     ts_buf_json_string(&b, "", 0);
     cr_assert_str_eq(b.data, "\"plain-id_0123\"\"\\ttab\\rends\\u001f\"\"\"");
+    /* a character to escape at every position of strings up to 40 long,
+     * UTF-8 beside it: what cJSON reads back is the input */
+    static const char special[] = {'"', '\\', '\n', '\x01', '\x1f', 'x'};
+    for (size_t k = 0; k < sizeof special; k++)
+        for (int n = 1; n <= 40; n++)
+            for (int at = 0; at < n; at++) {
+                char in[48];
+                for (int i = 0; i < n; i++)
+                    in[i] = i % 5 == 4 ? '\xc3' : i % 5 == 0 && i ? '\xa9' : 'a';
+                in[at] = special[k];
+                if (at + 1 < n && (unsigned char)in[at + 1] == 0xa9)
+                    in[at + 1] = 'b'; /* keep the UTF-8 whole */
+                if (at > 0 && (unsigned char)in[at - 1] == 0xc3)
+                    in[at - 1] = 'c';
+                in[n] = '\0';
+                ts_buf_reset(&b);
+                ts_buf_json_string(&b, in, (size_t)n);
+                cJSON *j = cJSON_Parse(b.data);
+                cr_assert(cJSON_IsString(j) && strcmp(j->valuestring, in) == 0, "%s", b.data);
+                cJSON_Delete(j);
+            }
     ts_buf_free(&b);
 }
 

@@ -58,6 +58,7 @@ struct ts_policy {
     void *lookup_arg;
     ts_policy_find_fn find;
     const ts_policy_doc_t *doc; /* the candidate of a scan, or NULL */
+    const void *doc_table;    /* its lazy table (by identity: see s_proxy_doc) */
     lua_Integer doc_serial;   /* bumped per lazy document: older ones go stale */
     ts_policy_doc_t *found;   /* ctx.find matches of the running validation */
     size_t nfound, found_cap;
@@ -598,6 +599,11 @@ static char s_proxy_key; /* its address keys the serial inside the table */
 
 static const ts_policy_doc_t *s_proxy_doc(lua_State *L, ts_policy_t *self)
 {
+    /* The scan's candidate is found by the table's identity, without reading
+     * its serial: while a stale table is still reachable (kept by a rule) no
+     * new table can have its address. */
+    if (self->doc && lua_topointer(L, 1) == self->doc_table)
+        return self->doc;
     lua_rawgetp(L, 1, &s_proxy_key);
     lua_Integer serial = lua_tointeger(L, -1);
     lua_pop(L, 1);
@@ -1392,6 +1398,7 @@ static int s_scan_call(lua_State *L)
             ts_sandbox_budget_reset(sb);
             lua_pushvalue(L, 2);
             s_push_proxy(L, self, self->doc_serial);
+            self->doc_table = lua_topointer(L, -1);
             lua_pushvalue(L, 3);
             lua_pushvalue(L, 4);
             lua_call(L, 3, 1);

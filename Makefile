@@ -101,5 +101,6 @@ clean:
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
-# test_gen checks the bench's data generator, which lives with the bench.
-$(BUILD)/tests/unit/test_gen: $(BUILD)/obj/src/bench/gen.o
+# test_gen checks the bench's data generator, which lives with the bench;
+# test_store_query runs selectors over the data it generates.
+$(BUILD)/tests/unit/test_gen $(BUILD)/tests/unit/test_store_query: $(BUILD)/obj/src/bench/gen.o

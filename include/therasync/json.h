@@ -26,4 +26,8 @@ bool ts_json_int(const cJSON *object, const char *key, long long *value);
 bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
                         const char **value, size_t *value_len);
 
+/* The number of elements of a JSON array given as text (well-formed, as
+ * cJSON prints it), without parsing them; -1 when text is not an array. */
+long ts_json_text_count(const char *text, size_t len);
+
 #endif

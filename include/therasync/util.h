@@ -24,6 +24,21 @@ void ts_uuidv7(char out[37]);
 
 /* A document id: 1–64 of [A-Za-z0-9_-]. */
 bool ts_valid_id(const char *text, size_t len);
+/* Eight bytes at a time (SWAR, little-endian): the bytes of w equal to c,
+ * and the bytes below c, as 0x80 bits. The lowest bit set is exactly the
+ * first such byte; bits above it may be false (borrows), so use the lowest. */
+static inline uint64_t ts_word_eq(uint64_t w, unsigned char c)
+{
+    uint64_t x = w ^ (0x0101010101010101ull * c);
+    return (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+}
+static inline uint64_t ts_word_below(uint64_t w, unsigned char c)
+{
+    return (w - 0x0101010101010101ull * c) & ~w & 0x8080808080808080ull;
+}
+
+/* Writes n bytes as 2n lowercase hex digits and a NUL into out. */
+void ts_hex(const void *bytes, size_t n, char *out);
 
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);

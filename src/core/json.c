@@ -1,5 +1,6 @@
 /* json.c — UTF-8 validation, RFC 7396 merge patch, typed getters. */
 #include "therasync/json.h"
+#include "therasync/util.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -125,27 +126,36 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "skip_string reads words little-endian");
+
 /* p at an opening quote: returns the position after the closing quote.
- * memchr finds the candidate quote; a quote preceded by an odd number of
- * backslashes is escaped and the search goes on. */
+ * Looks at eight bytes at a time for a quote or a backslash (keys and most
+ * values are short, too short for a library call to pay off); a backslash
+ * escapes the character after it. */
 static const char *skip_string(const char *p, const char *end, bool *escaped)
 {
-    const char *start = ++p;
-    while (p < end) {
-        const char *q = memchr(p, '"', (size_t)(end - p));
-        if (!q)
-            return end;
-        size_t slashes = 0;
-        while (q - slashes > start && q[-1 - (ptrdiff_t)slashes] == '\\')
-            slashes++;
-        if (slashes % 2 == 0) {
-            if (memchr(start, '\\', (size_t)(q - start)))
-                *escaped = true;
-            return q + 1;
+    p++;
+    for (;;) {
+        if (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            uint64_t hits = ts_word_eq(w, '"') | ts_word_eq(w, '\\');
+            if (!hits) {
+                p += 8;
+                continue;
+            }
+            p += __builtin_ctzll(hits) / 8;
+        } else {
+            while (p < end && *p != '"' && *p != '\\')
+                p++;
+            if (p >= end)
+                return end;
         }
-        p = q + 1;
+        if (*p == '"')
+            return p + 1;
+        *escaped = true;
+        p += 2;
     }
-    return end;
 }
 
 /* p at a value: returns the position right after it. */
@@ -223,5 +233,27 @@ bool ts_json_text_field(const char *text, size_t len, const char *key, size_t ke
         if (p >= end || *p != ',')
             return false;
         p++;
+    }
+}
+
+long ts_json_text_count(const char *text, size_t len)
+{
+    const char *p = skip_ws(text, text + len), *end = text + len;
+    if (p >= end || *p != '[')
+        return -1;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == ']')
+        return 0;
+    for (long n = 1;; n++) {
+        const char *v = p;
+        p = skip_value(p, end);
+        if (p >= end || p == v)
+            return -1;
+        p = skip_ws(p, end);
+        if (p < end && *p == ']')
+            return n;
+        if (p >= end || *p != ',')
+            return -1;
+        p = skip_ws(p + 1, end);
     }
 }

@@ -1,6 +1,7 @@
 /* sha256.c — SHA-256 after FIPS 180-4, section 6.2. Portable, no tables
  * beyond the round constants; about 200 MB/s, plenty for digests. */
 #include "therasync/sha256.h"
+#include "therasync/util.h"
 
 #include <string.h>
 
@@ -113,15 +114,7 @@ void ts_sha256_final(ts_sha256_t *ctx, uint8_t out[32])
     }
 }
 
-void ts_sha256_to_hex(const uint8_t digest[32], char hex[65])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        hex[2 * i] = digits[digest[i] >> 4];
-        hex[2 * i + 1] = digits[digest[i] & 15];
-    }
-    hex[64] = '\0';
-}
+void ts_sha256_to_hex(const uint8_t digest[32], char hex[65]) { ts_hex(digest, 32, hex); }
 
 void ts_sha256_hex(const void *data, size_t len, char hex[65])
 {

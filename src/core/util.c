@@ -145,6 +145,17 @@ void ts_uuidv7(char out[37])
     *o = '\0';
 }
 
+void ts_hex(const void *bytes, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = bytes;
+    for (size_t i = 0; i < n; i++) {
+        *out++ = digits[b[i] >> 4];
+        *out++ = digits[b[i] & 15];
+    }
+    *out = '\0';
+}
+
 bool ts_valid_id(const char *text, size_t len)
 {
     if (!text || len == 0 || len > 64)
@@ -221,32 +232,34 @@ int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
     if (ts_buf_reserve(buf, len + 2))
         return -1;
     buf->data[buf->len++] = '"';
+    size_t plain = 0; /* start of the run of characters copied as they are */
     for (size_t i = 0; i < len; i++) {
+        if (len - i >= 8) { /* eight plain characters at once */
+            uint64_t w;
+            memcpy(&w, text + i, 8);
+            if (!(ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20))) {
+                i += 7;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)text[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
         char esc[8];
-        const char *rep = NULL;
+        const char *rep = esc;
         switch (c) {
         case '"': rep = "\\\""; break;
         case '\\': rep = "\\\\"; break;
         case '\n': rep = "\\n"; break;
         case '\r': rep = "\\r"; break;
         case '\t': rep = "\\t"; break;
-        default:
-            if (c < 0x20) {
-                snprintf(esc, sizeof esc, "\\u%04x", c);
-                rep = esc;
-            }
+        default: snprintf(esc, sizeof esc, "\\u%04x", c);
         }
-        if (rep) {
-            if (ts_buf_append(buf, rep, strlen(rep)))
-                return -1;
-        } else {
-            if (ts_buf_reserve(buf, 1))
-                return -1;
-            buf->data[buf->len++] = (char)c;
-        }
+        if (ts_buf_append(buf, text + plain, i - plain) || ts_buf_append(buf, rep, strlen(rep)))
+            return -1;
+        plain = i + 1;
     }
-    if (ts_buf_reserve(buf, 1))
+    if (ts_buf_append(buf, text + plain, len - plain) || ts_buf_reserve(buf, 1))
         return -1;
     buf->data[buf->len++] = '"';
     buf->data[buf->len] = '\0';

@@ -58,7 +58,8 @@ struct ts_policy {
     void *lookup_arg;
     ts_policy_find_fn find;
     const ts_policy_doc_t *doc; /* the candidate of a scan, or NULL */
-    lua_Integer doc_serial;   /* bumped per lazy document: older ones go stale */
+    const void *doc_table;    /* its lazy table (by identity: see s_proxy_doc) */
+    lua_Integer doc_serial;   /* last serial given to ctx.find's lazy documents */
     ts_policy_doc_t *found;   /* ctx.find matches of the running validation */
     size_t nfound, found_cap;
     lua_Integer found_base;   /* serial of found[0]; found[i] has found_base + i */
@@ -588,21 +589,24 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
  * A candidate of a scan is shown to where() as an empty table with a
  * protected metatable: __index extracts the one top-level field asked for
  * from the document's JSON text and caches it in the table, so a rule that
- * reads two fields costs two small scans, not a whole conversion. The table
- * remembers the serial of its candidate; once the scan moved on, reading it
- * is an error (the text it points to may be gone). ctx.find's matches from
- * the store are the same tables: self->found holds them for the validation
- * call, found[i] with serial found_base + i. */
+ * reads two fields costs two small scans, not a whole conversion. The
+ * candidate's table is known by its identity (self->doc_table); once the
+ * scan moved on, reading it is an error (the text it points to may be gone).
+ * ctx.find's matches from the store are the same tables, each holding a
+ * serial: self->found holds them for the validation call, found[i] with
+ * serial found_base + i. */
 
 static char s_proxy_key; /* its address keys the serial inside the table */
 
 static const ts_policy_doc_t *s_proxy_doc(lua_State *L, ts_policy_t *self)
 {
-    lua_rawgetp(L, 1, &s_proxy_key);
-    lua_Integer serial = lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    if (self->doc && serial == self->doc_serial)
+    /* The scan's candidate is its table: while a stale one is still
+     * reachable (kept by a rule) no new table can have its address. */
+    if (self->doc && lua_topointer(L, 1) == self->doc_table)
         return self->doc;
+    lua_rawgetp(L, 1, &s_proxy_key);
+    lua_Integer serial = lua_tointeger(L, -1); /* 0: none (a scan's candidate) */
+    lua_pop(L, 1);
     if (self->nfound && serial >= self->found_base &&
         (lua_Unsigned)(serial - self->found_base) < self->nfound)
         return &self->found[serial - self->found_base];
@@ -703,13 +707,15 @@ static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
     lua_setfield(L, -2, "__metatable");
 }
 
-/* Pushes a lazy table for the document with this serial (self->doc's, or
- * one of self->found). */
+/* Pushes a lazy table: for one of self->found (its serial), or for the
+ * scan's candidate (serial 0; the caller records the table's identity). */
 static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial)
 {
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, serial);
-    lua_rawsetp(L, -2, &s_proxy_key);
+    if (serial) {
+        lua_pushinteger(L, serial);
+        lua_rawsetp(L, -2, &s_proxy_key);
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, self->cur->proxy_mt_ref);
     lua_setmetatable(L, -2);
 }
@@ -1386,12 +1392,12 @@ static int s_scan_call(lua_State *L)
     }
     while (c->next(c->arg, &c->doc) > 0) {
         self->doc = &c->doc;
-        self->doc_serial++;
         bool match = true;
         if (has_where) {
             ts_sandbox_budget_reset(sb);
             lua_pushvalue(L, 2);
-            s_push_proxy(L, self, self->doc_serial);
+            s_push_proxy(L, self, 0);
+            self->doc_table = lua_topointer(L, -1);
             lua_pushvalue(L, 3);
             lua_pushvalue(L, 4);
             lua_call(L, 3, 1);
@@ -1427,8 +1433,7 @@ int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy
     int rc = ts_sandbox_pcall(self->cur->sb, s_scan_call, &c, err, errlen);
     s_scratch_clear(self);
     bool had_doc = self->doc != NULL;
-    self->doc = NULL;
-    self->doc_serial++; /* lazy documents kept by a policy go stale */
+    self->doc = NULL; /* its lazy tables kept by a policy go stale */
     if (rc != 0) {
         if (had_doc) {
             char msg[512];

@@ -59,6 +59,55 @@ Test(json, merge_patch_keeps_field_order)
     free(got);
 }
 
+/* Strings of every length up to 40 with a quote, a backslash or nothing
+ * escaped at every position (so escapes fall on and across the 8-byte words
+ * the scanner reads): the members after them are found whole, and such a
+ * string as a key is found by its unescaped text (as cJSON reads it). */
+Test(json, text_field_skips_strings_with_escapes_anywhere)
+{
+    static const char *const escapes[] = {"", "\\\"", "\\\\", "\\u0041", "\\n"};
+    for (size_t e = 0; e < sizeof escapes / sizeof *escapes; e++)
+        for (int n = 0; n <= 40; n++)
+            for (int at = 0; at <= n; at++) {
+                char s[128], text[512];
+                snprintf(s, sizeof s, "%.*s%s%.*s", at, "abcdefghijklmnopqrstuvwxyz0123456789ABCDE",
+                         escapes[e], n - at, "abcdefghijklmnopqrstuvwxyz0123456789ABCDE");
+                snprintf(text, sizeof text, "{\"%s\":\"%s\",\"next\":[\"%s\"],\"last\":1}", s, s, s);
+                const char *v;
+                size_t vn;
+                cr_assert(ts_json_text_field(text, strlen(text), "last", 4, &v, &vn), "%s", text);
+                cr_assert_eq(vn, 1);
+                cr_assert(ts_json_text_field(text, strlen(text), "next", 4, &v, &vn), "%s", text);
+                cr_assert_eq(vn, strlen(s) + 4, "%s", text);
+                cJSON *doc = cJSON_Parse(text);
+                const char *key = doc->child->string;
+                cr_assert(ts_json_text_field(text, strlen(text), key, strlen(key), &v, &vn), "%s", text);
+                cr_assert_eq(vn, strlen(s) + 2, "%s", text);
+                cJSON_Delete(doc);
+            }
+    const char *v;
+    size_t vn;
+    static const char *const broken[] = {"{\"a\":\"unterminated", "{\"a\":\"ends in \\",
+                                         "{\"a\":\"ends in a long string of letters \\"};
+    for (size_t i = 0; i < sizeof broken / sizeof *broken; i++)
+        cr_assert_not(ts_json_text_field(broken[i], strlen(broken[i]), "b", 1, &v, &vn));
+}
+
+static long count(const char *text) { return ts_json_text_count(text, strlen(text)); }
+
+Test(json, text_count_counts_array_elements_without_parsing)
+{
+    cr_assert_eq(count("[]"), 0);
+    cr_assert_eq(count(" [ ] "), 0);
+    cr_assert_eq(count("[1]"), 1);
+    cr_assert_eq(count("[{\"a\":[1,2,{\"b\":\"],[\"}]},\"x,\\\"y\",null,[[]]]"), 4);
+    cr_assert_eq(count("[ 1 , 2 ,3 ]"), 3);
+    cr_assert_eq(count("{\"a\":1}"), -1, "not an array");
+    cr_assert_eq(count(""), -1);
+    cr_assert_eq(count("[1,2"), -1, "unterminated");
+    cr_assert_eq(count("[1,]"), -1, "missing element");
+}
+
 Test(json, utf8)
 {
     cr_assert(ts_utf8_valid("plain ascii text, long enough for the fast path", 47));
@@ -130,6 +179,32 @@ Test(util, buffer_json_string_escapes)
     ts_buf_t b = {0};
     ts_buf_json_string(&b, "a\"b\\c\n\x01", 7);
     cr_assert_str_eq(b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+    ts_buf_reset(&b);
+    ts_buf_json_string(&b, "plain-id_0123", 13);
+    ts_buf_json_string(&b, "\ttab\rends\x1f", 10);
+    ts_buf_json_string(&b, "", 0);
+    cr_assert_str_eq(b.data, "\"plain-id_0123\"\"\\ttab\\rends\\u001f\"\"\"");
+    /* a character to escape at every position of strings up to 40 long,
+     * UTF-8 beside it: what cJSON reads back is the input */
+    static const char special[] = {'"', '\\', '\n', '\x01', '\x1f', 'x'};
+    for (size_t k = 0; k < sizeof special; k++)
+        for (int n = 1; n <= 40; n++)
+            for (int at = 0; at < n; at++) {
+                char in[48];
+                for (int i = 0; i < n; i++)
+                    in[i] = i % 5 == 4 ? '\xc3' : i % 5 == 0 && i ? '\xa9' : 'a';
+                in[at] = special[k];
+                if (at + 1 < n && (unsigned char)in[at + 1] == 0xa9)
+                    in[at + 1] = 'b'; /* keep the UTF-8 whole */
+                if (at > 0 && (unsigned char)in[at - 1] == 0xc3)
+                    in[at - 1] = 'c';
+                in[n] = '\0';
+                ts_buf_reset(&b);
+                ts_buf_json_string(&b, in, (size_t)n);
+                cJSON *j = cJSON_Parse(b.data);
+                cr_assert(cJSON_IsString(j) && strcmp(j->valuestring, in) == 0, "%s", b.data);
+                cJSON_Delete(j);
+            }
     ts_buf_free(&b);
 }
 

@@ -279,6 +279,68 @@ Test(lazy_find, results_are_copies_valid_during_the_call)
     ts_policy_destroy(&p);
 }
 
+/* A scan over text documents, as the store runs one. */
+typedef struct {
+    const char *const *texts;
+    int next, matched;
+} scan_t;
+
+static int scan_next(void *arg, ts_policy_doc_t *d)
+{
+    scan_t *s = arg;
+    if (!s->texts[s->next])
+        return 0;
+    d->id = "d", d->id_len = 1;
+    d->text = s->texts[s->next++];
+    d->len = strlen(d->text);
+    return 1;
+}
+
+static int scan_emit(void *arg, const ts_policy_doc_t *d)
+{
+    (void)d;
+    ((scan_t *)arg)->matched++;
+    return 0;
+}
+
+static int run_scan(ts_policy_t *p, const char *selector, const char *const *texts, int *matched,
+                    char *err, size_t errlen)
+{
+    ts_policy_query_t *q = ts_policy_query_new(p, selector, NULL, err, errlen);
+    cr_assert_not_null(q, "%s", err);
+    scan_t s = {texts, 0, 0};
+    int rc = ts_policy_query_scan(q, scan_next, scan_emit, &s, err, errlen);
+    ts_policy_query_destroy(&q);
+    *matched = s.matched;
+    return rc;
+}
+
+/* Each candidate's lazy table reads its own document; one kept by the rule
+ * for a later candidate is stale there: a field it had read still reads
+ * (cached), any other is an error, and the query fails. */
+Test(lazy_where, kept_candidates_go_stale)
+{
+    char err[512];
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/policies/hostile", src ? src : ".");
+    ts_policy_t *p = ts_policy_new(dir, &(ts_policy_opts_t){0}, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    static const char *const scheduled[] = {"{\"status\":\"scheduled\",\"room\":\"A\"}",
+                                            "{\"status\":\"scheduled\"}",
+                                            "{\"status\":\"scheduled\",\"room\":\"B\"}", NULL};
+    int matched;
+    cr_assert_eq(run_scan(p, "keeper", scheduled, &matched, err, sizeof err), TS_POLICY_OK, "%s",
+                 err);
+    cr_assert_eq(matched, 3);
+    static const char *const mixed[] = {"{\"status\":\"completed\",\"room\":\"A\"}",
+                                        "{\"status\":\"scheduled\"}", NULL};
+    cr_assert_eq(run_scan(p, "keeper", mixed, &matched, err, sizeof err), TS_POLICY_ERROR);
+    cr_assert(strstr(err, "only valid during the call"), "%s", err);
+    cr_assert_eq(matched, 0);
+    ts_policy_destroy(&p);
+}
+
 /* The budget hook's cost on the shipped session rule (with a look-up of 8
  * sessions of the same therapist): no hook at all, the default budget (the
  * hook armed lazily, only for calls that run long), and a budget below

@@ -34,8 +34,6 @@ typedef struct {
     struct {                 /* the sync actor (docs/SYNC.md) */
         int concurrency;     /* push requests in flight at once; default 32 */
         int batch_size;      /* writes per POST /v1/_batch; 128 (0 or 1: one request each) */
-        int max_unapplied;   /* confirmed writes not yet committed locally before pushing
-                                pauses; 0 = no limit */
         int stuck_after;     /* failed rounds before a document's head counts as stuck; 8 */
         int poll_interval_ms;/* periodic polling, the feed's last resort; 5000 */
         int digest_interval_s;/* consistency check period; 300 (0 = only on `sync`) */

@@ -205,8 +205,6 @@ typedef struct {
     sdoc_t *holds, *holds_tail; /* documents with a held change, oldest first */
     size_t nholds;
     uint64_t echoes;            /* feed changes that were our own writes */
-    int unapplied;              /* confirmed writes whose DROP has not come back */
-    int64_t last_drop_us;       /* when the last such DROP came */
     char cursor_sent[65];       /* the cursor last given to the store */
     uint64_t drain_id;      /* a round's drain page in flight */
     /* rounds, checks */
@@ -818,9 +816,6 @@ static void outbox_drop(sync_t *self, const ts_record_t *r)
     }
     if (d->unacked > 0) { /* the DROP of a seq we confirmed */
         d->unacked--;
-        if (self->unapplied > 0)
-            self->unapplied--;
-        self->last_drop_us = ts_mono_us();
         doc_maybe_free(self, d);
     }
 }
@@ -1029,16 +1024,6 @@ static void push_pump(sync_t *self)
 {
     if (self->conn == C_OFFLINE)
         return;
-    int limit = self->config->sync.max_unapplied;
-    if (limit > 0 && self->unapplied >= limit) {
-        /* The store and persist are behind: the writes wait in the outbox,
-         * not in persist's queue ahead of everything else. A count that
-         * stopped moving would be our own mistake: never stall on it. */
-        if (ts_mono_us() - self->last_drop_us < 5000000)
-            return;
-        ts_warn(LOG, "%d confirmed writes not committed for 5 s; pushing on", self->unapplied);
-        self->unapplied = 0;
-    }
     bool batch = !self->batch_off && self->batch_limit > 1;
     while (self->heap_len && self->push_reqs < self->config->sync.concurrency) {
         if (batch) {
@@ -1124,8 +1109,6 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
     if (version > d->version)
         d->version = version;
     d->unacked++;
-    if (self->unapplied++ == 0)
-        self->last_drop_us = ts_mono_us(); /* the stall clock starts here */
     head_pop(self, d);
 }
 

@@ -238,7 +238,6 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         } keys[] = {
             {"concurrency", &c->sync.concurrency, 1, 4096},
             {"batch_size", &c->sync.batch_size, 0, 1000},
-            {"max_unapplied", &c->sync.max_unapplied, 0, 1000000},
             {"stuck_after", &c->sync.stuck_after, 1, 1000000},
             {"poll_interval_ms", &c->sync.poll_interval_ms, 10, 3600000},
             {"digest_interval_s", &c->sync.digest_interval_s, 0, 86400 * 7},

@@ -583,39 +583,6 @@ Test(sync, kill9_while_a_remote_change_waits_loses_nothing)
     cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 4, "each write applied once");
 }
 
-/* With at most one confirmation waiting for the local commit, pushing
- * pauses after each one and resumes as the commits come back: everything
- * still syncs, once each, in order. */
-Test(sync, max_unapplied_paces_pushes_without_stalling)
-{
-    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { max_unapplied = 1 }\n"), 0);
-    long long before = ts_clinic_stat(&api, "applied_writes");
-    int writes = 0;
-    for (int i = 0; i < 60; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "mu%d", i);
-        create(&engine, id, "\"k\":1");
-        writes++;
-        if (i % 3 == 0) {
-            update(&engine, id, "{\"k\":2}");
-            writes++;
-        }
-    }
-    cr_assert(wait_synced(&engine, 30000), "all writes synced");
-    cr_assert_eq(ts_clinic_stat(&api, "applied_writes") - before, writes, "each write once");
-    /* paced by the commits, not rescued by the stall guard */
-    FILE *log = fopen(engine.proc.log_path, "r");
-    cr_assert_not_null(log);
-    char line[1024];
-    while (fgets(line, sizeof line, log))
-        cr_assert_null(strstr(line, "not committed for 5 s"), "%s", line);
-    fclose(log);
-    cJSON *doc = server_doc("mu57");
-    cr_assert_eq(field_int(doc, "k"), 2);
-    cr_assert_eq(field_int(doc, "version"), 2);
-    cJSON_Delete(doc);
-}
-
 Test(sync, failing_requests_do_not_wedge_the_queue)
 {
     cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { stuck_after = 1 }\n"), 0);

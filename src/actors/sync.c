@@ -90,7 +90,8 @@ typedef struct sdoc {
     /* A feed change that came while our write to the document was out: most
      * often the echo of that very write. It waits for the answer, which says
      * whether it is ours (dropped) or newer (applied); see hold_change. */
-    cJSON *held;
+    char *held;           /* the change's document, as JSON text */
+    size_t held_len;
     int64_t held_version, held_us;
     char hold_floor[65];  /* the cursor before it: the stored cursor stays there */
     struct sdoc *hold_prev, *hold_next;
@@ -1325,12 +1326,21 @@ static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *d
  * our own write as a remote change (a doc.changed with origin "remote") and
  * cost a second store update; so it waits for the answer (hold_release), at
  * most HOLD_MAX_US, keeping only the newest change of the document. */
-static void hold_change(sync_t *self, sdoc_t *d, const cJSON *doc, int64_t v)
+static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, int64_t v)
 {
+    if (d->held && v <= d->held_version)
+        return;
+    char *copy = malloc(len + 1);
+    if (!copy) { /* cannot wait: apply it now */
+        cJSON *json = cJSON_ParseWithLength(doc, len);
+        if (json)
+            emit_remote(self, d->coll, d->id, json, v);
+        return;
+    }
+    memcpy(copy, doc, len);
+    copy[len] = '\0';
     if (d->held) {
-        if (v <= d->held_version)
-            return;
-        cJSON_Delete(d->held);
+        free(d->held);
     } else {
         copy_str(d->hold_floor, sizeof d->hold_floor, self->cursor);
         d->held_us = ts_mono_us();
@@ -1343,7 +1353,8 @@ static void hold_change(sync_t *self, sdoc_t *d, const cJSON *doc, int64_t v)
         self->holds_tail = d;
         self->nholds++;
     }
-    d->held = cJSON_Duplicate(doc, 1);
+    d->held = copy;
+    d->held_len = len;
     d->held_version = v;
 }
 
@@ -1361,14 +1372,16 @@ static void hold_release(sync_t *self, sdoc_t *d)
         self->holds_tail = d->hold_prev;
     d->hold_prev = d->hold_next = NULL;
     self->nholds--;
-    cJSON *doc = d->held;
+    char *text = d->held;
     d->held = NULL;
     if (d->held_version > 0 && d->held_version <= d->version) {
         self->echoes++;
-        cJSON_Delete(doc);
-    } else {
-        emit_remote(self, d->coll, d->id, doc, d->held_version);
+    } else { /* newer than our write: parsed only now */
+        cJSON *doc = cJSON_ParseWithLength(text, d->held_len);
+        if (doc)
+            emit_remote(self, d->coll, d->id, doc, d->held_version);
     }
+    free(text);
     cursor_emit(self);
 }
 
@@ -1396,8 +1409,12 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
         return 0; /* the echo of our own confirmed write: the store has it */
     }
     if (known && known->head && known->head->state == M_SENDING) {
-        hold_change(self, known, doc, v);
-        return 0;
+        char *text = cJSON_PrintUnformatted(doc);
+        if (text) {
+            hold_change(self, known, text, strlen(text), v);
+            cJSON_free(text);
+            return 0;
+        }
     }
     emit_remote(self, coll, id, cJSON_Duplicate(doc, 1), v);
     return 1;
@@ -1441,7 +1458,7 @@ static void stream_open(sync_t *self)
     ts_api_request_t *q = ts_api_request_new(TS_API_GET, "/v1/changes/stream", NULL);
     if (q) {
         q->stream = true;
-        q->raw_events = true; /* most events are echoes: see own_echo() */
+        q->raw_events = true; /* most events are echoes: see stream_fast() */
         copy_str(q->last_event_id, sizeof q->last_event_id, *self->cursor ? self->cursor : "0");
     }
     if (api_send(self, q, r) == 0)
@@ -1565,12 +1582,14 @@ static bool plain_string(const char *raw, size_t len, char *out, size_t cap)
     return true;
 }
 
-/* Whether a stream event {"collection": C, "doc": {"id": I, "version": V, ...}}
- * is the echo of one of our own confirmed writes (V not above the version
- * they brought I to), read from its text without parsing it. While a replay
- * is pushed, nearly every event is one; anything this does not recognise is
- * parsed and applied as usual. */
-static bool own_echo(sync_t *self, const char *data, size_t len)
+/* A stream event {"collection": C, "doc": {"id": I, "version": V, ...}}
+ * read from its text, without parsing it: while pushes are out nearly every
+ * event is the echo of one of our own writes. Returns true when it was
+ * dealt with here: an echo of a confirmed write (V not above the version our
+ * writes brought I to) is dropped, and a change to a document whose write is
+ * out is held as text (hold_change). Anything else, or anything this does
+ * not recognise, is parsed and applied as usual. */
+static bool stream_fast(sync_t *self, const char *data, size_t len)
 {
     const char *v, *doc;
     size_t vn, docn;
@@ -1587,15 +1606,22 @@ static bool own_echo(sync_t *self, const char *data, size_t len)
     if (ts_parse_i64(num, &version) || version <= 0)
         return false;
     sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
-    return known && version <= known->version;
+    if (known && version <= known->version) {
+        self->echoes++;
+        return true;
+    }
+    if (known && known->head && known->head->state == M_SENDING && *doc == '{') {
+        hold_change(self, known, doc, docn, version);
+        return true;
+    }
+    return false;
 }
 
 static void on_stream_events(sync_t *self, void **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_api_event_t *ev = ptrs[i];
-        if (ev->id == self->stream_id && own_echo(self, ev->data, ev->data_len)) {
-            self->echoes++;
+        if (ev->id == self->stream_id && stream_fast(self, ev->data, ev->data_len)) {
             set_cursor(self, ev->event_id);
         } else if (ev->id == self->stream_id) {
             cJSON *json = ev->json ? ev->json : cJSON_ParseWithLength(ev->data, ev->data_len);
@@ -2200,7 +2226,7 @@ static void sync_cleanup(sync_t *self)
                 free(m->body);
                 free(m);
             }
-            cJSON_Delete(d->held);
+            free(d->held);
             free(d);
         }
     }

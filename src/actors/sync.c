@@ -204,7 +204,6 @@ typedef struct {
     uint64_t stream_id;     /* 0 = no stream */
     bool stream_refused, longpoll_refused;
     sdoc_t *holds, *holds_tail; /* documents with a held change, oldest first */
-    size_t nholds;
     uint64_t echoes;            /* feed changes that were our own writes */
     char cursor_sent[65];       /* the cursor last given to the store */
     uint64_t drain_id;      /* a round's drain page in flight */
@@ -709,17 +708,13 @@ static void mut_free(sync_t *self, mut_t *m)
 static void head_pop(sync_t *self, sdoc_t *d)
 {
     mut_t *m = d->head;
-    if (m->state == M_BACKOFF)
-        waiting_remove(self, m);
-    bool was_sending = m->state == M_SENDING;
-    if (m->state == M_SENDING || m->state == M_FETCHING)
-        self->in_flight--;
+    /* Out of the queues and out of flight, like any answered write (and a
+     * change held for its answer is let go). */
+    mstate_set(self, m, M_SETTLING);
     d->head = m->next;
     if (!d->head)
         d->tail = NULL;
     mut_free(self, m);
-    if (was_sending && d->held)
-        hold_release(self, d);
     if (d->head && d->head->state == M_QUEUED)
         heap_push(self, d);
 }
@@ -1351,7 +1346,6 @@ static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, in
         else
             self->holds = d;
         self->holds_tail = d;
-        self->nholds++;
     }
     d->held = copy;
     d->held_len = len;
@@ -1371,7 +1365,6 @@ static void hold_release(sync_t *self, sdoc_t *d)
     else
         self->holds_tail = d->hold_prev;
     d->hold_prev = d->hold_next = NULL;
-    self->nholds--;
     char *text = d->held;
     d->held = NULL;
     if (d->held_version > 0 && d->held_version <= d->version) {

@@ -5,13 +5,16 @@
  * method, params), turns it into a ts_envelope_t and sends it down the
  * pipeline (store → persist → back here for writes, store → back here for
  * reads), then answers in the envelope the client used and publishes the
- * events the calls produced, after they are durable. Each client's answers
+ * events the calls produced, after they are durable (events as soon as the
+ * envelope is back, answers in each client's order). Each client's answers
  * leave in the order of its requests: every request takes a ticket, and an
  * answer that arrives early waits for the ones before it. Beyond
  * max_inflight calls in the pipeline, new requests are answered `busy`.
  *
  * Other actors publish events by sending [topic, payload] frames to a PUSH
- * socket connected to TS_INPROC_EVENTS. */
+ * socket connected to TS_INPROC_EVENTS. The store sends remote changes
+ * there with a third frame, the persist batch (uint32_t, see
+ * ts_envelope_t.persist_batch) whose events must go out first. */
 #ifndef THERASYNC_FRONT_H
 #define THERASYNC_FRONT_H
 

@@ -19,6 +19,9 @@
 /* Messages beyond this are dropped by ZeroMQ itself (connection reset);
  * between max_request_bytes and this they are answered too_large. */
 #define HARD_MESSAGE_LIMIT (64LL << 20)
+/* A remote change waits at most this for the batch it is ordered after
+ * (that batch could only be lost with a failed send). */
+#define EARLY_MAX_US 1000000
 
 /* One client with answers outstanding, by its routing id. */
 typedef struct client {
@@ -32,6 +35,16 @@ typedef struct client {
 } client_t;
 
 #define CLIENT_BUCKETS 4096
+
+/* A remote change the store sent straight here: it waits until the persist
+ * batch that carried its document's previous event has been published. */
+typedef struct early_event {
+    struct early_event *next;
+    uint32_t after;
+    int64_t since_us;
+    size_t topic_len, payload_len;
+    char data[]; /* topic, then payload */
+} early_event_t;
 
 typedef struct {
     const ts_config_t *config;
@@ -47,6 +60,8 @@ typedef struct {
     size_t warn_at;   /* next queue depth worth a warning (doubles) */
     bool draining;
     int64_t drain_deadline_us;
+    uint32_t published_batch;   /* the last persist batch whose events are out */
+    early_event_t *early, *early_last; /* remote changes waiting for a batch, in order */
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
     uint64_t errors, busy, too_large, parse_errors;
@@ -152,6 +167,61 @@ static void publish(front_t *self, const char *topic, size_t tlen, const char *p
 
 static void finish_envelope(front_t *self, ts_envelope_t *e);
 
+/* Whether the events of persist batch `batch` are out (numbers wrap). */
+static bool batch_published(const front_t *self, uint32_t batch)
+{
+    return (int32_t)(self->published_batch - batch) >= 0;
+}
+
+static void early_release(front_t *self, bool all)
+{
+    while (self->early && (all || batch_published(self, self->early->after))) {
+        early_event_t *ev = self->early;
+        publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
+        self->early = ev->next;
+        free(ev);
+    }
+    if (!self->early)
+        self->early_last = NULL;
+}
+
+static void early_add(front_t *self, uint32_t after, const void *topic, size_t tlen,
+                      const void *payload, size_t plen)
+{
+    early_event_t *ev = malloc(sizeof *ev + tlen + plen);
+    if (!ev) {
+        ts_error(LOG, "out of memory holding an event: published out of turn");
+        publish(self, topic, tlen, payload, plen);
+        return;
+    }
+    *ev = (early_event_t){.after = after, .since_us = ts_mono_us(), .topic_len = tlen,
+                          .payload_len = plen};
+    memcpy(ev->data, topic, tlen);
+    memcpy(ev->data + tlen, payload, plen);
+    if (self->early_last)
+        self->early_last->next = ev;
+    else
+        self->early = ev;
+    self->early_last = ev;
+}
+
+/* An envelope's events go out as soon as it is back, in the order persist
+ * committed them, not when its answer does: an answer may wait for an
+ * earlier one of its client, an event need not. */
+static void publish_events(front_t *self, ts_envelope_t *e)
+{
+    for (size_t i = 0; i < e->ncalls; i++) {
+        for (ts_event_t *ev = e->calls[i].events; ev; ev = ev->next)
+            publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
+        ts_event_free_list(e->calls[i].events);
+        e->calls[i].events = NULL;
+    }
+    if (e->persist_batch && !batch_published(self, e->persist_batch)) {
+        self->published_batch = e->persist_batch;
+        early_release(self, false);
+    }
+}
+
 /* The routing id of an envelope (its first routing frame). */
 static const unsigned char *route_id(const ts_envelope_t *e, size_t *len)
 {
@@ -197,6 +267,7 @@ static void take_ticket(front_t *self, ts_envelope_t *e)
  * ones, which may still be in the pipeline. */
 static void deliver(front_t *self, ts_envelope_t *e)
 {
+    publish_events(self, e);
     size_t len;
     const unsigned char *id = route_id(e, &len);
     client_t **p = id && !e->internal ? client_slot(self, id, len) : NULL;
@@ -236,8 +307,7 @@ static void deliver(front_t *self, ts_envelope_t *e)
     }
 }
 
-/* Answers an envelope that came back through the pipeline, then publishes
- * its events, and frees it. */
+/* Answers an envelope that came back through the pipeline, and frees it. */
 static void finish_envelope(front_t *self, ts_envelope_t *e)
 {
     ts_buf_t b = {0};
@@ -262,9 +332,6 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     else if (answers)
         ts_error(LOG, "out of memory building an answer");
     ts_buf_free(&b);
-    for (size_t i = 0; i < e->ncalls; i++)
-        for (ts_event_t *ev = e->calls[i].events; ev; ev = ev->next)
-            publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
     if (!e->internal)
         self->inflight -= e->ncalls;
     ts_envelope_free(e);
@@ -599,9 +666,10 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
+static int on_events(ts_loop_t *loop, void *socket, void *arg);
+
 static int on_replies(ts_loop_t *loop, void *socket, void *arg)
 {
-    (void)loop;
     front_t *self = arg;
     uint32_t kind;
     void **ptrs;
@@ -609,6 +677,9 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
     for (int round = 0; round < 64; round++) {
         if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
             break;
+        /* A remote change sent before this batch existed must be seen
+         * first, or it would be published after the newer events below. */
+        on_events(loop, self->events_in, self);
         for (size_t i = 0; i < n; i++)
             deliver(self, ptrs[i]);
         free(ptrs);
@@ -629,9 +700,26 @@ static int on_events(ts_loop_t *loop, void *socket, void *arg)
             zmq_msg_close(&payload);
             break;
         }
-        if (zmq_msg_more(&topic) && zmq_msg_recv(&payload, socket, 0) >= 0)
-            publish(self, zmq_msg_data(&topic), zmq_msg_size(&topic), zmq_msg_data(&payload),
-                    zmq_msg_size(&payload));
+        if (zmq_msg_more(&topic) && zmq_msg_recv(&payload, socket, 0) >= 0) {
+            /* An optional third frame: the persist batch to publish after. */
+            uint32_t after = 0;
+            bool ordered = false;
+            if (zmq_msg_more(&payload)) {
+                zmq_msg_t batch;
+                zmq_msg_init(&batch);
+                if (zmq_msg_recv(&batch, socket, 0) == (int)sizeof after) {
+                    memcpy(&after, zmq_msg_data(&batch), sizeof after);
+                    ordered = true;
+                }
+                zmq_msg_close(&batch);
+            }
+            if (ordered && (self->early || !batch_published(self, after)))
+                early_add(self, after, zmq_msg_data(&topic), zmq_msg_size(&topic),
+                          zmq_msg_data(&payload), zmq_msg_size(&payload));
+            else
+                publish(self, zmq_msg_data(&topic), zmq_msg_size(&topic),
+                        zmq_msg_data(&payload), zmq_msg_size(&payload));
+        }
         zmq_msg_close(&topic);
         zmq_msg_close(&payload);
     }
@@ -656,6 +744,10 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
 {
     (void)loop, (void)id;
     front_t *self = arg;
+    if (self->early && ts_mono_us() - self->early->since_us > EARLY_MAX_US) {
+        ts_warn(LOG, "published remote changes whose turn did not come");
+        early_release(self, true);
+    }
     if (self->draining && ts_mono_us() > self->drain_deadline_us) {
         ts_error(LOG, "gave up draining: %zu calls still in flight", self->inflight);
         return -1;
@@ -716,14 +808,15 @@ static void front_actor(ts_actor_t *actor, void *arg)
     len = sizeof args->events;
     zmq_getsockopt(self.pub, ZMQ_LAST_ENDPOINT, args->events, &len);
     ts_loop_reader(self.loop, ts_actor_pipe(actor), on_pipe, &self);
-    ts_loop_reader(self.loop, self.replies, on_replies, &self);
     ts_loop_reader(self.loop, self.events_in, on_events, &self);
+    ts_loop_reader(self.loop, self.replies, on_replies, &self);
     ts_loop_reader(self.loop, self.router, on_router, &self);
     ts_loop_timer(self.loop, 200, on_drain_timer, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
     ts_actor_quiesce(actor);
     ts_wire_drain(self.replies); /* answers too late to give: their writes are durable */
+    early_release(&self, true);  /* remote changes: durable at the server */
 done:
     ts_loop_destroy(&self.loop);
     for (size_t b = 0; b < CLIENT_BUCKETS; b++) {

@@ -58,6 +58,8 @@ typedef struct doc {
     uint32_t hash32;       /* low bits of the id's hash, for growing the table */
     uint16_t npending;
     uint8_t visible_kind;  /* VISIBLE_*: whether visible is its own allocation */
+    uint32_t event_batch;  /* the persist batch carrying its last event (see
+                              publish_remote_change) */
     uint8_t id_len;
     char id[];             /* not NUL-terminated: use id_len */
 } doc_t;
@@ -104,7 +106,8 @@ typedef struct {
     uint64_t rejected_writes;
     ts_sq_t *sq;           /* policies: validation, selectors and their indexes */
     void *events;          /* PUSH to TS_INPROC_EVENTS: events without a call (SIGHUP
-                              reload, sync.status) */
+                              reload, sync.status, remote changes) */
+    uint32_t persist_batch;/* messages of envelopes sent to persist so far */
 } store_t;
 
 /* ---- the document table ---- */
@@ -472,30 +475,63 @@ static void add_event(ts_call_t *call, const char *topic, const char *payload, s
     *p = e;
 }
 
-static void add_doc_changed_from(ts_call_t *call, const collection_t *c, const doc_t *d,
+/* A document's events travel in the next message to persist (see
+ * publish_remote_change). */
+static void note_event(store_t *self, doc_t *d)
+{
+    d->event_batch = self->persist_batch + 1;
+}
+
+/* The doc.changed notification of d into b, its topic into topic. */
+static void doc_changed_text(ts_buf_t *b, char topic[80], const collection_t *c, const doc_t *d,
+                             const char *origin)
+{
+    ts_buf_reserve(b, d->visible_len + 256);
+    ts_buf_puts(b, "{\"jsonrpc\":\"2.0\",\"method\":\"doc.changed\",\"params\":{\"collection\":");
+    ts_buf_json_string(b, c->name, strlen(c->name));
+    ts_buf_puts(b, ",\"id\":");
+    ts_buf_json_string(b, d->id, d->id_len);
+    ts_buf_puts(b, ",\"doc\":");
+    append_doc(b, d);
+    ts_buf_puts(b, ",\"origin\":\"");
+    ts_buf_puts(b, origin);
+    ts_buf_puts(b, d->visible ? "\",\"deleted\":false}}" : "\",\"deleted\":true}}");
+    snprintf(topic, 80, "doc.%s", c->name);
+}
+
+static void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
                                  const char *origin)
 {
     ts_buf_t b = {0};
-    ts_buf_reserve(&b, d->visible_len + 256);
-    ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"doc.changed\",\"params\":{\"collection\":");
-    ts_buf_json_string(&b, c->name, strlen(c->name));
-    ts_buf_puts(&b, ",\"id\":");
-    ts_buf_json_string(&b, d->id, d->id_len);
-    ts_buf_puts(&b, ",\"doc\":");
-    append_doc(&b, d);
-    ts_buf_puts(&b, ",\"origin\":\"");
-    ts_buf_puts(&b, origin);
-    ts_buf_puts(&b, d->visible ? "\",\"deleted\":false}}" : "\",\"deleted\":true}}");
     char topic[80];
-    snprintf(topic, sizeof topic, "doc.%s", c->name);
+    doc_changed_text(&b, topic, c, d, origin);
     if (b.data)
         add_event(call, topic, b.data, b.len);
     ts_buf_free(&b);
+    note_event(self, d);
 }
 
-static void add_doc_changed(ts_call_t *call, const collection_t *c, const doc_t *d)
+static void add_doc_changed(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d)
 {
-    add_doc_changed_from(call, c, d, "local");
+    add_doc_changed_from(self, call, c, d, "local");
+}
+
+/* A remote change is durable at the server already, so its doc.changed
+ * does not wait for the local commit (a crash before it only means the
+ * change is pulled again): it goes straight to the front door. To keep one
+ * document's events in order, the front door publishes it only once the
+ * persist batch that carried the document's previous event is out. */
+static void publish_remote_change(store_t *self, const collection_t *c, const doc_t *d)
+{
+    ts_buf_t b = {0};
+    char topic[80];
+    doc_changed_text(&b, topic, c, d, "remote");
+    uint32_t after = d->event_batch;
+    if (b.data && (zmq_send(self->events, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
+                   zmq_send(self->events, b.data, b.len, ZMQ_SNDMORE) < 0 ||
+                   zmq_send(self->events, &after, sizeof after, 0) < 0))
+        ts_warn(LOG, "cannot publish a remote change: %s", zmq_strerror(zmq_errno()));
+    ts_buf_free(&b);
 }
 
 /* Records are made durable in the order they were attached. */
@@ -607,7 +643,7 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
     }
     /* Its "accepted" audit line is the outbox row itself (see persist.c). */
     set_doc_result(call, d, m->op != TS_OP_DELETE);
-    add_doc_changed(call, c, d);
+    add_doc_changed(self, call, c, d);
 }
 
 /* ---- methods ---- */
@@ -883,7 +919,7 @@ static void do_cancel(store_t *self, ts_call_t *call)
     append_doc(&b, d);
     ts_buf_puts(&b, "}");
     ts_call_set_buffer(call, &b);
-    add_doc_changed(call, c, d);
+    add_doc_changed(self, call, c, d);
     forget_base_if_settled(self, d);
 }
 
@@ -1176,6 +1212,7 @@ static void reject_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
                             const cJSON *errors)
 {
     self->rejected++;
+    note_event(self, d);
     add_drop_record(call, c, d, m);
     char line[320];
     snprintf(line, sizeof line, "%s: %s", reason, message ? message : "");
@@ -1212,9 +1249,10 @@ static void recompute_and_reject(store_t *self, ts_call_t *call, collection_t *c
     }
 }
 
-static void add_doc_changed_remote(ts_call_t *call, const collection_t *c, const doc_t *d)
+static void add_doc_changed_remote(store_t *self, ts_call_t *call, const collection_t *c,
+                                   doc_t *d)
 {
-    add_doc_changed_from(call, c, d, "remote");
+    add_doc_changed_from(self, call, c, d, "remote");
 }
 
 static int64_t version_of(const ts_sync_update_t *u)
@@ -1284,7 +1322,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         ts_buf_free(&b);
         free(m);
     }
-    add_doc_changed_remote(call, c, d);
+    add_doc_changed_remote(self, call, c, d);
 }
 
 /* Rolls back m (already taken out of d's pending list) and every later
@@ -1315,7 +1353,7 @@ static void sync_rejected(store_t *self, ts_call_t *call, collection_t *c, doc_t
         return; /* already gone (cancelled) */
     drop_with_dependents(self, call, c, d, m, u->error[0] ? u->error : "rejected", u->message,
                          u->errors, "depended on a rejected mutation");
-    add_doc_changed_remote(call, c, d);
+    add_doc_changed_remote(self, call, c, d);
 }
 
 /* A merge patch that turns from into to (top-level and nested objects);
@@ -1450,7 +1488,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         }
     }
     recompute_and_reject(self, call, c, d, "no longer applies after a conflict");
-    add_doc_changed_remote(call, c, d);
+    add_doc_changed_remote(self, call, c, d);
     ts_policy_outcome_clear(&outcome);
     cJSON_Delete(base);
     cJSON_Delete(mine);
@@ -1474,7 +1512,17 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     self->remote_applied++;
     add_confirmed_record(call, c, d);
     recompute_and_reject(self, call, c, d, "the document changed on the server");
-    add_doc_changed_remote(call, c, d);
+    publish_remote_change(self, c, d);
+}
+
+/* One message of envelopes to persist: a batch. Each envelope is stamped
+ * with its number, which orders remote changes (publish_remote_change). */
+static int send_to_persist(store_t *self, void **envelopes, size_t n)
+{
+    self->persist_batch++;
+    for (size_t i = 0; i < n; i++)
+        ((ts_envelope_t *)envelopes[i])->persist_batch = self->persist_batch;
+    return ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, envelopes, n);
 }
 
 /* Applies a message of sync updates as one internal envelope, so that all
@@ -1552,7 +1600,7 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
     }
     ts_call_set_result(call, strdup("null"), 4);
     void *one = e;
-    if (ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, &one, 1))
+    if (send_to_persist(self, &one, 1))
         ts_envelope_free(e);
     maybe_publish_status(self);
 }
@@ -1806,7 +1854,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             }
             free(reads);
             maybe_publish_status(self);
-            if (n && ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, ptrs, n)) {
+            if (n && send_to_persist(self, ptrs, n)) {
                 ts_error(LOG, "cannot pass envelopes to persist");
                 for (size_t i = 0; i < n; i++)
                     ts_envelope_free(ptrs[i]);

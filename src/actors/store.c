@@ -1815,6 +1815,15 @@ static void rollback(store_t *self, ts_record_t *records)
     ts_record_free_list(records);
 }
 
+/* Whether the sync actor's inbox has something (the loop polls it first). */
+static bool sync_waiting(store_t *self)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return self->sync_inbox && zmq_getsockopt(self->sync_inbox, ZMQ_EVENTS, &events, &len) == 0 &&
+           (events & ZMQ_POLLIN);
+}
+
 static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
 {
     store_t *self = arg;
@@ -1824,6 +1833,8 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     /* Take what is queued (bounded) and pass it on as one message, so
      * persist sees large batches. */
     for (int round = 0; round < 64; round++) {
+        if (round && socket == self->inbox && sync_waiting(self))
+            return 0; /* a remote change must not wait for the whole backlog */
         if (ts_wire_recv(socket, round ? ZMQ_DONTWAIT : 0, &kind, &ptrs, &n))
             return 0;
         switch (kind) {

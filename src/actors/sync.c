@@ -75,6 +75,18 @@ typedef struct mut {
     int64_t due_us;       /* BACKOFF: when to queue again */
 } mut_t;
 
+/* A document whose sdoc was freed after our writes to it were confirmed:
+ * the version they brought it to. Their echoes from the feed can come later
+ * still, and knowing them saves parsing each one and a store update (the
+ * store would ignore them: it has that version). Direct-mapped by hash. */
+#define RECENT_SLOTS 4096
+typedef struct {
+    uint64_t hash;        /* 0: empty */
+    int64_t version;
+    char coll[65];
+    char id[65];
+} recent_t;
+
 /* A document with queued mutations (or confirmed ones whose DROP has not
  * come back yet: until then its version is still worth knowing). */
 typedef struct sdoc {
@@ -204,6 +216,7 @@ typedef struct {
     uint64_t stream_id;     /* 0 = no stream */
     bool stream_refused, longpoll_refused;
     sdoc_t *holds, *holds_tail; /* documents with a held change, oldest first */
+    recent_t *recent;           /* RECENT_SLOTS; NULL when out of memory */
     uint64_t echoes;            /* feed changes that were our own writes */
     char cursor_sent[65];       /* the cursor last given to the store */
     uint64_t drain_id;      /* a round's drain page in flight */
@@ -586,11 +599,26 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
     return d;
 }
 
+/* The version our confirmed writes brought a freed document to, or 0. */
+static int64_t recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h)
+{
+    const recent_t *r = self->recent ? &self->recent[h % RECENT_SLOTS] : NULL;
+    return r && r->hash == h && strcmp(r->id, id) == 0 && strcmp(r->coll, coll) == 0 ? r->version
+                                                                                       : 0;
+}
+
 /* Frees the document once nothing refers to it any more. */
 static void doc_maybe_free(sync_t *self, sdoc_t *d)
 {
     if (d->head || d->heap_refs || d->unacked > 0 || d->held)
         return;
+    if (self->recent && d->version > 0) {
+        recent_t *r = &self->recent[d->hash % RECENT_SLOTS];
+        r->hash = d->hash;
+        r->version = d->version;
+        memcpy(r->coll, d->coll, sizeof r->coll);
+        memcpy(r->id, d->id, sizeof r->id);
+    }
     sdoc_t **p = &self->table[d->hash & (self->table_cap - 1)];
     while (*p != d)
         p = &(*p)->hnext;
@@ -1396,8 +1424,9 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
         return 0;
     long long v = 0;
     ts_json_int(doc, "version", &v);
-    sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
-    if (known && v > 0 && v <= known->version) {
+    uint64_t h = hash_key(coll, id);
+    sdoc_t *known = doc_find(self, coll, id, h);
+    if (v > 0 && v <= (known ? known->version : recent_version(self, coll, id, h))) {
         self->echoes++;
         return 0; /* the echo of our own confirmed write: the store has it */
     }
@@ -1598,8 +1627,9 @@ static bool stream_fast(sync_t *self, const char *data, size_t len)
     int64_t version;
     if (ts_parse_i64(num, &version) || version <= 0)
         return false;
-    sdoc_t *known = doc_find(self, coll, id, hash_key(coll, id));
-    if (known && version <= known->version) {
+    uint64_t h = hash_key(coll, id);
+    sdoc_t *known = doc_find(self, coll, id, h);
+    if (version <= (known ? known->version : recent_version(self, coll, id, h))) {
         self->echoes++;
         return true;
     }
@@ -2224,6 +2254,7 @@ static void sync_cleanup(sync_t *self)
         }
     }
     free(self->table);
+    free(self->recent);
     free(self->heap);
     free(self->waiting);
     for (round_t *rd = self->rounds, *next; rd; rd = next) {
@@ -2256,6 +2287,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
     self.started_us = ts_mono_us();
     copy_str(self.api_state, sizeof self.api_state, "unknown");
     self.batch_limit = self.config->sync.batch_size;
+    self.recent = calloc(RECENT_SLOTS, sizeof *self.recent); /* optional: only saves work */
     self.checks = calloc(self.config->ncollections ? self.config->ncollections : 1,
                          sizeof *self.checks);
     for (size_t i = 0; self.checks && i < self.config->ncollections; i++)

@@ -23,6 +23,8 @@ void ts_log(ts_log_level_t level, const char *module, const char *fmt, ...)
  * chief_complaint, assessment, plan, recommendations, doc, patch) replaced by
  * "[redacted]". Text that is not JSON is replaced whole. */
 void ts_log_redact_json(const char *json, size_t len, char *out, size_t outlen);
+/* Whether values under this key are never logged (the keys above). */
+bool ts_log_sensitive_key(const char *key);
 
 #define ts_error(mod, ...) ts_log(TS_LOG_ERROR, mod, __VA_ARGS__)
 #define ts_warn(mod, ...) ts_log(TS_LOG_WARN, mod, __VA_ARGS__)

@@ -52,14 +52,18 @@ static const char *sensitive_keys[] = {
     "password", "authorization", "chief_complaint", "assessment", "plan", "recommendations",
     "doc", "patch", "body", NULL};
 
+bool ts_log_sensitive_key(const char *key)
+{
+    for (int i = 0; key && sensitive_keys[i]; i++)
+        if (strcasecmp(key, sensitive_keys[i]) == 0)
+            return true;
+    return false;
+}
+
 static void redact(cJSON *node)
 {
     for (cJSON *child = node ? node->child : NULL; child; child = child->next) {
-        bool hide = false;
-        for (int i = 0; child->string && sensitive_keys[i]; i++)
-            if (strcasecmp(child->string, sensitive_keys[i]) == 0)
-                hide = true;
-        if (hide) {
+        if (ts_log_sensitive_key(child->string)) {
             cJSON *mark = cJSON_CreateString("[redacted]");
             if (mark)
                 cJSON_ReplaceItemViaPointer(node, child, mark);

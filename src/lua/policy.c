@@ -70,6 +70,7 @@ struct ts_policy {
     unsigned generation;      /* bumped by every successful reload */
     cJSON *scratch[SCRATCH_MAX];
     char label[128];          /* policy being run, for log() and errors */
+    const cJSON *call_docs[3];/* the documents handed to the running call (for ctx.log) */
 };
 
 struct ts_policy_query {
@@ -319,11 +320,70 @@ static ts_policy_t *s_self_upvalue(lua_State *L)
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
+/* Replaces every occurrence of value in b by [redacted]. */
+static void s_redact_value(ts_buf_t *b, const char *value)
+{
+    size_t vn = strlen(value);
+    if (vn < 3 || !b->data)
+        return; /* shorter text is no health data, and would garble the line */
+    ts_buf_t out = {0};
+    const char *p = b->data, *end = b->data + b->len, *hit;
+    while ((hit = memmem(p, (size_t)(end - p), value, vn))) {
+        ts_buf_append(&out, p, (size_t)(hit - p));
+        ts_buf_puts(&out, "[redacted]");
+        p = hit + vn;
+    }
+    if (p == b->data) {
+        ts_buf_free(&out);
+        return;
+    }
+    ts_buf_append(&out, p, (size_t)(end - p));
+    ts_buf_free(b);
+    *b = out;
+}
+
+/* Redacts in b the text under sensitive keys (ts_log_sensitive_key) of node. */
+static void s_redact_values(ts_buf_t *b, const cJSON *node, bool sensitive)
+{
+    for (const cJSON *c = node ? node->child : NULL; c; c = c->next) {
+        bool hide = sensitive || ts_log_sensitive_key(c->string);
+        if (hide && cJSON_IsString(c))
+            s_redact_value(b, c->valuestring);
+        else if (cJSON_IsObject(c) || cJSON_IsArray(c))
+            s_redact_values(b, c, hide);
+    }
+}
+
+static void s_redact_text(ts_buf_t *b, const ts_policy_doc_t *doc)
+{
+    cJSON *json = doc && doc->text ? cJSON_ParseWithLength(doc->text, doc->len) : NULL;
+    s_redact_values(b, json, false);
+    cJSON_Delete(json);
+}
+
+/* ctx.log writes at debug level. A rule that logs a note by mistake must
+ * not put it in the log: wherever the text of a sensitive field (notes,
+ * summary, ... see log.h) of a document the call can see appears in the
+ * message, it is replaced by [redacted] — the documents handed to the call,
+ * those ctx.find returned, and the one a selector is looking at. */
 static int s_ctx_log(lua_State *L)
 {
     ts_policy_t *self = s_self_upvalue(L);
-    const char *msg = luaL_tolstring(L, 1, NULL);
-    ts_debug("policy", "%s %s: %s", self->name, self->label, msg);
+    if (!ts_log_enabled(TS_LOG_DEBUG))
+        return 0;
+    size_t len;
+    const char *msg = luaL_tolstring(L, 1, &len);
+    ts_buf_t b = {0};
+    if (ts_buf_append(&b, msg, len) == 0) {
+        for (int i = 0; i < 3; i++)
+            s_redact_values(&b, self->call_docs[i], false);
+        for (size_t i = 0; i < self->nfound; i++)
+            s_redact_text(&b, &self->found[i]);
+        s_redact_text(&b, self->doc);
+    }
+    ts_debug("policy", "%s %s: %.*s", self->name, self->label, (int)b.len,
+             b.data ? b.data : "[out of memory]");
+    ts_buf_free(&b);
     return 0;
 }
 
@@ -1144,7 +1204,9 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
     validate_call_t c = {self, collection, doc, previous, TS_POLICY_ERROR, NULL};
     self->nfound = 0;
     self->found_base = self->doc_serial + 1;
+    self->call_docs[0] = doc, self->call_docs[1] = previous;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
+    self->call_docs[0] = self->call_docs[1] = NULL;
     s_scratch_clear(self);
     /* ctx.find's lazy documents kept by a policy go stale */
     self->doc_serial = self->found_base + (lua_Integer)self->nfound;
@@ -1547,7 +1609,9 @@ int ts_policy_resolve(ts_policy_t *self, const char *collection, const cJSON *ba
     }
     s_set_label(self, "conflict", collection);
     resolve_call_t c = {self, collection, base, mine, theirs, false, outcome};
+    self->call_docs[0] = base, self->call_docs[1] = mine, self->call_docs[2] = theirs;
     int rc = ts_sandbox_pcall(self->cur->sb, s_resolve_call, &c, err, errlen);
+    memset(self->call_docs, 0, sizeof self->call_docs);
     s_scratch_clear(self);
     if (rc == 0 && c.no_policy) {
         if (s_default_outcome(base, mine, theirs, outcome) != 0) {

@@ -1,6 +1,7 @@
 /* test_policy.c — the sandbox and the loader against bad and hostile
  * policies (tests/fixtures/policies/<case>/). After every case the engine
  * must still answer a harmless call. */
+#include "therasync/log.h"
 #include "therasync/policy.h"
 
 #include <criterion/criterion.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static char s_path[1024];
 
@@ -366,4 +368,86 @@ Test(policy_load, tiny_memory_cap_fails_cleanly)
     ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
     cr_assert_null(p);
     cr_assert(strstr(err, "memory") || strstr(err, "Lua state"), "%s", err);
+}
+
+/* ---- ctx.log never writes health data ---- */
+
+/* ctx.find over one stored document, given as text (as the store does). */
+static int find_one_text(void *arg, const ts_policy_find_t *find, ts_policy_visit_doc_fn visit,
+                         void *visit_arg)
+{
+    (void)arg, (void)find;
+    static const char text[] = "{\"therapist_id\":\"t1\",\"notes\":\"sleeps badly since March\"}";
+    ts_policy_doc_t doc = {"other-1", 7, text, sizeof text - 1};
+    visit(visit_arg, &doc, NULL);
+    return 0;
+}
+
+/* Runs fn with stderr going to a file; returns what was written (static). */
+static const char *captured(void (*fn)(ts_policy_t *), ts_policy_t *p)
+{
+    static char out[8192];
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *f = tmpfile();
+    cr_assert(f && saved >= 0);
+    dup2(fileno(f), 2);
+    fn(p);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(f);
+    size_t n = fread(out, 1, sizeof out - 1, f);
+    out[n] = '\0';
+    fclose(f);
+    return out;
+}
+
+static void validate_with_notes(ts_policy_t *p)
+{
+    cJSON *doc = cJSON_Parse("{\"id\":\"s1\",\"therapist_id\":\"t1\","
+                             "\"notes\":\"patient reports insomnia\"}");
+    cJSON *prev = cJSON_Parse("{\"id\":\"s1\",\"therapist_id\":\"t1\",\"notes\":\"first visit\"}");
+    char err[256];
+    cr_assert_eq(ts_policy_validate(p, "sessions", doc, prev, NULL, err, sizeof err), TS_POLICY_OK,
+                 "%s", err);
+    cJSON_Delete(doc);
+    cJSON_Delete(prev);
+}
+
+static void resolve_with_summary(ts_policy_t *p)
+{
+    cJSON *mine = cJSON_Parse("{\"id\":\"c1\",\"status\":\"draft\","
+                              "\"summary\":{\"plan\":\"weekly CBT sessions\"}}");
+    cJSON *theirs = cJSON_Parse("{\"id\":\"c1\",\"status\":\"final\",\"version\":2}");
+    ts_policy_outcome_t out;
+    char err[256];
+    cr_assert_eq(ts_policy_resolve(p, "consultations", NULL, mine, theirs, &out, err, sizeof err),
+                 TS_POLICY_OK, "%s", err);
+    ts_policy_outcome_clear(&out);
+    cJSON_Delete(mine);
+    cJSON_Delete(theirs);
+}
+
+Test(policy_log, ctx_log_redacts_the_sensitive_text_of_the_documents_it_sees)
+{
+    char err[512];
+    ts_policy_opts_t opts = {.find = find_one_text, .name = "test"};
+    ts_policy_t *p = ts_policy_new(fixture("logging"), &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    ts_log_set_level(TS_LOG_DEBUG);
+    const char *log = captured(validate_with_notes, p);
+    cr_assert(strstr(log, "note: [redacted] / therapist t1 / was: [redacted]"), "%s", log);
+    cr_assert(strstr(log, "other: [redacted]"), "%s", log);
+    cr_assert_null(strstr(log, "insomnia"), "%s", log);
+    cr_assert_null(strstr(log, "first visit"), "%s", log);
+    cr_assert_null(strstr(log, "sleeps badly"), "%s", log);
+    log = captured(resolve_with_summary, p);
+    cr_assert(strstr(log, "mine: [redacted] theirs: final"), "%s", log);
+    cr_assert_null(strstr(log, "CBT"), "%s", log);
+    /* Above debug level ctx.log writes nothing at all. */
+    ts_log_set_level(TS_LOG_INFO);
+    log = captured(validate_with_notes, p);
+    cr_assert_null(strstr(log, "note:"), "%s", log);
+    ts_policy_destroy(&p);
 }

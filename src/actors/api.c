@@ -1246,6 +1246,8 @@ static void cancel(api_t *self, uint64_t id)
     pump(self);
 }
 
+/* Takes what the inbox holds: 0 when it is empty now, 1 when it stopped at
+ * INBOX_BATCH messages, -1 on an error. */
 static int on_inbox(api_t *self)
 {
     for (int i = 0; i < INBOX_BATCH; i++) {
@@ -1268,7 +1270,7 @@ static int on_inbox(api_t *self)
         }
         free(ptrs);
     }
-    return 0;
+    return 1;
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
@@ -1293,11 +1295,20 @@ static int64_t fire_due(api_t *self, int64_t now)
     return next;
 }
 
-static bool zmq_readable(void *socket)
+/* Reads the control pipe until it is empty: 1 on $TERM (or a closing
+ * context), 0 when drained, 2 when there may be more. */
+static int read_pipe(void *pipe)
 {
-    int events = 0;
-    size_t len = sizeof events;
-    return zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN);
+    for (int i = 0; i < 16; i++) {
+        char cmd[16];
+        int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
+        if (len < 0)
+            return errno == ETERM ? 1 : errno == EAGAIN ? 0 : 2;
+        cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
+        if (strcmp(cmd, "$TERM") == 0)
+            return 1;
+    }
+    return 2;
 }
 
 static int run(api_t *self)
@@ -1305,16 +1316,19 @@ static int run(api_t *self)
     void *pipe = ts_actor_pipe(self->actor);
     struct epoll_event evs[64];
     int running = 0;
+    /* A ZMQ_FD only signals new activity: once it fires, the socket is read
+     * until EAGAIN, and nothing queued is missed after that (both sockets
+     * are only read here). Asking ZMQ_EVENTS every turn instead costs libzmq
+     * a getpid() and a poll() per socket per turn. Both start "ready" for
+     * what came before the loop. */
+    bool pipe_ready = true, inbox_ready = true;
     for (;;) {
         int64_t now = ts_mono_us();
         int64_t due = fire_due(self, now);
         if (self->curl_due_us >= 0 && (due < 0 || self->curl_due_us < due))
             due = self->curl_due_us;
         int timeout_ms = due < 0 ? -1 : due <= now ? 0 : (int)((due - now + 999) / 1000);
-        /* A ZMQ_FD only signals new activity: messages already queued are
-         * seen through ZMQ_EVENTS, so do not sleep while there are some. */
-        bool term = zmq_readable(pipe), inbox = zmq_readable(self->inbox);
-        int hits = epoll_wait(self->epfd, evs, 64, term || inbox ? 0 : timeout_ms);
+        int hits = epoll_wait(self->epfd, evs, 64, pipe_ready || inbox_ready ? 0 : timeout_ms);
         if (hits < 0) {
             if (errno == EINTR)
                 continue;
@@ -1322,8 +1336,10 @@ static int run(api_t *self)
         }
         for (int i = 0; i < hits; i++) {
             int fd = evs[i].data.fd;
-            if (fd == self->pipe_fd || fd == self->inbox_fd)
-                continue; /* ZMQ_EVENTS below */
+            if (fd == self->pipe_fd || fd == self->inbox_fd) {
+                *(fd == self->pipe_fd ? &pipe_ready : &inbox_ready) = true;
+                continue;
+            }
             if (!self->watch[fd].want) { /* an idle kept-alive socket: curl checks it on reuse */
                 watch_sync(self, fd);
                 continue;
@@ -1338,19 +1354,18 @@ static int run(api_t *self)
             curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         reap(self);
-        if (term || zmq_readable(pipe)) {
-            char cmd[16];
-            int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
-            if (len >= 0) {
-                cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
-                if (strcmp(cmd, "$TERM") == 0)
-                    break;
-            } else if (errno == ETERM) {
+        if (pipe_ready) {
+            int r = read_pipe(pipe);
+            if (r == 1)
                 break;
-            }
+            pipe_ready = r == 2;
         }
-        if ((inbox || zmq_readable(self->inbox)) && on_inbox(self) < 0 && errno == ETERM)
-            break;
+        if (inbox_ready) {
+            int r = on_inbox(self);
+            if (r < 0 && errno == ETERM)
+                break;
+            inbox_ready = r != 0; /* 1: stopped at the batch limit; -1: try again */
+        }
         reap(self); /* requests started above may have failed at once */
         flush_replies(self);
     }

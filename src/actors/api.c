@@ -496,6 +496,29 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 }
 
 
+/* The last value of header name in the final response, or NULL. */
+static const char *last_header(CURL *e, const char *name)
+{
+    struct curl_header *h;
+    if (curl_easy_header(e, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    if (h->amount > 1 && curl_easy_header(e, name, h->amount - 1, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    return h->value;
+}
+
+/* A finished non-stream call's Content-Type and Retry-After (what on_header
+ * finds for a stream). */
+static void read_headers(call_t *c)
+{
+    const char *v = last_header(c->easy, "Content-Type");
+    if (v)
+        snprintf(c->ctype, sizeof c->ctype, "%s", v);
+    v = last_header(c->easy, "Retry-After");
+    if (v)
+        c->retry_after_ms = parse_retry_after(v);
+}
+
 static bool ctype_is(const char *ctype, const char *want)
 {
     size_t n = strlen(want);
@@ -689,8 +712,12 @@ static void begin_attempt(api_t *self, call_t *c)
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    /* Only a stream needs to see its headers as they come (to say
+     * "connected"); other calls read Content-Type and Retry-After from curl's
+     * header store when done (read_headers), which costs less than a
+     * callback per header line. */
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, r->stream ? on_header : NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r->stream ? c : NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
 
     struct curl_slist *h = TAIL_JSON;
@@ -941,6 +968,7 @@ static void call_done(api_t *self, call_t *c, CURLcode rc)
         stream_done(self, c, rc, status);
         return;
     }
+    read_headers(c);
     const char *why = rc != CURLE_OK && *c->curl_err ? c->curl_err : NULL;
     const char *cwhy = NULL;
     ts_api_error_t error = classify(c, rc, status, &cwhy);

@@ -496,6 +496,29 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 }
 
 
+/* The last value of header name in the final response, or NULL. */
+static const char *last_header(CURL *e, const char *name)
+{
+    struct curl_header *h;
+    if (curl_easy_header(e, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    if (h->amount > 1 && curl_easy_header(e, name, h->amount - 1, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    return h->value;
+}
+
+/* A finished non-stream call's Content-Type and Retry-After (what on_header
+ * finds for a stream). */
+static void read_headers(call_t *c)
+{
+    const char *v = last_header(c->easy, "Content-Type");
+    if (v)
+        snprintf(c->ctype, sizeof c->ctype, "%s", v);
+    v = last_header(c->easy, "Retry-After");
+    if (v)
+        c->retry_after_ms = parse_retry_after(v);
+}
+
 static bool ctype_is(const char *ctype, const char *want)
 {
     size_t n = strlen(want);
@@ -689,8 +712,12 @@ static void begin_attempt(api_t *self, call_t *c)
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    /* Only a stream needs to see its headers as they come (to say
+     * "connected"); other calls read Content-Type and Retry-After from curl's
+     * header store when done (read_headers), which costs less than a
+     * callback per header line. */
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, r->stream ? on_header : NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r->stream ? c : NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
 
     struct curl_slist *h = TAIL_JSON;
@@ -941,6 +968,7 @@ static void call_done(api_t *self, call_t *c, CURLcode rc)
         stream_done(self, c, rc, status);
         return;
     }
+    read_headers(c);
     const char *why = rc != CURLE_OK && *c->curl_err ? c->curl_err : NULL;
     const char *cwhy = NULL;
     ts_api_error_t error = classify(c, rc, status, &cwhy);
@@ -1204,9 +1232,14 @@ static void take_request(api_t *self, ts_api_request_t *r)
     bool bad = !r->path || r->path[0] != '/' || r->method > TS_API_DELETE ||
                (r->stream && r->method != TS_API_GET) || strchr(r->path, '\n') ||
                strchr(r->idempotency_key, '\n') || strchr(r->idempotency_key, '\r');
-    ts_buf_t url = {0};
-    if (!bad && ts_buf_printf(&url, "%s%s", self->opts.base_url, r->path) == 0)
-        c->url = ts_buf_take(&url, NULL);
+    if (!bad) { /* base + path: two copies, not a printf (measured per request) */
+        size_t blen = strlen(self->opts.base_url), plen = strlen(r->path);
+        c->url = malloc(blen + plen + 1);
+        if (c->url) {
+            memcpy(c->url, self->opts.base_url, blen);
+            memcpy(c->url + blen, r->path, plen + 1);
+        }
+    }
     if (bad || !c->url) {
         finish(self, c, TS_API_INTERNAL, 0, bad ? "bad request (path, method)" : "out of memory");
         return;
@@ -1246,6 +1279,8 @@ static void cancel(api_t *self, uint64_t id)
     pump(self);
 }
 
+/* Takes what the inbox holds: 0 when it is empty now, 1 when it stopped at
+ * INBOX_BATCH messages, -1 on an error. */
 static int on_inbox(api_t *self)
 {
     for (int i = 0; i < INBOX_BATCH; i++) {
@@ -1268,7 +1303,7 @@ static int on_inbox(api_t *self)
         }
         free(ptrs);
     }
-    return 0;
+    return 1;
 }
 
 /* ---- the loop ---------------------------------------------------------------- */
@@ -1293,11 +1328,20 @@ static int64_t fire_due(api_t *self, int64_t now)
     return next;
 }
 
-static bool zmq_readable(void *socket)
+/* Reads the control pipe until it is empty: 1 on $TERM (or a closing
+ * context), 0 when drained, 2 when there may be more. */
+static int read_pipe(void *pipe)
 {
-    int events = 0;
-    size_t len = sizeof events;
-    return zmq_getsockopt(socket, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN);
+    for (int i = 0; i < 16; i++) {
+        char cmd[16];
+        int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
+        if (len < 0)
+            return errno == ETERM ? 1 : errno == EAGAIN ? 0 : 2;
+        cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
+        if (strcmp(cmd, "$TERM") == 0)
+            return 1;
+    }
+    return 2;
 }
 
 static int run(api_t *self)
@@ -1305,16 +1349,19 @@ static int run(api_t *self)
     void *pipe = ts_actor_pipe(self->actor);
     struct epoll_event evs[64];
     int running = 0;
+    /* A ZMQ_FD only signals new activity: once it fires, the socket is read
+     * until EAGAIN, and nothing queued is missed after that (both sockets
+     * are only read here). Asking ZMQ_EVENTS every turn instead costs libzmq
+     * a getpid() and a poll() per socket per turn. Both start "ready" for
+     * what came before the loop. */
+    bool pipe_ready = true, inbox_ready = true;
     for (;;) {
         int64_t now = ts_mono_us();
         int64_t due = fire_due(self, now);
         if (self->curl_due_us >= 0 && (due < 0 || self->curl_due_us < due))
             due = self->curl_due_us;
         int timeout_ms = due < 0 ? -1 : due <= now ? 0 : (int)((due - now + 999) / 1000);
-        /* A ZMQ_FD only signals new activity: messages already queued are
-         * seen through ZMQ_EVENTS, so do not sleep while there are some. */
-        bool term = zmq_readable(pipe), inbox = zmq_readable(self->inbox);
-        int hits = epoll_wait(self->epfd, evs, 64, term || inbox ? 0 : timeout_ms);
+        int hits = epoll_wait(self->epfd, evs, 64, pipe_ready || inbox_ready ? 0 : timeout_ms);
         if (hits < 0) {
             if (errno == EINTR)
                 continue;
@@ -1322,8 +1369,10 @@ static int run(api_t *self)
         }
         for (int i = 0; i < hits; i++) {
             int fd = evs[i].data.fd;
-            if (fd == self->pipe_fd || fd == self->inbox_fd)
-                continue; /* ZMQ_EVENTS below */
+            if (fd == self->pipe_fd || fd == self->inbox_fd) {
+                *(fd == self->pipe_fd ? &pipe_ready : &inbox_ready) = true;
+                continue;
+            }
             if (!self->watch[fd].want) { /* an idle kept-alive socket: curl checks it on reuse */
                 watch_sync(self, fd);
                 continue;
@@ -1338,19 +1387,18 @@ static int run(api_t *self)
             curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         }
         reap(self);
-        if (term || zmq_readable(pipe)) {
-            char cmd[16];
-            int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
-            if (len >= 0) {
-                cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
-                if (strcmp(cmd, "$TERM") == 0)
-                    break;
-            } else if (errno == ETERM) {
+        if (pipe_ready) {
+            int r = read_pipe(pipe);
+            if (r == 1)
                 break;
-            }
+            pipe_ready = r == 2;
         }
-        if ((inbox || zmq_readable(self->inbox)) && on_inbox(self) < 0 && errno == ETERM)
-            break;
+        if (inbox_ready) {
+            int r = on_inbox(self);
+            if (r < 0 && errno == ETERM)
+                break;
+            inbox_ready = r != 0; /* 1: stopped at the batch limit; -1: try again */
+        }
         reap(self); /* requests started above may have failed at once */
         flush_replies(self);
     }

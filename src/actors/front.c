@@ -7,6 +7,7 @@
 #include "therasync/util.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -666,10 +667,11 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
-static int on_events(ts_loop_t *loop, void *socket, void *arg);
+static void read_events(front_t *self, void *socket, int max);
 
 static int on_replies(ts_loop_t *loop, void *socket, void *arg)
 {
+    (void)loop;
     front_t *self = arg;
     uint32_t kind;
     void **ptrs;
@@ -678,8 +680,9 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
             break;
         /* A remote change sent before this batch existed must be seen
-         * first, or it would be published after the newer events below. */
-        on_events(loop, self->events_in, self);
+         * first, or it would be published after the newer events below:
+         * all of what is queued, then. */
+        read_events(self, self->events_in, INT_MAX);
         for (size_t i = 0; i < n; i++)
             deliver(self, ptrs[i]);
         free(ptrs);
@@ -687,11 +690,10 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
     return self->draining && self->inflight == 0 ? -1 : 0;
 }
 
-static int on_events(ts_loop_t *loop, void *socket, void *arg)
+/* Publishes (or holds, see early_add) up to max queued events. */
+static void read_events(front_t *self, void *socket, int max)
 {
-    (void)loop;
-    front_t *self = arg;
-    for (int round = 0; round < 256; round++) {
+    for (int round = 0; round < max; round++) {
         zmq_msg_t topic, payload;
         zmq_msg_init(&topic);
         zmq_msg_init(&payload);
@@ -723,6 +725,12 @@ static int on_events(ts_loop_t *loop, void *socket, void *arg)
         zmq_msg_close(&topic);
         zmq_msg_close(&payload);
     }
+}
+
+static int on_events(ts_loop_t *loop, void *socket, void *arg)
+{
+    (void)loop;
+    read_events(arg, socket, 256);
     return 0;
 }
 

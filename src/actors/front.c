@@ -715,7 +715,7 @@ static void read_events(front_t *self, void *socket, int max)
                 }
                 zmq_msg_close(&batch);
             }
-            if (ordered && (self->early || !batch_published(self, after)))
+            if (ordered && after && (self->early || !batch_published(self, after)))
                 early_add(self, after, zmq_msg_data(&topic), zmq_msg_size(&topic),
                           zmq_msg_data(&payload), zmq_msg_size(&payload));
             else

@@ -475,11 +475,18 @@ static void add_event(ts_call_t *call, const char *topic, const char *payload, s
     *p = e;
 }
 
+/* The number of the next message to persist. Numbers wrap, skipping 0,
+ * which stands for "none". */
+static uint32_t next_batch(const store_t *self)
+{
+    return self->persist_batch + 1 ? self->persist_batch + 1 : 1;
+}
+
 /* A document's events travel in the next message to persist (see
  * publish_remote_change). */
 static void note_event(store_t *self, doc_t *d)
 {
-    d->event_batch = self->persist_batch + 1;
+    d->event_batch = next_batch(self);
 }
 
 /* The doc.changed notification of d into b, its topic into topic. */
@@ -526,7 +533,11 @@ static void publish_remote_change(store_t *self, const collection_t *c, const do
     ts_buf_t b = {0};
     char topic[80];
     doc_changed_text(&b, topic, c, d, "remote");
-    uint32_t after = d->event_batch;
+    /* A batch sent this long ago is out for sure (persist's queue is
+     * bounded); its number could be confused with a new one after a wrap. */
+    uint32_t after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
+                         ? d->event_batch
+                         : 0;
     if (b.data && (zmq_send(self->events, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
                    zmq_send(self->events, b.data, b.len, ZMQ_SNDMORE) < 0 ||
                    zmq_send(self->events, &after, sizeof after, 0) < 0))
@@ -1519,7 +1530,7 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
  * with its number, which orders remote changes (publish_remote_change). */
 static int send_to_persist(store_t *self, void **envelopes, size_t n)
 {
-    self->persist_batch++;
+    self->persist_batch = next_batch(self);
     for (size_t i = 0; i < n; i++)
         ((ts_envelope_t *)envelopes[i])->persist_batch = self->persist_batch;
     return ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, envelopes, n);

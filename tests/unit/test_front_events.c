@@ -161,3 +161,21 @@ Test(front_events, a_change_whose_batch_never_comes_is_published_within_seconds,
     cr_assert(waited_ms >= 900, "it waited its turn first (%lld ms)", (long long)waited_ms);
     rig_down(&r);
 }
+
+Test(front_events, batch_numbers_wrap_and_zero_means_now, .timeout = 30)
+{
+    rig_t r;
+    rig_up(&r);
+    send_committed(&r, 0x80000001u, "local-a");
+    cr_assert_str_eq(next_event(&r, 2000), "local-a");
+    send_remote(&r, 0, "remote-now"); /* no earlier event to wait for */
+    cr_assert_str_eq(next_event(&r, 300), "remote-now");
+    send_committed(&r, 0xffffffffu, "local-b");
+    cr_assert_str_eq(next_event(&r, 2000), "local-b");
+    send_remote(&r, 1, "remote-after-wrap"); /* the batch after 0xffffffff is 1 */
+    cr_assert_str_eq(next_event(&r, 300), "", "batch 1 is not out yet");
+    send_committed(&r, 1, "local-c");
+    cr_assert_str_eq(next_event(&r, 2000), "local-c");
+    cr_assert_str_eq(next_event(&r, 2000), "remote-after-wrap");
+    rig_down(&r);
+}

@@ -93,6 +93,10 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
  * its own connection between two commits (the helper has already copied
  * most of the frames), and its next transaction starts the WAL over. */
 #define WAL_RESTART_PAGES 8192 /* ~32 MB */
+/* Under a steady stream of client writes no batch is free of them, so past
+ * this size the restart runs after a client's batch too (its answers are
+ * sent first; the next batch waits for it): the WAL stays bounded. */
+#define WAL_HARD_PAGES 32768 /* ~128 MB */
 
 typedef struct {
     const ts_config_t *config;
@@ -159,10 +163,11 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
     return SQLITE_OK;
 }
 
-/* Only between batches that no client waits on: it includes an fsync. */
-static void maybe_restart_wal(persist_t *self)
+/* Normally only between batches that no client waits on: it includes an
+ * fsync (see WAL_HARD_PAGES). */
+static void maybe_restart_wal(persist_t *self, bool clients_wait)
 {
-    if (self->wal_pages < WAL_RESTART_PAGES)
+    if (self->wal_pages < (clients_wait ? WAL_HARD_PAGES : WAL_RESTART_PAGES))
         return;
     int wal = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done);
@@ -800,9 +805,10 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         free(batch);
         return 0;
     }
-    bool restart = false;
+    bool committed = false, clients_wait = false;
     if (batch_has_records(batch, nbatch)) {
-        restart = !batch_needs_fsync(batch, nbatch);
+        committed = true;
+        clients_wait = batch_needs_fsync(batch, nbatch);
         if (commit_batch(self, batch, nbatch))
             nbatch = fail_batch(self, batch, nbatch);
         else
@@ -817,8 +823,8 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             ts_envelope_free(batch[i]);
     }
     free(batch);
-    if (restart)
-        maybe_restart_wal(self);
+    if (committed)
+        maybe_restart_wal(self, clients_wait);
     return 0;
 }
 

@@ -130,11 +130,13 @@ Test(front, create_with_id_and_duplicate)
 Test(front, server_fields_are_not_taken_from_clients)
 {
     cJSON *r = ts_rpc(&engine, "create",
-                      "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s1\",\"version\":99,"
-                      "\"updated_at\":\"x\"}}");
+                      "{\"collection\":\"sessions\",\"doc\":{\"deleted\":true,\"id\":\"s1\","
+                      "\"version\":99,\"room\":\"A\",\"updated_at\":\"x\"}}");
     cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
     cr_assert_null(cJSON_GetObjectItem(doc, "version"));
     cr_assert_null(cJSON_GetObjectItem(doc, "updated_at"));
+    cr_assert_null(cJSON_GetObjectItem(doc, "deleted"));
+    cr_assert_str_eq(cJSON_GetObjectItem(doc, "room")->valuestring, "A");
     cJSON_Delete(r);
     assert_error(ts_rpc(&engine, "update",
                         "{\"collection\":\"sessions\",\"id\":\"s1\",\"patch\":{\"id\":\"s2\"}}"),

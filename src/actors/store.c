@@ -56,10 +56,10 @@ typedef struct doc {
     mutation_t *pending;   /* oldest first */
     uint32_t visible_len;
     uint32_t hash32;       /* low bits of the id's hash, for growing the table */
-    uint16_t npending;
-    uint8_t visible_kind;  /* VISIBLE_*: whether visible is its own allocation */
     uint32_t event_batch;  /* the persist batch carrying its last event (see
                               publish_remote_change) */
+    uint16_t npending;
+    uint8_t visible_kind;  /* VISIBLE_*: whether visible is its own allocation */
     uint8_t id_len;
     char id[];             /* not NUL-terminated: use id_len */
 } doc_t;

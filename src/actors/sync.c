@@ -1312,9 +1312,6 @@ static void pull_set(sync_t *self, pstate_t to)
     self->feed_due_us = ts_mono_us();
 }
 
-/* Applies a change list (a feed page or SSE events) as REMOTE updates and,
- * when cursor is given, a CURSOR update after them; one message. Returns
- * the number of changes. */
 /* Gives the store the cursor it may keep: ours, or, while changes are held,
  * the one before the oldest of them, so that a restart pulls them again. */
 static void cursor_emit(sync_t *self)
@@ -1415,6 +1412,27 @@ static void holds_expire(sync_t *self, int64_t now)
     }
 }
 
+/* Sorts a feed change of coll/id at version v: true when it is dealt with
+ * here as the echo of our own confirmed write (version not above the one
+ * our writes brought the document to; counted and dropped). Otherwise
+ * *hold is the document when our write to it is out right now, and the
+ * change is to be held for that write's answer (hold_change), else NULL. */
+static bool feed_echo(sync_t *self, const char *coll, const char *id, int64_t v, sdoc_t **hold)
+{
+    uint64_t h = hash_key(coll, id);
+    sdoc_t *known = doc_find(self, coll, id, h);
+    *hold = NULL;
+    if (v > 0 && v <= (known ? known->version : recent_version(self, coll, id, h))) {
+        self->echoes++;
+        return true; /* the store has it */
+    }
+    if (known && known->head && known->head->state == M_SENDING)
+        *hold = known;
+    return false;
+}
+
+/* Applies one change of a feed page or a stream event as a REMOTE update.
+ * Returns 1 when it goes to the store. */
 static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
 {
     if (!coll || !cJSON_IsObject(doc) || ts_config_collection(self->config, coll) < 0)
@@ -1424,13 +1442,10 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
         return 0;
     long long v = 0;
     ts_json_int(doc, "version", &v);
-    uint64_t h = hash_key(coll, id);
-    sdoc_t *known = doc_find(self, coll, id, h);
-    if (v > 0 && v <= (known ? known->version : recent_version(self, coll, id, h))) {
-        self->echoes++;
-        return 0; /* the echo of our own confirmed write: the store has it */
-    }
-    if (known && known->head && known->head->state == M_SENDING) {
+    sdoc_t *known;
+    if (feed_echo(self, coll, id, v, &known))
+        return 0;
+    if (known) {
         char *text = cJSON_PrintUnformatted(doc);
         if (text) {
             hold_change(self, known, text, strlen(text), v);
@@ -1627,13 +1642,10 @@ static bool stream_fast(sync_t *self, const char *data, size_t len)
     int64_t version;
     if (ts_parse_i64(num, &version) || version <= 0)
         return false;
-    uint64_t h = hash_key(coll, id);
-    sdoc_t *known = doc_find(self, coll, id, h);
-    if (version <= (known ? known->version : recent_version(self, coll, id, h))) {
-        self->echoes++;
+    sdoc_t *known;
+    if (feed_echo(self, coll, id, version, &known))
         return true;
-    }
-    if (known && known->head && known->head->state == M_SENDING && *doc == '{') {
+    if (known && *doc == '{') {
         hold_change(self, known, doc, docn, version);
         return true;
     }

@@ -1206,7 +1206,7 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
     self->found_base = self->doc_serial + 1;
     self->call_docs[0] = doc, self->call_docs[1] = previous;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
-    self->call_docs[0] = self->call_docs[1] = NULL;
+    memset(self->call_docs, 0, sizeof self->call_docs);
     s_scratch_clear(self);
     /* ctx.find's lazy documents kept by a policy go stale */
     self->doc_serial = self->found_base + (lua_Integer)self->nfound;

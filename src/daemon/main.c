@@ -110,7 +110,9 @@ int main(int argc, char **argv)
     /* Blocks of 2 MiB and more (the document tables) always get their own
      * mapping and go back to the system when freed; glibc would otherwise
      * raise the threshold after the first such free and keep them in the
-     * heap, which shows as resident memory on a million-document start. */
+     * heap, which shows as resident memory on a million-document start.
+     * (Only for a build without jemalloc, `make MALLOC=`; jemalloc maps
+     * large blocks on its own.) */
     mallopt(M_MMAP_THRESHOLD, 2 * 1024 * 1024);
 
     /* Signals are taken by this thread alone, with sigwait. */

@@ -37,54 +37,56 @@ local function nonempty_string(v)
   return type(v) == "string" and v ~= ""
 end
 
--- A small collector so each rule reads as one line.
-local function errors()
-  local list = {}
-  local function add(field, message) list[#list + 1] = { field = field, message = message } end
-  return list, add
+-- Adds one error to a rule's list. (Written out, not a closure made per
+-- call: validation runs on every write, so a rule should allocate nothing
+-- when the document is fine.)
+local function add(list, field, message)
+  list[#list + 1] = { field = field, message = message }
 end
 
-local function check_session(doc, ctx)
-  local list, add = errors()
+local REQUIRED_IDS = { "patient_id", "therapist_id" }
 
-  for _, f in ipairs({ "patient_id", "therapist_id" }) do
-    if not nonempty_string(doc[f]) then add(f, f .. " is required") end
+local function check_session(doc, ctx)
+  local list = {}
+
+  for _, f in ipairs(REQUIRED_IDS) do
+    if not nonempty_string(doc[f]) then add(list, f, f .. " is required") end
   end
 
   local start = ts.parse_time(doc.scheduled_at)
   if doc.scheduled_at == nil then
-    add("scheduled_at", "scheduled_at is required")
+    add(list, "scheduled_at", "scheduled_at is required")
   elseif not start then
-    add("scheduled_at", "scheduled_at must be an RFC 3339 time, e.g. 2026-03-02T09:00:00Z")
+    add(list, "scheduled_at", "scheduled_at must be an RFC 3339 time, e.g. 2026-03-02T09:00:00Z")
   end
 
   local d = doc.duration_min
   if math.type(d) ~= "integer" or d < MIN_DURATION or d > MAX_DURATION then
-    add("duration_min", ("duration_min must be a whole number of minutes from %d to %d")
+    add(list, "duration_min", ("duration_min must be a whole number of minutes from %d to %d")
       :format(MIN_DURATION, MAX_DURATION))
   end
 
   if not STATUS[doc.status] then
-    add("status", "status must be one of " .. keys(STATUS))
+    add(list, "status", "status must be one of " .. keys(STATUS))
   end
   if not MODALITY[doc.modality] then
-    add("modality", "modality must be one of " .. keys(MODALITY))
+    add(list, "modality", "modality must be one of " .. keys(MODALITY))
   end
   if doc.room ~= nil and type(doc.room) ~= "string" then
-    add("room", "room must be text")
+    add(list, "room", "room must be text")
   end
   if doc.notes ~= nil and (type(doc.notes) ~= "string" or #doc.notes > MAX_NOTES) then
-    add("notes", ("notes must be text of at most %d bytes"):format(MAX_NOTES))
+    add(list, "notes", ("notes must be text of at most %d bytes"):format(MAX_NOTES))
   end
 
   local prev = ctx.previous
   if prev then
     if prev.patient_id ~= nil and doc.patient_id ~= prev.patient_id then
-      add("patient_id", "patient_id cannot change; cancel and book a new session")
+      add(list, "patient_id", "patient_id cannot change; cancel and book a new session")
     end
     local allowed = TRANSITIONS[prev.status]
     if STATUS[doc.status] and allowed and doc.status ~= prev.status and not allowed[doc.status] then
-      add("status", ("status cannot change from %s to %s"):format(prev.status, doc.status))
+      add(list, "status", ("status cannot change from %s to %s"):format(prev.status, doc.status))
     end
   end
 
@@ -102,7 +104,7 @@ local function check_session(doc, ctx)
          and o_start and math.type(o.duration_min) == "integer" then
         local o_stop = o_start + o.duration_min * 60000
         if start < o_stop and o_start < stop then
-          add("scheduled_at", ("therapist %s already has session %s at %s")
+          add(list, "scheduled_at", ("therapist %s already has session %s at %s")
             :format(doc.therapist_id, tostring(o.id), o.scheduled_at))
           break
         end
@@ -118,33 +120,33 @@ local CONSULT_STATUS = { draft = true, final = true, amended = true }
 local SUMMARY_FIELDS = { "chief_complaint", "assessment", "plan", "recommendations" }
 
 local function check_consultation(doc, ctx)
-  local list, add = errors()
-  for _, f in ipairs({ "patient_id", "therapist_id" }) do
-    if not nonempty_string(doc[f]) then add(f, f .. " is required") end
+  local list = {}
+  for _, f in ipairs(REQUIRED_IDS) do
+    if not nonempty_string(doc[f]) then add(list, f, f .. " is required") end
   end
   -- date: a calendar date (2026-03-02) or an RFC 3339 time.
   local date = doc.date
   if type(date) ~= "string" or not (ts.parse_time(date)
       or (date:match("^%d%d%d%d%-%d%d%-%d%d$") and ts.parse_time(date .. "T00:00:00Z"))) then
-    add("date", "date must be a date (YYYY-MM-DD) or an RFC 3339 time")
+    add(list, "date", "date must be a date (YYYY-MM-DD) or an RFC 3339 time")
   end
   if doc.session_id ~= nil and not nonempty_string(doc.session_id) then
-    add("session_id", "session_id must be a session id")
+    add(list, "session_id", "session_id must be a session id")
   end
   local s = doc.summary
   if type(s) ~= "table" then
-    add("summary", "summary is required: {chief_complaint, assessment, plan, recommendations}")
+    add(list, "summary", "summary is required: {chief_complaint, assessment, plan, recommendations}")
   else
     for _, f in ipairs(SUMMARY_FIELDS) do
-      if type(s[f]) ~= "string" then add("summary." .. f, "summary." .. f .. " must be text") end
+      if type(s[f]) ~= "string" then add(list, "summary." .. f, "summary." .. f .. " must be text") end
     end
   end
   if not CONSULT_STATUS[doc.status] then
-    add("status", "status must be one of " .. keys(CONSULT_STATUS))
+    add(list, "status", "status must be one of " .. keys(CONSULT_STATUS))
   end
   local prev = ctx.previous
   if prev and prev.patient_id ~= nil and doc.patient_id ~= prev.patient_id then
-    add("patient_id", "patient_id cannot change")
+    add(list, "patient_id", "patient_id cannot change")
   end
   if #list > 0 then return false, list end
   return true

@@ -133,6 +133,10 @@ typedef struct {
     char *id_json;        /* the request's id as JSON text; NULL for a notification */
     cJSON *params;        /* owned; NULL when absent */
     const char *collection; /* params.collection, checked by front (points into params) */
+    char *body;           /* create / update: params.doc / params.patch as stored (no id,
+                             no server fields), printed by the front door so that the
+                             store, the pipeline's one serial stage, does not have to */
+    size_t body_len;
     /* the answer: an error (err_code != 0) or a result */
     int err_code;
     char *err_message;

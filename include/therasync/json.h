@@ -2,6 +2,8 @@
 #ifndef THERASYNC_JSON_H
 #define THERASYNC_JSON_H
 
+#include "therasync/util.h"
+
 #include <cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,6 +14,18 @@ bool ts_utf8_valid(const char *bytes, size_t len);
 /* Applies an RFC 7396 merge patch to target (consumed) and returns the
  * result, or NULL when memory ran out (target is then freed). */
 cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch);
+
+/* Appends item as compact JSON text, as cJSON_PrintUnformatted does but
+ * at a fraction of its cost (cJSON prints every number through sprintf and
+ * sscanf; most of ours are small integers). One difference: a number is
+ * printed so that it reads back exactly (cJSON settles for 15 digits when
+ * they come within an epsilon, so 0.30000000000000004 came back as 0.3).
+ * 0, or -1 when memory ran out. */
+int ts_buf_json(ts_buf_t *buf, const cJSON *item);
+
+/* Removes the fields only the server may set (version, updated_at,
+ * deleted) from a document or patch, in one walk of the object. */
+void ts_json_strip_server_fields(cJSON *object);
 
 /* Getters that return NULL / fallback when the field is absent or of
  * another type. */
@@ -25,6 +39,20 @@ bool ts_json_int(const cJSON *object, const char *key, long long *value);
  * written with escapes in the text is compared after unescaping. */
 bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
                         const char **value, size_t *value_len);
+
+/* True when text[0..len) is exactly one JSON value as RFC 8259 writes it
+ * (whitespace around it allowed; text known to be valid UTF-8), nested at
+ * most max_depth deep, whose strings escape no NUL and no unpaired
+ * surrogate: text that cJSON reads to the same value. Stricter than cJSON
+ * (no leading zeros, "1.", or trailing bytes), so that a caller can take the
+ * fast way on what passes and leave the rest to cJSON. */
+bool ts_json_strict(const char *text, size_t len, int max_depth);
+
+/* Appends the object text obj[0..len) (passed by ts_json_strict) without
+ * the whitespace between its tokens and without its top-level members whose
+ * key, as written, is one of drop[0..ndrop). 0, or -1 when memory ran out. */
+int ts_json_minify_object(ts_buf_t *out, const char *obj, size_t len,
+                          const char *const *drop, size_t ndrop);
 
 /* The number of elements of a JSON array given as text (well-formed, as
  * cJSON prints it), without parsing them; -1 when text is not an array. */

@@ -57,6 +57,7 @@ typedef struct {
     void *events_in;  /* PULL: events from other actors */
     void *to_store;   /* PUSH */
     ts_loop_t *loop;
+    ts_buf_t scratch; /* a write's body, printed */
     size_t inflight;  /* calls in the pipeline */
     size_t warn_at;   /* next queue depth worth a warning (doubles) */
     bool draining;
@@ -355,6 +356,31 @@ static void check_id_param(ts_call_t *call, const char *key)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be 1-64 of [A-Za-z0-9_-]", key);
 }
 
+/* Sets call->body: obj as the store keeps it, without its id and the fields
+ * only the server sets. Printed here, not in the store: the store is the
+ * pipeline's one serial stage, and this needs nothing it owns. obj itself
+ * keeps its id (a create's validation shows it to the rule). */
+static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
+{
+    ts_json_strip_server_fields(obj);
+    cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(obj, "id");
+    ts_buf_reset(&self->scratch);
+    size_t len = 0;
+    char *text = NULL;
+    if (ts_buf_json(&self->scratch, obj) == 0 && (text = malloc(self->scratch.len + 1))) {
+        len = self->scratch.len;
+        memcpy(text, self->scratch.data, len + 1);
+    }
+    if (id)
+        cJSON_AddItemToObject(obj, "id", id);
+    if (!text) {
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return;
+    }
+    call->body = text;
+    call->body_len = len;
+}
+
 /* Checks the params of a known method; sets an error on the call if wrong. */
 static void check_params(front_t *self, ts_call_t *call)
 {
@@ -386,17 +412,28 @@ static void check_params(front_t *self, ts_call_t *call)
             if (!id || !ts_valid_id(id, strlen(id)))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
         }
+        if (!call->err_code)
+            prepare_body(self, call, (cJSON *)doc);
         break;
     case TS_M_UPDATE: {
         check_id_param(call, "id");
         long long base;
         if (call->err_code)
             break;
-        if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "patch")))
+        cJSON *patch = cJSON_GetObjectItemCaseSensitive(p, "patch");
+        const cJSON *patch_id = cJSON_GetObjectItemCaseSensitive(patch, "id");
+        if (!cJSON_IsObject(patch))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.patch must be an object");
         else if (cJSON_GetObjectItemCaseSensitive(p, "base_version") &&
                  !ts_json_int(p, "base_version", &base))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.base_version must be an integer");
+        else if (patch_id && (!cJSON_IsString(patch_id) ||
+                              strcmp(patch_id->valuestring, ts_json_string(p, "id")) != 0))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "a patch cannot change a document's id");
+        if (!call->err_code) {
+            cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
+            prepare_body(self, call, patch);
+        }
         break;
     }
     case TS_M_DELETE:
@@ -839,6 +876,7 @@ done:
             free(c);
         }
     }
+    ts_buf_free(&self.scratch);
     void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

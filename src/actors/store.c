@@ -322,20 +322,10 @@ static void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int k
 static const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
 {
     ts_buf_reset(&self->scratch);
-    if (ts_buf_reserve(&self->scratch, 64 * 1024))
+    if (ts_buf_json(&self->scratch, doc))
         return NULL;
-    if (cJSON_PrintPreallocated((cJSON *)doc, self->scratch.data, (int)self->scratch.cap, 0)) {
-        *len = strlen(self->scratch.data);
-        return self->scratch.data;
-    }
-    char *text = cJSON_PrintUnformatted(doc); /* larger than the scratch buffer */
-    if (!text)
-        return NULL;
-    *len = strlen(text);
-    ts_buf_reset(&self->scratch);
-    int rc = ts_buf_append(&self->scratch, text, *len);
-    cJSON_free(text);
-    return rc ? NULL : self->scratch.data;
+    *len = self->scratch.len;
+    return self->scratch.data;
 }
 
 /* Prints a document into a new allocation. */
@@ -602,20 +592,6 @@ static void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
     append_record(call, r);
 }
 
-/* Removes the server-assigned fields a client may not set, in one pass
- * (deleting each by name walked the object three times). */
-static void strip_server_fields(cJSON *doc)
-{
-    for (cJSON *f = doc ? doc->child : NULL, *next; f; f = next) {
-        next = f->next;
-        const char *k = f->string;
-        if (k && ((k[0] == 'v' && strcmp(k, "version") == 0) ||
-                  (k[0] == 'u' && strcmp(k, "updated_at") == 0) ||
-                  (k[0] == 'd' && strcmp(k, "deleted") == 0)))
-            cJSON_Delete(cJSON_DetachItemViaPointer(doc, f));
-    }
-}
-
 static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *body, size_t len,
                                       int64_t base_version)
 {
@@ -668,7 +644,6 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
 static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
     cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
-    strip_server_fields(doc);
     char id[65];
     const char *given = ts_json_string(doc, "id");
     if (given)
@@ -686,10 +661,8 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
     }
     if (ts_sq_validate(self->sq, call, c->name, doc, NULL))
         return;
-    cJSON_DeleteItemFromObjectCaseSensitive(doc, "id"); /* kept in doc_t, see there */
-    size_t len;
-    const char *text = print_scratch(self, doc, &len);
-    mutation_t *m = text ? new_local_mutation(self, TS_OP_CREATE, text, len, 0) : NULL;
+    /* call->body: doc without its id (kept in doc_t) and server fields. */
+    mutation_t *m = new_local_mutation(self, TS_OP_CREATE, call->body, call->body_len, 0);
     doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
     if (!d) {
         free(m);
@@ -733,18 +706,11 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
         cJSON_AddNumberToObject(call->err_data, "current_version", (double)doc_version(d));
         return;
     }
-    const char *patch_id = ts_json_string(patch, "id");
-    if (cJSON_GetObjectItemCaseSensitive(patch, "id") && (!patch_id || strcmp(patch_id, id))) {
-        ts_call_fail(call, TS_E_INVALID_PARAMS, "a patch cannot change a document's id");
-        return;
-    }
-    cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
-    strip_server_fields(patch);
+    /* The front door took out the patch's id and server fields. */
     if (validate_update(self, call, c, d, patch))
         return;
-    size_t len;
-    const char *text = print_scratch(self, patch, &len);
-    mutation_t *m = text ? new_local_mutation(self, TS_OP_UPDATE, text, len, doc_version(d)) : NULL;
+    mutation_t *m = new_local_mutation(self, TS_OP_UPDATE, call->body, call->body_len,
+                                       doc_version(d));
     if (!m) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;

@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 bool ts_utf8_valid(const char *bytes, size_t len)
@@ -236,6 +238,209 @@ bool ts_json_text_field(const char *text, size_t len, const char *key, size_t ke
     }
 }
 
+/* ---- strict checking and compacting ---- */
+
+static int hex4(const char *p, const char *end)
+{
+    if (end - p < 4)
+        return -1;
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* p at an opening quote: the position after the closing one, or NULL. */
+static const char *strict_string(const char *p, const char *end)
+{
+    for (p++; p < end;) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p + 1;
+        if (c < 0x20)
+            return NULL;
+        if (c != '\\') {
+            p++;
+            continue;
+        }
+        if (++p >= end)
+            return NULL;
+        if (*p != 'u') {
+            if (!strchr("\"\\/bfnrt", *p) || !*p)
+                return NULL;
+            p++;
+            continue;
+        }
+        int u = hex4(p + 1, end);
+        p += 5;
+        if (u <= 0 || (u >= 0xdc00 && u <= 0xdfff))
+            return NULL; /* NUL (cJSON would cut the string there), or a lone low half */
+        if (u >= 0xd800 && u <= 0xdbff) {
+            int lo = end - p >= 6 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, end) : -1;
+            if (lo < 0xdc00 || lo > 0xdfff)
+                return NULL;
+            p += 6;
+        }
+    }
+    return NULL;
+}
+
+static const char *strict_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end || *p < '0' || *p > '9')
+        return NULL;
+    if (*p == '0')
+        p++;
+    else
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    if (p < end && *p == '.') {
+        const char *digits = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == digits)
+            return NULL;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        const char *digits = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == digits)
+            return NULL;
+    }
+    return p;
+}
+
+/* p at a value: the position after it, or NULL when it is not strict JSON. */
+static const char *strict_value(const char *p, const char *end, int depth)
+{
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"': return strict_string(p, end);
+    case 't': return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+    case 'f': return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+    case 'n': return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+    case '{':
+    case '[': {
+        bool object = *p == '{';
+        char close = object ? '}' : ']';
+        if (depth <= 0)
+            return NULL;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (object) {
+                if (p >= end || *p != '"' || !(p = strict_string(p, end)))
+                    return NULL;
+                p = skip_ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p = skip_ws(p + 1, end);
+            }
+            if (!(p = strict_value(p, end, depth - 1)))
+                return NULL;
+            p = skip_ws(p, end);
+            if (p < end && *p == close)
+                return p + 1;
+            if (p >= end || *p != ',')
+                return NULL;
+            p = skip_ws(p + 1, end);
+        }
+    }
+    default: return strict_number(p, end);
+    }
+}
+
+bool ts_json_strict(const char *text, size_t len, int max_depth)
+{
+    const char *end = text + len;
+    const char *p = strict_value(skip_ws(text, end), end, max_depth);
+    return p && skip_ws(p, end) == end;
+}
+
+/* Appends the value at p without whitespace: the position after it. */
+static const char *minify_value(ts_buf_t *out, const char *p, const char *end, int *rc)
+{
+    const char *v = p;
+    if (*p != '{' && *p != '[') {
+        p = skip_value(p, end);
+        if (ts_buf_append(out, v, (size_t)(p - v)))
+            *rc = -1;
+        return p;
+    }
+    char close = *p == '{' ? '}' : ']';
+    if (ts_buf_append(out, p, 1))
+        *rc = -1;
+    p = skip_ws(p + 1, end);
+    while (*p != close) {
+        if (close == '}') {
+            bool escaped = false;
+            const char *k = p;
+            p = skip_string(p, end, &escaped);
+            if (ts_buf_append(out, k, (size_t)(p - k)) || ts_buf_append(out, ":", 1))
+                *rc = -1;
+            p = skip_ws(skip_ws(p, end) + 1, end);
+        }
+        p = skip_ws(minify_value(out, p, end, rc), end);
+        if (*p == ',') {
+            if (ts_buf_append(out, ",", 1))
+                *rc = -1;
+            p = skip_ws(p + 1, end);
+        }
+    }
+    if (ts_buf_append(out, p, 1))
+        *rc = -1;
+    return p + 1;
+}
+
+int ts_json_minify_object(ts_buf_t *out, const char *obj, size_t len,
+                          const char *const *drop, size_t ndrop)
+{
+    const char *p = skip_ws(obj, obj + len), *end = obj + len;
+    int rc = ts_buf_append(out, "{", 1);
+    bool first = true;
+    p = skip_ws(p + 1, end);
+    while (*p != '}') {
+        bool escaped = false;
+        const char *k = p, *k_end = skip_string(p, end, &escaped);
+        size_t klen = (size_t)(k_end - k) - 2; /* without the quotes */
+        bool dropped = false;
+        for (size_t i = 0; i < ndrop && !dropped; i++)
+            dropped = strlen(drop[i]) == klen && memcmp(drop[i], k + 1, klen) == 0;
+        p = skip_ws(skip_ws(k_end, end) + 1, end); /* past the colon */
+        if (dropped) {
+            p = skip_value(p, end);
+        } else {
+            if ((!first && ts_buf_append(out, ",", 1)) ||
+                ts_buf_append(out, k, (size_t)(k_end - k)) || ts_buf_append(out, ":", 1))
+                rc = -1;
+            p = minify_value(out, p, end, &rc);
+            first = false;
+        }
+        p = skip_ws(p, end);
+        if (*p == ',')
+            p = skip_ws(p + 1, end);
+    }
+    if (ts_buf_append(out, "}", 1))
+        rc = -1;
+    return rc;
+}
+
 long ts_json_text_count(const char *text, size_t len)
 {
     const char *p = skip_ws(text, text + len), *end = text + len;
@@ -255,5 +460,73 @@ long ts_json_text_count(const char *text, size_t len)
         if (p >= end || *p != ',')
             return -1;
         p = skip_ws(p + 1, end);
+    }
+}
+
+/* see json.h; deleting each by name walked the object three times */
+void ts_json_strip_server_fields(cJSON *object)
+{
+    for (cJSON *f = object ? object->child : NULL, *next; f; f = next) {
+        next = f->next;
+        const char *k = f->string;
+        if (k && ((k[0] == 'v' && strcmp(k, "version") == 0) ||
+                  (k[0] == 'u' && strcmp(k, "updated_at") == 0) ||
+                  (k[0] == 'd' && strcmp(k, "deleted") == 0)))
+            cJSON_Delete(cJSON_DetachItemViaPointer(object, f));
+    }
+}
+
+/* A number as cJSON prints it (integers below 1e15 as digits, which is what
+ * its "%1.15g" gives for them), except that 17 digits are used whenever 15
+ * would not read back exactly. */
+static int buf_number(ts_buf_t *b, double d)
+{
+    if (isnan(d) || isinf(d))
+        return ts_buf_append(b, "null", 4);
+    if (d == floor(d) && fabs(d) < 1e15) {
+        char digits[24];
+        char *p = digits + sizeof digits;
+        unsigned long long u = (unsigned long long)fabs(d);
+        do
+            *--p = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (signbit(d))
+            *--p = '-';
+        return ts_buf_append(b, p, (size_t)(digits + sizeof digits - p));
+    }
+    char text[32];
+    snprintf(text, sizeof text, "%1.15g", d);
+    if (strtod(text, NULL) != d)
+        snprintf(text, sizeof text, "%1.17g", d);
+    return ts_buf_puts(b, text);
+}
+
+/* see json.h */
+int ts_buf_json(ts_buf_t *b, const cJSON *item)
+{
+    switch (item->type & 0xFF) {
+    case cJSON_NULL: return ts_buf_append(b, "null", 4);
+    case cJSON_False: return ts_buf_append(b, "false", 5);
+    case cJSON_True: return ts_buf_append(b, "true", 4);
+    case cJSON_Number: return buf_number(b, item->valuedouble);
+    case cJSON_String:
+        return ts_buf_json_string(b, item->valuestring, strlen(item->valuestring));
+    case cJSON_Raw: return ts_buf_puts(b, item->valuestring ? item->valuestring : "");
+    case cJSON_Array:
+    case cJSON_Object: {
+        bool object = cJSON_IsObject(item);
+        if (ts_buf_append(b, object ? "{" : "[", 1))
+            return -1;
+        for (const cJSON *c = item->child; c; c = c->next) {
+            if ((c != item->child && ts_buf_append(b, ",", 1)) ||
+                (object && (ts_buf_json_string(b, c->string ? c->string : "",
+                                               c->string ? strlen(c->string) : 0) ||
+                            ts_buf_append(b, ":", 1))) ||
+                ts_buf_json(b, c))
+                return -1;
+        }
+        return ts_buf_append(b, object ? "}" : "]", 1);
+    }
+    default: return -1; /* cJSON_Invalid */
     }
 }

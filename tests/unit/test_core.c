@@ -9,6 +9,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,180 @@ Test(json, text_count_counts_array_elements_without_parsing)
     cr_assert_eq(count(""), -1);
     cr_assert_eq(count("[1,2"), -1, "unterminated");
     cr_assert_eq(count("[1,]"), -1, "missing element");
+}
+
+/* ts_buf_json prints what cJSON_PrintUnformatted prints, number for
+ * number (the store keeps and pushes that text). */
+static void same_as_cjson(const cJSON *item)
+{
+    ts_buf_t b = {0};
+    cr_assert_eq(ts_buf_json(&b, item), 0);
+    char *want = cJSON_PrintUnformatted(item);
+    cr_assert_str_eq(b.data, want);
+    cr_assert_eq(b.len, strlen(want));
+    cJSON_free(want);
+    ts_buf_free(&b);
+}
+
+Test(json, buf_json_prints_what_cjson_prints)
+{
+    static const char *texts[] = {
+        "{}", "[]", "null", "true", "false", "\"\"", "[[],{},[{}]]",
+        "{\"a\":1,\"b\":[1,2,3],\"c\":{\"d\":null,\"e\":true,\"f\":false}}",
+        "{\"s\":\"quote \\\" backslash \\\\ newline \\n tab \\t cr \\r ctl \\u0001 caf\\u00e9 \\ud83d\\ude00\"}",
+        "{\"k\\\"ey\":\"v\",\"\":\"empty key\"}",
+        "[0,-0,1,-1,50,2147483647,2147483648,-2147483649,999999999999999,1000000000000000,"
+        "-999999999999999,1e20,0.1,1.5,-2.5e-7,123456789.123,4.9e-324,100.0,3e2]",
+        "{\"duration_min\":50,\"notes\":\"a plain note long enough for the fast copy path\"}",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        cJSON *j = cJSON_Parse(texts[i]);
+        cr_assert_not_null(j, "%s", texts[i]);
+        same_as_cjson(j);
+        cJSON_Delete(j);
+    }
+    /* Where 15 digits only come near, 17 are printed: the number reads back
+     * exactly (cJSON would print 0.3 and 1.79769313486232e+308). */
+    static const double exact[] = {0.30000000000000004, 1.7976931348623157e308, 2.0 / 3.0};
+    for (size_t i = 0; i < sizeof exact / sizeof *exact; i++) {
+        cJSON *n = cJSON_CreateNumber(exact[i]);
+        ts_buf_t nb = {0};
+        cr_assert_eq(ts_buf_json(&nb, n), 0);
+        cr_assert_eq(strtod(nb.data, NULL), exact[i], "%s", nb.data);
+        ts_buf_free(&nb);
+        cJSON_Delete(n);
+    }
+    cJSON *odd = cJSON_CreateArray(); /* values JSON cannot hold print as null */
+    cJSON_AddItemToArray(odd, cJSON_CreateNumber(NAN));
+    cJSON_AddItemToArray(odd, cJSON_CreateNumber(INFINITY));
+    cJSON_AddItemToArray(odd, cJSON_CreateNumber(-INFINITY));
+    same_as_cjson(odd);
+    cJSON_Delete(odd);
+    /* \b and \f: cJSON writes the short escapes, ts_buf_json \u0008 and
+     * \u000c; either reads back as the same string. */
+    cJSON *s = cJSON_CreateString("\b\f");
+    ts_buf_t b = {0};
+    cr_assert_eq(ts_buf_json(&b, s), 0);
+    cJSON *back = cJSON_Parse(b.data);
+    cr_assert(cJSON_Compare(s, back, true), "%s", b.data);
+    cJSON_Delete(back);
+    cJSON_Delete(s);
+    ts_buf_free(&b);
+}
+
+Test(json, strict_refuses_what_rfc8259_does_and_what_cjson_reads_otherwise)
+{
+    static const char *bad[] = {
+        "", " ", "01", "1.", ".5", "+1", "-", "1e", "1e+", "[1,]", "[,1]", "{\"a\"}",
+        "{\"a\":}", "{\"a\":1,}", "{a:1}", "[1] x", "[1]]", "{\"a\":1}}", "tru", "nul",
+        "\"abc", "\"a\tb\"", "\"\\x\"", "\"\\u12\"", "\"\\u0000\"", "\"\\ud800\"",
+        "\"\\ud800x\"", "\"\\udc00\"", "\"\\ud800\\u0041\"", "[[[[[1]]]]]", "'a'", "{\"a\" 1}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        cr_assert_not(ts_json_strict(bad[i], strlen(bad[i]), 4), "accepted %s", bad[i]);
+    static const char *good[] = {
+        "0", "-0", "1.5e+10", "-2E-3", "true", "null", "\"\"", "[]", "{}", " [ 1 , 2 ] ",
+        "\"\\\" \\\\ \\/ \\b \\f \\n \\r \\t \\u00e9 \\ud83d\\ude00\"",
+        "{\"a\":{\"b\":[1,{\"c\":\"d\"}]}}", "[[[[1]]]]",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        cr_assert(ts_json_strict(good[i], strlen(good[i]), 4), "refused %s", good[i]);
+        cJSON *j = cJSON_Parse(good[i]);
+        cr_assert_not_null(j, "cJSON refused %s", good[i]);
+        cJSON_Delete(j);
+    }
+}
+
+/* A random JSON value as text, with random whitespace between tokens and
+ * random (valid) escapes in strings. */
+static void random_json(ts_buf_t *b, unsigned *seed, int depth)
+{
+    static const char *ws[] = {"", "", "", " ", "\n  ", "\t", "\r\n"};
+    static const char *pieces[] = {"a", "id", "version", "\\\"", "\\\\", "\\n", "\\u00e9",
+                                   "\\ud83d\\ude00", "caf\xc3\xa9", "\\/", "x y", "\\t"};
+    static const char *numbers[] = {"0", "-0", "12", "-3.25", "1e3", "2E-2", "50.0", "7"};
+    int kind = depth > 0 ? rand_r(seed) % 7 : rand_r(seed) % 5;
+    ts_buf_puts(b, ws[rand_r(seed) % 7]);
+    switch (kind) {
+    case 0: ts_buf_puts(b, numbers[rand_r(seed) % 8]); break;
+    case 1: ts_buf_puts(b, rand_r(seed) % 2 ? "true" : "false"); break;
+    case 2: ts_buf_puts(b, "null"); break;
+    case 3:
+    case 4: {
+        ts_buf_puts(b, "\"");
+        for (int i = rand_r(seed) % 4; i > 0; i--)
+            ts_buf_puts(b, pieces[rand_r(seed) % 12]);
+        ts_buf_puts(b, "\"");
+        break;
+    }
+    default: {
+        bool object = kind == 5;
+        ts_buf_puts(b, object ? "{" : "[");
+        for (int i = rand_r(seed) % 5, first = 1; i > 0; i--, first = 0) {
+            if (!first)
+                ts_buf_puts(b, ",");
+            if (object) {
+                ts_buf_puts(b, ws[rand_r(seed) % 7]);
+                ts_buf_puts(b, "\"");
+                ts_buf_puts(b, pieces[rand_r(seed) % 12]);
+                ts_buf_printf(b, "%d\"", i); /* keys unique: cJSON_Compare takes the first */
+                ts_buf_puts(b, ws[rand_r(seed) % 7]);
+                ts_buf_puts(b, ":");
+            }
+            random_json(b, seed, depth - 1);
+        }
+        ts_buf_puts(b, ws[rand_r(seed) % 7]);
+        ts_buf_puts(b, object ? "}" : "]");
+    }
+    }
+    ts_buf_puts(b, ws[rand_r(seed) % 7]);
+}
+
+/* The compacted object reads back as cJSON reads the original, less the
+ * dropped members; and the strict check never passes what cJSON refuses,
+ * on random texts and on each of them cut short or with one byte changed. */
+Test(json, minify_object_keeps_the_value_and_drops_the_named_members)
+{
+    unsigned seed = 42;
+    static const char *const drop[] = {"id", "version"};
+    for (int round = 0; round < 3000; round++) {
+        ts_buf_t text = {0}, out = {0};
+        ts_buf_puts(&text, "{\"id\":\"x\",");
+        ts_buf_puts(&text, "\"k\":");
+        random_json(&text, &seed, 3);
+        ts_buf_puts(&text, ",\"version\" : 3 , \"z\":");
+        random_json(&text, &seed, 3);
+        ts_buf_puts(&text, "}");
+        cr_assert(ts_json_strict(text.data, text.len, 8), "refused %s", text.data);
+        cr_assert_eq(ts_json_minify_object(&out, text.data, text.len, drop, 2), 0);
+        cJSON *want = cJSON_Parse(text.data), *got = cJSON_Parse(out.data);
+        cr_assert_not_null(want, "%s", text.data);
+        cr_assert_not_null(got, "%s -> %s", text.data, out.data);
+        while (cJSON_GetObjectItemCaseSensitive(want, "id"))
+            cJSON_DeleteItemFromObjectCaseSensitive(want, "id");
+        cJSON_DeleteItemFromObjectCaseSensitive(want, "version");
+        cr_assert(cJSON_Compare(want, got, true), "%s -> %s", text.data, out.data);
+        for (size_t i = 0; i < out.len; i++) /* no whitespace left outside strings */
+            cr_assert(!strchr("\n\t\r", out.data[i]), "%s", out.data);
+        cJSON_Delete(want);
+        cJSON_Delete(got);
+        for (int m = 0; m < 4; m++) { /* mutants: never strict unless cJSON reads them */
+            char *mut = strdup(text.data);
+            size_t len = text.len;
+            if (m == 0)
+                len = (size_t)rand_r(&seed) % len;
+            else
+                mut[rand_r(&seed) % len] = "{}[]\",:\\0-e. a"[rand_r(&seed) % 15];
+            if (ts_utf8_valid(mut, len) && ts_json_strict(mut, len, 8)) {
+                cJSON *j = cJSON_ParseWithLength(mut, len);
+                cr_assert_not_null(j, "strict passed what cJSON refuses: %.*s", (int)len, mut);
+                cJSON_Delete(j);
+            }
+            free(mut);
+        }
+        ts_buf_free(&text);
+        ts_buf_free(&out);
+    }
 }
 
 Test(json, utf8)

@@ -23,14 +23,38 @@ cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch);
  * 0, or -1 when memory ran out. */
 int ts_buf_json(ts_buf_t *buf, const cJSON *item);
 
-/* Removes the fields only the server may set (version, updated_at,
- * deleted) from a document or patch, in one walk of the object. */
+/* The fields only the server may set; a client's are dropped. */
+#define TS_JSON_SERVER_FIELDS "version", "updated_at", "deleted"
+
+/* Removes the server's fields from a document or patch, in one walk of the
+ * object. */
 void ts_json_strip_server_fields(cJSON *object);
 
 /* Getters that return NULL / fallback when the field is absent or of
  * another type. */
 const char *ts_json_string(const cJSON *object, const char *key);
 bool ts_json_int(const cJSON *object, const char *key, long long *value);
+
+/* One member of an object given as text: the key as written (without its
+ * quotes; escaped when it holds backslash escapes) and the value's raw
+ * JSON text. */
+typedef struct {
+    const char *key;
+    size_t key_len;
+    bool escaped;
+    const char *value;
+    size_t value_len;
+} ts_json_member_t;
+
+/* Steps through the top-level members of an object given as text
+ * (well-formed, as for ts_json_text_field): start with *pos = 0; each call
+ * fills *m and returns true, or returns false after the last member. */
+bool ts_json_text_member(const char *text, size_t len, size_t *pos, ts_json_member_t *m);
+
+/* The start of the value of the top-level member key of the object text at
+ * text (up to end), without reading the value itself; NULL when there is
+ * no such member. For finding a large value whose end is found otherwise. */
+const char *ts_json_text_find(const char *text, const char *end, const char *key, size_t key_len);
 
 /* Finds the top-level member key of a JSON object given as text (well-formed,
  * as cJSON prints it) without parsing the rest: sets *value / *value_len to
@@ -48,11 +72,16 @@ bool ts_json_text_field(const char *text, size_t len, const char *key, size_t ke
  * fast way on what passes and leave the rest to cJSON. */
 bool ts_json_strict(const char *text, size_t len, int max_depth);
 
-/* Appends the object text obj[0..len) (passed by ts_json_strict) without
- * the whitespace between its tokens and without its top-level members whose
- * key, as written, is one of drop[0..ndrop). 0, or -1 when memory ran out. */
-int ts_json_minify_object(ts_buf_t *out, const char *obj, size_t len,
-                          const char *const *drop, size_t ndrop);
+/* Reads the object text at p (up to end) as ts_json_strict does, and in the
+ * same pass appends it to out without the whitespace between its tokens and
+ * without its top-level members whose key is one of drop[0..ndrop);
+ * dropped[i] (when not NULL) gets the first member left out for drop[i], or
+ * value NULL. Returns the position after the object, or NULL when it is not
+ * strict JSON, a top-level key is written with escapes (not compared as
+ * written: read such an object with cJSON), or memory ran out. */
+const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end,
+                                   const char *const *drop, size_t ndrop,
+                                   ts_json_member_t *dropped, int max_depth);
 
 /* The number of elements of a JSON array given as text (well-formed, as
  * cJSON prints it), without parsing them; -1 when text is not an array. */

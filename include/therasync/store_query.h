@@ -48,11 +48,14 @@ void ts_sq_changed(ts_sq_coll_t *coll, void *doc, const char *text, size_t len);
  * ordered; off sorts them once. */
 void ts_sq_bulk(ts_sq_t *self, bool on);
 
-/* Validates a create (previous NULL) or the merged document of an update.
+/* Validates the merged document of an update (previous: the stored one).
  * Returns 0 when accepted; otherwise fails the call with validation_failed
  * (error.data.errors) or policy_error and returns -1. Fail closed. */
 int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
                    const cJSON *previous);
+/* The same for a create, its document given as the store keeps it. */
+int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
+                        const ts_policy_doc_t *doc);
 /* Answers query with a selector name (params.selector is a string). */
 void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll);
 /* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy

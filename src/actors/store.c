@@ -643,11 +643,14 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
 
 static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
-    cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
+    /* The front door has checked the doc and its id and left the doc's
+     * text, without its id and server fields, in call->body; params.doc is
+     * read for its id only. */
+    const cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
     char id[65];
     const char *given = ts_json_string(doc, "id");
     if (given)
-        snprintf(id, sizeof id, "%s", given); /* checked by the front door */
+        snprintf(id, sizeof id, "%s", given);
     else
         ts_uuidv7(id);
     doc_t *existing = find_doc(c, id);
@@ -655,13 +658,9 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
         ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);
         return;
     }
-    if (!given && !cJSON_AddStringToObject(doc, "id", id)) {
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_policy_doc_t text = {id, strlen(id), call->body, call->body_len};
+    if (ts_sq_validate_text(self->sq, call, c->name, &text))
         return;
-    }
-    if (ts_sq_validate(self->sq, call, c->name, doc, NULL))
-        return;
-    /* call->body: doc without its id (kept in doc_t) and server fields. */
     mutation_t *m = new_local_mutation(self, TS_OP_CREATE, call->body, call->body_len, 0);
     doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
     if (!d) {

@@ -375,12 +375,9 @@ void ts_sq_bulk(ts_sq_t *self, bool on)
 
 /* ---- validation ---- */
 
-int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
-                   const cJSON *previous)
+/* Answers call with a validation's outcome rc; 0 = accepted. */
+static int answer_validation(ts_call_t *call, int rc, cJSON *errors, const char *err)
 {
-    cJSON *errors = NULL;
-    char err[512];
-    int rc = ts_policy_validate(self->policy, collection, doc, previous, &errors, err, sizeof err);
     if (rc == TS_POLICY_OK)
         return 0;
     if (rc == TS_POLICY_INVALID) {
@@ -401,6 +398,24 @@ int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const
     cJSON_Delete(errors);
     ts_call_fail(call, TS_E_POLICY, "%s", err);
     return -1;
+}
+
+int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
+                   const cJSON *previous)
+{
+    cJSON *errors = NULL;
+    char err[512];
+    int rc = ts_policy_validate(self->policy, collection, doc, previous, &errors, err, sizeof err);
+    return answer_validation(call, rc, errors, err);
+}
+
+int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
+                        const ts_policy_doc_t *doc)
+{
+    cJSON *errors = NULL;
+    char err[512];
+    int rc = ts_policy_validate_text(self->policy, collection, doc, &errors, err, sizeof err);
+    return answer_validation(call, rc, errors, err);
 }
 
 /* ---- named selectors ---- */

@@ -202,40 +202,61 @@ static bool key_equals(const char *raw, size_t raw_len, bool escaped, const char
     return eq;
 }
 
+/* The next member's key into m, from p (the object's '{', or the end of the
+ * previous member): returns the start of its value, or NULL. */
+static const char *member_key(const char *p, const char *end, bool first, ts_json_member_t *m)
+{
+    p = skip_ws(p, end);
+    if (p >= end || *p != (first ? '{' : ','))
+        return NULL;
+    p = skip_ws(p + 1, end);
+    if (p >= end || *p != '"')
+        return NULL;
+    m->escaped = false;
+    m->key = p + 1;
+    p = skip_string(p, end, &m->escaped);
+    m->key_len = (size_t)(p - m->key) - 1;
+    p = skip_ws(p, end);
+    if (p >= end || *p != ':')
+        return NULL;
+    return skip_ws(p + 1, end);
+}
+
+bool ts_json_text_member(const char *text, size_t len, size_t *pos, ts_json_member_t *m)
+{
+    const char *end = text + len, *p = member_key(text + *pos, end, *pos == 0, m);
+    if (!p)
+        return false;
+    m->value = p;
+    p = skip_value(p, end);
+    if (p > end || p == m->value)
+        return false;
+    m->value_len = (size_t)(p - m->value);
+    *pos = (size_t)(p - text);
+    return true;
+}
+
+const char *ts_json_text_find(const char *text, const char *end, const char *key, size_t key_len)
+{
+    ts_json_member_t m;
+    for (const char *p = text, *v; (v = member_key(p, end, p == text, &m)); p = skip_value(v, end))
+        if (key_equals(m.key, m.key_len, m.escaped, key, key_len))
+            return v < end ? v : NULL;
+    return NULL;
+}
+
 bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
                         const char **value, size_t *value_len)
 {
-    const char *p = text, *end = text + len;
-    p = skip_ws(p, end);
-    if (p >= end || *p != '{')
-        return false;
-    p++;
-    for (;;) {
-        p = skip_ws(p, end);
-        if (p >= end || *p != '"')
-            return false;
-        bool escaped = false;
-        const char *k = p + 1;
-        p = skip_string(p, end, &escaped);
-        size_t klen = (size_t)(p - k) - 1;
-        p = skip_ws(p, end);
-        if (p >= end || *p != ':')
-            return false;
-        p = skip_ws(p + 1, end);
-        const char *v = p;
-        p = skip_value(p, end);
-        if (p > end || p == v)
-            return false;
-        if (key_equals(k, klen, escaped, key, key_len)) {
-            *value = v;
-            *value_len = (size_t)(p - v);
+    ts_json_member_t m;
+    for (size_t pos = 0; ts_json_text_member(text, len, &pos, &m);) {
+        if (key_equals(m.key, m.key_len, m.escaped, key, key_len)) {
+            *value = m.value;
+            *value_len = m.value_len;
             return true;
         }
-        p = skip_ws(p, end);
-        if (p >= end || *p != ',')
-            return false;
-        p++;
     }
+    return false;
 }
 
 /* ---- strict checking and compacting ---- */
@@ -262,6 +283,14 @@ static int hex4(const char *p, const char *end)
 static const char *strict_string(const char *p, const char *end)
 {
     for (p++; p < end;) {
+        if (end - p >= 8) { /* eight plain bytes at once */
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (!(ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20))) {
+                p += 8;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)*p;
         if (c == '"')
             return p + 1;
@@ -324,8 +353,34 @@ static const char *strict_number(const char *p, const char *end)
     return p;
 }
 
-/* p at a value: the position after it, or NULL when it is not strict JSON. */
-static const char *strict_value(const char *p, const char *end, int depth)
+/* Where a compacting pass copies to: out gets the text from run up to
+ * each stretch of whitespace, which is left out. */
+typedef struct {
+    ts_buf_t *out;
+    const char *run;
+    int rc;
+} compact_t;
+
+static void compact_flush(compact_t *c, const char *p)
+{
+    if (p > c->run && ts_buf_append(c->out, c->run, (size_t)(p - c->run)))
+        c->rc = -1;
+    c->run = p;
+}
+
+/* skip_ws that leaves the whitespace out of c's copy (c may be NULL). */
+static const char *compact_ws(compact_t *c, const char *p, const char *end)
+{
+    if (!c || p >= end || (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'))
+        return skip_ws(p, end);
+    compact_flush(c, p);
+    c->run = skip_ws(p, end);
+    return c->run;
+}
+
+/* p at a value: the position after it, or NULL when it is not strict JSON.
+ * With c, what is read is copied without whitespace. */
+static const char *strict_value(const char *p, const char *end, int depth, compact_t *c)
 {
     if (p >= end)
         return NULL;
@@ -340,26 +395,26 @@ static const char *strict_value(const char *p, const char *end, int depth)
         char close = object ? '}' : ']';
         if (depth <= 0)
             return NULL;
-        p = skip_ws(p + 1, end);
+        p = compact_ws(c, p + 1, end);
         if (p < end && *p == close)
             return p + 1;
         for (;;) {
             if (object) {
                 if (p >= end || *p != '"' || !(p = strict_string(p, end)))
                     return NULL;
-                p = skip_ws(p, end);
+                p = compact_ws(c, p, end);
                 if (p >= end || *p != ':')
                     return NULL;
-                p = skip_ws(p + 1, end);
+                p = compact_ws(c, p + 1, end);
             }
-            if (!(p = strict_value(p, end, depth - 1)))
+            if (!(p = strict_value(p, end, depth - 1, c)))
                 return NULL;
-            p = skip_ws(p, end);
+            p = compact_ws(c, p, end);
             if (p < end && *p == close)
                 return p + 1;
             if (p >= end || *p != ',')
                 return NULL;
-            p = skip_ws(p + 1, end);
+            p = compact_ws(c, p + 1, end);
         }
     }
     default: return strict_number(p, end);
@@ -369,76 +424,61 @@ static const char *strict_value(const char *p, const char *end, int depth)
 bool ts_json_strict(const char *text, size_t len, int max_depth)
 {
     const char *end = text + len;
-    const char *p = strict_value(skip_ws(text, end), end, max_depth);
+    const char *p = strict_value(skip_ws(text, end), end, max_depth, NULL);
     return p && skip_ws(p, end) == end;
 }
 
-/* Appends the value at p without whitespace: the position after it. */
-static const char *minify_value(ts_buf_t *out, const char *p, const char *end, int *rc)
+const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end,
+                                   const char *const *drop, size_t ndrop,
+                                   ts_json_member_t *dropped, int max_depth)
 {
-    const char *v = p;
-    if (*p != '{' && *p != '[') {
-        p = skip_value(p, end);
-        if (ts_buf_append(out, v, (size_t)(p - v)))
-            *rc = -1;
-        return p;
-    }
-    char close = *p == '{' ? '}' : ']';
-    if (ts_buf_append(out, p, 1))
-        *rc = -1;
-    p = skip_ws(p + 1, end);
-    while (*p != close) {
-        if (close == '}') {
-            bool escaped = false;
-            const char *k = p;
-            p = skip_string(p, end, &escaped);
-            if (ts_buf_append(out, k, (size_t)(p - k)) || ts_buf_append(out, ":", 1))
-                *rc = -1;
-            p = skip_ws(skip_ws(p, end) + 1, end);
+    /* The text is copied in runs: one for the whole object when it has no
+     * whitespace and nothing to drop. */
+    compact_t c = {out, p, 0};
+    for (size_t i = 0; dropped && i < ndrop; i++)
+        dropped[i].value = NULL;
+    if (p >= end || *p != '{' || max_depth <= 0)
+        return NULL;
+    p = compact_ws(&c, p + 1, end);
+    while (p >= end || *p != '}') {
+        const char *k = p;
+        if (p >= end || *p != '"' || !(p = strict_string(p, end)))
+            return NULL;
+        size_t klen = (size_t)(p - k) - 2;
+        if (memchr(k, '\\', klen + 1))
+            return NULL; /* an escaped key is not compared as written */
+        size_t i = 0;
+        while (i < ndrop && !(strlen(drop[i]) == klen && memcmp(drop[i], k + 1, klen) == 0))
+            i++;
+        bool drop_it = i < ndrop;
+        if (drop_it)
+            compact_flush(&c, k);
+        p = drop_it ? skip_ws(p, end) : compact_ws(&c, p, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        const char *v = p = drop_it ? skip_ws(p + 1, end) : compact_ws(&c, p + 1, end);
+        if (!(p = strict_value(p, end, max_depth - 1, drop_it ? NULL : &c)))
+            return NULL;
+        if (drop_it && dropped && !dropped[i].value)
+            dropped[i] = (ts_json_member_t){k + 1, klen, false, v, (size_t)(p - v)};
+        p = drop_it ? skip_ws(p, end) : compact_ws(&c, p, end);
+        if (p < end && *p == '}') {
+            if (drop_it && out->len && out->data[out->len - 1] == ',')
+                out->data[--out->len] = '\0'; /* the comma before the last member */
+            if (drop_it)
+                c.run = p;
+            break;
         }
-        p = skip_ws(minify_value(out, p, end, rc), end);
-        if (*p == ',') {
-            if (ts_buf_append(out, ",", 1))
-                *rc = -1;
-            p = skip_ws(p + 1, end);
-        }
+        if (p >= end || *p != ',')
+            return NULL;
+        p = drop_it ? skip_ws(p + 1, end) : compact_ws(&c, p + 1, end);
+        if (drop_it)
+            c.run = p;
+        if (p < end && *p == '}')
+            return NULL; /* a trailing comma */
     }
-    if (ts_buf_append(out, p, 1))
-        *rc = -1;
-    return p + 1;
-}
-
-int ts_json_minify_object(ts_buf_t *out, const char *obj, size_t len,
-                          const char *const *drop, size_t ndrop)
-{
-    const char *p = skip_ws(obj, obj + len), *end = obj + len;
-    int rc = ts_buf_append(out, "{", 1);
-    bool first = true;
-    p = skip_ws(p + 1, end);
-    while (*p != '}') {
-        bool escaped = false;
-        const char *k = p, *k_end = skip_string(p, end, &escaped);
-        size_t klen = (size_t)(k_end - k) - 2; /* without the quotes */
-        bool dropped = false;
-        for (size_t i = 0; i < ndrop && !dropped; i++)
-            dropped = strlen(drop[i]) == klen && memcmp(drop[i], k + 1, klen) == 0;
-        p = skip_ws(skip_ws(k_end, end) + 1, end); /* past the colon */
-        if (dropped) {
-            p = skip_value(p, end);
-        } else {
-            if ((!first && ts_buf_append(out, ",", 1)) ||
-                ts_buf_append(out, k, (size_t)(k_end - k)) || ts_buf_append(out, ":", 1))
-                rc = -1;
-            p = minify_value(out, p, end, &rc);
-            first = false;
-        }
-        p = skip_ws(p, end);
-        if (*p == ',')
-            p = skip_ws(p + 1, end);
-    }
-    if (ts_buf_append(out, "}", 1))
-        rc = -1;
-    return rc;
+    compact_flush(&c, p + 1);
+    return c.rc ? NULL : p + 1;
 }
 
 long ts_json_text_count(const char *text, size_t len)
@@ -466,13 +506,15 @@ long ts_json_text_count(const char *text, size_t len)
 /* see json.h; deleting each by name walked the object three times */
 void ts_json_strip_server_fields(cJSON *object)
 {
+    static const char *const server[] = {TS_JSON_SERVER_FIELDS};
     for (cJSON *f = object ? object->child : NULL, *next; f; f = next) {
         next = f->next;
-        const char *k = f->string;
-        if (k && ((k[0] == 'v' && strcmp(k, "version") == 0) ||
-                  (k[0] == 'u' && strcmp(k, "updated_at") == 0) ||
-                  (k[0] == 'd' && strcmp(k, "deleted") == 0)))
-            cJSON_Delete(cJSON_DetachItemViaPointer(object, f));
+        for (size_t i = 0; f->string && i < sizeof server / sizeof *server; i++) {
+            if (f->string[0] == server[i][0] && strcmp(f->string, server[i]) == 0) {
+                cJSON_Delete(cJSON_DetachItemViaPointer(object, f));
+                break;
+            }
+        }
     }
 }
 

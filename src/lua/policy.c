@@ -41,7 +41,8 @@ typedef struct {
     int ctx_mt_ref[2];        /* metatables of ctx: [1] for validation (with find) */
     int proxy_mt_ref;         /* metatable of lazy document tables */
     int keys_ref;             /* Lua strings of the key_text names, same order */
-    char key_text[KEY_CACHE][KEY_MAX]; /* top-level document keys seen (s_push_doc) */
+    char key_text[KEY_CACHE][KEY_MAX]; /* top-level document keys seen (s_push_key) */
+    uint8_t key_len[KEY_CACHE];
     int nkeys;
     sel_t *sels;
     size_t nsels;
@@ -71,6 +72,7 @@ struct ts_policy {
     cJSON *scratch[SCRATCH_MAX];
     char label[128];          /* policy being run, for log() and errors */
     const cJSON *call_docs[3];/* the documents handed to the running call (for ctx.log) */
+    const ts_policy_doc_t *call_text_doc; /* the one handed as text, if so */
 };
 
 struct ts_policy_query {
@@ -148,6 +150,30 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
 /* Pushes a document (a cJSON object) like s_push_json, with its top-level
  * keys taken from a cache of Lua strings: documents of a collection share
  * their keys, and interning each key again cost a tenth of a validation. */
+/* Pushes the i-th top-level key of a document from the cache (keys is the
+ * stack index of the cache's table), adding it when there is room. */
+static void s_push_key(lua_State *L, loaded_t *ld, int keys, int i, const char *key, size_t len)
+{
+    int k = i < ld->nkeys && ld->key_len[i] == len && memcmp(ld->key_text[i], key, len) == 0
+                ? i
+                : -1;
+    for (int j = 0; k < 0 && j < ld->nkeys; j++)
+        if (ld->key_len[j] == len && memcmp(ld->key_text[j], key, len) == 0)
+            k = j;
+    if (k < 0 && ld->nkeys < KEY_CACHE && len < KEY_MAX) {
+        k = ld->nkeys;
+        lua_pushlstring(L, key, len);
+        lua_rawseti(L, keys, k + 1);
+        memcpy(ld->key_text[k], key, len);
+        ld->key_len[k] = (uint8_t)len;
+        ld->nkeys++;
+    }
+    if (k >= 0)
+        lua_rawgeti(L, keys, k + 1);
+    else
+        lua_pushlstring(L, key, len);
+}
+
 static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
 {
     if (!cJSON_IsObject(doc) || ld->keys_ref == LUA_NOREF) {
@@ -162,22 +188,7 @@ static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
     for (const cJSON *c = doc->child; c; c = c->next, i++) {
         if (cJSON_IsNull(c) || !c->string)
             continue;
-        int k = i < ld->nkeys && strcmp(ld->key_text[i], c->string) == 0 ? i : -1;
-        for (int j = 0; k < 0 && j < ld->nkeys; j++)
-            if (strcmp(ld->key_text[j], c->string) == 0)
-                k = j;
-        size_t len = strlen(c->string);
-        if (k < 0 && ld->nkeys < KEY_CACHE && len < KEY_MAX) {
-            k = ld->nkeys;
-            lua_pushlstring(L, c->string, len);
-            lua_rawseti(L, keys, k + 1);
-            memcpy(ld->key_text[k], c->string, len + 1);
-            ld->nkeys++;
-        }
-        if (k >= 0)
-            lua_rawgeti(L, keys, k + 1);
-        else
-            lua_pushlstring(L, c->string, len);
+        s_push_key(L, ld, keys, i, c->string, strlen(c->string));
         s_push_json(L, c, 1);
         lua_rawset(L, -3);
     }
@@ -380,6 +391,7 @@ static int s_ctx_log(lua_State *L)
         for (size_t i = 0; i < self->nfound; i++)
             s_redact_text(&b, &self->found[i]);
         s_redact_text(&b, self->doc);
+        s_redact_text(&b, self->call_text_doc);
     }
     ts_debug("policy", "%s %s: %.*s", self->name, self->label, (int)b.len,
              b.data ? b.data : "[out of memory]");
@@ -712,6 +724,33 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
         luaL_error(L, "document field is not valid JSON (or out of memory)");
     }
     s_push_json(L, item, 0);
+}
+
+/* Pushes a document kept as text (the store's form: its id apart) as a
+ * table, the same table s_push_doc makes of the document as cJSON: every
+ * field converted now, read straight from the text. */
+static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc_t *d)
+{
+    loaded_t *ld = self->cur;
+    luaL_checkstack(L, 6, "document");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ld->keys_ref);
+    int keys = lua_gettop(L);
+    lua_createtable(L, 0, 12);
+    lua_pushliteral(L, "id");
+    lua_pushlstring(L, d->id, d->id_len);
+    lua_rawset(L, -3);
+    ts_json_member_t m;
+    size_t pos = 0;
+    for (int i = 1; ts_json_text_member(d->text, d->len, &pos, &m); i++) {
+        if (m.escaped) { /* a key written with escapes: as cJSON reads it */
+            s_push_value_text(L, self, m.key - 1, m.key_len + 2);
+        } else {
+            s_push_key(L, ld, keys, i, m.key, m.key_len);
+        }
+        s_push_value_text(L, self, m.value, m.value_len);
+        lua_rawset(L, -3);
+    }
+    lua_remove(L, keys);
 }
 
 static int s_proxy_index(lua_State *L)
@@ -1135,6 +1174,7 @@ typedef struct {
     ts_policy_t *self;
     const char *collection;
     const cJSON *doc, *previous;
+    const ts_policy_doc_t *text_doc; /* instead of doc */
     int result;
     cJSON *errors;
 } validate_call_t;
@@ -1151,7 +1191,10 @@ static int s_validate_call(lua_State *L)
     }
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "%s is not a function", lbl);
-    s_push_doc(L, self->cur, c->doc);
+    if (c->text_doc)
+        s_push_doc_text(L, self, c->text_doc);
+    else
+        s_push_doc(L, self->cur, c->doc);
     s_push_ctx(L, self, c->collection, c->previous, true);
     lua_call(L, 2, 2);
     int t1 = lua_type(L, -2), t2 = lua_type(L, -1);
@@ -1191,22 +1234,20 @@ static int s_validate_call(lua_State *L)
     return 0;
 }
 
-int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *doc,
-                       const cJSON *previous, cJSON **errors, char *err, size_t errlen)
+/* Runs one validation call c (its result and errors still to be filled). */
+static int s_validate(validate_call_t c, cJSON **errors, char *err, size_t errlen)
 {
+    ts_policy_t *self = c.self;
     if (errors)
         *errors = NULL;
-    if (!collection || !cJSON_IsObject(doc)) {
-        snprintf(err, errlen, "validate: document must be an object");
-        return TS_POLICY_ERROR;
-    }
-    s_set_label(self, "validate", collection);
-    validate_call_t c = {self, collection, doc, previous, TS_POLICY_ERROR, NULL};
+    s_set_label(self, "validate", c.collection);
     self->nfound = 0;
     self->found_base = self->doc_serial + 1;
-    self->call_docs[0] = doc, self->call_docs[1] = previous;
+    self->call_docs[0] = c.doc, self->call_docs[1] = c.previous;
+    self->call_text_doc = c.text_doc;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
     memset(self->call_docs, 0, sizeof self->call_docs);
+    self->call_text_doc = NULL;
     s_scratch_clear(self);
     /* ctx.find's lazy documents kept by a policy go stale */
     self->doc_serial = self->found_base + (lua_Integer)self->nfound;
@@ -1223,6 +1264,26 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
             cJSON_Delete(c.errors);
     }
     return c.result;
+}
+
+int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *doc,
+                       const cJSON *previous, cJSON **errors, char *err, size_t errlen)
+{
+    if (!collection || !cJSON_IsObject(doc)) {
+        if (errors)
+            *errors = NULL;
+        snprintf(err, errlen, "validate: document must be an object");
+        return TS_POLICY_ERROR;
+    }
+    validate_call_t c = {self, collection, doc, previous, NULL, TS_POLICY_ERROR, NULL};
+    return s_validate(c, errors, err, errlen);
+}
+
+int ts_policy_validate_text(ts_policy_t *self, const char *collection,
+                            const ts_policy_doc_t *doc, cJSON **errors, char *err, size_t errlen)
+{
+    validate_call_t c = {self, collection, NULL, NULL, doc, TS_POLICY_ERROR, NULL};
+    return s_validate(c, errors, err, errlen);
 }
 
 /* ---- selectors ---- */

@@ -114,6 +114,8 @@ void ts_policy_set_now(ts_policy_t *self, int64_t wall_ms);
  * when the validator returns anything but true / false + list of errors). */
 int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *doc,
                        const cJSON *previous, cJSON **errors, char *err, size_t errlen);
+/* Whether the loaded validate.lua has a rule for collection. */
+bool ts_policy_has_validator(ts_policy_t *self, const char *collection);
 /* The same for a create whose document is given as the store keeps it
  * (object text without its id, plus the id; the text well-formed): the rule
  * gets the same table, converted from the text, with no cJSON tree built. */

@@ -53,6 +53,8 @@ void ts_sq_bulk(ts_sq_t *self, bool on);
  * (error.data.errors) or policy_error and returns -1. Fail closed. */
 int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const cJSON *doc,
                    const cJSON *previous);
+/* Whether collection has a validator (else validating accepts anything). */
+bool ts_sq_validates(ts_sq_t *self, const char *collection);
 /* The same for a create, its document given as the store keeps it. */
 int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
                         const ts_policy_doc_t *doc);

@@ -608,11 +608,13 @@ static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *bod
 }
 
 /* Commits a new mutation to memory and to the call: the caller has checked
- * it applies. */
+ * it applies. visible: what it makes of the document when the caller has
+ * it already (taken over), else NULL. */
 static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
-                            mutation_t *m)
+                            mutation_t *m, char *visible, size_t visible_len)
 {
     if (d->npending >= TS_MAX_PENDING_PER_DOC) {
+        free(visible);
         free(m);
         ts_call_fail(call, TS_E_BUSY,
                      "the document has %d writes waiting to sync; retry once they have synced",
@@ -620,7 +622,10 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
         return;
     }
     append_mutation(self, d, m);
-    if (apply_mutation(self, c, d, m) || add_mutation_record(call, c, d, m, self->client)) {
+    if (visible)
+        set_visible(c, d, visible, visible_len, VISIBLE_OWNED);
+    if ((!visible && apply_mutation(self, c, d, m)) ||
+        add_mutation_record(call, c, d, m, self->client)) {
         mutation_t *dropped = NULL;
         /* Undo: take m back out and rebuild what readers see. */
         mutation_t **p = &d->pending;
@@ -668,24 +673,32 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
     }
-    accept_mutation(self, call, c, d, m);
+    accept_mutation(self, call, c, d, m, NULL, 0);
 }
 
-/* Runs validation on the document an update would produce; 0 = accepted. */
-static int validate_update(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
-                           const cJSON *patch)
+/* The document an update makes of d, its visible one with patch merged,
+ * printed without its id: validated first (ctx.previous the visible one)
+ * when the collection has a validator. The text, or NULL with the call
+ * failed. Made once: the store keeps it as the new visible text. */
+static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
+                          const cJSON *patch, size_t *len)
 {
-    cJSON *previous = parse_doc(d);
-    cJSON *merged = previous ? cJSON_Duplicate(previous, true) : NULL;
+    bool validate = ts_sq_validates(self->sq, c->name);
+    cJSON *previous = validate ? parse_doc(d) : NULL;
+    cJSON *merged = validate ? (previous ? cJSON_Duplicate(previous, true) : NULL)
+                             : cJSON_ParseWithLength(d->visible, d->visible_len);
     merged = merged ? ts_json_merge_patch(merged, patch) : NULL;
-    int rc = -1;
-    if (!merged)
+    char *text = NULL;
+    if (!merged) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-    else
-        rc = ts_sq_validate(self->sq, call, c->name, merged, previous);
+    } else if (!validate || ts_sq_validate(self->sq, call, c->name, merged, previous) == 0) {
+        cJSON_DeleteItemFromObjectCaseSensitive(merged, "id"); /* kept in doc_t */
+        if (!(text = print_doc(self, merged, len)))
+            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    }
     cJSON_Delete(merged);
     cJSON_Delete(previous);
-    return rc;
+    return text;
 }
 
 static void do_update(store_t *self, ts_call_t *call, collection_t *c)
@@ -706,15 +719,18 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
         return;
     }
     /* The front door took out the patch's id and server fields. */
-    if (validate_update(self, call, c, d, patch))
+    size_t len;
+    char *visible = updated_text(self, call, c, d, patch, &len);
+    if (!visible)
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_UPDATE, call->body, call->body_len,
                                        doc_version(d));
     if (!m) {
+        free(visible);
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
     }
-    accept_mutation(self, call, c, d, m);
+    accept_mutation(self, call, c, d, m, visible, len);
 }
 
 static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
@@ -730,7 +746,7 @@ static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
     }
-    accept_mutation(self, call, c, d, m);
+    accept_mutation(self, call, c, d, m, NULL, 0);
 }
 
 static void do_get(ts_call_t *call, collection_t *c)

@@ -409,6 +409,11 @@ int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const
     return answer_validation(call, rc, errors, err);
 }
 
+bool ts_sq_validates(ts_sq_t *self, const char *collection)
+{
+    return ts_policy_has_validator(self->policy, collection);
+}
+
 int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
                         const ts_policy_doc_t *doc)
 {

@@ -46,6 +46,7 @@ typedef struct {
     int nkeys;
     sel_t *sels;
     size_t nsels;
+    char *validated;          /* collections validate.lua has a rule for: "a\0b\0\0" */
     int64_t loaded_at_ms;
     char dir[PATH_MAX];
 } loaded_t;
@@ -833,6 +834,7 @@ static void s_loaded_free(loaded_t **ld_p)
         free((char *)ld->sels[i].pub.index_field);
     }
     free(ld->sels);
+    free(ld->validated);
     ts_sandbox_destroy(&ld->sb);
     free(ld);
     *ld_p = NULL;
@@ -856,6 +858,28 @@ static void s_check_fn_table(lua_State *L, const char *file)
                        luaL_typename(L, -1));
         lua_pop(L, 1);
     }
+}
+
+/* Notes the keys of validate.lua's table (on top): ts_policy_has_validator
+ * answers from them without entering Lua. */
+static void s_note_validators(lua_State *L, loaded_t *ld)
+{
+    int t = lua_gettop(L);
+    size_t total = 1;
+    for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1))
+        total += lua_rawlen(L, -2) + 1;
+    if (!(ld->validated = malloc(total)))
+        luaL_error(L, "out of memory");
+    char *p = ld->validated;
+    for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1)) {
+        size_t n;
+        const char *name = lua_tolstring(L, -2, &n); /* a string: s_check_fn_table */
+        if (n == 0 || strlen(name) != n)
+            continue; /* no collection is called that (config: 1-64 of [a-z0-9_]) */
+        memcpy(p, name, n + 1);
+        p += n + 1;
+    }
+    *p = '\0';
 }
 
 static char *s_strdup_or_raise(lua_State *L, const char *s)
@@ -1003,6 +1027,8 @@ static int s_load_call(lua_State *L)
             s_check_selectors(L, ld);
         else
             s_check_fn_table(L, s_files[i]);
+        if (i == 0)
+            s_note_validators(L, ld);
         *refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     return 0;
@@ -1277,6 +1303,14 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
     }
     validate_call_t c = {self, collection, doc, previous, NULL, TS_POLICY_ERROR, NULL};
     return s_validate(c, errors, err, errlen);
+}
+
+bool ts_policy_has_validator(ts_policy_t *self, const char *collection)
+{
+    for (const char *name = self->cur->validated; name && *name; name += strlen(name) + 1)
+        if (strcmp(name, collection) == 0)
+            return true;
+    return false;
 }
 
 int ts_policy_validate_text(ts_policy_t *self, const char *collection,

@@ -451,3 +451,28 @@ Test(policy_log, ctx_log_redacts_the_sensitive_text_of_the_documents_it_sees)
     cr_assert_null(strstr(log, "note:"), "%s", log);
     ts_policy_destroy(&p);
 }
+
+/* The store skips validating an update (and the document tree it needs)
+ * for a collection without a rule: which collections have one must be
+ * known exactly, whatever else validate.lua's table holds. */
+Test(policy_loader, knows_which_collections_have_a_validator)
+{
+    char err[512];
+    ts_policy_opts_t opts = {0};
+    ts_policy_t *p = ts_policy_new(shipped(), &opts, err, sizeof err);
+    cr_assert_not_null(p, "%s", err);
+    cr_assert(ts_policy_has_validator(p, "sessions"));
+    cr_assert(ts_policy_has_validator(p, "consultations"));
+    cr_assert_not(ts_policy_has_validator(p, "invoices"));
+    cr_assert_eq(ts_policy_reload(p, fixture("permissive"), err, sizeof err), 0, "%s", err);
+    cr_assert_not(ts_policy_has_validator(p, "sessions"), "reload replaces the list");
+    cr_assert_eq(ts_policy_reload(p, fixture("odd_validators"), err, sizeof err), 0, "%s", err);
+    cr_assert(ts_policy_has_validator(p, "sessions"), "an empty key does not end the list");
+    cr_assert_not(ts_policy_has_validator(p, ""));
+    cJSON *doc = cJSON_Parse("{\"id\":\"s1\",\"room\":\"A\"}"), *errors = NULL;
+    cr_assert_eq(ts_policy_validate(p, "sessions", doc, NULL, &errors, err, sizeof err),
+                 TS_POLICY_INVALID);
+    cJSON_Delete(errors);
+    cJSON_Delete(doc);
+    ts_policy_destroy(&p);
+}

@@ -83,6 +83,15 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
                                    const char *const *drop, size_t ndrop,
                                    ts_json_member_t *dropped, int max_depth);
 
+/* RFC 7396 on text: appends to out what ts_json_merge_patch makes of the
+ * object text target with the object text patch (both well-formed), member
+ * order included, without building either tree. Returns 0; 1 when the
+ * patch is one it leaves to the tree (an object value, which merges into
+ * the target's; a key twice; an escaped key; more than 16 members); -1
+ * when memory ran out. */
+int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, const char *patch,
+                       size_t patch_len);
+
 /* The number of elements of a JSON array given as text (well-formed, as
  * cJSON prints it), without parsing them; -1 when text is not an array. */
 long ts_json_text_count(const char *text, size_t len);

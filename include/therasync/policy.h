@@ -116,11 +116,12 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
                        const cJSON *previous, cJSON **errors, char *err, size_t errlen);
 /* Whether the loaded validate.lua has a rule for collection. */
 bool ts_policy_has_validator(ts_policy_t *self, const char *collection);
-/* The same for a create whose document is given as the store keeps it
- * (object text without its id, plus the id; the text well-formed): the rule
- * gets the same table, converted from the text, with no cJSON tree built. */
+/* The same with the documents given as the store keeps them (object text
+ * without its id, plus the id; the text well-formed): the rule gets the
+ * same tables, converted from the text, with no cJSON tree built. */
 int ts_policy_validate_text(ts_policy_t *self, const char *collection,
-                            const ts_policy_doc_t *doc, cJSON **errors, char *err, size_t errlen);
+                            const ts_policy_doc_t *doc, const ts_policy_doc_t *previous,
+                            cJSON **errors, char *err, size_t errlen);
 
 /* ---- selectors ---- */
 

@@ -55,9 +55,10 @@ int ts_sq_validate(ts_sq_t *self, ts_call_t *call, const char *collection, const
                    const cJSON *previous);
 /* Whether collection has a validator (else validating accepts anything). */
 bool ts_sq_validates(ts_sq_t *self, const char *collection);
-/* The same for a create, its document given as the store keeps it. */
+/* The same with the documents given as the store keeps them (previous
+ * NULL for a create). */
 int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
-                        const ts_policy_doc_t *doc);
+                        const ts_policy_doc_t *doc, const ts_policy_doc_t *previous);
 /* Answers query with a selector name (params.selector is a string). */
 void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll);
 /* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy

@@ -664,7 +664,7 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
         return;
     }
     ts_policy_doc_t text = {id, strlen(id), call->body, call->body_len};
-    if (ts_sq_validate_text(self->sq, call, c->name, &text))
+    if (ts_sq_validate_text(self->sq, call, c->name, &text, NULL))
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_CREATE, call->body, call->body_len, 0);
     doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
@@ -677,13 +677,36 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 }
 
 /* The document an update makes of d, its visible one with patch merged,
- * printed without its id: validated first (ctx.previous the visible one)
- * when the collection has a validator. The text, or NULL with the call
- * failed. Made once: the store keeps it as the new visible text. */
+ * as text without its id: validated first (ctx.previous the visible one)
+ * when the collection has a validator. Merged on the texts (call->body is
+ * the patch's) unless the patch needs the trees: a nested object, say. The
+ * text, or NULL with the call failed. Made once: the store keeps it as the
+ * new visible text. */
 static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
                           const cJSON *patch, size_t *len)
 {
     bool validate = ts_sq_validates(self->sq, c->name);
+    ts_buf_reset(&self->scratch);
+    int merged_text = ts_json_text_merge(&self->scratch, d->visible, d->visible_len, call->body,
+                                         call->body_len);
+    if (merged_text == 0) {
+        ts_policy_doc_t after = {d->id, d->id_len, self->scratch.data, self->scratch.len};
+        ts_policy_doc_t before = {d->id, d->id_len, d->visible, d->visible_len};
+        if (validate && ts_sq_validate_text(self->sq, call, c->name, &after, &before))
+            return NULL;
+        char *text = malloc(after.len + 1);
+        if (!text) {
+            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+            return NULL;
+        }
+        memcpy(text, after.text, after.len + 1);
+        *len = after.len;
+        return text;
+    }
+    if (merged_text < 0) {
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        return NULL;
+    }
     cJSON *previous = validate ? parse_doc(d) : NULL;
     cJSON *merged = validate ? (previous ? cJSON_Duplicate(previous, true) : NULL)
                              : cJSON_ParseWithLength(d->visible, d->visible_len);

@@ -415,11 +415,12 @@ bool ts_sq_validates(ts_sq_t *self, const char *collection)
 }
 
 int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
-                        const ts_policy_doc_t *doc)
+                        const ts_policy_doc_t *doc, const ts_policy_doc_t *previous)
 {
     cJSON *errors = NULL;
     char err[512];
-    int rc = ts_policy_validate_text(self->policy, collection, doc, &errors, err, sizeof err);
+    int rc = ts_policy_validate_text(self->policy, collection, doc, previous, &errors, err,
+                                     sizeof err);
     return answer_validation(call, rc, errors, err);
 }
 

@@ -481,6 +481,57 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
     return c.rc ? NULL : p + 1;
 }
 
+int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, const char *patch,
+                       size_t patch_len)
+{
+    enum { MAX_PATCH = 16 };
+    ts_json_member_t pm[MAX_PATCH], m;
+    bool applied[MAX_PATCH] = {false};
+    size_t np = 0;
+    for (size_t pos = 0; ts_json_text_member(patch, patch_len, &pos, &m);) {
+        if (np == MAX_PATCH || m.escaped || *m.value == '{')
+            return 1; /* an object merges into the target's: the tree does that */
+        for (size_t i = 0; i < np; i++)
+            if (pm[i].key_len == m.key_len && memcmp(pm[i].key, m.key, m.key_len) == 0)
+                return 1; /* a key twice: applied in turn by the tree */
+        pm[np++] = m;
+    }
+    int rc = ts_buf_append(out, "{", 1);
+    bool first = true;
+    for (size_t pos = 0; ts_json_text_member(target, target_len, &pos, &m);) {
+        if (m.escaped)
+            return 1;
+        size_t i = 0; /* the patch member for this key, if not used yet */
+        while (i < np && (applied[i] || pm[i].key_len != m.key_len ||
+                          memcmp(pm[i].key, m.key, m.key_len) != 0))
+            i++;
+        const ts_json_member_t *put = &m;
+        if (i < np) {
+            applied[i] = true;
+            if (pm[i].value_len == 4 && memcmp(pm[i].value, "null", 4) == 0)
+                continue; /* null removes the member */
+            put = &pm[i];
+        }
+        if ((!first && ts_buf_append(out, ",", 1)) ||
+            ts_buf_append(out, m.key - 1, m.key_len + 2) || ts_buf_append(out, ":", 1) ||
+            ts_buf_append(out, put->value, put->value_len))
+            rc = -1;
+        first = false;
+    }
+    for (size_t i = 0; i < np; i++) { /* new members, in the patch's order */
+        if (applied[i] || (pm[i].value_len == 4 && memcmp(pm[i].value, "null", 4) == 0))
+            continue;
+        if ((!first && ts_buf_append(out, ",", 1)) ||
+            ts_buf_append(out, pm[i].key - 1, pm[i].key_len + 2) || ts_buf_append(out, ":", 1) ||
+            ts_buf_append(out, pm[i].value, pm[i].value_len))
+            rc = -1;
+        first = false;
+    }
+    if (ts_buf_append(out, "}", 1))
+        rc = -1;
+    return rc;
+}
+
 long ts_json_text_count(const char *text, size_t len)
 {
     const char *p = skip_ws(text, text + len), *end = text + len;

@@ -73,7 +73,7 @@ struct ts_policy {
     cJSON *scratch[SCRATCH_MAX];
     char label[128];          /* policy being run, for log() and errors */
     const cJSON *call_docs[3];/* the documents handed to the running call (for ctx.log) */
-    const ts_policy_doc_t *call_text_doc; /* the one handed as text, if so */
+    const ts_policy_doc_t *call_text_docs[2]; /* those handed as text, if so */
 };
 
 struct ts_policy_query {
@@ -392,7 +392,8 @@ static int s_ctx_log(lua_State *L)
         for (size_t i = 0; i < self->nfound; i++)
             s_redact_text(&b, &self->found[i]);
         s_redact_text(&b, self->doc);
-        s_redact_text(&b, self->call_text_doc);
+        for (int i = 0; i < 2; i++)
+            s_redact_text(&b, self->call_text_docs[i]);
     }
     ts_debug("policy", "%s %s: %.*s", self->name, self->label, (int)b.len,
              b.data ? b.data : "[out of memory]");
@@ -633,8 +634,11 @@ static void s_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
 /* Pushes ctx for one call: now, collection and previous of its own, the rest
  * through the shared metatable (building the whole table per call was a
  * tenth of a validated create's cost). */
+static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc_t *d);
+
 static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
-                       const cJSON *previous, bool for_validate)
+                       const cJSON *previous, const ts_policy_doc_t *previous_text,
+                       bool for_validate)
 {
     loaded_t *ld = self->cur;
     int64_t now = s_now_ms(self);
@@ -649,8 +653,11 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
         lua_pushstring(L, collection);
         lua_setfield(L, -2, "collection");
     }
-    if (for_validate && previous) {
-        s_push_doc(L, ld, previous);
+    if (for_validate && (previous || previous_text)) {
+        if (previous_text)
+            s_push_doc_text(L, self, previous_text);
+        else
+            s_push_doc(L, ld, previous);
         lua_setfield(L, -2, "previous");
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, ld->ctx_mt_ref[for_validate]);
@@ -1200,7 +1207,7 @@ typedef struct {
     ts_policy_t *self;
     const char *collection;
     const cJSON *doc, *previous;
-    const ts_policy_doc_t *text_doc; /* instead of doc */
+    const ts_policy_doc_t *text_doc, *previous_text; /* instead of doc, previous */
     int result;
     cJSON *errors;
 } validate_call_t;
@@ -1221,7 +1228,7 @@ static int s_validate_call(lua_State *L)
         s_push_doc_text(L, self, c->text_doc);
     else
         s_push_doc(L, self->cur, c->doc);
-    s_push_ctx(L, self, c->collection, c->previous, true);
+    s_push_ctx(L, self, c->collection, c->previous, c->previous_text, true);
     lua_call(L, 2, 2);
     int t1 = lua_type(L, -2), t2 = lua_type(L, -1);
     if (t1 == LUA_TBOOLEAN && lua_toboolean(L, -2) && t2 == LUA_TNIL) {
@@ -1270,10 +1277,10 @@ static int s_validate(validate_call_t c, cJSON **errors, char *err, size_t errle
     self->nfound = 0;
     self->found_base = self->doc_serial + 1;
     self->call_docs[0] = c.doc, self->call_docs[1] = c.previous;
-    self->call_text_doc = c.text_doc;
+    self->call_text_docs[0] = c.text_doc, self->call_text_docs[1] = c.previous_text;
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
     memset(self->call_docs, 0, sizeof self->call_docs);
-    self->call_text_doc = NULL;
+    memset(self->call_text_docs, 0, sizeof self->call_text_docs);
     s_scratch_clear(self);
     /* ctx.find's lazy documents kept by a policy go stale */
     self->doc_serial = self->found_base + (lua_Integer)self->nfound;
@@ -1301,7 +1308,7 @@ int ts_policy_validate(ts_policy_t *self, const char *collection, const cJSON *d
         snprintf(err, errlen, "validate: document must be an object");
         return TS_POLICY_ERROR;
     }
-    validate_call_t c = {self, collection, doc, previous, NULL, TS_POLICY_ERROR, NULL};
+    validate_call_t c = {self, collection, doc, previous, NULL, NULL, TS_POLICY_ERROR, NULL};
     return s_validate(c, errors, err, errlen);
 }
 
@@ -1314,9 +1321,10 @@ bool ts_policy_has_validator(ts_policy_t *self, const char *collection)
 }
 
 int ts_policy_validate_text(ts_policy_t *self, const char *collection,
-                            const ts_policy_doc_t *doc, cJSON **errors, char *err, size_t errlen)
+                            const ts_policy_doc_t *doc, const ts_policy_doc_t *previous,
+                            cJSON **errors, char *err, size_t errlen)
 {
-    validate_call_t c = {self, collection, NULL, NULL, doc, TS_POLICY_ERROR, NULL};
+    validate_call_t c = {self, collection, NULL, NULL, doc, previous, TS_POLICY_ERROR, NULL};
     return s_validate(c, errors, err, errlen);
 }
 
@@ -1423,7 +1431,7 @@ static int s_match_call(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref);
     s_push_json(L, c->doc, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, false);
+    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false);
     lua_call(L, 3, 1);
     if (!lua_isboolean(L, -1))
         return luaL_error(L, "%s: where must return a boolean, got %s", self->label,
@@ -1489,7 +1497,7 @@ static int s_from_call(lua_State *L)
     ts_policy_t *self = c->q->self;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->from_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, false);
+    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false);
     lua_call(L, 2, 1);
     int t = lua_type(L, -1);
     if (t == LUA_TSTRING)
@@ -1545,7 +1553,7 @@ static int s_scan_call(lua_State *L)
     if (has_where) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref); /* 2 */
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);     /* 3 */
-        s_push_ctx(L, self, c->q->sel->pub.collection, NULL, false); /* 4 */
+        s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false); /* 4 */
     }
     while (c->next(c->arg, &c->doc) > 0) {
         self->doc = &c->doc;
@@ -1642,7 +1650,7 @@ static int s_resolve_call(lua_State *L)
         lua_pushnil(L);
     s_push_json(L, c->mine, 0);
     s_push_json(L, c->theirs, 0);
-    s_push_ctx(L, self, c->collection, NULL, false);
+    s_push_ctx(L, self, c->collection, NULL, NULL, false);
     lua_call(L, 4, 1);
     const char *bad = "%s must return \"theirs\", \"mine\", {merge = doc} or {reject = reason}";
     if (lua_type(L, -1) == LUA_TSTRING) {

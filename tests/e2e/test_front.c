@@ -207,6 +207,33 @@ Test(front, a_single_create_stores_what_a_batched_one_does)
     assert_alive();
 }
 
+/* A flat patch is merged on the stored text, one with a nested object on
+ * the trees: both as RFC 7396 says, member order kept. */
+Test(front, updates_merge_on_text_and_on_trees_alike)
+{
+    cJSON_Delete(ts_rpc(&engine, "create",
+                        "{\"collection\":\"sessions\",\"doc\":{\"id\":\"m1\",\"a\":1,"
+                        "\"o\":{\"x\":1,\"y\":2},\"s\":\"t\"}}"));
+    static const struct {
+        const char *patch, *want;
+    } steps[] = {
+        {"{\"o\":{\"y\":null,\"z\":3},\"a\":2}", "{\"id\":\"m1\",\"a\":2,\"o\":{\"x\":1,\"z\":3},\"s\":\"t\"}"},
+        {"{\"b\":[1,{\"c\":2}],\"a\":null,\"s\":\"u\"}", "{\"id\":\"m1\",\"o\":{\"x\":1,\"z\":3},\"s\":\"u\",\"b\":[1,{\"c\":2}]}"},
+        {"{\"o\":7,\"zz\":null}", "{\"id\":\"m1\",\"o\":7,\"s\":\"u\",\"b\":[1,{\"c\":2}]}"},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        char params[256];
+        snprintf(params, sizeof params, "{\"collection\":\"sessions\",\"id\":\"m1\",\"patch\":%s}",
+                 steps[i].patch);
+        cJSON_Delete(ts_rpc(&engine, "update", params));
+        cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"m1\"}");
+        char *doc = cJSON_PrintUnformatted(cJSON_GetObjectItem(ts_rpc_result(g), "doc"));
+        cr_assert_str_eq(doc, steps[i].want, "after %s", steps[i].patch);
+        cJSON_free(doc);
+        cJSON_Delete(g);
+    }
+}
+
 Test(front, stale_base_version_is_a_conflict)
 {
     cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"b1\"}}"));

@@ -314,6 +314,57 @@ Test(json, compact_object_keeps_the_value_and_drops_the_named_members)
     }
 }
 
+/* A random object over a few keys (some twice), values of any kind. */
+static void random_object(ts_buf_t *b, unsigned *seed, int members, bool objects)
+{
+    static const char *keys[] = {"a", "b", "status", "notes", "x y"};
+    ts_buf_puts(b, "{");
+    for (int i = 0; i < members; i++) {
+        ts_buf_printf(b, "%s\"%s\":", i ? "," : "", keys[rand_r(seed) % 5]);
+        int kind = rand_r(seed) % 6;
+        if (kind == 0)
+            ts_buf_puts(b, "null");
+        else if (kind == 1 && objects)
+            ts_buf_puts(b, "{\"n\":1}");
+        else
+            random_json(b, seed, kind == 2 ? 2 : 0);
+    }
+    ts_buf_puts(b, "}");
+}
+
+/* Merging on text gives what merging the trees gives, member order
+ * included, or declines (then the tree does it). */
+Test(json, text_merge_is_the_tree_merge)
+{
+    unsigned seed = 7;
+    int merged = 0;
+    for (int round = 0; round < 4000; round++) {
+        ts_buf_t target = {0}, patch = {0}, out = {0};
+        random_object(&target, &seed, rand_r(&seed) % 6, true);
+        random_object(&patch, &seed, rand_r(&seed) % 4, rand_r(&seed) % 4 == 0);
+        int rc = ts_json_text_merge(&out, target.data, target.len, patch.data, patch.len);
+        cr_assert(rc == 0 || rc == 1);
+        if (rc == 0) {
+            cJSON *p = cJSON_Parse(patch.data);
+            cJSON *want = ts_json_merge_patch(cJSON_Parse(target.data), p);
+            cJSON *got = cJSON_Parse(out.data);
+            cr_assert_not_null(got, "%s + %s -> %s", target.data, patch.data, out.data);
+            char *w = cJSON_PrintUnformatted(want), *g = cJSON_PrintUnformatted(got);
+            cr_assert_str_eq(g, w, "%s + %s", target.data, patch.data);
+            cJSON_free(w);
+            cJSON_free(g);
+            cJSON_Delete(want);
+            cJSON_Delete(got);
+            cJSON_Delete(p);
+            merged++;
+        }
+        ts_buf_free(&target);
+        ts_buf_free(&patch);
+        ts_buf_free(&out);
+    }
+    cr_assert_gt(merged, 2000, "most patches are merged on text (%d)", merged);
+}
+
 Test(json, utf8)
 {
     cr_assert(ts_utf8_valid("plain ascii text, long enough for the fast path", 47));

@@ -7,10 +7,14 @@
 -- documents whose f equals params.f. params.now defaults to the current time;
 -- params.limit may lower the limit. See docs/POLICIES.md.
 
+-- Globals read once, at load (each read inside the sandbox costs a step
+-- through a read-only view; where() runs for every candidate).
+local type, parse_time, format_time = type, ts.parse_time, ts.format_time
+
 local function day_of(time)
   -- The UTC calendar day of an RFC 3339 time, as "YYYY-MM-DD".
-  local ms = ts.parse_time(time)
-  return ms and ts.format_time(ms):sub(1, 10)
+  local ms = parse_time(time)
+  return ms and format_time(ms):sub(1, 10)
 end
 
 return {

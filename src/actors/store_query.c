@@ -417,6 +417,8 @@ bool ts_sq_validates(ts_sq_t *self, const char *collection)
 int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
                         const ts_policy_doc_t *doc, const ts_policy_doc_t *previous)
 {
+    if (!ts_sq_validates(self, collection))
+        return 0; /* no rule: skip the protected call */
     cJSON *errors = NULL;
     char err[512];
     int rc = ts_policy_validate_text(self->policy, collection, doc, previous, &errors, err,

@@ -55,6 +55,9 @@ int ts_buf_reserve(ts_buf_t *buf, size_t extra);
 int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len);
 int ts_buf_puts(ts_buf_t *buf, const char *text);
 int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends an integer in decimal (no printf: the store writes a few per
+ * write, on the pipeline's serial stage). */
+int ts_buf_int(ts_buf_t *buf, long long value);
 /* Appends text as a JSON string literal, quotes included. */
 int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len);
 void ts_buf_reset(ts_buf_t *buf);

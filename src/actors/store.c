@@ -434,7 +434,9 @@ static void append_sync(ts_buf_t *b, const doc_t *d)
         ts_buf_json_string(b, id, 36);
     } else
         ts_buf_puts(b, "null");
-    ts_buf_printf(b, ",\"pending\":%u}", (unsigned)d->npending);
+    ts_buf_puts(b, ",\"pending\":");
+    ts_buf_int(b, d->npending);
+    ts_buf_puts(b, "}");
 }
 
 static void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
@@ -1331,13 +1333,18 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         char id[37];
         uuid_format(m->id, id);
         ts_buf_t b = {0};
-        ts_buf_printf(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"mutation.confirmed\",\"params\":"
-                          "{\"mutation\":\"%s\",\"collection\":", id);
+        ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"mutation.confirmed\",\"params\":"
+                        "{\"mutation\":");
+        ts_buf_json_string(&b, id, 36);
+        ts_buf_puts(&b, ",\"collection\":");
         ts_buf_json_string(&b, c->name, strlen(c->name));
         ts_buf_puts(&b, ",\"id\":");
         ts_buf_json_string(&b, d->id, d->id_len);
-        ts_buf_printf(&b, ",\"version\":%lld,\"pending\":%u}}", (long long)version,
-                      (unsigned)d->npending);
+        ts_buf_puts(&b, ",\"version\":");
+        ts_buf_int(&b, version);
+        ts_buf_puts(&b, ",\"pending\":");
+        ts_buf_int(&b, d->npending);
+        ts_buf_puts(&b, "}}");
         if (b.data)
             add_event(call, "mutation", b.data, b.len);
         ts_buf_free(&b);

@@ -576,17 +576,10 @@ static int buf_number(ts_buf_t *b, double d)
 {
     if (isnan(d) || isinf(d))
         return ts_buf_append(b, "null", 4);
-    if (d == floor(d) && fabs(d) < 1e15) {
-        char digits[24];
-        char *p = digits + sizeof digits;
-        unsigned long long u = (unsigned long long)fabs(d);
-        do
-            *--p = (char)('0' + u % 10);
-        while ((u /= 10) != 0);
-        if (signbit(d))
-            *--p = '-';
-        return ts_buf_append(b, p, (size_t)(digits + sizeof digits - p));
-    }
+    if (d == 0 && signbit(d))
+        return ts_buf_append(b, "-0", 2);
+    if (d == floor(d) && fabs(d) < 1e15)
+        return ts_buf_int(b, (long long)d);
     char text[32];
     snprintf(text, sizeof text, "%1.15g", d);
     if (strtod(text, NULL) != d)

@@ -227,6 +227,19 @@ int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...)
     return 0;
 }
 
+int ts_buf_int(ts_buf_t *buf, long long value)
+{
+    char digits[24];
+    char *p = digits + sizeof digits;
+    unsigned long long u = value < 0 ? 0ull - (unsigned long long)value : (unsigned long long)value;
+    do
+        *--p = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (value < 0)
+        *--p = '-';
+    return ts_buf_append(buf, p, (size_t)(digits + sizeof digits - p));
+}
+
 int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
 {
     if (ts_buf_reserve(buf, len + 2))

@@ -713,6 +713,16 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
         lua_pushnil(L);
         return;
     }
+    size_t digits = v[0] == '-';
+    while (digits < n && v[digits] >= '0' && v[digits] <= '9')
+        digits++;
+    if (digits == n && n - (v[0] == '-') - 1 < 18) { /* a plain integer: most numbers */
+        lua_Integer i = 0;
+        for (size_t k = v[0] == '-'; k < n; k++)
+            i = i * 10 + (v[k] - '0');
+        lua_pushinteger(L, v[0] == '-' ? -i : i);
+        return;
+    }
     if (n > 0 && n < 64 && (v[0] == '-' || (v[0] >= '0' && v[0] <= '9'))) {
         char num[64];
         memcpy(num, v, n);

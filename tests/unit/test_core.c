@@ -9,6 +9,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -429,6 +430,19 @@ Test(util, parse_i64)
     cr_assert_eq(ts_parse_i64("42x", &v), -1);
     cr_assert_eq(ts_parse_i64("", &v), -1);
     cr_assert_eq(ts_parse_i64("99999999999999999999", &v), -1);
+}
+
+Test(util, buffer_int)
+{
+    static const long long values[] = {0, 7, -7, 10, 999, -1000, 2147483648LL, LLONG_MAX, LLONG_MIN};
+    for (size_t i = 0; i < sizeof values / sizeof *values; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "%lld", values[i]);
+        ts_buf_t b = {0};
+        cr_assert_eq(ts_buf_int(&b, values[i]), 0);
+        cr_assert_str_eq(b.data, want);
+        ts_buf_free(&b);
+    }
 }
 
 Test(util, buffer_json_string_escapes)

@@ -283,13 +283,15 @@ static int hex4(const char *p, const char *end)
 static const char *strict_string(const char *p, const char *end)
 {
     for (p++; p < end;) {
-        if (end - p >= 8) { /* eight plain bytes at once */
+        if (end - p >= 8) { /* eight plain bytes at once, or straight to the first other */
             uint64_t w;
             memcpy(&w, p, 8);
-            if (!(ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20))) {
+            uint64_t hits = ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20);
+            if (!hits) {
                 p += 8;
                 continue;
             }
+            p += __builtin_ctzll(hits) / 8;
         }
         unsigned char c = (unsigned char)*p;
         if (c == '"')

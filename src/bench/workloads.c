@@ -345,6 +345,16 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         fill_result(res, &out, (size_t)reads, rl, nr);
         if (rc)
             res->ops_per_s = 0;
+        /* The peer's reads_per_s divides the reads by the time spent in
+         * reads alone (its writes and the gaps between calls left out);
+         * ops_per_s divides by the whole run, writes' fsyncs included. The
+         * same figure as the peer's, for a serial run. */
+        int64_t read_us = 0;
+        for (size_t i = 0; i < nr; i++)
+            read_us += rl[i];
+        if (rc == 0 && w->o->clients * w->o->inflight == 1 && read_us > 0)
+            ts_buf_printf(&res->extra, ",\"read_time_reads_per_s\":%.0f",
+                          (double)nr * 1e6 / (double)read_us);
         ts_buf_printf(&res->extra,
                       ",\"docs\":%lld,\"reads\":%lld,\"writes\":%lld,\"result_rows_total\":%lld,"
                       "\"write_p50_us\":%lld,\"write_p99_us\":%lld",

@@ -1,0 +1,106 @@
+/* test_bench.c — therasync-bench as a real process against a real
+ * therasyncd (--endpoint): each workload that drives the front door runs a
+ * few hundred requests and prints its one JSON line with the contract's
+ * fields, no errors, and the figures a comparison with the peer needs.
+ * Not a timing: small runs check that the measuring tool works. */
+#include "../support/engine.h"
+#include "../support/run.h"
+
+#include <cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+
+#define BENCH_TIMEOUT_MS 60000
+
+static ts_engine_t engine;
+
+static void start_shipped(void)
+{
+    cr_assert_eq(ts_engine_start(&engine, NULL), 0, "therasyncd did not start (log: %s)",
+                 engine.proc.log_path);
+}
+
+static void stop(void)
+{
+    ts_engine_destroy(&engine);
+}
+
+TestSuite(bench, .init = start_shipped, .fini = stop, .timeout = 120);
+
+/* Runs the bench against the engine; returns its last stdout line, parsed. */
+static cJSON *bench(const char *const extra[])
+{
+    const char *args[24] = {"--endpoint", engine.endpoint};
+    size_t n = 2;
+    for (size_t i = 0; extra[i] && n < 23; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync-bench", args, NULL, BENCH_TIMEOUT_MS, &out, &err);
+    cr_assert_eq(rc, 0, "therasync-bench exited %d: %s", rc, err.data ? err.data : "");
+    cr_assert_not_null(out.data, "no output");
+    char *last = out.data;
+    for (char *nl; (nl = strchr(last, '\n')) && nl[1];)
+        last = nl + 1;
+    cJSON *line = cJSON_Parse(last);
+    cr_assert_not_null(line, "not a JSON line: %s", last);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    return line;
+}
+
+static double num(const cJSON *line, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(line, key);
+    cr_assert(cJSON_IsNumber(v), "no number %s", key);
+    return v->valuedouble;
+}
+
+Test(bench, ingest_reports_the_contract_fields)
+{
+    cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "2000", "--clients", "2",
+                                         "--inflight", "8", NULL});
+    cr_assert_str_eq(cJSON_GetObjectItem(line, "workload")->valuestring, "ingest");
+    cr_assert_eq(num(line, "n"), 2000);
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_gt(num(line, "ops_per_s"), 0);
+    cr_assert_gt(num(line, "p99_us"), 0);
+    cr_assert_geq(num(line, "p99_us"), num(line, "p50_us"));
+    cJSON_Delete(line);
+    /* every create the bench was answered for is in the engine */
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    const cJSON *colls = cJSON_GetObjectItem(ts_rpc_result(s), "collections");
+    double sessions = num(colls, "sessions");
+    cr_assert_geq(sessions, 1);
+    cr_assert_leq(sessions, 2000);
+    cJSON_Delete(s);
+}
+
+Test(bench, select_reports_rows_and_the_peers_read_rate)
+{
+    cJSON *line = bench((const char *[]){"--workload", "select", "--n", "200", "--docs", "2000",
+                                         NULL});
+    cr_assert_str_eq(cJSON_GetObjectItem(line, "workload")->valuestring, "select");
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "reads"), 200);
+    cr_assert_eq(num(line, "writes"), 20);
+    cr_assert_gt(num(line, "result_rows_total"), 0);
+    /* reads over the time spent in reads alone: never below reads over the
+     * whole run, which also holds the writes */
+    cr_assert_geq(num(line, "read_time_reads_per_s"), num(line, "ops_per_s"));
+    cJSON_Delete(line);
+}
+
+Test(bench, update_counts_refused_writes_apart)
+{
+    cJSON *line = bench((const char *[]){"--workload", "update", "--n", "1000", "--docs", "1000",
+                                         "--clients", "2", "--inflight", "8", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_gt(num(line, "ops_per_s"), 0);
+    /* the shipped rules refuse some generated transitions (completed ->
+     * scheduled, about a third of them): counted, not failed */
+    cr_assert_gt(num(line, "validation_failed"), 50);
+    cr_assert_lt(num(line, "validation_failed"), 950);
+    cJSON_Delete(line);
+}

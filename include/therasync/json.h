@@ -64,17 +64,14 @@ const char *ts_json_text_find(const char *text, const char *end, const char *key
 bool ts_json_text_field(const char *text, size_t len, const char *key, size_t key_len,
                         const char **value, size_t *value_len);
 
-/* True when text[0..len) is exactly one JSON value as RFC 8259 writes it
- * (whitespace around it allowed; text known to be valid UTF-8), nested at
- * most max_depth deep, whose strings escape no NUL and no unpaired
- * surrogate: text that cJSON reads to the same value. Stricter than cJSON
- * (no leading zeros, "1.", or trailing bytes), so that a caller can take the
- * fast way on what passes and leave the rest to cJSON. */
-bool ts_json_strict(const char *text, size_t len, int max_depth);
-
-/* Reads the object text at p (up to end) as ts_json_strict does, and in the
- * same pass appends it to out without the whitespace between its tokens and
- * without its top-level members whose key is one of drop[0..ndrop);
+/* Reads the object text at p (up to end, known to be valid UTF-8) as strict
+ * JSON, RFC 8259 as written, nested at most max_depth deep, its strings
+ * escaping no NUL and no unpaired surrogate: text that cJSON reads to the
+ * same value, and stricter than cJSON (no leading zeros, no "1."), so that
+ * a caller can take a fast way on what passes and leave the rest to cJSON.
+ * In the same pass it appends the object to out without the whitespace
+ * between its tokens and without its top-level members whose key is one of
+ * drop[0..ndrop);
  * dropped[i] (when not NULL) gets the first member left out for drop[i], or
  * value NULL. Returns the position after the object, or NULL when it is not
  * strict JSON, a top-level key is written with escapes (not compared as

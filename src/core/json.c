@@ -423,13 +423,6 @@ static const char *strict_value(const char *p, const char *end, int depth, compa
     }
 }
 
-bool ts_json_strict(const char *text, size_t len, int max_depth)
-{
-    const char *end = text + len;
-    const char *p = strict_value(skip_ws(text, end), end, max_depth, NULL);
-    return p && skip_ws(p, end) == end;
-}
-
 const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end,
                                    const char *const *drop, size_t ndrop,
                                    ts_json_member_t *dropped, int max_depth)

@@ -2,6 +2,7 @@
  * happy path, and every kind of bad input getting its contract error while
  * the daemon keeps answering. */
 #include "../support/engine.h"
+#include "therasync/json.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -204,6 +205,80 @@ Test(front, a_single_create_stores_what_a_batched_one_does)
         free(got[0]);
         free(got[1]);
     }
+    assert_alive();
+}
+
+/* Creates with a byte or two changed, or cut short: every one that is not
+ * a notification gets an answer, the daemon keeps serving, and a create
+ * answered with a document stored what cJSON reads in the request's doc
+ * (less id and server fields), and answered exactly that. Bounded: 1,500
+ * requests, a few seconds. */
+Test(front, mutated_creates_are_answered_and_stored_as_answered)
+{
+    static const char *requests[] = {
+        "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":{\"collection\":"
+        "\"sessions\",\"doc\":{\"room\":\"A 1\",\"n\":[1,2.5,{\"x\":null}],\"t\":true}}}",
+        "{ \"jsonrpc\" : \"2.0\", \"id\" : %d, \"method\" : \"create\", \"params\" : "
+        "{ \"collection\" : \"sessions\", \"doc\" : { \"notes\" : \"caf\\u00e9 \\\"q\\\"\", "
+        "\"version\" : 3 } } }",
+        "{\"params\":{\"doc\":{\"duration_min\":50,\"status\":\"scheduled\"},\"collection\":"
+        "\"sessions\"},\"method\":\"create\",\"id\":%d,\"jsonrpc\":\"2.0\"}",
+    };
+    static const char bytes[] = "{}[]\",:\\ 0-e.a\t";
+    unsigned seed = 11;
+    int answered = 0, stored = 0;
+    for (int round = 0; round < 1500; round++) {
+        char request[512];
+        int len = snprintf(request, sizeof request, requests[round % 3], round);
+        if (rand_r(&seed) % 10 == 0)
+            len = rand_r(&seed) % len + 1; /* cut short */
+        else
+            for (int k = 1 + (rand_r(&seed) % 10 < 3); k > 0; k--)
+                request[rand_r(&seed) % len] = bytes[rand_r(&seed) % (sizeof bytes - 1)];
+        /* A valid request without an id is a notification: no answer (an
+         * invalid one is answered, with id null) */
+        cJSON *parsed = cJSON_ParseWithLength(request, (size_t)len);
+        const char *version = ts_json_string(parsed, "jsonrpc");
+        bool notification = cJSON_IsObject(parsed) && !cJSON_GetObjectItemCaseSensitive(parsed, "id") &&
+                            version && strcmp(version, "2.0") == 0 &&
+                            cJSON_IsString(cJSON_GetObjectItemCaseSensitive(parsed, "method"));
+        cJSON *want = cJSON_DetachItemFromObject(cJSON_GetObjectItem(parsed, "params"), "doc");
+        cJSON_Delete(parsed);
+        static const char *const server_only[] = {"id", "version", "updated_at", "deleted"};
+        for (size_t i = 0; i < 4; i++)
+            while (cJSON_GetObjectItemCaseSensitive(want, server_only[i]))
+                cJSON_DeleteItemFromObjectCaseSensitive(want, server_only[i]);
+        char *reply = ts_rpc_raw(engine.dealer, request, (size_t)len, notification ? 300 : 5000);
+        if (notification) {
+            cr_assert_null(reply, "a notification was answered: %s", reply);
+            cJSON_Delete(want);
+            continue;
+        }
+        cr_assert_not_null(reply, "no answer to %.*s", len, request);
+        answered++;
+        cJSON *r = cJSON_Parse(reply);
+        cr_assert_not_null(r, "answer is not JSON: %s", reply);
+        cJSON *doc = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "result"), "doc");
+        if (cJSON_IsObject(doc)) {
+            char get[160];
+            snprintf(get, sizeof get, "{\"collection\":\"sessions\",\"id\":\"%s\"}",
+                     cJSON_GetObjectItem(doc, "id")->valuestring);
+            cJSON *g = ts_rpc(&engine, "get", get);
+            cJSON *got = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
+            cr_assert(cJSON_Compare(doc, got, true), "stored is not what was answered for %.*s",
+                      len, request);
+            cJSON_DeleteItemFromObject(got, "id");
+            cr_assert(cJSON_Compare(want, got, true), "stored is not the request's doc: %.*s",
+                      len, request);
+            cJSON_Delete(g);
+            stored++;
+        }
+        cJSON_Delete(want);
+        cJSON_Delete(r);
+        free(reply);
+    }
+    cr_assert_gt(answered, 1000);
+    cr_assert_gt(stored, 100, "some mutants are still creates (%d)", stored);
     assert_alive();
 }
 

@@ -148,11 +148,10 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
     }
 }
 
-/* Pushes a document (a cJSON object) like s_push_json, with its top-level
- * keys taken from a cache of Lua strings: documents of a collection share
- * their keys, and interning each key again cost a tenth of a validation. */
-/* Pushes the i-th top-level key of a document from the cache (keys is the
- * stack index of the cache's table), adding it when there is room. */
+/* Pushes the i-th top-level key of a document from a cache of Lua strings
+ * (keys is the stack index of the cache's table), adding it when there is
+ * room: documents of a collection share their keys, and interning each key
+ * again cost a tenth of a validation. */
 static void s_push_key(lua_State *L, loaded_t *ld, int keys, int i, const char *key, size_t len)
 {
     int k = i < ld->nkeys && ld->key_len[i] == len && memcmp(ld->key_text[i], key, len) == 0
@@ -175,6 +174,8 @@ static void s_push_key(lua_State *L, loaded_t *ld, int keys, int i, const char *
         lua_pushlstring(L, key, len);
 }
 
+/* Pushes a document (a cJSON object) like s_push_json, its top-level keys
+ * from the cache (s_push_key). */
 static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
 {
     if (!cJSON_IsObject(doc) || ld->keys_ref == LUA_NOREF) {

@@ -55,9 +55,9 @@ int ts_free_port(void)
 
 /* Children not yet reaped: killed when the test process exits, so a failed
  * assertion (which ends the test before its clean-up) leaves no server
- * behind. */
+ * behind; and when it crashes, which skips atexit. */
 #define MAX_LIVE 64
-static pid_t live[MAX_LIVE];
+static volatile sig_atomic_t live[MAX_LIVE];
 
 static void kill_live(void)
 {
@@ -68,11 +68,37 @@ static void kill_live(void)
         }
 }
 
+static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
+#define NCRASH (sizeof crash_signals / sizeof *crash_signals)
+static struct sigaction crash_previous[NCRASH];
+
+/* Kills the children, then hands the signal to whoever had it before (a
+ * sanitizer's report, the test framework, or the default): a fault comes
+ * back by itself when the instruction runs again, a sent signal is sent
+ * again. Only async-signal-safe calls. */
+static void on_crash(int sig, siginfo_t *info, void *context)
+{
+    (void)context;
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] > 0)
+            kill(live[i], SIGKILL);
+    for (size_t i = 0; i < NCRASH; i++)
+        if (crash_signals[i] == sig)
+            sigaction(sig, &crash_previous[i], NULL);
+    if (info->si_code <= 0) /* sent (raise, abort, kill), not a fault */
+        raise(sig);
+}
+
 static void track(pid_t pid)
 {
     static int registered;
-    if (!registered++)
+    if (!registered++) {
         atexit(kill_live);
+        struct sigaction sa = {.sa_sigaction = on_crash, .sa_flags = SA_SIGINFO};
+        sigemptyset(&sa.sa_mask);
+        for (size_t i = 0; i < NCRASH; i++)
+            sigaction(crash_signals[i], &sa, &crash_previous[i]);
+    }
     for (int i = 0; i < MAX_LIVE; i++)
         if (live[i] <= 0) {
             live[i] = pid;

@@ -368,12 +368,9 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     while (cJSON_GetObjectItemCaseSensitive(obj, "id")) /* a second one is no less an id */
         cJSON_DeleteItemFromObjectCaseSensitive(obj, "id");
     ts_buf_reset(&self->scratch);
-    size_t len = 0;
-    char *text = NULL;
-    if (ts_buf_json(&self->scratch, obj) == 0 && (text = malloc(self->scratch.len + 1))) {
-        len = self->scratch.len;
-        memcpy(text, self->scratch.data, len + 1);
-    }
+    char *text = ts_buf_json(&self->scratch, obj) == 0
+                     ? strndup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
+                     : NULL;
     if (id)
         cJSON_AddItemToObject(obj, "id", id);
     if (!text) {
@@ -381,7 +378,7 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
         return;
     }
     call->body = text;
-    call->body_len = len;
+    call->body_len = self->scratch.len;
 }
 
 /* Checks the params of a known method; sets an error on the call if wrong. */
@@ -415,7 +412,7 @@ static void check_params(front_t *self, ts_call_t *call)
             if (!id || !ts_valid_id(id, strlen(id)))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
         }
-        if (!call->err_code)
+        if (!call->err_code && !call->body) /* parse_create compacted it already */
             prepare_body(self, call, (cJSON *)doc);
         break;
     case TS_M_UPDATE: {
@@ -572,8 +569,7 @@ static ts_envelope_t *parse_create(front_t *self, const char *data, size_t len)
         ts_buf_append(&self->reduced, "{}", 2) ||
         ts_buf_append(&self->reduced, doc_end, (size_t)(end - doc_end)))
         return NULL;
-    size_t body_len = self->scratch.len;
-    char *body = malloc(body_len + 1); /* taken before parse_call reuses scratch */
+    char *body = strndup(self->scratch.data, self->scratch.len); /* strict JSON: no NUL */
     cJSON *root = body ? cJSON_ParseWithLength(self->reduced.data, self->reduced.len) : NULL;
     ts_envelope_t *e = root ? ts_envelope_new(1) : NULL;
     if (!e) {
@@ -581,28 +577,19 @@ static ts_envelope_t *parse_create(front_t *self, const char *data, size_t len)
         cJSON_Delete(root);
         return NULL;
     }
-    memcpy(body, self->scratch.data, body_len + 1);
     ts_call_t *call = &e->calls[0];
+    call->body = body; /* check_params leaves it as it is */
+    call->body_len = self->scratch.len;
     parse_call(self, call, root);
-    if (call->method == TS_M_CREATE && !call->err_code) {
+    if (id && call->method == TS_M_CREATE && !call->err_code) {
         /* the store reads the id from params.doc (ts_valid_id: 1-64 bytes) */
         char given[65];
-        if (id) {
-            memcpy(given, id + 1, id_len - 2);
-            given[id_len - 2] = '\0';
-        }
+        memcpy(given, id + 1, id_len - 2);
+        given[id_len - 2] = '\0';
         cJSON *tree = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
-        if (id && !cJSON_AddStringToObject(tree, "id", given)) {
-            free(body);
+        if (!cJSON_AddStringToObject(tree, "id", given))
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-            return e;
-        }
-        free(call->body);
-        call->body = body;
-        call->body_len = body_len;
-        body = NULL;
     }
-    free(body);
     return e;
 }
 

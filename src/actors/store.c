@@ -687,21 +687,17 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
                           const cJSON *patch, size_t *len)
 {
-    bool validate = ts_sq_validates(self->sq, c->name);
     ts_buf_reset(&self->scratch);
     int merged_text = ts_json_text_merge(&self->scratch, d->visible, d->visible_len, call->body,
                                          call->body_len);
     if (merged_text == 0) {
         ts_policy_doc_t after = {d->id, d->id_len, self->scratch.data, self->scratch.len};
         ts_policy_doc_t before = {d->id, d->id_len, d->visible, d->visible_len};
-        if (validate && ts_sq_validate_text(self->sq, call, c->name, &after, &before))
+        if (ts_sq_validate_text(self->sq, call, c->name, &after, &before))
             return NULL;
-        char *text = malloc(after.len + 1);
-        if (!text) {
+        char *text = strndup(after.text, after.len); /* JSON: no NUL inside */
+        if (!text)
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-            return NULL;
-        }
-        memcpy(text, after.text, after.len + 1);
         *len = after.len;
         return text;
     }
@@ -709,6 +705,7 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return NULL;
     }
+    bool validate = ts_sq_validates(self->sq, c->name);
     cJSON *previous = validate ? parse_doc(d) : NULL;
     cJSON *merged = validate ? (previous ? cJSON_Duplicate(previous, true) : NULL)
                              : cJSON_ParseWithLength(d->visible, d->visible_len);

@@ -446,17 +446,18 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
         while (i < ndrop && !(strlen(drop[i]) == klen && memcmp(drop[i], k + 1, klen) == 0))
             i++;
         bool drop_it = i < ndrop;
+        compact_t *copy = drop_it ? NULL : &c; /* a dropped member is read, not copied */
         if (drop_it)
             compact_flush(&c, k);
-        p = drop_it ? skip_ws(p, end) : compact_ws(&c, p, end);
+        p = compact_ws(copy, p, end);
         if (p >= end || *p != ':')
             return NULL;
-        const char *v = p = drop_it ? skip_ws(p + 1, end) : compact_ws(&c, p + 1, end);
-        if (!(p = strict_value(p, end, max_depth - 1, drop_it ? NULL : &c)))
+        const char *v = p = compact_ws(copy, p + 1, end);
+        if (!(p = strict_value(p, end, max_depth - 1, copy)))
             return NULL;
         if (drop_it && dropped && !dropped[i].value)
             dropped[i] = (ts_json_member_t){k + 1, klen, false, v, (size_t)(p - v)};
-        p = drop_it ? skip_ws(p, end) : compact_ws(&c, p, end);
+        p = compact_ws(copy, p, end);
         if (p < end && *p == '}') {
             if (drop_it && out->len && out->data[out->len - 1] == ',')
                 out->data[--out->len] = '\0'; /* the comma before the last member */
@@ -466,14 +467,33 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
         }
         if (p >= end || *p != ',')
             return NULL;
-        p = drop_it ? skip_ws(p + 1, end) : compact_ws(&c, p + 1, end);
+        p = compact_ws(copy, p + 1, end);
         if (drop_it)
-            c.run = p;
+            c.run = p; /* copying goes on after the dropped member */
         if (p < end && *p == '}')
             return NULL; /* a trailing comma */
     }
     compact_flush(&c, p + 1);
     return c.rc ? NULL : p + 1;
+}
+
+static bool is_null(const ts_json_member_t *m)
+{
+    return m->value_len == 4 && memcmp(m->value, "null", 4) == 0;
+}
+
+/* Appends "key":value (after a comma unless *first) for a text merge. */
+static int append_member(ts_buf_t *out, bool *first, const ts_json_member_t *key,
+                         const ts_json_member_t *value)
+{
+    bool comma = !*first;
+    *first = false;
+    return (comma && ts_buf_append(out, ",", 1)) ||
+                   ts_buf_append(out, key->key - 1, key->key_len + 2) ||
+                   ts_buf_append(out, ":", 1) ||
+                   ts_buf_append(out, value->value, value->value_len)
+               ? -1
+               : 0;
 }
 
 int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, const char *patch,
@@ -503,25 +523,16 @@ int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, con
         const ts_json_member_t *put = &m;
         if (i < np) {
             applied[i] = true;
-            if (pm[i].value_len == 4 && memcmp(pm[i].value, "null", 4) == 0)
+            if (is_null(&pm[i]))
                 continue; /* null removes the member */
             put = &pm[i];
         }
-        if ((!first && ts_buf_append(out, ",", 1)) ||
-            ts_buf_append(out, m.key - 1, m.key_len + 2) || ts_buf_append(out, ":", 1) ||
-            ts_buf_append(out, put->value, put->value_len))
+        if (append_member(out, &first, &m, put))
             rc = -1;
-        first = false;
     }
-    for (size_t i = 0; i < np; i++) { /* new members, in the patch's order */
-        if (applied[i] || (pm[i].value_len == 4 && memcmp(pm[i].value, "null", 4) == 0))
-            continue;
-        if ((!first && ts_buf_append(out, ",", 1)) ||
-            ts_buf_append(out, pm[i].key - 1, pm[i].key_len + 2) || ts_buf_append(out, ":", 1) ||
-            ts_buf_append(out, pm[i].value, pm[i].value_len))
+    for (size_t i = 0; i < np; i++) /* new members, in the patch's order */
+        if (!applied[i] && !is_null(&pm[i]) && append_member(out, &first, &pm[i], &pm[i]))
             rc = -1;
-        first = false;
-    }
     if (ts_buf_append(out, "}", 1))
         rc = -1;
     return rc;

@@ -632,13 +632,10 @@ static void s_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
     lua_setfield(L, -2, "__metatable");
 }
 
-/* Pushes ctx for one call: now, collection and previous of its own, the rest
- * through the shared metatable (building the whole table per call was a
+/* Pushes ctx for one call: now and collection of its own (a validation
+ * adds previous), the rest through the shared metatable (building the whole table per call was a
  * tenth of a validated create's cost). */
-static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc_t *d);
-
 static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
-                       const cJSON *previous, const ts_policy_doc_t *previous_text,
                        bool for_validate)
 {
     loaded_t *ld = self->cur;
@@ -653,13 +650,6 @@ static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
     if (collection) {
         lua_pushstring(L, collection);
         lua_setfield(L, -2, "collection");
-    }
-    if (for_validate && (previous || previous_text)) {
-        if (previous_text)
-            s_push_doc_text(L, self, previous_text);
-        else
-            s_push_doc(L, ld, previous);
-        lua_setfield(L, -2, "previous");
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, ld->ctx_mt_ref[for_validate]);
     lua_setmetatable(L, -2);
@@ -770,6 +760,16 @@ static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc
         lua_rawset(L, -3);
     }
     lua_remove(L, keys);
+}
+
+/* A document handed to a call, as text when given so, else as cJSON. */
+static void s_push_call_doc(lua_State *L, ts_policy_t *self, const cJSON *doc,
+                            const ts_policy_doc_t *text)
+{
+    if (text)
+        s_push_doc_text(L, self, text);
+    else
+        s_push_doc(L, self->cur, doc);
 }
 
 static int s_proxy_index(lua_State *L)
@@ -1235,11 +1235,12 @@ static int s_validate_call(lua_State *L)
     }
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "%s is not a function", lbl);
-    if (c->text_doc)
-        s_push_doc_text(L, self, c->text_doc);
-    else
-        s_push_doc(L, self->cur, c->doc);
-    s_push_ctx(L, self, c->collection, c->previous, c->previous_text, true);
+    s_push_call_doc(L, self, c->doc, c->text_doc);
+    s_push_ctx(L, self, c->collection, true);
+    if (c->previous || c->previous_text) {
+        s_push_call_doc(L, self, c->previous, c->previous_text);
+        lua_setfield(L, -2, "previous");
+    }
     lua_call(L, 2, 2);
     int t1 = lua_type(L, -2), t2 = lua_type(L, -1);
     if (t1 == LUA_TBOOLEAN && lua_toboolean(L, -2) && t2 == LUA_TNIL) {
@@ -1442,7 +1443,7 @@ static int s_match_call(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref);
     s_push_json(L, c->doc, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false);
+    s_push_ctx(L, self, c->q->sel->pub.collection, false);
     lua_call(L, 3, 1);
     if (!lua_isboolean(L, -1))
         return luaL_error(L, "%s: where must return a boolean, got %s", self->label,
@@ -1508,7 +1509,7 @@ static int s_from_call(lua_State *L)
     ts_policy_t *self = c->q->self;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->from_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false);
+    s_push_ctx(L, self, c->q->sel->pub.collection, false);
     lua_call(L, 2, 1);
     int t = lua_type(L, -1);
     if (t == LUA_TSTRING)
@@ -1564,7 +1565,7 @@ static int s_scan_call(lua_State *L)
     if (has_where) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref); /* 2 */
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);     /* 3 */
-        s_push_ctx(L, self, c->q->sel->pub.collection, NULL, NULL, false); /* 4 */
+        s_push_ctx(L, self, c->q->sel->pub.collection, false); /* 4 */
     }
     while (c->next(c->arg, &c->doc) > 0) {
         self->doc = &c->doc;
@@ -1661,7 +1662,7 @@ static int s_resolve_call(lua_State *L)
         lua_pushnil(L);
     s_push_json(L, c->mine, 0);
     s_push_json(L, c->theirs, 0);
-    s_push_ctx(L, self, c->collection, NULL, NULL, false);
+    s_push_ctx(L, self, c->collection, false);
     lua_call(L, 4, 1);
     const char *bad = "%s must return \"theirs\", \"mine\", {merge = doc} or {reject = reason}";
     if (lua_type(L, -1) == LUA_TSTRING) {

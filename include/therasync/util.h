@@ -43,6 +43,11 @@ void ts_hex(const void *bytes, size_t n, char *out);
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);
 
+/* Copies src (NULL: "") into dst of size bytes, cut short to fit and always
+ * NUL-terminated: snprintf(dst, size, "%s", src) without the format engine,
+ * for copies made on every write. */
+void ts_copy_text(char *dst, size_t size, const char *src);
+
 /* Growable byte buffer; always NUL-terminated when data != NULL.
  * Appends return 0, or -1 when memory ran out (the buffer is unchanged). */
 typedef struct {

@@ -353,7 +353,7 @@ static int write_outcome_lines(persist_t *self, const ts_record_t *drop)
         line.at_ms = drop->sent_ms;
         line.version = drop->sent_version;
         line.body = NULL;
-        snprintf(line.event, sizeof line.event, "sent");
+        ts_copy_text(line.event, sizeof line.event, "sent");
         if (write_record(self, &line))
             return -1;
     }
@@ -726,7 +726,7 @@ static void recover(persist_t *self)
             if (q) {
                 r->seq = sqlite3_column_int64(stmt, 4);
                 const char *mutation = (const char *)sqlite3_column_text(stmt, 5);
-                snprintf(r->mutation, sizeof r->mutation, "%s", mutation ? mutation : "");
+                ts_copy_text(r->mutation, sizeof r->mutation, mutation);
                 r->op = (ts_op_t)sqlite3_column_int(stmt, 6);
                 r->at_ms = sqlite3_column_int64(stmt, 7);
             }

@@ -74,6 +74,7 @@ typedef uintptr_t slot_t;
 
 typedef struct {
     const char *name;
+    char topic[80];        /* "doc.<name>", its doc.changed events' topic */
     slot_t *slots;         /* open addressing, linear probing, load <= 3/4 */
     size_t cap;            /* power of two */
     size_t used;           /* entries (visible or not) */
@@ -481,8 +482,8 @@ static void note_event(store_t *self, doc_t *d)
     d->event_batch = next_batch(self);
 }
 
-/* The doc.changed notification of d into b, its topic into topic. */
-static void doc_changed_text(ts_buf_t *b, char topic[80], const collection_t *c, const doc_t *d,
+/* The doc.changed notification of d into b. */
+static void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
                              const char *origin)
 {
     ts_buf_reserve(b, d->visible_len + 256);
@@ -495,17 +496,15 @@ static void doc_changed_text(ts_buf_t *b, char topic[80], const collection_t *c,
     ts_buf_puts(b, ",\"origin\":\"");
     ts_buf_puts(b, origin);
     ts_buf_puts(b, d->visible ? "\",\"deleted\":false}}" : "\",\"deleted\":true}}");
-    snprintf(topic, 80, "doc.%s", c->name);
 }
 
 static void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
                                  const char *origin)
 {
     ts_buf_t b = {0};
-    char topic[80];
-    doc_changed_text(&b, topic, c, d, origin);
+    doc_changed_text(&b, c, d, origin);
     if (b.data)
-        add_event(call, topic, b.data, b.len);
+        add_event(call, c->topic, b.data, b.len);
     ts_buf_free(&b);
     note_event(self, d);
 }
@@ -523,14 +522,13 @@ static void add_doc_changed(store_t *self, ts_call_t *call, const collection_t *
 static void publish_remote_change(store_t *self, const collection_t *c, const doc_t *d)
 {
     ts_buf_t b = {0};
-    char topic[80];
-    doc_changed_text(&b, topic, c, d, "remote");
+    doc_changed_text(&b, c, d, "remote");
     /* A batch sent this long ago is out for sure (persist's queue is
      * bounded); its number could be confused with a new one after a wrap. */
     uint32_t after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
                          ? d->event_batch
                          : 0;
-    if (b.data && (zmq_send(self->events, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
+    if (b.data && (zmq_send(self->events, c->topic, strlen(c->topic), ZMQ_SNDMORE) < 0 ||
                    zmq_send(self->events, b.data, b.len, ZMQ_SNDMORE) < 0 ||
                    zmq_send(self->events, &after, sizeof after, 0) < 0))
         ts_warn(LOG, "cannot publish a remote change: %s", zmq_strerror(zmq_errno()));
@@ -559,7 +557,7 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
     r->version = m->base_version;
     r->at_ms = m->at_ms;
     uuid_format(m->id, r->mutation);
-    snprintf(r->client, sizeof r->client, "%s", self_client ? self_client : "");
+    ts_copy_text(r->client, sizeof r->client, self_client);
     append_record(call, r);
     return 0;
 }
@@ -588,8 +586,8 @@ static void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
         return;
     r->at_ms = ts_wall_ms();
     uuid_format(m->id, r->mutation);
-    snprintf(r->event, sizeof r->event, "%s", event);
-    snprintf(r->client, sizeof r->client, "%s", client ? client : "");
+    ts_copy_text(r->event, sizeof r->event, event);
+    ts_copy_text(r->client, sizeof r->client, client);
     r->version = version;
     append_record(call, r);
 }
@@ -657,7 +655,7 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
     char id[65];
     const char *given = ts_json_string(doc, "id");
     if (given)
-        snprintf(id, sizeof id, "%s", given);
+        ts_copy_text(id, sizeof id, given);
     else
         ts_uuidv7(id);
     doc_t *existing = find_doc(c, id);
@@ -1293,7 +1291,7 @@ static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
         return;
     r->at_ms = u->sent_ms;
     memcpy(r->mutation, u->mutation, sizeof r->mutation);
-    snprintf(r->event, sizeof r->event, "sent");
+    ts_copy_text(r->event, sizeof r->event, "sent");
     r->version = u->sent_version;
     append_record(call, r);
 }
@@ -1307,7 +1305,7 @@ static void add_confirmed_drop(ts_call_t *call, const collection_t *c, const doc
     if (add_drop_record(call, c, d, m))
         return;
     ts_record_t *r = call->records; /* add_drop_record puts it first */
-    snprintf(r->event, sizeof r->event, "confirmed");
+    ts_copy_text(r->event, sizeof r->event, "confirmed");
     r->at_ms = ts_wall_ms();
     r->version = version;
     r->sent_ms = u->sent_ms;
@@ -2024,8 +2022,11 @@ static void store_actor(ts_actor_t *actor, void *args)
     store_t self = {.config = args};
     void *zctx = ts_actor_zctx(actor);
     ts_loop_t *loop = ts_loop_new();
-    for (size_t i = 0; i < self.config->ncollections; i++)
-        self.collections[self.ncollections++].name = self.config->collections[i];
+    for (size_t i = 0; i < self.config->ncollections; i++) {
+        collection_t *c = &self.collections[self.ncollections++];
+        c->name = self.config->collections[i];
+        snprintf(c->topic, sizeof c->topic, "doc.%s", c->name);
+    }
     self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE, true);
     self.to_persist = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_PERSIST, false);
     self.events = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_EVENTS, false);

@@ -23,17 +23,52 @@ int64_t ts_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Writes v as n decimal digits ending just before end. */
+static void put_digits(char *end, int v, int n)
+{
+    while (n-- > 0) {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+/* Without gmtime_r and snprintf: it runs for every validated write (ctx.now)
+ * and every ts.format_time. Times outside years 0000-9999 are clamped. */
 void ts_rfc3339(int64_t wall_ms, char out[32])
 {
-    time_t secs = (time_t)(wall_ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    /* Years stay within 4 digits for any clock this runs on; clamp for the compiler. */
-    int year = tm.tm_year + 1900;
-    year = year < 0 ? 0 : year > 9999 ? 9999 : year;
-    snprintf(out, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", year, (tm.tm_mon + 1) % 100,
-             tm.tm_mday % 100, tm.tm_hour % 100, tm.tm_min % 100, tm.tm_sec % 100,
-             (int)(wall_ms % 1000));
+    const int64_t min_ms = -62167219200000LL; /* 0000-01-01T00:00:00.000Z */
+    const int64_t max_ms = 253402300799999LL; /* 9999-12-31T23:59:59.999Z */
+    wall_ms = wall_ms < min_ms ? min_ms : wall_ms > max_ms ? max_ms : wall_ms;
+    /* Days since 0000-03-01 (the algorithm's epoch; min_ms is 60 days
+     * before it) and the time of day, both floored. */
+    int64_t z = (wall_ms - min_ms) / 86400000 - 60;
+    int ms_of_day = (int)((wall_ms - min_ms) % 86400000);
+    /* Civil from days (Howard Hinnant's algorithm). */
+    int era = (int)((z >= 0 ? z : z - 146096) / 146097);
+    int doe = (int)(z - (int64_t)era * 146097);
+    int yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int mp = (5 * doy + 2) / 153;
+    int day = doy - (153 * mp + 2) / 5 + 1;
+    int mon = mp < 10 ? mp + 3 : mp - 9;
+    int year = yoe + era * 400 + (mon <= 2);
+    memcpy(out, "0000-00-00T00:00:00.000Z", 25);
+    put_digits(out + 4, year, 4);
+    put_digits(out + 7, mon, 2);
+    put_digits(out + 10, day, 2);
+    put_digits(out + 13, ms_of_day / 3600000, 2);
+    put_digits(out + 16, ms_of_day / 60000 % 60, 2);
+    put_digits(out + 19, ms_of_day / 1000 % 60, 2);
+    put_digits(out + 23, ms_of_day % 1000, 3);
+}
+
+void ts_copy_text(char *dst, size_t size, const char *src)
+{
+    if (size == 0)
+        return;
+    size_t n = src ? strnlen(src, size - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
 }
 
 static int digits(const char **p, int n, int *value)

@@ -43,61 +43,64 @@ local function nonempty_string(v)
   return type(v) == "string" and v ~= ""
 end
 
--- Adds one error to a rule's list. (Written out, not a closure made per
--- call: validation runs on every write, so a rule should allocate nothing
--- when the document is fine.)
+-- Adds one error to a rule's list, making the list on the first error, and
+-- returns it: `list = add(list, ...)`. Validation runs on every write, so a
+-- rule should allocate nothing when the document is fine (no list, no
+-- closure made per call).
 local function add(list, field, message)
+  list = list or {}
   list[#list + 1] = { field = field, message = message }
+  return list
 end
 
 local REQUIRED_IDS = { "patient_id", "therapist_id" }
 
 local function check_session(doc, ctx)
-  local list = {}
+  local list
 
-  if not nonempty_string(doc.patient_id) then add(list, "patient_id", "patient_id is required") end
-  if not nonempty_string(doc.therapist_id) then add(list, "therapist_id", "therapist_id is required") end
+  if not nonempty_string(doc.patient_id) then list = add(list, "patient_id", "patient_id is required") end
+  if not nonempty_string(doc.therapist_id) then list = add(list, "therapist_id", "therapist_id is required") end
 
   local start = parse_time(doc.scheduled_at)
   if doc.scheduled_at == nil then
-    add(list, "scheduled_at", "scheduled_at is required")
+    list = add(list, "scheduled_at", "scheduled_at is required")
   elseif not start then
-    add(list, "scheduled_at", "scheduled_at must be an RFC 3339 time, e.g. 2026-03-02T09:00:00Z")
+    list = add(list, "scheduled_at", "scheduled_at must be an RFC 3339 time, e.g. 2026-03-02T09:00:00Z")
   end
 
   local d = doc.duration_min
   if math_type(d) ~= "integer" or d < MIN_DURATION or d > MAX_DURATION then
-    add(list, "duration_min", ("duration_min must be a whole number of minutes from %d to %d")
+    list = add(list, "duration_min", ("duration_min must be a whole number of minutes from %d to %d")
       :format(MIN_DURATION, MAX_DURATION))
   end
 
   if not STATUS[doc.status] then
-    add(list, "status", "status must be one of " .. keys(STATUS))
+    list = add(list, "status", "status must be one of " .. keys(STATUS))
   end
   if not MODALITY[doc.modality] then
-    add(list, "modality", "modality must be one of " .. keys(MODALITY))
+    list = add(list, "modality", "modality must be one of " .. keys(MODALITY))
   end
   if doc.room ~= nil and type(doc.room) ~= "string" then
-    add(list, "room", "room must be text")
+    list = add(list, "room", "room must be text")
   end
   if doc.notes ~= nil and (type(doc.notes) ~= "string" or #doc.notes > MAX_NOTES) then
-    add(list, "notes", ("notes must be text of at most %d bytes"):format(MAX_NOTES))
+    list = add(list, "notes", ("notes must be text of at most %d bytes"):format(MAX_NOTES))
   end
 
   local prev = ctx.previous
   if prev then
     if prev.patient_id ~= nil and doc.patient_id ~= prev.patient_id then
-      add(list, "patient_id", "patient_id cannot change; cancel and book a new session")
+      list = add(list, "patient_id", "patient_id cannot change; cancel and book a new session")
     end
     local allowed = TRANSITIONS[prev.status]
     if STATUS[doc.status] and allowed and doc.status ~= prev.status and not allowed[doc.status] then
-      add(list, "status", ("status cannot change from %s to %s"):format(prev.status, doc.status))
+      list = add(list, "status", ("status cannot change from %s to %s"):format(prev.status, doc.status))
     end
   end
 
   -- No overlapping sessions for one therapist, unless either is a group
   -- session; cancelled and no-show sessions do not count.
-  if #list == 0 and doc.modality ~= "group" and not NOT_BLOCKING[doc.status] then
+  if not list and doc.modality ~= "group" and not NOT_BLOCKING[doc.status] then
     local stop = start + d * 60000
     -- Only sessions that start less than MAX_DURATION before this one ends
     -- can overlap it; the time filter keeps the look-up cheap.
@@ -109,7 +112,7 @@ local function check_session(doc, ctx)
          and o_start and math_type(o.duration_min) == "integer" then
         local o_stop = o_start + o.duration_min * 60000
         if start < o_stop and o_start < stop then
-          add(list, "scheduled_at", ("therapist %s already has session %s at %s")
+          list = add(list, "scheduled_at", ("therapist %s already has session %s at %s")
             :format(doc.therapist_id, tostring(o.id), o.scheduled_at))
           break
         end
@@ -117,7 +120,7 @@ local function check_session(doc, ctx)
     end
   end
 
-  if #list > 0 then return false, list end
+  if list then return false, list end
   return true
 end
 
@@ -125,35 +128,35 @@ local CONSULT_STATUS = { draft = true, final = true, amended = true }
 local SUMMARY_FIELDS = { "chief_complaint", "assessment", "plan", "recommendations" }
 
 local function check_consultation(doc, ctx)
-  local list = {}
+  local list
   for _, f in ipairs(REQUIRED_IDS) do
-    if not nonempty_string(doc[f]) then add(list, f, f .. " is required") end
+    if not nonempty_string(doc[f]) then list = add(list, f, f .. " is required") end
   end
   -- date: a calendar date (2026-03-02) or an RFC 3339 time.
   local date = doc.date
   if type(date) ~= "string" or not (parse_time(date)
       or (date:match("^%d%d%d%d%-%d%d%-%d%d$") and parse_time(date .. "T00:00:00Z"))) then
-    add(list, "date", "date must be a date (YYYY-MM-DD) or an RFC 3339 time")
+    list = add(list, "date", "date must be a date (YYYY-MM-DD) or an RFC 3339 time")
   end
   if doc.session_id ~= nil and not nonempty_string(doc.session_id) then
-    add(list, "session_id", "session_id must be a session id")
+    list = add(list, "session_id", "session_id must be a session id")
   end
   local s = doc.summary
   if type(s) ~= "table" then
-    add(list, "summary", "summary is required: {chief_complaint, assessment, plan, recommendations}")
+    list = add(list, "summary", "summary is required: {chief_complaint, assessment, plan, recommendations}")
   else
     for _, f in ipairs(SUMMARY_FIELDS) do
-      if type(s[f]) ~= "string" then add(list, "summary." .. f, "summary." .. f .. " must be text") end
+      if type(s[f]) ~= "string" then list = add(list, "summary." .. f, "summary." .. f .. " must be text") end
     end
   end
   if not CONSULT_STATUS[doc.status] then
-    add(list, "status", "status must be one of " .. keys(CONSULT_STATUS))
+    list = add(list, "status", "status must be one of " .. keys(CONSULT_STATUS))
   end
   local prev = ctx.previous
   if prev and prev.patient_id ~= nil and doc.patient_id ~= prev.patient_id then
-    add(list, "patient_id", "patient_id cannot change")
+    list = add(list, "patient_id", "patient_id cannot change")
   end
-  if #list > 0 then return false, list end
+  if list then return false, list end
   return true
 end
 

@@ -35,7 +35,8 @@ dir_therasyncd      := src/daemon
 dir_therasync       := src/cli
 dir_clinic-api      := src/clinic-api
 dir_therasync-bench := src/bench
-ALL_PROGRAMS := therasyncd therasync clinic-api therasync-bench
+dir_therasync-canned := src/canned
+ALL_PROGRAMS := therasyncd therasync clinic-api therasync-bench therasync-canned
 PROGRAMS := $(foreach p,$(ALL_PROGRAMS),$(if $(wildcard $(dir_$(p))/*.c),$(p)))
 BINS     := $(PROGRAMS:%=$(BUILD)/%)
 

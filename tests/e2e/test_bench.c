@@ -4,12 +4,15 @@
  * fields, no errors, and the figures a comparison with the peer needs.
  * Not a timing: small runs check that the measuring tool works. */
 #include "../support/engine.h"
+#include "../support/proc.h"
 #include "../support/run.h"
 
 #include <cJSON.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 #define BENCH_TIMEOUT_MS 60000
 
@@ -28,10 +31,10 @@ static void stop(void)
 
 TestSuite(bench, .init = start_shipped, .fini = stop, .timeout = 120);
 
-/* Runs the bench against the engine; returns its last stdout line, parsed. */
-static cJSON *bench(const char *const extra[])
+/* Runs the bench against endpoint; returns its last stdout line, parsed. */
+static cJSON *bench_at(const char *endpoint, const char *const extra[])
 {
-    const char *args[24] = {"--endpoint", engine.endpoint};
+    const char *args[24] = {"--endpoint", endpoint};
     size_t n = 2;
     for (size_t i = 0; extra[i] && n < 23; i++)
         args[n++] = extra[i];
@@ -48,6 +51,12 @@ static cJSON *bench(const char *const extra[])
     ts_buf_free(&out);
     ts_buf_free(&err);
     return line;
+}
+
+/* The same against the engine. */
+static cJSON *bench(const char *const extra[])
+{
+    return bench_at(engine.endpoint, extra);
 }
 
 static double num(const cJSON *line, const char *key)
@@ -79,8 +88,8 @@ Test(bench, ingest_reports_the_contract_fields)
 
 Test(bench, select_reports_rows_and_the_peers_read_rate)
 {
-    cJSON *line = bench((const char *[]){"--workload", "select", "--n", "200", "--docs", "2000",
-                                         NULL});
+    cJSON *line =
+        bench((const char *[]){"--workload", "select", "--n", "200", "--docs", "2000", NULL});
     cr_assert_str_eq(cJSON_GetObjectItem(line, "workload")->valuestring, "select");
     cr_assert_eq(num(line, "errors"), 0);
     cr_assert_eq(num(line, "reads"), 200);
@@ -103,4 +112,63 @@ Test(bench, update_counts_refused_writes_apart)
     cr_assert_gt(num(line, "validation_failed"), 50);
     cr_assert_lt(num(line, "validation_failed"), 950);
     cJSON_Delete(line);
+}
+
+/* therasync-canned: a front door with nothing behind it, for measuring the
+ * transport and the client alone (bench/README.md, "The ceiling"). */
+Test(canned, answers_every_request_with_its_id_and_the_canned_result, .timeout = 120)
+{
+    char endpoint[64];
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+    ts_proc_t canned = {0};
+    const char *args[] = {"--endpoint", endpoint, "--result",
+                          ts_source_path("bench/fixtures/upcoming-result.json"), NULL};
+    cr_assert_eq(ts_proc_spawn(&canned, NULL, "therasync-canned", args), 0);
+    char line[256];
+    cr_assert_eq(ts_proc_wait_line(&canned, "ready", 10000, line, sizeof line), 0,
+                 "not ready (log: %s)", canned.log_path);
+
+    /* the bench's select against it: every read answered with the fixture's 20 rows */
+    cJSON *out =
+        bench_at(endpoint, (const char *[]){"--workload", "select", "--n", "300", "--docs", "500",
+                                            "--clients", "2", "--inflight", "4", NULL});
+    cr_assert_eq(num(out, "errors"), 0);
+    cr_assert_eq(num(out, "reads"), 300);
+    cr_assert_eq(num(out, "result_rows_total"), 300 * 20);
+    cJSON_Delete(out);
+
+    /* a string id comes back as sent; a notification (no id) gets nothing */
+    void *zctx = zmq_ctx_new();
+    void *dealer = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+    cr_assert_eq(zmq_connect(dealer, endpoint), 0);
+    const char note[] = "{\"jsonrpc\":\"2.0\",\"method\":\"ping\"}";
+    cr_assert_null(ts_rpc_raw(dealer, note, sizeof note - 1, 300), "a notification was answered");
+    const char req[] = "{\"jsonrpc\":\"2.0\",\"id\":\"a-1\",\"method\":\"ping\"}";
+    char *reply = ts_rpc_raw(dealer, req, sizeof req - 1, 5000);
+    cr_assert_not_null(reply, "no answer");
+    cJSON *r = cJSON_Parse(reply);
+    cr_assert_str_eq(cJSON_GetObjectItem(r, "id")->valuestring, "a-1");
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "result"), "items")),
+                 20);
+    cJSON_Delete(r);
+    free(reply);
+    zmq_close(dealer);
+    zmq_ctx_term(zctx);
+    cr_assert_eq(ts_proc_stop(&canned, 5000), 0, "SIGTERM must stop it cleanly");
+}
+
+Test(canned, refuses_a_result_file_that_is_not_json)
+{
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync-canned",
+                    (const char *[]){"--endpoint", "tcp://127.0.0.1:1", "--result",
+                                     ts_source_path("README.md"), NULL},
+                    NULL, 10000, &out, &err);
+    cr_assert_eq(rc, 1);
+    cr_assert_not_null(strstr(err.data ? err.data : "", "is not JSON"), "%s",
+                       err.data ? err.data : "");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
 }

@@ -80,6 +80,8 @@ static int answer_one(void *router, const char *result, ts_buf_t *reply)
         if (zmq_msg_recv(&part, router, n ? 0 : ZMQ_DONTWAIT) < 0) {
             int err = errno;
             zmq_msg_close(&part);
+            if (err == EINTR && n)
+                continue; /* the rest of a message already begun */
             for (int i = 0; i < n; i++)
                 zmq_msg_close(&frames[i]);
             return err == EAGAIN || err == EINTR ? 0 : -1;
@@ -99,11 +101,12 @@ static int answer_one(void *router, const char *result, ts_buf_t *reply)
     if (!too_many && n >= 2 &&
         ts_json_text_field(zmq_msg_data(payload), zmq_msg_size(payload), "id", 2, &id, &id_len)) {
         ts_buf_reset(reply);
-        ts_buf_puts(reply, "{\"jsonrpc\":\"2.0\",\"id\":");
-        ts_buf_append(reply, id, id_len);
-        ts_buf_puts(reply, ",\"result\":");
-        ts_buf_puts(reply, result);
-        if (ts_buf_puts(reply, "}") == 0 && zmq_msg_send(&frames[0], router, ZMQ_SNDMORE) >= 0 &&
+        int rc = ts_buf_puts(reply, "{\"jsonrpc\":\"2.0\",\"id\":");
+        rc |= ts_buf_append(reply, id, id_len);
+        rc |= ts_buf_puts(reply, ",\"result\":");
+        rc |= ts_buf_puts(reply, result);
+        rc |= ts_buf_puts(reply, "}");
+        if (rc == 0 && zmq_msg_send(&frames[0], router, ZMQ_SNDMORE) >= 0 &&
             (n == 2 || zmq_send(router, "", 0, ZMQ_SNDMORE) >= 0))
             zmq_send(router, reply->data, reply->len, 0);
     }

@@ -472,15 +472,18 @@ static void check_params(front_t *self, ts_call_t *call)
     }
 }
 
-/* The request id as JSON text. Integral numbers are printed directly:
- * cJSON prints numbers beyond int range through sprintf and sscanf. */
+/* The request id as JSON text. Integral numbers are printed directly (every
+ * answer has one: no printf for it); cJSON prints numbers beyond int range
+ * through sprintf and sscanf. */
 static char *id_to_json(const cJSON *id)
 {
     if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble &&
         id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15) {
-        char text[32];
-        snprintf(text, sizeof text, "%lld", (long long)id->valuedouble);
-        return strdup(text);
+        ts_buf_t text = {0};
+        if (ts_buf_int(&text, (long long)id->valuedouble) == 0)
+            return ts_buf_take(&text, NULL);
+        ts_buf_free(&text);
+        return NULL;
     }
     return cJSON_PrintUnformatted(id);
 }

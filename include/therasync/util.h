@@ -21,6 +21,10 @@ int ts_parse_rfc3339(const char *text, int64_t *wall_ms);
 /* Writes a UUIDv7 (RFC 9562) as 36 chars + NUL. Ids from one process are
  * strictly increasing, so they sort by creation time. Thread-safe. */
 void ts_uuidv7(char out[37]);
+/* The same UUIDv7 as 16 bytes, and 16 bytes as the usual 36-character text
+ * (lowercase hex): what the store keeps and prints of mutation ids. */
+void ts_uuidv7_bytes(uint8_t out[16]);
+void ts_uuid_format(const uint8_t in[16], char out[37]);
 
 /* A document id: 1–64 of [A-Za-z0-9_-]. */
 bool ts_valid_id(const char *text, size_t len);

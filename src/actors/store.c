@@ -233,19 +233,6 @@ static int uuid_parse(const char *text, uint8_t out[16])
     return n == 32 && strlen(text) == 36 ? 0 : -1;
 }
 
-static void uuid_format(const uint8_t in[16], char out[37])
-{
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *o++ = '-';
-        *o++ = hex[in[i] >> 4];
-        *o++ = hex[in[i] & 15];
-    }
-    *o = '\0';
-}
-
 static collection_t *find_collection(store_t *self, const char *name)
 {
     for (size_t i = 0; name && i < self->ncollections; i++)
@@ -431,7 +418,7 @@ static void append_sync(ts_buf_t *b, const doc_t *d)
     ts_buf_puts(b, ",\"mutation\":");
     if (last) {
         char id[37];
-        uuid_format(last->id, id);
+        ts_uuid_format(last->id, id);
         ts_buf_json_string(b, id, 36);
     } else
         ts_buf_puts(b, "null");
@@ -556,7 +543,7 @@ static int add_mutation_record(ts_call_t *call, const collection_t *c, const doc
     r->seq = m->seq;
     r->version = m->base_version;
     r->at_ms = m->at_ms;
-    uuid_format(m->id, r->mutation);
+    ts_uuid_format(m->id, r->mutation);
     ts_copy_text(r->client, sizeof r->client, self_client);
     append_record(call, r);
     return 0;
@@ -569,7 +556,7 @@ static int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *
     if (!r)
         return -1;
     r->seq = m->seq;
-    uuid_format(m->id, r->mutation);
+    ts_uuid_format(m->id, r->mutation);
     r->next = call->records;
     call->records = r;
     return 0;
@@ -585,7 +572,7 @@ static void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
     if (!r)
         return;
     r->at_ms = ts_wall_ms();
-    uuid_format(m->id, r->mutation);
+    ts_uuid_format(m->id, r->mutation);
     ts_copy_text(r->event, sizeof r->event, event);
     ts_copy_text(r->client, sizeof r->client, client);
     r->version = version;
@@ -601,9 +588,7 @@ static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *bod
     m->seq = ++self->seq;
     m->base_version = base_version;
     m->at_ms = ts_wall_ms();
-    char id[37];
-    ts_uuidv7(id);
-    uuid_parse(id, m->id);
+    ts_uuidv7_bytes(m->id);
     return m;
 }
 
@@ -1236,7 +1221,7 @@ static void reject_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
     snprintf(line, sizeof line, "%s: %s", reason, message ? message : "");
     add_audit(call, c, d, m, "rejected", NULL, doc_version(d), line);
     char id[37];
-    uuid_format(m->id, id);
+    ts_uuid_format(m->id, id);
     cJSON *params = cJSON_CreateObject();
     cJSON_AddStringToObject(params, "mutation", id);
     cJSON_AddStringToObject(params, "collection", c->name);
@@ -1326,7 +1311,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         self->confirmed++;
         add_confirmed_drop(call, c, d, m, version, u);
         char id[37];
-        uuid_format(m->id, id);
+        ts_uuid_format(m->id, id);
         ts_buf_t b = {0};
         ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"mutation.confirmed\",\"params\":"
                         "{\"mutation\":");
@@ -1495,9 +1480,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
             r->seq = m->seq;
             r->base_version = theirs_version;
             r->at_ms = m->at_ms;
-            char id[37];
-            ts_uuidv7(id);
-            uuid_parse(id, r->id);
+            ts_uuidv7_bytes(r->id);
             for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
                 if (*p == m) {
                     r->next = m->next;

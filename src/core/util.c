@@ -141,7 +141,7 @@ int ts_parse_rfc3339(const char *text, int64_t *wall_ms)
 static pthread_mutex_t uuid_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t uuid_last_ms, uuid_hi12, uuid_lo62;
 
-void ts_uuidv7(char out[37])
+void ts_uuidv7_bytes(uint8_t b[16])
 {
     uint64_t ms = (uint64_t)ts_wall_ms(), hi, lo;
     pthread_mutex_lock(&uuid_lock);
@@ -161,23 +161,33 @@ void ts_uuidv7(char out[37])
     }
     ms = uuid_last_ms, hi = uuid_hi12, lo = uuid_lo62;
     pthread_mutex_unlock(&uuid_lock);
-    unsigned char b[16];
     for (int i = 0; i < 6; i++)
-        b[i] = (unsigned char)(ms >> (40 - 8 * i));
-    b[6] = (unsigned char)(0x70 | (hi >> 8));
-    b[7] = (unsigned char)hi;
-    b[8] = (unsigned char)(0x80 | (lo >> 56));
+        b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    b[6] = (uint8_t)(0x70 | (hi >> 8));
+    b[7] = (uint8_t)hi;
+    b[8] = (uint8_t)(0x80 | (lo >> 56));
     for (int i = 9; i < 16; i++)
-        b[i] = (unsigned char)(lo >> (8 * (15 - i)));
+        b[i] = (uint8_t)(lo >> (8 * (15 - i)));
+}
+
+void ts_uuid_format(const uint8_t in[16], char out[37])
+{
     static const char hex[] = "0123456789abcdef";
     char *o = out;
     for (int i = 0; i < 16; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10)
             *o++ = '-';
-        *o++ = hex[b[i] >> 4];
-        *o++ = hex[b[i] & 15];
+        *o++ = hex[in[i] >> 4];
+        *o++ = hex[in[i] & 15];
     }
     *o = '\0';
+}
+
+void ts_uuidv7(char out[37])
+{
+    uint8_t b[16];
+    ts_uuidv7_bytes(b);
+    ts_uuid_format(b, out);
 }
 
 void ts_hex(const void *bytes, size_t n, char *out)

@@ -52,6 +52,11 @@ int ts_parse_i64(const char *text, int64_t *value);
  * for copies made on every write. */
 void ts_copy_text(char *dst, size_t size, const char *src);
 
+/* A malloc'd, NUL-terminated copy of text[0..len): strndup without its
+ * scan for a NUL, for text known to hold none (JSON we printed). NULL when
+ * out of memory. */
+char *ts_memdup(const char *text, size_t len);
+
 /* Growable byte buffer; always NUL-terminated when data != NULL.
  * Appends return 0, or -1 when memory ran out (the buffer is unchanged). */
 typedef struct {

@@ -369,7 +369,7 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
         cJSON_DeleteItemFromObjectCaseSensitive(obj, "id");
     ts_buf_reset(&self->scratch);
     char *text = ts_buf_json(&self->scratch, obj) == 0
-                     ? strndup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
+                     ? ts_memdup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
                      : NULL;
     if (id)
         cJSON_AddItemToObject(obj, "id", id);
@@ -572,7 +572,7 @@ static ts_envelope_t *parse_create(front_t *self, const char *data, size_t len)
         ts_buf_append(&self->reduced, "{}", 2) ||
         ts_buf_append(&self->reduced, doc_end, (size_t)(end - doc_end)))
         return NULL;
-    char *body = strndup(self->scratch.data, self->scratch.len); /* strict JSON: no NUL */
+    char *body = ts_memdup(self->scratch.data, self->scratch.len); /* strict JSON: no NUL */
     cJSON *root = body ? cJSON_ParseWithLength(self->reduced.data, self->reduced.len) : NULL;
     ts_envelope_t *e = root ? ts_envelope_new(1) : NULL;
     if (!e) {

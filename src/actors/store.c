@@ -678,7 +678,7 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
         ts_policy_doc_t before = {d->id, d->id_len, d->visible, d->visible_len};
         if (ts_sq_validate_text(self->sq, call, c->name, &after, &before))
             return NULL;
-        char *text = strndup(after.text, after.len); /* JSON: no NUL inside */
+        char *text = ts_memdup(after.text, after.len); /* JSON: no NUL inside */
         if (!text)
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         *len = after.len;

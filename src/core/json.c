@@ -373,7 +373,9 @@ static void compact_flush(compact_t *c, const char *p)
 /* skip_ws that leaves the whitespace out of c's copy (c may be NULL). */
 static const char *compact_ws(compact_t *c, const char *p, const char *end)
 {
-    if (!c || p >= end || (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'))
+    if (p >= end || (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'))
+        return p; /* the usual case: no whitespace here */
+    if (!c)
         return skip_ws(p, end);
     compact_flush(c, p);
     c->run = skip_ws(p, end);

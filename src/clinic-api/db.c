@@ -67,6 +67,9 @@ ca_db_t *ca_db_open(const char *path)
         return NULL;
     pthread_mutex_init(&db->lock, NULL);
     pthread_mutex_init(&db->rlock, NULL);
+    /* No memory statistics: they take a global mutex on every allocation
+     * (before SQLite's first use only; later a no-op). */
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     if (sqlite3_open_v2(path, &db->sql,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Monotonic clock in microseconds (for latencies and timers). */
 int64_t ts_mono_us(void);
@@ -67,7 +68,11 @@ typedef struct {
 
 int ts_buf_reserve(ts_buf_t *buf, size_t extra);
 int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len);
-int ts_buf_puts(ts_buf_t *buf, const char *text);
+/* Inline, so the length of a literal is known at compile time. */
+static inline int ts_buf_puts(ts_buf_t *buf, const char *text)
+{
+    return ts_buf_append(buf, text, strlen(text));
+}
 int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends an integer in decimal (no printf: the store writes a few per
  * write, on the pipeline's serial stage). */

@@ -276,11 +276,6 @@ int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len)
     return 0;
 }
 
-int ts_buf_puts(ts_buf_t *buf, const char *text)
-{
-    return ts_buf_append(buf, text, strlen(text));
-}
-
 int ts_buf_printf(ts_buf_t *buf, const char *fmt, ...)
 {
     va_list ap;

@@ -66,9 +66,23 @@ typedef struct {
     size_t cap;
 } ts_buf_t;
 
-int ts_buf_reserve(ts_buf_t *buf, size_t extra);
-int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len);
-/* Inline, so the length of a literal is known at compile time. */
+/* Room for extra more bytes (and the NUL): 0, or -1 when out of memory.
+ * The appends below are inline: the engine builds its answers, events and
+ * documents from many small appends, most of them of literals. */
+int ts_buf_grow(ts_buf_t *buf, size_t extra);
+static inline int ts_buf_reserve(ts_buf_t *buf, size_t extra)
+{
+    return buf->len + extra + 1 <= buf->cap ? 0 : ts_buf_grow(buf, extra);
+}
+static inline int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len)
+{
+    if (ts_buf_reserve(buf, len))
+        return -1;
+    memcpy(buf->data + buf->len, bytes, len);
+    buf->len += len;
+    buf->data[buf->len] = '\0';
+    return 0;
+}
 static inline int ts_buf_puts(ts_buf_t *buf, const char *text)
 {
     return ts_buf_append(buf, text, strlen(text));

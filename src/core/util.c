@@ -251,10 +251,8 @@ int ts_parse_i64(const char *text, int64_t *value)
     return 0;
 }
 
-int ts_buf_reserve(ts_buf_t *buf, size_t extra)
+int ts_buf_grow(ts_buf_t *buf, size_t extra)
 {
-    if (buf->len + extra + 1 <= buf->cap)
-        return 0;
     size_t cap = buf->cap ? buf->cap : 256;
     while (cap < buf->len + extra + 1)
         cap *= 2;
@@ -263,16 +261,6 @@ int ts_buf_reserve(ts_buf_t *buf, size_t extra)
         return -1;
     buf->data = data;
     buf->cap = cap;
-    return 0;
-}
-
-int ts_buf_append(ts_buf_t *buf, const void *bytes, size_t len)
-{
-    if (ts_buf_reserve(buf, len))
-        return -1;
-    memcpy(buf->data + buf->len, bytes, len);
-    buf->len += len;
-    buf->data[buf->len] = '\0';
     return 0;
 }
 

@@ -44,6 +44,14 @@ static inline uint64_t ts_word_below(uint64_t w, unsigned char c)
 
 /* Writes n bytes as 2n lowercase hex digits and a NUL into out. */
 void ts_hex(const void *bytes, size_t n, char *out);
+/* The value of one hex digit (either case), or -1. */
+static inline int ts_hex_value(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
 
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);

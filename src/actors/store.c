@@ -221,10 +221,7 @@ static int uuid_parse(const char *text, uint8_t out[16])
     for (const char *p = text; *p && n < 32; p++) {
         if (*p == '-')
             continue;
-        int v = (*p >= '0' && *p <= '9')   ? *p - '0'
-                : (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
-                : (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10
-                                           : -1;
+        int v = ts_hex_value(*p);
         if (v < 0)
             return -1;
         out[n / 2] = (uint8_t)(n % 2 ? (out[n / 2] | v) : v << 4);

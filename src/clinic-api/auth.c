@@ -143,17 +143,6 @@ int ca_auth_check(const char *authorization)
     return lookup(tok, len, false) ? 0 : -1;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes application/x-www-form-urlencoded text in place; returns length. */
 static size_t form_decode(char *s, size_t len)
 {
@@ -161,8 +150,8 @@ static size_t form_decode(char *s, size_t len)
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '+') {
             s[o++] = ' ';
-        } else if (s[i] == '%' && i + 2 < len && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            s[o++] = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+        } else if (s[i] == '%' && i + 2 < len && ts_hex_value(s[i + 1]) >= 0 && ts_hex_value(s[i + 2]) >= 0) {
+            s[o++] = (char)(ts_hex_value(s[i + 1]) << 4 | ts_hex_value(s[i + 2]));
             i += 2;
         } else {
             s[o++] = s[i];

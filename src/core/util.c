@@ -182,15 +182,15 @@ void ts_uuidv7_bytes(uint8_t b[16])
 
 void ts_uuid_format(const uint8_t in[16], char out[37])
 {
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *o++ = '-';
-        *o++ = hex[in[i] >> 4];
-        *o++ = hex[in[i] & 15];
+    /* 8-4-4-4-12 hex digits: groups of 4, 2, 2, 2 and 6 bytes */
+    static const int group[] = {4, 2, 2, 2, 6};
+    for (size_t g = 0; g < sizeof group / sizeof *group; g++) {
+        if (g)
+            *out++ = '-';
+        ts_hex(in, (size_t)group[g], out);
+        in += group[g];
+        out += 2 * group[g];
     }
-    *o = '\0';
 }
 
 void ts_uuidv7(char out[37])

@@ -79,9 +79,7 @@ static struct sigaction crash_previous[NCRASH];
 static void on_crash(int sig, siginfo_t *info, void *context)
 {
     (void)context;
-    for (int i = 0; i < MAX_LIVE; i++)
-        if (live[i] > 0)
-            kill(live[i], SIGKILL);
+    kill_live(); /* kill and waitpid are async-signal-safe */
     for (size_t i = 0; i < NCRASH; i++)
         if (crash_signals[i] == sig)
             sigaction(sig, &crash_previous[i], NULL);

@@ -359,9 +359,10 @@ static void check_id_param(ts_call_t *call, const char *key)
 
 /* Sets call->body: obj as the store keeps it, without its id and the fields
  * only the server sets. Printed here, not in the store: the store is the
- * pipeline's one serial stage, and this needs nothing it owns. obj itself
- * keeps its id (a create's validation shows it to the rule). */
-static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
+ * pipeline's one serial stage, and this needs nothing it owns. With
+ * keep_id, obj keeps its (first) id: a create's validation shows it to the
+ * rule; a patch loses every one. */
+static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj, bool keep_id)
 {
     ts_json_strip_server_fields(obj);
     cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(obj, "id");
@@ -371,8 +372,10 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     char *text = ts_buf_json(&self->scratch, obj) == 0
                      ? ts_memdup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
                      : NULL;
-    if (id)
+    if (id && keep_id)
         cJSON_AddItemToObject(obj, "id", id);
+    else
+        cJSON_Delete(id);
     if (!text) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
@@ -413,7 +416,7 @@ static void check_params(front_t *self, ts_call_t *call)
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
         }
         if (!call->err_code && !call->body) /* parse_create compacted it already */
-            prepare_body(self, call, (cJSON *)doc);
+            prepare_body(self, call, (cJSON *)doc, true);
         break;
     case TS_M_UPDATE: {
         check_id_param(call, "id");
@@ -430,10 +433,8 @@ static void check_params(front_t *self, ts_call_t *call)
         else if (patch_id && (!cJSON_IsString(patch_id) ||
                               strcmp(patch_id->valuestring, ts_json_string(p, "id")) != 0))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "a patch cannot change a document's id");
-        if (!call->err_code) {
-            cJSON_DeleteItemFromObjectCaseSensitive(patch, "id");
-            prepare_body(self, call, patch);
-        }
+        if (!call->err_code)
+            prepare_body(self, call, patch, false);
         break;
     }
     case TS_M_DELETE:

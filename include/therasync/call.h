@@ -132,7 +132,11 @@ typedef struct {
     ts_method_t method;
     char *id_json;        /* the request's id as JSON text; NULL for a notification */
     cJSON *params;        /* owned; NULL when absent */
-    const char *collection; /* params.collection, checked by front (points into params) */
+    const char *collection; /* params.collection, checked by front (the config's name) */
+    char *doc_id;         /* update, delete, get: params.id; create: params.doc.id, or NULL
+                             for an id the store makes; checked by front */
+    bool has_base_version; /* update: params.base_version, checked by front */
+    long long base_version;
     char *body;           /* create / update: params.doc / params.patch as stored (no id,
                              no server fields), printed by the front door so that the
                              store, the pipeline's one serial stage, does not have to */

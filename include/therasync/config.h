@@ -53,5 +53,7 @@ int ts_config_load(ts_config_t *config, const char *path, char *err, size_t errl
 int ts_config_parse_args(ts_config_t *config, int argc, char **argv, char *err, size_t errlen);
 /* Index of a collection name, or -1. */
 int ts_config_collection(const ts_config_t *config, const char *name);
+/* The same for the len bytes at name (which hold no NUL). */
+int ts_config_collection_len(const ts_config_t *config, const char *name, size_t len);
 
 #endif

@@ -80,6 +80,26 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
                                    const char *const *drop, size_t ndrop,
                                    ts_json_member_t *dropped, int max_depth);
 
+/* Reads the object text at p (up to end) member by member, strictly, for a
+ * fast path that knows the members it expects: fn gets each key as written
+ * and the start of its value, reads the value and returns the position
+ * after it, or NULL to give up. Returns the position after the object, or
+ * NULL when fn gave up, the text is not strict JSON around the values, or
+ * a key is written with escapes. */
+typedef const char *ts_json_member_fn(void *arg, const char *key, size_t key_len,
+                                      const char *value, const char *end);
+const char *ts_json_strict_members(const char *p, const char *end, ts_json_member_fn *fn,
+                                   void *arg);
+
+/* The string at p when it is strict JSON written without escapes: the
+ * position after its closing quote; NULL otherwise. */
+const char *ts_json_plain_string(const char *p, const char *end);
+
+/* The number at p when it is an integer written as one (no fraction, no
+ * exponent, at most 15 digits, so exact as a double): the position after
+ * it, with its value in *value; NULL otherwise. */
+const char *ts_json_plain_int(const char *p, const char *end, long long *value);
+
 /* RFC 7396 on text: appends to out what ts_json_merge_patch makes of the
  * object text target with the object text patch (both well-formed), member
  * order included, without building either tree. Returns 0; 1 when the

@@ -58,7 +58,6 @@ typedef struct {
     void *to_store;   /* PUSH */
     ts_loop_t *loop;
     ts_buf_t scratch; /* a write's body, printed */
-    ts_buf_t reduced; /* a create's request with {} for its document */
     size_t inflight;  /* calls in the pipeline */
     size_t warn_at;   /* next queue depth worth a warning (doubles) */
     bool draining;
@@ -348,13 +347,16 @@ static bool is_method_with_collection(ts_method_t m)
            m == TS_M_QUERY;
 }
 
-static void check_id_param(ts_call_t *call, const char *key)
+/* Sets call->doc_id from params.id, or fails the call. */
+static void check_id_param(ts_call_t *call)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call->params, key);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call->params, "id");
     if (!cJSON_IsString(id))
-        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", key);
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.id must be a string");
     else if (!ts_valid_id(id->valuestring, strlen(id->valuestring)))
-        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be 1-64 of [A-Za-z0-9_-]", key);
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.id must be 1-64 of [A-Za-z0-9_-]");
+    else if (!(call->doc_id = strdup(id->valuestring)))
+        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
 
 /* Sets call->body: obj as the store keeps it, without its id and the fields
@@ -399,11 +401,12 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.collection must be a string");
             return;
         }
-        if (ts_config_collection(self->config, coll) < 0) {
+        int index = ts_config_collection(self->config, coll);
+        if (index < 0) {
             ts_call_fail(call, TS_E_UNKNOWN_COLLECTION, "unknown collection '%.64s'", coll);
             return;
         }
-        call->collection = coll;
+        call->collection = self->config->collections[index];
     }
     const cJSON *doc = cJSON_GetObjectItemCaseSensitive(p, "doc");
     switch (call->method) {
@@ -414,21 +417,23 @@ static void check_params(front_t *self, ts_call_t *call)
             const char *id = ts_json_string(doc, "id");
             if (!id || !ts_valid_id(id, strlen(id)))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
+            else if (!(call->doc_id = strdup(id)))
+                ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         }
-        if (!call->err_code && !call->body) /* parse_create compacted it already */
+        if (!call->err_code)
             prepare_body(self, call, (cJSON *)doc, true);
         break;
     case TS_M_UPDATE: {
-        check_id_param(call, "id");
-        long long base;
+        check_id_param(call);
         if (call->err_code)
             break;
         cJSON *patch = cJSON_GetObjectItemCaseSensitive(p, "patch");
         const cJSON *patch_id = cJSON_GetObjectItemCaseSensitive(patch, "id");
         if (!cJSON_IsObject(patch))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.patch must be an object");
-        else if (cJSON_GetObjectItemCaseSensitive(p, "base_version") &&
-                 !ts_json_int(p, "base_version", &base))
+        else if ((call->has_base_version =
+                      cJSON_GetObjectItemCaseSensitive(p, "base_version") != NULL) &&
+                 !ts_json_int(p, "base_version", &call->base_version))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.base_version must be an integer");
         else if (patch_id && (!cJSON_IsString(patch_id) ||
                               strcmp(patch_id->valuestring, ts_json_string(p, "id")) != 0))
@@ -439,7 +444,7 @@ static void check_params(front_t *self, ts_call_t *call)
     }
     case TS_M_DELETE:
     case TS_M_GET:
-        check_id_param(call, "id");
+        check_id_param(call);
         break;
     case TS_M_QUERY: {
         const cJSON *sel = cJSON_GetObjectItemCaseSensitive(p, "selector");
@@ -476,16 +481,20 @@ static void check_params(front_t *self, ts_call_t *call)
 /* The request id as JSON text. Integral numbers are printed directly (every
  * answer has one: no printf for it); cJSON prints numbers beyond int range
  * through sprintf and sscanf. */
+static char *int_to_json(long long id)
+{
+    ts_buf_t text = {0};
+    if (ts_buf_int(&text, id) == 0)
+        return ts_buf_take(&text, NULL);
+    ts_buf_free(&text);
+    return NULL;
+}
+
 static char *id_to_json(const cJSON *id)
 {
     if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble &&
-        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15) {
-        ts_buf_t text = {0};
-        if (ts_buf_int(&text, (long long)id->valuedouble) == 0)
-            return ts_buf_take(&text, NULL);
-        ts_buf_free(&text);
-        return NULL;
-    }
+        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15)
+        return int_to_json((long long)id->valuedouble);
     return cJSON_PrintUnformatted(id);
 }
 
@@ -541,60 +550,157 @@ static ts_envelope_t *error_envelope(int code, const char *message)
 /* Deeper requests take the general way (cJSON allows 1,000 levels). */
 #define FAST_MAX_DEPTH 64
 
-/* The most common request, a single create, read without building its
- * document's tree (parsing, printing and freeing that tree was most of the
- * front door's work per create): the document is read as strict JSON and,
- * in the same pass, compacted into the call's body (less its id and the
- * server's fields); only the rest of the request, with {} for the document,
- * goes through cJSON and the checks every request gets. A request is valid
- * JSON when that rest is and the document is. NULL for anything unusual
- * (an escaped key or id, a document that is not strict JSON, a batch):
- * that takes the general way, which also words the errors. */
-static ts_envelope_t *parse_create(front_t *self, const char *data, size_t len)
+/* ---- the fast way for single writes ----
+ * The most common requests, a single create or update, are read straight
+ * from their text, without cJSON: the envelope member by member, strictly,
+ * and the document or patch checked as strict JSON and compacted into the
+ * call's body (less its id and the server's fields) in the same pass.
+ * Building, reading and freeing the envelope's tree cost as much as all the
+ * rest of the front door's work on a create. It knows only the members a
+ * write needs, written plainly (strings without escapes, integers as
+ * integers); anything else, a member twice, a batch, an error of any kind,
+ * takes the general way (parse_call), which also words the errors. */
+
+enum {
+    FAST_JSONRPC = 1 << 0,
+    FAST_ID = 1 << 1,
+    FAST_METHOD = 1 << 2,
+    FAST_PARAMS = 1 << 3,
+    FAST_COLLECTION = 1 << 4,
+    FAST_DOC_ID = 1 << 5,
+    FAST_BASE = 1 << 6,
+    FAST_DOC = 1 << 7,
+    FAST_PATCH = 1 << 8,
+};
+
+typedef struct {
+    front_t *self;
+    ts_call_t *call;
+    unsigned seen;                  /* FAST_* members read */
+    ts_json_member_t dropped_id;    /* the document's or patch's (first) id */
+} fast_t;
+
+/* The FAST_* bit of a member of names[0..n) (bits from first up), or 0. */
+static unsigned fast_bit(const char *key, size_t len, const char *const *names, size_t n,
+                         unsigned first)
 {
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(names[i], key, len) == 0 && names[i][len] == '\0')
+            return first << i;
+    return 0;
+}
+
+static const char *fast_param(void *arg, const char *key, size_t len, const char *v,
+                              const char *end)
+{
+    static const char *const names[] = {"collection", "id", "base_version", "doc", "patch"};
     static const char *const drop[] = {"id", TS_JSON_SERVER_FIELDS};
-    const char *end = data + len, *method, *params, *doc, *doc_end;
-    size_t method_len;
-    ts_json_member_t dropped[sizeof drop / sizeof *drop];
-    ts_buf_reset(&self->scratch);
-    if (!ts_json_text_field(data, len, "method", 6, &method, &method_len) || method_len != 8 ||
-        memcmp(method, "\"create\"", 8) != 0 ||
-        !(params = ts_json_text_find(data, end, "params", 6)) || *params != '{' ||
-        !(doc = ts_json_text_find(params, end, "doc", 3)) || *doc != '{' ||
-        !(doc_end = ts_json_compact_object(&self->scratch, doc, end, drop,
-                                           sizeof drop / sizeof *drop, dropped, FAST_MAX_DEPTH)))
+    fast_t *f = arg;
+    ts_call_t *call = f->call;
+    unsigned bit = fast_bit(key, len, names, sizeof names / sizeof *names, FAST_COLLECTION);
+    if (!bit || (f->seen & bit))
         return NULL;
-    const char *id = dropped[0].value; /* the first "id", as cJSON would read it */
-    size_t id_len = dropped[0].value_len;
-    if (id && (*id != '"' || memchr(id, '\\', id_len) || !ts_valid_id(id + 1, id_len - 2)))
-        return NULL;
-    ts_buf_reset(&self->reduced);
-    if (ts_buf_append(&self->reduced, data, (size_t)(doc - data)) ||
-        ts_buf_append(&self->reduced, "{}", 2) ||
-        ts_buf_append(&self->reduced, doc_end, (size_t)(end - doc_end)))
-        return NULL;
-    char *body = ts_memdup(self->scratch.data, self->scratch.len); /* strict JSON: no NUL */
-    cJSON *root = body ? cJSON_ParseWithLength(self->reduced.data, self->reduced.len) : NULL;
-    ts_envelope_t *e = root ? ts_envelope_new(1) : NULL;
-    if (!e) {
-        free(body);
-        cJSON_Delete(root);
-        return NULL;
+    f->seen |= bit;
+    const char *after;
+    switch (bit) {
+    case FAST_COLLECTION: {
+        int index = (after = ts_json_plain_string(v, end))
+                        ? ts_config_collection_len(f->self->config, v + 1, (size_t)(after - v) - 2)
+                        : -1;
+        if (index < 0)
+            return NULL;
+        call->collection = f->self->config->collections[index];
+        return after;
     }
+    case FAST_DOC_ID:
+        if (!(after = ts_json_plain_string(v, end)) || !ts_valid_id(v + 1, (size_t)(after - v) - 2))
+            return NULL;
+        call->doc_id = ts_memdup(v + 1, (size_t)(after - v) - 2);
+        return call->doc_id ? after : NULL;
+    case FAST_BASE:
+        call->has_base_version = true;
+        return ts_json_plain_int(v, end, &call->base_version);
+    default: { /* the document or the patch */
+        if (f->seen & (bit == FAST_DOC ? FAST_PATCH : FAST_DOC))
+            return NULL;
+        ts_json_member_t dropped[sizeof drop / sizeof *drop];
+        ts_buf_reset(&f->self->scratch);
+        after = ts_json_compact_object(&f->self->scratch, v, end, drop, sizeof drop / sizeof *drop,
+                                       dropped, FAST_MAX_DEPTH);
+        f->dropped_id = dropped[0];
+        return after;
+    }
+    }
+}
+
+static const char *fast_member(void *arg, const char *key, size_t len, const char *v,
+                               const char *end)
+{
+    static const char *const names[] = {"jsonrpc", "id", "method", "params"};
+    fast_t *f = arg;
+    ts_call_t *call = f->call;
+    unsigned bit = fast_bit(key, len, names, sizeof names / sizeof *names, FAST_JSONRPC);
+    if (!bit || (f->seen & bit))
+        return NULL;
+    f->seen |= bit;
+    const char *after;
+    long long number;
+    switch (bit) {
+    case FAST_JSONRPC:
+        return end - v >= 5 && memcmp(v, "\"2.0\"", 5) == 0 ? v + 5 : NULL;
+    case FAST_ID:
+        if ((after = ts_json_plain_string(v, end)))
+            call->id_json = ts_memdup(v, (size_t)(after - v)); /* printed as written */
+        else if ((after = ts_json_plain_int(v, end, &number)))
+            call->id_json = int_to_json(number);
+        return call->id_json ? after : NULL;
+    case FAST_METHOD:
+        if (!(after = ts_json_plain_string(v, end)))
+            return NULL;
+        call->method = after - v == 8 && memcmp(v, "\"create\"", 8) == 0   ? TS_M_CREATE
+                       : after - v == 8 && memcmp(v, "\"update\"", 8) == 0 ? TS_M_UPDATE
+                                                                           : TS_M_NONE;
+        return call->method == TS_M_NONE ? NULL : after;
+    default:
+        return ts_json_strict_members(v, end, fast_param, f);
+    }
+}
+
+/* A single create or update read the fast way, or NULL: take the general
+ * way. */
+static ts_envelope_t *fast_write(front_t *self, const char *data, size_t len)
+{
+    const unsigned create = FAST_JSONRPC | FAST_METHOD | FAST_PARAMS | FAST_COLLECTION | FAST_DOC;
+    const unsigned update = FAST_JSONRPC | FAST_METHOD | FAST_PARAMS | FAST_COLLECTION |
+                            FAST_DOC_ID | FAST_PATCH;
+    ts_envelope_t *e = ts_envelope_new(1);
+    if (!e)
+        return NULL;
     ts_call_t *call = &e->calls[0];
-    call->body = body; /* check_params leaves it as it is */
-    call->body_len = self->scratch.len;
-    parse_call(self, call, root);
-    if (id && call->method == TS_M_CREATE && !call->err_code) {
-        /* the store reads the id from params.doc (ts_valid_id: 1-64 bytes) */
-        char given[65];
-        memcpy(given, id + 1, id_len - 2);
-        given[id_len - 2] = '\0';
-        cJSON *tree = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
-        if (!cJSON_AddStringToObject(tree, "id", given))
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    call->method = TS_M_NONE;
+    fast_t f = {self, call, 0, {0}};
+    if (ts_json_strict_members(data, data + len, fast_member, &f) != data + len)
+        goto general;
+    unsigned members = f.seen & ~(FAST_ID | FAST_BASE); /* the optional ones */
+    const char *id = f.dropped_id.value;
+    size_t id_len = f.dropped_id.value_len;
+    if (call->method == TS_M_CREATE) {
+        /* the doc's id, when given, must be a plain string that is an id */
+        if (members != create || (f.seen & FAST_BASE) ||
+            (id && (*id != '"' || memchr(id, '\\', id_len) || !ts_valid_id(id + 1, id_len - 2))))
+            goto general;
+        if (id && !(call->doc_id = ts_memdup(id + 1, id_len - 2)))
+            goto general;
+    } else if (members != update || id) { /* a patch with an id is checked the general way */
+        goto general;
     }
+    if (!(call->body = ts_memdup(self->scratch.data, self->scratch.len))) /* no NUL inside */
+        goto general;
+    call->body_len = self->scratch.len;
     return e;
+general:
+    ts_envelope_free(e);
+    return NULL;
 }
 
 static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
@@ -610,9 +716,9 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
         self->parse_errors++;
         return error_envelope(TS_E_PARSE, "request is not valid UTF-8");
     }
-    ts_envelope_t *create = parse_create(self, data, len);
-    if (create)
-        return create;
+    ts_envelope_t *write = fast_write(self, data, len);
+    if (write)
+        return write;
     cJSON *root = cJSON_ParseWithLength(data, len);
     if (!root) {
         self->parse_errors++;
@@ -943,7 +1049,6 @@ done:
         }
     }
     ts_buf_free(&self.scratch);
-    ts_buf_free(&self.reduced);
     void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

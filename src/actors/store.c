@@ -631,13 +631,10 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
 static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
     /* The front door has checked the doc and its id and left the doc's
-     * text, without its id and server fields, in call->body; params.doc is
-     * read for its id only. */
-    const cJSON *doc = cJSON_GetObjectItemCaseSensitive(call->params, "doc");
+     * text, without its id and server fields, in call->body. */
     char id[65];
-    const char *given = ts_json_string(doc, "id");
-    if (given)
-        ts_copy_text(id, sizeof id, given);
+    if (call->doc_id)
+        ts_copy_text(id, sizeof id, call->doc_id);
     else
         ts_uuidv7(id);
     doc_t *existing = find_doc(c, id);
@@ -665,7 +662,7 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
  * text, or NULL with the call failed. Made once: the store keeps it as the
  * new visible text. */
 static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t *d,
-                          const cJSON *patch, size_t *len)
+                          size_t *len)
 {
     ts_buf_reset(&self->scratch);
     int merged_text = ts_json_text_merge(&self->scratch, d->visible, d->visible_len, call->body,
@@ -689,7 +686,14 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
     cJSON *previous = validate ? parse_doc(d) : NULL;
     cJSON *merged = validate ? (previous ? cJSON_Duplicate(previous, true) : NULL)
                              : cJSON_ParseWithLength(d->visible, d->visible_len);
-    merged = merged ? ts_json_merge_patch(merged, patch) : NULL;
+    cJSON *patch = cJSON_ParseWithLength(call->body, call->body_len); /* as the front door left it */
+    if (merged && patch) {
+        merged = ts_json_merge_patch(merged, patch);
+    } else {
+        cJSON_Delete(merged);
+        merged = NULL;
+    }
+    cJSON_Delete(patch);
     char *text = NULL;
     if (!merged) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
@@ -705,24 +709,22 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
 
 static void do_update(store_t *self, ts_call_t *call, collection_t *c)
 {
-    const char *id = ts_json_string(call->params, "id");
-    cJSON *patch = cJSON_GetObjectItemCaseSensitive(call->params, "patch");
+    const char *id = call->doc_id;
     doc_t *d = find_doc(c, id);
     if (!d || !d->visible) {
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
         return;
     }
-    long long base = 0;
-    if (ts_json_int(call->params, "base_version", &base) && base != doc_version(d)) {
+    if (call->has_base_version && call->base_version != doc_version(d)) {
         ts_call_fail(call, TS_E_CONFLICT, "base_version %lld is stale: the document is at %lld",
-                     base, (long long)doc_version(d));
+                     call->base_version, (long long)doc_version(d));
         call->err_data = cJSON_CreateObject();
         cJSON_AddNumberToObject(call->err_data, "current_version", (double)doc_version(d));
         return;
     }
     /* The front door took out the patch's id and server fields. */
     size_t len;
-    char *visible = updated_text(self, call, c, d, patch, &len);
+    char *visible = updated_text(self, call, c, d, &len);
     if (!visible)
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_UPDATE, call->body, call->body_len,
@@ -737,7 +739,7 @@ static void do_update(store_t *self, ts_call_t *call, collection_t *c)
 
 static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
 {
-    const char *id = ts_json_string(call->params, "id");
+    const char *id = call->doc_id;
     doc_t *d = find_doc(c, id);
     if (!d || !d->visible) {
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
@@ -753,7 +755,7 @@ static void do_delete(store_t *self, ts_call_t *call, collection_t *c)
 
 static void do_get(ts_call_t *call, collection_t *c)
 {
-    const char *id = ts_json_string(call->params, "id");
+    const char *id = call->doc_id;
     doc_t *d = find_doc(c, id);
     if (!d || !d->visible)
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);

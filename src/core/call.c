@@ -161,6 +161,7 @@ void ts_envelope_free(ts_envelope_t *e)
         ts_call_t *c = &e->calls[i];
         free(c->id_json);
         cJSON_Delete(c->params);
+        free(c->doc_id);
         free(c->body);
         free(c->err_message);
         cJSON_Delete(c->err_data);

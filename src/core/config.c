@@ -58,8 +58,13 @@ void ts_config_free(ts_config_t *c)
 
 int ts_config_collection(const ts_config_t *c, const char *name)
 {
+    return ts_config_collection_len(c, name, strlen(name));
+}
+
+int ts_config_collection_len(const ts_config_t *c, const char *name, size_t len)
+{
     for (size_t i = 0; i < c->ncollections; i++)
-        if (strcmp(c->collections[i], name) == 0)
+        if (strncmp(c->collections[i], name, len) == 0 && c->collections[i][len] == '\0')
             return (int)i;
     return -1;
 }

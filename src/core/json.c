@@ -484,6 +484,61 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
     return c.rc ? NULL : p + 1;
 }
 
+const char *ts_json_strict_members(const char *p, const char *end, ts_json_member_fn *fn,
+                                   void *arg)
+{
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return NULL;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return p + 1;
+    for (;;) {
+        const char *k = p;
+        if (p >= end || *p != '"' || !(p = strict_string(p, end)))
+            return NULL;
+        size_t klen = (size_t)(p - k) - 2;
+        if (memchr(k, '\\', klen + 1))
+            return NULL;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':')
+            return NULL;
+        if (!(p = fn(arg, k + 1, klen, skip_ws(p + 1, end), end)))
+            return NULL;
+        p = skip_ws(p, end);
+        if (p < end && *p == '}')
+            return p + 1;
+        if (p >= end || *p != ',')
+            return NULL;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+const char *ts_json_plain_string(const char *p, const char *end)
+{
+    if (p >= end || *p != '"')
+        return NULL;
+    const char *after = strict_string(p, end);
+    return after && !memchr(p, '\\', (size_t)(after - p)) ? after : NULL;
+}
+
+const char *ts_json_plain_int(const char *p, const char *end, long long *value)
+{
+    const char *after = strict_number(p, end);
+    bool minus = p < end && *p == '-';
+    size_t digits = after ? (size_t)(after - p) - minus : 0;
+    if (!after || digits > 15)
+        return NULL;
+    long long v = 0;
+    for (const char *d = p + minus; d < after; d++) {
+        if (*d < '0' || *d > '9')
+            return NULL; /* a fraction or an exponent */
+        v = v * 10 + (*d - '0');
+    }
+    *value = minus ? -v : v;
+    return after;
+}
+
 static bool is_null(const ts_json_member_t *m)
 {
     return m->value_len == 4 && memcmp(m->value, "null", 4) == 0;

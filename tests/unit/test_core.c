@@ -206,6 +206,60 @@ Test(json, strict_refuses_what_rfc8259_does_and_what_cjson_reads_otherwise)
     }
 }
 
+/* A member reader for the strict walk: keeps "k=value" lines; a value
+ * read as a plain string, a plain integer, or else given up on. */
+static const char *keep_member(void *arg, const char *key, size_t len, const char *v,
+                               const char *end)
+{
+    ts_buf_t *seen = arg;
+    long long n;
+    const char *after = ts_json_plain_string(v, end);
+    if (after)
+        ts_buf_printf(seen, "%.*s=%.*s;", (int)len, key, (int)(after - v - 2), v + 1);
+    else if ((after = ts_json_plain_int(v, end, &n)))
+        ts_buf_printf(seen, "%.*s=%lld;", (int)len, key, n);
+    return after;
+}
+
+Test(json, strict_members_reads_plain_values_and_gives_up_on_the_rest)
+{
+    static const struct {
+        const char *text, *members; /* members NULL: given up */
+    } cases[] = {
+        {"{}", ""},
+        {" { \"a\" : \"x y\" ,\n\"b\":-12 } ", "a=x y;b=-12;"},
+        {"{\"a\":\"caf\xc3\xa9\",\"b\":0,\"c\":123456789012345}", "a=caf\xc3\xa9;b=0;c=123456789012345;"},
+        {"{\"a\":1234567890123456}", NULL}, /* 16 digits */
+        {"{\"a\":1.0}", NULL},
+        {"{\"a\":1e3}", NULL},
+        {"{\"a\":01}", NULL},
+        {"{\"a\":\"x\\ny\"}", NULL}, /* escaped */
+        {"{\"a\":\"x\ty\"}", NULL},  /* a control character */
+        {"{\"\\u0061\":1}", NULL},  /* an escaped key */
+        {"{\"a\":null}", NULL},
+        {"{\"a\":1,}", NULL},
+        {"{\"a\":1", NULL},
+        {"{\"a\" 1}", NULL},
+        {"{,\"a\":1}", NULL},
+        {"[1]", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        ts_buf_t seen = {0};
+        ts_buf_puts(&seen, ""); /* data even when nothing is read */
+        const char *text = cases[i].text, *end = text + strlen(text);
+        const char *after = ts_json_strict_members(text, end, keep_member, &seen);
+        if (!cases[i].members) {
+            cr_assert_null(after, "read %s", text);
+        } else {
+            cr_assert_not_null(after, "gave up on %s", text);
+            cr_assert_eq(strspn(after, " "), strlen(after), "stopped early in %s",
+                         text);
+            cr_assert_str_eq(seen.data, cases[i].members);
+        }
+        ts_buf_free(&seen);
+    }
+}
+
 /* A random JSON value as text, with random whitespace between tokens and
  * random (valid) escapes in strings. */
 static void random_json(ts_buf_t *b, unsigned *seed, int depth)

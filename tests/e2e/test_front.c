@@ -321,6 +321,40 @@ Test(front, a_single_write_is_answered_as_a_batched_one)
     assert_alive();
 }
 
+/* Template round % 3 with a byte or two changed, or (one in ten) cut
+ * short, in request; returns its length. */
+static int mutant(char *request, size_t size, const char *const templates[3], int round,
+                  unsigned *seed)
+{
+    static const char bytes[] = "{}[]\",:\\ 0-e.a\t";
+    int len = snprintf(request, size, templates[round % 3], round);
+    if (rand_r(seed) % 10 == 0)
+        return rand_r(seed) % len + 1;
+    for (int k = 1 + (rand_r(seed) % 10 < 3); k > 0; k--)
+        request[rand_r(seed) % len] = bytes[rand_r(seed) % (sizeof bytes - 1)];
+    return len;
+}
+
+/* What cJSON reads in a mutant: its params.<member> (detached; less the
+ * fields a client cannot set), and whether it is a notification (a valid
+ * request without an id gets no answer; an invalid one is answered, with
+ * id null). */
+static cJSON *mutant_member(const char *request, int len, const char *member, bool *notification)
+{
+    cJSON *parsed = cJSON_ParseWithLength(request, (size_t)len);
+    const char *version = ts_json_string(parsed, "jsonrpc");
+    *notification = cJSON_IsObject(parsed) && !cJSON_GetObjectItemCaseSensitive(parsed, "id") &&
+                    version && strcmp(version, "2.0") == 0 &&
+                    cJSON_IsString(cJSON_GetObjectItemCaseSensitive(parsed, "method"));
+    cJSON *value = cJSON_DetachItemFromObject(cJSON_GetObjectItem(parsed, "params"), member);
+    cJSON_Delete(parsed);
+    static const char *const server_only[] = {"id", "version", "updated_at", "deleted"};
+    for (size_t i = 0; i < 4; i++)
+        while (cJSON_GetObjectItemCaseSensitive(value, server_only[i]))
+            cJSON_DeleteItemFromObjectCaseSensitive(value, server_only[i]);
+    return value;
+}
+
 /* Creates with a byte or two changed, or cut short: every one that is not
  * a notification gets an answer, the daemon keeps serving, and a create
  * answered with a document stored what cJSON reads in the request's doc
@@ -337,30 +371,13 @@ Test(front, mutated_creates_are_answered_and_stored_as_answered)
         "{\"params\":{\"doc\":{\"duration_min\":50,\"status\":\"scheduled\"},\"collection\":"
         "\"sessions\"},\"method\":\"create\",\"id\":%d,\"jsonrpc\":\"2.0\"}",
     };
-    static const char bytes[] = "{}[]\",:\\ 0-e.a\t";
     unsigned seed = 11;
     int answered = 0, stored = 0;
     for (int round = 0; round < 1500; round++) {
         char request[512];
-        int len = snprintf(request, sizeof request, requests[round % 3], round);
-        if (rand_r(&seed) % 10 == 0)
-            len = rand_r(&seed) % len + 1; /* cut short */
-        else
-            for (int k = 1 + (rand_r(&seed) % 10 < 3); k > 0; k--)
-                request[rand_r(&seed) % len] = bytes[rand_r(&seed) % (sizeof bytes - 1)];
-        /* A valid request without an id is a notification: no answer (an
-         * invalid one is answered, with id null) */
-        cJSON *parsed = cJSON_ParseWithLength(request, (size_t)len);
-        const char *version = ts_json_string(parsed, "jsonrpc");
-        bool notification = cJSON_IsObject(parsed) && !cJSON_GetObjectItemCaseSensitive(parsed, "id") &&
-                            version && strcmp(version, "2.0") == 0 &&
-                            cJSON_IsString(cJSON_GetObjectItemCaseSensitive(parsed, "method"));
-        cJSON *want = cJSON_DetachItemFromObject(cJSON_GetObjectItem(parsed, "params"), "doc");
-        cJSON_Delete(parsed);
-        static const char *const server_only[] = {"id", "version", "updated_at", "deleted"};
-        for (size_t i = 0; i < 4; i++)
-            while (cJSON_GetObjectItemCaseSensitive(want, server_only[i]))
-                cJSON_DeleteItemFromObjectCaseSensitive(want, server_only[i]);
+        int len = mutant(request, sizeof request, requests, round, &seed);
+        bool notification;
+        cJSON *want = mutant_member(request, len, "doc", &notification);
         char *reply = ts_rpc_raw(engine.dealer, request, (size_t)len, notification ? 300 : 5000);
         if (notification) {
             cr_assert_null(reply, "a notification was answered: %s", reply);
@@ -422,7 +439,6 @@ Test(front, mutated_updates_change_only_what_they_answer)
         "{\"params\":{\"patch\":{\"n\":10,\"a\":null},\"base_version\":0,\"id\":\"fz\","
         "\"collection\":\"sessions\"},\"method\":\"update\",\"id\":%d,\"jsonrpc\":\"2.0\"}",
     };
-    static const char bytes[] = "{}[]\",:\\ 0-e.a\t";
     cJSON_Delete(ts_rpc(&engine, "create",
                         "{\"collection\":\"sessions\",\"doc\":{\"id\":\"fz\",\"a\":1,\"o\":{\"p\":1}}}"));
     cJSON *model = stored_fz();
@@ -430,24 +446,10 @@ Test(front, mutated_updates_change_only_what_they_answer)
     int answered = 0, applied = 0;
     for (int round = 0; round < 1500; round++) {
         char request[512];
-        int len = snprintf(request, sizeof request, requests[round % 3], round);
-        if (rand_r(&seed) % 10 == 0)
-            len = rand_r(&seed) % len + 1; /* cut short */
-        else
-            for (int k = 1 + (rand_r(&seed) % 10 < 3); k > 0; k--)
-                request[rand_r(&seed) % len] = bytes[rand_r(&seed) % (sizeof bytes - 1)];
-        cJSON *parsed = cJSON_ParseWithLength(request, (size_t)len);
-        const char *version = ts_json_string(parsed, "jsonrpc");
-        bool notification = cJSON_IsObject(parsed) && !cJSON_GetObjectItemCaseSensitive(parsed, "id") &&
-                            version && strcmp(version, "2.0") == 0 &&
-                            cJSON_IsString(cJSON_GetObjectItemCaseSensitive(parsed, "method"));
+        int len = mutant(request, sizeof request, requests, round, &seed);
+        bool notification;
+        cJSON *patch = mutant_member(request, len, "patch", &notification);
         /* what the update makes of the model, if it is taken */
-        cJSON *patch = cJSON_DetachItemFromObject(cJSON_GetObjectItem(parsed, "params"), "patch");
-        cJSON_Delete(parsed);
-        static const char *const server_only[] = {"id", "version", "updated_at", "deleted"};
-        for (size_t i = 0; i < 4; i++)
-            while (cJSON_GetObjectItemCaseSensitive(patch, server_only[i]))
-                cJSON_DeleteItemFromObjectCaseSensitive(patch, server_only[i]);
         cJSON *merged = cJSON_IsObject(patch)
                             ? ts_json_merge_patch(cJSON_Duplicate(model, true), patch)
                             : NULL;

@@ -2,6 +2,7 @@
 #include "therasync/persist.h"
 #include "therasync/call.h"
 #include "therasync/json.h"
+#include "therasync/outbox.h"
 #include "therasync/sync.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -30,13 +31,28 @@ typedef struct {
     ts_actor_t *actor;
     int lock_fd;
     sqlite3 *db;
-    sqlite3_stmt *insert_mutation; /* outbox append */
-    sqlite3_stmt *drop_mutation;   /* outbox delete by seq */
+    sqlite3_stmt *insert_pack;     /* outbox append: a commit's new mutations */
+    sqlite3_stmt *mark_gone;       /* a packed mutation left the outbox */
+    sqlite3_stmt *read_pack;
+    sqlite3_stmt *delete_pack;     /* and its gone marks */
+    sqlite3_stmt *delete_gone;
+    sqlite3_stmt *archive_packed;  /* a packed mutation's audit row(s) */
+    sqlite3_stmt *insert_mutation; /* outbox row: a mutation rewritten in its place */
+    sqlite3_stmt *drop_mutation;   /* outbox row delete by seq */
     sqlite3_stmt *archive_mutation;/* its "accepted" audit line, before the delete */
     sqlite3_stmt *archive_outcome; /* the same with its send and outcome in one row */
     sqlite3_stmt *put_confirmed;   /* docs upsert */
     sqlite3_stmt *put_cursor;      /* meta cursor */
     sqlite3_stmt *insert_audit;    /* audit append */
+    ts_pack_index_t packs;         /* the live packs */
+    ts_buf_t pack;                 /* the pack being written */
+    int64_t pack_first, pack_last;
+    int64_t seq_high;              /* the highest seq in the outbox (rows, packs) so far */
+    uint32_t pack_count;
+    int64_t cached_first;          /* the pack last read (0: none), for drops in a row */
+    ts_buf_t cached;
+    size_t *cached_at;             /* its records' offsets, by seq */
+    size_t ncached, cached_cap;
     void *to_sync;                 /* PUSH: committed records (NULL: standalone) */
     void *inbox;                   /* PULL: envelopes and requests */
     void *to_front;                /* PUSH: committed envelopes */
@@ -75,6 +91,12 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "ALTER TABLE audit ADD COLUMN outcome TEXT;"
     "ALTER TABLE audit ADD COLUMN outcome_at INTEGER;"
     "ALTER TABLE audit ADD COLUMN outcome_version INTEGER;",
+    /* 4: a commit's new mutations are one row, a pack (outbox.h); a packed
+     * mutation that leaves is marked gone until its whole pack goes. Rows
+     * of the outbox table from before are read and dropped as before. */
+    "CREATE TABLE outbox_pack(first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,"
+    "  count INTEGER NOT NULL, records BLOB NOT NULL);"
+    "CREATE TABLE outbox_gone(seq INTEGER PRIMARY KEY);",
 };
 
 /* ---- checkpointer ----
@@ -263,6 +285,8 @@ static int migrate(persist_t *self)
     return 0;
 }
 
+static void load_pack_index(persist_t *self);
+
 static int open_db(persist_t *self)
 {
     char path[4096];
@@ -292,6 +316,24 @@ static int open_db(persist_t *self)
                            "INSERT INTO outbox(seq, mutation, op, coll, doc_id, base_version, at, "
                            "body, client) VALUES(?,?,?,?,?,?,?,?,?)",
                            -1, SQLITE_PREPARE_PERSISTENT, &self->insert_mutation, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT INTO outbox_pack(first_seq, last_seq, count, records) "
+                           "VALUES(?,?,?,?)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->insert_pack, NULL) ||
+        sqlite3_prepare_v3(self->db, "INSERT OR IGNORE INTO outbox_gone(seq) VALUES(?)", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->mark_gone, NULL) ||
+        sqlite3_prepare_v3(self->db, "SELECT records FROM outbox_pack WHERE first_seq=?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->read_pack, NULL) ||
+        sqlite3_prepare_v3(self->db, "DELETE FROM outbox_pack WHERE first_seq=?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->delete_pack, NULL) ||
+        sqlite3_prepare_v3(self->db, "DELETE FROM outbox_gone WHERE seq BETWEEN ? AND ?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->delete_gone, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version, "
+                           "sent_at, sent_version, outcome, outcome_at, outcome_version, reason) "
+                           "VALUES(?1, ?2, ?3, ?4, 'accepted', NULLIF(?5, ''), NULLIF(?6, 0), ?7, "
+                           "NULLIF(?8, 0), ?9, ?10, NULLIF(?11, 0), ?12)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->archive_packed, NULL) ||
         sqlite3_prepare_v3(self->db, "DELETE FROM outbox WHERE seq=?", -1,
                            SQLITE_PREPARE_PERSISTENT, &self->drop_mutation, NULL) ||
         sqlite3_prepare_v3(self->db,
@@ -320,10 +362,191 @@ static int open_db(persist_t *self)
         ts_error(LOG, "cannot prepare statements: %s", sqlite3_errmsg(self->db));
         return -1;
     }
+    load_pack_index(self);
     return 0;
 }
 
 static int write_record(persist_t *self, const ts_record_t *r);
+static void bind_text_or_null(sqlite3_stmt *s, int i, const char *text, int len);
+static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v);
+
+/* ---- packs (outbox.h) ---- */
+
+/* A pack is written once it holds this much, so that no row nears SQLite's
+ * limit (a commit takes up to 16,384 writes of up to max_request_bytes). */
+#define PACK_MAX_BYTES (8u << 20)
+
+/* Writes the pack being made, if any, as one outbox row. */
+static int flush_pack(persist_t *self)
+{
+    if (!self->pack_count)
+        return 0;
+    sqlite3_stmt *s = self->insert_pack;
+    sqlite3_bind_int64(s, 1, self->pack_first);
+    sqlite3_bind_int64(s, 2, self->pack_last);
+    sqlite3_bind_int64(s, 3, self->pack_count);
+    sqlite3_bind_blob(s, 4, self->pack.data, (int)self->pack.len, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    uint32_t count = self->pack_count;
+    self->pack_count = 0;
+    ts_buf_reset(&self->pack);
+    return rc == SQLITE_DONE ? ts_pack_index_add(&self->packs, self->pack_first, self->pack_last, count)
+                             : -1;
+}
+
+static int add_to_pack(persist_t *self, const ts_record_t *r)
+{
+    if (ts_pack_append(&self->pack, r))
+        return -1;
+    self->seq_high = r->seq;
+    if (!self->pack_count++)
+        self->pack_first = r->seq;
+    self->pack_last = r->seq;
+    return self->pack.len >= PACK_MAX_BYTES ? flush_pack(self) : 0;
+}
+
+/* The index of live packs, read again from the database (at start, and
+ * after a failed commit whose changes to it were rolled back). */
+static void load_pack_index(persist_t *self)
+{
+    self->packs.n = 0;
+    self->seq_high = 0;
+    self->cached_first = 0; /* it may be of a pack that was rolled back */
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT first_seq, last_seq, count - (SELECT count(*) FROM outbox_gone "
+                           "WHERE seq BETWEEN first_seq AND last_seq) FROM outbox_pack "
+                           "ORDER BY first_seq",
+                           -1, &s, NULL) != SQLITE_OK) {
+        ts_error(LOG, "cannot read the outbox's packs: %s", sqlite3_errmsg(self->db));
+        return;
+    }
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        int64_t last = sqlite3_column_int64(s, 1), live = sqlite3_column_int64(s, 2);
+        if (last > self->seq_high)
+            self->seq_high = last;
+        if (live <= 0) { /* deleted with its last write: never left behind */
+            ts_warn(LOG, "outbox pack at seq %lld has no live writes", (long long)last);
+            continue;
+        }
+        if (ts_pack_index_add(&self->packs, sqlite3_column_int64(s, 0), last, (uint32_t)live)) {
+            ts_error(LOG, "out of memory reading the outbox's packs");
+            break;
+        }
+    }
+    sqlite3_finalize(s);
+    if (sqlite3_prepare_v2(self->db, "SELECT max(seq) FROM outbox", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int64(s, 0) > self->seq_high)
+        self->seq_high = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+}
+
+/* Reads the pack at entry into the cache, with its records' offsets. */
+static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
+{
+    self->cached_first = 0;
+    self->ncached = 0;
+    ts_buf_reset(&self->cached);
+    sqlite3_stmt *s = self->read_pack;
+    sqlite3_bind_int64(s, 1, entry->first);
+    int ok = sqlite3_step(s) == SQLITE_ROW &&
+             ts_buf_append(&self->cached, sqlite3_column_blob(s, 0),
+                           (size_t)sqlite3_column_bytes(s, 0)) == 0;
+    sqlite3_reset(s);
+    ts_packed_t m;
+    for (size_t pos = 0, at = 0; ok && ts_pack_next(self->cached.data, self->cached.len, &pos, &m);
+         at = pos) {
+        if (self->ncached == self->cached_cap) {
+            size_t cap = self->cached_cap ? self->cached_cap * 2 : 256;
+            size_t *grown = realloc(self->cached_at, cap * sizeof *grown);
+            if (!grown)
+                return -1;
+            self->cached_at = grown;
+            self->cached_cap = cap;
+        }
+        self->cached_at[self->ncached++] = at;
+    }
+    if (!ok)
+        return -1;
+    self->cached_first = entry->first;
+    return 0;
+}
+
+/* The packed mutation seq of the pack at entry into *out: 1, 0 when it is
+ * not there, -1 when the pack cannot be read. The last pack read is kept:
+ * drops come mostly in seq order, many from one pack. */
+static int packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t seq,
+                         ts_packed_t *out)
+{
+    if (self->cached_first != entry->first && cache_pack(self, entry))
+        return -1;
+    size_t lo = 0, hi = self->ncached; /* records are in seq order */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2, pos = self->cached_at[mid];
+        if (!ts_pack_next(self->cached.data, self->cached.len, &pos, out))
+            return -1;
+        if (out->seq == seq)
+            return 1;
+        if (out->seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+/* A packed mutation leaves the outbox: its audit row (accepted, and with
+ * r->event its send and outcome), its gone mark, and its pack when it was
+ * the pack's last. 1; 0 when it is not there or gone already (the caller
+ * writes the outcome's lines alone); -1 on failure. */
+static int drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *entry)
+{
+    ts_packed_t m;
+    int found = packed_record(self, entry, r->seq, &m);
+    if (found <= 0)
+        return found;
+    sqlite3_stmt *s = self->mark_gone;
+    sqlite3_bind_int64(s, 1, r->seq);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE)
+        return -1;
+    if (sqlite3_changes(self->db) == 0)
+        return 0;
+    s = self->archive_packed;
+    sqlite3_bind_int64(s, 1, m.at_ms);
+    sqlite3_bind_text(s, 2, m.mutation, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, m.collection, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, m.doc_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, m.client, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, m.base_version);
+    if (r->event[0]) {
+        bind_int64_or_null(s, 7, r->sent_ms);
+        sqlite3_bind_int64(s, 8, r->sent_version);
+        sqlite3_bind_text(s, 9, r->event, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 10, r->at_ms);
+        sqlite3_bind_int64(s, 11, r->version);
+        bind_text_or_null(s, 12, r->body, (int)r->body_len);
+    }
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE)
+        return -1;
+    if (--entry->live > 0)
+        return 1;
+    sqlite3_bind_int64(self->delete_pack, 1, entry->first);
+    sqlite3_bind_int64(self->delete_gone, 1, entry->first);
+    sqlite3_bind_int64(self->delete_gone, 2, entry->last);
+    int rc1 = sqlite3_step(self->delete_pack), rc2 = sqlite3_step(self->delete_gone);
+    sqlite3_reset(self->delete_pack);
+    sqlite3_reset(self->delete_gone);
+    if (self->cached_first == entry->first)
+        self->cached_first = 0;
+    ts_pack_index_remove(&self->packs, entry);
+    return rc1 == SQLITE_DONE && rc2 == SQLITE_DONE ? 1 : -1;
+}
 
 /* Binds text (len -1: up to its NUL), or SQL NULL when text is NULL. */
 static void bind_text_or_null(sqlite3_stmt *s, int i, const char *text, int len)
@@ -366,7 +589,7 @@ static int write_record(persist_t *self, const ts_record_t *r)
 {
     sqlite3_stmt *s;
     switch (r->kind) {
-    case TS_REC_MUTATION:
+    case TS_REC_MUTATION: /* a rewrite (see commit_batch) */
         s = self->insert_mutation;
         sqlite3_bind_int64(s, 1, r->seq);
         sqlite3_bind_text(s, 2, r->mutation, -1, SQLITE_STATIC);
@@ -379,6 +602,11 @@ static int write_record(persist_t *self, const ts_record_t *r)
         bind_text_or_null(s, 9, r->client[0] ? r->client : NULL, -1);
         break;
     case TS_REC_DROP: {
+        /* live in a pack, or else a row (or neither) */
+        ts_pack_entry_t *entry = ts_pack_index_find(&self->packs, r->seq);
+        int dropped = entry ? drop_packed(self, r, entry) : 0;
+        if (dropped)
+            return dropped < 0 ? -1 : 0;
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
         if (r->event[0]) {
@@ -457,12 +685,18 @@ static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
         goto fail;
     if (exec(self, "BEGIN"))
         goto fail;
+    /* New mutations go into packs, whose seqs only grow; a mutation
+     * rewritten in its place (a conflict's, under its old seq) is a row.
+     * Anything else first writes the pack so far (a drop in the same batch
+     * finds its mutation). */
     for (size_t i = 0; i < n; i++)
         for (size_t c = 0; c < envs[i]->ncalls; c++)
             for (ts_record_t *r = envs[i]->calls[c].records; r; r = r->next, count++)
-                if (write_record(self, r))
+                if (r->kind == TS_REC_MUTATION && r->seq > self->seq_high
+                        ? add_to_pack(self, r)
+                        : flush_pack(self) || write_record(self, r))
                     goto fail;
-    if (sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    if (flush_pack(self) || sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     if (lazy && exec(self, "PRAGMA synchronous=FULL"))
         goto fail;
@@ -477,6 +711,8 @@ fail:
     ts_error(LOG, "commit of %zu records failed: %s", count, sqlite3_errmsg(self->db));
     if (!sqlite3_get_autocommit(self->db))
         sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+    self->pack_count = 0;
+    ts_buf_reset(&self->pack);
     if (lazy)
         sqlite3_exec(self->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
     self->failed_commits++;
@@ -494,6 +730,7 @@ static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n)
     const char *why = (code & 0xff) == SQLITE_FULL       ? "the disk or database is full"
                       : (code & 0xff) == SQLITE_READONLY ? "the database is read-only"
                                                           : sqlite3_errmsg(self->db);
+    load_pack_index(self); /* undoes the rolled-back changes to it (after reading the error) */
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         bool failed = false;
@@ -528,11 +765,54 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
             cJSON_AddNumberToObject(m, "failed_commits", (double)self->failed_commits);
             cJSON_AddNumberToObject(m, "wal_pages", self->wal_pages);
             cJSON_AddNumberToObject(m, "wal_restarts", (double)self->wal_restarts);
+            cJSON_AddNumberToObject(m, "outbox_packs", (double)self->packs.n);
             cJSON_AddNumberToObject(m, "commit_us_avg",
                                     self->commits ? (double)self->commit_us_total / self->commits : 0);
             cJSON_AddNumberToObject(m, "commit_us_max", (double)self->commit_us_max);
         }
     }
+}
+
+/* The pending mutations of the packs (of one collection and document when
+ * given) into the table temp.packed, for the audit: their "accepted"
+ * lines. Reads every pack: the audit is an operator's call, not a hot one. */
+static int list_packed(persist_t *self, const char *coll, const char *id)
+{
+    if (exec(self, "CREATE TEMP TABLE IF NOT EXISTS packed(at, mutation, coll, doc_id, client, "
+                   "base_version); DELETE FROM temp.packed"))
+        return -1;
+    sqlite3_stmt *add = NULL, *gone = NULL;
+    int rc = sqlite3_prepare_v2(self->db, "INSERT INTO temp.packed VALUES(?,?,?,?,NULLIF(?,''),?)",
+                                -1, &add, NULL) ||
+             sqlite3_prepare_v2(self->db, "SELECT 1 FROM outbox_gone WHERE seq=?", -1, &gone, NULL);
+    for (size_t i = 0; rc == 0 && i < self->packs.n; i++) {
+        if (self->cached_first != self->packs.entries[i].first &&
+            cache_pack(self, &self->packs.entries[i]))
+            rc = -1;
+        ts_packed_t m;
+        for (size_t k = 0; rc == 0 && k < self->ncached; k++) {
+            size_t pos = self->cached_at[k];
+            if (!ts_pack_next(self->cached.data, self->cached.len, &pos, &m) ||
+                (coll && strcmp(coll, m.collection) != 0) || (id && strcmp(id, m.doc_id) != 0))
+                continue;
+            sqlite3_bind_int64(gone, 1, m.seq);
+            bool left = sqlite3_step(gone) == SQLITE_ROW;
+            sqlite3_reset(gone);
+            if (left)
+                continue;
+            sqlite3_bind_int64(add, 1, m.at_ms);
+            sqlite3_bind_text(add, 2, m.mutation, -1, SQLITE_STATIC);
+            sqlite3_bind_text(add, 3, m.collection, -1, SQLITE_STATIC);
+            sqlite3_bind_text(add, 4, m.doc_id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(add, 5, m.client, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(add, 6, m.base_version);
+            rc = sqlite3_step(add) == SQLITE_DONE ? 0 : -1;
+            sqlite3_reset(add);
+        }
+    }
+    sqlite3_finalize(add);
+    sqlite3_finalize(gone);
+    return rc;
 }
 
 /* Answers an `audit` call: {collection?, id?, since?, limit?} → {entries}. */
@@ -552,6 +832,10 @@ static void answer_audit(persist_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be 1..10000");
         return;
     }
+    if (list_packed(self, coll, id)) {
+        ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
+        return;
+    }
     sqlite3_stmt *stmt;
     if (sqlite3_prepare_v2(self->db,
                            "SELECT at, mutation, coll, doc_id, event, client, version, reason FROM "
@@ -563,7 +847,10 @@ static void answer_audit(persist_t *self, ts_call_t *call)
                            " UNION ALL SELECT outcome_at, mutation, coll, doc_id, outcome, NULL,"
                            "  outcome_version, reason, seq, 2 FROM audit WHERE outcome IS NOT NULL"
                            " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
-                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0 FROM outbox) "
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0 FROM outbox"
+                           " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0"
+                           "  FROM temp.packed) "
                            "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
                            "AND at >= ?3 ORDER BY at, n, k LIMIT ?4",
                            -1, &stmt, NULL) != SQLITE_OK) {
@@ -680,71 +967,198 @@ static void send_chunk(persist_t *self, ts_chunk_t *chunk, int *in_flight)
         (*in_flight)++;
 }
 
+/* A record added to the chunk being filled for the store (sent when full,
+ * and a new one started); NULL when memory ran out. */
+static ts_record_t *recovered(persist_t *self, ts_chunk_t **chunk, int *in_flight,
+                              ts_record_kind_t kind, const char *coll, const char *id,
+                              const char *body, size_t body_len)
+{
+    ts_record_t *r = *chunk ? ts_chunk_add(*chunk, kind, coll, id, body, body_len) : NULL;
+    if (r)
+        return r;
+    if (*chunk)
+        send_chunk(self, *chunk, in_flight);
+    size_t need = body_len + 4096;
+    *chunk = ts_chunk_new(need > RECOVERY_CHUNK_BYTES ? need : RECOVERY_CHUNK_BYTES);
+    return *chunk ? ts_chunk_add(*chunk, kind, coll, id, body, body_len) : NULL;
+}
+
+/* Reads the outbox's mutations in seq order: the packed ones not gone,
+ * merged with the rows (from before packs, and rewrites). */
+typedef struct {
+    sqlite3_stmt *rows, *packs;
+    bool row;              /* rows is at a row */
+    const char *pack;      /* the pack being read (packs' current blob) */
+    size_t len, pos;
+    bool packed;           /* next holds the next packed mutation */
+    ts_packed_t next;
+    int64_t *gone;         /* seqs marked gone, sorted */
+    size_t ngone;
+} outbox_reader_t;
+
+static int cmp_seq(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Moves to the next packed mutation that is not gone. */
+static void next_packed(outbox_reader_t *o)
+{
+    for (;;) {
+        while (o->pack && ts_pack_next(o->pack, o->len, &o->pos, &o->next))
+            if (!o->ngone || !bsearch(&o->next.seq, o->gone, o->ngone, sizeof *o->gone, cmp_seq)) {
+                o->packed = true;
+                return;
+            }
+        if (o->pack && o->pos != o->len)
+            ts_error(LOG, "recovery: a damaged outbox pack; its writes after seq %lld are not "
+                          "pending any more",
+                     (long long)o->next.seq);
+        o->packed = false;
+        if (sqlite3_step(o->packs) != SQLITE_ROW) {
+            o->pack = NULL;
+            return;
+        }
+        o->pack = sqlite3_column_blob(o->packs, 0);
+        o->len = (size_t)sqlite3_column_bytes(o->packs, 0);
+        o->pos = 0;
+    }
+}
+
+static int open_outbox_reader(persist_t *self, outbox_reader_t *o)
+{
+    sqlite3_stmt *gone = NULL;
+    size_t cap = 0;
+    if (sqlite3_prepare_v2(self->db, "SELECT seq FROM outbox_gone ORDER BY seq", -1, &gone,
+                           NULL) != SQLITE_OK)
+        return -1;
+    while (sqlite3_step(gone) == SQLITE_ROW) {
+        if (o->ngone == cap) {
+            cap = cap ? cap * 2 : 1024;
+            int64_t *grown = realloc(o->gone, cap * sizeof *grown);
+            if (!grown) {
+                sqlite3_finalize(gone);
+                return -1;
+            }
+            o->gone = grown;
+        }
+        o->gone[o->ngone++] = sqlite3_column_int64(gone, 0);
+    }
+    sqlite3_finalize(gone);
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM "
+                           "outbox ORDER BY seq",
+                           -1, &o->rows, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(self->db, "SELECT records FROM outbox_pack ORDER BY first_seq", -1,
+                           &o->packs, NULL) != SQLITE_OK)
+        return -1;
+    o->row = sqlite3_step(o->rows) == SQLITE_ROW;
+    next_packed(o);
+    return 0;
+}
+
+static void close_outbox_reader(outbox_reader_t *o)
+{
+    sqlite3_finalize(o->rows);
+    sqlite3_finalize(o->packs);
+    free(o->gone);
+}
+
+/* The next pending mutation into a record of the chunk; false at the end. */
+static bool read_mutation(persist_t *self, outbox_reader_t *o, ts_chunk_t **chunk,
+                          int *in_flight, bool *failed)
+{
+    sqlite3_stmt *row = o->rows;
+    bool from_row = o->row && (!o->packed || sqlite3_column_int64(row, 4) < o->next.seq);
+    if (!from_row && !o->packed)
+        return false;
+    ts_packed_t m = o->next;
+    if (from_row)
+        m = (ts_packed_t){
+            .seq = sqlite3_column_int64(row, 4),
+            .base_version = sqlite3_column_int64(row, 2),
+            .at_ms = sqlite3_column_int64(row, 7),
+            .op = (ts_op_t)sqlite3_column_int(row, 6),
+            .mutation = (const char *)sqlite3_column_text(row, 5),
+            .collection = (const char *)sqlite3_column_text(row, 0),
+            .doc_id = (const char *)sqlite3_column_text(row, 1),
+            .body = (const char *)sqlite3_column_text(row, 3),
+            .body_len = (size_t)sqlite3_column_bytes(row, 3),
+        };
+    if (m.collection && m.doc_id) { /* else a damaged row: skipped */
+        ts_record_t *r = recovered(self, chunk, in_flight, TS_REC_MUTATION, m.collection,
+                                   m.doc_id, m.body, m.body_len);
+        if (!r) {
+            *failed = true;
+            return false;
+        }
+        r->version = m.base_version;
+        r->seq = m.seq;
+        ts_copy_text(r->mutation, sizeof r->mutation, m.mutation ? m.mutation : "");
+        r->op = m.op;
+        r->at_ms = m.at_ms;
+    }
+    if (from_row)
+        o->row = sqlite3_step(row) == SQLITE_ROW;
+    else
+        next_packed(o);
+    return true;
+}
+
 static void recover(persist_t *self)
 {
     int in_flight = 0;
-    static const char *queries[] = {
-        "SELECT coll, doc_id, version, body FROM docs",
-        "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM outbox ORDER BY seq",
-    };
     int64_t start = ts_mono_us();
     size_t total = 0;
-    for (int q = 0; q < 2; q++) {
-        sqlite3_stmt *stmt;
-        if (sqlite3_prepare_v2(self->db, queries[q], -1, &stmt, NULL) != SQLITE_OK) {
-            ts_error(LOG, "recovery query failed: %s", sqlite3_errmsg(self->db));
-            continue;
-        }
-        ts_chunk_t *chunk = NULL;
+    bool failed = false;
+    ts_chunk_t *chunk = NULL;
+    /* The server's versions first, then the pending mutations on them. */
+    sqlite3_stmt *stmt;
+    if (sqlite3_prepare_v2(self->db, "SELECT coll, doc_id, version, body FROM docs", -1, &stmt,
+                           NULL) == SQLITE_OK) {
         int rc;
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
             const char *coll = (const char *)sqlite3_column_text(stmt, 0);
             const char *id = (const char *)sqlite3_column_text(stmt, 1);
-            const char *body = (const char *)sqlite3_column_text(stmt, 3);
-            size_t body_len = (size_t)sqlite3_column_bytes(stmt, 3);
             if (!coll || !id)
                 continue;
-            ts_record_t *r = NULL;
-            for (int attempt = 0; attempt < 2 && !r; attempt++) {
-                if (chunk)
-                    r = ts_chunk_add(chunk, q ? TS_REC_MUTATION : TS_REC_CONFIRMED, coll, id, body,
-                                     body_len);
-                if (!r) {
-                    if (chunk)
-                        send_chunk(self, chunk, &in_flight);
-                    size_t need = body_len + 4096;
-                    chunk = ts_chunk_new(need > RECOVERY_CHUNK_BYTES ? need : RECOVERY_CHUNK_BYTES);
-                    if (!chunk)
-                        break;
-                }
-            }
+            ts_record_t *r = recovered(self, &chunk, &in_flight, TS_REC_CONFIRMED, coll, id,
+                                       (const char *)sqlite3_column_text(stmt, 3),
+                                       (size_t)sqlite3_column_bytes(stmt, 3));
             if (!r) {
-                ts_error(LOG, "recovery: out of memory");
+                failed = true;
                 break;
             }
             r->version = sqlite3_column_int64(stmt, 2);
-            if (q) {
-                r->seq = sqlite3_column_int64(stmt, 4);
-                const char *mutation = (const char *)sqlite3_column_text(stmt, 5);
-                ts_copy_text(r->mutation, sizeof r->mutation, mutation);
-                r->op = (ts_op_t)sqlite3_column_int(stmt, 6);
-                r->at_ms = sqlite3_column_int64(stmt, 7);
-            }
             total++;
         }
         if (rc != SQLITE_DONE && rc != SQLITE_ROW)
             ts_error(LOG, "recovery read failed: %s", sqlite3_errmsg(self->db));
-        sqlite3_finalize(stmt);
-        if (chunk)
-            send_chunk(self, chunk, &in_flight);
+    } else {
+        ts_error(LOG, "recovery query failed: %s", sqlite3_errmsg(self->db));
     }
+    sqlite3_finalize(stmt);
+    if (chunk)
+        send_chunk(self, chunk, &in_flight);
+    chunk = NULL;
+    outbox_reader_t o = {0};
+    if (open_outbox_reader(self, &o))
+        ts_error(LOG, "recovery of the outbox failed: %s", sqlite3_errmsg(self->db));
+    else
+        while (!failed && read_mutation(self, &o, &chunk, &in_flight, &failed))
+            total++;
+    close_outbox_reader(&o);
+    if (failed)
+        ts_error(LOG, "recovery: out of memory");
+    if (chunk)
+        send_chunk(self, chunk, &in_flight);
     /* The change-feed position, last. */
-    sqlite3_stmt *stmt;
     if (sqlite3_prepare_v2(self->db, "SELECT value FROM meta WHERE key = 'cursor'", -1, &stmt,
                            NULL) == SQLITE_OK &&
         sqlite3_step(stmt) == SQLITE_ROW) {
         const char *cursor = (const char *)sqlite3_column_text(stmt, 0);
-        ts_chunk_t *chunk = ts_chunk_new(4096);
+        chunk = ts_chunk_new(4096);
         if (chunk && cursor && strlen(cursor) < 1024 &&
             ts_chunk_add(chunk, TS_REC_CURSOR, "-", "-", cursor, strlen(cursor)))
             send_chunk(self, chunk, &in_flight);
@@ -834,7 +1248,17 @@ static void persist_cleanup(persist_t *self)
     if (self->to_checkpointer)
         zmq_close(self->to_checkpointer);
     sqlite3_finalize(self->insert_mutation);
+    sqlite3_finalize(self->insert_pack);
+    sqlite3_finalize(self->mark_gone);
+    sqlite3_finalize(self->read_pack);
+    sqlite3_finalize(self->delete_pack);
+    sqlite3_finalize(self->delete_gone);
+    sqlite3_finalize(self->archive_packed);
     sqlite3_finalize(self->drop_mutation);
+    ts_pack_index_free(&self->packs);
+    ts_buf_free(&self->pack);
+    ts_buf_free(&self->cached);
+    free(self->cached_at);
     sqlite3_finalize(self->archive_mutation);
     sqlite3_finalize(self->archive_outcome);
     sqlite3_finalize(self->put_confirmed);

@@ -107,9 +107,11 @@ Test(audit, standalone_status_and_sync)
     cJSON_Delete(y);
 }
 
-/* A data dir written by a therasyncd with schema 2 (one audit row per line)
- * opens, migrates to 3 (a confirmed write's lines in one row) and answers
- * its old lines as before, next to new ones. */
+/* A data dir written by a therasyncd with schema 2 (one audit row per line,
+ * a row per pending mutation in the outbox) opens, migrates to 3 (a
+ * confirmed write's lines in one row) and 4 (new mutations in packs), and
+ * answers its old lines as before, next to new ones; its pending mutation
+ * is pending still, and leaves the old outbox as it always did. */
 Test(audit, an_old_schema_2_database_migrates)
 {
     cr_assert_eq(ts_engine_stop(&engine), 0);
@@ -120,7 +122,10 @@ Test(audit, an_old_schema_2_database_migrates)
     char *err = NULL;
     int rc = sqlite3_exec(
         db,
-        "DROP TABLE audit;"
+        "DROP TABLE audit; DROP TABLE outbox_pack; DROP TABLE outbox_gone;"
+        "INSERT INTO outbox(seq, mutation, op, coll, doc_id, base_version, at, body, client) "
+        " VALUES (1, '0190a0b0-0000-7000-8000-000000000001', 1, 'sessions', 'legacy1', 0, 6000,"
+        " '{\"room\":\"L\"}', 'zmq:old');"
         "CREATE TABLE audit(seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, mutation TEXT NOT NULL,"
         "  coll TEXT NOT NULL, doc_id TEXT NOT NULL, event TEXT NOT NULL, client TEXT,"
         "  version INTEGER, reason TEXT);"
@@ -148,7 +153,25 @@ Test(audit, an_old_schema_2_database_migrates)
     cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 4), "reason")->valuestring,
                      "validation: no");
     cJSON_Delete(all);
-    /* and it is at version 3 now, still taking writes */
+    /* the pending write of before: visible, in the audit, and cancelled as before */
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"legacy1\"}");
+    const cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
+    cr_assert_str_eq(cJSON_GetObjectItem(doc, "room")->valuestring, "L");
+    cJSON_Delete(g);
+    all = entries("{\"id\":\"legacy1\"}");
+    cr_assert_eq(cJSON_GetArraySize(all), 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 0), "client")->valuestring,
+                     "zmq:old");
+    cJSON_Delete(all);
+    cJSON *c = ts_rpc(&engine, "cancel", "{\"mutation\":\"0190a0b0-0000-7000-8000-000000000001\"}");
+    cr_assert_not_null(ts_rpc_result(c), "the old pending write can be cancelled");
+    cJSON_Delete(c);
+    all = entries("{\"id\":\"legacy1\"}");
+    cr_assert_eq(cJSON_GetArraySize(all), 2);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 1), "event")->valuestring,
+                     "cancelled");
+    cJSON_Delete(all);
+    /* and it is at version 4 now, still taking writes */
     cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"new1\"}}"));
     all = entries("{\"id\":\"new1\"}");
     cr_assert_eq(cJSON_GetArraySize(all), 1);
@@ -158,7 +181,11 @@ Test(audit, an_old_schema_2_database_migrates)
     sqlite3_stmt *st;
     cr_assert_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
     cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
-    cr_assert_eq(sqlite3_column_int(st, 0), 3);
+    cr_assert_eq(sqlite3_column_int(st, 0), 4);
+    sqlite3_finalize(st);
+    cr_assert_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM outbox", -1, &st, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(st, 0), 0, "the cancelled write left the old outbox");
     sqlite3_finalize(st);
     sqlite3_close(db);
 }

@@ -3,6 +3,7 @@
 #include "../support/engine.h"
 
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -235,6 +236,111 @@ Test(durability, graceful_restart_keeps_everything, .timeout = 60)
     cJSON_Delete(s);
     free(before);
     free(after);
+    ts_engine_destroy(&e);
+}
+
+/* One integer from the engine's database (read beside the running daemon:
+ * WAL readers do not block it). */
+static long long db_count(ts_engine_t *e, const char *sql)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/therasync.db", e->data);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    cr_assert_eq(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(st), SQLITE_ROW);
+    long long n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+static void write_ok(ts_engine_t *e, const char *method, const char *params)
+{
+    cJSON *r = ts_rpc(e, method, params);
+    cr_assert_not_null(ts_rpc_result(r), "%s %s", method, params);
+    cJSON_Delete(r);
+}
+
+/* A commit's new writes are one outbox row (a pack); a write that leaves
+ * the outbox is marked gone, and the pack goes with its last write. Rows
+ * of the outbox (from before packs, or a conflict's rewrite under its old
+ * seq) are read back in seq order among the packed writes. */
+Test(durability, packs_of_writes_come_back_in_order_and_go_when_done, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    const char *batch = "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"create\",\"params\":{"
+                        "\"collection\":\"sessions\",\"doc\":{\"id\":\"p1\",\"n\":1}}},"
+                        "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"create\",\"params\":{"
+                        "\"collection\":\"sessions\",\"doc\":{\"id\":\"p2\",\"n\":2}}},"
+                        "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"create\",\"params\":{"
+                        "\"collection\":\"sessions\",\"doc\":{\"id\":\"p3\",\"n\":3}}}]";
+    char *reply = ts_rpc_raw(e.dealer, batch, strlen(batch), 10000);
+    cr_assert_not_null(reply);
+    cJSON *answers = cJSON_Parse(reply);
+    free(reply);
+    char mutation[3][64];
+    for (int i = 0; i < 3; i++) {
+        const cJSON *sync = cJSON_GetObjectItem(ts_rpc_result(cJSON_GetArrayItem(answers, i)), "sync");
+        snprintf(mutation[i], sizeof mutation[i], "%s",
+                 cJSON_GetObjectItem(sync, "mutation")->valuestring);
+    }
+    cJSON_Delete(answers);
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox_pack"), 1, "one batch, one pack");
+    cr_assert_eq(db_count(&e, "SELECT count FROM outbox_pack"), 3);
+    write_ok(&e, "update", "{\"collection\":\"sessions\",\"id\":\"p1\",\"patch\":{\"n\":10}}");
+    write_ok(&e, "update", "{\"collection\":\"sessions\",\"id\":\"p1\",\"patch\":{\"n\":11}}");
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox_pack"), 3);
+    /* cancelling the create of p2: marked gone, its pack stays for p1 and p3 */
+    char params[128];
+    snprintf(params, sizeof params, "{\"mutation\":\"%s\"}", mutation[1]);
+    write_ok(&e, "cancel", params);
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox_gone"), 1);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    /* as a conflict leaves it: the first update rewritten in its place, as
+     * a row under its seq, its pack gone with it */
+    char path[4300];
+    snprintf(path, sizeof path, "%s/therasync.db", e.data);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "CREATE TEMP TABLE first AS SELECT min(first_seq) AS seq FROM "
+                              "outbox_pack WHERE count = 1;"
+                              "DELETE FROM outbox_pack WHERE first_seq = (SELECT seq FROM first);"
+                              "INSERT INTO outbox(seq, mutation, op, coll, doc_id, base_version, "
+                              "at, body, client) SELECT seq, "
+                              "'0190a0b0-0000-7000-8000-0000000000aa', 2, 'sessions', 'p1', 0, 1, "
+                              "'{\"n\":5,\"r\":1}', 'test' FROM first",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    cJSON *g = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"p1\"}");
+    const cJSON *res = ts_rpc_result(g);
+    const cJSON *doc = cJSON_GetObjectItem(res, "doc");
+    cr_assert_eq(cJSON_GetObjectItem(doc, "n")->valueint, 11, "the later update is applied last");
+    cr_assert_eq(cJSON_GetObjectItem(doc, "r")->valueint, 1, "the rewritten one is applied");
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "sync"), "pending")->valueint, 3);
+    cJSON_Delete(g);
+    g = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"p2\"}");
+    cr_assert_eq(ts_rpc_error_code(g), -32001, "the cancelled create stays gone");
+    cJSON_Delete(g);
+    /* cancelling the rest empties the outbox: packs, gone marks and rows */
+    for (int i = 0; i < 3; i += 2) {
+        snprintf(params, sizeof params, "{\"mutation\":\"%s\"}", mutation[i]);
+        write_ok(&e, "cancel", params); /* a create's cancel takes its updates with it */
+    }
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox_pack"), 0);
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox_gone"), 0);
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM outbox"), 0);
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM audit WHERE event = 'accepted'"), 5,
+                 "each write's accepted line left the outbox for the audit trail");
+    cr_assert_eq(db_count(&e, "SELECT count(*) FROM audit WHERE event = 'cancelled'"), 5);
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, 0);
+    cJSON_Delete(s);
     ts_engine_destroy(&e);
 }
 

@@ -773,45 +773,125 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
     }
 }
 
-/* The pending mutations of the packs (of one collection and document when
- * given) into the table temp.packed, for the audit: their "accepted"
- * lines. Reads every pack: the audit is an operator's call, not a hot one. */
-static int list_packed(persist_t *self, const char *coll, const char *id)
+static int cmp_seq(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The seqs marked gone, sorted, into *gone (malloc'd). 0, or -1. */
+static int load_gone(persist_t *self, int64_t **gone, size_t *n)
+{
+    sqlite3_stmt *s;
+    size_t cap = 0;
+    *gone = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(self->db, "SELECT seq FROM outbox_gone ORDER BY seq", -1, &s, NULL) !=
+        SQLITE_OK)
+        return -1;
+    int rc = 0;
+    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 1024;
+            int64_t *grown = realloc(*gone, cap * sizeof *grown);
+            if (!grown) {
+                rc = -1;
+                break;
+            }
+            *gone = grown;
+        }
+        (*gone)[(*n)++] = sqlite3_column_int64(s, 0);
+    }
+    sqlite3_finalize(s);
+    return rc;
+}
+
+static bool is_gone(const int64_t *gone, size_t n, int64_t seq)
+{
+    return n && bsearch(&seq, gone, n, sizeof *gone, cmp_seq);
+}
+
+/* A pending packed write's "accepted" line, for the audit. */
+typedef struct {
+    int64_t at, seq;
+} pending_line_t;
+
+static int cmp_line_at(const void *a, const void *b)
+{
+    const pending_line_t *x = a, *y = b;
+    return x->at != y->at ? (x->at > y->at) - (x->at < y->at) : (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static int cmp_line_seq(const void *a, const void *b)
+{
+    const pending_line_t *x = a, *y = b;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+/* Into the table temp.packed, for the audit's query: the "accepted" lines
+ * of the pending packed writes it can show (of one collection and
+ * document when given, from since_ms, the first limit of them by time).
+ * Reads every pack: the audit is an operator's call, not a hot one. */
+static int list_packed(persist_t *self, const char *coll, const char *id, int64_t since_ms,
+                       long long limit)
 {
     if (exec(self, "CREATE TEMP TABLE IF NOT EXISTS packed(at, mutation, coll, doc_id, client, "
                    "base_version); DELETE FROM temp.packed"))
         return -1;
-    sqlite3_stmt *add = NULL, *gone = NULL;
-    int rc = sqlite3_prepare_v2(self->db, "INSERT INTO temp.packed VALUES(?,?,?,?,NULLIF(?,''),?)",
-                                -1, &add, NULL) ||
-             sqlite3_prepare_v2(self->db, "SELECT 1 FROM outbox_gone WHERE seq=?", -1, &gone, NULL);
+    int64_t *gone;
+    size_t ngone, n = 0, cap = 0;
+    pending_line_t *lines = NULL;
+    int rc = load_gone(self, &gone, &ngone);
+    ts_packed_t m;
     for (size_t i = 0; rc == 0 && i < self->packs.n; i++) {
         if (self->cached_first != self->packs.entries[i].first &&
             cache_pack(self, &self->packs.entries[i]))
             rc = -1;
-        ts_packed_t m;
-        for (size_t k = 0; rc == 0 && k < self->ncached; k++) {
-            size_t pos = self->cached_at[k];
+        for (size_t k = 0, pos; rc == 0 && k < self->ncached; k++) {
+            pos = self->cached_at[k];
             if (!ts_pack_next(self->cached.data, self->cached.len, &pos, &m) ||
-                (coll && strcmp(coll, m.collection) != 0) || (id && strcmp(id, m.doc_id) != 0))
+                m.at_ms < since_ms || (coll && strcmp(coll, m.collection) != 0) ||
+                (id && strcmp(id, m.doc_id) != 0) || is_gone(gone, ngone, m.seq))
                 continue;
-            sqlite3_bind_int64(gone, 1, m.seq);
-            bool left = sqlite3_step(gone) == SQLITE_ROW;
-            sqlite3_reset(gone);
-            if (left)
-                continue;
-            sqlite3_bind_int64(add, 1, m.at_ms);
-            sqlite3_bind_text(add, 2, m.mutation, -1, SQLITE_STATIC);
-            sqlite3_bind_text(add, 3, m.collection, -1, SQLITE_STATIC);
-            sqlite3_bind_text(add, 4, m.doc_id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(add, 5, m.client, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(add, 6, m.base_version);
-            rc = sqlite3_step(add) == SQLITE_DONE ? 0 : -1;
-            sqlite3_reset(add);
+            if (n == cap) {
+                cap = cap ? cap * 2 : 1024;
+                pending_line_t *grown = realloc(lines, cap * sizeof *grown);
+                if (!grown) {
+                    rc = -1;
+                    break;
+                }
+                lines = grown;
+            }
+            lines[n++] = (pending_line_t){m.at_ms, m.seq};
         }
     }
+    /* only the first limit by time can show; read them in seq order */
+    qsort(lines, n, sizeof *lines, cmp_line_at);
+    if ((long long)n > limit)
+        n = (size_t)limit;
+    qsort(lines, n, sizeof *lines, cmp_line_seq);
+    sqlite3_stmt *add = NULL;
+    if (rc == 0)
+        rc = sqlite3_prepare_v2(self->db, "INSERT INTO temp.packed VALUES(?,?,?,?,NULLIF(?,''),?)",
+                                -1, &add, NULL) == SQLITE_OK ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        ts_pack_entry_t *entry = ts_pack_index_find(&self->packs, lines[i].seq);
+        if (!entry || packed_record(self, entry, lines[i].seq, &m) != 1) {
+            rc = -1;
+            break;
+        }
+        sqlite3_bind_int64(add, 1, m.at_ms);
+        sqlite3_bind_text(add, 2, m.mutation, -1, SQLITE_STATIC);
+        sqlite3_bind_text(add, 3, m.collection, -1, SQLITE_STATIC);
+        sqlite3_bind_text(add, 4, m.doc_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(add, 5, m.client, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(add, 6, m.base_version);
+        rc = sqlite3_step(add) == SQLITE_DONE ? 0 : -1;
+        sqlite3_reset(add);
+    }
     sqlite3_finalize(add);
-    sqlite3_finalize(gone);
+    free(lines);
+    free(gone);
     return rc;
 }
 
@@ -832,7 +912,7 @@ static void answer_audit(persist_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be 1..10000");
         return;
     }
-    if (list_packed(self, coll, id)) {
+    if (list_packed(self, coll, id, since_ms, limit)) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
     }
@@ -996,18 +1076,13 @@ typedef struct {
     size_t ngone;
 } outbox_reader_t;
 
-static int cmp_seq(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
 
 /* Moves to the next packed mutation that is not gone. */
 static void next_packed(outbox_reader_t *o)
 {
     for (;;) {
         while (o->pack && ts_pack_next(o->pack, o->len, &o->pos, &o->next))
-            if (!o->ngone || !bsearch(&o->next.seq, o->gone, o->ngone, sizeof *o->gone, cmp_seq)) {
+            if (!is_gone(o->gone, o->ngone, o->next.seq)) {
                 o->packed = true;
                 return;
             }
@@ -1028,25 +1103,8 @@ static void next_packed(outbox_reader_t *o)
 
 static int open_outbox_reader(persist_t *self, outbox_reader_t *o)
 {
-    sqlite3_stmt *gone = NULL;
-    size_t cap = 0;
-    if (sqlite3_prepare_v2(self->db, "SELECT seq FROM outbox_gone ORDER BY seq", -1, &gone,
-                           NULL) != SQLITE_OK)
-        return -1;
-    while (sqlite3_step(gone) == SQLITE_ROW) {
-        if (o->ngone == cap) {
-            cap = cap ? cap * 2 : 1024;
-            int64_t *grown = realloc(o->gone, cap * sizeof *grown);
-            if (!grown) {
-                sqlite3_finalize(gone);
-                return -1;
-            }
-            o->gone = grown;
-        }
-        o->gone[o->ngone++] = sqlite3_column_int64(gone, 0);
-    }
-    sqlite3_finalize(gone);
-    if (sqlite3_prepare_v2(self->db,
+    if (load_gone(self, &o->gone, &o->ngone) ||
+        sqlite3_prepare_v2(self->db,
                            "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM "
                            "outbox ORDER BY seq",
                            -1, &o->rows, NULL) != SQLITE_OK ||

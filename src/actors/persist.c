@@ -866,10 +866,11 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
         }
     }
     /* only the first limit by time can show; read them in seq order */
-    qsort(lines, n, sizeof *lines, cmp_line_at);
-    if ((long long)n > limit)
-        n = (size_t)limit;
-    qsort(lines, n, sizeof *lines, cmp_line_seq);
+    if (n) {
+        qsort(lines, n, sizeof *lines, cmp_line_at);
+        n = (long long)n > limit ? (size_t)limit : n;
+        qsort(lines, n, sizeof *lines, cmp_line_seq);
+    }
     sqlite3_stmt *add = NULL;
     if (rc == 0)
         rc = sqlite3_prepare_v2(self->db, "INSERT INTO temp.packed VALUES(?,?,?,?,NULLIF(?,''),?)",
@@ -1076,7 +1077,6 @@ typedef struct {
     size_t ngone;
 } outbox_reader_t;
 
-
 /* Moves to the next packed mutation that is not gone. */
 static void next_packed(outbox_reader_t *o)
 {
@@ -1132,18 +1132,17 @@ static bool read_mutation(persist_t *self, outbox_reader_t *o, ts_chunk_t **chun
     if (!from_row && !o->packed)
         return false;
     ts_packed_t m = o->next;
-    if (from_row)
-        m = (ts_packed_t){
-            .seq = sqlite3_column_int64(row, 4),
-            .base_version = sqlite3_column_int64(row, 2),
-            .at_ms = sqlite3_column_int64(row, 7),
-            .op = (ts_op_t)sqlite3_column_int(row, 6),
-            .mutation = (const char *)sqlite3_column_text(row, 5),
-            .collection = (const char *)sqlite3_column_text(row, 0),
-            .doc_id = (const char *)sqlite3_column_text(row, 1),
-            .body = (const char *)sqlite3_column_text(row, 3),
-            .body_len = (size_t)sqlite3_column_bytes(row, 3),
-        };
+    if (from_row) {
+        m.seq = sqlite3_column_int64(row, 4);
+        m.base_version = sqlite3_column_int64(row, 2);
+        m.at_ms = sqlite3_column_int64(row, 7);
+        m.op = (ts_op_t)sqlite3_column_int(row, 6);
+        m.mutation = (const char *)sqlite3_column_text(row, 5);
+        m.collection = (const char *)sqlite3_column_text(row, 0);
+        m.doc_id = (const char *)sqlite3_column_text(row, 1);
+        m.body = (const char *)sqlite3_column_text(row, 3); /* text first, then its size */
+        m.body_len = (size_t)sqlite3_column_bytes(row, 3);
+    }
     if (m.collection && m.doc_id) { /* else a damaged row: skipped */
         ts_record_t *r = recovered(self, chunk, in_flight, TS_REC_MUTATION, m.collection,
                                    m.doc_id, m.body, m.body_len);

@@ -5,6 +5,7 @@
 #include "therasync/config.h"
 #include "therasync/hist.h"
 #include "therasync/json.h"
+#include "therasync/outbox.h"
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>
@@ -440,6 +441,80 @@ Test(json, utf8)
     cr_assert_not(ts_utf8_valid("\xf4\x90\x80\x80", 4), "beyond U+10FFFF");
     cr_assert_not(ts_utf8_valid("abc\xe2\x82", 5), "truncated");
     cr_assert_not(ts_utf8_valid("\xff", 1));
+}
+
+/* Mutations packed one after another read back as written, a pack cut
+ * short or damaged stops the reading there, and the index finds a seq's
+ * pack by range. */
+Test(outbox, packs_round_trip_and_the_index_finds_ranges)
+{
+    ts_buf_t pack = {0};
+    for (int i = 0; i < 50; i++) {
+        char body[64];
+        int len = snprintf(body, sizeof body, "{\"n\":%d}", i);
+        ts_record_t *r = ts_record_new(TS_REC_MUTATION, "sessions", "doc-1", 5,
+                                       i % 7 ? body : NULL, i % 7 ? (size_t)len : 0);
+        r->seq = 100 + i * 2;
+        r->version = i;
+        r->at_ms = 1764547200000LL + i;
+        r->op = i % 7 ? TS_OP_UPDATE : TS_OP_DELETE;
+        snprintf(r->mutation, sizeof r->mutation, "m-%d", i);
+        ts_copy_text(r->client, sizeof r->client, i % 2 ? "zmq:00aa" : "");
+        cr_assert_eq(ts_pack_append(&pack, r), 0);
+        ts_record_free_list(r);
+    }
+    size_t pos = 0;
+    ts_packed_t m;
+    for (int i = 0; i < 50; i++) {
+        cr_assert(ts_pack_next(pack.data, pack.len, &pos, &m), "record %d", i);
+        char body[64], mutation[16];
+        snprintf(body, sizeof body, "{\"n\":%d}", i);
+        snprintf(mutation, sizeof mutation, "m-%d", i);
+        cr_assert_eq(m.seq, 100 + i * 2);
+        cr_assert_eq(m.base_version, i);
+        cr_assert_eq(m.at_ms, 1764547200000LL + i);
+        cr_assert_eq(m.op, i % 7 ? TS_OP_UPDATE : TS_OP_DELETE);
+        cr_assert_str_eq(m.mutation, mutation);
+        cr_assert_str_eq(m.client, i % 2 ? "zmq:00aa" : "");
+        cr_assert_str_eq(m.collection, "sessions");
+        cr_assert_str_eq(m.doc_id, "doc-1");
+        if (i % 7) {
+            cr_assert_eq(m.body_len, strlen(body));
+            cr_assert_eq(memcmp(m.body, body, m.body_len), 0);
+        } else {
+            cr_assert_null(m.body);
+        }
+    }
+    cr_assert_not(ts_pack_next(pack.data, pack.len, &pos, &m), "the end");
+    cr_assert_eq(pos, pack.len);
+    /* cut short, or a size that overruns: the records before still read */
+    for (size_t cut = 1; cut < 200; cut += 7) {
+        size_t p = 0, n = 0;
+        while (ts_pack_next(pack.data, pack.len - cut, &p, &m))
+            n++;
+        cr_assert_lt(n, 50);
+        cr_assert_leq(p, pack.len - cut);
+    }
+    uint32_t huge = UINT32_MAX;
+    memcpy(pack.data, &huge, 4);
+    pos = 0;
+    cr_assert_not(ts_pack_next(pack.data, pack.len, &pos, &m));
+    ts_buf_free(&pack);
+
+    ts_pack_index_t index = {0};
+    for (int i = 0; i < 100; i++)
+        cr_assert_eq(ts_pack_index_add(&index, i * 10 + 1, i * 10 + 5, 5), 0);
+    cr_assert_null(ts_pack_index_find(&index, 0));
+    cr_assert_null(ts_pack_index_find(&index, 7), "between two packs");
+    cr_assert_null(ts_pack_index_find(&index, 996));
+    for (int i = 0; i < 100; i++)
+        for (int k = 1; k <= 5; k++)
+            cr_assert_eq(ts_pack_index_find(&index, i * 10 + k)->first, i * 10 + 1);
+    ts_pack_index_remove(&index, ts_pack_index_find(&index, 503));
+    cr_assert_null(ts_pack_index_find(&index, 503));
+    cr_assert_eq(ts_pack_index_find(&index, 513)->first, 511);
+    cr_assert_eq(index.n, 99);
+    ts_pack_index_free(&index);
 }
 
 Test(util, uuidv7_is_versioned_and_increasing)

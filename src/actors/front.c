@@ -585,7 +585,7 @@ static unsigned fast_bit(const char *key, size_t len, const char *const *names, 
                          unsigned first)
 {
     for (size_t i = 0; i < n; i++)
-        if (strncmp(names[i], key, len) == 0 && names[i][len] == '\0')
+        if (names[i][0] == key[0] && strncmp(names[i], key, len) == 0 && names[i][len] == '\0')
             return first << i;
     return 0;
 }

@@ -366,16 +366,24 @@ static void compact_flush(compact_t *c, const char *p)
     c->run = p;
 }
 
-/* skip_ws that leaves the whitespace out of c's copy (c may be NULL). */
-static const char *compact_ws(compact_t *c, const char *p, const char *end)
+/* skip_ws that leaves the whitespace out of c's copy (c may be NULL).
+ * Called between every two tokens: inline, for the usual case of no
+ * whitespace there. */
+static const char *compact_ws_run(compact_t *c, const char *p, const char *end)
 {
-    if (p >= end || (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'))
-        return p; /* the usual case: no whitespace here */
     if (!c)
         return skip_ws(p, end);
     compact_flush(c, p);
     c->run = skip_ws(p, end);
     return c->run;
+}
+
+static inline __attribute__((always_inline)) const char *compact_ws(compact_t *c, const char *p,
+                                                                    const char *end)
+{
+    if (p >= end || (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r'))
+        return p;
+    return compact_ws_run(c, p, end);
 }
 
 /* p at a value: the position after it, or NULL when it is not strict JSON.

@@ -106,7 +106,11 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
  * own connection, to run PASSIVE checkpoints (they never block writers). */
 
 #define CHECKPOINT_PAGES 2048     /* ask for a checkpoint past ~8 MB of WAL */
-#define CHECKPOINT_EVERY_US 50000 /* and not more often than this */
+/* and not more often than this: each checkpoint syncs the database file,
+ * which a commit's WAL sync then waits behind, and writes the pages that
+ * every commit touches (the tables' last pages) once more. Every 500 ms
+ * instead of 50: ingest p99 13 -> 9-10 ms, +5% writes/s, replay +5%. */
+#define CHECKPOINT_EVERY_US 500000
 /* Under a steady stream of commits the helper's PASSIVE checkpoints never
  * catch up with the last commit, so the WAL never starts over: it grows by
  * every page written (300 MB in a 100,000-write replay), each new frame

@@ -66,6 +66,11 @@ void ts_copy_text(char *dst, size_t size, const char *src);
  * out of memory. */
 char *ts_memdup(const char *text, size_t len);
 
+/* Room for more items in a growing array: *cap doubled (first when 0)
+ * and array realloc'd to that many items of size bytes. The new array, or
+ * NULL with array and *cap unchanged when memory ran out. */
+void *ts_grow(void *array, size_t *cap, size_t size, size_t first);
+
 /* Growable byte buffer; always NUL-terminated when data != NULL.
  * Appends return 0, or -1 when memory ran out (the buffer is unchanged). */
 typedef struct {

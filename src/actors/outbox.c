@@ -73,12 +73,10 @@ bool ts_pack_next(const char *pack, size_t len, size_t *pos, ts_packed_t *out)
 int ts_pack_index_add(ts_pack_index_t *index, int64_t first, int64_t last, uint32_t live)
 {
     if (index->n == index->cap) {
-        size_t cap = index->cap ? index->cap * 2 : 64;
-        ts_pack_entry_t *grown = realloc(index->entries, cap * sizeof *grown);
+        ts_pack_entry_t *grown = ts_grow(index->entries, &index->cap, sizeof *grown, 64);
         if (!grown)
             return -1;
         index->entries = grown;
-        index->cap = cap;
     }
     index->entries[index->n++] = (ts_pack_entry_t){first, last, live};
     return 0;

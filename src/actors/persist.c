@@ -371,8 +371,7 @@ static int open_db(persist_t *self)
 }
 
 static int write_record(persist_t *self, const ts_record_t *r);
-static void bind_text_or_null(sqlite3_stmt *s, int i, const char *text, int len);
-static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v);
+static void bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop);
 
 /* ---- packs (outbox.h) ---- */
 
@@ -462,12 +461,10 @@ static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
     for (size_t pos = 0, at = 0; ok && ts_pack_next(self->cached.data, self->cached.len, &pos, &m);
          at = pos) {
         if (self->ncached == self->cached_cap) {
-            size_t cap = self->cached_cap ? self->cached_cap * 2 : 256;
-            size_t *grown = realloc(self->cached_at, cap * sizeof *grown);
+            size_t *grown = ts_grow(self->cached_at, &self->cached_cap, sizeof *grown, 256);
             if (!grown)
                 return -1;
             self->cached_at = grown;
-            self->cached_cap = cap;
         }
         self->cached_at[self->ncached++] = at;
     }
@@ -500,6 +497,18 @@ static int packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t 
     return 0;
 }
 
+/* A packed mutation's "accepted" line as parameters 1-6: at, mutation,
+ * coll, doc_id, client (NULLIF'd to NULL when empty), base_version. */
+static void bind_accepted(sqlite3_stmt *s, const ts_packed_t *m)
+{
+    sqlite3_bind_int64(s, 1, m->at_ms);
+    sqlite3_bind_text(s, 2, m->mutation, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, m->collection, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 4, m->doc_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, m->client, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, m->base_version);
+}
+
 /* A packed mutation leaves the outbox: its audit row (accepted, and with
  * r->event its send and outcome), its gone mark, and its pack when it was
  * the pack's last. 1; 0 when it is not there or gone already (the caller
@@ -519,20 +528,9 @@ static int drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *e
     if (sqlite3_changes(self->db) == 0)
         return 0;
     s = self->archive_packed;
-    sqlite3_bind_int64(s, 1, m.at_ms);
-    sqlite3_bind_text(s, 2, m.mutation, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, m.collection, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 4, m.doc_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 5, m.client, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 6, m.base_version);
-    if (r->event[0]) {
-        bind_int64_or_null(s, 7, r->sent_ms);
-        sqlite3_bind_int64(s, 8, r->sent_version);
-        sqlite3_bind_text(s, 9, r->event, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 10, r->at_ms);
-        sqlite3_bind_int64(s, 11, r->version);
-        bind_text_or_null(s, 12, r->body, (int)r->body_len);
-    }
+    bind_accepted(s, &m);
+    if (r->event[0])
+        bind_outcome(s, 7, r);
     rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -568,6 +566,18 @@ static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v)
         sqlite3_bind_int64(s, i, v);
     else
         sqlite3_bind_null(s, i);
+}
+
+/* A DROP's first send and outcome, bound from parameter first on: sent_at,
+ * sent_version, outcome, outcome_at, outcome_version, reason. */
+static void bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop)
+{
+    bind_int64_or_null(s, first, drop->sent_ms);
+    sqlite3_bind_int64(s, first + 1, drop->sent_version);
+    sqlite3_bind_text(s, first + 2, drop->event, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, first + 3, drop->at_ms);
+    sqlite3_bind_int64(s, first + 4, drop->version);
+    bind_text_or_null(s, first + 5, drop->body, (int)drop->body_len);
 }
 
 /* The send and outcome of a DROP whose mutation is not in the outbox, as
@@ -613,14 +623,8 @@ static int write_record(persist_t *self, const ts_record_t *r)
             return dropped < 0 ? -1 : 0;
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
-        if (r->event[0]) {
-            bind_int64_or_null(a, 2, r->sent_ms);
-            sqlite3_bind_int64(a, 3, r->sent_version);
-            sqlite3_bind_text(a, 4, r->event, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(a, 5, r->at_ms);
-            sqlite3_bind_int64(a, 6, r->version);
-            bind_text_or_null(a, 7, r->body, (int)r->body_len);
-        }
+        if (r->event[0])
+            bind_outcome(a, 2, r);
         int rc = sqlite3_step(a);
         sqlite3_reset(a);
         sqlite3_clear_bindings(a);
@@ -796,8 +800,7 @@ static int load_gone(persist_t *self, int64_t **gone, size_t *n)
     int rc = 0;
     while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
         if (*n == cap) {
-            cap = cap ? cap * 2 : 1024;
-            int64_t *grown = realloc(*gone, cap * sizeof *grown);
+            int64_t *grown = ts_grow(*gone, &cap, sizeof *grown, 1024);
             if (!grown) {
                 rc = -1;
                 break;
@@ -858,8 +861,7 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
                 (id && strcmp(id, m.doc_id) != 0) || is_gone(gone, ngone, m.seq))
                 continue;
             if (n == cap) {
-                cap = cap ? cap * 2 : 1024;
-                pending_line_t *grown = realloc(lines, cap * sizeof *grown);
+                pending_line_t *grown = ts_grow(lines, &cap, sizeof *grown, 1024);
                 if (!grown) {
                     rc = -1;
                     break;
@@ -885,12 +887,7 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
             rc = -1;
             break;
         }
-        sqlite3_bind_int64(add, 1, m.at_ms);
-        sqlite3_bind_text(add, 2, m.mutation, -1, SQLITE_STATIC);
-        sqlite3_bind_text(add, 3, m.collection, -1, SQLITE_STATIC);
-        sqlite3_bind_text(add, 4, m.doc_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(add, 5, m.client, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(add, 6, m.base_version);
+        bind_accepted(add, &m);
         rc = sqlite3_step(add) == SQLITE_DONE ? 0 : -1;
         sqlite3_reset(add);
     }

@@ -331,6 +331,17 @@ int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
     return 0;
 }
 
+void *ts_grow(void *array, size_t *cap, size_t size, size_t first)
+{
+    size_t n = *cap ? *cap * 2 : first;
+    if (n < *cap || n > SIZE_MAX / size)
+        return NULL;
+    void *grown = realloc(array, n * size);
+    if (grown)
+        *cap = n;
+    return grown;
+}
+
 void ts_buf_reset(ts_buf_t *buf)
 {
     buf->len = 0;

@@ -53,6 +53,14 @@ static inline int ts_hex_value(char c)
                                   : -1;
 }
 
+/* Whether the C string name is the len bytes at key (which hold no NUL).
+ * Most names differ from a key in their first byte, so that is looked at
+ * first. */
+static inline bool ts_name_is(const char *name, const char *key, size_t len)
+{
+    return (len == 0 || name[0] == key[0]) && strncmp(name, key, len) == 0 && name[len] == '\0';
+}
+
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);
 

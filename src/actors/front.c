@@ -363,25 +363,19 @@ static void check_id_param(ts_call_t *call)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
 
-/* Sets call->body: obj as the store keeps it, without its id and the fields
- * only the server sets. Printed here, not in the store: the store is the
- * pipeline's one serial stage, and this needs nothing it owns. With
- * keep_id, obj keeps its (first) id: a create's validation shows it to the
- * rule; a patch loses every one. */
-static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj, bool keep_id)
+/* Sets call->body: obj as the store keeps it, without its ids (a create's
+ * is in call->doc_id) and the fields only the server sets. Printed here,
+ * not in the store: the store is the pipeline's one serial stage, and this
+ * needs nothing it owns. */
+static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
 {
     ts_json_strip_server_fields(obj);
-    cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(obj, "id");
     while (cJSON_GetObjectItemCaseSensitive(obj, "id")) /* a second one is no less an id */
         cJSON_DeleteItemFromObjectCaseSensitive(obj, "id");
     ts_buf_reset(&self->scratch);
     char *text = ts_buf_json(&self->scratch, obj) == 0
                      ? ts_memdup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
                      : NULL;
-    if (id && keep_id)
-        cJSON_AddItemToObject(obj, "id", id);
-    else
-        cJSON_Delete(id);
     if (!text) {
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         return;
@@ -425,7 +419,7 @@ static void check_params(front_t *self, ts_call_t *call)
                 ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         }
         if (!call->err_code)
-            prepare_body(self, call, (cJSON *)doc, true);
+            prepare_body(self, call, (cJSON *)doc);
         break;
     case TS_M_UPDATE: {
         check_id_param(call);
@@ -443,7 +437,7 @@ static void check_params(front_t *self, ts_call_t *call)
                               strcmp(patch_id->valuestring, ts_json_string(p, "id")) != 0))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "a patch cannot change a document's id");
         if (!call->err_code)
-            prepare_body(self, call, patch, false);
+            prepare_body(self, call, patch);
         break;
     }
     case TS_M_DELETE:
@@ -589,7 +583,7 @@ static unsigned fast_bit(const char *key, size_t len, const char *const *names, 
                          unsigned first)
 {
     for (size_t i = 0; i < n; i++)
-        if (names[i][0] == key[0] && strncmp(names[i], key, len) == 0 && names[i][len] == '\0')
+        if (ts_name_is(names[i], key, len))
             return first << i;
     return 0;
 }

@@ -818,21 +818,16 @@ static bool is_gone(const int64_t *gone, size_t n, int64_t seq)
     return n && bsearch(&seq, gone, n, sizeof *gone, cmp_seq);
 }
 
-/* A pending packed write's "accepted" line, for the audit. */
+/* A pending packed write's "accepted" line, for the audit (seq first:
+ * cmp_seq sorts them by it). */
 typedef struct {
-    int64_t at, seq;
+    int64_t seq, at;
 } pending_line_t;
 
 static int cmp_line_at(const void *a, const void *b)
 {
     const pending_line_t *x = a, *y = b;
-    return x->at != y->at ? (x->at > y->at) - (x->at < y->at) : (x->seq > y->seq) - (x->seq < y->seq);
-}
-
-static int cmp_line_seq(const void *a, const void *b)
-{
-    const pending_line_t *x = a, *y = b;
-    return (x->seq > y->seq) - (x->seq < y->seq);
+    return x->at != y->at ? (x->at > y->at) - (x->at < y->at) : cmp_seq(a, b);
 }
 
 /* Into the table temp.packed, for the audit's query: the "accepted" lines
@@ -868,14 +863,14 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
                 }
                 lines = grown;
             }
-            lines[n++] = (pending_line_t){m.at_ms, m.seq};
+            lines[n++] = (pending_line_t){m.seq, m.at_ms};
         }
     }
     /* only the first limit by time can show; read them in seq order */
     if (n) {
         qsort(lines, n, sizeof *lines, cmp_line_at);
         n = (long long)n > limit ? (size_t)limit : n;
-        qsort(lines, n, sizeof *lines, cmp_line_seq);
+        qsort(lines, n, sizeof *lines, cmp_seq);
     }
     sqlite3_stmt *add = NULL;
     if (rc == 0)
@@ -1179,11 +1174,12 @@ static void recover(persist_t *self)
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
             const char *coll = (const char *)sqlite3_column_text(stmt, 0);
             const char *id = (const char *)sqlite3_column_text(stmt, 1);
+            const char *body = (const char *)sqlite3_column_text(stmt, 3); /* then its size */
+            size_t body_len = (size_t)sqlite3_column_bytes(stmt, 3);
             if (!coll || !id)
                 continue;
-            ts_record_t *r = recovered(self, &chunk, &in_flight, TS_REC_CONFIRMED, coll, id,
-                                       (const char *)sqlite3_column_text(stmt, 3),
-                                       (size_t)sqlite3_column_bytes(stmt, 3));
+            ts_record_t *r = recovered(self, &chunk, &in_flight, TS_REC_CONFIRMED, coll, id, body,
+                                       body_len);
             if (!r) {
                 failed = true;
                 break;

@@ -1,5 +1,6 @@
 /* config.c — defaults, the Lua config file and the daemon's flags. */
 #include "therasync/config.h"
+#include "therasync/util.h"
 
 #include <getopt.h>
 #include <lauxlib.h>
@@ -64,7 +65,7 @@ int ts_config_collection(const ts_config_t *c, const char *name)
 int ts_config_collection_len(const ts_config_t *c, const char *name, size_t len)
 {
     for (size_t i = 0; i < c->ncollections; i++)
-        if (strncmp(c->collections[i], name, len) == 0 && c->collections[i][len] == '\0')
+        if (ts_name_is(c->collections[i], name, len))
             return (int)i;
     return -1;
 }

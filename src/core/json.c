@@ -429,15 +429,6 @@ static const char *strict_value(const char *p, const char *end, int depth, compa
     }
 }
 
-/* Whether the C string name is the klen bytes at key (which hold no NUL):
- * most keys differ in their first byte, so that is looked at first. */
-static bool name_is(const char *name, const char *key, size_t klen)
-{
-    if (klen == 0)
-        return name[0] == '\0';
-    return name[0] == key[0] && strncmp(name, key, klen) == 0 && name[klen] == '\0';
-}
-
 const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end,
                                    const char *const *drop, size_t ndrop,
                                    ts_json_member_t *dropped, int max_depth)
@@ -458,7 +449,7 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
         if (memchr(k, '\\', klen + 1))
             return NULL; /* an escaped key is not compared as written */
         size_t i = 0;
-        while (i < ndrop && !name_is(drop[i], k + 1, klen))
+        while (i < ndrop && !ts_name_is(drop[i], k + 1, klen))
             i++;
         bool drop_it = i < ndrop;
         compact_t *copy = drop_it ? NULL : &c; /* a dropped member is read, not copied */

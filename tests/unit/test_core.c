@@ -530,6 +530,38 @@ Test(util, uuidv7_is_versioned_and_increasing)
     }
 }
 
+Test(util, uuid_format_is_8_4_4_4_12_lowercase_hex)
+{
+    uint8_t b[16];
+    for (int i = 0; i < 16; i++)
+        b[i] = (uint8_t)(i * 17 + 0x0a);
+    char out[37];
+    memset(out, '?', sizeof out);
+    ts_uuid_format(b, out);
+    cr_assert_str_eq(out, "0a1b2c3d-4e5f-7081-92a3-b4c5d6e7f809");
+}
+
+/* Every byte value at every position of strings up to 40 long (the SSE2,
+ * eight-byte and byte steps): the length of the plain prefix is the
+ * position of the first '"', '\\' or control byte, as a plain loop finds it. */
+Test(util, json_plain_len_stops_at_the_first_byte_to_escape)
+{
+    char text[48];
+    for (int c = 0; c < 256; c++)
+        for (int n = 0; n <= 40; n++)
+            for (int at = 0; at <= n; at++) {
+                memset(text, 'a', sizeof text);
+                if (at < n)
+                    text[at] = (char)c;
+                size_t expect = 0;
+                while (expect < (size_t)n && (unsigned char)text[expect] >= 0x20 &&
+                       text[expect] != '"' && text[expect] != '\\')
+                    expect++;
+                size_t got = ts_json_plain_len(text, text + n);
+                cr_assert_eq(got, expect, "byte %d at %d of %d: %zu", c, at, n, got);
+            }
+}
+
 Test(util, ids)
 {
     cr_assert(ts_valid_id("abc-DEF_123", 11));

@@ -128,35 +128,24 @@ static const char *skip_ws(const char *p, const char *end)
     return p;
 }
 
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "skip_string reads words little-endian");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "ts_json_plain_len reads words little-endian");
 
-/* p at an opening quote: returns the position after the closing quote.
- * Looks at eight bytes at a time for a quote or a backslash (keys and most
- * values are short, too short for a library call to pay off); a backslash
- * escapes the character after it. */
+/* p at an opening quote: returns the position after the closing quote; a
+ * backslash escapes the character after it. The text was validated when it
+ * came in, so a control byte (which would stop the scan) cannot be there. */
 static const char *skip_string(const char *p, const char *end, bool *escaped)
 {
-    p++;
-    for (;;) {
-        if (end - p >= 8) {
-            uint64_t w;
-            memcpy(&w, p, 8);
-            uint64_t hits = ts_word_eq(w, '"') | ts_word_eq(w, '\\');
-            if (!hits) {
-                p += 8;
-                continue;
-            }
-            p += __builtin_ctzll(hits) / 8;
-        } else {
-            while (p < end && *p != '"' && *p != '\\')
-                p++;
-            if (p >= end)
-                return end;
-        }
+    for (p++;;) {
+        p += ts_json_plain_len(p, end);
+        if (p >= end)
+            return end;
         if (*p == '"')
             return p + 1;
-        *escaped = true;
-        p += 2;
+        if (*p == '\\') {
+            *escaped = true;
+            p++;
+        }
+        p++;
     }
 }
 

@@ -180,18 +180,24 @@ void ts_uuidv7_bytes(uint8_t b[16])
         b[i] = (uint8_t)(lo >> (8 * (15 - i)));
 }
 
+/* Every byte's two lowercase hex digits, built by the compiler. */
+#define HEX_DIGIT(n) ((n) < 10 ? '0' + (n) : 'a' + (n) - 10)
+#define HEX_PAIR(b) {HEX_DIGIT((b) >> 4), HEX_DIGIT((b) & 15)}
+#define HEX_PAIRS4(b) HEX_PAIR(b), HEX_PAIR(b + 1), HEX_PAIR(b + 2), HEX_PAIR(b + 3)
+#define HEX_PAIRS16(b) HEX_PAIRS4(b), HEX_PAIRS4(b + 4), HEX_PAIRS4(b + 8), HEX_PAIRS4(b + 12)
+#define HEX_PAIRS64(b) HEX_PAIRS16(b), HEX_PAIRS16(b + 16), HEX_PAIRS16(b + 32), HEX_PAIRS16(b + 48)
+static const char hex_pairs[256][2] = {HEX_PAIRS64(0), HEX_PAIRS64(64), HEX_PAIRS64(128),
+                                       HEX_PAIRS64(192)};
+
 void ts_uuid_format(const uint8_t in[16], char out[37])
 {
-    /* 8-4-4-4-12 hex digits: a dash before bytes 4, 6, 8 and 10 (one loop
-     * the compiler unrolls; the store formats ids for every write) */
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *out++ = '-';
-        *out++ = digits[in[i] >> 4];
-        *out++ = digits[in[i] & 15];
-    }
-    *out = '\0';
+    /* where each byte's digits go in 8-4-4-4-12 (the store formats two ids
+     * a write) */
+    static const uint8_t at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    for (int i = 0; i < 16; i++)
+        memcpy(out + at[i], hex_pairs[in[i]], 2);
+    out[8] = out[13] = out[18] = out[23] = '-';
+    out[36] = '\0';
 }
 
 void ts_uuidv7(char out[37])
@@ -203,13 +209,10 @@ void ts_uuidv7(char out[37])
 
 void ts_hex(const void *bytes, size_t n, char *out)
 {
-    static const char digits[] = "0123456789abcdef";
     const unsigned char *b = bytes;
-    for (size_t i = 0; i < n; i++) {
-        *out++ = digits[b[i] >> 4];
-        *out++ = digits[b[i] & 15];
-    }
-    *out = '\0';
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, hex_pairs[b[i]], 2);
+    out[2 * n] = '\0';
 }
 
 /* The bytes of an id: [A-Za-z0-9_-]. */

@@ -1,6 +1,7 @@
 /* persist.c — the persistence actor: SQLite WAL, group commit, recovery. */
 #include "therasync/persist.h"
 #include "therasync/call.h"
+#include "therasync/hist.h"
 #include "therasync/json.h"
 #include "therasync/outbox.h"
 #include "therasync/sync.h"
@@ -67,6 +68,7 @@ typedef struct {
     /* counters for `metrics` */
     uint64_t commits, records, failed_commits, wal_restarts;
     int64_t commit_us_total, commit_us_max;
+    ts_hist_t commit_us;           /* a commit's wall time, its fsync included */
 } persist_t;
 
 /* Schema migrations: entry i takes the database from version i to i + 1. */
@@ -769,6 +771,7 @@ static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
     self->commits++;
     self->records += count;
     self->commit_us_total += took;
+    ts_hist_add(&self->commit_us, took);
     if (took > self->commit_us_max)
         self->commit_us_max = took;
     return 0;
@@ -833,6 +836,8 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
             cJSON_AddNumberToObject(m, "outbox_packs", (double)self->packs.n);
             cJSON_AddNumberToObject(m, "commit_us_avg",
                                     self->commits ? (double)self->commit_us_total / self->commits : 0);
+            cJSON_AddNumberToObject(m, "commit_us_p50", (double)ts_hist_quantile(&self->commit_us, 0.5));
+            cJSON_AddNumberToObject(m, "commit_us_p99", (double)ts_hist_quantile(&self->commit_us, 0.99));
             cJSON_AddNumberToObject(m, "commit_us_max", (double)self->commit_us_max);
         }
     }

@@ -55,13 +55,17 @@ static inline size_t ts_json_plain_len(const char *p, const char *end)
 #ifdef __SSE2__
     const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
     const __m128i control = _mm_set1_epi8(0x1f);
-    for (; end - p >= 16; p += 16) {
-        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    while (end - start >= 16) {
+        const char *q = end - p >= 16 ? p : end - 16; /* the last step overlaps what was seen */
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)q);
         __m128i hits = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
                                     _mm_cmpeq_epi8(_mm_max_epu8(v, control), control));
-        unsigned mask = (unsigned)_mm_movemask_epi8(hits);
+        unsigned mask = (unsigned)_mm_movemask_epi8(hits) >> (p - q); /* from p on */
         if (mask)
             return (size_t)(p - start) + (unsigned)__builtin_ctz(mask);
+        if (q + 16 >= end)
+            return (size_t)(end - start);
+        p = q + 16;
     }
 #endif
     for (; end - p >= 8; p += 8) {

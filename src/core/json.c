@@ -545,6 +545,18 @@ static int append_member(ts_buf_t *out, bool *first, const ts_json_member_t *key
                : 0;
 }
 
+/* Appends members as they are written from run to run_end (after a comma
+ * unless *first). */
+static int append_run(ts_buf_t *out, bool *first, const char *run, const char *run_end)
+{
+    bool comma = !*first;
+    *first = false;
+    return (comma && ts_buf_append(out, ",", 1)) ||
+                   ts_buf_append(out, run, (size_t)(run_end - run))
+               ? -1
+               : 0;
+}
+
 int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, const char *patch,
                        size_t patch_len)
 {
@@ -560,8 +572,11 @@ int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, con
                 return 1; /* a key twice: applied in turn by the tree */
         pm[np++] = m;
     }
-    int rc = ts_buf_append(out, "{", 1);
+    int rc = ts_buf_reserve(out, target_len + patch_len) || ts_buf_append(out, "{", 1) ? -1 : 0;
     bool first = true;
+    /* The target's members that the patch leaves alone are copied a run at
+     * a time (most patches touch one or two of a document's members). */
+    const char *run = NULL, *run_end = NULL;
     for (size_t pos = 0; ts_json_text_member(target, target_len, &pos, &m);) {
         if (m.escaped)
             return 1;
@@ -569,16 +584,20 @@ int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, con
         while (i < np && (applied[i] || pm[i].key_len != m.key_len ||
                           memcmp(pm[i].key, m.key, m.key_len) != 0))
             i++;
-        const ts_json_member_t *put = &m;
-        if (i < np) {
-            applied[i] = true;
-            if (is_null(&pm[i]))
-                continue; /* null removes the member */
-            put = &pm[i];
+        if (i == np) {
+            run = run ? run : m.key - 1;
+            run_end = m.value + m.value_len;
+            continue;
         }
-        if (append_member(out, &first, &m, put))
+        if (run && append_run(out, &first, run, run_end))
             rc = -1;
+        run = NULL;
+        applied[i] = true;
+        if (!is_null(&pm[i]) && append_member(out, &first, &m, &pm[i]))
+            rc = -1; /* null removes the member */
     }
+    if (run && append_run(out, &first, run, run_end))
+        rc = -1;
     for (size_t i = 0; i < np; i++) /* new members, in the patch's order */
         if (!applied[i] && !is_null(&pm[i]) && append_member(out, &first, &pm[i], &pm[i]))
             rc = -1;

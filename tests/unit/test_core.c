@@ -441,6 +441,23 @@ Test(json, utf8)
     cr_assert_not(ts_utf8_valid("\xf4\x90\x80\x80", 4), "beyond U+10FFFF");
     cr_assert_not(ts_utf8_valid("abc\xe2\x82", 5), "truncated");
     cr_assert_not(ts_utf8_valid("\xff", 1));
+    /* a sequence, whole or broken, at every position of ASCII up to 80
+     * long (the 32-, 8- and 1-byte steps) */
+    static const struct {
+        const char *seq;
+        bool valid;
+    } seqs[] = {{"\xc3\xa9", true},  {"\xe2\x82\xac", true}, {"\xf0\x9f\x98\x80", true},
+                {"\xc3\x28", false}, {"\xed\xa0\x80", false}, {"\x80", false}};
+    char text[96];
+    for (size_t k = 0; k < sizeof seqs / sizeof *seqs; k++)
+        for (size_t n = 0; n <= 80; n++)
+            for (size_t at = 0; at <= n; at++) {
+                size_t len = strlen(seqs[k].seq);
+                memset(text, 'a', sizeof text);
+                memcpy(text + at, seqs[k].seq, len);
+                cr_assert_eq(ts_utf8_valid(text, n + len), seqs[k].valid, "%zu at %zu of %zu", k,
+                             at, n + len);
+            }
 }
 
 /* Mutations packed one after another read back as written, a pack cut

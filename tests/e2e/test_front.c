@@ -128,6 +128,88 @@ Test(front, create_with_id_and_duplicate)
     assert_error(ts_rpc(&engine, "create", p), -32003, "conflict");
 }
 
+/* Sends `count` calls of one method as batches of 100, params from fmt with
+ * the document's number (twice, for the id and a field); every answer must
+ * have the expected error code (0: a result). */
+static void batch_calls(const char *method, const char *fmt, int from, int count, int code)
+{
+    ts_buf_t b = {0};
+    char params[160], head[96];
+    for (int first = from; first < from + count; first += 100) {
+        ts_buf_reset(&b);
+        ts_buf_puts(&b, "[");
+        int n = from + count - first < 100 ? from + count - first : 100;
+        for (int i = first; i < first + n; i++) {
+            snprintf(head, sizeof head, "%s{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\",\"params\":",
+                     i > first ? "," : "", i, method);
+            snprintf(params, sizeof params, fmt, i, i);
+            ts_buf_puts(&b, head);
+            ts_buf_puts(&b, params);
+            ts_buf_puts(&b, "}");
+        }
+        ts_buf_puts(&b, "]");
+        cJSON *answers = raw(b.data, b.len);
+        cr_assert_eq(cJSON_GetArraySize(answers), n);
+        for (int i = 0; i < n; i++) {
+            const cJSON *a = cJSON_GetArrayItem(answers, i);
+            cr_assert_eq(ts_rpc_error_code((cJSON *)a), code, "%s %d", method, first + i);
+        }
+        cJSON_Delete(answers);
+    }
+    ts_buf_free(&b);
+}
+
+/* Every document once in a full query, in order of id. */
+static void assert_all_listed(int count)
+{
+    cJSON *r = ts_rpc(&engine, "query",
+                      "{\"collection\":\"sessions\",\"selector\":{\"where\":{},\"order_by\":"
+                      "[\"id\",\"asc\"],\"limit\":100000}}");
+    const cJSON *items = cJSON_GetObjectItem(ts_rpc_result(r), "items");
+    cr_assert_eq(cJSON_GetArraySize(items), count, "listed %d of %d", cJSON_GetArraySize(items), count);
+    const char *prev = "";
+    for (const cJSON *it = items ? items->child : NULL; it; it = it->next) {
+        const char *id = cJSON_GetObjectItem(it, "id")->valuestring;
+        cr_assert_gt(strcmp(id, prev), 0, "%s after %s: listed twice or out of order", id, prev);
+        prev = id;
+    }
+    cJSON_Delete(r);
+}
+
+/* The store's table of a collection doubles at 3/4 full (from 1,024 slots
+ * to 2,048 at the 769th document) and places every entry again from the
+ * hash it keeps beside it. Before and after: each document is found,
+ * updated, listed once and refused as a duplicate. */
+Test(front, documents_stay_findable_while_their_table_grows)
+{
+    const int steps[] = {700, 1000};
+    int made = 0;
+    for (size_t s = 0; s < sizeof steps / sizeof *steps; s++) {
+        batch_calls("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"t%05d\",\"n\":%d}}", made,
+                    steps[s] - made, 0);
+        made = steps[s];
+        batch_calls("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"t%05d\",\"n\":%d}}", 0,
+                    made, -32003);
+        batch_calls("update", "{\"collection\":\"sessions\",\"id\":\"t%05d\",\"patch\":{\"m\":%d}}", 0,
+                    made, 0);
+        batch_calls("get", "{\"collection\":\"sessions\",\"id\":\"t%05d\"}", 0, made, 0);
+        for (int i = 0; i < made; i += 37) {
+            char p[96];
+            snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"t%05d\"}", i);
+            cJSON *g = ts_rpc(&engine, "get", p);
+            const cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
+            cr_assert_eq(cJSON_GetObjectItem(doc, "n")->valueint, i);
+            cr_assert_eq(cJSON_GetObjectItem(doc, "m")->valueint, i, "the update of t%05d", i);
+            cJSON_Delete(g);
+        }
+        assert_all_listed(made);
+        cJSON *st = ts_rpc(&engine, "status", NULL);
+        cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(st), "collections"),
+                                         "sessions")->valueint, made);
+        cJSON_Delete(st);
+    }
+}
+
 Test(front, server_fields_are_not_taken_from_clients)
 {
     cJSON *r = ts_rpc(&engine, "create",

@@ -62,6 +62,12 @@ typedef struct {
  * -1 otherwise (outcome says why: errors, timeout, deadline). */
 int bench_drive(const bench_job_t *job, bench_outcome_t *out);
 
+/* One JSON-RPC call over a connected DEALER, answers with other ids
+ * skipped: the result (detached; cJSON_Delete it), or NULL on an error
+ * answer or after timeout_ms. */
+struct cJSON *bench_rpc(void *dealer, long id, const char *method, const char *params,
+                        int timeout_ms);
+
 /* Percentile (nearest rank, p in 0..100) of the values; sorts a copy. */
 int64_t bench_percentile(const int64_t *values, size_t n, double p);
 

@@ -324,6 +324,37 @@ done:
     return NULL;
 }
 
+cJSON *bench_rpc(void *dealer, long id, const char *method, const char *params, int timeout_ms)
+{
+    char req[512];
+    snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"method\":\"%s\"%s%s}", id,
+             method, params ? ",\"params\":" : "", params ? params : "");
+    if (zmq_send(dealer, req, strlen(req), 0) < 0)
+        return NULL;
+    int64_t deadline = ts_mono_us() + (int64_t)timeout_ms * 1000;
+    for (;;) { /* skip stale answers (ids below ours) */
+        int64_t left = (deadline - ts_mono_us()) / 1000;
+        zmq_pollitem_t it = {.socket = dealer, .events = ZMQ_POLLIN};
+        if (left <= 0 || zmq_poll(&it, 1, left) <= 0)
+            return NULL;
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, dealer, 0) < 0) {
+            zmq_msg_close(&m);
+            return NULL;
+        }
+        cJSON *r = cJSON_ParseWithLength(zmq_msg_data(&m), zmq_msg_size(&m));
+        zmq_msg_close(&m);
+        const cJSON *rid = cJSON_GetObjectItemCaseSensitive(r, "id");
+        if (cJSON_IsNumber(rid) && (long)rid->valuedouble == id) {
+            cJSON *res = cJSON_DetachItemFromObjectCaseSensitive(r, "result");
+            cJSON_Delete(r);
+            return res;
+        }
+        cJSON_Delete(r);
+    }
+}
+
 static double cpu_now(void)
 {
     struct rusage ru;

@@ -8,10 +8,12 @@
 #include "gen.h"
 #include "therasync/json.h"
 
+#include <cJSON.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 #define PRELOAD_CHUNK 100000
 #define START_TIMEOUT_S 300.0
@@ -169,6 +171,39 @@ static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t 
                   out->cpu_seconds);
 }
 
+/* The engine's own view of the run from its `metrics`: the front door's
+ * latency for `method` (from reading a request to sending its answer:
+ * engine_p50_us, engine_p99_us) and persist's commits (commit_p50_us,
+ * commit_p99_us, fsync included). Counted over the daemon's life, so with
+ * --endpoint earlier runs are in them, and for update the preload's
+ * commits. Left out when metrics do not answer. */
+static void add_engine_view(wl_t *w, const char *method, bench_result_t *res)
+{
+    void *zctx = zmq_ctx_new();
+    void *dealer = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
+    int linger = 0;
+    cJSON *m = NULL;
+    if (dealer && zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_connect(dealer, w->endpoint) == 0)
+        m = bench_rpc(dealer, 1, "metrics", NULL, 5000);
+    const cJSON *front = cJSON_GetObjectItemCaseSensitive(m, "front");
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(front, "latency_us"), method);
+    const cJSON *persist = cJSON_GetObjectItemCaseSensitive(m, "persist");
+    long long e50, e99, c50, c99;
+    if (ts_json_int(lat, "p50", &e50) && ts_json_int(lat, "p99", &e99) &&
+        ts_json_int(persist, "commit_us_p50", &c50) && ts_json_int(persist, "commit_us_p99", &c99))
+        ts_buf_printf(&res->extra,
+                      ",\"engine_p50_us\":%lld,\"engine_p99_us\":%lld,\"commit_p50_us\":%lld,"
+                      "\"commit_p99_us\":%lld",
+                      e50, e99, c50, c99);
+    cJSON_Delete(m);
+    if (dealer)
+        zmq_close(dealer);
+    if (zctx)
+        zmq_ctx_term(zctx);
+}
+
 static int report_failure(bench_result_t *res, const char *what, const bench_outcome_t *out)
 {
     fprintf(stderr, "bench: %s: %zu answered, %zu errors: %s\n", what, out->done, out->errors,
@@ -205,6 +240,7 @@ static int wl_ingest(wl_t *w, int run, bench_result_t *res)
         rc = bench_drive(&job, &out);
         size_t answered = out.done + out.invalid;
         fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        add_engine_view(w, "create", res);
         if (rc)
             report_failure(res, "ingest", &out);
         target_down(w);
@@ -248,6 +284,7 @@ static int wl_update(wl_t *w, int run, bench_result_t *res)
         fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
         ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
                       send ? preload_s : 0.0);
+        add_engine_view(w, "update", res);
         if (rc)
             report_failure(res, "update", &out);
     }

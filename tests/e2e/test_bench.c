@@ -76,6 +76,11 @@ Test(bench, ingest_reports_the_contract_fields)
     cr_assert_gt(num(line, "ops_per_s"), 0);
     cr_assert_gt(num(line, "p99_us"), 0);
     cr_assert_geq(num(line, "p99_us"), num(line, "p50_us"));
+    /* the engine's own view, from its metrics */
+    cr_assert_gt(num(line, "engine_p50_us"), 0);
+    cr_assert_geq(num(line, "engine_p99_us"), num(line, "engine_p50_us"));
+    cr_assert_gt(num(line, "commit_p50_us"), 0);
+    cr_assert_geq(num(line, "commit_p99_us"), num(line, "commit_p50_us"));
     cJSON_Delete(line);
     /* every create the bench was answered for is in the engine */
     cJSON *s = ts_rpc(&engine, "status", NULL);

@@ -653,6 +653,54 @@ static void engine_sql(ts_engine_t *e, const char *sql)
     sqlite3_close(db);
 }
 
+/* A server that lies about an id: changes whose id the contract does not
+ * allow (a path in it, too long) are left out with a warning, the good
+ * change beside them in the same feed applies, and the engine goes on. The
+ * rows are put into clinic-api's database behind its back, so the feed
+ * replays them after its restart. */
+Test(sync, a_change_with_an_id_the_contract_forbids_is_left_out)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "d1", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    ts_clinic_stop(&api);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/clinic-api.db", api.dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    static const char *const ids[] = {"../../v1/sessions", "x23456789012345678901234567890123456789012345678901234567890123456", "fine-1"};
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
+        char *sql = sqlite3_mprintf(
+            "INSERT INTO docs(coll, id, version, deleted, cursor, body) VALUES('sessions', %Q, 1, 0, "
+            "(SELECT max(cursor) + 1 FROM docs), '{\"id\":\"%q\",\"version\":1,\"k\":9}')",
+            ids[i], ids[i]);
+        char *err = NULL;
+        cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &err), SQLITE_OK, "%s", err ? err : "");
+        sqlite3_free(sql);
+    }
+    sqlite3_close(db);
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
+    int64_t end = now_ms() + 15000;
+    cJSON *fine = NULL;
+    while (now_ms() < end && !(fine = engine_doc(&engine, "fine-1")))
+        sleep_ms(100);
+    cr_assert_not_null(fine, "the good change of the same feed applied");
+    cJSON_Delete(fine);
+    cJSON *r = call(&engine, "query",
+                    "{\"collection\":\"sessions\",\"selector\":{\"where\":{},\"order_by\":[\"id\","
+                    "\"asc\"],\"limit\":100}}");
+    const cJSON *items = cJSON_GetObjectItem(ts_rpc_result(r), "items");
+    cr_assert_eq(cJSON_GetArraySize(items), 2, "only d1 and fine-1: %s", cJSON_PrintUnformatted(r));
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(items, 0), "id")->valuestring, "d1");
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(items, 1), "id")->valuestring, "fine-1");
+    cJSON_Delete(r);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&engine.proc, "whose id is not 1-64", 1000, line, sizeof line), 0,
+                 "the warning is logged");
+    create(&engine, "d3", "\"k\":3");
+    cr_assert(wait_synced(&engine, 10000), "syncing goes on");
+}
+
 Test(sync, digest_check_repairs_drift)
 {
     cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);

@@ -158,6 +158,17 @@ static cJSON *engine_doc(ts_engine_t *e, const char *id)
     return doc;
 }
 
+/* Asserts that the document shows up in the engine within timeout_ms. */
+static void wait_doc(ts_engine_t *e, const char *id, int timeout_ms, const char *why)
+{
+    int64_t end = now_ms() + timeout_ms;
+    cJSON *doc = NULL;
+    while (now_ms() < end && !(doc = engine_doc(e, id)))
+        sleep_ms(50);
+    cr_assert_not_null(doc, "%s", why);
+    cJSON_Delete(doc);
+}
+
 Test(sync, a_write_syncs)
 {
     cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
@@ -351,13 +362,7 @@ Test(sync, two_engines_converge_with_conflict_events)
         create(&engine, id, "\"a\":0,\"b\":0");
     }
     cr_assert(wait_synced(&engine, 10000));
-    /* engine2 learns them from the feed */
-    int64_t end = now_ms() + 10000;
-    cJSON *doc = NULL;
-    while (now_ms() < end && !(doc = engine_doc(&engine2, "c4")))
-        sleep_ms(50);
-    cr_assert_not_null(doc, "engine2 received the documents");
-    cJSON_Delete(doc);
+    wait_doc(&engine2, "c4", 10000, "engine2 received the documents from the feed");
     void *sub = events(&engine2, "conflict");
     void *sub1 = events(&engine, "conflict");
     /* both edit the same documents while offline, then reconnect */
@@ -377,7 +382,7 @@ Test(sync, two_engines_converge_with_conflict_events)
     cr_assert_not_null(ev, "a conflict was resolved and published");
     cJSON_Delete(ev);
     /* both converge to the server's state */
-    end = now_ms() + 15000;
+    int64_t end = now_ms() + 15000;
     bool equal = false;
     while (!equal && now_ms() < end) {
         write_call(&engine, "sync", NULL);
@@ -680,12 +685,7 @@ Test(sync, a_change_with_an_id_the_contract_forbids_is_left_out)
     }
     sqlite3_close(db);
     cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
-    int64_t end = now_ms() + 15000;
-    cJSON *fine = NULL;
-    while (now_ms() < end && !(fine = engine_doc(&engine, "fine-1")))
-        sleep_ms(100);
-    cr_assert_not_null(fine, "the good change of the same feed applied");
-    cJSON_Delete(fine);
+    wait_doc(&engine, "fine-1", 15000, "the good change of the same feed applied");
     cJSON *r = call(&engine, "query",
                     "{\"collection\":\"sessions\",\"selector\":{\"where\":{},\"order_by\":[\"id\","
                     "\"asc\"],\"limit\":100}}");
@@ -754,12 +754,7 @@ Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
                "\"duration_min\":50,\"status\":\"scheduled\",\"modality\":\"in_person\","
                "\"room\":\"A1\",\"notes\":\"first\"}}");
     cr_assert(wait_synced(&engine, 10000));
-    int64_t end = now_ms() + 10000;
-    cJSON *doc = NULL;
-    while (now_ms() < end && !(doc = engine_doc(&engine2, "cx")))
-        sleep_ms(50);
-    cr_assert_not_null(doc, "engine2 received the session");
-    cJSON_Delete(doc);
+    wait_doc(&engine2, "cx", 10000, "engine2 received the session");
     void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
     ts_clinic_faults(&api, "{\"offline\":true}");
     update(&engine, "cx", "{\"status\":\"cancelled\",\"notes\":\"patient called to cancel\"}");
@@ -782,7 +777,7 @@ Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
               "both notes kept: %s", notes);
     cJSON_Delete(s);
     /* both engines end with the server's document */
-    end = now_ms() + 10000;
+    int64_t end = now_ms() + 10000;
     bool same = false;
     while (!same && now_ms() < end) {
         cJSON *x = engine_doc(&engine, "cx"), *y = engine_doc(&engine2, "cx");

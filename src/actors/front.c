@@ -588,6 +588,16 @@ static unsigned fast_bit(const char *key, size_t len, const char *const *names, 
     return 0;
 }
 
+/* The id a plain string at v holds (malloc'd), when it is one: 1-64 of
+ * [A-Za-z0-9_-]; NULL otherwise. *after: past its closing quote. */
+static char *plain_id(const char *v, const char *end, const char **after)
+{
+    *after = ts_json_plain_string(v, end);
+    return *after && ts_valid_id(v + 1, (size_t)(*after - v) - 2)
+               ? ts_memdup(v + 1, (size_t)(*after - v) - 2)
+               : NULL;
+}
+
 static const char *fast_param(void *arg, const char *key, size_t len, const char *v,
                               const char *end)
 {
@@ -611,9 +621,7 @@ static const char *fast_param(void *arg, const char *key, size_t len, const char
         return after;
     }
     case FAST_DOC_ID:
-        if (!(after = ts_json_plain_string(v, end)) || !ts_valid_id(v + 1, (size_t)(after - v) - 2))
-            return NULL;
-        call->doc_id = ts_memdup(v + 1, (size_t)(after - v) - 2);
+        call->doc_id = plain_id(v, end, &after);
         return call->doc_id ? after : NULL;
     case FAST_BASE:
         call->has_base_version = true;
@@ -680,14 +688,11 @@ static ts_envelope_t *fast_write(front_t *self, const char *data, size_t len)
     if (ts_json_strict_members(data, data + len, fast_member, &f) != data + len)
         goto general;
     unsigned members = f.seen & ~(FAST_ID | FAST_BASE); /* the optional ones */
-    const char *id = f.dropped_id.value;
-    size_t id_len = f.dropped_id.value_len;
+    const char *id = f.dropped_id.value, *after;
     if (call->method == TS_M_CREATE) {
         /* the doc's id, when given, must be a plain string that is an id */
         if (members != create || (f.seen & FAST_BASE) ||
-            (id && (*id != '"' || memchr(id, '\\', id_len) || !ts_valid_id(id + 1, id_len - 2))))
-            goto general;
-        if (id && !(call->doc_id = ts_memdup(id + 1, id_len - 2)))
+            (id && !(call->doc_id = plain_id(id, id + f.dropped_id.value_len, &after))))
             goto general;
     } else if (members != update || id) { /* a patch with an id is checked the general way */
         goto general;

@@ -504,9 +504,12 @@ static void load_pack_index(persist_t *self)
     sqlite3_finalize(s);
 }
 
-/* Reads the pack at entry into the cache, with its records' offsets. */
+/* Reads the pack at entry into the cache, with its records' offsets,
+ * unless it is the one there already. */
 static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
 {
+    if (self->cached_first == entry->first)
+        return 0;
     self->cached_first = 0;
     self->ncached = 0;
     ts_buf_reset(&self->cached);
@@ -539,7 +542,7 @@ static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
 static int packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t seq,
                          ts_packed_t *out)
 {
-    if (self->cached_first != entry->first && cache_pack(self, entry))
+    if (cache_pack(self, entry))
         return -1;
     size_t lo = 0, hi = self->ncached; /* records are in seq order */
     while (lo < hi) {
@@ -908,8 +911,7 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
     int rc = load_gone(self, &gone, &ngone);
     ts_packed_t m;
     for (size_t i = 0; rc == 0 && i < self->packs.n; i++) {
-        if (self->cached_first != self->packs.entries[i].first &&
-            cache_pack(self, &self->packs.entries[i]))
+        if (cache_pack(self, &self->packs.entries[i]))
             rc = -1;
         for (size_t k = 0, pos; rc == 0 && k < self->ncached; k++) {
             pos = self->cached_at[k];

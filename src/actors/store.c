@@ -641,11 +641,12 @@ static void do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
     /* The front door has checked the doc and its id and left the doc's
      * text, without its id and server fields, in call->body. */
-    char id[65];
-    if (call->doc_id)
-        ts_copy_text(id, sizeof id, call->doc_id);
-    else
-        ts_uuidv7(id);
+    char made[37];
+    const char *id = call->doc_id;
+    if (!id) {
+        ts_uuidv7(made);
+        id = made;
+    }
     doc_t *existing = find_doc(c, id);
     if (existing && existing->visible) {
         ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);

@@ -147,11 +147,13 @@ int ca_auth_check(const char *authorization)
 static size_t form_decode(char *s, size_t len)
 {
     size_t o = 0;
+    int hi, lo;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '+') {
             s[o++] = ' ';
-        } else if (s[i] == '%' && i + 2 < len && ts_hex_value(s[i + 1]) >= 0 && ts_hex_value(s[i + 2]) >= 0) {
-            s[o++] = (char)(ts_hex_value(s[i + 1]) << 4 | ts_hex_value(s[i + 2]));
+        } else if (s[i] == '%' && i + 2 < len && (hi = ts_hex_value(s[i + 1])) >= 0 &&
+                   (lo = ts_hex_value(s[i + 2])) >= 0) {
+            s[o++] = (char)(hi << 4 | lo);
             i += 2;
         } else {
             s[o++] = s[i];

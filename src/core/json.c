@@ -311,16 +311,6 @@ static const char *strict_string(const char *p, const char *end)
     return NULL;
 }
 
-/* p at the quote of a member's key: the position after the key, or NULL
- * when the key is not a string without escapes. An escaped key is not
- * compared as written, so the callers take the general way for it. */
-static const char *plain_key(const char *p, const char *end)
-{
-    p++;
-    p += ts_json_plain_len(p, end);
-    return p < end && *p == '"' ? p + 1 : NULL;
-}
-
 static const char *strict_number(const char *p, const char *end)
 {
     if (p < end && *p == '-')
@@ -444,7 +434,7 @@ const char *ts_json_compact_object(ts_buf_t *out, const char *p, const char *end
     p = compact_ws(&c, p + 1, end);
     while (p >= end || *p != '}') {
         const char *k = p;
-        if (p >= end || *p != '"' || !(p = plain_key(p, end)))
+        if (!(p = ts_json_plain_string(p, end)))
             return NULL;
         size_t klen = (size_t)(p - k) - 2;
         size_t i = 0;
@@ -493,7 +483,7 @@ const char *ts_json_strict_members(const char *p, const char *end, ts_json_membe
         return p + 1;
     for (;;) {
         const char *k = p;
-        if (p >= end || *p != '"' || !(p = plain_key(p, end)))
+        if (!(p = ts_json_plain_string(p, end)))
             return NULL;
         size_t klen = (size_t)(p - k) - 2;
         p = skip_ws(p, end);
@@ -510,12 +500,15 @@ const char *ts_json_strict_members(const char *p, const char *end, ts_json_membe
     }
 }
 
+/* An escaped key is not compared as written: the callers of this for a
+ * member's key take the general way for it. */
 const char *ts_json_plain_string(const char *p, const char *end)
 {
     if (p >= end || *p != '"')
         return NULL;
-    const char *after = strict_string(p, end);
-    return after && !memchr(p, '\\', (size_t)(after - p)) ? after : NULL;
+    p++;
+    p += ts_json_plain_len(p, end);
+    return p < end && *p == '"' ? p + 1 : NULL;
 }
 
 const char *ts_json_plain_int(const char *p, const char *end, long long *value)

@@ -38,6 +38,16 @@ static cJSON *entries(const char *params)
     return list;
 }
 
+/* The audit for params has count entries, and entry index has key = value. */
+static void assert_entry(const char *params, int count, int index, const char *key,
+                         const char *value)
+{
+    cJSON *all = entries(params);
+    cr_assert_eq(cJSON_GetArraySize(all), count, "%s", params);
+    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, index), key)->valuestring, value);
+    cJSON_Delete(all);
+}
+
 Test(audit, records_each_mutation_without_bodies)
 {
     cJSON_Delete(ts_rpc(&engine, "create",
@@ -158,19 +168,11 @@ Test(audit, an_old_schema_2_database_migrates)
     const cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
     cr_assert_str_eq(cJSON_GetObjectItem(doc, "room")->valuestring, "L");
     cJSON_Delete(g);
-    all = entries("{\"id\":\"legacy1\"}");
-    cr_assert_eq(cJSON_GetArraySize(all), 1);
-    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 0), "client")->valuestring,
-                     "zmq:old");
-    cJSON_Delete(all);
+    assert_entry("{\"id\":\"legacy1\"}", 1, 0, "client", "zmq:old");
     cJSON *c = ts_rpc(&engine, "cancel", "{\"mutation\":\"0190a0b0-0000-7000-8000-000000000001\"}");
     cr_assert_not_null(ts_rpc_result(c), "the old pending write can be cancelled");
     cJSON_Delete(c);
-    all = entries("{\"id\":\"legacy1\"}");
-    cr_assert_eq(cJSON_GetArraySize(all), 2);
-    cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 1), "event")->valuestring,
-                     "cancelled");
-    cJSON_Delete(all);
+    assert_entry("{\"id\":\"legacy1\"}", 2, 1, "event", "cancelled");
     /* and it is at version 4 now, still taking writes */
     cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"new1\"}}"));
     all = entries("{\"id\":\"new1\"}");

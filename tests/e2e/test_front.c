@@ -52,6 +52,18 @@ static cJSON *raw_text(const char *text)
     return raw(text, strlen(text));
 }
 
+/* The answer to request, sent alone or (batch) as it is, a batch of one:
+ * the request's own answer either way. */
+static cJSON *only_answer(const char *request, bool batch)
+{
+    cJSON *r = raw_text(request);
+    if (!batch)
+        return r;
+    cJSON *one = cJSON_DetachItemFromArray(r, 0);
+    cJSON_Delete(r);
+    return one;
+}
+
 static void assert_error(cJSON *r, int code, const char *reason)
 {
     cr_assert_not_null(r);
@@ -276,12 +288,9 @@ Test(front, a_single_create_stores_what_a_batched_one_does)
                      "%s{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"create\",\"params\":"
                      "{\"collection\":\"sessions\",\"doc\":%s}}%s",
                      batch ? "[" : "", doc, batch ? "]" : "");
-            cJSON *r = raw_text(request);
-            cJSON *one = batch ? cJSON_DetachItemFromArray(r, 0) : r;
+            cJSON *one = only_answer(request, batch);
             got[batch] = created(one);
-            if (batch)
-                cJSON_Delete(one);
-            cJSON_Delete(r);
+            cJSON_Delete(one);
         }
         cr_assert_str_eq(got[0], got[1], "doc %s", docs[i]);
         free(got[0]);
@@ -386,15 +395,12 @@ Test(front, a_single_write_is_answered_as_a_batched_one)
             }
             snprintf(wrapped, sizeof wrapped, batch ? "[%s]" : "%s", requests[i]);
             char *request = replace_all(wrapped, "DOC", doc_id);
-            cJSON *r = raw_text(request);
+            cJSON *one = only_answer(request, batch);
             free(request);
-            cJSON *one = batch ? cJSON_DetachItemFromArray(r, 0) : r;
             char *answer = answer_of(one);
             got[batch] = replace_all(answer, doc_id, "DOC"); /* where the answer echoes it */
             cJSON_free(answer);
-            if (batch)
-                cJSON_Delete(one);
-            cJSON_Delete(r);
+            cJSON_Delete(one);
         }
         cr_assert_str_eq(got[0], got[1], "request %s", requests[i]);
         free(got[0]);

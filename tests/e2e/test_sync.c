@@ -673,7 +673,11 @@ Test(sync, a_change_with_an_id_the_contract_forbids_is_left_out)
     snprintf(path, sizeof path, "%s/clinic-api.db", api.dir);
     sqlite3 *db;
     cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
-    static const char *const ids[] = {"../../v1/sessions", "x23456789012345678901234567890123456789012345678901234567890123456", "fine-1"};
+    static const char *const ids[] = {
+        "../../v1/sessions",
+        "x23456789012345678901234567890123456789012345678901234567890123456", /* 66 bytes */
+        "fine-1",
+    };
     for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
         char *sql = sqlite3_mprintf(
             "INSERT INTO docs(coll, id, version, deleted, cursor, body) VALUES('sessions', %Q, 1, 0, "

@@ -22,14 +22,35 @@ static char *value_text(const cJSON *value)
     return cJSON_PrintUnformatted(value);
 }
 
+/* JSON-RPC's own codes carry no error.data.reason; their names from the
+ * specification, in the same style. */
+static const char *standard_reason(int code)
+{
+    switch (code) {
+    case -32700:
+        return "parse_error";
+    case -32600:
+        return "invalid_request";
+    case -32601:
+        return "method_not_found";
+    case -32602:
+        return "invalid_params";
+    case -32603:
+        return "internal_error";
+    default:
+        return "-";
+    }
+}
+
 void cli_print_error(const cJSON *error)
 {
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(error, "code");
     const cJSON *message = cJSON_GetObjectItemCaseSensitive(error, "message");
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(error, "data");
     const cJSON *reason = cJSON_GetObjectItemCaseSensitive(data, "reason");
-    fprintf(stderr, "therasync: error %d %s: %s\n", cJSON_IsNumber(code) ? code->valueint : 0,
-            cJSON_IsString(reason) ? reason->valuestring : "-",
+    int number = cJSON_IsNumber(code) ? code->valueint : 0;
+    fprintf(stderr, "therasync: error %d %s: %s\n", number,
+            cJSON_IsString(reason) ? reason->valuestring : standard_reason(number),
             cJSON_IsString(message) ? message->valuestring : "(no message)");
     const cJSON *errors = cJSON_GetObjectItemCaseSensitive(data, "errors");
     const cJSON *e;

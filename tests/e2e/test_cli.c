@@ -159,7 +159,9 @@ Test(cli, error_replies_exit_1)
     cr_assert_eq(CLI(NULL, "get", "no_such_collection", "x", NULL, NULL, NULL), 1);
     cr_assert(strstr(err.data, "-32008"), "%s", err.data);
     cr_assert_eq(CLI(NULL, "call", "no.such.method", NULL, NULL, NULL, NULL), 1);
-    cr_assert(strstr(err.data, "-32601"), "%s", err.data);
+    cr_assert(strstr(err.data, "error -32601 method_not_found: "), "%s", err.data);
+    cr_assert_eq(CLI(NULL, "call", "get", "[1]", NULL, NULL, NULL), 1);
+    cr_assert(strstr(err.data, "error -32602 invalid_params: "), "%s", err.data);
     /* --json also prints the error object on stdout. */
     cr_assert_eq(CLI(NULL, "--json", "get", "sessions", "no-such-doc", NULL, NULL), 1);
     cJSON *e = parse(&out);

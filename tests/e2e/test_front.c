@@ -443,6 +443,30 @@ static cJSON *mutant_member(const char *request, int len, const char *member, bo
     return value;
 }
 
+/* One mutant sent to the engine, and what is known of it. */
+typedef struct {
+    char text[512];
+    int len;
+    bool notification;
+    cJSON *member; /* what cJSON reads in its params.<member> (mutant_member) */
+    char *reply;   /* NULL when none came */
+} sent_mutant_t;
+
+/* Makes mutant round of templates, reads its member and sends it: a
+ * notification must get no answer within 0.3 s, anything else one within
+ * 5 s. */
+static void send_mutant(sent_mutant_t *m, const char *const templates[3], int round,
+                        unsigned *seed, const char *member)
+{
+    m->len = mutant(m->text, sizeof m->text, templates, round, seed);
+    m->member = mutant_member(m->text, m->len, member, &m->notification);
+    m->reply = ts_rpc_raw(engine.dealer, m->text, (size_t)m->len, m->notification ? 300 : 5000);
+    if (m->notification)
+        cr_assert_null(m->reply, "a notification was answered: %s", m->reply);
+    else
+        cr_assert_not_null(m->reply, "no answer to %.*s", m->len, m->text);
+}
+
 /* Creates with a byte or two changed, or cut short: every one that is not
  * a notification gets an answer, the daemon keeps serving, and a create
  * answered with a document stored what cJSON reads in the request's doc
@@ -462,20 +486,15 @@ Test(front, mutated_creates_are_answered_and_stored_as_answered)
     unsigned seed = 11;
     int answered = 0, stored = 0;
     for (int round = 0; round < 1500; round++) {
-        char request[512];
-        int len = mutant(request, sizeof request, requests, round, &seed);
-        bool notification;
-        cJSON *want = mutant_member(request, len, "doc", &notification);
-        char *reply = ts_rpc_raw(engine.dealer, request, (size_t)len, notification ? 300 : 5000);
-        if (notification) {
-            cr_assert_null(reply, "a notification was answered: %s", reply);
-            cJSON_Delete(want);
+        sent_mutant_t m;
+        send_mutant(&m, requests, round, &seed, "doc");
+        if (m.notification) {
+            cJSON_Delete(m.member);
             continue;
         }
-        cr_assert_not_null(reply, "no answer to %.*s", len, request);
         answered++;
-        cJSON *r = cJSON_Parse(reply);
-        cr_assert_not_null(r, "answer is not JSON: %s", reply);
+        cJSON *r = cJSON_Parse(m.reply);
+        cr_assert_not_null(r, "answer is not JSON: %s", m.reply);
         cJSON *doc = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "result"), "doc");
         if (cJSON_IsObject(doc)) {
             char get[160];
@@ -484,16 +503,16 @@ Test(front, mutated_creates_are_answered_and_stored_as_answered)
             cJSON *g = ts_rpc(&engine, "get", get);
             cJSON *got = cJSON_GetObjectItem(ts_rpc_result(g), "doc");
             cr_assert(cJSON_Compare(doc, got, true), "stored is not what was answered for %.*s",
-                      len, request);
+                      m.len, m.text);
             cJSON_DeleteItemFromObject(got, "id");
-            cr_assert(cJSON_Compare(want, got, true), "stored is not the request's doc: %.*s",
-                      len, request);
+            cr_assert(cJSON_Compare(m.member, got, true), "stored is not the request's doc: %.*s",
+                      m.len, m.text);
             cJSON_Delete(g);
             stored++;
         }
-        cJSON_Delete(want);
+        cJSON_Delete(m.member);
         cJSON_Delete(r);
-        free(reply);
+        free(m.reply);
     }
     cr_assert_gt(answered, 1000);
     cr_assert_gt(stored, 100, "some mutants are still creates (%d)", stored);
@@ -533,42 +552,37 @@ Test(front, mutated_updates_change_only_what_they_answer)
     unsigned seed = 12;
     int answered = 0, applied = 0;
     for (int round = 0; round < 1500; round++) {
-        char request[512];
-        int len = mutant(request, sizeof request, requests, round, &seed);
-        bool notification;
-        cJSON *patch = mutant_member(request, len, "patch", &notification);
+        sent_mutant_t m;
+        send_mutant(&m, requests, round, &seed, "patch");
         /* what the update makes of the model, if it is taken */
-        cJSON *merged = cJSON_IsObject(patch)
-                            ? ts_json_merge_patch(cJSON_Duplicate(model, true), patch)
+        cJSON *merged = cJSON_IsObject(m.member)
+                            ? ts_json_merge_patch(cJSON_Duplicate(model, true), m.member)
                             : NULL;
-        cJSON_Delete(patch);
-        char *reply = ts_rpc_raw(engine.dealer, request, (size_t)len, notification ? 300 : 5000);
+        cJSON_Delete(m.member);
         cJSON *now = stored_fz();
-        if (notification) {
-            cr_assert_null(reply, "a notification was answered: %s", reply);
+        if (m.notification) {
             cr_assert(cJSON_Compare(now, model, true) || cJSON_Compare(now, merged, true),
-                      "a notification made neither the old document nor its merge: %.*s", len,
-                      request);
+                      "a notification made neither the old document nor its merge: %.*s", m.len,
+                      m.text);
         } else {
-            cr_assert_not_null(reply, "no answer to %.*s", len, request);
             answered++;
-            cJSON *r = cJSON_Parse(reply);
-            cr_assert_not_null(r, "answer is not JSON: %s", reply);
+            cJSON *r = cJSON_Parse(m.reply);
+            cr_assert_not_null(r, "answer is not JSON: %s", m.reply);
             cJSON *doc = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "result"), "doc");
             const cJSON *id = cJSON_GetObjectItem(doc, "id");
             if (cJSON_IsString(id) && strcmp(id->valuestring, "fz") == 0) {
-                cr_assert(cJSON_Compare(now, merged, true), "stored is not the merge: %.*s", len,
-                          request);
+                cr_assert(cJSON_Compare(now, merged, true), "stored is not the merge: %.*s", m.len,
+                          m.text);
                 cJSON_DeleteItemFromObject(doc, "id");
-                cr_assert(cJSON_Compare(doc, now, true), "answered is not stored: %.*s", len,
-                          request);
+                cr_assert(cJSON_Compare(doc, now, true), "answered is not stored: %.*s", m.len,
+                          m.text);
                 applied++;
             } else {
-                cr_assert(cJSON_Compare(now, model, true), "changed without a result: %.*s", len,
-                          request);
+                cr_assert(cJSON_Compare(now, model, true), "changed without a result: %.*s", m.len,
+                          m.text);
             }
             cJSON_Delete(r);
-            free(reply);
+            free(m.reply);
         }
         cJSON_Delete(model);
         cJSON_Delete(merged);

@@ -104,11 +104,13 @@ int ca_stats_json(ts_buf_t *out)
 {
     return ts_buf_printf(out,
                          "{\"requests\":%lld,\"applied_writes\":%lld,\"idempotent_replays\":%lld,"
+                         "\"idempotency_mismatches\":%lld,"
                          "\"faults_failed\":%lld,\"faults_dropped\":%lld,\"faults_delayed\":%lld,"
                          "\"commits\":%lld,\"tokens_issued\":%lld,\"unauthorized\":%lld,"
                          "\"batches\":%lld,\"batch_ops\":%lld}",
                          atomic_load(&ca_stats.requests), atomic_load(&ca_stats.applied_writes),
                          atomic_load(&ca_stats.idempotent_replays),
+                         atomic_load(&ca_stats.idempotency_mismatches),
                          atomic_load(&ca_stats.faults_failed),
                          atomic_load(&ca_stats.faults_dropped),
                          atomic_load(&ca_stats.faults_delayed), atomic_load(&ca_stats.commits),

@@ -26,6 +26,7 @@ typedef struct {
     atomic_llong requests;           /* every request seen (control included) */
     atomic_llong applied_writes;     /* creates, patches, deletes committed */
     atomic_llong idempotent_replays; /* answers served from the idempotency table */
+    atomic_llong idempotency_mismatches; /* 422: a key reused for a different request */
     atomic_llong faults_failed;      /* answered with an injected status */
     atomic_llong faults_dropped;     /* closed without answering (drop or offline) */
     atomic_llong faults_delayed;     /* held back by latency_ms */

@@ -470,6 +470,7 @@ static int replay(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
             atomic_fetch_add(&ca_stats.idempotent_replays, 1);
         } else {
             r->status = 422;
+            atomic_fetch_add(&ca_stats.idempotency_mismatches, 1);
             ts_buf_puts(&r->body, "{\"errors\":[{\"field\":\"Idempotency-Key\",\"message\":"
                                   "\"this key was used for a different request\"}]}");
         }

@@ -260,9 +260,12 @@ static enum MHD_Result finish_write(struct MHD_Connection *c, req_t *rq)
 /* POST, PATCH and DELETE. id is NULL for a create. The write goes to the
  * group-commit writer and the connection waits suspended; MHD calls the
  * handler again after the commit, and route() sends the answer. */
-/* The fingerprint that ties an Idempotency-Key to one request: method, path,
- * If-Match (NULL for a create), body. A batch op gets the one of its single
- * request, so a key may move between the two. */
+/* The fingerprint that ties an Idempotency-Key to one request: method, path
+ * and body, what the client meant to do. If-Match is left out (if_match
+ * NULL) unless --strict-idempotency: a client retrying after a crash may no
+ * longer know the precondition it first sent, and the first answer is what
+ * it needs. A batch op gets the one of its single request, so a key may move
+ * between the two. */
 static void fingerprint(const char *method, const char *url, const char *if_match,
                         const char *body, size_t body_len, char out[65])
 {
@@ -335,8 +338,9 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
     }
 
     if (key) {
-        fingerprint(method, url, op == CA_OP_CREATE ? NULL : if_match, rq->body.data,
-                    rq->body.len, rq->fp);
+        fingerprint(method, url,
+                    op == CA_OP_CREATE || !h->cfg->strict_idempotency ? NULL : if_match,
+                    rq->body.data, rq->body.len, rq->fp);
         w->idem_key = key;
         w->fingerprint = rq->fp;
     }
@@ -501,8 +505,9 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
     if (cJSON_IsString(key)) {
         char url[200];
         snprintf(url, sizeof url, "/v1/%s%s%s", coll, id ? "/" : "", id ? id : "");
-        fingerprint(method, url, kind == CA_OP_CREATE ? NULL : if_match_text, text, text_len,
-                    o->fp);
+        fingerprint(method, url,
+                    kind == CA_OP_CREATE || !h->cfg->strict_idempotency ? NULL : if_match_text,
+                    text, text_len, o->fp);
         w->idem_key = key->valuestring;
         w->fingerprint = o->fp;
     }

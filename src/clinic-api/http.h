@@ -23,6 +23,7 @@ typedef struct {
     int max_poll_s;   /* cap of /v1/changes?timeout= */
     int threads;      /* HTTP worker threads */
     bool batch;       /* serve POST /v1/_batch (--no-batch: 404, as a server without it) */
+    bool strict_idempotency; /* If-Match is part of a key's request (--strict-idempotency) */
 } ca_http_config_t;
 
 typedef struct ca_http ca_http_t;

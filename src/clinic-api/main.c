@@ -28,6 +28,8 @@ static void usage(FILE *out)
           "  --collections a,b       served collections (default sessions,consultations)\n"
           "  --no-control            disable /_control/* (fault injection and stats)\n"
           "  --no-batch              disable POST /v1/_batch (404, like a server without it)\n"
+          "  --strict-idempotency    a retried key must repeat If-Match too (default: method,\n"
+          "                          path and body identify the request)\n"
           "  --heartbeat-ms MS       event stream heartbeat (default 15000)\n"
           "  --max-poll S            cap of /v1/changes?timeout= (default 30)\n"
           "  --threads N             HTTP worker threads (default: CPUs)\n"
@@ -116,7 +118,8 @@ int main(int argc, char **argv)
         O_LOG,
         O_HELP,
         O_VERSION,
-        O_NOBATCH
+        O_NOBATCH,
+        O_STRICT_IDEM
     };
     static const struct option opts[] = {{"listen", required_argument, 0, O_LISTEN},
                                          {"db", required_argument, 0, O_DB},
@@ -126,6 +129,7 @@ int main(int argc, char **argv)
                                          {"collections", required_argument, 0, O_COLLS},
                                          {"no-control", no_argument, 0, O_NOCTL},
                                          {"no-batch", no_argument, 0, O_NOBATCH},
+                                         {"strict-idempotency", no_argument, 0, O_STRICT_IDEM},
                                          {"heartbeat-ms", required_argument, 0, O_HB},
                                          {"max-poll", required_argument, 0, O_POLL},
                                          {"threads", required_argument, 0, O_THREADS},
@@ -146,7 +150,7 @@ int main(int argc, char **argv)
     int64_t ttl = 3600, hb = 15000, max_poll = 30, v;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t threads = cpus > 0 ? cpus : 2;
-    bool control = true, batch = true;
+    bool control = true, batch = true, strict_idempotency = false;
     ca_faults_t faults;
     ca_faults_defaults(&faults);
     int o;
@@ -176,6 +180,9 @@ int main(int argc, char **argv)
             break;
         case O_NOBATCH:
             batch = false;
+            break;
+        case O_STRICT_IDEM:
+            strict_idempotency = true;
             break;
         case O_HB:
             bad = flag_int("--heartbeat-ms", optarg, 10, 3600000, &hb);
@@ -255,6 +262,7 @@ int main(int argc, char **argv)
                             .port = (uint16_t)port,
                             .control = control,
                             .batch = batch,
+                            .strict_idempotency = strict_idempotency,
                             .heartbeat_ms = (int)hb,
                             .max_poll_s = (int)max_poll,
                             .threads = (int)threads};

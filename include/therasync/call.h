@@ -75,6 +75,8 @@ typedef enum {
     TS_REC_CURSOR,      /* the change-feed position (body) */
     TS_REC_AUDIT,       /* one line of the audit trail: event, mutation, ids, version,
                            client, reason (body); never a document */
+    TS_REC_MATCH,       /* a pending mutation (seq) goes out with If-Match `version`: an
+                           earlier write of ours to its document was answered with it */
 } ts_record_kind_t;
 
 typedef enum { TS_OP_CREATE = 1, TS_OP_UPDATE = 2, TS_OP_DELETE = 3 } ts_op_t;

@@ -27,7 +27,7 @@
 #include "therasync/actor.h"
 #include "therasync/config.h"
 
-#define TS_SCHEMA_VERSION 4
+#define TS_SCHEMA_VERSION 5
 
 /* Opens (creating, migrating, recovering) the database under config's data
  * dir. Returns NULL after logging why when the dir is unusable. */

@@ -67,6 +67,9 @@ typedef enum {
                           update/delete, 400): roll it back; error/message/errors say why */
     TS_SYNC_CONFLICT,  /* 409/412 for mutation seq; doc = the server's current document
                           (theirs); the store runs the conflict policy */
+    TS_SYNC_REKEY,     /* 422 on the idempotency key of mutation seq: the server holds it
+                          for another request. The store gives the same write a new id in
+                          its place (a replacement, as after a conflict) */
     TS_SYNC_REMOTE,    /* a change from the feed or a repair: doc (with "deleted": true for
                           a tombstone); applied when its version is newer than the store's.
                           A digest repair of a document the server no longer lists as live

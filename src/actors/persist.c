@@ -45,6 +45,11 @@ typedef struct {
     sqlite3_stmt *put_confirmed;   /* docs upsert */
     sqlite3_stmt *put_cursor;      /* meta cursor */
     sqlite3_stmt *insert_audit;    /* audit append */
+    sqlite3_stmt *put_match;       /* outbox_match insert, or */
+    sqlite3_stmt *raise_match;     /* update when the row is there */
+    sqlite3_stmt *drop_match;      /* outbox_match delete by seq */
+    int64_t matches;               /* rows in outbox_match: a drop deletes its row only
+                                      when there are any (they are rare) */
     ts_pack_index_t packs;         /* the live packs */
     ts_buf_t pack;                 /* the pack being written */
     int64_t pack_first, pack_last;
@@ -102,6 +107,11 @@ static const char *migrations[TS_SCHEMA_VERSION] = {
     "CREATE TABLE outbox_pack(first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,"
     "  count INTEGER NOT NULL, records BLOB NOT NULL);"
     "CREATE TABLE outbox_gone(seq INTEGER PRIMARY KEY);",
+    /* 5: the If-Match a pending mutation goes out with, when it is not the
+     * version the write was made on: an earlier write of ours to the same
+     * document was answered with a newer one (TS_REC_MATCH). A re-send after
+     * a crash must be the request first sent. A row goes with its mutation. */
+    "CREATE TABLE outbox_match(seq INTEGER PRIMARY KEY, version INTEGER NOT NULL);",
 };
 
 /* ---- checkpointer ----
@@ -421,7 +431,14 @@ static int open_db(persist_t *self)
         sqlite3_prepare_v3(self->db,
                            "INSERT INTO audit(at, mutation, coll, doc_id, event, client, version, "
                            "reason) VALUES(?,?,?,?,?,?,?,?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &self->insert_audit, NULL)) {
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->insert_audit, NULL) ||
+        sqlite3_prepare_v3(self->db,
+                           "INSERT OR IGNORE INTO outbox_match(seq, version) VALUES(?1, ?2)",
+                           -1, SQLITE_PREPARE_PERSISTENT, &self->put_match, NULL) ||
+        sqlite3_prepare_v3(self->db, "UPDATE outbox_match SET version=?2 WHERE seq=?1", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->raise_match, NULL) ||
+        sqlite3_prepare_v3(self->db, "DELETE FROM outbox_match WHERE seq=?", -1,
+                           SQLITE_PREPARE_PERSISTENT, &self->drop_match, NULL)) {
         ts_error(LOG, "cannot prepare statements: %s", sqlite3_errmsg(self->db));
         return -1;
     }
@@ -661,6 +678,28 @@ static int write_outcome_lines(persist_t *self, const ts_record_t *drop)
     return write_record(self, &line);
 }
 
+static int step_match(sqlite3_stmt *s, const ts_record_t *r)
+{
+    sqlite3_bind_int64(s, 1, r->seq);
+    sqlite3_bind_int64(s, 2, r->version);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* A mutation leaves the outbox: so does its If-Match row, if it has one. */
+static int drop_match_row(persist_t *self, int64_t seq)
+{
+    sqlite3_bind_int64(self->drop_match, 1, seq);
+    int rc = sqlite3_step(self->drop_match);
+    sqlite3_reset(self->drop_match);
+    if (rc != SQLITE_DONE)
+        return -1;
+    if (sqlite3_changes(self->db) > 0)
+        self->matches--;
+    return 0;
+}
+
 static int write_record(persist_t *self, const ts_record_t *r)
 {
     sqlite3_stmt *s;
@@ -678,6 +717,8 @@ static int write_record(persist_t *self, const ts_record_t *r)
         bind_text_or_null(s, 9, r->client[0] ? r->client : NULL, -1);
         break;
     case TS_REC_DROP: {
+        if (self->matches > 0 && drop_match_row(self, r->seq))
+            return -1;
         /* live in a pack, or else a row (or neither) */
         ts_pack_entry_t *entry = ts_pack_index_find(&self->packs, r->seq);
         int dropped = entry ? drop_packed(self, r, entry) : 0;
@@ -720,6 +761,14 @@ static int write_record(persist_t *self, const ts_record_t *r)
         bind_int64_or_null(s, 7, r->version);
         bind_text_or_null(s, 8, r->body, (int)r->body_len);
         break;
+    case TS_REC_MATCH:
+        if (step_match(self->put_match, r))
+            return -1;
+        if (sqlite3_changes(self->db) > 0) {
+            self->matches++;
+            return 0;
+        }
+        return step_match(self->raise_match, r); /* raised again */
     default:
         return -1;
     }
@@ -1135,6 +1184,10 @@ typedef struct {
     ts_packed_t next;
     int64_t *gone;         /* seqs marked gone, sorted */
     size_t ngone;
+    sqlite3_stmt *matches; /* outbox_match by seq, merged in as the mutations go by */
+    bool match;            /* matches is at a row */
+    size_t nmatched, nstale;
+    int64_t first_seq;     /* the first pending mutation's (0: none yet) */
 } outbox_reader_t;
 
 /* Moves to the next packed mutation that is not gone. */
@@ -1169,9 +1222,12 @@ static int open_outbox_reader(persist_t *self, outbox_reader_t *o)
                            "outbox ORDER BY seq",
                            -1, &o->rows, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(self->db, "SELECT records FROM outbox_pack ORDER BY first_seq", -1,
-                           &o->packs, NULL) != SQLITE_OK)
+                           &o->packs, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(self->db, "SELECT seq, version FROM outbox_match ORDER BY seq", -1,
+                           &o->matches, NULL) != SQLITE_OK)
         return -1;
     o->row = sqlite3_step(o->rows) == SQLITE_ROW;
+    o->match = sqlite3_step(o->matches) == SQLITE_ROW;
     next_packed(o);
     return 0;
 }
@@ -1180,7 +1236,27 @@ static void close_outbox_reader(outbox_reader_t *o)
 {
     sqlite3_finalize(o->rows);
     sqlite3_finalize(o->packs);
+    sqlite3_finalize(o->matches);
     free(o->gone);
+}
+
+/* The If-Match of the pending mutation seq made on base_version: its row
+ * in outbox_match, if any and newer. Rows of seqs passed by are stale (their
+ * mutation left in a commit that deleted nothing, see TS_REC_DROP). */
+static int64_t if_match_of(outbox_reader_t *o, int64_t seq, int64_t base_version)
+{
+    if (!o->first_seq)
+        o->first_seq = seq;
+    while (o->match && sqlite3_column_int64(o->matches, 0) < seq) {
+        o->nstale++;
+        o->match = sqlite3_step(o->matches) == SQLITE_ROW;
+    }
+    if (!o->match || sqlite3_column_int64(o->matches, 0) != seq)
+        return base_version;
+    int64_t v = sqlite3_column_int64(o->matches, 1);
+    o->nmatched++;
+    o->match = sqlite3_step(o->matches) == SQLITE_ROW;
+    return v > base_version ? v : base_version;
 }
 
 /* The next pending mutation into a record of the chunk; false at the end. */
@@ -1210,7 +1286,7 @@ static bool read_mutation(persist_t *self, outbox_reader_t *o, ts_chunk_t **chun
             *failed = true;
             return false;
         }
-        r->version = m.base_version;
+        r->version = if_match_of(o, m.seq, m.base_version);
         r->seq = m.seq;
         ts_copy_text(r->mutation, sizeof r->mutation, m.mutation ? m.mutation : "");
         r->op = m.op;
@@ -1266,6 +1342,18 @@ static void recover(persist_t *self)
     else
         while (!failed && read_mutation(self, &o, &chunk, &in_flight, &failed))
             total++;
+    while (o.match) { /* past the last pending mutation */
+        o.nstale++;
+        o.match = sqlite3_step(o.matches) == SQLITE_ROW;
+    }
+    self->matches = (int64_t)(o.nmatched + o.nstale);
+    if (o.nstale && !failed) { /* those before the first pending mutation go */
+        char sql[96];
+        snprintf(sql, sizeof sql, "DELETE FROM outbox_match WHERE seq < %lld",
+                 o.first_seq ? (long long)o.first_seq : (long long)INT64_MAX);
+        if (exec(self, sql) == 0)
+            self->matches = pragma_int(self, "SELECT count(*) FROM outbox_match");
+    }
     close_outbox_reader(&o);
     if (failed)
         ts_error(LOG, "recovery: out of memory");

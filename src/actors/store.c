@@ -24,7 +24,9 @@
 typedef struct mutation {
     struct mutation *next;
     int64_t seq;
-    int64_t base_version;
+    int64_t base_version;  /* the version it was made on, raised to the versions our
+                              earlier writes to the document were answered with: the
+                              If-Match it goes out with (see raise_if_match) */
     int64_t at_ms;
     uint32_t body_len;
     uint8_t id[16];        /* the mutation's UUIDv7, binary */
@@ -566,6 +568,32 @@ static int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *
     r->next = call->records;
     call->records = r;
     return 0;
+}
+
+/* The server answered one of our writes to d (confirmed, or a conflict
+ * showing its current version): the later writes go out with If-Match
+ * `version` now (the sync actor's rule). That must be durable with the
+ * answer, in the same commit, so that a write re-sent after a crash is the
+ * very request first sent: the server matches a retried idempotency key
+ * by its request, and a different If-Match would be a different request. */
+static void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
+                           int64_t version)
+{
+    for (mutation_t *m = d->pending; m; m = m->next) {
+        if (m->base_version >= version)
+            continue;
+        ts_record_t *r = ts_record_new(TS_REC_MATCH, c->name, d->id, d->id_len, NULL, 0);
+        if (!r) {
+            ts_error(LOG, "out of memory: If-Match of mutation seq=%lld not recorded",
+                     (long long)m->seq);
+            continue;
+        }
+        m->base_version = version;
+        r->seq = m->seq;
+        r->version = version;
+        ts_uuid_format(m->id, r->mutation);
+        append_record(call, r);
+    }
 }
 
 /* Appends one audit line (never a document) to the call's records. */
@@ -1316,6 +1344,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
     if (version >= doc_version(d) && set_confirmed(self, c, d, u->doc, version) == 0)
         add_confirmed_record(call, c, d);
     recompute_and_reject(self, call, c, d, "no longer applies after the server's answer");
+    raise_if_match(call, c, d, version);
     if (m) {
         self->confirmed++;
         add_confirmed_drop(call, c, d, m, version, u);
@@ -1436,8 +1465,12 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     for (mutation_t *x = d->pending; x; x = x->next)
         if (x->seq == u->seq)
             m = x;
-    if (!m || !u->doc)
+    if (!u->doc)
         return;
+    if (!m) { /* cancelled while out: its answer still tells the next write's If-Match */
+        raise_if_match(call, c, d, version_of(u));
+        return;
+    }
     self->conflicts++;
     cJSON *base, *mine;
     conflict_sides(self, d, m, &base, &mine);
@@ -1503,10 +1536,44 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         }
     }
     recompute_and_reject(self, call, c, d, "no longer applies after a conflict");
+    raise_if_match(call, c, d, theirs_version);
     add_doc_changed_remote(self, call, c, d);
     ts_policy_outcome_clear(&outcome);
     cJSON_Delete(base);
     cJSON_Delete(mine);
+}
+
+/* The server holds the write's idempotency key for another request: the
+ * same write goes again in its place under a new id (the key). Sending it
+ * again is safe: had the server applied it after all, If-Match (update,
+ * delete) or the id (create) makes that a 409, and the policy decides. */
+static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync_update_t *u)
+{
+    for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
+        mutation_t *m = *p;
+        if (m->seq != u->seq)
+            continue;
+        mutation_t *r = mutation_new((ts_op_t)m->op, m->body, m->body_len);
+        if (!r) {
+            ts_error(LOG, "out of memory: mutation seq=%lld not sent again", (long long)m->seq);
+            return;
+        }
+        r->seq = m->seq;
+        r->base_version = m->base_version; /* its If-Match, raised or not */
+        r->at_ms = m->at_ms;
+        ts_uuidv7_bytes(r->id);
+        r->next = m->next;
+        *p = r;
+        char id[37], why[96];
+        ts_uuid_format(r->id, id);
+        snprintf(why, sizeof why, "idempotency key held for another request: sent again as %s",
+                 id);
+        add_drop_record(call, c, d, m);
+        add_audit(call, c, d, m, "rekeyed", NULL, 0, why);
+        add_mutation_record(call, c, d, r, "rekeyed");
+        free(m);
+        return;
+    }
 }
 
 static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const ts_sync_update_t *u)
@@ -1582,6 +1649,10 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
         case TS_SYNC_CONFLICT:
             if (d)
                 sync_conflict(self, call, c, d, u);
+            break;
+        case TS_SYNC_REKEY:
+            if (d)
+                sync_rekey(call, c, d, u);
             break;
         case TS_SYNC_REMOTE:
             if (c)

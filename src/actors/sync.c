@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <zmq.h>
 
@@ -909,7 +910,7 @@ static void report_sent(sync_t *self, mut_t *m, ts_sync_update_t *u)
     if (!u && !(u = emit(self, TS_SYNC_SENT, m)))
         return;
     u->sent_ms = m->sent_ms;
-    u->sent_version = m->base_version;
+    u->sent_version = m->op == TS_OP_CREATE ? m->base_version : if_match_of(m);
     m->sent = true;
 }
 
@@ -1150,6 +1151,21 @@ static void fetch_current(sync_t *self, mut_t *m)
         push_final(self, m, TS_SYNC_CONFLICT, NULL, NULL);
 }
 
+/* Whether a 422 refuses the Idempotency-Key (used for a different request,
+ * docs/CLINIC_API.md), not the write. */
+static bool key_reused(const ts_api_result_t *res)
+{
+    const cJSON *errors = res->json ? cJSON_GetObjectItemCaseSensitive(res->json, "errors") : NULL;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, errors)
+    {
+        const char *field = ts_json_string(e, "field");
+        if (field && strcasecmp(field, "Idempotency-Key") == 0)
+            return true;
+    }
+    return false;
+}
+
 /* What the answer to m's write means for it (sent alone or in a batch). */
 static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
@@ -1187,6 +1203,19 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
         break;
     }
     case TS_API_VALIDATION:
+        if (key_reused(res)) {
+            /* Not a refusal of the write: the server holds this key for a
+             * request it remembers differently. The write goes again under a
+             * new key; if the server did apply it, If-Match (or the create's
+             * id) makes that a 409, and the conflict policy decides. */
+            ts_warn(LOG, "mutation %s (%s/%s): the server holds its idempotency key for a "
+                         "different request; sending it again under a new key",
+                    m->mutation, m->doc->coll, m->doc->id);
+            push_final(self, m, TS_SYNC_REKEY, res, NULL);
+            break;
+        }
+        push_final(self, m, TS_SYNC_REJECTED, res, NULL);
+        break;
     case TS_API_FORBIDDEN:
     case TS_API_BAD_REQUEST: push_final(self, m, TS_SYNC_REJECTED, res, NULL); break;
     case TS_API_CANCELLED: mstate_set(self, m, M_QUEUED); break;

@@ -1,5 +1,6 @@
 /* test_durability.c — acknowledged writes survive kill -9, restarts keep
  * everything, and a data dir that cannot take writes fails loudly. */
+#include "../support/clinic.h"
 #include "../support/engine.h"
 
 #include <criterion/criterion.h>
@@ -43,6 +44,7 @@ typedef struct {
 
 static known_t *known;
 static int nknown;
+static ts_clinic_t *synced_api; /* the clinic-api the engine syncs with, or NULL */
 
 /* Updates to one document all go through one client (idx % CLIENTS), so
  * their order is defined. */
@@ -155,8 +157,9 @@ static void verify(ts_engine_t *e)
             cr_assert_geq(v, k->acked_version, "%s lost an acknowledged update", k->id);
             cr_assert_leq(v, k->sent_version, "%s has a version never sent", k->id);
             cr_assert_eq(strlen(cJSON_GetObjectItem(doc, "pad")->valuestring), 100, "torn doc");
-            cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "sync"), "state")
-                                 ->valuestring, "pending", "still pending for sync");
+            if (!synced_api)
+                cr_assert_str_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(res, "sync"), "state")
+                                     ->valuestring, "pending", "still pending for sync");
             k->acked_version = v; /* what is on disk now counts as acknowledged */
             k->sent_version = v;
         }
@@ -168,28 +171,182 @@ static void verify(ts_engine_t *e)
     cJSON_Delete(s);
 }
 
+/* Up to max rounds of writes, kill -9, restart and verify, within
+ * budget_ms; returns how many ran. With sync, each round first sets one of
+ * the clinic's faults, so that kills find writes sent and not yet answered. */
+static int kill_rounds(ts_engine_t *e, int max, long long budget_ms)
+{
+    long long stop_by = now_ms() + budget_ms;
+    int rounds = 0;
+    for (; rounds < max && now_ms() < stop_by; rounds++) {
+        if (synced_api) {
+            char faults[64];
+            snprintf(faults, sizeof faults, rounds % 3 == 0   ? "{\"answer_latency_ms\":%d}"
+                                            : rounds % 3 == 1 ? "{\"latency_ms\":%d}"
+                                                              : "{}",
+                     rounds % 3 == 0 ? 100 + rand() % 700 : 5 + rand() % 30);
+            cr_assert_eq(ts_clinic_faults(synced_api, faults), 0);
+        }
+        write_until_killed(e, now_ms() + 50 + rand() % 400);
+        int rc = synced_api ? ts_engine_restart_synced(e, synced_api)
+                            : ts_engine_restart(e, permissive_args());
+        cr_assert_eq(rc, 0, "restart %d failed (log %s)", rounds, e->proc.log_path);
+        zmq_close(e->dealer); /* a fresh connection: nothing queued from before the kill */
+        e->dealer = ts_engine_client(e);
+        verify(e);
+    }
+    int acked = 0;
+    for (int i = 0; i < nknown; i++)
+        acked += known[i].acked_version > 0;
+    cr_assert_gt(acked, 1000, "the test wrote too little to mean anything (%d)", acked);
+    return rounds;
+}
+
+static int int_of(const char *text)
+{
+    return (int)strtol(text, NULL, 10);
+}
+
+/* TS_CRASH_ROUNDS raises the rounds for a long soak (tests/README.md). */
+static int rounds_wanted(int fallback)
+{
+    const char *v = getenv("TS_CRASH_ROUNDS");
+    return v && int_of(v) > 0 ? int_of(v) : fallback;
+}
+
 Test(durability, kill_9_during_concurrent_writes, .timeout = 240)
 {
     known = calloc(MAX_DOCS, sizeof *known);
     srand((unsigned)time(NULL));
     ts_engine_t e;
     cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
-    long long stop_by = now_ms() + 150000;
-    int rounds = 0;
-    for (; rounds < 25 && now_ms() < stop_by; rounds++) {
-        write_until_killed(&e, now_ms() + 50 + rand() % 400);
-        cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0, "restart %d failed (log %s)", rounds,
-                     e.proc.log_path);
-        zmq_close(e.dealer); /* a fresh connection: nothing queued from before the kill */
-        e.dealer = ts_engine_client(&e);
-        verify(&e);
-    }
+    int rounds = kill_rounds(&e, 25, 150000);
     cr_assert_geq(rounds, 20, "only %d kill rounds in the time limit", rounds);
-    int acked = 0;
-    for (int i = 0; i < nknown; i++)
-        acked += known[i].acked_version > 0;
-    cr_assert_gt(acked, 1000, "the test wrote too little to mean anything (%d)", acked);
     ts_engine_destroy(&e);
+    free(known);
+}
+
+/* After the kills, once everything is pushed: the server holds exactly the
+ * acknowledged value of every document, each write applied once (a create
+ * sets v 1 and update k sets v k, so the server's version must equal v), and
+ * the engine agrees with it. */
+static void verify_server(ts_clinic_t *api, ts_engine_t *e)
+{
+    int *server_v = calloc(MAX_DOCS, sizeof *server_v);
+    long long *server_version = calloc(MAX_DOCS, sizeof *server_version);
+    char since[32] = "0";
+    int found = 0;
+    for (int page = 0; page < 1000; page++) {
+        char path[96];
+        snprintf(path, sizeof path, "/v1/sessions?since=%s&limit=1000", since);
+        cJSON *list;
+        cr_assert_eq(ts_clinic_call(api, "GET", path, NULL, &list), 200);
+        cJSON *doc;
+        cJSON_ArrayForEach(doc, cJSON_GetObjectItem(list, "items"))
+        {
+            int idx = int_of(cJSON_GetObjectItem(doc, "id")->valuestring + 1);
+            cr_assert(idx >= 0 && idx < nknown);
+            server_v[idx] = cJSON_GetObjectItem(doc, "v")->valueint;
+            server_version[idx] = (long long)cJSON_GetObjectItem(doc, "version")->valuedouble;
+            found++;
+        }
+        snprintf(since, sizeof since, "%s", cJSON_GetObjectItem(list, "cursor")->valuestring);
+        bool more = cJSON_IsTrue(cJSON_GetObjectItem(list, "has_more"));
+        cJSON_Delete(list);
+        if (!more)
+            break;
+    }
+    int present = 0;
+    for (int i = 0; i < nknown; i++) {
+        if (!known[i].acked_version) {
+            cr_assert_eq(server_v[i], 0, "%s never acknowledged, yet on the server", known[i].id);
+            continue;
+        }
+        present++;
+        cr_assert_eq(server_v[i], known[i].acked_version, "%s: the server holds v %d, not the "
+                     "acknowledged %d", known[i].id, server_v[i], known[i].acked_version);
+        cr_assert_eq(server_version[i], server_v[i], "%s: %lld writes applied for %d sent",
+                     known[i].id, server_version[i], server_v[i]);
+    }
+    cr_assert_eq(found, present, "the server has documents the engine never acknowledged");
+    for (int i = 0; i < nknown; i += 97) { /* and the engine shows the server's */
+        if (!known[i].acked_version)
+            continue;
+        char p[128];
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"%s\"}", known[i].id);
+        cJSON *r = ts_rpc(e, "get", p);
+        cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+        cr_assert_eq(cJSON_GetObjectItem(doc, "v")->valueint, server_v[i]);
+        cr_assert_eq((long long)cJSON_GetObjectItem(doc, "version")->valuedouble,
+                     server_version[i]);
+        cJSON_Delete(r);
+    }
+    free(server_v);
+    free(server_version);
+}
+
+/* The audit lines of the engine's data dir with this event or outcome. */
+static int audit_count(ts_engine_t *e, const char *event)
+{
+    char path[4300];
+    snprintf(path, sizeof path, "%s/therasync.db", e->data);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    int n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT count(*) FROM audit WHERE event=?1 OR outcome=?1", -1, &s,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_text(s, 1, event, -1, SQLITE_STATIC);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            n = sqlite3_column_int(s, 0);
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+    return n;
+}
+
+/* The crash test with sync running against a clinic-api that holds a
+ * retried idempotency key to the whole request, If-Match included: a write
+ * re-sent after a crash must be the request first sent, or the server
+ * answers 422 and an acknowledged value is lost. */
+Test(durability, kill_9_with_sync_loses_and_duplicates_nothing, .timeout = 400)
+{
+    ts_clinic_t api;
+    const char *strict[] = {"--strict-idempotency", NULL};
+    cr_assert_eq(ts_clinic_start(&api, strict), 0);
+    synced_api = &api;
+    known = calloc(MAX_DOCS, sizeof *known);
+    srand((unsigned)time(NULL));
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start_synced(&e, &api, NULL), 0);
+    int want = rounds_wanted(20);
+    int rounds = kill_rounds(&e, want, want > 20 ? want * 20000LL : 150000);
+    cr_assert_geq(rounds, want * 2 / 3, "only %d of %d kill rounds in the time limit", rounds,
+                  want);
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    bool drained = false;
+    for (long long end = now_ms() + 120000; !drained && now_ms() < end;) {
+        cJSON *s = ts_rpc(&e, "status", NULL);
+        drained = cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint == 0;
+        cJSON_Delete(s);
+        if (!drained)
+            usleep(100000);
+    }
+    cr_assert(drained, "the outbox drained after the kills (log %s)", e.proc.log_path);
+    verify_server(&api, &e);
+    cr_assert_eq(ts_clinic_stat(&api, "idempotency_mismatches"), 0,
+                 "a re-sent write differed from its first send");
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    cr_assert_eq(audit_count(&e, "rejected"), 0, "an acknowledged write was rejected");
+    cr_assert_eq(audit_count(&e, "conflict"), 0, "an engine alone met a conflict");
+    long long writes = 0;
+    for (int i = 0; i < nknown; i++)
+        writes += known[i].acked_version;
+    cr_log_info("%d kill rounds; %d documents, %lld acknowledged writes, each applied once",
+                rounds, nknown, writes);
+    synced_api = NULL;
+    ts_engine_destroy(&e);
+    ts_clinic_destroy(&api);
     free(known);
 }
 

@@ -1,5 +1,5 @@
 /* api.h — the API actor: the engine's one HTTP client of the Clinic API
- * (CONTRACT.md section 4), on the libcurl multi interface in its own thread.
+ * (docs/CLINIC_API.md), on the libcurl multi interface in its own thread.
  *
  * How to use it (see docs/API_ACTOR.md and tests/e2e/test_api.c):
  *   1. Bind a PULL socket for answers (TS_INPROC_API_RESULTS, or your own

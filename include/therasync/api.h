@@ -147,7 +147,7 @@ typedef enum {
     TS_API_SERVER_ERROR,      /* 5xx after the retries. Retry later; count toward stuck. */
     TS_API_BAD_REQUEST,       /* other 4xx (400, 405, 413, ...). Not retried: a bug or a
                                  refused request; reject it (stream: 405 = no SSE). */
-    TS_API_BAD_RESPONSE,      /* an answer not as the contract says: not JSON, wrong
+    TS_API_BAD_RESPONSE,      /* an answer not as docs/CLINIC_API.md says: not JSON, wrong
                                  content type, wrong shape, truncated, 1xx/3xx, too large.
                                  Not retried here; a write may have been applied: retry
                                  later with the same idempotency key, count toward stuck. */

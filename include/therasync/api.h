@@ -1,5 +1,5 @@
 /* api.h — the API actor: the engine's one HTTP client of the Clinic API
- * (CONTRACT.md section 4), on the libcurl multi interface in its own thread.
+ * (docs/CLINIC_API.md), on the libcurl multi interface in its own thread.
  *
  * How to use it (see docs/API_ACTOR.md and tests/e2e/test_api.c):
  *   1. Bind a PULL socket for answers (TS_INPROC_API_RESULTS, or your own
@@ -147,7 +147,7 @@ typedef enum {
     TS_API_SERVER_ERROR,      /* 5xx after the retries. Retry later; count toward stuck. */
     TS_API_BAD_REQUEST,       /* other 4xx (400, 405, 413, ...). Not retried: a bug or a
                                  refused request; reject it (stream: 405 = no SSE). */
-    TS_API_BAD_RESPONSE,      /* an answer not as the contract says: not JSON, wrong
+    TS_API_BAD_RESPONSE,      /* an answer not as docs/CLINIC_API.md says: not JSON, wrong
                                  content type, wrong shape, truncated, 1xx/3xx, too large.
                                  Not retried here; a write may have been applied: retry
                                  later with the same idempotency key, count toward stuck. */

@@ -44,7 +44,7 @@ const char *ts_method_name(ts_method_t method);
 /* Returns the method for a name, or TS_M_NONE. */
 ts_method_t ts_method_lookup(const char *name);
 
-/* Error codes of the contract (section 3). */
+/* Error codes of the front door (docs/PROTOCOL.md, Errors). */
 enum {
     TS_E_PARSE = -32700,
     TS_E_INVALID_REQUEST = -32600,
@@ -60,7 +60,7 @@ enum {
     TS_E_TOO_LARGE = -32007,
     TS_E_UNKNOWN_COLLECTION = -32008,
 };
-/* The contract's reason name for a code, or NULL for the JSON-RPC codes. */
+/* The reason name for a code (error.data.reason), or NULL for the JSON-RPC codes. */
 const char *ts_error_reason(int code);
 
 /* Durable operations, appended by persist before the call is answered. */

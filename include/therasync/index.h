@@ -9,7 +9,7 @@
  * its own copies of the two values, so it never touches a document's text
  * afterwards (the text may be freed right after ts_index_set returns).
  *
- * Values are compared as text (contract: ctx.find): a string by its
+ * Values are compared as text (docs/POLICIES.md: ctx.find): a string by its
  * characters, a number in its JSON spelling (integers without a fraction),
  * true / false. null, objects and arrays are not indexed. Order keys sort
  * missing < numbers < strings; strings byte-wise, as Lua compares them.

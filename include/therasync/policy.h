@@ -1,5 +1,5 @@
 /* policy.h — the Lua policy engine: validation, selectors and conflict
- * policies loaded from a directory (contract section 5).
+ * policies loaded from a directory (docs/POLICIES.md).
  *
  * One ts_policy_t per actor that runs policies (store: validation and
  * selectors; sync: conflicts). It owns one sandboxed lua_State and is not
@@ -54,7 +54,7 @@ typedef int (*ts_policy_lookup_fn)(void *arg, const char *collection, const char
                                    const char *value, ts_policy_visit_fn visit,
                                    void *visit_arg);
 
-/* The richer look-up (contract extension, used by the store): the same
+/* The richer look-up (an extension, used by the store): the same
  * matching as ts_policy_lookup_fn, plus the optional time range of
  * ctx.find's fourth argument, so that an index ordered by time_field can
  * visit only the documents near [from_ms, to_ms). The visitor still filters
@@ -137,7 +137,7 @@ typedef struct {
                                 equality index on this field and a param of
                                 the same name picks the bucket */
     bool has_from;           /* declares from(params, ctx): where to start in
-                                order_by order (contract extension) */
+                                order_by order (an extension) */
 } ts_policy_selector_t;
 
 size_t ts_policy_selector_count(const ts_policy_t *self);

@@ -1,5 +1,5 @@
 /* store_query.h — the store's policy side: validation, named selectors served
- * from ordered equality indexes, reload and info (contract sections 3 and 5).
+ * from ordered equality indexes, reload and info (docs/PROTOCOL.md, docs/POLICIES.md).
  *
  * The store actor owns one ts_sq_t, which owns the store's ts_policy_t (the
  * one Lua state that runs validation, selectors and — with sync — conflict

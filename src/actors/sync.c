@@ -1470,7 +1470,7 @@ static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
     if (!id)
         return 0;
     if (!ts_valid_id(id, strlen(id))) {
-        /* not an id the contract allows: a client could not address it, it
+        /* not an id the protocol allows: a client could not address it, it
          * would go into the paths of later requests, and one over 64 bytes
          * was cut to a different id */
         ts_warn(LOG, "left out a change to %s whose id is not 1-64 of [A-Za-z0-9_-]", coll);

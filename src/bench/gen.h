@@ -1,9 +1,9 @@
 /* gen.h — the benchmark dataset: a C port of the peer's gen.mjs.
  *
  * Same PRNG (mulberry32, seed 42), same draw order, same JSON bytes, so that
- * results can be cross-checked with ../shared/peers/zustand-query-node.
- * The draw order is documented at the top of gen.mjs; gen.c follows it
- * line by line. */
+ * results can be cross-checked with the Node peer (bench/PEERS.md).
+ * The draw order is written out in bench/README.md ("The data"); gen.c
+ * follows it line by line. */
 #ifndef THERASYNC_BENCH_GEN_H
 #define THERASYNC_BENCH_GEN_H
 

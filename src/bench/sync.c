@@ -1,5 +1,5 @@
 /* sync.c — the workloads that need clinic-api: replay and realtime
- * (contract section 6, issue 5).
+ * (bench/README.md, issue 5).
  *
  * replay:   clinic-api switched offline, N creates (and an update of every
  *           100th accepted one) queued through the front door, clinic-api

@@ -1,4 +1,4 @@
-/* workloads.c — ingest, update, select and coldstart (contract section 6);
+/* workloads.c — ingest, update, select and coldstart (bench/README.md);
  * replay and realtime are in sync.c.
  *
  * A workload run: bring up the target (our own fresh therasyncd, or the

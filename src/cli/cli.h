@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-/* Exit codes, as the contract fixes them. */
+/* Exit codes, as README.md documents them. */
 enum {
     CLI_EXIT_OK = 0,          /* the engine answered with a result */
     CLI_EXIT_ERROR = 1,       /* the engine answered with an error (or another runtime failure) */

@@ -1,4 +1,4 @@
-/* main.c — clinic-api: the reference Clinic API v1 server (CONTRACT.md §4).
+/* main.c — clinic-api: the reference Clinic API v1 server (docs/CLINIC_API.md).
  * Parses flags, opens the store, starts the feed timer and the HTTP server,
  * then waits for SIGTERM/SIGINT and stops cleanly (exit 0). */
 #include <getopt.h>

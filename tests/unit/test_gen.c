@@ -1,6 +1,6 @@
 /* test_gen.c — the C generator reproduces the peer's gen.mjs byte for byte.
  *
- * Expected strings come from `node ../shared/peers/zustand-query-node/gen.mjs 3`;
+ * Expected strings come from the Node peer's `node gen.mjs 3` (bench/PEERS.md);
  * the checksum is FNV-1a 64 over the first 10,000 lines of `gen.mjs 10000`,
  * each followed by "\n" (computed with node, see the commit message). */
 #include "../../src/bench/gen.h"

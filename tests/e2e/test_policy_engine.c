@@ -4,6 +4,7 @@
  * delete and a restart), a selector that errors, hot reload by policy.reload
  * and SIGHUP with its events, and policy.info. */
 #include "../support/engine.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -419,4 +420,48 @@ Test(policy_engine, hot_reload_by_method_and_sighup)
     assert_alive();
     ts_rmtree(dir);
     free(dir);
+}
+
+/* SIGTERM while the store is inside a policy call that will not end for a
+ * very long time (a loop under a huge budget): the daemon still exits within
+ * a bound, with status 1 and a line naming the stuck thread, and what was
+ * written before is there after a restart. */
+Test(policy_engine, sigterm_stops_a_daemon_stuck_in_a_policy_call, .timeout = 60)
+{
+    char *cfgdir = ts_tmpdir("ts-config");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/engine.lua", cfgdir);
+    FILE *f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fputs("lua = { instruction_budget = 1e15 }\n", f);
+    fclose(f);
+    const char *policies = ts_source_path("tests/fixtures/policies/looping");
+    const char *args[] = {"--policies", policies, "--config", cfg, NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "log: %s", engine.proc.log_path);
+    cJSON *c = ts_rpc(&engine, "create", "{\"collection\":\"consultations\",\"doc\":{\"id\":\"n1\"}}");
+    cr_assert_not_null(ts_rpc_result(c), "%s", c ? cJSON_PrintUnformatted(c) : "no answer");
+    cJSON_Delete(c);
+    /* the looping validator: no answer, the store stays inside the call */
+    const char *req = "{\"jsonrpc\":\"2.0\",\"id\":900,\"method\":\"create\",\"params\":"
+                      "{\"collection\":\"sessions\",\"doc\":{\"id\":\"loop\"}}}";
+    char *reply = ts_rpc_raw(engine.dealer, req, strlen(req), 1000);
+    cr_assert_null(reply, "the looping call answered: %s", reply);
+    int64_t t0 = ts_mono_us();
+    kill(engine.proc.pid, SIGTERM);
+    int rc = ts_proc_wait_exit(&engine.proc, 15000);
+    int64_t ms = (ts_mono_us() - t0) / 1000;
+    cr_assert_neq(rc, -1, "still running 15 s after SIGTERM");
+    cr_assert_lt(ms, 10000, "took %lld ms to exit", (long long)ms);
+    cr_assert_eq(rc, 1, "exit status %d", rc);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&engine.proc, "the store did not stop within", 1000, line,
+                                   sizeof line),
+                 0, "no line about the stuck store");
+    const char *again[] = {"--policies", policies, NULL};
+    cr_assert_eq(ts_engine_restart(&engine, again), 0, "log: %s", engine.proc.log_path);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"consultations\",\"id\":\"n1\"}");
+    cr_assert_not_null(ts_rpc_result(g), "n1 lost: %s", g ? cJSON_PrintUnformatted(g) : "-");
+    cJSON_Delete(g);
+    ts_rmtree(cfgdir);
+    free(cfgdir);
 }

@@ -387,10 +387,12 @@ static size_t s_start(lua_Integer pos, size_t len)
     return len + (size_t)pos + 1;
 }
 
+/* Whether p has a pattern character; strpbrk stops at a '\0', so each run
+ * between embedded '\0's is looked at in turn. */
 static bool s_has_specials(const char *p, size_t lp)
 {
-    for (size_t i = 0; i < lp; i++)
-        if (p[i] && strchr("^$*+?.([%-", p[i]))
+    for (const char *q = p; q < p + lp; q += strlen(q) + 1)
+        if (strpbrk(q, "^$*+?.([%-"))
             return true;
     return false;
 }

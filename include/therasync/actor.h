@@ -32,6 +32,10 @@ typedef void(ts_actor_fn)(ts_actor_t *self, void *args);
 ts_actor_t *ts_actor_new(void *zctx, const char *name, ts_actor_fn *fn, void *args);
 /* Sends "$TERM" and waits until the actor has stopped working; idempotent. */
 void ts_actor_stop(ts_actor_t *self);
+/* The same, waiting at most timeout_ms (< 0: for ever). Returns 0 once it
+ * has stopped working, -1 when it has not yet (call again to wait more; the
+ * thread then still runs and must not be destroyed). */
+int ts_actor_stop_within(ts_actor_t *self, int timeout_ms);
 /* Stops it if need be, lets it clean up and exit, joins the thread;
  * idempotent, clears *self_p. */
 void ts_actor_destroy(ts_actor_t **self_p);

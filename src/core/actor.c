@@ -20,6 +20,7 @@ struct ts_actor {
     pthread_t thread;
     int ready_sent;
     int quiet_sent; /* the actor told its parent it has stopped working */
+    int term_sent;  /* the parent asked it to stop */
     int stopped;    /* the parent has seen that */
 };
 
@@ -107,15 +108,38 @@ void ts_actor_quiesce(ts_actor_t *self)
     }
 }
 
-void ts_actor_stop(ts_actor_t *self)
+int ts_actor_stop_within(ts_actor_t *self, int timeout_ms)
 {
     if (!self || self->stopped)
-        return;
-    ts_actor_command(self, "$TERM");
-    int quiet;
-    while (zmq_recv(self->parent_pipe, &quiet, sizeof quiet, 0) < 0 && errno == EINTR)
-        ;
+        return 0;
+    if (!self->term_sent) {
+        ts_actor_command(self, "$TERM");
+        self->term_sent = 1;
+    }
+    int64_t end = ts_mono_us() + (int64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000;
+    zmq_pollitem_t item = {.socket = self->parent_pipe, .events = ZMQ_POLLIN};
+    for (;;) {
+        long left = -1;
+        if (timeout_ms >= 0) {
+            int64_t us = end - ts_mono_us();
+            left = us > 0 ? (long)((us + 999) / 1000) : 0;
+        }
+        int n = zmq_poll(&item, 1, left);
+        int quiet;
+        if (n > 0 && zmq_recv(self->parent_pipe, &quiet, sizeof quiet, ZMQ_DONTWAIT) >= 0)
+            break;
+        if (n < 0 && errno != EINTR)
+            break; /* the context is going away: nothing left to wait for */
+        if (left == 0)
+            return -1;
+    }
     self->stopped = 1;
+    return 0;
+}
+
+void ts_actor_stop(ts_actor_t *self)
+{
+    ts_actor_stop_within(self, -1);
 }
 
 void ts_actor_destroy(ts_actor_t **self_p)

@@ -11,10 +11,12 @@
 #include "therasync/persist.h"
 #include "therasync/store.h"
 #include "therasync/sync.h"
+#include "therasync/util.h"
 
 #include <errno.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,11 @@
 #include <zmq.h>
 
 #define LOG "therasyncd"
+/* How long the actors before persist may take, together, to stop working
+ * after SIGTERM; persist then gets as long again. An actor still busy after
+ * that (the store inside a policy call with a huge instruction budget) is
+ * left behind and the process exits with status 1: a stop is bounded. */
+#define STOP_GRACE_MS 5000
 
 /* systemd readiness (sd_notify protocol): one datagram to $NOTIFY_SOCKET. */
 static void notify_systemd(const char *state)
@@ -180,8 +187,32 @@ done:;
      * exits: no message is ever sent to an inbox that is already closed. */
     ts_actor_t **actors[] = {&sync, &api_feed, &api, &front, &store, &persist};
     size_t nactors = sizeof actors / sizeof *actors;
-    for (size_t i = 0; i < nactors; i++)
-        ts_actor_stop(*actors[i]);
+    bool stuck[sizeof actors / sizeof *actors] = {false}, any_stuck = false;
+    int64_t deadline = ts_mono_us() + STOP_GRACE_MS * 1000;
+    for (size_t i = 0; i < nactors; i++) {
+        /* persist, last, gets a grace of its own to write out what reached it */
+        if (actors[i] == &persist)
+            deadline = ts_mono_us() + STOP_GRACE_MS * 1000;
+        int64_t left = (deadline - ts_mono_us()) / 1000;
+        if (ts_actor_stop_within(*actors[i], left > 0 ? (int)left : 0) != 0) {
+            ts_error(LOG, "the %s did not stop within %d s (a thread stuck in a long call, e.g. "
+                          "a policy); leaving it behind",
+                     ts_actor_name(*actors[i]), STOP_GRACE_MS / 1000);
+            stuck[i] = any_stuck = true;
+        }
+    }
+    if (any_stuck) {
+        /* A stuck thread may still use its sockets and state: free nothing
+         * of it and skip zmq_ctx_term (which would wait for it). What
+         * persist had received is written; a write that never reached it
+         * was never answered either, so nothing promised is lost. */
+        for (size_t i = 0; i < nactors; i++)
+            if (!stuck[i])
+                ts_actor_destroy(actors[i]);
+        ts_error(LOG, "stopped without waiting for the stuck thread (exit 1)");
+        fflush(stderr);
+        _exit(1);
+    }
     for (size_t i = 0; i < nactors; i++)
         ts_actor_destroy(actors[i]);
     if (zctx)

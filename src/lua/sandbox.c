@@ -14,6 +14,9 @@
  *      (watchdog.c) arms it once a call has run for 2-4 ms; the budget then
  *      counts from there. Smaller budgets are counted from the first
  *      instruction, since the head start would be a large part of them.
+ *      string.find, match, gmatch and gsub match in C, where no hook fires;
+ *      they are replaced by budgeted ones (pattern.c) whose steps count as
+ *      instructions (s_charge).
  *   3. Environment: each loaded file gets its own _ENV whose reads fall
  *      through to a table of allow-listed builtins; unknown names raise. After
  *      the chunk returns, its globals move behind a read-only view.
@@ -26,6 +29,7 @@
  *      plain names inside the directory (no '/', no "..", no symlinks). */
 #include "sandbox.h"
 
+#include "pattern.h"
 #include "therasync/log.h"
 #include "watchdog.h"
 #include "therasync/util.h"
@@ -175,6 +179,30 @@ static void s_hook(lua_State *L, lua_Debug *ar)
     }
     luaL_error(L, "instruction budget exceeded (%ld instructions)", self->budget);
 }
+
+/* Work done in C by the pattern functions (pattern.c), in steps: counted
+ * against the budget like instructions, and only while the count hook is
+ * armed, so a lazily armed budget gives a pattern the same 2-4 ms head start
+ * as Lua code. Raises, and makes every later instruction raise, like the
+ * hook does. */
+static void s_charge(lua_State *L, long steps)
+{
+    ts_sandbox_t *self = ts_sandbox_of(L);
+    if (self->mem_killed)
+        luaL_error(L, "memory cap exceeded (%zu bytes)", self->mem_cap);
+    if (!self->killed) {
+        if (!(lua_gethookmask(L) & LUA_MASKCOUNT))
+            return;
+        self->counted += steps;
+        if (self->counted < self->budget)
+            return;
+        self->killed = 1;
+        lua_sethook(L, s_hook, LUA_MASKCOUNT, 1);
+    }
+    luaL_error(L, "instruction budget exceeded (%ld instructions)", self->budget);
+}
+
+static const ts_pattern_meter_t s_meter = {s_charge};
 
 /* The watchdog's signal handler, on the thread running a call that has run
  * long: only lua_sethook, which Lua allows from a signal handler. A kill
@@ -546,9 +574,11 @@ static int s_init(lua_State *L)
     lua_getfield(L, tab, "unpack");
     lua_setfield(L, builtins, "unpack");
 
-    /* string without dump; the string metatable indexes the proxy. */
+    /* string without dump, with budgeted pattern functions (pattern.h);
+     * the string metatable indexes the proxy. */
     lua_pushnil(L);
     lua_setfield(L, str, "dump");
+    ts_pattern_install(L, str, &s_meter);
     ts_sandbox_push_readonly(L, str);
     lua_pushvalue(L, -1);
     lua_setfield(L, builtins, "string");

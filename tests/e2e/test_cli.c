@@ -289,3 +289,33 @@ Test(cli_offline, policy_tools_exit_codes)
     ts_buf_free(&out);
     ts_buf_free(&err);
 }
+
+/* `policy test` and `policy check` on policies that run a backtracking
+ * pattern (hours in Lua's own matcher) in a rule, in a test, and while
+ * loading: each finishes within seconds and reports the budget error. */
+Test(cli_offline, policy_tools_finish_on_a_hostile_pattern)
+{
+    ts_buf_t out = {0}, err = {0};
+    char bomb[4200], load[4200];
+    snprintf(bomb, sizeof bomb, "%s", ts_source_path("tests/fixtures/policies/pattern_bomb"));
+    snprintf(load, sizeof load, "%s", ts_source_path("tests/fixtures/policies/pattern_bomb_load"));
+    int64_t t0 = ts_mono_us();
+    char *test_bomb[] = {"policy", "test", bomb, NULL};
+    cr_assert_eq(run_cli(&out, &err, test_bomb), 1, "%s%s", out.data ? out.data : "",
+                 err.data ? err.data : "");
+    cr_assert(strstr(out.data, "1 passed, 2 failed"), "%s", out.data);
+    cr_assert(strstr(out.data, "instruction budget exceeded"), "%s", out.data);
+    char *check_load[] = {"policy", "check", load, NULL};
+    cr_assert_eq(run_cli(&out, &err, check_load), 1);
+    cr_assert(strstr(out.data, "validate.lua") && strstr(out.data, "instruction budget exceeded"),
+              "%s", out.data);
+    char *test_load[] = {"policy", "test", load, NULL};
+    cr_assert_eq(run_cli(&out, &err, test_load), 1);
+    cr_assert(strstr(out.data, "instruction budget exceeded") ||
+                  (err.data && strstr(err.data, "instruction budget exceeded")),
+              "%s%s", out.data ? out.data : "", err.data ? err.data : "");
+    int64_t ms = (ts_mono_us() - t0) / 1000;
+    cr_assert_lt(ms, 10000, "took %lld ms", (long long)ms);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}

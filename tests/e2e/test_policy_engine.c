@@ -4,6 +4,7 @@
  * delete and a restart), a selector that errors, hot reload by policy.reload
  * and SIGHUP with its events, and policy.info. */
 #include "../support/engine.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -306,6 +307,57 @@ Test(policy_engine, selector_error_names_the_document)
     cr_assert_str_eq(query_ids("picky", "{}"), "ok1");
 }
 
+/* The message of an error response, or "". */
+static const char *error_message(cJSON *r)
+{
+    cJSON *m = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message");
+    return cJSON_IsString(m) ? m->valuestring : "";
+}
+
+/* A backtracking pattern (hours in Lua's own matcher) in validation and in a
+ * selector: each such call ends with policy_error (the budget) within
+ * seconds, and the engine serves every other call meanwhile and after. */
+Test(policy_engine, a_hostile_pattern_fails_only_its_own_call)
+{
+    start_with(ts_source_path("tests/fixtures/policies/pattern_bomb"));
+    must_create("ok1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                ",\"room\":\"A\"");
+    int64_t t0 = ts_mono_us();
+    cJSON *r = create_session("b1", "thr-1", "pat-1", "2026-03-02T10:00:00.000Z", 50,
+                              "scheduled", "in_person", ",\"room\":\"bomb\"");
+    cr_assert_eq(ts_rpc_error_code(r), -32004, "%s", r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert_str_eq(ts_rpc_error_reason(r), "policy_error");
+    cr_assert(strstr(error_message(r), "instruction budget exceeded"), "%s", error_message(r));
+    cr_assert_lt(ts_mono_us() - t0, 5000000, "the refusal took too long");
+    cJSON_Delete(r);
+    assert_alive();
+    must_create("ok2", "thr-1", "pat-1", "2026-03-02T11:00:00.000Z", 50, "scheduled", NULL);
+
+    /* an update whose merged document sets off the bomb: refused, unchanged */
+    r = ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"ok1\","
+                                  "\"patch\":{\"room\":\"bomb\"}}");
+    cr_assert_eq(ts_rpc_error_code(r), -32004, "%s", r ? cJSON_PrintUnformatted(r) : "no answer");
+    cJSON_Delete(r);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"ok1\"}");
+    cJSON *room = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(g), "doc"), "room");
+    cr_assert(cJSON_IsString(room) && !strcmp(room->valuestring, "A"), "ok1 changed");
+    cJSON_Delete(g);
+
+    /* the selector's where: policy_error naming a document; others served */
+    t0 = ts_mono_us();
+    cJSON *q = ts_rpc(&engine, "query", "{\"collection\":\"sessions\",\"selector\":\"bomb\"}");
+    cr_assert_eq(ts_rpc_error_code(q), -32004, "%s", q ? cJSON_PrintUnformatted(q) : "no answer");
+    cr_assert(strstr(error_message(q), "instruction budget exceeded"), "%s", error_message(q));
+    cr_assert_lt(ts_mono_us() - t0, 5000000, "the query took too long");
+    cJSON_Delete(q);
+    const char *ids = query_ids("all", "{}");
+    cr_assert(strstr(ids, "ok1") && strstr(ids, "ok2") && !strstr(ids, "b1"), "%s", ids);
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, 2);
+    cJSON_Delete(s);
+    assert_alive();
+}
+
 /* ---- hot reload ---- */
 
 static void copy_file(const char *from_dir, const char *to_dir, const char *name)
@@ -419,4 +471,84 @@ Test(policy_engine, hot_reload_by_method_and_sighup)
     assert_alive();
     ts_rmtree(dir);
     free(dir);
+}
+
+/* A policy file that runs the pattern while it loads: the reload is refused
+ * with the budget error naming the file, within seconds, and the old
+ * policies stay in force. */
+Test(policy_engine, a_hostile_pattern_at_load_keeps_the_old_policies)
+{
+    char *dir = ts_tmpdir("ts-policies");
+    copy_policies(ts_source_path("policies"), dir);
+    start_with(dir);
+    must_create("k1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", NULL);
+    copy_file(ts_source_path("tests/fixtures/policies/pattern_bomb_load"), dir, "validate.lua");
+    int64_t t0 = ts_mono_us();
+    cJSON *r = ts_rpc(&engine, "policy.reload", NULL);
+    cJSON *res = ts_rpc_result(r);
+    cr_assert_not_null(res, "%s", r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(res, "loaded")), "%s", cJSON_PrintUnformatted(r));
+    const char *why = cJSON_GetObjectItem(res, "error")->valuestring;
+    cr_assert(strstr(why, "validate.lua") && strstr(why, "instruction budget exceeded"), "%s",
+              why);
+    cr_assert_lt(ts_mono_us() - t0, 5000000, "the reload took too long");
+    cJSON_Delete(r);
+    /* the shipped rules still decide */
+    assert_validation(create_session("k2", "thr-1", "pat-1", "2026-03-02T11:00:00.000Z", 5,
+                                     "scheduled", "in_person", NULL),
+                      "duration_min");
+    must_create("k3", "thr-1", "pat-1", "2026-03-02T11:00:00.000Z", 50, "scheduled", NULL);
+    /* SIGHUP takes the same path and the engine goes on answering */
+    kill(engine.proc.pid, SIGHUP);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&engine.proc, "refused", 10000, line, sizeof line), 0,
+                 "no refused reload in the log");
+    assert_alive();
+    must_create("k4", "thr-1", "pat-1", "2026-03-02T13:00:00.000Z", 50, "scheduled", NULL);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+/* SIGTERM while the store is inside a policy call that will not end for a
+ * very long time (a loop under a huge budget): the daemon still exits within
+ * a bound, with status 1 and a line naming the stuck thread, and what was
+ * written before is there after a restart. */
+Test(policy_engine, sigterm_stops_a_daemon_stuck_in_a_policy_call, .timeout = 60)
+{
+    char *cfgdir = ts_tmpdir("ts-config");
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/engine.lua", cfgdir);
+    FILE *f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fputs("lua = { instruction_budget = 1e15 }\n", f);
+    fclose(f);
+    const char *policies = ts_source_path("tests/fixtures/policies/looping");
+    const char *args[] = {"--policies", policies, "--config", cfg, NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "log: %s", engine.proc.log_path);
+    cJSON *c = ts_rpc(&engine, "create", "{\"collection\":\"consultations\",\"doc\":{\"id\":\"n1\"}}");
+    cr_assert_not_null(ts_rpc_result(c), "%s", c ? cJSON_PrintUnformatted(c) : "no answer");
+    cJSON_Delete(c);
+    /* the looping validator: no answer, the store stays inside the call */
+    const char *req = "{\"jsonrpc\":\"2.0\",\"id\":900,\"method\":\"create\",\"params\":"
+                      "{\"collection\":\"sessions\",\"doc\":{\"id\":\"loop\"}}}";
+    char *reply = ts_rpc_raw(engine.dealer, req, strlen(req), 1000);
+    cr_assert_null(reply, "the looping call answered: %s", reply);
+    int64_t t0 = ts_mono_us();
+    kill(engine.proc.pid, SIGTERM);
+    int rc = ts_proc_wait_exit(&engine.proc, 15000);
+    int64_t ms = (ts_mono_us() - t0) / 1000;
+    cr_assert_neq(rc, -1, "still running 15 s after SIGTERM");
+    cr_assert_lt(ms, 10000, "took %lld ms to exit", (long long)ms);
+    cr_assert_eq(rc, 1, "exit status %d", rc);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&engine.proc, "the store did not stop within", 1000, line,
+                                   sizeof line),
+                 0, "no line about the stuck store");
+    const char *again[] = {"--policies", policies, NULL};
+    cr_assert_eq(ts_engine_restart(&engine, again), 0, "log: %s", engine.proc.log_path);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"consultations\",\"id\":\"n1\"}");
+    cr_assert_not_null(ts_rpc_result(g), "n1 lost: %s", g ? cJSON_PrintUnformatted(g) : "-");
+    cJSON_Delete(g);
+    ts_rmtree(cfgdir);
+    free(cfgdir);
 }

@@ -877,6 +877,43 @@ Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
     cr_assert(same, "both engines converged");
 }
 
+/* A conflict rule that runs a backtracking pattern (hours in Lua's own
+ * matcher): the budget stops it, the default merge decides, the event
+ * carries the policy error, and the engine goes on serving. */
+Test(sync, a_hostile_pattern_in_a_conflict_rule_falls_back_to_the_default_merge)
+{
+    const char *args[] = {"--api", api.url, "--policies",
+                          ts_source_path("tests/fixtures/policies/pattern_bomb"), NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0);
+    cr_assert_eq(ts_engine_start(&engine2, args), 0);
+    create(&engine, "pb", "\"room\":\"A1\",\"status\":\"scheduled\"");
+    cr_assert(wait_synced(&engine, 10000));
+    wait_doc(&engine2, "pb", 10000, "engine2 received the session");
+    void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
+    ts_clinic_faults(&api, "{\"offline\":true}");
+    update(&engine, "pb", "{\"room\":\"B2\"}");
+    update(&engine2, "pb", "{\"status\":\"completed\"}");
+    ts_clinic_faults(&api, "{}");
+    cr_assert(wait_synced(&engine, 30000));
+    cr_assert(wait_synced(&engine2, 30000));
+    cJSON *ev = ts_events_wait(sub, "conflict.resolved", NULL, NULL, 5000);
+    if (!ev)
+        ev = ts_events_wait(sub2, "conflict.resolved", NULL, NULL, 5000);
+    cr_assert_not_null(ev, "the conflict was resolved and published");
+    char *evtext = cJSON_PrintUnformatted(ev);
+    cr_assert_str_eq(field_str(ev, "policy"), "default", "%s", evtext);
+    cr_assert(strstr(field_str(ev, "policy_error"), "instruction budget exceeded"), "%s", evtext);
+    free(evtext);
+    cJSON_Delete(ev);
+    /* the default merge kept both edits */
+    cJSON *s = server_doc("pb");
+    cr_assert_str_eq(field_str(s, "room"), "B2");
+    cr_assert_str_eq(field_str(s, "status"), "completed");
+    cJSON_Delete(s);
+    create(&engine, "pc", "\"room\":\"C3\"");
+    create(&engine2, "pd", "\"room\":\"D4\"");
+}
+
 /* ---- batched push (POST /v1/_batch) ------------------------------------------ */
 
 /* Takes the engine's API offline: writes made now stay queued (the engine

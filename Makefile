@@ -2,6 +2,7 @@
 #   make            build every program into build/
 #   make test       set up, build, run every test; ends with "N passed, N failed"
 #   make asan       the same suite on an ASan+UBSan build (build-asan/)
+#   make ubsan      the same suite on a clang UBSan build (build-ubsan/)
 #   make run        set up, build, start clinic-api and therasyncd on loopback
 #   make bench      run therasync-bench workloads
 #   make install PREFIX=/usr/local
@@ -48,7 +49,7 @@ TEST_SRC := $(wildcard tests/unit/test_*.c tests/e2e/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .SECONDARY:
-.PHONY: all test asan run bench install setup check clean format
+.PHONY: all test asan ubsan run bench install setup check clean format
 all: $(BINS) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -83,6 +84,13 @@ asan: setup
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 	@bash tests/run.sh build-asan
 
+# clang's UBSan, float-to-integer overflow included (GCC's leaves it out):
+# a value out of range is undefined behaviour, not a wrong number.
+ubsan: setup
+	@$(MAKE) --no-print-directory -j$(JOBS) all BUILD=build-ubsan CC=clang OPT="-O1 -g" MALLOC= \
+	    SAN="-fsanitize=undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer"
+	@bash tests/run.sh build-ubsan
+
 run: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS)
 	@bash scripts/run.sh $(BUILD)
@@ -102,7 +110,7 @@ install: $(BINS)
 	install -m 644 policies/*.lua $(DESTDIR)$(PREFIX)/share/therasync/policies/
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-ubsan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

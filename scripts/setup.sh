@@ -2,7 +2,7 @@
 # Installs the Debian packages therasync needs to build, test and benchmark.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
-pkgs=(build-essential pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
+pkgs=(build-essential clang pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
       libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libjemalloc-dev libcriterion-dev wrk)
 missing=()
 for p in "${pkgs[@]}"; do

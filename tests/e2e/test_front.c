@@ -260,8 +260,8 @@ Test(front, a_single_create_stores_what_a_batched_one_does)
     static const char *docs[] = {
         "{\"room\":\"A\",\"duration_min\":50}",
         " {\n  \"room\" : \"B 1\" ,\t\"n\" : [ 1 , 2.5 , -0 , 1e3, 50.0 ] , \"o\" : { \"x\" : null } }\n",
-        "{\"notes\":\"caf\\u00e9 \\\"q\\\" \\\\ \\n \\ud83d\\ude00 \\/\",\"version\":7,"
-        "\"updated_at\":\"x\",\"deleted\":false,\"room\":\"C\"}",
+        ("{\"notes\":\"caf\\u00e9 \\\"q\\\" \\\\ \\n \\ud83d\\ude00 \\/\",\"version\":7,"
+         "\"updated_at\":\"x\",\"deleted\":false,\"room\":\"C\"}"),
         "{\"id\":\"ID\",\"room\":\"D\"}",
         "{\"room\":\"E\",\"id\" : \"ID\" }",
         "{\"\\u0069d\":\"ID\",\"room\":\"F\"}",

@@ -38,6 +38,7 @@ typedef struct {
         int poll_interval_ms;/* periodic polling, the feed's last resort; 5000 */
         int digest_interval_s;/* consistency check period; 300 (0 = only on `sync`) */
         int offline_after;   /* consecutive network/timeout failures before offline; 3 */
+        int answer_timeout_ms;/* a write unanswered this long makes the connection offline; 10000 */
     } sync;
     cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
 } ts_config_t;

@@ -136,6 +136,7 @@ typedef struct req {
     mut_t **batch;          /* BATCH: its mutations, in the order of the ops */
     size_t nbatch;
     bool drain;             /* FEED: a `sync` round's drain, not the feed's own */
+    int64_t sent_us;        /* PUSH, BATCH: when sent; 0 once answered (push_overdue) */
     struct check *check;    /* DIGEST, LIST for a check */
     struct round *round;    /* LIST for invalidate */
 } req_t;
@@ -198,7 +199,7 @@ typedef struct {
     int stuck;
     /* connection */
     cstate_t conn;
-    char api_state[24];     /* "ok", "offline", "unauthorized", "tls", "error" */
+    char api_state[24];     /* "ok", "offline", "timeout", "unauthorized", "tls", "error" */
     int consecutive_failures;
     int probe_failures;
     int64_t probe_due_us;
@@ -442,6 +443,8 @@ static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
     }
     if (r->kind == R_PUSH || r->kind == R_BATCH || r->kind == R_FETCH)
         self->push_reqs++; /* on_result counts it down */
+    if (r->kind == R_PUSH || r->kind == R_BATCH)
+        r->sent_us = ts_mono_us();
     return 0;
 }
 
@@ -490,6 +493,31 @@ static void conn_set(sync_t *self, cstate_t to, const char *why)
     (snprintf((self)->last_error, sizeof (self)->last_error, __VA_ARGS__),                        \
      (self)->last_error_ms = ts_wall_ms())
 
+/* True while a write has gone unanswered for longer than sync.answer_timeout_ms
+ * (the API actor's retries included): a server that takes writes but does
+ * not answer them is not usable, even when it answers reads. */
+static bool push_overdue(const sync_t *self, int64_t now)
+{
+    if (!self->push_reqs)
+        return false;
+    int64_t bound = self->config->sync.answer_timeout_ms * 1000LL;
+    for (const req_t *r = self->reqs; r; r = r->next)
+        if (r->sent_us && now - r->sent_us > bound)
+            return true;
+    return false;
+}
+
+/* Each tick: an overdue write makes the connection offline ("timeout"); it
+ * stays so until no write is overdue (conn_note) and something answers. */
+static void conn_watch(sync_t *self, int64_t now)
+{
+    if (self->conn == C_OFFLINE || !push_overdue(self, now))
+        return;
+    SET_ERROR(self, "push: no answer within %d ms", self->config->sync.answer_timeout_ms);
+    copy_str(self->api_state, sizeof self->api_state, "timeout");
+    conn_set(self, C_OFFLINE, "a write went unanswered");
+}
+
 /* Books one answer from the API: online/offline, api state, last error. */
 static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
 {
@@ -517,6 +545,8 @@ static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what
     /* The server answered: it is reachable. */
     self->consecutive_failures = 0;
     self->last_sync_ms = ts_wall_ms();
+    if (push_overdue(self, ts_mono_us()))
+        return; /* but a write of ours still waits: "timeout" stands (conn_watch) */
     if (e == TS_API_OK) {
         copy_str(self->api_state, sizeof self->api_state, "ok");
     } else if (e == TS_API_SERVER_ERROR || e == TS_API_TOO_MANY_REQUESTS ||
@@ -2138,6 +2168,7 @@ static void on_result(sync_t *self, ts_api_result_t *res)
     }
     if (r->kind == R_PUSH || r->kind == R_BATCH || r->kind == R_FETCH)
         self->push_reqs--;
+    r->sent_us = 0; /* answered: no longer overdue */
     switch (r->kind) {
     case R_PUSH: on_push(self, res, r->m); break;
     case R_BATCH: on_batch(self, res, r); break;
@@ -2247,6 +2278,7 @@ static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
         ts_info(LOG, "no cursor from the store: pulling from the start");
         pull_set(self, P_CATCHUP);
     }
+    conn_watch(self, now);
     if (self->conn == C_OFFLINE && !self->probe_id && now >= self->probe_due_us)
         probe_send(self);
     push_wake(self, now);

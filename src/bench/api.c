@@ -174,7 +174,9 @@ int bench_api_start(bench_api_t *e)
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
         }
-        char *argv[] = {path, "--listen", listen, "--db", db, "--log-level", "warn", NULL};
+        /* --clients goes up to 1024 connections from loopback: no per-address cap */
+        char *argv[] = {path, "--listen", listen, "--db", db, "--log-level", "warn",
+                        "--max-conns-per-ip", "0", NULL};
         execv(path, argv);
         _exit(127);
     }

@@ -1,5 +1,8 @@
-/* auth.c — token table: a fixed array of hash buckets under a rwlock.
- * Expired access tokens are swept when the table grows past a bound. */
+/* auth.c — token table: hash buckets under a rwlock, plus one queue per
+ * kind in issue order. All tokens of a kind live equally long, so each queue
+ * is in expiry order too: an issue drops the expired tokens at the queue
+ * heads (each token once: amortized O(1)) and, at the cap, the oldest one of
+ * its kind. */
 #include "auth.h"
 
 #include "control.h"
@@ -12,23 +15,29 @@
 #include <strings.h>
 #include <sys/random.h>
 
-#define NBUCKETS 4096
-#define SWEEP_AT 10000 /* sweep expired tokens once this many are stored */
+#define NBUCKETS 65536 /* a power of two; about 1.5 tokens per bucket at the default cap */
 
 typedef struct token {
-    struct token *next;
-    char text[65];      /* 64 hex chars */
-    bool refresh;       /* refresh token (never expires) or access token */
-    int64_t expires_ms; /* wall clock; access tokens only */
+    struct token *hnext, **hpprev; /* hash chain */
+    struct token *qnext;           /* its kind's queue, oldest first */
+    char text[65];                 /* 64 hex chars */
+    bool refresh;                  /* refresh token or access token */
+    int64_t expires_ms;            /* monotonic clock */
 } token_t;
+
+typedef struct {
+    token_t *head, *tail;
+    size_t count;
+} queue_t;
 
 static struct {
     pthread_rwlock_t lock;
     token_t *buckets[NBUCKETS];
-    size_t count;
+    queue_t queues[2]; /* [0] access, [1] refresh */
     char *client_id;
     char *client_secret;
-    int ttl_s;
+    int ttl_s, refresh_ttl_s;
+    size_t max_tokens; /* per kind */
 } A = {.lock = PTHREAD_RWLOCK_INITIALIZER};
 
 static uint32_t hash(const char *s)
@@ -36,48 +45,57 @@ static uint32_t hash(const char *s)
     uint32_t h = 2166136261u; /* FNV-1a */
     for (; *s; s++)
         h = (h ^ (uint8_t)*s) * 16777619u;
-    return h % NBUCKETS;
+    return h & (NBUCKETS - 1);
 }
 
-int ca_auth_init(const char *client_id, const char *client_secret, int token_ttl_s)
+static int64_t now_ms(void)
+{
+    return ts_mono_us() / 1000;
+}
+
+int ca_auth_init(const char *client_id, const char *client_secret, int token_ttl_s,
+                 int refresh_ttl_s, size_t max_tokens)
 {
     A.client_id = strdup(client_id);
     A.client_secret = strdup(client_secret);
     A.ttl_s = token_ttl_s;
+    A.refresh_ttl_s = refresh_ttl_s;
+    A.max_tokens = max_tokens ? max_tokens : 1;
     return A.client_id && A.client_secret ? 0 : -1;
 }
 
 void ca_auth_shutdown(void)
 {
-    for (size_t i = 0; i < NBUCKETS; i++) {
-        while (A.buckets[i]) {
-            token_t *t = A.buckets[i];
-            A.buckets[i] = t->next;
+    for (int k = 0; k < 2; k++) {
+        while (A.queues[k].head) {
+            token_t *t = A.queues[k].head;
+            A.queues[k].head = t->qnext;
+            explicit_bzero(t, sizeof *t);
             free(t);
         }
+        A.queues[k] = (queue_t){0};
     }
-    A.count = 0;
+    memset(A.buckets, 0, sizeof A.buckets);
+    if (A.client_secret)
+        explicit_bzero(A.client_secret, strlen(A.client_secret));
     free(A.client_id);
     free(A.client_secret);
     A.client_id = A.client_secret = NULL;
 }
 
-/* Drops expired access tokens; caller holds the write lock. */
-static void sweep(int64_t now)
+/* Removes the oldest token of queue q; caller holds the write lock. */
+static void drop_oldest(queue_t *q)
 {
-    for (size_t i = 0; i < NBUCKETS; i++) {
-        token_t **p = &A.buckets[i];
-        while (*p) {
-            if (!(*p)->refresh && (*p)->expires_ms <= now) {
-                token_t *dead = *p;
-                *p = dead->next;
-                free(dead);
-                A.count--;
-            } else {
-                p = &(*p)->next;
-            }
-        }
-    }
+    token_t *t = q->head;
+    q->head = t->qnext;
+    if (!q->head)
+        q->tail = NULL;
+    q->count--;
+    *t->hpprev = t->hnext;
+    if (t->hnext)
+        t->hnext->hpprev = t->hpprev;
+    explicit_bzero(t, sizeof *t);
+    free(t);
 }
 
 /* Creates and stores a new token; copies its text to out. 0 or -1. */
@@ -95,16 +113,29 @@ static int issue(bool refresh, char out[65])
         t->text[2 * i + 1] = hex[raw[i] & 15];
     }
     t->refresh = refresh;
-    int64_t now = ts_wall_ms();
-    t->expires_ms = now + (int64_t)A.ttl_s * 1000;
     memcpy(out, t->text, 65);
-    pthread_rwlock_wrlock(&A.lock);
-    if (A.count >= SWEEP_AT)
-        sweep(now);
     uint32_t b = hash(t->text);
-    t->next = A.buckets[b];
+    pthread_rwlock_wrlock(&A.lock);
+    /* The clock is read under the lock, so each queue stays in expiry order. */
+    int64_t now = now_ms();
+    t->expires_ms = now + (int64_t)(refresh ? A.refresh_ttl_s : A.ttl_s) * 1000;
+    for (int k = 0; k < 2; k++)
+        while (A.queues[k].head && A.queues[k].head->expires_ms <= now)
+            drop_oldest(&A.queues[k]);
+    queue_t *q = &A.queues[refresh];
+    if (q->count >= A.max_tokens)
+        drop_oldest(q); /* the cap: the oldest of its kind goes (401 / invalid_grant) */
+    t->hnext = A.buckets[b];
+    if (t->hnext)
+        t->hnext->hpprev = &t->hnext;
+    t->hpprev = &A.buckets[b];
     A.buckets[b] = t;
-    A.count++;
+    if (q->tail)
+        q->tail->qnext = t;
+    else
+        q->head = t;
+    q->tail = t;
+    q->count++;
     pthread_rwlock_unlock(&A.lock);
     return 0;
 }
@@ -117,12 +148,13 @@ static int lookup(const char *text, size_t len, bool refresh)
     char key[65];
     memcpy(key, text, 64);
     key[64] = '\0';
-    int64_t now = ts_wall_ms();
+    int64_t now = now_ms();
     int found = 0;
+    uint32_t b = hash(key);
     pthread_rwlock_rdlock(&A.lock);
-    for (token_t *t = A.buckets[hash(key)]; t; t = t->next) {
+    for (token_t *t = A.buckets[b]; t; t = t->hnext) {
         if (t->refresh == refresh && memcmp(t->text, key, 64) == 0) {
-            found = refresh || t->expires_ms > now;
+            found = t->expires_ms > now;
             break;
         }
     }
@@ -163,8 +195,10 @@ static size_t form_decode(char *s, size_t len)
     return o;
 }
 
-/* Finds key in a form body; returns a malloc'd decoded value or NULL. */
-static char *form_get(const char *body, size_t len, const char *key)
+/* Finds key in a form body; returns a malloc'd decoded value or NULL. A
+ * value that decodes to a NUL (%00) sets *nul: C strings would cut it there,
+ * and "dev-secret%00x" must not pass for "dev-secret". */
+static char *form_get(const char *body, size_t len, const char *key, bool *nul)
 {
     size_t klen = strlen(key);
     size_t i = 0;
@@ -178,7 +212,8 @@ static char *form_get(const char *body, size_t len, const char *key)
             if (!v)
                 return NULL;
             memcpy(v, body + i + klen + 1, vlen);
-            form_decode(v, vlen);
+            if (memchr(v, '\0', form_decode(v, vlen)))
+                *nul = true;
             return v;
         }
         i = end + 1;
@@ -202,7 +237,8 @@ static int b64val(char c)
 }
 
 /* Parses "Basic base64(id:secret)" into malloc'd id and secret (each
- * form-decoded, RFC 6749 §2.3.1). 0, or -1 when the header is not Basic. */
+ * form-decoded, RFC 6749 §2.3.1). 0; -1 when the header is not Basic; 1
+ * when the credentials hold a NUL (refused: see form_get). */
 static int basic_credentials(const char *authorization, char **id, char **secret)
 {
     if (!authorization || strncasecmp(authorization, "Basic ", 6) != 0)
@@ -231,6 +267,10 @@ static int basic_credentials(const char *authorization, char **id, char **secret
         }
     }
     out[o] = '\0';
+    if (memchr(out, '\0', o)) {
+        free(out);
+        return 1;
+    }
     char *colon = memchr(out, ':', o);
     if (!colon) {
         free(out);
@@ -245,9 +285,9 @@ static int basic_credentials(const char *authorization, char **id, char **secret
         free(*secret);
         return -1;
     }
-    form_decode(*id, strlen(*id));
-    form_decode(*secret, strlen(*secret));
-    return 0;
+    bool nul = memchr(*id, '\0', form_decode(*id, strlen(*id))) ||
+               memchr(*secret, '\0', form_decode(*secret, strlen(*secret)));
+    return nul ? 1 : 0;
 }
 
 /* Compares without an early exit, so timing does not reveal the secret. */
@@ -279,16 +319,21 @@ static int token_answer(const char *refresh, ts_buf_t *out, int *status)
 int ca_auth_token(const char *body, size_t len, const char *authorization, int *status,
                   ts_buf_t *out)
 {
-    char *grant = form_get(body, len, "grant_type");
+    bool nul = false;
+    char *grant = form_get(body, len, "grant_type", &nul);
     char *id = NULL, *secret = NULL;
-    int rc;
-    if (basic_credentials(authorization, &id, &secret) < 0) {
-        id = form_get(body, len, "client_id");
-        secret = form_get(body, len, "client_secret");
+    int rc, basic = basic_credentials(authorization, &id, &secret);
+    if (basic < 0) {
+        id = form_get(body, len, "client_id", &nul);
+        secret = form_get(body, len, "client_secret", &nul);
     }
-    bool client_ok =
-        id && secret && same_secret(id, A.client_id) && same_secret(secret, A.client_secret);
-    if (!grant) {
+    bool client_ok = basic <= 0 && id && secret && same_secret(id, A.client_id) &&
+                     same_secret(secret, A.client_secret);
+    if (nul) {
+        *status = 400;
+        rc = ts_buf_puts(out, "{\"error\":\"invalid_request\","
+                              "\"error_description\":\"form values must not contain NUL\"}");
+    } else if (!grant) {
         *status = 400;
         rc = ts_buf_puts(out, "{\"error\":\"invalid_request\","
                               "\"error_description\":\"grant_type is required\"}");
@@ -304,8 +349,8 @@ int ca_auth_token(const char *body, size_t len, const char *authorization, int *
             rc = token_answer(refresh, out, status);
         }
     } else if (strcmp(grant, "refresh_token") == 0) {
-        char *given = form_get(body, len, "refresh_token");
-        if (!given || !lookup(given, strlen(given), true)) {
+        char *given = form_get(body, len, "refresh_token", &nul);
+        if (!given || nul || !lookup(given, strlen(given), true)) {
             *status = 400;
             rc = ts_buf_puts(out, "{\"error\":\"invalid_grant\"}");
         } else {

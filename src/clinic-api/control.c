@@ -45,7 +45,7 @@ static int num_field(const cJSON *obj, const char *key, double lo, double hi, do
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     if (!v || cJSON_IsNull(v))
         return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi)
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi)) /* casts follow */
         return -1;
     *out = v->valuedouble;
     return 0;
@@ -107,7 +107,8 @@ int ca_stats_json(ts_buf_t *out)
                          "\"idempotency_mismatches\":%lld,"
                          "\"faults_failed\":%lld,\"faults_dropped\":%lld,\"faults_delayed\":%lld,"
                          "\"commits\":%lld,\"tokens_issued\":%lld,\"unauthorized\":%lld,"
-                         "\"batches\":%lld,\"batch_ops\":%lld}",
+                         "\"batches\":%lld,\"batch_ops\":%lld,\"header_timeouts\":%lld,"
+                         "\"malformed\":%lld}",
                          atomic_load(&ca_stats.requests), atomic_load(&ca_stats.applied_writes),
                          atomic_load(&ca_stats.idempotent_replays),
                          atomic_load(&ca_stats.idempotency_mismatches),
@@ -115,7 +116,8 @@ int ca_stats_json(ts_buf_t *out)
                          atomic_load(&ca_stats.faults_dropped),
                          atomic_load(&ca_stats.faults_delayed), atomic_load(&ca_stats.commits),
                          atomic_load(&ca_stats.tokens_issued), atomic_load(&ca_stats.unauthorized),
-                         atomic_load(&ca_stats.batches), atomic_load(&ca_stats.batch_ops));
+                         atomic_load(&ca_stats.batches), atomic_load(&ca_stats.batch_ops),
+                         atomic_load(&ca_stats.header_timeouts), atomic_load(&ca_stats.malformed));
 }
 
 double ca_rand01(void)

@@ -35,6 +35,8 @@ typedef struct {
     atomic_llong unauthorized;       /* 401 answers */
     atomic_llong batches;            /* POST /v1/_batch requests answered 200 */
     atomic_llong batch_ops;          /* ops in them */
+    atomic_llong header_timeouts;    /* connections closed at the header deadline */
+    atomic_llong malformed;          /* requests refused for their HTTP framing (400) */
 } ca_stats_t;
 
 extern ca_stats_t ca_stats;

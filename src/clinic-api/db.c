@@ -3,6 +3,7 @@
 #include "db.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -287,8 +288,9 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
             add_error(errors, &n, "id", "cannot be changed");
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "version");
+    /* In range before the cast: (int64_t)1e300 is undefined behaviour. */
     if (v && !cJSON_IsNull(v) &&
-        (!cJSON_IsNumber(v) || v->valuedouble < 0 ||
+        (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740991.0) ||
          v->valuedouble != (double)(int64_t)v->valuedouble))
         add_error(errors, &n, "version", "must be a non-negative integer (assigned by the server)");
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "updated_at");
@@ -299,6 +301,38 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
         add_error(errors, &n, "deleted", "must be a boolean");
     else if (cJSON_IsTrue(d))
         add_error(errors, &n, "deleted", "use DELETE to delete a document");
+    return n;
+}
+
+/* Walks j for numbers that overflowed to infinity (1e400): JSON has no
+ * text for them, cJSON would store null. path holds j's field name. */
+static int numbers_in(const cJSON *j, ts_buf_t *path, ts_buf_t *errors, int *n)
+{
+    if (cJSON_IsNumber(j) && !isfinite(j->valuedouble))
+        return add_error(errors, n, path->data ? path->data : "",
+                         "a number too large for JSON (it would not read back)");
+    size_t len = path->len;
+    int i = 0;
+    for (const cJSON *c = cJSON_IsArray(j) || cJSON_IsObject(j) ? j->child : NULL; c;
+         c = c->next, i++) {
+        if (cJSON_IsArray(j))
+            ts_buf_printf(path, "[%d]", i);
+        else
+            ts_buf_printf(path, "%s%s", len ? "." : "", c->string ? c->string : "");
+        numbers_in(c, path, errors, n);
+        path->len = len;
+        if (path->data)
+            path->data[len] = '\0';
+    }
+    return 0;
+}
+
+int ca_doc_numbers(const cJSON *doc, ts_buf_t *errors)
+{
+    int n = 0;
+    ts_buf_t path = {0};
+    numbers_in(doc, &path, errors, &n);
+    ts_buf_free(&path);
     return n;
 }
 

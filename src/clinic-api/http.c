@@ -6,9 +6,13 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -24,10 +28,23 @@
 #define DEFAULT_LIMIT 100
 #define MAX_LIMIT 1000
 
+/* An open TCP connection, for the header deadline (http.h). */
+typedef struct guard {
+    struct guard *prev, *next;
+    MHD_socket fd;
+    _Atomic int64_t deadline_us; /* mono; 0 while a request is being handled */
+} guard_t;
+
 struct ca_http {
     const ca_http_config_t *cfg;
     struct MHD_Daemon *mhd;
     uint16_t port;
+    /* the reaper of connections past their header deadline */
+    pthread_mutex_t glock; /* guards the list; held while a socket is shut down */
+    pthread_cond_t gwake;
+    guard_t *guards;
+    pthread_t reaper;
+    bool reaper_running, stopping;
 };
 
 /* Per-request state, freed by the completion callback. */
@@ -43,6 +60,8 @@ typedef struct {
     ca_job_t job;        /* the write and its answer */
     cJSON *doc;          /* parsed body the write refers to */
     char *rendered;      /* a create's stored text for version 1 */
+    const char *flaw;    /* the request's framing is refused (400): the header at fault */
+    const char *flaw_message;
     char fp[65];         /* request fingerprint for Idempotency-Key */
     char gen[37];        /* generated id of a create */
     struct bop *bops;    /* POST /v1/_batch: its ops (doc holds the parsed batch) */
@@ -61,8 +80,9 @@ typedef struct {
 
 /* ---- answers -------------------------------------------------------------- */
 
-/* Queues an answer; takes the buffer's text. ctype NULL: no body. */
-static enum MHD_Result answer(struct MHD_Connection *c, int status, ts_buf_t *body)
+/* Queues an answer; takes the buffer's text. body NULL: none. close: the
+ * connection ends after it. */
+static enum MHD_Result answer_ex(struct MHD_Connection *c, int status, ts_buf_t *body, bool close)
 {
     size_t len = 0;
     char *text = body ? ts_buf_take(body, &len) : NULL;
@@ -75,6 +95,8 @@ static enum MHD_Result answer(struct MHD_Connection *c, int status, ts_buf_t *bo
     }
     if (text)
         MHD_add_response_header(r, "Content-Type", "application/json");
+    if (close)
+        MHD_add_response_header(r, "Connection", "close");
     if (status == 401) {
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
         atomic_fetch_add(&ca_stats.unauthorized, 1);
@@ -82,6 +104,11 @@ static enum MHD_Result answer(struct MHD_Connection *c, int status, ts_buf_t *bo
     enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return rc;
+}
+
+static enum MHD_Result answer(struct MHD_Connection *c, int status, ts_buf_t *body)
+{
+    return answer_ex(c, status, body, false);
 }
 
 static enum MHD_Result answer_text(struct MHD_Connection *c, int status, const char *json)
@@ -190,6 +217,80 @@ static bool from_loopback(struct MHD_Connection *c)
                (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127);
     }
     return false;
+}
+
+/* ---- HTTP framing libmicrohttpd lets through ------------------------------ */
+
+typedef struct {
+    const char *clen;    /* the first Content-Length */
+    bool te;             /* Transfer-Encoding given */
+    const char *field;   /* the header at fault */
+    const char *message;
+} scan_t;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    (void)kind;
+    scan_t *s = cls;
+    if (!value)
+        return MHD_YES;
+#if MHD_VERSION < 0x00097600
+    /* 0.9.75 parses the headers in place, ending each value where its CR LF
+     * were (both replaced by zeros), and stops reading a value at a NUL: a
+     * byte other than zero right after the end means the value held a NUL
+     * and its rest was cut off unseen (or the line ended in a bare LF). */
+    if (value[strlen(value) + 1] != '\0') {
+        s->field = key;
+        s->message = "a header value must not contain NUL (and lines end in CR LF)";
+        return MHD_NO;
+    }
+#endif
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (s->clen && strcmp(s->clen, value) != 0) {
+            s->field = MHD_HTTP_HEADER_CONTENT_LENGTH;
+            s->message = "two different Content-Length headers";
+            return MHD_NO;
+        }
+        s->clen = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        s->te = true;
+    }
+    return MHD_YES;
+}
+
+/* Sets rq->flaw when the request's framing is ambiguous or malformed in a
+ * way libmicrohttpd 0.9.75 accepts: conflicting Content-Length headers (or
+ * one beside Transfer-Encoding), HTTP/1.1 without Host, NUL in a header
+ * value. Such a request gets 400 and its connection is closed, since where
+ * its body ends (and the next request starts) is not certain. */
+static void check_framing(struct MHD_Connection *c, const char *version, req_t *rq)
+{
+    scan_t s = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &s);
+    if (!s.field && s.clen && s.te) {
+        s.field = MHD_HTTP_HEADER_CONTENT_LENGTH;
+        s.message = "Content-Length and Transfer-Encoding together";
+    }
+    if (!s.field && strcmp(version, MHD_HTTP_VERSION_1_1) == 0 &&
+        !MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST)) {
+        s.field = MHD_HTTP_HEADER_HOST;
+        s.message = "an HTTP/1.1 request needs a Host header";
+    }
+    rq->flaw = s.field;
+    rq->flaw_message = s.message;
+}
+
+static enum MHD_Result answer_flaw(struct MHD_Connection *c, const req_t *rq)
+{
+    atomic_fetch_add(&ca_stats.malformed, 1);
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"errors\":[{\"field\":");
+    ts_buf_json_string(&b, rq->flaw, strlen(rq->flaw));
+    ts_buf_puts(&b, ",\"message\":");
+    ts_buf_json_string(&b, rq->flaw_message, strlen(rq->flaw_message));
+    ts_buf_puts(&b, "}]}");
+    return answer_ex(c, 400, &b, true);
 }
 
 static const char *find_collection(ca_http_t *h, const char *name, size_t len)
@@ -314,6 +415,7 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
         int bad = op == CA_OP_CREATE || !cJSON_IsObject(rq->doc)
                       ? ca_doc_check(rq->doc, NULL, &errors)
                       : 0;
+        bad += ca_doc_numbers(rq->doc, &errors);
         if (bad) {
             ts_buf_t b = {0};
             ts_buf_printf(&b, "{\"errors\":[%s]}", errors.data);
@@ -435,8 +537,15 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
         return *why = "must be the document's id (PATCH and DELETE)", "id";
     const cJSON *if_match = cJSON_GetObjectItemCaseSensitive(op, "if_match");
     char if_match_text[40] = "";
-    if (cJSON_IsNumber(if_match))
-        snprintf(if_match_text, sizeof if_match_text, "\"%.0f\"", if_match->valuedouble);
+    /* One rule with the header: a non-negative integer, exactly (0.6 is not
+     * rounded to 1); anything else is a malformed If-Match below. */
+    if (cJSON_IsNumber(if_match) && if_match->valuedouble >= 0 &&
+        if_match->valuedouble <= 9007199254740991.0 &&
+        if_match->valuedouble == (double)(int64_t)if_match->valuedouble)
+        snprintf(if_match_text, sizeof if_match_text, "\"%" PRId64 "\"",
+                 (int64_t)if_match->valuedouble);
+    else if (cJSON_IsNumber(if_match))
+        snprintf(if_match_text, sizeof if_match_text, "not an integer");
     else if (cJSON_IsString(if_match))
         snprintf(if_match_text, sizeof if_match_text, "%s", if_match->valuestring);
     else if (if_match && !cJSON_IsNull(if_match))
@@ -473,8 +582,9 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
     }
     if (kind != CA_OP_DELETE) {
         ts_buf_t errors = {0};
-        if (kind == CA_OP_CREATE || !cJSON_IsObject(body) ? ca_doc_check(body, NULL, &errors)
-                                                          : 0) {
+        int bad = kind == CA_OP_CREATE || !cJSON_IsObject(body) ? ca_doc_check(body, NULL, &errors)
+                                                                : 0;
+        if (bad + ca_doc_numbers(body, &errors)) {
             o->early = true;
             o->r.status = 422;
             ts_buf_printf(&o->r.body, "{\"errors\":[%s]}", errors.data);
@@ -823,11 +933,92 @@ static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, 
     return answer_text(c, 404, "{\"error\":\"not_found\"}");
 }
 
+/* ---- slow clients (http.h) ---------------------------------------------------- */
+
+static guard_t *guard_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static int64_t header_deadline(const ca_http_t *h)
+{
+    return ts_mono_us() + h->cfg->header_timeout_s * 1000000LL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    ca_http_t *h = cls;
+    guard_t *g = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        if (h->cfg->header_timeout_s <= 0)
+            return;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci || !(g = calloc(1, sizeof *g)))
+            return; /* unwatched: MHD's idle timeout still applies */
+        g->fd = ci->connect_fd;
+        atomic_store(&g->deadline_us, header_deadline(h));
+        pthread_mutex_lock(&h->glock);
+        g->next = h->guards;
+        if (g->next)
+            g->next->prev = g;
+        h->guards = g;
+        pthread_mutex_unlock(&h->glock);
+        *socket_context = g;
+        return;
+    }
+    if (!g)
+        return;
+    /* MHD closes the socket after this call: unlinked under the lock, the
+     * reaper never shuts down a closed (or reused) descriptor. */
+    pthread_mutex_lock(&h->glock);
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        h->guards = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    pthread_mutex_unlock(&h->glock);
+    free(g);
+    *socket_context = NULL;
+}
+
+/* Shuts down the connections past their deadline, a few times a second;
+ * MHD then reads the end of the stream and closes each itself. */
+static void *reap(void *arg)
+{
+    ca_http_t *h = arg;
+    pthread_setname_np(pthread_self(), "ca-reaper");
+    pthread_mutex_lock(&h->glock);
+    while (!h->stopping) {
+        int64_t now = ts_mono_us();
+        for (guard_t *g = h->guards; g; g = g->next) {
+            int64_t d = atomic_load(&g->deadline_us);
+            if (d && now >= d && atomic_compare_exchange_strong(&g->deadline_us, &d, 0)) {
+                shutdown(g->fd, SHUT_RDWR);
+                atomic_fetch_add(&ca_stats.header_timeouts, 1);
+            }
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->gwake, &h->glock, &ts);
+    }
+    pthread_mutex_unlock(&h->glock);
+    return NULL;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version, const char *upload,
                               size_t *upload_size, void **con_cls)
 {
-    (void)version;
     ca_http_t *h = cls;
     req_t *rq = *con_cls;
     bool control = strncmp(url, "/_control/", 10) == 0;
@@ -838,6 +1029,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             return MHD_NO;
         *con_cls = rq;
         atomic_fetch_add_explicit(&ca_stats.requests, 1, memory_order_relaxed);
+        guard_t *g = guard_of(c);
+        if (g) /* the headers are in: no deadline until the answer is sent */
+            atomic_store(&g->deadline_us, 0);
+        check_framing(c, version, rq);
         if (!control && ca_faults_get(&f) && f.offline) {
             atomic_fetch_add(&ca_stats.faults_dropped, 1);
             return MHD_NO;
@@ -845,13 +1040,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return MHD_YES;
     }
     if (*upload_size) {
-        if (rq->body.len + *upload_size > MAX_BODY)
+        if (rq->flaw)
+            ; /* refused anyway: the body is dropped */
+        else if (rq->body.len + *upload_size > MAX_BODY)
             rq->too_large = true;
         else if (ts_buf_append(&rq->body, upload, *upload_size) < 0)
             return MHD_NO;
         *upload_size = 0;
         return MHD_YES;
     }
+    if (rq->flaw)
+        return answer_flaw(c, rq);
     if (control)
         return route_control(h, c, rq, url, method);
     if (!rq->faults_done && ca_faults_get(&f)) {
@@ -878,9 +1077,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
                       enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
-    (void)c;
     (void)toe;
+    guard_t *g = guard_of(c);
+    if (g) /* the next request's headers are due from now on */
+        atomic_store(&g->deadline_us, header_deadline(cls));
     req_t *rq = *con_cls;
     if (rq) {
         ts_buf_free(&rq->body);
@@ -912,18 +1112,31 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
     }
     unsigned flags =
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO;
+    pthread_mutex_init(&h->glock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->gwake, &ca);
+    pthread_condattr_destroy(&ca);
     h->mhd = MHD_start_daemon(
         flags, cfg->port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads > 1 ? cfg->threads : 1),
-        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+        MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)cfg->per_ip_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024), MHD_OPTION_END);
-    if (!h->mhd) {
+    if (!h->mhd || (cfg->header_timeout_s > 0 && pthread_create(&h->reaper, NULL, reap, h) != 0)) {
         ts_error(MOD, "cannot listen on %s:%u", cfg->host, (unsigned)cfg->port);
+        if (h->mhd)
+            MHD_stop_daemon(h->mhd);
         ca_writer_stop();
+        pthread_cond_destroy(&h->gwake);
+        pthread_mutex_destroy(&h->glock);
         free(h);
         return NULL;
     }
+    h->reaper_running = cfg->header_timeout_s > 0;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : cfg->port;
     return h;
@@ -939,6 +1152,13 @@ void ca_http_stop(ca_http_t **hp)
     ca_http_t *h = *hp;
     if (!h)
         return;
+    if (h->reaper_running) {
+        pthread_mutex_lock(&h->glock);
+        h->stopping = true;
+        pthread_cond_signal(&h->gwake);
+        pthread_mutex_unlock(&h->glock);
+        pthread_join(h->reaper, NULL);
+    }
     MHD_socket listen_fd = MHD_quiesce_daemon(h->mhd);
     ca_writer_stop();
     ca_feed_stop();
@@ -947,6 +1167,8 @@ void ca_http_stop(ca_http_t **hp)
     MHD_stop_daemon(h->mhd);
     if (listen_fd != MHD_INVALID_SOCKET)
         close(listen_fd);
+    pthread_cond_destroy(&h->gwake);
+    pthread_mutex_destroy(&h->glock);
     free(h);
     *hp = NULL;
 }

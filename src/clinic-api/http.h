@@ -3,7 +3,13 @@
  *
  * Threading: an epoll thread pool (one per CPU by default) with keep-alive;
  * long polls, event streams and injected latency suspend their connection
- * (feed.h) instead of holding a thread. */
+ * (feed.h) instead of holding a thread.
+ *
+ * Slow clients: libmicrohttpd's idle timeout restarts on every byte, so a
+ * client trickling its headers would hold a connection for ever. A reaper
+ * thread shuts down any connection whose request headers are not complete
+ * header_timeout_s after it opened (or after its previous answer: an idle
+ * keep-alive connection is closed then too, and clients open a new one). */
 #ifndef CLINIC_API_HTTP_H
 #define CLINIC_API_HTTP_H
 
@@ -24,6 +30,10 @@ typedef struct {
     int threads;      /* HTTP worker threads */
     bool batch;       /* serve POST /v1/_batch (--no-batch: 404, as a server without it) */
     bool strict_idempotency; /* If-Match is part of a key's request (--strict-idempotency) */
+    int header_timeout_s; /* a request's headers must all arrive within this many seconds of
+                             the connection's start or of the previous answer; 0: no bound */
+    int per_ip_limit;     /* open connections per client address; 0: no limit */
+    int max_connections;  /* open connections in all */
 } ca_http_config_t;
 
 typedef struct ca_http ca_http_t;

@@ -1,6 +1,7 @@
 /* main.c — clinic-api: the reference Clinic API v1 server (docs/CLINIC_API.md).
  * Parses flags, opens the store, starts the feed timer and the HTTP server,
  * then waits for SIGTERM/SIGINT and stops cleanly (exit 0). */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,8 +24,17 @@ static void usage(FILE *out)
           "  --listen HOST:PORT      bind address (default 127.0.0.1:8080; port 0 picks one)\n"
           "  --db FILE               SQLite database (default ./clinic-api.db)\n"
           "  --client-id ID          OAuth2 client id (default therasync)\n"
-          "  --client-secret SECRET  OAuth2 client secret (default dev-secret)\n"
+          "  --client-secret SECRET  OAuth2 client secret (default dev-secret); for development:\n"
+          "                          it shows in ps, use --client-secret-file or the\n"
+          "                          environment variable CLINIC_API_CLIENT_SECRET instead\n"
+          "  --client-secret-file PATH  read the client secret from PATH (first line)\n"
           "  --token-ttl SECONDS     access token lifetime (default 3600)\n"
+          "  --refresh-ttl SECONDS   refresh token lifetime (default 86400)\n"
+          "  --max-tokens N          tokens kept per kind; more evict the oldest (default 100000)\n"
+          "  --header-timeout S      a request's headers must arrive within S seconds of the\n"
+          "                          connection or the previous answer (default 10; 0: none)\n"
+          "  --max-conns-per-ip N    open connections per client address (default 256; 0: no cap)\n"
+          "  --max-connections N     open connections in all (default 4000)\n"
           "  --collections a,b       served collections (default sessions,consultations)\n"
           "  --no-control            disable /_control/* (fault injection and stats)\n"
           "  --no-batch              disable POST /v1/_batch (404, like a server without it)\n"
@@ -65,6 +75,35 @@ static int flag_rate(const char *name, const char *text, double *out)
         return -1;
     }
     return 0;
+}
+
+/* The first line of path, without its line end: the client secret. NULL
+ * (said on stderr) when it cannot be read, is empty or holds a NUL. */
+static char *read_secret_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "clinic-api: cannot read --client-secret-file %s: %s\n", path,
+                strerror(errno));
+        return NULL;
+    }
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *eol = memchr(buf, '\n', n);
+    if (eol)
+        n = (size_t)(eol - buf);
+    if (n && buf[n - 1] == '\r')
+        n--;
+    char *secret = NULL;
+    if (n == 0 || memchr(buf, '\0', n))
+        fprintf(stderr, "clinic-api: --client-secret-file %s: %s\n", path,
+                n ? "the secret holds a NUL" : "no secret on its first line");
+    else
+        secret = ts_memdup(buf, n);
+    explicit_bzero(buf, sizeof buf);
+    return secret;
 }
 
 /* Splits "a,b" into a NULL-free array of names (each a valid id). */
@@ -119,12 +158,26 @@ int main(int argc, char **argv)
         O_HELP,
         O_VERSION,
         O_NOBATCH,
-        O_STRICT_IDEM
+        O_STRICT_IDEM,
+        O_CSECRET_FILE,
+        O_REFRESH_TTL,
+        O_MAX_TOKENS,
+        O_HEADER_TIMEOUT,
+        O_PER_IP,
+        O_MAX_CONNS
     };
     static const struct option opts[] = {{"listen", required_argument, 0, O_LISTEN},
                                          {"db", required_argument, 0, O_DB},
                                          {"client-id", required_argument, 0, O_CID},
                                          {"client-secret", required_argument, 0, O_CSECRET},
+                                         {"client-secret-file", required_argument, 0,
+                                          O_CSECRET_FILE},
+                                         {"refresh-ttl", required_argument, 0, O_REFRESH_TTL},
+                                         {"max-tokens", required_argument, 0, O_MAX_TOKENS},
+                                         {"header-timeout", required_argument, 0,
+                                          O_HEADER_TIMEOUT},
+                                         {"max-conns-per-ip", required_argument, 0, O_PER_IP},
+                                         {"max-connections", required_argument, 0, O_MAX_CONNS},
                                          {"token-ttl", required_argument, 0, O_TTL},
                                          {"collections", required_argument, 0, O_COLLS},
                                          {"no-control", no_argument, 0, O_NOCTL},
@@ -145,9 +198,10 @@ int main(int argc, char **argv)
                                          {"version", no_argument, 0, O_VERSION},
                                          {0, 0, 0, 0}};
     const char *listen = "127.0.0.1:8080", *db_path = "./clinic-api.db";
-    const char *client_id = "therasync", *client_secret = "dev-secret";
+    const char *client_id = "therasync", *client_secret = NULL, *secret_file = NULL;
     const char *collections = "sessions,consultations";
-    int64_t ttl = 3600, hb = 15000, max_poll = 30, v;
+    int64_t ttl = 3600, refresh_ttl = 86400, max_tokens = 100000, hb = 15000, max_poll = 30, v;
+    int64_t header_timeout = 10, per_ip = 256, max_conns = 4000;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t threads = cpus > 0 ? cpus : 2;
     bool control = true, batch = true, strict_idempotency = false;
@@ -169,8 +223,26 @@ int main(int argc, char **argv)
         case O_CSECRET:
             client_secret = optarg;
             break;
+        case O_CSECRET_FILE:
+            secret_file = optarg;
+            break;
         case O_TTL:
             bad = flag_int("--token-ttl", optarg, 1, 86400 * 365, &ttl);
+            break;
+        case O_REFRESH_TTL:
+            bad = flag_int("--refresh-ttl", optarg, 1, 86400 * 365, &refresh_ttl);
+            break;
+        case O_MAX_TOKENS:
+            bad = flag_int("--max-tokens", optarg, 1, 10000000, &max_tokens);
+            break;
+        case O_HEADER_TIMEOUT:
+            bad = flag_int("--header-timeout", optarg, 0, 3600, &header_timeout);
+            break;
+        case O_PER_IP:
+            bad = flag_int("--max-conns-per-ip", optarg, 0, 100000, &per_ip);
+            break;
+        case O_MAX_CONNS:
+            bad = flag_int("--max-connections", optarg, 1, 100000, &max_conns);
             break;
         case O_COLLS:
             collections = optarg;
@@ -244,6 +316,22 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* The secret: a flag (development: ps shows it), a file, the environment. */
+    char *secret = NULL;
+    if (client_secret && secret_file) {
+        fprintf(stderr, "clinic-api: give --client-secret or --client-secret-file, not both\n");
+        return 2;
+    }
+    if (secret_file) {
+        if (!(secret = read_secret_file(secret_file)))
+            return 2;
+    } else {
+        const char *env = getenv("CLINIC_API_CLIENT_SECRET");
+        secret = strdup(client_secret ? client_secret : env && *env ? env : "dev-secret");
+        if (!secret)
+            return 1;
+    }
+
     /* --listen HOST:PORT */
     char host[64];
     const char *colon = strrchr(listen, ':');
@@ -251,6 +339,7 @@ int main(int argc, char **argv)
     if (!colon || (size_t)(colon - listen) >= sizeof host || colon == listen ||
         flag_int("--listen port", colon + 1, 0, 65535, &port) < 0) {
         fprintf(stderr, "clinic-api: --listen wants HOST:PORT, got '%s'\n", listen);
+        free(secret);
         return 2;
     }
     memcpy(host, listen, (size_t)(colon - listen));
@@ -265,9 +354,13 @@ int main(int argc, char **argv)
                             .strict_idempotency = strict_idempotency,
                             .heartbeat_ms = (int)hb,
                             .max_poll_s = (int)max_poll,
-                            .threads = (int)threads};
+                            .threads = (int)threads,
+                            .header_timeout_s = (int)header_timeout,
+                            .per_ip_limit = (int)per_ip,
+                            .max_connections = (int)max_conns};
     if (parse_collections(collections, &cfg.collections, &cfg.ncollections) < 0) {
         fprintf(stderr, "clinic-api: --collections wants a,b with names of [A-Za-z0-9_-]\n");
+        free(secret);
         return 2;
     }
     ca_faults_set(&faults);
@@ -286,7 +379,8 @@ int main(int argc, char **argv)
     if (!db)
         goto out;
     cfg.db = db;
-    if (ca_auth_init(client_id, client_secret, (int)ttl) < 0 || ca_feed_start(ca_db_head(db)) < 0)
+    if (ca_auth_init(client_id, secret, (int)ttl, (int)refresh_ttl, (size_t)max_tokens) < 0 ||
+        ca_feed_start(ca_db_head(db)) < 0)
         goto out;
     http = ca_http_start(&cfg);
     if (!http)
@@ -301,6 +395,8 @@ out:
     ca_feed_stop();
     ca_db_close(&db);
     ca_auth_shutdown();
+    explicit_bzero(secret, strlen(secret));
+    free(secret);
     for (int i = 0; i < cfg.ncollections; i++)
         free(cfg.collections[i]);
     free(cfg.collections);

@@ -38,6 +38,7 @@ void ts_config_init(ts_config_t *c)
     c->sync.poll_interval_ms = 5000;
     c->sync.digest_interval_s = 300;
     c->sync.offline_after = 3;
+    c->sync.answer_timeout_ms = 10000;
 }
 
 void ts_config_free(ts_config_t *c)
@@ -248,6 +249,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             {"poll_interval_ms", &c->sync.poll_interval_ms, 10, 3600000},
             {"digest_interval_s", &c->sync.digest_interval_s, 0, 86400 * 7},
             {"offline_after", &c->sync.offline_after, 1, 1000},
+            {"answer_timeout_ms", &c->sync.answer_timeout_ms, 100, 600000},
         };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             num = *keys[i].slot;

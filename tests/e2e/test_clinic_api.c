@@ -3,10 +3,13 @@
  * Each test starts its own server (fixture), so tests are independent. */
 #include <cJSON.h>
 #include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1385,4 +1388,393 @@ Test(batch_off, no_batch_answers_404_like_a_server_without_it, .init = start_no_
                          NULL, NULL, 404);
     cJSON_Delete(j);
     cr_assert_eq(stat_of("applied_writes"), 0);
+}
+
+/* ---- slow and malformed clients (issue 19) ------------------------------------ */
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+typedef struct {
+    double started, answered; /* now_s(); answered 0: never */
+} legit_t;
+
+/* A well-behaved client from the same address: retries GET /_control/stats
+ * (1 s each) until it is answered, for 10 s at most. */
+static void *legit_client(void *arg)
+{
+    legit_t *l = arg;
+    char url[128];
+    url_of(url, sizeof url, "/_control/stats");
+    while (now_s() - l->started < 10) {
+        ts_http_resp_t r;
+        int rc = ts_http("GET", url, NULL, NULL, 1000, &r);
+        long st = r.status;
+        ts_http_free(&r);
+        if (rc == 0 && st == 200) {
+            l->answered = now_s();
+            break;
+        }
+        sleep_ms(100);
+    }
+    return NULL;
+}
+
+static void start_slow_guard(void)
+{
+    const char *extra[] = {"--header-timeout", "2", "--max-conns-per-ip", "50", NULL};
+    start_server(extra);
+}
+
+/* 300 connections from 127.0.0.1 trickle header bytes (one every 200 ms per
+ * connection, which restarts libmicrohttpd's own idle timeout each time):
+ * the per-address cap keeps all but 50 out at once, the header deadline
+ * closes those 50 after 2 s whatever they send, and a legitimate request
+ * from the same address is answered soon after. */
+Test(slow, trickling_connections_are_cut_at_the_header_deadline, .init = start_slow_guard,
+     .fini = stop_server, .timeout = 40)
+{
+    enum { N = 300 };
+    int fds[N];
+    double closed_at[N];
+    double t0 = now_s();
+    const char *head = "GET /_control/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    for (int i = 0; i < N; i++) {
+        fds[i] = ts_tcp_connect(S.port);
+        cr_assert_geq(fds[i], 0, "connect %d", i);
+        send(fds[i], head, strlen(head), MSG_NOSIGNAL | MSG_DONTWAIT);
+        closed_at[i] = 0;
+    }
+    legit_t legit = {.started = now_s()};
+    pthread_t th;
+    pthread_create(&th, NULL, legit_client, &legit);
+    int held_at_1s = -1;
+    while (now_s() - t0 < 8) {
+        int open = 0;
+        for (int i = 0; i < N; i++) {
+            if (closed_at[i])
+                continue;
+            char buf[256];
+            ssize_t n = recv(fds[i], buf, sizeof buf, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) ||
+                send(fds[i], "a", 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+                closed_at[i] = now_s();
+                close(fds[i]);
+                continue;
+            }
+            open++;
+        }
+        if (held_at_1s < 0 && now_s() - t0 >= 1)
+            held_at_1s = open;
+        if (!open)
+            break;
+        sleep_ms(200);
+    }
+    pthread_join(th, NULL);
+    int still_open = 0;
+    double last_close = 0;
+    for (int i = 0; i < N; i++) {
+        if (!closed_at[i]) {
+            still_open++;
+            close(fds[i]);
+        } else if (closed_at[i] > last_close) {
+            last_close = closed_at[i];
+        }
+    }
+    cr_assert_leq(held_at_1s, 50, "the per-address cap holds: %d open", held_at_1s);
+    cr_assert_geq(held_at_1s, 10, "some trickling connections were taken: %d", held_at_1s);
+    cr_assert_eq(still_open, 0, "%d trickling connections outlived the header deadline",
+                 still_open);
+    cr_assert_leq(last_close - t0, 4.5, "the last one was closed %.1f s in", last_close - t0);
+    cr_assert_gt(legit.answered, 0, "the legitimate request was never answered");
+    cr_assert_leq(legit.answered - legit.started, 5.0, "answered after %.1f s",
+                  legit.answered - legit.started);
+    cr_assert_geq(stat_of("header_timeouts"), held_at_1s);
+}
+
+/* An idle keep-alive connection is closed at the header deadline as well;
+ * one that sends its request in time is answered normally. */
+Test(slow, a_prompt_request_is_answered_and_an_idle_connection_closed, .init = start_slow_guard,
+     .fini = stop_server, .timeout = 30)
+{
+    char out[2048];
+    const char *req = "GET /_control/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    double t0 = now_s();
+    int st = ts_http_raw(S.port, req, strlen(req), out, sizeof out, 6000);
+    cr_assert_eq(st, 200, "%s", out);
+    double took = now_s() - t0;
+    cr_assert(took >= 1.5 && took <= 4.5, "the kept-alive connection closed after %.1f s", took);
+}
+
+static void start_short_refresh(void)
+{
+    const char *extra[] = {"--refresh-ttl", "1", NULL};
+    start_server(extra);
+}
+
+Test(tokens, an_expired_refresh_token_is_refused, .init = start_short_refresh,
+     .fini = stop_server, .timeout = 30)
+{
+    login();
+    char form[256];
+    snprintf(form, sizeof form, "grant_type=refresh_token&refresh_token=%s&client_id=therasync&"
+                                "client_secret=dev-secret", S.refresh);
+    ts_http_resp_t r;
+    cr_assert_eq(token_request(form, NULL, &r), 200, "a fresh refresh token works: %s", r.body);
+    ts_http_free(&r);
+    sleep_ms(1300);
+    cr_assert_eq(token_request(form, NULL, &r), 400, "%s", r.body);
+    cr_assert(strstr(r.body, "invalid_grant"), "%s", r.body);
+    ts_http_free(&r);
+}
+
+static size_t discard(char *p, size_t s, size_t n, void *u)
+{
+    (void)p, (void)u;
+    return s * n;
+}
+
+/* 10,000 client-credentials grants (20,000 tokens: an access and a refresh
+ * token each) over one kept-alive connection: the last thousand take about
+ * as long as the first thousand (the table was swept whole on every issue
+ * past 10,000 tokens). */
+Test(tokens, issuing_stays_fast_with_many_tokens, .init = start_default, .fini = stop_server,
+     .timeout = 90)
+{
+    CURL *c = curl_easy_init();
+    char url[128];
+    url_of(url, sizeof url, "/oauth/token");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS,
+                     "grant_type=client_credentials&client_id=therasync&client_secret=dev-secret");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    double first = 0, last = 0, t = now_s();
+    for (int i = 0; i < 10000; i++) {
+        cr_assert_eq(curl_easy_perform(c), CURLE_OK, "grant %d", i);
+        long st = 0;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
+        cr_assert_eq(st, 200, "grant %d", i);
+        if (i == 999)
+            first = now_s() - t;
+        if (i == 8999)
+            t = now_s();
+        cr_assert_lt(now_s() - t, 60, "grants too slow (%d done)", i);
+    }
+    last = now_s() - t;
+    curl_easy_cleanup(c);
+    cr_assert_leq(last, 5 * first + 0.2, "the last 1000 grants took %.2f s, the first %.2f s",
+                  last, first);
+    cr_assert_geq(stat_of("tokens_issued"), 10000);
+}
+
+/* "dev-secret%00x" decodes to "dev-secret" cut at the NUL: refused, as is
+ * any form value or Basic credential holding a NUL. */
+Test(auth, nul_in_credentials_is_refused, .init = start_default, .fini = stop_server,
+     .timeout = 30)
+{
+    ts_http_resp_t r;
+    cr_assert_eq(token_request("grant_type=client_credentials&client_id=therasync&"
+                               "client_secret=dev-secret%00x",
+                               NULL, &r),
+                 400, "%s", r.body);
+    cr_assert(strstr(r.body, "invalid_request"), "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(token_request("grant_type=client_credentials%00&client_id=therasync&"
+                               "client_secret=dev-secret",
+                               NULL, &r),
+                 400, "%s", r.body);
+    ts_http_free(&r);
+    /* Basic base64("therasync:dev-secret\0x") and base64("therasync:dev-secret%00x") */
+    const char *basics[] = {"dGhlcmFzeW5jOmRldi1zZWNyZXQAeA==",
+                            "dGhlcmFzeW5jOmRldi1zZWNyZXQlMDB4"};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(token_request("grant_type=client_credentials", basics[i], &r), 401,
+                     "basic %d: %s", i, r.body);
+        cr_assert(strstr(r.body, "invalid_client"), "%s", r.body);
+        ts_http_free(&r);
+    }
+    /* base64("therasync:dev-secret"): the same without the NUL works */
+    cr_assert_eq(token_request("grant_type=client_credentials", "dGhlcmFzeW5jOmRldi1zZWNyZXQ=",
+                               &r),
+                 200, "%s", r.body);
+    ts_http_free(&r);
+}
+
+static long grant_with(const char *secret)
+{
+    char form[256];
+    snprintf(form, sizeof form,
+             "grant_type=client_credentials&client_id=therasync&client_secret=%s", secret);
+    ts_http_resp_t r;
+    long st = token_request(form, NULL, &r);
+    ts_http_free(&r);
+    return st;
+}
+
+Test(process, client_secret_from_a_file_or_the_environment, .timeout = 30)
+{
+    memset(&S, 0, sizeof S);
+    S.dir = ts_tmpdir("clinic-api-test");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/secret", S.dir);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("from-file\n", f);
+    fclose(f);
+    const char *file_args[] = {"--client-secret-file", path, NULL};
+    spawn_server(file_args);
+    cr_assert_eq(grant_with("from-file"), 200);
+    cr_assert_eq(grant_with("dev-secret"), 401);
+    cr_assert_eq(ts_proc_stop(&S.proc, 5000), 0);
+
+    setenv("CLINIC_API_CLIENT_SECRET", "from-env", 1);
+    spawn_server(NULL);
+    unsetenv("CLINIC_API_CLIENT_SECRET");
+    cr_assert_eq(grant_with("from-env"), 200);
+    cr_assert_eq(grant_with("dev-secret"), 401);
+    cr_assert_eq(ts_proc_stop(&S.proc, 5000), 0);
+
+    ts_proc_t p;
+    const char *both[] = {"--client-secret", "x", "--client-secret-file", path, NULL};
+    cr_assert_eq(ts_proc_spawn(&p, S.dir, "clinic-api", both), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 2);
+    const char *missing[] = {"--client-secret-file", "/nonexistent/secret", NULL};
+    cr_assert_eq(ts_proc_spawn(&p, S.dir, "clinic-api", missing), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 2);
+    const char *help[] = {"--help", NULL};
+    cr_assert_eq(ts_proc_spawn(&p, S.dir, "clinic-api", help), 0);
+    cr_assert_eq(ts_proc_wait_exit(&p, 10000), 0);
+    cr_assert_eq(ts_proc_wait_line(&p, "shows in ps", 5000, NULL, 0), 0);
+    stop_server();
+}
+
+/* Sends raw bytes; asserts the status of the answer. */
+static void expect_raw(const char *req, size_t len, int want, const char *why)
+{
+    char out[4096];
+    int st = ts_http_raw(S.port, req, len, out, sizeof out, 5000);
+    cr_assert_eq(st, want, "%s: got %d: %s", why, st, out);
+}
+
+Test(http, ambiguous_framing_is_refused, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 2\r\n"
+                     "Content-Length: 12\r\nConnection: close\r\n\r\n{}{\"id\":\"x\"}",
+                     S.auth);
+    expect_raw(req, (size_t)n, 400, "two different Content-Length headers");
+    n = snprintf(req, sizeof req,
+                 "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                 "Content-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                 "2\r\n{}\r\n0\r\n\r\n",
+                 S.auth);
+    expect_raw(req, (size_t)n, 400, "Content-Length beside Transfer-Encoding");
+    const char *no_host = "GET /_control/stats HTTP/1.1\r\nConnection: close\r\n\r\n";
+    expect_raw(no_host, strlen(no_host), 400, "HTTP/1.1 without Host");
+    static const char nul[] = "GET /_control/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              "X-Note: a\0b\r\nConnection: close\r\n\r\n";
+    expect_raw(nul, sizeof nul - 1, 400, "NUL in a header value");
+    n = snprintf(req, sizeof req, "GET /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n%s", S.auth);
+    static const char tail[] = "\0x\r\nConnection: close\r\n\r\n";
+    memcpy(req + n, tail, sizeof tail - 1);
+    expect_raw(req, (size_t)n + sizeof tail - 1, 400, "NUL after a bearer token");
+    cr_assert_eq(stat_of("applied_writes"), 0, "nothing of them was applied");
+    cr_assert_geq(stat_of("malformed"), 5);
+
+    /* what stays fine: HTTP/1.0 without Host, a repeated equal Content-Length */
+    const char *old = "GET /_control/stats HTTP/1.0\r\n\r\n";
+    expect_raw(old, strlen(old), 200, "HTTP/1.0 without Host");
+    n = snprintf(req, sizeof req,
+                 "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n"
+                 "Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                 S.auth);
+    expect_raw(req, (size_t)n, 201, "the same Content-Length twice");
+}
+
+/* The same If-Match rule in a batch as in a single request: a non-negative
+ * integer (as a number, or the header's text); 0.6 is not rounded to 1. */
+Test(batch, if_match_follows_the_header_rule, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"im\"}", NULL, NULL, 201));
+    ts_http_resp_t r;
+    cr_assert_eq(call("PATCH", "/v1/sessions/im", "{\"a\":1}", "If-Match: 0.6", NULL, &r), 400,
+                 "%s", r.body);
+    ts_http_free(&r);
+    const char *bad[] = {"0.6", "-1", "1e300", "\"0.6\"", "\"x\""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"ops\":[{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"im\","
+                 "\"if_match\":%s,\"body\":{\"a\":1}}]}",
+                 bad[i]);
+        cJSON *j = call_json("POST", "/v1/_batch", body, NULL, NULL, 200);
+        const cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "results"), 0);
+        cr_assert_eq(num(res, "status"), 400, "if_match %s: %s", bad[i],
+                     cJSON_PrintUnformatted(j));
+        cJSON_Delete(j);
+    }
+    cr_assert_eq(stat_of("applied_writes"), 1, "none of them was applied");
+    const char *good[] = {"1", "2.0", "\"3\"", "\"*\""}; /* each makes the next version */
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"ops\":[{\"method\":\"PATCH\",\"collection\":\"sessions\",\"id\":\"im\","
+                 "\"if_match\":%s,\"body\":{\"a\":%zu}}]}",
+                 good[i], i);
+        cJSON *j = call_json("POST", "/v1/_batch", body, NULL, NULL, 200);
+        const cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "results"), 0);
+        cr_assert_eq(num(res, "status"), 200, "if_match %s: %s", good[i],
+                     cJSON_PrintUnformatted(j));
+        cJSON_Delete(j);
+    }
+}
+
+/* Numbers: "version": 1e300 was cast to an integer (undefined behaviour:
+ * a UBSan build died); 1e400 overflows to infinity, which JSON cannot
+ * write (it was stored as null). Both are refused with their field, and the
+ * server stays up. */
+Test(docs, numbers_out_of_range_are_refused, .init = start_logged_in, .fini = stop_server,
+     .timeout = 30)
+{
+    struct {
+        const char *method, *path, *body, *field;
+    } cases[] = {
+        {"POST", "/v1/sessions", "{\"id\":\"n1\",\"version\":1e300}", "version"},
+        {"POST", "/v1/sessions", "{\"id\":\"n1\",\"version\":-1e300}", "version"},
+        {"POST", "/v1/sessions", "{\"id\":\"n1\",\"a\":1e400}", "a"},
+        {"POST", "/v1/sessions", "{\"id\":\"n1\",\"a\":{\"b\":[1,-1e999]}}", "a.b[1]"},
+        {"PATCH", "/v1/sessions/n0", "{\"x\":1e400}", "x"},
+        {"PATCH", "/v1/sessions/n0", "{\"version\":1e300}", "version"},
+    };
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"n0\"}", NULL, NULL, 201));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *j = call_json(cases[i].method, cases[i].path, cases[i].body, NULL, NULL, 422);
+        const cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "errors"), 0);
+        cr_assert_not_null(e, "case %zu", i);
+        cr_assert_str_eq(str(e, "field"), cases[i].field, "case %zu", i);
+        cJSON_Delete(j);
+    }
+    cJSON *j = call_json("POST", "/v1/_batch",
+                         "{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\","
+                         "\"body\":{\"id\":\"n2\",\"a\":1e400}}]}",
+                         NULL, NULL, 200);
+    const cJSON *res = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "results"), 0);
+    cr_assert_eq(num(res, "status"), 422, "%s", cJSON_PrintUnformatted(j));
+    cJSON_Delete(j);
+    cr_assert_eq(stat_of("applied_writes"), 1, "only n0 was stored");
+    j = call_json("GET", "/v1/sessions/n0", NULL, NULL, NULL, 200);
+    cr_assert_null(cJSON_GetObjectItem(j, "x"));
+    cJSON_Delete(j);
+    /* a large finite number is fine and reads back */
+    j = call_json("POST", "/v1/sessions", "{\"id\":\"n3\",\"a\":1e300}", NULL, NULL, 201);
+    cJSON_Delete(j);
+    cr_assert_eq(ts_proc_alive(&S.proc), 1, "the server is up");
 }

@@ -1197,3 +1197,45 @@ Test(sync, a_long_replay_keeps_the_wal_bounded, .timeout = 120)
     cr_assert_lt(st.st_size, 40 << 20, "the WAL stayed near 32 MB: %lld bytes",
                  (long long)st.st_size);
 }
+
+/* A server that takes a write but holds its answer back (answer_latency_ms
+ * beyond sync.answer_timeout_ms) is not usable, though it still answers the
+ * feed: the connection turns offline with api "timeout" once the write has
+ * waited answer_timeout_ms, and comes back online, with the write confirmed
+ * once, when the answer arrives after the fault is cleared. */
+Test(sync, a_write_unanswered_in_time_turns_the_connection_offline)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { answer_timeout_ms = 1000 }\n"),
+                 0);
+    create(&engine, "slow0", "\"a\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert(status_online(&engine));
+    cr_assert_eq(ts_clinic_faults(&api, "{\"answer_latency_ms\":4000}"), 0);
+    int64_t t0 = now_ms();
+    create(&engine, "slow1", "\"a\":1");
+    bool offline = false;
+    char api_state[32] = "";
+    while (!offline && now_ms() - t0 < 3000) {
+        cJSON *s = status(&engine);
+        offline = cJSON_IsFalse(cJSON_GetObjectItem(s, "online"));
+        snprintf(api_state, sizeof api_state, "%s", field_str(s, "api"));
+        cJSON_Delete(s);
+        if (!offline)
+            sleep_ms(50);
+    }
+    int64_t took = now_ms() - t0;
+    cr_assert(offline, "still online %lld ms after a write went unanswered", (long long)took);
+    cr_assert_str_eq(api_state, "timeout");
+    cr_assert_geq(took, 900, "offline only once the bound had passed (%lld ms)", (long long)took);
+    cr_assert_eq(status_int(&engine, "pending"), 1, "the write still waits");
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert(wait_synced(&engine, 15000), "the write was confirmed");
+    cr_assert(status_online(&engine), "back online");
+    cJSON *s = status(&engine);
+    cr_assert_str_eq(field_str(s, "api"), "ok");
+    cJSON_Delete(s);
+    cJSON *doc = server_doc("slow1");
+    cr_assert_eq(field_int(doc, "a"), 1);
+    cJSON_Delete(doc);
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 2, "each write applied once");
+}

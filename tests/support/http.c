@@ -1,10 +1,17 @@
 /* http.c — see http.h. */
 #include "http.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 typedef struct {
     ts_http_resp_t *resp;
@@ -135,4 +142,58 @@ void ts_http_free(ts_http_resp_t *resp)
     free(resp->body);
     free(resp->headers);
     resp->body = resp->headers = NULL;
+}
+
+int ts_tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+static long ms_since(const struct timespec *t0)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+int ts_http_raw(int port, const void *request, size_t len, char *out, size_t outlen,
+                int timeout_ms)
+{
+    out[0] = '\0';
+    int fd = ts_tcp_connect(port);
+    if (fd < 0)
+        return -1;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t sent = 0, got = 0;
+    while (sent < len) {
+        ssize_t n = send(fd, (const char *)request + sent, len - sent, MSG_NOSIGNAL);
+        if (n <= 0)
+            break; /* the server may answer and close early: read what came */
+        sent += (size_t)n;
+    }
+    long left;
+    while (got + 1 < outlen && (left = timeout_ms - ms_since(&t0)) > 0) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, (int)left) <= 0)
+            break;
+        ssize_t n = recv(fd, out + got, outlen - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    out[got] = '\0';
+    close(fd);
+    int status = 0;
+    if (sscanf(out, "HTTP/1.%*d %d", &status) != 1)
+        status = 0;
+    return status;
 }

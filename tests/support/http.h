@@ -34,4 +34,14 @@ char *ts_http_header(const ts_http_resp_t *resp, const char *name);
 
 void ts_http_free(ts_http_resp_t *resp);
 
+/* A TCP connection to 127.0.0.1:port (blocking), or -1. */
+int ts_tcp_connect(int port);
+
+/* Raw HTTP: connects to 127.0.0.1:port, sends len bytes as they are (NULs
+ * and all), and reads the answer until the server closes the connection or
+ * timeout_ms pass, into out (NUL-terminated). Returns the status of the
+ * first answer line, 0 when none came, -1 when it could not connect. */
+int ts_http_raw(int port, const void *request, size_t len, char *out, size_t outlen,
+                int timeout_ms);
+
 #endif

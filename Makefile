@@ -18,7 +18,7 @@ CC       ?= cc
 OPT      ?= -O2 -g
 SAN      ?=
 CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wvla \
-            -Iinclude $(OPT) $(SAN) -MMD -MP -pthread
+            -Iinclude -Isrc $(OPT) $(SAN) -MMD -MP -pthread
 DEPS_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
@@ -27,7 +27,7 @@ VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 CFLAGS   += -DTS_VERSION=\"$(VERSION)\"
 
 # The engine library: core runtime, actors and the Lua policy engine.
-LIB_SRC  := $(wildcard src/core/*.c src/actors/*.c src/lua/*.c)
+LIB_SRC  := $(wildcard src/core/*.c src/msgs/*.c src/actors/*.c src/lua/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libtherasync.a
 
@@ -49,7 +49,7 @@ TEST_SRC := $(wildcard tests/unit/test_*.c tests/e2e/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .SECONDARY:
-.PHONY: all test asan ubsan run bench install setup check clean format
+.PHONY: all test asan ubsan docs run bench install setup check clean format
 all: $(BINS) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -94,6 +94,10 @@ ubsan: setup
 run: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS)
 	@bash scripts/run.sh $(BUILD)
+
+# Rewrites docs/ARCHITECTURE.md's message table from src/msgs/msgs.def.
+docs: $(BUILD)/tests/unit/test_msgs
+	@TS_UPDATE_DOCS=1 TS_SOURCE_DIR=$(CURDIR) $(BUILD)/tests/unit/test_msgs --filter 'msgs/the_architecture*'
 
 bench: $(BINS)
 	@bash scripts/bench.sh $(BUILD)

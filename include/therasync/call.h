@@ -192,6 +192,9 @@ enum {
                               (records still attached); the store drops them from memory,
                               then passes the envelopes on to the front door */
     TS_WIRE_RECOVER_ACK,   /* store → persist: one recovered chunk is consumed (flow control) */
+    TS_WIRE_STORAGE,       /* persist → store: ptrs[0] = a static string, what happened to the
+                              data dir ("data directory removed", ...); sent once, after which
+                              every write is refused: for `status` */
 };
 /* Frees every message still queued on socket (an actor's inbox, once it has
  * stopped working; see ts_actor_quiesce): these kinds and sync.h's. NULL

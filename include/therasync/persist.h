@@ -20,7 +20,10 @@
  * table, which the same transactions append to.
  *
  * The data dir is locked (flock on DIR/LOCK): a second daemon on the same
- * dir fails to start with a message naming the holder's pid. */
+ * dir fails to start with a message naming the holder's pid. If the dir is
+ * removed or replaced while the daemon runs (its LOCK and database files
+ * are not the ones opened any more), every write from then on is refused
+ * and the store is told once (TS_WIRE_STORAGE, for `status`). */
 #ifndef THERASYNC_PERSIST_H
 #define THERASYNC_PERSIST_H
 

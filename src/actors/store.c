@@ -103,6 +103,8 @@ typedef struct {
     cJSON *sync_status;    /* the sync actor's part of `status` */
     bool last_online;
     bool last_pending_zero;
+    const char *storage;   /* persist's word on the data dir (NULL: ok); static */
+    const char *last_storage;
     uint64_t confirmed, rejected, conflicts, remote_applied;
     struct base_snapshot *snapshots; /* see remember_base() */
     int64_t oldest_checked_us, oldest_cached; /* see oldest_pending_ms() */
@@ -1012,6 +1014,7 @@ static cJSON *status_json(store_t *self)
         cJSON_AddStringToObject(st, "oldest_pending_at", at);
         cJSON_AddNumberToObject(st, "oldest_pending_age_s", (double)(ts_wall_ms() - oldest) / 1000);
     }
+    cJSON_AddStringToObject(st, "storage", self->storage ? self->storage : "ok");
     cJSON *colls = cJSON_AddObjectToObject(st, "collections");
     for (size_t i = 0; i < self->ncollections; i++)
         cJSON_AddNumberToObject(colls, self->collections[i].name,
@@ -1030,15 +1033,18 @@ static void do_status(store_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
 
-/* Publishes sync.status when online flips or pending crosses zero. */
+/* Publishes sync.status when online flips, pending crosses zero or the
+ * storage fails. */
 static void maybe_publish_status(store_t *self)
 {
     const cJSON *online = cJSON_GetObjectItemCaseSensitive(self->sync_status, "online");
     bool now_online = cJSON_IsTrue(online), now_zero = self->pending == 0;
-    if (now_online == self->last_online && now_zero == self->last_pending_zero)
+    if (now_online == self->last_online && now_zero == self->last_pending_zero &&
+        self->storage == self->last_storage)
         return;
     self->last_online = now_online;
     self->last_pending_zero = now_zero;
+    self->last_storage = self->storage;
     cJSON *st = status_json(self);
     cJSON *event = cJSON_CreateObject();
     cJSON_AddStringToObject(event, "jsonrpc", "2.0");
@@ -1975,6 +1981,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 recover_record(self, r);
             free(ptrs[0]);
             ts_wire_send(self->to_persist, TS_WIRE_RECOVER_ACK, NULL, 0);
+            break;
+        case TS_WIRE_STORAGE:
+            if (n)
+                self->storage = ptrs[0];
+            maybe_publish_status(self);
             break;
         case TS_WIRE_ROLLBACK: /* envelopes whose writes failed to commit */
             for (size_t i = 0; i < n; i++) {

@@ -759,3 +759,318 @@ Test(durability, full_disk_refuses_writes_and_loses_nothing, .timeout = 60)
     ts_rmtree(dir);
     free(dir);
 }
+
+/* ---- the data dir removed or replaced while the daemon runs ----
+ * Persist checks, in every commit before its answers go out, that the data
+ * dir's LOCK and database files are still the files it has open; once they
+ * are not, writes are refused (they would land in files nobody will read
+ * again), status says why and the log says so once. */
+
+static void create_doc(ts_engine_t *e, const char *id, int v)
+{
+    char p[160];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"v\":%d}}", id, v);
+    write_ok(e, "create", p);
+}
+
+/* A write the daemon must refuse for want of its storage: the storage
+ * error, and nothing of it visible afterwards. */
+static void write_refused(ts_engine_t *e, const char *method, const char *params, const char *id,
+                          int visible_v)
+{
+    cJSON *r = ts_rpc(e, method, params);
+    cr_assert_not_null(r, "no answer to %s %s", method, params);
+    cr_assert_eq(ts_rpc_error_code(r), -32603, "%s %s must be refused", method, params);
+    cr_assert_str_eq(ts_rpc_error_reason(r), "storage_unavailable");
+    const char *msg = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message")->valuestring;
+    cr_assert(strstr(msg, "data directory") != NULL, "the message says why: %s", msg);
+    cJSON_Delete(r);
+    char p[96];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"%s\"}", id);
+    r = ts_rpc(e, "get", p);
+    if (visible_v < 0) {
+        cr_assert_eq(ts_rpc_error_code(r), -32001, "a refused create of %s is not visible", id);
+    } else {
+        const cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+        cr_assert_eq(cJSON_GetObjectItem(doc, "v")->valueint, visible_v,
+                     "a refused update of %s is not visible", id);
+    }
+    cJSON_Delete(r);
+}
+
+/* status.storage (a static copy; "" when absent). */
+static const char *storage_status(ts_engine_t *e)
+{
+    static char text[128];
+    cJSON *s = ts_rpc(e, "status", NULL);
+    const cJSON *storage = cJSON_GetObjectItem(ts_rpc_result(s), "storage");
+    snprintf(text, sizeof text, "%s", cJSON_IsString(storage) ? storage->valuestring : "");
+    cJSON_Delete(s);
+    return text;
+}
+
+/* Lines of the log at path that contain needle. */
+static int log_lines(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[2048];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Whether dir holds no entries (the daemon made no files in it). */
+static bool dir_is_empty(const char *dir)
+{
+    const char *names[] = {"LOCK", "therasync.db", "therasync.db-wal", "therasync.db-shm"};
+    char f[4400];
+    struct stat st;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(f, sizeof f, "%s/%s", dir, names[i]);
+        if (stat(f, &st) == 0)
+            return false;
+    }
+    return true;
+}
+
+static void get_v(ts_engine_t *e, const char *id, int v)
+{
+    char p[96];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"%s\"}", id);
+    cJSON *r = ts_rpc(e, "get", p);
+    const cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+    cr_assert(doc && cJSON_GetObjectItem(doc, "v")->valueint == v, "%s at v %d", id, v);
+    cJSON_Delete(r);
+}
+
+Test(durability, removed_data_dir_refuses_writes_and_says_so, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    cr_assert_str_eq(storage_status(&e), "ok");
+    char id[32], p[160];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "r%d", i);
+        create_doc(&e, id, 1);
+    }
+    cr_assert_eq(ts_rmtree(e.data), 0);
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "x%d", i);
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"v\":1}}", id);
+        write_refused(&e, "create", p, id, -1);
+    }
+    write_refused(&e, "update", "{\"collection\":\"sessions\",\"id\":\"r0\",\"patch\":{\"v\":2}}",
+                  "r0", 1);
+    for (int i = 0; i < 10; i++) { /* reads of what is in memory go on */
+        snprintf(id, sizeof id, "r%d", i);
+        get_v(&e, id, 1);
+    }
+    cr_assert_str_eq(storage_status(&e), "data directory removed");
+    cr_assert_eq(log_lines(e.proc.log_path, " error "), 1, "one error line; log %s", e.proc.log_path);
+    cr_assert_eq(log_lines(e.proc.log_path, "was removed"), 1, "log %s", e.proc.log_path);
+    struct stat st;
+    cr_assert_neq(stat(e.data, &st), 0, "the daemon does not make the dir again");
+
+    cr_assert_eq(ts_engine_stop(&e), 0, "SIGTERM exits 0");
+    cr_assert_neq(stat(e.data, &st), 0, "nor at exit");
+    /* Restarted on a fresh data dir: writes work again; what was in the
+     * removed one is gone with it (restore it from a backup to get it back). */
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    cr_assert_str_eq(storage_status(&e), "ok");
+    create_doc(&e, "after", 1);
+    get_v(&e, "after", 1);
+    cJSON *g = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"r0\"}");
+    cr_assert_eq(ts_rpc_error_code(g), -32001);
+    cJSON_Delete(g);
+    ts_engine_destroy(&e);
+}
+
+/* The data dir renamed away and an empty one made at its path: detected
+ * the same way; nothing is written into either, and moving the old one
+ * back brings exactly the acknowledged writes back. */
+Test(durability, replaced_data_dir_refuses_writes_and_restoring_it_keeps_everything,
+     .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    char id[32], p[160], old[4300];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "r%d", i);
+        create_doc(&e, id, 1);
+    }
+    snprintf(old, sizeof old, "%s.old", e.data);
+    cr_assert_eq(rename(e.data, old), 0);
+    cr_assert_eq(mkdir(e.data, 0700), 0);
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "x%d", i);
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"v\":1}}", id);
+        write_refused(&e, "create", p, id, -1);
+    }
+    write_refused(&e, "update", "{\"collection\":\"sessions\",\"id\":\"r3\",\"patch\":{\"v\":2}}",
+                  "r3", 1);
+    cr_assert_str_eq(storage_status(&e), "data directory replaced");
+    cr_assert_eq(log_lines(e.proc.log_path, " error "), 1, "one error line; log %s", e.proc.log_path);
+    cr_assert_eq(log_lines(e.proc.log_path, "was replaced"), 1, "log %s", e.proc.log_path);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    cr_assert(dir_is_empty(e.data), "nothing was made in the new dir");
+
+    cr_assert_eq(rmdir(e.data), 0);
+    cr_assert_eq(rename(old, e.data), 0);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    cr_assert_str_eq(storage_status(&e), "ok");
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "r%d", i);
+        get_v(&e, id, 1);
+    }
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"x%d\"}", i);
+        cJSON *g = ts_rpc(&e, "get", p);
+        cr_assert_eq(ts_rpc_error_code(g), -32001, "refused x%d is not stored", i);
+        cJSON_Delete(g);
+    }
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, 10);
+    cJSON_Delete(s);
+    ts_engine_destroy(&e);
+}
+
+/* With the old LOCK gone, a second daemon can start on the path: the first
+ * refuses writes, and when it exits it must not touch the second's files
+ * (SQLite deletes the WAL and shm files by name when its last connection
+ * closes). */
+Test(durability, daemon_on_a_removed_data_dir_leaves_the_next_ones_files_alone, .timeout = 60)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    create_doc(&e, "r0", 1);
+    void *sub = zmq_socket(e.zctx, ZMQ_SUB);
+    int wait_ms = 5000;
+    zmq_setsockopt(sub, ZMQ_RCVTIMEO, &wait_ms, sizeof wait_ms);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "sync", 4);
+    cr_assert_eq(zmq_connect(sub, e.events), 0);
+    usleep(300 * 1000); /* the subscription reaches the daemon */
+    cr_assert_eq(ts_rmtree(e.data), 0);
+    /* status says so within a second or so, without a write */
+    bool told = false;
+    for (int i = 0; i < 50 && !told; i++) {
+        told = strcmp(storage_status(&e), "data directory removed") == 0;
+        if (!told)
+            usleep(100 * 1000);
+    }
+    cr_assert(told, "status never said the data dir is gone");
+    bool published = false;
+    for (int i = 0; i < 5 && !published; i++) {
+        char topic[16], body[4096];
+        int n = zmq_recv(sub, topic, sizeof topic, 0);
+        int m = n >= 0 ? zmq_recv(sub, body, sizeof body - 1, 0) : -1;
+        cr_assert(m >= 0, "no sync.status event");
+        body[m < (int)sizeof body - 1 ? m : (int)sizeof body - 1] = '\0';
+        published = strstr(body, "\"storage\":\"data directory removed\"") != NULL;
+    }
+    cr_assert(published, "sync.status says so too");
+    zmq_close(sub);
+    ts_engine_t first = e; /* its process and its client */
+    /* the second daemon, in e's place, on other ports */
+    snprintf(e.endpoint, sizeof e.endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(e.events, sizeof e.events, "tcp://127.0.0.1:%d", ts_free_port());
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0, "log %s", e.proc.log_path);
+    e.dealer = ts_engine_client(&e);
+    create_doc(&e, "s0", 1);
+    write_refused(&first, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"x0\"}}",
+                  "x0", -1);
+    /* the first stops, and its exit leaves the second's files alone */
+    cr_assert_eq(ts_proc_stop(&first.proc, 15000), 0, "the first exits 0; log %s",
+                 first.proc.log_path);
+    zmq_close(first.dealer);
+    cr_assert_eq(log_lines(first.proc.log_path, " error "), 1, "log %s", first.proc.log_path);
+    char wal[4400];
+    snprintf(wal, sizeof wal, "%s/therasync.db-wal", e.data);
+    struct stat st;
+    cr_assert_eq(stat(wal, &st), 0, "the second daemon's WAL is still there");
+    create_doc(&e, "s1", 1);
+    kill(e.proc.pid, SIGKILL);
+    ts_engine_kill(&e);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    zmq_close(e.dealer);
+    e.dealer = ts_engine_client(&e);
+    get_v(&e, "s0", 1);
+    get_v(&e, "s1", 1);
+    cr_assert_str_eq(storage_status(&e), "ok");
+    ts_engine_destroy(&e);
+}
+
+/* metrics.persist.<name> */
+static long long persist_metric(ts_engine_t *e, const char *name)
+{
+    cJSON *m = ts_rpc(e, "metrics", NULL);
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(m), "persist"), name);
+    cr_assert(cJSON_IsNumber(v), "metrics.persist.%s", name);
+    long long n = (long long)v->valuedouble;
+    cJSON_Delete(m);
+    return n;
+}
+
+/* Creates b0..b(count-1) (4 kB each) in batches of 50, all acknowledged. */
+static void create_batches(ts_engine_t *e, int from, int count)
+{
+    enum { PER = 50, PAD = 4000 };
+    size_t cap = PER * (PAD + 200) + 2;
+    char *batch = malloc(cap);
+    for (int i = from; i < from + count; i += PER) {
+        size_t off = 0;
+        batch[off++] = '[';
+        for (int k = i; k < i + PER && k < from + count; k++)
+            off += (size_t)snprintf(batch + off, cap - off,
+                                    "%s{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\","
+                                    "\"params\":{\"collection\":\"sessions\",\"doc\":{\"id\":"
+                                    "\"b%d\",\"v\":1,\"pad\":\"%0*d\"}}}",
+                                    k > i ? "," : "", k, k, PAD, k);
+        batch[off++] = ']';
+        char *reply = ts_rpc_raw(e->dealer, batch, off, 30000);
+        cr_assert_not_null(reply, "no answer to batch %d", i);
+        cJSON *all = cJSON_Parse(reply);
+        free(reply);
+        for (cJSON *r = all->child; r; r = r->next)
+            cr_assert_not_null(ts_rpc_result(r), "b%d refused", cJSON_GetObjectItem(r, "id")->valueint);
+        cJSON_Delete(all);
+    }
+    free(batch);
+}
+
+/* The check must not mistake SQLite's own work for a replaced file: past
+ * 8 MB of WAL the checkpointer copies it back, and once it has copied all
+ * of it the next commit starts the WAL over (in the same file). */
+Test(durability, checkpoints_and_wal_restarts_are_no_false_alarm, .timeout = 120)
+{
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    int written = 0;
+    while (persist_metric(&e, "wal_pages") < 2500 && written < 20000) {
+        create_batches(&e, written, 500);
+        written += 500;
+    }
+    cr_assert_geq(persist_metric(&e, "wal_pages"), 2500, "the WAL never grew past 10 MB");
+    /* quiet for the checkpointer, then a write: the WAL starts over */
+    bool restarted = false;
+    for (int round = 0; round < 20 && !restarted; round++) {
+        usleep(600 * 1000);
+        create_batches(&e, written, 50);
+        written += 50;
+        restarted = persist_metric(&e, "wal_pages") < 2048;
+    }
+    cr_assert(restarted, "the WAL never started over");
+    create_batches(&e, written, 1000); /* and writes go on into it */
+    written += 1000;
+    cr_assert_str_eq(storage_status(&e), "ok");
+    cr_assert_eq(log_lines(e.proc.log_path, " error "), 0, "log %s", e.proc.log_path);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    cJSON *s = ts_rpc(&e, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(s), "collections"),
+                                     "sessions")->valueint, written, "every acknowledged write");
+    cJSON_Delete(s);
+    ts_engine_destroy(&e);
+}

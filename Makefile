@@ -26,8 +26,11 @@ TEST_LIBS = $(shell pkg-config --libs criterion 2>/dev/null)
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 CFLAGS   += -DTS_VERSION=\"$(VERSION)\"
 
-# The engine library: core runtime, actors and the Lua policy engine.
-LIB_SRC  := $(wildcard src/core/*.c src/msgs/*.c src/actors/*.c src/lua/*.c)
+# The engine library: the runtime, the actors and the Lua policy engine.
+# One folder per actor; runtime/ knows no actor, msgs/ is the contract
+# between them (msgs.def and the payloads).
+LIB_SRC  := $(wildcard $(addsuffix /*.c,$(addprefix src/,runtime msgs front store persist \
+              sync api policy)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libtherasync.a
 

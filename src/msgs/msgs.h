@@ -19,7 +19,7 @@
 
 #include "therasync/actor.h"
 #include "therasync/api.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/sync.h"
 
 #include <stddef.h>

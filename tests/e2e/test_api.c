@@ -1,4 +1,4 @@
-/* End-to-end tests of the API actor (src/actors/api.c) against a real
+/* End-to-end tests of the API actor (src/api/api.c) against a real
  * clinic-api on a free loopback port, and against a tiny fake HTTP server
  * thread for answers clinic-api never gives (wrong content type, truncated
  * or non-JSON bodies, a server that accepts and never answers).

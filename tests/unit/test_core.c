@@ -1,11 +1,11 @@
 /* test_core.c — the core helpers: JSON merge patch, UTF-8, ids, time,
  * histograms, buffers, config. */
 #include "therasync/actor.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/config.h"
 #include "therasync/hist.h"
 #include "therasync/json.h"
-#include "therasync/outbox.h"
+#include "persist/outbox.h"
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>

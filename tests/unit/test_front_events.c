@@ -5,7 +5,7 @@
  * remote changes into TS_INPROC_EVENTS (as the store does, with the persist
  * batch they must follow), and reads what comes out of the PUB socket. */
 #include "therasync/actor.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/config.h"
 #include "therasync/front.h"
 #include "therasync/util.h"

@@ -1,6 +1,6 @@
 /* test_index.c — reading a member out of JSON text, and the ordered
  * equality index the store keeps for selectors and ctx.find. */
-#include "therasync/index.h"
+#include "store/index.h"
 #include "therasync/json.h"
 
 #include <criterion/criterion.h>

@@ -1,9 +1,9 @@
-/* test_pattern.c — the budgeted pattern functions (src/lua/pattern.c):
+/* test_pattern.c — the budgeted pattern functions (src/policy/pattern.c):
  * identical results to Lua's own string library on many patterns and
  * subjects (a differential test), and hostile patterns stopped by the
  * budget, both on a bare meter and inside the sandbox. */
-#include "../../src/lua/pattern.h"
-#include "../../src/lua/sandbox.h"
+#include "policy/pattern.h"
+#include "policy/sandbox.h"
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>

@@ -2,7 +2,7 @@
  * policies (tests/fixtures/policies/<case>/). After every case the engine
  * must still answer a harmless call. */
 #include "therasync/log.h"
-#include "therasync/policy.h"
+#include "policy/policy.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

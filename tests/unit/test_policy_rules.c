@@ -1,7 +1,7 @@
 /* test_policy_rules.c — the default merge, the shipped policies through the
  * C API the store and sync actors use, and the cost of the budget hook. */
 #include "therasync/json.h"
-#include "therasync/policy.h"
+#include "policy/policy.h"
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>

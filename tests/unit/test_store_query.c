@@ -2,7 +2,7 @@
  * with the shipped policies), over the benchmark's generated sessions: the
  * `upcoming` answers, and (when asked for) the cost of one query. */
 #include "../../src/bench/gen.h"
-#include "therasync/store_query.h"
+#include "store/query.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

@@ -1,8 +1,8 @@
-/* test_watchdog.c — the lazily armed budget hook (src/lua/watchdog.c): calls
+/* test_watchdog.c — the lazily armed budget hook (src/policy/watchdog.c): calls
  * run without a count hook until they have run for 2-4 ms; then the watchdog
  * arms it by signalling their thread, and the budget applies as before. */
-#include "../../src/lua/sandbox.h"
-#include "../../src/lua/watchdog.h"
+#include "policy/sandbox.h"
+#include "policy/watchdog.h"
 #include "therasync/util.h"
 
 #include <criterion/criterion.h>

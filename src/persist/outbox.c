@@ -1,5 +1,5 @@
 /* outbox.c — the outbox's packed rows (see outbox.h). */
-#include "therasync/outbox.h"
+#include "persist/outbox.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,11 +1,11 @@
 /* store.c — the store actor: documents, pending mutations, reads and writes. */
 #include "therasync/store.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
-#include "therasync/policy.h"
+#include "policy/policy.h"
 #include "therasync/sha256.h"
-#include "therasync/store_query.h"
+#include "store/query.h"
 #include "therasync/sync.h"
 #include "therasync/util.h"
 

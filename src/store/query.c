@@ -1,8 +1,8 @@
 /* store_query.c — validation, named selectors over ordered indexes, policy
  * reload and info for the store actor (see store_query.h). */
-#include "therasync/store_query.h"
+#include "store/query.h"
 
-#include "therasync/index.h"
+#include "store/index.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"

@@ -5,7 +5,7 @@
  * does all the work (conversions included), so a memory error or the budget
  * kill anywhere unwinds to one place. C-side temporaries that a Lua error
  * could strand are parked in self->scratch and freed after each call. */
-#include "therasync/policy.h"
+#include "policy/policy.h"
 
 #include "luajson.h"
 #include "sandbox.h"

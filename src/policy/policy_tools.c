@@ -7,7 +7,7 @@
 
 #include "luajson.h"
 #include "sandbox.h"
-#include "therasync/policy.h"
+#include "policy/policy.h"
 #include "therasync/util.h"
 
 #include <dirent.h>

@@ -1,5 +1,5 @@
 /* index.c — equality index with ordered buckets (see index.h). */
-#include "therasync/index.h"
+#include "store/index.h"
 
 #include "therasync/json.h"
 

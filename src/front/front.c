@@ -1,6 +1,6 @@
 /* front.c — the front-door actor: requests in, answers and events out. */
 #include "therasync/front.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/hist.h"
 #include "therasync/json.h"
 #include "therasync/log.h"

@@ -1,9 +1,9 @@
 /* persist.c — the persistence actor: SQLite WAL, group commit, recovery. */
 #include "therasync/persist.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/hist.h"
 #include "therasync/json.h"
-#include "therasync/outbox.h"
+#include "persist/outbox.h"
 #include "therasync/sync.h"
 #include "therasync/log.h"
 #include "therasync/util.h"

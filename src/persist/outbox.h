@@ -17,7 +17,7 @@
 #ifndef THERASYNC_OUTBOX_H
 #define THERASYNC_OUTBOX_H
 
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/util.h"
 
 #include <stdbool.h>

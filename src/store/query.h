@@ -12,9 +12,9 @@
 #ifndef THERASYNC_STORE_QUERY_H
 #define THERASYNC_STORE_QUERY_H
 
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/config.h"
-#include "therasync/policy.h"
+#include "policy/policy.h"
 
 #include <stdbool.h>
 

@@ -1,5 +1,5 @@
 /* call.c — pipeline units: calls, envelopes, records, events. */
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/sync.h"
 
 #include <stdarg.h>

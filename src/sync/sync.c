@@ -12,7 +12,7 @@
  * min-heap by seq so the oldest goes first. */
 #include "therasync/sync.h"
 #include "therasync/api.h"
-#include "therasync/call.h"
+#include "msgs/call.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"

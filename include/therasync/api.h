@@ -7,9 +7,9 @@
  *   2. ts_api_start() the actor; it binds TS_INPROC_API (opts.endpoint).
  *   3. Connect a PUSH socket to it; send requests with ts_api_send() and
  *      cancellations with ts_api_cancel().
- *   4. Receive ts_wire messages on the PULL socket: TS_API_MSG_RESULT (one per
- *      request, always, streams included at their end), TS_API_MSG_EVENT and
- *      TS_API_MSG_STREAM (for stream requests). Free what you get with the
+ *   4. Receive ts_wire messages on the PULL socket: TS_MSG_API_RESULT (one per
+ *      request, always, streams included at their end), TS_MSG_API_EVENT and
+ *      TS_MSG_API_STREAM (for stream requests). Free what you get with the
  *      matching *_free().
  *
  * Ownership: a request belongs to the actor from ts_api_send() until it comes
@@ -96,8 +96,8 @@ typedef struct ts_api_request {
     long timeout_ms;           /* 0: opts.timeout_ms (per attempt) */
     int max_attempts;          /* 0: opts.max_attempts */
     /* Streams: keep a GET open as server-sent events (path defaults to
-     * /v1/changes/stream when NULL), send TS_API_MSG_EVENT per event and
-     * TS_API_MSG_STREAM per state change, reconnect forever with backoff
+     * /v1/changes/stream when NULL), send TS_MSG_API_EVENT per event and
+     * TS_MSG_API_STREAM per state change, reconnect forever with backoff
      * (Last-Event-ID = last event seen) until cancelled or refused. */
     bool stream;
     bool raw_events;           /* stream: leave each event's json NULL, the receiver
@@ -217,18 +217,5 @@ typedef struct {
 void ts_api_stream_msg_free(ts_api_stream_msg_t *msg);
 void ts_api_event_free(ts_api_event_t *event);
 
-/* ts_wire kinds. To the actor: */
-enum {
-    TS_API_MSG_REQUEST = 0x41500001, /* ptrs: ts_api_request_t* (one or more) */
-    TS_API_MSG_CANCEL,               /* ptrs[0]: uint64_t* id (malloc'd; the actor frees it) */
-    /* From the actor, to request->reply_to; each message may carry several
-     * pointers of its kind (answers are batched per loop turn, in order): */
-    TS_API_MSG_RESULT,               /* ptrs: ts_api_result_t* */
-    TS_API_MSG_EVENT,                /* ptrs: ts_api_event_t* */
-    TS_API_MSG_STREAM,               /* ptrs: ts_api_stream_msg_t* */
-};
-
-/* Frees any message from the actor by kind (for a receiver draining at exit). */
-void ts_api_msg_free(uint32_t kind, void *ptr);
 
 #endif

@@ -7,15 +7,15 @@
  * The confirmed (server) documents are written off the critical path, when
  * sync confirms mutations.
  *
- * Sockets: PULL bound at TS_INPROC_PERSIST takes TS_WIRE_ENVELOPES (append
+ * Sockets: PULL bound at TS_INPROC_PERSIST takes TS_MSG_COMMIT (append
  * the calls' records, commit, pass the envelopes to TS_INPROC_FRONT) and
- * TS_WIRE_RECOVER (stream the database to TS_INPROC_STORE as
- * TS_WIRE_RECOVERED chunks). Envelopes whose records fail to commit are
- * answered with an error and go back to the store as TS_WIRE_ROLLBACK, which
+ * TS_MSG_RECOVER (stream the database to TS_INPROC_STORE as
+ * TS_MSG_RECOVERED chunks). Envelopes whose records fail to commit are
+ * answered with an error and go back to the store as TS_MSG_ROLLBACK, which
  * drops the writes before passing the answers on.
  *
  * With an API configured, the committed records of every batch are then
- * handed to the sync actor (TS_INPROC_SYNC, TS_WIRE_OUTBOX), so it pushes
+ * handed to the sync actor (TS_INPROC_SYNC, TS_MSG_OUTBOX), so it pushes
  * only what is durable. `audit` calls are answered here, from the audit
  * table, which the same transactions append to.
  *
@@ -23,7 +23,7 @@
  * dir fails to start with a message naming the holder's pid. If the dir is
  * removed or replaced while the daemon runs (its LOCK and database files
  * are not the ones opened any more), every write from then on is refused
- * and the store is told once (TS_WIRE_STORAGE, for `status`). */
+ * and the store is told once (TS_MSG_STORAGE, for `status`). */
 #ifndef THERASYNC_PERSIST_H
 #define THERASYNC_PERSIST_H
 

@@ -6,10 +6,10 @@
  * recomputing. Documents are kept as compact JSON text (parsed only when a
  * call needs fields), which keeps a million documents well under 512 MiB.
  *
- * Sockets: PULL bound at TS_INPROC_STORE takes TS_WIRE_ENVELOPES from the
+ * Sockets: PULL bound at TS_INPROC_STORE takes TS_MSG_REQUESTS from the
  * front door (answers reads, applies writes, attaches durable records and
- * events, passes the envelopes on to TS_INPROC_PERSIST), TS_WIRE_RECOVERED
- * chunks at start, and TS_WIRE_ROLLBACK from persist. The actor reports
+ * events, passes the envelopes on to TS_INPROC_PERSIST), TS_MSG_RECOVERED
+ * chunks at start, and TS_MSG_ROLLBACK from persist. The actor reports
  * ready only after the durable state is loaded. */
 #ifndef THERASYNC_STORE_H
 #define THERASYNC_STORE_H

@@ -11,24 +11,24 @@
  *
  * Who sends what:
  *
- *   store → sync   TS_WIRE_OUTBOX once after recovery: every pending
+ *   store → sync   TS_MSG_OUTBOX once after recovery: every pending
  *                  mutation as a TS_REC_MUTATION record list, in seq order.
- *   persist → sync TS_WIRE_OUTBOX after each commit: the committed records
+ *   persist → sync TS_MSG_OUTBOX after each commit: the committed records
  *                  (TS_REC_MUTATION: push it; TS_REC_DROP: forget that seq,
  *                  it was cancelled, rolled back or replaced; other kinds:
  *                  ignore). Records arrive in commit order; a MUTATION with
  *                  a seq already queued replaces the queued one (a conflict
  *                  resolution rewrote it: new mutation id, new body).
- *   store → sync   TS_WIRE_SYNC_CALL: ptrs[0] is an envelope whose one call
+ *   store → sync   TS_MSG_SYNC_CALL: ptrs[0] is an envelope whose one call
  *                  is `sync` (or `invalidate`): run one push+pull round (or
  *                  refetch), set the call's result, send the envelope to
- *                  TS_INPROC_FRONT as TS_WIRE_ENVELOPES.
- *   store → sync   TS_WIRE_DIGEST: ptrs: ts_digest_t* answered (see below).
+ *                  TS_INPROC_FRONT as TS_MSG_ANSWERS.
+ *   store → sync   TS_MSG_DIGEST: ptrs: ts_digest_t* answered (see below).
  *   (sync → store messages go to TS_INPROC_STORE_SYNC, read first.)
- *   sync → store   TS_WIRE_SYNC_UPDATES: ptrs: ts_sync_update_t*, applied in
+ *   sync → store   TS_MSG_SYNC_UPDATES: ptrs: ts_sync_update_t*, applied in
  *                  order and made durable together (a page of remote changes
  *                  and its CURSOR commit in one transaction).
- *   sync → store   TS_WIRE_DIGEST: ptrs[0]: ts_digest_t* to fill.
+ *   sync → store   TS_MSG_DIGEST_ASK: ptrs[0]: ts_digest_t* to fill.
  *
  * Records (call.h) carry for a MUTATION: seq, mutation id, op, collection,
  * doc_id, body (create: the document WITHOUT "id" — put the id back when
@@ -53,12 +53,6 @@
  * remote changes never wait behind a backlog of pushes. */
 #define TS_INPROC_API_FEED "inproc://api-feed"
 
-enum {
-    TS_WIRE_OUTBOX = 0x53590001, /* ptrs: ts_record_t* lists */
-    TS_WIRE_SYNC_CALL,           /* ptrs[0]: ts_envelope_t* */
-    TS_WIRE_SYNC_UPDATES,        /* ptrs: ts_sync_update_t* */
-    TS_WIRE_DIGEST,              /* ptrs[0]: ts_digest_t* */
-};
 
 typedef enum {
     TS_SYNC_CONFIRMED, /* the server accepted mutation seq; doc = its answer (NULL after a

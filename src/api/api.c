@@ -13,6 +13,7 @@
  *   BACKOFF     waiting for due_us before its next attempt
  * Streams (SSE) skip QUEUED and take no slot. A call leaves by finish(),
  * which sends its result and frees it. */
+#include "msgs/msgs.h"
 #include "therasync/api.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -277,7 +278,7 @@ static void reply(api_t *self, const ts_api_request_t *req, uint32_t kind, void 
     if (i < 0 || self->replies[i].nout == self->replies[i].capout) {
         ts_error(LOG, "req=%llu: cannot answer on %s; answer dropped",
                  (unsigned long long)req->id, *req->reply_to ? req->reply_to : TS_INPROC_API_RESULTS);
-        ts_api_msg_free(kind, ptr);
+        ts_msg_free_one(kind, ptr);
         return;
     }
     self->replies[i].kinds[self->replies[i].nout] = kind;
@@ -299,7 +300,7 @@ static void flush_replies(api_t *self)
                 ts_error(LOG, "cannot answer on %s: %s; %d answers dropped",
                          self->replies[i].name, zmq_strerror(errno), end - start);
                 for (int k = start; k < end; k++)
-                    ts_api_msg_free(kind, self->replies[i].out[k]);
+                    ts_msg_free_one(kind, self->replies[i].out[k]);
             }
             start = end;
         }
@@ -546,7 +547,7 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
                 if (ts_log_enabled(TS_LOG_DEBUG))
                     log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
                              ev->data_len);
-                reply(self, c->req, TS_API_MSG_EVENT, ev);
+                reply(self, c->req, TS_MSG_API_EVENT, ev);
             }
         }
         ts_buf_reset(&c->data);
@@ -660,7 +661,7 @@ static void finish(api_t *self, call_t *c, ts_api_error_t error, long status, co
            (long long)(res->finished_us - res->queued_us), *res->message ? ": " : "",
            res->message);
     c->res = NULL;
-    reply(self, c->req, TS_API_MSG_RESULT, res);
+    reply(self, c->req, TS_MSG_API_RESULT, res);
     call_free(self, c);
 }
 
@@ -905,7 +906,7 @@ static void stream_state(api_t *self, call_t *c, ts_api_stream_state_t state,
            "req=%llu stream %s (%s, status %ld, last id '%s')%s", (unsigned long long)c->req->id,
            names[state], ts_api_error_name(error), status, c->req->last_event_id,
            state == TS_API_STREAM_DROPPED ? "; reconnecting" : "");
-    reply(self, c->req, TS_API_MSG_STREAM, m);
+    reply(self, c->req, TS_MSG_API_STREAM, m);
 }
 
 /* Called at the end of the response headers of a stream. */
@@ -1289,10 +1290,10 @@ static int on_inbox(api_t *self)
         size_t n;
         if (ts_wire_recv(self->inbox, ZMQ_DONTWAIT, &kind, &ptrs, &n) < 0)
             return errno == EAGAIN ? 0 : -1;
-        if (kind == TS_API_MSG_REQUEST) {
+        if (kind == TS_MSG_API_REQUEST) {
             for (size_t k = 0; k < n; k++)
                 take_request(self, ptrs[k]);
-        } else if (kind == TS_API_MSG_CANCEL) {
+        } else if (kind == TS_MSG_API_CANCEL) {
             for (size_t k = 0; k < n; k++) {
                 uint64_t *id = ptrs[k];
                 cancel(self, *id);
@@ -1431,7 +1432,7 @@ static void api_destroy(api_t *self)
         size_t n;
         while (ts_wire_recv(self->inbox, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
             for (size_t k = 0; k < n; k++)
-                kind == TS_API_MSG_REQUEST ? ts_api_request_free(ptrs[k]) : free(ptrs[k]);
+                kind == TS_MSG_API_REQUEST ? ts_api_request_free(ptrs[k]) : free(ptrs[k]);
             free(ptrs);
         }
         zmq_close(self->inbox);
@@ -1442,7 +1443,7 @@ static void api_destroy(api_t *self)
         curl_multi_cleanup(self->multi);
     for (int i = 0; i < self->nreplies; i++) {
         for (int k = 0; k < self->replies[i].nout; k++)
-            ts_api_msg_free(self->replies[i].kinds[k], self->replies[i].out[k]);
+            ts_msg_free_one(self->replies[i].kinds[k], self->replies[i].out[k]);
         free(self->replies[i].out);
         free(self->replies[i].kinds);
         zmq_close(self->replies[i].socket);
@@ -1621,7 +1622,7 @@ void ts_api_request_free(ts_api_request_t *r)
 int ts_api_send(void *socket, ts_api_request_t *request)
 {
     void *p = request;
-    return ts_wire_send(socket, TS_API_MSG_REQUEST, &p, 1);
+    return ts_wire_send(socket, TS_MSG_API_REQUEST, &p, 1);
 }
 
 int ts_api_cancel(void *socket, uint64_t id)
@@ -1631,7 +1632,7 @@ int ts_api_cancel(void *socket, uint64_t id)
         return -1;
     *p = id;
     void *ptr = p;
-    if (ts_wire_send(socket, TS_API_MSG_CANCEL, &ptr, 1) < 0) {
+    if (ts_wire_send(socket, TS_MSG_API_CANCEL, &ptr, 1) < 0) {
         free(p);
         return -1;
     }
@@ -1662,16 +1663,6 @@ void ts_api_event_free(ts_api_event_t *ev)
     free(ev);
 }
 
-void ts_api_msg_free(uint32_t kind, void *ptr)
-{
-    switch (kind) {
-    case TS_API_MSG_RESULT: ts_api_result_free(ptr); break;
-    case TS_API_MSG_EVENT: ts_api_event_free(ptr); break;
-    case TS_API_MSG_STREAM: ts_api_stream_msg_free(ptr); break;
-    case TS_API_MSG_REQUEST: ts_api_request_free(ptr); break;
-    default: free(ptr); break;
-    }
-}
 
 static const char *error_names[TS_API__LAST] = {
     "ok",         "network",    "timeout",           "tls",          "unauthorized",

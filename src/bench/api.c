@@ -13,6 +13,7 @@
  * One JSON line per run, then the medians. With no --api it starts its own
  * clinic-api (beside this binary) on a free loopback port with a temporary
  * database. */
+#include "msgs/msgs.h"
 #include "bench.h"
 #include "therasync/api.h"
 #include "therasync/log.h"
@@ -381,7 +382,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                 batch[nb++] = r;
                 inflight++;
             }
-            if (nb && ts_wire_send(push, TS_API_MSG_REQUEST, batch, nb) < 0) {
+            if (nb && ts_wire_send(push, TS_MSG_API_REQUEST, batch, nb) < 0) {
                 for (size_t i = 0; i < nb; i++)
                     ts_api_request_free(batch[i]);
                 inflight -= (int)nb;
@@ -396,7 +397,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
             size_t n;
             while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
                 for (size_t i = 0; i < n; i++) {
-                    if (kind == TS_API_MSG_RESULT) {
+                    if (kind == TS_MSG_API_RESULT) {
                         ts_api_result_t *res = ptrs[i];
                         inflight--;
                         int64_t t = ts_mono_us();
@@ -408,7 +409,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                                 lat[nlat++] = t - (int64_t)(intptr_t)res->user;
                         }
                     }
-                    ts_api_msg_free(kind, ptrs[i]);
+                    ts_msg_free_one(kind, ptrs[i]);
                 }
                 free(ptrs);
             }
@@ -426,7 +427,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
     size_t n;
     while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
         for (size_t i = 0; i < n; i++)
-            ts_api_msg_free(kind, ptrs[i]);
+            ts_msg_free_one(kind, ptrs[i]);
         free(ptrs);
     }
     zmq_close(results);

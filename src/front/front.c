@@ -1,4 +1,5 @@
 /* front.c — the front-door actor: requests in, answers and events out. */
+#include "msgs/msgs.h"
 #include "therasync/front.h"
 #include "msgs/call.h"
 #include "therasync/hist.h"
@@ -861,7 +862,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         self->inflight += e->ncalls;
         batch[n++] = e;
     }
-    if (n && ts_wire_send(self->to_store, TS_WIRE_ENVELOPES, (void **)batch, n)) {
+    if (n && ts_wire_send(self->to_store, TS_MSG_REQUESTS, (void **)batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
         for (size_t i = 0; i < n; i++) { /* answered, in their turn, with the reason */
             for (size_t k = 0; k < batch[i]->ncalls; k++)
@@ -1035,7 +1036,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
     ts_actor_quiesce(actor);
-    ts_wire_drain(self.replies); /* answers too late to give: their writes are durable */
+    ts_msg_drain(self.replies); /* answers too late to give: their writes are durable */
     early_release(&self, true);  /* remote changes: durable at the server */
 done:
     ts_loop_destroy(&self.loop);

@@ -205,24 +205,3 @@ void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
 
-void ts_wire_drain(void *socket)
-{
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (socket && ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++) {
-            switch (kind) {
-            case TS_WIRE_ENVELOPES:
-            case TS_WIRE_ROLLBACK:
-            case TS_WIRE_SYNC_CALL: ts_envelope_free(ptrs[i]); break;
-            case TS_WIRE_RECOVERED: free(ptrs[i]); break; /* a chunk is one allocation */
-            case TS_WIRE_OUTBOX: ts_record_free_list(ptrs[i]); break;
-            case TS_WIRE_SYNC_UPDATES: ts_sync_update_free(ptrs[i]); break;
-            case TS_WIRE_DIGEST: ts_digest_free(ptrs[i]); break;
-            default: break; /* RECOVER, RECOVER_ACK: no pointers */
-            }
-        }
-        free(ptrs);
-    }
-}

@@ -183,24 +183,8 @@ void ts_call_set_result(ts_call_t *call, char *result, size_t len);
  * fails the call with an internal error when buf is empty (out of memory). */
 void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf);
 
-/* Messages between the engine's actors (ts_wire kinds) and their sockets. */
-enum {
-    TS_WIRE_ENVELOPES = 1, /* ptrs: ts_envelope_t*, in pipeline order */
-    TS_WIRE_RECOVER,       /* store → persist: stream the durable state */
-    TS_WIRE_RECOVERED,     /* persist → store: ptrs[0] = chunk of records; count 0 = done */
-    TS_WIRE_ROLLBACK,      /* persist → store: ptrs: envelopes whose writes failed to commit
-                              (records still attached); the store drops them from memory,
-                              then passes the envelopes on to the front door */
-    TS_WIRE_RECOVER_ACK,   /* store → persist: one recovered chunk is consumed (flow control) */
-    TS_WIRE_STORAGE,       /* persist → store: ptrs[0] = a static string, what happened to the
-                              data dir ("data directory removed", ...); sent once, after which
-                              every write is refused: for `status` */
-};
-/* Frees every message still queued on socket (an actor's inbox, once it has
- * stopped working; see ts_actor_quiesce): these kinds and sync.h's. NULL
- * socket: nothing. */
-void ts_wire_drain(void *socket);
 
+/* The inproc endpoints of the actors (the messages: src/msgs/msgs.def). */
 #define TS_INPROC_STORE "inproc://store"
 #define TS_INPROC_PERSIST "inproc://persist"
 #define TS_INPROC_FRONT "inproc://front-replies"

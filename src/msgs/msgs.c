@@ -56,6 +56,12 @@ void ts_msg_release(ts_msg_t *m)
     m->count = 0;
 }
 
+void ts_msg_free_one(uint32_t kind, void *p)
+{
+    if (known(kind))
+        frees[kind - TS_MSG__NONE](p);
+}
+
 void ts_msg_free(ts_msg_t *m)
 {
     free_fn_t *fn = known(m->kind) ? frees[m->kind - TS_MSG__NONE] : NULL;

@@ -49,11 +49,14 @@ void ts_msg_free(ts_msg_t *m);
 void ts_msg_unexpected(const char *actor, ts_msg_t *m);
 /* Frees everything queued on socket (at exit, after the loop has ended). */
 void ts_msg_drain(void *socket);
+/* Frees one pointer of a message of kind (for a receiver that takes some
+ * of a message's pointers and not others). */
+void ts_msg_free_one(uint32_t kind, void *p);
 /* The kind's name ("COMMIT"), or "?" */
 const char *ts_msg_name(uint32_t kind);
 
 /* The FREE of a kind without payload (it has no pointers to free). */
-static inline void ts_msg_nothing(void *p)
+static inline void ts_msg_nothing(const void *p)
 {
     (void)p;
 }

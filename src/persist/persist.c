@@ -1,4 +1,5 @@
 /* persist.c — the persistence actor: SQLite WAL, group commit, recovery. */
+#include "msgs/msgs.h"
 #include "therasync/persist.h"
 #include "msgs/call.h"
 #include "therasync/hist.h"
@@ -442,7 +443,7 @@ static bool storage_lost(persist_t *self, bool always, bool tell_store)
                   "the directory from a backup and restart therasyncd",
              self->config->data_dir, dir_log[state], file);
     void *why = (void *)self->lost; /* static: nothing to free */
-    if (tell_store && ts_wire_send(self->to_store, TS_WIRE_STORAGE, &why, 1))
+    if (tell_store && ts_wire_send(self->to_store, TS_MSG_STORAGE, &why, 1))
         ts_warn(LOG, "cannot tell the store that the data dir is lost");
     return true;
 }
@@ -1013,7 +1014,7 @@ static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n, bool r
         void *one = envs[i];
         if (!failed)
             envs[kept++] = envs[i];
-        else if (ts_wire_send(self->to_store, TS_WIRE_ROLLBACK, &one, 1))
+        else if (ts_wire_send(self->to_store, TS_MSG_ROLLBACK, &one, 1))
             ts_envelope_free(envs[i]); /* no way back: the answer is lost, not the data */
     }
     return kept;
@@ -1263,14 +1264,14 @@ static void forward_to_sync(persist_t *self, ts_envelope_t **envs, size_t n)
             lists[count++] = call->records;
             call->records = NULL;
             if (count == sizeof lists / sizeof *lists) {
-                if (ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, lists, count))
+                if (ts_wire_send(self->to_sync, TS_MSG_OUTBOX, lists, count))
                     for (size_t k = 0; k < count; k++)
                         ts_record_free_list(lists[k]);
                 count = 0;
             }
         }
     }
-    if (count && ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, lists, count))
+    if (count && ts_wire_send(self->to_sync, TS_MSG_OUTBOX, lists, count))
         for (size_t k = 0; k < count; k++)
             ts_record_free_list(lists[k]);
 }
@@ -1295,10 +1296,10 @@ static void send_chunk(persist_t *self, ts_chunk_t *chunk, int *in_flight)
         if (ts_wire_recv(self->inbox, 0, &kind, &ptrs, &n))
             break;
         free(ptrs);
-        if (kind == TS_WIRE_RECOVER_ACK)
+        if (kind == TS_MSG_RECOVER_ACK)
             (*in_flight)--;
     }
-    if (ts_wire_send(self->to_store, TS_WIRE_RECOVERED, (void **)&chunk, 1))
+    if (ts_wire_send(self->to_store, TS_MSG_RECOVERED, (void **)&chunk, 1))
         free(chunk);
     else
         (*in_flight)++;
@@ -1519,7 +1520,7 @@ static void recover(persist_t *self)
             free(chunk);
     }
     sqlite3_finalize(stmt);
-    ts_wire_send(self->to_store, TS_WIRE_RECOVERED, NULL, 0);
+    ts_wire_send(self->to_store, TS_MSG_RECOVERED, NULL, 0);
     ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
     /* From now on keep more pages: confirmations update documents all over
      * the docs table, and each page not in SQLite's cache (2 MB by default)
@@ -1543,12 +1544,12 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         size_t n;
         if (ts_wire_recv(socket, flags, &kind, &ptrs, &n))
             break;
-        if (kind == TS_WIRE_RECOVER) {
+        if (kind == TS_MSG_RECOVER) {
             free(ptrs);
             recover(self);
             continue;
         }
-        if (kind != TS_WIRE_ENVELOPES) { /* includes late RECOVER_ACKs */
+        if (kind != TS_MSG_COMMIT) { /* includes late RECOVER_ACKs */
             free(ptrs);
             continue;
         }
@@ -1589,7 +1590,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     }
     answer_calls(self, batch, nbatch);
     add_metrics(self, batch, nbatch);
-    if (nbatch && ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, (void **)batch, nbatch)) {
+    if (nbatch && ts_wire_send(self->to_front, TS_MSG_ANSWERS, (void **)batch, nbatch)) {
         ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
         for (size_t i = 0; i < nbatch; i++)
             ts_envelope_free(batch[i]);
@@ -1679,7 +1680,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
     ts_actor_quiesce(actor);
-    ts_wire_drain(self.inbox); /* never answered: nothing was promised for them */
+    ts_msg_drain(self.inbox); /* never answered: nothing was promised for them */
 done:
     ts_loop_destroy(&loop);
     persist_cleanup(&self);

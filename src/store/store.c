@@ -1,4 +1,5 @@
 /* store.c — the store actor: documents, pending mutations, reads and writes. */
+#include "msgs/msgs.h"
 #include "therasync/store.h"
 #include "msgs/call.h"
 #include "therasync/json.h"
@@ -1610,7 +1611,7 @@ static int send_to_persist(store_t *self, void **envelopes, size_t n)
     self->persist_batch = next_batch(self);
     for (size_t i = 0; i < n; i++)
         ((ts_envelope_t *)envelopes[i])->persist_batch = self->persist_batch;
-    return ts_wire_send(self->to_persist, TS_WIRE_ENVELOPES, envelopes, n);
+    return ts_wire_send(self->to_persist, TS_MSG_COMMIT, envelopes, n);
 }
 
 /* Applies a message of sync updates as one internal envelope, so that all
@@ -1742,7 +1743,7 @@ static void answer_digest(store_t *self, ts_digest_t *dg)
         free(list);
     }
     void *one = dg;
-    if (!self->to_sync || ts_wire_send(self->to_sync, TS_WIRE_DIGEST, &one, 1))
+    if (!self->to_sync || ts_wire_send(self->to_sync, TS_MSG_DIGEST, &one, 1))
         ts_digest_free(dg);
 }
 
@@ -1766,7 +1767,7 @@ static void hand_outbox_to_sync(store_t *self)
     if (cursor) {
         snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
         void *one = cursor;
-        if (ts_wire_send(self->to_sync, TS_WIRE_SYNC_UPDATES, &one, 1))
+        if (ts_wire_send(self->to_sync, TS_MSG_SYNC_UPDATES, &one, 1))
             ts_sync_update_free(cursor);
     }
     pending_ref_t *refs = self->pending ? malloc(self->pending * sizeof *refs) : NULL;
@@ -1792,7 +1793,7 @@ static void hand_outbox_to_sync(store_t *self)
         }
         if ((batch == 1000 || i == n) && scratch.records) {
             void *one = scratch.records;
-            if (ts_wire_send(self->to_sync, TS_WIRE_OUTBOX, &one, 1))
+            if (ts_wire_send(self->to_sync, TS_MSG_OUTBOX, &one, 1))
                 ts_record_free_list(scratch.records);
             scratch.records = NULL;
             batch = 0;
@@ -1812,7 +1813,7 @@ static bool route_sync_call(store_t *self, ts_envelope_t *e)
     if (!self->to_sync)
         return false;
     void *one = e;
-    return ts_wire_send(self->to_sync, TS_WIRE_SYNC_CALL, &one, 1) == 0;
+    return ts_wire_send(self->to_sync, TS_MSG_SYNC_CALL, &one, 1) == 0;
 }
 
 static void do_sync_standalone(store_t *self, ts_call_t *call)
@@ -1930,7 +1931,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, round ? ZMQ_DONTWAIT : 0, &kind, &ptrs, &n))
             return 0;
         switch (kind) {
-        case TS_WIRE_ENVELOPES: {
+        case TS_MSG_REQUESTS: {
             /* Writes go on to persist; what needs nothing durable (reads,
              * refusals) goes straight back to the front door, which keeps
              * each client's answers in order. */
@@ -1950,7 +1951,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             }
             self->client = NULL;
             n = kept;
-            if (direct && ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, reads, direct)) {
+            if (direct && ts_wire_send(self->to_front, TS_MSG_ANSWERS, reads, direct)) {
                 ts_error(LOG, "cannot pass answers to the front door");
                 for (size_t i = 0; i < direct; i++)
                     ts_envelope_free(reads[i]);
@@ -1964,14 +1965,14 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             }
             break;
         }
-        case TS_WIRE_SYNC_UPDATES:
+        case TS_MSG_SYNC_UPDATES:
             apply_sync_updates(self, ptrs, n);
             break;
-        case TS_WIRE_DIGEST:
+        case TS_MSG_DIGEST_ASK:
             if (n)
                 answer_digest(self, ptrs[0]);
             break;
-        case TS_WIRE_RECOVERED:
+        case TS_MSG_RECOVERED:
             if (n == 0) {
                 self->recovering = false;
                 free(ptrs);
@@ -1980,14 +1981,14 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             for (ts_record_t *r = ((ts_chunk_t *)ptrs[0])->head; r; r = r->next)
                 recover_record(self, r);
             free(ptrs[0]);
-            ts_wire_send(self->to_persist, TS_WIRE_RECOVER_ACK, NULL, 0);
+            ts_wire_send(self->to_persist, TS_MSG_RECOVER_ACK, NULL, 0);
             break;
-        case TS_WIRE_STORAGE:
+        case TS_MSG_STORAGE:
             if (n)
                 self->storage = ptrs[0];
             maybe_publish_status(self);
             break;
-        case TS_WIRE_ROLLBACK: /* envelopes whose writes failed to commit */
+        case TS_MSG_ROLLBACK: /* envelopes whose writes failed to commit */
             for (size_t i = 0; i < n; i++) {
                 ts_envelope_t *e = ptrs[i];
                 for (size_t k = 0; k < e->ncalls; k++) {
@@ -1995,7 +1996,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                     e->calls[k].records = NULL;
                 }
             }
-            if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, ptrs, n)) {
+            if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, ptrs, n)) {
                 ts_error(LOG, "cannot pass answers to the front door");
                 for (size_t i = 0; i < n; i++)
                     ts_envelope_free(ptrs[i]);
@@ -2127,7 +2128,7 @@ static void store_actor(ts_actor_t *actor, void *args)
     int64_t start = ts_mono_us();
     self.recovering = true;
     ts_sq_bulk(self.sq, true); /* indexes sorted once at the end */
-    if (ts_wire_send(self.to_persist, TS_WIRE_RECOVER, NULL, 0))
+    if (ts_wire_send(self.to_persist, TS_MSG_RECOVER, NULL, 0))
         goto done;
     while (self.recovering)
         if (on_inbox(loop, self.inbox, &self) < 0 && self.recovering)
@@ -2150,8 +2151,8 @@ static void store_actor(ts_actor_t *actor, void *args)
     ts_info(LOG, "stopping: %" PRIu64 " writes confirmed, %" PRIu64 " remote changes applied",
             self.confirmed, self.remote_applied);
     ts_actor_quiesce(actor);
-    ts_wire_drain(self.inbox); /* unanswered writes; sync outcomes replay from the outbox */
-    ts_wire_drain(self.sync_inbox);
+    ts_msg_drain(self.inbox); /* unanswered writes; sync outcomes replay from the outbox */
+    ts_msg_drain(self.sync_inbox);
 done:
     ts_loop_destroy(&loop);
     store_cleanup(&self);

@@ -10,6 +10,7 @@
  *   - the feed (pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL | POLL.
  * Only the head of each document's FIFO is ever sent; ready heads wait in a
  * min-heap by seq so the oldest goes first. */
+#include "msgs/msgs.h"
 #include "therasync/sync.h"
 #include "therasync/api.h"
 #include "msgs/call.h"
@@ -321,7 +322,7 @@ static void flush(sync_t *self)
 {
     if (!self->nout)
         return;
-    if (ts_wire_send(self->to_store, TS_WIRE_SYNC_UPDATES, (void **)self->out, self->nout)) {
+    if (ts_wire_send(self->to_store, TS_MSG_SYNC_UPDATES, (void **)self->out, self->nout)) {
         ts_error(LOG, "cannot send %zu updates to the store", self->nout);
         for (size_t i = 0; i < self->nout; i++)
             ts_sync_update_free(self->out[i]);
@@ -1812,7 +1813,7 @@ static void check_start(sync_t *self, int coll)
         return;
     }
     void *p = dg;
-    if (ts_wire_send(self->to_store, TS_WIRE_DIGEST, &p, 1)) {
+    if (ts_wire_send(self->to_store, TS_MSG_DIGEST_ASK, &p, 1)) {
         free(dg); /* the digest answer will come back alone; the check then stalls until */
         k->phase = K_IDLE; /* the next period (have_local stays false) */
         return;
@@ -1933,7 +1934,7 @@ static void check_compare(sync_t *self, check_t *k)
     dg->want_versions = true;
     dg->user = k;
     void *p = dg;
-    if (ts_wire_send(self->to_store, TS_WIRE_DIGEST, &p, 1)) {
+    if (ts_wire_send(self->to_store, TS_MSG_DIGEST_ASK, &p, 1)) {
         free(dg);
         check_finish(self, k);
         return;
@@ -1994,7 +1995,7 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
     else
         ts_call_fail(rd->call, TS_E_INTERNAL, "out of memory");
     void *p = rd->envelope;
-    if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, &p, 1)) {
+    if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, &p, 1)) {
         ts_error(LOG, "cannot answer a %s call", rd->invalidate ? "invalidate" : "sync");
         ts_envelope_free(rd->envelope);
     }
@@ -2024,7 +2025,7 @@ static void on_sync_call(sync_t *self, ts_envelope_t *e)
         if (call)
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         void *p = e;
-        if (ts_wire_send(self->to_front, TS_WIRE_ENVELOPES, &p, 1))
+        if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, &p, 1))
             ts_envelope_free(e);
         return;
     }
@@ -2199,12 +2200,12 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
             break;
         switch (kind) {
-        case TS_API_MSG_RESULT:
+        case TS_MSG_API_RESULT:
             for (size_t i = 0; i < n; i++)
                 on_result(self, ptrs[i]);
             break;
-        case TS_API_MSG_EVENT: on_stream_events(self, ptrs, n); break;
-        case TS_API_MSG_STREAM:
+        case TS_MSG_API_EVENT: on_stream_events(self, ptrs, n); break;
+        case TS_MSG_API_STREAM:
             for (size_t i = 0; i < n; i++) {
                 on_stream_state(self, ptrs[i]);
                 ts_api_stream_msg_free(ptrs[i]);
@@ -2212,7 +2213,7 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
             break;
         default:
             for (size_t i = 0; i < n; i++)
-                ts_api_msg_free(kind, ptrs[i]);
+                ts_msg_free_one(kind, ptrs[i]);
         }
         free(ptrs);
     }
@@ -2249,16 +2250,16 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
             break;
         switch (kind) {
-        case TS_WIRE_OUTBOX: on_outbox(self, ptrs, n); break;
-        case TS_WIRE_SYNC_CALL:
+        case TS_MSG_OUTBOX: on_outbox(self, ptrs, n); break;
+        case TS_MSG_SYNC_CALL:
             for (size_t i = 0; i < n; i++)
                 on_sync_call(self, ptrs[i]);
             break;
-        case TS_WIRE_DIGEST:
+        case TS_MSG_DIGEST:
             for (size_t i = 0; i < n; i++)
                 on_digest_local(self, ptrs[i]);
             break;
-        case TS_WIRE_SYNC_UPDATES: on_hint(self, ptrs, n); break;
+        case TS_MSG_SYNC_UPDATES: on_hint(self, ptrs, n); break;
         default: ts_warn(LOG, "unexpected message kind %#x", kind); break;
         }
         free(ptrs);
@@ -2314,7 +2315,7 @@ static void drain_api(void *s)
     size_t n;
     while (s && ts_wire_recv(s, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
         for (size_t i = 0; i < n; i++)
-            ts_api_msg_free(kind, ptrs[i]);
+            ts_msg_free_one(kind, ptrs[i]);
         free(ptrs);
     }
 }
@@ -2349,7 +2350,7 @@ static void sync_cleanup(sync_t *self)
     for (size_t i = 0; i < self->nout; i++)
         ts_sync_update_free(self->out[i]);
     free(self->out);
-    ts_wire_drain(self->inbox);
+    ts_msg_drain(self->inbox);
     drain_api(self->api_in);
     while (self->reqs)
         req_free(self, self->reqs);

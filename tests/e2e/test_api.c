@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "msgs/msgs.h"
 #include "../support/http.h"
 #include "../support/proc.h"
 #include "therasync/api.h"
@@ -152,7 +153,7 @@ static void drain(void *sock)
     uint32_t kind;
     void *p;
     while ((p = recv_msg(sock, 0, &kind)))
-        ts_api_msg_free(kind, p);
+        ts_msg_free_one(kind, p);
 }
 
 static void teardown(void)
@@ -166,7 +167,7 @@ static void teardown(void)
     }
     for (int q = 0; q < 4; q++) {
         for (size_t i = Q[q].next; i < Q[q].n; i++)
-            ts_api_msg_free(Q[q].kind, Q[q].ptrs[i]);
+            ts_msg_free_one(Q[q].kind, Q[q].ptrs[i]);
         free(Q[q].ptrs);
     }
     memset(Q, 0, sizeof Q);
@@ -207,7 +208,7 @@ static ts_api_result_t *wait_result(int timeout_ms)
     uint32_t kind = 0;
     void *p = recv_msg(S.results, timeout_ms, &kind);
     cr_assert_not_null(p, "no result within %d ms", timeout_ms);
-    cr_assert_eq(kind, TS_API_MSG_RESULT);
+    cr_assert_eq(kind, TS_MSG_API_RESULT);
     return p;
 }
 
@@ -813,7 +814,7 @@ static void stream_read(stream_t *st, int want, int timeout_ms)
         void *p = recv_msg(st->pull, 100, &kind);
         if (!p)
             continue;
-        if (kind == TS_API_MSG_EVENT) {
+        if (kind == TS_MSG_API_EVENT) {
             ts_api_event_t *ev = p;
             cr_assert_lt(st->nseen, 64);
             snprintf(st->seen[st->nseen], 65, "%s", ev->event_id);
@@ -822,14 +823,14 @@ static void stream_read(stream_t *st, int want, int timeout_ms)
             cr_assert(cJSON_IsString(id), "event data: %s", ev->data);
             snprintf(st->docs[st->nseen], 32, "%s", id->valuestring);
             st->nseen++;
-        } else if (kind == TS_API_MSG_STREAM) {
+        } else if (kind == TS_MSG_API_STREAM) {
             ts_api_stream_msg_t *m = p;
             if (m->state == TS_API_STREAM_CONNECTED)
                 st->connected++;
             else if (m->state == TS_API_STREAM_DROPPED)
                 st->dropped++;
         }
-        ts_api_msg_free(kind, p);
+        ts_msg_free_one(kind, p);
     }
 }
 
@@ -900,10 +901,10 @@ Test(api, sse_events_and_resume_after_restart, .timeout = 60)
     while (!res && ts_mono_us() < end) {
         uint32_t kind;
         void *p = recv_msg(st.pull, 100, &kind);
-        if (p && kind == TS_API_MSG_RESULT)
+        if (p && kind == TS_MSG_API_RESULT)
             res = p;
         else if (p)
-            ts_api_msg_free(kind, p);
+            ts_msg_free_one(kind, p);
     }
     cr_assert_not_null(res);
     cr_assert_eq(res->error, TS_API_CANCELLED);
@@ -931,10 +932,10 @@ Test(api, sse_raw_events_are_not_parsed, .init = setup_default)
     while (!ev && ts_mono_us() < end) {
         uint32_t kind;
         void *p = recv_msg(pull, 100, &kind);
-        if (p && kind == TS_API_MSG_EVENT)
+        if (p && kind == TS_MSG_API_EVENT)
             ev = p;
         else if (p)
-            ts_api_msg_free(kind, p);
+            ts_msg_free_one(kind, p);
     }
     cr_assert_not_null(ev, "an event arrived");
     cr_assert_null(ev->json, "not parsed");
@@ -953,11 +954,11 @@ Test(api, sse_refused_when_not_offered, .init = setup_default)
     uint32_t kind;
     void *p = recv_msg(S.results, 5000, &kind);
     cr_assert_not_null(p);
-    cr_assert_eq(kind, TS_API_MSG_STREAM);
+    cr_assert_eq(kind, TS_MSG_API_STREAM);
     ts_api_stream_msg_t *m = p;
     cr_assert_eq(m->state, TS_API_STREAM_REFUSED);
     cr_assert_eq(m->error, TS_API_NOT_FOUND);
-    ts_api_msg_free(kind, p);
+    ts_msg_free_one(kind, p);
     ts_api_result_t *res = wait_result(2000);
     cr_assert_eq(res->error, TS_API_NOT_FOUND);
     ts_api_result_free(res);

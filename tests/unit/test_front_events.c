@@ -4,6 +4,7 @@
  * it pushes committed envelopes into TS_INPROC_FRONT (as persist does) and
  * remote changes into TS_INPROC_EVENTS (as the store does, with the persist
  * batch they must follow), and reads what comes out of the PUB socket. */
+#include "msgs/msgs.h"
 #include "therasync/actor.h"
 #include "msgs/call.h"
 #include "therasync/config.h"
@@ -79,7 +80,7 @@ static void send_committed(rig_t *r, uint32_t batch, const char *payload)
     e->calls[0].events = ts_event_new("doc.sessions", payload, strlen(payload));
     ts_call_set_result(&e->calls[0], strdup("null"), 4);
     void *one = e;
-    cr_assert_eq(ts_wire_send(r->replies, TS_WIRE_ENVELOPES, &one, 1), 0);
+    cr_assert_eq(ts_wire_send(r->replies, TS_MSG_ANSWERS, &one, 1), 0);
 }
 
 /* A remote change, to be published after persist batch `after`. */

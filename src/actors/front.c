@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,11 @@
 /* Messages beyond this are dropped by ZeroMQ itself (connection reset);
  * between max_request_bytes and this they are answered too_large. */
 #define HARD_MESSAGE_LIMIT (64LL << 20)
+/* Calls in one batch. Each call answered costs up to ~200 bytes of answer
+ * whatever it took to write (`1,` gets a 110-byte error), so without a
+ * bound a 1 MiB batch made a 50 MB reply; with it, a batch's answers stay
+ * within its own size plus ~200 KB. */
+#define MAX_BATCH_CALLS 1000
 /* A remote change waits at most this for the batch it is ordered after
  * (that batch could only be lost with a failed send). */
 #define EARLY_MAX_US 1000000
@@ -384,6 +390,45 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     call->body_len = self->scratch.len;
 }
 
+/* Whether item holds a number that overflowed a double: 1e400 reads as
+ * infinity, which JSON cannot write (it would be kept as null). With path,
+ * the first one's place is appended to it ("doc.a[2]"). */
+static bool has_overflow(const cJSON *item, ts_buf_t *path)
+{
+    if (cJSON_IsNumber(item))
+        return !isfinite(item->valuedouble);
+    size_t mark = path ? path->len : 0;
+    int i = 0;
+    for (const cJSON *c = item->child; c; c = c->next, i++) {
+        if (path && c->string)
+            ts_buf_printf(path, "%s%s", mark ? "." : "", c->string);
+        else if (path)
+            ts_buf_printf(path, "[%d]", i);
+        if (has_overflow(c, path))
+            return true;
+        if (path && path->data)
+            path->data[path->len = mark] = '\0';
+    }
+    return false;
+}
+
+/* Refuses params holding a number JSON cannot carry back, naming it. */
+static bool refuse_overflow(ts_call_t *call, const cJSON *p)
+{
+    if (!has_overflow(p, NULL)) /* the usual case: one walk, no names */
+        return false;
+    ts_buf_t path = {0};
+    has_overflow(p, &path);
+    char field[256];
+    snprintf(field, sizeof field, "params%s%s", path.len ? "." : "", path.data ? path.data : "");
+    ts_buf_free(&path);
+    ts_call_fail(call, TS_E_INVALID_PARAMS,
+                 "%s is a number beyond a double's range (JSON could not give it back)", field);
+    if ((call->err_data = cJSON_CreateObject()))
+        cJSON_AddStringToObject(call->err_data, "field", field);
+    return true;
+}
+
 /* Checks the params of a known method; sets an error on the call if wrong. */
 static void check_params(front_t *self, ts_call_t *call)
 {
@@ -392,6 +437,8 @@ static void check_params(front_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params must be an object (named parameters)");
         return;
     }
+    if (p && refuse_overflow(call, p))
+        return;
     if (is_method_with_collection(call->method) ||
         (call->method == TS_M_INVALIDATE && cJSON_GetObjectItemCaseSensitive(p, "collection"))) {
         const char *coll = ts_json_string(p, "collection");
@@ -488,11 +535,20 @@ static char *int_to_json(long long id)
     return NULL;
 }
 
+/* A numeric id is echoed as the integer it is; one that is not an integer
+ * a double holds exactly (a fraction, beyond 2^53, 1e400) could not be
+ * echoed as sent, and is refused (id_usable). */
+static bool id_usable(const cJSON *id)
+{
+    return !id || cJSON_IsString(id) || cJSON_IsNull(id) ||
+           (cJSON_IsNumber(id) && id->valuedouble == floor(id->valuedouble) &&
+            fabs(id->valuedouble) <= 9007199254740991.0);
+}
+
 static char *id_to_json(const cJSON *id)
 {
-    if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble &&
-        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15)
-        return int_to_json((long long)id->valuedouble);
+    if (cJSON_IsNumber(id))
+        return int_to_json((long long)id->valuedouble); /* in range: id_usable */
     return cJSON_PrintUnformatted(id);
 }
 
@@ -507,7 +563,7 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
         return;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-    bool id_ok = !id || cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsNull(id);
+    bool id_ok = id_usable(id);
     if (id)
         call->id_json = id_ok ? id_to_json(id) : strdup("null");
     const char *version = ts_json_string(req, "jsonrpc");
@@ -516,7 +572,8 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
         if (!call->id_json)
             call->id_json = strdup("null");
         ts_call_fail(call, TS_E_INVALID_REQUEST,
-                     !id_ok ? "id must be a string, a number or null"
+                     !id_ok ? "id must be a string, an integer of at most 2^53 - 1 "
+                              "(9007199254740991) either way, or null"
                      : !cJSON_IsString(method) ? "method must be a string"
                                               : "jsonrpc must be \"2.0\"");
         cJSON_Delete(req);
@@ -542,6 +599,21 @@ static ts_envelope_t *error_envelope(int code, const char *message)
     e->calls[0].method = TS_M_NONE;
     e->calls[0].id_json = strdup("null");
     ts_call_fail(&e->calls[0], code, "%s", message);
+    return e;
+}
+
+/* One invalid_request for a batch over MAX_BATCH_CALLS, with the limit in
+ * error.data. */
+static ts_envelope_t *batch_too_large(long calls)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "a batch of %ld calls is over the limit of %d calls", calls,
+             MAX_BATCH_CALLS);
+    ts_envelope_t *e = error_envelope(TS_E_INVALID_REQUEST, msg);
+    if (e && (e->calls[0].err_data = cJSON_CreateObject())) {
+        cJSON_AddNumberToObject(e->calls[0].err_data, "limit", MAX_BATCH_CALLS);
+        cJSON_AddNumberToObject(e->calls[0].err_data, "calls", (double)calls);
+    }
     return e;
 }
 
@@ -722,6 +794,21 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
     ts_envelope_t *write = fast_write(self, data, len);
     if (write)
         return write;
+    /* Counted on the text, before cJSON builds a tree of every element. */
+    const char *first = data;
+    while (first < data + len && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r'))
+        first++;
+    long count = first < data + len && *first == '[' ? ts_json_text_count(data, len) : 0;
+    if (count > MAX_BATCH_CALLS)
+        return batch_too_large(count);
+    /* What cJSON would take and get wrong (the fast way declines it). */
+    const char *fault = ts_json_string_fault(data, len);
+    if (fault) {
+        self->parse_errors++;
+        char msg[160];
+        snprintf(msg, sizeof msg, "request refused: %s", fault);
+        return error_envelope(TS_E_PARSE, msg);
+    }
     cJSON *root = cJSON_ParseWithLength(data, len);
     if (!root) {
         self->parse_errors++;
@@ -733,6 +820,10 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
         if (n == 0) {
             cJSON_Delete(root);
             return error_envelope(TS_E_INVALID_REQUEST, "empty batch");
+        }
+        if (n > MAX_BATCH_CALLS) { /* the text count and cJSON differ on odd text */
+            cJSON_Delete(root);
+            return batch_too_large((long)n);
         }
         ts_envelope_t *e = ts_envelope_new(n);
         if (!e) {
@@ -819,21 +910,18 @@ static ts_envelope_t *read_request(front_t *self, bool *more)
     return e;
 }
 
-static bool envelope_answered(const ts_envelope_t *e)
-{
-    for (size_t i = 0; i < e->ncalls; i++)
-        if (!e->calls[i].err_code && !e->calls[i].result)
-            return false;
-    return true;
-}
-
+/* A request that does not fit under max_inflight is not taken: each of
+ * its calls is answered busy, also one answered while it was read (an
+ * invalid call costs the pipeline as much as a valid one). */
 static void answer_busy(front_t *self, ts_envelope_t *e)
 {
     self->busy++;
-    for (size_t i = 0; i < e->ncalls; i++)
-        if (!e->calls[i].err_code)
-            ts_call_fail(&e->calls[i], TS_E_BUSY,
-                         "the engine has %zu calls in flight; retry later", self->inflight);
+    for (size_t i = 0; i < e->ncalls; i++) {
+        cJSON_Delete(e->calls[i].err_data);
+        e->calls[i].err_data = NULL;
+        ts_call_fail(&e->calls[i], TS_E_BUSY,
+                     "the engine has %zu calls in flight; retry later", self->inflight);
+    }
     for (size_t i = 0; i < e->ncalls; i++) {
         ts_event_free_list(e->calls[i].events);
         e->calls[i].events = NULL;
@@ -854,7 +942,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         if (!e)
             continue;
         take_ticket(self, e);
-        if (self->inflight + e->ncalls > self->config->max_inflight && !envelope_answered(e)) {
+        if (self->inflight + e->ncalls > self->config->max_inflight) {
             answer_busy(self, e);
             continue;
         }

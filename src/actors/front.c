@@ -33,6 +33,14 @@
 /* A remote change waits at most this for the batch it is ordered after
  * (that batch could only be lost with a failed send). */
 #define EARLY_MAX_US 1000000
+/* What a subscriber that does not read can cost: ZeroMQ queues up to its
+ * send high-water mark of events for it and drops the newest beyond that
+ * (the HWM counts messages, not bytes), so the bytes are bounded by
+ * bounding an event's size too: an event over EVENT_MAX_BYTES goes out
+ * without its doc (the subscriber reads it with `get`). 64 MiB a
+ * subscriber; a 100,000-event HWM let one hold ~860 MB of 300 KB events. */
+#define EVENT_MAX_BYTES (64 << 10)
+#define EVENT_QUEUE_BYTES (64 << 20)
 
 /* One client with answers outstanding, by its routing id. */
 typedef struct client {
@@ -57,6 +65,13 @@ typedef struct early_event {
     char data[]; /* topic, then payload */
 } early_event_t;
 
+/* The events published on one topic so far. */
+typedef struct {
+    char *name;
+    size_t len;
+    uint64_t seq;
+} topic_t;
+
 typedef struct {
     const ts_config_t *config;
     ts_front_args_t *args;
@@ -74,6 +89,10 @@ typedef struct {
     int64_t drain_deadline_us;
     uint32_t published_batch;   /* the last persist batch whose events are out */
     early_event_t *early, *early_last; /* remote changes waiting for a batch, in order */
+    char boot[37];    /* this run's id, in every event */
+    topic_t *topics;  /* each topic's seq, for subscribers to see a gap */
+    size_t ntopics;
+    ts_buf_t slim;    /* an event too large, without its doc */
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
     uint64_t errors, busy, too_large, parse_errors;
@@ -171,10 +190,79 @@ static void send_reply(front_t *self, const ts_envelope_t *e, const char *payloa
         ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
 }
 
+/* The next seq of topic: 1, 2, ... on each topic from each start (a prefix
+ * subscription takes whole topics, so a gap in one topic's numbers is a
+ * dropped event whatever a subscriber subscribed to). 0 when memory ran out. */
+static uint64_t next_seq(front_t *self, const char *topic, size_t tlen)
+{
+    for (size_t i = 0; i < self->ntopics; i++) /* a handful: the collections and four more */
+        if (self->topics[i].len == tlen && memcmp(self->topics[i].name, topic, tlen) == 0)
+            return ++self->topics[i].seq;
+    topic_t *more = realloc(self->topics, (self->ntopics + 1) * sizeof *more);
+    if (!more)
+        return 0;
+    self->topics = more;
+    topic_t *t = &self->topics[self->ntopics];
+    if (!(t->name = ts_memdup(topic, tlen)))
+        return 0;
+    t->len = tlen;
+    t->seq = 1;
+    self->ntopics++;
+    return 1;
+}
+
+/* The event without params.doc (and with doc_omitted: true) into
+ * self->slim, when it has one; params is where its params object starts. */
+static bool slim_event(front_t *self, const char *payload, const char *params, const char *end)
+{
+    ts_buf_t *b = &self->slim;
+    ts_json_member_t m;
+    bool omitted = false, first = true;
+    ts_buf_reset(b);
+    ts_buf_append(b, payload, (size_t)(params - payload) + 1);
+    for (size_t pos = 0; ts_json_text_member(params, (size_t)(end - 1 - params), &pos, &m);) {
+        if (!m.escaped && ts_name_is("doc", m.key, m.key_len)) {
+            omitted = true;
+            continue;
+        }
+        ts_buf_puts(b, first ? "" : ",");
+        ts_buf_append(b, m.key - 1, (size_t)(m.value + m.value_len - (m.key - 1)));
+        first = false;
+    }
+    ts_buf_puts(b, first ? "\"doc_omitted\":true}}" : ",\"doc_omitted\":true}}");
+    return omitted && b->data;
+}
+
+/* Publishes an event with seq and boot added to its params (the last
+ * member of every event the store makes: {"jsonrpc", "method", "params"});
+ * a payload of another shape goes out as it is. */
 static void publish(front_t *self, const char *topic, size_t tlen, const char *payload, size_t plen)
 {
+    const char *end = payload + plen;
+    const char *params = plen > 3 && memcmp(end - 2, "}}", 2) == 0
+                             ? ts_json_text_find(payload, end, "params", 6)
+                             : NULL;
+    uint64_t seq = params && *params == '{' ? next_seq(self, topic, tlen) : 0;
+    if (seq && plen > EVENT_MAX_BYTES && slim_event(self, payload, params, end)) {
+        payload = self->slim.data;
+        plen = self->slim.len;
+    }
+    char stamp[96];
+    int n = seq ? snprintf(stamp, sizeof stamp, "%s\"seq\":%llu,\"boot\":\"%s\"}}",
+                           payload[plen - 3] == '{' ? "" : ",", (unsigned long long)seq,
+                           self->boot)
+                : 0;
+    zmq_msg_t msg;
     zmq_send(self->pub, topic, tlen, ZMQ_SNDMORE);
-    zmq_send(self->pub, payload, plen, 0);
+    if (n <= 0 || (size_t)n >= sizeof stamp || zmq_msg_init_size(&msg, plen - 2 + (size_t)n)) {
+        zmq_send(self->pub, payload, plen, 0);
+        return;
+    }
+    char *out = zmq_msg_data(&msg); /* one copy of the payload, as zmq_send makes */
+    memcpy(out, payload, plen - 2);
+    memcpy(out + plen - 2, stamp, (size_t)n);
+    if (zmq_msg_send(&msg, self->pub, 0) < 0)
+        zmq_msg_close(&msg);
 }
 
 static void finish_envelope(front_t *self, ts_envelope_t *e);
@@ -1079,9 +1167,10 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     if (type == ZMQ_PUB) {
         /* A subscriber that falls behind gets this many events queued
-         * before ZeroMQ drops its newest ones (the default 1000 is half a
-         * second of a busy clinic's writes). */
-        int hwm = 100000;
+         * before ZeroMQ drops its newest ones: EVENT_QUEUE_BYTES of the
+         * largest events (1,024; also some 0.5 s of a busy clinic's
+         * writes, beside what the kernel's socket buffers hold). */
+        int hwm = EVENT_QUEUE_BYTES / EVENT_MAX_BYTES;
         zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     }
     if (type == ZMQ_ROUTER) {
@@ -1103,6 +1192,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
 {
     ts_front_args_t *args = arg;
     front_t self = {.config = args->config, .args = args, .warn_at = 4096};
+    ts_uuidv7(self.boot);
     void *zctx = ts_actor_zctx(actor);
     self.loop = ts_loop_new();
     if (!self.loop || !(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
@@ -1140,6 +1230,10 @@ done:
         }
     }
     ts_buf_free(&self.scratch);
+    ts_buf_free(&self.slim);
+    for (size_t i = 0; i < self.ntopics; i++)
+        free(self.topics[i].name);
+    free(self.topics);
     void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

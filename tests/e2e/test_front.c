@@ -1266,3 +1266,254 @@ Test(front_tight, invalid_calls_count_against_max_inflight, .init = start_tight,
                      ->valueint, 1);
     cJSON_Delete(m);
 }
+
+/* ---- events: a seq per topic, and what a slow subscriber costs ---- */
+
+static ts_engine_t ev_engine;
+static void *ev_sub; /* closed by stop_ev too: a failed test leaves it open */
+
+static void start_ev(void)
+{
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"), NULL};
+    cr_assert_eq(ts_engine_start(&ev_engine, args), 0, "therasyncd did not start (log: %s)",
+                 ev_engine.proc.log_path);
+}
+
+static void stop_ev(void)
+{
+    if (ev_sub)
+        zmq_close(ev_sub);
+    ev_sub = NULL;
+    ts_engine_destroy(&ev_engine);
+}
+
+/* A SUB on the engine's events; a slow one reads nothing on its own and
+ * takes as little as it can from the socket (one message, 4 KB). */
+static void *subscriber(const char *topic, bool slow)
+{
+    void *s = zmq_socket(ev_engine.zctx, ZMQ_SUB);
+    int zero = 0, one = 1, small = 4096;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    if (slow) {
+        zmq_setsockopt(s, ZMQ_RCVHWM, &one, sizeof one);
+        zmq_setsockopt(s, ZMQ_RCVBUF, &small, sizeof small);
+    }
+    zmq_setsockopt(s, ZMQ_SUBSCRIBE, topic, strlen(topic));
+    cr_assert_eq(zmq_connect(s, ev_engine.events), 0);
+    if (ev_sub)
+        zmq_close(ev_sub);
+    return ev_sub = s;
+}
+
+/* The next event: its topic into topic, its payload parsed; NULL when none
+ * comes within timeout_ms. */
+static cJSON *next_event(void *sub, char *topic, size_t size, int timeout_ms)
+{
+    zmq_pollitem_t item = {.socket = sub, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, timeout_ms) != 1)
+        return NULL;
+    int n = zmq_recv(sub, topic, size - 1, 0);
+    cr_assert(n >= 0);
+    topic[(size_t)n < size ? (size_t)n : size - 1] = '\0';
+    zmq_msg_t m;
+    zmq_msg_init(&m);
+    cr_assert(zmq_msg_recv(&m, sub, 0) >= 0);
+    cJSON *ev = cJSON_ParseWithLength(zmq_msg_data(&m), zmq_msg_size(&m));
+    zmq_msg_close(&m);
+    cr_assert_not_null(ev, "an event is JSON");
+    return ev;
+}
+
+/* Creates consultations until sub has an event (a SUB joins late): from
+ * then on it sees everything. doc.sessions is untouched. */
+static void warm_up(void *sub)
+{
+    char topic[64];
+    for (int i = 0; i < 100; i++) {
+        cJSON *c = ts_rpc(&ev_engine, "create", "{\"collection\":\"consultations\",\"doc\":{}}");
+        cr_assert_not_null(ts_rpc_result(c));
+        cJSON_Delete(c);
+        cJSON *ev = next_event(sub, topic, sizeof topic, 100);
+        if (ev) {
+            cJSON_Delete(ev);
+            while ((ev = next_event(sub, topic, sizeof topic, 100))) /* the rest of the warm-up */
+                cJSON_Delete(ev);
+            return;
+        }
+    }
+    cr_assert_fail("the subscriber never got an event");
+}
+
+/* A batch of n writes of method with params from fmt (given i), answered
+ * without error. */
+static void write_batch(const char *method, const char *fmt, const char *arg, int from, int n)
+{
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "[");
+    for (int i = from; i < from + n; i++) {
+        ts_buf_printf(&b, "%s{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\",\"params\":", i > from ? "," : "",
+                      i, method);
+        ts_buf_printf(&b, fmt, arg, i);
+        ts_buf_puts(&b, "}");
+    }
+    ts_buf_puts(&b, "]");
+    char *reply = ts_rpc_raw(ev_engine.dealer, b.data, b.len, 60000);
+    ts_buf_free(&b);
+    cr_assert_not_null(reply);
+    cJSON *r = cJSON_Parse(reply);
+    free(reply);
+    cr_assert_eq(cJSON_GetArraySize(r), n);
+    for (const cJSON *x = r->child; x; x = x->next)
+        cr_assert_not_null(ts_rpc_result((cJSON *)x), "a write failed");
+    cJSON_Delete(r);
+}
+
+/* n updates of document id ({"n": i}), sent alone (each answer carries the
+ * document: a batch's would be n of them), 20 at a time. */
+static void update_often(const char *id, int n)
+{
+    for (int from = 0; from < n; from += 20) {
+        for (int i = from; i < from + 20 && i < n; i++) {
+            char p[256];
+            int len = snprintf(p, sizeof p,
+                               "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"update\",\"params\":"
+                               "{\"collection\":\"sessions\",\"id\":\"%s\",\"patch\":{\"n\":%d}}}",
+                               i, id, i);
+            cr_assert_eq(zmq_send(ev_engine.dealer, p, (size_t)len, 0), len);
+        }
+        for (int i = from; i < from + 20 && i < n; i++) {
+            zmq_pollitem_t item = {.socket = ev_engine.dealer, .events = ZMQ_POLLIN};
+            cr_assert_eq(zmq_poll(&item, 1, 30000), 1, "update %d of %s unanswered", i, id);
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            cr_assert(zmq_msg_recv(&m, ev_engine.dealer, 0) >= 0);
+            cr_assert_null(memmem(zmq_msg_data(&m), zmq_msg_size(&m), "\"error\"", 7),
+                           "update %d of %s failed", i, id);
+            zmq_msg_close(&m);
+        }
+    }
+}
+
+static long long event_seq(const cJSON *ev, const char **boot)
+{
+    const cJSON *p = cJSON_GetObjectItem(ev, "params");
+    const cJSON *seq = cJSON_GetObjectItem(p, "seq");
+    const cJSON *b = cJSON_GetObjectItem(p, "boot");
+    cr_assert(cJSON_IsNumber(seq) && cJSON_IsString(b), "an event has seq and boot");
+    cr_assert_eq(strlen(b->valuestring), 36);
+    *boot = b->valuestring;
+    return (long long)seq->valuedouble;
+}
+
+/* Under normal load a subscriber sees each topic's seq go 1, 2, 3 ...
+ * with one boot id; after a restart, a new boot and seq from 1 again. */
+Test(front_events, each_topic_counts_its_events_from_one_each_boot, .init = start_ev,
+     .fini = stop_ev, .timeout = 60)
+{
+    char first_boot[37] = "";
+    for (int run = 0; run < 2; run++) {
+        void *sub = subscriber("doc.", false);
+        warm_up(sub);
+        write_batch("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s%d\"}}",
+                    run ? "r" : "s", 0, 300);
+        write_batch("update", "{\"collection\":\"sessions\",\"id\":\"%s%d\",\"patch\":{\"n\":1}}",
+                    run ? "r" : "s", 0, 100);
+        char topic[64];
+        long long want = 1;
+        for (cJSON *ev; want <= 400 && (ev = next_event(sub, topic, sizeof topic, 5000));) {
+            const char *boot;
+            long long seq = event_seq(ev, &boot);
+            if (strcmp(topic, "doc.sessions") == 0) {
+                cr_assert_eq(seq, want, "doc.sessions seq %lld where %lld was due", seq, want);
+                want++;
+                if (!*first_boot)
+                    snprintf(first_boot, sizeof first_boot, "%s", boot);
+                else if (run == 0)
+                    cr_assert_str_eq(boot, first_boot, "one boot id a run");
+                else
+                    cr_assert_str_neq(boot, first_boot, "a restart has a new boot id");
+            }
+            cJSON_Delete(ev);
+        }
+        cr_assert_eq(want, 401, "all 400 events came");
+        if (run == 0) {
+            const char *args[] = {"--policies",
+                                  ts_source_path("tests/fixtures/policies/permissive"), NULL};
+            cr_assert_eq(ts_engine_stop(&ev_engine), 0);
+            cr_assert_eq(ts_engine_restart(&ev_engine, args), 0);
+        }
+    }
+}
+
+/* A subscriber that does not read while large events go out: the daemon
+ * keeps a bounded queue for it (it held ~860 MB before), an event over
+ * 64 KiB goes out without its doc, and the subscriber sees the events it
+ * lost as a gap in seq. */
+Test(front_events, a_slow_subscriber_costs_bounded_memory_and_sees_a_gap, .init = start_ev,
+     .fini = stop_ev, .timeout = 240)
+{
+    void *sub = subscriber("doc.", true);
+    warm_up(sub);
+    long rss0 = proc_kib(ev_engine.proc.pid, "VmRSS");
+    /* 1,500 events of a 200 KB document: 300 MB if all were queued */
+    ts_buf_t big = {0};
+    ts_buf_puts(&big, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"big\",\"notes\":\"");
+    for (int i = 0; i < 200000 / 8; i++)
+        ts_buf_puts(&big, "notes 1 ");
+    ts_buf_puts(&big, "\"}}");
+    cJSON *c = ts_rpc(&ev_engine, "create", big.data);
+    cr_assert_not_null(ts_rpc_result(c));
+    cJSON_Delete(c);
+    update_often("big", 1500);
+    long rss1 = proc_kib(ev_engine.proc.pid, "VmRSS");
+    cr_log_info("VmRSS %ld -> %ld KiB after 1,500 events of 200 KB", rss0, rss1);
+    cr_assert_lt(rss1 - rss0, 64 * 1024, "VmRSS grew from %ld to %ld KiB", rss0, rss1);
+    /* 1,500 events of 50 KB (under the limit, sent whole): more than the
+     * queue holds */
+    ts_buf_reset(&big);
+    ts_buf_puts(&big, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"mid\",\"notes\":\"");
+    for (int i = 0; i < 50000 / 8; i++)
+        ts_buf_puts(&big, "notes 2 ");
+    ts_buf_puts(&big, "\"}}");
+    c = ts_rpc(&ev_engine, "create", big.data);
+    cr_assert_not_null(ts_rpc_result(c));
+    cJSON_Delete(c);
+    ts_buf_free(&big);
+    update_often("mid", 1500);
+    long rss2 = proc_kib(ev_engine.proc.pid, "VmRSS");
+    cr_log_info("VmRSS %ld KiB after 1,500 events of 50 KB", rss2);
+    cr_assert_lt(rss2 - rss0, 128 * 1024, "VmRSS grew from %ld to %ld KiB", rss0, rss2);
+    /* what reaches the subscriber now: seq always rises, and jumps where
+     * events were dropped */
+    char topic[64];
+    long long last = 0, got = 0, gaps = 0, slim = 0;
+    for (cJSON *ev; (ev = next_event(sub, topic, sizeof topic, 2000));) {
+        const char *boot;
+        long long seq = event_seq(ev, &boot);
+        if (strcmp(topic, "doc.sessions") == 0) {
+            cr_assert_gt(seq, last, "seq rises");
+            gaps += seq > last + 1;
+            last = seq;
+            got++;
+            const cJSON *p = cJSON_GetObjectItem(ev, "params");
+            if (cJSON_IsTrue(cJSON_GetObjectItem(p, "doc_omitted"))) {
+                cr_assert_null(cJSON_GetObjectItem(p, "doc"));
+                cr_assert_str_eq(cJSON_GetObjectItem(p, "id")->valuestring, "big");
+                slim++;
+            }
+        }
+        cJSON_Delete(ev);
+    }
+    cr_log_info("%lld of 3,002 events, %lld gaps, %lld without their doc", got, gaps, slim);
+    cr_assert_lt(got, 3002, "some were dropped");
+    cr_assert_geq(gaps, 1, "and the drop shows as a gap");
+    cr_assert_gt(slim, 0, "the 200 KB document's events came without it");
+    /* ZeroMQ drops the newest while the queue is full, so the last ones
+     * may be lost too: the next event, 3,003rd, shows what was missed. */
+    update_often("mid", 1);
+    cJSON *ev = next_event(sub, topic, sizeof topic, 5000);
+    cr_assert_not_null(ev, "a subscriber that reads again gets new events");
+    const char *boot;
+    cr_assert_eq(event_seq(ev, &boot), 3003);
+    cJSON_Delete(ev);
+}

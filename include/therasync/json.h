@@ -91,6 +91,13 @@ typedef const char *ts_json_member_fn(void *arg, const char *key, size_t key_len
 const char *ts_json_strict_members(const char *p, const char *end, ts_json_member_fn *fn,
                                    void *arg);
 
+/* What cJSON would let through and get wrong in the strings of text
+ * (valid UTF-8): a NUL byte, an escape that is not one of JSON's (cJSON
+ * reads "\uZZZZ" as NUL), or "\u0000" (cJSON cuts the string there). NULL
+ * when there is none; else what was found, for an error message. A
+ * backslash outside strings (invalid JSON) is judged as an escape. */
+const char *ts_json_string_fault(const char *text, size_t len);
+
 /* The string at p when it is strict JSON written without escapes: the
  * position after its closing quote; NULL otherwise. */
 const char *ts_json_plain_string(const char *p, const char *end);

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,9 +26,22 @@
 /* Messages beyond this are dropped by ZeroMQ itself (connection reset);
  * between max_request_bytes and this they are answered too_large. */
 #define HARD_MESSAGE_LIMIT (64LL << 20)
+/* Calls in one batch. Each call answered costs up to ~200 bytes of answer
+ * whatever it took to write (`1,` gets a 110-byte error), so without a
+ * bound a 1 MiB batch made a 50 MB reply; with it, a batch's answers stay
+ * within its own size plus ~200 KB. */
+#define MAX_BATCH_CALLS 1000
 /* A remote change waits at most this for the batch it is ordered after
  * (that batch could only be lost with a failed send). */
 #define EARLY_MAX_US 1000000
+/* What a subscriber that does not read can cost: ZeroMQ queues up to its
+ * send high-water mark of events for it and drops the newest beyond that
+ * (the HWM counts messages, not bytes), so the bytes are bounded by
+ * bounding an event's size too: an event over EVENT_MAX_BYTES goes out
+ * without its doc (the subscriber reads it with `get`). 64 MiB a
+ * subscriber; a 100,000-event HWM let one hold ~860 MB of 300 KB events. */
+#define EVENT_MAX_BYTES (64 << 10)
+#define EVENT_QUEUE_BYTES (64 << 20)
 
 /* One client with answers outstanding, by its routing id. */
 typedef struct client {
@@ -52,6 +66,13 @@ typedef struct early_event {
     char data[]; /* topic, then payload */
 } early_event_t;
 
+/* The events published on one topic so far. */
+typedef struct {
+    char *name;
+    size_t len;
+    uint64_t seq;
+} topic_t;
+
 typedef struct {
     const ts_config_t *config;
     ts_front_args_t *args;
@@ -69,6 +90,10 @@ typedef struct {
     int64_t drain_deadline_us;
     uint32_t published_batch;   /* the last persist batch whose events are out */
     early_event_t *early, *early_last; /* remote changes waiting for a batch, in order */
+    char boot[37];    /* this run's id, in every event */
+    topic_t *topics;  /* each topic's seq, for subscribers to see a gap */
+    size_t ntopics;
+    ts_buf_t slim;    /* an event too large, without its doc */
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
     uint64_t errors, busy, too_large, parse_errors;
@@ -166,10 +191,79 @@ static void send_reply(front_t *self, const ts_envelope_t *e, const char *payloa
         ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
 }
 
+/* The next seq of topic: 1, 2, ... on each topic from each start (a prefix
+ * subscription takes whole topics, so a gap in one topic's numbers is a
+ * dropped event whatever a subscriber subscribed to). 0 when memory ran out. */
+static uint64_t next_seq(front_t *self, const char *topic, size_t tlen)
+{
+    for (size_t i = 0; i < self->ntopics; i++) /* a handful: the collections and four more */
+        if (self->topics[i].len == tlen && memcmp(self->topics[i].name, topic, tlen) == 0)
+            return ++self->topics[i].seq;
+    topic_t *more = realloc(self->topics, (self->ntopics + 1) * sizeof *more);
+    if (!more)
+        return 0;
+    self->topics = more;
+    topic_t *t = &self->topics[self->ntopics];
+    if (!(t->name = ts_memdup(topic, tlen)))
+        return 0;
+    t->len = tlen;
+    t->seq = 1;
+    self->ntopics++;
+    return 1;
+}
+
+/* The event without params.doc (and with doc_omitted: true) into
+ * self->slim, when it has one; params is where its params object starts. */
+static bool slim_event(front_t *self, const char *payload, const char *params, const char *end)
+{
+    ts_buf_t *b = &self->slim;
+    ts_json_member_t m;
+    bool omitted = false, first = true;
+    ts_buf_reset(b);
+    ts_buf_append(b, payload, (size_t)(params - payload) + 1);
+    for (size_t pos = 0; ts_json_text_member(params, (size_t)(end - 1 - params), &pos, &m);) {
+        if (!m.escaped && ts_name_is("doc", m.key, m.key_len)) {
+            omitted = true;
+            continue;
+        }
+        ts_buf_puts(b, first ? "" : ",");
+        ts_buf_append(b, m.key - 1, (size_t)(m.value + m.value_len - (m.key - 1)));
+        first = false;
+    }
+    ts_buf_puts(b, first ? "\"doc_omitted\":true}}" : ",\"doc_omitted\":true}}");
+    return omitted && b->data;
+}
+
+/* Publishes an event with seq and boot added to its params (the last
+ * member of every event the store makes: {"jsonrpc", "method", "params"});
+ * a payload of another shape goes out as it is. */
 static void publish(front_t *self, const char *topic, size_t tlen, const char *payload, size_t plen)
 {
+    const char *end = payload + plen;
+    const char *params = plen > 3 && memcmp(end - 2, "}}", 2) == 0
+                             ? ts_json_text_find(payload, end, "params", 6)
+                             : NULL;
+    uint64_t seq = params && *params == '{' ? next_seq(self, topic, tlen) : 0;
+    if (seq && plen > EVENT_MAX_BYTES && slim_event(self, payload, params, end)) {
+        payload = self->slim.data;
+        plen = self->slim.len;
+    }
+    char stamp[96];
+    int n = seq ? snprintf(stamp, sizeof stamp, "%s\"seq\":%llu,\"boot\":\"%s\"}}",
+                           payload[plen - 3] == '{' ? "" : ",", (unsigned long long)seq,
+                           self->boot)
+                : 0;
+    zmq_msg_t msg;
     zmq_send(self->pub, topic, tlen, ZMQ_SNDMORE);
-    zmq_send(self->pub, payload, plen, 0);
+    if (n <= 0 || (size_t)n >= sizeof stamp || zmq_msg_init_size(&msg, plen - 2 + (size_t)n)) {
+        zmq_send(self->pub, payload, plen, 0);
+        return;
+    }
+    char *out = zmq_msg_data(&msg); /* one copy of the payload, as zmq_send makes */
+    memcpy(out, payload, plen - 2);
+    memcpy(out + plen - 2, stamp, (size_t)n);
+    if (zmq_msg_send(&msg, self->pub, 0) < 0)
+        zmq_msg_close(&msg);
 }
 
 static void finish_envelope(front_t *self, ts_envelope_t *e);
@@ -385,6 +479,45 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     call->body_len = self->scratch.len;
 }
 
+/* Whether item holds a number that overflowed a double: 1e400 reads as
+ * infinity, which JSON cannot write (it would be kept as null). With path,
+ * the first one's place is appended to it ("doc.a[2]"). */
+static bool has_overflow(const cJSON *item, ts_buf_t *path)
+{
+    if (cJSON_IsNumber(item))
+        return !isfinite(item->valuedouble);
+    size_t mark = path ? path->len : 0;
+    int i = 0;
+    for (const cJSON *c = item->child; c; c = c->next, i++) {
+        if (path && c->string)
+            ts_buf_printf(path, "%s%s", mark ? "." : "", c->string);
+        else if (path)
+            ts_buf_printf(path, "[%d]", i);
+        if (has_overflow(c, path))
+            return true;
+        if (path && path->data)
+            path->data[path->len = mark] = '\0';
+    }
+    return false;
+}
+
+/* Refuses params holding a number JSON cannot carry back, naming it. */
+static bool refuse_overflow(ts_call_t *call, const cJSON *p)
+{
+    if (!has_overflow(p, NULL)) /* the usual case: one walk, no names */
+        return false;
+    ts_buf_t path = {0};
+    has_overflow(p, &path);
+    char field[256];
+    snprintf(field, sizeof field, "params%s%s", path.len ? "." : "", path.data ? path.data : "");
+    ts_buf_free(&path);
+    ts_call_fail(call, TS_E_INVALID_PARAMS,
+                 "%s is a number beyond a double's range (JSON could not give it back)", field);
+    if ((call->err_data = cJSON_CreateObject()))
+        cJSON_AddStringToObject(call->err_data, "field", field);
+    return true;
+}
+
 /* Checks the params of a known method; sets an error on the call if wrong. */
 static void check_params(front_t *self, ts_call_t *call)
 {
@@ -393,6 +526,8 @@ static void check_params(front_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params must be an object (named parameters)");
         return;
     }
+    if (p && refuse_overflow(call, p))
+        return;
     if (is_method_with_collection(call->method) ||
         (call->method == TS_M_INVALIDATE && cJSON_GetObjectItemCaseSensitive(p, "collection"))) {
         const char *coll = ts_json_string(p, "collection");
@@ -489,11 +624,20 @@ static char *int_to_json(long long id)
     return NULL;
 }
 
+/* A numeric id is echoed as the integer it is; one that is not an integer
+ * a double holds exactly (a fraction, beyond 2^53, 1e400) could not be
+ * echoed as sent, and is refused (id_usable). */
+static bool id_usable(const cJSON *id)
+{
+    return !id || cJSON_IsString(id) || cJSON_IsNull(id) ||
+           (cJSON_IsNumber(id) && id->valuedouble == floor(id->valuedouble) &&
+            fabs(id->valuedouble) <= 9007199254740991.0);
+}
+
 static char *id_to_json(const cJSON *id)
 {
-    if (cJSON_IsNumber(id) && id->valuedouble == (double)(long long)id->valuedouble &&
-        id->valuedouble > -9.0e15 && id->valuedouble < 9.0e15)
-        return int_to_json((long long)id->valuedouble);
+    if (cJSON_IsNumber(id))
+        return int_to_json((long long)id->valuedouble); /* in range: id_usable */
     return cJSON_PrintUnformatted(id);
 }
 
@@ -508,7 +652,7 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
         return;
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
-    bool id_ok = !id || cJSON_IsString(id) || cJSON_IsNumber(id) || cJSON_IsNull(id);
+    bool id_ok = id_usable(id);
     if (id)
         call->id_json = id_ok ? id_to_json(id) : strdup("null");
     const char *version = ts_json_string(req, "jsonrpc");
@@ -517,7 +661,8 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
         if (!call->id_json)
             call->id_json = strdup("null");
         ts_call_fail(call, TS_E_INVALID_REQUEST,
-                     !id_ok ? "id must be a string, a number or null"
+                     !id_ok ? "id must be a string, an integer of at most 2^53 - 1 "
+                              "(9007199254740991) either way, or null"
                      : !cJSON_IsString(method) ? "method must be a string"
                                               : "jsonrpc must be \"2.0\"");
         cJSON_Delete(req);
@@ -543,6 +688,21 @@ static ts_envelope_t *error_envelope(int code, const char *message)
     e->calls[0].method = TS_M_NONE;
     e->calls[0].id_json = strdup("null");
     ts_call_fail(&e->calls[0], code, "%s", message);
+    return e;
+}
+
+/* One invalid_request for a batch over MAX_BATCH_CALLS, with the limit in
+ * error.data. */
+static ts_envelope_t *batch_too_large(long calls)
+{
+    char msg[128];
+    snprintf(msg, sizeof msg, "a batch of %ld calls is over the limit of %d calls", calls,
+             MAX_BATCH_CALLS);
+    ts_envelope_t *e = error_envelope(TS_E_INVALID_REQUEST, msg);
+    if (e && (e->calls[0].err_data = cJSON_CreateObject())) {
+        cJSON_AddNumberToObject(e->calls[0].err_data, "limit", MAX_BATCH_CALLS);
+        cJSON_AddNumberToObject(e->calls[0].err_data, "calls", (double)calls);
+    }
     return e;
 }
 
@@ -723,6 +883,21 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
     ts_envelope_t *write = fast_write(self, data, len);
     if (write)
         return write;
+    /* Counted on the text, before cJSON builds a tree of every element. */
+    const char *first = data;
+    while (first < data + len && (*first == ' ' || *first == '\t' || *first == '\n' || *first == '\r'))
+        first++;
+    long count = first < data + len && *first == '[' ? ts_json_text_count(data, len) : 0;
+    if (count > MAX_BATCH_CALLS)
+        return batch_too_large(count);
+    /* What cJSON would take and get wrong (the fast way declines it). */
+    const char *fault = ts_json_string_fault(data, len);
+    if (fault) {
+        self->parse_errors++;
+        char msg[160];
+        snprintf(msg, sizeof msg, "request refused: %s", fault);
+        return error_envelope(TS_E_PARSE, msg);
+    }
     cJSON *root = cJSON_ParseWithLength(data, len);
     if (!root) {
         self->parse_errors++;
@@ -734,6 +909,10 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
         if (n == 0) {
             cJSON_Delete(root);
             return error_envelope(TS_E_INVALID_REQUEST, "empty batch");
+        }
+        if (n > MAX_BATCH_CALLS) { /* the text count and cJSON differ on odd text */
+            cJSON_Delete(root);
+            return batch_too_large((long)n);
         }
         ts_envelope_t *e = ts_envelope_new(n);
         if (!e) {
@@ -820,21 +999,18 @@ static ts_envelope_t *read_request(front_t *self, bool *more)
     return e;
 }
 
-static bool envelope_answered(const ts_envelope_t *e)
-{
-    for (size_t i = 0; i < e->ncalls; i++)
-        if (!e->calls[i].err_code && !e->calls[i].result)
-            return false;
-    return true;
-}
-
+/* A request that does not fit under max_inflight is not taken: each of
+ * its calls is answered busy, also one answered while it was read (an
+ * invalid call costs the pipeline as much as a valid one). */
 static void answer_busy(front_t *self, ts_envelope_t *e)
 {
     self->busy++;
-    for (size_t i = 0; i < e->ncalls; i++)
-        if (!e->calls[i].err_code)
-            ts_call_fail(&e->calls[i], TS_E_BUSY,
-                         "the engine has %zu calls in flight; retry later", self->inflight);
+    for (size_t i = 0; i < e->ncalls; i++) {
+        cJSON_Delete(e->calls[i].err_data);
+        e->calls[i].err_data = NULL;
+        ts_call_fail(&e->calls[i], TS_E_BUSY,
+                     "the engine has %zu calls in flight; retry later", self->inflight);
+    }
     for (size_t i = 0; i < e->ncalls; i++) {
         ts_event_free_list(e->calls[i].events);
         e->calls[i].events = NULL;
@@ -855,7 +1031,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         if (!e)
             continue;
         take_ticket(self, e);
-        if (self->inflight + e->ncalls > self->config->max_inflight && !envelope_answered(e)) {
+        if (self->inflight + e->ncalls > self->config->max_inflight) {
             answer_busy(self, e);
             continue;
         }
@@ -992,9 +1168,10 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
     zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
     if (type == ZMQ_PUB) {
         /* A subscriber that falls behind gets this many events queued
-         * before ZeroMQ drops its newest ones (the default 1000 is half a
-         * second of a busy clinic's writes). */
-        int hwm = 100000;
+         * before ZeroMQ drops its newest ones: EVENT_QUEUE_BYTES of the
+         * largest events (1,024; also some 0.5 s of a busy clinic's
+         * writes, beside what the kernel's socket buffers hold). */
+        int hwm = EVENT_QUEUE_BYTES / EVENT_MAX_BYTES;
         zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     }
     if (type == ZMQ_ROUTER) {
@@ -1016,6 +1193,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
 {
     ts_front_args_t *args = arg;
     front_t self = {.config = args->config, .args = args, .warn_at = 4096};
+    ts_uuidv7(self.boot);
     void *zctx = ts_actor_zctx(actor);
     self.loop = ts_loop_new();
     if (!self.loop || !(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
@@ -1053,6 +1231,10 @@ done:
         }
     }
     ts_buf_free(&self.scratch);
+    ts_buf_free(&self.slim);
+    for (size_t i = 0; i < self.ntopics; i++)
+        free(self.topics[i].name);
+    free(self.topics);
     void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

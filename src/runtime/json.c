@@ -273,6 +273,28 @@ static int hex4(const char *p, const char *end)
     return v;
 }
 
+/* p at a backslash: the position after the escape (both halves of a
+ * surrogate pair), or NULL when it is not one of JSON's, escapes NUL
+ * (cJSON would cut the string there) or is half a surrogate pair. */
+static const char *strict_escape(const char *p, const char *end)
+{
+    if (++p >= end)
+        return NULL;
+    if (*p != 'u')
+        return *p && strchr("\"\\/bfnrt", *p) ? p + 1 : NULL;
+    int u = hex4(p + 1, end);
+    p += 5;
+    if (u <= 0 || (u >= 0xdc00 && u <= 0xdfff))
+        return NULL; /* not four hex digits, NUL, or a lone low half */
+    if (u >= 0xd800 && u <= 0xdbff) {
+        int lo = end - p >= 6 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, end) : -1;
+        if (lo < 0xdc00 || lo > 0xdfff)
+            return NULL;
+        p += 6;
+    }
+    return p;
+}
+
 /* p at an opening quote: the position after the closing one, or NULL. */
 static const char *strict_string(const char *p, const char *end)
 {
@@ -285,61 +307,71 @@ static const char *strict_string(const char *p, const char *end)
             return p + 1;
         if (c < 0x20)
             return NULL;
-        if (c != '\\') {
+        if (c != '\\')
             p++;
-            continue;
-        }
-        if (++p >= end)
+        else if (!(p = strict_escape(p, end)))
             return NULL;
-        if (*p != 'u') {
-            if (!strchr("\"\\/bfnrt", *p) || !*p)
-                return NULL;
-            p++;
-            continue;
-        }
-        int u = hex4(p + 1, end);
-        p += 5;
-        if (u <= 0 || (u >= 0xdc00 && u <= 0xdfff))
-            return NULL; /* NUL (cJSON would cut the string there), or a lone low half */
-        if (u >= 0xd800 && u <= 0xdbff) {
-            int lo = end - p >= 6 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, end) : -1;
-            if (lo < 0xdc00 || lo > 0xdfff)
-                return NULL;
-            p += 6;
-        }
     }
     return NULL;
 }
 
+const char *ts_json_string_fault(const char *text, size_t len)
+{
+    const char *end = text + len;
+    if (memchr(text, '\0', len))
+        return "a NUL byte";
+    /* Every backslash of valid JSON is in a string, and the escapes are
+     * read in turn: the text \\u0000 is an escaped backslash, then u0000. */
+    for (const char *p = text; (p = memchr(p, '\\', (size_t)(end - p)));) {
+        const char *after = strict_escape(p, end);
+        if (!after)
+            return end - p >= 6 && p[1] == 'u' && hex4(p + 2, end) == 0
+                       ? "\\u0000 (NUL) in a string"
+                       : "an invalid escape in a string (\\u takes four hex digits, and "
+                         "surrogates come in pairs)";
+        p = after;
+    }
+    return NULL;
+}
+
+/* Declines (NULL) a number that might overflow a double (1e400 reads as
+ * infinity, which JSON cannot write back): one whose integer digits and
+ * exponent come to more than 308. The general way, which reads it, refuses
+ * the ones that do overflow. */
 static const char *strict_number(const char *p, const char *end)
 {
     if (p < end && *p == '-')
         p++;
     if (p >= end || *p < '0' || *p > '9')
         return NULL;
+    const char *digits = p;
     if (*p == '0')
         p++;
     else
         while (p < end && *p >= '0' && *p <= '9')
             p++;
+    long magnitude = (long)(p - digits); /* 10^magnitude is above the number */
     if (p < end && *p == '.') {
-        const char *digits = ++p;
+        const char *fraction = ++p;
         while (p < end && *p >= '0' && *p <= '9')
             p++;
-        if (p == digits)
+        if (p == fraction)
             return NULL;
     }
     if (p < end && (*p == 'e' || *p == 'E')) {
         p++;
+        bool minus = p < end && *p == '-';
         if (p < end && (*p == '+' || *p == '-'))
             p++;
-        const char *digits = p;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
-        if (p == digits)
+        const char *exp_digits = p;
+        long exp = 0;
+        for (; p < end && *p >= '0' && *p <= '9'; p++)
+            exp = exp < 100000 ? exp * 10 + (*p - '0') : exp;
+        if (p == exp_digits)
             return NULL;
+        magnitude += minus ? -exp : exp;
     }
-    return p;
+    return magnitude <= 308 ? p : NULL;
 }
 
 /* Where a compacting pass copies to: out gets the text from run up to

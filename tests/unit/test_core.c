@@ -803,3 +803,22 @@ Test(actor, inproc_send_to_a_stopped_peer_gives_up, .timeout = 20)
     zmq_close(push);
     zmq_ctx_term(zctx);
 }
+
+/* What cJSON would cut or misread in a string; escapes read in turn. */
+Test(json, string_fault_finds_nul_and_escapes_cjson_misreads)
+{
+    static const char *const bad[] = {
+        "\"abc\\u0000def\"", "\"\\uZZZZ\"", "\"\\u12xy\"", "\"\\u00\"", "\"\\ud800x\"",
+        "\"\\udc00\"", "\"\\ud800\\u0041\"", "\"\\q\"", "\"a\\\\\\u0000\"", "[\"x\",\"\\",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        cr_assert_not_null(ts_json_string_fault(bad[i], strlen(bad[i])), "%s", bad[i]);
+    cr_assert_str_eq(ts_json_string_fault("\"a\\u0000\"", 9), "\\u0000 (NUL) in a string");
+    cr_assert_str_eq(ts_json_string_fault("\"a\0b\"", 5), "a NUL byte");
+    static const char *const good[] = {
+        "\"\\\\u0000\"", "\"\\u00e9 \\ud83d\\ude00 \\\" \\\\ \\/ \\b \\f \\n \\r \\t\"",
+        "{\"a\":[1,\"\\\\\",\"\\\\\\\\\"]}", "1e400", "",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+        cr_assert_null(ts_json_string_fault(good[i], strlen(good[i])), "%s", good[i]);
+}

@@ -103,7 +103,7 @@ typedef struct api {
         char name[64];
         void *socket;          /* PUSH connected to name */
         void **out;            /* answers not yet sent (flushed once per loop turn) */
-        uint32_t *kinds;
+        ts_msg_kind_t *kinds;
         int nout, capout;
     } replies[MAX_REPLY_SOCKETS];
     int nreplies;
@@ -261,7 +261,7 @@ static int reply_socket(api_t *self, const char *name)
 
 /* Queues one answer for the requester; flush_replies() sends it before the
  * loop waits again. Frees it when it cannot be sent. */
-static void reply(api_t *self, const ts_api_request_t *req, uint32_t kind, void *ptr)
+static void reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, void *ptr)
 {
     int i = reply_socket(self, req->reply_to);
     if (i >= 0 && self->replies[i].nout == self->replies[i].capout) {
@@ -269,7 +269,7 @@ static void reply(api_t *self, const ts_api_request_t *req, uint32_t kind, void 
         void **out = realloc(self->replies[i].out, sizeof *out * (size_t)cap);
         if (out)
             self->replies[i].out = out;
-        uint32_t *kinds = realloc(self->replies[i].kinds, sizeof *kinds * (size_t)cap);
+        ts_msg_kind_t *kinds = realloc(self->replies[i].kinds, sizeof *kinds * (size_t)cap);
         if (kinds)
             self->replies[i].kinds = kinds;
         if (out && kinds)
@@ -292,11 +292,11 @@ static void flush_replies(api_t *self)
         int n = self->replies[i].nout, start = 0;
         while (start < n) {
             int end = start + 1;
-            uint32_t kind = self->replies[i].kinds[start];
+            ts_msg_kind_t kind = self->replies[i].kinds[start];
             while (end < n && self->replies[i].kinds[end] == kind)
                 end++;
-            if (ts_wire_send(self->replies[i].socket, kind, self->replies[i].out + start,
-                             (size_t)(end - start)) < 0) {
+            if (ts_msg_send(self->replies[i].socket, kind, self->replies[i].out + start,
+                            (size_t)(end - start)) < 0) {
                 ts_error(LOG, "cannot answer on %s: %s; %d answers dropped",
                          self->replies[i].name, zmq_strerror(errno), end - start);
                 for (int k = start; k < end; k++)
@@ -1285,24 +1285,22 @@ static void cancel(api_t *self, uint64_t id)
 static int on_inbox(api_t *self)
 {
     for (int i = 0; i < INBOX_BATCH; i++) {
-        uint32_t kind;
-        void **ptrs;
-        size_t n;
-        if (ts_wire_recv(self->inbox, ZMQ_DONTWAIT, &kind, &ptrs, &n) < 0)
+        ts_msg_t m;
+        if (ts_msg_recv(self->inbox, ZMQ_DONTWAIT, &m) < 0)
             return errno == EAGAIN ? 0 : -1;
-        if (kind == TS_MSG_API_REQUEST) {
-            for (size_t k = 0; k < n; k++)
-                take_request(self, ptrs[k]);
-        } else if (kind == TS_MSG_API_CANCEL) {
-            for (size_t k = 0; k < n; k++) {
-                uint64_t *id = ptrs[k];
-                cancel(self, *id);
-                free(id);
-            }
-        } else {
-            ts_error(LOG, "unknown message kind %#x (%zu pointers) dropped", kind, n);
+        switch (m.kind) {
+        case TS_MSG_API_REQUEST:
+            for (size_t k = 0; k < m.count; k++)
+                take_request(self, ts_msg_API_REQUEST(&m)[k]);
+            ts_msg_release(&m);
+            break;
+        case TS_MSG_API_CANCEL:
+            for (size_t k = 0; k < m.count; k++)
+                cancel(self, *ts_msg_API_CANCEL(&m)[k]);
+            ts_msg_free(&m);
+            break;
+        default: ts_msg_unexpected(LOG, &m); break;
         }
-        free(ptrs);
     }
     return 1;
 }
@@ -1427,14 +1425,7 @@ static void api_destroy(api_t *self)
         easy_put(self, e);
     }
     if (self->inbox) { /* requests nobody took: free them */
-        uint32_t kind;
-        void **ptrs;
-        size_t n;
-        while (ts_wire_recv(self->inbox, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-            for (size_t k = 0; k < n; k++)
-                kind == TS_MSG_API_REQUEST ? ts_api_request_free(ptrs[k]) : free(ptrs[k]);
-            free(ptrs);
-        }
+        ts_msg_drain(self->inbox);
         zmq_close(self->inbox);
     }
     for (int i = 0; i < self->npool; i++)
@@ -1621,8 +1612,7 @@ void ts_api_request_free(ts_api_request_t *r)
 
 int ts_api_send(void *socket, ts_api_request_t *request)
 {
-    void *p = request;
-    return ts_wire_send(socket, TS_MSG_API_REQUEST, &p, 1);
+    return ts_send_API_REQUEST(socket, &request, 1);
 }
 
 int ts_api_cancel(void *socket, uint64_t id)
@@ -1631,8 +1621,7 @@ int ts_api_cancel(void *socket, uint64_t id)
     if (!p)
         return -1;
     *p = id;
-    void *ptr = p;
-    if (ts_wire_send(socket, TS_MSG_API_CANCEL, &ptr, 1) < 0) {
+    if (ts_send_API_CANCEL(socket, &p, 1) < 0) {
         free(p);
         return -1;
     }

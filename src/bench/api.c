@@ -370,7 +370,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                 stopped = true;
                 cpu_stop(cpu, e, done);
             }
-            void *batch[1024];
+            ts_api_request_t *batch[1024];
             size_t nb = 0;
             while (now < end && inflight < clients && nb < 1024) {
                 ts_api_request_t *r = ts_api_request_new(TS_API_GET, DOC_PATH, NULL);
@@ -382,7 +382,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                 batch[nb++] = r;
                 inflight++;
             }
-            if (nb && ts_wire_send(push, TS_MSG_API_REQUEST, batch, nb) < 0) {
+            if (nb && ts_send_API_REQUEST(push, batch, nb) < 0) {
                 for (size_t i = 0; i < nb; i++)
                     ts_api_request_free(batch[i]);
                 inflight -= (int)nb;
@@ -392,13 +392,11 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
             zmq_pollitem_t it = {.socket = results, .events = ZMQ_POLLIN};
             if (zmq_poll(&it, 1, 1000) <= 0)
                 break; /* nothing for a second: give up */
-            uint32_t kind;
-            void **ptrs;
-            size_t n;
-            while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-                for (size_t i = 0; i < n; i++) {
-                    if (kind == TS_MSG_API_RESULT) {
-                        ts_api_result_t *res = ptrs[i];
+            ts_msg_t m;
+            while (ts_msg_recv(results, ZMQ_DONTWAIT, &m) == 0) {
+                for (size_t i = 0; i < m.count; i++) {
+                    if (m.kind == TS_MSG_API_RESULT) {
+                        ts_api_result_t *res = ts_msg_API_RESULT(&m)[i];
                         inflight--;
                         int64_t t = ts_mono_us();
                         if (res->error != TS_API_OK)
@@ -409,9 +407,8 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
                                 lat[nlat++] = t - (int64_t)(intptr_t)res->user;
                         }
                     }
-                    ts_msg_free_one(kind, ptrs[i]);
                 }
-                free(ptrs);
+                ts_msg_free(&m);
             }
         }
         double took = (double)(end - t_measure) / 1e6;
@@ -422,14 +419,7 @@ static double run_actor(bench_api_t *e, int clients, double seconds, int64_t *p5
     free(lat);
     zmq_close(push);
     ts_actor_destroy(&api);
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (ts_wire_recv(results, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            ts_msg_free_one(kind, ptrs[i]);
-        free(ptrs);
-    }
+    ts_msg_drain(results);
     zmq_close(results);
     zmq_ctx_term(zctx);
     return rate;

@@ -1038,7 +1038,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         self->inflight += e->ncalls;
         batch[n++] = e;
     }
-    if (n && ts_wire_send(self->to_store, TS_MSG_REQUESTS, (void **)batch, n)) {
+    if (n && ts_send_REQUESTS(self->to_store, batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
         for (size_t i = 0; i < n; i++) { /* answered, in their turn, with the reason */
             for (size_t k = 0; k < batch[i]->ncalls; k++)
@@ -1062,19 +1062,22 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
     front_t *self = arg;
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
+    ts_msg_t m;
     for (int round = 0; round < 64; round++) {
-        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+        if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
+        ts_envelope_t **envs = ts_msg_ANSWERS(&m);
+        if (!envs) {
+            ts_msg_unexpected(LOG, &m);
+            continue;
+        }
         /* A remote change sent before this batch existed must be seen
          * first, or it would be published after the newer events below:
          * all of what is queued, then. */
         read_events(self, self->events_in, INT_MAX);
-        for (size_t i = 0; i < n; i++)
-            deliver(self, ptrs[i]);
-        free(ptrs);
+        for (size_t i = 0; i < m.count; i++)
+            deliver(self, envs[i]);
+        ts_msg_release(&m);
     }
     return self->draining && self->inflight == 0 ? -1 : 0;
 }

@@ -40,6 +40,11 @@ const char *ts_msg_name(uint32_t kind)
     return known(kind) ? ts_msg_rows[kind - TS_MSG__NONE - 1].name : "?";
 }
 
+int ts_msg_send(void *socket, ts_msg_kind_t kind, void *const *ptrs, size_t n)
+{
+    return known(kind) ? ts_wire_send(socket, kind, ptrs, n) : -1;
+}
+
 int ts_msg_recv(void *socket, int flags, ts_msg_t *m)
 {
     uint32_t kind;

@@ -39,6 +39,10 @@ typedef struct {
     size_t count;
 } ts_msg_t;
 
+/* Sends n pointers of a kind the caller holds in a variable (a queue of
+ * answers of several kinds); the typed ts_send_NAME is for everything else.
+ * 0, or -1 with nothing sent (the pointers are still the caller's). */
+int ts_msg_send(void *socket, ts_msg_kind_t kind, void *const *ptrs, size_t n);
 /* Receives one message (flags as zmq_recv). 0, or -1 (errno as zmq). */
 int ts_msg_recv(void *socket, int flags, ts_msg_t *m);
 /* Frees the pointer array only: the receiver took the pointers. */

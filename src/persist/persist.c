@@ -442,8 +442,7 @@ static bool storage_lost(persist_t *self, bool always, bool tell_store)
                   "writes are refused from now on and nothing more is written there; restore "
                   "the directory from a backup and restart therasyncd",
              self->config->data_dir, dir_log[state], file);
-    void *why = (void *)self->lost; /* static: nothing to free */
-    if (tell_store && ts_wire_send(self->to_store, TS_MSG_STORAGE, &why, 1))
+    if (tell_store && ts_send_STORAGE(self->to_store, &self->lost, 1)) /* static */
         ts_warn(LOG, "cannot tell the store that the data dir is lost");
     return true;
 }
@@ -1011,10 +1010,9 @@ static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n, bool r
             ts_event_free_list(call->events);
             call->events = NULL;
         }
-        void *one = envs[i];
         if (!failed)
             envs[kept++] = envs[i];
-        else if (ts_wire_send(self->to_store, TS_MSG_ROLLBACK, &one, 1))
+        else if (ts_send_ROLLBACK(self->to_store, &envs[i], 1))
             ts_envelope_free(envs[i]); /* no way back: the answer is lost, not the data */
     }
     return kept;
@@ -1254,7 +1252,7 @@ static void forward_to_sync(persist_t *self, ts_envelope_t **envs, size_t n)
 {
     if (!self->to_sync)
         return;
-    void *lists[256];
+    ts_record_t *lists[256];
     size_t count = 0;
     for (size_t i = 0; i < n; i++) {
         for (size_t c = 0; c < envs[i]->ncalls; c++) {
@@ -1264,14 +1262,14 @@ static void forward_to_sync(persist_t *self, ts_envelope_t **envs, size_t n)
             lists[count++] = call->records;
             call->records = NULL;
             if (count == sizeof lists / sizeof *lists) {
-                if (ts_wire_send(self->to_sync, TS_MSG_OUTBOX, lists, count))
+                if (ts_send_OUTBOX(self->to_sync, lists, count))
                     for (size_t k = 0; k < count; k++)
                         ts_record_free_list(lists[k]);
                 count = 0;
             }
         }
     }
-    if (count && ts_wire_send(self->to_sync, TS_MSG_OUTBOX, lists, count))
+    if (count && ts_send_OUTBOX(self->to_sync, lists, count))
         for (size_t k = 0; k < count; k++)
             ts_record_free_list(lists[k]);
 }
@@ -1290,16 +1288,14 @@ static bool batch_has_records(ts_envelope_t **envs, size_t n)
 static void send_chunk(persist_t *self, ts_chunk_t *chunk, int *in_flight)
 {
     while (*in_flight >= RECOVERY_CHUNKS_IN_FLIGHT) {
-        uint32_t kind;
-        void **ptrs;
-        size_t n;
-        if (ts_wire_recv(self->inbox, 0, &kind, &ptrs, &n))
+        ts_msg_t m;
+        if (ts_msg_recv(self->inbox, 0, &m))
             break;
-        free(ptrs);
-        if (kind == TS_MSG_RECOVER_ACK)
+        if (m.kind == TS_MSG_RECOVER_ACK)
             (*in_flight)--;
+        ts_msg_free(&m); /* nothing else comes before the store has recovered */
     }
-    if (ts_wire_send(self->to_store, TS_MSG_RECOVERED, (void **)&chunk, 1))
+    if (ts_send_RECOVERED(self->to_store, &chunk, 1))
         free(chunk);
     else
         (*in_flight)++;
@@ -1520,7 +1516,7 @@ static void recover(persist_t *self)
             free(chunk);
     }
     sqlite3_finalize(stmt);
-    ts_wire_send(self->to_store, TS_MSG_RECOVERED, NULL, 0);
+    ts_send_RECOVERED(self->to_store, NULL, 0);
     ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
     /* From now on keep more pages: confirmations update documents all over
      * the docs table, and each page not in SQLite's cache (2 MB by default)
@@ -1539,18 +1535,22 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     size_t nbatch = 0, cap = 0, calls = 0;
     /* Group commit: take everything already queued (bounded), commit once. */
     for (int flags = 0; calls < MAX_CALLS_PER_COMMIT; flags = ZMQ_DONTWAIT) {
-        uint32_t kind;
-        void **ptrs;
-        size_t n;
-        if (ts_wire_recv(socket, flags, &kind, &ptrs, &n))
+        ts_msg_t m;
+        if (ts_msg_recv(socket, flags, &m))
             break;
-        if (kind == TS_MSG_RECOVER) {
-            free(ptrs);
+        if (m.kind == TS_MSG_RECOVER) {
+            ts_msg_release(&m);
             recover(self);
             continue;
         }
-        if (kind != TS_MSG_COMMIT) { /* includes late RECOVER_ACKs */
-            free(ptrs);
+        if (m.kind == TS_MSG_RECOVER_ACK) { /* a late one, after recovery */
+            ts_msg_release(&m);
+            continue;
+        }
+        ts_envelope_t **envs = ts_msg_COMMIT(&m);
+        size_t n = m.count;
+        if (!envs) {
+            ts_msg_unexpected(LOG, &m);
             continue;
         }
         if (nbatch + n > cap) {
@@ -1558,16 +1558,16 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             ts_envelope_t **grown = realloc(batch, ncap * sizeof *grown);
             if (!grown) {
                 ts_error(LOG, "out of memory growing a batch");
-                free(ptrs);
+                ts_msg_free(&m);
                 break; /* already-taken envelopes still get answered below */
             }
             batch = grown, cap = ncap;
         }
         for (size_t i = 0; i < n; i++) {
-            batch[nbatch++] = ptrs[i];
-            calls += ((ts_envelope_t *)ptrs[i])->ncalls;
+            batch[nbatch++] = envs[i];
+            calls += envs[i]->ncalls;
         }
-        free(ptrs);
+        ts_msg_release(&m);
     }
     if (nbatch == 0) {
         free(batch);
@@ -1590,7 +1590,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     }
     answer_calls(self, batch, nbatch);
     add_metrics(self, batch, nbatch);
-    if (nbatch && ts_wire_send(self->to_front, TS_MSG_ANSWERS, (void **)batch, nbatch)) {
+    if (nbatch && ts_send_ANSWERS(self->to_front, batch, nbatch)) {
         ts_error(LOG, "cannot pass %zu answers to the front door", nbatch);
         for (size_t i = 0; i < nbatch; i++)
             ts_envelope_free(batch[i]);

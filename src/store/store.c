@@ -1606,17 +1606,17 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
 
 /* One message of envelopes to persist: a batch. Each envelope is stamped
  * with its number, which orders remote changes (publish_remote_change). */
-static int send_to_persist(store_t *self, void **envelopes, size_t n)
+static int send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n)
 {
     self->persist_batch = next_batch(self);
     for (size_t i = 0; i < n; i++)
-        ((ts_envelope_t *)envelopes[i])->persist_batch = self->persist_batch;
-    return ts_wire_send(self->to_persist, TS_MSG_COMMIT, envelopes, n);
+        envelopes[i]->persist_batch = self->persist_batch;
+    return ts_send_COMMIT(self->to_persist, envelopes, n);
 }
 
 /* Applies a message of sync updates as one internal envelope, so that all
  * of it commits in one transaction and its events follow the commit. */
-static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
+static void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
 {
     ts_envelope_t *e = ts_envelope_new(1);
     if (!e) {
@@ -1692,8 +1692,7 @@ static void apply_sync_updates(store_t *self, void **ptrs, size_t n)
             append_record(call, r);
     }
     ts_call_set_result(call, strdup("null"), 4);
-    void *one = e;
-    if (send_to_persist(self, &one, 1))
+    if (send_to_persist(self, &e, 1))
         ts_envelope_free(e);
     maybe_publish_status(self);
 }
@@ -1742,8 +1741,7 @@ static void answer_digest(store_t *self, ts_digest_t *dg)
     } else {
         free(list);
     }
-    void *one = dg;
-    if (!self->to_sync || ts_wire_send(self->to_sync, TS_MSG_DIGEST, &one, 1))
+    if (!self->to_sync || ts_send_DIGEST(self->to_sync, &dg, 1))
         ts_digest_free(dg);
 }
 
@@ -1766,8 +1764,7 @@ static void hand_outbox_to_sync(store_t *self)
     ts_sync_update_t *cursor = ts_sync_update_new(TS_SYNC_CURSOR);
     if (cursor) {
         snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
-        void *one = cursor;
-        if (ts_wire_send(self->to_sync, TS_MSG_SYNC_UPDATES, &one, 1))
+        if (ts_send_SYNC_UPDATES(self->to_sync, &cursor, 1))
             ts_sync_update_free(cursor);
     }
     pending_ref_t *refs = self->pending ? malloc(self->pending * sizeof *refs) : NULL;
@@ -1792,8 +1789,7 @@ static void hand_outbox_to_sync(store_t *self)
             batch++;
         }
         if ((batch == 1000 || i == n) && scratch.records) {
-            void *one = scratch.records;
-            if (ts_wire_send(self->to_sync, TS_MSG_OUTBOX, &one, 1))
+            if (ts_send_OUTBOX(self->to_sync, &scratch.records, 1))
                 ts_record_free_list(scratch.records);
             scratch.records = NULL;
             batch = 0;
@@ -1812,8 +1808,7 @@ static bool route_sync_call(store_t *self, ts_envelope_t *e)
         return false;
     if (!self->to_sync)
         return false;
-    void *one = e;
-    return ts_wire_send(self->to_sync, TS_MSG_SYNC_CALL, &one, 1) == 0;
+    return ts_send_SYNC_CALL(self->to_sync, &e, 1) == 0;
 }
 
 static void do_sync_standalone(store_t *self, ts_call_t *call)
@@ -1917,95 +1912,97 @@ static bool sync_waiting(store_t *self)
            (events & ZMQ_POLLIN);
 }
 
+/* Requests from the front door: writes go on to persist; what needs
+ * nothing durable (reads, refusals) goes straight back to the front door,
+ * which keeps each client's answers in order. */
+static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
+{
+    size_t kept = 0, direct = 0;
+    ts_envelope_t **reads = malloc(n * sizeof *reads);
+    for (size_t i = 0; i < n; i++) {
+        ts_envelope_t *e = envs[i];
+        if (route_sync_call(self, e))
+            continue; /* the sync actor answers it */
+        self->client = e->client;
+        for (size_t k = 0; k < e->ncalls; k++)
+            handle_call(self, &e->calls[k]);
+        if (reads && !needs_persist(e))
+            reads[direct++] = e;
+        else
+            envs[kept++] = e;
+    }
+    self->client = NULL;
+    if (direct && ts_send_ANSWERS(self->to_front, reads, direct)) {
+        ts_error(LOG, "cannot pass answers to the front door");
+        for (size_t i = 0; i < direct; i++)
+            ts_envelope_free(reads[i]);
+    }
+    free(reads);
+    maybe_publish_status(self);
+    if (kept && send_to_persist(self, envs, kept)) {
+        ts_error(LOG, "cannot pass envelopes to persist");
+        for (size_t i = 0; i < kept; i++)
+            ts_envelope_free(envs[i]);
+    }
+}
+
+/* Envelopes whose writes failed to commit: undone, then answered. */
+static void on_rollback(store_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_envelope_t *e = envs[i];
+        for (size_t k = 0; k < e->ncalls; k++) {
+            rollback(self, e->calls[k].records);
+            e->calls[k].records = NULL;
+        }
+    }
+    if (ts_send_ANSWERS(self->to_front, envs, n)) {
+        ts_error(LOG, "cannot pass answers to the front door");
+        for (size_t i = 0; i < n; i++)
+            ts_envelope_free(envs[i]);
+    }
+}
+
 static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
 {
     store_t *self = arg;
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
+    ts_msg_t m;
     /* Take what is queued (bounded) and pass it on as one message, so
      * persist sees large batches. */
     for (int round = 0; round < 64; round++) {
         if (round && socket == self->inbox && sync_waiting(self))
             return 0; /* a remote change must not wait for the whole backlog */
-        if (ts_wire_recv(socket, round ? ZMQ_DONTWAIT : 0, &kind, &ptrs, &n))
+        if (ts_msg_recv(socket, round ? ZMQ_DONTWAIT : 0, &m))
             return 0;
-        switch (kind) {
-        case TS_MSG_REQUESTS: {
-            /* Writes go on to persist; what needs nothing durable (reads,
-             * refusals) goes straight back to the front door, which keeps
-             * each client's answers in order. */
-            size_t kept = 0, direct = 0;
-            void **reads = malloc(n * sizeof *reads);
-            for (size_t i = 0; i < n; i++) {
-                ts_envelope_t *e = ptrs[i];
-                if (route_sync_call(self, e))
-                    continue; /* the sync actor answers it */
-                self->client = e->client;
-                for (size_t k = 0; k < e->ncalls; k++)
-                    handle_call(self, &e->calls[k]);
-                if (reads && !needs_persist(e))
-                    reads[direct++] = e;
-                else
-                    ptrs[kept++] = e;
-            }
-            self->client = NULL;
-            n = kept;
-            if (direct && ts_wire_send(self->to_front, TS_MSG_ANSWERS, reads, direct)) {
-                ts_error(LOG, "cannot pass answers to the front door");
-                for (size_t i = 0; i < direct; i++)
-                    ts_envelope_free(reads[i]);
-            }
-            free(reads);
-            maybe_publish_status(self);
-            if (n && send_to_persist(self, ptrs, n)) {
-                ts_error(LOG, "cannot pass envelopes to persist");
-                for (size_t i = 0; i < n; i++)
-                    ts_envelope_free(ptrs[i]);
-            }
-            break;
-        }
+        switch (m.kind) {
+        case TS_MSG_REQUESTS: on_requests(self, ts_msg_REQUESTS(&m), m.count); break;
         case TS_MSG_SYNC_UPDATES:
-            apply_sync_updates(self, ptrs, n);
+            apply_sync_updates(self, ts_msg_SYNC_UPDATES(&m), m.count);
             break;
         case TS_MSG_DIGEST_ASK:
-            if (n)
-                answer_digest(self, ptrs[0]);
+            for (size_t i = 0; i < m.count; i++)
+                answer_digest(self, ts_msg_DIGEST_ASK(&m)[i]);
             break;
         case TS_MSG_RECOVERED:
-            if (n == 0) {
+            if (m.count == 0) {
                 self->recovering = false;
-                free(ptrs);
+                ts_msg_release(&m);
                 return -1; /* ends the recovery loop */
             }
-            for (ts_record_t *r = ((ts_chunk_t *)ptrs[0])->head; r; r = r->next)
+            for (ts_record_t *r = ts_msg_RECOVERED(&m)[0]->head; r; r = r->next)
                 recover_record(self, r);
-            free(ptrs[0]);
-            ts_wire_send(self->to_persist, TS_MSG_RECOVER_ACK, NULL, 0);
+            free(ts_msg_RECOVERED(&m)[0]);
+            ts_send_RECOVER_ACK(self->to_persist, NULL, 0);
             break;
         case TS_MSG_STORAGE:
-            if (n)
-                self->storage = ptrs[0];
+            if (m.count)
+                self->storage = ts_msg_STORAGE(&m)[0];
             maybe_publish_status(self);
             break;
-        case TS_MSG_ROLLBACK: /* envelopes whose writes failed to commit */
-            for (size_t i = 0; i < n; i++) {
-                ts_envelope_t *e = ptrs[i];
-                for (size_t k = 0; k < e->ncalls; k++) {
-                    rollback(self, e->calls[k].records);
-                    e->calls[k].records = NULL;
-                }
-            }
-            if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, ptrs, n)) {
-                ts_error(LOG, "cannot pass answers to the front door");
-                for (size_t i = 0; i < n; i++)
-                    ts_envelope_free(ptrs[i]);
-            }
-            break;
-        default:
-            break;
+        case TS_MSG_ROLLBACK: on_rollback(self, ts_msg_ROLLBACK(&m), m.count); break;
+        default: ts_msg_unexpected(LOG, &m); continue;
         }
-        free(ptrs);
+        ts_msg_release(&m);
     }
     (void)loop;
     return 0;
@@ -2128,7 +2125,7 @@ static void store_actor(ts_actor_t *actor, void *args)
     int64_t start = ts_mono_us();
     self.recovering = true;
     ts_sq_bulk(self.sq, true); /* indexes sorted once at the end */
-    if (ts_wire_send(self.to_persist, TS_MSG_RECOVER, NULL, 0))
+    if (ts_send_RECOVER(self.to_persist, NULL, 0))
         goto done;
     while (self.recovering)
         if (on_inbox(loop, self.inbox, &self) < 0 && self.recovering)

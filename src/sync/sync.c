@@ -322,7 +322,7 @@ static void flush(sync_t *self)
 {
     if (!self->nout)
         return;
-    if (ts_wire_send(self->to_store, TS_MSG_SYNC_UPDATES, (void **)self->out, self->nout)) {
+    if (ts_send_SYNC_UPDATES(self->to_store, self->out, self->nout)) {
         ts_error(LOG, "cannot send %zu updates to the store", self->nout);
         for (size_t i = 0; i < self->nout; i++)
             ts_sync_update_free(self->out[i]);
@@ -876,7 +876,7 @@ static void outbox_drop(sync_t *self, const ts_record_t *r)
     }
 }
 
-static void on_outbox(sync_t *self, void **ptrs, size_t n)
+static void on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         for (ts_record_t *r = ptrs[i]; r; r = r->next) {
@@ -1719,7 +1719,7 @@ static bool stream_fast(sync_t *self, const char *data, size_t len)
     return false;
 }
 
-static void on_stream_events(sync_t *self, void **ptrs, size_t n)
+static void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_api_event_t *ev = ptrs[i];
@@ -1812,8 +1812,7 @@ static void check_start(sync_t *self, int coll)
         free(dg);
         return;
     }
-    void *p = dg;
-    if (ts_wire_send(self->to_store, TS_MSG_DIGEST_ASK, &p, 1)) {
+    if (ts_send_DIGEST_ASK(self->to_store, &dg, 1)) {
         free(dg); /* the digest answer will come back alone; the check then stalls until */
         k->phase = K_IDLE; /* the next period (have_local stays false) */
         return;
@@ -1933,8 +1932,7 @@ static void check_compare(sync_t *self, check_t *k)
     copy_str(dg->collection, sizeof dg->collection, self->config->collections[k->coll]);
     dg->want_versions = true;
     dg->user = k;
-    void *p = dg;
-    if (ts_wire_send(self->to_store, TS_MSG_DIGEST_ASK, &p, 1)) {
+    if (ts_send_DIGEST_ASK(self->to_store, &dg, 1)) {
         free(dg);
         check_finish(self, k);
         return;
@@ -1994,8 +1992,7 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
         ts_call_set_result(rd->call, copy, (size_t)len);
     else
         ts_call_fail(rd->call, TS_E_INTERNAL, "out of memory");
-    void *p = rd->envelope;
-    if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, &p, 1)) {
+    if (ts_send_ANSWERS(self->to_front, &rd->envelope, 1)) {
         ts_error(LOG, "cannot answer a %s call", rd->invalidate ? "invalidate" : "sync");
         ts_envelope_free(rd->envelope);
     }
@@ -2024,8 +2021,7 @@ static void on_sync_call(sync_t *self, ts_envelope_t *e)
     if (!rd) {
         if (call)
             ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-        void *p = e;
-        if (ts_wire_send(self->to_front, TS_MSG_ANSWERS, &p, 1))
+        if (ts_send_ANSWERS(self->to_front, &e, 1))
             ts_envelope_free(e);
         return;
     }
@@ -2193,29 +2189,24 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
     sync_t *self = arg;
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
+    ts_msg_t m;
     for (int round = 0; round < 256; round++) {
-        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+        if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
-        switch (kind) {
+        switch (m.kind) {
         case TS_MSG_API_RESULT:
-            for (size_t i = 0; i < n; i++)
-                on_result(self, ptrs[i]);
+            for (size_t i = 0; i < m.count; i++)
+                on_result(self, ts_msg_API_RESULT(&m)[i]);
             break;
-        case TS_MSG_API_EVENT: on_stream_events(self, ptrs, n); break;
+        case TS_MSG_API_EVENT: on_stream_events(self, ts_msg_API_EVENT(&m), m.count); break;
         case TS_MSG_API_STREAM:
-            for (size_t i = 0; i < n; i++) {
-                on_stream_state(self, ptrs[i]);
-                ts_api_stream_msg_free(ptrs[i]);
-            }
-            break;
-        default:
-            for (size_t i = 0; i < n; i++)
-                ts_msg_free_one(kind, ptrs[i]);
+            for (size_t i = 0; i < m.count; i++)
+                on_stream_state(self, ts_msg_API_STREAM(&m)[i]);
+            ts_msg_free(&m); /* read, not kept */
+            continue;
+        default: ts_msg_unexpected(LOG, &m); continue;
         }
-        free(ptrs);
+        ts_msg_release(&m);
     }
     turn_end(self);
     feed_next(self);
@@ -2223,7 +2214,7 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
-static void on_hint(sync_t *self, void **ptrs, size_t n)
+static void on_hint(sync_t *self, ts_sync_update_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
@@ -2243,26 +2234,24 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
     sync_t *self = arg;
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
+    ts_msg_t m;
     for (int round = 0; round < 256; round++) {
-        if (ts_wire_recv(socket, ZMQ_DONTWAIT, &kind, &ptrs, &n))
+        if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
-        switch (kind) {
-        case TS_MSG_OUTBOX: on_outbox(self, ptrs, n); break;
+        switch (m.kind) {
+        case TS_MSG_OUTBOX: on_outbox(self, ts_msg_OUTBOX(&m), m.count); break;
         case TS_MSG_SYNC_CALL:
-            for (size_t i = 0; i < n; i++)
-                on_sync_call(self, ptrs[i]);
+            for (size_t i = 0; i < m.count; i++)
+                on_sync_call(self, ts_msg_SYNC_CALL(&m)[i]);
             break;
         case TS_MSG_DIGEST:
-            for (size_t i = 0; i < n; i++)
-                on_digest_local(self, ptrs[i]);
+            for (size_t i = 0; i < m.count; i++)
+                on_digest_local(self, ts_msg_DIGEST(&m)[i]);
             break;
-        case TS_MSG_SYNC_UPDATES: on_hint(self, ptrs, n); break;
-        default: ts_warn(LOG, "unexpected message kind %#x", kind); break;
+        case TS_MSG_SYNC_UPDATES: on_hint(self, ts_msg_SYNC_UPDATES(&m), m.count); break;
+        default: ts_msg_unexpected(LOG, &m); continue;
         }
-        free(ptrs);
+        ts_msg_release(&m);
     }
     turn_end(self);
     feed_next(self);
@@ -2307,19 +2296,6 @@ static void *open_socket(sync_t *self, int type, const char *endpoint, bool bind
     return s;
 }
 
-/* The API actors' answers left at the end (their kinds are api.h's). */
-static void drain_api(void *s)
-{
-    uint32_t kind;
-    void **ptrs;
-    size_t n;
-    while (s && ts_wire_recv(s, ZMQ_DONTWAIT, &kind, &ptrs, &n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            ts_msg_free_one(kind, ptrs[i]);
-        free(ptrs);
-    }
-}
-
 static void sync_cleanup(sync_t *self)
 {
     for (size_t i = 0; i < self->table_cap; i++) {
@@ -2351,7 +2327,7 @@ static void sync_cleanup(sync_t *self)
         ts_sync_update_free(self->out[i]);
     free(self->out);
     ts_msg_drain(self->inbox);
-    drain_api(self->api_in);
+    ts_msg_drain(self->api_in);
     while (self->reqs)
         req_free(self, self->reqs);
     void *sockets[] = {self->inbox,    self->api_in,   self->api,

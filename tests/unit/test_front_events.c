@@ -79,8 +79,7 @@ static void send_committed(rig_t *r, uint32_t batch, const char *payload)
     e->calls[0].method = TS_M_NONE;
     e->calls[0].events = ts_event_new("doc.sessions", payload, strlen(payload));
     ts_call_set_result(&e->calls[0], strdup("null"), 4);
-    void *one = e;
-    cr_assert_eq(ts_wire_send(r->replies, TS_MSG_ANSWERS, &one, 1), 0);
+    cr_assert_eq(ts_send_ANSWERS(r->replies, &e, 1), 0);
 }
 
 /* A remote change, to be published after persist batch `after`. */

@@ -353,17 +353,13 @@ static void tool_got(const char *report, const char *case_name, bool sort, char 
         sort_ids(out);
 }
 
-/* The ids a real daemon's query answers, joined by ","; sorted with sort. */
-static void daemon_ids(const char *selector, const char *params, bool sort, char *out,
-                       size_t len)
+/* The ids the daemon's query with params p answers, joined by ","; sorted
+ * with sort. */
+static void query_ids(const char *p, bool sort, char *out, size_t len)
 {
-    char p[512];
-    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":\"%s\",\"params\":%s}",
-             selector, params);
     cJSON *r = ts_rpc(&engine, "query", p);
     const cJSON *items = cJSON_GetObjectItemCaseSensitive(ts_rpc_result(r), "items");
-    cr_assert(cJSON_IsArray(items), "query %s: %s", selector,
-              r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert(cJSON_IsArray(items), "query %s: %s", p, r ? cJSON_PrintUnformatted(r) : "no answer");
     out[0] = '\0';
     const cJSON *it;
     cJSON_ArrayForEach(it, items)
@@ -374,6 +370,24 @@ static void daemon_ids(const char *selector, const char *params, bool sort, char
     cJSON_Delete(r);
     if (sort)
         sort_ids(out);
+}
+
+/* The same for a named selector of sessions. */
+static void daemon_ids(const char *selector, const char *params, bool sort, char *out,
+                       size_t len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":\"%s\",\"params\":%s}",
+             selector, params);
+    query_ids(p, sort, out, len);
+}
+
+/* The same for the built-in selector (a JSON object). */
+static void builtin_ids(const char *selector, char *out, size_t len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":%s}", selector);
+    query_ids(p, false, out, len);
 }
 
 TestSuite(cli_policy, .fini = stop_daemon, .timeout = 60);
@@ -427,6 +441,11 @@ Test(cli_policy, policy_test_answers_what_the_daemon_answers)
     cr_assert_str_eq(ids, tool_by_group, "by_group: daemon %s, policy test %s", ids, tool_by_group);
     daemon_ids("by_group", "{\"g\":1}", true, ids, sizeof ids);
     cr_assert_str_eq(ids, tool_by_group, "by_group {g = 1}: daemon %s", ids);
+    /* The built-in selector orders with the same comparator. */
+    builtin_ids("{\"where\":{},\"order_by\":[\"k\",\"asc\"]}", ids, sizeof ids);
+    cr_assert_str_eq(ids, "b,a", "built-in order_by k asc");
+    builtin_ids("{\"where\":{},\"order_by\":[\"k\",\"desc\"]}", ids, sizeof ids);
+    cr_assert_str_eq(ids, "a,b", "built-in order_by k desc");
     ts_buf_free(&out);
     ts_buf_free(&err);
 }

@@ -10,7 +10,9 @@
 /* Loads the policies in dir, then runs every dir/ *_test.lua (in name order)
  * in a sandbox like the policies' own, with the assertion API described in
  * docs/POLICIES.md (test, expect_valid, expect_invalid, expect_select,
- * expect_conflict, expect_equal, set_now; fixtures via require). Prints one
+ * expect_conflict, expect_equal, set_now; fixtures via require);
+ * expect_select runs the store's own query code (store_query.h) over its
+ * documents, so it answers as the daemon does. Prints one
  * line per case, "ok   FILE: NAME" or "FAIL FILE: NAME: message", then
  * "N passed, N failed". A file that fails to load counts as one failure.
  * Returns the number of failures (0 = all passed); policies that do not load

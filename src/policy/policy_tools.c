@@ -2,12 +2,20 @@
  *
  * Tests run in their own sandbox (same allow-list, budget and cap as the
  * policies) and reach the policies only through the engine's public API, so
- * a test exercises exactly what the engine will run. */
+ * a test exercises exactly what the engine will run: expect_select hands its
+ * documents to the store's own query code (store_query.c: index buckets,
+ * from, ordering, limit), and ctx.find matches values by the index's rule.
+ * The tool has no selection or ordering logic of its own. */
 #include "therasync/policy_tools.h"
 
 #include "luajson.h"
 #include "sandbox.h"
+#include "msgs/call.h"
 #include "policy/policy.h"
+#include "store/index.h"
+#include "store/query.h"
+#include "therasync/config.h"
+#include "therasync/json.h"
 #include "therasync/util.h"
 
 #include <dirent.h>
@@ -21,9 +29,29 @@
 #include <unistd.h>
 
 #define TOOL_SCRATCH 8
+#define KEY_MAX 1024 /* as the index's: longer values are not indexed */
+
+/* A document as the store keeps it: its id apart, the object text without it. */
+typedef struct {
+    char *id;
+    char *text;
+    size_t len;
+} tool_doc_t;
+
+/* A collection as the engine's query code sees it: the documents of the
+ * expect_select running now, none between assertions. */
+typedef struct {
+    char *name;
+    ts_sq_coll_t *q;
+    tool_doc_t *docs;
+    size_t ndocs;
+} tool_coll_t;
 
 typedef struct {
-    ts_policy_t *policy;
+    ts_policy_t *policy;   /* validation and conflicts */
+    ts_sq_t *sq;           /* selectors: the store's query code, its own Lua state */
+    tool_coll_t colls[TS_MAX_COLLECTIONS];
+    size_t ncolls;
     const cJSON *existing; /* documents ctx.find sees during one expect_* */
     cJSON *scratch[TOOL_SCRATCH];
     int tests_ref;         /* registry: array of {name, fn} of the current file */
@@ -68,16 +96,10 @@ static int s_lookup(void *arg, const char *collection, const char *field, const 
     const cJSON *doc;
     cJSON_ArrayForEach(doc, t->existing)
     {
-        const cJSON *f = cJSON_GetObjectItemCaseSensitive(doc, field);
-        char num[64];
-        const char *text = NULL;
-        if (cJSON_IsString(f))
-            text = f->valuestring;
-        else if (cJSON_IsNumber(f)) {
-            snprintf(num, sizeof num, "%.17g", f->valuedouble);
-            text = num;
-        }
-        if (text && strcmp(text, value) == 0 && visit(visit_arg, doc))
+        /* the index's key: what the store's ctx.find compares */
+        char key[KEY_MAX];
+        if (ts_index_key_json(cJSON_GetObjectItemCaseSensitive(doc, field), key, sizeof key) >= 0 &&
+            strcmp(key, value) == 0 && visit(visit_arg, doc))
             break;
     }
     return 0;
@@ -161,29 +183,143 @@ static int s_expect_invalid(lua_State *L)
     return 0;
 }
 
-/* Orders two documents by a field (missing values first), like the engine. */
-static const char *s_order_field;
-static bool s_order_desc;
+/* ---- expect_select: the store's query code over the given documents ---- */
 
-static int s_cmp_docs(const void *a, const void *b)
+static void s_view(void *doc, ts_policy_doc_t *out)
 {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(*(cJSON *const *)a, s_order_field);
-    const cJSON *y = cJSON_GetObjectItemCaseSensitive(*(cJSON *const *)b, s_order_field);
-    int r;
-    if (!x || !y)
-        r = (x != NULL) - (y != NULL);
-    else if (cJSON_IsNumber(x) && cJSON_IsNumber(y))
-        r = (x->valuedouble > y->valuedouble) - (x->valuedouble < y->valuedouble);
-    else if (cJSON_IsString(x) && cJSON_IsString(y))
-        r = strcmp(x->valuestring, y->valuestring);
-    else
-        r = 0;
-    return s_order_desc ? -r : r;
+    const tool_doc_t *d = doc;
+    *out = (ts_policy_doc_t){d->id, strlen(d->id), d->text, d->len};
 }
 
-/* expect_select(name, params, docs, expected_ids): runs the selector the way
- * the engine serves it — collection's documents, the index bucket, where,
- * order_by, limit — and compares the ids in order. */
+static void s_each(void *coll, void (*fn)(void *arg, void *doc), void *arg)
+{
+    tool_coll_t *c = coll;
+    for (size_t i = 0; i < c->ndocs; i++)
+        fn(arg, &c->docs[i]);
+}
+
+/* The collection called name, attached to the query code on first use. */
+static tool_coll_t *s_coll(tool_t *t, const char *name)
+{
+    for (size_t i = 0; i < t->ncolls; i++)
+        if (strcmp(t->colls[i].name, name) == 0)
+            return &t->colls[i];
+    if (t->ncolls == TS_MAX_COLLECTIONS)
+        return NULL;
+    tool_coll_t *c = &t->colls[t->ncolls];
+    if (!(c->name = strdup(name)))
+        return NULL;
+    if (!(c->q = ts_sq_attach(t->sq, c->name, c))) {
+        free(c->name);
+        c->name = NULL;
+        return NULL;
+    }
+    t->ncolls++;
+    return c;
+}
+
+/* Takes the documents out of the indexes (they keep pointers) and frees them. */
+static void s_coll_clear(tool_coll_t *c)
+{
+    for (size_t i = 0; i < c->ndocs; i++) {
+        ts_sq_changed(c->q, &c->docs[i], NULL, 0);
+        free(c->docs[i].id);
+        free(c->docs[i].text);
+    }
+    free(c->docs);
+    c->docs = NULL;
+    c->ndocs = 0;
+}
+
+/* Gives docs to the query code as the store keeps documents; 0, or -1 with
+ * err set. */
+static int s_coll_fill(tool_coll_t *c, const cJSON *docs, char *err, size_t errlen)
+{
+    int n = cJSON_GetArraySize(docs);
+    if (!(c->docs = calloc(n ? (size_t)n : 1, sizeof *c->docs))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    const cJSON *doc;
+    cJSON_ArrayForEach(doc, docs)
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(doc, "id");
+        if (!cJSON_IsObject(doc) || !cJSON_IsString(id)) {
+            snprintf(err, errlen, "docs[%zu] is not a document with a text id", c->ndocs + 1);
+            return -1;
+        }
+        cJSON *copy = cJSON_Duplicate(doc, true);
+        while (copy && cJSON_GetObjectItemCaseSensitive(copy, "id"))
+            cJSON_DeleteItemFromObjectCaseSensitive(copy, "id");
+        ts_buf_t b = {0};
+        tool_doc_t *d = &c->docs[c->ndocs];
+        if (copy && ts_buf_json(&b, copy) == 0)
+            d->text = ts_buf_take(&b, &d->len);
+        ts_buf_free(&b);
+        cJSON_Delete(copy);
+        d->id = strdup(id->valuestring);
+        if (!d->text || !d->id) {
+            free(d->text);
+            free(d->id);
+            *d = (tool_doc_t){0};
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        c->ndocs++;
+        ts_sq_changed(c->q, d, d->text, d->len);
+    }
+    return 0;
+}
+
+/* Runs query {collection, selector = name, params} through ts_sq_query over
+ * docs; *items gets the answer's items (caller frees). 0, or -1 with err. */
+static int s_select(tool_t *t, const ts_policy_selector_t *sel, const cJSON *params,
+                    const cJSON *docs, cJSON **items, char *err, size_t errlen)
+{
+    *items = NULL;
+    tool_coll_t *c = s_coll(t, sel->collection);
+    if (!c) {
+        snprintf(err, errlen, "more than %d collections", TS_MAX_COLLECTIONS);
+        return -1;
+    }
+    int rc = s_coll_fill(c, docs, err, errlen);
+    ts_envelope_t *e = rc ? NULL : ts_envelope_new(1);
+    cJSON *p = e ? cJSON_CreateObject() : NULL;
+    if (!rc && (!p || !cJSON_AddStringToObject(p, "collection", sel->collection) ||
+                !cJSON_AddStringToObject(p, "selector", sel->name) ||
+                (params && !cJSON_AddItemToObject(p, "params", cJSON_Duplicate(params, true))))) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+    }
+    if (!rc) {
+        ts_call_t *call = &e->calls[0];
+        call->method = TS_M_QUERY;
+        call->params = p;
+        p = NULL;
+        call->collection = c->name;
+        ts_sq_query(t->sq, call, c->q);
+        cJSON *r = call->err_code ? NULL : cJSON_ParseWithLength(call->result, call->result_len);
+        *items = cJSON_DetachItemFromObjectCaseSensitive(r, "items");
+        cJSON_Delete(r);
+        if (call->err_code) {
+            snprintf(err, errlen, "%s%s", call->err_code == TS_E_POLICY ? "policy error: " : "",
+                     call->err_message ? call->err_message : "query failed");
+            rc = -1;
+        } else if (!*items) {
+            snprintf(err, errlen, "out of memory");
+            rc = -1;
+        }
+    }
+    cJSON_Delete(p);
+    ts_envelope_free(e);
+    s_coll_clear(c);
+    return rc;
+}
+
+/* expect_select(name, params, docs, expected_ids): runs the selector over
+ * docs with the engine's own query code (index bucket, from, where,
+ * order_by, limit: exactly what the daemon runs) and compares the ids in
+ * order. */
 static int s_expect_select(lua_State *L)
 {
     tool_t *t = s_tool(L);
@@ -194,66 +330,29 @@ static int s_expect_select(lua_State *L)
     cJSON *params = s_arg_json(L, 2, "params");
     cJSON *docs = s_arg_json(L, 3, "docs");
     cJSON *expected = s_arg_json(L, 4, "expected ids");
-    const ts_policy_selector_t *sel = ts_policy_selector_find(t->policy, name);
+    const ts_policy_selector_t *sel = ts_policy_selector_find(ts_sq_policy(t->sq), name);
     if (!sel)
         return luaL_error(L, "no selector named '%s'", name);
-    char err[512];
-    ts_policy_query_t *q = ts_policy_query_new(t->policy, name, params, err, sizeof err);
-    if (!q)
+    char err[600];
+    cJSON *items;
+    if (s_select(t, sel, params, docs, &items, err, sizeof err))
         return luaL_error(L, "%s", err);
-    int n = cJSON_GetArraySize(docs), kept = 0;
-    const cJSON **hits = calloc(n ? (size_t)n : 1, sizeof *hits);
-    const cJSON *bucket = sel->index_field
-                              ? cJSON_GetObjectItemCaseSensitive(params, sel->index_field)
-                              : NULL;
-    const cJSON *doc;
-    int rc = TS_POLICY_OK;
-    cJSON_ArrayForEach(doc, docs)
-    {
-        if (!hits)
-            break;
-        if (bucket && !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, sel->index_field),
-                                     bucket, true))
-            continue;
-        bool match;
-        rc = ts_policy_query_match(q, doc, &match, err, sizeof err);
-        if (rc != TS_POLICY_OK)
-            break;
-        if (match)
-            hits[kept++] = doc;
-    }
-    ts_policy_query_destroy(&q);
-    if (!hits)
-        return luaL_error(L, "out of memory");
-    if (rc != TS_POLICY_OK) {
-        free(hits);
-        return luaL_error(L, "policy error: %s", err);
-    }
-    if (sel->order_field) {
-        s_order_field = sel->order_field;
-        s_order_desc = sel->order_desc;
-        qsort(hits, (size_t)kept, sizeof *hits, s_cmp_docs);
-    }
-    long limit = ts_policy_selector_limit(sel, params);
-    if (limit > 0 && kept > limit)
-        kept = (int)limit;
     ts_buf_t got = {0}, want = {0};
-    bool same = kept == cJSON_GetArraySize(expected);
-    for (int i = 0; i < kept; i++) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(hits[i], "id");
-        const cJSON *exp = cJSON_GetArrayItem(expected, i);
-        const char *s = cJSON_IsString(id) ? id->valuestring : "?";
-        ts_buf_printf(&got, "%s%s", i ? "," : "", s);
-        if (!cJSON_IsString(exp) || strcmp(exp->valuestring, s) != 0)
-            same = false;
+    bool same = cJSON_GetArraySize(items) == cJSON_GetArraySize(expected);
+    const cJSON *it, *e = expected ? expected->child : NULL;
+    cJSON_ArrayForEach(it, items)
+    {
+        const char *id = ts_json_string(it, "id");
+        ts_buf_printf(&got, "%s%s", got.len ? "," : "", id ? id : "?");
+        same = same && id && cJSON_IsString(e) && strcmp(e->valuestring, id) == 0;
+        e = e ? e->next : NULL;
     }
-    free(hits);
-    const cJSON *e;
+    cJSON_Delete(items);
     cJSON_ArrayForEach(e, expected)
         ts_buf_printf(&want, "%s%s", want.len ? "," : "", cJSON_IsString(e) ? e->valuestring : "?");
     if (!same) {
-        lua_pushfstring(L, "selector %s: expected {%s}, got {%s}", name, want.data ? want.data : "",
-                        got.data ? got.data : "");
+        lua_pushfstring(L, "selector %s: expected {%s}, got {%s}", name,
+                        want.data ? want.data : "", got.data ? got.data : "");
         ts_buf_free(&got);
         ts_buf_free(&want);
         luaL_where(L, 1);
@@ -349,6 +448,7 @@ static int s_set_now(lua_State *L)
     if (!lua_isnoneornil(L, 1) && ts_parse_rfc3339(luaL_checkstring(L, 1), &ms) != 0)
         return luaL_error(L, "set_now: not an RFC 3339 time");
     ts_policy_set_now(t->policy, ms);
+    ts_policy_set_now(ts_sq_policy(t->sq), ms);
     return 0;
 }
 
@@ -412,6 +512,7 @@ static int s_run_case(lua_State *L)
     lua_pop(L, 1);
     lua_rawgeti(L, -1, 2);
     ts_policy_set_now(c->tool->policy, 0);
+    ts_policy_set_now(ts_sq_policy(c->tool->sq), 0);
     lua_call(L, 0, 0);
     return 0;
 }
@@ -428,14 +529,35 @@ static int s_is_lua_file(const struct dirent *d)
     return n > 4 && d->d_name[0] != '.' && strcmp(d->d_name + n - 4, ".lua") == 0;
 }
 
+/* The store's query code over the tool's collections, with the policies of
+ * dir and the tool's budget and memory cap (the policy engine's defaults). */
+static ts_sq_t *s_query_code(const char *dir, char *err, size_t errlen)
+{
+    ts_config_t config;
+    ts_config_init(&config);
+    config.policies_dir = strdup(dir);
+    config.lua.memory_bytes = 0;
+    config.lua.instruction_budget = 0;
+    ts_sq_t *sq = config.policies_dir
+                      ? ts_sq_new(&config, &(ts_sq_hooks_t){s_view, s_each}, err, errlen)
+                      : NULL;
+    if (!config.policies_dir)
+        snprintf(err, errlen, "out of memory");
+    ts_config_free(&config);
+    return sq;
+}
+
 int ts_policy_test_dir(const char *dir, FILE *out)
 {
     char err[1024];
     tool_t tool = {0};
     ts_policy_opts_t opts = {.lookup = s_lookup, .lookup_arg = &tool, .name = "policy-test"};
     tool.policy = ts_policy_new(dir, &opts, err, sizeof err);
-    if (!tool.policy) {
+    if (tool.policy)
+        tool.sq = s_query_code(dir, err, sizeof err);
+    if (!tool.sq) {
         fprintf(out, "FAIL loading policies: %s\n0 passed, 1 failed\n", err);
+        ts_policy_destroy(&tool.policy);
         return 1;
     }
     struct dirent **names = NULL;
@@ -479,6 +601,9 @@ int ts_policy_test_dir(const char *dir, FILE *out)
         free(names[i]);
     free(names);
     ts_policy_destroy(&tool.policy);
+    ts_sq_destroy(&tool.sq);
+    for (size_t i = 0; i < tool.ncolls; i++)
+        free(tool.colls[i].name);
     if (passed + failed == 0)
         fprintf(out, "no *_test.lua files in %s\n", dir);
     fprintf(out, "%d passed, %d failed\n", passed, failed);

@@ -2,6 +2,7 @@
 #include "msgs/msgs.h"
 #include "therasync/store.h"
 #include "msgs/call.h"
+#include "store/index.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "policy/policy.h"
@@ -807,24 +808,18 @@ static void do_get(ts_call_t *call, collection_t *c)
 typedef struct {
     cJSON *doc;
     const doc_t *d;
+    ts_okey_t key; /* the order_by field's value (borrowed from doc) */
 } query_row_t;
 
-static const cJSON *query_order_field;
-static int query_order_desc;
-
-static int compare_rows(const void *a, const void *b)
+/* Orders rows as a named selector's index does (ts_okey_cmp: missing, then
+ * numbers, then text; ties by document), descending when *desc is set. */
+static int compare_rows(const void *a, const void *b, void *desc)
 {
-    const char *key = query_order_field->valuestring;
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(((const query_row_t *)a)->doc, key);
-    const cJSON *y = cJSON_GetObjectItemCaseSensitive(((const query_row_t *)b)->doc, key);
-    int r;
-    if (cJSON_IsNumber(x) && cJSON_IsNumber(y))
-        r = (x->valuedouble > y->valuedouble) - (x->valuedouble < y->valuedouble);
-    else if (cJSON_IsString(x) && cJSON_IsString(y))
-        r = strcmp(x->valuestring, y->valuestring);
-    else
-        r = (x != NULL) - (y != NULL); /* missing fields sort first */
-    return query_order_desc ? -r : r;
+    const query_row_t *x = a, *y = b;
+    int r = ts_okey_cmp(&x->key, &y->key);
+    if (!r)
+        r = ((uintptr_t)x->d > (uintptr_t)y->d) - ((uintptr_t)x->d < (uintptr_t)y->d);
+    return *(const bool *)desc ? -r : r;
 }
 
 /* The built-in selector: {where: {field: value, ...}, order_by: [field,
@@ -878,15 +873,17 @@ static void do_query(store_t *self, ts_call_t *call, collection_t *c)
             }
             rows = grown;
         }
-        rows[nrows++] = (query_row_t){doc, d};
+        rows[nrows++] = (query_row_t){doc, d, {0}};
         if (!order && (long long)nrows >= limit)
             break;
     }
     if (order && nrows > 1) {
-        query_order_field = cJSON_GetArrayItem(order, 0);
+        const char *field = cJSON_GetArrayItem(order, 0)->valuestring;
         const cJSON *dir = cJSON_GetArrayItem(order, 1);
-        query_order_desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
-        qsort(rows, nrows, sizeof *rows, compare_rows);
+        bool desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
+        for (size_t i = 0; i < nrows; i++)
+            ts_okey_from_json(cJSON_GetObjectItemCaseSensitive(rows[i].doc, field), &rows[i].key);
+        qsort_r(rows, nrows, sizeof *rows, compare_rows, &desc);
     }
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"items\":[");

@@ -319,3 +319,133 @@ Test(cli_offline, policy_tools_finish_on_a_hostile_pattern)
     ts_buf_free(&out);
     ts_buf_free(&err);
 }
+
+/* ---- policy test answers what the daemon answers ---- */
+
+/* Sorts "b,a" into "a,b" (ids of one character; for membership). */
+static void sort_ids(char *ids)
+{
+    size_t n = strlen(ids);
+    for (size_t i = 0; i < n; i += 2)
+        for (size_t k = i + 2; k < n; k += 2)
+            if (ids[k] < ids[i]) {
+                char c = ids[i];
+                ids[i] = ids[k];
+                ids[k] = c;
+            }
+}
+
+/* What `policy test` says a selector gave in the failing case named case_name:
+ * the ids inside "got {...}", or "" when that case did not fail; sorted
+ * with sort. */
+static void tool_got(const char *report, const char *case_name, bool sort, char *out, size_t len)
+{
+    out[0] = '\0';
+    const char *line = strstr(report, case_name);
+    const char *end = line ? strchr(line, '\n') : NULL;
+    const char *got = line ? strstr(line, "got {") : NULL;
+    if (!got || (end && got > end))
+        return;
+    got += 5;
+    const char *close = strchr(got, '}');
+    snprintf(out, len, "%.*s", close ? (int)(close - got) : 0, got);
+    if (sort)
+        sort_ids(out);
+}
+
+/* The ids the daemon's query with params p answers, joined by ","; sorted
+ * with sort. */
+static void query_ids(const char *p, bool sort, char *out, size_t len)
+{
+    cJSON *r = ts_rpc(&engine, "query", p);
+    const cJSON *items = cJSON_GetObjectItemCaseSensitive(ts_rpc_result(r), "items");
+    cr_assert(cJSON_IsArray(items), "query %s: %s", p, r ? cJSON_PrintUnformatted(r) : "no answer");
+    out[0] = '\0';
+    const cJSON *it;
+    cJSON_ArrayForEach(it, items)
+    {
+        size_t used = strlen(out);
+        snprintf(out + used, len - used, "%s%s", used ? "," : "", str_at(it, "id", NULL));
+    }
+    cJSON_Delete(r);
+    if (sort)
+        sort_ids(out);
+}
+
+/* The same for a named selector of sessions. */
+static void daemon_ids(const char *selector, const char *params, bool sort, char *out,
+                       size_t len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":\"%s\",\"params\":%s}",
+             selector, params);
+    query_ids(p, sort, out, len);
+}
+
+/* The same for the built-in selector (a JSON object). */
+static void builtin_ids(const char *selector, char *out, size_t len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"selector\":%s}", selector);
+    query_ids(p, false, out, len);
+}
+
+TestSuite(cli_policy, .fini = stop_daemon, .timeout = 60);
+
+/* tests/fixtures/policies/mixed_types orders and buckets fields that are text
+ * in one document and a number in another. `policy test` used to answer its
+ * selectors with its own comparisons ([a, b] for by_k, only a for by_group
+ * {g = "1"}) while the daemon answered [b, a] and both: the tool's tests
+ * passed on answers production never gives. Now the cases expecting the
+ * old answers fail, the ones expecting the daemon's pass, and what the tool
+ * reports it got is what a daemon with the same policies answers. */
+Test(cli_policy, policy_test_answers_what_the_daemon_answers)
+{
+    const char *fixture = ts_source_path("tests/fixtures/policies/mixed_types");
+    ts_buf_t out = {0}, err = {0};
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s", fixture);
+    char *test_args[] = {"policy", "test", dir, NULL};
+    cr_assert_eq(run_cli(&out, &err, test_args), 1, "%s%s", out.data ? out.data : "",
+                 err.data ? err.data : "");
+    const char *report = out.data;
+    cr_assert(strstr(report, "FAIL mixed_test.lua: wrong: by_k keeps text and numbers unordered"),
+              "%s", report);
+    cr_assert(strstr(report, "FAIL mixed_test.lua: wrong: by_group tells \"1\" from 1"), "%s",
+              report);
+    cr_assert(strstr(report, "ok   mixed_test.lua: by_k puts numbers before text\n"), "%s", report);
+    cr_assert(strstr(report, "ok   mixed_test.lua: by_group holds \"1\" and 1 in one bucket\n"),
+              "%s", report);
+    cr_assert(strstr(report, "2 passed, 3 failed\n"), "%s", report);
+    char tool_by_k[64], tool_by_group[64];
+    tool_got(report, "wrong: by_k", false, tool_by_k, sizeof tool_by_k);
+    tool_got(report, "wrong: by_group", true, tool_by_group, sizeof tool_by_group);
+    cr_assert_str_eq(tool_by_k, "b,a", "%s", report);
+    cr_assert_str_eq(tool_by_group, "a,b", "%s", report);
+
+    /* The same policies and documents (mixed_test.lua's) in a real daemon. */
+    const char *args[] = {"--policies", fixture, NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start");
+    const char *docs[] = {"{\"id\":\"a\",\"k\":\"x\",\"g\":\"1\"}", "{\"id\":\"b\",\"k\":1,\"g\":1}"};
+    for (size_t i = 0; i < 2; i++) {
+        char p[200];
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":%s}", docs[i]);
+        cJSON *r = ts_rpc(&engine, "create", p);
+        cr_assert_not_null(ts_rpc_result(r), "create: %s", r ? cJSON_PrintUnformatted(r) : "");
+        cJSON_Delete(r);
+    }
+    char ids[64];
+    daemon_ids("by_k", "{}", false, ids, sizeof ids);
+    cr_assert_str_eq(ids, tool_by_k, "by_k: daemon %s, policy test %s", ids, tool_by_k);
+    daemon_ids("by_group", "{\"g\":\"1\"}", true, ids, sizeof ids);
+    cr_assert_str_eq(ids, tool_by_group, "by_group: daemon %s, policy test %s", ids, tool_by_group);
+    daemon_ids("by_group", "{\"g\":1}", true, ids, sizeof ids);
+    cr_assert_str_eq(ids, tool_by_group, "by_group {g = 1}: daemon %s", ids);
+    /* The built-in selector orders with the same comparator. */
+    builtin_ids("{\"where\":{},\"order_by\":[\"k\",\"asc\"]}", ids, sizeof ids);
+    cr_assert_str_eq(ids, "b,a", "built-in order_by k asc");
+    builtin_ids("{\"where\":{},\"order_by\":[\"k\",\"desc\"]}", ids, sizeof ids);
+    cr_assert_str_eq(ids, "a,b", "built-in order_by k desc");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}

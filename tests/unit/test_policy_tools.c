@@ -86,3 +86,27 @@ Test(policy_tools, check_of_the_shipped_policies_is_clean)
     cr_assert(strstr(text, "\"upcoming\""), "%s", text);
     free(text);
 }
+
+/* expect_select runs the engine's own query code: "1" and 1 share an index
+ * bucket, and numbers order before text. The tool used to compare JSON
+ * values itself, passing the two "wrong" cases and failing the right ones. */
+Test(policy_tools, expect_select_answers_as_the_engine)
+{
+    char *text = NULL;
+    int failed = capture(ts_policy_test_dir, dir("tests/fixtures/policies/mixed_types"), &text);
+    cr_assert_eq(failed, 3, "%s", text);
+    cr_assert(strstr(text, "FAIL mixed_test.lua: wrong: by_k keeps text and numbers unordered: "
+                           "mixed_test.lua:8: selector by_k: expected {a,b}, got {b,a}\n"),
+              "%s", text);
+    cr_assert(strstr(text, "FAIL mixed_test.lua: wrong: by_group tells \"1\" from 1: "
+                           "mixed_test.lua:12: selector by_group: expected {a}, got {a,b}\n"),
+              "%s", text);
+    cr_assert(strstr(text, "ok   mixed_test.lua: by_k puts numbers before text\n"), "%s", text);
+    cr_assert(strstr(text, "ok   mixed_test.lua: by_group holds \"1\" and 1 in one bucket\n"), "%s",
+              text);
+    cr_assert(strstr(text, "FAIL mixed_test.lua: bad input: a document without an id: "
+                           "mixed_test.lua:24: docs[1] is not a document with a text id\n"),
+              "%s", text);
+    cr_assert(strstr(text, "2 passed, 3 failed\n"), "%s", text);
+    free(text);
+}

@@ -29,8 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TS_INPROC_API "inproc://api"                 /* the actor's PULL (default) */
-#define TS_INPROC_API_RESULTS "inproc://api-results" /* default reply_to */
+#include "msgs/endpoints.h" /* TS_INPROC_API, TS_INPROC_API_RESULTS */
 
 /* ---- settings ---------------------------------------------------------- */
 

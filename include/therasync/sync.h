@@ -44,14 +44,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define TS_INPROC_SYNC "inproc://sync"
-/* The store's second inbox, for the sync actor only: the store reads it
- * before the front door's, so a remote change does not wait behind a
- * backlog of local writes. */
-#define TS_INPROC_STORE_SYNC "inproc://store-sync"
-/* A second API actor carries the change feed (stream, long polls), so
- * remote changes never wait behind a backlog of pushes. */
-#define TS_INPROC_API_FEED "inproc://api-feed"
+#include "msgs/endpoints.h"
 
 
 typedef enum {

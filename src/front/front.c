@@ -165,7 +165,7 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
     } else {
         if (!call->partial)
             call->partial = cJSON_CreateObject();
-        if (call->method == TS_M_METRICS)
+        if (ts_method_is(call->method, TS_MF_FRONT))
             add_front_metrics(self, call->partial);
         char *text = cJSON_PrintUnformatted(call->partial);
         ts_buf_puts(b, "\"result\":");
@@ -442,8 +442,7 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
 
 static bool is_method_with_collection(ts_method_t m)
 {
-    return m == TS_M_CREATE || m == TS_M_UPDATE || m == TS_M_DELETE || m == TS_M_GET ||
-           m == TS_M_QUERY;
+    return ts_method_is(m, TS_MF_COLLECTION);
 }
 
 /* Sets call->doc_id from params.id, or fails the call. */

@@ -8,26 +8,32 @@
 #include <string.h>
 #include <zmq.h>
 
-static const char *method_names[TS_M__LAST] = {
-    [TS_M_CREATE] = "create",   [TS_M_UPDATE] = "update",
-    [TS_M_DELETE] = "delete",   [TS_M_GET] = "get",
-    [TS_M_QUERY] = "query",     [TS_M_CANCEL] = "cancel",
-    [TS_M_INVALIDATE] = "invalidate", [TS_M_SYNC] = "sync",
-    [TS_M_STATUS] = "status",   [TS_M_POLICY_RELOAD] = "policy.reload",
-    [TS_M_POLICY_INFO] = "policy.info", [TS_M_AUDIT] = "audit",
-    [TS_M_METRICS] = "metrics", [TS_M_PING] = "ping",
-    [TS_M_NONE] = "(none)",
+static const ts_method_info_t methods[TS_M__LAST] = {
+#define TS_METHOD(id, name, owner, flags, doc) [TS_M_##id] = {name, TS_OWNER_##owner, flags, doc},
+#include "msgs/methods.def"
+#undef TS_METHOD
+    [TS_M_NONE] = {"(none)", TS_OWNER_FRONT, 0, "no valid method: answered with an error"},
 };
+
+const ts_method_info_t *ts_method_info(ts_method_t method)
+{
+    return &methods[method < TS_M__LAST ? method : TS_M_NONE];
+}
 
 const char *ts_method_name(ts_method_t method)
 {
-    return method < TS_M__LAST ? method_names[method] : "(none)";
+    return ts_method_info(method)->name;
+}
+
+bool ts_method_is(ts_method_t method, unsigned flags)
+{
+    return (ts_method_info(method)->flags & flags) == flags;
 }
 
 ts_method_t ts_method_lookup(const char *name)
 {
     for (int m = 0; m < TS_M_NONE; m++)
-        if (strcmp(name, method_names[m]) == 0)
+        if (strcmp(name, methods[m].name) == 0)
             return (ts_method_t)m;
     return TS_M_NONE;
 }

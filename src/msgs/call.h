@@ -21,26 +21,35 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The methods of the front door: one row each in methods.def. */
 typedef enum {
-    TS_M_CREATE,
-    TS_M_UPDATE,
-    TS_M_DELETE,
-    TS_M_GET,
-    TS_M_QUERY,
-    TS_M_CANCEL,
-    TS_M_INVALIDATE,
-    TS_M_SYNC,
-    TS_M_STATUS,
-    TS_M_POLICY_RELOAD,
-    TS_M_POLICY_INFO,
-    TS_M_AUDIT,
-    TS_M_METRICS,
-    TS_M_PING,
+#define TS_METHOD(id, name, owner, flags, doc) TS_M_##id,
+#include "msgs/methods.def"
+#undef TS_METHOD
     TS_M_NONE, /* no valid method: the call is answered with an error */
     TS_M__LAST
 } ts_method_t;
 
+typedef enum { TS_OWNER_FRONT, TS_OWNER_STORE, TS_OWNER_PERSIST, TS_OWNER_SYNC } ts_owner_t;
+enum {
+    TS_MF_WRITE = 1 << 0,
+    TS_MF_COLLECTION = 1 << 1,
+    TS_MF_PERSIST = 1 << 2,
+    TS_MF_FRONT = 1 << 3,
+};
+
+typedef struct {
+    const char *name;
+    ts_owner_t owner;
+    unsigned flags;
+    const char *doc;
+} ts_method_info_t;
+
+/* The row of a method (TS_M_NONE: a row named "(none)" without flags). */
+const ts_method_info_t *ts_method_info(ts_method_t method);
 const char *ts_method_name(ts_method_t method);
+/* Whether the method's row has all of flags. */
+bool ts_method_is(ts_method_t method, unsigned flags);
 /* Returns the method for a name, or TS_M_NONE. */
 ts_method_t ts_method_lookup(const char *name);
 
@@ -184,10 +193,6 @@ void ts_call_set_result(ts_call_t *call, char *result, size_t len);
 void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf);
 
 
-/* The inproc endpoints of the actors (the messages: src/msgs/msgs.def). */
-#define TS_INPROC_STORE "inproc://store"
-#define TS_INPROC_PERSIST "inproc://persist"
-#define TS_INPROC_FRONT "inproc://front-replies"
-#define TS_INPROC_EVENTS "inproc://events"
+#include "msgs/endpoints.h"
 
 #endif

@@ -176,7 +176,7 @@ static void checkpointer_actor(ts_actor_t *actor, void *args)
     snprintf(path, sizeof path, "%s/therasync.db", self.config->data_dir);
     int zero = 0;
     if (!inbox || !loop || zmq_setsockopt(inbox, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_bind(inbox, "inproc://checkpoint") ||
+        zmq_bind(inbox, TS_INPROC_CHECKPOINT) ||
         sqlite3_open_v2(path, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
             SQLITE_OK) {
         ts_error(LOG, "cannot start the checkpointer");
@@ -1625,6 +1625,9 @@ static void persist_cleanup(persist_t *self)
     sqlite3_finalize(self->put_confirmed);
     sqlite3_finalize(self->put_cursor);
     sqlite3_finalize(self->insert_audit);
+    sqlite3_finalize(self->put_match);
+    sqlite3_finalize(self->raise_match);
+    sqlite3_finalize(self->drop_match);
     if (self->to_sync)
         zmq_close(self->to_sync);
     if (self->db) {
@@ -1667,7 +1670,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
     if (self.config->api_url)
         self.to_sync = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
     self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
-    self.to_checkpointer = ts_inproc_socket(zctx, ZMQ_PUSH, "inproc://checkpoint", false);
+    self.to_checkpointer = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_CHECKPOINT, false);
     loop = ts_loop_new();
     if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
         !self.to_checkpointer || (self.config->api_url && !self.to_sync)) {

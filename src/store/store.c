@@ -1086,7 +1086,7 @@ static bool needs_persist(const ts_envelope_t *e)
 {
     for (size_t i = 0; i < e->ncalls; i++) {
         const ts_call_t *c = &e->calls[i];
-        if (c->records || c->method == TS_M_AUDIT || c->method == TS_M_METRICS)
+        if (c->records || ts_method_is(c->method, TS_MF_PERSIST))
             return true;
     }
     return false;
@@ -1121,8 +1121,7 @@ static void handle_call(store_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_NO_METHOD, "%s is not available in this build",
                      ts_method_name(call->method));
     }
-    if (call->err_code && (call->method == TS_M_CREATE || call->method == TS_M_UPDATE ||
-                           call->method == TS_M_DELETE))
+    if (call->err_code && ts_method_is(call->method, TS_MF_WRITE))
         self->rejected_writes++;
 }
 
@@ -1801,7 +1800,7 @@ static void hand_outbox_to_sync(store_t *self)
 static bool route_sync_call(store_t *self, ts_envelope_t *e)
 {
     if (e->ncalls != 1 || e->calls[0].err_code || e->calls[0].result ||
-        (e->calls[0].method != TS_M_SYNC && e->calls[0].method != TS_M_INVALIDATE))
+        ts_method_info(e->calls[0].method)->owner != TS_OWNER_SYNC)
         return false;
     if (!self->to_sync)
         return false;

@@ -28,7 +28,6 @@
 #include <zmq.h>
 
 #define LOG "sync"
-#define REPLY_TO "inproc://sync-api"
 #define TICK_MS 20
 #define HINT_WAIT_US 1500000      /* how long to wait for the store's cursor at start */
 #define PAGE_LIMIT 500
@@ -176,7 +175,7 @@ typedef struct {
     ts_actor_t *actor;
     ts_loop_t *loop;
     void *inbox;            /* PULL TS_INPROC_SYNC: outbox, calls, digests, hints */
-    void *api_in;           /* PULL REPLY_TO: the API actor's answers */
+    void *api_in;           /* PULL TS_INPROC_SYNC_API: the API actor's answers */
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
@@ -432,7 +431,7 @@ static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
             req_free(self, r);
         return -1;
     }
-    copy_str(q->reply_to, sizeof q->reply_to, REPLY_TO);
+    copy_str(q->reply_to, sizeof q->reply_to, TS_INPROC_SYNC_API);
     q->user = r;
     r->id = q->id;
     bool feed = r->kind == R_STREAM || r->kind == R_FEED;
@@ -2015,7 +2014,7 @@ static void on_sync_call(sync_t *self, ts_envelope_t *e)
 {
     ts_call_t *call = NULL;
     for (size_t i = 0; i < e->ncalls; i++)
-        if (e->calls[i].method == TS_M_SYNC || e->calls[i].method == TS_M_INVALIDATE)
+        if (ts_method_info(e->calls[i].method)->owner == TS_OWNER_SYNC)
             call = &e->calls[i];
     round_t *rd = call ? calloc(1, sizeof *rd) : NULL;
     if (!rd) {
@@ -2352,7 +2351,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
     self.next_check_us = self.started_us + (int64_t)self.config->sync.digest_interval_s * 1000000;
     if (!self.checks || !(self.loop = ts_loop_new()) ||
         !(self.inbox = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC, true)) ||
-        !(self.api_in = open_socket(&self, ZMQ_PULL, REPLY_TO, true)) ||
+        !(self.api_in = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC_API, true)) ||
         !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||
         !(self.api_feed = open_socket(&self, ZMQ_PUSH, TS_INPROC_API_FEED, false)) ||
         !(self.to_store = open_socket(&self, ZMQ_PUSH, TS_INPROC_STORE_SYNC, false)) ||

@@ -11,21 +11,42 @@
 #include <string.h>
 #include <zmq.h>
 
-#define BEGIN "<!-- msgs.def: made by `make docs`, checked by test_msgs -->\n"
-#define END "<!-- end of msgs.def -->\n"
+#define MSGS_BEGIN "<!-- msgs.def: made by `make docs`, checked by test_msgs -->\n"
+#define MSGS_END "<!-- end of msgs.def -->\n"
+#define METHODS_BEGIN "<!-- methods.def: made by `make docs`, checked by test_msgs -->\n"
+#define METHODS_END "<!-- end of methods.def -->\n"
 
-/* The doc's table, from the rows. */
-static char *table(void)
+/* The doc's message table, from the rows. */
+static char *msgs_table(void)
 {
     ts_buf_t b = {0};
-    ts_buf_puts(&b, BEGIN "| message | from | to | payload | what it carries |\n"
-                          "|---|---|---|---|---|\n");
+    ts_buf_puts(&b, MSGS_BEGIN "| message | from | to | payload | what it carries |\n"
+                               "|---|---|---|---|---|\n");
     for (size_t i = 0; i < ts_msg_nrows; i++) {
         const ts_msg_row_t *r = &ts_msg_rows[i];
         ts_buf_printf(&b, "| `%s` | %s | %s | %s | %s |\n", r->name, r->from, r->to,
                       strcmp(r->payload, "void") ? r->payload : "—", r->doc);
     }
-    ts_buf_puts(&b, END);
+    ts_buf_puts(&b, MSGS_END);
+    size_t len;
+    return ts_buf_take(&b, &len);
+}
+
+/* The doc's method table, from methods.def. */
+static char *methods_table(void)
+{
+    static const char *const owners[] = {"front", "store", "persist", "sync"};
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | persist | what |\n"
+                                  "|---|---|---|---|---|\n");
+    for (int m = 0; m < TS_M_NONE; m++) {
+        const ts_method_info_t *r = ts_method_info((ts_method_t)m);
+        ts_buf_printf(&b, "| `%s` | %s%s | %s | %s | %s |\n", r->name, owners[r->owner],
+                      r->flags & TS_MF_FRONT ? " (+ front)" : "",
+                      r->flags & TS_MF_WRITE ? "yes" : "", r->flags & TS_MF_PERSIST ? "yes" : "",
+                      r->doc);
+    }
+    ts_buf_puts(&b, METHODS_END);
     size_t len;
     return ts_buf_take(&b, &len);
 }
@@ -44,31 +65,57 @@ static char *slurp(const char *path)
     return s;
 }
 
-Test(msgs, the_architecture_doc_holds_the_table_of_msgs_def)
+/* Checks (or, for `make docs`, rewrites) the block of the doc between
+ * begin and end; returns the doc, maybe rewritten (caller frees). */
+static char *check_block(const char *path, char *doc, const char *begin, const char *end,
+                         char *want)
+{
+    char *from = strstr(doc, begin), *to = from ? strstr(from, end) : NULL;
+    cr_assert(from && to, "%s has no block between %s", path, begin);
+    to += strlen(end);
+    size_t len = (size_t)(to - from);
+    if (getenv("TS_UPDATE_DOCS")) { /* make docs */
+        size_t head = (size_t)(from - doc), tail = strlen(to);
+        char *next = malloc(head + strlen(want) + tail + 1);
+        memcpy(next, doc, head);
+        memcpy(next + head, want, strlen(want));
+        memcpy(next + head + strlen(want), to, tail + 1);
+        free(doc);
+        doc = next;
+    } else {
+        cr_assert(len == strlen(want) && memcmp(from, want, len) == 0,
+                  "%s's table is stale: run `make docs`. It should read:\n%s", path, want);
+    }
+    free(want);
+    return doc;
+}
+
+Test(msgs, the_architecture_doc_holds_the_tables_of_msgs_and_methods)
 {
     const char *path = ts_source_path("docs/ARCHITECTURE.md");
     char *doc = slurp(path);
     cr_assert_not_null(doc, "%s", path);
-    char *want = table();
-    char *from = strstr(doc, BEGIN), *to = from ? strstr(from, END) : NULL;
-    cr_assert(from && to, "docs/ARCHITECTURE.md has no message table between its markers");
-    to += strlen(END);
-    if (getenv("TS_UPDATE_DOCS")) { /* make docs */
+    doc = check_block(path, doc, MSGS_BEGIN, MSGS_END, msgs_table());
+    doc = check_block(path, doc, METHODS_BEGIN, METHODS_END, methods_table());
+    if (getenv("TS_UPDATE_DOCS")) {
         FILE *f = fopen(path, "wb");
         cr_assert_not_null(f);
-        fwrite(doc, 1, (size_t)(from - doc), f);
-        fputs(want, f);
-        fputs(to, f);
+        fputs(doc, f);
         fclose(f);
-    } else {
-        size_t len = (size_t)(to - from);
-        cr_assert(len == strlen(want) && memcmp(from, want, len) == 0,
-                  "docs/ARCHITECTURE.md's message table is stale: run `make docs`. It should "
-                  "read:\n%s",
-                  want);
     }
-    free(want);
     free(doc);
+}
+
+Test(msgs, methods_are_named_once_and_found_by_name)
+{
+    for (int m = 0; m < TS_M_NONE; m++) {
+        cr_assert_eq(ts_method_lookup(ts_method_name((ts_method_t)m)), (ts_method_t)m);
+        cr_assert(ts_method_info((ts_method_t)m)->doc[0], "every row has a line of doc");
+    }
+    cr_assert_eq(ts_method_lookup("nope"), TS_M_NONE);
+    cr_assert_str_eq(ts_method_name(TS_M__LAST), "(none)");
+    cr_assert(ts_method_is(TS_M_CREATE, TS_MF_WRITE | TS_MF_COLLECTION));
+    cr_assert(!ts_method_is(TS_M_GET, TS_MF_WRITE));
 }
 
 Test(msgs, kinds_are_named_once_and_in_order)

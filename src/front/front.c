@@ -58,13 +58,6 @@ typedef struct client {
 
 /* A remote change the store sent straight here: it waits until the persist
  * batch that carried its document's previous event has been published. */
-typedef struct early_event {
-    struct early_event *next;
-    uint32_t after;
-    int64_t since_us;
-    size_t topic_len, payload_len;
-    char data[]; /* topic, then payload */
-} early_event_t;
 
 /* The events published on one topic so far. */
 typedef struct {
@@ -89,7 +82,7 @@ typedef struct {
     bool draining;
     int64_t drain_deadline_us;
     uint32_t published_batch;   /* the last persist batch whose events are out */
-    early_event_t *early, *early_last; /* remote changes waiting for a batch, in order */
+    ts_event_t *early, *early_last; /* remote changes waiting for a batch, in order */
     char boot[37];    /* this run's id, in every event */
     topic_t *topics;  /* each topic's seq, for subscribers to see a gap */
     size_t ntopics;
@@ -277,7 +270,7 @@ static bool batch_published(const front_t *self, uint32_t batch)
 static void early_release(front_t *self, bool all)
 {
     while (self->early && (all || batch_published(self, self->early->after))) {
-        early_event_t *ev = self->early;
+        ts_event_t *ev = self->early;
         publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len, ev->payload_len);
         self->early = ev->next;
         free(ev);
@@ -286,19 +279,11 @@ static void early_release(front_t *self, bool all)
         self->early_last = NULL;
 }
 
-static void early_add(front_t *self, uint32_t after, const void *topic, size_t tlen,
-                      const void *payload, size_t plen)
+/* Holds ev (taken) until the events of its persist batch are out. */
+static void early_add(front_t *self, ts_event_t *ev)
 {
-    early_event_t *ev = malloc(sizeof *ev + tlen + plen);
-    if (!ev) {
-        ts_error(LOG, "out of memory holding an event: published out of turn");
-        publish(self, topic, tlen, payload, plen);
-        return;
-    }
-    *ev = (early_event_t){.after = after, .since_us = ts_mono_us(), .topic_len = tlen,
-                          .payload_len = plen};
-    memcpy(ev->data, topic, tlen);
-    memcpy(ev->data + tlen, payload, plen);
+    ev->held_us = ts_mono_us();
+    ev->next = NULL;
     if (self->early_last)
         self->early_last->next = ev;
     else
@@ -1084,37 +1069,26 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
 /* Publishes (or holds, see early_add) up to max queued events. */
 static void read_events(front_t *self, void *socket, int max)
 {
-    for (int round = 0; round < max; round++) {
-        zmq_msg_t topic, payload;
-        zmq_msg_init(&topic);
-        zmq_msg_init(&payload);
-        if (zmq_msg_recv(&topic, socket, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&topic);
-            zmq_msg_close(&payload);
-            break;
+    ts_msg_t m;
+    for (int round = 0; round < max && ts_msg_recv(socket, ZMQ_DONTWAIT, &m) == 0; round++) {
+        ts_event_t **lists = ts_msg_EVENTS(&m);
+        if (!lists) {
+            ts_msg_unexpected(LOG, &m);
+            continue;
         }
-        if (zmq_msg_more(&topic) && zmq_msg_recv(&payload, socket, 0) >= 0) {
-            /* An optional third frame: the persist batch to publish after. */
-            uint32_t after = 0;
-            bool ordered = false;
-            if (zmq_msg_more(&payload)) {
-                zmq_msg_t batch;
-                zmq_msg_init(&batch);
-                if (zmq_msg_recv(&batch, socket, 0) == (int)sizeof after) {
-                    memcpy(&after, zmq_msg_data(&batch), sizeof after);
-                    ordered = true;
+        for (size_t i = 0; i < m.count; i++) {
+            for (ts_event_t *ev = lists[i], *next; ev; ev = next) {
+                next = ev->next;
+                if (ev->after && (self->early || !batch_published(self, ev->after))) {
+                    early_add(self, ev);
+                } else {
+                    publish(self, ev->data, ev->topic_len, ev->data + ev->topic_len,
+                            ev->payload_len);
+                    free(ev);
                 }
-                zmq_msg_close(&batch);
             }
-            if (ordered && after && (self->early || !batch_published(self, after)))
-                early_add(self, after, zmq_msg_data(&topic), zmq_msg_size(&topic),
-                          zmq_msg_data(&payload), zmq_msg_size(&payload));
-            else
-                publish(self, zmq_msg_data(&topic), zmq_msg_size(&topic),
-                        zmq_msg_data(&payload), zmq_msg_size(&payload));
         }
-        zmq_msg_close(&topic);
-        zmq_msg_close(&payload);
+        ts_msg_release(&m);
     }
 }
 
@@ -1143,7 +1117,7 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
 {
     (void)loop, (void)id;
     front_t *self = arg;
-    if (self->early && ts_mono_us() - self->early->since_us > EARLY_MAX_US) {
+    if (self->early && ts_mono_us() - self->early->held_us > EARLY_MAX_US) {
         ts_warn(LOG, "published remote changes whose turn did not come");
         early_release(self, true);
     }
@@ -1217,6 +1191,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_loop_run(self.loop);
     ts_actor_quiesce(actor);
     ts_msg_drain(self.replies); /* answers too late to give: their writes are durable */
+    ts_msg_drain(self.events_in);
     early_release(&self, true);  /* remote changes: durable at the server */
 done:
     ts_loop_destroy(&self.loop);

@@ -133,7 +133,10 @@ typedef struct ts_event {
     struct ts_event *next;
     size_t topic_len;
     size_t payload_len;
-    char data[]; /* topic, then payload */
+    uint32_t after;   /* EVENTS: publish once the events of this persist batch are
+                         out (0: at once); keeps one document's events in order */
+    int64_t held_us;  /* when the front door began to hold it for `after` */
+    char data[];      /* topic, then payload */
 } ts_event_t;
 
 ts_event_t *ts_event_new(const char *topic, const char *payload, size_t payload_len);

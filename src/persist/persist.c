@@ -155,9 +155,13 @@ static int on_checkpoint_request(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
     checkpointer_t *self = arg;
-    char buf[8];
-    while (zmq_recv(socket, buf, sizeof buf, ZMQ_DONTWAIT) >= 0)
-        ; /* many requests, one checkpoint */
+    ts_msg_t m;
+    while (ts_msg_recv(socket, ZMQ_DONTWAIT, &m) == 0) { /* many requests, one checkpoint */
+        if (m.kind == TS_MSG_CHECKPOINT)
+            ts_msg_release(&m);
+        else
+            ts_msg_unexpected("checkpointer", &m);
+    }
     int wal = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
@@ -231,7 +235,7 @@ static void maybe_checkpoint(persist_t *self)
     if (self->wal_pages < CHECKPOINT_PAGES || now - self->checkpoint_asked_us < CHECKPOINT_EVERY_US)
         return;
     self->checkpoint_asked_us = now;
-    zmq_send(self->to_checkpointer, "c", 1, ZMQ_DONTWAIT);
+    ts_send_CHECKPOINT(self->to_checkpointer, NULL, 0);
 }
 
 /* ---- the WAL's file space ----

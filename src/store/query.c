@@ -2,6 +2,7 @@
  * reload and info for the store actor (see store_query.h). */
 #include "store/query.h"
 
+#include "msgs/msgs.h"
 #include "store/index.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
@@ -738,8 +739,9 @@ static void publish(ts_call_t *call, void *events_push, const char *payload, siz
             p = &(*p)->next;
         *p = e;
     } else if (events_push) {
-        zmq_send(events_push, "policy", 6, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-        zmq_send(events_push, payload, len, ZMQ_DONTWAIT);
+        ts_event_t *e = ts_event_new("policy", payload, len);
+        if (e && ts_send_EVENTS(events_push, &e, 1))
+            ts_event_free_list(e);
     }
 }
 

@@ -522,16 +522,19 @@ static void publish_remote_change(store_t *self, const collection_t *c, const do
 {
     ts_buf_t b = {0};
     doc_changed_text(&b, c, d, "remote");
+    ts_event_t *ev = b.data ? ts_event_new(c->topic, b.data, b.len) : NULL;
+    ts_buf_free(&b);
+    if (!ev)
+        return;
     /* A batch sent this long ago is out for sure (persist's queue is
      * bounded); its number could be confused with a new one after a wrap. */
-    uint32_t after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
-                         ? d->event_batch
-                         : 0;
-    if (b.data && (zmq_send(self->events, c->topic, strlen(c->topic), ZMQ_SNDMORE) < 0 ||
-                   zmq_send(self->events, b.data, b.len, ZMQ_SNDMORE) < 0 ||
-                   zmq_send(self->events, &after, sizeof after, 0) < 0))
+    ev->after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
+                    ? d->event_batch
+                    : 0;
+    if (ts_send_EVENTS(self->events, &ev, 1)) {
         ts_warn(LOG, "cannot publish a remote change: %s", zmq_strerror(zmq_errno()));
-    ts_buf_free(&b);
+        ts_event_free_list(ev);
+    }
 }
 
 /* Records are made durable in the order they were attached. */
@@ -1051,10 +1054,9 @@ static void maybe_publish_status(store_t *self)
         cJSON_AddItemToObject(event, "params", st);
     char *text = cJSON_PrintUnformatted(event);
     cJSON_Delete(event);
-    if (text && self->events) {
-        zmq_send(self->events, "sync", 4, ZMQ_SNDMORE);
-        zmq_send(self->events, text, strlen(text), 0);
-    }
+    ts_event_t *ev = text && self->events ? ts_event_new("sync", text, strlen(text)) : NULL;
+    if (ev && ts_send_EVENTS(self->events, &ev, 1))
+        ts_event_free_list(ev);
     cJSON_free(text);
 }
 

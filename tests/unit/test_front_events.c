@@ -45,8 +45,8 @@ static void rig_up(rig_t *r)
     char buf[64];
     int got = -1;
     for (int i = 0; i < 200 && got < 0; i++) {
-        zmq_send(r->events, "hello", 5, ZMQ_SNDMORE);
-        zmq_send(r->events, "{}", 2, 0);
+        ts_event_t *hello = ts_event_new("hello", "{}", 2);
+        cr_assert_eq(ts_send_EVENTS(r->events, &hello, 1), 0);
         int timeout = 10;
         zmq_setsockopt(r->sub, ZMQ_RCVTIMEO, &timeout, sizeof timeout);
         got = zmq_recv(r->sub, buf, sizeof buf, 0);
@@ -85,9 +85,10 @@ static void send_committed(rig_t *r, uint32_t batch, const char *payload)
 /* A remote change, to be published after persist batch `after`. */
 static void send_remote(rig_t *r, uint32_t after, const char *payload)
 {
-    zmq_send(r->events, "doc.sessions", 12, ZMQ_SNDMORE);
-    zmq_send(r->events, payload, strlen(payload), ZMQ_SNDMORE);
-    zmq_send(r->events, &after, sizeof after, 0);
+    ts_event_t *ev = ts_event_new("doc.sessions", payload, strlen(payload));
+    cr_assert(ev);
+    ev->after = after;
+    cr_assert_eq(ts_send_EVENTS(r->events, &ev, 1), 0);
 }
 
 /* The next event's payload, or "" when none comes within timeout_ms. */

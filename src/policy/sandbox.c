@@ -16,7 +16,9 @@
  *      instruction, since the head start would be a large part of them.
  *      string.find, match, gmatch and gsub match in C, where no hook fires;
  *      they are replaced by budgeted ones (pattern.c) whose steps count as
- *      instructions (s_charge).
+ *      instructions (s_charge). So are string.rep and table.insert, remove,
+ *      move, concat, unpack and sort (metered.c), which loop in C over a
+ *      count the caller picks (n, a range, a length that __len may give).
  *   3. Environment: each loaded file gets its own _ENV whose reads fall
  *      through to a table of allow-listed builtins; unknown names raise. After
  *      the chunk returns, its globals move behind a read-only view.
@@ -29,6 +31,7 @@
  *      plain names inside the directory (no '/', no "..", no symlinks). */
 #include "sandbox.h"
 
+#include "metered.h"
 #include "pattern.h"
 #include "therasync/log.h"
 #include "watchdog.h"
@@ -180,7 +183,8 @@ static void s_hook(lua_State *L, lua_Debug *ar)
     luaL_error(L, "instruction budget exceeded (%ld instructions)", self->budget);
 }
 
-/* Work done in C by the pattern functions (pattern.c), in steps: counted
+/* Work done in C by the pattern functions (pattern.c) and the metered
+ * string.rep and table functions (metered.c), in steps: counted
  * against the budget like instructions, and only while the count hook is
  * armed, so a lazily armed budget gives a pattern the same 2-4 ms head start
  * as Lua code. Raises, and makes every later instruction raise, like the
@@ -571,6 +575,9 @@ static int s_init(lua_State *L)
     lua_setfield(L, builtins, "require");
     lua_pushcfunction(L, s_xpcall);
     lua_setfield(L, builtins, "xpcall");
+    /* string.rep and the table functions that loop over a count the caller
+     * picks charge their work too (metered.h); unpack is one of them. */
+    ts_metered_install(L, str, tab, &s_meter);
     lua_getfield(L, tab, "unpack");
     lua_setfield(L, builtins, "unpack");
 

@@ -358,6 +358,33 @@ Test(policy_engine, a_hostile_pattern_fails_only_its_own_call)
     assert_alive();
 }
 
+/* string.rep("", 2^40) in validation, under a pcall (2^40 rounds inside
+ * one call of Lua's own string.rep: hours): the write is refused with
+ * policy_error (the budget, which the pcall cannot keep) within seconds, and
+ * the engine serves every other call meanwhile and after. */
+Test(policy_engine, a_huge_string_rep_fails_only_its_own_call)
+{
+    start_with(ts_source_path("tests/fixtures/policies/rep_bomb"));
+    must_create("ok1", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
+                ",\"room\":\"A\"");
+    int64_t t0 = ts_mono_us();
+    cJSON *r = create_session("b1", "thr-1", "pat-1", "2026-03-02T10:00:00.000Z", 50,
+                              "scheduled", "in_person", ",\"room\":\"rep\"");
+    cr_assert_eq(ts_rpc_error_code(r), -32004, "%s", r ? cJSON_PrintUnformatted(r) : "no answer");
+    cr_assert_str_eq(ts_rpc_error_reason(r), "policy_error");
+    cr_assert(strstr(error_message(r), "instruction budget exceeded"), "%s", error_message(r));
+    cr_assert_lt(ts_mono_us() - t0, 5000000, "the refusal took too long");
+    cJSON_Delete(r);
+    assert_alive();
+    must_create("ok2", "thr-1", "pat-1", "2026-03-02T11:00:00.000Z", 50, "scheduled", NULL);
+    cJSON *g = ts_rpc(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"b1\"}");
+    cr_assert_eq(ts_rpc_error_code(g), -32001, "the refused write was stored");
+    cJSON_Delete(g);
+    cJSON *s = ts_rpc(&engine, "status", NULL);
+    cr_assert_eq(cJSON_GetObjectItem(ts_rpc_result(s), "pending")->valueint, 2);
+    cJSON_Delete(s);
+}
+
 /* ---- hot reload ---- */
 
 static void copy_file(const char *from_dir, const char *to_dir, const char *name)

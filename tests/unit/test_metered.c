@@ -1,0 +1,229 @@
+/* test_metered.c — string.rep and the table functions with metered loops
+ * (src/policy/metered.c): identical results to Lua's own library, metamethod
+ * calls in the same order (a differential test), and calls that loop over a
+ * huge caller-chosen count stopped by the budget, both on a bare meter and
+ * inside the sandbox. */
+#include "policy/metered.h"
+#include "policy/sandbox.h"
+#include "therasync/util.h"
+
+#include <criterion/criterion.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static long s_steps, s_limit = 1L << 40;
+
+/* A meter for a bare state: counts, and raises past s_limit. */
+static void count_steps(lua_State *L, long steps)
+{
+    s_steps += steps;
+    if (s_steps > s_limit)
+        luaL_error(L, "step budget spent");
+}
+
+static const ts_pattern_meter_t s_meter = {count_steps};
+
+/* A plain state with the standard libraries; metered functions in its string
+ * and table tables when metered. */
+static lua_State *new_state(bool metered)
+{
+    lua_State *L = luaL_newstate();
+    cr_assert_not_null(L);
+    luaL_openlibs(L);
+    if (metered) {
+        lua_getglobal(L, "string");
+        lua_getglobal(L, "table");
+        ts_metered_install(L, -2, -1, &s_meter);
+        lua_pop(L, 2);
+    }
+    return L;
+}
+
+/* Runs tests/fixtures/metered/diff.lua in L; returns its output (malloc'd,
+ * NUL bytes in it shown as \1 so it reads as one C string). */
+static char *run_diff(lua_State *L)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/fixtures/metered/diff.lua", src ? src : ".");
+    cr_assert_eq(luaL_dofile(L, path), LUA_OK, "%s", lua_tostring(L, -1));
+    size_t len;
+    const char *out = lua_tolstring(L, -1, &len);
+    cr_assert_not_null(out, "diff.lua returns its lines");
+    char *copy = malloc(len + 1);
+    cr_assert_not_null(copy);
+    for (size_t i = 0; i < len; i++)
+        copy[i] = out[i] ? out[i] : '\1';
+    copy[len] = '\0';
+    return copy;
+}
+
+Test(metered, same_results_as_lua_on_every_case, .timeout = 120)
+{
+    lua_State *ref = new_state(false), *mine = new_state(true);
+    s_steps = 0;
+    char *want = run_diff(ref), *got = run_diff(mine);
+    /* first differing line, for the message */
+    const char *a = want, *b = got;
+    int line = 1, lines = 0;
+    while (*a && *a == *b) {
+        if (*a == '\n')
+            line++;
+        a++, b++;
+    }
+    for (const char *c = want; *c; c++)
+        lines += *c == '\n';
+    if (*a || *b) {
+        while (a > want && a[-1] != '\n')
+            a--;
+        while (b > got && b[-1] != '\n')
+            b--;
+        cr_assert_fail("line %d differs:\n lua: %.400s\n ours: %.400s", line, a, b);
+    }
+    cr_assert_gt(lines, 1500, "the cases ran (%d lines)", lines);
+    cr_assert(strstr(want, " => ok ") && strstr(want, " => E "), "both results and errors seen");
+    cr_assert(strstr(want, "log:#,r"), "metamethod calls were logged");
+    cr_assert_gt(s_steps, 100000, "the metered functions charged their work");
+    free(want);
+    free(got);
+    lua_close(ref);
+    lua_close(mine);
+}
+
+/* Runs chunk in a metered bare state with a limit of limit steps; returns
+ * the error message ("" when it ended well) in err. */
+static void run_limited(const char *chunk, long limit, char *err, size_t errlen)
+{
+    lua_State *L = new_state(true);
+    s_steps = 0;
+    s_limit = limit;
+    int rc = luaL_dostring(L, chunk);
+    snprintf(err, errlen, "%s", rc == LUA_OK ? "" : lua_tostring(L, -1));
+    lua_close(L);
+    s_limit = 1L << 40;
+}
+
+/* A bare state has no count hook: only the steps can stop these. */
+Test(metered, hostile_counts_stop_at_the_limit, .timeout = 120)
+{
+    const char *chunks[] = {
+        "return string.rep('', 2^40)",
+        "return (''):rep(2^40, '')",
+        "for _ = 1, 1e6 do local _ = ('x'):rep(1e6, ',') end",
+        "return table.move({}, 1, 2^40, 2)",
+        "table.insert(setmetatable({}, {__len = function() return 2^40 end}), 1, 'x')",
+        "table.remove(setmetatable({}, {__len = function() return 2^40 end}), 1)",
+        "local t = {} for i = 1, 1e5 do t[i] = 'x' end for _ = 1, 1e6 do table.concat(t) end",
+        "local t = setmetatable({}, {__index = function() return 'x' end})\n"
+        "return #table.concat(t, '', 1, 2^40)",
+        "for _ = 1, 1e6 do table.unpack({}, 1, 9e5) end",
+        "local t = {} for i = 1, 2e4 do t[i] = (i * 7919) % 2e4 end\n"
+        "for _ = 1, 1e4 do table.sort(t) end",
+        "local big, t = ('x'):rep(1e6), {} for i = 1, 1000 do t[i] = big end\n"
+        "for _ = 1, 1e3 do table.sort(t) end",
+    };
+    for (size_t i = 0; i < sizeof chunks / sizeof *chunks; i++) {
+        char err[512];
+        int64_t t0 = ts_mono_us();
+        run_limited(chunks[i], 10000000, err, sizeof err);
+        int64_t us = ts_mono_us() - t0;
+        cr_assert(strstr(err, "step budget spent"), "case %zu: %s", i, err[0] ? err : "ended");
+        /* ~1 s when a metamethod makes up every element (a Lua call each) */
+        cr_assert_lt(us, 5000000, "case %zu took %lld ms", i, (long long)us / 1000);
+        /* a charge is at most 4096 steps plus one element's or round's */
+        cr_assert_lt(s_steps, 10000000 + 100000, "case %zu overran by %ld steps", i,
+                     s_steps - 10000000);
+    }
+}
+
+Test(metered, ordinary_work_costs_steps_in_proportion)
+{
+    char err[512];
+    /* 10,000 elements sorted, joined, moved; a 20,000-byte string */
+    run_limited("local t = {} for i = 1, 1e4 do t[i] = (i * 7919) % 1e4 end\n"
+                "table.sort(t) local s = table.concat(t, ',')\n"
+                "table.move(t, 1, #t, 1, {}) return ('ab'):rep(1e4)",
+                10000000, err, sizeof err);
+    cr_assert_str_eq(err, "");
+    cr_assert_gt(s_steps, 100000);
+    cr_assert_lt(s_steps, 1000000, "%ld steps", s_steps);
+}
+
+/* ---- inside the sandbox ---- */
+
+typedef struct {
+    const char *fn;
+} call_t;
+
+static int s_call(lua_State *L)
+{
+    call_t *c = lua_touserdata(L, 1);
+    ts_sandbox_run_file(L, "calls.lua");
+    lua_getfield(L, -1, c->fn);
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+static ts_sandbox_t *open_sandbox(long budget)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024], err[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/metered", src ? src : ".");
+    ts_sandbox_t *sb = ts_sandbox_new(dir, 64u << 20, budget, err, sizeof err);
+    cr_assert_not_null(sb, "%s", err);
+    return sb;
+}
+
+static int call(ts_sandbox_t *sb, const char *fn, char *err, size_t errlen)
+{
+    call_t c = {fn};
+    err[0] = '\0';
+    return ts_sandbox_pcall(sb, s_call, &c, err, errlen);
+}
+
+/* Eagerly counted (100,000) and lazily armed (the defaults: 10 million, and
+ * the engine's 1 million): every hostile call ends with the budget error,
+ * soon, pcall cannot keep it, and the state serves the next call. */
+Test(metered, hostile_counts_end_with_the_budget_error_in_the_sandbox, .timeout = 240)
+{
+    const long budgets[] = {100000, 1000000, 0};
+    const char *fns[] = {"rep_empty", "rep_method",    "rep_sep", "move",
+                         "insert",    "remove",        "concat",  "concat_count",
+                         "unpack",    "unpack_global", "sort",    "sort_long_strings",
+                         "caught"};
+    for (size_t b = 0; b < sizeof budgets / sizeof *budgets; b++) {
+        ts_sandbox_t *sb = open_sandbox(budgets[b]);
+        char err[512];
+        cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "%s", err);
+        for (size_t i = 0; i < sizeof fns / sizeof *fns; i++) {
+            int64_t t0 = ts_mono_us();
+            cr_assert_eq(call(sb, fns[i], err, sizeof err), -1, "%s ended (budget %ld)", fns[i],
+                         budgets[b]);
+            int64_t us = ts_mono_us() - t0;
+            cr_assert(strstr(err, "instruction budget exceeded"), "%s: %s", fns[i], err);
+            cr_assert_lt(us, 5000000, "%s took %lld ms (budget %ld)", fns[i], (long long)us / 1000,
+                         budgets[b]);
+            cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "after %s: %s", fns[i], err);
+        }
+        if (budgets[b] != 100000) /* a few hundred thousand steps */
+            cr_assert_eq(call(sb, "ordinary", err, sizeof err), 0, "budget %ld: %s", budgets[b],
+                         err);
+        ts_sandbox_destroy(&sb);
+    }
+}
+
+/* A result past the memory cap is refused on memory, before any loop. */
+Test(metered, a_result_past_the_memory_cap_fails_on_memory)
+{
+    ts_sandbox_t *sb = open_sandbox(0);
+    char err[512];
+    int64_t t0 = ts_mono_us();
+    cr_assert_eq(call(sb, "rep_memory", err, sizeof err), -1);
+    cr_assert(strstr(err, "memory cap exceeded"), "%s", err);
+    cr_assert_lt(ts_mono_us() - t0, 1000000);
+    cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "%s", err);
+    ts_sandbox_destroy(&sb);
+}

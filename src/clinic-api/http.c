@@ -358,6 +358,13 @@ static enum MHD_Result finish_write(struct MHD_Connection *c, req_t *rq)
     return answer(c, rq->job.r.status, &rq->job.r.body);
 }
 
+/* A NUL in a string (escaped or not) or an escape JSON does not have:
+ * cJSON would cut the string there or read it as NUL, so it is refused,
+ * never stored short. */
+#define BODY_STRING_FAULT                                                                          \
+    "{\"errors\":[{\"field\":\"\",\"message\":\"a string holds a NUL or an escape JSON "   \
+    "does not have\"}]}"
+
 /* POST, PATCH and DELETE. id is NULL for a create. The write goes to the
  * group-commit writer and the connection waits suspended; MHD calls the
  * handler again after the commit, and route() sends the answer. */
@@ -406,6 +413,8 @@ static enum MHD_Result write_doc(ca_http_t *h, struct MHD_Connection *c, req_t *
         return answer_text(c, 404, "{\"error\":\"not_found\"}");
 
     if (op != CA_OP_DELETE) {
+        if (ts_json_string_fault(rq->body.data ? rq->body.data : "", rq->body.len))
+            return answer_text(c, 400, BODY_STRING_FAULT);
         rq->doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
         if (!rq->doc)
             return answer_text(c, 400,
@@ -647,6 +656,8 @@ static enum MHD_Result finish_batch(struct MHD_Connection *c, req_t *rq)
 
 static enum MHD_Result batch(ca_http_t *h, struct MHD_Connection *c, req_t *rq)
 {
+    if (ts_json_string_fault(rq->body.data ? rq->body.data : "", rq->body.len))
+        return answer_text(c, 400, BODY_STRING_FAULT);
     rq->doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
     if (!rq->doc)
         return batch_bad(c, -1, "", "the body is not valid JSON");

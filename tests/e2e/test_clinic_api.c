@@ -1778,3 +1778,38 @@ Test(docs, numbers_out_of_range_are_refused, .init = start_logged_in, .fini = st
     cJSON_Delete(j);
     cr_assert_eq(ts_proc_alive(&S.proc), 1, "the server is up");
 }
+
+/* A NUL in a string, escaped or not, or an escape JSON does not have would
+ * be cut short or read as NUL by the parser: refused, never stored short. */
+Test(docs, nul_and_invalid_escapes_are_refused_not_cut, .init = start_logged_in,
+     .fini = stop_server, .timeout = 30)
+{
+    static const char *const bodies[] = {
+        "{\"id\":\"z1\",\"notes\":\"abc\\u0000def\"}",
+        "{\"id\":\"z1\",\"notes\":\"\\uZZZZ\"}",
+        "{\"id\":\"z1\",\"notes\":\"\\u12xy\"}",
+        "{\"id\":\"z1\\u0000x\"}",
+    };
+    static const char *const patches[] = {
+        "{\"notes\":\"abc\\u0000def\"}",
+        "{\"notes\":\"\\uZZZZ\"}",
+        "{\"notes\":\"\\u12xy\"}",
+        "{\"a\\u0000b\":1}",
+    };
+    cJSON_Delete(call_json("POST", "/v1/sessions", "{\"id\":\"z0\",\"notes\":\"kept\"}", NULL,
+                           NULL, 201));
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        cJSON_Delete(call_json("POST", "/v1/sessions", bodies[i], NULL, NULL, 400));
+        cJSON_Delete(call_json("PATCH", "/v1/sessions/z0", patches[i], NULL, NULL, 400));
+        char batch[256];
+        snprintf(batch, sizeof batch,
+                 "{\"ops\":[{\"method\":\"POST\",\"collection\":\"sessions\",\"body\":%s}]}",
+                 bodies[i]);
+        cJSON_Delete(call_json("POST", "/v1/_batch", batch, NULL, NULL, 400));
+    }
+    cr_assert_eq(stat_of("applied_writes"), 1, "only z0 was stored");
+    cJSON *j = call_json("GET", "/v1/sessions/z0", NULL, NULL, NULL, 200);
+    cr_assert_str_eq(str(j, "notes"), "kept");
+    cJSON_Delete(j);
+    cJSON_Delete(call_json("GET", "/v1/sessions/z1", NULL, NULL, NULL, 404));
+}

@@ -102,19 +102,34 @@ static inline bool ts_name_is(const char *name, const char *key, size_t len)
 /* Strict base-10 parse of the whole string; 0 or -1. */
 int ts_parse_i64(const char *text, int64_t *value);
 
+/* Out of memory: the engine stops, as Redis does, rather than carry on in
+ * a state no test has seen. Nothing is lost by it: a write is answered only
+ * once durable, and the outbox replays after the restart (systemd's
+ * Restart=). These never return NULL; ts_oom() logs what was asked for and
+ * aborts. Only the Lua sandbox's allocator fails softly (a policy's memory
+ * cap is an error of that call), and SQLite's and curl's own errors are
+ * handled where they are returned. */
+_Noreturn void ts_oom(size_t bytes);
+void *ts_xmalloc(size_t n);
+void *ts_xcalloc(size_t count, size_t size);
+void *ts_xrealloc(void *p, size_t n);
+char *ts_xstrdup(const char *s);
+char *ts_xstrndup(const char *s, size_t n);
+/* Makes cJSON allocate through ts_xmalloc (cJSON_Create*, printing and
+ * parsing then never fail for want of memory). Once, at start. */
+void ts_oom_hooks_install(void);
+
 /* Copies src (NULL: "") into dst of size bytes, cut short to fit and always
  * NUL-terminated: snprintf(dst, size, "%s", src) without the format engine,
  * for copies made on every write. */
 void ts_copy_text(char *dst, size_t size, const char *src);
 
 /* A malloc'd, NUL-terminated copy of text[0..len): strndup without its
- * scan for a NUL, for text known to hold none (JSON we printed). NULL when
- * out of memory. */
+ * scan for a NUL, for text known to hold none (JSON we printed). */
 char *ts_memdup(const char *text, size_t len);
 
 /* Room for more items in a growing array: *cap doubled (first when 0)
- * and array realloc'd to that many items of size bytes. The new array, or
- * NULL with array and *cap unchanged when memory ran out. */
+ * and array realloc'd to that many items of size bytes; the new array. */
 void *ts_grow(void *array, size_t *cap, size_t size, size_t first);
 
 /* Growable byte buffer; always NUL-terminated when data != NULL.

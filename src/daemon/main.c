@@ -104,6 +104,7 @@ static ts_actor_t *start_api(void *zctx, const ts_config_t *config, const char *
 int main(int argc, char **argv)
 {
     ts_config_t config;
+    ts_oom_hooks_install();
     ts_config_init(&config);
     char err[1024] = "";
     int rc = ts_config_parse_args(&config, argc, argv, err, sizeof err);

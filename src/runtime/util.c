@@ -8,6 +8,9 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cJSON.h>
 
 int64_t ts_mono_us(void)
 {
@@ -71,13 +74,69 @@ void ts_copy_text(char *dst, size_t size, const char *src)
     dst[n] = '\0';
 }
 
+_Noreturn void ts_oom(size_t bytes)
+{
+    /* No log function here: it may want memory too. */
+    char line[160];
+    int n = snprintf(line, sizeof line,
+                     "out of memory (%zu bytes asked for): therasync stops; every answered "
+                     "write is durable\n",
+                     bytes);
+    if (n > 0 && write(2, line, (size_t)n) < 0)
+        line[0] = '\0';
+    abort();
+}
+
+void *ts_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        ts_oom(n);
+    return p;
+}
+
+void *ts_xcalloc(size_t count, size_t size)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p)
+        ts_oom(count * size);
+    return p;
+}
+
+void *ts_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        ts_oom(n);
+    return q;
+}
+
+char *ts_xstrdup(const char *s)
+{
+    return ts_memdup(s, strlen(s));
+}
+
+char *ts_xstrndup(const char *s, size_t n)
+{
+    return ts_memdup(s, strnlen(s, n));
+}
+
+static void *cjson_malloc(size_t n)
+{
+    return ts_xmalloc(n);
+}
+
+void ts_oom_hooks_install(void)
+{
+    cJSON_Hooks hooks = {.malloc_fn = cjson_malloc, .free_fn = free};
+    cJSON_InitHooks(&hooks);
+}
+
 char *ts_memdup(const char *text, size_t len)
 {
-    char *copy = malloc(len + 1);
-    if (copy) {
-        memcpy(copy, text, len);
-        copy[len] = '\0';
-    }
+    char *copy = ts_xmalloc(len + 1);
+    memcpy(copy, text, len);
+    copy[len] = '\0';
     return copy;
 }
 
@@ -260,10 +319,7 @@ int ts_buf_grow(ts_buf_t *buf, size_t extra)
     size_t cap = buf->cap ? buf->cap : 256;
     while (cap < buf->len + extra + 1)
         cap *= 2;
-    char *data = realloc(buf->data, cap);
-    if (!data)
-        return -1;
-    buf->data = data;
+    buf->data = ts_xrealloc(buf->data, cap);
     buf->cap = cap;
     return 0;
 }
@@ -332,10 +388,9 @@ void *ts_grow(void *array, size_t *cap, size_t size, size_t first)
 {
     size_t n = *cap ? *cap * 2 : first;
     if (n < *cap || n > SIZE_MAX / size)
-        return NULL;
-    void *grown = realloc(array, n * size);
-    if (grown)
-        *cap = n;
+        ts_oom(SIZE_MAX);
+    void *grown = ts_xrealloc(array, n * size);
+    *cap = n;
     return grown;
 }
 

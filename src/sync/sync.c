@@ -10,242 +10,18 @@
  *   - the feed (pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL | POLL.
  * Only the head of each document's FIFO is ever sent; ready heads wait in a
  * min-heap by seq so the oldest goes first. */
-#include "msgs/msgs.h"
-#include "therasync/sync.h"
-#include "therasync/api.h"
-#include "msgs/call.h"
-#include "therasync/json.h"
-#include "therasync/log.h"
-#include "therasync/util.h"
+#include "sync_int.h"
 
-#include <inttypes.h>
 #include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <zmq.h>
 
-#define LOG "sync"
-#define TICK_MS 20
-#define HINT_WAIT_US 1500000      /* how long to wait for the store's cursor at start */
-#define PAGE_LIMIT 500
-#define PUSH_ATTEMPTS 3           /* the API actor's retries inside one push round */
-#define PUSH_BACKOFF_BASE_MS 250  /* our schedule between rounds */
-#define PUSH_BACKOFF_CAP_MS 30000
-#define PROBE_BASE_MS 250
-#define PROBE_CAP_MS 10000
-#define LONGPOLL_S 25
-#define ROUND_TIMEOUT_US 20000000 /* a `sync` call answers after this at the latest */
-#define STATUS_CURSOR_EVERY_US 250000
-#define BATCH_MAX_BYTES (512 * 1024) /* bodies per batch: well under the server's 1 MiB */
-#define HOLD_MAX_US 2000000       /* a feed change waits this long at most for our push */
-
-/* ---- state ---- */
-
-typedef enum { M_QUEUED, M_SENDING, M_BACKOFF, M_FETCHING, M_SETTLING, M__LAST } mstate_t;
 static const char *const mstate_names[M__LAST] = {"queued", "sending", "backoff", "fetching",
                                                   "settling"};
-
-typedef enum { C_UNKNOWN, C_ONLINE, C_OFFLINE, C__LAST } cstate_t;
 static const char *const cstate_names[C__LAST] = {"unknown", "online", "offline"};
-
-typedef enum { P_WAIT_HINT, P_CATCHUP, P_STREAM, P_LONGPOLL, P_POLL, P__LAST } pstate_t;
-static const char *const pstate_names[P__LAST] = {"wait_hint", "catchup", "stream", "longpoll",
-                                                  "poll"};
-
-struct sdoc;
-
-/* One queued mutation, as the outbox record says. */
-typedef struct mut {
-    struct mut *next;     /* the document's FIFO */
-    struct sdoc *doc;
-    int64_t seq;
-    int64_t at_ms;
-    int64_t base_version; /* the version the local write was made on */
-    ts_op_t op;
-    char mutation[37];
-    char *body;           /* create: document without id; update: merge patch; delete: NULL */
-    mstate_t state;
-    int rounds;           /* failed push rounds */
-    int64_t sent_ms;      /* wall clock of the first send; 0 = not sent yet */
-    bool sent;            /* that send is reported to the store (audit "sent") */
-    bool stuck;           /* rounds >= stuck_after */
-    bool dropped;         /* the store dropped it while a request was out */
-    int64_t due_us;       /* BACKOFF: when to queue again */
-} mut_t;
-
-/* A document whose sdoc was freed after our writes to it were confirmed:
- * the version they brought it to. Their echoes from the feed can come later
- * still, and knowing them saves parsing each one and a store update (the
- * store would ignore them: it has that version). Direct-mapped by hash. */
-#define RECENT_SLOTS 4096
-typedef struct {
-    uint64_t hash;        /* 0: empty */
-    int64_t version;
-    char coll[65];
-    char id[65];
-} recent_t;
-
-/* A document with queued mutations (or confirmed ones whose DROP has not
- * come back yet: until then its version is still worth knowing). */
-typedef struct sdoc {
-    struct sdoc *hnext;
-    mut_t *head, *tail;
-    int64_t version;      /* the version our own confirmed writes (or a conflict we
-                             resolved) brought the document to. If-Match is the larger of
-                             this and the write's base version: a remote change the write
-                             did not see must come back as a 409, so that the conflict
-                             policy decides instead of the write silently winning */
-    int heap_refs;        /* entries in the ready heap */
-    int unacked;          /* confirmed seqs whose DROP has not arrived */
-    /* A feed change that came while our write to the document was out: most
-     * often the echo of that very write. It waits for the answer, which says
-     * whether it is ours (dropped) or newer (applied); see hold_change. */
-    char *held;           /* the change's document, as JSON text */
-    size_t held_len;
-    int64_t held_version, held_us;
-    char hold_floor[65];  /* the cursor before it: the stored cursor stays there */
-    struct sdoc *hold_prev, *hold_next;
-    uint64_t hash;
-    char coll[65];
-    char id[65];
-} sdoc_t;
-
-typedef enum {
-    R_PUSH,     /* a mutation's request */
-    R_BATCH,    /* POST /v1/_batch: several documents' heads in one request */
-    R_FETCH,    /* GET of the current document after a 409 without one */
-    R_FEED,     /* a page of /v1/changes (catch-up, long poll, poll, drain) */
-    R_STREAM,   /* the SSE stream */
-    R_PROBE,    /* offline probe */
-    R_DIGEST,   /* GET /v1/{coll}/digest */
-    R_LIST,     /* a page of /v1/{coll}?since= (repair or invalidate) */
-} rkind_t;
-
-struct round;
-struct check;
-
-/* What a live request is for; the request's user. */
-typedef struct req {
-    struct req *prev, *next; /* live requests, freed at exit */
-    rkind_t kind;
-    uint64_t id;
-    mut_t *m;               /* PUSH, FETCH */
-    mut_t **batch;          /* BATCH: its mutations, in the order of the ops */
-    size_t nbatch;
-    bool drain;             /* FEED: a `sync` round's drain, not the feed's own */
-    int64_t sent_us;        /* PUSH, BATCH: when sent; 0 once answered (push_overdue) */
-    struct check *check;    /* DIGEST, LIST for a check */
-    struct round *round;    /* LIST for invalidate */
-} req_t;
-
-/* A `sync` or `invalidate` call being worked on. */
-typedef struct round {
-    struct round *next;
-    ts_envelope_t *envelope;
-    ts_call_t *call;
-    bool invalidate;
-    int64_t deadline_us;
-    uint64_t pushed0, pulled0;
-    bool push_done, pull_done;
-    bool drain_started;
-    /* invalidate: collections still to page, documents refetched */
-    int next_coll;          /* index into config collections; -1 when one was named */
-    char coll[65];
-    uint64_t invalidated;
-    bool listing;
-} round_t;
-
-/* A consistency check of one collection. */
-typedef enum { K_IDLE, K_DIGESTS, K_LOCAL_LIST, K_SERVER_LIST } kphase_t;
-typedef struct check {
-    kphase_t phase;
-    int coll;
-    bool have_local, have_server;
-    uint64_t server_count;
-    char server_hash[65];
-    ts_digest_t *local;
-    cJSON *items;           /* server documents (array), while listing */
-} check_t;
-
-typedef struct {
-    const ts_config_t *config;
-    ts_actor_t *actor;
-    ts_loop_t *loop;
-    void *inbox;            /* PULL TS_INPROC_SYNC: outbox, calls, digests, hints */
-    void *api_in;           /* PULL TS_INPROC_SYNC_API: the API actor's answers */
-    void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
-    void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
-    void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
-    void *to_front;         /* PUSH TS_INPROC_FRONT */
-    int64_t started_us;
-    /* documents */
-    sdoc_t **table;
-    size_t table_cap, ndocs;
-    struct heap_entry {
-        int64_t seq;
-        sdoc_t *doc;
-    } *heap;
-    size_t heap_len, heap_cap;
-    mut_t **waiting;        /* BACKOFF heads */
-    size_t nwaiting, waiting_cap;
-    size_t queued;          /* mutations held */
-    int in_flight;          /* SENDING + FETCHING */
-    int push_reqs;          /* push, batch and fetch requests out (bounded by concurrency) */
-    int batch_limit;        /* writes per batch now: sync.batch_size, halved on a 413 */
-    bool batch_off;         /* the server has no batch route: one request per write */
-    int stuck;
-    /* connection */
-    cstate_t conn;
-    char api_state[24];     /* "ok", "offline", "timeout", "unauthorized", "tls", "error" */
-    int consecutive_failures;
-    int probe_failures;
-    int64_t probe_due_us;
-    uint64_t probe_id;
-    char last_error[200];
-    int64_t last_error_ms;  /* wall clock of last_error */
-    int64_t last_sync_ms;   /* wall clock of the last good exchange; 0 = never */
-    /* feed */
-    pstate_t pull;
-    char cursor[65];        /* "" = unknown */
-    bool hint;              /* the store told us its cursor (or that it has none) */
-    uint64_t feed_id;       /* the feed's request in flight (0 = none) */
-    int64_t feed_due_us;    /* when to issue the next feed request (0 = not planned) */
-    int feed_failures;
-    int longpoll_timeouts;
-    uint64_t stream_id;     /* 0 = no stream */
-    bool stream_refused, longpoll_refused;
-    sdoc_t *holds, *holds_tail; /* documents with a held change, oldest first */
-    recent_t *recent;           /* RECENT_SLOTS; NULL when out of memory */
-    uint64_t echoes;            /* feed changes that were our own writes */
-    char cursor_sent[65];       /* the cursor last given to the store */
-    uint64_t drain_id;      /* a round's drain page in flight */
-    /* rounds, checks */
-    round_t *rounds;
-    check_t *checks;        /* one per collection */
-    int64_t next_check_us;
-    /* outgoing updates, flushed at the end of each turn */
-    ts_sync_update_t **out;
-    size_t nout, out_cap;
-    /* status sent last, to send only changes */
-    char status_sig[512];
-    char status_cursor[65];
-    size_t status_queued;
-    int status_in_flight;
-    int64_t status_sent_us;
-    /* counters */
-    uint64_t pushed, pulled, confirmed, rejected, conflicts, repairs, sends, retries;
-    req_t *reqs;
-} sync_t;
-
-static void push_pump(sync_t *self);
-static void feed_next(sync_t *self);
-static void rounds_progress(sync_t *self);
-static void stream_close(sync_t *self);
-static void pull_set(sync_t *self, pstate_t to);
-static void hold_release(sync_t *self, sdoc_t *d);
+const char *const pstate_names[P__LAST] = {"wait_hint", "catchup", "stream", "longpoll",
+                                           "poll"};
 
 /* ---- small helpers ---- */
 
@@ -258,7 +34,7 @@ static uint64_t rand_u64(void)
 }
 
 /* Full jitter: random(0, min(cap, base * 2^(n-1))) in microseconds. */
-static int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms)
+int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms)
 {
     int64_t ceiling = base_ms;
     for (int i = 1; i < n && ceiling < cap_ms; i++)
@@ -274,7 +50,7 @@ static int64_t cursor_value(const char *cursor)
     return cursor && *cursor && ts_parse_i64(cursor, &v) == 0 ? v : -1;
 }
 
-static uint64_t hash_key(const char *coll, const char *id)
+uint64_t hash_key(const char *coll, const char *id)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     for (const char *p = coll; *p; p++)
@@ -285,14 +61,14 @@ static uint64_t hash_key(const char *coll, const char *id)
     return h;
 }
 
-static void copy_str(char *dst, size_t cap, const char *src)
+void copy_str(char *dst, size_t cap, const char *src)
 {
     snprintf(dst, cap, "%s", src ? src : "");
 }
 
 /* ---- outgoing updates ---- */
 
-static ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
+ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
 {
     ts_sync_update_t *u = ts_sync_update_new(kind);
     if (!u)
@@ -317,7 +93,7 @@ static ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
     return u;
 }
 
-static void flush(sync_t *self)
+void flush(sync_t *self)
 {
     if (!self->nout)
         return;
@@ -331,7 +107,7 @@ static void flush(sync_t *self)
 
 /* The status part the store merges into `status`; sent when something in it
  * changed (a cursor-only change at most every STATUS_CURSOR_EVERY_US). */
-static void status_maybe_send(sync_t *self, bool force)
+void status_maybe_send(sync_t *self, bool force)
 {
     char ts[32] = "";
     if (self->last_sync_ms)
@@ -397,7 +173,7 @@ static void turn_end(sync_t *self)
 
 /* ---- requests ---- */
 
-static req_t *req_new(sync_t *self, rkind_t kind)
+req_t *req_new(sync_t *self, rkind_t kind)
 {
     req_t *r = calloc(1, sizeof *r);
     if (!r)
@@ -410,7 +186,7 @@ static req_t *req_new(sync_t *self, rkind_t kind)
     return r;
 }
 
-static void req_free(sync_t *self, req_t *r)
+void req_free(sync_t *self, req_t *r)
 {
     free(r->batch);
     if (r->prev)
@@ -423,7 +199,7 @@ static void req_free(sync_t *self, req_t *r)
 }
 
 /* Sends an API request for r. 0, or -1 (both freed). */
-static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
+int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
 {
     if (!q || !r) {
         ts_api_request_free(q);
@@ -448,8 +224,7 @@ static int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
     return 0;
 }
 
-static ts_api_request_t *get_request(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static ts_api_request_t *get_request(const char *fmt, ...)
+ts_api_request_t *get_request(const char *fmt, ...)
 {
     char path[512];
     va_list ap;
@@ -509,7 +284,7 @@ static bool push_overdue(const sync_t *self, int64_t now)
 
 /* Each tick: an overdue write makes the connection offline ("timeout"); it
  * stays so until no write is overdue (conn_note) and something answers. */
-static void conn_watch(sync_t *self, int64_t now)
+void conn_watch(sync_t *self, int64_t now)
 {
     if (self->conn == C_OFFLINE || !push_overdue(self, now))
         return;
@@ -519,7 +294,7 @@ static void conn_watch(sync_t *self, int64_t now)
 }
 
 /* Books one answer from the API: online/offline, api state, last error. */
-static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
+void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
 {
     ts_api_error_t e = res->error;
     if (e == TS_API_CANCELLED || e == TS_API_INTERNAL)
@@ -560,7 +335,7 @@ static void conn_note(sync_t *self, const ts_api_result_t *res, const char *what
     }
 }
 
-static void probe_send(sync_t *self)
+void probe_send(sync_t *self)
 {
     req_t *r = req_new(self, R_PROBE);
     ts_api_request_t *q =
@@ -574,7 +349,7 @@ static void probe_send(sync_t *self)
         self->probe_id = r->id;
 }
 
-static void on_probe(sync_t *self, ts_api_result_t *res)
+void on_probe(sync_t *self, ts_api_result_t *res)
 {
     self->probe_id = 0;
     conn_note(self, res, "probe");
@@ -585,7 +360,7 @@ static void on_probe(sync_t *self, ts_api_result_t *res)
 
 /* ---- documents ---- */
 
-static sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
+sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
 {
     if (!self->table_cap)
         return NULL;
@@ -631,7 +406,7 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
 }
 
 /* The version our confirmed writes brought a freed document to, or 0. */
-static int64_t recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h)
+int64_t recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h)
 {
     const recent_t *r = self->recent ? &self->recent[h % RECENT_SLOTS] : NULL;
     return r && r->hash == h && strcmp(r->id, id) == 0 && strcmp(r->coll, coll) == 0 ? r->version
@@ -639,7 +414,7 @@ static int64_t recent_version(const sync_t *self, const char *coll, const char *
 }
 
 /* Frees the document once nothing refers to it any more. */
-static void doc_maybe_free(sync_t *self, sdoc_t *d)
+void doc_maybe_free(sync_t *self, sdoc_t *d)
 {
     if (d->head || d->heap_refs || d->unacked > 0 || d->held)
         return;
@@ -660,7 +435,7 @@ static void doc_maybe_free(sync_t *self, sdoc_t *d)
 
 /* ---- the ready heap (heads to send, oldest seq first) ---- */
 
-static void heap_push(sync_t *self, sdoc_t *d)
+void heap_push(sync_t *self, sdoc_t *d)
 {
     if (self->heap_len == self->heap_cap) {
         size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
@@ -682,7 +457,7 @@ static void heap_push(sync_t *self, sdoc_t *d)
     d->heap_refs++;
 }
 
-static struct heap_entry heap_pop(sync_t *self)
+struct heap_entry heap_pop(sync_t *self)
 {
     struct heap_entry top = self->heap[0], last = self->heap[--self->heap_len];
     size_t i = 0;
@@ -715,7 +490,7 @@ static void waiting_remove(sync_t *self, mut_t *m)
 
 /* ---- a queued mutation's state: every change goes through here ---- */
 
-static void mstate_set(sync_t *self, mut_t *m, mstate_t to)
+void mstate_set(sync_t *self, mut_t *m, mstate_t to)
 {
     mstate_t from = m->state;
     if (from == to)
@@ -764,7 +539,7 @@ static void mut_free(sync_t *self, mut_t *m)
 }
 
 /* Removes the head of its document; the next one (if any) becomes ready. */
-static void head_pop(sync_t *self, sdoc_t *d)
+void head_pop(sync_t *self, sdoc_t *d)
 {
     mut_t *m = d->head;
     /* Out of the queues and out of flight, like any answered write (and a
@@ -836,7 +611,7 @@ static void outbox_mutation(sync_t *self, const ts_record_t *r)
 
 /* Removes m from its document's FIFO and frees it (and the document when
  * nothing else holds it). */
-static void mut_forget(sync_t *self, mut_t *m)
+void mut_forget(sync_t *self, mut_t *m)
 {
     sdoc_t *d = m->doc;
     if (m == d->head) {
@@ -875,7 +650,7 @@ static void outbox_drop(sync_t *self, const ts_record_t *r)
     }
 }
 
-static void on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
+void on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         for (ts_record_t *r = ptrs[i]; r; r = r->next) {
@@ -1075,7 +850,7 @@ static int push_batch(sync_t *self)
 
 /* Sends ready heads, oldest seq first, up to the concurrency bound: in
  * batches while the server takes them, else one request per write. */
-static void push_pump(sync_t *self)
+void push_pump(sync_t *self)
 {
     if (self->conn == C_OFFLINE)
         return;
@@ -1255,7 +1030,7 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
     }
 }
 
-static void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
+void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
     conn_note(self, res, "push");
     push_outcome(self, res, m);
@@ -1278,7 +1053,7 @@ static void batch_requeue(sync_t *self, req_t *r)
  * 405, 501, 400, or a 2xx that is not {results}) gets single requests from
  * now on; a 413 halves the batch size; a failure of the whole request
  * (network, 5xx, 401 after a refresh...) counts for every write in it. */
-static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
+void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
 {
     conn_note(self, res, "push");
     cJSON *results =
@@ -1326,7 +1101,7 @@ static void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
     }
 }
 
-static void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
+void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
     conn_note(self, res, "fetch");
     if (m->dropped) {
@@ -1347,7 +1122,7 @@ static void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
 }
 
 /* BACKOFF heads whose time has come are queued again. */
-static void push_wake(sync_t *self, int64_t now)
+void push_wake(sync_t *self, int64_t now)
 {
     for (size_t i = 0; i < self->nwaiting;) {
         mut_t *m = self->waiting[i];
@@ -1360,7 +1135,7 @@ static void push_wake(sync_t *self, int64_t now)
 
 /* ---- pull: the change feed ---- */
 
-static void pull_set(sync_t *self, pstate_t to)
+void pull_set(sync_t *self, pstate_t to)
 {
     if (self->pull == to)
         return;
@@ -1438,7 +1213,7 @@ static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, in
 
 /* The write's answer is in (or the wait is over): apply the held change
  * unless the answer showed it to be ours. */
-static void hold_release(sync_t *self, sdoc_t *d)
+void hold_release(sync_t *self, sdoc_t *d)
 {
     if (d->hold_prev)
         d->hold_prev->hold_next = d->hold_next;
@@ -1462,7 +1237,7 @@ static void hold_release(sync_t *self, sdoc_t *d)
     cursor_emit(self);
 }
 
-static void holds_expire(sync_t *self, int64_t now)
+void holds_expire(sync_t *self, int64_t now)
 {
     while (self->holds && now - self->holds->held_us >= HOLD_MAX_US) {
         sdoc_t *d = self->holds;
@@ -1492,7 +1267,7 @@ static bool feed_echo(sync_t *self, const char *coll, const char *id, int64_t v,
 
 /* Applies one change of a feed page or a stream event as a REMOTE update.
  * Returns 1 when it goes to the store. */
-static size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
+size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
 {
     if (!coll || !cJSON_IsObject(doc) || ts_config_collection(self->config, coll) < 0)
         return 0;
@@ -1535,7 +1310,7 @@ static void set_cursor(sync_t *self, const char *cursor)
 }
 
 /* A {changes, cursor, has_more} page. Returns has_more. */
-static bool apply_changes_page(sync_t *self, const cJSON *page)
+bool apply_changes_page(sync_t *self, const cJSON *page)
 {
     const cJSON *changes = cJSON_GetObjectItemCaseSensitive(page, "changes"), *c;
     cJSON_ArrayForEach(c, changes)
@@ -1570,7 +1345,7 @@ static void stream_open(sync_t *self)
         self->feed_due_us = ts_mono_us() + 1000000;
 }
 
-static void stream_close(sync_t *self)
+void stream_close(sync_t *self)
 {
     if (self->stream_id) {
         ts_api_cancel(self->api_feed, self->stream_id);
@@ -1578,7 +1353,7 @@ static void stream_close(sync_t *self)
     }
 }
 
-static void feed_request(sync_t *self, bool drain, long timeout_s)
+void feed_request(sync_t *self, bool drain, long timeout_s)
 {
     req_t *r = req_new(self, R_FEED);
     if (r)
@@ -1600,7 +1375,7 @@ static void feed_request(sync_t *self, bool drain, long timeout_s)
 }
 
 /* Issues the feed's next request when one is due. */
-static void feed_next(sync_t *self)
+void feed_next(sync_t *self)
 {
     if (self->feed_id || !self->feed_due_us || ts_mono_us() < self->feed_due_us)
         return;
@@ -1630,7 +1405,7 @@ static void feed_after_catchup(sync_t *self)
         pull_set(self, P_POLL);
 }
 
-static void on_feed(sync_t *self, ts_api_result_t *res)
+void on_feed(sync_t *self, ts_api_result_t *res)
 {
     self->feed_id = 0;
     conn_note(self, res, "feed");
@@ -1718,7 +1493,7 @@ static bool stream_fast(sync_t *self, const char *data, size_t len)
     return false;
 }
 
-static void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
+void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_api_event_t *ev = ptrs[i];
@@ -1739,7 +1514,7 @@ static void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
     flush(self);
 }
 
-static void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
+void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
 {
     if (s->id != self->stream_id)
         return;
@@ -1765,7 +1540,7 @@ static void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
     }
 }
 
-static void on_stream_result(sync_t *self, ts_api_result_t *res)
+void on_stream_result(sync_t *self, ts_api_result_t *res)
 {
     if (res->id != self->stream_id)
         return; /* one we cancelled */
@@ -1778,7 +1553,7 @@ static void on_stream_result(sync_t *self, ts_api_result_t *res)
 
 /* ---- consistency checks ---- */
 
-static void check_finish(sync_t *self, check_t *k)
+void check_finish(sync_t *self, check_t *k)
 {
     ts_digest_free(k->local);
     k->local = NULL;
@@ -1820,13 +1595,13 @@ static void check_start(sync_t *self, int coll)
     k->have_local = k->have_server = false;
 }
 
-static void checks_start_all(sync_t *self)
+void checks_start_all(sync_t *self)
 {
     for (size_t i = 0; i < self->config->ncollections; i++)
         check_start(self, (int)i);
 }
 
-static void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
+void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
 {
     req_t *r = req_new(self, R_LIST);
     ts_api_request_t *q = get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
@@ -1853,7 +1628,7 @@ static int compare_entries(const void *a, const void *b)
 }
 
 /* Both lists are in: send REMOTE updates for every drifted document. */
-static void check_repair(sync_t *self, check_t *k)
+void check_repair(sync_t *self, check_t *k)
 {
     const char *coll = self->config->collections[k->coll];
     size_t ns = (size_t)cJSON_GetArraySize(k->items);
@@ -1939,7 +1714,7 @@ static void check_compare(sync_t *self, check_t *k)
     k->phase = K_LOCAL_LIST;
 }
 
-static void on_digest_local(sync_t *self, ts_digest_t *dg)
+void on_digest_local(sync_t *self, ts_digest_t *dg)
 {
     check_t *k = dg->user;
     if (!k || k < self->checks || k >= self->checks + self->config->ncollections ||
@@ -1959,7 +1734,7 @@ static void on_digest_local(sync_t *self, ts_digest_t *dg)
     list_page(self, k, NULL, self->config->collections[k->coll], "0");
 }
 
-static void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
+void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
 {
     conn_note(self, res, "digest");
     if (res->error != TS_API_OK) {
@@ -2010,7 +1785,7 @@ static void invalidate_next(sync_t *self, round_t *rd)
     list_page(self, NULL, rd, rd->coll, "0");
 }
 
-static void on_sync_call(sync_t *self, ts_envelope_t *e)
+void on_sync_call(sync_t *self, ts_envelope_t *e)
 {
     ts_call_t *call = NULL;
     for (size_t i = 0; i < e->ncalls; i++)
@@ -2072,7 +1847,7 @@ static bool push_idle(sync_t *self)
     return false;
 }
 
-static void rounds_progress(sync_t *self)
+void rounds_progress(sync_t *self)
 {
     int64_t now = ts_mono_us();
     for (round_t **p = &self->rounds; *p;) {
@@ -2102,7 +1877,7 @@ static void rounds_progress(sync_t *self)
     }
 }
 
-static void on_drain(sync_t *self, ts_api_result_t *res)
+void on_drain(sync_t *self, ts_api_result_t *res)
 {
     self->drain_id = 0;
     conn_note(self, res, "drain");
@@ -2116,7 +1891,7 @@ static void on_drain(sync_t *self, ts_api_result_t *res)
             rd->pull_done = true;
 }
 
-static void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
+void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
 {
     conn_note(self, res, "list");
     check_t *k = r->check;

@@ -2,14 +2,21 @@
  * online/offline, check digests. Protocol with the store: sync.h; HTTP only
  * through the API actor (api.h); how it behaves: docs/SYNC.md.
  *
- * Three state machines, each changed in one function:
- *   - a queued mutation (mstate_set): QUEUED → SENDING → (popped on success) |
- *     BACKOFF → QUEUED | FETCHING (409 without current) → SETTLING | SETTLING
- *     (refused or conflicting: waits for the store's DROP or replacement);
- *   - the connection (conn_set): UNKNOWN → ONLINE ⇄ OFFLINE;
- *   - the feed (pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL | POLL.
+ * This file is the actor itself: its loop and timer, the messages in
+ * (outbox, calls, digests, API answers) and out (updates to the store,
+ * requests to the API actor), start and stop. Its state, sync_t, and what
+ * the files share: sync_int.h. Three state machines, each changed in one
+ * function of its own file:
+ *   - a queued mutation (queue.c, mstate_set): QUEUED → SENDING → (popped on
+ *     success) | BACKOFF → QUEUED | FETCHING (409 without current) →
+ *     SETTLING | SETTLING (refused or conflicting: waits for the store's DROP
+ *     or replacement); sending and answers in push.c;
+ *   - the connection (conn.c, conn_set): UNKNOWN → ONLINE ⇄ OFFLINE;
+ *   - the feed (feed.c, pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL |
+ *     POLL.
  * Only the head of each document's FIFO is ever sent; ready heads wait in a
- * min-heap by seq so the oldest goes first. */
+ * min-heap by seq so the oldest goes first. Digest checks: check.c; `sync`
+ * and `invalidate` calls: round.c; the status part: status.c. */
 #include "sync_int.h"
 
 #include <stdarg.h>

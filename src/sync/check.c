@@ -1,0 +1,201 @@
+/* check.c — the sync actor's consistency checks: per collection, compare the
+ * server's digest with the replica's, and when they differ list both and
+ * repair the drifted documents with REMOTE updates (a check's phase:
+ * K_IDLE → K_DIGESTS → K_LOCAL_LIST → K_SERVER_LIST → K_IDLE). */
+#include "sync_int.h"
+
+void check_finish(sync_t *self, check_t *k)
+{
+    ts_digest_free(k->local);
+    k->local = NULL;
+    cJSON_Delete(k->items);
+    k->items = NULL;
+    k->phase = K_IDLE;
+    (void)self;
+}
+
+static void check_start(sync_t *self, int coll)
+{
+    check_t *k = &self->checks[coll];
+    if (k->phase != K_IDLE || self->conn == C_OFFLINE)
+        return;
+    ts_digest_t *dg = calloc(1, sizeof *dg);
+    req_t *r = req_new(self, R_DIGEST);
+    ts_api_request_t *q = get_request("/v1/%s/digest", self->config->collections[coll]);
+    if (!dg || !r || !q) {
+        free(dg);
+        if (r)
+            req_free(self, r);
+        ts_api_request_free(q);
+        return;
+    }
+    q->shape = TS_API_SHAPE_DIGEST;
+    r->check = k;
+    copy_str(dg->collection, sizeof dg->collection, self->config->collections[coll]);
+    dg->user = k;
+    if (api_send(self, q, r)) {
+        free(dg);
+        return;
+    }
+    if (ts_send_DIGEST_ASK(self->to_store, &dg, 1)) {
+        free(dg); /* the digest answer will come back alone; the check then stalls until */
+        k->phase = K_IDLE; /* the next period (have_local stays false) */
+        return;
+    }
+    k->phase = K_DIGESTS;
+    k->have_local = k->have_server = false;
+}
+
+void checks_start_all(sync_t *self)
+{
+    for (size_t i = 0; i < self->config->ncollections; i++)
+        check_start(self, (int)i);
+}
+
+void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
+{
+    req_t *r = req_new(self, R_LIST);
+    ts_api_request_t *q = get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
+    if (q)
+        q->shape = TS_API_SHAPE_PAGE;
+    if (r) {
+        r->check = k;
+        r->round = rd;
+    }
+    if (api_send(self, q, r) && k)
+        check_finish(self, k);
+}
+
+static int compare_items(const void *a, const void *b)
+{
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    const char *ix = ts_json_string(x, "id"), *iy = ts_json_string(y, "id");
+    return strcmp(ix ? ix : "", iy ? iy : "");
+}
+
+static int compare_entries(const void *a, const void *b)
+{
+    return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
+}
+
+/* Both lists are in: send REMOTE updates for every drifted document. */
+void check_repair(sync_t *self, check_t *k)
+{
+    const char *coll = self->config->collections[k->coll];
+    size_t ns = (size_t)cJSON_GetArraySize(k->items);
+    cJSON **items = ns ? malloc(ns * sizeof *items) : NULL;
+    size_t i = 0;
+    cJSON *it;
+    cJSON_ArrayForEach(it, k->items)
+    {
+        if (items && ts_json_string(it, "id"))
+            items[i++] = it;
+    }
+    ns = items ? i : 0;
+    if (ns)
+        qsort(items, ns, sizeof *items, compare_items);
+    ts_digest_t *l = k->local;
+    if (l->nversions)
+        qsort(l->versions, l->nversions, sizeof *l->versions, compare_entries);
+    size_t a = 0, b = 0;
+    uint64_t repaired = 0;
+    while (a < ns || b < l->nversions) {
+        int c = a >= ns ? 1
+                : b >= l->nversions
+                    ? -1
+                    : strcmp(ts_json_string(items[a], "id"), l->versions[b].id);
+        if (c < 0) { /* only at the server */
+            if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(items[a], "deleted")))
+                repaired += apply_change(self, coll, items[a]);
+            a++;
+        } else if (c > 0) { /* only here: the server no longer has it */
+            ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
+            if (u) {
+                copy_str(u->collection, sizeof u->collection, coll);
+                copy_str(u->doc_id, sizeof u->doc_id, l->versions[b].id);
+                u->doc = cJSON_CreateObject();
+                cJSON_AddStringToObject(u->doc, "id", l->versions[b].id);
+                cJSON_AddBoolToObject(u->doc, "deleted", 1);
+                u->version = 0; /* force: see sync.h */
+                repaired++;
+            }
+            b++;
+        } else {
+            long long v = 0;
+            ts_json_int(items[a], "version", &v);
+            if (v != l->versions[b].version)
+                repaired += apply_change(self, coll, items[a]);
+            a++;
+            b++;
+        }
+    }
+    free(items);
+    self->repairs += repaired;
+    if (repaired)
+        ts_info(LOG, "digest check of %s: %" PRIu64 " documents repaired", coll, repaired);
+    flush(self);
+    check_finish(self, k);
+}
+
+static void check_compare(sync_t *self, check_t *k)
+{
+    if (!k->have_local || !k->have_server)
+        return;
+    if (k->local->count == k->server_count && strcmp(k->local->hash, k->server_hash) == 0) {
+        ts_debug(LOG, "digest of %s matches (%" PRIu64 " documents)",
+                 self->config->collections[k->coll], k->server_count);
+        check_finish(self, k);
+        return;
+    }
+    ts_info(LOG, "digest of %s differs (here %" PRIu64 ", server %" PRIu64 "): listing",
+            self->config->collections[k->coll], k->local->count, k->server_count);
+    /* Local list first, then the server's: a document confirmed here is on
+     * the server already, so one missing from a later server list is gone. */
+    ts_digest_t *dg = k->local;
+    k->local = NULL;
+    memset(dg, 0, sizeof *dg);
+    copy_str(dg->collection, sizeof dg->collection, self->config->collections[k->coll]);
+    dg->want_versions = true;
+    dg->user = k;
+    if (ts_send_DIGEST_ASK(self->to_store, &dg, 1)) {
+        free(dg);
+        check_finish(self, k);
+        return;
+    }
+    k->phase = K_LOCAL_LIST;
+}
+
+void on_digest_local(sync_t *self, ts_digest_t *dg)
+{
+    check_t *k = dg->user;
+    if (!k || k < self->checks || k >= self->checks + self->config->ncollections ||
+        (k->phase != K_DIGESTS && k->phase != K_LOCAL_LIST)) {
+        ts_digest_free(dg);
+        return;
+    }
+    ts_digest_free(k->local);
+    k->local = dg;
+    if (k->phase == K_DIGESTS) {
+        k->have_local = true;
+        check_compare(self, k);
+        return;
+    }
+    k->phase = K_SERVER_LIST;
+    k->items = cJSON_CreateArray();
+    list_page(self, k, NULL, self->config->collections[k->coll], "0");
+}
+
+void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
+{
+    conn_note(self, res, "digest");
+    if (res->error != TS_API_OK) {
+        check_finish(self, k);
+        return;
+    }
+    long long count = 0;
+    ts_json_int(res->json, "count", &count);
+    k->server_count = (uint64_t)count;
+    copy_str(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
+    k->have_server = true;
+    check_compare(self, k);
+}

@@ -1,0 +1,60 @@
+/* status.c — the sync part of `status` (online, api, last error, cursor,
+ * queue, feed state...), sent to the store when it changed. */
+#include "sync_int.h"
+
+/* The status part the store merges into `status`; sent when something in it
+ * changed (a cursor-only change at most every STATUS_CURSOR_EVERY_US). */
+void status_maybe_send(sync_t *self, bool force)
+{
+    char ts[32] = "";
+    if (self->last_sync_ms)
+        ts_rfc3339(self->last_sync_ms, ts);
+    char sig[512];
+    bool batch = !self->batch_off && self->batch_limit > 1;
+    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64 "|%d", self->conn == C_ONLINE,
+             self->api_state, self->last_error, self->stuck, self->repairs, batch);
+    int64_t now = ts_mono_us();
+    bool changed = strcmp(sig, self->status_sig) != 0;
+    bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||
+                        self->queued != self->status_queued ||
+                        self->in_flight != self->status_in_flight;
+    if (!force && !changed &&
+        !(cursor_moved && now - self->status_sent_us >= STATUS_CURSOR_EVERY_US))
+        return;
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddBoolToObject(s, "online", self->conn == C_ONLINE);
+    cJSON_AddStringToObject(s, "api", self->api_state);
+    if (*ts)
+        cJSON_AddStringToObject(s, "last_sync_at", ts);
+    else
+        cJSON_AddNullToObject(s, "last_sync_at");
+    if (*self->last_error) { /* the last one seen, kept after recovery, with its time */
+        char at[32];
+        ts_rfc3339(self->last_error_ms, at);
+        cJSON_AddStringToObject(s, "last_error", self->last_error);
+        cJSON_AddStringToObject(s, "last_error_at", at);
+    } else {
+        cJSON_AddNullToObject(s, "last_error");
+    }
+    if (*self->cursor)
+        cJSON_AddStringToObject(s, "cursor", self->cursor);
+    else
+        cJSON_AddNullToObject(s, "cursor");
+    cJSON_AddNumberToObject(s, "stuck", self->stuck);
+    cJSON_AddNumberToObject(s, "in_flight", self->in_flight);
+    cJSON_AddNumberToObject(s, "queued", (double)self->queued);
+    cJSON_AddStringToObject(s, "feed", pstate_names[self->pull]);
+    cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
+    cJSON_AddBoolToObject(s, "batch", batch);
+    ts_sync_update_t *u = emit(self, TS_SYNC_STATUS, NULL);
+    if (!u) {
+        cJSON_Delete(s);
+        return;
+    }
+    u->status = s;
+    memcpy(self->status_sig, sig, sizeof sig);
+    memcpy(self->status_cursor, self->cursor, sizeof self->cursor);
+    self->status_queued = self->queued;
+    self->status_in_flight = self->in_flight;
+    self->status_sent_us = now;
+}

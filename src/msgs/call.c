@@ -85,11 +85,9 @@ static ts_record_t *record_init(void *mem, ts_record_kind_t kind, const char *co
 
 ts_chunk_t *ts_chunk_new(size_t bytes)
 {
-    ts_chunk_t *chunk = malloc(sizeof *chunk + bytes);
-    if (chunk) {
-        memset(chunk, 0, sizeof *chunk);
-        chunk->cap = bytes;
-    }
+    ts_chunk_t *chunk = ts_xmalloc(sizeof *chunk + bytes);
+    memset(chunk, 0, sizeof *chunk);
+    chunk->cap = bytes;
     return chunk;
 }
 
@@ -115,8 +113,8 @@ ts_record_t *ts_chunk_add(ts_chunk_t *chunk, ts_record_kind_t kind, const char *
 ts_record_t *ts_record_new(ts_record_kind_t kind, const char *collection, const char *doc_id,
                            size_t doc_id_len, const char *body, size_t body_len)
 {
-    void *mem = malloc(record_size(collection, doc_id_len, body, body_len));
-    return mem ? record_init(mem, kind, collection, doc_id, doc_id_len, body, body_len) : NULL;
+    void *mem = ts_xmalloc(record_size(collection, doc_id_len, body, body_len));
+    return record_init(mem, kind, collection, doc_id, doc_id_len, body, body_len);
 }
 
 void ts_record_free_list(ts_record_t *head)
@@ -131,9 +129,7 @@ void ts_record_free_list(ts_record_t *head)
 ts_event_t *ts_event_new(const char *topic, const char *payload, size_t payload_len)
 {
     size_t tlen = strlen(topic);
-    ts_event_t *e = malloc(sizeof *e + tlen + payload_len);
-    if (!e)
-        return NULL;
+    ts_event_t *e = ts_xmalloc(sizeof *e + tlen + payload_len);
     e->next = NULL;
     e->topic_len = tlen;
     e->payload_len = payload_len;
@@ -155,9 +151,8 @@ void ts_event_free_list(ts_event_t *head)
 
 ts_envelope_t *ts_envelope_new(size_t ncalls)
 {
-    ts_envelope_t *e = calloc(1, sizeof *e + ncalls * sizeof(ts_call_t));
-    if (e)
-        e->ncalls = ncalls;
+    ts_envelope_t *e = ts_xcalloc(1, sizeof *e + ncalls * sizeof(ts_call_t));
+    e->ncalls = ncalls;
     return e;
 }
 
@@ -191,7 +186,7 @@ void ts_call_fail(ts_call_t *call, int code, const char *fmt, ...)
     va_end(ap);
     free(call->err_message);
     call->err_code = code;
-    call->err_message = strdup(message);
+    call->err_message = ts_xstrdup(message);
     free(call->result);
     call->result = NULL;
 }

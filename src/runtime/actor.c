@@ -48,9 +48,7 @@ static void *actor_thread(void *arg)
 ts_actor_t *ts_actor_new(void *zctx, const char *name, ts_actor_fn *fn, void *args)
 {
     static int counter;
-    ts_actor_t *self = calloc(1, sizeof *self);
-    if (!self)
-        return NULL;
+    ts_actor_t *self = ts_xcalloc(1, sizeof *self);
     self->zctx = zctx;
     snprintf(self->name, sizeof self->name, "%s", name);
     self->fn = fn;
@@ -208,7 +206,7 @@ struct ts_loop {
 
 ts_loop_t *ts_loop_new(void)
 {
-    return calloc(1, sizeof(ts_loop_t));
+    return ts_xcalloc(1, sizeof(ts_loop_t));
 }
 
 void ts_loop_destroy(ts_loop_t **self_p)
@@ -356,12 +354,7 @@ int ts_wire_recv(void *socket, int flags, uint32_t *kind, void ***ptrs, size_t *
     memcpy(&header, zmq_msg_data(&msg), sizeof header);
     void **array = NULL;
     if (header.count) {
-        array = malloc(header.count * sizeof(void *));
-        if (!array) {
-            zmq_msg_close(&msg);
-            errno = ENOMEM;
-            return -1;
-        }
+        array = ts_xmalloc(header.count * sizeof(void *));
         memcpy(array, (char *)zmq_msg_data(&msg) + sizeof header, header.count * sizeof(void *));
     }
     zmq_msg_close(&msg);

@@ -13,7 +13,7 @@
 static void set_str(char **slot, const char *value)
 {
     free(*slot);
-    *slot = value ? strdup(value) : NULL;
+    *slot = value ? ts_xstrdup(value) : NULL;
 }
 
 void ts_config_init(ts_config_t *c)
@@ -210,7 +210,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
                 snprintf(err, errlen, "config: collection names are 1-64 of [a-z0-9_]");
                 goto strings_done;
             }
-            c->collections[c->ncollections++] = strdup(name);
+            c->collections[c->ncollections++] = ts_xstrdup(name);
             lua_pop(L, 1);
         }
     }

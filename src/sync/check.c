@@ -19,14 +19,12 @@ static void check_start(sync_t *self, int coll)
     check_t *k = &self->checks[coll];
     if (k->phase != K_IDLE || self->conn == C_OFFLINE)
         return;
-    ts_digest_t *dg = calloc(1, sizeof *dg);
+    ts_digest_t *dg = ts_xcalloc(1, sizeof *dg);
     req_t *r = req_new(self, R_DIGEST);
     ts_api_request_t *q = get_request("/v1/%s/digest", self->config->collections[coll]);
-    if (!dg || !r || !q) {
+    if (!q) {
         free(dg);
-        if (r)
-            req_free(self, r);
-        ts_api_request_free(q);
+        req_free(self, r);
         return;
     }
     q->shape = TS_API_SHAPE_DIGEST;
@@ -58,10 +56,8 @@ void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const ch
     ts_api_request_t *q = get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
     if (q)
         q->shape = TS_API_SHAPE_PAGE;
-    if (r) {
-        r->check = k;
-        r->round = rd;
-    }
+    r->check = k;
+    r->round = rd;
     if (api_send(self, q, r) && k)
         check_finish(self, k);
 }
@@ -83,7 +79,7 @@ void check_repair(sync_t *self, check_t *k)
 {
     const char *coll = self->config->collections[k->coll];
     size_t ns = (size_t)cJSON_GetArraySize(k->items);
-    cJSON **items = ns ? malloc(ns * sizeof *items) : NULL;
+    cJSON **items = ns ? ts_xmalloc(ns * sizeof *items) : NULL;
     size_t i = 0;
     cJSON *it;
     cJSON_ArrayForEach(it, k->items)

@@ -32,8 +32,6 @@ static void cursor_emit(sync_t *self)
     if (!*safe || strcmp(safe, self->cursor_sent) == 0)
         return;
     ts_sync_update_t *u = emit(self, TS_SYNC_CURSOR, NULL);
-    if (!u)
-        return;
     copy_str(u->cursor, sizeof u->cursor, safe);
     copy_str(self->cursor_sent, sizeof self->cursor_sent, safe);
 }
@@ -41,10 +39,6 @@ static void cursor_emit(sync_t *self)
 static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *doc, int64_t v)
 {
     ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
-    if (!u) {
-        cJSON_Delete(doc);
-        return;
-    }
     copy_str(u->collection, sizeof u->collection, coll);
     copy_str(u->doc_id, sizeof u->doc_id, id);
     u->doc = doc;
@@ -62,13 +56,7 @@ static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, in
 {
     if (d->held && v <= d->held_version)
         return;
-    char *copy = malloc(len + 1);
-    if (!copy) { /* cannot wait: apply it now */
-        cJSON *json = cJSON_ParseWithLength(doc, len);
-        if (json)
-            emit_remote(self, d->coll, d->id, json, v);
-        return;
-    }
+    char *copy = ts_xmalloc(len + 1);
     memcpy(copy, doc, len);
     copy[len] = '\0';
     if (d->held) {
@@ -234,8 +222,7 @@ void stream_close(sync_t *self)
 void feed_request(sync_t *self, bool drain, long timeout_s)
 {
     req_t *r = req_new(self, R_FEED);
-    if (r)
-        r->drain = drain;
+    r->drain = drain;
     ts_api_request_t *q =
         get_request("/v1/changes?since=%s&timeout=%ld&limit=%d", *self->cursor ? self->cursor : "0",
                     timeout_s, PAGE_LIMIT);

@@ -86,8 +86,7 @@ static void push_send(sync_t *self, mut_t *m)
         q->max_attempts = PUSH_ATTEMPTS;
     }
     req_t *r = req_new(self, R_PUSH);
-    if (r)
-        r->m = m;
+    r->m = m;
     if (api_send(self, q, r)) {
         m->rounds++;
         m->due_us = ts_mono_us() + backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
@@ -131,9 +130,7 @@ static int batch_append(ts_buf_t *b, const mut_t *m, bool first)
  * per document holds; the server answers each op as its own request. */
 static int push_batch(sync_t *self)
 {
-    mut_t **ms = malloc((size_t)self->batch_limit * sizeof *ms);
-    if (!ms)
-        return -1;
+    mut_t **ms = ts_xmalloc((size_t)self->batch_limit * sizeof *ms);
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"ops\":[");
     size_t n = 0;
@@ -233,10 +230,6 @@ static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api
 {
     ts_sync_update_t *u = emit(self, kind, m);
     self->pushed++;
-    if (!u) {
-        cJSON_Delete(doc);
-        return;
-    }
     report_sent(self, m, u);
     u->doc = doc;
     if (kind == TS_SYNC_REJECTED) {
@@ -267,13 +260,9 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
     ts_sync_update_t *u = emit(self, TS_SYNC_CONFIRMED, m);
     self->pushed++;
     self->confirmed++;
-    if (u) {
-        report_sent(self, m, u);
-        u->doc = doc;
-        u->version = version;
-    } else {
-        cJSON_Delete(doc);
-    }
+    report_sent(self, m, u);
+    u->doc = doc;
+    u->version = version;
     sdoc_t *d = m->doc;
     if (version > d->version)
         d->version = version;
@@ -284,8 +273,7 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
 static void fetch_current(sync_t *self, mut_t *m)
 {
     req_t *r = req_new(self, R_FETCH);
-    if (r)
-        r->m = m;
+    r->m = m;
     ts_api_request_t *q = get_request("/v1/%s/%s", m->doc->coll, m->doc->id);
     if (q)
         q->shape = TS_API_SHAPE_DOC;

@@ -31,9 +31,7 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
         return NULL;
     if (self->ndocs + 1 > self->table_cap / 2) {
         size_t cap = self->table_cap ? self->table_cap * 2 : 1024;
-        sdoc_t **t = calloc(cap, sizeof *t);
-        if (!t)
-            return NULL;
+        sdoc_t **t = ts_xcalloc(cap, sizeof *t);
         for (size_t i = 0; i < self->table_cap; i++) {
             for (sdoc_t *x = self->table[i], *next; x; x = next) {
                 next = x->hnext;
@@ -45,8 +43,7 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
         self->table = t;
         self->table_cap = cap;
     }
-    if (!(d = calloc(1, sizeof *d)))
-        return NULL;
+    d = ts_xcalloc(1, sizeof *d);
     d->hash = h;
     copy_str(d->coll, sizeof d->coll, coll);
     copy_str(d->id, sizeof d->id, id);
@@ -90,12 +87,7 @@ void heap_push(sync_t *self, sdoc_t *d)
 {
     if (self->heap_len == self->heap_cap) {
         size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
-        void *p = realloc(self->heap, cap * sizeof *self->heap);
-        if (!p) {
-            ts_error(LOG, "out of memory: %s/%s waits", d->coll, d->id);
-            return;
-        }
-        self->heap = p;
+        self->heap = ts_xrealloc(self->heap, cap * sizeof *self->heap);
         self->heap_cap = cap;
     }
     size_t i = self->heap_len++;
@@ -161,12 +153,7 @@ void mstate_set(sync_t *self, mut_t *m, mstate_t to)
     case M_BACKOFF:
         if (self->nwaiting == self->waiting_cap) {
             size_t cap = self->waiting_cap ? self->waiting_cap * 2 : 64;
-            void *p = realloc(self->waiting, cap * sizeof *self->waiting);
-            if (!p) {
-                m->state = M_QUEUED; /* cannot wait: queue it again at once */
-                heap_push(self, m->doc);
-                return;
-            }
+            void *p = ts_xrealloc(self->waiting, cap * sizeof *self->waiting);
             self->waiting = p;
             self->waiting_cap = cap;
         }
@@ -214,7 +201,7 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
     m->op = r->op;
     memcpy(m->mutation, r->mutation, sizeof m->mutation);
     free(m->body);
-    m->body = r->body ? strndup(r->body, r->body_len) : NULL;
+    m->body = r->body ? ts_xstrndup(r->body, r->body_len) : NULL;
     m->rounds = 0;
     m->sent = false;
     m->sent_ms = 0;
@@ -225,8 +212,8 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
 static void outbox_mutation(sync_t *self, const ts_record_t *r)
 {
     sdoc_t *d = doc_get(self, r->collection, r->doc_id);
-    if (!d) {
-        ts_error(LOG, "cannot queue mutation %s (%s/%s)", r->mutation, r->collection, r->doc_id);
+    if (!d) { /* the front door lets no such name through */
+        ts_error(LOG, "cannot queue mutation %s: a name over 64 bytes", r->mutation);
         return;
     }
     mut_t **p = &d->head;
@@ -243,11 +230,7 @@ static void outbox_mutation(sync_t *self, const ts_record_t *r)
             ts_warn(LOG, "mutation seq=%" PRId64 " replaced while in flight", r->seq);
         return;
     }
-    mut_t *m = calloc(1, sizeof *m);
-    if (!m) {
-        ts_error(LOG, "out of memory: mutation %s not queued", r->mutation);
-        return;
-    }
+    mut_t *m = ts_xcalloc(1, sizeof *m);
     m->doc = d;
     m->state = M_QUEUED;
     set_from_record(m, r);

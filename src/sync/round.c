@@ -14,11 +14,7 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
         len = snprintf(text, sizeof text, "{\"pushed\":%" PRIu64 ",\"pulled\":%" PRIu64 "%s}",
                        self->pushed - rd->pushed0, self->pulled - rd->pulled0,
                        timed_out ? ",\"timed_out\":true" : "");
-    char *copy = strndup(text, (size_t)len);
-    if (copy)
-        ts_call_set_result(rd->call, copy, (size_t)len);
-    else
-        ts_call_fail(rd->call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_result(rd->call, ts_xstrndup(text, (size_t)len), (size_t)len);
     if (ts_send_ANSWERS(self->to_front, &rd->envelope, 1)) {
         ts_error(LOG, "cannot answer a %s call", rd->invalidate ? "invalidate" : "sync");
         ts_envelope_free(rd->envelope);
@@ -44,10 +40,8 @@ void on_sync_call(sync_t *self, ts_envelope_t *e)
     for (size_t i = 0; i < e->ncalls; i++)
         if (ts_method_info(e->calls[i].method)->owner == TS_OWNER_SYNC)
             call = &e->calls[i];
-    round_t *rd = call ? calloc(1, sizeof *rd) : NULL;
-    if (!rd) {
-        if (call)
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    round_t *rd = call ? ts_xcalloc(1, sizeof *rd) : NULL;
+    if (!rd) { /* no sync call in it: nothing to run */
         if (ts_send_ANSWERS(self->to_front, &e, 1))
             ts_envelope_free(e);
         return;

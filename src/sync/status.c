@@ -47,10 +47,6 @@ void status_maybe_send(sync_t *self, bool force)
     cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
     cJSON_AddBoolToObject(s, "batch", batch);
     ts_sync_update_t *u = emit(self, TS_SYNC_STATUS, NULL);
-    if (!u) {
-        cJSON_Delete(s);
-        return;
-    }
     u->status = s;
     memcpy(self->status_sig, sig, sizeof sig);
     memcpy(self->status_cursor, self->cursor, sizeof self->cursor);

@@ -65,16 +65,9 @@ void copy_str(char *dst, size_t cap, const char *src)
 ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
 {
     ts_sync_update_t *u = ts_sync_update_new(kind);
-    if (!u)
-        return NULL;
     if (self->nout == self->out_cap) {
         size_t cap = self->out_cap ? self->out_cap * 2 : 64;
-        void *p = realloc(self->out, cap * sizeof *self->out);
-        if (!p) {
-            ts_sync_update_free(u);
-            return NULL;
-        }
-        self->out = p;
+        self->out = ts_xrealloc(self->out, cap * sizeof *self->out);
         self->out_cap = cap;
     }
     if (m) {
@@ -112,9 +105,7 @@ static void turn_end(sync_t *self)
 
 req_t *req_new(sync_t *self, rkind_t kind)
 {
-    req_t *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    req_t *r = ts_xcalloc(1, sizeof *r);
     r->kind = kind;
     r->next = self->reqs;
     if (self->reqs)
@@ -138,10 +129,8 @@ void req_free(sync_t *self, req_t *r)
 /* Sends an API request for r. 0, or -1 (both freed). */
 int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
 {
-    if (!q || !r) {
-        ts_api_request_free(q);
-        if (r)
-            req_free(self, r);
+    if (!q) { /* no request could be made of it (a path too long) */
+        req_free(self, r);
         return -1;
     }
     copy_str(q->reply_to, sizeof q->reply_to, TS_INPROC_SYNC_API);
@@ -361,13 +350,13 @@ static void sync_actor(ts_actor_t *actor, void *args)
     self.started_us = ts_mono_us();
     copy_str(self.api_state, sizeof self.api_state, "unknown");
     self.batch_limit = self.config->sync.batch_size;
-    self.recent = calloc(RECENT_SLOTS, sizeof *self.recent); /* optional: only saves work */
-    self.checks = calloc(self.config->ncollections ? self.config->ncollections : 1,
-                         sizeof *self.checks);
-    for (size_t i = 0; self.checks && i < self.config->ncollections; i++)
+    self.recent = ts_xcalloc(RECENT_SLOTS, sizeof *self.recent);
+    self.checks = ts_xcalloc(self.config->ncollections ? self.config->ncollections : 1,
+                             sizeof *self.checks);
+    for (size_t i = 0; i < self.config->ncollections; i++)
         self.checks[i].coll = (int)i;
     self.next_check_us = self.started_us + (int64_t)self.config->sync.digest_interval_s * 1000000;
-    if (!self.checks || !(self.loop = ts_loop_new()) ||
+    if (!(self.loop = ts_loop_new()) ||
         !(self.inbox = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC, true)) ||
         !(self.api_in = open_socket(&self, ZMQ_PULL, TS_INPROC_SYNC_API, true)) ||
         !(self.api = open_socket(&self, ZMQ_PUSH, TS_INPROC_API, false)) ||

@@ -1,13 +1,13 @@
 /* sync_msg.c — the messages between the store and the sync actor. */
 #include "therasync/sync.h"
+#include "therasync/util.h"
 
 #include <stdlib.h>
 
 ts_sync_update_t *ts_sync_update_new(ts_sync_kind_t kind)
 {
-    ts_sync_update_t *u = calloc(1, sizeof *u);
-    if (u)
-        u->kind = kind;
+    ts_sync_update_t *u = ts_xcalloc(1, sizeof *u);
+    u->kind = kind;
     return u;
 }
 

@@ -16,7 +16,7 @@
 static const char usage_text[] =
     "usage: therasync-bench --workload NAME [options]\n"
     "\n"
-    "workloads (contract section 6):\n"
+    "workloads (bench/README.md):\n"
     "  ingest     N creates through the front door, each answered once durable\n"
     "  update     preload D docs, then N merge-patch status updates of random docs (seed 4242)\n"
     "  select     preload D docs, then N upcoming(T, now, 20) reads, one update every 10\n"

@@ -6,12 +6,12 @@
  * the earliest retry).
  *
  * A request becomes a call_t, which is in exactly one state at a time, each
- * state a list (set_state() is the one place that moves it):
+ * state a list (api_set_state() is the one place that moves it):
  *   QUEUED      waiting for a slot (max_inflight calls are active at once)
  *   WAIT_TOKEN  waiting for the shared token fetch
  *   INFLIGHT    an attempt is running in curl
  *   BACKOFF     waiting for due_us before its next attempt
- * Streams (SSE) skip QUEUED and take no slot. A call leaves by finish(),
+ * Streams (SSE) skip QUEUED and take no slot. A call leaves by api_finish(),
  * which sends its result and frees it. */
 #include "msgs/msgs.h"
 #include "therasync/api.h"
@@ -36,7 +36,8 @@
 #define INBOX_BATCH 1024
 
 typedef enum { C_NONE, C_QUEUED, C_WAIT_TOKEN, C_INFLIGHT, C_BACKOFF, C__LAST } call_state_t;
-static const char *state_names[C__LAST] = {"none", "queued", "wait_token", "inflight", "backoff"};
+static const char *api_state_names[C__LAST] = {"none", "queued", "wait_token", "inflight",
+                                               "backoff"};
 
 struct api;
 
@@ -45,7 +46,7 @@ typedef struct call {
     struct api *self;          /* the actor (for callbacks) */
     call_state_t state;
     ts_api_request_t *req;
-    ts_api_result_t *res;      /* filled across attempts, sent by finish() */
+    ts_api_result_t *res; /* filled across attempts, sent by api_finish() */
     char *url;
     CURL *easy;                /* INFLIGHT only */
     /* Request headers: a few nodes of its own in front of a constant tail
@@ -141,7 +142,7 @@ static uint64_t rnd(api_t *self)
 }
 
 /* Full jitter: random(0, min(cap, base * 2^(n-1))) in ms, n >= 1. */
-static int64_t backoff_ms(api_t *self, long base, long cap, int n)
+static int64_t api_backoff_ms(api_t *self, long base, long cap, int n)
 {
     int64_t ceiling = base;
     for (int i = 1; i < n && ceiling < cap; i++)
@@ -151,7 +152,7 @@ static int64_t backoff_ms(api_t *self, long base, long cap, int n)
     return ceiling > 0 ? (int64_t)(rnd(self) % (uint64_t)(ceiling + 1)) : 0;
 }
 
-static void auth_drop(auth_t **a)
+static void api_auth_drop(auth_t **a)
 {
     if (*a && --(*a)->refs == 0) {
         explicit_bzero((*a)->line, strlen((*a)->line));
@@ -218,7 +219,7 @@ static bool counts_active(call_t *c)
 }
 
 /* The one place a call changes state. front: to the head of the new list. */
-static void set_state(api_t *self, call_t *c, call_state_t to, bool front)
+static void api_set_state(api_t *self, call_t *c, call_state_t to, bool front)
 {
     if (c->state != C_NONE) {
         if (counts_active(c))
@@ -226,8 +227,8 @@ static void set_state(api_t *self, call_t *c, call_state_t to, bool front)
         list_remove(&self->lists[c->state], c);
     }
     if (ts_log_enabled(TS_LOG_DEBUG) && c->state != to)
-        ts_debug(LOG, "req=%llu %s -> %s", (unsigned long long)c->req->id, state_names[c->state],
-                 state_names[to]);
+        ts_debug(LOG, "req=%llu %s -> %s", (unsigned long long)c->req->id,
+                 api_state_names[c->state], api_state_names[to]);
     c->state = to;
     if (to != C_NONE) {
         if (front)
@@ -261,7 +262,7 @@ static int reply_socket(api_t *self, const char *name)
 
 /* Queues one answer for the requester; flush_replies() sends it before the
  * loop waits again. Frees it when it cannot be sent. */
-static void reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, void *ptr)
+static void api_reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, void *ptr)
 {
     int i = reply_socket(self, req->reply_to);
     if (i >= 0 && self->replies[i].nout == self->replies[i].capout) {
@@ -308,8 +309,8 @@ static void flush_replies(api_t *self)
     }
 }
 
-static void log_body(const char *what, uint64_t id, int attempt, long status, const char *cls,
-                     const char *body, size_t len)
+static void api_log_body(const char *what, uint64_t id, int attempt, long status, const char *cls,
+                         const char *body, size_t len)
 {
     if (!ts_log_enabled(TS_LOG_DEBUG))
         return;
@@ -385,7 +386,7 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 
 /* A new easy handle with the settings every transfer shares. Pooled handles
  * keep them: no curl_easy_reset (which frees and rebuilds all settings) and
- * no full set-up per request; easy_use() sets what varies. */
+ * no full set-up per request; api_easy_use() sets what varies. */
 static CURL *easy_new(api_t *self)
 {
     const ts_api_opts_t *o = &self->opts;
@@ -414,12 +415,12 @@ static CURL *easy_new(api_t *self)
     return e;
 }
 
-static CURL *easy_get(api_t *self)
+static CURL *api_easy_get(api_t *self)
 {
     return self->npool ? self->pool[--self->npool] : easy_new(self);
 }
 
-static void easy_put(api_t *self, CURL *e)
+static void api_easy_put(api_t *self, CURL *e)
 {
     if (!e)
         return;
@@ -434,7 +435,7 @@ static void easy_put(api_t *self, CURL *e)
  * PRIVATE, WRITE/HEADER callbacks and data, ERRORBUFFER, HTTPHEADER and
  * method (GET, POST fields and size, CUSTOMREQUEST), so that nothing of an
  * earlier use leaks into it. */
-static void easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
+static void api_easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
 {
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -448,7 +449,7 @@ static void easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
 
 /* ---- answers: headers, body, SSE ------------------------------------------ */
 
-static int64_t parse_retry_after(const char *v)
+static int64_t api_parse_retry_after(const char *v)
 {
     int64_t secs;
     if (ts_parse_i64(v, &secs) == 0)
@@ -462,7 +463,7 @@ static int64_t parse_retry_after(const char *v)
 
 static void stream_connected(api_t *self, call_t *c);
 
-static size_t on_header(char *data, size_t size, size_t n, void *arg)
+static size_t api_on_header(char *data, size_t size, size_t n, void *arg)
 {
     call_t *c = arg;
     size_t len = size * n;
@@ -492,7 +493,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
     if (strcasecmp(line, "Content-Type") == 0)
         snprintf(c->ctype, sizeof c->ctype, "%s", value);
     else if (strcasecmp(line, "Retry-After") == 0)
-        c->retry_after_ms = parse_retry_after(value);
+        c->retry_after_ms = api_parse_retry_after(value);
     return len;
 }
 
@@ -508,7 +509,7 @@ static const char *last_header(CURL *e, const char *name)
     return h->value;
 }
 
-/* A finished non-stream call's Content-Type and Retry-After (what on_header
+/* A finished non-stream call's Content-Type and Retry-After (what api_on_header
  * finds for a stream). */
 static void read_headers(call_t *c)
 {
@@ -517,10 +518,10 @@ static void read_headers(call_t *c)
         snprintf(c->ctype, sizeof c->ctype, "%s", v);
     v = last_header(c->easy, "Retry-After");
     if (v)
-        c->retry_after_ms = parse_retry_after(v);
+        c->retry_after_ms = api_parse_retry_after(v);
 }
 
-static bool ctype_is(const char *ctype, const char *want)
+static bool api_ctype_is(const char *ctype, const char *want)
 {
     size_t n = strlen(want);
     return strncasecmp(ctype, want, n) == 0 && (ctype[n] == '\0' || ctype[n] == ';' ||
@@ -545,9 +546,9 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
                 if (!c->req->raw_events)
                     ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
                 if (ts_log_enabled(TS_LOG_DEBUG))
-                    log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
-                             ev->data_len);
-                reply(self, c->req, TS_MSG_API_EVENT, ev);
+                    api_log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
+                                 ev->data_len);
+                api_reply(self, c->req, TS_MSG_API_EVENT, ev);
             }
         }
         ts_buf_reset(&c->data);
@@ -573,7 +574,7 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
     } /* event, retry and unknown fields: ignored */
 }
 
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
+static size_t api_on_body(char *data, size_t size, size_t n, void *arg)
 {
     call_t *c = arg;
     api_t *self = c->self;
@@ -624,11 +625,11 @@ static const char *method_name(ts_api_method_t m)
 }
 
 /* Frees a call and everything in it, the request included. */
-static void call_free(api_t *self, call_t *c)
+static void api_call_free(api_t *self, call_t *c)
 {
-    set_state(self, c, C_NONE, false);
-    easy_put(self, c->easy);
-    auth_drop(&c->auth);
+    api_set_state(self, c, C_NONE, false);
+    api_easy_put(self, c->easy);
+    api_auth_drop(&c->auth);
     ts_buf_free(&c->body);
     ts_buf_free(&c->line);
     ts_buf_free(&c->data);
@@ -638,11 +639,11 @@ static void call_free(api_t *self, call_t *c)
 }
 
 /* Ends a call: sends its result (with the last attempt's body) and frees it. */
-static void finish(api_t *self, call_t *c, ts_api_error_t error, long status, const char *why)
+static void api_finish(api_t *self, call_t *c, ts_api_error_t error, long status, const char *why)
 {
     ts_api_result_t *res = c->res;
-    set_state(self, c, C_NONE, false);
-    easy_put(self, c->easy);
+    api_set_state(self, c, C_NONE, false);
+    api_easy_put(self, c->easy);
     c->easy = NULL;
     res->error = error;
     res->status = status;
@@ -661,32 +662,32 @@ static void finish(api_t *self, call_t *c, ts_api_error_t error, long status, co
            (long long)(res->finished_us - res->queued_us), *res->message ? ": " : "",
            res->message);
     c->res = NULL;
-    reply(self, c->req, TS_MSG_API_RESULT, res);
-    call_free(self, c);
+    api_reply(self, c->req, TS_MSG_API_RESULT, res);
+    api_call_free(self, c);
 }
 
-static void ensure_token(api_t *self);
-static void begin_attempt(api_t *self, call_t *c);
+static void api_ensure_token(api_t *self);
+static void api_begin_attempt(api_t *self, call_t *c);
 
 /* Starts a call's next attempt, or parks it until a token is there. */
-static void start(api_t *self, call_t *c)
+static void api_start(api_t *self, call_t *c)
 {
     if (self->opts.client_id && !self->auth) {
-        set_state(self, c, C_WAIT_TOKEN, false);
-        ensure_token(self);
+        api_set_state(self, c, C_WAIT_TOKEN, false);
+        api_ensure_token(self);
         return;
     }
-    begin_attempt(self, c);
+    api_begin_attempt(self, c);
 }
 
 /* Hands queued calls to curl while slots are free. */
-static void pump(api_t *self)
+static void api_pump(api_t *self)
 {
     while (self->lists[C_QUEUED].head && self->nactive < self->opts.max_inflight)
-        start(self, self->lists[C_QUEUED].head);
+        api_start(self, self->lists[C_QUEUED].head);
 }
 
-static void begin_attempt(api_t *self, call_t *c)
+static void api_begin_attempt(api_t *self, call_t *c)
 {
     ts_api_request_t *r = c->req;
     ts_api_result_t *res = c->res;
@@ -703,21 +704,21 @@ static void begin_attempt(api_t *self, call_t *c)
     c->connected = false;
     c->curl_err[0] = '\0';
 
-    CURL *e = easy_get(self);
+    CURL *e = api_easy_get(self);
     if (!e) {
-        finish(self, c, TS_API_INTERNAL, 0, "out of memory (curl handle)");
+        api_finish(self, c, TS_API_INTERNAL, 0, "out of memory (curl handle)");
         return;
     }
     c->easy = e;
-    easy_use(self, e, c->url, r->stream ? 0L : c->timeout_ms);
+    api_easy_use(self, e, c->url, r->stream ? 0L : c->timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, api_on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     /* Only a stream needs to see its headers as they come (to say
      * "connected"); other calls read Content-Type and Retry-After from curl's
      * header store when done (read_headers), which costs less than a
      * callback per header line. */
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, r->stream ? on_header : NULL);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, r->stream ? api_on_header : NULL);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r->stream ? c : NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
 
@@ -760,7 +761,7 @@ static void begin_attempt(api_t *self, call_t *c)
         snprintf(c->hmatch, sizeof c->hmatch, "If-Match: \"%lld\"", (long long)r->if_match);
         c->hnode[k++].data = c->hmatch;
     }
-    auth_drop(&c->auth); /* the previous attempt's transfer is gone */
+    api_auth_drop(&c->auth); /* the previous attempt's transfer is gone */
     if (self->auth) {
         c->auth = self->auth;
         c->auth->refs++;
@@ -772,20 +773,20 @@ static void begin_attempt(api_t *self, call_t *c)
         h = &c->hnode[i];
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    set_state(self, c, C_INFLIGHT, false);
+    api_set_state(self, c, C_INFLIGHT, false);
     if (ts_log_enabled(TS_LOG_DEBUG)) {
         char what[300];
         snprintf(what, sizeof what, "-> %s %s%s%s", method_name(r->method), r->path,
                  *r->idempotency_key ? " key=" : "", r->idempotency_key);
-        log_body(what, r->id, res->attempts, 0, "-", r->body, r->body ? r->body_len : 0);
+        api_log_body(what, r->id, res->attempts, 0, "-", r->body, r->body ? r->body_len : 0);
     }
     CURLMcode mc = curl_multi_add_handle(self->multi, e);
     if (mc != CURLM_OK)
-        finish(self, c, TS_API_INTERNAL, 0, curl_multi_strerror(mc));
+        api_finish(self, c, TS_API_INTERNAL, 0, curl_multi_strerror(mc));
 }
 
 /* The class of a transfer that ended with rc and (maybe) an HTTP status. */
-static ts_api_error_t classify(call_t *c, CURLcode rc, long status, const char **why)
+static ts_api_error_t api_classify(call_t *c, CURLcode rc, long status, const char **why)
 {
     *why = NULL;
     if (c->too_large) {
@@ -843,7 +844,7 @@ static ts_api_error_t check_body(call_t *c, const char **why)
         *why = "empty body";
         return shape == TS_API_SHAPE_ANY ? TS_API_OK : TS_API_BAD_RESPONSE;
     }
-    if (!ctype_is(c->ctype, "application/json")) {
+    if (!api_ctype_is(c->ctype, "application/json")) {
         *why = "content type is not application/json";
         return TS_API_BAD_RESPONSE;
     }
@@ -881,18 +882,18 @@ static ts_api_error_t check_body(call_t *c, const char **why)
 }
 
 /* Parks a call for a retry after delay_ms. */
-static void backoff(api_t *self, call_t *c, int64_t delay_ms)
+static void api_backoff(api_t *self, call_t *c, int64_t delay_ms)
 {
-    easy_put(self, c->easy);
+    api_easy_put(self, c->easy);
     c->easy = NULL;
     c->due_us = ts_mono_us() + delay_ms * 1000;
-    set_state(self, c, C_BACKOFF, false);
+    api_set_state(self, c, C_BACKOFF, false);
 }
 
 /* ---- streams ---------------------------------------------------------------- */
 
-static void stream_state(api_t *self, call_t *c, ts_api_stream_state_t state,
-                         ts_api_error_t error, long status, int64_t retry_in_ms)
+static void api_stream_state(api_t *self, call_t *c, ts_api_stream_state_t state,
+                             ts_api_error_t error, long status, int64_t retry_in_ms)
 {
     ts_api_stream_msg_t *m = calloc(1, sizeof *m);
     if (!m)
@@ -906,7 +907,7 @@ static void stream_state(api_t *self, call_t *c, ts_api_stream_state_t state,
            "req=%llu stream %s (%s, status %ld, last id '%s')%s", (unsigned long long)c->req->id,
            names[state], ts_api_error_name(error), status, c->req->last_event_id,
            state == TS_API_STREAM_DROPPED ? "; reconnecting" : "");
-    reply(self, c->req, TS_MSG_API_STREAM, m);
+    api_reply(self, c->req, TS_MSG_API_STREAM, m);
 }
 
 /* Called at the end of the response headers of a stream. */
@@ -914,18 +915,18 @@ static void stream_connected(api_t *self, call_t *c)
 {
     long status = 0;
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (status == 200 && ctype_is(c->ctype, "text/event-stream")) {
+    if (status == 200 && api_ctype_is(c->ctype, "text/event-stream")) {
         c->connected = true;
         c->failed_connects = 0;
-        stream_state(self, c, TS_API_STREAM_CONNECTED, TS_API_OK, status, 0);
+        api_stream_state(self, c, TS_API_STREAM_CONNECTED, TS_API_OK, status, 0);
     }
 }
 
 /* A stream's connection ended (rc, status): reconnect, or refuse for good. */
-static void stream_done(api_t *self, call_t *c, CURLcode rc, long status)
+static void api_stream_done(api_t *self, call_t *c, CURLcode rc, long status)
 {
     const char *why = NULL;
-    ts_api_error_t error = classify(c, rc, status, &why);
+    ts_api_error_t error = api_classify(c, rc, status, &why);
     if (c->connected) { /* it was up: any end is a drop */
         if (error == TS_API_OK)
             error = TS_API_NETWORK, why = "stream closed by the server";
@@ -935,51 +936,51 @@ static void stream_done(api_t *self, call_t *c, CURLcode rc, long status)
     if (error == TS_API_UNAUTHORIZED && self->opts.client_id && !c->refreshed) {
         c->refreshed = true;
         c->res->token_refreshes++;
-        easy_put(self, c->easy);
+        api_easy_put(self, c->easy);
         c->easy = NULL;
         if (c->token_gen == self->token_gen)
-            auth_drop(&self->auth);
-        start(self, c);
+            api_auth_drop(&self->auth);
+        api_start(self, c);
         return;
     }
     bool again = c->connected || ts_api_error_retryable(error);
     if (!again) {
-        stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
-        finish(self, c, error, status, why);
+        api_stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
+        api_finish(self, c, error, status, why);
         return;
     }
     c->failed_connects++;
     c->refreshed = false;
-    int64_t delay = backoff_ms(self, self->opts.stream_backoff_base_ms,
-                               self->opts.stream_backoff_cap_ms, c->failed_connects);
+    int64_t delay = api_backoff_ms(self, self->opts.stream_backoff_base_ms,
+                                   self->opts.stream_backoff_cap_ms, c->failed_connects);
     if (c->retry_after_ms > delay)
         delay = c->retry_after_ms;
-    stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
+    api_stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
     ts_buf_reset(&c->body);
-    backoff(self, c, delay);
+    api_backoff(self, c, delay);
 }
 
 /* ---- finished transfers --------------------------------------------------- */
 
-static void call_done(api_t *self, call_t *c, CURLcode rc)
+static void api_call_done(api_t *self, call_t *c, CURLcode rc)
 {
     long status = 0;
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     if (c->req->stream) {
-        stream_done(self, c, rc, status);
+        api_stream_done(self, c, rc, status);
         return;
     }
     read_headers(c);
     const char *why = rc != CURLE_OK && *c->curl_err ? c->curl_err : NULL;
     const char *cwhy = NULL;
-    ts_api_error_t error = classify(c, rc, status, &cwhy);
+    ts_api_error_t error = api_classify(c, rc, status, &cwhy);
     if (cwhy)
         why = cwhy;
     if (error == TS_API_OK) {
         error = check_body(c, &why);
     }
-    log_body("<-", c->req->id, c->res->attempts, status, ts_api_error_name(error), c->body.data,
-             c->body.len);
+    api_log_body("<-", c->req->id, c->res->attempts, status, ts_api_error_name(error), c->body.data,
+                 c->body.len);
     c->res->status = status;
     if (c->retry_after_ms >= 0)
         c->res->retry_after_ms = c->retry_after_ms;
@@ -989,18 +990,18 @@ static void call_done(api_t *self, call_t *c, CURLcode rc)
          * share one fetch (the first drops the token, the rest wait). */
         c->refreshed = true;
         c->res->token_refreshes++;
-        easy_put(self, c->easy);
+        api_easy_put(self, c->easy);
         c->easy = NULL;
         if (c->token_gen == self->token_gen)
-            auth_drop(&self->auth);
-        start(self, c);
+            api_auth_drop(&self->auth);
+        api_start(self, c);
         return;
     }
     if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts) {
-        int64_t delay = backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
-                                   c->res->attempts);
+        int64_t delay = api_backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
+                                       c->res->attempts);
         if (c->retry_after_ms > self->opts.retry_after_max_ms) {
-            finish(self, c, error, status, "Retry-After beyond retry_after_max_ms");
+            api_finish(self, c, error, status, "Retry-After beyond retry_after_max_ms");
             return;
         }
         if (c->retry_after_ms > delay)
@@ -1008,10 +1009,10 @@ static void call_done(api_t *self, call_t *c, CURLcode rc)
         ts_debug(LOG, "req=%llu attempt %d failed (%s, status %ld); retry in %lld ms",
                  (unsigned long long)c->req->id, c->res->attempts, ts_api_error_name(error),
                  status, (long long)delay);
-        backoff(self, c, delay);
+        api_backoff(self, c, delay);
         return;
     }
-    finish(self, c, error, status, why);
+    api_finish(self, c, error, status, why);
 }
 
 /* ---- the token -------------------------------------------------------------- */
@@ -1027,24 +1028,26 @@ static void token_fail(api_t *self, ts_api_error_t error, long status, const cha
         if (c->req->stream) {
             if (ts_api_error_retryable(error)) {
                 c->failed_connects++;
-                int64_t delay = backoff_ms(self, self->opts.stream_backoff_base_ms,
-                                           self->opts.stream_backoff_cap_ms, c->failed_connects);
-                stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
-                backoff(self, c, delay);
+                int64_t delay =
+                    api_backoff_ms(self, self->opts.stream_backoff_base_ms,
+                                   self->opts.stream_backoff_cap_ms, c->failed_connects);
+                api_stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
+                api_backoff(self, c, delay);
             } else {
-                stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
-                finish(self, c, error, status, why);
+                api_stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
+                api_finish(self, c, error, status, why);
             }
             continue;
         }
         c->res->attempts++;
         if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts)
-            backoff(self, c, backoff_ms(self, self->opts.backoff_base_ms,
-                                        self->opts.backoff_cap_ms, c->res->attempts));
+            api_backoff(self, c,
+                        api_backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
+                                       c->res->attempts));
         else
-            finish(self, c, error, status, why ? why : "token request failed");
+            api_finish(self, c, error, status, why ? why : "token request failed");
     }
-    pump(self);
+    api_pump(self);
 }
 
 /* The token answer's body (small: 64 KiB at most). */
@@ -1068,11 +1071,11 @@ static int form_add(api_t *self, ts_buf_t *b, const char *key, const char *value
 }
 
 /* Starts the shared token fetch unless one is running. */
-static void ensure_token(api_t *self)
+static void api_ensure_token(api_t *self)
 {
     if (self->token_easy)
         return;
-    self->token_easy = easy_get(self);
+    self->token_easy = api_easy_get(self);
     if (!self->token_easy) {
         token_fail(self, TS_API_INTERNAL, 0, "out of memory");
         return;
@@ -1089,7 +1092,7 @@ static void ensure_token(api_t *self)
         ts_buf_free(&form);
         CURL *e = self->token_easy;
         self->token_easy = NULL;
-        easy_put(self, e);
+        api_easy_put(self, e);
         token_fail(self, TS_API_INTERNAL, 0, "token form too large");
         return;
     }
@@ -1098,7 +1101,7 @@ static void ensure_token(api_t *self)
     ts_buf_free(&form);
     ts_buf_reset(&self->token_body);
     CURL *e = self->token_easy;
-    easy_use(self, e, self->opts.token_url, self->opts.timeout_ms);
+    api_easy_use(self, e, self->opts.token_url, self->opts.timeout_ms);
     curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, self->token_form);
@@ -1113,18 +1116,18 @@ static void ensure_token(api_t *self)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &self->token_body);
     if (curl_multi_add_handle(self->multi, e) != CURLM_OK) {
         self->token_easy = NULL;
-        easy_put(self, e);
+        api_easy_put(self, e);
         token_fail(self, TS_API_INTERNAL, 0, "curl_multi_add_handle");
     }
 }
 
-static void token_done(api_t *self, CURLcode rc)
+static void api_token_done(api_t *self, CURLcode rc)
 {
     CURL *e = self->token_easy;
     self->token_easy = NULL;
     long status = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    easy_put(self, e);
+    api_easy_put(self, e);
     explicit_bzero(self->token_form, sizeof self->token_form);
     cJSON *j = rc == CURLE_OK && status == 200
                    ? cJSON_ParseWithLength(self->token_body.data, self->token_body.len)
@@ -1136,7 +1139,7 @@ static void token_done(api_t *self, CURLcode rc)
     if (cJSON_IsString(access) && *access->valuestring) {
         static const char prefix[] = "Authorization: Bearer ";
         size_t len = strlen(access->valuestring);
-        auth_drop(&self->auth);
+        api_auth_drop(&self->auth);
         self->auth = malloc(sizeof *self->auth + sizeof prefix + len);
         if (self->auth) {
             self->auth->refs = 1;
@@ -1159,7 +1162,7 @@ static void token_done(api_t *self, CURLcode rc)
         self->token_gen++;
         ts_info(LOG, "token obtained (expires in %d s)", expires_in);
         while (self->lists[C_WAIT_TOKEN].head)
-            begin_attempt(self, self->lists[C_WAIT_TOKEN].head);
+            api_begin_attempt(self, self->lists[C_WAIT_TOKEN].head);
         return;
     }
     cJSON_Delete(j);
@@ -1167,7 +1170,7 @@ static void token_done(api_t *self, CURLcode rc)
         /* The refresh token is no good: start over with the client's credentials. */
         free(self->refresh_token);
         self->refresh_token = NULL;
-        ensure_token(self);
+        api_ensure_token(self);
         return;
     }
     ts_api_error_t error;
@@ -1178,7 +1181,7 @@ static void token_done(api_t *self, CURLcode rc)
     else {
         call_t probe = {0};
         const char *why;
-        error = classify(&probe, rc, status, &why);
+        error = api_classify(&probe, rc, status, &why);
         if (error == TS_API_OK)
             error = TS_API_BAD_RESPONSE;
     }
@@ -1194,15 +1197,15 @@ static void reap(api_t *self)
         if (m->msg != CURLMSG_DONE)
             continue;
         if (m->easy_handle == self->token_easy) {
-            token_done(self, m->data.result);
+            api_token_done(self, m->data.result);
             continue;
         }
         call_t *c = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
         if (c)
-            call_done(self, c, m->data.result);
+            api_call_done(self, c, m->data.result);
     }
-    pump(self);
+    api_pump(self);
 }
 
 /* ---- messages in ------------------------------------------------------------ */
@@ -1242,15 +1245,16 @@ static void take_request(api_t *self, ts_api_request_t *r)
         }
     }
     if (bad || !c->url) {
-        finish(self, c, TS_API_INTERNAL, 0, bad ? "bad request (path, method)" : "out of memory");
+        api_finish(self, c, TS_API_INTERNAL, 0,
+                   bad ? "bad request (path, method)" : "out of memory");
         return;
     }
     if (r->stream) {
-        start(self, c); /* streams take no slot */
+        api_start(self, c); /* streams take no slot */
         return;
     }
-    set_state(self, c, C_QUEUED, false);
-    pump(self);
+    api_set_state(self, c, C_QUEUED, false);
+    api_pump(self);
 }
 
 static call_t *find_call(api_t *self, uint64_t id)
@@ -1269,15 +1273,15 @@ static void cancel(api_t *self, uint64_t id)
         ts_debug(LOG, "req=%llu cancel: not live (already answered?)", (unsigned long long)id);
         return;
     }
-    const char *where = state_names[c->state];
+    const char *where = api_state_names[c->state];
     char why[64];
     snprintf(why, sizeof why, "cancelled while %s", where);
     long status = 0;
     if (c->easy)
         curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     ts_buf_reset(&c->body);
-    finish(self, c, TS_API_CANCELLED, status, why);
-    pump(self);
+    api_finish(self, c, TS_API_CANCELLED, status, why);
+    api_pump(self);
 }
 
 /* Takes what the inbox holds: 0 when it is empty now, 1 when it stopped at
@@ -1316,14 +1320,14 @@ static int64_t fire_due(api_t *self, int64_t now)
         nx = c->next;
         if (c->due_us <= now) {
             if (c->req->stream)
-                start(self, c);
+                api_start(self, c);
             else
-                set_state(self, c, C_QUEUED, true); /* ahead of new work */
+                api_set_state(self, c, C_QUEUED, true); /* ahead of new work */
         } else if (next < 0 || c->due_us < next) {
             next = c->due_us;
         }
     }
-    pump(self);
+    api_pump(self);
     return next;
 }
 
@@ -1418,11 +1422,11 @@ static void api_destroy(api_t *self)
 {
     for (int s = C_QUEUED; s < C__LAST; s++)
         while (self->lists[s].head)
-            call_free(self, self->lists[s].head);
+            api_call_free(self, self->lists[s].head);
     if (self->token_easy) {
         CURL *e = self->token_easy;
         self->token_easy = NULL;
-        easy_put(self, e);
+        api_easy_put(self, e);
     }
     if (self->inbox) { /* requests nobody took: free them */
         ts_msg_drain(self->inbox);
@@ -1441,7 +1445,7 @@ static void api_destroy(api_t *self)
     }
     if (self->refresh_token)
         explicit_bzero(self->refresh_token, strlen(self->refresh_token));
-    auth_drop(&self->auth);
+    api_auth_drop(&self->auth);
     free(self->refresh_token);
     ts_buf_free(&self->token_body);
     free(self->watch);

@@ -85,7 +85,7 @@ struct ts_policy_query {
 
 /* ---- scratch: C allocations a Lua error could strand ---- */
 
-static int s_scratch_add(ts_policy_t *self, cJSON *item)
+static int policy_scratch_add(ts_policy_t *self, cJSON *item)
 {
     for (int i = 0; i < SCRATCH_MAX; i++)
         if (!self->scratch[i]) {
@@ -95,7 +95,7 @@ static int s_scratch_add(ts_policy_t *self, cJSON *item)
     return -1;
 }
 
-static void s_scratch_clear(ts_policy_t *self)
+static void policy_scratch_clear(ts_policy_t *self)
 {
     for (int i = 0; i < SCRATCH_MAX; i++) {
         cJSON_Delete(self->scratch[i]);
@@ -107,7 +107,7 @@ static void s_scratch_clear(ts_policy_t *self)
 
 /* Pushes item as a Lua value (objects and arrays as fresh tables; null as
  * nil, so null fields read as absent). Raises on memory or depth. */
-static void s_push_json(lua_State *L, const cJSON *item, int depth)
+static void policy_push_json(lua_State *L, const cJSON *item, int depth)
 {
     if (depth > MAX_DEPTH)
         luaL_error(L, "document nested too deeply");
@@ -121,7 +121,7 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
             if (cJSON_IsNull(c) || !c->string)
                 continue;
             lua_pushlstring(L, c->string, strlen(c->string));
-            s_push_json(L, c, depth + 1);
+            policy_push_json(L, c, depth + 1);
             lua_rawset(L, -3);
         }
     } else if (cJSON_IsArray(item)) {
@@ -130,7 +130,7 @@ static void s_push_json(lua_State *L, const cJSON *item, int depth)
         for (const cJSON *c = item->child; c; c = c->next, i++) {
             if (cJSON_IsNull(c))
                 continue;
-            s_push_json(L, c, depth + 1);
+            policy_push_json(L, c, depth + 1);
             lua_rawseti(L, -2, i);
         }
     } else if (cJSON_IsString(item)) {
@@ -174,12 +174,12 @@ static void s_push_key(lua_State *L, loaded_t *ld, int keys, int i, const char *
         lua_pushlstring(L, key, len);
 }
 
-/* Pushes a document (a cJSON object) like s_push_json, its top-level keys
+/* Pushes a document (a cJSON object) like policy_push_json, its top-level keys
  * from the cache (s_push_key). */
 static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
 {
     if (!cJSON_IsObject(doc) || ld->keys_ref == LUA_NOREF) {
-        s_push_json(L, doc, 0);
+        policy_push_json(L, doc, 0);
         return;
     }
     luaL_checkstack(L, 6, "document");
@@ -191,7 +191,7 @@ static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
         if (cJSON_IsNull(c) || !c->string)
             continue;
         s_push_key(L, ld, keys, i, c->string, strlen(c->string));
-        s_push_json(L, c, 1);
+        policy_push_json(L, c, 1);
         lua_rawset(L, -3);
     }
     lua_remove(L, keys);
@@ -200,7 +200,7 @@ static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
 /* Converts the Lua value at idx into new cJSON. Never raises: returns NULL
  * with err set on a value JSON cannot hold (functions, cycles, non-string
  * keys, NaN) or when memory ran out. Raw access only: no metamethods run. */
-static cJSON *s_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
+static cJSON *policy_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
     if (depth > MAX_DEPTH) {
@@ -272,7 +272,7 @@ static cJSON *s_to_json(lua_State *L, int idx, int depth, char *err, size_t errl
     if (is_array) {
         for (size_t i = 1; i <= n; i++) {
             lua_rawgeti(L, idx, (lua_Integer)i);
-            cJSON *v = s_to_json(L, -1, depth + 1, err, errlen);
+            cJSON *v = policy_to_json(L, -1, depth + 1, err, errlen);
             lua_pop(L, 1);
             if (!v || !cJSON_AddItemToArray(out, v)) {
                 cJSON_Delete(v);
@@ -284,7 +284,7 @@ static cJSON *s_to_json(lua_State *L, int idx, int depth, char *err, size_t errl
     }
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        cJSON *v = s_to_json(L, -1, depth + 1, err, errlen);
+        cJSON *v = policy_to_json(L, -1, depth + 1, err, errlen);
         lua_pop(L, 1);
         if (!v || !cJSON_AddItemToObject(out, lua_tostring(L, -1), v)) {
             cJSON_Delete(v);
@@ -298,11 +298,11 @@ static cJSON *s_to_json(lua_State *L, int idx, int depth, char *err, size_t errl
 
 /* Replaces every nested table of the table at idx by a read-only proxy, then
  * pushes a read-only proxy of the table itself. */
-void ts_lua_push_json(lua_State *L, const cJSON *item) { s_push_json(L, item, 0); }
+void ts_lua_push_json(lua_State *L, const cJSON *item) { policy_push_json(L, item, 0); }
 
 cJSON *ts_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
 {
-    return s_to_json(L, idx, 0, err, errlen);
+    return policy_to_json(L, idx, 0, err, errlen);
 }
 
 static void s_push_frozen(lua_State *L, int idx, int depth)
@@ -324,11 +324,11 @@ static void s_push_frozen(lua_State *L, int idx, int depth)
     ts_sandbox_push_readonly(L, idx);
 }
 
-static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial);
+static void policy_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial);
 
 /* ---- functions offered in ctx ---- */
 
-static ts_policy_t *s_self_upvalue(lua_State *L)
+static ts_policy_t *policy_self_upvalue(lua_State *L)
 {
     return lua_touserdata(L, lua_upvalueindex(1));
 }
@@ -379,9 +379,9 @@ static void s_redact_text(ts_buf_t *b, const ts_policy_doc_t *doc)
  * summary, ... see log.h) of a document the call can see appears in the
  * message, it is replaced by [redacted] — the documents handed to the call,
  * those ctx.find returned, and the one a selector is looking at. */
-static int s_ctx_log(lua_State *L)
+static int policy_ctx_log(lua_State *L)
 {
-    ts_policy_t *self = s_self_upvalue(L);
+    ts_policy_t *self = policy_self_upvalue(L);
     if (!ts_log_enabled(TS_LOG_DEBUG))
         return 0;
     size_t len;
@@ -417,7 +417,7 @@ typedef struct {
 static int s_append_doc(lua_State *L)
 {
     find_state_t *fs = lua_touserdata(L, 1);
-    s_push_json(L, fs->doc, 0);
+    policy_push_json(L, fs->doc, 0);
     lua_rawseti(L, 2, fs->n + 1); /* the result array, passed in */
     return 0;
 }
@@ -512,9 +512,9 @@ static int64_t s_time_arg(lua_State *L, int tbl, const char *key, int64_t dflt)
 
 /* ctx.find(collection, field, value [, {time_field=, from=, to=}]) -> array
  * of copies of the matching documents (changing them changes nothing). */
-static int s_ctx_find(lua_State *L)
+static int policy_ctx_find(lua_State *L)
 {
-    ts_policy_t *self = s_self_upvalue(L);
+    ts_policy_t *self = policy_self_upvalue(L);
     const char *coll = luaL_checkstring(L, 1);
     const char *field = luaL_checkstring(L, 2);
     char value[64];
@@ -565,46 +565,48 @@ static int s_ctx_find(lua_State *L)
         return luaL_error(L, "ctx.find: look-up of %s.%s failed", coll, field);
     /* Text documents become lazy tables, valid until the validation ends. */
     for (size_t i = first; i < self->nfound; i++) {
-        s_push_proxy(L, self, self->found_base + (lua_Integer)i);
+        policy_push_proxy(L, self, self->found_base + (lua_Integer)i);
         lua_rawseti(L, fs.result, (lua_Integer)(i - first + 1));
     }
     return 1;
 }
 
 /* ctx.merge(base, mine, theirs) -> the default three-way merge as a table. */
-static int s_ctx_merge(lua_State *L)
+static int policy_ctx_merge(lua_State *L)
 {
-    ts_policy_t *self = s_self_upvalue(L);
+    ts_policy_t *self = policy_self_upvalue(L);
     char err[200];
     cJSON *base = NULL, *mine = NULL, *theirs = NULL;
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checktype(L, 3, LUA_TTABLE);
     if (!lua_isnil(L, 1)) {
         luaL_checktype(L, 1, LUA_TTABLE);
-        if (!(base = s_to_json(L, 1, 0, err, sizeof err)) || s_scratch_add(self, base) != 0) {
+        if (!(base = policy_to_json(L, 1, 0, err, sizeof err)) ||
+            policy_scratch_add(self, base) != 0) {
             cJSON_Delete(base);
             return luaL_error(L, "ctx.merge: base: %s", err);
         }
     }
-    if (!(mine = s_to_json(L, 2, 0, err, sizeof err)) || s_scratch_add(self, mine) != 0) {
+    if (!(mine = policy_to_json(L, 2, 0, err, sizeof err)) || policy_scratch_add(self, mine) != 0) {
         cJSON_Delete(mine);
         return luaL_error(L, "ctx.merge: mine: %s", err);
     }
-    if (!(theirs = s_to_json(L, 3, 0, err, sizeof err)) || s_scratch_add(self, theirs) != 0) {
+    if (!(theirs = policy_to_json(L, 3, 0, err, sizeof err)) ||
+        policy_scratch_add(self, theirs) != 0) {
         cJSON_Delete(theirs);
         return luaL_error(L, "ctx.merge: theirs: %s", err);
     }
     cJSON *merged = ts_policy_default_merge(base, mine, theirs);
-    if (!merged || s_scratch_add(self, merged) != 0) {
+    if (!merged || policy_scratch_add(self, merged) != 0) {
         cJSON_Delete(merged);
         return luaL_error(L, "ctx.merge: documents must be objects");
     }
-    s_push_json(L, merged, 0);
-    s_scratch_clear(self);
+    policy_push_json(L, merged, 0);
+    policy_scratch_clear(self);
     return 1;
 }
 
-static int64_t s_now_ms(const ts_policy_t *self)
+static int64_t policy_now_ms(const ts_policy_t *self)
 {
     return self->fixed_now_ms ? self->fixed_now_ms : ts_wall_ms();
 }
@@ -613,7 +615,7 @@ static int64_t s_now_ms(const ts_policy_t *self)
  * call (config, log, merge, and find when for_validate), so a call only sets
  * what changes. Protected, so a policy cannot reach and change the shared
  * part. */
-static void s_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
+static void policy_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
 {
     lua_createtable(L, 0, 2);
     lua_createtable(L, 0, 4);
@@ -635,11 +637,11 @@ static void s_push_ctx_mt(lua_State *L, loaded_t *ld, bool for_validate)
 /* Pushes ctx for one call: now and collection of its own (a validation
  * adds previous), the rest through the shared metatable (building the whole table per call was a
  * tenth of a validated create's cost). */
-static void s_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
-                       bool for_validate)
+static void policy_push_ctx(lua_State *L, ts_policy_t *self, const char *collection,
+                            bool for_validate)
 {
     loaded_t *ld = self->cur;
-    int64_t now = s_now_ms(self);
+    int64_t now = policy_now_ms(self);
     if (now != self->now_ms) {
         self->now_ms = now;
         ts_rfc3339(now, self->now_text);
@@ -728,11 +730,11 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
     }
     /* escaped strings, objects, arrays: parse just this value */
     cJSON *item = cJSON_ParseWithLength(v, n);
-    if (!item || s_scratch_add(self, item) != 0) {
+    if (!item || policy_scratch_add(self, item) != 0) {
         cJSON_Delete(item);
         luaL_error(L, "document field is not valid JSON (or out of memory)");
     }
-    s_push_json(L, item, 0);
+    policy_push_json(L, item, 0);
 }
 
 /* Pushes a document kept as text (the store's form: its id apart) as a
@@ -763,8 +765,8 @@ static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc
 }
 
 /* A document handed to a call, as text when given so, else as cJSON. */
-static void s_push_call_doc(lua_State *L, ts_policy_t *self, const cJSON *doc,
-                            const ts_policy_doc_t *text)
+static void policy_push_call_doc(lua_State *L, ts_policy_t *self, const cJSON *doc,
+                                 const ts_policy_doc_t *text)
 {
     if (text)
         s_push_doc_text(L, self, text);
@@ -774,7 +776,7 @@ static void s_push_call_doc(lua_State *L, ts_policy_t *self, const cJSON *doc,
 
 static int s_proxy_index(lua_State *L)
 {
-    ts_policy_t *self = s_self_upvalue(L);
+    ts_policy_t *self = policy_self_upvalue(L);
     const ts_policy_doc_t *d = s_proxy_doc(L, self);
     if (lua_type(L, 2) != LUA_TSTRING)
         return 0;
@@ -797,22 +799,22 @@ static int s_proxy_index(lua_State *L)
 /* pairs(doc): iterates a full copy of the document. */
 static int s_proxy_pairs(lua_State *L)
 {
-    ts_policy_t *self = s_self_upvalue(L);
+    ts_policy_t *self = policy_self_upvalue(L);
     const ts_policy_doc_t *d = s_proxy_doc(L, self);
     cJSON *doc = cJSON_ParseWithLength(d->text, d->len);
-    if (!doc || s_scratch_add(self, doc) != 0) {
+    if (!doc || policy_scratch_add(self, doc) != 0) {
         cJSON_Delete(doc);
         return luaL_error(L, "document is not valid JSON (or out of memory)");
     }
     lua_pushcfunction(L, ts_sandbox_raw_next);
-    s_push_json(L, doc, 0);
+    policy_push_json(L, doc, 0);
     lua_pushlstring(L, d->id, d->id_len);
     lua_setfield(L, -2, "id");
     lua_pushnil(L);
     return 3;
 }
 
-static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
+static void policy_push_proxy_mt(lua_State *L, ts_policy_t *self)
 {
     lua_createtable(L, 0, 3);
     lua_pushlightuserdata(L, self);
@@ -827,7 +829,7 @@ static void s_push_proxy_mt(lua_State *L, ts_policy_t *self)
 
 /* Pushes a lazy table: for one of self->found (its serial), or for the
  * scan's candidate (serial 0; the caller records the table's identity). */
-static void s_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial)
+static void policy_push_proxy(lua_State *L, ts_policy_t *self, lua_Integer serial)
 {
     lua_createtable(L, 0, 4);
     if (serial) {
@@ -913,7 +915,7 @@ static int s_sel_cmp(const void *a, const void *b)
     return strcmp(((const sel_t *)a)->pub.name, ((const sel_t *)b)->pub.name);
 }
 
-static void s_check_selectors(lua_State *L, loaded_t *ld)
+static void policy_check_selectors(lua_State *L, loaded_t *ld)
 {
     const char *file = "selectors.lua";
     int t = lua_gettop(L);
@@ -1006,7 +1008,7 @@ static int s_load_call(lua_State *L)
     ts_sandbox_t *sb = ld->sb;
 
     if (self->config) {
-        s_push_json(L, self->config, 0);
+        policy_push_json(L, self->config, 0);
         if (!lua_istable(L, -1)) {
             lua_pop(L, 1);
             lua_newtable(L);
@@ -1018,19 +1020,19 @@ static int s_load_call(lua_State *L)
     ld->config_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
     lua_pushlightuserdata(L, self);
-    lua_pushcclosure(L, s_ctx_log, 1);
+    lua_pushcclosure(L, policy_ctx_log, 1);
     ld->log_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushlightuserdata(L, self);
-    lua_pushcclosure(L, s_ctx_find, 1);
+    lua_pushcclosure(L, policy_ctx_find, 1);
     ld->find_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushlightuserdata(L, self);
-    lua_pushcclosure(L, s_ctx_merge, 1);
+    lua_pushcclosure(L, policy_ctx_merge, 1);
     ld->merge_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     for (int v = 0; v < 2; v++) {
-        s_push_ctx_mt(L, ld, v);
+        policy_push_ctx_mt(L, ld, v);
         ld->ctx_mt_ref[v] = luaL_ref(L, LUA_REGISTRYINDEX);
     }
-    s_push_proxy_mt(L, self);
+    policy_push_proxy_mt(L, self);
     ld->proxy_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_createtable(L, KEY_CACHE, 0);
     ld->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1042,7 +1044,7 @@ static int s_load_call(lua_State *L)
         if (!lua_istable(L, -1))
             luaL_error(L, "%s: must return a table, got %s", s_files[i], luaL_typename(L, -1));
         if (i == 1)
-            s_check_selectors(L, ld);
+            policy_check_selectors(L, ld);
         else
             s_check_fn_table(L, s_files[i]);
         if (i == 0)
@@ -1079,7 +1081,7 @@ static loaded_t *s_load_dir(ts_policy_t *self, const char *dir, char *err, size_
     load_call_t c = {self, ld};
     int rc = ts_sandbox_pcall(ld->sb, s_load_call, &c, err, errlen);
     self->cur = prev;
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     if (rc != 0) {
         s_loaded_free(&ld);
         return NULL;
@@ -1133,7 +1135,7 @@ void ts_policy_destroy(ts_policy_t **self_p)
         return;
     ts_policy_t *self = *self_p;
     s_loaded_free(&self->cur);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     cJSON_Delete(self->config);
     free(self->found);
     free(self);
@@ -1202,7 +1204,7 @@ cJSON *ts_policy_info(const ts_policy_t *self)
 
 void ts_policy_set_now(ts_policy_t *self, int64_t wall_ms) { self->fixed_now_ms = wall_ms; }
 
-static void s_set_label(ts_policy_t *self, const char *kind, const char *what)
+static void policy_set_label(ts_policy_t *self, const char *kind, const char *what)
 {
     size_t k = strlen(kind);
     /* Mostly the same label as the last call: skip snprintf then. */
@@ -1235,10 +1237,10 @@ static int s_validate_call(lua_State *L)
     }
     if (!lua_isfunction(L, -1))
         return luaL_error(L, "%s is not a function", lbl);
-    s_push_call_doc(L, self, c->doc, c->text_doc);
-    s_push_ctx(L, self, c->collection, true);
+    policy_push_call_doc(L, self, c->doc, c->text_doc);
+    policy_push_ctx(L, self, c->collection, true);
     if (c->previous || c->previous_text) {
-        s_push_call_doc(L, self, c->previous, c->previous_text);
+        policy_push_call_doc(L, self, c->previous, c->previous_text);
         lua_setfield(L, -2, "previous");
     }
     lua_call(L, 2, 2);
@@ -1285,7 +1287,7 @@ static int s_validate(validate_call_t c, cJSON **errors, char *err, size_t errle
     ts_policy_t *self = c.self;
     if (errors)
         *errors = NULL;
-    s_set_label(self, "validate", c.collection);
+    policy_set_label(self, "validate", c.collection);
     self->nfound = 0;
     self->found_base = self->doc_serial + 1;
     self->call_docs[0] = c.doc, self->call_docs[1] = c.previous;
@@ -1293,7 +1295,7 @@ static int s_validate(validate_call_t c, cJSON **errors, char *err, size_t errle
     int rc = ts_sandbox_pcall(self->cur->sb, s_validate_call, &c, err, errlen);
     memset(self->call_docs, 0, sizeof self->call_docs);
     memset(self->call_text_docs, 0, sizeof self->call_text_docs);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     /* ctx.find's lazy documents kept by a policy go stale */
     self->doc_serial = self->found_base + (lua_Integer)self->nfound;
     self->nfound = 0;
@@ -1386,12 +1388,12 @@ static int s_prepare_call(lua_State *L)
 {
     prepare_call_t *c = lua_touserdata(L, 1);
     if (c->params)
-        s_push_json(L, c->params, 0);
+        policy_push_json(L, c->params, 0);
     else
         lua_newtable(L);
     if (lua_getfield(L, -1, "now") == LUA_TNIL) {
         char now[32];
-        ts_rfc3339(s_now_ms(c->self), now);
+        ts_rfc3339(policy_now_ms(c->self), now);
         lua_pushstring(L, now);
         lua_setfield(L, -3, "now");
     }
@@ -1417,7 +1419,7 @@ ts_policy_query_t *ts_policy_query_new(ts_policy_t *self, const char *selector,
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    s_set_label(self, "selectors", selector);
+    policy_set_label(self, "selectors", selector);
     prepare_call_t c = {self, params, LUA_NOREF};
     if (ts_sandbox_pcall(self->cur->sb, s_prepare_call, &c, err, errlen) != 0) {
         free(q);
@@ -1441,9 +1443,9 @@ static int s_match_call(lua_State *L)
     match_call_t *c = lua_touserdata(L, 1);
     ts_policy_t *self = c->q->self;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref);
-    s_push_json(L, c->doc, 0);
+    policy_push_json(L, c->doc, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, false);
+    policy_push_ctx(L, self, c->q->sel->pub.collection, false);
     lua_call(L, 3, 1);
     if (!lua_isboolean(L, -1))
         return luaL_error(L, "%s: where must return a boolean, got %s", self->label,
@@ -1465,10 +1467,10 @@ int ts_policy_query_match(ts_policy_query_t *q, const cJSON *doc, bool *match, c
         return TS_POLICY_OK;
     }
     ts_policy_t *self = q->self;
-    s_set_label(self, "selectors", q->sel->pub.name);
+    policy_set_label(self, "selectors", q->sel->pub.name);
     match_call_t c = {q, doc, false};
     int rc = ts_sandbox_pcall(self->cur->sb, s_match_call, &c, err, errlen);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     if (rc != 0)
         return TS_POLICY_ERROR;
     *match = c.match;
@@ -1509,7 +1511,7 @@ static int s_from_call(lua_State *L)
     ts_policy_t *self = c->q->self;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->from_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    s_push_ctx(L, self, c->q->sel->pub.collection, false);
+    policy_push_ctx(L, self, c->q->sel->pub.collection, false);
     lua_call(L, 2, 1);
     int t = lua_type(L, -1);
     if (t == LUA_TSTRING)
@@ -1536,10 +1538,10 @@ int ts_policy_query_from(ts_policy_query_t *q, cJSON **from, char *err, size_t e
     if (q->sel->from_ref == LUA_NOREF)
         return TS_POLICY_OK;
     ts_policy_t *self = q->self;
-    s_set_label(self, "selectors", q->sel->pub.name);
+    policy_set_label(self, "selectors", q->sel->pub.name);
     from_call_t c = {q, NULL};
     int rc = ts_sandbox_pcall(self->cur->sb, s_from_call, &c, err, errlen);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     if (rc != 0) {
         cJSON_Delete(c.from);
         return TS_POLICY_ERROR;
@@ -1565,7 +1567,7 @@ static int s_scan_call(lua_State *L)
     if (has_where) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref); /* 2 */
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);     /* 3 */
-        s_push_ctx(L, self, c->q->sel->pub.collection, false); /* 4 */
+        policy_push_ctx(L, self, c->q->sel->pub.collection, false); /* 4 */
     }
     while (c->next(c->arg, &c->doc) > 0) {
         self->doc = &c->doc;
@@ -1573,7 +1575,7 @@ static int s_scan_call(lua_State *L)
         if (has_where) {
             ts_sandbox_budget_reset(sb);
             lua_pushvalue(L, 2);
-            s_push_proxy(L, self, 0);
+            policy_push_proxy(L, self, 0);
             self->doc_table = lua_topointer(L, -1);
             lua_pushvalue(L, 3);
             lua_pushvalue(L, 4);
@@ -1583,7 +1585,7 @@ static int s_scan_call(lua_State *L)
                                   luaL_typename(L, -1));
             match = lua_toboolean(L, -1);
             lua_pop(L, 1);
-            s_scratch_clear(self);
+            policy_scratch_clear(self);
         }
         if (match) {
             int r = c->emit(c->arg, &c->doc);
@@ -1604,11 +1606,11 @@ int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy
         return TS_POLICY_ERROR;
     }
     ts_policy_t *self = q->self;
-    s_set_label(self, "selectors", q->sel->pub.name);
+    policy_set_label(self, "selectors", q->sel->pub.name);
     scan_call_t c = {q, next, emit, arg, {0}};
     self->doc = NULL;
     int rc = ts_sandbox_pcall(self->cur->sb, s_scan_call, &c, err, errlen);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     bool had_doc = self->doc != NULL;
     self->doc = NULL; /* its lazy tables kept by a policy go stale */
     if (rc != 0) {
@@ -1657,12 +1659,12 @@ static int s_resolve_call(lua_State *L)
         return 0;
     }
     if (c->base)
-        s_push_json(L, c->base, 0);
+        policy_push_json(L, c->base, 0);
     else
         lua_pushnil(L);
-    s_push_json(L, c->mine, 0);
-    s_push_json(L, c->theirs, 0);
-    s_push_ctx(L, self, c->collection, false);
+    policy_push_json(L, c->mine, 0);
+    policy_push_json(L, c->theirs, 0);
+    policy_push_ctx(L, self, c->collection, false);
     lua_call(L, 4, 1);
     const char *bad = "%s must return \"theirs\", \"mine\", {merge = doc} or {reject = reason}";
     if (lua_type(L, -1) == LUA_TSTRING) {
@@ -1684,7 +1686,7 @@ static int s_resolve_call(lua_State *L)
     int rt = lua_rawget(L, r);
     if (mt == LUA_TTABLE && rt == LUA_TNIL) {
         char err[200];
-        cJSON *doc = s_to_json(L, -2, 0, err, sizeof err);
+        cJSON *doc = policy_to_json(L, -2, 0, err, sizeof err);
         if (!doc)
             return luaL_error(L, "%s: merged document: %s", lbl, err);
         if (!cJSON_IsObject(doc)) {
@@ -1722,12 +1724,12 @@ int ts_policy_resolve(ts_policy_t *self, const char *collection, const cJSON *ba
         snprintf(err, errlen, "resolve: documents must be objects");
         return TS_POLICY_ERROR;
     }
-    s_set_label(self, "conflict", collection);
+    policy_set_label(self, "conflict", collection);
     resolve_call_t c = {self, collection, base, mine, theirs, false, outcome};
     self->call_docs[0] = base, self->call_docs[1] = mine, self->call_docs[2] = theirs;
     int rc = ts_sandbox_pcall(self->cur->sb, s_resolve_call, &c, err, errlen);
     memset(self->call_docs, 0, sizeof self->call_docs);
-    s_scratch_clear(self);
+    policy_scratch_clear(self);
     if (rc == 0 && c.no_policy) {
         if (s_default_outcome(base, mine, theirs, outcome) != 0) {
             snprintf(err, errlen, "default merge: out of memory");

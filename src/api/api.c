@@ -3,241 +3,23 @@
  * One thread, one loop (its own: epoll over the control pipe's and the
  * inbox's ZMQ_FD and the sockets curl asks for through
  * CURLMOPT_SOCKETFUNCTION, with the timeout from CURLMOPT_TIMERFUNCTION and
- * the earliest retry).
- *
- * A request becomes a call_t, which is in exactly one state at a time, each
- * state a list (set_state() is the one place that moves it):
- *   QUEUED      waiting for a slot (max_inflight calls are active at once)
- *   WAIT_TOKEN  waiting for the shared token fetch
- *   INFLIGHT    an attempt is running in curl
- *   BACKOFF     waiting for due_us before its next attempt
- * Streams (SSE) skip QUEUED and take no slot. A call leaves by finish(),
- * which sends its result and frees it. */
-#include "msgs/msgs.h"
-#include "therasync/api.h"
-#include "therasync/log.h"
-#include "therasync/util.h"
+ * the earliest retry). Here: the loop, the inbox (requests, cancels), the
+ * queued replies, curl's sockets and its pool of easy handles, the actor's
+ * life, and the public helpers of therasync/api.h. A call's state machine
+ * is in call.c, streams in stream.c, the token in auth.c. */
+#include "api_int.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <unistd.h>
 #include <zmq.h>
 
-#define LOG "api"
-#define MAX_REPLY_SOCKETS 16
-#define EASY_POOL 256
 #define INBOX_BATCH 1024
-
-typedef enum { C_NONE, C_QUEUED, C_WAIT_TOKEN, C_INFLIGHT, C_BACKOFF, C__LAST } call_state_t;
-static const char *state_names[C__LAST] = {"none", "queued", "wait_token", "inflight", "backoff"};
-
-struct api;
-
-typedef struct call {
-    struct call *prev, *next;  /* neighbours in the list of its state */
-    struct api *self;          /* the actor (for callbacks) */
-    call_state_t state;
-    ts_api_request_t *req;
-    ts_api_result_t *res;      /* filled across attempts, sent by finish() */
-    char *url;
-    CURL *easy;                /* INFLIGHT only */
-    /* Request headers: a few nodes of its own in front of a constant tail
-     * (curl only reads the list while the transfer runs): no malloc per
-     * request. */
-    struct curl_slist hnode[4];
-    char hkey[84], hmatch[40], hlast[84];
-    struct auth *auth;         /* the token line its attempt sends (one reference) */
-    char curl_err[CURL_ERROR_SIZE];
-    /* the current attempt's answer */
-    ts_buf_t body;
-    char ctype[96];
-    int64_t retry_after_ms;    /* -1: none */
-    bool too_large;
-    int max_attempts;
-    long timeout_ms;
-    int64_t due_us;            /* BACKOFF */
-    unsigned token_gen;        /* token generation the attempt used */
-    bool refreshed;            /* a 401 already led to one refresh */
-    /* streams */
-    bool connected;            /* this connection said 200 text/event-stream */
-    int failed_connects;       /* since the last good connection */
-    ts_buf_t line, data;       /* SSE parser: partial line, data of the event */
-    char ev_id[65];
-    bool ev_has_id;
-} call_t;
-
-/* "Authorization: Bearer TOKEN", shared by the calls that send it; freed
- * (and wiped) with its last reference. */
-typedef struct auth {
-    int refs;
-    char line[];
-} auth_t;
-
-typedef struct {
-    call_t *head, *tail;
-    size_t n;
-} call_list_t;
-
-/* One socket of curl's in the epoll set, by fd. A keep-alive connection
- * is dropped by curl between requests (CURL_POLL_REMOVE) and wanted again by
- * the next one: it stays registered meanwhile (no epoll_ctl pair per
- * request) and leaves the set when it fires unwanted or curl closes it. */
-typedef struct {
-    uint32_t want;             /* EPOLLIN/EPOLLOUT curl asked for; 0: none now */
-    uint32_t reg;              /* what the epoll set has; 0: not in it */
-} watch_t;
-
-typedef struct api {
-    ts_api_opts_t opts;        /* copy, defaults filled; strings owned below */
-    char *strings[8];          /* owned copies of opts' strings */
-    ts_actor_t *actor;
-    void *inbox;               /* PULL: requests and cancels */
-    struct {
-        char name[64];
-        void *socket;          /* PUSH connected to name */
-        void **out;            /* answers not yet sent (flushed once per loop turn) */
-        ts_msg_kind_t *kinds;
-        int nout, capout;
-    } replies[MAX_REPLY_SOCKETS];
-    int nreplies;
-    CURLM *multi;
-    int epfd;                  /* epoll: curl's sockets and the two ZMQ_FDs */
-    int pipe_fd, inbox_fd;     /* ZMQ_FD of the control pipe and the inbox */
-    watch_t *watch;            /* by fd */
-    int capwatch;
-    int64_t curl_due_us;       /* -1: no curl timer */
-    CURL *pool[EASY_POOL];     /* idle easy handles (keep their settings' memory) */
-    int npool;
-    call_list_t lists[C__LAST];
-    int nactive;               /* non-stream calls WAIT_TOKEN or INFLIGHT */
-    /* the token */
-    auth_t *auth;              /* the current token's header line; NULL: none yet */
-    char *refresh_token;
-    unsigned token_gen;        /* bumped on every new token */
-    CURL *token_easy;          /* the fetch in flight, or NULL */
-    ts_buf_t token_body;
-    char token_form[2048];
-    bool token_refresh_grant;  /* the fetch uses grant_type=refresh_token */
-    uint64_t rng;
-} api_t;
-
-/* ---- small helpers -------------------------------------------------------- */
-
-static uint64_t rnd(api_t *self)
-{
-    uint64_t s = self->rng;
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    self->rng = s;
-    return s * 0x2545F4914F6CDD1DULL;
-}
-
-/* Full jitter: random(0, min(cap, base * 2^(n-1))) in ms, n >= 1. */
-static int64_t backoff_ms(api_t *self, long base, long cap, int n)
-{
-    int64_t ceiling = base;
-    for (int i = 1; i < n && ceiling < cap; i++)
-        ceiling *= 2;
-    if (ceiling > cap)
-        ceiling = cap;
-    return ceiling > 0 ? (int64_t)(rnd(self) % (uint64_t)(ceiling + 1)) : 0;
-}
-
-static void auth_drop(auth_t **a)
-{
-    if (*a && --(*a)->refs == 0) {
-        explicit_bzero((*a)->line, strlen((*a)->line));
-        free(*a);
-    }
-    *a = NULL;
-}
-
-/* Constant header tails, shared by all calls and never written. */
-static char H_ACCEPT_JSON[] = "Accept: application/json";
-static char H_CT_JSON[] = "Content-Type: application/json";
-static char H_CT_MERGE[] = "Content-Type: application/merge-patch+json";
-static char H_EXPECT[] = "Expect:"; /* no 100-continue round trip */
-static char H_ACCEPT_SSE[] = "Accept: text/event-stream";
-static char H_NO_CACHE[] = "Cache-Control: no-cache";
-static struct curl_slist TAIL_JSON[] = {{H_ACCEPT_JSON, NULL}};
-static struct curl_slist TAIL_POST[] = {
-    {H_ACCEPT_JSON, &TAIL_POST[1]}, {H_CT_JSON, &TAIL_POST[2]}, {H_EXPECT, NULL}};
-static struct curl_slist TAIL_PATCH[] = {
-    {H_ACCEPT_JSON, &TAIL_PATCH[1]}, {H_CT_MERGE, &TAIL_PATCH[2]}, {H_EXPECT, NULL}};
-static struct curl_slist TAIL_SSE[] = {{H_ACCEPT_SSE, &TAIL_SSE[1]}, {H_NO_CACHE, NULL}};
-
-static void list_append(call_list_t *l, call_t *c)
-{
-    c->prev = l->tail;
-    c->next = NULL;
-    if (l->tail)
-        l->tail->next = c;
-    else
-        l->head = c;
-    l->tail = c;
-    l->n++;
-}
-
-static void list_prepend(call_list_t *l, call_t *c)
-{
-    c->next = l->head;
-    c->prev = NULL;
-    if (l->head)
-        l->head->prev = c;
-    else
-        l->tail = c;
-    l->head = c;
-    l->n++;
-}
-
-static void list_remove(call_list_t *l, call_t *c)
-{
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        l->head = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        l->tail = c->prev;
-    c->prev = c->next = NULL;
-    l->n--;
-}
-
-static bool counts_active(call_t *c)
-{
-    return !c->req->stream && (c->state == C_WAIT_TOKEN || c->state == C_INFLIGHT);
-}
-
-/* The one place a call changes state. front: to the head of the new list. */
-static void set_state(api_t *self, call_t *c, call_state_t to, bool front)
-{
-    if (c->state != C_NONE) {
-        if (counts_active(c))
-            self->nactive--;
-        list_remove(&self->lists[c->state], c);
-    }
-    if (ts_log_enabled(TS_LOG_DEBUG) && c->state != to)
-        ts_debug(LOG, "req=%llu %s -> %s", (unsigned long long)c->req->id, state_names[c->state],
-                 state_names[to]);
-    c->state = to;
-    if (to != C_NONE) {
-        if (front)
-            list_prepend(&self->lists[to], c);
-        else
-            list_append(&self->lists[to], c);
-        if (counts_active(c))
-            self->nactive++;
-    }
-}
 
 /* The index of the reply socket for name (connected on first use), or -1. */
 static int reply_socket(api_t *self, const char *name)
@@ -261,7 +43,7 @@ static int reply_socket(api_t *self, const char *name)
 
 /* Queues one answer for the requester; flush_replies() sends it before the
  * loop waits again. Frees it when it cannot be sent. */
-static void reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, void *ptr)
+void api_reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, void *ptr)
 {
     int i = reply_socket(self, req->reply_to);
     if (i >= 0 && self->replies[i].nout == self->replies[i].capout) {
@@ -306,18 +88,6 @@ static void flush_replies(api_t *self)
         }
         self->replies[i].nout = 0;
     }
-}
-
-static void log_body(const char *what, uint64_t id, int attempt, long status, const char *cls,
-                     const char *body, size_t len)
-{
-    if (!ts_log_enabled(TS_LOG_DEBUG))
-        return;
-    char red[512] = "";
-    if (body && len)
-        ts_log_redact_json(body, len, red, sizeof red);
-    ts_log(TS_LOG_DEBUG, LOG, "req=%llu attempt=%d %s status=%ld class=%s body=%s",
-           (unsigned long long)id, attempt, what, status, cls, red);
 }
 
 /* ---- curl plumbing -------------------------------------------------------- */
@@ -385,7 +155,7 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 
 /* A new easy handle with the settings every transfer shares. Pooled handles
  * keep them: no curl_easy_reset (which frees and rebuilds all settings) and
- * no full set-up per request; easy_use() sets what varies. */
+ * no full set-up per request; api_easy_use() sets what varies. */
 static CURL *easy_new(api_t *self)
 {
     const ts_api_opts_t *o = &self->opts;
@@ -414,12 +184,12 @@ static CURL *easy_new(api_t *self)
     return e;
 }
 
-static CURL *easy_get(api_t *self)
+CURL *api_easy_get(api_t *self)
 {
     return self->npool ? self->pool[--self->npool] : easy_new(self);
 }
 
-static void easy_put(api_t *self, CURL *e)
+void api_easy_put(api_t *self, CURL *e)
 {
     if (!e)
         return;
@@ -434,7 +204,7 @@ static void easy_put(api_t *self, CURL *e)
  * PRIVATE, WRITE/HEADER callbacks and data, ERRORBUFFER, HTTPHEADER and
  * method (GET, POST fields and size, CUSTOMREQUEST), so that nothing of an
  * earlier use leaks into it. */
-static void easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
+void api_easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
 {
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -446,745 +216,6 @@ static void easy_use(api_t *self, CURL *e, const char *url, long timeout_ms)
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 0L);
 }
 
-/* ---- answers: headers, body, SSE ------------------------------------------ */
-
-static int64_t parse_retry_after(const char *v)
-{
-    int64_t secs;
-    if (ts_parse_i64(v, &secs) == 0)
-        return secs < 0 ? -1 : secs * 1000;
-    time_t at = curl_getdate(v, NULL);
-    if (at < 0)
-        return -1;
-    int64_t delta = (int64_t)at * 1000 - ts_wall_ms();
-    return delta > 0 ? delta : 0;
-}
-
-static void stream_connected(api_t *self, call_t *c);
-
-static size_t on_header(char *data, size_t size, size_t n, void *arg)
-{
-    call_t *c = arg;
-    size_t len = size * n;
-    char line[256];
-    size_t k = len < sizeof line - 1 ? len : sizeof line - 1;
-    memcpy(line, data, k);
-    line[k] = '\0';
-    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r'))
-        line[--k] = '\0';
-    if (k == 0) { /* end of a header block */
-        if (c->req->stream && !c->connected)
-            stream_connected(c->self, c);
-        return len;
-    }
-    if (strncmp(line, "HTTP/", 5) == 0) { /* a new response (after 100 Continue too) */
-        c->ctype[0] = '\0';
-        c->retry_after_ms = -1;
-        return len;
-    }
-    char *colon = strchr(line, ':');
-    if (!colon)
-        return len;
-    *colon = '\0';
-    char *value = colon + 1;
-    while (*value == ' ' || *value == '\t')
-        value++;
-    if (strcasecmp(line, "Content-Type") == 0)
-        snprintf(c->ctype, sizeof c->ctype, "%s", value);
-    else if (strcasecmp(line, "Retry-After") == 0)
-        c->retry_after_ms = parse_retry_after(value);
-    return len;
-}
-
-
-/* The last value of header name in the final response, or NULL. */
-static const char *last_header(CURL *e, const char *name)
-{
-    struct curl_header *h;
-    if (curl_easy_header(e, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
-        return NULL;
-    if (h->amount > 1 && curl_easy_header(e, name, h->amount - 1, CURLH_HEADER, -1, &h) != CURLHE_OK)
-        return NULL;
-    return h->value;
-}
-
-/* A finished non-stream call's Content-Type and Retry-After (what on_header
- * finds for a stream). */
-static void read_headers(call_t *c)
-{
-    const char *v = last_header(c->easy, "Content-Type");
-    if (v)
-        snprintf(c->ctype, sizeof c->ctype, "%s", v);
-    v = last_header(c->easy, "Retry-After");
-    if (v)
-        c->retry_after_ms = parse_retry_after(v);
-}
-
-static bool ctype_is(const char *ctype, const char *want)
-{
-    size_t n = strlen(want);
-    return strncasecmp(ctype, want, n) == 0 && (ctype[n] == '\0' || ctype[n] == ';' ||
-                                                ctype[n] == ' ');
-}
-
-/* SSE (WHATWG "server-sent events"): one line of the stream. */
-static void sse_line(api_t *self, call_t *c, char *line, size_t len)
-{
-    if (len == 0) { /* blank line: dispatch the event */
-        if (c->ev_has_id)
-            snprintf(c->req->last_event_id, sizeof c->req->last_event_id, "%s", c->ev_id);
-        if (c->data.len) {
-            ts_api_event_t *ev = calloc(1, sizeof *ev);
-            if (ev) {
-                ev->id = c->req->id;
-                ev->user = c->req->user;
-                snprintf(ev->event_id, sizeof ev->event_id, "%s",
-                         c->ev_has_id ? c->ev_id : c->req->last_event_id);
-                c->data.data[--c->data.len] = '\0'; /* the last \n */
-                ev->data = ts_buf_take(&c->data, &ev->data_len);
-                if (!c->req->raw_events)
-                    ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
-                if (ts_log_enabled(TS_LOG_DEBUG))
-                    log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
-                             ev->data_len);
-                reply(self, c->req, TS_MSG_API_EVENT, ev);
-            }
-        }
-        ts_buf_reset(&c->data);
-        c->ev_has_id = false;
-        return;
-    }
-    if (line[0] == ':') /* comment: heartbeat */
-        return;
-    char *colon = memchr(line, ':', len);
-    size_t flen = colon ? (size_t)(colon - line) : len;
-    const char *value = colon ? colon + 1 : "";
-    if (colon && *value == ' ')
-        value++;
-    size_t vlen = colon ? len - (size_t)(value - line) : 0;
-    if (flen == 4 && memcmp(line, "data", 4) == 0) {
-        ts_buf_append(&c->data, value, vlen);
-        ts_buf_append(&c->data, "\n", 1);
-    } else if (flen == 2 && memcmp(line, "id", 2) == 0 && vlen < sizeof c->ev_id &&
-               !memchr(value, '\0', vlen)) {
-        memcpy(c->ev_id, value, vlen);
-        c->ev_id[vlen] = '\0';
-        c->ev_has_id = true;
-    } /* event, retry and unknown fields: ignored */
-}
-
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
-{
-    call_t *c = arg;
-    api_t *self = c->self;
-    size_t len = size * n;
-    if (c->req->stream && c->connected) {
-        /* Whole runs up to each newline, not a byte at a time: during a
-         * replay the stream carries every write back (~500 bytes each). */
-        for (const char *p = data, *end = data + len; p < end;) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            size_t run = (size_t)((nl ? nl : end) - p);
-            if (c->line.len + run > self->opts.max_body_bytes) {
-                c->too_large = true;
-                return 0;
-            }
-            if (run && ts_buf_append(&c->line, p, run) < 0)
-                return 0;
-            if (!nl)
-                break;
-            p = nl + 1;
-            size_t l = c->line.len;
-            if (l && c->line.data[l - 1] == '\r')
-                l--;
-            if (c->line.data)
-                c->line.data[l] = '\0';
-            sse_line(self, c, c->line.data ? c->line.data : (char *)"", l);
-            ts_buf_reset(&c->line);
-        }
-        return len;
-    }
-    if (c->body.len + len > self->opts.max_body_bytes) {
-        c->too_large = true;
-        return 0;
-    }
-    return ts_buf_append(&c->body, data, len) < 0 ? 0 : len;
-}
-
-/* ---- calls ------------------------------------------------------------------ */
-
-static const char *method_name(ts_api_method_t m)
-{
-    switch (m) {
-    case TS_API_GET: return "GET";
-    case TS_API_POST: return "POST";
-    case TS_API_PATCH: return "PATCH";
-    case TS_API_DELETE: return "DELETE";
-    }
-    return "?";
-}
-
-/* Frees a call and everything in it, the request included. */
-static void call_free(api_t *self, call_t *c)
-{
-    set_state(self, c, C_NONE, false);
-    easy_put(self, c->easy);
-    auth_drop(&c->auth);
-    ts_buf_free(&c->body);
-    ts_buf_free(&c->line);
-    ts_buf_free(&c->data);
-    free(c->url);
-    ts_api_result_free(c->res); /* frees res->request = c->req */
-    free(c);
-}
-
-/* Ends a call: sends its result (with the last attempt's body) and frees it. */
-static void finish(api_t *self, call_t *c, ts_api_error_t error, long status, const char *why)
-{
-    ts_api_result_t *res = c->res;
-    set_state(self, c, C_NONE, false);
-    easy_put(self, c->easy);
-    c->easy = NULL;
-    res->error = error;
-    res->status = status;
-    res->finished_us = ts_mono_us();
-    if (why && !*res->message)
-        snprintf(res->message, sizeof res->message, "%s", why);
-    if (c->body.len) {
-        if (!res->json)
-            res->json = cJSON_ParseWithLength(c->body.data, c->body.len);
-        res->body = ts_buf_take(&c->body, &res->body_len);
-    }
-    ts_log(error == TS_API_OK || error == TS_API_CANCELLED ? TS_LOG_DEBUG : TS_LOG_INFO, LOG,
-           "req=%llu %s %s -> %s status=%ld attempts=%d in %lld us%s%s",
-           (unsigned long long)c->req->id, method_name(c->req->method), c->req->path,
-           ts_api_error_name(error), status, res->attempts,
-           (long long)(res->finished_us - res->queued_us), *res->message ? ": " : "",
-           res->message);
-    c->res = NULL;
-    reply(self, c->req, TS_MSG_API_RESULT, res);
-    call_free(self, c);
-}
-
-static void ensure_token(api_t *self);
-static void begin_attempt(api_t *self, call_t *c);
-
-/* Starts a call's next attempt, or parks it until a token is there. */
-static void start(api_t *self, call_t *c)
-{
-    if (self->opts.client_id && !self->auth) {
-        set_state(self, c, C_WAIT_TOKEN, false);
-        ensure_token(self);
-        return;
-    }
-    begin_attempt(self, c);
-}
-
-/* Hands queued calls to curl while slots are free. */
-static void pump(api_t *self)
-{
-    while (self->lists[C_QUEUED].head && self->nactive < self->opts.max_inflight)
-        start(self, self->lists[C_QUEUED].head);
-}
-
-static void begin_attempt(api_t *self, call_t *c)
-{
-    ts_api_request_t *r = c->req;
-    ts_api_result_t *res = c->res;
-    if (res->attempts < (int)(sizeof res->attempt_us / sizeof res->attempt_us[0]))
-        res->attempt_us[res->attempts] = ts_mono_us();
-    res->attempts++;
-    ts_buf_reset(&c->body);
-    ts_buf_reset(&c->line);
-    ts_buf_reset(&c->data);
-    c->ev_has_id = false;
-    c->ctype[0] = '\0';
-    c->retry_after_ms = -1;
-    c->too_large = false;
-    c->connected = false;
-    c->curl_err[0] = '\0';
-
-    CURL *e = easy_get(self);
-    if (!e) {
-        finish(self, c, TS_API_INTERNAL, 0, "out of memory (curl handle)");
-        return;
-    }
-    c->easy = e;
-    easy_use(self, e, c->url, r->stream ? 0L : c->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
-    /* Only a stream needs to see its headers as they come (to say
-     * "connected"); other calls read Content-Type and Retry-After from curl's
-     * header store when done (read_headers), which costs less than a
-     * callback per header line. */
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, r->stream ? on_header : NULL);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, r->stream ? c : NULL);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->curl_err);
-
-    struct curl_slist *h = TAIL_JSON;
-    int k = 0;
-    if (r->stream) {
-        /* No total timeout: a stream that goes quiet (not even heartbeats) for
-         * stream_idle_ms is dropped by the low-speed check. */
-        long idle_s = (self->opts.stream_idle_ms + 999) / 1000;
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
-        h = TAIL_SSE;
-        if (*r->last_event_id) {
-            snprintf(c->hlast, sizeof c->hlast, "Last-Event-ID: %s", r->last_event_id);
-            c->hnode[k++].data = c->hlast;
-        }
-    }
-    switch (r->method) {
-    case TS_API_GET:
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
-        break;
-    case TS_API_POST:
-    case TS_API_PATCH:
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, r->method == TS_API_PATCH ? "PATCH" : NULL);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(r->body ? r->body_len : 0));
-        h = r->method == TS_API_PATCH ? TAIL_PATCH : TAIL_POST;
-        break;
-    case TS_API_DELETE:
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
-        break;
-    }
-    if (*r->idempotency_key) {
-        snprintf(c->hkey, sizeof c->hkey, "Idempotency-Key: %s", r->idempotency_key);
-        c->hnode[k++].data = c->hkey;
-    }
-    if (r->if_match > 0) {
-        snprintf(c->hmatch, sizeof c->hmatch, "If-Match: \"%lld\"", (long long)r->if_match);
-        c->hnode[k++].data = c->hmatch;
-    }
-    auth_drop(&c->auth); /* the previous attempt's transfer is gone */
-    if (self->auth) {
-        c->auth = self->auth;
-        c->auth->refs++;
-        c->hnode[k++].data = c->auth->line;
-        c->token_gen = self->token_gen;
-    }
-    for (int i = k - 1; i >= 0; i--) { /* chain the call's nodes in front of the tail */
-        c->hnode[i].next = h;
-        h = &c->hnode[i];
-    }
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    set_state(self, c, C_INFLIGHT, false);
-    if (ts_log_enabled(TS_LOG_DEBUG)) {
-        char what[300];
-        snprintf(what, sizeof what, "-> %s %s%s%s", method_name(r->method), r->path,
-                 *r->idempotency_key ? " key=" : "", r->idempotency_key);
-        log_body(what, r->id, res->attempts, 0, "-", r->body, r->body ? r->body_len : 0);
-    }
-    CURLMcode mc = curl_multi_add_handle(self->multi, e);
-    if (mc != CURLM_OK)
-        finish(self, c, TS_API_INTERNAL, 0, curl_multi_strerror(mc));
-}
-
-/* The class of a transfer that ended with rc and (maybe) an HTTP status. */
-static ts_api_error_t classify(call_t *c, CURLcode rc, long status, const char **why)
-{
-    *why = NULL;
-    if (c->too_large) {
-        *why = "response larger than max_body_bytes";
-        return TS_API_BAD_RESPONSE;
-    }
-    switch (rc) {
-    case CURLE_OK:
-        break;
-    case CURLE_OPERATION_TIMEDOUT:
-        return TS_API_TIMEOUT;
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_ENGINE_NOTFOUND:
-    case CURLE_SSL_ENGINE_SETFAILED:
-    case CURLE_SSL_ISSUER_ERROR:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS:
-    case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_SHUTDOWN_FAILED:
-        return TS_API_TLS;
-    case CURLE_PARTIAL_FILE:
-        *why = "truncated body";
-        return TS_API_BAD_RESPONSE;
-    case CURLE_WEIRD_SERVER_REPLY: /* not HTTP */
-    case CURLE_BAD_CONTENT_ENCODING:
-    case CURLE_HTTP2:
-        *why = "malformed HTTP answer";
-        return TS_API_BAD_RESPONSE;
-    case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_URL_MALFORMAT:
-    case CURLE_OUT_OF_MEMORY:
-        return TS_API_INTERNAL;
-    case CURLE_WRITE_ERROR:
-        return c->too_large ? TS_API_BAD_RESPONSE : TS_API_INTERNAL;
-    default: /* connect, resolve, send, recv, got nothing, http2 stream, ... */
-        return TS_API_NETWORK;
-    }
-    ts_api_error_t e = ts_api_status_class(status);
-    if (e == TS_API_BAD_RESPONSE)
-        *why = "unexpected HTTP status";
-    return e;
-}
-
-/* Checks a 2xx body against the request's shape; sets res->json. */
-static ts_api_error_t check_body(call_t *c, const char **why)
-{
-    ts_api_shape_t shape = c->req->shape;
-    if (shape == TS_API_SHAPE_NONE)
-        return TS_API_OK;
-    if (c->body.len == 0) {
-        *why = "empty body";
-        return shape == TS_API_SHAPE_ANY ? TS_API_OK : TS_API_BAD_RESPONSE;
-    }
-    if (!ctype_is(c->ctype, "application/json")) {
-        *why = "content type is not application/json";
-        return TS_API_BAD_RESPONSE;
-    }
-    cJSON *j = cJSON_ParseWithLength(c->body.data, c->body.len);
-    c->res->json = j;
-    if (!cJSON_IsObject(j)) {
-        *why = j ? "body is not a JSON object" : "body is not JSON";
-        return TS_API_BAD_RESPONSE;
-    }
-    bool ok = true;
-    switch (shape) {
-    case TS_API_SHAPE_DOC:
-        ok = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "id")) &&
-             cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "version"));
-        break;
-    case TS_API_SHAPE_PAGE:
-        ok = cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "items")) &&
-             cJSON_GetObjectItemCaseSensitive(j, "cursor") &&
-             cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(j, "has_more"));
-        break;
-    case TS_API_SHAPE_CHANGES:
-        ok = cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "changes")) &&
-             cJSON_GetObjectItemCaseSensitive(j, "cursor");
-        break;
-    case TS_API_SHAPE_DIGEST:
-        ok = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "count")) &&
-             cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "hash"));
-        break;
-    default:
-        break;
-    }
-    if (!ok)
-        *why = "body does not have the expected shape";
-    return ok ? TS_API_OK : TS_API_BAD_RESPONSE;
-}
-
-/* Parks a call for a retry after delay_ms. */
-static void backoff(api_t *self, call_t *c, int64_t delay_ms)
-{
-    easy_put(self, c->easy);
-    c->easy = NULL;
-    c->due_us = ts_mono_us() + delay_ms * 1000;
-    set_state(self, c, C_BACKOFF, false);
-}
-
-/* ---- streams ---------------------------------------------------------------- */
-
-static void stream_state(api_t *self, call_t *c, ts_api_stream_state_t state,
-                         ts_api_error_t error, long status, int64_t retry_in_ms)
-{
-    ts_api_stream_msg_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return;
-    *m = (ts_api_stream_msg_t){.id = c->req->id, .user = c->req->user, .state = state,
-                               .error = error, .status = status, .retry_in_ms = retry_in_ms,
-                               .connects = c->res->attempts};
-    snprintf(m->last_event_id, sizeof m->last_event_id, "%s", c->req->last_event_id);
-    static const char *names[] = {"connected", "dropped", "refused"};
-    ts_log(state == TS_API_STREAM_CONNECTED ? TS_LOG_DEBUG : TS_LOG_INFO, LOG,
-           "req=%llu stream %s (%s, status %ld, last id '%s')%s", (unsigned long long)c->req->id,
-           names[state], ts_api_error_name(error), status, c->req->last_event_id,
-           state == TS_API_STREAM_DROPPED ? "; reconnecting" : "");
-    reply(self, c->req, TS_MSG_API_STREAM, m);
-}
-
-/* Called at the end of the response headers of a stream. */
-static void stream_connected(api_t *self, call_t *c)
-{
-    long status = 0;
-    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (status == 200 && ctype_is(c->ctype, "text/event-stream")) {
-        c->connected = true;
-        c->failed_connects = 0;
-        stream_state(self, c, TS_API_STREAM_CONNECTED, TS_API_OK, status, 0);
-    }
-}
-
-/* A stream's connection ended (rc, status): reconnect, or refuse for good. */
-static void stream_done(api_t *self, call_t *c, CURLcode rc, long status)
-{
-    const char *why = NULL;
-    ts_api_error_t error = classify(c, rc, status, &why);
-    if (c->connected) { /* it was up: any end is a drop */
-        if (error == TS_API_OK)
-            error = TS_API_NETWORK, why = "stream closed by the server";
-    } else if (error == TS_API_OK) {
-        error = TS_API_BAD_RESPONSE, why = "not text/event-stream";
-    }
-    if (error == TS_API_UNAUTHORIZED && self->opts.client_id && !c->refreshed) {
-        c->refreshed = true;
-        c->res->token_refreshes++;
-        easy_put(self, c->easy);
-        c->easy = NULL;
-        if (c->token_gen == self->token_gen)
-            auth_drop(&self->auth);
-        start(self, c);
-        return;
-    }
-    bool again = c->connected || ts_api_error_retryable(error);
-    if (!again) {
-        stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
-        finish(self, c, error, status, why);
-        return;
-    }
-    c->failed_connects++;
-    c->refreshed = false;
-    int64_t delay = backoff_ms(self, self->opts.stream_backoff_base_ms,
-                               self->opts.stream_backoff_cap_ms, c->failed_connects);
-    if (c->retry_after_ms > delay)
-        delay = c->retry_after_ms;
-    stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
-    ts_buf_reset(&c->body);
-    backoff(self, c, delay);
-}
-
-/* ---- finished transfers --------------------------------------------------- */
-
-static void call_done(api_t *self, call_t *c, CURLcode rc)
-{
-    long status = 0;
-    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (c->req->stream) {
-        stream_done(self, c, rc, status);
-        return;
-    }
-    read_headers(c);
-    const char *why = rc != CURLE_OK && *c->curl_err ? c->curl_err : NULL;
-    const char *cwhy = NULL;
-    ts_api_error_t error = classify(c, rc, status, &cwhy);
-    if (cwhy)
-        why = cwhy;
-    if (error == TS_API_OK) {
-        error = check_body(c, &why);
-    }
-    log_body("<-", c->req->id, c->res->attempts, status, ts_api_error_name(error), c->body.data,
-             c->body.len);
-    c->res->status = status;
-    if (c->retry_after_ms >= 0)
-        c->res->retry_after_ms = c->retry_after_ms;
-
-    if (error == TS_API_UNAUTHORIZED && self->opts.client_id && !c->refreshed) {
-        /* One refresh per request; requests that got 401 with the same token
-         * share one fetch (the first drops the token, the rest wait). */
-        c->refreshed = true;
-        c->res->token_refreshes++;
-        easy_put(self, c->easy);
-        c->easy = NULL;
-        if (c->token_gen == self->token_gen)
-            auth_drop(&self->auth);
-        start(self, c);
-        return;
-    }
-    if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts) {
-        int64_t delay = backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
-                                   c->res->attempts);
-        if (c->retry_after_ms > self->opts.retry_after_max_ms) {
-            finish(self, c, error, status, "Retry-After beyond retry_after_max_ms");
-            return;
-        }
-        if (c->retry_after_ms > delay)
-            delay = c->retry_after_ms;
-        ts_debug(LOG, "req=%llu attempt %d failed (%s, status %ld); retry in %lld ms",
-                 (unsigned long long)c->req->id, c->res->attempts, ts_api_error_name(error),
-                 status, (long long)delay);
-        backoff(self, c, delay);
-        return;
-    }
-    finish(self, c, error, status, why);
-}
-
-/* ---- the token -------------------------------------------------------------- */
-
-static void token_fail(api_t *self, ts_api_error_t error, long status, const char *why)
-{
-    ts_warn(LOG, "token request failed: %s (status %ld)%s%s", ts_api_error_name(error), status,
-            why ? ": " : "", why ? why : "");
-    /* Every waiting call counts this as one failed attempt. */
-    call_t *next;
-    for (call_t *c = self->lists[C_WAIT_TOKEN].head; c; c = next) {
-        next = c->next;
-        if (c->req->stream) {
-            if (ts_api_error_retryable(error)) {
-                c->failed_connects++;
-                int64_t delay = backoff_ms(self, self->opts.stream_backoff_base_ms,
-                                           self->opts.stream_backoff_cap_ms, c->failed_connects);
-                stream_state(self, c, TS_API_STREAM_DROPPED, error, status, delay);
-                backoff(self, c, delay);
-            } else {
-                stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);
-                finish(self, c, error, status, why);
-            }
-            continue;
-        }
-        c->res->attempts++;
-        if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts)
-            backoff(self, c, backoff_ms(self, self->opts.backoff_base_ms,
-                                        self->opts.backoff_cap_ms, c->res->attempts));
-        else
-            finish(self, c, error, status, why ? why : "token request failed");
-    }
-    pump(self);
-}
-
-/* The token answer's body (small: 64 KiB at most). */
-static size_t on_token_body(char *data, size_t size, size_t n, void *arg)
-{
-    ts_buf_t *b = arg;
-    size_t len = size * n;
-    if (b->len + len > 65536)
-        return 0;
-    return ts_buf_append(b, data, len) < 0 ? 0 : len;
-}
-
-static int form_add(api_t *self, ts_buf_t *b, const char *key, const char *value)
-{
-    char *esc = curl_easy_escape(self->token_easy, value ? value : "", 0);
-    if (!esc)
-        return -1;
-    int rc = ts_buf_printf(b, "%s%s=%s", b->len ? "&" : "", key, esc);
-    curl_free(esc);
-    return rc;
-}
-
-/* Starts the shared token fetch unless one is running. */
-static void ensure_token(api_t *self)
-{
-    if (self->token_easy)
-        return;
-    self->token_easy = easy_get(self);
-    if (!self->token_easy) {
-        token_fail(self, TS_API_INTERNAL, 0, "out of memory");
-        return;
-    }
-    self->token_refresh_grant = self->refresh_token != NULL;
-    ts_buf_t form = {0};
-    int rc = form_add(self, &form, "grant_type",
-                      self->refresh_token ? "refresh_token" : "client_credentials");
-    if (self->refresh_token)
-        rc |= form_add(self, &form, "refresh_token", self->refresh_token);
-    rc |= form_add(self, &form, "client_id", self->opts.client_id);
-    rc |= form_add(self, &form, "client_secret", self->opts.client_secret);
-    if (rc || form.len >= sizeof self->token_form) {
-        ts_buf_free(&form);
-        CURL *e = self->token_easy;
-        self->token_easy = NULL;
-        easy_put(self, e);
-        token_fail(self, TS_API_INTERNAL, 0, "token form too large");
-        return;
-    }
-    memcpy(self->token_form, form.data, form.len + 1);
-    explicit_bzero(form.data, form.len);
-    ts_buf_free(&form);
-    ts_buf_reset(&self->token_body);
-    CURL *e = self->token_easy;
-    easy_use(self, e, self->opts.token_url, self->opts.timeout_ms);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, self->token_form);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(self->token_form));
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, NULL);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, NULL);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
-    ts_debug(LOG, "token request (%s grant)",
-             self->token_refresh_grant ? "refresh_token" : "client_credentials");
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_token_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &self->token_body);
-    if (curl_multi_add_handle(self->multi, e) != CURLM_OK) {
-        self->token_easy = NULL;
-        easy_put(self, e);
-        token_fail(self, TS_API_INTERNAL, 0, "curl_multi_add_handle");
-    }
-}
-
-static void token_done(api_t *self, CURLcode rc)
-{
-    CURL *e = self->token_easy;
-    self->token_easy = NULL;
-    long status = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    easy_put(self, e);
-    explicit_bzero(self->token_form, sizeof self->token_form);
-    cJSON *j = rc == CURLE_OK && status == 200
-                   ? cJSON_ParseWithLength(self->token_body.data, self->token_body.len)
-                   : NULL;
-    if (self->token_body.data)
-        explicit_bzero(self->token_body.data, self->token_body.len);
-    ts_buf_reset(&self->token_body);
-    const cJSON *access = cJSON_GetObjectItemCaseSensitive(j, "access_token");
-    if (cJSON_IsString(access) && *access->valuestring) {
-        static const char prefix[] = "Authorization: Bearer ";
-        size_t len = strlen(access->valuestring);
-        auth_drop(&self->auth);
-        self->auth = malloc(sizeof *self->auth + sizeof prefix + len);
-        if (self->auth) {
-            self->auth->refs = 1;
-            memcpy(self->auth->line, prefix, sizeof prefix - 1);
-            memcpy(self->auth->line + sizeof prefix - 1, access->valuestring, len + 1);
-        }
-        explicit_bzero(access->valuestring, len);
-        const cJSON *refresh = cJSON_GetObjectItemCaseSensitive(j, "refresh_token");
-        if (cJSON_IsString(refresh) && *refresh->valuestring) {
-            free(self->refresh_token);
-            self->refresh_token = strdup(refresh->valuestring);
-        }
-        const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
-        int expires_in = cJSON_IsNumber(exp) ? exp->valueint : -1;
-        cJSON_Delete(j);
-        if (!self->auth) {
-            token_fail(self, TS_API_INTERNAL, 0, "out of memory");
-            return;
-        }
-        self->token_gen++;
-        ts_info(LOG, "token obtained (expires in %d s)", expires_in);
-        while (self->lists[C_WAIT_TOKEN].head)
-            begin_attempt(self, self->lists[C_WAIT_TOKEN].head);
-        return;
-    }
-    cJSON_Delete(j);
-    if (self->token_refresh_grant && (status == 400 || status == 401)) {
-        /* The refresh token is no good: start over with the client's credentials. */
-        free(self->refresh_token);
-        self->refresh_token = NULL;
-        ensure_token(self);
-        return;
-    }
-    ts_api_error_t error;
-    if (status == 400 || status == 401)
-        error = TS_API_UNAUTHORIZED;
-    else if (rc == CURLE_OK && status == 200)
-        error = TS_API_BAD_RESPONSE;
-    else {
-        call_t probe = {0};
-        const char *why;
-        error = classify(&probe, rc, status, &why);
-        if (error == TS_API_OK)
-            error = TS_API_BAD_RESPONSE;
-    }
-    token_fail(self, error, status, error == TS_API_BAD_RESPONSE ? "bad token answer" : NULL);
-}
-
 /* Reads curl's finished transfers. */
 static void reap(api_t *self)
 {
@@ -1194,15 +225,15 @@ static void reap(api_t *self)
         if (m->msg != CURLMSG_DONE)
             continue;
         if (m->easy_handle == self->token_easy) {
-            token_done(self, m->data.result);
+            api_token_done(self, m->data.result);
             continue;
         }
         call_t *c = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
         if (c)
-            call_done(self, c, m->data.result);
+            api_call_done(self, c, m->data.result);
     }
-    pump(self);
+    api_pump(self);
 }
 
 /* ---- messages in ------------------------------------------------------------ */
@@ -1242,15 +273,16 @@ static void take_request(api_t *self, ts_api_request_t *r)
         }
     }
     if (bad || !c->url) {
-        finish(self, c, TS_API_INTERNAL, 0, bad ? "bad request (path, method)" : "out of memory");
+        api_finish(self, c, TS_API_INTERNAL, 0,
+                   bad ? "bad request (path, method)" : "out of memory");
         return;
     }
     if (r->stream) {
-        start(self, c); /* streams take no slot */
+        api_start(self, c); /* streams take no slot */
         return;
     }
-    set_state(self, c, C_QUEUED, false);
-    pump(self);
+    api_set_state(self, c, C_QUEUED, false);
+    api_pump(self);
 }
 
 static call_t *find_call(api_t *self, uint64_t id)
@@ -1269,15 +301,15 @@ static void cancel(api_t *self, uint64_t id)
         ts_debug(LOG, "req=%llu cancel: not live (already answered?)", (unsigned long long)id);
         return;
     }
-    const char *where = state_names[c->state];
+    const char *where = api_state_names[c->state];
     char why[64];
     snprintf(why, sizeof why, "cancelled while %s", where);
     long status = 0;
     if (c->easy)
         curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     ts_buf_reset(&c->body);
-    finish(self, c, TS_API_CANCELLED, status, why);
-    pump(self);
+    api_finish(self, c, TS_API_CANCELLED, status, why);
+    api_pump(self);
 }
 
 /* Takes what the inbox holds: 0 when it is empty now, 1 when it stopped at
@@ -1316,14 +348,14 @@ static int64_t fire_due(api_t *self, int64_t now)
         nx = c->next;
         if (c->due_us <= now) {
             if (c->req->stream)
-                start(self, c);
+                api_start(self, c);
             else
-                set_state(self, c, C_QUEUED, true); /* ahead of new work */
+                api_set_state(self, c, C_QUEUED, true); /* ahead of new work */
         } else if (next < 0 || c->due_us < next) {
             next = c->due_us;
         }
     }
-    pump(self);
+    api_pump(self);
     return next;
 }
 
@@ -1418,11 +450,11 @@ static void api_destroy(api_t *self)
 {
     for (int s = C_QUEUED; s < C__LAST; s++)
         while (self->lists[s].head)
-            call_free(self, self->lists[s].head);
+            api_call_free(self, self->lists[s].head);
     if (self->token_easy) {
         CURL *e = self->token_easy;
         self->token_easy = NULL;
-        easy_put(self, e);
+        api_easy_put(self, e);
     }
     if (self->inbox) { /* requests nobody took: free them */
         ts_msg_drain(self->inbox);
@@ -1441,7 +473,7 @@ static void api_destroy(api_t *self)
     }
     if (self->refresh_token)
         explicit_bzero(self->refresh_token, strlen(self->refresh_token));
-    auth_drop(&self->auth);
+    api_auth_drop(&self->auth);
     free(self->refresh_token);
     ts_buf_free(&self->token_body);
     free(self->watch);

@@ -1,5 +1,5 @@
-/* luajson.h — cJSON <-> Lua values (library-internal, used by policy.c and
- * policy_tools.c). */
+/* luajson.h — cJSON <-> Lua values (library-internal, defined in luaconv.c,
+ * used by policy_tools.c). */
 #ifndef THERASYNC_LUA_LUAJSON_H
 #define THERASYNC_LUA_LUAJSON_H
 

@@ -4,7 +4,7 @@
  * K_IDLE → K_DIGESTS → K_LOCAL_LIST → K_SERVER_LIST → K_IDLE). */
 #include "sync_int.h"
 
-void check_finish(sync_t *self, check_t *k)
+void sync_check_finish(sync_t *self, check_t *k)
 {
     ts_digest_free(k->local);
     k->local = NULL;
@@ -20,18 +20,18 @@ static void check_start(sync_t *self, int coll)
     if (k->phase != K_IDLE || self->conn == C_OFFLINE)
         return;
     ts_digest_t *dg = ts_xcalloc(1, sizeof *dg);
-    req_t *r = req_new(self, R_DIGEST);
-    ts_api_request_t *q = get_request("/v1/%s/digest", self->config->collections[coll]);
+    req_t *r = sync_req_new(self, R_DIGEST);
+    ts_api_request_t *q = sync_get_request("/v1/%s/digest", self->config->collections[coll]);
     if (!q) {
         free(dg);
-        req_free(self, r);
+        sync_req_free(self, r);
         return;
     }
     q->shape = TS_API_SHAPE_DIGEST;
     r->check = k;
-    copy_str(dg->collection, sizeof dg->collection, self->config->collections[coll]);
+    ts_copy_text(dg->collection, sizeof dg->collection, self->config->collections[coll]);
     dg->user = k;
-    if (api_send(self, q, r)) {
+    if (sync_api_send(self, q, r)) {
         free(dg);
         return;
     }
@@ -44,22 +44,22 @@ static void check_start(sync_t *self, int coll)
     k->have_local = k->have_server = false;
 }
 
-void checks_start_all(sync_t *self)
+void sync_checks_start_all(sync_t *self)
 {
     for (size_t i = 0; i < self->config->ncollections; i++)
         check_start(self, (int)i);
 }
 
-void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
+void sync_list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since)
 {
-    req_t *r = req_new(self, R_LIST);
-    ts_api_request_t *q = get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
+    req_t *r = sync_req_new(self, R_LIST);
+    ts_api_request_t *q = sync_get_request("/v1/%s?since=%s&limit=%d", coll, since, PAGE_LIMIT);
     if (q)
         q->shape = TS_API_SHAPE_PAGE;
     r->check = k;
     r->round = rd;
-    if (api_send(self, q, r) && k)
-        check_finish(self, k);
+    if (sync_api_send(self, q, r) && k)
+        sync_check_finish(self, k);
 }
 
 static int compare_items(const void *a, const void *b)
@@ -75,7 +75,7 @@ static int compare_entries(const void *a, const void *b)
 }
 
 /* Both lists are in: send REMOTE updates for every drifted document. */
-void check_repair(sync_t *self, check_t *k)
+void sync_check_repair(sync_t *self, check_t *k)
 {
     const char *coll = self->config->collections[k->coll];
     size_t ns = (size_t)cJSON_GetArraySize(k->items);
@@ -102,13 +102,13 @@ void check_repair(sync_t *self, check_t *k)
                     : strcmp(ts_json_string(items[a], "id"), l->versions[b].id);
         if (c < 0) { /* only at the server */
             if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(items[a], "deleted")))
-                repaired += apply_change(self, coll, items[a]);
+                repaired += sync_apply_change(self, coll, items[a]);
             a++;
         } else if (c > 0) { /* only here: the server no longer has it */
-            ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
+            ts_sync_update_t *u = sync_emit(self, TS_SYNC_REMOTE, NULL);
             if (u) {
-                copy_str(u->collection, sizeof u->collection, coll);
-                copy_str(u->doc_id, sizeof u->doc_id, l->versions[b].id);
+                ts_copy_text(u->collection, sizeof u->collection, coll);
+                ts_copy_text(u->doc_id, sizeof u->doc_id, l->versions[b].id);
                 u->doc = cJSON_CreateObject();
                 cJSON_AddStringToObject(u->doc, "id", l->versions[b].id);
                 cJSON_AddBoolToObject(u->doc, "deleted", 1);
@@ -120,7 +120,7 @@ void check_repair(sync_t *self, check_t *k)
             long long v = 0;
             ts_json_int(items[a], "version", &v);
             if (v != l->versions[b].version)
-                repaired += apply_change(self, coll, items[a]);
+                repaired += sync_apply_change(self, coll, items[a]);
             a++;
             b++;
         }
@@ -129,8 +129,8 @@ void check_repair(sync_t *self, check_t *k)
     self->repairs += repaired;
     if (repaired)
         ts_info(LOG, "digest check of %s: %" PRIu64 " documents repaired", coll, repaired);
-    flush(self);
-    check_finish(self, k);
+    sync_flush(self);
+    sync_check_finish(self, k);
 }
 
 static void check_compare(sync_t *self, check_t *k)
@@ -140,7 +140,7 @@ static void check_compare(sync_t *self, check_t *k)
     if (k->local->count == k->server_count && strcmp(k->local->hash, k->server_hash) == 0) {
         ts_debug(LOG, "digest of %s matches (%" PRIu64 " documents)",
                  self->config->collections[k->coll], k->server_count);
-        check_finish(self, k);
+        sync_check_finish(self, k);
         return;
     }
     ts_info(LOG, "digest of %s differs (here %" PRIu64 ", server %" PRIu64 "): listing",
@@ -150,18 +150,18 @@ static void check_compare(sync_t *self, check_t *k)
     ts_digest_t *dg = k->local;
     k->local = NULL;
     memset(dg, 0, sizeof *dg);
-    copy_str(dg->collection, sizeof dg->collection, self->config->collections[k->coll]);
+    ts_copy_text(dg->collection, sizeof dg->collection, self->config->collections[k->coll]);
     dg->want_versions = true;
     dg->user = k;
     if (ts_send_DIGEST_ASK(self->to_store, &dg, 1)) {
         free(dg);
-        check_finish(self, k);
+        sync_check_finish(self, k);
         return;
     }
     k->phase = K_LOCAL_LIST;
 }
 
-void on_digest_local(sync_t *self, ts_digest_t *dg)
+void sync_on_digest_local(sync_t *self, ts_digest_t *dg)
 {
     check_t *k = dg->user;
     if (!k || k < self->checks || k >= self->checks + self->config->ncollections ||
@@ -178,20 +178,20 @@ void on_digest_local(sync_t *self, ts_digest_t *dg)
     }
     k->phase = K_SERVER_LIST;
     k->items = cJSON_CreateArray();
-    list_page(self, k, NULL, self->config->collections[k->coll], "0");
+    sync_list_page(self, k, NULL, self->config->collections[k->coll], "0");
 }
 
-void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
+void sync_on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
 {
-    conn_note(self, res, "digest");
+    sync_conn_note(self, res, "digest");
     if (res->error != TS_API_OK) {
-        check_finish(self, k);
+        sync_check_finish(self, k);
         return;
     }
     long long count = 0;
     ts_json_int(res->json, "count", &count);
     k->server_count = (uint64_t)count;
-    copy_str(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
+    ts_copy_text(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
     k->have_server = true;
     check_compare(self, k);
 }

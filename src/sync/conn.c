@@ -2,7 +2,7 @@
  * server is usable (conn_set: UNKNOWN → ONLINE ⇄ OFFLINE), the API state and
  * last error that `status` shows, the answer timeout of writes, and the
  * probes that bring an offline connection back. Every API answer is booked
- * here (conn_note). */
+ * here (sync_conn_note). */
 #include "sync_int.h"
 
 static const char *const cstate_names[C__LAST] = {"unknown", "online", "offline"};
@@ -16,7 +16,7 @@ static void conn_set(sync_t *self, cstate_t to, const char *why)
     self->conn = to;
     if (to == C_OFFLINE) {
         self->probe_failures = 0;
-        self->probe_due_us = ts_mono_us() + backoff_us(1, PROBE_BASE_MS, PROBE_CAP_MS);
+        self->probe_due_us = ts_mono_us() + sync_backoff_us(1, PROBE_BASE_MS, PROBE_CAP_MS);
         return;
     }
     if (to == C_ONLINE && from == C_OFFLINE) {
@@ -26,8 +26,8 @@ static void conn_set(sync_t *self, cstate_t to, const char *why)
         for (size_t i = 0; i < self->nwaiting; i++)
             self->waiting[i]->due_us = 0;
         if (self->pull == P_STREAM) { /* reopen from a fresh catch-up, not after its backoff */
-            stream_close(self);
-            pull_set(self, P_CATCHUP);
+            sync_stream_close(self);
+            sync_pull_set(self, P_CATCHUP);
         } else if (self->pull != P_WAIT_HINT) {
             self->feed_due_us = ts_mono_us();
             self->feed_failures = 0;
@@ -54,18 +54,18 @@ static bool push_overdue(const sync_t *self, int64_t now)
 }
 
 /* Each tick: an overdue write makes the connection offline ("timeout"); it
- * stays so until no write is overdue (conn_note) and something answers. */
-void conn_watch(sync_t *self, int64_t now)
+ * stays so until no write is overdue (sync_conn_note) and something answers. */
+void sync_conn_watch(sync_t *self, int64_t now)
 {
     if (self->conn == C_OFFLINE || !push_overdue(self, now))
         return;
     SET_ERROR(self, "push: no answer within %d ms", self->config->sync.answer_timeout_ms);
-    copy_str(self->api_state, sizeof self->api_state, "timeout");
+    ts_copy_text(self->api_state, sizeof self->api_state, "timeout");
     conn_set(self, C_OFFLINE, "a write went unanswered");
 }
 
 /* Books one answer from the API: online/offline, api state, last error. */
-void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
+void sync_conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
 {
     ts_api_error_t e = res->error;
     if (e == TS_API_CANCELLED || e == TS_API_INTERNAL)
@@ -75,7 +75,7 @@ void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
                  ts_api_error_name(e), res->message);
         if (++self->consecutive_failures >= self->config->sync.offline_after &&
             self->conn != C_OFFLINE) {
-            copy_str(self->api_state, sizeof self->api_state, "offline");
+            ts_copy_text(self->api_state, sizeof self->api_state, "offline");
             conn_set(self, C_OFFLINE, "consecutive failures");
         }
         return;
@@ -83,7 +83,7 @@ void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
     if (e == TS_API_UNAUTHORIZED || e == TS_API_TLS) {
         SET_ERROR(self, "%s: %s (%s)", what,
                  ts_api_error_name(e), res->message);
-        copy_str(self->api_state, sizeof self->api_state,
+        ts_copy_text(self->api_state, sizeof self->api_state,
                  e == TS_API_TLS ? "tls" : "unauthorized");
         conn_set(self, C_OFFLINE, ts_api_error_name(e));
         return;
@@ -92,39 +92,39 @@ void conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
     self->consecutive_failures = 0;
     self->last_sync_ms = ts_wall_ms();
     if (push_overdue(self, ts_mono_us()))
-        return; /* but a write of ours still waits: "timeout" stands (conn_watch) */
+        return; /* but a write of ours still waits: "timeout" stands (sync_conn_watch) */
     if (e == TS_API_OK) {
-        copy_str(self->api_state, sizeof self->api_state, "ok");
+        ts_copy_text(self->api_state, sizeof self->api_state, "ok");
     } else if (e == TS_API_SERVER_ERROR || e == TS_API_TOO_MANY_REQUESTS ||
                e == TS_API_BAD_RESPONSE) {
         SET_ERROR(self, "%s: %s (status %ld)", what,
                  ts_api_error_name(e), res->status);
     }
     if (self->conn != C_ONLINE) {
-        copy_str(self->api_state, sizeof self->api_state, "ok");
+        ts_copy_text(self->api_state, sizeof self->api_state, "ok");
         conn_set(self, C_ONLINE, "answered");
     }
 }
 
-void probe_send(sync_t *self)
+void sync_probe_send(sync_t *self)
 {
-    req_t *r = req_new(self, R_PROBE);
+    req_t *r = sync_req_new(self, R_PROBE);
     ts_api_request_t *q =
-        get_request("/v1/changes?since=%s&timeout=0&limit=1", *self->cursor ? self->cursor : "0");
+        sync_get_request("/v1/changes?since=%s&timeout=0&limit=1", *self->cursor ? self->cursor : "0");
     if (q) {
         q->max_attempts = 1;
         q->timeout_ms = 3000;
         q->shape = TS_API_SHAPE_CHANGES;
     }
-    if (api_send(self, q, r) == 0)
+    if (sync_api_send(self, q, r) == 0)
         self->probe_id = r->id;
 }
 
-void on_probe(sync_t *self, ts_api_result_t *res)
+void sync_on_probe(sync_t *self, ts_api_result_t *res)
 {
     self->probe_id = 0;
-    conn_note(self, res, "probe");
+    sync_conn_note(self, res, "probe");
     if (self->conn == C_OFFLINE)
         self->probe_due_us =
-            ts_mono_us() + backoff_us(++self->probe_failures + 1, PROBE_BASE_MS, PROBE_CAP_MS);
+            ts_mono_us() + sync_backoff_us(++self->probe_failures + 1, PROBE_BASE_MS, PROBE_CAP_MS);
 }

@@ -1,10 +1,10 @@
-/* feed.c — the feed state machine of the sync actor (pull_set: WAIT_HINT →
+/* feed.c — the feed state machine of the sync actor (sync_pull_set: WAIT_HINT →
  * CATCHUP → STREAM | LONGPOLL | POLL): pages of /v1/changes, the SSE
  * stream, the cursor given to the store, and the changes held while our own
  * write to their document is out (holds, echoes). */
 #include "sync_int.h"
 
-const char *const pstate_names[P__LAST] = {"wait_hint", "catchup", "stream", "longpoll",
+const char *const sync_pstate_names[P__LAST] = {"wait_hint", "catchup", "stream", "longpoll",
                                            "poll"};
 
 static int64_t cursor_value(const char *cursor)
@@ -13,11 +13,11 @@ static int64_t cursor_value(const char *cursor)
     return cursor && *cursor && ts_parse_i64(cursor, &v) == 0 ? v : -1;
 }
 
-void pull_set(sync_t *self, pstate_t to)
+void sync_pull_set(sync_t *self, pstate_t to)
 {
     if (self->pull == to)
         return;
-    ts_info(LOG, "feed %s -> %s (cursor %s)", pstate_names[self->pull], pstate_names[to],
+    ts_info(LOG, "feed %s -> %s (cursor %s)", sync_pstate_names[self->pull], sync_pstate_names[to],
             *self->cursor ? self->cursor : "none");
     self->pull = to;
     self->feed_failures = 0;
@@ -31,16 +31,16 @@ static void cursor_emit(sync_t *self)
     const char *safe = self->holds ? self->holds->hold_floor : self->cursor;
     if (!*safe || strcmp(safe, self->cursor_sent) == 0)
         return;
-    ts_sync_update_t *u = emit(self, TS_SYNC_CURSOR, NULL);
-    copy_str(u->cursor, sizeof u->cursor, safe);
-    copy_str(self->cursor_sent, sizeof self->cursor_sent, safe);
+    ts_sync_update_t *u = sync_emit(self, TS_SYNC_CURSOR, NULL);
+    ts_copy_text(u->cursor, sizeof u->cursor, safe);
+    ts_copy_text(self->cursor_sent, sizeof self->cursor_sent, safe);
 }
 
 static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *doc, int64_t v)
 {
-    ts_sync_update_t *u = emit(self, TS_SYNC_REMOTE, NULL);
-    copy_str(u->collection, sizeof u->collection, coll);
-    copy_str(u->doc_id, sizeof u->doc_id, id);
+    ts_sync_update_t *u = sync_emit(self, TS_SYNC_REMOTE, NULL);
+    ts_copy_text(u->collection, sizeof u->collection, coll);
+    ts_copy_text(u->doc_id, sizeof u->doc_id, id);
     u->doc = doc;
     u->version = v;
     /* Not d->version: pending writes keep their base (see sdoc_t). */
@@ -50,7 +50,7 @@ static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *d
 /* A change to a document whose write is out right now is most likely that
  * write's echo, arriving before the write's answer. Applying it would show
  * our own write as a remote change (a doc.changed with origin "remote") and
- * cost a second store update; so it waits for the answer (hold_release), at
+ * cost a second store update; so it waits for the answer (sync_hold_release), at
  * most HOLD_MAX_US, keeping only the newest change of the document. */
 static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, int64_t v)
 {
@@ -62,7 +62,7 @@ static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, in
     if (d->held) {
         free(d->held);
     } else {
-        copy_str(d->hold_floor, sizeof d->hold_floor, self->cursor);
+        ts_copy_text(d->hold_floor, sizeof d->hold_floor, self->cursor);
         d->held_us = ts_mono_us();
         d->hold_prev = self->holds_tail;
         d->hold_next = NULL;
@@ -79,7 +79,7 @@ static void hold_change(sync_t *self, sdoc_t *d, const char *doc, size_t len, in
 
 /* The write's answer is in (or the wait is over): apply the held change
  * unless the answer showed it to be ours. */
-void hold_release(sync_t *self, sdoc_t *d)
+void sync_hold_release(sync_t *self, sdoc_t *d)
 {
     if (d->hold_prev)
         d->hold_prev->hold_next = d->hold_next;
@@ -103,12 +103,12 @@ void hold_release(sync_t *self, sdoc_t *d)
     cursor_emit(self);
 }
 
-void holds_expire(sync_t *self, int64_t now)
+void sync_holds_expire(sync_t *self, int64_t now)
 {
     while (self->holds && now - self->holds->held_us >= HOLD_MAX_US) {
         sdoc_t *d = self->holds;
-        hold_release(self, d);
-        doc_maybe_free(self, d);
+        sync_hold_release(self, d);
+        sync_doc_maybe_free(self, d);
     }
 }
 
@@ -119,10 +119,10 @@ void holds_expire(sync_t *self, int64_t now)
  * change is to be held for that write's answer (hold_change), else NULL. */
 static bool feed_echo(sync_t *self, const char *coll, const char *id, int64_t v, sdoc_t **hold)
 {
-    uint64_t h = hash_key(coll, id);
-    sdoc_t *known = doc_find(self, coll, id, h);
+    uint64_t h = sync_hash_key(coll, id);
+    sdoc_t *known = sync_doc_find(self, coll, id, h);
     *hold = NULL;
-    if (v > 0 && v <= (known ? known->version : recent_version(self, coll, id, h))) {
+    if (v > 0 && v <= (known ? known->version : sync_recent_version(self, coll, id, h))) {
         self->echoes++;
         return true; /* the store has it */
     }
@@ -133,7 +133,7 @@ static bool feed_echo(sync_t *self, const char *coll, const char *id, int64_t v,
 
 /* Applies one change of a feed page or a stream event as a REMOTE update.
  * Returns 1 when it goes to the store. */
-size_t apply_change(sync_t *self, const char *coll, const cJSON *doc)
+size_t sync_apply_change(sync_t *self, const char *coll, const cJSON *doc)
 {
     if (!coll || !cJSON_IsObject(doc) || ts_config_collection(self->config, coll) < 0)
         return 0;
@@ -171,17 +171,17 @@ static void set_cursor(sync_t *self, const char *cursor)
     int64_t now_v = cursor_value(self->cursor), new_v = cursor_value(cursor);
     if (now_v >= 0 && new_v >= 0 && new_v <= now_v)
         return; /* never move back (two sources may overlap) */
-    copy_str(self->cursor, sizeof self->cursor, cursor);
+    ts_copy_text(self->cursor, sizeof self->cursor, cursor);
     cursor_emit(self);
 }
 
 /* A {changes, cursor, has_more} page. Returns has_more. */
-bool apply_changes_page(sync_t *self, const cJSON *page)
+bool sync_apply_changes_page(sync_t *self, const cJSON *page)
 {
     const cJSON *changes = cJSON_GetObjectItemCaseSensitive(page, "changes"), *c;
     cJSON_ArrayForEach(c, changes)
     {
-        apply_change(self, ts_json_string(c, "collection"),
+        sync_apply_change(self, ts_json_string(c, "collection"),
                      cJSON_GetObjectItemCaseSensitive(c, "doc"));
     }
     const cJSON *cur = cJSON_GetObjectItemCaseSensitive(page, "cursor");
@@ -192,26 +192,26 @@ bool apply_changes_page(sync_t *self, const cJSON *page)
         snprintf(text, sizeof text, "%.0f", cur->valuedouble);
         set_cursor(self, text);
     }
-    flush(self); /* the page and its cursor commit together */
+    sync_flush(self); /* the page and its cursor commit together */
     return cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(page, "has_more"));
 }
 
 static void stream_open(sync_t *self)
 {
-    req_t *r = req_new(self, R_STREAM);
+    req_t *r = sync_req_new(self, R_STREAM);
     ts_api_request_t *q = ts_api_request_new(TS_API_GET, "/v1/changes/stream", NULL);
     if (q) {
         q->stream = true;
         q->raw_events = true; /* most events are echoes: see stream_fast() */
-        copy_str(q->last_event_id, sizeof q->last_event_id, *self->cursor ? self->cursor : "0");
+        ts_copy_text(q->last_event_id, sizeof q->last_event_id, *self->cursor ? self->cursor : "0");
     }
-    if (api_send(self, q, r) == 0)
+    if (sync_api_send(self, q, r) == 0)
         self->stream_id = r->id;
     else
         self->feed_due_us = ts_mono_us() + 1000000;
 }
 
-void stream_close(sync_t *self)
+void sync_stream_close(sync_t *self)
 {
     if (self->stream_id) {
         ts_api_cancel(self->api_feed, self->stream_id);
@@ -219,19 +219,19 @@ void stream_close(sync_t *self)
     }
 }
 
-void feed_request(sync_t *self, bool drain, long timeout_s)
+void sync_feed_request(sync_t *self, bool drain, long timeout_s)
 {
-    req_t *r = req_new(self, R_FEED);
+    req_t *r = sync_req_new(self, R_FEED);
     r->drain = drain;
     ts_api_request_t *q =
-        get_request("/v1/changes?since=%s&timeout=%ld&limit=%d", *self->cursor ? self->cursor : "0",
+        sync_get_request("/v1/changes?since=%s&timeout=%ld&limit=%d", *self->cursor ? self->cursor : "0",
                     timeout_s, PAGE_LIMIT);
     if (q) {
         q->shape = TS_API_SHAPE_CHANGES;
         if (timeout_s)
             q->timeout_ms = (timeout_s + 10) * 1000;
     }
-    if (api_send(self, q, r))
+    if (sync_api_send(self, q, r))
         return;
     if (drain)
         self->drain_id = r->id;
@@ -240,7 +240,7 @@ void feed_request(sync_t *self, bool drain, long timeout_s)
 }
 
 /* Issues the feed's next request when one is due. */
-void feed_next(sync_t *self)
+void sync_feed_next(sync_t *self)
 {
     if (self->feed_id || !self->feed_due_us || ts_mono_us() < self->feed_due_us)
         return;
@@ -249,13 +249,13 @@ void feed_next(sync_t *self)
     self->feed_due_us = 0;
     switch (self->pull) {
     case P_WAIT_HINT: break;
-    case P_CATCHUP: feed_request(self, false, 0); break;
+    case P_CATCHUP: sync_feed_request(self, false, 0); break;
     case P_STREAM:
         if (!self->stream_id)
             stream_open(self);
         break;
-    case P_LONGPOLL: feed_request(self, false, LONGPOLL_S); break;
-    case P_POLL: feed_request(self, false, 0); break;
+    case P_LONGPOLL: sync_feed_request(self, false, LONGPOLL_S); break;
+    case P_POLL: sync_feed_request(self, false, 0); break;
     default: break;
     }
 }
@@ -263,21 +263,21 @@ void feed_next(sync_t *self)
 static void feed_after_catchup(sync_t *self)
 {
     if (!self->stream_refused)
-        pull_set(self, P_STREAM);
+        sync_pull_set(self, P_STREAM);
     else if (!self->longpoll_refused)
-        pull_set(self, P_LONGPOLL);
+        sync_pull_set(self, P_LONGPOLL);
     else
-        pull_set(self, P_POLL);
+        sync_pull_set(self, P_POLL);
 }
 
-void on_feed(sync_t *self, ts_api_result_t *res)
+void sync_on_feed(sync_t *self, ts_api_result_t *res)
 {
     self->feed_id = 0;
-    conn_note(self, res, "feed");
+    sync_conn_note(self, res, "feed");
     int64_t now = ts_mono_us();
     if (res->error == TS_API_OK) {
         self->feed_failures = 0;
-        bool more = apply_changes_page(self, res->json);
+        bool more = sync_apply_changes_page(self, res->json);
         switch (self->pull) {
         case P_CATCHUP:
             if (more)
@@ -306,11 +306,11 @@ void on_feed(sync_t *self, ts_api_result_t *res)
         ts_warn(LOG, "long polling does not work here (%s); polling every %d ms",
                 ts_api_error_name(res->error), self->config->sync.poll_interval_ms);
         self->longpoll_refused = true;
-        pull_set(self, P_POLL);
+        sync_pull_set(self, P_POLL);
         return;
     }
     self->feed_failures++;
-    self->feed_due_us = now + backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
+    self->feed_due_us = now + sync_backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
 }
 
 /* A JSON string value as raw text (with its quotes) copied out when it is
@@ -358,7 +358,7 @@ static bool stream_fast(sync_t *self, const char *data, size_t len)
     return false;
 }
 
-void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
+void sync_on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_api_event_t *ev = ptrs[i];
@@ -367,7 +367,7 @@ void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
         } else if (ev->id == self->stream_id) {
             cJSON *json = ev->json ? ev->json : cJSON_ParseWithLength(ev->data, ev->data_len);
             if (json) {
-                apply_change(self, ts_json_string(json, "collection"),
+                sync_apply_change(self, ts_json_string(json, "collection"),
                              cJSON_GetObjectItemCaseSensitive(json, "doc"));
                 set_cursor(self, ev->event_id);
             }
@@ -376,10 +376,10 @@ void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n)
         }
         ts_api_event_free(ev);
     }
-    flush(self);
+    sync_flush(self);
 }
 
-void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
+void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
 {
     if (s->id != self->stream_id)
         return;
@@ -387,15 +387,15 @@ void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
     switch (s->state) {
     case TS_API_STREAM_CONNECTED:
         fake.error = TS_API_OK;
-        conn_note(self, &fake, "stream");
+        sync_conn_note(self, &fake, "stream");
         break;
     case TS_API_STREAM_DROPPED:
         snprintf(fake.message, sizeof fake.message, "stream dropped");
-        conn_note(self, &fake, "stream");
+        sync_conn_note(self, &fake, "stream");
         break;
     case TS_API_STREAM_REFUSED:
         if (s->error == TS_API_UNAUTHORIZED || s->error == TS_API_TLS) {
-            conn_note(self, &fake, "stream");
+            sync_conn_note(self, &fake, "stream");
         } else {
             ts_warn(LOG, "server-sent events refused (%s, %ld); long polling instead",
                     ts_api_error_name(s->error), s->status);
@@ -405,13 +405,13 @@ void on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
     }
 }
 
-void on_stream_result(sync_t *self, ts_api_result_t *res)
+void sync_on_stream_result(sync_t *self, ts_api_result_t *res)
 {
     if (res->id != self->stream_id)
         return; /* one we cancelled */
     self->stream_id = 0;
     if (self->stream_refused && self->pull == P_STREAM)
-        pull_set(self, self->longpoll_refused ? P_POLL : P_LONGPOLL);
+        sync_pull_set(self, self->longpoll_refused ? P_POLL : P_LONGPOLL);
     else
         self->feed_due_us = ts_mono_us() + 1000000; /* reopen */
 }

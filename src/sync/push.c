@@ -1,7 +1,7 @@
 /* push.c — pushing the queued mutations: each ready head sent alone or in a
  * POST /v1/_batch, and what the server's answer means for it (confirmed,
  * rejected, conflict, sent again later). Moves mutations through the
- * mutation state machine of queue.c (mstate_set). */
+ * mutation state machine of queue.c (sync_mstate_set). */
 #include "sync_int.h"
 
 #include <strings.h>
@@ -37,7 +37,7 @@ static int64_t if_match_of(const mut_t *m)
 
 static void mark_sending(sync_t *self, mut_t *m)
 {
-    mstate_set(self, m, M_SENDING);
+    sync_mstate_set(self, m, M_SENDING);
     self->sends++;
     if (!m->sent_ms)
         m->sent_ms = ts_wall_ms();
@@ -51,7 +51,7 @@ static void report_sent(sync_t *self, mut_t *m, ts_sync_update_t *u)
 {
     if (m->sent || !m->sent_ms)
         return;
-    if (!u && !(u = emit(self, TS_SYNC_SENT, m)))
+    if (!u && !(u = sync_emit(self, TS_SYNC_SENT, m)))
         return;
     u->sent_ms = m->sent_ms;
     u->sent_version = m->op == TS_OP_CREATE ? m->base_version : if_match_of(m);
@@ -82,15 +82,15 @@ static void push_send(sync_t *self, mut_t *m)
         }
     }
     if (q) {
-        copy_str(q->idempotency_key, sizeof q->idempotency_key, m->mutation);
+        ts_copy_text(q->idempotency_key, sizeof q->idempotency_key, m->mutation);
         q->max_attempts = PUSH_ATTEMPTS;
     }
-    req_t *r = req_new(self, R_PUSH);
+    req_t *r = sync_req_new(self, R_PUSH);
     r->m = m;
-    if (api_send(self, q, r)) {
+    if (sync_api_send(self, q, r)) {
         m->rounds++;
-        m->due_us = ts_mono_us() + backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
-        mstate_set(self, m, M_BACKOFF);
+        m->due_us = ts_mono_us() + sync_backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
+        sync_mstate_set(self, m, M_BACKOFF);
         return;
     }
     mark_sending(self, m);
@@ -135,15 +135,15 @@ static int push_batch(sync_t *self)
     ts_buf_puts(&b, "{\"ops\":[");
     size_t n = 0;
     while (self->heap_len && n < (size_t)self->batch_limit) {
-        struct heap_entry e = heap_pop(self);
+        struct heap_entry e = sync_heap_pop(self);
         mut_t *m = e.doc->head;
         if (!m || m->seq != e.seq || m->state != M_QUEUED) {
-            doc_maybe_free(self, e.doc);
+            sync_doc_maybe_free(self, e.doc);
             continue;
         }
         size_t size = (m->body ? strlen(m->body) : 0) + 256;
         if (n && b.len + size > BATCH_MAX_BYTES) {
-            heap_push(self, e.doc); /* the next batch's */
+            sync_heap_push(self, e.doc); /* the next batch's */
             break;
         }
         if (size > BATCH_MAX_BYTES || batch_append(&b, m, n == 0) < 0) {
@@ -166,13 +166,13 @@ static int push_batch(sync_t *self)
         q->shape = TS_API_SHAPE_ANY;
         q->max_attempts = PUSH_ATTEMPTS;
     }
-    req_t *r = req_new(self, R_BATCH);
-    if (api_send(self, q, r)) {
+    req_t *r = sync_req_new(self, R_BATCH);
+    if (sync_api_send(self, q, r)) {
         for (size_t i = 0; i < n; i++) {
             ms[i]->rounds++;
-            ms[i]->due_us = ts_mono_us() + backoff_us(ms[i]->rounds, PUSH_BACKOFF_BASE_MS,
+            ms[i]->due_us = ts_mono_us() + sync_backoff_us(ms[i]->rounds, PUSH_BACKOFF_BASE_MS,
                                                       PUSH_BACKOFF_CAP_MS);
-            mstate_set(self, ms[i], M_BACKOFF);
+            sync_mstate_set(self, ms[i], M_BACKOFF);
         }
         free(ms);
         return 0;
@@ -186,7 +186,7 @@ static int push_batch(sync_t *self)
 
 /* Sends ready heads, oldest seq first, up to the concurrency bound: in
  * batches while the server takes them, else one request per write. */
-void push_pump(sync_t *self)
+void sync_push_pump(sync_t *self)
 {
     if (self->conn == C_OFFLINE)
         return;
@@ -197,13 +197,13 @@ void push_pump(sync_t *self)
                 break; /* out of memory: the next turn tries again */
             continue;
         }
-        struct heap_entry e = heap_pop(self);
+        struct heap_entry e = sync_heap_pop(self);
         sdoc_t *d = e.doc;
         mut_t *m = d->head;
         if (m && m->seq == e.seq && m->state == M_QUEUED)
             push_send(self, m);
         else
-            doc_maybe_free(self, d);
+            sync_doc_maybe_free(self, d);
     }
 }
 
@@ -218,23 +218,23 @@ static void push_retry_later(sync_t *self, mut_t *m, const ts_api_result_t *res)
         ts_warn(LOG, "mutation %s (%s/%s) is stuck after %d rounds: %s", m->mutation,
                 m->doc->coll, m->doc->id, m->rounds, ts_api_error_name(res->error));
     }
-    int64_t delay = backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
+    int64_t delay = sync_backoff_us(m->rounds, PUSH_BACKOFF_BASE_MS, PUSH_BACKOFF_CAP_MS);
     if (res->retry_after_ms > 0 && res->retry_after_ms * 1000 > delay)
         delay = res->retry_after_ms * 1000;
     m->due_us = ts_mono_us() + delay;
-    mstate_set(self, m, M_BACKOFF);
+    sync_mstate_set(self, m, M_BACKOFF);
 }
 
 static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api_result_t *res,
                        cJSON *doc)
 {
-    ts_sync_update_t *u = emit(self, kind, m);
+    ts_sync_update_t *u = sync_emit(self, kind, m);
     self->pushed++;
     report_sent(self, m, u);
     u->doc = doc;
     if (kind == TS_SYNC_REJECTED) {
         self->rejected++;
-        copy_str(u->error, sizeof u->error, ts_api_error_name(res->error));
+        ts_copy_text(u->error, sizeof u->error, ts_api_error_name(res->error));
         const char *msg = res->json ? ts_json_string(res->json, "error") : NULL;
         snprintf(u->message, sizeof u->message, "the server refused the %s (%ld%s%s)",
                  m->op == TS_OP_CREATE   ? "create"
@@ -252,12 +252,12 @@ static void push_final(sync_t *self, mut_t *m, ts_sync_kind_t kind, const ts_api
     }
     /* The store answers with a DROP (rolled back, or theirs) or a
      * replacement of this seq (resolved); until then the document waits. */
-    mstate_set(self, m, M_SETTLING);
+    sync_mstate_set(self, m, M_SETTLING);
 }
 
 static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
 {
-    ts_sync_update_t *u = emit(self, TS_SYNC_CONFIRMED, m);
+    ts_sync_update_t *u = sync_emit(self, TS_SYNC_CONFIRMED, m);
     self->pushed++;
     self->confirmed++;
     report_sent(self, m, u);
@@ -267,18 +267,18 @@ static void push_confirmed(sync_t *self, mut_t *m, cJSON *doc, int64_t version)
     if (version > d->version)
         d->version = version;
     d->unacked++;
-    head_pop(self, d);
+    sync_head_pop(self, d);
 }
 
 static void fetch_current(sync_t *self, mut_t *m)
 {
-    req_t *r = req_new(self, R_FETCH);
+    req_t *r = sync_req_new(self, R_FETCH);
     r->m = m;
-    ts_api_request_t *q = get_request("/v1/%s/%s", m->doc->coll, m->doc->id);
+    ts_api_request_t *q = sync_get_request("/v1/%s/%s", m->doc->coll, m->doc->id);
     if (q)
         q->shape = TS_API_SHAPE_DOC;
-    if (api_send(self, q, r) == 0)
-        mstate_set(self, m, M_FETCHING);
+    if (sync_api_send(self, q, r) == 0)
+        sync_mstate_set(self, m, M_FETCHING);
     else
         push_final(self, m, TS_SYNC_CONFLICT, NULL, NULL);
 }
@@ -303,7 +303,7 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
     if (m->dropped) { /* dropped by the store while out: whatever happened, forget it */
         report_sent(self, m, NULL);
-        mut_forget(self, m);
+        sync_mut_forget(self, m);
         return;
     }
     switch (res->error) {
@@ -350,16 +350,16 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
         break;
     case TS_API_FORBIDDEN:
     case TS_API_BAD_REQUEST: push_final(self, m, TS_SYNC_REJECTED, res, NULL); break;
-    case TS_API_CANCELLED: mstate_set(self, m, M_QUEUED); break;
+    case TS_API_CANCELLED: sync_mstate_set(self, m, M_QUEUED); break;
     default: /* network, timeout, 5xx, 429, bad response, unauthorized, TLS, internal */
         push_retry_later(self, m, res);
         break;
     }
 }
 
-void on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
+void sync_on_push(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
-    conn_note(self, res, "push");
+    sync_conn_note(self, res, "push");
     push_outcome(self, res, m);
 }
 
@@ -369,9 +369,9 @@ static void batch_requeue(sync_t *self, req_t *r)
     for (size_t i = 0; i < r->nbatch; i++) {
         mut_t *m = r->batch[i];
         if (m->dropped)
-            mut_forget(self, m);
+            sync_mut_forget(self, m);
         else
-            mstate_set(self, m, M_QUEUED);
+            sync_mstate_set(self, m, M_QUEUED);
     }
 }
 
@@ -380,9 +380,9 @@ static void batch_requeue(sync_t *self, req_t *r)
  * 405, 501, 400, or a 2xx that is not {results}) gets single requests from
  * now on; a 413 halves the batch size; a failure of the whole request
  * (network, 5xx, 401 after a refresh...) counts for every write in it. */
-void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
+void sync_on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
 {
-    conn_note(self, res, "push");
+    sync_conn_note(self, res, "push");
     cJSON *results =
         res->error == TS_API_OK ? cJSON_GetObjectItemCaseSensitive(res->json, "results") : NULL;
     bool fits = cJSON_IsArray(results) && (size_t)cJSON_GetArraySize(results) == r->nbatch;
@@ -428,9 +428,9 @@ void on_batch(sync_t *self, ts_api_result_t *res, req_t *r)
     }
 }
 
-void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
+void sync_on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
-    conn_note(self, res, "fetch");
+    sync_conn_note(self, res, "fetch");
     if (m->dropped) {
         push_outcome(self, res, m); /* the same forgetting */
         return;
@@ -449,12 +449,12 @@ void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m)
 }
 
 /* BACKOFF heads whose time has come are queued again. */
-void push_wake(sync_t *self, int64_t now)
+void sync_push_wake(sync_t *self, int64_t now)
 {
     for (size_t i = 0; i < self->nwaiting;) {
         mut_t *m = self->waiting[i];
         if (m->due_us <= now)
-            mstate_set(self, m, M_QUEUED); /* removes it from waiting */
+            sync_mstate_set(self, m, M_QUEUED); /* removes it from waiting */
         else
             i++;
     }

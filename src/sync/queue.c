@@ -1,5 +1,5 @@
 /* queue.c — the push queue of the sync actor and the mutation state machine
- * (mstate_set: QUEUED → SENDING → popped | BACKOFF → QUEUED | FETCHING →
+ * (sync_mstate_set: QUEUED → SENDING → popped | BACKOFF → QUEUED | FETCHING →
  * SETTLING | SETTLING, waiting for the store's DROP or replacement). Holds
  * the documents (a FIFO of mutations each, only the head ever sent), the
  * ready heap of heads by seq, the BACKOFF list, and takes the outbox
@@ -11,7 +11,7 @@ static const char *const mstate_names[M__LAST] = {"queued", "sending", "backoff"
 
 /* ---- documents ---- */
 
-sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
+sdoc_t *sync_doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
 {
     if (!self->table_cap)
         return NULL;
@@ -23,8 +23,8 @@ sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h)
 
 static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
 {
-    uint64_t h = hash_key(coll, id);
-    sdoc_t *d = doc_find(self, coll, id, h);
+    uint64_t h = sync_hash_key(coll, id);
+    sdoc_t *d = sync_doc_find(self, coll, id, h);
     if (d)
         return d;
     if (strlen(coll) > 64 || strlen(id) > 64)
@@ -45,8 +45,8 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
     }
     d = ts_xcalloc(1, sizeof *d);
     d->hash = h;
-    copy_str(d->coll, sizeof d->coll, coll);
-    copy_str(d->id, sizeof d->id, id);
+    ts_copy_text(d->coll, sizeof d->coll, coll);
+    ts_copy_text(d->id, sizeof d->id, id);
     d->hnext = self->table[h & (self->table_cap - 1)];
     self->table[h & (self->table_cap - 1)] = d;
     self->ndocs++;
@@ -54,7 +54,7 @@ static sdoc_t *doc_get(sync_t *self, const char *coll, const char *id)
 }
 
 /* The version our confirmed writes brought a freed document to, or 0. */
-int64_t recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h)
+int64_t sync_recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h)
 {
     const recent_t *r = self->recent ? &self->recent[h % RECENT_SLOTS] : NULL;
     return r && r->hash == h && strcmp(r->id, id) == 0 && strcmp(r->coll, coll) == 0 ? r->version
@@ -62,7 +62,7 @@ int64_t recent_version(const sync_t *self, const char *coll, const char *id, uin
 }
 
 /* Frees the document once nothing refers to it any more. */
-void doc_maybe_free(sync_t *self, sdoc_t *d)
+void sync_doc_maybe_free(sync_t *self, sdoc_t *d)
 {
     if (d->head || d->heap_refs || d->unacked > 0 || d->held)
         return;
@@ -83,7 +83,7 @@ void doc_maybe_free(sync_t *self, sdoc_t *d)
 
 /* ---- the ready heap (heads to send, oldest seq first) ---- */
 
-void heap_push(sync_t *self, sdoc_t *d)
+void sync_heap_push(sync_t *self, sdoc_t *d)
 {
     if (self->heap_len == self->heap_cap) {
         size_t cap = self->heap_cap ? self->heap_cap * 2 : 256;
@@ -100,7 +100,7 @@ void heap_push(sync_t *self, sdoc_t *d)
     d->heap_refs++;
 }
 
-struct heap_entry heap_pop(sync_t *self)
+struct heap_entry sync_heap_pop(sync_t *self)
 {
     struct heap_entry top = self->heap[0], last = self->heap[--self->heap_len];
     size_t i = 0;
@@ -133,7 +133,7 @@ static void waiting_remove(sync_t *self, mut_t *m)
 
 /* ---- a queued mutation's state: every change goes through here ---- */
 
-void mstate_set(sync_t *self, mut_t *m, mstate_t to)
+void sync_mstate_set(sync_t *self, mut_t *m, mstate_t to)
 {
     mstate_t from = m->state;
     if (from == to)
@@ -146,7 +146,7 @@ void mstate_set(sync_t *self, mut_t *m, mstate_t to)
         waiting_remove(self, m);
     m->state = to;
     if (from == M_SENDING && m->doc->held)
-        hold_release(self, m->doc);
+        sync_hold_release(self, m->doc);
     switch (to) {
     case M_SENDING:
     case M_FETCHING: self->in_flight++; break;
@@ -161,7 +161,7 @@ void mstate_set(sync_t *self, mut_t *m, mstate_t to)
         break;
     case M_QUEUED:
         if (m->doc->head == m)
-            heap_push(self, m->doc);
+            sync_heap_push(self, m->doc);
         break;
     default: break;
     }
@@ -177,18 +177,18 @@ static void mut_free(sync_t *self, mut_t *m)
 }
 
 /* Removes the head of its document; the next one (if any) becomes ready. */
-void head_pop(sync_t *self, sdoc_t *d)
+void sync_head_pop(sync_t *self, sdoc_t *d)
 {
     mut_t *m = d->head;
     /* Out of the queues and out of flight, like any answered write (and a
      * change held for its answer is let go). */
-    mstate_set(self, m, M_SETTLING);
+    sync_mstate_set(self, m, M_SETTLING);
     d->head = m->next;
     if (!d->head)
         d->tail = NULL;
     mut_free(self, m);
     if (d->head && d->head->state == M_QUEUED)
-        heap_push(self, d);
+        sync_heap_push(self, d);
 }
 
 /* ---- the outbox ---- */
@@ -225,7 +225,7 @@ static void outbox_mutation(sync_t *self, const ts_record_t *r)
             self->stuck--;
         set_from_record(m, r);
         if (m->state == M_SETTLING || m->state == M_BACKOFF)
-            mstate_set(self, m, M_QUEUED);
+            sync_mstate_set(self, m, M_QUEUED);
         else if (m->state == M_SENDING || m->state == M_FETCHING)
             ts_warn(LOG, "mutation seq=%" PRId64 " replaced while in flight", r->seq);
         return;
@@ -240,16 +240,16 @@ static void outbox_mutation(sync_t *self, const ts_record_t *r)
         d->tail = m;
     self->queued++;
     if (d->head == m) /* the document's first (seqs grow, so never in front of a sent one) */
-        heap_push(self, d);
+        sync_heap_push(self, d);
 }
 
 /* Removes m from its document's FIFO and frees it (and the document when
  * nothing else holds it). */
-void mut_forget(sync_t *self, mut_t *m)
+void sync_mut_forget(sync_t *self, mut_t *m)
 {
     sdoc_t *d = m->doc;
     if (m == d->head) {
-        head_pop(self, d);
+        sync_head_pop(self, d);
     } else {
         mut_t *prev = d->head;
         while (prev->next != m)
@@ -261,12 +261,12 @@ void mut_forget(sync_t *self, mut_t *m)
             waiting_remove(self, m);
         mut_free(self, m);
     }
-    doc_maybe_free(self, d);
+    sync_doc_maybe_free(self, d);
 }
 
 static void outbox_drop(sync_t *self, const ts_record_t *r)
 {
-    sdoc_t *d = doc_find(self, r->collection, r->doc_id, hash_key(r->collection, r->doc_id));
+    sdoc_t *d = sync_doc_find(self, r->collection, r->doc_id, sync_hash_key(r->collection, r->doc_id));
     if (!d)
         return;
     for (mut_t *m = d->head; m; m = m->next) {
@@ -275,16 +275,16 @@ static void outbox_drop(sync_t *self, const ts_record_t *r)
         if (m->state == M_SENDING || m->state == M_FETCHING)
             m->dropped = true; /* forgotten when its answer comes */
         else
-            mut_forget(self, m);
+            sync_mut_forget(self, m);
         return;
     }
     if (d->unacked > 0) { /* the DROP of a seq we confirmed */
         d->unacked--;
-        doc_maybe_free(self, d);
+        sync_doc_maybe_free(self, d);
     }
 }
 
-void on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
+void sync_on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         for (ts_record_t *r = ptrs[i]; r; r = r->next) {

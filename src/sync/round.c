@@ -20,7 +20,7 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
         ts_envelope_free(rd->envelope);
     }
     if (!rd->invalidate)
-        checks_start_all(self); /* after the round, when drift means something */
+        sync_checks_start_all(self); /* after the round, when drift means something */
 }
 
 static void invalidate_next(sync_t *self, round_t *rd)
@@ -29,12 +29,12 @@ static void invalidate_next(sync_t *self, round_t *rd)
         rd->listing = false;
         return;
     }
-    copy_str(rd->coll, sizeof rd->coll, self->config->collections[rd->next_coll++]);
+    ts_copy_text(rd->coll, sizeof rd->coll, self->config->collections[rd->next_coll++]);
     rd->listing = true;
-    list_page(self, NULL, rd, rd->coll, "0");
+    sync_list_page(self, NULL, rd, rd->coll, "0");
 }
 
-void on_sync_call(sync_t *self, ts_envelope_t *e)
+void sync_on_sync_call(sync_t *self, ts_envelope_t *e)
 {
     ts_call_t *call = NULL;
     for (size_t i = 0; i < e->ncalls; i++)
@@ -73,7 +73,7 @@ void on_sync_call(sync_t *self, ts_envelope_t *e)
     /* A `sync` call means "now": waiting heads go at once. */
     for (size_t i = 0; i < self->nwaiting; i++)
         self->waiting[i]->due_us = 0;
-    push_wake(self, ts_mono_us());
+    sync_push_wake(self, ts_mono_us());
     if (self->conn == C_OFFLINE)
         self->probe_due_us = ts_mono_us();
 }
@@ -94,7 +94,7 @@ static bool push_idle(sync_t *self)
     return false;
 }
 
-void rounds_progress(sync_t *self)
+void sync_rounds_progress(sync_t *self)
 {
     int64_t now = ts_mono_us();
     for (round_t **p = &self->rounds; *p;) {
@@ -110,7 +110,7 @@ void rounds_progress(sync_t *self)
                 if (self->conn == C_OFFLINE)
                     rd->pull_done = true;
                 else if (!self->drain_id)
-                    feed_request(self, true, 0);
+                    sync_feed_request(self, true, 0);
             }
             done = rd->push_done && rd->pull_done;
         }
@@ -124,13 +124,13 @@ void rounds_progress(sync_t *self)
     }
 }
 
-void on_drain(sync_t *self, ts_api_result_t *res)
+void sync_on_drain(sync_t *self, ts_api_result_t *res)
 {
     self->drain_id = 0;
-    conn_note(self, res, "drain");
-    bool more = res->error == TS_API_OK && apply_changes_page(self, res->json);
+    sync_conn_note(self, res, "drain");
+    bool more = res->error == TS_API_OK && sync_apply_changes_page(self, res->json);
     if (more && self->conn != C_OFFLINE) {
-        feed_request(self, true, 0);
+        sync_feed_request(self, true, 0);
         return;
     }
     for (round_t *rd = self->rounds; rd; rd = rd->next)
@@ -138,9 +138,9 @@ void on_drain(sync_t *self, ts_api_result_t *res)
             rd->pull_done = true;
 }
 
-void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
+void sync_on_list(sync_t *self, ts_api_result_t *res, req_t *r)
 {
-    conn_note(self, res, "list");
+    sync_conn_note(self, res, "list");
     check_t *k = r->check;
     round_t *rd = r->round;
     if (rd) { /* the round may have been answered (timeout) and freed */
@@ -151,7 +151,7 @@ void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
     }
     if (res->error != TS_API_OK) {
         if (k)
-            check_finish(self, k);
+            sync_check_finish(self, k);
         if (rd)
             rd->listing = false;
         return;
@@ -162,14 +162,14 @@ void on_list(sync_t *self, ts_api_result_t *res, req_t *r)
     if (k && k->phase == K_SERVER_LIST) {
         cJSON_ArrayForEach(it, items) cJSON_AddItemToArray(k->items, cJSON_Duplicate(it, 1));
         if (more && cursor)
-            list_page(self, k, NULL, self->config->collections[k->coll], cursor);
+            sync_list_page(self, k, NULL, self->config->collections[k->coll], cursor);
         else
-            check_repair(self, k);
+            sync_check_repair(self, k);
     } else if (rd) {
-        cJSON_ArrayForEach(it, items) rd->invalidated += apply_change(self, rd->coll, it);
-        flush(self);
+        cJSON_ArrayForEach(it, items) rd->invalidated += sync_apply_change(self, rd->coll, it);
+        sync_flush(self);
         if (more && cursor)
-            list_page(self, NULL, rd, rd->coll, cursor);
+            sync_list_page(self, NULL, rd, rd->coll, cursor);
         else
             invalidate_next(self, rd);
     }

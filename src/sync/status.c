@@ -4,7 +4,7 @@
 
 /* The status part the store merges into `status`; sent when something in it
  * changed (a cursor-only change at most every STATUS_CURSOR_EVERY_US). */
-void status_maybe_send(sync_t *self, bool force)
+void sync_status_maybe_send(sync_t *self, bool force)
 {
     char ts[32] = "";
     if (self->last_sync_ms)
@@ -43,10 +43,10 @@ void status_maybe_send(sync_t *self, bool force)
     cJSON_AddNumberToObject(s, "stuck", self->stuck);
     cJSON_AddNumberToObject(s, "in_flight", self->in_flight);
     cJSON_AddNumberToObject(s, "queued", (double)self->queued);
-    cJSON_AddStringToObject(s, "feed", pstate_names[self->pull]);
+    cJSON_AddStringToObject(s, "feed", sync_pstate_names[self->pull]);
     cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
     cJSON_AddBoolToObject(s, "batch", batch);
-    ts_sync_update_t *u = emit(self, TS_SYNC_STATUS, NULL);
+    ts_sync_update_t *u = sync_emit(self, TS_SYNC_STATUS, NULL);
     u->status = s;
     memcpy(self->status_sig, sig, sizeof sig);
     memcpy(self->status_cursor, self->cursor, sizeof self->cursor);

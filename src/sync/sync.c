@@ -7,12 +7,12 @@
  * requests to the API actor), start and stop. Its state, sync_t, and what
  * the files share: sync_int.h. Three state machines, each changed in one
  * function of its own file:
- *   - a queued mutation (queue.c, mstate_set): QUEUED → SENDING → (popped on
+ *   - a queued mutation (queue.c, sync_mstate_set): QUEUED → SENDING → (popped on
  *     success) | BACKOFF → QUEUED | FETCHING (409 without current) →
  *     SETTLING | SETTLING (refused or conflicting: waits for the store's DROP
  *     or replacement); sending and answers in push.c;
  *   - the connection (conn.c, conn_set): UNKNOWN → ONLINE ⇄ OFFLINE;
- *   - the feed (feed.c, pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL |
+ *   - the feed (feed.c, sync_pull_set): WAIT_HINT → CATCHUP → STREAM | LONGPOLL |
  *     POLL.
  * Only the head of each document's FIFO is ever sent; ready heads wait in a
  * min-heap by seq so the oldest goes first. Digest checks: check.c; `sync`
@@ -34,7 +34,7 @@ static uint64_t rand_u64(void)
 }
 
 /* Full jitter: random(0, min(cap, base * 2^(n-1))) in microseconds. */
-int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms)
+int64_t sync_backoff_us(int n, int64_t base_ms, int64_t cap_ms)
 {
     int64_t ceiling = base_ms;
     for (int i = 1; i < n && ceiling < cap_ms; i++)
@@ -44,7 +44,7 @@ int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms)
     return (int64_t)(rand_u64() % (uint64_t)(ceiling * 1000 + 1));
 }
 
-uint64_t hash_key(const char *coll, const char *id)
+uint64_t sync_hash_key(const char *coll, const char *id)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     for (const char *p = coll; *p; p++)
@@ -55,14 +55,9 @@ uint64_t hash_key(const char *coll, const char *id)
     return h;
 }
 
-void copy_str(char *dst, size_t cap, const char *src)
-{
-    snprintf(dst, cap, "%s", src ? src : "");
-}
-
 /* ---- outgoing updates ---- */
 
-ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
+ts_sync_update_t *sync_emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
 {
     ts_sync_update_t *u = ts_sync_update_new(kind);
     if (self->nout == self->out_cap) {
@@ -71,8 +66,8 @@ ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
         self->out_cap = cap;
     }
     if (m) {
-        copy_str(u->collection, sizeof u->collection, m->doc->coll);
-        copy_str(u->doc_id, sizeof u->doc_id, m->doc->id);
+        ts_copy_text(u->collection, sizeof u->collection, m->doc->coll);
+        ts_copy_text(u->doc_id, sizeof u->doc_id, m->doc->id);
         u->seq = m->seq;
         memcpy(u->mutation, m->mutation, sizeof u->mutation);
     }
@@ -80,7 +75,7 @@ ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m)
     return u;
 }
 
-void flush(sync_t *self)
+void sync_flush(sync_t *self)
 {
     if (!self->nout)
         return;
@@ -92,18 +87,18 @@ void flush(sync_t *self)
     self->nout = 0;
 }
 
-/* The end of every turn: send what can go, settle rounds, flush. */
+/* The end of every turn: send what can go, settle rounds, sync_flush. */
 static void turn_end(sync_t *self)
 {
-    push_pump(self);
-    rounds_progress(self);
-    status_maybe_send(self, false);
-    flush(self);
+    sync_push_pump(self);
+    sync_rounds_progress(self);
+    sync_status_maybe_send(self, false);
+    sync_flush(self);
 }
 
 /* ---- requests ---- */
 
-req_t *req_new(sync_t *self, rkind_t kind)
+req_t *sync_req_new(sync_t *self, rkind_t kind)
 {
     req_t *r = ts_xcalloc(1, sizeof *r);
     r->kind = kind;
@@ -114,7 +109,7 @@ req_t *req_new(sync_t *self, rkind_t kind)
     return r;
 }
 
-void req_free(sync_t *self, req_t *r)
+void sync_req_free(sync_t *self, req_t *r)
 {
     free(r->batch);
     if (r->prev)
@@ -127,20 +122,20 @@ void req_free(sync_t *self, req_t *r)
 }
 
 /* Sends an API request for r. 0, or -1 (both freed). */
-int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
+int sync_api_send(sync_t *self, ts_api_request_t *q, req_t *r)
 {
     if (!q) { /* no request could be made of it (a path too long) */
-        req_free(self, r);
+        sync_req_free(self, r);
         return -1;
     }
-    copy_str(q->reply_to, sizeof q->reply_to, TS_INPROC_SYNC_API);
+    ts_copy_text(q->reply_to, sizeof q->reply_to, TS_INPROC_SYNC_API);
     q->user = r;
     r->id = q->id;
     bool feed = r->kind == R_STREAM || r->kind == R_FEED;
     if (ts_api_send(feed ? self->api_feed : self->api, q)) {
         ts_error(LOG, "cannot reach the API actor");
         ts_api_request_free(q);
-        req_free(self, r);
+        sync_req_free(self, r);
         return -1;
     }
     if (r->kind == R_PUSH || r->kind == R_BATCH || r->kind == R_FETCH)
@@ -150,7 +145,7 @@ int api_send(sync_t *self, ts_api_request_t *q, req_t *r)
     return 0;
 }
 
-ts_api_request_t *get_request(const char *fmt, ...)
+ts_api_request_t *sync_get_request(const char *fmt, ...)
 {
     char path[512];
     va_list ap;
@@ -173,21 +168,21 @@ static void on_result(sync_t *self, ts_api_result_t *res)
         self->push_reqs--;
     r->sent_us = 0; /* answered: no longer overdue */
     switch (r->kind) {
-    case R_PUSH: on_push(self, res, r->m); break;
-    case R_BATCH: on_batch(self, res, r); break;
-    case R_FETCH: on_fetch(self, res, r->m); break;
+    case R_PUSH: sync_on_push(self, res, r->m); break;
+    case R_BATCH: sync_on_batch(self, res, r); break;
+    case R_FETCH: sync_on_fetch(self, res, r->m); break;
     case R_FEED:
         if (r->drain)
-            on_drain(self, res);
+            sync_on_drain(self, res);
         else if (res->id == self->feed_id)
-            on_feed(self, res);
+            sync_on_feed(self, res);
         break;
-    case R_STREAM: on_stream_result(self, res); break;
-    case R_PROBE: on_probe(self, res); break;
-    case R_DIGEST: on_digest_server(self, res, r->check); break;
-    case R_LIST: on_list(self, res, r); break;
+    case R_STREAM: sync_on_stream_result(self, res); break;
+    case R_PROBE: sync_on_probe(self, res); break;
+    case R_DIGEST: sync_on_digest_server(self, res, r->check); break;
+    case R_LIST: sync_on_list(self, res, r); break;
     }
-    req_free(self, r);
+    sync_req_free(self, r);
     ts_api_result_free(res);
 }
 
@@ -204,10 +199,10 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
             for (size_t i = 0; i < m.count; i++)
                 on_result(self, ts_msg_API_RESULT(&m)[i]);
             break;
-        case TS_MSG_API_EVENT: on_stream_events(self, ts_msg_API_EVENT(&m), m.count); break;
+        case TS_MSG_API_EVENT: sync_on_stream_events(self, ts_msg_API_EVENT(&m), m.count); break;
         case TS_MSG_API_STREAM:
             for (size_t i = 0; i < m.count; i++)
-                on_stream_state(self, ts_msg_API_STREAM(&m)[i]);
+                sync_on_stream_state(self, ts_msg_API_STREAM(&m)[i]);
             ts_msg_free(&m); /* read, not kept */
             continue;
         default: ts_msg_unexpected(LOG, &m); continue;
@@ -215,8 +210,8 @@ static int on_api(ts_loop_t *loop, void *socket, void *arg)
         ts_msg_release(&m);
     }
     turn_end(self);
-    feed_next(self);
-    flush(self);
+    sync_feed_next(self);
+    sync_flush(self);
     return 0;
 }
 
@@ -225,12 +220,12 @@ static void on_hint(sync_t *self, ts_sync_update_t **ptrs, size_t n)
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
         if (u->kind == TS_SYNC_CURSOR && self->pull == P_WAIT_HINT) {
-            copy_str(self->cursor, sizeof self->cursor, u->cursor);
-            copy_str(self->status_cursor, sizeof self->status_cursor, u->cursor);
-            copy_str(self->cursor_sent, sizeof self->cursor_sent, u->cursor);
+            ts_copy_text(self->cursor, sizeof self->cursor, u->cursor);
+            ts_copy_text(self->status_cursor, sizeof self->status_cursor, u->cursor);
+            ts_copy_text(self->cursor_sent, sizeof self->cursor_sent, u->cursor);
             self->hint = true;
             ts_info(LOG, "the store's cursor: %s", *u->cursor ? u->cursor : "none");
-            pull_set(self, P_CATCHUP);
+            sync_pull_set(self, P_CATCHUP);
         }
         ts_sync_update_free(u);
     }
@@ -245,14 +240,14 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
         switch (m.kind) {
-        case TS_MSG_OUTBOX: on_outbox(self, ts_msg_OUTBOX(&m), m.count); break;
+        case TS_MSG_OUTBOX: sync_on_outbox(self, ts_msg_OUTBOX(&m), m.count); break;
         case TS_MSG_SYNC_CALL:
             for (size_t i = 0; i < m.count; i++)
-                on_sync_call(self, ts_msg_SYNC_CALL(&m)[i]);
+                sync_on_sync_call(self, ts_msg_SYNC_CALL(&m)[i]);
             break;
         case TS_MSG_DIGEST:
             for (size_t i = 0; i < m.count; i++)
-                on_digest_local(self, ts_msg_DIGEST(&m)[i]);
+                sync_on_digest_local(self, ts_msg_DIGEST(&m)[i]);
             break;
         case TS_MSG_SYNC_UPDATES: on_hint(self, ts_msg_SYNC_UPDATES(&m), m.count); break;
         default: ts_msg_unexpected(LOG, &m); continue;
@@ -260,8 +255,8 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         ts_msg_release(&m);
     }
     turn_end(self);
-    feed_next(self);
-    flush(self);
+    sync_feed_next(self);
+    sync_flush(self);
     return 0;
 }
 
@@ -272,21 +267,21 @@ static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
     int64_t now = ts_mono_us();
     if (self->pull == P_WAIT_HINT && now - self->started_us >= HINT_WAIT_US) {
         ts_info(LOG, "no cursor from the store: pulling from the start");
-        pull_set(self, P_CATCHUP);
+        sync_pull_set(self, P_CATCHUP);
     }
-    conn_watch(self, now);
+    sync_conn_watch(self, now);
     if (self->conn == C_OFFLINE && !self->probe_id && now >= self->probe_due_us)
-        probe_send(self);
-    push_wake(self, now);
-    holds_expire(self, now);
+        sync_probe_send(self);
+    sync_push_wake(self, now);
+    sync_holds_expire(self, now);
     int interval = self->config->sync.digest_interval_s;
     if (interval > 0 && now >= self->next_check_us) {
         self->next_check_us = now + (int64_t)interval * 1000000;
         if (self->queued == 0 && self->in_flight == 0 &&
             (self->pull == P_STREAM || self->pull == P_LONGPOLL || self->pull == P_POLL))
-            checks_start_all(self);
+            sync_checks_start_all(self);
     }
-    feed_next(self);
+    sync_feed_next(self);
     turn_end(self);
     return 0;
 }
@@ -327,7 +322,7 @@ static void sync_cleanup(sync_t *self)
     }
     if (self->checks)
         for (size_t i = 0; i < self->config->ncollections; i++)
-            check_finish(self, &self->checks[i]);
+            sync_check_finish(self, &self->checks[i]);
     free(self->checks);
     for (size_t i = 0; i < self->nout; i++)
         ts_sync_update_free(self->out[i]);
@@ -335,7 +330,7 @@ static void sync_cleanup(sync_t *self)
     ts_msg_drain(self->inbox);
     ts_msg_drain(self->api_in);
     while (self->reqs)
-        req_free(self, self->reqs);
+        sync_req_free(self, self->reqs);
     void *sockets[] = {self->inbox,    self->api_in,   self->api,
                        self->api_feed, self->to_store, self->to_front};
     for (size_t i = 0; i < sizeof sockets / sizeof sockets[0]; i++)
@@ -348,7 +343,7 @@ static void sync_actor(ts_actor_t *actor, void *args)
 {
     sync_t self = {.config = args, .actor = actor};
     self.started_us = ts_mono_us();
-    copy_str(self.api_state, sizeof self.api_state, "unknown");
+    ts_copy_text(self.api_state, sizeof self.api_state, "unknown");
     self.batch_limit = self.config->sync.batch_size;
     self.recent = ts_xcalloc(RECENT_SLOTS, sizeof *self.recent);
     self.checks = ts_xcalloc(self.config->ncollections ? self.config->ncollections : 1,
@@ -371,8 +366,8 @@ static void sync_actor(ts_actor_t *actor, void *args)
     ts_loop_reader(self.loop, self.inbox, on_inbox, &self);
     ts_loop_reader(self.loop, self.api_in, on_api, &self);
     ts_loop_timer(self.loop, TICK_MS, on_tick, &self);
-    status_maybe_send(&self, true);
-    flush(&self);
+    sync_status_maybe_send(&self, true);
+    sync_flush(&self);
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
     ts_info(LOG, "stopping: %zu mutations queued, %d in flight; %" PRIu64 " changes pulled, %" PRIu64

@@ -228,72 +228,71 @@ typedef struct {
     req_t *reqs;
 } sync_t;
 
-extern const char *const pstate_names[P__LAST];
+extern const char *const sync_pstate_names[P__LAST];
 
 /* sync.c: helpers, messages out, requests */
-int64_t backoff_us(int n, int64_t base_ms, int64_t cap_ms);
-uint64_t hash_key(const char *coll, const char *id);
-void copy_str(char *dst, size_t cap, const char *src);
-ts_sync_update_t *emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m);
-void flush(sync_t *self);
-req_t *req_new(sync_t *self, rkind_t kind);
-void req_free(sync_t *self, req_t *r);
-int api_send(sync_t *self, ts_api_request_t *q, req_t *r);
-ts_api_request_t *get_request(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int64_t sync_backoff_us(int n, int64_t base_ms, int64_t cap_ms);
+uint64_t sync_hash_key(const char *coll, const char *id);
+ts_sync_update_t *sync_emit(sync_t *self, ts_sync_kind_t kind, const mut_t *m);
+void sync_flush(sync_t *self);
+req_t *sync_req_new(sync_t *self, rkind_t kind);
+void sync_req_free(sync_t *self, req_t *r);
+int sync_api_send(sync_t *self, ts_api_request_t *q, req_t *r);
+ts_api_request_t *sync_get_request(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* status.c: status */
-void status_maybe_send(sync_t *self, bool force);
+void sync_status_maybe_send(sync_t *self, bool force);
 
 /* conn.c: the connection */
-void conn_watch(sync_t *self, int64_t now);
-void conn_note(sync_t *self, const ts_api_result_t *res, const char *what);
-void probe_send(sync_t *self);
-void on_probe(sync_t *self, ts_api_result_t *res);
+void sync_conn_watch(sync_t *self, int64_t now);
+void sync_conn_note(sync_t *self, const ts_api_result_t *res, const char *what);
+void sync_probe_send(sync_t *self);
+void sync_on_probe(sync_t *self, ts_api_result_t *res);
 
 /* queue.c: documents, the ready heap, mutation states, the outbox */
-sdoc_t *doc_find(sync_t *self, const char *coll, const char *id, uint64_t h);
-int64_t recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h);
-void doc_maybe_free(sync_t *self, sdoc_t *d);
-void heap_push(sync_t *self, sdoc_t *d);
-struct heap_entry heap_pop(sync_t *self);
-void mstate_set(sync_t *self, mut_t *m, mstate_t to);
-void head_pop(sync_t *self, sdoc_t *d);
-void mut_forget(sync_t *self, mut_t *m);
-void on_outbox(sync_t *self, ts_record_t **ptrs, size_t n);
+sdoc_t *sync_doc_find(sync_t *self, const char *coll, const char *id, uint64_t h);
+int64_t sync_recent_version(const sync_t *self, const char *coll, const char *id, uint64_t h);
+void sync_doc_maybe_free(sync_t *self, sdoc_t *d);
+void sync_heap_push(sync_t *self, sdoc_t *d);
+struct heap_entry sync_heap_pop(sync_t *self);
+void sync_mstate_set(sync_t *self, mut_t *m, mstate_t to);
+void sync_head_pop(sync_t *self, sdoc_t *d);
+void sync_mut_forget(sync_t *self, mut_t *m);
+void sync_on_outbox(sync_t *self, ts_record_t **ptrs, size_t n);
 
 /* push.c: pushing and answers */
-void push_pump(sync_t *self);
-void on_push(sync_t *self, ts_api_result_t *res, mut_t *m);
-void on_batch(sync_t *self, ts_api_result_t *res, req_t *r);
-void on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m);
-void push_wake(sync_t *self, int64_t now);
+void sync_push_pump(sync_t *self);
+void sync_on_push(sync_t *self, ts_api_result_t *res, mut_t *m);
+void sync_on_batch(sync_t *self, ts_api_result_t *res, req_t *r);
+void sync_on_fetch(sync_t *self, ts_api_result_t *res, mut_t *m);
+void sync_push_wake(sync_t *self, int64_t now);
 
 /* feed.c: the change feed */
-void pull_set(sync_t *self, pstate_t to);
-void hold_release(sync_t *self, sdoc_t *d);
-void holds_expire(sync_t *self, int64_t now);
-size_t apply_change(sync_t *self, const char *coll, const cJSON *doc);
-bool apply_changes_page(sync_t *self, const cJSON *page);
-void stream_close(sync_t *self);
-void feed_request(sync_t *self, bool drain, long timeout_s);
-void feed_next(sync_t *self);
-void on_feed(sync_t *self, ts_api_result_t *res);
-void on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n);
-void on_stream_state(sync_t *self, ts_api_stream_msg_t *s);
-void on_stream_result(sync_t *self, ts_api_result_t *res);
+void sync_pull_set(sync_t *self, pstate_t to);
+void sync_hold_release(sync_t *self, sdoc_t *d);
+void sync_holds_expire(sync_t *self, int64_t now);
+size_t sync_apply_change(sync_t *self, const char *coll, const cJSON *doc);
+bool sync_apply_changes_page(sync_t *self, const cJSON *page);
+void sync_stream_close(sync_t *self);
+void sync_feed_request(sync_t *self, bool drain, long timeout_s);
+void sync_feed_next(sync_t *self);
+void sync_on_feed(sync_t *self, ts_api_result_t *res);
+void sync_on_stream_events(sync_t *self, ts_api_event_t **ptrs, size_t n);
+void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s);
+void sync_on_stream_result(sync_t *self, ts_api_result_t *res);
 
 /* check.c: consistency checks */
-void check_finish(sync_t *self, check_t *k);
-void checks_start_all(sync_t *self);
-void list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since);
-void check_repair(sync_t *self, check_t *k);
-void on_digest_local(sync_t *self, ts_digest_t *dg);
-void on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k);
+void sync_check_finish(sync_t *self, check_t *k);
+void sync_checks_start_all(sync_t *self);
+void sync_list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since);
+void sync_check_repair(sync_t *self, check_t *k);
+void sync_on_digest_local(sync_t *self, ts_digest_t *dg);
+void sync_on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k);
 
 /* round.c: `sync` and `invalidate` */
-void on_sync_call(sync_t *self, ts_envelope_t *e);
-void rounds_progress(sync_t *self);
-void on_drain(sync_t *self, ts_api_result_t *res);
-void on_list(sync_t *self, ts_api_result_t *res, req_t *r);
+void sync_on_sync_call(sync_t *self, ts_envelope_t *e);
+void sync_rounds_progress(sync_t *self);
+void sync_on_drain(sync_t *self, ts_api_result_t *res);
+void sync_on_list(sync_t *self, ts_api_result_t *res, req_t *r);
 
 #endif

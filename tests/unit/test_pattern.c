@@ -6,6 +6,8 @@
 #include "policy/sandbox.h"
 #include "therasync/util.h"
 
+#include "../support/luadiff.h"
+
 #include <criterion/criterion.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -40,47 +42,13 @@ static lua_State *new_state(bool budgeted)
     return L;
 }
 
-/* Runs tests/fixtures/patterns/diff.lua in L; returns its output (malloc'd,
- * NUL bytes in it shown as \1 so it reads as one C string). */
-static char *run_diff(lua_State *L)
-{
-    const char *src = getenv("TS_SOURCE_DIR");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tests/fixtures/patterns/diff.lua", src ? src : ".");
-    cr_assert_eq(luaL_dofile(L, path), LUA_OK, "%s", lua_tostring(L, -1));
-    size_t len;
-    const char *out = lua_tolstring(L, -1, &len);
-    cr_assert_not_null(out, "diff.lua returns its lines");
-    char *copy = malloc(len + 1);
-    cr_assert_not_null(copy);
-    for (size_t i = 0; i < len; i++)
-        copy[i] = out[i] ? out[i] : '\1';
-    copy[len] = '\0';
-    return copy;
-}
-
 Test(pattern, same_results_as_lua_on_every_case, .timeout = 120)
 {
     lua_State *ref = new_state(false), *mine = new_state(true);
     s_steps = 0;
-    char *want = run_diff(ref), *got = run_diff(mine);
-    /* first differing line, for the message */
-    const char *a = want, *b = got;
-    int line = 1, lines = 0;
-    while (*a && *a == *b) {
-        if (*a == '\n')
-            line++;
-        a++, b++;
-    }
-    for (const char *c = want; *c; c++)
-        lines += *c == '\n';
-    if (*a || *b) {
-        while (a > want && a[-1] != '\n')
-            a--;
-        while (b > got && b[-1] != '\n')
-            b--;
-        cr_assert_fail("line %d differs:\n lua: %.300s\n ours: %.300s", line, a, b);
-    }
+    char *want = ts_luadiff_run(ref, "tests/fixtures/patterns/diff.lua");
+    char *got = ts_luadiff_run(mine, "tests/fixtures/patterns/diff.lua");
+    int lines = ts_luadiff_same(want, got);
     cr_assert_gt(lines, 50000, "the cases ran (%d lines)", lines);
     cr_assert(strstr(want, " => ok ") && strstr(want, " => E "), "both results and errors seen");
     cr_assert_gt(s_steps, 0, "the budgeted matcher charged its work");

@@ -826,6 +826,25 @@ Test(sync, digest_check_repairs_drift)
     cJSON_Delete(r);
 }
 
+/* Both engines change id while the clinic is offline, then sync: one of
+ * them meets a 409 and resolves it. Returns the conflict.resolved event's
+ * params (caller deletes). */
+static cJSON *conflict_between(const char *id, const char *patch1, const char *patch2)
+{
+    void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
+    ts_clinic_faults(&api, "{\"offline\":true}");
+    update(&engine, id, patch1);
+    update(&engine2, id, patch2);
+    ts_clinic_faults(&api, "{}");
+    cr_assert(wait_synced(&engine, 30000));
+    cr_assert(wait_synced(&engine2, 30000));
+    cJSON *ev = ts_events_wait(sub, "conflict.resolved", NULL, NULL, 5000);
+    if (!ev)
+        ev = ts_events_wait(sub2, "conflict.resolved", NULL, NULL, 5000);
+    cr_assert_not_null(ev, "the conflict was resolved and published");
+    return ev;
+}
+
 Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
 {
     /* The shipped policies: validation and conflict.lua (a cancellation
@@ -840,17 +859,8 @@ Test(sync, a_conflict_is_resolved_by_the_shipped_policy)
                "\"room\":\"A1\",\"notes\":\"first\"}}");
     cr_assert(wait_synced(&engine, 10000));
     wait_doc(&engine2, "cx", 10000, "engine2 received the session");
-    void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
-    ts_clinic_faults(&api, "{\"offline\":true}");
-    update(&engine, "cx", "{\"status\":\"cancelled\",\"notes\":\"patient called to cancel\"}");
-    update(&engine2, "cx", "{\"status\":\"completed\",\"notes\":\"reviewed homework\"}");
-    ts_clinic_faults(&api, "{}");
-    cr_assert(wait_synced(&engine, 30000));
-    cr_assert(wait_synced(&engine2, 30000));
-    cJSON *ev = ts_events_wait(sub, "conflict.resolved", NULL, NULL, 5000);
-    if (!ev)
-        ev = ts_events_wait(sub2, "conflict.resolved", NULL, NULL, 5000);
-    cr_assert_not_null(ev, "the conflict was resolved and published");
+    cJSON *ev = conflict_between("cx", "{\"status\":\"cancelled\",\"notes\":\"patient called to cancel\"}",
+                                 "{\"status\":\"completed\",\"notes\":\"reviewed homework\"}");
     char *evtext = cJSON_PrintUnformatted(ev);
     cr_assert_str_neq(field_str(ev, "policy"), "default", "conflict.lua decided: %s", evtext);
     cJSON_Delete(ev);
@@ -889,17 +899,7 @@ Test(sync, a_hostile_pattern_in_a_conflict_rule_falls_back_to_the_default_merge)
     create(&engine, "pb", "\"room\":\"A1\",\"status\":\"scheduled\"");
     cr_assert(wait_synced(&engine, 10000));
     wait_doc(&engine2, "pb", 10000, "engine2 received the session");
-    void *sub = events(&engine, "conflict"), *sub2 = events(&engine2, "conflict");
-    ts_clinic_faults(&api, "{\"offline\":true}");
-    update(&engine, "pb", "{\"room\":\"B2\"}");
-    update(&engine2, "pb", "{\"status\":\"completed\"}");
-    ts_clinic_faults(&api, "{}");
-    cr_assert(wait_synced(&engine, 30000));
-    cr_assert(wait_synced(&engine2, 30000));
-    cJSON *ev = ts_events_wait(sub, "conflict.resolved", NULL, NULL, 5000);
-    if (!ev)
-        ev = ts_events_wait(sub2, "conflict.resolved", NULL, NULL, 5000);
-    cr_assert_not_null(ev, "the conflict was resolved and published");
+    cJSON *ev = conflict_between("pb", "{\"room\":\"B2\"}", "{\"status\":\"completed\"}");
     char *evtext = cJSON_PrintUnformatted(ev);
     cr_assert_str_eq(field_str(ev, "policy"), "default", "%s", evtext);
     cr_assert(strstr(field_str(ev, "policy_error"), "instruction budget exceeded"), "%s", evtext);

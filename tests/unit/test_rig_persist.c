@@ -118,7 +118,7 @@ static ts_envelope_t *one(ts_rig_t *r, ts_record_t *records)
  * that says its seq. */
 static ts_record_t *mutation(int64_t seq, char ids[][37])
 {
-    char doc[8], body[32];
+    char doc[24], body[32];
     snprintf(doc, sizeof doc, "d%d", (int)(seq % 3));
     snprintf(body, sizeof body, "{\"seq\":%d}", (int)seq);
     return ts_rig_mutation("sessions", doc, seq <= 3 ? TS_OP_CREATE : TS_OP_UPDATE, seq, 0, body,
@@ -214,7 +214,7 @@ static void expect_mutations(const rec_t *got, size_t n, const int64_t *seqs, si
     cr_assert_eq(n, nseqs, "%zu pending mutations, expected %zu", n, nseqs);
     for (size_t i = 0; i < n; i++) {
         int64_t s = seqs[i];
-        char body[32], doc[8];
+        char body[32], doc[24];
         snprintf(body, sizeof body, "{\"seq\":%d}", (int)s);
         snprintf(doc, sizeof doc, "d%d", (int)(s % 3));
         cr_assert_eq(got[i].kind, TS_REC_MUTATION);
@@ -258,9 +258,10 @@ Test(rig_persist, recovery_streams_exactly_the_mutations_not_dropped_in_seq_orde
     ts_rig_append(&both, ts_rig_drop("sessions", "d2", 99, "", NULL));
     commit_and_wait(&p, one(&p.r, both));
     for (int i = 1; i <= 2; i++) {
-        char cursor[8];
+        char cursor[24];
         snprintf(cursor, sizeof cursor, "cur-%d", i);
-        commit_and_wait(&p, one(&p.r, ts_record_new(TS_REC_CURSOR, "-", "-", 1, cursor, 5)));
+        ts_record_t *r = ts_record_new(TS_REC_CURSOR, "-", "-", 1, cursor, strlen(cursor));
+        commit_and_wait(&p, one(&p.r, r));
     }
 
     restart(&p);

@@ -33,6 +33,11 @@ LIB_SRC  := $(wildcard $(addsuffix /*.c,$(addprefix src/,runtime msgs front stor
               sync api policy)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libtherasync.a
+# The base: what knows no actor. clinic-api is a product of its own and
+# links only this.
+BASE_SRC := $(wildcard src/runtime/*.c)
+BASE_OBJ := $(BASE_SRC:%.c=$(BUILD)/obj/%.o)
+BASE     := $(BUILD)/libtherasync-base.a
 
 # One folder per program.
 dir_therasyncd      := src/daemon
@@ -63,8 +68,13 @@ $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
+$(BASE): $(BASE_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+lib_clinic-api := $(BASE)
 define program_rule
-$(BUILD)/$(1): $$(patsubst %.c,$(BUILD)/obj/%.o,$$(wildcard $$(dir_$(1))/*.c)) $(LIB)
+$(BUILD)/$(1): $$(patsubst %.c,$(BUILD)/obj/%.o,$$(wildcard $$(dir_$(1))/*.c)) $$(or $$(lib_$(1)),$(LIB))
 	$$(CC) $$(CFLAGS) -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))

@@ -171,7 +171,7 @@ static int on_checkpoint_request(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
-static void checkpointer_actor(ts_actor_t *actor, void *args)
+static void persist_checkpointer_actor(ts_actor_t *actor, void *args)
 {
     checkpointer_t self = {.config = args};
     void *inbox = zmq_socket(ts_actor_zctx(actor), ZMQ_PULL);
@@ -207,7 +207,7 @@ done:
         sqlite3_close_v2(self.db);
 }
 
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+static int persist_on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 {
     (void)db, (void)name;
     ((persist_t *)arg)->wal_pages = pages;
@@ -216,7 +216,7 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 
 /* Normally only between batches that no client waits on: it includes an
  * fsync (see WAL_HARD_PAGES). */
-static void maybe_restart_wal(persist_t *self, bool clients_wait)
+static void persist_maybe_restart_wal(persist_t *self, bool clients_wait)
 {
     if (self->wal_pages < (clients_wait ? WAL_HARD_PAGES : WAL_RESTART_PAGES))
         return;
@@ -229,7 +229,7 @@ static void maybe_restart_wal(persist_t *self, bool clients_wait)
     }
 }
 
-static void maybe_checkpoint(persist_t *self)
+static void persist_maybe_checkpoint(persist_t *self)
 {
     int64_t now = ts_mono_us();
     if (self->wal_pages < CHECKPOINT_PAGES || now - self->checkpoint_asked_us < CHECKPOINT_EVERY_US)
@@ -255,7 +255,7 @@ static void maybe_checkpoint(persist_t *self)
 #define WAL_HEADER_BYTES 32
 #define WAL_FRAME_HEADER_BYTES 24
 
-static void keep_wal_ahead(persist_t *self)
+static void persist_keep_wal_ahead(persist_t *self)
 {
     int64_t end = WAL_HEADER_BYTES +
                   (int64_t)self->wal_pages * (self->page_size + WAL_FRAME_HEADER_BYTES);
@@ -296,7 +296,7 @@ static void keep_wal_ahead(persist_t *self)
     self->wal_ahead_to = at;
 }
 
-static int exec(persist_t *self, const char *sql)
+static int persist_exec(persist_t *self, const char *sql)
 {
     char *error = NULL;
     if (sqlite3_exec(self->db, sql, NULL, NULL, &error) != SQLITE_OK) {
@@ -307,7 +307,7 @@ static int exec(persist_t *self, const char *sql)
     return 0;
 }
 
-static int lock_data_dir(persist_t *self)
+static int persist_lock_data_dir(persist_t *self)
 {
     const char *dir = self->config->data_dir;
     if (mkdir(dir, 0700) && errno != EEXIST) {
@@ -364,7 +364,7 @@ static int data_path(persist_t *self, const char *name, char *path, size_t size)
 }
 
 /* What persist has open, once the database is open. */
-static void remember_files(persist_t *self)
+static void persist_remember_files(persist_t *self)
 {
     char path[4096];
     for (size_t i = 0; i < sizeof data_files / sizeof *data_files; i++) {
@@ -434,7 +434,7 @@ static int data_dir_state(persist_t *self, const char **file)
 /* Whether the data dir takes no more writes (see above), looking when
  * something happened in it (or always); the first time, says so in the log
  * and, with tell_store, to the store for `status`. */
-static bool storage_lost(persist_t *self, bool always, bool tell_store)
+static bool persist_storage_lost(persist_t *self, bool always, bool tell_store)
 {
     const char *file = "";
     bool look = !self->lost && (data_dir_touched(self) || always);
@@ -451,15 +451,15 @@ static bool storage_lost(persist_t *self, bool always, bool tell_store)
     return true;
 }
 
-static int on_storage_timer(ts_loop_t *loop, int timer_id, void *arg)
+static int persist_on_storage_timer(ts_loop_t *loop, int timer_id, void *arg)
 {
     (void)loop, (void)timer_id;
-    storage_lost(arg, true, true); /* and `status` says it without a write */
+    persist_storage_lost(arg, true, true); /* and `status` says it without a write */
     return 0;
 }
 
 /* The value of a PRAGMA that reads one integer (0 if it cannot be read). */
-static int pragma_int(persist_t *self, const char *sql)
+static int persist_pragma_int(persist_t *self, const char *sql)
 {
     sqlite3_stmt *stmt;
     int value = 0;
@@ -472,7 +472,7 @@ static int pragma_int(persist_t *self, const char *sql)
 
 static int migrate(persist_t *self)
 {
-    int version = pragma_int(self, "PRAGMA user_version");
+    int version = persist_pragma_int(self, "PRAGMA user_version");
     if (version > TS_SCHEMA_VERSION) {
         ts_error(LOG, "database schema %d is newer than this therasyncd understands (%d)", version,
                  TS_SCHEMA_VERSION);
@@ -481,9 +481,9 @@ static int migrate(persist_t *self)
     while (version < TS_SCHEMA_VERSION) {
         char bump[64];
         snprintf(bump, sizeof bump, "PRAGMA user_version=%d", version + 1);
-        if (exec(self, "BEGIN IMMEDIATE") || exec(self, migrations[version]) || exec(self, bump) ||
-            exec(self, "COMMIT")) {
-            exec(self, "ROLLBACK");
+        if (persist_exec(self, "BEGIN IMMEDIATE") || persist_exec(self, migrations[version]) ||
+            persist_exec(self, bump) || persist_exec(self, "COMMIT")) {
+            persist_exec(self, "ROLLBACK");
             return -1;
         }
         ts_info(LOG, "database schema migrated to %d", version + 1);
@@ -492,9 +492,9 @@ static int migrate(persist_t *self)
     return 0;
 }
 
-static void load_pack_index(persist_t *self);
+static void persist_load_pack_index(persist_t *self);
 
-static int open_db(persist_t *self)
+static int persist_open_db(persist_t *self)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/therasync.db", self->config->data_dir);
@@ -507,17 +507,17 @@ static int open_db(persist_t *self)
     /* WAL + synchronous=FULL: a commit is on stable storage when it returns
      * (survives power loss). "relaxed" trades that for NORMAL: survives a
      * process crash, may lose the last commits on power loss. */
-    if (exec(self, "PRAGMA journal_mode=WAL") ||
-        exec(self, self->config->durability_relaxed ? "PRAGMA synchronous=NORMAL"
-                                                    : "PRAGMA synchronous=FULL") ||
-        exec(self, "PRAGMA wal_autocheckpoint=0") || migrate(self))
+    if (persist_exec(self, "PRAGMA journal_mode=WAL") ||
+        persist_exec(self, self->config->durability_relaxed ? "PRAGMA synchronous=NORMAL"
+                                                            : "PRAGMA synchronous=FULL") ||
+        persist_exec(self, "PRAGMA wal_autocheckpoint=0") || migrate(self))
         return -1;
-    sqlite3_wal_hook(self->db, on_wal_commit, self);
-    self->page_size = pragma_int(self, "PRAGMA page_size");
+    sqlite3_wal_hook(self->db, persist_on_wal_commit, self);
+    self->page_size = persist_pragma_int(self, "PRAGMA page_size");
     if (self->config->max_db_bytes > 0) {
         char sql[96];
         snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", self->config->max_db_bytes / 4096);
-        if (exec(self, sql))
+        if (persist_exec(self, sql))
             return -1;
     }
     if (sqlite3_prepare_v3(self->db,
@@ -577,12 +577,12 @@ static int open_db(persist_t *self)
         ts_error(LOG, "cannot prepare statements: %s", sqlite3_errmsg(self->db));
         return -1;
     }
-    load_pack_index(self);
+    persist_load_pack_index(self);
     return 0;
 }
 
-static int write_record(persist_t *self, const ts_record_t *r);
-static void bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop);
+static int persist_write_record(persist_t *self, const ts_record_t *r);
+static void persist_bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop);
 
 /* ---- packs (outbox.h) ---- */
 
@@ -591,7 +591,7 @@ static void bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop);
 #define PACK_MAX_BYTES (8u << 20)
 
 /* Writes the pack being made, if any, as one outbox row. */
-static int flush_pack(persist_t *self)
+static int persist_flush_pack(persist_t *self)
 {
     if (!self->pack_count)
         return 0;
@@ -609,7 +609,7 @@ static int flush_pack(persist_t *self)
                              : -1;
 }
 
-static int add_to_pack(persist_t *self, const ts_record_t *r)
+static int persist_add_to_pack(persist_t *self, const ts_record_t *r)
 {
     if (ts_pack_append(&self->pack, r))
         return -1;
@@ -617,12 +617,12 @@ static int add_to_pack(persist_t *self, const ts_record_t *r)
     if (!self->pack_count++)
         self->pack_first = r->seq;
     self->pack_last = r->seq;
-    return self->pack.len >= PACK_MAX_BYTES ? flush_pack(self) : 0;
+    return self->pack.len >= PACK_MAX_BYTES ? persist_flush_pack(self) : 0;
 }
 
 /* The index of live packs, read again from the database (at start, and
  * after a failed commit whose changes to it were rolled back). */
-static void load_pack_index(persist_t *self)
+static void persist_load_pack_index(persist_t *self)
 {
     self->packs.n = 0;
     self->seq_high = 0;
@@ -658,7 +658,7 @@ static void load_pack_index(persist_t *self)
 
 /* Reads the pack at entry into the cache, with its records' offsets,
  * unless it is the one there already. */
-static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
+static int persist_cache_pack(persist_t *self, const ts_pack_entry_t *entry)
 {
     if (self->cached_first == entry->first)
         return 0;
@@ -691,10 +691,10 @@ static int cache_pack(persist_t *self, const ts_pack_entry_t *entry)
 /* The packed mutation seq of the pack at entry into *out: 1, 0 when it is
  * not there, -1 when the pack cannot be read. The last pack read is kept:
  * drops come mostly in seq order, many from one pack. */
-static int packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t seq,
-                         ts_packed_t *out)
+static int persist_packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t seq,
+                                 ts_packed_t *out)
 {
-    if (cache_pack(self, entry))
+    if (persist_cache_pack(self, entry))
         return -1;
     size_t lo = 0, hi = self->ncached; /* records are in seq order */
     while (lo < hi) {
@@ -713,7 +713,7 @@ static int packed_record(persist_t *self, const ts_pack_entry_t *entry, int64_t 
 
 /* A packed mutation's "accepted" line as parameters 1-6: at, mutation,
  * coll, doc_id, client (NULLIF'd to NULL when empty), base_version. */
-static void bind_accepted(sqlite3_stmt *s, const ts_packed_t *m)
+static void persist_bind_accepted(sqlite3_stmt *s, const ts_packed_t *m)
 {
     sqlite3_bind_int64(s, 1, m->at_ms);
     sqlite3_bind_text(s, 2, m->mutation, -1, SQLITE_STATIC);
@@ -727,10 +727,10 @@ static void bind_accepted(sqlite3_stmt *s, const ts_packed_t *m)
  * r->event its send and outcome), its gone mark, and its pack when it was
  * the pack's last. 1; 0 when it is not there or gone already (the caller
  * writes the outcome's lines alone); -1 on failure. */
-static int drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *entry)
+static int persist_drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *entry)
 {
     ts_packed_t m;
-    int found = packed_record(self, entry, r->seq, &m);
+    int found = persist_packed_record(self, entry, r->seq, &m);
     if (found <= 0)
         return found;
     sqlite3_stmt *s = self->mark_gone;
@@ -742,9 +742,9 @@ static int drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *e
     if (sqlite3_changes(self->db) == 0)
         return 0;
     s = self->archive_packed;
-    bind_accepted(s, &m);
+    persist_bind_accepted(s, &m);
     if (r->event[0])
-        bind_outcome(s, 7, r);
+        persist_bind_outcome(s, 7, r);
     rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -784,7 +784,7 @@ static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v)
 
 /* A DROP's first send and outcome, bound from parameter first on: sent_at,
  * sent_version, outcome, outcome_at, outcome_version, reason. */
-static void bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop)
+static void persist_bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop)
 {
     bind_int64_or_null(s, first, drop->sent_ms);
     sqlite3_bind_int64(s, first + 1, drop->sent_version);
@@ -805,12 +805,12 @@ static int write_outcome_lines(persist_t *self, const ts_record_t *drop)
         line.version = drop->sent_version;
         line.body = NULL;
         ts_copy_text(line.event, sizeof line.event, "sent");
-        if (write_record(self, &line))
+        if (persist_write_record(self, &line))
             return -1;
     }
     line = *drop;
     line.kind = TS_REC_AUDIT;
-    return write_record(self, &line);
+    return persist_write_record(self, &line);
 }
 
 static int step_match(sqlite3_stmt *s, const ts_record_t *r)
@@ -835,7 +835,7 @@ static int drop_match_row(persist_t *self, int64_t seq)
     return 0;
 }
 
-static int write_record(persist_t *self, const ts_record_t *r)
+static int persist_write_record(persist_t *self, const ts_record_t *r)
 {
     sqlite3_stmt *s;
     switch (r->kind) {
@@ -856,13 +856,13 @@ static int write_record(persist_t *self, const ts_record_t *r)
             return -1;
         /* live in a pack, or else a row (or neither) */
         ts_pack_entry_t *entry = ts_pack_index_find(&self->packs, r->seq);
-        int dropped = entry ? drop_packed(self, r, entry) : 0;
+        int dropped = entry ? persist_drop_packed(self, r, entry) : 0;
         if (dropped)
             return dropped < 0 ? -1 : 0;
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
         if (r->event[0])
-            bind_outcome(a, 2, r);
+            persist_bind_outcome(a, 2, r);
         int rc = sqlite3_step(a);
         sqlite3_reset(a);
         sqlite3_clear_bindings(a);
@@ -935,9 +935,9 @@ static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
     int64_t start = ts_mono_us();
     size_t count = 0;
     bool lazy = !self->config->durability_relaxed && !batch_needs_fsync(envs, n);
-    if (lazy && exec(self, "PRAGMA synchronous=NORMAL"))
+    if (lazy && persist_exec(self, "PRAGMA synchronous=NORMAL"))
         goto fail;
-    if (exec(self, "BEGIN"))
+    if (persist_exec(self, "BEGIN"))
         goto fail;
     /* New mutations go into packs, whose seqs only grow; a mutation
      * rewritten in its place (a conflict's, under its old seq) is a row.
@@ -947,17 +947,17 @@ static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
         for (size_t c = 0; c < envs[i]->ncalls; c++)
             for (ts_record_t *r = envs[i]->calls[c].records; r; r = r->next, count++)
                 if (r->kind == TS_REC_MUTATION && r->seq > self->seq_high
-                        ? add_to_pack(self, r)
-                        : flush_pack(self) || write_record(self, r))
+                        ? persist_add_to_pack(self, r)
+                        : persist_flush_pack(self) || persist_write_record(self, r))
                     goto fail;
     /* The data dir is checked before COMMIT (a refused batch is then in no
      * file at all) and after it (a removal during the fsync). */
-    if (flush_pack(self) || storage_lost(self, false, true) ||
+    if (persist_flush_pack(self) || persist_storage_lost(self, false, true) ||
         sqlite3_exec(self->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
-    if (lazy && exec(self, "PRAGMA synchronous=FULL"))
+    if (lazy && persist_exec(self, "PRAGMA synchronous=FULL"))
         goto fail;
-    if (storage_lost(self, false, true))
+    if (persist_storage_lost(self, false, true))
         goto fail;
     int64_t took = ts_mono_us() - start;
     self->commits++;
@@ -999,7 +999,8 @@ static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n, bool r
                  : (code & 0xff) == SQLITE_READONLY ? "the database is read-only"
                                                     : sqlite3_errmsg(self->db));
     if (rolled_back)
-        load_pack_index(self); /* undoes the rolled-back changes to it (after reading the error) */
+        /* undoes the rolled-back changes to it (after reading the error) */
+        persist_load_pack_index(self);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         bool failed = false;
@@ -1045,14 +1046,14 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
     }
 }
 
-static int cmp_seq(const void *a, const void *b)
+static int persist_cmp_seq(const void *a, const void *b)
 {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
 }
 
 /* The seqs marked gone, sorted, into *gone (malloc'd). 0, or -1. */
-static int load_gone(persist_t *self, int64_t **gone, size_t *n)
+static int persist_load_gone(persist_t *self, int64_t **gone, size_t *n)
 {
     sqlite3_stmt *s;
     size_t cap = 0;
@@ -1077,13 +1078,13 @@ static int load_gone(persist_t *self, int64_t **gone, size_t *n)
     return rc;
 }
 
-static bool is_gone(const int64_t *gone, size_t n, int64_t seq)
+static bool persist_is_gone(const int64_t *gone, size_t n, int64_t seq)
 {
-    return n && bsearch(&seq, gone, n, sizeof *gone, cmp_seq);
+    return n && bsearch(&seq, gone, n, sizeof *gone, persist_cmp_seq);
 }
 
 /* A pending packed write's "accepted" line, for the audit (seq first:
- * cmp_seq sorts them by it). */
+ * persist_cmp_seq sorts them by it). */
 typedef struct {
     int64_t seq, at;
 } pending_line_t;
@@ -1091,7 +1092,7 @@ typedef struct {
 static int cmp_line_at(const void *a, const void *b)
 {
     const pending_line_t *x = a, *y = b;
-    return x->at != y->at ? (x->at > y->at) - (x->at < y->at) : cmp_seq(a, b);
+    return x->at != y->at ? (x->at > y->at) - (x->at < y->at) : persist_cmp_seq(a, b);
 }
 
 /* Into the table temp.packed, for the audit's query: the "accepted" lines
@@ -1101,22 +1102,22 @@ static int cmp_line_at(const void *a, const void *b)
 static int list_packed(persist_t *self, const char *coll, const char *id, int64_t since_ms,
                        long long limit)
 {
-    if (exec(self, "CREATE TEMP TABLE IF NOT EXISTS packed(at, mutation, coll, doc_id, client, "
-                   "base_version); DELETE FROM temp.packed"))
+    if (persist_exec(self, "CREATE TEMP TABLE IF NOT EXISTS packed(at, mutation, coll, doc_id, "
+                           "client, base_version); DELETE FROM temp.packed"))
         return -1;
     int64_t *gone;
     size_t ngone, n = 0, cap = 0;
     pending_line_t *lines = NULL;
-    int rc = load_gone(self, &gone, &ngone);
+    int rc = persist_load_gone(self, &gone, &ngone);
     ts_packed_t m;
     for (size_t i = 0; rc == 0 && i < self->packs.n; i++) {
-        if (cache_pack(self, &self->packs.entries[i]))
+        if (persist_cache_pack(self, &self->packs.entries[i]))
             rc = -1;
         for (size_t k = 0, pos; rc == 0 && k < self->ncached; k++) {
             pos = self->cached_at[k];
             if (!ts_pack_next(self->cached.data, self->cached.len, &pos, &m) ||
                 m.at_ms < since_ms || (coll && strcmp(coll, m.collection) != 0) ||
-                (id && strcmp(id, m.doc_id) != 0) || is_gone(gone, ngone, m.seq))
+                (id && strcmp(id, m.doc_id) != 0) || persist_is_gone(gone, ngone, m.seq))
                 continue;
             if (n == cap) {
                 pending_line_t *grown = ts_grow(lines, &cap, sizeof *grown, 1024);
@@ -1133,7 +1134,7 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
     if (n) {
         qsort(lines, n, sizeof *lines, cmp_line_at);
         n = (long long)n > limit ? (size_t)limit : n;
-        qsort(lines, n, sizeof *lines, cmp_seq);
+        qsort(lines, n, sizeof *lines, persist_cmp_seq);
     }
     sqlite3_stmt *add = NULL;
     if (rc == 0)
@@ -1141,11 +1142,11 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
                                 -1, &add, NULL) == SQLITE_OK ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         ts_pack_entry_t *entry = ts_pack_index_find(&self->packs, lines[i].seq);
-        if (!entry || packed_record(self, entry, lines[i].seq, &m) != 1) {
+        if (!entry || persist_packed_record(self, entry, lines[i].seq, &m) != 1) {
             rc = -1;
             break;
         }
-        bind_accepted(add, &m);
+        persist_bind_accepted(add, &m);
         rc = sqlite3_step(add) == SQLITE_DONE ? 0 : -1;
         sqlite3_reset(add);
     }
@@ -1156,7 +1157,7 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
 }
 
 /* Answers an `audit` call: {collection?, id?, since?, limit?} → {entries}. */
-static void answer_audit(persist_t *self, ts_call_t *call)
+static void persist_answer_audit(persist_t *self, ts_call_t *call)
 {
     const char *coll = ts_json_string(call->params, "collection");
     const char *id = ts_json_string(call->params, "id");
@@ -1245,7 +1246,7 @@ static void answer_calls(persist_t *self, ts_envelope_t **envs, size_t n)
         for (size_t c = 0; c < envs[i]->ncalls; c++) {
             ts_call_t *call = &envs[i]->calls[c];
             if (call->method == TS_M_AUDIT && !call->err_code && !call->result)
-                answer_audit(self, call);
+                persist_answer_audit(self, call);
         }
     }
 }
@@ -1343,7 +1344,7 @@ static void next_packed(outbox_reader_t *o)
 {
     for (;;) {
         while (o->pack && ts_pack_next(o->pack, o->len, &o->pos, &o->next))
-            if (!is_gone(o->gone, o->ngone, o->next.seq)) {
+            if (!persist_is_gone(o->gone, o->ngone, o->next.seq)) {
                 o->packed = true;
                 return;
             }
@@ -1364,7 +1365,7 @@ static void next_packed(outbox_reader_t *o)
 
 static int open_outbox_reader(persist_t *self, outbox_reader_t *o)
 {
-    if (load_gone(self, &o->gone, &o->ngone) ||
+    if (persist_load_gone(self, &o->gone, &o->ngone) ||
         sqlite3_prepare_v2(self->db,
                            "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM "
                            "outbox ORDER BY seq",
@@ -1447,7 +1448,7 @@ static bool read_mutation(persist_t *self, outbox_reader_t *o, ts_chunk_t **chun
     return true;
 }
 
-static void recover(persist_t *self)
+static void persist_recover(persist_t *self)
 {
     int in_flight = 0;
     int64_t start = ts_mono_us();
@@ -1499,8 +1500,8 @@ static void recover(persist_t *self)
         char sql[96];
         snprintf(sql, sizeof sql, "DELETE FROM outbox_match WHERE seq < %lld",
                  o.first_seq ? (long long)o.first_seq : (long long)INT64_MAX);
-        if (exec(self, sql) == 0)
-            self->matches = pragma_int(self, "SELECT count(*) FROM outbox_match");
+        if (persist_exec(self, sql) == 0)
+            self->matches = persist_pragma_int(self, "SELECT count(*) FROM outbox_match");
     }
     close_outbox_reader(&o);
     if (failed)
@@ -1528,7 +1529,7 @@ static void recover(persist_t *self)
      * of everything would otherwise fill it at start. */
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA cache_size=-%d", PERSIST_CACHE_KIB);
-    exec(self, sql);
+    persist_exec(self, sql);
 }
 
 static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
@@ -1544,7 +1545,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             break;
         if (m.kind == TS_MSG_RECOVER) {
             ts_msg_release(&m);
-            recover(self);
+            persist_recover(self);
             continue;
         }
         if (m.kind == TS_MSG_RECOVER_ACK) { /* a late one, after recovery */
@@ -1590,7 +1591,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         }
         committed = !self->lost; /* else nothing more goes to the files */
         if (committed)
-            maybe_checkpoint(self);
+            persist_maybe_checkpoint(self);
     }
     answer_calls(self, batch, nbatch);
     add_metrics(self, batch, nbatch);
@@ -1601,8 +1602,8 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     }
     free(batch);
     if (committed) {
-        maybe_restart_wal(self, clients_wait);
-        keep_wal_ahead(self);
+        persist_maybe_restart_wal(self, clients_wait);
+        persist_keep_wal_ahead(self);
     }
     return 0;
 }
@@ -1640,7 +1641,7 @@ static void persist_cleanup(persist_t *self)
          * daemon's now. SQLite skips that itself when it sees the database
          * file moved; persistent-WAL mode makes sure of it in every case. */
         int keep = 1;
-        if (storage_lost(self, true, false))
+        if (persist_storage_lost(self, true, false))
             sqlite3_file_control(self->db, "main", SQLITE_FCNTL_PERSIST_WAL, &keep);
         else
             sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
@@ -1665,15 +1666,16 @@ static void persist_actor(ts_actor_t *actor, void *args)
     persist_t self = {.config = args, .actor = actor, .lock_fd = -1, .wal_fd = -1, .watch = -1};
     void *zctx = ts_actor_zctx(actor);
     ts_loop_t *loop = NULL;
-    if (lock_data_dir(&self) || open_db(&self))
+    if (persist_lock_data_dir(&self) || persist_open_db(&self))
         goto done;
-    remember_files(&self);
+    persist_remember_files(&self);
     self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_PERSIST, true);
     self.to_front = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
     self.to_store = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
     if (self.config->api_url)
         self.to_sync = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
-    self.checkpointer = ts_actor_new(zctx, "checkpoint", checkpointer_actor, (void *)self.config);
+    self.checkpointer =
+        ts_actor_new(zctx, "checkpoint", persist_checkpointer_actor, (void *)self.config);
     self.to_checkpointer = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_CHECKPOINT, false);
     loop = ts_loop_new();
     if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
@@ -1683,7 +1685,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
     }
     ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
-    ts_loop_timer(loop, 1000, on_storage_timer, &self);
+    ts_loop_timer(loop, 1000, persist_on_storage_timer, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
     ts_actor_quiesce(actor);

@@ -270,7 +270,7 @@ static bool batch_published(const front_t *self, uint32_t batch)
     return (int32_t)(self->published_batch - batch) >= 0;
 }
 
-static void early_release(front_t *self, bool all)
+static void front_early_release(front_t *self, bool all)
 {
     while (self->early && (all || batch_published(self, self->early->after))) {
         ts_event_t *ev = self->early;
@@ -297,7 +297,7 @@ static void early_add(front_t *self, ts_event_t *ev)
 /* An envelope's events go out as soon as it is back, in the order persist
  * committed them, not when its answer does: an answer may wait for an
  * earlier one of its client, an event need not. */
-static void publish_events(front_t *self, ts_envelope_t *e)
+static void front_publish_events(front_t *self, ts_envelope_t *e)
 {
     for (size_t i = 0; i < e->ncalls; i++) {
         for (ts_event_t *ev = e->calls[i].events; ev; ev = ev->next)
@@ -307,7 +307,7 @@ static void publish_events(front_t *self, ts_envelope_t *e)
     }
     if (e->persist_batch && !batch_published(self, e->persist_batch)) {
         self->published_batch = e->persist_batch;
-        early_release(self, false);
+        front_early_release(self, false);
     }
 }
 
@@ -334,7 +334,7 @@ static client_t **client_slot(front_t *self, const unsigned char *id, size_t len
 }
 
 /* Gives a new request its place in its client's line. */
-static void take_ticket(front_t *self, ts_envelope_t *e)
+static void front_take_ticket(front_t *self, ts_envelope_t *e)
 {
     size_t len;
     const unsigned char *id = route_id(e, &len);
@@ -354,9 +354,9 @@ static void take_ticket(front_t *self, ts_envelope_t *e)
 
 /* Releases an answer in its client's order: now, or after the earlier
  * ones, which may still be in the pipeline. */
-static void deliver(front_t *self, ts_envelope_t *e)
+static void front_deliver(front_t *self, ts_envelope_t *e)
 {
-    publish_events(self, e);
+    front_publish_events(self, e);
     size_t len;
     const unsigned char *id = route_id(e, &len);
     client_t **p = id && !e->internal ? client_slot(self, id, len) : NULL;
@@ -923,7 +923,7 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
 
 /* Receives one multipart message from the ROUTER and turns it into an
  * envelope. Returns NULL when nothing was queued (or memory ran out). */
-static ts_envelope_t *read_request(front_t *self, bool *more)
+static ts_envelope_t *front_read_request(front_t *self, bool *more)
 {
     zmq_msg_t frames[MAX_FRAMES];
     int n = 0;
@@ -1003,7 +1003,7 @@ static void answer_busy(front_t *self, ts_envelope_t *e)
         e->calls[i].events = NULL;
     }
     self->inflight += e->ncalls; /* finish_envelope subtracts them again */
-    deliver(self, e);
+    front_deliver(self, e);
 }
 
 static int on_router(ts_loop_t *loop, void *socket, void *arg)
@@ -1014,10 +1014,10 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     size_t n = 0;
     bool more = true;
     while (n < MAX_READS_PER_WAKE && more) {
-        ts_envelope_t *e = read_request(self, &more);
+        ts_envelope_t *e = front_read_request(self, &more);
         if (!e)
             continue;
-        take_ticket(self, e);
+        front_take_ticket(self, e);
         if (self->inflight + e->ncalls > self->config->max_inflight) {
             answer_busy(self, e);
             continue;
@@ -1031,7 +1031,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
             for (size_t k = 0; k < batch[i]->ncalls; k++)
                 if (!batch[i]->calls[k].err_code && !batch[i]->calls[k].result)
                     ts_call_fail(&batch[i]->calls[k], TS_E_INTERNAL, "the engine is stopping");
-            deliver(self, batch[i]);
+            front_deliver(self, batch[i]);
         }
     }
     if (self->inflight >= self->warn_at) {
@@ -1043,7 +1043,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
-static void read_events(front_t *self, void *socket, int max);
+static void front_read_events(front_t *self, void *socket, int max);
 
 static int on_replies(ts_loop_t *loop, void *socket, void *arg)
 {
@@ -1061,16 +1061,16 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
         /* A remote change sent before this batch existed must be seen
          * first, or it would be published after the newer events below:
          * all of what is queued, then. */
-        read_events(self, self->events_in, INT_MAX);
+        front_read_events(self, self->events_in, INT_MAX);
         for (size_t i = 0; i < m.count; i++)
-            deliver(self, envs[i]);
+            front_deliver(self, envs[i]);
         ts_msg_release(&m);
     }
     return self->draining && self->inflight == 0 ? -1 : 0;
 }
 
 /* Publishes (or holds, see early_add) up to max queued events. */
-static void read_events(front_t *self, void *socket, int max)
+static void front_read_events(front_t *self, void *socket, int max)
 {
     ts_msg_t m;
     for (int round = 0; round < max && ts_msg_recv(socket, ZMQ_DONTWAIT, &m) == 0; round++) {
@@ -1098,7 +1098,7 @@ static void read_events(front_t *self, void *socket, int max)
 static int on_events(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
-    read_events(arg, socket, 256);
+    front_read_events(arg, socket, 256);
     return 0;
 }
 
@@ -1122,7 +1122,7 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
     front_t *self = arg;
     if (self->early && ts_mono_us() - self->early->held_us > EARLY_MAX_US) {
         ts_warn(LOG, "published remote changes whose turn did not come");
-        early_release(self, true);
+        front_early_release(self, true);
     }
     if (self->draining && ts_mono_us() > self->drain_deadline_us) {
         ts_error(LOG, "gave up draining: %zu calls still in flight", self->inflight);
@@ -1195,7 +1195,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_actor_quiesce(actor);
     ts_msg_drain(self.replies); /* answers too late to give: their writes are durable */
     ts_msg_drain(self.events_in);
-    early_release(&self, true);  /* remote changes: durable at the server */
+    front_early_release(&self, true);  /* remote changes: durable at the server */
 done:
     ts_loop_destroy(&self.loop);
     for (size_t b = 0; b < CLIENT_BUCKETS; b++) {

@@ -1,0 +1,215 @@
+/* answer.c — answers out, in each client's order: a ticket per request,
+ * answers that come back early held until the earlier ones are out, the
+ * JSON-RPC responses built (the front door's metrics among them). */
+#include "front/front_int.h"
+
+#include <zmq.h>
+
+/* ---- building answers ---- */
+
+static void append_error(ts_buf_t *b, const ts_call_t *call)
+{
+    ts_buf_printf(b, "\"error\":{\"code\":%d,\"message\":", call->err_code);
+    const char *msg = call->err_message ? call->err_message : "error";
+    ts_buf_json_string(b, msg, strlen(msg));
+    const char *reason = ts_error_reason(call->err_code);
+    if (reason || call->err_data) {
+        ts_buf_puts(b, ",\"data\":{");
+        bool first = true;
+        if (reason) {
+            ts_buf_printf(b, "\"reason\":\"%s\"", reason);
+            first = false;
+        }
+        for (const cJSON *f = call->err_data ? call->err_data->child : NULL; f; f = f->next) {
+            char *value = cJSON_PrintUnformatted(f);
+            if (!value)
+                continue;
+            ts_buf_puts(b, first ? "" : ",");
+            ts_buf_json_string(b, f->string, strlen(f->string));
+            ts_buf_printf(b, ":%s", value);
+            cJSON_free(value);
+            first = false;
+        }
+        ts_buf_puts(b, "}");
+    }
+    ts_buf_puts(b, "}");
+}
+
+static void add_front_metrics(front_t *self, cJSON *partial)
+{
+    cJSON *m = cJSON_AddObjectToObject(partial, "front");
+    cJSON_AddNumberToObject(m, "inflight", (double)self->inflight);
+    cJSON_AddNumberToObject(m, "errors", (double)self->errors);
+    cJSON_AddNumberToObject(m, "busy", (double)self->busy);
+    cJSON_AddNumberToObject(m, "too_large", (double)self->too_large);
+    cJSON_AddNumberToObject(m, "parse_errors", (double)self->parse_errors);
+    cJSON *lat = cJSON_AddObjectToObject(m, "latency_us");
+    for (int i = 0; i < TS_M__LAST; i++) {
+        const ts_hist_t *h = &self->latency[i];
+        if (!h->total)
+            continue;
+        cJSON *x = cJSON_AddObjectToObject(lat, ts_method_name((ts_method_t)i));
+        cJSON_AddNumberToObject(x, "count", (double)h->total);
+        cJSON_AddNumberToObject(x, "p50", (double)ts_hist_quantile(h, 0.50));
+        cJSON_AddNumberToObject(x, "p99", (double)ts_hist_quantile(h, 0.99));
+        cJSON_AddNumberToObject(x, "max", (double)h->max);
+    }
+}
+
+/* Appends the JSON-RPC response of one call (not for notifications). */
+static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
+{
+    ts_buf_puts(b, "{\"jsonrpc\":\"2.0\",\"id\":");
+    ts_buf_puts(b, call->id_json);
+    ts_buf_puts(b, ",");
+    if (call->err_code) {
+        self->errors++;
+        append_error(b, call);
+    } else if (call->result) {
+        ts_buf_puts(b, "\"result\":");
+        ts_buf_append(b, call->result, call->result_len);
+    } else {
+        if (!call->partial)
+            call->partial = cJSON_CreateObject();
+        if (ts_method_is(call->method, TS_MF_FRONT))
+            add_front_metrics(self, call->partial);
+        char *text = cJSON_PrintUnformatted(call->partial);
+        ts_buf_puts(b, "\"result\":");
+        ts_buf_puts(b, text ? text : "null");
+        cJSON_free(text);
+    }
+    ts_buf_puts(b, "}");
+}
+
+static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
+{
+    size_t off = 0;
+    while (off + 4 <= e->route_len) {
+        uint32_t flen;
+        memcpy(&flen, e->route + off, 4);
+        off += 4;
+        zmq_send(self->router, e->route + off, flen, ZMQ_SNDMORE);
+        off += flen;
+    }
+    if (e->delimiter)
+        zmq_send(self->router, "", 0, ZMQ_SNDMORE);
+    if (zmq_send(self->router, payload, len, 0) < 0)
+        ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
+}
+
+static void finish_envelope(front_t *self, ts_envelope_t *e);
+
+/* The routing id of an envelope (its first routing frame). */
+static const unsigned char *route_id(const ts_envelope_t *e, size_t *len)
+{
+    uint32_t l = 0;
+    if (e->route_len < 4)
+        return *len = 0, NULL;
+    memcpy(&l, e->route, 4);
+    *len = l;
+    return e->route + 4;
+}
+
+static client_t **client_slot(front_t *self, const unsigned char *id, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ id[i]) * 0x100000001b3ull;
+    client_t **p = &self->clients[h % CLIENT_BUCKETS];
+    while (*p && ((*p)->id_len != len || memcmp((*p)->id, id, len) != 0))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Gives a new request its place in its client's line. */
+void front_take_ticket(front_t *self, ts_envelope_t *e)
+{
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    if (!id)
+        return;
+    client_t **p = client_slot(self, id, len);
+    if (!*p) {
+        client_t *c = calloc(1, sizeof *c + len);
+        if (!c)
+            return; /* no memory: answered when it comes (order not kept) */
+        memcpy(c->id, id, len);
+        c->id_len = len;
+        *p = c;
+    }
+    e->client_seq = (*p)->assigned++;
+}
+
+/* Releases an answer in its client's order: now, or after the earlier
+ * ones, which may still be in the pipeline. */
+void front_deliver(front_t *self, ts_envelope_t *e)
+{
+    front_publish_events(self, e);
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    client_t **p = id && !e->internal ? client_slot(self, id, len) : NULL;
+    client_t *c = p ? *p : NULL;
+    if (!c) {
+        finish_envelope(self, e);
+        return;
+    }
+    if (e->client_seq != c->sent) {
+        /* Early answers mostly come in order among themselves (one path
+         * overtook another), so appending is the common case: walking the
+         * list for each one made a deep pipeline quadratic. */
+        ts_envelope_t **h = &c->held;
+        if (c->held_last && c->held_last->client_seq < e->client_seq)
+            h = &c->held_last->held_next;
+        while (*h && (*h)->client_seq < e->client_seq)
+            h = &(*h)->held_next;
+        e->held_next = *h;
+        *h = e;
+        if (!e->held_next)
+            c->held_last = e;
+        return;
+    }
+    finish_envelope(self, e);
+    c->sent++;
+    while (c->held && c->held->client_seq == c->sent) {
+        ts_envelope_t *next = c->held;
+        c->held = next->held_next;
+        if (!c->held)
+            c->held_last = NULL;
+        finish_envelope(self, next);
+        c->sent++;
+    }
+    if (c->sent == c->assigned && !c->held) { /* nothing outstanding: forget it */
+        *p = c->next;
+        free(c);
+    }
+}
+
+/* Answers an envelope that came back through the pipeline, and frees it. */
+static void finish_envelope(front_t *self, ts_envelope_t *e)
+{
+    ts_buf_t b = {0};
+    size_t answers = 0;
+    int64_t now = ts_mono_us();
+    ts_buf_reserve(&b, e->calls[0].result_len + 128);
+    if (e->batch)
+        ts_buf_puts(&b, "[");
+    for (size_t i = 0; i < e->ncalls; i++) {
+        ts_call_t *call = &e->calls[i];
+        ts_hist_add(&self->latency[call->method], now - e->received_us);
+        if (!call->id_json)
+            continue; /* a notification gets no answer */
+        if (answers++)
+            ts_buf_puts(&b, ",");
+        append_response(self, &b, call);
+    }
+    if (e->batch)
+        ts_buf_puts(&b, "]");
+    if (answers && b.data)
+        send_reply(self, e, b.data, b.len);
+    else if (answers)
+        ts_error(LOG, "out of memory building an answer");
+    ts_buf_free(&b);
+    if (!e->internal)
+        self->inflight -= e->ncalls;
+    ts_envelope_free(e);
+}

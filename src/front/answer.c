@@ -22,8 +22,6 @@ static void append_error(ts_buf_t *b, const ts_call_t *call)
         }
         for (const cJSON *f = call->err_data ? call->err_data->child : NULL; f; f = f->next) {
             char *value = cJSON_PrintUnformatted(f);
-            if (!value)
-                continue;
             ts_buf_puts(b, first ? "" : ",");
             ts_buf_json_string(b, f->string, strlen(f->string));
             ts_buf_printf(b, ":%s", value);
@@ -75,7 +73,7 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
             add_front_metrics(self, call->partial);
         char *text = cJSON_PrintUnformatted(call->partial);
         ts_buf_puts(b, "\"result\":");
-        ts_buf_puts(b, text ? text : "null");
+        ts_buf_puts(b, text);
         cJSON_free(text);
     }
     ts_buf_puts(b, "}");
@@ -130,9 +128,7 @@ void front_take_ticket(front_t *self, ts_envelope_t *e)
         return;
     client_t **p = client_slot(self, id, len);
     if (!*p) {
-        client_t *c = calloc(1, sizeof *c + len);
-        if (!c)
-            return; /* no memory: answered when it comes (order not kept) */
+        client_t *c = ts_xcalloc(1, sizeof *c + len);
         memcpy(c->id, id, len);
         c->id_len = len;
         *p = c;
@@ -204,10 +200,8 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     }
     if (e->batch)
         ts_buf_puts(&b, "]");
-    if (answers && b.data)
+    if (answers)
         send_reply(self, e, b.data, b.len);
-    else if (answers)
-        ts_error(LOG, "out of memory building an answer");
     ts_buf_free(&b);
     if (!e->internal)
         self->inflight -= e->ncalls;

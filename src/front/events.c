@@ -7,19 +7,15 @@
 
 /* The next seq of topic: 1, 2, ... on each topic from each start (a prefix
  * subscription takes whole topics, so a gap in one topic's numbers is a
- * dropped event whatever a subscriber subscribed to). 0 when memory ran out. */
+ * dropped event whatever a subscriber subscribed to). */
 static uint64_t next_seq(front_t *self, const char *topic, size_t tlen)
 {
     for (size_t i = 0; i < self->ntopics; i++) /* a handful: the collections and four more */
         if (self->topics[i].len == tlen && memcmp(self->topics[i].name, topic, tlen) == 0)
             return ++self->topics[i].seq;
-    topic_t *more = realloc(self->topics, (self->ntopics + 1) * sizeof *more);
-    if (!more)
-        return 0;
-    self->topics = more;
+    self->topics = ts_xrealloc(self->topics, (self->ntopics + 1) * sizeof *self->topics);
     topic_t *t = &self->topics[self->ntopics];
-    if (!(t->name = ts_memdup(topic, tlen)))
-        return 0;
+    t->name = ts_memdup(topic, tlen);
     t->len = tlen;
     t->seq = 1;
     self->ntopics++;
@@ -45,7 +41,7 @@ static bool slim_event(front_t *self, const char *payload, const char *params, c
         first = false;
     }
     ts_buf_puts(b, first ? "\"doc_omitted\":true}}" : ",\"doc_omitted\":true}}");
-    return omitted && b->data;
+    return omitted;
 }
 
 /* Publishes an event with seq and boot added to its params (the last

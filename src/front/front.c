@@ -182,7 +182,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_uuidv7(self.boot);
     void *zctx = ts_actor_zctx(actor);
     self.loop = ts_loop_new();
-    if (!self.loop || !(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
+    if (!(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
         !(self.events_in = open_socket(zctx, ZMQ_PULL, TS_INPROC_EVENTS, true)) ||
         !(self.to_store = open_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
         !(self.router = open_socket(zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||

@@ -29,8 +29,8 @@ static void check_id_param(ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.id must be a string");
     else if (!ts_valid_id(id->valuestring, strlen(id->valuestring)))
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.id must be 1-64 of [A-Za-z0-9_-]");
-    else if (!(call->doc_id = strdup(id->valuestring)))
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    else
+        call->doc_id = ts_xstrdup(id->valuestring);
 }
 
 /* Sets call->body: obj as the store keeps it, without its ids (a create's
@@ -43,14 +43,11 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     while (cJSON_GetObjectItemCaseSensitive(obj, "id")) /* a second one is no less an id */
         cJSON_DeleteItemFromObjectCaseSensitive(obj, "id");
     ts_buf_reset(&self->scratch);
-    char *text = ts_buf_json(&self->scratch, obj) == 0
-                     ? ts_memdup(self->scratch.data, self->scratch.len) /* JSON: no NUL inside */
-                     : NULL;
-    if (!text) {
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    if (ts_buf_json(&self->scratch, obj)) { /* an item of no JSON type: none is parsed */
+        ts_call_fail(call, TS_E_INTERNAL, "the document cannot be printed as JSON");
         return;
     }
-    call->body = text;
+    call->body = ts_memdup(self->scratch.data, self->scratch.len); /* JSON: no NUL inside */
     call->body_len = self->scratch.len;
 }
 
@@ -70,7 +67,7 @@ static bool has_overflow(const cJSON *item, ts_buf_t *path)
             ts_buf_printf(path, "[%d]", i);
         if (has_overflow(c, path))
             return true;
-        if (path && path->data)
+        if (path)
             path->data[path->len = mark] = '\0';
     }
     return false;
@@ -88,8 +85,8 @@ static bool refuse_overflow(ts_call_t *call, const cJSON *p)
     ts_buf_free(&path);
     ts_call_fail(call, TS_E_INVALID_PARAMS,
                  "%s is a number beyond a double's range (JSON could not give it back)", field);
-    if ((call->err_data = cJSON_CreateObject()))
-        cJSON_AddStringToObject(call->err_data, "field", field);
+    call->err_data = cJSON_CreateObject();
+    cJSON_AddStringToObject(call->err_data, "field", field);
     return true;
 }
 
@@ -126,8 +123,8 @@ static void check_params(front_t *self, ts_call_t *call)
             const char *id = ts_json_string(doc, "id");
             if (!id || !ts_valid_id(id, strlen(id)))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "doc.id must be 1-64 of [A-Za-z0-9_-]");
-            else if (!(call->doc_id = strdup(id)))
-                ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+            else
+                call->doc_id = ts_xstrdup(id);
         }
         if (!call->err_code)
             prepare_body(self, call, (cJSON *)doc);
@@ -180,7 +177,7 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.mutation must be a string");
         break;
     case TS_M_PING:
-        ts_call_set_result(call, strdup("\"pong\""), 6);
+        ts_call_set_result(call, ts_xstrdup("\"pong\""), 6);
         break;
     default:
         break;
@@ -193,10 +190,8 @@ static void check_params(front_t *self, ts_call_t *call)
 static char *int_to_json(long long id)
 {
     ts_buf_t text = {0};
-    if (ts_buf_int(&text, id) == 0)
-        return ts_buf_take(&text, NULL);
-    ts_buf_free(&text);
-    return NULL;
+    ts_buf_int(&text, id);
+    return ts_buf_take(&text, NULL);
 }
 
 /* A numeric id is echoed as the integer it is; one that is not an integer
@@ -221,7 +216,7 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
 {
     call->method = TS_M_NONE;
     if (!cJSON_IsObject(req)) {
-        call->id_json = strdup("null");
+        call->id_json = ts_xstrdup("null");
         ts_call_fail(call, TS_E_INVALID_REQUEST, "a request must be a JSON object");
         cJSON_Delete(req);
         return;
@@ -229,12 +224,12 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "id");
     bool id_ok = id_usable(id);
     if (id)
-        call->id_json = id_ok ? id_to_json(id) : strdup("null");
+        call->id_json = id_ok ? id_to_json(id) : ts_xstrdup("null");
     const char *version = ts_json_string(req, "jsonrpc");
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(req, "method");
     if (!id_ok || !version || strcmp(version, "2.0") != 0 || !cJSON_IsString(method)) {
         if (!call->id_json)
-            call->id_json = strdup("null");
+            call->id_json = ts_xstrdup("null");
         ts_call_fail(call, TS_E_INVALID_REQUEST,
                      !id_ok ? "id must be a string, an integer of at most 2^53 - 1 "
                               "(9007199254740991) either way, or null"
@@ -258,10 +253,8 @@ static void parse_call(front_t *self, ts_call_t *call, cJSON *req)
 static ts_envelope_t *error_envelope(int code, const char *message)
 {
     ts_envelope_t *e = ts_envelope_new(1);
-    if (!e)
-        return NULL;
     e->calls[0].method = TS_M_NONE;
-    e->calls[0].id_json = strdup("null");
+    e->calls[0].id_json = ts_xstrdup("null");
     ts_call_fail(&e->calls[0], code, "%s", message);
     return e;
 }
@@ -274,10 +267,9 @@ static ts_envelope_t *batch_too_large(long calls)
     snprintf(msg, sizeof msg, "a batch of %ld calls is over the limit of %d calls", calls,
              MAX_BATCH_CALLS);
     ts_envelope_t *e = error_envelope(TS_E_INVALID_REQUEST, msg);
-    if (e && (e->calls[0].err_data = cJSON_CreateObject())) {
-        cJSON_AddNumberToObject(e->calls[0].err_data, "limit", MAX_BATCH_CALLS);
-        cJSON_AddNumberToObject(e->calls[0].err_data, "calls", (double)calls);
-    }
+    e->calls[0].err_data = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e->calls[0].err_data, "limit", MAX_BATCH_CALLS);
+    cJSON_AddNumberToObject(e->calls[0].err_data, "calls", (double)calls);
     return e;
 }
 
@@ -395,7 +387,7 @@ static const char *fast_member(void *arg, const char *key, size_t len, const cha
             call->id_json = ts_memdup(v, (size_t)(after - v)); /* printed as written */
         else if ((after = ts_json_plain_int(v, end, &number)))
             call->id_json = int_to_json(number);
-        return call->id_json ? after : NULL;
+        return after;
     case FAST_METHOD:
         if (!(after = ts_json_plain_string(v, end)))
             return NULL;
@@ -416,8 +408,6 @@ static ts_envelope_t *fast_write(front_t *self, const char *data, size_t len)
     const unsigned update = FAST_JSONRPC | FAST_METHOD | FAST_PARAMS | FAST_COLLECTION |
                             FAST_DOC_ID | FAST_PATCH;
     ts_envelope_t *e = ts_envelope_new(1);
-    if (!e)
-        return NULL;
     ts_call_t *call = &e->calls[0];
     call->method = TS_M_NONE;
     fast_t f = {self, call, 0, {0}};
@@ -433,8 +423,7 @@ static ts_envelope_t *fast_write(front_t *self, const char *data, size_t len)
     } else if (members != update || id) { /* a patch with an id is checked the general way */
         goto general;
     }
-    if (!(call->body = ts_memdup(self->scratch.data, self->scratch.len))) /* no NUL inside */
-        goto general;
+    call->body = ts_memdup(self->scratch.data, self->scratch.len); /* no NUL inside */
     call->body_len = self->scratch.len;
     return e;
 general:
@@ -490,10 +479,6 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
             return batch_too_large((long)n);
         }
         ts_envelope_t *e = ts_envelope_new(n);
-        if (!e) {
-            cJSON_Delete(root);
-            return NULL;
-        }
         e->batch = true;
         for (size_t i = 0; i < n; i++)
             parse_call(self, &e->calls[i], cJSON_DetachItemFromArray(root, 0));
@@ -501,16 +486,12 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
         return e;
     }
     ts_envelope_t *e = ts_envelope_new(1);
-    if (!e) {
-        cJSON_Delete(root);
-        return NULL;
-    }
     parse_call(self, &e->calls[0], root);
     return e;
 }
 
 /* Receives one multipart message from the ROUTER and turns it into an
- * envelope. Returns NULL when nothing was queued (or memory ran out). */
+ * envelope. Returns NULL when nothing was queued. */
 ts_envelope_t *front_read_request(front_t *self, bool *more)
 {
     zmq_msg_t frames[MAX_FRAMES];
@@ -552,23 +533,19 @@ ts_envelope_t *front_read_request(front_t *self, bool *more)
         e = error_envelope(TS_E_PARSE, "empty request");
     else
         e = parse_payload(self, zmq_msg_data(&frames[first]), zmq_msg_size(&frames[first]));
-    if (e) {
-        size_t id_len = zmq_msg_size(&frames[0]);
-        e->route = malloc(4 + id_len);
-        if (e->route) {
-            uint32_t l = (uint32_t)id_len;
-            memcpy(e->route, &l, 4);
-            memcpy(e->route + 4, zmq_msg_data(&frames[0]), id_len);
-            e->route_len = 4 + id_len;
-        }
-        /* The client's identity for the audit trail: its routing id (as
-         * much of it as fits), in hex. */
-        size_t fits = (sizeof e->client - 5) / 2;
-        memcpy(e->client, "zmq:", 4);
-        ts_hex(zmq_msg_data(&frames[0]), id_len < fits ? id_len : fits, e->client + 4);
-        e->delimiter = delimiter;
-        e->received_us = ts_mono_us();
-    }
+    size_t id_len = zmq_msg_size(&frames[0]);
+    e->route = ts_xmalloc(4 + id_len);
+    uint32_t l = (uint32_t)id_len;
+    memcpy(e->route, &l, 4);
+    memcpy(e->route + 4, zmq_msg_data(&frames[0]), id_len);
+    e->route_len = 4 + id_len;
+    /* The client's identity for the audit trail: its routing id (as much
+     * of it as fits), in hex. */
+    size_t fits = (sizeof e->client - 5) / 2;
+    memcpy(e->client, "zmq:", 4);
+    ts_hex(zmq_msg_data(&frames[0]), id_len < fits ? id_len : fits, e->client + 4);
+    e->delimiter = delimiter;
+    e->received_us = ts_mono_us();
     for (int i = 0; i < n; i++)
         zmq_msg_close(&frames[i]);
     return e;

@@ -38,14 +38,8 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
                 m.at_ms < since_ms || (coll && strcmp(coll, m.collection) != 0) ||
                 (id && strcmp(id, m.doc_id) != 0) || persist_is_gone(gone, ngone, m.seq))
                 continue;
-            if (n == cap) {
-                pending_line_t *grown = ts_grow(lines, &cap, sizeof *grown, 1024);
-                if (!grown) {
-                    rc = -1;
-                    break;
-                }
-                lines = grown;
-            }
+            if (n == cap)
+                lines = ts_grow(lines, &cap, sizeof *lines, 1024);
             lines[n++] = (pending_line_t){m.seq, m.at_ms};
         }
     }
@@ -151,7 +145,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     ts_buf_puts(&b, "]}");
     size_t len;
     char *text = ts_buf_take(&b, &len);
-    if (rc != SQLITE_DONE || !text) {
+    if (rc != SQLITE_DONE) {
         free(text);
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;

@@ -65,7 +65,7 @@ void persist_checkpointer_actor(ts_actor_t *actor, void *args)
     char path[4096];
     snprintf(path, sizeof path, "%s/therasync.db", self.config->data_dir);
     int zero = 0;
-    if (!inbox || !loop || zmq_setsockopt(inbox, ZMQ_LINGER, &zero, sizeof zero) ||
+    if (!inbox || zmq_setsockopt(inbox, ZMQ_LINGER, &zero, sizeof zero) ||
         zmq_bind(inbox, TS_INPROC_CHECKPOINT) ||
         sqlite3_open_v2(path, &self.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
             SQLITE_OK) {

@@ -14,8 +14,9 @@ int ts_pack_append(ts_buf_t *pack, const ts_record_t *r)
     size_t lens[4], size = PACK_HEADER + r->body_len;
     for (int i = 0; i < 4; i++)
         size += (lens[i] = strlen(strings[i])) + 1;
-    if (size > UINT32_MAX || ts_buf_reserve(pack, size))
+    if (size > UINT32_MAX)
         return -1;
+    ts_buf_reserve(pack, size);
     char *p = pack->data + pack->len;
     uint32_t size32 = (uint32_t)size, body_len = (uint32_t)r->body_len;
     uint8_t flags[4] = {(uint8_t)r->op, r->body != NULL, 0, 0};
@@ -70,16 +71,11 @@ bool ts_pack_next(const char *pack, size_t len, size_t *pos, ts_packed_t *out)
     return true;
 }
 
-int ts_pack_index_add(ts_pack_index_t *index, int64_t first, int64_t last, uint32_t live)
+void ts_pack_index_add(ts_pack_index_t *index, int64_t first, int64_t last, uint32_t live)
 {
-    if (index->n == index->cap) {
-        ts_pack_entry_t *grown = ts_grow(index->entries, &index->cap, sizeof *grown, 64);
-        if (!grown)
-            return -1;
-        index->entries = grown;
-    }
+    if (index->n == index->cap)
+        index->entries = ts_grow(index->entries, &index->cap, sizeof *index->entries, 64);
     index->entries[index->n++] = (ts_pack_entry_t){first, last, live};
-    return 0;
 }
 
 ts_pack_entry_t *ts_pack_index_find(const ts_pack_index_t *index, int64_t seq)

@@ -33,7 +33,8 @@ typedef struct {
     size_t body_len;
 } ts_packed_t;
 
-/* Appends a TS_REC_MUTATION record to a pack. 0, or -1 when memory ran out. */
+/* Appends a TS_REC_MUTATION record to a pack. 0, or -1 when it is over
+ * 4 GiB (a record's size is a u32). */
 int ts_pack_append(ts_buf_t *pack, const ts_record_t *r);
 
 /* Reads the record at *pos of a pack into *out and moves *pos past it;
@@ -51,9 +52,8 @@ typedef struct {
     size_t n, cap;
 } ts_pack_index_t;
 
-/* Adds a pack after the others (its first seq above theirs). 0, or -1 when
- * memory ran out. */
-int ts_pack_index_add(ts_pack_index_t *index, int64_t first, int64_t last, uint32_t live);
+/* Adds a pack after the others (its first seq above theirs). */
+void ts_pack_index_add(ts_pack_index_t *index, int64_t first, int64_t last, uint32_t live);
 /* The pack holding seq, or NULL. */
 ts_pack_entry_t *ts_pack_index_find(const ts_pack_index_t *index, int64_t seq);
 void ts_pack_index_remove(ts_pack_index_t *index, ts_pack_entry_t *entry);

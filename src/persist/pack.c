@@ -25,8 +25,10 @@ int persist_flush_pack(persist_t *self)
     uint32_t count = self->pack_count;
     self->pack_count = 0;
     ts_buf_reset(&self->pack);
-    return rc == SQLITE_DONE ? ts_pack_index_add(&self->packs, self->pack_first, self->pack_last, count)
-                             : -1;
+    if (rc != SQLITE_DONE)
+        return -1;
+    ts_pack_index_add(&self->packs, self->pack_first, self->pack_last, count);
+    return 0;
 }
 
 int persist_add_to_pack(persist_t *self, const ts_record_t *r)
@@ -64,10 +66,7 @@ void persist_load_pack_index(persist_t *self)
             ts_warn(LOG, "outbox pack at seq %lld has no live writes", (long long)last);
             continue;
         }
-        if (ts_pack_index_add(&self->packs, sqlite3_column_int64(s, 0), last, (uint32_t)live)) {
-            ts_error(LOG, "out of memory reading the outbox's packs");
-            break;
-        }
+        ts_pack_index_add(&self->packs, sqlite3_column_int64(s, 0), last, (uint32_t)live);
     }
     sqlite3_finalize(s);
     if (sqlite3_prepare_v2(self->db, "SELECT max(seq) FROM outbox", -1, &s, NULL) == SQLITE_OK &&
@@ -87,19 +86,16 @@ int persist_cache_pack(persist_t *self, const ts_pack_entry_t *entry)
     ts_buf_reset(&self->cached);
     sqlite3_stmt *s = self->read_pack;
     sqlite3_bind_int64(s, 1, entry->first);
-    int ok = sqlite3_step(s) == SQLITE_ROW &&
-             ts_buf_append(&self->cached, sqlite3_column_blob(s, 0),
-                           (size_t)sqlite3_column_bytes(s, 0)) == 0;
+    int ok = sqlite3_step(s) == SQLITE_ROW;
+    if (ok)
+        ts_buf_append(&self->cached, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0));
     sqlite3_reset(s);
     ts_packed_t m;
     for (size_t pos = 0, at = 0; ok && ts_pack_next(self->cached.data, self->cached.len, &pos, &m);
          at = pos) {
-        if (self->ncached == self->cached_cap) {
-            size_t *grown = ts_grow(self->cached_at, &self->cached_cap, sizeof *grown, 256);
-            if (!grown)
-                return -1;
-            self->cached_at = grown;
-        }
+        if (self->ncached == self->cached_cap)
+            self->cached_at =
+                ts_grow(self->cached_at, &self->cached_cap, sizeof *self->cached_at, 256);
         self->cached_at[self->ncached++] = at;
     }
     if (!ok)
@@ -200,20 +196,13 @@ int persist_load_gone(persist_t *self, int64_t **gone, size_t *n)
     if (sqlite3_prepare_v2(self->db, "SELECT seq FROM outbox_gone ORDER BY seq", -1, &s, NULL) !=
         SQLITE_OK)
         return -1;
-    int rc = 0;
-    while (rc == 0 && sqlite3_step(s) == SQLITE_ROW) {
-        if (*n == cap) {
-            int64_t *grown = ts_grow(*gone, &cap, sizeof *grown, 1024);
-            if (!grown) {
-                rc = -1;
-                break;
-            }
-            *gone = grown;
-        }
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (*n == cap)
+            *gone = ts_grow(*gone, &cap, sizeof **gone, 1024);
         (*gone)[(*n)++] = sqlite3_column_int64(s, 0);
     }
     sqlite3_finalize(s);
-    return rc;
+    return 0;
 }
 
 bool persist_is_gone(const int64_t *gone, size_t n, int64_t seq)

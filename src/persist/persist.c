@@ -109,8 +109,10 @@ static size_t fail_batch(persist_t *self, ts_envelope_t **envs, size_t n, bool r
                 continue;
             failed = true;
             ts_call_fail(call, TS_E_INTERNAL, "write not stored: %s; nothing was changed", why);
-            if (self->lost && (call->err_data = cJSON_CreateObject()))
+            if (self->lost) {
+                call->err_data = cJSON_CreateObject();
                 cJSON_AddStringToObject(call->err_data, "reason", "storage_unavailable");
+            }
             ts_event_free_list(call->events);
             call->events = NULL;
         }
@@ -221,13 +223,8 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         }
         if (nbatch + n > cap) {
             size_t ncap = (nbatch + n) * 2;
-            ts_envelope_t **grown = realloc(batch, ncap * sizeof *grown);
-            if (!grown) {
-                ts_error(LOG, "out of memory growing a batch");
-                ts_msg_free(&m);
-                break; /* already-taken envelopes still get answered below */
-            }
-            batch = grown, cap = ncap;
+            batch = ts_xrealloc(batch, ncap * sizeof *batch);
+            cap = ncap;
         }
         for (size_t i = 0; i < n; i++) {
             batch[nbatch++] = envs[i];
@@ -339,7 +336,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
         ts_actor_new(zctx, "checkpoint", persist_checkpointer_actor, (void *)self.config);
     self.to_checkpointer = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_CHECKPOINT, false);
     loop = ts_loop_new();
-    if (!self.inbox || !self.to_front || !self.to_store || !loop || !self.checkpointer ||
+    if (!self.inbox || !self.to_front || !self.to_store || !self.checkpointer ||
         !self.to_checkpointer || (self.config->api_url && !self.to_sync)) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;

@@ -27,7 +27,8 @@ static void send_chunk(persist_t *self, ts_chunk_t *chunk, int *in_flight)
 }
 
 /* A record added to the chunk being filled for the store (sent when full,
- * and a new one started); NULL when memory ran out. */
+ * and a new one started); NULL when it does not fit even a new chunk (the
+ * ids of a damaged row). */
 static ts_record_t *recovered(persist_t *self, ts_chunk_t **chunk, int *in_flight,
                               ts_record_kind_t kind, const char *coll, const char *id,
                               const char *body, size_t body_len)
@@ -39,7 +40,7 @@ static ts_record_t *recovered(persist_t *self, ts_chunk_t **chunk, int *in_fligh
         send_chunk(self, *chunk, in_flight);
     size_t need = body_len + 4096;
     *chunk = ts_chunk_new(need > RECOVERY_CHUNK_BYTES ? need : RECOVERY_CHUNK_BYTES);
-    return *chunk ? ts_chunk_add(*chunk, kind, coll, id, body, body_len) : NULL;
+    return ts_chunk_add(*chunk, kind, coll, id, body, body_len);
 }
 
 /* Reads the outbox's mutations in seq order: the packed ones not gone,
@@ -225,7 +226,7 @@ void persist_recover(persist_t *self)
     }
     close_outbox_reader(&o);
     if (failed)
-        ts_error(LOG, "recovery: out of memory");
+        ts_error(LOG, "recovery stopped: a record larger than a chunk (a damaged row)");
     if (chunk)
         send_chunk(self, chunk, &in_flight);
     /* The change-feed position, last. */
@@ -234,7 +235,7 @@ void persist_recover(persist_t *self)
         sqlite3_step(stmt) == SQLITE_ROW) {
         const char *cursor = (const char *)sqlite3_column_text(stmt, 0);
         chunk = ts_chunk_new(4096);
-        if (chunk && cursor && strlen(cursor) < 1024 &&
+        if (cursor && strlen(cursor) < 1024 &&
             ts_chunk_add(chunk, TS_REC_CURSOR, "-", "-", cursor, strlen(cursor)))
             send_chunk(self, chunk, &in_flight);
         else

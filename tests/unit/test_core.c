@@ -520,7 +520,8 @@ Test(outbox, packs_round_trip_and_the_index_finds_ranges)
 
     ts_pack_index_t index = {0};
     for (int i = 0; i < 100; i++)
-        cr_assert_eq(ts_pack_index_add(&index, i * 10 + 1, i * 10 + 5, 5), 0);
+        ts_pack_index_add(&index, i * 10 + 1, i * 10 + 5, 5);
+    cr_assert_eq(index.n, 100);
     cr_assert_null(ts_pack_index_find(&index, 0));
     cr_assert_null(ts_pack_index_find(&index, 7), "between two packs");
     cr_assert_null(ts_pack_index_find(&index, 996));

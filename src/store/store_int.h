@@ -143,6 +143,9 @@ static inline int64_t doc_version(const doc_t *d)
     return d->confirmed ? d->confirmed->version : 0;
 }
 
+/* store.c */
+void forget_base_if_settled(store_t *self, const doc_t *d);
+
 /* table.c */
 doc_t *find_doc(collection_t *c, const char *id);
 doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len);
@@ -158,5 +161,29 @@ void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped);
 void append_mutation(store_t *self, doc_t *d, mutation_t *m);
 mutation_t *mutation_new(ts_op_t op, const char *body, size_t len);
 void free_doc(doc_t *d);
+
+/* write.c */
+void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc);
+void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len);
+uint32_t next_batch(const store_t *self);
+void note_event(store_t *self, doc_t *d);
+void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
+                      const char *origin);
+void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
+                          const char *origin);
+void append_record(ts_call_t *call, ts_record_t *r);
+int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                        const mutation_t *m, const char *self_client);
+int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                    const mutation_t *m);
+void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
+                    int64_t version);
+void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
+               const mutation_t *m, const char *event, const char *client,
+               int64_t version, const char *reason);
+void do_create(store_t *self, ts_call_t *call, collection_t *c);
+void do_update(store_t *self, ts_call_t *call, collection_t *c);
+void do_delete(store_t *self, ts_call_t *call, collection_t *c);
+void do_cancel(store_t *self, ts_call_t *call);
 
 #endif

@@ -186,4 +186,11 @@ void do_update(store_t *self, ts_call_t *call, collection_t *c);
 void do_delete(store_t *self, ts_call_t *call, collection_t *c);
 void do_cancel(store_t *self, ts_call_t *call);
 
+/* read.c */
+void do_get(ts_call_t *call, collection_t *c);
+void do_query(store_t *self, ts_call_t *call, collection_t *c);
+void do_status(store_t *self, ts_call_t *call);
+void maybe_publish_status(store_t *self);
+void do_metrics(store_t *self, ts_call_t *call);
+
 #endif

@@ -144,7 +144,7 @@ static inline int64_t doc_version(const doc_t *d)
 }
 
 /* store.c */
-void forget_base_if_settled(store_t *self, const doc_t *d);
+int send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n);
 
 /* table.c */
 doc_t *find_doc(collection_t *c, const char *id);
@@ -192,5 +192,9 @@ void do_query(store_t *self, ts_call_t *call, collection_t *c);
 void do_status(store_t *self, ts_call_t *call);
 void maybe_publish_status(store_t *self);
 void do_metrics(store_t *self, ts_call_t *call);
+
+/* apply.c */
+void forget_base_if_settled(store_t *self, const doc_t *d);
+void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n);
 
 #endif

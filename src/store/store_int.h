@@ -197,4 +197,8 @@ void do_metrics(store_t *self, ts_call_t *call);
 void forget_base_if_settled(store_t *self, const doc_t *d);
 void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n);
 
+/* recover.c */
+void hand_outbox_to_sync(store_t *self);
+void recover_record(store_t *self, const ts_record_t *r);
+
 #endif

@@ -1,6 +1,9 @@
-/* store.c — the store actor: documents, pending mutations, reads and writes. */
+/* store.c — the store actor: its loop and messages (requests from the
+ * front door, rollbacks from persist, the sync actor's updates and digest
+ * asks, recovered records), the dispatch of calls to their methods, the
+ * batches sent to persist, start and stop. The other files of src/store/
+ * hold what it does with them; store_int.h their shared state. */
 #include "store_int.h"
-#include "therasync/sha256.h"
 #include <zmq.h>
 
 static void do_sync_standalone(store_t *self, ts_call_t *call);
@@ -58,54 +61,6 @@ int send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n)
     for (size_t i = 0; i < n; i++)
         envelopes[i]->persist_batch = self->persist_batch;
     return ts_send_COMMIT(self->to_persist, envelopes, n);
-}
-
-static int compare_entries(const void *a, const void *b)
-{
-    return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
-}
-
-/* Fills a digest of a collection's live confirmed documents, the way the
- * Clinic API computes it, and sends it back to the sync actor. */
-static void answer_digest(store_t *self, ts_digest_t *dg)
-{
-    collection_t *c = find_collection(self, dg->collection);
-    size_t n = 0;
-    for (size_t i = 0; c && i < c->cap; i++) {
-        doc_t *d = doc_at(c, i);
-        n += d && d->confirmed && d->confirmed->len;
-    }
-    struct ts_digest_entry *list = n ? malloc(n * sizeof *list) : NULL;
-    size_t k = 0;
-    for (size_t i = 0; list && c && i < c->cap; i++) {
-        doc_t *d = doc_at(c, i);
-        if (!d || !d->confirmed || !d->confirmed->len)
-            continue;
-        memcpy(list[k].id, d->id, d->id_len);
-        list[k].id[d->id_len] = '\0';
-        list[k++].version = d->confirmed->version;
-    }
-    if (list)
-        qsort(list, k, sizeof *list, compare_entries);
-    ts_sha256_t sha;
-    ts_sha256_init(&sha);
-    for (size_t i = 0; i < k; i++) {
-        char line[96];
-        int len = snprintf(line, sizeof line, "%s:%lld\n", list[i].id, (long long)list[i].version);
-        ts_sha256_update(&sha, line, (size_t)len);
-    }
-    uint8_t digest[32];
-    ts_sha256_final(&sha, digest);
-    ts_sha256_to_hex(digest, dg->hash);
-    dg->count = k;
-    if (dg->want_versions) {
-        dg->versions = list;
-        dg->nversions = k;
-    } else {
-        free(list);
-    }
-    if (!self->to_sync || ts_send_DIGEST(self->to_sync, &dg, 1))
-        ts_digest_free(dg);
 }
 
 /* `sync` and `invalidate` belong to the sync actor; without one they are

@@ -201,4 +201,7 @@ void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n);
 void hand_outbox_to_sync(store_t *self);
 void recover_record(store_t *self, const ts_record_t *r);
 
+/* digest.c */
+void answer_digest(store_t *self, ts_digest_t *dg);
+
 #endif

@@ -14,10 +14,8 @@ static void publish_remote_change(store_t *self, const collection_t *c, const do
 {
     ts_buf_t b = {0};
     doc_changed_text(&b, c, d, "remote");
-    ts_event_t *ev = b.data ? ts_event_new(c->topic, b.data, b.len) : NULL;
+    ts_event_t *ev = ts_event_new(c->topic, b.data, b.len);
     ts_buf_free(&b);
-    if (!ev)
-        return;
     /* A batch sent this long ago is out for sure (persist's queue is
      * bounded); its number could be confused with a new one after a wrap. */
     ev->after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
@@ -43,13 +41,9 @@ static void remember_base(store_t *self, doc_t *d)
 {
     if (!d->pending || !d->confirmed || *find_snapshot(self, d))
         return;
-    base_snapshot_t *snap = malloc(sizeof *snap);
+    base_snapshot_t *snap = ts_xmalloc(sizeof *snap);
     size_t size = sizeof *d->confirmed + d->confirmed->len + 1;
-    confirmed_t *copy = snap ? malloc(size) : NULL;
-    if (!copy) {
-        free(snap);
-        return;
-    }
+    confirmed_t *copy = ts_xmalloc(size);
     memcpy(copy, d->confirmed, size);
     *snap = (base_snapshot_t){self->snapshots, d, copy};
     self->snapshots = snap;
@@ -83,7 +77,7 @@ static mutation_t *take_mutation(store_t *self, doc_t *d, int64_t seq)
 }
 
 /* Sets the server's version of a document: doc with or without its id
- * (NULL or deleted = a tombstone). Returns 0 or -1 (no memory). */
+ * (NULL or deleted = a tombstone). Returns 0 or -1 (it does not print). */
 static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, int64_t version)
 {
     size_t len = 0;
@@ -97,9 +91,7 @@ static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, i
         if (!text)
             return -1;
     }
-    confirmed_t *conf = malloc(sizeof *conf + len + 1);
-    if (!conf)
-        return -1;
+    confirmed_t *conf = ts_xmalloc(sizeof *conf + len + 1);
     conf->version = version;
     conf->len = (uint32_t)len;
     memcpy(conf->text, text, len + 1);
@@ -115,8 +107,6 @@ static void add_confirmed_record(ts_call_t *call, const collection_t *c, const d
     const confirmed_t *conf = d->confirmed;
     ts_record_t *r = ts_record_new(TS_REC_CONFIRMED, c->name, d->id, d->id_len,
                                    conf && conf->len ? conf->text : NULL, conf ? conf->len : 0);
-    if (!r)
-        return;
     r->version = doc_version(d);
     append_record(call, r);
 }
@@ -128,8 +118,7 @@ static void add_event_json(ts_call_t *call, const char *topic, const char *metho
     cJSON_AddStringToObject(event, "method", method);
     cJSON_AddItemToObject(event, "params", params);
     char *text = cJSON_PrintUnformatted(event);
-    if (text)
-        add_event(call, topic, text, strlen(text));
+    add_event(call, topic, text, strlen(text));
     cJSON_free(text);
     cJSON_Delete(event);
 }
@@ -204,8 +193,6 @@ static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
 {
     ts_record_t *r =
         ts_record_new(TS_REC_AUDIT, u->collection, u->doc_id, strlen(u->doc_id), NULL, 0);
-    if (!r)
-        return;
     r->at_ms = u->sent_ms;
     memcpy(r->mutation, u->mutation, sizeof r->mutation);
     ts_copy_text(r->event, sizeof r->event, "sent");
@@ -219,8 +206,7 @@ static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
 static void add_confirmed_drop(ts_call_t *call, const collection_t *c, const doc_t *d,
                                const mutation_t *m, int64_t version, const ts_sync_update_t *u)
 {
-    if (add_drop_record(call, c, d, m))
-        return;
+    add_drop_record(call, c, d, m);
     ts_record_t *r = call->records; /* add_drop_record puts it first */
     ts_copy_text(r->event, sizeof r->event, "confirmed");
     r->at_ms = ts_wall_ms();
@@ -258,8 +244,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         ts_buf_puts(&b, ",\"pending\":");
         ts_buf_int(&b, d->npending);
         ts_buf_puts(&b, "}}");
-        if (b.data)
-            add_event(call, "mutation", b.data, b.len);
+        add_event(call, "mutation", b.data, b.len);
         ts_buf_free(&b);
         free(m);
     }
@@ -302,7 +287,7 @@ static void sync_rejected(store_t *self, ts_call_t *call, collection_t *c, doc_t
 static cJSON *diff_patch(const cJSON *from, const cJSON *to)
 {
     cJSON *patch = cJSON_CreateObject();
-    for (const cJSON *f = to ? to->child : NULL; patch && f; f = f->next) {
+    for (const cJSON *f = to ? to->child : NULL; f; f = f->next) {
         if (!strcmp(f->string, "id") || !strcmp(f->string, "version") ||
             !strcmp(f->string, "updated_at") || !strcmp(f->string, "deleted"))
             continue;
@@ -313,7 +298,7 @@ static cJSON *diff_patch(const cJSON *from, const cJSON *to)
                                                                 : cJSON_Duplicate(f, 1);
         cJSON_AddItemToObject(patch, f->string, value);
     }
-    for (const cJSON *f = from ? from->child : NULL; patch && f; f = f->next)
+    for (const cJSON *f = from ? from->child : NULL; f; f = f->next)
         if (strcmp(f->string, "id") && strcmp(f->string, "version") &&
             strcmp(f->string, "updated_at") && !cJSON_GetObjectItemCaseSensitive(to, f->string))
             cJSON_AddNullToObject(patch, f->string);
@@ -449,10 +434,6 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         if (m->seq != u->seq)
             continue;
         mutation_t *r = mutation_new((ts_op_t)m->op, m->body, m->body_len);
-        if (!r) {
-            ts_error(LOG, "out of memory: mutation seq=%lld not sent again", (long long)m->seq);
-            return;
-        }
         r->seq = m->seq;
         r->base_version = m->base_version; /* its If-Match, raised or not */
         r->at_ms = m->at_ms;
@@ -497,12 +478,6 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
 void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
 {
     ts_envelope_t *e = ts_envelope_new(1);
-    if (!e) {
-        ts_error(LOG, "out of memory applying sync updates");
-        for (size_t i = 0; i < n; i++)
-            ts_sync_update_free(ptrs[i]);
-        return;
-    }
     e->internal = true;
     e->received_us = ts_mono_us();
     ts_call_t *out = &e->calls[0];
@@ -566,10 +541,9 @@ void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
     if (cursor_moved) {
         ts_record_t *r =
             ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));
-        if (r)
-            append_record(call, r);
+        append_record(call, r);
     }
-    ts_call_set_result(call, strdup("null"), 4);
+    ts_call_set_result(call, ts_xstrdup("null"), 4);
     if (send_to_persist(self, &e, 1))
         ts_envelope_free(e);
     maybe_publish_status(self);

@@ -18,7 +18,7 @@ void answer_digest(store_t *self, ts_digest_t *dg)
         doc_t *d = doc_at(c, i);
         n += d && d->confirmed && d->confirmed->len;
     }
-    struct ts_digest_entry *list = n ? malloc(n * sizeof *list) : NULL;
+    struct ts_digest_entry *list = n ? ts_xmalloc(n * sizeof *list) : NULL;
     size_t k = 0;
     for (size_t i = 0; list && c && i < c->cap; i++) {
         doc_t *d = doc_at(c, i);

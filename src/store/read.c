@@ -72,15 +72,8 @@ void do_query(store_t *self, ts_call_t *call, collection_t *c)
             cJSON_Delete(doc);
             continue;
         }
-        if (nrows == cap) {
-            cap = cap ? cap * 2 : 64;
-            query_row_t *grown = realloc(rows, cap * sizeof *rows);
-            if (!grown) {
-                cJSON_Delete(doc);
-                break;
-            }
-            rows = grown;
-        }
+        if (nrows == cap)
+            rows = ts_grow(rows, &cap, sizeof *rows, 64);
         rows[nrows++] = (query_row_t){doc, d, {0}};
         if (!order && (long long)nrows >= limit)
             break;
@@ -133,8 +126,6 @@ static int64_t oldest_pending_ms(store_t *self)
 static cJSON *status_json(store_t *self)
 {
     cJSON *st = self->sync_status ? cJSON_Duplicate(self->sync_status, 1) : cJSON_CreateObject();
-    if (!st)
-        return NULL;
     if (!self->sync_status) {
         cJSON_AddBoolToObject(st, "online", false);
         cJSON_AddStringToObject(st, "api",
@@ -167,12 +158,9 @@ static cJSON *status_json(store_t *self)
 void do_status(store_t *self, ts_call_t *call)
 {
     cJSON *st = status_json(self);
-    char *text = st ? cJSON_PrintUnformatted(st) : NULL;
+    char *text = cJSON_PrintUnformatted(st);
     cJSON_Delete(st);
-    if (text)
-        ts_call_set_result(call, text, strlen(text));
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_result(call, text, strlen(text));
 }
 
 /* Publishes sync.status when online flips, pending crosses zero or the
@@ -191,11 +179,10 @@ void maybe_publish_status(store_t *self)
     cJSON *event = cJSON_CreateObject();
     cJSON_AddStringToObject(event, "jsonrpc", "2.0");
     cJSON_AddStringToObject(event, "method", "sync.status");
-    if (st)
-        cJSON_AddItemToObject(event, "params", st);
+    cJSON_AddItemToObject(event, "params", st);
     char *text = cJSON_PrintUnformatted(event);
     cJSON_Delete(event);
-    ts_event_t *ev = text && self->events ? ts_event_new("sync", text, strlen(text)) : NULL;
+    ts_event_t *ev = self->events ? ts_event_new("sync", text, strlen(text)) : NULL;
     if (ev && ts_send_EVENTS(self->events, &ev, 1))
         ts_event_free_list(ev);
     cJSON_free(text);

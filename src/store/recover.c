@@ -20,12 +20,10 @@ static int compare_seq(const void *a, const void *b)
 void hand_outbox_to_sync(store_t *self)
 {
     ts_sync_update_t *cursor = ts_sync_update_new(TS_SYNC_CURSOR);
-    if (cursor) {
-        snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
-        if (ts_send_SYNC_UPDATES(self->to_sync, &cursor, 1))
-            ts_sync_update_free(cursor);
-    }
-    pending_ref_t *refs = self->pending ? malloc(self->pending * sizeof *refs) : NULL;
+    snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
+    if (ts_send_SYNC_UPDATES(self->to_sync, &cursor, 1))
+        ts_sync_update_free(cursor);
+    pending_ref_t *refs = self->pending ? ts_xmalloc(self->pending * sizeof *refs) : NULL;
     size_t n = 0;
     for (size_t k = 0; refs && k < self->ncollections; k++) {
         collection_t *c = &self->collections[k];
@@ -35,8 +33,6 @@ void hand_outbox_to_sync(store_t *self)
                 refs[n++] = (pending_ref_t){m->seq, c, d, m};
         }
     }
-    if (self->pending && !refs)
-        ts_error(LOG, "out of memory handing the outbox to sync");
     if (n)
         qsort(refs, n, sizeof *refs, compare_seq);
     ts_call_t scratch = {0};
@@ -70,17 +66,13 @@ void recover_record(store_t *self, const ts_record_t *r)
         return;
     }
     doc_t *d = get_or_add_doc(c, r->doc_id, strlen(r->doc_id));
-    if (!d) {
-        ts_error(LOG, "recovery: out of memory");
+    if (!d) { /* an id over 64 bytes, or memory outside 48 bits */
+        ts_error(LOG, "recovery: %s/%s cannot be stored", r->collection, r->doc_id);
         return;
     }
     if (r->kind == TS_REC_CONFIRMED) {
         size_t len = r->body ? r->body_len : 0;
-        confirmed_t *conf = malloc(sizeof *conf + len + 1);
-        if (!conf) {
-            ts_error(LOG, "recovery: out of memory");
-            return;
-        }
+        confirmed_t *conf = ts_xmalloc(sizeof *conf + len + 1);
         conf->version = r->version;
         conf->len = (uint32_t)len;
         memcpy(conf->text, r->body ? r->body : "", len + 1);
@@ -91,10 +83,6 @@ void recover_record(store_t *self, const ts_record_t *r)
         return;
     }
     mutation_t *m = mutation_new(r->op, r->body ? r->body : "", r->body ? r->body_len : 0);
-    if (!m) {
-        ts_error(LOG, "recovery: out of memory");
-        return;
-    }
     m->seq = r->seq;
     m->base_version = r->version;
     m->at_ms = r->at_ms;

@@ -84,7 +84,7 @@ static void do_sync_standalone(store_t *self, ts_call_t *call)
     }
     const char *text = call->method == TS_M_SYNC ? "{\"pushed\":0,\"pulled\":0,\"api\":\"none\"}"
                                                  : "{\"invalidated\":0}";
-    ts_call_set_result(call, strdup(text), strlen(text));
+    ts_call_set_result(call, ts_xstrdup(text), strlen(text));
 }
 
 static void rollback(store_t *self, ts_record_t *records)
@@ -129,7 +129,7 @@ static bool sync_waiting(store_t *self)
 static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
 {
     size_t kept = 0, direct = 0;
-    ts_envelope_t **reads = malloc(n * sizeof *reads);
+    ts_envelope_t **reads = ts_xmalloc(n * sizeof *reads);
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
         if (route_sync_call(self, e))
@@ -137,7 +137,7 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
         self->client = e->client;
         for (size_t k = 0; k < e->ncalls; k++)
             handle_call(self, &e->calls[k]);
-        if (reads && !needs_persist(e))
+        if (!needs_persist(e))
             reads[direct++] = e;
         else
             envs[kept++] = e;

@@ -172,10 +172,10 @@ void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
 void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
                           const char *origin);
 void append_record(ts_call_t *call, ts_record_t *r);
-int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
-                        const mutation_t *m, const char *self_client);
-int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
-                    const mutation_t *m);
+void add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                         const mutation_t *m, const char *self_client);
+void add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                     const mutation_t *m);
 void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
                     int64_t version);
 void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,

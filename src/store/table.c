@@ -47,20 +47,15 @@ doc_t *find_doc(collection_t *c, const char *id)
 }
 
 /* Sizes the table for n entries at most 3/4 full. */
-static int reserve(collection_t *c, size_t n)
+static void reserve(collection_t *c, size_t n)
 {
     size_t cap = c->cap ? c->cap : 1024;
     while (n * 4 > cap * 3)
         cap *= 2;
     if (cap == c->cap)
-        return 0;
-    slot_t *slots = calloc(cap, sizeof *slots);
-    uint32_t *hash32 = malloc(cap * sizeof *hash32);
-    if (!slots || !hash32) {
-        free(slots);
-        free(hash32);
-        return -1;
-    }
+        return;
+    slot_t *slots = ts_xcalloc(cap, sizeof *slots);
+    uint32_t *hash32 = ts_xmalloc(cap * sizeof *hash32);
     for (size_t i = 0; i < c->cap; i++) {
         if (!c->slots[i])
             continue;
@@ -75,21 +70,19 @@ static int reserve(collection_t *c, size_t n)
     c->slots = slots;
     c->hash32 = hash32;
     c->cap = cap;
-    return 0;
 }
 
 /* Returns the document with this id, creating an empty entry if needed. */
 doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len)
 {
-    if (len == 0 || len > 64 || reserve(c, c->used + 1))
+    if (len == 0 || len > 64)
         return NULL;
+    reserve(c, c->used + 1);
     uint64_t hash = hash_id(id, len);
     slot_t *slot = find_slot(c, id, len, hash);
     if (*slot)
         return (doc_t *)(*slot & SLOT_PTR_MASK);
-    doc_t *d = calloc(1, sizeof *d + len);
-    if (!d)
-        return NULL;
+    doc_t *d = ts_xcalloc(1, sizeof *d + len);
     if ((uintptr_t)d & ~SLOT_PTR_MASK) { /* cannot happen in 48-bit user space */
         ts_error(LOG, "document memory outside the 48-bit address range");
         free(d);
@@ -152,24 +145,17 @@ void append_doc(ts_buf_t *b, const doc_t *d)
 }
 
 /* Parses the visible document with its id put back first (caller
- * deletes); NULL when there is none or memory ran out. */
+ * deletes); NULL when there is none. */
 cJSON *parse_doc(const doc_t *d)
 {
     cJSON *doc = d->visible ? cJSON_ParseWithLength(d->visible, d->visible_len) : NULL;
+    if (!doc)
+        return NULL;
     char id[65];
     memcpy(id, d->id, d->id_len);
     id[d->id_len] = '\0';
-    cJSON *item = doc ? cJSON_CreateString(id) : NULL;
-    if (!item) {
-        cJSON_Delete(doc);
-        return NULL;
-    }
-    item->string = strdup("id");
-    if (!item->string) {
-        cJSON_Delete(item);
-        cJSON_Delete(doc);
-        return NULL;
-    }
+    cJSON *item = cJSON_CreateString(id);
+    item->string = ts_xstrdup("id");
     /* link it in first, as cJSON lists do: head->prev is the tail */
     item->next = doc->child;
     item->prev = doc->child ? doc->child->prev : item;
@@ -192,7 +178,8 @@ void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 }
 
 /* Prints a document into the store's scratch buffer and returns it (valid
- * until the scratch buffer is used again), or NULL when memory ran out. */
+ * until the scratch buffer is used again), or NULL when it holds an item
+ * that is not JSON (cJSON_Invalid). */
 const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
 {
     ts_buf_reset(&self->scratch);
@@ -206,10 +193,7 @@ const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
 char *print_doc(store_t *self, const cJSON *doc, size_t *len)
 {
     const char *text = print_scratch(self, doc, len);
-    char *copy = text ? malloc(*len + 1) : NULL;
-    if (copy)
-        memcpy(copy, text, *len + 1);
-    return copy;
+    return text ? ts_memdup(text, *len) : NULL;
 }
 
 /* Applies one mutation on top of the current visible document. */
@@ -280,9 +264,7 @@ void append_mutation(store_t *self, doc_t *d, mutation_t *m)
 mutation_t *mutation_new(ts_op_t op, const char *body, size_t len)
 {
     size_t size = offsetof(mutation_t, body) + len + 1;
-    mutation_t *m = malloc(size < sizeof *m ? sizeof *m : size);
-    if (!m)
-        return NULL;
+    mutation_t *m = ts_xmalloc(size < sizeof *m ? sizeof *m : size);
     memset(m, 0, offsetof(mutation_t, body));
     m->op = (uint8_t)op;
     m->body_len = (uint32_t)len;

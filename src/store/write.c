@@ -45,8 +45,6 @@ void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
 void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len)
 {
     ts_event_t *e = ts_event_new(topic, payload, len);
-    if (!e)
-        return;
     ts_event_t **p = &call->events;
     while (*p)
         p = &(*p)->next;
@@ -88,8 +86,7 @@ void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c,
 {
     ts_buf_t b = {0};
     doc_changed_text(&b, c, d, origin);
-    if (b.data)
-        add_event(call, c->topic, b.data, b.len);
+    add_event(call, c->topic, b.data, b.len);
     ts_buf_free(&b);
     note_event(self, d);
 }
@@ -109,13 +106,11 @@ void append_record(ts_call_t *call, ts_record_t *r)
 }
 
 /* Attaches the durable record of a new mutation to the call. */
-int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
-                        const mutation_t *m, const char *self_client)
+void add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                         const mutation_t *m, const char *self_client)
 {
     ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id, d->id_len,
                                    m->op == TS_OP_DELETE ? NULL : m->body, m->body_len);
-    if (!r)
-        return -1;
     r->op = (ts_op_t)m->op;
     r->seq = m->seq;
     r->version = m->base_version;
@@ -123,20 +118,16 @@ int add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
     ts_uuid_format(m->id, r->mutation);
     ts_copy_text(r->client, sizeof r->client, self_client);
     append_record(call, r);
-    return 0;
 }
 
-int add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
-                    const mutation_t *m)
+void add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+                     const mutation_t *m)
 {
     ts_record_t *r = ts_record_new(TS_REC_DROP, c->name, d->id, d->id_len, NULL, 0);
-    if (!r)
-        return -1;
     r->seq = m->seq;
     ts_uuid_format(m->id, r->mutation);
     r->next = call->records;
     call->records = r;
-    return 0;
 }
 
 /* The server answered one of our writes to d (confirmed, or a conflict
@@ -152,11 +143,6 @@ void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
         if (m->base_version >= version)
             continue;
         ts_record_t *r = ts_record_new(TS_REC_MATCH, c->name, d->id, d->id_len, NULL, 0);
-        if (!r) {
-            ts_error(LOG, "out of memory: If-Match of mutation seq=%lld not recorded",
-                     (long long)m->seq);
-            continue;
-        }
         m->base_version = version;
         r->seq = m->seq;
         r->version = version;
@@ -172,8 +158,6 @@ void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
 {
     ts_record_t *r =
         ts_record_new(TS_REC_AUDIT, c->name, d->id, d->id_len, reason, reason ? strlen(reason) : 0);
-    if (!r)
-        return;
     r->at_ms = ts_wall_ms();
     ts_uuid_format(m->id, r->mutation);
     ts_copy_text(r->event, sizeof r->event, event);
@@ -186,8 +170,6 @@ static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *bod
                                       int64_t base_version)
 {
     mutation_t *m = mutation_new(op, body, len);
-    if (!m)
-        return NULL;
     m->seq = ++self->seq;
     m->base_version = base_version;
     m->at_ms = ts_wall_ms();
@@ -212,21 +194,9 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
     append_mutation(self, d, m);
     if (visible)
         set_visible(c, d, visible, visible_len, VISIBLE_OWNED);
-    if ((!visible && apply_mutation(self, c, d, m)) ||
-        add_mutation_record(call, c, d, m, self->client)) {
-        mutation_t *dropped = NULL;
-        /* Undo: take m back out and rebuild what readers see. */
-        mutation_t **p = &d->pending;
-        while (*p != m)
-            p = &(*p)->next;
-        *p = m->next;
-        d->npending--;
-        self->pending--;
-        recompute(self, c, d, &dropped);
-        free(m);
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory applying the write");
-        return;
-    }
+    else
+        apply_mutation(self, c, d, m); /* a create or a delete: it cannot fail */
+    add_mutation_record(call, c, d, m, self->client);
     /* Its "accepted" audit line is the outbox row itself (see persist.c). */
     set_doc_result(call, d, m->op != TS_OP_DELETE);
     add_doc_changed(self, call, c, d);
@@ -253,10 +223,10 @@ void do_create(store_t *self, ts_call_t *call, collection_t *c)
     if (ts_sq_validate_text(self->sq, call, c->name, &text, NULL))
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_CREATE, call->body, call->body_len, 0);
-    doc_t *d = m ? get_or_add_doc(c, id, strlen(id)) : NULL;
-    if (!d) {
+    doc_t *d = get_or_add_doc(c, id, strlen(id));
+    if (!d) { /* its memory outside 48 bits (get_or_add_doc says so) */
         free(m);
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        ts_call_fail(call, TS_E_INTERNAL, "%s/%s cannot be stored", c->name, id);
         return;
     }
     accept_mutation(self, call, c, d, m, NULL, 0);
@@ -279,15 +249,8 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
         ts_policy_doc_t before = {d->id, d->id_len, d->visible, d->visible_len};
         if (ts_sq_validate_text(self->sq, call, c->name, &after, &before))
             return NULL;
-        char *text = ts_memdup(after.text, after.len); /* JSON: no NUL inside */
-        if (!text)
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
         *len = after.len;
-        return text;
-    }
-    if (merged_text < 0) {
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-        return NULL;
+        return ts_memdup(after.text, after.len); /* JSON: no NUL inside */
     }
     bool validate = ts_sq_validates(self->sq, c->name);
     cJSON *previous = validate ? parse_doc(d) : NULL;
@@ -303,11 +266,11 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
     cJSON_Delete(patch);
     char *text = NULL;
     if (!merged) {
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        ts_call_fail(call, TS_E_INTERNAL, "the document or the patch does not parse");
     } else if (!validate || ts_sq_validate(self->sq, call, c->name, merged, previous) == 0) {
         cJSON_DeleteItemFromObjectCaseSensitive(merged, "id"); /* kept in doc_t */
         if (!(text = print_doc(self, merged, len)))
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+            ts_call_fail(call, TS_E_INTERNAL, "the merged document does not print");
     }
     cJSON_Delete(merged);
     cJSON_Delete(previous);
@@ -336,11 +299,6 @@ void do_update(store_t *self, ts_call_t *call, collection_t *c)
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_UPDATE, call->body, call->body_len,
                                        doc_version(d));
-    if (!m) {
-        free(visible);
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-        return;
-    }
     accept_mutation(self, call, c, d, m, visible, len);
 }
 
@@ -353,10 +311,6 @@ void do_delete(store_t *self, ts_call_t *call, collection_t *c)
         return;
     }
     mutation_t *m = new_local_mutation(self, TS_OP_DELETE, "", 0, doc_version(d));
-    if (!m) {
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
-        return;
-    }
     accept_mutation(self, call, c, d, m, NULL, 0);
 }
 
@@ -388,9 +342,7 @@ void do_cancel(store_t *self, ts_call_t *call)
     mutation_t *m = uuid_parse(text, id) ? NULL : find_mutation(self, id, &c, &d);
     if (!m) {
         static const char none[] = "{\"cancelled\":false,\"doc\":null}";
-        ts_call_set_result(call, strdup(none), sizeof none - 1);
-        if (!call->result)
-            ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+        ts_call_set_result(call, ts_xstrdup(none), sizeof none - 1);
         return;
     }
     /* Not yet sent (no API actor in this build): drop it and roll back. */

@@ -2,6 +2,7 @@
 #include "store/index.h"
 
 #include "therasync/json.h"
+#include "therasync/util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -26,7 +27,6 @@ struct ts_index {
     ts_index_entry_t **docs;  /* open addressing by document pointer */
     size_t ndocs, doc_cap;
     bool bulk;
-    bool broken;
 };
 
 static uint64_t hash_bytes(const char *s, size_t n)
@@ -45,15 +45,9 @@ static uint64_t hash_ptr(const void *p)
 
 ts_index_t *ts_index_new(const char *field, const char *order_field)
 {
-    ts_index_t *self = calloc(1, sizeof *self);
-    if (!self)
-        return NULL;
-    self->field = strdup(field);
-    self->order_field = order_field ? strdup(order_field) : NULL;
-    if (!self->field || (order_field && !self->order_field)) {
-        ts_index_destroy(&self);
-        return NULL;
-    }
+    ts_index_t *self = ts_xcalloc(1, sizeof *self);
+    self->field = ts_xstrdup(field);
+    self->order_field = order_field ? ts_xstrdup(order_field) : NULL;
     self->field_len = strlen(field);
     self->order_len = order_field ? strlen(order_field) : 0;
     return self;
@@ -88,7 +82,6 @@ void ts_index_destroy(ts_index_t **self_p)
 const char *ts_index_field(const ts_index_t *self) { return self->field; }
 const char *ts_index_order_field(const ts_index_t *self) { return self->order_field; }
 size_t ts_index_size(const ts_index_t *self) { return self->ndocs; }
-bool ts_index_broken(const ts_index_t *self) { return self->broken; }
 
 /* ---- keys ---- */
 
@@ -157,7 +150,7 @@ void ts_okey_from_json(const cJSON *v, ts_okey_t *key)
 }
 
 /* see index.h */
-int ts_okey_from_text(const char *v, size_t n, ts_okey_t *key)
+void ts_okey_from_text(const char *v, size_t n, ts_okey_t *key)
 {
     memset(key, 0, sizeof *key);
     if (n >= 2 && v[0] == '"') {
@@ -165,22 +158,16 @@ int ts_okey_from_text(const char *v, size_t n, ts_okey_t *key)
         size_t len;
         if (!memchr(v, '\\', n)) {
             len = n - 2;
-            copy = malloc(len + 1);
-            if (!copy)
-                return -1;
-            memcpy(copy, v + 1, len);
-            copy[len] = '\0';
+            copy = ts_memdup(v + 1, len);
         } else {
             cJSON *s = cJSON_ParseWithLength(v, n);
             if (!cJSON_IsString(s)) {
                 cJSON_Delete(s);
-                return 0; /* not a string after all: missing */
+                return; /* not a string after all: missing */
             }
             len = strlen(s->valuestring);
-            copy = strdup(s->valuestring);
+            copy = ts_xstrdup(s->valuestring);
             cJSON_Delete(s);
-            if (!copy)
-                return -1;
         }
         key->kind = TS_OKEY_STR;
         key->str = copy;
@@ -192,7 +179,6 @@ int ts_okey_from_text(const char *v, size_t n, ts_okey_t *key)
         key->kind = TS_OKEY_NUM;
         key->num = strtod(num, NULL);
     }
-    return 0;
 }
 
 int ts_okey_cmp(const ts_okey_t *a, const ts_okey_t *b)
@@ -266,14 +252,12 @@ static bucket_t *find_bucket(const ts_index_t *self, const char *key, size_t len
     }
 }
 
-static int grow_buckets(ts_index_t *self)
+static void grow_buckets(ts_index_t *self)
 {
     if ((self->nbuckets + 1) * 4 <= self->bucket_cap * 3)
-        return 0;
+        return;
     size_t cap = self->bucket_cap ? self->bucket_cap * 2 : 64;
-    bucket_t **t = calloc(cap, sizeof *t);
-    if (!t)
-        return -1;
+    bucket_t **t = ts_xcalloc(cap, sizeof *t);
     for (size_t i = 0; i < self->bucket_cap; i++) {
         bucket_t *b = self->buckets[i];
         if (!b)
@@ -286,7 +270,6 @@ static int grow_buckets(ts_index_t *self)
     free(self->buckets);
     self->buckets = t;
     self->bucket_cap = cap;
-    return 0;
 }
 
 static bucket_t *get_bucket(ts_index_t *self, const char *key, size_t len)
@@ -295,15 +278,9 @@ static bucket_t *get_bucket(ts_index_t *self, const char *key, size_t len)
     bucket_t *b = find_bucket(self, key, len, h);
     if (b)
         return b;
-    if (grow_buckets(self))
-        return NULL;
-    b = calloc(1, sizeof *b);
-    if (!b || !(b->key = malloc(len + 1))) {
-        free(b);
-        return NULL;
-    }
-    memcpy(b->key, key, len);
-    b->key[len] = '\0';
+    grow_buckets(self);
+    b = ts_xcalloc(1, sizeof *b);
+    b->key = ts_memdup(key, len);
     b->key_len = len;
     b->hash = h;
     size_t mask = self->bucket_cap - 1, i = h & mask;
@@ -323,14 +300,12 @@ static size_t doc_slot(const ts_index_t *self, const void *doc)
     return i;
 }
 
-static int grow_docs(ts_index_t *self)
+static void grow_docs(ts_index_t *self)
 {
     if ((self->ndocs + 1) * 4 <= self->doc_cap * 3)
-        return 0;
+        return;
     size_t cap = self->doc_cap ? self->doc_cap * 2 : 1024;
-    ts_index_entry_t **t = calloc(cap, sizeof *t);
-    if (!t)
-        return -1;
+    ts_index_entry_t **t = ts_xcalloc(cap, sizeof *t);
     for (size_t i = 0; i < self->doc_cap; i++) {
         ts_index_entry_t *e = self->docs[i];
         if (!e)
@@ -343,7 +318,6 @@ static int grow_docs(ts_index_t *self)
     free(self->docs);
     self->docs = t;
     self->doc_cap = cap;
-    return 0;
 }
 
 /* Linear probing removal with backward shift (no tombstones). */
@@ -389,16 +363,10 @@ static void bucket_remove(const ts_index_t *self, bucket_t *b, ts_index_entry_t 
     }
 }
 
-static int bucket_insert(const ts_index_t *self, bucket_t *b, ts_index_entry_t *e)
+static void bucket_insert(const ts_index_t *self, bucket_t *b, ts_index_entry_t *e)
 {
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4;
-        ts_index_entry_t **items = realloc(b->items, cap * sizeof *items);
-        if (!items)
-            return -1;
-        b->items = items;
-        b->cap = cap;
-    }
+    if (b->n == b->cap)
+        b->items = ts_grow(b->items, &b->cap, sizeof *b->items, 4);
     size_t i = b->n;
     if (!self->bulk) {
         size_t lo = 0, hi = b->n;
@@ -415,7 +383,6 @@ static int bucket_insert(const ts_index_t *self, bucket_t *b, ts_index_entry_t *
     b->items[i] = e;
     b->n++;
     e->bucket = b;
-    return 0;
 }
 
 static void drop_entry(ts_index_t *self, size_t slot)
@@ -427,7 +394,7 @@ static void drop_entry(ts_index_t *self, size_t slot)
     free(e);
 }
 
-int ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len)
+void ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len)
 {
     char key[KEY_MAX];
     int klen = -1;
@@ -443,49 +410,30 @@ int ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len)
     if (klen < 0) {
         if (e)
             drop_entry(self, slot);
-        return 0;
+        return;
     }
     ts_okey_t order = {0};
-    if (o && ts_okey_from_text(o, on, &order))
-        goto oom;
+    if (o)
+        ts_okey_from_text(o, on, &order);
     if (e && e->bucket->key_len == (size_t)klen && memcmp(e->bucket->key, key, (size_t)klen) == 0 &&
         ts_okey_cmp(&e->order, &order) == 0) {
         free(order.str); /* nothing the index cares about changed */
-        return 0;
+        return;
     }
     bucket_t *b = get_bucket(self, key, (size_t)klen);
-    if (!b) {
-        free(order.str);
-        goto oom;
-    }
     if (e) {
         bucket_remove(self, e->bucket, e);
         free(e->order.str);
         e->order = order;
     } else {
-        if (grow_docs(self) || !(e = calloc(1, sizeof *e))) {
-            free(order.str);
-            goto oom;
-        }
+        grow_docs(self);
+        e = ts_xcalloc(1, sizeof *e);
         e->doc = doc;
         e->order = order;
         self->docs[doc_slot(self, doc)] = e;
         self->ndocs++;
     }
-    if (bucket_insert(self, b, e)) {
-        doc_remove_slot(self, doc_slot(self, doc)); /* in the map, in no bucket */
-        free(e->order.str);
-        free(e);
-        self->broken = true;
-        return -1;
-    }
-    return 0;
-oom:
-    self->broken = true;
-    /* Leave nothing stale behind for this document. */
-    if (self->doc_cap && self->docs[doc_slot(self, doc)])
-        drop_entry(self, doc_slot(self, doc));
-    return -1;
+    bucket_insert(self, b, e);
 }
 
 void ts_index_bulk(ts_index_t *self, bool on)

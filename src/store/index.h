@@ -49,14 +49,11 @@ const char *ts_index_order_field(const ts_index_t *self); /* may be NULL */
 size_t ts_index_size(const ts_index_t *self);             /* documents indexed */
 
 /* Records doc's current text (an id-less JSON object; NULL = the document is
- * gone). Cheap when neither value changed. Returns 0, or -1 when memory ran
- * out (the document is then left out of the index, and the index says so in
- * ts_index_broken until the next rebuild). */
-int ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len);
+ * gone). Cheap when neither value changed. */
+void ts_index_set(ts_index_t *self, void *doc, const char *text, size_t len);
 /* Bulk loading: while on, ts_index_set appends without keeping order; off
  * sorts every bucket once. */
 void ts_index_bulk(ts_index_t *self, bool on);
-bool ts_index_broken(const ts_index_t *self);
 
 /* The bucket for a value (normalized text, see ts_index_key_*): its entries
  * in ascending order, or 0 when none. */
@@ -75,8 +72,8 @@ int ts_index_key_json(const cJSON *value, char *buf, size_t buflen);
 /* Order key of a cJSON value (borrowing its string) and comparison. */
 void ts_okey_from_json(const cJSON *value, ts_okey_t *key);
 /* Order key of a JSON value given as text, with an owned copy of a string
- * (free key->str). 0, or -1 when memory ran out. */
-int ts_okey_from_text(const char *value, size_t len, ts_okey_t *key);
+ * (free key->str). */
+void ts_okey_from_text(const char *value, size_t len, ts_okey_t *key);
 int ts_okey_cmp(const ts_okey_t *a, const ts_okey_t *b);
 
 #endif

@@ -130,8 +130,6 @@ static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *o
         return NULL;
     }
     ts_index_t *idx = ts_index_new(field, order);
-    if (!idx)
-        return NULL;
     build_arg_t b = {c->sq, idx};
     ts_index_bulk(idx, true);
     c->sq->hooks.each(c->coll, build_one, &b);
@@ -210,7 +208,7 @@ static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn 
                 idx = c->idx[i];
     if (!idx && !self->bulk)
         idx = build_index(c, f->field, f->time_field);
-    if (!idx || ts_index_broken(idx)) { /* no index possible: scan */
+    if (!idx) { /* no index possible: scan */
         scan_find_t s = {self, f->field, f->value, visit, visit_arg, 0};
         self->hooks.each(c->coll, scan_find_one, &s);
         return 0;
@@ -260,11 +258,7 @@ static int sq_find(void *arg, const ts_policy_find_t *f, ts_policy_visit_doc_fn 
 ts_sq_t *ts_sq_new(const ts_config_t *config, const ts_sq_hooks_t *hooks, char *err,
                    size_t errlen)
 {
-    ts_sq_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
+    ts_sq_t *self = ts_xcalloc(1, sizeof *self);
     self->hooks = *hooks;
     if (config->policies_dir) {
         if (!realpath(config->policies_dir, self->dir)) {
@@ -361,9 +355,7 @@ ts_sq_coll_t *ts_sq_attach(ts_sq_t *self, const char *name, void *coll)
 void ts_sq_changed(ts_sq_coll_t *c, void *doc, const char *text, size_t len)
 {
     for (size_t i = 0; c && i < c->nidx; i++)
-        if (ts_index_set(c->idx[i], doc, text, len))
-            ts_error(LOG, "%s: out of memory maintaining the index on %s; queries on it scan",
-                     c->name, ts_index_field(c->idx[i]));
+        ts_index_set(c->idx[i], doc, text, len);
 }
 
 void ts_sq_bulk(ts_sq_t *self, bool on)
@@ -390,10 +382,7 @@ static int answer_validation(ts_call_t *call, int rc, cJSON *errors, const char 
                      field && *field ? ": " : "", msg ? msg : "invalid",
                      n > 1 ? " (and more, see error.data.errors)" : "");
         call->err_data = cJSON_CreateObject();
-        if (call->err_data)
-            cJSON_AddItemToObject(call->err_data, "errors", errors);
-        else
-            cJSON_Delete(errors);
+        cJSON_AddItemToObject(call->err_data, "errors", errors);
         return -1;
     }
     cJSON_Delete(errors);
@@ -498,7 +487,6 @@ typedef struct {
     size_t n, cap;
     const char *order;
     const char *field, *value;
-    int failed;
 } collect_t;
 
 static void collect_one(void *arg, void *doc)
@@ -506,7 +494,7 @@ static void collect_one(void *arg, void *doc)
     collect_t *c = arg;
     ts_policy_doc_t d;
     c->sq->hooks.view(doc, &d);
-    if (!d.text || c->failed)
+    if (!d.text)
         return;
     const char *v;
     size_t vn;
@@ -518,23 +506,13 @@ static void collect_one(void *arg, void *doc)
     }
     if (c->n == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 256;
-        void **docs = realloc(c->docs, cap * sizeof *docs);
-        ts_okey_t *keys = docs ? realloc(c->keys, cap * sizeof *keys) : NULL;
-        if (docs)
-            c->docs = docs;
-        if (!keys) {
-            c->failed = 1;
-            return;
-        }
-        c->keys = keys;
+        c->docs = ts_xrealloc(c->docs, cap * sizeof *c->docs);
+        c->keys = ts_xrealloc(c->keys, cap * sizeof *c->keys);
         c->cap = cap;
     }
     ts_okey_t k = {0};
-    if (c->order && ts_json_text_field(d.text, d.len, c->order, strlen(c->order), &v, &vn) &&
-        ts_okey_from_text(v, vn, &k)) {
-        c->failed = 1;
-        return;
-    }
+    if (c->order && ts_json_text_field(d.text, d.len, c->order, strlen(c->order), &v, &vn))
+        ts_okey_from_text(v, vn, &k);
     c->keys[c->n] = k;
     c->docs[c->n++] = doc;
 }
@@ -613,8 +591,6 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
                 sel->index_field, sel->name);
         idx = build_index(c, sel->index_field, sel->order_field);
     }
-    if (idx && ts_index_broken(idx))
-        idx = NULL;
     int rc = TS_POLICY_OK;
     if (use_param && klen < 0) {
         /* a value no index holds (null, object, array, over 1 KiB): matches nothing */
@@ -624,24 +600,16 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         col.field = use_param ? sel->index_field : NULL;
         col.value = key;
         self->hooks.each(c->coll, collect_one, &col);
-        if (col.failed) {
-            rc = TS_POLICY_ERROR;
-            snprintf(err, sizeof err, "out of memory");
-        } else if (col.n) {
-            keyed = malloc(col.n * sizeof *keyed);
-            if (!keyed) {
-                rc = TS_POLICY_ERROR;
-                snprintf(err, sizeof err, "out of memory");
-            } else {
-                for (size_t i = 0; i < col.n; i++)
-                    keyed[i] = (keyed_t){col.keys[i], col.docs[i]};
-                if (sel->order_field)
-                    qsort(keyed, col.n, sizeof *keyed, keyed_cmp);
-                for (size_t i = 0; i < col.n; i++)
-                    col.docs[i] = keyed[i].doc;
-                s.docs = col.docs;
-                s.end = col.n;
-            }
+        if (col.n) {
+            keyed = ts_xmalloc(col.n * sizeof *keyed);
+            for (size_t i = 0; i < col.n; i++)
+                keyed[i] = (keyed_t){col.keys[i], col.docs[i]};
+            if (sel->order_field)
+                qsort(keyed, col.n, sizeof *keyed, keyed_cmp);
+            for (size_t i = 0; i < col.n; i++)
+                col.docs[i] = keyed[i].doc;
+            s.docs = col.docs;
+            s.end = col.n;
         }
     }
     if (rc == TS_POLICY_OK && from && sel->order_field && s.end) {
@@ -686,8 +654,6 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
 static cJSON *info_json(ts_sq_t *self, bool loaded)
 {
     cJSON *info = ts_policy_info(self->policy);
-    if (!info)
-        return NULL;
     cJSON_AddBoolToObject(info, "loaded", loaded);
     if (self->last_error[0])
         cJSON_AddStringToObject(info, "error", self->last_error);
@@ -697,7 +663,7 @@ static cJSON *info_json(ts_sq_t *self, bool loaded)
     cJSON_AddNumberToObject(info, "selector_candidates", (double)self->candidates);
     cJSON_AddNumberToObject(info, "selector_us", (double)self->query_us);
     cJSON *idx = cJSON_AddArrayToObject(info, "indexes");
-    for (size_t i = 0; idx && i < self->ncolls; i++) {
+    for (size_t i = 0; i < self->ncolls; i++) {
         for (size_t k = 0; k < self->colls[i].nidx; k++) {
             const ts_index_t *x = self->colls[i].idx[k];
             cJSON *o = cJSON_CreateObject();
@@ -732,15 +698,13 @@ static void publish(ts_call_t *call, void *events_push, const char *payload, siz
 {
     if (call) {
         ts_event_t *e = ts_event_new("policy", payload, len);
-        if (!e)
-            return;
         ts_event_t **p = &call->events;
         while (*p)
             p = &(*p)->next;
         *p = e;
     } else if (events_push) {
         ts_event_t *e = ts_event_new("policy", payload, len);
-        if (e && ts_send_EVENTS(events_push, &e, 1))
+        if (ts_send_EVENTS(events_push, &e, 1))
             ts_event_free_list(e);
     }
 }
@@ -774,30 +738,23 @@ void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push)
         ts_warn(LOG, "policy reload refused, the old policies stay in force: %s", err);
     }
     char *text = cJSON_PrintUnformatted(ev);
-    if (text)
-        publish(call, events_push, text, strlen(text));
+    publish(call, events_push, text, strlen(text));
     cJSON_free(text);
     cJSON_Delete(ev);
     if (!call)
         return;
     cJSON *info = info_json(self, ok);
-    if (info && !ok)
+    if (!ok)
         cJSON_ReplaceItemInObject(info, "error", cJSON_CreateString(err));
-    char *answer = info ? cJSON_PrintUnformatted(info) : NULL;
+    char *answer = cJSON_PrintUnformatted(info);
     cJSON_Delete(info);
-    if (answer)
-        ts_call_set_result(call, answer, strlen(answer));
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_result(call, answer, strlen(answer));
 }
 
 void ts_sq_info(ts_sq_t *self, ts_call_t *call)
 {
     cJSON *info = info_json(self, true);
-    char *answer = info ? cJSON_PrintUnformatted(info) : NULL;
+    char *answer = cJSON_PrintUnformatted(info);
     cJSON_Delete(info);
-    if (answer)
-        ts_call_set_result(call, answer, strlen(answer));
-    else
-        ts_call_fail(call, TS_E_INTERNAL, "out of memory");
+    ts_call_set_result(call, answer, strlen(answer));
 }

@@ -1,0 +1,209 @@
+/* read.c — the reads, answered from memory: get, the built-in selector
+ * of query (named selectors are query.c's), status and its sync.status
+ * event, metrics. */
+#include "store_int.h"
+
+void do_get(ts_call_t *call, collection_t *c)
+{
+    const char *id = call->doc_id;
+    doc_t *d = find_doc(c, id);
+    if (!d || !d->visible)
+        ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
+    else
+        set_doc_result(call, d, true);
+}
+
+typedef struct {
+    cJSON *doc;
+    const doc_t *d;
+    ts_okey_t key; /* the order_by field's value (borrowed from doc) */
+} query_row_t;
+
+/* Orders rows as a named selector's index does (ts_okey_cmp: missing, then
+ * numbers, then text; ties by document), descending when *desc is set. */
+static int compare_rows(const void *a, const void *b, void *desc)
+{
+    const query_row_t *x = a, *y = b;
+    int r = ts_okey_cmp(&x->key, &y->key);
+    if (!r)
+        r = ((uintptr_t)x->d > (uintptr_t)y->d) - ((uintptr_t)x->d < (uintptr_t)y->d);
+    return *(const bool *)desc ? -r : r;
+}
+
+/* The built-in selector: {where: {field: value, ...}, order_by: [field,
+ * "asc"|"desc"], limit: N}. Named (Lua) selectors come with the policy
+ * engine. */
+void do_query(store_t *self, ts_call_t *call, collection_t *c)
+{
+    (void)self;
+    const cJSON *selector = cJSON_GetObjectItemCaseSensitive(call->params, "selector");
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
+    if (!cJSON_IsObject(selector)) {
+        ts_call_fail(call, TS_E_POLICY, "no selector named %s",
+                     cJSON_IsString(selector) ? selector->valuestring : "(not a string)");
+        return;
+    }
+    const cJSON *where = cJSON_GetObjectItemCaseSensitive(selector, "where");
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(selector, "order_by");
+    long long limit = 100;
+    ts_json_int(selector, "limit", &limit);
+    long long plimit;
+    if (ts_json_int(params, "limit", &plimit) && plimit < limit)
+        limit = plimit;
+    if ((where && !cJSON_IsObject(where)) ||
+        (order && (!cJSON_IsArray(order) || !cJSON_IsString(cJSON_GetArrayItem(order, 0)))) ||
+        limit < 0 || limit > 100000) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS,
+                     "selector must be {where: object, order_by: [field, \"asc\"|\"desc\"], "
+                     "limit: 0..100000}");
+        return;
+    }
+    query_row_t *rows = NULL;
+    size_t nrows = 0, cap = 0;
+    for (size_t i = 0; i < c->cap; i++) {
+        doc_t *d = doc_at(c, i);
+        if (!d || !d->visible)
+            continue;
+        cJSON *doc = parse_doc(d);
+        bool match = doc != NULL;
+        for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
+            match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
+        if (!match) {
+            cJSON_Delete(doc);
+            continue;
+        }
+        if (nrows == cap)
+            rows = ts_grow(rows, &cap, sizeof *rows, 64);
+        rows[nrows++] = (query_row_t){doc, d, {0}};
+        if (!order && (long long)nrows >= limit)
+            break;
+    }
+    if (order && nrows > 1) {
+        const char *field = cJSON_GetArrayItem(order, 0)->valuestring;
+        const cJSON *dir = cJSON_GetArrayItem(order, 1);
+        bool desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
+        for (size_t i = 0; i < nrows; i++)
+            ts_okey_from_json(cJSON_GetObjectItemCaseSensitive(rows[i].doc, field), &rows[i].key);
+        qsort_r(rows, nrows, sizeof *rows, compare_rows, &desc);
+    }
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"items\":[");
+    for (size_t i = 0; i < nrows && (long long)i < limit; i++) {
+        if (i)
+            ts_buf_puts(&b, ",");
+        append_doc(&b, rows[i].d);
+    }
+    ts_buf_puts(&b, "],\"stale\":false,\"cursor\":null}");
+    for (size_t i = 0; i < nrows; i++)
+        cJSON_Delete(rows[i].doc);
+    free(rows);
+    ts_call_set_buffer(call, &b);
+}
+
+/* The oldest pending write's acceptance time (ms), or 0. A scan of every
+ * document, so its answer is reused for a second: `status` is for people
+ * and dashboards, which may poll it often. */
+static int64_t oldest_pending_ms(store_t *self)
+{
+    int64_t now = ts_mono_us();
+    if (self->oldest_checked_us && now - self->oldest_checked_us < 1000000 && self->pending)
+        return self->oldest_cached;
+    self->oldest_checked_us = now;
+    int64_t oldest = 0;
+    for (size_t k = 0; k < self->ncollections && self->pending; k++) {
+        collection_t *c = &self->collections[k];
+        for (size_t i = 0; i < c->cap; i++) {
+            doc_t *d = doc_at(c, i);
+            if (d && d->pending && (!oldest || d->pending->at_ms < oldest))
+                oldest = d->pending->at_ms;
+        }
+    }
+    self->oldest_cached = oldest;
+    return oldest;
+}
+
+/* The `status` result: the sync actor's view merged with the store's. */
+static cJSON *status_json(store_t *self)
+{
+    cJSON *st = self->sync_status ? cJSON_Duplicate(self->sync_status, 1) : cJSON_CreateObject();
+    if (!self->sync_status) {
+        cJSON_AddBoolToObject(st, "online", false);
+        cJSON_AddStringToObject(st, "api",
+                                self->config->api_url ? "starting" : "none");
+        cJSON_AddNullToObject(st, "last_sync_at");
+        cJSON_AddNullToObject(st, "last_error");
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(st, "pending");
+    cJSON_AddNumberToObject(st, "pending", (double)self->pending);
+    cJSON_DeleteItemFromObjectCaseSensitive(st, "cursor");
+    if (self->cursor[0])
+        cJSON_AddStringToObject(st, "cursor", self->cursor);
+    else
+        cJSON_AddNullToObject(st, "cursor");
+    int64_t oldest = oldest_pending_ms(self);
+    if (oldest) {
+        char at[32];
+        ts_rfc3339(oldest, at);
+        cJSON_AddStringToObject(st, "oldest_pending_at", at);
+        cJSON_AddNumberToObject(st, "oldest_pending_age_s", (double)(ts_wall_ms() - oldest) / 1000);
+    }
+    cJSON_AddStringToObject(st, "storage", self->storage ? self->storage : "ok");
+    cJSON *colls = cJSON_AddObjectToObject(st, "collections");
+    for (size_t i = 0; i < self->ncollections; i++)
+        cJSON_AddNumberToObject(colls, self->collections[i].name,
+                                (double)self->collections[i].live);
+    return st;
+}
+
+void do_status(store_t *self, ts_call_t *call)
+{
+    cJSON *st = status_json(self);
+    char *text = cJSON_PrintUnformatted(st);
+    cJSON_Delete(st);
+    ts_call_set_result(call, text, strlen(text));
+}
+
+/* Publishes sync.status when online flips, pending crosses zero or the
+ * storage fails. */
+void maybe_publish_status(store_t *self)
+{
+    const cJSON *online = cJSON_GetObjectItemCaseSensitive(self->sync_status, "online");
+    bool now_online = cJSON_IsTrue(online), now_zero = self->pending == 0;
+    if (now_online == self->last_online && now_zero == self->last_pending_zero &&
+        self->storage == self->last_storage)
+        return;
+    self->last_online = now_online;
+    self->last_pending_zero = now_zero;
+    self->last_storage = self->storage;
+    cJSON *st = status_json(self);
+    cJSON *event = cJSON_CreateObject();
+    cJSON_AddStringToObject(event, "jsonrpc", "2.0");
+    cJSON_AddStringToObject(event, "method", "sync.status");
+    cJSON_AddItemToObject(event, "params", st);
+    char *text = cJSON_PrintUnformatted(event);
+    cJSON_Delete(event);
+    ts_event_t *ev = self->events ? ts_event_new("sync", text, strlen(text)) : NULL;
+    if (ev && ts_send_EVENTS(self->events, &ev, 1))
+        ts_event_free_list(ev);
+    cJSON_free(text);
+}
+
+void do_metrics(store_t *self, ts_call_t *call)
+{
+    call->partial = cJSON_CreateObject();
+    cJSON *m = cJSON_AddObjectToObject(call->partial, "store");
+    cJSON *calls = cJSON_AddObjectToObject(m, "calls");
+    for (int i = 0; i < TS_M_NONE; i++)
+        cJSON_AddNumberToObject(calls, ts_method_name((ts_method_t)i), (double)self->calls[i]);
+    cJSON_AddNumberToObject(m, "pending", (double)self->pending);
+    cJSON_AddNumberToObject(m, "rejected_writes", (double)self->rejected_writes);
+    cJSON *sync = cJSON_AddObjectToObject(m, "sync");
+    cJSON_AddNumberToObject(sync, "confirmed", (double)self->confirmed);
+    cJSON_AddNumberToObject(sync, "rejected", (double)self->rejected);
+    cJSON_AddNumberToObject(sync, "conflicts", (double)self->conflicts);
+    cJSON_AddNumberToObject(sync, "remote_applied", (double)self->remote_applied);
+    cJSON *docs = cJSON_AddObjectToObject(m, "documents");
+    for (size_t i = 0; i < self->ncollections; i++)
+        cJSON_AddNumberToObject(docs, self->collections[i].name,
+                                (double)self->collections[i].live);
+}

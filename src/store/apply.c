@@ -13,12 +13,12 @@
 static void publish_remote_change(store_t *self, const collection_t *c, const doc_t *d)
 {
     ts_buf_t b = {0};
-    doc_changed_text(&b, c, d, "remote");
+    store_doc_changed_text(&b, c, d, "remote");
     ts_event_t *ev = ts_event_new(c->topic, b.data, b.len);
     ts_buf_free(&b);
     /* A batch sent this long ago is out for sure (persist's queue is
      * bounded); its number could be confused with a new one after a wrap. */
-    ev->after = d->event_batch && next_batch(self) - d->event_batch < (1u << 20)
+    ev->after = d->event_batch && store_next_batch(self) - d->event_batch < (1u << 20)
                     ? d->event_batch
                     : 0;
     if (ts_send_EVENTS(self->events, &ev, 1)) {
@@ -49,7 +49,7 @@ static void remember_base(store_t *self, doc_t *d)
     self->snapshots = snap;
 }
 
-void forget_base_if_settled(store_t *self, const doc_t *d)
+void store_forget_base_if_settled(store_t *self, const doc_t *d)
 {
     base_snapshot_t **p = find_snapshot(self, d);
     if (!*p || d->pending)
@@ -85,7 +85,7 @@ static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, i
     if (doc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "deleted"))) {
         /* printed without its id (kept in doc_t), which goes back after */
         cJSON *id = cJSON_DetachItemFromObjectCaseSensitive(doc, "id");
-        text = print_scratch(self, doc, &len);
+        text = store_print_scratch(self, doc, &len);
         if (id)
             cJSON_AddItemToObject(doc, "id", id);
         if (!text)
@@ -96,7 +96,7 @@ static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, i
     conf->len = (uint32_t)len;
     memcpy(conf->text, text, len + 1);
     if (d->visible_kind == VISIBLE_IS_CONFIRMED)
-        set_visible(c, d, NULL, 0, VISIBLE_OWNED); /* it points into the old one */
+        store_set_visible(c, d, NULL, 0, VISIBLE_OWNED); /* it points into the old one */
     free(d->confirmed);
     d->confirmed = conf;
     return 0;
@@ -108,7 +108,7 @@ static void add_confirmed_record(ts_call_t *call, const collection_t *c, const d
     ts_record_t *r = ts_record_new(TS_REC_CONFIRMED, c->name, d->id, d->id_len,
                                    conf && conf->len ? conf->text : NULL, conf ? conf->len : 0);
     r->version = doc_version(d);
-    append_record(call, r);
+    store_append_record(call, r);
 }
 
 static void add_event_json(ts_call_t *call, const char *topic, const char *method, cJSON *params)
@@ -118,14 +118,14 @@ static void add_event_json(ts_call_t *call, const char *topic, const char *metho
     cJSON_AddStringToObject(event, "method", method);
     cJSON_AddItemToObject(event, "params", params);
     char *text = cJSON_PrintUnformatted(event);
-    add_event(call, topic, text, strlen(text));
+    store_add_event(call, topic, text, strlen(text));
     cJSON_free(text);
     cJSON_Delete(event);
 }
 
 static cJSON *doc_or_null(const doc_t *d)
 {
-    cJSON *doc = parse_doc(d);
+    cJSON *doc = store_parse_doc(d);
     return doc ? doc : cJSON_CreateNull();
 }
 
@@ -136,11 +136,11 @@ static void reject_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
                             const cJSON *errors)
 {
     self->rejected++;
-    note_event(self, d);
-    add_drop_record(call, c, d, m);
+    store_note_event(self, d);
+    store_add_drop_record(call, c, d, m);
     char line[320];
     snprintf(line, sizeof line, "%s: %s", reason, message ? message : "");
-    add_audit(call, c, d, m, "rejected", NULL, doc_version(d), line);
+    store_add_audit(call, c, d, m, "rejected", NULL, doc_version(d), line);
     char id[37];
     ts_uuid_format(m->id, id);
     cJSON *params = cJSON_CreateObject();
@@ -164,7 +164,7 @@ static void recompute_and_reject(store_t *self, ts_call_t *call, collection_t *c
                                  const char *why)
 {
     mutation_t *dropped = NULL;
-    recompute(self, c, d, &dropped);
+    store_recompute(self, c, d, &dropped);
     while (dropped) {
         mutation_t *next = dropped->next;
         reject_mutation(self, call, c, d, dropped, "rolled_back", why, NULL);
@@ -176,7 +176,7 @@ static void recompute_and_reject(store_t *self, ts_call_t *call, collection_t *c
 static void add_doc_changed_remote(store_t *self, ts_call_t *call, const collection_t *c,
                                    doc_t *d)
 {
-    add_doc_changed_from(self, call, c, d, "remote");
+    store_add_doc_changed_from(self, call, c, d, "remote");
 }
 
 static int64_t version_of(const ts_sync_update_t *u)
@@ -197,7 +197,7 @@ static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
     memcpy(r->mutation, u->mutation, sizeof r->mutation);
     ts_copy_text(r->event, sizeof r->event, "sent");
     r->version = u->sent_version;
-    append_record(call, r);
+    store_append_record(call, r);
 }
 
 /* The confirmed mutation leaves the outbox with its whole audit life in one
@@ -206,8 +206,8 @@ static void add_sent_audit(ts_call_t *call, const ts_sync_update_t *u)
 static void add_confirmed_drop(ts_call_t *call, const collection_t *c, const doc_t *d,
                                const mutation_t *m, int64_t version, const ts_sync_update_t *u)
 {
-    add_drop_record(call, c, d, m);
-    ts_record_t *r = call->records; /* add_drop_record puts it first */
+    store_add_drop_record(call, c, d, m);
+    ts_record_t *r = call->records; /* store_add_drop_record puts it first */
     ts_copy_text(r->event, sizeof r->event, "confirmed");
     r->at_ms = ts_wall_ms();
     r->version = version;
@@ -225,7 +225,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
     if (version >= doc_version(d) && set_confirmed(self, c, d, u->doc, version) == 0)
         add_confirmed_record(call, c, d);
     recompute_and_reject(self, call, c, d, "no longer applies after the server's answer");
-    raise_if_match(call, c, d, version);
+    store_raise_if_match(call, c, d, version);
     if (m) {
         self->confirmed++;
         add_confirmed_drop(call, c, d, m, version, u);
@@ -244,7 +244,7 @@ static void sync_confirmed(store_t *self, ts_call_t *call, collection_t *c, doc_
         ts_buf_puts(&b, ",\"pending\":");
         ts_buf_int(&b, d->npending);
         ts_buf_puts(&b, "}}");
-        add_event(call, "mutation", b.data, b.len);
+        store_add_event(call, "mutation", b.data, b.len);
         ts_buf_free(&b);
         free(m);
     }
@@ -258,7 +258,7 @@ static void drop_with_dependents(store_t *self, ts_call_t *call, collection_t *c
                                  const cJSON *errors, const char *dependent_message)
 {
     m->next = NULL;
-    recompute(self, c, d, &m->next); /* collects the dependents after m */
+    store_recompute(self, c, d, &m->next); /* collects the dependents after m */
     mutation_t *dependents = m->next;
     m->next = NULL;
     reject_mutation(self, call, c, d, m, reason, message, errors);
@@ -348,7 +348,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     if (!u->doc)
         return;
     if (!m) { /* cancelled while out: its answer still tells the next write's If-Match */
-        raise_if_match(call, c, d, version_of(u));
+        store_raise_if_match(call, c, d, version_of(u));
         return;
     }
     self->conflicts++;
@@ -379,7 +379,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
     if (rc != TS_POLICY_OK && err[0])
         cJSON_AddStringToObject(params, "policy_error", err);
     add_event_json(call, "conflict", "conflict.resolved", params);
-    add_audit(call, c, d, m, "conflict", NULL, theirs_version, ts_policy_outcome_name(outcome.kind));
+    store_add_audit(call, c, d, m, "conflict", NULL, theirs_version, ts_policy_outcome_name(outcome.kind));
 
     if (outcome.kind == TS_OUTCOME_THEIRS || outcome.kind == TS_OUTCOME_REJECT) {
         drop_with_dependents(self, call, c, d, take_mutation(self, d, m->seq), "conflict",
@@ -393,8 +393,8 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         const cJSON *target = outcome.kind == TS_OUTCOME_MERGE && outcome.doc ? outcome.doc : mine;
         cJSON *patch = m->op == TS_OP_DELETE || !target ? NULL : diff_patch(u->doc, target);
         size_t len = 0;
-        const char *text = patch ? print_scratch(self, patch, &len) : "";
-        mutation_t *r = text ? mutation_new(m->op == TS_OP_DELETE ? TS_OP_DELETE : TS_OP_UPDATE,
+        const char *text = patch ? store_print_scratch(self, patch, &len) : "";
+        mutation_t *r = text ? store_mutation_new(m->op == TS_OP_DELETE ? TS_OP_DELETE : TS_OP_UPDATE,
                                             text, len)
                              : NULL;
         cJSON_Delete(patch);
@@ -410,13 +410,13 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
                     break;
                 }
             }
-            add_drop_record(call, c, d, m);
-            add_mutation_record(call, c, d, r, "conflict-resolution");
+            store_add_drop_record(call, c, d, m);
+            store_add_mutation_record(call, c, d, r, "conflict-resolution");
             free(m);
         }
     }
     recompute_and_reject(self, call, c, d, "no longer applies after a conflict");
-    raise_if_match(call, c, d, theirs_version);
+    store_raise_if_match(call, c, d, theirs_version);
     add_doc_changed_remote(self, call, c, d);
     ts_policy_outcome_clear(&outcome);
     cJSON_Delete(base);
@@ -433,7 +433,7 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         mutation_t *m = *p;
         if (m->seq != u->seq)
             continue;
-        mutation_t *r = mutation_new((ts_op_t)m->op, m->body, m->body_len);
+        mutation_t *r = store_mutation_new((ts_op_t)m->op, m->body, m->body_len);
         r->seq = m->seq;
         r->base_version = m->base_version; /* its If-Match, raised or not */
         r->at_ms = m->at_ms;
@@ -444,9 +444,9 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         ts_uuid_format(r->id, id);
         snprintf(why, sizeof why, "idempotency key held for another request: sent again as %s",
                  id);
-        add_drop_record(call, c, d, m);
-        add_audit(call, c, d, m, "rekeyed", NULL, 0, why);
-        add_mutation_record(call, c, d, r, "rekeyed");
+        store_add_drop_record(call, c, d, m);
+        store_add_audit(call, c, d, m, "rekeyed", NULL, 0, why);
+        store_add_mutation_record(call, c, d, r, "rekeyed");
         free(m);
         return;
     }
@@ -455,11 +455,11 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
 static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const ts_sync_update_t *u)
 {
     bool deleted = !u->doc || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(u->doc, "deleted"));
-    doc_t *d = find_doc(c, u->doc_id);
+    doc_t *d = store_find_doc(c, u->doc_id);
     if (!d && deleted)
         return; /* never had it */
     if (!d)
-        d = get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
+        d = store_get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
     int64_t version = version_of(u);
     /* Newer than what we have, or a repair's forced tombstone (version 0). */
     if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
@@ -475,7 +475,7 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
 
 /* Applies a message of sync updates as one internal envelope, so that all
  * of it commits in one transaction and its events follow the commit. */
-void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
+void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
 {
     ts_envelope_t *e = ts_envelope_new(1);
     e->internal = true;
@@ -491,14 +491,14 @@ void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
         ts_call_t one = {.method = TS_M_NONE}, *call = &one;
-        collection_t *c = find_collection(self, u->collection);
-        doc_t *d = c ? find_doc(c, u->doc_id) : NULL;
+        collection_t *c = store_find_collection(self, u->collection);
+        doc_t *d = c ? store_find_doc(c, u->doc_id) : NULL;
         if (c && u->sent_ms && u->kind != TS_SYNC_CONFIRMED)
             add_sent_audit(call, u); /* a confirmation carries it in its own row */
         switch (u->kind) {
         case TS_SYNC_CONFIRMED:
             if (c && !d)
-                d = get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
+                d = store_get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
             if (d)
                 sync_confirmed(self, call, c, d, u);
             break;
@@ -530,7 +530,7 @@ void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
             break;
         }
         if (d)
-            forget_base_if_settled(self, d);
+            store_forget_base_if_settled(self, d);
         ts_sync_update_free(u);
         for (*records_end = one.records; *records_end; records_end = &(*records_end)->next)
             ;
@@ -541,10 +541,10 @@ void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
     if (cursor_moved) {
         ts_record_t *r =
             ts_record_new(TS_REC_CURSOR, "-", "-", 1, self->cursor, strlen(self->cursor));
-        append_record(call, r);
+        store_append_record(call, r);
     }
     ts_call_set_result(call, ts_xstrdup("null"), 4);
-    if (send_to_persist(self, &e, 1))
+    if (store_send_to_persist(self, &e, 1))
         ts_envelope_free(e);
-    maybe_publish_status(self);
+    store_maybe_publish_status(self);
 }

@@ -10,9 +10,9 @@ static int compare_entries(const void *a, const void *b)
 
 /* Fills a digest of a collection's live confirmed documents, the way the
  * Clinic API computes it, and sends it back to the sync actor. */
-void answer_digest(store_t *self, ts_digest_t *dg)
+void store_answer_digest(store_t *self, ts_digest_t *dg)
 {
-    collection_t *c = find_collection(self, dg->collection);
+    collection_t *c = store_find_collection(self, dg->collection);
     size_t n = 0;
     for (size_t i = 0; c && i < c->cap; i++) {
         doc_t *d = doc_at(c, i);

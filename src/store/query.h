@@ -5,7 +5,7 @@
  * one Lua state that runs validation, selectors and — with sync — conflict
  * policies) and an index set per collection. The store keeps documents as
  * opaque pointers; it shows them through two hooks and reports every change
- * of a document's visible text with ts_sq_changed (set_visible does that), so
+ * of a document's visible text with ts_sq_changed (store_set_visible does that), so
  * the indexes always describe what readers see.
  *
  * Not thread-safe: call from the store actor only. */

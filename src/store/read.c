@@ -3,14 +3,14 @@
  * event, metrics. */
 #include "store_int.h"
 
-void do_get(ts_call_t *call, collection_t *c)
+void store_do_get(ts_call_t *call, collection_t *c)
 {
     const char *id = call->doc_id;
-    doc_t *d = find_doc(c, id);
+    doc_t *d = store_find_doc(c, id);
     if (!d || !d->visible)
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
     else
-        set_doc_result(call, d, true);
+        store_set_doc_result(call, d, true);
 }
 
 typedef struct {
@@ -33,7 +33,7 @@ static int compare_rows(const void *a, const void *b, void *desc)
 /* The built-in selector: {where: {field: value, ...}, order_by: [field,
  * "asc"|"desc"], limit: N}. Named (Lua) selectors come with the policy
  * engine. */
-void do_query(store_t *self, ts_call_t *call, collection_t *c)
+void store_do_query(store_t *self, ts_call_t *call, collection_t *c)
 {
     (void)self;
     const cJSON *selector = cJSON_GetObjectItemCaseSensitive(call->params, "selector");
@@ -64,7 +64,7 @@ void do_query(store_t *self, ts_call_t *call, collection_t *c)
         doc_t *d = doc_at(c, i);
         if (!d || !d->visible)
             continue;
-        cJSON *doc = parse_doc(d);
+        cJSON *doc = store_parse_doc(d);
         bool match = doc != NULL;
         for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
             match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
@@ -91,7 +91,7 @@ void do_query(store_t *self, ts_call_t *call, collection_t *c)
     for (size_t i = 0; i < nrows && (long long)i < limit; i++) {
         if (i)
             ts_buf_puts(&b, ",");
-        append_doc(&b, rows[i].d);
+        store_append_doc(&b, rows[i].d);
     }
     ts_buf_puts(&b, "],\"stale\":false,\"cursor\":null}");
     for (size_t i = 0; i < nrows; i++)
@@ -155,7 +155,7 @@ static cJSON *status_json(store_t *self)
     return st;
 }
 
-void do_status(store_t *self, ts_call_t *call)
+void store_do_status(store_t *self, ts_call_t *call)
 {
     cJSON *st = status_json(self);
     char *text = cJSON_PrintUnformatted(st);
@@ -165,7 +165,7 @@ void do_status(store_t *self, ts_call_t *call)
 
 /* Publishes sync.status when online flips, pending crosses zero or the
  * storage fails. */
-void maybe_publish_status(store_t *self)
+void store_maybe_publish_status(store_t *self)
 {
     const cJSON *online = cJSON_GetObjectItemCaseSensitive(self->sync_status, "online");
     bool now_online = cJSON_IsTrue(online), now_zero = self->pending == 0;
@@ -188,7 +188,7 @@ void maybe_publish_status(store_t *self)
     cJSON_free(text);
 }
 
-void do_metrics(store_t *self, ts_call_t *call)
+void store_do_metrics(store_t *self, ts_call_t *call)
 {
     call->partial = cJSON_CreateObject();
     cJSON *m = cJSON_AddObjectToObject(call->partial, "store");

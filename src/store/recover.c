@@ -17,7 +17,7 @@ static int compare_seq(const void *a, const void *b)
 }
 
 /* After recovery: the cursor, then every pending mutation in seq order. */
-void hand_outbox_to_sync(store_t *self)
+void store_hand_outbox_to_sync(store_t *self)
 {
     ts_sync_update_t *cursor = ts_sync_update_new(TS_SYNC_CURSOR);
     snprintf(cursor->cursor, sizeof cursor->cursor, "%s", self->cursor);
@@ -39,7 +39,7 @@ void hand_outbox_to_sync(store_t *self)
     size_t batch = 0;
     for (size_t i = 0; i <= n; i++) {
         if (i < n) {
-            add_mutation_record(&scratch, refs[i].c, refs[i].d, refs[i].m, NULL);
+            store_add_mutation_record(&scratch, refs[i].c, refs[i].d, refs[i].m, NULL);
             batch++;
         }
         if ((batch == 1000 || i == n) && scratch.records) {
@@ -53,19 +53,19 @@ void hand_outbox_to_sync(store_t *self)
     ts_info(LOG, "handed %zu pending mutations to sync", n);
 }
 
-void recover_record(store_t *self, const ts_record_t *r)
+void store_recover_record(store_t *self, const ts_record_t *r)
 {
     if (r->kind == TS_REC_CURSOR) {
         snprintf(self->cursor, sizeof self->cursor, "%s", r->body ? r->body : "");
         return;
     }
-    collection_t *c = find_collection(self, r->collection);
+    collection_t *c = store_find_collection(self, r->collection);
     if (!c) {
         ts_warn(LOG, "recovery: collection %s is not configured; its records stay on disk",
                 r->collection);
         return;
     }
-    doc_t *d = get_or_add_doc(c, r->doc_id, strlen(r->doc_id));
+    doc_t *d = store_get_or_add_doc(c, r->doc_id, strlen(r->doc_id));
     if (!d) { /* an id over 64 bytes, or memory outside 48 bits */
         ts_error(LOG, "recovery: %s/%s cannot be stored", r->collection, r->doc_id);
         return;
@@ -79,19 +79,19 @@ void recover_record(store_t *self, const ts_record_t *r)
         free(d->confirmed);
         d->confirmed = conf;
         if (len)
-            set_visible(c, d, conf->text, len, VISIBLE_IS_CONFIRMED);
+            store_set_visible(c, d, conf->text, len, VISIBLE_IS_CONFIRMED);
         return;
     }
-    mutation_t *m = mutation_new(r->op, r->body ? r->body : "", r->body ? r->body_len : 0);
+    mutation_t *m = store_mutation_new(r->op, r->body ? r->body : "", r->body ? r->body_len : 0);
     m->seq = r->seq;
     m->base_version = r->version;
     m->at_ms = r->at_ms;
-    if (uuid_parse(r->mutation, m->id))
+    if (store_uuid_parse(r->mutation, m->id))
         ts_warn(LOG, "recovery: mutation %lld has a malformed id", (long long)r->seq);
     if (r->seq > self->seq)
         self->seq = r->seq;
-    append_mutation(self, d, m);
-    if (apply_mutation(self, c, d, m))
+    store_append_mutation(self, d, m);
+    if (store_apply_mutation(self, c, d, m))
         ts_warn(LOG, "recovery: mutation %s no longer applies to %s/%.*s; kept pending",
                 r->mutation, c->name, (int)d->id_len, d->id);
 }

@@ -25,23 +25,23 @@ static void handle_call(store_t *self, ts_call_t *call)
     if (call->err_code || call->result || call->partial)
         return; /* answered by the front door */
     self->calls[call->method]++;
-    collection_t *c = find_collection(self, call->collection);
+    collection_t *c = store_find_collection(self, call->collection);
     switch (call->method) {
-    case TS_M_CREATE: do_create(self, call, c); break;
-    case TS_M_UPDATE: do_update(self, call, c); break;
-    case TS_M_DELETE: do_delete(self, call, c); break;
-    case TS_M_GET: do_get(call, c); break;
+    case TS_M_CREATE: store_do_create(self, call, c); break;
+    case TS_M_UPDATE: store_do_update(self, call, c); break;
+    case TS_M_DELETE: store_do_delete(self, call, c); break;
+    case TS_M_GET: store_do_get(call, c); break;
     case TS_M_QUERY:
         if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")))
             ts_sq_query(self->sq, call, c ? c->q : NULL);
         else
-            do_query(self, call, c);
+            store_do_query(self, call, c);
         break;
     case TS_M_POLICY_RELOAD: ts_sq_reload(self->sq, call, NULL); break;
     case TS_M_POLICY_INFO: ts_sq_info(self->sq, call); break;
-    case TS_M_CANCEL: do_cancel(self, call); break;
-    case TS_M_STATUS: do_status(self, call); break;
-    case TS_M_METRICS: do_metrics(self, call); break;
+    case TS_M_CANCEL: store_do_cancel(self, call); break;
+    case TS_M_STATUS: store_do_status(self, call); break;
+    case TS_M_METRICS: store_do_metrics(self, call); break;
     case TS_M_SYNC:
     case TS_M_INVALIDATE: do_sync_standalone(self, call); break;
     case TS_M_AUDIT: break; /* answered by persist, which owns the audit table */
@@ -55,9 +55,9 @@ static void handle_call(store_t *self, ts_call_t *call)
 
 /* One message of envelopes to persist: a batch. Each envelope is stamped
  * with its number, which orders remote changes (publish_remote_change). */
-int send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n)
+int store_send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n)
 {
-    self->persist_batch = next_batch(self);
+    self->persist_batch = store_next_batch(self);
     for (size_t i = 0; i < n; i++)
         envelopes[i]->persist_batch = self->persist_batch;
     return ts_send_COMMIT(self->to_persist, envelopes, n);
@@ -90,8 +90,8 @@ static void do_sync_standalone(store_t *self, ts_call_t *call)
 static void rollback(store_t *self, ts_record_t *records)
 {
     for (ts_record_t *r = records; r; r = r->next) {
-        collection_t *c = find_collection(self, r->collection);
-        doc_t *d = c ? find_doc(c, r->doc_id) : NULL;
+        collection_t *c = store_find_collection(self, r->collection);
+        doc_t *d = c ? store_find_doc(c, r->doc_id) : NULL;
         if (!d || r->kind != TS_REC_MUTATION)
             continue;
         for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
@@ -100,7 +100,7 @@ static void rollback(store_t *self, ts_record_t *records)
                 *p = m->next;
                 d->npending--;
                 self->pending--;
-                recompute(self, c, d, &dropped);
+                store_recompute(self, c, d, &dropped);
                 free(m);
                 while (dropped) { /* later writes that depended on it fail too */
                     mutation_t *next = dropped->next;
@@ -149,8 +149,8 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
             ts_envelope_free(reads[i]);
     }
     free(reads);
-    maybe_publish_status(self);
-    if (kept && send_to_persist(self, envs, kept)) {
+    store_maybe_publish_status(self);
+    if (kept && store_send_to_persist(self, envs, kept)) {
         ts_error(LOG, "cannot pass envelopes to persist");
         for (size_t i = 0; i < kept; i++)
             ts_envelope_free(envs[i]);
@@ -188,11 +188,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         switch (m.kind) {
         case TS_MSG_REQUESTS: on_requests(self, ts_msg_REQUESTS(&m), m.count); break;
         case TS_MSG_SYNC_UPDATES:
-            apply_sync_updates(self, ts_msg_SYNC_UPDATES(&m), m.count);
+            store_apply_sync_updates(self, ts_msg_SYNC_UPDATES(&m), m.count);
             break;
         case TS_MSG_DIGEST_ASK:
             for (size_t i = 0; i < m.count; i++)
-                answer_digest(self, ts_msg_DIGEST_ASK(&m)[i]);
+                store_answer_digest(self, ts_msg_DIGEST_ASK(&m)[i]);
             break;
         case TS_MSG_RECOVERED:
             if (m.count == 0) {
@@ -201,14 +201,14 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 return -1; /* ends the recovery loop */
             }
             for (ts_record_t *r = ts_msg_RECOVERED(&m)[0]->head; r; r = r->next)
-                recover_record(self, r);
+                store_recover_record(self, r);
             free(ts_msg_RECOVERED(&m)[0]);
             ts_send_RECOVER_ACK(self->to_persist, NULL, 0);
             break;
         case TS_MSG_STORAGE:
             if (m.count)
                 self->storage = ts_msg_STORAGE(&m)[0];
-            maybe_publish_status(self);
+            store_maybe_publish_status(self);
             break;
         case TS_MSG_ROLLBACK: on_rollback(self, ts_msg_ROLLBACK(&m), m.count); break;
         default: ts_msg_unexpected(LOG, &m); continue;
@@ -225,7 +225,7 @@ static void store_cleanup(store_t *self)
         collection_t *c = &self->collections[k];
         for (size_t i = 0; i < c->cap; i++)
             if (c->slots[i])
-                free_doc(doc_at(c, i));
+                store_free_doc(doc_at(c, i));
         free(c->slots);
         free(c->hash32);
     }
@@ -336,7 +336,7 @@ static void store_actor(ts_actor_t *actor, void *args)
             (ts_mono_us() - start) / 1e6);
     self.last_pending_zero = self.pending == 0;
     if (self.to_sync)
-        hand_outbox_to_sync(&self);
+        store_hand_outbox_to_sync(&self);
     ts_loop_reader(loop, ts_actor_pipe(actor), on_pipe, &self);
     if (self.sync_inbox) /* first: remote changes go ahead of the front door's backlog */
         ts_loop_reader(loop, self.sync_inbox, on_inbox, &self);

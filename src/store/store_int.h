@@ -32,7 +32,7 @@ typedef struct mutation {
     int64_t seq;
     int64_t base_version;  /* the version it was made on, raised to the versions our
                               earlier writes to the document were answered with: the
-                              If-Match it goes out with (see raise_if_match) */
+                              If-Match it goes out with (see store_raise_if_match) */
     int64_t at_ms;
     uint32_t body_len;
     uint8_t id[16];        /* the mutation's UUIDv7, binary */
@@ -56,7 +56,7 @@ enum { VISIBLE_OWNED, VISIBLE_IS_CONFIRMED, VISIBLE_IS_CREATE };
 /* One document: 32 bytes of header plus its id, so that with a UUID id it
  * fits an 80-byte malloc chunk. The JSON texts kept for it (visible,
  * confirmed, a create's body) are objects WITHOUT the "id" member: the id
- * lives here once, and append_doc()/parse_doc() put it back first. That
+ * lives here once, and store_append_doc()/store_parse_doc() put it back first. That
  * saves ~45 bytes a document, which a million documents need. */
 typedef struct doc {
     char *visible;         /* what readers see; NULL = absent or deleted */
@@ -144,64 +144,64 @@ static inline int64_t doc_version(const doc_t *d)
 }
 
 /* store.c */
-int send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n);
+int store_send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n);
 
 /* table.c */
-doc_t *find_doc(collection_t *c, const char *id);
-doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len);
-int uuid_parse(const char *text, uint8_t out[16]);
-collection_t *find_collection(store_t *self, const char *name);
-void append_doc(ts_buf_t *b, const doc_t *d);
-cJSON *parse_doc(const doc_t *d);
-void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind);
-const char *print_scratch(store_t *self, const cJSON *doc, size_t *len);
-char *print_doc(store_t *self, const cJSON *doc, size_t *len);
-int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m);
-void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped);
-void append_mutation(store_t *self, doc_t *d, mutation_t *m);
-mutation_t *mutation_new(ts_op_t op, const char *body, size_t len);
-void free_doc(doc_t *d);
+doc_t *store_find_doc(collection_t *c, const char *id);
+doc_t *store_get_or_add_doc(collection_t *c, const char *id, size_t len);
+int store_uuid_parse(const char *text, uint8_t out[16]);
+collection_t *store_find_collection(store_t *self, const char *name);
+void store_append_doc(ts_buf_t *b, const doc_t *d);
+cJSON *store_parse_doc(const doc_t *d);
+void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind);
+const char *store_print_scratch(store_t *self, const cJSON *doc, size_t *len);
+char *store_print_doc(store_t *self, const cJSON *doc, size_t *len);
+int store_apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m);
+void store_recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped);
+void store_append_mutation(store_t *self, doc_t *d, mutation_t *m);
+mutation_t *store_mutation_new(ts_op_t op, const char *body, size_t len);
+void store_free_doc(doc_t *d);
 
 /* write.c */
-void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc);
-void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len);
-uint32_t next_batch(const store_t *self);
-void note_event(store_t *self, doc_t *d);
-void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
+void store_set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc);
+void store_add_event(ts_call_t *call, const char *topic, const char *payload, size_t len);
+uint32_t store_next_batch(const store_t *self);
+void store_note_event(store_t *self, doc_t *d);
+void store_doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
                       const char *origin);
-void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
+void store_add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
                           const char *origin);
-void append_record(ts_call_t *call, ts_record_t *r);
-void add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_append_record(ts_call_t *call, ts_record_t *r);
+void store_add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                          const mutation_t *m, const char *self_client);
-void add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                      const mutation_t *m);
-void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
                     int64_t version);
-void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
                const mutation_t *m, const char *event, const char *client,
                int64_t version, const char *reason);
-void do_create(store_t *self, ts_call_t *call, collection_t *c);
-void do_update(store_t *self, ts_call_t *call, collection_t *c);
-void do_delete(store_t *self, ts_call_t *call, collection_t *c);
-void do_cancel(store_t *self, ts_call_t *call);
+void store_do_create(store_t *self, ts_call_t *call, collection_t *c);
+void store_do_update(store_t *self, ts_call_t *call, collection_t *c);
+void store_do_delete(store_t *self, ts_call_t *call, collection_t *c);
+void store_do_cancel(store_t *self, ts_call_t *call);
 
 /* read.c */
-void do_get(ts_call_t *call, collection_t *c);
-void do_query(store_t *self, ts_call_t *call, collection_t *c);
-void do_status(store_t *self, ts_call_t *call);
-void maybe_publish_status(store_t *self);
-void do_metrics(store_t *self, ts_call_t *call);
+void store_do_get(ts_call_t *call, collection_t *c);
+void store_do_query(store_t *self, ts_call_t *call, collection_t *c);
+void store_do_status(store_t *self, ts_call_t *call);
+void store_maybe_publish_status(store_t *self);
+void store_do_metrics(store_t *self, ts_call_t *call);
 
 /* apply.c */
-void forget_base_if_settled(store_t *self, const doc_t *d);
-void apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n);
+void store_forget_base_if_settled(store_t *self, const doc_t *d);
+void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n);
 
 /* recover.c */
-void hand_outbox_to_sync(store_t *self);
-void recover_record(store_t *self, const ts_record_t *r);
+void store_hand_outbox_to_sync(store_t *self);
+void store_recover_record(store_t *self, const ts_record_t *r);
 
 /* digest.c */
-void answer_digest(store_t *self, ts_digest_t *dg);
+void store_answer_digest(store_t *self, ts_digest_t *dg);
 
 #endif

@@ -38,7 +38,7 @@ static slot_t *find_slot(collection_t *c, const char *id, size_t len, uint64_t h
     }
 }
 
-doc_t *find_doc(collection_t *c, const char *id)
+doc_t *store_find_doc(collection_t *c, const char *id)
 {
     size_t len = id ? strlen(id) : 0;
     if (len == 0 || len > 64 || c->cap == 0)
@@ -73,7 +73,7 @@ static void reserve(collection_t *c, size_t n)
 }
 
 /* Returns the document with this id, creating an empty entry if needed. */
-doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len)
+doc_t *store_get_or_add_doc(collection_t *c, const char *id, size_t len)
 {
     if (len == 0 || len > 64)
         return NULL;
@@ -97,7 +97,7 @@ doc_t *get_or_add_doc(collection_t *c, const char *id, size_t len)
 }
 
 /* UUID text (36 chars) <-> 16 bytes. */
-int uuid_parse(const char *text, uint8_t out[16])
+int store_uuid_parse(const char *text, uint8_t out[16])
 {
     int n = 0;
     for (const char *p = text; *p && n < 32; p++) {
@@ -112,7 +112,7 @@ int uuid_parse(const char *text, uint8_t out[16])
     return n == 32 && strlen(text) == 36 ? 0 : -1;
 }
 
-collection_t *find_collection(store_t *self, const char *name)
+collection_t *store_find_collection(store_t *self, const char *name)
 {
     for (size_t i = 0; name && i < self->ncollections; i++)
         if (strcmp(self->collections[i].name, name) == 0)
@@ -136,7 +136,7 @@ static void append_with_id(ts_buf_t *b, const doc_t *d, const char *text, size_t
 }
 
 /* Appends the visible document, or null. */
-void append_doc(ts_buf_t *b, const doc_t *d)
+void store_append_doc(ts_buf_t *b, const doc_t *d)
 {
     if (d->visible)
         append_with_id(b, d, d->visible, d->visible_len);
@@ -146,7 +146,7 @@ void append_doc(ts_buf_t *b, const doc_t *d)
 
 /* Parses the visible document with its id put back first (caller
  * deletes); NULL when there is none. */
-cJSON *parse_doc(const doc_t *d)
+cJSON *store_parse_doc(const doc_t *d)
 {
     cJSON *doc = d->visible ? cJSON_ParseWithLength(d->visible, d->visible_len) : NULL;
     if (!doc)
@@ -165,7 +165,7 @@ cJSON *parse_doc(const doc_t *d)
     return doc;
 }
 
-void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
+void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 {
     bool was = d->visible != NULL;
     if (d->visible_kind == VISIBLE_OWNED)
@@ -180,7 +180,7 @@ void set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 /* Prints a document into the store's scratch buffer and returns it (valid
  * until the scratch buffer is used again), or NULL when it holds an item
  * that is not JSON (cJSON_Invalid). */
-const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
+const char *store_print_scratch(store_t *self, const cJSON *doc, size_t *len)
 {
     ts_buf_reset(&self->scratch);
     if (ts_buf_json(&self->scratch, doc))
@@ -190,21 +190,21 @@ const char *print_scratch(store_t *self, const cJSON *doc, size_t *len)
 }
 
 /* Prints a document into a new allocation. */
-char *print_doc(store_t *self, const cJSON *doc, size_t *len)
+char *store_print_doc(store_t *self, const cJSON *doc, size_t *len)
 {
-    const char *text = print_scratch(self, doc, len);
+    const char *text = store_print_scratch(self, doc, len);
     return text ? ts_memdup(text, *len) : NULL;
 }
 
 /* Applies one mutation on top of the current visible document. */
-int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m)
+int store_apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m)
 {
     switch (m->op) {
     case TS_OP_CREATE:
-        set_visible(c, d, m->body, m->body_len, VISIBLE_IS_CREATE);
+        store_set_visible(c, d, m->body, m->body_len, VISIBLE_IS_CREATE);
         return 0;
     case TS_OP_DELETE:
-        set_visible(c, d, NULL, 0, VISIBLE_OWNED);
+        store_set_visible(c, d, NULL, 0, VISIBLE_OWNED);
         return 0;
     case TS_OP_UPDATE: {
         if (!d->visible)
@@ -213,12 +213,12 @@ int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m)
         cJSON *patch = cJSON_ParseWithLength(m->body, m->body_len);
         doc = doc && patch ? ts_json_merge_patch(doc, patch) : doc;
         size_t len = 0;
-        char *text = doc && patch ? print_doc(self, doc, &len) : NULL;
+        char *text = doc && patch ? store_print_doc(self, doc, &len) : NULL;
         cJSON_Delete(doc);
         cJSON_Delete(patch);
         if (!text)
             return -1;
-        set_visible(c, d, text, len, VISIBLE_OWNED);
+        store_set_visible(c, d, text, len, VISIBLE_OWNED);
         return 0;
     }
     default:
@@ -230,15 +230,15 @@ int apply_mutation(store_t *self, collection_t *c, doc_t *d, mutation_t *m)
  * mutations. Mutations that no longer apply (an update whose document is
  * gone) are dropped and returned through *dropped for the caller to undo
  * durably. */
-void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped)
+void store_recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped)
 {
     if (d->confirmed && d->confirmed->len)
-        set_visible(c, d, d->confirmed->text, d->confirmed->len, VISIBLE_IS_CONFIRMED);
+        store_set_visible(c, d, d->confirmed->text, d->confirmed->len, VISIBLE_IS_CONFIRMED);
     else
-        set_visible(c, d, NULL, 0, VISIBLE_OWNED);
+        store_set_visible(c, d, NULL, 0, VISIBLE_OWNED);
     for (mutation_t **p = &d->pending; *p;) {
         mutation_t *m = *p;
-        if (apply_mutation(self, c, d, m) == 0) {
+        if (store_apply_mutation(self, c, d, m) == 0) {
             p = &m->next;
             continue;
         }
@@ -250,7 +250,7 @@ void recompute(store_t *self, collection_t *c, doc_t *d, mutation_t **dropped)
     }
 }
 
-void append_mutation(store_t *self, doc_t *d, mutation_t *m)
+void store_append_mutation(store_t *self, doc_t *d, mutation_t *m)
 {
     mutation_t **p = &d->pending;
     while (*p)
@@ -261,7 +261,7 @@ void append_mutation(store_t *self, doc_t *d, mutation_t *m)
     self->pending++;
 }
 
-mutation_t *mutation_new(ts_op_t op, const char *body, size_t len)
+mutation_t *store_mutation_new(ts_op_t op, const char *body, size_t len)
 {
     size_t size = offsetof(mutation_t, body) + len + 1;
     mutation_t *m = ts_xmalloc(size < sizeof *m ? sizeof *m : size);
@@ -274,7 +274,7 @@ mutation_t *mutation_new(ts_op_t op, const char *body, size_t len)
     return m;
 }
 
-void free_doc(doc_t *d)
+void store_free_doc(doc_t *d)
 {
     if (d->visible_kind == VISIBLE_OWNED)
         free(d->visible);

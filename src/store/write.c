@@ -25,13 +25,13 @@ static void append_sync(ts_buf_t *b, const doc_t *d)
     ts_buf_puts(b, "}");
 }
 
-void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
+void store_set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
 {
     ts_buf_t b = {0};
     ts_buf_reserve(&b, d->visible_len + 160);
     if (with_doc) {
         ts_buf_puts(&b, "{\"doc\":");
-        append_doc(&b, d);
+        store_append_doc(&b, d);
     } else {
         ts_buf_puts(&b, "{\"id\":");
         ts_buf_json_string(&b, d->id, d->id_len);
@@ -42,7 +42,7 @@ void set_doc_result(ts_call_t *call, const doc_t *d, bool with_doc)
     ts_call_set_buffer(call, &b);
 }
 
-void add_event(ts_call_t *call, const char *topic, const char *payload, size_t len)
+void store_add_event(ts_call_t *call, const char *topic, const char *payload, size_t len)
 {
     ts_event_t *e = ts_event_new(topic, payload, len);
     ts_event_t **p = &call->events;
@@ -53,20 +53,20 @@ void add_event(ts_call_t *call, const char *topic, const char *payload, size_t l
 
 /* The number of the next message to persist. Numbers wrap, skipping 0,
  * which stands for "none". */
-uint32_t next_batch(const store_t *self)
+uint32_t store_next_batch(const store_t *self)
 {
     return self->persist_batch + 1 ? self->persist_batch + 1 : 1;
 }
 
 /* A document's events travel in the next message to persist (see
  * publish_remote_change). */
-void note_event(store_t *self, doc_t *d)
+void store_note_event(store_t *self, doc_t *d)
 {
-    d->event_batch = next_batch(self);
+    d->event_batch = store_next_batch(self);
 }
 
 /* The doc.changed notification of d into b. */
-void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
+void store_doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
                       const char *origin)
 {
     ts_buf_reserve(b, d->visible_len + 256);
@@ -75,29 +75,29 @@ void doc_changed_text(ts_buf_t *b, const collection_t *c, const doc_t *d,
     ts_buf_puts(b, ",\"id\":");
     ts_buf_json_string(b, d->id, d->id_len);
     ts_buf_puts(b, ",\"doc\":");
-    append_doc(b, d);
+    store_append_doc(b, d);
     ts_buf_puts(b, ",\"origin\":\"");
     ts_buf_puts(b, origin);
     ts_buf_puts(b, d->visible ? "\",\"deleted\":false}}" : "\",\"deleted\":true}}");
 }
 
-void add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
+void store_add_doc_changed_from(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d,
                           const char *origin)
 {
     ts_buf_t b = {0};
-    doc_changed_text(&b, c, d, origin);
-    add_event(call, c->topic, b.data, b.len);
+    store_doc_changed_text(&b, c, d, origin);
+    store_add_event(call, c->topic, b.data, b.len);
     ts_buf_free(&b);
-    note_event(self, d);
+    store_note_event(self, d);
 }
 
 static void add_doc_changed(store_t *self, ts_call_t *call, const collection_t *c, doc_t *d)
 {
-    add_doc_changed_from(self, call, c, d, "local");
+    store_add_doc_changed_from(self, call, c, d, "local");
 }
 
 /* Records are made durable in the order they were attached. */
-void append_record(ts_call_t *call, ts_record_t *r)
+void store_append_record(ts_call_t *call, ts_record_t *r)
 {
     ts_record_t **p = &call->records;
     while (*p)
@@ -106,7 +106,7 @@ void append_record(ts_call_t *call, ts_record_t *r)
 }
 
 /* Attaches the durable record of a new mutation to the call. */
-void add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                          const mutation_t *m, const char *self_client)
 {
     ts_record_t *r = ts_record_new(TS_REC_MUTATION, c->name, d->id, d->id_len,
@@ -117,10 +117,10 @@ void add_mutation_record(ts_call_t *call, const collection_t *c, const doc_t *d,
     r->at_ms = m->at_ms;
     ts_uuid_format(m->id, r->mutation);
     ts_copy_text(r->client, sizeof r->client, self_client);
-    append_record(call, r);
+    store_append_record(call, r);
 }
 
-void add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
                      const mutation_t *m)
 {
     ts_record_t *r = ts_record_new(TS_REC_DROP, c->name, d->id, d->id_len, NULL, 0);
@@ -136,7 +136,7 @@ void add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *d,
  * answer, in the same commit, so that a write re-sent after a crash is the
  * very request first sent: the server matches a retried idempotency key
  * by its request, and a different If-Match would be a different request. */
-void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
                     int64_t version)
 {
     for (mutation_t *m = d->pending; m; m = m->next) {
@@ -147,12 +147,12 @@ void raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
         r->seq = m->seq;
         r->version = version;
         ts_uuid_format(m->id, r->mutation);
-        append_record(call, r);
+        store_append_record(call, r);
     }
 }
 
 /* Appends one audit line (never a document) to the call's records. */
-void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
+void store_add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
                const mutation_t *m, const char *event, const char *client,
                int64_t version, const char *reason)
 {
@@ -163,13 +163,13 @@ void add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
     ts_copy_text(r->event, sizeof r->event, event);
     ts_copy_text(r->client, sizeof r->client, client);
     r->version = version;
-    append_record(call, r);
+    store_append_record(call, r);
 }
 
 static mutation_t *new_local_mutation(store_t *self, ts_op_t op, const char *body, size_t len,
                                       int64_t base_version)
 {
-    mutation_t *m = mutation_new(op, body, len);
+    mutation_t *m = store_mutation_new(op, body, len);
     m->seq = ++self->seq;
     m->base_version = base_version;
     m->at_ms = ts_wall_ms();
@@ -191,20 +191,20 @@ static void accept_mutation(store_t *self, ts_call_t *call, collection_t *c, doc
                      TS_MAX_PENDING_PER_DOC);
         return;
     }
-    append_mutation(self, d, m);
+    store_append_mutation(self, d, m);
     if (visible)
-        set_visible(c, d, visible, visible_len, VISIBLE_OWNED);
+        store_set_visible(c, d, visible, visible_len, VISIBLE_OWNED);
     else
-        apply_mutation(self, c, d, m); /* a create or a delete: it cannot fail */
-    add_mutation_record(call, c, d, m, self->client);
+        store_apply_mutation(self, c, d, m); /* a create or a delete: it cannot fail */
+    store_add_mutation_record(call, c, d, m, self->client);
     /* Its "accepted" audit line is the outbox row itself (see persist.c). */
-    set_doc_result(call, d, m->op != TS_OP_DELETE);
+    store_set_doc_result(call, d, m->op != TS_OP_DELETE);
     add_doc_changed(self, call, c, d);
 }
 
 /* ---- methods ---- */
 
-void do_create(store_t *self, ts_call_t *call, collection_t *c)
+void store_do_create(store_t *self, ts_call_t *call, collection_t *c)
 {
     /* The front door has checked the doc and its id and left the doc's
      * text, without its id and server fields, in call->body. */
@@ -214,7 +214,7 @@ void do_create(store_t *self, ts_call_t *call, collection_t *c)
         ts_uuidv7(made);
         id = made;
     }
-    doc_t *existing = find_doc(c, id);
+    doc_t *existing = store_find_doc(c, id);
     if (existing && existing->visible) {
         ts_call_fail(call, TS_E_CONFLICT, "%s/%s already exists", c->name, id);
         return;
@@ -223,8 +223,8 @@ void do_create(store_t *self, ts_call_t *call, collection_t *c)
     if (ts_sq_validate_text(self->sq, call, c->name, &text, NULL))
         return;
     mutation_t *m = new_local_mutation(self, TS_OP_CREATE, call->body, call->body_len, 0);
-    doc_t *d = get_or_add_doc(c, id, strlen(id));
-    if (!d) { /* its memory outside 48 bits (get_or_add_doc says so) */
+    doc_t *d = store_get_or_add_doc(c, id, strlen(id));
+    if (!d) { /* its memory outside 48 bits (store_get_or_add_doc says so) */
         free(m);
         ts_call_fail(call, TS_E_INTERNAL, "%s/%s cannot be stored", c->name, id);
         return;
@@ -253,7 +253,7 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
         return ts_memdup(after.text, after.len); /* JSON: no NUL inside */
     }
     bool validate = ts_sq_validates(self->sq, c->name);
-    cJSON *previous = validate ? parse_doc(d) : NULL;
+    cJSON *previous = validate ? store_parse_doc(d) : NULL;
     cJSON *merged = validate ? (previous ? cJSON_Duplicate(previous, true) : NULL)
                              : cJSON_ParseWithLength(d->visible, d->visible_len);
     cJSON *patch = cJSON_ParseWithLength(call->body, call->body_len); /* as the front door left it */
@@ -269,7 +269,7 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
         ts_call_fail(call, TS_E_INTERNAL, "the document or the patch does not parse");
     } else if (!validate || ts_sq_validate(self->sq, call, c->name, merged, previous) == 0) {
         cJSON_DeleteItemFromObjectCaseSensitive(merged, "id"); /* kept in doc_t */
-        if (!(text = print_doc(self, merged, len)))
+        if (!(text = store_print_doc(self, merged, len)))
             ts_call_fail(call, TS_E_INTERNAL, "the merged document does not print");
     }
     cJSON_Delete(merged);
@@ -277,10 +277,10 @@ static char *updated_text(store_t *self, ts_call_t *call, collection_t *c, doc_t
     return text;
 }
 
-void do_update(store_t *self, ts_call_t *call, collection_t *c)
+void store_do_update(store_t *self, ts_call_t *call, collection_t *c)
 {
     const char *id = call->doc_id;
-    doc_t *d = find_doc(c, id);
+    doc_t *d = store_find_doc(c, id);
     if (!d || !d->visible) {
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
         return;
@@ -302,10 +302,10 @@ void do_update(store_t *self, ts_call_t *call, collection_t *c)
     accept_mutation(self, call, c, d, m, visible, len);
 }
 
-void do_delete(store_t *self, ts_call_t *call, collection_t *c)
+void store_do_delete(store_t *self, ts_call_t *call, collection_t *c)
 {
     const char *id = call->doc_id;
-    doc_t *d = find_doc(c, id);
+    doc_t *d = store_find_doc(c, id);
     if (!d || !d->visible) {
         ts_call_fail(call, TS_E_NOT_FOUND, "no document %s/%s", c->name, id);
         return;
@@ -333,13 +333,13 @@ static mutation_t *find_mutation(store_t *self, const uint8_t id[16], collection
     return NULL;
 }
 
-void do_cancel(store_t *self, ts_call_t *call)
+void store_do_cancel(store_t *self, ts_call_t *call)
 {
     const char *text = ts_json_string(call->params, "mutation");
     uint8_t id[16];
     collection_t *c;
     doc_t *d;
-    mutation_t *m = uuid_parse(text, id) ? NULL : find_mutation(self, id, &c, &d);
+    mutation_t *m = store_uuid_parse(text, id) ? NULL : find_mutation(self, id, &c, &d);
     if (!m) {
         static const char none[] = "{\"cancelled\":false,\"doc\":null}";
         ts_call_set_result(call, ts_xstrdup(none), sizeof none - 1);
@@ -353,11 +353,11 @@ void do_cancel(store_t *self, ts_call_t *call)
     d->npending--;
     self->pending--;
     mutation_t *dropped = NULL;
-    recompute(self, c, d, &dropped);
+    store_recompute(self, c, d, &dropped);
     m->next = dropped;
     for (mutation_t *x = m; x; x = x->next) {
-        add_drop_record(call, c, d, x);
-        add_audit(call, c, d, x, "cancelled", self->client, 0,
+        store_add_drop_record(call, c, d, x);
+        store_add_audit(call, c, d, x, "cancelled", self->client, 0,
                   x == m ? "cancelled before it was sent" : "depended on a cancelled mutation");
     }
     while (m) {
@@ -367,9 +367,9 @@ void do_cancel(store_t *self, ts_call_t *call)
     }
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"cancelled\":true,\"doc\":");
-    append_doc(&b, d);
+    store_append_doc(&b, d);
     ts_buf_puts(&b, "}");
     ts_call_set_buffer(call, &b);
     add_doc_changed(self, call, c, d);
-    forget_base_if_settled(self, d);
+    store_forget_base_if_settled(self, d);
 }

@@ -48,16 +48,12 @@ void api_reply(api_t *self, const ts_api_request_t *req, ts_msg_kind_t kind, voi
     int i = reply_socket(self, req->reply_to);
     if (i >= 0 && self->replies[i].nout == self->replies[i].capout) {
         int cap = self->replies[i].capout ? self->replies[i].capout * 2 : 64;
-        void **out = realloc(self->replies[i].out, sizeof *out * (size_t)cap);
-        if (out)
-            self->replies[i].out = out;
-        ts_msg_kind_t *kinds = realloc(self->replies[i].kinds, sizeof *kinds * (size_t)cap);
-        if (kinds)
-            self->replies[i].kinds = kinds;
-        if (out && kinds)
-            self->replies[i].capout = cap;
+        self->replies[i].out = ts_xrealloc(self->replies[i].out, sizeof(void *) * (size_t)cap);
+        self->replies[i].kinds =
+            ts_xrealloc(self->replies[i].kinds, sizeof(ts_msg_kind_t) * (size_t)cap);
+        self->replies[i].capout = cap;
     }
-    if (i < 0 || self->replies[i].nout == self->replies[i].capout) {
+    if (i < 0) {
         ts_error(LOG, "req=%llu: cannot answer on %s; answer dropped",
                  (unsigned long long)req->id, *req->reply_to ? req->reply_to : TS_INPROC_API_RESULTS);
         ts_msg_free_one(kind, ptr);
@@ -121,9 +117,7 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         return -1;
     if (fd >= self->capwatch) {
         int cap = fd + 64;
-        watch_t *grown = realloc(self->watch, sizeof *grown * (size_t)cap);
-        if (!grown)
-            return -1;
+        watch_t *grown = ts_xrealloc(self->watch, sizeof *grown * (size_t)cap);
         memset(grown + self->capwatch, 0, sizeof *grown * (size_t)(cap - self->capwatch));
         self->watch = grown;
         self->capwatch = cap;
@@ -240,15 +234,8 @@ static void reap(api_t *self)
 
 static void take_request(api_t *self, ts_api_request_t *r)
 {
-    call_t *c = calloc(1, sizeof *c);
-    ts_api_result_t *res = calloc(1, sizeof *res);
-    if (!c || !res) {
-        free(c);
-        free(res);
-        ts_api_request_free(r);
-        ts_error(LOG, "out of memory: request dropped");
-        return;
-    }
+    call_t *c = ts_xcalloc(1, sizeof *c);
+    ts_api_result_t *res = ts_xcalloc(1, sizeof *res);
     c->self = self;
     c->req = r;
     c->res = res;
@@ -260,21 +247,18 @@ static void take_request(api_t *self, ts_api_request_t *r)
     c->max_attempts = r->max_attempts > 0 ? r->max_attempts : self->opts.max_attempts;
     c->timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : self->opts.timeout_ms;
     if (r->stream && !r->path)
-        r->path = strdup("/v1/changes/stream");
+        r->path = ts_xstrdup("/v1/changes/stream");
     bool bad = !r->path || r->path[0] != '/' || r->method > TS_API_DELETE ||
                (r->stream && r->method != TS_API_GET) || strchr(r->path, '\n') ||
                strchr(r->idempotency_key, '\n') || strchr(r->idempotency_key, '\r');
     if (!bad) { /* base + path: two copies, not a printf (measured per request) */
         size_t blen = strlen(self->opts.base_url), plen = strlen(r->path);
-        c->url = malloc(blen + plen + 1);
-        if (c->url) {
-            memcpy(c->url, self->opts.base_url, blen);
-            memcpy(c->url + blen, r->path, plen + 1);
-        }
+        c->url = ts_xmalloc(blen + plen + 1);
+        memcpy(c->url, self->opts.base_url, blen);
+        memcpy(c->url + blen, r->path, plen + 1);
     }
-    if (bad || !c->url) {
-        api_finish(self, c, TS_API_INTERNAL, 0,
-                   bad ? "bad request (path, method)" : "out of memory");
+    if (bad) {
+        api_finish(self, c, TS_API_INTERNAL, 0, "bad request (path, method)");
         return;
     }
     if (r->stream) {
@@ -442,7 +426,7 @@ static char *own(api_t *self, int slot, const char *text)
 {
     if (!text)
         return NULL;
-    self->strings[slot] = strdup(text);
+    self->strings[slot] = ts_xstrdup(text);
     return self->strings[slot];
 }
 
@@ -490,9 +474,7 @@ static void api_destroy(api_t *self)
 static void api_actor(ts_actor_t *actor, void *args)
 {
     const ts_api_opts_t *in = args;
-    api_t *self = calloc(1, sizeof *self);
-    if (!self)
-        return;
+    api_t *self = ts_xcalloc(1, sizeof *self);
     self->actor = actor;
     self->curl_due_us = -1;
     self->epfd = -1;
@@ -505,7 +487,7 @@ static void api_actor(ts_actor_t *actor, void *args)
     size_t blen = in->base_url ? strlen(in->base_url) : 0;
     while (blen && in->base_url[blen - 1] == '/')
         blen--;
-    self->strings[0] = in->base_url ? strndup(in->base_url, blen) : NULL;
+    self->strings[0] = in->base_url ? ts_xstrndup(in->base_url, blen) : NULL;
     o->base_url = self->strings[0];
     if (!in->token_url && o->base_url)
         ts_buf_printf(&token_url, "%s/oauth/token", o->base_url);
@@ -616,19 +598,13 @@ uint64_t ts_api_next_id(void)
 
 ts_api_request_t *ts_api_request_new(ts_api_method_t method, const char *path, const char *body)
 {
-    ts_api_request_t *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    ts_api_request_t *r = ts_xcalloc(1, sizeof *r);
     r->id = ts_api_next_id();
     r->method = method;
-    r->path = path ? strdup(path) : NULL;
+    r->path = path ? ts_xstrdup(path) : NULL;
     if (body) {
         r->body_len = strlen(body);
-        r->body = strdup(body);
-    }
-    if ((path && !r->path) || (body && !r->body)) {
-        ts_api_request_free(r);
-        return NULL;
+        r->body = ts_xstrdup(body);
     }
     return r;
 }
@@ -649,9 +625,7 @@ int ts_api_send(void *socket, ts_api_request_t *request)
 
 int ts_api_cancel(void *socket, uint64_t id)
 {
-    uint64_t *p = malloc(sizeof *p);
-    if (!p)
-        return -1;
+    uint64_t *p = ts_xmalloc(sizeof *p);
     *p = id;
     if (ts_send_API_CANCEL(socket, &p, 1) < 0) {
         free(p);

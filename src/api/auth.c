@@ -59,7 +59,8 @@ static size_t on_token_body(char *data, size_t size, size_t n, void *arg)
     size_t len = size * n;
     if (b->len + len > 65536)
         return 0;
-    return ts_buf_append(b, data, len) < 0 ? 0 : len;
+    ts_buf_append(b, data, len);
+    return len;
 }
 
 static int form_add(api_t *self, ts_buf_t *b, const char *key, const char *value)
@@ -142,25 +143,19 @@ void api_token_done(api_t *self, CURLcode rc)
         static const char prefix[] = "Authorization: Bearer ";
         size_t len = strlen(access->valuestring);
         api_auth_drop(&self->auth);
-        self->auth = malloc(sizeof *self->auth + sizeof prefix + len);
-        if (self->auth) {
-            self->auth->refs = 1;
-            memcpy(self->auth->line, prefix, sizeof prefix - 1);
-            memcpy(self->auth->line + sizeof prefix - 1, access->valuestring, len + 1);
-        }
+        self->auth = ts_xmalloc(sizeof *self->auth + sizeof prefix + len);
+        self->auth->refs = 1;
+        memcpy(self->auth->line, prefix, sizeof prefix - 1);
+        memcpy(self->auth->line + sizeof prefix - 1, access->valuestring, len + 1);
         explicit_bzero(access->valuestring, len);
         const cJSON *refresh = cJSON_GetObjectItemCaseSensitive(j, "refresh_token");
         if (cJSON_IsString(refresh) && *refresh->valuestring) {
             free(self->refresh_token);
-            self->refresh_token = strdup(refresh->valuestring);
+            self->refresh_token = ts_xstrdup(refresh->valuestring);
         }
         const cJSON *exp = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
         int expires_in = cJSON_IsNumber(exp) ? exp->valueint : -1;
         cJSON_Delete(j);
-        if (!self->auth) {
-            token_fail(self, TS_API_INTERNAL, 0, "out of memory");
-            return;
-        }
         self->token_gen++;
         ts_info(LOG, "token obtained (expires in %d s)", expires_in);
         while (self->lists[C_WAIT_TOKEN].head)

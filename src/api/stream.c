@@ -55,21 +55,19 @@ static void sse_line(api_t *self, call_t *c, char *line, size_t len)
         if (c->ev_has_id)
             snprintf(c->req->last_event_id, sizeof c->req->last_event_id, "%s", c->ev_id);
         if (c->data.len) {
-            ts_api_event_t *ev = calloc(1, sizeof *ev);
-            if (ev) {
-                ev->id = c->req->id;
-                ev->user = c->req->user;
-                snprintf(ev->event_id, sizeof ev->event_id, "%s",
-                         c->ev_has_id ? c->ev_id : c->req->last_event_id);
-                c->data.data[--c->data.len] = '\0'; /* the last \n */
-                ev->data = ts_buf_take(&c->data, &ev->data_len);
-                if (!c->req->raw_events)
-                    ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
-                if (ts_log_enabled(TS_LOG_DEBUG))
-                    api_log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
-                                 ev->data_len);
-                api_reply(self, c->req, TS_MSG_API_EVENT, ev);
-            }
+            ts_api_event_t *ev = ts_xcalloc(1, sizeof *ev);
+            ev->id = c->req->id;
+            ev->user = c->req->user;
+            snprintf(ev->event_id, sizeof ev->event_id, "%s",
+                     c->ev_has_id ? c->ev_id : c->req->last_event_id);
+            c->data.data[--c->data.len] = '\0'; /* the last \n */
+            ev->data = ts_buf_take(&c->data, &ev->data_len);
+            if (!c->req->raw_events)
+                ev->json = cJSON_ParseWithLength(ev->data, ev->data_len);
+            if (ts_log_enabled(TS_LOG_DEBUG))
+                api_log_body("event", c->req->id, c->res->attempts, 200, ev->event_id, ev->data,
+                             ev->data_len);
+            api_reply(self, c->req, TS_MSG_API_EVENT, ev);
         }
         ts_buf_reset(&c->data);
         c->ev_has_id = false;
@@ -109,8 +107,8 @@ size_t api_on_body(char *data, size_t size, size_t n, void *arg)
                 c->too_large = true;
                 return 0;
             }
-            if (run && ts_buf_append(&c->line, p, run) < 0)
-                return 0;
+            if (run)
+                ts_buf_append(&c->line, p, run);
             if (!nl)
                 break;
             p = nl + 1;
@@ -128,7 +126,8 @@ size_t api_on_body(char *data, size_t size, size_t n, void *arg)
         c->too_large = true;
         return 0;
     }
-    return ts_buf_append(&c->body, data, len) < 0 ? 0 : len;
+    ts_buf_append(&c->body, data, len);
+    return len;
 }
 
 /* ---- streams ---------------------------------------------------------------- */
@@ -136,9 +135,7 @@ size_t api_on_body(char *data, size_t size, size_t n, void *arg)
 void api_stream_state(api_t *self, call_t *c, ts_api_stream_state_t state, ts_api_error_t error,
                       long status, int64_t retry_in_ms)
 {
-    ts_api_stream_msg_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return;
+    ts_api_stream_msg_t *m = ts_xcalloc(1, sizeof *m);
     *m = (ts_api_stream_msg_t){.id = c->req->id, .user = c->req->user, .state = state,
                                .error = error, .status = status, .retry_in_ms = retry_in_ms,
                                .connects = c->res->attempts};

@@ -74,17 +74,15 @@ int policy_ctx_log(lua_State *L)
     size_t len;
     const char *msg = luaL_tolstring(L, 1, &len);
     ts_buf_t b = {0};
-    if (ts_buf_append(&b, msg, len) == 0) {
-        for (int i = 0; i < 3; i++)
-            s_redact_values(&b, self->call_docs[i], false);
-        for (size_t i = 0; i < self->nfound; i++)
-            s_redact_text(&b, &self->found[i]);
-        s_redact_text(&b, self->doc);
-        for (int i = 0; i < 2; i++)
-            s_redact_text(&b, self->call_text_docs[i]);
-    }
-    ts_debug("policy", "%s %s: %.*s", self->name, self->label, (int)b.len,
-             b.data ? b.data : "[out of memory]");
+    ts_buf_append(&b, msg, len);
+    for (int i = 0; i < 3; i++)
+        s_redact_values(&b, self->call_docs[i], false);
+    for (size_t i = 0; i < self->nfound; i++)
+        s_redact_text(&b, &self->found[i]);
+    s_redact_text(&b, self->doc);
+    for (int i = 0; i < 2; i++)
+        s_redact_text(&b, self->call_text_docs[i]);
+    ts_debug("policy", "%s %s: %.*s", self->name, self->label, (int)b.len, b.data);
     ts_buf_free(&b);
     return 0;
 }
@@ -168,6 +166,8 @@ static int s_find_visit_doc(void *arg, const ts_policy_doc_t *doc, const int64_t
                                    : !s_doc_in_range(fs, doc)))
         return 0;
     if (self->nfound == self->found_cap) {
+        /* Grows with what a policy asks ctx.find for: running out is an
+         * error of that call (like the Lua memory cap), not the engine's. */
         size_t cap = self->found_cap ? 2 * self->found_cap : 16;
         ts_policy_doc_t *p = realloc(self->found, cap * sizeof *p);
         if (!p) {

@@ -109,7 +109,7 @@ static void s_push_doc(lua_State *L, loaded_t *ld, const cJSON *doc)
 
 /* Converts the Lua value at idx into new cJSON. Never raises: returns NULL
  * with err set on a value JSON cannot hold (functions, cycles, non-string
- * keys, NaN) or when memory ran out. Raw access only: no metamethods run. */
+ * keys, NaN). Raw access only: no metamethods run. */
 cJSON *policy_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
@@ -141,10 +141,7 @@ cJSON *policy_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen
             snprintf(err, errlen, "string contains a NUL byte");
             return NULL;
         }
-        cJSON *out = cJSON_CreateString(s);
-        if (!out)
-            snprintf(err, errlen, "out of memory");
-        return out;
+        return cJSON_CreateString(s);
     }
     case LUA_TTABLE:
         break;
@@ -175,20 +172,16 @@ cJSON *policy_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen
         return NULL;
     }
     cJSON *out = is_array ? cJSON_CreateArray() : cJSON_CreateObject();
-    if (!out) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
     if (is_array) {
         for (size_t i = 1; i <= n; i++) {
             lua_rawgeti(L, idx, (lua_Integer)i);
             cJSON *v = policy_to_json(L, -1, depth + 1, err, errlen);
             lua_pop(L, 1);
-            if (!v || !cJSON_AddItemToArray(out, v)) {
-                cJSON_Delete(v);
+            if (!v) {
                 cJSON_Delete(out);
                 return NULL;
             }
+            cJSON_AddItemToArray(out, v);
         }
         return out;
     }
@@ -196,12 +189,12 @@ cJSON *policy_to_json(lua_State *L, int idx, int depth, char *err, size_t errlen
     while (lua_next(L, idx)) {
         cJSON *v = policy_to_json(L, -1, depth + 1, err, errlen);
         lua_pop(L, 1);
-        if (!v || !cJSON_AddItemToObject(out, lua_tostring(L, -1), v)) {
-            cJSON_Delete(v);
+        if (!v) {
             cJSON_Delete(out);
             lua_pop(L, 1);
             return NULL;
         }
+        cJSON_AddItemToObject(out, lua_tostring(L, -1), v);
     }
     return out;
 }

@@ -14,9 +14,9 @@ void ts_lua_push_json(lua_State *L, const cJSON *item);
 
 /* Converts the Lua value at idx into new cJSON (caller frees). Never raises:
  * returns NULL with err set for what JSON cannot hold (functions, cycles,
- * mixed or non-string keys, NaN) or when memory ran out. Tables whose keys
- * are exactly 1..n (n > 0) become arrays, others objects; {} is an object.
- * Raw access only: no metamethods run. */
+ * mixed or non-string keys, NaN). Tables whose keys are exactly 1..n
+ * (n > 0) become arrays, others objects; {} is an object. Raw access only:
+ * no metamethods run. */
 cJSON *ts_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 
 #endif

@@ -109,8 +109,7 @@ static void s_note_validators(lua_State *L, loaded_t *ld)
     size_t total = 1;
     for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1))
         total += lua_rawlen(L, -2) + 1;
-    if (!(ld->validated = malloc(total)))
-        luaL_error(L, "out of memory");
+    ld->validated = ts_xmalloc(total);
     char *p = ld->validated;
     for (lua_pushnil(L); lua_next(L, t); lua_pop(L, 1)) {
         size_t n;
@@ -179,11 +178,7 @@ static int s_load_call(lua_State *L)
 
 static loaded_t *s_load_dir(ts_policy_t *self, const char *dir, char *err, size_t errlen)
 {
-    loaded_t *ld = calloc(1, sizeof *ld);
-    if (!ld) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
+    loaded_t *ld = ts_xcalloc(1, sizeof *ld);
     ld->keys_ref = LUA_NOREF;
     size_t dlen = strlen(dir);
     if (dlen >= sizeof ld->dir) {
@@ -224,11 +219,7 @@ ts_policy_t *ts_policy_new(const char *dir, const ts_policy_opts_t *opts, char *
         snprintf(err, errlen, "no policies directory");
         return NULL;
     }
-    ts_policy_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
+    ts_policy_t *self = ts_xcalloc(1, sizeof *self);
     self->mem_cap = opts->mem_cap_bytes;
     self->budget = opts->instr_budget;
     self->lookup = opts->lookup;
@@ -236,11 +227,8 @@ ts_policy_t *ts_policy_new(const char *dir, const ts_policy_opts_t *opts, char *
     self->find = opts->find;
     snprintf(self->name, sizeof self->name, "%s", opts->name ? opts->name : "policy");
     snprintf(self->label, sizeof self->label, "policy");
-    if (opts->clinic_config && !(self->config = cJSON_Duplicate(opts->clinic_config, true))) {
-        snprintf(err, errlen, "out of memory");
-        free(self);
-        return NULL;
-    }
+    if (opts->clinic_config)
+        self->config = cJSON_Duplicate(opts->clinic_config, true);
     self->cur = s_load_dir(self, dir, err, errlen);
     if (!self->cur) {
         cJSON_Delete(self->config);
@@ -305,7 +293,7 @@ cJSON *ts_policy_info(const ts_policy_t *self)
     const char *keys[] = {"validate", "conflict"};
     int refs[] = {ld->validate_ref, ld->conflict_ref};
     cJSON *colls = cJSON_AddObjectToObject(info, "collections");
-    for (int i = 0; i < 2 && colls; i++) {
+    for (int i = 0; i < 2; i++) {
         cJSON *arr = cJSON_AddArrayToObject(colls, keys[i]);
         if (!lua_checkstack(L, 4))
             break;
@@ -317,10 +305,6 @@ cJSON *ts_policy_info(const ts_policy_t *self)
                 cJSON_AddItemToArray(arr, cJSON_CreateString(lua_tostring(L, -1)));
         }
         lua_pop(L, 1);
-    }
-    if (!info || !files || !sels || !colls) {
-        cJSON_Delete(info);
-        return NULL;
     }
     return info;
 }

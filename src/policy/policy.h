@@ -97,7 +97,7 @@ int ts_policy_reload(ts_policy_t *self, const char *dir, char *err, size_t errle
 
 /* What is loaded: {dir, loaded_at (RFC 3339), files: [..], collections:
  * {validate: [..], conflict: [..]}, selectors: [..], mem_used, mem_cap,
- * instr_budget}. Caller frees. NULL when memory ran out. */
+ * instr_budget}. Caller frees. */
 cJSON *ts_policy_info(const ts_policy_t *self);
 
 /* Fixes ctx.now (and the default params.now) at wall_ms; 0 = the real clock.
@@ -228,7 +228,7 @@ const char *ts_policy_outcome_name(ts_policy_outcome_kind_t kind);
  * updated_at always come from theirs. A field removed on one side and
  * unchanged on the other is removed. base may be NULL (every field counts as
  * changed on both sides). Returns a new document (caller frees), or NULL
- * when memory ran out or mine/theirs is not an object. */
+ * when mine/theirs is not an object. */
 cJSON *ts_policy_default_merge(const cJSON *base, const cJSON *mine, const cJSON *theirs);
 
 #endif

@@ -207,8 +207,7 @@ static tool_coll_t *s_coll(tool_t *t, const char *name)
     if (t->ncolls == TS_MAX_COLLECTIONS)
         return NULL;
     tool_coll_t *c = &t->colls[t->ncolls];
-    if (!(c->name = strdup(name)))
-        return NULL;
+    c->name = ts_xstrdup(name);
     if (!(c->q = ts_sq_attach(t->sq, c->name, c))) {
         free(c->name);
         c->name = NULL;
@@ -236,10 +235,7 @@ static void s_coll_clear(tool_coll_t *c)
 static int s_coll_fill(tool_coll_t *c, const cJSON *docs, char *err, size_t errlen)
 {
     int n = cJSON_GetArraySize(docs);
-    if (!(c->docs = calloc(n ? (size_t)n : 1, sizeof *c->docs))) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
+    c->docs = ts_xcalloc(n ? (size_t)n : 1, sizeof *c->docs);
     const cJSON *doc;
     cJSON_ArrayForEach(doc, docs)
     {
@@ -249,22 +245,19 @@ static int s_coll_fill(tool_coll_t *c, const cJSON *docs, char *err, size_t errl
             return -1;
         }
         cJSON *copy = cJSON_Duplicate(doc, true);
-        while (copy && cJSON_GetObjectItemCaseSensitive(copy, "id"))
+        while (cJSON_GetObjectItemCaseSensitive(copy, "id"))
             cJSON_DeleteItemFromObjectCaseSensitive(copy, "id");
         ts_buf_t b = {0};
-        tool_doc_t *d = &c->docs[c->ndocs];
-        if (copy && ts_buf_json(&b, copy) == 0)
-            d->text = ts_buf_take(&b, &d->len);
-        ts_buf_free(&b);
+        int rc = ts_buf_json(&b, copy);
         cJSON_Delete(copy);
-        d->id = strdup(id->valuestring);
-        if (!d->text || !d->id) {
-            free(d->text);
-            free(d->id);
-            *d = (tool_doc_t){0};
-            snprintf(err, errlen, "out of memory");
+        if (rc != 0) {
+            ts_buf_free(&b);
+            snprintf(err, errlen, "docs[%zu] cannot be written as JSON", c->ndocs + 1);
             return -1;
         }
+        tool_doc_t *d = &c->docs[c->ndocs];
+        d->text = ts_buf_take(&b, &d->len);
+        d->id = ts_xstrdup(id->valuestring);
         c->ndocs++;
         ts_sq_changed(c->q, d, d->text, d->len);
     }
@@ -283,19 +276,16 @@ static int s_select(tool_t *t, const ts_policy_selector_t *sel, const cJSON *par
         return -1;
     }
     int rc = s_coll_fill(c, docs, err, errlen);
-    ts_envelope_t *e = rc ? NULL : ts_envelope_new(1);
-    cJSON *p = e ? cJSON_CreateObject() : NULL;
-    if (!rc && (!p || !cJSON_AddStringToObject(p, "collection", sel->collection) ||
-                !cJSON_AddStringToObject(p, "selector", sel->name) ||
-                (params && !cJSON_AddItemToObject(p, "params", cJSON_Duplicate(params, true))))) {
-        snprintf(err, errlen, "out of memory");
-        rc = -1;
-    }
     if (!rc) {
+        ts_envelope_t *e = ts_envelope_new(1);
+        cJSON *p = cJSON_CreateObject();
+        cJSON_AddStringToObject(p, "collection", sel->collection);
+        cJSON_AddStringToObject(p, "selector", sel->name);
+        if (params)
+            cJSON_AddItemToObject(p, "params", cJSON_Duplicate(params, true));
         ts_call_t *call = &e->calls[0];
         call->method = TS_M_QUERY;
         call->params = p;
-        p = NULL;
         call->collection = c->name;
         ts_sq_query(t->sq, call, c->q);
         cJSON *r = call->err_code ? NULL : cJSON_ParseWithLength(call->result, call->result_len);
@@ -306,12 +296,11 @@ static int s_select(tool_t *t, const ts_policy_selector_t *sel, const cJSON *par
                      call->err_message ? call->err_message : "query failed");
             rc = -1;
         } else if (!*items) {
-            snprintf(err, errlen, "out of memory");
+            snprintf(err, errlen, "query answer without items");
             rc = -1;
         }
+        ts_envelope_free(e);
     }
-    cJSON_Delete(p);
-    ts_envelope_free(e);
     s_coll_clear(c);
     return rc;
 }
@@ -402,8 +391,7 @@ static int s_expect_conflict(lua_State *L)
             ok = cJSON_Compare(m, out.doc, true);
             if (!ok) {
                 char *a = s_print(m), *b = s_print(out.doc);
-                snprintf(detail, sizeof detail, ": expected %.140s, got %.140s", a ? a : "?",
-                         b ? b : "?");
+                snprintf(detail, sizeof detail, ": expected %.140s, got %.140s", a, b);
                 free(a);
                 free(b);
             }
@@ -535,14 +523,10 @@ static ts_sq_t *s_query_code(const char *dir, char *err, size_t errlen)
 {
     ts_config_t config;
     ts_config_init(&config);
-    config.policies_dir = strdup(dir);
+    config.policies_dir = ts_xstrdup(dir);
     config.lua.memory_bytes = 0;
     config.lua.instruction_budget = 0;
-    ts_sq_t *sq = config.policies_dir
-                      ? ts_sq_new(&config, &(ts_sq_hooks_t){s_view, s_each}, err, errlen)
-                      : NULL;
-    if (!config.policies_dir)
-        snprintf(err, errlen, "out of memory");
+    ts_sq_t *sq = ts_sq_new(&config, &(ts_sq_hooks_t){s_view, s_each}, err, errlen);
     ts_config_free(&config);
     return sq;
 }
@@ -676,8 +660,8 @@ int ts_policy_check_dir(const char *dir, FILE *out)
         problems++;
     } else {
         cJSON *info = ts_policy_info(p);
-        char *text = info ? cJSON_PrintUnformatted(info) : NULL;
-        fprintf(out, "loaded: %s\n", text ? text : "?");
+        char *text = cJSON_PrintUnformatted(info);
+        fprintf(out, "loaded: %s\n", text);
         free(text);
         cJSON_Delete(info);
         ts_policy_destroy(&p);

@@ -91,13 +91,13 @@ static int s_resolve_call(lua_State *L)
     return luaL_error(L, bad, lbl);
 }
 
-static int s_default_outcome(const cJSON *base, const cJSON *mine, const cJSON *theirs,
-                             ts_policy_outcome_t *out)
+/* mine and theirs are objects (checked by ts_policy_resolve). */
+static void s_default_outcome(const cJSON *base, const cJSON *mine, const cJSON *theirs,
+                              ts_policy_outcome_t *out)
 {
     out->kind = TS_OUTCOME_MERGE;
     snprintf(out->policy, sizeof out->policy, "default");
     out->doc = ts_policy_default_merge(base, mine, theirs);
-    return out->doc ? 0 : -1;
 }
 
 int ts_policy_resolve(ts_policy_t *self, const char *collection, const cJSON *base,
@@ -117,10 +117,7 @@ int ts_policy_resolve(ts_policy_t *self, const char *collection, const cJSON *ba
     memset(self->call_docs, 0, sizeof self->call_docs);
     policy_scratch_clear(self);
     if (rc == 0 && c.no_policy) {
-        if (s_default_outcome(base, mine, theirs, outcome) != 0) {
-            snprintf(err, errlen, "default merge: out of memory");
-            return TS_POLICY_ERROR;
-        }
+        s_default_outcome(base, mine, theirs, outcome);
         return TS_POLICY_OK;
     }
     if (rc == 0 && outcome->kind == TS_OUTCOME_MERGE) {
@@ -158,40 +155,28 @@ static bool s_server_owned(const char *key)
     return strcmp(key, "id") == 0 || strcmp(key, "version") == 0 || strcmp(key, "updated_at") == 0;
 }
 
-/* Adds the merged value of key to out; 0, or -1 when memory ran out. */
-static int s_merge_key(cJSON *out, const char *key, const cJSON *b, const cJSON *m,
-                       const cJSON *t, int depth)
+/* Adds the merged value of key to out. */
+static void s_merge_key(cJSON *out, const char *key, const cJSON *b, const cJSON *m,
+                        const cJSON *t, int depth)
 {
     const cJSON *pick;
     if (cJSON_IsObject(m) && cJSON_IsObject(t) && (!b || cJSON_IsObject(b)) && depth < MAX_DEPTH) {
-        cJSON *sub = cJSON_CreateObject();
-        if (!sub || !cJSON_AddItemToObject(out, key, sub)) {
-            cJSON_Delete(sub);
-            return -1;
-        }
+        cJSON *sub = cJSON_AddObjectToObject(out, key);
         for (const cJSON *c = t->child; c; c = c->next)
-            if (s_merge_key(sub, c->string, cJSON_GetObjectItemCaseSensitive(b, c->string),
-                            cJSON_GetObjectItemCaseSensitive(m, c->string), c, depth + 1) != 0)
-                return -1;
+            s_merge_key(sub, c->string, cJSON_GetObjectItemCaseSensitive(b, c->string),
+                        cJSON_GetObjectItemCaseSensitive(m, c->string), c, depth + 1);
         for (const cJSON *c = m->child; c; c = c->next)
-            if (!cJSON_GetObjectItemCaseSensitive(t, c->string) &&
+            if (!cJSON_GetObjectItemCaseSensitive(t, c->string))
                 s_merge_key(sub, c->string, cJSON_GetObjectItemCaseSensitive(b, c->string), c,
-                            NULL, depth + 1) != 0)
-                return -1;
-        return 0;
+                            NULL, depth + 1);
+        return;
     }
     if (!s_json_eq(b, m))
         pick = s_json_eq(b, t) ? m : t; /* mine changed: it wins unless theirs changed too */
     else
         pick = t;
-    if (!pick)
-        return 0;
-    cJSON *dup = cJSON_Duplicate(pick, true);
-    if (!dup || !cJSON_AddItemToObject(out, key, dup)) {
-        cJSON_Delete(dup);
-        return -1;
-    }
-    return 0;
+    if (pick)
+        cJSON_AddItemToObject(out, key, cJSON_Duplicate(pick, true));
 }
 
 cJSON *ts_policy_default_merge(const cJSON *base, const cJSON *mine, const cJSON *theirs)
@@ -201,25 +186,18 @@ cJSON *ts_policy_default_merge(const cJSON *base, const cJSON *mine, const cJSON
     if (base && !cJSON_IsObject(base))
         base = NULL;
     cJSON *out = cJSON_CreateObject();
-    if (!out)
-        return NULL;
     for (const cJSON *t = theirs->child; t; t = t->next) {
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(base, t->string);
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(mine, t->string);
         if (s_server_owned(t->string))
             b = m = t;
-        if (s_merge_key(out, t->string, b, m, t, 0) != 0)
-            goto fail;
+        s_merge_key(out, t->string, b, m, t, 0);
     }
     for (const cJSON *m = mine->child; m; m = m->next) {
         if (cJSON_GetObjectItemCaseSensitive(theirs, m->string) || s_server_owned(m->string))
             continue;
-        if (s_merge_key(out, m->string, cJSON_GetObjectItemCaseSensitive(base, m->string), m,
-                        NULL, 0) != 0)
-            goto fail;
+        s_merge_key(out, m->string, cJSON_GetObjectItemCaseSensitive(base, m->string), m, NULL,
+                    0);
     }
     return out;
-fail:
-    cJSON_Delete(out);
-    return NULL;
 }

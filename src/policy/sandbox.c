@@ -399,16 +399,16 @@ static void s_load(lua_State *L, const char *file)
         luaL_error(L, "%s: not a regular file of at most %d bytes", file, TS_SANDBOX_MAX_FILE);
     }
     size_t size = (size_t)st.st_size;
-    char *buf = malloc(size ? size : 1);
+    char *buf = ts_xmalloc(size);
     size_t got = 0;
-    while (buf && got < size) {
+    while (got < size) {
         ssize_t r = read(fd, buf + got, size - got);
         if (r <= 0)
             break;
         got += (size_t)r;
     }
     close(fd);
-    if (!buf || got != size) {
+    if (got != size) {
         free(buf);
         luaL_error(L, "%s: cannot read", file);
     }
@@ -646,11 +646,7 @@ void ts_sandbox_add_global(lua_State *L, const char *name)
 ts_sandbox_t *ts_sandbox_new(const char *dir, size_t mem_cap, long budget, char *err,
                              size_t errlen)
 {
-    ts_sandbox_t *self = calloc(1, sizeof *self);
-    if (!self) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
+    ts_sandbox_t *self = ts_xcalloc(1, sizeof *self);
     self->mem_cap = mem_cap ? mem_cap : TS_SANDBOX_DEFAULT_MEM;
     /* budget < 0: no hook at all, for measuring the hook's cost only. */
     self->budget = budget == 0 ? TS_SANDBOX_DEFAULT_BUDGET : budget;

@@ -14,14 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *s_strdup_or_raise(lua_State *L, const char *s)
-{
-    char *out = strdup(s);
-    if (!out)
-        luaL_error(L, "out of memory");
-    return out;
-}
-
 static int s_sel_cmp(const void *a, const void *b)
 {
     return strcmp(((const sel_t *)a)->pub.name, ((const sel_t *)b)->pub.name);
@@ -37,9 +29,7 @@ void policy_check_selectors(lua_State *L, loaded_t *ld)
         n++;
         lua_pop(L, 1);
     }
-    ld->sels = calloc(n ? n : 1, sizeof *ld->sels);
-    if (!ld->sels)
-        luaL_error(L, "out of memory");
+    ld->sels = ts_xcalloc(n ? n : 1, sizeof *ld->sels);
     lua_pushnil(L);
     while (lua_next(L, t)) {
         int v = lua_gettop(L);
@@ -52,10 +42,10 @@ void policy_check_selectors(lua_State *L, loaded_t *ld)
         sel_t *s = &ld->sels[ld->nsels++];
         s->where_ref = LUA_NOREF;
         s->from_ref = LUA_NOREF;
-        s->pub.name = s_strdup_or_raise(L, name);
+        s->pub.name = ts_xstrdup(name);
         if (lua_getfield(L, v, "collection") != LUA_TSTRING)
             luaL_error(L, "%s: selector '%s': collection must be a string", file, name);
-        s->pub.collection = s_strdup_or_raise(L, lua_tostring(L, -1));
+        s->pub.collection = ts_xstrdup(lua_tostring(L, -1));
         lua_pop(L, 1);
         int wt = lua_getfield(L, v, "where");
         if (wt == LUA_TFUNCTION)
@@ -68,7 +58,7 @@ void policy_check_selectors(lua_State *L, loaded_t *ld)
         if (ot == LUA_TTABLE) {
             if (lua_rawgeti(L, -1, 1) != LUA_TSTRING)
                 luaL_error(L, "%s: selector '%s': order_by[1] must be a field name", file, name);
-            s->pub.order_field = s_strdup_or_raise(L, lua_tostring(L, -1));
+            s->pub.order_field = ts_xstrdup(lua_tostring(L, -1));
             lua_pop(L, 1);
             int dt = lua_rawgeti(L, -1, 2);
             const char *dir = dt == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
@@ -103,7 +93,7 @@ void policy_check_selectors(lua_State *L, loaded_t *ld)
         }
         int it = lua_getfield(L, v, "index");
         if (it == LUA_TSTRING)
-            s->pub.index_field = s_strdup_or_raise(L, lua_tostring(L, -1));
+            s->pub.index_field = ts_xstrdup(lua_tostring(L, -1));
         else if (it != LUA_TNIL)
             luaL_error(L, "%s: selector '%s': index must be a field name", file, name);
         lua_pop(L, 1);
@@ -184,11 +174,7 @@ ts_policy_query_t *ts_policy_query_new(ts_policy_t *self, const char *selector,
         snprintf(err, errlen, "selector params must be an object");
         return NULL;
     }
-    ts_policy_query_t *q = calloc(1, sizeof *q);
-    if (!q) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
+    ts_policy_query_t *q = ts_xcalloc(1, sizeof *q);
     policy_set_label(self, "selectors", selector);
     prepare_call_t c = {self, params, LUA_NOREF};
     if (ts_sandbox_pcall(self->cur->sb, s_prepare_call, &c, err, errlen) != 0) {
@@ -293,8 +279,6 @@ static int s_from_call(lua_State *L)
     else
         return luaL_error(L, "%s: from must return a string, a number or nil, got %s",
                           self->label, luaL_typename(L, -1));
-    if (!c->from)
-        return luaL_error(L, "out of memory");
     return 0;
 }
 

@@ -53,8 +53,7 @@ static int s_validate_call(lua_State *L)
     size_t n = lua_rawlen(L, list);
     if (n == 0)
         return luaL_error(L, "%s returned false with an empty list of errors", lbl);
-    if (!(c->errors = cJSON_CreateArray()))
-        return luaL_error(L, "out of memory");
+    c->errors = cJSON_CreateArray();
     for (size_t i = 1; i <= n; i++) {
         if (lua_rawgeti(L, list, (lua_Integer)i) != LUA_TTABLE)
             return luaL_error(L, "%s: error %d must be a table {field=, message=}", lbl, (int)i);
@@ -66,10 +65,9 @@ static int s_validate_call(lua_State *L)
             return luaL_error(L, "%s: error %d needs field (string) and message (string)", lbl,
                               (int)i);
         cJSON *e = cJSON_CreateObject();
-        if (!e || !cJSON_AddItemToArray(c->errors, e) ||
-            !cJSON_AddStringToObject(e, "field", ft == LUA_TSTRING ? lua_tostring(L, -2) : "") ||
-            !cJSON_AddStringToObject(e, "message", lua_tostring(L, -1)))
-            return luaL_error(L, "out of memory");
+        cJSON_AddItemToArray(c->errors, e);
+        cJSON_AddStringToObject(e, "field", ft == LUA_TSTRING ? lua_tostring(L, -2) : "");
+        cJSON_AddStringToObject(e, "message", lua_tostring(L, -1));
         lua_pop(L, 3);
     }
     c->result = TS_POLICY_INVALID;

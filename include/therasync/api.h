@@ -107,7 +107,7 @@ typedef struct ts_api_request {
 } ts_api_request_t;
 
 /* A new request with copies of path and body (body may be NULL) and a fresh
- * id; other fields zero. NULL when out of memory. */
+ * id; other fields zero. */
 ts_api_request_t *ts_api_request_new(ts_api_method_t method, const char *path, const char *body);
 void ts_api_request_free(ts_api_request_t *request);
 /* A process-wide increasing id (thread-safe), never 0. */
@@ -152,7 +152,7 @@ typedef enum {
                                  later with the same idempotency key, count toward stuck. */
     TS_API_CANCELLED,         /* cancelled by ts_api_cancel(). Nothing to do; a write that
                                  was in flight may still have been applied. */
-    TS_API_INTERNAL,          /* bad request fields (path, method) or out of memory. A bug. */
+    TS_API_INTERNAL,          /* bad request fields (path, method), or curl out of memory. */
     TS_API__LAST
 } ts_api_error_t;
 

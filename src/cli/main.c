@@ -552,6 +552,7 @@ static const command_t commands[] = {
 
 int main(int argc, char **argv)
 {
+    ts_oom_hooks_install(); /* policy test runs the engine's code */
     opts_t o = {0};
     int rc = parse_args(argc, argv, &o);
     if (rc)

@@ -281,9 +281,10 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
     cJSON *item = cJSON_ParseWithLength(v, n);
     if (!item || policy_scratch_add(self, item) != 0) {
         cJSON_Delete(item);
-        luaL_error(L, "document field is not valid JSON (or out of memory)");
+        luaL_error(L, "document field is not valid JSON");
     }
     policy_push_json(L, item, 0);
+    policy_scratch_free(self, item);
 }
 
 /* Pushes a document kept as text (the store's form: its id apart) as a
@@ -353,10 +354,11 @@ static int s_proxy_pairs(lua_State *L)
     cJSON *doc = cJSON_ParseWithLength(d->text, d->len);
     if (!doc || policy_scratch_add(self, doc) != 0) {
         cJSON_Delete(doc);
-        return luaL_error(L, "document is not valid JSON (or out of memory)");
+        return luaL_error(L, "document is not valid JSON");
     }
     lua_pushcfunction(L, ts_sandbox_raw_next);
     policy_push_json(L, doc, 0);
+    policy_scratch_free(self, doc);
     lua_pushlstring(L, d->id, d->id_len);
     lua_setfield(L, -2, "id");
     lua_pushnil(L);

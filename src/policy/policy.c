@@ -32,6 +32,17 @@ int policy_scratch_add(ts_policy_t *self, cJSON *item)
     return -1;
 }
 
+/* Frees item, kept by policy_scratch_add, once no Lua error can strand it
+ * (it was pushed): the slots are for what is in the air, not for a call's
+ * whole life, which may read any number of fields. */
+void policy_scratch_free(ts_policy_t *self, cJSON *item)
+{
+    for (int i = 0; i < SCRATCH_MAX; i++)
+        if (self->scratch[i] == item)
+            self->scratch[i] = NULL;
+    cJSON_Delete(item);
+}
+
 void policy_scratch_clear(ts_policy_t *self)
 {
     for (int i = 0; i < SCRATCH_MAX; i++) {

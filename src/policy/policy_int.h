@@ -86,6 +86,7 @@ struct ts_policy_query {
 
 /* policy.c */
 int policy_scratch_add(ts_policy_t *self, cJSON *item);
+void policy_scratch_free(ts_policy_t *self, cJSON *item);
 void policy_scratch_clear(ts_policy_t *self);
 void policy_set_label(ts_policy_t *self, const char *kind, const char *what);
 

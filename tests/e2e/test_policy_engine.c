@@ -578,3 +578,24 @@ Test(policy_engine, sigterm_stops_a_daemon_stuck_in_a_policy_call, .timeout = 60
     ts_rmtree(cfgdir);
     free(cfgdir);
 }
+
+/* A document with many structured fields (objects, arrays, escaped text)
+ * passes validation and a selector reading them: each field parsed for Lua
+ * was kept until the end of the call, in eight slots, so a ninth failed the
+ * write with a policy error. */
+Test(policy_engine, many_structured_fields_validate)
+{
+    start_with(NULL); /* the shipped policies: validation reads every field */
+    char extra[800] = "";
+    size_t off = 0;
+    for (int i = 0; i < 12; i++)
+        off += (size_t)snprintf(extra + off, sizeof extra - off,
+                                ",\"f%d\":{\"a\":[%d,{\"b\":\"x\\ny\"}]},\"t%d\":\"q\\\"%d\"", i, i,
+                                i, i);
+    must_create("many", "thr-1", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled", extra);
+    cJSON *u = ts_rpc(&engine, "update", "{\"collection\":\"sessions\",\"id\":\"many\","
+                                         "\"patch\":{\"room\":\"B\"}}");
+    cr_assert_not_null(ts_rpc_result(u), "%s", u ? cJSON_PrintUnformatted(u) : "no answer");
+    cJSON_Delete(u);
+    cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\"}"), "many");
+}

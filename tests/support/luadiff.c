@@ -1,6 +1,7 @@
 /* luadiff.c — see luadiff.h. */
 #include "luadiff.h"
 #include "engine.h"
+#include "policy/sandbox.h"
 
 #include <criterion/criterion.h>
 #include <lauxlib.h>
@@ -40,4 +41,32 @@ int ts_luadiff_same(const char *want, const char *got)
         cr_assert_fail("line %d differs:\n lua: %.400s\n ours: %.400s", line, a, b);
     }
     return lines;
+}
+
+typedef struct {
+    const char *fn;
+} call_t;
+
+static int s_call(lua_State *L)
+{
+    call_t *c = lua_touserdata(L, 1);
+    ts_sandbox_run_file(L, "calls.lua");
+    lua_getfield(L, -1, c->fn);
+    lua_call(L, 0, 0);
+    return 0;
+}
+
+ts_sandbox_t *ts_luadiff_sandbox(const char *rel, long budget)
+{
+    char err[512];
+    ts_sandbox_t *sb = ts_sandbox_new(ts_source_path(rel), 64u << 20, budget, err, sizeof err);
+    cr_assert_not_null(sb, "%s", err);
+    return sb;
+}
+
+int ts_luadiff_call(ts_sandbox_t *sb, const char *fn, char *err, size_t errlen)
+{
+    call_t c = {fn};
+    err[0] = '\0';
+    return ts_sandbox_pcall(sb, s_call, &c, err, errlen);
 }

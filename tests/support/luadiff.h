@@ -5,6 +5,7 @@
 #define TS_TEST_LUADIFF_H
 
 #include <lua.h>
+#include <stddef.h>
 
 /* Runs the script at rel (from the source tree) in L; returns the string it
  * returns (malloc'd, NUL bytes in it shown as \1 so it reads as one C
@@ -13,5 +14,12 @@ char *ts_luadiff_run(lua_State *L, const char *rel);
 /* Asserts want and got are the same, naming the first line that differs;
  * returns the number of lines. */
 int ts_luadiff_same(const char *want, const char *got);
+
+/* A sandbox over the fixture directory rel (its calls.lua), with a budget
+ * (0: the default); asserts it opens. */
+struct ts_sandbox;
+struct ts_sandbox *ts_luadiff_sandbox(const char *rel, long budget);
+/* Calls the function fn of calls.lua in the sandbox: 0, or an error in err. */
+int ts_luadiff_call(struct ts_sandbox *sb, const char *fn, char *err, size_t errlen);
 
 #endif

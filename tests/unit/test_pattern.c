@@ -110,34 +110,14 @@ Test(pattern, ordinary_work_costs_steps_in_proportion)
 
 /* ---- inside the sandbox ---- */
 
-typedef struct {
-    const char *fn;
-} call_t;
-
-static int s_call(lua_State *L)
-{
-    call_t *c = lua_touserdata(L, 1);
-    ts_sandbox_run_file(L, "calls.lua");
-    lua_getfield(L, -1, c->fn);
-    lua_call(L, 0, 0);
-    return 0;
-}
-
 static ts_sandbox_t *open_sandbox(long budget)
 {
-    const char *src = getenv("TS_SOURCE_DIR");
-    char dir[1024], err[512];
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/patterns", src ? src : ".");
-    ts_sandbox_t *sb = ts_sandbox_new(dir, 64u << 20, budget, err, sizeof err);
-    cr_assert_not_null(sb, "%s", err);
-    return sb;
+    return ts_luadiff_sandbox("tests/fixtures/patterns", budget);
 }
 
 static int call(ts_sandbox_t *sb, const char *fn, char *err, size_t errlen)
 {
-    call_t c = {fn};
-    err[0] = '\0';
-    return ts_sandbox_pcall(sb, s_call, &c, err, errlen);
+    return ts_luadiff_call(sb, fn, err, errlen);
 }
 
 /* Eagerly counted (100,000) and lazily armed (the defaults: 10 million, and

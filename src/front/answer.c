@@ -119,9 +119,18 @@ static client_t **client_slot(front_t *self, const unsigned char *id, size_t len
     return p;
 }
 
-/* Gives a new request its place in its client's line. */
+/* Gives a new request its place in its client's line; a request of reads
+ * only takes none: it is answered as soon as computed, even before the
+ * client's earlier writes wait for their commit (it already reflects them). */
 void front_take_ticket(front_t *self, ts_envelope_t *e)
 {
+    bool reads = true;
+    for (size_t i = 0; reads && i < e->ncalls; i++)
+        reads = ts_method_is(e->calls[i].method, TS_MF_READ);
+    if (reads) {
+        e->unordered = true;
+        return;
+    }
     size_t len;
     const unsigned char *id = route_id(e, &len);
     if (!id)
@@ -143,7 +152,7 @@ void front_deliver(front_t *self, ts_envelope_t *e)
     front_publish_events(self, e);
     size_t len;
     const unsigned char *id = route_id(e, &len);
-    client_t **p = id && !e->internal ? client_slot(self, id, len) : NULL;
+    client_t **p = id && !e->internal && !e->unordered ? client_slot(self, id, len) : NULL;
     client_t *c = p ? *p : NULL;
     if (!c) {
         finish_envelope(self, e);

@@ -36,6 +36,7 @@ enum {
     TS_MF_COLLECTION = 1 << 1,
     TS_MF_PERSIST = 1 << 2,
     TS_MF_FRONT = 1 << 3,
+    TS_MF_READ = 1 << 4,
 };
 
 typedef struct {
@@ -171,6 +172,8 @@ typedef struct ts_envelope {
     unsigned char *route;
     bool delimiter;       /* the client sent an empty frame before the payload */
     bool batch;           /* the request was a JSON array */
+    bool unordered;       /* only reads: answered as soon as back, not in line with
+                             the client's writes (front door) */
     bool internal;        /* made by an actor (sync updates), not by a client: no answer,
                              not counted in the front door's in-flight calls */
     char client[48];      /* who sent it, for the audit trail ("zmq:<routing id hex>") */

@@ -37,14 +37,14 @@ static char *methods_table(void)
 {
     static const char *const owners[] = {"front", "store", "persist", "sync"};
     ts_buf_t b = {0};
-    ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | persist | what |\n"
-                                  "|---|---|---|---|---|\n");
+    ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | reads only | persist | what |\n"
+                                  "|---|---|---|---|---|---|\n");
     for (int m = 0; m < TS_M_NONE; m++) {
         const ts_method_info_t *r = ts_method_info((ts_method_t)m);
-        ts_buf_printf(&b, "| `%s` | %s%s | %s | %s | %s |\n", r->name, owners[r->owner],
+        ts_buf_printf(&b, "| `%s` | %s%s | %s | %s | %s | %s |\n", r->name, owners[r->owner],
                       r->flags & TS_MF_FRONT ? " (+ front)" : "",
-                      r->flags & TS_MF_WRITE ? "yes" : "", r->flags & TS_MF_PERSIST ? "yes" : "",
-                      r->doc);
+                      r->flags & TS_MF_WRITE ? "yes" : "", r->flags & TS_MF_READ ? "yes" : "",
+                      r->flags & TS_MF_PERSIST ? "yes" : "", r->doc);
     }
     ts_buf_puts(&b, METHODS_END);
     size_t len;

@@ -3,7 +3,7 @@
  *
  * Each function is Lua 5.4.4's, same checks and messages in the same order;
  * the differential test in tests/unit/test_metered.c holds it to that. The
- * work is charged as it is done, every CHARGE_EVERY steps, not up front: a
+ * work is charged as it is done, every TS_CHARGE_EVERY steps, not up front: a
  * lazily armed budget ignores charges until the watchdog arms the hook, and
  * that happens while a long loop runs, so the charges after it stop the loop.
  * Lengths are read once (a __len that answers differently each time cannot
@@ -15,34 +15,11 @@
 #include <string.h>
 #include <time.h>
 
-#define CHARGE_EVERY 4096
-
-typedef struct {
-    lua_State *L;
-    const ts_pattern_meter_t *meter;
-    long steps; /* work not yet charged */
-} meter_t;
-
 /* The meter is each function's upvalue 1. */
-static meter_t m_open(lua_State *L)
+static ts_steps_t m_open(lua_State *L)
 {
-    meter_t m = {L, lua_touserdata(L, lua_upvalueindex(1)), 0};
+    ts_steps_t m = {L, lua_touserdata(L, lua_upvalueindex(1)), 0};
     return m;
-}
-
-static void m_flush(meter_t *m)
-{
-    long n = m->steps;
-    m->steps = 0;
-    if (n > 0)
-        m->meter->charge(m->L, n);
-}
-
-static inline void m_work(meter_t *m, long n)
-{
-    m->steps += n;
-    if (m->steps >= CHARGE_EVERY)
-        m_flush(m);
 }
 
 /* ---- string.rep ---- */
@@ -63,15 +40,15 @@ static int s_rep(lua_State *L)
     size_t total = (size_t)n * l + (size_t)(n - 1) * lsep;
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, total);
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     size_t piece = l + lsep;
     /* Charged by blocks of rounds, an empty round too: ("", 2^40) is 2^40
      * rounds. A round and a byte cost 1/16 step each: enough to stop 2^40
      * rounds soon, little enough that a rule piling up text in a loop runs
      * into the memory cap (the clearer error) before the budget. */
     for (lua_Integer left = n; left > 0;) {
-        lua_Integer k = left < CHARGE_EVERY ? left : CHARGE_EVERY;
-        m_work(&m, (long)(((size_t)k * (1 + piece)) >> 4));
+        lua_Integer k = left < TS_CHARGE_EVERY ? left : TS_CHARGE_EVERY;
+        ts_steps_add(&m, (long)(((size_t)k * (1 + piece)) >> 4));
         left -= k;
         if (piece == 0)
             continue; /* nothing to copy */
@@ -84,7 +61,7 @@ static int s_rep(lua_State *L)
             }
         }
     }
-    m_flush(&m);
+    ts_steps_flush(&m);
     luaL_pushresultsize(&b, total);
     return 1;
 }
@@ -123,7 +100,7 @@ static lua_Integer s_getn(lua_State *L, int arg, int what)
 
 static int s_insert(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     lua_Integer pos;
     lua_Integer e = luaL_intop(+, s_getn(L, 1, TAB_R | TAB_W), 1); /* first empty */
     switch (lua_gettop(L)) {
@@ -134,11 +111,11 @@ static int s_insert(lua_State *L)
         pos = luaL_checkinteger(L, 2);
         luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
         for (lua_Integer i = e; i > pos; i--) { /* t[i] = t[i - 1] */
-            m_work(&m, 1);
+            ts_steps_add(&m, 1);
             lua_geti(L, 1, i - 1);
             lua_seti(L, 1, i);
         }
-        m_flush(&m);
+        ts_steps_flush(&m);
         break;
     default:
         return luaL_error(L, "wrong number of arguments to 'insert'");
@@ -149,18 +126,18 @@ static int s_insert(lua_State *L)
 
 static int s_remove(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     lua_Integer size = s_getn(L, 1, TAB_R | TAB_W);
     lua_Integer pos = luaL_optinteger(L, 2, size);
     if (pos != size) /* Lua 5.4.4 names argument 1 here */
         luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 1, "position out of bounds");
     lua_geti(L, 1, pos);        /* the result */
     for (; pos < size; pos++) { /* t[pos] = t[pos + 1] */
-        m_work(&m, 1);
+        ts_steps_add(&m, 1);
         lua_geti(L, 1, pos + 1);
         lua_seti(L, 1, pos);
     }
-    m_flush(&m);
+    ts_steps_flush(&m);
     lua_pushnil(L);
     lua_seti(L, 1, pos);
     return 1;
@@ -168,7 +145,7 @@ static int s_remove(lua_State *L)
 
 static int s_move(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     lua_Integer f = luaL_checkinteger(L, 2);
     lua_Integer e = luaL_checkinteger(L, 3);
     lua_Integer t = luaL_checkinteger(L, 4);
@@ -181,24 +158,24 @@ static int s_move(lua_State *L)
         luaL_argcheck(L, t <= LUA_MAXINTEGER - n + 1, 4, "destination wrap around");
         if (t > e || t <= f || (tt != 1 && !lua_compare(L, 1, tt, LUA_OPEQ))) {
             for (lua_Integer i = 0; i < n; i++) {
-                m_work(&m, 1);
+                ts_steps_add(&m, 1);
                 lua_geti(L, 1, f + i);
                 lua_seti(L, tt, t + i);
             }
         } else { /* overlapping, moving up: from the end */
             for (lua_Integer i = n - 1; i >= 0; i--) {
-                m_work(&m, 1);
+                ts_steps_add(&m, 1);
                 lua_geti(L, 1, f + i);
                 lua_seti(L, tt, t + i);
             }
         }
-        m_flush(&m);
+        ts_steps_flush(&m);
     }
     lua_pushvalue(L, tt);
     return 1;
 }
 
-static void s_addfield(meter_t *m, luaL_Buffer *b, lua_Integer i)
+static void s_addfield(ts_steps_t *m, luaL_Buffer *b, lua_Integer i)
 {
     lua_State *L = m->L;
     lua_geti(L, 1, i);
@@ -207,13 +184,13 @@ static void s_addfield(meter_t *m, luaL_Buffer *b, lua_Integer i)
                    (lua_Integer)i);
     size_t len;
     lua_tolstring(L, -1, &len);
-    m_work(m, 1 + (long)(len >> 4));
+    ts_steps_add(m, 1 + (long)(len >> 4));
     luaL_addvalue(b);
 }
 
 static int s_concat(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     luaL_Buffer b;
     lua_Integer last = s_getn(L, 1, TAB_R);
     size_t lsep;
@@ -223,19 +200,19 @@ static int s_concat(lua_State *L)
     luaL_buffinit(L, &b);
     for (; i < last; i++) {
         s_addfield(&m, &b, i);
-        m_work(&m, (long)(lsep >> 4));
+        ts_steps_add(&m, (long)(lsep >> 4));
         luaL_addlstring(&b, sep, lsep);
     }
     if (i == last) /* the last value, if the range was not empty */
         s_addfield(&m, &b, i);
-    m_flush(&m);
+    ts_steps_flush(&m);
     luaL_pushresult(&b);
     return 1;
 }
 
 static int s_unpack(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     lua_Integer i = luaL_optinteger(L, 2, 1);
     lua_Integer e = luaL_opt(L, luaL_checkinteger, 3, luaL_len(L, 1));
     if (i > e)
@@ -244,11 +221,11 @@ static int s_unpack(lua_State *L)
     if (n >= (unsigned int)INT_MAX || !lua_checkstack(L, (int)(++n)))
         return luaL_error(L, "too many results to unpack");
     for (; i < e; i++) { /* up to e - 1, so i + 1 cannot overflow */
-        m_work(&m, 1);
+        ts_steps_add(&m, 1);
         lua_geti(L, 1, i);
     }
     lua_geti(L, 1, e);
-    m_flush(&m);
+    ts_steps_flush(&m);
     return (int)n;
 }
 
@@ -283,7 +260,7 @@ static void s_set2(lua_State *L, idx_t i, idx_t j)
 
 /* a < b, by the order function or Lua's <. Two strings cost their shorter
  * length too: the comparison reads up to that far. */
-static int s_sort_comp(meter_t *m, int a, int b)
+static int s_sort_comp(ts_steps_t *m, int a, int b)
 {
     lua_State *L = m->L;
     if (lua_isnil(L, 2)) {
@@ -292,10 +269,10 @@ static int s_sort_comp(meter_t *m, int a, int b)
             size_t la = lua_rawlen(L, a), lb = lua_rawlen(L, b);
             cost += (long)((la < lb ? la : lb) >> 4);
         }
-        m_work(m, cost);
+        ts_steps_add(m, cost);
         return lua_compare(L, a, b, LUA_OPLT);
     }
-    m_work(m, 1);
+    ts_steps_add(m, 1);
     lua_pushvalue(L, 2);
     lua_pushvalue(L, a - 1); /* -1: the function above it */
     lua_pushvalue(L, b - 2); /* -2: the function and a */
@@ -307,7 +284,7 @@ static int s_sort_comp(meter_t *m, int a, int b)
 
 /* With the pivot P on the stack and at a[up - 1]: a[lo .. i] <= P <=
  * a[j .. up]; returns P's final place. */
-static idx_t s_partition(meter_t *m, idx_t lo, idx_t up)
+static idx_t s_partition(ts_steps_t *m, idx_t lo, idx_t up)
 {
     lua_State *L = m->L;
     idx_t i = lo, j = up - 1;
@@ -337,7 +314,7 @@ static idx_t s_choose_pivot(idx_t lo, idx_t up, unsigned int rnd)
     return rnd % (r4 * 2) + (lo + r4);
 }
 
-static void s_auxsort(meter_t *m, idx_t lo, idx_t up, unsigned int rnd)
+static void s_auxsort(ts_steps_t *m, idx_t lo, idx_t up, unsigned int rnd)
 {
     lua_State *L = m->L;
     while (lo < up) { /* the larger part loops, the smaller one recurses */
@@ -389,7 +366,7 @@ static void s_auxsort(meter_t *m, idx_t lo, idx_t up, unsigned int rnd)
 
 static int s_sort(lua_State *L)
 {
-    meter_t m = m_open(L);
+    ts_steps_t m = m_open(L);
     lua_Integer n = s_getn(L, 1, TAB_R | TAB_W);
     if (n > 1) {
         luaL_argcheck(L, n < INT_MAX, 1, "array too big");
@@ -397,7 +374,7 @@ static int s_sort(lua_State *L)
             luaL_checktype(L, 2, LUA_TFUNCTION);
         lua_settop(L, 2);
         s_auxsort(&m, 1, (idx_t)n, 0);
-        m_flush(&m);
+        ts_steps_flush(&m);
     }
     return 0;
 }

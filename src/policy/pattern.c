@@ -3,8 +3,8 @@
  * The matcher walks the pattern item by item and backtracks by recursion,
  * as Lua's own does, so results (and error messages) are the same; the
  * differential test in tests/unit/test_pattern.c holds it to that. What it
- * adds is accounting: every loop adds its work to m->steps, and every
- * CHARGE_EVERY steps the meter is called, which may raise. Loops that run
+ * adds is accounting: every loop adds its work to m->st (ts_steps_t), and
+ * every TS_CHARGE_EVERY steps the meter is called, which may raise. Loops that run
  * at most once over the subject (a repetition counting its matches, %b
  * looking for its closing character) add their count when they end: one
  * such loop is bounded by the subject's length, and everything that repeats
@@ -20,48 +20,36 @@
 
 #define MAX_CAPTURES 32 /* LUA_MAXCAPTURES */
 #define MAX_DEPTH 200   /* nested s_match calls (C stack), Lua's MAXCCALLS */
-#define CHARGE_EVERY 4096
 #define CAP_OPEN (-1)   /* capture started, not closed yet */
 #define CAP_POS (-2)    /* position capture "()" */
 
 typedef struct {
-    lua_State *L;
-    const ts_pattern_meter_t *meter;
+    ts_steps_t st;
     const char *src, *src_end; /* the subject */
     const char *pat_end;
     int depth; /* s_match calls left before "pattern too complex" */
     int level; /* captures in use */
-    long steps; /* work not yet charged */
     struct {
         const char *at;
         ptrdiff_t len; /* or CAP_OPEN / CAP_POS */
     } cap[MAX_CAPTURES];
 } mstate_t;
 
-static void s_flush(mstate_t *m)
+void ts_steps_flush(ts_steps_t *s)
 {
-    long n = m->steps;
-    m->steps = 0;
+    long n = s->steps;
+    s->steps = 0;
     if (n > 0)
-        m->meter->charge(m->L, n);
-}
-
-static inline void s_work(mstate_t *m, long n)
-{
-    m->steps += n;
-    if (m->steps >= CHARGE_EVERY)
-        s_flush(m);
+        s->meter->charge(s->L, n);
 }
 
 static void s_init(mstate_t *m, lua_State *L, const ts_pattern_meter_t *meter, const char *s,
                    size_t ls, const char *p, size_t lp)
 {
-    m->L = L;
-    m->meter = meter;
+    m->st = (ts_steps_t){L, meter, 0};
     m->src = s;
     m->src_end = s + ls;
     m->pat_end = p + lp;
-    m->steps = 0;
 }
 
 /* Before each attempt at one subject position. */
@@ -102,7 +90,7 @@ static bool s_in_set(mstate_t *m, int c, const char *p, const char *close)
         want = false;
         p++;
     }
-    s_work(m, (close - p) >> 3);
+    ts_steps_add(&m->st, (close - p) >> 3);
     for (; p < close; p++) {
         if (*p == '%') {
             p++;
@@ -126,7 +114,7 @@ static const char *s_item_end(mstate_t *m, const char *p)
     switch (*p++) {
     case '%':
         if (p == m->pat_end)
-            luaL_error(m->L, "malformed pattern (ends with '%%')");
+            luaL_error(m->st.L, "malformed pattern (ends with '%%')");
         return p + 1;
     case '[': {
         if (*p == '^')
@@ -134,11 +122,11 @@ static const char *s_item_end(mstate_t *m, const char *p)
         const char *from = p;
         do {
             if (p == m->pat_end)
-                luaL_error(m->L, "malformed pattern (missing ']')");
+                luaL_error(m->st.L, "malformed pattern (missing ']')");
             if (*p++ == '%' && p < m->pat_end)
                 p++; /* an escaped character, ']' included */
         } while (*p != ']');
-        s_work(m, (p - from) >> 3);
+        ts_steps_add(&m->st, (p - from) >> 3);
         return p + 1;
     }
     default:
@@ -168,7 +156,7 @@ static const char *s_greedy(mstate_t *m, const char *s, const char *p, const cha
     ptrdiff_t n = 0;
     while (s_single(m, s + n, p, ep))
         n++;
-    s_work(m, n);
+    ts_steps_add(&m->st, n);
     for (; n >= 0; n--) {
         const char *r = s_match(m, s + n, ep + 1);
         if (r)
@@ -192,7 +180,7 @@ static const char *s_lazy(mstate_t *m, const char *s, const char *p, const char 
 static const char *s_open(mstate_t *m, const char *s, const char *p, ptrdiff_t what)
 {
     if (m->level >= MAX_CAPTURES)
-        luaL_error(m->L, "too many captures");
+        luaL_error(m->st.L, "too many captures");
     m->cap[m->level].at = s;
     m->cap[m->level].len = what;
     m->level++;
@@ -208,7 +196,7 @@ static const char *s_close(mstate_t *m, const char *s, const char *p)
     while (l >= 0 && m->cap[l].len != CAP_OPEN)
         l--;
     if (l < 0)
-        luaL_error(m->L, "invalid pattern capture");
+        luaL_error(m->st.L, "invalid pattern capture");
     m->cap[l].len = s - m->cap[l].at;
     const char *r = s_match(m, s, p);
     if (!r)
@@ -220,7 +208,7 @@ static const char *s_close(mstate_t *m, const char *s, const char *p)
 static const char *s_balance(mstate_t *m, const char *s, const char *p)
 {
     if (p >= m->pat_end - 1)
-        luaL_error(m->L, "malformed pattern (missing arguments to '%%b')");
+        luaL_error(m->st.L, "malformed pattern (missing arguments to '%%b')");
     if (s >= m->src_end || *s != *p)
         return NULL;
     char open = p[0], close = p[1];
@@ -228,14 +216,14 @@ static const char *s_balance(mstate_t *m, const char *s, const char *p)
     for (const char *q = s + 1; q < m->src_end; q++) {
         if (*q == close) {
             if (--depth == 0) {
-                s_work(m, q - s);
+                ts_steps_add(&m->st, q - s);
                 return q + 1;
             }
         } else if (*q == open) {
             depth++;
         }
     }
-    s_work(m, m->src_end - s);
+    ts_steps_add(&m->st, m->src_end - s);
     return NULL;
 }
 
@@ -244,11 +232,11 @@ static const char *s_backref(mstate_t *m, const char *s, int digit)
 {
     int l = digit - '1';
     if (l < 0 || l >= m->level || m->cap[l].len == CAP_OPEN)
-        luaL_error(m->L, "invalid capture index %%%d", l + 1);
+        luaL_error(m->st.L, "invalid capture index %%%d", l + 1);
     ptrdiff_t len = m->cap[l].len;
     if (len == CAP_POS) /* Lua compares the position as a huge length: never */
         return NULL;
-    s_work(m, len >> 4);
+    ts_steps_add(&m->st, len >> 4);
     if (m->src_end - s >= len && memcmp(m->cap[l].at, s, (size_t)len) == 0)
         return s + len;
     return NULL;
@@ -259,9 +247,9 @@ static const char *s_backref(mstate_t *m, const char *s, int digit)
 static const char *s_match(mstate_t *m, const char *s, const char *p)
 {
     if (m->depth-- == 0)
-        luaL_error(m->L, "pattern too complex");
+        luaL_error(m->st.L, "pattern too complex");
     for (;;) {
-        s_work(m, 1);
+        ts_steps_add(&m->st, 1);
         if (p == m->pat_end)
             break;
         if (*p == '(') {
@@ -286,7 +274,7 @@ static const char *s_match(mstate_t *m, const char *s, const char *p)
         if (*p == '%' && p[1] == 'f') {
             p += 2;
             if (*p != '[')
-                luaL_error(m->L, "missing '[' after '%%f' in pattern");
+                luaL_error(m->st.L, "missing '[' after '%%f' in pattern");
             const char *ep = s_item_end(m, p);
             int before = s == m->src ? 0 : (unsigned char)s[-1];
             int at = s < m->src_end ? (unsigned char)*s : 0;
@@ -345,16 +333,16 @@ static ptrdiff_t s_capture(mstate_t *m, int i, const char *s, const char *e, con
 {
     if (i >= m->level) {
         if (i != 0)
-            luaL_error(m->L, "invalid capture index %%%d", i + 1);
+            luaL_error(m->st.L, "invalid capture index %%%d", i + 1);
         *text = s;
         return e - s;
     }
     ptrdiff_t len = m->cap[i].len;
     *text = m->cap[i].at;
     if (len == CAP_OPEN)
-        luaL_error(m->L, "unfinished capture");
+        luaL_error(m->st.L, "unfinished capture");
     if (len == CAP_POS)
-        lua_pushinteger(m->L, (lua_Integer)(m->cap[i].at - m->src) + 1);
+        lua_pushinteger(m->st.L, (lua_Integer)(m->cap[i].at - m->src) + 1);
     return len;
 }
 
@@ -363,7 +351,7 @@ static void s_push_capture(mstate_t *m, int i, const char *s, const char *e)
     const char *text;
     ptrdiff_t len = s_capture(m, i, s, e, &text);
     if (len != CAP_POS)
-        lua_pushlstring(m->L, text, (size_t)len);
+        lua_pushlstring(m->st.L, text, (size_t)len);
 }
 
 /* Pushes every capture (the whole match s..e when there are none, nothing
@@ -371,7 +359,7 @@ static void s_push_capture(mstate_t *m, int i, const char *s, const char *e)
 static int s_push_captures(mstate_t *m, const char *s, const char *e)
 {
     int n = m->level == 0 && s ? 1 : m->level;
-    luaL_checkstack(m->L, n, "too many captures");
+    luaL_checkstack(m->st.L, n, "too many captures");
     for (int i = 0; i < n; i++)
         s_push_capture(m, i, s, e);
     return n;
@@ -408,10 +396,10 @@ static const char *s_find_plain(mstate_t *m, const char *s, size_t ls, const cha
     while (s < end) {
         const char *hit = memchr(s, *p, (size_t)(end - s));
         if (!hit) {
-            s_work(m, (end - s) >> 4);
+            ts_steps_add(&m->st, (end - s) >> 4);
             return NULL;
         }
-        s_work(m, 1 + ((hit - s) >> 4) + (long)(lp >> 4));
+        ts_steps_add(&m->st, 1 + ((hit - s) >> 4) + (long)(lp >> 4));
         if (memcmp(hit + 1, p + 1, lp - 1) == 0)
             return hit;
         s = hit + 1;
@@ -438,7 +426,7 @@ static int s_find_aux(lua_State *L, bool find)
     if (find && (lua_toboolean(L, 4) || !s_has_specials(p, lp))) {
         s_init(&m, L, s_meter(L), s, ls, p, lp);
         const char *hit = s_find_plain(&m, s + init, ls - init, p, lp);
-        s_flush(&m);
+        ts_steps_flush(&m.st);
         if (hit) {
             lua_pushinteger(L, (lua_Integer)(hit - s) + 1);
             lua_pushinteger(L, (lua_Integer)(hit - s + lp));
@@ -458,7 +446,7 @@ static int s_find_aux(lua_State *L, bool find)
         s_reset(&m);
         const char *e = s_match(&m, at, p);
         if (e) {
-            s_flush(&m);
+            ts_steps_flush(&m.st);
             if (!find)
                 return s_push_captures(&m, at, e);
             lua_pushinteger(L, (lua_Integer)(at - s) + 1);
@@ -466,7 +454,7 @@ static int s_find_aux(lua_State *L, bool find)
             return s_push_captures(&m, NULL, NULL) + 2;
         }
     } while (at++ < m.src_end && !anchor);
-    s_flush(&m);
+    ts_steps_flush(&m.st);
     luaL_pushfail(L);
     return 1;
 }
@@ -495,12 +483,12 @@ static int s_gmatch_next(lua_State *L)
         const char *e = s_match(&m, s + at, p);
         if (e && (size_t)(e - s) != g->last) {
             g->pos = g->last = (size_t)(e - s);
-            s_flush(&m);
+            ts_steps_flush(&m.st);
             return s_push_captures(&m, s + at, e);
         }
     }
     g->pos = ls + 1; /* nothing further can match: later calls end at once */
-    s_flush(&m);
+    ts_steps_flush(&m.st);
     return 0;
 }
 
@@ -524,9 +512,9 @@ static int s_gmatch(lua_State *L)
 static void s_add_string(mstate_t *m, luaL_Buffer *b, const char *s, const char *e)
 {
     size_t l;
-    const char *r = lua_tolstring(m->L, 3, &l);
+    const char *r = lua_tolstring(m->st.L, 3, &l);
     const char *end = r + l;
-    s_work(m, (long)(l >> 4));
+    ts_steps_add(&m->st, (long)(l >> 4));
     const char *pc;
     while ((pc = memchr(r, '%', (size_t)(end - r)))) {
         luaL_addlstring(b, r, (size_t)(pc - r));
@@ -543,7 +531,7 @@ static void s_add_string(mstate_t *m, luaL_Buffer *b, const char *s, const char 
             else
                 luaL_addlstring(b, text, (size_t)len);
         } else {
-            luaL_error(m->L, "invalid use of '%c' in replacement string", '%');
+            luaL_error(m->st.L, "invalid use of '%c' in replacement string", '%');
         }
         r = pc + 2;
     }
@@ -554,7 +542,7 @@ static void s_add_string(mstate_t *m, luaL_Buffer *b, const char *s, const char 
  * matched text (false/nil from a table or function keeps the text). */
 static bool s_add_value(mstate_t *m, luaL_Buffer *b, const char *s, const char *e, int tr)
 {
-    lua_State *L = m->L;
+    lua_State *L = m->st.L;
     if (tr == LUA_TFUNCTION) {
         lua_pushvalue(L, 3);
         int n = s_push_captures(m, s, e);
@@ -614,7 +602,7 @@ static int s_gsub(lua_State *L)
         if (anchor)
             break;
     }
-    s_flush(&m);
+    ts_steps_flush(&m.st);
     if (!changed) {
         lua_pushvalue(L, 1);
     } else {

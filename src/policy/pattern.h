@@ -22,6 +22,27 @@ typedef struct ts_pattern_meter {
     void (*charge)(lua_State *L, long steps);
 } ts_pattern_meter_t;
 
+/* Work a C loop has done and not yet charged: a loop adds its steps, and
+ * every TS_CHARGE_EVERY of them the meter is called (which may raise), so a
+ * call costs a few meter calls, not one per step. The pattern functions and
+ * the metered library functions (metered.h) share it. */
+#define TS_CHARGE_EVERY 4096
+typedef struct {
+    lua_State *L;
+    const ts_pattern_meter_t *meter;
+    long steps;
+} ts_steps_t;
+
+/* Charges what steps holds now. */
+void ts_steps_flush(ts_steps_t *s);
+
+static inline void ts_steps_add(ts_steps_t *s, long n)
+{
+    s->steps += n;
+    if (s->steps >= TS_CHARGE_EVERY)
+        ts_steps_flush(s);
+}
+
 /* Sets find, match, gmatch and gsub in the table at idx to the budgeted
  * versions, each charging meter (which must outlive the state). */
 void ts_pattern_install(lua_State *L, int idx, const ts_pattern_meter_t *meter);

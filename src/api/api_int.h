@@ -148,6 +148,9 @@ void api_stream_done(api_t *self, call_t *c, CURLcode rc, long status);
 
 /* auth.c */
 void api_auth_drop(auth_t **a);
+/* A 401 with the token it was sent with: starts c again under a fresh one,
+ * once per call. True when it did (c is in flight again). */
+bool api_retry_unauthorized(api_t *self, call_t *c, ts_api_error_t error);
 void api_ensure_token(api_t *self);
 void api_token_done(api_t *self, CURLcode rc);
 

@@ -19,6 +19,22 @@ void api_auth_drop(auth_t **a)
     *a = NULL;
 }
 
+bool api_retry_unauthorized(api_t *self, call_t *c, ts_api_error_t error)
+{
+    if (error != TS_API_UNAUTHORIZED || !self->opts.client_id || c->refreshed)
+        return false;
+    /* One refresh per request; requests that got 401 with the same token
+     * share one fetch (the first drops the token, the rest wait). */
+    c->refreshed = true;
+    c->res->token_refreshes++;
+    api_easy_put(self, c->easy);
+    c->easy = NULL;
+    if (c->token_gen == self->token_gen)
+        api_auth_drop(&self->auth);
+    api_start(self, c);
+    return true;
+}
+
 static void token_fail(api_t *self, ts_api_error_t error, long status, const char *why)
 {
     ts_warn(LOG, "token request failed: %s (status %ld)%s%s", ts_api_error_name(error), status,

@@ -474,18 +474,8 @@ void api_call_done(api_t *self, call_t *c, CURLcode rc)
     if (c->retry_after_ms >= 0)
         c->res->retry_after_ms = c->retry_after_ms;
 
-    if (error == TS_API_UNAUTHORIZED && self->opts.client_id && !c->refreshed) {
-        /* One refresh per request; requests that got 401 with the same token
-         * share one fetch (the first drops the token, the rest wait). */
-        c->refreshed = true;
-        c->res->token_refreshes++;
-        api_easy_put(self, c->easy);
-        c->easy = NULL;
-        if (c->token_gen == self->token_gen)
-            api_auth_drop(&self->auth);
-        api_start(self, c);
+    if (api_retry_unauthorized(self, c, error))
         return;
-    }
     if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts) {
         int64_t delay = api_backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
                                        c->res->attempts);

@@ -171,16 +171,8 @@ void api_stream_done(api_t *self, call_t *c, CURLcode rc, long status)
     } else if (error == TS_API_OK) {
         error = TS_API_BAD_RESPONSE, why = "not text/event-stream";
     }
-    if (error == TS_API_UNAUTHORIZED && self->opts.client_id && !c->refreshed) {
-        c->refreshed = true;
-        c->res->token_refreshes++;
-        api_easy_put(self, c->easy);
-        c->easy = NULL;
-        if (c->token_gen == self->token_gen)
-            api_auth_drop(&self->auth);
-        api_start(self, c);
+    if (api_retry_unauthorized(self, c, error))
         return;
-    }
     bool again = c->connected || ts_api_error_retryable(error);
     if (!again) {
         api_stream_state(self, c, TS_API_STREAM_REFUSED, error, status, 0);

@@ -2,10 +2,12 @@
 #include "luadiff.h"
 #include "engine.h"
 #include "policy/sandbox.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <lauxlib.h>
 #include <stdlib.h>
+#include <string.h>
 
 char *ts_luadiff_run(lua_State *L, const char *rel)
 {
@@ -69,4 +71,30 @@ int ts_luadiff_call(ts_sandbox_t *sb, const char *fn, char *err, size_t errlen)
     call_t c = {fn};
     err[0] = '\0';
     return ts_sandbox_pcall(sb, s_call, &c, err, errlen);
+}
+
+void ts_luadiff_hostile(const char *rel, const char *const *fns, size_t nfns, bool quick_first)
+{
+    const long budgets[] = {100000, 1000000, 0};
+    for (size_t b = 0; b < sizeof budgets / sizeof *budgets; b++) {
+        ts_sandbox_t *sb = ts_luadiff_sandbox(rel, budgets[b]);
+        char err[512];
+        if (quick_first)
+            cr_assert_eq(ts_luadiff_call(sb, "quick", err, sizeof err), 0, "%s", err);
+        for (size_t i = 0; i < nfns; i++) {
+            int64_t t0 = ts_mono_us();
+            cr_assert_eq(ts_luadiff_call(sb, fns[i], err, sizeof err), -1,
+                         "%s ended (budget %ld)", fns[i], budgets[b]);
+            int64_t us = ts_mono_us() - t0;
+            cr_assert(strstr(err, "instruction budget exceeded"), "%s: %s", fns[i], err);
+            cr_assert_lt(us, 5000000, "%s took %lld ms (budget %ld)", fns[i],
+                         (long long)us / 1000, budgets[b]);
+            cr_assert_eq(ts_luadiff_call(sb, "quick", err, sizeof err), 0, "after %s: %s", fns[i],
+                         err);
+        }
+        if (budgets[b] != 100000) /* a few hundred thousand steps: over the smallest */
+            cr_assert_eq(ts_luadiff_call(sb, "ordinary", err, sizeof err), 0, "budget %ld: %s",
+                         budgets[b], err);
+        ts_sandbox_destroy(&sb);
+    }
 }

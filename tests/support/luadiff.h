@@ -5,6 +5,7 @@
 #define TS_TEST_LUADIFF_H
 
 #include <lua.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Runs the script at rel (from the source tree) in L; returns the string it
@@ -21,5 +22,10 @@ struct ts_sandbox;
 struct ts_sandbox *ts_luadiff_sandbox(const char *rel, long budget);
 /* Calls the function fn of calls.lua in the sandbox: 0, or an error in err. */
 int ts_luadiff_call(struct ts_sandbox *sb, const char *fn, char *err, size_t errlen);
+/* In sandboxes over fixture rel at the budgets 100,000, 1 million and the
+ * default: each of fns (functions of its calls.lua) ends with the budget
+ * error within 5 s, and "quick" still works after each (and before them,
+ * with quick_first); "ordinary" works at the two larger budgets. */
+void ts_luadiff_hostile(const char *rel, const char *const *fns, size_t nfns, bool quick_first);
 
 #endif

@@ -122,56 +122,27 @@ Test(metered, ordinary_work_costs_steps_in_proportion)
 
 /* ---- inside the sandbox ---- */
 
-static ts_sandbox_t *open_sandbox(long budget)
-{
-    return ts_luadiff_sandbox("tests/fixtures/metered", budget);
-}
-
-static int call(ts_sandbox_t *sb, const char *fn, char *err, size_t errlen)
-{
-    return ts_luadiff_call(sb, fn, err, errlen);
-}
-
 /* Eagerly counted (100,000) and lazily armed (the defaults: 10 million, and
  * the engine's 1 million): every hostile call ends with the budget error,
  * soon, pcall cannot keep it, and the state serves the next call. */
 Test(metered, hostile_counts_end_with_the_budget_error_in_the_sandbox, .timeout = 240)
 {
-    const long budgets[] = {100000, 1000000, 0};
-    const char *fns[] = {"rep_empty", "rep_method",    "rep_sep", "move",
+    static const char *const fns[] = {"rep_empty", "rep_method",    "rep_sep", "move",
                          "insert",    "remove",        "concat",  "concat_count",
                          "unpack",    "unpack_global", "sort",    "sort_long_strings",
                          "caught"};
-    for (size_t b = 0; b < sizeof budgets / sizeof *budgets; b++) {
-        ts_sandbox_t *sb = open_sandbox(budgets[b]);
-        char err[512];
-        cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "%s", err);
-        for (size_t i = 0; i < sizeof fns / sizeof *fns; i++) {
-            int64_t t0 = ts_mono_us();
-            cr_assert_eq(call(sb, fns[i], err, sizeof err), -1, "%s ended (budget %ld)", fns[i],
-                         budgets[b]);
-            int64_t us = ts_mono_us() - t0;
-            cr_assert(strstr(err, "instruction budget exceeded"), "%s: %s", fns[i], err);
-            cr_assert_lt(us, 5000000, "%s took %lld ms (budget %ld)", fns[i], (long long)us / 1000,
-                         budgets[b]);
-            cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "after %s: %s", fns[i], err);
-        }
-        if (budgets[b] != 100000) /* a few hundred thousand steps */
-            cr_assert_eq(call(sb, "ordinary", err, sizeof err), 0, "budget %ld: %s", budgets[b],
-                         err);
-        ts_sandbox_destroy(&sb);
-    }
+    ts_luadiff_hostile("tests/fixtures/metered", fns, sizeof fns / sizeof *fns, true);
 }
 
 /* A result past the memory cap is refused on memory, before any loop. */
 Test(metered, a_result_past_the_memory_cap_fails_on_memory)
 {
-    ts_sandbox_t *sb = open_sandbox(0);
+    ts_sandbox_t *sb = ts_luadiff_sandbox("tests/fixtures/metered", 0);
     char err[512];
     int64_t t0 = ts_mono_us();
-    cr_assert_eq(call(sb, "rep_memory", err, sizeof err), -1);
+    cr_assert_eq(ts_luadiff_call(sb, "rep_memory", err, sizeof err), -1);
     cr_assert(strstr(err, "memory cap exceeded"), "%s", err);
     cr_assert_lt(ts_mono_us() - t0, 1000000);
-    cr_assert_eq(call(sb, "quick", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(ts_luadiff_call(sb, "quick", err, sizeof err), 0, "%s", err);
     ts_sandbox_destroy(&sb);
 }

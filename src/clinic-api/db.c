@@ -273,6 +273,15 @@ static int add_error(ts_buf_t *errors, int *n, const char *field, const char *me
     return ts_buf_puts(errors, "}");
 }
 
+bool ca_json_count(const cJSON *v, int64_t *out)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740991.0) ||
+        v->valuedouble != (double)(int64_t)v->valuedouble)
+        return false;
+    *out = (int64_t)v->valuedouble;
+    return true;
+}
+
 int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
 {
     int n = 0;
@@ -288,10 +297,8 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
             add_error(errors, &n, "id", "cannot be changed");
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "version");
-    /* In range before the cast: (int64_t)1e300 is undefined behaviour. */
-    if (v && !cJSON_IsNull(v) &&
-        (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740991.0) ||
-         v->valuedouble != (double)(int64_t)v->valuedouble))
+    int64_t version;
+    if (v && !cJSON_IsNull(v) && !ca_json_count(v, &version))
         add_error(errors, &n, "version", "must be a non-negative integer (assigned by the server)");
     const cJSON *u = cJSON_GetObjectItemCaseSensitive(doc, "updated_at");
     if (u && !cJSON_IsNull(u) && !cJSON_IsString(u))

@@ -95,6 +95,10 @@ char *ca_doc_render_text(const char *text, size_t len, const char *id, int64_t v
  * Appends {"field":..,"message":..} entries, comma-separated, to errors;
  * returns the number of problems found. */
 int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors);
+/* Whether v is a non-negative integer a double holds exactly (at most
+ * 2^53 - 1), read into *out: checked before any cast, since (int64_t)1e300
+ * is undefined behaviour. */
+bool ca_json_count(const cJSON *v, int64_t *out);
 /* The same for numbers JSON cannot carry (overflowed to infinity, like
  * 1e400), anywhere in doc; each entry names its field ("a.b[2]"). */
 int ca_doc_numbers(const cJSON *doc, ts_buf_t *errors);

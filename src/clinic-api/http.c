@@ -548,11 +548,9 @@ static const char *batch_op(ca_http_t *h, const cJSON *op, bop_t *o, const char 
     char if_match_text[40] = "";
     /* One rule with the header: a non-negative integer, exactly (0.6 is not
      * rounded to 1); anything else is a malformed If-Match below. */
-    if (cJSON_IsNumber(if_match) && if_match->valuedouble >= 0 &&
-        if_match->valuedouble <= 9007199254740991.0 &&
-        if_match->valuedouble == (double)(int64_t)if_match->valuedouble)
-        snprintf(if_match_text, sizeof if_match_text, "\"%" PRId64 "\"",
-                 (int64_t)if_match->valuedouble);
+    int64_t v;
+    if (ca_json_count(if_match, &v))
+        snprintf(if_match_text, sizeof if_match_text, "\"%" PRId64 "\"", v);
     else if (cJSON_IsNumber(if_match))
         snprintf(if_match_text, sizeof if_match_text, "not an integer");
     else if (cJSON_IsString(if_match))

@@ -2,6 +2,7 @@
  * everything, and a data dir that cannot take writes fails loudly. */
 #include "../support/clinic.h"
 #include "../support/engine.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <sqlite3.h>
@@ -202,16 +203,12 @@ static int kill_rounds(ts_engine_t *e, int max, long long budget_ms)
     return rounds;
 }
 
-static int int_of(const char *text)
-{
-    return (int)strtol(text, NULL, 10);
-}
-
 /* TS_CRASH_ROUNDS raises the rounds for a long soak (tests/README.md). */
 static int rounds_wanted(int fallback)
 {
     const char *v = getenv("TS_CRASH_ROUNDS");
-    return v && int_of(v) > 0 ? int_of(v) : fallback;
+    int64_t n;
+    return v && ts_parse_i64(v, &n) == 0 && n > 0 && n < 100000 ? (int)n : fallback;
 }
 
 Test(durability, kill_9_during_concurrent_writes, .timeout = 240)
@@ -244,7 +241,8 @@ static void verify_server(ts_clinic_t *api, ts_engine_t *e)
         cJSON *doc;
         cJSON_ArrayForEach(doc, cJSON_GetObjectItem(list, "items"))
         {
-            int idx = int_of(cJSON_GetObjectItem(doc, "id")->valuestring + 1);
+            int64_t idx = -1; /* stays so when the id is not d<number> */
+            ts_parse_i64(cJSON_GetObjectItem(doc, "id")->valuestring + 1, &idx);
             cr_assert(idx >= 0 && idx < nknown);
             server_v[idx] = cJSON_GetObjectItem(doc, "v")->valueint;
             server_version[idx] = (long long)cJSON_GetObjectItem(doc, "version")->valuedouble;

@@ -98,6 +98,11 @@ const char *ts_json_strict_members(const char *p, const char *end, ts_json_membe
  * backslash outside strings (invalid JSON) is judged as an escape. */
 const char *ts_json_string_fault(const char *text, size_t len);
 
+/* Whether item holds a number that overflowed a double: 1e400 reads as
+ * infinity, which JSON cannot write (it would come back as null). With
+ * path, the first one's place is appended to it ("doc.a[2]"). */
+bool ts_json_overflow(const cJSON *item, ts_buf_t *path);
+
 /* The string at p when it is strict JSON written without escapes: the
  * position after its closing quote; NULL otherwise. */
 const char *ts_json_plain_string(const char *p, const char *end);

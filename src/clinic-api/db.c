@@ -3,7 +3,6 @@
 #include "db.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -311,34 +310,15 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors)
     return n;
 }
 
-/* Walks j for numbers that overflowed to infinity (1e400): JSON has no
- * text for them, cJSON would store null. path holds j's field name. */
-static int numbers_in(const cJSON *j, ts_buf_t *path, ts_buf_t *errors, int *n)
-{
-    if (cJSON_IsNumber(j) && !isfinite(j->valuedouble))
-        return add_error(errors, n, path->data ? path->data : "",
-                         "a number too large for JSON (it would not read back)");
-    size_t len = path->len;
-    int i = 0;
-    for (const cJSON *c = cJSON_IsArray(j) || cJSON_IsObject(j) ? j->child : NULL; c;
-         c = c->next, i++) {
-        if (cJSON_IsArray(j))
-            ts_buf_printf(path, "[%d]", i);
-        else
-            ts_buf_printf(path, "%s%s", len ? "." : "", c->string ? c->string : "");
-        numbers_in(c, path, errors, n);
-        path->len = len;
-        if (path->data)
-            path->data[len] = '\0';
-    }
-    return 0;
-}
-
 int ca_doc_numbers(const cJSON *doc, ts_buf_t *errors)
 {
+    if (!ts_json_overflow(doc, NULL)) /* the usual case: one walk, no names */
+        return 0;
     int n = 0;
     ts_buf_t path = {0};
-    numbers_in(doc, &path, errors, &n);
+    ts_json_overflow(doc, &path);
+    add_error(errors, &n, path.data ? path.data : "",
+              "a number too large for JSON (it would not read back)");
     ts_buf_free(&path);
     return n;
 }

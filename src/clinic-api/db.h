@@ -99,8 +99,9 @@ int ca_doc_check(const cJSON *doc, const char *path_id, ts_buf_t *errors);
  * 2^53 - 1), read into *out: checked before any cast, since (int64_t)1e300
  * is undefined behaviour. */
 bool ca_json_count(const cJSON *v, int64_t *out);
-/* The same for numbers JSON cannot carry (overflowed to infinity, like
- * 1e400), anywhere in doc; each entry names its field ("a.b[2]"). */
+/* Adds to errors the first number in doc that JSON cannot carry
+ * (overflowed to infinity, like 1e400), naming its field ("a.b[2]");
+ * returns how many it added (0 or 1), as ca_doc_check does. */
 int ca_doc_numbers(const cJSON *doc, ts_buf_t *errors);
 
 #endif

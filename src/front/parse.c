@@ -51,35 +51,13 @@ static void prepare_body(front_t *self, ts_call_t *call, cJSON *obj)
     call->body_len = self->scratch.len;
 }
 
-/* Whether item holds a number that overflowed a double: 1e400 reads as
- * infinity, which JSON cannot write (it would be kept as null). With path,
- * the first one's place is appended to it ("doc.a[2]"). */
-static bool has_overflow(const cJSON *item, ts_buf_t *path)
-{
-    if (cJSON_IsNumber(item))
-        return !isfinite(item->valuedouble);
-    size_t mark = path ? path->len : 0;
-    int i = 0;
-    for (const cJSON *c = item->child; c; c = c->next, i++) {
-        if (path && c->string)
-            ts_buf_printf(path, "%s%s", mark ? "." : "", c->string);
-        else if (path)
-            ts_buf_printf(path, "[%d]", i);
-        if (has_overflow(c, path))
-            return true;
-        if (path)
-            path->data[path->len = mark] = '\0';
-    }
-    return false;
-}
-
 /* Refuses params holding a number JSON cannot carry back, naming it. */
 static bool refuse_overflow(ts_call_t *call, const cJSON *p)
 {
-    if (!has_overflow(p, NULL)) /* the usual case: one walk, no names */
+    if (!ts_json_overflow(p, NULL)) /* the usual case: one walk, no names */
         return false;
     ts_buf_t path = {0};
-    has_overflow(p, &path);
+    ts_json_overflow(p, &path);
     char field[256];
     snprintf(field, sizeof field, "params%s%s", path.len ? "." : "", path.data ? path.data : "");
     ts_buf_free(&path);

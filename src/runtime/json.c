@@ -724,3 +724,22 @@ int ts_buf_json(ts_buf_t *b, const cJSON *item)
     default: return -1; /* cJSON_Invalid */
     }
 }
+
+bool ts_json_overflow(const cJSON *item, ts_buf_t *path)
+{
+    if (cJSON_IsNumber(item))
+        return !isfinite(item->valuedouble);
+    size_t mark = path ? path->len : 0;
+    int i = 0;
+    for (const cJSON *c = item->child; c; c = c->next, i++) {
+        if (path && c->string)
+            ts_buf_printf(path, "%s%s", mark ? "." : "", c->string);
+        else if (path)
+            ts_buf_printf(path, "[%d]", i);
+        if (ts_json_overflow(c, path))
+            return true;
+        if (path)
+            path->data[path->len = mark] = '\0';
+    }
+    return false;
+}

@@ -6,8 +6,43 @@
 
 #include <criterion/criterion.h>
 #include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+long ts_luadiff_steps, ts_luadiff_limit = 1L << 40;
+
+static void count_steps(lua_State *L, long steps)
+{
+    ts_luadiff_steps += steps;
+    if (ts_luadiff_steps > ts_luadiff_limit)
+        luaL_error(L, "step budget spent");
+}
+
+const ts_pattern_meter_t ts_luadiff_meter = {count_steps};
+
+lua_State *ts_luadiff_state(void (*install)(lua_State *L))
+{
+    lua_State *L = luaL_newstate();
+    cr_assert_not_null(L);
+    luaL_openlibs(L);
+    if (install)
+        install(L);
+    return L;
+}
+
+void ts_luadiff_limited(void (*install)(lua_State *L), const char *chunk, long limit, char *err,
+                        size_t errlen)
+{
+    lua_State *L = ts_luadiff_state(install);
+    ts_luadiff_steps = 0;
+    ts_luadiff_limit = limit;
+    int rc = luaL_dostring(L, chunk);
+    snprintf(err, errlen, "%s", rc == LUA_OK ? "" : lua_tostring(L, -1));
+    lua_close(L);
+    ts_luadiff_limit = 1L << 40;
+}
 
 char *ts_luadiff_run(lua_State *L, const char *rel)
 {

@@ -4,9 +4,24 @@
 #ifndef TS_TEST_LUADIFF_H
 #define TS_TEST_LUADIFF_H
 
+#include "policy/pattern.h"
+
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+
+/* A meter for bare states: counts ts_luadiff_steps, and raises past
+ * ts_luadiff_limit (very large unless a test lowers it). */
+extern long ts_luadiff_steps, ts_luadiff_limit;
+extern const ts_pattern_meter_t ts_luadiff_meter;
+
+/* A plain state with the standard libraries, then install(L) when given
+ * (the functions under test, on ts_luadiff_meter). */
+lua_State *ts_luadiff_state(void (*install)(lua_State *L));
+/* Runs chunk in such a state with a limit of limit steps (the steps start
+ * at 0); the error message ("" when it ended well) into err. */
+void ts_luadiff_limited(void (*install)(lua_State *L), const char *chunk, long limit, char *err,
+                        size_t errlen);
 
 /* Runs the script at rel (from the source tree) in L; returns the string it
  * returns (malloc'd, NUL bytes in it shown as \1 so it reads as one C

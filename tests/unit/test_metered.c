@@ -11,70 +11,35 @@
 
 #include <criterion/criterion.h>
 #include <lauxlib.h>
-#include <lualib.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static long s_steps, s_limit = 1L << 40;
-
-/* A meter for a bare state: counts, and raises past s_limit. */
-static void count_steps(lua_State *L, long steps)
+/* The metered functions in the string and table tables, on the test meter. */
+static void install(lua_State *L)
 {
-    s_steps += steps;
-    if (s_steps > s_limit)
-        luaL_error(L, "step budget spent");
-}
-
-static const ts_pattern_meter_t s_meter = {count_steps};
-
-/* A plain state with the standard libraries; metered functions in its string
- * and table tables when metered. */
-static lua_State *new_state(bool metered)
-{
-    lua_State *L = luaL_newstate();
-    cr_assert_not_null(L);
-    luaL_openlibs(L);
-    if (metered) {
-        lua_getglobal(L, "string");
-        lua_getglobal(L, "table");
-        ts_metered_install(L, -2, -1, &s_meter);
-        lua_pop(L, 2);
-    }
-    return L;
+    lua_getglobal(L, "string");
+    lua_getglobal(L, "table");
+    ts_metered_install(L, -2, -1, &ts_luadiff_meter);
+    lua_pop(L, 2);
 }
 
 Test(metered, same_results_as_lua_on_every_case, .timeout = 120)
 {
-    lua_State *ref = new_state(false), *mine = new_state(true);
-    s_steps = 0;
+    lua_State *ref = ts_luadiff_state(NULL), *mine = ts_luadiff_state(install);
+    ts_luadiff_steps = 0;
     char *want = ts_luadiff_run(ref, "tests/fixtures/metered/diff.lua");
     char *got = ts_luadiff_run(mine, "tests/fixtures/metered/diff.lua");
     int lines = ts_luadiff_same(want, got);
     cr_assert_gt(lines, 1500, "the cases ran (%d lines)", lines);
     cr_assert(strstr(want, " => ok ") && strstr(want, " => E "), "both results and errors seen");
     cr_assert(strstr(want, "log:#,r"), "metamethod calls were logged");
-    cr_assert_gt(s_steps, 100000, "the metered functions charged their work");
+    cr_assert_gt(ts_luadiff_steps, 100000, "the metered functions charged their work");
     free(want);
     free(got);
     lua_close(ref);
     lua_close(mine);
 }
 
-/* Runs chunk in a metered bare state with a limit of limit steps; returns
- * the error message ("" when it ended well) in err. */
-static void run_limited(const char *chunk, long limit, char *err, size_t errlen)
-{
-    lua_State *L = new_state(true);
-    s_steps = 0;
-    s_limit = limit;
-    int rc = luaL_dostring(L, chunk);
-    snprintf(err, errlen, "%s", rc == LUA_OK ? "" : lua_tostring(L, -1));
-    lua_close(L);
-    s_limit = 1L << 40;
-}
-
-/* A bare state has no count hook: only the steps can stop these. */
 Test(metered, hostile_counts_stop_at_the_limit, .timeout = 120)
 {
     const char *chunks[] = {
@@ -96,14 +61,14 @@ Test(metered, hostile_counts_stop_at_the_limit, .timeout = 120)
     for (size_t i = 0; i < sizeof chunks / sizeof *chunks; i++) {
         char err[512];
         int64_t t0 = ts_mono_us();
-        run_limited(chunks[i], 10000000, err, sizeof err);
+        ts_luadiff_limited(install, chunks[i], 10000000, err, sizeof err);
         int64_t us = ts_mono_us() - t0;
         cr_assert(strstr(err, "step budget spent"), "case %zu: %s", i, err[0] ? err : "ended");
         /* ~1 s when a metamethod makes up every element (a Lua call each) */
         cr_assert_lt(us, 5000000, "case %zu took %lld ms", i, (long long)us / 1000);
         /* a charge is at most 4096 steps plus one element's or round's */
-        cr_assert_lt(s_steps, 10000000 + 100000, "case %zu overran by %ld steps", i,
-                     s_steps - 10000000);
+        cr_assert_lt(ts_luadiff_steps, 10000000 + 100000, "case %zu overran by %ld steps", i,
+                     ts_luadiff_steps - 10000000);
     }
 }
 
@@ -111,13 +76,13 @@ Test(metered, ordinary_work_costs_steps_in_proportion)
 {
     char err[512];
     /* 10,000 elements sorted, joined, moved; a 20,000-byte string */
-    run_limited("local t = {} for i = 1, 1e4 do t[i] = (i * 7919) % 1e4 end\n"
+    ts_luadiff_limited(install, "local t = {} for i = 1, 1e4 do t[i] = (i * 7919) % 1e4 end\n"
                 "table.sort(t) local s = table.concat(t, ',')\n"
                 "table.move(t, 1, #t, 1, {}) return ('ab'):rep(1e4)",
                 10000000, err, sizeof err);
     cr_assert_str_eq(err, "");
-    cr_assert_gt(s_steps, 100000);
-    cr_assert_lt(s_steps, 1000000, "%ld steps", s_steps);
+    cr_assert_gt(ts_luadiff_steps, 100000);
+    cr_assert_lt(ts_luadiff_steps, 1000000, "%ld steps", ts_luadiff_steps);
 }
 
 /* ---- inside the sandbox ---- */

@@ -30,7 +30,7 @@ CFLAGS   += -DTS_VERSION=\"$(VERSION)\"
 # One folder per actor; runtime/ knows no actor, msgs/ is the contract
 # between them (msgs.def and the payloads).
 LIB_SRC  := $(wildcard $(addsuffix /*.c,$(addprefix src/,runtime msgs front store persist \
-              sync api policy)))
+              sync api policy cache)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB      := $(BUILD)/libtherasync.a
 # The base: what knows no actor. clinic-api is a product of its own and

@@ -2,7 +2,7 @@
 --
 -- name = { collection = ..., where = function(doc, params, ctx) ... end,
 --          order_by = {field, "asc"|"desc"}, limit = N, index = "field",
---          from = function(params, ctx) ... end }
+--          from = function(params, ctx) ... end, lower_bound = "param" }
 -- With index = "f", the engine keeps an index on f and only shows `where` the
 -- documents whose f equals params.f. params.now defaults to the current time;
 -- params.limit may lower the limit. See docs/POLICIES.md.
@@ -30,6 +30,10 @@ return {
     -- Where to start in order_by order: nothing before params.now can match,
     -- so the engine starts its ordered walk there (see docs/POLICIES.md).
     from = function(params) return params.now end,
+    -- where() only compares params.now as a lower bound on order_by, so
+    -- one cached answer serves every now up to its first row's time
+    -- (docs/CACHE.md).
+    lower_bound = "now",
     limit = 20,
   },
 

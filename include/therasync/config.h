@@ -40,6 +40,11 @@ typedef struct {
         int offline_after;   /* consecutive network/timeout failures before offline; 3 */
         int answer_timeout_ms;/* a write unanswered this long makes the connection offline; 10000 */
     } sync;
+    struct {                 /* the cache actor (docs/CACHE.md) */
+        long long max_bytes; /* memoized answers, least recently used out first; 64 MiB */
+        int max_subscriptions;        /* live queries of one connection; 1,000 */
+        int max_subscriptions_total;  /* of all connections; 100,000 */
+    } cache;
     cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
 } ts_config_t;
 

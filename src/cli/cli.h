@@ -35,6 +35,10 @@ void cli_rpc_destroy(cli_rpc_t **self_p);
  * or CLI_EXIT_ERROR when the reply is not a JSON-RPC response. */
 int cli_rpc_call(cli_rpc_t *self, const char *method, const cJSON *params, cJSON **response);
 
+/* The next message the engine sent (a notification of a live query), or
+ * NULL when none came within timeout_ms or it was not JSON. */
+cJSON *cli_rpc_next(cli_rpc_t *self, int timeout_ms);
+
 /* ---- print.c ---- */
 
 /* Prints a JSON-RPC error object to stderr as "error CODE REASON: MESSAGE"

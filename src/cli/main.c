@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "therasync/policy_tools.h"
 
+#include "therasync/json.h"
 #include "therasync/util.h"
 
 #include <errno.h>
@@ -32,6 +33,10 @@ static const char usage_text[] =
     "  query COLLECTION SELECTOR [PARAMS-JSON] SELECTOR: a selector name, or JSON\n"
     "                                          such as {\"where\":{\"status\":\"scheduled\"},\n"
     "                                          \"order_by\":[\"scheduled_at\",\"asc\"],\"limit\":20}\n"
+    "  live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]\n"
+    "                                          a live query: its result, then every change\n"
+    "  live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]\n"
+    "                                          a live query: its result, then every change\n"
     "  status                                  engine status\n"
     "  watch [TOPIC...] [--events ZMQ] [--count N] [--for SECONDS]\n"
     "                                          print events until Ctrl-C (topics: doc.sessions,\n"
@@ -68,6 +73,7 @@ typedef struct {
     int64_t limit;   /* audit --limit */
     int64_t count;   /* watch --count, 0 = unbounded */
     int64_t for_s;   /* watch --for, 0 = unbounded */
+    const char *mode;/* live --mode */
     const char *args[MAX_ARGS]; /* command and its positional arguments */
     int nargs;
 } opts_t;
@@ -124,7 +130,8 @@ static int parse_args(int argc, char **argv, opts_t *o)
         /* Options with a value: --name VALUE or --name=VALUE. */
         static const char *const valued[] = {"--endpoint", "--events", "--timeout",
                                              "--base-version", "--collection", "--id",
-                                             "--since", "--limit", "--count", "--for", NULL};
+                                             "--since", "--limit", "--count", "--for",
+                                             "--mode", NULL};
         const char *eq = strchr(a, '=');
         size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
@@ -167,6 +174,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
         } else if (strcmp(name, "--for") == 0) {
             if (parse_int_opt(name, v, 1, &o->for_s))
                 return CLI_EXIT_USAGE;
+        } else if (strcmp(name, "--mode") == 0) {
+            if (strcmp(v, "diff") && strcmp(v, "full"))
+                return usage_error("--mode is diff or full, not %s", v);
+            o->mode = v;
         }
     }
     return 0;
@@ -524,6 +535,127 @@ done:
     return rc;
 }
 
+/* ---- live: a live query on the front door's own connection ---- */
+
+static int item_index(const cJSON *items, const char *id)
+{
+    int i = 0;
+    for (const cJSON *x = items ? items->child : NULL; x; x = x->next, i++) {
+        const cJSON *xid = cJSON_GetObjectItemCaseSensitive(x, "id");
+        if (cJSON_IsString(xid) && strcmp(xid->valuestring, id) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Applies query.changed ops to items, in order (docs/CACHE.md). */
+static void apply_ops(cJSON *items, const cJSON *ops)
+{
+    for (const cJSON *op = ops ? ops->child : NULL; op; op = op->next) {
+        const char *kind = ts_json_string(op, "op"), *id = ts_json_string(op, "id");
+        const cJSON *doc = cJSON_GetObjectItemCaseSensitive(op, "doc");
+        long long pos = 0;
+        ts_json_int(op, "pos", &pos);
+        int at = id ? item_index(items, id) : -1;
+        if (!kind || !id)
+            continue;
+        if (strcmp(kind, "remove") == 0 && at >= 0) {
+            cJSON_DeleteItemFromArray(items, at);
+        } else if (strcmp(kind, "add") == 0 && doc) {
+            cJSON_InsertItemInArray(items, (int)pos, cJSON_Duplicate(doc, true));
+        } else if (strcmp(kind, "edit") == 0 && doc && at >= 0) {
+            cJSON_ReplaceItemInArray(items, at, cJSON_Duplicate(doc, true));
+        } else if (strcmp(kind, "move") == 0 && at >= 0) {
+            cJSON *moved = cJSON_DetachItemFromArray(items, at);
+            cJSON_InsertItemInArray(items, (int)pos, moved);
+        }
+    }
+}
+
+static int cmd_live(cmd_ctx_t *c, int argc, const char **argv)
+{
+    opts_t *o = c->o;
+    cJSON *p = params_for(argv[0], NULL);
+    cJSON_AddStringToObject(p, "selector", argv[1]);
+    if (argc > 2) {
+        cJSON *params = json_arg("PARAMS-JSON", argv[2], true);
+        if (!params) {
+            cJSON_Delete(p);
+            return CLI_EXIT_USAGE;
+        }
+        cJSON_AddItemToObject(p, "params", params);
+    }
+    cJSON_AddStringToObject(p, "mode", o->mode ? o->mode : "diff");
+    cJSON *response = NULL;
+    int rc = cli_rpc_call(c->rpc, "subscribe", p, &response);
+    cJSON_Delete(p);
+    if (rc == CLI_EXIT_UNREACHABLE)
+        fprintf(stderr, "therasync: no answer from %s within %d ms (is therasyncd running?)\n",
+                o->endpoint, o->timeout_ms);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
+    if (error) {
+        cli_print_error(error);
+        cJSON_Delete(response);
+        return CLI_EXIT_ERROR;
+    }
+    cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
+    cJSON *items = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(result, "items"), true);
+    if (o->json) {
+        cli_print_compact(stdout, result);
+    } else {
+        printf("live query %s, version %.0f:\n", ts_json_string(result, "sub"),
+               cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(result, "version")));
+        cli_print_items(stdout, items);
+    }
+    fflush(stdout);
+    cJSON_Delete(response);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int64_t deadline = o->for_s ? ts_mono_us() + o->for_s * 1000000 : INT64_MAX;
+    int64_t seen = 0;
+    while (!stop_requested && (o->count == 0 || seen < o->count) && ts_mono_us() < deadline) {
+        cJSON *n = cli_rpc_next(c->rpc, 200);
+        const char *method = ts_json_string(n, "method");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(n, "params");
+        if (!method) {
+            cJSON_Delete(n);
+            continue;
+        }
+        seen++;
+        if (o->json) {
+            cli_print_compact(stdout, n);
+        } else if (strcmp(method, "query.closed") == 0) {
+            printf("closed: %s\n", ts_json_string(params, "reason"));
+        } else {
+            const cJSON *full = cJSON_GetObjectItemCaseSensitive(params, "items");
+            if (full) {
+                cJSON_Delete(items);
+                items = cJSON_Duplicate(full, true);
+            } else {
+                apply_ops(items, cJSON_GetObjectItemCaseSensitive(params, "ops"));
+            }
+            char stamp[32];
+            ts_rfc3339(ts_wall_ms(), stamp);
+            printf("%s version %.0f:\n", stamp + 11,
+                   cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(params, "to")));
+            cli_print_items(stdout, items);
+        }
+        fflush(stdout);
+        bool closed = strcmp(method, "query.closed") == 0;
+        cJSON_Delete(n);
+        if (closed) {
+            rc = CLI_EXIT_ERROR;
+            break;
+        }
+    }
+    cJSON_Delete(items);
+    return rc;
+}
+
 /* ---- dispatch ---- */
 
 typedef struct {
@@ -541,6 +673,8 @@ static const command_t commands[] = {
     {"update", 3, 3, true, cmd_update, "update COLLECTION ID PATCH-JSON [--base-version N]"},
     {"delete", 2, 2, true, cmd_delete, "delete COLLECTION ID"},
     {"query", 2, 3, true, cmd_query, "query COLLECTION SELECTOR [PARAMS-JSON]"},
+    {"live", 2, 3, true, cmd_live,
+     "live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]"},
     {"status", 0, 0, true, cmd_status, "status"},
     {"watch", 0, MAX_ARGS, false, cmd_watch, "watch [TOPIC...] [--count N] [--for SECONDS]"},
     {"audit", 0, 0, true, cmd_audit, "audit [--collection C] [--id ID] [--since T] [--limit N]"},

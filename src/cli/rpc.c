@@ -128,3 +128,11 @@ int cli_rpc_call(cli_rpc_t *self, const char *method, const cJSON *params, cJSON
         return CLI_EXIT_OK;
     }
 }
+
+cJSON *cli_rpc_next(cli_rpc_t *self, int timeout_ms)
+{
+    zmq_pollitem_t item = {.socket = self->sock, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return NULL;
+    return recv_json(self->sock);
+}

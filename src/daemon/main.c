@@ -6,6 +6,7 @@
  * is the reverse, so in-flight calls are finished and flushed. */
 #include "therasync/api.h"
 #include "therasync/config.h"
+#include "therasync/cache.h"
 #include "therasync/front.h"
 #include "therasync/log.h"
 #include "therasync/persist.h"
@@ -133,8 +134,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     void *zctx = zmq_ctx_new();
-    ts_actor_t *persist = NULL, *store = NULL, *front = NULL, *api = NULL, *api_feed = NULL,
-               *sync = NULL;
+    ts_actor_t *persist = NULL, *store = NULL, *cache = NULL, *front = NULL, *api = NULL,
+               *api_feed = NULL, *sync = NULL;
     ts_front_args_t front_args = {.config = &config};
     int exit_code = 1;
     if (!zctx)
@@ -142,6 +143,10 @@ int main(int argc, char **argv)
     zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
     if (!(persist = ts_persist_start(zctx, &config))) {
         ts_error(LOG, "cannot start: the data dir %s is not usable (see above)", config.data_dir);
+        goto done;
+    }
+    if (!(cache = ts_cache_start(zctx, &config))) { /* before the store, which tells it things */
+        ts_error(LOG, "cannot start the cache (see above)");
         goto done;
     }
     if (!(store = ts_store_start(zctx, &config))) {
@@ -186,7 +191,7 @@ done:;
     /* Every actor stops working first (the front door after answering what
      * it has in flight), then each frees what is still queued for it and
      * exits: no message is ever sent to an inbox that is already closed. */
-    ts_actor_t **actors[] = {&sync, &api_feed, &api, &front, &store, &persist};
+    ts_actor_t **actors[] = {&sync, &api_feed, &api, &front, &cache, &store, &persist};
     size_t nactors = sizeof actors / sizeof *actors;
     bool stuck[sizeof actors / sizeof *actors] = {false}, any_stuck = false;
     int64_t deadline = ts_mono_us() + STOP_GRACE_MS * 1000;

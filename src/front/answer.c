@@ -3,6 +3,7 @@
  * JSON-RPC responses built (the front door's metrics among them). */
 #include "front/front_int.h"
 
+#include <errno.h>
 #include <zmq.h>
 
 /* ---- building answers ---- */
@@ -79,20 +80,51 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
     ts_buf_puts(b, "}");
 }
 
-static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
+/* Sends payload to a client along its routing frames. The ROUTER is
+ * mandatory: a client gone is an error here (EHOSTUNREACH), and the cache
+ * hears of it, so its live queries end; a client whose queue is full
+ * (EAGAIN) loses this message, as before. */
+static void send_to(front_t *self, const unsigned char *route, size_t route_len, bool delimiter,
+                    const char *payload, size_t len)
 {
     size_t off = 0;
-    while (off + 4 <= e->route_len) {
+    bool first = true;
+    while (off + 4 <= route_len) {
         uint32_t flen;
-        memcpy(&flen, e->route + off, 4);
+        memcpy(&flen, route + off, 4);
         off += 4;
-        zmq_send(self->router, e->route + off, flen, ZMQ_SNDMORE);
+        if (zmq_send(self->router, route + off, flen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            int err = zmq_errno();
+            ts_debug(LOG, "reply dropped: %s", zmq_strerror(err));
+            if (first && err == EHOSTUNREACH && self->to_cache) {
+                ts_gone_t *g = ts_xmalloc(sizeof *g + flen);
+                g->len = flen;
+                memcpy(g->id, route + off, flen);
+                if (ts_send_GONE(self->to_cache, &g, 1))
+                    free(g);
+            }
+            return;
+        }
+        first = false;
         off += flen;
     }
-    if (e->delimiter)
-        zmq_send(self->router, "", 0, ZMQ_SNDMORE);
-    if (zmq_send(self->router, payload, len, 0) < 0)
+    if (delimiter)
+        zmq_send(self->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (zmq_send(self->router, payload, len, ZMQ_DONTWAIT) < 0)
         ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
+}
+
+static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
+{
+    send_to(self, e->route, e->route_len, e->delimiter, payload, len);
+}
+
+/* Notifications of live queries, each to its client. */
+void front_send_notices(front_t *self, ts_notice_t *notices)
+{
+    for (ts_notice_t *n = notices; n; n = n->next)
+        send_to(self, n->route, n->route_len, n->delimiter, n->payload, n->payload_len);
+    ts_notice_free_list(notices);
 }
 
 static void finish_envelope(front_t *self, ts_envelope_t *e);

@@ -20,6 +20,9 @@
 /* A remote change waits at most this for the batch it is ordered after
  * (that batch could only be lost with a failed send). */
 #define EARLY_MAX_US 1000000
+/* ZMTP heartbeats on client connections: a peer silent three times this
+ * long is dropped. */
+#define HEARTBEAT_MS 10000
 
 /* A request that does not fit under max_inflight is not taken: each of
  * its calls is answered busy, also one answered while it was read (an
@@ -86,6 +89,12 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
     for (int round = 0; round < 64; round++) {
         if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
+        if (m.kind == TS_MSG_NOTICES) { /* live queries: after the answers before them */
+            for (size_t i = 0; i < m.count; i++)
+                front_send_notices(self, ts_msg_NOTICES(&m)[i]);
+            ts_msg_release(&m);
+            continue;
+        }
         ts_envelope_t **envs = ts_msg_ANSWERS(&m);
         if (!envs) {
             ts_msg_unexpected(LOG, &m);
@@ -162,7 +171,13 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
     }
     if (type == ZMQ_ROUTER) {
         int64_t max = HARD_MESSAGE_LIMIT;
-        int hwm = 100000;
+        int hwm = 100000, one = 1, ivl = HEARTBEAT_MS, timeout = 3 * HEARTBEAT_MS;
+        /* A send to a client gone fails instead of vanishing (the cache
+         * ends its live queries); heartbeats find TCP peers that died
+         * without closing. */
+        zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+        zmq_setsockopt(s, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+        zmq_setsockopt(s, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout);
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max);
         zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
         zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -185,6 +200,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     if (!(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
         !(self.events_in = open_socket(zctx, ZMQ_PULL, TS_INPROC_EVENTS, true)) ||
         !(self.to_store = open_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.to_cache = open_socket(zctx, ZMQ_PUSH, TS_INPROC_CACHE, false)) ||
         !(self.router = open_socket(zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||
         !(self.pub = open_socket(zctx, ZMQ_PUB, self.config->events, true)))
         goto done;
@@ -222,7 +238,8 @@ done:
     for (size_t i = 0; i < self.ntopics; i++)
         free(self.topics[i].name);
     free(self.topics);
-    void *sockets[] = {self.router, self.pub, self.replies, self.events_in, self.to_store};
+    void *sockets[] = {self.router, self.pub,      self.replies,
+                       self.events_in, self.to_store, self.to_cache};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])
             zmq_close(sockets[i]);

@@ -64,6 +64,7 @@ typedef struct {
     void *replies;    /* PULL: envelopes back from persist */
     void *events_in;  /* PULL: events from other actors */
     void *to_store;   /* PUSH */
+    void *to_cache;   /* PUSH: clients gone */
     ts_loop_t *loop;
     ts_buf_t scratch; /* a write's body, printed */
     size_t inflight;  /* calls in the pipeline */
@@ -87,6 +88,7 @@ ts_envelope_t *front_read_request(front_t *self, bool *more);
 /* answer.c */
 void front_take_ticket(front_t *self, ts_envelope_t *e);
 void front_deliver(front_t *self, ts_envelope_t *e);
+void front_send_notices(front_t *self, ts_notice_t *notices);
 
 /* events.c */
 void front_publish_events(front_t *self, ts_envelope_t *e);

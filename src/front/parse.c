@@ -137,8 +137,22 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.selector must be a name or an object");
         else if (params && !cJSON_IsObject(params))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.params must be an object");
+        else if (cJSON_GetObjectItemCaseSensitive(p, "cache") &&
+                 !cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(p, "cache")))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.cache must be true or false");
         break;
     }
+    case TS_M_SUBSCRIBE:
+        if (!ts_json_string(p, "selector"))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.selector must be a string");
+        else if (cJSON_GetObjectItemCaseSensitive(p, "params") &&
+                 !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "params")))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.params must be an object");
+        break;
+    case TS_M_UNSUBSCRIBE:
+        if (!ts_json_string(p, "sub"))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.sub must be a string");
+        break;
     case TS_M_AUDIT: {
         long long limit;
         static const char *strings[] = {"collection", "id", "since"};

@@ -30,7 +30,13 @@ typedef enum {
     TS_M__LAST
 } ts_method_t;
 
-typedef enum { TS_OWNER_FRONT, TS_OWNER_STORE, TS_OWNER_PERSIST, TS_OWNER_SYNC } ts_owner_t;
+typedef enum {
+    TS_OWNER_FRONT,
+    TS_OWNER_STORE,
+    TS_OWNER_CACHE,
+    TS_OWNER_PERSIST,
+    TS_OWNER_SYNC
+} ts_owner_t;
 enum {
     TS_MF_WRITE = 1 << 0,
     TS_MF_COLLECTION = 1 << 1,

@@ -11,6 +11,7 @@
 #define TS_INPROC_STORE_SYNC "inproc://store-sync"
 #define TS_INPROC_PERSIST "inproc://persist"      /* persist: COMMIT, RECOVER, RECOVER_ACK */
 #define TS_INPROC_CHECKPOINT "inproc://checkpoint" /* persist's checkpointer: CHECKPOINT */
+#define TS_INPROC_CACHE "inproc://cache"          /* cache: CACHE_CHANGES, CACHE_READS, GONE... */
 #define TS_INPROC_FRONT "inproc://front-replies"  /* front: ANSWERS */
 #define TS_INPROC_EVENTS "inproc://events"        /* front: events to publish */
 #define TS_INPROC_SYNC "inproc://sync"            /* sync: OUTBOX, SYNC_CALL, DIGEST... */

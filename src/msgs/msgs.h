@@ -19,6 +19,7 @@
 
 #include "therasync/actor.h"
 #include "therasync/api.h"
+#include "msgs/cache.h"
 #include "msgs/call.h"
 #include "therasync/sync.h"
 

@@ -84,6 +84,7 @@ static void s_loaded_free(loaded_t **ld_p)
         free((char *)ld->sels[i].pub.collection);
         free((char *)ld->sels[i].pub.order_field);
         free((char *)ld->sels[i].pub.index_field);
+        free((char *)ld->sels[i].pub.lower_bound);
     }
     free(ld->sels);
     free(ld->validated);

@@ -138,6 +138,10 @@ typedef struct {
                                 the same name picks the bucket */
     bool has_from;           /* declares from(params, ctx): where to start in
                                 order_by order (an extension) */
+    const char *lower_bound; /* a param where() only compares as a lower bound
+                                on order_by (`lower_bound = "now"`), or NULL:
+                                the cache shares answers over its values */
+    uint64_t fingerprint;    /* changes when the selector's definition does */
 } ts_policy_selector_t;
 
 size_t ts_policy_selector_count(const ts_policy_t *self);
@@ -182,6 +186,10 @@ typedef int (*ts_policy_emit_fn)(void *arg, const ts_policy_doc_t *doc);
  * naming the document where failed. */
 int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy_emit_fn emit,
                          void *arg, char *err, size_t errlen);
+
+/* How many times policies read the clock so far (os.time(), os.date(),
+ * os.clock()): a selector run that did has an answer that ages. */
+uint64_t ts_policy_clock_reads(const ts_policy_t *self);
 
 /* Frees the query; idempotent, clears *q_p. */
 void ts_policy_query_destroy(ts_policy_query_t **q_p);

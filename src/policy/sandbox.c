@@ -74,6 +74,7 @@ struct ts_sandbox {
     bool lazy;           /* the watchdog arms the hook (see the top of the file) */
     ts_watch_t watch;
     int refused;         /* the last growth request was refused */
+    uint64_t clock_reads;/* os.time(), os.date(), os.clock() calls that read the clock */
     int in_call;         /* a protected call is running (not reentrant) */
     int builtins_ref;    /* registry ref: the allow-listed globals table */
     int modules_ref;     /* registry ref: require() cache */
@@ -351,6 +352,21 @@ static int s_getmetatable(lua_State *L)
     return 1;
 }
 
+/* os.time, os.date and os.clock, counted when they read the clock (not
+ * os.time(t) or os.date(fmt, t), which only convert): a selector that
+ * reads it has an answer the cache cannot keep (docs/CACHE.md). */
+static int s_clock_call(lua_State *L)
+{
+    int n = lua_gettop(L);
+    lua_Integer which = lua_tointeger(L, lua_upvalueindex(2));
+    if ((which == 0 && (n == 0 || lua_isnil(L, 1))) || (which == 1 && n < 2) || which == 2)
+        ts_sandbox_of(L)->clock_reads++;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static int s_parse_time(lua_State *L)
 {
     int64_t ms;
@@ -607,6 +623,8 @@ static int s_init(lua_State *L)
     static const char *const os_allowed[] = {"time", "date", "clock", NULL};
     for (int i = 0; os_allowed[i]; i++) {
         lua_getfield(L, os, os_allowed[i]);
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, s_clock_call, 2);
         lua_setfield(L, -2, os_allowed[i]);
     }
     s_add_frozen(L, builtins, "os");
@@ -631,6 +649,8 @@ static int s_init(lua_State *L)
     self->modules_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
+
+uint64_t ts_sandbox_clock_reads(const ts_sandbox_t *self) { return self->clock_reads; }
 
 void ts_sandbox_add_global(lua_State *L, const char *name)
 {

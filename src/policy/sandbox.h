@@ -15,6 +15,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ts_sandbox ts_sandbox_t;
 
@@ -50,6 +51,8 @@ long ts_sandbox_instructions(const ts_sandbox_t *self);
 void ts_sandbox_budget_reset(ts_sandbox_t *self);
 /* The sandbox that owns L (stored in the state's extra space). */
 ts_sandbox_t *ts_sandbox_of(lua_State *L);
+/* How many calls so far read the clock (os.time(), os.date(), os.clock()). */
+uint64_t ts_sandbox_clock_reads(const ts_sandbox_t *self);
 /* next(t, k) on the raw table, ignoring metamethods: the iterator behind the
  * pairs() of read-only and lazy tables. */
 int ts_sandbox_raw_next(lua_State *L);

@@ -19,6 +19,100 @@ static int s_sel_cmp(const void *a, const void *b)
     return strcmp(((const sel_t *)a)->pub.name, ((const sel_t *)b)->pub.name);
 }
 
+/* ---- fingerprints ---- */
+
+static void fp_add(uint64_t *h, const void *bytes, size_t len)
+{
+    const unsigned char *p = bytes;
+    for (size_t i = 0; i < len; i++)
+        *h = (*h ^ p[i]) * 0x100000001b3ull;
+    *h = (*h ^ 0xff) * 0x100000001b3ull; /* ends each part */
+}
+
+static void fp_str(uint64_t *h, const char *s) { fp_add(h, s ? s : "", s ? strlen(s) + 1 : 0); }
+
+static int fp_writer(lua_State *L, const void *p, size_t sz, void *ud)
+{
+    (void)L;
+    fp_add(ud, p, sz);
+    return 0;
+}
+
+/* Adds the value at the top of the stack: a function by its bytecode
+ * (stripped, so moving it in the file changes nothing) and its upvalues'
+ * values, a table by its contents, a scalar by its text. Depth and size
+ * are bounded; beyond them the fingerprint is made unique, so a change
+ * there can only cost the cache its answers, never keep a stale one. */
+static void fp_value(lua_State *L, uint64_t *h, int depth, int *budget)
+{
+    int t = lua_type(L, -1);
+    fp_add(h, &t, sizeof t);
+    if (--*budget < 0 || depth > 4) {
+        static uint64_t unique;
+        unique++;
+        fp_add(h, &unique, sizeof unique);
+        return;
+    }
+    if (t == LUA_TFUNCTION) {
+        if (lua_iscfunction(L, -1)) {
+            lua_CFunction f = lua_tocfunction(L, -1);
+            fp_add(h, &f, sizeof f);
+            return;
+        }
+        lua_dump(L, fp_writer, h, 1);
+        for (int i = 1;; i++) {
+            const char *name = lua_getupvalue(L, -1, i);
+            if (!name)
+                break;
+            fp_str(h, name);
+            if (strcmp(name, "_ENV") != 0) /* the sandbox: read-only, the same for every load */
+                fp_value(L, h, depth + 1, budget);
+            lua_pop(L, 1);
+        }
+    } else if (t == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            fp_value(L, h, depth + 1, budget);
+            lua_pop(L, 1);
+            fp_value(L, h, depth + 1, budget);
+            lua_pop(L, 1);
+        }
+    } else if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+        size_t len;
+        lua_pushvalue(L, -1); /* tolstring changes a number in place */
+        const char *s = lua_tolstring(L, -1, &len);
+        fp_add(h, s, len);
+        lua_pop(L, 1);
+    } else if (t == LUA_TBOOLEAN) {
+        int b = lua_toboolean(L, -1);
+        fp_add(h, &b, sizeof b);
+    }
+}
+
+static uint64_t fingerprint(lua_State *L, const sel_t *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    fp_str(&h, s->pub.collection);
+    fp_str(&h, s->pub.order_field);
+    fp_add(&h, &s->pub.order_desc, sizeof s->pub.order_desc);
+    fp_add(&h, &s->pub.limit, sizeof s->pub.limit);
+    fp_str(&h, s->pub.index_field);
+    fp_str(&h, s->pub.lower_bound);
+    int refs[2] = {s->where_ref, s->from_ref};
+    for (int i = 0; i < 2; i++) {
+        int budget = 10000;
+        if (refs[i] == LUA_NOREF) {
+            fp_str(&h, "-");
+            continue;
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, refs[i]);
+        fp_value(L, &h, 0, &budget);
+        lua_pop(L, 1);
+    }
+    return h;
+}
+
 void policy_check_selectors(lua_State *L, loaded_t *ld)
 {
     const char *file = "selectors.lua";
@@ -97,6 +191,16 @@ void policy_check_selectors(lua_State *L, loaded_t *ld)
         else if (it != LUA_TNIL)
             luaL_error(L, "%s: selector '%s': index must be a field name", file, name);
         lua_pop(L, 1);
+        int bt = lua_getfield(L, v, "lower_bound");
+        if (bt == LUA_TSTRING && s->pub.order_field && !s->pub.order_desc)
+            s->pub.lower_bound = ts_xstrdup(lua_tostring(L, -1));
+        else if (bt != LUA_TNIL)
+            luaL_error(L,
+                       "%s: selector '%s': lower_bound must be a param name (and needs "
+                       "order_by ascending)",
+                       file, name);
+        lua_pop(L, 1);
+        s->pub.fingerprint = fingerprint(L, s);
         lua_settop(L, v - 1);
     }
     qsort(ld->sels, ld->nsels, sizeof *ld->sels, s_sel_cmp);
@@ -194,6 +298,18 @@ typedef struct {
     bool match;
 } match_call_t;
 
+/* ctx of a selector call: its now is params.now (which defaults to the
+ * clock), so a selector's answer depends on its params and documents
+ * only, and the cache can name it by them. */
+static void push_selector_ctx(lua_State *L, ts_policy_query_t *q)
+{
+    policy_push_ctx(L, q->self, q->sel->pub.collection, false);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->params_ref);
+    lua_getfield(L, -1, "now");
+    lua_setfield(L, -3, "now");
+    lua_pop(L, 1);
+}
+
 static int s_match_call(lua_State *L)
 {
     match_call_t *c = lua_touserdata(L, 1);
@@ -201,7 +317,7 @@ static int s_match_call(lua_State *L)
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref);
     policy_push_json(L, c->doc, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    policy_push_ctx(L, self, c->q->sel->pub.collection, false);
+    push_selector_ctx(L, c->q);
     lua_call(L, 3, 1);
     if (!lua_isboolean(L, -1))
         return luaL_error(L, "%s: where must return a boolean, got %s", self->label,
@@ -267,7 +383,7 @@ static int s_from_call(lua_State *L)
     ts_policy_t *self = c->q->self;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->from_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);
-    policy_push_ctx(L, self, c->q->sel->pub.collection, false);
+    push_selector_ctx(L, c->q);
     lua_call(L, 2, 1);
     int t = lua_type(L, -1);
     if (t == LUA_TSTRING)
@@ -321,7 +437,7 @@ static int s_scan_call(lua_State *L)
     if (has_where) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->sel->where_ref); /* 2 */
         lua_rawgeti(L, LUA_REGISTRYINDEX, c->q->params_ref);     /* 3 */
-        policy_push_ctx(L, self, c->q->sel->pub.collection, false); /* 4 */
+        push_selector_ctx(L, c->q); /* 4 */
     }
     while (c->next(c->arg, &c->doc) > 0) {
         self->doc = &c->doc;
@@ -376,4 +492,9 @@ int ts_policy_query_scan(ts_policy_query_t *q, ts_policy_next_fn next, ts_policy
         return TS_POLICY_ERROR;
     }
     return TS_POLICY_OK;
+}
+
+uint64_t ts_policy_clock_reads(const ts_policy_t *self)
+{
+    return ts_sandbox_clock_reads(self->cur->sb);
 }

@@ -39,6 +39,9 @@ void ts_config_init(ts_config_t *c)
     c->sync.digest_interval_s = 300;
     c->sync.offline_after = 3;
     c->sync.answer_timeout_ms = 10000;
+    c->cache.max_bytes = 64LL << 20;
+    c->cache.max_subscriptions = 1000;
+    c->cache.max_subscriptions_total = 100000;
 }
 
 void ts_config_free(ts_config_t *c)
@@ -261,6 +264,30 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
                 goto strings_done;
             }
             *keys[i].slot = (int)num;
+        }
+    }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "cache") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        num = (double)c->cache.max_bytes;
+        if (read_number(L, t, "max_bytes", &num, err, errlen))
+            goto strings_done;
+        if (num < 0 || num > (double)(1LL << 40)) {
+            snprintf(err, errlen, "config: cache.max_bytes must be 0 to 2^40");
+            goto strings_done;
+        }
+        c->cache.max_bytes = (long long)num;
+        int *caps[] = {&c->cache.max_subscriptions, &c->cache.max_subscriptions_total};
+        const char *names[] = {"max_subscriptions", "max_subscriptions_total"};
+        for (int i = 0; i < 2; i++) {
+            num = *caps[i];
+            if (read_number(L, t, names[i], &num, err, errlen))
+                goto strings_done;
+            if (num < 0 || num > 10000000) {
+                snprintf(err, errlen, "config: cache.%s must be 0 to 10000000", names[i]);
+                goto strings_done;
+            }
+            *caps[i] = (int)num;
         }
     }
     lua_pop(L, 1);

@@ -41,6 +41,7 @@ struct ts_sq {
     char dir[PATH_MAX];
     char last_error[512];           /* of the last failed reload; "" after a good one */
     uint64_t reloads, reload_failures;
+    ts_readset_t *read;             /* the run's read-set, filled when the cache asks */
     uint64_t queries, candidates;   /* named-selector queries, documents shown to where */
     int64_t query_us;               /* time spent in them */
 };
@@ -424,7 +425,9 @@ typedef struct {
     ts_index_entry_t *const *entries;
     void **docs;
     size_t pos, end;  /* next position, one past the last (asc) */
+    size_t last;      /* the position visited last */
     bool desc;        /* walk from end-1 down to pos */
+    const char *order_field; /* for the first row's order key (read-set) */
     long limit, count;
     ts_buf_t *out;
     /* index param, checked on a scan */
@@ -451,6 +454,7 @@ static int sel_next(void *arg, ts_policy_doc_t *d)
     sel_scan_t *s = arg;
     while (s->pos < s->end) {
         size_t i = s->desc ? --s->end : s->pos++;
+        s->last = i;
         prefetch_ahead(s, i);
         void *doc = s->entries ? s->entries[i]->doc : s->docs[i];
         s->sq->candidates++;
@@ -465,6 +469,19 @@ static int sel_emit(void *arg, const ts_policy_doc_t *d)
 {
     sel_scan_t *s = arg;
     ts_buf_t *b = s->out;
+    ts_readset_t *r = s->sq->read;
+    const char *v;
+    size_t vn;
+    if (r && !s->count && s->order_field) { /* the first row's order key */
+        ts_okey_t k = {0};
+        if (ts_json_text_field(d->text, d->len, s->order_field, strlen(s->order_field), &v, &vn))
+            ts_okey_from_text(v, vn, &k);
+        r->has_first = true;
+        r->first_kind = k.kind;
+        r->first_num = k.num;
+        r->first_str = k.str;
+        r->first_len = k.len;
+    }
     int rc = ts_buf_puts(b, s->count ? ",{\"id\":" : "{\"id\":");
     rc |= ts_buf_json_string(b, d->id, d->id_len);
     if (d->len > 2) {
@@ -540,6 +557,53 @@ void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     self->query_us += ts_mono_us() - t0;
 }
 
+void ts_sq_query_read(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c, ts_readset_t *read,
+                      bool *clock)
+{
+    uint64_t reads = ts_policy_clock_reads(self->policy);
+    self->read = read;
+    ts_sq_query(self, call, c);
+    self->read = NULL;
+    *clock = ts_policy_clock_reads(self->policy) != reads;
+}
+
+static void set_bound(const ts_okey_t *k, uint8_t *kind, double *num, char **str, uint32_t *len)
+{
+    *kind = k->kind;
+    *num = k->num;
+    *len = k->len;
+    *str = k->kind == TS_OKEY_STR ? ts_memdup(k->str ? k->str : "", k->len) : NULL;
+}
+
+/* What a run over an index bucket read: from its start (from, or the
+ * bucket's end) to the last candidate it took when the limit stopped it,
+ * else to the bucket's other end. */
+static void record_range(ts_readset_t *r, const ts_sq_coll_t *c, const ts_policy_selector_t *sel,
+                         const char *key, int klen, const ts_okey_t *from,
+                         const sel_scan_t *s)
+{
+    r->kind = TS_READ_RANGE;
+    r->field = ts_xstrdup(sel->index_field);
+    r->order = sel->order_field ? ts_xstrdup(sel->order_field) : NULL;
+    r->key = ts_memdup(key, (size_t)klen);
+    r->lo_inf = r->hi_inf = true;
+    bool limited = s->count >= s->limit && s->entries;
+    const ts_okey_t *last = limited ? &s->entries[s->last]->order : NULL;
+    const ts_okey_t *lo = sel->order_desc ? last : from, *hi = sel->order_desc ? from : last;
+    if (!sel->order_field) { /* unordered: the whole bucket */
+        (void)c;
+        return;
+    }
+    if (lo) {
+        r->lo_inf = false;
+        set_bound(lo, &r->lo_kind, &r->lo_num, &r->lo_str, &r->lo_len);
+    }
+    if (hi) {
+        r->hi_inf = false;
+        set_bound(hi, &r->hi_kind, &r->hi_num, &r->hi_str, &r->hi_len);
+    }
+}
+
 static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
 {
     const char *name = ts_json_string(call->params, "selector");
@@ -575,7 +639,8 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     /* room for a typical page of documents: growing it costs reallocs */
     ts_buf_reserve(&out, (size_t)(limit < 64 ? limit : 64) * 512 + 64);
     ts_buf_puts(&out, "{\"items\":[");
-    sel_scan_t s = {.sq = self, .limit = limit, .out = &out, .desc = sel->order_desc};
+    sel_scan_t s = {.sq = self, .limit = limit, .out = &out, .desc = sel->order_desc,
+                    .order_field = sel->order_field};
     collect_t col = {.sq = self, .order = sel->order_field};
     keyed_t *keyed = NULL;
     char key[KEY_MAX];
@@ -612,10 +677,11 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
             s.end = col.n;
         }
     }
+    ts_okey_t fk = {0};
+    if (from)
+        ts_okey_from_json(from, &fk);
     if (rc == TS_POLICY_OK && from && sel->order_field && s.end) {
         /* Start at from: the first >= from (asc), or the last <= from (desc). */
-        ts_okey_t fk;
-        ts_okey_from_json(from, &fk);
         size_t lo = 0, hi = s.end;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
@@ -633,6 +699,15 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     }
     if (rc == TS_POLICY_OK && s.pos < s.end)
         rc = ts_policy_query_scan(q, sel_next, sel_emit, &s, err, sizeof err);
+    if (self->read && rc == TS_POLICY_OK) {
+        if (use_param && klen < 0)
+            self->read->kind = TS_READ_NOTHING;
+        else if (idx)
+            record_range(self->read, c, sel, key, klen, from && sel->order_field ? &fk : NULL,
+                         &s);
+        else
+            self->read->kind = TS_READ_ALL;
+    }
     for (size_t i = 0; i < col.n; i++)
         free(col.keys[i].str);
     free(col.keys);
@@ -757,4 +832,19 @@ void ts_sq_info(ts_sq_t *self, ts_call_t *call)
     char *answer = cJSON_PrintUnformatted(info);
     cJSON_Delete(info);
     ts_call_set_result(call, answer, strlen(answer));
+}
+
+ts_selectors_t *ts_sq_selectors(ts_sq_t *self)
+{
+    ts_selectors_t *out = ts_xcalloc(1, sizeof *out);
+    size_t n = ts_policy_selector_count(self->policy);
+    out->selectors = ts_xcalloc(n ? n : 1, sizeof *out->selectors);
+    for (size_t i = 0; i < n; i++) {
+        const ts_policy_selector_t *s = ts_policy_selector_at(self->policy, i);
+        ts_selector_info_t *o = &out->selectors[out->count++];
+        o->name = ts_xstrdup(s->name);
+        o->lower_bound = s->lower_bound ? ts_xstrdup(s->lower_bound) : NULL;
+        o->fingerprint = s->fingerprint;
+    }
+    return out;
 }

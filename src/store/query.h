@@ -12,6 +12,7 @@
 #ifndef THERASYNC_STORE_QUERY_H
 #define THERASYNC_STORE_QUERY_H
 
+#include "msgs/cache.h"
 #include "msgs/call.h"
 #include "therasync/config.h"
 #include "policy/policy.h"
@@ -61,10 +62,16 @@ int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
                         const ts_policy_doc_t *doc, const ts_policy_doc_t *previous);
 /* Answers query with a selector name (params.selector is a string). */
 void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll);
+/* The same for the cache: also fills read with what the run read and
+ * *clock with whether the selector read the clock. */
+void ts_sq_query_read(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll, ts_readset_t *read,
+                      bool *clock);
 /* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy
  * dir all-or-nothing, rebuilds indexes whose fields changed, and publishes
  * policy.reloaded / policy.failed (on the call, or through events_push). */
 void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push);
+/* The selectors loaded, for the cache (caller frees). */
+ts_selectors_t *ts_sq_selectors(ts_sq_t *self);
 /* policy.info */
 void ts_sq_info(ts_sq_t *self, ts_call_t *call);
 /* The policy engine (for the store's conflict handling). */

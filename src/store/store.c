@@ -7,6 +7,7 @@
 #include <zmq.h>
 
 static void do_sync_standalone(store_t *self, ts_call_t *call);
+static void tell_cache_selectors(store_t *self);
 
 /* Whether an envelope must pass through persist: it has something to make
  * durable, or a call persist answers (audit) or adds to (metrics). */
@@ -37,7 +38,10 @@ static void handle_call(store_t *self, ts_call_t *call)
         else
             store_do_query(self, call, c);
         break;
-    case TS_M_POLICY_RELOAD: ts_sq_reload(self->sq, call, NULL); break;
+    case TS_M_POLICY_RELOAD:
+        ts_sq_reload(self->sq, call, NULL);
+        tell_cache_selectors(self);
+        break;
     case TS_M_POLICY_INFO: ts_sq_info(self->sq, call); break;
     case TS_M_CANCEL: store_do_cancel(self, call); break;
     case TS_M_STATUS: store_do_status(self, call); break;
@@ -45,6 +49,11 @@ static void handle_call(store_t *self, ts_call_t *call)
     case TS_M_SYNC:
     case TS_M_INVALIDATE: do_sync_standalone(self, call); break;
     case TS_M_AUDIT: break; /* answered by persist, which owns the audit table */
+    case TS_M_SUBSCRIBE:
+    case TS_M_UNSUBSCRIBE: /* alone, they went to the cache (route_cache_call) */
+        ts_call_fail(call, TS_E_INVALID_REQUEST, "%s cannot be part of a batch",
+                     ts_method_name(call->method));
+        break;
     default:
         ts_call_fail(call, TS_E_NO_METHOD, "%s is not available in this build",
                      ts_method_name(call->method));
@@ -73,6 +82,89 @@ static bool route_sync_call(store_t *self, ts_envelope_t *e)
     if (!self->to_sync)
         return false;
     return ts_send_SYNC_CALL(self->to_sync, &e, 1) == 0;
+}
+
+/* Queues an envelope for the cache (store_flush_cache sends it). */
+static void to_cache(store_t *self, ts_envelope_t *e)
+{
+    if (self->ncache_reads == self->capcache_reads) {
+        self->capcache_reads = self->capcache_reads ? self->capcache_reads * 2 : 64;
+        self->cache_reads =
+            ts_xrealloc(self->cache_reads, self->capcache_reads * sizeof *self->cache_reads);
+    }
+    self->cache_reads[self->ncache_reads++] = e;
+}
+
+/* The cache answers a request alone that is subscribe, unsubscribe, or a
+ * query by selector (unless it says "cache": false); a batch keeps its
+ * calls together here. Returns true when the envelope was handed over. */
+static bool route_cache_call(store_t *self, ts_envelope_t *e)
+{
+    const ts_call_t *call = &e->calls[0];
+    if (e->ncalls != 1 || call->err_code || call->result || call->partial)
+        return false;
+    bool cached = ts_method_info(call->method)->owner == TS_OWNER_CACHE ||
+                  (call->method == TS_M_QUERY &&
+                   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")) &&
+                   !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache")));
+    if (!cached)
+        return false;
+    self->calls[call->method]++;
+    to_cache(self, e);
+    return true;
+}
+
+/* Sends the cache what handling one message produced: the changes first,
+ * then the reads, which must see them. */
+void store_flush_cache(store_t *self)
+{
+    if (self->changes.head) {
+        ts_change_t *head = self->changes.head;
+        self->changes.head = self->changes.last = NULL;
+        if (ts_send_CACHE_CHANGES(self->to_cache, &head, 1))
+            ts_change_free_list(head);
+    }
+    if (self->ncache_reads &&
+        ts_send_CACHE_READS(self->to_cache, self->cache_reads, self->ncache_reads)) {
+        ts_error(LOG, "cannot pass reads to the cache");
+        for (size_t i = 0; i < self->ncache_reads; i++)
+            ts_envelope_free(self->cache_reads[i]);
+    }
+    self->ncache_reads = 0;
+}
+
+/* The selectors, for the cache: at start and after every reload. */
+static void tell_cache_selectors(store_t *self)
+{
+    ts_selectors_t *s = ts_sq_selectors(self->sq);
+    if (ts_send_CACHE_POLICY(self->to_cache, &s, 1))
+        ts_selectors_free(s);
+}
+
+/* Queries the cache asks for: computed, with what they read, and sent back. */
+static void on_cache_runs(store_t *self, ts_cache_run_t **runs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_cache_run_t *run = runs[i];
+        collection_t *c = run->collection < self->ncollections
+                              ? &self->collections[run->collection]
+                              : NULL;
+        ts_call_t call = {.method = TS_M_QUERY, .params = run->request,
+                          .collection = c ? c->name : NULL};
+        self->calls[TS_M_QUERY]++;
+        ts_sq_query_read(self->sq, &call, c ? c->q : NULL, &run->read, &run->clock);
+        run->err_code = call.err_code;
+        run->err_message = call.err_message;
+        run->result = call.result;
+        run->result_len = call.result_len;
+        cJSON_Delete(call.err_data);
+        cJSON_Delete(call.partial);
+    }
+    if (ts_send_CACHE_RESULT(self->to_cache, runs, n)) {
+        ts_error(LOG, "cannot pass results to the cache");
+        for (size_t i = 0; i < n; i++)
+            ts_cache_run_free(runs[i]);
+    }
 }
 
 static void do_sync_standalone(store_t *self, ts_call_t *call)
@@ -132,12 +224,14 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
     ts_envelope_t **reads = ts_xmalloc(n * sizeof *reads);
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
-        if (route_sync_call(self, e))
-            continue; /* the sync actor answers it */
+        if (route_sync_call(self, e) || route_cache_call(self, e))
+            continue; /* the sync actor or the cache answers it */
         self->client = e->client;
         for (size_t k = 0; k < e->ncalls; k++)
             handle_call(self, &e->calls[k]);
-        if (!needs_persist(e))
+        if (e->ncalls == 1 && e->calls[0].method == TS_M_METRICS && !e->calls[0].err_code)
+            to_cache(self, e); /* the cache adds its part and passes it to persist */
+        else if (!needs_persist(e))
             reads[direct++] = e;
         else
             envs[kept++] = e;
@@ -211,9 +305,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             store_maybe_publish_status(self);
             break;
         case TS_MSG_ROLLBACK: on_rollback(self, ts_msg_ROLLBACK(&m), m.count); break;
+        case TS_MSG_CACHE_RUN: on_cache_runs(self, ts_msg_CACHE_RUN(&m), m.count); break;
         default: ts_msg_unexpected(LOG, &m); continue;
         }
         ts_msg_release(&m);
+        store_flush_cache(self);
     }
     (void)loop;
     return 0;
@@ -230,6 +326,12 @@ static void store_cleanup(store_t *self)
         free(c->hash32);
     }
     ts_buf_free(&self->scratch);
+    ts_change_free_list(self->changes.head);
+    for (size_t i = 0; i < self->ncache_reads; i++)
+        ts_envelope_free(self->cache_reads[i]);
+    free(self->cache_reads);
+    if (self->to_cache)
+        zmq_close(self->to_cache);
     cJSON_Delete(self->sync_status);
     while (self->snapshots) {
         base_snapshot_t *next = self->snapshots->next;
@@ -283,6 +385,7 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
     if (strcmp(command, "RELOAD") == 0) {
         ts_sq_reload(self->sq, NULL, self->events);
+        tell_cache_selectors(self);
         return 0;
     }
     return strcmp(command, "$TERM") == 0 ? -1 : 0;
@@ -297,16 +400,20 @@ static void store_actor(ts_actor_t *actor, void *args)
         collection_t *c = &self.collections[self.ncollections++];
         c->name = self.config->collections[i];
         snprintf(c->topic, sizeof c->topic, "doc.%s", c->name);
+        c->changes = &self.changes;
+        c->index = (uint16_t)i;
     }
     self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE, true);
     self.to_persist = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_PERSIST, false);
     self.events = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_EVENTS, false);
     self.to_front = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
+    self.to_cache = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_CACHE, false);
     if (self.config->api_url) {
         self.to_sync = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_SYNC, false);
         self.sync_inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE_SYNC, true);
     }
     if (!loop || !self.inbox || !self.to_persist || !self.events || !self.to_front ||
+        !self.to_cache ||
         (self.config->api_url && (!self.to_sync || !self.sync_inbox))) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
@@ -329,6 +436,8 @@ static void store_actor(ts_actor_t *actor, void *args)
         if (on_inbox(loop, self.inbox, &self) < 0 && self.recovering)
             goto done;
     ts_sq_bulk(self.sq, false);
+    self.changes.on = true;
+    tell_cache_selectors(&self);
     size_t docs = 0;
     for (size_t i = 0; i < self.ncollections; i++)
         docs += self.collections[i].live;

@@ -79,6 +79,12 @@ typedef uintptr_t slot_t;
 #define SLOT_PTR_BITS 48
 #define SLOT_PTR_MASK (((uintptr_t)1 << SLOT_PTR_BITS) - 1)
 
+/* Visible changes not yet told to the cache (store_flush_cache). */
+typedef struct {
+    ts_change_t *head, *last;
+    bool on;               /* off while recovering: the cache has nothing yet */
+} changes_t;
+
 typedef struct {
     const char *name;
     char topic[80];        /* "doc.<name>", its doc.changed events' topic */
@@ -90,6 +96,8 @@ typedef struct {
     size_t used;           /* entries (visible or not) */
     size_t live;           /* entries with a visible document */
     ts_sq_coll_t *q;       /* its indexes (store_query.c); told of every visible change */
+    changes_t *changes;    /* the store's, for the cache */
+    uint16_t index;        /* in the config's collections */
 } collection_t;
 
 typedef struct {
@@ -121,6 +129,10 @@ typedef struct {
     void *events;          /* PUSH to TS_INPROC_EVENTS: events without a call (SIGHUP
                               reload, sync.status, remote changes) */
     uint32_t persist_batch;/* messages of envelopes sent to persist so far */
+    void *to_cache;        /* PUSH TS_INPROC_CACHE: changes, then reads, then results */
+    changes_t changes;
+    ts_envelope_t **cache_reads;
+    size_t ncache_reads, capcache_reads;
 } store_t;
 
 /* When a remote change rebases a document that has pending writes, the
@@ -145,6 +157,7 @@ static inline int64_t doc_version(const doc_t *d)
 
 /* store.c */
 int store_send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n);
+void store_flush_cache(store_t *self);
 
 /* table.c */
 doc_t *store_find_doc(collection_t *c, const char *id);

@@ -168,6 +168,14 @@ cJSON *store_parse_doc(const doc_t *d)
 void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 {
     bool was = d->visible != NULL;
+    if (c->changes && c->changes->on) { /* the cache hears of it, old and new */
+        ts_change_t *ch = ts_change_new(c->index, d->visible, d->visible_len, text, len);
+        if (c->changes->last)
+            c->changes->last->next = ch;
+        else
+            c->changes->head = ch;
+        c->changes->last = ch;
+    }
     if (d->visible_kind == VISIBLE_OWNED)
         free(d->visible);
     d->visible = text;

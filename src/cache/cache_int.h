@@ -1,0 +1,204 @@
+/* cache_int.h — inside the cache actor (src/cache/): memoized query
+ * answers (memo.c), what each one read and the changes that undo it
+ * (watch.c), live queries and their notifications (live.c), the loop and
+ * its messages (cache.c). docs/CACHE.md tells the whole story; other
+ * actors talk to it only through messages (msgs.def). */
+#ifndef THERASYNC_CACHE_INT_H
+#define THERASYNC_CACHE_INT_H
+
+#include "msgs/msgs.h"
+#include "store/index.h" /* the index's key functions: a read-set speaks its keys */
+#include "therasync/config.h"
+#include "therasync/hist.h"
+#include "therasync/json.h"
+#include "therasync/log.h"
+#include "therasync/util.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LOG "cache"
+
+/* ---- a string-keyed hash table, intrusive (hmap.c) ---- */
+
+typedef struct hnode {
+    struct hnode *next;
+    uint64_t hash;
+    const char *key;
+    size_t key_len;
+} hnode_t;
+
+typedef struct {
+    hnode_t **buckets;
+    size_t cap, count;
+} hmap_t;
+
+uint64_t hmap_hash(const char *key, size_t len);
+hnode_t *hmap_find(const hmap_t *m, const char *key, size_t len, uint64_t hash);
+void hmap_add(hmap_t *m, hnode_t *n); /* n->key, key_len and hash set */
+void hmap_del(hmap_t *m, hnode_t *n);
+void hmap_free(hmap_t *m);            /* the table, not the nodes */
+
+#define CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* ---- read-sets (watch.c) ---- */
+
+typedef struct watch_list watch_list_t;
+
+/* Whatever holds a read-set: a memoized answer or a live query. */
+typedef struct watcher {
+    ts_readset_t read;
+    uint16_t collection;
+    bool live;                   /* a live_t, else an entry_t */
+    watch_list_t *list;          /* where it is watched (NULL: nowhere) */
+    struct watcher *prev, *next; /* in that list */
+} watcher_t;
+
+/* ---- memoized answers (memo.c) ---- */
+
+typedef struct group group_t;
+
+typedef struct entry {
+    watcher_t w;
+    group_t *group;
+    ts_okey_t lo, hi;      /* lower-bound selectors: the answer holds for bound values in
+                              [lo, hi] (hi_inf: no end) */
+    bool hi_inf;
+    char *answer;          /* the `query` result, ready */
+    size_t answer_len;
+    size_t bytes;          /* what it costs, counted against max_bytes */
+    struct entry *older, *newer; /* least recently used first */
+} entry_t;
+
+/* One question: a selector and its params without the lower bound. */
+struct group {
+    hnode_t node;          /* key: collection, selector, params, page */
+    char *selector;
+    bool bounded;          /* its selector has a lower-bound param */
+    entry_t **entries;     /* by lo, disjoint (one without a bound) */
+    size_t n, cap;
+};
+
+/* ---- live queries (live.c) ---- */
+
+typedef struct client client_t;
+typedef struct live live_t;
+
+typedef struct sub {
+    hnode_t node;          /* key: its id */
+    char id[24];
+    live_t *live;
+    client_t *client;
+    bool diff;
+    struct sub *next_in_live, *next_in_client;
+} sub_t;
+
+struct client {
+    hnode_t node;          /* key: its routing id */
+    unsigned char *route;  /* routing frames of its subscribe, as envelopes keep them */
+    size_t route_len;
+    bool delimiter;
+    size_t nsubs;
+    sub_t *subs;
+};
+
+struct live {
+    watcher_t w;
+    hnode_t node;          /* key: collection, selector, params (exact) */
+    cJSON *request;        /* the query, to run again */
+    char *selector;
+    char *answer;          /* the current result */
+    size_t answer_len;
+    cJSON *items;          /* the same, parsed, for diffs */
+    int64_t version;
+    bool ready;            /* has a result (subscribes wait for the first) */
+    bool running;          /* a run is with the store */
+    bool dirty;            /* a change touched it since its last run began */
+    int64_t dirty_us;      /* when it became dirty, for the notification latency */
+    sub_t *subs;
+    size_t nsubs;
+    ts_envelope_t *waiting;/* subscribes waiting for the first result (held_next) */
+    struct live *next_dirty;
+};
+
+/* ---- the actor ---- */
+
+/* A miss being computed: the reads waiting for it (held_next list). */
+typedef struct pending {
+    hnode_t node;          /* key: the exact question */
+    uint64_t token;
+    ts_envelope_t *waiting;
+    bool dropped;          /* a policy change came first: do not keep the answer */
+} pending_t;
+
+typedef struct {
+    const ts_config_t *config;
+    void *inbox;           /* PULL TS_INPROC_CACHE */
+    void *to_store;        /* PUSH: CACHE_RUN */
+    void *to_front;        /* PUSH: ANSWERS, NOTICES */
+    void *to_persist;      /* PUSH: metrics on their way */
+    ts_buf_t buf;          /* scratch */
+    struct {               /* what handling one message produced, sent after it */
+        ts_envelope_t **answers;
+        size_t nanswers, capanswers;
+        ts_cache_run_t **runs;
+        size_t nruns, capruns;
+    } out;
+    /* memo.c */
+    hmap_t groups;
+    hmap_t pendings;
+    entry_t *oldest, *newest;
+    size_t bytes, entries;
+    ts_selectors_t *selectors;
+    uint64_t next_token;
+    /* watch.c */
+    hmap_t lists;
+    watcher_t *all[TS_MAX_COLLECTIONS];        /* read-sets of whole collections */
+    struct field_pair *pairs[TS_MAX_COLLECTIONS];/* fields the read-sets name */
+    /* live.c */
+    hmap_t lives, subs, clients;
+    live_t *dirty;
+    ts_notice_t *notices, *notices_last;
+    size_t nsubs;
+    int64_t next_version;
+    uint64_t next_sub;
+    /* metrics */
+    uint64_t hits, misses, coalesced, uncached, evictions, invalidations, runs, run_errors,
+        recomputes, notifications, unchanged, closed;
+    ts_hist_t notify_us;
+} cache_t;
+
+/* memo.c */
+void memo_read(cache_t *self, ts_envelope_t *e);
+void memo_result(cache_t *self, ts_cache_run_t *run);
+void memo_drop_entry(cache_t *self, entry_t *entry);
+void memo_policy(cache_t *self, ts_selectors_t *selectors);
+const ts_selector_info_t *memo_selector(const cache_t *self, const char *name);
+size_t memo_invalidate(cache_t *self, const char *collection, const char *selector);
+void memo_free_all(cache_t *self);
+/* The exact key of a query request (collection, selector, canonical params,
+ * page) into self->buf; without the param `skip` (NULL: none). */
+void memo_key(cache_t *self, const cJSON *request, const char *skip);
+void cache_answer(cache_t *self, ts_envelope_t *e);
+int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *request);
+
+/* watch.c */
+void watch_set(cache_t *self, watcher_t *w, uint16_t collection, ts_readset_t *read);
+void watch_unset(cache_t *self, watcher_t *w);
+void watch_changes(cache_t *self, ts_change_t *changes);
+void watch_free_all(cache_t *self);
+
+/* live.c */
+void live_subscribe(cache_t *self, ts_envelope_t *e);
+void live_unsubscribe(cache_t *self, ts_envelope_t *e);
+void live_touched(cache_t *self, live_t *live);
+void live_result(cache_t *self, ts_cache_run_t *run);
+void live_flush(cache_t *self);
+void live_gone(cache_t *self, const ts_gone_t *gone);
+void live_policy(cache_t *self, const ts_selectors_t *selectors, const ts_selectors_t *old);
+void live_free_all(cache_t *self);
+
+#endif

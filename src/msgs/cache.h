@@ -1,0 +1,119 @@
+/* cache.h — the payloads of the messages to and from the cache actor
+ * (msgs.def): a document's change, a query run with what it read, the
+ * selectors' fingerprints, and a notification for one client.
+ *
+ * The store sends the cache, on one socket and in this order, the changes
+ * a message of its inbox made, then the reads of that message, then the
+ * results of runs the cache asked for: so when the cache takes a read or a
+ * result, every change before it has been applied to its entries. */
+#ifndef THERASYNC_CACHE_MSGS_H
+#define THERASYNC_CACHE_MSGS_H
+
+#include "msgs/call.h"
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A document's visible text changed: before (old) and after (new), each
+ * an id-less JSON object as the store keeps it; absent = not visible. */
+typedef struct ts_change {
+    struct ts_change *next;
+    uint16_t collection;   /* its index in the config's collections */
+    bool has_old, has_new;
+    uint32_t old_len, new_len;
+    char data[];           /* old text, then new text */
+} ts_change_t;
+
+ts_change_t *ts_change_new(uint16_t collection, const char *old_text, size_t old_len,
+                           const char *new_text, size_t new_len);
+static inline const char *ts_change_old(const ts_change_t *c) { return c->data; }
+static inline const char *ts_change_new_text(const ts_change_t *c) { return c->data + c->old_len; }
+void ts_change_free_list(ts_change_t *head);
+
+/* What one selector run read, at the index API: the documents of a bucket
+ * (field = key) of an index ordered by order_field whose order key lies in
+ * [lo, hi] (each end open to infinity when its flag says so). */
+typedef enum {
+    TS_READ_NOTHING, /* no document can change the result (a value no index holds) */
+    TS_READ_RANGE,   /* a range of one index bucket */
+    TS_READ_ALL,     /* the whole collection (a scan) */
+} ts_read_kind_t;
+
+typedef struct {
+    ts_read_kind_t kind;
+    char *field;        /* RANGE: the index's equality field */
+    char *order;        /* its order field, or NULL */
+    char *key;          /* the bucket's normalized value */
+    bool lo_inf, hi_inf;
+    uint8_t lo_kind, hi_kind; /* TS_OKEY_* (store/index.h) */
+    double lo_num, hi_num;
+    char *lo_str, *hi_str;
+    uint32_t lo_len, hi_len;
+    /* the order key of the answer's first row (none: no rows): with a
+       lower-bound param, the answer holds for bound values up to it */
+    bool has_first;
+    uint8_t first_kind;
+    double first_num;
+    char *first_str;
+    uint32_t first_len;
+} ts_readset_t;
+
+void ts_readset_clear(ts_readset_t *rs);
+
+/* A query the cache asks the store to compute (request: the query's
+ * params object, as the front door passed it: collection, selector,
+ * params, limit, cursor); the store fills the answer and what it read and
+ * sends it back. */
+typedef struct {
+    uint64_t token;       /* the cache's: what the run is for */
+    uint16_t collection;
+    cJSON *request;       /* owned */
+    /* the answer */
+    int err_code;         /* 0: result holds the `query` result */
+    char *err_message;
+    char *result;
+    size_t result_len;
+    ts_readset_t read;
+    bool clock;           /* the selector read the clock: its result cannot be kept */
+} ts_cache_run_t;
+
+ts_cache_run_t *ts_cache_run_new(uint64_t token, uint16_t collection, cJSON *request);
+void ts_cache_run_free(ts_cache_run_t *run);
+
+/* A selector as loaded, for the cache: what its entries depend on. */
+typedef struct {
+    char *name;
+    char *lower_bound;    /* the param that is a lower bound on order_by, or NULL */
+    uint64_t fingerprint; /* changes when the selector's definition changes */
+} ts_selector_info_t;
+
+/* Every selector after a load or reload. */
+typedef struct {
+    size_t count;
+    ts_selector_info_t *selectors;
+} ts_selectors_t;
+
+void ts_selectors_free(ts_selectors_t *s);
+
+/* A JSON-RPC notification for one client of the front door (the routing
+ * frames of one of its requests). */
+typedef struct ts_notice {
+    struct ts_notice *next;
+    size_t route_len;
+    unsigned char *route;
+    bool delimiter;
+    char *payload;
+    size_t payload_len;
+} ts_notice_t;
+
+void ts_notice_free_list(ts_notice_t *head);
+
+/* A client the front door could not reach (its routing id): it is gone. */
+typedef struct {
+    size_t len;
+    unsigned char id[];
+} ts_gone_t;
+
+#endif

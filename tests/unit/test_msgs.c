@@ -35,7 +35,9 @@ static char *msgs_table(void)
 /* The doc's method table, from methods.def. */
 static char *methods_table(void)
 {
-    static const char *const owners[] = {"front", "store", "persist", "sync"};
+    static const char *const owners[] = {[TS_OWNER_FRONT] = "front", [TS_OWNER_STORE] = "store",
+                                         [TS_OWNER_CACHE] = "cache", [TS_OWNER_PERSIST] = "persist",
+                                         [TS_OWNER_SYNC] = "sync"};
     ts_buf_t b = {0};
     ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | reads only | persist | what |\n"
                                   "|---|---|---|---|---|---|\n");

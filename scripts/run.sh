@@ -14,7 +14,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 api_args=()
 if [ -x "$build/clinic-api" ]; then
-  "$build/clinic-api" --listen "127.0.0.1:$api_port" --db "$data/clinic-api.db" &
+  "$build/clinic-api" --listen "127.0.0.1:$api_port" --db "$data/clinic-api.db" \
+    --demo-patients 50 &
   api_pid=$!
   api_args=(--api "http://127.0.0.1:$api_port")
   echo "run: clinic-api on http://127.0.0.1:$api_port (pid $api_pid)" >&2

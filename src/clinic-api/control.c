@@ -23,7 +23,8 @@ void ca_faults_set(const ca_faults_t *f)
     pthread_mutex_lock(&faults_lock);
     faults = *f;
     atomic_store(&faults_active,
-                 f->fail_rate > 0 || f->latency_ms > 0 || f->answer_latency_ms > 0 || f->drop_rate > 0 || f->offline);
+                 f->fail_rate > 0 || f->latency_ms > 0 || f->answer_latency_ms > 0 || f->drop_rate > 0 || f->offline ||
+                     f->garbage_rate > 0);
     pthread_mutex_unlock(&faults_lock);
 }
 
@@ -66,6 +67,8 @@ int ca_faults_parse(const char *json, size_t len, ca_faults_t *f, const char **e
         *err = "fail_rate must be a number in [0,1]";
     else if (num_field(obj, "drop_rate", 0, 1, &f->drop_rate) < 0)
         *err = "drop_rate must be a number in [0,1]";
+    else if (num_field(obj, "garbage_rate", 0, 1, &f->garbage_rate) < 0)
+        *err = "garbage_rate must be a number in [0,1]";
     else if (num_field(obj, "status", 400, 599, &status) < 0)
         *err = "status must be an HTTP error status (400-599)";
     else if (num_field(obj, "latency_ms", 0, 600000, &latency) < 0)
@@ -95,9 +98,9 @@ int ca_faults_json(const ca_faults_t *f, ts_buf_t *out)
 {
     return ts_buf_printf(out,
                          "{\"fail_rate\":%g,\"status\":%d,\"latency_ms\":%d,\"answer_latency_ms\":%d,"
-                         "\"drop_rate\":%g,\"offline\":%s,\"retry_after\":%d}",
+                         "\"drop_rate\":%g,\"offline\":%s,\"retry_after\":%d,\"garbage_rate\":%g}",
                          f->fail_rate, f->status, f->latency_ms, f->answer_latency_ms, f->drop_rate,
-                         f->offline ? "true" : "false", f->retry_after);
+                         f->offline ? "true" : "false", f->retry_after, f->garbage_rate);
 }
 
 int ca_stats_json(ts_buf_t *out)
@@ -108,7 +111,8 @@ int ca_stats_json(ts_buf_t *out)
                          "\"faults_failed\":%lld,\"faults_dropped\":%lld,\"faults_delayed\":%lld,"
                          "\"commits\":%lld,\"tokens_issued\":%lld,\"unauthorized\":%lld,"
                          "\"batches\":%lld,\"batch_ops\":%lld,\"header_timeouts\":%lld,"
-                         "\"malformed\":%lld}",
+                         "\"malformed\":%lld,\"faults_garbled\":%lld,\"doc_gets\":%lld,"
+                         "\"list_requests\":%lld,\"not_modified\":%lld}",
                          atomic_load(&ca_stats.requests), atomic_load(&ca_stats.applied_writes),
                          atomic_load(&ca_stats.idempotent_replays),
                          atomic_load(&ca_stats.idempotency_mismatches),
@@ -117,7 +121,9 @@ int ca_stats_json(ts_buf_t *out)
                          atomic_load(&ca_stats.faults_delayed), atomic_load(&ca_stats.commits),
                          atomic_load(&ca_stats.tokens_issued), atomic_load(&ca_stats.unauthorized),
                          atomic_load(&ca_stats.batches), atomic_load(&ca_stats.batch_ops),
-                         atomic_load(&ca_stats.header_timeouts), atomic_load(&ca_stats.malformed));
+                         atomic_load(&ca_stats.header_timeouts), atomic_load(&ca_stats.malformed),
+                         atomic_load(&ca_stats.faults_garbled), atomic_load(&ca_stats.doc_gets),
+                         atomic_load(&ca_stats.list_requests), atomic_load(&ca_stats.not_modified));
 }
 
 double ca_rand01(void)

@@ -20,6 +20,8 @@ typedef struct {
     double drop_rate; /* 0..1: share of connections closed without an answer */
     bool offline;     /* every non-control request is closed unanswered */
     int retry_after;  /* seconds in Retry-After on 429/503; 1 by default */
+    double garbage_rate; /* 0..1: share of GET requests answered 200 with a body that is
+                            not JSON (reads only: a write is never answered as if applied) */
 } ca_faults_t;
 
 typedef struct {
@@ -37,6 +39,10 @@ typedef struct {
     atomic_llong batch_ops;          /* ops in them */
     atomic_llong header_timeouts;    /* connections closed at the header deadline */
     atomic_llong malformed;          /* requests refused for their HTTP framing (400) */
+    atomic_llong faults_garbled;     /* answered 200 with garbage (garbage_rate) */
+    atomic_llong doc_gets;           /* GET /v1/{coll}/{id} handled (200, 304, 404) */
+    atomic_llong list_requests;      /* filtered listings handled (200, 304, 400) */
+    atomic_llong not_modified;       /* 304 answers (If-None-Match matched the ETag) */
 } ca_stats_t;
 
 extern ca_stats_t ca_stats;

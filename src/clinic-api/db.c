@@ -27,7 +27,7 @@ struct ca_db {
      * left the change streams far behind. */
     sqlite3 *rsql;
     pthread_mutex_t rlock; /* guards rsql and its statements */
-    sqlite3_stmt *rget, *feed_coll, *feed_all, *digest;
+    sqlite3_stmt *rget, *feed_coll, *feed_all, *digest, *scan;
 };
 
 static const char SCHEMA[] =
@@ -109,7 +109,9 @@ ca_db_t *ca_db_open(const char *path)
         prepare_on(db->rsql, &db->feed_all,
                    "SELECT cursor, coll, body FROM docs WHERE cursor>?1 ORDER BY cursor LIMIT ?2") ||
         prepare_on(db->rsql, &db->digest,
-                   "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id")) {
+                   "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id") ||
+        prepare_on(db->rsql, &db->scan,
+                   "SELECT id, body FROM docs WHERE coll=?1 AND id>?2 AND deleted=0 ORDER BY id")) {
         ts_error(MOD, "cannot open %s for reading: %s", path,
                  db->rsql ? sqlite3_errmsg(db->rsql) : "no memory");
         goto err;
@@ -134,7 +136,7 @@ void ca_db_close(ca_db_t **dbp)
         return;
     sqlite3_stmt *all[] = {db->get,    db->upsert, db->idem_get,  db->idem_put, db->begin,
                            db->commit, db->rollback, db->rget,    db->feed_coll, db->feed_all,
-                           db->digest};
+                           db->digest, db->scan};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);
     sqlite3_close(db->rsql);
@@ -210,7 +212,7 @@ int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_
     return rc ? -1 : n;
 }
 
-int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out)
+int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out, int64_t *version)
 {
     int found = 0;
     pthread_mutex_lock(&db->rlock);
@@ -218,6 +220,8 @@ int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out)
     sqlite3_bind_text(db->rget, 2, id, -1, SQLITE_STATIC);
     int step = sqlite3_step(db->rget);
     if (step == SQLITE_ROW && sqlite3_column_int(db->rget, 1) == 0) {
+        if (version)
+            *version = sqlite3_column_int64(db->rget, 0);
         found = ts_buf_append(out, sqlite3_column_text(db->rget, 2),
                               (size_t)sqlite3_column_bytes(db->rget, 2)) < 0
                     ? -1
@@ -228,6 +232,28 @@ int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out)
     sqlite3_reset(db->rget);
     pthread_mutex_unlock(&db->rlock);
     return found;
+}
+
+int ca_db_scan(ca_db_t *db, const char *coll, const char *after_id, ca_scan_fn fn, void *ctx)
+{
+    pthread_mutex_lock(&db->rlock);
+    sqlite3_bind_text(db->scan, 1, coll, -1, SQLITE_STATIC);
+    sqlite3_bind_text(db->scan, 2, after_id, -1, SQLITE_STATIC);
+    int step;
+    while ((step = sqlite3_step(db->scan)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(db->scan, 0);
+        const char *body = (const char *)sqlite3_column_text(db->scan, 1);
+        if (fn(ctx, id, body, (size_t)sqlite3_column_bytes(db->scan, 1))) {
+            step = SQLITE_DONE;
+            break;
+        }
+    }
+    if (step != SQLITE_DONE)
+        ts_error(MOD, "scan: %s", sqlite3_errmsg(db->rsql));
+    sqlite3_reset(db->scan);
+    sqlite3_clear_bindings(db->scan);
+    pthread_mutex_unlock(&db->rlock);
+    return step == SQLITE_DONE ? 0 : -1;
 }
 
 int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out)
@@ -601,4 +627,66 @@ int ca_db_write(ca_db_t *db, const ca_write_t *w, ca_reply_t *r)
 {
     ca_db_write_batch(db, &w, &r, 1);
     return r->status == 500 ? -1 : 0;
+}
+
+/* ---- demo data ---------------------------------------------------------- */
+
+int ca_db_seed_patients(ca_db_t *db, const char *coll, int n)
+{
+    /* Invented names; phone numbers in 555-0100..0199, reserved for fiction. */
+    static const char *first[] = {"Alex", "Sam", "Robin", "Kim", "Jo", "Max", "Lee", "Noa"};
+    static const char *last[] = {"Example", "Sample", "Testperson", "Placeholder", "Demo"};
+    enum { CHUNK = 500 };
+    ca_write_t ws[CHUNK];
+    ca_reply_t rs[CHUNK];
+    const ca_write_t *wp[CHUNK];
+    ca_reply_t *rp[CHUNK];
+    char ids[CHUNK][16], keys[CHUNK][32];
+    int created = 0;
+    for (int base = 0; base < n; base += CHUNK) {
+        int m = n - base < CHUNK ? n - base : CHUNK;
+        for (int j = 0; j < m; j++) {
+            int i = base + j + 1;
+            snprintf(ids[j], sizeof ids[j], "pat-%04d", i);
+            snprintf(keys[j], sizeof keys[j], "demo-seed:%s", ids[j]);
+            char name[64], dob[16], phone[24];
+            snprintf(name, sizeof name, "%s %s", first[i % 8], last[i % 5]);
+            snprintf(dob, sizeof dob, "%04d-%02d-%02d", 1950 + i % 50, 1 + i % 12, 1 + i % 28);
+            snprintf(phone, sizeof phone, "+1-555-01%02d", i % 100);
+            cJSON *doc = cJSON_CreateObject();
+            if (!doc || !cJSON_AddStringToObject(doc, "name", name) ||
+                !cJSON_AddStringToObject(doc, "date_of_birth", dob) ||
+                !cJSON_AddStringToObject(doc, "phone", phone)) {
+                cJSON_Delete(doc);
+                for (int k = 0; k < j; k++) {
+                    free((void *)ws[k].rendered);
+                    cJSON_Delete((cJSON *)ws[k].doc);
+                }
+                return -1;
+            }
+            ws[j] = (ca_write_t){.op = CA_OP_CREATE,
+                                 .coll = coll,
+                                 .id = ids[j],
+                                 .doc = doc, /* for an id whose tombstone is there */
+                                 .rendered = ca_doc_render(cJSON_Duplicate(doc, 1), ids[j], 1,
+                                                           false),
+                                 .idem_key = keys[j],
+                                 .fingerprint = "demo-seed"};
+            rs[j] = (ca_reply_t){0};
+            wp[j] = &ws[j];
+            rp[j] = &rs[j];
+        }
+        ca_db_write_batch(db, wp, rp, (size_t)m);
+        int failed = 0;
+        for (int j = 0; j < m; j++) {
+            created += rs[j].status == 201 && !rs[j].replayed;
+            failed |= rs[j].status == 500 || !ws[j].rendered;
+            free((void *)ws[j].rendered);
+            cJSON_Delete((cJSON *)ws[j].doc);
+            ts_buf_free(&rs[j].body);
+        }
+        if (failed)
+            return -1;
+    }
+    return created;
 }

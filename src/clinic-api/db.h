@@ -40,8 +40,22 @@ typedef enum {
 int ca_db_feed(ca_db_t *db, const char *coll, int64_t since, int limit, ca_feed_fmt_t fmt,
                ts_buf_t *out, int64_t *last, bool *more);
 
-/* Appends the stored document (tombstones excluded). 1 found, 0 not, -1 error. */
-int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out);
+/* Appends the stored document (tombstones excluded) and sets *version (when
+ * not NULL) to its version. 1 found, 0 not, -1 error. */
+int ca_db_get(ca_db_t *db, const char *coll, const char *id, ts_buf_t *out, int64_t *version);
+
+/* Called for each live document of a scan, in id order; returns nonzero to
+ * stop the scan. body is the stored text (len bytes, NUL-terminated). */
+typedef int (*ca_scan_fn)(void *ctx, const char *id, const char *body, size_t len);
+/* Calls fn for the live documents of coll whose id sorts after after_id
+ * ("" = from the first), in id byte order (the filtered listing). 0 or -1. */
+int ca_db_scan(ca_db_t *db, const char *coll, const char *after_id, ca_scan_fn fn, void *ctx);
+
+/* Creates the demo patients pat-0001 .. pat-N (invented data) in coll,
+ * each under the idempotency key demo-seed:ID, so a restart with the same
+ * flag changes nothing (nor brings back a deleted one). Returns how many
+ * were created now, or -1. */
+int ca_db_seed_patients(ca_db_t *db, const char *coll, int n);
 
 /* Appends {"count":N,"hash":"HEX"} for the live documents of coll. 0 or -1. */
 int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out);

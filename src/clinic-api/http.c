@@ -49,6 +49,9 @@ struct ca_http {
 
 /* Per-request state, freed by the completion callback. */
 typedef struct {
+    bool started;        /* the access handler has seen the request */
+    bool uri_seen;       /* on_uri kept the raw query (false: out of memory) */
+    char *query;         /* the raw query string as sent, after '?' (NULL: none) */
     ts_buf_t body;       /* request body */
     bool too_large;      /* body passed MAX_BODY: answered 413 */
     bool faults_done;    /* faults were applied to this request */
@@ -81,8 +84,9 @@ typedef struct {
 /* ---- answers -------------------------------------------------------------- */
 
 /* Queues an answer; takes the buffer's text. body NULL: none. close: the
- * connection ends after it. */
-static enum MHD_Result answer_ex(struct MHD_Connection *c, int status, ts_buf_t *body, bool close)
+ * connection ends after it. etag: an ETag header (NULL: none). */
+static enum MHD_Result respond(struct MHD_Connection *c, int status, ts_buf_t *body, bool close,
+                               const char *etag)
 {
     size_t len = 0;
     char *text = body ? ts_buf_take(body, &len) : NULL;
@@ -97,6 +101,8 @@ static enum MHD_Result answer_ex(struct MHD_Connection *c, int status, ts_buf_t 
         MHD_add_response_header(r, "Content-Type", "application/json");
     if (close)
         MHD_add_response_header(r, "Connection", "close");
+    if (etag)
+        MHD_add_response_header(r, "ETag", etag);
     if (status == 401) {
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
         atomic_fetch_add(&ca_stats.unauthorized, 1);
@@ -104,6 +110,11 @@ static enum MHD_Result answer_ex(struct MHD_Connection *c, int status, ts_buf_t 
     enum MHD_Result rc = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     return rc;
+}
+
+static enum MHD_Result answer_ex(struct MHD_Connection *c, int status, ts_buf_t *body, bool close)
+{
+    return respond(c, status, body, close, NULL);
 }
 
 static enum MHD_Result answer(struct MHD_Connection *c, int status, ts_buf_t *body)
@@ -219,6 +230,168 @@ static bool from_loopback(struct MHD_Connection *c)
     return false;
 }
 
+/* ---- conditional GETs (RFC 9110 §13.1.2) ---------------------------------- */
+
+/* Whether If-None-Match names etag: "*", or a comma-separated list of
+ * entity tags compared weakly (a W/ prefix is ignored). A malformed list
+ * matches nothing, so the full answer is sent. */
+static bool none_match(const char *list, const char *etag)
+{
+    if (!list)
+        return false;
+    size_t en = strlen(etag);
+    for (const char *p = list;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        const char *end = *p == '"' ? strchr(p + 1, '"') : NULL;
+        if (!end)
+            return false;
+        if ((size_t)(end + 1 - p) == en && memcmp(p, etag, en) == 0)
+            return true;
+        p = end + 1;
+    }
+}
+
+/* A 200 answer to a GET with its ETag (etag NULL: the quoted SHA-256 of
+ * the body), or 304 with the ETag and no body when If-None-Match names it. */
+static enum MHD_Result answer_tagged(struct MHD_Connection *c, ts_buf_t *body, const char *etag)
+{
+    char hashed[67];
+    if (!etag) {
+        ts_sha256_t s;
+        uint8_t d[32];
+        char hex[65];
+        ts_sha256_init(&s);
+        ts_sha256_update(&s, body->data ? body->data : "", body->len);
+        ts_sha256_final(&s, d);
+        ts_sha256_to_hex(d, hex);
+        snprintf(hashed, sizeof hashed, "\"%s\"", hex);
+        etag = hashed;
+    }
+    if (none_match(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match"), etag)) {
+        atomic_fetch_add(&ca_stats.not_modified, 1);
+        ts_buf_free(body);
+        /* libmicrohttpd 0.9.75 adds "Content-Length: 0" (RFC 9110 §8.6 wants
+         * none, or the 200's); the framing stays right, so it is left be. */
+        return respond(c, 304, NULL, false, etag);
+    }
+    return respond(c, 200, body, false, etag);
+}
+
+/* ---- query strings ----------------------------------------------------------
+ * libmicrohttpd decodes query arguments leniently (a bad escape passes as
+ * written, %00 cuts the value short), so GET /v1/{coll} decodes the raw
+ * query (kept by on_uri) itself, strictly. */
+
+#define MAX_QUERY_ARGS 32
+#define MAX_QUERY_TEXT 1024 /* bytes of a decoded name or value */
+
+typedef struct {
+    const char *key, *value; /* decoded, NUL-terminated */
+    size_t value_len;
+} qarg_t;
+
+typedef struct {
+    char *buf; /* the decoded names and values */
+    qarg_t arg[MAX_QUERY_ARGS];
+    int n;
+} qargs_t;
+
+static int hex_digit(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decodes n bytes of s (%XX escapes; + is a space, as in forms) into out
+ * with a NUL after them. The decoded length, or -1 on a bad escape or a
+ * NUL (which a C string, and any stored value, cannot hold). */
+static long url_decode(const char *s, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '+') {
+            ch = ' ';
+        } else if (ch == '%') {
+            int hi = n - i >= 3 ? hex_digit(s[i + 1]) : -1;
+            int lo = hi >= 0 ? hex_digit(s[i + 2]) : -1;
+            if (lo < 0 || (hi | lo) == 0)
+                return -1;
+            ch = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        out[o++] = ch;
+    }
+    out[o] = '\0';
+    return (long)o;
+}
+
+/* Splits raw ("a=1&b=2") into decoded names and values in q (free q->buf
+ * after). Empty segments ("a=1&&b=2") are skipped; "a" alone is a = "".
+ * Returns NULL, or why the query is refused. */
+static const char *parse_query(const char *raw, qargs_t *q)
+{
+    q->n = 0;
+    q->buf = NULL;
+    size_t len = raw ? strlen(raw) : 0;
+    if (len == 0)
+        return NULL;
+    /* Each segment decodes to at most its own length plus two NULs. */
+    char *o = q->buf = malloc(2 * len + 2);
+    if (!o)
+        return "out of memory";
+    for (const char *p = raw, *end = raw + len; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *seg_end = amp ? amp : end;
+        if (seg_end > p) {
+            if (q->n == MAX_QUERY_ARGS)
+                return "too many query parameters (at most 32)";
+            const char *eq = memchr(p, '=', (size_t)(seg_end - p));
+            const char *key_end = eq ? eq : seg_end;
+            if (key_end == p)
+                return "a query parameter has an empty name";
+            qarg_t *a = &q->arg[q->n++];
+            long kn = url_decode(p, (size_t)(key_end - p), o);
+            if (kn < 0)
+                return "a bad percent escape (%XX with two hex digits, not %00)";
+            a->key = o;
+            o += kn + 1;
+            long vn = eq ? url_decode(eq + 1, (size_t)(seg_end - eq - 1), o) : 0;
+            if (vn < 0)
+                return "a bad percent escape (%XX with two hex digits, not %00)";
+            a->value = eq ? o : "";
+            a->value_len = (size_t)vn;
+            o += eq ? vn + 1 : 0;
+            if (kn > MAX_QUERY_TEXT || vn > MAX_QUERY_TEXT)
+                return "a query parameter's name or value is over 1 KiB";
+        }
+        p = seg_end + 1;
+    }
+    return NULL;
+}
+
+/* 400 {"errors":[{"field":field,"message":message}]}. */
+static enum MHD_Result bad_query(struct MHD_Connection *c, const char *field, const char *message)
+{
+    ts_buf_t b = {0};
+    ts_buf_puts(&b, "{\"errors\":[{\"field\":");
+    ts_buf_json_string(&b, field, strlen(field));
+    ts_buf_puts(&b, ",\"message\":");
+    ts_buf_json_string(&b, message, strlen(message));
+    ts_buf_puts(&b, "}]}");
+    return answer(c, 400, &b);
+}
+
 /* ---- HTTP framing libmicrohttpd lets through ------------------------------ */
 
 typedef struct {
@@ -305,19 +478,143 @@ static const char *find_collection(ca_http_t *h, const char *name, size_t len)
 
 /* ---- /v1 handlers --------------------------------------------------------- */
 
-static enum MHD_Result list_docs(ca_http_t *h, struct MHD_Connection *c, const char *coll)
+/* ---- the filtered listing ----------------------------------------------------
+ * GET /v1/{coll}?FIELD=VALUE&limit=N&cursor=C: the live documents whose
+ * top-level FIELD equals VALUE (all pairs ANDed), in id order, a page at a
+ * time. The cursor is the last id of the page behind a version prefix: a
+ * page starts after it, so documents changed meanwhile keep their place. */
+
+#define LIST_CURSOR_PREFIX "c1."
+
+typedef struct {
+    const qarg_t *filters[MAX_QUERY_ARGS];
+    int nfilters;
+    int limit, n;
+    bool more;
+    int rc;
+    ts_buf_t *out;
+    char last[65]; /* the id of the page's last item (ids are at most 64) */
+} flist_t;
+
+/* Whether the raw JSON value v (vn bytes, as stored) equals the filter
+ * text: a string by its decoded text, a number, true, false or null by its
+ * JSON text; an object or array never. */
+static bool value_matches(const char *v, size_t vn, const char *want, size_t wn)
 {
-    int64_t since, last;
+    if (vn >= 2 && v[0] == '"') {
+        if (!memchr(v, '\\', vn))
+            return vn - 2 == wn && memcmp(v + 1, want, wn) == 0;
+        cJSON *str = cJSON_ParseWithLength(v, vn);
+        bool eq = cJSON_IsString(str) && strlen(str->valuestring) == wn &&
+                  memcmp(str->valuestring, want, wn) == 0;
+        cJSON_Delete(str);
+        return eq;
+    }
+    if (vn && (v[0] == '{' || v[0] == '['))
+        return false;
+    return vn == wn && memcmp(v, want, wn) == 0;
+}
+
+static int filter_row(void *ctx, const char *id, const char *body, size_t len)
+{
+    flist_t *f = ctx;
+    for (int i = 0; i < f->nfilters; i++) {
+        const qarg_t *a = f->filters[i];
+        const char *v;
+        size_t vn;
+        if (!ts_json_text_field(body, len, a->key, strlen(a->key), &v, &vn) ||
+            !value_matches(v, vn, a->value, a->value_len))
+            return 0;
+    }
+    if (f->n == f->limit) { /* one match past the page: there is another */
+        f->more = true;
+        return 1;
+    }
+    f->rc |= f->n ? ts_buf_puts(f->out, ",") : 0;
+    f->rc |= ts_buf_append(f->out, body, len);
+    ts_copy_text(f->last, sizeof f->last, id);
+    f->n++;
+    return 0;
+}
+
+static enum MHD_Result filter_docs(ca_http_t *h, struct MHD_Connection *c, const char *coll,
+                                   const qargs_t *q)
+{
+    atomic_fetch_add(&ca_stats.list_requests, 1);
+    flist_t f = {.limit = DEFAULT_LIMIT};
+    const char *cursor = "";
+    for (int i = 0; i < q->n; i++) {
+        const qarg_t *a = &q->arg[i];
+        if (strcmp(a->key, "limit") == 0) {
+            int64_t v;
+            if (ts_parse_i64(a->value, &v) < 0 || v < 1 || v > MAX_LIMIT)
+                return bad_query(c, "limit", "must be an integer from 1 to 1000");
+            f.limit = (int)v;
+        } else if (strcmp(a->key, "cursor") == 0) {
+            cursor = a->value;
+        } else if (strcmp(a->key, "timeout") != 0) {
+            f.filters[f.nfilters++] = a;
+        }
+    }
+    const char *after = "";
+    if (*cursor) {
+        size_t pn = strlen(LIST_CURSOR_PREFIX);
+        if (strncmp(cursor, LIST_CURSOR_PREFIX, pn) != 0 ||
+            !ts_valid_id(cursor + pn, strlen(cursor + pn)))
+            return bad_query(c, "cursor",
+                             "is not one this server gave: pass the previous page's cursor as is");
+        after = cursor + pn;
+    }
+    ts_buf_t b = {0};
+    f.out = &b;
+    ts_buf_puts(&b, "{\"items\":[");
+    if (ca_db_scan(h->cfg->db, coll, after, filter_row, &f) < 0 || f.rc) {
+        ts_buf_free(&b);
+        return answer_text(c, 500, "{\"error\":\"storage_error\"}");
+    }
+    if (f.more)
+        ts_buf_printf(&b, "],\"cursor\":\"" LIST_CURSOR_PREFIX "%s\",\"has_more\":true}", f.last);
+    else
+        ts_buf_puts(&b, "],\"cursor\":null,\"has_more\":false}");
+    return answer_tagged(c, &b, NULL);
+}
+
+/* GET /v1/{coll}: the change listing (since, limit), or the filtered one
+ * when a filter or cursor is given without since. */
+static enum MHD_Result list_docs(ca_http_t *h, struct MHD_Connection *c, req_t *rq,
+                                 const char *coll)
+{
+    if (!rq->uri_seen)
+        return answer_text(c, 500, "{\"error\":\"out_of_memory\"}");
+    qargs_t q;
+    const char *why = parse_query(rq->query, &q);
+    bool since = false, filtered = false;
+    for (int i = 0; !why && i < q.n; i++) {
+        const char *k = q.arg[i].key;
+        if (strcmp(k, "since") == 0)
+            since = true;
+        else if (strcmp(k, "limit") != 0 && strcmp(k, "timeout") != 0)
+            filtered = true; /* a filter, or cursor */
+    }
+    if (!why && since && filtered)
+        why = "since (the change listing) cannot be combined with filters or cursor";
+    enum MHD_Result rc = why ? bad_query(c, "query", why)
+                             : filtered ? filter_docs(h, c, coll, &q) : MHD_YES;
+    free(q.buf);
+    if (why || filtered)
+        return rc;
+
+    int64_t since_cursor, last;
     int limit;
     bool more;
-    if (parse_cursor(query(c, "since"), 0, &since) < 0 ||
+    if (parse_cursor(query(c, "since"), 0, &since_cursor) < 0 ||
         parse_limit(query(c, "limit"), &limit) < 0)
         return answer_text(c, 400,
                            "{\"error\":\"bad_request\",\"message\":\"since must be a "
                            "cursor, limit a positive integer\"}");
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"items\":[");
-    if (ca_db_feed(h->cfg->db, coll, since, limit, CA_FEED_ITEMS, &b, &last, &more) < 0) {
+    if (ca_db_feed(h->cfg->db, coll, since_cursor, limit, CA_FEED_ITEMS, &b, &last, &more) < 0) {
         ts_buf_free(&b);
         return answer_text(c, 500, "{\"error\":\"storage_error\"}");
     }
@@ -329,10 +626,16 @@ static enum MHD_Result list_docs(ca_http_t *h, struct MHD_Connection *c, const c
 static enum MHD_Result get_doc(ca_http_t *h, struct MHD_Connection *c, const char *coll,
                                const char *id)
 {
+    atomic_fetch_add(&ca_stats.doc_gets, 1);
     ts_buf_t b = {0};
-    int found = ts_valid_id(id, strlen(id)) ? ca_db_get(h->cfg->db, coll, id, &b) : 0;
-    if (found == 1)
-        return answer(c, 200, &b);
+    int64_t version = 0;
+    int found = ts_valid_id(id, strlen(id)) ? ca_db_get(h->cfg->db, coll, id, &b, &version) : 0;
+    if (found == 1) {
+        /* The version, quoted: the very text If-Match takes for a write. */
+        char etag[32];
+        snprintf(etag, sizeof etag, "\"%" PRId64 "\"", version);
+        return answer_tagged(c, &b, etag);
+    }
     ts_buf_free(&b);
     return found == 0 ? answer_text(c, 404, "{\"error\":\"not_found\"}")
                       : answer_text(c, 500, "{\"error\":\"storage_error\"}");
@@ -860,7 +1163,7 @@ static enum MHD_Result route_v1(ca_http_t *h, struct MHD_Connection *c, req_t *r
         return answer_text(c, 404, "{\"error\":\"unknown_collection\"}");
     if (!sub || !*sub) {
         if (get)
-            return list_docs(h, c, coll);
+            return list_docs(h, c, rq, coll);
         if (strcmp(method, "POST") == 0)
             return write_doc(h, c, rq, CA_OP_CREATE, method, url, coll, NULL);
         return answer_text(c, 405, "{\"error\":\"method_not_allowed\"}");
@@ -1032,11 +1335,14 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     req_t *rq = *con_cls;
     bool control = strncmp(url, "/_control/", 10) == 0;
     ca_faults_t f;
-    if (!rq) {
-        rq = calloc(1, sizeof *rq);
-        if (!rq)
-            return MHD_NO;
-        *con_cls = rq;
+    if (!rq || !rq->started) {
+        if (!rq) { /* on_uri ran out of memory */
+            rq = calloc(1, sizeof *rq);
+            if (!rq)
+                return MHD_NO;
+            *con_cls = rq;
+        }
+        rq->started = true;
         atomic_fetch_add_explicit(&ca_stats.requests, 1, memory_order_relaxed);
         guard_t *g = guard_of(c);
         if (g) /* the headers are in: no deadline until the answer is sent */
@@ -1078,9 +1384,30 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             atomic_fetch_add(&ca_stats.faults_failed, 1);
             return answer_injected(c, &f);
         }
+        /* Reads only: a write answered 200 would look applied. */
+        if (f.garbage_rate > 0 && strcmp(method, "GET") == 0 && ca_rand01() < f.garbage_rate) {
+            atomic_fetch_add(&ca_stats.faults_garbled, 1);
+            return answer_text(c, 200, "{\"id\":\"injected-garbage\",\"version\":");
+        }
     }
     rq->faults_done = true;
     return route(h, c, rq, url, method);
+}
+
+/* Called once per request with its URI as sent, before the headers: the
+ * request's state starts here (freed by completed()), keeping the raw query
+ * for parse_query. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)cls;
+    (void)c;
+    req_t *rq = calloc(1, sizeof *rq);
+    if (!rq)
+        return NULL;
+    const char *q = strchr(uri, '?');
+    rq->query = q ? strdup(q + 1) : NULL;
+    rq->uri_seen = !q || rq->query;
+    return rq;
 }
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -1092,6 +1419,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
         atomic_store(&g->deadline_us, header_deadline(cls));
     req_t *rq = *con_cls;
     if (rq) {
+        free(rq->query);
         ts_buf_free(&rq->body);
         ts_buf_free(&rq->job.r.body);
         cJSON_Delete(rq->doc);
@@ -1131,6 +1459,7 @@ ca_http_t *ca_http_start(const ca_http_config_t *cfg)
         flags, cfg->port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(cfg->threads > 1 ? cfg->threads : 1),
         MHD_OPTION_NOTIFY_COMPLETED, completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+        MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)cfg->per_ip_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,

@@ -35,7 +35,9 @@ static void usage(FILE *out)
           "                          connection or the previous answer (default 10; 0: none)\n"
           "  --max-conns-per-ip N    open connections per client address (default 256; 0: no cap)\n"
           "  --max-connections N     open connections in all (default 4000)\n"
-          "  --collections a,b       served collections (default sessions,consultations)\n"
+          "  --collections a,b       served collections (default sessions,consultations,patients)\n"
+          "  --demo-patients N       create the demo patients pat-0001..pat-N (invented data) in\n"
+          "                          patients, once (a restart with the flag adds nothing)\n"
           "  --no-control            disable /_control/* (fault injection and stats)\n"
           "  --no-batch              disable POST /v1/_batch (404, like a server without it)\n"
           "  --strict-idempotency    a retried key must repeat If-Match too (default: method,\n"
@@ -164,7 +166,8 @@ int main(int argc, char **argv)
         O_MAX_TOKENS,
         O_HEADER_TIMEOUT,
         O_PER_IP,
-        O_MAX_CONNS
+        O_MAX_CONNS,
+        O_DEMO_PATIENTS
     };
     static const struct option opts[] = {{"listen", required_argument, 0, O_LISTEN},
                                          {"db", required_argument, 0, O_DB},
@@ -180,6 +183,7 @@ int main(int argc, char **argv)
                                          {"max-connections", required_argument, 0, O_MAX_CONNS},
                                          {"token-ttl", required_argument, 0, O_TTL},
                                          {"collections", required_argument, 0, O_COLLS},
+                                         {"demo-patients", required_argument, 0, O_DEMO_PATIENTS},
                                          {"no-control", no_argument, 0, O_NOCTL},
                                          {"no-batch", no_argument, 0, O_NOBATCH},
                                          {"strict-idempotency", no_argument, 0, O_STRICT_IDEM},
@@ -199,9 +203,9 @@ int main(int argc, char **argv)
                                          {0, 0, 0, 0}};
     const char *listen = "127.0.0.1:8080", *db_path = "./clinic-api.db";
     const char *client_id = "therasync", *client_secret = NULL, *secret_file = NULL;
-    const char *collections = "sessions,consultations";
+    const char *collections = "sessions,consultations,patients";
     int64_t ttl = 3600, refresh_ttl = 86400, max_tokens = 100000, hb = 15000, max_poll = 30, v;
-    int64_t header_timeout = 10, per_ip = 256, max_conns = 4000;
+    int64_t header_timeout = 10, per_ip = 256, max_conns = 4000, demo_patients = 0;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t threads = cpus > 0 ? cpus : 2;
     bool control = true, batch = true, strict_idempotency = false;
@@ -246,6 +250,9 @@ int main(int argc, char **argv)
             break;
         case O_COLLS:
             collections = optarg;
+            break;
+        case O_DEMO_PATIENTS:
+            bad = flag_int("--demo-patients", optarg, 0, 9999, &demo_patients);
             break;
         case O_NOCTL:
             control = false;
@@ -363,6 +370,17 @@ int main(int argc, char **argv)
         free(secret);
         return 2;
     }
+    bool has_patients = false;
+    for (int i = 0; i < cfg.ncollections; i++)
+        has_patients |= strcmp(cfg.collections[i], "patients") == 0;
+    if (demo_patients > 0 && !has_patients) {
+        fprintf(stderr, "clinic-api: --demo-patients needs patients among --collections\n");
+        free(secret);
+        for (int i = 0; i < cfg.ncollections; i++)
+            free(cfg.collections[i]);
+        free(cfg.collections);
+        return 2;
+    }
     ca_faults_set(&faults);
 
     /* Signals are taken synchronously by this thread; the others never see them. */
@@ -379,6 +397,15 @@ int main(int argc, char **argv)
     if (!db)
         goto out;
     cfg.db = db;
+    if (demo_patients > 0) {
+        int made = ca_db_seed_patients(db, "patients", (int)demo_patients);
+        if (made < 0) {
+            ts_error(MOD, "cannot create the demo patients");
+            goto out;
+        }
+        ts_info(MOD, "demo patients: %d created, %d there already", made,
+                (int)demo_patients - made);
+    }
     if (ca_auth_init(client_id, secret, (int)ttl, (int)refresh_ttl, (size_t)max_tokens) < 0 ||
         ca_feed_start(ca_db_head(db)) < 0)
         goto out;

@@ -91,6 +91,8 @@ typedef struct ts_api_request {
     size_t body_len;
     char idempotency_key[65];  /* "" = none; sent as Idempotency-Key */
     int64_t if_match;          /* > 0: sent as If-Match: "N" */
+    char if_none_match[80];    /* "" = none; else sent as If-None-Match (a conditional GET:
+                                  304 comes back as TS_API_OK with status 304, no body) */
     ts_api_shape_t shape;      /* checked on 2xx */
     long timeout_ms;           /* 0: opts.timeout_ms (per attempt) */
     int max_attempts;          /* 0: opts.max_attempts */
@@ -181,6 +183,7 @@ typedef struct {
     int64_t finished_us;       /* ts_mono_us() when answered */
     int64_t attempt_us[8];     /* start of attempts 1..8 (ts_mono_us()), for tests and stats */
     char message[160];         /* a human-readable reason (curl's, or the shape check's) */
+    char etag[80];             /* the answer's ETag header, "" when none (or too long) */
 } ts_api_result_t;
 
 /* Frees the result, its json and body, and the request inside. */

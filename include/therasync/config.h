@@ -45,6 +45,12 @@ typedef struct {
         int max_subscriptions;        /* live queries of one connection; 1,000 */
         int max_subscriptions_total;  /* of all connections; 100,000 */
     } cache;
+    struct {                 /* on-demand collections (docs/CACHE.md), by collection index */
+        bool on;             /* not replicated in full: read through the cache */
+        int fresh_ms;        /* served without a request; 30000 */
+        int max_stale_ms;    /* served stale (and refreshed) up to this age; 600000 */
+        int gc_ms;           /* not read this long: forgotten by the cache; 300000 */
+    } ondemand[TS_MAX_COLLECTIONS];
     cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
 } ts_config_t;
 

@@ -83,6 +83,9 @@ typedef struct ts_sync_update {
     char message[256];   /* REJECTED: a human-readable reason */
     cJSON *errors;       /* REJECTED on 422: the server's [{field, message}]; owned */
     char cursor[65];     /* CURSOR */
+    bool fetched;        /* REMOTE from an on-demand fetch: applied even to a document the
+                            store does not hold (a feed change of an on-demand collection
+                            is applied only to documents it holds) */
     int64_t sent_ms;     /* not 0: the mutation's first send (wall clock), not reported yet;
                             the store writes its audit line "sent" before the outcome's */
     int64_t sent_version;/* the base version the write was sent on, for that line */

@@ -40,8 +40,8 @@ typedef struct call {
     /* Request headers: a few nodes of its own in front of a constant tail
      * (curl only reads the list while the transfer runs): no malloc per
      * request. */
-    struct curl_slist hnode[4];
-    char hkey[84], hmatch[40], hlast[84];
+    struct curl_slist hnode[5];
+    char hkey[84], hmatch[40], hlast[84], hnone[104];
     struct auth *auth;         /* the token line its attempt sends (one reference) */
     char curl_err[CURL_ERROR_SIZE];
     /* the current attempt's answer */

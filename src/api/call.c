@@ -164,6 +164,10 @@ static void read_headers(call_t *c)
     v = last_header(c->easy, "Retry-After");
     if (v)
         c->retry_after_ms = api_parse_retry_after(v);
+    v = last_header(c->easy, "ETag");
+    c->res->etag[0] = '\0';
+    if (v && strlen(v) < sizeof c->res->etag)
+        snprintf(c->res->etag, sizeof c->res->etag, "%s", v);
 }
 
 bool api_ctype_is(const char *ctype, const char *want)
@@ -320,6 +324,10 @@ void api_begin_attempt(api_t *self, call_t *c)
         snprintf(c->hmatch, sizeof c->hmatch, "If-Match: \"%lld\"", (long long)r->if_match);
         c->hnode[k++].data = c->hmatch;
     }
+    if (*r->if_none_match) {
+        snprintf(c->hnone, sizeof c->hnone, "If-None-Match: %s", r->if_none_match);
+        c->hnode[k++].data = c->hnone;
+    }
     api_auth_drop(&c->auth); /* the previous attempt's transfer is gone */
     if (self->auth) {
         c->auth = self->auth;
@@ -387,6 +395,8 @@ ts_api_error_t api_classify(call_t *c, CURLcode rc, long status, const char **wh
     default: /* connect, resolve, send, recv, got nothing, http2 stream, ... */
         return TS_API_NETWORK;
     }
+    if (status == 304 && *c->req->if_none_match)
+        return TS_API_OK; /* not modified: what the caller has is current */
     ts_api_error_t e = ts_api_status_class(status);
     if (e == TS_API_BAD_RESPONSE)
         *why = "unexpected HTTP status";
@@ -465,7 +475,7 @@ void api_call_done(api_t *self, call_t *c, CURLcode rc)
     ts_api_error_t error = api_classify(c, rc, status, &cwhy);
     if (cwhy)
         why = cwhy;
-    if (error == TS_API_OK) {
+    if (error == TS_API_OK && status != 304) {
         error = check_body(c, &why);
     }
     api_log_body("<-", c->req->id, c->res->attempts, status, ts_api_error_name(error), c->body.data,

@@ -86,6 +86,14 @@ static void add_metrics(cache_t *self, ts_envelope_t *e)
             {"live_queries", (double)self->lives.count},
             {"notifications", (double)self->notifications},
             {"closed", (double)self->closed},
+            {"ondemand_entries", (double)od_entries(self)},
+            {"fetches", (double)self->fetches},
+            {"coalesced_fetches", (double)self->coalesced_fetches},
+            {"fresh_answers", (double)self->od_fresh},
+            {"stale_answers", (double)self->stale_answers},
+            {"not_modified", (double)self->not_modified},
+            {"fetch_errors", (double)self->fetch_errors},
+            {"forgotten", (double)self->od_forgotten},
         };
         for (size_t k = 0; k < sizeof rows / sizeof *rows; k++)
             cJSON_AddNumberToObject(m, rows[k].name, rows[k].value);
@@ -100,12 +108,49 @@ static void add_metrics(cache_t *self, ts_envelope_t *e)
     }
 }
 
+/* invalidate {collection?, selector?, params?}: answers of that selector
+ * (and params) dropped, on-demand questions of that collection refetched;
+ * the count of both. */
+static void invalidate(cache_t *self, ts_envelope_t *e)
+{
+    ts_call_t *call = &e->calls[0];
+    const char *sel = ts_json_string(call->params, "selector");
+    int coll = call->collection ? ts_config_collection(self->config, call->collection) : -1;
+    size_t n = 0;
+    if (cJSON_GetObjectItemCaseSensitive(call->params, "selector") && !sel) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.selector must be a string");
+        cache_answer(self, e);
+        return;
+    }
+    if (sel)
+        n += memo_invalidate(self, call->collection, sel);
+    if (coll >= 0 && self->config->ondemand[coll].on)
+        n += od_invalidate(self, coll);
+    char text[64];
+    int len = snprintf(text, sizeof text, "{\"invalidated\":%zu}", n);
+    ts_call_set_result(call, ts_xstrndup(text, (size_t)len), (size_t)len);
+    cache_answer(self, e);
+}
+
+static bool on_demand(const cache_t *self, const ts_call_t *call)
+{
+    int coll = call->collection ? ts_config_collection(self->config, call->collection) : -1;
+    return coll >= 0 && self->config->ondemand[coll].on;
+}
+
 static void on_reads(cache_t *self, ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
         switch (e->calls[0].method) {
-        case TS_M_QUERY: memo_read(self, e); break;
+        case TS_M_GET: od_read(self, e); break;
+        case TS_M_QUERY:
+            if (on_demand(self, &e->calls[0]))
+                od_read(self, e);
+            else
+                memo_read(self, e);
+            break;
+        case TS_M_INVALIDATE: invalidate(self, e); break;
         case TS_M_SUBSCRIBE: live_subscribe(self, e); break;
         case TS_M_UNSUBSCRIBE: live_unsubscribe(self, e); break;
         case TS_M_METRICS: add_metrics(self, e); break;
@@ -127,8 +172,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             break;
         switch (m.kind) {
         case TS_MSG_CACHE_CHANGES:
-            for (size_t i = 0; i < m.count; i++)
+            for (size_t i = 0; i < m.count; i++) {
                 watch_changes(self, ts_msg_CACHE_CHANGES(&m)[i]);
+                for (const ts_change_t *c = ts_msg_CACHE_CHANGES(&m)[i]; c; c = c->next)
+                    od_change(self, c);
+            }
             ts_msg_free(&m);
             break;
         case TS_MSG_CACHE_READS:
@@ -149,6 +197,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             memo_policy(self, ts_msg_CACHE_POLICY(&m)[0]);
             ts_msg_release(&m);
             break;
+        case TS_MSG_API_RESULT:
+            for (size_t i = 0; i < m.count; i++)
+                od_result(self, ts_msg_API_RESULT(&m)[i]);
+            ts_msg_release(&m);
+            break;
         case TS_MSG_GONE:
             for (size_t i = 0; i < m.count; i++)
                 live_gone(self, ts_msg_GONE(&m)[i]);
@@ -161,6 +214,13 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
+static int on_timer(ts_loop_t *loop, int id, void *arg)
+{
+    (void)loop, (void)id;
+    od_gc(arg);
+    return 0;
+}
+
 static void cache_actor(ts_actor_t *actor, void *args)
 {
     cache_t self = {.config = args, .next_version = ts_wall_ms()};
@@ -170,18 +230,25 @@ static void cache_actor(ts_actor_t *actor, void *args)
     self.to_store = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false);
     self.to_front = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_FRONT, false);
     self.to_persist = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_PERSIST, false);
+    bool any_ondemand = false;
+    for (size_t i = 0; i < self.config->ncollections; i++)
+        any_ondemand |= self.config->ondemand[i].on;
+    if (self.config->api_url && any_ondemand)
+        self.to_api = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_API, false);
     if (!loop || !self.inbox || !self.to_store || !self.to_front || !self.to_persist) {
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
     ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
+    ts_loop_timer(loop, 1000, on_timer, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);
     ts_actor_quiesce(actor);
     ts_msg_drain(self.inbox);
 done:
     live_free_all(&self);
+    od_free_all(&self);
     memo_free_all(&self);
     watch_free_all(&self);
     ts_buf_free(&self.buf);
@@ -192,7 +259,7 @@ done:
     free(self.out.answers);
     free(self.out.runs);
         ts_loop_destroy(&loop);
-    void *sockets[] = {self.inbox, self.to_store, self.to_front, self.to_persist};
+    void *sockets[] = {self.inbox, self.to_store, self.to_front, self.to_persist, self.to_api};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])
             zmq_close(sockets[i]);

@@ -124,6 +124,10 @@ struct live {
     struct live *next_dirty;
 };
 
+/* ---- on-demand collections (ondemand.c) ---- */
+
+typedef struct od_entry od_entry_t;
+
 /* ---- the actor ---- */
 
 /* A miss being computed: the reads waiting for it (held_next list). */
@@ -140,6 +144,7 @@ typedef struct {
     void *to_store;        /* PUSH: CACHE_RUN */
     void *to_front;        /* PUSH: ANSWERS, NOTICES */
     void *to_persist;      /* PUSH: metrics on their way */
+    void *to_api;          /* PUSH: on-demand fetches (NULL: no Clinic API) */
     ts_buf_t buf;          /* scratch */
     struct {               /* what handling one message produced, sent after it */
         ts_envelope_t **answers;
@@ -165,6 +170,12 @@ typedef struct {
     size_t nsubs;
     int64_t next_version;
     uint64_t next_sub;
+    /* ondemand.c */
+    hmap_t od;
+    uint64_t od_gen[TS_MAX_COLLECTIONS]; /* local writes and invalidates so far */
+    bool offline;          /* the last fetch found no Clinic API */
+    uint64_t fetches, coalesced_fetches, stale_answers, not_modified, fetch_errors, od_fresh,
+        od_forgotten;
     /* metrics */
     uint64_t hits, misses, coalesced, uncached, evictions, invalidations, runs, run_errors,
         recomputes, notifications, unchanged, closed;
@@ -190,6 +201,16 @@ void watch_set(cache_t *self, watcher_t *w, uint16_t collection, ts_readset_t *r
 void watch_unset(cache_t *self, watcher_t *w);
 void watch_changes(cache_t *self, ts_change_t *changes);
 void watch_free_all(cache_t *self);
+
+/* ondemand.c */
+void od_read(cache_t *self, ts_envelope_t *e);
+void od_result(cache_t *self, ts_api_result_t *res);
+void od_change(cache_t *self, const ts_change_t *c);
+void od_all_stale(cache_t *self, size_t coll); /* SIZE_MAX: every collection */
+size_t od_invalidate(cache_t *self, int coll);  /* -1: every collection */
+void od_gc(cache_t *self);
+void od_free_all(cache_t *self);
+size_t od_entries(const cache_t *self);
 
 /* live.c */
 void live_subscribe(cache_t *self, ts_envelope_t *e);

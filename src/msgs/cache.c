@@ -6,22 +6,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-ts_change_t *ts_change_new(uint16_t collection, const char *old_text, size_t old_len,
-                           const char *new_text, size_t new_len)
+ts_change_t *ts_change_new(uint16_t collection, const char *id, size_t id_len,
+                           const char *old_text, size_t old_len, const char *new_text,
+                           size_t new_len)
 {
     size_t ol = old_text ? old_len : 0, nl = new_text ? new_len : 0;
-    ts_change_t *c = ts_xmalloc(sizeof *c + ol + nl + 1);
+    id_len = id_len > 255 ? 255 : id_len;
+    ts_change_t *c = ts_xmalloc(sizeof *c + id_len + ol + nl + 1);
     c->next = NULL;
     c->collection = collection;
+    c->origin = TS_CHANGE_LOCAL;
     c->has_old = old_text != NULL;
     c->has_new = new_text != NULL;
+    c->id_len = (uint8_t)id_len;
     c->old_len = (uint32_t)ol;
     c->new_len = (uint32_t)nl;
+    memcpy(c->data, id, id_len);
     if (ol)
-        memcpy(c->data, old_text, ol);
+        memcpy(c->data + id_len, old_text, ol);
     if (nl)
-        memcpy(c->data + ol, new_text, nl);
-    c->data[ol + nl] = '\0';
+        memcpy(c->data + id_len + ol, new_text, nl);
+    c->data[id_len + ol + nl] = '\0';
     return c;
 }
 
@@ -72,6 +77,7 @@ void ts_selectors_free(ts_selectors_t *s)
     for (size_t i = 0; i < s->count; i++) {
         free(s->selectors[i].name);
         free(s->selectors[i].lower_bound);
+        free(s->selectors[i].index);
     }
     free(s->selectors);
     free(s);

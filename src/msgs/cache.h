@@ -18,18 +18,27 @@
 
 /* A document's visible text changed: before (old) and after (new), each
  * an id-less JSON object as the store keeps it; absent = not visible. */
+enum { TS_CHANGE_LOCAL, TS_CHANGE_REMOTE, TS_CHANGE_FETCHED };
+
 typedef struct ts_change {
     struct ts_change *next;
     uint16_t collection;   /* its index in the config's collections */
+    uint8_t origin;        /* TS_CHANGE_*: a client's write (or its rollback), the feed,
+                              an on-demand fetch */
     bool has_old, has_new;
+    uint8_t id_len;
     uint32_t old_len, new_len;
-    char data[];           /* old text, then new text */
+    char data[];           /* id, old text, then new text */
 } ts_change_t;
 
-ts_change_t *ts_change_new(uint16_t collection, const char *old_text, size_t old_len,
-                           const char *new_text, size_t new_len);
-static inline const char *ts_change_old(const ts_change_t *c) { return c->data; }
-static inline const char *ts_change_new_text(const ts_change_t *c) { return c->data + c->old_len; }
+ts_change_t *ts_change_new(uint16_t collection, const char *id, size_t id_len,
+                           const char *old_text, size_t old_len, const char *new_text,
+                           size_t new_len);
+static inline const char *ts_change_old(const ts_change_t *c) { return c->data + c->id_len; }
+static inline const char *ts_change_new_text(const ts_change_t *c)
+{
+    return c->data + c->id_len + c->old_len;
+}
 void ts_change_free_list(ts_change_t *head);
 
 /* What one selector run read, at the index API: the documents of a bucket
@@ -86,6 +95,7 @@ void ts_cache_run_free(ts_cache_run_t *run);
 typedef struct {
     char *name;
     char *lower_bound;    /* the param that is a lower bound on order_by, or NULL */
+    char *index;          /* its index field, or NULL (on-demand reads filter by it) */
     uint64_t fingerprint; /* changes when the selector's definition changes */
 } ts_selector_info_t;
 
@@ -109,6 +119,9 @@ typedef struct ts_notice {
 } ts_notice_t;
 
 void ts_notice_free_list(ts_notice_t *head);
+
+/* What an on-demand answer says of its freshness (ts_call_t.fresh). */
+enum { TS_FRESH_SET = 1, TS_FRESH_STALE = 2, TS_FRESH_EXPIRED = 4 };
 
 /* A client the front door could not reach (its routing id): it is gone. */
 typedef struct {

@@ -49,6 +49,7 @@ const char *ts_error_reason(int code)
     case TS_E_UNAUTHORIZED: return "unauthorized";
     case TS_E_TOO_LARGE: return "too_large";
     case TS_E_UNKNOWN_COLLECTION: return "unknown_collection";
+    case TS_E_UNAVAILABLE: return "unavailable";
     default: return NULL;
     }
 }

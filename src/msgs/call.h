@@ -75,6 +75,7 @@ enum {
     TS_E_UNAUTHORIZED = -32006,
     TS_E_TOO_LARGE = -32007,
     TS_E_UNKNOWN_COLLECTION = -32008,
+    TS_E_UNAVAILABLE = -32009, /* an on-demand read the Clinic API could not serve */
 };
 /* The reason name for a code (error.data.reason), or NULL for the JSON-RPC codes. */
 const char *ts_error_reason(int code);
@@ -169,6 +170,8 @@ typedef struct {
     char *result;         /* result JSON text */
     size_t result_len;
     cJSON *partial;       /* a result object later stages add to (metrics); front prints it */
+    uint8_t fresh;        /* an on-demand answer: TS_FRESH_* (msgs/cache.h), 0 = not one */
+    int64_t age_ms;       /* and the age of what it was read from */
     ts_record_t *records; /* what must be durable before the answer */
     ts_event_t *events;   /* what to publish after the answer */
 } ts_call_t;

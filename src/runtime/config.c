@@ -267,6 +267,50 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    if (lua_getglobal(L, "ondemand") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, t)) {
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+            int k = name ? ts_config_collection(c, name) : -1;
+            if (k < 0 && name && c->ncollections < TS_MAX_COLLECTIONS &&
+                strlen(name) <= 64 && strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789_") ==
+                                          strlen(name) && *name) {
+                set_str(&c->collections[c->ncollections], name); /* on demand implies listed */
+                k = (int)c->ncollections++;
+            }
+            if (k < 0 || !lua_istable(L, -1)) {
+                snprintf(err, errlen,
+                         "config: ondemand = { NAME = { fresh_ms =, max_stale_ms =, gc_ms = } } "
+                         "with NAME of [a-z0-9_]");
+                goto strings_done;
+            }
+            int v = lua_gettop(L);
+            c->ondemand[k].on = true;
+            struct {
+                const char *key;
+                int *slot;
+                int def;
+            } keys[] = {{"fresh_ms", &c->ondemand[k].fresh_ms, 30000},
+                        {"max_stale_ms", &c->ondemand[k].max_stale_ms, 600000},
+                        {"gc_ms", &c->ondemand[k].gc_ms, 300000}};
+            for (size_t i = 0; i < 3; i++) {
+                num = keys[i].def;
+                if (read_number(L, v, keys[i].key, &num, err, errlen))
+                    goto strings_done;
+                if (num < 0 || num > 86400000.0 * 30) {
+                    snprintf(err, errlen, "config: ondemand.%s.%s must be 0 to 30 days in ms",
+                             name, keys[i].key);
+                    goto strings_done;
+                }
+                *keys[i].slot = (int)num;
+            }
+            if (c->ondemand[k].max_stale_ms < c->ondemand[k].fresh_ms)
+                c->ondemand[k].max_stale_ms = c->ondemand[k].fresh_ms;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
     if (lua_getglobal(L, "cache") == LUA_TTABLE) {
         int t = lua_gettop(L);
         num = (double)c->cache.max_bytes;

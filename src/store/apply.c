@@ -458,6 +458,8 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     doc_t *d = store_find_doc(c, u->doc_id);
     if (!d && deleted)
         return; /* never had it */
+    if (!d && self->config->ondemand[c->index].on && !u->fetched)
+        return; /* on demand: only what was read is held */
     if (!d)
         d = store_get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
     int64_t version = version_of(u);
@@ -491,6 +493,7 @@ void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
         ts_call_t one = {.method = TS_M_NONE}, *call = &one;
+        self->changes.origin = u->fetched ? TS_CHANGE_FETCHED : TS_CHANGE_REMOTE;
         collection_t *c = store_find_collection(self, u->collection);
         doc_t *d = c ? store_find_doc(c, u->doc_id) : NULL;
         if (c && u->sent_ms && u->kind != TS_SYNC_CONFIRMED)

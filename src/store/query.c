@@ -844,6 +844,7 @@ ts_selectors_t *ts_sq_selectors(ts_sq_t *self)
         ts_selector_info_t *o = &out->selectors[out->count++];
         o->name = ts_xstrdup(s->name);
         o->lower_bound = s->lower_bound ? ts_xstrdup(s->lower_bound) : NULL;
+        o->index = s->index_field ? ts_xstrdup(s->index_field) : NULL;
         o->fingerprint = s->fingerprint;
     }
     return out;

@@ -207,3 +207,30 @@ void store_do_metrics(store_t *self, ts_call_t *call)
         cJSON_AddNumberToObject(docs, self->collections[i].name,
                                 (double)self->collections[i].live);
 }
+
+/* An on-demand answer says how fresh it is: `stale`, `age_ms` and, when
+ * older than max_stale_ms (offline), `expired` in its result. */
+void store_add_freshness(ts_call_t *call)
+{
+    if (!call->fresh || call->err_code || !call->result || call->result_len < 2)
+        return;
+    bool stale = call->fresh & TS_FRESH_STALE, expired = call->fresh & TS_FRESH_EXPIRED;
+    ts_buf_t b = {0};
+    const char *r = call->result;
+    size_t len = call->result_len;
+    static const char was[] = ",\"stale\":false,";
+    const char *at = NULL; /* a query's "stale": false, to replace */
+    for (const char *p = r; (p = memmem(p, len - (size_t)(p - r), was, sizeof was - 1)); p++)
+        at = p;
+    if (at) {
+        ts_buf_append(&b, r, (size_t)(at - r));
+        ts_buf_printf(&b, ",\"stale\":%s,\"age_ms\":%lld%s,", stale ? "true" : "false",
+                      (long long)call->age_ms, expired ? ",\"expired\":true" : "");
+        ts_buf_append(&b, at + sizeof was - 1, len - (size_t)(at - r) - (sizeof was - 1));
+    } else {
+        ts_buf_append(&b, r, len - 1);
+        ts_buf_printf(&b, ",\"stale\":%s,\"age_ms\":%lld%s}", stale ? "true" : "false",
+                      (long long)call->age_ms, expired ? ",\"expired\":true" : "");
+    }
+    ts_call_set_buffer(call, &b);
+}

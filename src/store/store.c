@@ -103,15 +103,43 @@ static bool route_cache_call(store_t *self, ts_envelope_t *e)
     const ts_call_t *call = &e->calls[0];
     if (e->ncalls != 1 || call->err_code || call->result || call->partial)
         return false;
+    collection_t *c = call->collection ? store_find_collection(self, call->collection) : NULL;
+    bool ondemand = c && self->config->ondemand[c->index].on;
+    bool named = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector"));
     bool cached = ts_method_info(call->method)->owner == TS_OWNER_CACHE ||
-                  (call->method == TS_M_QUERY &&
-                   cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")) &&
-                   !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache")));
+                  (call->method == TS_M_QUERY && named &&
+                   (ondemand ||
+                    !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache")))) ||
+                  (call->method == TS_M_GET && ondemand) ||
+                  (call->method == TS_M_INVALIDATE &&
+                   (ondemand || cJSON_GetObjectItemCaseSensitive(call->params, "selector")));
     if (!cached)
         return false;
     self->calls[call->method]++;
     to_cache(self, e);
     return true;
+}
+
+/* Reads of on-demand collections the cache has decided on (fetched what
+ * was missing, first): answered from the replica, with their freshness. */
+static void on_cache_serve(store_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_call_t *call = &envs[i]->calls[0];
+        if (!call->err_code && !call->result) {
+            collection_t *c = store_find_collection(self, call->collection);
+            if (call->method == TS_M_GET)
+                store_do_get(call, c);
+            else
+                ts_sq_query(self->sq, call, c ? c->q : NULL);
+        }
+        store_add_freshness(call);
+    }
+    if (ts_send_ANSWERS(self->to_front, envs, n)) {
+        ts_error(LOG, "cannot pass answers to the front door");
+        for (size_t i = 0; i < n; i++)
+            ts_envelope_free(envs[i]);
+    }
 }
 
 /* Sends the cache what handling one message produced: the changes first,
@@ -280,7 +308,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         if (ts_msg_recv(socket, round ? ZMQ_DONTWAIT : 0, &m))
             return 0;
         switch (m.kind) {
-        case TS_MSG_REQUESTS: on_requests(self, ts_msg_REQUESTS(&m), m.count); break;
+        case TS_MSG_REQUESTS:
+            self->changes.origin = TS_CHANGE_LOCAL;
+            on_requests(self, ts_msg_REQUESTS(&m), m.count);
+            break;
+        case TS_MSG_CACHE_SERVE: on_cache_serve(self, ts_msg_CACHE_SERVE(&m), m.count); break;
         case TS_MSG_SYNC_UPDATES:
             store_apply_sync_updates(self, ts_msg_SYNC_UPDATES(&m), m.count);
             break;
@@ -304,7 +336,10 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 self->storage = ts_msg_STORAGE(&m)[0];
             store_maybe_publish_status(self);
             break;
-        case TS_MSG_ROLLBACK: on_rollback(self, ts_msg_ROLLBACK(&m), m.count); break;
+        case TS_MSG_ROLLBACK:
+            self->changes.origin = TS_CHANGE_LOCAL;
+            on_rollback(self, ts_msg_ROLLBACK(&m), m.count);
+            break;
         case TS_MSG_CACHE_RUN: on_cache_runs(self, ts_msg_CACHE_RUN(&m), m.count); break;
         default: ts_msg_unexpected(LOG, &m); continue;
         }

@@ -83,6 +83,7 @@ typedef uintptr_t slot_t;
 typedef struct {
     ts_change_t *head, *last;
     bool on;               /* off while recovering: the cache has nothing yet */
+    uint8_t origin;        /* TS_CHANGE_* of what the store is applying */
 } changes_t;
 
 typedef struct {
@@ -205,6 +206,7 @@ void store_do_query(store_t *self, ts_call_t *call, collection_t *c);
 void store_do_status(store_t *self, ts_call_t *call);
 void store_maybe_publish_status(store_t *self);
 void store_do_metrics(store_t *self, ts_call_t *call);
+void store_add_freshness(ts_call_t *call);
 
 /* apply.c */
 void store_forget_base_if_settled(store_t *self, const doc_t *d);

@@ -169,7 +169,9 @@ void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int ki
 {
     bool was = d->visible != NULL;
     if (c->changes && c->changes->on) { /* the cache hears of it, old and new */
-        ts_change_t *ch = ts_change_new(c->index, d->visible, d->visible_len, text, len);
+        ts_change_t *ch =
+            ts_change_new(c->index, d->id, d->id_len, d->visible, d->visible_len, text, len);
+        ch->origin = c->changes->origin;
         if (c->changes->last)
             c->changes->last->next = ch;
         else

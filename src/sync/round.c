@@ -25,6 +25,9 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
 
 static void invalidate_next(sync_t *self, round_t *rd)
 {
+    while (rd->next_coll >= 0 && (size_t)rd->next_coll < self->config->ncollections &&
+           self->config->ondemand[rd->next_coll].on)
+        rd->next_coll++; /* on demand: the cache refetches what it holds */
     if (rd->next_coll < 0 || (size_t)rd->next_coll >= self->config->ncollections) {
         rd->listing = false;
         return;

@@ -121,6 +121,16 @@ static void build_one(void *arg, void *doc)
         ts_index_set(b->idx, doc, d.text, d.len);
 }
 
+/* The index's way to a document's id: ties of order keys go by id. */
+static const char *doc_id(void *arg, void *doc, size_t *len)
+{
+    ts_sq_t *sq = arg;
+    ts_policy_doc_t d;
+    sq->hooks.view(doc, &d);
+    *len = d.id_len;
+    return d.id;
+}
+
 /* A new index on (field, order) over the collection's current documents. */
 static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *order)
 {
@@ -129,7 +139,7 @@ static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *o
                 field);
         return NULL;
     }
-    ts_index_t *idx = ts_index_new(field, order);
+    ts_index_t *idx = ts_index_new(field, order, doc_id, c->sq);
     build_arg_t b = {c->sq, idx};
     ts_index_bulk(idx, true);
     c->sq->hooks.each(c->coll, build_one, &b);
@@ -479,11 +489,13 @@ static int sel_emit(void *arg, const ts_policy_doc_t *d)
 }
 
 /* Scan path: every visible document (of the index param's value, when one
- * is given), ordered by order_field when the selector has one. */
+ * is given), ordered by (order_field, id) as an index would be. */
 typedef struct {
     ts_sq_t *sq;
     void **docs;
     ts_okey_t *keys;
+    const char **ids;
+    size_t *id_lens;
     size_t n, cap;
     const char *order;
     const char *field, *value;
@@ -508,27 +520,31 @@ static void collect_one(void *arg, void *doc)
         size_t cap = c->cap ? c->cap * 2 : 256;
         c->docs = ts_xrealloc(c->docs, cap * sizeof *c->docs);
         c->keys = ts_xrealloc(c->keys, cap * sizeof *c->keys);
+        c->ids = ts_xrealloc(c->ids, cap * sizeof *c->ids);
+        c->id_lens = ts_xrealloc(c->id_lens, cap * sizeof *c->id_lens);
         c->cap = cap;
     }
     ts_okey_t k = {0};
     if (c->order && ts_json_text_field(d.text, d.len, c->order, strlen(c->order), &v, &vn))
         ts_okey_from_text(v, vn, &k);
     c->keys[c->n] = k;
+    c->ids[c->n] = d.id;
+    c->id_lens[c->n] = d.id_len;
     c->docs[c->n++] = doc;
 }
 
 typedef struct {
     ts_okey_t key;
     void *doc;
+    const char *id;
+    size_t id_len;
 } keyed_t;
 
+/* The index's order: (order key, id). */
 static int keyed_cmp(const void *a, const void *b)
 {
     const keyed_t *x = a, *y = b;
-    int r = ts_okey_cmp(&x->key, &y->key);
-    if (r)
-        return r;
-    return ((uintptr_t)x->doc > (uintptr_t)y->doc) - ((uintptr_t)x->doc < (uintptr_t)y->doc);
+    return ts_okey_id_cmp(&x->key, x->id, x->id_len, &y->key, y->id, y->id_len);
 }
 
 static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c);
@@ -603,9 +619,8 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         if (col.n) {
             keyed = ts_xmalloc(col.n * sizeof *keyed);
             for (size_t i = 0; i < col.n; i++)
-                keyed[i] = (keyed_t){col.keys[i], col.docs[i]};
-            if (sel->order_field)
-                qsort(keyed, col.n, sizeof *keyed, keyed_cmp);
+                keyed[i] = (keyed_t){col.keys[i], col.docs[i], col.ids[i], col.id_lens[i]};
+            qsort(keyed, col.n, sizeof *keyed, keyed_cmp); /* by id when unordered */
             for (size_t i = 0; i < col.n; i++)
                 col.docs[i] = keyed[i].doc;
             s.docs = col.docs;
@@ -636,6 +651,8 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     for (size_t i = 0; i < col.n; i++)
         free(col.keys[i].str);
     free(col.keys);
+    free(col.ids);
+    free(col.id_lens);
     free(col.docs);
     free(keyed);
     cJSON_Delete(from);

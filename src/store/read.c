@@ -19,14 +19,12 @@ typedef struct {
     ts_okey_t key; /* the order_by field's value (borrowed from doc) */
 } query_row_t;
 
-/* Orders rows as a named selector's index does (ts_okey_cmp: missing, then
- * numbers, then text; ties by document), descending when *desc is set. */
+/* Orders rows as a named selector's index does (ts_okey_id_cmp: missing,
+ * then numbers, then text; ties by id), descending when *desc is set. */
 static int compare_rows(const void *a, const void *b, void *desc)
 {
     const query_row_t *x = a, *y = b;
-    int r = ts_okey_cmp(&x->key, &y->key);
-    if (!r)
-        r = ((uintptr_t)x->d > (uintptr_t)y->d) - ((uintptr_t)x->d < (uintptr_t)y->d);
+    int r = ts_okey_id_cmp(&x->key, x->d->id, x->d->id_len, &y->key, y->d->id, y->d->id_len);
     return *(const bool *)desc ? -r : r;
 }
 

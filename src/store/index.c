@@ -15,7 +15,7 @@ typedef struct ts_index_bucket {
     char *key;
     size_t key_len;
     uint64_t hash;
-    ts_index_entry_t **items; /* ascending (order, doc) unless the index is in bulk mode */
+    ts_index_entry_t **items; /* ascending (order, id) unless the index is in bulk mode */
     size_t n, cap;
 } bucket_t;
 
@@ -27,6 +27,8 @@ struct ts_index {
     ts_index_entry_t **docs;  /* open addressing by document pointer */
     size_t ndocs, doc_cap;
     bool bulk;
+    ts_index_id_fn id_of;
+    void *id_arg;
 };
 
 static uint64_t hash_bytes(const char *s, size_t n)
@@ -43,9 +45,12 @@ static uint64_t hash_ptr(const void *p)
     return h ^ (h >> 31);
 }
 
-ts_index_t *ts_index_new(const char *field, const char *order_field)
+ts_index_t *ts_index_new(const char *field, const char *order_field, ts_index_id_fn id_of,
+                         void *id_arg)
 {
     ts_index_t *self = ts_xcalloc(1, sizeof *self);
+    self->id_of = id_of;
+    self->id_arg = id_arg;
     self->field = ts_xstrdup(field);
     self->order_field = order_field ? ts_xstrdup(order_field) : NULL;
     self->field_len = strlen(field);
@@ -197,17 +202,61 @@ int ts_okey_cmp(const ts_okey_t *a, const ts_okey_t *b)
     return 0;
 }
 
-static int entry_cmp(const ts_index_entry_t *a, const ts_index_entry_t *b)
+static int id_cmp(const char *a, size_t an, const char *b, size_t bn)
+{
+    int r = memcmp(a, b, an < bn ? an : bn);
+    if (r)
+        return r < 0 ? -1 : 1;
+    return (an > bn) - (an < bn);
+}
+
+int ts_okey_id_cmp(const ts_okey_t *a, const char *a_id, size_t a_len, const ts_okey_t *b,
+                   const char *b_id, size_t b_len)
+{
+    int r = ts_okey_cmp(a, b);
+    return r ? r : id_cmp(a_id, a_len, b_id, b_len);
+}
+
+const char *ts_index_entry_id(const ts_index_t *self, const ts_index_entry_t *e, size_t *len)
+{
+    return self->id_of(self->id_arg, e->doc, len);
+}
+
+/* (order, id), then the pointer: two documents with one id (the store never
+ * has them; policy tests may) still have a place each. The ids are read only
+ * on a tie of order keys. */
+static int entry_cmp(const ts_index_t *self, const ts_index_entry_t *a, const ts_index_entry_t *b)
 {
     int r = ts_okey_cmp(&a->order, &b->order);
-    if (r)
+    if (r || a == b)
+        return r;
+    size_t an, bn;
+    const char *ai = ts_index_entry_id(self, a, &an), *bi = ts_index_entry_id(self, b, &bn);
+    if ((r = id_cmp(ai, an, bi, bn)))
         return r;
     return ((uintptr_t)a->doc > (uintptr_t)b->doc) - ((uintptr_t)a->doc < (uintptr_t)b->doc);
 }
 
-static int entry_qsort_cmp(const void *a, const void *b)
+static int entry_qsort_cmp(const void *a, const void *b, void *self)
 {
-    return entry_cmp(*(ts_index_entry_t *const *)a, *(ts_index_entry_t *const *)b);
+    return entry_cmp(self, *(ts_index_entry_t *const *)a, *(ts_index_entry_t *const *)b);
+}
+
+size_t ts_index_seek(const ts_index_t *self, ts_index_entry_t *const *e, size_t n,
+                     const ts_okey_t *key, const char *id, size_t id_len, bool after)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        size_t mn;
+        const char *mid_id = ts_index_entry_id(self, e[mid], &mn);
+        int r = ts_okey_id_cmp(&e[mid]->order, mid_id, mn, key, id, id_len);
+        if (after ? r <= 0 : r < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 size_t ts_index_lower_bound(ts_index_entry_t *const *e, size_t n, const ts_okey_t *key)
@@ -350,7 +399,7 @@ static void bucket_remove(const ts_index_t *self, bucket_t *b, ts_index_entry_t 
         size_t lo = 0, hi = b->n;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
-            if (entry_cmp(b->items[mid], e) < 0)
+            if (entry_cmp(self, b->items[mid], e) < 0)
                 lo = mid + 1;
             else
                 hi = mid;
@@ -372,7 +421,7 @@ static void bucket_insert(const ts_index_t *self, bucket_t *b, ts_index_entry_t 
         size_t lo = 0, hi = b->n;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
-            if (entry_cmp(b->items[mid], e) < 0)
+            if (entry_cmp(self, b->items[mid], e) < 0)
                 lo = mid + 1;
             else
                 hi = mid;
@@ -441,8 +490,8 @@ void ts_index_bulk(ts_index_t *self, bool on)
     if (self->bulk && !on)
         for (size_t i = 0; i < self->bucket_cap; i++)
             if (self->buckets[i] && self->buckets[i]->n > 1)
-                qsort(self->buckets[i]->items, self->buckets[i]->n, sizeof(ts_index_entry_t *),
-                      entry_qsort_cmp);
+                qsort_r(self->buckets[i]->items, self->buckets[i]->n,
+                        sizeof(ts_index_entry_t *), entry_qsort_cmp, self);
     self->bulk = on;
 }
 

@@ -3,7 +3,10 @@
  * A ts_index_t maps the value of one top-level field ("therapist_id") to a
  * bucket of the documents holding that value, each bucket sorted by a second
  * field (the selector's order_by, e.g. "scheduled_at"; ties by document
- * pointer), so a query can binary-search its start and stop at its limit.
+ * id), so a query can binary-search its start and stop at its limit. The
+ * order (order key, id) is total and survives a document being changed or
+ * re-created, so a page of a query can end at a position and the next page
+ * start strictly after it (docs/PROTOCOL.md, "query").
  * Documents are opaque pointers owned by the caller; the index reads their
  * fields from the JSON object text it is handed on every change and keeps
  * its own copies of the two values, so it never touches a document's text
@@ -12,7 +15,10 @@
  * Values are compared as text (docs/POLICIES.md: ctx.find): a string by its
  * characters, a number in its JSON spelling (integers without a fraction),
  * true / false. null, objects and arrays are not indexed. Order keys sort
- * missing < numbers < strings; strings byte-wise, as Lua compares them.
+ * missing < numbers < strings; strings byte-wise, as Lua compares them; ids
+ * byte-wise, then the shorter first (ts_okey_id_cmp). The index keeps no
+ * copy of the id: it asks the owner for it (id_of) only when two order keys
+ * tie, so an entry stays 40 bytes.
  *
  * Not thread-safe: one owner (the store actor). */
 #ifndef THERASYNC_INDEX_H
@@ -41,8 +47,14 @@ typedef struct ts_index_entry {
     ts_okey_t order;
 } ts_index_entry_t;
 
-/* field: the equality field; order_field: NULL for an unordered index. */
-ts_index_t *ts_index_new(const char *field, const char *order_field);
+/* The id of doc (not NUL-terminated), valid as long as doc is indexed. */
+typedef const char *(*ts_index_id_fn)(void *arg, void *doc, size_t *len);
+
+/* field: the equality field; order_field: NULL for an unordered index
+ * (its buckets are then in id order); id_of(id_arg, doc) gives a document's
+ * id, which must not change while the document is indexed. */
+ts_index_t *ts_index_new(const char *field, const char *order_field, ts_index_id_fn id_of,
+                         void *id_arg);
 void ts_index_destroy(ts_index_t **self_p);
 const char *ts_index_field(const ts_index_t *self);
 const char *ts_index_order_field(const ts_index_t *self); /* may be NULL */
@@ -63,6 +75,12 @@ size_t ts_index_bucket(const ts_index_t *self, const char *key, size_t key_len,
  * or > key (upper bound). */
 size_t ts_index_lower_bound(ts_index_entry_t *const *entries, size_t n, const ts_okey_t *key);
 size_t ts_index_upper_bound(ts_index_entry_t *const *entries, size_t n, const ts_okey_t *key);
+/* An entry's document id. */
+const char *ts_index_entry_id(const ts_index_t *self, const ts_index_entry_t *e, size_t *len);
+/* First position in entries[0..n) whose (order key, id) is > (key, id)
+ * (after = true), or >= it (after = false): where a page starts or ends. */
+size_t ts_index_seek(const ts_index_t *self, ts_index_entry_t *const *entries, size_t n,
+                     const ts_okey_t *key, const char *id, size_t id_len, bool after);
 
 /* Normalized value text of a JSON value given as text / as cJSON, into buf.
  * Returns the length, or -1 when the value is not indexable (null, object,
@@ -75,5 +93,9 @@ void ts_okey_from_json(const cJSON *value, ts_okey_t *key);
  * (free key->str). */
 void ts_okey_from_text(const char *value, size_t len, ts_okey_t *key);
 int ts_okey_cmp(const ts_okey_t *a, const ts_okey_t *b);
+/* The order of candidates everywhere (indexes, scans, the built-in query,
+ * cursors): by order key, then id bytes, then id length. */
+int ts_okey_id_cmp(const ts_okey_t *a, const char *a_id, size_t a_len, const ts_okey_t *b,
+                   const char *b_id, size_t b_len);
 
 #endif

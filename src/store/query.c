@@ -4,6 +4,7 @@
 
 #include "msgs/msgs.h"
 #include "store/index.h"
+#include "store/page.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -20,7 +21,6 @@
 
 #define LOG "store"
 #define MAX_INDEXES 32
-#define MAX_ITEMS 100000
 #define KEY_MAX 1024
 #define DAY_MS (24LL * 3600 * 1000)
 
@@ -122,6 +122,16 @@ static void build_one(void *arg, void *doc)
         ts_index_set(b->idx, doc, d.text, d.len);
 }
 
+/* The index's way to a document's id: ties of order keys go by id. */
+static const char *doc_id(void *arg, void *doc, size_t *len)
+{
+    ts_sq_t *sq = arg;
+    ts_policy_doc_t d;
+    sq->hooks.view(doc, &d);
+    *len = d.id_len;
+    return d.id;
+}
+
 /* A new index on (field, order) over the collection's current documents. */
 static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *order)
 {
@@ -130,7 +140,7 @@ static ts_index_t *build_index(ts_sq_coll_t *c, const char *field, const char *o
                 field);
         return NULL;
     }
-    ts_index_t *idx = ts_index_new(field, order);
+    ts_index_t *idx = ts_index_new(field, order, doc_id, c->sq);
     build_arg_t b = {c->sq, idx};
     ts_index_bulk(idx, true);
     c->sq->hooks.each(c->coll, build_one, &b);
@@ -419,16 +429,31 @@ int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
 
 /* ---- named selectors ---- */
 
+/* A scan-path candidate: its order key (owned), id and document. */
+typedef struct {
+    ts_okey_t key;
+    void *doc;
+    const char *id;
+    size_t id_len;
+} keyed_t;
+
 typedef struct {
     ts_sq_t *sq;
-    /* candidates: index entries (entries != NULL) or a sorted array of docs */
+    /* candidates in ascending (order key, id) order: index entries
+     * (entries != NULL) or a sorted array of keyed documents */
+    const ts_index_t *idx;
     ts_index_entry_t *const *entries;
-    void **docs;
+    const keyed_t *keyed;
     size_t pos, end;  /* next position, one past the last (asc) */
     size_t last;      /* the position visited last */
     bool desc;        /* walk from end-1 down to pos */
     const char *order_field; /* for the first row's order key (read-set) */
-    long limit, count;
+    long limit, count;/* this page's size, items in it so far */
+    bool final;       /* the page ends the selector's limit: no look beyond it */
+    bool more;        /* a match beyond the page was seen: there is a next page */
+    size_t cur, last; /* the candidate shown last; the last one put in the page */
+    const char *last_id;
+    size_t last_id_len;
     ts_buf_t *out;
     /* index param, checked on a scan */
     const char *field;
@@ -454,20 +479,27 @@ static int sel_next(void *arg, ts_policy_doc_t *d)
     sel_scan_t *s = arg;
     while (s->pos < s->end) {
         size_t i = s->desc ? --s->end : s->pos++;
-        s->last = i;
         prefetch_ahead(s, i);
-        void *doc = s->entries ? s->entries[i]->doc : s->docs[i];
+        void *doc = s->entries ? s->entries[i]->doc : s->keyed[i].doc;
         s->sq->candidates++;
         s->sq->hooks.view(doc, d);
-        if (d->text)
+        if (d->text) {
+            s->cur = i;
             return 1;
+        }
     }
     return 0;
 }
 
+/* Puts a match in the page; once the page is full, the next match only
+ * says that there is more (unless the page ends the selector's limit). */
 static int sel_emit(void *arg, const ts_policy_doc_t *d)
 {
     sel_scan_t *s = arg;
+    if (s->count >= s->limit) {
+        s->more = true;
+        return 1;
+    }
     ts_buf_t *b = s->out;
     ts_readset_t *r = s->sq->read;
     const char *v;
@@ -492,15 +524,17 @@ static int sel_emit(void *arg, const ts_policy_doc_t *d)
     }
     if (rc)
         return -1;
-    return ++s->count >= s->limit ? 1 : 0;
+    s->last = s->cur;
+    s->last_id = d->id;
+    s->last_id_len = d->id_len;
+    return ++s->count >= s->limit && s->final ? 1 : 0;
 }
 
 /* Scan path: every visible document (of the index param's value, when one
- * is given), ordered by order_field when the selector has one. */
+ * is given), to be sorted by (order_field, id). */
 typedef struct {
     ts_sq_t *sq;
-    void **docs;
-    ts_okey_t *keys;
+    keyed_t *rows;
     size_t n, cap;
     const char *order;
     const char *field, *value;
@@ -521,31 +555,70 @@ static void collect_one(void *arg, void *doc)
             ts_index_key_text(v, vn, key, sizeof key) < 0 || strcmp(key, c->value) != 0)
             return;
     }
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 256;
-        c->docs = ts_xrealloc(c->docs, cap * sizeof *c->docs);
-        c->keys = ts_xrealloc(c->keys, cap * sizeof *c->keys);
-        c->cap = cap;
-    }
+    if (c->n == c->cap)
+        c->rows = ts_grow(c->rows, &c->cap, sizeof *c->rows, 256);
     ts_okey_t k = {0};
     if (c->order && ts_json_text_field(d.text, d.len, c->order, strlen(c->order), &v, &vn))
         ts_okey_from_text(v, vn, &k);
-    c->keys[c->n] = k;
-    c->docs[c->n++] = doc;
+    c->rows[c->n++] = (keyed_t){k, doc, d.id, d.id_len};
 }
 
-typedef struct {
-    ts_okey_t key;
-    void *doc;
-} keyed_t;
-
+/* The index's order, so that a scan pages exactly as an index would. */
 static int keyed_cmp(const void *a, const void *b)
 {
     const keyed_t *x = a, *y = b;
-    int r = ts_okey_cmp(&x->key, &y->key);
-    if (r)
-        return r;
-    return ((uintptr_t)x->doc > (uintptr_t)y->doc) - ((uintptr_t)x->doc < (uintptr_t)y->doc);
+    return ts_okey_id_cmp(&x->key, x->id, x->id_len, &y->key, y->id, y->id_len);
+}
+
+/* Narrows [pos, end) to what comes after the cursor's position in walking
+ * order: (order key, id) above it ascending, below it descending. */
+static void seek_cursor(sel_scan_t *s, const ts_cursor_t *c)
+{
+    size_t n = s->end - s->pos, at;
+    if (s->entries) {
+        at = ts_index_seek(s->idx, s->entries + s->pos, n, &c->key, c->id, c->id_len, !s->desc);
+    } else {
+        size_t lo = 0, hi = n;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            const keyed_t *k = &s->keyed[s->pos + mid];
+            int r = ts_okey_id_cmp(&k->key, k->id, k->id_len, &c->key, c->id, c->id_len);
+            if (s->desc ? r < 0 : r <= 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        at = lo;
+    }
+    if (s->desc)
+        s->end = s->pos + at;
+    else
+        s->pos += at;
+}
+
+/* Sizes the page: the top-level limit, within what the selector's limit
+ * (declared, lowered by params.limit: a total over all pages) leaves after
+ * the pages before. */
+static void size_page(sel_scan_t *s, const ts_page_t *page, long total)
+{
+    long returned = page->has_cursor ? (long)page->cursor.returned : 0;
+    long left = total > 0 ? total - returned : LONG_MAX;
+    s->limit = page->limit < left ? page->limit : left;
+    s->final = left <= page->limit;
+    if (s->limit < 0)
+        s->limit = 0;
+}
+
+/* Closes the answer: the cursor of the next page, or null. */
+static int finish_page(const sel_scan_t *s, ts_page_t *page)
+{
+    ts_buf_t *b = s->out;
+    int rc = ts_buf_puts(b, "],\"stale\":false,\"cursor\":");
+    if (!s->more || !s->count)
+        return rc | ts_buf_puts(b, "null}");
+    const ts_okey_t *key = s->entries ? &s->entries[s->last]->order : &s->keyed[s->last].key;
+    rc |= ts_page_append_cursor(b, page, s->count, key, s->last_id, s->last_id_len);
+    return rc | ts_buf_puts(b, "}");
 }
 
 static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c);
@@ -587,8 +660,12 @@ static void record_range(ts_readset_t *r, const ts_sq_coll_t *c, const ts_policy
     r->order = sel->order_field ? ts_xstrdup(sel->order_field) : NULL;
     r->key = ts_memdup(key, (size_t)klen);
     r->lo_inf = r->hi_inf = true;
-    bool limited = s->count >= s->limit && s->entries;
-    const ts_okey_t *last = limited ? &s->entries[s->last]->order : NULL;
+    /* The walk stopped before the bucket's end when it saw a match beyond
+     * the page (a next page), or filled the selector's last page: what it
+     * read ends at the candidate it saw last. (With a cursor, the range is
+     * taken from the bucket's start: conservative.) */
+    bool limited = s->entries && (s->more || (s->final && s->count >= s->limit));
+    const ts_okey_t *last = limited ? &s->entries[s->cur]->order : NULL;
     const ts_okey_t *lo = sel->order_desc ? last : from, *hi = sel->order_desc ? from : last;
     if (!sel->order_field) { /* unordered: the whole bucket */
         (void)c;
@@ -619,30 +696,34 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
                      sel->collection);
         return;
     }
+    ts_page_t page;
+    if (ts_page_params(call, TS_PAGE_MAX, "named",
+                       cJSON_GetObjectItemCaseSensitive(call->params, "selector"), params,
+                       &page) != 0)
+        return;
     char err[600];
     ts_policy_query_t *q = ts_policy_query_new(self->policy, name, params, err, sizeof err);
     if (!q) {
+        ts_page_free(&page);
         ts_call_fail(call, TS_E_POLICY, "%s", err);
         return;
     }
     cJSON *from = NULL;
     if (ts_policy_query_from(q, &from, err, sizeof err) != TS_POLICY_OK) {
         ts_policy_query_destroy(&q);
+        ts_page_free(&page);
         ts_call_fail(call, TS_E_POLICY, "%s", err);
         return;
     }
     self->queries++;
-    long limit = ts_policy_selector_limit(sel, params);
-    if (limit <= 0 || limit > MAX_ITEMS)
-        limit = MAX_ITEMS;
     ts_buf_t out = {0};
-    /* room for a typical page of documents: growing it costs reallocs */
-    ts_buf_reserve(&out, (size_t)(limit < 64 ? limit : 64) * 512 + 64);
-    ts_buf_puts(&out, "{\"items\":[");
-    sel_scan_t s = {.sq = self, .limit = limit, .out = &out, .desc = sel->order_desc,
+    sel_scan_t s = {.sq = self, .out = &out, .desc = sel->order_desc,
                     .order_field = sel->order_field};
+    size_page(&s, &page, ts_policy_selector_limit(sel, params));
+    /* room for a typical page of documents: growing it costs reallocs */
+    ts_buf_reserve(&out, (size_t)(s.limit < 64 ? s.limit : 64) * 512 + 64);
+    ts_buf_puts(&out, "{\"items\":[");
     collect_t col = {.sq = self, .order = sel->order_field};
-    keyed_t *keyed = NULL;
     char key[KEY_MAX];
     const cJSON *param = sel->index_field
                              ? cJSON_GetObjectItemCaseSensitive(params, sel->index_field)
@@ -660,22 +741,17 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     if (use_param && klen < 0) {
         /* a value no index holds (null, object, array, over 1 KiB): matches nothing */
     } else if (idx) {
+        s.idx = idx;
         s.end = ts_index_bucket(idx, key, (size_t)klen, &s.entries);
     } else {
         col.field = use_param ? sel->index_field : NULL;
         col.value = key;
         self->hooks.each(c->coll, collect_one, &col);
-        if (col.n) {
-            keyed = ts_xmalloc(col.n * sizeof *keyed);
-            for (size_t i = 0; i < col.n; i++)
-                keyed[i] = (keyed_t){col.keys[i], col.docs[i]};
-            if (sel->order_field)
-                qsort(keyed, col.n, sizeof *keyed, keyed_cmp);
-            for (size_t i = 0; i < col.n; i++)
-                col.docs[i] = keyed[i].doc;
-            s.docs = col.docs;
-            s.end = col.n;
-        }
+        /* sorted by id too when unordered: pages need one order */
+        if (col.n > 1)
+            qsort(col.rows, col.n, sizeof *col.rows, keyed_cmp);
+        s.keyed = col.rows;
+        s.end = col.n;
     }
     ts_okey_t fk = {0};
     if (from)
@@ -685,7 +761,7 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         size_t lo = 0, hi = s.end;
         while (lo < hi) {
             size_t mid = lo + (hi - lo) / 2;
-            const ts_okey_t *k = s.entries ? &s.entries[mid]->order : &keyed[mid].key;
+            const ts_okey_t *k = s.entries ? &s.entries[mid]->order : &s.keyed[mid].key;
             int cmp = ts_okey_cmp(k, &fk);
             if (sel->order_desc ? cmp <= 0 : cmp < 0)
                 lo = mid + 1;
@@ -697,30 +773,34 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         else
             s.pos = lo;
     }
-    if (rc == TS_POLICY_OK && s.pos < s.end)
+    if (page.has_cursor && s.pos < s.end)
+        seek_cursor(&s, &page.cursor);
+    if (rc == TS_POLICY_OK && s.pos < s.end && s.limit > 0)
         rc = ts_policy_query_scan(q, sel_next, sel_emit, &s, err, sizeof err);
     if (self->read && rc == TS_POLICY_OK) {
         if (use_param && klen < 0)
             self->read->kind = TS_READ_NOTHING;
         else if (idx)
-            record_range(self->read, c, sel, key, klen, from && sel->order_field ? &fk : NULL,
-                         &s);
+            record_range(self->read, c, sel, key, klen,
+                         from && sel->order_field && !page.has_cursor ? &fk : NULL, &s);
         else
             self->read->kind = TS_READ_ALL;
     }
+    if (rc == TS_POLICY_OK && finish_page(&s, &page) != 0) {
+        rc = TS_POLICY_ERROR;
+        snprintf(err, sizeof err, "out of memory");
+    }
     for (size_t i = 0; i < col.n; i++)
-        free(col.keys[i].str);
-    free(col.keys);
-    free(col.docs);
-    free(keyed);
+        free(col.rows[i].key.str);
+    free(col.rows);
     cJSON_Delete(from);
     ts_policy_query_destroy(&q);
+    ts_page_free(&page);
     if (rc != TS_POLICY_OK) {
         ts_buf_free(&out);
         ts_call_fail(call, TS_E_POLICY, "selector '%s': %s", sel->name, err);
         return;
     }
-    ts_buf_puts(&out, "],\"stale\":false,\"cursor\":null}");
     ts_call_set_buffer(call, &out);
 }
 

@@ -2,6 +2,9 @@
  * of query (named selectors are query.c's), status and its sync.status
  * event, metrics. */
 #include "store_int.h"
+#include "store/page.h"
+
+#include <limits.h>
 
 void store_do_get(ts_call_t *call, collection_t *c)
 {
@@ -14,25 +17,32 @@ void store_do_get(ts_call_t *call, collection_t *c)
 }
 
 typedef struct {
-    cJSON *doc;
+    cJSON *doc;    /* parsed: at once with order_by (its key is needed), else lazily */
     const doc_t *d;
     ts_okey_t key; /* the order_by field's value (borrowed from doc) */
 } query_row_t;
 
-/* Orders rows as a named selector's index does (ts_okey_cmp: missing, then
- * numbers, then text; ties by document), descending when *desc is set. */
-static int compare_rows(const void *a, const void *b, void *desc)
+/* Orders rows as a named selector's index does (ts_okey_id_cmp: missing,
+ * then numbers, then text; ties by id). "desc" walks this backwards. */
+static int compare_rows(const void *a, const void *b)
 {
     const query_row_t *x = a, *y = b;
-    int r = ts_okey_cmp(&x->key, &y->key);
-    if (!r)
-        r = ((uintptr_t)x->d > (uintptr_t)y->d) - ((uintptr_t)x->d < (uintptr_t)y->d);
-    return *(const bool *)desc ? -r : r;
+    return ts_okey_id_cmp(&x->key, x->d->id, x->d->id_len, &y->key, y->d->id, y->d->id_len);
+}
+
+/* Whether a document matches where (equality on each of its fields). */
+static bool row_matches(const cJSON *doc, const cJSON *where)
+{
+    bool match = doc != NULL;
+    for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
+        match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
+    return match;
 }
 
 /* The built-in selector: {where: {field: value, ...}, order_by: [field,
- * "asc"|"desc"], limit: N}. Named (Lua) selectors come with the policy
- * engine. */
+ * "asc"|"desc"], limit: N}, paged like a named one (query.c): `limit` is
+ * the total over all pages (with params.limit lowering it), the top-level
+ * limit the page size. */
 void store_do_query(store_t *self, ts_call_t *call, collection_t *c)
 {
     (void)self;
@@ -45,58 +55,100 @@ void store_do_query(store_t *self, ts_call_t *call, collection_t *c)
     }
     const cJSON *where = cJSON_GetObjectItemCaseSensitive(selector, "where");
     const cJSON *order = cJSON_GetObjectItemCaseSensitive(selector, "order_by");
-    long long limit = 100;
-    ts_json_int(selector, "limit", &limit);
-    long long plimit;
-    if (ts_json_int(params, "limit", &plimit) && plimit < limit)
-        limit = plimit;
+    long long total = 0, plimit;
+    bool has_total = cJSON_GetObjectItemCaseSensitive(selector, "limit") != NULL;
+    bool bad_total = has_total && !ts_json_int(selector, "limit", &total);
+    if (ts_json_int(params, "limit", &plimit) && (!has_total || plimit < total))
+        total = plimit, has_total = true;
     if ((where && !cJSON_IsObject(where)) ||
         (order && (!cJSON_IsArray(order) || !cJSON_IsString(cJSON_GetArrayItem(order, 0)))) ||
-        limit < 0 || limit > 100000) {
+        bad_total || (has_total && (total < 0 || total > 100000))) {
         ts_call_fail(call, TS_E_INVALID_PARAMS,
                      "selector must be {where: object, order_by: [field, \"asc\"|\"desc\"], "
                      "limit: 0..100000}");
         return;
     }
+    ts_page_t page;
+    if (ts_page_params(call, TS_PAGE_BUILTIN_DEFAULT, "builtin", selector, params, &page) != 0)
+        return;
+    const char *field = order ? cJSON_GetArrayItem(order, 0)->valuestring : NULL;
+    const cJSON *dir = order ? cJSON_GetArrayItem(order, 1) : NULL;
+    bool desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
+    /* Every visible document in (order key, id) order; with order_by each is
+     * parsed here for its key (and dropped unless it matches), without only
+     * the ones the page walks over. */
     query_row_t *rows = NULL;
     size_t nrows = 0, cap = 0;
     for (size_t i = 0; i < c->cap; i++) {
         doc_t *d = doc_at(c, i);
         if (!d || !d->visible)
             continue;
-        cJSON *doc = store_parse_doc(d);
-        bool match = doc != NULL;
-        for (const cJSON *w = where ? where->child : NULL; match && w; w = w->next)
-            match = cJSON_Compare(cJSON_GetObjectItemCaseSensitive(doc, w->string), w, 1);
-        if (!match) {
+        cJSON *doc = field ? store_parse_doc(d) : NULL;
+        if (field && !row_matches(doc, where)) {
             cJSON_Delete(doc);
             continue;
         }
         if (nrows == cap)
             rows = ts_grow(rows, &cap, sizeof *rows, 64);
-        rows[nrows++] = (query_row_t){doc, d, {0}};
-        if (!order && (long long)nrows >= limit)
-            break;
+        rows[nrows] = (query_row_t){doc, d, {0}};
+        if (field)
+            ts_okey_from_json(cJSON_GetObjectItemCaseSensitive(doc, field), &rows[nrows].key);
+        nrows++;
     }
-    if (order && nrows > 1) {
-        const char *field = cJSON_GetArrayItem(order, 0)->valuestring;
-        const cJSON *dir = cJSON_GetArrayItem(order, 1);
-        bool desc = cJSON_IsString(dir) && strcmp(dir->valuestring, "desc") == 0;
-        for (size_t i = 0; i < nrows; i++)
-            ts_okey_from_json(cJSON_GetObjectItemCaseSensitive(rows[i].doc, field), &rows[i].key);
-        qsort_r(rows, nrows, sizeof *rows, compare_rows, &desc);
+    if (nrows > 1)
+        qsort(rows, nrows, sizeof *rows, compare_rows);
+    /* The page: after the cursor in walking order, up to the page size and
+     * what the total leaves; one match more says there is a next page. */
+    size_t lo = 0, hi = nrows;
+    if (page.has_cursor) {
+        const ts_cursor_t *k = &page.cursor;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            int r = ts_okey_id_cmp(&rows[mid].key, rows[mid].d->id, rows[mid].d->id_len, &k->key,
+                                   k->id, k->id_len);
+            if (desc ? r < 0 : r <= 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (desc)
+            hi = lo, lo = 0;
+        else
+            hi = nrows;
     }
+    long long returned = page.has_cursor ? page.cursor.returned : 0;
+    long long left = has_total ? total - returned : LLONG_MAX;
+    long long want = page.limit < left ? page.limit : left;
+    bool final = left <= page.limit, more = false;
+    long long count = 0;
+    const query_row_t *last = NULL;
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"items\":[");
-    for (size_t i = 0; i < nrows && (long long)i < limit; i++) {
-        if (i)
+    while (lo < hi && want > 0) {
+        query_row_t *r = desc ? &rows[--hi] : &rows[lo++];
+        if (!field && !row_matches(r->doc = store_parse_doc(r->d), where))
+            continue;
+        if (count == want) {
+            more = true;
+            break;
+        }
+        if (count++)
             ts_buf_puts(&b, ",");
-        store_append_doc(&b, rows[i].d);
+        store_append_doc(&b, r->d);
+        last = r;
+        if (count == want && final)
+            break;
     }
-    ts_buf_puts(&b, "],\"stale\":false,\"cursor\":null}");
+    ts_buf_puts(&b, "],\"stale\":false,\"cursor\":");
+    if (more)
+        ts_page_append_cursor(&b, &page, (long)count, &last->key, last->d->id, last->d->id_len);
+    else
+        ts_buf_puts(&b, "null");
+    ts_buf_puts(&b, "}");
     for (size_t i = 0; i < nrows; i++)
         cJSON_Delete(rows[i].doc);
     free(rows);
+    ts_page_free(&page);
     ts_call_set_buffer(call, &b);
 }
 

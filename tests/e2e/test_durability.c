@@ -348,14 +348,17 @@ Test(durability, kill_9_with_sync_loses_and_duplicates_nothing, .timeout = 400)
     free(known);
 }
 
-/* Runs query with an empty where, ordered by id: the whole collection. */
+/* Runs query with an empty where, ordered by id, page after page: the
+ * whole collection. */
 static char *dump(ts_engine_t *e)
 {
-    cJSON *r = ts_rpc(e, "query",
-                      "{\"collection\":\"sessions\",\"selector\":{\"where\":{},\"order_by\":"
-                      "[\"id\",\"asc\"],\"limit\":100000}}");
-    char *text = cJSON_PrintUnformatted(cJSON_GetObjectItem(ts_rpc_result(r), "items"));
-    cJSON_Delete(r);
+    cJSON *items = ts_query_all(e,
+                                "{\"collection\":\"sessions\",\"selector\":{\"where\":{},"
+                                "\"order_by\":[\"id\",\"asc\"]}}",
+                                1000, 1000, NULL);
+    cr_assert_not_null(items, "the pages of the dump");
+    char *text = cJSON_PrintUnformatted(items);
+    cJSON_Delete(items);
     return text;
 }
 

@@ -599,3 +599,124 @@ Test(policy_engine, many_structured_fields_validate)
     cJSON_Delete(u);
     cr_assert_str_eq(query_ids("by_patient", "{\"patient_id\":\"pat-1\"}"), "many");
 }
+
+/* The items i..j-1 of an array, printed. */
+static char *slice(const cJSON *items, int i, int j)
+{
+    cJSON *part = cJSON_CreateArray();
+    for (int k = i; k < j; k++)
+        cJSON_AddItemToArray(part, cJSON_Duplicate(cJSON_GetArrayItem(items, k), true));
+    char *text = cJSON_PrintUnformatted(part);
+    cJSON_Delete(part);
+    return text;
+}
+
+/* Paging over the wire: 250 sessions of one therapist come in three pages
+ * of 100 (named selector without a declared limit, and the built-in one,
+ * whose default page is 100), the pages put together are the one-page
+ * answer, the last page's cursor is null; a document created before the
+ * cursor between two pages does not shift the next one; a limit over 1000,
+ * a damaged cursor and a cursor of other params are -32602. */
+Test(policy_engine, queries_come_in_pages_with_cursors)
+{
+    start_with(ts_source_path("tests/fixtures/policies/paging"));
+    for (int i = 0; i < 250; i++) { /* two to a time slot; ids against time order */
+        int slot = i * 37 % 250 / 2;
+        char id[16], at[40];
+        snprintf(id, sizeof id, "p%03d", i);
+        snprintf(at, sizeof at, "2026-03-%02dT%02d:00:00.000Z", 1 + slot / 24, slot % 24);
+        must_create(id, "thr-1", "pat-1", at, 50, "scheduled", NULL);
+    }
+    const char *named = "{\"collection\":\"sessions\",\"selector\":\"by_therapist\","
+                        "\"params\":{\"therapist_id\":\"thr-1\"}";
+    char p[512];
+    snprintf(p, sizeof p, "%s,\"limit\":1000}", named);
+    cJSON *one = ts_rpc(&engine, "query", p);
+    const cJSON *whole = cJSON_GetObjectItem(ts_rpc_result(one), "items");
+    cr_assert_eq(cJSON_GetArraySize(whole), 250, "%s", error_message(one));
+    cr_assert(cJSON_IsNull(cJSON_GetObjectItem(ts_rpc_result(one), "cursor")));
+    char *whole_text = cJSON_PrintUnformatted(whole);
+    int pages = 0;
+    snprintf(p, sizeof p, "%s}", named);
+    cJSON *paged = ts_query_all(&engine, p, 100, 10, &pages);
+    cr_assert_not_null(paged);
+    cr_assert_eq(pages, 3);
+    char *paged_text = cJSON_PrintUnformatted(paged);
+    cr_assert_str_eq(paged_text, whole_text, "the pages put together");
+    free(paged_text);
+    cJSON_Delete(paged);
+
+    /* page 1, then a session before the cursor, then page 2 */
+    snprintf(p, sizeof p, "%s,\"limit\":100}", named);
+    cJSON *r1 = ts_rpc(&engine, "query", p);
+    const cJSON *c1 = cJSON_GetObjectItem(ts_rpc_result(r1), "cursor");
+    cr_assert(cJSON_IsString(c1), "a cursor after page 1");
+    must_create("a-early", "thr-1", "pat-1", "2026-02-01T09:00:00.000Z", 50, "scheduled", NULL);
+    snprintf(p, sizeof p, "%s,\"limit\":100,\"cursor\":\"%s\"}", named, c1->valuestring);
+    cJSON *r2 = ts_rpc(&engine, "query", p);
+    char *page2 = cJSON_PrintUnformatted(cJSON_GetObjectItem(ts_rpc_result(r2), "items"));
+    char *want2 = slice(whole, 100, 200);
+    cr_assert_str_eq(page2, want2, "page 2 is not shifted by the new session");
+    free(page2);
+    free(want2);
+    cJSON_Delete(r2);
+
+    /* refusals */
+    snprintf(p, sizeof p, "%s,\"limit\":1001}", named);
+    cJSON *e = ts_rpc(&engine, "query", p);
+    cr_assert_eq(ts_rpc_error_code(e), -32602);
+    cr_assert(strstr(error_message(e), "at most 1000"), "%s", error_message(e));
+    cJSON_Delete(e);
+    snprintf(p, sizeof p, "%s,\"limit\":0}", named);
+    e = ts_rpc(&engine, "query", p);
+    cr_assert_eq(ts_rpc_error_code(e), -32602);
+    cr_assert(strstr(error_message(e), "limit"), "%s", error_message(e));
+    cJSON_Delete(e);
+    snprintf(p, sizeof p, "%s,\"cursor\":\"0123zz\"}", named);
+    e = ts_rpc(&engine, "query", p);
+    cr_assert_eq(ts_rpc_error_code(e), -32602);
+    cr_assert(strstr(error_message(e), "cursor is malformed"), "%s", error_message(e));
+    cJSON_Delete(e);
+    snprintf(p, sizeof p,
+             "{\"collection\":\"sessions\",\"selector\":\"by_therapist\",\"params\":"
+             "{\"therapist_id\":\"thr-2\"},\"cursor\":\"%s\"}",
+             c1->valuestring);
+    e = ts_rpc(&engine, "query", p);
+    cr_assert_eq(ts_rpc_error_code(e), -32602);
+    cr_assert(strstr(error_message(e), "cursor does not belong to this query"), "%s",
+              error_message(e));
+    cJSON_Delete(e);
+    cJSON_Delete(r1);
+
+    /* the built-in selector: 100 by default, then a cursor; all 251 in
+     * three pages, ordered or not */
+    const char *builtin[] = {
+        "{\"collection\":\"sessions\",\"selector\":{\"where\":{\"therapist_id\":\"thr-1\"},"
+        "\"order_by\":[\"scheduled_at\",\"desc\"]}}",
+        "{\"collection\":\"sessions\",\"selector\":{\"where\":{\"therapist_id\":\"thr-1\"}}}"};
+    for (int b = 0; b < 2; b++) {
+        cJSON *first = ts_rpc(&engine, "query", builtin[b]);
+        cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(ts_rpc_result(first), "items")), 100,
+                     "%s", error_message(first));
+        cr_assert(cJSON_IsString(cJSON_GetObjectItem(ts_rpc_result(first), "cursor")),
+                  "no silent stop at 100");
+        cJSON_Delete(first);
+        cJSON *all = ts_query_all(&engine, builtin[b], 100, 10, &pages);
+        cr_assert_not_null(all);
+        cr_assert_eq(pages, 3);
+        cr_assert_eq(cJSON_GetArraySize(all), 251);
+        for (int i = 1; i < 251; i++) /* ties by id; without order_by in id order */
+            cr_assert(b == 0 || strcmp(cJSON_GetObjectItem(cJSON_GetArrayItem(all, i - 1), "id")
+                                           ->valuestring,
+                                       cJSON_GetObjectItem(cJSON_GetArrayItem(all, i), "id")
+                                           ->valuestring) < 0);
+        cJSON_Delete(all);
+    }
+    snprintf(p, sizeof p, "%.*s,\"limit\":5000}", (int)strlen(builtin[1]) - 1, builtin[1]);
+    e = ts_rpc(&engine, "query", p);
+    cr_assert_eq(ts_rpc_error_code(e), -32602);
+    cr_assert(strstr(error_message(e), "at most 1000"), "%s", error_message(e));
+    cJSON_Delete(e);
+    free(whole_text);
+    cJSON_Delete(one);
+}

@@ -171,3 +171,39 @@ const char *ts_rpc_error_reason(cJSON *response)
         cJSON_GetObjectItemCaseSensitive(error, "data"), "reason");
     return cJSON_IsString(reason) ? reason->valuestring : "";
 }
+
+cJSON *ts_query_all(ts_engine_t *e, const char *params_json, int limit, int max_pages,
+                    int *pages)
+{
+    cJSON *all = cJSON_CreateArray(), *call = cJSON_Parse(params_json);
+    cJSON_AddNumberToObject(call, "limit", limit);
+    int n = 0;
+    for (; n < max_pages; n++) {
+        char *text = cJSON_PrintUnformatted(call);
+        cJSON *r = ts_rpc(e, "query", text);
+        free(text);
+        cJSON *items = cJSON_DetachItemFromObjectCaseSensitive(ts_rpc_result(r), "items");
+        cJSON *next = cJSON_GetObjectItemCaseSensitive(ts_rpc_result(r), "cursor");
+        if (!cJSON_IsArray(items) || !(cJSON_IsNull(next) || cJSON_IsString(next))) {
+            cJSON_Delete(items);
+            cJSON_Delete(r);
+            break;
+        }
+        while (cJSON_GetArraySize(items))
+            cJSON_AddItemToArray(all, cJSON_DetachItemFromArray(items, 0));
+        cJSON_Delete(items);
+        cJSON_DeleteItemFromObjectCaseSensitive(call, "cursor");
+        if (cJSON_IsNull(next)) {
+            cJSON_Delete(r);
+            cJSON_Delete(call);
+            if (pages)
+                *pages = n + 1;
+            return all;
+        }
+        cJSON_AddStringToObject(call, "cursor", next->valuestring);
+        cJSON_Delete(r);
+    }
+    cJSON_Delete(call);
+    cJSON_Delete(all);
+    return NULL;
+}

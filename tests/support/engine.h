@@ -50,5 +50,11 @@ cJSON *ts_rpc_result(cJSON *response);
 int ts_rpc_error_code(cJSON *response);
 /* The error.data.reason of a response, or "". */
 const char *ts_rpc_error_reason(cJSON *response);
+/* Runs query with params (a JSON object's text, without limit and cursor)
+ * page after page, limit items a page, following each cursor; returns every
+ * item in order (caller deletes), or NULL when a page failed or more than
+ * max_pages were needed. *pages (may be NULL) gets the number of pages. */
+cJSON *ts_query_all(ts_engine_t *e, const char *params_json, int limit, int max_pages,
+                    int *pages);
 
 #endif

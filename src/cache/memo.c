@@ -274,24 +274,9 @@ static void answer_with(ts_call_t *call, const char *text, size_t len)
     ts_call_set_result(call, ts_memdup(text, len), len);
 }
 
-/* The params of a query, with `now` filled as the store would (the clock),
- * so that the question names the answer exactly. */
-static void fill_now(cJSON *request)
-{
-    cJSON *params = cJSON_GetObjectItemCaseSensitive(request, "params");
-    if (!params)
-        params = cJSON_AddObjectToObject(request, "params");
-    if (!cJSON_IsObject(params) || cJSON_GetObjectItemCaseSensitive(params, "now"))
-        return;
-    char now[32];
-    ts_rfc3339(ts_wall_ms(), now);
-    cJSON_AddStringToObject(params, "now", now);
-}
-
 void memo_read(cache_t *self, ts_envelope_t *e)
 {
     ts_call_t *call = &e->calls[0];
-    fill_now(call->params);
     const char *param = NULL;
     const cJSON *bound = bound_of(self, call->params, &param);
     memo_key(self, call->params, param);

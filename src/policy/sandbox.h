@@ -53,6 +53,8 @@ void ts_sandbox_budget_reset(ts_sandbox_t *self);
 ts_sandbox_t *ts_sandbox_of(lua_State *L);
 /* How many calls so far read the clock (os.time(), os.date(), os.clock()). */
 uint64_t ts_sandbox_clock_reads(const ts_sandbox_t *self);
+/* Counts one reading of the clock (a selector's defaulted now). */
+void ts_sandbox_note_clock(ts_sandbox_t *self);
 /* next(t, k) on the raw table, ignoring metamethods: the iterator behind the
  * pairs() of read-only and lazy tables. */
 int ts_sandbox_raw_next(lua_State *L);

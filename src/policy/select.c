@@ -248,6 +248,47 @@ typedef struct {
     int ref;
 } prepare_call_t;
 
+/* __index of params (and of a selector's ctx) when the query gave no
+ * now: `now` is the clock, and reading it counts as reading the clock (the
+ * answer then ages: the cache does not keep it). Other keys go to the
+ * table in upvalue 2, when there is one. */
+static int s_lazy_now(lua_State *L)
+{
+    const char *key = lua_tostring(L, 2);
+    if (key && strcmp(key, "now") == 0) {
+        ts_sandbox_note_clock(ts_sandbox_of(L));
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, 1); /* read once: the next reads are plain */
+        return 1;
+    }
+    if (lua_type(L, lua_upvalueindex(2)) != LUA_TTABLE)
+        return 0;
+    lua_pushvalue(L, 2);
+    lua_gettable(L, lua_upvalueindex(2));
+    return 1;
+}
+
+/* Makes now lazy on the table at the top of the stack (see s_lazy_now);
+ * index: the stack slot of the table other keys come from, or 0. */
+static void set_lazy_now(lua_State *L, ts_policy_t *self, int index)
+{
+    char now[32];
+    ts_rfc3339(policy_now_ms(self), now);
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, now);
+    if (index)
+        lua_pushvalue(L, index);
+    else
+        lua_pushnil(L);
+    lua_pushcclosure(L, s_lazy_now, 2);
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
 static int s_prepare_call(lua_State *L)
 {
     prepare_call_t *c = lua_touserdata(L, 1);
@@ -255,13 +296,11 @@ static int s_prepare_call(lua_State *L)
         policy_push_json(L, c->params, 0);
     else
         lua_newtable(L);
-    if (lua_getfield(L, -1, "now") == LUA_TNIL) {
-        char now[32];
-        ts_rfc3339(policy_now_ms(c->self), now);
-        lua_pushstring(L, now);
-        lua_setfield(L, -3, "now");
-    }
+    lua_pushliteral(L, "now");
+    bool missing = lua_rawget(L, -2) == LUA_TNIL;
     lua_pop(L, 1);
+    if (missing)
+        set_lazy_now(L, c->self, 0);
     c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
@@ -305,9 +344,23 @@ static void push_selector_ctx(lua_State *L, ts_policy_query_t *q)
 {
     policy_push_ctx(L, q->self, q->sel->pub.collection, false);
     lua_rawgeti(L, LUA_REGISTRYINDEX, q->params_ref);
-    lua_getfield(L, -1, "now");
-    lua_setfield(L, -3, "now");
-    lua_pop(L, 1);
+    lua_pushliteral(L, "now");
+    if (lua_rawget(L, -2) != LUA_TNIL) { /* the query's now */
+        lua_setfield(L, -3, "now");
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 2);
+    /* No now given: ctx.now is the clock, read lazily like params.now. */
+    lua_pushnil(L);
+    lua_setfield(L, -2, "now");
+    int ctx = lua_gettop(L);
+    lua_getmetatable(L, ctx);
+    lua_getfield(L, -1, "__index"); /* the shared part of ctx */
+    int shared = lua_gettop(L);
+    lua_pushvalue(L, ctx);
+    set_lazy_now(L, q->self, shared);
+    lua_settop(L, ctx);
 }
 
 static int s_match_call(lua_State *L)

@@ -445,7 +445,6 @@ typedef struct {
     ts_index_entry_t *const *entries;
     const keyed_t *keyed;
     size_t pos, end;  /* next position, one past the last (asc) */
-    size_t last;      /* the position visited last */
     bool desc;        /* walk from end-1 down to pos */
     const char *order_field; /* for the first row's order key (read-set) */
     long limit, count;/* this page's size, items in it so far */

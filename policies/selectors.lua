@@ -77,4 +77,14 @@ return {
     order_by = { "date", "desc" },
     limit = 50,
   },
+
+  -- Patients with this phone number (patients may be read on demand:
+  -- the engine then asks the Clinic API for phone = params.phone):
+  -- {phone}.
+  patients_by_phone = {
+    collection = "patients",
+    index = "phone",
+    order_by = { "name", "asc" },
+    limit = 10,
+  },
 }

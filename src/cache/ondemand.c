@@ -41,7 +41,8 @@ struct od_entry {
     uint16_t coll;
     bool list;               /* FIELD = VALUE, else one document */
     char *a, *b;             /* id (get) or field and value (list) */
-    int64_t fetched_us;      /* when the last good fetch was sent (0: never, or stale) */
+    int64_t data_us;         /* when the fetch of what is held was sent (0: never) */
+    bool valid;              /* may be fresh: no write, change or invalidate since */
     int64_t read_us;         /* the last read, for gc */
     bool has_data;           /* a fetch succeeded once: there is something to serve */
     char etag[80];
@@ -100,7 +101,7 @@ static void od_free(cache_t *self, od_entry_t *e)
 
 static int64_t age_ms(const od_entry_t *e, int64_t now)
 {
-    return e->fetched_us ? (now - e->fetched_us) / 1000 : -1;
+    return e->data_us ? (now - e->data_us) / 1000 : -1;
 }
 
 /* Sends a read to the store to answer from the replica, with its freshness. */
@@ -223,10 +224,10 @@ void od_read(cache_t *self, ts_envelope_t *env)
     int fresh_ms = self->config->ondemand[coll].fresh_ms;
     int max_stale_ms = self->config->ondemand[coll].max_stale_ms;
     e->read_us = now;
-    if (e->fetched_us && age < fresh_ms) {
+    if (e->valid && e->has_data && age < fresh_ms) {
         self->od_fresh++;
         serve(self, env, 0, age);
-    } else if (e->fetched_us && age < max_stale_ms && e->has_data) {
+    } else if (e->has_data && age < max_stale_ms) {
         serve(self, env, TS_FRESH_STALE, age);
         fetch(self, e); /* in the background: once, however many read it */
     } else if (self->offline && e->has_data) {
@@ -285,7 +286,7 @@ static void release(cache_t *self, od_entry_t *e, bool ok, const char *why)
         e->waiting = env->held_next;
         env->held_next = NULL;
         if (ok)
-            serve(self, env, e->fetched_us ? 0 : TS_FRESH_STALE, age_ms(e, now));
+            serve(self, env, e->valid ? 0 : TS_FRESH_STALE, age_ms(e, now));
         else if (e->has_data)
             serve(self, env, TS_FRESH_STALE | TS_FRESH_EXPIRED, age_ms(e, now));
         else
@@ -317,7 +318,7 @@ static void list_answered(cache_t *self, od_entry_t *e, const cJSON *items)
             continue;
         g->parent = e;
         e->children++;
-        g->fetched_us = 0;
+        g->valid = false;
         fetch(self, g);
     }
     for (size_t i = 0; i < e->nids; i++)
@@ -353,8 +354,9 @@ void od_result(cache_t *self, ts_api_result_t *res)
             cJSON_Delete(one);
         }
         e->has_data = true;
+        e->data_us = e->sent_us;
         /* A local write or an invalidate while it was out: it lands stale. */
-        e->fetched_us = self->od_gen[e->coll] == e->gen ? e->sent_us : 0;
+        e->valid = self->od_gen[e->coll] == e->gen;
         snprintf(e->etag, sizeof e->etag, "%s", res->error == TS_API_OK ? res->etag : "");
         if (e->list && !unchanged)
             list_answered(self, e, cJSON_GetObjectItemCaseSensitive(res->json, "items"));
@@ -388,7 +390,7 @@ void od_all_stale(cache_t *self, size_t coll)
         for (hnode_t *n = self->od.buckets[b]; n; n = n->next) {
             od_entry_t *e = CONTAINER(n, od_entry_t, node);
             if (coll == SIZE_MAX || e->coll == coll)
-                e->fetched_us = 0;
+                e->valid = false;
         }
 }
 
@@ -404,14 +406,14 @@ void od_change(cache_t *self, const ts_change_t *c)
         size_t kl = od_key(key, c->collection, false, id, NULL);
         hnode_t *n = kl ? hmap_find(&self->od, key, kl, hmap_hash(key, kl)) : NULL;
         if (n)
-            CONTAINER(n, od_entry_t, node)->fetched_us = 0;
+            CONTAINER(n, od_entry_t, node)->valid = false;
     }
     /* A change may move a document into or out of any list. */
     for (size_t b = 0; b < self->od.cap; b++)
         for (hnode_t *n = self->od.buckets[b]; n; n = n->next) {
             od_entry_t *e = CONTAINER(n, od_entry_t, node);
             if (e->list && e->coll == c->collection)
-                e->fetched_us = 0;
+                e->valid = false;
         }
 }
 
@@ -423,7 +425,7 @@ size_t od_invalidate(cache_t *self, int coll)
             od_entry_t *e = CONTAINER(h, od_entry_t, node);
             if (coll >= 0 && e->coll != coll)
                 continue;
-            e->fetched_us = 0;
+            e->valid = false;
             n++;
             if (!e->fetching && e->has_data)
                 fetch(self, e); /* refreshed now, so the next read is fresh */

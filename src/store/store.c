@@ -33,7 +33,13 @@ static void handle_call(store_t *self, ts_call_t *call)
     case TS_M_DELETE: store_do_delete(self, call, c); break;
     case TS_M_GET: store_do_get(call, c); break;
     case TS_M_QUERY:
-        if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")))
+        if (c && self->config->ondemand[c->index].on &&
+            !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")))
+            ts_call_fail(call, TS_E_INVALID_PARAMS,
+                         "%s is read on demand: query it with a named selector that has an "
+                         "`index`",
+                         c->name);
+        else if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")))
             ts_sq_query(self->sq, call, c ? c->q : NULL);
         else
             store_do_query(self, call, c);

@@ -17,7 +17,7 @@ if [ -x "$build/clinic-api" ]; then
   "$build/clinic-api" --listen "127.0.0.1:$api_port" --db "$data/clinic-api.db" \
     --demo-patients 50 &
   api_pid=$!
-  api_args=(--api "http://127.0.0.1:$api_port")
+  api_args=(--api "http://127.0.0.1:$api_port" --config "$(dirname "$0")/demo-config.lua")
   echo "run: clinic-api on http://127.0.0.1:$api_port (pid $api_pid)" >&2
 else
   echo "run: no clinic-api in this build; therasyncd runs standalone" >&2

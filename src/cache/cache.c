@@ -19,13 +19,16 @@ void cache_answer(cache_t *self, ts_envelope_t *e)
     self->out.answers[self->out.nanswers++] = e;
 }
 
-int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *request)
+int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *request,
+              bool extend)
 {
     if (self->out.nruns == self->out.capruns) {
         self->out.capruns = self->out.capruns ? self->out.capruns * 2 : 64;
         self->out.runs = ts_xrealloc(self->out.runs, self->out.capruns * sizeof *self->out.runs);
     }
-    self->out.runs[self->out.nruns++] = ts_cache_run_new(token, collection, cJSON_Duplicate(request, true));
+    ts_cache_run_t *run = ts_cache_run_new(token, collection, cJSON_Duplicate(request, true));
+    run->extend = extend;
+    self->out.runs[self->out.nruns++] = run;
     self->runs++;
     return 0;
 }
@@ -77,6 +80,7 @@ static void add_metrics(cache_t *self, ts_envelope_t *e)
             {"max_bytes", (double)self->config->cache.max_bytes},
             {"evictions", (double)self->evictions},
             {"invalidations", (double)self->invalidations},
+            {"patches", (double)self->patches},
             {"runs", (double)self->runs},
             {"run_errors", (double)self->run_errors},
             {"uncached", (double)self->uncached},
@@ -177,6 +181,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 for (const ts_change_t *c = ts_msg_CACHE_CHANGES(&m)[i]; c; c = c->next)
                     od_change(self, c);
             }
+            memo_evict(self);
             ts_msg_free(&m);
             break;
         case TS_MSG_CACHE_READS:

@@ -61,9 +61,26 @@ typedef struct watcher {
 
 typedef struct group group_t;
 
+/* A row of an extended answer: an item's text, order key and id. */
+typedef struct {
+    char *text;
+    uint32_t len;
+    uint8_t id_len;
+    ts_okey_t key;         /* key.str owned */
+    char *id;
+} row_t;
+
 typedef struct entry {
     watcher_t w;
     group_t *group;
+    /* A lower-bound selector's entry keeps every matching row from lo to
+     * the end of what it read (its read range), in order, and answers any
+     * bound value in the range from them; a change patches the rows
+     * (watch.c → memo_patch) instead of dropping the entry. */
+    row_t *rows;
+    size_t nrows, caprows;
+    bool complete;         /* the rows reach the end of the bucket */
+    int sel_bit;           /* its selector's bit in changes' membership; -1: drop instead */
     ts_okey_t lo, hi;      /* lower-bound selectors: the answer holds for bound values in
                               [lo, hi] (hi_inf: no end) */
     bool hi_inf;
@@ -136,6 +153,7 @@ typedef struct pending {
     uint64_t token;
     ts_envelope_t *waiting;
     bool dropped;          /* a policy change came first: do not keep the answer */
+    char *bound_param;     /* an extended run: the lower-bound param its reads share */
 } pending_t;
 
 typedef struct {
@@ -178,7 +196,7 @@ typedef struct {
         od_forgotten;
     /* metrics */
     uint64_t hits, misses, coalesced, uncached, evictions, invalidations, runs, run_errors,
-        recomputes, notifications, unchanged, closed;
+        recomputes, notifications, unchanged, closed, patches;
     ts_hist_t notify_us;
 } cache_t;
 
@@ -194,12 +212,17 @@ void memo_free_all(cache_t *self);
  * page) into self->buf; without the param `skip` (NULL: none). */
 void memo_key(cache_t *self, const cJSON *request, const char *skip);
 void cache_answer(cache_t *self, ts_envelope_t *e);
-int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *request);
+int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *request,
+              bool extend);
+/* Patches an extended entry for change c; false when it cannot (drop it). */
+bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c);
+void memo_evict(cache_t *self); /* after changes: patches may have grown the entries */
 
 /* watch.c */
 void watch_set(cache_t *self, watcher_t *w, uint16_t collection, ts_readset_t *read);
 void watch_unset(cache_t *self, watcher_t *w);
 void watch_changes(cache_t *self, ts_change_t *changes);
+bool watch_in_range(const ts_readset_t *r, const ts_okey_t *k);
 void watch_free_all(cache_t *self);
 
 /* ondemand.c */

@@ -257,7 +257,7 @@ void live_subscribe(cache_t *self, ts_envelope_t *e)
         int coll = ts_config_collection(self->config, call->collection);
         l->w.collection = (uint16_t)(coll < 0 ? 0 : coll);
         l->running = true;
-        cache_run(self, 1, l->w.collection, l->request);
+        cache_run(self, 1, l->w.collection, l->request, false);
     } else {
         cJSON_Delete(request);
     }
@@ -308,7 +308,7 @@ void live_flush(cache_t *self)
         l->dirty = false;
         l->running = true;
         self->recomputes++;
-        cache_run(self, 1, l->w.collection, l->request);
+        cache_run(self, 1, l->w.collection, l->request, false);
     }
 }
 

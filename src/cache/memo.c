@@ -82,6 +82,8 @@ void memo_key(cache_t *self, const cJSON *request, const char *skip)
 
 /* ---- selectors ---- */
 
+static long total_of(const ts_selector_info_t *s, const cJSON *request);
+
 const ts_selector_info_t *memo_selector(const cache_t *self, const char *name)
 {
     for (size_t i = 0; name && self->selectors && i < self->selectors->count; i++)
@@ -95,7 +97,11 @@ const ts_selector_info_t *memo_selector(const cache_t *self, const char *name)
 static const cJSON *bound_of(const cache_t *self, const cJSON *request, const char **param)
 {
     const ts_selector_info_t *s = memo_selector(self, ts_json_string(request, "selector"));
-    if (!s || !s->lower_bound || cJSON_GetObjectItemCaseSensitive(request, "cursor"))
+    /* Served from rows: whole answers only (no page size, no cursor), of a
+     * limit the rows of one run cover with room to spare. */
+    if (!s || !s->lower_bound || cJSON_GetObjectItemCaseSensitive(request, "cursor") ||
+        cJSON_GetObjectItemCaseSensitive(request, "limit") || total_of(s, request) <= 0 ||
+        total_of(s, request) > TS_EXTEND_ROWS / 2)
         return NULL;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(
         cJSON_GetObjectItemCaseSensitive(request, "params"), s->lower_bound);
@@ -103,6 +109,100 @@ static const cJSON *bound_of(const cache_t *self, const cJSON *request, const ch
         return NULL;
     *param = s->lower_bound;
     return v;
+}
+
+/* ---- extended entries: rows ---- */
+
+static void row_free(row_t *r)
+{
+    free(r->text);
+    free(r->key.str);
+    free(r->id);
+}
+
+/* The id of an item's text ({"id":"...",...}); false when it is escaped
+ * (such a row is served but not patched). */
+static bool row_id(row_t *r)
+{
+    static const char head[] = "{\"id\":\"";
+    if (r->len < sizeof head || memcmp(r->text, head, sizeof head - 1) != 0)
+        return false;
+    const char *start = r->text + sizeof head - 1;
+    const char *end = memchr(start, '"', r->len - (sizeof head - 1));
+    if (!end || memchr(start, '\\', (size_t)(end - start)) || end - start > 255)
+        return false;
+    r->id_len = (uint8_t)(end - start);
+    r->id = ts_memdup(start, r->id_len);
+    return true;
+}
+
+/* The selector's limit for these params: declared, lowered by params.limit
+ * (as ts_policy_selector_limit). */
+static long total_of(const ts_selector_info_t *s, const cJSON *request)
+{
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(request, "params"), "limit");
+    long limit = s ? s->limit : 0;
+    if (cJSON_IsNumber(l) && l->valuedouble >= 1 && l->valuedouble <= 1e15 &&
+        l->valuedouble == floor(l->valuedouble) && (limit == 0 || (long)l->valuedouble < limit))
+        limit = (long)l->valuedouble;
+    return limit;
+}
+
+/* First row whose order key is >= v. */
+static size_t rows_from(const row_t *rows, size_t n, const ts_okey_t *v)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ts_okey_cmp(&rows[mid].key, v) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The answer for bound value v from rows (every match from the entry's lo
+ * on, complete: to the bucket's end): what the selector gives for v, byte
+ * for byte. -1 when the rows end before the answer does. */
+static int slice(const row_t *rows, size_t n, bool complete, const ts_okey_t *v, long total,
+                 ts_buf_t *out)
+{
+    if (total <= 0 || total > 1000) /* no limit, or pages: not answered from rows */
+        return -1;
+    size_t p = rows_from(rows, n, v), avail = n - p;
+    if ((long)avail < total && !complete)
+        return -1;
+    size_t take = (long)avail < total ? avail : (size_t)total, bytes = 64;
+    for (size_t i = p; i < p + take; i++)
+        bytes += rows[i].len + 1;
+    ts_buf_reserve(out, bytes);
+    ts_buf_puts(out, "{\"items\":[");
+    for (size_t i = p; i < p + take; i++) {
+        if (i > p)
+            ts_buf_puts(out, ",");
+        ts_buf_append(out, rows[i].text, rows[i].len);
+    }
+    ts_buf_puts(out, "],\"stale\":false,\"cursor\":null}");
+    return 0;
+}
+
+/* The rows of an extended run (taken from it). */
+static row_t *rows_of(ts_cache_run_t *run, bool *patchable)
+{
+    row_t *rows = ts_xcalloc(run->nrows + 1, sizeof *rows);
+    *patchable = true;
+    for (size_t i = 0; i < run->nrows; i++) {
+        ts_run_row_t *r = &run->rows[i];
+        rows[i].text = ts_memdup(run->result + r->off, r->len);
+        rows[i].len = r->len;
+        rows[i].key = (ts_okey_t){.kind = r->kind, .num = r->num, .str = r->str,
+                                  .len = r->str_len};
+        r->str = NULL;
+        *patchable &= row_id(&rows[i]);
+    }
+    return rows;
 }
 
 /* ---- entries and groups ---- */
@@ -156,6 +256,9 @@ void memo_drop_entry(cache_t *self, entry_t *e)
     free(e->lo.str);
     free(e->hi.str);
     free(e->answer);
+    for (size_t i = 0; i < e->nrows; i++)
+        row_free(&e->rows[i]);
+    free(e->rows);
     free(e);
     if (!g->n)
         group_free(self, g);
@@ -204,28 +307,40 @@ static void copy_okey(ts_okey_t *to, uint8_t kind, double num, const char *str, 
 
 /* Keeps a run's answer: a new entry of its group (made if needed). */
 static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key_len,
-                 const char *selector, const cJSON *bound)
+                 const char *selector, const cJSON *bound, row_t *rows, bool patchable,
+                 int sel_bit)
 {
-    static const char tail[] = ",\"cursor\":null}";
-    size_t tl = sizeof tail - 1;
-    if (bound && (run->result_len < tl || memcmp(run->result + run->result_len - tl, tail, tl)))
-        return; /* a page with a cursor belongs to its exact params */
-    size_t cost = sizeof(entry_t) + run->result_len + key_len + 64;
-    if ((long long)cost > self->config->cache.max_bytes / 4)
+    size_t cost = sizeof(entry_t) + key_len + 64;
+    if (rows)
+        for (size_t i = 0; i < run->nrows; i++)
+            cost += rows[i].len + rows[i].key.len + rows[i].id_len + sizeof *rows + 48;
+    else
+        cost += run->result_len;
+    if ((long long)cost > self->config->cache.max_bytes / 4) {
+        for (size_t i = 0; rows && i < run->nrows; i++)
+            row_free(&rows[i]);
+        free(rows);
         return; /* too large to be worth evicting others for */
+    }
     entry_t *e = ts_xcalloc(1, sizeof *e);
-    e->answer = run->result;
-    e->answer_len = run->result_len;
-    run->result = NULL;
     e->bytes = cost;
-    if (bound) {
+    e->sel_bit = -1;
+    if (rows) { /* extended: the rows answer every bound value in [lo, hi] */
+        e->rows = rows;
+        e->nrows = e->caprows = run->nrows;
+        e->complete = run->complete;
+        e->sel_bit = patchable ? sel_bit : -1;
         ts_okey_from_json(bound, &e->lo);
         if (e->lo.kind == TS_OKEY_STR) /* from_json borrows: own it */
             e->lo.str = ts_memdup(e->lo.str, e->lo.len);
-        e->hi_inf = !run->read.has_first;
-        if (run->read.has_first)
-            copy_okey(&e->hi, run->read.first_kind, run->read.first_num, run->read.first_str,
-                      run->read.first_len);
+        e->hi_inf = run->read.hi_inf;
+        if (!run->read.hi_inf)
+            copy_okey(&e->hi, run->read.hi_kind, run->read.hi_num, run->read.hi_str,
+                      run->read.hi_len);
+    } else {
+        e->answer = run->result;
+        e->answer_len = run->result_len;
+        run->result = NULL;
     }
     uint64_t h = hmap_hash(key, key_len);
     hnode_t *n = hmap_find(&self->groups, key, key_len, h);
@@ -233,7 +348,7 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
     /* An older answer for the same values is outdated (dropping the last
      * one frees the group). */
     for (size_t i = 0; g && i < g->n;) {
-        if (g->bounded && bound && !overlaps(g->entries[i], e)) {
+        if (g->bounded && rows && !overlaps(g->entries[i], e)) {
             i++;
             continue;
         }
@@ -246,7 +361,7 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
         g = ts_xcalloc(1, sizeof *g);
         g->node = (hnode_t){.hash = h, .key = ts_memdup(key, key_len), .key_len = key_len};
         g->selector = ts_xstrdup(selector ? selector : "");
-        g->bounded = bound != NULL;
+        g->bounded = rows != NULL;
         hmap_add(&self->groups, &g->node);
     }
     e->group = g;
@@ -287,14 +402,23 @@ void memo_read(cache_t *self, ts_envelope_t *e)
         if (bound)
             ts_okey_from_json(bound, &v); /* borrows */
         entry_t *hit = entry_for(CONTAINER(n, group_t, node), &v);
-        if (hit) {
+        ts_buf_t b = {0};
+        long total = total_of(memo_selector(self, ts_json_string(call->params, "selector")),
+                              call->params);
+        if (hit && (bound ? hit->rows && slice(hit->rows, hit->nrows, hit->complete, &v, total,
+                                               &b) == 0
+                          : hit->answer != NULL)) {
             self->hits++;
             lru_unlink(self, hit);
             lru_push(self, hit);
-            answer_with(call, hit->answer, hit->answer_len);
+            if (bound)
+                ts_call_set_buffer(call, &b);
+            else
+                answer_with(call, hit->answer, hit->answer_len);
             cache_answer(self, e);
             return;
         }
+        ts_buf_free(&b);
     }
     self->misses++;
     memo_key(self, call->params, NULL);
@@ -312,8 +436,9 @@ void memo_read(cache_t *self, ts_envelope_t *e)
     p->node = (hnode_t){.hash = h, .key = ts_memdup(self->buf.data, self->buf.len),
                         .key_len = self->buf.len};
     p->waiting = e;
+    p->bound_param = bound ? ts_xstrdup(param) : NULL;
     hmap_add(&self->pendings, &p->node);
-    if (cache_run(self, 0, (uint16_t)(coll < 0 ? 0 : coll), call->params)) {
+    if (cache_run(self, 0, (uint16_t)(coll < 0 ? 0 : coll), call->params, bound != NULL)) {
         hmap_del(&self->pendings, &p->node);
         free((char *)p->node.key);
         free(p);
@@ -331,26 +456,53 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
         return; /* nobody asked (cannot happen: every run has its pending) */
     pending_t *p = CONTAINER(n, pending_t, node);
     hmap_del(&self->pendings, &p->node);
+    /* An extended run: its rows answer the waiting reads (all of one
+     * bound value) and become the entry. */
+    row_t *rows = NULL;
+    bool patchable = false;
+    const cJSON *v = p->bound_param ? cJSON_GetObjectItemCaseSensitive(
+                                          cJSON_GetObjectItemCaseSensitive(run->request, "params"),
+                                          p->bound_param)
+                                    : NULL;
+    ts_okey_t vk = {0};
+    if (run->extend && v && !run->err_code) {
+        rows = rows_of(run, &patchable);
+        ts_okey_from_json(v, &vk); /* borrows */
+    }
+    const ts_selector_info_t *sel = memo_selector(self, ts_json_string(run->request, "selector"));
     for (ts_envelope_t *e = p->waiting, *next; e; e = next) {
         next = e->held_next;
         e->held_next = NULL;
+        ts_buf_t b = {0};
         if (run->err_code)
             ts_call_fail(&e->calls[0], run->err_code, "%s", run->err_message ? run->err_message : "error");
-        else
+        else if (!rows)
             answer_with(&e->calls[0], run->result, run->result_len);
+        else if (slice(rows, run->nrows, run->complete, &vk, total_of(sel, run->request), &b) == 0)
+            ts_call_set_buffer(&e->calls[0], &b);
+        else
+            ts_call_fail(&e->calls[0], TS_E_INTERNAL, "the selector changed during the query");
         cache_answer(self, e);
     }
     if (run->err_code) {
         self->run_errors++;
-    } else if (p->dropped || run->clock || self->config->cache.max_bytes <= 0) {
+    } else if (p->dropped || run->clock || self->config->cache.max_bytes <= 0 ||
+               (run->extend && !rows)) {
         self->uncached++;
     } else {
-        const char *param = NULL;
-        const cJSON *bound = bound_of(self, run->request, &param);
-        memo_key(self, run->request, param);
+        memo_key(self, run->request, rows ? p->bound_param : NULL);
+        int bit = -1;
+        for (size_t i = 0; sel && self->selectors && i < self->selectors->count && i < 64; i++)
+            if (&self->selectors->selectors[i] == sel)
+                bit = (int)i;
         keep(self, run, self->buf.data, self->buf.len, ts_json_string(run->request, "selector"),
-             bound);
+             v, rows, patchable, bit);
+        rows = NULL; /* kept, or freed by keep */
     }
+    for (size_t i = 0; rows && i < run->nrows; i++)
+        row_free(&rows[i]);
+    free(rows);
+    free(p->bound_param);
     free((char *)p->node.key);
     free(p);
 }
@@ -408,6 +560,15 @@ void memo_policy(cache_t *self, ts_selectors_t *selectors)
     live_policy(self, selectors, self->selectors);
     ts_selectors_free(self->selectors);
     self->selectors = selectors;
+    /* the kept selectors may have other places in the new list */
+    for (entry_t *e = self->oldest; e; e = e->newer) {
+        if (e->sel_bit < 0)
+            continue;
+        e->sel_bit = -1;
+        for (size_t i = 0; i < selectors->count && i < 64; i++)
+            if (strcmp(selectors->selectors[i].name, e->group->selector) == 0)
+                e->sel_bit = (int)i;
+    }
 }
 
 size_t memo_invalidate(cache_t *self, const char *collection, const char *selector)
@@ -432,10 +593,94 @@ void memo_free_all(cache_t *self)
                 ts_envelope_free(p->waiting);
                 p->waiting = next;
             }
+            free(p->bound_param);
             free((char *)p->node.key);
             free(p);
         }
     hmap_free(&self->pendings);
     ts_selectors_free(self->selectors);
     self->selectors = NULL;
+}
+
+/* ---- patches ---- */
+
+/* Where row r goes among rows: by (order key, id), as the index orders. */
+static size_t row_place(const row_t *rows, size_t n, const row_t *r)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ts_okey_id_cmp(&rows[mid].key, rows[mid].id, rows[mid].id_len, &r->key, r->id,
+                           r->id_len) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
+{
+    if (!e->rows || e->sel_bit < 0 || !((c->known >> e->sel_bit) & 1))
+        return false;
+    size_t before = e->bytes;
+    for (size_t i = 0; i < e->nrows; i++) { /* its old row goes */
+        row_t *r = &e->rows[i];
+        if (r->id_len == c->id_len && memcmp(r->id, c->data, c->id_len) == 0) {
+            e->bytes -= r->len + r->key.len + r->id_len + sizeof *r + 48;
+            row_free(r);
+            memmove(r, r + 1, (e->nrows - i - 1) * sizeof *r);
+            e->nrows--;
+            break;
+        }
+    }
+    const char *text = ts_change_new_text(c), *v;
+    size_t len = c->new_len, vn;
+    char key[1024];
+    const ts_readset_t *rd = &e->w.read;
+    int kl;
+    /* its new row comes in when it matches, is in this bucket and in the
+     * range the rows cover */
+    if (c->has_new && ((c->match >> e->sel_bit) & 1) && rd->field && rd->key &&
+        ts_json_text_field(text, len, rd->field, strlen(rd->field), &v, &vn) &&
+        (kl = ts_index_key_text(v, vn, key, sizeof key)) >= 0 && (size_t)kl == strlen(rd->key) &&
+        memcmp(key, rd->key, (size_t)kl) == 0) {
+        row_t r = {0};
+        if (rd->order && ts_json_text_field(text, len, rd->order, strlen(rd->order), &v, &vn))
+            ts_okey_from_text(v, vn, &r.key);
+        if (watch_in_range(rd, &r.key)) {
+            ts_buf_t b = {0}; /* as the selector prints an item */
+            ts_buf_puts(&b, "{\"id\":");
+            ts_buf_json_string(&b, c->data, c->id_len);
+            if (len > 2) {
+                ts_buf_puts(&b, ",");
+                ts_buf_append(&b, text + 1, len - 1);
+            } else {
+                ts_buf_puts(&b, "}");
+            }
+            size_t tl;
+            r.text = ts_buf_take(&b, &tl);
+            r.len = (uint32_t)tl;
+            r.id = ts_memdup(c->data, c->id_len);
+            r.id_len = c->id_len;
+            if (e->nrows == e->caprows) {
+                e->caprows = e->caprows ? e->caprows * 2 : 16;
+                e->rows = ts_xrealloc(e->rows, e->caprows * sizeof *e->rows);
+            }
+            size_t at = row_place(e->rows, e->nrows, &r);
+            memmove(&e->rows[at + 1], &e->rows[at], (e->nrows - at) * sizeof *e->rows);
+            e->rows[at] = r;
+            e->nrows++;
+            e->bytes += r.len + r.key.len + r.id_len + sizeof r + 48;
+        } else {
+            free(r.key.str);
+        }
+    }
+    self->bytes += e->bytes - before; /* unsigned: wraps back right when it shrank */
+    return true;
+}
+
+void memo_evict(cache_t *self)
+{
+    evict(self);
 }

@@ -134,7 +134,7 @@ void watch_unset(cache_t *self, watcher_t *w)
     ts_readset_clear(&w->read);
 }
 
-static bool in_range(const ts_readset_t *r, const ts_okey_t *k)
+bool watch_in_range(const ts_readset_t *r, const ts_okey_t *k)
 {
     if (!r->lo_inf) {
         ts_okey_t lo = {.kind = r->lo_kind, .len = r->lo_len, .num = r->lo_num, .str = r->lo_str};
@@ -149,18 +149,22 @@ static bool in_range(const ts_readset_t *r, const ts_okey_t *k)
     return true;
 }
 
-static void touch(cache_t *self, watcher_t *w)
+static void touch(cache_t *self, watcher_t *w, const ts_change_t *c)
 {
-    if (w->live)
+    if (w->live) {
         live_touched(self, CONTAINER(w, live_t, w));
-    else
+    } else if (memo_patch(self, CONTAINER(w, entry_t, w), c)) {
+        self->patches++;
+        return;
+    } else {
         memo_drop_entry(self, CONTAINER(w, entry_t, w));
+    }
     self->invalidations++;
 }
 
 /* Touches the watchers of one side (old or new) of a change. */
-static void touch_side(cache_t *self, uint16_t coll, const field_pair_t *p, const char *text,
-                       size_t len)
+static void touch_side(cache_t *self, const ts_change_t *c, const field_pair_t *p,
+                       const char *text, size_t len)
 {
     const char *v;
     size_t vn;
@@ -170,7 +174,7 @@ static void touch_side(cache_t *self, uint16_t coll, const field_pair_t *p, cons
     int kl = ts_index_key_text(v, vn, key, sizeof key);
     if (kl < 0)
         return; /* in no bucket */
-    size_t ll = list_key(lkey, sizeof lkey, coll, p->field, p->order, key, (size_t)kl);
+    size_t ll = list_key(lkey, sizeof lkey, c->collection, p->field, p->order, key, (size_t)kl);
     hnode_t *n = ll ? hmap_find(&self->lists, lkey, ll, hmap_hash(lkey, ll)) : NULL;
     if (!n)
         return;
@@ -181,8 +185,8 @@ static void touch_side(cache_t *self, uint16_t coll, const field_pair_t *p, cons
     l->busy = true;
     for (watcher_t *w = l->head, *next; w; w = next) {
         next = w->next;
-        if (in_range(&w->read, &order))
-            touch(self, w);
+        if (watch_in_range(&w->read, &order))
+            touch(self, w, c);
     }
     l->busy = false;
     if (!l->head)
@@ -197,15 +201,15 @@ void watch_changes(cache_t *self, ts_change_t *changes)
             continue;
         for (watcher_t *w = self->all[c->collection], *next; w; w = next) {
             next = w->next;
-            touch(self, w);
+            touch(self, w, c);
         }
         for (field_pair_t *p = self->pairs[c->collection]; p; p = p->next) {
             if (!p->refs)
                 continue;
             if (c->has_old)
-                touch_side(self, c->collection, p, ts_change_old(c), c->old_len);
+                touch_side(self, c, p, ts_change_old(c), c->old_len);
             if (c->has_new)
-                touch_side(self, c->collection, p, ts_change_new_text(c), c->new_len);
+                touch_side(self, c, p, ts_change_new_text(c), c->new_len);
         }
     }
 }

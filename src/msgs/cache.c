@@ -19,6 +19,7 @@ ts_change_t *ts_change_new(uint16_t collection, const char *id, size_t id_len,
     c->has_old = old_text != NULL;
     c->has_new = new_text != NULL;
     c->id_len = (uint8_t)id_len;
+    c->known = c->match = 0;
     c->old_len = (uint32_t)ol;
     c->new_len = (uint32_t)nl;
     memcpy(c->data, id, id_len);
@@ -67,6 +68,9 @@ void ts_cache_run_free(ts_cache_run_t *run)
     free(run->err_message);
     free(run->result);
     ts_readset_clear(&run->read);
+    for (size_t i = 0; i < run->nrows; i++)
+        free(run->rows[i].str);
+    free(run->rows);
     free(run);
 }
 
@@ -78,6 +82,7 @@ void ts_selectors_free(ts_selectors_t *s)
         free(s->selectors[i].name);
         free(s->selectors[i].lower_bound);
         free(s->selectors[i].index);
+        free(s->selectors[i].order);
     }
     free(s->selectors);
     free(s);

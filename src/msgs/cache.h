@@ -28,6 +28,11 @@ typedef struct ts_change {
     bool has_old, has_new;
     uint8_t id_len;
     uint32_t old_len, new_len;
+    /* Lower-bound selectors (bit i: the i-th of CACHE_POLICY's list) whose
+       where() the store ran on the new text with the document's own index
+       value and order key as params: known says which, match the outcome.
+       The cache patches their answers instead of dropping them. */
+    uint64_t known, match;
     char data[];           /* id, old text, then new text */
 } ts_change_t;
 
@@ -75,6 +80,15 @@ void ts_readset_clear(ts_readset_t *rs);
  * params object, as the front door passed it: collection, selector,
  * params, limit, cursor); the store fills the answer and what it read and
  * sends it back. */
+/* One row of an extended run: its text in the result, order key and id. */
+typedef struct {
+    uint32_t off, len;    /* the item's text: result[off, off + len) */
+    uint8_t kind;         /* its order key (TS_OKEY_*) */
+    double num;
+    char *str;            /* owned */
+    uint32_t str_len;
+} ts_run_row_t;
+
 typedef struct {
     uint64_t token;       /* the cache's: what the run is for */
     uint16_t collection;
@@ -86,7 +100,15 @@ typedef struct {
     size_t result_len;
     ts_readset_t read;
     bool clock;           /* the selector read the clock: its result cannot be kept */
+    /* extended (a lower-bound selector's miss): every matching row from the
+       bound on, up to TS_EXTEND_ROWS, instead of the selector's limit */
+    bool extend;
+    bool complete;        /* the rows reach the end of the bucket */
+    ts_run_row_t *rows;
+    size_t nrows;
 } ts_cache_run_t;
+
+#define TS_EXTEND_ROWS 256
 
 ts_cache_run_t *ts_cache_run_new(uint64_t token, uint16_t collection, cJSON *request);
 void ts_cache_run_free(ts_cache_run_t *run);
@@ -96,6 +118,8 @@ typedef struct {
     char *name;
     char *lower_bound;    /* the param that is a lower bound on order_by, or NULL */
     char *index;          /* its index field, or NULL (on-demand reads filter by it) */
+    char *order;          /* its order_by field, or NULL */
+    long limit;           /* its declared limit (0: none) */
     uint64_t fingerprint; /* changes when the selector's definition changes */
 } ts_selector_info_t;
 

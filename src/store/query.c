@@ -42,6 +42,7 @@ struct ts_sq {
     char last_error[512];           /* of the last failed reload; "" after a good one */
     uint64_t reloads, reload_failures;
     ts_readset_t *read;             /* the run's read-set, filled when the cache asks */
+    ts_cache_run_t *run;            /* an extended run's rows go here (NULL: not one) */
     uint64_t queries, candidates;   /* named-selector queries, documents shown to where */
     int64_t query_us;               /* time spent in them */
 };
@@ -513,6 +514,7 @@ static int sel_emit(void *arg, const ts_policy_doc_t *d)
         r->first_str = k.str;
         r->first_len = k.len;
     }
+    size_t row_start = b->len + (s->count ? 1 : 0);
     int rc = ts_buf_puts(b, s->count ? ",{\"id\":" : "{\"id\":");
     rc |= ts_buf_json_string(b, d->id, d->id_len);
     if (d->len > 2) {
@@ -523,6 +525,19 @@ static int sel_emit(void *arg, const ts_policy_doc_t *d)
     }
     if (rc)
         return -1;
+    ts_cache_run_t *run = s->sq->run;
+    if (run) { /* an extended run keeps each row apart, with its order key */
+        if ((run->nrows & (run->nrows - 1)) == 0) /* 0, 1, 2, 4...: double */
+            run->rows = ts_xrealloc(run->rows, (run->nrows < 8 ? 16 : run->nrows * 2) *
+                                                   sizeof *run->rows);
+        ts_run_row_t *row = &run->rows[run->nrows++];
+        ts_okey_t k = {0};
+        if (s->order_field &&
+            ts_json_text_field(d->text, d->len, s->order_field, strlen(s->order_field), &v, &vn))
+            ts_okey_from_text(v, vn, &k);
+        *row = (ts_run_row_t){.off = (uint32_t)row_start, .len = (uint32_t)(b->len - row_start),
+                              .kind = k.kind, .num = k.num, .str = k.str, .str_len = k.len};
+    }
     s->last = s->cur;
     s->last_id = d->id;
     s->last_id_len = d->id_len;
@@ -629,14 +644,15 @@ void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     self->query_us += ts_mono_us() - t0;
 }
 
-void ts_sq_query_read(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c, ts_readset_t *read,
-                      bool *clock)
+void ts_sq_run(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c, ts_cache_run_t *run)
 {
     uint64_t reads = ts_policy_clock_reads(self->policy);
-    self->read = read;
+    self->read = &run->read;
+    self->run = run->extend ? run : NULL;
     ts_sq_query(self, call, c);
     self->read = NULL;
-    *clock = ts_policy_clock_reads(self->policy) != reads;
+    self->run = NULL;
+    run->clock = ts_policy_clock_reads(self->policy) != reads;
 }
 
 static void set_bound(const ts_okey_t *k, uint8_t *kind, double *num, char **str, uint32_t *len)
@@ -718,7 +734,9 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
     ts_buf_t out = {0};
     sel_scan_t s = {.sq = self, .out = &out, .desc = sel->order_desc,
                     .order_field = sel->order_field};
-    size_page(&s, &page, ts_policy_selector_limit(sel, params));
+    /* An extended run (for the cache) takes every match up to
+     * TS_EXTEND_ROWS: the cache serves other bound values from them. */
+    size_page(&s, &page, self->run ? TS_EXTEND_ROWS : ts_policy_selector_limit(sel, params));
     /* room for a typical page of documents: growing it costs reallocs */
     ts_buf_reserve(&out, (size_t)(s.limit < 64 ? s.limit : 64) * 512 + 64);
     ts_buf_puts(&out, "{\"items\":[");
@@ -785,6 +803,8 @@ static void sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *c)
         else
             self->read->kind = TS_READ_ALL;
     }
+    if (self->run)
+        self->run->complete = !(s.more || (s.final && s.count >= s.limit));
     if (rc == TS_POLICY_OK && finish_page(&s, &page) != 0) {
         rc = TS_POLICY_ERROR;
         snprintf(err, sizeof err, "out of memory");
@@ -924,7 +944,69 @@ ts_selectors_t *ts_sq_selectors(ts_sq_t *self)
         o->name = ts_xstrdup(s->name);
         o->lower_bound = s->lower_bound ? ts_xstrdup(s->lower_bound) : NULL;
         o->index = s->index_field ? ts_xstrdup(s->index_field) : NULL;
+        o->order = s->order_field ? ts_xstrdup(s->order_field) : NULL;
+        o->limit = s->limit;
         o->fingerprint = s->fingerprint;
     }
     return out;
+}
+
+/* ---- membership, for the cache's patches ---- */
+
+typedef struct {
+    ts_policy_doc_t doc;
+    bool given, matched;
+} one_doc_t;
+
+static int one_next(void *arg, ts_policy_doc_t *d)
+{
+    one_doc_t *o = arg;
+    if (o->given)
+        return 0;
+    o->given = true;
+    *d = o->doc;
+    return 1;
+}
+
+static int one_emit(void *arg, const ts_policy_doc_t *d)
+{
+    (void)d;
+    ((one_doc_t *)arg)->matched = true;
+    return 1;
+}
+
+void ts_sq_membership(ts_sq_t *self, const char *collection, ts_change_t *ch)
+{
+    size_t n = ts_policy_selector_count(self->policy);
+    for (size_t i = 0; i < n && i < 64; i++) {
+        const ts_policy_selector_t *sel = ts_policy_selector_at(self->policy, i);
+        if (!sel->lower_bound || !sel->index_field || !sel->order_field ||
+            strcmp(sel->collection, collection) != 0)
+            continue;
+        ch->known |= 1ull << i;
+        if (!ch->has_new)
+            continue; /* gone: in no answer */
+        const char *text = ts_change_new_text(ch), *iv, *ov;
+        size_t len = ch->new_len, ivn, ovn;
+        if (!ts_json_text_field(text, len, sel->index_field, strlen(sel->index_field), &iv,
+                                &ivn) ||
+            !ts_json_text_field(text, len, sel->order_field, strlen(sel->order_field), &ov, &ovn))
+            continue; /* in no bucket, or before every bound: in no answer */
+        /* where(doc, {index = its value, bound = its own order key}): true
+         * when it is in the answer of every bound up to its key */
+        cJSON *params = cJSON_CreateObject();
+        cJSON_AddItemToObject(params, sel->index_field, cJSON_ParseWithLength(iv, ivn));
+        cJSON_AddItemToObject(params, sel->lower_bound, cJSON_ParseWithLength(ov, ovn));
+        char err[256];
+        ts_policy_query_t *q = ts_policy_query_new(self->policy, sel->name, params, err,
+                                                   sizeof err);
+        one_doc_t one = {.doc = {.id = ch->data, .id_len = ch->id_len, .text = text,
+                                 .len = len}};
+        if (!q || ts_policy_query_scan(q, one_next, one_emit, &one, err, sizeof err) != 0)
+            ch->known &= ~(1ull << i); /* unknown: the cache drops instead of patching */
+        else if (one.matched)
+            ch->match |= 1ull << i;
+        ts_policy_query_destroy(&q);
+        cJSON_Delete(params);
+    }
 }

@@ -62,10 +62,13 @@ int ts_sq_validate_text(ts_sq_t *self, ts_call_t *call, const char *collection,
                         const ts_policy_doc_t *doc, const ts_policy_doc_t *previous);
 /* Answers query with a selector name (params.selector is a string). */
 void ts_sq_query(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll);
-/* The same for the cache: also fills read with what the run read and
- * *clock with whether the selector read the clock. */
-void ts_sq_query_read(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll, ts_readset_t *read,
-                      bool *clock);
+/* The same for the cache: also fills run->read with what the run read,
+ * run->clock with whether the selector read the clock, and for an
+ * extended run (run->extend) its rows, up to TS_EXTEND_ROWS. */
+void ts_sq_run(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll, ts_cache_run_t *run);
+/* For each lower-bound selector of collection (bit i: the i-th selector),
+ * whether the change's new document is in its answers (ch->known, match). */
+void ts_sq_membership(ts_sq_t *self, const char *collection, ts_change_t *ch);
 /* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy
  * dir all-or-nothing, rebuilds indexes whose fields changed, and publishes
  * policy.reloaded / policy.failed (on the call, or through events_push). */

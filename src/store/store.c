@@ -154,6 +154,9 @@ void store_flush_cache(store_t *self)
 {
     if (self->changes.head) {
         ts_change_t *head = self->changes.head;
+        for (ts_change_t *ch = head; ch; ch = ch->next)
+            if (self->lower_bounds[ch->collection])
+                ts_sq_membership(self->sq, self->collections[ch->collection].name, ch);
         self->changes.head = self->changes.last = NULL;
         if (ts_send_CACHE_CHANGES(self->to_cache, &head, 1))
             ts_change_free_list(head);
@@ -171,6 +174,14 @@ void store_flush_cache(store_t *self)
 static void tell_cache_selectors(store_t *self)
 {
     ts_selectors_t *s = ts_sq_selectors(self->sq);
+    memset(self->lower_bounds, 0, sizeof self->lower_bounds);
+    for (size_t i = 0; i < s->count; i++) {
+        const ts_policy_selector_t *sel = ts_policy_selector_at(ts_sq_policy(self->sq), i);
+        collection_t *c = sel && sel->lower_bound ? store_find_collection(self, sel->collection)
+                                                  : NULL;
+        if (c)
+            self->lower_bounds[c->index] = true;
+    }
     if (ts_send_CACHE_POLICY(self->to_cache, &s, 1))
         ts_selectors_free(s);
 }
@@ -186,7 +197,7 @@ static void on_cache_runs(store_t *self, ts_cache_run_t **runs, size_t n)
         ts_call_t call = {.method = TS_M_QUERY, .params = run->request,
                           .collection = c ? c->name : NULL};
         self->calls[TS_M_QUERY]++;
-        ts_sq_query_read(self->sq, &call, c ? c->q : NULL, &run->read, &run->clock);
+        ts_sq_run(self->sq, &call, c ? c->q : NULL, run);
         run->err_code = call.err_code;
         run->err_message = call.err_message;
         run->result = call.result;

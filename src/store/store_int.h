@@ -132,6 +132,8 @@ typedef struct {
     uint32_t persist_batch;/* messages of envelopes sent to persist so far */
     void *to_cache;        /* PUSH TS_INPROC_CACHE: changes, then reads, then results */
     changes_t changes;
+    bool lower_bounds[TS_MAX_COLLECTIONS]; /* has a lower-bound selector: changes carry
+                                              their membership (ts_sq_membership) */
     ts_envelope_t **cache_reads;
     size_t ncache_reads, capcache_reads;
 } store_t;

@@ -105,7 +105,9 @@ void bench_daemon_rmdata(bench_daemon_t *d, bool keep);
 typedef struct {
     const char *workload;
     int64_t n;          /* requests (ingest/update/coldstart docs/select reads); 0 = default */
-    int64_t docs;       /* documents preloaded (update, select); 0 = default */
+    int64_t docs;       /* documents preloaded (update, select, live); 0 = default */
+    int64_t subs;       /* live: subscriptions in all; 0 = default */
+    int64_t rate;       /* live: local writes per second; 0 = default */
     int clients, inflight, threads;
     const char *endpoint; /* NULL: start our own daemon */
     const char *api;
@@ -152,8 +154,41 @@ long bench_http(void **h, const bench_api_t *e, const char *method, const char *
                 const char *body, ts_buf_t *out);
 void bench_http_close(void **h);
 
+/* Creates the first `count` sessions of the generated stream through the
+ * front door at endpoint (untimed, at least 8 x 64 in flight); their ids go
+ * to ids[0..count) (allocated by the caller) when not NULL. *accepted gets
+ * the creates answered with a result (validation refuses some). 0 or -1. */
+int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bool send,
+                  char (*ids)[37], int64_t *accepted);
+
 /* ---- sync.c: replay and realtime (therasyncd with --api and clinic-api) ---- */
+
+/* A clinic-api and a therasyncd --api of our own (or the ones named by
+ * --api/--endpoint), with a DEALER for status and other single calls. */
+typedef struct {
+    const bench_opts_t *o;
+    bench_api_t api;
+    bench_daemon_t d;
+    const char *endpoint, *events;
+    void *zctx, *rpc; /* DEALER for status and sync calls */
+    void *http;       /* curl easy handle */
+    long rpc_id;
+} bench_env_t;
+
+/* Starts (or connects to) both and waits until the engine is online. */
+int bench_env_up(bench_env_t *e, const bench_opts_t *o);
+/* Stops what bench_env_up started, by pid. */
+void bench_env_down(bench_env_t *e);
+/* One call over e->rpc: the result (cJSON_Delete it) or NULL. */
+struct cJSON *bench_env_rpc(bench_env_t *e, const char *method, const char *params,
+                            int timeout_ms);
+/* status: pending and online; -1 when no answer. */
+int bench_env_status(bench_env_t *e, int64_t *pending, bool *online);
+
 int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res);
 int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res);
+
+/* ---- live.c: live queries under local and remote writes ---- */
+int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res);
 
 #endif

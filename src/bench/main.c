@@ -1,7 +1,7 @@
 /* main.c — therasync-bench: load generator and benchmark driver.
  *
- *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime
- *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T]
+ *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime|live
+ *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T] [--subs S] [--rate W]
  *       [--endpoint ZMQ] [--api URL] [--runs R] [--keep-data] [--max-seconds S]
  *
  * Prints one JSON line per run, and a "stat":"median" line when R > 1.
@@ -31,19 +31,26 @@ static const char usage_text[] =
     "  realtime   N (2000) changes PATCHed at clinic-api at 200/s while the engine takes\n"
     "             10,000 local creates/s: HTTP response to doc.changed (origin remote)\n"
     "             p50/p99; ops_per_s = local writes/s answered meanwhile\n"
-    "  (api, replay, realtime start their own clinic-api unless --api URL)\n"
+    "  live       preload D docs, S subscriptions to upcoming(random therapist) over C\n"
+    "             connections, then N local updates at W/s and remote changes at 200/s:\n"
+    "             write answered to query.changed p50/p99, and every subscriber's result\n"
+    "             checked against a fresh uncached query at the end (mismatches)\n"
+    "  (api, replay, realtime, live start their own clinic-api unless --api URL)\n"
     "\n"
     "options:\n"
     "  --n N            requests (ingest/update), reads (select), documents (coldstart),\n"
-    "                   queued creates (replay), remote changes (realtime)\n"
-    "                   defaults: 100000, 100000, 10000, 1000000, 100000, 2000\n"
-    "  --docs D         documents preloaded by update and select (default 100000)\n"
-    "  --clients C      DEALER sockets (default 8; select: 1)\n"
+    "                   queued creates (replay), remote changes (realtime), local\n"
+    "                   writes (live); defaults: 100000, 100000, 10000, 1000000, 100000,\n"
+    "                   2000, 100000\n"
+    "  --docs D         documents preloaded by update, select, live (default 100000)\n"
+    "  --clients C      DEALER sockets (default 8; select: 1; live: subscriber connections)\n"
     "  --inflight K     requests in flight per socket (default 64; select: 1)\n"
     "  --threads T      threads driving the sockets (default 1: one poll loop)\n"
+    "  --subs S         live: subscriptions in all (default 1000)\n"
+    "  --rate W         live: local writes per second (default 10000)\n"
     "  --endpoint ZMQ   use a running therasyncd; without it the bench starts its own\n"
     "                   (from its own directory) in a fresh temporary data dir\n"
-    "  --api URL        clinic-api base URL (replay, realtime)\n"
+    "  --api URL        clinic-api base URL (replay, realtime, live)\n"
     "  --policies DIR   policies for our therasyncd (default: the shipped ones);\n"
     "                   tests/fixtures/policies/permissive runs without validation\n"
     "  --config FILE    a therasyncd config file for our therasyncd (docs/CONFIG.md)\n"
@@ -114,6 +121,12 @@ int main(int argc, char **argv)
             if (int_arg(a, v, 1, 64, &n))
                 return 2;
             o.threads = (int)n;
+        } else if (strcmp(a, "--subs") == 0) {
+            if (int_arg(a, v, 1, 1000000, &o.subs))
+                return 2;
+        } else if (strcmp(a, "--rate") == 0) {
+            if (int_arg(a, v, 1, 1000000, &o.rate))
+                return 2;
         } else if (strcmp(a, "--runs") == 0) {
             if (int_arg(a, v, 1, 64, &n))
                 return 2;

@@ -39,27 +39,19 @@
 #define RT_TAIL_US (5 * 1000000LL)
 #define RT_MAX_OUTSTANDING 8192
 
-typedef struct {
-    const bench_opts_t *o;
-    bench_api_t api;
-    bench_daemon_t d;
-    const char *endpoint, *events;
-    void *zctx, *rpc; /* DEALER for status and sync calls */
-    void *http;       /* curl easy handle */
-    long rpc_id;
-} env_t;
+typedef bench_env_t env_t;
 
 /* ---- JSON-RPC over the DEALER (bench_rpc) ---- */
 
-static cJSON *rpc_call(env_t *e, const char *method, const char *params, int timeout_ms)
+cJSON *bench_env_rpc(env_t *e, const char *method, const char *params, int timeout_ms)
 {
     return bench_rpc(e->rpc, ++e->rpc_id, method, params, timeout_ms);
 }
 
 /* status: pending and online; -1 when no answer. */
-static int engine_status(env_t *e, int64_t *pending, bool *online)
+int bench_env_status(env_t *e, int64_t *pending, bool *online)
 {
-    cJSON *s = rpc_call(e, "status", NULL, 5000);
+    cJSON *s = bench_env_rpc(e, "status", NULL, 5000);
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(s, "pending");
     const cJSON *on = cJSON_GetObjectItemCaseSensitive(s, "online");
     int rc = cJSON_IsNumber(p) ? 0 : -1;
@@ -77,7 +69,7 @@ static int wait_online(env_t *e)
     while (ts_mono_us() < deadline && ts_mono_us() < e->o->deadline_us) {
         int64_t pending;
         bool online = false;
-        if (engine_status(e, &pending, &online) == 0 && online)
+        if (bench_env_status(e, &pending, &online) == 0 && online)
             return 0;
         usleep(20000);
     }
@@ -111,7 +103,7 @@ static int faults(env_t *e, const char *body)
     return st == 200 ? 0 : -1;
 }
 
-static void env_down(env_t *e)
+void bench_env_down(env_t *e)
 {
     if (!e->o)
         return;
@@ -131,7 +123,7 @@ static void env_down(env_t *e)
     explicit_bzero(e->api.token, sizeof e->api.token);
 }
 
-static int env_up(env_t *e, const bench_opts_t *o)
+int bench_env_up(env_t *e, const bench_opts_t *o)
 {
     e->o = o;
     if (o->api)
@@ -212,7 +204,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
             gen_session_json(&s, false, b) || ts_buf_puts(b, "}}") || bench_reqs_end(&reqs))
             rc = -1;
     }
-    rc = rc ? rc : env_up(&e, o);
+    rc = rc ? rc : bench_env_up(&e, o);
     int64_t applied0 = rc ? -1 : applied_writes(&e);
     if (rc == 0 && applied0 < 0) {
         fprintf(stderr, "bench: no /_control/stats at %s\n", e.api.base);
@@ -247,7 +239,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
     double queue_s = (double)(ts_mono_us() - t_queue) / 1e6;
     int64_t m = (int64_t)(creates + updates), pending0 = -1;
     bool online = true;
-    if (rc == 0 && engine_status(&e, &pending0, &online) < 0)
+    if (rc == 0 && bench_env_status(&e, &pending0, &online) < 0)
         rc = -1;
     if (rc == 0 && !o->endpoint && pending0 != m)
         fprintf(stderr, "bench: replay: %lld pending, %lld accepted writes\n",
@@ -299,7 +291,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
             if (!t1 && ts_mono_us() < next_poll)
                 continue;
             bool on = false;
-            if (engine_status(&e, &pending, &on) < 0)
+            if (bench_env_status(&e, &pending, &on) < 0)
                 break;
             next_poll = ts_mono_us() + (sub ? 1000000 : 0);
             if (on && !t_online)
@@ -372,7 +364,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
                   out1.errors + out2.errors, queue_s, (long long)pending0,
                   t_online ? (double)(t_online - t0) / 1e6 : -1.0, (long long)applied, updates,
                   order_bad, out1.cpu_seconds + out2.cpu_seconds);
-    env_down(&e);
+    bench_env_down(&e);
     bench_reqs_free(&reqs);
     free(ids);
     free(ok);
@@ -576,7 +568,7 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
     env_t e = {0};
     rc = rc || !resp_us || !lat || !http_lat || !rt.evt_us || !rt.sse_us || !sse_lat
              ? -1
-             : env_up(&e, o);
+             : bench_env_up(&e, o);
     rt.e = &e;
     pthread_t lt, wt, sset;
     bool listening = false, writing = false, streaming = false;
@@ -689,7 +681,7 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res)
                   (long long)(ns ? bench_percentile(sse_lat, ns, 99) : -1), ns);
     if (rc == 0 && (made < n || (int64_t)nl < made || http_bad || atomic_load(&rt.errors)))
         rc = -1;
-    env_down(&e);
+    bench_env_down(&e);
     ts_buf_free(&body);
     ts_buf_free(&out);
     bench_reqs_free(&reqs);

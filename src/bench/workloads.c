@@ -1,5 +1,5 @@
 /* workloads.c — ingest, update, select and coldstart (bench/README.md);
- * replay and realtime are in sync.c.
+ * replay and realtime are in sync.c, live in live.c.
  *
  * A workload run: bring up the target (our own fresh therasyncd, or the
  * --endpoint given), build every request body before the clock starts,
@@ -112,48 +112,61 @@ static void job_defaults(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs, in
                          .lat_us = lat};
 }
 
-/* Creates the first `count` sessions of the stream (ids kept in w->ids),
- * PRELOAD_CHUNK requests at a time, untimed. */
-static int preload(wl_t *w, int64_t count, bool send)
+int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bool send,
+                  char (*ids)[37], int64_t *accepted)
 {
-    free(w->ids);
-    w->ids = calloc((size_t)(count ? count : 1), sizeof *w->ids);
     int64_t *lat = calloc(PRELOAD_CHUNK, sizeof *lat);
     bench_reqs_t reqs = {0};
     gen_rng_t rng;
     gen_rng_seed(&rng, GEN_SEED);
-    int rc = w->ids && lat ? 0 : -1;
+    int rc = lat ? 0 : -1;
     int64_t t0 = ts_mono_us();
+    *accepted = 0;
     for (int64_t done = 0; rc == 0 && done < count;) {
         bench_reqs_reset(&reqs);
         int64_t chunk = count - done < PRELOAD_CHUNK ? count - done : PRELOAD_CHUNK;
         for (int64_t i = 0; rc == 0 && i < chunk; i++) {
             gen_session_t s;
             gen_session(&rng, done + i, &s);
-            memcpy(w->ids[done + i], s.id, sizeof s.id);
+            if (ids)
+                memcpy(ids[done + i], s.id, sizeof s.id);
             rc = send ? add_create(&reqs, &s) : 0;
         }
         if (rc == 0 && send) {
-            bench_job_t job;
-            bench_outcome_t out;
-            job_defaults(w, &job, &reqs, lat);
             /* Untimed, so as fast as it goes, even for a serial workload. */
-            job.clients = job.clients < 8 ? 8 : job.clients;
-            job.inflight = job.inflight < 64 ? 64 : job.inflight;
+            bench_job_t job = {.endpoint = endpoint,
+                               .clients = o->clients < 8 ? 8 : o->clients,
+                               .inflight = o->inflight < 64 ? 64 : o->inflight,
+                               .threads = o->threads,
+                               .reqs = &reqs,
+                               .deadline_us = o->deadline_us,
+                               .lat_us = lat};
+            bench_outcome_t out;
             if (bench_drive(&job, &out)) {
                 fprintf(stderr, "bench: preload failed after %zu of %lld: %s\n", out.done,
                         (long long)chunk, out.first_error);
                 rc = -1;
             }
+            *accepted += (int64_t)out.done;
         }
         done += chunk;
     }
     if (send && rc == 0)
         fprintf(stderr, "bench: preloaded %lld documents in %.1f s\n", (long long)count,
                 (double)(ts_mono_us() - t0) / 1e6);
-    w->nids = rc == 0 ? count : 0;
     bench_reqs_free(&reqs);
     free(lat);
+    return rc;
+}
+
+/* The same, the ids kept in w->ids. */
+static int preload(wl_t *w, int64_t count, bool send)
+{
+    free(w->ids);
+    w->ids = calloc((size_t)(count ? count : 1), sizeof *w->ids);
+    int64_t accepted;
+    int rc = w->ids ? bench_preload(w->o, w->endpoint, count, send, w->ids, &accepted) : -1;
+    w->nids = rc == 0 ? count : 0;
     return rc;
 }
 
@@ -171,6 +184,23 @@ static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t 
                   out->cpu_seconds);
 }
 
+/* One call without params on a DEALER of its own: the result, or NULL. */
+static cJSON *engine_call(const char *endpoint, const char *method)
+{
+    void *zctx = zmq_ctx_new();
+    void *dealer = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
+    int linger = 0;
+    cJSON *m = NULL;
+    if (dealer && zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+        zmq_connect(dealer, endpoint) == 0)
+        m = bench_rpc(dealer, 1, method, NULL, 5000);
+    if (dealer)
+        zmq_close(dealer);
+    if (zctx)
+        zmq_ctx_term(zctx);
+    return m;
+}
+
 /* The engine's own view of the run from its `metrics`: the front door's
  * latency for `method` (from reading a request to sending its answer:
  * engine_p50_us, engine_p99_us) and persist's commits (commit_p50_us,
@@ -179,13 +209,7 @@ static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t 
  * commits. Left out when metrics do not answer. */
 static void add_engine_view(wl_t *w, const char *method, bench_result_t *res)
 {
-    void *zctx = zmq_ctx_new();
-    void *dealer = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
-    int linger = 0;
-    cJSON *m = NULL;
-    if (dealer && zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
-        zmq_connect(dealer, w->endpoint) == 0)
-        m = bench_rpc(dealer, 1, "metrics", NULL, 5000);
+    cJSON *m = engine_call(w->endpoint, "metrics");
     const cJSON *front = cJSON_GetObjectItemCaseSensitive(m, "front");
     const cJSON *lat = cJSON_GetObjectItemCaseSensitive(
         cJSON_GetObjectItemCaseSensitive(front, "latency_us"), method);
@@ -198,10 +222,31 @@ static void add_engine_view(wl_t *w, const char *method, bench_result_t *res)
                       "\"commit_p99_us\":%lld",
                       e50, e99, c50, c99);
     cJSON_Delete(m);
-    if (dealer)
-        zmq_close(dealer);
-    if (zctx)
-        zmq_ctx_term(zctx);
+}
+
+/* The cache's view of a select run, from `metrics` (cache.hits, misses,
+ * hit_ratio, entries) and `policy.info` (selector_queries, selector_us: the
+ * selector runs the store did and the time they took). Over the daemon's
+ * life like add_engine_view; left out when the target does not give them
+ * (therasync-canned). */
+static void add_cache_view(wl_t *w, bench_result_t *res)
+{
+    cJSON *m = engine_call(w->endpoint, "metrics");
+    const cJSON *cache = cJSON_GetObjectItemCaseSensitive(m, "cache");
+    const cJSON *ratio = cJSON_GetObjectItemCaseSensitive(cache, "hit_ratio");
+    long long hits, misses, entries;
+    if (cJSON_IsNumber(ratio) && ts_json_int(cache, "hits", &hits) &&
+        ts_json_int(cache, "misses", &misses) && ts_json_int(cache, "entries", &entries))
+        ts_buf_printf(&res->extra,
+                      ",\"cache_hit_ratio\":%.4f,\"cache_hits\":%lld,\"cache_misses\":%lld,"
+                      "\"cache_entries\":%lld",
+                      ratio->valuedouble, hits, misses, entries);
+    cJSON_Delete(m);
+    cJSON *info = engine_call(w->endpoint, "policy.info");
+    long long q, us;
+    if (ts_json_int(info, "selector_queries", &q) && ts_json_int(info, "selector_us", &us))
+        ts_buf_printf(&res->extra, ",\"selector_queries\":%lld,\"selector_us\":%lld", q, us);
+    cJSON_Delete(info);
 }
 
 static int report_failure(bench_result_t *res, const char *what, const bench_outcome_t *out)
@@ -398,6 +443,7 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
                       (long long)docs, (long long)reads, (long long)writes,
                       (long long)atomic_load(&sc.rows), (long long)bench_percentile(wl, nw, 50),
                       (long long)bench_percentile(wl, nw, 99));
+        add_cache_view(w, res);
         if (rc == 0 && atomic_load(&sc.bad)) {
             fprintf(stderr, "bench: select: %lld read replies had no result.items\n",
                     (long long)atomic_load(&sc.bad));
@@ -456,6 +502,13 @@ static int wl_realtime(wl_t *w, int run, bench_result_t *res)
     return bench_wl_realtime(w->o, run, res);
 }
 
+/* ---- live: in live.c ---- */
+
+static int wl_live(wl_t *w, int run, bench_result_t *res)
+{
+    return bench_wl_live(w->o, run, res);
+}
+
 /* ---- runs and the median ---- */
 
 typedef struct {
@@ -473,6 +526,7 @@ static const workload_t workloads[] = {
     {"coldstart", wl_coldstart, 1000000, 0, 8, 64, true},
     {"replay", wl_replay, 100000, 0, 8, 64, false},
     {"realtime", wl_realtime, 2000, 0, 1, 1, false},
+    {"live", wl_live, 100000, 100000, 8, 1, false},
 };
 
 static int cmp_double(const void *a, const void *b)

@@ -31,11 +31,12 @@ static void stop(void)
 
 TestSuite(bench, .init = start_shipped, .fini = stop, .timeout = 120);
 
-/* Runs the bench against endpoint; returns its last stdout line, parsed. */
+/* Runs the bench against endpoint (NULL: the bench starts its own);
+ * returns its last stdout line, parsed. */
 static cJSON *bench_at(const char *endpoint, const char *const extra[])
 {
     const char *args[24] = {"--endpoint", endpoint};
-    size_t n = 2;
+    size_t n = endpoint ? 2 : 0;
     for (size_t i = 0; extra[i] && n < 23; i++)
         args[n++] = extra[i];
     args[n] = NULL;
@@ -103,6 +104,12 @@ Test(bench, select_reports_rows_and_the_peers_read_rate)
     /* reads over the time spent in reads alone: never below reads over the
      * whole run, which also holds the writes */
     cr_assert_geq(num(line, "read_time_reads_per_s"), num(line, "ops_per_s"));
+    /* the cache's view: every read went through it */
+    cr_assert_geq(num(line, "cache_hits") + num(line, "cache_misses"), 200);
+    cr_assert_geq(num(line, "cache_hit_ratio"), 0);
+    cr_assert_leq(num(line, "cache_hit_ratio"), 1);
+    cr_assert_geq(num(line, "cache_entries"), 0);
+    cr_assert_gt(num(line, "selector_queries"), 0);
     cJSON_Delete(line);
 }
 
@@ -116,6 +123,29 @@ Test(bench, update_counts_refused_writes_apart)
      * scheduled, about a third of them): counted, not failed */
     cr_assert_gt(num(line, "validation_failed"), 50);
     cr_assert_lt(num(line, "validation_failed"), 950);
+    cJSON_Delete(line);
+}
+
+/* live starts its own clinic-api and therasyncd --api (it changes sessions
+ * on both sides): a tiny run, every subscriber's result checked by the
+ * bench against a fresh uncached query. */
+Test(live, subscribers_end_with_the_fresh_result, .timeout = 180)
+{
+    cJSON *line = bench_at(NULL, (const char *[]){"--workload", "live", "--docs", "2000", "--subs",
+                                                  "50", "--clients", "4", "--n", "20000", NULL});
+    cr_assert_str_eq(cJSON_GetObjectItem(line, "workload")->valuestring, "live");
+    cr_assert_eq(num(line, "subscriptions"), 50);
+    cr_assert_eq(num(line, "mismatches"), 0);
+    cr_assert_eq(num(line, "apply_errors"), 0);
+    cr_assert_eq(num(line, "version_gaps"), 0);
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "writes_answered"), 20000);
+    cr_assert_gt(num(line, "notifications"), 0);
+    cr_assert_gt(num(line, "results_changed"), 0);
+    cr_assert_gt(num(line, "attributed"), 0);
+    cr_assert_gt(num(line, "remote_attributed"), 0, "remote changes reach the subscribers");
+    cr_assert_geq(num(line, "p50_us"), 0);
+    cr_assert_geq(num(line, "p99_us"), num(line, "p50_us"));
     cJSON_Delete(line);
 }
 

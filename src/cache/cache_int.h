@@ -80,6 +80,8 @@ typedef struct entry {
     row_t *rows;
     size_t nrows, caprows;
     bool complete;         /* the rows reach the end of the bucket */
+    char *end_id;          /* not complete: the rows end at (hi, end_id) in (key, id) order */
+    uint8_t end_id_len;
     int sel_bit;           /* its selector's bit in changes' membership; -1: drop instead */
     ts_okey_t lo, hi;      /* lower-bound selectors: the answer holds for bound values in
                               [lo, hi] (hi_inf: no end) */

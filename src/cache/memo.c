@@ -255,6 +255,7 @@ void memo_drop_entry(cache_t *self, entry_t *e)
     self->entries--;
     free(e->lo.str);
     free(e->hi.str);
+    free(e->end_id);
     free(e->answer);
     for (size_t i = 0; i < e->nrows; i++)
         row_free(&e->rows[i]);
@@ -291,18 +292,91 @@ static entry_t *entry_for(group_t *g, const ts_okey_t *v)
     return e->hi_inf || ts_okey_cmp(v, &e->hi) <= 0 ? e : NULL;
 }
 
-static bool overlaps(const entry_t *a, const entry_t *b)
-{
-    bool a_before_b = !a->hi_inf && ts_okey_cmp(&a->hi, &b->lo) < 0;
-    bool b_before_a = !b->hi_inf && ts_okey_cmp(&b->hi, &a->lo) < 0;
-    return !a_before_b && !b_before_a;
-}
-
 static void copy_okey(ts_okey_t *to, uint8_t kind, double num, const char *str, uint32_t len)
 {
     *to = (ts_okey_t){.kind = kind, .num = num, .len = len};
     if (kind == TS_OKEY_STR)
         to->str = ts_memdup(str ? str : "", len);
+}
+
+/* ---- extended entries: merging ---- */
+
+static size_t row_cost(const row_t *r) { return r->len + r->key.len + r->id_len + sizeof *r + 48; }
+
+/* (key, id) of row r after the end of e's rows (e not complete). */
+static bool after_end(const entry_t *e, const row_t *r)
+{
+    return ts_okey_id_cmp(&r->key, r->id, r->id_len, &e->hi, e->end_id, e->end_id_len) > 0;
+}
+
+/* Whether the intervals of two extended entries overlap (or touch at a
+ * key): their rows then make one exact interval. */
+static bool mergeable(const entry_t *a, const entry_t *b)
+{
+    return (a->complete || ts_okey_cmp(&b->lo, &a->hi) <= 0) &&
+           (b->complete || ts_okey_cmp(&a->lo, &b->hi) <= 0);
+}
+
+/* e takes the rows of old outside its own interval, and the union of the
+ * two intervals (both exact, and current: changes patch both). */
+static void absorb(entry_t *e, entry_t *old)
+{
+    size_t n = 0;
+    row_t *rows = ts_xcalloc(e->nrows + old->nrows + 1, sizeof *rows);
+    for (size_t i = 0; i < old->nrows && ts_okey_cmp(&old->rows[i].key, &e->lo) < 0; i++)
+        rows[n++] = old->rows[i], old->rows[i] = (row_t){0}; /* moved */
+    memcpy(rows + n, e->rows, e->nrows * sizeof *rows);
+    n += e->nrows;
+    bool beyond = false;
+    if (!e->complete)
+        for (size_t i = 0; i < old->nrows; i++)
+            if (old->rows[i].text && after_end(e, &old->rows[i])) {
+                rows[n++] = old->rows[i], old->rows[i] = (row_t){0};
+                beyond = true;
+            }
+    free(e->rows);
+    e->rows = rows;
+    e->nrows = e->caprows = n;
+    if (ts_okey_cmp(&old->lo, &e->lo) < 0) {
+        free(e->lo.str);
+        e->lo = old->lo;
+        if (e->lo.kind == TS_OKEY_STR)
+            e->lo.str = ts_memdup(old->lo.str, old->lo.len);
+    }
+    bool old_ends_later = old->complete || (!e->complete && (beyond ||
+        ts_okey_id_cmp(&old->hi, old->end_id, old->end_id_len, &e->hi, e->end_id,
+                       e->end_id_len) > 0));
+    if (!e->complete && old_ends_later) {
+        free(e->hi.str);
+        free(e->end_id);
+        e->complete = old->complete;
+        e->hi = old->hi;
+        e->hi_inf = old->hi_inf;
+        e->end_id = NULL;
+        e->end_id_len = 0;
+        if (!old->complete) {
+            if (e->hi.kind == TS_OKEY_STR)
+                e->hi.str = ts_memdup(old->hi.str, old->hi.len);
+            e->end_id = ts_memdup(old->end_id, old->end_id_len);
+            e->end_id_len = old->end_id_len;
+        } else {
+            e->hi = (ts_okey_t){0};
+        }
+    }
+}
+
+/* The read-set of a merged entry: its bucket from lo to its end. */
+static void set_read_range(ts_readset_t *r, const entry_t *e)
+{
+    free(r->lo_str);
+    free(r->hi_str);
+    r->lo_inf = false;
+    r->lo_kind = e->lo.kind, r->lo_num = e->lo.num, r->lo_len = e->lo.len;
+    r->lo_str = e->lo.kind == TS_OKEY_STR ? ts_memdup(e->lo.str, e->lo.len) : NULL;
+    r->hi_inf = e->complete;
+    r->hi_kind = e->hi.kind, r->hi_num = e->hi.num, r->hi_len = e->hi.len;
+    r->hi_str = !e->complete && e->hi.kind == TS_OKEY_STR ? ts_memdup(e->hi.str, e->hi.len)
+                                                         : NULL;
 }
 
 /* Keeps a run's answer: a new entry of its group (made if needed). */
@@ -333,10 +407,15 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
         ts_okey_from_json(bound, &e->lo);
         if (e->lo.kind == TS_OKEY_STR) /* from_json borrows: own it */
             e->lo.str = ts_memdup(e->lo.str, e->lo.len);
-        e->hi_inf = run->read.hi_inf;
-        if (!run->read.hi_inf)
-            copy_okey(&e->hi, run->read.hi_kind, run->read.hi_num, run->read.hi_str,
-                      run->read.hi_len);
+        e->hi_inf = e->complete;
+        if (!e->complete && run->nrows) { /* the walk ended at its last row */
+            const row_t *last = &rows[run->nrows - 1];
+            copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
+            e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
+            e->end_id_len = last->id_len;
+        } else if (!e->complete) {
+            e->complete = e->hi_inf = true; /* no row and not complete cannot be */
+        }
     } else {
         e->answer = run->result;
         e->answer_len = run->result_len;
@@ -345,17 +424,32 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
     uint64_t h = hmap_hash(key, key_len);
     hnode_t *n = hmap_find(&self->groups, key, key_len, h);
     group_t *g = n ? CONTAINER(n, group_t, node) : NULL;
-    /* An older answer for the same values is outdated (dropping the last
-     * one frees the group). */
+    /* An older answer for the same values is outdated; an extended one
+     * whose interval meets the new one's lends it the rows beyond it (both
+     * are exact and current), so the intervals grow instead of replacing
+     * each other. Dropping the last one frees the group. */
     for (size_t i = 0; g && i < g->n;) {
-        if (g->bounded && rows && !overlaps(g->entries[i], e)) {
-            i++;
-            continue;
+        entry_t *old = g->entries[i];
+        if (g->bounded && rows && old->rows) {
+            if (!mergeable(e, old)) {
+                i++;
+                continue;
+            }
+            absorb(e, old);
+            if (old->sel_bit < 0)
+                e->sel_bit = -1;
         }
         bool last = g->n == 1;
-        memo_drop_entry(self, g->entries[i]);
+        memo_drop_entry(self, old);
         if (last)
             g = NULL;
+    }
+    if (rows) {
+        cost = sizeof(entry_t) + key_len + 64;
+        for (size_t i = 0; i < e->nrows; i++)
+            cost += row_cost(&e->rows[i]);
+        e->bytes = cost;
+        set_read_range(&run->read, e);
     }
     if (!g) {
         g = ts_xcalloc(1, sizeof *g);
@@ -627,7 +721,7 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
     for (size_t i = 0; i < e->nrows; i++) { /* its old row goes */
         row_t *r = &e->rows[i];
         if (r->id_len == c->id_len && memcmp(r->id, c->data, c->id_len) == 0) {
-            e->bytes -= r->len + r->key.len + r->id_len + sizeof *r + 48;
+            e->bytes -= row_cost(r);
             row_free(r);
             memmove(r, r + 1, (e->nrows - i - 1) * sizeof *r);
             e->nrows--;
@@ -648,7 +742,9 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
         row_t r = {0};
         if (rd->order && ts_json_text_field(text, len, rd->order, strlen(rd->order), &v, &vn))
             ts_okey_from_text(v, vn, &r.key);
-        if (watch_in_range(rd, &r.key)) {
+        r.id = ts_memdup(c->data, c->id_len);
+        r.id_len = c->id_len;
+        if (ts_okey_cmp(&r.key, &e->lo) >= 0 && (e->complete || !after_end(e, &r))) {
             ts_buf_t b = {0}; /* as the selector prints an item */
             ts_buf_puts(&b, "{\"id\":");
             ts_buf_json_string(&b, c->data, c->id_len);
@@ -661,8 +757,6 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             size_t tl;
             r.text = ts_buf_take(&b, &tl);
             r.len = (uint32_t)tl;
-            r.id = ts_memdup(c->data, c->id_len);
-            r.id_len = c->id_len;
             if (e->nrows == e->caprows) {
                 e->caprows = e->caprows ? e->caprows * 2 : 16;
                 e->rows = ts_xrealloc(e->rows, e->caprows * sizeof *e->rows);
@@ -671,9 +765,10 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             memmove(&e->rows[at + 1], &e->rows[at], (e->nrows - at) * sizeof *e->rows);
             e->rows[at] = r;
             e->nrows++;
-            e->bytes += r.len + r.key.len + r.id_len + sizeof r + 48;
+            e->bytes += row_cost(&r);
         } else {
             free(r.key.str);
+            free(r.id);
         }
     }
     self->bytes += e->bytes - before; /* unsigned: wraps back right when it shrank */

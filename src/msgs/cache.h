@@ -108,7 +108,7 @@ typedef struct {
     size_t nrows;
 } ts_cache_run_t;
 
-#define TS_EXTEND_ROWS 256
+#define TS_EXTEND_ROWS 64
 
 ts_cache_run_t *ts_cache_run_new(uint64_t token, uint16_t collection, cJSON *request);
 void ts_cache_run_free(ts_cache_run_t *run);

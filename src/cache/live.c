@@ -400,9 +400,11 @@ static void close_all(cache_t *self, live_t *l, const char *reason)
         live_free(self, l);
         return;
     }
-    while (l->subs) {
-        send_closed(self, l->subs, reason);
-        sub_free(self, l->subs); /* the last frees l */
+    /* Counted, not `while (l->subs)`: the last sub_free frees l. */
+    for (size_t n = l->nsubs; n; n--) {
+        sub_t *s = l->subs;
+        send_closed(self, s, reason);
+        sub_free(self, s);
     }
 }
 

@@ -387,13 +387,17 @@ static void diff(ts_buf_t *b, const cJSON *old, const cJSON *new)
     free(newv);
 }
 
-static void close_all(cache_t *self, live_t *l, const char *reason)
+/* Ends a live query: subscribes still waiting for its first result get
+ * the error (code, message: what a `query` would have answered),
+ * subscribers a query.closed with reason. */
+static void close_all(cache_t *self, live_t *l, int code, const char *message,
+                      const char *reason)
 {
     while (l->waiting) {
         ts_envelope_t *e = l->waiting;
         l->waiting = e->held_next;
         e->held_next = NULL;
-        ts_call_fail(&e->calls[0], TS_E_POLICY, "%s", reason);
+        ts_call_fail(&e->calls[0], code, "%s", message);
         cache_answer(self, e);
     }
     if (!l->subs) {
@@ -423,7 +427,8 @@ void live_result(cache_t *self, ts_cache_run_t *run)
         snprintf(reason, sizeof reason, "%s: %s",
                  ts_error_reason(run->err_code) ? ts_error_reason(run->err_code) : "error",
                  run->err_message ? run->err_message : "the query failed");
-        close_all(self, l, reason);
+        close_all(self, l, run->err_code,
+                  run->err_message ? run->err_message : "the query failed", reason);
         return;
     }
     watch_set(self, &l->w, run->collection, &run->read);
@@ -515,7 +520,8 @@ void live_policy(cache_t *self, const ts_selectors_t *selectors, const ts_select
                     was = &old->selectors[i];
             if (!now) {
                 /* next may be freed with l only if it is l: it is not */
-                close_all(self, l, "selector removed by a policy reload");
+                close_all(self, l, TS_E_POLICY, "selector removed by a policy reload",
+                          "selector removed by a policy reload");
             } else if (!was || was->fingerprint != now->fingerprint) {
                 /* Run again: subscribers see what changed. A run already
                  * with the store runs under the new policies (the store

@@ -902,6 +902,9 @@ Test(cache, bad_subscribes_get_clear_errors_and_leave_nothing)
     expect_error(cl, "subscribe", "{\"collection\":\"sessions\",\"selector\":7}", -32602,
                  "selector");
     expect_error(cl, "unsubscribe", "{\"sub\":5}", -32602, "sub");
+    /* the selector of another collection: the same error as a query gets */
+    expect_error(cl, "subscribe", "{\"collection\":\"consultations\",\"selector\":\"upcoming\"}",
+                 -32602, "sessions");
     /* params over 16 KiB */
     ts_buf_t big = {0};
     ts_buf_puts(&big, "{\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":"

@@ -241,7 +241,10 @@ void live_subscribe(cache_t *self, ts_envelope_t *e)
     uint64_t h = hmap_hash(self->buf.data, self->buf.len);
     hnode_t *n = hmap_find(&self->lives, self->buf.data, self->buf.len, h);
     live_t *l = n ? CONTAINER(n, live_t, node) : NULL;
-    if (l && l->ready) {
+    /* A run with the store may carry writes sent before this subscribe
+     * (their changes made it run): wait for it rather than answer what
+     * the query held before them. */
+    if (l && l->ready && !l->running) {
         cJSON_Delete(request);
         answer_subscribe(self, e, l);
         return;
@@ -412,6 +415,20 @@ static void close_all(cache_t *self, live_t *l, int code, const char *message,
     }
 }
 
+/* Answers the subscribes that waited for this result; frees l when every
+ * one of them was refused and it has no other subscriber. */
+static void answer_waiting(cache_t *self, live_t *l)
+{
+    while (l->waiting) {
+        ts_envelope_t *e = l->waiting;
+        l->waiting = e->held_next;
+        e->held_next = NULL;
+        answer_subscribe(self, e, l);
+    }
+    if (!l->nsubs)
+        live_free(self, l);
+}
+
 void live_result(cache_t *self, ts_cache_run_t *run)
 {
     memo_key(self, run->request, NULL);
@@ -441,18 +458,12 @@ void live_result(cache_t *self, ts_cache_run_t *run)
         const char *items = items_of(l->answer, l->answer_len, &il);
         l->items = cJSON_ParseWithLength(items, il);
         l->version = self->next_version++;
-        while (l->waiting) {
-            ts_envelope_t *e = l->waiting;
-            l->waiting = e->held_next;
-            e->held_next = NULL;
-            answer_subscribe(self, e, l);
-        }
-        if (!l->nsubs) /* every one of them was refused */
-            live_free(self, l);
+        answer_waiting(self, l);
         return;
     }
     if (l->answer_len == run->result_len && memcmp(l->answer, run->result, run->result_len) == 0) {
         self->unchanged++;
+        answer_waiting(self, l);
         return;
     }
     size_t il;
@@ -491,6 +502,7 @@ void live_result(cache_t *self, ts_cache_run_t *run)
     l->answer_len = run->result_len;
     l->items = now_items;
     run->result = NULL;
+    answer_waiting(self, l); /* after the notifications: they are not theirs */
 }
 
 void live_gone(cache_t *self, const ts_gone_t *gone)

@@ -574,6 +574,49 @@ Test(cache, a_query_sent_right_after_a_create_sees_it)
     cr_assert_geq(metric("invalidations"), 199, "each create invalidated the answer before");
 }
 
+/* The same for subscribe, while an identical subscription (another
+ * client's) keeps the live query running: the new subscriber's items hold
+ * the session it created just before. */
+Test(cache, a_subscribe_sent_right_after_a_create_sees_it)
+{
+    start_engine(NULL, NULL);
+    client_t *watcher = client_open();
+    sub_t w = {0};
+    subscribe(&w, watcher, "upcoming", T1_LIVE, NULL);
+    for (int i = 0; i < 50; i++) {
+        char create[512], sub[256], id[32];
+        snprintf(id, sizeof id, "sw%02d", i);
+        snprintf(create, sizeof create,
+                 "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"therapist_id\":\"thr-1\","
+                 "\"scheduled_at\":\"2026-05-01T%02d:%02d:00.000Z\",\"status\":\"scheduled\"}}",
+                 id, 23 - i / 4, 59 - (i % 4) * 15);
+        snprintf(sub, sizeof sub,
+                 "{\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":" T1_LIVE "}");
+        int cid = send_call(cl, "create", create);
+        int sid = send_call(cl, "subscribe", sub);
+        cJSON *r = wait_answer(cl, sid, 10000);
+        cJSON *c = wait_answer(cl, cid, 10000);
+        cr_assert_not_null(cJSON_GetObjectItem(c, "result"), "create %s refused", id);
+        cJSON *res = cJSON_GetObjectItem(r, "result");
+        cr_assert_not_null(res, "subscribe refused");
+        cJSON *items = cJSON_GetObjectItem(res, "items");
+        const char *first = cJSON_GetStringValue(cJSON_GetObjectItem(items->child, "id"));
+        cr_assert(first && strcmp(first, id) == 0,
+                  "round %d: the subscribe did not see %s (first: %s)", i, id,
+                  first ? first : "none");
+        char un[96];
+        snprintf(un, sizeof un, "{\"sub\":\"%s\"}",
+                 cJSON_GetStringValue(cJSON_GetObjectItem(res, "sub")));
+        cJSON_Delete(must(cl, "unsubscribe", un));
+        cJSON_Delete(r);
+        cJSON_Delete(c);
+    }
+    /* the first subscriber followed every one of them */
+    catch_up(&w, "upcoming", T1_LIVE, 50);
+    cr_assert_eq(cJSON_GetArraySize(w.items), 20);
+    sub_free(&w);
+}
+
 /* ==== 3. lower_bound: one answer for every now up to its first row ==== */
 
 Test(cache, a_lower_bound_answer_serves_later_nows_up_to_its_first_row)

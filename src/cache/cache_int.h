@@ -132,6 +132,7 @@ typedef struct pending {
     uint64_t token;
     ts_envelope_t *waiting;
     bool dropped;          /* a policy change came first: do not keep the answer */
+    bool once;             /* its now is the clock's and widens to no range: not kept */
 } pending_t;
 
 typedef struct {

@@ -275,23 +275,24 @@ static void answer_with(ts_call_t *call, const char *text, size_t len)
 }
 
 /* The params of a query, with `now` filled as the store would (the clock),
- * so that the question names the answer exactly. */
-static void fill_now(cJSON *request)
+ * so that the question names the answer exactly. True when it filled it. */
+static bool fill_now(cJSON *request)
 {
     cJSON *params = cJSON_GetObjectItemCaseSensitive(request, "params");
     if (!params)
         params = cJSON_AddObjectToObject(request, "params");
     if (!cJSON_IsObject(params) || cJSON_GetObjectItemCaseSensitive(params, "now"))
-        return;
+        return false;
     char now[32];
     ts_rfc3339(ts_wall_ms(), now);
     cJSON_AddStringToObject(params, "now", now);
+    return true;
 }
 
 void memo_read(cache_t *self, ts_envelope_t *e)
 {
     ts_call_t *call = &e->calls[0];
-    fill_now(call->params);
+    bool filled = fill_now(call->params);
     const char *param = NULL;
     const cJSON *bound = bound_of(self, call->params, &param);
     memo_key(self, call->params, param);
@@ -327,6 +328,9 @@ void memo_read(cache_t *self, ts_envelope_t *e)
     p->node = (hnode_t){.hash = h, .key = ts_memdup(self->buf.data, self->buf.len),
                         .key_len = self->buf.len};
     p->waiting = e;
+    /* The clock's now names this millisecond's answer: without a lower
+     * bound to widen it, no later query asks for it again. */
+    p->once = filled && !bound;
     hmap_add(&self->pendings, &p->node);
     if (cache_run(self, 0, (uint16_t)(coll < 0 ? 0 : coll), call->params)) {
         hmap_del(&self->pendings, &p->node);
@@ -357,7 +361,7 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
     }
     if (run->err_code) {
         self->run_errors++;
-    } else if (p->dropped || run->clock || self->config->cache.max_bytes <= 0) {
+    } else if (p->dropped || p->once || run->clock || self->config->cache.max_bytes <= 0) {
         self->uncached++;
     } else {
         const char *param = NULL;

@@ -1320,3 +1320,31 @@ Test(cache, an_answer_that_read_the_clock_is_not_kept)
     cr_assert_eq(metric("hits"), hits + 1);
     cr_assert_eq(metric("uncached"), uncached + 2);
 }
+
+/* A query without params.now gets the clock's time: a selector with a
+ * lower bound on it keeps one answer for every later now, any other
+ * selector's answer is for that millisecond only, which no later query
+ * asks again: kept, it would only push useful answers out. */
+Test(cache, a_query_without_now_is_kept_only_under_a_lower_bound)
+{
+    start_engine(NULL, NULL);
+    create_session("a", "thr-1", "2099-03-02T09:00:00.000Z", "scheduled", ",\"patient_id\":\"p1\"");
+    double hits = metric("hits"), uncached = metric("uncached");
+    for (int i = 0; i < 5; i++) {
+        assert_answer("by_patient", "{\"patient_id\":\"p1\"}", "a");
+        usleep(2000); /* another millisecond each time */
+    }
+    cr_assert_eq(metric("hits"), hits);
+    cr_assert_eq(metric("uncached"), uncached + 5);
+    cr_assert_eq(metric("entries"), 0, "answers nobody can ask for again were kept");
+    /* with its own now it is one question, kept */
+    assert_answer("by_patient", "{\"patient_id\":\"p1\",\"now\":\"" NOW0 "\"}", "a");
+    assert_answer("by_patient", "{\"patient_id\":\"p1\",\"now\":\"" NOW0 "\"}", "a");
+    cr_assert_eq(metric("hits"), hits + 1);
+    /* upcoming declares lower_bound = "now": kept, and a hit later */
+    assert_answer("upcoming", T1, "a");
+    usleep(2000);
+    assert_answer("upcoming", T1, "a");
+    cr_assert_eq(metric("hits"), hits + 2);
+    cr_assert_eq(metric("entries"), 2);
+}

@@ -139,7 +139,7 @@ struct live {
     int64_t dirty_us;      /* when it became dirty, for the notification latency */
     sub_t *subs;
     size_t nsubs;
-    ts_envelope_t *waiting;/* subscribes waiting for the first result (held_next) */
+    ts_envelope_t *waiting;/* subscribes waiting for the run in flight (held_next) */
     struct live *next_dirty;
 };
 

@@ -241,7 +241,10 @@ void live_subscribe(cache_t *self, ts_envelope_t *e)
     uint64_t h = hmap_hash(self->buf.data, self->buf.len);
     hnode_t *n = hmap_find(&self->lives, self->buf.data, self->buf.len, h);
     live_t *l = n ? CONTAINER(n, live_t, node) : NULL;
-    if (l && l->ready) {
+    /* A run with the store may carry writes sent before this subscribe
+     * (their changes made it run): wait for it rather than answer what
+     * the query held before them. */
+    if (l && l->ready && !l->running) {
         cJSON_Delete(request);
         answer_subscribe(self, e, l);
         return;
@@ -387,23 +390,43 @@ static void diff(ts_buf_t *b, const cJSON *old, const cJSON *new)
     free(newv);
 }
 
-static void close_all(cache_t *self, live_t *l, const char *reason)
+/* Ends a live query: subscribes still waiting for its first result get
+ * the error (code, message: what a `query` would have answered),
+ * subscribers a query.closed with reason. */
+static void close_all(cache_t *self, live_t *l, int code, const char *message,
+                      const char *reason)
 {
     while (l->waiting) {
         ts_envelope_t *e = l->waiting;
         l->waiting = e->held_next;
         e->held_next = NULL;
-        ts_call_fail(&e->calls[0], TS_E_POLICY, "%s", reason);
+        ts_call_fail(&e->calls[0], code, "%s", message);
         cache_answer(self, e);
     }
     if (!l->subs) {
         live_free(self, l);
         return;
     }
-    while (l->subs) {
-        send_closed(self, l->subs, reason);
-        sub_free(self, l->subs); /* the last frees l */
+    /* Counted, not `while (l->subs)`: the last sub_free frees l. */
+    for (size_t n = l->nsubs; n; n--) {
+        sub_t *s = l->subs;
+        send_closed(self, s, reason);
+        sub_free(self, s);
     }
+}
+
+/* Answers the subscribes that waited for this result; frees l when every
+ * one of them was refused and it has no other subscriber. */
+static void answer_waiting(cache_t *self, live_t *l)
+{
+    while (l->waiting) {
+        ts_envelope_t *e = l->waiting;
+        l->waiting = e->held_next;
+        e->held_next = NULL;
+        answer_subscribe(self, e, l);
+    }
+    if (!l->nsubs)
+        live_free(self, l);
 }
 
 void live_result(cache_t *self, ts_cache_run_t *run)
@@ -421,7 +444,8 @@ void live_result(cache_t *self, ts_cache_run_t *run)
         snprintf(reason, sizeof reason, "%s: %s",
                  ts_error_reason(run->err_code) ? ts_error_reason(run->err_code) : "error",
                  run->err_message ? run->err_message : "the query failed");
-        close_all(self, l, reason);
+        close_all(self, l, run->err_code,
+                  run->err_message ? run->err_message : "the query failed", reason);
         return;
     }
     watch_set(self, &l->w, run->collection, &run->read);
@@ -434,18 +458,12 @@ void live_result(cache_t *self, ts_cache_run_t *run)
         const char *items = items_of(l->answer, l->answer_len, &il);
         l->items = cJSON_ParseWithLength(items, il);
         l->version = self->next_version++;
-        while (l->waiting) {
-            ts_envelope_t *e = l->waiting;
-            l->waiting = e->held_next;
-            e->held_next = NULL;
-            answer_subscribe(self, e, l);
-        }
-        if (!l->nsubs) /* every one of them was refused */
-            live_free(self, l);
+        answer_waiting(self, l);
         return;
     }
     if (l->answer_len == run->result_len && memcmp(l->answer, run->result, run->result_len) == 0) {
         self->unchanged++;
+        answer_waiting(self, l);
         return;
     }
     size_t il;
@@ -484,6 +502,7 @@ void live_result(cache_t *self, ts_cache_run_t *run)
     l->answer_len = run->result_len;
     l->items = now_items;
     run->result = NULL;
+    answer_waiting(self, l); /* after the notifications: they are not theirs */
 }
 
 void live_gone(cache_t *self, const ts_gone_t *gone)
@@ -513,7 +532,8 @@ void live_policy(cache_t *self, const ts_selectors_t *selectors, const ts_select
                     was = &old->selectors[i];
             if (!now) {
                 /* next may be freed with l only if it is l: it is not */
-                close_all(self, l, "selector removed by a policy reload");
+                close_all(self, l, TS_E_POLICY, "selector removed by a policy reload",
+                          "selector removed by a policy reload");
             } else if (!was || was->fingerprint != now->fingerprint) {
                 /* Run again: subscribers see what changed. A run already
                  * with the store runs under the new policies (the store

@@ -142,10 +142,45 @@ static bool on_demand(const cache_t *self, const ts_call_t *call)
     return coll >= 0 && self->config->ondemand[coll].on;
 }
 
+static void on_read(cache_t *self, ts_envelope_t *e);
+
+/* Reads from the front door come before the store has handled the writes
+ * their client sent first: each waits until CACHE_SEEN says it has (and
+ * its changes are here), in arrival order. */
 static void on_reads(cache_t *self, ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
+        if (e->wait_for > self->seen || self->held) {
+            e->held_next = NULL;
+            if (self->held_last)
+                self->held_last->held_next = e;
+            else
+                self->held = e;
+            self->held_last = e;
+            continue;
+        }
+        on_read(self, e);
+    }
+}
+
+static void on_seen(cache_t *self, uint64_t seen)
+{
+    if (seen > self->seen)
+        self->seen = seen;
+    while (self->held && self->held->wait_for <= self->seen) {
+        ts_envelope_t *e = self->held;
+        self->held = e->held_next;
+        if (!self->held)
+            self->held_last = NULL;
+        e->held_next = NULL;
+        on_read(self, e);
+    }
+}
+
+static void on_read(cache_t *self, ts_envelope_t *e)
+{
+    {
         switch (e->calls[0].method) {
         case TS_M_GET: od_read(self, e); break;
         case TS_M_QUERY:
@@ -207,6 +242,11 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
                 od_result(self, ts_msg_API_RESULT(&m)[i]);
             ts_msg_release(&m);
             break;
+        case TS_MSG_CACHE_SEEN:
+            for (size_t i = 0; i < m.count; i++)
+                on_seen(self, *ts_msg_CACHE_SEEN(&m)[i]);
+            ts_msg_free(&m);
+            break;
         case TS_MSG_GONE:
             for (size_t i = 0; i < m.count; i++)
                 live_gone(self, ts_msg_GONE(&m)[i]);
@@ -254,6 +294,11 @@ static void cache_actor(ts_actor_t *actor, void *args)
 done:
     live_free_all(&self);
     od_free_all(&self);
+    while (self.held) {
+        ts_envelope_t *next = self.held->held_next;
+        ts_envelope_free(self.held);
+        self.held = next;
+    }
     memo_free_all(&self);
     watch_free_all(&self);
     ts_buf_free(&self.buf);

@@ -166,6 +166,9 @@ typedef struct {
     void *to_persist;      /* PUSH: metrics on their way */
     void *to_api;          /* PUSH: on-demand fetches (NULL: no Clinic API) */
     ts_buf_t buf;          /* scratch */
+    uint64_t seen;         /* CACHE_SEEN: the front door's messages with writes the store
+                              has handled (their changes are here) */
+    ts_envelope_t *held, *held_last; /* direct reads waiting for seen (held_next) */
     struct {               /* what handling one message produced, sent after it */
         ts_envelope_t **answers;
         size_t nanswers, capanswers;

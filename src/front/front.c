@@ -44,14 +44,31 @@ static void answer_busy(front_t *self, ts_envelope_t *e)
     front_deliver(self, e);
 }
 
+/* Whether the cache answers this request without the store: a query by
+ * selector (cached, of a replicated collection), subscribe, unsubscribe,
+ * alone. It goes straight to the cache, which answers it once the store
+ * has handled the writes sent before it (wait_for). */
+static bool cache_direct(const front_t *self, const ts_envelope_t *e)
+{
+    const ts_call_t *call = &e->calls[0];
+    if (e->ncalls != 1 || call->err_code || call->result)
+        return false;
+    if (call->method == TS_M_SUBSCRIBE || call->method == TS_M_UNSUBSCRIBE)
+        return true;
+    int coll = call->collection ? ts_config_collection(self->config, call->collection) : -1;
+    return call->method == TS_M_QUERY && coll >= 0 && !self->config->ondemand[coll].on &&
+           cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")) &&
+           !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache"));
+}
+
 static int on_router(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop, (void)socket;
     front_t *self = arg;
-    ts_envelope_t *batch[MAX_READS_PER_WAKE];
-    size_t n = 0;
+    ts_envelope_t *batch[MAX_READS_PER_WAKE], *direct[MAX_READS_PER_WAKE];
+    size_t n = 0, nd = 0;
     bool more = true;
-    while (n < MAX_READS_PER_WAKE && more) {
+    while (n + nd < MAX_READS_PER_WAKE && more) {
         ts_envelope_t *e = front_read_request(self, &more);
         if (!e)
             continue;
@@ -61,7 +78,24 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
             continue;
         }
         self->inflight += e->ncalls;
+        if (cache_direct(self, e)) {
+            e->wait_for = self->last_write_msg;
+            direct[nd++] = e;
+            continue;
+        }
+        e->front_msg = self->store_msgs + 1; /* the message this one goes in */
+        if (!e->unordered)
+            self->last_write_msg = e->front_msg;
         batch[n++] = e;
+    }
+    if (n)
+        self->store_msgs++;
+    if (nd && ts_send_CACHE_READS(self->to_cache, direct, nd)) {
+        ts_error(LOG, "cannot pass reads to the cache: %s", zmq_strerror(zmq_errno()));
+        for (size_t i = 0; i < nd; i++) {
+            ts_call_fail(&direct[i]->calls[0], TS_E_INTERNAL, "the engine is stopping");
+            front_deliver(self, direct[i]);
+        }
     }
     if (n && ts_send_REQUESTS(self->to_store, batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));

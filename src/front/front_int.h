@@ -68,6 +68,9 @@ typedef struct {
     ts_loop_t *loop;
     ts_buf_t scratch; /* a write's body, printed */
     size_t inflight;  /* calls in the pipeline */
+    uint64_t store_msgs;     /* REQUESTS messages sent to the store */
+    uint64_t last_write_msg; /* the last of them with a write: reads sent straight to the
+                                cache wait for the store to have handled it */
     size_t warn_at;   /* next queue depth worth a warning (doubles) */
     bool draining;
     int64_t drain_deadline_us;

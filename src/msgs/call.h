@@ -188,6 +188,9 @@ typedef struct ts_envelope {
     char client[48];      /* who sent it, for the audit trail ("zmq:<routing id hex>") */
     uint64_t client_seq;  /* its place among that client's requests (front door) */
     struct ts_envelope *held_next; /* front door: answers waiting for earlier ones */
+    uint64_t front_msg;   /* the front door's message to the store that carried it */
+    uint64_t wait_for;    /* a read sent straight to the cache: the last front door message
+                             with writes before it, whose changes it must see first */
     uint32_t persist_batch; /* the store's message to persist that carried it (0: none):
                                the front door publishes remote changes in this order */
     int64_t received_us;

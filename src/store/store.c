@@ -168,6 +168,13 @@ void store_flush_cache(store_t *self)
             ts_envelope_free(self->cache_reads[i]);
     }
     self->ncache_reads = 0;
+    if (self->seen_mark > self->seen_sent) { /* after the changes it covers */
+        uint64_t *mark = ts_xmalloc(sizeof *mark);
+        *mark = self->seen_mark;
+        if (ts_send_CACHE_SEEN(self->to_cache, &mark, 1))
+            free(mark);
+        self->seen_sent = self->seen_mark;
+    }
 }
 
 /* The selectors, for the cache: at start and after every reload. */
@@ -269,6 +276,8 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
     ts_envelope_t **reads = ts_xmalloc(n * sizeof *reads);
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
+        if (!e->unordered && e->front_msg > self->seen_mark)
+            self->seen_mark = e->front_msg; /* the cache's direct reads wait for it */
         if (route_sync_call(self, e) || route_cache_call(self, e))
             continue; /* the sync actor or the cache answers it */
         self->client = e->client;

@@ -134,6 +134,8 @@ typedef struct {
     changes_t changes;
     bool lower_bounds[TS_MAX_COLLECTIONS]; /* has a lower-bound selector: changes carry
                                               their membership (ts_sq_membership) */
+    uint64_t seen_mark, seen_sent; /* the front door's messages with writes handled, and
+                                      told to the cache (CACHE_SEEN) */
     ts_envelope_t **cache_reads;
     size_t ncache_reads, capcache_reads;
 } store_t;

@@ -537,39 +537,58 @@ done:
 
 /* ---- live: a live query on the front door's own connection ---- */
 
-static int item_index(const cJSON *items, const char *id)
+static size_t item_index(cJSON **v, size_t n, const char *id)
 {
-    int i = 0;
-    for (const cJSON *x = items ? items->child : NULL; x; x = x->next, i++) {
-        const cJSON *xid = cJSON_GetObjectItemCaseSensitive(x, "id");
-        if (cJSON_IsString(xid) && strcmp(xid->valuestring, id) == 0)
+    for (size_t i = 0; i < n; i++) {
+        const char *x = ts_json_string(v[i], "id");
+        if (x && strcmp(x, id) == 0)
             return i;
     }
-    return -1;
+    return n;
 }
 
-/* Applies query.changed ops to items, in order (docs/CACHE.md). */
+/* Applies query.changed ops to items, in order (docs/CACHE.md). On a
+ * plain array of pointers: cJSON's own insert loses items after a detach
+ * in the cJSON Debian ships (1.7.15). */
 static void apply_ops(cJSON *items, const cJSON *ops)
 {
+    size_t n = 0, cap = (size_t)cJSON_GetArraySize(items) + (size_t)cJSON_GetArraySize(ops) + 1;
+    cJSON **v = ts_xcalloc(cap, sizeof *v);
+    while (items->child)
+        v[n++] = cJSON_DetachItemViaPointer(items, items->child);
     for (const cJSON *op = ops ? ops->child : NULL; op; op = op->next) {
         const char *kind = ts_json_string(op, "op"), *id = ts_json_string(op, "id");
         const cJSON *doc = cJSON_GetObjectItemCaseSensitive(op, "doc");
         long long pos = 0;
         ts_json_int(op, "pos", &pos);
-        int at = id ? item_index(items, id) : -1;
         if (!kind || !id)
             continue;
-        if (strcmp(kind, "remove") == 0 && at >= 0) {
-            cJSON_DeleteItemFromArray(items, at);
-        } else if (strcmp(kind, "add") == 0 && doc) {
-            cJSON_InsertItemInArray(items, (int)pos, cJSON_Duplicate(doc, true));
-        } else if (strcmp(kind, "edit") == 0 && doc && at >= 0) {
-            cJSON_ReplaceItemInArray(items, at, cJSON_Duplicate(doc, true));
-        } else if (strcmp(kind, "move") == 0 && at >= 0) {
-            cJSON *moved = cJSON_DetachItemFromArray(items, at);
-            cJSON_InsertItemInArray(items, (int)pos, moved);
+        size_t at = item_index(v, n, id), to = pos < 0 ? 0 : (size_t)pos;
+        cJSON *moved = NULL;
+        if (strcmp(kind, "add") == 0 && doc && n < cap) {
+            moved = cJSON_Duplicate(doc, true);
+        } else if ((strcmp(kind, "remove") == 0 || strcmp(kind, "move") == 0) && at < n) {
+            moved = v[at];
+            memmove(&v[at], &v[at + 1], (n - at - 1) * sizeof *v);
+            n--;
+            if (kind[0] == 'r') {
+                cJSON_Delete(moved);
+                moved = NULL;
+            }
+        } else if (strcmp(kind, "edit") == 0 && doc && at < n) {
+            cJSON_Delete(v[at]);
+            v[at] = cJSON_Duplicate(doc, true);
+        }
+        if (moved) { /* add, or the second half of a move */
+            to = to > n ? n : to;
+            memmove(&v[to + 1], &v[to], (n - to) * sizeof *v);
+            v[to] = moved;
+            n++;
         }
     }
+    for (size_t i = 0; i < n; i++)
+        cJSON_AddItemToArray(items, v[i]);
+    free(v);
 }
 
 static int cmd_live(cmd_ctx_t *c, int argc, const char **argv)

@@ -215,6 +215,62 @@ Test(cli, watch_prints_doc_changed)
     ts_buf_free(&err);
 }
 
+/* `live` prints the result, then the result after each change: adds,
+ * moves (cJSON's own insert after a detach loses items: the CLI applies
+ * ops on its own array) and removes, ending with exactly what a query
+ * answers. */
+Test(cli, live_prints_each_change_of_a_live_query)
+{
+    ts_buf_t out = {0}, err = {0};
+    const char *doc1 = "{\"id\":\"L1\",\"status\":\"scheduled\",\"duration_min\":30,"
+                       "\"patient_id\":\"pat-0001\",\"therapist_id\":\"thr-L\","
+                       "\"scheduled_at\":\"2026-03-02T09:00:00.000Z\"}";
+    const char *doc2 = "{\"id\":\"L2\",\"status\":\"scheduled\",\"duration_min\":30,"
+                       "\"patient_id\":\"pat-0001\",\"therapist_id\":\"thr-L\","
+                       "\"scheduled_at\":\"2026-03-02T08:00:00.000Z\"}";
+    const char *params = "{\"therapist_id\":\"thr-L\",\"now\":\"2026-01-01T00:00:00.000Z\"}";
+    cr_assert_eq(CLI(NULL, "create", "sessions", doc1, NULL, NULL, NULL), 0, "%s", err.data);
+    const char *args[] = {"--endpoint", engine.endpoint, "live", "sessions", "upcoming", params,
+                          "--count", "3", "--for", "20", NULL};
+    ts_proc_t w;
+    cr_assert_eq(ts_proc_spawn(&w, engine.dir, "therasync", args), 0);
+    char line[4096];
+    cr_assert_eq(ts_proc_wait_line(&w, "live query", 10000, line, sizeof line), 0,
+                 "live printed no result");
+    cr_assert_eq(CLI(NULL, "create", "sessions", doc2, NULL, NULL, NULL), 0, "%s", err.data);
+    cr_assert_eq(ts_proc_wait_line(&w, "L2", 10000, line, sizeof line), 0);
+    cr_assert_eq(CLI(NULL, "update", "sessions", "L2",
+                     "{\"scheduled_at\":\"2026-03-02T12:00:00.000Z\"}", NULL, NULL),
+                 0, "%s", err.data);
+    cr_assert_eq(CLI(NULL, "update", "sessions", "L1", "{\"status\":\"cancelled\"}", NULL, NULL),
+                 0, "%s", err.data);
+    int code = ts_proc_wait_exit(&w, 10000);
+    if (code < 0)
+        ts_proc_stop(&w, 2000);
+    cr_assert_eq(code, 0, "live did not end after 3 changes");
+    /* the table after the last "version" line is the final result */
+    FILE *f = fopen(w.log_path, "r");
+    cr_assert_not_null(f);
+    ts_buf_t last = {0};
+    int versions = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "Z version ")) { /* a change: "HH:MM:SS.mmmZ version N:" */
+            versions++;
+            ts_buf_reset(&last);
+            continue;
+        }
+        ts_buf_puts(&last, line);
+    }
+    fclose(f);
+    cr_assert_eq(versions, 3, "three changes, three results");
+    cr_assert(strstr(last.data, "L2") && strstr(last.data, "2026-03-02T12:00:00.000Z"),
+              "final result: %s", last.data);
+    cr_assert_null(strstr(last.data, "L1"), "L1 was cancelled: %s", last.data);
+    ts_buf_free(&last);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
 /* ---- no daemon needed ---- */
 
 static int run_cli(ts_buf_t *out, ts_buf_t *err, char **args)

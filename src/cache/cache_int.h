@@ -136,6 +136,10 @@ struct live {
     bool ready;            /* has a result (subscribes wait for the first) */
     bool running;          /* a run is with the store */
     bool dirty;            /* a change touched it since its last run began */
+    bool rerun;            /* ... one its rows could not take: run it again */
+    entry_t *rows;         /* a lower-bound selector's: its rows, patched by changes, answer
+                              it without a run (NULL: run again on every change) */
+    char *bound_param;
     int64_t dirty_us;      /* when it became dirty, for the notification latency */
     sub_t *subs;
     size_t nsubs;
@@ -222,6 +226,15 @@ int cache_run(cache_t *self, uint64_t token, uint16_t collection, const cJSON *r
 /* Patches an extended entry for change c; false when it cannot (drop it). */
 bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c);
 void memo_evict(cache_t *self); /* after changes: patches may have grown the entries */
+/* Rows for a live query of a lower-bound selector (memo.c): whether a
+ * request can have them (its lower-bound param's value, else NULL); the
+ * rows of an extended run (NULL: none); the answer they give for the
+ * request (0, or -1 when they end too soon); freeing them. */
+const cJSON *memo_bound(const cache_t *self, const cJSON *request, const char **param);
+entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param);
+int memo_slice(cache_t *self, const entry_t *e, const cJSON *request, const char *param,
+               ts_buf_t *out);
+void memo_free_rows(entry_t *e);
 
 /* watch.c */
 void watch_set(cache_t *self, watcher_t *w, uint16_t collection, ts_readset_t *read);
@@ -244,6 +257,7 @@ size_t od_entries(const cache_t *self);
 void live_subscribe(cache_t *self, ts_envelope_t *e);
 void live_unsubscribe(cache_t *self, ts_envelope_t *e);
 void live_touched(cache_t *self, live_t *live);
+void live_patched(cache_t *self, live_t *live);
 void live_result(cache_t *self, ts_cache_run_t *run);
 void live_flush(cache_t *self);
 void live_gone(cache_t *self, const ts_gone_t *gone);

@@ -92,6 +92,8 @@ static void live_free(cache_t *self, live_t *l)
             break;
         }
     free((char *)l->node.key);
+    memo_free_rows(l->rows);
+    free(l->bound_param);
     cJSON_Delete(l->request);
     cJSON_Delete(l->items);
     free(l->selector);
@@ -260,7 +262,10 @@ void live_subscribe(cache_t *self, ts_envelope_t *e)
         int coll = ts_config_collection(self->config, call->collection);
         l->w.collection = (uint16_t)(coll < 0 ? 0 : coll);
         l->running = true;
-        cache_run(self, 1, l->w.collection, l->request, false);
+        const char *param = NULL;
+        if (memo_bound(self, l->request, &param)) /* rows: changes patch it, no runs */
+            l->bound_param = ts_xstrdup(param);
+        cache_run(self, 1, l->w.collection, l->request, l->bound_param != NULL);
     } else {
         cJSON_Delete(request);
     }
@@ -290,17 +295,33 @@ void live_unsubscribe(cache_t *self, ts_envelope_t *e)
     cache_answer(self, e);
 }
 
-void live_touched(cache_t *self, live_t *l)
+static void mark_dirty(cache_t *self, live_t *l)
 {
-    /* A run with the store already sees this change (the store sends
-     * changes and results in order): nothing to do. */
-    if (l->running || l->dirty)
+    if (l->dirty)
         return;
     l->dirty = true;
     l->dirty_us = ts_mono_us();
     l->next_dirty = self->dirty;
     self->dirty = l;
 }
+
+void live_touched(cache_t *self, live_t *l)
+{
+    /* A run with the store already sees this change (the store sends
+     * changes and results in order): nothing to do. */
+    if (l->running)
+        return;
+    l->rerun = true;
+    mark_dirty(self, l);
+}
+
+void live_patched(cache_t *self, live_t *l)
+{
+    if (!l->running) /* its rows have the change: an answer without a run */
+        mark_dirty(self, l);
+}
+
+static void apply_answer(cache_t *self, live_t *l, char *text, size_t len);
 
 void live_flush(cache_t *self)
 {
@@ -309,9 +330,19 @@ void live_flush(cache_t *self)
         self->dirty = l->next_dirty;
         l->next_dirty = NULL;
         l->dirty = false;
+        ts_buf_t b = {0};
+        if (!l->rerun && l->rows &&
+            memo_slice(self, l->rows, l->request, l->bound_param, &b) == 0) {
+            size_t len;
+            char *text = ts_buf_take(&b, &len);
+            apply_answer(self, l, text, len);
+            continue;
+        }
+        ts_buf_free(&b);
+        l->rerun = false;
         l->running = true;
         self->recomputes++;
-        cache_run(self, 1, l->w.collection, l->request, false);
+        cache_run(self, 1, l->w.collection, l->request, l->bound_param != NULL);
     }
 }
 
@@ -448,12 +479,38 @@ void live_result(cache_t *self, ts_cache_run_t *run)
                   run->err_message ? run->err_message : "the query failed", reason);
         return;
     }
+    if (run->extend && l->bound_param) { /* the rows, and the answer from them */
+        memo_free_rows(l->rows);
+        l->rows = memo_rows_of(self, run, l->bound_param);
+    }
+    char *text = run->result;
+    size_t len = run->result_len;
+    run->result = NULL;
+    if (run->extend && l->bound_param) {
+        ts_buf_t b = {0};
+        free(text);
+        text = NULL;
+        if (l->rows && memo_slice(self, l->rows, l->request, l->bound_param, &b) == 0) {
+            text = ts_buf_take(&b, &len);
+        } else {
+            ts_buf_free(&b);
+            close_all(self, l, TS_E_INTERNAL, "the live query's rows end too soon",
+                      "error: the live query's rows end too soon");
+            return;
+        }
+    }
     watch_set(self, &l->w, run->collection, &run->read);
+    apply_answer(self, l, text, len);
+}
+
+/* A new answer of a live query (taken): the first one answers the
+ * subscribes waiting; a changed one notifies every subscriber. */
+static void apply_answer(cache_t *self, live_t *l, char *text, size_t len)
+{
     if (!l->ready) {
         l->ready = true;
-        l->answer = run->result;
-        l->answer_len = run->result_len;
-        run->result = NULL;
+        l->answer = text;
+        l->answer_len = len;
         size_t il;
         const char *items = items_of(l->answer, l->answer_len, &il);
         l->items = cJSON_ParseWithLength(items, il);
@@ -461,13 +518,15 @@ void live_result(cache_t *self, ts_cache_run_t *run)
         answer_waiting(self, l);
         return;
     }
-    if (l->answer_len == run->result_len && memcmp(l->answer, run->result, run->result_len) == 0) {
+    if (l->answer_len == len && memcmp(l->answer, text, len) == 0) {
         self->unchanged++;
+        l->dirty_us = 0;
+        free(text);
         answer_waiting(self, l);
         return;
     }
     size_t il;
-    const char *items = items_of(run->result, run->result_len, &il);
+    const char *items = items_of(text, len, &il);
     cJSON *now_items = cJSON_ParseWithLength(items, il);
     int64_t from = l->version;
     l->version = self->next_version++;
@@ -498,10 +557,9 @@ void live_result(cache_t *self, ts_cache_run_t *run)
     l->dirty_us = 0;
     free(l->answer);
     cJSON_Delete(l->items);
-    l->answer = run->result;
-    l->answer_len = run->result_len;
+    l->answer = text;
+    l->answer_len = len;
     l->items = now_items;
-    run->result = NULL;
     answer_waiting(self, l); /* after the notifications: they are not theirs */
 }
 
@@ -523,6 +581,9 @@ void live_policy(cache_t *self, const ts_selectors_t *selectors, const ts_select
         for (hnode_t *n = self->lives.buckets[b], *next; n; n = next) {
             next = n->next;
             live_t *l = CONTAINER(n, live_t, node);
+            /* its rows name selectors by their place in the old list */
+            memo_free_rows(l->rows);
+            l->rows = NULL;
             const ts_selector_info_t *now = NULL, *was = NULL;
             for (size_t i = 0; i < selectors->count && !now; i++)
                 if (strcmp(selectors->selectors[i].name, l->selector) == 0)

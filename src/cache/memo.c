@@ -771,8 +771,80 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             free(r.id);
         }
     }
-    self->bytes += e->bytes - before; /* unsigned: wraps back right when it shrank */
+    if (e->group) /* a live query's rows are not in the budget */
+        self->bytes += e->bytes - before; /* unsigned: wraps back right when it shrank */
     return true;
+}
+
+/* ---- rows for live queries ---- */
+
+const cJSON *memo_bound(const cache_t *self, const cJSON *request, const char **param)
+{
+    return bound_of(self, request, param);
+}
+
+entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(run->request, "params"), param);
+    if (!run->extend || run->err_code || !v)
+        return NULL;
+    bool patchable;
+    row_t *rows = rows_of(run, &patchable);
+    entry_t *e = ts_xcalloc(1, sizeof *e);
+    e->rows = rows;
+    e->nrows = e->caprows = run->nrows;
+    e->complete = e->hi_inf = run->complete;
+    e->sel_bit = -1;
+    const ts_selector_info_t *sel = memo_selector(self, ts_json_string(run->request, "selector"));
+    for (size_t i = 0; patchable && sel && i < self->selectors->count && i < 64; i++)
+        if (&self->selectors->selectors[i] == sel)
+            e->sel_bit = (int)i;
+    ts_okey_from_json(v, &e->lo);
+    if (e->lo.kind == TS_OKEY_STR)
+        e->lo.str = ts_memdup(e->lo.str, e->lo.len);
+    if (!e->complete && run->nrows) {
+        const row_t *last = &rows[run->nrows - 1];
+        copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
+        e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
+        e->end_id_len = last->id_len;
+    } else {
+        e->complete = e->hi_inf = true;
+    }
+    /* the watcher is the live query's: this one only holds the rows (its
+     * own read is what memo_patch checks new rows against) */
+    e->w.read.kind = run->read.kind;
+    e->w.read.field = run->read.field ? ts_xstrdup(run->read.field) : NULL;
+    e->w.read.order = run->read.order ? ts_xstrdup(run->read.order) : NULL;
+    e->w.read.key = run->read.key ? ts_xstrdup(run->read.key) : NULL;
+    return e;
+}
+
+int memo_slice(cache_t *self, const entry_t *e, const cJSON *request, const char *param,
+               ts_buf_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(request, "params"), param);
+    if (!v)
+        return -1;
+    ts_okey_t k = {0};
+    ts_okey_from_json(v, &k); /* borrows */
+    long total = total_of(memo_selector(self, ts_json_string(request, "selector")), request);
+    return slice(e->rows, e->nrows, e->complete, &k, total, out);
+}
+
+void memo_free_rows(entry_t *e)
+{
+    if (!e)
+        return;
+    ts_readset_clear(&e->w.read);
+    for (size_t i = 0; i < e->nrows; i++)
+        row_free(&e->rows[i]);
+    free(e->rows);
+    free(e->lo.str);
+    free(e->hi.str);
+    free(e->end_id);
+    free(e);
 }
 
 void memo_evict(cache_t *self)

@@ -152,7 +152,13 @@ bool watch_in_range(const ts_readset_t *r, const ts_okey_t *k)
 static void touch(cache_t *self, watcher_t *w, const ts_change_t *c)
 {
     if (w->live) {
-        live_touched(self, CONTAINER(w, live_t, w));
+        live_t *l = CONTAINER(w, live_t, w);
+        if (l->rows && memo_patch(self, l->rows, c)) {
+            self->patches++;
+            live_patched(self, l);
+            return;
+        }
+        live_touched(self, l);
     } else if (memo_patch(self, CONTAINER(w, entry_t, w), c)) {
         self->patches++;
         return;

@@ -131,9 +131,9 @@ Test(shipped_policies, overlap_rule_through_the_store_lookup)
                                  sizeof err),
                  TS_POLICY_OK);
     cr_assert(!match);
-    cr_assert_eq(ts_policy_selector_count(p), 5);
+    cr_assert_eq(ts_policy_selector_count(p), 6);
     cr_assert_str_eq(ts_policy_selector_at(p, 0)->name, "by_patient");
-    cr_assert_null(ts_policy_selector_at(p, 5));
+    cr_assert_null(ts_policy_selector_at(p, 6));
     cJSON_Delete(params);
     cJSON_Delete(clash);
     cJSON_Delete(later);

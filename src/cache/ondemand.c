@@ -420,6 +420,10 @@ void od_change(cache_t *self, const ts_change_t *c)
 size_t od_invalidate(cache_t *self, int coll)
 {
     size_t n = 0;
+    /* First: fetches out now land stale, the refreshes sent below fresh. */
+    for (size_t c = 0; c < TS_MAX_COLLECTIONS; c++)
+        if (coll < 0 || (size_t)coll == c)
+            self->od_gen[c]++;
     for (size_t b = 0; b < self->od.cap; b++)
         for (hnode_t *h = self->od.buckets[b]; h; h = h->next) {
             od_entry_t *e = CONTAINER(h, od_entry_t, node);
@@ -430,9 +434,6 @@ size_t od_invalidate(cache_t *self, int coll)
             if (!e->fetching && e->has_data)
                 fetch(self, e); /* refreshed now, so the next read is fresh */
         }
-    for (size_t c = 0; c < TS_MAX_COLLECTIONS; c++)
-        if (coll < 0 || (size_t)coll == c)
-            self->od_gen[c]++;
     return n;
 }
 

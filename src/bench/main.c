@@ -1,6 +1,6 @@
 /* main.c — therasync-bench: load generator and benchmark driver.
  *
- *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime
+ *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime|ondemand
  *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T]
  *       [--endpoint ZMQ] [--api URL] [--runs R] [--keep-data] [--max-seconds S]
  *
@@ -31,7 +31,10 @@ static const char usage_text[] =
     "  realtime   N (2000) changes PATCHed at clinic-api at 200/s while the engine takes\n"
     "             10,000 local creates/s: HTTP response to doc.changed (origin remote)\n"
     "             p50/p99; ops_per_s = local writes/s answered meanwhile\n"
-    "  (api, replay, realtime start their own clinic-api unless --api URL)\n"
+    "  ondemand   C x K identical cold gets of one on-demand patient at once (HTTP\n"
+    "             requests made), then N fresh and N stale gets of D-1 warm ones\n"
+    "             (bench/ONDEMAND.md; defaults N 100000, D 1000, C 4, K 25)\n"
+    "  (api, replay, realtime, ondemand start their own clinic-api unless --api URL)\n"
     "\n"
     "options:\n"
     "  --n N            requests (ingest/update), reads (select), documents (coldstart),\n"
@@ -132,5 +135,7 @@ int main(int argc, char **argv)
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;
     if (strcmp(o.workload, "api") == 0)
         return bench_run_api(&o);
+    if (strcmp(o.workload, "ondemand") == 0)
+        return bench_run_ondemand(&o);
     return bench_run_workload(&o);
 }

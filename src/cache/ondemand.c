@@ -205,6 +205,13 @@ void od_read(cache_t *self, ts_envelope_t *env)
         const char *value = cJSON_IsString(v) ? v->valuestring : NULL;
         if (cJSON_IsNumber(v) && snprintf(num, sizeof num, "%.17g", v->valuedouble) > 0)
             value = num;
+        /* the store would refuse it: do not ask the server first */
+        if (s && s->collection && strcmp(s->collection, call->collection) != 0) {
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "selector '%s' is for collection '%s'",
+                         s->name, s->collection);
+            cache_answer(self, env);
+            return;
+        }
         if (!value || strlen(value) > 512) {
             ts_call_fail(call, TS_E_INVALID_PARAMS,
                          "%s is read on demand: query it with a selector that has an `index` "

@@ -96,6 +96,7 @@ typedef struct {
     char *name;
     char *lower_bound;    /* the param that is a lower bound on order_by, or NULL */
     char *index;          /* its index field, or NULL (on-demand reads filter by it) */
+    char *collection;     /* the collection it reads */
     uint64_t fingerprint; /* changes when the selector's definition changes */
 } ts_selector_info_t;
 

@@ -924,6 +924,7 @@ ts_selectors_t *ts_sq_selectors(ts_sq_t *self)
         o->name = ts_xstrdup(s->name);
         o->lower_bound = s->lower_bound ? ts_xstrdup(s->lower_bound) : NULL;
         o->index = s->index_field ? ts_xstrdup(s->index_field) : NULL;
+        o->collection = s->collection ? ts_xstrdup(s->collection) : NULL;
         o->fingerprint = s->fingerprint;
     }
     return out;

@@ -80,6 +80,7 @@ static void start(int fresh_ms, int max_stale_ms, const char *extra_flag, const 
     write_file(path, "return {\n"
                      "  patients_by_phone = { collection = \"patients\", index = \"phone\",\n"
                      "                        order_by = { \"name\", \"asc\" }, limit = 10 },\n"
+                     "  sessions_of = { collection = \"sessions\", index = \"patient_id\" },\n"
                      "  patients_all = { collection = \"patients\", order_by = { \"name\", \"asc\" },\n"
                      "                   limit = 10 },\n"
                      "}\n");
@@ -645,6 +646,12 @@ Test(ondemand, queries_without_an_index_are_refused)
     r = rpc("query", "{\"collection\":\"patients\",\"selector\":\"patients_by_phone\","
                      "\"params\":{}}");
     cr_assert_eq(ts_rpc_error_code(r), -32602, "no index param: %s", cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    /* a selector of another collection is refused before asking the server */
+    r = rpc("query", "{\"collection\":\"patients\",\"selector\":\"sessions_of\","
+                     "\"params\":{\"patient_id\":\"pat-0001\"}}");
+    cr_assert_eq(ts_rpc_error_code(r), -32602, "another collection's selector: %s",
+                 cJSON_PrintUnformatted(r));
     cJSON_Delete(r);
     cr_assert_eq(api_stat("list_requests"), 0);
     cr_assert_eq(api_stat("doc_gets"), 0);

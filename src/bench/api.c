@@ -176,8 +176,10 @@ int bench_api_start(bench_api_t *e)
             dup2(fd, STDERR_FILENO);
         }
         /* --clients goes up to 1024 connections from loopback: no per-address cap */
-        char *argv[] = {path, "--listen", listen, "--db", db, "--log-level", "warn",
-                        "--max-conns-per-ip", "0", NULL};
+        char *argv[24] = {path, "--listen", listen, "--db", db, "--log-level", "warn",
+                          "--max-conns-per-ip", "0"};
+        for (size_t i = 0, k = 9; e->extra && e->extra[i] && k < 23; i++)
+            argv[k++] = (char *)e->extra[i];
         execv(path, argv);
         _exit(127);
     }

@@ -139,6 +139,7 @@ typedef struct {
     char dir[256];
     char base[128];
     char token[256];
+    const char *const *extra; /* more clinic-api flags (NULL-terminated), or NULL */
 } bench_api_t;
 
 /* Starts clinic-api from the bench's own directory on a free loopback port
@@ -190,5 +191,7 @@ int bench_wl_realtime(const bench_opts_t *o, int run, bench_result_t *res);
 
 /* ---- live.c: live queries under local and remote writes ---- */
 int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res);
+/* ---- ondemand.c: cold, fresh and stale reads of an on-demand collection ---- */
+int bench_run_ondemand(bench_opts_t *opts);
 
 #endif

@@ -1,6 +1,6 @@
 /* main.c — therasync-bench: load generator and benchmark driver.
  *
- *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime|live
+ *   therasync-bench --workload ingest|update|select|coldstart|api|replay|realtime|live|ondemand
  *       [--n N] [--docs D] [--clients C] [--inflight K] [--threads T] [--subs S] [--rate W]
  *       [--endpoint ZMQ] [--api URL] [--runs R] [--keep-data] [--max-seconds S]
  *
@@ -35,7 +35,10 @@ static const char usage_text[] =
     "             connections, then N local updates at W/s and remote changes at 200/s:\n"
     "             write answered to query.changed p50/p99, and every subscriber's result\n"
     "             checked against a fresh uncached query at the end (mismatches)\n"
-    "  (api, replay, realtime, live start their own clinic-api unless --api URL)\n"
+    "  ondemand   C x K identical cold gets of one on-demand patient at once (HTTP\n"
+    "             requests made), then N fresh and N stale gets of D-1 warm ones\n"
+    "             (bench/ONDEMAND.md; defaults N 100000, D 1000, C 4, K 25)\n"
+    "  (api, replay, realtime, live, ondemand start their own clinic-api unless --api URL)\n"
     "\n"
     "options:\n"
     "  --n N            requests (ingest/update), reads (select), documents (coldstart),\n"
@@ -145,5 +148,7 @@ int main(int argc, char **argv)
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;
     if (strcmp(o.workload, "api") == 0)
         return bench_run_api(&o);
+    if (strcmp(o.workload, "ondemand") == 0)
+        return bench_run_ondemand(&o);
     return bench_run_workload(&o);
 }

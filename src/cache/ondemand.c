@@ -205,6 +205,13 @@ void od_read(cache_t *self, ts_envelope_t *env)
         const char *value = cJSON_IsString(v) ? v->valuestring : NULL;
         if (cJSON_IsNumber(v) && snprintf(num, sizeof num, "%.17g", v->valuedouble) > 0)
             value = num;
+        /* the store would refuse it: do not ask the server first */
+        if (s && s->collection && strcmp(s->collection, call->collection) != 0) {
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "selector '%s' is for collection '%s'",
+                         s->name, s->collection);
+            cache_answer(self, env);
+            return;
+        }
         if (!value || strlen(value) > 512) {
             ts_call_fail(call, TS_E_INVALID_PARAMS,
                          "%s is read on demand: query it with a selector that has an `index` "
@@ -420,6 +427,10 @@ void od_change(cache_t *self, const ts_change_t *c)
 size_t od_invalidate(cache_t *self, int coll)
 {
     size_t n = 0;
+    /* First: fetches out now land stale, the refreshes sent below fresh. */
+    for (size_t c = 0; c < TS_MAX_COLLECTIONS; c++)
+        if (coll < 0 || (size_t)coll == c)
+            self->od_gen[c]++;
     for (size_t b = 0; b < self->od.cap; b++)
         for (hnode_t *h = self->od.buckets[b]; h; h = h->next) {
             od_entry_t *e = CONTAINER(h, od_entry_t, node);
@@ -430,9 +441,6 @@ size_t od_invalidate(cache_t *self, int coll)
             if (!e->fetching && e->has_data)
                 fetch(self, e); /* refreshed now, so the next read is fresh */
         }
-    for (size_t c = 0; c < TS_MAX_COLLECTIONS; c++)
-        if (coll < 0 || (size_t)coll == c)
-            self->od_gen[c]++;
     return n;
 }
 

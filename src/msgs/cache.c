@@ -83,6 +83,7 @@ void ts_selectors_free(ts_selectors_t *s)
         free(s->selectors[i].lower_bound);
         free(s->selectors[i].index);
         free(s->selectors[i].order);
+        free(s->selectors[i].collection);
     }
     free(s->selectors);
     free(s);

@@ -120,6 +120,7 @@ typedef struct {
     char *index;          /* its index field, or NULL (on-demand reads filter by it) */
     char *order;          /* its order_by field, or NULL */
     long limit;           /* its declared limit (0: none) */
+    char *collection;     /* the collection it reads */
     uint64_t fingerprint; /* changes when the selector's definition changes */
 } ts_selector_info_t;
 

@@ -946,6 +946,7 @@ ts_selectors_t *ts_sq_selectors(ts_sq_t *self)
         o->index = s->index_field ? ts_xstrdup(s->index_field) : NULL;
         o->order = s->order_field ? ts_xstrdup(s->order_field) : NULL;
         o->limit = s->limit;
+        o->collection = s->collection ? ts_xstrdup(s->collection) : NULL;
         o->fingerprint = s->fingerprint;
     }
     return out;

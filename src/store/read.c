@@ -272,7 +272,11 @@ void store_add_freshness(ts_call_t *call)
     size_t len = call->result_len;
     static const char was[] = ",\"stale\":false,";
     const char *at = NULL; /* a query's "stale": false, to replace */
-    for (const char *p = r; (p = memmem(p, len - (size_t)(p - r), was, sizeof was - 1)); p++)
+    /* Only a query's: its own comes last, after the items. A get has none
+     * of its own, and the text may be a field of its document. */
+    for (const char *p = r; call->method == TS_M_QUERY &&
+                            (p = memmem(p, len - (size_t)(p - r), was, sizeof was - 1));
+         p++)
         at = p;
     if (at) {
         ts_buf_append(&b, r, (size_t)(at - r));

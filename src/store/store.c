@@ -87,6 +87,12 @@ static bool route_sync_call(store_t *self, ts_envelope_t *e)
         return false;
     if (!self->to_sync)
         return false;
+    /* The sync actor skips on-demand collections (it would list them
+     * whole): the cache refetches what it holds of them instead. */
+    collection_t *c = e->calls[0].collection ? store_find_collection(self, e->calls[0].collection)
+                                              : NULL;
+    if (e->calls[0].method == TS_M_INVALIDATE && c && self->config->ondemand[c->index].on)
+        return false;
     return ts_send_SYNC_CALL(self->to_sync, &e, 1) == 0;
 }
 

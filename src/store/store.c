@@ -91,8 +91,10 @@ static bool route_sync_call(store_t *self, ts_envelope_t *e)
      * whole): the cache refetches what it holds of them instead. */
     collection_t *c = e->calls[0].collection ? store_find_collection(self, e->calls[0].collection)
                                               : NULL;
-    if (e->calls[0].method == TS_M_INVALIDATE && c && self->config->ondemand[c->index].on)
-        return false;
+    if (e->calls[0].method == TS_M_INVALIDATE &&
+        ((c && self->config->ondemand[c->index].on) ||
+         cJSON_GetObjectItemCaseSensitive(e->calls[0].params, "selector")))
+        return false; /* a selector's answers are the cache's to drop */
     return ts_send_SYNC_CALL(self->to_sync, &e, 1) == 0;
 }
 

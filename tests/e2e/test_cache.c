@@ -1360,3 +1360,28 @@ Test(cache, a_query_without_now_is_kept_only_when_the_selector_ignores_now)
     cr_assert_eq(metric("hits"), hits + 2);
     cr_assert_eq(metric("entries"), 1);
 }
+
+/* invalidate {collection, selector}: that selector's answers are dropped
+ * and counted, the next query is a miss with the same answer; another
+ * selector's answers stay. */
+Test(cache, invalidate_drops_a_selectors_answers)
+{
+    start_engine(NULL, NULL);
+    create_session("a", "thr-1", "2026-03-02T09:00:00.000Z", "scheduled", ",\"patient_id\":\"p1\"");
+    char *up = query_items("upcoming", T1_NOW, true);
+    char *bp = query_items("by_patient", "{\"patient_id\":\"p1\",\"now\":\"" NOW0 "\"}", true);
+    double misses = metric("misses"), hits = metric("hits");
+    cJSON *r = must(cl, "invalidate", "{\"collection\":\"sessions\",\"selector\":\"upcoming\"}");
+    cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(r, "invalidated")), 1, "one answer");
+    cJSON_Delete(r);
+    char *again = query_items("upcoming", T1_NOW, true);
+    cr_assert_str_eq(again, up);
+    cr_assert_eq(metric("misses"), misses + 1, "the dropped answer was still there");
+    char *bp2 = query_items("by_patient", "{\"patient_id\":\"p1\",\"now\":\"" NOW0 "\"}", true);
+    cr_assert_str_eq(bp2, bp);
+    cr_assert_eq(metric("hits"), hits + 1, "another selector's answer was dropped too");
+    free(up);
+    free(bp);
+    free(again);
+    free(bp2);
+}

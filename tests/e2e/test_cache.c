@@ -530,7 +530,9 @@ Test(cache, a_repeated_query_is_a_hit_until_a_write_touches_it)
     cJSON_Delete(items);
     cr_assert_eq(metric("hits"), hits + 3, "the patched answer is a hit");
     cr_assert_eq(selector_queries(), sq, "a patch runs no selector");
-    cr_assert_str_eq(after, query_items("upcoming", T1_NOW, false), "patched == uncached");
+    char *fresh = query_items("upcoming", T1_NOW, false);
+    cr_assert_str_eq(after, fresh, "patched == uncached");
+    free(fresh);
     free(after);
     update_session("b", "{\"status\":\"cancelled\"}");
     assert_answer("upcoming", T1_NOW, "a,c");

@@ -463,7 +463,9 @@ Test(policy_engine, hot_reload_by_method_and_sighup)
     r = create_session("h2", "thr-2", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
                        "in_person", NULL);
     cr_assert_eq(ts_rpc_error_code(r), -32002);
-    cr_assert(strstr(cJSON_PrintUnformatted(r), "v2 refuses"));
+    char *text = cJSON_PrintUnformatted(r);
+    cr_assert(strstr(text, "v2 refuses"), "%s", text);
+    cJSON_free(text);
     cJSON_Delete(r);
     /* the selectors survived the reload: upcoming still served */
     cr_assert_str_eq(query_ids("upcoming", "{\"therapist_id\":\"thr-1\",\"now\":"
@@ -482,7 +484,9 @@ Test(policy_engine, hot_reload_by_method_and_sighup)
               params);
     r = create_session("h3", "thr-2", "pat-1", "2026-03-02T09:00:00.000Z", 50, "scheduled",
                        "in_person", NULL);
-    cr_assert(strstr(cJSON_PrintUnformatted(r), "v2 refuses"), "old rule no longer in force");
+    text = cJSON_PrintUnformatted(r);
+    cr_assert(strstr(text, "v2 refuses"), "old rule no longer in force: %s", text);
+    cJSON_free(text);
     cJSON_Delete(r);
     info = ts_rpc(&engine, "policy.info", NULL);
     cr_assert(strstr(cJSON_GetObjectItem(ts_rpc_result(info), "error")->valuestring,

@@ -126,7 +126,15 @@ static void invalidate(cache_t *self, ts_envelope_t *e)
         cache_answer(self, e);
         return;
     }
-    if (sel)
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
+    if (params && (!sel || !cJSON_IsObject(params))) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.params needs a selector and is an object");
+        cache_answer(self, e);
+        return;
+    }
+    if (sel && params)
+        n += memo_invalidate_params(self, call->params);
+    else if (sel)
         n += memo_invalidate(self, call->collection, sel);
     if (coll >= 0 && self->config->ondemand[coll].on)
         n += od_invalidate(self, coll);

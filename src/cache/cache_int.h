@@ -216,6 +216,8 @@ void memo_drop_entry(cache_t *self, entry_t *entry);
 void memo_policy(cache_t *self, ts_selectors_t *selectors);
 const ts_selector_info_t *memo_selector(const cache_t *self, const char *name);
 size_t memo_invalidate(cache_t *self, const char *collection, const char *selector);
+/* The answers of one question ({collection, selector, params}). */
+size_t memo_invalidate_params(cache_t *self, const cJSON *request);
 void memo_free_all(cache_t *self);
 /* The exact key of a query request (collection, selector, canonical params,
  * page) into self->buf; without the param `skip` (NULL: none). */

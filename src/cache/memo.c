@@ -665,6 +665,23 @@ void memo_policy(cache_t *self, ts_selectors_t *selectors)
     }
 }
 
+size_t memo_invalidate_params(cache_t *self, const cJSON *request)
+{
+    const ts_selector_info_t *s = memo_selector(self, ts_json_string(request, "selector"));
+    memo_key(self, request, s ? s->lower_bound : NULL); /* a group holds every bound value */
+    hnode_t *n = hmap_find(&self->groups, self->buf.data, self->buf.len,
+                           hmap_hash(self->buf.data, self->buf.len));
+    if (!n)
+        return 0;
+    group_t *g = CONTAINER(n, group_t, node);
+    size_t dropped = g->n;
+    while (g->n > 1)
+        memo_drop_entry(self, g->entries[g->n - 1]);
+    memo_drop_entry(self, g->entries[0]); /* frees g */
+    self->invalidations += dropped;
+    return dropped;
+}
+
 size_t memo_invalidate(cache_t *self, const char *collection, const char *selector)
 {
     size_t n = drop_groups(self, collection, selector, NULL);

@@ -1382,6 +1382,15 @@ Test(cache, invalidate_drops_a_selectors_answers)
     char *bp2 = query_items("by_patient", "{\"patient_id\":\"p1\",\"now\":\"" NOW0 "\"}", true);
     cr_assert_str_eq(bp2, bp);
     cr_assert_eq(metric("hits"), hits + 1, "another selector's answer was dropped too");
+    /* with params: that question only */
+    r = must(cl, "invalidate", "{\"collection\":\"sessions\",\"selector\":\"by_patient\","
+                               "\"params\":{\"patient_id\":\"p2\",\"now\":\"" NOW0 "\"}}");
+    cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(r, "invalidated")), 0);
+    cJSON_Delete(r);
+    r = must(cl, "invalidate", "{\"collection\":\"sessions\",\"selector\":\"by_patient\","
+                               "\"params\":{\"now\":\"" NOW0 "\",\"patient_id\":\"p1\"}}");
+    cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(r, "invalidated")), 1);
+    cJSON_Delete(r);
     free(up);
     free(bp);
     free(again);

@@ -209,6 +209,8 @@ static void on_cache_runs(store_t *self, ts_cache_run_t **runs, size_t n)
         collection_t *c = run->collection < self->ncollections
                               ? &self->collections[run->collection]
                               : NULL;
+        if (c)
+            self->changes.watched[c->index] = true; /* its changes matter from now on */
         ts_call_t call = {.method = TS_M_QUERY, .params = run->request,
                           .collection = c ? c->name : NULL};
         self->calls[TS_M_QUERY]++;
@@ -471,6 +473,7 @@ static void store_actor(ts_actor_t *actor, void *args)
         snprintf(c->topic, sizeof c->topic, "doc.%s", c->name);
         c->changes = &self.changes;
         c->index = (uint16_t)i;
+        self.changes.watched[i] = self.config->ondemand[i].on;
     }
     self.inbox = ts_inproc_socket(zctx, ZMQ_PULL, TS_INPROC_STORE, true);
     self.to_persist = ts_inproc_socket(zctx, ZMQ_PUSH, TS_INPROC_PERSIST, false);

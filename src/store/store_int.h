@@ -84,6 +84,10 @@ typedef struct {
     ts_change_t *head, *last;
     bool on;               /* off while recovering: the cache has nothing yet */
     uint8_t origin;        /* TS_CHANGE_* of what the store is applying */
+    /* Collections the cache may hold something of: one it asked to run a
+     * query on (its first answer comes after this), or on demand. Writes
+     * to the others cost nothing here (ingest with no reader). */
+    bool watched[TS_MAX_COLLECTIONS];
 } changes_t;
 
 typedef struct {

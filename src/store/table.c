@@ -168,7 +168,7 @@ cJSON *store_parse_doc(const doc_t *d)
 void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int kind)
 {
     bool was = d->visible != NULL;
-    if (c->changes && c->changes->on) { /* the cache hears of it, old and new */
+    if (c->changes && c->changes->on && c->changes->watched[c->index]) { /* the cache hears */
         ts_change_t *ch =
             ts_change_new(c->index, d->id, d->id_len, d->visible, d->visible_len, text, len);
         ch->origin = c->changes->origin;

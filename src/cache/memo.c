@@ -78,6 +78,8 @@ void memo_key(cache_t *self, const cJSON *request, const char *skip)
         ts_buf_append(b, "\x01", 1);
         canon(b, cJSON_GetObjectItemCaseSensitive(request, page[i]), NULL);
     }
+    if (skip) /* a lower-bound group: never the key of a query without the bound */
+        ts_buf_append(b, "\x01\x02", 2);
 }
 
 /* ---- selectors ---- */

@@ -315,7 +315,10 @@ static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
             doc = res->json; /* taken, not copied: the result is freed without it */
             res->json = NULL;
         } else if (m->op == TS_OP_DELETE) {
-            v = m->doc->version + 1; /* the server's tombstone */
+            /* the server's tombstone: one past the version the delete was
+             * sent on (its If-Match; the sync actor's own version is 0 for
+             * a document it no longer remembers) */
+            v = if_match_of(m) + 1;
         }
         push_confirmed(self, m, doc, v);
         break;

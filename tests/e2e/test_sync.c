@@ -1239,3 +1239,36 @@ Test(sync, a_write_unanswered_in_time_turns_the_connection_offline)
     cJSON_Delete(doc);
     cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 2, "each write applied once");
 }
+
+/* A delete's confirmation leaves the document deleted even when the sync
+ * actor no longer remembers its version (here: after a restart; in a long
+ * run: once it fell out of the recently-forgotten table). The delete is
+ * sent with If-Match = the version it was made on; the tombstone is one
+ * past that. Counting from the sync actor's own (forgotten: 0) version
+ * gave version 1, older than the store's 2: the store kept the old
+ * version, and the deleted document showed again (a doc.changed with
+ * deleted false) until the stream's tombstone arrived. */
+Test(sync, a_confirmed_delete_of_a_forgotten_document_stays_deleted)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "f1", "\"a\":0");
+    update(&engine, "f1", "{\"a\":1}");
+    cr_assert(wait_synced(&engine, 10000));
+    sleep_ms(300); /* the confirmations and the cursor are committed */
+    cr_assert_eq(ts_engine_stop(&engine), 0);
+    cr_assert_eq(ts_engine_restart_synced(&engine, &api), 0);
+    void *sub = events(&engine, "doc.sessions");
+    cJSON *doc = engine_doc(&engine, "f1");
+    cr_assert_eq(field_int(doc, "version"), 2);
+    cJSON_Delete(doc);
+    write_call(&engine, "delete", "{\"collection\":\"sessions\",\"id\":\"f1\"}");
+    cJSON *ev = ts_events_wait(sub, "doc.changed", "origin", "remote", 5000);
+    cr_assert_not_null(ev, "the delete's confirmation arrived");
+    cr_assert_str_eq(field_str(ev, "id"), "f1");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(ev, "deleted")),
+              "the confirmed delete shows the document deleted, not back: %s",
+              cJSON_PrintUnformatted(ev));
+    cJSON_Delete(ev);
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_null(engine_doc(&engine, "f1"), "f1 stays deleted");
+}

@@ -563,6 +563,9 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
     ts_okey_t vk = {0};
     if (run->extend && v && !run->err_code) {
         rows = rows_of(run, &patchable);
+        /* patches assume one index bucket (the doc's own value as the
+         * index param); a scan (the param null, say) is dropped instead */
+        patchable &= run->read.kind == TS_READ_RANGE;
         ts_okey_from_json(v, &vk); /* borrows */
     }
     const ts_selector_info_t *sel = memo_selector(self, ts_json_string(run->request, "selector"));
@@ -810,6 +813,7 @@ entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param)
         return NULL;
     bool patchable;
     row_t *rows = rows_of(run, &patchable);
+    patchable &= run->read.kind == TS_READ_RANGE; /* see memo_result */
     entry_t *e = ts_xcalloc(1, sizeof *e);
     e->rows = rows;
     e->nrows = e->caprows = run->nrows;

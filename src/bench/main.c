@@ -37,7 +37,7 @@ static const char usage_text[] =
     "             checked against a fresh uncached query at the end (mismatches)\n"
     "  ondemand   C x K identical cold gets of one on-demand patient at once (HTTP\n"
     "             requests made), then N fresh and N stale gets of D-1 warm ones\n"
-    "             (bench/ONDEMAND.md; defaults N 100000, D 1000, C 4, K 25)\n"
+    "             (bench/README.md; defaults N 100000, D 1000, C 4, K 25)\n"
     "  (api, replay, realtime, live, ondemand start their own clinic-api unless --api URL)\n"
     "\n"
     "options:\n"

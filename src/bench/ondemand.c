@@ -1,6 +1,6 @@
 /* ondemand.c — the ondemand workload: concurrent identical cold reads of an
  * on-demand collection (the HTTP requests they make), and the cost of fresh
- * and stale hits (docs/CACHE.md "On-demand collections"; bench/ONDEMAND.md).
+ * and stale hits (docs/CACHE.md "On-demand collections"; bench/README.md).
  *
  * Starts clinic-api --demo-patients D (unless --api) and therasyncd --api
  * with patients on demand (unless --endpoint is given: then its config must

@@ -5,6 +5,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -138,6 +139,7 @@ static int parse_collections(const char *text, char ***out, int *n)
 
 int main(int argc, char **argv)
 {
+    umask(077); /* its database holds the clinic's records: its user's alone */
     enum {
         O_LISTEN = 256,
         O_DB,

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -106,6 +107,14 @@ int main(int argc, char **argv)
 {
     ts_config_t config;
     ts_oom_hooks_install();
+    /* Health data and secrets: files it makes are its user's alone, and a
+     * crash leaves no core file with tokens, the client secret or
+     * documents in it. (PR_SET_DUMPABLE 0 would also stop same-user
+     * ptrace, but makes /proc/PID root's, which the bench and operators'
+     * tools read.) */
+    umask(077);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
     ts_config_init(&config);
     char err[1024] = "";
     int rc = ts_config_parse_args(&config, argc, argv, err, sizeof err);

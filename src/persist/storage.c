@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int persist_lock_data_dir(persist_t *self)
@@ -33,6 +34,19 @@ int persist_lock_data_dir(persist_t *self)
                  dir, *holder ? holder : "unknown");
         return -1;
     }
+    /* Health data: the dir 0700 and its files 0600, whatever the umask
+     * or the mode of a dir made beforehand (systemd's StateDirectory= is
+     * 0755 by default). New files follow the daemon's umask (077). */
+    if (chmod(dir, 0700))
+        ts_warn(LOG, "cannot make data dir %s private (0700): %s", dir, strerror(errno));
+    static const char *const files[] = {"therasync.db", "therasync.db-wal", "therasync.db-shm"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        if (chmod(path, 0600) && errno != ENOENT)
+            ts_warn(LOG, "cannot make %s private (0600): %s", path, strerror(errno));
+    }
+    if (fchmod(self->lock_fd, 0600))
+        ts_warn(LOG, "cannot make the LOCK private: %s", strerror(errno));
     char pid[32];
     int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
     if (ftruncate(self->lock_fd, 0) || pwrite(self->lock_fd, pid, (size_t)n, 0) != n) {

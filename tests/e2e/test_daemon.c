@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -129,4 +131,38 @@ Test(daemon, overload_answers_busy_and_loses_nothing, .timeout = 60)
     ts_engine_destroy(&e);
     ts_rmtree(dir);
     free(dir);
+}
+
+/* The data dir holds health data: after a start it is 0700 and its files
+ * 0600, though the dir was made 0755 beforehand (systemd's default), the
+ * files were 0644, and the daemon was started with umask 0. */
+Test(daemon, data_files_are_private_whatever_the_umask, .timeout = 30)
+{
+    ts_engine_t e;
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"),
+                          NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    char path[4400];
+    cr_assert_eq(chmod(e.data, 0755), 0);
+    snprintf(path, sizeof path, "%s/therasync.db", e.data);
+    cr_assert_eq(chmod(path, 0644), 0);
+    mode_t old = umask(0);
+    int rc = ts_engine_restart(&e, args);
+    umask(old);
+    cr_assert_eq(rc, 0);
+    cJSON *r = ts_rpc(&e, "create", "{\"collection\":\"sessions\",\"doc\":{\"notes\":\"private\"}}");
+    cr_assert_not_null(ts_rpc_result(r), "the create was refused");
+    cJSON_Delete(r);
+    struct stat st;
+    cr_assert_eq(stat(e.data, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0700, "data dir mode %o", st.st_mode & 0777);
+    const char *files[] = {"therasync.db", "therasync.db-wal", "therasync.db-shm", "LOCK"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/%s", e.data, files[i]);
+        cr_assert_eq(stat(path, &st), 0, "%s: %s", files[i], strerror(errno));
+        cr_assert_eq(st.st_mode & 0777, 0600, "%s mode %o", files[i], st.st_mode & 0777);
+    }
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    ts_engine_destroy(&e);
 }

@@ -80,6 +80,13 @@ enum {
 /* The reason name for a code (error.data.reason), or NULL for the JSON-RPC codes. */
 const char *ts_error_reason(int code);
 
+/* The sync actor's word on a mutation a client wants cancelled. */
+enum {
+    TS_CANCEL_UNASKED,  /* not asked (no sync actor: nothing is ever sent) */
+    TS_CANCEL_WITHHELD, /* never sent, and now never will be: drop it */
+    TS_CANCEL_SENT,     /* sent at least once: the server may have applied it */
+};
+
 /* Durable operations, appended by persist before the call is answered. */
 typedef enum {
     TS_REC_MUTATION,    /* append a pending mutation to the outbox */
@@ -171,6 +178,8 @@ typedef struct {
     size_t result_len;
     cJSON *partial;       /* a result object later stages add to (metrics); front prints it */
     uint8_t fresh;        /* an on-demand answer: TS_FRESH_* (msgs/cache.h), 0 = not one */
+    int64_t cancel_seq;   /* cancel: the pending mutation's outbox seq (store, for sync) */
+    uint8_t cancel_verdict; /* TS_CANCEL_*: what the sync actor found (CANCEL_ASK) */
     int64_t age_ms;       /* and the age of what it was read from */
     ts_record_t *records; /* what must be durable before the answer */
     ts_event_t *events;   /* what to publish after the answer */

@@ -291,8 +291,19 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
         if (route_sync_call(self, e) || route_cache_call(self, e))
             continue; /* the sync actor or the cache answers it */
         self->client = e->client;
-        for (size_t k = 0; k < e->ncalls; k++)
+        for (size_t k = 0; k < e->ncalls; k++) {
+            if (e->ncalls > 1 && e->calls[k].method == TS_M_CANCEL && self->to_sync &&
+                !e->calls[k].err_code)
+                ts_call_fail(&e->calls[k], TS_E_INVALID_REQUEST,
+                             "cancel cannot be part of a batch (it waits for the sync actor)");
             handle_call(self, &e->calls[k]);
+        }
+        if (self->ask_sync) { /* a cancel: the sync actor's verdict first */
+            self->ask_sync = false;
+            if (ts_send_CANCEL_ASK(self->to_sync, &e, 1) == 0)
+                continue;
+            ts_call_fail(&e->calls[0], TS_E_INTERNAL, "the engine is stopping");
+        }
         if (e->ncalls == 1 && e->calls[0].method == TS_M_METRICS && !e->calls[0].err_code)
             to_cache(self, e); /* the cache adds its part and passes it to persist */
         else if (!needs_persist(e))
@@ -312,6 +323,25 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
         ts_error(LOG, "cannot pass envelopes to persist");
         for (size_t i = 0; i < kept; i++)
             ts_envelope_free(envs[i]);
+    }
+}
+
+/* Cancels back from the sync actor with its verdict: dropped and rolled
+ * back (never sent), or answered cancelled: false (it went out). */
+static void on_cancel_verdicts(store_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        ts_envelope_t *e = envs[i];
+        self->client = e->client;
+        self->changes.origin = TS_CHANGE_LOCAL;
+        store_do_cancel(self, &e->calls[0]);
+        self->client = NULL;
+        int rc = needs_persist(e) ? store_send_to_persist(self, &e, 1)
+                                  : ts_send_ANSWERS(self->to_front, &e, 1);
+        if (rc) {
+            ts_error(LOG, "cannot pass a cancel on");
+            ts_envelope_free(e);
+        }
     }
 }
 
@@ -351,6 +381,9 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
         case TS_MSG_CACHE_SERVE: on_cache_serve(self, ts_msg_CACHE_SERVE(&m), m.count); break;
         case TS_MSG_SYNC_UPDATES:
             store_apply_sync_updates(self, ts_msg_SYNC_UPDATES(&m), m.count);
+            break;
+        case TS_MSG_CANCEL_VERDICT:
+            on_cancel_verdicts(self, ts_msg_CANCEL_VERDICT(&m), m.count);
             break;
         case TS_MSG_DIGEST_ASK:
             for (size_t i = 0; i < m.count; i++)

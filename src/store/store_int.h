@@ -138,6 +138,7 @@ typedef struct {
     changes_t changes;
     bool lower_bounds[TS_MAX_COLLECTIONS]; /* has a lower-bound selector: changes carry
                                               their membership (ts_sq_membership) */
+    bool ask_sync;         /* the call just handled asks the sync actor first (cancel) */
     uint64_t seen_mark, seen_sent; /* the front door's messages with writes handled, and
                                       told to the cache (CACHE_SEEN) */
     ts_envelope_t **cache_reads;

@@ -341,11 +341,30 @@ void store_do_cancel(store_t *self, ts_call_t *call)
     doc_t *d;
     mutation_t *m = store_uuid_parse(text, id) ? NULL : find_mutation(self, id, &c, &d);
     if (!m) {
-        static const char none[] = "{\"cancelled\":false,\"doc\":null}";
+        static const char none[] = "{\"cancelled\":false,\"reason\":\"not_pending\",\"doc\":null}";
         ts_call_set_result(call, ts_xstrdup(none), sizeof none - 1);
         return;
     }
-    /* Not yet sent (no API actor in this build): drop it and roll back. */
+    if (self->to_sync && call->cancel_verdict == TS_CANCEL_UNASKED) {
+        /* Only the sync actor knows whether it went out: ask it first
+         * (on_requests passes the envelope on; its verdict comes back). */
+        call->cancel_seq = m->seq;
+        call->collection = c->name;
+        free(call->doc_id);
+        call->doc_id = ts_xstrndup(d->id, d->id_len);
+        self->ask_sync = true;
+        return;
+    }
+    if (call->cancel_verdict == TS_CANCEL_SENT) {
+        /* The server may have applied it: say so, record nothing. */
+        ts_buf_t b = {0};
+        ts_buf_puts(&b, "{\"cancelled\":false,\"reason\":\"in_flight\",\"doc\":");
+        store_append_doc(&b, d);
+        ts_buf_puts(&b, "}");
+        ts_call_set_buffer(call, &b);
+        return;
+    }
+    /* Never sent (withheld by the sync actor, or no API): drop it and roll back. */
     mutation_t **p = &d->pending;
     while (*p != m)
         p = &(*p)->next;

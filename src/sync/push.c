@@ -137,7 +137,7 @@ static int push_batch(sync_t *self)
     while (self->heap_len && n < (size_t)self->batch_limit) {
         struct heap_entry e = sync_heap_pop(self);
         mut_t *m = e.doc->head;
-        if (!m || m->seq != e.seq || m->state != M_QUEUED) {
+        if (!m || m->seq != e.seq || m->state != M_QUEUED || e.doc->paused_seq) {
             sync_doc_maybe_free(self, e.doc);
             continue;
         }
@@ -200,7 +200,7 @@ void sync_push_pump(sync_t *self)
         struct heap_entry e = sync_heap_pop(self);
         sdoc_t *d = e.doc;
         mut_t *m = d->head;
-        if (m && m->seq == e.seq && m->state == M_QUEUED)
+        if (m && m->seq == e.seq && m->state == M_QUEUED && !d->paused_seq)
             push_send(self, m);
         else
             sync_doc_maybe_free(self, d);

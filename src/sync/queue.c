@@ -64,7 +64,7 @@ int64_t sync_recent_version(const sync_t *self, const char *coll, const char *id
 /* Frees the document once nothing refers to it any more. */
 void sync_doc_maybe_free(sync_t *self, sdoc_t *d)
 {
-    if (d->head || d->heap_refs || d->unacked > 0 || d->held)
+    if (d->head || d->heap_refs || d->unacked > 0 || d->held || d->paused_seq)
         return;
     if (self->recent && d->version > 0) {
         recent_t *r = &self->recent[d->hash % RECENT_SLOTS];
@@ -211,6 +211,13 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
 
 static void outbox_mutation(sync_t *self, const ts_record_t *r)
 {
+    if (r->seq > self->max_seq)
+        self->max_seq = r->seq;
+    for (size_t i = 0; i < self->nwithheld; i++)
+        if (self->withheld[i] == r->seq) { /* cancelled before it came: never sent */
+            self->withheld[i] = self->withheld[--self->nwithheld];
+            return;
+        }
     sdoc_t *d = doc_get(self, r->collection, r->doc_id);
     if (!d) { /* the front door lets no such name through */
         ts_error(LOG, "cannot queue mutation %s: a name over 64 bytes", r->mutation);
@@ -269,6 +276,13 @@ static void outbox_drop(sync_t *self, const ts_record_t *r)
     sdoc_t *d = sync_doc_find(self, r->collection, r->doc_id, sync_hash_key(r->collection, r->doc_id));
     if (!d)
         return;
+    if (d->paused_seq == r->seq) { /* the cancelled one: the document may go on */
+        d->paused_seq = 0;
+        if (d->head && d->head->state == M_QUEUED)
+            sync_heap_push(self, d);
+        sync_doc_maybe_free(self, d);
+        return;
+    }
     for (mut_t *m = d->head; m; m = m->next) {
         if (m->seq != r->seq)
             continue;
@@ -296,5 +310,49 @@ void sync_on_outbox(sync_t *self, ts_record_t **ptrs, size_t n)
                 outbox_drop(self, r);
         }
         ts_record_free_list(ptrs[i]);
+    }
+}
+
+/* A client asks to cancel a mutation. Only one never sent can be: the
+ * server cannot have applied it, and it is withheld from now on (here,
+ * or when its record comes, if it has not yet). One sent even once may
+ * have been applied: the verdict says so, and the store answers
+ * cancelled: false (reason in_flight) instead of recording what did not
+ * happen. */
+void sync_on_cancel_ask(sync_t *self, ts_envelope_t *e)
+{
+    ts_call_t *call = &e->calls[0];
+    sdoc_t *d = call->collection && call->doc_id
+                    ? sync_doc_find(self, call->collection, call->doc_id,
+                                    sync_hash_key(call->collection, call->doc_id))
+                    : NULL;
+    mut_t *m = NULL;
+    for (mut_t *x = d ? d->head : NULL; x && !m; x = x->next)
+        if (x->seq == call->cancel_seq)
+            m = x;
+    if (m) {
+        bool out = m->state == M_SENDING || m->state == M_FETCHING || m->sent_ms;
+        call->cancel_verdict = out ? TS_CANCEL_SENT : TS_CANCEL_WITHHELD;
+        if (!out) {
+            d->paused_seq = m->seq; /* the writes that depended on it must not go out */
+            sync_mut_forget(self, m);
+        }
+    } else if (call->cancel_seq > self->max_seq) { /* its record has not come yet */
+        d = call->collection && call->doc_id ? doc_get(self, call->collection, call->doc_id)
+                                             : NULL;
+        if (d)
+            d->paused_seq = call->cancel_seq;
+        if (self->nwithheld == self->capwithheld) {
+            self->capwithheld = self->capwithheld ? self->capwithheld * 2 : 16;
+            self->withheld = ts_xrealloc(self->withheld, self->capwithheld * sizeof(int64_t));
+        }
+        self->withheld[self->nwithheld++] = call->cancel_seq;
+        call->cancel_verdict = TS_CANCEL_WITHHELD;
+    } else { /* answered and forgotten already: it was sent */
+        call->cancel_verdict = TS_CANCEL_SENT;
+    }
+    if (ts_send_CANCEL_VERDICT(self->to_store, &e, 1)) {
+        ts_error(LOG, "cannot pass a cancel back to the store");
+        ts_envelope_free(e);
     }
 }

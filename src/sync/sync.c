@@ -245,6 +245,10 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             for (size_t i = 0; i < m.count; i++)
                 sync_on_sync_call(self, ts_msg_SYNC_CALL(&m)[i]);
             break;
+        case TS_MSG_CANCEL_ASK:
+            for (size_t i = 0; i < m.count; i++)
+                sync_on_cancel_ask(self, ts_msg_CANCEL_ASK(&m)[i]);
+            break;
         case TS_MSG_DIGEST:
             for (size_t i = 0; i < m.count; i++)
                 sync_on_digest_local(self, ts_msg_DIGEST(&m)[i]);
@@ -324,6 +328,7 @@ static void sync_cleanup(sync_t *self)
         for (size_t i = 0; i < self->config->ncollections; i++)
             sync_check_finish(self, &self->checks[i]);
     free(self->checks);
+    free(self->withheld);
     for (size_t i = 0; i < self->nout; i++)
         ts_sync_update_free(self->out[i]);
     free(self->out);

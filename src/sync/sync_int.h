@@ -88,6 +88,9 @@ typedef struct sdoc {
                              policy decides instead of the write silently winning */
     int heap_refs;        /* entries in the ready heap */
     int unacked;          /* confirmed seqs whose DROP has not arrived */
+    int64_t paused_seq;   /* a cancel withheld this seq: nothing of the document goes out
+                             until its DROP comes (with those of the writes that
+                             depended on it, in the same batch) */
     /* A feed change that came while our write to the document was out: most
      * often the echo of that very write. It waits for the answer, which says
      * whether it is ours (dropped) or newer (applied); see hold_change. */
@@ -167,6 +170,10 @@ typedef struct {
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
+    int64_t max_seq;        /* the highest outbox seq received: a cancel of a later one was
+                               never sent (its record is still on its way) */
+    int64_t *withheld;      /* seqs cancelled before their record came: never queued */
+    size_t nwithheld, capwithheld;
     void *to_front;         /* PUSH TS_INPROC_FRONT */
     int64_t started_us;
     /* documents */
@@ -258,6 +265,7 @@ struct heap_entry sync_heap_pop(sync_t *self);
 void sync_mstate_set(sync_t *self, mut_t *m, mstate_t to);
 void sync_head_pop(sync_t *self, sdoc_t *d);
 void sync_mut_forget(sync_t *self, mut_t *m);
+void sync_on_cancel_ask(sync_t *self, ts_envelope_t *e);
 void sync_on_outbox(sync_t *self, ts_record_t **ptrs, size_t n);
 
 /* push.c: pushing and answers */

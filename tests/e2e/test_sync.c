@@ -1272,3 +1272,84 @@ Test(sync, a_confirmed_delete_of_a_forgotten_document_stays_deleted)
     cr_assert(wait_synced(&engine, 10000));
     cr_assert_null(engine_doc(&engine, "f1"), "f1 stays deleted");
 }
+
+/* ---- cancel: only what never went out ---------------------------------------- */
+
+static cJSON *cancel(ts_engine_t *e, const char *mutation)
+{
+    char p[128];
+    snprintf(p, sizeof p, "{\"mutation\":\"%s\"}", mutation);
+    return call(e, "cancel", p);
+}
+
+static bool audit_has(ts_engine_t *e, const char *id, const char *event)
+{
+    char p[128];
+    snprintf(p, sizeof p, "{\"id\":\"%s\"}", id);
+    cJSON *r = call(e, "audit", p);
+    bool found = false;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItem(ts_rpc_result(r), "entries"))
+        found |= strcmp(field_str(x, "event"), event) == 0;
+    cJSON_Delete(r);
+    return found;
+}
+
+/* A write queued while the engine is offline was never sent: cancel drops
+ * it, rolls it back and says so; the server never sees it. */
+Test(sync, cancel_of_a_write_never_sent_withholds_it)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 1 }\n"), 0);
+    ts_clinic_stop(&api);
+    create(&engine, "w0", "\"a\":0"); /* its push fails: offline */
+    for (int i = 0; i < 100 && status_online(&engine); i++)
+        sleep_ms(50);
+    cr_assert(!status_online(&engine), "the engine did not go offline");
+    char *m = create_mutation(&engine, "c1", "\"a\":1");
+    cJSON *r = cancel(&engine, m);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(ts_rpc_result(r), "cancelled")), "%s",
+              cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    cr_assert_null(engine_doc(&engine, "c1"), "rolled back");
+    cr_assert(audit_has(&engine, "c1", "cancelled"));
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
+    cr_assert(wait_synced(&engine, 20000));
+    cJSON *s = server_doc("c1");
+    cr_assert_null(s, "the server got the cancelled write");
+    cJSON *w = server_doc("w0");
+    cr_assert_not_null(w, "the write before it was lost");
+    cJSON_Delete(w);
+    free(m);
+}
+
+/* A write on its way (the server holds its answer) may be applied: cancel
+ * answers cancelled: false with reason in_flight, records nothing, and the
+ * write lands. A confirmed one is not pending any more. */
+Test(sync, cancel_of_a_write_in_flight_says_so_and_records_nothing)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    cr_assert_eq(ts_clinic_faults(&api, "{\"answer_latency_ms\":1500}"), 0);
+    char *m = create_mutation(&engine, "c2", "\"a\":2");
+    sleep_ms(300); /* sent; its answer held back */
+    cJSON *r = cancel(&engine, m);
+    const cJSON *res = ts_rpc_result(r);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(res, "cancelled")), "%s",
+              cJSON_PrintUnformatted(r));
+    cr_assert_str_eq(field_str(res, "reason"), "in_flight");
+    cJSON_Delete(r);
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cr_assert(wait_synced(&engine, 20000));
+    cJSON *doc = engine_doc(&engine, "c2");
+    cr_assert_not_null(doc, "the write was rolled back locally though the server has it");
+    cJSON_Delete(doc);
+    cJSON *s = server_doc("c2");
+    cr_assert_not_null(s);
+    cJSON_Delete(s);
+    cr_assert(!audit_has(&engine, "c2", "cancelled"), "the audit says it was cancelled");
+    r = cancel(&engine, m);
+    res = ts_rpc_result(r);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(res, "cancelled")));
+    cr_assert_str_eq(field_str(res, "reason"), "not_pending");
+    cJSON_Delete(r);
+    free(m);
+}

@@ -176,12 +176,15 @@ void store_flush_cache(store_t *self)
             ts_envelope_free(self->cache_reads[i]);
     }
     self->ncache_reads = 0;
-    if (self->seen_mark > self->seen_sent) { /* after the changes it covers */
+    uint64_t seen = self->seen_mark;
+    if (self->ncancels_out && self->cancels_out[0] - 1 < seen)
+        seen = self->cancels_out[0] - 1; /* a cancel's rollback is still to come */
+    if (seen > self->seen_sent) { /* after the changes it covers */
         uint64_t *mark = ts_xmalloc(sizeof *mark);
-        *mark = self->seen_mark;
+        *mark = seen;
         if (ts_send_CACHE_SEEN(self->to_cache, &mark, 1))
             free(mark);
-        self->seen_sent = self->seen_mark;
+        self->seen_sent = seen;
     }
 }
 
@@ -300,8 +303,15 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
         }
         if (self->ask_sync) { /* a cancel: the sync actor's verdict first */
             self->ask_sync = false;
+            if (self->ncancels_out == self->capcancels_out) {
+                self->capcancels_out = self->capcancels_out ? self->capcancels_out * 2 : 8;
+                self->cancels_out = ts_xrealloc(self->cancels_out,
+                                                self->capcancels_out * sizeof(uint64_t));
+            }
+            self->cancels_out[self->ncancels_out++] = e->front_msg;
             if (ts_send_CANCEL_ASK(self->to_sync, &e, 1) == 0)
                 continue;
+            self->ncancels_out--;
             ts_call_fail(&e->calls[0], TS_E_INTERNAL, "the engine is stopping");
         }
         if (e->ncalls == 1 && e->calls[0].method == TS_M_METRICS && !e->calls[0].err_code)
@@ -332,6 +342,10 @@ static void on_cancel_verdicts(store_t *self, ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
+        if (self->ncancels_out) { /* verdicts come back in the order asked */
+            memmove(self->cancels_out, self->cancels_out + 1,
+                    --self->ncancels_out * sizeof(uint64_t));
+        }
         self->client = e->client;
         self->changes.origin = TS_CHANGE_LOCAL;
         store_do_cancel(self, &e->calls[0]);
@@ -434,6 +448,7 @@ static void store_cleanup(store_t *self)
     for (size_t i = 0; i < self->ncache_reads; i++)
         ts_envelope_free(self->cache_reads[i]);
     free(self->cache_reads);
+    free(self->cancels_out);
     if (self->to_cache)
         zmq_close(self->to_cache);
     cJSON_Delete(self->sync_status);

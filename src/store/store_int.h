@@ -139,6 +139,10 @@ typedef struct {
     bool lower_bounds[TS_MAX_COLLECTIONS]; /* has a lower-bound selector: changes carry
                                               their membership (ts_sq_membership) */
     bool ask_sync;         /* the call just handled asks the sync actor first (cancel) */
+    uint64_t *cancels_out; /* front door messages of cancels with the sync actor, oldest
+                              first: CACHE_SEEN stays below them (their rollback is a
+                              change a later read must see) */
+    size_t ncancels_out, capcancels_out;
     uint64_t seen_mark, seen_sent; /* the front door's messages with writes handled, and
                                       told to the cache (CACHE_SEEN) */
     ts_envelope_t **cache_reads;

@@ -1312,6 +1312,40 @@ Test(sync, cancel_of_a_write_never_sent_withholds_it)
     cJSON_Delete(r);
     cr_assert_null(engine_doc(&engine, "c1"), "rolled back");
     cr_assert(audit_has(&engine, "c1", "cancelled"));
+    /* read your writes: a query sent right after a cancel (no wait between)
+     * sees the rollback, though the cancel waited for the sync actor */
+    char *m2 = create_mutation(&engine, "c3", "\"therapist_id\":\"thr-c\",\"status\":"
+                                              "\"scheduled\",\"scheduled_at\":\"2026-05-01T09:00:00Z\"");
+    void *d = ts_engine_client(&engine);
+    char req[512];
+    int n = snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"cancel\","
+                     "\"params\":{\"mutation\":\"%s\"}}", m2);
+    cr_assert_eq(zmq_send(d, req, (size_t)n, 0), n);
+    n = snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"query\",\"params\":"
+                 "{\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":"
+                 "{\"therapist_id\":\"thr-c\",\"now\":\"2026-01-01T00:00:00Z\"}}}");
+    cr_assert_eq(zmq_send(d, req, (size_t)n, 0), n);
+    int answered = 0;
+    for (int i = 0; i < 2; i++) {
+        char buf[8192];
+        zmq_pollitem_t it = {.socket = d, .events = ZMQ_POLLIN};
+        cr_assert_eq(zmq_poll(&it, 1, 10000), 1, "no answer");
+        int len = zmq_recv(d, buf, sizeof buf - 1, 0);
+        cr_assert_gt(len, 0);
+        buf[len] = '\0';
+        cJSON *a = cJSON_Parse(buf);
+        if (cJSON_GetNumberValue(cJSON_GetObjectItem(a, "id")) == 2) {
+            const cJSON *items = cJSON_GetObjectItem(ts_rpc_result(a), "items");
+            cr_assert(cJSON_IsArray(items), "%s", buf);
+            cr_assert_eq(cJSON_GetArraySize(items), 0, "the query saw the cancelled write: %s",
+                         buf);
+            answered++;
+        }
+        cJSON_Delete(a);
+    }
+    cr_assert_eq(answered, 1);
+    zmq_close(d);
+    free(m2);
     cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
     cr_assert(wait_synced(&engine, 20000));
     cJSON *s = server_doc("c1");

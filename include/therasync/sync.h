@@ -83,6 +83,7 @@ typedef struct ts_sync_update {
     char message[256];   /* REJECTED: a human-readable reason */
     cJSON *errors;       /* REJECTED on 422: the server's [{field, message}]; owned */
     char cursor[65];     /* CURSOR */
+    bool repair;         /* REMOTE from a digest check's repair (audited as "repaired") */
     bool fetched;        /* REMOTE from an on-demand fetch: applied even to a document the
                             store does not hold (a feed change of an on-demand collection
                             is applied only to documents it holds) */

@@ -155,8 +155,8 @@ static void check_params(front_t *self, ts_call_t *call)
         break;
     case TS_M_AUDIT: {
         long long limit;
-        static const char *strings[] = {"collection", "id", "since"};
-        for (int i = 0; i < 3; i++)
+        static const char *strings[] = {"collection", "id", "since", "until", "event"};
+        for (int i = 0; i < 5; i++)
             if (cJSON_GetObjectItemCaseSensitive(p, strings[i]) && !ts_json_string(p, strings[i]))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", strings[i]);
         if (!call->err_code && cJSON_GetObjectItemCaseSensitive(p, "limit") &&

@@ -77,9 +77,27 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     const char *since = ts_json_string(call->params, "since");
     long long limit = 100;
     ts_json_int(call->params, "limit", &limit);
-    int64_t since_ms = 0;
+    const char *until = ts_json_string(call->params, "until");
+    const char *event = ts_json_string(call->params, "event");
+    int64_t since_ms = 0, until_ms = INT64_MAX;
     if (since && ts_parse_rfc3339(since, &since_ms)) {
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.since must be an RFC 3339 time");
+        return;
+    }
+    if (until && ts_parse_rfc3339(until, &until_ms)) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.until must be an RFC 3339 time");
+        return;
+    }
+    static const char *const events[] = {"accepted", "sent",      "confirmed", "rejected",
+                                         "conflict", "cancelled", "rekeyed",   "remote",
+                                         "repaired", NULL};
+    bool known = !event;
+    for (int i = 0; events[i] && !known; i++)
+        known = strcmp(event, events[i]) == 0;
+    if (!known) { /* a filter that matches nothing silently would hide the trail */
+        ts_call_fail(call, TS_E_INVALID_PARAMS,
+                     "params.event must be one of accepted, sent, confirmed, rejected, conflict, "
+                     "cancelled, rekeyed, remote, repaired");
         return;
     }
     if (limit < 1 || limit > 10000) {
@@ -106,7 +124,8 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
                            "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0"
                            "  FROM temp.packed) "
                            "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
-                           "AND at >= ?3 ORDER BY at, n, k LIMIT ?4",
+                           "AND at >= ?3 AND at < ?5 AND (?6 IS NULL OR event = ?6) "
+                           "ORDER BY at, n, k LIMIT ?4",
                            -1, &stmt, NULL) != SQLITE_OK) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
@@ -117,6 +136,9 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         sqlite3_bind_text(stmt, 2, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(stmt, 3, since_ms);
     sqlite3_bind_int64(stmt, 4, limit);
+    sqlite3_bind_int64(stmt, 5, until_ms);
+    if (event)
+        sqlite3_bind_text(stmt, 6, event, -1, SQLITE_STATIC);
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"entries\":[");
     int rows = 0, rc;
@@ -127,7 +149,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         static const char *names[] = {NULL, "mutation", "collection", "id", "event", "client"};
         for (int col = 1; col <= 5; col++) {
             const char *text = (const char *)sqlite3_column_text(stmt, col);
-            if (!text)
+            if (!text || !*text) /* a server's change has no mutation */
                 continue;
             ts_buf_printf(&b, ",\"%s\":", names[col]);
             ts_buf_json_string(&b, text, strlen(text));

@@ -467,10 +467,17 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
         return;
     remember_base(self, d);
+    int64_t before = doc_version(d);
     if (set_confirmed(self, c, d, deleted ? NULL : u->doc, version ? version : doc_version(d)))
         return;
     self->remote_applied++;
     add_confirmed_record(call, c, d);
+    if (!u->fetched) { /* the trail shows every change the server made here */
+        char why[96];
+        snprintf(why, sizeof why, "%s%s from version %lld", u->repair ? "digest repair" : "feed",
+                 deleted ? ": deleted" : "", (long long)before);
+        store_add_audit_doc(call, c, d, u->repair ? "repaired" : "remote", doc_version(d), why);
+    }
     recompute_and_reject(self, call, c, d, "the document changed on the server");
     publish_remote_change(self, c, d);
 }

@@ -96,6 +96,7 @@ void sync_check_repair(sync_t *self, check_t *k)
         qsort(l->versions, l->nversions, sizeof *l->versions, compare_entries);
     size_t a = 0, b = 0;
     uint64_t repaired = 0;
+    self->repairing = true; /* the changes below are repairs (audited so) */
     while (a < ns || b < l->nversions) {
         int c = a >= ns ? 1
                 : b >= l->nversions
@@ -114,6 +115,7 @@ void sync_check_repair(sync_t *self, check_t *k)
                 cJSON_AddStringToObject(u->doc, "id", l->versions[b].id);
                 cJSON_AddBoolToObject(u->doc, "deleted", 1);
                 u->version = 0; /* force: see sync.h */
+                u->repair = true;
                 repaired++;
             }
             b++;
@@ -127,6 +129,7 @@ void sync_check_repair(sync_t *self, check_t *k)
         }
     }
     free(items);
+    self->repairing = false;
     self->repairs += repaired;
     if (repaired)
         ts_info(LOG, "digest check of %s: %" PRIu64 " documents repaired", coll, repaired);

@@ -43,6 +43,7 @@ static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *d
     ts_copy_text(u->doc_id, sizeof u->doc_id, id);
     u->doc = doc;
     u->version = v;
+    u->repair = self->repairing;
     /* Not d->version: pending writes keep their base (see sdoc_t). */
     self->pulled++;
 }

@@ -170,6 +170,7 @@ typedef struct {
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
+    bool repairing;         /* a digest check is applying its repairs (REMOTE.repair) */
     int64_t max_seq;        /* the highest outbox seq received: a cancel of a later one was
                                never sent (its record is still on its way) */
     int64_t *withheld;      /* seqs cancelled before their record came: never queued */

@@ -65,6 +65,8 @@ static cJSON *call(ts_engine_t *e, const char *method, const char *params)
     return r;
 }
 
+static bool audit_has(ts_engine_t *e, const char *id, const char *event);
+
 static void write_call(ts_engine_t *e, const char *method, const char *params)
 {
     cJSON_Delete(call(e, method, params));
@@ -824,6 +826,9 @@ Test(sync, digest_check_repairs_drift)
     cJSON *r = call(&engine, "invalidate", "{\"collection\":\"sessions\"}");
     cr_assert_eq(field_int(ts_rpc_result(r), "invalidated"), 2, "%s", cJSON_PrintUnformatted(r));
     cJSON_Delete(r);
+    /* the trail says what the repair did to each document */
+    cr_assert(audit_has(&engine, "d2", "repaired"), "d2's repair left no audit line");
+    cr_assert(audit_has(&engine, "ghost", "repaired"), "the ghost's removal left no audit line");
 }
 
 /* Both engines change id while the clinic is offline, then sync: one of
@@ -1386,4 +1391,32 @@ Test(sync, cancel_of_a_write_in_flight_says_so_and_records_nothing)
     cr_assert_str_eq(field_str(res, "reason"), "not_pending");
     cJSON_Delete(r);
     free(m);
+}
+
+/* A change the server made is in the audit trail (event remote, the new
+ * version, no mutation); the event and until filters work, and an
+ * unknown event is refused rather than matching nothing. */
+Test(sync, remote_changes_are_audited_and_filters_are_checked)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    void *sub = events(&engine, "doc.sessions");
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"rm1\",\"k\":1}", NULL),
+                 201);
+    cJSON *ev = ts_events_wait(sub, "doc.changed", "origin", "remote", 5000);
+    cr_assert_not_null(ev, "the remote change arrived");
+    cJSON_Delete(ev);
+    cJSON *r = call(&engine, "audit", "{\"id\":\"rm1\",\"event\":\"remote\"}");
+    const cJSON *entries = cJSON_GetObjectItem(ts_rpc_result(r), "entries");
+    cr_assert_eq(cJSON_GetArraySize(entries), 1, "%s", cJSON_PrintUnformatted(r));
+    const cJSON *x = cJSON_GetArrayItem(entries, 0);
+    cr_assert_eq(field_int(x, "version"), 1);
+    cr_assert_null(cJSON_GetObjectItem(x, "mutation"), "a server change has no mutation");
+    cJSON_Delete(r);
+    r = call(&engine, "audit", "{\"id\":\"rm1\",\"until\":\"2000-01-01T00:00:00Z\"}");
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(ts_rpc_result(r), "entries")), 0);
+    cJSON_Delete(r);
+    r = ts_rpc(&engine, "audit", "{\"event\":\"canceled\"}");
+    cr_assert_eq(ts_rpc_error_code(r), -32602, "an unknown event filter: %s",
+                 cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
 }

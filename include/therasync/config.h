@@ -19,6 +19,8 @@ typedef struct {
     char *policies_dir;      /* --policies; NULL = shipped policies */
     ts_log_level_t log_level;
     bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
+    bool insecure;           /* --insecure: endpoints beyond loopback without
+                                client authentication (refused otherwise) */
     size_t max_request_bytes;/* default 1 MiB */
     size_t max_inflight;     /* calls in the pipeline before `busy` */
     long long max_db_bytes;  /* 0 = unlimited; beyond it writes fail cleanly */
@@ -63,6 +65,10 @@ int ts_config_load(ts_config_t *config, const char *path, char *err, size_t errl
 /* Applies the daemon's flags. Returns 0 to go on, 1 when --help/--version
  * was printed, -1 on a usage error (message in err). */
 int ts_config_parse_args(ts_config_t *config, int argc, char **argv, char *err, size_t errlen);
+/* Whether a ZeroMQ endpoint is reachable from this host only: ipc://,
+ * inproc://, or tcp:// on 127.0.0.1 / localhost / [::1]. */
+bool ts_endpoint_is_local(const char *endpoint);
+
 /* Index of a collection name, or -1. */
 int ts_config_collection(const ts_config_t *config, const char *name);
 /* The same for the len bytes at name (which hold no NUL). */

@@ -125,6 +125,11 @@ int main(int argc, char **argv)
         return rc < 0 ? 2 : 0;
     }
     ts_log_set_level(config.log_level);
+    if (config.insecure && (!ts_endpoint_is_local(config.endpoint) ||
+                            !ts_endpoint_is_local(config.events)))
+        ts_warn(LOG, "INSECURE: %s / %s can be reached from other hosts and clients are not "
+                     "authenticated: anyone who reaches them can read and write every record",
+                config.endpoint, config.events);
     /* Blocks of 2 MiB and more (the document tables) always get their own
      * mapping and go back to the system when freed; glibc would otherwise
      * raise the threshold after the first such free and keep them in the

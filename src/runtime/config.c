@@ -183,6 +183,9 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         goto strings_done;
     }
     c->durability_relaxed = durability && strcmp(durability, "relaxed") == 0;
+    if (lua_getglobal(L, "insecure") != LUA_TNIL)
+        c->insecure = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     num = (double)c->max_request_bytes;
     if (read_number(L, 0, "max_request_bytes", &num, err, errlen))
         goto strings_done;
@@ -358,6 +361,8 @@ static const char usage[] =
     "  --api URL            Clinic API base URL (absent: standalone)\n"
     "  --policies DIR       Lua policies directory (default: the shipped policies)\n"
     "  --log-level LEVEL    error|warn|info|debug (default info)\n"
+    "  --insecure           allow an endpoint beyond this host although clients are not\n"
+    "                       authenticated (refused without it; SECURITY.md)\n"
     "  --help, --version\n";
 
 int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -367,7 +372,8 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         {"endpoint", required_argument, 0, 'e'}, {"events", required_argument, 0, 'E'},
         {"api", required_argument, 0, 'a'},      {"policies", required_argument, 0, 'p'},
         {"log-level", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'},        {0, 0, 0, 0}};
+        {"version", no_argument, 0, 'V'},        {"insecure", no_argument, 0, 'i'},
+        {0, 0, 0, 0}};
     /* First pass: the config file, so that flags can override it. */
     optind = 1;
     opterr = 0;
@@ -400,6 +406,7 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         case 'E': set_str(&c->events, optarg); break;
         case 'a': set_str(&c->api_url, optarg); break;
         case 'p': set_str(&c->policies_dir, optarg); break;
+        case 'i': c->insecure = true; break;
         case 'l':
             if (ts_log_parse_level(optarg, &c->log_level)) {
                 snprintf(err, errlen, "--log-level must be error, warn, info or debug");
@@ -409,5 +416,32 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         default: break;
         }
     }
+    /* Anyone who reaches the front door can read and write everything
+     * (there is no client authentication yet): beyond this host only
+     * when the operator says so. */
+    const char *eps[] = {c->endpoint, c->events};
+    for (int i = 0; i < 2 && !c->insecure; i++)
+        if (eps[i] && !ts_endpoint_is_local(eps[i])) {
+            snprintf(err, errlen,
+                     "%s %s can be reached from other hosts, and clients are not authenticated "
+                     "(CURVE is not built yet): bind it to 127.0.0.1, [::1], localhost or an "
+                     "ipc:// path, or pass --insecure (config insecure = true) to accept that "
+                     "anyone who reaches it can read and write every record",
+                     i ? "--events" : "--endpoint", eps[i]);
+            return -1;
+        }
     return 0;
+}
+
+bool ts_endpoint_is_local(const char *ep)
+{
+    if (strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0)
+        return true;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return false;
+    static const char *const hosts[] = {"127.0.0.1:", "localhost:", "[::1]:"};
+    for (int i = 0; i < 3; i++)
+        if (strncmp(ep + 6, hosts[i], strlen(hosts[i])) == 0)
+            return true;
+    return false;
 }

@@ -2,6 +2,7 @@
  * systemd readiness, back-pressure. */
 #include "../support/engine.h"
 #include "../support/run.h"
+#include "therasync/config.h"
 
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -165,4 +166,30 @@ Test(daemon, data_files_are_private_whatever_the_umask, .timeout = 30)
     }
     cr_assert_eq(ts_engine_stop(&e), 0);
     ts_engine_destroy(&e);
+}
+
+/* Without client authentication, an endpoint other hosts can reach is
+ * refused (exit 2, saying why and what to do) unless --insecure; the
+ * refusal comes before anything binds. Loopback names pass the check. */
+Test(daemon, an_endpoint_beyond_this_host_is_refused, .timeout = 30)
+{
+    ts_buf_t err = {0};
+    const char *any[] = {"--data", "/nonexistent/ts-never", "--endpoint", "tcp://0.0.0.0:7999",
+                         NULL};
+    cr_assert_eq(ts_run("therasyncd", any, NULL, 5000, NULL, &err), 2);
+    cr_assert(strstr(err.data, "0.0.0.0") && strstr(err.data, "--insecure"), "%s", err.data);
+    ts_buf_reset(&err);
+    const char *lan[] = {"--data", "/nonexistent/ts-never", "--events", "tcp://192.168.1.20:7999",
+                         NULL};
+    cr_assert_eq(ts_run("therasyncd", lan, NULL, 5000, NULL, &err), 2);
+    cr_assert(strstr(err.data, "--events"), "%s", err.data);
+    ts_buf_free(&err);
+    const char *local[] = {"tcp://127.0.0.1:1", "tcp://localhost:1", "tcp://[::1]:1",
+                           "ipc:///tmp/x", "inproc://x"};
+    for (int i = 0; i < 5; i++)
+        cr_assert(ts_endpoint_is_local(local[i]), "%s", local[i]);
+    const char *remote[] = {"tcp://*:1", "tcp://0.0.0.0:1", "tcp://10.0.0.1:1",
+                            "tcp://127.0.0.1.evil:1", "udp://127.0.0.1:1"};
+    for (int i = 0; i < 5; i++)
+        cr_assert(!ts_endpoint_is_local(remote[i]), "%s", remote[i]);
 }

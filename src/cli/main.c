@@ -41,7 +41,9 @@ static const char usage_text[] =
     "  watch [TOPIC...] [--events ZMQ] [--count N] [--for SECONDS]\n"
     "                                          print events until Ctrl-C (topics: doc.sessions,\n"
     "                                          mutation, conflict, sync, policy; none = all)\n"
-    "  audit [--collection C] [--id ID] [--since T] [--limit N]\n"
+    "  audit [--collection C] [--id ID] [--since T] [--until T] [--event E] [--limit N]\n"
+    "        [--jsonl]                         the audit trail; --jsonl: every entry of the\n"
+    "                                          range, one JSON line each (an export)\n"
     "  cancel MUTATION                         drop a mutation not yet sent\n"
     "  sync                                    one push+pull round\n"
     "  ping\n"
@@ -69,6 +71,9 @@ typedef struct {
     const char *collection; /* audit --collection */
     const char *id;         /* audit --id */
     const char *since;      /* audit --since */
+    const char *until;      /* audit --until */
+    const char *event;      /* audit --event */
+    bool jsonl;             /* audit --jsonl: every entry, one JSON line each */
     bool has_limit;
     int64_t limit;   /* audit --limit */
     int64_t count;   /* watch --count, 0 = unbounded */
@@ -127,11 +132,15 @@ static int parse_args(int argc, char **argv, opts_t *o)
             o->json = true;
             continue;
         }
+        if (strcmp(a, "--jsonl") == 0) {
+            o->jsonl = true;
+            continue;
+        }
         /* Options with a value: --name VALUE or --name=VALUE. */
         static const char *const valued[] = {"--endpoint", "--events", "--timeout",
                                              "--base-version", "--collection", "--id",
                                              "--since", "--limit", "--count", "--for",
-                                             "--mode", NULL};
+                                             "--mode", "--until", "--event", NULL};
         const char *eq = strchr(a, '=');
         size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
@@ -164,6 +173,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
             o->id = v;
         } else if (strcmp(name, "--since") == 0) {
             o->since = v;
+        } else if (strcmp(name, "--until") == 0) {
+            o->until = v;
+        } else if (strcmp(name, "--event") == 0) {
+            o->event = v;
         } else if (strcmp(name, "--limit") == 0) {
             if (parse_int_opt(name, v, 0, &o->limit))
                 return CLI_EXIT_USAGE;
@@ -405,12 +418,59 @@ static int cmd_status(cmd_ctx_t *c, int argc, const char **argv)
     return rpc_and_print(c, "status", NULL, print_kv_result);
 }
 
+static cJSON *audit_params(const opts_t *o)
+{
+    cJSON *p = params_for(o->collection, o->id);
+    if (o->since)
+        cJSON_AddStringToObject(p, "since", o->since);
+    if (o->until)
+        cJSON_AddStringToObject(p, "until", o->until);
+    if (o->event)
+        cJSON_AddStringToObject(p, "event", o->event);
+    return p;
+}
+
+/* audit --jsonl: every entry of the range, one JSON object a line, for a
+ * compliance reviewer; pages of --limit (1000) through offset. */
+static int audit_export(cmd_ctx_t *c)
+{
+    long long page = c->o->has_limit ? c->o->limit : 1000, offset = 0;
+    for (int pages = 0; pages < 1000000; pages++) {
+        cJSON *p = audit_params(c->o);
+        cJSON_AddNumberToObject(p, "limit", (double)page);
+        cJSON_AddNumberToObject(p, "offset", (double)offset);
+        cJSON *response = NULL;
+        int rc = cli_rpc_call(c->rpc, "audit", p, &response);
+        cJSON_Delete(p);
+        if (rc != CLI_EXIT_OK)
+            return rc;
+        const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
+        if (error) {
+            cli_print_error(error);
+            cJSON_Delete(response);
+            return CLI_EXIT_ERROR;
+        }
+        const cJSON *entries = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(response, "result"), "entries");
+        int n = cJSON_GetArraySize(entries);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, entries)
+            cli_print_compact(stdout, e);
+        cJSON_Delete(response);
+        offset += n;
+        if (n < page)
+            break;
+    }
+    fflush(stdout);
+    return CLI_EXIT_OK;
+}
+
 static int cmd_audit(cmd_ctx_t *c, int argc, const char **argv)
 {
     (void)argc, (void)argv;
-    cJSON *p = params_for(c->o->collection, c->o->id);
-    if (c->o->since)
-        cJSON_AddStringToObject(p, "since", c->o->since);
+    if (c->o->jsonl)
+        return audit_export(c);
+    cJSON *p = audit_params(c->o);
     if (c->o->has_limit)
         cJSON_AddNumberToObject(p, "limit", (double)c->o->limit);
     return rpc_and_print(c, "audit", p, print_audit_result);
@@ -696,7 +756,8 @@ static const command_t commands[] = {
      "live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]"},
     {"status", 0, 0, true, cmd_status, "status"},
     {"watch", 0, MAX_ARGS, false, cmd_watch, "watch [TOPIC...] [--count N] [--for SECONDS]"},
-    {"audit", 0, 0, true, cmd_audit, "audit [--collection C] [--id ID] [--since T] [--limit N]"},
+    {"audit", 0, 0, true, cmd_audit,
+     "audit [--collection C] [--id ID] [--since T] [--until T] [--event E] [--limit N] [--jsonl]"},
     {"cancel", 1, 1, true, cmd_cancel, "cancel MUTATION"},
     {"sync", 0, 0, true, cmd_sync, "sync"},
     {"ping", 0, 0, true, cmd_ping, "ping"},

@@ -159,6 +159,9 @@ static void check_params(front_t *self, ts_call_t *call)
         for (int i = 0; i < 5; i++)
             if (cJSON_GetObjectItemCaseSensitive(p, strings[i]) && !ts_json_string(p, strings[i]))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", strings[i]);
+        if (!call->err_code && cJSON_GetObjectItemCaseSensitive(p, "offset") &&
+            !ts_json_int(p, "offset", &limit))
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.offset must be an integer");
         if (!call->err_code && cJSON_GetObjectItemCaseSensitive(p, "limit") &&
             !ts_json_int(p, "limit", &limit))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be an integer");

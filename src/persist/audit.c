@@ -75,8 +75,13 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     const char *coll = ts_json_string(call->params, "collection");
     const char *id = ts_json_string(call->params, "id");
     const char *since = ts_json_string(call->params, "since");
-    long long limit = 100;
+    long long limit = 100, offset = 0;
     ts_json_int(call->params, "limit", &limit);
+    ts_json_int(call->params, "offset", &offset);
+    if (offset < 0) {
+        ts_call_fail(call, TS_E_INVALID_PARAMS, "params.offset must be 0 or more");
+        return;
+    }
     const char *until = ts_json_string(call->params, "until");
     const char *event = ts_json_string(call->params, "event");
     int64_t since_ms = 0, until_ms = INT64_MAX;
@@ -104,7 +109,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be 1..10000");
         return;
     }
-    if (list_packed(self, coll, id, since_ms, limit)) {
+    if (list_packed(self, coll, id, since_ms, limit + offset)) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
     }
@@ -125,7 +130,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
                            "  FROM temp.packed) "
                            "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
                            "AND at >= ?3 AND at < ?5 AND (?6 IS NULL OR event = ?6) "
-                           "ORDER BY at, n, k LIMIT ?4",
+                           "ORDER BY at, n, k LIMIT ?4 OFFSET ?7",
                            -1, &stmt, NULL) != SQLITE_OK) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
@@ -137,6 +142,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     sqlite3_bind_int64(stmt, 3, since_ms);
     sqlite3_bind_int64(stmt, 4, limit);
     sqlite3_bind_int64(stmt, 5, until_ms);
+    sqlite3_bind_int64(stmt, 7, offset);
     if (event)
         sqlite3_bind_text(stmt, 6, event, -1, SQLITE_STATIC);
     ts_buf_t b = {0};

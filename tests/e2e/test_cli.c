@@ -271,6 +271,48 @@ Test(cli, live_prints_each_change_of_a_live_query)
     ts_buf_free(&err);
 }
 
+/* audit --jsonl exports every entry of the range, one JSON object a line,
+ * paging through offset (pages of --limit): as many lines as one big
+ * audit call has entries, in the same order; an unknown event is an
+ * error, not an empty export. */
+Test(cli, audit_exports_json_lines)
+{
+    ts_buf_t out = {0}, err = {0};
+    for (int i = 0; i < 25; i++) {
+        char doc[160];
+        snprintf(doc, sizeof doc, "{\"id\":\"ax-%d\",\"status\":\"scheduled\",\"therapist_id\":"
+                 "\"thr-x\"}", i);
+        cr_assert_eq(CLI(NULL, "create", "sessions", doc, NULL, NULL, NULL), 0, "%s", err.data);
+    }
+    cr_assert_eq(CLI(NULL, "--json", "audit", "--limit", "10000", NULL, NULL), 0, "%s", err.data);
+    cJSON *all = parse(&out);
+    const cJSON *entries = cJSON_GetObjectItem(all, "entries");
+    int total = cJSON_GetArraySize(entries);
+    cr_assert_geq(total, 25);
+    cr_assert_eq(CLI(NULL, "audit", "--jsonl", "--limit", "7", NULL, NULL), 0, "%s", err.data);
+    int lines = 0;
+    for (char *line = out.data, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+        nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        cJSON *e = cJSON_Parse(line);
+        cr_assert_not_null(e, "line %d is not JSON: %s", lines, line);
+        char *want = cJSON_PrintUnformatted(cJSON_GetArrayItem(entries, lines));
+        char *got = cJSON_PrintUnformatted(e);
+        cr_assert_str_eq(got, want, "line %d", lines);
+        free(want);
+        free(got);
+        cJSON_Delete(e);
+        lines++;
+    }
+    cr_assert_eq(lines, total, "the export has every entry once");
+    cJSON_Delete(all);
+    cr_assert_eq(CLI(NULL, "audit", "--jsonl", "--event", "bogus", NULL, NULL), 1);
+    cr_assert(strstr(err.data, "event"), "%s", err.data);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
 /* ---- no daemon needed ---- */
 
 static int run_cli(ts_buf_t *out, ts_buf_t *err, char **args)

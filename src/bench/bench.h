@@ -151,6 +151,13 @@ void bench_api_stop(bench_api_t *e);
 int bench_api_token(bench_api_t *e);
 /* One HTTP request at e->base (curl easy handle *h kept alive between calls;
  * NULL body: no body). *out gets the answer body. Returns the HTTP status or -1. */
+/* clinic-api's /_control/stats field name, or -1; its /_control/faults set
+ * to body (0, or -1 with a message). */
+long long bench_api_stat(void **http, const bench_api_t *api, const char *name);
+/* A DEALER connected to endpoint with no queue limits and linger 0 (a
+ * paced writer, a subscriber: nothing may be dropped), or NULL. */
+void *bench_dealer(void *zctx, const char *endpoint);
+int bench_api_faults(void **http, const bench_api_t *api, const char *body);
 long bench_http(void **h, const bench_api_t *e, const char *method, const char *path,
                 const char *body, ts_buf_t *out);
 void bench_http_close(void **h);

@@ -329,12 +329,7 @@ static void writer_reply(live_t *lv, const char *d, size_t len, int64_t t)
 static void *writer(void *arg)
 {
     live_t *lv = arg;
-    void *s = zmq_socket(lv->e->zctx, ZMQ_DEALER);
-    int linger = 0, hwm = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_connect(s, lv->e->endpoint);
+    void *s = bench_dealer(lv->e->zctx, lv->e->endpoint);
     size_t n = lv->reqs.n, sent = 0;
     int64_t rate = lv->o->rate, last_progress = ts_mono_us();
     lv->t0 = ts_mono_us();
@@ -483,11 +478,8 @@ static int subscribe_all(live_t *lv)
     ts_buf_t req = {0};
     int rc = 0;
     for (int c = 0; rc == 0 && c < lv->nconn; c++) {
-        lv->socks[c] = zmq_socket(lv->e->zctx, ZMQ_DEALER);
-        int linger = 0, hwm = 0;
-        zmq_setsockopt(lv->socks[c], ZMQ_LINGER, &linger, sizeof linger);
-        zmq_setsockopt(lv->socks[c], ZMQ_RCVHWM, &hwm, sizeof hwm);
-        rc = zmq_connect(lv->socks[c], lv->e->endpoint) ? -1 : 0;
+        lv->socks[c] = bench_dealer(lv->e->zctx, lv->e->endpoint);
+        rc = lv->socks[c] ? 0 : -1;
     }
     for (int64_t k = 0; rc == 0 && k < lv->nsubs; k++) {
         lv->subs[k].therapist = (int)(gen_rng_next(&rng) * GEN_N_THERAPISTS) + 1;

@@ -60,31 +60,6 @@ typedef struct {
 
 /* ---- clinic-api and the engine ---- */
 
-static long long api_stat(od_env_t *e, const char *name)
-{
-    ts_buf_t out = {0};
-    long long v = -1;
-    if (bench_http(&e->http, &e->api, "GET", "/_control/stats", NULL, &out) == 200) {
-        cJSON *j = cJSON_ParseWithLength(out.data, out.len);
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
-        if (cJSON_IsNumber(x))
-            v = (long long)x->valuedouble;
-        cJSON_Delete(j);
-    }
-    ts_buf_free(&out);
-    return v;
-}
-
-static int api_faults(od_env_t *e, const char *body)
-{
-    ts_buf_t out = {0};
-    long st = bench_http(&e->http, &e->api, "POST", "/_control/faults", body, &out);
-    ts_buf_free(&out);
-    if (st != 200)
-        fprintf(stderr, "bench: POST /_control/faults %s: status %ld\n", body, st);
-    return st == 200 ? 0 : -1;
-}
-
 /* metrics.cache.<name> of the engine, or -1. */
 static long long cache_metric(od_env_t *e, const char *name)
 {
@@ -257,12 +232,12 @@ static int one_run(od_env_t *e, double f[NF], ts_buf_t *extra)
     /* cold: C x K identical gets at once, the server slow enough that they overlap */
     char lat[64];
     snprintf(lat, sizeof lat, "{\"latency_ms\":%d}", OD_COLD_LATENCY_MS);
-    long long gets0 = api_stat(e, "doc_gets");
-    if (gets0 < 0 || api_faults(e, lat) ||
+    long long gets0 = bench_api_stat(&e->http, &e->api, "doc_gets");
+    if (gets0 < 0 || bench_api_faults(&e->http, &e->api, lat) ||
         make_gets(&reqs, (int64_t)o->clients * o->inflight, o->docs, true) ||
-        phase(e, &reqs, &cold) || api_faults(e, "{}"))
+        phase(e, &reqs, &cold) || bench_api_faults(&e->http, &e->api, "{}"))
         goto out;
-    f[F_HTTP] = (double)(api_stat(e, "doc_gets") - gets0);
+    f[F_HTTP] = (double)(bench_api_stat(&e->http, &e->api, "doc_gets") - gets0);
     f[F_COALESCED] = (double)cache_metric(e, "coalesced_fetches");
     f[F_COLD_P50] = (double)cold.p50_us;
     ts_buf_printf(extra, ",\"cold_gets\":%zu,\"cold_identical\":%s", reqs.n,
@@ -287,25 +262,25 @@ static int one_run(od_env_t *e, double f[NF], ts_buf_t *extra)
 
     /* stale hits: past fresh_ms, each id's refresh held out by a slow server */
     sleep_until(warm1 + OD_FRESH_MS * 1000LL + 100000);
-    long long refresh0 = api_stat(e, "doc_gets");
+    long long refresh0 = bench_api_stat(&e->http, &e->api, "doc_gets");
     snprintf(lat, sizeof lat, "{\"latency_ms\":%d}", OD_STALE_LATENCY_MS);
-    if (refresh0 < 0 || api_faults(e, lat))
+    if (refresh0 < 0 || bench_api_faults(&e->http, &e->api, lat))
         goto out;
     int64_t stale0 = ts_mono_us();
     if (phase(e, &reqs, &stale))
         goto out;
     bool outlasted = ts_mono_us() - stale0 >= OD_STALE_LATENCY_MS * 1000LL;
-    if (api_faults(e, "{}"))
+    if (bench_api_faults(&e->http, &e->api, "{}"))
         goto out;
     long long refreshes = -1;
     for (int64_t end = ts_mono_us() + OD_REFRESH_WAIT_US; ts_mono_us() < end;) {
-        refreshes = api_stat(e, "doc_gets") - refresh0;
+        refreshes = bench_api_stat(&e->http, &e->api, "doc_gets") - refresh0;
         if (refreshes >= o->docs - 1)
             break;
         usleep(50000);
     }
     usleep(200000); /* and no more come */
-    refreshes = api_stat(e, "doc_gets") - refresh0;
+    refreshes = bench_api_stat(&e->http, &e->api, "doc_gets") - refresh0;
     ts_buf_printf(extra, ",\"stale_answers\":%zu", stale.stale);
     if (stale.stale != (size_t)o->n)
         fprintf(stderr, "bench: %zu of %lld stale-phase answers were stale%s\n", stale.stale,

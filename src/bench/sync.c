@@ -77,30 +77,44 @@ static int wait_online(env_t *e)
     return -1;
 }
 
-/* clinic-api's applied_writes, or -1. */
-static int64_t applied_writes(env_t *e)
+long long bench_api_stat(void **http, const bench_api_t *api, const char *name)
 {
     ts_buf_t out = {0};
-    int64_t v = -1;
-    if (bench_http(&e->http, &e->api, "GET", "/_control/stats", NULL, &out) == 200) {
+    long long v = -1;
+    if (bench_http(http, api, "GET", "/_control/stats", NULL, &out) == 200) {
         cJSON *j = cJSON_ParseWithLength(out.data, out.len);
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "applied_writes");
-        if (cJSON_IsNumber(a))
-            v = (int64_t)a->valuedouble;
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, name);
+        if (cJSON_IsNumber(x))
+            v = (long long)x->valuedouble;
         cJSON_Delete(j);
     }
     ts_buf_free(&out);
     return v;
 }
 
-static int faults(env_t *e, const char *body)
+int bench_api_faults(void **http, const bench_api_t *api, const char *body)
 {
     ts_buf_t out = {0};
-    long st = bench_http(&e->http, &e->api, "POST", "/_control/faults", body, &out);
+    long st = bench_http(http, api, "POST", "/_control/faults", body, &out);
     ts_buf_free(&out);
     if (st != 200)
         fprintf(stderr, "bench: POST /_control/faults %s: status %ld\n", body, st);
     return st == 200 ? 0 : -1;
+}
+
+void *bench_dealer(void *zctx, const char *endpoint)
+{
+    void *s = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0, hwm = 0;
+    if (!s)
+        return NULL;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (zmq_connect(s, endpoint) == 0)
+        return s;
+    zmq_close(s);
+    return NULL;
 }
 
 void bench_env_down(env_t *e)
@@ -205,12 +219,12 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
             rc = -1;
     }
     rc = rc ? rc : bench_env_up(&e, o);
-    int64_t applied0 = rc ? -1 : applied_writes(&e);
+    int64_t applied0 = rc ? -1 : bench_api_stat(&e.http, &e.api, "applied_writes");
     if (rc == 0 && applied0 < 0) {
         fprintf(stderr, "bench: no /_control/stats at %s\n", e.api.base);
         rc = -1;
     }
-    rc = rc ? rc : faults(&e, "{\"offline\":true}");
+    rc = rc ? rc : bench_api_faults(&e.http, &e.api, "{\"offline\":true}");
     /* Queue: the creates, then an update of every 100th accepted one. */
     bench_outcome_t out1 = {0}, out2 = {0};
     int64_t t_queue = ts_mono_us();
@@ -259,7 +273,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
         zmq_connect(sub, e.events);
         usleep(200000); /* the SUB socket joins */
     }
-    if (rc == 0 && faults(&e, "{}") == 0) {
+    if (rc == 0 && bench_api_faults(&e.http, &e.api, "{}") == 0) {
         t0 = ts_mono_us();
         /* The app's "network is back" signal: one `sync` call, not awaited. */
         kick = zmq_socket(e.zctx, ZMQ_DEALER);
@@ -318,7 +332,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
     int64_t applied = -1;
     size_t order_bad = 0;
     for (int i = 0; rc == 0 && i < 500; i++) { /* up to 5 s */
-        applied = applied_writes(&e) - applied0;
+        applied = bench_api_stat(&e.http, &e.api, "applied_writes") - applied0;
         if (applied >= m)
             break;
         usleep(10000);
@@ -396,12 +410,7 @@ typedef struct {
 static void *rt_writer(void *arg)
 {
     rt_t *rt = arg;
-    void *s = zmq_socket(rt->e->zctx, ZMQ_DEALER);
-    int linger = 0, hwm = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_connect(s, rt->e->endpoint);
+    void *s = bench_dealer(rt->e->zctx, rt->e->endpoint);
     int64_t t0 = ts_mono_us();
     size_t sent = 0;
     while (!atomic_load(&rt->stop) && sent < rt->reqs->n && ts_mono_us() < rt->e->o->deadline_us) {

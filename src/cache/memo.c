@@ -102,8 +102,10 @@ static const cJSON *bound_of(const cache_t *self, const cJSON *request, const ch
     /* Served from rows: whole answers only (no page size, no cursor), of a
      * limit the rows of one run cover with room to spare. */
     if (!s || !s->lower_bound || cJSON_GetObjectItemCaseSensitive(request, "cursor") ||
-        cJSON_GetObjectItemCaseSensitive(request, "limit") || total_of(s, request) <= 0 ||
-        total_of(s, request) > TS_EXTEND_ROWS / 2)
+        cJSON_GetObjectItemCaseSensitive(request, "limit"))
+        return NULL;
+    long total = total_of(s, request);
+    if (total <= 0 || total > TS_EXTEND_ROWS / 2)
         return NULL;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(
         cJSON_GetObjectItemCaseSensitive(request, "params"), s->lower_bound);
@@ -301,6 +303,38 @@ static void copy_okey(ts_okey_t *to, uint8_t kind, double num, const char *str, 
         to->str = ts_memdup(str ? str : "", len);
 }
 
+/* The place of selector name in the list (its bit in changes' membership),
+ * or -1. */
+static int selector_bit(const ts_selectors_t *list, const char *name)
+{
+    for (size_t i = 0; list && name && i < list->count && i < 64; i++)
+        if (strcmp(list->selectors[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* e takes an extended run's rows (rows_of) and the interval they cover:
+ * from the bound value on, to the run's last row (or the bucket's end). */
+static void take_rows(entry_t *e, const ts_cache_run_t *run, row_t *rows, const cJSON *bound,
+                      int sel_bit)
+{
+    e->rows = rows;
+    e->nrows = e->caprows = run->nrows;
+    e->complete = e->hi_inf = run->complete;
+    e->sel_bit = sel_bit;
+    ts_okey_from_json(bound, &e->lo);
+    if (e->lo.kind == TS_OKEY_STR) /* from_json borrows: own it */
+        e->lo.str = ts_memdup(e->lo.str, e->lo.len);
+    if (!e->complete && run->nrows) { /* the walk ended at its last row */
+        const row_t *last = &rows[run->nrows - 1];
+        copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
+        e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
+        e->end_id_len = last->id_len;
+    } else {
+        e->complete = e->hi_inf = true; /* no row and not complete cannot be */
+    }
+}
+
 /* ---- extended entries: merging ---- */
 
 static size_t row_cost(const row_t *r) { return r->len + r->key.len + r->id_len + sizeof *r + 48; }
@@ -402,22 +436,7 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
     e->bytes = cost;
     e->sel_bit = -1;
     if (rows) { /* extended: the rows answer every bound value in [lo, hi] */
-        e->rows = rows;
-        e->nrows = e->caprows = run->nrows;
-        e->complete = run->complete;
-        e->sel_bit = patchable ? sel_bit : -1;
-        ts_okey_from_json(bound, &e->lo);
-        if (e->lo.kind == TS_OKEY_STR) /* from_json borrows: own it */
-            e->lo.str = ts_memdup(e->lo.str, e->lo.len);
-        e->hi_inf = e->complete;
-        if (!e->complete && run->nrows) { /* the walk ended at its last row */
-            const row_t *last = &rows[run->nrows - 1];
-            copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
-            e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
-            e->end_id_len = last->id_len;
-        } else if (!e->complete) {
-            e->complete = e->hi_inf = true; /* no row and not complete cannot be */
-        }
+        take_rows(e, run, rows, bound, patchable ? sel_bit : -1);
     } else {
         e->answer = run->result;
         e->answer_len = run->result_len;
@@ -590,12 +609,9 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
         self->uncached++;
     } else {
         memo_key(self, run->request, rows ? p->bound_param : NULL);
-        int bit = -1;
-        for (size_t i = 0; sel && self->selectors && i < self->selectors->count && i < 64; i++)
-            if (&self->selectors->selectors[i] == sel)
-                bit = (int)i;
-        keep(self, run, self->buf.data, self->buf.len, ts_json_string(run->request, "selector"),
-             v, rows, patchable, bit);
+        const char *name = ts_json_string(run->request, "selector");
+        keep(self, run, self->buf.data, self->buf.len, name, v, rows, patchable,
+             selector_bit(self->selectors, name));
         rows = NULL; /* kept, or freed by keep */
     }
     for (size_t i = 0; rows && i < run->nrows; i++)
@@ -663,10 +679,7 @@ void memo_policy(cache_t *self, ts_selectors_t *selectors)
     for (entry_t *e = self->oldest; e; e = e->newer) {
         if (e->sel_bit < 0)
             continue;
-        e->sel_bit = -1;
-        for (size_t i = 0; i < selectors->count && i < 64; i++)
-            if (strcmp(selectors->selectors[i].name, e->group->selector) == 0)
-                e->sel_bit = (int)i;
+        e->sel_bit = selector_bit(selectors, e->group->selector);
     }
 }
 
@@ -815,25 +828,9 @@ entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param)
     row_t *rows = rows_of(run, &patchable);
     patchable &= run->read.kind == TS_READ_RANGE; /* see memo_result */
     entry_t *e = ts_xcalloc(1, sizeof *e);
-    e->rows = rows;
-    e->nrows = e->caprows = run->nrows;
-    e->complete = e->hi_inf = run->complete;
-    e->sel_bit = -1;
-    const ts_selector_info_t *sel = memo_selector(self, ts_json_string(run->request, "selector"));
-    for (size_t i = 0; patchable && sel && i < self->selectors->count && i < 64; i++)
-        if (&self->selectors->selectors[i] == sel)
-            e->sel_bit = (int)i;
-    ts_okey_from_json(v, &e->lo);
-    if (e->lo.kind == TS_OKEY_STR)
-        e->lo.str = ts_memdup(e->lo.str, e->lo.len);
-    if (!e->complete && run->nrows) {
-        const row_t *last = &rows[run->nrows - 1];
-        copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
-        e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
-        e->end_id_len = last->id_len;
-    } else {
-        e->complete = e->hi_inf = true;
-    }
+    take_rows(e, run, rows, v,
+              patchable ? selector_bit(self->selectors, ts_json_string(run->request, "selector"))
+                        : -1);
     /* the watcher is the live query's: this one only holds the rows (its
      * own read is what memo_patch checks new rows against) */
     e->w.read.kind = run->read.kind;

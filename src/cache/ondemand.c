@@ -249,35 +249,39 @@ void od_read(cache_t *self, ts_envelope_t *env)
     }
 }
 
-/* Documents fetched, to the store as remote changes (newer ones apply). */
+/* A fetched document as a remote change for the store (NULL: no id). */
+static ts_sync_update_t *fetched(cache_t *self, uint16_t coll, const char *id, cJSON *doc)
+{
+    if (!id || strlen(id) > 64) {
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    ts_sync_update_t *u = ts_xcalloc(1, sizeof *u);
+    u->kind = TS_SYNC_REMOTE;
+    u->fetched = true;
+    snprintf(u->collection, sizeof u->collection, "%s", self->config->collections[coll]);
+    snprintf(u->doc_id, sizeof u->doc_id, "%s", id);
+    u->doc = doc;
+    return u;
+}
+
+/* Documents fetched, to the store as remote changes (newer ones apply);
+ * gone_id: a 404, the server's truth being "no such document". */
 static void send_docs(cache_t *self, uint16_t coll, const cJSON *docs, const char *gone_id)
 {
     size_t n = 0, k = 0;
     for (const cJSON *d = docs ? docs->child : NULL; d; d = d->next)
         n++;
     ts_sync_update_t **u = ts_xcalloc(n + 1, sizeof *u);
-    for (const cJSON *d = docs ? docs->child : NULL; d; d = d->next) {
-        const char *id = ts_json_string(d, "id");
-        if (!id || strlen(id) > 64)
-            continue;
-        u[k] = ts_xcalloc(1, sizeof **u);
-        u[k]->kind = TS_SYNC_REMOTE;
-        u[k]->fetched = true;
-        snprintf(u[k]->collection, sizeof u[k]->collection, "%s", self->config->collections[coll]);
-        snprintf(u[k]->doc_id, sizeof u[k]->doc_id, "%s", id);
-        u[k]->doc = cJSON_Duplicate(d, true);
-        k++;
-    }
-    if (gone_id && strlen(gone_id) <= 64) { /* 404: the server's truth is "no such document" */
-        u[k] = ts_xcalloc(1, sizeof **u);
-        u[k]->kind = TS_SYNC_REMOTE;
-        u[k]->fetched = true;
-        snprintf(u[k]->collection, sizeof u[k]->collection, "%s", self->config->collections[coll]);
-        snprintf(u[k]->doc_id, sizeof u[k]->doc_id, "%s", gone_id);
-        u[k]->doc = cJSON_CreateObject();
-        cJSON_AddStringToObject(u[k]->doc, "id", gone_id);
-        cJSON_AddTrueToObject(u[k]->doc, "deleted");
-        k++;
+    for (const cJSON *d = docs ? docs->child : NULL; d; d = d->next)
+        if ((u[k] = fetched(self, coll, ts_json_string(d, "id"), cJSON_Duplicate(d, true))))
+            k++;
+    if (gone_id) {
+        cJSON *tomb = cJSON_CreateObject();
+        cJSON_AddStringToObject(tomb, "id", gone_id);
+        cJSON_AddTrueToObject(tomb, "deleted");
+        if ((u[k] = fetched(self, coll, gone_id, tomb)))
+            k++;
     }
     if (k && ts_send_SYNC_UPDATES(self->to_store, u, k))
         for (size_t i = 0; i < k; i++)

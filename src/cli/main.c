@@ -307,26 +307,35 @@ static void print_any_result(const cJSON *r)
 }
 
 /* Sends one request and prints its answer. Takes ownership of params. */
-static int rpc_and_print(cmd_ctx_t *c, const char *method, cJSON *params, printer_fn print)
+/* Calls method (params taken); CLI_EXIT_OK with *response holding a
+ * result (caller deletes), else the exit code, the reason printed. */
+static int rpc_result(cmd_ctx_t *c, const char *method, cJSON *params, cJSON **response)
 {
-    cJSON *response = NULL;
-    int rc = cli_rpc_call(c->rpc, method, params, &response);
+    int rc = cli_rpc_call(c->rpc, method, params, response);
     cJSON_Delete(params);
-    if (rc == CLI_EXIT_UNREACHABLE) {
+    if (rc == CLI_EXIT_UNREACHABLE)
         fprintf(stderr, "therasync: no answer from %s within %d ms (is therasyncd running?)\n",
                 c->o->endpoint, c->o->timeout_ms);
-        return rc;
-    }
     if (rc != CLI_EXIT_OK)
         return rc;
-    const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
+    const cJSON *error = cJSON_GetObjectItemCaseSensitive(*response, "error");
     if (error) {
         cli_print_error(error);
         if (c->o->json)
             cli_print_compact(stdout, error);
-        cJSON_Delete(response);
+        cJSON_Delete(*response);
+        *response = NULL;
         return CLI_EXIT_ERROR;
     }
+    return CLI_EXIT_OK;
+}
+
+static int rpc_and_print(cmd_ctx_t *c, const char *method, cJSON *params, printer_fn print)
+{
+    cJSON *response = NULL;
+    int rc = rpc_result(c, method, params, &response);
+    if (rc != CLI_EXIT_OK)
+        return rc;
     const cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
     if (c->o->json)
         cli_print_compact(stdout, result);
@@ -440,16 +449,9 @@ static int audit_export(cmd_ctx_t *c)
         cJSON_AddNumberToObject(p, "limit", (double)page);
         cJSON_AddNumberToObject(p, "offset", (double)offset);
         cJSON *response = NULL;
-        int rc = cli_rpc_call(c->rpc, "audit", p, &response);
-        cJSON_Delete(p);
+        int rc = rpc_result(c, "audit", p, &response);
         if (rc != CLI_EXIT_OK)
             return rc;
-        const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
-        if (error) {
-            cli_print_error(error);
-            cJSON_Delete(response);
-            return CLI_EXIT_ERROR;
-        }
         const cJSON *entries = cJSON_GetObjectItemCaseSensitive(
             cJSON_GetObjectItemCaseSensitive(response, "result"), "entries");
         int n = cJSON_GetArraySize(entries);
@@ -666,19 +668,9 @@ static int cmd_live(cmd_ctx_t *c, int argc, const char **argv)
     }
     cJSON_AddStringToObject(p, "mode", o->mode ? o->mode : "diff");
     cJSON *response = NULL;
-    int rc = cli_rpc_call(c->rpc, "subscribe", p, &response);
-    cJSON_Delete(p);
-    if (rc == CLI_EXIT_UNREACHABLE)
-        fprintf(stderr, "therasync: no answer from %s within %d ms (is therasyncd running?)\n",
-                o->endpoint, o->timeout_ms);
+    int rc = rpc_result(c, "subscribe", p, &response);
     if (rc != CLI_EXIT_OK)
         return rc;
-    const cJSON *error = cJSON_GetObjectItemCaseSensitive(response, "error");
-    if (error) {
-        cli_print_error(error);
-        cJSON_Delete(response);
-        return CLI_EXIT_ERROR;
-    }
     cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
     cJSON *items = cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(result, "items"), true);
     if (o->json) {

@@ -56,9 +56,7 @@ static bool cache_direct(const front_t *self, const ts_envelope_t *e)
     if (call->method == TS_M_SUBSCRIBE || call->method == TS_M_UNSUBSCRIBE)
         return true;
     int coll = call->collection ? ts_config_collection(self->config, call->collection) : -1;
-    return call->method == TS_M_QUERY && coll >= 0 && !self->config->ondemand[coll].on &&
-           cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")) &&
-           !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache"));
+    return ts_call_cacheable_query(call) && coll >= 0 && !self->config->ondemand[coll].on;
 }
 
 static int on_router(ts_loop_t *loop, void *socket, void *arg)

@@ -209,3 +209,10 @@ void ts_call_set_buffer(ts_call_t *call, ts_buf_t *buf)
         ts_call_fail(call, TS_E_INTERNAL, "out of memory");
 }
 
+
+bool ts_call_cacheable_query(const ts_call_t *call)
+{
+    return call->method == TS_M_QUERY &&
+           cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector")) &&
+           !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache"));
+}

@@ -210,6 +210,10 @@ typedef struct ts_envelope {
 ts_envelope_t *ts_envelope_new(size_t ncalls);
 void ts_envelope_free(ts_envelope_t *envelope);
 
+/* Whether a call is a query by selector name that does not opt out of the
+ * cache ("cache": false): the cache answers it when it comes alone. */
+bool ts_call_cacheable_query(const ts_call_t *call);
+
 /* Sets an error on a call (message is copied). */
 void ts_call_fail(ts_call_t *call, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -476,7 +476,8 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
         char why[96];
         snprintf(why, sizeof why, "%s%s from version %lld", u->repair ? "digest repair" : "feed",
                  deleted ? ": deleted" : "", (long long)before);
-        store_add_audit_doc(call, c, d, u->repair ? "repaired" : "remote", doc_version(d), why);
+        store_add_audit(call, c, d, NULL, u->repair ? "repaired" : "remote", NULL,
+                        doc_version(d), why);
     }
     recompute_and_reject(self, call, c, d, "the document changed on the server");
     publish_remote_change(self, c, d);

@@ -121,9 +121,8 @@ static bool route_cache_call(store_t *self, ts_envelope_t *e)
     bool ondemand = c && self->config->ondemand[c->index].on;
     bool named = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(call->params, "selector"));
     bool cached = ts_method_info(call->method)->owner == TS_OWNER_CACHE ||
-                  (call->method == TS_M_QUERY && named &&
-                   (ondemand ||
-                    !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(call->params, "cache")))) ||
+                  ts_call_cacheable_query(call) ||
+                  (call->method == TS_M_QUERY && named && ondemand) ||
                   (call->method == TS_M_GET && ondemand) ||
                   (call->method == TS_M_INVALIDATE &&
                    (ondemand || cJSON_GetObjectItemCaseSensitive(call->params, "selector")));

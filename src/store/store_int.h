@@ -205,12 +205,10 @@ void store_add_drop_record(ts_call_t *call, const collection_t *c, const doc_t *
                      const mutation_t *m);
 void store_raise_if_match(ts_call_t *call, const collection_t *c, const doc_t *d,
                     int64_t version);
+/* m NULL: a change of the server's, without a local mutation. */
 void store_add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
                const mutation_t *m, const char *event, const char *client,
                int64_t version, const char *reason);
-/* An audit line of a document without a local mutation (a remote change). */
-void store_add_audit_doc(ts_call_t *call, const collection_t *c, const doc_t *d,
-                         const char *event, int64_t version, const char *reason);
 void store_do_create(store_t *self, ts_call_t *call, collection_t *c);
 void store_do_update(store_t *self, ts_call_t *call, collection_t *c);
 void store_do_delete(store_t *self, ts_call_t *call, collection_t *c);

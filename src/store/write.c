@@ -159,21 +159,12 @@ void store_add_audit(ts_call_t *call, const collection_t *c, const doc_t *d,
     ts_record_t *r =
         ts_record_new(TS_REC_AUDIT, c->name, d->id, d->id_len, reason, reason ? strlen(reason) : 0);
     r->at_ms = ts_wall_ms();
-    ts_uuid_format(m->id, r->mutation);
+    if (m)
+        ts_uuid_format(m->id, r->mutation);
+    else
+        r->mutation[0] = '\0'; /* the server's change: no local mutation */
     ts_copy_text(r->event, sizeof r->event, event);
     ts_copy_text(r->client, sizeof r->client, client);
-    r->version = version;
-    store_append_record(call, r);
-}
-
-void store_add_audit_doc(ts_call_t *call, const collection_t *c, const doc_t *d,
-                         const char *event, int64_t version, const char *reason)
-{
-    ts_record_t *r =
-        ts_record_new(TS_REC_AUDIT, c->name, d->id, d->id_len, reason, reason ? strlen(reason) : 0);
-    r->at_ms = ts_wall_ms();
-    r->mutation[0] = '\0'; /* no local mutation: the server's change */
-    ts_copy_text(r->event, sizeof r->event, event);
     r->version = version;
     store_append_record(call, r);
 }

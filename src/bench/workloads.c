@@ -225,7 +225,7 @@ static void add_engine_view(wl_t *w, const char *method, bench_result_t *res)
 }
 
 /* The cache's view of a select run, from `metrics` (cache.hits, misses,
- * hit_ratio, entries) and `policy.info` (selector_queries, selector_us: the
+ * hit_ratio, entries, front_hits) and `policy.info` (selector_queries, selector_us: the
  * selector runs the store did and the time they took). Over the daemon's
  * life like add_engine_view; left out when the target does not give them
  * (therasync-canned). */
@@ -241,6 +241,9 @@ static void add_cache_view(wl_t *w, bench_result_t *res)
                       ",\"cache_hit_ratio\":%.4f,\"cache_hits\":%lld,\"cache_misses\":%lld,"
                       "\"cache_entries\":%lld",
                       ratio->valuedouble, hits, misses, entries);
+    long long front_hits;
+    if (ts_json_int(cache, "front_hits", &front_hits)) /* of the hits: without the cache's trip */
+        ts_buf_printf(&res->extra, ",\"cache_front_hits\":%lld", front_hits);
     cJSON_Delete(m);
     cJSON *info = engine_call(w->endpoint, "policy.info");
     long long q, us;

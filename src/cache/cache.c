@@ -42,6 +42,7 @@ static void flush(cache_t *self)
             ts_cache_run_free(self->out.runs[i]);
     }
     self->out.nruns = 0;
+    mirror_flush(self); /* before the answers: none may be newer than the copies */
     if (self->out.nanswers && ts_send_ANSWERS(self->to_front, self->out.answers, self->out.nanswers)) {
         ts_error(LOG, "cannot pass answers to the front door");
         for (size_t i = 0; i < self->out.nanswers; i++)
@@ -159,7 +160,7 @@ static void on_reads(cache_t *self, ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         ts_envelope_t *e = envs[i];
-        if (e->wait_for > self->seen || self->held) {
+        if (e->wait_for > self->seen || e->wait_mark > self->mark || self->held) {
             e->held_next = NULL;
             if (self->held_last)
                 self->held_last->held_next = e;
@@ -172,11 +173,14 @@ static void on_reads(cache_t *self, ts_envelope_t **envs, size_t n)
     }
 }
 
-static void on_seen(cache_t *self, uint64_t seen)
+static void on_seen(cache_t *self, const ts_seen_t *seen)
 {
-    if (seen > self->seen)
-        self->seen = seen;
-    while (self->held && self->held->wait_for <= self->seen) {
+    if (seen->mark > self->mark)
+        self->mark = seen->mark;
+    if (seen->front_msg > self->seen)
+        self->seen = seen->front_msg;
+    while (self->held && self->held->wait_for <= self->seen &&
+           self->held->wait_mark <= self->mark) {
         ts_envelope_t *e = self->held;
         self->held = e->held_next;
         if (!self->held)
@@ -252,7 +256,7 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
             break;
         case TS_MSG_CACHE_SEEN:
             for (size_t i = 0; i < m.count; i++)
-                on_seen(self, *ts_msg_CACHE_SEEN(&m)[i]);
+                on_seen(self, ts_msg_CACHE_SEEN(&m)[i]);
             ts_msg_free(&m);
             break;
         case TS_MSG_GONE:
@@ -308,6 +312,7 @@ done:
         self.held = next;
     }
     memo_free_all(&self);
+    mirror_free_all(&self);
     watch_free_all(&self);
     ts_buf_free(&self.buf);
     for (size_t i = 0; i < self.out.nanswers; i++)

@@ -10,6 +10,7 @@
 #include "store/index.h" /* the index's key functions: a read-set speaks its keys */
 #include "therasync/config.h"
 #include "therasync/hist.h"
+#include "therasync/hmap.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -21,28 +22,6 @@
 #include <string.h>
 
 #define LOG "cache"
-
-/* ---- a string-keyed hash table, intrusive (hmap.c) ---- */
-
-typedef struct hnode {
-    struct hnode *next;
-    uint64_t hash;
-    const char *key;
-    size_t key_len;
-} hnode_t;
-
-typedef struct {
-    hnode_t **buckets;
-    size_t cap, count;
-} hmap_t;
-
-uint64_t hmap_hash(const char *key, size_t len);
-hnode_t *hmap_find(const hmap_t *m, const char *key, size_t len, uint64_t hash);
-void hmap_add(hmap_t *m, hnode_t *n); /* n->key, key_len and hash set */
-void hmap_del(hmap_t *m, hnode_t *n);
-void hmap_free(hmap_t *m);            /* the table, not the nodes */
-
-#define CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 
 /* ---- read-sets (watch.c) ---- */
 
@@ -61,14 +40,9 @@ typedef struct watcher {
 
 typedef struct group group_t;
 
-/* A row of an extended answer: an item's text, order key and id. */
-typedef struct {
-    char *text;
-    uint32_t len;
-    uint8_t id_len;
-    ts_okey_t key;         /* key.str owned */
-    char *id;
-} row_t;
+/* A row of an extended answer: an item's text, order key and id (the
+ * text and key in a block the front door's copies may share). */
+typedef ts_row_t row_t;
 
 typedef struct entry {
     watcher_t w;
@@ -99,6 +73,9 @@ struct group {
     bool bounded;          /* its selector has a lower-bound param */
     entry_t **entries;     /* by lo, disjoint (one without a bound) */
     size_t n, cap;
+    bool mirrored;         /* the front door keeps a copy (mirror.c) */
+    bool hot_dirty;        /* ... which goes again in the next HOT */
+    long total;            /* the rows an answer takes, for the copy */
 };
 
 /* ---- live queries (live.c) ---- */
@@ -172,6 +149,7 @@ typedef struct {
     ts_buf_t buf;          /* scratch */
     uint64_t seen;         /* CACHE_SEEN: the front door's messages with writes the store
                               has handled (their changes are here) */
+    uint64_t mark;         /* ... and the store's mark */
     ts_envelope_t *held, *held_last; /* direct reads waiting for seen (held_next) */
     struct {               /* what handling one message produced, sent after it */
         ts_envelope_t **answers;
@@ -203,6 +181,13 @@ typedef struct {
     bool offline;          /* the last fetch found no Clinic API */
     uint64_t fetches, coalesced_fetches, stale_answers, not_modified, fetch_errors, od_fresh,
         od_forgotten;
+    /* mirror.c */
+    struct {
+        char **keys;       /* groups whose copies go in the next HOT */
+        size_t *lens, n, cap;
+        bool forget_all;
+        ts_seen_t sent;
+    } hot;
     /* metrics */
     uint64_t hits, misses, coalesced, uncached, evictions, invalidations, runs, run_errors,
         recomputes, notifications, unchanged, closed, patches;
@@ -237,6 +222,13 @@ entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param);
 int memo_slice(cache_t *self, const entry_t *e, const cJSON *request, const char *param,
                ts_buf_t *out);
 void memo_free_rows(entry_t *e);
+
+/* mirror.c */
+void mirror_want(cache_t *self, group_t *g, long total);
+void mirror_touch(cache_t *self, group_t *g);
+void mirror_forget_all(cache_t *self);
+void mirror_flush(cache_t *self);
+void mirror_free_all(cache_t *self);
 
 /* watch.c */
 void watch_set(cache_t *self, watcher_t *w, uint16_t collection, ts_readset_t *read);

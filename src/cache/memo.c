@@ -19,67 +19,9 @@
 
 /* ---- keys ---- */
 
-static int by_name(const void *a, const void *b)
-{
-    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
-    return strcmp(x->string ? x->string : "", y->string ? y->string : "");
-}
-
-/* item in a canonical form: objects with their keys sorted (skip: a member
- * of this object to leave out). */
-static void canon(ts_buf_t *b, const cJSON *item, const char *skip)
-{
-    if (cJSON_IsObject(item)) {
-        size_t n = 0;
-        for (const cJSON *c = item->child; c; c = c->next)
-            n++;
-        const cJSON **kids = ts_xmalloc((n ? n : 1) * sizeof *kids);
-        n = 0;
-        for (const cJSON *c = item->child; c; c = c->next)
-            if (!skip || !c->string || strcmp(c->string, skip) != 0)
-                kids[n++] = c;
-        qsort(kids, n, sizeof *kids, by_name);
-        ts_buf_puts(b, "{");
-        for (size_t i = 0; i < n; i++) {
-            if (i)
-                ts_buf_puts(b, ",");
-            ts_buf_json_string(b, kids[i]->string, strlen(kids[i]->string));
-            ts_buf_puts(b, ":");
-            canon(b, kids[i], NULL);
-        }
-        ts_buf_puts(b, "}");
-        free(kids);
-    } else if (cJSON_IsArray(item)) {
-        ts_buf_puts(b, "[");
-        for (const cJSON *c = item->child; c; c = c->next) {
-            canon(b, c, NULL);
-            if (c->next)
-                ts_buf_puts(b, ",");
-        }
-        ts_buf_puts(b, "]");
-    } else if (item) {
-        ts_buf_json(b, item);
-    }
-}
-
 void memo_key(cache_t *self, const cJSON *request, const char *skip)
 {
-    ts_buf_t *b = &self->buf;
-    ts_buf_reset(b);
-    const char *coll = ts_json_string(request, "collection");
-    const char *sel = ts_json_string(request, "selector");
-    ts_buf_puts(b, coll ? coll : "");
-    ts_buf_append(b, "\x01", 1);
-    ts_buf_puts(b, sel ? sel : "");
-    ts_buf_append(b, "\x01", 1);
-    canon(b, cJSON_GetObjectItemCaseSensitive(request, "params"), skip);
-    static const char *page[] = {"limit", "cursor"};
-    for (int i = 0; i < 2; i++) {
-        ts_buf_append(b, "\x01", 1);
-        canon(b, cJSON_GetObjectItemCaseSensitive(request, page[i]), NULL);
-    }
-    if (skip) /* a lower-bound group: never the key of a query without the bound */
-        ts_buf_append(b, "\x01\x02", 2);
+    ts_query_key(&self->buf, request, skip);
 }
 
 /* ---- selectors ---- */
@@ -119,8 +61,7 @@ static const cJSON *bound_of(const cache_t *self, const cJSON *request, const ch
 
 static void row_free(row_t *r)
 {
-    free(r->text);
-    free(r->key.str);
+    ts_row_block_unref(r->text); /* its key with it */
     free(r->id);
 }
 
@@ -153,45 +94,6 @@ static long total_of(const ts_selector_info_t *s, const cJSON *request)
     return limit;
 }
 
-/* First row whose order key is >= v. */
-static size_t rows_from(const row_t *rows, size_t n, const ts_okey_t *v)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (ts_okey_cmp(&rows[mid].key, v) < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-/* The answer for bound value v from rows (every match from the entry's lo
- * on, complete: to the bucket's end): what the selector gives for v, byte
- * for byte. -1 when the rows end before the answer does. */
-static int slice(const row_t *rows, size_t n, bool complete, const ts_okey_t *v, long total,
-                 ts_buf_t *out)
-{
-    if (total <= 0 || total > 1000) /* no limit, or pages: not answered from rows */
-        return -1;
-    size_t p = rows_from(rows, n, v), avail = n - p;
-    if ((long)avail < total && !complete)
-        return -1;
-    size_t take = (long)avail < total ? avail : (size_t)total, bytes = 64;
-    for (size_t i = p; i < p + take; i++)
-        bytes += rows[i].len + 1;
-    ts_buf_reserve(out, bytes);
-    ts_buf_puts(out, "{\"items\":[");
-    for (size_t i = p; i < p + take; i++) {
-        if (i > p)
-            ts_buf_puts(out, ",");
-        ts_buf_append(out, rows[i].text, rows[i].len);
-    }
-    ts_buf_puts(out, "],\"stale\":false,\"cursor\":null}");
-    return 0;
-}
-
 /* The rows of an extended run (taken from it). */
 static row_t *rows_of(ts_cache_run_t *run, bool *patchable)
 {
@@ -199,11 +101,10 @@ static row_t *rows_of(ts_cache_run_t *run, bool *patchable)
     *patchable = true;
     for (size_t i = 0; i < run->nrows; i++) {
         ts_run_row_t *r = &run->rows[i];
-        rows[i].text = ts_memdup(run->result + r->off, r->len);
+        rows[i].text = ts_row_block_new(run->result + r->off, r->len, r->str, r->str_len);
         rows[i].len = r->len;
-        rows[i].key = (ts_okey_t){.kind = r->kind, .num = r->num, .str = r->str,
-                                  .len = r->str_len};
-        r->str = NULL;
+        rows[i].key = (ts_okey_t){.kind = r->kind, .num = r->num, .len = r->str_len,
+                                  .str = r->kind == TS_OKEY_STR ? rows[i].text + r->len : NULL};
         *patchable &= row_id(&rows[i]);
     }
     return rows;
@@ -247,6 +148,7 @@ static void group_free(cache_t *self, group_t *g)
 void memo_drop_entry(cache_t *self, entry_t *e)
 {
     group_t *g = e->group;
+    mirror_touch(self, g);
     lru_unlink(self, e);
     watch_unset(self, &e->w);
     for (size_t i = 0; i < g->n; i++)
@@ -490,6 +392,7 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
     memmove(&g->entries[at + 1], &g->entries[at], (g->n - at) * sizeof *g->entries);
     g->entries[at] = e;
     g->n++;
+    mirror_touch(self, g);
     watch_set(self, &e->w, run->collection, &run->read);
     lru_push(self, e);
     self->bytes += cost;
@@ -520,12 +423,14 @@ void memo_read(cache_t *self, ts_envelope_t *e)
         ts_buf_t b = {0};
         long total = total_of(memo_selector(self, ts_json_string(call->params, "selector")),
                               call->params);
-        if (hit && (bound ? hit->rows && slice(hit->rows, hit->nrows, hit->complete, &v, total,
+        if (hit && (bound ? hit->rows && ts_rows_slice(hit->rows, hit->nrows, hit->complete, &v, total,
                                                &b) == 0
                           : hit->answer != NULL)) {
             self->hits++;
             lru_unlink(self, hit);
             lru_push(self, hit);
+            if (e->hot_want)
+                mirror_want(self, hit->group, total);
             if (bound)
                 ts_call_set_buffer(call, &b);
             else
@@ -588,15 +493,17 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
         ts_okey_from_json(v, &vk); /* borrows */
     }
     const ts_selector_info_t *sel = memo_selector(self, ts_json_string(run->request, "selector"));
+    bool want = false; /* a read the front door has no copy for */
     for (ts_envelope_t *e = p->waiting, *next; e; e = next) {
         next = e->held_next;
         e->held_next = NULL;
+        want |= e->hot_want;
         ts_buf_t b = {0};
         if (run->err_code)
             ts_call_fail(&e->calls[0], run->err_code, "%s", run->err_message ? run->err_message : "error");
         else if (!rows)
             answer_with(&e->calls[0], run->result, run->result_len);
-        else if (slice(rows, run->nrows, run->complete, &vk, total_of(sel, run->request), &b) == 0)
+        else if (ts_rows_slice(rows, run->nrows, run->complete, &vk, total_of(sel, run->request), &b) == 0)
             ts_call_set_buffer(&e->calls[0], &b);
         else
             ts_call_fail(&e->calls[0], TS_E_INTERNAL, "the selector changed during the query");
@@ -613,6 +520,13 @@ void memo_result(cache_t *self, ts_cache_run_t *run)
         keep(self, run, self->buf.data, self->buf.len, name, v, rows, patchable,
              selector_bit(self->selectors, name));
         rows = NULL; /* kept, or freed by keep */
+        if (want) {
+            memo_key(self, run->request, p->bound_param);
+            hnode_t *g = hmap_find(&self->groups, self->buf.data, self->buf.len,
+                                   hmap_hash(self->buf.data, self->buf.len));
+            if (g)
+                mirror_want(self, CONTAINER(g, group_t, node), total_of(sel, run->request));
+        }
     }
     for (size_t i = 0; rows && i < run->nrows; i++)
         row_free(&rows[i]);
@@ -670,6 +584,7 @@ void memo_policy(cache_t *self, ts_selectors_t *selectors)
      * policies: the store sends this message after the reload and before
      * their results. */
     size_t dropped = drop_groups(self, NULL, NULL, selectors);
+    mirror_forget_all(self); /* the front door's copies know selectors by name */
     if (dropped)
         ts_info(LOG, "policy reload: %zu answers of changed selectors dropped", dropped);
     live_policy(self, selectors, self->selectors);
@@ -753,9 +668,11 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
     if (!e->rows || e->sel_bit < 0 || !((c->known >> e->sel_bit) & 1))
         return false;
     size_t before = e->bytes;
+    bool changed = false;
     for (size_t i = 0; i < e->nrows; i++) { /* its old row goes */
         row_t *r = &e->rows[i];
         if (r->id_len == c->id_len && memcmp(r->id, c->data, c->id_len) == 0) {
+            changed = true;
             e->bytes -= row_cost(r);
             row_free(r);
             memmove(r, r + 1, (e->nrows - i - 1) * sizeof *r);
@@ -789,9 +706,13 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             } else {
                 ts_buf_puts(&b, "}");
             }
-            size_t tl;
-            r.text = ts_buf_take(&b, &tl);
-            r.len = (uint32_t)tl;
+            char *key_str = r.key.str; /* into the row's block */
+            r.text = ts_row_block_new(b.data, b.len, key_str, r.key.len);
+            r.len = (uint32_t)b.len;
+            if (r.key.kind == TS_OKEY_STR)
+                r.key.str = r.text + r.len;
+            free(key_str);
+            ts_buf_free(&b);
             if (e->nrows == e->caprows) {
                 e->caprows = e->caprows ? e->caprows * 2 : 16;
                 e->rows = ts_xrealloc(e->rows, e->caprows * sizeof *e->rows);
@@ -801,6 +722,7 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             e->rows[at] = r;
             e->nrows++;
             e->bytes += row_cost(&r);
+            changed = true;
         } else {
             free(r.key.str);
             free(r.id);
@@ -808,6 +730,8 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
     }
     if (e->group) /* a live query's rows are not in the budget */
         self->bytes += e->bytes - before; /* unsigned: wraps back right when it shrank */
+    if (e->group && changed)
+        mirror_touch(self, e->group);
     return true;
 }
 
@@ -850,7 +774,7 @@ int memo_slice(cache_t *self, const entry_t *e, const cJSON *request, const char
     ts_okey_t k = {0};
     ts_okey_from_json(v, &k); /* borrows */
     long total = total_of(memo_selector(self, ts_json_string(request, "selector")), request);
-    return slice(e->rows, e->nrows, e->complete, &k, total, out);
+    return ts_rows_slice(e->rows, e->nrows, e->complete, &k, total, out);
 }
 
 void memo_free_rows(entry_t *e)

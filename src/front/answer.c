@@ -34,8 +34,26 @@ static void append_error(ts_buf_t *b, const ts_call_t *call)
     ts_buf_puts(b, "}");
 }
 
+/* The cache's hits count those the front door gave from its copies
+ * (front_hits of them), so hit_ratio is the engine's. */
+static void add_hot_metrics(front_t *self, cJSON *partial)
+{
+    cJSON *c = cJSON_GetObjectItemCaseSensitive(partial, "cache");
+    cJSON *hits = cJSON_GetObjectItemCaseSensitive(c, "hits");
+    cJSON *misses = cJSON_GetObjectItemCaseSensitive(c, "misses");
+    cJSON *ratio = cJSON_GetObjectItemCaseSensitive(c, "hit_ratio");
+    if (!cJSON_IsNumber(hits) || !cJSON_IsNumber(misses) || !cJSON_IsNumber(ratio))
+        return;
+    double h = hits->valuedouble + (double)self->hot_hits, reads = h + misses->valuedouble;
+    cJSON_SetNumberValue(hits, h);
+    cJSON_SetNumberValue(ratio, reads > 0 ? h / reads : 0);
+    cJSON_AddNumberToObject(c, "front_hits", (double)self->hot_hits);
+    cJSON_AddNumberToObject(c, "front_groups", (double)self->hot.count);
+}
+
 static void add_front_metrics(front_t *self, cJSON *partial)
 {
+    add_hot_metrics(self, partial);
     cJSON *m = cJSON_AddObjectToObject(partial, "front");
     cJSON_AddNumberToObject(m, "inflight", (double)self->inflight);
     cJSON_AddNumberToObject(m, "errors", (double)self->errors);
@@ -177,10 +195,29 @@ void front_take_ticket(front_t *self, ts_envelope_t *e)
     e->client_seq = (*p)->assigned++;
 }
 
+uint64_t front_client_writes(front_t *self, const ts_envelope_t *e)
+{
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    client_t *c = id ? *client_slot(self, id, len) : NULL;
+    return c ? c->last_write_msg : 0;
+}
+
+void front_note_write(front_t *self, const ts_envelope_t *e)
+{
+    size_t len;
+    const unsigned char *id = route_id(e, &len);
+    client_t *c = id ? *client_slot(self, id, len) : NULL;
+    if (c)
+        c->last_write_msg = e->front_msg;
+}
+
 /* Releases an answer in its client's order: now, or after the earlier
  * ones, which may still be in the pipeline. */
 void front_deliver(front_t *self, ts_envelope_t *e)
 {
+    if (e->mark > self->told_mark) /* hot.c: the copies must have seen it now */
+        self->told_mark = e->mark;
     front_publish_events(self, e);
     size_t len;
     const unsigned char *id = route_id(e, &len);

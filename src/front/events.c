@@ -136,6 +136,8 @@ void front_read_events(front_t *self, void *socket, int max)
         for (size_t i = 0; i < m.count; i++) {
             for (ts_event_t *ev = lists[i], *next; ev; ev = next) {
                 next = ev->next;
+                if (ev->mark > self->told_mark) /* hot.c: a subscriber may hear of it */
+                    self->told_mark = ev->mark;
                 if (ev->after && (self->early || !batch_published(self, ev->after))) {
                     early_add(self, ev);
                 } else {

@@ -77,13 +77,17 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         }
         self->inflight += e->ncalls;
         if (cache_direct(self, e)) {
-            e->wait_for = self->last_write_msg;
+            if (front_hot_answer(self, e))
+                continue;
+            /* its client's writes, and what any client was told: as hot.c */
+            e->wait_for = front_client_writes(self, e);
+            e->wait_mark = self->told_mark;
             direct[nd++] = e;
             continue;
         }
         e->front_msg = self->store_msgs + 1; /* the message this one goes in */
-        if (!e->unordered)
-            self->last_write_msg = e->front_msg;
+        if (!e->unordered) /* its client's reads sent straight to the cache wait for it */
+            front_note_write(self, e);
         batch[n++] = e;
     }
     if (n)
@@ -121,6 +125,12 @@ static int on_replies(ts_loop_t *loop, void *socket, void *arg)
     for (int round = 0; round < 64; round++) {
         if (ts_msg_recv(socket, ZMQ_DONTWAIT, &m))
             break;
+        if (m.kind == TS_MSG_HOT) { /* before the answers after it */
+            for (size_t i = 0; i < m.count; i++)
+                front_hot_take(self, ts_msg_HOT(&m)[i]);
+            ts_msg_release(&m);
+            continue;
+        }
         if (m.kind == TS_MSG_NOTICES) { /* live queries: after the answers before them */
             for (size_t i = 0; i < m.count; i++)
                 front_send_notices(self, ts_msg_NOTICES(&m)[i]);
@@ -267,6 +277,8 @@ done:
     }
     ts_buf_free(&self.scratch);
     ts_buf_free(&self.slim);
+    ts_buf_free(&self.hot_key);
+    front_hot_free_all(&self);
     for (size_t i = 0; i < self.ntopics; i++)
         free(self.topics[i].name);
     free(self.topics);

@@ -9,6 +9,7 @@
 #include "therasync/front.h"
 #include "msgs/call.h"
 #include "therasync/hist.h"
+#include "therasync/hmap.h"
 #include "therasync/json.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
@@ -36,6 +37,7 @@
 typedef struct client {
     struct client *next;       /* hash chain */
     uint64_t assigned;         /* sequence numbers given to its requests */
+    uint64_t last_write_msg;   /* the front door's message that carried its last write */
     uint64_t sent;             /* answers released so far */
     ts_envelope_t *held;       /* early answers, by sequence */
     ts_envelope_t *held_last;  /* the last of them: most arrive in order */
@@ -68,9 +70,8 @@ typedef struct {
     ts_loop_t *loop;
     ts_buf_t scratch; /* a write's body, printed */
     size_t inflight;  /* calls in the pipeline */
-    uint64_t store_msgs;     /* REQUESTS messages sent to the store */
-    uint64_t last_write_msg; /* the last of them with a write: reads sent straight to the
-                                cache wait for the store to have handled it */
+    uint64_t store_msgs;     /* REQUESTS messages sent to the store (a client's last with a
+                                write: client_t.last_write_msg) */
     size_t warn_at;   /* next queue depth worth a warning (doubles) */
     bool draining;
     int64_t drain_deadline_us;
@@ -80,9 +81,17 @@ typedef struct {
     topic_t *topics;  /* each topic's seq, for subscribers to see a gap */
     size_t ntopics;
     ts_buf_t slim;    /* an event too large, without its doc */
+    /* hot.c: copies of the cache's hot answers */
+    hmap_t hot;
+    struct { char *selector, *bound; } *hot_sels; /* each selector's lower-bound param */
+    size_t nhot_sels;
+    ts_seen_t hot_seen;      /* the copies reflect the writes of messages up to front_msg,
+                                and the store's work up to mark */
+    uint64_t told_mark;      /* the store's mark on what has gone out to clients */
+    ts_buf_t hot_key;
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
-    uint64_t errors, busy, too_large, parse_errors;
+    uint64_t errors, busy, too_large, parse_errors, hot_hits;
 } front_t;
 
 /* parse.c */
@@ -92,6 +101,15 @@ ts_envelope_t *front_read_request(front_t *self, bool *more);
 void front_take_ticket(front_t *self, ts_envelope_t *e);
 void front_deliver(front_t *self, ts_envelope_t *e);
 void front_send_notices(front_t *self, ts_notice_t *notices);
+/* The message that carried the last write of e's client still unanswered
+ * (0: none); noting a write's message for its client. */
+uint64_t front_client_writes(front_t *self, const ts_envelope_t *e);
+void front_note_write(front_t *self, const ts_envelope_t *e);
+
+/* hot.c */
+bool front_hot_answer(front_t *self, ts_envelope_t *e); /* true: answered */
+void front_hot_take(front_t *self, ts_hot_t *hot);
+void front_hot_free_all(front_t *self);
 
 /* events.c */
 void front_publish_events(front_t *self, ts_envelope_t *e);

@@ -10,6 +10,8 @@
 #define THERASYNC_CACHE_MSGS_H
 
 #include "msgs/call.h"
+#include "store/index.h" /* ts_okey_t: rows and intervals speak order keys */
+#include "therasync/util.h"
 
 #include <cJSON.h>
 #include <stdbool.h>
@@ -153,5 +155,78 @@ typedef struct {
     size_t len;
     unsigned char id[];
 } ts_gone_t;
+
+/* How far the store's work has reached the cache (CACHE_SEEN): the front
+ * door's messages with writes it has handled, and its mark, which every
+ * change told to the cache and every policy load advance. */
+typedef struct {
+    uint64_t front_msg;
+    uint64_t mark;
+} ts_seen_t;
+
+/* ---- memoized answers, shared with the front door ----
+ *
+ * A row of a lower-bound answer: its text and order key live in one
+ * immutable, reference-counted block, so the cache's entries and the front
+ * door's copies of them (HOT) hold the same rows; handing the front door
+ * an entry copies pointers, not rows. */
+typedef struct {
+    char *text;           /* the item, in its block */
+    uint32_t len;
+    uint8_t id_len;
+    ts_okey_t key;        /* key.str in the same block */
+    char *id;             /* the cache's rows own one; NULL in a copy */
+} ts_row_t;
+
+/* A block holding text and then key (either may be empty); returns the
+ * text, which names the block for ref and unref. */
+char *ts_row_block_new(const char *text, size_t len, const char *key, size_t key_len);
+void ts_row_block_ref(const char *text);
+void ts_row_block_unref(const char *text);
+
+/* The answer for bound value v from rows (every match from the entry's lo
+ * on; complete: to the bucket's end), byte for byte the selector's; -1
+ * when the rows end before it does or total is not a row count. */
+int ts_rows_slice(const ts_row_t *rows, size_t n, bool complete, const ts_okey_t *v, long total,
+                  ts_buf_t *out);
+
+/* The key of a query (collection, selector, params in canonical form, page)
+ * into b; without the param `skip` (a lower-bound group), or NULL. */
+void ts_query_key(ts_buf_t *b, const cJSON *request, const char *skip);
+
+/* The front door's copy of one group of the cache's answers: answers hot
+ * enough for the front door to give them without the cache. */
+typedef struct {
+    ts_okey_t lo, hi;     /* lower-bound entries: the bound values they answer (strs owned) */
+    bool hi_inf, complete;
+    ts_row_t *rows;       /* each row's block referenced */
+    size_t nrows;
+    char *answer;         /* an answer without a bound (owned copy) */
+    size_t answer_len;
+} ts_hot_entry_t;
+
+typedef struct ts_hot_group {
+    struct ts_hot_group *next;
+    char *key;            /* ts_query_key, without the bound */
+    size_t key_len;
+    char *selector;
+    char *bound;          /* the selector's lower-bound param, or NULL */
+    long total;           /* the rows an answer takes (lower-bound groups) */
+    ts_hot_entry_t *entries; /* by lo; none: the front door forgets the group */
+    size_t n;
+} ts_hot_group_t;
+
+/* What the cache tells the front door after a message: the groups whose
+ * copies changed (each whole), and how far the copies are current. */
+typedef struct {
+    ts_seen_t seen;       /* the copies reflect every write of the front door's messages
+                             up to seen.front_msg and the store's work up to seen.mark */
+    bool forget_all;      /* a policy reload: drop every copy first */
+    ts_hot_group_t *groups;
+} ts_hot_t;
+
+void ts_hot_entry_clear(ts_hot_entry_t *e);
+void ts_hot_group_free(ts_hot_group_t *g);
+void ts_hot_free(ts_hot_t *h);
 
 #endif

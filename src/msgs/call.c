@@ -136,6 +136,7 @@ ts_event_t *ts_event_new(const char *topic, const char *payload, size_t payload_
     e->payload_len = payload_len;
     e->after = 0;
     e->held_us = 0;
+    e->mark = 0;
     memcpy(e->data, topic, tlen);
     memcpy(e->data + tlen, payload, payload_len);
     return e;

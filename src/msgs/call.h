@@ -151,6 +151,7 @@ typedef struct ts_event {
     uint32_t after;   /* EVENTS: publish once the events of this persist batch are
                          out (0: at once); keeps one document's events in order */
     int64_t held_us;  /* when the front door began to hold it for `after` */
+    uint64_t mark;    /* a remote change's: the store's mark (ts_envelope_t.mark) */
     char data[];      /* topic, then payload */
 } ts_event_t;
 
@@ -199,7 +200,14 @@ typedef struct ts_envelope {
     struct ts_envelope *held_next; /* front door: answers waiting for earlier ones */
     uint64_t front_msg;   /* the front door's message to the store that carried it */
     uint64_t wait_for;    /* a read sent straight to the cache: the last front door message
-                             with writes before it, whose changes it must see first */
+                             with its client's writes before it, whose changes it must see
+                             first, */
+    uint64_t wait_mark;   /* ... and the store's mark on what clients were told before it */
+    bool hot_want;        /* ... of a question the front door has no copy of: the cache
+                             sends it one (HOT) */
+    uint64_t mark;        /* the store's mark when it passed this on (ts_seen_t): what a
+                             client learns from its answer, the front door's copies of the
+                             cache's answers must have seen before they answer again */
     uint32_t persist_batch; /* the store's message to persist that carried it (0: none):
                                the front door publishes remote changes in this order */
     int64_t received_us;

@@ -21,6 +21,7 @@ static void publish_remote_change(store_t *self, const collection_t *c, const do
     ev->after = d->event_batch && store_next_batch(self) - d->event_batch < (1u << 20)
                     ? d->event_batch
                     : 0;
+    ev->mark = self->changes.mark; /* past this change */
     if (ts_send_EVENTS(self->events, &ev, 1)) {
         ts_warn(LOG, "cannot publish a remote change: %s", zmq_strerror(zmq_errno()));
         ts_event_free_list(ev);

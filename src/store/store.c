@@ -70,9 +70,18 @@ static void handle_call(store_t *self, ts_call_t *call)
 
 /* One message of envelopes to persist: a batch. Each envelope is stamped
  * with its number, which orders remote changes (publish_remote_change). */
+/* What leaves the store carries its mark: the front door answers from its
+ * copies of the cache's answers only once they have seen it (front/hot.c). */
+void store_stamp(store_t *self, ts_envelope_t **envelopes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        envelopes[i]->mark = self->changes.mark;
+}
+
 int store_send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n)
 {
     self->persist_batch = store_next_batch(self);
+    store_stamp(self, envelopes, n);
     for (size_t i = 0; i < n; i++)
         envelopes[i]->persist_batch = self->persist_batch;
     return ts_send_COMMIT(self->to_persist, envelopes, n);
@@ -148,6 +157,7 @@ static void on_cache_serve(store_t *self, ts_envelope_t **envs, size_t n)
         }
         store_add_freshness(call);
     }
+    store_stamp(self, envs, n);
     if (ts_send_ANSWERS(self->to_front, envs, n)) {
         ts_error(LOG, "cannot pass answers to the front door");
         for (size_t i = 0; i < n; i++)
@@ -178,12 +188,15 @@ void store_flush_cache(store_t *self)
     uint64_t seen = self->seen_mark;
     if (self->ncancels_out && self->cancels_out[0] - 1 < seen)
         seen = self->cancels_out[0] - 1; /* a cancel's rollback is still to come */
-    if (seen > self->seen_sent) { /* after the changes it covers */
-        uint64_t *mark = ts_xmalloc(sizeof *mark);
-        *mark = seen;
-        if (ts_send_CACHE_SEEN(self->to_cache, &mark, 1))
-            free(mark);
-        self->seen_sent = seen;
+    if (seen > self->seen_sent || self->changes.mark > self->changes.mark_sent) {
+        /* after the changes it covers */
+        if (seen > self->seen_sent)
+            self->seen_sent = seen;
+        self->changes.mark_sent = self->changes.mark;
+        ts_seen_t *s = ts_xmalloc(sizeof *s);
+        *s = (ts_seen_t){.front_msg = self->seen_sent, .mark = self->changes.mark};
+        if (ts_send_CACHE_SEEN(self->to_cache, &s, 1))
+            free(s);
     }
 }
 
@@ -201,6 +214,7 @@ static void tell_cache_selectors(store_t *self)
     }
     if (ts_send_CACHE_POLICY(self->to_cache, &s, 1))
         ts_selectors_free(s);
+    self->changes.mark++; /* the front door's copies must see the new selectors */
 }
 
 /* Queries the cache asks for: computed, with what they read, and sent back. */
@@ -321,6 +335,7 @@ static void on_requests(store_t *self, ts_envelope_t **envs, size_t n)
             envs[kept++] = e;
     }
     self->client = NULL;
+    store_stamp(self, reads, direct);
     if (direct && ts_send_ANSWERS(self->to_front, reads, direct)) {
         ts_error(LOG, "cannot pass answers to the front door");
         for (size_t i = 0; i < direct; i++)
@@ -349,6 +364,7 @@ static void on_cancel_verdicts(store_t *self, ts_envelope_t **envs, size_t n)
         self->changes.origin = TS_CHANGE_LOCAL;
         store_do_cancel(self, &e->calls[0]);
         self->client = NULL;
+        store_stamp(self, &e, 1);
         int rc = needs_persist(e) ? store_send_to_persist(self, &e, 1)
                                   : ts_send_ANSWERS(self->to_front, &e, 1);
         if (rc) {
@@ -368,6 +384,7 @@ static void on_rollback(store_t *self, ts_envelope_t **envs, size_t n)
             e->calls[k].records = NULL;
         }
     }
+    store_stamp(self, envs, n);
     if (ts_send_ANSWERS(self->to_front, envs, n)) {
         ts_error(LOG, "cannot pass answers to the front door");
         for (size_t i = 0; i < n; i++)

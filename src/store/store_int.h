@@ -88,6 +88,9 @@ typedef struct {
      * query on (its first answer comes after this), or on demand. Writes
      * to the others cost nothing here (ingest with no reader). */
     bool watched[TS_MAX_COLLECTIONS];
+    /* The store's mark: advanced by every change told to the cache and every
+     * policy load, stamped on what leaves the store (ts_envelope_t.mark). */
+    uint64_t mark, mark_sent;
 } changes_t;
 
 typedef struct {
@@ -171,6 +174,7 @@ static inline int64_t doc_version(const doc_t *d)
 
 /* store.c */
 int store_send_to_persist(store_t *self, ts_envelope_t **envelopes, size_t n);
+void store_stamp(store_t *self, ts_envelope_t **envelopes, size_t n);
 void store_flush_cache(store_t *self);
 
 /* table.c */

@@ -177,6 +177,7 @@ void store_set_visible(collection_t *c, doc_t *d, char *text, size_t len, int ki
         else
             c->changes->head = ch;
         c->changes->last = ch;
+        c->changes->mark++;
     }
     if (d->visible_kind == VISIBLE_OWNED)
         free(d->visible);

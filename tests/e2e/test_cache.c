@@ -1255,6 +1255,84 @@ Test(cache, a_policy_reload_closes_removed_and_reruns_changed_selectors)
     sub_free(&ss);
 }
 
+/* The front door answers hot queries from its copies of the cache's
+ * answers: never behind what a client was told. Another client's write,
+ * answered, shows in the next query at once; so does a policy reload. */
+Test(cache, the_front_doors_copies_never_answer_behind_what_a_client_was_told)
+{
+    start_engine(reload_v1, NULL);
+    create_session("a", "thr-1", "2026-03-02T09:00:00.000Z", "scheduled", NULL);
+    create_session("b", "thr-1", "2026-03-02T10:00:00.000Z", "cancelled", NULL);
+    assert_answer("same", T1_NOW, "a,b");
+    double front = metric("front_hits"), sq = selector_queries();
+    for (int i = 0; i < 3; i++) /* the first asks for a copy; then the front door answers */
+        cJSON_Delete(must(cl, "query", "{\"collection\":\"sessions\",\"selector\":\"same\","
+                                       "\"params\":" T1_NOW "}"));
+    cr_assert_geq(metric("front_hits"), front + 2, "the front door answered from its copy");
+    cr_assert_eq(selector_queries(), sq);
+
+    client_t *writer = client_open();
+    front = metric("front_hits");
+    for (int i = 0; i < 200; i++) {
+        char patch[256], want[32];
+        snprintf(want, sizeof want, "r%03d", i);
+        snprintf(patch, sizeof patch,
+                 "{\"collection\":\"sessions\",\"id\":\"%s\",\"patch\":{\"room\":\"%s\"}}",
+                 i % 2 ? "a" : "b", want);
+        cJSON_Delete(must(writer, "update", patch)); /* answered to the writer */
+        for (int k = 0; k < 2; k++) { /* a miss (the write dropped the answer), then a hit */
+            char *items = query_items("same", T1_NOW, true);
+            cJSON *arr = cJSON_Parse(items);
+            cJSON *doc = cJSON_GetArrayItem(arr, i % 2 ? 0 : 1);
+            cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "room")), want,
+                             "round %d: the query missed the write answered before it: %s", i,
+                             items);
+            cJSON_Delete(arr);
+            free(items);
+        }
+    }
+    cr_assert_gt(metric("front_hits"), front, "the rounds were answered by the front door too");
+
+    /* told by another answer: the store's own (get) answers a write still
+     * on its way to disk; a query right after it reflects it too */
+    for (int i = 0; i < 300; i++) {
+        char patch[256], get[128], want[32];
+        snprintf(want, sizeof want, "g%03d", i);
+        snprintf(patch, sizeof patch,
+                 "{\"collection\":\"sessions\",\"id\":\"a\",\"patch\":{\"room\":\"%s\"}}", want);
+        snprintf(get, sizeof get, "{\"collection\":\"sessions\",\"id\":\"a\"}");
+        int uid = send_call(writer, "update", patch);
+        for (int tries = 0;; tries++) {
+            cr_assert_lt(tries, 10000, "round %d: get never showed the write", i);
+            cJSON *g = must(cl, "get", get);
+            const char *room = cJSON_GetStringValue(
+                cJSON_GetObjectItem(cJSON_GetObjectItem(g, "doc"), "room"));
+            bool seen = room && strcmp(room, want) == 0;
+            cJSON_Delete(g);
+            if (seen)
+                break;
+        }
+        char *items = query_items("same", T1_NOW, true);
+        cJSON *arr = cJSON_Parse(items);
+        cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(arr->child, "room")), want,
+                         "round %d: the query is behind the get before it: %s", i, items);
+        cJSON_Delete(arr);
+        free(items);
+        cJSON_Delete(wait_answer(writer, uid, 10000));
+    }
+
+    /* a reload: the copies go with the selectors they were made by */
+    for (int i = 0; i < 3; i++)
+        assert_answer("a", T1_NOW, "a");
+    write_file(pol_dir, "selectors.lua", reload_v2);
+    cJSON *r = must(cl, "policy.reload", NULL);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(r, "loaded")));
+    cJSON_Delete(r);
+    assert_answer("a", T1_NOW, "b");
+    expect_error(cl, "query", "{\"collection\":\"sessions\",\"selector\":\"b\",\"params\":" T1_NOW "}",
+                 -32004, "b");
+}
+
 /* ==== 12. the byte cap ==== */
 
 Test(cache, the_byte_cap_evicts_and_answers_stay_right)

@@ -40,8 +40,9 @@
  * Ops = local writes + server changes + reads (each read of a pair counts
  * once). TS_CACHE_DIFF_OPS sets their number (default 150,000, the CI run);
  * TS_CACHE_DIFF_SEED the seed (default fixed; printed). At the end: 0
- * mismatches, and the cache must have hit and been invalidated (a cache
- * that never hits, or that no write touches, proves nothing). The soak
+ * mismatches, and the cache must have hit (the front door from its copies
+ * too) and been invalidated (a cache that never hits, or that no write
+ * touches, proves nothing). The soak
  * records are in tests/README.md. */
 #include "../support/clinic.h"
 #include "../support/engine.h"
@@ -881,11 +882,12 @@ Test(cache_diff, cached_answers_equal_uncached_ones)
             "cache_diff: %lld ops in %lld steps, %.1f s (%.0f ops/s); %lld pairs, %lld mismatches, "
             "%lld pairs both errors\n"
             "cache_diff: cache hits %.0f, misses %.0f, hit ratio %.3f, coalesced %.0f, "
-            "invalidations %.0f, evictions %.0f, uncached %.0f, entries %.0f\n",
+            "invalidations %.0f, evictions %.0f, uncached %.0f, entries %.0f, "
+            "front door's hits %.0f\n",
             ops, steps, (t2 - t1) / 1e3, ops / ((t2 - t1) / 1e3 + 1e-9), pairs, mismatches,
             both_errors, hits, misses, ratio, metric(cache, "coalesced"),
             metric(cache, "invalidations"), metric(cache, "evictions"),
-            metric(cache, "uncached"), metric(cache, "entries"));
+            metric(cache, "uncached"), metric(cache, "entries"), metric(cache, "front_hits"));
     for (size_t i = 0; i < NSEL; i++)
         fprintf(stderr, "cache_diff:   %-26s %8lld pairs, %6lld both errors\n",
                 SELECTORS[i].name, sel_pairs[i], sel_errors[i]);
@@ -893,6 +895,8 @@ Test(cache_diff, cached_answers_equal_uncached_ones)
                                 "(the first ones are printed above)",
                  mismatches, pairs);
     cr_assert_gt(hits, 0, "the cache answered some reads (else this proves nothing)");
+    cr_assert_gt(metric(cache, "front_hits"), 0,
+                 "the front door answered some reads from its copies (else they go untested)");
     cr_assert_gt(metric(cache, "invalidations"), 0, "writes touched cached answers");
     cJSON_Delete(m);
 }

@@ -1,6 +1,9 @@
-/* hmap.c — the cache's string-keyed hash tables: chained, intrusive (the
- * node lives in what it indexes), doubled at load 1. */
-#include "cache/cache_int.h"
+/* hmap.c — string-keyed hash tables (therasync/hmap.h). */
+#include "therasync/hmap.h"
+#include "therasync/util.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 uint64_t hmap_hash(const char *key, size_t len)
 {

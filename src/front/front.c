@@ -20,6 +20,9 @@
 /* A remote change waits at most this for the batch it is ordered after
  * (that batch could only be lost with a failed send). */
 #define EARLY_MAX_US 1000000
+/* A read held for the front door's copies to catch up goes to the cache
+ * after this (hot.c; the timer runs every 200 ms). */
+#define HOT_HOLD_MAX_US 100000
 /* ZMTP heartbeats on client connections: a peer silent three times this
  * long is dropped. */
 #define HEARTBEAT_MS 10000
@@ -59,6 +62,18 @@ static bool cache_direct(const front_t *self, const ts_envelope_t *e)
     return ts_call_cacheable_query(call) && coll >= 0 && !self->config->ondemand[coll].on;
 }
 
+/* Reads the cache answers, straight to it (each with what it must wait for). */
+void front_to_cache(front_t *self, ts_envelope_t **reads, size_t n)
+{
+    if (!n || ts_send_CACHE_READS(self->to_cache, reads, n) == 0)
+        return;
+    ts_error(LOG, "cannot pass reads to the cache: %s", zmq_strerror(zmq_errno()));
+    for (size_t i = 0; i < n; i++) {
+        ts_call_fail(&reads[i]->calls[0], TS_E_INTERNAL, "the engine is stopping");
+        front_deliver(self, reads[i]);
+    }
+}
+
 static int on_router(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop, (void)socket;
@@ -78,7 +93,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         self->inflight += e->ncalls;
         if (cache_direct(self, e)) {
             if (front_hot_answer(self, e))
-                continue;
+                continue; /* answered from the copies, or held for them */
             /* its client's writes, and what any client was told: as hot.c */
             e->wait_for = front_client_writes(self, e);
             e->wait_mark = self->told_mark;
@@ -92,13 +107,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     }
     if (n)
         self->store_msgs++;
-    if (nd && ts_send_CACHE_READS(self->to_cache, direct, nd)) {
-        ts_error(LOG, "cannot pass reads to the cache: %s", zmq_strerror(zmq_errno()));
-        for (size_t i = 0; i < nd; i++) {
-            ts_call_fail(&direct[i]->calls[0], TS_E_INTERNAL, "the engine is stopping");
-            front_deliver(self, direct[i]);
-        }
-    }
+    front_to_cache(self, direct, nd);
     if (n && ts_send_REQUESTS(self->to_store, batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
         for (size_t i = 0; i < n; i++) { /* answered, in their turn, with the reason */
@@ -168,6 +177,7 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     /* $TERM: stop accepting, finish what is in flight, then end. */
     self->draining = true;
     self->drain_deadline_us = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000LL;
+    front_hot_release(self, true, 0); /* the cache answers what waits for copies */
     ts_loop_pause(loop, self->router, 1);
     if (self->inflight)
         ts_info(LOG, "draining %zu calls in flight", self->inflight);
@@ -178,6 +188,10 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
 {
     (void)loop, (void)id;
     front_t *self = arg;
+    /* A read waits for the copies only as long as a HOT usually takes:
+     * after that the cache answers it (by the same rule). */
+    if (self->hot_held)
+        front_hot_release(self, false, ts_mono_us() - HOT_HOLD_MAX_US);
     if (self->early && ts_mono_us() - self->early->held_us > EARLY_MAX_US) {
         ts_warn(LOG, "published remote changes whose turn did not come");
         front_early_release(self, true);
@@ -279,6 +293,11 @@ done:
     ts_buf_free(&self.slim);
     ts_buf_free(&self.hot_key);
     front_hot_free_all(&self);
+    while (self.hot_held) {
+        ts_envelope_t *next = self.hot_held->held_next;
+        ts_envelope_free(self.hot_held);
+        self.hot_held = next;
+    }
     for (size_t i = 0; i < self.ntopics; i++)
         free(self.topics[i].name);
     free(self.topics);

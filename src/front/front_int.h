@@ -88,6 +88,7 @@ typedef struct {
     ts_seen_t hot_seen;      /* the copies reflect the writes of messages up to front_msg,
                                 and the store's work up to mark */
     uint64_t told_mark;      /* the store's mark on what has gone out to clients */
+    ts_envelope_t *hot_held, *hot_held_last; /* reads waiting for the copies (held_next) */
     ts_buf_t hot_key;
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
@@ -106,8 +107,12 @@ void front_send_notices(front_t *self, ts_notice_t *notices);
 uint64_t front_client_writes(front_t *self, const ts_envelope_t *e);
 void front_note_write(front_t *self, const ts_envelope_t *e);
 
+/* front.c */
+void front_to_cache(front_t *self, ts_envelope_t **reads, size_t n);
+
 /* hot.c */
-bool front_hot_answer(front_t *self, ts_envelope_t *e); /* true: answered */
+bool front_hot_answer(front_t *self, ts_envelope_t *e); /* true: answered, or held */
+void front_hot_release(front_t *self, bool all, int64_t older_us);
 void front_hot_take(front_t *self, ts_hot_t *hot);
 void front_hot_free_all(front_t *self);
 

@@ -91,6 +91,8 @@ void front_hot_take(front_t *self, ts_hot_t *hot)
     if (hot->seen.mark > self->hot_seen.mark)
         self->hot_seen.mark = hot->seen.mark;
     ts_hot_free(hot);
+    if (self->hot_held)
+        front_hot_release(self, false, 0);
 }
 
 static const ts_hot_group_t *find(front_t *self, const cJSON *request, const char *skip)
@@ -117,41 +119,112 @@ static bool slice(const ts_hot_group_t *g, const cJSON *v, ts_buf_t *b)
     return false;
 }
 
-bool front_hot_answer(front_t *self, ts_envelope_t *e)
+/* The answer to e from the copies, into b: 1 answered, 0 a copy of its
+ * group that cannot answer it, -1 no copy. */
+static int answer_from_copies(front_t *self, const ts_envelope_t *e, const char *bound,
+                              ts_buf_t *b)
 {
-    ts_call_t *call = &e->calls[0];
-    const char *name = ts_json_string(call->params, "selector"), *bound = NULL;
-    if (call->method != TS_M_QUERY || !name)
-        return false;
-    if (!bound_of(self, name, &bound)) {
-        e->hot_want = true; /* not seen yet: the cache sends what it keeps of it */
-        return false;
-    }
-    uint64_t writes = front_client_writes(self, e);
-    if (self->hot_seen.mark < self->told_mark || self->hot_seen.front_msg < writes)
-        return false; /* what it must reflect may not be in the copies yet */
     /* As the cache keys it: a lower-bound group leaves the bound out, when
      * the query is a whole answer (no page) and the bound a value. */
-    const cJSON *params = cJSON_GetObjectItemCaseSensitive(call->params, "params");
-    const cJSON *v = bound ? cJSON_GetObjectItemCaseSensitive(params, bound) : NULL;
+    const cJSON *request = e->calls[0].params;
+    const cJSON *v = bound ? cJSON_GetObjectItemCaseSensitive(
+                                 cJSON_GetObjectItemCaseSensitive(request, "params"), bound)
+                           : NULL;
     const ts_hot_group_t *g = NULL;
-    ts_buf_t b = {0};
-    bool answered = false;
     if ((cJSON_IsString(v) || cJSON_IsNumber(v)) &&
-        !cJSON_GetObjectItemCaseSensitive(call->params, "limit") &&
-        !cJSON_GetObjectItemCaseSensitive(call->params, "cursor") &&
-        (g = find(self, call->params, bound)) != NULL)
-        answered = slice(g, v, &b);
-    else if ((g = find(self, call->params, NULL)) != NULL && g->n && g->entries[0].answer)
-        answered = ts_buf_append(&b, g->entries[0].answer, g->entries[0].answer_len) == 0;
-    if (!g)
-        e->hot_want = true;
-    if (!answered) {
-        ts_buf_free(&b);
-        return false;
+        !cJSON_GetObjectItemCaseSensitive(request, "limit") &&
+        !cJSON_GetObjectItemCaseSensitive(request, "cursor") &&
+        (g = find(self, request, bound)) != NULL)
+        return slice(g, v, b) ? 1 : 0;
+    if (!(g = find(self, request, NULL)))
+        return -1;
+    return g->n && g->entries[0].answer &&
+                   ts_buf_append(b, g->entries[0].answer, g->entries[0].answer_len) == 0
+               ? 1
+               : 0;
+}
+
+/* Whether the copies reflect all a read must: its client's writes, and
+ * what clients have been told. */
+static bool current_for(const front_t *self, const ts_envelope_t *e)
+{
+    return self->hot_seen.front_msg >= e->wait_for && self->hot_seen.mark >= e->wait_mark;
+}
+
+/* 1: answered; 0: not (the cache answers it); -1: the copies cannot say yet. */
+static int try_answer(front_t *self, ts_envelope_t *e)
+{
+    ts_call_t *call = &e->calls[0];
+    const char *bound = NULL;
+    if (!bound_of(self, ts_json_string(call->params, "selector"), &bound)) {
+        e->hot_want = true; /* not seen yet: the cache sends what it keeps of it */
+        return 0;
     }
-    self->hot_hits++;
-    ts_call_set_buffer(call, &b);
-    front_deliver(self, e);
+    ts_buf_t b = {0};
+    int rc = answer_from_copies(self, e, bound, &b);
+    if (rc < 0)
+        e->hot_want = true;
+    if (rc == 1 && current_for(self, e)) {
+        self->hot_hits++;
+        ts_call_set_buffer(call, &b);
+        front_deliver(self, e);
+        return 1;
+    }
+    ts_buf_free(&b);
+    return rc == 1 ? -1 : 0;
+}
+
+bool front_hot_answer(front_t *self, ts_envelope_t *e)
+{
+    const ts_call_t *call = &e->calls[0];
+    if (call->method != TS_M_QUERY || !ts_json_string(call->params, "selector"))
+        return false;
+    e->wait_for = front_client_writes(self, e);
+    e->wait_mark = self->told_mark;
+    int rc = try_answer(self, e);
+    if (rc >= 0)
+        return rc == 1;
+    /* A copy could answer it, once the copies have seen what it must
+     * reflect (the next HOT, mostly): held here, not sent to the cache. */
+    e->held_next = NULL;
+    if (self->hot_held_last)
+        self->hot_held_last->held_next = e;
+    else
+        self->hot_held = e;
+    self->hot_held_last = e;
     return true;
+}
+
+/* Held reads: those the copies now answer are answered; the others go to
+ * the cache (all of them when `all`, or those held since before `older_us`). */
+void front_hot_release(front_t *self, bool all, int64_t older_us)
+{
+    ts_envelope_t *keep = NULL, **keep_tail = &keep, *send = NULL, **send_tail = &send;
+    size_t nsend = 0;
+    for (ts_envelope_t *e = self->hot_held, *next; e; e = next) {
+        next = e->held_next;
+        e->held_next = NULL;
+        int rc = all || !current_for(self, e) ? -1 : try_answer(self, e);
+        if (rc == 1)
+            continue;
+        if (rc == 0 || all || e->received_us < older_us) {
+            *send_tail = e, send_tail = &e->held_next;
+            nsend++;
+        } else {
+            *keep_tail = e, keep_tail = &e->held_next;
+        }
+    }
+    self->hot_held = keep;
+    self->hot_held_last = keep ? CONTAINER(keep_tail, ts_envelope_t, held_next) : NULL;
+    if (!nsend)
+        return;
+    ts_envelope_t **reads = ts_xmalloc(nsend * sizeof *reads);
+    nsend = 0;
+    for (ts_envelope_t *e = send, *next; e; e = next) {
+        next = e->held_next;
+        e->held_next = NULL;
+        reads[nsend++] = e;
+    }
+    front_to_cache(self, reads, nsend);
+    free(reads);
 }

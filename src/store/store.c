@@ -521,6 +521,7 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     if (strcmp(command, "RELOAD") == 0) {
         ts_sq_reload(self->sq, NULL, self->events);
         tell_cache_selectors(self);
+        store_flush_cache(self); /* its mark: reads held for it go on */
         return 0;
     }
     return strcmp(command, "$TERM") == 0 ? -1 : 0;
@@ -574,6 +575,7 @@ static void store_actor(ts_actor_t *actor, void *args)
     ts_sq_bulk(self.sq, false);
     self.changes.on = true;
     tell_cache_selectors(&self);
+    store_flush_cache(&self);
     size_t docs = 0;
     for (size_t i = 0; i < self.ncollections; i++)
         docs += self.collections[i].live;

@@ -1,0 +1,464 @@
+/* test_auth.c — client keys on a real therasyncd (docs/FRONT_DOOR.md,
+ * Authentication): ZeroMQ CURVE on the front door and the event socket, the
+ * clients file and its reload, each role's methods, the audit naming the
+ * key, events without documents, and the CLI's keygen, --key and
+ * --server-key. */
+#include "../support/engine.h"
+#include "../support/run.h"
+#include "therasync/config.h"
+#include "therasync/json.h"
+#include "therasync/util.h"
+
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zmq.h>
+
+typedef struct {
+    char pub[41], sec[41];
+} pair_t;
+
+static ts_engine_t engine;
+static char *dir;
+static pair_t server, admin, writer, reader, bob, carol, stranger;
+static char clients_path[4200], config_path[4200];
+
+static const char *in_dir(const char *name)
+{
+    static char bufs[4][4200];
+    static int next;
+    char *b = bufs[next++ % 4];
+    snprintf(b, sizeof bufs[0], "%s/%s", dir, name);
+    return b;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The clients file: admin, writer and reader, and bob and carol when asked. */
+static void write_clients(bool with_bob, bool with_carol)
+{
+    char text[1024];
+    snprintf(text, sizeof text,
+             "# name role public-key\n"
+             "admin admin %s\n"
+             "writer  write %s\n"
+             "\n"
+             "reader read %s\n"
+             "%s%s%s"
+             "%s%s%s",
+             admin.pub, writer.pub, reader.pub, with_bob ? "bob write " : "",
+             with_bob ? bob.pub : "", with_bob ? "\n" : "", with_carol ? "carol read " : "",
+             with_carol ? carol.pub : "", with_carol ? "\n" : "");
+    write_file(clients_path, text);
+}
+
+static void start_with(const char *more_security)
+{
+    dir = ts_tmpdir("ts-auth");
+    cr_assert_not_null(dir);
+    pair_t *pairs[] = {&server, &admin, &writer, &reader, &bob, &carol, &stranger};
+    for (size_t i = 0; i < sizeof pairs / sizeof *pairs; i++)
+        cr_assert_eq(zmq_curve_keypair(pairs[i]->pub, pairs[i]->sec), 0);
+    char text[10000];
+    snprintf(text, sizeof text, "# the daemon's\npublic %s\nsecret %s\n", server.pub, server.sec);
+    write_file(in_dir("server.key"), text);
+    snprintf(text, sizeof text, "public %s\n", server.pub);
+    write_file(in_dir("server.pub"), text);
+    snprintf(clients_path, sizeof clients_path, "%s", in_dir("clients"));
+    write_clients(true, false);
+    snprintf(config_path, sizeof config_path, "%s", in_dir("therasync.lua"));
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s\", clients_file = \"%s\"%s }\n",
+             in_dir("server.key"), clients_path, more_security);
+    write_file(config_path, text);
+    const char *args[] = {"--config", config_path, "--policies",
+                          ts_source_path("tests/fixtures/policies/permissive"), NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd with keys did not start");
+}
+
+static void start(void)
+{
+    start_with("");
+}
+
+/* Every socket a test opens, closed at its end even when it failed (an
+ * open one would keep zmq_ctx_term waiting). */
+static void *sockets[128];
+
+static void *track(void *s)
+{
+    for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
+        if (!sockets[i])
+            return sockets[i] = s;
+    cr_assert_fail("more than 128 sockets");
+    return s;
+}
+
+static void close_socket(void *s)
+{
+    for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
+        if (sockets[i] == s)
+            sockets[i] = NULL;
+    zmq_close(s);
+}
+
+static void stop(void)
+{
+    for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
+        if (sockets[i])
+            close_socket(sockets[i]);
+    ts_engine_destroy(&engine);
+    if (dir) {
+        ts_rmtree(dir);
+        free(dir);
+        dir = NULL;
+    }
+}
+
+/* A socket of type to endpoint, a CURVE client with key (NULL: none); with
+ * mon, *mon gets a PAIR that receives its handshake events. */
+static void *client_mon(int type, const char *endpoint, const pair_t *key, void **mon)
+{
+    static int monitors;
+    void *s = track(zmq_socket(engine.zctx, type));
+    int zero = 0, second = 1000;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    /* a refused handshake leaves a DEALER no pipe: its send would block */
+    zmq_setsockopt(s, ZMQ_SNDTIMEO, &second, sizeof second);
+    if (key) {
+        zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server.pub, 40);
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, key->pub, 40);
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, key->sec, 40);
+    }
+    if (mon) {
+        char ep[64];
+        snprintf(ep, sizeof ep, "inproc://auth-monitor-%d", ++monitors);
+        cr_assert_eq(zmq_socket_monitor(s, ep,
+                                        ZMQ_EVENT_HANDSHAKE_SUCCEEDED |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                                            ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL),
+                     0);
+        *mon = track(zmq_socket(engine.zctx, ZMQ_PAIR));
+        zmq_setsockopt(*mon, ZMQ_LINGER, &zero, sizeof zero);
+        cr_assert_eq(zmq_connect(*mon, ep), 0);
+    }
+    cr_assert_eq(zmq_connect(s, endpoint), 0);
+    return s;
+}
+
+static void *client(int type, const char *endpoint, const pair_t *key)
+{
+    return client_mon(type, endpoint, key, NULL);
+}
+
+/* The first handshake event of a monitor within timeout_ms, or 0; *value
+ * gets its value (the ZAP status code for FAILED_AUTH). */
+static int first_event(void *mon, int timeout_ms, uint32_t *value)
+{
+    zmq_pollitem_t item = {.socket = mon, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return 0;
+    uint8_t frame[6];
+    int n = zmq_recv(mon, frame, sizeof frame, 0);
+    char ep[256];
+    zmq_recv(mon, ep, sizeof ep, 0); /* the endpoint frame */
+    if (n != 6)
+        return 0;
+    uint16_t event;
+    memcpy(&event, frame, 2);
+    memcpy(value, frame + 2, 4);
+    return event;
+}
+
+/* One call on s; the parsed response, or NULL without an answer in
+ * timeout_ms. */
+static cJSON *call_within(void *s, const char *method, const char *params, int timeout_ms)
+{
+    static int id;
+    char req[4096];
+    snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"%s\"%s%s}", ++id, method,
+             params ? ",\"params\":" : "", params ? params : "");
+    char *reply = ts_rpc_raw(s, req, strlen(req), timeout_ms);
+    cJSON *r = reply ? cJSON_Parse(reply) : NULL;
+    free(reply);
+    return r;
+}
+
+static cJSON *call(void *s, const char *method, const char *params)
+{
+    cJSON *r = call_within(s, method, params, 10000);
+    cr_assert_not_null(r, "no answer to %s", method);
+    return r;
+}
+
+/* Calls method and asserts it is answered with a result. */
+static void allowed(void *s, const char *who, const char *method, const char *params)
+{
+    cJSON *r = call(s, method, params);
+    char *text = cJSON_PrintUnformatted(r);
+    cr_assert_not_null(ts_rpc_result(r), "%s may call %s: %s", who, method, text);
+    free(text);
+    cJSON_Delete(r);
+}
+
+/* Calls method and asserts -32006 naming the role it needs. */
+static void refused(void *s, const char *who, const char *method, const char *params,
+                    const char *role)
+{
+    cJSON *r = call(s, method, params);
+    char *text = cJSON_PrintUnformatted(r);
+    cr_assert_eq(ts_rpc_error_code(r), -32006, "%s may not call %s: %s", who, method, text);
+    cr_assert_str_eq(ts_rpc_error_reason(r), "unauthorized");
+    cJSON *data = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "data");
+    cr_assert_str_eq(ts_json_string(data, "role_needed"), role, "%s", text);
+    cr_assert(strstr(ts_json_string(cJSON_GetObjectItem(r, "error"), "message"), role), "%s",
+              text);
+    free(text);
+    cJSON_Delete(r);
+}
+
+/* Whether the daemon's log holds needle. */
+static bool log_has(const char *needle)
+{
+    FILE *f = fopen(engine.proc.log_path, "r");
+    char line[2048];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, needle) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+TestSuite(auth, .init = start, .fini = stop, .timeout = 60);
+
+/* A client without a key fails the handshake, one with a key not in the
+ * clients file is refused by the ZAP handler (status 400): neither gets an
+ * answer, while a listed key does on the same daemon. */
+Test(auth, a_client_without_a_listed_key_gets_nothing)
+{
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    allowed(adm, "admin", "ping", NULL);
+    void *mon;
+    uint32_t value = 0;
+    void *nokey = client_mon(ZMQ_DEALER, engine.endpoint, NULL, &mon);
+    int ev = first_event(mon, 5000, &value);
+    cr_assert(ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+              "a client without a key: handshake event %d", ev);
+    cr_assert_null(call_within(nokey, "ping", NULL, 1000), "answered without a key");
+    close_socket(mon);
+    close_socket(nokey);
+
+    void *unknown = client_mon(ZMQ_DEALER, engine.endpoint, &stranger, &mon);
+    ev = first_event(mon, 5000, &value);
+    cr_assert_eq(ev, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, "an unknown key: handshake event %d", ev);
+    cr_assert_eq(value, 400);
+    cr_assert_null(call_within(unknown, "ping", NULL, 1000), "answered an unknown key");
+    cr_assert(log_has("refused a connection with a key not in the clients file"));
+    cr_assert(log_has(stranger.pub), "the log names the public key refused");
+    close_socket(mon);
+    close_socket(unknown);
+    close_socket(adm);
+}
+
+/* read: reads only; write: also writes, not the admin's methods; admin:
+ * everything. A refused call of a batch does not refuse the others. */
+Test(auth, each_role_calls_only_its_methods)
+{
+    void *rd = client(ZMQ_DEALER, engine.endpoint, &reader);
+    void *wr = client(ZMQ_DEALER, engine.endpoint, &writer);
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    allowed(rd, "reader", "status", NULL);
+    allowed(rd, "reader", "query", "{\"collection\":\"sessions\",\"selector\":{}}");
+    allowed(rd, "reader", "audit", NULL);
+    refused(rd, "reader", "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r1\"}}",
+            "write");
+    refused(rd, "reader", "delete", "{\"collection\":\"sessions\",\"id\":\"w1\"}", "write");
+    refused(rd, "reader", "cancel", "{\"mutation\":\"m\"}", "write");
+    refused(rd, "reader", "metrics", NULL, "admin");
+
+    allowed(wr, "writer", "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"w1\"}}");
+    allowed(wr, "writer", "update", "{\"collection\":\"sessions\",\"id\":\"w1\",\"patch\":{\"a\":1}}");
+    allowed(wr, "writer", "get", "{\"collection\":\"sessions\",\"id\":\"w1\"}");
+    refused(wr, "writer", "policy.reload", NULL, "admin");
+    refused(wr, "writer", "metrics", NULL, "admin");
+    refused(wr, "writer", "policy.info", NULL, "admin");
+
+    /* a batch: the get is answered, the delete refused */
+    const char *batch = "[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"get\",\"params\":"
+                        "{\"collection\":\"sessions\",\"id\":\"w1\"}},"
+                        "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"delete\",\"params\":"
+                        "{\"collection\":\"sessions\",\"id\":\"w1\"}}]";
+    char *reply = ts_rpc_raw(rd, batch, strlen(batch), 10000);
+    cJSON *answers = cJSON_Parse(reply);
+    cr_assert_eq(cJSON_GetArraySize(answers), 2, "%s", reply);
+    cr_assert_not_null(ts_rpc_result(cJSON_GetArrayItem(answers, 0)), "%s", reply);
+    cr_assert_eq(ts_rpc_error_code(cJSON_GetArrayItem(answers, 1)), -32006, "%s", reply);
+    cJSON_Delete(answers);
+    free(reply);
+    allowed(rd, "reader", "get", "{\"collection\":\"sessions\",\"id\":\"w1\"}"); /* not deleted */
+
+    const char *admin_calls[][2] = {
+        {"create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"a1\"}}"},
+        {"update", "{\"collection\":\"sessions\",\"id\":\"a1\",\"patch\":{\"b\":2}}"},
+        {"get", "{\"collection\":\"sessions\",\"id\":\"a1\"}"},
+        {"query", "{\"collection\":\"sessions\",\"selector\":{}}"},
+        {"delete", "{\"collection\":\"sessions\",\"id\":\"a1\"}"},
+        {"status", NULL},
+        {"policy.reload", NULL},
+        {"policy.info", NULL},
+        {"metrics", NULL},
+        {"audit", NULL},
+        {"ping", NULL},
+    };
+    for (size_t i = 0; i < sizeof admin_calls / sizeof *admin_calls; i++)
+        allowed(adm, "admin", admin_calls[i][0], admin_calls[i][1]);
+    close_socket(rd);
+    close_socket(wr);
+    close_socket(adm);
+}
+
+/* The audit's client is the key's name; a write key's audit holds its own
+ * writes only (whatever client it asks for), the admin's everyone's. */
+Test(auth, the_audit_names_the_key_and_shows_others_only_to_admin)
+{
+    void *rd = client(ZMQ_DEALER, engine.endpoint, &reader);
+    void *wr = client(ZMQ_DEALER, engine.endpoint, &writer);
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    allowed(wr, "writer", "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"w1\"}}");
+    allowed(adm, "admin", "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"a1\"}}");
+    allowed(wr, "writer", "update", "{\"collection\":\"sessions\",\"id\":\"w1\",\"patch\":{\"x\":1}}");
+
+    struct {
+        void *s;
+        const char *params;
+        int writer_rows, admin_rows;
+    } cases[] = {
+        {adm, NULL, 2, 1},
+        {adm, "{\"client\":\"key:admin\"}", 0, 1}, /* an admin may filter */
+        {wr, NULL, 2, 0},
+        {wr, "{\"client\":\"key:admin\"}", 2, 0}, /* a writer may not look at others */
+        {rd, NULL, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cJSON *r = call(cases[i].s, "audit", cases[i].params);
+        cJSON *entries = cJSON_GetObjectItem(ts_rpc_result(r), "entries"), *e;
+        char *text = cJSON_PrintUnformatted(r);
+        cr_assert(cJSON_IsArray(entries), "%s", text);
+        int writer_rows = 0, admin_rows = 0;
+        cJSON_ArrayForEach(e, entries)
+        {
+            const char *who = ts_json_string(e, "client");
+            cr_assert_not_null(who, "every line here is a local write's: %s", text);
+            writer_rows += strcmp(who, "key:writer") == 0;
+            admin_rows += strcmp(who, "key:admin") == 0;
+        }
+        cr_assert_eq(writer_rows, cases[i].writer_rows, "case %zu: %s", i, text);
+        cr_assert_eq(admin_rows, cases[i].admin_rows, "case %zu: %s", i, text);
+        cr_assert_eq(cJSON_GetArraySize(entries), writer_rows + admin_rows, "%s", text);
+        free(text);
+        cJSON_Delete(r);
+    }
+    close_socket(rd);
+    close_socket(wr);
+    close_socket(adm);
+}
+
+/* A key taken out of the clients file is refused once the list is
+ * reloaded (policy.reload): per message on the connection it has, at the
+ * handshake on a new one. SIGHUP reloads it too; a clients file that does
+ * not parse leaves the old list in force. */
+Test(auth, a_revoked_key_is_refused_after_reload)
+{
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    void *b = client(ZMQ_DEALER, engine.endpoint, &bob);
+    allowed(b, "bob", "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"b1\"}}");
+
+    write_clients(false, false);
+    allowed(adm, "admin", "policy.reload", NULL);
+    cJSON *r = call(b, "get", "{\"collection\":\"sessions\",\"id\":\"b1\"}");
+    cr_assert_eq(ts_rpc_error_code(r), -32006);
+    cr_assert(strstr(ts_json_string(cJSON_GetObjectItem(r, "error"), "message"),
+                     "'bob' is no longer allowed"));
+    cJSON_Delete(r);
+    close_socket(b);
+    void *mon;
+    uint32_t value = 0;
+    b = client_mon(ZMQ_DEALER, engine.endpoint, &bob, &mon);
+    cr_assert_eq(first_event(mon, 5000, &value), ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+    cr_assert_null(call_within(b, "ping", NULL, 1000), "a revoked key was answered");
+    close_socket(mon);
+    close_socket(b);
+
+    /* carol is added, and the daemon told by SIGHUP */
+    write_clients(false, true);
+    cr_assert_eq(kill(engine.proc.pid, SIGHUP), 0);
+    cJSON *pong = NULL;
+    for (int i = 0; i < 20 && !pong; i++) { /* the reload is asynchronous */
+        void *c = client(ZMQ_DEALER, engine.endpoint, &carol);
+        pong = call_within(c, "ping", NULL, 500);
+        close_socket(c);
+    }
+    cr_assert_not_null(ts_rpc_result(pong), "carol, added by SIGHUP, was not let in");
+    cJSON_Delete(pong);
+
+    /* a broken file: the old list stays (carol still in) */
+    write_file(clients_path, "carol reader NOT-A-KEY\n");
+    allowed(adm, "admin", "policy.reload", NULL);
+    cr_assert(log_has("client keys not reloaded, the old list stays"));
+    void *c = client(ZMQ_DEALER, engine.endpoint, &carol);
+    allowed(c, "carol", "ping", NULL);
+    close_socket(c);
+    close_socket(adm);
+}
+
+/* With client keys an endpoint other hosts can reach starts without
+ * --insecure; the key files are still needed in pairs. (The daemon stops
+ * at its data dir, before anything binds.) */
+Test(auth, an_endpoint_beyond_this_host_needs_no_insecure_with_keys)
+{
+    ts_buf_t err = {0};
+    const char *any[] = {"--config", config_path, "--data", "/nonexistent/ts-never",
+                         "--endpoint", "tcp://0.0.0.0:7999", "--events", "tcp://0.0.0.0:7998",
+                         NULL};
+    int rc = ts_run("therasyncd", any, NULL, 10000, NULL, &err);
+    cr_assert(rc != 2 && rc != 0, "exit %d: %s", rc, err.data);
+    cr_assert_null(strstr(err.data, "--insecure"), "%s", err.data);
+    cr_assert(strstr(err.data, "data dir"), "%s", err.data);
+    ts_buf_free(&err);
+
+    ts_config_t c;
+    char msg[1024];
+    const char *argv[] = {"therasyncd", "--config", config_path, "--endpoint",
+                          "tcp://0.0.0.0:7999", NULL};
+    ts_config_init(&c);
+    cr_assert_eq(ts_config_parse_args(&c, 5, (char **)argv, msg, sizeof msg), 0, "%s", msg);
+    cr_assert(ts_config_curve(&c));
+    ts_config_free(&c);
+
+    /* without keys: refused, as before */
+    ts_config_init(&c);
+    cr_assert_eq(ts_config_parse_args(&c, 3, (char *[]){"therasyncd", "--endpoint",
+                                                        "tcp://0.0.0.0:7999", NULL},
+                                      msg, sizeof msg),
+                 -1);
+    ts_config_free(&c);
+
+    /* one key file without the other */
+    write_file(in_dir("half.lua"), "security = { clients_file = \"/x\" }\n");
+    ts_config_init(&c);
+    cr_assert_eq(ts_config_load(&c, in_dir("half.lua"), msg, sizeof msg), -1);
+    cr_assert(strstr(msg, "both"), "%s", msg);
+    ts_config_free(&c);
+}

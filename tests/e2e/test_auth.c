@@ -423,6 +423,91 @@ Test(auth, a_revoked_key_is_refused_after_reload)
     close_socket(adm);
 }
 
+/* Reads one event from sub within timeout_ms: its payload, or NULL. */
+static cJSON *next_event(void *sub, int timeout_ms, char **text)
+{
+    zmq_pollitem_t item = {.socket = sub, .events = ZMQ_POLLIN};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return NULL;
+    char topic[128], payload[65536];
+    zmq_recv(sub, topic, sizeof topic, 0);
+    int n = zmq_recv(sub, payload, sizeof payload - 1, 0);
+    cr_assert(n > 0 && n < (int)sizeof payload);
+    payload[n] = '\0';
+    *text = strdup(payload);
+    return cJSON_Parse(payload);
+}
+
+/* Writes documents until sub has an event of one of them (a subscription
+ * takes a moment to reach the daemon); returns that event. */
+static cJSON *event_of_a_write(void *adm, void *sub, char **text)
+{
+    cJSON *ev = NULL;
+    for (int i = 0; i < 30 && !ev; i++) {
+        char params[256];
+        snprintf(params, sizeof params,
+                 "{\"collection\":\"sessions\",\"doc\":{\"id\":\"e%d\",\"note\":\"SECRET-NOTE\"}}",
+                 i);
+        allowed(adm, "admin", "create", params);
+        ev = next_event(sub, 300, text);
+    }
+    cr_assert_not_null(ev, "no event reached a subscriber with a key");
+    return ev;
+}
+
+/* On the event socket only keys of the clients file get events, and with
+ * keys configured the events carry no documents. */
+Test(auth, events_go_only_to_keys_and_without_documents)
+{
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    void *nokey = client(ZMQ_SUB, engine.events, NULL);
+    void *unknown = client(ZMQ_SUB, engine.events, &stranger);
+    void *sub = client(ZMQ_SUB, engine.events, &reader);
+    void *subs[] = {nokey, unknown, sub};
+    for (int i = 0; i < 2; i++) /* everything */
+        zmq_setsockopt(subs[i], ZMQ_SUBSCRIBE, "", 0);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "doc.", 4);
+    char *text = NULL;
+    cJSON *ev = event_of_a_write(adm, sub, &text);
+    cJSON *params = cJSON_GetObjectItem(ev, "params");
+    cr_assert_str_eq(ts_json_string(ev, "method"), "doc.changed", "%s", text);
+    cr_assert_null(cJSON_GetObjectItem(params, "doc"), "%s", text);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(params, "doc_omitted")), "%s", text);
+    cr_assert_null(strstr(text, "SECRET-NOTE"), "%s", text);
+    cr_assert_not_null(ts_json_string(params, "id"), "%s", text);
+    free(text);
+    cJSON_Delete(ev);
+    for (int i = 0; i < 2; i++) {
+        text = NULL;
+        cr_assert_null(next_event(subs[i], 500, &text), "a subscriber without a listed key "
+                                                        "got an event: %s", text);
+    }
+    for (int i = 0; i < 3; i++)
+        close_socket(subs[i]);
+    close_socket(adm);
+}
+
+static void start_with_bodies(void)
+{
+    start_with(", event_bodies = true");
+}
+
+/* security.event_bodies = true keeps the documents in events. */
+Test(auth, event_bodies_true_keeps_the_documents, .init = start_with_bodies)
+{
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    void *sub = client(ZMQ_SUB, engine.events, &reader);
+    zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "doc.", 4);
+    char *text = NULL;
+    cJSON *ev = event_of_a_write(adm, sub, &text);
+    cJSON *doc = cJSON_GetObjectItem(cJSON_GetObjectItem(ev, "params"), "doc");
+    cr_assert_str_eq(ts_json_string(doc, "note"), "SECRET-NOTE", "%s", text);
+    free(text);
+    cJSON_Delete(ev);
+    close_socket(sub);
+    close_socket(adm);
+}
+
 /* With client keys an endpoint other hosts can reach starts without
  * --insecure; the key files are still needed in pairs. (The daemon stops
  * at its data dir, before anything binds.) */

@@ -547,3 +547,55 @@ Test(auth, an_endpoint_beyond_this_host_needs_no_insecure_with_keys)
     cr_assert(strstr(msg, "both"), "%s", msg);
     ts_config_free(&c);
 }
+
+/* therasync keygen writes a key pair (0600, never over an old one) and the
+ * clients file's line; the CLI connects with it through --key and
+ * --server-key or their environment variables, and gets nothing without. */
+Test(auth, keygen_makes_keys_the_cli_connects_with)
+{
+    ts_buf_t out = {0}, err = {0};
+    const char *gen[] = {"keygen", in_dir("carl"), NULL};
+    cr_assert_eq(ts_run("therasync", gen, NULL, 10000, &out, &err), 0, "%s", err.data);
+    struct stat st;
+    cr_assert_eq(stat(in_dir("carl.key"), &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    cr_assert_eq(stat(in_dir("carl.pub"), &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    char name[64], role[16], pub[64];
+    cr_assert_eq(sscanf(out.data, "%63s %15s %63s", name, role, pub), 3, "%s", out.data);
+    cr_assert_str_eq(name, "carl");
+    cr_assert_eq(strlen(pub), 40);
+    cr_assert_eq(ts_run("therasync", gen, NULL, 10000, NULL, NULL), 1, "keygen overwrote a key");
+
+    /* carl gets the write role */
+    write_clients(true, false);
+    FILE *f = fopen(clients_path, "a");
+    fprintf(f, "carl write %s\n", pub);
+    fclose(f);
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    allowed(adm, "admin", "policy.reload", NULL);
+    close_socket(adm);
+
+    ts_buf_reset(&out);
+    ts_buf_reset(&err);
+    const char *create[] = {"--endpoint", engine.endpoint, "--key", in_dir("carl.key"),
+                            "--server-key", in_dir("server.pub"), "create", "sessions",
+                            "{\"id\":\"k1\"}", NULL};
+    cr_assert_eq(ts_run("therasync", create, NULL, 10000, &out, &err), 0, "%s", err.data);
+    setenv("THERASYNC_KEY", in_dir("carl.key"), 1);
+    setenv("THERASYNC_SERVER_KEY", in_dir("server.key"), 1); /* a key pair holds the public key */
+    ts_buf_reset(&out);
+    const char *audit[] = {"--endpoint", engine.endpoint, "--json", "audit", NULL};
+    int rc = ts_run("therasync", audit, NULL, 10000, &out, &err);
+    unsetenv("THERASYNC_KEY");
+    unsetenv("THERASYNC_SERVER_KEY");
+    cr_assert_eq(rc, 0, "%s", err.data);
+    cr_assert(strstr(out.data, "key:carl"), "%s", out.data);
+    const char *nokey[] = {"--endpoint", engine.endpoint, "--timeout", "1000", "ping", NULL};
+    cr_assert_eq(ts_run("therasync", nokey, NULL, 10000, NULL, NULL), 3);
+    const char *half[] = {"--endpoint", engine.endpoint, "--key", in_dir("carl.key"), "ping",
+                          NULL};
+    cr_assert_eq(ts_run("therasync", half, NULL, 10000, NULL, NULL), 2);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}

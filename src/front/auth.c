@@ -10,6 +10,7 @@
 #include "front/front_int.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <zmq.h>
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01" /* fixed by ZeroMQ (RFC 27) */
@@ -27,6 +28,7 @@ struct front_auth {
     char public_key[41], secret_key[41]; /* the daemon's, Z85 */
     client_key_t *keys; /* the clients file as last loaded */
     size_t nkeys;
+    bool loaded;        /* once: a reload that fails keeps the list */
 };
 
 /* Copies the word after the first one of line (blanks between) into out. */
@@ -178,9 +180,13 @@ int front_auth_reload(front_t *self)
     size_t n;
     char err[512];
     if (load_keys(self->config->security.clients_file, &keys, &n, err, sizeof err)) {
-        ts_error(LOG, "client keys not reloaded, the old list stays: %s", err);
+        if (a->loaded)
+            ts_error(LOG, "client keys not reloaded, the old list stays: %s", err);
+        else
+            ts_error(LOG, "security.clients_file: %s", err);
         return -1;
     }
+    a->loaded = true;
     free(a->keys);
     a->keys = keys;
     a->nkeys = n;
@@ -257,6 +263,10 @@ int front_auth_open(front_t *self, void *zctx)
         ts_error(LOG, "security.curve_secret_file: %s", err);
         return -1;
     }
+    struct stat st;
+    if (stat(c->security.curve_secret_file, &st) == 0 && (st.st_mode & 077))
+        ts_warn(LOG, "%s, the daemon's secret key, can be read by other users (chmod 600 it)",
+                c->security.curve_secret_file);
     if (front_auth_reload(self))
         return -1;
     int zero = 0;

@@ -599,3 +599,28 @@ Test(auth, keygen_makes_keys_the_cli_connects_with)
     ts_buf_free(&out);
     ts_buf_free(&err);
 }
+
+/* A clients file that does not parse stops the start, naming its line; a
+ * secret key others can read is warned about. */
+Test(auth, a_bad_clients_file_stops_the_start)
+{
+    write_file(in_dir("bad-clients"), "admin admin NOT-A-KEY\n");
+    char text[10000], endpoint[64], events[64];
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s\", clients_file = \"%s\" }\n",
+             in_dir("server.key"), in_dir("bad-clients"));
+    write_file(in_dir("bad.lua"), text);
+    chmod(in_dir("server.key"), 0644);
+    snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(events, sizeof events, "tcp://127.0.0.1:%d", ts_free_port());
+    const char *args[] = {"--config", in_dir("bad.lua"), "--data", in_dir("data2"),
+                          "--endpoint", endpoint, "--events", events, NULL};
+    ts_buf_t err = {0};
+    int rc = ts_run("therasyncd", args, NULL, 20000, NULL, &err);
+    cr_assert_eq(rc, 1, "exit %d: %s", rc, err.data);
+    cr_assert(strstr(err.data, "bad-clients:1: the public key is 40 characters of Z85"), "%s",
+              err.data);
+    cr_assert(strstr(err.data, "can be read by other users"), "%s", err.data);
+    cr_assert_null(strstr(err.data, "ready endpoint="), "%s", err.data);
+    ts_buf_free(&err);
+}

@@ -21,6 +21,7 @@ typedef struct {
     char name[NAME_MAX_LEN + 1];
     ts_role_t role;
     uint8_t key[32];
+    char z85[41];
 } client_key_t;
 
 struct front_auth {
@@ -141,6 +142,7 @@ static int load_keys(const char *path, client_key_t **keys, size_t *nkeys, char 
             }
         if (rc == 0) {
             memcpy(k.name, name, len + 1);
+            memcpy(k.z85, key, 41);
             list = ts_xrealloc(list, (n + 1) * sizeof *list);
             list[n++] = k;
         }
@@ -241,7 +243,12 @@ static int on_zap(ts_loop_t *loop, void *socket, void *arg)
     zmq_send(socket, status, 3, ZMQ_SNDMORE);
     zmq_send(socket, text, strlen(text), ZMQ_SNDMORE);
     zmq_send(socket, user, strlen(user), ZMQ_SNDMORE);
-    zmq_send(socket, "", 0, 0);
+    /* The key itself as metadata (ZMTP encoding), X-Key on every message:
+     * a name given to another key by a reload then stops matching. */
+    unsigned char meta[1 + 5 + 4 + 40] = {5, 'X', '-', 'K', 'e', 'y', 0, 0, 0, 40};
+    if (k)
+        memcpy(meta + 10, k->z85, 40);
+    zmq_send(socket, meta, k ? sizeof meta : 0, 0);
     for (int i = 0; i < n; i++)
         zmq_msg_close(&frames[i]);
     return 0;
@@ -319,12 +326,15 @@ static void deny(ts_call_t *call, ts_role_t needed, const char *message)
     ts_call_fail(call, TS_E_UNAUTHORIZED, "%s", message);
 }
 
-bool front_auth_check(front_t *self, ts_envelope_t *e, const char *user)
+bool front_auth_check(front_t *self, ts_envelope_t *e, zmq_msg_t *frame)
 {
     front_auth_t *a = self->auth;
     if (!a)
         return true; /* no keys configured: everyone is admin */
+    const char *user = zmq_msg_gets(frame, "User-Id"), *key = zmq_msg_gets(frame, "X-Key");
     const client_key_t *k = key_by_name(a, user);
+    if (k && (!key || strcmp(key, k->z85) != 0))
+        k = NULL; /* the name now belongs to another key */
     /* The audit trail names the key, not the connection. */
     snprintf(e->client, sizeof e->client, "key:%s", user && *user ? user : "?");
     bool reload = false;

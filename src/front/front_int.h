@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 #define LOG "front"
 /* What a subscriber that does not read can cost: ZeroMQ queues up to its
@@ -105,10 +106,11 @@ int front_auth_secure(const front_t *self, void *socket);
 /* Reads the clients file again; on a fault the old list stays. 0 or -1. */
 int front_auth_reload(front_t *self);
 void front_auth_close(front_t *self);
-/* Refuses each call of e beyond the role of the key named user (ZeroMQ's
- * User-Id of the message), all of them for a key no longer listed, names
- * the key in e->client, and limits a non-admin's audit to its own writes. */
-bool front_auth_check(front_t *self, ts_envelope_t *e, const char *user);
+/* Refuses each call of e beyond the role of the key that sent frame (its
+ * User-Id and X-Key, set by the ZAP handler), all of them for a key no
+ * longer listed, names the key in e->client, and limits a non-admin's
+ * audit to its own writes. */
+bool front_auth_check(front_t *self, ts_envelope_t *e, zmq_msg_t *frame);
 /* Whether events go out with their documents. */
 bool front_auth_event_bodies(const front_t *self);
 

@@ -539,9 +539,9 @@ ts_envelope_t *front_read_request(front_t *self, bool *more)
     size_t fits = (sizeof e->client - 5) / 2;
     memcpy(e->client, "zmq:", 4);
     ts_hex(zmq_msg_data(&frames[0]), id_len < fits ? id_len : fits, e->client + 4);
-    /* With client keys: the key's name, which ZeroMQ puts on every frame
-     * of the connection after the handshake (not on the routing id). */
-    front_auth_check(self, e, zmq_msg_gets(&frames[n - 1], "User-Id"));
+    /* With client keys: the key, which ZeroMQ puts on every frame of the
+     * connection after the handshake (not on the routing id). */
+    front_auth_check(self, e, &frames[n - 1]);
     e->delimiter = delimiter;
     e->received_us = ts_mono_us();
     for (int i = 0; i < n; i++)

@@ -392,6 +392,22 @@ Test(auth, a_revoked_key_is_refused_after_reload)
     cr_assert(strstr(ts_json_string(cJSON_GetObjectItem(r, "error"), "message"),
                      "'bob' is no longer allowed"));
     cJSON_Delete(r);
+
+    /* the name bob given to another key: the old key's connection stays
+     * refused, the new key is bob */
+    write_clients(false, false);
+    FILE *f = fopen(clients_path, "a");
+    fprintf(f, "bob write %s\n", stranger.pub);
+    fclose(f);
+    allowed(adm, "admin", "policy.reload", NULL);
+    r = call(b, "get", "{\"collection\":\"sessions\",\"id\":\"b1\"}");
+    cr_assert_eq(ts_rpc_error_code(r), -32006, "the old bob key was let in by name");
+    cJSON_Delete(r);
+    void *newbob = client(ZMQ_DEALER, engine.endpoint, &stranger);
+    allowed(newbob, "the new bob", "get", "{\"collection\":\"sessions\",\"id\":\"b1\"}");
+    close_socket(newbob);
+    write_clients(false, false);
+    allowed(adm, "admin", "policy.reload", NULL);
     close_socket(b);
     void *mon;
     uint32_t value = 0;

@@ -24,7 +24,25 @@ typedef struct {
     char z85[41];
 } client_key_t;
 
+/* A connection that made a live query, with the key it made it with: a
+ * reload that takes the key out ends its live queries (the cache would
+ * otherwise go on sending it query.changed). */
+typedef struct watcher {
+    struct watcher *next;
+    char z85[41];
+    char name[NAME_MAX_LEN + 1];
+    size_t route_len;
+    unsigned char route[]; /* its routing id */
+} watcher_t;
+
+#define WATCHER_BUCKETS 1024
+/* Connections remembered at most: one that closes is not seen here, so
+ * this bounds what they cost (about 100 bytes each). */
+#define MAX_WATCHERS 100000
+
 struct front_auth {
+    watcher_t *watchers[WATCHER_BUCKETS];
+    size_t nwatchers;
     void *zap;   /* REP: ZeroMQ asks it about each CURVE handshake */
     char public_key[41], secret_key[41]; /* the daemon's, Z85 */
     client_key_t *keys; /* the clients file as last loaded */
@@ -173,6 +191,67 @@ static const client_key_t *key_by_key(const front_auth_t *a, const void *key)
     return NULL;
 }
 
+static watcher_t **watcher_slot(front_auth_t *a, const unsigned char *route, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ route[i]) * 0x100000001b3ull;
+    watcher_t **p = &a->watchers[h % WATCHER_BUCKETS];
+    while (*p && ((*p)->route_len != len || memcmp((*p)->route, route, len) != 0))
+        p = &(*p)->next;
+    return p;
+}
+
+/* Remembers that e's connection, with key k, made a live query. */
+static void watcher_add(front_auth_t *a, const ts_envelope_t *e, const client_key_t *k)
+{
+    uint32_t len = 0;
+    if (e->route_len < 4)
+        return;
+    memcpy(&len, e->route, 4);
+    watcher_t **p = watcher_slot(a, e->route + 4, len);
+    if (*p || a->nwatchers >= MAX_WATCHERS)
+        return;
+    watcher_t *w = ts_xcalloc(1, sizeof *w + len);
+    memcpy(w->z85, k->z85, sizeof w->z85);
+    memcpy(w->name, k->name, sizeof w->name);
+    w->route_len = len;
+    memcpy(w->route, e->route + 4, len);
+    *p = w;
+    a->nwatchers++;
+}
+
+static const client_key_t *key_by_name(const front_auth_t *a, const char *name);
+
+/* After a reload: the live queries of connections whose key is out end
+ * (the cache drops them as it does a client gone). */
+static void end_revoked_watchers(front_t *self)
+{
+    front_auth_t *a = self->auth;
+    size_t ended = 0;
+    for (size_t b = 0; b < WATCHER_BUCKETS; b++) {
+        for (watcher_t **p = &a->watchers[b]; *p;) {
+            watcher_t *w = *p;
+            const client_key_t *k = key_by_name(a, w->name);
+            if (k && strcmp(k->z85, w->z85) == 0) {
+                p = &w->next;
+                continue;
+            }
+            ts_gone_t *g = ts_xmalloc(sizeof *g + w->route_len);
+            g->len = w->route_len;
+            memcpy(g->id, w->route, w->route_len);
+            if (ts_send_GONE(self->to_cache, &g, 1))
+                free(g);
+            *p = w->next;
+            free(w);
+            a->nwatchers--;
+            ended++;
+        }
+    }
+    if (ended)
+        ts_info(LOG, "live queries of %zu connections with keys taken out ended", ended);
+}
+
 int front_auth_reload(front_t *self)
 {
     front_auth_t *a = self->auth;
@@ -188,11 +267,13 @@ int front_auth_reload(front_t *self)
             ts_error(LOG, "security.clients_file: %s", err);
         return -1;
     }
-    a->loaded = true;
     free(a->keys);
     a->keys = keys;
     a->nkeys = n;
     ts_info(LOG, "client keys loaded: %zu from %s", n, self->config->security.clients_file);
+    if (a->loaded)
+        end_revoked_watchers(self);
+    a->loaded = true;
     return 0;
 }
 
@@ -310,6 +391,12 @@ void front_auth_close(front_t *self)
         return;
     if (a->zap)
         zmq_close(a->zap);
+    for (size_t b = 0; b < WATCHER_BUCKETS; b++)
+        while (a->watchers[b]) {
+            watcher_t *w = a->watchers[b];
+            a->watchers[b] = w->next;
+            free(w);
+        }
     free(a->keys);
     explicit_bzero(a, sizeof *a);
     free(a);
@@ -359,6 +446,8 @@ bool front_auth_check(front_t *self, ts_envelope_t *e, zmq_msg_t *frame)
             cJSON_AddStringToObject(call->params, "client", e->client);
         } else if (call->method == TS_M_POLICY_RELOAD && !call->err_code) {
             reload = true;
+        } else if (call->method == TS_M_SUBSCRIBE && !call->err_code) {
+            watcher_add(a, e, k);
         }
     }
     if (reload) /* the keys reload with the policies */

@@ -640,3 +640,54 @@ Test(auth, a_bad_clients_file_stops_the_start)
     cr_assert_null(strstr(err.data, "ready endpoint="), "%s", err.data);
     ts_buf_free(&err);
 }
+
+/* Whether s receives a message holding needle within timeout_ms (other
+ * messages are skipped). */
+static bool receives(void *s, const char *needle, int timeout_ms)
+{
+    int64_t deadline = ts_mono_us() + (int64_t)timeout_ms * 1000;
+    for (int64_t left; (left = (deadline - ts_mono_us()) / 1000) > 0;) {
+        zmq_pollitem_t item = {.socket = s, .events = ZMQ_POLLIN};
+        if (zmq_poll(&item, 1, (long)left) <= 0)
+            return false;
+        char buf[65536];
+        int n = zmq_recv(s, buf, sizeof buf - 1, 0);
+        if (n > 0) {
+            buf[n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 1] = '\0';
+            if (strstr(buf, needle))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* A live query made with a key taken out ends at the reload: its
+ * connection gets no more query.changed, while an admin's live query goes
+ * on. */
+Test(auth, a_revoked_keys_live_queries_end_at_reload)
+{
+    void *rd = client(ZMQ_DEALER, engine.endpoint, &reader);
+    void *adm = client(ZMQ_DEALER, engine.endpoint, &admin);
+    void *wr = client(ZMQ_DEALER, engine.endpoint, &writer);
+    const char *sub = "{\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":"
+                      "{\"therapist_id\":\"t1\",\"now\":\"2026-01-01T00:00:00Z\"}}";
+    allowed(rd, "reader", "subscribe", sub);
+    allowed(adm, "admin", "subscribe", sub);
+    const char *doc = "{\"collection\":\"sessions\",\"doc\":{\"id\":\"%s\",\"therapist_id\":\"t1\","
+                      "\"status\":\"scheduled\",\"scheduled_at\":\"2026-06-01T10:00:00Z\"}}";
+    char params[512];
+    snprintf(params, sizeof params, doc, "live1");
+    allowed(wr, "writer", "create", params);
+    cr_assert(receives(rd, "live1", 5000), "the reader's live query works before");
+    cr_assert(receives(adm, "live1", 5000));
+
+    char text[1024];
+    snprintf(text, sizeof text, "admin admin %s\nwriter write %s\n", admin.pub, writer.pub);
+    write_file(clients_path, text);
+    allowed(adm, "admin", "policy.reload", NULL);
+    snprintf(params, sizeof params, doc, "live2");
+    allowed(wr, "writer", "create", params);
+    cr_assert(receives(adm, "live2", 5000), "the admin's live query goes on");
+    cr_assert(!receives(rd, "live2", 1500), "a revoked key's live query went on");
+    cr_assert(log_has("live queries of 1 connections with keys taken out ended"));
+}

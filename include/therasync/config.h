@@ -20,7 +20,7 @@ typedef struct {
     ts_log_level_t log_level;
     bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
     bool insecure;           /* --insecure: endpoints beyond loopback without
-                                client authentication (refused otherwise) */
+                                client keys (refused otherwise) */
     size_t max_request_bytes;/* default 1 MiB */
     size_t max_inflight;     /* calls in the pipeline before `busy` */
     long long max_db_bytes;  /* 0 = unlimited; beyond it writes fail cleanly */
@@ -53,6 +53,11 @@ typedef struct {
         int max_stale_ms;    /* served stale (and refreshed) up to this age; 600000 */
         int gc_ms;           /* not read this long: forgotten by the cache; 300000 */
     } ondemand[TS_MAX_COLLECTIONS];
+    struct {                 /* client keys (docs/FRONT_DOOR.md, Authentication) */
+        char *curve_secret_file; /* the daemon's CURVE key pair (therasync keygen) */
+        char *clients_file;  /* the keys allowed in: `NAME ROLE PUBLIC-KEY` a line */
+        bool event_bodies;   /* events keep their doc (default: without, with keys) */
+    } security;
     cJSON *clinic;           /* the config's `clinic` table, for policies' ctx.config */
 } ts_config_t;
 
@@ -65,6 +70,9 @@ int ts_config_load(ts_config_t *config, const char *path, char *err, size_t errl
 /* Applies the daemon's flags. Returns 0 to go on, 1 when --help/--version
  * was printed, -1 on a usage error (message in err). */
 int ts_config_parse_args(ts_config_t *config, int argc, char **argv, char *err, size_t errlen);
+/* Whether clients must present a key listed in security.clients_file
+ * (ZeroMQ CURVE on the front door and the event socket). */
+bool ts_config_curve(const ts_config_t *config);
 /* Whether a ZeroMQ endpoint is reachable from this host only: ipc://,
  * inproc://, or tcp:// on 127.0.0.1 / localhost / [::1]. */
 bool ts_endpoint_is_local(const char *endpoint);

@@ -29,4 +29,11 @@ typedef struct {
 
 ts_actor_t *ts_front_start(void *zctx, ts_front_args_t *args);
 
+/* Reads a CURVE key file (therasync keygen): `public KEY` and `secret KEY`
+ * lines (# comments). With secret_key NULL only the public key is
+ * wanted; with it, the secret is required (the public one is derived when
+ * absent). Keys are 40 characters of Z85 plus NUL. 0, or -1 with err. */
+int ts_curve_read_key(const char *path, char public_key[41], char secret_key[41], char *err,
+                      size_t errlen);
+
 #endif

@@ -22,10 +22,16 @@ enum {
 
 typedef struct cli_rpc cli_rpc_t;
 
-/* A DEALER connected to endpoint, with linger 0 so that exiting never waits
+/* A DEALER connected to endpoint (with CURVE keys when given, see
+ * cli_curve_client), with linger 0 so that exiting never waits
  * on an absent engine. Returns NULL (and prints why) when ZeroMQ refuses the
  * endpoint. */
-cli_rpc_t *cli_rpc_new(const char *endpoint, int timeout_ms);
+cli_rpc_t *cli_rpc_new(const char *endpoint, int timeout_ms, const char *key_file,
+                       const char *server_key_file);
+/* With key_file (this client's key pair) and server_key_file (the daemon's
+ * public key), makes sock a CURVE client before it connects; without them,
+ * nothing. 0, or -1 with the reason printed. */
+int cli_curve_client(void *sock, const char *key_file, const char *server_key_file);
 void cli_rpc_destroy(cli_rpc_t **self_p);
 
 /* Sends {"jsonrpc":"2.0","id":N,"method":method,"params":params} (params may

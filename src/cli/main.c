@@ -10,9 +10,11 @@
 #include "therasync/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define DEFAULT_ENDPOINT "tcp://127.0.0.1:7410"
@@ -22,7 +24,8 @@
 #define MAX_ARGS 64
 
 static const char usage_text[] =
-    "usage: therasync [--endpoint ZMQ] [--timeout MS] [--json] COMMAND [ARGS]\n"
+    "usage: therasync [--endpoint ZMQ] [--key FILE --server-key FILE] [--timeout MS] [--json]\n"
+    "                 COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
     "  call METHOD [JSON-PARAMS]               any JSON-RPC method\n"
@@ -49,11 +52,17 @@ static const char usage_text[] =
     "  ping\n"
     "  policy reload|info                      reload the policies / show what is loaded\n"
     "  policy test DIR | policy check DIR      run *_test.lua files / load-check a directory\n"
+    "  keygen [PATH/NAME]                      a CURVE key pair: PATH/NAME.key (secret) and\n"
+    "                                          PATH/NAME.pub, mode 0600, and the clients-file\n"
+    "                                          line; without NAME, printed only\n"
     "\n"
     "options:\n"
     "  --endpoint ZMQ   front door (default " DEFAULT_ENDPOINT ", or $THERASYNC_ENDPOINT)\n"
     "  --events ZMQ     event socket for watch (default " DEFAULT_EVENTS
     ", or $THERASYNC_EVENTS)\n"
+    "  --key FILE       this client's key pair, for a daemon that wants keys (or\n"
+    "                   $THERASYNC_KEY; docs/FRONT_DOOR.md, Authentication)\n"
+    "  --server-key FILE  the daemon's public key (or $THERASYNC_SERVER_KEY)\n"
     "  --timeout MS     give up after MS milliseconds without an answer (default 5000)\n"
     "  --json           print the raw JSON result (for scripts)\n"
     "  --help, --version\n"
@@ -64,6 +73,8 @@ static const char usage_text[] =
 typedef struct {
     const char *endpoint;
     const char *events;
+    const char *key;        /* --key: this client's key pair */
+    const char *server_key; /* --server-key: the daemon's public key */
     int timeout_ms;
     bool json;
     bool has_base_version;
@@ -106,6 +117,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
     o->endpoint = env && *env ? env : DEFAULT_ENDPOINT;
     env = getenv("THERASYNC_EVENTS");
     o->events = env && *env ? env : DEFAULT_EVENTS;
+    env = getenv("THERASYNC_KEY");
+    o->key = env && *env ? env : NULL;
+    env = getenv("THERASYNC_SERVER_KEY");
+    o->server_key = env && *env ? env : NULL;
     o->timeout_ms = DEFAULT_TIMEOUT_MS;
     bool options_done = false;
     for (int i = 1; i < argc; i++) {
@@ -140,7 +155,8 @@ static int parse_args(int argc, char **argv, opts_t *o)
         static const char *const valued[] = {"--endpoint", "--events", "--timeout",
                                              "--base-version", "--collection", "--id",
                                              "--since", "--limit", "--count", "--for",
-                                             "--mode", "--until", "--event", NULL};
+                                             "--mode", "--until", "--event", "--key",
+                                             "--server-key", NULL};
         const char *eq = strchr(a, '=');
         size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
@@ -159,6 +175,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
             o->endpoint = v;
         } else if (strcmp(name, "--events") == 0) {
             o->events = v;
+        } else if (strcmp(name, "--key") == 0) {
+            o->key = v;
+        } else if (strcmp(name, "--server-key") == 0) {
+            o->server_key = v;
         } else if (strcmp(name, "--timeout") == 0) {
             if (parse_int_opt(name, v, 1, &n) || n > 24 * 3600 * 1000)
                 return CLI_EXIT_USAGE;
@@ -557,6 +577,10 @@ static int cmd_watch(cmd_ctx_t *c, int argc, const char **argv)
     void *ctx = zmq_ctx_new();
     void *sub = ctx ? zmq_socket(ctx, ZMQ_SUB) : NULL;
     int linger = 0, rc = CLI_EXIT_OK;
+    if (sub && cli_curve_client(sub, o->key, o->server_key)) {
+        rc = CLI_EXIT_USAGE;
+        goto done;
+    }
     if (!sub || zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_connect(sub, o->events)) {
         fprintf(stderr, "therasync: cannot connect to %s: %s\n", o->events, zmq_strerror(errno));
@@ -727,6 +751,67 @@ static int cmd_live(cmd_ctx_t *c, int argc, const char **argv)
     return rc;
 }
 
+/* ---- keygen: a CURVE key pair for a client or the daemon ---- */
+
+/* Writes text to a new file of mode 0600 (never over an old one). */
+static int write_new_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "therasync: cannot create %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    size_t len = strlen(text);
+    bool ok = write(fd, text, len) == (ssize_t)len && fsync(fd) == 0;
+    if (close(fd) || !ok) {
+        fprintf(stderr, "therasync: cannot write %s: %s\n", path, strerror(errno));
+        unlink(path);
+        return -1;
+    }
+    return 0;
+}
+
+static int cmd_keygen(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)c;
+    char pub[41], sec[41];
+    if (zmq_curve_keypair(pub, sec)) {
+        fprintf(stderr, "therasync: this libzmq cannot make CURVE keys: %s\n",
+                zmq_strerror(errno));
+        return CLI_EXIT_ERROR;
+    }
+    if (argc == 0) { /* the key file's format, for a file made elsewhere */
+        printf("public %s\nsecret %s\n", pub, sec);
+        explicit_bzero(sec, sizeof sec);
+        return CLI_EXIT_OK;
+    }
+    const char *path = argv[0], *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    size_t len = strlen(name);
+    if (len == 0 || len > 32 ||
+        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != len)
+        return usage_error("the key's NAME is 1-32 of [A-Za-z0-9_.-], not '%s'", name);
+    char key_path[4096], pub_path[4096], text[512];
+    snprintf(key_path, sizeof key_path, "%s.key", path);
+    snprintf(pub_path, sizeof pub_path, "%s.pub", path);
+    snprintf(text, sizeof text,
+             "# therasync CURVE key pair of %s: keep it secret (therasync keygen)\n"
+             "public %s\nsecret %s\n", name, pub, sec);
+    int rc = write_new_file(key_path, text);
+    explicit_bzero(text, sizeof text);
+    explicit_bzero(sec, sizeof sec);
+    if (rc)
+        return CLI_EXIT_ERROR;
+    snprintf(text, sizeof text, "# therasync CURVE public key of %s\npublic %s\n", name, pub);
+    if (write_new_file(pub_path, text)) {
+        unlink(key_path);
+        return CLI_EXIT_ERROR;
+    }
+    fprintf(stderr, "wrote %s (secret) and %s; the line for the clients file (role: read, "
+                    "write or admin) is:\n", key_path, pub_path);
+    printf("%s read %s\n", name, pub);
+    return CLI_EXIT_OK;
+}
+
 /* ---- dispatch ---- */
 
 typedef struct {
@@ -754,6 +839,7 @@ static const command_t commands[] = {
     {"sync", 0, 0, true, cmd_sync, "sync"},
     {"ping", 0, 0, true, cmd_ping, "ping"},
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},
+    {"keygen", 0, 1, false, cmd_keygen, "keygen [PATH/NAME]"},
 };
 
 int main(int argc, char **argv)
@@ -779,7 +865,8 @@ int main(int argc, char **argv)
     cmd_ctx_t c = {.o = &o};
     /* policy test/check run locally: no connection needed. */
     bool local = strcmp(cmd->name, "policy") == 0 && nargs == 2;
-    if (cmd->needs_rpc && !local && !(c.rpc = cli_rpc_new(o.endpoint, o.timeout_ms)))
+    if (cmd->needs_rpc && !local &&
+        !(c.rpc = cli_rpc_new(o.endpoint, o.timeout_ms, o.key, o.server_key)))
         return CLI_EXIT_USAGE;
     rc = cmd->run(&c, nargs, o.args + 1);
     cli_rpc_destroy(&c.rpc);

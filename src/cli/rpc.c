@@ -5,6 +5,7 @@
  * zmq_ctx_term return at once. */
 #include "cli.h"
 
+#include "therasync/front.h"
 #include "therasync/util.h"
 
 #include <errno.h>
@@ -19,7 +20,31 @@ struct cli_rpc {
     int next_id;    /* JSON-RPC id of the next request */
 };
 
-cli_rpc_t *cli_rpc_new(const char *endpoint, int timeout_ms)
+int cli_curve_client(void *sock, const char *key_file, const char *server_key_file)
+{
+    char pub[41], sec[41], server[41], err[512];
+    if (!key_file && !server_key_file)
+        return 0;
+    if (!key_file || !server_key_file) {
+        fprintf(stderr, "therasync: --key and --server-key go together\n");
+        return -1;
+    }
+    int rc = -1;
+    if (ts_curve_read_key(key_file, pub, sec, err, sizeof err) ||
+        ts_curve_read_key(server_key_file, server, NULL, err, sizeof err))
+        fprintf(stderr, "therasync: %s\n", err);
+    else if (zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server, 40) ||
+             zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 40) ||
+             zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 40))
+        fprintf(stderr, "therasync: cannot use CURVE keys: %s\n", zmq_strerror(errno));
+    else
+        rc = 0;
+    explicit_bzero(sec, sizeof sec);
+    return rc;
+}
+
+cli_rpc_t *cli_rpc_new(const char *endpoint, int timeout_ms, const char *key_file,
+                       const char *server_key_file)
 {
     cli_rpc_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -29,6 +54,10 @@ cli_rpc_t *cli_rpc_new(const char *endpoint, int timeout_ms)
     self->ctx = zmq_ctx_new();
     self->sock = self->ctx ? zmq_socket(self->ctx, ZMQ_DEALER) : NULL;
     int linger = 0;
+    if (self->sock && cli_curve_client(self->sock, key_file, server_key_file)) {
+        cli_rpc_destroy(&self);
+        return NULL;
+    }
     if (!self->sock || zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(self->sock, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms) ||
         zmq_connect(self->sock, endpoint)) {

@@ -125,8 +125,8 @@ int main(int argc, char **argv)
         return rc < 0 ? 2 : 0;
     }
     ts_log_set_level(config.log_level);
-    if (config.insecure && (!ts_endpoint_is_local(config.endpoint) ||
-                            !ts_endpoint_is_local(config.events)))
+    if (config.insecure && !ts_config_curve(&config) &&
+        (!ts_endpoint_is_local(config.endpoint) || !ts_endpoint_is_local(config.events)))
         ts_warn(LOG, "INSECURE: %s / %s can be reached from other hosts and clients are not "
                      "authenticated: anyone who reaches them can read and write every record",
                 config.endpoint, config.events);
@@ -189,9 +189,11 @@ int main(int argc, char **argv)
     for (;;) {
         int sig = sigwaitinfo(&signals, NULL);
         if (sig == SIGHUP) {
-            ts_info(LOG, "SIGHUP: reloading policies");
+            ts_info(LOG, "SIGHUP: reloading policies and client keys");
             if (ts_actor_command(store, "RELOAD"))
                 ts_error(LOG, "cannot ask the store to reload policies");
+            if (ts_actor_command(front, "RELOAD"))
+                ts_error(LOG, "cannot ask the front door to reload client keys");
             continue;
         }
         if (sig == SIGTERM || sig == SIGINT) {

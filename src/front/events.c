@@ -54,7 +54,8 @@ static void publish(front_t *self, const char *topic, size_t tlen, const char *p
                              ? ts_json_text_find(payload, end, "params", 6)
                              : NULL;
     uint64_t seq = params && *params == '{' ? next_seq(self, topic, tlen) : 0;
-    if (seq && plen > EVENT_MAX_BYTES && slim_event(self, payload, params, end)) {
+    if (seq && (plen > EVENT_MAX_BYTES || !front_auth_event_bodies(self)) &&
+        slim_event(self, payload, params, end)) {
         payload = self->slim.data;
         plen = self->slim.len;
     }

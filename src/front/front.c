@@ -172,7 +172,11 @@ static int on_events(ts_loop_t *loop, void *socket, void *arg)
 static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
 {
     front_t *self = arg;
-    if (ts_actor_pipe_term(loop, pipe, NULL) == 0)
+    char command[16];
+    int len = zmq_recv(pipe, command, sizeof command - 1, 0);
+    if (len == 6 && memcmp(command, "RELOAD", 6) == 0) /* SIGHUP */
+        front_auth_reload(self);
+    if (len != 5 || memcmp(command, "$TERM", 5) != 0)
         return 0;
     /* $TERM: stop accepting, finish what is in flight, then end. */
     self->draining = true;
@@ -203,7 +207,8 @@ static int on_drain_timer(ts_loop_t *loop, int id, void *arg)
     return 0;
 }
 
-static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
+static void *open_socket(const front_t *self, void *zctx, int type, const char *endpoint,
+                         bool bind)
 {
     /* Between actors: the shared settings, bound or connected already. */
     bool inproc = strncmp(endpoint, "inproc:", 7) == 0;
@@ -238,6 +243,11 @@ static void *open_socket(void *zctx, int type, const char *endpoint, bool bind)
         zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
         zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
     }
+    if (front_auth_secure(self, s)) {
+        ts_error(LOG, "cannot set CURVE on %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
     if ((bind ? zmq_bind(s, endpoint) : zmq_connect(s, endpoint)) == 0)
         return s;
     ts_error(LOG, "cannot %s %s: %s", bind ? "bind" : "connect", endpoint,
@@ -253,12 +263,13 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_uuidv7(self.boot);
     void *zctx = ts_actor_zctx(actor);
     self.loop = ts_loop_new();
-    if (!(self.replies = open_socket(zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
-        !(self.events_in = open_socket(zctx, ZMQ_PULL, TS_INPROC_EVENTS, true)) ||
-        !(self.to_store = open_socket(zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
-        !(self.to_cache = open_socket(zctx, ZMQ_PUSH, TS_INPROC_CACHE, false)) ||
-        !(self.router = open_socket(zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||
-        !(self.pub = open_socket(zctx, ZMQ_PUB, self.config->events, true)))
+    if (!(self.replies = open_socket(&self, zctx, ZMQ_PULL, TS_INPROC_FRONT, true)) ||
+        !(self.events_in = open_socket(&self, zctx, ZMQ_PULL, TS_INPROC_EVENTS, true)) ||
+        !(self.to_store = open_socket(&self, zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
+        !(self.to_cache = open_socket(&self, zctx, ZMQ_PUSH, TS_INPROC_CACHE, false)) ||
+        front_auth_open(&self, zctx) || /* before the sockets clients reach */
+        !(self.router = open_socket(&self, zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||
+        !(self.pub = open_socket(&self, zctx, ZMQ_PUB, self.config->events, true)))
         goto done;
     size_t len = sizeof args->endpoint;
     zmq_getsockopt(self.router, ZMQ_LAST_ENDPOINT, args->endpoint, &len);
@@ -289,6 +300,7 @@ done:
             free(c);
         }
     }
+    front_auth_close(&self);
     ts_buf_free(&self.scratch);
     ts_buf_free(&self.slim);
     ts_buf_free(&self.hot_key);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 #define LOG "front"
 /* What a subscriber that does not read can cost: ZeroMQ queues up to its
@@ -57,9 +58,12 @@ typedef struct {
     uint64_t seq;
 } topic_t;
 
+typedef struct front_auth front_auth_t; /* auth.c */
+
 typedef struct {
     const ts_config_t *config;
     ts_front_args_t *args;
+    front_auth_t *auth; /* client keys; NULL without (everyone is admin) */
     client_t *clients[CLIENT_BUCKETS];
     void *router;     /* clients */
     void *pub;        /* events */
@@ -115,6 +119,23 @@ bool front_hot_answer(front_t *self, ts_envelope_t *e); /* true: answered, or he
 void front_hot_release(front_t *self, bool all, int64_t older_us);
 void front_hot_take(front_t *self, ts_hot_t *hot);
 void front_hot_free_all(front_t *self);
+
+/* auth.c */
+/* With client keys configured: reads the daemon's key pair and the clients
+ * file and binds the ZAP handler into self->loop. 0, or -1 (logged). */
+int front_auth_open(front_t *self, void *zctx);
+/* Makes socket a CURVE server (before it binds). 0 or -1. */
+int front_auth_secure(const front_t *self, void *socket);
+/* Reads the clients file again; on a fault the old list stays. 0 or -1. */
+int front_auth_reload(front_t *self);
+void front_auth_close(front_t *self);
+/* Refuses each call of e beyond the role of the key that sent frame (its
+ * User-Id and X-Key, set by the ZAP handler), all of them for a key no
+ * longer listed, names the key in e->client, and limits a non-admin's
+ * audit to its own writes. */
+bool front_auth_check(front_t *self, ts_envelope_t *e, zmq_msg_t *frame);
+/* Whether events go out with their documents. */
+bool front_auth_event_bodies(const front_t *self);
 
 /* events.c */
 void front_publish_events(front_t *self, ts_envelope_t *e);

@@ -155,8 +155,8 @@ static void check_params(front_t *self, ts_call_t *call)
         break;
     case TS_M_AUDIT: {
         long long limit;
-        static const char *strings[] = {"collection", "id", "since", "until", "event"};
-        for (int i = 0; i < 5; i++)
+        static const char *strings[] = {"collection", "id", "since", "until", "event", "client"};
+        for (int i = 0; i < 6; i++)
             if (cJSON_GetObjectItemCaseSensitive(p, strings[i]) && !ts_json_string(p, strings[i]))
                 ts_call_fail(call, TS_E_INVALID_PARAMS, "params.%s must be a string", strings[i]);
         if (!call->err_code && cJSON_GetObjectItemCaseSensitive(p, "offset") &&
@@ -539,6 +539,9 @@ ts_envelope_t *front_read_request(front_t *self, bool *more)
     size_t fits = (sizeof e->client - 5) / 2;
     memcpy(e->client, "zmq:", 4);
     ts_hex(zmq_msg_data(&frames[0]), id_len < fits ? id_len : fits, e->client + 4);
+    /* With client keys: the key, which ZeroMQ puts on every frame of the
+     * connection after the handshake (not on the routing id). */
+    front_auth_check(self, e, &frames[n - 1]);
     e->delimiter = delimiter;
     e->received_us = ts_mono_us();
     for (int i = 0; i < n; i++)

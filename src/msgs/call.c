@@ -9,10 +9,12 @@
 #include <zmq.h>
 
 static const ts_method_info_t methods[TS_M__LAST] = {
-#define TS_METHOD(id, name, owner, flags, doc) [TS_M_##id] = {name, TS_OWNER_##owner, flags, doc},
+#define TS_METHOD(id, name, owner, flags, role, doc)                                          \
+    [TS_M_##id] = {name, TS_OWNER_##owner, flags, TS_ROLE_##role, doc},
 #include "msgs/methods.def"
 #undef TS_METHOD
-    [TS_M_NONE] = {"(none)", TS_OWNER_FRONT, 0, "no valid method: answered with an error"},
+    [TS_M_NONE] = {"(none)", TS_OWNER_FRONT, 0, TS_ROLE_READ,
+                   "no valid method: answered with an error"},
 };
 
 const ts_method_info_t *ts_method_info(ts_method_t method)
@@ -36,6 +38,21 @@ ts_method_t ts_method_lookup(const char *name)
         if (strcmp(name, methods[m].name) == 0)
             return (ts_method_t)m;
     return TS_M_NONE;
+}
+
+static const char *const role_names[] = {"none", "read", "write", "admin"};
+
+const char *ts_role_name(ts_role_t role)
+{
+    return role <= TS_ROLE_ADMIN ? role_names[role] : "none";
+}
+
+ts_role_t ts_role_lookup(const char *name, size_t len)
+{
+    for (int r = TS_ROLE_READ; r <= TS_ROLE_ADMIN; r++)
+        if (ts_name_is(role_names[r], name, len))
+            return (ts_role_t)r;
+    return TS_ROLE_NONE;
 }
 
 const char *ts_error_reason(int code)

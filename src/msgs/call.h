@@ -23,7 +23,7 @@
 
 /* The methods of the front door: one row each in methods.def. */
 typedef enum {
-#define TS_METHOD(id, name, owner, flags, doc) TS_M_##id,
+#define TS_METHOD(id, name, owner, flags, role, doc) TS_M_##id,
 #include "msgs/methods.def"
 #undef TS_METHOD
     TS_M_NONE, /* no valid method: the call is answered with an error */
@@ -37,6 +37,9 @@ typedef enum {
     TS_OWNER_PERSIST,
     TS_OWNER_SYNC
 } ts_owner_t;
+/* What a client key may do (methods.def's ROLE), each role all of the one
+ * before it. */
+typedef enum { TS_ROLE_NONE, TS_ROLE_READ, TS_ROLE_WRITE, TS_ROLE_ADMIN } ts_role_t;
 enum {
     TS_MF_WRITE = 1 << 0,
     TS_MF_COLLECTION = 1 << 1,
@@ -49,6 +52,7 @@ typedef struct {
     const char *name;
     ts_owner_t owner;
     unsigned flags;
+    ts_role_t role;
     const char *doc;
 } ts_method_info_t;
 
@@ -59,6 +63,10 @@ const char *ts_method_name(ts_method_t method);
 bool ts_method_is(ts_method_t method, unsigned flags);
 /* Returns the method for a name, or TS_M_NONE. */
 ts_method_t ts_method_lookup(const char *name);
+/* "read", "write", "admin" ("none" for TS_ROLE_NONE). */
+const char *ts_role_name(ts_role_t role);
+/* The role named by the len bytes at name, or TS_ROLE_NONE. */
+ts_role_t ts_role_lookup(const char *name, size_t len);
 
 /* Error codes of the front door (docs/PROTOCOL.md, Errors). */
 enum {

@@ -15,11 +15,11 @@ static int cmp_line_at(const void *a, const void *b)
 }
 
 /* Into the table temp.packed, for the audit's query: the "accepted" lines
- * of the pending packed writes it can show (of one collection and
- * document when given, from since_ms, the first limit of them by time).
+ * of the pending packed writes it can show (of one collection,
+ * document and client when given, from since_ms, the first limit of them by time).
  * Reads every pack: the audit is an operator's call, not a hot one. */
-static int list_packed(persist_t *self, const char *coll, const char *id, int64_t since_ms,
-                       long long limit)
+static int list_packed(persist_t *self, const char *coll, const char *id, const char *client,
+                       int64_t since_ms, long long limit)
 {
     if (persist_exec(self, "CREATE TEMP TABLE IF NOT EXISTS packed(at, mutation, coll, doc_id, "
                            "client, base_version); DELETE FROM temp.packed"))
@@ -36,7 +36,9 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
             pos = self->cached_at[k];
             if (!ts_pack_next(self->cached.data, self->cached.len, &pos, &m) ||
                 m.at_ms < since_ms || (coll && strcmp(coll, m.collection) != 0) ||
-                (id && strcmp(id, m.doc_id) != 0) || persist_is_gone(gone, ngone, m.seq))
+                (id && strcmp(id, m.doc_id) != 0) ||
+                (client && strcmp(client, m.client ? m.client : "") != 0) ||
+                persist_is_gone(gone, ngone, m.seq))
                 continue;
             if (n == cap)
                 lines = ts_grow(lines, &cap, sizeof *lines, 1024);
@@ -69,7 +71,8 @@ static int list_packed(persist_t *self, const char *coll, const char *id, int64_
     return rc;
 }
 
-/* Answers an `audit` call: {collection?, id?, since?, limit?} → {entries}. */
+/* Answers an `audit` call: {collection?, id?, since?, until?, event?, client?,
+ * limit?, offset?} → {entries}. */
 void persist_answer_audit(persist_t *self, ts_call_t *call)
 {
     const char *coll = ts_json_string(call->params, "collection");
@@ -84,6 +87,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     }
     const char *until = ts_json_string(call->params, "until");
     const char *event = ts_json_string(call->params, "event");
+    const char *client = ts_json_string(call->params, "client");
     int64_t since_ms = 0, until_ms = INT64_MAX;
     if (since && ts_parse_rfc3339(since, &since_ms)) {
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.since must be an RFC 3339 time");
@@ -109,7 +113,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be 1..10000");
         return;
     }
-    if (list_packed(self, coll, id, since_ms, limit + offset)) {
+    if (list_packed(self, coll, id, client, since_ms, limit + offset)) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
         return;
     }
@@ -117,19 +121,21 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     if (sqlite3_prepare_v2(self->db,
                            "SELECT at, mutation, coll, doc_id, event, client, version, reason FROM "
                            "(SELECT at, mutation, coll, doc_id, event, client, version,"
-                           "  CASE WHEN outcome IS NULL THEN reason END AS reason, seq AS n, 0 AS k"
-                           "  FROM audit"
+                           "  CASE WHEN outcome IS NULL THEN reason END AS reason, seq AS n, 0 AS k,"
+                           "  client AS owner FROM audit"
                            " UNION ALL SELECT sent_at, mutation, coll, doc_id, 'sent', NULL,"
-                           "  sent_version, NULL, seq, 1 FROM audit WHERE sent_at IS NOT NULL"
+                           "  sent_version, NULL, seq, 1, client FROM audit WHERE sent_at IS NOT NULL"
                            " UNION ALL SELECT outcome_at, mutation, coll, doc_id, outcome, NULL,"
-                           "  outcome_version, reason, seq, 2 FROM audit WHERE outcome IS NOT NULL"
+                           "  outcome_version, reason, seq, 2, client FROM audit"
+                           "  WHERE outcome IS NOT NULL"
                            " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
-                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0 FROM outbox"
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0, client FROM outbox"
                            " UNION ALL SELECT at, mutation, coll, doc_id, 'accepted', client,"
-                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0"
+                           "  NULLIF(base_version, 0), NULL, 9223372036854775807, 0, client"
                            "  FROM temp.packed) "
                            "WHERE (?1 IS NULL OR coll = ?1) AND (?2 IS NULL OR doc_id = ?2) "
                            "AND at >= ?3 AND at < ?5 AND (?6 IS NULL OR event = ?6) "
+                           "AND (?8 IS NULL OR owner = ?8) "
                            "ORDER BY at, n, k LIMIT ?4 OFFSET ?7",
                            -1, &stmt, NULL) != SQLITE_OK) {
         ts_call_fail(call, TS_E_INTERNAL, "audit query failed: %s", sqlite3_errmsg(self->db));
@@ -145,6 +151,8 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
     sqlite3_bind_int64(stmt, 7, offset);
     if (event)
         sqlite3_bind_text(stmt, 6, event, -1, SQLITE_STATIC);
+    if (client) /* one client's writes, their sends and outcomes included */
+        sqlite3_bind_text(stmt, 8, client, -1, SQLITE_STATIC);
     ts_buf_t b = {0};
     ts_buf_puts(&b, "{\"entries\":[");
     int rows = 0, rc;

@@ -57,6 +57,8 @@ void ts_config_free(ts_config_t *c)
     free(c->auth.client_secret);
     free(c->auth.client_secret_file);
     free(c->auth.token_url);
+    free(c->security.curve_secret_file);
+    free(c->security.clients_file);
     cJSON_Delete(c->clinic);
     memset(c, 0, sizeof *c);
 }
@@ -230,6 +232,21 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             goto strings_done;
     }
     lua_pop(L, 1);
+    if (lua_getglobal(L, "security") == LUA_TTABLE) {
+        int t = lua_gettop(L);
+        if (read_string(L, t, "curve_secret_file", &c->security.curve_secret_file, err, errlen) ||
+            read_string(L, t, "clients_file", &c->security.clients_file, err, errlen))
+            goto strings_done;
+        if (lua_getfield(L, t, "event_bodies") != LUA_TNIL)
+            c->security.event_bodies = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (!c->security.curve_secret_file != !c->security.clients_file) {
+            snprintf(err, errlen, "config: security needs both curve_secret_file and "
+                                  "clients_file (or neither)");
+            goto strings_done;
+        }
+    }
+    lua_pop(L, 1);
     if (lua_getglobal(L, "lua") == LUA_TTABLE) {
         int t = lua_gettop(L);
         num = (double)(c->lua.memory_bytes >> 20);
@@ -362,7 +379,8 @@ static const char usage[] =
     "  --policies DIR       Lua policies directory (default: the shipped policies)\n"
     "  --log-level LEVEL    error|warn|info|debug (default info)\n"
     "  --insecure           allow an endpoint beyond this host although clients are not\n"
-    "                       authenticated (refused without it; SECURITY.md)\n"
+    "                       authenticated (refused without it unless the config's\n"
+    "                       security table lists client keys; SECURITY.md)\n"
     "  --help, --version\n";
 
 int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -416,21 +434,26 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         default: break;
         }
     }
-    /* Anyone who reaches the front door can read and write everything
-     * (there is no client authentication yet): beyond this host only
-     * when the operator says so. */
+    /* Without client keys anyone who reaches the front door can read and
+     * write everything: beyond this host only when the operator says so. */
     const char *eps[] = {c->endpoint, c->events};
-    for (int i = 0; i < 2 && !c->insecure; i++)
+    for (int i = 0; i < 2 && !c->insecure && !ts_config_curve(c); i++)
         if (eps[i] && !ts_endpoint_is_local(eps[i])) {
             snprintf(err, errlen,
-                     "%s %s can be reached from other hosts, and clients are not authenticated "
-                     "(CURVE is not built yet): bind it to 127.0.0.1, [::1], localhost or an "
-                     "ipc:// path, or pass --insecure (config insecure = true) to accept that "
-                     "anyone who reaches it can read and write every record",
+                     "%s %s can be reached from other hosts, and clients are not authenticated: "
+                     "list client keys in the config (security = { curve_secret_file = ..., "
+                     "clients_file = ... }, docs/FRONT_DOOR.md), bind it to 127.0.0.1, [::1], "
+                     "localhost or an ipc:// path, or pass --insecure (config insecure = true) "
+                     "to accept that anyone who reaches it can read and write every record",
                      i ? "--events" : "--endpoint", eps[i]);
             return -1;
         }
     return 0;
+}
+
+bool ts_config_curve(const ts_config_t *c)
+{
+    return c->security.curve_secret_file && c->security.clients_file;
 }
 
 bool ts_endpoint_is_local(const char *ep)

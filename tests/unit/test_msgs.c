@@ -39,14 +39,14 @@ static char *methods_table(void)
                                          [TS_OWNER_CACHE] = "cache", [TS_OWNER_PERSIST] = "persist",
                                          [TS_OWNER_SYNC] = "sync"};
     ts_buf_t b = {0};
-    ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | reads only | persist | what |\n"
-                                  "|---|---|---|---|---|---|\n");
+    ts_buf_puts(&b, METHODS_BEGIN "| method | answered by | writes | reads only | persist | role | what |\n"
+                                  "|---|---|---|---|---|---|---|\n");
     for (int m = 0; m < TS_M_NONE; m++) {
         const ts_method_info_t *r = ts_method_info((ts_method_t)m);
-        ts_buf_printf(&b, "| `%s` | %s%s | %s | %s | %s | %s |\n", r->name, owners[r->owner],
-                      r->flags & TS_MF_FRONT ? " (+ front)" : "",
+        ts_buf_printf(&b, "| `%s` | %s%s | %s | %s | %s | %s | %s |\n", r->name,
+                      owners[r->owner], r->flags & TS_MF_FRONT ? " (+ front)" : "",
                       r->flags & TS_MF_WRITE ? "yes" : "", r->flags & TS_MF_READ ? "yes" : "",
-                      r->flags & TS_MF_PERSIST ? "yes" : "", r->doc);
+                      r->flags & TS_MF_PERSIST ? "yes" : "", ts_role_name(r->role), r->doc);
     }
     ts_buf_puts(&b, METHODS_END);
     size_t len;
@@ -115,6 +115,15 @@ Test(msgs, methods_are_named_once_and_found_by_name)
         cr_assert(ts_method_info((ts_method_t)m)->doc[0], "every row has a line of doc");
     }
     cr_assert_eq(ts_method_lookup("nope"), TS_M_NONE);
+    /* every method has a role; none that writes is open to a read key */
+    for (int m = 0; m < TS_M_NONE; m++) {
+        const ts_method_info_t *r = ts_method_info((ts_method_t)m);
+        cr_assert(r->role >= TS_ROLE_READ && r->role <= TS_ROLE_ADMIN, "%s has a role", r->name);
+        cr_assert(!(r->flags & TS_MF_WRITE) || r->role >= TS_ROLE_WRITE, "%s writes", r->name);
+    }
+    cr_assert_eq(ts_method_info(TS_M_POLICY_RELOAD)->role, TS_ROLE_ADMIN);
+    cr_assert_eq(ts_role_lookup("write", 5), TS_ROLE_WRITE);
+    cr_assert_eq(ts_role_lookup("writer", 6), TS_ROLE_NONE);
     cr_assert_str_eq(ts_method_name(TS_M__LAST), "(none)");
     cr_assert(ts_method_is(TS_M_CREATE, TS_MF_WRITE | TS_MF_COLLECTION));
     cr_assert(!ts_method_is(TS_M_GET, TS_MF_WRITE));

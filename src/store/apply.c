@@ -94,6 +94,7 @@ static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, i
     confirmed_t *conf = ts_xmalloc(sizeof *conf + len + 1);
     conf->version = version;
     conf->len = (uint32_t)len;
+    conf->hashed = false;
     memcpy(conf->text, text, len + 1);
     if (d->visible_kind == VISIBLE_IS_CONFIRMED)
         store_set_visible(c, d, NULL, 0, VISIBLE_OWNED); /* it points into the old one */
@@ -452,6 +453,20 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
     }
 }
 
+/* Whether the server's document at our version (doc, or a tombstone)
+ * differs from our confirmed one: live here and not there or the other way
+ * round, or another content hash (the digest's). */
+static bool repair_differs(doc_t *d, bool deleted, const cJSON *doc)
+{
+    bool live = d->confirmed && d->confirmed->len;
+    if (deleted || !live)
+        return deleted == live;
+    uint8_t theirs[32];
+    if (ts_json_content_sha256(doc, theirs))
+        return false;
+    return memcmp(theirs, store_confirmed_content(d->confirmed), 32) != 0;
+}
+
 static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const ts_sync_update_t *u)
 {
     bool deleted = !u->doc || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(u->doc, "deleted"));
@@ -463,8 +478,12 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     if (!d)
         d = store_get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
     int64_t version = version_of(u);
-    /* Newer than what we have, or a repair's forced tombstone (version 0). */
-    if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
+    /* Newer than what we have, a repair's forced tombstone (version 0), or a
+     * repair at our version whose content differs from ours (a body changed
+     * at the server without a new version: a restore, a hand fix). */
+    bool same = d && version > 0 && version == doc_version(d) && u->repair &&
+                repair_differs(d, deleted, u->doc);
+    if (!d || (version <= doc_version(d) && !(deleted && version == 0) && !same))
         return;
     remember_base(self, d);
     int64_t before = doc_version(d);
@@ -473,9 +492,11 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     self->remote_applied++;
     add_confirmed_record(call, c, d);
     if (!u->fetched) { /* the trail shows every change the server made here */
-        char why[96];
-        snprintf(why, sizeof why, "%s%s from version %lld", u->repair ? "digest repair" : "feed",
-                 deleted ? ": deleted" : "", (long long)before);
+        char why[128];
+        snprintf(why, sizeof why, "%s%s from version %lld to %lld%s",
+                 !u->repair ? "feed" : u->refetch ? "invalidate repair" : "digest repair",
+                 deleted ? ": deleted" : "", (long long)before, (long long)doc_version(d),
+                 same ? ", content differed" : "");
         store_add_audit(call, c, d, NULL, u->repair ? "repaired" : "remote", NULL,
                         doc_version(d), why);
     }

@@ -3,6 +3,7 @@
  * repair the drifted documents with REMOTE updates (a check's phase:
  * K_IDLE → K_DIGESTS → K_LOCAL_LIST → K_SERVER_LIST → K_IDLE). */
 #include "sync_int.h"
+#include "therasync/sha256.h"
 
 void sync_check_finish(sync_t *self, check_t *k)
 {
@@ -75,6 +76,19 @@ static int compare_entries(const void *a, const void *b)
     return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
 }
 
+/* A live server document at our version whose body is not ours (the
+ * store compares again before it replaces anything). */
+static bool content_differs(const cJSON *item, const struct ts_digest_entry *mine)
+{
+    uint8_t sum[32];
+    char hex[65];
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "deleted")) ||
+        ts_json_content_sha256(item, sum))
+        return false;
+    ts_sha256_to_hex(sum, hex);
+    return strcmp(hex, mine->content) != 0;
+}
+
 /* Both lists are in: send REMOTE updates for every drifted document. */
 void sync_check_repair(sync_t *self, check_t *k)
 {
@@ -122,7 +136,7 @@ void sync_check_repair(sync_t *self, check_t *k)
         } else {
             long long v = 0;
             ts_json_int(items[a], "version", &v);
-            if (v != l->versions[b].version)
+            if (v != l->versions[b].version || content_differs(items[a], &l->versions[b]))
                 repaired += sync_apply_change(self, coll, items[a]);
             a++;
             b++;
@@ -141,7 +155,9 @@ static void check_compare(sync_t *self, check_t *k)
 {
     if (!k->have_local || !k->have_server)
         return;
-    if (k->local->count == k->server_count && strcmp(k->local->hash, k->server_hash) == 0) {
+    /* A server that predates content digests answers the version form. */
+    const char *mine = k->server_content ? k->local->hash : k->local->hash_versions;
+    if (k->local->count == k->server_count && strcmp(mine, k->server_hash) == 0) {
         ts_debug(LOG, "digest of %s matches (%" PRIu64 " documents)",
                  self->config->collections[k->coll], k->server_count);
         sync_check_finish(self, k);
@@ -196,6 +212,8 @@ void sync_on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
     ts_json_int(res->json, "count", &count);
     k->server_count = (uint64_t)count;
     ts_copy_text(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
+    const char *form = ts_json_string(res->json, "form");
+    k->server_content = form && strcmp(form, "content") == 0;
     k->have_server = true;
     check_compare(self, k);
 }

@@ -157,6 +157,7 @@ typedef struct check {
     bool have_local, have_server;
     uint64_t server_count;
     char server_hash[65];
+    bool server_content;    /* the server's digest is of the content form */
     ts_digest_t *local;
     cJSON *items;           /* server documents (array), while listing */
 } check_t;
@@ -170,7 +171,9 @@ typedef struct {
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
-    bool repairing;         /* a digest check is applying its repairs (REMOTE.repair) */
+    bool repairing;         /* a digest check or an invalidate is applying its repairs
+                               (REMOTE.repair) */
+    bool refetching;        /* ... an invalidate (REMOTE.refetch) */
     int64_t max_seq;        /* the highest outbox seq received: a cancel of a later one was
                                never sent (its record is still on its way) */
     int64_t *withheld;      /* seqs cancelled before their record came: never queued */

@@ -3,6 +3,8 @@
  * time; the suite shows how sync behaves under each kind of trouble. */
 #include "../support/clinic.h"
 #include "../support/engine.h"
+#include "therasync/sha256.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -1426,4 +1428,164 @@ Test(sync, remote_changes_are_audited_and_filters_are_checked)
     cr_assert_eq(ts_rpc_error_code(r), -32602, "an unknown event filter: %s",
                  cJSON_PrintUnformatted(r));
     cJSON_Delete(r);
+}
+
+/* ---- content digests: drift at the same version ------------------------------ */
+
+/* A hand fix at the clinic: the body of sessions/id becomes fields, its
+ * version stays (POST /_control/docs/...). */
+static void hand_fix(const char *id, const char *fields)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/_control/docs/sessions/%s", id);
+    cJSON *doc = NULL;
+    cr_assert_eq(ts_clinic_call(&api, "POST", path, fields, &doc), 200, "the hand fix of %s", id);
+    cJSON_Delete(doc);
+}
+
+/* Waits until the engine's id has field k == want; its document or NULL. */
+static cJSON *wait_field(ts_engine_t *e, const char *id, const char *k, long long want,
+                         int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (now_ms() < end) {
+        cJSON *doc = engine_doc(e, id);
+        if (doc && field_int(doc, k) == want)
+            return doc;
+        cJSON_Delete(doc);
+        sleep_ms(100);
+    }
+    return NULL;
+}
+
+/* The audit lines of id with this event (an array the caller deletes). */
+static cJSON *audit_lines(ts_engine_t *e, const char *id, const char *event)
+{
+    char p[160];
+    snprintf(p, sizeof p, "{\"id\":\"%s\",\"event\":\"%s\"}", id, event);
+    cJSON *r = call(e, "audit", p);
+    cJSON *lines = cJSON_DetachItemFromObject(ts_rpc_result(r), "entries");
+    cJSON_Delete(r);
+    return lines;
+}
+
+/* The server's body changes at the same version (a restore, a hand fix):
+ * the periodic check finds it by content and puts the server's body in
+ * place; the audit says so, with before and after versions, and no body. */
+Test(sync, same_version_drift_is_found_by_the_periodic_check)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 1, digest_soon_s = 0 }\n"),
+                 0);
+    create(&engine, "h1", "\"k\":1,\"note\":\"kept\"");
+    create(&engine, "h2", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("h1", "{\"k\":7,\"note\":\"fixed by hand\"}");
+    cJSON *s = server_doc("h1");
+    cr_assert_eq(field_int(s, "version"), 1, "the hand fix kept the version");
+    cJSON *mine = wait_field(&engine, "h1", "k", 7, 15000);
+    cr_assert_not_null(mine, "the periodic check repaired h1");
+    cr_assert_eq(field_int(mine, "version"), field_int(s, "version"));
+    cr_assert_str_eq(field_str(mine, "note"), field_str(s, "note"), "the server's body");
+    cr_assert_str_eq(field_str(mine, "updated_at"), field_str(s, "updated_at"));
+    cJSON_Delete(mine);
+    cJSON_Delete(s);
+    cJSON *lines = audit_lines(&engine, "h1", "repaired");
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert_eq(cJSON_GetArraySize(lines), 1, "one repair: %s", text);
+    const cJSON *x = cJSON_GetArrayItem(lines, 0);
+    cr_assert_eq(field_int(x, "version"), 1, "%s", text);
+    cr_assert_str_eq(field_str(x, "reason"),
+                     "digest repair from version 1 to 1, content differed", "%s", text);
+    cr_assert_null(strstr(text, "by hand"), "a body in the audit: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    lines = audit_lines(&engine, "h2", "repaired");
+    cr_assert_eq(cJSON_GetArraySize(lines), 0, "h2 did not drift");
+    cJSON_Delete(lines);
+    cr_assert_geq(status_int(&engine, "repairs"), 1);
+}
+
+/* `invalidate` refetches and repairs the same drift (and audits nothing
+ * when nothing differs). */
+Test(sync, same_version_drift_is_repaired_by_invalidate)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 0, digest_soon_s = 0 }\n"),
+                 0);
+    create(&engine, "i1", "\"k\":1,\"m\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("i1", "{\"k\":8,\"m\":1}");
+    sleep_ms(1000);
+    cJSON *mine = engine_doc(&engine, "i1");
+    cr_assert_eq(field_int(mine, "k"), 1, "nothing but invalidate looks (no periodic check)");
+    cJSON_Delete(mine);
+    cJSON *r = call(&engine, "invalidate", "{\"collection\":\"sessions\"}");
+    cr_assert_eq(field_int(ts_rpc_result(r), "invalidated"), 1, "%s", cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    mine = wait_field(&engine, "i1", "k", 8, 5000);
+    cr_assert_not_null(mine, "invalidate repaired i1");
+    cr_assert_eq(field_int(mine, "version"), 1);
+    cJSON_Delete(mine);
+    cJSON *lines = audit_lines(&engine, "i1", "repaired");
+    char *text = cJSON_PrintUnformatted(lines);
+    int n = cJSON_GetArraySize(lines);
+    cr_assert_geq(n, 1, "%s", text);
+    cr_assert_str_eq(field_str(cJSON_GetArrayItem(lines, n - 1), "reason"),
+                     "invalidate repair from version 1 to 1, content differed", "%s", text);
+    free(text);
+    cJSON_Delete(lines);
+    /* nothing differs now: a second invalidate repairs nothing */
+    cJSON_Delete(call(&engine, "invalidate", "{\"collection\":\"sessions\"}"));
+    sleep_ms(300);
+    cJSON *again = audit_lines(&engine, "i1", "repaired");
+    cr_assert_eq(cJSON_GetArraySize(again), n, "an invalidate with no drift audited a repair");
+    cJSON_Delete(again);
+}
+
+/* The digest's two forms: content (the default) covers the body, version
+ * (the older form) only ids and versions; an unknown form is refused. */
+Test(sync, digest_forms_content_by_default_and_version_on_request)
+{
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"f1\",\"k\":1}", NULL), 201);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"f2\",\"a\":[1.5,\"x\"]}",
+                                NULL),
+                 201);
+    /* expected, by the definition in docs/CLINIC_API.md */
+    char lines[1024] = "", vlines[256] = "";
+    const char *ids[] = {"f1", "f2"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *doc = server_doc(ids[i]);
+        char body[256], sum[65];
+        snprintf(body, sizeof body, "{\"version\":1,\"updated_at\":\"%s\",%s}",
+                 field_str(doc, "updated_at"), i == 0 ? "\"k\":1" : "\"a\":[1.5,\"x\"]");
+        ts_sha256_hex(body, strlen(body), sum);
+        size_t at = strlen(lines), vat = strlen(vlines);
+        snprintf(lines + at, sizeof lines - at, "%s:1:%s\n", ids[i], sum);
+        snprintf(vlines + vat, sizeof vlines - vat, "%s:1\n", ids[i]);
+        cJSON_Delete(doc);
+    }
+    char want[65], vwant[65];
+    ts_sha256_hex(lines, strlen(lines), want);
+    ts_sha256_hex(vlines, strlen(vlines), vwant);
+    cJSON *d;
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "form"), "content");
+    cr_assert_str_eq(field_str(d, "hash"), want);
+    cr_assert_eq(field_int(d, "count"), 2);
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=version", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "form"), "version");
+    cr_assert_str_eq(field_str(d, "hash"), vwant);
+    cJSON_Delete(d);
+    hand_fix("f1", "{\"k\":2}");
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest", NULL, &d), 200);
+    cr_assert_str_neq(field_str(d, "hash"), want, "the content form sees the hand fix");
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=version", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "hash"), vwant, "the version form does not");
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=bodies", NULL, &d), 400);
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/_control/docs/sessions/nope", "{}", NULL), 404);
 }

@@ -45,6 +45,22 @@ static void check_start(sync_t *self, int coll)
     k->have_local = k->have_server = false;
 }
 
+/* Drift is likeliest after a reconnect or a gap in the feed (changes may
+ * have been missed, a server restored): check sync.digest_soon_s from now,
+ * then again every sync.digest_interval_s. */
+void sync_check_soon(sync_t *self, const char *why)
+{
+    int soon = self->config->sync.digest_soon_s;
+    if (soon <= 0 || self->config->sync.digest_interval_s <= 0)
+        return;
+    int64_t at = ts_mono_us() + (int64_t)soon * 1000000;
+    if (!self->check_soon || at < self->next_check_us)
+        ts_debug(LOG, "digest check in %d s (%s)", soon, why);
+    self->check_soon = true;
+    if (at < self->next_check_us)
+        self->next_check_us = at;
+}
+
 void sync_checks_start_all(sync_t *self)
 {
     for (size_t i = 0; i < self->config->ncollections; i++)

@@ -314,6 +314,7 @@ void sync_on_feed(sync_t *self, ts_api_result_t *res)
         return;
     }
     self->feed_failures++;
+    sync_check_soon(self, "a feed request failed");
     self->feed_due_us = now + sync_backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
 }
 
@@ -394,6 +395,7 @@ void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
         sync_conn_note(self, &fake, "stream");
         break;
     case TS_API_STREAM_DROPPED:
+        sync_check_soon(self, "the change stream dropped");
         snprintf(fake.message, sizeof fake.message, "stream dropped");
         sync_conn_note(self, &fake, "stream");
         break;

@@ -225,6 +225,7 @@ typedef struct {
     round_t *rounds;
     check_t *checks;        /* one per collection */
     int64_t next_check_us;
+    bool check_soon;        /* next_check_us was brought forward (sync_check_soon) */
     /* outgoing updates, flushed at the end of each turn */
     ts_sync_update_t **out;
     size_t nout, out_cap;
@@ -296,6 +297,7 @@ void sync_on_stream_result(sync_t *self, ts_api_result_t *res);
 /* check.c: consistency checks */
 void sync_check_finish(sync_t *self, check_t *k);
 void sync_checks_start_all(sync_t *self);
+void sync_check_soon(sync_t *self, const char *why);
 void sync_list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since);
 void sync_check_repair(sync_t *self, check_t *k);
 void sync_on_digest_local(sync_t *self, ts_digest_t *dg);

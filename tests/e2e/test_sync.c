@@ -1589,3 +1589,30 @@ Test(sync, digest_forms_content_by_default_and_version_on_request)
     cJSON_Delete(d);
     cr_assert_eq(ts_clinic_call(&api, "POST", "/_control/docs/sessions/nope", "{}", NULL), 404);
 }
+
+/* After a reconnect a check comes within sync.digest_soon_s, not a whole
+ * sync.digest_interval_s later. */
+Test(sync, a_check_follows_a_reconnect_soon)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 3600, digest_soon_s = 1,"
+                                        " offline_after = 1 }\n"),
+                 0);
+    create(&engine, "r1", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("r1", "{\"k\":7}"); /* before: offline, the token could not be had */
+    sleep_ms(500);
+    cJSON *before = engine_doc(&engine, "r1");
+    cr_assert_eq(field_int(before, "k"), 1, "no check before the reconnect");
+    cJSON_Delete(before);
+    cr_assert_eq(ts_clinic_faults(&api, "{\"offline\":true}"), 0);
+    create(&engine, "r2", "\"k\":1"); /* its push fails: offline */
+    for (int i = 0; i < 200 && status_online(&engine); i++)
+        sleep_ms(50);
+    cr_assert(!status_online(&engine), "the engine did not go offline");
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cJSON *mine = wait_field(&engine, "r1", "k", 7, 20000);
+    cr_assert_not_null(mine, "no check soon after the reconnect");
+    cJSON_Delete(mine);
+    cr_assert(wait_synced(&engine, 10000));
+}

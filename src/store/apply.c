@@ -402,7 +402,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         if (r) {
             r->seq = m->seq;
             r->base_version = theirs_version;
-            r->at_ms = m->at_ms;
+            r->at_ms = ts_wall_ms(); /* a new write, made now: its audit lines follow the conflict's */
             ts_uuidv7_bytes(r->id);
             for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
                 if (*p == m) {
@@ -437,7 +437,7 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         mutation_t *r = store_mutation_new((ts_op_t)m->op, m->body, m->body_len);
         r->seq = m->seq;
         r->base_version = m->base_version; /* its If-Match, raised or not */
-        r->at_ms = m->at_ms;
+        r->at_ms = ts_wall_ms(); /* made now: its lines follow the "rekeyed" one */
         ts_uuidv7_bytes(r->id);
         r->next = m->next;
         *p = r;

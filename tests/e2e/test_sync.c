@@ -1106,6 +1106,11 @@ Test(sync, a_reused_key_inside_a_batch_sends_just_that_write_again)
     char *text = cJSON_PrintUnformatted(audit);
     cr_assert_not_null(strstr(text, "\"rekeyed\""), "%s", text);
     cr_assert_null(strstr(text, "rejected"), "%s", text);
+    /* the write sent again under a new key is a new line after "rekeyed",
+       not one dated back to the original's acceptance */
+    char *rekeyed = strstr(text, "\"event\":\"rekeyed\"");
+    char *again = strstr(text, "\"client\":\"rekeyed\"");
+    cr_assert(rekeyed && again && again > rekeyed, "the new write listed first: %s", text);
     free(text);
     cJSON_Delete(audit);
 }
@@ -1615,4 +1620,125 @@ Test(sync, a_check_follows_a_reconnect_soon)
     cr_assert_not_null(mine, "no check soon after the reconnect");
     cJSON_Delete(mine);
     cr_assert(wait_synced(&engine, 10000));
+}
+
+/* ---- audit: each line at the time of its event ------------------------------- */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* An audit line's time (ms), -1 when it has none. */
+static int64_t line_at(const cJSON *x)
+{
+    int64_t at;
+    return ts_parse_rfc3339(field_str(x, "at"), &at) ? -1 : at;
+}
+
+/* A write that meets a conflict is re-sent, as the merge, under a new
+ * mutation id: that write's lines carry the times it was made and sent
+ * (after the conflict), not the original write's, and are listed after
+ * the conflict line, which names the policy's outcome. */
+Test(sync, a_conflicts_resent_write_is_audited_at_its_own_time)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    cr_assert_eq(ts_engine_start_synced(&engine2, &api, NULL), 0);
+    create(&engine, "ca", "\"a\":0,\"b\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    wait_doc(&engine2, "ca", 10000, "engine2 received the document");
+    ts_clinic_faults(&api, "{\"offline\":true}");
+    update(&engine, "ca", "{\"a\":1}");
+    update(&engine2, "ca", "{\"b\":2}");
+    sleep_ms(1200); /* the writes are well older than their conflict */
+    int64_t back = wall_ms();
+    ts_clinic_faults(&api, "{}");
+    cr_assert(wait_synced(&engine, 30000));
+    cr_assert(wait_synced(&engine2, 30000));
+    int64_t done = wall_ms();
+    cJSON *entries = NULL;
+    const cJSON *conflict = NULL;
+    int at_conflict = -1;
+    for (int e = 0; e < 2 && !conflict; e++) {
+        cJSON_Delete(entries);
+        cJSON *r = call(e ? &engine2 : &engine, "audit", "{\"id\":\"ca\"}");
+        entries = cJSON_DetachItemFromObject(ts_rpc_result(r), "entries");
+        cJSON_Delete(r);
+        for (int i = 0; i < cJSON_GetArraySize(entries) && !conflict; i++)
+            if (!strcmp(field_str(cJSON_GetArrayItem(entries, i), "event"), "conflict"))
+                conflict = cJSON_GetArrayItem(entries, at_conflict = i);
+    }
+    char *text = cJSON_PrintUnformatted(entries);
+    cr_assert_not_null(conflict, "no engine audited a conflict: %s", text);
+    cr_assert_str_eq(field_str(conflict, "reason"), "merge", "the outcome: %s", text);
+    int64_t tc = line_at(conflict);
+    cr_assert(tc >= back && tc <= done, "the conflict line's time: %s", text);
+    const char *original = field_str(conflict, "mutation");
+    /* the re-sent write: the mutation that first shows up after the conflict */
+    const char *resent = NULL;
+    for (int i = 0; i < cJSON_GetArraySize(entries); i++) {
+        const cJSON *x = cJSON_GetArrayItem(entries, i);
+        const char *m = field_str(x, "mutation");
+        if (i > 0)
+            cr_assert_geq(line_at(x), line_at(cJSON_GetArrayItem(entries, i - 1)),
+                          "listed out of time order: %s", text);
+        if (!*m || !strcmp(m, original))
+            continue;
+        if (!resent && !strcmp(field_str(x, "event"), "accepted") && i > at_conflict)
+            resent = m;
+        if (resent && !strcmp(m, resent)) {
+            cr_assert_gt(i, at_conflict, "a line of the re-sent write before the conflict: %s",
+                         text);
+            cr_assert_geq(line_at(x), tc, "a line of the re-sent write older than the conflict: %s",
+                          text);
+        }
+    }
+    if (!resent) { /* before the fix its accepted line came first, at the original's time */
+        for (int i = 0; i < at_conflict; i++) {
+            const cJSON *x = cJSON_GetArrayItem(entries, i);
+            const char *m = field_str(x, "mutation");
+            cr_assert(!*m || !strcmp(m, original) ||
+                          strcmp(field_str(x, "event"), "accepted") ||
+                          line_at(x) >= tc,
+                      "the re-sent write listed at the original's time: %s", text);
+        }
+    }
+    cr_assert_not_null(resent, "no re-sent write after the conflict: %s", text);
+    bool sent = false;
+    cJSON_ArrayForEach(conflict, entries)
+        sent |= !strcmp(field_str(conflict, "mutation"), resent) &&
+                !strcmp(field_str(conflict, "event"), "sent");
+    cr_assert(sent, "the re-sent write's send is audited: %s", text);
+    free(text);
+    cJSON_Delete(entries);
+}
+
+/* A write rejected by the server and the later write that depended on it
+ * are each audited as rejected, at the time they were rolled back. */
+Test(sync, rollbacks_are_audited_at_their_time)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "ok2", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_eq(ts_clinic_faults(&api, "{\"offline\":true}"), 0);
+    create(&engine, "rb", "\"k\":1");
+    update(&engine, "rb", "{\"k\":2}");
+    sleep_ms(1200);
+    int64_t back = wall_ms();
+    cr_assert_eq(ts_clinic_faults(&api, "{\"fail_rate\":1,\"status\":422}"), 0);
+    cr_assert(wait_synced(&engine, 20000));
+    int64_t done = wall_ms();
+    ts_clinic_faults(&api, "{}");
+    cJSON *lines = audit_lines(&engine, "rb", "rejected");
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert_eq(cJSON_GetArraySize(lines), 2, "the create and its dependent: %s", text);
+    const cJSON *x;
+    cJSON_ArrayForEach(x, lines)
+        cr_assert(line_at(x) >= back && line_at(x) <= done, "a rollback's time: %s", text);
+    cr_assert(!strncmp(field_str(cJSON_GetArrayItem(lines, 1), "reason"), "rolled_back", 11),
+              "%s", text);
+    free(text);
+    cJSON_Delete(lines);
 }

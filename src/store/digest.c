@@ -13,6 +13,8 @@ const uint8_t *store_confirmed_content(confirmed_t *conf)
 {
     if (!conf->hashed && ts_json_text_content_sha256(conf->text, conf->len, conf->content) == 0)
         conf->hashed = true;
+    else if (!conf->hashed) /* out of memory: a hash that matches nothing, tried again next time */
+        memset(conf->content, 0, sizeof conf->content);
     return conf->content;
 }
 

@@ -7,6 +7,7 @@
 #include <cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* True when bytes[0..len) is well-formed UTF-8 (no overlongs, no surrogates). */
 bool ts_utf8_valid(const char *bytes, size_t len);
@@ -22,6 +23,15 @@ cJSON *ts_json_merge_patch(cJSON *target, const cJSON *patch);
  * they come within an epsilon, so 0.30000000000000004 came back as 0.3).
  * 0, or -1 when memory ran out. */
 int ts_buf_json(ts_buf_t *buf, const cJSON *item);
+
+/* The SHA-256 of a document's canonical body, the per-document part of the
+ * Clinic API's content digest (docs/CLINIC_API.md): the document object
+ * without its top-level "id" member, printed by ts_buf_json (members in
+ * their order, no whitespace). Both clinic-api and the engine hash these
+ * same bytes. A text that does not parse as an object hashes as it is.
+ * 0, or -1 when memory ran out. */
+int ts_json_content_sha256(const cJSON *doc, uint8_t out[32]);
+int ts_json_text_content_sha256(const char *text, size_t len, uint8_t out[32]);
 
 /* The fields only the server may set; a client's are dropped. */
 #define TS_JSON_SERVER_FIELDS "version", "updated_at", "deleted"

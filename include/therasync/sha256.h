@@ -1,7 +1,8 @@
 /* sha256.h — SHA-256 (FIPS 180-4), incremental and one-shot.
  *
  * Used for the Clinic API digest (`GET /v1/{coll}/digest`): both the reference
- * server and the engine compute the same hash over `id:version\n` lines. */
+ * server and the engine compute the same hash over `id:version:content\n`
+ * lines (content: ts_json_content_sha256 of the body, therasync/json.h). */
 #ifndef THERASYNC_SHA256_H
 #define THERASYNC_SHA256_H
 

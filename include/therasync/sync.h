@@ -83,7 +83,11 @@ typedef struct ts_sync_update {
     char message[256];   /* REJECTED: a human-readable reason */
     cJSON *errors;       /* REJECTED on 422: the server's [{field, message}]; owned */
     char cursor[65];     /* CURSOR */
-    bool repair;         /* REMOTE from a digest check's repair (audited as "repaired") */
+    bool repair;         /* REMOTE from a digest check's repair or an invalidate (audited as
+                            "repaired"): applied also at the store's version when the
+                            content differs (a body changed at the server without a new
+                            version), replacing the confirmed body */
+    bool refetch;        /* that repair comes from an `invalidate` call (its audit reason) */
     bool fetched;        /* REMOTE from an on-demand fetch: applied even to a document the
                             store does not hold (a feed change of an on-demand collection
                             is applied only to documents it holds) */
@@ -100,19 +104,23 @@ ts_sync_update_t *ts_sync_update_new(ts_sync_kind_t kind);
 void ts_sync_update_free(ts_sync_update_t *update);
 
 /* A digest of one collection's confirmed documents, as the Clinic API
- * computes it (hex SHA-256 of "id:version\n" over live documents in byte
- * order of id). The sync actor fills collection (and want_versions) and
- * sends it to the store; the store fills count, hash and, when asked, the
- * sorted id/version list, and sends it back to TS_INPROC_SYNC. */
+ * computes it (hex SHA-256 of "id:version:content\n" over live documents in
+ * byte order of id, content being the hex ts_json_content_sha256 of the
+ * body; docs/CLINIC_API.md). The sync actor fills collection (and
+ * want_versions) and sends it to the store; the store fills count, hash
+ * and, when asked, the sorted id/version/content list, and sends it back to
+ * TS_INPROC_SYNC. */
 typedef struct {
     char collection[65];
     bool want_versions;  /* also list every live confirmed id and version */
     uint64_t count;
     char hash[65];
+    char hash_versions[65]; /* the older form, "id:version\n" lines (?form=version) */
     size_t nversions;
     struct ts_digest_entry {
         char id[65];
         int64_t version;
+        char content[65]; /* hex content hash of the body */
     } *versions;         /* owned; sorted by id */
     void *user;          /* the sync actor's */
 } ts_digest_t;

@@ -109,7 +109,7 @@ ca_db_t *ca_db_open(const char *path)
         prepare_on(db->rsql, &db->feed_all,
                    "SELECT cursor, coll, body FROM docs WHERE cursor>?1 ORDER BY cursor LIMIT ?2") ||
         prepare_on(db->rsql, &db->digest,
-                   "SELECT id, version FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id") ||
+                   "SELECT id, version, body FROM docs WHERE coll=?1 AND deleted=0 ORDER BY id") ||
         prepare_on(db->rsql, &db->scan,
                    "SELECT id, body FROM docs WHERE coll=?1 AND id>?2 AND deleted=0 ORDER BY id")) {
         ts_error(MOD, "cannot open %s for reading: %s", path,
@@ -256,32 +256,85 @@ int ca_db_scan(ca_db_t *db, const char *coll, const char *after_id, ca_scan_fn f
     return step == SQLITE_DONE ? 0 : -1;
 }
 
-int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out)
+int ca_db_digest(ca_db_t *db, const char *coll, bool content, ts_buf_t *out)
 {
     ts_sha256_t h;
     ts_sha256_init(&h);
     int64_t count = 0;
-    char line[96];
+    int rc = 0;
+    ts_buf_t line = {0};
     pthread_mutex_lock(&db->rlock);
     sqlite3_bind_text(db->digest, 1, coll, -1, SQLITE_STATIC);
     int step;
     while ((step = sqlite3_step(db->digest)) == SQLITE_ROW) {
-        int n = snprintf(line, sizeof line, "%s:%" PRId64 "\n",
-                         (const char *)sqlite3_column_text(db->digest, 0),
-                         (int64_t)sqlite3_column_int64(db->digest, 1));
-        if (n > 0 && (size_t)n < sizeof line)
-            ts_sha256_update(&h, line, (size_t)n);
+        ts_buf_reset(&line);
+        rc |= ts_buf_printf(&line, "%s:%" PRId64, (const char *)sqlite3_column_text(db->digest, 0),
+                            (int64_t)sqlite3_column_int64(db->digest, 1));
+        if (content) { /* parsed and printed again: the stored text's spelling does not count */
+            uint8_t sum[32];
+            char hex[65];
+            rc |= ts_json_text_content_sha256((const char *)sqlite3_column_text(db->digest, 2),
+                                              (size_t)sqlite3_column_bytes(db->digest, 2), sum);
+            ts_sha256_to_hex(sum, hex);
+            rc |= ts_buf_printf(&line, ":%s", hex);
+        }
+        rc |= ts_buf_puts(&line, "\n");
+        if (rc)
+            break;
+        ts_sha256_update(&h, line.data, line.len);
         count++;
     }
     sqlite3_reset(db->digest);
     pthread_mutex_unlock(&db->rlock);
-    if (step != SQLITE_DONE)
+    ts_buf_free(&line);
+    if (rc || step != SQLITE_DONE)
         return -1;
     uint8_t d[32];
     char hex[65];
     ts_sha256_final(&h, d);
     ts_sha256_to_hex(d, hex);
-    return ts_buf_printf(out, "{\"count\":%" PRId64 ",\"hash\":\"%s\"}", count, hex);
+    return ts_buf_printf(out, "{\"count\":%" PRId64 ",\"hash\":\"%s\",\"form\":\"%s\"}", count,
+                         hex, content ? "content" : "version");
+}
+
+int ca_db_hand_fix(ca_db_t *db, const char *coll, const char *id, cJSON *doc, ts_buf_t *out)
+{
+    pthread_mutex_lock(&db->lock); /* the writer's connection, between its batches */
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->sql,
+                                "UPDATE docs SET body=?3 WHERE coll=?1 AND id=?2 AND deleted=0",
+                                -1, &st, NULL) == SQLITE_OK ? 0 : -1;
+    int64_t version = 0;
+    char *body = NULL;
+    if (rc == 0) {
+        sqlite3_stmt *get = db->get;
+        sqlite3_bind_text(get, 1, coll, -1, SQLITE_STATIC);
+        sqlite3_bind_text(get, 2, id, -1, SQLITE_STATIC);
+        int found = sqlite3_step(get) == SQLITE_ROW && !sqlite3_column_int(get, 1);
+        version = found ? sqlite3_column_int64(get, 0) : 0;
+        sqlite3_reset(get);
+        sqlite3_clear_bindings(get);
+        if (found) {
+            body = ca_doc_render(doc, id, version, false);
+            doc = NULL;
+            rc = body ? 0 : -1;
+        } else {
+            rc = 0;
+        }
+    }
+    if (rc == 0 && body) {
+        sqlite3_bind_text(st, 1, coll, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, body, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) != SQLITE_DONE ? -1 : sqlite3_changes(db->sql) ? 1 : 0;
+        if (rc == 1)
+            rc = ts_buf_puts(out, body) ? -1 : 1;
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&db->lock);
+    free(body);
+    cJSON_Delete(doc);
+    return rc;
 }
 
 /* ---- documents -------------------------------------------------------- */

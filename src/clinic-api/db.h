@@ -57,8 +57,17 @@ int ca_db_scan(ca_db_t *db, const char *coll, const char *after_id, ca_scan_fn f
  * were created now, or -1. */
 int ca_db_seed_patients(ca_db_t *db, const char *coll, int n);
 
-/* Appends {"count":N,"hash":"HEX"} for the live documents of coll. 0 or -1. */
-int ca_db_digest(ca_db_t *db, const char *coll, ts_buf_t *out);
+/* Appends {"count":N,"hash":"HEX","form":F} for the live documents of
+ * coll: the SHA-256 of "id:version:CONTENT\n" lines (content: the hex
+ * SHA-256 of the canonical body, ts_json_content_sha256) or, with
+ * content false, of the older "id:version\n" lines. 0 or -1. */
+int ca_db_digest(ca_db_t *db, const char *coll, bool content, ts_buf_t *out);
+
+/* A hand fix, for tests (POST /_control/docs/{coll}/{id}): the live
+ * document's body becomes doc's members (cJSON object, taken), at the same
+ * version and cursor, so no change reaches the feed. Appends the stored
+ * document to out. 1, 0 when there is no such live document, or -1. */
+int ca_db_hand_fix(ca_db_t *db, const char *coll, const char *id, cJSON *doc, ts_buf_t *out);
 
 typedef enum { CA_OP_CREATE, CA_OP_PATCH, CA_OP_DELETE } ca_op_t;
 

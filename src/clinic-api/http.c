@@ -641,10 +641,16 @@ static enum MHD_Result get_doc(ca_http_t *h, struct MHD_Connection *c, const cha
                       : answer_text(c, 500, "{\"error\":\"storage_error\"}");
 }
 
+/* GET /v1/{coll}/digest[?form=content|version]: content (the default)
+ * covers each document's body, version only its id and version (the form
+ * older engines compare). */
 static enum MHD_Result digest(ca_http_t *h, struct MHD_Connection *c, const char *coll)
 {
+    const char *form = query(c, "form");
+    if (form && strcmp(form, "content") != 0 && strcmp(form, "version") != 0)
+        return bad_query(c, "form", "must be content or version");
     ts_buf_t b = {0};
-    if (ca_db_digest(h->cfg->db, coll, &b) < 0) {
+    if (ca_db_digest(h->cfg->db, coll, !form || strcmp(form, "version") != 0, &b) < 0) {
         ts_buf_free(&b);
         return answer_text(c, 500, "{\"error\":\"storage_error\"}");
     }
@@ -1204,6 +1210,31 @@ static enum MHD_Result route_control(ca_http_t *h, struct MHD_Connection *c, req
         ca_faults_get(&f);
         ca_faults_json(&f, &b);
         return answer(c, 200, &b);
+    }
+    if (strncmp(url, "/_control/docs/", 15) == 0 && strcmp(method, "POST") == 0) {
+        /* /_control/docs/{coll}/{id}: a hand fix (see ca_db_hand_fix) */
+        char coll[65], id[65];
+        const char *slash = strchr(url + 15, '/');
+        size_t clen = slash ? (size_t)(slash - (url + 15)) : 0;
+        if (!slash || clen == 0 || clen >= sizeof coll || !ts_valid_id(slash + 1, strlen(slash + 1)))
+            return answer_text(c, 404, "{\"error\":\"not_found\"}");
+        memcpy(coll, url + 15, clen);
+        coll[clen] = '\0';
+        ts_copy_text(id, sizeof id, slash + 1);
+        cJSON *doc = cJSON_ParseWithLength(rq->body.data ? rq->body.data : "", rq->body.len);
+        if (!cJSON_IsObject(doc)) {
+            cJSON_Delete(doc);
+            return answer_text(c, 422, "{\"errors\":[{\"field\":\"\",\"message\":"
+                                       "\"body must be a JSON object\"}]}");
+        }
+        int found = ca_db_hand_fix(h->cfg->db, coll, id, doc, &b);
+        if (found == 1) {
+            ts_info(MOD, "hand fix of %s/%s: body replaced at the same version", coll, id);
+            return answer(c, 200, &b);
+        }
+        ts_buf_free(&b);
+        return found == 0 ? answer_text(c, 404, "{\"error\":\"not_found\"}")
+                          : answer_text(c, 500, "{\"error\":\"storage_error\"}");
     }
     if (strcmp(url, "/_control/stats") == 0 && strcmp(method, "GET") == 0) {
         ca_stats_json(&b);

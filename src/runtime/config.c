@@ -37,6 +37,7 @@ void ts_config_init(ts_config_t *c)
     c->sync.stuck_after = 8;
     c->sync.poll_interval_ms = 5000;
     c->sync.digest_interval_s = 300;
+    c->sync.digest_soon_s = 3;
     c->sync.offline_after = 3;
     c->sync.answer_timeout_ms = 10000;
     c->cache.max_bytes = 64LL << 20;
@@ -271,6 +272,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             {"stuck_after", &c->sync.stuck_after, 1, 1000000},
             {"poll_interval_ms", &c->sync.poll_interval_ms, 10, 3600000},
             {"digest_interval_s", &c->sync.digest_interval_s, 0, 86400 * 7},
+            {"digest_soon_s", &c->sync.digest_soon_s, 0, 3600},
             {"offline_after", &c->sync.offline_after, 1, 1000},
             {"answer_timeout_ms", &c->sync.answer_timeout_ms, 100, 600000},
         };

@@ -1,5 +1,6 @@
 /* json.c — UTF-8 validation, RFC 7396 merge patch, typed getters. */
 #include "therasync/json.h"
+#include "therasync/sha256.h"
 #include "therasync/util.h"
 
 #include <math.h>
@@ -723,6 +724,49 @@ int ts_buf_json(ts_buf_t *b, const cJSON *item)
     }
     default: return -1; /* cJSON_Invalid */
     }
+}
+
+/* see json.h */
+int ts_json_content_sha256(const cJSON *doc, uint8_t out[32])
+{
+    if (!cJSON_IsObject(doc))
+        return -1;
+    ts_buf_t b = {0};
+    int rc = ts_buf_append(&b, "{", 1);
+    bool first = true;
+    for (const cJSON *c = doc->child; c && rc == 0; c = c->next) {
+        const char *key = c->string ? c->string : "";
+        if (strcmp(key, "id") == 0) /* in the digest line already */
+            continue;
+        rc = (first ? 0 : ts_buf_append(&b, ",", 1)) | ts_buf_json_string(&b, key, strlen(key)) |
+             ts_buf_append(&b, ":", 1) | ts_buf_json(&b, c);
+        first = false;
+    }
+    rc |= ts_buf_append(&b, "}", 1);
+    if (rc == 0) {
+        ts_sha256_t h;
+        ts_sha256_init(&h);
+        ts_sha256_update(&h, b.data, b.len);
+        ts_sha256_final(&h, out);
+    }
+    ts_buf_free(&b);
+    return rc ? -1 : 0;
+}
+
+/* see json.h */
+int ts_json_text_content_sha256(const char *text, size_t len, uint8_t out[32])
+{
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    int rc = cJSON_IsObject(doc) ? ts_json_content_sha256(doc, out) : 1;
+    cJSON_Delete(doc);
+    if (rc == 1) { /* not a document: its bytes */
+        ts_sha256_t h;
+        ts_sha256_init(&h);
+        ts_sha256_update(&h, text, len);
+        ts_sha256_final(&h, out);
+        rc = 0;
+    }
+    return rc;
 }
 
 bool ts_json_overflow(const cJSON *item, ts_buf_t *path)

@@ -95,6 +95,7 @@ static int set_confirmed(store_t *self, collection_t *c, doc_t *d, cJSON *doc, i
     confirmed_t *conf = ts_xmalloc(sizeof *conf + len + 1);
     conf->version = version;
     conf->len = (uint32_t)len;
+    conf->hashed = false;
     memcpy(conf->text, text, len + 1);
     if (d->visible_kind == VISIBLE_IS_CONFIRMED)
         store_set_visible(c, d, NULL, 0, VISIBLE_OWNED); /* it points into the old one */
@@ -402,7 +403,7 @@ static void sync_conflict(store_t *self, ts_call_t *call, collection_t *c, doc_t
         if (r) {
             r->seq = m->seq;
             r->base_version = theirs_version;
-            r->at_ms = m->at_ms;
+            r->at_ms = ts_wall_ms(); /* a new write, made now: its audit lines follow the conflict's */
             ts_uuidv7_bytes(r->id);
             for (mutation_t **p = &d->pending; *p; p = &(*p)->next) {
                 if (*p == m) {
@@ -437,7 +438,7 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         mutation_t *r = store_mutation_new((ts_op_t)m->op, m->body, m->body_len);
         r->seq = m->seq;
         r->base_version = m->base_version; /* its If-Match, raised or not */
-        r->at_ms = m->at_ms;
+        r->at_ms = ts_wall_ms(); /* made now: its lines follow the "rekeyed" one */
         ts_uuidv7_bytes(r->id);
         r->next = m->next;
         *p = r;
@@ -453,6 +454,20 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
     }
 }
 
+/* Whether the server's document at our version (doc, or a tombstone)
+ * differs from our confirmed one: live here and not there or the other way
+ * round, or another content hash (the digest's). */
+static bool repair_differs(doc_t *d, bool deleted, const cJSON *doc)
+{
+    bool live = d->confirmed && d->confirmed->len;
+    if (deleted || !live)
+        return deleted == live;
+    uint8_t theirs[32];
+    if (ts_json_content_sha256(doc, theirs))
+        return false;
+    return memcmp(theirs, store_confirmed_content(d->confirmed), 32) != 0;
+}
+
 static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const ts_sync_update_t *u)
 {
     bool deleted = !u->doc || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(u->doc, "deleted"));
@@ -464,8 +479,12 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     if (!d)
         d = store_get_or_add_doc(c, u->doc_id, strlen(u->doc_id));
     int64_t version = version_of(u);
-    /* Newer than what we have, or a repair's forced tombstone (version 0). */
-    if (!d || (version <= doc_version(d) && !(deleted && version == 0)))
+    /* Newer than what we have, a repair's forced tombstone (version 0), or a
+     * repair at our version whose content differs from ours (a body changed
+     * at the server without a new version: a restore, a hand fix). */
+    bool same = d && version > 0 && version == doc_version(d) && u->repair &&
+                repair_differs(d, deleted, u->doc);
+    if (!d || (version <= doc_version(d) && !(deleted && version == 0) && !same))
         return;
     remember_base(self, d);
     int64_t before = doc_version(d);
@@ -474,9 +493,11 @@ static void sync_remote(store_t *self, ts_call_t *call, collection_t *c, const t
     self->remote_applied++;
     add_confirmed_record(call, c, d);
     if (!u->fetched) { /* the trail shows every change the server made here */
-        char why[96];
-        snprintf(why, sizeof why, "%s%s from version %lld", u->repair ? "digest repair" : "feed",
-                 deleted ? ": deleted" : "", (long long)before);
+        char why[128];
+        snprintf(why, sizeof why, "%s%s from version %lld to %lld%s",
+                 !u->repair ? "feed" : u->refetch ? "invalidate repair" : "digest repair",
+                 deleted ? ": deleted" : "", (long long)before, (long long)doc_version(d),
+                 same ? ", content differed" : "");
         store_add_audit(call, c, d, NULL, u->repair ? "repaired" : "remote", NULL,
                         doc_version(d), why);
     }

@@ -75,6 +75,7 @@ void store_recover_record(store_t *self, const ts_record_t *r)
         confirmed_t *conf = ts_xmalloc(sizeof *conf + len + 1);
         conf->version = r->version;
         conf->len = (uint32_t)len;
+        conf->hashed = false;
         memcpy(conf->text, r->body ? r->body : "", len + 1);
         free(d->confirmed);
         d->confirmed = conf;

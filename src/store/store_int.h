@@ -44,6 +44,8 @@ typedef struct mutation {
 typedef struct {
     int64_t version;
     uint32_t len;
+    bool hashed;           /* content holds the text's content hash (digest checks) */
+    uint8_t content[32];   /* ts_json_text_content_sha256 of text, computed once */
     char text[];           /* JSON; empty for a tombstone */
 } confirmed_t;
 
@@ -236,5 +238,7 @@ void store_recover_record(store_t *self, const ts_record_t *r);
 
 /* digest.c */
 void store_answer_digest(store_t *self, ts_digest_t *dg);
+/* The content hash of a confirmed body (computed once, then kept in it). */
+const uint8_t *store_confirmed_content(confirmed_t *conf);
 
 #endif

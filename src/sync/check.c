@@ -3,6 +3,7 @@
  * repair the drifted documents with REMOTE updates (a check's phase:
  * K_IDLE → K_DIGESTS → K_LOCAL_LIST → K_SERVER_LIST → K_IDLE). */
 #include "sync_int.h"
+#include "therasync/sha256.h"
 
 void sync_check_finish(sync_t *self, check_t *k)
 {
@@ -44,6 +45,22 @@ static void check_start(sync_t *self, int coll)
     k->have_local = k->have_server = false;
 }
 
+/* Drift is likeliest after a reconnect or a gap in the feed (changes may
+ * have been missed, a server restored): check sync.digest_soon_s from now,
+ * then again every sync.digest_interval_s. */
+void sync_check_soon(sync_t *self, const char *why)
+{
+    int soon = self->config->sync.digest_soon_s;
+    if (soon <= 0 || self->config->sync.digest_interval_s <= 0)
+        return;
+    int64_t at = ts_mono_us() + (int64_t)soon * 1000000;
+    if (!self->check_soon || at < self->next_check_us)
+        ts_debug(LOG, "digest check in %d s (%s)", soon, why);
+    self->check_soon = true;
+    if (at < self->next_check_us)
+        self->next_check_us = at;
+}
+
 void sync_checks_start_all(sync_t *self)
 {
     for (size_t i = 0; i < self->config->ncollections; i++)
@@ -73,6 +90,19 @@ static int compare_items(const void *a, const void *b)
 static int compare_entries(const void *a, const void *b)
 {
     return strcmp(((const struct ts_digest_entry *)a)->id, ((const struct ts_digest_entry *)b)->id);
+}
+
+/* A live server document at our version whose body is not ours (the
+ * store compares again before it replaces anything). */
+static bool content_differs(const cJSON *item, const struct ts_digest_entry *mine)
+{
+    uint8_t sum[32];
+    char hex[65];
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(item, "deleted")) ||
+        ts_json_content_sha256(item, sum))
+        return false;
+    ts_sha256_to_hex(sum, hex);
+    return strcmp(hex, mine->content) != 0;
 }
 
 /* Both lists are in: send REMOTE updates for every drifted document. */
@@ -122,7 +152,7 @@ void sync_check_repair(sync_t *self, check_t *k)
         } else {
             long long v = 0;
             ts_json_int(items[a], "version", &v);
-            if (v != l->versions[b].version)
+            if (v != l->versions[b].version || content_differs(items[a], &l->versions[b]))
                 repaired += sync_apply_change(self, coll, items[a]);
             a++;
             b++;
@@ -141,7 +171,9 @@ static void check_compare(sync_t *self, check_t *k)
 {
     if (!k->have_local || !k->have_server)
         return;
-    if (k->local->count == k->server_count && strcmp(k->local->hash, k->server_hash) == 0) {
+    /* A server that predates content digests answers the version form. */
+    const char *mine = k->server_content ? k->local->hash : k->local->hash_versions;
+    if (k->local->count == k->server_count && strcmp(mine, k->server_hash) == 0) {
         ts_debug(LOG, "digest of %s matches (%" PRIu64 " documents)",
                  self->config->collections[k->coll], k->server_count);
         sync_check_finish(self, k);
@@ -196,6 +228,8 @@ void sync_on_digest_server(sync_t *self, ts_api_result_t *res, check_t *k)
     ts_json_int(res->json, "count", &count);
     k->server_count = (uint64_t)count;
     ts_copy_text(k->server_hash, sizeof k->server_hash, ts_json_string(res->json, "hash"));
+    const char *form = ts_json_string(res->json, "form");
+    k->server_content = form && strcmp(form, "content") == 0;
     k->have_server = true;
     check_compare(self, k);
 }

@@ -23,6 +23,7 @@ static void conn_set(sync_t *self, cstate_t to, const char *why)
         /* Back: everything waiting goes now, and the feed catches up from
          * its cursor before following the stream again. */
         self->consecutive_failures = 0;
+        sync_check_soon(self, "reconnected");
         for (size_t i = 0; i < self->nwaiting; i++)
             self->waiting[i]->due_us = 0;
         if (self->pull == P_STREAM) { /* reopen from a fresh catch-up, not after its backoff */

@@ -44,6 +44,7 @@ static void emit_remote(sync_t *self, const char *coll, const char *id, cJSON *d
     u->doc = doc;
     u->version = v;
     u->repair = self->repairing;
+    u->refetch = self->refetching;
     /* Not d->version: pending writes keep their base (see sdoc_t). */
     self->pulled++;
 }
@@ -151,7 +152,9 @@ size_t sync_apply_change(sync_t *self, const char *coll, const cJSON *doc)
     long long v = 0;
     ts_json_int(doc, "version", &v);
     sdoc_t *known;
-    if (feed_echo(self, coll, id, v, &known))
+    /* An echo of our own write is not news, but a repair's document at that
+     * version may be: its body is what is being checked (the store compares). */
+    if (feed_echo(self, coll, id, v, &known) && !self->repairing)
         return 0;
     if (known) {
         char *text = cJSON_PrintUnformatted(doc);
@@ -311,6 +314,7 @@ void sync_on_feed(sync_t *self, ts_api_result_t *res)
         return;
     }
     self->feed_failures++;
+    sync_check_soon(self, "a feed request failed");
     self->feed_due_us = now + sync_backoff_us(self->feed_failures, PROBE_BASE_MS, PROBE_CAP_MS);
 }
 
@@ -391,6 +395,7 @@ void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
         sync_conn_note(self, &fake, "stream");
         break;
     case TS_API_STREAM_DROPPED:
+        sync_check_soon(self, "the change stream dropped");
         snprintf(fake.message, sizeof fake.message, "stream dropped");
         sync_conn_note(self, &fake, "stream");
         break;

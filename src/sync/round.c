@@ -169,7 +169,10 @@ void sync_on_list(sync_t *self, ts_api_result_t *res, req_t *r)
         else
             sync_check_repair(self, k);
     } else if (rd) {
+        /* a refetch repairs too: a body changed at the same version is replaced */
+        self->repairing = self->refetching = true;
         cJSON_ArrayForEach(it, items) rd->invalidated += sync_apply_change(self, rd->coll, it);
+        self->repairing = self->refetching = false;
         sync_flush(self);
         if (more && cursor)
             sync_list_page(self, NULL, rd, rd->coll, cursor);

@@ -280,10 +280,16 @@ static int on_tick(ts_loop_t *loop, int timer_id, void *arg)
     sync_holds_expire(self, now);
     int interval = self->config->sync.digest_interval_s;
     if (interval > 0 && now >= self->next_check_us) {
-        self->next_check_us = now + (int64_t)interval * 1000000;
-        if (self->queued == 0 && self->in_flight == 0 &&
-            (self->pull == P_STREAM || self->pull == P_LONGPOLL || self->pull == P_POLL))
+        bool ready = self->queued == 0 && self->in_flight == 0 && self->conn != C_OFFLINE &&
+                     (self->pull == P_STREAM || self->pull == P_LONGPOLL || self->pull == P_POLL);
+        /* A check asked for soon (sync_check_soon) waits for the writes
+         * and the catch-up of a reconnect, trying again each second. */
+        self->next_check_us = now + (ready || !self->check_soon ? (int64_t)interval * 1000000
+                                                                 : 1000000);
+        if (ready) {
+            self->check_soon = false;
             sync_checks_start_all(self);
+        }
     }
     sync_feed_next(self);
     turn_end(self);

@@ -157,6 +157,7 @@ typedef struct check {
     bool have_local, have_server;
     uint64_t server_count;
     char server_hash[65];
+    bool server_content;    /* the server's digest is of the content form */
     ts_digest_t *local;
     cJSON *items;           /* server documents (array), while listing */
 } check_t;
@@ -170,7 +171,9 @@ typedef struct {
     void *api;              /* PUSH TS_INPROC_API: pushes, digests, lists */
     void *api_feed;         /* PUSH TS_INPROC_API_FEED: the change feed */
     void *to_store;         /* PUSH TS_INPROC_STORE_SYNC */
-    bool repairing;         /* a digest check is applying its repairs (REMOTE.repair) */
+    bool repairing;         /* a digest check or an invalidate is applying its repairs
+                               (REMOTE.repair) */
+    bool refetching;        /* ... an invalidate (REMOTE.refetch) */
     int64_t max_seq;        /* the highest outbox seq received: a cancel of a later one was
                                never sent (its record is still on its way) */
     int64_t *withheld;      /* seqs cancelled before their record came: never queued */
@@ -222,6 +225,7 @@ typedef struct {
     round_t *rounds;
     check_t *checks;        /* one per collection */
     int64_t next_check_us;
+    bool check_soon;        /* next_check_us was brought forward (sync_check_soon) */
     /* outgoing updates, flushed at the end of each turn */
     ts_sync_update_t **out;
     size_t nout, out_cap;
@@ -293,6 +297,7 @@ void sync_on_stream_result(sync_t *self, ts_api_result_t *res);
 /* check.c: consistency checks */
 void sync_check_finish(sync_t *self, check_t *k);
 void sync_checks_start_all(sync_t *self);
+void sync_check_soon(sync_t *self, const char *why);
 void sync_list_page(sync_t *self, check_t *k, round_t *rd, const char *coll, const char *since);
 void sync_check_repair(sync_t *self, check_t *k);
 void sync_on_digest_local(sync_t *self, ts_digest_t *dg);

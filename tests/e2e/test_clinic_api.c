@@ -795,7 +795,7 @@ Test(digest, matches_hash_computed_here, .init = start_logged_in, .fini = stop_s
     cr_assert_str_eq(str(j, "hash"), hex);
     cJSON_Delete(j);
 
-    /* Ids chosen so that byte order differs from insertion and case order. */
+    /* The lines id:version\n (?form=version); ids chosen so that byte order differs from insertion and case order. */
     const char *ids[] = {"b", "B", "a-2", "a_1", "Z9", "a", "0x"};
     char body[64];
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
@@ -812,9 +812,16 @@ Test(digest, matches_hash_computed_here, .init = start_logged_in, .fini = stop_s
     /* Byte order: "0x" < "B" < "Z9" < "a-2" < "a_1" < "b" ('-'=0x2d, '_'=0x5f). */
     const char *expect = "0x:1\nB:3\nZ9:1\na-2:1\na_1:1\nb:1\n";
     ts_sha256_hex(expect, strlen(expect), hex);
-    j = call_json("GET", "/v1/sessions/digest", NULL, NULL, NULL, 200);
+    j = call_json("GET", "/v1/sessions/digest?form=version", NULL, NULL, NULL, 200);
     cr_assert_eq(num(j, "count"), 6);
     cr_assert_str_eq(str(j, "hash"), hex);
+    cr_assert_str_eq(str(j, "form"), "version");
+    cJSON_Delete(j);
+    /* the default covers the bodies too (test_sync checks its lines) */
+    j = call_json("GET", "/v1/sessions/digest", NULL, NULL, NULL, 200);
+    cr_assert_eq(num(j, "count"), 6);
+    cr_assert_str_neq(str(j, "hash"), hex);
+    cr_assert_str_eq(str(j, "form"), "content");
     cJSON_Delete(j);
 }
 

@@ -3,6 +3,8 @@
  * time; the suite shows how sync behaves under each kind of trouble. */
 #include "../support/clinic.h"
 #include "../support/engine.h"
+#include "therasync/sha256.h"
+#include "therasync/util.h"
 
 #include <criterion/criterion.h>
 #include <signal.h>
@@ -1104,6 +1106,11 @@ Test(sync, a_reused_key_inside_a_batch_sends_just_that_write_again)
     char *text = cJSON_PrintUnformatted(audit);
     cr_assert_not_null(strstr(text, "\"rekeyed\""), "%s", text);
     cr_assert_null(strstr(text, "rejected"), "%s", text);
+    /* the write sent again under a new key is a new line after "rekeyed",
+       not one dated back to the original's acceptance */
+    char *rekeyed = strstr(text, "\"event\":\"rekeyed\"");
+    char *again = strstr(text, "\"client\":\"rekeyed\"");
+    cr_assert(rekeyed && again && again > rekeyed, "the new write listed first: %s", text);
     free(text);
     cJSON_Delete(audit);
 }
@@ -1426,4 +1433,372 @@ Test(sync, remote_changes_are_audited_and_filters_are_checked)
     cr_assert_eq(ts_rpc_error_code(r), -32602, "an unknown event filter: %s",
                  cJSON_PrintUnformatted(r));
     cJSON_Delete(r);
+}
+
+/* ---- content digests: drift at the same version ------------------------------ */
+
+/* A hand fix at the clinic: the body of sessions/id becomes fields, its
+ * version stays (POST /_control/docs/...). */
+static void hand_fix(const char *id, const char *fields)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/_control/docs/sessions/%s", id);
+    cJSON *doc = NULL;
+    cr_assert_eq(ts_clinic_call(&api, "POST", path, fields, &doc), 200, "the hand fix of %s", id);
+    cJSON_Delete(doc);
+}
+
+/* Waits until the engine's id has field k == want; its document or NULL. */
+static cJSON *wait_field(ts_engine_t *e, const char *id, const char *k, long long want,
+                         int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (now_ms() < end) {
+        cJSON *doc = engine_doc(e, id);
+        if (doc && field_int(doc, k) == want)
+            return doc;
+        cJSON_Delete(doc);
+        sleep_ms(100);
+    }
+    return NULL;
+}
+
+/* The audit lines of id with this event (an array the caller deletes). */
+static cJSON *audit_lines(ts_engine_t *e, const char *id, const char *event)
+{
+    char p[160];
+    snprintf(p, sizeof p, "{\"id\":\"%s\",\"event\":\"%s\"}", id, event);
+    cJSON *r = call(e, "audit", p);
+    cJSON *lines = cJSON_DetachItemFromObject(ts_rpc_result(r), "entries");
+    cJSON_Delete(r);
+    return lines;
+}
+
+/* The server's body changes at the same version (a restore, a hand fix):
+ * the periodic check finds it by content and puts the server's body in
+ * place; the audit says so, with before and after versions, and no body. */
+Test(sync, same_version_drift_is_found_by_the_periodic_check)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 1, digest_soon_s = 0 }\n"),
+                 0);
+    create(&engine, "h1", "\"k\":1,\"note\":\"kept\"");
+    create(&engine, "h2", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("h1", "{\"k\":7,\"note\":\"fixed by hand\"}");
+    cJSON *s = server_doc("h1");
+    cr_assert_eq(field_int(s, "version"), 1, "the hand fix kept the version");
+    cJSON *mine = wait_field(&engine, "h1", "k", 7, 15000);
+    cr_assert_not_null(mine, "the periodic check repaired h1");
+    cr_assert_eq(field_int(mine, "version"), field_int(s, "version"));
+    cr_assert_str_eq(field_str(mine, "note"), field_str(s, "note"), "the server's body");
+    cr_assert_str_eq(field_str(mine, "updated_at"), field_str(s, "updated_at"));
+    cJSON_Delete(mine);
+    cJSON_Delete(s);
+    cJSON *lines = audit_lines(&engine, "h1", "repaired");
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert_eq(cJSON_GetArraySize(lines), 1, "one repair: %s", text);
+    const cJSON *x = cJSON_GetArrayItem(lines, 0);
+    cr_assert_eq(field_int(x, "version"), 1, "%s", text);
+    cr_assert_str_eq(field_str(x, "reason"),
+                     "digest repair from version 1 to 1, content differed", "%s", text);
+    cr_assert_null(strstr(text, "by hand"), "a body in the audit: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    lines = audit_lines(&engine, "h2", "repaired");
+    cr_assert_eq(cJSON_GetArraySize(lines), 0, "h2 did not drift");
+    cJSON_Delete(lines);
+    cr_assert_geq(status_int(&engine, "repairs"), 1);
+}
+
+/* `invalidate` refetches and repairs the same drift (and audits nothing
+ * when nothing differs). */
+Test(sync, same_version_drift_is_repaired_by_invalidate)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 0, digest_soon_s = 0 }\n"),
+                 0);
+    create(&engine, "i1", "\"k\":1,\"m\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("i1", "{\"k\":8,\"m\":1}");
+    sleep_ms(1000);
+    cJSON *mine = engine_doc(&engine, "i1");
+    cr_assert_eq(field_int(mine, "k"), 1, "nothing but invalidate looks (no periodic check)");
+    cJSON_Delete(mine);
+    cJSON *r = call(&engine, "invalidate", "{\"collection\":\"sessions\"}");
+    cr_assert_eq(field_int(ts_rpc_result(r), "invalidated"), 1, "%s", cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    mine = wait_field(&engine, "i1", "k", 8, 5000);
+    cr_assert_not_null(mine, "invalidate repaired i1");
+    cr_assert_eq(field_int(mine, "version"), 1);
+    cJSON_Delete(mine);
+    cJSON *lines = audit_lines(&engine, "i1", "repaired");
+    char *text = cJSON_PrintUnformatted(lines);
+    int n = cJSON_GetArraySize(lines);
+    cr_assert_geq(n, 1, "%s", text);
+    cr_assert_str_eq(field_str(cJSON_GetArrayItem(lines, n - 1), "reason"),
+                     "invalidate repair from version 1 to 1, content differed", "%s", text);
+    free(text);
+    cJSON_Delete(lines);
+    /* nothing differs now: a second invalidate repairs nothing */
+    cJSON_Delete(call(&engine, "invalidate", "{\"collection\":\"sessions\"}"));
+    sleep_ms(300);
+    cJSON *again = audit_lines(&engine, "i1", "repaired");
+    cr_assert_eq(cJSON_GetArraySize(again), n, "an invalidate with no drift audited a repair");
+    cJSON_Delete(again);
+}
+
+/* The digest's two forms: content (the default) covers the body, version
+ * (the older form) only ids and versions; an unknown form is refused. */
+Test(sync, digest_forms_content_by_default_and_version_on_request)
+{
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"f1\",\"k\":1}", NULL), 201);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/v1/sessions", "{\"id\":\"f2\",\"a\":[1.5,\"x\"]}",
+                                NULL),
+                 201);
+    /* expected, by the definition in docs/CLINIC_API.md */
+    char lines[1024] = "", vlines[256] = "";
+    const char *ids[] = {"f1", "f2"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *doc = server_doc(ids[i]);
+        char body[256], sum[65];
+        snprintf(body, sizeof body, "{\"version\":1,\"updated_at\":\"%s\",%s}",
+                 field_str(doc, "updated_at"), i == 0 ? "\"k\":1" : "\"a\":[1.5,\"x\"]");
+        ts_sha256_hex(body, strlen(body), sum);
+        size_t at = strlen(lines), vat = strlen(vlines);
+        snprintf(lines + at, sizeof lines - at, "%s:1:%s\n", ids[i], sum);
+        snprintf(vlines + vat, sizeof vlines - vat, "%s:1\n", ids[i]);
+        cJSON_Delete(doc);
+    }
+    char want[65], vwant[65];
+    ts_sha256_hex(lines, strlen(lines), want);
+    ts_sha256_hex(vlines, strlen(vlines), vwant);
+    cJSON *d;
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "form"), "content");
+    cr_assert_str_eq(field_str(d, "hash"), want);
+    cr_assert_eq(field_int(d, "count"), 2);
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=version", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "form"), "version");
+    cr_assert_str_eq(field_str(d, "hash"), vwant);
+    cJSON_Delete(d);
+    hand_fix("f1", "{\"k\":2}");
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest", NULL, &d), 200);
+    cr_assert_str_neq(field_str(d, "hash"), want, "the content form sees the hand fix");
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=version", NULL, &d), 200);
+    cr_assert_str_eq(field_str(d, "hash"), vwant, "the version form does not");
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "GET", "/v1/sessions/digest?form=bodies", NULL, &d), 400);
+    cJSON_Delete(d);
+    cr_assert_eq(ts_clinic_call(&api, "POST", "/_control/docs/sessions/nope", "{}", NULL), 404);
+}
+
+/* How many lines of a log contain needle. */
+static int log_count(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* Engine and server hash the same canonical bytes whatever the stored
+ * text's spelling: a document written into clinic-api's database by hand
+ * with spaces, 1.50, -0.0, 1e2 and escapes (\u00e9, \/) reaches the engine
+ * through the feed and is not "repaired" by the check that repairs a real
+ * drift beside it. */
+Test(sync, odd_spellings_hash_the_same_on_both_sides)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "sp2", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    ts_clinic_stop(&api);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/clinic-api.db", api.dir);
+    sqlite3 *db;
+    cr_assert_eq(sqlite3_open(path, &db), SQLITE_OK);
+    const char *sql =
+        "INSERT INTO docs(coll, id, version, deleted, cursor, body) VALUES('sessions', 'sp1', 1, 0,"
+        " (SELECT max(cursor) + 1 FROM docs), '{ \"id\" : \"sp1\", \"version\": 1,"
+        " \"updated_at\": \"2026-01-01T00:00:00Z\", \"x\": 1.50, \"s\": \"caf\\u00e9 \\/ \\\"q\\\"\","
+        " \"n\": {\"b\": [1e2, -0.0, true, null], \"t\": \"\\t\"}}')";
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(db, sql, NULL, NULL, &err), SQLITE_OK, "%s", err ? err : "");
+    sqlite3_close(db);
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
+    wait_doc(&engine, "sp1", 15000, "sp1 came through the feed");
+    hand_fix("sp2", "{\"k\":7}");
+    cJSON_Delete(call(&engine, "sync", NULL)); /* a check follows */
+    cJSON *mine = wait_field(&engine, "sp2", "k", 7, 15000);
+    cr_assert_not_null(mine, "the check repaired the real drift");
+    cJSON_Delete(mine);
+    mine = engine_doc(&engine, "sp1");
+    cr_assert_str_eq(field_str(mine, "s"), "caf\u00e9 / \"q\"");
+    cJSON_Delete(mine);
+    cJSON *lines = audit_lines(&engine, "sp1", "repaired");
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert_eq(cJSON_GetArraySize(lines), 0, "the spelling counted as drift: %s", text);
+    free(text);
+    cJSON_Delete(lines);
+    /* the digests now agree: the next check lists nothing */
+    int before = log_count(engine.proc.log_path, "digest of sessions differs");
+    cr_assert_geq(before, 1, "the first check listed");
+    cJSON_Delete(call(&engine, "sync", NULL));
+    sleep_ms(1500);
+    cr_assert_eq(log_count(engine.proc.log_path, "digest of sessions differs"), before,
+                 "engine and server hash sp1 differently");
+}
+
+/* After a reconnect a check comes within sync.digest_soon_s, not a whole
+ * sync.digest_interval_s later. */
+Test(sync, a_check_follows_a_reconnect_soon)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api,
+                                        "sync = { digest_interval_s = 3600, digest_soon_s = 1,"
+                                        " offline_after = 1 }\n"),
+                 0);
+    create(&engine, "r1", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    hand_fix("r1", "{\"k\":7}"); /* before: offline, the token could not be had */
+    sleep_ms(500);
+    cJSON *before = engine_doc(&engine, "r1");
+    cr_assert_eq(field_int(before, "k"), 1, "no check before the reconnect");
+    cJSON_Delete(before);
+    cr_assert_eq(ts_clinic_faults(&api, "{\"offline\":true}"), 0);
+    create(&engine, "r2", "\"k\":1"); /* its push fails: offline */
+    for (int i = 0; i < 200 && status_online(&engine); i++)
+        sleep_ms(50);
+    cr_assert(!status_online(&engine), "the engine did not go offline");
+    cr_assert_eq(ts_clinic_faults(&api, "{}"), 0);
+    cJSON *mine = wait_field(&engine, "r1", "k", 7, 20000);
+    cr_assert_not_null(mine, "no check soon after the reconnect");
+    cJSON_Delete(mine);
+    cr_assert(wait_synced(&engine, 10000));
+}
+
+/* ---- audit: each line at the time of its event ------------------------------- */
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* An audit line's time (ms), -1 when it has none. */
+static int64_t line_at(const cJSON *x)
+{
+    int64_t at;
+    return ts_parse_rfc3339(field_str(x, "at"), &at) ? -1 : at;
+}
+
+/* A write that meets a conflict is re-sent, as the merge, under a new
+ * mutation id: that write's lines carry the times it was made and sent
+ * (after the conflict), not the original write's, and are listed after
+ * the conflict line, which names the policy's outcome. */
+Test(sync, a_conflicts_resent_write_is_audited_at_its_own_time)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    cr_assert_eq(ts_engine_start_synced(&engine2, &api, NULL), 0);
+    create(&engine, "ca", "\"a\":0,\"b\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    wait_doc(&engine2, "ca", 10000, "engine2 received the document");
+    ts_clinic_faults(&api, "{\"offline\":true}");
+    update(&engine, "ca", "{\"a\":1}");
+    update(&engine2, "ca", "{\"b\":2}");
+    sleep_ms(1200); /* the writes are well older than their conflict */
+    int64_t back = wall_ms();
+    ts_clinic_faults(&api, "{}");
+    cr_assert(wait_synced(&engine, 30000));
+    cr_assert(wait_synced(&engine2, 30000));
+    int64_t done = wall_ms();
+    cJSON *entries = NULL;
+    const cJSON *conflict = NULL;
+    int at_conflict = -1;
+    for (int e = 0; e < 2 && !conflict; e++) {
+        cJSON_Delete(entries);
+        cJSON *r = call(e ? &engine2 : &engine, "audit", "{\"id\":\"ca\"}");
+        entries = cJSON_DetachItemFromObject(ts_rpc_result(r), "entries");
+        cJSON_Delete(r);
+        for (int i = 0; i < cJSON_GetArraySize(entries) && !conflict; i++)
+            if (!strcmp(field_str(cJSON_GetArrayItem(entries, i), "event"), "conflict"))
+                conflict = cJSON_GetArrayItem(entries, at_conflict = i);
+    }
+    char *text = cJSON_PrintUnformatted(entries);
+    cr_assert_not_null(conflict, "no engine audited a conflict: %s", text);
+    cr_assert_str_eq(field_str(conflict, "reason"), "merge", "the outcome: %s", text);
+    int64_t tc = line_at(conflict);
+    cr_assert(tc >= back && tc <= done, "the conflict line's time: %s", text);
+    const char *original = field_str(conflict, "mutation");
+    /* the re-sent write: the mutation that first shows up after the conflict */
+    const char *resent = NULL;
+    for (int i = 0; i < cJSON_GetArraySize(entries); i++) {
+        const cJSON *x = cJSON_GetArrayItem(entries, i);
+        const char *m = field_str(x, "mutation");
+        if (i > 0)
+            cr_assert_geq(line_at(x), line_at(cJSON_GetArrayItem(entries, i - 1)),
+                          "listed out of time order: %s", text);
+        if (!*m || !strcmp(m, original))
+            continue;
+        if (!resent && !strcmp(field_str(x, "event"), "accepted") && i > at_conflict)
+            resent = m;
+        if (resent && !strcmp(m, resent)) {
+            cr_assert_gt(i, at_conflict, "a line of the re-sent write before the conflict: %s",
+                         text);
+            cr_assert_geq(line_at(x), tc, "a line of the re-sent write older than the conflict: %s",
+                          text);
+        }
+    }
+    if (!resent) { /* before the fix its accepted line came first, at the original's time */
+        for (int i = 0; i < at_conflict; i++) {
+            const cJSON *x = cJSON_GetArrayItem(entries, i);
+            const char *m = field_str(x, "mutation");
+            cr_assert(!*m || !strcmp(m, original) ||
+                          strcmp(field_str(x, "event"), "accepted") ||
+                          line_at(x) >= tc,
+                      "the re-sent write listed at the original's time: %s", text);
+        }
+    }
+    cr_assert_not_null(resent, "no re-sent write after the conflict: %s", text);
+    bool sent = false;
+    cJSON_ArrayForEach(conflict, entries)
+        sent |= !strcmp(field_str(conflict, "mutation"), resent) &&
+                !strcmp(field_str(conflict, "event"), "sent");
+    cr_assert(sent, "the re-sent write's send is audited: %s", text);
+    free(text);
+    cJSON_Delete(entries);
+}
+
+/* A write rejected by the server and the later write that depended on it
+ * are each audited as rejected, at the time they were rolled back. */
+Test(sync, rollbacks_are_audited_at_their_time)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "ok2", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    cr_assert_eq(ts_clinic_faults(&api, "{\"offline\":true}"), 0);
+    create(&engine, "rb", "\"k\":1");
+    update(&engine, "rb", "{\"k\":2}");
+    sleep_ms(1200);
+    int64_t back = wall_ms();
+    cr_assert_eq(ts_clinic_faults(&api, "{\"fail_rate\":1,\"status\":422}"), 0);
+    cr_assert(wait_synced(&engine, 20000));
+    int64_t done = wall_ms();
+    ts_clinic_faults(&api, "{}");
+    cJSON *lines = audit_lines(&engine, "rb", "rejected");
+    char *text = cJSON_PrintUnformatted(lines);
+    cr_assert_eq(cJSON_GetArraySize(lines), 2, "the create and its dependent: %s", text);
+    const cJSON *x;
+    cJSON_ArrayForEach(x, lines)
+        cr_assert(line_at(x) >= back && line_at(x) <= done, "a rollback's time: %s", text);
+    cr_assert(!strncmp(field_str(cJSON_GetArrayItem(lines, 1), "reason"), "rolled_back", 11),
+              "%s", text);
+    free(text);
+    cJSON_Delete(lines);
 }

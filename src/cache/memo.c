@@ -105,6 +105,7 @@ static row_t *rows_of(ts_cache_run_t *run, bool *patchable)
         rows[i].len = r->len;
         rows[i].key = (ts_okey_t){.kind = r->kind, .num = r->num, .len = r->str_len,
                                   .str = r->kind == TS_OKEY_STR ? rows[i].text + r->len : NULL};
+        ts_row_key_prefix(&rows[i]);
         *patchable &= row_id(&rows[i]);
     }
     return rows;
@@ -711,6 +712,7 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             r.len = (uint32_t)b.len;
             if (r.key.kind == TS_OKEY_STR)
                 r.key.str = r.text + r.len;
+            ts_row_key_prefix(&r);
             free(key_str);
             ts_buf_free(&b);
             if (e->nrows == e->caprows) {

@@ -96,7 +96,8 @@ static ts_hot_group_t *copy_of(cache_t *self, const char *key, size_t len)
             c->rows = ts_xmalloc((e->nrows ? e->nrows : 1) * sizeof *c->rows);
             for (size_t k = 0; k < e->nrows; k++) {
                 const row_t *r = &e->rows[k];
-                c->rows[k] = (ts_row_t){.text = r->text, .len = r->len, .key = r->key};
+                c->rows[k] = (ts_row_t){.text = r->text, .len = r->len, .key = r->key,
+                                        .pre = {r->pre[0], r->pre[1]}};
                 ts_row_block_ref(r->text);
             }
             c->nrows = e->nrows;

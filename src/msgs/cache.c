@@ -140,13 +140,45 @@ void ts_row_block_unref(const char *text)
         free(b);
 }
 
+static void prefix_of(const ts_okey_t *k, uint64_t pre[2])
+{
+    unsigned char b[16] = {0};
+    if (k->kind == TS_OKEY_STR && k->str)
+        memcpy(b, k->str, k->len < 16 ? k->len : 16);
+    pre[0] = pre[1] = 0;
+    for (int i = 0; i < 8; i++) {
+        pre[0] = pre[0] << 8 | b[i];
+        pre[1] = pre[1] << 8 | b[8 + i];
+    }
+}
+
+void ts_row_key_prefix(ts_row_t *r)
+{
+    prefix_of(&r->key, r->pre);
+}
+
+/* ts_okey_cmp(&r->key, v), settled by the prefixes when they differ: the
+ * zero padding orders a shorter string first, as ts_okey_cmp does. */
+static int row_key_cmp(const ts_row_t *r, const ts_okey_t *v, const uint64_t vpre[2])
+{
+    if (r->key.kind == TS_OKEY_STR && v->kind == TS_OKEY_STR) {
+        if (r->pre[0] != vpre[0])
+            return r->pre[0] < vpre[0] ? -1 : 1;
+        if (r->pre[1] != vpre[1])
+            return r->pre[1] < vpre[1] ? -1 : 1;
+    }
+    return ts_okey_cmp(&r->key, v);
+}
+
 /* First row whose order key is >= v. */
 static size_t rows_from(const ts_row_t *rows, size_t n, const ts_okey_t *v)
 {
+    uint64_t vpre[2];
+    prefix_of(v, vpre);
     size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (ts_okey_cmp(&rows[mid].key, v) < 0)
+        if (row_key_cmp(&rows[mid], v, vpre) < 0)
             lo = mid + 1;
         else
             hi = mid;

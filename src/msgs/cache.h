@@ -175,8 +175,13 @@ typedef struct {
     uint32_t len;
     uint8_t id_len;
     ts_okey_t key;        /* key.str in the same block */
+    uint64_t pre[2];      /* a string key's first 16 bytes, big-endian (zero padded): most
+                             comparisons end here, without touching the block */
     char *id;             /* the cache's rows own one; NULL in a copy */
 } ts_row_t;
+
+/* Sets r->pre from r->key (after r->key is set). */
+void ts_row_key_prefix(ts_row_t *r);
 
 /* A block holding text and then key (either may be empty); returns the
  * text, which names the block for ref and unref. */

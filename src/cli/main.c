@@ -7,6 +7,7 @@
 #include "therasync/policy_tools.h"
 
 #include "therasync/json.h"
+#include "therasync/persist.h"
 #include "therasync/util.h"
 
 #include <errno.h>
@@ -49,6 +50,10 @@ static const char usage_text[] =
     "  ping\n"
     "  policy reload|info                      reload the policies / show what is loaded\n"
     "  policy test DIR | policy check DIR      run *_test.lua files / load-check a directory\n"
+    "  rekey --data DIR [--key FILE] --new-key FILE\n"
+    "                                          re-seal a stopped daemon's store under a new\n"
+    "                                          key (--key: its key now; none: seal a plain\n"
+    "                                          store); see SECURITY.md\n"
     "\n"
     "options:\n"
     "  --endpoint ZMQ   front door (default " DEFAULT_ENDPOINT ", or $THERASYNC_ENDPOINT)\n"
@@ -79,6 +84,7 @@ typedef struct {
     int64_t count;   /* watch --count, 0 = unbounded */
     int64_t for_s;   /* watch --for, 0 = unbounded */
     const char *mode;/* live --mode */
+    const char *data, *key, *new_key; /* rekey --data, --key, --new-key (files, never keys) */
     const char *args[MAX_ARGS]; /* command and its positional arguments */
     int nargs;
 } opts_t;
@@ -140,7 +146,8 @@ static int parse_args(int argc, char **argv, opts_t *o)
         static const char *const valued[] = {"--endpoint", "--events", "--timeout",
                                              "--base-version", "--collection", "--id",
                                              "--since", "--limit", "--count", "--for",
-                                             "--mode", "--until", "--event", NULL};
+                                             "--mode", "--until", "--event", "--data", "--key",
+                                             "--new-key", NULL};
         const char *eq = strchr(a, '=');
         size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
@@ -187,6 +194,12 @@ static int parse_args(int argc, char **argv, opts_t *o)
         } else if (strcmp(name, "--for") == 0) {
             if (parse_int_opt(name, v, 1, &o->for_s))
                 return CLI_EXIT_USAGE;
+        } else if (strcmp(name, "--data") == 0) {
+            o->data = v;
+        } else if (strcmp(name, "--key") == 0) {
+            o->key = v;
+        } else if (strcmp(name, "--new-key") == 0) {
+            o->new_key = v;
         } else if (strcmp(name, "--mode") == 0) {
             if (strcmp(v, "diff") && strcmp(v, "full"))
                 return usage_error("--mode is diff or full, not %s", v);
@@ -518,6 +531,21 @@ static int cmd_policy(cmd_ctx_t *c, int argc, const char **argv)
     return usage_error("%s", "usage: policy reload | policy info | policy test DIR | policy check DIR");
 }
 
+/* ---- rekey: on the data dir of a stopped daemon, not through it ---- */
+
+static int cmd_rekey(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)argc, (void)argv;
+    if (!c->o->data || !c->o->new_key)
+        return usage_error("%s", "usage: therasync rekey --data DIR [--key FILE] --new-key FILE");
+    char err[1024] = "";
+    if (ts_persist_rekey(c->o->data, c->o->key, c->o->new_key, err, sizeof err)) {
+        fprintf(stderr, "therasync: rekey: %s; the store is unchanged\n", err);
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
 /* ---- watch: SUB to the events socket ---- */
 
 static volatile sig_atomic_t stop_requested;
@@ -754,6 +782,7 @@ static const command_t commands[] = {
     {"sync", 0, 0, true, cmd_sync, "sync"},
     {"ping", 0, 0, true, cmd_ping, "ping"},
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},
+    {"rekey", 0, 0, false, cmd_rekey, "rekey --data DIR [--key FILE] --new-key FILE"},
 };
 
 int main(int argc, char **argv)

@@ -46,6 +46,7 @@ static ts_record_t *recovered(persist_t *self, ts_chunk_t **chunk, int *in_fligh
 /* Reads the outbox's mutations in seq order: the packed ones not gone,
  * merged with the rows (from before packs, and rewrites). */
 typedef struct {
+    persist_t *self;
     sqlite3_stmt *rows, *packs;
     bool row;              /* rows is at a row */
     const char *pack;      /* the pack being read (packs' current blob) */
@@ -58,6 +59,8 @@ typedef struct {
     bool match;            /* matches is at a row */
     size_t nmatched, nstale;
     int64_t first_seq;     /* the first pending mutation's (0: none yet) */
+    ts_buf_t pack_plain, row_plain; /* a sealed pack, and a row's body, opened */
+    size_t unopened;       /* sealed values that did not open (damaged rows) */
 } outbox_reader_t;
 
 /* Moves to the next packed mutation that is not gone. */
@@ -78,20 +81,29 @@ static void next_packed(outbox_reader_t *o)
             o->pack = NULL;
             return;
         }
-        o->pack = sqlite3_column_blob(o->packs, 0);
-        o->len = (size_t)sqlite3_column_bytes(o->packs, 0);
         o->pos = 0;
+        if (persist_column_value(o->self, o->packs, 0, "pack", "", "",
+                                 sqlite3_column_int64(o->packs, 1), &o->pack_plain, &o->pack,
+                                 &o->len) || !o->pack) {
+            o->unopened++;
+            ts_error(LOG, "recovery: the outbox pack at seq %lld does not open with the store's "
+                          "key (damaged); its writes are not pending any more",
+                     (long long)sqlite3_column_int64(o->packs, 1));
+            o->pack = "";
+            o->len = 0;
+        }
     }
 }
 
 static int open_outbox_reader(persist_t *self, outbox_reader_t *o)
 {
+    o->self = self;
     if (persist_load_gone(self, &o->gone, &o->ngone) ||
         sqlite3_prepare_v2(self->db,
                            "SELECT coll, doc_id, base_version, body, seq, mutation, op, at FROM "
                            "outbox ORDER BY seq",
                            -1, &o->rows, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(self->db, "SELECT records FROM outbox_pack ORDER BY first_seq", -1,
+        sqlite3_prepare_v2(self->db, "SELECT records, first_seq FROM outbox_pack ORDER BY first_seq", -1,
                            &o->packs, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(self->db, "SELECT seq, version FROM outbox_match ORDER BY seq", -1,
                            &o->matches, NULL) != SQLITE_OK)
@@ -108,6 +120,8 @@ static void close_outbox_reader(outbox_reader_t *o)
     sqlite3_finalize(o->packs);
     sqlite3_finalize(o->matches);
     free(o->gone);
+    ts_buf_free(&o->pack_plain);
+    ts_buf_free(&o->row_plain);
 }
 
 /* The If-Match of the pending mutation seq made on base_version: its row
@@ -146,8 +160,12 @@ static bool read_mutation(persist_t *self, outbox_reader_t *o, ts_chunk_t **chun
         m.mutation = (const char *)sqlite3_column_text(row, 5);
         m.collection = (const char *)sqlite3_column_text(row, 0);
         m.doc_id = (const char *)sqlite3_column_text(row, 1);
-        m.body = (const char *)sqlite3_column_text(row, 3); /* text first, then its size */
-        m.body_len = (size_t)sqlite3_column_bytes(row, 3);
+        if (m.collection && m.doc_id &&
+            persist_column_value(self, row, 3, "outbox", m.collection, m.doc_id, m.seq,
+                                 &o->row_plain, &m.body, &m.body_len)) {
+            o->unopened++;
+            m.collection = NULL; /* skipped as damaged */
+        }
     }
     if (m.collection && m.doc_id) { /* else a damaged row: skipped */
         ts_record_t *r = recovered(self, chunk, in_flight, TS_REC_MUTATION, m.collection,
@@ -176,6 +194,8 @@ void persist_recover(persist_t *self)
     size_t total = 0;
     bool failed = false;
     ts_chunk_t *chunk = NULL;
+    ts_buf_t plain = {0}; /* a sealed value opened */
+    size_t unopened = 0;
     /* The server's versions first, then the pending mutations on them. */
     sqlite3_stmt *stmt;
     if (sqlite3_prepare_v2(self->db, "SELECT coll, doc_id, version, body FROM docs", -1, &stmt,
@@ -184,10 +204,15 @@ void persist_recover(persist_t *self)
         while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
             const char *coll = (const char *)sqlite3_column_text(stmt, 0);
             const char *id = (const char *)sqlite3_column_text(stmt, 1);
-            const char *body = (const char *)sqlite3_column_text(stmt, 3); /* then its size */
-            size_t body_len = (size_t)sqlite3_column_bytes(stmt, 3);
+            const char *body;
+            size_t body_len;
             if (!coll || !id)
                 continue;
+            if (persist_column_value(self, stmt, 3, "docs", coll, id,
+                                     sqlite3_column_int64(stmt, 2), &plain, &body, &body_len)) {
+                unopened++;
+                continue;
+            }
             ts_record_t *r = recovered(self, &chunk, &in_flight, TS_REC_CONFIRMED, coll, id, body,
                                        body_len);
             if (!r) {
@@ -217,6 +242,7 @@ void persist_recover(persist_t *self)
         o.match = sqlite3_step(o.matches) == SQLITE_ROW;
     }
     self->matches = (int64_t)(o.nmatched + o.nstale);
+    unopened += o.unopened;
     if (o.nstale && !failed) { /* those before the first pending mutation go */
         char sql[96];
         snprintf(sql, sizeof sql, "DELETE FROM outbox_match WHERE seq < %lld",
@@ -233,7 +259,13 @@ void persist_recover(persist_t *self)
     if (sqlite3_prepare_v2(self->db, "SELECT value FROM meta WHERE key = 'cursor'", -1, &stmt,
                            NULL) == SQLITE_OK &&
         sqlite3_step(stmt) == SQLITE_ROW) {
-        const char *cursor = (const char *)sqlite3_column_text(stmt, 0);
+        const char *cursor;
+        size_t cursor_len;
+        if (persist_column_value(self, stmt, 0, "meta", "cursor", "", 0, &plain, &cursor,
+                                 &cursor_len)) {
+            unopened++;
+            cursor = NULL; /* the feed starts over */
+        }
         chunk = ts_chunk_new(4096);
         if (cursor && strlen(cursor) < 1024 &&
             ts_chunk_add(chunk, TS_REC_CURSOR, "-", "-", cursor, strlen(cursor)))
@@ -242,6 +274,10 @@ void persist_recover(persist_t *self)
             free(chunk);
     }
     sqlite3_finalize(stmt);
+    ts_buf_free(&plain);
+    if (unopened)
+        ts_error(LOG, "recovery: %zu sealed values did not open with the store's key (damaged or "
+                      "moved rows); they were skipped", unopened);
     ts_send_RECOVERED(self->to_store, NULL, 0);
     ts_info(LOG, "recovered %zu records in %.3f s", total, (ts_mono_us() - start) / 1e6);
     /* From now on keep more pages: confirmations update documents all over

@@ -57,6 +57,7 @@ void ts_config_free(ts_config_t *c)
     free(c->auth.client_secret);
     free(c->auth.client_secret_file);
     free(c->auth.token_url);
+    free(c->storage.key_file);
     cJSON_Delete(c->clinic);
     memset(c, 0, sizeof *c);
 }
@@ -229,6 +230,10 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             read_string(L, t, "token_url", &c->auth.token_url, err, errlen))
             goto strings_done;
     }
+    lua_pop(L, 1);
+    if (lua_getglobal(L, "storage") == LUA_TTABLE &&
+        read_string(L, lua_gettop(L), "key_file", &c->storage.key_file, err, errlen))
+        goto strings_done;
     lua_pop(L, 1);
     if (lua_getglobal(L, "lua") == LUA_TTABLE) {
         int t = lua_gettop(L);

@@ -169,9 +169,7 @@ int persist_drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *
         return 0;
     s = self->archive_packed;
     persist_bind_accepted(s, &m);
-    if (r->event[0])
-        persist_bind_outcome(self, s, 7, r);
-    rc = sqlite3_step(s);
+    rc = r->event[0] && persist_bind_outcome(self, s, 7, r) ? SQLITE_NOMEM : sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     if (rc != SQLITE_DONE)

@@ -115,7 +115,7 @@ bool persist_is_gone(const int64_t *gone, size_t n, int64_t seq);
 
 /* records.c */
 int persist_write_record(persist_t *self, const ts_record_t *r);
-void persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop);
+int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop);
 
 /* audit.c */
 void persist_answer_audit(persist_t *self, ts_call_t *call);

@@ -24,7 +24,7 @@ static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v)
 
 /* A DROP's first send and outcome, bound from parameter first on: sent_at,
  * sent_version, outcome, outcome_at, outcome_version, reason. */
-void persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop)
+int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop)
 {
     bind_int64_or_null(s, first, drop->sent_ms);
     sqlite3_bind_int64(s, first + 1, drop->sent_version);
@@ -32,8 +32,8 @@ void persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_
     sqlite3_bind_int64(s, first + 3, drop->at_ms);
     sqlite3_bind_int64(s, first + 4, drop->version);
     /* a server's reason can quote the document: sealed */
-    persist_bind_value(self, s, first + 5, "audit", drop->collection, drop->doc_id, 0, drop->body,
-                       drop->body_len, false);
+    return persist_bind_value(self, s, first + 5, "audit", drop->collection, drop->doc_id, 0,
+                              drop->body, drop->body_len, false);
 }
 
 /* The send and outcome of a DROP whose mutation is not in the outbox, as
@@ -105,9 +105,8 @@ int persist_write_record(persist_t *self, const ts_record_t *r)
             return dropped < 0 ? -1 : 0;
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
-        if (r->event[0])
-            persist_bind_outcome(self, a, 2, r);
-        int rc = sqlite3_step(a);
+        int rc = r->event[0] && persist_bind_outcome(self, a, 2, r) ? SQLITE_NOMEM
+                                                                    : sqlite3_step(a);
         sqlite3_reset(a);
         sqlite3_clear_bindings(a);
         if (rc != SQLITE_DONE)

@@ -130,6 +130,10 @@ int persist_seal_load(const ts_config_t *config, ts_seal_t **out, char *err, siz
 void persist_seal_free(ts_seal_t *k);
 const char *persist_seal_id(const ts_seal_t *k);
 void persist_seal_ad(ts_buf_t *ad, const char *tag, const char *a, const char *b, int64_t n);
+/* A sealed value opened into out with its associated data: 0, or -1.
+ * Reads the key only: any thread may call it. */
+int persist_seal_open(const ts_seal_t *k, const void *sealed, size_t len, const ts_buf_t *ad,
+                      ts_buf_t *out);
 int persist_bind_value(persist_t *self, sqlite3_stmt *s, int i, const char *tag, const char *a,
                        const char *b, int64_t n, const char *value, size_t len, bool blob);
 int persist_column_value(persist_t *self, sqlite3_stmt *s, int col, const char *tag,

@@ -172,6 +172,12 @@ static int unseal(const ts_seal_t *k, const void *sealed, size_t len, const ts_b
     return 0;
 }
 
+int persist_seal_open(const ts_seal_t *k, const void *sealed, size_t len, const ts_buf_t *ad,
+                      ts_buf_t *out)
+{
+    return unseal(k, sealed, len, ad, out);
+}
+
 int persist_bind_value(persist_t *self, sqlite3_stmt *s, int i, const char *tag, const char *a,
                        const char *b, int64_t n, const char *value, size_t len, bool blob)
 {

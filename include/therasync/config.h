@@ -33,6 +33,10 @@ typedef struct {
         size_t memory_bytes;
         long instruction_budget;
     } lua;
+    struct {                 /* encryption at rest (SECURITY.md) */
+        char *key_file;      /* security.encryption_key_file; NULL: $CREDENTIALS_DIRECTORY/therasync.key
+                                if there, else the store is plain */
+    } storage;
     struct {                 /* the sync actor (docs/SYNC.md) */
         int concurrency;     /* push requests in flight at once; default 32 */
         int batch_size;      /* writes per POST /v1/_batch; 128 (0 or 1: one request each) */

@@ -60,6 +60,7 @@ void ts_config_free(ts_config_t *c)
     free(c->auth.token_url);
     free(c->security.curve_secret_file);
     free(c->security.clients_file);
+    free(c->storage.key_file);
     cJSON_Delete(c->clinic);
     memset(c, 0, sizeof *c);
 }
@@ -236,7 +237,8 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
     if (lua_getglobal(L, "security") == LUA_TTABLE) {
         int t = lua_gettop(L);
         if (read_string(L, t, "curve_secret_file", &c->security.curve_secret_file, err, errlen) ||
-            read_string(L, t, "clients_file", &c->security.clients_file, err, errlen))
+            read_string(L, t, "clients_file", &c->security.clients_file, err, errlen) ||
+            read_string(L, t, "encryption_key_file", &c->storage.key_file, err, errlen))
             goto strings_done;
         if (lua_getfield(L, t, "event_bodies") != LUA_TNIL)
             c->security.event_bodies = lua_toboolean(L, -1);

@@ -19,6 +19,7 @@ typedef struct {
     char *policies_dir;      /* --policies; NULL = shipped policies */
     ts_log_level_t log_level;
     bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
+    bool check_only;         /* --check-config: validate config and policies, then exit */
     bool insecure;           /* --insecure: endpoints beyond loopback without
                                 client keys (refused otherwise) */
     size_t max_request_bytes;/* default 1 MiB */

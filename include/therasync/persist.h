@@ -43,4 +43,9 @@ ts_actor_t *ts_persist_start(void *zctx, const ts_config_t *config);
 int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char *new_key_file,
                      char *err, size_t errlen);
 
+/* therasyncd --check-config: whether the store's key the config names (or
+ * the systemd credential) can be read. 0 (*sealed: there is one), or -1
+ * with err. */
+int ts_persist_check_key(const ts_config_t *config, bool *sealed, char *err, size_t errlen);
+
 #endif

@@ -495,3 +495,13 @@ done:
     persist_seal_free(to);
     return rc;
 }
+
+int ts_persist_check_key(const ts_config_t *config, bool *sealed, char *err, size_t errlen)
+{
+    ts_seal_t *k = NULL;
+    if (persist_seal_load(config, &k, err, errlen))
+        return -1;
+    *sealed = k != NULL;
+    persist_seal_free(k);
+    return 0;
+}

@@ -243,7 +243,7 @@ Test(durability, kill_9_during_concurrent_writes_sealed, .timeout = 240)
     cr_assert_eq(chmod(key, 0600), 0);
     f = fopen(cfg, "w");
     cr_assert_not_null(f);
-    fprintf(f, "storage = { key_file = \"%s\" }\n", key);
+    fprintf(f, "security = { encryption_key_file = \"%s\" }\n", key);
     fclose(f);
     sealed_config = cfg;
     known = calloc(MAX_DOCS, sizeof *known);

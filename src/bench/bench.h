@@ -29,6 +29,8 @@ int bench_reqs_end(bench_reqs_t *reqs);
 void bench_reqs_reset(bench_reqs_t *reqs);
 void bench_reqs_free(bench_reqs_t *reqs);
 
+typedef struct bench_progress bench_progress_t; /* stats.c */
+
 /* ---- driver.c: C DEALER clients x K requests in flight each ---- */
 
 typedef struct {
@@ -45,6 +47,7 @@ typedef struct {
     /* Count not_found (-32001) answers as answered (updates of documents
      * that validation refused at preload). */
     bool tolerate_not_found;
+    bench_progress_t *progress; /* counts answered requests when not NULL */
 } bench_job_t;
 
 typedef struct {
@@ -70,6 +73,27 @@ struct cJSON *bench_rpc(void *dealer, long id, const char *method, const char *p
 
 /* Percentile (nearest rank, p in 0..100) of the values; sorts a copy. */
 int64_t bench_percentile(const int64_t *values, size_t n, double p);
+
+/* ---- stats.c: percentiles, the --hdr file, progress ---- */
+
+typedef struct {
+    int64_t p50, p90, p99, p999, max;
+} bench_pcts_t;
+
+/* A sorted copy (free it), or NULL. */
+int64_t *bench_sorted(const int64_t *values, size_t n);
+/* p50/p90/p99/p99.9/max by nearest rank (all 0 for no values). */
+void bench_pcts(const int64_t *values, size_t n, bench_pcts_t *out);
+/* HdrHistogram's percentile distribution text (outputPercentileDistribution:
+ * Value Percentile TotalCount 1/(1-Percentile), values in ms) of the
+ * latencies (µs) to path. 0 or -1. */
+int bench_write_hdr(const char *path, const int64_t *values, size_t n);
+
+/* Progress on stderr once a second, from 3 s after the start on (so short
+ * steps stay quiet). total 0: unknown. NULL-safe. */
+bench_progress_t *bench_progress_start(const char *what, int64_t total);
+void bench_progress_add(bench_progress_t *p, int64_t n);
+void bench_progress_stop(bench_progress_t *p);
 
 /* ---- daemon.c: a therasyncd of our own ---- */
 
@@ -113,6 +137,7 @@ typedef struct {
     const char *api;
     const char *policies; /* passed to our therasyncd as --policies */
     const char *config;   /* passed to our therasyncd as --config */
+    const char *hdr; /* --hdr: latencies as a percentile distribution file */
     int runs;
     bool keep_data;
     int64_t deadline_us;
@@ -122,6 +147,7 @@ typedef struct {
 typedef struct {
     double seconds, ops_per_s;
     int64_t p50_us, p99_us;
+    int64_t p90_us, p999_us, max_us; /* -1 when not measured */
     long peak_rss_kb; /* -1 when not measured */
     ts_buf_t extra;
 } bench_result_t;

@@ -279,6 +279,8 @@ static void *work(void *arg)
                 outstanding--;
                 char err[200];
                 int code = reply_error(text, len, after_id, err, sizeof err);
+                if (code != -32005)
+                    bench_progress_add(job->progress, 1);
                 if (code == -32005) {
                     retry_idx[retry_n] = i;
                     retry_due[retry_n++] = t + BUSY_RETRY_US;

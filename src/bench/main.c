@@ -57,6 +57,9 @@ static const char usage_text[] =
     "  --policies DIR   policies for our therasyncd (default: the shipped ones);\n"
     "                   tests/fixtures/policies/permissive runs without validation\n"
     "  --config FILE    a therasyncd config file for our therasyncd (docs/CONFIG.md)\n"
+    "  --hdr FILE       ingest/update/select: the latencies as HdrHistogram's percentile\n"
+    "                   distribution text (Value Percentile TotalCount 1/(1-Percentile),\n"
+    "                   ms), FILE.RUN for each run when --runs > 1\n"
     "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
     "  --keep-data      keep the temporary data dirs\n"
     "  --max-seconds S  give up on everything after S seconds (default 600)\n";
@@ -106,6 +109,8 @@ int main(int argc, char **argv)
             o.policies = v;
         } else if (strcmp(a, "--config") == 0) {
             o.config = v;
+        } else if (strcmp(a, "--hdr") == 0) {
+            o.hdr = v;
         } else if (strcmp(a, "--n") == 0) {
             if (int_arg(a, v, 1, 100000000, &o.n))
                 return 2;

@@ -31,6 +31,8 @@ typedef struct {
     bool preloaded;       /* the external target already holds the docs */
     char (*ids)[37];      /* ids of the preloaded docs */
     int64_t nids;
+    int64_t accepted;     /* creates of the last preload answered with a result */
+    int run;              /* 0-based, for the --hdr file name */
 } wl_t;
 
 /* ---- requests ---- */
@@ -122,6 +124,7 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
     int rc = lat ? 0 : -1;
     int64_t t0 = ts_mono_us();
     *accepted = 0;
+    bench_progress_t *progress = send ? bench_progress_start("preload", count) : NULL;
     for (int64_t done = 0; rc == 0 && done < count;) {
         bench_reqs_reset(&reqs);
         int64_t chunk = count - done < PRELOAD_CHUNK ? count - done : PRELOAD_CHUNK;
@@ -140,7 +143,8 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
                                .threads = o->threads,
                                .reqs = &reqs,
                                .deadline_us = o->deadline_us,
-                               .lat_us = lat};
+                               .lat_us = lat,
+                               .progress = progress};
             bench_outcome_t out;
             if (bench_drive(&job, &out)) {
                 fprintf(stderr, "bench: preload failed after %zu of %lld: %s\n", out.done,
@@ -151,9 +155,10 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
         }
         done += chunk;
     }
+    bench_progress_stop(progress);
     if (send && rc == 0)
-        fprintf(stderr, "bench: preloaded %lld documents in %.1f s\n", (long long)count,
-                (double)(ts_mono_us() - t0) / 1e6);
+        fprintf(stderr, "bench: preloaded %lld documents (%lld accepted) in %.1f s\n",
+                (long long)count, (long long)*accepted, (double)(ts_mono_us() - t0) / 1e6);
     bench_reqs_free(&reqs);
     free(lat);
     return rc;
@@ -164,19 +169,35 @@ static int preload(wl_t *w, int64_t count, bool send)
 {
     free(w->ids);
     w->ids = calloc((size_t)(count ? count : 1), sizeof *w->ids);
-    int64_t accepted;
-    int rc = w->ids ? bench_preload(w->o, w->endpoint, count, send, w->ids, &accepted) : -1;
+    w->accepted = 0;
+    int rc = w->ids ? bench_preload(w->o, w->endpoint, count, send, w->ids, &w->accepted) : -1;
     w->nids = rc == 0 ? count : 0;
     return rc;
 }
 
-static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t ops,
-                        const int64_t *lat, size_t nlat)
+/* The --hdr file of run `run`: the name given, or NAME.RUN when there are several runs. */
+static void write_hdr(const wl_t *w, const int64_t *lat, size_t nlat)
+{
+    if (!w->o->hdr)
+        return;
+    char path[4096];
+    if (w->o->runs > 1)
+        snprintf(path, sizeof path, "%s.%d", w->o->hdr, w->run + 1);
+    else
+        snprintf(path, sizeof path, "%s", w->o->hdr);
+    bench_write_hdr(path, lat, nlat);
+}
+
+static void fill_result(const wl_t *w, bench_result_t *res, const bench_outcome_t *out,
+                        size_t ops, const int64_t *lat, size_t nlat)
 {
     res->seconds = out->seconds;
     res->ops_per_s = out->seconds > 0 ? (double)ops / out->seconds : 0;
-    res->p50_us = bench_percentile(lat, nlat, 50);
-    res->p99_us = bench_percentile(lat, nlat, 99);
+    bench_pcts_t pc;
+    bench_pcts(lat, nlat, &pc);
+    res->p50_us = pc.p50, res->p90_us = pc.p90, res->p99_us = pc.p99;
+    res->p999_us = pc.p999, res->max_us = pc.max;
+    write_hdr(w, lat, nlat);
     ts_buf_printf(&res->extra,
                   ",\"errors\":%zu,\"validation_failed\":%zu,\"not_found\":%zu,"
                   "\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
@@ -287,7 +308,7 @@ static int wl_ingest(wl_t *w, int run, bench_result_t *res)
         job_defaults(w, &job, &reqs, lat);
         rc = bench_drive(&job, &out);
         size_t answered = out.done + out.invalid;
-        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        fill_result(w, res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
         add_engine_view(w, "create", res);
         if (rc)
             report_failure(res, "ingest", &out);
@@ -329,7 +350,7 @@ static int wl_update(wl_t *w, int run, bench_result_t *res)
         job.tolerate_not_found = true;
         rc = bench_drive(&job, &out);
         size_t answered = out.done + out.invalid + out.not_found;
-        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        fill_result(w, res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
         ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
                       send ? preload_s : 0.0);
         add_engine_view(w, "update", res);
@@ -427,7 +448,7 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
             else
                 wl[nw++] = lat[i];
         }
-        fill_result(res, &out, (size_t)reads, rl, nr);
+        fill_result(w, res, &out, (size_t)reads, rl, nr);
         if (rc)
             res->ops_per_s = 0;
         /* The peer's reads_per_s divides the reads by the time spent in
@@ -483,13 +504,17 @@ static int wl_coldstart(wl_t *w, int run, bench_result_t *res)
     if (bench_daemon_start(&w->d, START_TIMEOUT_S))
         return -1;
     res->seconds = w->d.ready_seconds;
-    res->ops_per_s = w->d.ready_seconds > 0 ? (double)w->o->n / w->d.ready_seconds : 0;
+    /* The documents on disk: validation refuses some generated creates. */
+    res->ops_per_s = w->d.ready_seconds > 0 ? (double)w->accepted / w->d.ready_seconds : 0;
     res->p50_us = res->p99_us = -1;
     res->peak_rss_kb = w->d.hwm_kb;
     long maxrss = -1;
     int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, &maxrss);
-    ts_buf_printf(&res->extra, ",\"docs\":%lld,\"maxrss_kb_whole_life\":%ld,\"exit_status\":%d",
-                  (long long)w->o->n, maxrss, status);
+    ts_buf_printf(&res->extra,
+                  ",\"docs\":%lld,\"docs_sent\":%lld,\"validation_failed\":%lld,"
+                  "\"maxrss_kb_whole_life\":%ld,\"exit_status\":%d",
+                  (long long)w->accepted, (long long)w->o->n,
+                  (long long)(w->o->n - w->accepted), maxrss, status);
     return status == 0 ? 0 : -1;
 }
 
@@ -549,16 +574,21 @@ static void print_head(const bench_opts_t *o)
     printf("{\"workload\":\"%s\",", o->workload);
 }
 
-static void print_common(const bench_opts_t *o, double seconds, double ops, double p50, double p99,
-                         double rss)
+/* The figures of a run (and of the median line), in this order. */
+enum { F_SECONDS, F_OPS, F_P50, F_P99, F_RSS, F_P90, F_P999, F_MAX, F_COUNT };
+
+static void print_common(const bench_opts_t *o, const double *f)
 {
     printf("\"n\":%lld,\"clients\":%d,\"inflight\":%d,\"threads\":%d,\"seconds\":%.3f,"
            "\"ops_per_s\":%.0f",
-           (long long)o->n, o->clients, o->inflight, o->threads, seconds, ops);
-    if (p50 >= 0)
-        printf(",\"p50_us\":%.0f,\"p99_us\":%.0f", p50, p99);
-    if (rss >= 0)
-        printf(",\"peak_rss_kb\":%.0f", rss);
+           (long long)o->n, o->clients, o->inflight, o->threads, f[F_SECONDS], f[F_OPS]);
+    if (f[F_P50] >= 0)
+        printf(",\"p50_us\":%.0f,\"p99_us\":%.0f", f[F_P50], f[F_P99]);
+    if (f[F_P90] >= 0) /* p50 and p99 above keep their place for older readers */
+        printf(",\"p90_us\":%.0f,\"p999_us\":%.0f,\"max_us\":%.0f", f[F_P90], f[F_P999],
+               f[F_MAX]);
+    if (f[F_RSS] >= 0)
+        printf(",\"peak_rss_kb\":%.0f", f[F_RSS]);
 }
 
 int bench_run_workload(bench_opts_t *o)
@@ -582,15 +612,21 @@ int bench_run_workload(bench_opts_t *o)
     o->inflight = o->inflight ? o->inflight : wl->inflight;
     o->threads = o->threads ? o->threads : 1;
     wl_t w = {.o = o, .d = {.policies = o->policies, .config = o->config}};
-    double *secs = calloc((size_t)o->runs, sizeof(double) * 5);
+    double *secs = calloc((size_t)o->runs, sizeof(double) * F_COUNT);
     int failed = 0, ok = 0;
     for (int r = 0; secs && r < o->runs; r++) {
-        bench_result_t res = {.peak_rss_kb = -1};
+        bench_result_t res = {.peak_rss_kb = -1, .p90_us = -1, .p999_us = -1, .max_us = -1};
+        w.run = r;
         int rc = wl->run(&w, r, &res);
+        double f[F_COUNT] = {
+            [F_SECONDS] = res.seconds,        [F_OPS] = res.ops_per_s,
+            [F_P50] = (double)res.p50_us,     [F_P99] = (double)res.p99_us,
+            [F_RSS] = (double)res.peak_rss_kb, [F_P90] = (double)res.p90_us,
+            [F_P999] = (double)res.p999_us,   [F_MAX] = (double)res.max_us,
+        };
         print_head(o);
         printf("\"run\":%d,", r + 1);
-        print_common(o, res.seconds, res.ops_per_s, (double)res.p50_us, (double)res.p99_us,
-                     (double)res.peak_rss_kb);
+        print_common(o, f);
         printf("%s%s}\n", res.extra.data ? res.extra.data : "", rc ? ",\"failed\":true" : "");
         fflush(stdout);
         ts_buf_free(&res.extra);
@@ -600,25 +636,23 @@ int bench_run_workload(bench_opts_t *o)
                 break;
             continue;
         }
-        double *v = secs + (size_t)ok * 5;
-        v[0] = res.seconds, v[1] = res.ops_per_s, v[2] = (double)res.p50_us,
-        v[3] = (double)res.p99_us, v[4] = (double)res.peak_rss_kb;
+        memcpy(secs + (size_t)ok * F_COUNT, f, sizeof f);
         ok++;
     }
     if (wl->own_daemon_only)
         bench_daemon_rmdata(&w.d, o->keep_data);
     if (ok > 1) {
-        double col[5][64];
+        double col[F_COUNT][64];
         int m = ok < 64 ? ok : 64;
         for (int i = 0; i < m; i++)
-            for (int k = 0; k < 5; k++)
-                col[k][i] = secs[(size_t)i * 5 + (size_t)k];
-        double med[5];
-        for (int k = 0; k < 5; k++)
+            for (int k = 0; k < F_COUNT; k++)
+                col[k][i] = secs[(size_t)i * F_COUNT + (size_t)k];
+        double med[F_COUNT];
+        for (int k = 0; k < F_COUNT; k++)
             med[k] = median(col[k], m);
         print_head(o);
         printf("\"stat\":\"median\",\"runs\":%d,", m);
-        print_common(o, med[0], med[1], med[2], med[3], med[4]);
+        print_common(o, med);
         printf("}\n");
     }
     free(secs);

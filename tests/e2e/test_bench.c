@@ -92,6 +92,53 @@ Test(bench, ingest_reports_the_contract_fields)
     cJSON_Delete(s);
 }
 
+/* p90, p99.9 and max next to p50/p99, in order, and --hdr writes
+ * HdrHistogram's percentile distribution text: the header, one line per
+ * percentile tick, the last at 1.0 with every answered request counted. */
+Test(bench, ingest_reports_the_tail_and_an_hdr_distribution)
+{
+    char *dir = ts_tmpdir("bench-hdr");
+    cr_assert_not_null(dir);
+    char hdr[512];
+    snprintf(hdr, sizeof hdr, "%s/ingest.hdr", dir);
+    cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "1500", "--clients", "2",
+                                         "--inflight", "8", "--hdr", hdr, NULL});
+    cr_assert_gt(num(line, "p50_us"), 0);
+    cr_assert_geq(num(line, "p90_us"), num(line, "p50_us"));
+    cr_assert_geq(num(line, "p99_us"), num(line, "p90_us"));
+    cr_assert_geq(num(line, "p999_us"), num(line, "p99_us"));
+    cr_assert_geq(num(line, "max_us"), num(line, "p999_us"));
+    FILE *f = fopen(hdr, "r");
+    cr_assert_not_null(f, "no %s", hdr);
+    char text[256], last[256] = "";
+    cr_assert_not_null(fgets(text, sizeof text, f));
+    cr_assert_not_null(strstr(text, "Value     Percentile TotalCount 1/(1-Percentile)"), "%s", text);
+    int rows = 0;
+    double prev_v = -1, prev_p = -1;
+    while (fgets(text, sizeof text, f)) {
+        double v, p;
+        long count;
+        if (text[0] == '#' || sscanf(text, "%lf %lf %ld", &v, &p, &count) != 3)
+            continue;
+        cr_assert_geq(v, prev_v, "values rise: %s", text);
+        cr_assert_gt(p, prev_p, "percentiles rise: %s", text);
+        prev_v = v, prev_p = p;
+        snprintf(last, sizeof last, "%s", text);
+        rows++;
+    }
+    fclose(f);
+    cr_assert_gt(rows, 20);
+    double v, p;
+    long count;
+    cr_assert_eq(sscanf(last, "%lf %lf %ld", &v, &p, &count), 3);
+    cr_assert_float_eq(p, 1.0, 1e-9);
+    cr_assert_eq(count, 1500);
+    cr_assert_float_eq(v * 1000.0, num(line, "max_us"), 1.0, "the 100%% line is the max (ms)");
+    cJSON_Delete(line);
+    ts_rmtree(dir);
+    free(dir);
+}
+
 Test(bench, select_reports_rows_and_the_peers_read_rate)
 {
     cJSON *line =
@@ -204,6 +251,31 @@ Test(canned, refuses_a_result_file_that_is_not_json)
     cr_assert_eq(rc, 1);
     cr_assert_not_null(strstr(err.data ? err.data : "", "is not JSON"), "%s",
                        err.data ? err.data : "");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+/* coldstart reports the documents the daemon loaded (its "store: loaded N
+ * documents" line), not the creates sent: the shipped validation refuses
+ * some generated sessions. */
+Test(coldstart, counts_the_documents_loaded, .timeout = 120)
+{
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync-bench",
+                    (const char *[]){"--workload", "coldstart", "--n", "4000", NULL}, NULL,
+                    BENCH_TIMEOUT_MS, &out, &err);
+    cr_assert_eq(rc, 0, "therasync-bench exited %d: %s", rc, err.data ? err.data : "");
+    cJSON *line = cJSON_Parse(out.data ? out.data : "");
+    cr_assert_not_null(line, "%s", out.data ? out.data : "");
+    /* the last start's count, the one the run timed */
+    long loaded = -1;
+    for (const char *p = err.data; p && (p = strstr(p, "store: loaded ")) != NULL; p++)
+        loaded = strtol(p + 14, NULL, 10);
+    cr_assert_gt(loaded, 0, "no load line: %s", err.data ? err.data : "");
+    cr_assert_eq(num(line, "docs"), loaded);
+    cr_assert_eq(num(line, "docs_sent"), 4000);
+    cr_assert_eq(num(line, "docs") + num(line, "validation_failed"), 4000);
+    cJSON_Delete(line);
     ts_buf_free(&out);
     ts_buf_free(&err);
 }

@@ -31,6 +31,12 @@ void bench_reqs_free(bench_reqs_t *reqs);
 
 typedef struct bench_progress bench_progress_t; /* stats.c */
 
+/* One measured answer: the request's index and its latency. */
+typedef struct {
+    size_t idx;
+    int64_t us;
+} bench_sample_t;
+
 /* ---- driver.c: C DEALER clients x K requests in flight each ---- */
 
 typedef struct {
@@ -40,7 +46,18 @@ typedef struct {
     int threads;  /* threads the sockets are spread over (1 = one poll loop) */
     const bench_reqs_t *reqs;
     int64_t deadline_us;     /* ts_mono_us() after which the run gives up */
-    int64_t *lat_us;         /* out: reqs->n latencies, first send to reply */
+    int64_t *lat_us;         /* out (or NULL): reqs->n latencies, first send to reply */
+    int64_t count;       /* requests to send (0: reqs->n); past reqs->n the set comes again */
+    int64_t duration_us; /* > 0: instead of count, send for this long (open loop: the
+                            requests due within it) */
+    double rate;         /* > 0: open loop, request s due at start + s / rate seconds and
+                            its latency counted from then; 0: closed loop */
+    /* Optional: builds request seq >= reqs->n (its JSON-RPC id must be seq)
+     * into out, instead of sending the set again; the same seq must give
+     * the same bytes (a busy answer is retried by building it again). */
+    int (*make)(void *arg, size_t seq, ts_buf_t *out);
+    void *make_arg;
+    bool samples; /* collect every measured latency in out->samples */
     /* Optional: called for every successful reply (from the thread that got it). */
     void (*on_reply)(void *arg, size_t i, const char *reply, size_t len);
     void *arg;
@@ -58,6 +75,11 @@ typedef struct {
     size_t busy_retries; /* busy answers, each retried after 1 ms */
     double seconds;      /* first send to last reply */
     double cpu_seconds;  /* CPU (user + system) the bench itself used meanwhile */
+    size_t sent;         /* requests taken (each once, however often retried) */
+    int64_t send_lag_max_us; /* open loop: the latest a request went out after it was due */
+    size_t late_sends;       /* open loop: requests sent more than 1 ms after they were due */
+    bench_sample_t *samples; /* with job->samples: nsamples of them (free()) */
+    size_t nsamples;
     char first_error[256];
 } bench_outcome_t;
 
@@ -131,13 +153,17 @@ typedef struct {
     int64_t n;          /* requests (ingest/update/coldstart docs/select reads); 0 = default */
     int64_t docs;       /* documents preloaded (update, select, live); 0 = default */
     int64_t subs;       /* live: subscriptions in all; 0 = default */
-    int64_t rate;       /* live: local writes per second; 0 = default */
+    int64_t rate;       /* live: local writes per second (0 = default); ingest, update,
+                           select: open loop at this many requests per second (0 = closed) */
     int clients, inflight, threads;
     const char *endpoint; /* NULL: start our own daemon */
     const char *api;
     const char *policies; /* passed to our therasyncd as --policies */
     const char *config;   /* passed to our therasyncd as --config */
     const char *hdr; /* --hdr: latencies as a percentile distribution file */
+    double duration_s;   /* ingest/update/select: run this long instead of n requests */
+    int64_t warmup;      /* requests before the timed part, not measured */
+    double warmup_s;     /* or seconds of them */
     int runs;
     bool keep_data;
     int64_t deadline_us;

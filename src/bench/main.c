@@ -50,7 +50,13 @@ static const char usage_text[] =
     "  --inflight K     requests in flight per socket (default 64; select: 1)\n"
     "  --threads T      threads driving the sockets (default 1: one poll loop)\n"
     "  --subs S         live: subscriptions in all (default 1000)\n"
-    "  --rate W         live: local writes per second (default 10000)\n"
+    "  --rate W         live: local writes per second (default 10000); ingest, update,\n"
+    "                   select: open loop, W requests/s over all clients, latency from\n"
+    "                   each request's intended send time (default: closed loop)\n"
+    "  --duration S     ingest, update, select: send for S seconds instead of --n\n"
+    "                   requests (update/select cycle their set; ingest makes more)\n"
+    "  --warmup N|Ss    ingest, update, select: N requests (or S seconds) answered\n"
+    "                   before timing starts, not measured, drawn with other seeds\n"
     "  --endpoint ZMQ   use a running therasyncd; without it the bench starts its own\n"
     "                   (from its own directory) in a fresh temporary data dir\n"
     "  --api URL        clinic-api base URL (replay, realtime, live)\n"
@@ -68,6 +74,16 @@ static int usage(const char *what, const char *arg)
 {
     fprintf(stderr, "therasync-bench: %s%s\n(see --help)\n", what, arg ? arg : "");
     return 2;
+}
+
+/* Seconds: a positive decimal number up to a day. */
+static int seconds_arg(const char *name, const char *text, double *v)
+{
+    char *end = NULL;
+    *v = strtod(text, &end);
+    if (end == text || *end || !(*v > 0) || *v > 86400)
+        return usage("bad value for ", name);
+    return 0;
 }
 
 static int int_arg(const char *name, const char *text, int64_t min, int64_t max, int64_t *v)
@@ -111,6 +127,20 @@ int main(int argc, char **argv)
             o.config = v;
         } else if (strcmp(a, "--hdr") == 0) {
             o.hdr = v;
+        } else if (strcmp(a, "--duration") == 0) {
+            if (seconds_arg(a, v, &o.duration_s))
+                return 2;
+        } else if (strcmp(a, "--warmup") == 0) {
+            /* N requests, or Ns seconds */
+            size_t len = strlen(v);
+            if (len > 1 && v[len - 1] == 's') {
+                char num[64];
+                snprintf(num, sizeof num, "%.*s", (int)(len - 1), v);
+                if (seconds_arg(a, num, &o.warmup_s))
+                    return 2;
+            } else if (int_arg(a, v, 1, 100000000, &o.warmup)) {
+                return 2;
+            }
         } else if (strcmp(a, "--n") == 0) {
             if (int_arg(a, v, 1, 100000000, &o.n))
                 return 2;
@@ -148,6 +178,12 @@ int main(int argc, char **argv)
     }
     if (!o.workload)
         return usage("--workload is required", NULL);
+    bool timed = strcmp(o.workload, "ingest") == 0 || strcmp(o.workload, "update") == 0 ||
+                 strcmp(o.workload, "select") == 0;
+    if (!timed && (o.duration_s > 0 || o.warmup > 0 || o.warmup_s > 0 || o.hdr))
+        return usage("--duration, --warmup and --hdr are for ingest, update and select, not ",
+                     o.workload);
+
     /* A dead peer must not kill the bench (its daemon is stopped by pid). */
     signal(SIGPIPE, SIG_IGN);
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;

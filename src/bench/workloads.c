@@ -22,6 +22,12 @@
 #define SELECT_READ_SEED 4343u
 #define SELECT_WRITE_SEED 4344u
 #define SELECT_EVERY 10
+/* Warm-up draws: other seeds than the timed ones, so the timed requests
+ * are not repeats of what the warm-up just put in the caches. */
+#define WARMUP_UPDATE_SEED 5252u
+#define WARMUP_READ_SEED 5353u
+#define WARMUP_WRITE_SEED 5354u
+#define WARMUP_SET 10000 /* requests in a warm-up set cycled for --warmup Ns */
 
 /* State kept across the runs of one workload. */
 typedef struct {
@@ -37,14 +43,36 @@ typedef struct {
 
 /* ---- requests ---- */
 
-static int add_create(bench_reqs_t *reqs, const gen_session_t *s)
+static int create_body(ts_buf_t *b, size_t id, const gen_session_t *s)
 {
-    ts_buf_t *b = &reqs->data;
     if (ts_buf_printf(b, "{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"create\",\"params\":"
-                         "{\"collection\":\"sessions\",\"doc\":", reqs->n) ||
+                         "{\"collection\":\"sessions\",\"doc\":", id) ||
         gen_session_json(s, false, b) || ts_buf_puts(b, "}}"))
         return -1;
+    return 0;
+}
+
+static int add_create(bench_reqs_t *reqs, const gen_session_t *s)
+{
+    if (create_body(&reqs->data, reqs->n, s))
+        return -1;
     return bench_reqs_end(reqs);
+}
+
+/* Creates past the generated set (--duration, warm-up): session seq drawn
+ * from a seed of its own (same seq, same bytes: a busy answer is rebuilt),
+ * with an id of the form PPPPPPPP-0000-4000-8000-SEQ, the prefix telling
+ * apart runs and warm-ups, so none can equal a generated or earlier id. */
+static int make_create(void *arg, size_t seq, ts_buf_t *out)
+{
+    uint32_t prefix = *(const uint32_t *)arg;
+    gen_rng_t rng;
+    gen_rng_seed(&rng, (uint32_t)seq * 2654435761u ^ prefix);
+    gen_session_t s;
+    gen_session(&rng, (int64_t)seq, &s);
+    snprintf(s.id, sizeof s.id, "%08x-0000-4000-8000-%012llx", prefix,
+             (unsigned long long)seq & 0xffffffffffffULL);
+    return create_body(out, seq, &s);
 }
 
 static int add_update(bench_reqs_t *reqs, const char *id, const char *status)
@@ -112,6 +140,76 @@ static void job_defaults(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs, in
                          .reqs = reqs,
                          .deadline_us = w->o->deadline_us,
                          .lat_us = lat};
+}
+
+/* The timed job of ingest, update, select: --duration and --rate, every
+ * latency kept as a sample. */
+static void job_timed(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs)
+{
+    job_defaults(w, job, reqs, NULL);
+    job->duration_us = (int64_t)(w->o->duration_s * 1e6);
+    job->rate = (double)w->o->rate;
+    job->samples = true;
+    job->progress = bench_progress_start(w->o->workload, 0);
+}
+
+/* The samples' latencies (of the requests keep() accepts, when given), malloc'd. */
+static int64_t *sample_lat(const bench_outcome_t *out, bool (*keep)(const void *, size_t),
+                           const void *arg, size_t *n)
+{
+    int64_t *lat = malloc((out->nsamples ? out->nsamples : 1) * sizeof *lat);
+    *n = 0;
+    for (size_t i = 0; lat && i < out->nsamples; i++)
+        if (!keep || keep(arg, out->samples[i].idx))
+            lat[(*n)++] = out->samples[i].us;
+    return lat;
+}
+
+/* What the timed part was: requests answered, --duration, --rate and how
+ * well the open loop kept its schedule. */
+static void timed_fields(const wl_t *w, const bench_outcome_t *out, bench_result_t *res)
+{
+    ts_buf_printf(&res->extra, ",\"requests\":%zu", out->done + out->invalid + out->not_found);
+    if (w->o->duration_s > 0)
+        ts_buf_printf(&res->extra, ",\"duration_s\":%.3f", w->o->duration_s);
+    if (w->o->rate > 0)
+        ts_buf_printf(&res->extra, ",\"rate\":%lld,\"send_lag_max_us\":%lld,\"late_sends\":%zu",
+                      (long long)w->o->rate, (long long)out->send_lag_max_us, out->late_sends);
+}
+
+/* --warmup: requests sent and answered before the timed part, not
+ * measured: N of them, or for warmup_s seconds (the set cycled, or built by
+ * make). Closed loop, or at --rate. */
+static int warmup(wl_t *w, const bench_reqs_t *reqs, int (*make)(void *, size_t, ts_buf_t *),
+                  void *make_arg, bench_result_t *res)
+{
+    if (w->o->warmup <= 0 && w->o->warmup_s <= 0)
+        return 0;
+    bench_job_t job;
+    job_defaults(w, &job, reqs, NULL);
+    job.count = w->o->warmup;
+    job.duration_us = (int64_t)(w->o->warmup_s * 1e6);
+    job.rate = (double)w->o->rate;
+    job.make = make;
+    job.make_arg = make_arg;
+    job.tolerate_not_found = true;
+    job.progress = bench_progress_start("warmup", w->o->warmup);
+    bench_outcome_t out;
+    int rc = bench_drive(&job, &out);
+    bench_progress_stop(job.progress);
+    ts_buf_printf(&res->extra, ",\"warmup_requests\":%zu,\"warmup_seconds\":%.3f",
+                  out.done + out.invalid + out.not_found, out.seconds);
+    if (rc)
+        fprintf(stderr, "bench: warm-up failed: %zu answered, %zu errors: %s\n", out.done,
+                out.errors, out.first_error);
+    free(out.samples);
+    return rc;
+}
+
+/* Size of a warm-up set: N, or WARMUP_SET cycled for a time. */
+static int64_t warmup_set(const wl_t *w)
+{
+    return w->o->warmup > 0 && w->o->warmup < WARMUP_SET ? w->o->warmup : WARMUP_SET;
 }
 
 int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bool send,
@@ -289,37 +387,61 @@ static int wl_ingest(wl_t *w, int run, bench_result_t *res)
     int64_t n = w->o->n;
     /* A shared target already holds the earlier runs' documents: continue the stream. */
     int64_t seq0 = w->o->endpoint ? (int64_t)run * n : 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    bench_reqs_t reqs = {0}, none = {0};
     gen_rng_t rng;
     gen_rng_seed(&rng, GEN_SEED);
-    int rc = lat ? 0 : -1;
+    int rc = 0;
     for (int64_t i = 0; rc == 0 && i < seq0 + n; i++) {
         gen_session_t s;
         gen_session(&rng, i, &s);
         if (i >= seq0)
             rc = add_create(&reqs, &s);
     }
+    /* Creates past the set (--duration), and the warm-up's: ids of their own. */
+    uint32_t timed_prefix = 0xbe0c0000u + (uint32_t)run * 2, warm_prefix = timed_prefix + 1;
     if (rc == 0)
         rc = target_up(w);
     if (rc == 0) {
+        rc = warmup(w, &none, make_create, &warm_prefix, res);
         bench_job_t job;
-        bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
-        rc = bench_drive(&job, &out);
-        size_t answered = out.done + out.invalid;
-        fill_result(w, res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        bench_outcome_t out = {0};
+        job_timed(w, &job, &reqs);
+        job.count = n;
+        job.make = make_create;
+        job.make_arg = &timed_prefix;
+        if (rc == 0)
+            rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
+        size_t answered = out.done + out.invalid, nlat = 0;
+        int64_t *lat = sample_lat(&out, NULL, NULL, &nlat);
+        fill_result(w, res, &out, answered, lat, rc == 0 ? nlat : 0);
+        timed_fields(w, &out, res);
         add_engine_view(w, "create", res);
         if (rc)
             report_failure(res, "ingest", &out);
         target_down(w);
+        free(lat);
+        free(out.samples);
     }
     bench_reqs_free(&reqs);
-    free(lat);
     return rc;
 }
 
 /* ---- update: N status patches of random preloaded documents ---- */
+
+/* n status patches of random preloaded documents drawn with seed. */
+static int build_updates(const wl_t *w, bench_reqs_t *reqs, int64_t n, uint32_t seed)
+{
+    gen_rng_t rng;
+    gen_rng_seed(&rng, seed);
+    int rc = 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        int64_t idx = (int64_t)(gen_rng_next(&rng) * (double)w->o->docs);
+        const char *status = gen_statuses[(int)(gen_rng_next(&rng) * 4)];
+        rc = add_update(reqs, w->ids[idx], status);
+    }
+    return rc;
+}
 
 static int wl_update(wl_t *w, int run, bench_result_t *res)
 {
@@ -333,33 +455,35 @@ static int wl_update(wl_t *w, int run, bench_result_t *res)
     rc = preload(w, docs, send);
     double preload_s = (double)(ts_mono_us() - t0) / 1e6;
     w->preloaded = rc == 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)n, sizeof *lat);
-    gen_rng_t rng;
-    gen_rng_seed(&rng, UPDATE_SEED);
-    rc = rc || !lat ? -1 : 0;
-    for (int64_t i = 0; rc == 0 && i < n; i++) {
-        int64_t idx = (int64_t)(gen_rng_next(&rng) * (double)docs);
-        const char *status = gen_statuses[(int)(gen_rng_next(&rng) * 4)];
-        rc = add_update(&reqs, w->ids[idx], status);
-    }
+    bench_reqs_t reqs = {0}, warm = {0};
+    if (rc == 0)
+        rc = build_updates(w, &reqs, n, UPDATE_SEED);
+    if (rc == 0 && (w->o->warmup > 0 || w->o->warmup_s > 0))
+        rc = build_updates(w, &warm, warmup_set(w), WARMUP_UPDATE_SEED);
     if (rc == 0) {
+        rc = warmup(w, &warm, NULL, NULL, res);
         bench_job_t job;
-        bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
+        bench_outcome_t out = {0};
+        job_timed(w, &job, &reqs);
         job.tolerate_not_found = true;
-        rc = bench_drive(&job, &out);
-        size_t answered = out.done + out.invalid + out.not_found;
-        fill_result(w, res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        if (rc == 0)
+            rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
+        size_t answered = out.done + out.invalid + out.not_found, nlat = 0;
+        int64_t *lat = sample_lat(&out, NULL, NULL, &nlat);
+        fill_result(w, res, &out, answered, lat, rc == 0 ? nlat : 0);
+        timed_fields(w, &out, res);
         ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
                       send ? preload_s : 0.0);
         add_engine_view(w, "update", res);
         if (rc)
             report_failure(res, "update", &out);
+        free(lat);
+        free(out.samples);
     }
     target_down(w);
     bench_reqs_free(&reqs);
-    free(lat);
+    bench_reqs_free(&warm);
     return rc;
 }
 
@@ -390,6 +514,44 @@ static void count_rows(void *arg, size_t i, const char *reply, size_t len)
         atomic_fetch_add(&sc->bad, 1);
 }
 
+/* reads upcoming queries, a status update after every SELECT_EVERY of them;
+ * is_read (NULL: not wanted) marks the reads. Draws as the peer's w3: the
+ * reads' (T, now) from rseed, the writes from wseed. */
+static int build_select(const wl_t *w, bench_reqs_t *reqs, bool *is_read, int64_t reads,
+                        uint32_t rseed, uint32_t wseed)
+{
+    int64_t writes = reads / SELECT_EVERY;
+    gen_rng_t rr, wr;
+    gen_rng_seed(&rr, rseed);
+    gen_rng_seed(&wr, wseed);
+    int rc = 0;
+    for (int64_t i = 0, w_done = 0; rc == 0 && i < reads; i++) {
+        char t[12], now[32];
+        gen_therapist_id((int)(gen_rng_next(&rr) * GEN_N_THERAPISTS) + 1, t);
+        gen_slot_iso((int64_t)(gen_rng_next(&rr) * GEN_N_SLOTS), now);
+        if (is_read)
+            is_read[reqs->n] = true;
+        rc = add_upcoming(reqs, t, now);
+        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
+            int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)w->o->docs);
+            const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
+            rc = add_update(reqs, w->ids[idx], status);
+            w_done++;
+        }
+    }
+    return rc;
+}
+
+static bool keep_read(const void *arg, size_t idx)
+{
+    return ((const bool *)arg)[idx];
+}
+
+static bool keep_write(const void *arg, size_t idx)
+{
+    return !((const bool *)arg)[idx];
+}
+
 static int wl_select(wl_t *w, int run, bench_result_t *res)
 {
     (void)run;
@@ -401,38 +563,28 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
     bool send = !w->o->endpoint || !w->preloaded;
     rc = preload(w, docs, send);
     w->preloaded = rc == 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)total, sizeof *lat);
+    bench_reqs_t reqs = {0}, warm = {0};
     bool *is_read = calloc((size_t)total, sizeof *is_read);
-    rc = rc || !lat || !is_read ? -1 : 0;
-    /* Draws exactly as the peer's w3: all reads' (T, now) first, then the writes. */
-    gen_rng_t rr, wr;
-    gen_rng_seed(&rr, SELECT_READ_SEED);
-    gen_rng_seed(&wr, SELECT_WRITE_SEED);
-    for (int64_t i = 0, w_done = 0; rc == 0 && i < reads; i++) {
-        char t[12], now[32];
-        gen_therapist_id((int)(gen_rng_next(&rr) * GEN_N_THERAPISTS) + 1, t);
-        gen_slot_iso((int64_t)(gen_rng_next(&rr) * GEN_N_SLOTS), now);
-        is_read[reqs.n] = true;
-        rc = add_upcoming(&reqs, t, now);
-        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
-            int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)docs);
-            const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
-            rc = add_update(&reqs, w->ids[idx], status);
-            w_done++;
-        }
-    }
+    rc = rc || !is_read ? -1 : 0;
+    if (rc == 0)
+        rc = build_select(w, &reqs, is_read, reads, SELECT_READ_SEED, SELECT_WRITE_SEED);
+    /* The warm-up's reads are other (T, now) than the timed ones. */
+    if (rc == 0 && (w->o->warmup > 0 || w->o->warmup_s > 0))
+        rc = build_select(w, &warm, NULL, warmup_set(w), WARMUP_READ_SEED, WARMUP_WRITE_SEED);
+    if (rc == 0)
+        rc = warmup(w, &warm, NULL, NULL, res);
     if (rc == 0) {
         select_ctx_t sc = {.is_read = is_read};
         atomic_init(&sc.rows, 0);
         atomic_init(&sc.bad, 0);
         bench_job_t job;
         bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
+        job_timed(w, &job, &reqs);
         job.tolerate_not_found = true;
         job.on_reply = count_rows;
         job.arg = &sc;
         rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
         if (rc) {
             if (out.errors && strstr(out.first_error, "-32004"))
                 fprintf(stderr, "bench: select: the engine refused the upcoming selector; "
@@ -440,14 +592,14 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
             report_failure(res, "select", &out);
         }
         /* Reads and writes apart: the peer reports read latency and reads/s. */
-        int64_t *rl = malloc((size_t)total * sizeof *rl), *wl = malloc((size_t)total * sizeof *wl);
         size_t nr = 0, nw = 0;
-        for (int64_t i = 0; rl && wl && rc == 0 && i < (int64_t)reqs.n; i++) {
-            if (is_read[i])
-                rl[nr++] = lat[i];
-            else
-                wl[nw++] = lat[i];
-        }
+        int64_t *rl = sample_lat(&out, keep_read, is_read, &nr);
+        int64_t *wl = sample_lat(&out, keep_write, is_read, &nw);
+        if (rc || !rl || !wl)
+            nr = nw = 0;
+        /* With --duration the set is cycled: count what was answered. */
+        if (w->o->duration_s > 0)
+            reads = (int64_t)nr, writes = (int64_t)nw;
         fill_result(w, res, &out, (size_t)reads, rl, nr);
         if (rc)
             res->ops_per_s = 0;
@@ -458,9 +610,10 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         int64_t read_us = 0;
         for (size_t i = 0; i < nr; i++)
             read_us += rl[i];
-        if (rc == 0 && w->o->clients * w->o->inflight == 1 && read_us > 0)
+        if (rc == 0 && w->o->clients * w->o->inflight == 1 && read_us > 0 && w->o->rate <= 0)
             ts_buf_printf(&res->extra, ",\"read_time_reads_per_s\":%.0f",
                           (double)nr * 1e6 / (double)read_us);
+        timed_fields(w, &out, res);
         ts_buf_printf(&res->extra,
                       ",\"docs\":%lld,\"reads\":%lld,\"writes\":%lld,\"result_rows_total\":%lld,"
                       "\"write_p50_us\":%lld,\"write_p99_us\":%lld",
@@ -475,10 +628,11 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         }
         free(rl);
         free(wl);
+        free(out.samples);
     }
     target_down(w);
     bench_reqs_free(&reqs);
-    free(lat);
+    bench_reqs_free(&warm);
     free(is_read);
     return rc;
 }

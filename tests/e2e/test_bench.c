@@ -173,6 +173,86 @@ Test(bench, update_counts_refused_writes_apart)
     cJSON_Delete(line);
 }
 
+/* --duration: the run sends for that long, cycling update's set of 200
+ * and making ingest's creates past its set (fresh ids: no conflicts). */
+Test(bench, duration_runs_for_a_time)
+{
+    cJSON *line = bench((const char *[]){"--workload", "update", "--n", "200", "--docs", "500",
+                                         "--clients", "2", "--inflight", "4", "--duration",
+                                         "1.5", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_float_eq(num(line, "duration_s"), 1.5, 1e-9);
+    cr_assert_geq(num(line, "seconds"), 1.5);
+    cr_assert_lt(num(line, "seconds"), 10);
+    cr_assert_gt(num(line, "requests"), 200, "the set of 200 comes again");
+    cr_assert_gt(num(line, "max_us"), 0);
+    cJSON_Delete(line);
+}
+
+/* (a test of its own: the engine is fresh for each test, and update's
+ * preload creates the same first sessions as ingest) */
+Test(bench, duration_makes_fresh_creates)
+{
+    cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "100", "--clients", "2",
+                                         "--inflight", "4", "--duration", "1", NULL});
+    cr_assert_eq(num(line, "errors"), 0, "a made create conflicted");
+    cr_assert_gt(num(line, "requests"), 100);
+    cr_assert_geq(num(line, "seconds"), 1);
+    cJSON_Delete(line);
+}
+
+/* --rate: open loop. 2,000 creates due within 20 ms on one socket with one
+ * in flight cannot be served on time; each one's latency counts from when
+ * it was due, so the last one waited about the whole run. Measured from
+ * its actual send (coordinated omission) it would be one create's time. */
+Test(bench, open_loop_counts_from_the_intended_send)
+{
+    cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "2000", "--clients", "1",
+                                         "--inflight", "1", "--rate", "100000", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "rate"), 100000);
+    cr_assert_eq(num(line, "requests"), 2000);
+    double run_us = num(line, "seconds") * 1e6;
+    cr_assert_gt(run_us, 100000, "2,000 serial creates take more than 0.1 s");
+    cr_assert_geq(num(line, "max_us"), 0.8 * (run_us - 20000), "max %.0f us in a %.0f us run",
+                  num(line, "max_us"), run_us);
+    cr_assert_gt(num(line, "late_sends"), 1000);
+    cJSON_Delete(line);
+}
+
+/* At a rate it can keep, the run lasts as long as the schedule. */
+Test(bench, open_loop_keeps_the_schedule)
+{
+    cJSON *line = bench((const char *[]){"--workload", "update", "--n", "300", "--docs", "300",
+                                  "--clients", "2", "--inflight", "8", "--rate", "400", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_geq(num(line, "seconds"), 299.0 / 400);
+    cJSON_Delete(line);
+}
+
+/* --warmup: answered before the clock starts and not counted in the run. */
+Test(bench, warmup_is_not_measured)
+{
+    cJSON *line = bench((const char *[]){"--workload", "select", "--n", "200", "--docs", "500",
+                                         "--warmup", "150", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "warmup_requests"), 150);
+    cr_assert_eq(num(line, "reads"), 200);
+    cr_assert_eq(num(line, "requests"), 220);
+    cJSON_Delete(line);
+}
+
+Test(bench, warmup_for_a_time)
+{
+    cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "300", "--clients", "2",
+                                  "--inflight", "4", "--warmup", "0.5s", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_gt(num(line, "warmup_requests"), 0);
+    cr_assert_geq(num(line, "warmup_seconds"), 0.5);
+    cr_assert_eq(num(line, "requests"), 300);
+    cJSON_Delete(line);
+}
+
 /* live starts its own clinic-api and therasyncd --api (it changes sessions
  * on both sides): a tiny run, every subscriber's result checked by the
  * bench against a fresh uncached query. */

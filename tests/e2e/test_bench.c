@@ -359,3 +359,65 @@ Test(coldstart, counts_the_documents_loaded, .timeout = 120)
     ts_buf_free(&out);
     ts_buf_free(&err);
 }
+
+/* bench/report turns the JSON lines into a Markdown table (one row per
+ * line, other lines skipped) and an SVG of ops/s and p99 per run. */
+static char *report_run(const char *args, int *status)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "python3 %s %s", ts_source_path("bench/report"), args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    ts_buf_t out = {0};
+    char chunk[4096];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, p)) > 0)
+        ts_buf_append(&out, chunk, got);
+    *status = pclose(p);
+    return out.data ? out.data : strdup("");
+}
+
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+Test(report, makes_a_markdown_table_and_an_svg_plot)
+{
+    char *dir = ts_tmpdir("bench-report");
+    cr_assert_not_null(dir);
+    char args[1024], svg_path[512];
+    snprintf(svg_path, sizeof svg_path, "%s/plot.svg", dir);
+    snprintf(args, sizeof args, "-o %s %s", svg_path,
+             ts_source_path("bench/fixtures/report-sample.jsonl"));
+    int status;
+    char *md = report_run(args, &status);
+    cr_assert_eq(status, 0, "%s", md);
+    cr_assert_not_null(strstr(md, "| run | seconds | ops/s | p50 ms | p90 ms | p99 ms |"), "%s", md);
+    cr_assert_eq(count_of(md, "\n| "), 5, "one row per JSON line, the log line skipped:\n%s", md);
+    cr_assert_not_null(strstr(md, "| ingest 8x64 median of 2 | 0.107 | 47,999 | 9.91 | 16.17 | 22.20 |"),
+                       "%s", md);
+    cr_assert_not_null(strstr(md, "| update 8x64 curve rate 2000 run 1 |"), "%s", md);
+    free(md);
+    FILE *f = fopen(svg_path, "r");
+    cr_assert_not_null(f, "no plot");
+    char svg[16384];
+    size_t len = fread(svg, 1, sizeof svg - 1, f);
+    svg[len] = '\0';
+    fclose(f);
+    cr_assert_eq(strncmp(svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39), 0, "%s", svg);
+    cr_assert_not_null(strstr(svg, "</svg>"));
+    /* the background, 5 throughput bars, 4 p99 bars (coldstart has none) */
+    cr_assert_eq(count_of(svg, "<rect "), 10, "%s", svg);
+    cr_assert_not_null(strstr(svg, ">56,117<"), "the best run's ops/s is written by its bar");
+    cr_assert_not_null(strstr(svg, ">81.16<"), "p99 in ms by its bar");
+    ts_rmtree(dir);
+    free(dir);
+    /* nothing to report: a clear error */
+    md = report_run("/dev/null 2>/dev/null", &status);
+    cr_assert_neq(status, 0);
+    free(md);
+}

@@ -146,6 +146,23 @@ int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb);
 /* Removes the data dir (unless keep). */
 void bench_daemon_rmdata(bench_daemon_t *d, bool keep);
 
+/* ---- curve.c: --curve, one client key for every socket ---- */
+
+bool bench_curve_on(void);
+/* Makes the daemon's key pair and the bench's client key (for our own daemon). */
+int bench_curve_generate(void);
+/* Reads the bench's key pair and the daemon's public key (--key, --server-key). */
+int bench_curve_files(const char *key_file, const char *server_key_file);
+/* Sets the CURVE client options on a socket before it connects (nothing
+ * without --curve). 0 or -1. */
+int bench_curve_client(void *sock);
+/* With keys of our own: writes the daemon's key file, a clients file with
+ * the bench's key as admin and a config (base_config's text, then the
+ * security table) into data_dir, all 0600; the config's path to out.
+ * 0, 1 (no keys of our own: nothing to do), or -1. */
+int bench_curve_daemon_config(const char *data_dir, const char *base_config, char *out,
+                              size_t outlen);
+
 /* ---- workloads.c ---- */
 
 typedef struct {

@@ -108,6 +108,18 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
         fprintf(stderr, "bench: no free port or pipe\n");
         return -1;
     }
+    /* --curve: the keys and a config naming them, beside the data */
+    char curve_config[600];
+    const char *config = d->config;
+    int curve = bench_curve_daemon_config(d->data_dir, d->config, curve_config,
+                                          sizeof curve_config);
+    if (curve < 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    if (curve == 0)
+        config = curve_config;
     int64_t t0 = ts_mono_us();
     pid_t pid = fork();
     if (pid < 0) {
@@ -129,9 +141,9 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
             argv[argc++] = "--policies";
             argv[argc++] = (char *)d->policies;
         }
-        if (d->config) {
+        if (config) {
             argv[argc++] = "--config";
-            argv[argc++] = (char *)d->config;
+            argv[argc++] = (char *)config;
         }
         if (d->api) {
             argv[argc++] = "--api";

@@ -262,7 +262,7 @@ static void *work(void *arg)
         int linger = 0, hwm = k + 16;
         cl[c].fifo = calloc((size_t)k, sizeof *cl[c].fifo);
         cl[c].sock = zmq_socket(w->zctx, ZMQ_DEALER);
-        if (!cl[c].fifo || !cl[c].sock ||
+        if (!cl[c].fifo || !cl[c].sock || bench_curve_client(cl[c].sock) ||
             zmq_setsockopt(cl[c].sock, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_setsockopt(cl[c].sock, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
             zmq_connect(cl[c].sock, job->endpoint)) {

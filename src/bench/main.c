@@ -66,6 +66,12 @@ static const char usage_text[] =
     "  --hdr FILE       ingest/update/select: the latencies as HdrHistogram's percentile\n"
     "                   distribution text (Value Percentile TotalCount 1/(1-Percentile),\n"
     "                   ms), FILE.RUN for each run when --runs > 1\n"
+    "  --curve          connect with CURVE: without --endpoint the bench makes the daemon's\n"
+    "                   key pair, its own admin key and the clients file in the daemon's\n"
+    "                   data dir (0600) and starts it with security = {...}\n"
+    "  --key FILE --server-key FILE\n"
+    "                   with --endpoint: the bench's key pair and the daemon's public key\n"
+    "                   (therasync keygen), as the CLI takes them; implies --curve\n"
     "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
     "  --keep-data      keep the temporary data dirs\n"
     "  --max-seconds S  give up on everything after S seconds (default 600)\n";
@@ -96,6 +102,8 @@ static int int_arg(const char *name, const char *text, int64_t min, int64_t max,
 int main(int argc, char **argv)
 {
     bench_opts_t o = {.runs = 1};
+    bool curve = false;
+    const char *key_file = NULL, *server_key_file = NULL;
     int64_t max_seconds = 600;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -109,6 +117,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--keep-data") == 0) {
             o.keep_data = true;
+            continue;
+        }
+        if (strcmp(a, "--curve") == 0) {
+            curve = true;
             continue;
         }
         if (strncmp(a, "--", 2) != 0 || i + 1 >= argc)
@@ -125,6 +137,10 @@ int main(int argc, char **argv)
             o.policies = v;
         } else if (strcmp(a, "--config") == 0) {
             o.config = v;
+        } else if (strcmp(a, "--key") == 0) {
+            key_file = v;
+        } else if (strcmp(a, "--server-key") == 0) {
+            server_key_file = v;
         } else if (strcmp(a, "--hdr") == 0) {
             o.hdr = v;
         } else if (strcmp(a, "--duration") == 0) {
@@ -184,6 +200,20 @@ int main(int argc, char **argv)
         return usage("--duration, --warmup and --hdr are for ingest, update and select, not ",
                      o.workload);
 
+    /* --curve: keys of our own for our own daemon, or the files given for
+     * a running one (like the CLI's --key and --server-key). */
+    if (!key_file != !server_key_file)
+        return usage("--key and --server-key go together", NULL);
+    if (key_file && !o.endpoint)
+        return usage("--key and --server-key are for a daemon at --endpoint; "
+                     "for the bench's own daemon use --curve alone", NULL);
+    if (curve && o.endpoint && !key_file)
+        return usage("--curve with --endpoint needs --key FILE and --server-key FILE", NULL);
+    if (strcmp(o.workload, "api") == 0 && (curve || key_file))
+        return usage("--curve: the api workload does not talk to therasyncd", NULL);
+    if (key_file ? bench_curve_files(key_file, server_key_file)
+                 : curve ? bench_curve_generate() : 0)
+        return 1;
     /* A dead peer must not kill the bench (its daemon is stopped by pid). */
     signal(SIGPIPE, SIG_IGN);
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;

@@ -310,7 +310,8 @@ static cJSON *engine_call(const char *endpoint, const char *method)
     void *dealer = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
     int linger = 0;
     cJSON *m = NULL;
-    if (dealer && zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+    if (dealer && bench_curve_client(dealer) == 0 &&
+        zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
         zmq_connect(dealer, endpoint) == 0)
         m = bench_rpc(dealer, 1, method, NULL, 5000);
     if (dealer)
@@ -726,6 +727,8 @@ static double median(double *v, int n)
 static void print_head(const bench_opts_t *o)
 {
     printf("{\"workload\":\"%s\",", o->workload);
+    if (bench_curve_on())
+        printf("\"curve\":true,");
 }
 
 /* The figures of a run (and of the median line), in this order. */

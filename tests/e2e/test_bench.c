@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zmq.h>
 
 #define BENCH_TIMEOUT_MS 60000
@@ -420,4 +421,97 @@ Test(report, makes_a_markdown_table_and_an_svg_plot)
     md = report_run("/dev/null 2>/dev/null", &status);
     cr_assert_neq(status, 0);
     free(md);
+}
+
+/* --curve with the bench's own daemon: the daemon starts with the keys the
+ * bench made (0600 in its data dir) and requires them, and every bench
+ * socket (the drive, the metrics call) gets through with its key. */
+Test(curve, own_daemon_with_keys, .timeout = 120)
+{
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync-bench",
+                    (const char *[]){"--workload", "ingest", "--n", "500", "--clients", "2",
+                                     "--inflight", "4", "--curve", "--keep-data", NULL},
+                    NULL, BENCH_TIMEOUT_MS, &out, &err);
+    const char *log = err.data ? err.data : "";
+    cr_assert_eq(rc, 0, "therasync-bench exited %d: %s", rc, log);
+    cJSON *line = cJSON_Parse(out.data ? out.data : "");
+    cr_assert_not_null(line, "%s", out.data ? out.data : "");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(line, "curve")), "%s", out.data);
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "requests"), 500);
+    cr_assert_gt(num(line, "engine_p50_us"), 0, "metrics answered the bench's admin key");
+    cJSON_Delete(line);
+    cr_assert(strstr(log, "client keys loaded: 1"), "%s", log);
+    cr_assert(strstr(log, "clients need a key (CURVE)"), "%s", log);
+    const char *kept = strstr(log, "bench: data kept in ");
+    cr_assert_not_null(kept, "%s", log);
+    char dir[512];
+    cr_assert_eq(sscanf(kept + 20, "%511s", dir), 1);
+    const char *files[] = {"bench-server.key", "bench-clients", "bench-curve.lua"};
+    for (size_t i = 0; i < 3; i++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        struct stat st;
+        cr_assert_eq(stat(path, &st), 0, "no %s", path);
+        cr_assert_eq(st.st_mode & 0777, 0600, "%s is %o", path, st.st_mode & 0777);
+    }
+    ts_rmtree(dir);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+/* With a running daemon that wants keys: --key and --server-key, as the
+ * CLI takes them (keys made by therasync keygen). */
+Test(curve, endpoint_with_key_files, .timeout = 120)
+{
+    char *dir = ts_tmpdir("bench-curve");
+    cr_assert_not_null(dir);
+    char server[512], client[512], key[600], pub[600], clients[600], config[600];
+    snprintf(server, sizeof server, "%s/server", dir);
+    snprintf(client, sizeof client, "%s/bench", dir);
+    ts_buf_t out = {0};
+    cr_assert_eq(ts_run("therasync", (const char *[]){"keygen", server, NULL}, NULL, 10000, NULL,
+                        NULL),
+                 0);
+    cr_assert_eq(ts_run("therasync", (const char *[]){"keygen", client, NULL}, NULL, 10000, &out,
+                        NULL),
+                 0);
+    char name[64], role[16], client_pub[64];
+    cr_assert_eq(sscanf(out.data, "%63s %15s %63s", name, role, client_pub), 3, "%s", out.data);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    FILE *f = fopen(clients, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "bench admin %s\n", client_pub);
+    fclose(f);
+    snprintf(config, sizeof config, "%s/therasyncd.lua", dir);
+    f = fopen(config, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "security = { curve_secret_file = \"%s.key\", clients_file = \"%s\" }\n", server,
+            clients);
+    fclose(f);
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, (const char *[]){"--config", config, NULL}), 0,
+                 "therasyncd did not start (log: %s)", e.proc.log_path);
+    /* it wants a key: the CLI without one gets no answer */
+    cr_assert_eq(ts_run("therasync",
+                        (const char *[]){"--endpoint", e.endpoint, "--timeout", "1000", "ping",
+                                         NULL},
+                        NULL, 10000, NULL, NULL),
+                 3);
+    snprintf(key, sizeof key, "%s.key", client);
+    snprintf(pub, sizeof pub, "%s.pub", server);
+    cJSON *line = bench_at(e.endpoint, (const char *[]){"--workload", "update", "--n", "300",
+                                                        "--docs", "300", "--clients", "2",
+                                                        "--inflight", "4", "--key", key,
+                                                        "--server-key", pub, NULL});
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(line, "curve")));
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "requests"), 300);
+    cr_assert_gt(num(line, "engine_p50_us"), 0);
+    cJSON_Delete(line);
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+    ts_buf_free(&out);
 }

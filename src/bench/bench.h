@@ -143,6 +143,8 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s);
 /* SIGTERM, waits up to timeout_s (then SIGKILL). Returns the exit status
  * (0 = clean), or -1. Fills *maxrss_kb from wait4 when not NULL. */
 int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb);
+/* CPU seconds (user + system) the running daemon has used so far, or -1. */
+double bench_daemon_cpu(const bench_daemon_t *d);
 /* Removes the data dir (unless keep). */
 void bench_daemon_rmdata(bench_daemon_t *d, bool keep);
 

@@ -242,6 +242,23 @@ int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb)
     return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
+double bench_daemon_cpu(const bench_daemon_t *d)
+{
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)d->pid);
+    FILE *f = d->pid > 0 ? fopen(path, "r") : NULL;
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[len] = '\0';
+    /* After "(comm)": state is field 3, utime and stime fields 14 and 15. */
+    const char *p = strrchr(text, ')');
+    unsigned long long ut, st;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;

@@ -49,6 +49,11 @@ static void add_hot_metrics(front_t *self, cJSON *partial)
     cJSON_SetNumberValue(ratio, reads > 0 ? h / reads : 0);
     cJSON_AddNumberToObject(c, "front_hits", (double)self->hot_hits);
     cJSON_AddNumberToObject(c, "front_groups", (double)self->hot.count);
+    cJSON_AddNumberToObject(c, "front_held", (double)self->hot_holds);
+    cJSON *held = cJSON_AddObjectToObject(c, "front_hold_us");
+    cJSON_AddNumberToObject(held, "count", (double)self->hot_hold_us.total);
+    cJSON_AddNumberToObject(held, "p50", (double)ts_hist_quantile(&self->hot_hold_us, 0.5));
+    cJSON_AddNumberToObject(held, "p99", (double)ts_hist_quantile(&self->hot_hold_us, 0.99));
 }
 
 static void add_front_metrics(front_t *self, cJSON *partial)

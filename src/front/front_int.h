@@ -96,7 +96,8 @@ typedef struct {
     ts_buf_t hot_key;
     /* metrics */
     ts_hist_t latency[TS_M__LAST];
-    uint64_t errors, busy, too_large, parse_errors, hot_hits;
+    uint64_t errors, busy, too_large, parse_errors, hot_hits, hot_holds;
+    ts_hist_t hot_hold_us;   /* how long held reads waited for the copies */
 } front_t;
 
 /* parse.c */

@@ -186,6 +186,7 @@ bool front_hot_answer(front_t *self, ts_envelope_t *e)
         return rc == 1;
     /* A copy could answer it, once the copies have seen what it must
      * reflect (the next HOT, mostly): held here, not sent to the cache. */
+    self->hot_holds++;
     e->held_next = NULL;
     if (self->hot_held_last)
         self->hot_held_last->held_next = e;
@@ -204,9 +205,12 @@ void front_hot_release(front_t *self, bool all, int64_t older_us)
     for (ts_envelope_t *e = self->hot_held, *next; e; e = next) {
         next = e->held_next;
         e->held_next = NULL;
+        int64_t since = e->received_us; /* e is gone once answered */
         int rc = all || !current_for(self, e) ? -1 : try_answer(self, e);
-        if (rc == 1)
+        if (rc == 1) {
+            ts_hist_add(&self->hot_hold_us, ts_mono_us() - since);
             continue;
+        }
         if (rc == 0 || all || e->received_us < older_us) {
             *send_tail = e, send_tail = &e->held_next;
             nsend++;

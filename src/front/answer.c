@@ -70,6 +70,7 @@ static void add_front_metrics(front_t *self, cJSON *partial)
         cJSON_AddNumberToObject(x, "p50", (double)ts_hist_quantile(h, 0.50));
         cJSON_AddNumberToObject(x, "p99", (double)ts_hist_quantile(h, 0.99));
         cJSON_AddNumberToObject(x, "max", (double)h->max);
+        cJSON_AddItemToObject(x, "buckets", ts_hist_buckets_json(h));
     }
 }
 

@@ -1,0 +1,328 @@
+/* test_admin.c — the daemon's admin endpoint (--admin, docs/OPERATIONS.md):
+ * /metrics checked by a strict exposition-format parser
+ * (tests/support/promcheck.py), a thousand scrapes at once, /healthz and
+ * /readyz, the endpoint with client keys on, and addresses beyond
+ * loopback refused. */
+#include "../support/engine.h"
+#include "../support/http.h"
+#include "../support/run.h"
+#include "therasync/util.h"
+
+#include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static ts_engine_t engine;
+static char base[64]; /* http://127.0.0.1:PORT */
+
+/* Starts the daemon with --admin on a port of its choosing, after extra
+ * args (NULL-terminated, may hold nothing), and reads that port from its
+ * ready line. */
+static void start(const char *const extra[])
+{
+    const char *args[16];
+    size_t n = 0;
+    for (; extra && extra[n]; n++)
+        args[n] = extra[n];
+    args[n++] = "--admin";
+    args[n++] = "127.0.0.1:0";
+    args[n++] = "--policies";
+    args[n++] = ts_source_path("tests/fixtures/policies/permissive");
+    args[n] = NULL;
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start");
+    char line[1024];
+    cr_assert_eq(ts_proc_wait_line(&engine.proc, "admin=127.0.0.1:", 5000, line, sizeof line), 0);
+    int port = (int)strtol(strstr(line, "admin=127.0.0.1:") + 16, NULL, 10);
+    cr_assert(port > 0, "%s", line);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+}
+
+static void stop(void)
+{
+    ts_engine_destroy(&engine);
+}
+
+static long get(const char *path, ts_http_resp_t *r)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    cr_assert_eq(ts_http("GET", url, NULL, NULL, 10000, r), 0, "GET %s: no answer", path);
+    return r->status;
+}
+
+/* Runs promcheck.py on text; its exit code, its output in out. */
+static int promcheck(const char *text, const char *const require[], char *out, size_t outlen)
+{
+    char path[] = "/tmp/ts-metrics-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    ts_buf_t cmd = {0};
+    ts_buf_printf(&cmd, "python3 %s %s", ts_source_path("tests/support/promcheck.py"), path);
+    for (size_t i = 0; require && require[i]; i++)
+        ts_buf_printf(&cmd, " --require %s", require[i]);
+    ts_buf_puts(&cmd, " 2>&1");
+    FILE *p = popen(cmd.data, "r");
+    cr_assert_not_null(p);
+    size_t n = fread(out, 1, outlen - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    unlink(path);
+    ts_buf_free(&cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void some_traffic(void)
+{
+    for (int i = 0; i < 20; i++) {
+        char p[128];
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s%d\",\"n\":%d}}", i, i);
+        cJSON *r = ts_rpc(&engine, "create", p);
+        cr_assert_not_null(ts_rpc_result(r));
+        cJSON_Delete(r);
+        snprintf(p, sizeof p, "{\"collection\":\"sessions\",\"id\":\"s%d\"}", i);
+        r = ts_rpc(&engine, "get", p);
+        cr_assert_not_null(ts_rpc_result(r));
+        cJSON_Delete(r);
+    }
+}
+
+static const char *const families[] = {
+    "therasync_info", "therasync_uptime_seconds", "therasync_sync_online",
+    "therasync_sync_pending", "therasync_api_state", "therasync_storage",
+    "therasync_store_calls_total", "therasync_store_documents",
+    "therasync_store_sync_confirmed_total", "therasync_front_call_seconds",
+    "therasync_front_busy_total", "therasync_persist_commit_seconds",
+    "therasync_persist_commits_total", "therasync_cache_notify_seconds",
+    "therasync_cache_hits_total", NULL};
+
+Test(admin, metrics_pass_a_strict_parser, .timeout = 60)
+{
+    start(NULL);
+    some_traffic();
+    usleep(300 * 1000); /* past the endpoint's reuse of an answer */
+    ts_http_resp_t r = {0};
+    cr_assert_eq(get("/metrics", &r), 200, "%s", r.body);
+    char *type = ts_http_header(&r, "Content-Type");
+    cr_assert(type && strstr(type, "version=0.0.4"), "%s", type ? type : "no Content-Type");
+    free(type);
+    char out[8192];
+    cr_assert_eq(promcheck(r.body, families, out, sizeof out), 0, "%s", out);
+    /* the numbers are the engine's: 20 creates, 20 gets, the commits */
+    cr_assert(strstr(r.body, "therasync_store_calls_total{method=\"create\"} 20\n"), "%s", r.body);
+    cr_assert(strstr(r.body, "therasync_store_documents{collection=\"sessions\"} 20\n"));
+    cr_assert(strstr(r.body, "therasync_front_call_seconds_count{method=\"get\"} 20\n"));
+    cr_assert(strstr(r.body, "therasync_front_call_seconds_bucket{method=\"create\",le=\"+Inf\"} 20\n"));
+    cr_assert_null(strstr(r.body, "therasync_persist_commit_seconds_count 0\n"), "commits timed");
+
+    /* The checker can fail: a falling bucket, a sample before its TYPE. */
+    char *bad = strdup(r.body);
+    char *at = strstr(bad, "le=\"+Inf\"} 20");
+    cr_assert_not_null(at);
+    memcpy(at, "le=\"+Inf\"} 00", 13);
+    cr_assert_eq(promcheck(bad, NULL, out, sizeof out), 1);
+    cr_assert(strstr(out, "falls") || strstr(out, "_count"), "%s", out);
+    free(bad);
+    cr_assert_eq(promcheck("therasync_x_total 1\n# TYPE therasync_x_total counter\n", NULL, out,
+                           sizeof out),
+                 1);
+    cr_assert(strstr(out, "before its TYPE"), "%s", out);
+    ts_http_free(&r);
+    stop();
+}
+
+static size_t discard(char *data, size_t size, size_t n, void *arg)
+{
+    (void)data, (void)arg;
+    return size * n;
+}
+
+/* Every scrape of a thousand at once ends with an answer: 200, or 503 when
+ * the endpoint is overloaded, never a hang or a reset. */
+Test(admin, thousand_concurrent_scrapes, .timeout = 120)
+{
+    struct rlimit nofile;
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    if (nofile.rlim_cur < 4096 && nofile.rlim_max >= 4096) { /* the daemon inherits it */
+        nofile.rlim_cur = 4096;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    cr_assert(nofile.rlim_cur >= 2200, "needs 2,200 descriptors, has %ld", (long)nofile.rlim_cur);
+    start(NULL);
+    some_traffic();
+    enum { N = 1000 };
+    CURLM *multi = curl_multi_init();
+    static CURL *easy[N];
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", base);
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
+    for (int i = 0; i < N; i++) {
+        easy[i] = curl_easy_init();
+        curl_easy_setopt(easy[i], CURLOPT_URL, url);
+        curl_easy_setopt(easy[i], CURLOPT_TIMEOUT_MS, 60000L);
+        curl_easy_setopt(easy[i], CURLOPT_FORBID_REUSE, 1L);
+        curl_easy_setopt(easy[i], CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, discard);
+        curl_multi_add_handle(multi, easy[i]);
+    }
+    int64_t until = ts_mono_us() + 90 * 1000000LL;
+    int running = 1;
+    while (running && ts_mono_us() < until) {
+        curl_multi_perform(multi, &running);
+        curl_multi_poll(multi, NULL, 0, 100, NULL);
+    }
+    cr_assert_eq(running, 0, "%d scrapes still open after 90 s", running);
+    int ok = 0, unavailable = 0;
+    for (int i = 0; i < N; i++) {
+        long status = 0;
+        curl_easy_getinfo(easy[i], CURLINFO_RESPONSE_CODE, &status);
+        ok += status == 200;
+        unavailable += status == 503;
+        curl_multi_remove_handle(multi, easy[i]);
+        curl_easy_cleanup(easy[i]);
+    }
+    curl_multi_cleanup(multi);
+    cr_assert_eq(ok + unavailable, N, "%d answered 200, %d 503, of %d", ok, unavailable, N);
+    cr_assert(ok >= N / 2, "only %d of %d scrapes got the metrics", ok, N);
+    /* and the engine is none the worse */
+    cJSON *r = ts_rpc(&engine, "status", NULL);
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    ts_http_resp_t h = {0};
+    cr_assert_eq(get("/healthz", &h), 200);
+    ts_http_free(&h);
+    stop();
+}
+
+Test(admin, health_and_readiness, .timeout = 60)
+{
+    start(NULL);
+    ts_http_resp_t r = {0};
+    cr_assert_eq(get("/healthz", &r), 200, "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(get("/readyz", &r), 200, "%s", r.body);
+    cr_assert_str_eq(r.body, "ready\n");
+    ts_http_free(&r);
+    cr_assert_eq(get("/nope", &r), 404);
+    ts_http_free(&r);
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", base);
+    cr_assert_eq(ts_http("POST", url, NULL, "x", 5000, &r), 0);
+    cr_assert_eq(r.status, 405);
+    ts_http_free(&r);
+
+    /* The store loses its data dir: not ready, and says why in one line;
+     * still alive. */
+    cr_assert_eq(ts_rmtree(engine.data), 0);
+    long status = 0;
+    for (int i = 0; i < 100 && status != 503; i++) {
+        cJSON_Delete(ts_rpc(&engine, "create", "{\"collection\":\"sessions\",\"doc\":{\"n\":1}}"));
+        usleep(100 * 1000);
+        ts_http_free(&r);
+        status = get("/readyz", &r);
+    }
+    cr_assert_eq(status, 503, "readyz still %ld: %s", status, r.body);
+    cr_assert_str_eq(r.body, "storage: data directory removed\n");
+    ts_http_free(&r);
+    cr_assert_eq(get("/healthz", &r), 200);
+    ts_http_free(&r);
+    stop();
+}
+
+/* With client keys on, the public endpoint wants a key; the admin endpoint
+ * still gets its numbers (over its inproc socket, which needs none). */
+Test(admin, works_with_client_keys, .timeout = 60)
+{
+    char *dir = ts_tmpdir("ts-admin-keys");
+    char pub[41], sec[41], cpub[41], csec[41], path[4200], text[1024];
+    cr_assert_eq(zmq_curve_keypair(pub, sec), 0);
+    cr_assert_eq(zmq_curve_keypair(cpub, csec), 0);
+    snprintf(path, sizeof path, "%s/server.key", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "public %s\nsecret %s\n", pub, sec);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/clients", dir);
+    f = fopen(path, "w");
+    fprintf(f, "ops read %s\n", cpub);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/therasync.lua", dir);
+    f = fopen(path, "w");
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s/server.key\", clients_file = \"%s/clients\" }\n",
+             dir, dir);
+    fputs(text, f);
+    fclose(f);
+    const char *args[] = {"--config", path, NULL};
+    start(args);
+    /* a client without a key gets nothing */
+    char *none = ts_rpc_raw(engine.dealer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\"}",
+                            43, 500);
+    cr_assert_null(none, "a keyless client was answered: %s", none);
+    ts_http_resp_t r = {0};
+    cr_assert_eq(get("/metrics", &r), 200, "%s", r.body);
+    char out[8192];
+    cr_assert_eq(promcheck(r.body, families, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(r.body, "therasync_front_call_seconds_count{method=\"status\"}"), "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(get("/readyz", &r), 200, "%s", r.body);
+    ts_http_free(&r);
+    stop();
+    ts_rmtree(dir);
+    free(dir);
+}
+
+/* The admin endpoint has no keys: an address beyond loopback is refused,
+ * --insecure or not, from a flag or the config file. */
+Test(admin, non_loopback_address_refused, .timeout = 30)
+{
+    const char *const bad[] = {"0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464", "example.org:80",
+                               "127.0.0.1:99999", "127.0.0.1:", "127.0.0.1"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ts_buf_t err = {0};
+        const char *args[] = {"--admin", bad[i], "--insecure", NULL};
+        cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, NULL, &err), 2, "%s accepted", bad[i]);
+        cr_assert(strstr(err.data, "loopback"), "%s: %s", bad[i], err.data);
+        ts_buf_free(&err);
+    }
+    char *dir = ts_tmpdir("ts-admin-conf");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/therasync.lua", dir);
+    FILE *f = fopen(path, "w");
+    fputs("admin = \"192.168.0.1:9464\"\n", f);
+    fclose(f);
+    ts_buf_t err = {0};
+    const char *args[] = {"--config", path, NULL};
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, NULL, &err), 2);
+    cr_assert(strstr(err.data, "192.168.0.1:9464"), "%s", err.data);
+    ts_buf_free(&err);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+/* status names the build and how long it has run (a restart loop shows as
+ * an uptime that keeps going back to 0). */
+Test(admin, status_says_version_and_uptime, .timeout = 30)
+{
+    start(NULL);
+    cJSON *r = ts_rpc(&engine, "status", NULL);
+    const cJSON *res = ts_rpc_result(r);
+    cr_assert_not_null(res);
+    const cJSON *version = cJSON_GetObjectItem(res, "version");
+    cr_assert(cJSON_IsString(version) && strcmp(version->valuestring, TS_VERSION) == 0);
+    const cJSON *up = cJSON_GetObjectItem(res, "uptime_s");
+    cr_assert(cJSON_IsNumber(up) && up->valuedouble >= 0 && up->valuedouble < 5);
+    cJSON_Delete(r);
+    usleep(1200 * 1000);
+    r = ts_rpc(&engine, "status", NULL);
+    up = cJSON_GetObjectItem(ts_rpc_result(r), "uptime_s");
+    cr_assert(cJSON_IsNumber(up) && up->valuedouble >= 1, "uptime_s %g", up ? up->valuedouble : -1);
+    cJSON_Delete(r);
+    stop();
+}

@@ -429,7 +429,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if (!atomic_load(&a->ready))
         return health ? text(c, MHD_HTTP_OK, "ok: starting")
                       : text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                             "starting: the data dir is being opened and recovered");
+                             "starting: the engine is not ready yet (data dir, policies, "
+                             "recovery)");
     if (!lock(a))
         return text(c, MHD_HTTP_SERVICE_UNAVAILABLE,
                     "busy: other requests hold the engine's answer for over %d s", LOCK_WAIT_S);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -234,6 +235,63 @@ Test(admin, health_and_readiness, .timeout = 60)
     cr_assert_eq(get("/healthz", &r), 200);
     ts_http_free(&r);
     stop();
+}
+
+/* Before the engine is ready (here: a policy that takes seconds to load)
+ * the endpoint already answers: alive, not ready; then ready. */
+Test(admin, readyz_before_and_after_ready, .timeout = 90)
+{
+    char *dir = ts_tmpdir("ts-admin-slow");
+    char pol[4200], path[4400], data[4200], ep[64], ev[64], admin[64], line[1024];
+    snprintf(pol, sizeof pol, "%s/policies", dir);
+    cr_assert_eq(mkdir(pol, 0700), 0);
+    const char *files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
+    for (int i = 0; i < 3; i++) {
+        char from[4200];
+        snprintf(from, sizeof from, "tests/fixtures/policies/permissive/%s", files[i]);
+        FILE *in = fopen(ts_source_path(from), "r");
+        snprintf(path, sizeof path, "%s/%s", pol, files[i]);
+        FILE *out = fopen(path, "w");
+        cr_assert(in && out);
+        if (i == 0) /* seconds of work before the policies are in */
+            fputs("local n = 0; for i = 1, 300000000 do n = n + 1 end\n", out);
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+            fwrite(buf, 1, n, out);
+        fclose(in);
+        fclose(out);
+    }
+    snprintf(path, sizeof path, "%s/therasync.lua", dir);
+    FILE *f = fopen(path, "w");
+    fputs("lua = { instruction_budget = 100000000000 }\n", f);
+    fclose(f);
+    int port = ts_free_port();
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(ev, sizeof ev, "tcp://127.0.0.1:%d", ts_free_port());
+    snprintf(admin, sizeof admin, "127.0.0.1:%d", port);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", port);
+    const char *args[] = {"--config", path, "--data", data, "--endpoint", ep, "--events", ev,
+                          "--admin", admin, "--policies", pol, NULL};
+    ts_proc_t p = {0};
+    cr_assert_eq(ts_proc_spawn(&p, dir, "therasyncd", args), 0);
+    cr_assert_eq(ts_wait_port(port, 10000), 0, "the admin endpoint did not open");
+    ts_http_resp_t r = {0};
+    cr_assert_eq(get("/readyz", &r), 503, "%s", r.body);
+    cr_assert(strncmp(r.body, "starting: ", 10) == 0 && strchr(r.body, '\n') == r.body + r.len - 1,
+              "one line: %s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(get("/healthz", &r), 200, "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(get("/metrics", &r), 503, "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(ts_proc_wait_line(&p, "ready endpoint=", 60000, line, sizeof line), 0);
+    cr_assert_eq(get("/readyz", &r), 200, "%s", r.body);
+    ts_http_free(&r);
+    cr_assert_eq(ts_proc_stop(&p, 10000), 0);
+    ts_rmtree(dir);
+    free(dir);
 }
 
 /* With client keys on, the public endpoint wants a key; the admin endpoint

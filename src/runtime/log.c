@@ -112,13 +112,26 @@ static void flush_repeats(int64_t now, const char *except)
 /* Whether a warning with fmt is to be printed now (repeat_lock held). */
 static bool repeat_allows(const char *module, const char *fmt, int64_t now)
 {
-    repeat_t *r = &repeats[((uintptr_t)fmt >> 3) % REPEAT_SLOTS];
-    if (r->fmt == fmt && now - r->since_us < REPEAT_WINDOW_US) {
+    /* its slot, else an unused one, else one with nothing left out, else
+     * the oldest; among equals the oldest */
+    repeat_t *r = NULL, *spare = NULL;
+    for (int i = 0; i < REPEAT_SLOTS && !r; i++) {
+        repeat_t *x = &repeats[i];
+        if (x->fmt == fmt)
+            r = x;
+        else if (!spare || (spare->fmt && (!x->fmt || (!x->left_out && spare->left_out) ||
+                                           (!x->left_out == !spare->left_out &&
+                                            x->since_us < spare->since_us))))
+            spare = x;
+    }
+    if (r && now - r->since_us < REPEAT_WINDOW_US) {
         if (!r->left_out++)
             repeats_open++;
         return false;
     }
-    if (r->left_out) /* its window is over, or another format takes the slot */
+    if (!r)
+        r = spare;
+    if (r->left_out) /* its window is over, or the oldest gives its slot up */
         say_repeated(r);
     *r = (repeat_t){.fmt = fmt, .module = module, .since_us = now};
     return true;

@@ -49,6 +49,31 @@ static void warn_disk(int i)
     ts_warn("test", "disk slow (%d)", i);
 }
 
+static void warn_peer(int i)
+{
+    ts_warn("test", "peer gone (%d)", i);
+}
+
+/* Two warnings in turns: each its own count (a slot shared by two formats
+ * once printed a count early). */
+Test(log, two_bursts_interleaved_each_counted, .timeout = 10)
+{
+    capture();
+    for (int i = 0; i < 100; i++) {
+        warn_disk(i);
+        warn_peer(i);
+    }
+    char *out = captured();
+    cr_assert_eq(count(out, "disk slow"), 1, "%s", out);
+    cr_assert_eq(count(out, "peer gone"), 1, "%s", out);
+    cr_assert_eq(count(out, "repeated"), 0, "%s", out);
+    usleep(1100 * 1000);
+    ts_info("test", "later");
+    out = captured();
+    cr_assert_eq(count(out, "last message repeated 99 times"), 2, "%s", out);
+    unlink(path);
+}
+
 Test(log, burst_of_one_warning_is_counted_not_printed, .timeout = 10)
 {
     capture();

@@ -54,6 +54,26 @@ static void warn_peer(int i)
     ts_warn("test", "peer gone (%d)", i);
 }
 
+/* Twenty warnings in turns, each its own format: each printed once, each
+ * counted at the end (with slots picked by address, some shared one). */
+#define W(n) ts_warn("test", "warning number " #n " (%d)", i)
+Test(log, twenty_bursts_interleaved_each_counted, .timeout = 10)
+{
+    capture();
+    for (int i = 0; i < 10; i++) {
+        W(0); W(1); W(2); W(3); W(4); W(5); W(6); W(7); W(8); W(9);
+        W(10); W(11); W(12); W(13); W(14); W(15); W(16); W(17); W(18); W(19);
+    }
+    char *out = captured();
+    cr_assert_eq(count(out, "warning number"), 20, "%s", out);
+    cr_assert_eq(count(out, "repeated"), 0, "%s", out);
+    usleep(1100 * 1000);
+    ts_info("test", "later");
+    out = captured();
+    cr_assert_eq(count(out, "last message repeated 9 times"), 20, "%s", out);
+    unlink(path);
+}
+
 /* Two warnings in turns: each its own count (a slot shared by two formats
  * once printed a count early). */
 Test(log, two_bursts_interleaved_each_counted, .timeout = 10)

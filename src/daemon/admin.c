@@ -5,7 +5,8 @@
  * A scrape asks the engine at most every FRESH_US: concurrent scrapes (a
  * thousand dashboards, or one scraper retrying) share the last answer,
  * so they cost the engine one `metrics` call, not one each. A scrape that
- * cannot get the lock or an answer in time is answered 503, never held. */
+ * cannot get the lock or an answer in time is answered 503, never held;
+ * for FAILED_REUSE_US after a call failed, the others get its 503 at once. */
 #include "admin.h"
 
 #include "msgs/endpoints.h"
@@ -31,6 +32,7 @@
 #define FRESH_US 200000    /* answers reused this long */
 #define RPC_TIMEOUT_MS 2000 /* the front door's answer, or 503 */
 #define LOCK_WAIT_S 3       /* waiting for another scrape's call, or 503 */
+#define FAILED_REUSE_US 1000000 /* a failure answers the scrapes this long after it */
 #define THREADS 2
 #define MAX_CONNECTIONS 4096 /* beyond it MHD closes new connections at once */
 
@@ -42,6 +44,7 @@ struct ts_admin {
     void *dealer;
     unsigned next_id;
     int64_t fetched_us;   /* when metrics/status were last asked */
+    int64_t failed_us;    /* when the last failed ask ended */
     cJSON *metrics, *status;
     char error[160];      /* why the last ask failed ("" when it did not) */
 };
@@ -345,6 +348,10 @@ static int refresh(ts_admin_t *a, bool want_metrics)
     if (a->fetched_us && now - a->fetched_us < FRESH_US && (a->metrics || !want_metrics) &&
         !*a->error)
         return 0;
+    /* The engine just failed to answer: the scrapes queued behind that
+     * call get the same answer at once, not a wait of their own each. */
+    if (*a->error && now - a->failed_us < FAILED_REUSE_US)
+        return -1;
     a->error[0] = '\0';
     cJSON *st = rpc(a, "status");
     cJSON *m = st && want_metrics ? rpc(a, "metrics") : NULL;
@@ -352,6 +359,7 @@ static int refresh(ts_admin_t *a, bool want_metrics)
         cJSON_Delete(st);
         cJSON_Delete(m);
         a->fetched_us = 0;
+        a->failed_us = ts_mono_us();
         return -1;
     }
     cJSON_Delete(a->status);

@@ -10,6 +10,7 @@
 
 #include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +32,15 @@ static void start(const char *const extra[])
     size_t n = 0;
     for (; extra && extra[n]; n++)
         args[n] = extra[n];
+    bool policies = false;
+    for (size_t i = 0; i < n; i++)
+        policies = policies || strcmp(args[i], "--policies") == 0;
     args[n++] = "--admin";
     args[n++] = "127.0.0.1:0";
-    args[n++] = "--policies";
-    args[n++] = ts_source_path("tests/fixtures/policies/permissive");
+    if (!policies) {
+        args[n++] = "--policies";
+        args[n++] = ts_source_path("tests/fixtures/policies/permissive");
+    }
     args[n] = NULL;
     cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start");
     char line[1024];
@@ -145,26 +151,15 @@ static size_t discard(char *data, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* Every scrape of a thousand at once ends with an answer: 200, or 503 when
- * the endpoint is overloaded, never a hang or a reset. */
-Test(admin, thousand_concurrent_scrapes, .timeout = 120)
+/* n scrapes of /metrics at once, each on a connection of its own; counts
+ * the 200s and 503s. Fails the test when one is still open after 90 s. */
+static void scrape_many(int n, int *ok, int *unavailable)
 {
-    struct rlimit nofile;
-    getrlimit(RLIMIT_NOFILE, &nofile);
-    if (nofile.rlim_cur < 4096 && nofile.rlim_max >= 4096) { /* the daemon inherits it */
-        nofile.rlim_cur = 4096;
-        setrlimit(RLIMIT_NOFILE, &nofile);
-    }
-    cr_assert(nofile.rlim_cur >= 2200, "needs 2,200 descriptors, has %ld", (long)nofile.rlim_cur);
-    start(NULL);
-    some_traffic();
-    enum { N = 1000 };
     CURLM *multi = curl_multi_init();
-    static CURL *easy[N];
+    CURL **easy = calloc((size_t)n, sizeof *easy);
     char url[128];
     snprintf(url, sizeof url, "%s/metrics", base);
-    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 0L);
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < n; i++) {
         easy[i] = curl_easy_init();
         curl_easy_setopt(easy[i], CURLOPT_URL, url);
         curl_easy_setopt(easy[i], CURLOPT_TIMEOUT_MS, 60000L);
@@ -180,16 +175,35 @@ Test(admin, thousand_concurrent_scrapes, .timeout = 120)
         curl_multi_poll(multi, NULL, 0, 100, NULL);
     }
     cr_assert_eq(running, 0, "%d scrapes still open after 90 s", running);
-    int ok = 0, unavailable = 0;
-    for (int i = 0; i < N; i++) {
+    *ok = *unavailable = 0;
+    for (int i = 0; i < n; i++) {
         long status = 0;
         curl_easy_getinfo(easy[i], CURLINFO_RESPONSE_CODE, &status);
-        ok += status == 200;
-        unavailable += status == 503;
+        *ok += status == 200;
+        *unavailable += status == 503;
         curl_multi_remove_handle(multi, easy[i]);
         curl_easy_cleanup(easy[i]);
     }
     curl_multi_cleanup(multi);
+    free(easy);
+}
+
+/* Every scrape of a thousand at once ends with an answer: 200, or 503 when
+ * the endpoint is overloaded, never a hang or a reset. */
+Test(admin, thousand_concurrent_scrapes, .timeout = 120)
+{
+    struct rlimit nofile;
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    if (nofile.rlim_cur < 4096 && nofile.rlim_max >= 4096) { /* the daemon inherits it */
+        nofile.rlim_cur = 4096;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    cr_assert(nofile.rlim_cur >= 2200, "needs 2,200 descriptors, has %ld", (long)nofile.rlim_cur);
+    start(NULL);
+    some_traffic();
+    enum { N = 1000 };
+    int ok, unavailable;
+    scrape_many(N, &ok, &unavailable);
     cr_assert_eq(ok + unavailable, N, "%d answered 200, %d 503, of %d", ok, unavailable, N);
     cr_assert(ok >= N / 2, "only %d of %d scrapes got the metrics", ok, N);
     /* and the engine is none the worse */
@@ -200,6 +214,90 @@ Test(admin, thousand_concurrent_scrapes, .timeout = 120)
     cr_assert_eq(get("/healthz", &h), 200);
     ts_http_free(&h);
     stop();
+}
+
+/* Writes the permissive policies to dir/policies, with validate.lua
+ * replaced by validate when it is not NULL, and a config giving policies
+ * a budget for seconds of work; returns the policies dir (static). */
+static const char *slow_policies(const char *dir, const char *validate, char *config, size_t len)
+{
+    static char pol[4200];
+    char path[4400];
+    snprintf(pol, sizeof pol, "%s/policies", dir);
+    cr_assert_eq(mkdir(pol, 0700), 0);
+    const char *files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
+    for (int i = 0; i < 3; i++) {
+        char from[256];
+        snprintf(from, sizeof from, "tests/fixtures/policies/permissive/%s", files[i]);
+        FILE *in = fopen(ts_source_path(from), "r");
+        snprintf(path, sizeof path, "%s/%s", pol, files[i]);
+        FILE *out = fopen(path, "w");
+        cr_assert(in && out);
+        if (i == 0 && validate)
+            fputs(validate, out);
+        char buf[4096];
+        size_t n;
+        while (!(i == 0 && validate) && (n = fread(buf, 1, sizeof buf, in)) > 0)
+            fwrite(buf, 1, n, out);
+        fclose(in);
+        fclose(out);
+    }
+    snprintf(config, len, "%s/therasync.lua", dir);
+    FILE *f = fopen(config, "w");
+    fputs("lua = { instruction_budget = 100000000000 }\n", f);
+    fclose(f);
+    return pol;
+}
+
+/* The engine stalls (a policy call of seconds holds the store): /healthz
+ * and the scrapes say 503 with the reason within seconds, none waits for
+ * the stall to end; after it, 200 again. */
+Test(admin, a_stalled_engine_gets_503_not_a_hang, .timeout = 180)
+{
+    char *dir = ts_tmpdir("ts-admin-stall");
+    char config[4400];
+    const char *pol = slow_policies(
+        dir,
+        "return { sessions = function(doc)\n"
+        "  if doc.slow then local n = 0; for i = 1, 1500000000 do n = n + 1 end end\n"
+        "  return true\nend }\n",
+        config, sizeof config);
+    const char *args[] = {"--config", config, "--policies", pol, NULL};
+    start(args);
+    ts_http_resp_t r = {0};
+    cr_assert_eq(get("/metrics", &r), 200, "%s", r.body);
+    ts_http_free(&r);
+    void *slow = ts_engine_client(&engine);
+    const char *create = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"create\",\"params\":"
+                         "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s\",\"slow\":true}}}";
+    char *early = ts_rpc_raw(slow, create, strlen(create), 300);
+    cr_assert_null(early, "the slow write was answered at once: %s", early);
+    usleep(300 * 1000); /* past the reuse of the last answer */
+    int64_t t0 = ts_mono_us();
+    cr_assert_eq(get("/healthz", &r), 503, "%s", r.body);
+    cr_assert(strstr(r.body, "did not answer"), "%s", r.body);
+    ts_http_free(&r);
+    int ok, unavailable;
+    scrape_many(100, &ok, &unavailable);
+    double took = (double)(ts_mono_us() - t0) / 1e6;
+    cr_assert_eq(unavailable, 100, "%d of 100 got 503 (%d 200) while the store was stuck",
+                 unavailable, ok);
+    cr_assert(took < 8, "the scrapes took %.1f s", took);
+    /* the stall ends: the write is answered, the metrics come back */
+    zmq_pollitem_t item = {.socket = slow, .events = ZMQ_POLLIN};
+    cr_assert_eq(zmq_poll(&item, 1, 120000), 1, "the slow write was never answered");
+    zmq_close(slow);
+    long status = 0;
+    for (int i = 0; i < 50 && status != 200; i++) {
+        usleep(100 * 1000);
+        ts_http_free(&r);
+        status = get("/metrics", &r);
+    }
+    cr_assert_eq(status, 200, "%s", r.body);
+    ts_http_free(&r);
+    stop();
+    ts_rmtree(dir);
+    free(dir);
 }
 
 Test(admin, health_and_readiness, .timeout = 60)
@@ -242,30 +340,9 @@ Test(admin, health_and_readiness, .timeout = 60)
 Test(admin, readyz_before_and_after_ready, .timeout = 90)
 {
     char *dir = ts_tmpdir("ts-admin-slow");
-    char pol[4200], path[4400], data[4200], ep[64], ev[64], admin[64], line[1024];
-    snprintf(pol, sizeof pol, "%s/policies", dir);
-    cr_assert_eq(mkdir(pol, 0700), 0);
-    const char *files[] = {"validate.lua", "selectors.lua", "conflict.lua"};
-    for (int i = 0; i < 3; i++) {
-        char from[4200];
-        snprintf(from, sizeof from, "tests/fixtures/policies/permissive/%s", files[i]);
-        FILE *in = fopen(ts_source_path(from), "r");
-        snprintf(path, sizeof path, "%s/%s", pol, files[i]);
-        FILE *out = fopen(path, "w");
-        cr_assert(in && out);
-        if (i == 0) /* seconds of work before the policies are in */
-            fputs("local n = 0; for i = 1, 300000000 do n = n + 1 end\n", out);
-        char buf[4096];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-            fwrite(buf, 1, n, out);
-        fclose(in);
-        fclose(out);
-    }
-    snprintf(path, sizeof path, "%s/therasync.lua", dir);
-    FILE *f = fopen(path, "w");
-    fputs("lua = { instruction_budget = 100000000000 }\n", f);
-    fclose(f);
+    char path[4400], data[4200], ep[64], ev[64], admin[64], line[1024];
+    const char *pol = slow_policies( /* seconds of work before the policies are in */
+        dir, "local n = 0; for i = 1, 300000000 do n = n + 1 end\nreturn {}\n", path, sizeof path);
     int port = ts_free_port();
     snprintf(data, sizeof data, "%s/data", dir);
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", ts_free_port());

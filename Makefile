@@ -13,7 +13,7 @@ PREFIX   ?= /usr/local
 # threads allocate in one actor and free in another, which glibc serves
 # slowly (see README, Dependencies). Sanitizer builds keep their own malloc.
 MALLOC   ?= jemalloc
-PKGS     := libzmq lua5.4 libcurl libcjson sqlite3 libmicrohttpd $(MALLOC)
+PKGS     := libzmq lua5.4 libcurl libcjson sqlite3 libmicrohttpd libsodium $(MALLOC)
 CC       ?= cc
 OPT      ?= -O2 -g
 SAN      ?=

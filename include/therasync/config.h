@@ -21,6 +21,7 @@ typedef struct {
                                 /readyz (docs/OPERATIONS.md); NULL = off */
     ts_log_level_t log_level;
     bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
+    bool check_only;         /* --check-config: validate config and policies, then exit */
     bool insecure;           /* --insecure: endpoints beyond loopback without
                                 client keys (refused otherwise) */
     size_t max_request_bytes;/* default 1 MiB */
@@ -35,6 +36,10 @@ typedef struct {
         size_t memory_bytes;
         long instruction_budget;
     } lua;
+    struct {                 /* encryption at rest (SECURITY.md) */
+        char *key_file;      /* security.encryption_key_file; NULL: $CREDENTIALS_DIRECTORY/therasync.key
+                                if there, else the store is plain */
+    } storage;
     struct {                 /* the sync actor (docs/SYNC.md) */
         int concurrency;     /* push requests in flight at once; default 32 */
         int batch_size;      /* writes per POST /v1/_batch; 128 (0 or 1: one request each) */

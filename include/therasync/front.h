@@ -36,4 +36,8 @@ ts_actor_t *ts_front_start(void *zctx, ts_front_args_t *args);
 int ts_curve_read_key(const char *path, char public_key[41], char secret_key[41], char *err,
                       size_t errlen);
 
+/* therasyncd --check-config: whether the clients file parses; 0 with the
+ * number of keys in *n, or -1 with err. */
+int ts_clients_file_check(const char *path, size_t *n, char *err, size_t errlen);
+
 #endif

@@ -36,4 +36,16 @@
  * dir. Returns NULL after logging why when the dir is unusable. */
 ts_actor_t *ts_persist_start(void *zctx, const ts_config_t *config);
 
+/* `therasync rekey`: re-seals the stopped store in data_dir from the key in
+ * old_key_file (NULL: the store is plain) to the one in new_key_file, in
+ * one transaction (SECURITY.md). Idempotent: done when the new key opens it
+ * already. 0, or -1 with the reason in err. */
+int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char *new_key_file,
+                     char *err, size_t errlen);
+
+/* therasyncd --check-config: whether the store's key the config names (or
+ * the systemd credential) can be read. 0 (*sealed: there is one), or -1
+ * with err. */
+int ts_persist_check_key(const ts_config_t *config, bool *sealed, char *err, size_t errlen);
+
 #endif

@@ -19,4 +19,10 @@
 
 ts_actor_t *ts_store_start(void *zctx, const ts_config_t *config);
 
+/* therasyncd --check-config: whether the policies the config names (or the
+ * shipped ones) load as the store would load them. 0 with "DIR (N
+ * selectors)" in summary, or -1 with err. */
+int ts_store_check_policies(const ts_config_t *config, char *summary, size_t summary_len,
+                            char *err, size_t errlen);
+
 #endif

@@ -29,6 +29,14 @@ int bench_reqs_end(bench_reqs_t *reqs);
 void bench_reqs_reset(bench_reqs_t *reqs);
 void bench_reqs_free(bench_reqs_t *reqs);
 
+typedef struct bench_progress bench_progress_t; /* stats.c */
+
+/* One measured answer: the request's index and its latency. */
+typedef struct {
+    size_t idx;
+    int64_t us;
+} bench_sample_t;
+
 /* ---- driver.c: C DEALER clients x K requests in flight each ---- */
 
 typedef struct {
@@ -38,13 +46,25 @@ typedef struct {
     int threads;  /* threads the sockets are spread over (1 = one poll loop) */
     const bench_reqs_t *reqs;
     int64_t deadline_us;     /* ts_mono_us() after which the run gives up */
-    int64_t *lat_us;         /* out: reqs->n latencies, first send to reply */
+    int64_t *lat_us;         /* out (or NULL): reqs->n latencies, first send to reply */
+    int64_t count;       /* requests to send (0: reqs->n); past reqs->n the set comes again */
+    int64_t duration_us; /* > 0: instead of count, send for this long (open loop: the
+                            requests due within it) */
+    double rate;         /* > 0: open loop, request s due at start + s / rate seconds and
+                            its latency counted from then; 0: closed loop */
+    /* Optional: builds request seq >= reqs->n (its JSON-RPC id must be seq)
+     * into out, instead of sending the set again; the same seq must give
+     * the same bytes (a busy answer is retried by building it again). */
+    int (*make)(void *arg, size_t seq, ts_buf_t *out);
+    void *make_arg;
+    bool samples; /* collect every measured latency in out->samples */
     /* Optional: called for every successful reply (from the thread that got it). */
     void (*on_reply)(void *arg, size_t i, const char *reply, size_t len);
     void *arg;
     /* Count not_found (-32001) answers as answered (updates of documents
      * that validation refused at preload). */
     bool tolerate_not_found;
+    bench_progress_t *progress; /* counts answered requests when not NULL */
 } bench_job_t;
 
 typedef struct {
@@ -55,6 +75,11 @@ typedef struct {
     size_t busy_retries; /* busy answers, each retried after 1 ms */
     double seconds;      /* first send to last reply */
     double cpu_seconds;  /* CPU (user + system) the bench itself used meanwhile */
+    size_t sent;         /* requests taken (each once, however often retried) */
+    int64_t send_lag_max_us; /* open loop: the latest a request went out after it was due */
+    size_t late_sends;       /* open loop: requests sent more than 1 ms after they were due */
+    bench_sample_t *samples; /* with job->samples: nsamples of them (free()) */
+    size_t nsamples;
     char first_error[256];
 } bench_outcome_t;
 
@@ -70,6 +95,27 @@ struct cJSON *bench_rpc(void *dealer, long id, const char *method, const char *p
 
 /* Percentile (nearest rank, p in 0..100) of the values; sorts a copy. */
 int64_t bench_percentile(const int64_t *values, size_t n, double p);
+
+/* ---- stats.c: percentiles, the --hdr file, progress ---- */
+
+typedef struct {
+    int64_t p50, p90, p99, p999, max;
+} bench_pcts_t;
+
+/* A sorted copy (free it), or NULL. */
+int64_t *bench_sorted(const int64_t *values, size_t n);
+/* p50/p90/p99/p99.9/max by nearest rank (all 0 for no values). */
+void bench_pcts(const int64_t *values, size_t n, bench_pcts_t *out);
+/* HdrHistogram's percentile distribution text (outputPercentileDistribution:
+ * Value Percentile TotalCount 1/(1-Percentile), values in ms) of the
+ * latencies (µs) to path. 0 or -1. */
+int bench_write_hdr(const char *path, const int64_t *values, size_t n);
+
+/* Progress on stderr once a second, from 3 s after the start on (so short
+ * steps stay quiet). total 0: unknown. NULL-safe. */
+bench_progress_t *bench_progress_start(const char *what, int64_t total);
+void bench_progress_add(bench_progress_t *p, int64_t n);
+void bench_progress_stop(bench_progress_t *p);
 
 /* ---- daemon.c: a therasyncd of our own ---- */
 
@@ -97,8 +143,27 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s);
 /* SIGTERM, waits up to timeout_s (then SIGKILL). Returns the exit status
  * (0 = clean), or -1. Fills *maxrss_kb from wait4 when not NULL. */
 int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb);
+/* CPU seconds (user + system) the running daemon has used so far, or -1. */
+double bench_daemon_cpu(const bench_daemon_t *d);
 /* Removes the data dir (unless keep). */
 void bench_daemon_rmdata(bench_daemon_t *d, bool keep);
+
+/* ---- curve.c: --curve, one client key for every socket ---- */
+
+bool bench_curve_on(void);
+/* Makes the daemon's key pair and the bench's client key (for our own daemon). */
+int bench_curve_generate(void);
+/* Reads the bench's key pair and the daemon's public key (--key, --server-key). */
+int bench_curve_files(const char *key_file, const char *server_key_file);
+/* Sets the CURVE client options on a socket before it connects (nothing
+ * without --curve). 0 or -1. */
+int bench_curve_client(void *sock);
+/* With keys of our own: writes the daemon's key file, a clients file with
+ * the bench's key as admin and a config (base_config's text, then the
+ * security table) into data_dir, all 0600; the config's path to out.
+ * 0, 1 (no keys of our own: nothing to do), or -1. */
+int bench_curve_daemon_config(const char *data_dir, const char *base_config, char *out,
+                              size_t outlen);
 
 /* ---- workloads.c ---- */
 
@@ -107,12 +172,17 @@ typedef struct {
     int64_t n;          /* requests (ingest/update/coldstart docs/select reads); 0 = default */
     int64_t docs;       /* documents preloaded (update, select, live); 0 = default */
     int64_t subs;       /* live: subscriptions in all; 0 = default */
-    int64_t rate;       /* live: local writes per second; 0 = default */
+    int64_t rate;       /* live: local writes per second (0 = default); ingest, update,
+                           select: open loop at this many requests per second (0 = closed) */
     int clients, inflight, threads;
     const char *endpoint; /* NULL: start our own daemon */
     const char *api;
     const char *policies; /* passed to our therasyncd as --policies */
     const char *config;   /* passed to our therasyncd as --config */
+    const char *hdr; /* --hdr: latencies as a percentile distribution file */
+    double duration_s;   /* ingest/update/select: run this long instead of n requests */
+    int64_t warmup;      /* requests before the timed part, not measured */
+    double warmup_s;     /* or seconds of them */
     int runs;
     bool keep_data;
     int64_t deadline_us;
@@ -122,6 +192,7 @@ typedef struct {
 typedef struct {
     double seconds, ops_per_s;
     int64_t p50_us, p99_us;
+    int64_t p90_us, p999_us, max_us; /* -1 when not measured */
     long peak_rss_kb; /* -1 when not measured */
     ts_buf_t extra;
 } bench_result_t;

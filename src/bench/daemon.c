@@ -108,6 +108,18 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
         fprintf(stderr, "bench: no free port or pipe\n");
         return -1;
     }
+    /* --curve: the keys and a config naming them, beside the data */
+    char curve_config[600];
+    const char *config = d->config;
+    int curve = bench_curve_daemon_config(d->data_dir, d->config, curve_config,
+                                          sizeof curve_config);
+    if (curve < 0) {
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    if (curve == 0)
+        config = curve_config;
     int64_t t0 = ts_mono_us();
     pid_t pid = fork();
     if (pid < 0) {
@@ -129,9 +141,9 @@ int bench_daemon_start(bench_daemon_t *d, double timeout_s)
             argv[argc++] = "--policies";
             argv[argc++] = (char *)d->policies;
         }
-        if (d->config) {
+        if (config) {
             argv[argc++] = "--config";
-            argv[argc++] = (char *)d->config;
+            argv[argc++] = (char *)config;
         }
         if (d->api) {
             argv[argc++] = "--api";
@@ -228,6 +240,23 @@ int bench_daemon_stop(bench_daemon_t *d, double timeout_s, long *maxrss_kb)
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
     return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+double bench_daemon_cpu(const bench_daemon_t *d)
+{
+    char path[64], text[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)d->pid);
+    FILE *f = d->pid > 0 ? fopen(path, "r") : NULL;
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[len] = '\0';
+    /* After "(comm)": state is field 3, utime and stime fields 14 and 15. */
+    const char *p = strrchr(text, ')');
+    unsigned long long ut, st;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)

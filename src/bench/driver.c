@@ -5,7 +5,14 @@
  * next request index from a shared counter, and matches replies to requests
  * by order (the front door answers one client's requests in the order sent;
  * the JSON-RPC id is checked against that). A `busy` answer is retried after
- * 1 ms; its latency still counts from the first send. */
+ * 1 ms; its latency still counts from the first send.
+ *
+ * Closed loop by default: a socket sends its next request as soon as it has
+ * a free slot. With a rate (open loop) request s is due at start + s / rate
+ * and is sent when due and a slot is free; its latency counts from when it
+ * was due, so a stalled server is charged for the requests it held back
+ * (coordinated omission). With a duration, new requests are taken until it
+ * has passed, cycling through the request set (or built by job->make). */
 #include "bench.h"
 
 #include <cJSON.h>
@@ -16,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <zmq.h>
 
 #define BUSY_RETRY_US 1000
@@ -73,30 +81,42 @@ int64_t bench_percentile(const int64_t *values, size_t n, double p)
     return v;
 }
 
-/* One DEALER and the indices of its outstanding requests, oldest first. */
+/* A request in flight: its index (its JSON-RPC id), when it counts from
+ * (first send, or when it was due in an open loop) and when it was last sent. */
+typedef struct {
+    size_t idx;
+    int64_t start_us, sent_us;
+} flight_t;
+
+/* One DEALER and its requests in flight (a set: answers are matched by id,
+ * and a read may overtake an earlier write). */
 typedef struct {
     void *sock;
-    size_t *fifo; /* the request indices in flight (a set: answers are matched by id,
-                     and a read may overtake an earlier write) */
+    flight_t *fifo;
     int count;
 } client_t;
 
 /* Shared by the threads of one run. */
 typedef struct {
     const bench_job_t *job;
-    atomic_size_t next;     /* next request index not yet sent */
-    atomic_bool failed;     /* a thread gave up: the others stop too */
-    int64_t *first_send_us; /* per request */
-    pthread_mutex_t lock;   /* guards the outcome */
+    atomic_size_t next;   /* sequence number of the next request not yet sent */
+    atomic_bool failed;   /* a thread gave up: the others stop too */
+    size_t total;         /* requests to send (SIZE_MAX: until t_end) */
+    int64_t t0, t_end;    /* the start; no new request after t_end (closed loop duration) */
+    pthread_mutex_t lock; /* guards the outcome */
     bench_outcome_t *out;
 } run_t;
 
-/* A thread's share: sockets [first, first + count). */
+/* A thread's share: sockets [first, first + count), and what it measured. */
 typedef struct {
     run_t *run;
     void *zctx;
     int first, count;
     int rc;
+    bench_sample_t *samples;
+    size_t nsamples, capsamples;
+    int64_t lag_max_us; /* open loop: the latest a request went out after it was due */
+    size_t late;        /* open loop: requests sent more than 1 ms after they were due */
 } worker_t;
 
 static void fail(run_t *run, const char *fmt, const char *detail)
@@ -153,21 +173,88 @@ static int reply_error(const char *text, size_t len, const char *after, char *ms
     return c ? c : -32603;
 }
 
+/* Takes the next request when one is due: 1 (into *fl), 0 (the next is
+ * due at *due_us, open loop), -1 (no more). */
+static int take(run_t *run, worker_t *w, int64_t now, flight_t *fl, int64_t *due_us)
+{
+    const bench_job_t *job = run->job;
+    size_t nreq = job->reqs->n;
+    for (;;) {
+        size_t seq = atomic_load(&run->next);
+        if (seq >= run->total || (run->t_end && now >= run->t_end))
+            return -1;
+        int64_t due = job->rate > 0 ? run->t0 + (int64_t)((double)seq * 1e6 / job->rate) : now;
+        if (due > now) {
+            *due_us = due;
+            return 0;
+        }
+        if (!atomic_compare_exchange_weak(&run->next, &seq, seq + 1))
+            continue;
+        /* Past the set: built by job->make (its id is seq), else the set again. */
+        fl->idx = seq < nreq || job->make ? seq : seq % nreq;
+        fl->start_us = due;
+        if (job->rate > 0 && now - due > w->lag_max_us)
+            w->lag_max_us = now - due;
+        if (job->rate > 0 && now - due > 1000)
+            w->late++;
+        return 1;
+    }
+}
+
+/* The bytes of request idx: from the set, or built into scratch. */
+static int body_of(const bench_job_t *job, size_t idx, ts_buf_t *scratch, const char **body,
+                   size_t *len)
+{
+    const bench_reqs_t *reqs = job->reqs;
+    if (idx < reqs->n) {
+        *body = reqs->data.data + reqs->off[idx];
+        *len = reqs->off[idx + 1] - reqs->off[idx];
+        return 0;
+    }
+    ts_buf_reset(scratch);
+    if (job->make(job->make_arg, idx, scratch))
+        return -1;
+    *body = scratch->data;
+    *len = scratch->len;
+    return 0;
+}
+
+/* A measured answer: its latency to the job's outputs. */
+static void measured(worker_t *w, size_t idx, int64_t us)
+{
+    const bench_job_t *job = w->run->job;
+    if (job->lat_us && idx < job->reqs->n)
+        job->lat_us[idx] = us;
+    if (!job->samples)
+        return;
+    if (w->nsamples == w->capsamples) {
+        size_t cap = w->capsamples ? w->capsamples * 2 : 4096;
+        bench_sample_t *grown = realloc(w->samples, cap * sizeof *grown);
+        if (!grown) {
+            fail(w->run, "%s", "out of memory");
+            return;
+        }
+        w->samples = grown;
+        w->capsamples = cap;
+    }
+    w->samples[w->nsamples++] = (bench_sample_t){.idx = idx, .us = us};
+}
+
 static void *work(void *arg)
 {
     worker_t *w = arg;
     run_t *run = w->run;
     const bench_job_t *job = run->job;
-    const bench_reqs_t *reqs = job->reqs;
     int k = job->inflight, nc = w->count;
     client_t *cl = calloc((size_t)nc, sizeof *cl);
     zmq_pollitem_t *items = calloc((size_t)nc, sizeof *items);
     /* Busy answers wait here (at most one per in-flight slot) until due. */
     size_t retry_cap = (size_t)nc * (size_t)k, retry_n = 0;
-    size_t *retry_idx = calloc(retry_cap, sizeof *retry_idx);
+    flight_t *retry = calloc(retry_cap, sizeof *retry);
     int64_t *retry_due = calloc(retry_cap, sizeof *retry_due);
+    ts_buf_t scratch = {0};
     w->rc = -1;
-    if (!cl || !items || !retry_idx || !retry_due) {
+    if (!cl || !items || !retry || !retry_due) {
         fail(run, "%s", "out of memory");
         goto done;
     }
@@ -175,7 +262,7 @@ static void *work(void *arg)
         int linger = 0, hwm = k + 16;
         cl[c].fifo = calloc((size_t)k, sizeof *cl[c].fifo);
         cl[c].sock = zmq_socket(w->zctx, ZMQ_DEALER);
-        if (!cl[c].fifo || !cl[c].sock ||
+        if (!cl[c].fifo || !cl[c].sock || bench_curve_client(cl[c].sock) ||
             zmq_setsockopt(cl[c].sock, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_setsockopt(cl[c].sock, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
             zmq_connect(cl[c].sock, job->endpoint)) {
@@ -196,59 +283,77 @@ static void *work(void *arg)
             break;
         }
         /* Fill every socket up to k: due retries first, then new requests. */
-        bool more_new = true;
+        int state = 1; /* of take(): 1 more may come, 0 not due yet, -1 no more */
+        int64_t next_due = 0;
         for (int c = 0; c < nc; c++) {
             while (cl[c].count < k) {
-                size_t i = SIZE_MAX;
+                flight_t fl;
+                bool found = false;
                 for (size_t r = 0; r < retry_n; r++) {
                     if (retry_due[r] <= now) {
-                        i = retry_idx[r];
-                        retry_idx[r] = retry_idx[--retry_n];
+                        fl = retry[r];
+                        retry[r] = retry[--retry_n];
                         retry_due[r] = retry_due[retry_n];
+                        found = true;
                         break;
                     }
                 }
-                if (i == SIZE_MAX) {
-                    if (!more_new)
+                if (!found) {
+                    if (state != 1 || (state = take(run, w, now, &fl, &next_due)) != 1)
                         break;
-                    i = atomic_fetch_add(&run->next, 1);
-                    if (i >= reqs->n) {
-                        more_new = false;
-                        break;
-                    }
-                    run->first_send_us[i] = ts_mono_us();
                 }
-                const char *body = reqs->data.data + reqs->off[i];
-                size_t len = reqs->off[i + 1] - reqs->off[i];
+                const char *body;
+                size_t len;
+                if (body_of(job, fl.idx, &scratch, &body, &len)) {
+                    fail(run, "%s", "cannot build a request");
+                    break;
+                }
+                fl.sent_us = ts_mono_us();
+                if (job->rate <= 0 && !found)
+                    fl.start_us = fl.sent_us;
                 if (zmq_send(cl[c].sock, body, len, ZMQ_DONTWAIT) < 0) {
                     /* Cannot happen below the HWM; keep the request for later. */
-                    retry_idx[retry_n] = i;
+                    retry[retry_n] = fl;
                     retry_due[retry_n++] = now + BUSY_RETRY_US;
                     break;
                 }
-                cl[c].fifo[cl[c].count++] = i;
+                cl[c].fifo[cl[c].count++] = fl;
                 outstanding++;
             }
         }
-        if (outstanding == 0 && retry_n == 0 && !more_new) {
+        if (outstanding == 0 && retry_n == 0 && state == -1) {
             w->rc = 0;
             break;
         }
-        /* The oldest outstanding request bounds the wait. */
+        /* The oldest outstanding send bounds the wait. */
         int64_t oldest = INT64_MAX;
         for (int c = 0; c < nc; c++)
             for (int j = 0; j < cl[c].count; j++)
-                if (run->first_send_us[cl[c].fifo[j]] < oldest)
-                    oldest = run->first_send_us[cl[c].fifo[j]];
+                if (cl[c].fifo[j].sent_us < oldest)
+                    oldest = cl[c].fifo[j].sent_us;
         if (oldest != INT64_MAX && now - oldest > BENCH_REPLY_TIMEOUT_US) {
             fail(run, "%s", "no reply within 30 s");
             break;
         }
         long timeout_ms = retry_n ? 1 : POLL_MAX_MS;
+        int64_t wait_us = -1; /* open loop: until the next request is due */
+        if (state == 0) {
+            wait_us = next_due - ts_mono_us();
+            if (wait_us < 0)
+                wait_us = 0;
+            if (wait_us / 1000 < timeout_ms)
+                timeout_ms = wait_us / 1000;
+        }
         int ready = zmq_poll(items, nc, timeout_ms);
         if (ready < 0 && errno != EINTR) {
             fail(run, "zmq_poll: %s", zmq_strerror(errno));
             break;
+        }
+        if (ready <= 0 && timeout_ms == 0 && wait_us > 0) {
+            /* Less than 1 ms to the next send: a short nap, not a spin on
+             * the cores the engine needs (sends stay within ~0.1 ms). */
+            struct timespec ts = {0, (wait_us < 100 ? wait_us : 100) * 1000};
+            nanosleep(&ts, NULL);
         }
         for (int c = 0; c < nc && ready > 0; c++) {
             if (!(items[c].revents & ZMQ_POLLIN))
@@ -266,7 +371,7 @@ static void *work(void *arg)
                 const char *after_id = text;
                 long long id = reply_id(text, len, &after_id);
                 int j = 0;
-                while (j < cl[c].count && (long long)cl[c].fifo[j] != id)
+                while (j < cl[c].count && (long long)cl[c].fifo[j].idx != id)
                     j++;
                 if (j == cl[c].count) {
                     char detail[64];
@@ -274,25 +379,27 @@ static void *work(void *arg)
                     fail(run, "a reply to no request in flight on its socket: id %s", detail);
                     break;
                 }
-                size_t i = cl[c].fifo[j];
+                flight_t fl = cl[c].fifo[j];
                 cl[c].fifo[j] = cl[c].fifo[--cl[c].count];
                 outstanding--;
                 char err[200];
                 int code = reply_error(text, len, after_id, err, sizeof err);
+                if (code != -32005)
+                    bench_progress_add(job->progress, 1);
                 if (code == -32005) {
-                    retry_idx[retry_n] = i;
+                    retry[retry_n] = fl;
                     retry_due[retry_n++] = t + BUSY_RETRY_US;
                     pthread_mutex_lock(&run->lock);
                     run->out->busy_retries++;
                     pthread_mutex_unlock(&run->lock);
                 } else if (code == -32001 && job->tolerate_not_found) {
-                    job->lat_us[i] = t - run->first_send_us[i];
+                    measured(w, fl.idx, t - fl.start_us);
                     pthread_mutex_lock(&run->lock);
                     run->out->not_found++;
                     pthread_mutex_unlock(&run->lock);
                 } else if (code == -32002) {
                     /* the engine's validation refused it: answered, not an error */
-                    job->lat_us[i] = t - run->first_send_us[i];
+                    measured(w, fl.idx, t - fl.start_us);
                     pthread_mutex_lock(&run->lock);
                     run->out->invalid++;
                     pthread_mutex_unlock(&run->lock);
@@ -303,9 +410,9 @@ static void *work(void *arg)
                         snprintf(run->out->first_error, sizeof run->out->first_error, "%s", err);
                     pthread_mutex_unlock(&run->lock);
                 } else {
-                    job->lat_us[i] = t - run->first_send_us[i];
+                    measured(w, fl.idx, t - fl.start_us);
                     if (job->on_reply)
-                        job->on_reply(job->arg, i, text, len);
+                        job->on_reply(job->arg, fl.idx, text, len);
                     pthread_mutex_lock(&run->lock);
                     run->out->done++;
                     pthread_mutex_unlock(&run->lock);
@@ -322,8 +429,9 @@ done:
     }
     free(cl);
     free(items);
-    free(retry_idx);
+    free(retry);
     free(retry_due);
+    ts_buf_free(&scratch);
     return NULL;
 }
 
@@ -374,18 +482,28 @@ int bench_drive(const bench_job_t *job, bench_outcome_t *out)
     atomic_init(&run.next, 0);
     atomic_init(&run.failed, false);
     pthread_mutex_init(&run.lock, NULL);
-    run.first_send_us = calloc(job->reqs->n ? job->reqs->n : 1, sizeof *run.first_send_us);
+    run.total = job->count > 0 ? (size_t)job->count : job->reqs->n;
+    if (job->duration_us > 0)
+        /* open loop: the requests due within the duration; closed: until it ends */
+        run.total = job->rate > 0 ? (size_t)((double)job->duration_us * job->rate / 1e6) : SIZE_MAX;
     worker_t *w = calloc((size_t)threads, sizeof *w);
     pthread_t *tid = calloc((size_t)threads, sizeof *tid);
     void *zctx = zmq_ctx_new();
     int rc = -1;
-    if (!run.first_send_us || !w || !tid || !zctx) {
+    if (!w || !tid || !zctx) {
         snprintf(out->first_error, sizeof out->first_error, "out of memory");
+        goto done;
+    }
+    if (job->reqs->n == 0 && !job->make && run.total > 0) {
+        snprintf(out->first_error, sizeof out->first_error, "no requests");
         goto done;
     }
     /* Up to one I/O thread per worker; ZeroMQ's default is one. */
     zmq_ctx_set(zctx, ZMQ_IO_THREADS, threads);
     int64_t t0 = ts_mono_us();
+    run.t0 = t0;
+    if (job->duration_us > 0 && job->rate <= 0)
+        run.t_end = t0 + job->duration_us;
     double cpu0 = cpu_now();
     int per = job->clients / threads, extra = job->clients % threads, first = 0;
     for (int t = 0; t < threads; t++) {
@@ -401,18 +519,36 @@ int bench_drive(const bench_job_t *job, bench_outcome_t *out)
         pthread_join(tid[t], NULL);
     out->seconds = (double)(ts_mono_us() - t0) / 1e6;
     out->cpu_seconds = cpu_now() - cpu0;
+    out->sent = atomic_load(&run.next);
     rc = 0;
-    for (int t = 0; t < threads; t++)
+    for (int t = 0; t < threads; t++) {
         if (t > started || w[t].rc)
             rc = -1;
-    if (out->errors || out->done + out->invalid + out->not_found != job->reqs->n)
+        if (w[t].lag_max_us > out->send_lag_max_us)
+            out->send_lag_max_us = w[t].lag_max_us;
+        out->late_sends += w[t].late;
+        out->nsamples += w[t].nsamples;
+    }
+    if (job->samples) {
+        out->samples = malloc((out->nsamples ? out->nsamples : 1) * sizeof *out->samples);
+        size_t at = 0;
+        for (int t = 0; out->samples && t < threads; t++) {
+            if (w[t].nsamples)
+                memcpy(out->samples + at, w[t].samples, w[t].nsamples * sizeof *w[t].samples);
+            at += w[t].nsamples;
+        }
+        if (!out->samples)
+            rc = -1;
+    }
+    if (out->errors || out->done + out->invalid + out->not_found != out->sent)
         rc = -1;
 done:
     if (zctx)
         zmq_ctx_term(zctx);
+    for (int t = 0; w && t < threads; t++)
+        free(w[t].samples);
     free(w);
     free(tid);
-    free(run.first_send_us);
     pthread_mutex_destroy(&run.lock);
     return rc;
 }

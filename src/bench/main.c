@@ -50,13 +50,28 @@ static const char usage_text[] =
     "  --inflight K     requests in flight per socket (default 64; select: 1)\n"
     "  --threads T      threads driving the sockets (default 1: one poll loop)\n"
     "  --subs S         live: subscriptions in all (default 1000)\n"
-    "  --rate W         live: local writes per second (default 10000)\n"
+    "  --rate W         live: local writes per second (default 10000); ingest, update,\n"
+    "                   select: open loop, W requests/s over all clients, latency from\n"
+    "                   each request's intended send time (default: closed loop)\n"
+    "  --duration S     ingest, update, select: send for S seconds instead of --n\n"
+    "                   requests (update/select cycle their set; ingest makes more)\n"
+    "  --warmup N|Ss    ingest, update, select: N requests (or S seconds) answered\n"
+    "                   before timing starts, not measured, drawn with other seeds\n"
     "  --endpoint ZMQ   use a running therasyncd; without it the bench starts its own\n"
     "                   (from its own directory) in a fresh temporary data dir\n"
     "  --api URL        clinic-api base URL (replay, realtime, live)\n"
     "  --policies DIR   policies for our therasyncd (default: the shipped ones);\n"
     "                   tests/fixtures/policies/permissive runs without validation\n"
     "  --config FILE    a therasyncd config file for our therasyncd (docs/CONFIG.md)\n"
+    "  --hdr FILE       ingest/update/select: the latencies as HdrHistogram's percentile\n"
+    "                   distribution text (Value Percentile TotalCount 1/(1-Percentile),\n"
+    "                   ms), FILE.RUN for each run when --runs > 1\n"
+    "  --curve          connect with CURVE: without --endpoint the bench makes the daemon's\n"
+    "                   key pair, its own admin key and the clients file in the daemon's\n"
+    "                   data dir (0600) and starts it with security = {...}\n"
+    "  --key FILE --server-key FILE\n"
+    "                   with --endpoint: the bench's key pair and the daemon's public key\n"
+    "                   (therasync keygen), as the CLI takes them; implies --curve\n"
     "  --runs R         repeat R times (each with a fresh daemon) and add a median line\n"
     "  --keep-data      keep the temporary data dirs\n"
     "  --max-seconds S  give up on everything after S seconds (default 600)\n";
@@ -65,6 +80,16 @@ static int usage(const char *what, const char *arg)
 {
     fprintf(stderr, "therasync-bench: %s%s\n(see --help)\n", what, arg ? arg : "");
     return 2;
+}
+
+/* Seconds: a positive decimal number up to a day. */
+static int seconds_arg(const char *name, const char *text, double *v)
+{
+    char *end = NULL;
+    *v = strtod(text, &end);
+    if (end == text || *end || !(*v > 0) || *v > 86400)
+        return usage("bad value for ", name);
+    return 0;
 }
 
 static int int_arg(const char *name, const char *text, int64_t min, int64_t max, int64_t *v)
@@ -77,6 +102,8 @@ static int int_arg(const char *name, const char *text, int64_t min, int64_t max,
 int main(int argc, char **argv)
 {
     bench_opts_t o = {.runs = 1};
+    bool curve = false;
+    const char *key_file = NULL, *server_key_file = NULL;
     int64_t max_seconds = 600;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -90,6 +117,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--keep-data") == 0) {
             o.keep_data = true;
+            continue;
+        }
+        if (strcmp(a, "--curve") == 0) {
+            curve = true;
             continue;
         }
         if (strncmp(a, "--", 2) != 0 || i + 1 >= argc)
@@ -106,6 +137,26 @@ int main(int argc, char **argv)
             o.policies = v;
         } else if (strcmp(a, "--config") == 0) {
             o.config = v;
+        } else if (strcmp(a, "--key") == 0) {
+            key_file = v;
+        } else if (strcmp(a, "--server-key") == 0) {
+            server_key_file = v;
+        } else if (strcmp(a, "--hdr") == 0) {
+            o.hdr = v;
+        } else if (strcmp(a, "--duration") == 0) {
+            if (seconds_arg(a, v, &o.duration_s))
+                return 2;
+        } else if (strcmp(a, "--warmup") == 0) {
+            /* N requests, or Ns seconds */
+            size_t len = strlen(v);
+            if (len > 1 && v[len - 1] == 's') {
+                char num[64];
+                snprintf(num, sizeof num, "%.*s", (int)(len - 1), v);
+                if (seconds_arg(a, num, &o.warmup_s))
+                    return 2;
+            } else if (int_arg(a, v, 1, 100000000, &o.warmup)) {
+                return 2;
+            }
         } else if (strcmp(a, "--n") == 0) {
             if (int_arg(a, v, 1, 100000000, &o.n))
                 return 2;
@@ -143,6 +194,26 @@ int main(int argc, char **argv)
     }
     if (!o.workload)
         return usage("--workload is required", NULL);
+    bool timed = strcmp(o.workload, "ingest") == 0 || strcmp(o.workload, "update") == 0 ||
+                 strcmp(o.workload, "select") == 0;
+    if (!timed && (o.duration_s > 0 || o.warmup > 0 || o.warmup_s > 0 || o.hdr))
+        return usage("--duration, --warmup and --hdr are for ingest, update and select, not ",
+                     o.workload);
+
+    /* --curve: keys of our own for our own daemon, or the files given for
+     * a running one (like the CLI's --key and --server-key). */
+    if (!key_file != !server_key_file)
+        return usage("--key and --server-key go together", NULL);
+    if (key_file && !o.endpoint)
+        return usage("--key and --server-key are for a daemon at --endpoint; "
+                     "for the bench's own daemon use --curve alone", NULL);
+    if (curve && o.endpoint && !key_file)
+        return usage("--curve with --endpoint needs --key FILE and --server-key FILE", NULL);
+    if (strcmp(o.workload, "api") == 0 && (curve || key_file))
+        return usage("--curve: the api workload does not talk to therasyncd", NULL);
+    if (key_file ? bench_curve_files(key_file, server_key_file)
+                 : curve ? bench_curve_generate() : 0)
+        return 1;
     /* A dead peer must not kill the bench (its daemon is stopped by pid). */
     signal(SIGPIPE, SIG_IGN);
     o.deadline_us = ts_mono_us() + max_seconds * 1000000;

@@ -128,6 +128,7 @@ static int env_up(od_env_t *e)
     }
     e->zctx = zmq_ctx_new();
     e->rpc = zmq_socket(e->zctx, ZMQ_DEALER);
+    bench_curve_client(e->rpc);
     int linger = 0;
     zmq_setsockopt(e->rpc, ZMQ_LINGER, &linger, sizeof linger);
     return zmq_connect(e->rpc, e->endpoint);
@@ -308,10 +309,10 @@ out:
 static void print_line(const bench_opts_t *o, const char *tag, const double f[NF],
                        const char *extra, bool failed)
 {
-    printf("{\"workload\":\"ondemand\",%s,\"n\":%lld,\"docs\":%lld,\"clients\":%d,"
+    printf("{\"workload\":\"ondemand\",%s%s,\"n\":%lld,\"docs\":%lld,\"clients\":%d,"
            "\"inflight\":%d,\"threads\":%d,\"seconds\":%.3f,\"ops_per_s\":%.0f,\"p50_us\":%.0f,"
            "\"p99_us\":%.0f",
-           tag, (long long)o->n, (long long)o->docs, o->clients, o->inflight, o->threads,
+           bench_curve_on() ? "\"curve\":true," : "", tag, (long long)o->n, (long long)o->docs, o->clients, o->inflight, o->threads,
            f[F_SECONDS], f[F_OPS], f[F_P50], f[F_P99]);
     for (int k = 0; k < NF; k++)
         if (k != F_SECONDS)

@@ -108,6 +108,10 @@ void *bench_dealer(void *zctx, const char *endpoint)
     int linger = 0, hwm = 0;
     if (!s)
         return NULL;
+    if (bench_curve_client(s)) {
+        zmq_close(s);
+        return NULL;
+    }
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -159,6 +163,7 @@ int bench_env_up(env_t *e, const bench_opts_t *o)
     }
     e->zctx = zmq_ctx_new();
     e->rpc = zmq_socket(e->zctx, ZMQ_DEALER);
+    bench_curve_client(e->rpc);
     int linger = 0;
     zmq_setsockopt(e->rpc, ZMQ_LINGER, &linger, sizeof linger);
     if (zmq_connect(e->rpc, e->endpoint) != 0)
@@ -267,6 +272,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
     void *kick = NULL, *sub = NULL;
     if (rc == 0 && e.events) {
         sub = zmq_socket(e.zctx, ZMQ_SUB);
+        bench_curve_client(sub);
         int linger = 0;
         zmq_setsockopt(sub, ZMQ_LINGER, &linger, sizeof linger);
         zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "sync", 4);
@@ -277,6 +283,7 @@ int bench_wl_replay(const bench_opts_t *o, int run, bench_result_t *res)
         t0 = ts_mono_us();
         /* The app's "network is back" signal: one `sync` call, not awaited. */
         kick = zmq_socket(e.zctx, ZMQ_DEALER);
+        bench_curve_client(kick);
         int linger = 0;
         zmq_setsockopt(kick, ZMQ_LINGER, &linger, sizeof linger);
         zmq_connect(kick, e.endpoint);
@@ -449,6 +456,7 @@ static void *rt_listener(void *arg)
 {
     rt_t *rt = arg;
     void *s = zmq_socket(rt->e->zctx, ZMQ_SUB);
+    bench_curve_client(s);
     int linger = 0, hwm = 0;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm);

@@ -22,6 +22,12 @@
 #define SELECT_READ_SEED 4343u
 #define SELECT_WRITE_SEED 4344u
 #define SELECT_EVERY 10
+/* Warm-up draws: other seeds than the timed ones, so the timed requests
+ * are not repeats of what the warm-up just put in the caches. */
+#define WARMUP_UPDATE_SEED 5252u
+#define WARMUP_READ_SEED 5353u
+#define WARMUP_WRITE_SEED 5354u
+#define WARMUP_SET 10000 /* requests in a warm-up set cycled for --warmup Ns */
 
 /* State kept across the runs of one workload. */
 typedef struct {
@@ -31,18 +37,43 @@ typedef struct {
     bool preloaded;       /* the external target already holds the docs */
     char (*ids)[37];      /* ids of the preloaded docs */
     int64_t nids;
+    int64_t accepted;     /* creates of the last preload answered with a result */
+    int run;              /* 0-based, for the --hdr file name */
+    double cpu0;          /* our daemon's CPU seconds when the timed part began, or -1 */
 } wl_t;
 
 /* ---- requests ---- */
 
-static int add_create(bench_reqs_t *reqs, const gen_session_t *s)
+static int create_body(ts_buf_t *b, size_t id, const gen_session_t *s)
 {
-    ts_buf_t *b = &reqs->data;
     if (ts_buf_printf(b, "{\"jsonrpc\":\"2.0\",\"id\":%zu,\"method\":\"create\",\"params\":"
-                         "{\"collection\":\"sessions\",\"doc\":", reqs->n) ||
+                         "{\"collection\":\"sessions\",\"doc\":", id) ||
         gen_session_json(s, false, b) || ts_buf_puts(b, "}}"))
         return -1;
+    return 0;
+}
+
+static int add_create(bench_reqs_t *reqs, const gen_session_t *s)
+{
+    if (create_body(&reqs->data, reqs->n, s))
+        return -1;
     return bench_reqs_end(reqs);
+}
+
+/* Creates past the generated set (--duration, warm-up): session seq drawn
+ * from a seed of its own (same seq, same bytes: a busy answer is rebuilt),
+ * with an id of the form PPPPPPPP-0000-4000-8000-SEQ, the prefix telling
+ * apart runs and warm-ups, so none can equal a generated or earlier id. */
+static int make_create(void *arg, size_t seq, ts_buf_t *out)
+{
+    uint32_t prefix = *(const uint32_t *)arg;
+    gen_rng_t rng;
+    gen_rng_seed(&rng, (uint32_t)seq * 2654435761u ^ prefix);
+    gen_session_t s;
+    gen_session(&rng, (int64_t)seq, &s);
+    snprintf(s.id, sizeof s.id, "%08x-0000-4000-8000-%012llx", prefix,
+             (unsigned long long)seq & 0xffffffffffffULL);
+    return create_body(out, seq, &s);
 }
 
 static int add_update(bench_reqs_t *reqs, const char *id, const char *status)
@@ -112,6 +143,82 @@ static void job_defaults(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs, in
                          .lat_us = lat};
 }
 
+/* The timed job of ingest, update, select: --duration and --rate, every
+ * latency kept as a sample. */
+static void job_timed(wl_t *w, bench_job_t *job, const bench_reqs_t *reqs)
+{
+    w->cpu0 = w->o->endpoint ? -1 : bench_daemon_cpu(&w->d);
+    job_defaults(w, job, reqs, NULL);
+    job->duration_us = (int64_t)(w->o->duration_s * 1e6);
+    job->rate = (double)w->o->rate;
+    job->samples = true;
+    job->progress = bench_progress_start(w->o->workload, 0);
+}
+
+/* The samples' latencies (of the requests keep() accepts, when given), malloc'd. */
+static int64_t *sample_lat(const bench_outcome_t *out, bool (*keep)(const void *, size_t),
+                           const void *arg, size_t *n)
+{
+    int64_t *lat = malloc((out->nsamples ? out->nsamples : 1) * sizeof *lat);
+    *n = 0;
+    for (size_t i = 0; lat && i < out->nsamples; i++)
+        if (!keep || keep(arg, out->samples[i].idx))
+            lat[(*n)++] = out->samples[i].us;
+    return lat;
+}
+
+/* What the timed part was: requests answered, --duration, --rate and how
+ * well the open loop kept its schedule. */
+static void timed_fields(wl_t *w, const bench_outcome_t *out, bench_result_t *res)
+{
+    ts_buf_printf(&res->extra, ",\"requests\":%zu", out->done + out->invalid + out->not_found);
+    /* Our own daemon's CPU in the timed part: per request, the steadier
+     * figure on a shared machine. */
+    double cpu1 = w->cpu0 >= 0 ? bench_daemon_cpu(&w->d) : -1;
+    if (cpu1 >= 0)
+        ts_buf_printf(&res->extra, ",\"engine_cpu_s\":%.2f", cpu1 - w->cpu0);
+    if (w->o->duration_s > 0)
+        ts_buf_printf(&res->extra, ",\"duration_s\":%.3f", w->o->duration_s);
+    if (w->o->rate > 0)
+        ts_buf_printf(&res->extra, ",\"rate\":%lld,\"send_lag_max_us\":%lld,\"late_sends\":%zu",
+                      (long long)w->o->rate, (long long)out->send_lag_max_us, out->late_sends);
+}
+
+/* --warmup: requests sent and answered before the timed part, not
+ * measured: N of them, or for warmup_s seconds (the set cycled, or built by
+ * make). Closed loop, or at --rate. */
+static int warmup(wl_t *w, const bench_reqs_t *reqs, int (*make)(void *, size_t, ts_buf_t *),
+                  void *make_arg, bench_result_t *res)
+{
+    if (w->o->warmup <= 0 && w->o->warmup_s <= 0)
+        return 0;
+    bench_job_t job;
+    job_defaults(w, &job, reqs, NULL);
+    job.count = w->o->warmup;
+    job.duration_us = (int64_t)(w->o->warmup_s * 1e6);
+    job.rate = (double)w->o->rate;
+    job.make = make;
+    job.make_arg = make_arg;
+    job.tolerate_not_found = true;
+    job.progress = bench_progress_start("warmup", w->o->warmup);
+    bench_outcome_t out;
+    int rc = bench_drive(&job, &out);
+    bench_progress_stop(job.progress);
+    ts_buf_printf(&res->extra, ",\"warmup_requests\":%zu,\"warmup_seconds\":%.3f",
+                  out.done + out.invalid + out.not_found, out.seconds);
+    if (rc)
+        fprintf(stderr, "bench: warm-up failed: %zu answered, %zu errors: %s\n", out.done,
+                out.errors, out.first_error);
+    free(out.samples);
+    return rc;
+}
+
+/* Size of a warm-up set: N, or WARMUP_SET cycled for a time. */
+static int64_t warmup_set(const wl_t *w)
+{
+    return w->o->warmup > 0 && w->o->warmup < WARMUP_SET ? w->o->warmup : WARMUP_SET;
+}
+
 int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bool send,
                   char (*ids)[37], int64_t *accepted)
 {
@@ -122,6 +229,7 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
     int rc = lat ? 0 : -1;
     int64_t t0 = ts_mono_us();
     *accepted = 0;
+    bench_progress_t *progress = send ? bench_progress_start("preload", count) : NULL;
     for (int64_t done = 0; rc == 0 && done < count;) {
         bench_reqs_reset(&reqs);
         int64_t chunk = count - done < PRELOAD_CHUNK ? count - done : PRELOAD_CHUNK;
@@ -140,7 +248,8 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
                                .threads = o->threads,
                                .reqs = &reqs,
                                .deadline_us = o->deadline_us,
-                               .lat_us = lat};
+                               .lat_us = lat,
+                               .progress = progress};
             bench_outcome_t out;
             if (bench_drive(&job, &out)) {
                 fprintf(stderr, "bench: preload failed after %zu of %lld: %s\n", out.done,
@@ -151,9 +260,10 @@ int bench_preload(const bench_opts_t *o, const char *endpoint, int64_t count, bo
         }
         done += chunk;
     }
+    bench_progress_stop(progress);
     if (send && rc == 0)
-        fprintf(stderr, "bench: preloaded %lld documents in %.1f s\n", (long long)count,
-                (double)(ts_mono_us() - t0) / 1e6);
+        fprintf(stderr, "bench: preloaded %lld documents (%lld accepted) in %.1f s\n",
+                (long long)count, (long long)*accepted, (double)(ts_mono_us() - t0) / 1e6);
     bench_reqs_free(&reqs);
     free(lat);
     return rc;
@@ -164,19 +274,35 @@ static int preload(wl_t *w, int64_t count, bool send)
 {
     free(w->ids);
     w->ids = calloc((size_t)(count ? count : 1), sizeof *w->ids);
-    int64_t accepted;
-    int rc = w->ids ? bench_preload(w->o, w->endpoint, count, send, w->ids, &accepted) : -1;
+    w->accepted = 0;
+    int rc = w->ids ? bench_preload(w->o, w->endpoint, count, send, w->ids, &w->accepted) : -1;
     w->nids = rc == 0 ? count : 0;
     return rc;
 }
 
-static void fill_result(bench_result_t *res, const bench_outcome_t *out, size_t ops,
-                        const int64_t *lat, size_t nlat)
+/* The --hdr file of run `run`: the name given, or NAME.RUN when there are several runs. */
+static void write_hdr(const wl_t *w, const int64_t *lat, size_t nlat)
+{
+    if (!w->o->hdr)
+        return;
+    char path[4096];
+    if (w->o->runs > 1)
+        snprintf(path, sizeof path, "%s.%d", w->o->hdr, w->run + 1);
+    else
+        snprintf(path, sizeof path, "%s", w->o->hdr);
+    bench_write_hdr(path, lat, nlat);
+}
+
+static void fill_result(const wl_t *w, bench_result_t *res, const bench_outcome_t *out,
+                        size_t ops, const int64_t *lat, size_t nlat)
 {
     res->seconds = out->seconds;
     res->ops_per_s = out->seconds > 0 ? (double)ops / out->seconds : 0;
-    res->p50_us = bench_percentile(lat, nlat, 50);
-    res->p99_us = bench_percentile(lat, nlat, 99);
+    bench_pcts_t pc;
+    bench_pcts(lat, nlat, &pc);
+    res->p50_us = pc.p50, res->p90_us = pc.p90, res->p99_us = pc.p99;
+    res->p999_us = pc.p999, res->max_us = pc.max;
+    write_hdr(w, lat, nlat);
     ts_buf_printf(&res->extra,
                   ",\"errors\":%zu,\"validation_failed\":%zu,\"not_found\":%zu,"
                   "\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",
@@ -191,7 +317,8 @@ static cJSON *engine_call(const char *endpoint, const char *method)
     void *dealer = zctx ? zmq_socket(zctx, ZMQ_DEALER) : NULL;
     int linger = 0;
     cJSON *m = NULL;
-    if (dealer && zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
+    if (dealer && bench_curve_client(dealer) == 0 &&
+        zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger) == 0 &&
         zmq_connect(dealer, endpoint) == 0)
         m = bench_rpc(dealer, 1, method, NULL, 5000);
     if (dealer)
@@ -268,37 +395,61 @@ static int wl_ingest(wl_t *w, int run, bench_result_t *res)
     int64_t n = w->o->n;
     /* A shared target already holds the earlier runs' documents: continue the stream. */
     int64_t seq0 = w->o->endpoint ? (int64_t)run * n : 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    bench_reqs_t reqs = {0}, none = {0};
     gen_rng_t rng;
     gen_rng_seed(&rng, GEN_SEED);
-    int rc = lat ? 0 : -1;
+    int rc = 0;
     for (int64_t i = 0; rc == 0 && i < seq0 + n; i++) {
         gen_session_t s;
         gen_session(&rng, i, &s);
         if (i >= seq0)
             rc = add_create(&reqs, &s);
     }
+    /* Creates past the set (--duration), and the warm-up's: ids of their own. */
+    uint32_t timed_prefix = 0xbe0c0000u + (uint32_t)run * 2, warm_prefix = timed_prefix + 1;
     if (rc == 0)
         rc = target_up(w);
     if (rc == 0) {
+        rc = warmup(w, &none, make_create, &warm_prefix, res);
         bench_job_t job;
-        bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
-        rc = bench_drive(&job, &out);
-        size_t answered = out.done + out.invalid;
-        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        bench_outcome_t out = {0};
+        job_timed(w, &job, &reqs);
+        job.count = n;
+        job.make = make_create;
+        job.make_arg = &timed_prefix;
+        if (rc == 0)
+            rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
+        size_t answered = out.done + out.invalid, nlat = 0;
+        int64_t *lat = sample_lat(&out, NULL, NULL, &nlat);
+        fill_result(w, res, &out, answered, lat, rc == 0 ? nlat : 0);
+        timed_fields(w, &out, res);
         add_engine_view(w, "create", res);
         if (rc)
             report_failure(res, "ingest", &out);
         target_down(w);
+        free(lat);
+        free(out.samples);
     }
     bench_reqs_free(&reqs);
-    free(lat);
     return rc;
 }
 
 /* ---- update: N status patches of random preloaded documents ---- */
+
+/* n status patches of random preloaded documents drawn with seed. */
+static int build_updates(const wl_t *w, bench_reqs_t *reqs, int64_t n, uint32_t seed)
+{
+    gen_rng_t rng;
+    gen_rng_seed(&rng, seed);
+    int rc = 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        int64_t idx = (int64_t)(gen_rng_next(&rng) * (double)w->o->docs);
+        const char *status = gen_statuses[(int)(gen_rng_next(&rng) * 4)];
+        rc = add_update(reqs, w->ids[idx], status);
+    }
+    return rc;
+}
 
 static int wl_update(wl_t *w, int run, bench_result_t *res)
 {
@@ -312,33 +463,35 @@ static int wl_update(wl_t *w, int run, bench_result_t *res)
     rc = preload(w, docs, send);
     double preload_s = (double)(ts_mono_us() - t0) / 1e6;
     w->preloaded = rc == 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)n, sizeof *lat);
-    gen_rng_t rng;
-    gen_rng_seed(&rng, UPDATE_SEED);
-    rc = rc || !lat ? -1 : 0;
-    for (int64_t i = 0; rc == 0 && i < n; i++) {
-        int64_t idx = (int64_t)(gen_rng_next(&rng) * (double)docs);
-        const char *status = gen_statuses[(int)(gen_rng_next(&rng) * 4)];
-        rc = add_update(&reqs, w->ids[idx], status);
-    }
+    bench_reqs_t reqs = {0}, warm = {0};
+    if (rc == 0)
+        rc = build_updates(w, &reqs, n, UPDATE_SEED);
+    if (rc == 0 && (w->o->warmup > 0 || w->o->warmup_s > 0))
+        rc = build_updates(w, &warm, warmup_set(w), WARMUP_UPDATE_SEED);
     if (rc == 0) {
+        rc = warmup(w, &warm, NULL, NULL, res);
         bench_job_t job;
-        bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
+        bench_outcome_t out = {0};
+        job_timed(w, &job, &reqs);
         job.tolerate_not_found = true;
-        rc = bench_drive(&job, &out);
-        size_t answered = out.done + out.invalid + out.not_found;
-        fill_result(res, &out, answered, lat, answered == (size_t)n ? (size_t)n : 0);
+        if (rc == 0)
+            rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
+        size_t answered = out.done + out.invalid + out.not_found, nlat = 0;
+        int64_t *lat = sample_lat(&out, NULL, NULL, &nlat);
+        fill_result(w, res, &out, answered, lat, rc == 0 ? nlat : 0);
+        timed_fields(w, &out, res);
         ts_buf_printf(&res->extra, ",\"docs\":%lld,\"preload_seconds\":%.3f", (long long)docs,
                       send ? preload_s : 0.0);
         add_engine_view(w, "update", res);
         if (rc)
             report_failure(res, "update", &out);
+        free(lat);
+        free(out.samples);
     }
     target_down(w);
     bench_reqs_free(&reqs);
-    free(lat);
+    bench_reqs_free(&warm);
     return rc;
 }
 
@@ -369,6 +522,44 @@ static void count_rows(void *arg, size_t i, const char *reply, size_t len)
         atomic_fetch_add(&sc->bad, 1);
 }
 
+/* reads upcoming queries, a status update after every SELECT_EVERY of them;
+ * is_read (NULL: not wanted) marks the reads. Draws as the peer's w3: the
+ * reads' (T, now) from rseed, the writes from wseed. */
+static int build_select(const wl_t *w, bench_reqs_t *reqs, bool *is_read, int64_t reads,
+                        uint32_t rseed, uint32_t wseed)
+{
+    int64_t writes = reads / SELECT_EVERY;
+    gen_rng_t rr, wr;
+    gen_rng_seed(&rr, rseed);
+    gen_rng_seed(&wr, wseed);
+    int rc = 0;
+    for (int64_t i = 0, w_done = 0; rc == 0 && i < reads; i++) {
+        char t[12], now[32];
+        gen_therapist_id((int)(gen_rng_next(&rr) * GEN_N_THERAPISTS) + 1, t);
+        gen_slot_iso((int64_t)(gen_rng_next(&rr) * GEN_N_SLOTS), now);
+        if (is_read)
+            is_read[reqs->n] = true;
+        rc = add_upcoming(reqs, t, now);
+        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
+            int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)w->o->docs);
+            const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
+            rc = add_update(reqs, w->ids[idx], status);
+            w_done++;
+        }
+    }
+    return rc;
+}
+
+static bool keep_read(const void *arg, size_t idx)
+{
+    return ((const bool *)arg)[idx];
+}
+
+static bool keep_write(const void *arg, size_t idx)
+{
+    return !((const bool *)arg)[idx];
+}
+
 static int wl_select(wl_t *w, int run, bench_result_t *res)
 {
     (void)run;
@@ -380,38 +571,28 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
     bool send = !w->o->endpoint || !w->preloaded;
     rc = preload(w, docs, send);
     w->preloaded = rc == 0;
-    bench_reqs_t reqs = {0};
-    int64_t *lat = calloc((size_t)total, sizeof *lat);
+    bench_reqs_t reqs = {0}, warm = {0};
     bool *is_read = calloc((size_t)total, sizeof *is_read);
-    rc = rc || !lat || !is_read ? -1 : 0;
-    /* Draws exactly as the peer's w3: all reads' (T, now) first, then the writes. */
-    gen_rng_t rr, wr;
-    gen_rng_seed(&rr, SELECT_READ_SEED);
-    gen_rng_seed(&wr, SELECT_WRITE_SEED);
-    for (int64_t i = 0, w_done = 0; rc == 0 && i < reads; i++) {
-        char t[12], now[32];
-        gen_therapist_id((int)(gen_rng_next(&rr) * GEN_N_THERAPISTS) + 1, t);
-        gen_slot_iso((int64_t)(gen_rng_next(&rr) * GEN_N_SLOTS), now);
-        is_read[reqs.n] = true;
-        rc = add_upcoming(&reqs, t, now);
-        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
-            int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)docs);
-            const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
-            rc = add_update(&reqs, w->ids[idx], status);
-            w_done++;
-        }
-    }
+    rc = rc || !is_read ? -1 : 0;
+    if (rc == 0)
+        rc = build_select(w, &reqs, is_read, reads, SELECT_READ_SEED, SELECT_WRITE_SEED);
+    /* The warm-up's reads are other (T, now) than the timed ones. */
+    if (rc == 0 && (w->o->warmup > 0 || w->o->warmup_s > 0))
+        rc = build_select(w, &warm, NULL, warmup_set(w), WARMUP_READ_SEED, WARMUP_WRITE_SEED);
+    if (rc == 0)
+        rc = warmup(w, &warm, NULL, NULL, res);
     if (rc == 0) {
         select_ctx_t sc = {.is_read = is_read};
         atomic_init(&sc.rows, 0);
         atomic_init(&sc.bad, 0);
         bench_job_t job;
         bench_outcome_t out;
-        job_defaults(w, &job, &reqs, lat);
+        job_timed(w, &job, &reqs);
         job.tolerate_not_found = true;
         job.on_reply = count_rows;
         job.arg = &sc;
         rc = bench_drive(&job, &out);
+        bench_progress_stop(job.progress);
         if (rc) {
             if (out.errors && strstr(out.first_error, "-32004"))
                 fprintf(stderr, "bench: select: the engine refused the upcoming selector; "
@@ -419,15 +600,15 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
             report_failure(res, "select", &out);
         }
         /* Reads and writes apart: the peer reports read latency and reads/s. */
-        int64_t *rl = malloc((size_t)total * sizeof *rl), *wl = malloc((size_t)total * sizeof *wl);
         size_t nr = 0, nw = 0;
-        for (int64_t i = 0; rl && wl && rc == 0 && i < (int64_t)reqs.n; i++) {
-            if (is_read[i])
-                rl[nr++] = lat[i];
-            else
-                wl[nw++] = lat[i];
-        }
-        fill_result(res, &out, (size_t)reads, rl, nr);
+        int64_t *rl = sample_lat(&out, keep_read, is_read, &nr);
+        int64_t *wl = sample_lat(&out, keep_write, is_read, &nw);
+        if (rc || !rl || !wl)
+            nr = nw = 0;
+        /* With --duration the set is cycled: count what was answered. */
+        if (w->o->duration_s > 0)
+            reads = (int64_t)nr, writes = (int64_t)nw;
+        fill_result(w, res, &out, (size_t)reads, rl, nr);
         if (rc)
             res->ops_per_s = 0;
         /* The peer's reads_per_s divides the reads by the time spent in
@@ -437,9 +618,10 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         int64_t read_us = 0;
         for (size_t i = 0; i < nr; i++)
             read_us += rl[i];
-        if (rc == 0 && w->o->clients * w->o->inflight == 1 && read_us > 0)
+        if (rc == 0 && w->o->clients * w->o->inflight == 1 && read_us > 0 && w->o->rate <= 0)
             ts_buf_printf(&res->extra, ",\"read_time_reads_per_s\":%.0f",
                           (double)nr * 1e6 / (double)read_us);
+        timed_fields(w, &out, res);
         ts_buf_printf(&res->extra,
                       ",\"docs\":%lld,\"reads\":%lld,\"writes\":%lld,\"result_rows_total\":%lld,"
                       "\"write_p50_us\":%lld,\"write_p99_us\":%lld",
@@ -454,10 +636,11 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
         }
         free(rl);
         free(wl);
+        free(out.samples);
     }
     target_down(w);
     bench_reqs_free(&reqs);
-    free(lat);
+    bench_reqs_free(&warm);
     free(is_read);
     return rc;
 }
@@ -483,13 +666,17 @@ static int wl_coldstart(wl_t *w, int run, bench_result_t *res)
     if (bench_daemon_start(&w->d, START_TIMEOUT_S))
         return -1;
     res->seconds = w->d.ready_seconds;
-    res->ops_per_s = w->d.ready_seconds > 0 ? (double)w->o->n / w->d.ready_seconds : 0;
+    /* The documents on disk: validation refuses some generated creates. */
+    res->ops_per_s = w->d.ready_seconds > 0 ? (double)w->accepted / w->d.ready_seconds : 0;
     res->p50_us = res->p99_us = -1;
     res->peak_rss_kb = w->d.hwm_kb;
     long maxrss = -1;
     int status = bench_daemon_stop(&w->d, STOP_TIMEOUT_S, &maxrss);
-    ts_buf_printf(&res->extra, ",\"docs\":%lld,\"maxrss_kb_whole_life\":%ld,\"exit_status\":%d",
-                  (long long)w->o->n, maxrss, status);
+    ts_buf_printf(&res->extra,
+                  ",\"docs\":%lld,\"docs_sent\":%lld,\"validation_failed\":%lld,"
+                  "\"maxrss_kb_whole_life\":%ld,\"exit_status\":%d",
+                  (long long)w->accepted, (long long)w->o->n,
+                  (long long)(w->o->n - w->accepted), maxrss, status);
     return status == 0 ? 0 : -1;
 }
 
@@ -547,18 +734,25 @@ static double median(double *v, int n)
 static void print_head(const bench_opts_t *o)
 {
     printf("{\"workload\":\"%s\",", o->workload);
+    if (bench_curve_on())
+        printf("\"curve\":true,");
 }
 
-static void print_common(const bench_opts_t *o, double seconds, double ops, double p50, double p99,
-                         double rss)
+/* The figures of a run (and of the median line), in this order. */
+enum { F_SECONDS, F_OPS, F_P50, F_P99, F_RSS, F_P90, F_P999, F_MAX, F_COUNT };
+
+static void print_common(const bench_opts_t *o, const double *f)
 {
     printf("\"n\":%lld,\"clients\":%d,\"inflight\":%d,\"threads\":%d,\"seconds\":%.3f,"
            "\"ops_per_s\":%.0f",
-           (long long)o->n, o->clients, o->inflight, o->threads, seconds, ops);
-    if (p50 >= 0)
-        printf(",\"p50_us\":%.0f,\"p99_us\":%.0f", p50, p99);
-    if (rss >= 0)
-        printf(",\"peak_rss_kb\":%.0f", rss);
+           (long long)o->n, o->clients, o->inflight, o->threads, f[F_SECONDS], f[F_OPS]);
+    if (f[F_P50] >= 0)
+        printf(",\"p50_us\":%.0f,\"p99_us\":%.0f", f[F_P50], f[F_P99]);
+    if (f[F_P90] >= 0) /* p50 and p99 above keep their place for older readers */
+        printf(",\"p90_us\":%.0f,\"p999_us\":%.0f,\"max_us\":%.0f", f[F_P90], f[F_P999],
+               f[F_MAX]);
+    if (f[F_RSS] >= 0)
+        printf(",\"peak_rss_kb\":%.0f", f[F_RSS]);
 }
 
 int bench_run_workload(bench_opts_t *o)
@@ -582,15 +776,21 @@ int bench_run_workload(bench_opts_t *o)
     o->inflight = o->inflight ? o->inflight : wl->inflight;
     o->threads = o->threads ? o->threads : 1;
     wl_t w = {.o = o, .d = {.policies = o->policies, .config = o->config}};
-    double *secs = calloc((size_t)o->runs, sizeof(double) * 5);
+    double *secs = calloc((size_t)o->runs, sizeof(double) * F_COUNT);
     int failed = 0, ok = 0;
     for (int r = 0; secs && r < o->runs; r++) {
-        bench_result_t res = {.peak_rss_kb = -1};
+        bench_result_t res = {.peak_rss_kb = -1, .p90_us = -1, .p999_us = -1, .max_us = -1};
+        w.run = r;
         int rc = wl->run(&w, r, &res);
+        double f[F_COUNT] = {
+            [F_SECONDS] = res.seconds,        [F_OPS] = res.ops_per_s,
+            [F_P50] = (double)res.p50_us,     [F_P99] = (double)res.p99_us,
+            [F_RSS] = (double)res.peak_rss_kb, [F_P90] = (double)res.p90_us,
+            [F_P999] = (double)res.p999_us,   [F_MAX] = (double)res.max_us,
+        };
         print_head(o);
         printf("\"run\":%d,", r + 1);
-        print_common(o, res.seconds, res.ops_per_s, (double)res.p50_us, (double)res.p99_us,
-                     (double)res.peak_rss_kb);
+        print_common(o, f);
         printf("%s%s}\n", res.extra.data ? res.extra.data : "", rc ? ",\"failed\":true" : "");
         fflush(stdout);
         ts_buf_free(&res.extra);
@@ -600,25 +800,23 @@ int bench_run_workload(bench_opts_t *o)
                 break;
             continue;
         }
-        double *v = secs + (size_t)ok * 5;
-        v[0] = res.seconds, v[1] = res.ops_per_s, v[2] = (double)res.p50_us,
-        v[3] = (double)res.p99_us, v[4] = (double)res.peak_rss_kb;
+        memcpy(secs + (size_t)ok * F_COUNT, f, sizeof f);
         ok++;
     }
     if (wl->own_daemon_only)
         bench_daemon_rmdata(&w.d, o->keep_data);
     if (ok > 1) {
-        double col[5][64];
+        double col[F_COUNT][64];
         int m = ok < 64 ? ok : 64;
         for (int i = 0; i < m; i++)
-            for (int k = 0; k < 5; k++)
-                col[k][i] = secs[(size_t)i * 5 + (size_t)k];
-        double med[5];
-        for (int k = 0; k < 5; k++)
+            for (int k = 0; k < F_COUNT; k++)
+                col[k][i] = secs[(size_t)i * F_COUNT + (size_t)k];
+        double med[F_COUNT];
+        for (int k = 0; k < F_COUNT; k++)
             med[k] = median(col[k], m);
         print_head(o);
         printf("\"stat\":\"median\",\"runs\":%d,", m);
-        print_common(o, med[0], med[1], med[2], med[3], med[4]);
+        print_common(o, med);
         printf("}\n");
     }
     free(secs);

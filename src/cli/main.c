@@ -7,6 +7,7 @@
 #include "therasync/policy_tools.h"
 
 #include "therasync/json.h"
+#include "therasync/persist.h"
 #include "therasync/util.h"
 
 #include <errno.h>
@@ -55,6 +56,10 @@ static const char usage_text[] =
     "  keygen [PATH/NAME]                      a CURVE key pair: PATH/NAME.key (secret) and\n"
     "                                          PATH/NAME.pub, mode 0600, and the clients-file\n"
     "                                          line; without NAME, printed only\n"
+    "  rekey --data DIR [--old-key FILE] --new-key FILE\n"
+    "                                          re-seal a stopped daemon's store under a new\n"
+    "                                          key (--old-key: its key now; none: seal a\n"
+    "                                          plain store); see SECURITY.md\n"
     "\n"
     "options:\n"
     "  --endpoint ZMQ   front door (default " DEFAULT_ENDPOINT ", or $THERASYNC_ENDPOINT)\n"
@@ -90,6 +95,7 @@ typedef struct {
     int64_t count;   /* watch --count, 0 = unbounded */
     int64_t for_s;   /* watch --for, 0 = unbounded */
     const char *mode;/* live --mode */
+    const char *data, *old_key, *new_key; /* rekey --data, --old-key, --new-key (files, never keys) */
     const char *args[MAX_ARGS]; /* command and its positional arguments */
     int nargs;
 } opts_t;
@@ -156,7 +162,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
                                              "--base-version", "--collection", "--id",
                                              "--since", "--limit", "--count", "--for",
                                              "--mode", "--until", "--event", "--key",
-                                             "--server-key", NULL};
+                                             "--server-key", "--data", "--old-key", "--new-key", NULL};
         const char *eq = strchr(a, '=');
         size_t name_len = eq ? (size_t)(eq - a) : strlen(a);
         int k = 0;
@@ -207,6 +213,12 @@ static int parse_args(int argc, char **argv, opts_t *o)
         } else if (strcmp(name, "--for") == 0) {
             if (parse_int_opt(name, v, 1, &o->for_s))
                 return CLI_EXIT_USAGE;
+        } else if (strcmp(name, "--data") == 0) {
+            o->data = v;
+        } else if (strcmp(name, "--old-key") == 0) {
+            o->old_key = v;
+        } else if (strcmp(name, "--new-key") == 0) {
+            o->new_key = v;
         } else if (strcmp(name, "--mode") == 0) {
             if (strcmp(v, "diff") && strcmp(v, "full"))
                 return usage_error("--mode is diff or full, not %s", v);
@@ -538,6 +550,21 @@ static int cmd_policy(cmd_ctx_t *c, int argc, const char **argv)
     return usage_error("%s", "usage: policy reload | policy info | policy test DIR | policy check DIR");
 }
 
+/* ---- rekey: on the data dir of a stopped daemon, not through it ---- */
+
+static int cmd_rekey(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)argc, (void)argv;
+    if (!c->o->data || !c->o->new_key)
+        return usage_error("%s", "usage: therasync rekey --data DIR [--old-key FILE] --new-key FILE");
+    char err[1024] = "";
+    if (ts_persist_rekey(c->o->data, c->o->old_key, c->o->new_key, err, sizeof err)) {
+        fprintf(stderr, "therasync: rekey: %s; the store is unchanged\n", err);
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
 /* ---- watch: SUB to the events socket ---- */
 
 static volatile sig_atomic_t stop_requested;
@@ -840,6 +867,7 @@ static const command_t commands[] = {
     {"ping", 0, 0, true, cmd_ping, "ping"},
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},
     {"keygen", 0, 1, false, cmd_keygen, "keygen [PATH/NAME]"},
+    {"rekey", 0, 0, false, cmd_rekey, "rekey --data DIR [--old-key FILE] --new-key FILE"},
 };
 
 int main(int argc, char **argv)

@@ -104,6 +104,46 @@ static ts_actor_t *start_api(void *zctx, const ts_config_t *config, const char *
     return api;
 }
 
+/* --check-config: what a start would load besides the data, checked, and
+ * nothing started. 0 when all of it is right, else 1 (a line for each
+ * fault on stderr). */
+static int check_config(const ts_config_t *config)
+{
+    char err[2048] = "", summary[4200] = "";
+    int faults = 0;
+    if (ts_store_check_policies(config, summary, sizeof summary, err, sizeof err) == 0)
+        printf("policies: %s\n", summary);
+    else
+        fprintf(stderr, "therasyncd: %s\n", err), faults++;
+    if (ts_config_curve(config)) {
+        char pub[41], sec[41];
+        size_t n = 0;
+        if (ts_curve_read_key(config->security.curve_secret_file, pub, sec, err, sizeof err) ||
+            ts_clients_file_check(config->security.clients_file, &n, err, sizeof err))
+            fprintf(stderr, "therasyncd: security: %s\n", err), faults++;
+        else
+            printf("client keys: %zu in %s\n", n, config->security.clients_file);
+        explicit_bzero(sec, sizeof sec);
+    }
+    bool sealed = false;
+    if (ts_persist_check_key(config, &sealed, err, sizeof err))
+        fprintf(stderr, "therasyncd: %s\n", err), faults++;
+    else
+        printf("encryption at rest: %s\n", sealed ? "key readable" : "none (no key)");
+    if (config->auth.client_secret_file) {
+        FILE *f = fopen(config->auth.client_secret_file, "r");
+        if (!f)
+            fprintf(stderr, "therasyncd: auth.client_secret_file %s: %s\n",
+                    config->auth.client_secret_file, strerror(errno)), faults++;
+        else
+            fclose(f);
+    }
+    printf("data: %s, endpoint: %s, events: %s, api: %s\n", config->data_dir, config->endpoint,
+           config->events, config->api_url ? config->api_url : "none (standalone)");
+    printf("%s\n", faults ? "config: NOT OK" : "config: OK");
+    return faults ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     ts_config_t config;
@@ -124,6 +164,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "therasyncd: %s\n", err);
         ts_config_free(&config);
         return rc < 0 ? 2 : 0;
+    }
+    if (config.check_only) {
+        ts_log_set_level(TS_LOG_WARN); /* its own lines say what was loaded */
+        rc = check_config(&config);
+        ts_config_free(&config);
+        return rc;
     }
     ts_log_set_level(config.log_level);
     if (config.insecure && !ts_config_curve(&config) &&

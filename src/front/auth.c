@@ -459,3 +459,12 @@ bool front_auth_event_bodies(const front_t *self)
 {
     return !self->auth || self->config->security.event_bodies;
 }
+
+int ts_clients_file_check(const char *path, size_t *n, char *err, size_t errlen)
+{
+    client_key_t *keys = NULL;
+    if (load_keys(path, &keys, n, err, errlen))
+        return -1;
+    free(keys);
+    return 0;
+}

@@ -153,7 +153,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         sqlite3_bind_text(stmt, 6, event, -1, SQLITE_STATIC);
     if (client) /* one client's writes, their sends and outcomes included */
         sqlite3_bind_text(stmt, 8, client, -1, SQLITE_STATIC);
-    ts_buf_t b = {0};
+    ts_buf_t b = {0}, plain = {0}; /* plain: a sealed reason opened */
     ts_buf_puts(&b, "{\"entries\":[");
     int rows = 0, rc;
     while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -170,7 +170,13 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         }
         if (sqlite3_column_type(stmt, 6) != SQLITE_NULL)
             ts_buf_printf(&b, ",\"version\":%lld", (long long)sqlite3_column_int64(stmt, 6));
-        const char *reason = (const char *)sqlite3_column_text(stmt, 7);
+        const char *reason;
+        size_t reason_len;
+        if (persist_column_value(self, stmt, 7, "audit",
+                                 (const char *)sqlite3_column_text(stmt, 2),
+                                 (const char *)sqlite3_column_text(stmt, 3), 0, &plain, &reason,
+                                 &reason_len))
+            reason = "(sealed; does not open: a damaged or moved row)";
         if (reason) {
             ts_buf_puts(&b, ",\"reason\":");
             ts_buf_json_string(&b, reason, strlen(reason));
@@ -178,6 +184,7 @@ void persist_answer_audit(persist_t *self, ts_call_t *call)
         ts_buf_puts(&b, "}");
     }
     sqlite3_finalize(stmt);
+    ts_buf_free(&plain);
     ts_buf_puts(&b, "]}");
     size_t len;
     char *text = ts_buf_take(&b, &len);

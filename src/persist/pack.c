@@ -19,8 +19,10 @@ int persist_flush_pack(persist_t *self)
     sqlite3_bind_int64(s, 1, self->pack_first);
     sqlite3_bind_int64(s, 2, self->pack_last);
     sqlite3_bind_int64(s, 3, self->pack_count);
-    sqlite3_bind_blob(s, 4, self->pack.data, (int)self->pack.len, SQLITE_STATIC);
-    int rc = sqlite3_step(s);
+    int rc = persist_bind_value(self, s, 4, "pack", "", "", self->pack_first, self->pack.data,
+                                self->pack.len, true)
+                 ? SQLITE_NOMEM
+                 : sqlite3_step(s);
     sqlite3_reset(s);
     uint32_t count = self->pack_count;
     self->pack_count = 0;
@@ -87,9 +89,17 @@ int persist_cache_pack(persist_t *self, const ts_pack_entry_t *entry)
     sqlite3_stmt *s = self->read_pack;
     sqlite3_bind_int64(s, 1, entry->first);
     int ok = sqlite3_step(s) == SQLITE_ROW;
-    if (ok)
+    const char *records = NULL;
+    size_t len = 0;
+    if (ok && self->seal) /* opened straight into the cache */
+        ok = persist_column_value(self, s, 0, "pack", "", "", entry->first, &self->cached,
+                                  &records, &len) == 0 && records;
+    else if (ok)
         ts_buf_append(&self->cached, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0));
     sqlite3_reset(s);
+    if (!ok && self->seal)
+        ts_error(LOG, "the outbox pack at seq %lld does not open with the store's key (damaged)",
+                 (long long)entry->first);
     ts_packed_t m;
     for (size_t pos = 0, at = 0; ok && ts_pack_next(self->cached.data, self->cached.len, &pos, &m);
          at = pos) {
@@ -159,9 +169,7 @@ int persist_drop_packed(persist_t *self, const ts_record_t *r, ts_pack_entry_t *
         return 0;
     s = self->archive_packed;
     persist_bind_accepted(s, &m);
-    if (r->event[0])
-        persist_bind_outcome(s, 7, r);
-    rc = sqlite3_step(s);
+    rc = r->event[0] && persist_bind_outcome(self, s, 7, r) ? SQLITE_NOMEM : sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     if (rc != SQLITE_DONE)

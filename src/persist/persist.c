@@ -284,6 +284,9 @@ static void persist_cleanup(persist_t *self)
     ts_buf_free(&self->pack);
     ts_buf_free(&self->cached);
     free(self->cached_at);
+    persist_seal_free(self->seal);
+    ts_buf_free(&self->ad);
+    ts_buf_free(&self->sealed);
     sqlite3_finalize(self->archive_mutation);
     sqlite3_finalize(self->archive_outcome);
     sqlite3_finalize(self->put_confirmed);

@@ -23,6 +23,8 @@
 
 #define LOG "persist"
 
+typedef struct ts_seal ts_seal_t; /* a store key (seal.c) */
+
 typedef struct {
     const ts_config_t *config;
     ts_actor_t *actor;
@@ -70,6 +72,8 @@ typedef struct {
     struct stat dir;               /* and the dir itself */
     int watch;                     /* inotify on the dir (-1: none, stat every time) */
     const char *lost;              /* NULL, or why the data dir takes no more writes */
+    ts_seal_t *seal;               /* the store's key; NULL: a plain store (seal.c) */
+    ts_buf_t ad, sealed;           /* a value's associated data, and the value sealed */
     /* counters for `metrics` */
     uint64_t commits, records, failed_commits, wal_restarts;
     int64_t commit_us_total, commit_us_max;
@@ -111,10 +115,30 @@ bool persist_is_gone(const int64_t *gone, size_t n, int64_t seq);
 
 /* records.c */
 int persist_write_record(persist_t *self, const ts_record_t *r);
-void persist_bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop);
+int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop);
 
 /* audit.c */
 void persist_answer_audit(persist_t *self, ts_call_t *call);
+
+/* seal.c: values sealed under the store's key, when it has one. A value
+ * is bound, or read, with its row's identity (tag, a, b, n): see
+ * persist_seal_ad. persist_bind_value's sealed value lives until the next
+ * call: step the statement first. persist_column_value: 0 (value NULL for
+ * SQL NULL), or -1 when it does not open (a damaged or moved row). */
+int persist_open_key(persist_t *self);
+int persist_seal_load(const ts_config_t *config, ts_seal_t **out, char *err, size_t errlen);
+void persist_seal_free(ts_seal_t *k);
+const char *persist_seal_id(const ts_seal_t *k);
+void persist_seal_ad(ts_buf_t *ad, const char *tag, const char *a, const char *b, int64_t n);
+/* A sealed value opened into out with its associated data: 0, or -1.
+ * Reads the key only: any thread may call it. */
+int persist_seal_open(const ts_seal_t *k, const void *sealed, size_t len, const ts_buf_t *ad,
+                      ts_buf_t *out);
+int persist_bind_value(persist_t *self, sqlite3_stmt *s, int i, const char *tag, const char *a,
+                       const char *b, int64_t n, const char *value, size_t len, bool blob);
+int persist_column_value(persist_t *self, sqlite3_stmt *s, int col, const char *tag,
+                         const char *a, const char *b, int64_t n, ts_buf_t *out,
+                         const char **value, size_t *len);
 
 /* recover.c */
 void persist_recover(persist_t *self);

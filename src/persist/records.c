@@ -24,14 +24,16 @@ static void bind_int64_or_null(sqlite3_stmt *s, int i, int64_t v)
 
 /* A DROP's first send and outcome, bound from parameter first on: sent_at,
  * sent_version, outcome, outcome_at, outcome_version, reason. */
-void persist_bind_outcome(sqlite3_stmt *s, int first, const ts_record_t *drop)
+int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_record_t *drop)
 {
     bind_int64_or_null(s, first, drop->sent_ms);
     sqlite3_bind_int64(s, first + 1, drop->sent_version);
     sqlite3_bind_text(s, first + 2, drop->event, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, first + 3, drop->at_ms);
     sqlite3_bind_int64(s, first + 4, drop->version);
-    bind_text_or_null(s, first + 5, drop->body, (int)drop->body_len);
+    /* a server's reason can quote the document: sealed */
+    return persist_bind_value(self, s, first + 5, "audit", drop->collection, drop->doc_id, 0,
+                              drop->body, drop->body_len, false);
 }
 
 /* The send and outcome of a DROP whose mutation is not in the outbox, as
@@ -88,7 +90,9 @@ int persist_write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 5, r->doc_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 6, r->version);
         sqlite3_bind_int64(s, 7, r->at_ms);
-        bind_text_or_null(s, 8, r->body, (int)r->body_len);
+        if (persist_bind_value(self, s, 8, "outbox", r->collection, r->doc_id, r->seq, r->body,
+                               r->body_len, false))
+            return -1;
         bind_text_or_null(s, 9, r->client[0] ? r->client : NULL, -1);
         break;
     case TS_REC_DROP: {
@@ -101,9 +105,8 @@ int persist_write_record(persist_t *self, const ts_record_t *r)
             return dropped < 0 ? -1 : 0;
         sqlite3_stmt *a = r->event[0] ? self->archive_outcome : self->archive_mutation;
         sqlite3_bind_int64(a, 1, r->seq);
-        if (r->event[0])
-            persist_bind_outcome(a, 2, r);
-        int rc = sqlite3_step(a);
+        int rc = r->event[0] && persist_bind_outcome(self, a, 2, r) ? SQLITE_NOMEM
+                                                                    : sqlite3_step(a);
         sqlite3_reset(a);
         sqlite3_clear_bindings(a);
         if (rc != SQLITE_DONE)
@@ -119,11 +122,15 @@ int persist_write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 1, r->collection, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, r->doc_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 3, r->version);
-        bind_text_or_null(s, 4, r->body, (int)r->body_len);
+        if (persist_bind_value(self, s, 4, "docs", r->collection, r->doc_id, r->version, r->body,
+                               r->body_len, false))
+            return -1;
         break;
-    case TS_REC_CURSOR:
+    case TS_REC_CURSOR: /* the server's feed position: may be a token */
         s = self->put_cursor;
-        sqlite3_bind_text(s, 1, r->body ? r->body : "", -1, SQLITE_STATIC);
+        if (persist_bind_value(self, s, 1, "meta", "cursor", "", 0, r->body ? r->body : "",
+                               r->body ? strlen(r->body) : 0, false))
+            return -1;
         break;
     case TS_REC_AUDIT:
         s = self->insert_audit;
@@ -134,7 +141,9 @@ int persist_write_record(persist_t *self, const ts_record_t *r)
         sqlite3_bind_text(s, 5, r->event, -1, SQLITE_STATIC);
         bind_text_or_null(s, 6, r->client[0] ? r->client : NULL, -1);
         bind_int64_or_null(s, 7, r->version);
-        bind_text_or_null(s, 8, r->body, (int)r->body_len);
+        if (persist_bind_value(self, s, 8, "audit", r->collection, r->doc_id, 0, r->body,
+                               r->body_len, false))
+            return -1;
         break;
     case TS_REC_MATCH:
         if (step_match(self->put_match, r))

@@ -103,7 +103,8 @@ int persist_open_db(persist_t *self)
     if (persist_exec(self, "PRAGMA journal_mode=WAL") ||
         persist_exec(self, self->config->durability_relaxed ? "PRAGMA synchronous=NORMAL"
                                                             : "PRAGMA synchronous=FULL") ||
-        persist_exec(self, "PRAGMA wal_autocheckpoint=0") || migrate(self))
+        persist_exec(self, "PRAGMA wal_autocheckpoint=0") || migrate(self) ||
+        persist_open_key(self))
         return -1;
     sqlite3_wal_hook(self->db, persist_on_wal_commit, self);
     self->page_size = persist_pragma_int(self, "PRAGMA page_size");

@@ -62,6 +62,7 @@ void ts_config_free(ts_config_t *c)
     free(c->auth.token_url);
     free(c->security.curve_secret_file);
     free(c->security.clients_file);
+    free(c->storage.key_file);
     cJSON_Delete(c->clinic);
     memset(c, 0, sizeof *c);
 }
@@ -152,6 +153,158 @@ static cJSON *lua_to_json(lua_State *L, int depth)
     }
 }
 
+/* ---- the keys a config may set ----
+ * A key the engine does not read is a mistake (`dta = ...` would leave the
+ * data in ./var): each table's keys, "" the top level. `clinic` is the
+ * policies' own (ctx.config) and `ondemand` holds one table per collection. */
+static const char *const top_keys[] = {
+    "data", "endpoint", "events", "api", "policies", "log_level", "durability", "insecure",
+    "admin", "max_request_bytes", "max_inflight", "max_db_bytes", "collections", "auth", "security",
+    "lua", "sync", "ondemand", "cache", "clinic", NULL};
+static const struct {
+    const char *table;
+    const char *const keys[12];
+} table_keys[] = {
+    {"auth", {"client_id", "client_secret", "client_secret_file", "token_url"}},
+    {"security", {"curve_secret_file", "clients_file", "event_bodies", "encryption_key_file"}},
+    {"lua", {"memory_mb", "instruction_budget"}},
+    {"sync", {"concurrency", "batch_size", "stuck_after", "poll_interval_ms", "digest_interval_s",
+              "digest_soon_s", "offline_after", "answer_timeout_ms"}},
+    {"cache", {"max_bytes", "max_subscriptions", "max_subscriptions_total"}},
+    {"ondemand.*", {"fresh_ms", "max_stale_ms", "gc_ms"}},
+};
+
+/* Edit distance, for "did you mean"; both short. */
+static size_t distance(const char *a, const char *b)
+{
+    size_t n = strlen(b), row[65];
+    if (strlen(a) > 64 || n > 64)
+        return 99;
+    for (size_t j = 0; j <= n; j++)
+        row[j] = j;
+    for (size_t i = 1; a[i - 1]; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= n; j++) {
+            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[n];
+}
+
+/* "unknown key PREFIX.key", with the nearest known one when it is near. */
+static void unknown_key(const char *prefix, const char *key, const char *const *known, char *err,
+                        size_t errlen)
+{
+    const char *best = NULL;
+    size_t bd = 99;
+    for (size_t i = 0; known[i]; i++) {
+        size_t d = distance(key, known[i]);
+        if (d < bd)
+            bd = d, best = known[i];
+    }
+    for (size_t i = 0; known[i] && bd > 2; i++)
+        if (strncmp(known[i], key, strlen(key)) == 0) /* fresh for fresh_ms */
+            bd = 0, best = known[i];
+    bool near = best && bd <= (strlen(key) > 6 ? 3 : 2);
+    snprintf(err, errlen, "config: unknown key %s%s%.64s%s%s%s%s", prefix, *prefix ? "." : "",
+             key, near ? " (did you mean " : "", near ? prefix : "", near && *prefix ? "." : "",
+             near ? best : "");
+    if (near)
+        snprintf(err + strlen(err), errlen - strlen(err), ")");
+}
+
+/* Every key of the table at index t against known (prefix: its name). */
+static int check_table(lua_State *L, int t, const char *prefix, const char *const *known,
+                       char *err, size_t errlen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            snprintf(err, errlen, "config: %s takes named keys only", prefix);
+            lua_pop(L, 1);
+            return -1;
+        }
+        const char *key = lua_tostring(L, -1);
+        size_t i = 0;
+        while (known[i] && strcmp(known[i], key) != 0)
+            i++;
+        if (!known[i]) {
+            unknown_key(prefix, key, known, err, errlen);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static const char *const *keys_of(const char *table)
+{
+    for (size_t i = 0; i < sizeof table_keys / sizeof *table_keys; i++)
+        if (strcmp(table_keys[i].table, table) == 0)
+            return table_keys[i].keys;
+    return NULL;
+}
+
+/* The globals the file set (those not in before, the names Lua's own
+ * libraries define) must be keys the engine reads, and so must the keys of
+ * its tables. */
+static int check_keys(lua_State *L, int before, char *err, size_t errlen)
+{
+    lua_pushglobaltable(L);
+    int g = lua_gettop(L), rc = 0;
+    lua_pushnil(L);
+    while (rc == 0 && lua_next(L, g)) {
+        int value = lua_gettop(L);
+        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        lua_pushvalue(L, -2);
+        bool lua_own = lua_rawget(L, before) != LUA_TNIL;
+        lua_pop(L, 1);
+        if (!key || lua_own) {
+            lua_pop(L, 1);
+            continue;
+        }
+        size_t i = 0;
+        while (top_keys[i] && strcmp(top_keys[i], key) != 0)
+            i++;
+        const char *const *sub = keys_of(key);
+        if (!top_keys[i]) {
+            unknown_key("", key, top_keys, err, errlen);
+            rc = -1;
+        } else if ((sub || strcmp(key, "ondemand") == 0) && !lua_istable(L, value)) {
+            snprintf(err, errlen, "config: %s must be a table ({ ... })", key);
+            rc = -1;
+        } else if (sub) {
+            rc = check_table(L, value, key, sub, err, errlen);
+        } else if (strcmp(key, "ondemand") == 0) {
+            lua_pushnil(L);
+            while (rc == 0 && lua_next(L, value)) {
+                char prefix[96];
+                snprintf(prefix, sizeof prefix, "ondemand.%.64s",
+                         lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+                if (lua_istable(L, -1))
+                    rc = check_table(L, lua_gettop(L), prefix, keys_of("ondemand.*"), err,
+                                     errlen);
+                lua_pop(L, 1);
+            }
+            if (rc)
+                lua_pop(L, 1); /* the key lua_next left */
+        }
+        lua_pop(L, 1);
+    }
+    if (rc)
+        lua_pop(L, 1); /* the key */
+    lua_pop(L, 1);     /* the global table */
+    return rc;
+}
+
 int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
@@ -165,11 +318,26 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
     luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 1); /* os.getenv for secrets */
     lua_pop(L, 3);
     int rc = -1;
+    /* The names Lua's libraries define, to tell the file's own from them. */
+    lua_newtable(L);
+    int before = lua_gettop(L);
+    lua_pushglobaltable(L);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, before);
+    }
+    lua_pop(L, 1);
     if (luaL_loadfilex(L, path, "t") || lua_pcall(L, 0, 0, 0)) {
         snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
         goto done;
     }
+    if (check_keys(L, before, err, errlen))
+        goto done;
     char *durability = NULL, *level = NULL;
+    const char *table = NULL; /* the table being read, for messages */
     double num;
     if (read_string(L, 0, "data", &c->data_dir, err, errlen) ||
         read_string(L, 0, "endpoint", &c->endpoint, err, errlen) ||
@@ -227,6 +395,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    table = "auth"; /* a value of the wrong type is named table.key */
     if (lua_getglobal(L, "auth") == LUA_TTABLE) {
         int t = lua_gettop(L);
         if (read_string(L, t, "client_id", &c->auth.client_id, err, errlen) ||
@@ -236,10 +405,12 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
             goto strings_done;
     }
     lua_pop(L, 1);
+    table = "security"; /* a value of the wrong type is named table.key */
     if (lua_getglobal(L, "security") == LUA_TTABLE) {
         int t = lua_gettop(L);
         if (read_string(L, t, "curve_secret_file", &c->security.curve_secret_file, err, errlen) ||
-            read_string(L, t, "clients_file", &c->security.clients_file, err, errlen))
+            read_string(L, t, "clients_file", &c->security.clients_file, err, errlen) ||
+            read_string(L, t, "encryption_key_file", &c->storage.key_file, err, errlen))
             goto strings_done;
         if (lua_getfield(L, t, "event_bodies") != LUA_TNIL)
             c->security.event_bodies = lua_toboolean(L, -1);
@@ -251,6 +422,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    table = "lua"; /* a value of the wrong type is named table.key */
     if (lua_getglobal(L, "lua") == LUA_TTABLE) {
         int t = lua_gettop(L);
         num = (double)(c->lua.memory_bytes >> 20);
@@ -263,6 +435,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         c->lua.instruction_budget = (long)num;
     }
     lua_pop(L, 1);
+    table = "sync"; /* a value of the wrong type is named table.key */
     if (lua_getglobal(L, "sync") == LUA_TTABLE) {
         int t = lua_gettop(L);
         struct {
@@ -292,6 +465,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    table = NULL; /* its messages name their keys */
     if (lua_getglobal(L, "ondemand") == LUA_TTABLE) {
         int t = lua_gettop(L);
         lua_pushnil(L);
@@ -336,6 +510,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    table = "cache"; /* a value of the wrong type is named table.key */
     if (lua_getglobal(L, "cache") == LUA_TTABLE) {
         int t = lua_gettop(L);
         num = (double)c->cache.max_bytes;
@@ -360,6 +535,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         }
     }
     lua_pop(L, 1);
+    table = NULL; /* its messages name their keys */
     if (lua_getglobal(L, "clinic") == LUA_TTABLE) {
         cJSON_Delete(c->clinic);
         c->clinic = lua_to_json(L, 0);
@@ -367,6 +543,12 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
     lua_pop(L, 1);
     rc = 0;
 strings_done:
+    if (rc && table && strncmp(err, "config: ", 8) == 0 &&
+        strncmp(err + 8, table, strlen(table)) != 0) { /* "config: key ..." -> "config: table.key ..." */
+        char rest[512];
+        snprintf(rest, sizeof rest, "%s", err + 8);
+        snprintf(err, errlen, "config: %s.%s", table, rest);
+    }
     free(durability);
     free(level);
 done:
@@ -388,6 +570,8 @@ static const char usage[] =
     "  --insecure           allow an endpoint beyond this host although clients are not\n"
     "                       authenticated (refused without it unless the config's\n"
     "                       security table lists client keys; SECURITY.md)\n"
+    "  --check-config       check the config, the policies and the key files it names,\n"
+    "                       then exit: 0 when the daemon would start with them, else 1\n"
     "  --help, --version\n";
 
 int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -399,7 +583,7 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         {"log-level", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},        {"insecure", no_argument, 0, 'i'},
         {"admin", required_argument, 0, 'A'},
-        {0, 0, 0, 0}};
+        {"check-config", no_argument, 0, 'C'},   {0, 0, 0, 0}};
     /* First pass: the config file, so that flags can override it. */
     optind = 1;
     opterr = 0;
@@ -434,6 +618,7 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         case 'p': set_str(&c->policies_dir, optarg); break;
         case 'A': set_str(&c->admin, optarg); break;
         case 'i': c->insecure = true; break;
+        case 'C': c->check_only = true; break;
         case 'l':
             if (ts_log_parse_level(optarg, &c->log_level)) {
                 snprintf(err, errlen, "--log-level must be error, warn, info or debug");

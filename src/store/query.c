@@ -1011,3 +1011,17 @@ void ts_sq_membership(ts_sq_t *self, const char *collection, ts_change_t *ch)
         cJSON_Delete(params);
     }
 }
+
+int ts_store_check_policies(const ts_config_t *config, char *summary, size_t summary_len,
+                            char *err, size_t errlen)
+{
+    ts_sq_hooks_t none = {0};
+    ts_sq_t *sq = ts_sq_new(config, &none, err, errlen);
+    if (!sq)
+        return -1;
+    ts_selectors_t *s = ts_sq_selectors(sq);
+    snprintf(summary, summary_len, "%s (%zu selectors)", sq->dir, s->count);
+    ts_selectors_free(s);
+    ts_sq_destroy(&sq);
+    return 0;
+}

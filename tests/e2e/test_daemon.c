@@ -53,6 +53,105 @@ Test(daemon, broken_config_file_is_refused, .timeout = 30)
     free(dir);
 }
 
+/* Writes text to dir/name; the path into path. */
+static void write_text(const char *dir, const char *name, const char *text, char *path,
+                       size_t len)
+{
+    snprintf(path, len, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A typo in a config file is an error naming the key and the one meant;
+ * a value of the wrong type names its table and key. Nothing starts. */
+Test(daemon, config_mistakes_are_errors_naming_the_key, .timeout = 30)
+{
+    char *dir = ts_tmpdir("ts-conf");
+    static const struct {
+        const char *text, *says;
+    } cases[] = {
+        {"dta = './x'\n", "unknown key dta (did you mean data)"},
+        {"sync = { concurency = 4 }\n", "unknown key sync.concurency (did you mean sync.concurrency)"},
+        {"security = { encryption_keyfile = 'k' }\n",
+         "unknown key security.encryption_keyfile (did you mean security.encryption_key_file)"},
+        {"ondemand = { patients = { fresh = 1000 } }\n",
+         "unknown key ondemand.patients.fresh (did you mean ondemand.patients.fresh_ms)"},
+        {"sync = { concurrency = 'many' }\n", "sync.concurrency must be a number"},
+        {"cache = 64\n", "cache must be a table"},
+        {"endpoint = 7410\n", "endpoint must be a string"},
+        {"frobnicate = true\n", "unknown key frobnicate"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char path[4200];
+        write_text(dir, "engine.lua", cases[i].text, path, sizeof path);
+        ts_buf_t out = {0}, err = {0};
+        const char *args[] = {"--config", path, "--check-config", NULL};
+        cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, &out, &err), 2, "%s", cases[i].text);
+        cr_assert(err.data && strstr(err.data, cases[i].says), "%s: %s", cases[i].text,
+                  err.data ? err.data : "");
+        ts_buf_free(&out);
+        ts_buf_free(&err);
+    }
+    /* a local helper is not a key, and the keys the engine reads pass */
+    char path[4200];
+    write_text(dir, "engine.lua",
+               "local base = '/tmp'\ndata = base .. '/x'\nsync = { concurrency = 4 }\n"
+               "cache = { max_bytes = 1000000 }\nclinic = { anything = { goes = 1 } }\n",
+               path, sizeof path);
+    ts_buf_t out = {0}, err = {0};
+    const char *args[] = {"--config", path, "--check-config", NULL};
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, &out, &err), 0, "%s", err.data);
+    cr_assert(strstr(out.data, "config: OK"), "%s", out.data);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+/* --check-config loads the policies and the key files as a start would,
+ * starts nothing, and says what is wrong. */
+Test(daemon, check_config_finds_broken_policies_and_missing_keys, .timeout = 30)
+{
+    char *dir = ts_tmpdir("ts-check");
+    char path[4200], cfg[4200];
+    write_text(dir, "validate.lua", "return {}\n", path, sizeof path);
+    write_text(dir, "conflict.lua", "return {}\n", path, sizeof path);
+    write_text(dir, "selectors.lua", "return { broken = \n", path, sizeof path);
+    char text[8600];
+    snprintf(text, sizeof text, "policies = '%s'\n", dir);
+    write_text(dir, "engine.lua", text, cfg, sizeof cfg);
+    ts_buf_t out = {0}, err = {0};
+    const char *args[] = {"--config", cfg, "--check-config", NULL};
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 10000, &out, &err), 1);
+    cr_assert(strstr(err.data, "selectors.lua"), "names the file: %s", err.data);
+    cr_assert(strstr(out.data, "config: NOT OK"), "%s", out.data);
+    ts_buf_reset(&out), ts_buf_reset(&err);
+
+    write_text(dir, "selectors.lua", "return {}\n", path, sizeof path);
+    snprintf(text, sizeof text,
+             "policies = '%s'\nsecurity = { encryption_key_file = '%s/none.key' }\n", dir, dir);
+    write_text(dir, "engine.lua", text, cfg, sizeof cfg);
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 10000, &out, &err), 1);
+    cr_assert(strstr(err.data, "none.key"), "names the key file: %s", err.data);
+    ts_buf_reset(&out), ts_buf_reset(&err);
+
+    snprintf(text, sizeof text, "policies = '%s'\ndata = '%s/data'\n", dir, dir);
+    write_text(dir, "engine.lua", text, cfg, sizeof cfg);
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 10000, &out, &err), 0, "%s", err.data);
+    cr_assert(strstr(out.data, "(0 selectors)") && strstr(out.data, "config: OK"), "%s",
+              out.data);
+    char data[4300];
+    snprintf(data, sizeof data, "%s/data", dir);
+    struct stat st;
+    cr_assert_neq(stat(data, &st), 0, "a check makes no data dir");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    ts_rmtree(dir);
+    free(dir);
+}
+
 Test(daemon, notifies_systemd_when_ready, .timeout = 30)
 {
     char *dir = ts_tmpdir("ts-notify");

@@ -16,12 +16,17 @@
 #include <unistd.h>
 #include <zmq.h>
 
+/* A config naming a key (security.encryption_key_file), or NULL: a plain store. */
+static const char *sealed_config;
+
 /* Free-form documents: these tests run without validation. */
 static const char *const *permissive_args(void)
 {
     static char dir[4200];
-    static const char *args[3] = {"--policies", dir, NULL};
+    static const char *args[5] = {"--policies", dir, NULL, NULL, NULL};
     snprintf(dir, sizeof dir, "%s", ts_source_path("tests/fixtures/policies/permissive"));
+    args[2] = sealed_config ? "--config" : NULL;
+    args[3] = sealed_config;
     return args;
 }
 
@@ -221,6 +226,40 @@ Test(durability, kill_9_during_concurrent_writes, .timeout = 240)
     cr_assert_geq(rounds, 20, "only %d kill rounds in the time limit", rounds);
     ts_engine_destroy(&e);
     free(known);
+}
+
+/* The same with the store sealed (SECURITY.md, encryption at rest): every
+ * restart opens each pack and row with the key. */
+Test(durability, kill_9_during_concurrent_writes_sealed, .timeout = 240)
+{
+    char *dir = ts_tmpdir("ts-sealed");
+    char key[4300], cfg[4300];
+    snprintf(key, sizeof key, "%s/store.key", dir);
+    snprintf(cfg, sizeof cfg, "%s/sealed.lua", dir);
+    FILE *f = fopen(key, "w");
+    cr_assert_not_null(f);
+    fputs("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", f);
+    fclose(f);
+    cr_assert_eq(chmod(key, 0600), 0);
+    f = fopen(cfg, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "security = { encryption_key_file = \"%s\" }\n", key);
+    fclose(f);
+    sealed_config = cfg;
+    known = calloc(MAX_DOCS, sizeof *known);
+    srand((unsigned)time(NULL));
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&e.proc, "store encrypted at rest", 1000, line, sizeof line),
+                 0, "the store is sealed");
+    int rounds = kill_rounds(&e, 25, 150000);
+    cr_assert_geq(rounds, 20, "only %d kill rounds in the time limit", rounds);
+    ts_engine_destroy(&e);
+    free(known);
+    sealed_config = NULL;
+    ts_rmtree(dir);
+    free(dir);
 }
 
 /* After the kills, once everything is pushed: the server holds exactly the

@@ -161,9 +161,9 @@ static void section(ts_buf_t *out, const char *prefix, const char *path, const c
             snprintf(sub, sizeof sub, "%s.%s", path, x->string);
             bool histogram = cJSON_GetObjectItemCaseSensitive(x, "le") ||
                              cJSON_GetObjectItemCaseSensitive(x, "buckets");
-            bool labelled_ = strcmp(path, "store") == 0 &&
-                             (strcmp(x->string, "calls") == 0 || strcmp(x->string, "documents") == 0);
-            if (!histogram && !labelled_)
+            bool by_label = strcmp(path, "store") == 0 && (strcmp(x->string, "calls") == 0 ||
+                                                           strcmp(x->string, "documents") == 0);
+            if (!histogram && !by_label)
                 section(out, name, sub, x);
             continue;
         }
@@ -188,7 +188,8 @@ static void prometheus(const cJSON *m, const cJSON *st, ts_buf_t *out)
     if (st) {
         const cJSON *up = cJSON_GetObjectItemCaseSensitive(st, "uptime_s");
         if (cJSON_IsNumber(up)) {
-            help_type(out, "therasync_uptime_seconds", "gauge", "Seconds since the daemon started.");
+            help_type(out, "therasync_uptime_seconds", "gauge",
+                      "Seconds since the daemon started.");
             ts_buf_printf(out, "therasync_uptime_seconds %.17g\n", up->valuedouble);
         }
         help_type(out, "therasync_sync_online", "gauge",
@@ -211,9 +212,12 @@ static void prometheus(const cJSON *m, const cJSON *st, ts_buf_t *out)
             ts_buf_printf(out, "%s %.17g\n", name, cJSON_IsNumber(v) ? v->valuedouble : 0);
         }
         const char *states[][3] = {
-            {"feed", "therasync_sync_feed", "How remote changes arrive (status.feed): 1 for the current state."},
-            {"api", "therasync_api_state", "The Clinic API connection (status.api): 1 for the current state."},
-            {"storage", "therasync_storage", "The data dir (status.storage): 1 for the current state."}};
+            {"feed", "therasync_sync_feed",
+             "How remote changes arrive (status.feed): 1 for the current state."},
+            {"api", "therasync_api_state",
+             "The Clinic API connection (status.api): 1 for the current state."},
+            {"storage", "therasync_storage",
+             "The data dir (status.storage): 1 for the current state."}};
         for (size_t i = 0; i < sizeof states / sizeof *states; i++) {
             const cJSON *v = cJSON_GetObjectItemCaseSensitive(st, states[i][0]);
             if (!cJSON_IsString(v))
@@ -300,7 +304,8 @@ static cJSON *rpc(ts_admin_t *a, const char *method)
     }
     unsigned id = ++a->next_id;
     char req[128];
-    int n = snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":%u,\"method\":\"%s\"}", id, method);
+    int n = snprintf(req, sizeof req, "{\"jsonrpc\":\"2.0\",\"id\":%u,\"method\":\"%s\"}", id,
+                     method);
     if (zmq_send(a->dealer, req, (size_t)n, ZMQ_DONTWAIT) < 0) {
         snprintf(a->error, sizeof a->error, "cannot ask the front door: %s",
                  zmq_strerror(zmq_errno()));

@@ -437,6 +437,13 @@ Test(admin, non_loopback_address_refused, .timeout = 30)
     cr_assert_eq(ts_run("therasyncd", args, NULL, 5000, NULL, &err), 2);
     cr_assert(strstr(err.data, "192.168.0.1:9464"), "%s", err.data);
     ts_buf_free(&err);
+    /* and a loopback one is a known key of the config file */
+    f = fopen(path, "w");
+    fputs("admin = \"127.0.0.1:9464\"\n", f);
+    fclose(f);
+    const char *check[] = {"--config", path, "--check-config", NULL};
+    cr_assert_eq(ts_run("therasyncd", check, NULL, 5000, NULL, &err), 0, "%s", err.data);
+    ts_buf_free(&err);
     ts_rmtree(dir);
     free(dir);
 }

@@ -17,6 +17,8 @@ typedef struct {
     char *events;            /* --events, default tcp://127.0.0.1:7411 */
     char *api_url;           /* --api; NULL = standalone */
     char *policies_dir;      /* --policies; NULL = shipped policies */
+    char *admin;             /* --admin HOST:PORT, loopback only: HTTP /metrics, /healthz,
+                                /readyz (docs/OPERATIONS.md); NULL = off */
     ts_log_level_t log_level;
     bool durability_relaxed; /* durability = "relaxed": synchronous=NORMAL */
     bool check_only;         /* --check-config: validate config and policies, then exit */
@@ -82,6 +84,10 @@ bool ts_config_curve(const ts_config_t *config);
 /* Whether a ZeroMQ endpoint is reachable from this host only: ipc://,
  * inproc://, or tcp:// on 127.0.0.1 / localhost / [::1]. */
 bool ts_endpoint_is_local(const char *endpoint);
+/* Splits an admin address, HOST:PORT with HOST 127.0.0.1, localhost or
+ * [::1], into an IPv4/IPv6 loopback choice and a port (0: any free one).
+ * 0, or -1 with a message in err. */
+int ts_admin_addr(const char *addr, bool *ipv6, unsigned *port, char *err, size_t errlen);
 
 /* Index of a collection name, or -1. */
 int ts_config_collection(const ts_config_t *config, const char *name);

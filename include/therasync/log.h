@@ -15,8 +15,15 @@ void ts_log_set_level(ts_log_level_t level);
 /* Parses "error|warn|info|debug"; returns 0, or -1 for anything else. */
 int ts_log_parse_level(const char *text, ts_log_level_t *level);
 bool ts_log_enabled(ts_log_level_t level);
+/* Logs a line. Under journald (JOURNAL_STREAM names stderr) it starts with
+ * the syslog priority (<3> error, <4> warn, <6> info, <7> debug). A warning
+ * whose format string (the same literal) was printed less than 1 s before
+ * is left out; the next line after that second says "last message repeated
+ * N times" first. */
 void ts_log(ts_log_level_t level, const char *module, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Whether stderr is journald's stream (checked once). */
+bool ts_log_to_journal(void);
 
 /* Copies JSON text into out (size outlen, always terminated) with the values
  * of sensitive keys (notes, summary, token, secret, password, authorization,

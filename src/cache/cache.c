@@ -106,6 +106,7 @@ static void add_metrics(cache_t *self, ts_envelope_t *e)
         cJSON_AddNumberToObject(lat, "count", (double)self->notify_us.total);
         cJSON_AddNumberToObject(lat, "p50", (double)ts_hist_quantile(&self->notify_us, 0.5));
         cJSON_AddNumberToObject(lat, "p99", (double)ts_hist_quantile(&self->notify_us, 0.99));
+        cJSON_AddItemToObject(lat, "buckets", ts_hist_buckets_json(&self->notify_us));
     }
     if (ts_send_COMMIT(self->to_persist, &e, 1)) {
         ts_error(LOG, "cannot pass metrics to persist");

@@ -5,6 +5,8 @@
 #include <cJSON.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/random.h>
 
 ca_stats_t ca_stats;
@@ -124,6 +126,131 @@ int ca_stats_json(ts_buf_t *out)
                          atomic_load(&ca_stats.header_timeouts), atomic_load(&ca_stats.malformed),
                          atomic_load(&ca_stats.faults_garbled), atomic_load(&ca_stats.doc_gets),
                          atomic_load(&ca_stats.list_requests), atomic_load(&ca_stats.not_modified));
+}
+
+atomic_llong ca_feed_streams, ca_feed_polls;
+
+static const struct {
+    const char *method, *path;
+} routes[CA_R__COUNT] = {
+    [CA_R_LIST] = {"GET", "/v1/{collection}"},
+    [CA_R_CREATE] = {"POST", "/v1/{collection}"},
+    [CA_R_GET] = {"GET", "/v1/{collection}/{id}"},
+    [CA_R_PATCH] = {"PATCH", "/v1/{collection}/{id}"},
+    [CA_R_DELETE] = {"DELETE", "/v1/{collection}/{id}"},
+    [CA_R_DIGEST] = {"GET", "/v1/{collection}/digest"},
+    [CA_R_CHANGES] = {"GET", "/v1/changes"},
+    [CA_R_STREAM] = {"GET", "/v1/changes/stream"},
+    [CA_R_BATCH] = {"POST", "/v1/_batch"},
+    [CA_R_TOKEN] = {"POST", "/oauth/token"},
+    [CA_R_CONTROL] = {"any", "/_control/..."},
+    [CA_R_HEALTHZ] = {"GET", "/healthz"},
+    [CA_R_METRICS] = {"GET", "/metrics"},
+    [CA_R_OTHER] = {"any", "other"},
+};
+
+/* [route][status - 100] */
+static atomic_llong answered[CA_R__COUNT][500];
+
+ca_route_t ca_route_of(const char *method, const char *url)
+{
+    ca_route_t r = CA_R_OTHER;
+    if (strncmp(url, "/_control/", 10) == 0)
+        return CA_R_CONTROL;
+    if (strcmp(url, "/healthz") == 0)
+        r = CA_R_HEALTHZ;
+    else if (strcmp(url, "/metrics") == 0)
+        r = CA_R_METRICS;
+    else if (strcmp(url, "/oauth/token") == 0)
+        r = CA_R_TOKEN;
+    else if (strcmp(url, "/v1/changes") == 0)
+        r = CA_R_CHANGES;
+    else if (strcmp(url, "/v1/changes/stream") == 0)
+        r = CA_R_STREAM;
+    else if (strcmp(url, "/v1/_batch") == 0)
+        r = CA_R_BATCH;
+    else if (strncmp(url, "/v1/", 4) == 0 && url[4] && url[4] != '/') {
+        const char *slash = strchr(url + 4, '/');
+        if (!slash || !slash[1])
+            r = strcmp(method, "POST") == 0 ? CA_R_CREATE : CA_R_LIST;
+        else if (strchr(slash + 1, '/'))
+            r = CA_R_OTHER;
+        else if (strcmp(slash + 1, "digest") == 0)
+            r = CA_R_DIGEST;
+        else
+            r = strcmp(method, "PATCH") == 0    ? CA_R_PATCH
+                : strcmp(method, "DELETE") == 0 ? CA_R_DELETE
+                                                : CA_R_GET;
+    }
+    /* a method the route does not take: "other", with its status (405) */
+    return r != CA_R_OTHER && strcmp(method, routes[r].method) != 0 ? CA_R_OTHER : r;
+}
+
+void ca_stats_answered(ca_route_t route, unsigned status)
+{
+    if (route < CA_R__COUNT && status >= 100 && status < 600)
+        atomic_fetch_add_explicit(&answered[route][status - 100], 1, memory_order_relaxed);
+}
+
+int ca_stats_prometheus(ts_buf_t *out)
+{
+    ts_buf_puts(out, "# HELP clinic_api_requests_total Requests answered, by route and status.\n"
+                     "# TYPE clinic_api_requests_total counter\n");
+    for (int r = 0; r < CA_R__COUNT; r++)
+        for (int s = 0; s < 500; s++) {
+            long long n = atomic_load_explicit(&answered[r][s], memory_order_relaxed);
+            if (n)
+                ts_buf_printf(out,
+                              "clinic_api_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} "
+                              "%lld\n",
+                              routes[r].method, routes[r].path, s + 100, n);
+        }
+    ts_buf_puts(out, "# HELP clinic_api_faults_injected_total Requests the fault injection "
+                     "failed, dropped, delayed or garbled.\n"
+                     "# TYPE clinic_api_faults_injected_total counter\n");
+    const struct {
+        const char *kind;
+        atomic_llong *n;
+    } injected[] = {{"failed", &ca_stats.faults_failed},
+                  {"dropped", &ca_stats.faults_dropped},
+                  {"delayed", &ca_stats.faults_delayed},
+                  {"garbled", &ca_stats.faults_garbled}};
+    for (size_t i = 0; i < sizeof injected / sizeof *injected; i++)
+        ts_buf_printf(out, "clinic_api_faults_injected_total{kind=\"%s\"} %lld\n",
+                      injected[i].kind, atomic_load(injected[i].n));
+    ts_buf_printf(out,
+                  "# HELP clinic_api_feed_subscribers Change feed readers now: open event "
+                  "streams and long polls waiting.\n"
+                  "# TYPE clinic_api_feed_subscribers gauge\n"
+                  "clinic_api_feed_subscribers{kind=\"stream\"} %lld\n"
+                  "clinic_api_feed_subscribers{kind=\"long_poll\"} %lld\n",
+                  atomic_load(&ca_feed_streams), atomic_load(&ca_feed_polls));
+    const struct {
+        const char *name, *help;
+        atomic_llong *n;
+    } counters[] = {
+        {"applied_writes", "Creates, patches and deletes committed.", &ca_stats.applied_writes},
+        {"idempotent_replays", "Answers served from the idempotency table.",
+         &ca_stats.idempotent_replays},
+        {"idempotency_mismatches", "Idempotency keys reused for another request (422).",
+         &ca_stats.idempotency_mismatches},
+        {"commits", "SQLite write transactions (group commits).", &ca_stats.commits},
+        {"tokens_issued", "Access tokens handed out.", &ca_stats.tokens_issued},
+        {"unauthorized", "401 answers.", &ca_stats.unauthorized},
+        {"batches", "POST /v1/_batch requests answered 200.", &ca_stats.batches},
+        {"batch_ops", "Operations in those batches.", &ca_stats.batch_ops},
+        {"header_timeouts", "Connections closed at the header deadline.",
+         &ca_stats.header_timeouts},
+        {"malformed", "Requests refused for their HTTP framing (400).", &ca_stats.malformed},
+        {"not_modified", "304 answers.", &ca_stats.not_modified},
+    };
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++)
+        ts_buf_printf(out,
+                      "# HELP clinic_api_%s_total %s\n# TYPE clinic_api_%s_total counter\n"
+                      "clinic_api_%s_total %lld\n",
+                      counters[i].name, counters[i].help, counters[i].name, counters[i].name,
+                      atomic_load(counters[i].n));
+    return 0;
 }
 
 double ca_rand01(void)

@@ -47,6 +47,22 @@ typedef struct {
 
 extern ca_stats_t ca_stats;
 
+/* What GET /metrics counts by: a request's route, as method and path
+ * template (ca_route_of). */
+typedef enum {
+    CA_R_LIST, CA_R_CREATE, CA_R_GET, CA_R_PATCH, CA_R_DELETE, CA_R_DIGEST, CA_R_CHANGES,
+    CA_R_STREAM, CA_R_BATCH, CA_R_TOKEN, CA_R_CONTROL, CA_R_HEALTHZ, CA_R_METRICS, CA_R_OTHER,
+    CA_R__COUNT
+} ca_route_t;
+ca_route_t ca_route_of(const char *method, const char *url);
+/* Counts an answer of route with HTTP status (100-599; others are not
+ * counted: a connection closed unanswered is a fault, counted as such). */
+void ca_stats_answered(ca_route_t route, unsigned status);
+/* Feed subscribers now: open event streams, long polls waiting. */
+extern atomic_llong ca_feed_streams, ca_feed_polls;
+/* Appends every counter as Prometheus text (exposition format 0.0.4). */
+int ca_stats_prometheus(ts_buf_t *out);
+
 /* Defaults: nothing injected, status 503, retry_after 1. */
 void ca_faults_defaults(ca_faults_t *f);
 void ca_faults_set(const ca_faults_t *f);

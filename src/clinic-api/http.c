@@ -57,7 +57,8 @@ typedef struct {
     bool faults_done;    /* faults were applied to this request */
     bool delayed;        /* latency_ms was served */
     bool answer_delayed; /* answer_latency_ms was served */
-    bool polling;        /* long poll started */
+    bool polling;        /* long poll started (counted in ca_feed_polls) */
+    ca_route_t route;    /* what /metrics counts its answer under */
     int64_t deadline_us; /* long poll deadline */
     bool queued;         /* the write went to the group-commit writer */
     ca_job_t job;        /* the write and its answer */
@@ -1034,6 +1035,7 @@ static enum MHD_Result long_poll(ca_http_t *h, struct MHD_Connection *c, req_t *
                            "cursor, limit a positive integer\"}");
     if (!rq->polling) {
         rq->polling = true;
+        atomic_fetch_add(&ca_feed_polls, 1);
         rq->deadline_us = ts_mono_us() + (int64_t)(timeout * 1e6);
     }
     ts_buf_t b = {0};
@@ -1103,6 +1105,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void sse_free(void *cls)
 {
     sse_t *s = cls;
+    atomic_fetch_sub(&ca_feed_streams, 1);
     ts_buf_free(&s->out);
     free(s);
 }
@@ -1121,6 +1124,7 @@ static enum MHD_Result stream(ca_http_t *h, struct MHD_Connection *c)
     sse_t *s = calloc(1, sizeof *s);
     if (!s)
         return MHD_NO;
+    atomic_fetch_add(&ca_feed_streams, 1); /* sse_free takes it off */
     s->h = h;
     s->conn = c;
     s->cursor = since;
@@ -1241,6 +1245,31 @@ static enum MHD_Result route_control(ca_http_t *h, struct MHD_Connection *c, req
         return answer(c, 200, &b);
     }
     return answer_text(c, 404, "{\"error\":\"not_found\"}");
+}
+
+/* /healthz and /metrics: for the operator's monitoring, without a token. */
+static enum MHD_Result route_ops(struct MHD_Connection *c, const char *url, const char *method)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        return answer_text(c, 405, "{\"error\":\"method_not_allowed\"}");
+    ts_buf_t b = {0};
+    const char *type = "text/plain; charset=utf-8";
+    if (strcmp(url, "/healthz") == 0)
+        ts_buf_puts(&b, "ok\n");
+    else if (ca_stats_prometheus(&b) == 0)
+        type = "text/plain; version=0.0.4; charset=utf-8";
+    size_t len = 0;
+    char *text = ts_buf_take(&b, &len);
+    struct MHD_Response *r =
+        text ? MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", type);
+    enum MHD_Result rc = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return rc;
 }
 
 static enum MHD_Result route(ca_http_t *h, struct MHD_Connection *c, req_t *rq, const char *url,
@@ -1364,7 +1393,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 {
     ca_http_t *h = cls;
     req_t *rq = *con_cls;
+    /* control and the operator's endpoints are never faulted */
     bool control = strncmp(url, "/_control/", 10) == 0;
+    bool ops = strcmp(url, "/healthz") == 0 || strcmp(url, "/metrics") == 0;
     ca_faults_t f;
     if (!rq || !rq->started) {
         if (!rq) { /* on_uri ran out of memory */
@@ -1374,12 +1405,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             *con_cls = rq;
         }
         rq->started = true;
+        rq->route = ca_route_of(method, url);
         atomic_fetch_add_explicit(&ca_stats.requests, 1, memory_order_relaxed);
         guard_t *g = guard_of(c);
         if (g) /* the headers are in: no deadline until the answer is sent */
             atomic_store(&g->deadline_us, 0);
         check_framing(c, version, rq);
-        if (!control && ca_faults_get(&f) && f.offline) {
+        if (!control && !ops && ca_faults_get(&f) && f.offline) {
             atomic_fetch_add(&ca_stats.faults_dropped, 1);
             return MHD_NO;
         }
@@ -1399,6 +1431,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return answer_flaw(c, rq);
     if (control)
         return route_control(h, c, rq, url, method);
+    if (ops)
+        return route_ops(c, url, method);
     if (!rq->faults_done && ca_faults_get(&f)) {
         if (f.latency_ms > 0 && !rq->delayed) {
             rq->delayed = true;
@@ -1449,6 +1483,12 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (g) /* the next request's headers are due from now on */
         atomic_store(&g->deadline_us, header_deadline(cls));
     req_t *rq = *con_cls;
+    const union MHD_ConnectionInfo *ci =
+        rq && rq->started ? MHD_get_connection_info(c, MHD_CONNECTION_INFO_HTTP_STATUS) : NULL;
+    if (ci) /* 0, not counted, when it was closed unanswered */
+        ca_stats_answered(rq->route, ci->http_status);
+    if (rq && rq->polling)
+        atomic_fetch_sub(&ca_feed_polls, 1);
     if (rq) {
         free(rq->query);
         ts_buf_free(&rq->body);

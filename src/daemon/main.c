@@ -4,6 +4,7 @@
  * store (loads the durable state), front door (accepts requests), and with
  * --api the API actor (HTTP) and the sync actor (docs/SYNC.md). Stop order
  * is the reverse, so in-flight calls are finished and flushed. */
+#include "admin.h"
 #include "therasync/api.h"
 #include "therasync/config.h"
 #include "therasync/cache.h"
@@ -197,10 +198,16 @@ int main(int argc, char **argv)
     ts_actor_t *persist = NULL, *store = NULL, *cache = NULL, *front = NULL, *api = NULL,
                *api_feed = NULL, *sync = NULL;
     ts_front_args_t front_args = {.config = &config};
+    ts_admin_t *admin = NULL;
+    char admin_bound[64] = "off";
     int exit_code = 1;
     if (!zctx)
         goto done;
     zmq_ctx_set(zctx, ZMQ_BLOCKY, 0);
+    /* First, so that /healthz and /readyz answer while the data dir is
+     * recovered (readyz says 503 until the engine is ready). */
+    if (config.admin && !(admin = ts_admin_start(zctx, &config, admin_bound, sizeof admin_bound)))
+        goto done;
     if (!(persist = ts_persist_start(zctx, &config))) {
         ts_error(LOG, "cannot start: the data dir %s is not usable (see above)", config.data_dir);
         goto done;
@@ -228,8 +235,10 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    ts_info(LOG, "ready endpoint=%s events=%s api=%s data=%s", front_args.endpoint,
-            front_args.events, config.api_url ? config.api_url : "none", config.data_dir);
+    ts_admin_set_ready(admin);
+    ts_info(LOG, "ready endpoint=%s events=%s api=%s data=%s admin=%s", front_args.endpoint,
+            front_args.events, config.api_url ? config.api_url : "none", config.data_dir,
+            admin_bound);
     notify_systemd("READY=1");
 
     for (;;) {
@@ -250,6 +259,9 @@ int main(int argc, char **argv)
     notify_systemd("STOPPING=1");
     exit_code = 0;
 done:;
+    /* Not ready from the first moment of the stop; its socket closes
+     * before the context ends. */
+    ts_admin_stop(&admin);
     /* Every actor stops working first (the front door after answering what
      * it has in flight), then each frees what is still queued for it and
      * exits: no message is ever sent to an inbox that is already closed. */

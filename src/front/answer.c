@@ -75,6 +75,7 @@ static void add_front_metrics(front_t *self, cJSON *partial)
         cJSON_AddNumberToObject(x, "p50", (double)ts_hist_quantile(h, 0.50));
         cJSON_AddNumberToObject(x, "p99", (double)ts_hist_quantile(h, 0.99));
         cJSON_AddNumberToObject(x, "max", (double)h->max);
+        cJSON_AddItemToObject(x, "buckets", ts_hist_buckets_json(h));
     }
 }
 
@@ -107,8 +108,8 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
  * mandatory: a client gone is an error here (EHOSTUNREACH), and the cache
  * hears of it, so its live queries end; a client whose queue is full
  * (EAGAIN) loses this message, as before. */
-static void send_to(front_t *self, const unsigned char *route, size_t route_len, bool delimiter,
-                    const char *payload, size_t len)
+static void send_to(front_t *self, void *socket, const unsigned char *route, size_t route_len,
+                    bool delimiter, const char *payload, size_t len)
 {
     size_t off = 0;
     bool first = true;
@@ -116,10 +117,10 @@ static void send_to(front_t *self, const unsigned char *route, size_t route_len,
         uint32_t flen;
         memcpy(&flen, route + off, 4);
         off += 4;
-        if (zmq_send(self->router, route + off, flen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (zmq_send(socket, route + off, flen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
             int err = zmq_errno();
             ts_debug(LOG, "reply dropped: %s", zmq_strerror(err));
-            if (first && err == EHOSTUNREACH && self->to_cache) {
+            if (first && err == EHOSTUNREACH && self->to_cache && socket == self->router) {
                 ts_gone_t *g = ts_xmalloc(sizeof *g + flen);
                 g->len = flen;
                 memcpy(g->id, route + off, flen);
@@ -132,21 +133,23 @@ static void send_to(front_t *self, const unsigned char *route, size_t route_len,
         off += flen;
     }
     if (delimiter)
-        zmq_send(self->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    if (zmq_send(self->router, payload, len, ZMQ_DONTWAIT) < 0)
+        zmq_send(socket, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
+    if (zmq_send(socket, payload, len, ZMQ_DONTWAIT) < 0)
         ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
 }
 
 static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
 {
-    send_to(self, e->route, e->route_len, e->delimiter, payload, len);
+    send_to(self, e->admin ? self->admin : self->router, e->route, e->route_len, e->delimiter,
+            payload, len);
 }
 
 /* Notifications of live queries, each to its client. */
 void front_send_notices(front_t *self, ts_notice_t *notices)
 {
     for (ts_notice_t *n = notices; n; n = n->next)
-        send_to(self, n->route, n->route_len, n->delimiter, n->payload, n->payload_len);
+        send_to(self, self->router, n->route, n->route_len, n->delimiter, n->payload,
+                n->payload_len);
     ts_notice_free_list(notices);
 }
 

@@ -76,13 +76,13 @@ void front_to_cache(front_t *self, ts_envelope_t **reads, size_t n)
 
 static int on_router(ts_loop_t *loop, void *socket, void *arg)
 {
-    (void)loop, (void)socket;
+    (void)loop;
     front_t *self = arg;
     ts_envelope_t *batch[MAX_READS_PER_WAKE], *direct[MAX_READS_PER_WAKE];
     size_t n = 0, nd = 0;
     bool more = true;
     while (n + nd < MAX_READS_PER_WAKE && more) {
-        ts_envelope_t *e = front_read_request(self, &more);
+        ts_envelope_t *e = front_read_request(self, socket, &more);
         if (!e)
             continue;
         front_take_ticket(self, e);
@@ -183,6 +183,7 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     self->drain_deadline_us = ts_mono_us() + DRAIN_TIMEOUT_MS * 1000LL;
     front_hot_release(self, true, 0); /* the cache answers what waits for copies */
     ts_loop_pause(loop, self->router, 1);
+    ts_loop_pause(loop, self->admin, 1);
     if (self->inflight)
         ts_info(LOG, "draining %zu calls in flight", self->inflight);
     return self->inflight == 0 ? -1 : 0;
@@ -268,6 +269,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
         !(self.to_store = open_socket(&self, zctx, ZMQ_PUSH, TS_INPROC_STORE, false)) ||
         !(self.to_cache = open_socket(&self, zctx, ZMQ_PUSH, TS_INPROC_CACHE, false)) ||
         front_auth_open(&self, zctx) || /* before the sockets clients reach */
+        !(self.admin = open_socket(&self, zctx, ZMQ_ROUTER, TS_INPROC_FRONT_ADMIN, true)) ||
         !(self.router = open_socket(&self, zctx, ZMQ_ROUTER, self.config->endpoint, true)) ||
         !(self.pub = open_socket(&self, zctx, ZMQ_PUB, self.config->events, true)))
         goto done;
@@ -279,6 +281,7 @@ static void front_actor(ts_actor_t *actor, void *arg)
     ts_loop_reader(self.loop, self.events_in, on_events, &self);
     ts_loop_reader(self.loop, self.replies, on_replies, &self);
     ts_loop_reader(self.loop, self.router, on_router, &self);
+    ts_loop_reader(self.loop, self.admin, on_router, &self);
     ts_loop_timer(self.loop, 200, on_drain_timer, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(self.loop);
@@ -313,7 +316,7 @@ done:
     for (size_t i = 0; i < self.ntopics; i++)
         free(self.topics[i].name);
     free(self.topics);
-    void *sockets[] = {self.router, self.pub,      self.replies,
+    void *sockets[] = {self.router, self.admin, self.pub,      self.replies,
                        self.events_in, self.to_store, self.to_cache};
     for (size_t i = 0; i < sizeof sockets / sizeof *sockets; i++)
         if (sockets[i])

@@ -66,6 +66,8 @@ typedef struct {
     front_auth_t *auth; /* client keys; NULL without (everyone is admin) */
     client_t *clients[CLIENT_BUCKETS];
     void *router;     /* clients */
+    void *admin;      /* ROUTER on TS_INPROC_FRONT_ADMIN: the admin endpoint's status and
+                         metrics */
     void *pub;        /* events */
     void *replies;    /* PULL: envelopes back from persist */
     void *events_in;  /* PULL: events from other actors */
@@ -101,7 +103,8 @@ typedef struct {
 } front_t;
 
 /* parse.c */
-ts_envelope_t *front_read_request(front_t *self, bool *more);
+/* From socket: self->router, or self->admin (status and metrics only). */
+ts_envelope_t *front_read_request(front_t *self, void *socket, bool *more);
 
 /* answer.c */
 void front_take_ticket(front_t *self, ts_envelope_t *e);

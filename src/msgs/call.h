@@ -203,6 +203,7 @@ typedef struct ts_envelope {
                              the client's writes (front door) */
     bool internal;        /* made by an actor (sync updates), not by a client: no answer,
                              not counted in the front door's in-flight calls */
+    bool admin;           /* came on TS_INPROC_FRONT_ADMIN: answered there */
     char client[48];      /* who sent it, for the audit trail ("zmq:<routing id hex>") */
     uint64_t client_seq;  /* its place among that client's requests (front door) */
     struct ts_envelope *held_next; /* front door: answers waiting for earlier ones */

@@ -14,6 +14,11 @@
 #define TS_INPROC_CACHE "inproc://cache"          /* cache: CACHE_CHANGES, CACHE_READS, GONE... */
 #define TS_INPROC_FRONT "inproc://front-replies"  /* front: ANSWERS */
 #define TS_INPROC_EVENTS "inproc://events"        /* front: events to publish */
+/* The front door's second ROUTER, for the daemon's admin endpoint (its
+ * DEALER): JSON-RPC like the public one, `status` and `metrics` only, and
+ * no client key even with CURVE on, as no one outside the process can
+ * reach an inproc endpoint. */
+#define TS_INPROC_FRONT_ADMIN "inproc://front-admin"
 #define TS_INPROC_SYNC "inproc://sync"            /* sync: OUTBOX, SYNC_CALL, DIGEST... */
 #define TS_INPROC_SYNC_API "inproc://sync-api"    /* sync: the api actors' answers */
 #define TS_INPROC_API "inproc://api"              /* api (pushes and checks): API_REQUEST */

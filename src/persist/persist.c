@@ -143,6 +143,7 @@ static void add_metrics(persist_t *self, ts_envelope_t **envs, size_t n)
             cJSON_AddNumberToObject(m, "commit_us_p50", (double)ts_hist_quantile(&self->commit_us, 0.5));
             cJSON_AddNumberToObject(m, "commit_us_p99", (double)ts_hist_quantile(&self->commit_us, 0.99));
             cJSON_AddNumberToObject(m, "commit_us_max", (double)self->commit_us_max);
+            cJSON_AddItemToObject(m, "commit_us_buckets", ts_hist_buckets_json(&self->commit_us));
         }
     }
 }

@@ -2,6 +2,7 @@
 #include "therasync/config.h"
 #include "therasync/util.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <lauxlib.h>
 #include <lua.h>
@@ -48,6 +49,7 @@ void ts_config_init(ts_config_t *c)
 void ts_config_free(ts_config_t *c)
 {
     free(c->data_dir);
+    free(c->admin);
     free(c->endpoint);
     free(c->events);
     free(c->api_url);
@@ -157,7 +159,7 @@ static cJSON *lua_to_json(lua_State *L, int depth)
  * policies' own (ctx.config) and `ondemand` holds one table per collection. */
 static const char *const top_keys[] = {
     "data", "endpoint", "events", "api", "policies", "log_level", "durability", "insecure",
-    "max_request_bytes", "max_inflight", "max_db_bytes", "collections", "auth", "security",
+    "admin", "max_request_bytes", "max_inflight", "max_db_bytes", "collections", "auth", "security",
     "lua", "sync", "ondemand", "cache", "clinic", NULL};
 static const struct {
     const char *table;
@@ -342,6 +344,7 @@ int ts_config_load(ts_config_t *c, const char *path, char *err, size_t errlen)
         read_string(L, 0, "events", &c->events, err, errlen) ||
         read_string(L, 0, "api", &c->api_url, err, errlen) ||
         read_string(L, 0, "policies", &c->policies_dir, err, errlen) ||
+        read_string(L, 0, "admin", &c->admin, err, errlen) ||
         read_string(L, 0, "log_level", &level, err, errlen) ||
         read_string(L, 0, "durability", &durability, err, errlen))
         goto strings_done;
@@ -562,6 +565,8 @@ static const char usage[] =
     "  --api URL            Clinic API base URL (absent: standalone)\n"
     "  --policies DIR       Lua policies directory (default: the shipped policies)\n"
     "  --log-level LEVEL    error|warn|info|debug (default info)\n"
+    "  --admin HOST:PORT    HTTP /metrics, /healthz, /readyz on a loopback address\n"
+    "                       (e.g. 127.0.0.1:9464; default off)\n"
     "  --insecure           allow an endpoint beyond this host although clients are not\n"
     "                       authenticated (refused without it unless the config's\n"
     "                       security table lists client keys; SECURITY.md)\n"
@@ -577,6 +582,7 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         {"api", required_argument, 0, 'a'},      {"policies", required_argument, 0, 'p'},
         {"log-level", required_argument, 0, 'l'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},        {"insecure", no_argument, 0, 'i'},
+        {"admin", required_argument, 0, 'A'},
         {"check-config", no_argument, 0, 'C'},   {0, 0, 0, 0}};
     /* First pass: the config file, so that flags can override it. */
     optind = 1;
@@ -610,6 +616,7 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
         case 'E': set_str(&c->events, optarg); break;
         case 'a': set_str(&c->api_url, optarg); break;
         case 'p': set_str(&c->policies_dir, optarg); break;
+        case 'A': set_str(&c->admin, optarg); break;
         case 'i': c->insecure = true; break;
         case 'C': c->check_only = true; break;
         case 'l':
@@ -635,7 +642,36 @@ int ts_config_parse_args(ts_config_t *c, int argc, char **argv, char *err, size_
                      i ? "--events" : "--endpoint", eps[i]);
             return -1;
         }
+    /* The admin endpoint has no keys at all: loopback only, --insecure
+     * or not (a scraper elsewhere goes through a proxy or an SSH tunnel). */
+    bool v6;
+    unsigned port;
+    if (c->admin && ts_admin_addr(c->admin, &v6, &port, err, errlen))
+        return -1;
     return 0;
+}
+
+int ts_admin_addr(const char *addr, bool *ipv6, unsigned *port, char *err, size_t errlen)
+{
+    static const char *const hosts[] = {"127.0.0.1:", "localhost:", "[::1]:"};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(hosts[i]);
+        if (strncmp(addr, hosts[i], n) != 0)
+            continue;
+        char *end;
+        errno = 0;
+        long p = strtol(addr + n, &end, 10);
+        if (end == addr + n || *end || errno || p < 0 || p > 65535)
+            break;
+        *ipv6 = i == 2;
+        *port = (unsigned)p;
+        return 0;
+    }
+    snprintf(err, errlen,
+             "--admin %s: the admin endpoint answers without a key, so it takes a loopback "
+             "address only: 127.0.0.1:PORT, localhost:PORT or [::1]:PORT",
+             addr);
+    return -1;
 }
 
 bool ts_config_curve(const ts_config_t *c)

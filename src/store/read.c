@@ -200,6 +200,9 @@ static cJSON *status_json(store_t *self)
         cJSON_AddNumberToObject(st, "oldest_pending_age_s", (double)(ts_wall_ms() - oldest) / 1000);
     }
     cJSON_AddStringToObject(st, "storage", self->storage ? self->storage : "ok");
+    /* which build answers, and since when: a restart loop shows here */
+    cJSON_AddStringToObject(st, "version", TS_VERSION);
+    cJSON_AddNumberToObject(st, "uptime_s", (double)((ts_mono_us() - self->started_us) / 1000000));
     cJSON *colls = cJSON_AddObjectToObject(st, "collections");
     for (size_t i = 0; i < self->ncollections; i++)
         cJSON_AddNumberToObject(colls, self->collections[i].name,

@@ -529,7 +529,7 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
 
 static void store_actor(ts_actor_t *actor, void *args)
 {
-    store_t self = {.config = args};
+    store_t self = {.config = args, .started_us = ts_mono_us()};
     void *zctx = ts_actor_zctx(actor);
     ts_loop_t *loop = ts_loop_new();
     for (size_t i = 0; i < self.config->ncollections; i++) {

@@ -132,6 +132,7 @@ typedef struct {
     uint64_t confirmed, rejected, conflicts, remote_applied;
     struct base_snapshot *snapshots; /* see remember_base() */
     int64_t oldest_checked_us, oldest_cached; /* see oldest_pending_ms() */
+    int64_t started_us;      /* when the store started: status.uptime_s */
     ts_buf_t scratch;      /* reused for printing documents and results */
     uint64_t calls[TS_M__LAST];
     uint64_t rejected_writes;

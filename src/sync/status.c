@@ -11,8 +11,12 @@ void sync_status_maybe_send(sync_t *self, bool force)
         ts_rfc3339(self->last_sync_ms, ts);
     char sig[512];
     bool batch = !self->batch_off && self->batch_limit > 1;
-    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64 "|%d", self->conn == C_ONLINE,
-             self->api_state, self->last_error, self->stuck, self->repairs, batch);
+    /* Everything `status` shows but the cursor and the counts, which may
+     * wait STATUS_CURSOR_EVERY_US (the feed too: a fallback to long
+     * polling went unseen while nothing else changed). */
+    snprintf(sig, sizeof sig, "%d|%s|%s|%d|%" PRIu64 "|%d|%d", self->conn == C_ONLINE,
+             self->api_state, self->last_error, self->stuck, self->repairs, batch,
+             (int)self->pull);
     int64_t now = ts_mono_us();
     bool changed = strcmp(sig, self->status_sig) != 0;
     bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||

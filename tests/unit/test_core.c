@@ -722,6 +722,31 @@ Test(hist, quantiles_within_resolution)
     cr_assert_eq(ts_hist_quantile(&h, 1.0), 10000);
 }
 
+/* Prometheus gets cumulative counts per fixed bound: monotonic, within the
+ * histogram's ~9% resolution of the exact count, and complete at +Inf. */
+Test(hist, cumulative_buckets)
+{
+    ts_hist_t h = {0};
+    for (int i = 1; i <= 20000; i++)
+        ts_hist_add(&h, i);
+    ts_hist_add(&h, 50000000); /* beyond the last bound: only in count */
+    uint64_t cum[32];
+    ts_hist_cumulative(&h, cum);
+    for (int i = 0; i < ts_hist_nbounds; i++) {
+        int64_t le = ts_hist_bounds[i];
+        uint64_t exact = (uint64_t)(le < 20000 ? le : 20000);
+        cr_assert(cum[i] <= exact && cum[i] >= exact * 0.88, "le %lld: %llu, exact %llu",
+                  (long long)le, (unsigned long long)cum[i], (unsigned long long)exact);
+        cr_assert(i == 0 || cum[i] >= cum[i - 1]);
+    }
+    cr_assert_eq(cum[ts_hist_nbounds - 1], 20000);
+    cJSON *j = ts_hist_buckets_json(&h);
+    cr_assert_eq(cJSON_GetObjectItem(j, "count")->valuedouble, 20001);
+    cr_assert_eq(cJSON_GetObjectItem(j, "sum")->valuedouble, 20000.0 * 20001 / 2 + 50000000);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "le")), ts_hist_nbounds);
+    cJSON_Delete(j);
+}
+
 Test(config, lua_file_and_flags)
 {
     char path[] = "/tmp/ts-config-XXXXXX";

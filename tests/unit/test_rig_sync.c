@@ -31,6 +31,7 @@ typedef struct {
     void *front;   /* PULL TS_INPROC_FRONT: ANSWERS of sync calls (none here) */
     void *inbox;   /* PUSH TS_INPROC_SYNC: the cursor hint, OUTBOX */
     void *results; /* PUSH TS_INPROC_SYNC_API: API_RESULT */
+    ts_api_request_t *catchup; /* the first feed request, unanswered (NULL once answered) */
 } sync_rig_t;
 
 /* Starts the sync actor with writes sent batch_size at a time (1: each
@@ -56,11 +57,13 @@ static void up(sync_rig_t *s, int batch_size)
     cr_assert_eq(m.count, 1);
     const ts_api_request_t *q = ts_msg_API_REQUEST(&m)[0];
     cr_assert(strncmp(q->path, "/v1/changes?since=0&", 20) == 0, "%s", q->path);
-    ts_msg_free(&m);
+    s->catchup = (ts_api_request_t *)q;
+    ts_msg_release(&m);
 }
 
 static void down(sync_rig_t *s)
 {
+    ts_api_request_free(s->catchup);
     ts_rig_down(&s->r);
 }
 
@@ -469,5 +472,79 @@ Test(rig_sync, a_write_sent_again_keeps_its_key_if_match_and_body, .timeout = 60
     cr_assert_eq(v.sent_ms[1], 0, "a1's send was reported already, once");
     cr_assert_eq(v.nsent, 1, "no second SENT for a1");
     ts_rig_quiet(s.api, 200, "nothing more to push");
+    down(&s);
+}
+
+/* ---- status ---- */
+
+/* The status the sync actor sent the store last within ms (NULL: none;
+ * caller deletes), or the first whose feed is want. */
+static cJSON *read_status(sync_rig_t *s, const char *want, int ms)
+{
+    cJSON *last = NULL;
+    int64_t until = ts_mono_us() + ms * 1000LL;
+    ts_msg_t m;
+    while (ts_mono_us() < until &&
+           ts_rig_poll(s->store, (int)((until - ts_mono_us()) / 1000) + 1, &m)) {
+        ts_sync_update_t **u = ts_msg_SYNC_UPDATES(&m);
+        for (size_t i = 0; u && i < m.count; i++)
+            if (u[i]->kind == TS_SYNC_STATUS && u[i]->status) {
+                cJSON_Delete(last);
+                last = cJSON_Duplicate(u[i]->status, 1);
+            }
+        ts_msg_free(&m);
+        const char *feed = ts_json_string(last, "feed");
+        if (want && feed && !strcmp(feed, want))
+            break;
+    }
+    return last;
+}
+
+/* Answers a feed request (or a stream's end) with error, or an empty page. */
+static void feed_reply(sync_rig_t *s, ts_api_request_t *q, ts_api_error_t error, long status)
+{
+    ts_api_result_t *res = calloc(1, sizeof *res);
+    cr_assert(res);
+    *res = (ts_api_result_t){.request = q, .id = q->id, .user = q->user, .error = error,
+                             .status = status, .retry_after_ms = -1, .attempts = 1};
+    if (error == TS_API_OK)
+        res->json = cJSON_Parse("{\"changes\":[],\"cursor\":\"0\",\"has_more\":false}");
+    cr_assert_eq(ts_send_API_RESULT(s->results, &res, 1), 0);
+}
+
+/* status.feed says how changes arrive now: after the event stream is
+ * refused it says longpoll at once. It used to keep saying "stream": the
+ * status went out again only when online, the api state, the last error,
+ * stuck, repairs or batching changed, and a fallback changes none. */
+Test(rig_sync, status_feed_follows_a_fallback_to_long_polling, .timeout = 30)
+{
+    sync_rig_t s;
+    up(&s, 1);
+    feed_reply(&s, s.catchup, TS_API_OK, 200); /* caught up: the stream next */
+    s.catchup = NULL;
+    ts_msg_t m;
+    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
+    ts_api_request_t *stream = ts_msg_API_REQUEST(&m)[0];
+    ts_msg_release(&m);
+    cr_assert(stream->stream, "%s", stream->path);
+    cJSON *st = read_status(&s, "stream", WAIT_MS);
+    cr_assert_str_eq(ts_json_string(st, "feed"), "stream");
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(st, "online")));
+    cJSON_Delete(st);
+
+    ts_api_stream_msg_t *refused = calloc(1, sizeof *refused);
+    *refused = (ts_api_stream_msg_t){.id = stream->id, .user = stream->user,
+                                     .state = TS_API_STREAM_REFUSED, .error = TS_API_NOT_FOUND,
+                                     .status = 404};
+    cr_assert_eq(ts_send_API_STREAM(s.results, &refused, 1), 0);
+    feed_reply(&s, stream, TS_API_NOT_FOUND, 404);
+    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m); /* the first long poll */
+    cr_assert(strstr(ts_msg_API_REQUEST(&m)[0]->path, "timeout="), "%s",
+              ts_msg_API_REQUEST(&m)[0]->path);
+    ts_msg_free(&m);
+    st = read_status(&s, "longpoll", 2000);
+    cr_assert_not_null(st, "no status after the fallback");
+    cr_assert_str_eq(ts_json_string(st, "feed"), "longpoll");
+    cJSON_Delete(st);
     down(&s);
 }

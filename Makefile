@@ -121,10 +121,38 @@ check:
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
+# FHS layout under $(DESTDIR)$(PREFIX) (README, Running under systemd):
+# programs people run in bin/, the test servers (clinic-api,
+# therasync-canned; therasync-bench finds clinic-api there) in
+# libexec/therasync/, the shipped policies where therasyncd looks
+# (<its dir>/../share/therasync/policies), systemd's unit, sysusers and
+# tmpfiles files in lib/, man pages. The config goes to SYSCONFDIR:
+# /etc for PREFIX=/usr, else PREFIX/etc; an existing one is kept. The
+# unit's /usr/bin and /etc/therasync (and tmpfiles') are rewritten for
+# PREFIX and SYSCONFDIR.
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+USER_BINS  := $(filter-out $(BUILD)/clinic-api $(BUILD)/therasync-canned,$(BINS))
+TEST_BINS  := $(filter $(BUILD)/clinic-api $(BUILD)/therasync-canned,$(BINS))
 install: $(BINS)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/therasync/policies
-	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/libexec/therasync \
+	    $(DESTDIR)$(PREFIX)/share/therasync/policies $(DESTDIR)$(PREFIX)/lib/systemd/system \
+	    $(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d \
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 755 $(USER_BINS) $(DESTDIR)$(PREFIX)/bin/
+	$(if $(TEST_BINS),install -m 755 $(TEST_BINS) $(DESTDIR)$(PREFIX)/libexec/therasync/)
 	install -m 644 policies/*.lua $(DESTDIR)$(PREFIX)/share/therasync/policies/
+	sed -e 's|/usr/bin/|$(PREFIX)/bin/|g' -e 's|/etc/therasync/|$(SYSCONFDIR)/therasync/|g' \
+	    scripts/therasyncd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/therasyncd.service
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/systemd/system/therasyncd.service
+	install -m 644 scripts/therasync.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/therasync.conf
+	sed -e 's|/etc/therasync|$(SYSCONFDIR)/therasync|g' scripts/therasync.tmpfiles \
+	    > $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/therasync.conf
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/therasync.conf
+	install -m 644 man/therasync.1 man/therasync-bench.1 $(DESTDIR)$(PREFIX)/share/man/man1/
+	install -m 644 man/therasyncd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -d -m 750 $(DESTDIR)$(SYSCONFDIR)/therasync
+	test -e $(DESTDIR)$(SYSCONFDIR)/therasync/therasyncd.lua || \
+	    install -m 640 scripts/therasyncd.lua $(DESTDIR)$(SYSCONFDIR)/therasync/therasyncd.lua
 
 clean:
 	rm -rf build build-asan build-ubsan

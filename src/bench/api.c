@@ -154,7 +154,12 @@ int bench_api_start(bench_api_t *e)
         return -1;
     exe[n] = '\0';
     char path[4200], db[300], listen[64], log[300];
-    snprintf(path, sizeof path, "%s/clinic-api", dirname(exe));
+    /* Beside this binary (build/), else where `make install` puts it:
+     * PREFIX/libexec/therasync, a test server no one runs by hand. */
+    const char *dir = dirname(exe);
+    snprintf(path, sizeof path, "%s/clinic-api", dir);
+    if (access(path, X_OK) != 0)
+        snprintf(path, sizeof path, "%s/../libexec/therasync/clinic-api", dir);
     const char *tmp = getenv("TMPDIR");
     snprintf(e->dir, sizeof e->dir, "%s/therasync-bench-api-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (access(path, X_OK) != 0 || !mkdtemp(e->dir)) {

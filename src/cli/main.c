@@ -539,12 +539,38 @@ static int policy_tool(bool test, const char *dir)
     return failures == 0 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
 }
 
+/* policy.reload answers a result even when it refuses the new policies
+ * (loaded: false, the old stay in force); that is a failure here, so that
+ * systemd's ExecReload= and scripts see it. */
+static int policy_reload(cmd_ctx_t *c)
+{
+    cJSON *response = NULL;
+    int rc = rpc_result(c, "policy.reload", NULL, &response);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
+    if (c->o->json)
+        cli_print_compact(stdout, result);
+    else
+        print_kv_result(result);
+    fflush(stdout);
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "loaded"))) {
+        const cJSON *why = cJSON_GetObjectItemCaseSensitive(result, "error");
+        fprintf(stderr, "therasync: policy reload refused, the old policies stay: %s\n",
+                cJSON_IsString(why) ? why->valuestring : "(no reason given)");
+        rc = CLI_EXIT_ERROR;
+    }
+    cJSON_Delete(response);
+    return rc;
+}
+
 static int cmd_policy(cmd_ctx_t *c, int argc, const char **argv)
 {
     const char *sub = argv[0];
-    if ((strcmp(sub, "reload") == 0 || strcmp(sub, "info") == 0) && argc == 1)
-        return rpc_and_print(c, strcmp(sub, "reload") == 0 ? "policy.reload" : "policy.info",
-                             NULL, print_kv_result);
+    if (strcmp(sub, "reload") == 0 && argc == 1)
+        return policy_reload(c);
+    if (strcmp(sub, "info") == 0 && argc == 1)
+        return rpc_and_print(c, "policy.info", NULL, print_kv_result);
     if ((strcmp(sub, "test") == 0 || strcmp(sub, "check") == 0) && argc == 2)
         return policy_tool(strcmp(sub, "test") == 0, argv[1]);
     return usage_error("%s", "usage: policy reload | policy info | policy test DIR | policy check DIR");

@@ -56,6 +56,17 @@ static void notify_systemd(const char *state)
     close(fd);
 }
 
+/* Half of $WATCHDOG_USEC in ms when systemd's watchdog is on for this
+ * process ($WATCHDOG_PID unset or ours), else 0. */
+static long watchdog_ms(void)
+{
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    if (!usec || (pid && strtol(pid, NULL, 10) != (long)getpid()))
+        return 0;
+    long long us = strtoll(usec, NULL, 10);
+    return us > 0 ? (long)(us / 2000 > 0 ? us / 2000 : 1) : 0;
+}
+
 /* Reads the client secret from a file (first line, trailing whitespace cut).
  * Returns a malloc'd string, or NULL (logged). */
 static char *read_secret_file(const char *path)
@@ -239,16 +250,34 @@ int main(int argc, char **argv)
     ts_info(LOG, "ready endpoint=%s events=%s api=%s data=%s admin=%s", front_args.endpoint,
             front_args.events, config.api_url ? config.api_url : "none", config.data_dir,
             admin_bound);
-    notify_systemd("READY=1");
+    notify_systemd("READY=1\nSTATUS=serving");
 
+    /* systemd's watchdog (WatchdogSec=): WATCHDOG=1 at half the interval it
+     * gives. It is sent by this thread, so it proves the process is not
+     * hung and still takes signals; the actors answer for themselves
+     * (a stuck policy call is bounded by the policy watchdog). */
+    long wd_ms = watchdog_ms();
     for (;;) {
-        int sig = sigwaitinfo(&signals, NULL);
+        struct timespec ts = {wd_ms / 1000, (wd_ms % 1000) * 1000000L};
+        int sig = wd_ms > 0 ? sigtimedwait(&signals, NULL, &ts) : sigwaitinfo(&signals, NULL);
+        if (sig < 0) {
+            if (errno == EAGAIN)
+                notify_systemd("WATCHDOG=1");
+            continue;
+        }
         if (sig == SIGHUP) {
             ts_info(LOG, "SIGHUP: reloading policies and client keys");
+            char state[80];
+            snprintf(state, sizeof state, "RELOADING=1\nMONOTONIC_USEC=%lld", (long long)ts_mono_us());
+            notify_systemd(state);
+            /* Queued to the actors, which reload in turn; a refused reload
+             * keeps the old policies and is logged (`therasync policy reload`
+             * waits for the answer and says whether it loaded). */
             if (ts_actor_command(store, "RELOAD"))
                 ts_error(LOG, "cannot ask the store to reload policies");
             if (ts_actor_command(front, "RELOAD"))
                 ts_error(LOG, "cannot ask the front door to reload client keys");
+            notify_systemd("READY=1\nSTATUS=serving (reload asked by SIGHUP)");
             continue;
         }
         if (sig == SIGTERM || sig == SIGINT) {
@@ -256,7 +285,7 @@ int main(int argc, char **argv)
             break;
         }
     }
-    notify_systemd("STOPPING=1");
+    notify_systemd("STOPPING=1\nSTATUS=stopping");
     exit_code = 0;
 done:;
     /* Not ready from the first moment of the stop; its socket closes

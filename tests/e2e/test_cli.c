@@ -547,3 +547,54 @@ Test(cli_policy, policy_test_answers_what_the_daemon_answers)
     ts_buf_free(&out);
     ts_buf_free(&err);
 }
+
+/* ---- policy reload: a refused reload is a failure ---- */
+
+/* policy.reload answers {loaded: false, error} when the new policies do not
+ * load (the old stay in force). `therasync policy reload` used to print that
+ * and exit 0, so systemd's ExecReload= reported a broken reload as done. */
+Test(cli_policy, refused_reload_exits_1)
+{
+    char *dir = ts_tmpdir("ts-cli-reload");
+    cr_assert_not_null(dir);
+    char path[4300];
+    FILE *f;
+    const char *files[] = {"conflict.lua", "selectors.lua", "validate.lua"};
+    for (size_t i = 0; i < 3; i++) {
+        char from[4300];
+        snprintf(from, sizeof from, "%s/%s",
+                 ts_source_path("tests/fixtures/policies/permissive"), files[i]);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        FILE *in = fopen(from, "r");
+        cr_assert_not_null(in, "%s", from);
+        cr_assert_not_null(f = fopen(path, "w"), "%s", path);
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+            cr_assert_eq(fwrite(buf, 1, n, f), n);
+        fclose(in);
+        fclose(f);
+    }
+    const char *args[] = {"--policies", dir, NULL};
+    cr_assert_eq(ts_engine_start(&engine, args), 0, "therasyncd did not start");
+    ts_buf_t out = {0}, err = {0};
+    cr_expect_eq(CLI(NULL, "policy", "reload", NULL, NULL, NULL, NULL), 0, "good reload: %s%s",
+                 out.data ? out.data : "", err.data ? err.data : "");
+
+    /* path is validate.lua, the last one copied */
+    f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("this is not lua (\n", f);
+    fclose(f);
+    int rc = CLI(NULL, "policy", "reload", NULL, NULL, NULL, NULL);
+    cr_expect_eq(rc, 1, "refused reload exited %d: %s%s", rc, out.data ? out.data : "",
+                 err.data ? err.data : "");
+    cr_expect(err.data && strstr(err.data, "refused"), "%s", err.data ? err.data : "(no stderr)");
+    rc = CLI(NULL, "--json", "policy", "reload", NULL, NULL, NULL);
+    cr_expect_eq(rc, 1, "refused reload with --json exited %d", rc);
+    cr_expect(out.data && strstr(out.data, "\"loaded\":false"), "%s", out.data ? out.data : "");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    ts_rmtree(dir);
+    free(dir);
+}

@@ -5,6 +5,8 @@
 #include "therasync/config.h"
 
 #include <criterion/criterion.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -152,6 +154,25 @@ Test(daemon, check_config_finds_broken_policies_and_missing_keys, .timeout = 30)
     free(dir);
 }
 
+/* The next notification that starts with prefix (others skipped), in buf;
+ * false after 5 s or 50 datagrams without one. */
+static bool next_notice(int fd, const char *prefix, char *buf, size_t len)
+{
+    for (int i = 0; i < 50; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 5000) != 1)
+            return false;
+        ssize_t n = recv(fd, buf, len - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        if (strncmp(buf, prefix, strlen(prefix)) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* sd_notify: READY=1 with a STATUS= once serving, WATCHDOG=1 at half of
+ * $WATCHDOG_USEC (here 200 ms: every 100 ms), RELOADING=1 with
+ * MONOTONIC_USEC= then READY=1 around a SIGHUP reload, STOPPING=1. */
 Test(daemon, notifies_systemd_when_ready, .timeout = 30)
 {
     char *dir = ts_tmpdir("ts-notify");
@@ -163,20 +184,26 @@ Test(daemon, notifies_systemd_when_ready, .timeout = 30)
     memcpy(addr.sun_path, sock_path, strlen(sock_path) + 1);
     cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0);
     setenv("NOTIFY_SOCKET", sock_path, 1);
+    setenv("WATCHDOG_USEC", "200000", 1);
     ts_engine_t e;
     cr_assert_eq(ts_engine_start(&e, NULL), 0);
     unsetenv("NOTIFY_SOCKET");
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    cr_assert_eq(poll(&p, 1, 5000), 1, "no notification");
-    char buf[128];
-    ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
-    buf[n > 0 ? n : 0] = '\0';
-    cr_assert_str_eq(buf, "READY=1");
+    unsetenv("WATCHDOG_USEC");
+    char buf[256];
+    cr_assert(next_notice(fd, "READY=1", buf, sizeof buf), "no READY=1");
+    cr_assert_str_eq(buf, "READY=1\nSTATUS=serving");
+    int64_t t0 = ts_mono_us();
+    for (int i = 0; i < 3; i++)
+        cr_assert(next_notice(fd, "WATCHDOG=1", buf, sizeof buf), "no WATCHDOG=1");
+    int64_t took = ts_mono_us() - t0;
+    cr_expect(took >= 150000 && took < 2000000, "3 watchdog pings in %lld us (every 100 ms)",
+              (long long)took);
+    cr_assert_eq(kill(e.proc.pid, SIGHUP), 0);
+    cr_assert(next_notice(fd, "RELOADING=1", buf, sizeof buf), "no RELOADING=1");
+    cr_assert(strstr(buf, "\nMONOTONIC_USEC="), "%s", buf);
+    cr_assert(next_notice(fd, "READY=1", buf, sizeof buf), "no READY=1 after the reload");
     cr_assert_eq(ts_engine_stop(&e), 0);
-    cr_assert_eq(poll(&p, 1, 5000), 1);
-    n = recv(fd, buf, sizeof buf - 1, 0);
-    buf[n > 0 ? n : 0] = '\0';
-    cr_assert_str_eq(buf, "STOPPING=1");
+    cr_assert(next_notice(fd, "STOPPING=1", buf, sizeof buf), "no STOPPING=1");
     close(fd);
     ts_engine_destroy(&e);
     ts_rmtree(dir);

@@ -14,6 +14,7 @@ events    = "tcp://127.0.0.1:7411"     -- event PUB socket
 log_level = "info"                     -- error | warn | info | debug
 insecure  = false                      -- true: allow endpoints beyond loopback
                                        -- without client keys (SECURITY.md)
+-- admin  = "127.0.0.1:9464"         -- Prometheus /metrics, /healthz, /readyz (loopback only)
 
 durability        = "strict"           -- "relaxed": answered once the OS has it
 max_request_bytes = 1048576            -- larger requests are answered too_large

@@ -7,7 +7,9 @@
 #define THERASYNC_CLI_H
 
 #include <cJSON.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 /* Exit codes, as README.md documents them. */
@@ -44,6 +46,13 @@ int cli_rpc_call(cli_rpc_t *self, const char *method, const cJSON *params, cJSON
 /* The next message the engine sent (a notification of a live query), or
  * NULL when none came within timeout_ms or it was not JSON. */
 cJSON *cli_rpc_next(cli_rpc_t *self, int timeout_ms);
+
+/* ---- top.c ---- */
+
+/* `therasync top`: status and metrics every interval_ms, count times (0:
+ * until *stop) or for for_s seconds (0: no bound). An exit code. */
+int cli_top(cli_rpc_t *rpc, int interval_ms, int64_t count, int64_t for_s,
+            volatile sig_atomic_t *stop);
 
 /* ---- print.c ---- */
 

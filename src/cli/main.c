@@ -39,8 +39,9 @@ static const char usage_text[] =
     "                                          \"order_by\":[\"scheduled_at\",\"asc\"],\"limit\":20}\n"
     "  live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]\n"
     "                                          a live query: its result, then every change\n"
-    "  live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]\n"
-    "                                          a live query: its result, then every change\n"
+    "  top [--interval MS] [--count N] [--for SECONDS]\n"
+    "                                          the engine at a glance, redrawn every second:\n"
+    "                                          calls/s and latency by method, sync, cache\n"
     "  status                                  engine status\n"
     "  watch [TOPIC...] [--events ZMQ] [--count N] [--for SECONDS]\n"
     "                                          print events until Ctrl-C (topics: doc.sessions,\n"
@@ -94,6 +95,7 @@ typedef struct {
     int64_t limit;   /* audit --limit */
     int64_t count;   /* watch --count, 0 = unbounded */
     int64_t for_s;   /* watch --for, 0 = unbounded */
+    int64_t interval_ms; /* top --interval (default 1000) */
     const char *mode;/* live --mode */
     const char *data, *old_key, *new_key; /* rekey --data, --old-key, --new-key (files, never keys) */
     const char *args[MAX_ARGS]; /* command and its positional arguments */
@@ -160,7 +162,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
         /* Options with a value: --name VALUE or --name=VALUE. */
         static const char *const valued[] = {"--endpoint", "--events", "--timeout",
                                              "--base-version", "--collection", "--id",
-                                             "--since", "--limit", "--count", "--for",
+                                             "--since", "--limit", "--count", "--for", "--interval",
                                              "--mode", "--until", "--event", "--key",
                                              "--server-key", "--data", "--old-key", "--new-key", NULL};
         const char *eq = strchr(a, '=');
@@ -207,6 +209,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
             if (parse_int_opt(name, v, 0, &o->limit))
                 return CLI_EXIT_USAGE;
             o->has_limit = true;
+        } else if (strcmp(name, "--interval") == 0) {
+            if (parse_int_opt(name, v, 50, &o->interval_ms))
+                return CLI_EXIT_USAGE;
+            if (o->interval_ms > 3600000)
+                return usage_error("%s", "--interval is 50 to 3600000 ms");
         } else if (strcmp(name, "--count") == 0) {
             if (parse_int_opt(name, v, 1, &o->count))
                 return CLI_EXIT_USAGE;
@@ -620,6 +627,17 @@ static void print_event(const opts_t *o, const char *topic, size_t topic_len, co
     fflush(stdout);
 }
 
+static int cmd_top(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)argc, (void)argv;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return cli_top(c->rpc, c->o->interval_ms ? (int)c->o->interval_ms : 1000, c->o->count,
+                   c->o->for_s, &stop_requested);
+}
+
 static int cmd_watch(cmd_ctx_t *c, int argc, const char **argv)
 {
     opts_t *o = c->o;
@@ -885,6 +903,7 @@ static const command_t commands[] = {
     {"live", 2, 3, true, cmd_live,
      "live COLLECTION SELECTOR [PARAMS-JSON] [--mode diff|full] [--count N] [--for SECONDS]"},
     {"status", 0, 0, true, cmd_status, "status"},
+    {"top", 0, 0, true, cmd_top, "top [--interval MS] [--count N] [--for SECONDS]"},
     {"watch", 0, MAX_ARGS, false, cmd_watch, "watch [TOPIC...] [--count N] [--for SECONDS]"},
     {"audit", 0, 0, true, cmd_audit,
      "audit [--collection C] [--id ID] [--since T] [--until T] [--event E] [--limit N] [--jsonl]"},

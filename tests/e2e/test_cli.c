@@ -10,8 +10,10 @@
 #include <cJSON.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zmq.h>
 
 #define CLI_TIMEOUT_MS 20000
 
@@ -178,6 +180,32 @@ Test(cli, ping_and_call)
     cr_assert_str_eq(out.data, "pong\n");
     cr_assert_eq(CLI(NULL, "--json", "call", "ping", NULL, NULL, NULL), 0);
     cr_assert_str_eq(out.data, "\"pong\"\n");
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+}
+
+/* top: two refreshes, with the calls made between them by method, and
+ * bounded by --count; a bad interval is a usage error. */
+Test(cli, top_shows_calls_by_method_and_stops_after_count)
+{
+    ts_buf_t out = {0}, err = {0};
+    void *dealer = ts_engine_client(&engine);
+    for (int i = 0; i < 30; i++) { /* get calls while top watches: a rate to show */
+        char *r = ts_rpc_raw(dealer, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}", 39,
+                             5000);
+        cr_assert_not_null(r);
+        free(r);
+    }
+    zmq_close(dealer);
+    cr_assert_eq(CLI(NULL, "top", "--interval", "200", "--count", "2", NULL), 0, "%s", err.data);
+    cr_assert(strstr(out.data, "therasync top") && strstr(out.data, "calls") &&
+                  strstr(out.data, "cache") && strstr(out.data, "persist"),
+              "%s", out.data);
+    const char *second = strstr(strstr(out.data, "therasync top") + 1, "therasync top");
+    cr_assert_not_null(second, "two refreshes: %s", out.data);
+    cr_assert_null(strstr(second + 1, "therasync top"), "and no more");
+    cr_assert_eq(CLI(NULL, "top", "--interval", "10", NULL, NULL, NULL), 2);
+    cr_assert(strstr(err.data, "--interval"), "%s", err.data);
     ts_buf_free(&out);
     ts_buf_free(&err);
 }

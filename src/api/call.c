@@ -134,8 +134,10 @@ void api_log_body(const char *what, uint64_t id, int attempt, long status, const
 int64_t api_parse_retry_after(const char *v)
 {
     int64_t secs;
+    /* A server's number is read up to 2^31 - 1 seconds (68 years): beyond
+     * that, seconds * 1000 (and the backoff's microseconds) overflowed. */
     if (ts_parse_i64(v, &secs) == 0)
-        return secs < 0 ? -1 : secs * 1000;
+        return secs < 0 ? -1 : (secs < INT32_MAX ? secs : INT32_MAX) * 1000;
     time_t at = curl_getdate(v, NULL);
     if (at < 0)
         return -1;

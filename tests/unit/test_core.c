@@ -1,5 +1,6 @@
 /* test_core.c — the core helpers: JSON merge patch, UTF-8, ids, time,
  * histograms, buffers, config. */
+#include "api/api_int.h"
 #include "therasync/actor.h"
 #include "msgs/call.h"
 #include "therasync/config.h"
@@ -709,6 +710,17 @@ Test(util, buffer_json_string_escapes)
                 cJSON_Delete(j);
             }
     ts_buf_free(&b);
+}
+
+/* A server's Retry-After beyond 2^31 - 1 seconds: seconds * 1000 overflowed
+ * (found by tests/fuzz/fuzz_sse.c); now read as 2^31 - 1 seconds. */
+Test(api, retry_after_is_read_without_overflow)
+{
+    cr_assert_eq(api_parse_retry_after("5"), 5000);
+    cr_assert_eq(api_parse_retry_after("-1"), -1);
+    cr_assert_eq(api_parse_retry_after("2147483647"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("333333333333333333"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("9223372036854775807"), 2147483647LL * 1000);
 }
 
 Test(hist, quantiles_within_resolution)

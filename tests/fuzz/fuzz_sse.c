@@ -6,7 +6,9 @@
  * curl may hand it over: the events (ids, data, parsed JSON) must be the
  * same, and an over-long line is refused at the same place. Each event's
  * id is a C string under 65 bytes, its data has no line end added, and its
- * json is cJSON's reading of the data. With the first byte's top bit set,
+ * json is cJSON's reading of the data, and the sync actor's text look-ups
+ * of collection, doc, doc.id and doc.version (src/sync/feed.c) stay in
+ * bounds and, on JSON, read what cJSON reads. With the first byte's top bit set,
  * the rest is read as response header lines instead. */
 #include "fuzz.h"
 
@@ -77,6 +79,30 @@ static bool feed(reader_t *r, const uint8_t *data, size_t size, unsigned seed)
     return true;
 }
 
+/* The member key of the object text[0..len) as the text walker finds it
+ * (what the sync actor's fast look at an event reads: src/sync/feed.c,
+ * stream_fast): in bounds on any data; on JSON, what cJSON reads. Returns
+ * the member's value text, or NULL. */
+static const char *text_member(const char *text, size_t len, const cJSON *tree, const char *key,
+                               size_t *vn)
+{
+    const char *v;
+    if (!ts_json_text_field(text, len, key, strlen(key), &v, vn))
+        return NULL;
+    FUZZ_CHECK(v >= text && v + *vn <= text + len, "%s: a value past the end", key);
+    if (cJSON_IsObject(tree)) {
+        cJSON *value = fuzz_parse(v, *vn);
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(tree, key);
+        FUZZ_CHECK(value && want, "%s: %.*s is not cJSON's", key, (int)*vn, v);
+        char *a = fuzz_print(value), *b = fuzz_print(want);
+        FUZZ_CHECK(strcmp(a, b) == 0, "%s: the text walker reads %s, cJSON %s", key, a, b);
+        free(a);
+        free(b);
+        cJSON_Delete(value);
+    }
+    return v;
+}
+
 static void check_event(const ts_api_event_t *ev)
 {
     FUZZ_CHECK(memchr(ev->event_id, '\0', sizeof ev->event_id), "event id without its NUL");
@@ -89,6 +115,18 @@ static void check_event(const ts_api_event_t *ev)
         FUZZ_CHECK(strcmp(a, b) == 0, "json %s / %s", a, b);
         free(a);
         free(b);
+    }
+    /* the walker is held to cJSON on JSON only (cJSON also takes control
+     * bytes for whitespace) */
+    const cJSON *tree = json && fuzz_no_controls(ev->data, ev->data_len) ? json : NULL;
+    size_t vn, docn;
+    (void)text_member(ev->data, ev->data_len, tree, "collection", &vn);
+    const char *doc = text_member(ev->data, ev->data_len, tree, "doc", &docn);
+    if (doc) {
+        cJSON *doc_tree = tree ? fuzz_parse(doc, docn) : NULL;
+        (void)text_member(doc, docn, doc_tree, "id", &vn);
+        (void)text_member(doc, docn, doc_tree, "version", &vn);
+        cJSON_Delete(doc_tree);
     }
     cJSON_Delete(json);
 }

@@ -286,7 +286,7 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
         cJSON_Delete(item);
         luaL_error(L, "document field is not valid JSON");
     }
-    policy_push_json(L, item, 0);
+    policy_push_json(L, item, 1); /* a member's value: one level in, as s_push_doc has it */
     policy_scratch_free(self, item);
 }
 

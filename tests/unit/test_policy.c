@@ -528,3 +528,38 @@ Test(policy, a_document_is_the_same_table_from_its_text_and_its_tree)
     free(t);
     ts_policy_destroy(&p);
 }
+
+/* The nesting limit (100) is the same from the text and from the tree:
+ * the text's nested values were pushed one level too shallow, so a
+ * document 100 deep passed from its text and failed from its tree. */
+Test(policy, a_document_too_deep_fails_from_its_text_and_its_tree)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024], err[512] = "", doc[512];
+    snprintf(dir, sizeof dir, "%s/tests/fuzz/policy", src ? src : ".");
+    ts_policy_t *p = ts_policy_new(dir, NULL, err, sizeof err);
+    cr_assert(p, "%s", err);
+    for (int depth = 97; depth <= 102; depth++) {
+        int n = snprintf(doc, sizeof doc, "{\"a\":");
+        for (int i = 0; i < depth; i++)
+            doc[n++] = '[';
+        doc[n++] = '1';
+        for (int i = 0; i < depth; i++)
+            doc[n++] = ']';
+        doc[n++] = '}';
+        doc[n] = '\0';
+        ts_policy_doc_t d = {"d1", 2, doc, strlen(doc)};
+        cJSON *errors = NULL, *tree = cJSON_Parse(doc);
+        int from_text = ts_policy_validate_text(p, "fuzz", &d, NULL, &errors, err, sizeof err);
+        cJSON_Delete(errors);
+        errors = NULL;
+        int from_tree = ts_policy_validate(p, "fuzz", tree, NULL, &errors, err, sizeof err);
+        cJSON_Delete(errors);
+        cJSON_Delete(tree);
+        cr_expect_eq(from_text, from_tree, "depth %d: %d from the text, %d from the tree", depth,
+                     from_text, from_tree);
+        cr_expect_eq(from_text, depth < 100 ? TS_POLICY_INVALID : TS_POLICY_ERROR, "depth %d",
+                     depth);
+    }
+    ts_policy_destroy(&p);
+}

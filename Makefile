@@ -3,6 +3,7 @@
 #   make test       set up, build, run every test; ends with "N passed, N failed"
 #   make asan       the same suite on an ASan+UBSan build (build-asan/)
 #   make ubsan      the same suite on a clang UBSan build (build-ubsan/)
+#   make fuzz       run every libFuzzer harness FUZZ_SECONDS each (build-fuzz/)
 #   make run        set up, build, start clinic-api and therasyncd on loopback
 #   make bench      run therasync-bench workloads
 #   make install PREFIX=/usr/local
@@ -57,7 +58,7 @@ TEST_SRC := $(wildcard tests/unit/test_*.c tests/e2e/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .SECONDARY:
-.PHONY: all test asan ubsan docs run bench install setup check clean format
+.PHONY: all test asan ubsan fuzz fuzz-build fuzz-bins docs run bench install setup check clean format
 all: $(BINS) $(TEST_BIN)
 
 $(BUILD)/obj/%.o: %.c
@@ -88,9 +89,12 @@ setup:
 
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 
+# make test also runs each fuzzer a few seconds on its corpus (one test
+# each); asan and ubsan do not: the fuzzers are ASan+UBSan builds already.
 test: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) all
-	@bash tests/run.sh $(BUILD)
+	@$(MAKE) --no-print-directory fuzz-build
+	@bash tests/run.sh $(BUILD) $(FUZZ_BUILD)
 
 asan: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) all BUILD=build-asan OPT="-O1 -g" MALLOC= \
@@ -103,6 +107,31 @@ ubsan: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) all BUILD=build-ubsan CC=clang OPT="-O1 -g" MALLOC= \
 	    SAN="-fsanitize=undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer"
 	@bash tests/run.sh build-ubsan
+
+# Fuzzing (tests/fuzz/README.md): each tests/fuzz/fuzz_*.c is a libFuzzer
+# harness, built by clang with ASan and UBSan into build-fuzz/fuzz/, the
+# library's objects instrumented for coverage.
+FUZZ_BUILD   := build-fuzz
+FUZZ_SECONDS ?= 600
+FUZZ_RUNS    ?=
+FUZZ_NAMES   := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS     = $(FUZZ_NAMES:%=$(BUILD)/fuzz/%)
+CLINIC_OBJ    = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out %/main.c,$(wildcard src/clinic-api/*.c)))
+# fuzz_clinic_http includes http.c, to reach its static parsers.
+fuzz_skip_fuzz_clinic_http = $(BUILD)/obj/src/clinic-api/http.o
+
+fuzz-build: setup
+	@$(MAKE) --no-print-directory -j$(JOBS) fuzz-bins BUILD=$(FUZZ_BUILD) CC=clang OPT="-O1 -g" \
+	    MALLOC= SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+
+fuzz-bins: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(CLINIC_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -o $@ $(filter-out $(fuzz_skip_$*),$^) $(LDLIBS)
+
+fuzz: fuzz-build
+	@FUZZ_RUNS=$(FUZZ_RUNS) bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 run: setup
 	@$(MAKE) --no-print-directory -j$(JOBS) $(BINS)
@@ -155,7 +184,7 @@ install: $(BINS)
 	    install -m 640 scripts/therasyncd.lua $(DESTDIR)$(SYSCONFDIR)/therasync/therasyncd.lua
 
 clean:
-	rm -rf build build-asan build-ubsan
+	rm -rf build build-asan build-ubsan build-fuzz
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 

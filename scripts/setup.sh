@@ -2,9 +2,11 @@
 # Installs the Debian packages therasync needs to build, test and benchmark.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
+# libclang-rt-dev: clang's sanitizer and libFuzzer runtimes (make ubsan, make fuzz);
+# clang only recommends it, and recommends are not installed here.
 pkgs=(build-essential clang pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
       libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libjemalloc-dev libcriterion-dev wrk
-      libsodium-dev
+      libsodium-dev libclang-rt-dev
       systemd groff-base)  # test_install: systemd-analyze security, groff -man -ww
 missing=()
 for p in "${pkgs[@]}"; do

@@ -3,6 +3,7 @@
 #   N passed, N failed
 # Each binary is a Criterion suite; its "Synthesis" line is summed up.
 # A binary that dies without a synthesis counts as one failure.
+# With a fuzz build as second argument, each fuzzer counts as one test.
 set -u
 build=${1:-build}
 export TS_BUILD_DIR
@@ -35,5 +36,34 @@ for t in "$TS_BUILD_DIR"/tests/unit/test_* "$TS_BUILD_DIR"/tests/e2e/test_*; do
   fi
   printf '%-28s %s\n' "$name" "${line:-no synthesis (exit $rc)}"
 done
+# The fuzzers of a fuzz build (second argument), one test each: a few
+# seconds on the checked-in corpus (every entry is run first, the
+# regressions among them), new inputs into a temporary directory so that
+# the corpus stays as checked in. A crash, a sanitizer report or a broken
+# differential fails it.
+fuzz_build=${2:-}
+if [ -n "$fuzz_build" ]; then
+  . "$TS_SOURCE_DIR/tests/fuzz/flags.sh"
+  for f in "$fuzz_build"/fuzz/fuzz_*; do
+    [ -x "$f" ] || continue
+    name=$(basename "$f")
+    log="$log_dir/$name.log"
+    work=$(mktemp -d)
+    # shellcheck disable=SC2046
+    timeout -k 10 120 "$f" $(fuzz_flags "$TS_SOURCE_DIR" "$name") -max_total_time="${TS_FUZZ_SECONDS:-3}" \
+      -print_final_stats=1 -artifact_prefix="$log_dir/$name-" \
+      "$work" "$TS_SOURCE_DIR/tests/fuzz/corpus/$name" >"$log" 2>&1
+    rc=$?
+    rm -rf "$work"
+    runs=$(grep -a 'stat::number_of_executed_units' "$log" | awk '{print $2}')
+    if [ "$rc" -eq 0 ]; then
+      passed=$((passed + 1))
+    else
+      failed=$((failed + 1))
+      echo "--- $name (exit $rc) ---"; grep -aE 'fuzz:|ERROR|SUMMARY|runtime error|Test unit written' "$log" | head -n 20
+    fi
+    printf '%-28s %s\n' "$name" "fuzz: ${runs:-?} runs, $([ "$rc" -eq 0 ] && echo pass || echo FAIL)"
+  done
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

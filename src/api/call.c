@@ -131,15 +131,23 @@ void api_log_body(const char *what, uint64_t id, int attempt, long status, const
            (unsigned long long)id, attempt, what, status, cls, red);
 }
 
+/* A server's wait is read up to 2^31 - 1 seconds (68 years), as seconds or
+ * as a date: beyond that, its milliseconds (and the backoff's
+ * microseconds) overflowed. */
+#define RETRY_AFTER_MAX_S INT32_MAX
+
 int64_t api_parse_retry_after(const char *v)
 {
     int64_t secs;
     if (ts_parse_i64(v, &secs) == 0)
-        return secs < 0 ? -1 : secs * 1000;
+        return secs < 0 ? -1 : (secs < RETRY_AFTER_MAX_S ? secs : RETRY_AFTER_MAX_S) * 1000;
     time_t at = curl_getdate(v, NULL);
     if (at < 0)
         return -1;
-    int64_t delta = (int64_t)at * 1000 - ts_wall_ms();
+    int64_t now = ts_wall_ms();
+    if ((int64_t)at - now / 1000 >= RETRY_AFTER_MAX_S) /* "21 Oct 777777777" */
+        return (int64_t)RETRY_AFTER_MAX_S * 1000;
+    int64_t delta = (int64_t)at * 1000 - now;
     return delta > 0 ? delta : 0;
 }
 

@@ -105,6 +105,9 @@ typedef struct {
 /* parse.c */
 /* From socket: self->router, or self->admin (status and metrics only). */
 ts_envelope_t *front_read_request(front_t *self, void *socket, bool *more);
+/* One request's text into an envelope; fast false: the general way only
+ * (tests/fuzz/fuzz_front.c holds the two ways to the same calls). */
+ts_envelope_t *front_parse_payload(front_t *self, const char *data, size_t len, bool fast);
 
 /* answer.c */
 void front_take_ticket(front_t *self, ts_envelope_t *e);

@@ -426,7 +426,7 @@ general:
     return NULL;
 }
 
-static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
+ts_envelope_t *front_parse_payload(front_t *self, const char *data, size_t len, bool fast)
 {
     if (len > self->config->max_request_bytes) {
         self->too_large++;
@@ -439,7 +439,7 @@ static ts_envelope_t *parse_payload(front_t *self, const char *data, size_t len)
         self->parse_errors++;
         return error_envelope(TS_E_PARSE, "request is not valid UTF-8");
     }
-    ts_envelope_t *write = fast_write(self, data, len);
+    ts_envelope_t *write = fast ? fast_write(self, data, len) : NULL;
     if (write)
         return write;
     /* Counted on the text, before cJSON builds a tree of every element. */
@@ -527,7 +527,8 @@ ts_envelope_t *front_read_request(front_t *self, void *socket, bool *more)
     else if (payload_frames < 1)
         e = error_envelope(TS_E_PARSE, "empty request");
     else
-        e = parse_payload(self, zmq_msg_data(&frames[first]), zmq_msg_size(&frames[first]));
+        e = front_parse_payload(self, zmq_msg_data(&frames[first]), zmq_msg_size(&frames[first]),
+                                true);
     size_t id_len = zmq_msg_size(&frames[0]);
     e->route = ts_xmalloc(4 + id_len);
     uint32_t l = (uint32_t)id_len;

@@ -255,10 +255,13 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
         lua_pushnil(L);
         return;
     }
-    size_t digits = v[0] == '-';
+    size_t minus = v[0] == '-', digits = minus;
     while (digits < n && v[digits] >= '0' && v[digits] <= '9')
         digits++;
-    if (digits == n && n - (v[0] == '-') - 1 < 18) { /* a plain integer: most numbers */
+    /* A plain integer (most numbers) of at most 15 digits, which a double
+     * holds exactly: a longer one is read as cJSON reads it (strtod), or
+     * 12345678901234567 would be exact here and ...68 from the tree. */
+    if (digits == n && n > minus && n - minus <= 15) {
         lua_Integer i = 0;
         for (size_t k = v[0] == '-'; k < n; k++)
             i = i * 10 + (v[k] - '0');
@@ -283,7 +286,7 @@ static void s_push_value_text(lua_State *L, ts_policy_t *self, const char *v, si
         cJSON_Delete(item);
         luaL_error(L, "document field is not valid JSON");
     }
-    policy_push_json(L, item, 0);
+    policy_push_json(L, item, 1); /* a member's value: one level in, as s_push_doc has it */
     policy_scratch_free(self, item);
 }
 
@@ -303,6 +306,9 @@ static void s_push_doc_text(lua_State *L, ts_policy_t *self, const ts_policy_doc
     ts_json_member_t m;
     size_t pos = 0;
     for (int i = 1; ts_json_text_member(d->text, d->len, &pos, &m); i++) {
+        if (m.value_len == 4 && memcmp(m.value, "null", 4) == 0)
+            continue; /* as s_push_doc: a null member is absent, and does not
+                         remove an earlier one of the same key */
         if (m.escaped) { /* a key written with escapes: as cJSON reads it */
             s_push_value_text(L, self, m.key - 1, m.key_len + 2);
         } else {

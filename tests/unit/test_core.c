@@ -1,5 +1,6 @@
 /* test_core.c — the core helpers: JSON merge patch, UTF-8, ids, time,
  * histograms, buffers, config. */
+#include "api/api_int.h"
 #include "therasync/actor.h"
 #include "msgs/call.h"
 #include "therasync/config.h"
@@ -709,6 +710,23 @@ Test(util, buffer_json_string_escapes)
                 cJSON_Delete(j);
             }
     ts_buf_free(&b);
+}
+
+/* A server's Retry-After beyond 2^31 - 1 seconds, as seconds or as a date:
+ * its milliseconds overflowed (found by tests/fuzz/fuzz_sse.c); now read as
+ * 2^31 - 1 seconds. */
+Test(api, retry_after_is_read_without_overflow)
+{
+    cr_assert_eq(api_parse_retry_after("5"), 5000);
+    cr_assert_eq(api_parse_retry_after("-1"), -1);
+    cr_assert_eq(api_parse_retry_after("2147483647"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("333333333333333333"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("9223372036854775807"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), 0);
+    int64_t in_a_while = api_parse_retry_after("Fri, 21 Oct 2050 07:28:00 GMT");
+    cr_assert(in_a_while > 0 && in_a_while < 2147483647LL * 1000, "%lld", (long long)in_a_while);
+    cr_assert_eq(api_parse_retry_after("Wed, 21 Oct 777777777 07:28:00 GMT"), 2147483647LL * 1000);
+    cr_assert_eq(api_parse_retry_after("Wed, 21 Oct 99999 07:28:00 GMT"), 2147483647LL * 1000);
 }
 
 Test(hist, quantiles_within_resolution)

@@ -476,3 +476,90 @@ Test(policy_loader, knows_which_collections_have_a_validator)
     cJSON_Delete(doc);
     ts_policy_destroy(&p);
 }
+
+/* The dump of a document by the policy of tests/fuzz/policy (its validator
+ * refuses every document with the table it got, written out), handed over
+ * as text or as the tree the store would parse (its id first). */
+static char *table_of(ts_policy_t *p, const char *text, bool as_text)
+{
+    cJSON *errors = NULL;
+    char err[256] = "";
+    int rc;
+    if (as_text) {
+        ts_policy_doc_t d = {"d1", 2, text, strlen(text)};
+        rc = ts_policy_validate_text(p, "fuzz", &d, NULL, &errors, err, sizeof err);
+    } else {
+        cJSON *doc = cJSON_Parse(text), *id = cJSON_CreateString("d1");
+        cJSON_AddItemToObject(doc, "id", id);
+        rc = ts_policy_validate(p, "fuzz", doc, NULL, &errors, err, sizeof err);
+        cJSON_Delete(doc);
+    }
+    cr_assert_eq(rc, TS_POLICY_INVALID, "%s", err);
+    const cJSON *message = cJSON_GetObjectItem(cJSON_GetArrayItem(errors, 0), "message");
+    cr_assert(cJSON_IsString(message));
+    char *out = strdup(message->valuestring);
+    cJSON_Delete(errors);
+    return out;
+}
+
+/* The store validates from the text or from the tree (write.c): a rule
+ * must see the same table. tests/fuzz/fuzz_lua.c found a null after the
+ * same key removing it from the text's table only, and integers of 16 to
+ * 18 digits kept exact from the text but rounded (as a double) in the
+ * tree. */
+Test(policy, a_document_is_the_same_table_from_its_text_and_its_tree)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024], err[512] = "";
+    snprintf(dir, sizeof dir, "%s/tests/fuzz/policy", src ? src : ".");
+    ts_policy_t *p = ts_policy_new(dir, NULL, err, sizeof err);
+    cr_assert(p, "%s", err);
+    const char *docs[] = {"{\"a\":1,\"a\":null,\"b\":null}", "{\"n\":24691357802469134}",
+                          "{\"n\":-123456789012345678,\"m\":999999999999999,\"f\":1.5}",
+                          "{\"s\":\"x\",\"o\":{\"a\":null},\"l\":[1,2]}"};
+    for (size_t i = 0; i < sizeof docs / sizeof *docs; i++) {
+        char *from_text = table_of(p, docs[i], true), *from_tree = table_of(p, docs[i], false);
+        cr_expect_str_eq(from_text, from_tree, "%s", docs[i]);
+        free(from_text);
+        free(from_tree);
+    }
+    char *t = table_of(p, docs[0], true);
+    cr_expect_str_eq(t, "{\"a\"=integer:1,\"id\"=\"d1\"}");
+    free(t);
+    ts_policy_destroy(&p);
+}
+
+/* The nesting limit (100) is the same from the text and from the tree:
+ * the text's nested values were pushed one level too shallow, so a
+ * document 100 deep passed from its text and failed from its tree. */
+Test(policy, a_document_too_deep_fails_from_its_text_and_its_tree)
+{
+    const char *src = getenv("TS_SOURCE_DIR");
+    char dir[1024], err[512] = "", doc[512];
+    snprintf(dir, sizeof dir, "%s/tests/fuzz/policy", src ? src : ".");
+    ts_policy_t *p = ts_policy_new(dir, NULL, err, sizeof err);
+    cr_assert(p, "%s", err);
+    for (int depth = 97; depth <= 102; depth++) {
+        int n = snprintf(doc, sizeof doc, "{\"a\":");
+        for (int i = 0; i < depth; i++)
+            doc[n++] = '[';
+        doc[n++] = '1';
+        for (int i = 0; i < depth; i++)
+            doc[n++] = ']';
+        doc[n++] = '}';
+        doc[n] = '\0';
+        ts_policy_doc_t d = {"d1", 2, doc, strlen(doc)};
+        cJSON *errors = NULL, *tree = cJSON_Parse(doc);
+        int from_text = ts_policy_validate_text(p, "fuzz", &d, NULL, &errors, err, sizeof err);
+        cJSON_Delete(errors);
+        errors = NULL;
+        int from_tree = ts_policy_validate(p, "fuzz", tree, NULL, &errors, err, sizeof err);
+        cJSON_Delete(errors);
+        cJSON_Delete(tree);
+        cr_expect_eq(from_text, from_tree, "depth %d: %d from the text, %d from the tree", depth,
+                     from_text, from_tree);
+        cr_expect_eq(from_text, depth < 100 ? TS_POLICY_INVALID : TS_POLICY_ERROR, "depth %d",
+                     depth);
+    }
+    ts_policy_destroy(&p);
+}

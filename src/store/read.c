@@ -185,6 +185,7 @@ static cJSON *status_json(store_t *self)
         cJSON_AddNullToObject(st, "last_sync_at");
         cJSON_AddNullToObject(st, "last_error");
     }
+    cJSON_DeleteItemFromObjectCaseSensitive(st, "counters"); /* metrics' (sync section) */
     cJSON_DeleteItemFromObjectCaseSensitive(st, "pending");
     cJSON_AddNumberToObject(st, "pending", (double)self->pending);
     cJSON_DeleteItemFromObjectCaseSensitive(st, "cursor");
@@ -261,6 +262,12 @@ void store_do_metrics(store_t *self, ts_call_t *call)
     for (size_t i = 0; i < self->ncollections; i++)
         cJSON_AddNumberToObject(docs, self->collections[i].name,
                                 (double)self->collections[i].live);
+    /* The sync actor's counters, as its last status carried them (at most
+     * 250 ms old): pushes, pulls, outcomes, HTTP requests and attempts,
+     * token refreshes. */
+    const cJSON *counters = cJSON_GetObjectItemCaseSensitive(self->sync_status, "counters");
+    if (counters)
+        cJSON_AddItemToObject(call->partial, "sync", cJSON_Duplicate(counters, true));
 }
 
 /* An on-demand answer says how fresh it is: `stale`, `age_ms` and, when

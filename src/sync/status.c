@@ -19,9 +19,11 @@ void sync_status_maybe_send(sync_t *self, bool force)
              (int)self->pull);
     int64_t now = ts_mono_us();
     bool changed = strcmp(sig, self->status_sig) != 0;
+    uint64_t counters_sum = self->requests + self->pushed + self->pulled + self->echoes;
     bool cursor_moved = strcmp(self->cursor, self->status_cursor) != 0 ||
                         self->queued != self->status_queued ||
-                        self->in_flight != self->status_in_flight;
+                        self->in_flight != self->status_in_flight ||
+                        counters_sum != self->counters_sum;
     if (!force && !changed &&
         !(cursor_moved && now - self->status_sent_us >= STATUS_CURSOR_EVERY_US))
         return;
@@ -50,6 +52,21 @@ void sync_status_maybe_send(sync_t *self, bool force)
     cJSON_AddStringToObject(s, "feed", sync_pstate_names[self->pull]);
     cJSON_AddNumberToObject(s, "repairs", (double)self->repairs);
     cJSON_AddBoolToObject(s, "batch", batch);
+    /* For `metrics` (the store keeps the last status): what sync did and
+     * what the Clinic API cost, counted since start. Not part of `status`. */
+    cJSON *c = cJSON_AddObjectToObject(s, "counters");
+    const struct {
+        const char *name;
+        uint64_t value;
+    } counters[] = {{"pushed", self->pushed},       {"pulled", self->pulled},
+                    {"confirmed", self->confirmed}, {"rejected", self->rejected},
+                    {"conflicts", self->conflicts}, {"sends", self->sends},
+                    {"retries", self->retries},     {"echoes", self->echoes},
+                    {"api_requests", self->requests}, {"api_attempts", self->attempts},
+                    {"api_token_refreshes", self->token_refreshes}};
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++)
+        cJSON_AddNumberToObject(c, counters[i].name, (double)counters[i].value);
+    self->counters_sum = counters_sum;
     ts_sync_update_t *u = sync_emit(self, TS_SYNC_STATUS, NULL);
     u->status = s;
     memcpy(self->status_sig, sig, sizeof sig);

@@ -159,6 +159,9 @@ ts_api_request_t *sync_get_request(const char *fmt, ...)
 
 static void on_result(sync_t *self, ts_api_result_t *res)
 {
+    self->requests++; /* metrics: what the Clinic API cost (status.c) */
+    self->attempts += (uint64_t)(res->attempts > 0 ? res->attempts : 0);
+    self->token_refreshes += (uint64_t)(res->token_refreshes > 0 ? res->token_refreshes : 0);
     req_t *r = res->user;
     if (!r) {
         ts_api_result_free(res);

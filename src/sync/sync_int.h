@@ -237,6 +237,8 @@ typedef struct {
     int64_t status_sent_us;
     /* counters */
     uint64_t pushed, pulled, confirmed, rejected, conflicts, repairs, sends, retries;
+    uint64_t requests, attempts, token_refreshes; /* the API actor's answers to us */
+    uint64_t counters_sum;  /* of the counters status last carried (status.c) */
     req_t *reqs;
 } sync_t;
 

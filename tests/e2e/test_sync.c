@@ -221,6 +221,25 @@ Test(sync, a_write_syncs)
     cr_assert_eq(field_int(cJSON_GetArrayItem(entries, 2), "version"), 1, "%s", text);
     free(text);
     cJSON_Delete(r);
+    /* metrics has the sync actor's counters (its status is at most 250 ms
+     * behind); status does not carry them */
+    int64_t until = ts_mono_us() + 5000000;
+    long long pushed = 0, requests = 0;
+    while (ts_mono_us() < until) {
+        r = call(&engine, "metrics", NULL);
+        cJSON *sync = cJSON_GetObjectItem(ts_rpc_result(r), "sync");
+        pushed = field_int(sync, "pushed");
+        requests = field_int(sync, "api_requests");
+        cJSON_Delete(r);
+        if (pushed >= 1)
+            break;
+        usleep(50000);
+    }
+    cr_assert_eq(pushed, 1, "metrics.sync.pushed");
+    cr_assert_geq(requests, 1, "metrics.sync.api_requests");
+    s = status(&engine);
+    cr_assert_null(cJSON_GetObjectItem(s, "counters"), "status has no counters");
+    cJSON_Delete(s);
 }
 
 Test(sync, offline_writes_replay_in_order_when_the_api_returns)

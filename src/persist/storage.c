@@ -37,11 +37,18 @@ int persist_lock_data_dir(persist_t *self)
     /* Health data: the dir 0700 and its files 0600, whatever the umask
      * or the mode of a dir made beforehand (systemd's StateDirectory= is
      * 0755 by default). New files follow the daemon's umask (077). */
+    struct stat st;
+    if (stat(dir, &st) == 0 && (st.st_mode & 077)) /* say so: someone may have read it */
+        ts_warn(LOG, "data dir %s was open to other users (mode %03o); made 0700", dir,
+                (unsigned)(st.st_mode & 0777));
     if (chmod(dir, 0700))
         ts_warn(LOG, "cannot make data dir %s private (0700): %s", dir, strerror(errno));
     static const char *const files[] = {"therasync.db", "therasync.db-wal", "therasync.db-shm"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
         snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        if (stat(path, &st) == 0 && (st.st_mode & 077))
+            ts_warn(LOG, "%s was open to other users (mode %03o); made 0600", path,
+                    (unsigned)(st.st_mode & 0777));
         if (chmod(path, 0600) && errno != ENOENT)
             ts_warn(LOG, "cannot make %s private (0600): %s", path, strerror(errno));
     }

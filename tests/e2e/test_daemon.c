@@ -262,7 +262,8 @@ Test(daemon, overload_answers_busy_and_loses_nothing, .timeout = 60)
 
 /* The data dir holds health data: after a start it is 0700 and its files
  * 0600, though the dir was made 0755 beforehand (systemd's default), the
- * files were 0644, and the daemon was started with umask 0. */
+ * files were 0644, and the daemon was started with umask 0; and it warns
+ * that they had been open to others. */
 Test(daemon, data_files_are_private_whatever_the_umask, .timeout = 30)
 {
     ts_engine_t e;
@@ -290,6 +291,12 @@ Test(daemon, data_files_are_private_whatever_the_umask, .timeout = 30)
         cr_assert_eq(stat(path, &st), 0, "%s: %s", files[i], strerror(errno));
         cr_assert_eq(st.st_mode & 0777, 0600, "%s mode %o", files[i], st.st_mode & 0777);
     }
+    /* and the log said the dir and the database had been open to others */
+    char line[512];
+    cr_assert_eq(ts_proc_wait_line(&e.proc, "was open to other users (mode 755)", 100, line,
+                                   sizeof line), 0, "a warning for the 0755 dir");
+    cr_assert_eq(ts_proc_wait_line(&e.proc, "therasync.db was open to other users (mode 644)",
+                                   100, line, sizeof line), 0, "and for the 0644 database");
     cr_assert_eq(ts_engine_stop(&e), 0);
     ts_engine_destroy(&e);
 }

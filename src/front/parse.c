@@ -167,6 +167,13 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be an integer");
         break;
     }
+    case TS_M_BACKUP: {
+        /* the daemon's own path: relative would mean its working directory */
+        const char *path = ts_json_string(p, "path");
+        if (!path || path[0] != '/')
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.path must be an absolute path");
+        break;
+    }
     case TS_M_CANCEL:
         if (!ts_json_string(p, "mutation"))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.mutation must be a string");

@@ -181,6 +181,9 @@ static void check_params(front_t *self, ts_call_t *call)
     case TS_M_PING:
         ts_call_set_result(call, ts_xstrdup("\"pong\""), 6);
         break;
+    case TS_M_RPC_DISCOVER:
+        front_answer_discover(call);
+        break;
     default:
         break;
     }

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential clang pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
       libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libjemalloc-dev libcriterion-dev wrk
-      libsodium-dev)
+      libsodium-dev python3-zmq)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

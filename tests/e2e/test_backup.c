@@ -2,8 +2,10 @@
  * every write answered before the backup began; bad paths are refused;
  * a schema migration first copies the old database. */
 #include "../support/engine.h"
+#include "../support/run.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -221,4 +223,110 @@ Test(backup, a_migration_first_copies_the_old_database, .timeout = 60)
     cr_assert_not_null(ts_rpc_result(r));
     cJSON_Delete(r);
     ts_engine_destroy(&e);
+}
+
+/* therasync backup PATH: a relative PATH is the CLI's, made absolute for
+ * the daemon; the copy opens and holds the write. */
+Test(backup, the_cli_takes_a_path_relative_to_its_directory, .timeout = 60)
+{
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    cJSON *r = ts_rpc(&e, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"cli1\"}}");
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    char cwd[4096];
+    cr_assert_not_null(getcwd(cwd, sizeof cwd));
+    cr_assert_eq(chdir(e.dir), 0);
+    const char *args[] = {"--endpoint", e.endpoint, "backup", "cli.db", NULL};
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync", args, NULL, 30000, &out, &err);
+    cr_assert_eq(chdir(cwd), 0);
+    cr_assert_eq(rc, 0, "therasync backup: %s%s", out.data ? out.data : "", err.data ? err.data : "");
+    char path[4400];
+    snprintf(path, sizeof path, "%s/cli.db", e.dir);
+    cr_assert(out.data && strstr(out.data, path), "the answer names %s: %s", path, out.data);
+    sqlite3 *h;
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(h, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(q, 0), "ok");
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    ts_engine_destroy(&e);
+}
+
+/* Whether the file at path holds text (its bytes searched). */
+static bool file_holds(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot read %s", path);
+    static char bytes[64 << 20];
+    size_t n = fread(bytes, 1, sizeof bytes, f), tlen = strlen(text);
+    fclose(f);
+    for (size_t i = 0; i + tlen <= n; i++)
+        if (memcmp(bytes + i, text, tlen) == 0)
+            return true;
+    return false;
+}
+
+/* With encryption at rest the copy is sealed (no note in its bytes), and
+ * restored under the same key it reads back. */
+Test(backup, a_sealed_store_s_copy_stays_sealed, .timeout = 60)
+{
+    char tmp[] = "/tmp/ts-backup-key-XXXXXX", key[256], config[256];
+    cr_assert_not_null(mkdtemp(tmp));
+    snprintf(key, sizeof key, "%s/store.key", tmp);
+    snprintf(config, sizeof config, "%s/therasyncd.lua", tmp);
+    unsigned char bytes[32];
+    FILE *r = fopen("/dev/urandom", "rb");
+    cr_assert(r && fread(bytes, 1, 32, r) == 32);
+    fclose(r);
+    int fd = open(key, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert(fd >= 0 && write(fd, bytes, 32) == 32);
+    close(fd);
+    FILE *c = fopen(config, "w");
+    cr_assert_not_null(c);
+    fprintf(c, "security = { encryption_key_file = \"%s\" }\n", key);
+    fclose(c);
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"),
+                          "--config", config, NULL};
+
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, args), 0);
+    char marker[64], doc[256], path[4400], params[4500];
+    snprintf(marker, sizeof marker, "sealed-note-%d", (int)getpid());
+    snprintf(doc, sizeof doc, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s1\",\"notes\":\"%s\"}}",
+             marker);
+    cJSON *res = ts_rpc(&e, "create", doc);
+    cr_assert_not_null(ts_rpc_result(res));
+    cJSON_Delete(res);
+    snprintf(path, sizeof path, "%s/sealed.db", e.dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+    res = ts_rpc(&e, "backup", params);
+    cr_assert_not_null(ts_rpc_result(res));
+    cJSON_Delete(res);
+    cr_assert_not(file_holds(path, marker), "the copy holds the note in the clear");
+    cr_assert_not(file_holds(path, "sealed-note"), "the copy holds the note in the clear");
+
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    char db[4400], side[4500];
+    snprintf(db, sizeof db, "%s/therasync.db", e.data);
+    cr_assert_eq(rename(path, db), 0);
+    snprintf(side, sizeof side, "%s-wal", db);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db);
+    unlink(side);
+    cr_assert_eq(ts_engine_restart(&e, args), 0);
+    res = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"s1\"}");
+    const char *notes =
+        cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(res), "doc"), "notes"));
+    cr_assert(notes && strcmp(notes, marker) == 0, "restored under the key, the note reads back");
+    cJSON_Delete(res);
+    ts_engine_destroy(&e);
+    unlink(key);
+    unlink(config);
+    rmdir(tmp);
 }

@@ -65,6 +65,9 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPS_CFLAGS) -c $< -o $@
 
+# rpc.discover's answer is docs/openrpc.json, included by the assembler
+$(BUILD)/obj/src/front/openrpc.o: docs/openrpc.json
+
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^

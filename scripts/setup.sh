@@ -6,7 +6,7 @@ set -euo pipefail
 # clang only recommends it, and recommends are not installed here.
 pkgs=(build-essential clang pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
       libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libjemalloc-dev libcriterion-dev wrk
-      libsodium-dev libclang-rt-dev
+      libsodium-dev libclang-rt-dev python3-zmq
       systemd groff-base)  # test_install: systemd-analyze security, groff -man -ww
 missing=()
 for p in "${pkgs[@]}"; do

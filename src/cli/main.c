@@ -50,6 +50,8 @@ static const char usage_text[] =
     "        [--jsonl]                         the audit trail; --jsonl: every entry of the\n"
     "                                          range, one JSON line each (an export)\n"
     "  cancel MUTATION                         drop a mutation not yet sent\n"
+    "  backup PATH                             the daemon copies its database to PATH\n"
+    "                                          (new file, 0600; docs/OPERATIONS.md)\n"
     "  sync                                    one push+pull round\n"
     "  ping\n"
     "  policy reload|info                      reload the policies / show what is loaded\n"
@@ -571,6 +573,21 @@ static int policy_reload(cmd_ctx_t *c)
     return rc;
 }
 
+/* backup PATH: the daemon writes the copy, so a relative PATH is made
+ * absolute here (the daemon's working directory is not ours). */
+static int cmd_backup(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)argc;
+    char cwd[4096], path[8192];
+    if (argv[0][0] != '/' && !getcwd(cwd, sizeof cwd))
+        return usage_error("%s", "cannot read the working directory");
+    snprintf(path, sizeof path, "%s%s%s", argv[0][0] == '/' ? "" : cwd,
+             argv[0][0] == '/' ? "" : "/", argv[0]);
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "path", path);
+    return rpc_and_print(c, "backup", p, print_kv_result);
+}
+
 static int cmd_policy(cmd_ctx_t *c, int argc, const char **argv)
 {
     const char *sub = argv[0];
@@ -908,6 +925,7 @@ static const command_t commands[] = {
     {"audit", 0, 0, true, cmd_audit,
      "audit [--collection C] [--id ID] [--since T] [--until T] [--event E] [--limit N] [--jsonl]"},
     {"cancel", 1, 1, true, cmd_cancel, "cancel MUTATION"},
+    {"backup", 1, 1, true, cmd_backup, "backup PATH"},
     {"sync", 0, 0, true, cmd_sync, "sync"},
     {"ping", 0, 0, true, cmd_ping, "ping"},
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},

@@ -111,6 +111,8 @@ ts_envelope_t *front_parse_payload(front_t *self, const char *data, size_t len, 
 
 /* answer.c */
 void front_take_ticket(front_t *self, ts_envelope_t *e);
+/* openrpc.c: answers rpc.discover with docs/openrpc.json */
+void front_answer_discover(ts_call_t *call);
 void front_deliver(front_t *self, ts_envelope_t *e);
 void front_send_notices(front_t *self, ts_notice_t *notices);
 /* The message that carried the last write of e's client still unanswered

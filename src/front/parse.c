@@ -167,6 +167,13 @@ static void check_params(front_t *self, ts_call_t *call)
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.limit must be an integer");
         break;
     }
+    case TS_M_BACKUP: {
+        /* the daemon's own path: relative would mean its working directory */
+        const char *path = ts_json_string(p, "path");
+        if (!path || path[0] != '/')
+            ts_call_fail(call, TS_E_INVALID_PARAMS, "params.path must be an absolute path");
+        break;
+    }
     case TS_M_CANCEL:
         if (!ts_json_string(p, "mutation"))
             ts_call_fail(call, TS_E_INVALID_PARAMS, "params.mutation must be a string");
@@ -174,9 +181,33 @@ static void check_params(front_t *self, ts_call_t *call)
     case TS_M_PING:
         ts_call_set_result(call, ts_xstrdup("\"pong\""), 6);
         break;
+    case TS_M_RPC_DISCOVER:
+        front_answer_discover(call);
+        break;
     default:
         break;
     }
+}
+
+/* The client's identity for the audit trail, from its routing id: one it
+ * set (ZMQ_ROUTING_ID) in visible ASCII that fits is shown as it is,
+ * "id:NAME"; any other (ZeroMQ's generated ones begin with a zero byte) as
+ * "zmq:<hex>" (as much of it as fits). Distinct prefixes: a chosen id can
+ * never read as another client's generated one, nor as a key ("key:"). */
+static void client_name(ts_envelope_t *e, const unsigned char *id, size_t len)
+{
+    bool text = len > 0 && len + 4 <= sizeof e->client;
+    for (size_t i = 0; text && i < len; i++)
+        text = id[i] > 0x20 && id[i] < 0x7f;
+    if (text) {
+        memcpy(e->client, "id:", 3);
+        memcpy(e->client + 3, id, len);
+        e->client[3 + len] = '\0';
+        return;
+    }
+    size_t fits = (sizeof e->client - 5) / 2;
+    memcpy(e->client, "zmq:", 4);
+    ts_hex(id, len < fits ? len : fits, e->client + 4);
 }
 
 /* The request id as JSON text. Integral numbers are printed directly (every
@@ -535,11 +566,7 @@ ts_envelope_t *front_read_request(front_t *self, void *socket, bool *more)
     memcpy(e->route, &l, 4);
     memcpy(e->route + 4, zmq_msg_data(&frames[0]), id_len);
     e->route_len = 4 + id_len;
-    /* The client's identity for the audit trail: its routing id (as much
-     * of it as fits), in hex. */
-    size_t fits = (sizeof e->client - 5) / 2;
-    memcpy(e->client, "zmq:", 4);
-    ts_hex(zmq_msg_data(&frames[0]), id_len < fits ? id_len : fits, e->client + 4);
+    client_name(e, zmq_msg_data(&frames[0]), id_len);
     /* With client keys: the key, which ZeroMQ puts on every frame of the
      * connection after the handshake (not on the routing id). */
     if (socket != self->admin) {

@@ -155,6 +155,8 @@ static void answer_calls(persist_t *self, ts_envelope_t **envs, size_t n)
             ts_call_t *call = &envs[i]->calls[c];
             if (call->method == TS_M_AUDIT && !call->err_code && !call->result)
                 persist_answer_audit(self, call);
+            else if (call->method == TS_M_BACKUP && !call->err_code && !call->result)
+                persist_answer_backup(self, call);
         }
     }
 }

@@ -65,6 +65,29 @@ int persist_pragma_int(persist_t *self, const char *sql)
     return value;
 }
 
+/* Before a migration, the database as it was: therasync.db.pre-vN (N its
+ * schema version), to go back to the therasyncd that wrote it. One already
+ * there (an earlier attempt) is that same version, and is kept. */
+static int backup_before_migrating(persist_t *self, int version)
+{
+    char path[4096], err[512];
+    snprintf(path, sizeof path, "%s/therasync.db.pre-v%d", self->config->data_dir, version);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        ts_info(LOG, "schema %d → %d: the copy from before, %s, is already there", version,
+                TS_SCHEMA_VERSION, path);
+        return 0;
+    }
+    int64_t bytes = persist_backup_to(self->db, path, err, sizeof err);
+    if (bytes < 0) {
+        ts_error(LOG, "not migrating the schema without a copy of it: %s", err);
+        return -1;
+    }
+    ts_info(LOG, "schema %d → %d: the database as it was is copied to %s (%lld bytes)", version,
+            TS_SCHEMA_VERSION, path, (long long)bytes);
+    return 0;
+}
+
 static int migrate(persist_t *self)
 {
     int version = persist_pragma_int(self, "PRAGMA user_version");
@@ -73,6 +96,8 @@ static int migrate(persist_t *self)
                  TS_SCHEMA_VERSION);
         return -1;
     }
+    if (version > 0 && version < TS_SCHEMA_VERSION && backup_before_migrating(self, version))
+        return -1;
     while (version < TS_SCHEMA_VERSION) {
         char bump[64];
         snprintf(bump, sizeof bump, "PRAGMA user_version=%d", version + 1);

@@ -55,6 +55,7 @@ static void handle_call(store_t *self, ts_call_t *call)
     case TS_M_SYNC:
     case TS_M_INVALIDATE: do_sync_standalone(self, call); break;
     case TS_M_AUDIT: break; /* answered by persist, which owns the audit table */
+    case TS_M_BACKUP: break; /* and the database */
     case TS_M_SUBSCRIBE:
     case TS_M_UNSUBSCRIBE: /* alone, they went to the cache (route_cache_call) */
         ts_call_fail(call, TS_E_INVALID_REQUEST, "%s cannot be part of a batch",

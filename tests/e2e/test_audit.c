@@ -6,7 +6,9 @@
 #include <criterion/criterion.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <zmq.h>
 
 static ts_engine_t engine;
 
@@ -191,4 +193,54 @@ Test(audit, an_old_schema_2_database_migrates)
     cr_assert_eq(sqlite3_column_int(st, 0), 0, "the cancelled write left the old outbox");
     sqlite3_finalize(st);
     sqlite3_close(db);
+}
+
+/* A create through a new DEALER with routing id (len bytes; NULL: none,
+ * ZeroMQ makes one), and the audit's client for it. */
+static char *client_of_create(const char *doc_id, const void *routing_id, size_t len)
+{
+    void *s = ts_engine_client(&engine);
+    if (routing_id) { /* set before connecting: reconnect with it */
+        zmq_close(s);
+        s = zmq_socket(engine.zctx, ZMQ_DEALER);
+        int zero = 0;
+        zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, routing_id, len);
+        cr_assert_eq(zmq_connect(s, engine.endpoint), 0);
+    }
+    char req[256], params[96];
+    snprintf(req, sizeof req,
+             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"create\",\"params\":{\"collection\":"
+             "\"sessions\",\"doc\":{\"id\":\"%s\"}}}",
+             doc_id);
+    char *reply = ts_rpc_raw(s, req, strlen(req), 10000);
+    cr_assert(reply && strstr(reply, "\"result\""), "create: %s", reply ? reply : "timeout");
+    free(reply);
+    zmq_close(s);
+    snprintf(params, sizeof params, "{\"id\":\"%s\"}", doc_id);
+    cJSON *all = entries(params);
+    cr_assert_eq(cJSON_GetArraySize(all), 1);
+    char *client = strdup(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 0), "client")->valuestring);
+    cJSON_Delete(all);
+    return client;
+}
+
+/* A routing id the client chose names it as text; one ZeroMQ made, or one
+ * with bytes that do not print, stays hex; a chosen one never reads as a
+ * key's or as hex. */
+Test(audit, names_a_client_by_the_routing_id_it_set)
+{
+    char *named = client_of_create("r1", "frontdesk-1", 11);
+    cr_assert_str_eq(named, "id:frontdesk-1");
+    char *generated = client_of_create("r2", NULL, 0);
+    cr_assert(strncmp(generated, "zmq:00", 6) == 0, "ZeroMQ's own id is hex: %s", generated);
+    char *binary = client_of_create("r3", "\x01tab\tbed", 8);
+    cr_assert_str_eq(binary, "zmq:0174616209626564");
+    char *spoof = client_of_create("r4", "key:admin", 9);
+    cr_assert_str_eq(spoof, "id:key:admin");
+    char *too_long = client_of_create("r5", "a-routing-id-far-too-long-for-the-audit-column", 46);
+    cr_assert(strncmp(too_long, "zmq:612d", 8) == 0, "%s", too_long);
+    /* and the audit's client filter takes the name */
+    assert_entry("{\"client\":\"id:frontdesk-1\"}", 1, 0, "id", "r1");
+    free(named), free(generated), free(binary), free(spoof), free(too_long);
 }

@@ -1,0 +1,332 @@
+/* test_backup.c — `backup` during an ingest restores to a daemon holding
+ * every write answered before the backup began; bad paths are refused;
+ * a schema migration first copies the old database. */
+#include "../support/engine.h"
+#include "../support/run.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define WRITES 100000
+#define INFLIGHT 32
+
+static const char *const *permissive_args(void)
+{
+    static char dir[4200];
+    static const char *args[3] = {"--policies", dir, NULL};
+    snprintf(dir, sizeof dir, "%s", ts_source_path("tests/fixtures/policies/permissive"));
+    return args;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* The ingest: WRITES creates through one DEALER, INFLIGHT at a time;
+ * answered[i] is set once create i is answered ok. */
+static ts_engine_t engine;
+static atomic_char answered[WRITES];
+static atomic_int nanswered, nfailed;
+
+static void *ingest(void *arg)
+{
+    (void)arg;
+    void *s = ts_engine_client(&engine);
+    zmq_pollitem_t item = {.socket = s, .events = ZMQ_POLLIN};
+    int sent = 0, inflight = 0;
+    long long deadline = now_ms() + 180000;
+    while ((sent < WRITES || inflight > 0) && now_ms() < deadline) {
+        while (sent < WRITES && inflight < INFLIGHT) {
+            char p[256];
+            snprintf(p, sizeof p,
+                     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":{"
+                     "\"collection\":\"sessions\",\"doc\":{\"id\":\"n%d\",\"pad\":\"%040d\"}}}",
+                     sent, sent, sent);
+            if (zmq_send(s, p, strlen(p), 0) < 0)
+                break;
+            sent++, inflight++;
+        }
+        if (zmq_poll(&item, 1, 100) <= 0)
+            continue;
+        char buf[1024];
+        int n;
+        while ((n = zmq_recv(s, buf, sizeof buf - 1, ZMQ_DONTWAIT)) >= 0) {
+            buf[n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 1] = '\0';
+            inflight--;
+            cJSON *r = cJSON_Parse(buf);
+            cJSON *id = cJSON_GetObjectItem(r, "id");
+            if (ts_rpc_result(r) && cJSON_IsNumber(id) && id->valueint >= 0 && id->valueint < WRITES) {
+                atomic_store(&answered[id->valueint], 1);
+                atomic_fetch_add(&nanswered, 1);
+            } else {
+                atomic_fetch_add(&nfailed, 1);
+            }
+            cJSON_Delete(r);
+        }
+    }
+    zmq_close(s);
+    return NULL;
+}
+
+/* How many of the ids in want (n of them) the engine has, asked with gets
+ * pipelined 256 at a time. */
+static int count_present(ts_engine_t *e, const int *want, int n)
+{
+    void *s = ts_engine_client(e);
+    int present = 0;
+    for (int at = 0; at < n; at += 256) {
+        int k = n - at < 256 ? n - at : 256, got = 0;
+        for (int i = 0; i < k; i++) {
+            char p[192];
+            snprintf(p, sizeof p,
+                     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"get\",\"params\":{"
+                     "\"collection\":\"sessions\",\"id\":\"n%d\"}}",
+                     want[at + i], want[at + i]);
+            zmq_send(s, p, strlen(p), 0);
+        }
+        zmq_pollitem_t item = {.socket = s, .events = ZMQ_POLLIN};
+        while (got < k && zmq_poll(&item, 1, 10000) > 0) {
+            char buf[1024];
+            int len = zmq_recv(s, buf, sizeof buf - 1, 0);
+            if (len < 0)
+                break;
+            buf[len < (int)sizeof buf - 1 ? len : (int)sizeof buf - 1] = '\0';
+            got++;
+            cJSON *r = cJSON_Parse(buf);
+            cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+            char expect[32];
+            cJSON *id = cJSON_GetObjectItem(r, "id");
+            snprintf(expect, sizeof expect, "n%d", id ? id->valueint : -1);
+            const char *pad = cJSON_GetStringValue(cJSON_GetObjectItem(doc ? doc : ts_rpc_result(r), "pad"));
+            const char *did = cJSON_GetStringValue(cJSON_GetObjectItem(doc ? doc : ts_rpc_result(r), "id"));
+            if (pad && did && strcmp(did, expect) == 0)
+                present++;
+            cJSON_Delete(r);
+        }
+    }
+    zmq_close(s);
+    return present;
+}
+
+Test(backup, taken_during_an_ingest_restores_every_answered_write, .timeout = 400)
+{
+    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
+    pthread_t writer;
+    pthread_create(&writer, NULL, ingest, NULL);
+    long long deadline = now_ms() + 60000;
+    while (atomic_load(&nanswered) < 20000 && now_ms() < deadline)
+        usleep(1000);
+    cr_assert_geq(atomic_load(&nanswered), 20000, "the ingest is too slow");
+
+    /* every write answered before the backup began */
+    int *before = malloc(sizeof(int) * WRITES), nbefore = 0;
+    for (int i = 0; i < WRITES; i++)
+        if (atomic_load(&answered[i]))
+            before[nbefore++] = i;
+    char path[4400], params[4500];
+    snprintf(path, sizeof path, "%s/copy.db", engine.dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+    cJSON *r = ts_rpc(&engine, "backup", params);
+    int during = atomic_load(&nanswered);
+    cr_assert_not_null(ts_rpc_result(r), "backup failed: %s", r ? cJSON_PrintUnformatted(r) : "timeout");
+    cJSON_Delete(r);
+    cr_assert_lt(during, WRITES, "the backup was not taken during the ingest");
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600, "the copy is mode %o", st.st_mode & 0777);
+
+    /* a second backup to the same path is refused, the first left as it is */
+    r = ts_rpc(&engine, "backup", params);
+    cr_assert_eq(ts_rpc_error_code(r), -32603);
+    cJSON_Delete(r);
+    r = ts_rpc(&engine, "backup", "{\"path\":\"relative.db\"}");
+    cr_assert_eq(ts_rpc_error_code(r), -32602);
+    cJSON_Delete(r);
+
+    pthread_join(writer, NULL);
+    cr_assert_eq(atomic_load(&nanswered), WRITES, "%d answered, %d failed", atomic_load(&nanswered),
+                 atomic_load(&nfailed));
+    cr_assert_eq(ts_engine_stop(&engine), 0);
+
+    /* restore: the copy in place, no -wal or -shm left */
+    char db[4400], side[4500];
+    snprintf(db, sizeof db, "%s/therasync.db", engine.data);
+    cr_assert_eq(rename(path, db), 0);
+    snprintf(side, sizeof side, "%s-wal", db);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db);
+    unlink(side);
+    cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0, "the restored daemon did not start");
+    cr_assert_eq(count_present(&engine, before, nbefore), nbefore,
+                 "a write answered before the backup is missing");
+    /* and it is a copy from then, not the end of the ingest */
+    r = ts_rpc(&engine, "status", NULL);
+    cr_log_info("%d answered before the backup, %d when it was answered; status %s", nbefore, during,
+                cJSON_PrintUnformatted(ts_rpc_result(r)));
+    cJSON_Delete(r);
+    int all[1] = {WRITES - 1};
+    cr_assert_eq(count_present(&engine, all, 1), 0, "the last write is in a copy taken before it");
+    free(before);
+    ts_engine_destroy(&engine);
+}
+
+Test(backup, a_migration_first_copies_the_old_database, .timeout = 60)
+{
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    cJSON *r = ts_rpc(&e, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"old\"}}");
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    /* back to schema 4: as an older therasyncd left it */
+    char db[4400], copy[4500];
+    snprintf(db, sizeof db, "%s/therasync.db", e.data);
+    sqlite3 *h;
+    cr_assert_eq(sqlite3_open(db, &h), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(h, "DROP TABLE outbox_match; PRAGMA user_version=4", NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(h);
+    cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
+    snprintf(copy, sizeof copy, "%s.pre-v4", db);
+    struct stat st;
+    cr_assert_eq(stat(copy, &st), 0, "no copy before the migration");
+    cr_assert_eq(st.st_mode & 0777, 0600);
+    cr_assert_eq(sqlite3_open_v2(copy, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q;
+    sqlite3_prepare_v2(h, "PRAGMA user_version", -1, &q, NULL);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_eq(sqlite3_column_int(q, 0), 4, "the copy is not the old database");
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+    FILE *log = fopen(e.proc.log_path, "r");
+    char line[1024];
+    int said = 0;
+    while (log && fgets(line, sizeof line, log))
+        said |= strstr(line, "pre-v4") != NULL;
+    if (log)
+        fclose(log);
+    cr_assert(said, "the log does not name the copy");
+    r = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"old\"}");
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    ts_engine_destroy(&e);
+}
+
+/* therasync backup PATH: a relative PATH is the CLI's, made absolute for
+ * the daemon; the copy opens and holds the write. */
+Test(backup, the_cli_takes_a_path_relative_to_its_directory, .timeout = 60)
+{
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, permissive_args()), 0);
+    cJSON *r = ts_rpc(&e, "create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"cli1\"}}");
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    char cwd[4096];
+    cr_assert_not_null(getcwd(cwd, sizeof cwd));
+    cr_assert_eq(chdir(e.dir), 0);
+    const char *args[] = {"--endpoint", e.endpoint, "backup", "cli.db", NULL};
+    ts_buf_t out = {0}, err = {0};
+    int rc = ts_run("therasync", args, NULL, 30000, &out, &err);
+    cr_assert_eq(chdir(cwd), 0);
+    cr_assert_eq(rc, 0, "therasync backup: %s%s", out.data ? out.data : "", err.data ? err.data : "");
+    char path[4400];
+    snprintf(path, sizeof path, "%s/cli.db", e.dir);
+    cr_assert(out.data && strstr(out.data, path), "the answer names %s: %s", path, out.data);
+    sqlite3 *h;
+    sqlite3_stmt *q;
+    cr_assert_eq(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(h, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_assert_str_eq((const char *)sqlite3_column_text(q, 0), "ok");
+    sqlite3_finalize(q);
+    sqlite3_close(h);
+    ts_buf_free(&out);
+    ts_buf_free(&err);
+    ts_engine_destroy(&e);
+}
+
+/* Whether the file at path holds text (its bytes searched). */
+static bool file_holds(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot read %s", path);
+    static char bytes[64 << 20];
+    size_t n = fread(bytes, 1, sizeof bytes, f), tlen = strlen(text);
+    fclose(f);
+    for (size_t i = 0; i + tlen <= n; i++)
+        if (memcmp(bytes + i, text, tlen) == 0)
+            return true;
+    return false;
+}
+
+/* With encryption at rest the copy is sealed (no note in its bytes), and
+ * restored under the same key it reads back. */
+Test(backup, a_sealed_store_s_copy_stays_sealed, .timeout = 60)
+{
+    char tmp[] = "/tmp/ts-backup-key-XXXXXX", key[256], config[256];
+    cr_assert_not_null(mkdtemp(tmp));
+    snprintf(key, sizeof key, "%s/store.key", tmp);
+    snprintf(config, sizeof config, "%s/therasyncd.lua", tmp);
+    unsigned char bytes[32];
+    FILE *r = fopen("/dev/urandom", "rb");
+    cr_assert(r && fread(bytes, 1, 32, r) == 32);
+    fclose(r);
+    int fd = open(key, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    cr_assert(fd >= 0 && write(fd, bytes, 32) == 32);
+    close(fd);
+    FILE *c = fopen(config, "w");
+    cr_assert_not_null(c);
+    fprintf(c, "security = { encryption_key_file = \"%s\" }\n", key);
+    fclose(c);
+    const char *args[] = {"--policies", ts_source_path("tests/fixtures/policies/permissive"),
+                          "--config", config, NULL};
+
+    ts_engine_t e = {0};
+    cr_assert_eq(ts_engine_start(&e, args), 0);
+    char marker[64], doc[256], path[4400], params[4500];
+    snprintf(marker, sizeof marker, "sealed-note-%d", (int)getpid());
+    snprintf(doc, sizeof doc, "{\"collection\":\"sessions\",\"doc\":{\"id\":\"s1\",\"notes\":\"%s\"}}",
+             marker);
+    cJSON *res = ts_rpc(&e, "create", doc);
+    cr_assert_not_null(ts_rpc_result(res));
+    cJSON_Delete(res);
+    snprintf(path, sizeof path, "%s/sealed.db", e.dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+    res = ts_rpc(&e, "backup", params);
+    cr_assert_not_null(ts_rpc_result(res));
+    cJSON_Delete(res);
+    cr_assert_not(file_holds(path, marker), "the copy holds the note in the clear");
+    cr_assert_not(file_holds(path, "sealed-note"), "the copy holds the note in the clear");
+
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    char db[4400], side[4500];
+    snprintf(db, sizeof db, "%s/therasync.db", e.data);
+    cr_assert_eq(rename(path, db), 0);
+    snprintf(side, sizeof side, "%s-wal", db);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", db);
+    unlink(side);
+    cr_assert_eq(ts_engine_restart(&e, args), 0);
+    res = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"s1\"}");
+    const char *notes =
+        cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(res), "doc"), "notes"));
+    cr_assert(notes && strcmp(notes, marker) == 0, "restored under the key, the note reads back");
+    cJSON_Delete(res);
+    ts_engine_destroy(&e);
+    unlink(key);
+    unlink(config);
+    rmdir(tmp);
+}

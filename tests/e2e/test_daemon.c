@@ -131,6 +131,13 @@ Test(daemon, check_config_finds_broken_policies_and_missing_keys, .timeout = 30)
     cr_assert(strstr(out.data, "config: NOT OK"), "%s", out.data);
     ts_buf_reset(&out), ts_buf_reset(&err);
 
+    snprintf(text, sizeof text, "policies = '%s/missing'\n", dir); /* no such dir */
+    write_text(dir, "engine.lua", text, cfg, sizeof cfg);
+    cr_assert_eq(ts_run("therasyncd", args, NULL, 10000, &out, &err), 1);
+    cr_assert(strstr(err.data, "missing") && strstr(err.data, "No such file"),
+              "names the missing policies dir: %s", err.data);
+    ts_buf_reset(&out), ts_buf_reset(&err);
+
     write_text(dir, "selectors.lua", "return {}\n", path, sizeof path);
     snprintf(text, sizeof text,
              "policies = '%s'\nsecurity = { encryption_key_file = '%s/none.key' }\n", dir, dir);

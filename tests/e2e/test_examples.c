@@ -59,22 +59,20 @@ static const char *python_with_zmq(void)
     return NULL;
 }
 
-Test(examples, python_client, .timeout = 120)
+/* Runs `runtime script ENDPOINT EVENTS` against a daemon of its own with
+ * the shipped policies; it must exit 0 with "ok" as its last line. */
+static void run_example(const char *runtime, const char *script, const char *name)
 {
-    const char *python = python_with_zmq();
-    if (!python)
-        cr_skip_test("no python3 with pyzmq (Debian: python3-zmq, in scripts/setup.sh): "
-                     "examples/python/client.py not run");
     ts_engine_t e = {0};
     const char *args[] = {"--policies", ts_source_path("policies"), NULL};
     cr_assert_eq(ts_engine_start(&e, args), 0);
     char cmd[8192], log[4300];
-    snprintf(log, sizeof log, "%s/python.log", e.dir);
-    snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", python, ts_source_path("examples/python/client.py"),
-             e.endpoint, e.events);
+    snprintf(log, sizeof log, "%s/%s.log", e.dir, name);
+    snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", runtime, ts_source_path(script), e.endpoint,
+             e.events);
     int rc = run_shell(cmd, log, 60000);
     show(log);
-    cr_assert_eq(rc, 0, "examples/python/client.py exited %d (its output is above)", rc);
+    cr_assert_eq(rc, 0, "%s exited %d (its output is above)", script, rc);
     /* it said so only after every step held */
     FILE *f = fopen(log, "r");
     char line[512], last[512] = "";
@@ -84,4 +82,21 @@ Test(examples, python_client, .timeout = 120)
         fclose(f);
     cr_assert_str_eq(last, "ok\n");
     ts_engine_destroy(&e);
+}
+
+Test(examples, python_client, .timeout = 120)
+{
+    const char *python = python_with_zmq();
+    if (!python)
+        cr_skip_test("no python3 with pyzmq (Debian: python3-zmq, in scripts/setup.sh): "
+                     "examples/python/client.py not run");
+    run_example(python, "examples/python/client.py", "python");
+}
+
+/* The Node client needs no packages (it speaks ZMTP itself): only node. */
+Test(examples, node_client, .timeout = 120)
+{
+    if (run_shell("node --version", "/dev/null", 10000) != 0)
+        cr_skip_test("no node in PATH (Node.js 20+): examples/node/client.mjs not run");
+    run_example("node", "examples/node/client.mjs", "node");
 }

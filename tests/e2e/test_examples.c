@@ -5,12 +5,14 @@
 
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 /* Runs sh -c cmd with output to log; SIGKILL after timeout_ms. Its exit
  * code, or -1 when killed or not started. */
@@ -99,4 +101,60 @@ Test(examples, node_client, .timeout = 120)
     if (run_shell("node --version", "/dev/null", 10000) != 0)
         cr_skip_test("no node in PATH (Node.js 20+): examples/node/client.mjs not run");
     run_example("node", "examples/node/client.mjs", "node");
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* With client keys both sockets are CURVE servers: the Node client (NULL
+ * mechanism only) must fail soon and say why, as examples/README.md says. */
+Test(examples, node_client_without_curve, .timeout = 120)
+{
+    if (run_shell("node --version", "/dev/null", 10000) != 0)
+        cr_skip_test("no node in PATH (Node.js 20+): examples/node/client.mjs not run");
+    char *dir = ts_tmpdir("ts-examples");
+    cr_assert_not_null(dir);
+    char server_pub[41], server_sec[41], client_pub[41], client_sec[41];
+    cr_assert_eq(zmq_curve_keypair(server_pub, server_sec), 0);
+    cr_assert_eq(zmq_curve_keypair(client_pub, client_sec), 0);
+    char key[4300], clients[4300], config[4300], log[4300], cmd[8192], text[10000];
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    snprintf(config, sizeof config, "%s/therasync.lua", dir);
+    snprintf(log, sizeof log, "%s/node.log", dir);
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
+    write_text(key, text);
+    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
+    write_text(clients, text);
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s\", clients_file = \"%s\" }\n", key, clients);
+    write_text(config, text);
+    ts_engine_t e = {0};
+    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0, "therasyncd with keys did not start");
+    snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s'", ts_source_path("examples/node/client.mjs"),
+             e.endpoint, e.events);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = run_shell(cmd, log, 60000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    show(log);
+    cr_assert_eq(rc, 1, "examples/node/client.mjs exited %d against a CURVE daemon", rc);
+    cr_assert_lt(t1.tv_sec - t0.tv_sec, 10, "it failed only after %lds", (long)(t1.tv_sec - t0.tv_sec));
+    FILE *f = fopen(log, "r");
+    char line[512];
+    bool said = false;
+    while (f && fgets(line, sizeof line, f))
+        said = said || strstr(line, "closed during the greeting (client keys?");
+    if (f)
+        fclose(f);
+    cr_assert(said, "the client did not say why it could not connect");
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
 }

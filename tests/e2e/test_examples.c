@@ -5,12 +5,14 @@
 
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
 
 /* Runs sh -c cmd with output to log; SIGKILL after timeout_ms. Its exit
  * code, or -1 when killed or not started. */
@@ -59,22 +61,20 @@ static const char *python_with_zmq(void)
     return NULL;
 }
 
-Test(examples, python_client, .timeout = 120)
+/* Runs `runtime script ENDPOINT EVENTS` against a daemon of its own with
+ * the shipped policies; it must exit 0 with "ok" as its last line. */
+static void run_example(const char *runtime, const char *script, const char *name)
 {
-    const char *python = python_with_zmq();
-    if (!python)
-        cr_skip_test("no python3 with pyzmq (Debian: python3-zmq, in scripts/setup.sh): "
-                     "examples/python/client.py not run");
     ts_engine_t e = {0};
     const char *args[] = {"--policies", ts_source_path("policies"), NULL};
     cr_assert_eq(ts_engine_start(&e, args), 0);
     char cmd[8192], log[4300];
-    snprintf(log, sizeof log, "%s/python.log", e.dir);
-    snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", python, ts_source_path("examples/python/client.py"),
-             e.endpoint, e.events);
+    snprintf(log, sizeof log, "%s/%s.log", e.dir, name);
+    snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", runtime, ts_source_path(script), e.endpoint,
+             e.events);
     int rc = run_shell(cmd, log, 60000);
     show(log);
-    cr_assert_eq(rc, 0, "examples/python/client.py exited %d (its output is above)", rc);
+    cr_assert_eq(rc, 0, "%s exited %d (its output is above)", script, rc);
     /* it said so only after every step held */
     FILE *f = fopen(log, "r");
     char line[512], last[512] = "";
@@ -84,4 +84,77 @@ Test(examples, python_client, .timeout = 120)
         fclose(f);
     cr_assert_str_eq(last, "ok\n");
     ts_engine_destroy(&e);
+}
+
+Test(examples, python_client, .timeout = 120)
+{
+    const char *python = python_with_zmq();
+    if (!python)
+        cr_skip_test("no python3 with pyzmq (Debian: python3-zmq, in scripts/setup.sh): "
+                     "examples/python/client.py not run");
+    run_example(python, "examples/python/client.py", "python");
+}
+
+/* The Node client needs no packages (it speaks ZMTP itself): only node. */
+Test(examples, node_client, .timeout = 120)
+{
+    if (run_shell("node --version", "/dev/null", 10000) != 0)
+        cr_skip_test("no node in PATH (Node.js 20+): examples/node/client.mjs not run");
+    run_example("node", "examples/node/client.mjs", "node");
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* With client keys both sockets are CURVE servers: the Node client (NULL
+ * mechanism only) must fail soon and say why, as examples/README.md says. */
+Test(examples, node_client_without_curve, .timeout = 120)
+{
+    if (run_shell("node --version", "/dev/null", 10000) != 0)
+        cr_skip_test("no node in PATH (Node.js 20+): examples/node/client.mjs not run");
+    char *dir = ts_tmpdir("ts-examples");
+    cr_assert_not_null(dir);
+    char server_pub[41], server_sec[41], client_pub[41], client_sec[41];
+    cr_assert_eq(zmq_curve_keypair(server_pub, server_sec), 0);
+    cr_assert_eq(zmq_curve_keypair(client_pub, client_sec), 0);
+    char key[4300], clients[4300], config[4300], log[4300], cmd[8192], text[10000];
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    snprintf(config, sizeof config, "%s/therasync.lua", dir);
+    snprintf(log, sizeof log, "%s/node.log", dir);
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
+    write_text(key, text);
+    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
+    write_text(clients, text);
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s\", clients_file = \"%s\" }\n", key, clients);
+    write_text(config, text);
+    ts_engine_t e = {0};
+    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0, "therasyncd with keys did not start");
+    snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s'", ts_source_path("examples/node/client.mjs"),
+             e.endpoint, e.events);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = run_shell(cmd, log, 60000);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    show(log);
+    cr_assert_eq(rc, 1, "examples/node/client.mjs exited %d against a CURVE daemon", rc);
+    cr_assert_lt(t1.tv_sec - t0.tv_sec, 10, "it failed only after %lds", (long)(t1.tv_sec - t0.tv_sec));
+    FILE *f = fopen(log, "r");
+    char line[512];
+    bool said = false;
+    while (f && fgets(line, sizeof line, f))
+        said = said || strstr(line, "closed during the greeting (client keys?");
+    if (f)
+        fclose(f);
+    cr_assert(said, "the client did not say why it could not connect");
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
 }

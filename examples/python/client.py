@@ -24,6 +24,32 @@ import zmq
 TIMEOUT_MS = 5000
 
 
+def read_key(path):
+    """A key file of `therasync keygen`: `public KEY` and `secret KEY` lines
+    (Z85); returns {"public": ..., "secret": ...} as bytes."""
+    keys = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in ("public", "secret"):
+                keys[parts[0]] = parts[1].encode()
+    return keys
+
+
+def use_keys(sock):
+    """With THERASYNC_KEY (this client's key pair) and THERASYNC_SERVER_KEY
+    (the daemon's public key), as the CLI takes them, sock is a CURVE
+    client; without them it connects in the clear (a loopback daemon
+    without client keys)."""
+    mine, server = os.environ.get("THERASYNC_KEY"), os.environ.get("THERASYNC_SERVER_KEY")
+    if not mine and not server:
+        return
+    own, theirs = read_key(mine), read_key(server)
+    sock.curve_publickey = own["public"]
+    sock.curve_secretkey = own["secret"]
+    sock.curve_serverkey = theirs["public"]
+
+
 class Client:
     """JSON-RPC 2.0 over a ZeroMQ DEALER: one frame out, one frame back.
     Notifications (no id, e.g. query.changed) arriving meanwhile are kept."""
@@ -33,6 +59,7 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         # A printable routing id names this client in the audit trail.
         self.sock.setsockopt(zmq.ROUTING_ID, b"example-py-" + uuid.uuid4().hex[:8].encode())
+        use_keys(self.sock)
         self.sock.connect(endpoint)
         self.ids = itertools.count(1)
         self.notifications = []
@@ -99,6 +126,7 @@ def main():
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"doc.sessions")
+    use_keys(sub)
     sub.connect(events)
 
     print("ping:", client.call("ping"))

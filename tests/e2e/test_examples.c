@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,6 +155,56 @@ Test(examples, node_client_without_curve, .timeout = 120)
     if (f)
         fclose(f);
     cr_assert(said, "the client did not say why it could not connect");
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+}
+
+/* With client keys the Python client connects as the CLI does, from
+ * THERASYNC_KEY and THERASYNC_SERVER_KEY (key files of `therasync keygen`),
+ * and does everything it does without them; events keep their documents
+ * only with security.event_bodies, which the example's event step reads. */
+Test(examples, python_client_with_keys, .timeout = 120)
+{
+    const char *python = python_with_zmq();
+    if (!python)
+        cr_skip_test("no python3 with pyzmq: examples/python/client.py not run");
+    char *dir = ts_tmpdir("ts-examples");
+    cr_assert_not_null(dir);
+    char server_pub[41], server_sec[41], client_pub[41], client_sec[41];
+    cr_assert_eq(zmq_curve_keypair(server_pub, server_sec), 0);
+    cr_assert_eq(zmq_curve_keypair(client_pub, client_sec), 0);
+    char key[4300], pub[4300], mine[4300], clients[4300], config[4300], log[4300];
+    char cmd[16384], text[10000];
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    snprintf(pub, sizeof pub, "%s/server.pub", dir);
+    snprintf(mine, sizeof mine, "%s/frontdesk.key", dir);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    snprintf(config, sizeof config, "%s/therasync.lua", dir);
+    snprintf(log, sizeof log, "%s/python.log", dir);
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
+    write_text(key, text);
+    snprintf(text, sizeof text, "public %s\n", server_pub);
+    write_text(pub, text);
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", client_pub, client_sec);
+    write_text(mine, text);
+    chmod(key, 0600), chmod(mine, 0600);
+    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
+    write_text(clients, text);
+    snprintf(text, sizeof text,
+             "security = { curve_secret_file = \"%s\", clients_file = \"%s\", "
+             "event_bodies = true }\n",
+             key, clients);
+    write_text(config, text);
+    ts_engine_t e = {0};
+    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
+    cr_assert_eq(ts_engine_start(&e, args), 0, "therasyncd with keys did not start");
+    snprintf(cmd, sizeof cmd, "THERASYNC_KEY='%s' THERASYNC_SERVER_KEY='%s' %s '%s' '%s' '%s'",
+             mine, pub, python, ts_source_path("examples/python/client.py"), e.endpoint,
+             e.events);
+    int rc = run_shell(cmd, log, 60000);
+    show(log);
+    cr_assert_eq(rc, 0, "the Python client with keys exited %d (its output is above)", rc);
     ts_engine_destroy(&e);
     ts_rmtree(dir);
     free(dir);

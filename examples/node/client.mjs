@@ -38,11 +38,13 @@ class Zmtp {
     this.ready = new Promise((resolve, reject) => { this.onReady = resolve; this.onFail = reject; });
     this.ready.catch(() => {}); // a failure is reported by whoever awaits next
     this.sock.on('data', (d) => { try { this.parse(d); } catch (e) { this.fail(e); } });
-    this.sock.on('error', (e) => this.fail(e));
     // libzmq drops a peer with the wrong mechanism before its greeting is
-    // through: a daemon with client keys (CURVE) does that to us.
-    this.sock.on('close', () => this.fail(new Error(this.greeted ? `${endpoint}: connection closed`
-      : `${endpoint}: closed during the greeting (client keys? this client has no CURVE)`)));
+    // through (a close, or a reset): a daemon with client keys (CURVE) does
+    // that to us.
+    const refused = () => new Error(`${endpoint}: closed during the greeting (client keys? this client has no CURVE)`);
+    this.sock.on('error', (e) => this.fail(this.greeted ? e : refused()));
+    this.sock.on('close', () => this.fail(this.greeted ? new Error(`${endpoint}: connection closed`)
+      : refused()));
     // Greeting: signature, version 3.0, mechanism NULL, as-server 0, filler.
     const greeting = Buffer.alloc(64);
     greeting[0] = 0xff; greeting[9] = 0x7f; greeting[10] = 3; greeting[11] = 0;

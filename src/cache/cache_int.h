@@ -222,6 +222,8 @@ entry_t *memo_rows_of(cache_t *self, ts_cache_run_t *run, const char *param);
 int memo_slice(cache_t *self, const entry_t *e, const cJSON *request, const char *param,
                ts_buf_t *out);
 void memo_free_rows(entry_t *e);
+/* An order key with its own copy of a string. */
+void memo_copy_okey(ts_okey_t *to, const ts_okey_t *from);
 
 /* mirror.c */
 void mirror_want(cache_t *self, group_t *g, long total);

@@ -199,11 +199,11 @@ static entry_t *entry_for(group_t *g, const ts_okey_t *v)
     return e->hi_inf || ts_okey_cmp(v, &e->hi) <= 0 ? e : NULL;
 }
 
-static void copy_okey(ts_okey_t *to, uint8_t kind, double num, const char *str, uint32_t len)
+void memo_copy_okey(ts_okey_t *to, const ts_okey_t *from)
 {
-    *to = (ts_okey_t){.kind = kind, .num = num, .len = len};
-    if (kind == TS_OKEY_STR)
-        to->str = ts_memdup(str ? str : "", len);
+    *to = *from;
+    if (from->kind == TS_OKEY_STR)
+        to->str = ts_memdup(from->str ? from->str : "", from->len);
 }
 
 /* The place of selector name in the list (its bit in changes' membership),
@@ -230,7 +230,7 @@ static void take_rows(entry_t *e, const ts_cache_run_t *run, row_t *rows, const 
         e->lo.str = ts_memdup(e->lo.str, e->lo.len);
     if (!e->complete && run->nrows) { /* the walk ended at its last row */
         const row_t *last = &rows[run->nrows - 1];
-        copy_okey(&e->hi, last->key.kind, last->key.num, last->key.str, last->key.len);
+        memo_copy_okey(&e->hi, &last->key);
         e->end_id = ts_memdup(last->id ? last->id : "", last->id_len);
         e->end_id_len = last->id_len;
     } else {

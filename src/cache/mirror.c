@@ -59,13 +59,6 @@ void mirror_forget_all(cache_t *self)
     self->hot.forget_all = true;
 }
 
-static void copy_okey(ts_okey_t *to, const ts_okey_t *from)
-{
-    *to = *from;
-    if (from->kind == TS_OKEY_STR)
-        to->str = ts_memdup(from->str ? from->str : "", from->len);
-}
-
 /* The copy of group g (n == 0 when it is gone or no longer mirrored). */
 static ts_hot_group_t *copy_of(cache_t *self, const char *key, size_t len)
 {
@@ -89,8 +82,8 @@ static ts_hot_group_t *copy_of(cache_t *self, const char *key, size_t len)
             c->answer = ts_memdup(e->answer, e->answer_len);
             c->answer_len = e->answer_len;
         } else if (e->rows && h->bound) {
-            copy_okey(&c->lo, &e->lo);
-            copy_okey(&c->hi, &e->hi);
+            memo_copy_okey(&c->lo, &e->lo);
+            memo_copy_okey(&c->hi, &e->hi);
             c->hi_inf = e->hi_inf;
             c->complete = e->complete;
             c->rows = ts_xmalloc((e->nrows ? e->nrows : 1) * sizeof *c->rows);

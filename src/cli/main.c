@@ -371,18 +371,25 @@ static int rpc_result(cmd_ctx_t *c, const char *method, cJSON *params, cJSON **r
     return CLI_EXIT_OK;
 }
 
-static int rpc_and_print(cmd_ctx_t *c, const char *method, cJSON *params, printer_fn print)
+/* A response's result, as --json or print has it. */
+static const cJSON *print_result(cmd_ctx_t *c, const cJSON *response, printer_fn print)
 {
-    cJSON *response = NULL;
-    int rc = rpc_result(c, method, params, &response);
-    if (rc != CLI_EXIT_OK)
-        return rc;
     const cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
     if (c->o->json)
         cli_print_compact(stdout, result);
     else
         print(result);
     fflush(stdout);
+    return result;
+}
+
+static int rpc_and_print(cmd_ctx_t *c, const char *method, cJSON *params, printer_fn print)
+{
+    cJSON *response = NULL;
+    int rc = rpc_result(c, method, params, &response);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    print_result(c, response, print);
     cJSON_Delete(response);
     return CLI_EXIT_OK;
 }
@@ -557,12 +564,7 @@ static int policy_reload(cmd_ctx_t *c)
     int rc = rpc_result(c, "policy.reload", NULL, &response);
     if (rc != CLI_EXIT_OK)
         return rc;
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(response, "result");
-    if (c->o->json)
-        cli_print_compact(stdout, result);
-    else
-        print_kv_result(result);
-    fflush(stdout);
+    const cJSON *result = print_result(c, response, print_kv_result);
     if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(result, "loaded"))) {
         const cJSON *why = cJSON_GetObjectItemCaseSensitive(result, "error");
         fprintf(stderr, "therasync: policy reload refused, the old policies stay: %s\n",

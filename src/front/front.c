@@ -92,11 +92,12 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
         }
         self->inflight += e->ncalls;
         if (cache_direct(self, e)) {
-            if (front_hot_answer(self, e))
-                continue; /* answered from the copies, or held for them */
-            /* its client's writes, and what any client was told: as hot.c */
+            /* what it must reflect: its client's writes, and what any
+             * client was told (hot.c and the cache both wait for them) */
             e->wait_for = front_client_writes(self, e);
             e->wait_mark = self->told_mark;
+            if (front_hot_answer(self, e))
+                continue; /* answered from the copies, or held for them */
             direct[nd++] = e;
             continue;
         }

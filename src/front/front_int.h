@@ -124,7 +124,8 @@ void front_note_write(front_t *self, const ts_envelope_t *e);
 void front_to_cache(front_t *self, ts_envelope_t **reads, size_t n);
 
 /* hot.c */
-bool front_hot_answer(front_t *self, ts_envelope_t *e); /* true: answered, or held */
+/* e's wait_for and wait_mark set; true: answered, or held. */
+bool front_hot_answer(front_t *self, ts_envelope_t *e);
 void front_hot_release(front_t *self, bool all, int64_t older_us);
 void front_hot_take(front_t *self, ts_hot_t *hot);
 void front_hot_free_all(front_t *self);

@@ -179,8 +179,6 @@ bool front_hot_answer(front_t *self, ts_envelope_t *e)
     const ts_call_t *call = &e->calls[0];
     if (call->method != TS_M_QUERY || !ts_json_string(call->params, "selector"))
         return false;
-    e->wait_for = front_client_writes(self, e);
-    e->wait_mark = self->told_mark;
     int rc = try_answer(self, e);
     if (rc >= 0)
         return rc == 1;

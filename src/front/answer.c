@@ -104,12 +104,19 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
     ts_buf_puts(b, "}");
 }
 
+static void free_payload(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
 /* Sends payload to a client along its routing frames. The ROUTER is
  * mandatory: a client gone is an error here (EHOSTUNREACH), and the cache
  * hears of it, so its live queries end; a client whose queue is full
- * (EAGAIN) loses this message, as before. */
+ * (EAGAIN) loses this message, as before. An `owned` payload (malloc'd) is
+ * handed to ZeroMQ as it is: answers of several KB are not copied again. */
 static void send_to(front_t *self, void *socket, const unsigned char *route, size_t route_len,
-                    bool delimiter, const char *payload, size_t len)
+                    bool delimiter, char *payload, size_t len, bool owned)
 {
     size_t off = 0;
     bool first = true;
@@ -127,6 +134,8 @@ static void send_to(front_t *self, void *socket, const unsigned char *route, siz
                 if (ts_send_GONE(self->to_cache, &g, 1))
                     free(g);
             }
+            if (owned)
+                free(payload);
             return;
         }
         first = false;
@@ -134,14 +143,23 @@ static void send_to(front_t *self, void *socket, const unsigned char *route, siz
     }
     if (delimiter)
         zmq_send(socket, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
-    if (zmq_send(socket, payload, len, ZMQ_DONTWAIT) < 0)
+    zmq_msg_t msg;
+    int rc;
+    if (!owned) {
+        rc = zmq_send(socket, payload, len, ZMQ_DONTWAIT);
+    } else if ((rc = zmq_msg_init_data(&msg, payload, len, free_payload, NULL)) != 0) {
+        free(payload);
+    } else if ((rc = zmq_msg_send(&msg, socket, ZMQ_DONTWAIT)) < 0) {
+        zmq_msg_close(&msg); /* frees payload */
+    }
+    if (rc < 0)
         ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
 }
 
-static void send_reply(front_t *self, const ts_envelope_t *e, const char *payload, size_t len)
+static void send_reply(front_t *self, const ts_envelope_t *e, char *payload, size_t len)
 {
     send_to(self, e->admin ? self->admin : self->router, e->route, e->route_len, e->delimiter,
-            payload, len);
+            payload, len, true);
 }
 
 /* Notifications of live queries, each to its client. */
@@ -149,7 +167,7 @@ void front_send_notices(front_t *self, ts_notice_t *notices)
 {
     for (ts_notice_t *n = notices; n; n = n->next)
         send_to(self, self->router, n->route, n->route_len, n->delimiter, n->payload,
-                n->payload_len);
+                n->payload_len, false);
     ts_notice_free_list(notices);
 }
 
@@ -272,6 +290,12 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     ts_buf_t b = {0};
     size_t answers = 0;
     int64_t now = ts_mono_us();
+    if (e->reply) { /* made whole by the front door (hot.c) */
+        ts_hist_add(&self->latency[e->calls[0].method], now - e->received_us);
+        send_reply(self, e, e->reply, e->reply_len);
+        e->reply = NULL;
+        goto done;
+    }
     ts_buf_reserve(&b, e->calls[0].result_len + 128);
     if (e->batch)
         ts_buf_puts(&b, "[");
@@ -286,9 +310,14 @@ static void finish_envelope(front_t *self, ts_envelope_t *e)
     }
     if (e->batch)
         ts_buf_puts(&b, "]");
-    if (answers)
-        send_reply(self, e, b.data, b.len);
+    if (answers) {
+        size_t len;
+        char *text = ts_buf_take(&b, &len);
+        if (text)
+            send_reply(self, e, text, len);
+    }
     ts_buf_free(&b);
+done:
     if (!e->internal)
         self->inflight -= e->ncalls;
     ts_envelope_free(e);

@@ -193,6 +193,7 @@ void ts_envelope_free(ts_envelope_t *e)
         ts_event_free_list(c->events);
     }
     free(e->route);
+    free(e->reply);
     free(e);
 }
 

@@ -220,6 +220,9 @@ typedef struct ts_envelope {
     uint32_t persist_batch; /* the store's message to persist that carried it (0: none):
                                the front door publishes remote changes in this order */
     int64_t received_us;
+    char *reply;          /* the whole JSON-RPC answer, when the front door made it at once
+                             (front/hot.c): sent as it is, without another copy */
+    size_t reply_len;
     size_t ncalls;
     ts_call_t calls[];
 } ts_envelope_t;

@@ -191,6 +191,11 @@ clean:
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
+# The bench's --hdr histogram log is zlib-compressed (HdrHistogram's V2
+# encoding); test_hlog checks the encoder, test_bench decodes the bench's log.
+$(BUILD)/therasync-bench $(BUILD)/tests/unit/test_hlog $(BUILD)/tests/e2e/test_bench: LDLIBS += -lz
+$(BUILD)/tests/unit/test_hlog: $(BUILD)/obj/src/bench/hlog.o
+
 # test_gen checks the bench's data generator, which lives with the bench;
 # test_store_query runs selectors over the data it generates.
 $(BUILD)/tests/unit/test_gen $(BUILD)/tests/unit/test_store_query: $(BUILD)/obj/src/bench/gen.o

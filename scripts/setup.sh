@@ -4,9 +4,10 @@
 set -euo pipefail
 # libclang-rt-dev: clang's sanitizer and libFuzzer runtimes (make ubsan, make fuzz);
 # clang only recommends it, and recommends are not installed here.
+# zlib1g-dev: the bench's --hdr histogram log is zlib-compressed (HdrHistogram's format).
 pkgs=(build-essential clang pkg-config libzmq3-dev liblua5.4-dev lua5.4 libcurl4-openssl-dev
       libcjson-dev libsqlite3-dev sqlite3 libmicrohttpd-dev libjemalloc-dev libcriterion-dev wrk
-      libsodium-dev libclang-rt-dev python3-zmq
+      libsodium-dev libclang-rt-dev python3-zmq zlib1g-dev
       systemd groff-base)  # test_install: systemd-analyze security, groff -man -ww
 missing=()
 for p in "${pkgs[@]}"; do

@@ -179,7 +179,7 @@ typedef struct {
     const char *api;
     const char *policies; /* passed to our therasyncd as --policies */
     const char *config;   /* passed to our therasyncd as --config */
-    const char *hdr; /* --hdr: latencies as a percentile distribution file */
+    const char *hdr; /* --hdr: latencies as a histogram log (+ .hgrm: percentiles) */
     double duration_s;   /* ingest/update/select: run this long instead of n requests */
     int64_t warmup;      /* requests before the timed part, not measured */
     double warmup_s;     /* or seconds of them */

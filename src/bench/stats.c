@@ -1,5 +1,6 @@
 /* stats.c — what the bench tells about a run besides its JSON line:
- * percentiles, the HdrHistogram percentile distribution file (--hdr), and
+ * percentiles, the HdrHistogram percentile distribution file (--hdr's
+ * FILE.hgrm; its histogram log is hlog.c), and
  * progress on stderr for anything that takes more than a few seconds. */
 #include "bench.h"
 
@@ -52,7 +53,7 @@ void bench_pcts(const int64_t *values, size_t n, bench_pcts_t *out)
 /* The text HdrHistogram's outputPercentileDistribution prints (values in
  * milliseconds, 5 percentile ticks per half distance), computed from the
  * exact values rather than from buckets: the columns `hdr-plot` and
- * HdrHistogram's plotFiles.html read. Not a histogram log (.hlog). */
+ * HdrHistogram's plotFiles.html read. The histogram log is hlog.c's. */
 int bench_write_hdr(const char *path, const int64_t *values, size_t n)
 {
     FILE *f = fopen(path, "w");

@@ -6,6 +6,7 @@
  * drive them, and describe the run in a bench_result_t. */
 #include "bench.h"
 #include "gen.h"
+#include "hlog.h"
 #include "therasync/json.h"
 
 #include <cJSON.h>
@@ -280,17 +281,26 @@ static int preload(wl_t *w, int64_t count, bool send)
     return rc;
 }
 
-/* The --hdr file of run `run`: the name given, or NAME.RUN when there are several runs. */
-static void write_hdr(const wl_t *w, const int64_t *lat, size_t nlat)
+/* The --hdr files of run `run`: the name given (NAME.RUN when there are
+ * several runs) gets HdrHistogram's histogram log, that name + ".hgrm" the
+ * percentile distribution text. */
+static void write_hdr(const wl_t *w, const int64_t *lat, size_t nlat, double seconds)
 {
     if (!w->o->hdr)
         return;
-    char path[4096];
+    char path[4096], hgrm[4200];
     if (w->o->runs > 1)
         snprintf(path, sizeof path, "%s.%d", w->o->hdr, w->run + 1);
     else
         snprintf(path, sizeof path, "%s", w->o->hdr);
-    bench_write_hdr(path, lat, nlat);
+    snprintf(hgrm, sizeof hgrm, "%s.hgrm", path);
+    bench_write_hdr(hgrm, lat, nlat);
+    /* The run has just ended: one interval of its length, ending now. */
+    double start = (double)ts_wall_ms() / 1000.0 - seconds;
+    FILE *f = fopen(path, "w");
+    int rc = f ? hlog_write(f, start, seconds, lat, nlat) : -1;
+    if ((f && fclose(f) != 0) || rc)
+        fprintf(stderr, "bench: cannot write %s\n", path);
 }
 
 static void fill_result(const wl_t *w, bench_result_t *res, const bench_outcome_t *out,
@@ -302,7 +312,7 @@ static void fill_result(const wl_t *w, bench_result_t *res, const bench_outcome_
     bench_pcts(lat, nlat, &pc);
     res->p50_us = pc.p50, res->p90_us = pc.p90, res->p99_us = pc.p99;
     res->p999_us = pc.p999, res->max_us = pc.max;
-    write_hdr(w, lat, nlat);
+    write_hdr(w, lat, nlat, out->seconds);
     ts_buf_printf(&res->extra,
                   ",\"errors\":%zu,\"validation_failed\":%zu,\"not_found\":%zu,"
                   "\"busy_retries\":%zu,\"bench_cpu_s\":%.3f",

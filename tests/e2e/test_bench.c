@@ -4,6 +4,7 @@
  * fields, no errors, and the figures a comparison with the peer needs.
  * Not a timing: small runs check that the measuring tool works. */
 #include "../support/engine.h"
+#include "../support/hlog_read.h"
 #include "../support/proc.h"
 #include "../support/run.h"
 
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <zmq.h>
 
 #define BENCH_TIMEOUT_MS 60000
@@ -93,24 +95,39 @@ Test(bench, ingest_reports_the_contract_fields)
     cJSON_Delete(s);
 }
 
-/* p90, p99.9 and max next to p50/p99, in order, and --hdr writes
- * HdrHistogram's percentile distribution text: the header, one line per
- * percentile tick, the last at 1.0 with every answered request counted. */
-Test(bench, ingest_reports_the_tail_and_an_hdr_distribution)
+/* The exact latency at the bench's nearest rank of p lies in the bucket
+ * the log's counts give that rank: the log holds the run's latencies to
+ * HdrHistogram's 3 significant digits. */
+static void assert_in_bucket(const th_hist_t *h, double p, double exact_us)
+{
+    int64_t rank = (int64_t)ceil(p / 100.0 * (double)h->total - 1e-9);
+    int32_t i = th_hist_index_at_rank(h, rank);
+    cr_assert_geq(i, 0);
+    cr_assert_geq(exact_us, (double)th_hist_lowest_at(h, i), "p%g", p);
+    cr_assert_leq(exact_us, (double)th_hist_highest_at(h, i), "p%g", p);
+}
+
+/* p90, p99.9 and max next to p50/p99, in order; --hdr FILE writes
+ * HdrHistogram's histogram log to FILE (one interval, the V2 compressed
+ * histogram of every answered request, in µs) and its percentile
+ * distribution text to FILE.hgrm: the header, one line per percentile
+ * tick, the last at 1.0 with every answered request counted. */
+Test(bench, ingest_reports_the_tail_and_an_hdr_log)
 {
     char *dir = ts_tmpdir("bench-hdr");
     cr_assert_not_null(dir);
-    char hdr[512];
-    snprintf(hdr, sizeof hdr, "%s/ingest.hdr", dir);
+    char hlog[512], hgrm[520];
+    snprintf(hlog, sizeof hlog, "%s/ingest.hlog", dir);
+    snprintf(hgrm, sizeof hgrm, "%s.hgrm", hlog);
     cJSON *line = bench((const char *[]){"--workload", "ingest", "--n", "1500", "--clients", "2",
-                                         "--inflight", "8", "--hdr", hdr, NULL});
+                                         "--inflight", "8", "--hdr", hlog, NULL});
     cr_assert_gt(num(line, "p50_us"), 0);
     cr_assert_geq(num(line, "p90_us"), num(line, "p50_us"));
     cr_assert_geq(num(line, "p99_us"), num(line, "p90_us"));
     cr_assert_geq(num(line, "p999_us"), num(line, "p99_us"));
     cr_assert_geq(num(line, "max_us"), num(line, "p999_us"));
-    FILE *f = fopen(hdr, "r");
-    cr_assert_not_null(f, "no %s", hdr);
+    FILE *f = fopen(hgrm, "r");
+    cr_assert_not_null(f, "no %s", hgrm);
     char text[256], last[256] = "";
     cr_assert_not_null(fgets(text, sizeof text, f));
     cr_assert_not_null(strstr(text, "Value     Percentile TotalCount 1/(1-Percentile)"), "%s", text);
@@ -135,6 +152,44 @@ Test(bench, ingest_reports_the_tail_and_an_hdr_distribution)
     cr_assert_float_eq(p, 1.0, 1e-9);
     cr_assert_eq(count, 1500);
     cr_assert_float_eq(v * 1000.0, num(line, "max_us"), 1.0, "the 100%% line is the max (ms)");
+
+    /* The log: the header, then one interval as long as the run */
+    f = fopen(hlog, "r");
+    cr_assert_not_null(f, "no %s", hlog);
+    char row[65536];
+    int version_minor = -1, intervals = 0;
+    double start_time = 0, base_time = 0, start = -1, len = 0, max_ms = 0;
+    th_hist_t h = {0};
+    while (fgets(row, sizeof row, f)) {
+        sscanf(row, "#[Histogram log format version 1.%d]", &version_minor);
+        sscanf(row, "#[StartTime: %lf", &start_time);
+        sscanf(row, "#[BaseTime: %lf", &base_time);
+        if (row[0] == '#' || row[0] == '"')
+            continue;
+        const char *b64;
+        cr_assert_eq(th_hlog_line(row, &start, &len, &max_ms, &b64), 0, "%s", row);
+        cr_assert_eq(th_hist_decode(b64, &h), 0, "%s", h.error);
+        intervals++;
+    }
+    fclose(f);
+    cr_assert_eq(version_minor, 3);
+    cr_assert_eq(intervals, 1);
+    cr_assert_float_eq(start, 0.0, 1e-9, "relative to BaseTime");
+    cr_assert_float_eq(base_time, start_time, 1e-9);
+    double now = (double)time(NULL);
+    cr_assert(start_time > now - 120 && start_time <= now + 1, "StartTime %.3f", start_time);
+    cr_assert_float_eq(len, num(line, "seconds"), 0.0011);
+    cr_assert_float_eq(max_ms * 1000.0, num(line, "max_us"), 0.5, "Interval_Max in ms");
+    cr_assert_eq(h.cookie, 0x1c849314u, "V2 compressed");
+    cr_assert_eq(h.encoding_cookie, 0x1c849313u, "V2 encoding");
+    cr_assert_eq(h.digits, 3);
+    cr_assert_eq(h.lowest, 1);
+    cr_assert_eq(h.highest, INT64_C(3600000000));
+    cr_assert_eq(h.total, 1500, "every answered request");
+    assert_in_bucket(&h, 50, num(line, "p50_us"));
+    assert_in_bucket(&h, 99, num(line, "p99_us"));
+    assert_in_bucket(&h, 100, num(line, "max_us"));
+    th_hist_free(&h);
     cJSON_Delete(line);
     ts_rmtree(dir);
     free(dir);

@@ -105,6 +105,11 @@ typedef struct ts_api_request {
                                   parses what it needs from data */
     char last_event_id[65];    /* stream resume point ("" = from now) */
     char reply_to[64];         /* inproc endpoint for answers; "" = TS_INPROC_API_RESULTS */
+    /* A connect that proves the server is not there (refused, host
+     * unreachable, name not resolved: result->unreachable) ends the request
+     * at once instead of being retried with backoff, so that the caller
+     * learns it promptly. Nothing was sent: resending it later is safe. */
+    bool unreachable_final;
     void *user;                /* the caller's; handed back untouched */
 } ts_api_request_t;
 
@@ -130,7 +135,8 @@ typedef enum {
     TS_API_OK,                /* 2xx and the body has the expected shape. Use it. */
     TS_API_NETWORK,           /* no answer: refused, reset, closed before a status. Retried
                                  here already; next: count toward offline, retry later (same
-                                 idempotency key: it may have been applied). */
+                                 idempotency key: it may have been applied). With
+                                 result->unreachable the server is not there now. */
     TS_API_TIMEOUT,           /* connect or total timeout (or 408). As NETWORK. */
     TS_API_TLS,               /* TLS handshake or certificate failure. Not retried: a
                                  configuration problem; report it, retry much later. */
@@ -182,6 +188,9 @@ typedef struct {
     int64_t queued_us;         /* ts_mono_us() when the actor took it */
     int64_t finished_us;       /* ts_mono_us() when answered */
     int64_t attempt_us[8];     /* start of attempts 1..8 (ts_mono_us()), for tests and stats */
+    bool unreachable;          /* NETWORK, and the last attempt's connect was refused or found
+                                  no host (CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST):
+                                  not an ambiguous failure but a server that is not there */
     char message[160];         /* a human-readable reason (curl's, or the shape check's) */
     char etag[80];             /* the answer's ETag header, "" when none (or too long) */
 } ts_api_result_t;
@@ -204,6 +213,9 @@ typedef struct {
     long status;
     int64_t retry_in_ms;  /* DROPPED: delay before the next connect */
     int connects;         /* connect attempts so far */
+    bool unreachable;     /* DROPPED: this connect was refused or found no host (as in
+                             ts_api_result_t); a live stream that ends is not, its
+                             reconnect tells */
     char last_event_id[65];
 } ts_api_stream_msg_t;
 

@@ -47,7 +47,7 @@ typedef struct {
         int poll_interval_ms;/* periodic polling, the feed's last resort; 5000 */
         int digest_interval_s;/* consistency check period; 300 (0 = only on `sync`) */
         int digest_soon_s;   /* a check this soon after a reconnect or a feed gap; 3 (0 = no) */
-        int offline_after;   /* consecutive network/timeout failures before offline; 3 */
+        int offline_after;   /* consecutive timeouts/resets before offline (refused: at once); 3 */
         int answer_timeout_ms;/* a write unanswered this long makes the connection offline; 10000 */
     } sync;
     struct {                 /* the cache actor (docs/CACHE.md) */

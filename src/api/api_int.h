@@ -136,6 +136,7 @@ void api_start(api_t *self, call_t *c);
 void api_pump(api_t *self);
 void api_begin_attempt(api_t *self, call_t *c);
 ts_api_error_t api_classify(call_t *c, CURLcode rc, long status, const char **why);
+bool api_unreachable(CURLcode rc);
 void api_backoff(api_t *self, call_t *c, int64_t delay_ms);
 void api_call_done(api_t *self, call_t *c, CURLcode rc);
 

@@ -243,6 +243,7 @@ void api_finish(api_t *self, call_t *c, ts_api_error_t error, long status, const
 /* Starts a call's next attempt, or parks it until a token is there. */
 void api_start(api_t *self, call_t *c)
 {
+    c->res->unreachable = false; /* the attempt about to start tells anew */
     if (self->opts.client_id && !self->auth) {
         api_set_state(self, c, C_WAIT_TOKEN, false);
         api_ensure_token(self);
@@ -411,6 +412,14 @@ ts_api_error_t api_classify(call_t *c, CURLcode rc, long status, const char **wh
     return e;
 }
 
+/* A failure that proves the server is not there now: nothing listens on
+ * its port, no route to it, or its name does not resolve. Not a timeout,
+ * nor a reset (a stale keep-alive connection, a server restarting). */
+bool api_unreachable(CURLcode rc)
+{
+    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+}
+
 /* Checks a 2xx body against the request's shape; sets res->json. */
 static ts_api_error_t check_body(call_t *c, const char **why)
 {
@@ -491,10 +500,12 @@ void api_call_done(api_t *self, call_t *c, CURLcode rc)
     c->res->status = status;
     if (c->retry_after_ms >= 0)
         c->res->retry_after_ms = c->retry_after_ms;
+    c->res->unreachable = api_unreachable(rc);
 
     if (api_retry_unauthorized(self, c, error))
         return;
-    if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts) {
+    if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts &&
+        !(c->res->unreachable && c->req->unreachable_final)) {
         int64_t delay = api_backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
                                        c->res->attempts);
         if (c->retry_after_ms > self->opts.retry_after_max_ms) {

@@ -138,7 +138,8 @@ void api_stream_state(api_t *self, call_t *c, ts_api_stream_state_t state, ts_ap
     ts_api_stream_msg_t *m = ts_xcalloc(1, sizeof *m);
     *m = (ts_api_stream_msg_t){.id = c->req->id, .user = c->req->user, .state = state,
                                .error = error, .status = status, .retry_in_ms = retry_in_ms,
-                               .connects = c->res->attempts};
+                               .connects = c->res->attempts,
+                               .unreachable = state == TS_API_STREAM_DROPPED && c->res->unreachable};
     snprintf(m->last_event_id, sizeof m->last_event_id, "%s", c->req->last_event_id);
     static const char *names[] = {"connected", "dropped", "refused"};
     ts_log(state == TS_API_STREAM_CONNECTED ? TS_LOG_DEBUG : TS_LOG_INFO, LOG,
@@ -165,6 +166,7 @@ void api_stream_done(api_t *self, call_t *c, CURLcode rc, long status)
 {
     const char *why = NULL;
     ts_api_error_t error = api_classify(c, rc, status, &why);
+    c->res->unreachable = api_unreachable(rc);
     if (c->connected) { /* it was up: any end is a drop */
         if (error == TS_API_OK)
             error = TS_API_NETWORK, why = "stream closed by the server";

@@ -74,10 +74,15 @@ void sync_conn_note(sync_t *self, const ts_api_result_t *res, const char *what)
     if (e == TS_API_NETWORK || e == TS_API_TIMEOUT) {
         SET_ERROR(self, "%s: %s (%s)", what,
                  ts_api_error_name(e), res->message);
-        if (++self->consecutive_failures >= self->config->sync.offline_after &&
+        /* A refused connect or a host not found proves the server is not
+         * there now: offline at once, or `status` says online for seconds
+         * of reconnects after a crash. A timeout or a reset is ambiguous (one
+         * slow request, a stale connection): only offline_after in a row. */
+        bool gone = e == TS_API_NETWORK && res->unreachable;
+        if ((gone || ++self->consecutive_failures >= self->config->sync.offline_after) &&
             self->conn != C_OFFLINE) {
             ts_copy_text(self->api_state, sizeof self->api_state, "offline");
-            conn_set(self, C_OFFLINE, "consecutive failures");
+            conn_set(self, C_OFFLINE, gone ? "server unreachable" : "consecutive failures");
         }
         return;
     }

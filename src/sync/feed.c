@@ -388,7 +388,7 @@ void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
 {
     if (s->id != self->stream_id)
         return;
-    ts_api_result_t fake = {.error = s->error, .status = s->status};
+    ts_api_result_t fake = {.error = s->error, .status = s->status, .unreachable = s->unreachable};
     switch (s->state) {
     case TS_API_STREAM_CONNECTED:
         fake.error = TS_API_OK;
@@ -396,7 +396,8 @@ void sync_on_stream_state(sync_t *self, ts_api_stream_msg_t *s)
         break;
     case TS_API_STREAM_DROPPED:
         sync_check_soon(self, "the change stream dropped");
-        snprintf(fake.message, sizeof fake.message, "stream dropped");
+        snprintf(fake.message, sizeof fake.message, "%s",
+                 s->unreachable ? "stream reconnect refused" : "stream dropped");
         sync_conn_note(self, &fake, "stream");
         break;
     case TS_API_STREAM_REFUSED:

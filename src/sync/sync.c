@@ -129,6 +129,10 @@ int sync_api_send(sync_t *self, ts_api_request_t *q, req_t *r)
         return -1;
     }
     ts_copy_text(q->reply_to, sizeof q->reply_to, TS_INPROC_SYNC_API);
+    /* A refused connect comes back at once, not after the API actor's
+     * retries: it turns the connection offline (sync_conn_note), and what
+     * was not sent is sent again when the server is back. */
+    q->unreachable_final = true;
     q->user = r;
     r->id = q->id;
     bool feed = r->kind == R_STREAM || r->kind == R_FEED;

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -568,6 +569,7 @@ Test(api, dropped_connections_then_recovery, .init = setup_default)
     cr_assert_eq(res->error, TS_API_NETWORK, "%s %s", ts_api_error_name(res->error), res->message);
     cr_assert_eq(res->attempts, 4);
     cr_assert_eq(res->status, 0);
+    cr_assert(!res->unreachable, "a dropped connection is not a refused one");
     ts_api_result_free(res);
     cr_assert_geq(stat_of("faults_dropped") - dropped0, 4);
     faults("{}");
@@ -578,6 +580,29 @@ Test(api, dropped_connections_then_recovery, .init = setup_default)
     cr_assert_eq(res->status, 201);
     ts_api_result_free(res);
     cr_assert_eq(stat_of("applied_writes"), 1);
+}
+
+/* A server that is gone (killed: its port refuses connects) is reported as
+ * unreachable; with unreachable_final the request ends after that one
+ * connect instead of max_attempts of them with backoff. */
+Test(api, a_refused_connect_is_unreachable_and_final_on_request, .init = setup_default)
+{
+    send_req(req(TS_API_GET, "/v1/sessions/warm", NULL)); /* the token first */
+    ts_api_result_free(wait_result(10000));
+    cr_assert_eq(kill(S.proc.pid, SIGKILL), 0);
+    ts_proc_stop(&S.proc, 5000); /* reaps it */
+    ts_api_request_t *r = req(TS_API_POST, "/v1/sessions", "{\"id\":\"u1\"}");
+    r->unreachable_final = true;
+    ts_api_result_t *res = roundtrip(r, 10000);
+    cr_assert_eq(res->error, TS_API_NETWORK, "%s %s", ts_api_error_name(res->error), res->message);
+    cr_assert(res->unreachable, "refused: %s", res->message);
+    cr_assert_eq(res->attempts, 1, "not retried");
+    ts_api_result_free(res);
+    res = roundtrip(req(TS_API_GET, "/v1/sessions/u1", NULL), 10000);
+    cr_assert_eq(res->error, TS_API_NETWORK);
+    cr_assert(res->unreachable);
+    cr_assert_eq(res->attempts, 4, "without the flag: retried as before");
+    ts_api_result_free(res);
 }
 
 Test(api, too_many_requests_honours_retry_after, .init = setup_default)

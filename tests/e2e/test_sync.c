@@ -1278,6 +1278,97 @@ Test(sync, a_write_unanswered_in_time_turns_the_connection_offline)
     cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 2, "each write applied once");
 }
 
+/* Waits (bounded) until the engine is online and follows the change stream:
+ * a live connection for the server's death to cut. */
+static void wait_online_streaming(ts_engine_t *e)
+{
+    bool ready = false;
+    for (int64_t end = now_ms() + 10000; !ready && now_ms() < end;) {
+        cJSON *s = status(e);
+        ready = cJSON_IsTrue(cJSON_GetObjectItem(s, "online")) &&
+                strcmp(field_str(s, "feed"), "stream") == 0;
+        cJSON_Delete(s);
+        if (!ready)
+            sleep_ms(20);
+    }
+    cr_assert(ready, "online and following the stream");
+}
+
+/* Kills clinic-api (SIGKILL: a crash, nothing said to its clients) and
+ * polls `status` every 20 ms for at most 5 s until online turns false.
+ * Returns the lag in ms, or -1 when it still said online. */
+static int64_t kill_api_and_time_offline(void)
+{
+    cr_assert_eq(kill(api.proc.pid, SIGKILL), 0);
+    int64_t t0 = now_ms();
+    for (int i = 0; i < 250 && now_ms() - t0 < 5000; i++) {
+        if (!status_online(&engine))
+            return now_ms() - t0;
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+/* A server that is gone (its process killed: the stream drops, the next
+ * connect is refused) turns `status` offline at once, not after
+ * sync.offline_after failures spread over the reconnects' backoff: an
+ * operator asking right after the crash is not told online. */
+Test(sync, the_connection_turns_offline_at_once_when_the_api_is_killed)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0); /* offline_after = 3 */
+    create(&engine, "k0", "\"a\":0");
+    cr_assert(wait_synced(&engine, 10000));
+    wait_online_streaming(&engine);
+    int64_t lag = kill_api_and_time_offline();
+    fprintf(stderr, "status said online for %lld ms after clinic-api was killed\n",
+            (long long)lag);
+    cr_assert_geq(lag, 0, "still online 5 s after clinic-api was killed");
+    cr_assert_leq(lag, 500, "online for %lld ms after clinic-api was killed", (long long)lag);
+    cJSON *s = status(&engine);
+    cr_assert_str_eq(field_str(s, "api"), "offline");
+    cr_assert_not_null(strstr(field_str(s, "last_error"), "network"), "%s",
+                       field_str(s, "last_error"));
+    cJSON_Delete(s);
+}
+
+/* Writes made after clinic-api was killed — one at once, racing the
+ * engine's noticing, and more once it is offline — are kept, in order, and
+ * each pushed once when clinic-api is back on the same port and database. */
+Test(sync, writes_made_while_the_api_is_killed_are_pushed_after_its_restart)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "w0", "\"k\":1");
+    cr_assert(wait_synced(&engine, 10000));
+    wait_online_streaming(&engine);
+    cr_assert_eq(kill(api.proc.pid, SIGKILL), 0);
+    update(&engine, "w0", "{\"k\":2}");
+    create(&engine, "w1", "\"k\":1");
+    bool offline = false;
+    for (int64_t end = now_ms() + 5000; !offline && now_ms() < end;)
+        if (!(offline = !status_online(&engine)))
+            sleep_ms(20);
+    cr_assert(offline, "offline after the kill");
+    update(&engine, "w1", "{\"k\":2}");
+    create(&engine, "w2", "\"k\":1");
+    sleep_ms(300); /* a probe or two are refused meanwhile */
+    cr_assert_eq(status_int(&engine, "pending"), 4, "every write is kept");
+    cr_assert(!status_online(&engine), "still offline");
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0, "clinic-api back on its port");
+    cr_assert(wait_synced(&engine, 20000), "the writes were pushed after the restart");
+    cr_assert(status_online(&engine), "back online");
+    cr_assert_eq(status_int(&engine, "stuck"), 0);
+    static const char *const ids[] = {"w0", "w1", "w2"};
+    static const int versions[] = {2, 2, 1};
+    for (int i = 0; i < 3; i++) {
+        cJSON *doc = server_doc(ids[i]);
+        cr_assert_not_null(doc, "%s on the server", ids[i]);
+        cr_assert_eq(field_int(doc, "k"), versions[i], "%s has its last value", ids[i]);
+        cr_assert_eq(field_int(doc, "version"), versions[i], "%s: each write once", ids[i]);
+        cJSON_Delete(doc);
+    }
+    cr_assert_eq(ts_clinic_stat(&api, "applied_writes"), 4, "each write applied once");
+}
+
 /* A delete's confirmation leaves the document deleted even when the sync
  * actor no longer remembers its version (here: after a restart; in a long
  * run: once it fell out of the recently-forgotten table). The delete is

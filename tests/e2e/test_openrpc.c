@@ -25,6 +25,18 @@ Test(openrpc, rpc_discover_answers_the_document, .timeout = 60)
     cJSON *file = cJSON_Parse(text);
     cr_assert(cJSON_Compare(doc, file, true), "the answer is not docs/openrpc.json");
 
+    /* the document names the version the daemon says it is (status) */
+    cJSON *st = ts_rpc(&e, "status", NULL);
+    const char *running = cJSON_GetStringValue(cJSON_GetObjectItem(ts_rpc_result(st), "version"));
+    const char *listed_version =
+        cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "info"), "version"));
+    cr_assert_not_null(running);
+    cr_assert_not_null(listed_version);
+    cr_assert_str_eq(listed_version, running,
+                     "docs/openrpc.json says %s, the daemon is %s: update info.version",
+                     listed_version, running);
+    cJSON_Delete(st);
+
     /* each method it lists is one the daemon knows: called with empty
      * params (refused for most), none is "method not found" */
     const cJSON *m;

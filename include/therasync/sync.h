@@ -69,6 +69,9 @@ typedef enum {
                           (sent_ms, sent_version). A write answered at once reports its send
                           on its CONFIRMED/REJECTED/CONFLICT instead */
     TS_SYNC_STATUS,    /* status = the sync part of the `status` result (see below) */
+    TS_SYNC_ANSWER,    /* answer = a `sync` or `invalidate` call, answered: it travels
+                          behind the updates it waited for, through the store and persist,
+                          so a read its client sends next sees them */
 } ts_sync_kind_t;
 
 typedef struct ts_sync_update {
@@ -98,6 +101,7 @@ typedef struct ts_sync_update {
      * The store adds pending and collections, and publishes sync.status when
      * online changes or pending crosses 0. Owned. */
     cJSON *status;
+    struct ts_envelope *answer; /* ANSWER; owned */
 } ts_sync_update_t;
 
 ts_sync_update_t *ts_sync_update_new(ts_sync_kind_t kind);

@@ -159,7 +159,8 @@ typedef struct ts_event {
     uint32_t after;   /* EVENTS: publish once the events of this persist batch are
                          out (0: at once); keeps one document's events in order */
     int64_t held_us;  /* when the front door began to hold it for `after` */
-    uint64_t mark;    /* a remote change's: the store's mark (ts_envelope_t.mark) */
+    uint64_t mark;    /* a remote change's or a policy reload's: the store's mark past it
+                         (ts_envelope_t.mark) */
     char data[];      /* topic, then payload */
 } ts_event_t;
 

@@ -520,6 +520,11 @@ void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
     ts_record_t **records_end = &out->records;
     ts_event_t **events_end = &out->events;
     bool cursor_moved = false;
+    /* `sync` answers go to persist behind this envelope: answered once
+     * the updates before them are applied and committed. */
+    ts_envelope_t **batch = ts_xmalloc((n + 1) * sizeof *batch);
+    size_t nbatch = 1;
+    batch[0] = e;
     for (size_t i = 0; i < n; i++) {
         ts_sync_update_t *u = ptrs[i];
         ts_call_t one = {.method = TS_M_NONE}, *call = &one;
@@ -561,6 +566,11 @@ void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
             self->sync_status = u->status;
             u->status = NULL;
             break;
+        case TS_SYNC_ANSWER:
+            if (u->answer)
+                batch[nbatch++] = u->answer;
+            u->answer = NULL;
+            break;
         }
         if (d)
             store_forget_base_if_settled(self, d);
@@ -577,7 +587,9 @@ void store_apply_sync_updates(store_t *self, ts_sync_update_t **ptrs, size_t n)
         store_append_record(call, r);
     }
     ts_call_set_result(call, ts_xstrdup("null"), 4);
-    if (store_send_to_persist(self, &e, 1))
-        ts_envelope_free(e);
+    if (store_send_to_persist(self, batch, nbatch))
+        for (size_t i = 0; i < nbatch; i++)
+            ts_envelope_free(batch[i]);
+    free(batch);
     store_maybe_publish_status(self);
 }

@@ -520,9 +520,17 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
         return 0;
     command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
     if (strcmp(command, "RELOAD") == 0) {
-        ts_sq_reload(self->sq, NULL, self->events);
+        ts_call_t said = {.method = TS_M_NONE}; /* collects the policy event */
+        ts_sq_reload(self->sq, &said, NULL);
         tell_cache_selectors(self);
         store_flush_cache(self); /* its mark: reads held for it go on */
+        /* The event carries the mark past the new selectors: a subscriber
+         * that hears of the reload never reads an answer from before it. */
+        for (ts_event_t *ev = said.events; ev; ev = ev->next)
+            ev->mark = self->changes.mark;
+        if (said.events && ts_send_EVENTS(self->events, &said.events, 1))
+            ts_event_free_list(said.events);
+        free(said.result); /* the answer a policy.reload call would get */
         return 0;
     }
     return strcmp(command, "$TERM") == 0 ? -1 : 0;

@@ -15,10 +15,11 @@ static void round_answer(sync_t *self, round_t *rd, bool timed_out)
                        self->pushed - rd->pushed0, self->pulled - rd->pulled0,
                        timed_out ? ",\"timed_out\":true" : "");
     ts_call_set_result(rd->call, ts_xstrndup(text, (size_t)len), (size_t)len);
-    if (ts_send_ANSWERS(self->to_front, &rd->envelope, 1)) {
-        ts_error(LOG, "cannot answer a %s call", rd->invalidate ? "invalidate" : "sync");
-        ts_envelope_free(rd->envelope);
-    }
+    /* Behind the updates it waited for, not straight to the front door:
+     * the store applies them first, so the client's next read sees them. */
+    sync_emit(self, TS_SYNC_ANSWER, NULL)->answer = rd->envelope;
+    rd->envelope = NULL;
+    sync_flush(self);
     if (!rd->invalidate)
         sync_checks_start_all(self); /* after the round, when drift means something */
 }

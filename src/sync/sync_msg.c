@@ -1,5 +1,6 @@
 /* sync_msg.c — the messages between the store and the sync actor. */
 #include "therasync/sync.h"
+#include "msgs/call.h"
 #include "therasync/util.h"
 
 #include <stdlib.h>
@@ -18,6 +19,7 @@ void ts_sync_update_free(ts_sync_update_t *u)
     cJSON_Delete(u->doc);
     cJSON_Delete(u->errors);
     cJSON_Delete(u->status);
+    ts_envelope_free(u->answer);
     free(u);
 }
 

@@ -1912,3 +1912,39 @@ Test(sync, rollbacks_are_audited_at_their_time)
     free(text);
     cJSON_Delete(lines);
 }
+
+/* An integrator's `sync` then `query`: once `sync` has answered, what it
+ * pulled is visible to the next read, also one the front door answers from
+ * its copy of the cache's answer. The answer used to go to the front door
+ * straight from the sync actor, ahead of the pulled changes on their way
+ * to the store and the cache: the read could miss them. */
+Test(sync, what_sync_pulled_is_visible_when_it_answers)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
+    create(&engine, "vis1", "\"therapist_id\":\"thr-vis\",\"status\":\"scheduled\","
+                            "\"scheduled_at\":\"2026-05-01T09:00:00Z\",\"notes\":\"round 0\"");
+    cr_assert(wait_synced(&engine, 15000), "the create was confirmed");
+    const char *q = "{\"collection\":\"sessions\",\"selector\":\"upcoming\",\"params\":"
+                    "{\"therapist_id\":\"thr-vis\",\"now\":\"2026-01-01T00:00:00Z\"}}";
+    for (int round = 1; round <= 30; round++) {
+        char body[128], want[32];
+        snprintf(want, sizeof want, "round %d", round);
+        snprintf(body, sizeof body, "{\"notes\":\"%s\"}", want);
+        cJSON_Delete(call(&engine, "query", q)); /* the front door holds a copy */
+        cr_assert_eq(ts_clinic_call(&api, "PATCH", "/v1/sessions/vis1", body, NULL), 200);
+        cJSON *s = call(&engine, "sync", NULL);
+        long long pulled = field_int(ts_rpc_result(s), "pulled"); /* 0 if the stream had it */
+        cJSON_Delete(s);
+        cJSON *r = call(&engine, "query", q);
+        const cJSON *items = cJSON_GetObjectItem(ts_rpc_result(r), "items");
+        cr_assert_eq(cJSON_GetArraySize(items), 1);
+        cr_assert_str_eq(field_str(cJSON_GetArrayItem(items, 0), "notes"), want,
+                         "round %d: sync answered (pulled %lld) but the query missed it", round,
+                         pulled);
+        cJSON_Delete(r);
+        r = call(&engine, "get", "{\"collection\":\"sessions\",\"id\":\"vis1\"}");
+        cr_assert_str_eq(field_str(cJSON_GetObjectItem(ts_rpc_result(r), "doc"), "notes"), want,
+                         "round %d: get", round);
+        cJSON_Delete(r);
+    }
+}

@@ -418,3 +418,71 @@ Test(rig_store, recovery_resumes_the_seq_and_hands_sync_the_outbox_in_order, .ti
     cr_assert_eq(create(&s, "{\"id\":\"c\"}", NULL), 8, "the seq goes on after the highest");
     down(&s);
 }
+
+/* A `sync` answer that comes behind remote changes (TS_SYNC_ANSWER) goes
+ * to persist in the same COMMIT, after the envelope of those changes, and
+ * carries the mark of the store's work after them: persist answers it once
+ * they are committed, and the front door's copies must have seen them
+ * before they answer its client again. */
+Test(rig_store, a_sync_answer_goes_to_persist_behind_its_changes)
+{
+    store_rig_t s;
+    up(&s);
+    ts_sync_update_t *u[2] = {ts_sync_update_new(TS_SYNC_REMOTE),
+                              ts_sync_update_new(TS_SYNC_ANSWER)};
+    ts_copy_text(u[0]->collection, sizeof u[0]->collection, "sessions");
+    ts_copy_text(u[0]->doc_id, sizeof u[0]->doc_id, "p1");
+    u[0]->doc = cJSON_Parse("{\"id\":\"p1\",\"version\":3,\"v\":7}");
+    u[0]->version = 3;
+    ts_envelope_t *reply = ts_rig_envelope(&s.r, 1, NULL);
+    ts_rig_method(&s.r, &reply->calls[0], "sync", NULL);
+    ts_call_set_result(&reply->calls[0], ts_xstrdup("{\"pushed\":0,\"pulled\":1}"), 24);
+    u[1]->answer = reply;
+    cr_assert_eq(ts_send_SYNC_UPDATES(s.sync_inbox, u, 2), 0);
+
+    ts_msg_t m;
+    ts_rig_recv(s.persist, TS_MSG_COMMIT, WAIT_MS, &m);
+    cr_assert_eq(m.count, 2, "the changes' envelope and the answer, in one COMMIT");
+    ts_envelope_t *changes = ts_msg_COMMIT(&m)[0], *answered = ts_msg_COMMIT(&m)[1];
+    cr_assert(changes->internal);
+    cr_assert_eq(answered, reply);
+    cr_assert(!answered->internal);
+    cr_assert_eq(answered->persist_batch, changes->persist_batch);
+    cr_assert_gt(answered->mark, 0, "stamped with the store's mark after the change");
+    cr_assert_eq(answered->mark, changes->mark);
+    ts_msg_free(&m);
+    ts_rig_quiet(s.front, 100, "a sync answer straight to the front door");
+    long long v = 0;
+    cr_assert_eq(get_v(&s, "p1", &v), 0);
+    cr_assert_eq(v, 7, "the change applied");
+    down(&s);
+}
+
+/* A reload by SIGHUP (RELOAD on the store's pipe) publishes its policy
+ * event with the mark past the new selectors, as a policy.reload call's
+ * answer carries it: the front door counts what subscribers were told,
+ * and its copies of the cache's answers must have seen the reload before
+ * they answer again. It used to go out with no mark. */
+Test(rig_store, a_reload_event_carries_the_mark_past_it)
+{
+    store_rig_t s;
+    up(&s);
+    send_one(&s, ts_rig_one(&s.r, TS_M_STATUS, NULL, NULL, NULL));
+    ts_msg_t m;
+    ts_envelope_t *before = answer(&s, &m);
+    uint64_t mark0 = before->mark;
+    ts_msg_free(&m);
+    cr_assert_eq(ts_actor_command(s.r.actor, "RELOAD"), 0);
+    ts_rig_recv(s.events, TS_MSG_EVENTS, WAIT_MS, &m);
+    ts_event_t *ev = ts_msg_EVENTS(&m)[0];
+    cr_assert_not_null(ev);
+    cr_assert(memmem(ev->data + ev->topic_len, ev->payload_len, "policy.reloaded", 15),
+              "not the reload's event");
+    cr_assert_gt(ev->mark, mark0, "the reload's event carries no mark past it");
+    ts_msg_free(&m);
+    send_one(&s, ts_rig_one(&s.r, TS_M_STATUS, NULL, NULL, NULL));
+    ts_envelope_t *after = answer(&s, &m);
+    cr_assert_eq(after->mark, mark0 + 1, "one reload, one step of the mark");
+    ts_msg_free(&m);
+    down(&s);
+}

@@ -548,3 +548,62 @@ Test(rig_sync, status_feed_follows_a_fallback_to_long_polling, .timeout = 30)
     cJSON_Delete(st);
     down(&s);
 }
+
+/* A `sync` call's answer travels behind the changes its round pulled, in
+ * the same SYNC_UPDATES stream to the store (which applies them, then
+ * passes the answer to persist), never straight to the front door: a
+ * client that reads after the answer sees what was pulled. */
+Test(rig_sync, a_sync_answer_follows_the_changes_it_pulled, .timeout = 30)
+{
+    sync_rig_t s;
+    up(&s, 1);
+    feed_reply(&s, s.catchup, TS_API_OK, 200); /* caught up: the stream opens */
+    s.catchup = NULL;
+    ts_msg_t m;
+    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
+    ts_api_request_t *stream = ts_msg_API_REQUEST(&m)[0];
+    ts_msg_release(&m);
+    cr_assert(stream->stream, "%s", stream->path);
+
+    ts_envelope_t *e = ts_rig_envelope(&s.r, 1, NULL);
+    ts_rig_method(&s.r, &e->calls[0], "sync", NULL);
+    cr_assert_eq(ts_send_SYNC_CALL(s.inbox, &e, 1), 0);
+    /* nothing to push: the round drains the feed; the page holds a change */
+    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
+    ts_api_request_t *drain = ts_msg_API_REQUEST(&m)[0];
+    ts_msg_release(&m);
+    cr_assert(!drain->stream && strncmp(drain->path, "/v1/changes?since=", 18) == 0, "%s",
+              drain->path);
+    ts_api_result_t *res = calloc(1, sizeof *res);
+    cr_assert(res);
+    *res = (ts_api_result_t){.request = drain, .id = drain->id, .user = drain->user,
+                             .error = TS_API_OK, .status = 200, .retry_after_ms = -1,
+                             .attempts = 1};
+    res->json = cJSON_Parse("{\"changes\":[{\"collection\":\"sessions\",\"doc\":{\"id\":\"p1\","
+                            "\"version\":3,\"notes\":\"pulled\"}}],\"cursor\":\"7\","
+                            "\"has_more\":false}");
+    cr_assert_eq(ts_send_API_RESULT(s.results, &res, 1), 0);
+
+    bool remote = false, answered = false;
+    for (int round = 0; round < 20 && !answered; round++) {
+        ts_rig_recv(s.store, TS_MSG_SYNC_UPDATES, WAIT_MS, &m);
+        for (size_t i = 0; i < m.count; i++) {
+            ts_sync_update_t *u = ts_msg_SYNC_UPDATES(&m)[i];
+            if (u->kind == TS_SYNC_REMOTE && strcmp(u->doc_id, "p1") == 0)
+                remote = true;
+            if (u->kind == TS_SYNC_ANSWER) {
+                cr_assert(remote, "the answer came before the change it pulled");
+                cr_assert_not_null(u->answer);
+                cJSON *r = ts_rig_result(&u->answer->calls[0]);
+                cr_assert_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(r, "pulled")), 1);
+                cJSON_Delete(r);
+                answered = true;
+            }
+        }
+        ts_msg_free(&m);
+    }
+    cr_assert(answered, "no answer behind the updates");
+    ts_rig_quiet(s.front, 200, "a sync answer straight to the front door");
+    ts_api_request_free(stream);
+    down(&s);
+}

@@ -67,6 +67,22 @@ static void down(sync_rig_t *s)
     ts_rig_down(&s->r);
 }
 
+static void feed_reply(sync_rig_t *s, ts_api_request_t *q, ts_api_error_t error, long status);
+
+/* up(), caught up at once: the event stream opens; its request, unanswered. */
+static ts_api_request_t *up_streaming(sync_rig_t *s)
+{
+    up(s, 1);
+    feed_reply(s, s->catchup, TS_API_OK, 200);
+    s->catchup = NULL;
+    ts_msg_t m;
+    ts_rig_recv(s->feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
+    ts_api_request_t *stream = ts_msg_API_REQUEST(&m)[0];
+    ts_msg_release(&m);
+    cr_assert(stream->stream, "%s", stream->path);
+    return stream;
+}
+
 /* ---- the writes the store hands over ---- */
 
 #define MAX_WRITES 32
@@ -519,14 +535,8 @@ static void feed_reply(sync_rig_t *s, ts_api_request_t *q, ts_api_error_t error,
 Test(rig_sync, status_feed_follows_a_fallback_to_long_polling, .timeout = 30)
 {
     sync_rig_t s;
-    up(&s, 1);
-    feed_reply(&s, s.catchup, TS_API_OK, 200); /* caught up: the stream next */
-    s.catchup = NULL;
+    ts_api_request_t *stream = up_streaming(&s);
     ts_msg_t m;
-    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
-    ts_api_request_t *stream = ts_msg_API_REQUEST(&m)[0];
-    ts_msg_release(&m);
-    cr_assert(stream->stream, "%s", stream->path);
     cJSON *st = read_status(&s, "stream", WAIT_MS);
     cr_assert_str_eq(ts_json_string(st, "feed"), "stream");
     cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(st, "online")));
@@ -556,14 +566,8 @@ Test(rig_sync, status_feed_follows_a_fallback_to_long_polling, .timeout = 30)
 Test(rig_sync, a_sync_answer_follows_the_changes_it_pulled, .timeout = 30)
 {
     sync_rig_t s;
-    up(&s, 1);
-    feed_reply(&s, s.catchup, TS_API_OK, 200); /* caught up: the stream opens */
-    s.catchup = NULL;
+    ts_api_request_t *stream = up_streaming(&s);
     ts_msg_t m;
-    ts_rig_recv(s.feed, TS_MSG_API_REQUEST, WAIT_MS, &m);
-    ts_api_request_t *stream = ts_msg_API_REQUEST(&m)[0];
-    ts_msg_release(&m);
-    cr_assert(stream->stream, "%s", stream->path);
 
     ts_envelope_t *e = ts_rig_envelope(&s.r, 1, NULL);
     ts_rig_method(&s.r, &e->calls[0], "sync", NULL);

@@ -438,7 +438,6 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
         mutation_t *r = store_mutation_new((ts_op_t)m->op, m->body, m->body_len);
         r->seq = m->seq;
         r->base_version = m->base_version; /* its If-Match, raised or not */
-        r->at_ms = ts_wall_ms(); /* made now: its lines follow the "rekeyed" one */
         ts_uuidv7_bytes(r->id);
         r->next = m->next;
         *p = r;
@@ -448,6 +447,10 @@ static void sync_rekey(ts_call_t *call, collection_t *c, doc_t *d, const ts_sync
                  id);
         store_add_drop_record(call, c, d, m);
         store_add_audit(call, c, d, m, "rekeyed", NULL, 0, why);
+        /* made now, dated after the "rekeyed" line (read from the clock
+         * after it: taken before, a millisecond's tick between the two
+         * listed the new write first) */
+        r->at_ms = ts_wall_ms();
         store_add_mutation_record(call, c, d, r, "rekeyed");
         free(m);
         return;

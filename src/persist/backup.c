@@ -1,7 +1,8 @@
 /* backup.c — a consistent copy of the database with SQLite's online backup
- * API: the `backup` call (answered by persist, after the writes committed
- * before it, so every write answered before it began is in the copy) and
- * the copy taken before a schema migration. */
+ * API: the `backup` call (passed on by persist after the writes committed
+ * before it, so every write answered before it began is in the copy, and
+ * copied by the checkpointer on its own connection) and the copy taken
+ * before a schema migration. */
 #include "persist/persist_int.h"
 
 #include <errno.h>
@@ -41,22 +42,24 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errle
     return (int64_t)st.st_size;
 }
 
-/* Answers a `backup` call: {path} → {path, bytes}. */
-void persist_answer_backup(persist_t *self, ts_call_t *call)
+/* Answers a `backup` call from db: {path} → {path, bytes}. The
+ * checkpointer runs it on its own connection, whose read transaction is a
+ * snapshot of every commit before it: persist goes on committing writes
+ * meanwhile (WAL), and the copy holds every write answered before the
+ * call, and perhaps some after. */
+void persist_backup_call(sqlite3 *db, ts_call_t *call)
 {
     const char *path = ts_json_string(call->params, "path");
     char err[512];
-    if (self->lost) {
-        ts_call_fail(call, TS_E_INTERNAL, "storage is unavailable: no backup taken");
-        return;
-    }
-    int64_t bytes = persist_backup_to(self->db, path, err, sizeof err);
+    int64_t start = ts_mono_us();
+    int64_t bytes = persist_backup_to(db, path, err, sizeof err);
     if (bytes < 0) {
         ts_error(LOG, "backup: %s", err);
         ts_call_fail(call, TS_E_INTERNAL, "%s", err);
         return;
     }
-    ts_info(LOG, "backup: %lld bytes to %s", (long long)bytes, path);
+    ts_info(LOG, "backup: %lld bytes to %s in %.3f s", (long long)bytes, path,
+            (ts_mono_us() - start) / 1e6);
     ts_buf_t out = {0};
     ts_buf_puts(&out, "{\"path\":");
     ts_buf_json_string(&out, path, strlen(path));

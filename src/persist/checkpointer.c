@@ -34,20 +34,45 @@
 typedef struct {
     const ts_config_t *config;
     sqlite3 *db;
+    void *to_front; /* PUSH: answered backup calls */
     uint64_t checkpoints;
 } checkpointer_t;
+
+/* Backup calls (BACKUP): each copied from this connection, whose read is a
+ * snapshot of every commit before it, then answered. */
+static void take_backups(checkpointer_t *self, ts_envelope_t **envs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < envs[i]->ncalls; c++)
+            if (envs[i]->calls[c].method == TS_M_BACKUP && !envs[i]->calls[c].err_code &&
+                !envs[i]->calls[c].result)
+                persist_backup_call(self->db, &envs[i]->calls[c]);
+    if (ts_send_ANSWERS(self->to_front, envs, n)) {
+        ts_error(LOG, "cannot pass backup answers to the front door");
+        for (size_t i = 0; i < n; i++)
+            ts_envelope_free(envs[i]);
+    }
+}
 
 static int on_checkpoint_request(ts_loop_t *loop, void *socket, void *arg)
 {
     (void)loop;
     checkpointer_t *self = arg;
     ts_msg_t m;
+    bool asked = false;
     while (ts_msg_recv(socket, ZMQ_DONTWAIT, &m) == 0) { /* many requests, one checkpoint */
-        if (m.kind == TS_MSG_CHECKPOINT)
+        if (m.kind == TS_MSG_CHECKPOINT) {
+            asked = true;
             ts_msg_release(&m);
-        else
+        } else if (m.kind == TS_MSG_BACKUP) {
+            take_backups(self, ts_msg_BACKUP(&m), m.count);
+            ts_msg_release(&m);
+        } else {
             ts_msg_unexpected("checkpointer", &m);
+        }
     }
+    if (!asked)
+        return 0;
     int wal = 0, done = 0;
     int rc = sqlite3_wal_checkpoint_v2(self->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &wal, &done);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
@@ -80,6 +105,11 @@ void persist_checkpointer_actor(ts_actor_t *actor, void *args)
         ts_error(LOG, "checkpointer: %s", sqlite3_errmsg(self.db));
         goto done;
     }
+    if (!(self.to_front = ts_inproc_socket(ts_actor_zctx(actor), ZMQ_PUSH, TS_INPROC_FRONT,
+                                           false))) {
+        ts_error(LOG, "checkpointer: cannot reach the front door");
+        goto done;
+    }
     ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
     ts_loop_reader(loop, inbox, on_checkpoint_request, &self);
     ts_actor_ready(actor, 0);
@@ -87,8 +117,12 @@ void persist_checkpointer_actor(ts_actor_t *actor, void *args)
     ts_actor_quiesce(actor);
 done:
     ts_loop_destroy(&loop);
-    if (inbox)
+    if (inbox) {
+        ts_msg_drain(inbox); /* backups not taken: the engine is stopping */
         zmq_close(inbox);
+    }
+    if (self.to_front)
+        zmq_close(self.to_front);
     if (self.db)
         sqlite3_close_v2(self.db);
 }

@@ -61,7 +61,7 @@ typedef struct {
     void *inbox;                   /* PULL: envelopes and requests */
     void *to_front;                /* PUSH: committed envelopes */
     void *to_store;                /* PUSH: recovery chunks, rollbacks */
-    void *to_checkpointer;         /* PUSH: "the WAL has grown" */
+    void *to_checkpointer;         /* PUSH: "the WAL has grown", backup calls */
     ts_actor_t *checkpointer;
     int wal_pages;                 /* WAL size after the last commit (wal hook) */
     int page_size;                 /* the database's, for where the WAL's frames end */
@@ -121,7 +121,7 @@ int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_r
 void persist_answer_audit(persist_t *self, ts_call_t *call);
 /* backup.c */
 int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errlen);
-void persist_answer_backup(persist_t *self, ts_call_t *call);
+void persist_backup_call(sqlite3 *db, ts_call_t *call);
 
 /* seal.c: values sealed under the store's key, when it has one. A value
  * is bound, or read, with its row's identity (tag, a, b, n): see

@@ -183,6 +183,66 @@ Test(backup, taken_during_an_ingest_restores_every_answered_write, .timeout = 40
     ts_engine_destroy(&engine);
 }
 
+/* A backup does not stop the writes: the checkpointer copies a snapshot
+ * from its own connection while persist goes on committing. Creates sent
+ * right after a backup of ~100,000 documents are answered before it; they
+ * waited for the whole copy when persist made it itself. */
+Test(backup, writes_are_answered_while_a_backup_is_taken, .timeout = 400)
+{
+    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
+    pthread_t writer;
+    pthread_create(&writer, NULL, ingest, NULL);
+    pthread_join(writer, NULL);
+    cr_assert_eq(atomic_load(&nanswered), WRITES, "the ingest did not finish");
+
+    void *a = ts_engine_client(&engine), *b = ts_engine_client(&engine);
+    char req[4600];
+    int n = snprintf(req, sizeof req,
+                     "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"backup\",\"params\":"
+                     "{\"path\":\"%s/during.db\"}}",
+                     engine.dir);
+    cr_assert_eq(zmq_send(a, req, (size_t)n, 0), n);
+    for (int i = 0; i < 4; i++) {
+        n = snprintf(req, sizeof req,
+                     "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"create\",\"params\":{"
+                     "\"collection\":\"sessions\",\"doc\":{\"id\":\"late%d\"}}}",
+                     i, i);
+        cr_assert_eq(zmq_send(b, req, (size_t)n, 0), n);
+    }
+    int arrival = 0, backup_at = 0, first_write_at = 0, writes = 0;
+    long long deadline = now_ms() + 120000;
+    while ((!backup_at || writes < 4) && now_ms() < deadline) {
+        zmq_pollitem_t items[2] = {{.socket = a, .events = ZMQ_POLLIN},
+                                   {.socket = b, .events = ZMQ_POLLIN}};
+        if (zmq_poll(items, 2, 1000) <= 0)
+            continue;
+        char buf[1024];
+        if ((items[0].revents & ZMQ_POLLIN) && (n = zmq_recv(a, buf, sizeof buf - 1, 0)) > 0) {
+            buf[n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 1] = '\0';
+            cJSON *r = cJSON_Parse(buf);
+            cr_assert_not_null(ts_rpc_result(r), "backup failed: %s", buf);
+            cJSON_Delete(r);
+            backup_at = ++arrival;
+        }
+        while ((n = zmq_recv(b, buf, sizeof buf - 1, ZMQ_DONTWAIT)) > 0) {
+            buf[n < (int)sizeof buf - 1 ? n : (int)sizeof buf - 1] = '\0';
+            cJSON *r = cJSON_Parse(buf);
+            cr_assert_not_null(ts_rpc_result(r), "a create failed: %s", buf);
+            cJSON_Delete(r);
+            if (!first_write_at)
+                first_write_at = ++arrival;
+            writes++;
+        }
+    }
+    cr_assert(backup_at && writes == 4, "answers missing: backup %d, writes %d", backup_at, writes);
+    cr_assert_lt(first_write_at, backup_at,
+                 "the creates waited for the backup (write answered %d-th, backup %d-th)",
+                 first_write_at, backup_at);
+    zmq_close(a);
+    zmq_close(b);
+    ts_engine_destroy(&engine);
+}
+
 Test(backup, a_migration_first_copies_the_old_database, .timeout = 60)
 {
     ts_engine_t e = {0};

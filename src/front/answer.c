@@ -104,6 +104,11 @@ static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
     ts_buf_puts(b, "}");
 }
 
+/* From this size an answer is handed to ZeroMQ as it is: below it, the
+ * copy costs less than the message's own allocation and a free on the
+ * I/O thread (write answers are ~200 bytes, query answers several KB). */
+#define ZERO_COPY_MIN 4096
+
 static void free_payload(void *data, void *hint)
 {
     (void)hint;
@@ -114,7 +119,8 @@ static void free_payload(void *data, void *hint)
  * mandatory: a client gone is an error here (EHOSTUNREACH), and the cache
  * hears of it, so its live queries end; a client whose queue is full
  * (EAGAIN) loses this message, as before. An `owned` payload (malloc'd) is
- * handed to ZeroMQ as it is: answers of several KB are not copied again. */
+ * the sender's to free; from ZERO_COPY_MIN on it is handed to ZeroMQ as it
+ * is: answers of several KB are not copied again. */
 static void send_to(front_t *self, void *socket, const unsigned char *route, size_t route_len,
                     bool delimiter, char *payload, size_t len, bool owned)
 {
@@ -144,16 +150,21 @@ static void send_to(front_t *self, void *socket, const unsigned char *route, siz
     if (delimiter)
         zmq_send(socket, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT);
     zmq_msg_t msg;
-    int rc;
-    if (!owned) {
+    int rc, err = 0;
+    if (!owned || len < ZERO_COPY_MIN) {
         rc = zmq_send(socket, payload, len, ZMQ_DONTWAIT);
+        err = rc < 0 ? zmq_errno() : 0;
+        if (owned)
+            free(payload);
     } else if ((rc = zmq_msg_init_data(&msg, payload, len, free_payload, NULL)) != 0) {
+        err = zmq_errno();
         free(payload);
     } else if ((rc = zmq_msg_send(&msg, socket, ZMQ_DONTWAIT)) < 0) {
+        err = zmq_errno();
         zmq_msg_close(&msg); /* frees payload */
     }
     if (rc < 0)
-        ts_debug(LOG, "reply dropped: %s", zmq_strerror(zmq_errno()));
+        ts_debug(LOG, "reply dropped: %s", zmq_strerror(err));
 }
 
 static void send_reply(front_t *self, const ts_envelope_t *e, char *payload, size_t len)

@@ -5,6 +5,7 @@
  * payload length, so every field below is as they expect. */
 #include "hlog.h"
 
+#include <sodium.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,20 +55,9 @@ static uint8_t *put_zigzag(uint8_t *p, int64_t s)
 
 static char *base64(const uint8_t *in, size_t n)
 {
-    static const char abc[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t w = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
-                     (i + 2 < n ? in[i + 2] : 0);
-        *o++ = abc[w >> 18 & 63];
-        *o++ = abc[w >> 12 & 63];
-        *o++ = i + 1 < n ? abc[w >> 6 & 63] : '=';
-        *o++ = i + 2 < n ? abc[w & 63] : '=';
-    }
-    *o = '\0';
-    return out;
+    size_t size = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
+    char *out = malloc(size);
+    return out ? sodium_bin2base64(out, size, in, n, sodium_base64_VARIANT_ORIGINAL) : NULL;
 }
 
 char *hlog_encode(const int64_t *values, size_t n)

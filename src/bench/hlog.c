@@ -24,6 +24,7 @@
 #define V2_COMPRESSION_COOKIE 0x1c849314u /* 0x1c849304 | 0x10 */
 #define ENCODING_HEADER 40                /* cookie .. conversion ratio */
 #define COMPRESSION_HEADER 8              /* cookie, compressed length */
+#define CONVERSION_RATIO 1.0 /* integerToDoubleValueConversionRatio: integer counts */
 
 int32_t hlog_index_for(int64_t v)
 {
@@ -64,19 +65,18 @@ char *hlog_encode(const int64_t *values, size_t n)
 {
     /* Counts up to the largest value's index: trailing zeros are left out. */
     int32_t limit = 0;
-    for (size_t i = 0; i < n; i++) {
-        int32_t k = hlog_index_for(values[i]) + 1;
-        limit = k > limit ? k : limit;
+    int64_t *counts = calloc((size_t)hlog_index_for(HLOG_HIGHEST) + 1, sizeof *counts);
+    for (size_t i = 0; counts && i < n; i++) {
+        int32_t k = hlog_index_for(values[i]);
+        counts[k]++;
+        limit = k + 1 > limit ? k + 1 : limit;
     }
-    int64_t *counts = calloc((size_t)limit + 1, sizeof *counts);
     uint8_t *raw = malloc(ENCODING_HEADER + 9 * (size_t)limit);
     uLongf zlen = compressBound(ENCODING_HEADER + 9 * (uLong)limit);
     uint8_t *z = malloc(COMPRESSION_HEADER + zlen);
     char *out = NULL;
     if (!counts || !raw || !z)
         goto done;
-    for (size_t i = 0; i < n; i++)
-        counts[hlog_index_for(values[i])]++;
 
     uint8_t *p = raw + ENCODING_HEADER;
     for (int32_t i = 0; i < limit;) {
@@ -89,7 +89,7 @@ char *hlog_encode(const int64_t *values, size_t n)
             p = put_zigzag(p, counts[i++]);
     }
     size_t payload = (size_t)(p - raw - ENCODING_HEADER);
-    double ratio = 1.0; /* integerToDoubleValueConversionRatio */
+    double ratio = CONVERSION_RATIO;
     uint64_t ratio_bits;
     memcpy(&ratio_bits, &ratio, sizeof ratio_bits);
     uint8_t *h = raw;

@@ -79,12 +79,17 @@ static void add_front_metrics(front_t *self, cJSON *partial)
     }
 }
 
-/* Appends the JSON-RPC response of one call (not for notifications). */
-static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
+void front_response_head(ts_buf_t *b, const ts_call_t *call)
 {
     ts_buf_puts(b, "{\"jsonrpc\":\"2.0\",\"id\":");
     ts_buf_puts(b, call->id_json);
     ts_buf_puts(b, ",");
+}
+
+/* Appends the JSON-RPC response of one call (not for notifications). */
+static void append_response(front_t *self, ts_buf_t *b, ts_call_t *call)
+{
+    front_response_head(b, call);
     if (call->err_code) {
         self->errors++;
         append_error(b, call);

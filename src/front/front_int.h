@@ -114,6 +114,8 @@ void front_take_ticket(front_t *self, ts_envelope_t *e);
 /* openrpc.c: answers rpc.discover with docs/openrpc.json */
 void front_answer_discover(ts_call_t *call);
 void front_deliver(front_t *self, ts_envelope_t *e);
+/* A response's start, `{"jsonrpc":"2.0","id":ID,`, into b (call has an id). */
+void front_response_head(ts_buf_t *b, const ts_call_t *call);
 void front_send_notices(front_t *self, ts_notice_t *notices);
 /* The message that carried the last write of e's client still unanswered
  * (0: none); noting a write's message for its client. */

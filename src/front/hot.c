@@ -164,9 +164,8 @@ static int try_answer(front_t *self, ts_envelope_t *e)
      * copied once, not three times. */
     ts_buf_t b = {0};
     if (call->id_json) {
-        ts_buf_puts(&b, "{\"jsonrpc\":\"2.0\",\"id\":");
-        ts_buf_puts(&b, call->id_json);
-        ts_buf_puts(&b, ",\"result\":");
+        front_response_head(&b, call);
+        ts_buf_puts(&b, "\"result\":");
     }
     int rc = answer_from_copies(self, e, bound, &b);
     if (rc < 0)

@@ -868,22 +868,7 @@ static void split_location(const char *err, char *file, size_t filelen, long *li
     *line = strtol(lua + 5, NULL, 10);
 }
 
-static void publish(ts_call_t *call, void *events_push, const char *payload, size_t len)
-{
-    if (call) {
-        ts_event_t *e = ts_event_new("policy", payload, len);
-        ts_event_t **p = &call->events;
-        while (*p)
-            p = &(*p)->next;
-        *p = e;
-    } else if (events_push) {
-        ts_event_t *e = ts_event_new("policy", payload, len);
-        if (ts_send_EVENTS(events_push, &e, 1))
-            ts_event_free_list(e);
-    }
-}
-
-void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push)
+char *ts_sq_reload(ts_sq_t *self, ts_call_t *call)
 {
     char err[512];
     bool ok = ts_policy_reload(self->policy, self->dir, err, sizeof err) == 0;
@@ -912,17 +897,16 @@ void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push)
         ts_warn(LOG, "policy reload refused, the old policies stay in force: %s", err);
     }
     char *text = cJSON_PrintUnformatted(ev);
-    publish(call, events_push, text, strlen(text));
-    cJSON_free(text);
     cJSON_Delete(ev);
     if (!call)
-        return;
+        return text;
     cJSON *info = info_json(self, ok);
     if (!ok)
         cJSON_ReplaceItemInObject(info, "error", cJSON_CreateString(err));
     char *answer = cJSON_PrintUnformatted(info);
     cJSON_Delete(info);
     ts_call_set_result(call, answer, strlen(answer));
+    return text;
 }
 
 void ts_sq_info(ts_sq_t *self, ts_call_t *call)

@@ -69,10 +69,11 @@ void ts_sq_run(ts_sq_t *self, ts_call_t *call, ts_sq_coll_t *coll, ts_cache_run_
 /* For each lower-bound selector of collection (bit i: the i-th selector),
  * whether the change's new document is in its answers (ch->known, match). */
 void ts_sq_membership(ts_sq_t *self, const char *collection, ts_change_t *ch);
-/* policy.reload (call != NULL) or SIGHUP (call NULL): reloads the policy
- * dir all-or-nothing, rebuilds indexes whose fields changed, and publishes
- * policy.reloaded / policy.failed (on the call, or through events_push). */
-void ts_sq_reload(ts_sq_t *self, ts_call_t *call, void *events_push);
+/* policy.reload (call != NULL: answered) or SIGHUP (call NULL): reloads the
+ * policy dir all-or-nothing and rebuilds indexes whose fields changed.
+ * Returns the policy.reloaded / policy.failed event's payload for the
+ * caller to publish (cJSON_free it). */
+char *ts_sq_reload(ts_sq_t *self, ts_call_t *call);
 /* The selectors loaded, for the cache (caller frees). */
 ts_selectors_t *ts_sq_selectors(ts_sq_t *self);
 /* policy.info */

@@ -44,10 +44,14 @@ static void handle_call(store_t *self, ts_call_t *call)
         else
             store_do_query(self, call, c);
         break;
-    case TS_M_POLICY_RELOAD:
-        ts_sq_reload(self->sq, call, NULL);
+    case TS_M_POLICY_RELOAD: {
+        char *event = ts_sq_reload(self->sq, call);
+        if (event)
+            store_add_event(call, "policy", event, strlen(event));
+        cJSON_free(event);
         tell_cache_selectors(self);
         break;
+    }
     case TS_M_POLICY_INFO: ts_sq_info(self->sq, call); break;
     case TS_M_CANCEL: store_do_cancel(self, call); break;
     case TS_M_STATUS: store_do_status(self, call); break;
@@ -520,17 +524,17 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
         return 0;
     command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
     if (strcmp(command, "RELOAD") == 0) {
-        ts_call_t said = {.method = TS_M_NONE}; /* collects the policy event */
-        ts_sq_reload(self->sq, &said, NULL);
+        char *text = ts_sq_reload(self->sq, NULL);
         tell_cache_selectors(self);
         store_flush_cache(self); /* its mark: reads held for it go on */
         /* The event carries the mark past the new selectors: a subscriber
          * that hears of the reload never reads an answer from before it. */
-        for (ts_event_t *ev = said.events; ev; ev = ev->next)
+        ts_event_t *ev = text ? ts_event_new("policy", text, strlen(text)) : NULL;
+        cJSON_free(text);
+        if (ev)
             ev->mark = self->changes.mark;
-        if (said.events && ts_send_EVENTS(self->events, &said.events, 1))
-            ts_event_free_list(said.events);
-        free(said.result); /* the answer a policy.reload call would get */
+        if (ev && ts_send_EVENTS(self->events, &ev, 1))
+            ts_event_free_list(ev);
         return 0;
     }
     return strcmp(command, "$TERM") == 0 ? -1 : 0;

@@ -63,29 +63,6 @@ static long get(const char *path, ts_http_resp_t *r)
     return r->status;
 }
 
-/* Runs promcheck.py on text; its exit code, its output in out. */
-static int promcheck(const char *text, const char *const require[], char *out, size_t outlen)
-{
-    char path[] = "/tmp/ts-metrics-XXXXXX";
-    int fd = mkstemp(path);
-    cr_assert(fd >= 0);
-    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
-    ts_buf_t cmd = {0};
-    ts_buf_printf(&cmd, "python3 %s %s", ts_source_path("tests/support/promcheck.py"), path);
-    for (size_t i = 0; require && require[i]; i++)
-        ts_buf_printf(&cmd, " --require %s", require[i]);
-    ts_buf_puts(&cmd, " 2>&1");
-    FILE *p = popen(cmd.data, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, outlen - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    unlink(path);
-    ts_buf_free(&cmd);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void some_traffic(void)
 {
     for (int i = 0; i < 20; i++) {
@@ -121,7 +98,7 @@ Test(admin, metrics_pass_a_strict_parser, .timeout = 60)
     cr_assert(type && strstr(type, "version=0.0.4"), "%s", type ? type : "no Content-Type");
     free(type);
     char out[8192];
-    cr_assert_eq(promcheck(r.body, families, out, sizeof out), 0, "%s", out);
+    cr_assert_eq(ts_promcheck(r.body, families, out, sizeof out), 0, "%s", out);
     /* the numbers are the engine's: 20 creates, 20 gets, the commits */
     cr_assert(strstr(r.body, "therasync_store_calls_total{method=\"create\"} 20\n"), "%s", r.body);
     cr_assert(strstr(r.body, "therasync_store_documents{collection=\"sessions\"} 20\n"));
@@ -134,10 +111,10 @@ Test(admin, metrics_pass_a_strict_parser, .timeout = 60)
     char *at = strstr(bad, "le=\"+Inf\"} 20");
     cr_assert_not_null(at);
     memcpy(at, "le=\"+Inf\"} 00", 13);
-    cr_assert_eq(promcheck(bad, NULL, out, sizeof out), 1);
+    cr_assert_eq(ts_promcheck(bad, NULL, out, sizeof out), 1);
     cr_assert(strstr(out, "falls") || strstr(out, "_count"), "%s", out);
     free(bad);
-    cr_assert_eq(promcheck("therasync_x_total 1\n# TYPE therasync_x_total counter\n", NULL, out,
+    cr_assert_eq(ts_promcheck("therasync_x_total 1\n# TYPE therasync_x_total counter\n", NULL, out,
                            sizeof out),
                  1);
     cr_assert(strstr(out, "before its TYPE"), "%s", out);
@@ -403,7 +380,7 @@ Test(admin, works_with_client_keys, .timeout = 60)
     ts_http_resp_t r = {0};
     cr_assert_eq(get("/metrics", &r), 200, "%s", r.body);
     char out[8192];
-    cr_assert_eq(promcheck(r.body, families, out, sizeof out), 0, "%s", out);
+    cr_assert_eq(ts_promcheck(r.body, families, out, sizeof out), 0, "%s", out);
     cr_assert(strstr(r.body, "therasync_front_call_seconds_count{method=\"status\"}"), "%s", r.body);
     ts_http_free(&r);
     cr_assert_eq(get("/readyz", &r), 200, "%s", r.body);

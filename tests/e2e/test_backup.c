@@ -336,8 +336,8 @@ static bool file_holds(const char *path, const char *text)
  * restored under the same key it reads back. */
 Test(backup, a_sealed_store_s_copy_stays_sealed, .timeout = 60)
 {
-    char tmp[] = "/tmp/ts-backup-key-XXXXXX", key[256], config[256];
-    cr_assert_not_null(mkdtemp(tmp));
+    char *tmp = ts_tmpdir("ts-backup-key"), key[4300], config[4300];
+    cr_assert_not_null(tmp);
     snprintf(key, sizeof key, "%s/store.key", tmp);
     snprintf(config, sizeof config, "%s/therasyncd.lua", tmp);
     unsigned char bytes[32];
@@ -386,7 +386,6 @@ Test(backup, a_sealed_store_s_copy_stays_sealed, .timeout = 60)
     cr_assert(notes && strcmp(notes, marker) == 0, "restored under the key, the note reads back");
     cJSON_Delete(res);
     ts_engine_destroy(&e);
-    unlink(key);
-    unlink(config);
-    rmdir(tmp);
+    ts_rmtree(tmp);
+    free(tmp);
 }

@@ -22,28 +22,6 @@ static long get(const char *path, ts_http_resp_t *r)
     return r->status;
 }
 
-/* promcheck.py on text, with required families; its exit code. */
-static int promcheck(const char *text, char *out, size_t outlen)
-{
-    char path[] = "/tmp/ts-clinic-metrics-XXXXXX";
-    int fd = mkstemp(path);
-    cr_assert(fd >= 0);
-    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-    close(fd);
-    char cmd[8600];
-    snprintf(cmd, sizeof cmd,
-             "python3 %s %s --require clinic_api_requests_total --require "
-             "clinic_api_faults_injected_total --require clinic_api_feed_subscribers 2>&1",
-             ts_source_path("tests/support/promcheck.py"), path);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    size_t n = fread(out, 1, outlen - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    unlink(path);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 typedef struct {
     ts_http_resp_t metrics; /* /metrics while the stream was open */
 } during_t;
@@ -103,7 +81,9 @@ Test(clinic_metrics, healthz_and_metrics_count_routes_faults_and_feed, .timeout 
     cr_assert(type && strstr(type, "version=0.0.4"), "%s", type ? type : "none");
     free(type);
     char out[4096];
-    cr_assert_eq(promcheck(r.body, out, sizeof out), 0, "%s\n%s", out, r.body);
+    const char *const families[] = {"clinic_api_requests_total", "clinic_api_faults_injected_total",
+                                    "clinic_api_feed_subscribers", NULL};
+    cr_assert_eq(ts_promcheck(r.body, families, out, sizeof out), 0, "%s\n%s", out, r.body);
     const char *const want[] = {
         "clinic_api_requests_total{method=\"POST\",route=\"/v1/{collection}\",status=\"201\"} 1\n",
         "clinic_api_requests_total{method=\"GET\",route=\"/v1/{collection}/{id}\",status=\"200\"} 1\n",

@@ -112,6 +112,28 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
+/* A daemon with client keys, its files in dir: the server's key (mode
+ * 0600), a clients file allowing "frontdesk" to write with client_pub, and
+ * a config naming both (extra: more of the security table). */
+static void start_keyed(ts_engine_t *e, const char *dir, const char *server_pub,
+                        const char *server_sec, const char *client_pub, const char *extra)
+{
+    char key[4300], clients[4300], config[4300], text[10000];
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    snprintf(config, sizeof config, "%s/therasync.lua", dir);
+    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
+    write_text(key, text);
+    chmod(key, 0600);
+    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
+    write_text(clients, text);
+    snprintf(text, sizeof text, "security = { curve_secret_file = \"%s\", clients_file = \"%s\"%s }\n",
+             key, clients, extra);
+    write_text(config, text);
+    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
+    cr_assert_eq(ts_engine_start(e, args), 0, "therasyncd with keys did not start");
+}
+
 /* With client keys both sockets are CURVE servers: the Node client (NULL
  * mechanism only) must fail soon and say why, as examples/README.md says. */
 Test(examples, node_client_without_curve, .timeout = 120)
@@ -123,21 +145,10 @@ Test(examples, node_client_without_curve, .timeout = 120)
     char server_pub[41], server_sec[41], client_pub[41], client_sec[41];
     cr_assert_eq(zmq_curve_keypair(server_pub, server_sec), 0);
     cr_assert_eq(zmq_curve_keypair(client_pub, client_sec), 0);
-    char key[4300], clients[4300], config[4300], log[4300], cmd[8192], text[10000];
-    snprintf(key, sizeof key, "%s/server.key", dir);
-    snprintf(clients, sizeof clients, "%s/clients", dir);
-    snprintf(config, sizeof config, "%s/therasync.lua", dir);
+    char log[4300], cmd[8192];
     snprintf(log, sizeof log, "%s/node.log", dir);
-    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
-    write_text(key, text);
-    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
-    write_text(clients, text);
-    snprintf(text, sizeof text,
-             "security = { curve_secret_file = \"%s\", clients_file = \"%s\" }\n", key, clients);
-    write_text(config, text);
     ts_engine_t e = {0};
-    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
-    cr_assert_eq(ts_engine_start(&e, args), 0, "therasyncd with keys did not start");
+    start_keyed(&e, dir, server_pub, server_sec, client_pub, "");
     snprintf(cmd, sizeof cmd, "node '%s' '%s' '%s'", ts_source_path("examples/node/client.mjs"),
              e.endpoint, e.events);
     struct timespec t0, t1;
@@ -177,31 +188,17 @@ Test(examples, python_client_with_keys, .timeout = 120)
     char server_pub[41], server_sec[41], client_pub[41], client_sec[41];
     cr_assert_eq(zmq_curve_keypair(server_pub, server_sec), 0);
     cr_assert_eq(zmq_curve_keypair(client_pub, client_sec), 0);
-    char key[4300], pub[4300], mine[4300], clients[4300], config[4300], log[4300];
-    char cmd[16384], text[10000];
-    snprintf(key, sizeof key, "%s/server.key", dir);
+    char pub[4300], mine[4300], log[4300], cmd[16384], text[10000];
     snprintf(pub, sizeof pub, "%s/server.pub", dir);
     snprintf(mine, sizeof mine, "%s/frontdesk.key", dir);
-    snprintf(clients, sizeof clients, "%s/clients", dir);
-    snprintf(config, sizeof config, "%s/therasync.lua", dir);
     snprintf(log, sizeof log, "%s/python.log", dir);
-    snprintf(text, sizeof text, "public %s\nsecret %s\n", server_pub, server_sec);
-    write_text(key, text);
     snprintf(text, sizeof text, "public %s\n", server_pub);
     write_text(pub, text);
     snprintf(text, sizeof text, "public %s\nsecret %s\n", client_pub, client_sec);
     write_text(mine, text);
-    chmod(key, 0600), chmod(mine, 0600);
-    snprintf(text, sizeof text, "frontdesk write %s\n", client_pub);
-    write_text(clients, text);
-    snprintf(text, sizeof text,
-             "security = { curve_secret_file = \"%s\", clients_file = \"%s\", "
-             "event_bodies = true }\n",
-             key, clients);
-    write_text(config, text);
+    chmod(mine, 0600);
     ts_engine_t e = {0};
-    const char *args[] = {"--config", config, "--policies", ts_source_path("policies"), NULL};
-    cr_assert_eq(ts_engine_start(&e, args), 0, "therasyncd with keys did not start");
+    start_keyed(&e, dir, server_pub, server_sec, client_pub, ", event_bodies = true");
     snprintf(cmd, sizeof cmd, "THERASYNC_KEY='%s' THERASYNC_SERVER_KEY='%s' %s '%s' '%s' '%s'",
              mine, pub, python, ts_source_path("examples/python/client.py"), e.endpoint,
              e.events);

@@ -1,14 +1,17 @@
 /* http.c — see http.h. */
 #include "http.h"
+#include "engine.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -196,4 +199,31 @@ int ts_http_raw(int port, const void *request, size_t len, char *out, size_t out
     if (sscanf(out, "HTTP/1.%*d %d", &status) != 1)
         status = 0;
     return status;
+}
+
+int ts_promcheck(const char *text, const char *const require[], char *out, size_t outlen)
+{
+    char path[] = "/tmp/ts-metrics-XXXXXX"; /* mkstemp's template */
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    bool written = write(fd, text, len) == (ssize_t)len;
+    close(fd);
+    char cmd[8192];
+    int n = snprintf(cmd, sizeof cmd, "python3 %s %s", ts_source_path("tests/support/promcheck.py"),
+                     path);
+    for (size_t i = 0; require && require[i] && n > 0 && (size_t)n < sizeof cmd; i++)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " --require %s", require[i]);
+    if (n > 0 && (size_t)n < sizeof cmd)
+        n += snprintf(cmd + n, sizeof cmd - (size_t)n, " 2>&1");
+    FILE *p = written && n > 0 && (size_t)n < sizeof cmd ? popen(cmd, "r") : NULL;
+    int status = -1;
+    out[0] = '\0';
+    if (p) {
+        out[fread(out, 1, outlen - 1, p)] = '\0';
+        status = pclose(p);
+    }
+    unlink(path);
+    return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

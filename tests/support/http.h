@@ -44,4 +44,9 @@ int ts_tcp_connect(int port);
 int ts_http_raw(int port, const void *request, size_t len, char *out, size_t outlen,
                 int timeout_ms);
 
+/* Checks Prometheus text with tests/support/promcheck.py (the families in
+ * require, NULL-terminated, must be there; NULL: none): its exit code (0
+ * valid, 1 not, -1 could not run), its output in out. */
+int ts_promcheck(const char *text, const char *const require[], char *out, size_t outlen);
+
 #endif

@@ -17,10 +17,15 @@
  * Attribution: a notification is put down to the most recent write sent for
  * any document its ops name (the writer records, per document, the last
  * write sent); its latency is its arrival minus that write's answer (0,
- * and counted, when it came before the answer). Remote changes the same
- * way, from the PATCH's HTTP response. Several subscribers of one
- * therapist share one live query, so one write gives each a notification,
- * each counted.
+ * and counted, when it came before the answer). A write changes a result
+ * twice: at once (its own change, the version kept) and again when the
+ * server's copy comes back on the feed (version and updated_at raised). An
+ * edit that raises the version the subscriber holds is that second kind:
+ * it goes to confirm_p50/p99 (the sync loop: push, server, feed), the rest
+ * to p50/p99 (the engine's reactive loop). Remote changes the same way,
+ * from the PATCH's HTTP response. Several subscribers of one therapist
+ * share one live query, so one write gives each a notification, each
+ * counted.
  *
  * End: writes stop, the subscribers wait for quiet (bounded), and every
  * subscription's items must equal a fresh `query` with "cache": false. */
@@ -64,7 +69,8 @@ typedef struct {
 
 typedef struct {
     int64_t t_us;    /* arrival */
-    int64_t write;   /* the write it is put down to, or -1 */
+    int64_t write;   /* the write whose own change it carries, or -1 */
+    int64_t confirm; /* the write whose server version it carries, or -1 */
     int64_t remote;  /* the remote change it is put down to, or -1 */
     long long to;    /* the live query's new version */
 } note_t;
@@ -174,6 +180,22 @@ static void insert_at(cJSON *items, int pos, cJSON *item)
     cJSON_Delete(tail);
 }
 
+/* Whether op is an edit that raises the document's version over the one
+ * in items: the server's copy of a write the subscriber has already seen
+ * (its confirmation, on the feed), or a remote change. A local write keeps
+ * the version; only the server raises it. */
+static bool raises_version(const cJSON *items, const cJSON *op)
+{
+    const char *kind = ts_json_string(op, "op"), *id = ts_json_string(op, "id");
+    long long now_v, was_v;
+    if (!kind || !id || strcmp(kind, "edit") != 0 ||
+        !ts_json_int(cJSON_GetObjectItemCaseSensitive(op, "doc"), "version", &now_v))
+        return false;
+    int at = find_item(items, id);
+    return at >= 0 && ts_json_int(cJSON_GetArrayItem(items, at), "version", &was_v) &&
+           now_v > was_v;
+}
+
 /* Applies one op to items; *changed when the items differ after it.
  * Returns -1 when the op does not fit the items (a lost or wrong op). */
 static int apply_op(cJSON *items, cJSON *op, bool *changed)
@@ -251,12 +273,15 @@ static void on_message(live_t *lv, const char *d, size_t len, int64_t t)
         if (!cJSON_GetArraySize(ops))
             lv->empty++;
         bool changed = false;
-        int64_t w = -1, r = -1;
+        int64_t w = -1, wc = -1, r = -1;
         for (cJSON *op = ops ? ops->child : NULL; op; op = op->next) {
             const char *id = ts_json_string(op, "id"), *kind = ts_json_string(op, "op");
             int64_t doc = id ? doc_of(lv, id) : -1;
             int64_t ws = doc >= 0 ? atomic_load(&lv->last_sent[doc]) : -1;
-            w = ws > w ? ws : w;
+            if (raises_version(s->items, op))
+                wc = ws > wc ? ws : wc;
+            else
+                w = ws > w ? ws : w;
             /* A remote session's edit carries the PATCH's own number. */
             const char *notes = ts_json_string(cJSON_GetObjectItemCaseSensitive(op, "doc"), "notes");
             long long k;
@@ -269,7 +294,7 @@ static void on_message(live_t *lv, const char *d, size_t len, int64_t t)
         }
         lv->changed += changed;
         if (lv->nnotes < LIVE_MAX_NOTES)
-            lv->notes[lv->nnotes++] = (note_t){.t_us = t, .write = w, .remote = r, .to = to};
+            lv->notes[lv->nnotes++] = (note_t){.t_us = t, .write = w, .confirm = wc, .remote = r, .to = to};
         else
             lv->notes_dropped++;
     } else {
@@ -729,11 +754,17 @@ int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res)
     int64_t *rlat = calloc((size_t)lv.nnotes + 1, sizeof *rlat);
     int64_t *slat = calloc((size_t)lv.nnotes + 1, sizeof *slat);
     int64_t *tos = calloc((size_t)lv.nnotes + 1, sizeof *tos);
-    size_t nl = 0, nr = 0, early = 0, unattributed = 0, live_changes = 0;
-    for (int64_t i = 0; lat && rlat && slat && tos && i < lv.nnotes; i++) {
+    int64_t *clat = calloc((size_t)lv.nnotes + 1, sizeof *clat);
+    size_t nl = 0, nr = 0, nc = 0, early = 0, unattributed = 0, live_changes = 0;
+    for (int64_t i = 0; lat && rlat && slat && tos && clat && i < lv.nnotes; i++) {
         const note_t *x = &lv.notes[i];
         tos[i] = x->to;
         bool put = false;
+        if (x->confirm >= 0 && lv.wstate[x->confirm] == WS_OK) {
+            int64_t a = lv.answer_us[x->confirm];
+            clat[nc++] = x->t_us > a ? x->t_us - a : 0;
+            put = true;
+        }
         if (x->write >= 0 && lv.wstate[x->write] == WS_OK) {
             int64_t a = lv.answer_us[x->write];
             early += x->t_us < a;
@@ -774,6 +805,7 @@ int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res)
         "\"results_changed\":%lld,\"empty_notifications\":%lld,\"live_changes\":%zu,"
         "\"attributed\":%zu,\"notification_before_answer\":%zu,\"unattributed\":%zu,"
         "\"max_us\":%lld,\"write_p50_us\":%lld,\"write_p99_us\":%lld,\"from_send_p50_us\":%lld,\"from_send_p99_us\":%lld,"
+        "\"confirm_attributed\":%zu,\"confirm_p50_us\":%lld,\"confirm_p99_us\":%lld,"
         "\"remote_changes\":%lld,\"remote_attributed\":%zu,"
         "\"remote_p50_us\":%lld,\"remote_p99_us\":%lld,\"http_errors\":%zu,"
         "\"mismatches\":%lld,\"apply_errors\":%lld,\"version_gaps\":%lld,\"closed\":%lld,"
@@ -789,7 +821,9 @@ int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res)
         (long long)(nw ? bench_percentile(wlat, nw, 50) : -1),
         (long long)(nw ? bench_percentile(wlat, nw, 99) : -1),
         (long long)(nl ? bench_percentile(slat, nl, 50) : -1),
-        (long long)(nl ? bench_percentile(slat, nl, 99) : -1), (long long)made, nr,
+        (long long)(nl ? bench_percentile(slat, nl, 99) : -1), nc,
+        (long long)(nc ? bench_percentile(clat, nc, 50) : -1),
+        (long long)(nc ? bench_percentile(clat, nc, 99) : -1), (long long)made, nr,
         (long long)(nr ? bench_percentile(rlat, nr, 50) : -1),
         (long long)(nr ? bench_percentile(rlat, nr, 99) : -1), http_bad, (long long)mismatches,
         (long long)lv.apply_errors, (long long)lv.gaps, (long long)lv.closed,
@@ -817,6 +851,7 @@ int bench_wl_live(const bench_opts_t *o, int run, bench_result_t *res)
     free(lat);
     free(rlat);
     free(slat);
+    free(clat);
     free(wlat);
     free(tos);
     free(ids);

@@ -135,4 +135,11 @@ int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, con
  * cJSON prints it), without parsing them; -1 when text is not an array. */
 long ts_json_text_count(const char *text, size_t len);
 
+/* Steps through the elements of an array given as text (well-formed, as
+ * for ts_json_text_field): start with *pos = 0; each call sets *value /
+ * *value_len to the next element's raw JSON text and returns true, or
+ * returns false after the last one. */
+bool ts_json_text_element(const char *text, size_t len, size_t *pos, const char **value,
+                          size_t *value_len);
+
 #endif

@@ -108,7 +108,6 @@ struct live {
     char *selector;
     char *answer;          /* the current result */
     size_t answer_len;
-    cJSON *items;          /* the same, parsed, for diffs */
     int64_t version;
     bool ready;            /* has a result (subscribes wait for the first) */
     bool running;          /* a run is with the store */

@@ -95,7 +95,6 @@ static void live_free(cache_t *self, live_t *l)
     memo_free_rows(l->rows);
     free(l->bound_param);
     cJSON_Delete(l->request);
-    cJSON_Delete(l->items);
     free(l->selector);
     free(l->answer);
     free(l);
@@ -348,76 +347,112 @@ void live_flush(cache_t *self)
 
 /* ---- results and diffs ---- */
 
-static const char *id_of(const cJSON *item)
+/* One item of a result as text (borrowed): the document and its id, the
+ * raw JSON string ("" when it has none). */
+typedef struct {
+    const char *text, *id;
+    size_t len, id_len;
+} item_t;
+
+static item_t *split_items(const char *items, size_t len, size_t *n)
 {
-    const char *id = ts_json_string(item, "id");
-    return id ? id : "";
+    size_t cap = 32, k = 0, pos = 0, tl;
+    item_t *v = ts_xmalloc(cap * sizeof *v);
+    const char *t;
+    while (ts_json_text_element(items, len, &pos, &t, &tl)) {
+        if (k == cap)
+            v = ts_xrealloc(v, (cap *= 2) * sizeof *v);
+        item_t *it = &v[k++];
+        *it = (item_t){.text = t, .len = tl};
+        if (!ts_json_text_field(t, tl, "id", 2, &it->id, &it->id_len) || *it->id != '"')
+            it->id = "\"\"", it->id_len = 2;
+    }
+    *n = k;
+    return v;
 }
 
-static void op_start(ts_buf_t *b, const char *op, const char *id, bool *first)
+static bool same_id(const item_t *a, const item_t *b)
+{
+    return a->id_len == b->id_len && memcmp(a->id, b->id, a->id_len) == 0;
+}
+
+/* Whether an item's document changed: its bytes, and when they differ,
+ * its value (the one JSON value can be written more than one way). */
+static bool item_changed(const item_t *was, const item_t *now)
+{
+    if (was->len == now->len && memcmp(was->text, now->text, was->len) == 0)
+        return false;
+    cJSON *x = cJSON_ParseWithLength(was->text, was->len);
+    cJSON *y = cJSON_ParseWithLength(now->text, now->len);
+    bool changed = !x || !y || !cJSON_Compare(x, y, true);
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+    return changed;
+}
+
+static void op_start(ts_buf_t *b, const char *op, const item_t *it, bool *first)
 {
     ts_buf_puts(b, *first ? "{\"op\":\"" : ",{\"op\":\"");
     *first = false;
     ts_buf_puts(b, op);
     ts_buf_puts(b, "\",\"id\":");
-    ts_buf_json_string(b, id, strlen(id));
+    ts_buf_append(b, it->id, it->id_len);
 }
 
-/* The ops that turn old into new (docs/CACHE.md), applied in order:
- * removes first, then, position by position, an add, or a move and an
- * edit where needed. */
-static void diff(ts_buf_t *b, const cJSON *old, const cJSON *new)
+/* The ops that turn the items old into new (docs/CACHE.md), applied in
+ * order: removes first, then, position by position, an add, or a move and
+ * an edit where needed. On the texts: no parse but of an item whose bytes
+ * changed; a doc is sent as the result has it. */
+static void diff(ts_buf_t *b, const char *old_text, size_t old_len, const char *new_text,
+                 size_t new_len)
 {
-    size_t no = (size_t)cJSON_GetArraySize(old), nn = (size_t)cJSON_GetArraySize(new);
-    const cJSON **cur = ts_xmalloc((no + nn + 1) * sizeof *cur);
-    const cJSON **newv = ts_xmalloc((nn + 1) * sizeof *newv);
-    size_t ncur = 0, k = 0;
+    size_t no, nn, ncur = 0;
+    item_t *old = split_items(old_text, old_len, &no), *newv = split_items(new_text, new_len, &nn);
+    const item_t **cur = ts_xmalloc((no + nn + 1) * sizeof *cur);
     bool first = true;
-    for (const cJSON *x = new ? new->child : NULL; x; x = x->next)
-        newv[k++] = x;
     ts_buf_puts(b, "[");
-    for (const cJSON *o = old ? old->child : NULL; o; o = o->next) {
+    for (size_t k = 0; k < no; k++) {
         bool kept = false;
         for (size_t i = 0; i < nn && !kept; i++)
-            kept = strcmp(id_of(newv[i]), id_of(o)) == 0;
+            kept = same_id(&newv[i], &old[k]);
         if (kept) {
-            cur[ncur++] = o;
+            cur[ncur++] = &old[k];
         } else {
-            op_start(b, "remove", id_of(o), &first);
+            op_start(b, "remove", &old[k], &first);
             ts_buf_puts(b, "}");
         }
     }
     for (size_t i = 0; i < nn; i++) {
-        const char *id = id_of(newv[i]);
         size_t j = i;
-        while (j < ncur && strcmp(id_of(cur[j]), id) != 0)
+        while (j < ncur && !same_id(cur[j], &newv[i]))
             j++;
         if (j >= ncur) {
             memmove(&cur[i + 1], &cur[i], (ncur - i) * sizeof *cur);
             ncur++;
-            op_start(b, "add", id, &first);
+            op_start(b, "add", &newv[i], &first);
             ts_buf_printf(b, ",\"pos\":%zu,\"doc\":", i);
-            ts_buf_json(b, newv[i]);
+            ts_buf_append(b, newv[i].text, newv[i].len);
             ts_buf_puts(b, "}");
         } else {
             if (j != i) {
-                const cJSON *moved = cur[j];
+                const item_t *moved = cur[j];
                 memmove(&cur[i + 1], &cur[i], (j - i) * sizeof *cur);
                 cur[i] = moved;
-                op_start(b, "move", id, &first);
+                op_start(b, "move", &newv[i], &first);
                 ts_buf_printf(b, ",\"pos\":%zu}", i);
             }
-            if (!cJSON_Compare(cur[i], newv[i], true)) {
-                op_start(b, "edit", id, &first);
+            if (item_changed(cur[i], &newv[i])) {
+                op_start(b, "edit", &newv[i], &first);
                 ts_buf_puts(b, ",\"doc\":");
-                ts_buf_json(b, newv[i]);
+                ts_buf_append(b, newv[i].text, newv[i].len);
                 ts_buf_puts(b, "}");
             }
         }
-        cur[i] = newv[i];
+        cur[i] = &newv[i];
     }
     ts_buf_puts(b, "]");
     free(cur);
+    free(old);
     free(newv);
 }
 
@@ -511,9 +546,6 @@ static void apply_answer(cache_t *self, live_t *l, char *text, size_t len)
         l->ready = true;
         l->answer = text;
         l->answer_len = len;
-        size_t il;
-        const char *items = items_of(l->answer, l->answer_len, &il);
-        l->items = cJSON_ParseWithLength(items, il);
         l->version = self->next_version++;
         answer_waiting(self, l);
         return;
@@ -525,9 +557,9 @@ static void apply_answer(cache_t *self, live_t *l, char *text, size_t len)
         answer_waiting(self, l);
         return;
     }
-    size_t il;
+    size_t il, ol;
     const char *items = items_of(text, len, &il);
-    cJSON *now_items = cJSON_ParseWithLength(items, il);
+    const char *was = items_of(l->answer, l->answer_len, &ol);
     int64_t from = l->version;
     l->version = self->next_version++;
     ts_buf_t ops = {0};
@@ -535,7 +567,7 @@ static void apply_answer(cache_t *self, live_t *l, char *text, size_t len)
     for (sub_t *s = l->subs; s && !any_diff; s = s->next_in_live)
         any_diff = s->diff;
     if (any_diff)
-        diff(&ops, l->items, now_items);
+        diff(&ops, was, ol, items, il);
     int64_t took = l->dirty_us ? ts_mono_us() - l->dirty_us : 0;
     for (sub_t *s = l->subs; s; s = s->next_in_live) {
         ts_buf_t b = {0};
@@ -556,10 +588,8 @@ static void apply_answer(cache_t *self, live_t *l, char *text, size_t len)
     ts_buf_free(&ops);
     l->dirty_us = 0;
     free(l->answer);
-    cJSON_Delete(l->items);
     l->answer = text;
     l->answer_len = len;
-    l->items = now_items;
     answer_waiting(self, l); /* after the notifications: they are not theirs */
 }
 

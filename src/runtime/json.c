@@ -641,6 +641,25 @@ int ts_json_text_merge(ts_buf_t *out, const char *target, size_t target_len, con
     return rc;
 }
 
+bool ts_json_text_element(const char *text, size_t len, size_t *pos, const char **value,
+                          size_t *value_len)
+{
+    const char *end = text + len, *p = skip_ws(text + *pos, end);
+    if (p >= end || *p != (*pos == 0 ? '[' : ','))
+        return false;
+    p = skip_ws(p + 1, end);
+    if (p >= end || *p == ']')
+        return false;
+    const char *v = p;
+    p = skip_value(p, end);
+    if (p > end || p == v)
+        return false;
+    *value = v;
+    *value_len = (size_t)(p - v);
+    *pos = (size_t)(p - text);
+    return true;
+}
+
 long ts_json_text_count(const char *text, size_t len)
 {
     const char *p = skip_ws(text, text + len), *end = text + len;

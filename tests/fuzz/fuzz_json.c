@@ -186,6 +186,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     (void)ts_json_text_count(text, size);
     const char *v;
     size_t vn;
+    for (size_t pos = 0; ts_json_text_element(text, size, &pos, &v, &vn);)
+        FUZZ_CHECK(pos <= size && v + vn <= end, "element past the end");
     if (ts_json_text_field(text, size, "id", 2, &v, &vn))
         FUZZ_CHECK(v + vn <= end, "field past the end");
     (void)ts_json_text_find(text, end, "doc", 3);
@@ -210,10 +212,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bool json = fuzz_no_controls(text, size);
     if (cJSON_IsObject(root) && json)
         check_object_text(text, size, root);
-    if (cJSON_IsArray(root) && json)
+    if (cJSON_IsArray(root) && json) {
         FUZZ_CHECK(ts_json_text_count(text, size) == cJSON_GetArraySize(root),
                    "ts_json_text_count says %ld, cJSON %d", ts_json_text_count(text, size),
                    cJSON_GetArraySize(root));
+        /* each element's text reads as cJSON's element (compared printed:
+         * cJSON_Compare finds an infinity unequal to itself) */
+        const cJSON *c = root->child;
+        for (size_t pos = 0; ts_json_text_element(text, size, &pos, &v, &vn); c = c->next) {
+            FUZZ_CHECK(c, "ts_json_text_element found more elements than cJSON");
+            cJSON *one = fuzz_parse(v, vn);
+            FUZZ_CHECK(one, "ts_json_text_element: %.*s", (int)vn, v);
+            char *a = fuzz_print(one), *b = fuzz_print(c);
+            FUZZ_CHECK(strcmp(a, b) == 0, "ts_json_text_element: %.*s", (int)vn, v);
+            free(a);
+            free(b);
+            cJSON_Delete(one);
+        }
+        FUZZ_CHECK(!c, "ts_json_text_element missed elements");
+    }
     if (root) {
         char *once = fuzz_print(root);
         cJSON *back = fuzz_parse(once, strlen(once));

@@ -113,6 +113,28 @@ Test(json, text_count_counts_array_elements_without_parsing)
     cr_assert_eq(count("[1,]"), -1, "missing element");
 }
 
+Test(json, text_element_steps_through_an_array_as_written)
+{
+    const char *text = " [ {\"id\":\"a\",\"x\":[1,\"],\"]} ,2,\"s,\\\"t\",[[]] ]";
+    const char *want[] = {"{\"id\":\"a\",\"x\":[1,\"],\"]}", "2", "\"s,\\\"t\"", "[[]]"};
+    const char *v;
+    size_t vn, pos = 0, n = 0;
+    while (ts_json_text_element(text, strlen(text), &pos, &v, &vn)) {
+        cr_assert_lt(n, 4);
+        cr_assert_eq(vn, strlen(want[n]), "element %zu: %.*s", n, (int)vn, v);
+        cr_assert_eq(memcmp(v, want[n], vn), 0);
+        n++;
+    }
+    cr_assert_eq(n, 4);
+    pos = 0;
+    cr_assert_not(ts_json_text_element("[]", 2, &pos, &v, &vn), "empty");
+    pos = 0;
+    cr_assert_not(ts_json_text_element("{\"a\":1}", 7, &pos, &v, &vn), "not an array");
+    pos = 0;
+    cr_assert(ts_json_text_element("[1,]", 4, &pos, &v, &vn));
+    cr_assert_not(ts_json_text_element("[1,]", 4, &pos, &v, &vn), "missing element");
+}
+
 /* ts_buf_json prints what cJSON_PrintUnformatted prints, number for
  * number (the store keeps and pushes that text). */
 static void same_as_cjson(const cJSON *item)

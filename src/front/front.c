@@ -79,9 +79,10 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     (void)loop;
     front_t *self = arg;
     ts_envelope_t *batch[MAX_READS_PER_WAKE], *direct[MAX_READS_PER_WAKE];
-    size_t n = 0, nd = 0;
+    ts_envelope_t *hot[MAX_READS_PER_WAKE];
+    size_t n = 0, nd = 0, nh = 0;
     bool more = true;
-    while (n + nd < MAX_READS_PER_WAKE && more) {
+    while (n + nh < MAX_READS_PER_WAKE && more) {
         ts_envelope_t *e = front_read_request(self, socket, &more);
         if (!e)
             continue;
@@ -96,9 +97,7 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
              * client was told (hot.c and the cache both wait for them) */
             e->wait_for = front_client_writes(self, e);
             e->wait_mark = self->told_mark;
-            if (front_hot_answer(self, e))
-                continue; /* answered from the copies, or held for them */
-            direct[nd++] = e;
+            hot[nh++] = e; /* answered below, after the writes left */
             continue;
         }
         e->front_msg = self->store_msgs + 1; /* the message this one goes in */
@@ -108,7 +107,9 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
     }
     if (n)
         self->store_msgs++;
-    front_to_cache(self, direct, nd);
+    /* The writes go first: the reads their clients sent after them wait
+     * until the copies reflect them, and that wait starts when the store
+     * has them, not after this wake's other answers (~0.3 ms for 64). */
     if (n && ts_send_REQUESTS(self->to_store, batch, n)) {
         ts_error(LOG, "cannot pass requests to the store: %s", zmq_strerror(zmq_errno()));
         for (size_t i = 0; i < n; i++) { /* answered, in their turn, with the reason */
@@ -118,6 +119,10 @@ static int on_router(ts_loop_t *loop, void *socket, void *arg)
             front_deliver(self, batch[i]);
         }
     }
+    for (size_t i = 0; i < nh; i++)
+        if (!front_hot_answer(self, hot[i])) /* answered from the copies, or held for them */
+            direct[nd++] = hot[i];
+    front_to_cache(self, direct, nd);
     if (self->inflight >= self->warn_at) {
         ts_warn(LOG, "%zu calls in flight (limit %zu)", self->inflight, self->config->max_inflight);
         self->warn_at *= 2;

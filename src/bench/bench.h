@@ -172,6 +172,8 @@ typedef struct {
     int64_t n;          /* requests (ingest/update/coldstart docs/select reads); 0 = default */
     int64_t docs;       /* documents preloaded (update, select, live); 0 = default */
     int64_t subs;       /* live: subscriptions in all; 0 = default */
+    int64_t write_every; /* select: an update after every this many reads; 0 = default
+                            (SELECT_EVERY), -1 = none (--write-every 0) */
     int64_t rate;       /* live: local writes per second (0 = default); ingest, update,
                            select: open loop at this many requests per second (0 = closed) */
     int clients, inflight, threads;

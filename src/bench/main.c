@@ -50,6 +50,7 @@ static const char usage_text[] =
     "  --inflight K     requests in flight per socket (default 64; select: 1)\n"
     "  --threads T      threads driving the sockets (default 1: one poll loop)\n"
     "  --subs S         live: subscriptions in all (default 1000)\n"
+    "  --write-every N  select: one update after every N reads (default 10; 0: reads only)\n"
     "  --rate W         live: local writes per second (default 10000); ingest, update,\n"
     "                   select: open loop, W requests/s over all clients, latency from\n"
     "                   each request's intended send time (default: closed loop)\n"
@@ -177,6 +178,11 @@ int main(int argc, char **argv)
             if (int_arg(a, v, 1, 64, &n))
                 return 2;
             o.threads = (int)n;
+        } else if (strcmp(a, "--write-every") == 0) {
+            if (int_arg(a, v, 0, 1000000000, &o.write_every))
+                return 2;
+            if (o.write_every == 0)
+                o.write_every = -1; /* no writes */
         } else if (strcmp(a, "--subs") == 0) {
             if (int_arg(a, v, 1, 1000000, &o.subs))
                 return 2;

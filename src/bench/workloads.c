@@ -532,13 +532,19 @@ static void count_rows(void *arg, size_t i, const char *reply, size_t len)
         atomic_fetch_add(&sc->bad, 1);
 }
 
-/* reads upcoming queries, a status update after every SELECT_EVERY of them;
+/* The reads between two of select's updates (--write-every), 0: none. */
+static int64_t select_every(const wl_t *w)
+{
+    return w->o->write_every < 0 ? 0 : w->o->write_every ? w->o->write_every : SELECT_EVERY;
+}
+
+/* reads upcoming queries, a status update after every select_every() of them;
  * is_read (NULL: not wanted) marks the reads. Draws as the peer's w3: the
  * reads' (T, now) from rseed, the writes from wseed. */
 static int build_select(const wl_t *w, bench_reqs_t *reqs, bool *is_read, int64_t reads,
                         uint32_t rseed, uint32_t wseed)
 {
-    int64_t writes = reads / SELECT_EVERY;
+    int64_t every = select_every(w), writes = every ? reads / every : 0;
     gen_rng_t rr, wr;
     gen_rng_seed(&rr, rseed);
     gen_rng_seed(&wr, wseed);
@@ -550,7 +556,7 @@ static int build_select(const wl_t *w, bench_reqs_t *reqs, bool *is_read, int64_
         if (is_read)
             is_read[reqs->n] = true;
         rc = add_upcoming(reqs, t, now);
-        if (rc == 0 && (i + 1) % SELECT_EVERY == 0 && w_done < writes) {
+        if (rc == 0 && every && (i + 1) % every == 0 && w_done < writes) {
             int64_t idx = (int64_t)(gen_rng_next(&wr) * (double)w->o->docs);
             const char *status = gen_statuses[(int)(gen_rng_next(&wr) * 4)];
             rc = add_update(reqs, w->ids[idx], status);
@@ -574,7 +580,7 @@ static int wl_select(wl_t *w, int run, bench_result_t *res)
 {
     (void)run;
     int64_t reads = w->o->n, docs = w->o->docs;
-    int64_t writes = reads / SELECT_EVERY, total = reads + writes;
+    int64_t every = select_every(w), writes = every ? reads / every : 0, total = reads + writes;
     int rc = target_up(w);
     if (rc)
         return rc;

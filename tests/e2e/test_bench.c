@@ -216,6 +216,23 @@ Test(bench, select_reports_rows_and_the_peers_read_rate)
     cJSON_Delete(line);
 }
 
+/* --write-every: the mix of select, down to reads only (each run its own
+ * daemon: select preloads the same documents) */
+Test(bench, select_takes_its_write_mix, .timeout = 120)
+{
+    cJSON *line = bench_at(NULL, (const char *[]){"--workload", "select", "--n", "200", "--docs",
+                                                  "2000", "--write-every", "0", NULL});
+    cr_assert_eq(num(line, "errors"), 0);
+    cr_assert_eq(num(line, "reads"), 200);
+    cr_assert_eq(num(line, "writes"), 0);
+    cJSON_Delete(line);
+    line = bench_at(NULL, (const char *[]){"--workload", "select", "--n", "200", "--docs", "2000",
+                                           "--write-every", "4", NULL});
+    cr_assert_eq(num(line, "reads"), 200);
+    cr_assert_eq(num(line, "writes"), 50);
+    cJSON_Delete(line);
+}
+
 Test(bench, update_counts_refused_writes_apart)
 {
     cJSON *line = bench((const char *[]){"--workload", "update", "--n", "1000", "--docs", "1000",

@@ -191,6 +191,8 @@ typedef struct {
     bool unreachable;          /* NETWORK, and the last attempt's connect was refused or found
                                   no host (CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST):
                                   not an ambiguous failure but a server that is not there */
+    bool left;                 /* some attempt got past the connect: the request may have
+                                  reached a server (false: none did, nothing was sent) */
     char message[160];         /* a human-readable reason (curl's, or the shape check's) */
     char etag[80];             /* the answer's ETag header, "" when none (or too long) */
 } ts_api_result_t;

@@ -501,6 +501,8 @@ void api_call_done(api_t *self, call_t *c, CURLcode rc)
     if (c->retry_after_ms >= 0)
         c->res->retry_after_ms = c->retry_after_ms;
     c->res->unreachable = api_unreachable(rc);
+    if (!c->res->unreachable)
+        c->res->left = true;
 
     if (api_retry_unauthorized(self, c, error))
         return;

@@ -39,8 +39,14 @@ static void mark_sending(sync_t *self, mut_t *m)
 {
     sync_mstate_set(self, m, M_SENDING);
     self->sends++;
-    if (!m->sent_ms)
-        m->sent_ms = ts_wall_ms();
+    m->try_ms = ts_wall_ms();
+}
+
+/* Whether a failed round left m unsent: every attempt's connect was
+ * refused or its host did not resolve, so no byte reached a server. */
+static bool never_left(const ts_api_result_t *res)
+{
+    return res->error == TS_API_NETWORK && !res->left;
 }
 
 /* Reports m's first send for the audit trail, once: on u (the write's
@@ -212,7 +218,11 @@ static void push_retry_later(sync_t *self, mut_t *m, const ts_api_result_t *res)
     report_sent(self, m, NULL); /* no answer yet: the audit shows it went out */
     m->rounds++;
     self->retries++;
-    if (!m->stuck && m->rounds >= self->config->sync.stuck_after) {
+    /* A server that is not there refuses nothing: the write is not stuck
+     * (status says offline), only waiting. */
+    if (!never_left(res))
+        m->rounds_out++;
+    if (!m->stuck && m->rounds_out >= self->config->sync.stuck_after) {
         m->stuck = true;
         self->stuck++;
         ts_warn(LOG, "mutation %s (%s/%s) is stuck after %d rounds: %s", m->mutation,
@@ -301,6 +311,10 @@ static bool key_reused(const ts_api_result_t *res)
 /* What the answer to m's write means for it (sent alone or in a batch). */
 static void push_outcome(sync_t *self, ts_api_result_t *res, mut_t *m)
 {
+    /* Its first send, for the audit trail and cancel: the first attempt
+     * that may have reached the server, whatever its answer. */
+    if (!m->sent_ms && m->try_ms && !never_left(res))
+        m->sent_ms = m->try_ms;
     if (m->dropped) { /* dropped by the store while out: whatever happened, forget it */
         report_sent(self, m, NULL);
         sync_mut_forget(self, m);

@@ -202,9 +202,9 @@ static void set_from_record(mut_t *m, const ts_record_t *r)
     memcpy(m->mutation, r->mutation, sizeof m->mutation);
     free(m->body);
     m->body = r->body ? ts_xstrndup(r->body, r->body_len) : NULL;
-    m->rounds = 0;
+    m->rounds = m->rounds_out = 0;
     m->sent = false;
-    m->sent_ms = 0;
+    m->try_ms = m->sent_ms = 0;
     if (m->stuck)
         m->stuck = false; /* the caller fixes self->stuck */
 }

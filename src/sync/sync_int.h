@@ -56,8 +56,11 @@ typedef struct mut {
     char mutation[37];
     char *body;           /* create: document without id; update: merge patch; delete: NULL */
     mstate_t state;
-    int rounds;           /* failed push rounds */
-    int64_t sent_ms;      /* wall clock of the first send; 0 = not sent yet */
+    int rounds;           /* failed push rounds (the backoff grows with them) */
+    int rounds_out;       /* those whose request left (stuck_after counts these) */
+    int64_t try_ms;       /* wall clock of the send in flight (SENDING) */
+    int64_t sent_ms;      /* wall clock of the first send that may have reached the
+                             server; 0 = none yet (a refused connect sends nothing) */
     bool sent;            /* that send is reported to the store (audit "sent") */
     bool stuck;           /* rounds >= stuck_after */
     bool dropped;         /* the store dropped it while a request was out */

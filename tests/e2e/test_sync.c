@@ -1485,6 +1485,48 @@ Test(sync, cancel_of_a_write_never_sent_withholds_it)
     free(m);
 }
 
+/* metrics.sync.NAME, the sync actor's counters (at most 250 ms old), or -1. */
+static long long sync_counter(ts_engine_t *e, const char *name)
+{
+    cJSON *r = call(e, "metrics", NULL);
+    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(r), "sync"), name);
+    long long n = cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
+    cJSON_Delete(r);
+    return n;
+}
+
+/* A push whose connect is refused never left the machine: the audit trail
+ * does not say "sent", the write does not count as stuck (the server is not
+ * there; status says offline), and cancel still withholds it. */
+Test(sync, a_push_refused_at_the_connect_is_neither_sent_nor_stuck)
+{
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { stuck_after = 1 }\n"), 0);
+    ts_clinic_stop(&api);
+    char *m = create_mutation(&engine, "r1", "\"a\":1");
+    /* its push is refused (the engine then goes offline): wait for the
+     * round's end, then for what it would report (status every 250 ms,
+     * the audit through the store and persist) */
+    long long retries = 0;
+    for (int i = 0; i < 100 && retries < 1; i++) {
+        sleep_ms(50);
+        retries = sync_counter(&engine, "retries");
+    }
+    cr_assert_geq(retries, 1, "the push was tried and failed (%lld rounds)", retries);
+    sleep_ms(600);
+    cr_assert(!status_online(&engine));
+    cr_assert_eq(status_int(&engine, "stuck"), 0, "stuck though the server was not there");
+    cr_assert_not(audit_has(&engine, "r1", "sent"), "audited sent though nothing left");
+    cJSON *r = cancel(&engine, m);
+    cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(ts_rpc_result(r), "cancelled")), "%s",
+              cJSON_PrintUnformatted(r));
+    cJSON_Delete(r);
+    cr_assert(audit_has(&engine, "r1", "cancelled"));
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
+    cr_assert(wait_synced(&engine, 20000));
+    cr_assert_null(server_doc("r1"), "the server got the cancelled write");
+    free(m);
+}
+
 /* A write on its way (the server holds its answer) may be applied: cancel
  * answers cancelled: false with reason in_flight, records nothing, and the
  * write lands. A confirmed one is not pending any more. */

@@ -229,6 +229,7 @@ static void reply(sync_rig_t *s, ts_api_request_t *q, write_t *const *ws, size_t
     res->retry_after_ms = -1;
     res->attempts = 1;
     res->error = failure;
+    res->left = true; /* the request reached the server (a reset, say, not a refused connect) */
     if (failure != TS_API_OK) {
         snprintf(res->message, sizeof res->message, "rig: %s", ts_api_error_name(failure));
     } else if (!strcmp(q->path, "/v1/_batch")) {

@@ -35,14 +35,18 @@ bool api_retry_unauthorized(api_t *self, call_t *c, ts_api_error_t error)
     return true;
 }
 
-static void token_fail(api_t *self, ts_api_error_t error, long status, const char *why)
+static void token_fail(api_t *self, ts_api_error_t error, long status, const char *why,
+                       bool unreachable)
 {
     ts_warn(LOG, "token request failed: %s (status %ld)%s%s", ts_api_error_name(error), status,
             why ? ": " : "", why ? why : "");
-    /* Every waiting call counts this as one failed attempt. */
+    /* Every waiting call counts this as one failed attempt; a token
+     * endpoint refused at the connect (or not resolved) says, as for any
+     * attempt, that the server is not there. */
     call_t *next;
     for (call_t *c = self->lists[C_WAIT_TOKEN].head; c; c = next) {
         next = c->next;
+        c->res->unreachable = unreachable;
         if (c->req->stream) {
             if (ts_api_error_retryable(error)) {
                 c->failed_connects++;
@@ -58,7 +62,8 @@ static void token_fail(api_t *self, ts_api_error_t error, long status, const cha
             continue;
         }
         c->res->attempts++;
-        if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts)
+        if (ts_api_error_retryable(error) && c->res->attempts < c->max_attempts &&
+            !(unreachable && c->req->unreachable_final))
             api_backoff(self, c,
                         api_backoff_ms(self, self->opts.backoff_base_ms, self->opts.backoff_cap_ms,
                                        c->res->attempts));
@@ -96,7 +101,7 @@ void api_ensure_token(api_t *self)
         return;
     self->token_easy = api_easy_get(self);
     if (!self->token_easy) {
-        token_fail(self, TS_API_INTERNAL, 0, "out of memory");
+        token_fail(self, TS_API_INTERNAL, 0, "out of memory", false);
         return;
     }
     self->token_refresh_grant = self->refresh_token != NULL;
@@ -112,7 +117,7 @@ void api_ensure_token(api_t *self)
         CURL *e = self->token_easy;
         self->token_easy = NULL;
         api_easy_put(self, e);
-        token_fail(self, TS_API_INTERNAL, 0, "token form too large");
+        token_fail(self, TS_API_INTERNAL, 0, "token form too large", false);
         return;
     }
     memcpy(self->token_form, form.data, form.len + 1);
@@ -136,7 +141,7 @@ void api_ensure_token(api_t *self)
     if (curl_multi_add_handle(self->multi, e) != CURLM_OK) {
         self->token_easy = NULL;
         api_easy_put(self, e);
-        token_fail(self, TS_API_INTERNAL, 0, "curl_multi_add_handle");
+        token_fail(self, TS_API_INTERNAL, 0, "curl_multi_add_handle", false);
     }
 }
 
@@ -198,5 +203,6 @@ void api_token_done(api_t *self, CURLcode rc)
         if (error == TS_API_OK)
             error = TS_API_BAD_RESPONSE;
     }
-    token_fail(self, error, status, error == TS_API_BAD_RESPONSE ? "bad token answer" : NULL);
+    token_fail(self, error, status, error == TS_API_BAD_RESPONSE ? "bad token answer" : NULL,
+               rc != CURLE_OK && api_unreachable(rc));
 }

@@ -1331,6 +1331,32 @@ Test(sync, the_connection_turns_offline_at_once_when_the_api_is_killed)
     cJSON_Delete(s);
 }
 
+/* A token endpoint refused at the connect is a server that is not there,
+ * as any refused connect: an engine started while clinic-api is down (no
+ * token yet) is offline at once, not after sync.offline_after failures
+ * (100 here); it comes online and pushes once clinic-api is back. */
+Test(sync, an_engine_started_while_the_api_is_down_is_offline_at_once)
+{
+    ts_clinic_stop(&api);
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 100 }\n"), 0);
+    bool offline = false;
+    for (int64_t end = now_ms() + 5000; !offline && now_ms() < end;) {
+        cJSON *s = status(&engine);
+        offline = strcmp(field_str(s, "api"), "offline") == 0;
+        cJSON_Delete(s);
+        if (!offline)
+            sleep_ms(50);
+    }
+    cr_assert(offline, "not offline 5 s after a start with clinic-api down");
+    create(&engine, "t0", "\"a\":0");
+    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
+    cr_assert(wait_synced(&engine, 20000), "pushed once clinic-api was back");
+    cr_assert(status_online(&engine));
+    cJSON *doc = server_doc("t0");
+    cr_assert_not_null(doc);
+    cJSON_Delete(doc);
+}
+
 /* Writes made after clinic-api was killed — one at once, racing the
  * engine's noticing, and more once it is offline — are kept, in order, and
  * each pushed once when clinic-api is back on the same port and database. */

@@ -294,7 +294,8 @@ static void on_message(live_t *lv, const char *d, size_t len, int64_t t)
         }
         lv->changed += changed;
         if (lv->nnotes < LIVE_MAX_NOTES)
-            lv->notes[lv->nnotes++] = (note_t){.t_us = t, .write = w, .confirm = wc, .remote = r, .to = to};
+            lv->notes[lv->nnotes++] =
+                (note_t){.t_us = t, .write = w, .confirm = wc, .remote = r, .to = to};
         else
             lv->notes_dropped++;
     } else {

@@ -1159,7 +1159,7 @@ static enum MHD_Result route_v1(ca_http_t *h, struct MHD_Connection *c, req_t *r
             return answer_text(c, 405, "{\"error\":\"method_not_allowed\"}");
         if (!sub)
             return long_poll(h, c, rq);
-        if (strcmp(sub, "stream") == 0)
+        if (strcmp(sub, "stream") == 0 && h->cfg->stream)
             return stream(h, c);
         return answer_text(c, 404, "{\"error\":\"not_found\"}");
     }

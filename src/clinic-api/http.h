@@ -29,6 +29,7 @@ typedef struct {
     int max_poll_s;   /* cap of /v1/changes?timeout= */
     int threads;      /* HTTP worker threads */
     bool batch;       /* serve POST /v1/_batch (--no-batch: 404, as a server without it) */
+    bool stream;      /* serve GET /v1/changes/stream (--no-stream: 404, long polling only) */
     bool strict_idempotency; /* If-Match is part of a key's request (--strict-idempotency) */
     int header_timeout_s; /* a request's headers must all arrive within this many seconds of
                              the connection's start or of the previous answer; 0: no bound */

@@ -41,6 +41,7 @@ static void usage(FILE *out)
           "                          patients, once (a restart with the flag adds nothing)\n"
           "  --no-control            disable /_control/* (fault injection and stats)\n"
           "  --no-batch              disable POST /v1/_batch (404, like a server without it)\n"
+          "  --no-stream             disable GET /v1/changes/stream (404: clients long-poll)\n"
           "  --strict-idempotency    a retried key must repeat If-Match too (default: method,\n"
           "                          path and body identify the request)\n"
           "  --heartbeat-ms MS       event stream heartbeat (default 15000)\n"
@@ -162,6 +163,7 @@ int main(int argc, char **argv)
         O_HELP,
         O_VERSION,
         O_NOBATCH,
+        O_NOSTREAM,
         O_STRICT_IDEM,
         O_CSECRET_FILE,
         O_REFRESH_TTL,
@@ -188,6 +190,7 @@ int main(int argc, char **argv)
                                          {"demo-patients", required_argument, 0, O_DEMO_PATIENTS},
                                          {"no-control", no_argument, 0, O_NOCTL},
                                          {"no-batch", no_argument, 0, O_NOBATCH},
+                                         {"no-stream", no_argument, 0, O_NOSTREAM},
                                          {"strict-idempotency", no_argument, 0, O_STRICT_IDEM},
                                          {"heartbeat-ms", required_argument, 0, O_HB},
                                          {"max-poll", required_argument, 0, O_POLL},
@@ -210,7 +213,7 @@ int main(int argc, char **argv)
     int64_t header_timeout = 10, per_ip = 256, max_conns = 4000, demo_patients = 0;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t threads = cpus > 0 ? cpus : 2;
-    bool control = true, batch = true, strict_idempotency = false;
+    bool control = true, batch = true, stream = true, strict_idempotency = false;
     ca_faults_t faults;
     ca_faults_defaults(&faults);
     int o;
@@ -261,6 +264,9 @@ int main(int argc, char **argv)
             break;
         case O_NOBATCH:
             batch = false;
+            break;
+        case O_NOSTREAM:
+            stream = false;
             break;
         case O_STRICT_IDEM:
             strict_idempotency = true;
@@ -360,6 +366,7 @@ int main(int argc, char **argv)
                             .port = (uint16_t)port,
                             .control = control,
                             .batch = batch,
+                            .stream = stream,
                             .strict_idempotency = strict_idempotency,
                             .heartbeat_ms = (int)hb,
                             .max_poll_s = (int)max_poll,

@@ -1331,6 +1331,36 @@ Test(sync, the_connection_turns_offline_at_once_when_the_api_is_killed)
     cJSON_Delete(s);
 }
 
+/* The same through long polling (a server without the event stream): the
+ * poll in flight drops with the kill, the next one is refused, and that is
+ * proof enough; with offline_after = 100, counting failures would take
+ * minutes. A write made meanwhile is pushed once clinic-api is back. */
+Test(sync, a_refused_long_poll_turns_the_connection_offline_at_once)
+{
+    const char *no_stream[] = {"--no-stream", NULL};
+    cr_assert_eq(ts_clinic_restart(&api, no_stream), 0);
+    cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 100 }\n"), 0);
+    bool polling = false;
+    for (int64_t end = now_ms() + 10000; !polling && now_ms() < end;) {
+        cJSON *s = status(&engine);
+        polling = cJSON_IsTrue(cJSON_GetObjectItem(s, "online")) &&
+                  strcmp(field_str(s, "feed"), "longpoll") == 0;
+        cJSON_Delete(s);
+        if (!polling)
+            sleep_ms(20);
+    }
+    cr_assert(polling, "online and long polling (no event stream)");
+    int64_t lag = kill_api_and_time_offline();
+    cr_assert_geq(lag, 0, "still online 5 s after clinic-api was killed");
+    create(&engine, "lp0", "\"a\":0");
+    cr_assert_eq(ts_clinic_restart(&api, no_stream), 0);
+    cr_assert(wait_synced(&engine, 20000), "pushed once clinic-api was back");
+    cr_assert(status_online(&engine));
+    cJSON *doc = server_doc("lp0");
+    cr_assert_not_null(doc);
+    cJSON_Delete(doc);
+}
+
 /* A token endpoint refused at the connect is a server that is not there,
  * as any refused connect: an engine started while clinic-api is down (no
  * token yet) is offline at once, not after sync.offline_after failures

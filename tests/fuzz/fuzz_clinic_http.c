@@ -16,7 +16,7 @@
 #include "clinic-api/http.c"
 
 static char *collections[] = {"sessions", "patients"};
-static ca_http_config_t cfg = {.collections = collections, .ncollections = 2};
+static ca_http_config_t cfg = {.collections = collections, .ncollections = 2, .stream = true};
 static ca_http_t server = {.cfg = &cfg};
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)

@@ -1280,18 +1280,38 @@ Test(sync, a_write_unanswered_in_time_turns_the_connection_offline)
 
 /* Waits (bounded) until the engine is online and follows the change stream:
  * a live connection for the server's death to cut. */
-static void wait_online_streaming(ts_engine_t *e)
+/* Waits (10 s at most) until status says online, following the feed
+ * this way ("stream", "longpoll"). */
+static void wait_online_feed(ts_engine_t *e, const char *feed)
 {
     bool ready = false;
     for (int64_t end = now_ms() + 10000; !ready && now_ms() < end;) {
         cJSON *s = status(e);
         ready = cJSON_IsTrue(cJSON_GetObjectItem(s, "online")) &&
-                strcmp(field_str(s, "feed"), "stream") == 0;
+                strcmp(field_str(s, "feed"), feed) == 0;
         cJSON_Delete(s);
         if (!ready)
             sleep_ms(20);
     }
-    cr_assert(ready, "online and following the stream");
+    cr_assert(ready, "online and following the feed by %s", feed);
+}
+
+static void wait_online_streaming(ts_engine_t *e)
+{
+    wait_online_feed(e, "stream");
+}
+
+/* A write made while clinic-api is down, then clinic-api back (with
+ * extra flags): the write reaches it, and the engine is online. */
+static void write_while_down_then_restart(const char *id, const char *const extra[])
+{
+    create(&engine, id, "\"a\":0");
+    cr_assert_eq(ts_clinic_restart(&api, extra), 0);
+    cr_assert(wait_synced(&engine, 20000), "pushed once clinic-api was back");
+    cr_assert(status_online(&engine));
+    cJSON *doc = server_doc(id);
+    cr_assert_not_null(doc, "%s on the server", id);
+    cJSON_Delete(doc);
 }
 
 /* Kills clinic-api (SIGKILL: a crash, nothing said to its clients) and
@@ -1340,25 +1360,10 @@ Test(sync, a_refused_long_poll_turns_the_connection_offline_at_once)
     const char *no_stream[] = {"--no-stream", NULL};
     cr_assert_eq(ts_clinic_restart(&api, no_stream), 0);
     cr_assert_eq(ts_engine_start_synced(&engine, &api, "sync = { offline_after = 100 }\n"), 0);
-    bool polling = false;
-    for (int64_t end = now_ms() + 10000; !polling && now_ms() < end;) {
-        cJSON *s = status(&engine);
-        polling = cJSON_IsTrue(cJSON_GetObjectItem(s, "online")) &&
-                  strcmp(field_str(s, "feed"), "longpoll") == 0;
-        cJSON_Delete(s);
-        if (!polling)
-            sleep_ms(20);
-    }
-    cr_assert(polling, "online and long polling (no event stream)");
+    wait_online_feed(&engine, "longpoll");
     int64_t lag = kill_api_and_time_offline();
     cr_assert_geq(lag, 0, "still online 5 s after clinic-api was killed");
-    create(&engine, "lp0", "\"a\":0");
-    cr_assert_eq(ts_clinic_restart(&api, no_stream), 0);
-    cr_assert(wait_synced(&engine, 20000), "pushed once clinic-api was back");
-    cr_assert(status_online(&engine));
-    cJSON *doc = server_doc("lp0");
-    cr_assert_not_null(doc);
-    cJSON_Delete(doc);
+    write_while_down_then_restart("lp0", no_stream);
 }
 
 /* A token endpoint refused at the connect is a server that is not there,
@@ -1378,13 +1383,7 @@ Test(sync, an_engine_started_while_the_api_is_down_is_offline_at_once)
             sleep_ms(50);
     }
     cr_assert(offline, "not offline 5 s after a start with clinic-api down");
-    create(&engine, "t0", "\"a\":0");
-    cr_assert_eq(ts_clinic_restart(&api, NULL), 0);
-    cr_assert(wait_synced(&engine, 20000), "pushed once clinic-api was back");
-    cr_assert(status_online(&engine));
-    cJSON *doc = server_doc("t0");
-    cr_assert_not_null(doc);
-    cJSON_Delete(doc);
+    write_while_down_then_restart("t0", NULL);
 }
 
 /* Writes made after clinic-api was killed — one at once, racing the

@@ -24,7 +24,9 @@
 #define V2_COMPRESSION_COOKIE 0x1c849314u /* 0x1c849304 | 0x10 */
 #define ENCODING_HEADER 40                /* cookie .. conversion ratio */
 #define COMPRESSION_HEADER 8              /* cookie, compressed length */
-#define CONVERSION_RATIO 1.0 /* integerToDoubleValueConversionRatio: integer counts */
+/* integerToDoubleValueConversionRatio: a reader multiplies each value by it;
+ * ours are whole microseconds, written as they are. */
+#define CONVERSION_RATIO 1.0
 
 int32_t hlog_index_for(int64_t v)
 {

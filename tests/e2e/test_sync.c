@@ -1544,8 +1544,7 @@ Test(sync, cancel_of_a_write_never_sent_withholds_it)
 static long long sync_counter(ts_engine_t *e, const char *name)
 {
     cJSON *r = call(e, "metrics", NULL);
-    const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(ts_rpc_result(r), "sync"), name);
-    long long n = cJSON_IsNumber(v) ? (long long)v->valuedouble : -1;
+    long long n = field_int(cJSON_GetObjectItem(ts_rpc_result(r), "sync"), name);
     cJSON_Delete(r);
     return n;
 }

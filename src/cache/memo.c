@@ -78,6 +78,7 @@ static bool row_id(row_t *r)
         return false;
     r->id_len = (uint8_t)(end - start);
     r->id = ts_memdup(start, r->id_len);
+    r->id_tag = ts_row_id_tag(r->id, r->id_len);
     return true;
 }
 
@@ -670,9 +671,10 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
         return false;
     size_t before = e->bytes;
     bool changed = false;
+    uint16_t tag = ts_row_id_tag(c->data, c->id_len);
     for (size_t i = 0; i < e->nrows; i++) { /* its old row goes */
         row_t *r = &e->rows[i];
-        if (r->id_len == c->id_len && memcmp(r->id, c->data, c->id_len) == 0) {
+        if (r->id_tag == tag && r->id_len == c->id_len && memcmp(r->id, c->data, c->id_len) == 0) {
             changed = true;
             e->bytes -= row_cost(r);
             row_free(r);
@@ -697,6 +699,7 @@ bool memo_patch(cache_t *self, entry_t *e, const ts_change_t *c)
             ts_okey_from_text(v, vn, &r.key);
         r.id = ts_memdup(c->data, c->id_len);
         r.id_len = c->id_len;
+        r.id_tag = tag;
         if (ts_okey_cmp(&r.key, &e->lo) >= 0 && (e->complete || !after_end(e, &r))) {
             ts_buf_t b = {0}; /* as the selector prints an item */
             ts_buf_puts(&b, "{\"id\":");

@@ -174,11 +174,22 @@ typedef struct {
     char *text;           /* the item, in its block */
     uint32_t len;
     uint8_t id_len;
+    uint16_t id_tag;      /* ts_row_id_tag of the id: finding a changed document's row
+                             compares it first, not hundreds of ids out of line */
     ts_okey_t key;        /* key.str in the same block */
     uint64_t pre[2];      /* a string key's first 16 bytes, big-endian (zero padded): most
                              comparisons end here, without touching the block */
     char *id;             /* the cache's rows own one; NULL in a copy */
 } ts_row_t;
+
+/* A 16-bit hash of a row's id (FNV-1a, folded). */
+static inline uint16_t ts_row_id_tag(const char *id, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)id[i]) * 16777619u;
+    return (uint16_t)(h ^ (h >> 16));
+}
 
 /* Sets r->pre from r->key (after r->key is set). */
 void ts_row_key_prefix(ts_row_t *r);

@@ -25,6 +25,8 @@
 
 typedef struct ts_seal ts_seal_t; /* a store key (seal.c) */
 
+#define PERSIST_MAX_WRITERS 64 /* clients a group commit waits for, at most */
+
 typedef struct {
     const ts_config_t *config;
     ts_actor_t *actor;
@@ -74,8 +76,15 @@ typedef struct {
     const char *lost;              /* NULL, or why the data dir takes no more writes */
     ts_seal_t *seal;               /* the store's key; NULL: a plain store (seal.c) */
     ts_buf_t ad, sealed;           /* a value's associated data, and the value sealed */
+    /* group commit: the clients that wrote lately (persist.c) */
+    struct {
+        uint64_t client;           /* a hash of its routing id */
+        int64_t at_us;             /* its last write here */
+    } writers[PERSIST_MAX_WRITERS];
+    size_t nwriters;
     /* counters for `metrics` */
-    uint64_t commits, records, failed_commits, wal_restarts;
+    uint64_t commits, records, failed_commits, wal_restarts, group_waits;
+    int64_t group_wait_us_total;
     int64_t commit_us_total, commit_us_max;
     ts_hist_t commit_us;           /* a commit's wall time, its fsync included */
 } persist_t;

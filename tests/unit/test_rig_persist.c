@@ -97,6 +97,15 @@ static size_t recover(persist_rig_t *p, rec_t *out, size_t max, size_t *chunks)
     return 0;
 }
 
+/* Starts persist on a new temp dir, which recovers nothing. */
+static void up_fresh(persist_rig_t *p)
+{
+    up_on(p, NULL);
+    rec_t none[1];
+    size_t chunks;
+    cr_assert_eq(recover(p, none, 1, &chunks), 0, "a new data dir holds nothing");
+}
+
 /* An envelope with one call per record list (NULL: a call without records,
  * a read that waited for an earlier write), answered as the store does. */
 static ts_envelope_t *envelope(ts_rig_t *r, ts_record_t **lists, size_t n)
@@ -231,11 +240,9 @@ static void expect_mutations(const rec_t *got, size_t n, const int64_t *seqs, si
 Test(rig_persist, recovery_streams_exactly_the_mutations_not_dropped_in_seq_order, .timeout = 60)
 {
     persist_rig_t p;
-    up_on(&p, NULL);
+    up_fresh(&p);
     rec_t got[64];
     size_t chunks;
-    cr_assert_eq(recover(&p, got, 64, &chunks), 0);
-
     char ids[32][37];
     /* 12 writes to three documents, three commits of four. */
     for (int64_t s = 1; s <= 12; s += 4) {
@@ -292,10 +299,7 @@ Test(rig_persist, recovery_streams_exactly_the_mutations_not_dropped_in_seq_orde
 Test(rig_persist, recovery_keeps_at_most_three_chunks_unacknowledged, .timeout = 60)
 {
     persist_rig_t p;
-    up_on(&p, NULL);
-    rec_t none[1];
-    size_t chunks;
-    cr_assert_eq(recover(&p, none, 1, &chunks), 0);
+    up_fresh(&p);
     /* 14 writes of 300 KB: three fit a chunk of 1 MiB, so five chunks. */
     enum { WRITES = 14, BODY = 300 * 1024 };
     char *body = malloc(BODY + 16);
@@ -356,10 +360,9 @@ Test(rig_persist, recovery_keeps_at_most_three_chunks_unacknowledged, .timeout =
 Test(rig_persist, a_failed_commit_rolls_back_every_write_of_its_batch_once, .timeout = 60)
 {
     persist_rig_t p;
-    up_on(&p, NULL);
+    up_fresh(&p);
     rec_t got[16];
     size_t chunks;
-    cr_assert_eq(recover(&p, got, 16, &chunks), 0);
     char ids[32][37];
     commit_and_wait(&p, one(&p.r, mutation(1, ids)));
     ts_msg_t m;
@@ -440,10 +443,9 @@ static long group_waits(persist_rig_t *p)
 Test(rig_persist, a_commit_waits_for_other_recent_writers_never_for_a_lone_one, .timeout = 60)
 {
     persist_rig_t p;
-    up_on(&p, NULL);
+    up_fresh(&p);
     rec_t got[64];
     size_t chunks;
-    cr_assert_eq(recover(&p, got, 64, &chunks), 0);
     char ids[32][37];
     int64_t seq = 1;
     ts_msg_t m;

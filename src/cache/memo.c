@@ -241,7 +241,10 @@ static void take_rows(entry_t *e, const ts_cache_run_t *run, row_t *rows, const 
 
 /* ---- extended entries: merging ---- */
 
-static size_t row_cost(const row_t *r) { return r->len + r->key.len + r->id_len + sizeof *r + 48; }
+/* What a row costs: its block, its id, and two row structs, the entry's
+ * and the front door's copy's (mirror.c: nearly every group a client
+ * reads is copied), so that max_bytes bounds both. */
+static size_t row_cost(const row_t *r) { return r->len + r->key.len + r->id_len + 2 * sizeof *r + 48; }
 
 /* (key, id) of row r after the end of e's rows (e not complete). */
 static bool after_end(const entry_t *e, const row_t *r)
@@ -327,9 +330,9 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
     size_t cost = sizeof(entry_t) + key_len + 64;
     if (rows)
         for (size_t i = 0; i < run->nrows; i++)
-            cost += rows[i].len + rows[i].key.len + rows[i].id_len + sizeof *rows + 48;
+            cost += row_cost(&rows[i]);
     else
-        cost += run->result_len;
+        cost += 2 * run->result_len; /* and the front door's copy of it */
     if ((long long)cost > self->config->cache.max_bytes / 4) {
         for (size_t i = 0; rows && i < run->nrows; i++)
             row_free(&rows[i]);

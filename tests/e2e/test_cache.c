@@ -1386,6 +1386,33 @@ Test(cache, the_byte_cap_evicts_and_answers_stay_right)
     }
 }
 
+/* The front door's copies of the answers are in the budget: an answer
+ * kept whole (a selector without a lower bound) costs its size twice. */
+Test(cache, the_byte_cap_counts_the_front_doors_copies)
+{
+    start_engine(NULL, NULL);
+    char pad[1700], extra[1800];
+    memset(pad, 'p', 1600);
+    pad[1600] = '\0';
+    snprintf(extra, sizeof extra, ",\"patient_id\":\"p-big\",\"pad\":\"%s\"", pad);
+    for (int k = 0; k < 6; k++) {
+        char id[32], at[40];
+        snprintf(id, sizeof id, "big-%d", k);
+        snprintf(at, sizeof at, "2026-03-%02dT09:00:00.000Z", k + 1);
+        create_session(id, "thr-big", at, "scheduled", extra);
+    }
+    double before = metric("bytes");
+    const char *params = "{\"patient_id\":\"p-big\"}";
+    char *items = query_items("by_patient", params, true); /* kept */
+    free(query_items("by_patient", params, true));          /* and copied to the front door */
+    size_t len = strlen(items);
+    cr_assert_gt(len, 9600, "the six sessions: %s", ids_of(items));
+    free(items);
+    double grew = metric("bytes") - before;
+    cr_assert_geq(grew, 2.0 * (double)len, "an answer of %zu bytes costs %.0f", len, grew);
+    cr_assert_lt(grew, 3.0 * (double)len + 4096, "and not much more");
+}
+
 /* ==== 13. a selector that reads the clock ==== */
 
 static const char *clock_selectors =

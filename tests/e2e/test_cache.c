@@ -180,16 +180,9 @@ static void write_file(const char *dir, const char *name, const char *text)
 
 static char *read_source(const char *rel)
 {
-    FILE *f = fopen(ts_source_path(rel), "rb");
-    cr_assert_not_null(f, "%s", rel);
-    ts_buf_t b = {0};
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        ts_buf_append(&b, chunk, n);
-    fclose(f);
-    ts_buf_puts(&b, "");
-    return ts_buf_take(&b, &n);
+    char *text = ts_file_text(ts_source_path(rel));
+    cr_assert_not_null(text, "%s", rel);
+    return text;
 }
 
 /* Starts therasyncd with a policies dir of its own: selectors (NULL: the

@@ -34,17 +34,8 @@ static int run_abs(const char *program, const char *const args[], int timeout_ms
     int rc = ts_proc_wait_exit(&p, timeout_ms);
     if (rc < 0)
         ts_proc_stop(&p, 1000);
-    FILE *f = fopen(p.log_path, "r");
-    if (f) {
-        ts_buf_t b = {0};
-        char chunk[4096];
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-            ts_buf_append(&b, chunk, n);
-        fclose(f);
-        *out = b.data; /* NUL-terminated, NULL when empty */
-        unlink(p.log_path);
-    }
+    *out = ts_file_text(p.log_path);
+    unlink(p.log_path);
     if (!*out)
         *out = strdup("");
     return rc;

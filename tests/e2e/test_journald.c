@@ -31,15 +31,14 @@ static int spawn(ts_proc_t *p, const char *dir, const char *data, bool matching)
     return ts_proc_spawn(p, dir, "/bin/sh", args);
 }
 
+/* The daemon's log so far (freed at the next call). */
 static char *read_log(const ts_proc_t *p)
 {
-    FILE *f = fopen(p->log_path, "r");
-    cr_assert_not_null(f);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
+    static char *text;
+    free(text);
+    text = ts_file_text(p->log_path);
+    cr_assert_not_null(text, "%s", p->log_path);
+    return text;
 }
 
 Test(journald, lines_carry_syslog_priorities, .timeout = 60)

@@ -16,13 +16,10 @@ Test(openrpc, rpc_discover_answers_the_document, .timeout = 60)
     cr_assert_not_null(doc, "rpc.discover failed");
     cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(doc, "openrpc")), "1.2.6");
 
-    FILE *f = fopen(ts_source_path("docs/openrpc.json"), "rb");
-    cr_assert_not_null(f);
-    static char text[1 << 20];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
+    char *text = ts_file_text(ts_source_path("docs/openrpc.json"));
+    cr_assert_not_null(text);
     cJSON *file = cJSON_Parse(text);
+    free(text);
     cr_assert(cJSON_Compare(doc, file, true), "the answer is not docs/openrpc.json");
 
     /* the document names the version the daemon says it is (status) */

@@ -281,3 +281,25 @@ int ts_rmtree(const char *path)
         return -1;
     return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+char *ts_file_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t len = 0, cap = 4096;
+    char *text = malloc(cap);
+    for (size_t n; text && (n = fread(text + len, 1, cap - len - 1, f)) > 0;) {
+        len += n;
+        if (cap - len - 1 == 0) {
+            char *bigger = realloc(text, cap *= 2);
+            if (!bigger)
+                free(text);
+            text = bigger;
+        }
+    }
+    fclose(f);
+    if (text)
+        text[len] = '\0';
+    return text;
+}

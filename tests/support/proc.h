@@ -50,5 +50,8 @@ int ts_proc_alive(ts_proc_t *p);
 char *ts_tmpdir(const char *prefix);
 /* Removes path and everything below it. 0 or -1. */
 int ts_rmtree(const char *path);
+/* The whole text of a file (a log, a doc), malloc'd and NUL-terminated;
+ * NULL when it cannot be read. */
+char *ts_file_text(const char *path);
 
 #endif

@@ -1,5 +1,6 @@
 /* test_log.c — the log's lines as an operator reads them: a burst of one
  * warning printed once, then counted; other lines untouched. */
+#include "../support/proc.h"
 #include "therasync/log.h"
 #include "therasync/util.h"
 
@@ -33,15 +34,14 @@ static int count(const char *text, const char *needle)
     return n;
 }
 
+/* What the log wrote so far (freed at the next call). */
 static char *captured(void)
 {
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
+    static char *text;
+    free(text);
+    text = ts_file_text(path);
+    cr_assert_not_null(text, "%s", path);
+    return text;
 }
 
 static void warn_disk(int i)

@@ -53,20 +53,6 @@ static char *methods_table(void)
     return ts_buf_take(&b, &len);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    s[fread(s, 1, (size_t)n, f)] = '\0';
-    fclose(f);
-    return s;
-}
-
 /* Checks (or, for `make docs`, rewrites) the block of the doc between
  * begin and end; returns the doc, maybe rewritten (caller frees). */
 static char *check_block(const char *path, char *doc, const char *begin, const char *end,
@@ -95,7 +81,7 @@ static char *check_block(const char *path, char *doc, const char *begin, const c
 Test(msgs, the_architecture_doc_holds_the_tables_of_msgs_and_methods)
 {
     const char *path = ts_source_path("docs/ARCHITECTURE.md");
-    char *doc = slurp(path);
+    char *doc = ts_file_text(path);
     cr_assert_not_null(doc, "%s", path);
     doc = check_block(path, doc, MSGS_BEGIN, MSGS_END, msgs_table());
     doc = check_block(path, doc, METHODS_BEGIN, METHODS_END, methods_table());

@@ -11,6 +11,7 @@
 
 #include "msgs/call.h"
 #include "store/index.h" /* ts_okey_t: rows and intervals speak order keys */
+#include "therasync/hmap.h"
 #include "therasync/util.h"
 
 #include <cJSON.h>
@@ -182,13 +183,10 @@ typedef struct {
     char *id;             /* the cache's rows own one; NULL in a copy */
 } ts_row_t;
 
-/* A 16-bit hash of a row's id (FNV-1a, folded). */
+/* A 16-bit hash of a row's id. */
 static inline uint16_t ts_row_id_tag(const char *id, size_t len)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)id[i]) * 16777619u;
-    return (uint16_t)(h ^ (h >> 16));
+    return (uint16_t)hmap_hash(id, len);
 }
 
 /* Sets r->pre from r->key (after r->key is set). */

@@ -246,6 +246,15 @@ static void take_rows(entry_t *e, const ts_cache_run_t *run, row_t *rows, const 
  * reads is copied), so that max_bytes bounds both. */
 static size_t row_cost(const row_t *r) { return r->len + r->key.len + r->id_len + 2 * sizeof *r + 48; }
 
+/* What an extended entry of n rows costs (key_len: its group's key). */
+static size_t rows_cost(const row_t *rows, size_t n, size_t key_len)
+{
+    size_t cost = sizeof(entry_t) + key_len + 64;
+    for (size_t i = 0; i < n; i++)
+        cost += row_cost(&rows[i]);
+    return cost;
+}
+
 /* (key, id) of row r after the end of e's rows (e not complete). */
 static bool after_end(const entry_t *e, const row_t *r)
 {
@@ -327,12 +336,9 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
                  const char *selector, const cJSON *bound, row_t *rows, bool patchable,
                  int sel_bit)
 {
-    size_t cost = sizeof(entry_t) + key_len + 64;
-    if (rows)
-        for (size_t i = 0; i < run->nrows; i++)
-            cost += row_cost(&rows[i]);
-    else
-        cost += 2 * run->result_len; /* and the front door's copy of it */
+    size_t cost = rows ? rows_cost(rows, run->nrows, key_len)
+                       : sizeof(entry_t) + key_len + 64 +
+                             2 * run->result_len; /* and the front door's copy of it */
     if ((long long)cost > self->config->cache.max_bytes / 4) {
         for (size_t i = 0; rows && i < run->nrows; i++)
             row_free(&rows[i]);
@@ -373,10 +379,7 @@ static void keep(cache_t *self, ts_cache_run_t *run, const char *key, size_t key
             g = NULL;
     }
     if (rows) {
-        cost = sizeof(entry_t) + key_len + 64;
-        for (size_t i = 0; i < e->nrows; i++)
-            cost += row_cost(&e->rows[i]);
-        e->bytes = cost;
+        e->bytes = cost = rows_cost(e->rows, e->nrows, key_len);
         set_read_range(&run->read, e);
     }
     if (!g) {

@@ -13,8 +13,15 @@
 /* Bounds of one group commit: what is queued is taken, up to this. */
 #define MAX_CALLS_PER_COMMIT 16384
 
-/* Commits every record of the given envelopes in one transaction.
- * Returns 0, or -1 with the transaction rolled back. */
+/* Whether e holds a client's write (records, not the sync actor's). */
+static bool client_write(const ts_envelope_t *e)
+{
+    for (size_t c = 0; !e->internal && c < e->ncalls; c++)
+        if (e->calls[c].records)
+            return true;
+    return false;
+}
+
 /* Whether a batch holds a client's write: only those wait for an fsync.
  * What the sync actor reports (confirmations, remote changes, the cursor)
  * commits without one: if it is lost in a power cut, the next start pushes
@@ -23,12 +30,13 @@
 static bool batch_needs_fsync(ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (!envs[i]->internal)
-            for (size_t c = 0; c < envs[i]->ncalls; c++)
-                if (envs[i]->calls[c].records)
-                    return true;
+        if (client_write(envs[i]))
+            return true;
     return false;
 }
+
+/* Commits every record of the given envelopes in one transaction.
+ * Returns 0, or -1 with the transaction rolled back. */
 
 static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
 {
@@ -277,12 +285,8 @@ static void take_queued(persist_t *self, void *socket, batch_t *b, int flags)
 /* Its client, for a client's write (0: not one). */
 static uint64_t writer_of(const ts_envelope_t *e)
 {
-    if (e->internal || !e->route_len)
-        return 0;
-    bool writes = false;
-    for (size_t c = 0; c < e->ncalls && !writes; c++)
-        writes = e->calls[c].records != NULL;
-    return writes ? hmap_hash((const char *)e->route, e->route_len) | 1 : 0;
+    return e->route_len && client_write(e) ? hmap_hash((const char *)e->route, e->route_len) | 1
+                                           : 0;
 }
 
 /* How many clients that wrote lately have no write in b; notes b's. 0

@@ -2,6 +2,8 @@
  * (multi-threaded) test process never runs code between fork and exec. */
 #include "proc.h"
 
+#include "therasync/util.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -287,19 +289,12 @@ char *ts_file_text(const char *path)
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
-    size_t len = 0, cap = 4096;
-    char *text = malloc(cap);
-    for (size_t n; text && (n = fread(text + len, 1, cap - len - 1, f)) > 0;) {
-        len += n;
-        if (cap - len - 1 == 0) {
-            char *bigger = realloc(text, cap *= 2);
-            if (!bigger)
-                free(text);
-            text = bigger;
-        }
-    }
+    ts_buf_t b = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        ts_buf_append(&b, chunk, n);
     fclose(f);
-    if (text)
-        text[len] = '\0';
-    return text;
+    ts_buf_puts(&b, ""); /* NUL-terminated, and not NULL when empty */
+    return ts_buf_take(&b, &n);
 }

@@ -163,6 +163,9 @@ void sync_check_repair(sync_t *self, check_t *k)
     self->repairs += repaired;
     if (repaired)
         ts_info(LOG, "digest check of %s: %" PRIu64 " documents repaired", coll, repaired);
+    /* the status counting them goes with the repairs, in one message: a
+     * client that sees a repaired document never reads an older count */
+    sync_status_maybe_send(self, false);
     sync_flush(self);
     sync_check_finish(self, k);
 }

@@ -413,11 +413,13 @@ ts_api_error_t api_classify(call_t *c, CURLcode rc, long status, const char **wh
 }
 
 /* A failure that proves the server is not there now: nothing listens on
- * its port, no route to it, or its name does not resolve. Not a timeout,
- * nor a reset (a stale keep-alive connection, a server restarting). */
+ * its port (or the proxy's), no route to it, or its name (or the proxy's)
+ * does not resolve. Not a timeout, nor a reset (a stale keep-alive
+ * connection, a server restarting). */
 bool api_unreachable(CURLcode rc)
 {
-    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+           rc == CURLE_COULDNT_RESOLVE_PROXY;
 }
 
 /* Checks a 2xx body against the request's shape; sets res->json. */

@@ -605,6 +605,26 @@ Test(api, a_refused_connect_is_unreachable_and_final_on_request, .init = setup_d
     ts_api_result_free(res);
 }
 
+/* A proxy whose name does not resolve stands between the engine and the
+ * server as surely as a server that is gone: unreachable too, so the sync
+ * actor goes offline at once instead of after max_attempts with backoff.
+ * (.invalid never resolves, RFC 6761.) */
+Test(api, an_unresolvable_proxy_is_unreachable)
+{
+    memset(&S, 0, sizeof S);
+    server_start(NULL);
+    ts_api_opts_t o = default_opts();
+    o.proxy = "http://no-such-proxy.invalid:3128";
+    actor_start(&o);
+    ts_api_request_t *r = req(TS_API_GET, "/v1/sessions/p1", NULL);
+    r->unreachable_final = true;
+    ts_api_result_t *res = roundtrip(r, 10000);
+    cr_assert_eq(res->error, TS_API_NETWORK, "%s %s", ts_api_error_name(res->error), res->message);
+    cr_assert(res->unreachable, "an unresolvable proxy: %s", res->message);
+    cr_assert_eq(res->attempts, 1, "not retried");
+    ts_api_result_free(res);
+}
+
 Test(api, too_many_requests_honours_retry_after, .init = setup_default)
 {
     send_req(req(TS_API_GET, "/v1/sessions/warm", NULL));

@@ -183,11 +183,17 @@ static void teardown(void)
     memset(&S, 0, sizeof S);
 }
 
-static void setup_default(void)
+/* A fresh clinic-api with default options; the actor's options for it. */
+static ts_api_opts_t server_up(void)
 {
     memset(&S, 0, sizeof S);
     server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    return default_opts();
+}
+
+static void setup_default(void)
+{
+    ts_api_opts_t o = server_up();
     actor_start(&o);
 }
 
@@ -386,9 +392,7 @@ Test(api, create_patch_delete_round_trip, .init = setup_default)
  * inherit the method, body or headers of the one before it. */
 Test(api, pooled_handles_do_not_leak_settings)
 {
-    memset(&S, 0, sizeof S);
-    server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    ts_api_opts_t o = server_up();
     o.max_connections = 1;
     o.max_inflight = 1;
     actor_start(&o);
@@ -529,9 +533,7 @@ Test(api, delays_within_jitter_bounds, .init = setup_default)
 
 Test(api, timeout_after_configured_attempts)
 {
-    memset(&S, 0, sizeof S);
-    server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    ts_api_opts_t o = server_up();
     o.timeout_ms = 300;
     o.max_attempts = 3;
     actor_start(&o);
@@ -611,9 +613,7 @@ Test(api, a_refused_connect_is_unreachable_and_final_on_request, .init = setup_d
  * (.invalid never resolves, RFC 6761.) */
 Test(api, an_unresolvable_proxy_is_unreachable)
 {
-    memset(&S, 0, sizeof S);
-    server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    ts_api_opts_t o = server_up();
     o.proxy = "http://no-such-proxy.invalid:3128";
     actor_start(&o);
     ts_api_request_t *r = req(TS_API_GET, "/v1/sessions/p1", NULL);
@@ -676,9 +676,7 @@ Test(api, expired_token_refreshed_once)
 
 Test(api, invalid_credentials_unauthorized_no_loop)
 {
-    memset(&S, 0, sizeof S);
-    server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    ts_api_opts_t o = server_up();
     o.client_secret = "wrong";
     actor_start(&o);
     long long before = stat_of("requests");
@@ -695,9 +693,7 @@ Test(api, invalid_credentials_unauthorized_no_loop)
 
 Test(api, cancel_queued_and_in_flight)
 {
-    memset(&S, 0, sizeof S);
-    server_start(NULL);
-    ts_api_opts_t o = default_opts();
+    ts_api_opts_t o = server_up();
     o.max_inflight = 1;
     actor_start(&o);
     send_req(req(TS_API_GET, "/v1/sessions/warm", NULL));

@@ -7,22 +7,61 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* Makes path's directory entry durable (the new name of a copy). */
+static int sync_dir_of(const char *path)
+{
+    char dir[PATH_MAX] = ".";
+    const char *slash = strrchr(path, '/');
+    if (slash) {
+        size_t n = slash == path ? 1 : (size_t)(slash - path); /* "/x": the root */
+        if (n >= sizeof dir)
+            return -1;
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
 
 /* Copies db into a new file at path, mode 0600 (a path already there is
  * refused: a backup never overwrites). Pages are copied as they are, so a
  * sealed store (security.encryption_key_file) stays sealed in the copy.
- * Returns the size in bytes, or -1 with why in err. */
+ * The copy is made as PATH.partial and gets its name only once whole and
+ * on disk: a daemon killed or stopped mid-copy never leaves a file at path
+ * that looks like a backup (SQLite would open what was copied so far as an
+ * empty database). Returns the size in bytes, or -1 with why in err. */
 int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errlen)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    char part[PATH_MAX + 16];
+    if ((size_t)snprintf(part, sizeof part, "%s.partial", path) >= sizeof part) {
+        snprintf(err, errlen, "cannot create %s: path too long", path);
+        return -1;
+    }
+    errno = 0;
+    if (access(path, F_OK) == 0 || errno != ENOENT) {
+        int why = errno ? errno : EEXIST; /* there, or cannot tell */
+        snprintf(err, errlen, "cannot create %s: %s", path, strerror(why));
+        return -1;
+    }
+    int fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        int why = errno;
+        snprintf(err, errlen, "cannot create %s: %s%s", part, strerror(why),
+                 why == EEXIST ? " (a backup to that path was cut short: remove it)" : "");
         return -1;
     }
     close(fd);
     sqlite3 *copy = NULL;
-    int rc = sqlite3_open_v2(path, &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc = sqlite3_open_v2(part, &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     sqlite3_backup *b = rc == SQLITE_OK ? sqlite3_backup_init(copy, "main", db, "main") : NULL;
     if (b) {
         rc = sqlite3_backup_step(b, -1); /* all pages at once: persist's own connection */
@@ -33,9 +72,22 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errle
     }
     if (rc != SQLITE_OK)
         snprintf(err, errlen, "cannot copy the database to %s: %s", path, sqlite3_errstr(rc));
-    sqlite3_close(copy);
+    sqlite3_close(copy); /* the copy's commit synced it (synchronous FULL, its default) */
     struct stat st;
-    if (rc != SQLITE_OK || stat(path, &st)) {
+    if (rc == SQLITE_OK && stat(part, &st) != 0) {
+        snprintf(err, errlen, "cannot copy the database to %s: %s", path, strerror(errno));
+        rc = SQLITE_IOERR;
+    }
+    /* link, not rename: a file that appeared at path meanwhile stays */
+    if (rc == SQLITE_OK && link(part, path) != 0) {
+        snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        rc = SQLITE_CANTOPEN;
+    }
+    unlink(part);
+    if (rc != SQLITE_OK)
+        return -1;
+    if (sync_dir_of(path) != 0) {
+        snprintf(err, errlen, "cannot sync the directory of %s: %s", path, strerror(errno));
         unlink(path);
         return -1;
     }

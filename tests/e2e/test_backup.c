@@ -83,6 +83,16 @@ static void *ingest(void *arg)
 
 /* How many of the ids in want (n of them) the engine has, asked with gets
  * pipelined 256 at a time. */
+/* The engine, started, holding the whole ingest. */
+static void start_ingested(void)
+{
+    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
+    pthread_t writer;
+    pthread_create(&writer, NULL, ingest, NULL);
+    pthread_join(writer, NULL);
+    cr_assert_eq(atomic_load(&nanswered), WRITES, "the ingest did not finish");
+}
+
 static int count_present(ts_engine_t *e, const int *want, int n)
 {
     void *s = ts_engine_client(e);
@@ -189,11 +199,7 @@ Test(backup, taken_during_an_ingest_restores_every_answered_write, .timeout = 40
  * waited for the whole copy when persist made it itself. */
 Test(backup, writes_are_answered_while_a_backup_is_taken, .timeout = 400)
 {
-    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
-    pthread_t writer;
-    pthread_create(&writer, NULL, ingest, NULL);
-    pthread_join(writer, NULL);
-    cr_assert_eq(atomic_load(&nanswered), WRITES, "the ingest did not finish");
+    start_ingested();
 
     void *a = ts_engine_client(&engine), *b = ts_engine_client(&engine);
     char req[4600];
@@ -240,6 +246,55 @@ Test(backup, writes_are_answered_while_a_backup_is_taken, .timeout = 400)
                  first_write_at, backup_at);
     zmq_close(a);
     zmq_close(b);
+    ts_engine_destroy(&engine);
+}
+
+/* A daemon killed in the middle of a backup never leaves a file at the
+ * backup's path that looks like one: SQLite would open the pages copied
+ * so far (with their hot journal) as an empty database, and a restore
+ * from it would lose everything. The copy is made as PATH.partial and
+ * named PATH only once whole; a later backup to PATH names the leftover. */
+Test(backup, a_backup_cut_short_by_a_kill_leaves_nothing_at_its_path, .timeout = 400)
+{
+    start_ingested();
+
+    char path[4400], part[4500], params[4600];
+    snprintf(path, sizeof path, "%s/cut.db", engine.dir);
+    snprintf(part, sizeof part, "%s.partial", path);
+    snprintf(params, sizeof params,
+             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"backup\",\"params\":{\"path\":\"%s\"}}",
+             path);
+    void *c = ts_engine_client(&engine);
+    cr_assert_eq(zmq_send(c, params, strlen(params), 0), (int)strlen(params));
+    long long deadline = now_ms() + 20000;
+    while (access(path, F_OK) != 0 && access(part, F_OK) != 0 && now_ms() < deadline)
+        usleep(200);
+    ts_engine_kill(&engine); /* kill -9, as the copy starts */
+    zmq_close(c);
+
+    if (access(path, F_OK) == 0) { /* the copy won the race: then it is whole */
+        sqlite3 *h;
+        cr_assert_eq(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        sqlite3_stmt *q;
+        int rc = sqlite3_prepare_v2(h, "SELECT count(*) FROM meta", -1, &q, NULL);
+        cr_assert_eq(rc, SQLITE_OK, "%s holds no database: %s", path, sqlite3_errmsg(h));
+        cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+        sqlite3_finalize(q);
+        sqlite3_close(h);
+        cr_log_info("the copy was whole before the kill: nothing cut short to check");
+    } else {
+        cr_assert_eq(access(part, F_OK), 0, "the copy did not start");
+        /* the leftover is named, not overwritten, by the next backup */
+        cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
+        snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+        cJSON *r = ts_rpc(&engine, "backup", params);
+        cr_assert_eq(ts_rpc_error_code(r), -32603);
+        const char *msg = cJSON_GetStringValue(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(r, "error"), "message"));
+        cr_assert(msg && strstr(msg, "cut.db.partial") && strstr(msg, "cut short"), "%s", msg);
+        cJSON_Delete(r);
+        cr_assert_neq(access(path, F_OK), 0, "a refused backup left a file at its path");
+    }
     ts_engine_destroy(&engine);
 }
 

@@ -4,6 +4,8 @@
  * share (persist_exec, persist_pragma_int). */
 #include "persist/persist_int.h"
 
+#include <unistd.h>
+
 /* Schema migrations: entry i takes the database from version i to i + 1. */
 static const char *migrations[TS_SCHEMA_VERSION] = {
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
@@ -67,16 +69,24 @@ int persist_pragma_int(persist_t *self, const char *sql)
 
 /* Before a migration, the database as it was: therasync.db.pre-vN (N its
  * schema version), to go back to the therasyncd that wrote it. One already
- * there (an earlier attempt) is that same version, and is kept. */
+ * there (an earlier attempt) is that same version, whole, and is kept; the
+ * .partial of an attempt cut short is this daemon's own, and goes. */
 static int backup_before_migrating(persist_t *self, int version)
 {
-    char path[4096], err[512];
+    char path[4096], part[4200], err[512];
     snprintf(path, sizeof path, "%s/therasync.db.pre-v%d", self->config->data_dir, version);
     struct stat st;
     if (stat(path, &st) == 0) {
         ts_info(LOG, "schema %d → %d: the copy from before, %s, is already there", version,
                 TS_SCHEMA_VERSION, path);
         return 0;
+    }
+    snprintf(part, sizeof part, "%s.partial", path);
+    if (unlink(part) == 0) {
+        ts_warn(LOG, "schema %d → %d: removed %s, a copy cut short", version, TS_SCHEMA_VERSION,
+                part);
+        snprintf(part, sizeof part, "%s.partial-journal", path);
+        unlink(part);
     }
     int64_t bytes = persist_backup_to(self->db, path, err, sizeof err);
     if (bytes < 0) {

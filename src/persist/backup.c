@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -30,6 +31,27 @@ static int sync_dir_of(const char *path)
     int rc = fsync(fd);
     close(fd);
     return rc;
+}
+
+/* Gives the whole copy at part its name, never over a file that appeared
+ * at path meanwhile. A file system without RENAME_NOREPLACE (or without
+ * hard links, say a vfat backup stick) gets the nearest it allows. */
+static int name_copy(const char *part, const char *path)
+{
+    if (renameat2(AT_FDCWD, part, AT_FDCWD, path, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return -1; /* EEXIST, or a real failure */
+    if (link(part, path) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return -1;
+    errno = 0;
+    if (access(path, F_OK) == 0 || errno != ENOENT) {
+        errno = errno ? errno : EEXIST;
+        return -1;
+    }
+    return rename(part, path);
 }
 
 /* Copies db into a new file at path, mode 0600 (a path already there is
@@ -78,12 +100,11 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errle
         snprintf(err, errlen, "cannot copy the database to %s: %s", path, strerror(errno));
         rc = SQLITE_IOERR;
     }
-    /* link, not rename: a file that appeared at path meanwhile stays */
-    if (rc == SQLITE_OK && link(part, path) != 0) {
+    if (rc == SQLITE_OK && name_copy(part, path) != 0) {
         snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
         rc = SQLITE_CANTOPEN;
     }
-    unlink(part);
+    unlink(part); /* gone already once named */
     if (rc != SQLITE_OK)
         return -1;
     if (sync_dir_of(path) != 0) {

@@ -38,10 +38,7 @@ static const char *in_dir(const char *name)
 
 static void write_file(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f, "%s", path);
-    fputs(text, f);
-    fclose(f);
+    cr_assert_eq(ts_file_write(path, text, strlen(text)), 0, "cannot write %s", path);
 }
 
 /* The clients file: admin, writer and reader, and bob and carol when asked. */

@@ -317,10 +317,7 @@ Test(backup, a_migration_first_copies_the_old_database, .timeout = 60)
     /* an earlier attempt's copy, cut short: the daemon's own, it goes */
     char part[4600];
     snprintf(part, sizeof part, "%s.pre-v4.partial", db);
-    FILE *f = fopen(part, "w");
-    cr_assert_not_null(f);
-    fputs("SQLite format 3", f);
-    fclose(f);
+    cr_assert_eq(ts_file_write(part, "SQLite format 3", 15), 0);
     cr_assert_eq(ts_engine_restart(&e, permissive_args()), 0);
     cr_assert_neq(access(part, F_OK), 0, "the cut-short copy is still there");
     snprintf(copy, sizeof copy, "%s.pre-v4", db);

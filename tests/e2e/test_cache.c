@@ -172,10 +172,7 @@ static void write_file(const char *dir, const char *name, const char *text)
 {
     char path[4400];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f, "%s", path);
-    fputs(text, f);
-    fclose(f);
+    cr_assert_eq(ts_file_write(path, text, strlen(text)), 0, "cannot write %s", path);
 }
 
 static char *read_source(const char *rel)

@@ -161,10 +161,7 @@ static void write_file(const char *dir, const char *name, const char *text, size
 {
     char path[4300];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "cannot write %s", path);
-    cr_assert_eq(fwrite(text, 1, len, f), len);
-    fclose(f);
+    cr_assert_eq(ts_file_write(path, text, len), 0, "cannot write %s", path);
 }
 
 static const char ENGINE_CONFIG[] =

@@ -52,10 +52,7 @@ static int64_t now_ms(void)
 
 static void write_file(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f, "cannot write %s", path);
-    fputs(text, f);
-    fclose(f);
+    cr_assert_eq(ts_file_write(path, text, strlen(text)), 0, "cannot write %s", path);
 }
 
 /* clinic-api --demo-patients 200 (+ extra flags), then therasyncd --api with

@@ -548,10 +548,8 @@ Test(policy_engine, sigterm_stops_a_daemon_stuck_in_a_policy_call, .timeout = 60
     char *cfgdir = ts_tmpdir("ts-config");
     char cfg[4200];
     snprintf(cfg, sizeof cfg, "%s/engine.lua", cfgdir);
-    FILE *f = fopen(cfg, "w");
-    cr_assert_not_null(f);
-    fputs("lua = { instruction_budget = 1e15 }\n", f);
-    fclose(f);
+    const char *text = "lua = { instruction_budget = 1e15 }\n";
+    cr_assert_eq(ts_file_write(cfg, text, strlen(text)), 0);
     const char *policies = ts_source_path("tests/fixtures/policies/looping");
     const char *args[] = {"--policies", policies, "--config", cfg, NULL};
     cr_assert_eq(ts_engine_start(&engine, args), 0, "log: %s", engine.proc.log_path);

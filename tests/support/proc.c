@@ -298,3 +298,12 @@ char *ts_file_text(const char *path)
     ts_buf_puts(&b, ""); /* NUL-terminated, and not NULL when empty */
     return ts_buf_take(&b, &n);
 }
+
+int ts_file_write(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    bool ok = fwrite(text, 1, len, f) == len;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}

@@ -53,5 +53,8 @@ int ts_rmtree(const char *path);
 /* The whole text of a file (a log, a doc), malloc'd and NUL-terminated;
  * NULL when it cannot be read. */
 char *ts_file_text(const char *path);
+/* Writes len bytes of text to path, replacing it (mode 0644 less the
+ * umask). 0 or -1. */
+int ts_file_write(const char *path, const char *text, size_t len);
 
 #endif

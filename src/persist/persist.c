@@ -37,7 +37,6 @@ static bool batch_needs_fsync(ts_envelope_t **envs, size_t n)
 
 /* Commits every record of the given envelopes in one transaction.
  * Returns 0, or -1 with the transaction rolled back. */
-
 static int commit_batch(persist_t *self, ts_envelope_t **envs, size_t n)
 {
     int64_t start = ts_mono_us();

@@ -381,15 +381,12 @@ Test(backup, the_cli_takes_a_path_relative_to_its_directory, .timeout = 60)
 /* Whether the file at path holds text (its bytes searched). */
 static bool file_holds(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot read %s", path);
-    static char bytes[64 << 20];
-    size_t n = fread(bytes, 1, sizeof bytes, f), tlen = strlen(text);
-    fclose(f);
-    for (size_t i = 0; i + tlen <= n; i++)
-        if (memcmp(bytes + i, text, tlen) == 0)
-            return true;
-    return false;
+    size_t n;
+    char *bytes = ts_file_bytes(path, &n);
+    cr_assert_not_null(bytes, "cannot read %s", path);
+    bool found = memmem(bytes, n, text, strlen(text)) != NULL;
+    free(bytes);
+    return found;
 }
 
 /* With encryption at rest the copy is sealed (no note in its bytes), and

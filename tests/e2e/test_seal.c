@@ -80,17 +80,10 @@ static bool files_hold(const char *data, const char *text)
     for (size_t i = 0; i < 2 && !found; i++) {
         char path[4300];
         snprintf(path, sizeof path, "%s/%s", data, names[i]);
-        FILE *f = fopen(path, "rb");
-        if (!f)
-            continue;
-        ts_buf_t b = {0};
-        char chunk[65536];
         size_t n;
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-            ts_buf_append(&b, chunk, n);
-        fclose(f);
-        found = b.data && memmem(b.data, b.len, text, strlen(text)) != NULL;
-        ts_buf_free(&b);
+        char *bytes = ts_file_bytes(path, &n);
+        found = bytes && memmem(bytes, n, text, strlen(text)) != NULL;
+        free(bytes);
     }
     return found;
 }

@@ -284,19 +284,26 @@ int ts_rmtree(const char *path)
     return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-char *ts_file_text(const char *path)
+char *ts_file_bytes(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
     ts_buf_t b = {0};
-    char chunk[4096];
+    char chunk[65536];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
         ts_buf_append(&b, chunk, n);
     fclose(f);
+    *len = b.len;
     ts_buf_puts(&b, ""); /* NUL-terminated, and not NULL when empty */
     return ts_buf_take(&b, &n);
+}
+
+char *ts_file_text(const char *path)
+{
+    size_t len;
+    return ts_file_bytes(path, &len);
 }
 
 int ts_file_write(const char *path, const char *text, size_t len)

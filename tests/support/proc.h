@@ -50,8 +50,10 @@ int ts_proc_alive(ts_proc_t *p);
 char *ts_tmpdir(const char *prefix);
 /* Removes path and everything below it. 0 or -1. */
 int ts_rmtree(const char *path);
-/* The whole text of a file (a log, a doc), malloc'd and NUL-terminated;
- * NULL when it cannot be read. */
+/* The whole of a file, malloc'd, its length in *len (and a NUL after
+ * it); NULL when it cannot be read. */
+char *ts_file_bytes(const char *path, size_t *len);
+/* The same for a text (a log, a doc), its length not wanted. */
 char *ts_file_text(const char *path);
 /* Writes len bytes of text to path, replacing it (mode 0644 less the
  * umask). 0 or -1. */

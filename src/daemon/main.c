@@ -291,6 +291,10 @@ done:;
     /* Not ready from the first moment of the stop; its socket closes
      * before the context ends. */
     ts_admin_stop(&admin);
+    /* A backup being copied is abandoned, not waited for: its client gets
+     * the reason, and no PATH.partial is left behind. */
+    if (persist && ts_actor_command(persist, "STOPPING"))
+        ts_warn(LOG, "cannot tell persist the engine is stopping");
     /* Every actor stops working first (the front door after answering what
      * it has in flight), then each frees what is still queued for it and
      * exits: no message is ever sent to an inbox that is already closed. */

@@ -13,6 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Pages copied between two looks at whether the engine is stopping
+ * (~4 MB: a few ms). */
+#define STEP_PAGES 1024
+
 /* Makes path's directory entry durable (the new name of a copy). */
 static int sync_dir_of(const char *path)
 {
@@ -60,8 +64,11 @@ static int name_copy(const char *part, const char *path)
  * The copy is made as PATH.partial and gets its name only once whole and
  * on disk: a daemon killed or stopped mid-copy never leaves a file at path
  * that looks like a backup (SQLite would open what was copied so far as an
- * empty database). Returns the size in bytes, or -1 with why in err. */
-int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errlen)
+ * empty database). Between steps the copy asks stopping(arg) (when given):
+ * true abandons it, and nothing is left at path or path.partial. Returns
+ * the size in bytes, or -1 with why in err. */
+int64_t persist_backup_to(sqlite3 *db, const char *path, bool (*stopping)(void *), void *arg,
+                          char *err, size_t errlen)
 {
     char part[PATH_MAX + 16];
     if ((size_t)snprintf(part, sizeof part, "%s.partial", path) >= sizeof part) {
@@ -85,14 +92,32 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errle
     sqlite3 *copy = NULL;
     int rc = sqlite3_open_v2(part, &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
     sqlite3_backup *b = rc == SQLITE_OK ? sqlite3_backup_init(copy, "main", db, "main") : NULL;
+    bool abandoned = false;
     if (b) {
-        rc = sqlite3_backup_step(b, -1); /* all pages at once: persist's own connection */
+        /* One read transaction over all the steps, so the copy is one
+         * snapshot: without it each step reads the newest commit, and
+         * SQLite starts the copy over whenever the database changed since
+         * the last step, which a steady stream of writes never lets end. */
+        bool own = sqlite3_get_autocommit(db); /* not inside a transaction of the caller's */
+        if (own)
+            sqlite3_exec(db, "BEGIN; SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+        while ((rc = sqlite3_backup_step(b, STEP_PAGES)) == SQLITE_OK)
+            if (stopping && stopping(arg)) {
+                abandoned = true;
+                break;
+            }
         sqlite3_backup_finish(b);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        if (own && !sqlite3_get_autocommit(db)) /* ends the read; never left open */
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : abandoned ? SQLITE_ABORT : rc;
     } else if (rc == SQLITE_OK) {
         rc = sqlite3_errcode(copy);
     }
-    if (rc != SQLITE_OK)
+    if (abandoned)
+        snprintf(err, errlen,
+                 "the engine is stopping: the backup to %s was abandoned (nothing is left there)",
+                 path);
+    else if (rc != SQLITE_OK)
         snprintf(err, errlen, "cannot copy the database to %s: %s", path, sqlite3_errstr(rc));
     sqlite3_close(copy); /* the copy's commit synced it (synchronous FULL, its default) */
     struct stat st;
@@ -120,12 +145,12 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errle
  * snapshot of every commit before it: persist goes on committing writes
  * meanwhile (WAL), and the copy holds every write answered before the
  * call, and perhaps some after. */
-void persist_backup_call(sqlite3 *db, ts_call_t *call)
+void persist_backup_call(sqlite3 *db, ts_call_t *call, bool (*stopping)(void *), void *arg)
 {
     const char *path = ts_json_string(call->params, "path");
     char err[512];
     int64_t start = ts_mono_us();
-    int64_t bytes = persist_backup_to(db, path, err, sizeof err);
+    int64_t bytes = persist_backup_to(db, path, stopping, arg, err, sizeof err);
     if (bytes < 0) {
         ts_error(LOG, "backup: %s", err);
         ts_call_fail(call, TS_E_INTERNAL, "%s", err);

@@ -34,19 +34,52 @@
 typedef struct {
     const ts_config_t *config;
     sqlite3 *db;
+    void *pipe;     /* from persist: STOPPING, $TERM */
     void *to_front; /* PUSH: answered backup calls */
     uint64_t checkpoints;
+    bool stopping;  /* the daemon is stopping: no backup is started or finished */
+    bool term;      /* $TERM came while copying: the loop ends after it */
 } checkpointer_t;
+
+/* Reads what persist sent on the pipe; whether the daemon is stopping.
+ * Asked between a backup's steps too: a stop abandons a long copy instead
+ * of waiting for it (its client is answered, the stop stays prompt). */
+static bool told_to_stop(void *arg)
+{
+    checkpointer_t *self = arg;
+    char command[16];
+    int n;
+    while ((n = zmq_recv(self->pipe, command, sizeof command, ZMQ_DONTWAIT)) >= 0) {
+        if (n == 8 && memcmp(command, "STOPPING", 8) == 0)
+            self->stopping = true;
+        if (n == 5 && memcmp(command, "$TERM", 5) == 0)
+            self->stopping = self->term = true;
+    }
+    return self->stopping;
+}
+
+static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
+{
+    (void)loop, (void)pipe;
+    checkpointer_t *self = arg;
+    told_to_stop(self);
+    return self->term ? -1 : 0;
+}
 
 /* Backup calls (BACKUP): each copied from this connection, whose read is a
  * snapshot of every commit before it, then answered. */
 static void take_backups(checkpointer_t *self, ts_envelope_t **envs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        for (size_t c = 0; c < envs[i]->ncalls; c++)
-            if (envs[i]->calls[c].method == TS_M_BACKUP && !envs[i]->calls[c].err_code &&
-                !envs[i]->calls[c].result)
-                persist_backup_call(self->db, &envs[i]->calls[c]);
+        for (size_t c = 0; c < envs[i]->ncalls; c++) {
+            ts_call_t *call = &envs[i]->calls[c];
+            if (call->method != TS_M_BACKUP || call->err_code || call->result)
+                continue;
+            if (told_to_stop(self))
+                ts_call_fail(call, TS_E_INTERNAL, "the engine is stopping: no backup taken");
+            else
+                persist_backup_call(self->db, call, told_to_stop, self);
+        }
     if (ts_send_ANSWERS(self->to_front, envs, n)) {
         ts_error(LOG, "cannot pass backup answers to the front door");
         for (size_t i = 0; i < n; i++)
@@ -67,6 +100,8 @@ static int on_checkpoint_request(ts_loop_t *loop, void *socket, void *arg)
         } else if (m.kind == TS_MSG_BACKUP) {
             take_backups(self, ts_msg_BACKUP(&m), m.count);
             ts_msg_release(&m);
+            if (self->term)
+                return -1;
         } else {
             ts_msg_unexpected("checkpointer", &m);
         }
@@ -110,7 +145,8 @@ void persist_checkpointer_actor(ts_actor_t *actor, void *args)
         ts_error(LOG, "checkpointer: cannot reach the front door");
         goto done;
     }
-    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    self.pipe = ts_actor_pipe(actor);
+    ts_loop_reader(loop, self.pipe, on_pipe, &self);
     ts_loop_reader(loop, inbox, on_checkpoint_request, &self);
     ts_actor_ready(actor, 0);
     ts_loop_run(loop);

@@ -390,6 +390,20 @@ static int on_inbox(ts_loop_t *loop, void *socket, void *arg)
     return 0;
 }
 
+/* The daemon's commands: STOPPING (SIGTERM came) goes on to the
+ * checkpointer, which abandons a backup it is copying; $TERM ends the loop. */
+static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
+{
+    (void)loop;
+    persist_t *self = arg;
+    char command[16];
+    int n = zmq_recv(pipe, command, sizeof command, 0);
+    if (n == 8 && memcmp(command, "STOPPING", 8) == 0 &&
+        ts_actor_command(self->checkpointer, "STOPPING"))
+        ts_warn(LOG, "cannot tell the checkpointer the engine is stopping");
+    return n == 5 && memcmp(command, "$TERM", 5) == 0 ? -1 : 0;
+}
+
 static void persist_cleanup(persist_t *self)
 {
     ts_actor_destroy(&self->checkpointer);
@@ -468,7 +482,7 @@ static void persist_actor(ts_actor_t *actor, void *args)
         ts_error(LOG, "cannot set up sockets: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
-    ts_loop_reader(loop, ts_actor_pipe(actor), ts_actor_pipe_term, NULL);
+    ts_loop_reader(loop, ts_actor_pipe(actor), on_pipe, &self);
     ts_loop_reader(loop, self.inbox, on_inbox, &self);
     ts_loop_timer(loop, 1000, persist_on_storage_timer, &self);
     ts_actor_ready(actor, 0);

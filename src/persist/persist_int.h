@@ -129,8 +129,9 @@ int persist_bind_outcome(persist_t *self, sqlite3_stmt *s, int first, const ts_r
 /* audit.c */
 void persist_answer_audit(persist_t *self, ts_call_t *call);
 /* backup.c */
-int64_t persist_backup_to(sqlite3 *db, const char *path, char *err, size_t errlen);
-void persist_backup_call(sqlite3 *db, ts_call_t *call);
+int64_t persist_backup_to(sqlite3 *db, const char *path, bool (*stopping)(void *), void *arg,
+                          char *err, size_t errlen);
+void persist_backup_call(sqlite3 *db, ts_call_t *call, bool (*stopping)(void *), void *arg);
 
 /* seal.c: values sealed under the store's key, when it has one. A value
  * is bound, or read, with its row's identity (tag, a, b, n): see

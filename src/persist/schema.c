@@ -88,7 +88,7 @@ static int backup_before_migrating(persist_t *self, int version)
         snprintf(part, sizeof part, "%s.partial-journal", path);
         unlink(part);
     }
-    int64_t bytes = persist_backup_to(self->db, path, err, sizeof err);
+    int64_t bytes = persist_backup_to(self->db, path, NULL, NULL, err, sizeof err);
     if (bytes < 0) {
         ts_error(LOG, "not migrating the schema without a copy of it: %s", err);
         return -1;

@@ -90,7 +90,7 @@ int ts_engine_stop(ts_engine_t *e)
 
 void ts_engine_kill(ts_engine_t *e)
 {
-    ts_proc_stop(&e->proc, 0);
+    ts_proc_kill(&e->proc);
 }
 
 void ts_engine_destroy(ts_engine_t *e)

@@ -31,7 +31,7 @@ int ts_engine_start(ts_engine_t *e, const char *const extra[]);
 int ts_engine_restart(ts_engine_t *e, const char *const extra[]);
 /* SIGTERM and wait: returns the exit code. */
 int ts_engine_stop(ts_engine_t *e);
-/* SIGKILL and reap. */
+/* SIGKILL at once, as a crash (no SIGTERM first), and reap. */
 void ts_engine_kill(ts_engine_t *e);
 /* Stops it if running, closes sockets, removes the temp dir. */
 void ts_engine_destroy(ts_engine_t *e);

@@ -216,7 +216,9 @@ int ts_wait_port(int port, int timeout_ms)
     return -1;
 }
 
-int ts_proc_stop(ts_proc_t *p, int timeout_ms)
+/* Stops p: with signal first (SIGTERM, or SIGKILL for a crash), SIGKILL
+ * after timeout_ms; reaps it. */
+static int stop_with(ts_proc_t *p, int signal, int timeout_ms)
 {
     if (p->pid == 0)
         return -1;
@@ -224,7 +226,7 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
         p->pid = 0;
         return p->status;
     }
-    kill(p->pid, SIGTERM);
+    kill(p->pid, signal);
     long long end = now_ms() + timeout_ms;
     int st = 0;
     pid_t r = 0;
@@ -243,6 +245,16 @@ int ts_proc_stop(ts_proc_t *p, int timeout_ms)
     if (r < 0)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int ts_proc_stop(ts_proc_t *p, int timeout_ms)
+{
+    return stop_with(p, SIGTERM, timeout_ms);
+}
+
+int ts_proc_kill(ts_proc_t *p)
+{
+    return stop_with(p, SIGKILL, 0);
 }
 
 int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms)

@@ -39,6 +39,10 @@ int ts_wait_port(int port, int timeout_ms);
  * code, 128+signal when killed by a signal, or -1 when it was not running. */
 int ts_proc_stop(ts_proc_t *p, int timeout_ms);
 
+/* SIGKILL at once (a crash: the process is told nothing) and reap. Returns
+ * 128 + SIGKILL, or its exit code when it had ended already. */
+int ts_proc_kill(ts_proc_t *p);
+
 /* Waits up to timeout_ms for the child to exit by itself; returns its exit
  * code (128+signal when killed), or -1 on timeout (the child keeps running). */
 int ts_proc_wait_exit(ts_proc_t *p, int timeout_ms);

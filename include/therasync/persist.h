@@ -43,6 +43,14 @@ ts_actor_t *ts_persist_start(void *zctx, const ts_config_t *config);
 int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char *new_key_file,
                      char *err, size_t errlen);
 
+/* `therasync restore`: puts the backup at path in place as the database of
+ * the stopped daemon's data_dir (OPERATIONS.md, Restore). The backup is
+ * copied in and checked first (a whole SQLite database of a therasync
+ * schema this build reads); the database it replaces, its WAL folded in,
+ * is kept as therasync.db.before-restore-STAMP. 0, or -1 with the reason in
+ * err (the data dir then holds what it held). */
+int ts_persist_restore(const char *data_dir, const char *path, char *err, size_t errlen);
+
 /* therasyncd --check-config: whether the store's key the config names (or
  * the systemd credential) can be read. 0 (*sealed: there is one), or -1
  * with err. */

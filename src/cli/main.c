@@ -63,6 +63,9 @@ static const char usage_text[] =
     "                                          re-seal a stopped daemon's store under a new\n"
     "                                          key (--old-key: its key now; none: seal a\n"
     "                                          plain store); see SECURITY.md\n"
+    "  restore --data DIR BACKUP               put a backup in place as a stopped daemon's\n"
+    "                                          database, checked first; the one it replaces\n"
+    "                                          is kept beside it (docs/OPERATIONS.md)\n"
     "\n"
     "options:\n"
     "  --endpoint ZMQ   front door (default " DEFAULT_ENDPOINT ", or $THERASYNC_ENDPOINT)\n"
@@ -617,6 +620,21 @@ static int cmd_rekey(cmd_ctx_t *c, int argc, const char **argv)
     return CLI_EXIT_OK;
 }
 
+/* ---- restore: a backup into the data dir of a stopped daemon ---- */
+
+static int cmd_restore(cmd_ctx_t *c, int argc, const char **argv)
+{
+    (void)argc;
+    if (!c->o->data)
+        return usage_error("%s", "usage: therasync restore --data DIR BACKUP");
+    char err[1024] = "";
+    if (ts_persist_restore(c->o->data, argv[0], err, sizeof err)) {
+        fprintf(stderr, "therasync: restore: %s\n", err);
+        return CLI_EXIT_ERROR;
+    }
+    return CLI_EXIT_OK;
+}
+
 /* ---- watch: SUB to the events socket ---- */
 
 static volatile sig_atomic_t stop_requested;
@@ -933,6 +951,7 @@ static const command_t commands[] = {
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},
     {"keygen", 0, 1, false, cmd_keygen, "keygen [PATH/NAME]"},
     {"rekey", 0, 0, false, cmd_rekey, "rekey --data DIR [--old-key FILE] --new-key FILE"},
+    {"restore", 1, 1, false, cmd_restore, "restore --data DIR BACKUP"},
 };
 
 int main(int argc, char **argv)

@@ -17,8 +17,7 @@
  * (~4 MB: a few ms). */
 #define STEP_PAGES 1024
 
-/* Makes path's directory entry durable (the new name of a copy). */
-static int sync_dir_of(const char *path)
+int persist_sync_dir(const char *path)
 {
     char dir[PATH_MAX] = ".";
     const char *slash = strrchr(path, '/');
@@ -132,7 +131,7 @@ int64_t persist_backup_to(sqlite3 *db, const char *path, bool (*stopping)(void *
     unlink(part); /* gone already once named */
     if (rc != SQLITE_OK)
         return -1;
-    if (sync_dir_of(path) != 0) {
+    if (persist_sync_dir(path) != 0) {
         snprintf(err, errlen, "cannot sync the directory of %s: %s", path, strerror(errno));
         unlink(path);
         return -1;

@@ -132,6 +132,8 @@ void persist_answer_audit(persist_t *self, ts_call_t *call);
 int64_t persist_backup_to(sqlite3 *db, const char *path, bool (*stopping)(void *), void *arg,
                           char *err, size_t errlen);
 void persist_backup_call(sqlite3 *db, ts_call_t *call, bool (*stopping)(void *), void *arg);
+/* Makes path's directory entry durable (a file's new name). 0 or -1. */
+int persist_sync_dir(const char *path);
 
 /* seal.c: values sealed under the store's key, when it has one. A value
  * is bound, or read, with its row's identity (tag, a, b, n): see

@@ -5,6 +5,7 @@
 #include "../support/run.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -356,6 +357,107 @@ Test(backup, a_stop_mid_copy_abandons_it_and_says_so, .timeout = 400)
     cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
     sqlite3_finalize(q);
     sqlite3_close(h);
+    ts_engine_destroy(&engine);
+}
+
+/* The value of field v of doc id, -1 when it is not there. */
+static int value_of(const char *id)
+{
+    char params[128];
+    snprintf(params, sizeof params, "{\"collection\":\"sessions\",\"id\":\"%s\"}", id);
+    cJSON *r = ts_rpc(&engine, "get", params);
+    cJSON *doc = cJSON_GetObjectItem(ts_rpc_result(r), "doc");
+    const cJSON *v = cJSON_GetObjectItem(doc ? doc : ts_rpc_result(r), "v");
+    int value = cJSON_IsNumber(v) ? v->valueint : -1;
+    cJSON_Delete(r);
+    return value;
+}
+
+static void put(const char *method, const char *params)
+{
+    cJSON *r = ts_rpc(&engine, method, params);
+    cr_assert_not_null(ts_rpc_result(r), "%s %s", method, params);
+    cJSON_Delete(r);
+}
+
+/* therasync restore --data DATA path: its exit code, its output in out. */
+static int restore(const char *path, ts_buf_t *out)
+{
+    const char *args[] = {"restore", "--data", engine.data, path, NULL};
+    ts_buf_reset(out);
+    return ts_run("therasync", args, NULL, 60000, out, out);
+}
+
+/* `therasync restore`: refused while the daemon runs and for what is not a
+ * whole therasync database (the data dir left as it was); then the values
+ * are the backup's, and the database it replaced, kept beside it, holds
+ * every write made after the backup, even those a crash left in its WAL
+ * (folded in before it moved). */
+Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 120)
+{
+    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
+    put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r1\",\"v\":1}}");
+    put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r2\",\"v\":1}}");
+    char path[4400], params[4500];
+    snprintf(path, sizeof path, "%s/b.db", engine.dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+    put("backup", params);
+    put("update", "{\"collection\":\"sessions\",\"id\":\"r1\",\"patch\":{\"v\":2}}");
+    put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r3\",\"v\":3}}");
+
+    ts_buf_t out = {0};
+    cr_assert_neq(restore(path, &out), 0, "restored under a running daemon");
+    cr_assert(out.data && strstr(out.data, "stop therasyncd"), "%s", out.data);
+    ts_engine_stop(&engine);
+
+    /* what is not a whole therasync database, refused by name */
+    char bad[4400];
+    snprintf(bad, sizeof bad, "%s/garbage.db", engine.dir);
+    FILE *f = fopen(bad, "w");
+    fputs("not a database\n", f);
+    fclose(f);
+    cr_assert_neq(restore(bad, &out), 0);
+    cr_assert(strstr(out.data, "is not a database"), "%s", out.data);
+    char cut[4500];
+    snprintf(cut, sizeof cut, "%s/cut.db", engine.dir);
+    size_t len = 0;
+    char *bytes = ts_file_bytes(path, &len);
+    cr_assert(bytes && len > 8192);
+    ts_file_write(cut, bytes, len / 2); /* half of it: the end is missing */
+    free(bytes);
+    cr_assert_neq(restore(cut, &out), 0);
+    cr_assert(strstr(out.data, "cut.db"), "%s", out.data);
+    snprintf(cut, sizeof cut, "%s.partial", path);
+    cr_assert_neq(restore(cut, &out), 0);
+    cr_assert(strstr(out.data, "cut short"), "%s", out.data);
+    cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
+    cr_assert_eq(value_of("r1"), 2, "a refused restore changed the data");
+    cr_assert_eq(value_of("r3"), 3);
+    /* a crash: the last writes are in the WAL, not yet in the database */
+    put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r4\",\"v\":4}}");
+    ts_engine_kill(&engine);
+
+    cr_assert_eq(restore(path, &out), 0, "%s", out.data);
+    const char *at = strstr(out.data, "kept as ");
+    cr_assert_not_null(at, "%s", out.data);
+    char kept[4400];
+    cr_assert_eq(sscanf(at + 8, "%4399[^:]", kept), 1);
+    cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
+    cr_assert_eq(value_of("r1"), 1, "not the backup's value");
+    cr_assert_eq(value_of("r2"), 1);
+    cr_assert_eq(value_of("r3"), -1, "a document made after the backup");
+    cr_assert_eq(value_of("r4"), -1);
+    ts_engine_stop(&engine);
+
+    /* the database it replaced, put back by hand, has every write */
+    char db[4400];
+    snprintf(db, sizeof db, "%s/therasync.db", engine.data);
+    cr_assert_eq(rename(kept, db), 0, "%s: %s", kept, strerror(errno));
+    cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
+    cr_assert_eq(value_of("r1"), 2);
+    cr_assert_eq(value_of("r3"), 3);
+    cr_assert_eq(value_of("r4"), 4, "the write in the WAL at the crash");
+    ts_buf_free(&out);
     ts_engine_destroy(&engine);
 }
 

@@ -250,6 +250,26 @@ Test(backup, writes_are_answered_while_a_backup_is_taken, .timeout = 400)
     ts_engine_destroy(&engine);
 }
 
+/* The engine, holding the whole ingest, asked for a backup to
+ * ENGINE_DIR/name (path; part: its .partial) on a DEALER it returns,
+ * once the copy has begun (or ended). */
+static void *backup_started(const char *name, char *path, char *part)
+{
+    start_ingested();
+    char request[4600];
+    snprintf(path, 4400, "%s/%s", engine.dir, name);
+    snprintf(part, 4500, "%s.partial", path);
+    snprintf(request, sizeof request,
+             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"backup\",\"params\":{\"path\":\"%s\"}}",
+             path);
+    void *c = ts_engine_client(&engine);
+    cr_assert_eq(zmq_send(c, request, strlen(request), 0), (int)strlen(request));
+    long long deadline = now_ms() + 20000;
+    while (access(path, F_OK) != 0 && access(part, F_OK) != 0 && now_ms() < deadline)
+        usleep(200);
+    return c;
+}
+
 /* A daemon killed in the middle of a backup never leaves a file at the
  * backup's path that looks like one: SQLite would open the pages copied
  * so far (with their hot journal) as an empty database, and a restore
@@ -257,19 +277,8 @@ Test(backup, writes_are_answered_while_a_backup_is_taken, .timeout = 400)
  * named PATH only once whole; a later backup to PATH names the leftover. */
 Test(backup, a_backup_cut_short_by_a_kill_leaves_nothing_at_its_path, .timeout = 400)
 {
-    start_ingested();
-
     char path[4400], part[4500], params[4600];
-    snprintf(path, sizeof path, "%s/cut.db", engine.dir);
-    snprintf(part, sizeof part, "%s.partial", path);
-    snprintf(params, sizeof params,
-             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"backup\",\"params\":{\"path\":\"%s\"}}",
-             path);
-    void *c = ts_engine_client(&engine);
-    cr_assert_eq(zmq_send(c, params, strlen(params), 0), (int)strlen(params));
-    long long deadline = now_ms() + 20000;
-    while (access(path, F_OK) != 0 && access(part, F_OK) != 0 && now_ms() < deadline)
-        usleep(200);
+    void *c = backup_started("cut.db", path, part);
     ts_engine_kill(&engine); /* kill -9, as the copy starts */
     zmq_close(c);
 
@@ -306,19 +315,8 @@ Test(backup, a_backup_cut_short_by_a_kill_leaves_nothing_at_its_path, .timeout =
  * short left PATH.partial, which refused the next backup to that path. */
 Test(backup, a_stop_mid_copy_abandons_it_and_says_so, .timeout = 400)
 {
-    start_ingested();
-
     char path[4400], part[4500], params[4600];
-    snprintf(path, sizeof path, "%s/stopped.db", engine.dir);
-    snprintf(part, sizeof part, "%s.partial", path);
-    snprintf(params, sizeof params,
-             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"backup\",\"params\":{\"path\":\"%s\"}}",
-             path);
-    void *c = ts_engine_client(&engine);
-    cr_assert_eq(zmq_send(c, params, strlen(params), 0), (int)strlen(params));
-    long long deadline = now_ms() + 20000;
-    while (access(part, F_OK) != 0 && access(path, F_OK) != 0 && now_ms() < deadline)
-        usleep(200);
+    void *c = backup_started("stopped.db", path, part);
     cr_assert_eq(access(part, F_OK), 0, "the copy did not start (or ended at once)");
     long long stop_at = now_ms();
     cr_assert_eq(ts_engine_stop(&engine), 0, "the daemon did not stop cleanly");

@@ -6,8 +6,7 @@
  * thousand dashboards, or one scraper retrying) share the last answer,
  * so they cost the engine one `metrics` call, not one each, and the
  * endpoint one rendering of it: under the lock a scrape only copies the
- * text (rendered by each, a thousand scrapes on a sanitizer build took
- * long enough for MHD to time out connections still waiting). A scrape that
+ * text. A scrape that
  * cannot get the lock or an answer in time is answered 503, never held;
  * for FAILED_REUSE_US after a call failed, the others get its 503 at once. */
 #include "admin.h"

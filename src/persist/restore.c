@@ -7,7 +7,7 @@
  * reads); the current database is checkpointed, so that its WAL is in it;
  * then the two files swap names in one rename (RENAME_EXCHANGE), so the
  * dir always has a whole therasync.db, and the old one becomes
- * therasync.db.before-restore-STAMP. Nothing is deleted. */
+ * therasync.db.before-restore-STAMP. Nothing the data dir held is deleted. */
 #include "persist/persist_int.h"
 #include "therasync/persist.h"
 
@@ -187,8 +187,18 @@ int ts_persist_restore(const char *data_dir, const char *backup, char *err, size
         unlink(temp); /* only ever the copy made above */
         goto done;
     }
+    /* Run as root (sudo), the copy is the daemon's: the data dir's owner's. */
+    struct stat dir;
+    if (geteuid() == 0 && stat(data_dir, &dir) == 0 && chown(temp, dir.st_uid, dir.st_gid)) {
+        snprintf(err, errlen, "cannot give %s to the data dir's owner: %s", temp,
+                 strerror(errno));
+        unlink(temp);
+        goto done;
+    }
     bool had = access(db, F_OK) == 0;
-    if (had && checkpoint(db)) { /* its WAL could not be folded in: it goes along, named alike */
+    /* A WAL that could not be folded in, or one without its database, goes
+     * aside with it, named alike: left, it would be applied to the copy. */
+    if (!had || checkpoint(db)) {
         static const char *const ends[] = {"-wal", "-shm"};
         for (int i = 0; i < 2; i++) {
             char from[PATH_MAX + 8];

@@ -387,7 +387,8 @@ static int restore(const char *path, ts_buf_t *out)
 }
 
 /* `therasync restore`: refused while the daemon runs and for what is not a
- * whole therasync database (the data dir left as it was); then the values
+ * whole therasync database (the data dir left as it was); the copy is the
+ * data dir owner's, mode 0600; then the values
  * are the backup's, and the database it replaced, kept beside it, holds
  * every write made after the backup, even those a crash left in its WAL
  * (folded in before it moved). */
@@ -435,7 +436,20 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r4\",\"v\":4}}");
     ts_engine_kill(&engine);
 
+    /* run as root (sudo), the copy goes to the data dir's owner, the daemon's */
+    bool root = geteuid() == 0;
+    if (root)
+        cr_assert_eq(chown(engine.data, 65534, 65534), 0);
     cr_assert_eq(restore(path, &out), 0, "%s", out.data);
+    char db[4400];
+    snprintf(db, sizeof db, "%s/therasync.db", engine.data);
+    struct stat st;
+    cr_assert_eq(stat(db, &st), 0);
+    if (root) {
+        cr_assert_eq(st.st_uid, 65534, "the restored database is not the data dir owner's");
+        cr_assert_eq(chown(engine.data, 0, 0), 0);
+    }
+    cr_assert_eq(st.st_mode & 0777, 0600);
     const char *at = strstr(out.data, "kept as ");
     cr_assert_not_null(at, "%s", out.data);
     char kept[4400];
@@ -448,8 +462,6 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     ts_engine_stop(&engine);
 
     /* the database it replaced, put back by hand, has every write */
-    char db[4400];
-    snprintf(db, sizeof db, "%s/therasync.db", engine.data);
     cr_assert_eq(rename(kept, db), 0, "%s: %s", kept, strerror(errno));
     cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
     cr_assert_eq(value_of("r1"), 2);

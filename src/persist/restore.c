@@ -93,7 +93,7 @@ static int check_copy(const char *path, const char *backup, int *version, char *
         goto done;
     }
     if (query_text(db, "PRAGMA user_version", text, sizeof text) != SQLITE_OK ||
-        (*version = atoi(text)) < 1 ||
+        (*version = (int)strtol(text, NULL, 10)) < 1 ||
         query_text(db, "SELECT count(*) FROM meta", text, sizeof text) != SQLITE_OK) {
         snprintf(err, errlen, "%s is a database, but not a therasync one", backup);
         goto done;

@@ -294,6 +294,48 @@ Test(seal, plain_store_started_with_a_key_is_sealed, .timeout = 120)
     free(dir);
 }
 
+/* A sealed store's backup stays sealed through `therasync restore`: the
+ * command names its key, the restored database holds no note in clear,
+ * the wrong key is refused and the right one opens every document. */
+Test(seal, a_sealed_backup_restored_opens_with_its_key_only, .timeout = 120)
+{
+    new_marker();
+    char *dir = ts_tmpdir("ts-seal");
+    char k1[4300], k2[4300], c1[4300], c2[4300], backup[4400], params[4500];
+    make_key(dir, "k1", k1, sizeof k1);
+    make_key(dir, "k2", k2, sizeof k2);
+    make_config(dir, "c1.lua", k1, c1, sizeof c1);
+    make_config(dir, "c2.lua", k2, c2, sizeof c2);
+    ts_engine_t e;
+    cr_assert_eq(ts_engine_start(&e, flags(c1)), 0);
+    cr_assert_eq(write_docs(&e, 0, 100), 100);
+    snprintf(backup, sizeof backup, "%s/b.db", dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", backup);
+    cJSON *r = ts_rpc(&e, "backup", params);
+    cr_assert_not_null(ts_rpc_result(r));
+    cJSON_Delete(r);
+    cr_assert_eq(write_docs(&e, 100, 10), 10); /* after the backup: not in it */
+    ts_engine_kill(&e);
+
+    const char *args[] = {"restore", "--data", e.data, backup, NULL};
+    ts_buf_t out = {0};
+    cr_assert_eq(ts_run("therasync", args, NULL, 60000, &out, &out), 0, "%s", out.data);
+    cr_assert(strstr(out.data, "sealed, key id ") && strstr(out.data, "needs that key"), "%s",
+              out.data);
+    cr_assert(!files_hold(e.data, marker), "a note in clear in the restored database");
+    start_refused(&e, flags(c2), "wrong key: this store is sealed with key id");
+    cr_assert_eq(ts_engine_restart(&e, flags(c1)), 0, "log %s", e.proc.log_path);
+    cr_assert_eq(docs_intact(&e, 100, 0), 100);
+    cJSON *gone = ts_rpc(&e, "get", "{\"collection\":\"sessions\",\"id\":\"s000100\"}");
+    cr_assert_eq(ts_rpc_error_code(gone), -32001, "a write made after the backup");
+    cJSON_Delete(gone);
+    cr_assert_eq(ts_engine_stop(&e), 0);
+    ts_buf_free(&out);
+    ts_engine_destroy(&e);
+    ts_rmtree(dir);
+    free(dir);
+}
+
 /* rekey: refused while the daemon runs and with a wrong old key (the
  * store unchanged); then the new key opens the store and the old one is
  * refused; a second run says it is done. */

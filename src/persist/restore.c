@@ -150,7 +150,9 @@ int ts_persist_restore(const char *data_dir, const char *backup, char *err, size
                  S_ISDIR(st.st_mode) ? "a directory, not a backup" : strerror(errno));
         return -1;
     }
-    if (access(side, F_OK) == 0) {
+    /* Commits in a WAL beside it would not come along. An empty one is what
+     * a read-only look (sqlite3 -readonly) leaves: nothing is in it. */
+    if (stat(side, &st) == 0 && st.st_size > 0) {
         snprintf(err, errlen, "%s has a WAL beside it (%s): a live database, not a backup (take "
                               "one with `therasync backup`)", backup, side);
         return -1;

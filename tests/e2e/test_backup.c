@@ -429,6 +429,16 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     snprintf(cut, sizeof cut, "%s.partial", path);
     cr_assert_neq(restore(cut, &out), 0);
     cr_assert(strstr(out.data, "cut short"), "%s", out.data);
+    /* a database with commits in a WAL beside it: the file alone is not it */
+    char live[4600];
+    snprintf(cut, sizeof cut, "%s/live.db", engine.dir);
+    snprintf(live, sizeof live, "%s-wal", cut);
+    bytes = ts_file_bytes(path, &len);
+    ts_file_write(cut, bytes, len);
+    ts_file_write(live, bytes, 4096); /* whatever it holds, it is not empty */
+    free(bytes);
+    cr_assert_neq(restore(cut, &out), 0);
+    cr_assert(strstr(out.data, "WAL beside it"), "%s", out.data);
     cr_assert_eq(ts_engine_restart(&engine, permissive_args()), 0);
     cr_assert_eq(value_of("r1"), 2, "a refused restore changed the data");
     cr_assert_eq(value_of("r3"), 3);
@@ -436,6 +446,11 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"r4\",\"v\":4}}");
     ts_engine_kill(&engine);
 
+    /* a look at the backup first (a read-only open leaves an empty WAL) */
+    sqlite3 *look;
+    cr_assert_eq(sqlite3_open_v2(path, &look, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(look, "SELECT count(*) FROM docs", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(look);
     /* run as root (sudo), the copy goes to the data dir's owner, the daemon's */
     bool root = geteuid() == 0;
     if (root)

@@ -57,6 +57,17 @@ static void make_config(const char *dir, const char *name, const char *key_file,
     fclose(f);
 }
 
+/* Two keys in dir, k1 and k2 (paths of KEY_PATH bytes), and a config
+ * naming each: c1, c2. */
+#define KEY_PATH 4300
+static void two_keys(const char *dir, char *k1, char *k2, char *c1, char *c2)
+{
+    make_key(dir, "k1", k1, KEY_PATH);
+    make_key(dir, "k2", k2, KEY_PATH);
+    make_config(dir, "c1.lua", k1, c1, KEY_PATH);
+    make_config(dir, "c2.lua", k2, c2, KEY_PATH);
+}
+
 /* Daemon flags: free-form documents, and config when not NULL. */
 static const char *const *flags(const char *config)
 {
@@ -237,11 +248,8 @@ Test(seal, wrong_or_missing_key_refuses_to_start, .timeout = 120)
 {
     new_marker();
     char *dir = ts_tmpdir("ts-seal");
-    char k1[4300], k2[4300], c1[4300], c2[4300];
-    make_key(dir, "k1", k1, sizeof k1);
-    make_key(dir, "k2", k2, sizeof k2);
-    make_config(dir, "c1.lua", k1, c1, sizeof c1);
-    make_config(dir, "c2.lua", k2, c2, sizeof c2);
+    char k1[KEY_PATH], k2[KEY_PATH], c1[KEY_PATH], c2[KEY_PATH];
+    two_keys(dir, k1, k2, c1, c2);
     ts_engine_t e;
     cr_assert_eq(ts_engine_start(&e, flags(c1)), 0);
     cr_assert_eq(write_docs(&e, 0, 50), 50);
@@ -301,11 +309,8 @@ Test(seal, a_sealed_backup_restored_opens_with_its_key_only, .timeout = 120)
 {
     new_marker();
     char *dir = ts_tmpdir("ts-seal");
-    char k1[4300], k2[4300], c1[4300], c2[4300], backup[4400], params[4500];
-    make_key(dir, "k1", k1, sizeof k1);
-    make_key(dir, "k2", k2, sizeof k2);
-    make_config(dir, "c1.lua", k1, c1, sizeof c1);
-    make_config(dir, "c2.lua", k2, c2, sizeof c2);
+    char k1[KEY_PATH], k2[KEY_PATH], c1[KEY_PATH], c2[KEY_PATH], backup[4400], params[4500];
+    two_keys(dir, k1, k2, c1, c2);
     ts_engine_t e;
     cr_assert_eq(ts_engine_start(&e, flags(c1)), 0);
     cr_assert_eq(write_docs(&e, 0, 100), 100);
@@ -343,12 +348,9 @@ Test(seal, rekey_then_only_the_new_key_opens, .timeout = 120)
 {
     new_marker();
     char *dir = ts_tmpdir("ts-seal");
-    char k1[4300], k2[4300], k3[4300], c1[4300], c2[4300];
-    make_key(dir, "k1", k1, sizeof k1);
-    make_key(dir, "k2", k2, sizeof k2);
+    char k1[KEY_PATH], k2[KEY_PATH], k3[KEY_PATH], c1[KEY_PATH], c2[KEY_PATH];
+    two_keys(dir, k1, k2, c1, c2);
     make_key(dir, "k3", k3, sizeof k3);
-    make_config(dir, "c1.lua", k1, c1, sizeof c1);
-    make_config(dir, "c2.lua", k2, c2, sizeof c2);
     ts_engine_t e;
     cr_assert_eq(ts_engine_start(&e, flags(c1)), 0);
     cr_assert_eq(write_docs(&e, 0, 100), 100);

@@ -48,6 +48,10 @@ void ts_actor_ready(ts_actor_t *self, int status); /* 0 = ready, -1 = failed */
  * clean up (after which it drains and frees its inboxes, and returns). */
 void ts_actor_quiesce(ts_actor_t *self);
 void *ts_actor_pipe(ts_actor_t *self);             /* PAIR: receives commands */
+/* One command from the pipe into command (size bytes, NUL-terminated,
+ * cut to fit); flags as zmq_recv's (ZMQ_DONTWAIT). Its length, or -1
+ * (errno: EAGAIN when none waits, ETERM when the context ends). */
+int ts_actor_read_command(void *pipe, int flags, char *command, size_t size);
 void *ts_actor_zctx(ts_actor_t *self);
 const char *ts_actor_name(ts_actor_t *self);
 

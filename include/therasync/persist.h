@@ -48,7 +48,8 @@ int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char 
  * copied in and checked first (a whole SQLite database of a therasync
  * schema this build reads); the database it replaces, its WAL folded in,
  * is kept as therasync.db.before-restore-STAMP. 0, or -1 with the reason in
- * err (the data dir then holds what it held). */
+ * err (the data dir then holds what it held, unless err says where a
+ * rename left it). */
 int ts_persist_restore(const char *data_dir, const char *path, char *err, size_t errlen);
 
 /* therasyncd --check-config: whether the store's key the config names (or

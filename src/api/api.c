@@ -349,10 +349,8 @@ static int read_pipe(void *pipe)
 {
     for (int i = 0; i < 16; i++) {
         char cmd[16];
-        int len = zmq_recv(pipe, cmd, sizeof cmd - 1, ZMQ_DONTWAIT);
-        if (len < 0)
+        if (ts_actor_read_command(pipe, ZMQ_DONTWAIT, cmd, sizeof cmd) < 0)
             return errno == ETERM ? 1 : errno == EAGAIN ? 0 : 2;
-        cmd[len < (int)sizeof cmd - 1 ? len : (int)sizeof cmd - 1] = '\0';
         if (strcmp(cmd, "$TERM") == 0)
             return 1;
     }

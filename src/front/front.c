@@ -179,10 +179,11 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
 {
     front_t *self = arg;
     char command[16];
-    int len = zmq_recv(pipe, command, sizeof command - 1, 0);
-    if (len == 6 && memcmp(command, "RELOAD", 6) == 0) /* SIGHUP */
+    if (ts_actor_read_command(pipe, 0, command, sizeof command) < 0)
+        return 0;
+    if (strcmp(command, "RELOAD") == 0) /* SIGHUP */
         front_auth_reload(self);
-    if (len != 5 || memcmp(command, "$TERM", 5) != 0)
+    if (strcmp(command, "$TERM") != 0)
         return 0;
     /* $TERM: stop accepting, finish what is in flight, then end. */
     self->draining = true;

@@ -48,11 +48,10 @@ static bool told_to_stop(void *arg)
 {
     checkpointer_t *self = arg;
     char command[16];
-    int n;
-    while ((n = zmq_recv(self->pipe, command, sizeof command, ZMQ_DONTWAIT)) >= 0) {
-        if (n == 8 && memcmp(command, "STOPPING", 8) == 0)
+    while (ts_actor_read_command(self->pipe, ZMQ_DONTWAIT, command, sizeof command) >= 0) {
+        if (strcmp(command, "STOPPING") == 0)
             self->stopping = true;
-        if (n == 5 && memcmp(command, "$TERM", 5) == 0)
+        if (strcmp(command, "$TERM") == 0)
             self->stopping = self->term = true;
     }
     return self->stopping;

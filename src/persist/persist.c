@@ -397,11 +397,11 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     (void)loop;
     persist_t *self = arg;
     char command[16];
-    int n = zmq_recv(pipe, command, sizeof command, 0);
-    if (n == 8 && memcmp(command, "STOPPING", 8) == 0 &&
-        ts_actor_command(self->checkpointer, "STOPPING"))
+    if (ts_actor_read_command(pipe, 0, command, sizeof command) < 0)
+        return 0;
+    if (strcmp(command, "STOPPING") == 0 && ts_actor_command(self->checkpointer, "STOPPING"))
         ts_warn(LOG, "cannot tell the checkpointer the engine is stopping");
-    return n == 5 && memcmp(command, "$TERM", 5) == 0 ? -1 : 0;
+    return strcmp(command, "$TERM") == 0 ? -1 : 0;
 }
 
 static void persist_cleanup(persist_t *self)

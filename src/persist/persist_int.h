@@ -141,6 +141,9 @@ int persist_sync_dir(const char *path);
  * call: step the statement first. persist_column_value: 0 (value NULL for
  * SQL NULL), or -1 when it does not open (a damaged or moved row). */
 int persist_open_key(persist_t *self);
+/* What meta says of the store's key: 0 plain, 1 sealed (its id into id),
+ * -1 when it cannot be read. */
+int persist_store_key(sqlite3 *db, char *id, size_t idlen);
 int persist_seal_load(const ts_config_t *config, ts_seal_t **out, char *err, size_t errlen);
 void persist_seal_free(ts_seal_t *k);
 const char *persist_seal_id(const ts_seal_t *k);

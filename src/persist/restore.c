@@ -73,7 +73,7 @@ static int query_text(sqlite3 *db, const char *sql, char *out, size_t len)
 
 /* Whether the copy at path is a database this build can start on: whole
  * (quick_check), a therasync schema not newer than ours. Sets *version
- * and key_id ("" when the store is plain). 0, or -1 with err. */
+ * and key_id (left as it is when the store is plain). 0, or -1 with err. */
 static int check_copy(const char *path, const char *backup, int *version, char *key_id,
                       size_t idlen, char *err, size_t errlen)
 {
@@ -104,8 +104,7 @@ static int check_copy(const char *path, const char *backup, int *version, char *
                  *version, TS_SCHEMA_VERSION);
         goto done;
     }
-    if (query_text(db, "SELECT value FROM meta WHERE key = 'key_id'", key_id, idlen) !=
-        SQLITE_OK) {
+    if (persist_store_key(db, key_id, idlen) < 0) {
         snprintf(err, errlen, "cannot read %s: %s", backup, sqlite3_errmsg(db));
         goto done;
     }

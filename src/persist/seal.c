@@ -324,8 +324,7 @@ done:
     return rc;
 }
 
-/* What meta says of the store's key: 0 plain, 1 sealed (id into id), -1. */
-static int store_key(sqlite3 *db, char *id, size_t idlen)
+int persist_store_key(sqlite3 *db, char *id, size_t idlen)
 {
     sqlite3_stmt *s;
     int rc = -1;
@@ -386,7 +385,7 @@ int persist_open_key(persist_t *self)
         ts_error(LOG, "%s; refusing to start", err);
         return -1;
     }
-    int sealed = store_key(self->db, id, sizeof id);
+    int sealed = persist_store_key(self->db, id, sizeof id);
     if (sealed < 0) {
         ts_error(LOG, "cannot read the store's key check: %s", sqlite3_errmsg(self->db));
         return -1;
@@ -457,7 +456,7 @@ int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char 
                  TS_SCHEMA_VERSION);
         goto done;
     }
-    int sealed = store_key(p.db, id, sizeof id);
+    int sealed = persist_store_key(p.db, id, sizeof id);
     if (sealed < 0) {
         snprintf(err, errlen, "cannot read the store's key check: %s", sqlite3_errmsg(p.db));
         goto done;

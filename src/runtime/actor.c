@@ -169,14 +169,23 @@ const char *ts_actor_name(ts_actor_t *self)
     return self->name;
 }
 
+int ts_actor_read_command(void *pipe, int flags, char *command, size_t size)
+{
+    int n = zmq_recv(pipe, command, size - 1, flags);
+    if (n < 0)
+        return -1;
+    if ((size_t)n > size - 1)
+        n = (int)(size - 1);
+    command[n] = '\0';
+    return n;
+}
+
 int ts_actor_pipe_term(ts_loop_t *loop, void *pipe, void *arg)
 {
     (void)loop, (void)arg;
     char command[64];
-    int n = zmq_recv(pipe, command, sizeof command - 1, 0);
-    if (n < 0)
+    if (ts_actor_read_command(pipe, 0, command, sizeof command) < 0)
         return 0;
-    command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
     return strcmp(command, "$TERM") == 0 ? -1 : 0;
 }
 

@@ -519,10 +519,8 @@ static int on_pipe(ts_loop_t *loop, void *pipe, void *arg)
     (void)loop;
     store_t *self = arg;
     char command[64];
-    int n = zmq_recv(pipe, command, sizeof command - 1, 0);
-    if (n < 0)
+    if (ts_actor_read_command(pipe, 0, command, sizeof command) < 0)
         return 0;
-    command[n < (int)sizeof command - 1 ? n : (int)sizeof command - 1] = '\0';
     if (strcmp(command, "RELOAD") == 0) {
         char *text = ts_sq_reload(self->sq, NULL);
         tell_cache_selectors(self);

@@ -412,9 +412,7 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     /* what is not a whole therasync database, refused by name */
     char bad[4400];
     snprintf(bad, sizeof bad, "%s/garbage.db", engine.dir);
-    FILE *f = fopen(bad, "w");
-    fputs("not a database\n", f);
-    fclose(f);
+    ts_file_write(bad, "not a database\n", 15);
     cr_assert_neq(restore(bad, &out), 0);
     cr_assert(strstr(out.data, "is not a database"), "%s", out.data);
     char cut[4500];

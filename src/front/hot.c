@@ -103,7 +103,8 @@ static const ts_hot_group_t *find(front_t *self, const cJSON *request, const cha
     return n ? CONTAINER(n, hot_node_t, node)->g : NULL;
 }
 
-/* The answer of a lower-bound group for bound value v, into b. */
+/* The answer of a lower-bound group for bound value v, into b (NULL:
+ * whether it could be given). */
 static bool slice(const ts_hot_group_t *g, const cJSON *v, ts_buf_t *b)
 {
     ts_okey_t k = {0};
@@ -120,7 +121,8 @@ static bool slice(const ts_hot_group_t *g, const cJSON *v, ts_buf_t *b)
 }
 
 /* The answer to e from the copies, into b: 1 answered, 0 a copy of its
- * group that cannot answer it, -1 no copy. */
+ * group that cannot answer it, -1 no copy. b NULL: 1 the copies could
+ * answer it, nothing copied. */
 static int answer_from_copies(front_t *self, const ts_envelope_t *e, const char *bound,
                               ts_buf_t *b)
 {
@@ -139,7 +141,7 @@ static int answer_from_copies(front_t *self, const ts_envelope_t *e, const char 
     if (!(g = find(self, request, NULL)))
         return -1;
     return g->n && g->entries[0].answer &&
-                   ts_buf_append(b, g->entries[0].answer, g->entries[0].answer_len) == 0
+                   (!b || ts_buf_append(b, g->entries[0].answer, g->entries[0].answer_len) == 0)
                ? 1
                : 0;
 }
@@ -160,6 +162,12 @@ static int try_answer(front_t *self, ts_envelope_t *e)
         e->hot_want = true; /* not seen yet: the cache sends what it keeps of it */
         return 0;
     }
+    if (!current_for(self, e)) { /* held, if a copy could answer it: no rows copied yet */
+        int rc = answer_from_copies(self, e, bound, NULL);
+        if (rc < 0)
+            e->hot_want = true;
+        return rc == 1 ? -1 : 0;
+    }
     /* The whole answer at once, sent as it is (answer.c): the rows are
      * copied once, not three times. */
     ts_buf_t b = {0};
@@ -170,7 +178,7 @@ static int try_answer(front_t *self, ts_envelope_t *e)
     int rc = answer_from_copies(self, e, bound, &b);
     if (rc < 0)
         e->hot_want = true;
-    if (rc == 1 && current_for(self, e)) {
+    if (rc == 1) {
         self->hot_hits++;
         if (call->id_json && ts_buf_puts(&b, "}") == 0)
             e->reply = ts_buf_take(&b, &e->reply_len);
@@ -180,7 +188,7 @@ static int try_answer(front_t *self, ts_envelope_t *e)
         return 1;
     }
     ts_buf_free(&b);
-    return rc == 1 ? -1 : 0;
+    return 0;
 }
 
 bool front_hot_answer(front_t *self, ts_envelope_t *e)

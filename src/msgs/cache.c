@@ -194,6 +194,8 @@ int ts_rows_slice(const ts_row_t *rows, size_t n, bool complete, const ts_okey_t
     size_t p = rows_from(rows, n, v), avail = n - p;
     if ((long)avail < total && !complete)
         return -1;
+    if (!out)
+        return 0;
     size_t take = (long)avail < total ? avail : (size_t)total, bytes = 64;
     for (size_t i = p; i < p + take; i++)
         bytes += rows[i].len + 1;

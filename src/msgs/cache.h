@@ -200,7 +200,8 @@ void ts_row_block_unref(const char *text);
 
 /* The answer for bound value v from rows (every match from the entry's lo
  * on; complete: to the bucket's end), byte for byte the selector's; -1
- * when the rows end before it does or total is not a row count. */
+ * when the rows end before it does or total is not a row count. out NULL:
+ * only whether the rows could give it. */
 int ts_rows_slice(const ts_row_t *rows, size_t n, bool complete, const ts_okey_t *v, long total,
                   ts_buf_t *out);
 

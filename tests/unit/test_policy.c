@@ -477,6 +477,37 @@ Test(policy_loader, knows_which_collections_have_a_validator)
     ts_policy_destroy(&p);
 }
 
+/* A whole small file into a new string, or NULL. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = f ? calloc(1, 1 << 16) : NULL;
+    if (text && fread(text, 1, (1 << 16) - 1, f) == 0) {
+        free(text);
+        text = NULL;
+    }
+    if (f)
+        fclose(f);
+    return text;
+}
+
+/* The permissive policies are the shipped ones without validation: the
+ * bench's "without validation" runs (bench/README.md) and the tests read
+ * the shipped selectors through them, lower bounds included. */
+Test(policy_loader, permissive_fixture_has_the_shipped_selectors)
+{
+    char path[1100];
+    snprintf(path, sizeof path, "%s/selectors.lua", shipped());
+    char *ours = slurp(path);
+    snprintf(path, sizeof path, "%s/selectors.lua", fixture("permissive"));
+    char *theirs = slurp(path);
+    cr_assert(ours && theirs);
+    cr_assert_str_eq(theirs, ours, "tests/fixtures/policies/permissive/selectors.lua is not "
+                                   "policies/selectors.lua: copy it over");
+    free(ours);
+    free(theirs);
+}
+
 /* The dump of a document by the policy of tests/fuzz/policy (its validator
  * refuses every document with the table it got, written out), handed over
  * as text or as the tree the store would parse (its id first). */

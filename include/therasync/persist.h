@@ -47,10 +47,13 @@ int ts_persist_rekey(const char *data_dir, const char *old_key_file, const char 
  * the stopped daemon's data_dir (OPERATIONS.md, Restore). The backup is
  * copied in and checked first (a whole SQLite database of a therasync
  * schema this build reads); the database it replaces, its WAL folded in,
- * is kept as therasync.db.before-restore-STAMP. 0, or -1 with the reason in
- * err (the data dir then holds what it held, unless err says where a
- * rename left it). */
-int ts_persist_restore(const char *data_dir, const char *path, char *err, size_t errlen);
+ * is kept as therasync.db.before-restore-STAMP. A database that still holds
+ * writes the Clinic API has not accepted (acknowledged to clients, then
+ * only in the kept file) is replaced only with force. 0, or -1 with the
+ * reason in err (the data dir then holds what it held, unless err says
+ * where a rename left it). */
+int ts_persist_restore(const char *data_dir, const char *path, bool force, char *err,
+                       size_t errlen);
 
 /* therasyncd --check-config: whether the store's key the config names (or
  * the systemd credential) can be read. 0 (*sealed: there is one), or -1

@@ -63,9 +63,11 @@ static const char usage_text[] =
     "                                          re-seal a stopped daemon's store under a new\n"
     "                                          key (--old-key: its key now; none: seal a\n"
     "                                          plain store); see SECURITY.md\n"
-    "  restore --data DIR BACKUP               put a backup in place as a stopped daemon's\n"
+    "  restore --data DIR [--force] BACKUP     put a backup in place as a stopped daemon's\n"
     "                                          database, checked first; the one it replaces\n"
-    "                                          is kept beside it (docs/OPERATIONS.md)\n"
+    "                                          is kept beside it (docs/OPERATIONS.md);\n"
+    "                                          refused while that one holds writes never\n"
+    "                                          sent, unless --force\n"
     "\n"
     "options:\n"
     "  --endpoint ZMQ   front door (default " DEFAULT_ENDPOINT ", or $THERASYNC_ENDPOINT)\n"
@@ -96,6 +98,7 @@ typedef struct {
     const char *until;      /* audit --until */
     const char *event;      /* audit --event */
     bool jsonl;             /* audit --jsonl: every entry, one JSON line each */
+    bool force;             /* restore --force: over writes never sent */
     bool has_limit;
     int64_t limit;   /* audit --limit */
     int64_t count;   /* watch --count, 0 = unbounded */
@@ -162,6 +165,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
         }
         if (strcmp(a, "--jsonl") == 0) {
             o->jsonl = true;
+            continue;
+        }
+        if (strcmp(a, "--force") == 0) {
+            o->force = true;
             continue;
         }
         /* Options with a value: --name VALUE or --name=VALUE. */
@@ -626,9 +633,9 @@ static int cmd_restore(cmd_ctx_t *c, int argc, const char **argv)
 {
     (void)argc;
     if (!c->o->data)
-        return usage_error("%s", "usage: therasync restore --data DIR BACKUP");
+        return usage_error("%s", "usage: therasync restore --data DIR [--force] BACKUP");
     char err[1024] = "";
-    if (ts_persist_restore(c->o->data, argv[0], err, sizeof err)) {
+    if (ts_persist_restore(c->o->data, argv[0], c->o->force, err, sizeof err)) {
         fprintf(stderr, "therasync: restore: %s\n", err);
         return CLI_EXIT_ERROR;
     }
@@ -951,7 +958,7 @@ static const command_t commands[] = {
     {"policy", 1, 2, true, cmd_policy, "policy reload|info|test DIR|check DIR"},
     {"keygen", 0, 1, false, cmd_keygen, "keygen [PATH/NAME]"},
     {"rekey", 0, 0, false, cmd_rekey, "rekey --data DIR [--old-key FILE] --new-key FILE"},
-    {"restore", 1, 1, false, cmd_restore, "restore --data DIR BACKUP"},
+    {"restore", 1, 1, false, cmd_restore, "restore --data DIR [--force] BACKUP"},
 };
 
 int main(int argc, char **argv)

@@ -7,7 +7,9 @@
  * reads); the current database is checkpointed, so that its WAL is in it;
  * then the two files swap names in one rename (RENAME_EXCHANGE), so the
  * dir always has a whole therasync.db, and the old one becomes
- * therasync.db.before-restore-STAMP. Nothing the data dir held is deleted. */
+ * therasync.db.before-restore-STAMP. Nothing the data dir held is deleted;
+ * writes it holds that never reached the Clinic API are counted first, and
+ * the restore refused over them unless forced. */
 #include "persist/persist_int.h"
 #include "therasync/persist.h"
 
@@ -114,6 +116,25 @@ done:
     return rc;
 }
 
+/* The writes of the database at path not yet accepted by the Clinic API
+ * (its outbox: rows from before packs, packed ones not marked gone), WAL
+ * included; -1 when it cannot be read (damaged: what a restore is for). */
+static long long unsent_writes(const char *path)
+{
+    sqlite3 *db = NULL;
+    char text[32];
+    long long n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK && /* its WAL too */
+        query_text(db,
+                   "SELECT (SELECT count(*) FROM outbox) + "
+                   "(SELECT coalesce(sum(count), 0) FROM outbox_pack) - "
+                   "(SELECT count(*) FROM outbox_gone)",
+                   text, sizeof text) == SQLITE_OK && *text)
+        n = strtoll(text, NULL, 10);
+    sqlite3_close_v2(db);
+    return n;
+}
+
 /* Folds the WAL of the database at path into it (the last connection
  * removes the WAL at close). 0, or -1 when it could not: its -wal and
  * -shm then move aside with it. */
@@ -130,7 +151,8 @@ static int checkpoint(const char *path)
     return rc;
 }
 
-int ts_persist_restore(const char *data_dir, const char *backup, char *err, size_t errlen)
+int ts_persist_restore(const char *data_dir, const char *backup, bool force, char *err,
+                       size_t errlen)
 {
     ts_config_t config = {.data_dir = (char *)data_dir};
     persist_t p = {.config = &config, .lock_fd = -1};
@@ -188,6 +210,19 @@ int ts_persist_restore(const char *data_dir, const char *backup, char *err, size
         unlink(temp); /* only ever the copy made above */
         goto done;
     }
+    /* Acknowledged writes the server never had would live on only in the
+     * kept file, unsent: the operator decides that, not a default. */
+    bool had = access(db, F_OK) == 0;
+    long long unsent = had ? unsent_writes(db) : 0;
+    if (unsent > 0 && !force) {
+        snprintf(err, errlen,
+                 "%s holds %lld write%s the Clinic API has not accepted yet: restored over, they "
+                 "would stay only in the file it keeps, unsent. Start the daemon until `therasync "
+                 "status` shows pending 0, or restore with --force",
+                 db, unsent, unsent == 1 ? "" : "s");
+        unlink(temp);
+        goto done;
+    }
     /* Run as root (sudo), the copy is the daemon's: the data dir's owner's. */
     struct stat dir;
     if (geteuid() == 0 && stat(data_dir, &dir) == 0 && chown(temp, dir.st_uid, dir.st_gid)) {
@@ -196,7 +231,6 @@ int ts_persist_restore(const char *data_dir, const char *backup, char *err, size
         unlink(temp);
         goto done;
     }
-    bool had = access(db, F_OK) == 0;
     /* A WAL that could not be folded in, or one without its database, goes
      * aside with it, named alike: left, it would be applied to the copy. */
     if (!had || checkpoint(db)) {
@@ -242,6 +276,12 @@ int ts_persist_restore(const char *data_dir, const char *backup, char *err, size
         printf("the database it replaces is kept as %s: remove it once the restore has proved "
                "itself\n",
                kept);
+    if (unsent > 0)
+        printf("%lld write%s never sent to the Clinic API %s only there\n", unsent,
+               unsent == 1 ? "" : "s", unsent == 1 ? "is" : "are");
+    else if (unsent < 0)
+        printf("the database it replaces could not be read: whether it held writes never sent "
+               "to the Clinic API is unknown\n");
     rc = 0;
 done:
     if (p.lock_fd >= 0)

@@ -378,12 +378,19 @@ static void put(const char *method, const char *params)
     cJSON_Delete(r);
 }
 
-/* therasync restore --data DATA path: its exit code, its output in out. */
-static int restore(const char *path, ts_buf_t *out)
+/* therasync restore --data DATA [--force] path: its exit code, its output
+ * in out. */
+static int restore_with(const char *path, bool force, ts_buf_t *out)
 {
-    const char *args[] = {"restore", "--data", engine.data, path, NULL};
+    const char *args[] = {"restore", "--data", engine.data, force ? "--force" : path,
+                          force ? path : NULL, NULL};
     ts_buf_reset(out);
     return ts_run("therasync", args, NULL, 60000, out, out);
+}
+
+static int restore(const char *path, ts_buf_t *out)
+{
+    return restore_with(path, false, out);
 }
 
 /* `therasync restore`: refused while the daemon runs and for what is not a
@@ -391,7 +398,9 @@ static int restore(const char *path, ts_buf_t *out)
  * data dir owner's, mode 0600; then the values
  * are the backup's, and the database it replaced, kept beside it, holds
  * every write made after the backup, even those a crash left in its WAL
- * (folded in before it moved). */
+ * (folded in before it moved). Over writes never sent to the Clinic API
+ * (a standalone daemon's: all of them) it is refused, naming their count,
+ * unless --force. */
 Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 120)
 {
     cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
@@ -453,7 +462,13 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     bool root = geteuid() == 0;
     if (root)
         cr_assert_eq(chown(engine.data, 65534, 65534), 0);
-    cr_assert_eq(restore(path, &out), 0, "%s", out.data);
+    cr_assert_neq(restore(path, &out), 0, "restored over writes never sent");
+    cr_assert(strstr(out.data, "holds 5 writes the Clinic API has not accepted") &&
+                  strstr(out.data, "--force"),
+              "%s", out.data);
+    cr_assert_eq(restore_with(path, true, &out), 0, "%s", out.data);
+    cr_assert(strstr(out.data, "5 writes never sent to the Clinic API are only there"), "%s",
+              out.data);
     char db[4400];
     snprintf(db, sizeof db, "%s/therasync.db", engine.data);
     struct stat st;

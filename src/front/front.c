@@ -13,7 +13,10 @@
  * reads the next (at 512 the stages took turns on large clumps; at 64,
  * ingest +8% and update +16% at 8 x 64 in interleaved rounds, bench/RESULTS.md). */
 #define MAX_READS_PER_WAKE 64
-#define DRAIN_TIMEOUT_MS 10000
+/* At a stop, what is in flight is answered within this; inside the
+ * daemon's STOP_GRACE_MS (5 s) for the actors before persist, so a front
+ * door still draining is never reported as stuck. */
+#define DRAIN_TIMEOUT_MS 4000
 /* Messages beyond this are dropped by ZeroMQ itself (connection reset);
  * between max_request_bytes and this they are answered too_large. */
 #define HARD_MESSAGE_LIMIT (64LL << 20)

@@ -30,7 +30,7 @@ int persist_lock_data_dir(persist_t *self)
         ssize_t n = pread(self->lock_fd, holder, sizeof holder - 1, 0);
         holder[n > 0 ? n : 0] = '\0';
         holder[strcspn(holder, "\n")] = '\0';
-        ts_error(LOG, "data dir %s is in use by another therasyncd (pid %s); refusing to start",
+        ts_error(LOG, "data dir %s is in use by another therasyncd (pid %s)",
                  dir, *holder ? holder : "unknown");
         return -1;
     }

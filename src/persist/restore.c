@@ -124,11 +124,14 @@ static long long unsent_writes(const char *path)
     sqlite3 *db = NULL;
     char text[32];
     long long n = -1;
+    /* Packs came with schema 4: an older database has the outbox alone. */
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK && /* its WAL too */
+        query_text(db, "PRAGMA user_version", text, sizeof text) == SQLITE_OK &&
         query_text(db,
-                   "SELECT (SELECT count(*) FROM outbox) + "
-                   "(SELECT coalesce(sum(count), 0) FROM outbox_pack) - "
-                   "(SELECT count(*) FROM outbox_gone)",
+                   strtol(text, NULL, 10) >= 4 ? "SELECT (SELECT count(*) FROM outbox) + "
+                                                 "(SELECT coalesce(sum(count), 0) FROM outbox_pack) - "
+                                                 "(SELECT count(*) FROM outbox_gone)"
+                                               : "SELECT count(*) FROM outbox",
                    text, sizeof text) == SQLITE_OK && *text)
         n = strtoll(text, NULL, 10);
     sqlite3_close_v2(db);

@@ -499,6 +499,44 @@ Test(backup, restore_puts_a_backup_back_and_keeps_what_it_replaced, .timeout = 1
     ts_engine_destroy(&engine);
 }
 
+/* A current database of a schema from before the outbox's packs (3, never
+ * started by this therasyncd) has its unsent writes counted too. */
+Test(backup, restore_counts_the_writes_of_an_older_schema, .timeout = 60)
+{
+    cr_assert_eq(ts_engine_start(&engine, permissive_args()), 0);
+    put("create", "{\"collection\":\"sessions\",\"doc\":{\"id\":\"o1\",\"v\":1}}");
+    char path[4400], params[4500], db[4400], side[4500];
+    snprintf(path, sizeof path, "%s/b.db", engine.dir);
+    snprintf(params, sizeof params, "{\"path\":\"%s\"}", path);
+    put("backup", params);
+    ts_engine_stop(&engine);
+    snprintf(db, sizeof db, "%s/therasync.db", engine.data);
+    const char *ends[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(side, sizeof side, "%s%s", db, ends[i]);
+        unlink(side);
+    }
+    sqlite3 *old;
+    cr_assert_eq(sqlite3_open(db, &old), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(old,
+                              "CREATE TABLE meta(key TEXT PRIMARY KEY, value);"
+                              "CREATE TABLE outbox(seq INTEGER PRIMARY KEY, mutation TEXT NOT NULL,"
+                              " op INTEGER NOT NULL, coll TEXT NOT NULL, doc_id TEXT NOT NULL,"
+                              " base_version INTEGER NOT NULL DEFAULT 0, at INTEGER NOT NULL,"
+                              " body TEXT, client TEXT);"
+                              "INSERT INTO outbox VALUES(1, 'm1', 1, 'sessions', 'x', 0, 1, '{}', NULL);"
+                              "INSERT INTO outbox VALUES(2, 'm2', 1, 'sessions', 'y', 0, 1, '{}', NULL);"
+                              "PRAGMA user_version=3",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(old));
+    sqlite3_close(old);
+    ts_buf_t out = {0};
+    cr_assert_neq(restore(path, &out), 0, "restored over writes never sent");
+    cr_assert(strstr(out.data, "holds 2 writes the Clinic API has not accepted"), "%s", out.data);
+    ts_buf_free(&out);
+    ts_engine_destroy(&engine);
+}
+
 Test(backup, a_migration_first_copies_the_old_database, .timeout = 60)
 {
     ts_engine_t e = {0};

@@ -978,6 +978,11 @@ int main(int argc, char **argv)
             cmd = &commands[i];
     if (!cmd)
         return usage_error("unknown command %s", o.args[0]);
+    /* Switches of one command: anywhere else they would be ignored in silence. */
+    if (o.force && strcmp(cmd->name, "restore") != 0)
+        return usage_error("%s", "--force is for restore only");
+    if (o.jsonl && strcmp(cmd->name, "audit") != 0)
+        return usage_error("%s", "--jsonl is for audit only");
     int nargs = o.nargs - 1;
     if (nargs < cmd->min_args || nargs > cmd->max_args)
         return usage_error("usage: therasync %s", cmd->usage);

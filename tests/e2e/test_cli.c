@@ -362,6 +362,8 @@ Test(cli_offline, bad_usage_exits_2)
         {"--no-such-flag", "ping", NULL},
         {"update", "sessions", "x", "{}", "--base-version", "-3"},
         {"policy", "frob", NULL},
+        {"status", "--force", NULL}, /* restore's switch */
+        {"ping", "--jsonl", NULL},   /* audit's */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *args[8] = {0};

@@ -3,6 +3,7 @@
  * time; the suite shows how sync behaves under each kind of trouble. */
 #include "../support/clinic.h"
 #include "../support/engine.h"
+#include "therasync/json.h"
 #include "therasync/sha256.h"
 #include "therasync/util.h"
 
@@ -809,12 +810,32 @@ Test(sync, a_change_with_an_id_the_contract_forbids_is_left_out)
     cr_assert(wait_synced(&engine, 10000), "syncing goes on");
 }
 
+/* Whether the engine's feed cursor reached at least n within timeout_ms:
+ * the server's echoes of its writes are in, and committed with it. */
+static bool wait_cursor(ts_engine_t *e, long n, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (now_ms() < end) {
+        cJSON *s = status(e);
+        const char *c = ts_json_string(s, "cursor");
+        bool there = c && strtol(c, NULL, 10) >= n;
+        cJSON_Delete(s);
+        if (there)
+            return true;
+        sleep_ms(50);
+    }
+    return false;
+}
+
 Test(sync, digest_check_repairs_drift)
 {
     cr_assert_eq(ts_engine_start_synced(&engine, &api, NULL), 0);
     create(&engine, "d1", "\"k\":1");
     create(&engine, "d2", "\"k\":1");
     cr_assert(wait_synced(&engine, 10000));
+    /* the feed past both creates: else the restart's catch-up brings d2
+     * back itself, and the check repairs only the ghost */
+    cr_assert(wait_cursor(&engine, 2, 10000), "the feed never echoed the creates");
     /* drift behind the engine's back: d2 lost, a ghost the server never had */
     cr_assert_eq(ts_engine_stop(&engine), 0);
     engine_sql(&engine, "DELETE FROM docs WHERE doc_id='d2';"

@@ -162,23 +162,19 @@ static int try_answer(front_t *self, ts_envelope_t *e)
         e->hot_want = true; /* not seen yet: the cache sends what it keeps of it */
         return 0;
     }
-    if (!current_for(self, e)) { /* held, if a copy could answer it: no rows copied yet */
-        int rc = answer_from_copies(self, e, bound, NULL);
-        if (rc < 0)
-            e->hot_want = true;
-        return rc == 1 ? -1 : 0;
-    }
     /* The whole answer at once, sent as it is (answer.c): the rows are
-     * copied once, not three times. */
+     * copied once, not three times; for a read that must still wait for
+     * the copies (held), not at all yet. */
+    bool current = current_for(self, e);
     ts_buf_t b = {0};
-    if (call->id_json) {
+    if (current && call->id_json) {
         front_response_head(&b, call);
         ts_buf_puts(&b, "\"result\":");
     }
-    int rc = answer_from_copies(self, e, bound, &b);
+    int rc = answer_from_copies(self, e, bound, current ? &b : NULL);
     if (rc < 0)
         e->hot_want = true;
-    if (rc == 1) {
+    if (rc == 1 && current) {
         self->hot_hits++;
         if (call->id_json && ts_buf_puts(&b, "}") == 0)
             e->reply = ts_buf_take(&b, &e->reply_len);
@@ -188,7 +184,7 @@ static int try_answer(front_t *self, ts_envelope_t *e)
         return 1;
     }
     ts_buf_free(&b);
-    return 0;
+    return rc == 1 ? -1 : 0;
 }
 
 bool front_hot_answer(front_t *self, ts_envelope_t *e)

@@ -382,8 +382,11 @@ static void put(const char *method, const char *params)
  * in out. */
 static int restore_with(const char *path, bool force, ts_buf_t *out)
 {
-    const char *args[] = {"restore", "--data", engine.data, force ? "--force" : path,
-                          force ? path : NULL, NULL};
+    const char *args[6] = {"restore", "--data", engine.data};
+    int n = 3;
+    if (force)
+        args[n++] = "--force";
+    args[n] = path;
     ts_buf_reset(out);
     return ts_run("therasync", args, NULL, 60000, out, out);
 }
